@@ -1,0 +1,645 @@
+//! Loads the XDP program, owns its pinned maps, and attaches it to interfaces.
+//!
+//! Everything the data path needs to keep working without us lives under one bpffs directory
+//! (default `/sys/fs/bpf/enforcer`):
+//!
+//! ```text
+//! <bpffs-dir>/maps-v<LAYOUT>/BLOCK_V4 ...   the maps, pinned by name
+//! <bpffs-dir>/links/<interface>             one pinned XDP link per protected interface
+//! ```
+//!
+//! The pinned links keep the program attached after the process exits, and the pinned maps keep
+//! the blocks, so a restart or a crash never opens a window in which blocked traffic passes.
+//! A new build reuses the pinned maps (after checking their layout) and swaps its program into
+//! the existing links atomically (`BPF_LINK_UPDATE`). Fresh maps are created in a temporary
+//! directory and renamed into place, so a half-made state is never visible.
+
+use std::{
+    ffi::CString,
+    fs::{self, File},
+    io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapInfo, MapType},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use enforcer_common::{
+    AllowValue, BlockValue, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
+    GLOBAL_COUNT_BLOCK_HITS, LAYOUT_VERSION, PROGRAM_NAME, STATS_SLOTS, Stats, map_names,
+};
+
+use super::{
+    maps::BlockMaps,
+    netlink::{AttachedMode, query_xdp},
+};
+
+/// The XDP object built from `enforcer-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-xdp"));
+
+/// Default bpffs directory for pins.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/enforcer";
+
+/// Name of the do-nothing program in the same object: the benchmarks' floor.
+pub const FLOOR_PROGRAM_NAME: &str = "xdp_pass_floor";
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// How many entries each map holds, per address family. Fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Capacity {
+    /// Single-address blocks (/32 or /128).
+    pub addresses: u32,
+    /// Prefix blocks.
+    pub prefixes: u32,
+    /// Allowlist prefixes.
+    pub allow: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            addresses: DEFAULT_MAX_ADDRESSES,
+            prefixes: DEFAULT_MAX_PREFIXES,
+            allow: DEFAULT_MAX_ALLOW,
+        }
+    }
+}
+
+impl Capacity {
+    /// The configured capacity of the map called `name`.
+    pub fn of(&self, name: &str) -> u32 {
+        match name {
+            map_names::BLOCK_V4 | map_names::BLOCK_V6 => self.addresses,
+            map_names::BLOCK_NET_V4 | map_names::BLOCK_NET_V6 => self.prefixes,
+            map_names::ALLOW_V4 | map_names::ALLOW_V6 => self.allow,
+            _ => STATS_SLOTS,
+        }
+    }
+}
+
+/// The XDP mode an operator asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeRequest {
+    /// Native if the driver supports it, else generic (skb); the mode obtained is reported.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fails where the driver lacks XDP support.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+impl FromStr for XdpModeRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" | "driver" | "drv" => Ok(Self::Native),
+            "skb" | "generic" => Ok(Self::Skb),
+            other => Err(format!("unknown XDP mode `{other}`: use auto, native or skb")),
+        }
+    }
+}
+
+/// What the loader can fail at. Each variant says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The pin directory is not on a bpffs.
+    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or choose another --bpffs-dir")]
+    NotBpffs { path: PathBuf },
+    /// Another process owns the pins.
+    #[error("another enforcer process already owns {path} (only one daemon may write the maps); stop it first")]
+    Locked { path: PathBuf },
+    /// A pinned map does not match this build.
+    #[error("pinned map {path} does not match this build: {what}. Run `enforcer detach` to remove the old state (blocks are restored from the store on the next start)")]
+    LayoutMismatch { path: PathBuf, what: String },
+    /// Some maps are pinned and others are not.
+    #[error("the pin directory {path} is incomplete (missing {missing}); run `enforcer detach` to remove it")]
+    IncompletePins { path: PathBuf, missing: String },
+    /// The interface does not exist.
+    #[error("no interface named `{0}` (see `ip link`)")]
+    UnknownInterface(String),
+    /// Another program owns the interface's XDP hook.
+    #[error("interface {iface} already runs XDP program {prog_id} (`{prog_name}`) that enforcer did not attach; refusing to replace it. Detach it with its owner's tools (e.g. `ip link set dev {iface} xdp off`) if it is safe")]
+    ForeignProgram {
+        iface: String,
+        prog_id: u32,
+        prog_name: String,
+    },
+    /// The requested mode could not be used.
+    #[error("could not attach to {iface} in {mode:?} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: XdpModeRequest,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Loading the object or the program failed (the verifier log is in the source).
+    #[error("loading the XDP program failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The program failed to load into the kernel.
+    #[error("the kernel rejected the XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    /// A map operation failed.
+    #[error(transparent)]
+    Maps(#[from] super::maps::MapsError),
+    /// A filesystem operation on the pin directory failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused a link operation.
+    #[error("XDP link operation on {iface} failed: {source}")]
+    Link {
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DatapathError {
+    let path = path.to_owned();
+    move |source| DatapathError::Io { action, path, source }
+}
+
+/// The paths under a bpffs directory.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    base: PathBuf,
+}
+
+impl PinLayout {
+    /// The layout under `base`.
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self { base: base.into() }
+    }
+
+    /// The base directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Where this build's maps are pinned (versioned by the map layout).
+    pub fn maps_dir(&self) -> PathBuf {
+        self.base.join(format!("maps-v{LAYOUT_VERSION}"))
+    }
+
+    /// Where the XDP links are pinned.
+    pub fn links_dir(&self) -> PathBuf {
+        self.base.join("links")
+    }
+
+    /// The pinned link of one interface.
+    pub fn link_path(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(encode_pin_name(iface))
+    }
+}
+
+/// Options for [`Datapath::open`].
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// The bpffs directory holding maps and links.
+    pub bpffs_dir: PathBuf,
+    /// Map capacities (used when the maps are created; checked when they are reused).
+    pub capacity: Capacity,
+    /// Count per-block hits (on by default; off only to measure what they cost).
+    pub count_block_hits: bool,
+}
+
+impl Default for DatapathOptions {
+    fn default() -> Self {
+        Self {
+            bpffs_dir: DEFAULT_BPFFS_DIR.into(),
+            capacity: Capacity::default(),
+            count_block_hits: true,
+        }
+    }
+}
+
+/// One interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    /// Interface name.
+    pub iface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// The mode the kernel reports.
+    pub mode: AttachedMode,
+    /// Id of the program now attached.
+    pub prog_id: u32,
+    /// Whether an earlier enforcer program was replaced in place (no gap) rather than attached.
+    pub replaced: bool,
+}
+
+/// The loaded program and its pinned maps. One process at a time holds this (a lock enforces it).
+pub struct Datapath {
+    ebpf: Ebpf,
+    layout: PinLayout,
+    maps: BlockMaps,
+    /// flock on the base directory: the maps have a single writer.
+    _lock: File,
+}
+
+impl Datapath {
+    /// Loads the program, reusing the pinned maps when they exist and match this build, or creating
+    /// them otherwise. Does not attach anything.
+    pub fn open(opts: &DatapathOptions) -> Result<Self, DatapathError> {
+        let layout = PinLayout::new(&opts.bpffs_dir);
+        ensure_bpffs(&opts.bpffs_dir)?;
+        fs::create_dir_all(layout.links_dir()).map_err(io_err("creating", &layout.links_dir()))?;
+        let lock = lock_dir(layout.base())?;
+
+        let maps_dir = layout.maps_dir();
+        let mut ebpf = if maps_dir.exists() {
+            check_pinned_layout(&maps_dir, &opts.capacity)?;
+            loader(opts).default_map_pin_directory(&maps_dir).load(OBJECT)?
+        } else {
+            // Create and pin the maps in a private directory, then publish them with one rename.
+            // (bpffs refuses names with dots.)
+            let tmp = layout
+                .base()
+                .join(format!("tmp-maps-v{LAYOUT_VERSION}-{}", std::process::id()));
+            let _ = remove_pin_dir(&tmp);
+            fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
+            let ebpf = loader(opts).default_map_pin_directory(&tmp).load(OBJECT);
+            let ebpf = match ebpf {
+                Ok(ebpf) => ebpf,
+                Err(e) => {
+                    let _ = remove_pin_dir(&tmp);
+                    return Err(e.into());
+                }
+            };
+            fs::rename(&tmp, &maps_dir).map_err(io_err("publishing the maps at", &maps_dir))?;
+            ebpf
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .expect("the object defines the program")
+            .try_into()
+            .expect("the program is XDP");
+        program.load()?;
+        let maps = BlockMaps::take_from(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            layout,
+            maps,
+            _lock: lock,
+        })
+    }
+
+    /// The pin layout in use.
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// The maps (this process is their only writer).
+    pub fn maps(&self) -> &BlockMaps {
+        &self.maps
+    }
+
+    /// The maps, for writing.
+    pub fn maps_mut(&mut self) -> &mut BlockMaps {
+        &mut self.maps
+    }
+
+    /// The loaded XDP program (for `BPF_PROG_TEST_RUN`).
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .expect("the object defines the program")
+            .try_into()
+            .expect("the program is XDP")
+    }
+
+    /// Loads the do-nothing XDP program from the same object: the cost floor for benchmarks.
+    pub fn floor_program(&mut self) -> Result<&mut Xdp, DatapathError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(FLOOR_PROGRAM_NAME)
+            .expect("the object defines the floor program")
+            .try_into()
+            .expect("the floor program is XDP");
+        if program.fd().is_err() {
+            program.load()?;
+        }
+        Ok(program)
+    }
+
+    /// Attaches to `iface` (in the calling thread's network namespace), or swaps this build's
+    /// program into the link an earlier enforcer pinned there, without a gap.
+    ///
+    /// Refuses, naming it, when another program that enforcer did not attach owns the hook.
+    pub fn attach(&mut self, iface: &str, mode: XdpModeRequest) -> Result<Attachment, DatapathError> {
+        let ifindex = ifindex(iface)?;
+        let link_path = self.layout.link_path(iface);
+        let state = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link {
+                iface: iface.to_owned(),
+                source,
+            })?;
+            let fd_link: FdLink = pinned.into();
+            let info = fd_link.info().map_err(|source| DatapathError::Link {
+                iface: iface.to_owned(),
+                source,
+            })?;
+            if state.prog_id == Some(info.program_id()) {
+                let link = XdpLink::try_from(fd_link).map_err(|source| DatapathError::Link {
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+                self.program().attach_to_link(link)?;
+                let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+                return Ok(Attachment {
+                    iface: iface.to_owned(),
+                    ifindex,
+                    mode: after.mode.unwrap_or(AttachedMode::Skb),
+                    prog_id: after.prog_id.unwrap_or_default(),
+                    replaced: true,
+                });
+            }
+            // The interface went away (and maybe came back): the old link is defunct.
+            fs::remove_file(&link_path).map_err(io_err("removing stale link", &link_path))?;
+        }
+
+        if let Some(prog_id) = state.prog_id {
+            return Err(DatapathError::ForeignProgram {
+                iface: iface.to_owned(),
+                prog_id,
+                prog_name: program_name(prog_id),
+            });
+        }
+
+        let attempts: &[XdpMode] = match mode {
+            XdpModeRequest::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            XdpModeRequest::Native => &[XdpMode::Driver],
+            XdpModeRequest::Skb => &[XdpMode::Skb],
+        };
+        let mut last_err = None;
+        for &attempt in attempts {
+            match self.program().attach_to_if_index(ifindex, attempt) {
+                Ok(id) => {
+                    let link = self.program().take_link(id)?;
+                    let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
+                    fd_link.pin(&link_path).map_err(|e| DatapathError::Io {
+                        action: "pinning the XDP link at",
+                        path: link_path.clone(),
+                        source: io::Error::other(e),
+                    })?;
+                    let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+                    return Ok(Attachment {
+                        iface: iface.to_owned(),
+                        ifindex,
+                        mode: after.mode.unwrap_or(match attempt {
+                            XdpMode::Driver => AttachedMode::Native,
+                            _ => AttachedMode::Skb,
+                        }),
+                        prog_id: after.prog_id.unwrap_or_default(),
+                        replaced: false,
+                    });
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(DatapathError::Attach {
+            iface: iface.to_owned(),
+            mode,
+            source: last_err.expect("at least one attempt"),
+        })
+    }
+
+    /// Detaches from one interface (only if enforcer's pinned link is what is attached).
+    pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
+        detach_link(&self.layout, iface)
+    }
+}
+
+/// Detaches enforcer's pinned link from `iface`, refusing to touch anything else.
+pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<(), DatapathError> {
+    let link_path = layout.link_path(iface);
+    if link_path.exists() {
+        // Removing the last reference to the link detaches it.
+        return fs::remove_file(&link_path).map_err(io_err("removing", &link_path));
+    }
+    if let Ok(ifindex) = ifindex(iface)
+        && let Ok(state) = query_xdp(ifindex)
+        && let Some(prog_id) = state.prog_id
+    {
+        return Err(DatapathError::ForeignProgram {
+            iface: iface.to_owned(),
+            prog_id,
+            prog_name: program_name(prog_id),
+        });
+    }
+    Ok(())
+}
+
+/// Removes every link and map enforcer pinned under `base`: the deliberate "switch it all off".
+///
+/// Returns the interfaces it detached from.
+pub fn detach_all(base: &Path) -> Result<Vec<String>, DatapathError> {
+    let layout = PinLayout::new(base);
+    let mut detached = Vec::new();
+    if let Ok(entries) = fs::read_dir(layout.links_dir()) {
+        for entry in entries.flatten() {
+            fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            detached.push(decode_pin_name(&entry.file_name().to_string_lossy()));
+        }
+    }
+    if base.exists() {
+        remove_pin_dir(base).map_err(io_err("removing", base))?;
+    }
+    detached.sort();
+    Ok(detached)
+}
+
+/// The names of the interfaces with a pinned enforcer link.
+pub fn pinned_interfaces(layout: &PinLayout) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(layout.links_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| decode_pin_name(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// bpffs refuses names containing dots, which VLAN interfaces have (`eth0.100`).
+fn encode_pin_name(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2e")
+}
+
+fn decode_pin_name(name: &str) -> String {
+    name.replace("%2e", ".").replace("%25", "%")
+}
+
+fn loader(opts: &DatapathOptions) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_max_entries(name, opts.capacity.of(name));
+    }
+    let count: &'static u8 = if opts.count_block_hits { &1 } else { &0 };
+    loader.override_global(GLOBAL_COUNT_BLOCK_HITS, count, true);
+    loader
+}
+
+/// Checks every pinned map against what this build expects, before aya reuses them blindly.
+fn check_pinned_layout(dir: &Path, capacity: &Capacity) -> Result<(), DatapathError> {
+    let missing: Vec<&str> = map_names::ALL
+        .into_iter()
+        .filter(|name| !dir.join(name).exists())
+        .collect();
+    if !missing.is_empty() {
+        return Err(DatapathError::IncompletePins {
+            path: dir.to_owned(),
+            missing: missing.join(", "),
+        });
+    }
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::LayoutMismatch {
+            path: path.clone(),
+            what: format!("cannot read it: {e}"),
+        })?;
+        let (map_type, key, value) = expected(name);
+        let found_type = info.map_type().ok();
+        let mut problems = Vec::new();
+        if found_type != Some(map_type) {
+            problems.push(format!("type {found_type:?}, expected {map_type:?}"));
+        }
+        if info.key_size() != key {
+            problems.push(format!("key size {}, expected {key}", info.key_size()));
+        }
+        if info.value_size() != value {
+            problems.push(format!("value size {}, expected {value}", info.value_size()));
+        }
+        if info.max_entries() != capacity.of(name) {
+            problems.push(format!(
+                "capacity {}, configured {}",
+                info.max_entries(),
+                capacity.of(name)
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(DatapathError::LayoutMismatch {
+                path,
+                what: problems.join("; "),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn expected(name: &str) -> (MapType, u32, u32) {
+    use std::mem::size_of;
+    let block = size_of::<BlockValue>() as u32;
+    let allow = size_of::<AllowValue>() as u32;
+    match name {
+        map_names::BLOCK_V4 => (MapType::Hash, 4, block),
+        map_names::BLOCK_V6 => (MapType::Hash, 16, block),
+        map_names::BLOCK_NET_V4 => (MapType::LpmTrie, 8, block),
+        map_names::BLOCK_NET_V6 => (MapType::LpmTrie, 20, block),
+        map_names::ALLOW_V4 => (MapType::LpmTrie, 8, allow),
+        map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),
+        _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32, DatapathError> {
+    let c = CString::new(iface).map_err(|_| DatapathError::UnknownInterface(iface.to_owned()))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(DatapathError::UnknownInterface(iface.to_owned()));
+    }
+    Ok(index)
+}
+
+fn program_name(prog_id: u32) -> String {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == prog_id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Makes sure `dir` can live on a bpffs, mounting /sys/fs/bpf when nothing is mounted there.
+fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
+    // The nearest existing ancestor tells which filesystem the directory will be on.
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if is_bpffs(&probe) {
+        return Ok(());
+    }
+    let default_mount = Path::new("/sys/fs/bpf");
+    if dir.starts_with(default_mount) && !is_bpffs(default_mount) {
+        tracing::warn!("no BPF filesystem at /sys/fs/bpf; mounting one");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .map_err(io_err("running mount for", default_mount))?;
+        if status.success() && is_bpffs(default_mount) {
+            return Ok(());
+        }
+    }
+    Err(DatapathError::NotBpffs { path: dir.to_owned() })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: all-zero is a valid statfs; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn lock_dir(dir: &Path) -> Result<File, DatapathError> {
+    let file = File::open(dir).map_err(io_err("opening", dir))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DatapathError::Locked { path: dir.to_owned() });
+        }
+        return Err(DatapathError::Io {
+            action: "locking",
+            path: dir.to_owned(),
+            source: err,
+        });
+    }
+    Ok(file)
+}
+
+/// Removes a directory of pins (bpffs has no recursive delete of its own).
+fn remove_pin_dir(dir: &Path) -> io::Result<()> {
+    fs::remove_dir_all(dir)
+}

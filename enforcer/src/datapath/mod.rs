@@ -1,0 +1,13 @@
+//! The data plane's userspace half: loading the XDP program, its pinned maps, and attachment.
+
+pub mod clock;
+pub mod loader;
+pub mod maps;
+pub mod netlink;
+
+pub use loader::{
+    Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,
+    XdpModeRequest, detach_all, detach_link, pinned_interfaces,
+};
+pub use maps::{BlockMaps, MapsError};
+pub use netlink::{AttachedMode, XdpState, query_xdp};

@@ -1,0 +1,9 @@
+//! enforcer: blocks attacking IP addresses in the kernel with XDP, and lifts each block on time.
+//!
+//! The layout follows the data: trigger sources → control plane (policy, durable store, kernel
+//! maps, reaper) → data plane (the XDP program in `enforcer-ebpf`, driven by [`datapath`]).
+
+pub mod datapath;
+pub mod target;
+
+pub use target::{Target, TargetError};

@@ -1,0 +1,113 @@
+//! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A VLAN tag: TPID (0x8100 for 802.1Q, 0x88a8 for 802.1ad) and VLAN id.
+#[derive(Clone, Copy, Debug)]
+pub struct Tag {
+    /// Tag protocol identifier.
+    pub tpid: u16,
+    /// VLAN id.
+    pub vid: u16,
+}
+
+/// 802.1Q tag.
+pub const fn dot1q(vid: u16) -> Tag {
+    Tag { tpid: 0x8100, vid }
+}
+
+/// 802.1ad (QinQ outer) tag.
+pub const fn dot1ad(vid: u16) -> Tag {
+    Tag { tpid: 0x88a8, vid }
+}
+
+fn ethernet(tags: &[Tag], ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(128);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src
+    for tag in tags {
+        f.extend_from_slice(&tag.tpid.to_be_bytes());
+        f.extend_from_slice(&tag.vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// An IPv4 UDP frame from `src` to `dst`, with optional fragment offset (in 8-byte units) and
+/// more-fragments flag.
+pub fn ipv4_udp(tags: &[Tag], src: Ipv4Addr, dst: Ipv4Addr, frag_offset: u16, more_fragments: bool) -> Vec<u8> {
+    let mut f = ethernet(tags, 0x0800);
+    let payload = b"enforcer-test-payload";
+    let udp_len = 8 + payload.len() as u16;
+    let total = 20 + udp_len;
+    let flags_frag = (u16::from(more_fragments) << 13) | (frag_offset & 0x1fff);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34]);
+    ip.extend_from_slice(&flags_frag.to_be_bytes());
+    ip.extend_from_slice(&[64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&9u16.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv6 UDP frame from `src` to `dst`.
+pub fn ipv6_udp(tags: &[Tag], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut f = ethernet(tags, 0x86dd);
+    let payload = b"enforcer-test-payload";
+    let udp_len = 8 + payload.len() as u16;
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[17, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&9u16.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A UDP frame from `src` (either family) to a fixed documentation destination.
+pub fn udp_from(tags: &[Tag], src: IpAddr) -> Vec<u8> {
+    match src {
+        IpAddr::V4(s) => ipv4_udp(tags, s, Ipv4Addr::new(203, 0, 113, 1), 0, false),
+        IpAddr::V6(s) => ipv6_udp(tags, s, "2001:db8:ffff::1".parse().expect("valid")),
+    }
+}
+
+/// An ARP request frame.
+pub fn arp(tags: &[Tag]) -> Vec<u8> {
+    let mut f = ethernet(tags, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 192, 0, 2, 1]);
+    f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 192, 0, 2, 2]);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// The offsets at which a frame's headers end (Ethernet, each tag, the IP header): truncating a
+/// frame anywhere before the end of the IP header must make it unparseable.
+pub fn header_len(tags: usize, v6: bool) -> usize {
+    14 + 4 * tags + if v6 { 40 } else { 20 }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

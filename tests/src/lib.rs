@@ -1,0 +1,315 @@
+//! Test fixtures: network-namespace labs joined by veth pairs, bpffs pin directories, crafted
+//! frames, and traffic helpers.
+//!
+//! Every fixture is a guard that removes what it created when dropped, pass or fail, and every
+//! name is unique, so tests run in parallel. Traffic only ever flows between the namespaces a
+//! lab creates, on documentation addresses.
+
+pub mod frame;
+
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// A name no other fixture in any process uses: `<prefix><pid>x<counter>` (short: interface and
+/// namespace names are limited).
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether this process may do what the kernel tests need (root: BPF, netns, XDP).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests load XDP programs and create network namespaces: run them as root (`cargo xtask test`)"
+    );
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name and loopback up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique_name(prefix);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <ns> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", self.name.as_str(), program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered the namespace. Sockets created there stay in the
+    /// namespace and can be used from any thread afterwards.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<T> {
+                let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+                // SAFETY: setns on a valid namespace fd; affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error()).context("setns");
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in namespace {} panicked", self.name))?
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A directory on bpffs for one test's pins, removed (with everything pinned in it) on drop.
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    /// A fresh directory under /sys/fs/bpf.
+    pub fn new() -> Result<Self> {
+        let path = PathBuf::from("/sys/fs/bpf").join(unique_name("enforcer-test-"));
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The standard two-host lab.
+///
+/// ```text
+///   sender ns  [va] 192.0.2.1/24, .10, .11, 2001:db8::1/64, ::10, ::11
+///        |  veth
+///   receiver ns [vb] 192.0.2.2/24, 2001:db8::2/64    <- XDP attaches here
+/// ```
+pub struct Lab {
+    /// Where traffic comes from.
+    pub sender: Netns,
+    /// Where the XDP program runs.
+    pub receiver: Netns,
+    /// Pins of this lab.
+    pub pins: PinDir,
+}
+
+/// The sender-side interface.
+pub const SENDER_IF: &str = "va";
+/// The receiver-side interface (XDP attaches here).
+pub const RECEIVER_IF: &str = "vb";
+/// The receiver's IPv4 address.
+pub const RECEIVER_V4: &str = "192.0.2.2";
+/// The receiver's IPv6 address.
+pub const RECEIVER_V6: &str = "2001:db8::2";
+/// Sender addresses: index 0 is primary; the others are extra sources tests can block.
+pub const SENDER_V4: [&str; 3] = ["192.0.2.1", "192.0.2.10", "192.0.2.11"];
+/// Sender IPv6 addresses.
+pub const SENDER_V6: [&str; 3] = ["2001:db8::1", "2001:db8::10", "2001:db8::11"];
+
+impl Lab {
+    /// Builds the lab: two namespaces, a veth pair, addresses, static neighbours (no ARP/ND
+    /// traffic muddles packet counts).
+    pub fn new() -> Result<Self> {
+        let sender = Netns::new("enfs")?;
+        let receiver = Netns::new("enfr")?;
+        sender.ip(&[
+            "link", "add", SENDER_IF, "type", "veth", "peer", "name", RECEIVER_IF, "netns",
+            receiver.name(),
+        ])?;
+        for (i, a) in SENDER_V4.iter().enumerate() {
+            let _ = i;
+            sender.ip(&["addr", "add", &format!("{a}/24"), "dev", SENDER_IF])?;
+        }
+        for a in SENDER_V6 {
+            sender.ip(&["addr", "add", &format!("{a}/64"), "dev", SENDER_IF, "nodad"])?;
+        }
+        receiver.ip(&["addr", "add", &format!("{RECEIVER_V4}/24"), "dev", RECEIVER_IF])?;
+        receiver.ip(&["addr", "add", &format!("{RECEIVER_V6}/64"), "dev", RECEIVER_IF, "nodad"])?;
+        sender.ip(&["link", "set", SENDER_IF, "up"])?;
+        receiver.ip(&["link", "set", RECEIVER_IF, "up"])?;
+        let mac = |ns: &Netns, dev: &str| -> Result<String> {
+            let out = ns.ip(&["-br", "link", "show", dev])?;
+            out.split_whitespace()
+                .nth(2)
+                .map(str::to_owned)
+                .context("no MAC address in `ip -br link`")
+        };
+        let sender_mac = mac(&sender, SENDER_IF)?;
+        let receiver_mac = mac(&receiver, RECEIVER_IF)?;
+        sender.ip(&["neigh", "replace", RECEIVER_V4, "lladdr", &receiver_mac, "dev", SENDER_IF, "nud", "permanent"])?;
+        sender.ip(&["neigh", "replace", RECEIVER_V6, "lladdr", &receiver_mac, "dev", SENDER_IF, "nud", "permanent"])?;
+        for a in SENDER_V4.iter().chain(SENDER_V6.iter()) {
+            receiver.ip(&["neigh", "replace", a, "lladdr", &sender_mac, "dev", RECEIVER_IF, "nud", "permanent"])?;
+        }
+        Ok(Self {
+            sender,
+            receiver,
+            pins: PinDir::new()?,
+        })
+    }
+
+    /// Adds a VLAN sub-interface `<parent>.<id>` on both ends with the given /24s (sender first).
+    pub fn add_vlan(&self, id: u16, sender_addrs: &[&str], receiver_addr: &str) -> Result<()> {
+        let sv = format!("{SENDER_IF}.{id}");
+        let rv = format!("{RECEIVER_IF}.{id}");
+        let id = id.to_string();
+        self.sender.ip(&["link", "add", "link", SENDER_IF, "name", &sv, "type", "vlan", "id", &id])?;
+        self.receiver.ip(&["link", "add", "link", RECEIVER_IF, "name", &rv, "type", "vlan", "id", &id])?;
+        for a in sender_addrs {
+            self.sender.ip(&["addr", "add", &format!("{a}/24"), "dev", &sv])?;
+        }
+        self.receiver.ip(&["addr", "add", &format!("{receiver_addr}/24"), "dev", &rv])?;
+        self.sender.ip(&["link", "set", &sv, "up"])?;
+        self.receiver.ip(&["link", "set", &rv, "up"])?;
+        Ok(())
+    }
+
+    /// A UDP socket bound in the receiver namespace on `addr` (any port).
+    pub fn udp_listener(&self, addr: &str) -> Result<UdpSocket> {
+        let addr: IpAddr = addr.parse()?;
+        let sock = self.receiver.run(move || UdpSocket::bind(SocketAddr::new(addr, 0)))??;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        Ok(sock)
+    }
+
+    /// A UDP socket in the sender namespace bound to source `src`.
+    pub fn udp_sender(&self, src: &str) -> Result<UdpSocket> {
+        let src: IpAddr = src.parse()?;
+        Ok(self.sender.run(move || UdpSocket::bind(SocketAddr::new(src, 0)))??)
+    }
+
+    /// A TCP listener in the receiver namespace.
+    pub fn tcp_listener(&self, addr: &str) -> Result<TcpListener> {
+        let addr: IpAddr = addr.parse()?;
+        Ok(self.receiver.run(move || TcpListener::bind(SocketAddr::new(addr, 0)))??)
+    }
+
+    /// Tries a TCP connect from source `src` to `dst` within `timeout`.
+    pub fn tcp_connect(&self, src: &str, dst: SocketAddr, timeout: Duration) -> Result<bool> {
+        let src: IpAddr = src.parse()?;
+        self.sender.run(move || tcp_connect_from(src, dst, timeout))?
+    }
+}
+
+fn tcp_connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<bool> {
+    let domain = if src.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.bind(&SocketAddr::new(src, 0).into())?;
+    match sock.connect_timeout(&dst.into(), timeout) {
+        Ok(()) => {
+            drop(TcpStream::from(sock));
+            Ok(true)
+        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => Ok(false),
+        Err(e) => Err(e).context("tcp connect"),
+    }
+}
+
+/// Sends `count` datagrams from `from` to `to` and returns how many `to` received within
+/// `settle` after the last one. Each datagram carries a tag so stray packets are not counted.
+pub fn udp_exchange(from: &UdpSocket, to: &UdpSocket, count: u32, settle: Duration) -> Result<u32> {
+    let dst = to.local_addr()?;
+    let tag = unique_name("t");
+    for i in 0..count {
+        from.send_to(format!("{tag}:{i}").as_bytes(), dst)?;
+    }
+    let deadline = Instant::now() + settle;
+    let mut got = 0;
+    let mut buf = [0u8; 256];
+    while got < count && Instant::now() < deadline {
+        match to.recv(&mut buf) {
+            Ok(n) if buf[..n].starts_with(tag.as_bytes()) => got += 1,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,368 @@
+//! The XDP program's verdicts on crafted frames, through `BPF_PROG_TEST_RUN`.
+//!
+//! Needs root and a kernel with BPF (the program really runs in the kernel).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use enforcer::{
+    Target,
+    datapath::{Capacity, Datapath, DatapathError, DatapathOptions, MapsError, clock},
+};
+use enforcer_common::{ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE, MODE_SHADOW};
+use enforcer_tests::{
+    PinDir,
+    frame::{self, Tag, dot1ad, dot1q},
+    require_root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+struct Fixture {
+    dp: Datapath,
+    _pins: PinDir,
+}
+
+fn small() -> Capacity {
+    Capacity {
+        addresses: 1024,
+        prefixes: 1024,
+        allow: 64,
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with(small(), true)
+    }
+
+    fn with(capacity: Capacity, count_block_hits: bool) -> Self {
+        require_root();
+        let pins = PinDir::new().expect("pin dir");
+        let dp = Datapath::open(&DatapathOptions {
+            bpffs_dir: pins.path().to_owned(),
+            capacity,
+            count_block_hits,
+        })
+        .expect("load the XDP program");
+        Self { dp, _pins: pins }
+    }
+
+    fn block(&mut self, target: &str, expires_ns: u64, mode: u32) {
+        let t: Target = target.parse().expect("target");
+        self.dp
+            .maps_mut()
+            .insert_block(&t, &BlockValue::new(expires_ns, mode))
+            .expect("insert block");
+    }
+
+    fn allow(&mut self, target: &str) {
+        let t: Target = target.parse().expect("target");
+        self.dp
+            .maps_mut()
+            .insert_allow(&t, ALLOW_ORIGIN_CONFIG)
+            .expect("insert allow");
+    }
+
+    fn verdict(&mut self, frame: &[u8]) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        self.dp
+            .program()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn from(&mut self, tags: &[Tag], src: &str) -> u32 {
+        let src: IpAddr = src.parse().expect("address");
+        self.verdict(&frame::udp_from(tags, src))
+    }
+
+    fn hits(&self, target: &str) -> u64 {
+        let t: Target = target.parse().expect("target");
+        self.dp
+            .maps()
+            .get_block(&t)
+            .expect("lookup")
+            .expect("entry present")
+            .hit_packets
+    }
+}
+
+fn in_ns(secs: u64) -> u64 {
+    clock::boottime_ns() + secs * 1_000_000_000
+}
+
+#[test]
+fn ipv4_blocked_source_is_dropped_and_others_pass() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    assert_eq!(f.from(&[], "198.51.100.8"), XDP_PASS);
+    assert_eq!(f.hits("198.51.100.7"), 1);
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert_eq!(stats.dropped.packets, 1);
+    assert_eq!(stats.passed.packets, 1);
+    assert_eq!(stats.seen.packets, 2);
+}
+
+#[test]
+fn ipv6_blocked_source_is_dropped_and_others_pass() {
+    let mut f = Fixture::new();
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "2001:db8::7"), XDP_DROP);
+    assert_eq!(f.from(&[], "2001:db8::8"), XDP_PASS);
+}
+
+#[test]
+fn one_and_two_vlan_tags_are_parsed() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    for tags in [
+        vec![dot1q(100)],
+        vec![dot1ad(100)],
+        vec![dot1ad(100), dot1q(200)],
+        vec![dot1q(100), dot1q(200)],
+    ] {
+        assert_eq!(f.from(&tags, "198.51.100.7"), XDP_DROP, "v4 with {tags:?}");
+        assert_eq!(f.from(&tags, "2001:db8::7"), XDP_DROP, "v6 with {tags:?}");
+        assert_eq!(f.from(&tags, "198.51.100.8"), XDP_PASS, "v4 with {tags:?}");
+    }
+}
+
+#[test]
+fn frames_truncated_at_any_header_boundary_pass() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    for tags in [vec![], vec![dot1q(5)], vec![dot1ad(5), dot1q(6)]] {
+        for (src, v6) in [("198.51.100.7", false), ("2001:db8::7", true)] {
+            let full = frame::udp_from(&tags, src.parse().unwrap());
+            let header = frame::header_len(tags.len(), v6);
+            // The kernel refuses test frames shorter than an Ethernet header (14 bytes).
+            for len in 14..header {
+                assert_eq!(f.verdict(&full[..len]), XDP_PASS, "{src} {tags:?} cut at {len}");
+            }
+            // With the whole IP header present the source is known and the frame is dropped.
+            assert_eq!(f.verdict(&full[..header]), XDP_DROP, "{src} {tags:?} header only");
+        }
+    }
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert!(stats.not_ip.packets > 0);
+}
+
+#[test]
+fn non_ip_frames_pass() {
+    let mut f = Fixture::new();
+    // Even with everything blocked.
+    f.block("0.0.0.0/1", 0, MODE_ENFORCE);
+    f.block("128.0.0.0/1", 0, MODE_ENFORCE);
+    assert_eq!(f.verdict(&frame::arp(&[])), XDP_PASS);
+    assert_eq!(f.verdict(&frame::arp(&[dot1q(7)])), XDP_PASS);
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert_eq!(stats.not_ip.packets, 2);
+    assert_eq!(stats.dropped.packets, 0);
+}
+
+#[test]
+fn every_ipv4_fragment_of_a_blocked_source_is_dropped() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    let dst = Ipv4Addr::new(203, 0, 113, 1);
+    let blocked = Ipv4Addr::new(198, 51, 100, 7);
+    let other = Ipv4Addr::new(198, 51, 100, 8);
+    for (offset, more) in [(0, true), (185, true), (370, false)] {
+        assert_eq!(f.verdict(&frame::ipv4_udp(&[], blocked, dst, offset, more)), XDP_DROP);
+        assert_eq!(f.verdict(&frame::ipv4_udp(&[], other, dst, offset, more)), XDP_PASS);
+    }
+}
+
+#[test]
+fn an_expired_entry_is_treated_as_absent() {
+    let mut f = Fixture::new();
+    let past = clock::boottime_ns() - 1;
+    f.block("198.51.100.7", past, MODE_ENFORCE);
+    f.block("2001:db8::/64", past, MODE_ENFORCE);
+    f.block("198.51.100.9", in_ns(60), MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_PASS);
+    assert_eq!(f.from(&[], "2001:db8::5"), XDP_PASS);
+    assert_eq!(f.from(&[], "198.51.100.9"), XDP_DROP);
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert_eq!(stats.expired.packets, 2);
+    assert_eq!(stats.dropped.packets, 1);
+}
+
+#[test]
+fn an_expired_exact_entry_does_not_hide_a_live_prefix() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", clock::boottime_ns() - 1, MODE_ENFORCE);
+    f.block("198.51.100.0/24", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    assert_eq!(f.hits("198.51.100.0/24"), 1);
+}
+
+#[test]
+fn a_shadow_entry_counts_and_passes() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_SHADOW);
+    f.block("2001:db8::/48", 0, MODE_SHADOW);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_PASS);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_PASS);
+    assert_eq!(f.from(&[], "2001:db8::99"), XDP_PASS);
+    assert_eq!(f.hits("198.51.100.7"), 2);
+    assert_eq!(f.hits("2001:db8::/48"), 1);
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert_eq!(stats.shadow.packets, 3);
+    assert_eq!(stats.dropped.packets, 0);
+}
+
+#[test]
+fn an_enforced_prefix_wins_over_a_shadow_address() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_SHADOW);
+    f.block("198.51.100.0/24", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    assert_eq!(f.hits("198.51.100.0/24"), 1);
+    assert_eq!(f.hits("198.51.100.7"), 0);
+}
+
+#[test]
+fn an_allowlisted_address_inside_a_blocked_prefix_passes() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.0/24", 0, MODE_ENFORCE);
+    f.block("198.51.100.5", 0, MODE_ENFORCE);
+    f.block("2001:db8:1::/48", 0, MODE_ENFORCE);
+    f.allow("198.51.100.5");
+    f.allow("198.51.100.128/25");
+    f.allow("2001:db8:1:2::/64");
+    assert_eq!(f.from(&[], "198.51.100.5"), XDP_PASS);
+    assert_eq!(f.from(&[], "198.51.100.200"), XDP_PASS);
+    assert_eq!(f.from(&[], "198.51.100.6"), XDP_DROP);
+    assert_eq!(f.from(&[], "2001:db8:1:2::9"), XDP_PASS);
+    assert_eq!(f.from(&[], "2001:db8:1:3::9"), XDP_DROP);
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert_eq!(stats.allowlisted.packets, 3);
+    // An allowlisted packet is not a hit of the block it escaped.
+    assert_eq!(f.hits("198.51.100.5"), 0);
+}
+
+#[test]
+fn prefixes_of_several_lengths_match_exactly_their_range() {
+    let mut f = Fixture::new();
+    let cases: &[(&str, &str, &str)] = &[
+        ("10.0.0.0/8", "10.255.255.255", "11.0.0.0"),
+        ("172.16.0.0/12", "172.31.0.1", "172.32.0.1"),
+        ("192.0.2.0/24", "192.0.2.255", "192.0.3.0"),
+        ("198.51.100.64/26", "198.51.100.127", "198.51.100.128"),
+        ("203.0.113.6/31", "203.0.113.7", "203.0.113.8"),
+        ("2001:db8:aaaa::/48", "2001:db8:aaaa:ffff::1", "2001:db8:aaab::1"),
+        ("2001:db8:bbbb:cc00::/56", "2001:db8:bbbb:ccff::1", "2001:db8:bbbb:cd00::1"),
+        ("2001:db8:dddd:1::/64", "2001:db8:dddd:1:ffff::1", "2001:db8:dddd:2::1"),
+        ("2001:db8:eeee::/127", "2001:db8:eeee::1", "2001:db8:eeee::2"),
+    ];
+    for (net, _, _) in cases {
+        f.block(net, 0, MODE_ENFORCE);
+    }
+    for (net, inside, outside) in cases {
+        assert_eq!(f.from(&[], inside), XDP_DROP, "{inside} is inside {net}");
+        assert_eq!(f.from(&[], outside), XDP_PASS, "{outside} is outside {net}");
+    }
+}
+
+#[test]
+fn a_v4_mapped_ipv6_source_is_judged_as_ipv4() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("203.0.113.0/24", 0, MODE_ENFORCE);
+    let mapped = |a: &str| -> IpAddr { IpAddr::V6(a.parse::<Ipv4Addr>().unwrap().to_ipv6_mapped()) };
+    assert_eq!(f.verdict(&frame::udp_from(&[], mapped("198.51.100.7"))), XDP_DROP);
+    assert_eq!(f.verdict(&frame::udp_from(&[], mapped("203.0.113.77"))), XDP_DROP);
+    assert_eq!(f.verdict(&frame::udp_from(&[], mapped("198.51.100.8"))), XDP_PASS);
+    // A v4-compatible-looking but not mapped address is plain IPv6.
+    let not_mapped: Ipv6Addr = "::c633:6407".parse().unwrap();
+    assert_eq!(f.verdict(&frame::udp_from(&[], IpAddr::V6(not_mapped))), XDP_PASS);
+}
+
+#[test]
+fn per_block_counters_can_be_compiled_out_without_changing_verdicts() {
+    let mut f = Fixture::with(small(), false);
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    assert_eq!(f.hits("198.51.100.7"), 0);
+    assert_eq!(f.dp.maps().stats_total().unwrap().dropped.packets, 1);
+}
+
+#[test]
+fn a_full_map_refuses_new_entries_and_evicts_nothing() {
+    let mut f = Fixture::with(
+        Capacity {
+            addresses: 4,
+            prefixes: 4,
+            allow: 4,
+        },
+        true,
+    );
+    for i in 1..=4 {
+        f.block(&format!("198.51.100.{i}"), 0, MODE_ENFORCE);
+    }
+    let fifth: Target = "198.51.100.5".parse().unwrap();
+    let err = f
+        .dp
+        .maps_mut()
+        .insert_block(&fifth, &BlockValue::new(0, MODE_ENFORCE))
+        .unwrap_err();
+    assert!(matches!(err, MapsError::Full { capacity: 4, .. }), "{err}");
+    assert!(err.to_string().contains("full (4 entries)"), "{err}");
+    for i in 1..=4 {
+        assert_eq!(f.from(&[], &format!("198.51.100.{i}")), XDP_DROP);
+    }
+    // Replacing an existing entry still works when full.
+    f.block("198.51.100.1", in_ns(10), MODE_ENFORCE);
+}
+
+#[test]
+fn pinned_maps_are_reused_and_a_layout_change_is_refused() {
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let opts = DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: small(),
+        count_block_hits: true,
+    };
+    {
+        let mut dp = Datapath::open(&opts).unwrap();
+        let t: Target = "198.51.100.7".parse().unwrap();
+        dp.maps_mut()
+            .insert_block(&t, &BlockValue::new(0, MODE_ENFORCE))
+            .unwrap();
+        // A second writer is refused while the first holds the maps.
+        let second = Datapath::open(&opts);
+        assert!(matches!(second, Err(DatapathError::Locked { .. })));
+    }
+    // Reopening finds the block in the reused maps.
+    let mut dp = Datapath::open(&opts).unwrap();
+    let t: Target = "198.51.100.7".parse().unwrap();
+    assert!(dp.maps().get_block(&t).unwrap().is_some());
+    let frame = frame::udp_from(&[], "198.51.100.7".parse().unwrap());
+    let r = dp
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value, XDP_DROP);
+    drop(dp);
+
+    let mut other = opts.clone();
+    other.capacity.addresses = 2048;
+    let err = Datapath::open(&other).err().expect("capacity change must be refused");
+    assert!(matches!(err, DatapathError::LayoutMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("capacity 1024, configured 2048"), "{err}");
+}

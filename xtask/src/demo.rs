@@ -1,0 +1,29 @@
+//! `cargo xtask demo`: build release binaries and run the end-to-end demo.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::{cmd, setup};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments passed to `enforcer-demo` unchanged.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    setup::run()?;
+    // The demo drives the daemon binary, so both crates' binaries must be fresh.
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+        "--bins",
+    ]))?;
+    cmd::run_release_bin("enforcer-demo", &args.args)
+}

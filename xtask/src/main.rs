@@ -1,0 +1,51 @@
+//! Project automation: `cargo xtask <setup|test|demo|bench>`.
+//!
+//! Everything lives in Rust (no shell scripts beyond `.ci/run`) so that a fresh machine
+//! needs only rustup and cargo to get from clone to green tests.
+
+mod bench;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and demo helpers for enforcer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check and install what builds and tests need (idempotent; needs root).
+    Setup,
+    /// Run setup, build the workspace, run all tests and lint the eBPF crate.
+    Test(test::Args),
+    /// Run setup, build in release mode and run `enforcer-demo`.
+    Demo(demo::Args),
+    /// Run setup, build in release mode and run `enforcer-bench`.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        // `test` reports its own errors so that its summary stays the last line printed.
+        Command::Test(args) => Ok(test::run(&args)),
+        Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}

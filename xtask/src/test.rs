@@ -1,0 +1,244 @@
+//! `cargo xtask test`: setup, build, run every test, lint the eBPF crate, and summarise.
+//!
+//! The last line printed is always `N passed, N failed` (plus `, N skipped` when tests
+//! were ignored), so CI logs and scripts can read the outcome from one place.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    process::{Command, ExitCode, Stdio},
+    thread,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{cmd, setup};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Skip clippy on the eBPF crate (nightly, bpfel-unknown-none, -D warnings).
+    #[arg(long)]
+    no_lint: bool,
+    /// Arguments for the test binaries, e.g. a name filter or `--nocapture`
+    /// (`cargo xtask test -- some_filter`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    test_args: Vec<String>,
+}
+
+/// Test counts summed over every `test result:` line, and what else went wrong.
+#[derive(Default)]
+struct Summary {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    failed_tests: Vec<String>,
+    /// Failures that are not a failing test: setup, build, lint, crashed test binaries.
+    problems: Vec<String>,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    let mut summary = Summary::default();
+    if let Err(err) = run_steps(args, &mut summary) {
+        summary.problems.push(format!("{err:#}"));
+    }
+    summary.print();
+    if summary.failed == 0 && summary.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs every step it can; a step that fails is recorded and later steps still run
+/// when they do not depend on it, so one run reports as much as possible.
+fn run_steps(args: &Args, summary: &mut Summary) -> Result<()> {
+    setup::run().context("setup failed")?;
+
+    // `--workspace` alone would include the eBPF crate, which only builds for the BPF
+    // target; enforcer/build.rs builds it, and the lint below checks it.
+    let build = cmd::status(cmd::cargo().args([
+        "build",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--all-targets",
+    ]))?;
+    if build.success() {
+        run_tests(&args.test_args, summary)?;
+    } else {
+        summary
+            .problems
+            .push(format!("cargo build failed ({build}); tests not run"));
+    }
+
+    if args.no_lint {
+        println!("skipping eBPF lint (--no-lint)");
+    } else {
+        lint_ebpf(summary)?;
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, streaming its output while keeping a copy to summarise.
+fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
+    let mut cargo = cmd::cargo();
+    cargo.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--no-fail-fast",
+    ]);
+    if !test_args.is_empty() {
+        cargo.arg("--").args(test_args);
+    }
+    let (status, lines) = run_tee(&mut cargo)?;
+    for line in &lines {
+        summary.record(line);
+    }
+    if !status.success() && summary.failed == 0 {
+        // No test failed, yet cargo did: a test binary crashed or did not build.
+        summary.problems.push(format!(
+            "cargo test failed ({status}) without a failing test: a test binary crashed \
+             or did not build; see the output above"
+        ));
+    }
+    Ok(())
+}
+
+/// Clippy for the eBPF crate, which the workspace build cannot lint (it only builds
+/// for bpfel-unknown-none with nightly and `build-std`).
+fn lint_ebpf(summary: &mut Summary) -> Result<()> {
+    let status = cmd::status(cmd::cargo().args([
+        "+nightly",
+        "clippy",
+        "-p",
+        "enforcer-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if !status.success() {
+        summary
+            .problems
+            .push(format!("clippy on enforcer-ebpf failed ({status})"));
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, copying its stdout and stderr to ours line by line as they arrive, and
+/// returns its status with every line it printed (both streams; order between them is
+/// not kept, which does not matter for counting).
+fn run_tee(cmd: &mut Command) -> Result<(std::process::ExitStatus, Vec<String>)> {
+    cmd::echo(cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", cmd::display(cmd)))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // One thread per stream: reading both from one thread could deadlock when the
+    // child fills the pipe we are not reading.
+    let out = thread::spawn(move || tee(stdout, io::stdout()));
+    let err = thread::spawn(move || tee(stderr, io::stderr()));
+    let mut lines = out.join().expect("stdout reader panicked")?;
+    lines.extend(err.join().expect("stderr reader panicked")?);
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok((status, lines))
+}
+
+/// Copies `input` to `output` line by line and returns the lines (lossy UTF-8, since
+/// test output can contain anything).
+fn tee(input: impl Read, mut output: impl Write) -> io::Result<Vec<String>> {
+    let mut reader = BufReader::new(input);
+    let mut lines = Vec::new();
+    let mut buf = Vec::new();
+    while reader.read_until(b'\n', &mut buf)? > 0 {
+        output.write_all(&buf)?;
+        output.flush()?;
+        let line = String::from_utf8_lossy(&buf);
+        lines.push(line.trim_end_matches(['\n', '\r']).to_owned());
+        buf.clear();
+    }
+    Ok(lines)
+}
+
+impl Summary {
+    /// Takes in one line of libtest output.
+    fn record(&mut self, line: &str) {
+        if let Some(result) = line.strip_prefix("test result: ") {
+            // `ok. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s`
+            for part in result.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(count) = count.parse::<u64>() else {
+                    continue;
+                };
+                match label {
+                    "passed" => self.passed += count,
+                    "failed" => self.failed += count,
+                    "ignored" => self.ignored += count,
+                    _ => {}
+                }
+            }
+        } else if let Some(name) = failed_test_name(line) {
+            self.failed_tests.push(name.to_owned());
+        }
+    }
+
+    fn print(&self) {
+        println!();
+        println!("==== summary ====");
+        if !self.failed_tests.is_empty() {
+            println!("failed tests:");
+            for name in &self.failed_tests {
+                println!("    {name}");
+            }
+        }
+        for problem in &self.problems {
+            println!("error: {problem}");
+        }
+        let mut counts = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.ignored > 0 {
+            counts += &format!(", {} skipped", self.ignored);
+        }
+        println!("{counts}");
+    }
+}
+
+/// The name in `test <name> ... FAILED`. Doc tests have spaces in their names
+/// (`src/lib.rs - f (line 3)`), so the name is everything between the markers.
+fn failed_test_name(line: &str) -> Option<&str> {
+    let name = line.strip_prefix("test ")?.strip_suffix(" ... FAILED")?;
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_results_and_collects_failures() {
+        let mut summary = Summary::default();
+        for line in [
+            "test a::ok ... ok",
+            "test a::bad ... FAILED",
+            "test src/lib.rs - f (line 3) ... FAILED",
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 0.00s",
+        ] {
+            summary.record(line);
+        }
+        assert_eq!((summary.passed, summary.failed, summary.ignored), (7, 2, 1));
+        assert_eq!(summary.failed_tests, ["a::bad", "src/lib.rs - f (line 3)"]);
+    }
+}
+#[cfg(test)]
+mod tmp_fail { #[test] fn deliberately_fails() { panic!("boom") } #[test] #[ignore] fn skipped() {} }
