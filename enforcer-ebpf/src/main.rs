@@ -207,10 +207,10 @@ fn judge_v4(addr: [u8; 4], len: u64, stats: &mut Stats) -> Verdict {
     if let Some(e) = BLOCK_V4.get_ptr_mut(addr) {
         consider(&mut m, e, now);
     }
-    if !is_enforced(&m) {
-        if let Some(e) = BLOCK_NET_V4.get(Key::new(32, addr)) {
-            consider(&mut m, as_mut_ptr(e), now);
-        }
+    if !is_enforced(&m)
+        && let Some(e) = BLOCK_NET_V4.get(Key::new(32, addr))
+    {
+        consider(&mut m, as_mut_ptr(e), now);
     }
     decide(m, len, now, stats, || ALLOW_V4.get(Key::new(32, addr)).is_some())
 }
@@ -225,10 +225,10 @@ fn judge_v6(addr: [u8; 16], len: u64, stats: &mut Stats) -> Verdict {
     if let Some(e) = BLOCK_V6.get_ptr_mut(addr) {
         consider(&mut m, e, now);
     }
-    if !is_enforced(&m) {
-        if let Some(e) = BLOCK_NET_V6.get(Key::new(128, addr)) {
-            consider(&mut m, as_mut_ptr(e), now);
-        }
+    if !is_enforced(&m)
+        && let Some(e) = BLOCK_NET_V6.get(Key::new(128, addr))
+    {
+        consider(&mut m, as_mut_ptr(e), now);
     }
     decide(m, len, now, stats, || ALLOW_V6.get(Key::new(128, addr)).is_some())
 }

@@ -187,8 +187,7 @@ impl Lab {
             "link", "add", SENDER_IF, "type", "veth", "peer", "name", RECEIVER_IF, "netns",
             receiver.name(),
         ])?;
-        for (i, a) in SENDER_V4.iter().enumerate() {
-            let _ = i;
+        for a in SENDER_V4 {
             sender.ip(&["addr", "add", &format!("{a}/24"), "dev", SENDER_IF])?;
         }
         for a in SENDER_V6 {
@@ -217,22 +216,6 @@ impl Lab {
             receiver,
             pins: PinDir::new()?,
         })
-    }
-
-    /// Adds a VLAN sub-interface `<parent>.<id>` on both ends with the given /24s (sender first).
-    pub fn add_vlan(&self, id: u16, sender_addrs: &[&str], receiver_addr: &str) -> Result<()> {
-        let sv = format!("{SENDER_IF}.{id}");
-        let rv = format!("{RECEIVER_IF}.{id}");
-        let id = id.to_string();
-        self.sender.ip(&["link", "add", "link", SENDER_IF, "name", &sv, "type", "vlan", "id", &id])?;
-        self.receiver.ip(&["link", "add", "link", RECEIVER_IF, "name", &rv, "type", "vlan", "id", &id])?;
-        for a in sender_addrs {
-            self.sender.ip(&["addr", "add", &format!("{a}/24"), "dev", &sv])?;
-        }
-        self.receiver.ip(&["addr", "add", &format!("{receiver_addr}/24"), "dev", &rv])?;
-        self.sender.ip(&["link", "set", &sv, "up"])?;
-        self.receiver.ip(&["link", "set", &rv, "up"])?;
-        Ok(())
     }
 
     /// A UDP socket bound in the receiver namespace on `addr` (any port).
@@ -312,4 +295,40 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Res
         ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Sends raw Ethernet frames out of `iface` (in the calling thread's namespace) with a packet
+/// socket. Returns how many were sent.
+pub fn inject<'a>(iface: &str, frames: impl IntoIterator<Item = &'a [u8]>) -> Result<usize> {
+    let c = std::ffi::CString::new(iface)?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(ifindex != 0, "no interface {iface}");
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+    // SAFETY: fresh fd we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: all-zero sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    let mut sent = 0;
+    for frame in frames {
+        // SAFETY: valid buffer and address of the right size.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        ensure!(n == frame.len() as isize, "sendto: {}", io::Error::last_os_error());
+        sent += 1;
+    }
+    Ok(sent)
 }

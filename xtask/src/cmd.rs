@@ -124,7 +124,7 @@ pub fn run_release_bin(name: &str, args: &[String]) -> Result<ExitCode> {
     let path = target_dir().join("release").join(name);
     if !path.is_file() {
         bail!(
-            "{} does not exist after the release build: no workspace crate defines a \
+            "{} does not exist after the release build: no workspace crate defines the \
              `{name}` binary yet (it is expected from the tests crate, enforcer-tests)",
             path.display()
         );

@@ -240,5 +240,3 @@ mod tests {
         assert_eq!(summary.failed_tests, ["a::bad", "src/lib.rs - f (line 3)"]);
     }
 }
-#[cfg(test)]
-mod tmp_fail { #[test] fn deliberately_fails() { panic!("boom") } #[test] #[ignore] fn skipped() {} }

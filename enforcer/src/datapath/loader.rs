@@ -437,7 +437,9 @@ pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<(), DatapathError>
     let link_path = layout.link_path(iface);
     if link_path.exists() {
         // Removing the last reference to the link detaches it.
-        return fs::remove_file(&link_path).map_err(io_err("removing", &link_path));
+        fs::remove_file(&link_path).map_err(io_err("removing", &link_path))?;
+        wait_detached(iface);
+        return Ok(());
     }
     if let Ok(ifindex) = ifindex(iface)
         && let Ok(state) = query_xdp(ifindex)
@@ -464,11 +466,28 @@ pub fn detach_all(base: &Path) -> Result<Vec<String>, DatapathError> {
             detached.push(decode_pin_name(&entry.file_name().to_string_lossy()));
         }
     }
+    for iface in &detached {
+        wait_detached(iface);
+    }
     if base.exists() {
         remove_pin_dir(base).map_err(io_err("removing", base))?;
     }
     detached.sort();
     Ok(detached)
+}
+
+/// The kernel frees an unpinned link after an RCU grace period: wait (briefly) until the
+/// interface reports no program, so that "detached" means detached when we return.
+fn wait_detached(iface: &str) {
+    let Ok(ifindex) = ifindex(iface) else { return };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match query_xdp(ifindex) {
+            Ok(state) if state.prog_id.is_some() => std::thread::sleep(std::time::Duration::from_millis(2)),
+            _ => return,
+        }
+    }
+    tracing::warn!(iface, "the kernel still reports an XDP program 2 s after its link was unpinned");
 }
 
 /// The names of the interfaces with a pinned enforcer link.
