@@ -3,7 +3,16 @@
 //! The layout follows the data: trigger sources → control plane (policy, durable store, kernel
 //! maps, reaper) → data plane (the XDP program in `enforcer-ebpf`, driven by [`datapath`]).
 
+pub mod audit;
+pub mod block;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod datapath;
+pub mod duration;
+pub mod protocol;
+pub mod store;
 pub mod target;
 
 pub use target::{Target, TargetError};

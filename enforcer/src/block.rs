@@ -1,0 +1,305 @@
+//! The block model: who blocked what, why, and until when.
+//!
+//! Several sources can block one target. Each source's block is kept on its own; the target
+//! stays blocked until the last of them ends, and the kernel entry carries the latest expiry.
+
+use std::{collections::BTreeMap, fmt, str::FromStr, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::target::Target;
+
+/// The name of a trigger source (`cli`, `wazuh`, `fail2ban`, ...): 1-32 of `[a-z0-9_-]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Source(String);
+
+/// Why a source name is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid source `{0}`: use 1 to 32 characters of a-z, 0-9, '-' and '_'")]
+pub struct SourceError(pub String);
+
+impl Source {
+    /// The source of blocks made by hand with the CLI.
+    pub fn cli() -> Self {
+        Self("cli".to_owned())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Source {
+    type Err = SourceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok { Ok(Self(s.to_owned())) } else { Err(SourceError(s.to_owned())) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Enforce (drop) or shadow (count and pass).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Matching packets are dropped.
+    #[default]
+    Enforce,
+    /// Matching packets are counted and passed (alert-only rollout).
+    Shadow,
+}
+
+impl Mode {
+    /// The data path's encoding.
+    pub const fn to_kernel(self) -> u32 {
+        match self {
+            Self::Enforce => enforcer_common::MODE_ENFORCE,
+            Self::Shadow => enforcer_common::MODE_SHADOW,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        })
+    }
+}
+
+/// Why a block exists: free text plus the structured fields alert sources provide.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reason {
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Detection rule id (Wazuh `rule.id`, a CrowdSec scenario, a fail2ban jail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
+    /// Detection rule description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_description: Option<String>,
+    /// Rule level / severity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_level: Option<u32>,
+    /// The alert's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
+    /// Agent id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Agent name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+}
+
+impl Reason {
+    /// A reason with only free text.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: Some(text.into()),
+            ..Self::default()
+        }
+    }
+
+    /// One line for tables: the text, else the rule.
+    pub fn summary(&self) -> String {
+        if let Some(t) = &self.text {
+            return t.clone();
+        }
+        match (&self.rule_id, &self.rule_description) {
+            (Some(id), Some(d)) => format!("rule {id}: {d}"),
+            (Some(id), None) => format!("rule {id}"),
+            (None, Some(d)) => d.clone(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Checks sizes, so that a hostile alert cannot bloat the store.
+    pub fn validate(&self) -> Result<(), String> {
+        let fields = [
+            ("reason", &self.text, 1024),
+            ("rule id", &self.rule_id, 128),
+            ("rule description", &self.rule_description, 512),
+            ("alert id", &self.alert_id, 128),
+            ("agent id", &self.agent_id, 128),
+            ("agent name", &self.agent_name, 256),
+        ];
+        for (name, value, max) in fields {
+            if value.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(format!("{name} is longer than {max} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch (how times are stored and sent).
+pub type UnixMillis = u64;
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> UnixMillis {
+    to_ms(SystemTime::now())
+}
+
+/// A time in Unix milliseconds.
+pub fn to_ms(t: SystemTime) -> UnixMillis {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds as a time.
+pub fn from_ms(ms: UnixMillis) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}
+
+/// One source's block of one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceBlock {
+    /// Who asked.
+    pub source: Source,
+    /// Why.
+    #[serde(default)]
+    pub reason: Reason,
+    /// When it was first made (Unix ms).
+    pub created_ms: UnixMillis,
+    /// When it was last extended or changed (Unix ms).
+    pub updated_ms: UnixMillis,
+    /// When it ends (Unix ms, wall clock); `None` = permanent.
+    pub expires_ms: Option<UnixMillis>,
+    /// Enforce or shadow.
+    pub mode: Mode,
+}
+
+impl SourceBlock {
+    /// Whether it has ended at `now`.
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now)
+    }
+}
+
+/// Every source's block of one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetBlocks {
+    /// One entry per source.
+    pub by_source: BTreeMap<Source, SourceBlock>,
+}
+
+/// What the kernel entry for a target should say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelEntry {
+    /// Wall-clock expiry (Unix ms); `None` = never.
+    pub expires_ms: Option<UnixMillis>,
+    /// Mode.
+    pub mode: Mode,
+}
+
+impl TargetBlocks {
+    /// The kernel entry these blocks call for.
+    ///
+    /// If any source enforces, the entry enforces until the latest enforcing block ends; the
+    /// reaper then rewrites it for what remains (say a longer shadow block). So even with no
+    /// daemon running, an enforced block never outlives every enforcing source.
+    pub fn kernel_entry(&self) -> Option<KernelEntry> {
+        let latest = |mode: Mode| {
+            let mut any = false;
+            let mut latest: Option<UnixMillis> = Some(0);
+            for b in self.by_source.values().filter(|b| b.mode == mode) {
+                any = true;
+                latest = match (latest, b.expires_ms) {
+                    (None, _) | (_, None) => None,
+                    (Some(a), Some(e)) => Some(a.max(e)),
+                };
+            }
+            any.then_some(KernelEntry {
+                expires_ms: latest,
+                mode,
+            })
+        };
+        latest(Mode::Enforce).or_else(|| latest(Mode::Shadow))
+    }
+
+    /// The sources, comma-separated.
+    pub fn sources(&self) -> String {
+        self.by_source.keys().map(Source::as_str).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A target and its blocks, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The target.
+    pub target: Target,
+    /// The block of one source.
+    pub block: SourceBlock,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sb(source: &str, expires: Option<u64>, mode: Mode) -> SourceBlock {
+        SourceBlock {
+            source: source.parse().unwrap(),
+            reason: Reason::default(),
+            created_ms: 0,
+            updated_ms: 0,
+            expires_ms: expires,
+            mode,
+        }
+    }
+
+    fn blocks(items: &[SourceBlock]) -> TargetBlocks {
+        TargetBlocks {
+            by_source: items.iter().map(|b| (b.source.clone(), b.clone())).collect(),
+        }
+    }
+
+    #[test]
+    fn the_latest_enforcing_expiry_wins() {
+        let t = blocks(&[sb("cli", Some(100), Mode::Enforce), sb("wazuh", Some(300), Mode::Enforce)]);
+        assert_eq!(t.kernel_entry(), Some(KernelEntry { expires_ms: Some(300), mode: Mode::Enforce }));
+        let t = blocks(&[sb("cli", None, Mode::Enforce), sb("wazuh", Some(300), Mode::Enforce)]);
+        assert_eq!(t.kernel_entry().unwrap().expires_ms, None);
+    }
+
+    #[test]
+    fn enforce_outranks_a_longer_shadow() {
+        let t = blocks(&[sb("cli", Some(100), Mode::Enforce), sb("wazuh", Some(300), Mode::Shadow)]);
+        assert_eq!(t.kernel_entry(), Some(KernelEntry { expires_ms: Some(100), mode: Mode::Enforce }));
+        let t = blocks(&[sb("wazuh", Some(300), Mode::Shadow)]);
+        assert_eq!(t.kernel_entry().unwrap().mode, Mode::Shadow);
+        assert_eq!(blocks(&[]).kernel_entry(), None);
+    }
+
+    #[test]
+    fn source_names_are_validated() {
+        assert!("wazuh".parse::<Source>().is_ok());
+        assert!("fail2ban-sshd".parse::<Source>().is_ok());
+        assert!("".parse::<Source>().is_err());
+        assert!("Wazuh".parse::<Source>().is_err());
+        assert!("a b".parse::<Source>().is_err());
+        assert!("x".repeat(33).parse::<Source>().is_err());
+    }
+}

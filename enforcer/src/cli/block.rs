@@ -1,0 +1,62 @@
+use std::path::Path;
+
+use crate::{
+    block::{Reason, Source},
+    duration::HumanDuration,
+    protocol::{BlockRequest, Outcome, Reply, Request},
+    target::Target,
+};
+
+/// `enforcer block`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address or prefix (192.0.2.7, 198.51.100.0/24, 2001:db8::/48).
+    pub target: Target,
+    /// How long (90s, 10m, 1h, 7d); default: the daemon's default TTL.
+    #[arg(long, conflicts_with = "permanent")]
+    pub ttl: Option<HumanDuration>,
+    /// No expiry (only for sources allowed to make permanent blocks).
+    #[arg(long)]
+    pub permanent: bool,
+    /// Who is blocking.
+    #[arg(long, default_value = "cli")]
+    pub source: Source,
+    /// Why (shown in `list` and the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Count matching packets but let them pass (alert-only).
+    #[arg(long)]
+    pub shadow: bool,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let reply = super::call(
+        socket,
+        &Request::Block(BlockRequest {
+            target: a.target,
+            ttl_secs: a.ttl.map(|d| d.0.as_secs()),
+            permanent: a.permanent,
+            source: a.source.clone(),
+            reason: a.reason.map(Reason::text).unwrap_or_default(),
+            shadow: a.shadow,
+        }),
+    )?;
+    let Reply::Block(r) = reply else { anyhow::bail!("unexpected reply from the daemon") };
+    if a.json {
+        return super::output::json(&r);
+    }
+    let verb = match r.outcome {
+        Outcome::Created => "blocked",
+        Outcome::Extended => "extended",
+        Outcome::Unchanged => "already blocked (expiry kept)",
+    };
+    let until = match r.expires_ms {
+        None => "permanently".to_owned(),
+        Some(e) => format!("for {} (until {})", super::output::time_left(Some(e)), super::output::timestamp(e)),
+    };
+    println!("{verb} {} {until} [{}, source {}]", r.target, r.mode, a.source);
+    Ok(())
+}

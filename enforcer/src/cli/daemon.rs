@@ -1,0 +1,113 @@
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::{
+    config::{Config, DEFAULT_CONFIG},
+    datapath::XdpModeRequest,
+    duration::HumanDuration,
+};
+
+/// `enforcer daemon`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (optional when it does not exist at the default path).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Interface to protect (repeatable; replaces the file's list).
+    #[arg(long = "iface")]
+    pub ifaces: Vec<String>,
+    /// XDP mode: auto (native, else skb), native, skb.
+    #[arg(long)]
+    pub xdp_mode: Option<XdpModeRequest>,
+    /// State directory (store, audit log, spool).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pins.
+    #[arg(long)]
+    pub bpffs_dir: Option<PathBuf>,
+    /// Group allowed to use the control socket.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Default TTL.
+    #[arg(long)]
+    pub default_ttl: Option<HumanDuration>,
+    /// Capacity of each single-address map (per family).
+    #[arg(long)]
+    pub max_addresses: Option<u32>,
+    /// Capacity of each prefix map (per family).
+    #[arg(long)]
+    pub max_prefixes: Option<u32>,
+    /// Run in this network namespace (a name under /run/netns), e.g. to protect the interfaces
+    /// of a container host's namespace. Unlike `ip netns exec`, this keeps the host's
+    /// /sys/fs/bpf, so pins outlive the process.
+    #[arg(long)]
+    pub netns: Option<String>,
+}
+
+/// Moves the process into a named network namespace. Called before any thread exists, so every
+/// thread the daemon starts inherits it.
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let path = std::path::Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    // SAFETY: setns on a valid namespace descriptor.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
+    }
+    Ok(())
+}
+
+pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = a.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut config = if a.config.is_some() || path.exists() {
+        Config::load(&path)?
+    } else {
+        Config::default()
+    };
+    if a.check_config {
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    if let Some(ns) = &a.netns {
+        enter_netns(ns)?;
+    }
+    // The global --socket / ENFORCER_SOCKET wins over the file.
+    if let Some(s) = socket {
+        config.socket = s;
+    }
+    if !a.ifaces.is_empty() {
+        config.interfaces = a.ifaces;
+    }
+    if let Some(m) = a.xdp_mode {
+        config.xdp_mode = m;
+    }
+    if let Some(d) = a.state_dir {
+        config.state_dir = d;
+    }
+    if let Some(d) = a.bpffs_dir {
+        config.bpffs_dir = d;
+    }
+    if let Some(g) = a.socket_group {
+        config.socket_group = Some(g);
+    }
+    if let Some(t) = a.default_ttl {
+        config.default_ttl = t;
+    }
+    if let Some(n) = a.max_addresses {
+        config.capacity.addresses = n;
+    }
+    if let Some(n) = a.max_prefixes {
+        config.capacity.prefixes = n;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    crate::daemon::run(config).context("the daemon stopped")
+}

@@ -1,0 +1,141 @@
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    block::{Reason, Source},
+    client::Client,
+    duration::HumanDuration,
+    protocol::{BatchItem, BatchRequest, Reply, Request},
+    target::Target,
+};
+
+/// Items per request: big enough to amortise the fsync, small enough to show progress.
+const CHUNK: usize = 5000;
+
+/// `enforcer import`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// File with one target per line, optionally followed by a TTL (`192.0.2.7 10m`); `-` for
+    /// stdin. Blank lines and `#` comments are skipped.
+    pub file: PathBuf,
+    /// TTL for lines without one (default: the daemon's).
+    #[arg(long)]
+    pub ttl: Option<HumanDuration>,
+    /// Source of the blocks.
+    #[arg(long, default_value = "cli")]
+    pub source: Source,
+    /// Reason for every block.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Import as shadow blocks.
+    #[arg(long)]
+    pub shadow: bool,
+    /// JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the whole input first: a bad line aborts the import before anything is sent.
+fn parse(reader: impl std::io::BufRead, name: &str) -> anyhow::Result<Vec<BatchItem>> {
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let target = fields.next().unwrap_or_default();
+        let ttl = fields.next();
+        let extra = fields.next();
+        let parsed = (|| -> Result<BatchItem, String> {
+            if extra.is_some() {
+                return Err("expected `TARGET [TTL]`".into());
+            }
+            let target: Target = target.parse().map_err(|e: crate::TargetError| e.to_string())?;
+            let ttl_secs = ttl
+                .map(|t| t.parse::<HumanDuration>().map(|d| d.0.as_secs()))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok(BatchItem { target, ttl_secs })
+        })();
+        match parsed {
+            Ok(item) => items.push(item),
+            Err(e) => errors.push(format!("{name}:{}: {e}", n + 1)),
+        }
+    }
+    if !errors.is_empty() {
+        let shown = errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ");
+        anyhow::bail!(
+            "{} invalid line(s), nothing was imported:\n  {shown}{}",
+            errors.len(),
+            if errors.len() > 10 { "\n  ..." } else { "" }
+        );
+    }
+    Ok(items)
+}
+
+pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let name = a.file.display().to_string();
+    let items = if a.file.as_os_str() == "-" {
+        parse(std::io::stdin().lock(), "stdin")?
+    } else {
+        let f = std::fs::File::open(&a.file).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
+        parse(std::io::BufReader::new(f), &name)?
+    };
+    let total = items.len();
+    let progress = std::io::stderr().is_terminal() && !a.json;
+    let mut client = Client::connect(socket, Duration::from_secs(120))?;
+    let mut applied = 0usize;
+    let mut failed = Vec::new();
+    let started = std::time::Instant::now();
+    for (i, chunk) in items.chunks(CHUNK).enumerate() {
+        let reply = client.call(&Request::BlockBatch(BatchRequest {
+            items: chunk.to_vec(),
+            ttl_secs: a.ttl.map(|d| d.0.as_secs()),
+            source: a.source.clone(),
+            reason: a.reason.clone().map(Reason::text).unwrap_or_default(),
+            shadow: a.shadow,
+        }))?;
+        let Reply::BlockBatch { applied: n, failed: f } = reply else {
+            anyhow::bail!("unexpected reply from the daemon")
+        };
+        applied += n;
+        failed.extend(f.into_iter().map(|mut x| {
+            x.index += i * CHUNK;
+            x
+        }));
+        if progress {
+            let done = (i * CHUNK + chunk.len()).min(total);
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!("\r[{}{}] {done}/{total}", "#".repeat(filled), " ".repeat(width - filled));
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        super::output::json(&serde_json::json!({"total": total, "applied": applied, "failed": failed, "seconds": secs}))?;
+    } else {
+        println!("imported {applied} of {total} targets in {secs:.2}s");
+        for f in failed.iter().take(20) {
+            println!("  refused {}: {}", f.target, f.error.message);
+        }
+    }
+    if !failed.is_empty() {
+        let code = failed[0].error.code;
+        return Err(crate::client::ClientError::Daemon(crate::protocol::ErrorBody {
+            code,
+            message: format!("{} of {total} targets were refused", failed.len()),
+        })
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The `enforcer` command line: one file per subcommand; each parses and prints, the library
+//! does the work. Human output is an aligned table; `--json` is the stable format for scripts.
+
+mod block;
+mod daemon;
+mod detach;
+mod import;
+mod list;
+mod output;
+mod show;
+mod stats;
+mod status;
+mod unblock;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    client::{Client, ClientError},
+    protocol::{DEFAULT_SOCKET, Reply, Request},
+};
+
+/// Block attacking IP addresses in the kernel (XDP), with expiry, allowlist and audit.
+#[derive(Debug, Parser)]
+#[command(name = "enforcer", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The daemon's control socket [default: /run/enforcer/enforcer.sock, or the daemon's
+    /// configuration].
+    #[arg(long, global = true, env = "ENFORCER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (owns the kernel maps).
+    Daemon(daemon::Args),
+    /// Block an address or prefix.
+    Block(block::Args),
+    /// Remove a block (one source's, or every source's with --all).
+    Unblock(unblock::Args),
+    /// List blocks with their sources, time left and counters.
+    List(list::Args),
+    /// Everything that covers an address, and the verdict its packets get now.
+    Show(show::Args),
+    /// Data path counters.
+    Stats(stats::Args),
+    /// Daemon status: interfaces, XDP mode, map use, store.
+    Status(status::Args),
+    /// Block many targets from a file (one per line, optional TTL) or stdin (-).
+    Import(import::Args),
+    /// Detach from every interface and remove all pinned state (deliberate switch-off).
+    Detach(detach::Args),
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let result = match cli.command {
+        Command::Daemon(a) => daemon::run(a, cli.socket),
+        Command::Detach(a) => detach::run(a),
+        Command::Block(a) => block::run(&socket, a),
+        Command::Unblock(a) => unblock::run(&socket, a),
+        Command::List(a) => list::run(&socket, a),
+        Command::Show(a) => show::run(&socket, a),
+        Command::Stats(a) => stats::run(&socket, a),
+        Command::Status(a) => status::run(&socket, a),
+        Command::Import(a) => import::run(&socket, a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<ClientError>()
+                .map_or(1, ClientError::exit_code);
+            eprintln!("enforcer: {e:#}");
+            code
+        }
+    }
+}
+
+/// One request to the daemon.
+pub(crate) fn call(socket: &std::path::Path, request: &Request) -> Result<Reply, ClientError> {
+    Client::connect(socket, Duration::from_secs(30))?.call(request)
+}

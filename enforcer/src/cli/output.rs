@@ -1,0 +1,90 @@
+//! Tables and times for people.
+
+use std::io::IsTerminal as _;
+
+use crate::{block::UnixMillis, duration::format_secs_short};
+
+/// Prints rows as an aligned table (first row is the header).
+pub fn table(rows: &[Vec<String>]) {
+    let Some(header) = rows.first() else { return };
+    let mut widths = vec![0; header.len()];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let bold = std::io::stdout().is_terminal();
+    for (n, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        let line = line.trim_end();
+        if n == 0 && bold {
+            println!("\x1b[1m{line}\x1b[0m");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+/// "in 9m58s", "permanent", "expired".
+pub fn time_left(expires_ms: Option<UnixMillis>) -> String {
+    match expires_ms {
+        None => "permanent".into(),
+        Some(e) => {
+            let now = crate::block::now_ms();
+            if e <= now {
+                "expired".into()
+            } else {
+                format_secs_short((e - now).div_ceil(1000))
+            }
+        }
+    }
+}
+
+/// "3s ago", "never".
+pub fn ago(ms: Option<UnixMillis>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let now = crate::block::now_ms();
+            format!("{} ago", format_secs_short(now.saturating_sub(t) / 1000))
+        }
+    }
+}
+
+/// RFC 3339 UTC, seconds precision.
+pub fn timestamp(ms: UnixMillis) -> String {
+    humantime::format_rfc3339_seconds(crate::block::from_ms(ms)).to_string()
+}
+
+/// 1234567 -> "1.2M".
+pub fn count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+/// Bytes with a binary unit.
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n}B"),
+        1024..1_048_576 => format!("{:.1}KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.1}GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+/// Prints a value as pretty JSON.
+pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

@@ -1,0 +1,50 @@
+use std::path::Path;
+
+use super::output::table;
+use crate::{
+    duration::format_secs,
+    protocol::{Reply, Request},
+};
+
+/// `enforcer status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let Reply::Status(s) = super::call(socket, &Request::Status)? else {
+        anyhow::bail!("unexpected reply from the daemon")
+    };
+    if a.json {
+        return super::output::json(&s);
+    }
+    println!("enforcer {} (pid {}), up {}", s.version, s.pid, format_secs(s.uptime_secs));
+    println!("blocks: {} targets, {} source blocks; next expiry: {}", s.targets, s.source_blocks,
+        s.next_expiry_ms.map_or("none".to_owned(), |e| format!("in {}", super::output::time_left(Some(e)))));
+    println!("store: {}\naudit log: {}\npins: {}", s.store_path, s.audit_log, s.bpffs_dir);
+    println!();
+    if s.interfaces.is_empty() {
+        println!("interfaces: none attached (nothing is filtered)");
+    } else {
+        let mut t = vec![["INTERFACE", "IFINDEX", "XDP MODE", "PROGRAM ID"].map(String::from).to_vec()];
+        for i in &s.interfaces {
+            t.push(vec![i.iface.clone(), i.ifindex.to_string(), i.mode.to_string(), i.prog_id.to_string()]);
+        }
+        table(&t);
+    }
+    println!();
+    let mut t = vec![["MAP", "USED", "CAPACITY", "USE"].map(String::from).to_vec()];
+    for m in &s.maps {
+        t.push(vec![
+            m.map.clone(),
+            m.used.to_string(),
+            m.capacity.to_string(),
+            format!("{:.1}%", 100.0 * m.used as f64 / f64::from(m.capacity.max(1))),
+        ]);
+    }
+    table(&t);
+    Ok(())
+}

@@ -1,0 +1,47 @@
+use std::path::Path;
+
+use crate::{
+    block::Source,
+    protocol::{Reply, Request},
+    target::Target,
+};
+
+/// `enforcer unblock`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address or prefix.
+    pub target: Target,
+    /// Remove only this source's block (default: cli).
+    #[arg(long, conflicts_with = "all")]
+    pub source: Option<Source>,
+    /// Remove every source's block.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let reply = super::call(
+        socket,
+        &Request::Unblock {
+            target: a.target,
+            source: a.source,
+            all: a.all,
+        },
+    )?;
+    let Reply::Unblock { target, removed, lifted } = reply else {
+        anyhow::bail!("unexpected reply from the daemon")
+    };
+    if a.json {
+        return super::output::json(&serde_json::json!({"target": target, "removed": removed, "lifted": lifted}));
+    }
+    let names: Vec<&str> = removed.iter().map(Source::as_str).collect();
+    if lifted {
+        println!("unblocked {target} (removed: {})", names.join(", "));
+    } else {
+        println!("removed {}'s block of {target}; other sources still block it", names.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The daemon's configuration file (TOML). Every option is also a command-line flag.
+//!
+//! ```toml
+//! interfaces = ["eth0"]
+//! xdp_mode = "auto"            # auto | native | skb
+//! socket = "/run/enforcer/enforcer.sock"
+//! socket_group = "enforcer"    # members may use the CLI; root always may
+//! state_dir = "/var/lib/enforcer"
+//! bpffs_dir = "/sys/fs/bpf/enforcer"
+//! default_ttl = "1h"
+//!
+//! [capacity]                   # per address family; fixed when the maps are created
+//! addresses = 1048576
+//! prefixes = 100000
+//! allow = 16384
+//!
+//! [audit]
+//! max_bytes = 67108864
+//! keep = 5
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    datapath::{Capacity, DEFAULT_BPFFS_DIR, XdpModeRequest},
+    duration::HumanDuration,
+    protocol::DEFAULT_SOCKET,
+};
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Interfaces to protect.
+    pub interfaces: Vec<String>,
+    /// XDP mode.
+    pub xdp_mode: XdpModeRequest,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Group allowed on the control socket (besides root).
+    pub socket_group: Option<String>,
+    /// Store, audit log and spool.
+    pub state_dir: PathBuf,
+    /// Pins.
+    pub bpffs_dir: PathBuf,
+    /// TTL of blocks that do not name one.
+    pub default_ttl: HumanDuration,
+    /// Map capacities.
+    pub capacity: CapacityConfig,
+    /// Audit log bounds.
+    pub audit: AuditConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeRequest::Auto,
+            socket: DEFAULT_SOCKET.into(),
+            socket_group: None,
+            state_dir: "/var/lib/enforcer".into(),
+            bpffs_dir: DEFAULT_BPFFS_DIR.into(),
+            default_ttl: HumanDuration(std::time::Duration::from_secs(3600)),
+            capacity: CapacityConfig::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// Map capacities, per family.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Single-address blocks.
+    pub addresses: u32,
+    /// Prefix blocks.
+    pub prefixes: u32,
+    /// Allowlist prefixes.
+    pub allow: u32,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        let c = Capacity::default();
+        Self {
+            addresses: c.addresses,
+            prefixes: c.prefixes,
+            allow: c.allow,
+        }
+    }
+}
+
+impl From<CapacityConfig> for Capacity {
+    fn from(c: CapacityConfig) -> Self {
+        Self {
+            addresses: c.addresses,
+            prefixes: c.prefixes,
+            allow: c.allow,
+        }
+    }
+}
+
+/// Audit log bounds.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Rotate when the file would grow past this.
+    pub max_bytes: u64,
+    /// Rotated files to keep.
+    pub keep: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `name` is used in errors.
+    pub fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
+        let located = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError {
+                path: name.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let config: Config = toml::from_str(text).map_err(|e| located(e.span(), e.message().to_owned()))?;
+        // Checks serde cannot express, located at the key they concern.
+        let key_span = |key: &str| find_key(text, key);
+        for iface in &config.interfaces {
+            if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+                return Err(located(key_span("interfaces"), format!("`{iface}` is not a valid interface name")));
+            }
+        }
+        let cap = config.capacity;
+        for (key, value) in [("addresses", cap.addresses), ("prefixes", cap.prefixes), ("allow", cap.allow)] {
+            if value == 0 {
+                return Err(located(key_span(key), format!("capacity.{key} must be at least 1")));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// The span of the first line that assigns `key`.
+fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with(key) && trimmed[key.len()..].trim_start().starts_with('=') {
+            let start = offset + (line.len() - trimmed.len());
+            return Some(start..start + key.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("interfaces = [\"eth0\"]\ndefault_ttl = \"10m\"\n", "t.toml").unwrap();
+        assert_eq!(c.interfaces, vec!["eth0"]);
+        assert_eq!(c.default_ttl.0.as_secs(), 600);
+        assert_eq!(c.capacity.addresses, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = Config::parse("interfaces = []\n\ndefault_ttl = \"ten minutes\"\n", "/etc/e.toml").unwrap_err();
+        assert_eq!((e.line, e.path.as_str()), (3, "/etc/e.toml"), "{e}");
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+        let e = Config::parse("interfcaes = []\n", "x").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = Config::parse("[capacity]\naddresses = 0\n", "x").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = Config::parse("xdp_mode = \"turbo\"\n", "x").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The control socket: newline-delimited JSON requests in, one response per request out.
+//!
+//! Access: the socket file is mode 0660, owned by root and the configured group; each
+//! connection's peer credentials are checked again (root, or a member of that group).
+
+use std::{
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::mpsc::SyncSender,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::oneshot,
+};
+
+use super::engine::Command;
+use crate::protocol::{Envelope, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Request, Response};
+
+/// Who may talk to the daemon.
+#[derive(Clone, Copy, Debug)]
+pub struct Access {
+    /// The group allowed besides root.
+    pub gid: Option<u32>,
+}
+
+/// Resolves a group name to its id.
+pub fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getgrnam with a valid C string; we only read gr_gid before any other call.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        anyhow::bail!("no group named `{name}` (create it with `groupadd {name}`, or unset socket_group)");
+    }
+    // SAFETY: non-null result of getgrnam.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+/// Binds the socket, refusing to steal it from a daemon that still answers.
+pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another enforcer daemon is listening on {}; stop it first (or use --socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    Ok(listener)
+}
+
+/// Accepts connections until the engine goes away.
+pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: Access, path: PathBuf) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, engine, access).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+        let _ = &path;
+    }
+}
+
+fn peer_allowed(stream: &UnixStream, access: Access) -> bool {
+    let Ok(cred) = stream.peer_cred() else { return false };
+    if cred.uid() == 0 {
+        return true;
+    }
+    let Some(gid) = access.gid else { return false };
+    if cred.gid() == gid {
+        return true;
+    }
+    // Supplementary groups of the peer process.
+    cred.pid()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:").map(str::to_owned))
+        })
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+}
+
+async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Access) -> io::Result<()> {
+    let allowed = peer_allowed(&stream, access);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if !allowed {
+            Response::err(
+                ErrorCode::PermissionDenied,
+                "permission denied: the control socket is for root and the daemon's socket_group",
+            )
+        } else if line.len() > MAX_LINE {
+            Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes"))
+        } else {
+            handle_line(&line, &engine).await
+        };
+        let mut out = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            body: response,
+        })
+        .map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+        if !allowed || line.len() > MAX_LINE {
+            return Ok(());
+        }
+    }
+}
+
+async fn handle_line(line: &[u8], engine: &SyncSender<Command>) -> Response {
+    let value: serde_json::Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => return Response::err(ErrorCode::InvalidRequest, format!("not JSON: {e}")),
+    };
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Response::err(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
+            );
+        }
+        None => return Response::err(ErrorCode::InvalidRequest, "missing protocol version field `v`"),
+    }
+    let request: Request = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return Response::err(ErrorCode::InvalidRequest, format!("invalid request: {e}")),
+    };
+    let (tx, rx) = oneshot::channel();
+    let engine = engine.clone();
+    let command = Command { request, reply: tx };
+    // The engine's queue is bounded: waiting for room is back-pressure, not an error.
+    let sent = tokio::task::spawn_blocking(move || engine.send(command)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return Response::err(ErrorCode::Internal, "the daemon is shutting down");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::err(ErrorCode::Internal, "the daemon is shutting down"))
+}

@@ -1,0 +1,698 @@
+//! The engine: the one owner of block state, the store and the kernel maps.
+//!
+//! It runs on its own thread and takes requests from a channel. Every write request waiting in
+//! the channel is handled in one round: changes are made in memory, committed to the store in
+//! one fsynced transaction, written to the kernel maps, and only then acknowledged. So a block
+//! is acknowledged only once it is durable and in force, and concurrent triggers share fsyncs.
+//!
+//! The same loop is the reaper: it sleeps until the next deadline (not a periodic scan), then
+//! removes what expired. The data path has already stopped enforcing those entries by itself at
+//! their deadline; reaping is garbage collection and bookkeeping.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    sync::mpsc::{Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use enforcer_common::{BlockValue, map_names};
+use tokio::sync::oneshot;
+
+use crate::{
+    audit::{Action, AuditLog, Event},
+    block::{Mode, Record, Source, SourceBlock, TargetBlocks, UnixMillis, from_ms, now_ms},
+    datapath::{Attachment, Datapath, clock},
+    protocol::*,
+    store::{Store, StoreOp},
+    target::Target,
+};
+
+/// A request and where to send its answer.
+pub struct Command {
+    /// The request.
+    pub request: Request,
+    /// The answer goes here.
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Most requests handled in one durable round.
+const MAX_ROUND: usize = 4096;
+/// Most expiries handled in one durable round.
+const MAX_REAP: usize = 10_000;
+
+/// Engine state.
+pub struct Engine {
+    blocks: BTreeMap<Target, TargetBlocks>,
+    deadlines: BTreeSet<(UnixMillis, Target, Source)>,
+    used: HashMap<&'static str, u64>,
+    store: Store,
+    dp: Datapath,
+    audit: AuditLog,
+    default_ttl: Duration,
+    attachments: Vec<Attachment>,
+    started: Instant,
+}
+
+/// Undo information for one round.
+struct Round {
+    ops: Vec<StoreOp>,
+    before: BTreeMap<Target, Option<TargetBlocks>>,
+}
+
+impl Round {
+    fn new() -> Self {
+        Self {
+            ops: Vec::new(),
+            before: BTreeMap::new(),
+        }
+    }
+}
+
+/// Reply to send once the round is durable, or the error if it failed before that.
+type Pending = (oneshot::Sender<Response>, Response, Vec<Target>);
+
+impl Engine {
+    /// Builds the engine from the store, reconciling the kernel maps with it.
+    pub fn start(store: Store, dp: Datapath, audit: AuditLog, default_ttl: Duration) -> anyhow::Result<Self> {
+        let mut engine = Self {
+            blocks: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            used: HashMap::new(),
+            store,
+            dp,
+            audit,
+            default_ttl,
+            attachments: Vec::new(),
+            started: Instant::now(),
+        };
+        engine.reconcile()?;
+        Ok(engine)
+    }
+
+    /// The data path (to attach interfaces after reconciliation).
+    pub fn datapath(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+
+    /// Records the interfaces attached, for status.
+    pub fn set_attachments(&mut self, a: Vec<Attachment>) {
+        self.attachments = a;
+    }
+
+    /// Loads the store and makes the kernel maps say exactly what it says.
+    fn reconcile(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let records = self.store.load_all()?;
+        let mut expired = Vec::new();
+        for Record { target, block } in records {
+            if block.is_expired(now) {
+                expired.push((target, block));
+                continue;
+            }
+            self.index(&target, &block);
+            self.blocks.entry(target).or_default().by_source.insert(block.source.clone(), block);
+        }
+        if !expired.is_empty() {
+            let ops: Vec<_> = expired
+                .iter()
+                .map(|(t, b)| StoreOp::Delete(*t, b.source.clone()))
+                .collect();
+            self.store.commit(&ops)?;
+            for (t, b) in &expired {
+                let mut e = Event::new(Action::Expire, t);
+                e.source = Some(&b.source);
+                e.detail = Some("expired while the daemon was not running".into());
+                self.audit.record(&e);
+            }
+        }
+        let in_kernel: BTreeMap<Target, BlockValue> = self.dp.maps().blocks()?.into_iter().collect();
+        let mut removed = 0usize;
+        for target in in_kernel.keys() {
+            if !self.blocks.contains_key(target) {
+                self.dp.maps_mut().remove_block(target)?;
+                let mut e = Event::new(Action::RemoveUnknown, target);
+                e.detail = Some("in the kernel map but not in the store".into());
+                self.audit.record(&e);
+                removed += 1;
+            }
+        }
+        let mut restored = 0usize;
+        let targets: Vec<Target> = self.blocks.keys().copied().collect();
+        for target in &targets {
+            let had = in_kernel.get(target).copied();
+            self.count(target, 1);
+            self.sync_kernel(target, had)?;
+            if had.is_none() {
+                restored += 1;
+                let mut e = Event::new(Action::Restore, target);
+                e.detail = Some("restored into the kernel from the store".into());
+                self.audit.record(&e);
+            }
+        }
+        self.audit.flush();
+        tracing::info!(
+            targets = self.blocks.len(),
+            restored,
+            removed_unknown = removed,
+            expired = expired.len(),
+            "reconciled the kernel maps with the store"
+        );
+        Ok(())
+    }
+
+    fn index(&mut self, target: &Target, block: &SourceBlock) {
+        if let Some(e) = block.expires_ms {
+            self.deadlines.insert((e, *target, block.source.clone()));
+        }
+    }
+
+    fn unindex(&mut self, target: &Target, block: &SourceBlock) {
+        if let Some(e) = block.expires_ms {
+            self.deadlines.remove(&(e, *target, block.source.clone()));
+        }
+    }
+
+    fn count(&mut self, target: &Target, delta: i64) {
+        let (map, _) = self.dp.maps().capacity_for(target);
+        let used = self.used.entry(map).or_default();
+        *used = used.saturating_add_signed(delta);
+    }
+
+    /// Writes the kernel entry `target`'s blocks call for (or removes it), keeping counters.
+    fn sync_kernel(&mut self, target: &Target, current: Option<BlockValue>) -> Result<(), crate::datapath::MapsError> {
+        let Some(entry) = self.blocks.get(target).and_then(TargetBlocks::kernel_entry) else {
+            self.dp.maps_mut().remove_block(target)?;
+            return Ok(());
+        };
+        let expires_ns = entry.expires_ms.map_or(0, |ms| clock::deadline_to_boot_ns(from_ms(ms)));
+        let mut value = current.unwrap_or_default();
+        value.expires_ns = expires_ns;
+        value.mode = entry.mode.to_kernel();
+        self.dp.maps_mut().insert_block(target, &value)
+    }
+
+    /// Runs until the channel closes.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            let wait = self.until_next_deadline();
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut round = vec![first];
+                    while round.len() < MAX_ROUND {
+                        match rx.try_recv() {
+                            Ok(c) => round.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle_round(round);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.reap();
+        }
+        self.audit.flush();
+        tracing::info!("engine stopped; blocks stay in force in the kernel");
+    }
+
+    fn until_next_deadline(&self) -> Duration {
+        match self.deadlines.first() {
+            Some((deadline, _, _)) => Duration::from_millis(deadline.saturating_sub(now_ms())),
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    fn handle_round(&mut self, commands: Vec<Command>) {
+        let mut round = Round::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        for Command { request, reply } in commands {
+            match request {
+                Request::Block(b) => {
+                    let resp = match self.block(&mut round, b) {
+                        Ok((r, t)) => (Response::ok(Reply::Block(r)), vec![t]),
+                        Err(e) => (e, vec![]),
+                    };
+                    pending.push((reply, resp.0, resp.1));
+                }
+                Request::BlockBatch(b) => {
+                    let (resp, touched) = self.block_batch(&mut round, b);
+                    pending.push((reply, resp, touched));
+                }
+                Request::Unblock { target, source, all } => {
+                    let resp = match self.unblock(&mut round, target, source, all) {
+                        Ok(r) => (r, vec![target]),
+                        Err(e) => (e, vec![]),
+                    };
+                    pending.push((reply, resp.0, resp.1));
+                }
+                read => {
+                    // Reads see every write before them in this round once it is committed;
+                    // answer them after the commit, in order.
+                    let resp = self.read(read);
+                    pending.push((reply, resp, vec![]));
+                }
+            }
+        }
+        if !round.ops.is_empty()
+            && let Err(e) = self.store.commit(&round.ops)
+        {
+            tracing::error!(error = %e, "committing to the store failed; rolling back this round");
+            for (target, before) in std::mem::take(&mut round.before) {
+                self.restore(target, before);
+            }
+            for (reply, resp, touched) in pending {
+                let resp = if touched.is_empty() {
+                    resp
+                } else {
+                    Response::err(ErrorCode::Internal, format!("the block store failed: {e}; nothing was changed"))
+                };
+                let _ = reply.send(resp);
+            }
+            return;
+        }
+        // Durable: now make it so in the kernel.
+        let mut failed: BTreeMap<Target, String> = BTreeMap::new();
+        for (target, before) in &round.before {
+            let current = if before.is_some() {
+                self.dp.maps().get_block(target).ok().flatten()
+            } else {
+                None
+            };
+            if let Err(e) = self.sync_kernel(target, current) {
+                tracing::error!(%target, error = %e, "writing the kernel map failed");
+                failed.insert(*target, e.to_string());
+            }
+        }
+        self.audit.flush();
+        for (reply, resp, touched) in pending {
+            let resp = match touched.iter().find_map(|t| failed.get(t)) {
+                Some(e) => Response::err(
+                    ErrorCode::Internal,
+                    format!("stored but the kernel map update failed ({e}); it is retried at the next start"),
+                ),
+                None => resp,
+            };
+            let _ = reply.send(resp);
+        }
+    }
+
+    /// Puts a target's blocks back as they were before this round.
+    fn restore(&mut self, target: Target, before: Option<TargetBlocks>) {
+        if let Some(now) = self.blocks.remove(&target) {
+            for b in now.by_source.values() {
+                self.unindex(&target, b);
+            }
+            self.count(&target, -1);
+        }
+        if let Some(before) = before {
+            for b in before.by_source.values() {
+                self.index(&target, b);
+            }
+            self.count(&target, 1);
+            self.blocks.insert(target, before);
+        }
+    }
+
+    fn remember(&self, round: &mut Round, target: &Target) {
+        round
+            .before
+            .entry(*target)
+            .or_insert_with(|| self.blocks.get(target).cloned());
+    }
+
+    fn block(&mut self, round: &mut Round, req: BlockRequest) -> Result<(BlockReply, Target), Response> {
+        if let Err(e) = req.reason.validate() {
+            return Err(Response::err(ErrorCode::InvalidRequest, e));
+        }
+        let target = req.target;
+        let now = now_ms();
+        let expires_ms = if req.permanent {
+            None
+        } else {
+            let ttl = req.ttl_secs.map_or(self.default_ttl, Duration::from_secs);
+            if ttl.is_zero() {
+                return Err(Response::err(ErrorCode::InvalidRequest, "the TTL must be at least 1 second"));
+            }
+            Some(now.saturating_add(ttl.as_millis() as u64))
+        };
+        let mode = if req.shadow { Mode::Shadow } else { Mode::Enforce };
+        let is_new_target = !self.blocks.contains_key(&target);
+        if is_new_target {
+            let (map, capacity) = self.dp.maps().capacity_for(&target);
+            if self.used.get(map).copied().unwrap_or(0) >= u64::from(capacity) {
+                let msg = format!(
+                    "the {map} map is full ({capacity} entries); nothing was evicted. Raise [capacity] in the configuration or unblock targets"
+                );
+                self.refuse(&target, &req.source, &msg);
+                return Err(Response::err(ErrorCode::MapFull, msg));
+            }
+        }
+        self.remember(round, &target);
+        let existing = self.blocks.get(&target).and_then(|t| t.by_source.get(&req.source)).cloned();
+        let (outcome, block) = match existing {
+            None => (
+                Outcome::Created,
+                SourceBlock {
+                    source: req.source.clone(),
+                    reason: req.reason,
+                    created_ms: now,
+                    updated_ms: now,
+                    expires_ms,
+                    mode,
+                },
+            ),
+            Some(old) => {
+                self.unindex(&target, &old);
+                // Re-blocking never shortens a block: it extends to the later end.
+                let later = match (old.expires_ms, expires_ms) {
+                    (None, _) => None,
+                    (_, None) => None,
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                };
+                let outcome = if later != old.expires_ms { Outcome::Extended } else { Outcome::Unchanged };
+                (
+                    outcome,
+                    SourceBlock {
+                        reason: req.reason,
+                        updated_ms: now,
+                        expires_ms: later,
+                        mode,
+                        ..old
+                    },
+                )
+            }
+        };
+        self.index(&target, &block);
+        if is_new_target {
+            self.count(&target, 1);
+        }
+        round.ops.push(StoreOp::Put(Record {
+            target,
+            block: block.clone(),
+        }));
+        let entry = self.blocks.entry(target).or_default();
+        entry.by_source.insert(block.source.clone(), block.clone());
+        let action = match outcome {
+            Outcome::Created => Action::Block,
+            Outcome::Extended => Action::Extend,
+            Outcome::Unchanged => Action::Reblock,
+        };
+        let mut e = Event::new(action, &target);
+        e.source = Some(&block.source);
+        e.reason = Some(&block.reason);
+        e.expires_ms = block.expires_ms;
+        e.mode = Some(block.mode);
+        self.audit.record(&e);
+        Ok((
+            BlockReply {
+                target,
+                outcome,
+                expires_ms: block.expires_ms,
+                mode: block.mode,
+            },
+            target,
+        ))
+    }
+
+    fn block_batch(&mut self, round: &mut Round, req: BatchRequest) -> (Response, Vec<Target>) {
+        let mut applied = 0;
+        let mut failed = Vec::new();
+        let mut touched = Vec::with_capacity(req.items.len());
+        for (index, item) in req.items.into_iter().enumerate() {
+            let one = BlockRequest {
+                target: item.target,
+                ttl_secs: item.ttl_secs.or(req.ttl_secs),
+                permanent: false,
+                source: req.source.clone(),
+                reason: req.reason.clone(),
+                shadow: req.shadow,
+            };
+            match self.block(round, one) {
+                Ok((_, t)) => {
+                    applied += 1;
+                    touched.push(t);
+                }
+                Err(Response::Err { error, .. }) => failed.push(BatchFailure {
+                    index,
+                    target: item.target,
+                    error,
+                }),
+                Err(Response::Ok { .. }) => unreachable!("block errors are errors"),
+            }
+        }
+        (Response::ok(Reply::BlockBatch { applied, failed }), touched)
+    }
+
+    fn unblock(&mut self, round: &mut Round, target: Target, source: Option<Source>, all: bool) -> Result<Response, Response> {
+        let Some(current) = self.blocks.get(&target) else {
+            return Err(Response::err(ErrorCode::NotFound, format!("{target} is not blocked (see `enforcer list`)")));
+        };
+        let source = source.unwrap_or_else(Source::cli);
+        let removed: Vec<Source> = if all {
+            current.by_source.keys().cloned().collect()
+        } else if current.by_source.contains_key(&source) {
+            vec![source.clone()]
+        } else {
+            return Err(Response::err(
+                ErrorCode::NotFound,
+                format!(
+                    "{target} has no block from source `{source}` (blocked by: {}); use --source NAME or --all",
+                    current.sources()
+                ),
+            ));
+        };
+        self.remember(round, &target);
+        for s in &removed {
+            if let Some(b) = self.blocks.get_mut(&target).and_then(|t| t.by_source.remove(s)) {
+                self.unindex(&target, &b);
+                round.ops.push(StoreOp::Delete(target, s.clone()));
+                let mut e = Event::new(Action::Unblock, &target);
+                e.source = Some(s);
+                self.audit.record(&e);
+            }
+        }
+        let lifted = self.blocks.get(&target).is_some_and(|t| t.by_source.is_empty());
+        if lifted {
+            self.blocks.remove(&target);
+            self.count(&target, -1);
+        }
+        Ok(Response::ok(Reply::Unblock { target, removed, lifted }))
+    }
+
+    fn refuse(&mut self, target: &Target, source: &Source, detail: &str) {
+        let mut e = Event::new(Action::Refuse, target);
+        e.source = Some(source);
+        e.detail = Some(detail.to_owned());
+        self.audit.record(&e);
+    }
+
+    /// Removes every source block whose deadline has passed.
+    fn reap(&mut self) {
+        let now = now_ms();
+        let mut due = Vec::new();
+        while let Some((deadline, _, _)) = self.deadlines.first() {
+            if *deadline > now || due.len() >= MAX_REAP {
+                break;
+            }
+            due.push(self.deadlines.pop_first().expect("not empty"));
+        }
+        if due.is_empty() {
+            return;
+        }
+        let mut round = Round::new();
+        for (_, target, source) in &due {
+            self.remember(&mut round, target);
+            let Some(blocks) = self.blocks.get_mut(target) else { continue };
+            if blocks.by_source.remove(source).is_some() {
+                round.ops.push(StoreOp::Delete(*target, source.clone()));
+                let mut e = Event::new(Action::Expire, target);
+                e.source = Some(source);
+                self.audit.record(&e);
+            }
+            if blocks.by_source.is_empty() {
+                self.blocks.remove(target);
+                self.count(target, -1);
+            }
+        }
+        if let Err(e) = self.store.commit(&round.ops) {
+            // The kernel stopped enforcing them at their deadline anyway; retry the bookkeeping.
+            tracing::error!(error = %e, "removing expired blocks from the store failed; retrying");
+            for (target, before) in std::mem::take(&mut round.before) {
+                self.restore(target, before);
+            }
+            self.deadlines.extend(due.into_iter().map(|(_, t, s)| (now_ms() + 1000, t, s)));
+            return;
+        }
+        for target in round.before.keys() {
+            let current = self.dp.maps().get_block(target).ok().flatten();
+            if let Err(e) = self.sync_kernel(target, current) {
+                tracing::error!(%target, error = %e, "updating the kernel map after expiry failed");
+            }
+        }
+        self.audit.flush();
+        tracing::debug!(count = due.len(), "reaped expired blocks");
+    }
+
+    fn read(&self, request: Request) -> Response {
+        match request {
+            Request::Ping => Response::ok(Reply::Pong {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol: PROTOCOL_VERSION,
+            }),
+            Request::List { source } => {
+                let blocks = self
+                    .blocks
+                    .iter()
+                    .filter(|(_, b)| source.as_ref().is_none_or(|s| b.by_source.contains_key(s)))
+                    .map(|(t, b)| self.list_entry(t, b))
+                    .collect();
+                Response::ok(Reply::List { blocks })
+            }
+            Request::Show { target } => Response::ok(Reply::Show(self.show(target))),
+            Request::Stats => self.stats(),
+            Request::Status => Response::ok(Reply::Status(self.status())),
+            Request::Block(_) | Request::BlockBatch(_) | Request::Unblock { .. } => {
+                unreachable!("writes are not reads")
+            }
+        }
+    }
+
+    fn list_entry(&self, target: &Target, blocks: &TargetBlocks) -> ListEntry {
+        let kernel = self.dp.maps().get_block(target).ok().flatten().unwrap_or_default();
+        let entry = blocks.kernel_entry();
+        ListEntry {
+            target: *target,
+            mode: entry.map_or(Mode::Enforce, |e| e.mode),
+            expires_ms: entry.and_then(|e| e.expires_ms),
+            sources: blocks
+                .by_source
+                .values()
+                .map(|b| ListSource {
+                    source: b.source.clone(),
+                    reason: b.reason.clone(),
+                    created_ms: b.created_ms,
+                    expires_ms: b.expires_ms,
+                    mode: b.mode,
+                })
+                .collect(),
+            packets: kernel.hit_packets,
+            bytes: kernel.hit_bytes,
+            last_hit_ms: (kernel.last_hit_ns != 0).then(|| crate::block::to_ms(clock::boot_ns_to_wall(kernel.last_hit_ns))),
+        }
+    }
+
+    fn show(&self, target: Target) -> ShowReply {
+        let addr: IpAddr = target.addr();
+        let mut blocks: Vec<ListEntry> = self
+            .blocks
+            .iter()
+            .filter(|(t, _)| t.overlaps(&target))
+            .map(|(t, b)| self.list_entry(t, b))
+            .collect();
+        blocks.sort_by_key(|e| std::cmp::Reverse(e.target.prefix_len()));
+        let allowlist: Vec<AllowEntry> = self
+            .dp
+            .maps()
+            .allows()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(t, _)| t.contains(addr))
+            .map(|(t, v)| AllowEntry {
+                target: t,
+                origin: if v.origin == enforcer_common::ALLOW_ORIGIN_BUILTIN { "builtin" } else { "config" }.to_owned(),
+            })
+            .collect();
+        let covering: Vec<&ListEntry> = blocks.iter().filter(|e| e.target.contains(addr)).collect();
+        let verdict = if covering.is_empty() {
+            "pass"
+        } else if !allowlist.is_empty() {
+            "pass (allowlisted)"
+        } else if covering.iter().any(|e| e.mode == Mode::Enforce) {
+            "drop"
+        } else {
+            "pass (shadow)"
+        };
+        ShowReply {
+            target,
+            blocks,
+            allowlist,
+            verdict: verdict.to_owned(),
+        }
+    }
+
+    fn stats(&self) -> Response {
+        let maps = self.dp.maps();
+        let total = match maps.stats_total() {
+            Ok(t) => t,
+            Err(e) => return Response::err(ErrorCode::Internal, e.to_string()),
+        };
+        let interfaces = self
+            .attachments
+            .iter()
+            .filter_map(|a| {
+                maps.stats_for_ifindex(a.ifindex).ok().map(|s| InterfaceCounters {
+                    iface: a.iface.clone(),
+                    counters: s.into(),
+                })
+            })
+            .collect();
+        let mut by_source: BTreeMap<Source, usize> = BTreeMap::new();
+        for b in self.blocks.values() {
+            for s in b.by_source.keys() {
+                *by_source.entry(s.clone()).or_default() += 1;
+            }
+        }
+        Response::ok(Reply::Stats(StatsReply {
+            total: total.into(),
+            interfaces,
+            blocks_by_source: by_source.into_iter().collect(),
+        }))
+    }
+
+    fn status(&self) -> StatusReply {
+        let maps = self.dp.maps();
+        let allow_used = maps.allows().map(|a| a.len()).unwrap_or(0);
+        let map_use = maps
+            .capacities()
+            .into_iter()
+            .map(|(name, capacity)| MapUse {
+                map: name.to_owned(),
+                used: match name {
+                    map_names::ALLOW_V4 | map_names::ALLOW_V6 => maps
+                        .allows()
+                        .map(|a| {
+                            a.iter()
+                                .filter(|(t, _)| t.is_v4() == (name == map_names::ALLOW_V4))
+                                .count() as u64
+                        })
+                        .unwrap_or(allow_used as u64),
+                    _ => self.used.get(name).copied().unwrap_or(0),
+                },
+                capacity,
+            })
+            .collect();
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            interfaces: self
+                .attachments
+                .iter()
+                .map(|a| InterfaceStatus {
+                    iface: a.iface.clone(),
+                    ifindex: a.ifindex,
+                    mode: a.mode,
+                    prog_id: a.prog_id,
+                })
+                .collect(),
+            maps: map_use,
+            targets: self.blocks.len(),
+            source_blocks: self.blocks.values().map(|b| b.by_source.len()).sum(),
+            store_path: self.store.path().display().to_string(),
+            bpffs_dir: self.dp.layout().base().display().to_string(),
+            audit_log: self.audit.path().display().to_string(),
+            next_expiry_ms: self.deadlines.first().map(|(d, _, _)| *d),
+        }
+    }
+}

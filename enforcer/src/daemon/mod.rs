@@ -1,0 +1,91 @@
+//! `enforcer daemon`: owns the maps, serves the control socket, reaps expired blocks.
+//!
+//! Start-up order matters for safety: the maps are reconciled with the store *before* the
+//! program is attached or swapped in, so a new build never enforces a half-filled map.
+//! SIGTERM stops the daemon and leaves the program attached and every block in force.
+
+pub mod control_socket;
+pub mod engine;
+
+use std::{os::unix::fs::DirBuilderExt as _, sync::mpsc};
+
+use anyhow::Context as _;
+
+use crate::{
+    audit::AuditLog,
+    config::Config,
+    datapath::{Datapath, DatapathOptions},
+    store::Store,
+};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&config.state_dir)
+        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    let store = Store::open(&config.state_dir.join("blocks.redb"))?;
+    let audit = AuditLog::open(&config.state_dir, config.audit.max_bytes, config.audit.keep)
+        .with_context(|| format!("opening the audit log in {}", config.state_dir.display()))?;
+    let access = control_socket::Access {
+        gid: config.socket_group.as_deref().map(control_socket::group_id).transpose()?,
+    };
+    let dp = Datapath::open(&DatapathOptions {
+        bpffs_dir: config.bpffs_dir.clone(),
+        capacity: config.capacity.into(),
+        count_block_hits: true,
+    })?;
+    let mut engine = engine::Engine::start(store, dp, audit, config.default_ttl.0)?;
+
+    let mut attachments = Vec::new();
+    for iface in &config.interfaces {
+        let a = engine
+            .datapath()
+            .attach(iface, config.xdp_mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+        tracing::info!(
+            iface = %a.iface,
+            mode = %a.mode,
+            prog_id = a.prog_id,
+            replaced = a.replaced,
+            "{}",
+            if a.replaced { "replaced the program in place" } else { "attached" }
+        );
+        attachments.push(a);
+    }
+    if config.interfaces.is_empty() {
+        tracing::warn!("no interfaces configured: blocks are kept but nothing is filtered (use --iface)");
+    }
+    engine.set_attachments(attachments);
+
+    let (tx, rx) = mpsc::sync_channel(8192);
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || engine.run(rx))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let socket = config.socket.clone();
+    runtime.block_on(async move {
+        let listener = control_socket::bind(&socket, access).await?;
+        tracing::info!(socket = %socket.display(), "listening");
+        let server = tokio::spawn(control_socket::serve(listener, tx, access, socket.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down; XDP stays attached, blocks stay in force"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down; XDP stays attached, blocks stay in force"),
+        }
+        server.abort();
+        let _ = server.await;
+        let _ = std::fs::remove_file(&socket);
+        anyhow::Ok(())
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    engine_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! The control socket's protocol, version 1.
+//!
+//! One JSON object per line, each way, over a Unix stream socket. A client sends a [`Request`];
+//! the daemon answers each with exactly one [`Response`], in order. A connection may carry many
+//! requests. Unknown fields are ignored, so clients and daemons of later minor versions
+//! interoperate; a change that breaks that bumps [`PROTOCOL_VERSION`].
+//!
+//! ```text
+//! > {"v":1,"op":"block","target":"192.0.2.7","ttl_secs":600,"source":"cli","reason":{"text":"ssh brute force"}}
+//! < {"v":1,"ok":true,"result":{"op":"block","target":"192.0.2.7","outcome":"created",...}}
+//! < {"v":1,"ok":false,"error":{"code":"map_full","message":"the BLOCK_V4 map is full ..."}}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    block::{Mode, Reason, Source, UnixMillis},
+    datapath::AttachedMode,
+    target::Target,
+};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
+
+/// The largest request line the daemon reads (a batch of a few thousand targets fits).
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// A request with its version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Protocol version.
+    pub v: u32,
+    /// The request or response.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// What a client can ask.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness and version.
+    Ping,
+    /// Block a target for one source.
+    Block(BlockRequest),
+    /// Block many targets in one durable write.
+    BlockBatch(BatchRequest),
+    /// Remove one source's block, or every block, of a target.
+    Unblock {
+        /// The target.
+        target: Target,
+        /// The source whose block to remove (default `cli`).
+        #[serde(default)]
+        source: Option<Source>,
+        /// Remove every source's block.
+        #[serde(default)]
+        all: bool,
+    },
+    /// The blocks, with counters.
+    List {
+        /// Only this source's blocks.
+        #[serde(default)]
+        source: Option<Source>,
+    },
+    /// Everything that covers an address, and the verdict its packets get now.
+    Show {
+        /// An address (or prefix).
+        target: Target,
+    },
+    /// Data path counters.
+    Stats,
+    /// Daemon state.
+    Status,
+}
+
+/// A block request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// The target.
+    pub target: Target,
+    /// Time to live in seconds; `None` takes the default TTL.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// A block with no end (only sources allowed to make them).
+    #[serde(default)]
+    pub permanent: bool,
+    /// Who asks.
+    pub source: Source,
+    /// Why.
+    #[serde(default)]
+    pub reason: Reason,
+    /// Count instead of drop.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// One line of a batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// The target.
+    pub target: Target,
+    /// TTL in seconds, else the batch's.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Many blocks from one source with one reason.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// The targets.
+    pub items: Vec<BatchItem>,
+    /// TTL for items without their own; `None` = the default TTL.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Who asks.
+    pub source: Source,
+    /// Why.
+    #[serde(default)]
+    pub reason: Reason,
+    /// Count instead of drop.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// Success.
+    Ok {
+        /// Always true.
+        ok: bool,
+        /// The result.
+        result: Reply,
+    },
+    /// Failure.
+    Err {
+        /// Always false.
+        ok: bool,
+        /// What went wrong.
+        error: ErrorBody,
+    },
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(result: Reply) -> Self {
+        Self::Ok { ok: true, result }
+    }
+
+    /// A failure.
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Err {
+            ok: false,
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// An error: a stable code for scripts, a sentence for people.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+/// Stable error codes. Each maps to one CLI exit code (documented in the README).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was malformed or a value invalid.
+    InvalidRequest,
+    /// The protocol version is not supported.
+    UnsupportedVersion,
+    /// No such block.
+    NotFound,
+    /// A kernel map is full; nothing was evicted.
+    MapFull,
+    /// Policy refused the block (allowlist, scope, time bounds...).
+    Refused,
+    /// The peer may not use the socket.
+    PermissionDenied,
+    /// The daemon failed internally (store or kernel error).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The CLI's exit code for this error.
+    pub const fn exit_code(self) -> i32 {
+        match self {
+            Self::InvalidRequest | Self::UnsupportedVersion => 2,
+            Self::PermissionDenied => 4,
+            Self::NotFound => 5,
+            Self::MapFull => 6,
+            Self::Refused => 7,
+            Self::Internal => 1,
+        }
+    }
+}
+
+/// What a block request did.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new block for this source.
+    Created,
+    /// The source's block now ends later.
+    Extended,
+    /// The source's block already ended later; its expiry is kept (reason and mode updated).
+    Unchanged,
+}
+
+/// Success payloads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to ping.
+    Pong {
+        /// Daemon version.
+        version: String,
+        /// Protocol version.
+        protocol: u32,
+    },
+    /// Answer to block.
+    Block(BlockReply),
+    /// Answer to block_batch.
+    BlockBatch {
+        /// How many were applied.
+        applied: usize,
+        /// Which were refused, and why.
+        failed: Vec<BatchFailure>,
+    },
+    /// Answer to unblock.
+    Unblock {
+        /// The target.
+        target: Target,
+        /// The sources whose blocks were removed.
+        removed: Vec<Source>,
+        /// Whether the target is now unblocked in the kernel.
+        lifted: bool,
+    },
+    /// Answer to list.
+    List {
+        /// The blocks.
+        blocks: Vec<ListEntry>,
+    },
+    /// Answer to show.
+    Show(ShowReply),
+    /// Answer to stats.
+    Stats(StatsReply),
+    /// Answer to status.
+    Status(StatusReply),
+}
+
+/// Answer to one block.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlockReply {
+    /// The canonical target.
+    pub target: Target,
+    /// What happened.
+    pub outcome: Outcome,
+    /// This source's expiry (Unix ms); `None` = permanent.
+    pub expires_ms: Option<UnixMillis>,
+    /// This source's mode.
+    pub mode: Mode,
+}
+
+/// A refused batch item.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchFailure {
+    /// Index in the batch.
+    pub index: usize,
+    /// The target.
+    pub target: Target,
+    /// Why.
+    pub error: ErrorBody,
+}
+
+/// One source's block in a listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListSource {
+    /// Source.
+    pub source: Source,
+    /// Reason.
+    pub reason: Reason,
+    /// Created (Unix ms).
+    pub created_ms: UnixMillis,
+    /// Expires (Unix ms); `None` = permanent.
+    pub expires_ms: Option<UnixMillis>,
+    /// Mode.
+    pub mode: Mode,
+}
+
+/// A blocked target in a listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// The target.
+    pub target: Target,
+    /// Effective mode in the kernel.
+    pub mode: Mode,
+    /// Effective expiry in the kernel (Unix ms); `None` = permanent.
+    pub expires_ms: Option<UnixMillis>,
+    /// Each source's block.
+    pub sources: Vec<ListSource>,
+    /// Packets the entry dropped (or, in shadow mode, would have dropped).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Last hit (Unix ms); `None` = never.
+    pub last_hit_ms: Option<UnixMillis>,
+}
+
+/// Answer to show.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShowReply {
+    /// What was asked.
+    pub target: Target,
+    /// Blocks whose target covers it (most specific first).
+    pub blocks: Vec<ListEntry>,
+    /// Allowlist entries that cover it.
+    pub allowlist: Vec<AllowEntry>,
+    /// What a packet from it gets now: `drop`, `pass`, `pass (allowlisted)`, `pass (shadow)`.
+    pub verdict: String,
+}
+
+/// An allowlist entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// The prefix.
+    pub target: Target,
+    /// Where it came from (`config`, `cli`, `builtin: loopback`, ...).
+    pub origin: String,
+}
+
+/// Packet and byte counts.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Count {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Counters of one scope (an interface, or all).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Every frame seen.
+    pub seen: Count,
+    /// Passed to the stack.
+    pub passed: Count,
+    /// Dropped by an enforced block.
+    pub dropped: Count,
+    /// Matched a block but allowlisted.
+    pub allowlisted: Count,
+    /// Matched a shadow block (passed).
+    pub shadow: Count,
+    /// Matched only expired entries.
+    pub expired: Count,
+    /// Not IP, or too short.
+    pub not_ip: Count,
+}
+
+impl From<enforcer_common::Stats> for Counters {
+    fn from(s: enforcer_common::Stats) -> Self {
+        let c = |c: enforcer_common::Counter| Count {
+            packets: c.packets,
+            bytes: c.bytes,
+        };
+        Self {
+            seen: c(s.seen),
+            passed: c(s.passed),
+            dropped: c(s.dropped),
+            allowlisted: c(s.allowlisted),
+            shadow: c(s.shadow),
+            expired: c(s.expired),
+            not_ip: c(s.not_ip),
+        }
+    }
+}
+
+/// Answer to stats.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Over every interface.
+    pub total: Counters,
+    /// Per protected interface.
+    pub interfaces: Vec<InterfaceCounters>,
+    /// Blocks per source.
+    pub blocks_by_source: Vec<(Source, usize)>,
+}
+
+/// Counters of one interface.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceCounters {
+    /// Interface name.
+    pub iface: String,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// An attached interface in status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    /// Name.
+    pub iface: String,
+    /// Index.
+    pub ifindex: u32,
+    /// Mode in use.
+    pub mode: AttachedMode,
+    /// Program id.
+    pub prog_id: u32,
+}
+
+/// Use of one map.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapUse {
+    /// Map name.
+    pub map: String,
+    /// Entries in use.
+    pub used: u64,
+    /// Capacity.
+    pub capacity: u32,
+}
+
+/// Answer to status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Daemon version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Attached interfaces.
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Map use.
+    pub maps: Vec<MapUse>,
+    /// Blocked targets.
+    pub targets: usize,
+    /// Source blocks (a target blocked by two sources counts twice).
+    pub source_blocks: usize,
+    /// The store file.
+    pub store_path: String,
+    /// The bpffs directory.
+    pub bpffs_dir: String,
+    /// The audit log.
+    pub audit_log: String,
+    /// Next expiry (Unix ms), if any.
+    pub next_expiry_ms: Option<UnixMillis>,
+}

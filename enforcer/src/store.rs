@@ -1,0 +1,171 @@
+//! The durable block store.
+//!
+//! redb: an embedded, crash-safe (copy-on-write B-tree with checksummed commits), pure-Rust
+//! key-value store. Each commit is fsynced before it returns, so a block acknowledged after a
+//! commit survives a crash or power loss. Writes are grouped: the engine commits every request
+//! that is waiting in one transaction (one fsync), which keeps single blocks fast and batch
+//! imports at hundreds of thousands of records per second.
+//!
+//! One row per (target, source): key `(target, source)`, value the [`SourceBlock`] as JSON
+//! (readable, and tolerant of added fields). Deadlines are wall-clock times, so a block keeps
+//! its remaining time across reboots.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::{
+    block::{Record, Source, SourceBlock},
+    target::Target,
+};
+
+const BLOCKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blocks_v1");
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed.
+    #[error("block store {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    /// A row could not be decoded.
+    #[error("block store {path}: unreadable row for {key}: {message}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// One change to the store.
+#[derive(Clone, Debug)]
+pub enum StoreOp {
+    /// Insert or replace a source's block.
+    Put(Record),
+    /// Remove a source's block.
+    Delete(Target, Source),
+}
+
+/// The block store.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        // Create the table so that reads of an empty store work.
+        store.commit(&[])?;
+        Ok(store)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Applies `ops` in one durable transaction (fsynced before this returns).
+    pub fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = txn.open_table(BLOCKS).map_err(|e| self.db_err(e))?;
+            for op in ops {
+                match op {
+                    StoreOp::Put(r) => {
+                        let key = r.target.to_string();
+                        let value = serde_json::to_vec(&r.block).map_err(|e| self.db_err(e))?;
+                        table
+                            .insert((key.as_str(), r.block.source.as_str()), value.as_slice())
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::Delete(target, source) => {
+                        let key = target.to_string();
+                        table
+                            .remove((key.as_str(), source.as_str()))
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Every stored block.
+    pub fn load_all(&self) -> Result<Vec<Record>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(BLOCKS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let (target, source) = k.value();
+            let corrupt = |message: String| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: format!("{target}/{source}"),
+                message,
+            };
+            let target: Target = target.parse().map_err(|e: crate::TargetError| corrupt(e.to_string()))?;
+            let block: SourceBlock =
+                serde_json::from_slice(v.value()).map_err(|e| corrupt(e.to_string()))?;
+            out.push(Record { target, block });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{Mode, Reason};
+
+    fn record(target: &str, source: &str, expires: Option<u64>) -> Record {
+        Record {
+            target: target.parse().unwrap(),
+            block: SourceBlock {
+                source: source.parse().unwrap(),
+                reason: Reason::text("test"),
+                created_ms: 1,
+                updated_ms: 1,
+                expires_ms: expires,
+                mode: Mode::Enforce,
+            },
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .commit(&[
+                    StoreOp::Put(record("192.0.2.1", "cli", Some(10))),
+                    StoreOp::Put(record("192.0.2.1", "wazuh", None)),
+                    StoreOp::Put(record("2001:db8::/48", "cli", Some(20))),
+                ])
+                .unwrap();
+            store
+                .commit(&[StoreOp::Delete("192.0.2.1".parse().unwrap(), Source::cli())])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut all = store.load_all().unwrap();
+        all.sort_by(|a, b| (a.target, &a.block.source).cmp(&(b.target, &b.block.source)));
+        assert_eq!(all, vec![record("192.0.2.1", "wazuh", None), record("2001:db8::/48", "cli", Some(20))]);
+    }
+}

@@ -1,0 +1,150 @@
+//! A real `enforcer daemon` process in a lab's receiver namespace, and the real CLI.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{Lab, RECEIVER_IF, wait_for};
+
+/// The `enforcer` binary built next to the test binaries.
+pub fn enforcer_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/enforcer
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("enforcer");
+    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p enforcer`, done by `cargo xtask test`)", bin.display());
+    bin
+}
+
+/// A daemon process; SIGKILLed on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// Extra flags it was started with.
+    pub extra: Vec<String>,
+    bpffs: PathBuf,
+    netns: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon protecting the lab's receiver interface.
+    pub fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let mut d = Self {
+            child: None,
+            state_dir: tmp.path().join("state"),
+            socket: tmp.path().join("enforcer.sock"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            bpffs: lab.pins.path().to_owned(),
+            netns: lab.receiver.name().to_owned(),
+            _tmp: tmp,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// (Re)starts the process and waits until it answers.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self._tmp.path().join(format!("daemon-{}.log", crate::unique_name(""))))?;
+        let mut cmd = Command::new(enforcer_bin());
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(["daemon", "--config", "/dev/null", "--netns", &self.netns, "--iface", RECEIVER_IF, "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs);
+        // Small maps keep tests light, unless the test sets its own.
+        if !self.extra.iter().any(|a| a == "--max-addresses") {
+            cmd.args(["--max-addresses", "65536"]);
+        }
+        if !self.extra.iter().any(|a| a == "--max-prefixes") {
+            cmd.args(["--max-prefixes", "4096"]);
+        }
+        let child = cmd
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning the daemon")?;
+        self.child = Some(child);
+        let socket = self.socket.clone();
+        wait_for("the daemon to answer", Duration::from_secs(20), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                anyhow::bail!("the daemon exited early ({status}): {}", self.log());
+            }
+            let out = Command::new(enforcer_bin()).arg("--socket").arg(&socket).arg("status").output()?;
+            Ok(out.status.success().then_some(()))
+        })
+    }
+
+    /// Everything the daemon logged.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self._tmp.path()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("daemon-") {
+                    all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait()?;
+            anyhow::ensure!(status.success(), "daemon exited with {status}: {}", self.log());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.socket, args)
+    }
+
+    /// Runs the CLI and parses its `--json` output, failing on a non-zero exit.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let out = self.cli(&full);
+        assert!(out.status.success(), "enforcer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the CLI with a socket.
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(enforcer_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run enforcer")
+}

@@ -1,0 +1,300 @@
+//! The real daemon and CLI in the namespace lab: what an operator does, and what traffic sees.
+
+use std::{path::Path, time::Duration};
+
+use enforcer::{
+    client::Client,
+    protocol::{BatchItem, BatchRequest, Reply, Request},
+};
+use enforcer_tests::{
+    Lab, RECEIVER_V4, SENDER_V4, SENDER_V6, RECEIVER_V6,
+    daemon::{Daemon, cli},
+    require_root, udp_exchange, wait_for,
+};
+
+const SETTLE: Duration = Duration::from_millis(300);
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &std::process::Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+fn passes(lab: &Lab, src: &str, dst: &str) -> u32 {
+    let rx = lab.udp_listener(dst).unwrap();
+    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
+}
+
+#[test]
+fn block_list_show_stats_status_and_unblock_from_the_cli() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+
+    let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m", "--reason", "ssh brute force"]));
+    assert!(out.contains("blocked 192.0.2.10 for 10m"), "{out}");
+    ok(&d.cli(&["block", "2001:db8::10", "--ttl", "1h"]));
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10);
+    assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 0);
+
+    let list = d.json(&["list"]);
+    let entry = list.as_array().unwrap().iter().find(|e| e["target"] == SENDER_V4[1]).unwrap();
+    assert_eq!(entry["packets"], 10);
+    assert_eq!(entry["mode"], "enforce");
+    assert_eq!(entry["sources"][0]["source"], "cli");
+    assert_eq!(entry["sources"][0]["reason"]["text"], "ssh brute force");
+    let table = ok(&d.cli(&["list", "--sort", "hits"]));
+    assert!(table.lines().next().unwrap().starts_with("TARGET"), "{table}");
+    assert!(table.contains("192.0.2.10") && table.contains("ssh brute force"), "{table}");
+
+    let show = d.json(&["show", SENDER_V4[1]]);
+    assert_eq!(show["verdict"], "drop");
+    let show = d.json(&["show", SENDER_V4[2]]);
+    assert_eq!(show["verdict"], "pass");
+
+    let stats = d.json(&["stats"]);
+    assert!(stats["total"]["dropped"]["packets"].as_u64().unwrap() >= 20);
+    assert_eq!(stats["interfaces"][0]["iface"], "vb");
+    let status = d.json(&["status"]);
+    assert_eq!(status["interfaces"][0]["mode"], "native");
+    assert_eq!(status["targets"], 2);
+    let used = status["maps"].as_array().unwrap().iter().find(|m| m["map"] == "BLOCK_V4").unwrap();
+    assert_eq!(used["used"], 1);
+
+    let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
+    assert!(out.contains("unblocked 192.0.2.10"), "{out}");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+
+    // The audit log recorded the decisions.
+    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"block\"") && audit.contains("\"action\":\"unblock\""), "{audit}");
+}
+
+#[test]
+fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "wazuh"]));
+    let list = d.json(&["list"]);
+    assert_eq!(list[0]["sources"].as_array().unwrap().len(), 2);
+    let left = list[0]["expires_ms"].as_u64().unwrap() - enforcer::block::now_ms();
+    assert!(left > 50 * 60 * 1000, "the kernel expiry is the latest source's");
+
+    let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
+    assert!(out.contains("other sources still block it"), "{out}");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "wazuh's block still holds");
+    fails(&d.cli(&["unblock", SENDER_V4[1], "--source", "fail2ban"]), 5, "no block from source `fail2ban`");
+    ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "wazuh"]));
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+
+    // --all removes every source's block.
+    ok(&d.cli(&["block", SENDER_V4[2], "--source", "a"]));
+    ok(&d.cli(&["block", SENDER_V4[2], "--source", "b"]));
+    ok(&d.cli(&["unblock", SENDER_V4[2], "--all"]));
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn reblocking_extends_but_never_shortens() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let first = d.json(&["block", SENDER_V4[1], "--ttl", "1h"]);
+    assert_eq!(first["outcome"], "created");
+    let shorter = d.json(&["block", SENDER_V4[1], "--ttl", "10m"]);
+    assert_eq!(shorter["outcome"], "unchanged");
+    assert_eq!(shorter["expires_ms"], first["expires_ms"]);
+    let longer = d.json(&["block", SENDER_V4[1], "--ttl", "2h"]);
+    assert_eq!(longer["outcome"], "extended");
+    assert!(longer["expires_ms"].as_u64() > first["expires_ms"].as_u64());
+}
+
+#[test]
+fn a_block_expires_and_the_reaper_removes_it() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "2s"]));
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    wait_for("the reaper to remove the block", Duration::from_secs(6), || {
+        Ok(d.json(&["list"]).as_array().unwrap().is_empty().then_some(()))
+    })
+    .unwrap();
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"expire\""), "{audit}");
+}
+
+#[test]
+fn a_blocked_source_stays_dropped_across_a_daemon_restart() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
+    let before = d.json(&["list"]);
+    d.stop().unwrap();
+    // No daemon: the pinned program and maps keep enforcing.
+    fails(&d.cli(&["list"]), 3, "daemon is not running");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    d.spawn().unwrap();
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    let after = d.json(&["list"]);
+    assert_eq!(after[0]["target"], before[0]["target"]);
+    assert_eq!(after[0]["expires_ms"], before[0]["expires_ms"]);
+    assert_eq!(after[0]["packets"], 20, "counters survive the restart");
+}
+
+#[test]
+fn a_reboot_restores_every_block_with_its_remaining_time() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
+    ok(&d.cli(&["block", "198.51.100.0/24", "--ttl", "1h", "--source", "wazuh"]));
+    let before = d.json(&["list", "--sort", "target"]);
+    d.stop().unwrap();
+    // A reboot empties bpffs: remove every pin.
+    ok(&cli(&d.socket, &["detach", "--bpffs-dir", lab.pins.path().to_str().unwrap()]));
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "nothing enforces after the 'reboot'");
+    d.spawn().unwrap();
+    let after = d.json(&["list", "--sort", "target"]);
+    assert_eq!(after.as_array().unwrap().len(), 2);
+    for (a, b) in after.as_array().unwrap().iter().zip(before.as_array().unwrap()) {
+        assert_eq!(a["target"], b["target"]);
+        assert_eq!(a["expires_ms"], b["expires_ms"], "the deadline is kept, not reset");
+    }
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+}
+
+#[test]
+fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    let targets: Vec<String> = (0..10_000u32)
+        .map(|i| format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff))
+        .collect();
+    let socket = d.socket.clone();
+    let importer = {
+        let targets = targets.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let Ok(mut c) = Client::connect(&socket, Duration::from_secs(30)) else { return acked };
+            for chunk in targets.chunks(250) {
+                let req = Request::BlockBatch(BatchRequest {
+                    items: chunk
+                        .iter()
+                        .map(|t| BatchItem {
+                            target: t.parse().unwrap(),
+                            ttl_secs: None,
+                        })
+                        .collect(),
+                    ttl_secs: Some(3600),
+                    source: "import".parse().unwrap(),
+                    reason: Default::default(),
+                    shadow: false,
+                });
+                match c.call(&req) {
+                    Ok(Reply::BlockBatch { applied, .. }) if applied == chunk.len() => acked.extend_from_slice(chunk),
+                    _ => break,
+                }
+            }
+            acked
+        })
+    };
+    // Kill it once part of the import is acknowledged.
+    wait_for("some batches to land", Duration::from_secs(20), || {
+        let n = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap_or_default().lines().count();
+        Ok((n >= 2000).then_some(()))
+    })
+    .unwrap();
+    d.kill();
+    let acked = importer.join().unwrap();
+    assert!(!acked.is_empty() && acked.len() < targets.len(), "killed mid-import ({} acked)", acked.len());
+    d.spawn().unwrap();
+    let list = d.json(&["list", "--source", "import"]);
+    let present: std::collections::HashSet<&str> =
+        list.as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap()).collect();
+    let lost: Vec<&String> = acked.iter().filter(|t| !present.contains(t.as_str())).collect();
+    assert!(lost.is_empty(), "{} acknowledged blocks lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    // And they are in the kernel, not just the store.
+    let maps = enforcer::datapath::BlockMaps::open_pinned(&enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir()).unwrap();
+    for t in acked.iter().step_by(97) {
+        assert!(maps.get_block(&t.parse().unwrap()).unwrap().is_some(), "{t} missing from the kernel");
+    }
+}
+
+#[test]
+fn import_loads_a_file_and_rejects_a_bad_one_whole() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.txt");
+    std::fs::write(&good, "# attackers\n198.51.100.1\n198.51.100.2 10m\n2001:db8:5::/48 1h\n\n").unwrap();
+    let out = ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed"]));
+    assert!(out.contains("imported 3 of 3"), "{out}");
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "203.0.113.1\nnot-an-ip\n203.0.113.2 forever\n").unwrap();
+    let out = d.cli(&["import", bad.to_str().unwrap()]);
+    fails(&out, 1, "bad.txt:2:");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.txt:3: invalid duration"));
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 3, "nothing from the bad file");
+}
+
+#[test]
+fn every_error_is_one_clear_line_with_its_exit_code_and_changes_nothing() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &["--max-addresses", "3"]).unwrap();
+    fails(&d.cli(&["block", "192.0.2.300"]), 2, "not an IP address");
+    fails(&d.cli(&["block", "example.com"]), 2, "host names are not accepted");
+    fails(&d.cli(&["block", "192.0.2.1", "--ttl", "10 minutes"]), 2, "invalid duration");
+    fails(&d.cli(&["unblock", "192.0.2.99"]), 5, "is not blocked");
+    for i in 1..=3 {
+        ok(&d.cli(&["block", &format!("203.0.113.{i}")]));
+    }
+    fails(&d.cli(&["block", "203.0.113.4"]), 6, "map is full (3 entries); nothing was evicted");
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 3);
+    // Permission denied for an unprivileged user.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(enforcer_tests::daemon::enforcer_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    // No daemon at all.
+    fails(&cli(Path::new("/run/enforcer-test-nothing-here.sock"), &["list"]), 3, "start it with `enforcer daemon");
+}
+
+#[test]
+fn check_config_reports_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enforcer.toml");
+    std::fs::write(&path, "interfaces = [\"eth0\"]\n\ndefault_ttl = \"soon\"\n").unwrap();
+    let out = cli(Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{}:3:", path.display())), "{err}");
+    std::fs::write(&path, "interfaces = [\"eth0\"]\n").unwrap();
+    let out = cli(Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
+    assert!(out.status.success());
+}
