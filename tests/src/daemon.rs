@@ -12,10 +12,10 @@ use crate::{Lab, RECEIVER_IF, wait_for};
 
 /// The `enforcer` binary built next to the test binaries.
 pub fn enforcer_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/enforcer
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("enforcer");
+    let exe = std::env::current_exe().expect("own binary path");
+    // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
+    let dir = exe.parent().expect("binary dir");
+    let bin = if dir.ends_with("deps") { dir.parent().expect("target dir").join("enforcer") } else { dir.join("enforcer") };
     assert!(bin.exists(), "{} is missing: build it first (`cargo build -p enforcer`, done by `cargo xtask test`)", bin.display());
     bin
 }
