@@ -298,3 +298,35 @@ fn check_config_reports_file_and_line() {
     let out = cli(Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
+    use enforcer::datapath::{Capacity, Datapath, DatapathOptions};
+    use enforcer_common::{BlockValue, MODE_ENFORCE};
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1]]));
+    d.stop().unwrap();
+    // Simulate a stray writer while the daemon is down.
+    {
+        let mut dp = Datapath::open(&DatapathOptions {
+            bpffs_dir: lab.pins.path().to_owned(),
+            capacity: Capacity {
+                addresses: 65536,
+                prefixes: 4096,
+                allow: Capacity::default().allow,
+            },
+            count_block_hits: true,
+        })
+        .unwrap();
+        let stray: enforcer::Target = SENDER_V4[2].parse().unwrap();
+        dp.maps_mut().insert_block(&stray, &BlockValue::new(0, MODE_ENFORCE)).unwrap();
+    }
+    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0, "the stray entry enforces");
+    d.spawn().unwrap();
+    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "removed at start");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the stored block stays");
+    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"remove_unknown\",\"target\":\"192.0.2.11\""), "{audit}");
+}

@@ -142,7 +142,9 @@ impl Engine {
         for target in &targets {
             let had = in_kernel.get(target).copied();
             self.count(target, 1);
-            self.sync_kernel(target, had)?;
+            if !self.kernel_is_current(target, had) {
+                self.sync_kernel(target, had)?;
+            }
             if had.is_none() {
                 restored += 1;
                 let mut e = Event::new(Action::Restore, target);
@@ -177,6 +179,21 @@ impl Engine {
         let (map, _) = self.dp.maps().capacity_for(target);
         let used = self.used.entry(map).or_default();
         *used = used.saturating_add_signed(delta);
+    }
+
+    /// Whether the kernel already holds the entry the store calls for (within clock jitter), so
+    /// that a restart with a million blocks does not rewrite a million entries.
+    fn kernel_is_current(&self, target: &Target, current: Option<BlockValue>) -> bool {
+        let (Some(v), Some(entry)) = (current, self.blocks.get(target).and_then(TargetBlocks::kernel_entry)) else {
+            return false;
+        };
+        let wanted = entry.expires_ms.map_or(0, |ms| clock::deadline_to_boot_ns(from_ms(ms)));
+        let close = if wanted == 0 || v.expires_ns == 0 {
+            wanted == v.expires_ns
+        } else {
+            wanted.abs_diff(v.expires_ns) < 5_000_000
+        };
+        close && v.mode == entry.mode.to_kernel()
     }
 
     /// Writes the kernel entry `target`'s blocks call for (or removes it), keeping counters.
