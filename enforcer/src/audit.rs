@@ -35,6 +35,22 @@ pub enum Action {
     RemoveUnknown,
     /// A block restored into the kernel at start.
     Restore,
+    /// A block waits for approval.
+    Pending,
+    /// A pending block approved.
+    Approve,
+    /// A pending block rejected.
+    Reject,
+    /// A pending block expired unapproved.
+    PendingExpire,
+    /// Shadow blocks turned into enforced ones.
+    Promote,
+    /// An allowlist entry added.
+    AllowAdd,
+    /// An allowlist entry removed.
+    AllowRemove,
+    /// A source's circuit breaker opened.
+    BreakerOpen,
 }
 
 /// One audit line.

@@ -17,6 +17,32 @@
 //! [audit]
 //! max_bytes = 67108864
 //! keep = 5
+//!
+//! [allowlist]
+//! prefixes = ["192.0.2.0/28", "2001:db8:ffff::/48"]
+//! builtin = true               # loopback, host addresses, default gateways
+//!
+//! [policy]                     # see crate::policy for every key
+//! mode = "enforce"             # or "shadow": every new block is alert-only
+//! min_prefix_v4 = 24
+//! min_prefix_v6 = 48
+//! max_ttl = "30d"
+//! permanent_sources = ["cli"]
+//! force_sources = ["cli"]
+//! rate_limit = 0               # new blocks a minute per source; 0 = none
+//!
+//! [policy.sources.wazuh]
+//! max_ttl = "1d"
+//! rate_limit = 100
+//! on_rate_limit = "shadow"     # or "refuse"
+//!
+//! [policy.repeat_offenders]
+//! window = "1d"
+//! ttls = ["10m", "1h", "1d", "7d"]
+//!
+//! [policy.approval]
+//! broader_than_v4 = 24
+//! pending_ttl = "1h"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -54,6 +80,30 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Audit log bounds.
     pub audit: AuditConfig,
+    /// The allowlist.
+    pub allowlist: AllowlistConfig,
+    /// The safety policy.
+    pub policy: crate::policy::PolicyConfig,
+}
+
+/// The `[allowlist]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowlistConfig {
+    /// Prefixes never to block.
+    pub prefixes: Vec<crate::target::Target>,
+    /// Also allowlist loopback, the host's own addresses and its default gateways (kept up to
+    /// date as they change). On by default; turning it off is rarely wise.
+    pub builtin: bool,
+}
+
+impl Default for AllowlistConfig {
+    fn default() -> Self {
+        Self {
+            prefixes: Vec::new(),
+            builtin: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -68,6 +118,8 @@ impl Default for Config {
             default_ttl: HumanDuration(std::time::Duration::from_secs(3600)),
             capacity: CapacityConfig::default(),
             audit: AuditConfig::default(),
+            allowlist: AllowlistConfig::default(),
+            policy: crate::policy::PolicyConfig::default(),
         }
     }
 }
@@ -174,6 +226,9 @@ impl Config {
             if value == 0 {
                 return Err(located(key_span(key), format!("capacity.{key} must be at least 1")));
             }
+        }
+        if let Err((key, message)) = config.policy.validate() {
+            return Err(located(key_span(&key), format!("policy: {message}")));
         }
         Ok(config)
     }

@@ -74,6 +74,51 @@ pub enum Request {
     Stats,
     /// Daemon state.
     Status,
+    /// Add an allowlist prefix (durable).
+    AllowAdd {
+        /// The prefix.
+        target: Target,
+        /// A note.
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// Remove an allowlist prefix added with `allow add`.
+    AllowRemove {
+        /// The prefix.
+        target: Target,
+    },
+    /// The allowlist, with origins.
+    AllowList,
+    /// Turn shadow blocks into enforced ones (of one target, or of one source).
+    Promote {
+        /// Only this target.
+        #[serde(default)]
+        target: Option<Target>,
+        /// Only this source's blocks.
+        #[serde(default)]
+        source: Option<Source>,
+    },
+    /// Close open circuit breakers.
+    BreakerReset {
+        /// Only this source's.
+        #[serde(default)]
+        source: Option<Source>,
+    },
+    /// Blocks waiting for approval.
+    PendingList,
+    /// Approve a pending block.
+    Approve {
+        /// Its id.
+        id: u64,
+    },
+    /// Reject a pending block.
+    Reject {
+        /// Its id.
+        id: u64,
+    },
+    /// Re-read the host's addresses and gateways into the allowlist (sent by the daemon's own
+    /// address watcher).
+    RefreshHost,
 }
 
 /// A block request.
@@ -95,6 +140,10 @@ pub struct BlockRequest {
     /// Count instead of drop.
     #[serde(default)]
     pub shadow: bool,
+    /// Block a prefix even though it is broad or contains allowlisted addresses (only for
+    /// sources allowed to force; the allowlisted part stays reachable).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// One line of a batch.
@@ -216,6 +265,8 @@ pub enum Outcome {
     Extended,
     /// The source's block already ended later; its expiry is kept (reason and mode updated).
     Unchanged,
+    /// Policy requires approval: the block waits in `enforcer pending`.
+    Pending,
 }
 
 /// Success payloads.
@@ -258,6 +309,40 @@ pub enum Reply {
     Stats(StatsReply),
     /// Answer to status.
     Status(StatusReply),
+    /// Answer to allow add/remove.
+    Allow {
+        /// The prefix.
+        target: Target,
+        /// Whether something changed.
+        changed: bool,
+    },
+    /// Answer to allow list.
+    AllowList {
+        /// Entries.
+        entries: Vec<AllowEntry>,
+    },
+    /// Answer to promote.
+    Promote {
+        /// (target, source) pairs now enforced.
+        promoted: Vec<(Target, Source)>,
+    },
+    /// Answer to breaker reset.
+    BreakerReset {
+        /// Sources whose breaker was open and is now closed.
+        reset: Vec<Source>,
+    },
+    /// Answer to pending.
+    PendingList {
+        /// Waiting blocks.
+        pending: Vec<PendingBlock>,
+    },
+    /// Answer to reject (approve answers with `block`).
+    Rejected {
+        /// The id.
+        id: u64,
+    },
+    /// Answer to refresh_host.
+    Refreshed,
 }
 
 /// Answer to one block.
@@ -271,6 +356,27 @@ pub struct BlockReply {
     pub expires_ms: Option<UnixMillis>,
     /// This source's mode.
     pub mode: Mode,
+    /// What the policy changed (capped TTL, escalation, shadow...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The pending request's id, when approval is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_id: Option<u64>,
+}
+
+/// A block waiting for approval.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingBlock {
+    /// Id for approve/reject.
+    pub id: u64,
+    /// The request as made.
+    pub request: BlockRequest,
+    /// Why approval is needed.
+    pub why: String,
+    /// When it was asked (Unix ms).
+    pub created_ms: UnixMillis,
+    /// When it is dropped unless approved (Unix ms).
+    pub expires_ms: UnixMillis,
 }
 
 /// A refused batch item.
@@ -455,4 +561,12 @@ pub struct StatusReply {
     pub audit_log: String,
     /// Next expiry (Unix ms), if any.
     pub next_expiry_ms: Option<UnixMillis>,
+    /// Global rollout mode.
+    pub policy_mode: Mode,
+    /// Open circuit breakers.
+    pub breakers: Vec<crate::policy::BreakerState>,
+    /// Blocks waiting for approval.
+    pub pending: usize,
+    /// Allowlist prefixes.
+    pub allowlist: usize,
 }

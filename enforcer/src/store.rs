@@ -20,6 +20,12 @@ use crate::{
 };
 
 const BLOCKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blocks_v1");
+/// Allowlist entries added with the CLI (config and builtin entries are not stored).
+const ALLOW: TableDefinition<&str, &[u8]> = TableDefinition::new("allow_v1");
+/// Blocks waiting for approval, by id.
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_v1");
+/// When each target was last blocked (for repeat-offender escalation).
+const OFFENSES: TableDefinition<&str, &[u8]> = TableDefinition::new("offenses_v1");
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,16 @@ pub enum StoreOp {
     Put(Record),
     /// Remove a source's block.
     Delete(Target, Source),
+    /// Insert or replace a CLI allowlist entry.
+    PutAllow(Target, serde_json::Value),
+    /// Remove a CLI allowlist entry.
+    DeleteAllow(Target),
+    /// Insert or replace a pending block.
+    PutPending(u64, serde_json::Value),
+    /// Remove a pending block.
+    DeletePending(u64),
+    /// Record a target's offense times (empty = forget).
+    PutOffenses(Target, Vec<u64>),
 }
 
 /// The block store.
@@ -84,8 +100,33 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = txn.open_table(BLOCKS).map_err(|e| self.db_err(e))?;
+            let mut allow = txn.open_table(ALLOW).map_err(|e| self.db_err(e))?;
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
+            let mut offenses = txn.open_table(OFFENSES).map_err(|e| self.db_err(e))?;
             for op in ops {
                 match op {
+                    StoreOp::PutAllow(t, v) => {
+                        let v = serde_json::to_vec(v).map_err(|e| self.db_err(e))?;
+                        allow.insert(t.to_string().as_str(), v.as_slice()).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::DeleteAllow(t) => {
+                        allow.remove(t.to_string().as_str()).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::PutPending(id, v) => {
+                        let v = serde_json::to_vec(v).map_err(|e| self.db_err(e))?;
+                        pending.insert(*id, v.as_slice()).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::DeletePending(id) => {
+                        pending.remove(*id).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::PutOffenses(t, times) => {
+                        if times.is_empty() {
+                            offenses.remove(t.to_string().as_str()).map_err(|e| self.db_err(e))?;
+                        } else {
+                            let v = serde_json::to_vec(times).map_err(|e| self.db_err(e))?;
+                            offenses.insert(t.to_string().as_str(), v.as_slice()).map_err(|e| self.db_err(e))?;
+                        }
+                    }
                     StoreOp::Put(r) => {
                         let key = r.target.to_string();
                         let value = serde_json::to_vec(&r.block).map_err(|e| self.db_err(e))?;
@@ -103,6 +144,36 @@ impl Store {
             }
         }
         txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// A side table as (key, JSON) pairs: `allow`, `offenses` (keys are targets) or `pending`
+    /// (keys are ids).
+    pub fn load_side(&self, table: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        let decode = |k: String, v: &[u8]| -> Result<(String, serde_json::Value), StoreError> {
+            let v = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: format!("{table}/{k}"),
+                message: e.to_string(),
+            })?;
+            Ok((k, v))
+        };
+        if table == "pending" {
+            let t = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
+            for row in t.iter().map_err(|e| self.db_err(e))? {
+                let (k, v) = row.map_err(|e| self.db_err(e))?;
+                out.push(decode(k.value().to_string(), v.value())?);
+            }
+        } else {
+            let def = if table == "allow" { ALLOW } else { OFFENSES };
+            let t = txn.open_table(def).map_err(|e| self.db_err(e))?;
+            for row in t.iter().map_err(|e| self.db_err(e))? {
+                let (k, v) = row.map_err(|e| self.db_err(e))?;
+                out.push(decode(k.value().to_owned(), v.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// Every stored block.

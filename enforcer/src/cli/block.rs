@@ -27,6 +27,10 @@ pub struct Args {
     /// Count matching packets but let them pass (alert-only).
     #[arg(long)]
     pub shadow: bool,
+    /// Block a broad prefix or one containing allowlisted addresses (sources allowed to force
+    /// only; the allowlisted part stays reachable).
+    #[arg(long)]
+    pub force: bool,
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -42,13 +46,26 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             source: a.source.clone(),
             reason: a.reason.map(Reason::text).unwrap_or_default(),
             shadow: a.shadow,
+            force: a.force,
         }),
     )?;
     let Reply::Block(r) = reply else { anyhow::bail!("unexpected reply from the daemon") };
     if a.json {
         return super::output::json(&r);
     }
+    if r.outcome == Outcome::Pending {
+        println!(
+            "{} waits for approval (id {}): {}; run `enforcer approve {}` or `enforcer reject {}`",
+            r.target,
+            r.pending_id.unwrap_or_default(),
+            r.notes.join("; "),
+            r.pending_id.unwrap_or_default(),
+            r.pending_id.unwrap_or_default()
+        );
+        return Ok(());
+    }
     let verb = match r.outcome {
+        Outcome::Pending => unreachable!("handled above"),
         Outcome::Created => "blocked",
         Outcome::Extended => "extended",
         Outcome::Unchanged => "already blocked (expiry kept)",
@@ -58,5 +75,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         Some(e) => format!("for {} (until {})", super::output::time_left(Some(e)), super::output::timestamp(e)),
     };
     println!("{verb} {} {until} [{}, source {}]", r.target, r.mode, a.source);
+    for n in &r.notes {
+        println!("  policy: {n}");
+    }
     Ok(())
 }

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     audit::{Action, AuditLog, Event},
+    policy::{AllowOrigin, Allowlist, Ask, BreakerEvent, Decision, Policy, PolicyConfig, host},
     block::{Mode, Record, Source, SourceBlock, TargetBlocks, UnixMillis, from_ms, now_ms},
     datapath::{Attachment, Datapath, clock},
     protocol::*,
@@ -49,9 +50,26 @@ pub struct Engine {
     store: Store,
     dp: Datapath,
     audit: AuditLog,
-    default_ttl: Duration,
+    policy: Policy,
+    allow: Allowlist,
+    builtin_allowlist: bool,
+    pending: BTreeMap<u64, PendingBlock>,
+    next_pending: u64,
+    offenses: HashMap<Target, Vec<UnixMillis>>,
     attachments: Vec<Attachment>,
     started: Instant,
+}
+
+/// What the engine is configured with.
+pub struct EngineConfig {
+    /// TTL for requests without one (and sources without their own).
+    pub default_ttl: Duration,
+    /// The safety policy.
+    pub policy: PolicyConfig,
+    /// Allowlist prefixes from the configuration file.
+    pub allowlist: Vec<Target>,
+    /// Allowlist loopback, the host's addresses and its default gateways.
+    pub builtin_allowlist: bool,
 }
 
 /// Undo information for one round.
@@ -74,7 +92,7 @@ type Pending = (oneshot::Sender<Response>, Response, Vec<Target>);
 
 impl Engine {
     /// Builds the engine from the store, reconciling the kernel maps with it.
-    pub fn start(store: Store, dp: Datapath, audit: AuditLog, default_ttl: Duration) -> anyhow::Result<Self> {
+    pub fn start(store: Store, dp: Datapath, audit: AuditLog, config: EngineConfig) -> anyhow::Result<Self> {
         let mut engine = Self {
             blocks: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -82,12 +100,60 @@ impl Engine {
             store,
             dp,
             audit,
-            default_ttl,
+            policy: Policy::new(config.policy, config.default_ttl),
+            allow: Allowlist::default(),
+            builtin_allowlist: config.builtin_allowlist,
+            pending: BTreeMap::new(),
+            next_pending: 1,
+            offenses: HashMap::new(),
             attachments: Vec::new(),
             started: Instant::now(),
         };
+        engine.load_allowlist(&config.allowlist)?;
+        engine.load_side_tables()?;
         engine.reconcile()?;
         Ok(engine)
+    }
+
+    /// Builds the allowlist (config, stored CLI entries, the host) and makes the kernel match.
+    fn load_allowlist(&mut self, from_config: &[Target]) -> anyhow::Result<()> {
+        for t in from_config {
+            self.allow.insert(*t, AllowOrigin::Config);
+        }
+        for (key, value) in self.store.load_side("allow")? {
+            let target: Target = key.parse()?;
+            let origin: AllowOrigin = serde_json::from_value(value)?;
+            self.allow.insert(target, origin);
+        }
+        if self.builtin_allowlist {
+            for h in host::host_addresses()? {
+                self.allow.insert(h.target, AllowOrigin::Builtin { what: h.what.to_owned() });
+            }
+        }
+        let in_kernel: Vec<Target> = self.dp.maps().allows()?.into_iter().map(|(t, _)| t).collect();
+        for t in in_kernel {
+            if self.allow.origins(&t).is_none() {
+                self.dp.maps_mut().remove_allow(&t)?;
+            }
+        }
+        let entries: Vec<(Target, u32)> = self.allow.iter().map(|(t, o)| (*t, o[0].to_kernel())).collect();
+        for (t, origin) in entries {
+            self.dp.maps_mut().insert_allow(&t, origin)?;
+        }
+        tracing::info!(entries = self.allow.len(), "allowlist loaded");
+        Ok(())
+    }
+
+    fn load_side_tables(&mut self) -> anyhow::Result<()> {
+        for (_, value) in self.store.load_side("pending")? {
+            let p: PendingBlock = serde_json::from_value(value)?;
+            self.next_pending = self.next_pending.max(p.id + 1);
+            self.pending.insert(p.id, p);
+        }
+        for (key, value) in self.store.load_side("offenses")? {
+            self.offenses.insert(key.parse()?, serde_json::from_value(value)?);
+        }
+        Ok(())
     }
 
     /// The data path (to attach interfaces after reconciliation).
@@ -209,9 +275,9 @@ impl Engine {
         self.dp.maps_mut().insert_block(target, &value)
     }
 
-    /// Runs until the channel closes.
-    pub fn run(mut self, rx: Receiver<Command>) {
-        loop {
+    /// Runs until the channel closes or `stop` is set (and a command wakes it).
+    pub fn run(mut self, rx: Receiver<Command>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let wait = self.until_next_deadline();
             match rx.recv_timeout(wait) {
                 Ok(first) => {
@@ -234,8 +300,10 @@ impl Engine {
     }
 
     fn until_next_deadline(&self) -> Duration {
-        match self.deadlines.first() {
-            Some((deadline, _, _)) => Duration::from_millis(deadline.saturating_sub(now_ms())),
+        let block = self.deadlines.first().map(|(d, _, _)| *d);
+        let pending = self.pending.values().map(|p| p.expires_ms).min();
+        match block.into_iter().chain(pending).min() {
+            Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
         }
     }
@@ -246,7 +314,7 @@ impl Engine {
         for Command { request, reply } in commands {
             match request {
                 Request::Block(b) => {
-                    let resp = match self.block(&mut round, b) {
+                    let resp = match self.block(&mut round, b, false) {
                         Ok((r, t)) => (Response::ok(Reply::Block(r)), vec![t]),
                         Err(e) => (e, vec![]),
                     };
@@ -262,6 +330,40 @@ impl Engine {
                         Err(e) => (e, vec![]),
                     };
                     pending.push((reply, resp.0, resp.1));
+                }
+                Request::Promote { target, source } => {
+                    let (resp, touched) = self.promote(&mut round, target, source);
+                    pending.push((reply, resp, touched));
+                }
+                Request::Approve { id } => {
+                    let resp = match self.approve(&mut round, id) {
+                        Ok((r, t)) => (Response::ok(Reply::Block(r)), vec![t]),
+                        Err(e) => (e, vec![]),
+                    };
+                    pending.push((reply, resp.0, resp.1));
+                }
+                Request::Reject { id } => {
+                    let resp = self.reject(&mut round, id);
+                    pending.push((reply, resp, vec![]));
+                }
+                Request::AllowAdd { target, comment } => {
+                    let resp = self.allow_add(target, comment);
+                    pending.push((reply, resp, vec![]));
+                }
+                Request::AllowRemove { target } => {
+                    let resp = self.allow_remove(target);
+                    pending.push((reply, resp, vec![]));
+                }
+                Request::RefreshHost => {
+                    self.refresh_host();
+                    pending.push((reply, Response::ok(Reply::Refreshed), vec![]));
+                }
+                Request::BreakerReset { source } => {
+                    let reset = self.policy.reset_breakers(source.as_ref());
+                    for s in &reset {
+                        tracing::info!(source = %s, "breaker reset by the operator");
+                    }
+                    pending.push((reply, Response::ok(Reply::BreakerReset { reset }), vec![]));
                 }
                 read => {
                     // Reads see every write before them in this round once it is committed;
@@ -338,22 +440,73 @@ impl Engine {
             .or_insert_with(|| self.blocks.get(target).cloned());
     }
 
-    fn block(&mut self, round: &mut Round, req: BlockRequest) -> Result<(BlockReply, Target), Response> {
+    fn block(&mut self, round: &mut Round, req: BlockRequest, approved: bool) -> Result<(BlockReply, Target), Response> {
         if let Err(e) = req.reason.validate() {
             return Err(Response::err(ErrorCode::InvalidRequest, e));
         }
+        if req.ttl_secs == Some(0) {
+            return Err(Response::err(ErrorCode::InvalidRequest, "the TTL must be at least 1 second"));
+        }
         let target = req.target;
         let now = now_ms();
-        let expires_ms = if req.permanent {
-            None
-        } else {
-            let ttl = req.ttl_secs.map_or(self.default_ttl, Duration::from_secs);
-            if ttl.is_zero() {
-                return Err(Response::err(ErrorCode::InvalidRequest, "the TTL must be at least 1 second"));
-            }
-            Some(now.saturating_add(ttl.as_millis() as u64))
+        let has_block = self.blocks.get(&target).is_some_and(|t| t.by_source.contains_key(&req.source));
+        let offenses = self.offense_count(&target, now);
+        let ask = Ask {
+            target,
+            source: &req.source,
+            ttl: req.ttl_secs.map(Duration::from_secs),
+            permanent: req.permanent,
+            shadow: req.shadow,
+            force: req.force,
+            approved,
+            existing: has_block,
         };
-        let mode = if req.shadow { Mode::Shadow } else { Mode::Enforce };
+        let (decision, event) = self.policy.decide(&ask, &self.allow, offenses, now);
+        if let BreakerEvent::Opened = event {
+            tracing::warn!(source = %req.source, "circuit breaker opened");
+            let mut e = Event::new(Action::BreakerOpen, &target);
+            e.source = Some(&req.source);
+            e.detail = Some("rate of new blocks exceeded; breaker open".into());
+            self.audit.record(&e);
+        }
+        let (ttl, mode, notes) = match decision {
+            Decision::Refuse { rule, message } => {
+                let msg = format!("refused by policy rule `{rule}`: {message}");
+                self.refuse(&target, &req.source, &msg);
+                return Err(Response::err(ErrorCode::Refused, msg));
+            }
+            Decision::Pending { why } => {
+                let id = self.next_pending;
+                self.next_pending += 1;
+                let p = PendingBlock {
+                    id,
+                    request: req.clone(),
+                    why: why.clone(),
+                    created_ms: now,
+                    expires_ms: now + self.policy.pending_ttl().as_millis() as u64,
+                };
+                round.ops.push(StoreOp::PutPending(id, serde_json::to_value(&p).expect("serialisable")));
+                let mut e = Event::new(Action::Pending, &target);
+                e.source = Some(&req.source);
+                e.reason = Some(&req.reason);
+                e.detail = Some(format!("pending approval (id {id}): {why}"));
+                self.audit.record(&e);
+                self.pending.insert(id, p);
+                return Ok((
+                    BlockReply {
+                        target,
+                        outcome: Outcome::Pending,
+                        expires_ms: None,
+                        mode: if req.shadow { Mode::Shadow } else { Mode::Enforce },
+                        notes: vec![why],
+                        pending_id: Some(id),
+                    },
+                    target,
+                ));
+            }
+            Decision::Apply { ttl, mode, notes } => (ttl, mode, notes),
+        };
+        let expires_ms = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
         let is_new_target = !self.blocks.contains_key(&target);
         if is_new_target {
             let (map, capacity) = self.dp.maps().capacity_for(&target);
@@ -361,7 +514,7 @@ impl Engine {
                 let msg = format!(
                     "the {map} map is full ({capacity} entries); nothing was evicted. Raise [capacity] in the configuration or unblock targets"
                 );
-                self.refuse(&target, &req.source, &msg);
+                self.refuse(&target, &req.source, &format!("rule `capacity`: {msg}"));
                 return Err(Response::err(ErrorCode::MapFull, msg));
             }
         }
@@ -403,6 +556,7 @@ impl Engine {
         self.index(&target, &block);
         if is_new_target {
             self.count(&target, 1);
+            self.record_offense(round, &target, now);
         }
         round.ops.push(StoreOp::Put(Record {
             target,
@@ -414,12 +568,16 @@ impl Engine {
             Outcome::Created => Action::Block,
             Outcome::Extended => Action::Extend,
             Outcome::Unchanged => Action::Reblock,
+            Outcome::Pending => unreachable!("pending requests return early"),
         };
         let mut e = Event::new(action, &target);
         e.source = Some(&block.source);
         e.reason = Some(&block.reason);
         e.expires_ms = block.expires_ms;
         e.mode = Some(block.mode);
+        if !notes.is_empty() {
+            e.detail = Some(notes.join("; "));
+        }
         self.audit.record(&e);
         Ok((
             BlockReply {
@@ -427,9 +585,175 @@ impl Engine {
                 outcome,
                 expires_ms: block.expires_ms,
                 mode: block.mode,
+                notes,
+                pending_id: None,
             },
             target,
         ))
+    }
+
+    fn offense_count(&self, target: &Target, now: UnixMillis) -> usize {
+        let Some(window) = self.policy.offense_window() else { return 0 };
+        let since = now.saturating_sub(window.as_millis() as u64);
+        self.offenses.get(target).map_or(0, |t| t.iter().filter(|&&x| x >= since).count())
+    }
+
+    fn record_offense(&mut self, round: &mut Round, target: &Target, now: UnixMillis) {
+        let Some(window) = self.policy.offense_window() else { return };
+        let since = now.saturating_sub(window.as_millis() as u64);
+        let times = self.offenses.entry(*target).or_default();
+        times.retain(|&t| t >= since);
+        times.push(now);
+        round.ops.push(StoreOp::PutOffenses(*target, times.clone()));
+    }
+
+    fn promote(&mut self, round: &mut Round, target: Option<Target>, source: Option<Source>) -> (Response, Vec<Target>) {
+        let mut promoted = Vec::new();
+        let targets: Vec<Target> = match target {
+            Some(t) => vec![t],
+            None => self.blocks.keys().copied().collect(),
+        };
+        for t in targets {
+            let Some(blocks) = self.blocks.get(&t) else { continue };
+            let sources: Vec<Source> = blocks
+                .by_source
+                .values()
+                .filter(|b| b.mode == Mode::Shadow && source.as_ref().is_none_or(|s| *s == b.source))
+                .map(|b| b.source.clone())
+                .collect();
+            if sources.is_empty() {
+                continue;
+            }
+            self.remember(round, &t);
+            for s in sources {
+                let b = self.blocks.get_mut(&t).and_then(|x| x.by_source.get_mut(&s)).expect("present");
+                b.mode = Mode::Enforce;
+                b.updated_ms = now_ms();
+                round.ops.push(StoreOp::Put(Record { target: t, block: b.clone() }));
+                let mut e = Event::new(Action::Promote, &t);
+                e.source = Some(&s);
+                e.mode = Some(Mode::Enforce);
+                self.audit.record(&e);
+                promoted.push((t, s));
+            }
+        }
+        if promoted.is_empty() {
+            let what = match (target, &source) {
+                (Some(t), _) => format!("{t} has no shadow block"),
+                (None, Some(s)) => format!("source `{s}` has no shadow blocks"),
+                (None, None) => "there are no shadow blocks".to_owned(),
+            };
+            return (Response::err(ErrorCode::NotFound, what), vec![]);
+        }
+        let touched = promoted.iter().map(|(t, _)| *t).collect();
+        (Response::ok(Reply::Promote { promoted }), touched)
+    }
+
+    fn approve(&mut self, round: &mut Round, id: u64) -> Result<(BlockReply, Target), Response> {
+        let Some(p) = self.pending.remove(&id) else {
+            return Err(Response::err(ErrorCode::NotFound, format!("no pending block with id {id} (see `enforcer pending`)")));
+        };
+        round.ops.push(StoreOp::DeletePending(id));
+        let mut e = Event::new(Action::Approve, &p.request.target);
+        e.source = Some(&p.request.source);
+        e.detail = Some(format!("approved pending block {id}"));
+        self.audit.record(&e);
+        let result = self.block(round, p.request.clone(), true);
+        if result.is_err() {
+            // Keep it pending so the operator can see why and decide again.
+            round.ops.pop();
+            self.pending.insert(id, p);
+        }
+        result
+    }
+
+    fn reject(&mut self, round: &mut Round, id: u64) -> Response {
+        let Some(p) = self.pending.remove(&id) else {
+            return Response::err(ErrorCode::NotFound, format!("no pending block with id {id} (see `enforcer pending`)"));
+        };
+        round.ops.push(StoreOp::DeletePending(id));
+        let mut e = Event::new(Action::Reject, &p.request.target);
+        e.source = Some(&p.request.source);
+        e.detail = Some(format!("rejected pending block {id}"));
+        self.audit.record(&e);
+        Response::ok(Reply::Rejected { id })
+    }
+
+    fn allow_add(&mut self, target: Target, comment: Option<String>) -> Response {
+        let origin = AllowOrigin::Cli { comment };
+        if self.allow.origins(&target).is_some_and(|o| o.iter().any(|x| matches!(x, AllowOrigin::Cli { .. }))) {
+            return Response::ok(Reply::Allow { target, changed: false });
+        }
+        let value = serde_json::to_value(&origin).expect("serialisable");
+        if let Err(e) = self.store.commit(&[StoreOp::PutAllow(target, value)]) {
+            return Response::err(ErrorCode::Internal, format!("the block store failed: {e}; nothing was changed"));
+        }
+        if let Err(e) = self.dp.maps_mut().insert_allow(&target, origin.to_kernel()) {
+            let _ = self.store.commit(&[StoreOp::DeleteAllow(target)]);
+            let code = if matches!(e, crate::datapath::MapsError::Full { .. }) { ErrorCode::MapFull } else { ErrorCode::Internal };
+            return Response::err(code, e.to_string());
+        }
+        self.allow.insert(target, origin);
+        let mut e = Event::new(Action::AllowAdd, &target);
+        e.detail = Some("allowlisted with the CLI".into());
+        self.audit.record(&e);
+        self.audit.flush();
+        Response::ok(Reply::Allow { target, changed: true })
+    }
+
+    fn allow_remove(&mut self, target: Target) -> Response {
+        let Some(origins) = self.allow.origins(&target) else {
+            return Response::err(ErrorCode::NotFound, format!("{target} is not on the allowlist (see `enforcer allow list`)"));
+        };
+        if !origins.iter().any(|o| matches!(o, AllowOrigin::Cli { .. })) {
+            let from: Vec<String> = origins.iter().map(ToString::to_string).collect();
+            return Response::err(
+                ErrorCode::Refused,
+                format!("{target} comes from {}; remove it there (the configuration file), not with the CLI", from.join(", ")),
+            );
+        }
+        if let Err(e) = self.store.commit(&[StoreOp::DeleteAllow(target)]) {
+            return Response::err(ErrorCode::Internal, format!("the block store failed: {e}; nothing was changed"));
+        }
+        if self.allow.remove_where(&target, |o| matches!(o, AllowOrigin::Cli { .. }))
+            && let Err(e) = self.dp.maps_mut().remove_allow(&target)
+        {
+            return Response::err(ErrorCode::Internal, e.to_string());
+        }
+        let mut e = Event::new(Action::AllowRemove, &target);
+        e.detail = Some("removed from the allowlist with the CLI".into());
+        self.audit.record(&e);
+        self.audit.flush();
+        Response::ok(Reply::Allow { target, changed: true })
+    }
+
+    /// Re-reads the host's addresses and gateways; the allowlist follows them.
+    fn refresh_host(&mut self) {
+        if !self.builtin_allowlist {
+            return;
+        }
+        let Ok(now) = host::host_addresses() else { return };
+        let current: BTreeSet<Target> = self
+            .allow
+            .iter()
+            .filter(|(_, o)| o.iter().any(|x| matches!(x, AllowOrigin::Builtin { .. })))
+            .map(|(t, _)| *t)
+            .collect();
+        let wanted: BTreeMap<Target, &str> = now.iter().map(|h| (h.target, h.what)).collect();
+        for t in current.iter().filter(|t| !wanted.contains_key(t)) {
+            if self.allow.remove_where(t, |o| matches!(o, AllowOrigin::Builtin { .. })) {
+                let _ = self.dp.maps_mut().remove_allow(t);
+            }
+            tracing::info!(target = %t, "no longer a host address or gateway: removed from the allowlist");
+        }
+        for (t, what) in wanted.iter().filter(|(t, _)| !current.contains(t)) {
+            if self.allow.insert(*t, AllowOrigin::Builtin { what: (*what).to_owned() })
+                && let Err(e) = self.dp.maps_mut().insert_allow(t, enforcer_common::ALLOW_ORIGIN_BUILTIN)
+            {
+                tracing::error!(target = %t, error = %e, "allowlisting a host address failed");
+            }
+            tracing::info!(target = %t, what, "allowlisted");
+        }
     }
 
     fn block_batch(&mut self, round: &mut Round, req: BatchRequest) -> (Response, Vec<Target>) {
@@ -444,8 +768,9 @@ impl Engine {
                 source: req.source.clone(),
                 reason: req.reason.clone(),
                 shadow: req.shadow,
+                force: false,
             };
-            match self.block(round, one) {
+            match self.block(round, one, false) {
                 Ok((_, t)) => {
                     applied += 1;
                     touched.push(t);
@@ -504,9 +829,31 @@ impl Engine {
         self.audit.record(&e);
     }
 
+    /// Drops pending requests nobody approved in time.
+    fn expire_pending(&mut self, now: UnixMillis) {
+        let due: Vec<u64> = self.pending.values().filter(|p| p.expires_ms <= now).map(|p| p.id).collect();
+        if due.is_empty() {
+            return;
+        }
+        let ops: Vec<StoreOp> = due.iter().map(|id| StoreOp::DeletePending(*id)).collect();
+        if self.store.commit(&ops).is_err() {
+            return;
+        }
+        for id in due {
+            if let Some(p) = self.pending.remove(&id) {
+                let mut e = Event::new(Action::PendingExpire, &p.request.target);
+                e.source = Some(&p.request.source);
+                e.detail = Some(format!("pending block {id} was not approved in time"));
+                self.audit.record(&e);
+            }
+        }
+        self.audit.flush();
+    }
+
     /// Removes every source block whose deadline has passed.
     fn reap(&mut self) {
         let now = now_ms();
+        self.expire_pending(now);
         let mut due = Vec::new();
         while let Some((deadline, _, _)) = self.deadlines.first() {
             if *deadline > now || due.len() >= MAX_REAP {
@@ -551,7 +898,7 @@ impl Engine {
         tracing::debug!(count = due.len(), "reaped expired blocks");
     }
 
-    fn read(&self, request: Request) -> Response {
+    fn read(&mut self, request: Request) -> Response {
         match request {
             Request::Ping => Response::ok(Reply::Pong {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -569,9 +916,20 @@ impl Engine {
             Request::Show { target } => Response::ok(Reply::Show(self.show(target))),
             Request::Stats => self.stats(),
             Request::Status => Response::ok(Reply::Status(self.status())),
-            Request::Block(_) | Request::BlockBatch(_) | Request::Unblock { .. } => {
-                unreachable!("writes are not reads")
-            }
+            Request::AllowList => Response::ok(Reply::AllowList {
+                entries: self
+                    .allow
+                    .iter()
+                    .map(|(t, o)| AllowEntry {
+                        target: *t,
+                        origin: o.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    })
+                    .collect(),
+            }),
+            Request::PendingList => Response::ok(Reply::PendingList {
+                pending: self.pending.values().cloned().collect(),
+            }),
+            _ => unreachable!("writes are not reads"),
         }
     }
 
@@ -609,15 +967,12 @@ impl Engine {
             .collect();
         blocks.sort_by_key(|e| std::cmp::Reverse(e.target.prefix_len()));
         let allowlist: Vec<AllowEntry> = self
-            .dp
-            .maps()
-            .allows()
-            .unwrap_or_default()
-            .into_iter()
+            .allow
+            .iter()
             .filter(|(t, _)| t.contains(addr))
-            .map(|(t, v)| AllowEntry {
-                target: t,
-                origin: if v.origin == enforcer_common::ALLOW_ORIGIN_BUILTIN { "builtin" } else { "config" }.to_owned(),
+            .map(|(t, o)| AllowEntry {
+                target: *t,
+                origin: o.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             })
             .collect();
         let covering: Vec<&ListEntry> = blocks.iter().filter(|e| e.target.contains(addr)).collect();
@@ -667,7 +1022,8 @@ impl Engine {
         }))
     }
 
-    fn status(&self) -> StatusReply {
+    fn status(&mut self) -> StatusReply {
+        let breakers = self.policy.open_breakers(now_ms());
         let maps = self.dp.maps();
         let allow_used = maps.allows().map(|a| a.len()).unwrap_or(0);
         let map_use = maps
@@ -710,6 +1066,10 @@ impl Engine {
             bpffs_dir: self.dp.layout().base().display().to_string(),
             audit_log: self.audit.path().display().to_string(),
             next_expiry_ms: self.deadlines.first().map(|(d, _, _)| *d),
+            policy_mode: self.policy.config.mode,
+            breakers,
+            pending: self.pending.len(),
+            allowlist: self.allow.len(),
         }
     }
 }

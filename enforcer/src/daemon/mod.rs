@@ -36,7 +36,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         capacity: config.capacity.into(),
         count_block_hits: true,
     })?;
-    let mut engine = engine::Engine::start(store, dp, audit, config.default_ttl.0)?;
+    let mut engine = engine::Engine::start(
+        store,
+        dp,
+        audit,
+        engine::EngineConfig {
+            default_ttl: config.default_ttl.0,
+            policy: config.policy.clone(),
+            allowlist: config.allowlist.prefixes.clone(),
+            builtin_allowlist: config.allowlist.builtin,
+        },
+    )?;
 
     let mut attachments = Vec::new();
     for iface in &config.interfaces {
@@ -60,9 +70,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     engine.set_attachments(attachments);
 
     let (tx, rx) = mpsc::sync_channel(8192);
+    if config.allowlist.builtin {
+        let tx = tx.clone();
+        std::thread::Builder::new().name("host-watch".into()).spawn(move || {
+            crate::policy::host::watch(|| {
+                let (reply, _) = tokio::sync::oneshot::channel();
+                tx.send(engine::Command {
+                    request: crate::protocol::Request::RefreshHost,
+                    reply,
+                })
+                .is_ok()
+            });
+        })?;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let engine_stop = stop.clone();
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine.run(rx))?;
+        .spawn(move || engine.run(rx, engine_stop))?;
+    let wake = tx.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,6 +110,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // Let the engine finish what it holds, then stop (the address watcher still has a sender).
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reply, _) = tokio::sync::oneshot::channel();
+    let _ = wake.send(engine::Command {
+        request: crate::protocol::Request::Ping,
+        reply,
+    });
     engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;

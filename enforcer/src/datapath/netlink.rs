@@ -83,6 +83,59 @@ pub fn query_xdp(ifindex: u32) -> io::Result<XdpState> {
     parse_reply(&buf[..n as usize])
 }
 
+/// Sends a dump request (`NLM_F_DUMP`) of `kind` with the family header `header`, and returns
+/// every reply message as (type, payload after the netlink header).
+pub(crate) fn dump(kind: u16, header: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let nlh_len = mem::size_of::<libc::nlmsghdr>();
+    let mut req = vec![0u8; nlh_len + header.len()];
+    let total = req.len() as u32;
+    req[0..4].copy_from_slice(&total.to_ne_bytes());
+    req[4..6].copy_from_slice(&kind.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[nlh_len..].copy_from_slice(header);
+    // SAFETY: valid buffer.
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into a buffer of the given length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut msg = &buf[..n as usize];
+        while msg.len() >= nlh_len {
+            let len = read_u32(msg, 0).unwrap_or(0) as usize;
+            let kind = read_u16(msg, 4).unwrap_or(0);
+            if len < nlh_len || len > msg.len() {
+                return Err(bad("truncated message"));
+            }
+            if kind == libc::NLMSG_DONE as u16 {
+                return Ok(out);
+            }
+            if kind == libc::NLMSG_ERROR as u16 {
+                let errno = read_u32(msg, nlh_len).unwrap_or(0) as i32;
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+            } else {
+                out.push((kind, msg[nlh_len..len].to_vec()));
+            }
+            msg = &msg[((len + 3) & !3).min(msg.len())..];
+        }
+    }
+}
+
 fn read_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
@@ -132,7 +185,7 @@ fn parse_reply(msg: &[u8]) -> io::Result<XdpState> {
 }
 
 /// Iterator over netlink attributes: (type, payload).
-struct Attrs<'a>(&'a [u8]);
+pub(crate) struct Attrs<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Iterator for Attrs<'a> {
     type Item = (u16, &'a [u8]);

@@ -1,0 +1,624 @@
+//! The safety policy every block passes through, whatever its source.
+//!
+//! In order, a block request meets:
+//! 1. the **allowlist** (a target inside an allowlisted prefix is refused; a prefix that contains
+//!    allowlisted addresses is refused unless forced, and then the kernel allowlist still wins);
+//! 2. the **scope guard** (prefixes broader than /24 or /48 need force);
+//! 3. **time bounds** (default and maximum TTL per source; permanent blocks only from sources
+//!    allowed to make them);
+//! 4. **repeat offenders** (a target blocked again within a window gets an escalated TTL);
+//! 5. the **circuit breaker** (past a source's rate, its new blocks go to shadow or are refused);
+//! 6. the **rollout mode** (global and per-source shadow);
+//! 7. **approval** (by source or prefix breadth, blocks wait for a human).
+//!
+//! Every refusal names the rule that made it; the daemon writes it to the audit log.
+
+pub mod allowlist;
+pub mod host;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    block::{Mode, Source, UnixMillis},
+    duration::HumanDuration,
+    target::Target,
+};
+
+pub use allowlist::{AllowOrigin, Allowlist};
+
+/// What to do with a source's new blocks once its breaker is open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerAction {
+    /// Put them in shadow mode (counted, not enforced).
+    #[default]
+    Shadow,
+    /// Refuse them.
+    Refuse,
+}
+
+/// Per-source policy; unset fields fall back to the global ones.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcePolicy {
+    /// Rollout mode for this source.
+    pub mode: Option<Mode>,
+    /// TTL when a request names none.
+    pub default_ttl: Option<HumanDuration>,
+    /// Longest TTL; longer requests are capped.
+    pub max_ttl: Option<HumanDuration>,
+    /// Whether this source may make permanent blocks.
+    pub allow_permanent: Option<bool>,
+    /// Whether this source may force past the allowlist-containment and scope rules.
+    pub allow_force: Option<bool>,
+    /// New blocks per minute before the breaker opens.
+    pub rate_limit: Option<u32>,
+    /// What the open breaker does.
+    pub on_rate_limit: Option<BreakerAction>,
+    /// How long the breaker stays open.
+    pub breaker_cooldown: Option<HumanDuration>,
+    /// Every block from this source waits for approval.
+    pub require_approval: Option<bool>,
+}
+
+/// Escalation for targets blocked again.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatOffenders {
+    /// How far back earlier blocks count.
+    pub window: HumanDuration,
+    /// TTL of the 1st, 2nd, 3rd... block within the window (the last repeats).
+    pub ttls: Vec<HumanDuration>,
+}
+
+/// Approval rules.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Approval {
+    /// Prefixes broader than this (IPv4) wait for approval.
+    pub broader_than_v4: Option<u8>,
+    /// Prefixes broader than this (IPv6) wait for approval.
+    pub broader_than_v6: Option<u8>,
+    /// Unapproved requests expire after this.
+    pub pending_ttl: HumanDuration,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Self {
+            broader_than_v4: None,
+            broader_than_v6: None,
+            pending_ttl: HumanDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// The `[policy]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Global rollout mode: `shadow` puts every new block in shadow mode.
+    pub mode: Mode,
+    /// Narrowest prefix an unforced IPv4 block may have.
+    pub min_prefix_v4: u8,
+    /// Narrowest prefix an unforced IPv6 block may have.
+    pub min_prefix_v6: u8,
+    /// Longest TTL for any source.
+    pub max_ttl: HumanDuration,
+    /// Sources that may make permanent blocks.
+    pub permanent_sources: Vec<Source>,
+    /// Sources that may force.
+    pub force_sources: Vec<Source>,
+    /// Default rate limit (new blocks per minute per source); 0 = none.
+    pub rate_limit: u32,
+    /// Default breaker action.
+    pub on_rate_limit: BreakerAction,
+    /// Default breaker cooldown.
+    pub breaker_cooldown: HumanDuration,
+    /// Repeat-offender escalation.
+    pub repeat_offenders: Option<RepeatOffenders>,
+    /// Approval rules.
+    pub approval: Approval,
+    /// Per-source overrides.
+    pub sources: BTreeMap<Source, SourcePolicy>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Enforce,
+            min_prefix_v4: 24,
+            min_prefix_v6: 48,
+            max_ttl: HumanDuration(Duration::from_secs(30 * 86_400)),
+            permanent_sources: vec![Source::cli()],
+            force_sources: vec![Source::cli()],
+            rate_limit: 0,
+            on_rate_limit: BreakerAction::Shadow,
+            breaker_cooldown: HumanDuration(Duration::from_secs(600)),
+            repeat_offenders: None,
+            approval: Approval::default(),
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Checks values serde cannot; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.min_prefix_v4 > 32 {
+            return Err(("min_prefix_v4".into(), format!("{} is more than 32", self.min_prefix_v4)));
+        }
+        if self.min_prefix_v6 > 128 {
+            return Err(("min_prefix_v6".into(), format!("{} is more than 128", self.min_prefix_v6)));
+        }
+        if let Some(r) = &self.repeat_offenders
+            && r.ttls.is_empty()
+        {
+            return Err(("ttls".into(), "repeat_offenders.ttls needs at least one duration".into()));
+        }
+        if self.approval.broader_than_v4.is_some_and(|v| v > 32) {
+            return Err(("broader_than_v4".into(), "must be at most 32".into()));
+        }
+        if self.approval.broader_than_v6.is_some_and(|v| v > 128) {
+            return Err(("broader_than_v6".into(), "must be at most 128".into()));
+        }
+        for (name, s) in &self.sources {
+            if let (Some(d), Some(m)) = (s.default_ttl, s.max_ttl.or(Some(self.max_ttl)))
+                && d > m
+            {
+                return Err(("default_ttl".into(), format!("source {name}: default_ttl {d} exceeds max_ttl {m}")));
+            }
+            if s.rate_limit == Some(0) {
+                return Err(("rate_limit".into(), format!("source {name}: rate_limit must be at least 1 (omit it for no limit)")));
+            }
+        }
+        Ok(())
+    }
+
+    fn source(&self, s: &Source) -> SourcePolicy {
+        self.sources.get(s).cloned().unwrap_or_default()
+    }
+}
+
+/// A block request as the policy sees it.
+#[derive(Clone, Debug)]
+pub struct Ask<'a> {
+    /// Target.
+    pub target: Target,
+    /// Source.
+    pub source: &'a Source,
+    /// Requested TTL (`None` = default).
+    pub ttl: Option<Duration>,
+    /// Permanent requested.
+    pub permanent: bool,
+    /// Shadow requested.
+    pub shadow: bool,
+    /// Force requested.
+    pub force: bool,
+    /// Approved by a human (skips the approval rule).
+    pub approved: bool,
+    /// Whether the source already blocks this target (extensions do not count against the rate).
+    pub existing: bool,
+}
+
+/// The policy's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply with this TTL (`None` = permanent) and mode; `notes` say what the policy changed.
+    Apply {
+        /// TTL.
+        ttl: Option<Duration>,
+        /// Mode.
+        mode: Mode,
+        /// What the policy adjusted, for the audit log and the reply.
+        notes: Vec<String>,
+    },
+    /// Wait for approval.
+    Pending {
+        /// Why approval is needed.
+        why: String,
+    },
+    /// Refused.
+    Refuse {
+        /// The rule.
+        rule: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A source's circuit breaker.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Breaker {
+    /// Times of recent new blocks (last minute).
+    #[serde(skip)]
+    recent: VecDeque<UnixMillis>,
+    /// Open until (Unix ms).
+    pub open_until: Option<UnixMillis>,
+    /// When it opened.
+    pub opened_at: Option<UnixMillis>,
+}
+
+/// An open breaker, for status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BreakerState {
+    /// Source.
+    pub source: Source,
+    /// Opened at (Unix ms).
+    pub opened_ms: UnixMillis,
+    /// Closes at (Unix ms).
+    pub closes_ms: UnixMillis,
+    /// What it does to new blocks.
+    pub action: BreakerAction,
+}
+
+/// Runtime policy: the configuration plus breakers.
+pub struct Policy {
+    /// Configuration.
+    pub config: PolicyConfig,
+    default_ttl: Duration,
+    breakers: BTreeMap<Source, Breaker>,
+}
+
+/// Result of a breaker check.
+pub enum BreakerEvent {
+    /// Nothing changed.
+    None,
+    /// The breaker just opened.
+    Opened,
+}
+
+impl Policy {
+    /// A policy with `default_ttl` for sources without their own.
+    pub fn new(config: PolicyConfig, default_ttl: Duration) -> Self {
+        Self {
+            config,
+            default_ttl,
+            breakers: BTreeMap::new(),
+        }
+    }
+
+    /// Decides a block request. `offenses` is how many earlier blocks of this target fall in the
+    /// repeat-offender window. Updates breaker state; returns whether a breaker opened.
+    pub fn decide(&mut self, ask: &Ask<'_>, allow: &Allowlist, offenses: usize, now: UnixMillis) -> (Decision, BreakerEvent) {
+        let sp = self.config.source(ask.source);
+        let may_force = sp.allow_force.unwrap_or_else(|| self.config.force_sources.contains(ask.source));
+        let forced = ask.force && may_force;
+        if ask.force && !may_force {
+            return (
+                Decision::Refuse {
+                    rule: "force",
+                    message: format!("source `{}` may not force (policy.force_sources)", ask.source),
+                },
+                BreakerEvent::None,
+            );
+        }
+
+        // 1. Allowlist.
+        if let Some((prefix, origin)) = allow.covering(&ask.target) {
+            return (
+                Decision::Refuse {
+                    rule: "allowlist",
+                    message: format!("{} is inside allowlisted {prefix} ({origin})", ask.target),
+                },
+                BreakerEvent::None,
+            );
+        }
+        let inside = allow.inside(&ask.target);
+        if !inside.is_empty() && !forced {
+            let (p, o) = &inside[0];
+            return (
+                Decision::Refuse {
+                    rule: "allowlist",
+                    message: format!(
+                        "{} contains allowlisted {p} ({o}){}; use --force to block the rest (the allowlisted part stays reachable)",
+                        ask.target,
+                        if inside.len() > 1 { format!(" and {} more", inside.len() - 1) } else { String::new() }
+                    ),
+                },
+                BreakerEvent::None,
+            );
+        }
+
+        // 2. Scope.
+        let min = if ask.target.is_v4() { self.config.min_prefix_v4 } else { self.config.min_prefix_v6 };
+        if ask.target.prefix_len() < min && !forced {
+            return (
+                Decision::Refuse {
+                    rule: "scope",
+                    message: format!(
+                        "{} is broader than /{min} (policy.min_prefix_{}); a narrower prefix, or --force from a source allowed to force",
+                        ask.target,
+                        if ask.target.is_v4() { "v4" } else { "v6" }
+                    ),
+                },
+                BreakerEvent::None,
+            );
+        }
+
+        // 3. Time bounds.
+        let mut notes = Vec::new();
+        let max_ttl = sp.max_ttl.map_or(self.config.max_ttl.0, |d| d.0).min(self.config.max_ttl.0);
+        let may_permanent = sp
+            .allow_permanent
+            .unwrap_or_else(|| self.config.permanent_sources.contains(ask.source));
+        let mut ttl = if ask.permanent {
+            if !may_permanent {
+                return (
+                    Decision::Refuse {
+                        rule: "time_bounds",
+                        message: format!(
+                            "source `{}` may not make permanent blocks (policy.permanent_sources); give a --ttl",
+                            ask.source
+                        ),
+                    },
+                    BreakerEvent::None,
+                );
+            }
+            None
+        } else {
+            Some(ask.ttl.unwrap_or_else(|| sp.default_ttl.map_or(self.default_ttl, |d| d.0)))
+        };
+
+        // 4. Repeat offenders.
+        if let (Some(t), Some(r)) = (ttl, &self.config.repeat_offenders)
+            && offenses > 0
+        {
+            let step = r.ttls[offenses.min(r.ttls.len() - 1)].0;
+            if step > t {
+                notes.push(format!("repeat offender ({} earlier in {}): TTL escalated to {}", offenses, r.window, HumanDuration(step)));
+                ttl = Some(step);
+            }
+        }
+        if let Some(t) = ttl
+            && t > max_ttl
+        {
+            notes.push(format!("TTL capped at the maximum {}", HumanDuration(max_ttl)));
+            ttl = Some(max_ttl);
+        }
+
+        // 5. Breaker (new blocks only).
+        let mut mode = if ask.shadow { Mode::Shadow } else { Mode::Enforce };
+        let mut event = BreakerEvent::None;
+        let limit = sp.rate_limit.unwrap_or(self.config.rate_limit);
+        if limit > 0 && !ask.existing {
+            let action = sp.on_rate_limit.unwrap_or(self.config.on_rate_limit);
+            let cooldown = sp.breaker_cooldown.map_or(self.config.breaker_cooldown.0, |d| d.0);
+            let b = self.breakers.entry(ask.source.clone()).or_default();
+            if b.open_until.is_some_and(|u| u <= now) {
+                b.open_until = None;
+                b.opened_at = None;
+                b.recent.clear();
+            }
+            while b.recent.front().is_some_and(|t| *t + 60_000 <= now) {
+                b.recent.pop_front();
+            }
+            if b.open_until.is_none() && b.recent.len() >= limit as usize {
+                b.open_until = Some(now + cooldown.as_millis() as u64);
+                b.opened_at = Some(now);
+                event = BreakerEvent::Opened;
+            }
+            if b.open_until.is_some() {
+                match action {
+                    BreakerAction::Refuse => {
+                        return (
+                            Decision::Refuse {
+                                rule: "breaker",
+                                message: format!(
+                                    "source `{}` passed its rate of {limit} new blocks a minute; its breaker is open (see `enforcer status`, `enforcer breaker reset`)",
+                                    ask.source
+                                ),
+                            },
+                            event,
+                        );
+                    }
+                    BreakerAction::Shadow => {
+                        notes.push(format!("breaker open for `{}`: shadow mode", ask.source));
+                        mode = Mode::Shadow;
+                    }
+                }
+            } else {
+                b.recent.push_back(now);
+            }
+        }
+
+        // 6. Rollout mode.
+        if self.config.mode == Mode::Shadow || sp.mode == Some(Mode::Shadow) {
+            if mode != Mode::Shadow {
+                notes.push("rollout mode is shadow".into());
+            }
+            mode = Mode::Shadow;
+        }
+
+        // 7. Approval.
+        if !ask.approved {
+            if sp.require_approval == Some(true) {
+                return (
+                    Decision::Pending {
+                        why: format!("source `{}` requires approval", ask.source),
+                    },
+                    event,
+                );
+            }
+            let broad = if ask.target.is_v4() {
+                self.config.approval.broader_than_v4
+            } else {
+                self.config.approval.broader_than_v6
+            };
+            if let Some(b) = broad
+                && ask.target.prefix_len() < b
+            {
+                return (
+                    Decision::Pending {
+                        why: format!("{} is broader than /{b} (policy.approval)", ask.target),
+                    },
+                    event,
+                );
+            }
+        }
+        (Decision::Apply { ttl, mode, notes }, event)
+    }
+
+    /// Open breakers.
+    pub fn open_breakers(&mut self, now: UnixMillis) -> Vec<BreakerState> {
+        let mut out = Vec::new();
+        for (s, b) in &mut self.breakers {
+            if b.open_until.is_some_and(|u| u <= now) {
+                b.open_until = None;
+                b.opened_at = None;
+                b.recent.clear();
+            }
+            if let (Some(until), Some(at)) = (b.open_until, b.opened_at) {
+                let sp = self.config.sources.get(s);
+                out.push(BreakerState {
+                    source: s.clone(),
+                    opened_ms: at,
+                    closes_ms: until,
+                    action: sp.and_then(|p| p.on_rate_limit).unwrap_or(self.config.on_rate_limit),
+                });
+            }
+        }
+        out
+    }
+
+    /// Closes a source's breaker (or all). Returns the sources reset.
+    pub fn reset_breakers(&mut self, source: Option<&Source>) -> Vec<Source> {
+        let mut reset = Vec::new();
+        for (s, b) in &mut self.breakers {
+            if source.is_none_or(|x| x == s) && b.open_until.is_some() {
+                reset.push(s.clone());
+            }
+            if source.is_none_or(|x| x == s) {
+                *b = Breaker::default();
+            }
+        }
+        reset
+    }
+
+    /// The repeat-offender window, if configured.
+    pub fn offense_window(&self) -> Option<Duration> {
+        self.config.repeat_offenders.as_ref().map(|r| r.window.0)
+    }
+
+    /// How long pending requests wait.
+    pub fn pending_ttl(&self) -> Duration {
+        self.config.approval.pending_ttl.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask<'a>(target: &str, source: &'a Source) -> Ask<'a> {
+        Ask {
+            target: target.parse().unwrap(),
+            source,
+            ttl: None,
+            permanent: false,
+            shadow: false,
+            force: false,
+            approved: false,
+            existing: false,
+        }
+    }
+
+    fn allow(prefixes: &[&str]) -> Allowlist {
+        let mut a = Allowlist::default();
+        for p in prefixes {
+            a.insert(p.parse().unwrap(), AllowOrigin::Config);
+        }
+        a
+    }
+
+    fn refused(d: &Decision) -> &'static str {
+        match d {
+            Decision::Refuse { rule, .. } => rule,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allowlist_and_scope() {
+        let mut p = Policy::new(PolicyConfig::default(), Duration::from_secs(3600));
+        let cli = Source::cli();
+        let wazuh: Source = "wazuh".parse().unwrap();
+        let a = allow(&["192.0.2.0/28"]);
+        assert_eq!(refused(&p.decide(&ask("192.0.2.5", &wazuh), &a, 0, 0).0), "allowlist");
+        assert_eq!(refused(&p.decide(&ask("192.0.2.0/24", &wazuh), &a, 0, 0).0), "allowlist");
+        let mut forced = ask("192.0.2.0/24", &cli);
+        forced.force = true;
+        assert!(matches!(p.decide(&forced, &a, 0, 0).0, Decision::Apply { .. }));
+        let mut not_allowed = ask("192.0.2.0/24", &wazuh);
+        not_allowed.force = true;
+        assert_eq!(refused(&p.decide(&not_allowed, &a, 0, 0).0), "force");
+        assert_eq!(refused(&p.decide(&ask("198.51.0.0/16", &wazuh), &a, 0, 0).0), "scope");
+        assert_eq!(refused(&p.decide(&ask("2001:db8::/32", &wazuh), &a, 0, 0).0), "scope");
+        assert!(matches!(p.decide(&ask("2001:db8::/48", &wazuh), &a, 0, 0).0, Decision::Apply { .. }));
+    }
+
+    #[test]
+    fn time_bounds_and_repeat_offenders() {
+        let mut cfg = PolicyConfig {
+            repeat_offenders: Some(RepeatOffenders {
+                window: HumanDuration(Duration::from_secs(86400)),
+                ttls: vec!["10m".parse().unwrap(), "1h".parse().unwrap(), "1d".parse().unwrap()],
+            }),
+            ..PolicyConfig::default()
+        };
+        cfg.sources.insert(
+            "wazuh".parse().unwrap(),
+            SourcePolicy {
+                max_ttl: Some("2h".parse().unwrap()),
+                ..SourcePolicy::default()
+            },
+        );
+        let mut p = Policy::new(cfg, Duration::from_secs(600));
+        let wazuh: Source = "wazuh".parse().unwrap();
+        let none = Allowlist::default();
+        let ttl = |d: Decision| match d {
+            Decision::Apply { ttl, .. } => ttl.map(|t| t.as_secs()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 0, 0).0), Some(600));
+        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 1, 0).0), Some(3600));
+        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 5, 0).0), Some(7200), "capped by max_ttl");
+        let mut perm = ask("192.0.2.1", &wazuh);
+        perm.permanent = true;
+        assert_eq!(refused(&p.decide(&perm, &none, 0, 0).0), "time_bounds");
+        let cli = Source::cli();
+        let mut perm = ask("192.0.2.1", &cli);
+        perm.permanent = true;
+        assert_eq!(ttl(p.decide(&perm, &none, 0, 0).0), None);
+    }
+
+    #[test]
+    fn breaker_opens_at_the_rate_and_closes_after_cooldown() {
+        let cfg = PolicyConfig {
+            rate_limit: 3,
+            breaker_cooldown: "1m".parse().unwrap(),
+            ..PolicyConfig::default()
+        };
+        let mut p = Policy::new(cfg, Duration::from_secs(600));
+        let s: Source = "feed".parse().unwrap();
+        let none = Allowlist::default();
+        let mode = |d: Decision| match d {
+            Decision::Apply { mode, .. } => mode,
+            other => panic!("{other:?}"),
+        };
+        for i in 0..3 {
+            assert_eq!(mode(p.decide(&ask(&format!("192.0.2.{i}"), &s), &none, 0, 1000).0), Mode::Enforce);
+        }
+        let (d, ev) = p.decide(&ask("192.0.2.9", &s), &none, 0, 1000);
+        assert!(matches!(ev, BreakerEvent::Opened));
+        assert_eq!(mode(d), Mode::Shadow);
+        assert_eq!(p.open_breakers(2000).len(), 1);
+        assert!(p.open_breakers(61_001).is_empty());
+        assert_eq!(mode(p.decide(&ask("192.0.2.10", &s), &none, 0, 61_001).0), Mode::Enforce);
+    }
+}
