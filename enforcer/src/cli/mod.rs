@@ -1,12 +1,16 @@
 //! The `enforcer` command line: one file per subcommand; each parses and prints, the library
 //! does the work. Human output is an aligned table; `--json` is the stable format for scripts.
 
+mod allow;
 mod block;
+mod breaker;
 mod daemon;
 mod detach;
 mod import;
 mod list;
 mod output;
+mod pending;
+mod promote;
 mod show;
 mod stats;
 mod status;
@@ -54,6 +58,18 @@ pub enum Command {
     Import(import::Args),
     /// Detach from every interface and remove all pinned state (deliberate switch-off).
     Detach(detach::Args),
+    /// Manage the allowlist (never-block prefixes).
+    Allow(allow::Args),
+    /// Turn shadow blocks into enforced ones.
+    Promote(promote::Args),
+    /// Circuit breakers.
+    Breaker(breaker::Args),
+    /// Blocks waiting for approval.
+    Pending(pending::Args),
+    /// Approve a pending block.
+    Approve(pending::IdArgs),
+    /// Reject a pending block.
+    Reject(pending::IdArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -70,6 +86,12 @@ pub fn main() -> i32 {
         Command::Stats(a) => stats::run(&socket, a),
         Command::Status(a) => status::run(&socket, a),
         Command::Import(a) => import::run(&socket, a),
+        Command::Allow(a) => allow::run(&socket, a),
+        Command::Promote(a) => promote::run(&socket, a),
+        Command::Breaker(a) => breaker::run(&socket, a),
+        Command::Pending(a) => pending::list(&socket, a),
+        Command::Approve(a) => pending::approve(&socket, a),
+        Command::Reject(a) => pending::reject(&socket, a),
     };
     match result {
         Ok(()) => 0,

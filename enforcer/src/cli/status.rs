@@ -25,6 +25,17 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     println!("blocks: {} targets, {} source blocks; next expiry: {}", s.targets, s.source_blocks,
         s.next_expiry_ms.map_or("none".to_owned(), |e| format!("in {}", super::output::time_left(Some(e)))));
     println!("store: {}\naudit log: {}\npins: {}", s.store_path, s.audit_log, s.bpffs_dir);
+    println!("policy: rollout mode {}; {} allowlist prefixes; {} pending approval", s.policy_mode, s.allowlist, s.pending);
+    for b in &s.breakers {
+        println!(
+            "BREAKER OPEN: source {} since {} (new blocks: {:?}); closes in {} or with `enforcer breaker reset --source {}`",
+            b.source,
+            super::output::timestamp(b.opened_ms),
+            b.action,
+            super::output::time_left(Some(b.closes_ms)),
+            b.source
+        );
+    }
     println!();
     if s.interfaces.is_empty() {
         println!("interfaces: none attached (nothing is filtered)");
