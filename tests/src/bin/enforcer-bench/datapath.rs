@@ -1,0 +1,616 @@
+//! Section 1, data path cost: what the XDP program costs per packet.
+//!
+//! `BPF_PROG_TEST_RUN` runs a loaded program `repeat` times on one crafted frame inside the kernel
+//! and reports the mean time per run. No NIC, driver or stack is involved, so it isolates the
+//! program's own work: parsing the headers and the map lookups.
+//!
+//! The machine is a noisy VM. Each case is therefore measured in several rounds, and in every
+//! round straight after the do-nothing floor program on the same frame: a slow moment slows both,
+//! and the ratio of the pair cancels it. A case reports the median over rounds. The kernel gives
+//! whole nanoseconds (truncated), one more reason to read ratios rather than absolute numbers.
+//!
+//! Map states grow in place (0 → 1k → 100k → 1M entries), so each size costs only its new
+//! inserts, and the insert rate is recorded on the way. The probes' own blocks (the fixtures) go
+//! in after the misses are measured and come out again before the next size, so "no blocks"
+//! means empty maps.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
+use enforcer::{
+    Target,
+    datapath::{Capacity, Datapath, DatapathOptions},
+};
+use enforcer_common::{ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE};
+use enforcer_tests::{PinDir, frame};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Room for the largest fill plus the fixtures.
+const CAPACITY: Capacity = Capacity {
+    addresses: (1 << 20) + 1024,
+    prefixes: 100_000 + 1024,
+    allow: 64,
+};
+
+/// The map states measured: family, what fills the maps, and the sizes it grows through.
+const PLAN: [(Family, Fill, &[usize]); 4] = [
+    (
+        Family::Ipv4,
+        Fill::Addresses,
+        &[0, 1_000, 100_000, 1_000_000],
+    ),
+    (Family::Ipv6, Fill::Addresses, &[0, 1_000_000]),
+    (Family::Ipv4, Fill::Prefixes, &[10_000, 100_000]),
+    (Family::Ipv6, Fill::Prefixes, &[10_000, 100_000]),
+];
+
+/// How many rounds, how many runs per measurement, and how big the maps get.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Settings {
+    /// Measurements per case; the median is reported.
+    pub rounds: usize,
+    /// Program runs per measurement; the kernel reports their mean.
+    pub repeat: u32,
+    /// Sizes in the plan above this are cut to it.
+    pub largest: usize,
+}
+
+impl Settings {
+    /// The full run (about a minute or two of measuring, plus filling 1M-entry maps).
+    pub const FULL: Self = Self {
+        rounds: 5,
+        repeat: 1_000_000,
+        largest: 1_000_000,
+    };
+    /// A smoke run: fewer, shorter rounds and nothing above 100k entries.
+    pub const QUICK: Self = Self {
+        rounds: 3,
+        repeat: 200_000,
+        largest: 100_000,
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Family {
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// What the block maps hold besides the probes' own entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fill {
+    None,
+    /// Single addresses (the exact-match hash).
+    Addresses,
+    /// Prefixes of mixed lengths (the LPM trie).
+    Prefixes,
+}
+
+/// Which path through the program a frame takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Packet {
+    /// The source is not blocked: legitimate traffic, passed.
+    Miss,
+    /// The source is a blocked single address: dropped.
+    HitAddress,
+    /// The source lies in a blocked prefix: dropped.
+    HitPrefix,
+    /// The source lies in a blocked prefix and on the allowlist: passed.
+    Allowlisted,
+}
+
+impl Packet {
+    fn verdict(self) -> u32 {
+        match self {
+            Self::Miss | Self::Allowlisted => XDP_PASS,
+            Self::HitAddress | Self::HitPrefix => XDP_DROP,
+        }
+    }
+}
+
+/// What one case measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CaseId {
+    pub family: Family,
+    pub fill: Fill,
+    /// Background entries in the maps (the fixtures not counted).
+    pub entries: usize,
+    pub packet: Packet,
+    /// Whether the frame carries one 802.1Q tag.
+    pub vlan: bool,
+    /// Whether per-block hit counters are compiled in.
+    pub counters: bool,
+}
+
+/// One case's measurements and what they say.
+#[derive(Debug, Serialize)]
+pub struct Case {
+    #[serde(flatten)]
+    pub id: CaseId,
+    pub median_ns: f64,
+    pub min_ns: u32,
+    pub max_ns: u32,
+    /// The floor measured in the same rounds.
+    pub floor_median_ns: f64,
+    /// Median over rounds of ours ÷ the floor of that round.
+    pub vs_floor: f64,
+    /// `vs_floor` ÷ that of the same packet with no blocks: what the fill adds.
+    pub vs_empty: Option<f64>,
+    /// Per round, in order.
+    pub ours_ns: Vec<u32>,
+    pub floor_ns: Vec<u32>,
+}
+
+/// The cost of filling the maps, one syscall per entry.
+#[derive(Debug, Serialize)]
+pub struct InsertRun {
+    pub family: Family,
+    pub fill: Fill,
+    /// Entries before and after.
+    pub from: usize,
+    pub to: usize,
+    pub seconds: f64,
+}
+
+impl InsertRun {
+    pub fn micros_each(&self) -> f64 {
+        self.seconds * 1e6 / (self.to - self.from) as f64
+    }
+}
+
+/// Everything section 1 measured.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    /// Median of every floor measurement: the reference line.
+    pub floor_median_ns: f64,
+    /// Every packet path at every fill, with counters on.
+    pub cases: Vec<Case>,
+    /// Hits with per-block counters on and off, measured in the same rounds.
+    pub counters: Vec<Case>,
+    pub inserts: Vec<InsertRun>,
+}
+
+/// Runs the whole section.
+pub fn run(settings: &Settings) -> Result<Results> {
+    let mut cases = Vec::new();
+    let mut inserts = Vec::new();
+    for (family, fill, sizes) in PLAN {
+        let mut sizes: Vec<usize> = sizes.iter().map(|&n| n.min(settings.largest)).collect();
+        sizes.dedup();
+        grow(family, fill, &sizes, settings, &mut cases, &mut inserts)?;
+    }
+    link_to_empty(&mut cases);
+    let counters = counters(settings)?;
+    let mut floors: Vec<u32> = cases
+        .iter()
+        .chain(&counters)
+        .flat_map(|c| c.floor_ns.iter().copied())
+        .collect();
+    Ok(Results {
+        floor_median_ns: median(&mut floors),
+        cases,
+        counters,
+        inserts,
+    })
+}
+
+/// Measures one family and fill at each size, growing the maps in place.
+fn grow(
+    family: Family,
+    fill: Fill,
+    sizes: &[usize],
+    settings: &Settings,
+    cases: &mut Vec<Case>,
+    inserts: &mut Vec<InsertRun>,
+) -> Result<()> {
+    let fixtures = Fixtures::of(family);
+    let mut loaded = [Loaded::new(true)?];
+    let mut background = Background::new(family, fill, &fixtures);
+    let mut have = 0;
+    for &entries in sizes {
+        if entries > have {
+            let targets = background.take(entries - have);
+            eprintln!("{family} {fill:?}: inserting {} entries", targets.len());
+            let start = Instant::now();
+            let maps = loaded[0].dp.maps_mut();
+            for target in &targets {
+                maps.insert_block(target, &BlockValue::new(0, MODE_ENFORCE))
+                    .with_context(|| format!("inserting {target}"))?;
+            }
+            inserts.push(InsertRun {
+                family,
+                fill,
+                from: have,
+                to: entries,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            have = entries;
+        }
+        let fill = if entries == 0 { Fill::None } else { fill };
+        let packets: &[Packet] = match fill {
+            Fill::None => &[Packet::HitAddress, Packet::HitPrefix, Packet::Allowlisted],
+            Fill::Addresses => &[Packet::HitAddress, Packet::Allowlisted],
+            Fill::Prefixes => &[Packet::HitPrefix, Packet::Allowlisted],
+        };
+        let probe = |packet, vlan| {
+            Probe::new(
+                &fixtures,
+                CaseId {
+                    family,
+                    fill,
+                    entries,
+                    packet,
+                    vlan,
+                    counters: true,
+                },
+                0,
+            )
+        };
+        let both_tags = |packets: &[Packet]| -> Vec<Probe> {
+            packets
+                .iter()
+                .flat_map(|&p| [probe(p, false), probe(p, true)])
+                .collect()
+        };
+        eprintln!("{family} {fill:?} ({entries} entries): measuring");
+        cases.extend(measure(&mut loaded, &both_tags(&[Packet::Miss]), settings)?);
+        fixtures.install(&mut loaded[0].dp)?;
+        cases.extend(measure(&mut loaded, &both_tags(packets), settings)?);
+        fixtures.remove(&mut loaded[0].dp)?;
+    }
+    Ok(())
+}
+
+/// Hits with per-block counters on and off: two programs, the same fixtures, the same rounds.
+fn counters(settings: &Settings) -> Result<Vec<Case>> {
+    let mut loaded = [Loaded::new(true)?, Loaded::new(false)?];
+    let mut probes = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let fixtures = Fixtures::of(family);
+        for l in &mut loaded {
+            fixtures.install(&mut l.dp)?;
+        }
+        for packet in [Packet::HitAddress, Packet::HitPrefix] {
+            for (on, counters) in [(0, true), (1, false)] {
+                let id = CaseId {
+                    family,
+                    fill: Fill::None,
+                    entries: 0,
+                    packet,
+                    vlan: false,
+                    counters,
+                };
+                probes.push(Probe::new(&fixtures, id, on));
+            }
+        }
+    }
+    eprintln!("per-block counters on and off: measuring");
+    measure(&mut loaded, &probes, settings)
+}
+
+/// A loaded program with its maps, in a pin directory of its own that goes away on drop.
+struct Loaded {
+    dp: Datapath,
+    _pins: PinDir,
+}
+
+impl Loaded {
+    fn new(count_block_hits: bool) -> Result<Self> {
+        let pins = PinDir::new()?;
+        let dp = Datapath::open(&DatapathOptions {
+            bpffs_dir: pins.path().to_owned(),
+            capacity: CAPACITY,
+            count_block_hits,
+        })
+        .context("loading the XDP program")?;
+        Ok(Self { dp, _pins: pins })
+    }
+}
+
+/// A frame to time, the verdict it must get, and which of the loaded programs judges it.
+struct Probe {
+    id: CaseId,
+    frame: Vec<u8>,
+    program: usize,
+}
+
+impl Probe {
+    fn new(fixtures: &Fixtures, id: CaseId, program: usize) -> Self {
+        let tags: &[frame::Tag] = if id.vlan { &[frame::dot1q(100)] } else { &[] };
+        Self {
+            id,
+            frame: frame::udp_from(tags, fixtures.source(id.packet)),
+            program,
+        }
+    }
+}
+
+/// Times every probe in `rounds` rounds, each right after the floor on the same frame.
+/// The floor runs from the first loaded object; all objects are the same build.
+fn measure(loaded: &mut [Loaded], probes: &[Probe], settings: &Settings) -> Result<Vec<Case>> {
+    let mut samples = vec![(Vec::new(), Vec::new()); probes.len()];
+    for _ in 0..settings.rounds {
+        for (probe, (ours, floor)) in probes.iter().zip(&mut samples) {
+            let (ns, verdict) =
+                test_run(loaded[0].dp.floor_program()?, &probe.frame, settings.repeat)?;
+            ensure!(verdict == XDP_PASS, "the floor program returned {verdict}");
+            floor.push(ns);
+            let (ns, verdict) = test_run(
+                loaded[probe.program].dp.program(),
+                &probe.frame,
+                settings.repeat,
+            )?;
+            let want = probe.id.packet.verdict();
+            ensure!(
+                verdict == want,
+                "{:?}: verdict {verdict}, expected {want}",
+                probe.id
+            );
+            ours.push(ns);
+        }
+    }
+    Ok(probes
+        .iter()
+        .zip(samples)
+        .map(|(probe, (ours, floor))| Case::new(probe.id, ours, floor))
+        .collect())
+}
+
+/// One `BPF_PROG_TEST_RUN`: the kernel's mean ns per run and the last run's verdict.
+fn test_run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
+    loop {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        match program.test_run(opts) {
+            Ok(r) => {
+                let ns = u32::try_from(r.duration.as_nanos()).unwrap_or(u32::MAX);
+                return Ok((ns, r.return_value));
+            }
+            // The kernel stops a long run when a signal is pending; run it again.
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e).context("BPF_PROG_TEST_RUN"),
+        }
+    }
+}
+
+impl Case {
+    fn new(id: CaseId, ours_ns: Vec<u32>, floor_ns: Vec<u32>) -> Self {
+        let mut ratios: Vec<f64> = ours_ns
+            .iter()
+            .zip(&floor_ns)
+            .map(|(&o, &f)| f64::from(o) / f64::from(f.max(1)))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        Self {
+            id,
+            median_ns: median(&mut ours_ns.clone()),
+            min_ns: ours_ns.iter().copied().min().unwrap_or_default(),
+            max_ns: ours_ns.iter().copied().max().unwrap_or_default(),
+            floor_median_ns: median(&mut floor_ns.clone()),
+            vs_floor: middle(&ratios),
+            vs_empty: None,
+            ours_ns,
+            floor_ns,
+        }
+    }
+}
+
+/// Sets `vs_empty` from the same packet, family and tag with no blocks. Comparing floor ratios
+/// rather than raw times cancels drift between the two measurements.
+fn link_to_empty(cases: &mut [Case]) {
+    let empty: Vec<(CaseId, f64)> = cases
+        .iter()
+        .filter(|c| c.id.fill == Fill::None)
+        .map(|c| (c.id, c.vs_floor))
+        .collect();
+    for case in cases {
+        let base = empty.iter().find(|(id, _)| {
+            (id.family, id.packet, id.vlan, id.counters)
+                == (
+                    case.id.family,
+                    case.id.packet,
+                    case.id.vlan,
+                    case.id.counters,
+                )
+        });
+        case.vs_empty = base.map(|&(_, ratio)| case.vs_floor / ratio);
+    }
+}
+
+fn median(values: &mut [u32]) -> f64 {
+    values.sort_unstable();
+    let values: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+    middle(&values)
+}
+
+/// The median of sorted values.
+fn middle(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The probes' sources (documentation addresses) and the entries that give each its verdict.
+struct Fixtures {
+    miss: IpAddr,
+    hit_address: IpAddr,
+    hit_prefix: IpAddr,
+    allowlisted: IpAddr,
+    blocks: [Target; 3],
+    allow: Target,
+}
+
+impl Fixtures {
+    fn of(family: Family) -> Self {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("valid address") };
+        let net = |s: &str| -> Target { s.parse().expect("valid target") };
+        match family {
+            Family::Ipv4 => Self {
+                miss: ip("192.0.2.1"),
+                hit_address: ip("198.51.100.7"),
+                hit_prefix: ip("198.51.100.200"),
+                allowlisted: ip("203.0.113.9"),
+                blocks: [
+                    net("198.51.100.7"),
+                    net("198.51.100.128/25"),
+                    net("203.0.113.0/24"),
+                ],
+                allow: net("203.0.113.9"),
+            },
+            Family::Ipv6 => Self {
+                miss: ip("2001:db8:ffff::1"),
+                hit_address: ip("2001:db8:7::7"),
+                hit_prefix: ip("2001:db8:8::8"),
+                allowlisted: ip("2001:db8:9::9"),
+                blocks: [
+                    net("2001:db8:7::7"),
+                    net("2001:db8:8::/48"),
+                    net("2001:db8:9::/48"),
+                ],
+                allow: net("2001:db8:9::9"),
+            },
+        }
+    }
+
+    fn source(&self, packet: Packet) -> IpAddr {
+        match packet {
+            Packet::Miss => self.miss,
+            Packet::HitAddress => self.hit_address,
+            Packet::HitPrefix => self.hit_prefix,
+            Packet::Allowlisted => self.allowlisted,
+        }
+    }
+
+    /// Whether a background entry would change a probe's verdict or collide with a fixture.
+    fn touched_by(&self, target: &Target) -> bool {
+        [
+            self.miss,
+            self.hit_address,
+            self.hit_prefix,
+            self.allowlisted,
+        ]
+        .into_iter()
+        .any(|a| target.contains(a))
+            || self.blocks.contains(target)
+    }
+
+    fn install(&self, dp: &mut Datapath) -> Result<()> {
+        let maps = dp.maps_mut();
+        for block in &self.blocks {
+            maps.insert_block(block, &BlockValue::new(0, MODE_ENFORCE))?;
+        }
+        maps.insert_allow(&self.allow, ALLOW_ORIGIN_CONFIG)?;
+        Ok(())
+    }
+
+    fn remove(&self, dp: &mut Datapath) -> Result<()> {
+        let maps = dp.maps_mut();
+        for block in &self.blocks {
+            maps.remove_block(block)?;
+        }
+        maps.remove_allow(&self.allow)?;
+        Ok(())
+    }
+}
+
+/// Random but repeatable background entries, all distinct, none touching a probe:
+/// addresses in 10.0.0.0/8 or 2001:db8::/32; prefixes /8../31 anywhere in IPv4, /32../127 in
+/// 2000::/3.
+struct Background<'a> {
+    family: Family,
+    fill: Fill,
+    fixtures: &'a Fixtures,
+    rng: XorShift,
+    seen: HashSet<Target>,
+}
+
+impl<'a> Background<'a> {
+    fn new(family: Family, fill: Fill, fixtures: &'a Fixtures) -> Self {
+        Self {
+            family,
+            fill,
+            fixtures,
+            rng: XorShift(0x9e37_79b9_7f4a_7c15),
+            seen: HashSet::new(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<Target> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let target = self.random();
+            if !self.fixtures.touched_by(&target) && self.seen.insert(target) {
+                out.push(target);
+            }
+        }
+        out
+    }
+
+    fn random(&mut self) -> Target {
+        let r = self.rng.next();
+        let wide = (u128::from(r) << 64) | u128::from(self.rng.next());
+        let net = match (self.family, self.fill) {
+            (Family::Ipv4, Fill::Prefixes) => IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), 8 + (r % 24) as u8)
+                    .expect("length ≤ 32"),
+            ),
+            (Family::Ipv4, _) => IpNet::from(IpAddr::V4(Ipv4Addr::from(
+                0x0a00_0000 | (r as u32 & 0x00ff_ffff),
+            ))),
+            (Family::Ipv6, Fill::Prefixes) => {
+                let addr = (1u128 << 125) | (wide >> 3);
+                IpNet::V6(
+                    Ipv6Net::new(Ipv6Addr::from(addr), 32 + (r % 96) as u8).expect("length ≤ 128"),
+                )
+            }
+            (Family::Ipv6, _) => {
+                let addr = (0x2001_0db8u128 << 96) | (wide & ((1u128 << 96) - 1));
+                IpNet::from(IpAddr::V6(Ipv6Addr::from(addr)))
+            }
+        };
+        Target::new(net)
+    }
+}
+
+/// Marsaglia's xorshift64: repeatable pseudo-random numbers without a dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}

@@ -1,0 +1,358 @@
+//! Writing the results: `results.json` for scripts, `results.md` for people, `datapath.svg` for
+//! the README.
+//!
+//! Absolute nanoseconds depend on the machine, so every one is printed next to its baseline (the
+//! floor measured in the same rounds) and with the ratios that carry over to other machines.
+
+use std::{fmt::Write as _, fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::datapath::{self, Case, Fill, Packet};
+
+/// Where the numbers were taken.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// `uname -r`.
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    /// UTC, RFC 3339.
+    pub date: String,
+    /// `git describe --always --dirty` of the tree that was built, when known.
+    pub commit: Option<String>,
+}
+
+impl Machine {
+    pub fn detect(repo: &Path) -> Self {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            cpu_model,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            date: output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
+                .unwrap_or_default(),
+            commit: output(
+                Command::new("git")
+                    .args(["describe", "--always", "--dirty"])
+                    .current_dir(repo),
+            ),
+        }
+    }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok().filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Everything one run produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: datapath::Settings,
+    pub elapsed_seconds: f64,
+    pub datapath: datapath::Results,
+}
+
+/// Writes results.json, results.md and datapath.svg into `dir`; returns the Markdown.
+pub fn write(dir: &Path, report: &Report) -> Result<String> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let markdown = markdown(report);
+    let files = [
+        ("results.json", serde_json::to_string_pretty(report)? + "\n"),
+        ("results.md", markdown.clone()),
+        ("datapath.svg", svg(&report.datapath)),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(markdown)
+}
+
+fn markdown(r: &Report) -> String {
+    let m = &r.machine;
+    let s = &r.settings;
+    let d = &r.datapath;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# enforcer benchmarks\n");
+    let _ = writeln!(
+        w,
+        "{} ({} CPUs), kernel {}, {}, commit {}. {} rounds of {} runs per case; the whole run took {:.0} s.\n",
+        m.cpu_model,
+        m.cpus,
+        m.kernel,
+        m.date,
+        m.commit.as_deref().unwrap_or("unknown"),
+        s.rounds,
+        thousands(s.repeat as usize),
+        r.elapsed_seconds
+    );
+    let _ = writeln!(w, "## 1. Data path cost per packet (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        w,
+        "The floor is a do-nothing XDP program (`XDP_PASS`) from the same object: {} ns per packet \
+         (median of all rounds). Each case is timed right after the floor on the same frame; \
+         **× floor** is the median over rounds of that pair's ratio, **× empty** divides it by the \
+         same packet's ratio with no blocks loaded. ns are the kernel's whole-nanosecond means; \
+         min–max spans the rounds.\n",
+        ns(d.floor_median_ns)
+    );
+    let _ = writeln!(
+        w,
+        "| family | blocks | packet | VLAN | ns/packet | min–max | floor ns | × floor | × empty |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|--:|--:|--:|--:|--:|");
+    for c in &d.cases {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {}–{} | {} | {:.2} | {} |",
+            c.id.family,
+            blocks(c),
+            packet(c.id.packet),
+            if c.id.vlan { "802.1Q" } else { "none" },
+            ns(c.median_ns),
+            c.min_ns,
+            c.max_ns,
+            ns(c.floor_median_ns),
+            c.vs_floor,
+            c.vs_empty.map_or("–".to_owned(), |v| format!("{v:.2}")),
+        );
+    }
+
+    let _ = writeln!(w, "\n### What per-block hit counters cost\n");
+    let _ = writeln!(
+        w,
+        "The same hit with the counters compiled in and out (no blocks besides the probe's own, no \
+         VLAN tag), both programs timed in the same rounds.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| family | packet | counters on ns | counters off ns | floor ns | on ÷ off | difference ns |"
+    );
+    let _ = writeln!(w, "|---|---|--:|--:|--:|--:|--:|");
+    for pair in d.counters.chunks(2) {
+        let [on, off] = pair else { continue };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {:.2} | {} |",
+            on.id.family,
+            packet(on.id.packet),
+            ns(on.median_ns),
+            ns(off.median_ns),
+            ns(on.floor_median_ns),
+            on.vs_floor / off.vs_floor,
+            ns(on.median_ns - off.median_ns),
+        );
+    }
+
+    let _ = writeln!(
+        w,
+        "\n### Filling the maps (one `BPF_MAP_UPDATE_ELEM` per entry)\n"
+    );
+    let _ = writeln!(
+        w,
+        "| family | blocks | entries | time | per insert | inserts/s |"
+    );
+    let _ = writeln!(w, "|---|---|--:|--:|--:|--:|");
+    for i in &d.inserts {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} → {} | {:.3} s | {:.2} µs | {} |",
+            i.family,
+            if i.fill == Fill::Prefixes {
+                "prefixes"
+            } else {
+                "addresses"
+            },
+            count(i.from),
+            count(i.to),
+            i.seconds,
+            i.micros_each(),
+            thousands((1e6 / i.micros_each()) as usize),
+        );
+    }
+    out
+}
+
+fn blocks(c: &Case) -> String {
+    match c.id.fill {
+        Fill::None => "none".to_owned(),
+        Fill::Addresses => format!("{} addresses", count(c.id.entries)),
+        Fill::Prefixes => format!("{} prefixes", count(c.id.entries)),
+    }
+}
+
+fn packet(p: Packet) -> &'static str {
+    match p {
+        Packet::Miss => "miss",
+        Packet::HitAddress => "hit (address)",
+        Packet::HitPrefix => "hit (prefix)",
+        Packet::Allowlisted => "allowlisted",
+    }
+}
+
+/// Whole nanoseconds stay whole; medians of an even number of rounds get one decimal.
+fn ns(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// 1000 → 1k, 1000000 → 1M.
+fn count(n: usize) -> String {
+    match n {
+        0 => "0".to_owned(),
+        n if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// 1234567 → 1,234,567.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A horizontal bar per case (median, with a min–max whisker), coloured by packet, and the
+/// floor as a dashed line, so the program's cost reads as the distance past the floor.
+///
+/// The axis ends a little past the 90th percentile, so that one pathological case does not
+/// squash the rest; bars beyond it are cut at the edge and marked with `»`.
+fn svg(d: &datapath::Results) -> String {
+    const ROW: f64 = 18.0;
+    const LABEL: f64 = 330.0;
+    const PLOT: f64 = 520.0;
+    const TOP: f64 = 64.0;
+    let mut maxima: Vec<f64> = d.cases.iter().map(|c| f64::from(c.max_ns)).collect();
+    maxima.sort_by(f64::total_cmp);
+    let typical = maxima
+        .get(maxima.len() * 9 / 10)
+        .copied()
+        .unwrap_or_default();
+    let max = (typical * 1.25).max(d.floor_median_ns);
+    let step = [5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 500.0]
+        .into_iter()
+        .find(|s| max / s <= 10.0)
+        .unwrap_or(1000.0);
+    let scale_max = (max / step).ceil() * step;
+    let x = |v: f64| LABEL + v.min(scale_max) / scale_max * PLOT;
+    let height = TOP + ROW * d.cases.len() as f64 + 20.0;
+    let width = LABEL + PLOT + 70.0;
+    let colour = |p: Packet| match p {
+        Packet::Miss => "#4c78a8",
+        Packet::HitAddress => "#e45756",
+        Packet::HitPrefix => "#f58518",
+        Packet::Allowlisted => "#54a24b",
+    };
+
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(w, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        w,
+        r#"<text x="10" y="18" font-size="14" font-weight="bold">XDP data path: ns per packet (BPF_PROG_TEST_RUN, median; whisker = min–max)</text>"#
+    );
+    let mut lx = 10.0;
+    for p in [
+        Packet::Miss,
+        Packet::HitAddress,
+        Packet::HitPrefix,
+        Packet::Allowlisted,
+    ] {
+        let _ = writeln!(
+            w,
+            r#"<rect x="{lx}" y="28" width="10" height="10" fill="{}"/><text x="{}" y="37">{}</text>"#,
+            colour(p),
+            lx + 14.0,
+            packet(p)
+        );
+        lx += 110.0;
+    }
+    let mut tick = 0.0;
+    while tick <= scale_max {
+        let _ = writeln!(
+            w,
+            r##"<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle" fill="#666">{4}</text>"##,
+            x(tick),
+            TOP - 6.0,
+            height - 20.0,
+            TOP - 9.0,
+            tick
+        );
+        tick += step;
+    }
+    for (i, c) in d.cases.iter().enumerate() {
+        let y = TOP + ROW * i as f64;
+        let mid = y + ROW / 2.0;
+        let tag = if c.id.vlan { ", 802.1Q" } else { "" };
+        let _ = writeln!(
+            w,
+            r#"<text x="{}" y="{}" text-anchor="end">{} · {} · {}{tag}</text>"#,
+            LABEL - 6.0,
+            mid + 4.0,
+            c.id.family,
+            blocks(c),
+            packet(c.id.packet)
+        );
+        let _ = writeln!(
+            w,
+            r#"<rect x="{LABEL}" y="{}" width="{:.1}" height="{}" fill="{}"/>"#,
+            y + 3.0,
+            x(c.median_ns) - LABEL,
+            ROW - 6.0,
+            colour(c.id.packet)
+        );
+        let _ = writeln!(
+            w,
+            r#"<line x1="{:.1}" y1="{mid}" x2="{:.1}" y2="{mid}" stroke="black"/><text x="{:.1}" y="{}">{}</text>"#,
+            x(f64::from(c.min_ns)),
+            x(f64::from(c.max_ns)),
+            x(f64::from(c.max_ns)) + 4.0,
+            mid + 4.0,
+            if c.median_ns > scale_max {
+                format!("» {}", ns(c.median_ns))
+            } else {
+                ns(c.median_ns)
+            }
+        );
+    }
+    let fx = x(d.floor_median_ns);
+    let _ = writeln!(
+        w,
+        r#"<line x1="{fx:.1}" y1="{}" x2="{fx:.1}" y2="{}" stroke="black" stroke-dasharray="4 3"/><text x="{fx:.1}" y="{}" text-anchor="middle">floor (XDP_PASS) {} ns</text>"#,
+        TOP - 4.0,
+        height - 20.0,
+        height - 6.0,
+        ns(d.floor_median_ns)
+    );
+    let _ = writeln!(w, "</svg>");
+    out
+}
