@@ -57,7 +57,9 @@ impl Daemon {
         let mut cmd = Command::new(enforcer_bin());
         cmd.arg("--socket")
             .arg(&self.socket)
-            .args(["daemon", "--config", "/dev/null", "--netns", &self.netns, "--iface", RECEIVER_IF, "--state-dir"])
+            .arg("daemon")
+            .args(if self.extra.iter().any(|a| a == "--config") { &[][..] } else { &["--config", "/dev/null"][..] })
+            .args(["--netns", &self.netns, "--iface", RECEIVER_IF, "--state-dir"])
             .arg(&self.state_dir)
             .arg("--bpffs-dir")
             .arg(&self.bpffs);

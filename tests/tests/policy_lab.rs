@@ -1,0 +1,229 @@
+//! The safety policy, end to end: the real daemon with a policy file, the real CLI, real traffic.
+
+use std::{path::PathBuf, time::Duration};
+
+use enforcer_tests::{
+    Lab, RECEIVER_V4, SENDER_V4,
+    daemon::{Daemon, cli},
+    require_root, udp_exchange, wait_for,
+};
+
+const SETTLE: Duration = Duration::from_millis(300);
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &std::process::Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+fn passes(lab: &Lab, src: &str) -> u32 {
+    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
+    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
+}
+
+/// A daemon with `policy` (TOML) as its configuration file.
+fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("enforcer.toml");
+    std::fs::write(&path, config).unwrap();
+    let d = Daemon::start(lab, &["--config", path.to_str().unwrap()]).unwrap();
+    (d, dir)
+}
+
+fn audit(d: &Daemon) -> String {
+    std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap()
+}
+
+#[test]
+fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    // The receiver routes everything through the sender's primary address.
+    lab.receiver.ip(&["route", "add", "default", "via", SENDER_V4[0]]).unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+
+    fails(&d.cli(&["block", RECEIVER_V4]), 7, "refused by policy rule `allowlist`: 192.0.2.2 is inside allowlisted 192.0.2.2 (builtin: host address)");
+    fails(&d.cli(&["block", SENDER_V4[0]]), 7, "(builtin: default gateway)");
+    fails(&d.cli(&["block", "127.0.0.1"]), 7, "builtin: loopback");
+    // A prefix holding them is refused unless forced; forced, the allowlisted part stays reachable.
+    fails(&d.cli(&["block", "192.0.2.0/24"]), 7, "contains allowlisted");
+    ok(&d.cli(&["block", "192.0.2.0/24", "--force", "--reason", "forced for the test"]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the rest of the prefix is blocked");
+    assert_eq!(passes(&lab, SENDER_V4[0]), 10, "the gateway stays reachable");
+    // Only sources allowed to force may.
+    fails(&d.cli(&["block", "192.0.2.0/25", "--force", "--source", "wazuh"]), 7, "may not force");
+
+    let list = d.json(&["allow", "list"]);
+    let origins: Vec<String> = list.as_array().unwrap().iter().map(|e| format!("{} {}", e["target"], e["origin"])).collect();
+    assert!(origins.iter().any(|o| o.contains("192.0.2.2") && o.contains("host address")), "{origins:?}");
+
+    // A new address on the host is allowlisted as soon as it appears.
+    lab.receiver.ip(&["addr", "add", "192.0.2.3/24", "dev", "vb"]).unwrap();
+    wait_for("the new host address on the allowlist", Duration::from_secs(5), || {
+        Ok(d.json(&["allow", "list"]).to_string().contains("192.0.2.3").then_some(()))
+    })
+    .unwrap();
+    fails(&d.cli(&["block", "192.0.2.3"]), 7, "builtin: host address");
+    assert!(audit(&d).contains("\"action\":\"refuse\""));
+}
+
+#[test]
+fn shadow_rollout_counts_without_dropping_and_promote_enforces() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(&lab, "[policy]\nmode = \"shadow\"\n");
+    let r = d.json(&["block", SENDER_V4[1], "--ttl", "10m"]);
+    assert_eq!(r["mode"], "shadow");
+    assert!(r["notes"].to_string().contains("rollout mode is shadow"));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "shadow lets packets through");
+    let list = d.json(&["list"]);
+    assert_eq!(list[0]["mode"], "shadow");
+    assert_eq!(list[0]["packets"], 10, "what it would have dropped");
+    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "pass (shadow)");
+    let p = d.json(&["promote", SENDER_V4[1]]);
+    assert_eq!(p[0][0], SENDER_V4[1]);
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "promoted: enforced");
+    assert_eq!(d.json(&["list"])[0]["mode"], "enforce");
+    fails(&d.cli(&["promote", "--source", "cli"]), 5, "no shadow blocks");
+}
+
+#[test]
+fn the_breaker_opens_at_its_rate_and_closes_again() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(
+        &lab,
+        "[policy.sources.feed]\nrate_limit = 3\nbreaker_cooldown = \"3s\"\non_rate_limit = \"shadow\"\n\n\
+         [policy.sources.strict]\nrate_limit = 2\nbreaker_cooldown = \"1h\"\non_rate_limit = \"refuse\"\n",
+    );
+    for i in 1..=3 {
+        let r = d.json(&["block", &format!("198.51.100.{i}"), "--source", "feed"]);
+        assert_eq!(r["mode"], "enforce");
+    }
+    let r = d.json(&["block", "198.51.100.4", "--source", "feed"]);
+    assert_eq!(r["mode"], "shadow", "past the rate: shadow");
+    let status = d.json(&["status"]);
+    assert_eq!(status["breakers"][0]["source"], "feed");
+    assert!(audit(&d).contains("\"action\":\"breaker_open\""));
+    // Other sources are not affected.
+    assert_eq!(d.json(&["block", SENDER_V4[1]])["mode"], "enforce");
+    // It closes by time.
+    wait_for("the breaker to close", Duration::from_secs(8), || {
+        Ok(d.json(&["status"])["breakers"].as_array().unwrap().is_empty().then_some(()))
+    })
+    .unwrap();
+    assert_eq!(d.json(&["block", "198.51.100.5", "--source", "feed"])["mode"], "enforce");
+
+    // A refusing breaker, closed by hand.
+    ok(&d.cli(&["block", "203.0.113.1", "--source", "strict"]));
+    ok(&d.cli(&["block", "203.0.113.2", "--source", "strict"]));
+    fails(&d.cli(&["block", "203.0.113.3", "--source", "strict"]), 7, "refused by policy rule `breaker`");
+    assert!(ok(&d.cli(&["breaker", "reset", "--source", "strict"])).contains("closed the breaker of strict"));
+    ok(&d.cli(&["block", "203.0.113.3", "--source", "strict"]));
+}
+
+#[test]
+fn repeat_offenders_get_escalated_ttls() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(
+        &lab,
+        "default_ttl = \"1m\"\n[policy]\nmax_ttl = \"2d\"\n[policy.repeat_offenders]\nwindow = \"1d\"\nttls = [\"1m\", \"1h\", \"1d\", \"7d\"]\n",
+    );
+    let left = |r: &serde_json::Value| (r["expires_ms"].as_u64().unwrap() - enforcer::block::now_ms()) / 1000;
+    let mut ttls = Vec::new();
+    for _ in 0..4 {
+        let r = d.json(&["block", SENDER_V4[1], "--source", "wazuh"]);
+        ttls.push(left(&r));
+        ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "wazuh"]));
+    }
+    let close = |got: u64, want: u64| got + 5 >= want && got <= want;
+    assert!(close(ttls[0], 60), "{ttls:?}");
+    assert!(close(ttls[1], 3600), "{ttls:?}");
+    assert!(close(ttls[2], 86_400), "{ttls:?}");
+    assert!(close(ttls[3], 2 * 86_400), "capped by max_ttl: {ttls:?}");
+    assert!(audit(&d).contains("repeat offender"));
+}
+
+#[test]
+fn broad_blocks_wait_for_approval_and_expire_unapproved() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(
+        &lab,
+        "[policy]\nmin_prefix_v4 = 16\n[policy.approval]\nbroader_than_v4 = 24\npending_ttl = \"3s\"\n",
+    );
+    let r = d.json(&["block", "198.51.100.0/23", "--ttl", "1h"]);
+    assert_eq!(r["outcome"], "pending");
+    let id = r["pending_id"].as_u64().unwrap();
+    let pending = d.json(&["pending"]);
+    assert_eq!(pending[0]["id"], id);
+    assert_eq!(pending[0]["request"]["target"], "198.51.100.0/23");
+    assert!(d.json(&["list"]).as_array().unwrap().is_empty(), "nothing is blocked before approval");
+    let approved = d.json(&["approve", &id.to_string()]);
+    assert_eq!(approved["outcome"], "created");
+    assert_eq!(d.json(&["list"])[0]["target"], "198.51.100.0/23");
+
+    let r = d.json(&["block", "203.0.112.0/23"]);
+    let rejected = r["pending_id"].as_u64().unwrap();
+    ok(&d.cli(&["reject", &rejected.to_string()]));
+    fails(&d.cli(&["approve", &rejected.to_string()]), 5, "no pending block");
+
+    d.json(&["block", "203.0.112.0/22"]);
+    wait_for("the pending block to expire", Duration::from_secs(8), || {
+        Ok(d.json(&["pending"]).as_array().unwrap().is_empty().then_some(()))
+    })
+    .unwrap();
+    assert!(audit(&d).contains("\"action\":\"pending_expire\""));
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1, "only the approved block");
+}
+
+#[test]
+fn allowlist_changes_reach_the_kernel_at_once() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1]]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    ok(&d.cli(&["allow", "add", SENDER_V4[1], "--comment", "monitoring host"]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "the allowlist wins over the existing block");
+    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "pass (allowlisted)");
+    fails(&d.cli(&["block", SENDER_V4[1], "--source", "wazuh"]), 7, "cli: monitoring host");
+    ok(&d.cli(&["allow", "remove", SENDER_V4[1]]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    fails(&d.cli(&["allow", "remove", RECEIVER_V4]), 7, "comes from builtin: host address");
+    fails(&d.cli(&["allow", "remove", "203.0.113.9"]), 5, "not on the allowlist");
+}
+
+#[test]
+fn check_config_reports_policy_mistakes_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enforcer.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = cli(std::path::Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let p = path.display().to_string();
+    let e = check("[policy]\nmode = \"enforce\"\nmin_prefix_v4 = 40\n");
+    assert!(e.contains(&format!("{p}:3:")) && e.contains("more than 32"), "{e}");
+    let e = check("[policy]\nmode = \"block-everything\"\n");
+    assert!(e.contains(&format!("{p}:2:")), "{e}");
+    let e = check("[policy.sources.wazuh]\nrate_limt = 5\n");
+    assert!(e.contains(&format!("{p}:2:")) && e.contains("unknown field"), "{e}");
+    let e = check("[policy.repeat_offenders]\nwindow = \"1d\"\nttls = []\n");
+    assert!(e.contains(&format!("{p}:3:")) && e.contains("at least one"), "{e}");
+    let e = check("[allowlist]\nprefixes = [\"10.0.0.0/33\"]\n");
+    assert!(e.contains(&format!("{p}:2:")) && e.contains("invalid prefix length"), "{e}");
+}
