@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a map's key, value, type or meaning changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps, as the kernel and the pin directory know them (at most 15 bytes).
 pub mod map_names {
@@ -14,7 +14,8 @@ pub mod map_names {
     pub const BLOCK_V4: &str = "BLOCK_V4";
     /// Exact IPv6 sources (/128): hash map, `[u8; 16]` → [`BlockValue`](super::BlockValue).
     pub const BLOCK_V6: &str = "BLOCK_V6";
-    /// IPv4 prefixes shorter than /32: LPM trie → [`BlockValue`](super::BlockValue).
+    /// IPv4 prefixes shorter than /32: LPM trie keyed by the address padded to 8 bytes (so the
+    /// value's u64 counters are 8-byte aligned) → [`BlockValue`](super::BlockValue).
     pub const BLOCK_NET_V4: &str = "BLOCK_NET_V4";
     /// IPv6 prefixes shorter than /128: LPM trie → [`BlockValue`](super::BlockValue).
     pub const BLOCK_NET_V6: &str = "BLOCK_NET_V6";

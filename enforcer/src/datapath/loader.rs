@@ -577,7 +577,7 @@ fn expected(name: &str) -> (MapType, u32, u32) {
     match name {
         map_names::BLOCK_V4 => (MapType::Hash, 4, block),
         map_names::BLOCK_V6 => (MapType::Hash, 16, block),
-        map_names::BLOCK_NET_V4 => (MapType::LpmTrie, 8, block),
+        map_names::BLOCK_NET_V4 => (MapType::LpmTrie, 12, block),
         map_names::BLOCK_NET_V6 => (MapType::LpmTrie, 20, block),
         map_names::ALLOW_V4 => (MapType::LpmTrie, 8, allow),
         map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),

@@ -45,7 +45,7 @@ pub enum MapsError {
 pub struct BlockMaps {
     v4: HashMap<MapData, [u8; 4], BlockValue>,
     v6: HashMap<MapData, [u8; 16], BlockValue>,
-    net_v4: LpmTrie<MapData, [u8; 4], BlockValue>,
+    net_v4: LpmTrie<MapData, [u8; 8], BlockValue>,
     net_v6: LpmTrie<MapData, [u8; 16], BlockValue>,
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
@@ -163,7 +163,7 @@ impl BlockMaps {
             IpNet::V6(n) if target.is_host() => self.v6.insert(v6_bytes(n.addr()), value, 0),
             IpNet::V4(n) => self
                 .net_v4
-                .insert(&Key::new(u32::from(n.prefix_len()), v4_bytes(n.network())), value, 0),
+                .insert(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network())), value, 0),
             IpNet::V6(n) => self
                 .net_v6
                 .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
@@ -197,7 +197,7 @@ impl BlockMaps {
             IpNet::V6(n) if target.is_host() => self.v6.get(&v6_bytes(n.addr()), 0),
             IpNet::V4(n) => self
                 .net_v4
-                .get(&Key::new(u32::from(n.prefix_len()), v4_bytes(n.network())), 0),
+                .get(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network())), 0),
             IpNet::V6(n) => self
                 .net_v6
                 .get(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), 0),
@@ -217,7 +217,7 @@ impl BlockMaps {
             IpNet::V6(n) if target.is_host() => self.v6.remove(&v6_bytes(n.addr())),
             IpNet::V4(n) => self
                 .net_v4
-                .remove(&Key::new(u32::from(n.prefix_len()), v4_bytes(n.network()))),
+                .remove(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network()))),
             IpNet::V6(n) => self
                 .net_v6
                 .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
@@ -242,7 +242,8 @@ impl BlockMaps {
         }
         for item in self.net_v4.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V4))?;
-            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
+            let d = k.data();
+            let net = ipnet::Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
                 .expect("the kernel holds valid prefix lengths");
             out.push((Target::new(IpNet::V4(net)), v));
         }
@@ -345,4 +346,10 @@ impl BlockMaps {
         }
         Ok(total)
     }
+}
+
+/// The IPv4 prefix trie's key data: the address and four zero bytes (see the map's docs).
+fn v4_padded(a: std::net::Ipv4Addr) -> [u8; 8] {
+    let o = a.octets();
+    [o[0], o[1], o[2], o[3], 0, 0, 0, 0]
 }
