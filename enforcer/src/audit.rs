@@ -130,10 +130,11 @@ impl AuditLog {
             return;
         };
         line.push(b'\n');
-        if self.size + line.len() as u64 > self.max_bytes && self.size > 0 {
-            if let Err(e) = self.rotate() {
-                tracing::error!(error = %e, "rotating the audit log failed");
-            }
+        if self.size + line.len() as u64 > self.max_bytes
+            && self.size > 0
+            && let Err(e) = self.rotate()
+        {
+            tracing::error!(error = %e, "rotating the audit log failed");
         }
         match self.out.write_all(&line) {
             Ok(()) => self.size += line.len() as u64,

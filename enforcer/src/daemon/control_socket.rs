@@ -156,8 +156,8 @@ async fn handle_line(line: &[u8], engine: &SyncSender<Command>) -> Response {
     let engine = engine.clone();
     let command = Command { request, reply: tx };
     // The engine's queue is bounded: waiting for room is back-pressure, not an error.
-    let sent = tokio::task::spawn_blocking(move || engine.send(command)).await;
-    if !matches!(sent, Ok(Ok(()))) {
+    let sent = tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await;
+    if !matches!(sent, Ok(true)) {
         return Response::err(ErrorCode::Internal, "the daemon is shutting down");
     }
     rx.await

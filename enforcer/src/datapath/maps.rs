@@ -80,8 +80,8 @@ fn is_full(e: &MapError) -> bool {
 impl BlockMaps {
     /// Takes the maps out of a loaded object.
     pub(crate) fn take_from(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
-        Self::from_maps(|name| take(name))
+        let take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Self::from_maps(take)
     }
 
     /// Opens the maps pinned in `dir`, for reading (tests, diagnostics). The daemon is the only

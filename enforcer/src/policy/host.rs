@@ -113,17 +113,6 @@ fn ip_from(v: &[u8]) -> Option<IpAddr> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_always_there() {
-        let all = host_addresses().unwrap();
-        assert!(all.iter().any(|h| h.target.to_string() == "127.0.0.0/8"));
-    }
-}
-
 /// Calls `changed` whenever the host's addresses or routes change (rtnetlink multicast), at
 /// most every 200 ms. Returns when `changed` returns false or the socket fails.
 pub fn watch(mut changed: impl FnMut() -> bool) {
@@ -168,5 +157,16 @@ pub fn watch(mut changed: impl FnMut() -> bool) {
         if !changed() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_always_there() {
+        let all = host_addresses().unwrap();
+        assert!(all.iter().any(|h| h.target.to_string() == "127.0.0.0/8"));
     }
 }
