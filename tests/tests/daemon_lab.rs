@@ -330,3 +330,30 @@ fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"action\":\"remove_unknown\",\"target\":\"192.0.2.11\""), "{audit}");
 }
+
+#[test]
+fn the_socket_group_may_use_the_cli_and_others_may_not() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let lab = Lab::new().unwrap();
+    // `nogroup` (gid 65534) stands in for an "enforcer" operators' group.
+    let d = Daemon::start(&lab, &["--socket-group", "nogroup"]).unwrap();
+    std::fs::set_permissions(d.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let as_user = |gid: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
+            .arg(enforcer_tests::daemon::enforcer_bin())
+            .arg("--socket")
+            .arg(&d.socket)
+            .arg("status")
+            .output()
+            .unwrap()
+    };
+    let member = as_user("65534");
+    assert!(member.status.success(), "{}", String::from_utf8_lossy(&member.stderr));
+    let outsider = as_user("65533");
+    assert_eq!(outsider.status.code(), Some(4), "{}", String::from_utf8_lossy(&outsider.stderr));
+    assert!(String::from_utf8_lossy(&outsider.stderr).contains("permission denied"));
+}
