@@ -8,28 +8,11 @@ use enforcer::{
 };
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4, SENDER_V6, RECEIVER_V6,
-    daemon::{Daemon, cli},
+    daemon::{Daemon, cli, fails, ok},
     require_root, udp_exchange, wait_for,
 };
 
 const SETTLE: Duration = Duration::from_millis(300);
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: &std::process::Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
-}
 
 fn passes(lab: &Lab, src: &str, dst: &str) -> u32 {
     let rx = lab.udp_listener(dst).unwrap();

@@ -43,6 +43,15 @@ fn attach(lab: &Lab, mode: XdpModeRequest) -> Datapath {
         .expect("attach")
 }
 
+/// Loads and attaches from the receiver's namespace, dropping the process's handles at once
+/// (the pins keep the program attached), and reports the attachment.
+fn attach_only(lab: &Lab, pins: &std::path::Path, mode: XdpModeRequest) -> Result<enforcer::datapath::Attachment, DatapathError> {
+    let opts = options(pins);
+    lab.receiver
+        .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, mode)))
+        .expect("enter namespace")
+}
+
 fn block(dp: &mut Datapath, target: &str, expires_ns: u64, mode: u32) {
     let t: Target = target.parse().unwrap();
     dp.maps_mut().insert_block(&t, &BlockValue::new(expires_ns, mode)).unwrap();
@@ -80,21 +89,11 @@ fn a_blocked_source_cannot_connect_or_send_while_another_source_gets_through() {
 fn native_mode_is_used_on_veth_and_reported() {
     require_root();
     let lab = Lab::new().unwrap();
-    let opts = options(lab.pins.path());
-    let att = lab
-        .receiver
-        .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, XdpModeRequest::Auto)))
-        .unwrap()
-        .unwrap();
+    let att = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto).unwrap();
     assert_eq!(att.mode, AttachedMode::Native);
     assert!(!att.replaced);
     let lab2 = Lab::new().unwrap();
-    let opts = options(lab2.pins.path());
-    let att = lab2
-        .receiver
-        .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, XdpModeRequest::Skb)))
-        .unwrap()
-        .unwrap();
+    let att = attach_only(&lab2, lab2.pins.path(), XdpModeRequest::Skb).unwrap();
     assert_eq!(att.mode, AttachedMode::Skb);
 }
 
@@ -281,12 +280,7 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
             }
             n
         });
-        let opts = options(lab.pins.path());
-        let att = lab
-            .receiver
-            .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, XdpModeRequest::Auto)))
-            .unwrap()
-            .unwrap();
+        let att = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (att, flood.join().unwrap())
@@ -306,18 +300,8 @@ fn a_program_enforcer_did_not_attach_is_never_replaced_or_detached() {
     let lab = Lab::new().unwrap();
     // Someone else's program: attached from another pin directory, so not ours.
     let foreign_pins = PinDir::new().unwrap();
-    let opts = options(foreign_pins.path());
-    let theirs = lab
-        .receiver
-        .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, XdpModeRequest::Auto)))
-        .unwrap()
-        .unwrap();
-    let opts = options(lab.pins.path());
-    let err = lab
-        .receiver
-        .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, XdpModeRequest::Auto)))
-        .unwrap()
-        .unwrap_err();
+    let theirs = attach_only(&lab, foreign_pins.path(), XdpModeRequest::Auto).unwrap();
+    let err = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, DatapathError::ForeignProgram { prog_id, .. } if prog_id == theirs.prog_id), "{msg}");
     assert!(msg.contains("enforcer_xdp") && msg.contains(&theirs.prog_id.to_string()), "{msg}");

@@ -73,6 +73,30 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
+/// Maps an insert error: a full map is [`MapsError::Full`], anything else a kernel error.
+fn insert_error(map: &'static str, capacity: u32) -> impl FnOnce(MapError) -> MapsError {
+    move |e| {
+        if is_full(&e) {
+            MapsError::Full { map, capacity }
+        } else {
+            MapsError::Kernel {
+                op: "insert",
+                map,
+                source: e,
+            }
+        }
+    }
+}
+
+/// Maps a delete result: absent is `Ok(false)`.
+fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, MapsError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(kernel("delete", map)(e)),
+    }
+}
+
 fn is_full(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(s) if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)))
 }
@@ -168,17 +192,7 @@ impl BlockMaps {
                 .net_v6
                 .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
         };
-        result.map_err(|e| {
-            if is_full(&e) {
-                MapsError::Full { map, capacity }
-            } else {
-                MapsError::Kernel {
-                    op: "insert",
-                    map,
-                    source: e,
-                }
-            }
-        })
+        result.map_err(insert_error(map, capacity))
     }
 
     /// Updates expiry and mode of a block, keeping its hit counters (or creates it).
@@ -222,11 +236,7 @@ impl BlockMaps {
                 .net_v6
                 .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
         };
-        match result {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(kernel("delete", map)(e)),
-        }
+        removed(map, result)
     }
 
     /// Every block entry in the kernel (walks all four maps; for reconciliation and tests).
@@ -273,17 +283,7 @@ impl BlockMaps {
                     .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
             ),
         };
-        result.map_err(|e| {
-            if is_full(&e) {
-                MapsError::Full { map, capacity }
-            } else {
-                MapsError::Kernel {
-                    op: "insert",
-                    map,
-                    source: e,
-                }
-            }
-        })
+        result.map_err(insert_error(map, capacity))
     }
 
     /// Removes an allowlist prefix. Returns whether it was there.
@@ -300,11 +300,7 @@ impl BlockMaps {
                     .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
             ),
         };
-        match result {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(kernel("delete", map)(e)),
-        }
+        removed(map, result)
     }
 
     /// Every allowlist prefix in the kernel.
