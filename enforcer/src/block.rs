@@ -3,16 +3,23 @@
 //! Several sources can block one target. Each source's block is kept on its own; the target
 //! stays blocked until the last of them ends, and the kernel entry carries the latest expiry.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, time::SystemTime};
+use std::{fmt, str::FromStr, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::target::Target;
 
 /// The name of a trigger source (`cli`, `wazuh`, `fail2ban`, ...): 1-32 of `[a-z0-9_-]`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Source(String);
+///
+/// Shared (`Arc<str>`): a million blocks from one source hold one copy of its name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source(Arc<str>);
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 /// Why a source name is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +29,7 @@ pub struct SourceError(pub String);
 impl Source {
     /// The source of blocks made by hand with the CLI.
     pub fn cli() -> Self {
-        Self("cli".to_owned())
+        Self("cli".into())
     }
 
     /// The name.
@@ -40,7 +47,7 @@ impl FromStr for Source {
             && s
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok { Ok(Self(s.to_owned())) } else { Err(SourceError(s.to_owned())) }
+        if ok { Ok(Self(s.into())) } else { Err(SourceError(s.to_owned())) }
     }
 }
 
@@ -179,9 +186,9 @@ pub fn from_ms(ms: UnixMillis) -> SystemTime {
 pub struct SourceBlock {
     /// Who asked.
     pub source: Source,
-    /// Why.
+    /// Why (shared: a batch of a million blocks holds one reason).
     #[serde(default)]
-    pub reason: Reason,
+    pub reason: Arc<Reason>,
     /// When it was first made (Unix ms).
     pub created_ms: UnixMillis,
     /// When it was last extended or changed (Unix ms).
@@ -200,10 +207,87 @@ impl SourceBlock {
 }
 
 /// Every source's block of one target.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetBlocks {
     /// One entry per source.
-    pub by_source: BTreeMap<Source, SourceBlock>,
+    pub by_source: SourceMap,
+}
+
+/// One block per source, sorted by source.
+///
+/// A small vector, not a `BTreeMap`: a target almost always has one or two sources, and a
+/// `BTreeMap` allocates a whole node (eleven slots) for one entry: with a million targets that
+/// is gigabytes instead of a few hundred megabytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceMap(Vec<SourceBlock>);
+
+impl SourceMap {
+    fn find(&self, s: &Source) -> Result<usize, usize> {
+        self.0.binary_search_by(|b| b.source.cmp(s))
+    }
+
+    /// The block of `s`.
+    pub fn get(&self, s: &Source) -> Option<&SourceBlock> {
+        self.find(s).ok().map(|i| &self.0[i])
+    }
+
+    /// The block of `s`, for changing.
+    pub fn get_mut(&mut self, s: &Source) -> Option<&mut SourceBlock> {
+        self.find(s).ok().map(|i| &mut self.0[i])
+    }
+
+    /// Inserts or replaces the block of `s`.
+    pub fn insert(&mut self, s: Source, block: SourceBlock) -> Option<SourceBlock> {
+        debug_assert_eq!(s, block.source);
+        match self.find(&s) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i], block)),
+            Err(i) => {
+                self.0.insert(i, block);
+                self.0.shrink_to_fit();
+                None
+            }
+        }
+    }
+
+    /// Removes the block of `s`.
+    pub fn remove(&mut self, s: &Source) -> Option<SourceBlock> {
+        self.find(s).ok().map(|i| self.0.remove(i))
+    }
+
+    /// Whether `s` has a block.
+    pub fn contains_key(&self, s: &Source) -> bool {
+        self.find(s).is_ok()
+    }
+
+    /// The sources.
+    pub fn keys(&self) -> impl Iterator<Item = &Source> {
+        self.0.iter().map(|b| &b.source)
+    }
+
+    /// The blocks.
+    pub fn values(&self) -> impl Iterator<Item = &SourceBlock> {
+        self.0.iter()
+    }
+
+    /// How many sources.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no source blocks.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(Source, SourceBlock)> for SourceMap {
+    fn from_iter<I: IntoIterator<Item = (Source, SourceBlock)>>(iter: I) -> Self {
+        let mut m = Self::default();
+        for (s, b) in iter {
+            m.insert(s, b);
+        }
+        m
+    }
 }
 
 /// What the kernel entry for a target should say.
@@ -262,7 +346,7 @@ mod tests {
     fn sb(source: &str, expires: Option<u64>, mode: Mode) -> SourceBlock {
         SourceBlock {
             source: source.parse().unwrap(),
-            reason: Reason::default(),
+            reason: Arc::default(),
             created_ms: 0,
             updated_ms: 0,
             expires_ms: expires,

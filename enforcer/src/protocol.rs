@@ -396,7 +396,7 @@ pub struct ListSource {
     /// Source.
     pub source: Source,
     /// Reason.
-    pub reason: Reason,
+    pub reason: std::sync::Arc<Reason>,
     /// Created (Unix ms).
     pub created_ms: UnixMillis,
     /// Expires (Unix ms); `None` = permanent.

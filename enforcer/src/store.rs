@@ -208,7 +208,7 @@ mod tests {
             target: target.parse().unwrap(),
             block: SourceBlock {
                 source: source.parse().unwrap(),
-                reason: Reason::text("test"),
+                reason: std::sync::Arc::new(Reason::text("test")),
                 created_ms: 1,
                 updated_ms: 1,
                 expires_ms: expires,

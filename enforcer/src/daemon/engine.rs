@@ -441,8 +441,21 @@ impl Engine {
     }
 
     #[expect(clippy::result_large_err, reason = "a refusal is answered at once, never propagated far; boxing would add an allocation per refusal")]
-    fn block(&mut self, round: &mut Round, req: BlockRequest, approved: bool) -> Result<(BlockReply, Target), Response> {
-        if let Err(e) = req.reason.validate() {
+    fn block(&mut self, round: &mut Round, mut req: BlockRequest, approved: bool) -> Result<(BlockReply, Target), Response> {
+        let reason = std::sync::Arc::new(std::mem::take(&mut req.reason));
+        self.block_shared(round, req, reason, approved)
+    }
+
+    /// [`Engine::block`] with the reason already shared (a batch shares one).
+    #[expect(clippy::result_large_err, reason = "a refusal is answered at once, never propagated far; boxing would add an allocation per refusal")]
+    fn block_shared(
+        &mut self,
+        round: &mut Round,
+        req: BlockRequest,
+        reason: std::sync::Arc<crate::block::Reason>,
+        approved: bool,
+    ) -> Result<(BlockReply, Target), Response> {
+        if let Err(e) = reason.validate() {
             return Err(Response::err(ErrorCode::InvalidRequest, e));
         }
         if req.ttl_secs == Some(0) {
@@ -479,9 +492,11 @@ impl Engine {
             Decision::Pending { why } => {
                 let id = self.next_pending;
                 self.next_pending += 1;
+                let mut request = req.clone();
+                request.reason = (*reason).clone();
                 let p = PendingBlock {
                     id,
-                    request: req.clone(),
+                    request,
                     why: why.clone(),
                     created_ms: now,
                     expires_ms: now + self.policy.pending_ttl().as_millis() as u64,
@@ -489,7 +504,7 @@ impl Engine {
                 round.ops.push(StoreOp::PutPending(id, serde_json::to_value(&p).expect("serialisable")));
                 let mut e = Event::new(Action::Pending, &target);
                 e.source = Some(&req.source);
-                e.reason = Some(&req.reason);
+                e.reason = Some(&reason);
                 e.detail = Some(format!("pending approval (id {id}): {why}"));
                 self.audit.record(&e);
                 self.pending.insert(id, p);
@@ -526,7 +541,7 @@ impl Engine {
                 Outcome::Created,
                 SourceBlock {
                     source: req.source.clone(),
-                    reason: req.reason,
+                    reason: reason.clone(),
                     created_ms: now,
                     updated_ms: now,
                     expires_ms,
@@ -545,7 +560,7 @@ impl Engine {
                 (
                     outcome,
                     SourceBlock {
-                        reason: req.reason,
+                        reason: reason.clone(),
                         updated_ms: now,
                         expires_ms: later,
                         mode,
@@ -762,17 +777,18 @@ impl Engine {
         let mut applied = 0;
         let mut failed = Vec::new();
         let mut touched = Vec::with_capacity(req.items.len());
+        let reason = std::sync::Arc::new(req.reason);
         for (index, item) in req.items.into_iter().enumerate() {
             let one = BlockRequest {
                 target: item.target,
                 ttl_secs: item.ttl_secs.or(req.ttl_secs),
                 permanent: false,
                 source: req.source.clone(),
-                reason: req.reason.clone(),
+                reason: crate::block::Reason::default(),
                 shadow: req.shadow,
                 force: false,
             };
-            match self.block(round, one, false) {
+            match self.block_shared(round, one, reason.clone(), false) {
                 Ok((_, t)) => {
                     applied += 1;
                     touched.push(t);
