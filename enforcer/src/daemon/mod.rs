@@ -6,6 +6,7 @@
 
 pub mod control_socket;
 pub mod engine;
+pub mod spool;
 
 use std::{os::unix::fs::DirBuilderExt as _, sync::mpsc};
 
@@ -95,8 +96,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let socket = config.socket.clone();
+    let (state_dir, default_ttl) = (config.state_dir.clone(), config.default_ttl.0);
     runtime.block_on(async move {
         let listener = control_socket::bind(&socket, access).await?;
+        // Triggers spooled while no daemon answered go first, before anyone is served.
+        spool::drain(&state_dir, &tx, default_ttl).await;
         tracing::info!(socket = %socket.display(), "listening");
         let server = tokio::spawn(control_socket::serve(listener, tx, access, socket.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
