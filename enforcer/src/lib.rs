@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod duration;
+pub mod hooks;
 pub mod policy;
 pub mod protocol;
 pub mod store;
