@@ -7,6 +7,7 @@ mod breaker;
 mod daemon;
 mod detach;
 mod import;
+mod install_wazuh_hook;
 mod list;
 mod output;
 mod pending;
@@ -58,6 +59,8 @@ pub enum Command {
     Import(import::Args),
     /// Detach from every interface and remove all pinned state (deliberate switch-off).
     Detach(detach::Args),
+    /// Install this binary as a Wazuh active-response program (replaces firewall-drop).
+    InstallWazuhHook(install_wazuh_hook::Args),
     /// Manage the allowlist (never-block prefixes).
     Allow(allow::Args),
     /// Turn shadow blocks into enforced ones.
@@ -86,6 +89,7 @@ pub fn main() -> i32 {
         Command::Stats(a) => stats::run(&socket, a),
         Command::Status(a) => status::run(&socket, a),
         Command::Import(a) => import::run(&socket, a),
+        Command::InstallWazuhHook(a) => install_wazuh_hook::run(a, cli.socket.as_deref()),
         Command::Allow(a) => allow::run(&socket, a),
         Command::Promote(a) => promote::run(&socket, a),
         Command::Breaker(a) => breaker::run(&socket, a),
