@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a map's key, value, type or meaning changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps, as the kernel and the pin directory know them (at most 15 bytes).
 pub mod map_names {
@@ -25,9 +25,12 @@ pub mod map_names {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// Per-CPU counters, one [`Stats`](super::Stats) slot per interface (ifindex % slots).
     pub const STATS: &str = "STATS";
+    /// Array of two u32 flags, [IPv4, IPv6]: 1 if the family's prefix trie may hold entries.
+    /// Lets the data path skip the trie lookup (a helper call) when no prefix is blocked.
+    pub const PREFIX_FLAGS: &str = "PREFIX_FLAGS";
 
     /// Every map, in a fixed order.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         BLOCK_V4,
         BLOCK_V6,
         BLOCK_NET_V4,
@@ -35,6 +38,7 @@ pub mod map_names {
         ALLOW_V4,
         ALLOW_V6,
         STATS,
+        PREFIX_FLAGS,
     ];
 }
 

@@ -22,7 +22,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
     helpers::bpf_ktime_get_boot_ns,
     macros::{map, xdp},
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use enforcer_common::{
@@ -47,6 +47,8 @@ static BLOCK_NET_V6: LpmTrie<[u8; 16], BlockValue> = LpmTrie::pinned(DEFAULT_MAX
 static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::pinned(DEFAULT_MAX_ALLOW, 0);
 #[map(name = "ALLOW_V6")]
 static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::pinned(DEFAULT_MAX_ALLOW, 0);
+#[map(name = "PREFIX_FLAGS")]
+static PREFIX_FLAGS: Array<u32> = Array::pinned(2, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(STATS_SLOTS, 0);
 
@@ -211,7 +213,7 @@ fn judge_v4(addr: [u8; 4], len: u64, stats: &mut Stats) -> Verdict {
     if let Some(e) = BLOCK_V4.get_ptr_mut(addr) {
         consider(&mut m, e, clock.now());
     }
-    if !is_enforced(&m) {
+    if !is_enforced(&m) && prefixes_present(0) {
         let padded = [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0];
         if let Some(e) = BLOCK_NET_V4.get(Key::new(64, padded)) {
             consider(&mut m, as_mut_ptr(e), clock.now());
@@ -231,11 +233,19 @@ fn judge_v6(addr: [u8; 16], len: u64, stats: &mut Stats) -> Verdict {
         consider(&mut m, e, clock.now());
     }
     if !is_enforced(&m)
+        && prefixes_present(1)
         && let Some(e) = BLOCK_NET_V6.get(Key::new(128, addr))
     {
         consider(&mut m, as_mut_ptr(e), clock.now());
     }
     decide(m, len, &mut clock, stats, || ALLOW_V6.get(Key::new(128, addr)).is_some())
+}
+
+/// Whether the family's prefix trie may hold entries (0 = IPv4, 1 = IPv6). An array lookup is
+/// inlined by the verifier; the trie lookup is a helper call, skipped when nothing is there.
+#[inline(always)]
+fn prefixes_present(family: u32) -> bool {
+    PREFIX_FLAGS.get(family).is_none_or(|f| *f != 0)
 }
 
 /// `CLOCK_BOOTTIME`, read at most once per packet and only when needed.

@@ -81,6 +81,7 @@ impl Capacity {
             map_names::BLOCK_V4 | map_names::BLOCK_V6 => self.addresses,
             map_names::BLOCK_NET_V4 | map_names::BLOCK_NET_V6 => self.prefixes,
             map_names::ALLOW_V4 | map_names::ALLOW_V6 => self.allow,
+            map_names::PREFIX_FLAGS => 2,
             _ => STATS_SLOTS,
         }
     }
@@ -292,7 +293,8 @@ impl Datapath {
             .try_into()
             .expect("the program is XDP");
         program.load()?;
-        let maps = BlockMaps::take_from(&mut ebpf)?;
+        let mut maps = BlockMaps::take_from(&mut ebpf)?;
+        maps.refresh_prefix_flags()?;
         Ok(Self {
             ebpf,
             layout,
@@ -436,9 +438,7 @@ impl Datapath {
 pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<(), DatapathError> {
     let link_path = layout.link_path(iface);
     if link_path.exists() {
-        // Removing the last reference to the link detaches it.
-        fs::remove_file(&link_path).map_err(io_err("removing", &link_path))?;
-        wait_detached(iface);
+        detach_pinned_link(&link_path)?;
         return Ok(());
     }
     if let Ok(ifindex) = ifindex(iface)
@@ -462,12 +462,9 @@ pub fn detach_all(base: &Path) -> Result<Vec<String>, DatapathError> {
     let mut detached = Vec::new();
     if let Ok(entries) = fs::read_dir(layout.links_dir()) {
         for entry in entries.flatten() {
-            fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            detach_pinned_link(&entry.path())?;
             detached.push(decode_pin_name(&entry.file_name().to_string_lossy()));
         }
-    }
-    for iface in &detached {
-        wait_detached(iface);
     }
     if base.exists() {
         remove_pin_dir(base).map_err(io_err("removing", base))?;
@@ -476,18 +473,37 @@ pub fn detach_all(base: &Path) -> Result<Vec<String>, DatapathError> {
     Ok(detached)
 }
 
-/// The kernel frees an unpinned link after an RCU grace period: wait (briefly) until the
-/// interface reports no program, so that "detached" means detached when we return.
-fn wait_detached(iface: &str) {
-    let Ok(ifindex) = ifindex(iface) else { return };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while std::time::Instant::now() < deadline {
-        match query_xdp(ifindex) {
-            Ok(state) if state.prog_id.is_some() => std::thread::sleep(std::time::Duration::from_millis(2)),
-            _ => return,
+/// Detaches a pinned XDP link now (`BPF_LINK_DETACH`) and removes its pin.
+///
+/// Just removing the pin would detach it too, but only once the kernel frees the link after an
+/// RCU grace period; an explicit detach makes "detached" true when this returns, from any
+/// network namespace.
+fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| DatapathError::Io {
+        action: "opening",
+        path: path.to_owned(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    // union bpf_attr for BPF_OBJ_GET: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }
+    let mut attr = [0u64; 8];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: bpf(2) with a zeroed attr holding a valid path pointer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if fd >= 0 {
+        // SAFETY: bpf(2) returned a new descriptor we own.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        // union bpf_attr for BPF_LINK_DETACH: { u32 link_fd; }
+        let mut attr = [0u64; 8];
+        attr[0] = fd.as_raw_fd() as u64;
+        // SAFETY: bpf(2) with a valid link descriptor.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+        if rc != 0 {
+            tracing::debug!(path = %path.display(), error = %io::Error::last_os_error(), "BPF_LINK_DETACH failed; unpinning only");
         }
     }
-    tracing::warn!(iface, "the kernel still reports an XDP program 2 s after its link was unpinned");
+    fs::remove_file(path).map_err(io_err("removing", path))
 }
 
 /// The names of the interfaces with a pinned enforcer link.
@@ -581,6 +597,7 @@ fn expected(name: &str) -> (MapType, u32, u32) {
         map_names::BLOCK_NET_V6 => (MapType::LpmTrie, 20, block),
         map_names::ALLOW_V4 => (MapType::LpmTrie, 8, allow),
         map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),
+        map_names::PREFIX_FLAGS => (MapType::Array, 4, 4),
         _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),
     }
 }

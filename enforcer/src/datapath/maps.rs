@@ -7,7 +7,7 @@
 use std::{net::IpAddr, path::Path};
 
 use aya::maps::{
-    HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
+    Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
     lpm_trie::Key,
 };
 use enforcer_common::{AllowValue, BlockValue, STATS_SLOTS, Stats, map_names};
@@ -50,6 +50,7 @@ pub struct BlockMaps {
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     stats: PerCpuArray<MapData, Stats>,
+    prefix_flags: Array<MapData, u32>,
     capacity: [u32; 6],
 }
 
@@ -133,6 +134,7 @@ impl BlockMaps {
         let allow_v4: LpmTrie<_, _, _> = convert(map_names::ALLOW_V4, get(map_names::ALLOW_V4)?)?;
         let allow_v6: LpmTrie<_, _, _> = convert(map_names::ALLOW_V6, get(map_names::ALLOW_V6)?)?;
         let stats: PerCpuArray<_, _> = convert(map_names::STATS, get(map_names::STATS)?)?;
+        let prefix_flags: Array<_, _> = convert(map_names::PREFIX_FLAGS, get(map_names::PREFIX_FLAGS)?)?;
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
         let capacity = [
             cap(v4.map()),
@@ -150,6 +152,7 @@ impl BlockMaps {
             allow_v4,
             allow_v6,
             stats,
+            prefix_flags,
             capacity,
         })
     }
@@ -177,6 +180,20 @@ impl BlockMaps {
         ]
     }
 
+    /// Sets each family's "prefixes present" flag from whether its trie holds anything.
+    pub fn refresh_prefix_flags(&mut self) -> Result<(), MapsError> {
+        let v4 = self.net_v4.keys().next().is_some();
+        let v6 = self.net_v6.keys().next().is_some();
+        self.set_prefix_flag(0, v4)?;
+        self.set_prefix_flag(1, v6)
+    }
+
+    fn set_prefix_flag(&mut self, family: u32, present: bool) -> Result<(), MapsError> {
+        self.prefix_flags
+            .set(family, u32::from(present), 0)
+            .map_err(kernel("update", map_names::PREFIX_FLAGS))
+    }
+
     /// Writes a block entry, replacing any entry for the same target.
     ///
     /// A full map is an error ([`MapsError::Full`]); nothing is ever evicted.
@@ -192,7 +209,13 @@ impl BlockMaps {
                 .net_v6
                 .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
         };
-        result.map_err(insert_error(map, capacity))
+        result.map_err(insert_error(map, capacity))?;
+        if !target.is_host() {
+            // After the insert: the flag only ever lets the data path look, never hides an entry
+            // that is acknowledged.
+            self.set_prefix_flag(u32::from(!target.is_v4()), true)?;
+        }
+        Ok(())
     }
 
     /// Updates expiry and mode of a block, keeping its hit counters (or creates it).
@@ -236,7 +259,18 @@ impl BlockMaps {
                 .net_v6
                 .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
         };
-        removed(map, result)
+        let was_there = removed(map, result)?;
+        if !target.is_host() {
+            let empty = if target.is_v4() {
+                self.net_v4.keys().next().is_none()
+            } else {
+                self.net_v6.keys().next().is_none()
+            };
+            if empty {
+                self.set_prefix_flag(u32::from(!target.is_v4()), false)?;
+            }
+        }
+        Ok(was_there)
     }
 
     /// Every block entry in the kernel (walks all four maps; for reconciliation and tests).
