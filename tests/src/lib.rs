@@ -6,6 +6,7 @@
 //! lab creates, on documentation addresses.
 
 pub mod daemon;
+pub mod execd;
 pub mod frame;
 
 use std::{
