@@ -113,7 +113,9 @@ pub fn valid_name(name: &str) -> bool {
 fn is_enforcer(path: &Path) -> io::Result<bool> {
     let mut bytes = Vec::new();
     fs::File::open(path)?.read_to_end(&mut bytes)?;
-    Ok(bytes.windows(MARKER.len()).any(|w| w == MARKER))
+    // black_box: the marker must exist as bytes in this binary, not be folded into the compare.
+    let marker = std::hint::black_box(MARKER);
+    Ok(bytes.windows(marker.len()).any(|w| w == marker))
 }
 
 /// The group execd's programs belong to: `wazuh`, else `ossec` (Wazuh before 4.3), else root.
