@@ -149,7 +149,7 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let home = WazuhHome::install("enforcer-drop").unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
     let alert = sshd_brute_force(SENDER_V4[1]);
     assert_eq!(execd.add(&alert).unwrap().verdict, Some("continue"));
@@ -160,7 +160,7 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     let run = execd.add(&alert).unwrap();
     assert_eq!(run.verdict, Some("abort"));
     assert_eq!(run.code(), 0);
-    assert_eq!(execd.active_keys(), ["enforcer-drop-192.0.2.10"]);
+    assert_eq!(execd.active_keys(), ["enforcer-firewall-drop-192.0.2.10"]);
     let log = log_since(&home, from);
     assert_eq!(serde_json::from_str::<Value>(&log[3]).unwrap()["command"], "abort");
     assert_eq!(log.last().unwrap(), "Aborted", "{log:#?}");
@@ -177,12 +177,12 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let home = WazuhHome::install("enforcer-drop").unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
 
     let run = execd.add(&json!({"data": {"srcip": format!("::ffff:{}", SENDER_V4[2])}})).unwrap();
     assert_eq!(run.code(), 0);
-    assert_eq!(run.key, Some(format!("enforcer-drop-{}", SENDER_V4[2])), "the canonical IPv4 is the key");
+    assert_eq!(run.key, Some(format!("enforcer-firewall-drop-{}", SENDER_V4[2])), "the canonical IPv4 is the key");
     assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0);
 
     // Wazuh 5.0: enable/disable, the address in source.ip, metadata under wazuh.*.
@@ -190,7 +190,7 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
         "source": {"ip": SENDER_V6[2]},
         "rule": {"title": "SSH brute force", "level": "high"},
         "wazuh": {"agent": {"id": "004", "name": "web-02"},
-                  "active_response": {"name": "block-ip", "executable": "enforcer-drop", "type": "stateful", "stateful_timeout": 2}}
+                  "active_response": {"name": "block-ip", "executable": "enforcer-firewall-drop", "type": "stateful", "stateful_timeout": 2}}
     });
     let mut enable = execd.message("enable", &event);
     let run = execd.add_raw(Some(enable.to_string().as_bytes()), &Answer::Execd).unwrap();
@@ -210,7 +210,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     let lab = Lab::new().unwrap();
     let mut d = Daemon::start(&lab, &[]).unwrap();
     d.stop().unwrap();
-    let home = WazuhHome::install("enforcer-drop").unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
 
     let from = home.log().len();
@@ -269,7 +269,7 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let home = WazuhHome::install("enforcer-drop").unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
     let valid = execd.message("add", &sshd_brute_force(SENDER_V4[1]));
     let without = |key: &str| {
@@ -334,7 +334,7 @@ fn a_handshake_reply_that_never_comes_cannot_hang_execd() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let home = WazuhHome::install("enforcer-drop").unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
     let line = execd.message("add", &sshd_brute_force(SENDER_V4[1])).to_string();
     let started = Instant::now();
@@ -361,7 +361,7 @@ fn hook_latency_and_throughput() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let home = WazuhHome::install("enforcer-drop").unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
     let mut times = Vec::new();
     for i in 0..200u32 {

@@ -102,6 +102,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // Triggers spooled while no daemon answered go first, before anyone is served.
         spool::drain(&state_dir, &tx, default_ttl).await;
         tracing::info!(socket = %socket.display(), "listening");
+        // A hook that timed out against a busy daemon spools too: keep draining while running.
+        let spool_tx = tx.clone();
+        let spool_state = state_dir.clone();
+        let spooler = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                spool::drain(&spool_state, &spool_tx, default_ttl).await;
+            }
+        });
         let server = tokio::spawn(control_socket::serve(listener, tx, access, socket.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -109,7 +118,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down; XDP stays attached, blocks stay in force"),
         }
         server.abort();
+        spooler.abort();
         let _ = server.await;
+        let _ = spooler.await;
         let _ = std::fs::remove_file(&socket);
         anyhow::Ok(())
     })?;

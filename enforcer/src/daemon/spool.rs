@@ -6,7 +6,8 @@
 //! place, so the daemon never reads half a file. The directory is mode 0700: what is in it is
 //! applied with the daemon's authority.
 //!
-//! The daemon drains the spool at start, after reconciling the maps with the store and before
+//! The daemon drains the spool at start (and every few seconds while it runs, for hooks that
+//! timed out against a busy daemon), after reconciling the maps with the store and before
 //! serving anyone else: each request is applied in the order it was spooled, then its file is
 //! deleted. A block's TTL counts from when it was spooled, not from when it is applied (a block
 //! spooled 50 minutes ago with a one-hour TTL gets ten minutes; one already past its end is

@@ -2,7 +2,7 @@
 //!
 //! A hook is not a second binary. The `enforcer` binary looks at the name it was started under
 //! (the basename of argv[0]): `enforcer` runs the command line; any other name, such as
-//! `firewall-drop` or `enforcer-drop` in Wazuh's `active-response/bin/`, runs the Wazuh hook.
+//! `firewall-drop` or `enforcer-firewall-drop` in Wazuh's `active-response/bin/`, runs the Wazuh hook.
 //! That way:
 //!
 //! - there is one file to install, and `enforcer install-wazuh-hook` puts a copy of the running

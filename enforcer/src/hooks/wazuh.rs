@@ -18,8 +18,9 @@
 //! check_keys key is always the canonical text, so execd deduplicates one address under one
 //! key), and zone ids, host names and prefixes are refused with the reason in the log.
 //!
-//! Every block carries its own expiry, the TTL: `--ttl` in `<extra_args>`, else
-//! [`DEFAULT_TTL`]. Wazuh's `<timeout>` decides when execd sends the delete; the TTL should be
+//! Every block carries its own expiry, the TTL: `--ttl` in `<extra_args>`, else the daemon's
+//! configured default for source `wazuh` (`[policy.sources.wazuh] default_ttl`, else the global
+//! `default_ttl`), so the policy stays in one place. Wazuh's `<timeout>` decides when execd sends the delete; the TTL should be
 //! at least that long, so the delete is what normally ends a block and the TTL only ends blocks
 //! whose delete was lost (execd killed, agent reinstalled), which firewall-drop keeps forever.
 //!
@@ -59,8 +60,6 @@ use crate::{
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The longest handshake reply accepted: execd re-serialises the whole message into it.
 pub const MAX_REPLY: usize = 2 * MAX_MESSAGE;
-/// The TTL of a block when `<extra_args>` names none.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// The source name of blocks made by this hook.
 pub const SOURCE: &str = "wazuh";
 /// The log file, relative to the Wazuh home.
@@ -287,8 +286,8 @@ pub fn parse_reply(line: &[u8]) -> Result<Verdict, InputError> {
 /// Where to reach the daemon and how long blocks last.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// The TTL of blocks.
-    pub ttl: Duration,
+    /// The TTL of blocks (`None`: the daemon's default for source `wazuh`).
+    pub ttl: Option<Duration>,
     /// The daemon's control socket.
     pub socket: PathBuf,
     /// The daemon's state directory (for the spool).
@@ -319,7 +318,7 @@ impl Defaults {
 /// `--name=value`. Anything else is an error: a typo must not silently change a block.
 pub fn parse_options(args: &[String], defaults: &Defaults) -> Result<Options, InputError> {
     let mut options = Options {
-        ttl: DEFAULT_TTL,
+        ttl: None,
         socket: defaults.socket.clone(),
         state_dir: defaults.state_dir.clone(),
     };
@@ -339,7 +338,7 @@ pub fn parse_options(args: &[String], defaults: &Defaults) -> Result<Options, In
         match name {
             "--ttl" => {
                 let v = value()?;
-                options.ttl = v.parse::<HumanDuration>().map_err(|e| bad(e.to_string()))?.0;
+                options.ttl = Some(v.parse::<HumanDuration>().map_err(|e| bad(e.to_string()))?.0);
             }
             "--socket" => options.socket = value()?.into(),
             "--state-dir" => options.state_dir = value()?.into(),
@@ -572,7 +571,7 @@ impl Hook {
                 };
                 let request = Request::Block(BlockRequest {
                     target,
-                    ttl_secs: Some(options.ttl.as_secs()),
+                    ttl_secs: options.ttl.map(|t| t.as_secs()),
                     permanent: false,
                     source: source(),
                     reason: reason_from_alert(&message.alert),
@@ -873,10 +872,10 @@ mod tests {
         };
         let args = |a: &[&str]| parse_options(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &d);
         let o = args(&[]).unwrap();
-        assert_eq!((o.ttl, o.socket.to_str(), o.state_dir.to_str()), (DEFAULT_TTL, Some("/run/s"), Some("/var/lib/e")));
+        assert_eq!((o.ttl, o.socket.to_str(), o.state_dir.to_str()), (None, Some("/run/s"), Some("/var/lib/e")));
         let o = args(&["--ttl", "1h", "", "--socket=/tmp/x.sock", "--state-dir", "/tmp/st"]).unwrap();
-        assert_eq!((o.ttl.as_secs(), o.socket.to_str(), o.state_dir.to_str()), (3600, Some("/tmp/x.sock"), Some("/tmp/st")));
-        assert_eq!(args(&["--ttl=90"]).unwrap().ttl.as_secs(), 90);
+        assert_eq!((o.ttl.map(|t| t.as_secs()), o.socket.to_str(), o.state_dir.to_str()), (Some(3600), Some("/tmp/x.sock"), Some("/tmp/st")));
+        assert_eq!(args(&["--ttl=90"]).unwrap().ttl.map(|t| t.as_secs()), Some(90));
         for bad in [&["--ttl"][..], &["--ttl", "1 hour"], &["--ttl=0"], &["--tll", "1h"], &["1h"], &["--socket="]] {
             assert!(matches!(args(bad), Err(InputError::BadOptions(_))), "{bad:?}");
         }
@@ -903,12 +902,12 @@ mod tests {
 
     #[test]
     fn log_lines_have_wazuhs_prefix() {
-        let log = ArLog::new(Path::new("/nonexistent"), "enforcer-drop");
+        let log = ArLog::new(Path::new("/nonexistent"), "enforcer-firewall-drop");
         assert_eq!(log.path(), None);
         let line = log.line(SystemTime::now(), "two\nlines");
         let (stamp, rest) = line.split_at(19);
         let shape: String = stamp.chars().map(|c| if c.is_ascii_digit() { 'd' } else { c }).collect();
         assert_eq!(shape, "dddd/dd/dd dd:dd:dd");
-        assert_eq!(rest, " active-response/bin/enforcer-drop: two lines\n");
+        assert_eq!(rest, " active-response/bin/enforcer-firewall-drop: two lines\n");
     }
 }

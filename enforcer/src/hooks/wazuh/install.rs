@@ -23,11 +23,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::DEFAULT_TTL;
-use crate::duration::format_secs;
 
 /// The default program name: beside Wazuh's own firewall-drop, not in its place.
-pub const DEFAULT_NAME: &str = "enforcer-drop";
+pub const DEFAULT_NAME: &str = "enforcer-firewall-drop";
 
 /// The default Wazuh home.
 pub const DEFAULT_WAZUH_HOME: &str = "/var/ossec";
@@ -181,7 +179,8 @@ pub fn ossec_snippet(name: &str, socket: Option<&Path>) -> String {
   <name>{name}</name>
   <executable>{name}</executable>
   <timeout_allowed>yes</timeout_allowed>
-  <!-- The block's own expiry (default {default}). Keep it at least as long as the longest
+  <!-- The block's own expiry (without it: the daemon's default for source wazuh). Keep it at
+       least as long as the longest
        <timeout> below (and any <repeated_offenders> step): Wazuh's delete ends the block on
        time; this TTL ends it if that delete is ever lost. -->
   <extra_args>{extra_args}</extra_args>
@@ -193,8 +192,7 @@ pub fn ossec_snippet(name: &str, socket: Option<&Path>) -> String {
   <rules_id>5712,5763</rules_id>
   <timeout>600</timeout>
 </active-response>
-",
-        default = format_secs(DEFAULT_TTL.as_secs()),
+"
     )
 }
 
@@ -204,7 +202,7 @@ mod tests {
 
     #[test]
     fn names_execd_can_run_and_that_do_not_start_the_cli() {
-        for ok in ["enforcer-drop", "firewall-drop", "enforcer_firewall-drop.v2"] {
+        for ok in ["enforcer-firewall-drop", "firewall-drop", "enforcer_firewall-drop.v2"] {
             assert!(valid_name(ok), "{ok}");
         }
         for bad in ["", "enforcer", "a/b", "..", "drop me", &"x".repeat(65)] {
@@ -220,16 +218,16 @@ mod tests {
             name: name.to_owned(),
             force,
         };
-        assert!(matches!(install(&opts("enforcer-drop", false)), Err(InstallError::NoWazuh(_))));
+        assert!(matches!(install(&opts("enforcer-firewall-drop", false)), Err(InstallError::NoWazuh(_))));
         let bin = home.path().join("active-response/bin");
         fs::create_dir_all(&bin).unwrap();
         // The test binary contains MARKER too (this module is linked into it), like `enforcer`.
-        let first = install(&opts("enforcer-drop", false)).unwrap();
+        let first = install(&opts("enforcer-firewall-drop", false)).unwrap();
         assert_eq!(first.replaced, None);
         let meta = fs::metadata(&first.path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
         assert_eq!(fs::read(&first.path).unwrap(), fs::read(&first.from).unwrap());
-        assert_eq!(install(&opts("enforcer-drop", false)).unwrap().replaced, Some(Replaced::Enforcer));
+        assert_eq!(install(&opts("enforcer-firewall-drop", false)).unwrap().replaced, Some(Replaced::Enforcer));
 
         fs::write(bin.join("firewall-drop"), b"#!/bin/sh\niptables ...\n").unwrap();
         assert!(matches!(install(&opts("firewall-drop", false)), Err(InstallError::NotOurs(_))));
@@ -240,8 +238,8 @@ mod tests {
 
     #[test]
     fn the_snippet_keeps_the_ttl_above_the_timeout() {
-        let s = ossec_snippet("enforcer-drop", Some(Path::new("/run/e.sock")));
-        assert!(s.contains("<executable>enforcer-drop</executable>"));
+        let s = ossec_snippet("enforcer-firewall-drop", Some(Path::new("/run/e.sock")));
+        assert!(s.contains("<executable>enforcer-firewall-drop</executable>"));
         assert!(s.contains("<extra_args>--ttl 1h --socket /run/e.sock</extra_args>"));
         assert!(s.contains("<timeout>600</timeout>"));
         assert!(s.contains("<timeout_allowed>yes</timeout_allowed>"));
