@@ -340,3 +340,10 @@ fn the_socket_group_may_use_the_cli_and_others_may_not() {
     assert_eq!(outsider.status.code(), Some(4), "{}", String::from_utf8_lossy(&outsider.stderr));
     assert!(String::from_utf8_lossy(&outsider.stderr).contains("permission denied"));
 }
+
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.toml");
+    let out = cli(Path::new("/nonexistent"), &["daemon", "--config", example.to_str().unwrap(), "--check-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
