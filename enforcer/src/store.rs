@@ -65,6 +65,9 @@ pub enum StoreOp {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// A commit failed (disk full, I/O error): redb refuses further writes on this handle, so
+    /// the next commit reopens the database first, and the daemon recovers without a restart.
+    poisoned: bool,
 }
 
 impl Store {
@@ -74,9 +77,10 @@ impl Store {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let store = Self {
+        let mut store = Self {
             db,
             path: path.to_owned(),
+            poisoned: false,
         };
         // Create the table so that reads of an empty store work.
         store.commit(&[])?;
@@ -95,8 +99,27 @@ impl Store {
         }
     }
 
-    /// Applies `ops` in one durable transaction (fsynced before this returns).
-    pub fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+    /// Applies `ops` in one durable transaction (fsynced before this returns). Either all of
+    /// them are durable, or none.
+    pub fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.poisoned {
+            // Drop the old handle first: redb locks the file.
+            let placeholder = Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(|e| self.db_err(e))?;
+            drop(std::mem::replace(&mut self.db, placeholder));
+            self.db = Database::create(&self.path).map_err(|e| self.db_err(e))?;
+            self.poisoned = false;
+            tracing::info!(path = %self.path.display(), "reopened the block store after an earlier failure");
+        }
+        let result = self.commit_inner(ops);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn commit_inner(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = txn.open_table(BLOCKS).map_err(|e| self.db_err(e))?;
@@ -222,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blocks.redb");
         {
-            let store = Store::open(&path).unwrap();
+            let mut store = Store::open(&path).unwrap();
             store
                 .commit(&[
                     StoreOp::Put(record("192.0.2.1", "cli", Some(10))),

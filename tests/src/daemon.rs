@@ -38,9 +38,19 @@ impl Daemon {
     /// Starts a daemon protecting the lab's receiver interface.
     pub fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
+        // A test may choose the state directory (`--state-dir DIR` among the extra flags).
+        let state_dir = extra
+            .iter()
+            .position(|a| *a == "--state-dir")
+            .and_then(|i| extra.get(i + 1))
+            .map_or_else(|| tmp.path().join("state"), PathBuf::from);
+        let extra: Vec<&str> = match extra.iter().position(|a| *a == "--state-dir") {
+            Some(i) => extra.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect(),
+            None => extra.to_vec(),
+        };
         let mut d = Self {
             child: None,
-            state_dir: tmp.path().join("state"),
+            state_dir,
             socket: tmp.path().join("enforcer.sock"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             bpffs: lab.pins.path().to_owned(),

@@ -347,3 +347,37 @@ fn the_shipped_example_configuration_is_valid() {
     let out = cli(Path::new("/nonexistent"), &["daemon", "--config", example.to_str().unwrap(), "--check-config"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_store_that_cannot_write_refuses_the_block_and_changes_nothing() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    // A state directory on a tiny tmpfs that we then fill up.
+    let mnt = tempfile::tempdir().unwrap();
+    enforcer_tests::run("mount", &["-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt.path().to_str().unwrap()]).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_owned());
+    let state = mnt.path().join("state");
+    let d = Daemon::start(&lab, &["--state-dir", state.to_str().unwrap()]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1]]));
+    // Fill the filesystem.
+    let filler = mnt.path().join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
+        .output()
+        .unwrap();
+    let out = d.cli(&["block", SENDER_V4[2], "--reason", &"x".repeat(1000)]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the block store failed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "nothing was written to the kernel");
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1);
+    // Room again: the same request succeeds.
+    std::fs::remove_file(&filler).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[2]]));
+    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0);
+}

@@ -76,6 +76,10 @@ pub struct EngineConfig {
 struct Round {
     ops: Vec<StoreOp>,
     before: BTreeMap<Target, Option<TargetBlocks>>,
+    /// The pending list before its first change in this round.
+    pending_before: Option<BTreeMap<u64, PendingBlock>>,
+    /// Offense histories before their first change in this round.
+    offenses_before: BTreeMap<Target, Option<Vec<UnixMillis>>>,
 }
 
 impl Round {
@@ -83,12 +87,15 @@ impl Round {
         Self {
             ops: Vec::new(),
             before: BTreeMap::new(),
+            pending_before: None,
+            offenses_before: BTreeMap::new(),
         }
     }
 }
 
-/// Reply to send once the round is durable, or the error if it failed before that.
-type Pending = (oneshot::Sender<Response>, Response, Vec<Target>);
+/// A reply to send once the round is durable: (channel, response, targets touched, whether
+/// the request wrote anything in this round, so that a failed commit turns it into an error).
+type Pending = (oneshot::Sender<Response>, Response, Vec<Target>, bool);
 
 impl Engine {
     /// Builds the engine from the store, reconciling the kernel maps with it.
@@ -318,58 +325,59 @@ impl Engine {
                         Ok((r, t)) => (Response::ok(Reply::Block(r)), vec![t]),
                         Err(e) => (e, vec![]),
                     };
-                    pending.push((reply, resp.0, resp.1));
+                    pending.push((reply, resp.0, resp.1, true));
                 }
                 Request::BlockBatch(b) => {
                     let (resp, touched) = self.block_batch(&mut round, b);
-                    pending.push((reply, resp, touched));
+                    pending.push((reply, resp, touched, true));
                 }
                 Request::Unblock { target, source, all } => {
                     let resp = match self.unblock(&mut round, target, source, all) {
                         Ok(r) => (r, vec![target]),
                         Err(e) => (e, vec![]),
                     };
-                    pending.push((reply, resp.0, resp.1));
+                    pending.push((reply, resp.0, resp.1, true));
                 }
                 Request::Promote { target, source } => {
                     let (resp, touched) = self.promote(&mut round, target, source);
-                    pending.push((reply, resp, touched));
+                    pending.push((reply, resp, touched, true));
                 }
                 Request::Approve { id } => {
                     let resp = match self.approve(&mut round, id) {
                         Ok((r, t)) => (Response::ok(Reply::Block(r)), vec![t]),
                         Err(e) => (e, vec![]),
                     };
-                    pending.push((reply, resp.0, resp.1));
+                    pending.push((reply, resp.0, resp.1, true));
                 }
                 Request::Reject { id } => {
                     let resp = self.reject(&mut round, id);
-                    pending.push((reply, resp, vec![]));
+                    pending.push((reply, resp, vec![], true));
                 }
+                // These commit on their own, at once (rare, and not part of a round's batch).
                 Request::AllowAdd { target, comment } => {
                     let resp = self.allow_add(target, comment);
-                    pending.push((reply, resp, vec![]));
+                    pending.push((reply, resp, vec![], false));
                 }
                 Request::AllowRemove { target } => {
                     let resp = self.allow_remove(target);
-                    pending.push((reply, resp, vec![]));
+                    pending.push((reply, resp, vec![], false));
                 }
                 Request::RefreshHost => {
                     self.refresh_host();
-                    pending.push((reply, Response::ok(Reply::Refreshed), vec![]));
+                    pending.push((reply, Response::ok(Reply::Refreshed), vec![], false));
                 }
                 Request::BreakerReset { source } => {
                     let reset = self.policy.reset_breakers(source.as_ref());
                     for s in &reset {
                         tracing::info!(source = %s, "breaker reset by the operator");
                     }
-                    pending.push((reply, Response::ok(Reply::BreakerReset { reset }), vec![]));
+                    pending.push((reply, Response::ok(Reply::BreakerReset { reset }), vec![], false));
                 }
                 read => {
                     // Reads see every write before them in this round once it is committed;
                     // answer them after the commit, in order.
                     let resp = self.read(read);
-                    pending.push((reply, resp, vec![]));
+                    pending.push((reply, resp, vec![], false));
                 }
             }
         }
@@ -380,8 +388,17 @@ impl Engine {
             for (target, before) in std::mem::take(&mut round.before) {
                 self.restore(target, before);
             }
-            for (reply, resp, touched) in pending {
-                let resp = if touched.is_empty() {
+            if let Some(before) = round.pending_before.take() {
+                self.pending = before;
+            }
+            for (target, before) in std::mem::take(&mut round.offenses_before) {
+                match before {
+                    Some(times) => self.offenses.insert(target, times),
+                    None => self.offenses.remove(&target),
+                };
+            }
+            for (reply, resp, _, wrote) in pending {
+                let resp = if !wrote || matches!(resp, Response::Err { .. }) {
                     resp
                 } else {
                     Response::err(ErrorCode::Internal, format!("the block store failed: {e}; nothing was changed"))
@@ -404,7 +421,7 @@ impl Engine {
             }
         }
         self.audit.flush();
-        for (reply, resp, touched) in pending {
+        for (reply, resp, touched, _) in pending {
             let resp = match touched.iter().find_map(|t| failed.get(t)) {
                 Some(e) => Response::err(
                     ErrorCode::Internal,
@@ -501,6 +518,7 @@ impl Engine {
                     created_ms: now,
                     expires_ms: now + self.policy.pending_ttl().as_millis() as u64,
                 };
+                round.pending_before.get_or_insert_with(|| self.pending.clone());
                 round.ops.push(StoreOp::PutPending(id, serde_json::to_value(&p).expect("serialisable")));
                 let mut e = Event::new(Action::Pending, &target);
                 e.source = Some(&req.source);
@@ -617,6 +635,10 @@ impl Engine {
     fn record_offense(&mut self, round: &mut Round, target: &Target, now: UnixMillis) {
         let Some(window) = self.policy.offense_window() else { return };
         let since = now.saturating_sub(window.as_millis() as u64);
+        round
+            .offenses_before
+            .entry(*target)
+            .or_insert_with(|| self.offenses.get(target).cloned());
         let times = self.offenses.entry(*target).or_default();
         times.retain(|&t| t >= since);
         times.push(now);
@@ -667,6 +689,7 @@ impl Engine {
 
     #[expect(clippy::result_large_err, reason = "a refusal is answered at once, never propagated far; boxing would add an allocation per refusal")]
     fn approve(&mut self, round: &mut Round, id: u64) -> Result<(BlockReply, Target), Response> {
+        round.pending_before.get_or_insert_with(|| self.pending.clone());
         let Some(p) = self.pending.remove(&id) else {
             return Err(Response::err(ErrorCode::NotFound, format!("no pending block with id {id} (see `enforcer pending`)")));
         };
@@ -685,6 +708,7 @@ impl Engine {
     }
 
     fn reject(&mut self, round: &mut Round, id: u64) -> Response {
+        round.pending_before.get_or_insert_with(|| self.pending.clone());
         let Some(p) = self.pending.remove(&id) else {
             return Response::err(ErrorCode::NotFound, format!("no pending block with id {id} (see `enforcer pending`)"));
         };
