@@ -184,6 +184,7 @@ impl InsertRun {
 /// Everything section 1 measured.
 #[derive(Debug, Serialize)]
 pub struct Results {
+    pub settings: Settings,
     /// Median of every floor measurement: the reference line.
     pub floor_median_ns: f64,
     /// Every packet path at every fill, with counters on.
@@ -210,6 +211,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
         .flat_map(|c| c.floor_ns.iter().copied())
         .collect();
     Ok(Results {
+        settings: *settings,
         floor_median_ns: median(&mut floors),
         cases,
         counters,
@@ -540,6 +542,13 @@ impl Fixtures {
         maps.remove_allow(&self.allow)?;
         Ok(())
     }
+}
+
+/// `n` background entries of one family and fill, as the data path cases use (section 5
+/// measures what they cost in kernel memory).
+pub fn background(family: Family, fill: Fill, n: usize) -> Vec<Target> {
+    let fixtures = Fixtures::of(family);
+    Background::new(family, fill, &fixtures).take(n)
 }
 
 /// Random but repeatable background entries, all distinct, none touching a probe:

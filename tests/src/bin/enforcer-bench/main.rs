@@ -1,27 +1,55 @@
-//! `enforcer-bench`: measures the enforcer and writes the results (run it with
-//! `cargo xtask bench [--quick]`).
+//! `enforcer-bench`: measures the enforcer against its peers and writes the results (run it
+//! with `cargo xtask bench [--quick]`).
 //!
-//! Section 1 ([`datapath`]) times the XDP program per packet with `BPF_PROG_TEST_RUN`.
-//! [`report`] writes `results.json`, `results.md` and `datapath.svg`, and the Markdown is printed.
-//! Progress goes to stderr, so stdout is only the table.
+//! 1. [`datapath`]: the XDP program's cost per packet (`BPF_PROG_TEST_RUN`).
+//! 2. [`traffic`]: real traffic between two namespaces through the enforcer, iptables, ipset
+//!    and nftables.
+//! 3. [`control`]: how fast blocks get into force: per-process triggers, batch import, latency.
+//! 4. [`expiry`]: how late blocks end, against a once-a-second userspace timer.
+//! 5. [`memory`]: kernel and daemon memory per block, and the reaper's cost.
+//!
+//! [`report`] writes `results.json`, `results.md` and one SVG per section, and the Markdown is
+//! printed. Progress goes to stderr, so stdout is only the report. Everything the run creates
+//! (namespaces, pins, firewall rules inside the namespaces, daemons) is removed when it ends,
+//! pass or fail.
 
+mod control;
 mod datapath;
+mod expiry;
+mod firewall;
+mod hook;
+mod memory;
 mod report;
+mod stats;
+mod traffic;
+mod wire;
 
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{Result, ensure};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 #[derive(Parser)]
-#[command(about = "Benchmark the enforcer's data path and write the results")]
+#[command(about = "Benchmark the enforcer against its peers and write the results")]
 struct Args {
-    /// A smoke run: fewer and shorter rounds, no map larger than 100k entries (under a minute).
+    /// A smoke run: fewer and shorter rounds, nothing above 10k–100k entries (under 3 minutes).
     #[arg(long)]
     quick: bool,
-    /// Where to write results.json, results.md and datapath.svg [default: <repo>/bench-results/latest].
+    /// Run only these sections (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Where to write results.json, results.md and the charts [default: <repo>/bench-results/latest].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Section {
+    Datapath,
+    Traffic,
+    Control,
+    Expiry,
+    Memory,
 }
 
 fn main() -> Result<()> {
@@ -29,7 +57,8 @@ fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
-        "the benchmark loads XDP programs and pins maps: run it as root (`cargo xtask bench`)"
+        "the benchmark loads XDP programs, creates namespaces and pins maps: run it as root \
+         (`cargo xtask bench`)"
     );
     // The tests crate sits one level below the repository root.
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,23 +68,80 @@ fn main() -> Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| repo.join("bench-results/latest"));
-    let settings = if args.quick {
-        datapath::Settings::QUICK
-    } else {
-        datapath::Settings::FULL
-    };
+    let runs = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let q = args.quick;
 
     let started = Instant::now();
-    let machine = report::Machine::detect(&repo);
-    let datapath = datapath::run(&settings)?;
-    let report = report::Report {
-        machine,
-        settings,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        datapath,
+    let mut report = report::Report {
+        machine: report::Machine::detect(&repo),
+        quick: q,
+        elapsed_seconds: 0.0,
+        section_seconds: Vec::new(),
+        targets: Vec::new(),
+        datapath: None,
+        traffic: None,
+        control: None,
+        expiry: None,
+        memory: None,
     };
+    let times = &mut report.section_seconds;
+    if runs(Section::Datapath) {
+        let s = if q {
+            datapath::Settings::QUICK
+        } else {
+            datapath::Settings::FULL
+        };
+        report.datapath = Some(timed(times, "data path", || datapath::run(&s))?);
+    }
+    if runs(Section::Traffic) {
+        let s = if q {
+            traffic::Settings::QUICK
+        } else {
+            traffic::Settings::FULL
+        };
+        report.traffic = Some(timed(times, "traffic", || traffic::run(&s))?);
+    }
+    if runs(Section::Control) {
+        let s = if q {
+            control::Settings::QUICK
+        } else {
+            control::Settings::FULL
+        };
+        report.control = Some(timed(times, "control plane", || control::run(&s))?);
+    }
+    if runs(Section::Expiry) {
+        let s = if q {
+            expiry::Settings::QUICK
+        } else {
+            expiry::Settings::FULL
+        };
+        report.expiry = Some(timed(times, "expiry", || expiry::run(&s))?);
+    }
+    if runs(Section::Memory) {
+        let s = if q {
+            memory::Settings::QUICK
+        } else {
+            memory::Settings::FULL
+        };
+        report.memory = Some(timed(times, "memory", || memory::run(&s))?);
+    }
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    report.judge();
     let markdown = report::write(&out, &report)?;
     print!("{markdown}");
     eprintln!("results in {}", out.display());
     Ok(())
+}
+
+/// Runs one section, noting how long it took.
+fn timed<T>(
+    times: &mut Vec<(String, f64)>,
+    name: &str,
+    section: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    eprintln!("== {name}");
+    let started = Instant::now();
+    let results = section()?;
+    times.push((name.to_owned(), started.elapsed().as_secs_f64()));
+    Ok(results)
 }

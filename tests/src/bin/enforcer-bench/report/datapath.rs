@@ -1,106 +1,12 @@
-//! Writing the results: `results.json` for scripts, `results.md` for people, `datapath.svg` for
-//! the README.
-//!
-//! Absolute nanoseconds depend on the machine, so every one is printed next to its baseline (the
-//! floor measured in the same rounds) and with the ratios that carry over to other machines.
+//! Section 1 in the report: the data path's cost per packet, and its chart.
 
-use std::{fmt::Write as _, fs, path::Path, process::Command};
+use std::fmt::Write as _;
 
-use anyhow::{Context as _, Result};
-use serde::Serialize;
-
+use super::{count, ns, thousands};
 use crate::datapath::{self, Case, Fill, Packet};
 
-/// Where the numbers were taken.
-#[derive(Debug, Serialize)]
-pub struct Machine {
-    /// `uname -r`.
-    pub kernel: String,
-    pub cpu_model: String,
-    pub cpus: usize,
-    /// UTC, RFC 3339.
-    pub date: String,
-    /// `git describe --always --dirty` of the tree that was built, when known.
-    pub commit: Option<String>,
-}
-
-impl Machine {
-    pub fn detect(repo: &Path) -> Self {
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown".to_owned());
-        Self {
-            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".to_owned()),
-            cpu_model,
-            cpus: std::thread::available_parallelism().map_or(1, usize::from),
-            date: output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
-                .unwrap_or_default(),
-            commit: output(
-                Command::new("git")
-                    .args(["describe", "--always", "--dirty"])
-                    .current_dir(repo),
-            ),
-        }
-    }
-}
-
-fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok().filter(|o| o.status.success())?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Everything one run produced.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub machine: Machine,
-    pub settings: datapath::Settings,
-    pub elapsed_seconds: f64,
-    pub datapath: datapath::Results,
-}
-
-/// Writes results.json, results.md and datapath.svg into `dir`; returns the Markdown.
-pub fn write(dir: &Path, report: &Report) -> Result<String> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let markdown = markdown(report);
-    let files = [
-        ("results.json", serde_json::to_string_pretty(report)? + "\n"),
-        ("results.md", markdown.clone()),
-        ("datapath.svg", svg(&report.datapath)),
-    ];
-    for (name, text) in files {
-        let path = dir.join(name);
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(markdown)
-}
-
-fn markdown(r: &Report) -> String {
-    let m = &r.machine;
-    let s = &r.settings;
-    let d = &r.datapath;
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(w, "# enforcer benchmarks\n");
-    let _ = writeln!(
-        w,
-        "{} ({} CPUs), kernel {}, {}, commit {}. {} rounds of {} runs per case; the whole run took {:.0} s.\n",
-        m.cpu_model,
-        m.cpus,
-        m.kernel,
-        m.date,
-        m.commit.as_deref().unwrap_or("unknown"),
-        s.rounds,
-        thousands(s.repeat as usize),
-        r.elapsed_seconds
-    );
+pub fn markdown(w: &mut String, d: &datapath::Results) {
+    let s = &d.settings;
     let _ = writeln!(w, "## 1. Data path cost per packet (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         w,
@@ -108,8 +14,10 @@ fn markdown(r: &Report) -> String {
          (median of all rounds). Each case is timed right after the floor on the same frame; \
          **× floor** is the median over rounds of that pair's ratio, **× empty** divides it by the \
          same packet's ratio with no blocks loaded. ns are the kernel's whole-nanosecond means; \
-         min–max spans the rounds.\n",
-        ns(d.floor_median_ns)
+         min–max spans the rounds. {} rounds of {} runs per case.\n",
+        ns(d.floor_median_ns),
+        s.rounds,
+        thousands(s.repeat as usize)
     );
     let _ = writeln!(
         w,
@@ -185,7 +93,6 @@ fn markdown(r: &Report) -> String {
             thousands((1e6 / i.micros_each()) as usize),
         );
     }
-    out
 }
 
 fn blocks(c: &Case) -> String {
@@ -205,44 +112,12 @@ fn packet(p: Packet) -> &'static str {
     }
 }
 
-/// Whole nanoseconds stay whole; medians of an even number of rounds get one decimal.
-fn ns(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// 1000 → 1k, 1000000 → 1M.
-fn count(n: usize) -> String {
-    match n {
-        0 => "0".to_owned(),
-        n if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
-        n if n % 1_000 == 0 => format!("{}k", n / 1_000),
-        n => n.to_string(),
-    }
-}
-
-/// 1234567 → 1,234,567.
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
 /// A horizontal bar per case (median, with a min–max whisker), coloured by packet, and the
 /// floor as a dashed line, so the program's cost reads as the distance past the floor.
 ///
 /// The axis ends a little past the 90th percentile, so that one pathological case does not
 /// squash the rest; bars beyond it are cut at the edge and marked with `»`.
-fn svg(d: &datapath::Results) -> String {
+pub fn svg(d: &datapath::Results) -> String {
     const ROW: f64 = 18.0;
     const LABEL: f64 = 330.0;
     const PLOT: f64 = 520.0;

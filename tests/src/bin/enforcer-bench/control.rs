@@ -1,0 +1,446 @@
+//! Section 3, control plane: how fast blocks get into force.
+//!
+//! - **Triggers, one process each**, as the tools that call them work: Wazuh's firewall-drop
+//!   runs `iptables -w -I INPUT -s X -j DROP`, fail2ban's nftables action runs
+//!   `nft add element`, and the enforcer is asked with its CLI (`enforcer block X --ttl 1h`) or
+//!   with its Wazuh hook, spawned exactly as wazuh-execd spawns active-response programs. Each
+//!   is timed from spawn to exit over N blocks in a row, and the first and last tenth of the run
+//!   show whether the cost grows with the number of blocks. The floor is spawning `/bin/true`.
+//! - **Batch import** (`enforcer import FILE`) of 100k and 1M targets: blocks per second, from
+//!   spawn to exit, parsing included.
+//! - **CLI call to kernel entry**: from spawning `enforcer block` to the entry being readable in
+//!   the pinned kernel map.
+//! - **Trigger to drop**, on traffic: a source sends a probe every ~0.2 ms; the time from
+//!   spawning `enforcer block` to the send time of the last probe that still got through.
+//!
+//! The daemon acknowledges a block only once it is in its store (fsynced) and in the kernel map,
+//! so every enforcer figure includes an fsync; the report says what file system that hits.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use enforcer::{
+    Target,
+    datapath::{BlockMaps, PinLayout},
+};
+use enforcer_tests::{
+    Lab, Netns,
+    daemon::{Daemon, enforcer_bin},
+};
+use serde::Serialize;
+
+use crate::{
+    firewall::{self, FlushInput, Iptables, NsExec},
+    hook,
+    stats::Summary,
+    wire::{Probes, Wait, Wire, add_sources, now_ns},
+};
+
+/// How many of everything.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Settings {
+    /// Blocks per per-process trigger.
+    pub triggers: usize,
+    /// Sizes of the batch imports.
+    pub imports: &'static [usize],
+    /// CLI calls timed to the kernel entry.
+    pub latency_calls: usize,
+    /// Blocks timed on traffic.
+    pub drop_trials: usize,
+}
+
+impl Settings {
+    pub const FULL: Self = Self {
+        triggers: 10_000,
+        imports: &[100_000, 1_000_000],
+        latency_calls: 200,
+        drop_trials: 50,
+    };
+    pub const QUICK: Self = Self {
+        triggers: 1_000,
+        imports: &[10_000],
+        latency_calls: 100,
+        drop_trials: 20,
+    };
+}
+
+/// Who asks for a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// `/bin/true`: what spawning a process costs, the floor of every per-process trigger.
+    SpawnFloor,
+    /// `iptables -w -I INPUT -s X -j DROP` (Wazuh's firewall-drop).
+    Iptables,
+    /// `nft add element inet T S { X timeout 1h }` (fail2ban's nftables action).
+    NftAddElement,
+    /// `enforcer block X --ttl 1h`.
+    EnforcerCli,
+    /// The enforcer's Wazuh hook, as execd runs it (stdin message, check_keys handshake).
+    WazuhHook,
+}
+
+impl Trigger {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SpawnFloor => "spawn /bin/true (floor)",
+            Self::Iptables => "iptables -w -I INPUT -s X -j DROP",
+            Self::NftAddElement => "nft add element … timeout 1h",
+            Self::EnforcerCli => "enforcer block X --ttl 1h",
+            Self::WazuhHook => "enforcer Wazuh hook (execd protocol)",
+        }
+    }
+}
+
+/// N blocks, one process each.
+#[derive(Debug, Serialize)]
+pub struct TriggerRun {
+    pub trigger: Trigger,
+    pub blocks: usize,
+    pub seconds: f64,
+    /// Mean milliseconds per block in each tenth of the run, in order.
+    pub tenths_ms: Vec<f64>,
+    /// Seconds for the first 1,000 blocks, when the run had that many.
+    pub first_1k_seconds: Option<f64>,
+}
+
+impl TriggerRun {
+    pub fn ms_each(&self) -> f64 {
+        self.seconds * 1e3 / self.blocks as f64
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.blocks as f64 / self.seconds
+    }
+}
+
+/// One `enforcer import`.
+#[derive(Debug, Serialize)]
+pub struct ImportRun {
+    pub blocks: usize,
+    pub seconds: f64,
+}
+
+impl ImportRun {
+    pub fn per_second(&self) -> f64 {
+        self.blocks as f64 / self.seconds
+    }
+}
+
+/// Everything section 3 measured (times in milliseconds unless named otherwise).
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub settings: Settings,
+    pub iptables: Iptables,
+    /// The file system under the daemon's store (where its fsyncs go).
+    pub store_fs: String,
+    pub triggers: Vec<TriggerRun>,
+    /// Why the Wazuh hook was not measured, if it was not.
+    pub wazuh_skipped: Option<String>,
+    pub imports: Vec<ImportRun>,
+    /// Spawning `enforcer block` → the entry is in the kernel map.
+    pub cli_to_kernel: Summary,
+    /// Spawning `enforcer block` → the CLI exits (the daemon has acknowledged).
+    pub cli_exit: Summary,
+    /// Spawning `enforcer block` → the last probe that got through was sent.
+    pub trigger_to_drop: Summary,
+    /// The probes' mean interval: the resolution of `trigger_to_drop`.
+    pub probe_interval_ms: f64,
+}
+
+pub fn run(settings: &Settings) -> Result<Results> {
+    let iptables = Iptables::detect()?;
+    let n = settings.triggers;
+    let targets = firewall::filler(n);
+    let mut triggers = vec![
+        per_process(Trigger::SpawnFloor, n.min(1_000), |_| {
+            check(Command::new("true").output()?)
+        })?,
+        iptables_inserts(&iptables, &targets)?,
+        nft_add_elements(&targets)?,
+    ];
+    let (cli, store_fs) = cli_blocks(&targets)?;
+    triggers.push(cli);
+    let wazuh_skipped = match wazuh_hook(&targets)? {
+        Ok(run) => {
+            triggers.push(run);
+            None
+        }
+        Err(why) => Some(why),
+    };
+
+    let mut imports = Vec::new();
+    for &size in settings.imports {
+        eprintln!("control: enforcer import of {size} targets");
+        imports.push(import(size)?);
+    }
+
+    eprintln!("control: latencies");
+    let lab = Lab::new()?;
+    let d = Daemon::start(&lab, &[])?;
+    let (cli_to_kernel, cli_exit) = cli_to_kernel(&lab, &d, settings.latency_calls)?;
+    let (trigger_to_drop, probe_interval_ms) = trigger_to_drop(&lab, &d, settings.drop_trials)?;
+
+    Ok(Results {
+        settings: *settings,
+        iptables,
+        store_fs,
+        triggers,
+        wazuh_skipped,
+        imports,
+        cli_to_kernel,
+        cli_exit,
+        trigger_to_drop,
+        probe_interval_ms,
+    })
+}
+
+/// `iptables -w -I INPUT -s X -j DROP` per block, in a namespace of its own.
+fn iptables_inserts(iptables: &Iptables, targets: &[Ipv4Addr]) -> Result<TriggerRun> {
+    let ns = Netns::new("enfc")?;
+    let exec = NsExec::new(&ns)?;
+    let _flush = FlushInput {
+        exec: &exec,
+        ipt: iptables,
+    };
+    per_process(Trigger::Iptables, targets.len(), |i| {
+        let a = targets[i].to_string();
+        check(
+            exec.command(&iptables.command)
+                .args(["-w", "-I", "INPUT", "-s", &a, "-j", "DROP"])
+                .output()?,
+        )
+    })
+}
+
+/// `nft add element` per block into a set with timeouts, in a namespace of its own.
+fn nft_add_elements(targets: &[Ipv4Addr]) -> Result<TriggerRun> {
+    let ns = Netns::new("enfc")?;
+    let exec = NsExec::new(&ns)?;
+    let _table = firewall::nft_empty_set(&exec)?;
+    per_process(Trigger::NftAddElement, targets.len(), |i| {
+        check(
+            exec.command("nft")
+                .args(firewall::nft_add_element_args(targets[i]))
+                .output()?,
+        )
+    })
+}
+
+/// `enforcer block` per block against a fresh daemon. Also returns where its store lives.
+fn cli_blocks(targets: &[Ipv4Addr]) -> Result<(TriggerRun, String)> {
+    let lab = Lab::new()?;
+    let d = Daemon::start(&lab, &[])?;
+    let run = per_process(Trigger::EnforcerCli, targets.len(), |i| {
+        check(
+            cli(&d.socket)
+                .args(["block", &targets[i].to_string(), "--ttl", "1h"])
+                .output()?,
+        )
+    })?;
+    Ok((run, filesystem(&d.state_dir)))
+}
+
+/// The Wazuh hook per block against a fresh daemon, or why it could not be measured (a build
+/// without the hook).
+fn wazuh_hook(targets: &[Ipv4Addr]) -> Result<Result<TriggerRun, String>> {
+    let lab = Lab::new()?;
+    let d = Daemon::start(&lab, &[])?;
+    let hook = hook::WazuhHook::new(&d)?;
+    // One block first, to see whether this build has the hook at all.
+    if let Err(e) = hook.add(Ipv4Addr::new(198, 51, 100, 1)) {
+        eprintln!("control: the Wazuh hook is not measured: {e:#}");
+        return Ok(Err(format!("{e:#}")));
+    }
+    Ok(Ok(per_process(Trigger::WazuhHook, targets.len(), |i| {
+        hook.add(targets[i])
+    })?))
+}
+
+/// Runs `block(i)` for i in 0..n, one after the other, timing each.
+fn per_process(
+    trigger: Trigger,
+    n: usize,
+    mut block: impl FnMut(usize) -> Result<()>,
+) -> Result<TriggerRun> {
+    eprintln!("control: {n} × {}", trigger.label());
+    let mut each = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        block(i).with_context(|| format!("{} (block {i})", trigger.label()))?;
+        each.push(started.elapsed().as_secs_f64());
+    }
+    let tenth = n.div_ceil(10).max(1);
+    Ok(TriggerRun {
+        trigger,
+        blocks: n,
+        seconds: each.iter().sum(),
+        tenths_ms: each
+            .chunks(tenth)
+            .map(|c| c.iter().sum::<f64>() * 1e3 / c.len() as f64)
+            .collect(),
+        first_1k_seconds: (n >= 1_000).then(|| each[..1_000].iter().sum()),
+    })
+}
+
+pub fn check(out: std::process::Output) -> Result<()> {
+    ensure!(
+        out.status.success(),
+        "exited with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The CLI, talking to one daemon.
+pub fn cli(socket: &Path) -> Command {
+    let mut cmd = Command::new(enforcer_bin());
+    cmd.arg("--socket").arg(socket);
+    cmd
+}
+
+/// The file system and device a directory is on (where its fsyncs go), e.g. `ext4 on /dev/vda`.
+fn filesystem(dir: &Path) -> String {
+    Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,SOURCE", "--target"])
+        .arg(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" on ")
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `enforcer import` of `n` targets into a fresh daemon with room for them.
+fn import(n: usize) -> Result<ImportRun> {
+    let lab = Lab::new()?;
+    let capacity = (n + 1024).to_string();
+    let d = Daemon::start(&lab, &["--max-addresses", &capacity])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("targets.txt");
+    let mut text = String::with_capacity(n * 14);
+    for a in firewall::filler(n) {
+        text.push_str(&a.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&file, text)?;
+    let started = Instant::now();
+    let out = cli(&d.socket)
+        .arg("import")
+        .arg(&file)
+        .args(["--ttl", "1h", "--json"])
+        .output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    check(out).context("enforcer import")?;
+    Ok(ImportRun { blocks: n, seconds })
+}
+
+/// The pinned maps of a lab's daemon, read-only.
+pub fn pinned_maps(lab: &Lab) -> Result<BlockMaps> {
+    Ok(BlockMaps::open_pinned(
+        &PinLayout::new(lab.pins.path()).maps_dir(),
+    )?)
+}
+
+/// Spawns `enforcer block` `calls` times and polls the pinned map until the entry is there.
+/// Returns (spawn → entry visible, spawn → CLI exit).
+fn cli_to_kernel(lab: &Lab, d: &Daemon, calls: usize) -> Result<(Summary, Summary)> {
+    let maps = pinned_maps(lab)?;
+    let (mut visible, mut exited) = (Vec::new(), Vec::new());
+    for i in 0..calls {
+        let addr = Ipv4Addr::from(0x0ac8_0000 + i as u32); // 10.200.0.0/16: rule contents only
+        let target = Target::new(std::net::IpAddr::V4(addr).into());
+        let started = Instant::now();
+        let child = cli(&d.socket)
+            .args(["block", &addr.to_string(), "--ttl", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = started + Duration::from_secs(10);
+        while maps.get_block(&target)?.is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "{addr} never reached the kernel map"
+            );
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        visible.push(started.elapsed().as_secs_f64() * 1e3);
+        let out = hook::wait_bounded(child, Duration::from_secs(10))?;
+        exited.push(started.elapsed().as_secs_f64() * 1e3);
+        check(out)?;
+    }
+    Ok((
+        Summary::of(&visible).expect("calls > 0"),
+        Summary::of(&exited).expect("calls > 0"),
+    ))
+}
+
+/// Probe interval for the trigger-to-drop trials.
+const PROBE_INTERVAL: Duration = Duration::from_micros(200);
+
+/// For each trial, a fresh lab source probes every 0.2 ms; `enforcer block` is spawned; the
+/// latency is the send time of the source's last probe that got through, minus the spawn time.
+/// Returns the latencies and the probes' measured mean interval.
+fn trigger_to_drop(lab: &Lab, d: &Daemon, trials: usize) -> Result<(Summary, f64)> {
+    let sources = add_sources(lab, 100..100 + trials as u8)?;
+    let wire = Wire::new(lab)?;
+    let probes = Probes::new();
+    let stop = AtomicBool::new(false);
+    let last_sent: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
+    let seen: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
+    let started = Instant::now();
+    let result = std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            wire.receiver.run(&stop, Wait::Block, |a| {
+                last_sent[usize::from(a.source)].fetch_max(a.sent_ns, Ordering::Relaxed);
+                seen[usize::from(a.source)].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        let sender = s.spawn(|| probes.run(&wire, PROBE_INTERVAL));
+        let trials = (|| -> Result<Vec<f64>> {
+            let mut latencies = Vec::new();
+            for src in &sources {
+                let o = usize::from(src.octets()[3]);
+                probes.set(src.octets()[3], true);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while seen[o].load(Ordering::Relaxed) < 5 {
+                    ensure!(Instant::now() < deadline, "probes from {src} do not arrive");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let t0 = now_ns();
+                let spawned = Instant::now();
+                check(
+                    cli(&d.socket)
+                        .args(["block", &src.to_string(), "--ttl", "1h"])
+                        .output()?,
+                )?;
+                // Keep probing well past the acknowledgement, so a late drop would show.
+                std::thread::sleep(Duration::from_millis(50).max(spawned.elapsed()));
+                probes.set(src.octets()[3], false);
+                let last = last_sent[o].load(Ordering::Relaxed);
+                latencies.push(last.saturating_sub(t0) as f64 / 1e6);
+            }
+            Ok(latencies)
+        })();
+        probes.stop();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().expect("the probe sender does not panic")?;
+        receiver.join().expect("the receiver does not panic")?;
+        trials
+    })?;
+    let interval_ms =
+        started.elapsed().as_secs_f64() * 1e3 / probes.sent.load(Ordering::Relaxed).max(1) as f64;
+    Ok((Summary::of(&result).context("no trials")?, interval_ms))
+}

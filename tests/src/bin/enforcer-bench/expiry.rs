@@ -1,0 +1,250 @@
+//! Section 4, expiry precision: how late a block ends, measured on traffic.
+//!
+//! N sources (lab addresses 192.0.2.100 and up on the sender's veth) are blocked one after the
+//! other, spread over one second, with TTLs of 1, 2 and 3 s in turn, so the deadlines fall at
+//! every phase of a second. From the moment its block is acknowledged each source sends a
+//! stamped probe every millisecond. The lateness of a block is the send time of the first probe
+//! that gets through, minus the block's deadline; one probe interval is the resolution. A probe
+//! that gets through *before* its deadline is counted as early.
+//!
+//! - **enforcer**: blocks asked of the daemon over its control socket; the deadline is the one
+//!   the daemon acknowledged. The XDP program compares each entry's deadline with the clock, so
+//!   no timer is involved in ending a block.
+//! - **userspace timer** (the baseline): what Wazuh's execd and fail2ban do. One iptables rule
+//!   per block, inserted by a process (`iptables -w -I`); a loop that wakes once a second
+//!   removes the rules whose deadline has passed, one `iptables -w -D` process each. Deadlines
+//!   are exact (execd compares whole seconds, which would add up to another second).
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use enforcer::{
+    Target,
+    block::Source,
+    client::Client,
+    datapath::clock::deadline_to_boot_ns,
+    protocol::{BlockRequest, Reply, Request},
+};
+use enforcer_tests::{Lab, daemon::Daemon};
+use serde::Serialize;
+
+use crate::{
+    firewall::{FlushInput, Iptables, NsExec},
+    stats::Summary,
+    wire::{Probes, Wait, Wire, add_sources, now_ns},
+};
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Settings {
+    /// Blocks (and sources) per variant.
+    pub blocks: usize,
+}
+
+impl Settings {
+    pub const FULL: Self = Self { blocks: 100 };
+    pub const QUICK: Self = Self { blocks: 20 };
+}
+
+/// Each source's probe interval: the resolution of the lateness.
+const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+/// The first octet of the sources.
+const FIRST_SOURCE: u8 = 100;
+
+/// How late one way of ending blocks is.
+#[derive(Debug, Serialize)]
+pub struct Variant {
+    /// First probe through − deadline, in ms, over the blocks that ended.
+    pub lateness_ms: Summary,
+    /// Blocks whose source got through before the deadline.
+    pub early: usize,
+    /// Blocks whose source never got through within the wait.
+    pub never_ended: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub settings: Settings,
+    pub probe_interval_ms: f64,
+    pub enforcer: Variant,
+    pub userspace_timer: Variant,
+}
+
+pub fn run(settings: &Settings) -> Result<Results> {
+    let n = settings.blocks;
+    eprintln!("expiry: {n} enforcer blocks");
+    let enforcer = {
+        let lab = Lab::new()?;
+        let d = Daemon::start(&lab, &[])?;
+        let mut client = Client::connect(&d.socket, Duration::from_secs(10))?;
+        measure(&lab, n, |addr, ttl| {
+            let reply = client.call(&Request::Block(BlockRequest {
+                target: Target::new(IpAddr::V4(addr).into()),
+                ttl_secs: Some(ttl),
+                permanent: false,
+                source: Source::cli(),
+                reason: Default::default(),
+                shadow: false,
+                force: false,
+            }))?;
+            let Reply::Block(r) = reply else {
+                bail!("unexpected reply {reply:?}")
+            };
+            let ms = r.expires_ms.context("a block with a TTL has an expiry")?;
+            Ok(deadline_to_boot_ns(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+            ))
+        })?
+    };
+
+    eprintln!("expiry: {n} iptables rules and a once-a-second timer");
+    let userspace_timer = {
+        let lab = Lab::new()?;
+        let ipt = Iptables::detect()?;
+        let exec = NsExec::new(&lab.receiver)?;
+        let _flush = FlushInput {
+            exec: &exec,
+            ipt: &ipt,
+        };
+        let due: Mutex<Vec<(u64, Ipv4Addr)>> = Mutex::new(Vec::new());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let timer = s.spawn(|| once_a_second(&exec, &ipt, &due, &stop));
+            let result = measure(&lab, n, |addr, ttl| {
+                let a = addr.to_string();
+                let out = exec
+                    .command(&ipt.command)
+                    .args(["-w", "-I", "INPUT", "-s", &a, "-j", "DROP"])
+                    .output()?;
+                ensure!(out.status.success(), "iptables -I {a} failed");
+                // As execd: the timer starts when the block is in.
+                let deadline = now_ns() + ttl * 1_000_000_000;
+                due.lock().expect("not poisoned").push((deadline, addr));
+                Ok(deadline)
+            });
+            stop.store(true, Ordering::Relaxed);
+            timer.join().expect("the timer does not panic")?;
+            result
+        })?
+    };
+
+    Ok(Results {
+        settings: *settings,
+        probe_interval_ms: PROBE_INTERVAL.as_secs_f64() * 1e3,
+        enforcer,
+        userspace_timer,
+    })
+}
+
+/// The userspace expiry loop: wake once a second, remove every rule whose deadline passed.
+fn once_a_second(
+    exec: &NsExec,
+    ipt: &Iptables,
+    due: &Mutex<Vec<(u64, Ipv4Addr)>>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = now_ns();
+        let expired: Vec<Ipv4Addr> = {
+            let mut due = due.lock().expect("not poisoned");
+            let (gone, kept) = due.drain(..).partition(|(deadline, _)| *deadline <= now);
+            *due = kept;
+            gone.into_iter().map(|(_, a)| a).collect()
+        };
+        for a in expired {
+            let a = a.to_string();
+            exec.run(&ipt.command, &["-w", "-D", "INPUT", "-s", &a, "-j", "DROP"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Blocks `n` sources with `block(source, ttl) → deadline (CLOCK_BOOTTIME ns)`, probes each from
+/// its acknowledgement on, and measures when each gets through again.
+fn measure(
+    lab: &Lab,
+    n: usize,
+    mut block: impl FnMut(Ipv4Addr, u64) -> Result<u64>,
+) -> Result<Variant> {
+    let sources = add_sources(lab, FIRST_SOURCE..FIRST_SOURCE + n as u8)?;
+    let wire = Wire::new(lab)?;
+    let probes = Probes::new();
+    let stop = AtomicBool::new(false);
+    // Per source (by last octet): when its block was acknowledged, and the send time of its
+    // first probe through after that.
+    let blocked_at: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
+    let first_through: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
+    let mut deadlines = Vec::with_capacity(n);
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            wire.receiver.run(&stop, Wait::Block, |a| {
+                let o = usize::from(a.source);
+                let since = blocked_at[o].load(Ordering::Relaxed);
+                if since != 0
+                    && a.sent_ns > since
+                    && first_through[o]
+                        .compare_exchange(0, a.sent_ns, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    probes.set(a.source, false);
+                }
+            })
+        });
+        let sender = s.spawn(|| probes.run(&wire, PROBE_INTERVAL));
+        let blocking = (|| -> Result<()> {
+            let start = Instant::now();
+            for (i, src) in sources.iter().enumerate() {
+                // Spread over one second: deadlines at every phase of the clock's second.
+                let at = start + Duration::from_secs(1) * i as u32 / n as u32;
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let ttl = 1 + (i % 3) as u64;
+                let deadline = block(*src, ttl).with_context(|| format!("blocking {src}"))?;
+                let o = src.octets()[3];
+                blocked_at[usize::from(o)].store(now_ns(), Ordering::Relaxed);
+                probes.set(o, true);
+                deadlines.push((o, deadline));
+            }
+            // Wait for every source to get through, or three seconds past the last deadline.
+            let last = deadlines.iter().map(|&(_, d)| d).max().unwrap_or(0);
+            while now_ns() < last + 3_000_000_000
+                && deadlines
+                    .iter()
+                    .any(|&(o, _)| first_through[usize::from(o)].load(Ordering::Relaxed) == 0)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        })();
+        probes.stop();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().expect("the probe sender does not panic")?;
+        receiver.join().expect("the receiver does not panic")?;
+        blocking
+    })?;
+    let mut late = Vec::new();
+    let (mut early, mut never_ended) = (0, 0);
+    for (o, deadline) in deadlines {
+        match first_through[usize::from(o)].load(Ordering::Relaxed) {
+            0 => never_ended += 1,
+            t => {
+                let ms = (t as f64 - deadline as f64) / 1e6;
+                if ms < 0.0 {
+                    early += 1;
+                }
+                late.push(ms);
+            }
+        }
+    }
+    Ok(Variant {
+        lateness_ms: Summary::of(&late).context("no block ended")?,
+        early,
+        never_ended,
+    })
+}

@@ -1,0 +1,194 @@
+//! Section 3 in the report: triggers, imports and the latencies of a block.
+
+use std::fmt::Write as _;
+
+use super::{
+    count, ms,
+    svg::{Bar, Chart, render},
+    thousands,
+};
+use crate::{
+    control::{Results, Trigger, TriggerRun},
+    stats::Summary,
+};
+
+pub fn markdown(w: &mut String, c: &Results) {
+    let _ = writeln!(w, "## 3. Control plane\n");
+    let floor = c.triggers.iter().find(|t| t.trigger == Trigger::SpawnFloor);
+    let floor_ms = floor.map_or(f64::NAN, TriggerRun::ms_each);
+    let _ = writeln!(
+        w,
+        "Blocks applied one process each, in a row, as the tools that trigger them work (iptables \
+         and nft inside a namespace of their own, via `setns`; the enforcer against a daemon in \
+         the lab). The baseline is spawning `/bin/true`: **{} ms** per process. The daemon \
+         acknowledges a block once it is fsynced to its store ({}) and in the kernel map. iptables \
+         is `{}` ({}).\n",
+        ms(floor_ms),
+        c.store_fs,
+        c.iptables.command,
+        c.iptables.backend
+    );
+    let _ = writeln!(
+        w,
+        "| trigger | blocks | total | ms per block | × spawn floor | first 1k | first tenth, ms each | last tenth, ms each | blocks/s |"
+    );
+    let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for t in &c.triggers {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.2} s | {} | {:.2} | {} | {} | {} | {} |",
+            t.trigger.label(),
+            count(t.blocks),
+            t.seconds,
+            ms(t.ms_each()),
+            t.ms_each() / floor_ms,
+            t.first_1k_seconds
+                .map_or("–".to_owned(), |s| format!("{s:.2} s")),
+            t.tenths_ms.first().map_or("–".to_owned(), |v| ms(*v)),
+            t.tenths_ms.last().map_or("–".to_owned(), |v| ms(*v)),
+            thousands(t.per_second() as usize),
+        );
+    }
+    if let Some(why) = &c.wazuh_skipped {
+        let _ = writeln!(w, "\nThe Wazuh hook was not measured: {why}");
+    }
+    let cli = c
+        .triggers
+        .iter()
+        .find(|t| t.trigger == Trigger::EnforcerCli);
+    let ipt = c.triggers.iter().find(|t| t.trigger == Trigger::Iptables);
+    if let (Some(cli), Some(ipt)) = (cli, ipt) {
+        let _ = writeln!(
+            w,
+            "\nOver {} blocks the enforcer CLI takes {:.2}× the time of iptables per block; in the \
+             last tenth of the run, {:.2}× (iptables-legacy rewrites its whole table on every \
+             insert, so its cost grows with the chain).",
+            count(cli.blocks),
+            cli.ms_each() / ipt.ms_each(),
+            cli.tenths_ms.last().unwrap_or(&f64::NAN) / ipt.tenths_ms.last().unwrap_or(&f64::NAN)
+        );
+    }
+
+    let _ = writeln!(w, "\n### Batch import (`enforcer import FILE`)\n");
+    let cli_rate = cli.map_or(f64::NAN, TriggerRun::per_second);
+    let _ = writeln!(
+        w,
+        "From spawning the CLI to its exit: parsing the file, requests of 5,000 targets, each \
+         fsynced and written to the kernel. Baseline: the per-process CLI rate above ({} blocks/s).\n",
+        thousands(cli_rate as usize)
+    );
+    let _ = writeln!(w, "| targets | time | blocks/s | × per-process CLI |");
+    let _ = writeln!(w, "|--:|--:|--:|--:|");
+    for i in &c.imports {
+        let _ = writeln!(
+            w,
+            "| {} | {:.2} s | {} | {:.0} |",
+            count(i.blocks),
+            i.seconds,
+            thousands(i.per_second() as usize),
+            i.per_second() / cli_rate
+        );
+    }
+
+    let _ = writeln!(w, "\n### Latency of one block\n");
+    let _ = writeln!(
+        w,
+        "**CLI → kernel**: from spawning `enforcer block X --ttl 1h` until the entry can be read \
+         from the pinned map (polled every few tens of µs). **CLI exit**: until the CLI has its answer and \
+         exits. **Trigger → drop**: on traffic, a lab source sends a stamped probe every {:.2} ms \
+         (measured mean); from spawning `enforcer block` to the send time of the last probe that \
+         still got through. Each trial blocks a new source. p99 is the nearest rank, so with \
+         fewer than 100 trials it is the maximum.\n",
+        c.probe_interval_ms
+    );
+    let _ = writeln!(
+        w,
+        "| from spawning `enforcer block` to | n | min | p50 | p99 | max | p50 × spawn floor |"
+    );
+    let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|");
+    let row = |w: &mut String, name: &str, s: &Summary| {
+        let _ = writeln!(
+            w,
+            "| {name} | {} | {} ms | {} ms | {} ms | {} ms | {:.2} |",
+            s.n,
+            ms(s.min),
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            s.p50 / floor_ms
+        );
+    };
+    row(w, "the entry in the kernel map", &c.cli_to_kernel);
+    row(w, "the CLI's exit", &c.cli_exit);
+    row(
+        w,
+        "the last probe through (trigger → drop)",
+        &c.trigger_to_drop,
+    );
+    let _ = writeln!(
+        w,
+        "\n![milliseconds per block, one process each](control.svg)\n"
+    );
+}
+
+fn colour(t: Trigger) -> &'static str {
+    match t {
+        Trigger::SpawnFloor => "#bab0ac",
+        Trigger::Iptables => "#e45756",
+        Trigger::NftAddElement => "#54a24b",
+        Trigger::EnforcerCli => "#4c78a8",
+        Trigger::WazuhHook => "#72b7b2",
+    }
+}
+
+pub fn svg(c: &Results) -> String {
+    let mut bars = Vec::new();
+    for t in &c.triggers {
+        for (which, v) in [
+            ("first tenth", t.tenths_ms.first()),
+            ("last tenth", t.tenths_ms.last()),
+        ] {
+            let Some(&v) = v else { continue };
+            bars.push(Bar {
+                label: format!("{} · {which} of {}", t.trigger.label(), count(t.blocks)),
+                value: v,
+                colour: colour(t.trigger),
+                text: format!("{} ms", ms(v)),
+            });
+        }
+    }
+    for (name, s) in [
+        ("CLI → kernel entry, p99", &c.cli_to_kernel),
+        ("trigger → drop, p99", &c.trigger_to_drop),
+    ] {
+        bars.push(Bar {
+            label: name.to_owned(),
+            value: s.p99,
+            colour: "#b279a2",
+            text: format!("{} ms", ms(s.p99)),
+        });
+    }
+    render(&Chart {
+        title: "Applying one block: milliseconds per process, and latencies",
+        axis: "milliseconds",
+        bars,
+        reference: c
+            .triggers
+            .iter()
+            .find(|t| t.trigger == Trigger::SpawnFloor)
+            .map(|f| {
+                (
+                    f.ms_each(),
+                    format!("spawn /bin/true {} ms", ms(f.ms_each())),
+                )
+            }),
+        log: false,
+        legend: vec![
+            (colour(Trigger::Iptables), "iptables"),
+            (colour(Trigger::NftAddElement), "nft"),
+            (colour(Trigger::EnforcerCli), "enforcer CLI"),
+            (colour(Trigger::WazuhHook), "Wazuh hook"),
+            ("#b279a2", "latency"),
+        ],
+    })
+}

@@ -1,0 +1,272 @@
+//! The targets the project set itself, judged against what this run measured.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Report, count, ms, thousands};
+use crate::{
+    datapath::{Case, Fill, Packet},
+    firewall::Peer,
+    traffic::Filter,
+};
+
+/// The entries the data path targets are stated for.
+const DATAPATH_AT: usize = 1_000_000;
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub goal: String,
+    /// The figure, with what it was measured on.
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Met,
+    /// Missed; by how much, in words.
+    Missed(String),
+    /// The section did not run, or not at the size the target names.
+    NotMeasured(String),
+}
+
+/// At most `goal`.
+fn at_most(value: f64, goal: f64) -> Verdict {
+    if value <= goal {
+        Verdict::Met
+    } else {
+        Verdict::Missed(format!("by {:.0}%", (value / goal - 1.0) * 100.0))
+    }
+}
+
+/// At least `goal`.
+fn at_least(value: f64, goal: f64) -> Verdict {
+    if value >= goal {
+        Verdict::Met
+    } else {
+        Verdict::Missed(format!(
+            "by {:.0}% (reached {:.0}% of it)",
+            (1.0 - value / goal) * 100.0,
+            value / goal * 100.0
+        ))
+    }
+}
+
+fn case_name(c: &Case) -> String {
+    format!(
+        "{} {}{}",
+        c.id.family,
+        match c.id.packet {
+            Packet::Miss => "miss",
+            Packet::HitAddress => "hit (address)",
+            Packet::HitPrefix => "hit (prefix)",
+            Packet::Allowlisted => "allowlisted",
+        },
+        if c.id.vlan { ", 802.1Q" } else { "" }
+    )
+}
+
+pub fn judge(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let missing = |what: &str| Verdict::NotMeasured(format!("the {what} section did not run"));
+
+    // 1. The data path at 1M blocks: against its own empty cost, and against the floor.
+    let (empty_goal, floor_goal) = (
+        "data path with 1M blocks ≤ 1.3× its cost with none",
+        "data path with 1M blocks ≤ 3× the trivial program (XDP_PASS)",
+    );
+    match &r.datapath {
+        Some(d) => {
+            let largest = d
+                .cases
+                .iter()
+                .filter(|c| c.id.fill == Fill::Addresses)
+                .map(|c| c.id.entries)
+                .max()
+                .unwrap_or(0);
+            let at: Vec<&Case> = d
+                .cases
+                .iter()
+                .filter(|c| c.id.fill == Fill::Addresses && c.id.entries == largest)
+                .collect();
+            let worst =
+                |f: fn(&Case) -> f64| at.iter().copied().max_by(|a, b| f(a).total_cmp(&f(b)));
+            let partial = (largest < DATAPATH_AT)
+                .then(|| format!("the run stopped at {} entries", count(largest)));
+            if let Some(c) = worst(|c| c.vs_empty.unwrap_or(f64::NAN)) {
+                let v = c.vs_empty.unwrap_or(f64::NAN);
+                out.push(Target {
+                    goal: empty_goal.to_owned(),
+                    measured: format!(
+                        "worst {v:.2}× ({}, {} addresses)",
+                        case_name(c),
+                        count(largest)
+                    ),
+                    verdict: partial
+                        .clone()
+                        .map_or_else(|| at_most(v, 1.3), Verdict::NotMeasured),
+                });
+            }
+            if let Some(c) = worst(|c| c.vs_floor) {
+                // The miss path is what legitimate traffic pays; hits and allowlisted packets
+                // also read the clock and bump counters. Say both.
+                let miss = at
+                    .iter()
+                    .filter(|c| c.id.packet == Packet::Miss)
+                    .map(|c| c.vs_floor)
+                    .fold(f64::NAN, f64::max);
+                out.push(Target {
+                    goal: floor_goal.to_owned(),
+                    measured: format!(
+                        "misses (legitimate traffic) ≤ {miss:.2}×; worst {:.2}× ({}); {} addresses",
+                        c.vs_floor,
+                        case_name(c),
+                        count(largest)
+                    ),
+                    verdict: partial.map_or_else(|| at_most(c.vs_floor, 3.0), Verdict::NotMeasured),
+                });
+            }
+        }
+        None => {
+            for goal in [empty_goal, floor_goal] {
+                out.push(Target {
+                    goal: goal.to_owned(),
+                    measured: "–".to_owned(),
+                    verdict: missing("data path"),
+                });
+            }
+        }
+    }
+
+    // 2. Legitimate traffic with 10k blocks against iptables, one rule per address.
+    let goal =
+        "legitimate packets/s with 10k blocks ≥ 5× iptables with one rule per address".to_owned();
+    let pair = r.traffic.as_ref().and_then(|t| {
+        Some((
+            t.find(Filter::Xdp, 10_000)?,
+            t.find(Filter::Peer(Peer::IptablesPerAddress), 10_000)?,
+        ))
+    });
+    out.push(match pair {
+        Some((x, i)) => {
+            let v = x.vs_baseline / i.vs_baseline;
+            Target {
+                goal,
+                measured: format!(
+                    "{v:.1}× ({} vs {} packets/s; {:.2} vs {:.2} × baseline)",
+                    thousands(x.legit_pps as usize),
+                    thousands(i.legit_pps as usize),
+                    x.vs_baseline,
+                    i.vs_baseline
+                ),
+                verdict: at_least(v, 5.0),
+            }
+        }
+        None => Target {
+            goal,
+            measured: "–".to_owned(),
+            verdict: missing("traffic"),
+        },
+    });
+
+    // 3. Trigger to drop.
+    let goal = "trigger → drop p99 < 10 ms".to_owned();
+    out.push(match &r.control {
+        Some(c) => {
+            let s = &c.trigger_to_drop;
+            Target {
+                goal,
+                measured: format!(
+                    "p99 {} ms (p50 {} ms, {} trials)",
+                    ms(s.p99),
+                    ms(s.p50),
+                    s.n
+                ),
+                verdict: if s.p99 < 10.0 {
+                    Verdict::Met
+                } else {
+                    at_most(s.p99, 10.0)
+                },
+            }
+        }
+        None => Target {
+            goal,
+            measured: "–".to_owned(),
+            verdict: missing("control-plane"),
+        },
+    });
+
+    // 4. Batch import.
+    let goal = "batch import ≥ 100k blocks/s".to_owned();
+    out.push(
+        match r
+            .control
+            .as_ref()
+            .and_then(|c| c.imports.iter().max_by_key(|i| i.blocks))
+        {
+            Some(i) => Target {
+                goal,
+                measured: format!(
+                    "{} blocks/s ({} targets in {:.2} s)",
+                    thousands(i.per_second() as usize),
+                    count(i.blocks),
+                    i.seconds
+                ),
+                verdict: at_least(i.per_second(), 100_000.0),
+            },
+            None => Target {
+                goal,
+                measured: "–".to_owned(),
+                verdict: missing("control-plane"),
+            },
+        },
+    );
+
+    // 5. Expiry.
+    let goal = "expiry p99 ≤ 10 ms late".to_owned();
+    out.push(match &r.expiry {
+        Some(e) => {
+            let s = &e.enforcer.lateness_ms;
+            Target {
+                goal,
+                measured: format!(
+                    "p99 {} ms late ({} blocks; the 1-second userspace timer: p99 {} ms)",
+                    ms(s.p99),
+                    s.n,
+                    ms(e.userspace_timer.lateness_ms.p99)
+                ),
+                verdict: if e.enforcer.early > 0 || e.enforcer.never_ended > 0 {
+                    Verdict::Missed(format!(
+                        "{} ended early, {} never ended",
+                        e.enforcer.early, e.enforcer.never_ended
+                    ))
+                } else {
+                    at_most(s.p99, 10.0)
+                },
+            }
+        }
+        None => Target {
+            goal,
+            measured: "–".to_owned(),
+            verdict: missing("expiry"),
+        },
+    });
+    out
+}
+
+pub fn markdown(w: &mut String, targets: &[Target]) {
+    let _ = writeln!(w, "## Targets\n");
+    let _ = writeln!(w, "| target | measured | verdict |");
+    let _ = writeln!(w, "|---|---|---|");
+    for t in targets {
+        let verdict = match &t.verdict {
+            Verdict::Met => "**met**".to_owned(),
+            Verdict::Missed(by) => format!("**missed** {by}"),
+            Verdict::NotMeasured(why) => format!("not judged: {why}"),
+        };
+        let _ = writeln!(w, "| {} | {} | {} |", t.goal, t.measured, verdict);
+    }
+    let _ = writeln!(w);
+}
