@@ -15,7 +15,8 @@ use crate::{cmd, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Skip clippy on the eBPF crate (nightly, bpfel-unknown-none, -D warnings).
+    /// Skip clippy (userspace crates, and the eBPF crate with nightly for bpfel-unknown-none;
+    /// both with -D warnings).
     #[arg(long)]
     no_lint: bool,
     /// Arguments for the test binaries, e.g. a name filter or `--nocapture`
@@ -108,6 +109,22 @@ fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
 /// Clippy for the eBPF crate, which the workspace build cannot lint (it only builds
 /// for bpfel-unknown-none with nightly and `build-std`).
 fn lint_ebpf(summary: &mut Summary) -> Result<()> {
+    // Userspace first: every crate but the eBPF one, tests and benches included.
+    let status = cmd::status(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if !status.success() {
+        summary
+            .problems
+            .push(format!("clippy on the userspace crates failed ({status})"));
+    }
     let status = cmd::status(cmd::cargo().args([
         "+nightly",
         "clippy",

@@ -939,6 +939,9 @@ impl Engine {
         }
         self.audit.flush();
         tracing::debug!(count = due.len(), "reaped expired blocks");
+        if due.len() >= MAX_REAP {
+            release_freed_memory();
+        }
     }
 
     fn read(&mut self, request: Request) -> Response {
@@ -1114,5 +1117,15 @@ impl Engine {
             pending: self.pending.len(),
             allowlist: self.allow.len(),
         }
+    }
+}
+
+/// After a large wave of expiries, hands freed heap back to the system (glibc keeps it
+/// otherwise: a daemon that once held a million blocks would keep their memory for good).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
