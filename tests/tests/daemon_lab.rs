@@ -381,3 +381,23 @@ fn a_store_that_cannot_write_refuses_the_block_and_changes_nothing() {
     ok(&d.cli(&["block", SENDER_V4[2]]));
     assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0);
 }
+
+#[test]
+fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops_the_old_pins() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    d.stop().unwrap();
+    // Pretend the running program and its maps belong to an older layout.
+    let current = enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir();
+    let older = lab.pins.path().join("maps-v0");
+    std::fs::rename(&current, &older).unwrap();
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the old program still enforces");
+    d.spawn().unwrap();
+    assert!(current.exists() && !older.exists(), "new maps pinned, old ones removed");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the block is in the new maps");
+    let log = d.log();
+    assert!(log.contains("replaced the program in place"), "{log}");
+    assert!(log.contains("restored") || log.contains("reconciled"), "{log}");
+}

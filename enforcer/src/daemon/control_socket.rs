@@ -6,7 +6,7 @@
 use std::{
     io,
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     sync::mpsc::SyncSender,
 };
 
@@ -61,7 +61,7 @@ pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
 }
 
 /// Accepts connections until the engine goes away.
-pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: Access, path: PathBuf) {
+pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: Access) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -76,7 +76,6 @@ pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: 
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
-        let _ = &path;
     }
 }
 

@@ -69,6 +69,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("no interfaces configured: blocks are kept but nothing is filtered (use --iface)");
     }
     engine.set_attachments(attachments);
+    // Every link now runs this build's program on this build's maps: pins of older layouts
+    // are no longer referenced by anything we attached.
+    engine.datapath().remove_stale_layouts();
 
     let (tx, rx) = mpsc::sync_channel(8192);
     if config.allowlist.builtin {
@@ -111,7 +114,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 spool::drain(&spool_state, &spool_tx, default_ttl).await;
             }
         });
-        let server = tokio::spawn(control_socket::serve(listener, tx, access, socket.clone()));
+        let server = tokio::spawn(control_socket::serve(listener, tx, access));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down; XDP stays attached, blocks stay in force"),

@@ -428,6 +428,23 @@ impl Datapath {
         })
     }
 
+    /// Removes the pinned maps of other layout versions (left by an older build whose program
+    /// this one replaced). Call once every interface runs this build's program.
+    pub fn remove_stale_layouts(&self) {
+        let current = self.layout.maps_dir();
+        let Ok(entries) = fs::read_dir(self.layout.base()) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path != current && (name.starts_with("maps-v") || name.starts_with("tmp-maps-v")) {
+                match remove_pin_dir(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "removed the pinned maps of an older layout"),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove old pinned maps"),
+                }
+            }
+        }
+    }
+
     /// Detaches from one interface (only if enforcer's pinned link is what is attached).
     pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
         detach_link(&self.layout, iface)
