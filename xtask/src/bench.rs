@@ -15,15 +15,6 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     setup::run()?;
-    // `--workspace` would include the eBPF crate, which only builds for the BPF target
-    // (enforcer/build.rs builds it), hence the exclude.
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "--workspace",
-        "--exclude",
-        "enforcer-ebpf",
-        "--bins",
-    ]))?;
-    cmd::run_release_bin("enforcer-bench", &args.args)
+    // The bench drives the daemon, the CLI and the hook too, so all binaries must be fresh.
+    cmd::build_and_run_release_bin(&["enforcer", "enforcer-tests"], "enforcer-bench", &args.args)
 }

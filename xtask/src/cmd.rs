@@ -133,3 +133,14 @@ pub fn run_release_bin(name: &str, args: &[String]) -> Result<ExitCode> {
     cmd.args(args).current_dir(repo_root());
     Ok(exit_code(status(&mut cmd)?))
 }
+
+/// Builds the release binaries of `packages` and runs `bin` from them with `args`.
+pub fn build_and_run_release_bin(packages: &[&str], bin: &str, args: &[String]) -> Result<ExitCode> {
+    let mut build = cargo();
+    build.args(["build", "--release", "--bins"]);
+    for p in packages {
+        build.args(["-p", p]);
+    }
+    run(&mut build)?;
+    run_release_bin(bin, args)
+}

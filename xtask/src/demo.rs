@@ -16,14 +16,5 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode> {
     setup::run()?;
     // The demo drives the daemon binary, so both crates' binaries must be fresh.
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-tests",
-        "--bins",
-    ]))?;
-    cmd::run_release_bin("enforcer-demo", &args.args)
+    cmd::build_and_run_release_bin(&["enforcer", "enforcer-tests"], "enforcer-demo", &args.args)
 }

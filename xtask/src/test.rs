@@ -106,26 +106,11 @@ fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
     Ok(())
 }
 
-/// Clippy for the eBPF crate, which the workspace build cannot lint (it only builds
-/// for bpfel-unknown-none with nightly and `build-std`).
+/// Clippy with `-D warnings`: the userspace crates, then the eBPF crate, which the workspace
+/// build cannot lint (it only builds for bpfel-unknown-none with nightly and `build-std`).
 fn lint_ebpf(summary: &mut Summary) -> Result<()> {
-    // Userspace first: every crate but the eBPF one, tests and benches included.
-    let status = cmd::status(cmd::cargo().args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "enforcer-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    if !status.success() {
-        summary
-            .problems
-            .push(format!("clippy on the userspace crates failed ({status})"));
-    }
-    let status = cmd::status(cmd::cargo().args([
+    let userspace: &[&str] = &["clippy", "--workspace", "--exclude", "enforcer-ebpf", "--all-targets"];
+    let ebpf: &[&str] = &[
         "+nightly",
         "clippy",
         "-p",
@@ -135,14 +120,12 @@ fn lint_ebpf(summary: &mut Summary) -> Result<()> {
         "-Z",
         "build-std=core",
         "--release",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    if !status.success() {
-        summary
-            .problems
-            .push(format!("clippy on enforcer-ebpf failed ({status})"));
+    ];
+    for (what, args) in [("the userspace crates", userspace), ("enforcer-ebpf", ebpf)] {
+        let status = cmd::status(cmd::cargo().args(args).args(["--", "-D", "warnings"]))?;
+        if !status.success() {
+            summary.problems.push(format!("clippy on {what} failed ({status})"));
+        }
     }
     Ok(())
 }

@@ -1,7 +1,6 @@
 use std::path::Path;
 
 use crate::{
-    block::{Reason, Source},
     duration::HumanDuration,
     protocol::{BlockRequest, Outcome, Reply, Request},
     target::Target,
@@ -18,15 +17,8 @@ pub struct Args {
     /// No expiry (only for sources allowed to make permanent blocks).
     #[arg(long)]
     pub permanent: bool,
-    /// Who is blocking.
-    #[arg(long, default_value = "cli")]
-    pub source: Source,
-    /// Why (shown in `list` and the audit log).
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// Count matching packets but let them pass (alert-only).
-    #[arg(long)]
-    pub shadow: bool,
+    #[command(flatten)]
+    pub flags: super::BlockFlags,
     /// Block a broad prefix or one containing allowlisted addresses (sources allowed to force
     /// only; the allowlisted part stays reachable).
     #[arg(long)]
@@ -43,9 +35,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             target: a.target,
             ttl_secs: a.ttl.map(|d| d.0.as_secs()),
             permanent: a.permanent,
-            source: a.source.clone(),
-            reason: a.reason.map(Reason::text).unwrap_or_default(),
-            shadow: a.shadow,
+            source: a.flags.source.clone(),
+            reason: a.flags.reason(),
+            shadow: a.flags.shadow,
             force: a.force,
         }),
     )?;
@@ -74,7 +66,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         None => "permanently".to_owned(),
         Some(e) => format!("for {} (until {})", super::output::time_left(Some(e)), super::output::timestamp(e)),
     };
-    println!("{verb} {} {until} [{}, source {}]", r.target, r.mode, a.source);
+    println!("{verb} {} {until} [{}, source {}]", r.target, r.mode, a.flags.source);
     for n in &r.notes {
         println!("  policy: {n}");
     }

@@ -5,7 +5,6 @@ use std::{
 };
 
 use crate::{
-    block::{Reason, Source},
     client::Client,
     duration::HumanDuration,
     protocol::{BatchItem, BatchRequest, Reply, Request},
@@ -24,15 +23,8 @@ pub struct Args {
     /// TTL for lines without one (default: the daemon's).
     #[arg(long)]
     pub ttl: Option<HumanDuration>,
-    /// Source of the blocks.
-    #[arg(long, default_value = "cli")]
-    pub source: Source,
-    /// Reason for every block.
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// Import as shadow blocks.
-    #[arg(long)]
-    pub shadow: bool,
+    #[command(flatten)]
+    pub flags: super::BlockFlags,
     /// JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -97,9 +89,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         let reply = client.call(&Request::BlockBatch(BatchRequest {
             items: chunk.to_vec(),
             ttl_secs: a.ttl.map(|d| d.0.as_secs()),
-            source: a.source.clone(),
-            reason: a.reason.clone().map(Reason::text).unwrap_or_default(),
-            shadow: a.shadow,
+            source: a.flags.source.clone(),
+            reason: a.flags.reason(),
+            shadow: a.flags.shadow,
         }))?;
         let Reply::BlockBatch { applied: n, failed: f } = reply else {
             anyhow::bail!("unexpected reply from the daemon")

@@ -109,6 +109,27 @@ pub fn main() -> i32 {
     }
 }
 
+/// Flags every block-making command shares.
+#[derive(Debug, clap::Args)]
+pub struct BlockFlags {
+    /// Who is blocking.
+    #[arg(long, default_value = "cli")]
+    pub source: crate::block::Source,
+    /// Why (shown in `list` and the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Count matching packets but let them pass (alert-only).
+    #[arg(long)]
+    pub shadow: bool,
+}
+
+impl BlockFlags {
+    /// The reason as the protocol carries it.
+    pub fn reason(&self) -> crate::block::Reason {
+        self.reason.clone().map(crate::block::Reason::text).unwrap_or_default()
+    }
+}
+
 /// One request to the daemon.
 pub(crate) fn call(socket: &std::path::Path, request: &Request) -> Result<Reply, ClientError> {
     Client::connect(socket, Duration::from_secs(30))?.call(request)
