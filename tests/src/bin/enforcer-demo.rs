@@ -27,13 +27,22 @@ fn traffic(lab: &Lab) -> Result<()> {
 }
 
 fn enforcer(d: &Daemon, args: &[&str]) -> Result<()> {
+    let out = show(d, args);
+    anyhow::ensure!(out.status.success(), "enforcer {args:?} failed");
+    Ok(())
+}
+
+/// Runs the CLI and prints what it said, success or not.
+fn show(d: &Daemon, args: &[&str]) -> std::process::Output {
     println!("   $ enforcer {}", args.join(" "));
     let out = d.cli(args);
     for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
         println!("     {line}");
     }
-    anyhow::ensure!(out.status.success(), "enforcer {args:?} failed");
-    Ok(())
+    if !out.status.success() {
+        println!("     (exit code {})", out.status.code().unwrap_or(-1));
+    }
+    out
 }
 
 fn main() -> Result<()> {
@@ -56,6 +65,12 @@ fn main() -> Result<()> {
     step("What is blocked, why, by whom, until when, and how much it stopped");
     enforcer(&d, &["list"])?;
     enforcer(&d, &["show", ATTACKER])?;
+
+    step("Safety: the protected host's own address and over-broad prefixes are refused");
+    let refused = show(&d, &["block", RECEIVER_V4, "--source", "wazuh"]);
+    anyhow::ensure!(refused.status.code() == Some(7), "blocking the host itself must be refused");
+    let refused = show(&d, &["block", "198.51.100.0/16", "--source", "wazuh"]);
+    anyhow::ensure!(refused.status.code() == Some(7), "an over-broad prefix must be refused");
 
     step("Waiting for the block to lift by itself (no unblock command)");
     wait_for("the block to expire", Duration::from_secs(15), || {
