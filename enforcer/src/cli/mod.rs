@@ -7,6 +7,7 @@ mod breaker;
 mod daemon;
 mod detach;
 mod import;
+mod install_fail2ban_action;
 mod install_wazuh_hook;
 mod list;
 mod output;
@@ -61,6 +62,8 @@ pub enum Command {
     Detach(detach::Args),
     /// Install this binary as a Wazuh active-response program (replaces firewall-drop).
     InstallWazuhHook(install_wazuh_hook::Args),
+    /// Install the fail2ban action that bans through enforcer (`banaction = enforcer`).
+    InstallFail2banAction(install_fail2ban_action::Args),
     /// Manage the allowlist (never-block prefixes).
     Allow(allow::Args),
     /// Turn shadow blocks into enforced ones.
@@ -90,6 +93,7 @@ pub fn main() -> i32 {
         Command::Status(a) => status::run(&socket, a),
         Command::Import(a) => import::run(&socket, a),
         Command::InstallWazuhHook(a) => install_wazuh_hook::run(a, cli.socket.as_deref()),
+        Command::InstallFail2banAction(a) => install_fail2ban_action::run(a, cli.socket.as_deref()),
         Command::Allow(a) => allow::run(&socket, a),
         Command::Promote(a) => promote::run(&socket, a),
         Command::Breaker(a) => breaker::run(&socket, a),

@@ -17,6 +17,7 @@
 //!
 //! [`Target`]: crate::target::Target
 
+pub mod fail2ban;
 pub mod line_reader;
 pub mod wazuh;
 
