@@ -401,3 +401,19 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     assert!(log.contains("replaced the program in place"), "{log}");
     assert!(log.contains("restored") || log.contains("reconciled"), "{log}");
 }
+
+#[test]
+fn with_spool_if_down_a_trigger_made_while_the_daemon_is_down_is_applied_when_it_starts() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    d.stop().unwrap();
+    let state = d.state_dir.to_str().unwrap().to_owned();
+    fails(&d.cli(&["block", SENDER_V4[1]]), 3, "daemon is not running");
+    let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "fail2ban", "--spool-if-down", "--state-dir", &state]));
+    assert!(out.contains("spooled to"), "{out}");
+    d.spawn().unwrap();
+    let list = d.json(&["list", "--source", "fail2ban"]);
+    assert_eq!(list[0]["target"], SENDER_V4[1]);
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+}

@@ -23,13 +23,15 @@ pub struct Args {
     /// only; the allowlisted part stays reachable).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub spool: super::SpoolFlags,
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
-    let reply = super::call(
+    let Some(reply) = super::call_or_spool(
         socket,
         &Request::Block(BlockRequest {
             target: a.target,
@@ -40,7 +42,11 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             shadow: a.flags.shadow,
             force: a.force,
         }),
-    )?;
+        &a.spool,
+    )?
+    else {
+        return Ok(());
+    };
     let Reply::Block(r) = reply else { anyhow::bail!("unexpected reply from the daemon") };
     if a.json {
         return super::output::json(&r);

@@ -138,3 +138,30 @@ impl BlockFlags {
 pub(crate) fn call(socket: &std::path::Path, request: &Request) -> Result<Reply, ClientError> {
     Client::connect(socket, Duration::from_secs(30))?.call(request)
 }
+
+/// For triggers that must not be lost when the daemon is down (fail2ban, scripts).
+#[derive(Debug, clap::Args)]
+pub struct SpoolFlags {
+    /// If the daemon is not running, spool the request in the daemon's state directory instead
+    /// of failing; the daemon applies it when it starts (a block's TTL counts from now).
+    #[arg(long)]
+    pub spool_if_down: bool,
+    /// The daemon's state directory (for --spool-if-down).
+    #[arg(long, env = "ENFORCER_STATE_DIR", default_value = "/var/lib/enforcer")]
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Sends a write request, or spools it when the daemon is down and `spool` allows.
+/// Returns `None` when it was spooled.
+pub(crate) fn call_or_spool(socket: &std::path::Path, request: &Request, spool: &SpoolFlags) -> anyhow::Result<Option<Reply>> {
+    match call(socket, request) {
+        Ok(reply) => Ok(Some(reply)),
+        Err(ClientError::NotRunning(_)) if spool.spool_if_down => {
+            let file = crate::daemon::spool::write(&spool.state_dir, request)
+                .map_err(|e| anyhow::anyhow!("the daemon is not running and spooling to {} failed: {e}", spool.state_dir.display()))?;
+            println!("the daemon is not running; spooled to {} (applied when it starts)", file.display());
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

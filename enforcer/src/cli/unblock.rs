@@ -17,20 +17,26 @@ pub struct Args {
     /// Remove every source's block.
     #[arg(long)]
     pub all: bool,
+    #[command(flatten)]
+    pub spool: super::SpoolFlags,
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
-    let reply = super::call(
+    let Some(reply) = super::call_or_spool(
         socket,
         &Request::Unblock {
             target: a.target,
             source: a.source,
             all: a.all,
         },
-    )?;
+        &a.spool,
+    )?
+    else {
+        return Ok(());
+    };
     let Reply::Unblock { target, removed, lifted } = reply else {
         anyhow::bail!("unexpected reply from the daemon")
     };
