@@ -93,11 +93,11 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
 }
 
 #[test]
-fn reblocking_extends_but_never_shortens() {
+fn reblocking_extends_but_never_shortens_loses_its_reason_or_demotes_it() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let first = d.json(&["block", SENDER_V4[1], "--ttl", "1h"]);
+    let first = d.json(&["block", SENDER_V4[1], "--ttl", "1h", "--reason", "first reason"]);
     assert_eq!(first["outcome"], "created");
     let shorter = d.json(&["block", SENDER_V4[1], "--ttl", "10m"]);
     assert_eq!(shorter["outcome"], "unchanged");
@@ -105,6 +105,11 @@ fn reblocking_extends_but_never_shortens() {
     let longer = d.json(&["block", SENDER_V4[1], "--ttl", "2h"]);
     assert_eq!(longer["outcome"], "extended");
     assert!(longer["expires_ms"].as_u64() > first["expires_ms"].as_u64());
+    let list = d.json(&["list"]);
+    assert_eq!(list[0]["sources"][0]["reason"]["text"], "first reason", "a re-block without a reason keeps it");
+    let shadow = d.json(&["block", SENDER_V4[1], "--shadow", "--reason", "second"]);
+    assert_eq!(shadow["mode"], "enforce", "a re-block never demotes an enforced block");
+    assert_eq!(d.json(&["list"])[0]["sources"][0]["reason"]["text"], "second");
 }
 
 #[test]

@@ -575,10 +575,15 @@ impl Engine {
                     (Some(a), Some(b)) => Some(a.max(b)),
                 };
                 let outcome = if later != old.expires_ms { Outcome::Extended } else { Outcome::Unchanged };
+                // A re-block without a reason keeps the one given before; one with a reason
+                // replaces it. It never turns an enforced block back into a shadow one (say, a
+                // promoted block re-triggered by a source still in shadow rollout).
+                let reason = if *reason == crate::block::Reason::default() { old.reason.clone() } else { reason.clone() };
+                let mode = if old.mode == Mode::Enforce { Mode::Enforce } else { mode };
                 (
                     outcome,
                     SourceBlock {
-                        reason: reason.clone(),
+                        reason,
                         updated_ms: now,
                         expires_ms: later,
                         mode,
