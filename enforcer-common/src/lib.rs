@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a map's key, value, type or meaning changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps, as the kernel and the pin directory know them (at most 15 bytes).
 pub mod map_names {
@@ -57,6 +57,10 @@ pub const DEFAULT_MAX_ADDRESSES: u32 = 1 << 20;
 pub const DEFAULT_MAX_PREFIXES: u32 = 100_000;
 /// Default capacity of each allowlist trie (per family).
 pub const DEFAULT_MAX_ALLOW: u32 = 16_384;
+/// How many nested prefix blocks the data path walks when the longest match is shadow or
+/// expired (a bounded loop for the verifier).
+pub const MAX_NESTED_PREFIXES: u32 = 8;
+
 /// Number of per-interface counter slots; an interface uses slot `ifindex % STATS_SLOTS`.
 pub const STATS_SLOTS: u32 = 256;
 
@@ -76,8 +80,10 @@ pub struct BlockValue {
     pub expires_ns: u64,
     /// [`MODE_ENFORCE`] or [`MODE_SHADOW`].
     pub mode: u32,
-    /// Zero; keeps the layout explicit.
-    pub reserved: u32,
+    /// The entry's own prefix length (32/128 for single addresses). Userspace sets it when it
+    /// writes the entry; the data path uses it to look for a wider prefix when the longest match
+    /// is shadow or expired.
+    pub prefix_len: u32,
     /// Packets this entry dropped (enforce) or would have dropped (shadow).
     pub hit_packets: u64,
     /// Bytes of those packets.
@@ -92,7 +98,7 @@ impl BlockValue {
         Self {
             expires_ns,
             mode,
-            reserved: 0,
+            prefix_len: 0,
             hit_packets: 0,
             hit_bytes: 0,
             last_hit_ns: 0,

@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     AllowValue, BlockValue, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
-    MODE_ENFORCE, STATS_SLOTS, Stats,
+    MAX_NESTED_PREFIXES, MODE_ENFORCE, STATS_SLOTS, Stats,
 };
 
 #[map(name = "BLOCK_V4")]
@@ -215,8 +215,18 @@ fn judge_v4(addr: [u8; 4], len: u64, stats: &mut Stats) -> Verdict {
     }
     if !is_enforced(&m) && prefixes_present(0) {
         let padded = [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0];
-        if let Some(e) = BLOCK_NET_V4.get(Key::new(64, padded)) {
-            consider(&mut m, as_mut_ptr(e), clock.now());
+        // The longest match first; while it is shadow or expired, the next wider one.
+        let mut bits = 64;
+        for _ in 0..MAX_NESTED_PREFIXES {
+            let Some(e) = BLOCK_NET_V4.get(Key::new(bits, padded)) else { break };
+            let e = as_mut_ptr(e);
+            consider(&mut m, e, clock.now());
+            // SAFETY: `e` points into a map value.
+            let own = unsafe { (*e).prefix_len };
+            if is_enforced(&m) || own == 0 {
+                break;
+            }
+            bits = own - 1;
         }
     }
     decide(m, len, &mut clock, stats, || ALLOW_V4.get(Key::new(32, addr)).is_some())
@@ -232,11 +242,19 @@ fn judge_v6(addr: [u8; 16], len: u64, stats: &mut Stats) -> Verdict {
     if let Some(e) = BLOCK_V6.get_ptr_mut(addr) {
         consider(&mut m, e, clock.now());
     }
-    if !is_enforced(&m)
-        && prefixes_present(1)
-        && let Some(e) = BLOCK_NET_V6.get(Key::new(128, addr))
-    {
-        consider(&mut m, as_mut_ptr(e), clock.now());
+    if !is_enforced(&m) && prefixes_present(1) {
+        let mut bits = 128;
+        for _ in 0..MAX_NESTED_PREFIXES {
+            let Some(e) = BLOCK_NET_V6.get(Key::new(bits, addr)) else { break };
+            let e = as_mut_ptr(e);
+            consider(&mut m, e, clock.now());
+            // SAFETY: `e` points into a map value.
+            let own = unsafe { (*e).prefix_len };
+            if is_enforced(&m) || own == 0 {
+                break;
+            }
+            bits = own - 1;
+        }
     }
     decide(m, len, &mut clock, stats, || ALLOW_V6.get(Key::new(128, addr)).is_some())
 }

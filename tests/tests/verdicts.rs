@@ -366,3 +366,42 @@ fn pinned_maps_are_reused_and_a_layout_change_is_refused() {
     assert!(matches!(err, DatapathError::LayoutMismatch { .. }), "{err}");
     assert!(err.to_string().contains("capacity 1024, configured 2048"), "{err}");
 }
+
+#[test]
+fn a_shadow_or_expired_narrower_prefix_does_not_hide_a_wider_enforced_one() {
+    let mut f = Fixture::new();
+    let past = clock::boottime_ns() - 1;
+    // IPv4: /16 enforced, a shadow /24 inside it, an expired /28 inside that.
+    f.block("198.51.0.0/16", 0, MODE_ENFORCE);
+    f.block("198.51.100.0/24", 0, MODE_SHADOW);
+    f.block("198.51.100.0/28", past, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.5"), XDP_DROP, "inside all three");
+    assert_eq!(f.from(&[], "198.51.100.200"), XDP_DROP, "inside /24 and /16");
+    assert_eq!(f.hits("198.51.0.0/16"), 2, "the enforced /16 decided");
+    // IPv6 likewise.
+    f.block("2001:db8::/32", 0, MODE_ENFORCE);
+    f.block("2001:db8:1::/48", 0, MODE_SHADOW);
+    f.block("2001:db8:1:2::/64", past, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "2001:db8:1:2::9"), XDP_DROP);
+    // With only shadow and expired entries, the packet passes and counts as shadow.
+    f.block("203.0.113.0/24", 0, MODE_SHADOW);
+    f.block("203.0.113.0/26", past, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "203.0.113.9"), XDP_PASS);
+    assert_eq!(f.hits("203.0.113.0/24"), 1);
+}
+
+#[test]
+fn nested_prefixes_are_walked_to_a_bounded_depth() {
+    let mut f = Fixture::new();
+    let past = clock::boottime_ns() - 1;
+    // An enforced /8 under eight expired narrower prefixes: the walk stops after eight lookups.
+    f.block("10.0.0.0/8", 0, MODE_ENFORCE);
+    for len in [16, 17, 18, 19, 20, 21, 22, 23] {
+        f.block(&format!("10.0.0.0/{len}"), past, MODE_ENFORCE);
+    }
+    assert_eq!(f.from(&[], "10.0.0.1"), XDP_PASS, "the ninth level is beyond the bound");
+    // Seven expired levels leave room to reach the /8.
+    let t: Target = "10.0.0.0/23".parse().unwrap();
+    f.dp.maps_mut().remove_block(&t).unwrap();
+    assert_eq!(f.from(&[], "10.0.0.1"), XDP_DROP);
+}

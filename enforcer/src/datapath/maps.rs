@@ -199,6 +199,10 @@ impl BlockMaps {
     /// A full map is an error ([`MapsError::Full`]); nothing is ever evicted.
     pub fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
         let (map, capacity) = self.capacity_for(target);
+        let value = &BlockValue {
+            prefix_len: u32::from(target.prefix_len()),
+            ..*value
+        };
         let result = match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.insert(v4_bytes(n.addr()), value, 0),
             IpNet::V6(n) if target.is_host() => self.v6.insert(v6_bytes(n.addr()), value, 0),

@@ -473,22 +473,43 @@ enum Answer {
 
 /// One request with a hard deadline: the call runs on a helper thread, so even a connect that
 /// blocks (a full listen backlog) cannot hold the hook past `timeout`.
+///
+/// Only a request that never reached the daemon is `Unreachable` (and may be spooled): once it
+/// was written, the daemon may have applied it, and replaying it later from the spool could undo
+/// a newer trigger, so a missing answer then is a failure, not a reason to spool.
 fn ask(socket: &Path, request: &Request, timeout: Duration) -> Answer {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
     let (tx, rx) = mpsc::channel();
     let (socket, request) = (socket.to_owned(), request.clone());
+    let written = Arc::new(AtomicBool::new(false));
+    let written_by_call = written.clone();
     let spawned = std::thread::Builder::new().name("daemon-call".into()).spawn(move || {
-        let _ = tx.send(Client::connect(&socket, timeout).and_then(|mut c| c.call(&request)));
+        // Set just before the request goes out (conservatively: a failed write counts too).
+        let result = Client::connect(&socket, timeout).inspect(|_| written_by_call.store(true, Ordering::SeqCst));
+        let result = match result {
+            Ok(mut c) => c.call(&request).map_err(|e| (true, e)),
+            Err(e) => Err((false, e)),
+        };
+        let _ = tx.send(result);
     });
     if let Err(e) = spawned {
         return Answer::Failed(format!("cannot start the daemon call: {e}"));
     }
+    let maybe_applied = |why: String| {
+        Answer::Failed(format!("{why} after the request was sent; it may or may not have been applied (check `enforcer list --source wazuh`)"))
+    };
     match rx.recv_timeout(timeout + Duration::from_millis(250)) {
         Ok(Ok(reply)) => Answer::Reply(reply),
-        Ok(Err(ClientError::Daemon(e))) => Answer::Refused(e),
-        Ok(Err(e @ ClientError::PermissionDenied(_))) => Answer::Failed(e.to_string()),
-        Ok(Err(ClientError::NotRunning(path))) => Answer::Unreachable(format!("nothing listens on {}", path.display())),
-        Ok(Err(e @ ClientError::Io { .. })) => Answer::Unreachable(e.to_string()),
-        Err(_) => Answer::Unreachable(format!("no answer within {timeout:?}")),
+        Ok(Err((_, ClientError::Daemon(e)))) => Answer::Refused(e),
+        Ok(Err((_, e @ ClientError::PermissionDenied(_)))) => Answer::Failed(e.to_string()),
+        Ok(Err((_, ClientError::NotRunning(path)))) => Answer::Unreachable(format!("nothing listens on {}", path.display())),
+        Ok(Err((false, e @ ClientError::Io { .. }))) => Answer::Unreachable(e.to_string()),
+        Ok(Err((true, e))) => maybe_applied(e.to_string()),
+        Err(_) if written.load(Ordering::SeqCst) => maybe_applied(format!("no answer within {timeout:?}")),
+        Err(_) => Answer::Unreachable(format!("could not connect within {timeout:?}")),
     }
 }
 
