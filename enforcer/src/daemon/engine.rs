@@ -58,6 +58,8 @@ pub struct Engine {
     offenses: HashMap<Target, Vec<UnixMillis>>,
     attachments: Vec<Attachment>,
     started: Instant,
+    /// After a failed expiry commit: no reaping before this (Unix ms).
+    reap_backoff_until: UnixMillis,
 }
 
 /// What the engine is configured with.
@@ -115,6 +117,7 @@ impl Engine {
             offenses: HashMap::new(),
             attachments: Vec::new(),
             started: Instant::now(),
+            reap_backoff_until: 0,
         };
         engine.load_allowlist(&config.allowlist)?;
         engine.load_side_tables()?;
@@ -310,7 +313,7 @@ impl Engine {
         let block = self.deadlines.first().map(|(d, _, _)| *d);
         let pending = self.pending.values().map(|p| p.expires_ms).min();
         match block.into_iter().chain(pending).min() {
-            Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
+            Some(deadline) => Duration::from_millis(deadline.max(self.reap_backoff_until).saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
         }
     }
@@ -778,7 +781,13 @@ impl Engine {
         if !self.builtin_allowlist {
             return;
         }
-        let Ok(now) = host::host_addresses() else { return };
+        let now = match host::host_addresses() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the host's addresses failed; the builtin allowlist was not refreshed");
+                return;
+            }
+        };
         let current: BTreeSet<Target> = self
             .allow
             .iter()
@@ -884,7 +893,9 @@ impl Engine {
             return;
         }
         let ops: Vec<StoreOp> = due.iter().map(|id| StoreOp::DeletePending(*id)).collect();
-        if self.store.commit(&ops).is_err() {
+        if let Err(e) = self.store.commit(&ops) {
+            tracing::error!(error = %e, "dropping expired pending blocks failed; retrying in 1 s");
+            self.reap_backoff_until = now_ms() + 1000;
             return;
         }
         for id in due {
@@ -901,6 +912,9 @@ impl Engine {
     /// Removes every source block whose deadline has passed.
     fn reap(&mut self) {
         let now = now_ms();
+        if now < self.reap_backoff_until {
+            return;
+        }
         self.expire_pending(now);
         let mut due = Vec::new();
         while let Some((deadline, _, _)) = self.deadlines.first() {
@@ -913,28 +927,41 @@ impl Engine {
             return;
         }
         let mut round = Round::new();
-        for (_, target, source) in &due {
-            self.remember(&mut round, target);
-            let Some(blocks) = self.blocks.get_mut(target) else { continue };
-            if blocks.by_source.remove(source).is_some() {
-                round.ops.push(StoreOp::Delete(*target, source.clone()));
-                let mut e = Event::new(Action::Expire, target);
-                e.source = Some(source);
-                self.audit.record(&e);
+        let mut expired = Vec::new();
+        for (deadline, target, source) in &due {
+            // Only the block this deadline belongs to: a block extended or re-made since has
+            // its own deadline entry.
+            let current = self.blocks.get(target).and_then(|b| b.by_source.get(source));
+            if current.is_none_or(|b| b.expires_ms != Some(*deadline)) {
+                continue;
             }
+            self.remember(&mut round, target);
+            let blocks = self.blocks.get_mut(target).expect("checked above");
+            blocks.by_source.remove(source);
+            round.ops.push(StoreOp::Delete(*target, source.clone()));
+            expired.push((*target, source.clone()));
             if blocks.by_source.is_empty() {
                 self.blocks.remove(target);
                 self.count(target, -1);
             }
         }
+        if round.ops.is_empty() {
+            return;
+        }
         if let Err(e) = self.store.commit(&round.ops) {
-            // The kernel stopped enforcing them at their deadline anyway; retry the bookkeeping.
-            tracing::error!(error = %e, "removing expired blocks from the store failed; retrying");
+            // The kernel stopped enforcing them at their deadline anyway; retry the bookkeeping
+            // in a second, with the same deadlines.
+            tracing::error!(error = %e, "removing expired blocks from the store failed; retrying in 1 s");
             for (target, before) in std::mem::take(&mut round.before) {
                 self.restore(target, before);
             }
-            self.deadlines.extend(due.into_iter().map(|(_, t, s)| (now_ms() + 1000, t, s)));
+            self.reap_backoff_until = now_ms() + 1000;
             return;
+        }
+        for (target, source) in &expired {
+            let mut e = Event::new(Action::Expire, target);
+            e.source = Some(source);
+            self.audit.record(&e);
         }
         for target in round.before.keys() {
             let current = self.dp.maps().get_block(target).ok().flatten();
@@ -943,7 +970,7 @@ impl Engine {
             }
         }
         self.audit.flush();
-        tracing::debug!(count = due.len(), "reaped expired blocks");
+        tracing::debug!(count = expired.len(), "reaped expired blocks");
         if due.len() >= MAX_REAP {
             release_freed_memory();
         }

@@ -99,11 +99,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let socket = config.socket.clone();
-    let (state_dir, default_ttl) = (config.state_dir.clone(), config.default_ttl.0);
+    let state_dir = config.state_dir.clone();
+    let default_ttls = std::sync::Arc::new(spool::DefaultTtls {
+        global: config.default_ttl.0,
+        per_source: config
+            .policy
+            .sources
+            .iter()
+            .filter_map(|(s, p)| p.default_ttl.map(|d| (s.clone(), d.0)))
+            .collect(),
+    });
     runtime.block_on(async move {
         let listener = control_socket::bind(&socket, access).await?;
         // Triggers spooled while no daemon answered go first, before anyone is served.
-        spool::drain(&state_dir, &tx, default_ttl).await;
+        spool::drain(&state_dir, &tx, &default_ttls).await;
         tracing::info!(socket = %socket.display(), "listening");
         // A hook that timed out against a busy daemon spools too: keep draining while running.
         let spool_tx = tx.clone();
@@ -111,7 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let spooler = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                spool::drain(&spool_state, &spool_tx, default_ttl).await;
+                spool::drain(&spool_state, &spool_tx, &default_ttls).await;
             }
         });
         let server = tokio::spawn(control_socket::serve(listener, tx, access));

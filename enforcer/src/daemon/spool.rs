@@ -140,11 +140,34 @@ pub fn pending(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The TTL a block gets when its request names none: the source's own default, else the
+/// global one (as the policy would choose).
+#[derive(Clone, Debug, Default)]
+pub struct DefaultTtls {
+    /// The daemon's `default_ttl`.
+    pub global: Duration,
+    /// `[policy.sources.NAME] default_ttl`.
+    pub per_source: std::collections::BTreeMap<crate::block::Source, Duration>,
+}
+
+impl DefaultTtls {
+    /// The default TTL of `source`.
+    pub fn for_source(&self, source: &crate::block::Source) -> Duration {
+        self.per_source.get(source).copied().unwrap_or(self.global)
+    }
+}
+
 /// The request to apply now for a trigger spooled at `spooled_ms`, or `None` when every block
-/// in it has already ended. TTLs count from the spooling time; `default_ttl` stands in for a
-/// request that left the TTL to the daemon.
-pub fn adjust(request: Request, spooled_ms: UnixMillis, now: UnixMillis, default_ttl: Duration) -> Option<Request> {
+/// in it has already ended. TTLs count from the spooling time; the source's default TTL stands
+/// in for a request that left the TTL to the daemon.
+pub fn adjust(request: Request, spooled_ms: UnixMillis, now: UnixMillis, defaults: &DefaultTtls) -> Option<Request> {
     let elapsed = now.saturating_sub(spooled_ms);
+    let source = match &request {
+        Request::Block(b) => Some(b.source.clone()),
+        Request::BlockBatch(b) => Some(b.source.clone()),
+        _ => None,
+    };
+    let default_ttl = source.map_or(defaults.global, |s| defaults.for_source(&s));
     let left = |ttl_secs: Option<u64>| -> Option<u64> {
         let ttl_ms = ttl_secs.map_or(default_ttl.as_millis() as u64, |s| s.saturating_mul(1000));
         let left_ms = ttl_ms.checked_sub(elapsed).filter(|&ms| ms > 0)?;
@@ -190,7 +213,7 @@ pub struct Drained {
 ///
 /// The engine is running; nobody else is served yet. All requests are queued before the first
 /// answer is awaited, so they share durable rounds, and the channel keeps their order.
-pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, default_ttl: Duration) -> Drained {
+pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &DefaultTtls) -> Drained {
     let mut done = Drained::default();
     let files = match pending(state_dir) {
         Ok(f) => f,
@@ -219,7 +242,7 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, default_ttl: 
                 continue;
             }
         };
-        let Some(request) = adjust(entry.request, entry.spooled_ms, now, default_ttl) else {
+        let Some(request) = adjust(entry.request, entry.spooled_ms, now, defaults) else {
             tracing::info!(file = %path.display(), "spooled block ended while the daemon was down; dropped");
             let _ = fs::remove_file(&path);
             done.expired += 1;
@@ -235,6 +258,14 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, default_ttl: 
     for (path, answer) in waiting {
         match answer.await {
             Ok(Response::Ok { .. }) => done.applied += 1,
+            Ok(Response::Err { error, .. })
+                if matches!(error.code, crate::protocol::ErrorCode::Internal | crate::protocol::ErrorCode::MapFull) =>
+            {
+                // Not a verdict on the request (the store failed, a map is full): keep it and
+                // try again at the next drain.
+                tracing::warn!(file = %path.display(), code = ?error.code, "spooled request not applied yet, kept for the next drain: {}", error.message);
+                continue;
+            }
             Ok(Response::Err { error, .. }) => {
                 tracing::warn!(file = %path.display(), code = ?error.code, "spooled request refused: {}", error.message);
                 done.refused += 1;
@@ -293,13 +324,26 @@ mod tests {
 
     #[test]
     fn a_blocks_ttl_counts_from_when_it_was_spooled() {
-        let d = Duration::from_secs(600);
+        let d = &DefaultTtls {
+            global: Duration::from_secs(600),
+            ..DefaultTtls::default()
+        };
         assert_eq!(ttl(adjust(block(Some(3600)), 0, H - 600_000, d)), Some(600));
         assert_eq!(ttl(adjust(block(Some(3600)), 0, 1, d)), Some(3600), "rounded up, never to zero");
         assert_eq!(ttl(adjust(block(Some(3600)), 0, H, d)), None, "already over");
         assert_eq!(ttl(adjust(block(Some(3600)), 0, 2 * H, d)), None);
         assert_eq!(ttl(adjust(block(None), 0, 60_000, d)), Some(540), "the daemon's default TTL");
         assert_eq!(ttl(adjust(block(Some(60)), 10_000, 0, d)), Some(60), "a clock that went back");
+        // The source's own default wins over the global one.
+        let source = match block(None) {
+            Request::Block(b) => b.source,
+            _ => unreachable!(),
+        };
+        let per_source = &DefaultTtls {
+            global: Duration::from_secs(3600),
+            per_source: [(source, Duration::from_secs(600))].into_iter().collect(),
+        };
+        assert_eq!(ttl(adjust(block(None), 0, 60_000, per_source)), Some(540));
     }
 
     #[test]
@@ -314,11 +358,11 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
         });
-        let Some(Request::BlockBatch(b)) = adjust(batch, 0, 120_000, Duration::from_secs(1)) else { panic!() };
+        let Some(Request::BlockBatch(b)) = adjust(batch, 0, 120_000, &DefaultTtls { global: Duration::from_secs(1), ..DefaultTtls::default() }) else { panic!() };
         assert_eq!(b.items.len(), 1);
         assert_eq!(b.items[0].ttl_secs, Some(3480));
         let unblock = Request::Unblock { target: "192.0.2.1".parse().unwrap(), source: None, all: false };
-        assert!(matches!(adjust(unblock, 0, 10 * H, Duration::from_secs(1)), Some(Request::Unblock { .. })));
+        assert!(matches!(adjust(unblock, 0, 10 * H, &DefaultTtls { global: Duration::from_secs(1), ..DefaultTtls::default() }), Some(Request::Unblock { .. })));
     }
 
     #[test]

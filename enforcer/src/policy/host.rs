@@ -117,6 +117,7 @@ fn ip_from(v: &[u8]) -> Option<IpAddr> {
 /// most every 200 ms. Returns when `changed` returns false or the socket fails.
 pub fn watch(mut changed: impl FnMut() -> bool) {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // Route notifications are filtered below to default routes; addresses always count.
     const GROUPS: u32 = 0x10 | 0x40 | 0x100 | 0x400; // IPv4/IPv6 addresses and routes
     // SAFETY: plain socket(2); owned right away.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
@@ -140,24 +141,55 @@ pub fn watch(mut changed: impl FnMut() -> bool) {
     }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: valid buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return;
+        // Wait for something that matters: an address, or a default route, changing. A full
+        // routing table churning (BGP) must not make us re-read everything each time.
+        match recv(&fd, &mut buf, 0) {
+            Ok(n) if !relevant(&buf[..n]) => continue,
+            Ok(_) => {}
+            // The kernel dropped notifications (ENOBUFS): something changed, we can't know what.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "watching address changes failed; the host allowlist is no longer kept current");
+                return;
+            }
         }
         // Coalesce bursts (an interface going up changes many things at once).
         std::thread::sleep(std::time::Duration::from_millis(200));
-        loop {
-            // SAFETY: valid buffer; non-blocking drain.
-            let m = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if m <= 0 {
-                break;
-            }
-        }
+        while recv(&fd, &mut buf, libc::MSG_DONTWAIT).is_ok_and(|n| n > 0) {}
         if !changed() {
             return;
         }
     }
+}
+
+fn recv(fd: &std::os::fd::OwnedFd, buf: &mut [u8], flags: i32) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: receiving into a buffer of the given length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// Whether a batch of rtnetlink notifications touches an address or a default route.
+fn relevant(mut msgs: &[u8]) -> bool {
+    const RTM_DELADDR: u16 = 21;
+    const RTM_DELROUTE: u16 = 25;
+    const NLH: usize = 16;
+    while msgs.len() >= NLH {
+        let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+        let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+        if len < NLH || len > msgs.len() {
+            return true;
+        }
+        match kind {
+            RTM_NEWADDR | RTM_DELADDR => return true,
+            // struct rtmsg: family, dst_len, ...: a default route has dst_len 0.
+            RTM_NEWROUTE | RTM_DELROUTE if msgs.get(NLH + 1) == Some(&0) => return true,
+            _ => {}
+        }
+        msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+    }
+    false
 }
 
 #[cfg(test)]
