@@ -42,7 +42,8 @@ impl ClientError {
             Self::NotRunning(_) => EXIT_NOT_RUNNING,
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied.exit_code(),
             Self::Daemon(e) => e.code.exit_code(),
-            Self::Io { .. } => EXIT_NOT_RUNNING,
+            // Connected, then the exchange failed: the daemon runs but did not answer.
+            Self::Io { .. } => 1,
         }
     }
 }

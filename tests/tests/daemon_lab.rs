@@ -422,3 +422,32 @@ fn with_spool_if_down_a_trigger_made_while_the_daemon_is_down_is_applied_when_it
     assert_eq!(list[0]["target"], SENDER_V4[1]);
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
 }
+
+#[test]
+fn an_interface_no_longer_configured_is_detached_at_start() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1]]));
+    d.stop().unwrap();
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    // Start again without any interface: the earlier pinned link goes.
+    let socket = d.socket.with_extension("2.sock");
+    let mut child = std::process::Command::new(enforcer_tests::daemon::enforcer_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["daemon", "--config", "/dev/null", "--netns", lab.receiver.name(), "--max-addresses", "65536", "--max-prefixes", "4096", "--state-dir"])
+        .arg(&d.state_dir)
+        .arg("--bpffs-dir")
+        .arg(lab.pins.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let result = wait_for("the daemon to detach vb", Duration::from_secs(10), || {
+        Ok((passes(&lab, SENDER_V4[1], RECEIVER_V4) == 10).then_some(()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result.unwrap();
+    assert!(enforcer::datapath::pinned_interfaces(&enforcer::datapath::PinLayout::new(lab.pins.path())).is_empty());
+}

@@ -68,10 +68,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.interfaces.is_empty() {
         tracing::warn!("no interfaces configured: blocks are kept but nothing is filtered (use --iface)");
     }
+    // The configuration is the source of truth: an interface pinned by an earlier run but no
+    // longer configured is detached (it would otherwise keep an older program and maps).
+    let layout = engine.datapath().layout().clone();
+    for iface in crate::datapath::pinned_interfaces(&layout) {
+        if config.interfaces.contains(&iface) {
+            continue;
+        }
+        match crate::datapath::detach_link(&layout, &iface) {
+            Ok(()) => tracing::warn!(%iface, "detached: pinned by an earlier run but no longer configured"),
+            Err(e) => tracing::error!(%iface, error = %e, "cannot detach an interface that is no longer configured"),
+        }
+    }
     engine.set_attachments(attachments);
-    // Every link now runs this build's program on this build's maps: pins of older layouts
-    // are no longer referenced by anything we attached.
-    engine.datapath().remove_stale_layouts();
+    // Every remaining link now runs this build's program on this build's maps: pins of older
+    // layouts are no longer referenced by anything we attached.
+    if crate::datapath::pinned_interfaces(&layout).iter().all(|i| config.interfaces.contains(i)) {
+        engine.datapath().remove_stale_layouts();
+    }
 
     let (tx, rx) = mpsc::sync_channel(8192);
     if config.allowlist.builtin {
