@@ -286,6 +286,9 @@ pub enum Reply {
     BlockBatch {
         /// How many were applied.
         applied: usize,
+        /// How many wait for approval (see `pending_list`).
+        #[serde(default)]
+        pending: usize,
         /// Which were refused, and why.
         failed: Vec<BatchFailure>,
     },

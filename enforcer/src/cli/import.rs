@@ -83,6 +83,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let progress = std::io::stderr().is_terminal() && !a.json;
     let mut client = Client::connect(socket, Duration::from_secs(120))?;
     let mut applied = 0usize;
+    let mut pending = 0usize;
     let mut failed = Vec::new();
     let started = std::time::Instant::now();
     for (i, chunk) in items.chunks(CHUNK).enumerate() {
@@ -93,10 +94,11 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             reason: a.flags.reason(),
             shadow: a.flags.shadow,
         }))?;
-        let Reply::BlockBatch { applied: n, failed: f } = reply else {
+        let Reply::BlockBatch { applied: n, pending: p, failed: f } = reply else {
             anyhow::bail!("unexpected reply from the daemon")
         };
         applied += n;
+        pending += p;
         failed.extend(f.into_iter().map(|mut x| {
             x.index += i * CHUNK;
             x
@@ -114,9 +116,12 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        super::output::json(&serde_json::json!({"total": total, "applied": applied, "failed": failed, "seconds": secs}))?;
+        super::output::json(&serde_json::json!({"total": total, "applied": applied, "pending": pending, "failed": failed, "seconds": secs}))?;
     } else {
         println!("imported {applied} of {total} targets in {secs:.2}s");
+        if pending > 0 {
+            println!("  {pending} wait for approval (`enforcer pending`)");
+        }
         for f in failed.iter().take(20) {
             println!("  refused {}: {}", f.target, f.error.message);
         }

@@ -813,6 +813,7 @@ impl Engine {
 
     fn block_batch(&mut self, round: &mut Round, req: BatchRequest) -> (Response, Vec<Target>) {
         let mut applied = 0;
+        let mut pending = 0;
         let mut failed = Vec::new();
         let mut touched = Vec::with_capacity(req.items.len());
         let reason = std::sync::Arc::new(req.reason);
@@ -827,6 +828,7 @@ impl Engine {
                 force: false,
             };
             match self.block_shared(round, one, reason.clone(), false) {
+                Ok((r, _)) if r.outcome == Outcome::Pending => pending += 1,
                 Ok((_, t)) => {
                     applied += 1;
                     touched.push(t);
@@ -839,7 +841,7 @@ impl Engine {
                 Err(Response::Ok { .. }) => unreachable!("block errors are errors"),
             }
         }
-        (Response::ok(Reply::BlockBatch { applied, failed }), touched)
+        (Response::ok(Reply::BlockBatch { applied, pending, failed }), touched)
     }
 
     #[expect(clippy::result_large_err, reason = "a refusal is answered at once, never propagated far; boxing would add an allocation per refusal")]
