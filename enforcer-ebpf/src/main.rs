@@ -204,49 +204,56 @@ fn as_mut_ptr<T>(r: &T) -> *mut T {
 
 #[inline(always)]
 fn judge_v4(addr: [u8; 4], len: u64, stats: &mut Stats) -> Verdict {
-    // The clock is read only once something matched: a miss (legitimate traffic) never pays.
-    let mut clock = Clock(0);
-    let mut m = Match {
-        entry: None,
-        expired: false,
-    };
-    if let Some(e) = BLOCK_V4.get_ptr_mut(addr) {
-        consider(&mut m, e, clock.now());
-    }
-    if !is_enforced(&m) && prefixes_present(0) {
-        let padded = [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0];
-        // The longest match first; while it is shadow or expired, the next wider one.
-        let mut bits = 64;
-        for _ in 0..MAX_NESTED_PREFIXES {
-            let Some(e) = BLOCK_NET_V4.get(Key::new(bits, padded)) else { break };
-            let e = as_mut_ptr(e);
-            consider(&mut m, e, clock.now());
-            // SAFETY: `e` points into a map value.
-            let own = unsafe { (*e).prefix_len };
-            if is_enforced(&m) || own == 0 {
-                break;
-            }
-            bits = own - 1;
-        }
-    }
-    decide(m, len, &mut clock, stats, || ALLOW_V4.get(Key::new(32, addr)).is_some())
+    let padded = [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0];
+    judge(
+        BLOCK_V4.get_ptr_mut(addr),
+        0,
+        64,
+        |bits| BLOCK_NET_V4.get(Key::new(bits, padded)).map(as_mut_ptr),
+        len,
+        stats,
+        || ALLOW_V4.get(Key::new(32, addr)).is_some(),
+    )
 }
 
 #[inline(always)]
 fn judge_v6(addr: [u8; 16], len: u64, stats: &mut Stats) -> Verdict {
+    judge(
+        BLOCK_V6.get_ptr_mut(addr),
+        1,
+        128,
+        |bits| BLOCK_NET_V6.get(Key::new(bits, addr)).map(as_mut_ptr),
+        len,
+        stats,
+        || ALLOW_V6.get(Key::new(128, addr)).is_some(),
+    )
+}
+
+/// One family's verdict: the exact entry, then the prefix trie (longest match first and, while
+/// that is shadow or expired, the next wider one), then the allowlist if something matched.
+/// The clock is read only once something matched: a miss (legitimate traffic) never pays.
+#[inline(always)]
+fn judge(
+    exact: Option<*mut BlockValue>,
+    family: u32,
+    full_bits: u32,
+    prefix: impl Fn(u32) -> Option<*mut BlockValue>,
+    len: u64,
+    stats: &mut Stats,
+    allowed: impl FnOnce() -> bool,
+) -> Verdict {
     let mut clock = Clock(0);
     let mut m = Match {
         entry: None,
         expired: false,
     };
-    if let Some(e) = BLOCK_V6.get_ptr_mut(addr) {
+    if let Some(e) = exact {
         consider(&mut m, e, clock.now());
     }
-    if !is_enforced(&m) && prefixes_present(1) {
-        let mut bits = 128;
+    if !is_enforced(&m) && prefixes_present(family) {
+        let mut bits = full_bits;
         for _ in 0..MAX_NESTED_PREFIXES {
-            let Some(e) = BLOCK_NET_V6.get(Key::new(bits, addr)) else { break };
-            let e = as_mut_ptr(e);
+            let Some(e) = prefix(bits) else { break };
             consider(&mut m, e, clock.now());
             // SAFETY: `e` points into a map value.
             let own = unsafe { (*e).prefix_len };
@@ -256,7 +263,7 @@ fn judge_v6(addr: [u8; 16], len: u64, stats: &mut Stats) -> Verdict {
             bits = own - 1;
         }
     }
-    decide(m, len, &mut clock, stats, || ALLOW_V6.get(Key::new(128, addr)).is_some())
+    decide(m, len, &mut clock, stats, allowed)
 }
 
 /// Whether the family's prefix trie may hold entries (0 = IPv4, 1 = IPv6). An array lookup is
