@@ -144,17 +144,12 @@ pub fn svg(d: &datapath::Results) -> String {
         Packet::Allowlisted => "#54a24b",
     };
 
-    let mut out = String::new();
+    let mut out = super::svg::open(
+        width,
+        height,
+        "XDP data path: ns per packet (BPF_PROG_TEST_RUN, median; whisker = min–max)",
+    );
     let w = &mut out;
-    let _ = writeln!(
-        w,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(w, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        w,
-        r#"<text x="10" y="18" font-size="14" font-weight="bold">XDP data path: ns per packet (BPF_PROG_TEST_RUN, median; whisker = min–max)</text>"#
-    );
     let mut lx = 10.0;
     for p in [
         Packet::Miss,

@@ -73,18 +73,8 @@ pub fn render(c: &Chart) -> String {
     let height = TOP + ROW * c.bars.len() as f64 + 40.0;
     let width = label_width + PLOT + text_width.max(110.0);
 
-    let mut out = String::new();
+    let mut out = open(width, height, c.title);
     let w = &mut out;
-    let _ = writeln!(
-        w,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(w, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        w,
-        r#"<text x="10" y="18" font-size="14" font-weight="bold">{}</text>"#,
-        escape(c.title)
-    );
     let mut lx = 10.0;
     for (colour, meaning) in &c.legend {
         let _ = writeln!(
@@ -155,6 +145,22 @@ pub fn render(c: &Chart) -> String {
 }
 
 /// 1, 2, 2.5 or 5 times a power of ten, at least `raw`.
+/// The start of an SVG document: the root element, a white background and a bold title.
+pub fn open(width: f64, height: f64, title: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="18" font-size="14" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    out
+}
+
 fn nice_step(raw: f64) -> f64 {
     let p = 10f64.powf(raw.log10().floor());
     [1.0, 2.0, 2.5, 5.0, 10.0]
