@@ -64,7 +64,7 @@ impl fmt::Display for Source {
 }
 
 /// Enforce (drop) or shadow (count and pass).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Matching packets are dropped.

@@ -84,6 +84,16 @@ pub struct Config {
     pub allowlist: AllowlistConfig,
     /// The safety policy.
     pub policy: crate::policy::PolicyConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics` (e.g. `127.0.0.1:9466`); unset = no endpoint (the default).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The `[allowlist]` section.
@@ -120,6 +130,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             allowlist: AllowlistConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

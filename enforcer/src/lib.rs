@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod duration;
 pub mod hooks;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod store;

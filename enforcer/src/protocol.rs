@@ -121,6 +121,31 @@ pub enum Request {
     RefreshHost,
 }
 
+impl Request {
+    /// The request's `op` as it appears on the wire (and as a metrics label).
+    pub const fn op(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Block(_) => "block",
+            Self::BlockBatch(_) => "block_batch",
+            Self::Unblock { .. } => "unblock",
+            Self::List { .. } => "list",
+            Self::Show { .. } => "show",
+            Self::Stats => "stats",
+            Self::Status => "status",
+            Self::AllowAdd { .. } => "allow_add",
+            Self::AllowRemove { .. } => "allow_remove",
+            Self::AllowList => "allow_list",
+            Self::Promote { .. } => "promote",
+            Self::BreakerReset { .. } => "breaker_reset",
+            Self::PendingList => "pending_list",
+            Self::Approve { .. } => "approve",
+            Self::Reject { .. } => "reject",
+            Self::RefreshHost => "refresh_host",
+        }
+    }
+}
+
 /// A block request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlockRequest {
@@ -242,6 +267,19 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears on the wire (and as a metrics label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::NotFound => "not_found",
+            Self::MapFull => "map_full",
+            Self::Refused => "refused",
+            Self::PermissionDenied => "permission_denied",
+            Self::Internal => "internal",
+        }
+    }
+
     /// The CLI's exit code for this error.
     pub const fn exit_code(self) -> i32 {
         match self {

@@ -20,11 +20,12 @@ const BPF_LINKER_INSTALL: &str = "bpf-linker@0.10.0";
 /// (0.11+ needs LLVM 23), so a nightly with another LLVM produces link failures.
 const BPF_LINKER_LLVM_MAJOR: u32 = 22;
 /// Debian packages the tests and benchmarks call (bpftool to inspect programs and maps,
-/// firewalls to compare against, traffic generators, interface/namespace tools, and fail2ban
-/// to run as a real trigger source).
+/// firewalls to compare against, traffic generators, interface/namespace tools, fail2ban
+/// to run as a real trigger source, Prometheus to scrape the metrics endpoint, and lintian and
+/// systemd to check the .deb and its unit).
 const PACKAGES: &[&str] = &[
     "bpftool", "iptables", "nftables", "ipset", "hping3", "iperf3", "iproute2", "ethtool", "procps",
-    "fail2ban",
+    "fail2ban", "prometheus", "lintian", "systemd",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

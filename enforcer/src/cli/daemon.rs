@@ -41,6 +41,10 @@ pub struct Args {
     /// Capacity of each prefix map (per family).
     #[arg(long)]
     pub max_prefixes: Option<u32>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9466); off unless set here or
+    /// in `[metrics] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Run in this network namespace (a name under /run/netns), e.g. to protect the interfaces
     /// of a container host's namespace. Unlike `ip netns exec`, this keeps the host's
     /// /sys/fs/bpf, so pins outlive the process.
@@ -102,6 +106,9 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if let Some(n) = a.max_prefixes {
         config.capacity.prefixes = n;
+    }
+    if let Some(addr) = a.metrics_listen {
+        config.metrics.listen = Some(addr);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

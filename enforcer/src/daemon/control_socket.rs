@@ -7,7 +7,7 @@ use std::{
     io,
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    sync::mpsc::SyncSender,
+    sync::{Arc, mpsc::SyncSender},
 };
 
 use tokio::{
@@ -17,7 +17,10 @@ use tokio::{
 };
 
 use super::engine::Command;
-use crate::protocol::{Envelope, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Request, Response};
+use crate::{
+    metrics::Metrics,
+    protocol::{Envelope, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Request, Response},
+};
 
 /// Who may talk to the daemon.
 #[derive(Clone, Copy, Debug)]
@@ -61,7 +64,7 @@ pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
 }
 
 /// Accepts connections until the engine goes away.
-pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: Access) {
+pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: Access, metrics: Arc<Metrics>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -71,8 +74,9 @@ pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: 
             }
         };
         let engine = engine.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, engine, access).await {
+            if let Err(e) = connection(stream, engine, access, &metrics).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -98,7 +102,7 @@ fn peer_allowed(stream: &UnixStream, access: Access) -> bool {
         .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
-async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Access) -> io::Result<()> {
+async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Access, metrics: &Metrics) -> io::Result<()> {
     let allowed = peer_allowed(&stream, access);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -109,16 +113,17 @@ async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Acc
         if n == 0 {
             return Ok(());
         }
-        let response = if !allowed {
-            Response::err(
+        let (op, response) = if !allowed {
+            ("unknown", Response::err(
                 ErrorCode::PermissionDenied,
                 "permission denied: the control socket is for root and the daemon's socket_group",
-            )
+            ))
         } else if line.len() > MAX_LINE {
-            Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes"))
+            ("unknown", Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes")))
         } else {
             handle_line(&line, &engine).await
         };
+        metrics.request(op, result_label(&response));
         let mut out = serde_json::to_vec(&Envelope {
             v: PROTOCOL_VERSION,
             body: response,
@@ -132,25 +137,44 @@ async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Acc
     }
 }
 
-async fn handle_line(line: &[u8], engine: &SyncSender<Command>) -> Response {
+/// A response's `result` label: `ok` or its error code.
+fn result_label(r: &Response) -> &'static str {
+    match r {
+        Response::Ok { .. } => "ok",
+        Response::Err { error, .. } => error.code.as_str(),
+    }
+}
+
+/// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
+async fn handle_line(line: &[u8], engine: &SyncSender<Command>) -> (&'static str, Response) {
+    let (op, response) = match parse(line) {
+        Ok(request) => (request.op(), run(request, engine).await),
+        Err(response) => ("unknown", response),
+    };
+    (op, response)
+}
+
+#[expect(clippy::result_large_err, reason = "the error is the response, sent at once")]
+fn parse(line: &[u8]) -> Result<Request, Response> {
     let value: serde_json::Value = match serde_json::from_slice(line) {
         Ok(v) => v,
-        Err(e) => return Response::err(ErrorCode::InvalidRequest, format!("not JSON: {e}")),
+        Err(e) => return Err(Response::err(ErrorCode::InvalidRequest, format!("not JSON: {e}"))),
     };
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return Response::err(
+            return Err(Response::err(
                 ErrorCode::UnsupportedVersion,
                 format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
-            );
+            ));
         }
-        None => return Response::err(ErrorCode::InvalidRequest, "missing protocol version field `v`"),
+        None => return Err(Response::err(ErrorCode::InvalidRequest, "missing protocol version field `v`")),
     }
-    let request: Request = match serde_json::from_value(value) {
-        Ok(r) => r,
-        Err(e) => return Response::err(ErrorCode::InvalidRequest, format!("invalid request: {e}")),
-    };
+    serde_json::from_value(value).map_err(|e| Response::err(ErrorCode::InvalidRequest, format!("invalid request: {e}")))
+}
+
+/// Hands a request to the engine and waits for its answer.
+async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
     let command = Command { request, reply: tx };

@@ -12,7 +12,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
-    sync::mpsc::{Receiver, RecvTimeoutError},
+    sync::{
+        Arc,
+        mpsc::{Receiver, RecvTimeoutError},
+    },
     time::{Duration, Instant},
 };
 
@@ -24,6 +27,8 @@ use crate::{
     policy::{AllowOrigin, Allowlist, Ask, BreakerEvent, Decision, Policy, PolicyConfig, host},
     block::{Mode, Record, Source, SourceBlock, TargetBlocks, UnixMillis, from_ms, now_ms},
     datapath::{Attachment, Datapath, clock},
+    daemon::systemd::{Heartbeat, TestStall},
+    metrics::{BlockTally, Metrics, Snapshot},
     protocol::*,
     store::{Store, StoreOp},
     target::Target,
@@ -60,6 +65,14 @@ pub struct Engine {
     started: Instant,
     /// After a failed expiry commit: no reaping before this (Unix ms).
     reap_backoff_until: UnixMillis,
+    /// Counters and the snapshot the metrics endpoint reads.
+    metrics: Arc<Metrics>,
+    /// Source blocks by source and mode, for the snapshot (updated per round, never recounted).
+    tally: BlockTally,
+    /// systemd's watchdog and status line, fed by this loop.
+    heartbeat: Option<Heartbeat>,
+    /// Debug builds: lets a test hang this loop.
+    stall: TestStall,
 }
 
 /// What the engine is configured with.
@@ -118,6 +131,10 @@ impl Engine {
             attachments: Vec::new(),
             started: Instant::now(),
             reap_backoff_until: 0,
+            metrics: Arc::default(),
+            tally: BlockTally::default(),
+            heartbeat: None,
+            stall: TestStall::from_env(),
         };
         engine.load_allowlist(&config.allowlist)?;
         engine.load_side_tables()?;
@@ -174,6 +191,80 @@ impl Engine {
     /// Records the interfaces attached, for status.
     pub fn set_attachments(&mut self, a: Vec<Attachment>) {
         self.attachments = a;
+        self.publish_metrics();
+    }
+
+    /// Feeds systemd's watchdog and status line from this engine's loop.
+    pub fn set_heartbeat(&mut self, heartbeat: Option<Heartbeat>) {
+        self.heartbeat = heartbeat;
+    }
+
+    /// The `STATUS=` line systemd shows.
+    pub fn status_line(&self) -> String {
+        let ifaces: Vec<&str> = self.attachments.iter().map(|a| a.iface.as_str()).collect();
+        let mut line = format!(
+            "enforcing {} blocks on {}",
+            self.blocks.len(),
+            if ifaces.is_empty() { "no interface".to_owned() } else { ifaces.join(", ") }
+        );
+        if !self.pending.is_empty() {
+            line.push_str(&format!("; {} waiting for approval", self.pending.len()));
+        }
+        line
+    }
+
+    /// The counters and snapshot this engine keeps for the metrics endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Publishes the metrics snapshot: O(sources + maps), never a walk over the blocks.
+    fn publish_metrics(&mut self) {
+        let now = now_ms();
+        let open: BTreeSet<Source> = self.policy.open_breakers(now).into_iter().map(|b| b.source).collect();
+        let mut breakers: BTreeMap<Source, bool> = self.policy.config.sources.keys().map(|s| (s.clone(), false)).collect();
+        for s in open {
+            breakers.insert(s, true);
+        }
+        let (allow_v4, allow_v6) = self.allow.iter().fold((0u64, 0u64), |(a, b), (t, _)| if t.is_v4() { (a + 1, b) } else { (a, b + 1) });
+        let maps = self
+            .dp
+            .maps()
+            .capacities()
+            .into_iter()
+            .map(|(name, cap)| {
+                let used = match name {
+                    map_names::ALLOW_V4 => allow_v4,
+                    map_names::ALLOW_V6 => allow_v6,
+                    _ => self.used.get(name).copied().unwrap_or(0),
+                };
+                (name, used, cap)
+            })
+            .collect();
+        self.metrics.publish(Snapshot {
+            blocks: self.tally.entries(),
+            targets: self.blocks.len() as u64,
+            maps,
+            breakers: breakers.into_iter().collect(),
+            pending: self.pending.len() as u64,
+            oldest_deadline_ms: self.deadlines.first().map(|(d, _, _)| *d),
+            interfaces: self.attachments.iter().map(|a| (a.iface.clone(), a.ifindex)).collect(),
+        });
+    }
+
+    /// Commits to the store, timing it for the metrics.
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), crate::store::StoreError> {
+        let started = Instant::now();
+        let result = self.store.commit(ops);
+        self.metrics.store_commit(started.elapsed());
+        result
+    }
+
+    /// After a durable round: the tally follows every target it touched.
+    fn tally_round(&mut self, round: &Round) {
+        for (target, before) in &round.before {
+            self.tally.replace(before.as_ref(), self.blocks.get(target));
+        }
     }
 
     /// Loads the store and makes the kernel maps say exactly what it says.
@@ -188,6 +279,9 @@ impl Engine {
             }
             self.index(&target, &block);
             self.blocks.entry(target).or_default().by_source.insert(block.source.clone(), block);
+        }
+        for t in self.blocks.values() {
+            self.tally.add(t);
         }
         if !expired.is_empty() {
             let ops: Vec<_> = expired
@@ -288,7 +382,11 @@ impl Engine {
     /// Runs until the channel closes or `stop` is set (and a command wakes it).
     pub fn run(mut self, rx: Receiver<Command>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let wait = self.until_next_deadline();
+            self.stall.wait();
+            let wait = match &self.heartbeat {
+                Some(h) => self.until_next_deadline().min(h.every()),
+                None => self.until_next_deadline(),
+            };
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut round = vec![first];
@@ -304,6 +402,11 @@ impl Engine {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.reap();
+            self.publish_metrics();
+            if let Some(mut h) = self.heartbeat.take() {
+                h.beat(|| self.status_line());
+                self.heartbeat = Some(h);
+            }
         }
         self.audit.flush();
         tracing::info!("engine stopped; blocks stay in force in the kernel");
@@ -385,7 +488,7 @@ impl Engine {
             }
         }
         if !round.ops.is_empty()
-            && let Err(e) = self.store.commit(&round.ops)
+            && let Err(e) = self.commit(&round.ops)
         {
             tracing::error!(error = %e, "committing to the store failed; rolling back this round");
             for (target, before) in std::mem::take(&mut round.before) {
@@ -410,6 +513,7 @@ impl Engine {
             }
             return;
         }
+        self.tally_round(&round);
         // Durable: now make it so in the kernel.
         let mut failed: BTreeMap<Target, String> = BTreeMap::new();
         for (target, before) in &round.before {
@@ -505,6 +609,7 @@ impl Engine {
         }
         let (ttl, mode, notes) = match decision {
             Decision::Refuse { rule, message } => {
+                self.metrics.refusal(rule, &req.source);
                 let msg = format!("refused by policy rule `{rule}`: {message}");
                 self.refuse(&target, &req.source, &msg);
                 return Err(Response::err(ErrorCode::Refused, msg));
@@ -551,6 +656,7 @@ impl Engine {
                 let msg = format!(
                     "the {map} map is full ({capacity} entries); nothing was evicted. Raise [capacity] in the configuration or unblock targets"
                 );
+                self.metrics.refusal("capacity", &req.source);
                 self.refuse(&target, &req.source, &format!("rule `capacity`: {msg}"));
                 return Err(Response::err(ErrorCode::MapFull, msg));
             }
@@ -895,7 +1001,7 @@ impl Engine {
             return;
         }
         let ops: Vec<StoreOp> = due.iter().map(|id| StoreOp::DeletePending(*id)).collect();
-        if let Err(e) = self.store.commit(&ops) {
+        if let Err(e) = self.commit(&ops) {
             tracing::error!(error = %e, "dropping expired pending blocks failed; retrying in 1 s");
             self.reap_backoff_until = now_ms() + 1000;
             return;
@@ -950,7 +1056,7 @@ impl Engine {
         if round.ops.is_empty() {
             return;
         }
-        if let Err(e) = self.store.commit(&round.ops) {
+        if let Err(e) = self.commit(&round.ops) {
             // The kernel stopped enforcing them at their deadline anyway; retry the bookkeeping
             // in a second, with the same deadlines.
             tracing::error!(error = %e, "removing expired blocks from the store failed; retrying in 1 s");
@@ -960,6 +1066,8 @@ impl Engine {
             self.reap_backoff_until = now_ms() + 1000;
             return;
         }
+        self.tally_round(&round);
+        self.metrics.expired(expired.len() as u64);
         for (target, source) in &expired {
             let mut e = Event::new(Action::Expire, target);
             e.source = Some(source);

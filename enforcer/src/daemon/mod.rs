@@ -7,6 +7,7 @@
 pub mod control_socket;
 pub mod engine;
 pub mod spool;
+pub mod systemd;
 
 use std::{os::unix::fs::DirBuilderExt as _, sync::mpsc};
 
@@ -87,6 +88,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         engine.datapath().remove_stale_layouts();
     }
 
+    let notifier = std::sync::Arc::new(systemd::Notifier::from_env());
+    engine.set_heartbeat(notifier.heartbeat());
+    let ready_status = engine.status_line();
+    let metrics = engine.metrics();
+    let maps_dir = layout.maps_dir();
+
     let (tx, rx) = mpsc::sync_channel(8192);
     if config.allowlist.builtin {
         let tx = tx.clone();
@@ -137,14 +144,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 spool::drain(&spool_state, &spool_tx, &default_ttls).await;
             }
         });
-        let server = tokio::spawn(control_socket::serve(listener, tx, access));
+        let exporter = match config.metrics.listen {
+            Some(addr) => {
+                let listener = crate::metrics::http::bind(addr).await?;
+                let stats = crate::datapath::StatsReader::open_pinned(&maps_dir)
+                    .inspect_err(|e| tracing::warn!(error = %e, "metrics: the data path's counters are unreadable"))
+                    .ok();
+                let endpoint = std::sync::Arc::new(crate::metrics::http::Endpoint {
+                    metrics: metrics.clone(),
+                    stats,
+                    state_dir: state_dir.clone(),
+                });
+                tracing::info!(%addr, "serving metrics at /metrics");
+                Some(tokio::spawn(crate::metrics::http::serve(listener, endpoint)))
+            }
+            None => None,
+        };
+        let server = tokio::spawn(control_socket::serve(listener, tx, access, metrics));
+        // Blocks are reconciled and enforced, every interface attached, the socket serving.
+        notifier.notify(&format!("READY=1\nSTATUS={ready_status}\n"));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down; XDP stays attached, blocks stay in force"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down; XDP stays attached, blocks stay in force"),
         }
+        notifier.notify("STOPPING=1\n");
         server.abort();
         spooler.abort();
+        if let Some(e) = exporter {
+            e.abort();
+        }
         let _ = server.await;
         let _ = spooler.await;
         let _ = std::fs::remove_file(&socket);

@@ -140,6 +140,18 @@ pub fn pending(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// How many requests wait in the spool (read-only: for the metrics endpoint).
+pub fn depth(state_dir: &Path) -> io::Result<u64> {
+    match fs::read_dir(spool_dir(state_dir)) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count() as u64),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// The TTL a block gets when its request names none: the source's own default, else the
 /// global one (as the policy would choose).
 #[derive(Clone, Debug, Default)]

@@ -361,11 +361,7 @@ impl BlockMaps {
 
     /// Counters for one interface (summed over CPUs).
     pub fn stats_for_ifindex(&self, ifindex: u32) -> Result<Stats, MapsError> {
-        let values = self
-            .stats
-            .get(&(ifindex % STATS_SLOTS), 0)
-            .map_err(kernel("lookup", map_names::STATS))?;
-        Ok(values.iter().fold(Stats::default(), |acc, s| acc.plus(*s)))
+        stats_slot(&self.stats, ifindex % STATS_SLOTS)
     }
 
     /// Counters over every interface (summed over CPUs and slots).
@@ -379,6 +375,34 @@ impl BlockMaps {
             total = values.iter().fold(total, |acc, s| acc.plus(*s));
         }
         Ok(total)
+    }
+}
+
+/// One counter slot, summed over CPUs.
+fn stats_slot(stats: &PerCpuArray<MapData, Stats>, slot: u32) -> Result<Stats, MapsError> {
+    let values = stats.get(&slot, 0).map_err(kernel("lookup", map_names::STATS))?;
+    Ok(values.iter().fold(Stats::default(), |acc, s| acc.plus(*s)))
+}
+
+/// Read-only access to the pinned per-CPU counters alone, for readers outside the engine (the
+/// metrics endpoint): reading them takes no lock the engine holds.
+pub struct StatsReader(PerCpuArray<MapData, Stats>);
+
+impl StatsReader {
+    /// Opens the counters pinned in `maps_dir`.
+    pub fn open_pinned(maps_dir: &Path) -> Result<Self, MapsError> {
+        let path = maps_dir.join(map_names::STATS);
+        let open = |source| MapsError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let map = Map::from_map_data(MapData::from_pin(&path).map_err(open)?).map_err(open)?;
+        Ok(Self(convert(map_names::STATS, map)?))
+    }
+
+    /// Counters for one interface (summed over CPUs).
+    pub fn for_ifindex(&self, ifindex: u32) -> Result<Stats, MapsError> {
+        stats_slot(&self.0, ifindex % STATS_SLOTS)
     }
 }
 

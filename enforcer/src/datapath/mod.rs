@@ -9,5 +9,5 @@ pub use loader::{
     Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,
     XdpModeRequest, detach_all, detach_link, pinned_interfaces,
 };
-pub use maps::{BlockMaps, MapsError};
+pub use maps::{BlockMaps, MapsError, StatsReader};
 pub use netlink::{AttachedMode, XdpState, query_xdp};

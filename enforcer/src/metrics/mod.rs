@@ -1,0 +1,397 @@
+//! Prometheus metrics: what the daemon counts, and how a scrape reads it without the engine.
+//!
+//! Three kinds of data, none of which costs the engine anything at scrape time:
+//! - counters the engine and the control socket bump as things happen ([`Metrics`]: a few
+//!   atomics and small maps behind uncontended locks);
+//! - a [`Snapshot`] of the engine's state (blocks by source and mode, map use, breakers,
+//!   pending approvals, the oldest deadline) that the engine publishes after each round, built
+//!   from tallies it keeps up to date incrementally, never by walking the blocks;
+//! - the data path's per-CPU packet counters, which the HTTP task reads from the pinned map
+//!   itself ([`http`]).
+//!
+//! Labels are bounded: actions, ops, results, rules, map and interface names, and sources
+//! (capped at [`MAX_SOURCE_LABELS`]; the rest are summed as `other`). Never an address.
+//!
+//! Integrations with metrics of their own (CrowdSec, issue 12) add a family in [`render`]
+//! next to the "integrations" comment, fed from counters in [`Metrics`].
+
+pub mod exposition;
+pub mod http;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use enforcer_common::Stats;
+
+use crate::block::{Mode, Source, TargetBlocks, UnixMillis};
+use exposition::{Exposition, Kind, bound_label};
+
+/// Most distinct `source` label values per family; further sources are summed as `other`.
+pub const MAX_SOURCE_LABELS: usize = 64;
+
+/// Upper bounds of the store commit histogram's buckets, in seconds.
+pub const COMMIT_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Live counters, shared by the engine, the control socket and the HTTP task.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    refusals: Mutex<BTreeMap<(&'static str, Source), u64>>,
+    commit: Histogram,
+    expired: AtomicU64,
+    snapshot: Mutex<Arc<Snapshot>>,
+}
+
+/// What the engine publishes after each round.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Active source blocks by source and mode.
+    pub blocks: Vec<(Source, Mode, u64)>,
+    /// Blocked targets (addresses and prefixes) in the kernel maps.
+    pub targets: u64,
+    /// Kernel maps: (name, entries, capacity).
+    pub maps: Vec<(&'static str, u64, u32)>,
+    /// Every source with a breaker, and whether it is open.
+    pub breakers: Vec<(Source, bool)>,
+    /// Blocks waiting for approval.
+    pub pending: u64,
+    /// The earliest block deadline (Unix ms), for the reaper's lag.
+    pub oldest_deadline_ms: Option<UnixMillis>,
+    /// Attached interfaces: (name, ifindex).
+    pub interfaces: Vec<(String, u32)>,
+}
+
+impl Metrics {
+    /// Counts one control request and its outcome (`ok` or an error code).
+    pub fn request(&self, op: &'static str, result: &'static str) {
+        *lock(&self.requests).entry((op, result)).or_default() += 1;
+    }
+
+    /// Counts one policy refusal.
+    pub fn refusal(&self, rule: &'static str, source: &Source) {
+        let mut r = lock(&self.refusals);
+        let distinct = r.len();
+        let source = if distinct < MAX_SOURCE_LABELS || r.contains_key(&(rule, source.clone())) {
+            source.clone()
+        } else {
+            other()
+        };
+        *r.entry((rule, source)).or_default() += 1;
+    }
+
+    /// Records how long one store commit took.
+    pub fn store_commit(&self, took: Duration) {
+        self.commit.observe(took);
+    }
+
+    /// Counts blocks the reaper removed at their deadline.
+    pub fn expired(&self, n: u64) {
+        self.expired.fetch_add(n, Relaxed);
+    }
+
+    /// Replaces the published snapshot (the engine, after each round).
+    pub fn publish(&self, s: Snapshot) {
+        *lock(&self.snapshot) = Arc::new(s);
+    }
+
+    /// The last published snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        lock(&self.snapshot).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a counter lock leaves a valid map: keep counting.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn other() -> Source {
+    "other".parse().expect("a valid source name")
+}
+
+/// A fixed-bucket histogram of durations.
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket (not cumulative), plus one for above the last bound.
+    buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = COMMIT_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(COMMIT_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
+/// Source blocks counted by source and mode, kept up to date from each round's before/after.
+#[derive(Default)]
+pub struct BlockTally(HashMap<(Source, Mode), u64>);
+
+impl BlockTally {
+    /// Counts a target's source blocks in.
+    pub fn add(&mut self, t: &TargetBlocks) {
+        for b in t.by_source.values() {
+            *self.0.entry((b.source.clone(), b.mode)).or_default() += 1;
+        }
+    }
+
+    /// Counts a target's source blocks out.
+    pub fn remove(&mut self, t: &TargetBlocks) {
+        for b in t.by_source.values() {
+            let key = (b.source.clone(), b.mode);
+            if let Some(n) = self.0.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.0.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Replaces a target's contribution: `before` out, `after` in.
+    pub fn replace(&mut self, before: Option<&TargetBlocks>, after: Option<&TargetBlocks>) {
+        if let Some(b) = before {
+            self.remove(b);
+        }
+        if let Some(a) = after {
+            self.add(a);
+        }
+    }
+
+    /// The counts, largest first, with sources past [`MAX_SOURCE_LABELS`] summed as `other`.
+    pub fn entries(&self) -> Vec<(Source, Mode, u64)> {
+        let mut all: Vec<(Source, Mode, u64)> = self.0.iter().map(|((s, m), n)| (s.clone(), *m, *n)).collect();
+        all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        let mut sources = std::collections::BTreeSet::new();
+        let mut out: BTreeMap<(Source, Mode), u64> = BTreeMap::new();
+        for (s, m, n) in all {
+            let s = if sources.contains(&s) || sources.len() < MAX_SOURCE_LABELS {
+                sources.insert(s.clone());
+                s
+            } else {
+                other()
+            };
+            *out.entry((s, m)).or_default() += n;
+        }
+        out.into_iter().map(|((s, m), n)| (s, m, n)).collect()
+    }
+}
+
+/// What a scrape read outside the engine.
+#[derive(Debug, Default)]
+pub struct Outside {
+    /// The data path's counters per attached interface.
+    pub interfaces: Vec<(String, Stats)>,
+    /// Requests waiting in the spool directory.
+    pub spool_depth: u64,
+    /// Now (Unix ms), for the reaper's lag.
+    pub now_ms: UnixMillis,
+}
+
+fn mode_label(m: Mode) -> &'static str {
+    match m {
+        Mode::Enforce => "enforce",
+        Mode::Shadow => "shadow",
+    }
+}
+
+/// The whole exposition.
+pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
+    let mut e = Exposition::default();
+    render_datapath(&mut e, o);
+    render_state(&mut e, s, o);
+    render_counters(&mut e, m);
+    // integrations (CrowdSec: last successful pull, decisions) go here.
+    e.family("enforcer_build_info", Kind::Gauge, "Always 1; the labels say which build is running.")
+        .sample("enforcer_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    e.finish()
+}
+
+fn render_datapath(e: &mut Exposition, o: &Outside) {
+    let actions = |s: &Stats| {
+        [
+            ("seen", s.seen),
+            ("passed", s.passed),
+            ("dropped", s.dropped),
+            ("allowlisted", s.allowlisted),
+            ("shadow", s.shadow),
+            ("expired", s.expired),
+            ("not_ip", s.not_ip),
+        ]
+    };
+    e.family(
+        "enforcer_packets_total",
+        Kind::Counter,
+        "Frames the XDP program saw, by what it did (seen = passed + dropped; allowlisted, shadow, expired and not_ip are kinds of passed).",
+    );
+    for (iface, s) in &o.interfaces {
+        for (action, c) in actions(s) {
+            e.sample("enforcer_packets_total", &[("action", action), ("interface", iface)], c.packets as f64);
+        }
+    }
+    e.family("enforcer_bytes_total", Kind::Counter, "Bytes of those frames, by action.");
+    for (iface, s) in &o.interfaces {
+        for (action, c) in actions(s) {
+            e.sample("enforcer_bytes_total", &[("action", action), ("interface", iface)], c.bytes as f64);
+        }
+    }
+}
+
+fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
+    e.family("enforcer_blocks", Kind::Gauge, "Active blocks, by the source that asked and mode (a target blocked by two sources counts twice).");
+    for (source, mode, n) in &s.blocks {
+        e.sample("enforcer_blocks", &[("source", source.as_str()), ("mode", mode_label(*mode))], *n as f64);
+    }
+    e.family("enforcer_block_targets", Kind::Gauge, "Blocked addresses and prefixes in the kernel maps.")
+        .sample("enforcer_block_targets", &[], s.targets as f64);
+    e.family("enforcer_map_entries", Kind::Gauge, "Entries in each kernel map.");
+    for (map, used, _) in &s.maps {
+        e.sample("enforcer_map_entries", &[("map", map)], *used as f64);
+    }
+    e.family("enforcer_map_capacity", Kind::Gauge, "Capacity of each kernel map (fixed when it was created).");
+    for (map, _, cap) in &s.maps {
+        e.sample("enforcer_map_capacity", &[("map", map)], f64::from(*cap));
+    }
+    e.family("enforcer_breaker_open", Kind::Gauge, "1 while the source's circuit breaker is open.");
+    for (source, open) in &s.breakers {
+        e.sample("enforcer_breaker_open", &[("source", source.as_str())], if *open { 1.0 } else { 0.0 });
+    }
+    e.family("enforcer_pending_approvals", Kind::Gauge, "Blocks waiting for an operator's approval.")
+        .sample("enforcer_pending_approvals", &[], s.pending as f64);
+    let lag = s.oldest_deadline_ms.map_or(0, |d| o.now_ms.saturating_sub(d));
+    e.family(
+        "enforcer_reaper_lag_seconds",
+        Kind::Gauge,
+        "How far the reaper is behind the oldest block deadline (0 when nothing is overdue).",
+    )
+    .sample("enforcer_reaper_lag_seconds", &[], lag as f64 / 1000.0);
+    e.family("enforcer_spool_depth", Kind::Gauge, "Requests spooled while the daemon did not answer, not yet applied.")
+        .sample("enforcer_spool_depth", &[], o.spool_depth as f64);
+}
+
+fn render_counters(e: &mut Exposition, m: &Metrics) {
+    e.family("enforcer_requests_total", Kind::Counter, "Control requests, by operation and result (ok or the error code).");
+    for ((op, result), n) in lock(&m.requests).iter() {
+        e.sample("enforcer_requests_total", &[("op", op), ("result", result)], *n as f64);
+    }
+    e.family("enforcer_policy_refusals_total", Kind::Counter, "Blocks the policy refused, by rule and source.");
+    for ((rule, source), n) in lock(&m.refusals).iter() {
+        e.sample("enforcer_policy_refusals_total", &[("rule", rule), ("source", source.as_str())], *n as f64);
+    }
+    e.family("enforcer_expired_total", Kind::Counter, "Blocks removed by the reaper at their deadline.")
+        .sample("enforcer_expired_total", &[], m.expired.load(Relaxed) as f64);
+    let h = &m.commit;
+    e.family("enforcer_store_commit_seconds", Kind::Histogram, "Time to commit one round to the durable store (fsync included).");
+    let mut cumulative = 0;
+    for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Relaxed);
+        e.sample("enforcer_store_commit_seconds_bucket", &[("le", &bound_label(*bound))], cumulative as f64);
+    }
+    let count = h.count.load(Relaxed);
+    e.sample("enforcer_store_commit_seconds_bucket", &[("le", "+Inf")], count as f64)
+        .sample("enforcer_store_commit_seconds_sum", &[], h.sum_ns.load(Relaxed) as f64 / 1e9)
+        .sample("enforcer_store_commit_seconds_count", &[], count as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(s: &str) -> Source {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_scrape_shows_every_family_with_bounded_labels() {
+        let m = Metrics::default();
+        m.request("block", "ok");
+        m.request("block", "ok");
+        m.request("block", "refused");
+        m.refusal("scope", &src("wazuh"));
+        m.store_commit(Duration::from_micros(700));
+        m.store_commit(Duration::from_secs(5));
+        m.expired(3);
+        m.publish(Snapshot {
+            blocks: vec![(src("wazuh"), Mode::Enforce, 2)],
+            targets: 2,
+            maps: vec![("BLOCK_V4", 2, 1024)],
+            breakers: vec![(src("wazuh"), false)],
+            pending: 1,
+            oldest_deadline_ms: Some(1_000),
+            interfaces: vec![("eth0".into(), 2)],
+        });
+        let mut stats = Stats::default();
+        stats.dropped.add(60);
+        let o = Outside {
+            interfaces: vec![("eth0".into(), stats)],
+            spool_depth: 4,
+            now_ms: 3_500,
+        };
+        let text = render(&m, &m.snapshot(), &o);
+        for line in [
+            "enforcer_packets_total{action=\"dropped\",interface=\"eth0\"} 1",
+            "enforcer_bytes_total{action=\"dropped\",interface=\"eth0\"} 60",
+            "enforcer_blocks{source=\"wazuh\",mode=\"enforce\"} 2",
+            "enforcer_map_capacity{map=\"BLOCK_V4\"} 1024",
+            "enforcer_requests_total{op=\"block\",result=\"ok\"} 2",
+            "enforcer_policy_refusals_total{rule=\"scope\",source=\"wazuh\"} 1",
+            "enforcer_store_commit_seconds_bucket{le=\"0.001\"} 1",
+            "enforcer_store_commit_seconds_bucket{le=\"2.5\"} 1",
+            "enforcer_store_commit_seconds_bucket{le=\"+Inf\"} 2",
+            "enforcer_store_commit_seconds_count 2",
+            "enforcer_expired_total 3",
+            "enforcer_reaper_lag_seconds 2.5",
+            "enforcer_spool_depth 4",
+            "enforcer_pending_approvals 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("enforcer_build_info{version=\""), "{text}");
+    }
+
+    #[test]
+    fn sources_past_the_label_cap_are_summed_as_other() {
+        let m = Metrics::default();
+        for i in 0..MAX_SOURCE_LABELS + 10 {
+            m.refusal("scope", &src(&format!("s{i}")));
+        }
+        let r = lock(&m.refusals);
+        assert_eq!(r.len(), MAX_SOURCE_LABELS + 1);
+        assert_eq!(r[&("scope", other())], 10);
+    }
+
+    #[test]
+    fn the_tally_follows_before_and_after_and_caps_sources() {
+        use crate::block::SourceBlock;
+        let mut tally = BlockTally::default();
+        let mut t = TargetBlocks::default();
+        let mut b = SourceBlock {
+            source: src("wazuh"),
+            reason: Default::default(),
+            created_ms: 0,
+            updated_ms: 0,
+            expires_ms: None,
+            mode: Mode::Enforce,
+        };
+        t.by_source.insert(b.source.clone(), b.clone());
+        tally.replace(None, Some(&t));
+        let before = t.clone();
+        b.mode = Mode::Shadow;
+        t.by_source.insert(b.source.clone(), b);
+        tally.replace(Some(&before), Some(&t));
+        assert_eq!(tally.entries(), vec![(src("wazuh"), Mode::Shadow, 1)]);
+        tally.replace(Some(&t), None);
+        assert!(tally.entries().is_empty());
+    }
+}
