@@ -1,9 +1,16 @@
 //! Property: whatever the allowlist and whatever blocks are asked (any family, any prefix length,
-//! forced or not), no allowlisted address is ever dropped. Checked on the real XDP program with
+//! forced or not), no allowlisted address is ever dropped, and every block the policy accepted
+//! drops its addresses that are not allowlisted. Checked on the real XDP program with
 //! `BPF_PROG_TEST_RUN`, after the blocks went through the real policy.
+//!
+//! Each allowlisted address is protected either by the policy (it refused, or held for
+//! approval, every block over the address) or by the kernel (a block over it was accepted, and
+//! the data path's allowlist check let it pass). Each case reports which, and the run must see
+//! both, and must see accepted blocks drop: a policy that refuses everything, or a data path that
+//! never drops, fails it.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
@@ -11,11 +18,11 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use enforcer::{
     Target,
-    block::Source,
+    block::{Mode, Source},
     datapath::{Capacity, Datapath, DatapathOptions},
     policy::{AllowOrigin, Allowlist, Ask, Decision, Policy, PolicyConfig},
 };
-use enforcer_common::{BlockValue, MODE_ENFORCE};
+use enforcer_common::BlockValue;
 use enforcer_tests::{PinDir, frame, require_root};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::{
@@ -50,8 +57,48 @@ fn samples(net: &IpNet, seeds: &[u128]) -> Vec<IpAddr> {
     out
 }
 
+/// Who kept the allowlisted addresses of one case reachable, and what the accepted blocks did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    /// Allowlisted addresses under an accepted, enforced block: the kernel let them pass.
+    kernel: usize,
+    /// Allowlisted addresses that some block asked for, but the policy refused or held every
+    /// such block (or accepted it only in shadow mode).
+    policy: usize,
+    /// Allowlisted addresses no block asked for.
+    unasked: usize,
+    /// Addresses of accepted, enforced blocks, outside the allowlist, that were dropped.
+    dropped: usize,
+    /// Blocks the policy accepted (enforced).
+    accepted: usize,
+    /// Blocks the policy refused or held for approval.
+    refused: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Self) {
+        self.kernel += o.kernel;
+        self.policy += o.policy;
+        self.unasked += o.unasked;
+        self.dropped += o.dropped;
+        self.accepted += o.accepted;
+        self.refused += o.refused;
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} blocks accepted, {} refused; allowlisted addresses protected by the kernel: {}, by the policy: {}, \
+             under no block: {}; addresses of accepted blocks dropped: {}",
+            self.accepted, self.refused, self.kernel, self.policy, self.unasked, self.dropped
+        )
+    }
+}
+
 #[test]
-fn no_allowlisted_address_is_ever_dropped() {
+fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
     require_root();
     // One program and one set of maps for every case (emptied between cases); dropped, with
     // its pins, when the test ends.
@@ -72,22 +119,38 @@ fn no_allowlisted_address_is_ever_dropped() {
         prop::collection::vec(any::<u128>(), 4),
     );
     let mut runner = TestRunner::new(ProptestConfig { cases: 96, ..ProptestConfig::default() });
+    let total = Cell::new(Tally::default());
+    let case = Cell::new(0usize);
     let result = runner.run(&strategy, |(allow, random_blocks, related, seeds)| {
         let mut dp = dp.borrow_mut();
-        check(&mut dp, &allow, &random_blocks, &related, &seeds)
+        let tally = check(&mut dp, &allow, &random_blocks, &related, &seeds)?;
+        case.set(case.get() + 1);
+        eprintln!("case {}: {tally}", case.get());
+        let mut t = total.get();
+        t.add(&tally);
+        total.set(t);
+        Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    let total = total.get();
+    eprintln!("all cases: {total}");
+    // Without these the property would hold vacuously.
+    assert!(total.kernel > 0, "no allowlisted address was ever under an accepted block: {total}");
+    assert!(total.policy > 0, "the policy never refused a block over an allowlisted address: {total}");
+    assert!(total.dropped > 0, "no accepted block was ever seen dropping: {total}");
 }
 
+/// Decides every block with the real policy, writes the accepted ones to the kernel maps as the
+/// daemon would, then checks the verdicts of allowlisted addresses and of accepted blocks.
 fn check(
     dp: &mut Datapath,
     allow: &[IpNet],
     random_blocks: &[(IpNet, bool, bool)],
     related: &[(prop::sample::Index, u8, bool, bool)],
     seeds: &[u128],
-) -> Result<(), TestCaseError> {
+) -> Result<Tally, TestCaseError> {
     // Start from empty maps.
     for (t, _) in dp.maps().blocks().unwrap() {
         dp.maps_mut().remove_block(&t).unwrap();
@@ -113,6 +176,9 @@ fn check(
         };
         blocks.push((net, *force, *from_cli));
     }
+    let mut tally = Tally::default();
+    // Enforced blocks in the kernel, and every block asked for (whatever the policy said).
+    let mut enforced = Vec::new();
     for (net, force, from_cli) in &blocks {
         let target = Target::new(*net);
         let ask = Ask {
@@ -125,20 +191,57 @@ fn check(
             approved: false,
             existing: false,
         };
-        if let (Decision::Apply { .. }, _) = policy.decide(&ask, &allowlist, 0, 0) {
-            dp.maps_mut().insert_block(&target, &BlockValue::new(0, MODE_ENFORCE)).unwrap();
+        match policy.decide(&ask, &allowlist, 0, 0).0 {
+            Decision::Apply { mode, .. } => {
+                dp.maps_mut().insert_block(&target, &BlockValue::new(0, mode.to_kernel())).unwrap();
+                if mode == Mode::Enforce {
+                    enforced.push(*net);
+                    tally.accepted += 1;
+                }
+            }
+            Decision::Pending { .. } | Decision::Refuse { .. } => tally.refused += 1,
         }
     }
+    let verdict = |dp: &mut Datapath, addr: IpAddr| {
+        let data = frame::udp_from(&[], addr);
+        dp.program()
+            .test_run(TestRunOptions { data_in: Some(&data), ..TestRunOptions::default() })
+            .unwrap()
+            .return_value
+    };
     for a in allow {
         for addr in samples(a, seeds) {
-            let data = frame::udp_from(&[], addr);
-            let verdict = dp
-                .program()
-                .test_run(TestRunOptions { data_in: Some(&data), ..TestRunOptions::default() })
-                .unwrap()
-                .return_value;
-            prop_assert_ne!(verdict, XDP_DROP, "allowlisted {} (in {}) was dropped", addr, a);
+            let under_enforced = enforced.iter().find(|b| b.contains(&addr));
+            let asked = blocks.iter().any(|(b, _, _)| b.contains(&addr));
+            match (under_enforced, asked) {
+                (Some(_), _) => tally.kernel += 1,
+                (None, true) => tally.policy += 1,
+                (None, false) => tally.unasked += 1,
+            }
+            prop_assert_ne!(
+                verdict(dp, addr),
+                XDP_DROP,
+                "allowlisted {} (in {}) was dropped; accepted block over it: {:?}",
+                addr,
+                a,
+                under_enforced
+            );
         }
     }
-    Ok(())
+    for b in &enforced {
+        for addr in samples(b, seeds) {
+            if allow.iter().any(|a| a.contains(&addr)) {
+                continue;
+            }
+            prop_assert_eq!(
+                verdict(dp, addr),
+                XDP_DROP,
+                "{} is inside {}, which the policy accepted, and on no allowlist, yet it passed",
+                addr,
+                b
+            );
+            tally.dropped += 1;
+        }
+    }
+    Ok(tally)
 }
