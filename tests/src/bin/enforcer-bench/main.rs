@@ -130,6 +130,14 @@ fn main() -> Result<()> {
     let markdown = report::write(&out, &report)?;
     print!("{markdown}");
     eprintln!("results in {}", out.display());
+    // A case whose filter did not filter measured nothing worth reporting: fail the run.
+    let failures = report.traffic.as_ref().map(traffic::Results::failures).unwrap_or_default();
+    ensure!(
+        failures.is_empty(),
+        "{} traffic case(s) failed their functional check:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
     Ok(())
 }
 

@@ -15,6 +15,11 @@
 //! for the per-address rules the blocked source's rule is the last in the chain, the worst case,
 //! which is also what every legitimate packet pays.
 //!
+//! Every case is also a functional check, and a failed one fails the run: the blocked source's
+//! floods must be dropped entirely (not one datagram delivered) whenever it is on the list, and
+//! the legitimate source's must be delivered entirely (every frame sent reached the socket, or,
+//! when some did not, the socket's own overflow counter accounts for it: see [`Run::failures`]).
+//!
 //! A veth pair between namespaces on a 2-vCPU VM is CPU-bound, and the VM's speed drifts by as
 //! much as 2× from one minute to the next, in bursts of about a second. So, as in section 1,
 //! every measurement is paired: each round floods a second, unfiltered lab (the baseline) right
@@ -109,6 +114,9 @@ pub struct Phase {
     pub sent: u64,
     /// Datagrams of that source the receiver's socket got.
     pub delivered: u64,
+    /// Datagrams the receiving socket dropped itself, its buffer full (the reader's loss, not
+    /// the filter's).
+    pub overflowed: u64,
     pub seconds: f64,
 }
 
@@ -150,6 +158,8 @@ pub struct Run {
     /// when the list holds it, dropped): what the filter lets an attacker cost.
     pub blocked_pps: f64,
     pub rounds: Vec<Round>,
+    /// Why this case fails the run (empty: it passed). See [`Run::failures`].
+    pub failures: Vec<String>,
 }
 
 impl Run {
@@ -175,8 +185,43 @@ impl Run {
                 1.0 - delivered as f64 / sent as f64
             },
             blocked_pps: median(&blocked),
+            failures: Self::failures(blocks, &rounds),
             rounds,
         }
+    }
+
+    /// What makes a case fail: a blocked source on the list that got even one datagram through,
+    /// a legitimate source that lost one to anything but the socket's own overflow, or, with
+    /// an empty list, a blocked source that lost one (nothing should filter it then).
+    pub fn failures(blocks: usize, rounds: &[Round]) -> Vec<String> {
+        let sum = |f: fn(&Round) -> &Phase, g: fn(&Phase) -> u64| -> u64 {
+            rounds.iter().map(|r| g(f(r))).sum()
+        };
+        let mut out = Vec::new();
+        let (b_sent, b_delivered) = (sum(|r| &r.blocked, |p| p.sent), sum(|r| &r.blocked, |p| p.delivered));
+        if blocks > 0 && b_delivered > 0 {
+            out.push(format!(
+                "the blocked source is on the list, yet {b_delivered} of its {b_sent} datagrams were delivered \
+                 (dropped {:.4}%, not 100%)",
+                (1.0 - b_delivered as f64 / b_sent.max(1) as f64) * 100.0
+            ));
+        }
+        if blocks == 0 {
+            let lost = b_sent.saturating_sub(b_delivered + sum(|r| &r.blocked, |p| p.overflowed));
+            if lost > 0 {
+                out.push(format!("with an empty list, {lost} of {b_sent} datagrams from the second source were dropped"));
+            }
+        }
+        let (sent, delivered, overflowed) =
+            (sum(|r| &r.legit, |p| p.sent), sum(|r| &r.legit, |p| p.delivered), sum(|r| &r.legit, |p| p.overflowed));
+        let lost = sent.saturating_sub(delivered + overflowed);
+        if lost > 0 {
+            out.push(format!(
+                "the legitimate source lost {lost} of its {sent} datagrams before the socket \
+                 ({overflowed} more overflowed the socket's buffer)"
+            ));
+        }
+        out
     }
 }
 
@@ -193,6 +238,18 @@ pub struct Results {
 }
 
 impl Results {
+    /// Every failed case, one line each.
+    pub fn failures(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .flat_map(|r| {
+                r.failures
+                    .iter()
+                    .map(move |f| format!("{} with {} blocks: {f}", r.filter.label(), r.blocks))
+            })
+            .collect()
+    }
+
     pub fn find(&self, filter: Filter, blocks: usize) -> Option<&Run> {
         self.runs
             .iter()
@@ -341,8 +398,12 @@ fn measure(
         run.vs_baseline,
         run.drop_rate * 100.0
     );
+    for f in &run.failures {
+        eprintln!("traffic: FAILED: {f}");
+    }
     Ok(run)
 }
+
 /// Floods from `src` for `duration` and counts what the socket got from it.
 fn flood(wire: &Wire, src: Ipv4Addr, duration: Duration) -> Result<Phase> {
     let frame = wire.frame(src);
@@ -359,6 +420,7 @@ fn flood(wire: &Wire, src: Ipv4Addr, duration: Duration) -> Result<Phase> {
             })?;
             anyhow::Ok(delivered)
         });
+        let overflows_before = wire.receiver.overflows()?;
         let sender = s.spawn(|| {
             pin_to_cpu(0);
             wire.sender.blast(&frame, duration)
@@ -371,7 +433,43 @@ fn flood(wire: &Wire, src: Ipv4Addr, duration: Duration) -> Result<Phase> {
         Ok(Phase {
             sent: sent?,
             delivered: delivered?,
+            overflowed: wire.receiver.overflows()? - overflows_before,
             seconds: duration.as_secs_f64(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(sent: u64, delivered: u64, overflowed: u64) -> Phase {
+        Phase { sent, delivered, overflowed, seconds: 0.1 }
+    }
+
+    fn round(legit: Phase, blocked: Phase) -> Round {
+        Round { baseline: phase(100, 100, 0), legit, blocked }
+    }
+
+    #[test]
+    fn a_case_passes_only_when_the_block_drops_everything_and_legit_traffic_nothing() {
+        let good = [round(phase(100, 100, 0), phase(100, 0, 0))];
+        assert!(Run::failures(10, &good).is_empty());
+        // One blocked datagram delivered: 99% is not 100%.
+        let leak = [round(phase(100, 100, 0), phase(100, 1, 0))];
+        let f = Run::failures(10, &leak);
+        assert!(f.len() == 1 && f[0].contains("1 of its 100 datagrams were delivered"), "{f:?}");
+        // One legitimate datagram dropped before the socket.
+        let lost = [round(phase(100, 99, 0), phase(100, 0, 0))];
+        let f = Run::failures(10, &lost);
+        assert!(f.len() == 1 && f[0].contains("lost 1 of its 100"), "{f:?}");
+        // The socket's own overflow is not the filter's doing.
+        let overflow = [round(phase(100, 90, 10), phase(100, 0, 0))];
+        assert!(Run::failures(10, &overflow).is_empty());
+        // With an empty list nothing may be dropped, from either source.
+        let empty = [round(phase(100, 100, 0), phase(100, 100, 0))];
+        assert!(Run::failures(0, &empty).is_empty());
+        let dropped = [round(phase(100, 100, 0), phase(100, 0, 0))];
+        assert_eq!(Run::failures(0, &dropped).len(), 1);
+    }
 }

@@ -18,7 +18,7 @@
 
 use std::{
     io,
-    mem::{size_of, zeroed},
+    mem::{size_of, size_of_val, zeroed},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
@@ -274,6 +274,25 @@ impl Receiver {
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let port = sock.local_addr()?.port();
         Ok(Self { sock, port })
+    }
+
+    /// How many datagrams the socket has dropped since it was opened because its buffer was
+    /// full (`SK_MEMINFO_DROPS`): loss that is the reader's, not a filter's.
+    pub fn overflows(&self) -> Result<u64> {
+        let mut info = [0u32; 16];
+        let mut len = size_of_val(&info) as libc::socklen_t;
+        // SAFETY: the buffer and its length are valid; the kernel writes at most `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        ensure!(rc == 0, "getsockopt(SO_MEMINFO): {}", io::Error::last_os_error());
+        Ok(u64::from(info[libc::SK_MEMINFO_DROPS as usize]))
     }
 
     /// Calls `on` for every datagram of the harness until `stop` is set, then for what is still

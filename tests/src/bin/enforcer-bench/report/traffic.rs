@@ -59,6 +59,14 @@ pub fn markdown(w: &mut String, t: &Results) {
         );
     }
     let _ = writeln!(w);
+    let failures = t.failures();
+    if !failures.is_empty() {
+        let _ = writeln!(w, "**Failed cases** (these fail the run):\n");
+        for f in failures {
+            let _ = writeln!(w, "- {f}");
+        }
+        let _ = writeln!(w);
+    }
     if let (Some(floor), Some(empty)) = (t.find(Filter::XdpFloor, 0), t.find(Filter::Xdp, 0)) {
         let _ = writeln!(
             w,
