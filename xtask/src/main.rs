@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Check and install what builds and tests need (idempotent; needs root).
     Setup,
-    /// Run setup, build the workspace, run all tests and lint the eBPF crate.
+    /// Run setup, build the workspace, run all tests and lint every crate with clippy.
     Test(test::Args),
     /// Run setup, build in release mode and run `enforcer-demo`.
     Demo(demo::Args),

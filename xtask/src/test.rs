@@ -1,7 +1,10 @@
-//! `cargo xtask test`: setup, build, run every test, lint the eBPF crate, and summarise.
+//! `cargo xtask test`: setup, build, run every test, lint every crate, and summarise.
 //!
 //! The last line printed is always `N passed, N failed` (plus `, N skipped` when tests
-//! were ignored), so CI logs and scripts can read the outcome from one place.
+//! were ignored), so CI logs and scripts can read the outcome from one place. A step that
+//! fails without a failing test (setup, the build, clippy, a test binary that crashed, a
+//! filter that matched no test) counts as one failure in that line, so it never reads
+//! `0 failed` when something failed.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -34,6 +37,10 @@ struct Summary {
     failed_tests: Vec<String>,
     /// Failures that are not a failing test: setup, build, lint, crashed test binaries.
     problems: Vec<String>,
+    /// Test binaries cargo reported as failed (`error: test failed, to rerun pass ...`).
+    failed_binaries: u64,
+    /// Test binaries whose results said FAILED (the rest of `failed_binaries` crashed).
+    failed_results: u64,
 }
 
 pub fn run(args: &Args) -> ExitCode {
@@ -72,9 +79,9 @@ fn run_steps(args: &Args, summary: &mut Summary) -> Result<()> {
     }
 
     if args.no_lint {
-        println!("skipping eBPF lint (--no-lint)");
+        println!("skipping clippy on the userspace crates and enforcer-ebpf (--no-lint)");
     } else {
-        lint_ebpf(summary)?;
+        lint(summary)?;
     }
     Ok(())
 }
@@ -96,19 +103,13 @@ fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
     for line in &lines {
         summary.record(line);
     }
-    if !status.success() && summary.failed == 0 {
-        // No test failed, yet cargo did: a test binary crashed or did not build.
-        summary.problems.push(format!(
-            "cargo test failed ({status}) without a failing test: a test binary crashed \
-             or did not build; see the output above"
-        ));
-    }
+    summary.judge_test_run(status.success(), test_args);
     Ok(())
 }
 
 /// Clippy with `-D warnings`: the userspace crates, then the eBPF crate, which the workspace
 /// build cannot lint (it only builds for bpfel-unknown-none with nightly and `build-std`).
-fn lint_ebpf(summary: &mut Summary) -> Result<()> {
+fn lint(summary: &mut Summary) -> Result<()> {
     let userspace: &[&str] = &["clippy", "--workspace", "--exclude", "enforcer-ebpf", "--all-targets"];
     let ebpf: &[&str] = &[
         "+nightly",
@@ -169,8 +170,15 @@ fn tee(input: impl Read, mut output: impl Write) -> io::Result<Vec<String>> {
 }
 
 impl Summary {
-    /// Takes in one line of libtest output.
+    /// Takes in one line of libtest or cargo output.
     fn record(&mut self, line: &str) {
+        if line.starts_with("error: test failed, to rerun pass")
+            || line.starts_with("error: doctest failed, to rerun pass")
+        {
+            self.failed_binaries += 1;
+        } else if line.starts_with("test result: FAILED") {
+            self.failed_results += 1;
+        }
         if let Some(result) = line.strip_prefix("test result: ") {
             // `ok. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s`
             for part in result.split(';') {
@@ -193,6 +201,45 @@ impl Summary {
         }
     }
 
+    /// After `cargo test` ended: what went wrong that no failing test accounts for.
+    fn judge_test_run(&mut self, success: bool, test_args: &[String]) {
+        let crashed = self.failed_binaries.saturating_sub(self.failed_results);
+        for _ in 0..crashed {
+            self.problems.push(
+                "a test binary crashed or was killed before reporting its results; see \
+                 `error: test failed` above"
+                    .to_owned(),
+            );
+        }
+        if !success && self.failed == 0 && crashed == 0 {
+            // No test failed, yet cargo did: a test binary did not build.
+            self.problems.push(
+                "cargo test failed without a failing test: a test binary did not build; see \
+                 the output above"
+                    .to_owned(),
+            );
+        }
+        if success && self.passed + self.failed + self.ignored == 0 {
+            let filter = test_args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>();
+            self.problems.push(if filter.is_empty() {
+                "no test ran".to_owned()
+            } else {
+                format!("no test matches `{}`: check the name (`cargo test -- --list` lists them)", filter.join(" "))
+            });
+        }
+    }
+
+    /// `N passed, N failed[, N skipped]`, where failures that are not a failing test (a step
+    /// that failed, a crashed binary) count as one each.
+    fn counts(&self) -> String {
+        let failed = self.failed + self.problems.len() as u64;
+        let mut counts = format!("{} passed, {failed} failed", self.passed);
+        if self.ignored > 0 {
+            counts += &format!(", {} skipped", self.ignored);
+        }
+        counts
+    }
+
     fn print(&self) {
         println!();
         println!("==== summary ====");
@@ -205,11 +252,7 @@ impl Summary {
         for problem in &self.problems {
             println!("error: {problem}");
         }
-        let mut counts = format!("{} passed, {} failed", self.passed, self.failed);
-        if self.ignored > 0 {
-            counts += &format!(", {} skipped", self.ignored);
-        }
-        println!("{counts}");
+        println!("{}", self.counts());
     }
 }
 
@@ -238,5 +281,48 @@ mod tests {
         }
         assert_eq!((summary.passed, summary.failed, summary.ignored), (7, 2, 1));
         assert_eq!(summary.failed_tests, ["a::bad", "src/lib.rs - f (line 3)"]);
+    }
+
+    #[test]
+    fn a_failed_step_is_counted_in_the_last_line() {
+        let mut summary = Summary::default();
+        summary.record("test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        summary.problems.push("clippy on the userspace crates failed".to_owned());
+        assert_eq!(summary.counts(), "4 passed, 1 failed");
+        let mut setup = Summary::default();
+        setup.problems.push("setup failed".to_owned());
+        assert_eq!(setup.counts(), "0 passed, 1 failed");
+    }
+
+    #[test]
+    fn a_crashed_binary_counts_even_when_another_binary_had_a_failing_test() {
+        let mut summary = Summary::default();
+        for line in [
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "error: test failed, to rerun pass `-p enforcer-tests --test daemon_lab`",
+            // This one died of a signal: no `test result` line.
+            "error: test failed, to rerun pass `-p enforcer-tests --test verdicts`",
+        ] {
+            summary.record(line);
+        }
+        summary.judge_test_run(false, &[]);
+        assert_eq!(summary.problems.len(), 1, "{:?}", summary.problems);
+        assert_eq!(summary.counts(), "3 passed, 2 failed");
+    }
+
+    #[test]
+    fn a_filter_matching_no_test_is_an_error() {
+        let mut summary = Summary::default();
+        summary.record("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 12 filtered out; finished in 0.00s");
+        summary.judge_test_run(true, &["no_such_test".to_owned(), "--nocapture".to_owned()]);
+        assert!(summary.problems[0].contains("no test matches `no_such_test`"), "{:?}", summary.problems);
+        assert_eq!(summary.counts(), "0 passed, 1 failed");
+    }
+
+    #[test]
+    fn a_build_failure_without_results_is_a_failure() {
+        let mut summary = Summary::default();
+        summary.judge_test_run(false, &[]);
+        assert_eq!(summary.counts(), "0 passed, 1 failed");
     }
 }
