@@ -61,11 +61,12 @@ fn parse(reader: impl std::io::BufRead, name: &str) -> anyhow::Result<Vec<BatchI
         }
     }
     if !errors.is_empty() {
-        let shown = errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ");
+        // One line, like every error: the first ten problems, separated by semicolons.
+        let shown = errors.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
         anyhow::bail!(
-            "{} invalid line(s), nothing was imported:\n  {shown}{}",
+            "{} invalid line(s), nothing was imported: {shown}{}",
             errors.len(),
-            if errors.len() > 10 { "\n  ..." } else { "" }
+            if errors.len() > 10 { "; ..." } else { "" }
         );
     }
     Ok(items)
@@ -130,7 +131,12 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         let code = failed[0].error.code;
         return Err(crate::client::ClientError::Daemon(crate::protocol::ErrorBody {
             code,
-            message: format!("{} of {total} targets were refused", failed.len()),
+            message: format!(
+                "{} of {total} targets were refused, the rest imported; first: {}: {}",
+                failed.len(),
+                failed[0].target,
+                failed[0].error.message
+            ),
         })
         .into());
     }

@@ -80,7 +80,18 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version: print as clap does.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("enforcer: {} (see `enforcer --help`)", usage_error_line(&e));
+            return 2;
+        }
+    };
     let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
     let result = match cli.command {
         Command::Daemon(a) => daemon::run(a, cli.socket),
@@ -111,6 +122,15 @@ pub fn main() -> i32 {
             code
         }
     }
+}
+
+/// A command-line mistake as one line: clap's first paragraph (the error itself, with its
+/// indented continuation lines such as missing argument names), without the `error: ` prefix,
+/// the usage and the hints that follow; every error is one line on stderr.
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    first.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 /// Flags every block-making command shares.
