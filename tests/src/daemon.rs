@@ -130,6 +130,38 @@ impl Daemon {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What an operator can see of the daemon's state: blocks, allowlist, pending approvals
+    /// (packet counters left out, so traffic does not count as a change).
+    pub fn state(&self) -> serde_json::Value {
+        let mut list = self.json(&["list"]);
+        for e in list.as_array_mut().expect("list is an array") {
+            if let Some(o) = e.as_object_mut() {
+                o.retain(|k, _| !matches!(k.as_str(), "packets" | "bytes" | "last_hit_ms"));
+            }
+        }
+        serde_json::json!({
+            "list": list,
+            "allow": self.json(&["allow", "list"]),
+            "pending": self.json(&["pending"]),
+        })
+    }
+
+    /// Runs the CLI, expecting it to fail with `code`, say `needle` in exactly one line on
+    /// stderr (nothing on stdout), and leave the daemon's state as it was.
+    pub fn fails_cleanly(&self, args: &[&str], code: i32, needle: &str) {
+        let before = self.state();
+        let out = self.cli(args);
+        fails(&out, code, needle);
+        one_line(&out, args);
+        assert!(out.stdout.is_empty(), "`enforcer {}` wrote on stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert_eq!(self.state(), before, "`enforcer {}` changed the daemon's state", args.join(" "));
+    }
+
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.socket, args)
@@ -171,6 +203,13 @@ pub fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts an error was reported as exactly one line on stderr.
+pub fn one_line(out: &Output, args: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "`enforcer {}` wrote {} lines on stderr, not one: {stderr}", args.join(" "), lines.len());
 }
 
 /// Asserts a CLI run failed with `code` and says `needle` on stderr.

@@ -6,9 +6,10 @@ use enforcer::{
     client::Client,
     protocol::{BatchItem, BatchRequest, Reply, Request},
 };
+use enforcer::block::now_ms;
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4, SENDER_V6, RECEIVER_V6,
-    daemon::{Daemon, cli, fails, ok},
+    daemon::{Daemon, cli, fails, ok, one_line},
     require_root, udp_exchange, wait_for,
 };
 
@@ -110,6 +111,24 @@ fn reblocking_extends_but_never_shortens_loses_its_reason_or_demotes_it() {
     let shadow = d.json(&["block", SENDER_V4[1], "--shadow", "--reason", "second"]);
     assert_eq!(shadow["mode"], "enforce", "a re-block never demotes an enforced block");
     assert_eq!(d.json(&["list"])[0]["sources"][0]["reason"]["text"], "second");
+    // In the kernel too: the source is still dropped.
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the shadow re-block demoted the kernel entry");
+    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "drop");
+}
+
+#[test]
+fn a_reblock_that_enforces_promotes_a_shadow_block_in_the_kernel() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let r = d.json(&["block", SENDER_V4[1], "--ttl", "1h", "--shadow"]);
+    assert_eq!(r["mode"], "shadow");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "shadow lets packets through");
+    let r = d.json(&["block", SENDER_V4[1], "--ttl", "1h"]);
+    assert_eq!(r["mode"], "enforce");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the re-block enforces in the kernel");
+    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "drop");
+    assert_eq!(d.json(&["list"])[0]["mode"], "enforce");
 }
 
 #[test]
@@ -117,12 +136,23 @@ fn a_block_expires_and_the_reaper_removes_it() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "2s"]));
+    let r = d.json(&["block", SENDER_V4[1], "--ttl", "3s"]);
+    let deadline = r["expires_ms"].as_u64().unwrap();
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
-    wait_for("the reaper to remove the block", Duration::from_secs(6), || {
-        Ok(d.json(&["list"]).as_array().unwrap().is_empty().then_some(()))
+    // Shortly before its deadline it still drops (the exchange ends SETTLE after sending).
+    let probe_at = deadline - 300 - SETTLE.as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(probe_at.saturating_sub(now_ms())));
+    let sent = now_ms();
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "passed {} ms before the deadline", deadline - sent);
+    assert!(sent < deadline, "the probe came too late to prove anything");
+    // Reaped, but not before the deadline, and soon after it.
+    let removed = wait_for("the reaper to remove the block", Duration::from_secs(5), || {
+        let empty = d.json(&["list"]).as_array().unwrap().is_empty();
+        Ok(empty.then(now_ms))
     })
     .unwrap();
+    assert!(removed >= deadline, "reaped at least {} ms before its deadline", deadline - removed);
+    assert!(removed <= deadline + 2000, "reaped {} ms after its deadline", removed - deadline);
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"action\":\"expire\""), "{audit}");
@@ -241,6 +271,7 @@ fn import_loads_a_file_and_rejects_a_bad_one_whole() {
     std::fs::write(&bad, "203.0.113.1\nnot-an-ip\n203.0.113.2 forever\n").unwrap();
     let out = d.cli(&["import", bad.to_str().unwrap()]);
     fails(&out, 1, "bad.txt:2:");
+    one_line(&out, &["import"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.txt:3: invalid duration"));
     assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 3, "nothing from the bad file");
 }
@@ -250,27 +281,180 @@ fn every_error_is_one_clear_line_with_its_exit_code_and_changes_nothing() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &["--max-addresses", "3"]).unwrap();
-    fails(&d.cli(&["block", "192.0.2.300"]), 2, "not an IP address");
-    fails(&d.cli(&["block", "example.com"]), 2, "host names are not accepted");
-    fails(&d.cli(&["block", "192.0.2.1", "--ttl", "10 minutes"]), 2, "invalid duration");
-    fails(&d.cli(&["unblock", "192.0.2.99"]), 5, "is not blocked");
-    for i in 1..=3 {
+    ok(&d.cli(&["block", "203.0.113.1"]));
+    d.fails_cleanly(&["block", "192.0.2.300"], 2, "not an IP address");
+    d.fails_cleanly(&["block", "example.com"], 2, "host names are not accepted");
+    d.fails_cleanly(&["block", "192.0.2.1", "--ttl", "10 minutes"], 2, "invalid duration");
+    d.fails_cleanly(&["block", "192.0.2.1", "--no-such-flag"], 2, "unexpected argument '--no-such-flag'");
+    d.fails_cleanly(&["block"], 2, "<TARGET>");
+    d.fails_cleanly(&["unblock", "192.0.2.99"], 5, "is not blocked");
+    d.fails_cleanly(&["unblock", "203.0.113.1", "--source", "wazuh"], 5, "no block from source `wazuh`");
+    d.fails_cleanly(&["approve", "4242"], 5, "no pending block");
+    d.fails_cleanly(&["allow", "remove", "203.0.113.9"], 5, "not on the allowlist");
+    d.fails_cleanly(&["block", RECEIVER_V4], 7, "refused by policy rule `allowlist`");
+    d.fails_cleanly(&["block", "198.51.0.0/16", "--source", "wazuh"], 7, "refused by policy rule `scope`");
+    d.fails_cleanly(&["block", "198.51.100.7", "--permanent", "--source", "wazuh"], 7, "refused by policy rule `time_bounds`");
+    d.fails_cleanly(&["block", "198.51.100.0/25", "--force", "--source", "wazuh"], 7, "may not force");
+    for i in 2..=3 {
         ok(&d.cli(&["block", &format!("203.0.113.{i}")]));
     }
-    fails(&d.cli(&["block", "203.0.113.4"]), 6, "map is full (3 entries); nothing was evicted");
+    d.fails_cleanly(&["block", "203.0.113.4"], 6, "map is full (3 entries); nothing was evicted");
     assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 3);
     // Permission denied for an unprivileged user.
+    let before = d.state();
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(enforcer_tests::daemon::enforcer_bin())
         .arg("--socket")
         .arg(&d.socket)
-        .arg("list")
+        .args(["block", "198.51.100.9"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    fails(&out, 4, "permission denied");
+    one_line(&out, &["block", "198.51.100.9"]);
+    assert_eq!(d.state(), before);
     // No daemon at all.
-    fails(&cli(Path::new("/run/enforcer-test-nothing-here.sock"), &["list"]), 3, "start it with `enforcer daemon");
+    let out = cli(Path::new("/run/enforcer-test-nothing-here.sock"), &["list"]);
+    fails(&out, 3, "start it with `enforcer daemon");
+    one_line(&out, &["list"]);
+}
+
+/// A stand-in daemon that takes one request line, then does `answer` to the connection.
+fn half_daemon(answer: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static) -> (tempfile::TempDir, std::path::PathBuf, std::thread::JoinHandle<String>) {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("enforcer.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+        answer(conn);
+        line
+    });
+    (dir, socket, server)
+}
+
+#[test]
+fn a_daemon_that_stops_answering_mid_request_exits_1_with_one_line() {
+    // It reads the request and closes the connection (a crash mid-request).
+    let (_dir, socket, server) = half_daemon(drop);
+    let out = cli(&socket, &["block", "192.0.2.10", "--ttl", "1h"]);
+    let request = server.join().unwrap();
+    assert!(request.contains("\"op\":\"block\""), "{request}");
+    fails(&out, 1, "closed the connection");
+    one_line(&out, &["block"]);
+    // It answers with something that is not a reply.
+    let (_dir, socket, server) = half_daemon(|mut c| {
+        use std::io::Write as _;
+        c.write_all(b"garbage\n").unwrap();
+    });
+    let out = cli(&socket, &["list"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    one_line(&out, &["list"]);
+}
+
+#[test]
+fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusal() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &["--max-addresses", "3"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The receiver's own address is allowlisted: refused (7); the others go in.
+    let file = dir.path().join("feed.txt");
+    std::fs::write(&file, format!("198.51.100.1\n{RECEIVER_V4}\n198.51.100.2\n")).unwrap();
+    let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]);
+    fails(&out, 7, &format!("1 of 3 targets were refused, the rest imported; first: {RECEIVER_V4}: refused by policy rule `allowlist`"));
+    one_line(&out, &["import"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 of 3"));
+    let listed = |d: &Daemon| -> Vec<String> {
+        d.json(&["list", "--sort", "target"]).as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2"]);
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "nothing else was blocked");
+    // The map holds 3: the fourth address is refused (6), the one before it imported.
+    std::fs::write(&file, "198.51.100.3\n198.51.100.4\n").unwrap();
+    let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]);
+    fails(&out, 6, "first: 198.51.100.4: ");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full"));
+    assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2", "198.51.100.3"]);
+    // The first refusal decides the code: a policy refusal before a full map exits 7.
+    std::fs::write(&file, format!("{RECEIVER_V4}\n198.51.100.5\n")).unwrap();
+    fails(&d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]), 7, "allowlist");
+}
+
+#[test]
+fn concurrent_requests_share_one_commit() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    const N: usize = 24;
+    let block = |i: usize| {
+        Request::Block(enforcer::protocol::BlockRequest {
+            target: format!("198.51.100.{i}").parse().unwrap(),
+            ttl_secs: Some(3600),
+            permanent: false,
+            source: "cli".parse().unwrap(),
+            reason: Default::default(),
+            shadow: false,
+            force: false,
+        })
+    };
+    // One at a time: each request is its own commit.
+    let sequential = count_fsyncs(&d, || {
+        let mut c = Client::connect(&d.socket, Duration::from_secs(30)).unwrap();
+        for i in 1..=N {
+            assert!(matches!(c.call(&block(i)).unwrap(), Reply::Block(_)));
+        }
+    });
+    // All at once, each on its own connection, released together.
+    let concurrent = count_fsyncs(&d, || {
+        let barrier = std::sync::Barrier::new(N);
+        std::thread::scope(|s| {
+            for i in 1..=N {
+                let (barrier, socket, req) = (&barrier, &d.socket, block(100 + i));
+                s.spawn(move || {
+                    let mut c = Client::connect(socket, Duration::from_secs(30)).unwrap();
+                    barrier.wait();
+                    assert!(matches!(c.call(&req).unwrap(), Reply::Block(_)));
+                });
+            }
+        });
+    });
+    eprintln!("fsyncs: {sequential} for {N} sequential blocks, {concurrent} for {N} concurrent ones");
+    assert!(sequential >= N, "each sequential block is committed on its own ({sequential} fsyncs for {N})");
+    assert!(
+        concurrent * 2 <= sequential,
+        "concurrent requests were not committed together: {concurrent} fsyncs for {N} (sequential: {sequential})"
+    );
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 2 * N);
+}
+
+/// Runs `f` with the daemon under `strace`, and counts the fsync-family calls it made meanwhile.
+fn count_fsyncs(d: &Daemon, f: impl FnOnce()) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, log) = (dir.path().join("trace"), dir.path().join("strace.log"));
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=fsync,fdatasync,sync_file_range,msync", "-o"])
+        .arg(&trace)
+        .args(["-p", &d.pid().unwrap().to_string()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("strace (Debian package strace)");
+    // strace says on stderr when it has attached to every thread.
+    wait_for("strace to attach", Duration::from_secs(10), || {
+        Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("attached").then_some(()))
+    })
+    .unwrap();
+    f();
+    // SAFETY: kill(2) on our own child; strace detaches on SIGINT.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // A call interrupted by another thread's shows as `fsync(5 <unfinished ...>` and later
+    // `<... fsync resumed>`: count the starts.
+    text.lines().filter(|l| l.contains("sync(")).count()
 }
 
 #[test]
@@ -284,7 +468,7 @@ fn check_config_reports_file_and_line() {
     assert!(err.contains(&format!("{}:3:", path.display())), "{err}");
     std::fs::write(&path, "interfaces = [\"eth0\"]\n").unwrap();
     let out = cli(Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -269,29 +269,74 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let tx = lab.udp_sender(SENDER_V4[1]).unwrap();
     let dst = rx.local_addr().unwrap();
-    // Flood from the blocked source while a new process loads and swaps in its program.
+    // Flood from the blocked source while a new process loads and swaps in its program: the
+    // flood must be running before the swap starts and go on after it ends.
+    let sent = std::sync::atomic::AtomicU64::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (replaced, sent) = std::thread::scope(|s| {
+    let count = || sent.load(std::sync::atomic::Ordering::Relaxed);
+    let (replaced, before, during, total) = std::thread::scope(|s| {
         let flood = s.spawn(|| {
-            let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tx.send_to(b"x", dst).unwrap();
-                n += 1;
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            n
         });
-        let att = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (att, flood.join().unwrap())
+        let stop_flood = || stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let result = (|| {
+            enforcer_tests::wait_for("the flood to start", Duration::from_secs(5), || Ok((count() >= 100).then_some(())))?;
+            let before = count();
+            let att = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto)?;
+            let during = count();
+            enforcer_tests::wait_for("the flood to go on after the swap", Duration::from_secs(5), || {
+                Ok((count() >= during + 100).then_some(()))
+            })?;
+            anyhow::Ok((att, before, during))
+        })();
+        stop_flood();
+        flood.join().unwrap();
+        let (att, before, during) = result.unwrap();
+        (att, before, during, count())
     });
+    eprintln!("flood: {before} packets before the swap began, {} while it ran, {} after", during - before, total - during);
     assert!(replaced.replaced, "the pinned link was not reused");
     assert_ne!(Some(replaced.prog_id), first.prog_id, "the program was not swapped");
+    assert!(before > 0 && total > during, "the flood did not overlap the swap");
     let mut buf = [0u8; 8];
     assert!(rx.recv(&mut buf).is_err(), "a blocked packet got through during the swap");
-    assert!(sent > 0);
+    // Every packet sent met one of the two programs and was dropped by it.
+    let maps = pinned_maps(&lab);
+    let t: Target = SENDER_V4[1].parse().unwrap();
+    enforcer_tests::wait_for("every flood packet counted", Duration::from_secs(2), || {
+        Ok((maps.get_block(&t).unwrap().unwrap().hit_packets >= total).then_some(()))
+    })
+    .unwrap();
     let after = lab.receiver.run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF))).unwrap().unwrap();
     assert_eq!(after.prog_id, Some(replaced.prog_id));
+}
+
+/// `auto` falls back to generic (skb) XDP where the driver has no native XDP. A bridge has
+/// none (no `ndo_bpf`), and a test can create one in a namespace (this kernel has no `dummy`
+/// module; macvlan and vxlan would do too).
+#[test]
+fn auto_mode_falls_back_to_skb_where_native_xdp_is_missing() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    lab.receiver.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    lab.receiver.ip(&["link", "set", "br0", "up"]).unwrap();
+    let opts = options(lab.pins.path());
+    let native = lab
+        .receiver
+        .run(|| Datapath::open(&opts).and_then(|mut dp| dp.attach("br0", XdpModeRequest::Native)))
+        .unwrap();
+    assert!(native.is_err(), "a bridge has no native XDP, yet native attach worked");
+    let att = lab
+        .receiver
+        .run(|| Datapath::open(&opts).and_then(|mut dp| dp.attach("br0", XdpModeRequest::Auto)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(att.mode, AttachedMode::Skb, "auto on a driver without native XDP");
+    let state = lab.receiver.run(|| enforcer::datapath::query_xdp(if_index("br0"))).unwrap().unwrap();
+    assert_eq!(state.prog_id, Some(att.prog_id), "attached");
 }
 
 #[test]

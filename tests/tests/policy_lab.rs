@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use enforcer::block::now_ms;
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4,
     daemon::{Daemon, cli, fails, ok},
@@ -94,18 +95,23 @@ fn the_breaker_opens_at_its_rate_and_closes_again() {
         let r = d.json(&["block", &format!("198.51.100.{i}"), "--source", "feed"]);
         assert_eq!(r["mode"], "enforce");
     }
+    let asked = now_ms();
     let r = d.json(&["block", "198.51.100.4", "--source", "feed"]);
     assert_eq!(r["mode"], "shadow", "past the rate: shadow");
     let status = d.json(&["status"]);
     assert_eq!(status["breakers"][0]["source"], "feed");
+    let closes = status["breakers"][0]["closes_ms"].as_u64().unwrap();
+    assert!(closes >= asked + 3000, "the breaker closes after its 3 s cooldown, not at {}", closes - asked);
     assert!(audit(&d).contains("\"action\":\"breaker_open\""));
     // Other sources are not affected.
     assert_eq!(d.json(&["block", SENDER_V4[1]])["mode"], "enforce");
-    // It closes by time.
-    wait_for("the breaker to close", Duration::from_secs(8), || {
-        Ok(d.json(&["status"])["breakers"].as_array().unwrap().is_empty().then_some(()))
+    // It closes by time: not before its cooldown, and soon after.
+    let closed = wait_for("the breaker to close", Duration::from_secs(8), || {
+        Ok(d.json(&["status"])["breakers"].as_array().unwrap().is_empty().then(now_ms))
     })
     .unwrap();
+    assert!(closed >= asked + 3000, "the breaker closed {} ms after opening, before its 3 s cooldown", closed - asked);
+    assert!(closed <= closes + 2000, "the breaker closed {} ms late", closed - closes);
     assert_eq!(d.json(&["block", "198.51.100.5", "--source", "feed"])["mode"], "enforce");
 
     // A refusing breaker, closed by hand.
@@ -163,11 +169,16 @@ fn broad_blocks_wait_for_approval_and_expire_unapproved() {
     ok(&d.cli(&["reject", &rejected.to_string()]));
     fails(&d.cli(&["approve", &rejected.to_string()]), 5, "no pending block");
 
+    let asked = now_ms();
     d.json(&["block", "203.0.112.0/22"]);
-    wait_for("the pending block to expire", Duration::from_secs(8), || {
-        Ok(d.json(&["pending"]).as_array().unwrap().is_empty().then_some(()))
+    let expires = d.json(&["pending"])[0]["expires_ms"].as_u64().unwrap();
+    assert!(expires >= asked + 3000, "pending_ttl is 3 s, yet it expires {} ms after the request", expires - asked);
+    let gone = wait_for("the pending block to expire", Duration::from_secs(8), || {
+        Ok(d.json(&["pending"]).as_array().unwrap().is_empty().then(now_ms))
     })
     .unwrap();
+    assert!(gone >= asked + 3000, "the pending block expired {} ms after it was asked, before its 3 s", gone - asked);
+    assert!(gone <= expires + 2000, "the pending block expired {} ms late", gone - expires);
     assert!(audit(&d).contains("\"action\":\"pending_expire\""));
     assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1, "only the approved block");
 }
@@ -196,7 +207,10 @@ fn check_config_reports_policy_mistakes_with_file_and_line() {
     let check = |text: &str| {
         std::fs::write(&path, text).unwrap();
         let out = cli(std::path::Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "a configuration mistake exits 1: {stderr}");
+        assert!(out.stdout.is_empty(), "nothing on stdout for a bad configuration");
+        stderr
     };
     let p = path.display().to_string();
     let e = check("[policy]\nmode = \"enforce\"\nmin_prefix_v4 = 40\n");
@@ -209,4 +223,38 @@ fn check_config_reports_policy_mistakes_with_file_and_line() {
     assert!(e.contains(&format!("{p}:3:")) && e.contains("at least one"), "{e}");
     let e = check("[allowlist]\nprefixes = [\"10.0.0.0/33\"]\n");
     assert!(e.contains(&format!("{p}:2:")) && e.contains("invalid prefix length"), "{e}");
+}
+
+#[test]
+fn a_capped_ttl_is_noted_in_the_reply_and_the_audit_log() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(&lab, "[policy]\nmax_ttl = \"1h\"\n");
+    let asked = now_ms();
+    let r = d.json(&["block", SENDER_V4[1], "--ttl", "2h", "--reason", "capped"]);
+    let left = r["expires_ms"].as_u64().unwrap() - asked;
+    assert!((3_595_000..=3_605_000).contains(&left), "capped at 1 h, got {left} ms");
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("TTL capped at the maximum 1h"), "{r}");
+    let line = audit(&d).lines().find(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])).map(str::to_owned);
+    let line = line.expect("the block is audited");
+    assert!(line.contains("TTL capped at the maximum 1h"), "{line}");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+}
+
+#[test]
+fn scope_and_time_bounds_refusals_exit_7_and_change_nothing() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(&lab, "[policy]\nmax_ttl = \"1d\"\n");
+    ok(&d.cli(&["block", SENDER_V4[1], "--source", "wazuh"]));
+    d.fails_cleanly(&["block", "198.51.0.0/16", "--source", "wazuh"], 7, "refused by policy rule `scope`");
+    d.fails_cleanly(&["block", "2001:db8:8000::/33", "--source", "wazuh"], 7, "refused by policy rule `scope`");
+    d.fails_cleanly(&["block", "198.51.100.7", "--permanent", "--source", "wazuh"], 7, "refused by policy rule `time_bounds`");
+    let log = audit(&d);
+    let refusal = |target: &str, rule: &str| {
+        log.lines().any(|l| l.contains("\"action\":\"refuse\"") && l.contains(&format!("\"target\":\"{target}\"")) && l.contains(rule))
+    };
+    assert!(refusal("198.51.0.0/16", "scope") && refusal("198.51.100.7", "time_bounds"), "{log}");
+    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "nothing else is blocked");
 }

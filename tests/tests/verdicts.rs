@@ -405,3 +405,40 @@ fn nested_prefixes_are_walked_to_a_bounded_depth() {
     f.dp.maps_mut().remove_block(&t).unwrap();
     assert_eq!(f.from(&[], "10.0.0.1"), XDP_DROP);
 }
+
+/// Replaces the pinned `BLOCK_V4` of a closed data path with a map of this `bpftool` shape, and
+/// returns the error the next open gives.
+fn reopen_with_block_v4(opts: &DatapathOptions, map_type: &str, key: u32, value: u32) -> DatapathError {
+    let pin = enforcer::datapath::PinLayout::new(&opts.bpffs_dir).maps_dir().join(enforcer_common::map_names::BLOCK_V4);
+    std::fs::remove_file(&pin).unwrap();
+    let (key, value, entries) = (key.to_string(), value.to_string(), opts.capacity.addresses.to_string());
+    enforcer_tests::run(
+        "bpftool",
+        &["map", "create", pin.to_str().unwrap(), "type", map_type, "key", &key, "value", &value, "entries", &entries, "name", "BLOCK_V4"],
+    )
+    .unwrap();
+    Datapath::open(opts).err().expect("a pinned map of another shape must be refused")
+}
+
+#[test]
+fn pinned_maps_of_another_key_size_value_size_or_type_are_refused() {
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let opts = DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: small(),
+        count_block_hits: true,
+    };
+    drop(Datapath::open(&opts).unwrap());
+    let value = std::mem::size_of::<BlockValue>() as u32;
+    for (map_type, key, value, want) in [
+        ("hash", 8, value, "key size 8, expected 4".to_owned()),
+        ("hash", 4, value + 8, format!("value size {}, expected {value}", value + 8)),
+        ("lru_hash", 4, value, "type".to_owned()),
+    ] {
+        let err = reopen_with_block_v4(&opts, map_type, key, value);
+        let msg = err.to_string();
+        assert!(matches!(err, DatapathError::LayoutMismatch { .. }), "{msg}");
+        assert!(msg.contains("BLOCK_V4") && msg.contains(&want), "{map_type} key {key} value {value}: {msg}");
+    }
+}
