@@ -21,11 +21,11 @@ const BPF_LINKER_INSTALL: &str = "bpf-linker@0.10.0";
 const BPF_LINKER_LLVM_MAJOR: u32 = 22;
 /// Debian packages the tests and benchmarks call (bpftool to inspect programs and maps,
 /// firewalls to compare against, traffic generators, interface/namespace tools, fail2ban
-/// to run as a real trigger source, Prometheus to scrape the metrics endpoint, and lintian and
-/// systemd to check the .deb and its unit).
+/// to run as a real trigger source, Prometheus to scrape the metrics endpoint, lintian and
+/// systemd to check the .deb and its unit, and strace to count the daemon's fsyncs).
 const PACKAGES: &[&str] = &[
     "bpftool", "iptables", "nftables", "ipset", "hping3", "iperf3", "iproute2", "ethtool", "procps",
-    "fail2ban", "prometheus", "lintian", "systemd",
+    "fail2ban", "prometheus", "lintian", "systemd", "strace",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
