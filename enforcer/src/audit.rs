@@ -8,6 +8,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -53,21 +54,22 @@ pub enum Action {
     BreakerOpen,
 }
 
-/// One audit line.
+/// One audit line. Owned, so the block engine can collect the lines of a round and write them
+/// once the round is durable.
 #[derive(Clone, Debug, Serialize)]
-pub struct Event<'a> {
+pub struct Event {
     /// When (Unix ms).
     pub ts_ms: UnixMillis,
     /// What.
     pub action: Action,
     /// Target.
-    pub target: &'a Target,
+    pub target: Target,
     /// Source, when one is involved.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<&'a Source>,
+    pub source: Option<Source>,
     /// Reason given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a Reason>,
+    pub reason: Option<Arc<Reason>>,
     /// Expiry (Unix ms) after the action; absent = permanent or not applicable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<UnixMillis>,
@@ -79,9 +81,9 @@ pub struct Event<'a> {
     pub detail: Option<String>,
 }
 
-impl<'a> Event<'a> {
+impl Event {
     /// An event with only the essentials.
-    pub fn new(action: Action, target: &'a Target) -> Self {
+    pub fn new(action: Action, target: Target) -> Self {
         Self {
             ts_ms: now_ms(),
             action,
@@ -92,6 +94,20 @@ impl<'a> Event<'a> {
             mode: None,
             detail: None,
         }
+    }
+
+    /// With the source.
+    #[must_use]
+    pub fn source(mut self, source: &Source) -> Self {
+        self.source = Some(source.clone());
+        self
+    }
+
+    /// With a detail.
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 }
 
@@ -125,7 +141,7 @@ impl AuditLog {
     }
 
     /// Appends one event (buffered; see [`AuditLog::flush`]).
-    pub fn record(&mut self, event: &Event<'_>) {
+    pub fn record(&mut self, event: &Event) {
         let Ok(mut line) = serde_json::to_vec(event) else {
             return;
         };
@@ -174,7 +190,7 @@ mod tests {
         let mut log = AuditLog::open(dir.path(), 4096, 2).unwrap();
         let t: Target = "192.0.2.1".parse().unwrap();
         for _ in 0..500 {
-            log.record(&Event::new(Action::Block, &t));
+            log.record(&Event::new(Action::Block, t));
         }
         log.flush();
         assert!(dir.path().join("audit.log").metadata().unwrap().len() <= 4096);

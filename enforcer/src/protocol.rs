@@ -59,11 +59,17 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
-    /// The blocks, with counters.
+    /// The blocks, with counters, in target order; a page of them with `limit`.
     List {
         /// Only this source's blocks.
         #[serde(default)]
         source: Option<Source>,
+        /// At most this many targets (default: all).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// Only targets after this one (the previous page's `next`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Target>,
     },
     /// Everything that covers an address, and the verdict its packets get now.
     Show {
@@ -343,6 +349,9 @@ pub enum Reply {
     List {
         /// The blocks.
         blocks: Vec<ListEntry>,
+        /// When more blocks follow: the `after` of the next page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<Target>,
     },
     /// Answer to show.
     Show(ShowReply),

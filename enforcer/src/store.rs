@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use crate::{
-    block::{Record, Source, SourceBlock},
+    block::{Record, Source, SourceBlock, UnixMillis},
+    policy::AllowOrigin,
+    protocol::PendingBlock,
     target::Target,
 };
 
@@ -58,11 +60,11 @@ pub enum StoreOp {
     /// Remove a source's block.
     Delete(Target, Source),
     /// Insert or replace a CLI allowlist entry.
-    PutAllow(Target, serde_json::Value),
+    PutAllow(Target, AllowOrigin),
     /// Remove a CLI allowlist entry.
     DeleteAllow(Target),
     /// Insert or replace a pending block.
-    PutPending(u64, serde_json::Value),
+    PutPending(PendingBlock),
     /// Remove a pending block.
     DeletePending(u64),
     /// Record a target's offense times (empty = forget).
@@ -143,9 +145,9 @@ impl Store {
                     StoreOp::DeleteAllow(t) => {
                         allow.remove(t.to_string().as_str()).map_err(|e| self.db_err(e))?;
                     }
-                    StoreOp::PutPending(id, v) => {
-                        let v = serde_json::to_vec(v).map_err(|e| self.db_err(e))?;
-                        pending.insert(*id, v.as_slice()).map_err(|e| self.db_err(e))?;
+                    StoreOp::PutPending(p) => {
+                        let v = serde_json::to_vec(p).map_err(|e| self.db_err(e))?;
+                        pending.insert(p.id, v.as_slice()).map_err(|e| self.db_err(e))?;
                     }
                     StoreOp::DeletePending(id) => {
                         pending.remove(*id).map_err(|e| self.db_err(e))?;
@@ -177,34 +179,56 @@ impl Store {
         txn.commit().map_err(|e| self.db_err(e))
     }
 
-    /// A side table as (key, JSON) pairs: `allow`, `offenses` (keys are targets) or `pending`
-    /// (keys are ids).
-    pub fn load_side(&self, table: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    /// The CLI allowlist entries.
+    pub fn load_allow(&self) -> Result<Vec<(Target, AllowOrigin)>, StoreError> {
+        self.load_keyed(ALLOW, "allow")
+    }
+
+    /// The offense histories (repeat-offender escalation).
+    pub fn load_offenses(&self) -> Result<Vec<(Target, Vec<UnixMillis>)>, StoreError> {
+        self.load_keyed(OFFENSES, "offenses")
+    }
+
+    /// The blocks waiting for approval.
+    pub fn load_pending(&self) -> Result<Vec<PendingBlock>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
-        let decode = |k: String, v: &[u8]| -> Result<(String, serde_json::Value), StoreError> {
-            let v = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                key: format!("{table}/{k}"),
-                message: e.to_string(),
-            })?;
-            Ok((k, v))
-        };
-        if table == "pending" {
-            let t = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
-            for row in t.iter().map_err(|e| self.db_err(e))? {
-                let (k, v) = row.map_err(|e| self.db_err(e))?;
-                out.push(decode(k.value().to_string(), v.value())?);
-            }
-        } else {
-            let def = if table == "allow" { ALLOW } else { OFFENSES };
-            let t = txn.open_table(def).map_err(|e| self.db_err(e))?;
-            for row in t.iter().map_err(|e| self.db_err(e))? {
-                let (k, v) = row.map_err(|e| self.db_err(e))?;
-                out.push(decode(k.value().to_owned(), v.value())?);
-            }
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            out.push(self.decode(&format!("pending/{}", k.value()), v.value())?);
         }
         Ok(out)
+    }
+
+    /// A table keyed by target, each value decoded as `V`.
+    fn load_keyed<V: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &str,
+    ) -> Result<Vec<(Target, V)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(def).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let key = format!("{name}/{}", k.value());
+            let target: Target = k.value().parse().map_err(|e: crate::TargetError| self.corrupt(&key, e))?;
+            out.push((target, self.decode(&key, v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn decode<V: serde::de::DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<V, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| self.corrupt(key, e))
+    }
+
+    fn corrupt(&self, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_owned(),
+            message: e.to_string(),
+        }
     }
 
     /// Every stored block.

@@ -4,6 +4,7 @@ use super::output::{ago, bytes, count, table, time_left};
 use crate::{
     block::Source,
     protocol::{ListEntry, Reply, Request},
+    target::Target,
 };
 
 /// Sort orders for `list`.
@@ -29,17 +30,32 @@ pub struct Args {
     /// JSON (stable; see the README).
     #[arg(long)]
     pub json: bool,
+    /// At most this many targets (a page, in address order; the page is then sorted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Only targets after this one, in address order (the `--after` a previous page printed).
+    #[arg(long, value_name = "TARGET")]
+    pub after: Option<Target>,
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
-    let Reply::List { mut blocks } = super::call(socket, &Request::List { source: a.source })? else {
+    let request = Request::List {
+        source: a.source,
+        limit: a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        after: a.after,
+    };
+    let Reply::List { mut blocks, next } = super::call(socket, &request)? else {
         anyhow::bail!("unexpected reply from the daemon")
     };
     sort(&mut blocks, a.sort);
     if a.json {
-        return super::output::json(&blocks);
+        super::output::json(&blocks)?;
+    } else {
+        print_table(&blocks);
     }
-    print_table(&blocks);
+    if let Some(next) = next {
+        eprintln!("more blocks follow: enforcer list --after {next}{}", a.limit.map(|n| format!(" --limit {n}")).unwrap_or_default());
+    }
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use tokio::{
 use super::engine::Command;
 use crate::{
     metrics::Metrics,
-    protocol::{Envelope, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Request, Response},
+    protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Request, Response},
 };
 
 /// Who may talk to the daemon.
@@ -147,30 +147,29 @@ fn result_label(r: &Response) -> &'static str {
 
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
 async fn handle_line(line: &[u8], engine: &SyncSender<Command>) -> (&'static str, Response) {
-    let (op, response) = match parse(line) {
+    match parse(line) {
         Ok(request) => (request.op(), run(request, engine).await),
-        Err(response) => ("unknown", response),
-    };
-    (op, response)
+        Err(error) => ("unknown", Response::Err { ok: false, error }),
+    }
 }
 
-#[expect(clippy::result_large_err, reason = "the error is the response, sent at once")]
-fn parse(line: &[u8]) -> Result<Request, Response> {
-    let value: serde_json::Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => return Err(Response::err(ErrorCode::InvalidRequest, format!("not JSON: {e}"))),
+fn parse(line: &[u8]) -> Result<Request, ErrorBody> {
+    let invalid = |message: String| ErrorBody {
+        code: ErrorCode::InvalidRequest,
+        message,
     };
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| invalid(format!("not JSON: {e}")))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return Err(Response::err(
-                ErrorCode::UnsupportedVersion,
-                format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
-            ));
+            return Err(ErrorBody {
+                code: ErrorCode::UnsupportedVersion,
+                message: format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
+            });
         }
-        None => return Err(Response::err(ErrorCode::InvalidRequest, "missing protocol version field `v`")),
+        None => return Err(invalid("missing protocol version field `v`".into())),
     }
-    serde_json::from_value(value).map_err(|e| Response::err(ErrorCode::InvalidRequest, format!("invalid request: {e}")))
+    serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))
 }
 
 /// Hands a request to the engine and waits for its answer.
@@ -183,6 +182,13 @@ async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
     if !matches!(sent, Ok(true)) {
         return Response::err(ErrorCode::Internal, "the daemon is shutting down");
     }
-    rx.await
-        .unwrap_or_else(|_| Response::err(ErrorCode::Internal, "the daemon is shutting down"))
+    match rx.await {
+        Ok(Ok(reply)) => Response::ok(reply),
+        // The one place a refusal becomes the protocol's error body.
+        Ok(Err(refusal)) => Response::Err {
+            ok: false,
+            error: refusal.to_body(),
+        },
+        Err(_) => Response::err(ErrorCode::Internal, "the daemon is shutting down"),
+    }
 }

@@ -6,6 +6,11 @@
 
 pub mod control_socket;
 pub mod engine;
+pub mod kernel_sync;
+pub mod ledger;
+pub mod queries;
+pub mod refusal;
+pub mod round;
 pub mod spool;
 pub mod systemd;
 

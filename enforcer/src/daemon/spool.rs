@@ -35,10 +35,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::engine::Command;
+use super::{engine::Command, refusal::Refusal};
 use crate::{
     block::{UnixMillis, now_ms},
-    protocol::{BatchRequest, BlockRequest, Request, Response},
+    protocol::{BatchRequest, BlockRequest, Request},
 };
 
 /// The spool's directory under the state directory.
@@ -269,17 +269,15 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
     }
     for (path, answer) in waiting {
         match answer.await {
-            Ok(Response::Ok { .. }) => done.applied += 1,
-            Ok(Response::Err { error, .. })
-                if matches!(error.code, crate::protocol::ErrorCode::Internal | crate::protocol::ErrorCode::MapFull) =>
-            {
+            Ok(Ok(_)) => done.applied += 1,
+            Ok(Err(refusal)) if matches!(refusal, Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }) => {
                 // Not a verdict on the request (the store failed, a map is full): keep it and
                 // try again at the next drain.
-                tracing::warn!(file = %path.display(), code = ?error.code, "spooled request not applied yet, kept for the next drain: {}", error.message);
+                tracing::warn!(file = %path.display(), "spooled request not applied yet, kept for the next drain: {}", refusal.to_body().message);
                 continue;
             }
-            Ok(Response::Err { error, .. }) => {
-                tracing::warn!(file = %path.display(), code = ?error.code, "spooled request refused: {}", error.message);
+            Ok(Err(refusal)) => {
+                tracing::warn!(file = %path.display(), "spooled request refused: {}", refusal.to_body().message);
                 done.refused += 1;
             }
             Err(_) => {

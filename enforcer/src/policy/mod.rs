@@ -18,6 +18,7 @@ pub mod host;
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    fmt,
     time::Duration,
 };
 
@@ -226,10 +227,53 @@ pub enum Decision {
     /// Refused.
     Refuse {
         /// The rule.
-        rule: &'static str,
+        rule: Rule,
         /// Why.
         message: String,
     },
+}
+
+/// A policy rule that can refuse a block (its name appears in refusals and the audit log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Only sources allowed to force may force.
+    Force,
+    /// Allowlisted addresses are never blocked.
+    Allowlist,
+    /// Prefixes broader than the scope guard need force.
+    Scope,
+    /// TTL bounds and permanent blocks.
+    TimeBounds,
+    /// The circuit breaker of a source past its rate.
+    Breaker,
+}
+
+impl Rule {
+    /// The rule's name, as refusals, the audit log and the metrics say it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Force => "force",
+            Self::Allowlist => "allowlist",
+            Self::Scope => "scope",
+            Self::TimeBounds => "time_bounds",
+            Self::Breaker => "breaker",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the breaker says about one request.
+enum BreakerCheck {
+    /// Closed: the block proceeds.
+    Closed,
+    /// Open (`opened`: by this request), with what to do and the rate it guards.
+    Open { opened: bool, action: BreakerAction, limit: u32 },
 }
 
 /// A source's circuit breaker.
@@ -287,146 +331,32 @@ impl Policy {
     /// repeat-offender window. Updates breaker state; returns whether a breaker opened.
     pub fn decide(&mut self, ask: &Ask<'_>, allow: &Allowlist, offenses: usize, now: UnixMillis) -> (Decision, BreakerEvent) {
         let sp = self.config.source(ask.source);
-        let may_force = sp.allow_force.unwrap_or_else(|| self.config.force_sources.contains(ask.source));
-        let forced = ask.force && may_force;
-        if ask.force && !may_force {
-            return (
-                Decision::Refuse {
-                    rule: "force",
-                    message: format!("source `{}` may not force (policy.force_sources)", ask.source),
-                },
-                BreakerEvent::None,
-            );
+        let refused = |(rule, message)| (Decision::Refuse { rule, message }, BreakerEvent::None);
+        if let Err(r) = self.check_scope(ask, &sp, allow) {
+            return refused(r);
         }
-
-        // 1. Allowlist.
-        if let Some((prefix, origin)) = allow.covering(&ask.target) {
-            return (
-                Decision::Refuse {
-                    rule: "allowlist",
-                    message: format!("{} is inside allowlisted {prefix} ({origin})", ask.target),
-                },
-                BreakerEvent::None,
-            );
-        }
-        let inside = allow.inside(&ask.target);
-        if !inside.is_empty() && !forced {
-            let (p, o) = &inside[0];
-            return (
-                Decision::Refuse {
-                    rule: "allowlist",
-                    message: format!(
-                        "{} contains allowlisted {p} ({o}){}; use --force to block the rest (the allowlisted part stays reachable)",
-                        ask.target,
-                        if inside.len() > 1 { format!(" and {} more", inside.len() - 1) } else { String::new() }
-                    ),
-                },
-                BreakerEvent::None,
-            );
-        }
-
-        // 2. Scope.
-        let min = if ask.target.is_v4() { self.config.min_prefix_v4 } else { self.config.min_prefix_v6 };
-        if ask.target.prefix_len() < min && !forced {
-            return (
-                Decision::Refuse {
-                    rule: "scope",
-                    message: format!(
-                        "{} is broader than /{min} (policy.min_prefix_{}); a narrower prefix, or --force from a source allowed to force",
-                        ask.target,
-                        if ask.target.is_v4() { "v4" } else { "v6" }
-                    ),
-                },
-                BreakerEvent::None,
-            );
-        }
-
-        // 3. Time bounds.
         let mut notes = Vec::new();
-        let max_ttl = sp.max_ttl.map_or(self.config.max_ttl.0, |d| d.0).min(self.config.max_ttl.0);
-        let may_permanent = sp
-            .allow_permanent
-            .unwrap_or_else(|| self.config.permanent_sources.contains(ask.source));
-        let mut ttl = if ask.permanent {
-            if !may_permanent {
-                return (
-                    Decision::Refuse {
-                        rule: "time_bounds",
-                        message: format!(
-                            "source `{}` may not make permanent blocks (policy.permanent_sources); give a --ttl",
-                            ask.source
-                        ),
-                    },
-                    BreakerEvent::None,
-                );
-            }
-            None
-        } else {
-            Some(ask.ttl.unwrap_or_else(|| sp.default_ttl.map_or(self.default_ttl, |d| d.0)))
+        let ttl = match self.time_bounds(ask, &sp, offenses, &mut notes) {
+            Ok(ttl) => ttl,
+            Err(r) => return refused(r),
         };
-
-        // 4. Repeat offenders.
-        if let (Some(t), Some(r)) = (ttl, &self.config.repeat_offenders)
-            && offenses > 0
-        {
-            let step = r.ttls[offenses.min(r.ttls.len() - 1)].0;
-            if step > t {
-                notes.push(format!("repeat offender ({} earlier in {}): TTL escalated to {}", offenses, r.window, HumanDuration(step)));
-                ttl = Some(step);
-            }
-        }
-        if let Some(t) = ttl
-            && t > max_ttl
-        {
-            notes.push(format!("TTL capped at the maximum {}", HumanDuration(max_ttl)));
-            ttl = Some(max_ttl);
-        }
-
-        // 5. Breaker (new blocks only).
         let mut mode = if ask.shadow { Mode::Shadow } else { Mode::Enforce };
-        let mut event = BreakerEvent::None;
-        let limit = sp.rate_limit.unwrap_or(self.config.rate_limit);
-        if limit > 0 && !ask.existing {
-            let action = sp.on_rate_limit.unwrap_or(self.config.on_rate_limit);
-            let cooldown = sp.breaker_cooldown.map_or(self.config.breaker_cooldown.0, |d| d.0);
-            let b = self.breakers.entry(ask.source.clone()).or_default();
-            if b.open_until.is_some_and(|u| u <= now) {
-                b.open_until = None;
-                b.opened_at = None;
-                b.recent.clear();
-            }
-            while b.recent.front().is_some_and(|t| *t + 60_000 <= now) {
-                b.recent.pop_front();
-            }
-            if b.open_until.is_none() && b.recent.len() >= limit as usize {
-                b.open_until = Some(now + cooldown.as_millis() as u64);
-                b.opened_at = Some(now);
-                event = BreakerEvent::Opened;
-            }
-            if b.open_until.is_some() {
-                match action {
-                    BreakerAction::Refuse => {
-                        return (
-                            Decision::Refuse {
-                                rule: "breaker",
-                                message: format!(
-                                    "source `{}` passed its rate of {limit} new blocks a minute; its breaker is open (see `enforcer status`, `enforcer breaker reset`)",
-                                    ask.source
-                                ),
-                            },
-                            event,
-                        );
-                    }
-                    BreakerAction::Shadow => {
-                        notes.push(format!("breaker open for `{}`: shadow mode", ask.source));
-                        mode = Mode::Shadow;
-                    }
+        let event = match self.breaker(ask, &sp, now) {
+            BreakerCheck::Closed => BreakerEvent::None,
+            BreakerCheck::Open { opened, action, limit } => {
+                let event = if opened { BreakerEvent::Opened } else { BreakerEvent::None };
+                if action == BreakerAction::Refuse {
+                    let message = format!(
+                        "source `{}` passed its rate of {limit} new blocks a minute; its breaker is open (see `enforcer status`, `enforcer breaker reset`)",
+                        ask.source
+                    );
+                    return (Decision::Refuse { rule: Rule::Breaker, message }, event);
                 }
-            } else {
-                b.recent.push_back(now);
+                notes.push(format!("breaker open for `{}`: shadow mode", ask.source));
+                mode = Mode::Shadow;
+                event
             }
-        }
-
+        };
         // 6. Rollout mode.
         if self.config.mode == Mode::Shadow || sp.mode == Some(Mode::Shadow) {
             if mode != Mode::Shadow {
@@ -434,34 +364,134 @@ impl Policy {
             }
             mode = Mode::Shadow;
         }
+        match self.approval(ask, &sp) {
+            Some(why) => (Decision::Pending { why }, event),
+            None => (Decision::Apply { ttl, mode, notes }, event),
+        }
+    }
 
-        // 7. Approval.
-        if !ask.approved {
-            if sp.require_approval == Some(true) {
-                return (
-                    Decision::Pending {
-                        why: format!("source `{}` requires approval", ask.source),
-                    },
-                    event,
-                );
+    /// Rules 1 and 2: force, the allowlist and the scope guard.
+    fn check_scope(&self, ask: &Ask<'_>, sp: &SourcePolicy, allow: &Allowlist) -> Result<(), (Rule, String)> {
+        let may_force = sp.allow_force.unwrap_or_else(|| self.config.force_sources.contains(ask.source));
+        let forced = ask.force && may_force;
+        if ask.force && !may_force {
+            return Err((Rule::Force, format!("source `{}` may not force (policy.force_sources)", ask.source)));
+        }
+        if let Some((prefix, origin)) = allow.covering(&ask.target) {
+            return Err((Rule::Allowlist, format!("{} is inside allowlisted {prefix} ({origin})", ask.target)));
+        }
+        let inside = allow.inside(&ask.target);
+        if !inside.is_empty() && !forced {
+            let (p, o) = &inside[0];
+            let more = if inside.len() > 1 { format!(" and {} more", inside.len() - 1) } else { String::new() };
+            return Err((
+                Rule::Allowlist,
+                format!(
+                    "{} contains allowlisted {p} ({o}){more}; use --force to block the rest (the allowlisted part stays reachable)",
+                    ask.target
+                ),
+            ));
+        }
+        let min = if ask.target.is_v4() { self.config.min_prefix_v4 } else { self.config.min_prefix_v6 };
+        if ask.target.prefix_len() < min && !forced {
+            return Err((
+                Rule::Scope,
+                format!(
+                    "{} is broader than /{min} (policy.min_prefix_{}); a narrower prefix, or --force from a source allowed to force",
+                    ask.target,
+                    if ask.target.is_v4() { "v4" } else { "v6" }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rules 3 and 4: the TTL (`None` = permanent), escalated for repeat offenders and capped.
+    fn time_bounds(
+        &self,
+        ask: &Ask<'_>,
+        sp: &SourcePolicy,
+        offenses: usize,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<Duration>, (Rule, String)> {
+        let max_ttl = sp.max_ttl.map_or(self.config.max_ttl.0, |d| d.0).min(self.config.max_ttl.0);
+        let may_permanent = sp
+            .allow_permanent
+            .unwrap_or_else(|| self.config.permanent_sources.contains(ask.source));
+        if ask.permanent {
+            if !may_permanent {
+                return Err((
+                    Rule::TimeBounds,
+                    format!("source `{}` may not make permanent blocks (policy.permanent_sources); give a --ttl", ask.source),
+                ));
             }
-            let broad = if ask.target.is_v4() {
-                self.config.approval.broader_than_v4
-            } else {
-                self.config.approval.broader_than_v6
-            };
-            if let Some(b) = broad
-                && ask.target.prefix_len() < b
-            {
-                return (
-                    Decision::Pending {
-                        why: format!("{} is broader than /{b} (policy.approval)", ask.target),
-                    },
-                    event,
-                );
+            return Ok(None);
+        }
+        let mut ttl = ask.ttl.unwrap_or_else(|| sp.default_ttl.map_or(self.default_ttl, |d| d.0));
+        if let Some(r) = &self.config.repeat_offenders
+            && offenses > 0
+        {
+            let step = r.ttls[offenses.min(r.ttls.len() - 1)].0;
+            if step > ttl {
+                notes.push(format!("repeat offender ({} earlier in {}): TTL escalated to {}", offenses, r.window, HumanDuration(step)));
+                ttl = step;
             }
         }
-        (Decision::Apply { ttl, mode, notes }, event)
+        if ttl > max_ttl {
+            notes.push(format!("TTL capped at the maximum {}", HumanDuration(max_ttl)));
+            ttl = max_ttl;
+        }
+        Ok(Some(ttl))
+    }
+
+    /// Rule 5: the circuit breaker. New blocks count against the rate; an open breaker applies
+    /// to re-blocks by its source too, so repeats cannot undo it (a shadowed block is not
+    /// enforced by its repeats while the breaker is open).
+    fn breaker(&mut self, ask: &Ask<'_>, sp: &SourcePolicy, now: UnixMillis) -> BreakerCheck {
+        let limit = sp.rate_limit.unwrap_or(self.config.rate_limit);
+        if limit == 0 {
+            return BreakerCheck::Closed;
+        }
+        let action = sp.on_rate_limit.unwrap_or(self.config.on_rate_limit);
+        let cooldown = sp.breaker_cooldown.map_or(self.config.breaker_cooldown.0, |d| d.0);
+        let b = self.breakers.entry(ask.source.clone()).or_default();
+        if b.open_until.is_some_and(|u| u <= now) {
+            *b = Breaker::default();
+        }
+        while b.recent.front().is_some_and(|t| *t + 60_000 <= now) {
+            b.recent.pop_front();
+        }
+        let mut opened = false;
+        if !ask.existing && b.open_until.is_none() && b.recent.len() >= limit as usize {
+            b.open_until = Some(now + cooldown.as_millis() as u64);
+            b.opened_at = Some(now);
+            opened = true;
+        }
+        if b.open_until.is_some() {
+            return BreakerCheck::Open { opened, action, limit };
+        }
+        if !ask.existing {
+            b.recent.push_back(now);
+        }
+        BreakerCheck::Closed
+    }
+
+    /// Rule 7: why this block must wait for a human, if it must.
+    fn approval(&self, ask: &Ask<'_>, sp: &SourcePolicy) -> Option<String> {
+        if ask.approved {
+            return None;
+        }
+        if sp.require_approval == Some(true) {
+            return Some(format!("source `{}` requires approval", ask.source));
+        }
+        let broad = if ask.target.is_v4() {
+            self.config.approval.broader_than_v4
+        } else {
+            self.config.approval.broader_than_v6
+        };
+        broad
+            .filter(|b| ask.target.prefix_len() < *b)
+            .map(|b| format!("{} is broader than /{b} (policy.approval)", ask.target))
     }
 
     /// Open breakers.
@@ -536,9 +566,9 @@ mod tests {
         a
     }
 
-    fn refused(d: &Decision) -> &'static str {
+    fn refused(d: &Decision) -> String {
         match d {
-            Decision::Refuse { rule, .. } => rule,
+            Decision::Refuse { rule, .. } => rule.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }

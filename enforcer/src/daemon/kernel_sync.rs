@@ -1,0 +1,93 @@
+//! Kernel sync: turns a target's blocks into its kernel map entry, and skips writes that are
+//! already current. The daemon is the maps' one writer; this is the only code that writes
+//! block entries.
+
+use enforcer_common::BlockValue;
+
+use crate::{
+    block::{KernelEntry, from_ms},
+    datapath::{BlockMaps, MapsError, clock},
+    target::Target,
+};
+
+/// The kernel block and allowlist maps, as the engine uses them (a fake stands in for them in
+/// unit tests).
+pub trait KernelMap {
+    /// A target's entry.
+    fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError>;
+    /// Inserts or replaces a target's entry.
+    fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError>;
+    /// Removes a target's entry; whether there was one.
+    fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError>;
+    /// Inserts or replaces an allowlist prefix.
+    fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError>;
+    /// Removes an allowlist prefix; whether there was one.
+    fn remove_allow(&mut self, target: &Target) -> Result<bool, MapsError>;
+}
+
+impl KernelMap for BlockMaps {
+    fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
+        Self::get_block(self, target)
+    }
+
+    fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
+        Self::insert_block(self, target, value)
+    }
+
+    fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError> {
+        Self::remove_block(self, target)
+    }
+
+    fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError> {
+        Self::insert_allow(self, target, origin)
+    }
+
+    fn remove_allow(&mut self, target: &Target) -> Result<bool, MapsError> {
+        Self::remove_allow(self, target)
+    }
+}
+
+/// How far apart two boot-clock deadlines may be and still count as the same (converting a
+/// wall-clock deadline to the boot clock jitters by microseconds).
+const SAME_DEADLINE_NS: u64 = 5_000_000;
+
+/// The boot-clock deadline (ns) of an entry; 0 = never.
+fn deadline_ns(entry: &KernelEntry) -> u64 {
+    entry.expires_ms.map_or(0, |ms| clock::deadline_to_boot_ns(from_ms(ms)))
+}
+
+/// Whether `current` already says what `entry` calls for (mode, and the deadline within
+/// jitter), so that a restart with a million blocks does not rewrite a million entries.
+pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>) -> bool {
+    let Some(v) = current else { return false };
+    let wanted = deadline_ns(entry);
+    let close = if wanted == 0 || v.expires_ns == 0 {
+        wanted == v.expires_ns
+    } else {
+        wanted.abs_diff(v.expires_ns) < SAME_DEADLINE_NS
+    };
+    close && v.mode == entry.mode.to_kernel()
+}
+
+/// The map value for `entry`, keeping the hit counters of `current`.
+pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>) -> BlockValue {
+    let mut value = current.unwrap_or_default();
+    value.expires_ns = deadline_ns(entry);
+    value.mode = entry.mode.to_kernel();
+    value
+}
+
+/// Makes `target`'s kernel entry say what `entry` calls for (`None`: no entry). `known` says
+/// whether the kernel may hold an entry already (a target new in this round cannot), which
+/// saves a lookup per new block.
+pub fn sync<K: KernelMap + ?Sized>(kernel: &mut K, target: &Target, entry: Option<KernelEntry>, known: bool) -> Result<(), MapsError> {
+    let Some(entry) = entry else {
+        kernel.remove_block(target)?;
+        return Ok(());
+    };
+    let current = if known { kernel.get_block(target)? } else { None };
+    if is_current(&entry, current.as_ref()) {
+        return Ok(());
+    }
+    kernel.insert_block(target, &value_for(&entry, current))
+}

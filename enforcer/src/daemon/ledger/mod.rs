@@ -1,0 +1,694 @@
+//! The ledger: every block, deadline, pending approval, offense and allowlist entry, in memory,
+//! with the rules that change them. No I/O.
+//!
+//! Each operation takes a request and the time, and either records what it changed in a
+//! [`Change`] (store operations, audit events, the targets whose kernel entry may differ, and
+//! what to put back if the store refuses the round) or returns a [`Refusal`] having changed
+//! nothing. The round ([`super::round`]) commits a change, or hands it back to
+//! [`Ledger::undo`].
+//!
+//! The merge rules live in [`merge`]: a re-block extends to the later end, keeps the earlier
+//! reason when it gives none, and never demotes an enforced block to shadow; several sources
+//! block a target independently and the target stays blocked until the last one ends.
+
+mod allow;
+mod capacity;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ops::Bound,
+    sync::Arc,
+    time::Duration,
+};
+
+pub use capacity::Capacity;
+
+use super::refusal::Refusal;
+use crate::{
+    audit::{Action, Event},
+    block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks, UnixMillis},
+    policy::{Allowlist, Ask, BreakerEvent, Decision, Policy},
+    protocol::{BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply, Request},
+    store::StoreOp,
+    target::Target,
+};
+
+/// What a round changed, and how to put it back.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Store operations, in order.
+    pub ops: Vec<StoreOp>,
+    /// Audit lines, written once the change is durable (refusals are written either way).
+    pub events: Vec<Event>,
+    /// Allowlist kernel entries to write after the commit: `Some(origin)` inserts, `None`
+    /// removes. Inserts come first, so nothing protected is ever unprotected in between.
+    pub allow_kernel: Vec<(Target, Option<u32>)>,
+    /// Policy refusals (rule, or `capacity`, and source), for the metrics.
+    pub refused: Vec<(&'static str, Source)>,
+    /// Each touched target's blocks before its first change in this change.
+    blocks_before: BTreeMap<Target, Option<TargetBlocks>>,
+    pending_before: Option<(BTreeMap<u64, PendingBlock>, u64)>,
+    offenses_before: BTreeMap<Target, Option<Vec<UnixMillis>>>,
+    allow_before: Option<Allowlist>,
+}
+
+impl Change {
+    /// The targets whose kernel entry may have changed, each with whether it had blocks before.
+    pub fn touched(&self) -> impl Iterator<Item = (&Target, bool)> {
+        self.blocks_before.iter().map(|(t, b)| (t, b.is_some()))
+    }
+
+    /// Each touched target's blocks before this change (for tallies kept outside the ledger).
+    pub fn take_before(&mut self) -> BTreeMap<Target, Option<TargetBlocks>> {
+        std::mem::take(&mut self.blocks_before)
+    }
+
+    /// Whether there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.allow_kernel.is_empty()
+    }
+}
+
+/// A request's answer and the targets it touched (a kernel failure on one fails the answer).
+#[derive(Debug)]
+pub struct Applied {
+    /// The answer, if the round commits.
+    pub answer: Result<Reply, Refusal>,
+    /// Targets whose kernel entries this request changed.
+    pub touched: Vec<Target>,
+    /// Whether this request changed durable state (so a failed commit fails it).
+    pub wrote: bool,
+}
+
+impl Applied {
+    fn new(answer: Result<Reply, Refusal>, touched: Vec<Target>) -> Self {
+        Self {
+            wrote: answer.is_ok(),
+            answer,
+            touched,
+        }
+    }
+}
+
+/// Every block and the state the rules need.
+pub struct Ledger {
+    blocks: BTreeMap<Target, TargetBlocks>,
+    deadlines: BTreeSet<(UnixMillis, Target, Source)>,
+    pending: BTreeMap<u64, PendingBlock>,
+    next_pending: u64,
+    offenses: HashMap<Target, Vec<UnixMillis>>,
+    policy: Policy,
+    allow: Allowlist,
+    capacity: Capacity,
+}
+
+/// A block as a request asks for it, after policy.
+struct Fresh {
+    source: Source,
+    reason: Arc<Reason>,
+    expires_ms: Option<UnixMillis>,
+    mode: Mode,
+}
+
+/// The merge rules: what a source's block becomes when it blocks the target (again).
+fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, SourceBlock) {
+    let Some(old) = old else {
+        let block = SourceBlock {
+            source: new.source,
+            reason: new.reason,
+            created_ms: now,
+            updated_ms: now,
+            expires_ms: new.expires_ms,
+            mode: new.mode,
+        };
+        return (Outcome::Created, block);
+    };
+    // Never shorter: extend to the later end (permanent is the latest of all).
+    let expires_ms = match (old.expires_ms, new.expires_ms) {
+        (None, _) | (_, None) => None,
+        (Some(a), Some(b)) => Some(a.max(b)),
+    };
+    let outcome = if expires_ms == old.expires_ms { Outcome::Unchanged } else { Outcome::Extended };
+    // A re-block without a reason keeps the earlier one; it never turns an enforced block back
+    // into a shadow one (say, a promoted block re-triggered by a source still in rollout).
+    let reason = if *new.reason == Reason::default() { old.reason.clone() } else { new.reason };
+    let mode = if old.mode == Mode::Enforce { Mode::Enforce } else { new.mode };
+    let block = SourceBlock {
+        reason,
+        updated_ms: now,
+        expires_ms,
+        mode,
+        ..old.clone()
+    };
+    (outcome, block)
+}
+
+impl Ledger {
+    /// An empty ledger under `policy`, counting map use against `capacity`.
+    pub fn new(policy: Policy, capacity: Capacity) -> Self {
+        Self {
+            blocks: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            next_pending: 1,
+            offenses: HashMap::new(),
+            policy,
+            allow: Allowlist::default(),
+            capacity,
+        }
+    }
+
+    /// Loads stored blocks; returns those that ended before `now` (not loaded).
+    pub fn load_blocks(&mut self, records: Vec<Record>, now: UnixMillis) -> Vec<Record> {
+        let mut expired = Vec::new();
+        for record in records {
+            if record.block.is_expired(now) {
+                expired.push(record);
+                continue;
+            }
+            let Record { target, block } = record;
+            self.index(&target, &block);
+            let blocks = self.blocks.entry(target).or_default();
+            if blocks.by_source.is_empty() {
+                self.capacity.add(&target, 1);
+            }
+            blocks.by_source.insert(block.source.clone(), block);
+        }
+        expired
+    }
+
+    /// Loads stored pending blocks and offense histories.
+    pub fn load_side(&mut self, pending: Vec<PendingBlock>, offenses: Vec<(Target, Vec<UnixMillis>)>) {
+        for p in pending {
+            self.next_pending = self.next_pending.max(p.id + 1);
+            self.pending.insert(p.id, p);
+        }
+        self.offenses.extend(offenses);
+    }
+
+    /// Every blocked target, in order.
+    pub fn blocks(&self) -> &BTreeMap<Target, TargetBlocks> {
+        &self.blocks
+    }
+
+    /// Blocked targets after `after` (exclusive), in order: a page of `list`.
+    pub fn blocks_after(&self, after: Option<Target>) -> impl Iterator<Item = (&Target, &TargetBlocks)> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.blocks.range((start, Bound::Unbounded))
+    }
+
+    /// The kernel entry `target`'s blocks call for.
+    pub fn kernel_entry(&self, target: &Target) -> Option<KernelEntry> {
+        self.blocks.get(target).and_then(TargetBlocks::kernel_entry)
+    }
+
+    /// Blocks waiting for approval.
+    pub fn pending(&self) -> &BTreeMap<u64, PendingBlock> {
+        &self.pending
+    }
+
+    /// The allowlist.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allow
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The policy (its breakers change as requests arrive).
+    pub fn policy_mut(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+
+    /// Map use against capacity.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// The earliest block deadline.
+    pub fn next_block_deadline(&self) -> Option<UnixMillis> {
+        self.deadlines.first().map(|(d, _, _)| *d)
+    }
+
+    /// The earliest deadline of anything (a block or a pending request).
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        let pending = self.pending.values().map(|p| p.expires_ms).min();
+        self.next_block_deadline().into_iter().chain(pending).min()
+    }
+
+    /// Applies one write request.
+    pub fn apply(&mut self, c: &mut Change, request: Request, now: UnixMillis) -> Applied {
+        match request {
+            Request::Block(b) => {
+                let target = b.target;
+                let answer = self.block(c, b, now).map(Reply::Block);
+                Applied::new(answer, vec![target])
+            }
+            Request::BlockBatch(b) => {
+                let (reply, touched) = self.block_batch(c, b, now);
+                Applied::new(Ok(reply), touched)
+            }
+            Request::Unblock { target, source, all } => Applied::new(self.unblock(c, target, source, all), vec![target]),
+            Request::Promote { target, source } => match self.promote(c, target, source.as_ref(), now) {
+                Ok(promoted) => {
+                    let touched = promoted.iter().map(|(t, _)| *t).collect();
+                    Applied::new(Ok(Reply::Promote { promoted }), touched)
+                }
+                Err(e) => Applied::new(Err(e), vec![]),
+            },
+            Request::Approve { id } => match self.approve(c, id, now) {
+                Ok(r) => {
+                    let target = r.target;
+                    Applied::new(Ok(Reply::Block(r)), vec![target])
+                }
+                Err(e) => Applied::new(Err(e), vec![]),
+            },
+            Request::Reject { id } => Applied::new(self.reject(c, id), vec![]),
+            Request::AllowAdd { target, comment } => Applied::new(self.allow_add(c, target, comment), vec![target]),
+            Request::AllowRemove { target } => Applied::new(self.allow_remove(c, target), vec![target]),
+            Request::BreakerReset { source } => {
+                let reset = self.policy.reset_breakers(source.as_ref());
+                Applied {
+                    answer: Ok(Reply::BreakerReset { reset }),
+                    touched: vec![],
+                    wrote: false,
+                }
+            }
+            other => Applied {
+                answer: Err(Refusal::Invalid(format!("{other:?} is not a write request"))),
+                touched: vec![],
+                wrote: false,
+            },
+        }
+    }
+
+    /// Blocks `req.target` for `req.source`.
+    pub fn block(&mut self, c: &mut Change, mut req: BlockRequest, now: UnixMillis) -> Result<BlockReply, Refusal> {
+        let reason = Arc::new(std::mem::take(&mut req.reason));
+        self.block_shared(c, req, reason, false, now)
+    }
+
+    /// [`Ledger::block`] with the reason already shared (a batch shares one).
+    fn block_shared(
+        &mut self,
+        c: &mut Change,
+        req: BlockRequest,
+        reason: Arc<Reason>,
+        approved: bool,
+        now: UnixMillis,
+    ) -> Result<BlockReply, Refusal> {
+        reason.validate().map_err(Refusal::Invalid)?;
+        if req.ttl_secs == Some(0) {
+            return Err(Refusal::Invalid("the TTL must be at least 1 second".into()));
+        }
+        let (ttl, mode, notes) = match self.decide(c, &req, approved, now) {
+            Decision::Apply { ttl, mode, notes } => (ttl, mode, notes),
+            Decision::Pending { why } => return Ok(self.add_pending(c, req, &reason, why, now)),
+            Decision::Refuse { rule, message } => return Err(self.refuse(c, &req, Refusal::Policy { rule, message })),
+        };
+        let target = req.target;
+        let is_new_target = !self.blocks.contains_key(&target);
+        if is_new_target && let Err(full) = self.capacity.check(&target) {
+            return Err(self.refuse(c, &req, full));
+        }
+        let fresh = Fresh {
+            source: req.source,
+            reason,
+            expires_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
+            mode,
+        };
+        self.remember(c, &target);
+        let old = self.blocks.get(&target).and_then(|t| t.by_source.get(&fresh.source)).cloned();
+        if let Some(old) = &old {
+            self.unindex(&target, old);
+        }
+        let (outcome, block) = merge(old.as_ref(), fresh, now);
+        self.index(&target, &block);
+        if is_new_target {
+            self.capacity.add(&target, 1);
+            self.record_offense(c, &target, now);
+        }
+        c.ops.push(StoreOp::Put(Record { target, block: block.clone() }));
+        c.events.push(block_event(target, &block, outcome, &notes));
+        let reply = BlockReply {
+            target,
+            outcome,
+            expires_ms: block.expires_ms,
+            mode: block.mode,
+            notes,
+            pending_id: None,
+        };
+        self.blocks.entry(target).or_default().by_source.insert(block.source.clone(), block);
+        Ok(reply)
+    }
+
+    /// Asks the policy, auditing a breaker that opens.
+    fn decide(&mut self, c: &mut Change, req: &BlockRequest, approved: bool, now: UnixMillis) -> Decision {
+        let existing = self.blocks.get(&req.target).is_some_and(|t| t.by_source.contains_key(&req.source));
+        let offenses = self.offense_count(&req.target, now);
+        let ask = Ask {
+            target: req.target,
+            source: &req.source,
+            ttl: req.ttl_secs.map(Duration::from_secs),
+            permanent: req.permanent,
+            shadow: req.shadow,
+            force: req.force,
+            approved,
+            existing,
+        };
+        let (decision, event) = self.policy.decide(&ask, &self.allow, offenses, now);
+        if let BreakerEvent::Opened = event {
+            tracing::warn!(source = %req.source, "circuit breaker opened");
+            c.events.push(
+                Event::new(Action::BreakerOpen, req.target)
+                    .source(&req.source)
+                    .detail("rate of new blocks exceeded; breaker open"),
+            );
+        }
+        decision
+    }
+
+    /// Audits a refusal and hands it back.
+    fn refuse(&self, c: &mut Change, req: &BlockRequest, refusal: Refusal) -> Refusal {
+        let detail = match &refusal {
+            Refusal::MapFull { .. } => format!("rule `capacity`: {refusal}"),
+            other => other.to_string(),
+        };
+        match &refusal {
+            Refusal::MapFull { .. } => c.refused.push(("capacity", req.source.clone())),
+            Refusal::Policy { rule, .. } => c.refused.push((rule.as_str(), req.source.clone())),
+            _ => {}
+        }
+        c.events.push(Event::new(Action::Refuse, req.target).source(&req.source).detail(detail));
+        refusal
+    }
+
+    fn add_pending(&mut self, c: &mut Change, req: BlockRequest, reason: &Reason, why: String, now: UnixMillis) -> BlockReply {
+        self.remember_pending(c);
+        let id = self.next_pending;
+        self.next_pending += 1;
+        let target = req.target;
+        let mode = if req.shadow { Mode::Shadow } else { Mode::Enforce };
+        let mut request = req;
+        request.reason = reason.clone();
+        let p = PendingBlock {
+            id,
+            request,
+            why: why.clone(),
+            created_ms: now,
+            expires_ms: now + self.policy.pending_ttl().as_millis() as u64,
+        };
+        c.ops.push(StoreOp::PutPending(p.clone()));
+        let mut e = Event::new(Action::Pending, target)
+            .source(&p.request.source)
+            .detail(format!("pending approval (id {id}): {why}"));
+        e.reason = Some(Arc::new(reason.clone()));
+        c.events.push(e);
+        self.pending.insert(id, p);
+        BlockReply {
+            target,
+            outcome: Outcome::Pending,
+            expires_ms: None,
+            mode,
+            notes: vec![why],
+            pending_id: Some(id),
+        }
+    }
+
+    /// Blocks many targets for one source with one reason.
+    pub fn block_batch(&mut self, c: &mut Change, req: BatchRequest, now: UnixMillis) -> (Reply, Vec<Target>) {
+        let (mut applied, mut pending) = (0, 0);
+        let mut failed = Vec::new();
+        let mut touched = Vec::with_capacity(req.items.len());
+        let reason = Arc::new(req.reason);
+        for (index, item) in req.items.into_iter().enumerate() {
+            let one = BlockRequest {
+                target: item.target,
+                ttl_secs: item.ttl_secs.or(req.ttl_secs),
+                permanent: false,
+                source: req.source.clone(),
+                reason: Reason::default(),
+                shadow: req.shadow,
+                force: false,
+            };
+            match self.block_shared(c, one, reason.clone(), false, now) {
+                Ok(r) if r.outcome == Outcome::Pending => pending += 1,
+                Ok(r) => {
+                    applied += 1;
+                    touched.push(r.target);
+                }
+                Err(e) => failed.push(BatchFailure {
+                    index,
+                    target: item.target,
+                    error: e.to_body(),
+                }),
+            }
+        }
+        (Reply::BlockBatch { applied, pending, failed }, touched)
+    }
+
+    /// Removes one source's block of `target` (default `cli`), or every block with `all`.
+    pub fn unblock(&mut self, c: &mut Change, target: Target, source: Option<Source>, all: bool) -> Result<Reply, Refusal> {
+        let Some(current) = self.blocks.get(&target) else {
+            return Err(Refusal::NotFound(format!("{target} is not blocked (see `enforcer list`)")));
+        };
+        let source = source.unwrap_or_else(Source::cli);
+        let removed: Vec<Source> = if all {
+            current.by_source.keys().cloned().collect()
+        } else if current.by_source.contains_key(&source) {
+            vec![source]
+        } else {
+            return Err(Refusal::NotFound(format!(
+                "{target} has no block from source `{source}` (blocked by: {}); use --source NAME or --all",
+                current.sources()
+            )));
+        };
+        for s in &removed {
+            self.remove_block(c, &target, s);
+            c.events.push(Event::new(Action::Unblock, target).source(s));
+        }
+        let lifted = !self.blocks.contains_key(&target);
+        Ok(Reply::Unblock { target, removed, lifted })
+    }
+
+    /// Removes one source's block, dropping the target when it was the last.
+    fn remove_block(&mut self, c: &mut Change, target: &Target, source: &Source) -> Option<SourceBlock> {
+        self.remember(c, target);
+        let blocks = self.blocks.get_mut(target)?;
+        let removed = blocks.by_source.remove(source)?;
+        if blocks.by_source.is_empty() {
+            self.blocks.remove(target);
+            self.capacity.add(target, -1);
+        }
+        self.unindex(target, &removed);
+        c.ops.push(StoreOp::Delete(*target, source.clone()));
+        Some(removed)
+    }
+
+    /// Turns shadow blocks into enforced ones: of one target, of one source, or all.
+    pub fn promote(
+        &mut self,
+        c: &mut Change,
+        target: Option<Target>,
+        source: Option<&Source>,
+        now: UnixMillis,
+    ) -> Result<Vec<(Target, Source)>, Refusal> {
+        let candidates: Vec<(Target, Source)> = self
+            .blocks
+            .range(target.map_or((Bound::Unbounded, Bound::Unbounded), |t| (Bound::Included(t), Bound::Included(t))))
+            .flat_map(|(t, b)| b.by_source.values().map(move |s| (t, s)))
+            .filter(|(_, b)| b.mode == Mode::Shadow && source.is_none_or(|s| *s == b.source))
+            .map(|(t, b)| (*t, b.source.clone()))
+            .collect();
+        if candidates.is_empty() {
+            return Err(Refusal::NotFound(match (target, source) {
+                (Some(t), _) => format!("{t} has no shadow block"),
+                (None, Some(s)) => format!("source `{s}` has no shadow blocks"),
+                (None, None) => "there are no shadow blocks".to_owned(),
+            }));
+        }
+        for (t, s) in &candidates {
+            self.remember(c, t);
+            let b = self.blocks.get_mut(t).and_then(|x| x.by_source.get_mut(s)).expect("listed above");
+            b.mode = Mode::Enforce;
+            b.updated_ms = now;
+            c.ops.push(StoreOp::Put(Record { target: *t, block: b.clone() }));
+            let mut e = Event::new(Action::Promote, *t).source(s);
+            e.mode = Some(Mode::Enforce);
+            c.events.push(e);
+        }
+        Ok(candidates)
+    }
+
+    /// Applies a pending block as approved. A refused one stays pending.
+    pub fn approve(&mut self, c: &mut Change, id: u64, now: UnixMillis) -> Result<BlockReply, Refusal> {
+        let Some(p) = self.pending.get(&id).cloned() else {
+            return Err(Refusal::NotFound(format!("no pending block with id {id} (see `enforcer pending`)")));
+        };
+        let mut request = p.request;
+        let reason = Arc::new(std::mem::take(&mut request.reason));
+        let source = request.source.clone();
+        let reply = self.block_shared(c, request, reason, true, now)?;
+        self.remember_pending(c);
+        self.pending.remove(&id);
+        c.ops.push(StoreOp::DeletePending(id));
+        c.events.push(
+            Event::new(Action::Approve, reply.target)
+                .source(&source)
+                .detail(format!("approved pending block {id}")),
+        );
+        Ok(reply)
+    }
+
+    /// Drops a pending block.
+    pub fn reject(&mut self, c: &mut Change, id: u64) -> Result<Reply, Refusal> {
+        if !self.pending.contains_key(&id) {
+            return Err(Refusal::NotFound(format!("no pending block with id {id} (see `enforcer pending`)")));
+        }
+        self.remember_pending(c);
+        let p = self.pending.remove(&id).expect("checked above");
+        c.ops.push(StoreOp::DeletePending(id));
+        c.events.push(
+            Event::new(Action::Reject, p.request.target)
+                .source(&p.request.source)
+                .detail(format!("rejected pending block {id}")),
+        );
+        Ok(Reply::Rejected { id })
+    }
+
+    /// Removes what ended by `now`: pending requests nobody approved in time, and at most
+    /// `max` blocks. Only the block a deadline belongs to is removed: a block extended since
+    /// has a later deadline of its own. Returns how many blocks expired.
+    pub fn expire(&mut self, c: &mut Change, now: UnixMillis, max: usize) -> usize {
+        self.expire_pending(c, now);
+        let mut expired = 0;
+        while expired < max {
+            let Some((deadline, target, source)) = self.deadlines.first().cloned() else { break };
+            if deadline > now {
+                break;
+            }
+            let current = self.blocks.get(&target).and_then(|b| b.by_source.get(&source));
+            if current.is_none_or(|b| b.expires_ms != Some(deadline)) {
+                // Stale (cannot happen while index and blocks agree); drop it.
+                self.deadlines.pop_first();
+                continue;
+            }
+            self.remove_block(c, &target, &source);
+            c.events.push(Event::new(Action::Expire, target).source(&source));
+            expired += 1;
+        }
+        expired
+    }
+
+    fn expire_pending(&mut self, c: &mut Change, now: UnixMillis) {
+        let due: Vec<u64> = self.pending.values().filter(|p| p.expires_ms <= now).map(|p| p.id).collect();
+        if due.is_empty() {
+            return;
+        }
+        self.remember_pending(c);
+        for id in due {
+            let p = self.pending.remove(&id).expect("listed above");
+            c.ops.push(StoreOp::DeletePending(id));
+            c.events.push(
+                Event::new(Action::PendingExpire, p.request.target)
+                    .source(&p.request.source)
+                    .detail(format!("pending block {id} was not approved in time")),
+            );
+        }
+    }
+
+    /// Puts back everything `c` changed (the store refused it). Breaker state is not undone:
+    /// the requests did arrive.
+    pub fn undo(&mut self, c: Change) {
+        for (target, before) in c.blocks_before {
+            if let Some(now) = self.blocks.remove(&target) {
+                for b in now.by_source.values() {
+                    self.unindex(&target, b);
+                }
+                self.capacity.add(&target, -1);
+            }
+            if let Some(before) = before {
+                for b in before.by_source.values() {
+                    self.index(&target, b);
+                }
+                self.capacity.add(&target, 1);
+                self.blocks.insert(target, before);
+            }
+        }
+        if let Some((pending, next)) = c.pending_before {
+            self.pending = pending;
+            self.next_pending = next;
+        }
+        for (target, before) in c.offenses_before {
+            match before {
+                Some(times) => self.offenses.insert(target, times),
+                None => self.offenses.remove(&target),
+            };
+        }
+        if let Some(allow) = c.allow_before {
+            self.capacity.set_allow(&allow);
+            self.allow = allow;
+        }
+    }
+
+    fn remember(&self, c: &mut Change, target: &Target) {
+        c.blocks_before
+            .entry(*target)
+            .or_insert_with(|| self.blocks.get(target).cloned());
+    }
+
+    fn remember_pending(&self, c: &mut Change) {
+        c.pending_before.get_or_insert_with(|| (self.pending.clone(), self.next_pending));
+    }
+
+    fn index(&mut self, target: &Target, block: &SourceBlock) {
+        if let Some(e) = block.expires_ms {
+            self.deadlines.insert((e, *target, block.source.clone()));
+        }
+    }
+
+    fn unindex(&mut self, target: &Target, block: &SourceBlock) {
+        if let Some(e) = block.expires_ms {
+            self.deadlines.remove(&(e, *target, block.source.clone()));
+        }
+    }
+
+    fn offense_count(&self, target: &Target, now: UnixMillis) -> usize {
+        let Some(window) = self.policy.offense_window() else { return 0 };
+        let since = now.saturating_sub(window.as_millis() as u64);
+        self.offenses.get(target).map_or(0, |t| t.iter().filter(|&&x| x >= since).count())
+    }
+
+    fn record_offense(&mut self, c: &mut Change, target: &Target, now: UnixMillis) {
+        let Some(window) = self.policy.offense_window() else { return };
+        let since = now.saturating_sub(window.as_millis() as u64);
+        c.offenses_before
+            .entry(*target)
+            .or_insert_with(|| self.offenses.get(target).cloned());
+        let times = self.offenses.entry(*target).or_default();
+        times.retain(|&t| t >= since);
+        times.push(now);
+        c.ops.push(StoreOp::PutOffenses(*target, times.clone()));
+    }
+}
+
+/// The audit line of an applied block.
+fn block_event(target: Target, block: &SourceBlock, outcome: Outcome, notes: &[String]) -> Event {
+    let action = match outcome {
+        Outcome::Created => Action::Block,
+        Outcome::Extended => Action::Extend,
+        Outcome::Unchanged | Outcome::Pending => Action::Reblock,
+    };
+    let mut e = Event::new(action, target).source(&block.source);
+    e.reason = Some(block.reason.clone());
+    e.expires_ms = block.expires_ms;
+    e.mode = Some(block.mode);
+    if !notes.is_empty() {
+        e.detail = Some(notes.join("; "));
+    }
+    e
+}

@@ -1,0 +1,707 @@
+//! The block rules, tested without root: the ledger alone, and rounds against an in-memory
+//! store and a fake kernel map.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use enforcer_common::{BlockValue, MODE_ENFORCE, MODE_SHADOW};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    daemon::{kernel_sync::KernelMap, round},
+    datapath::MapsError,
+    policy::{AllowOrigin, BreakerAction, PolicyConfig, Rule, SourcePolicy},
+    protocol::{BatchItem, ErrorCode},
+    store::StoreError,
+};
+
+const T0: UnixMillis = 1_000_000;
+const MIN: u64 = 60_000;
+
+fn t(s: &str) -> Target {
+    s.parse().unwrap()
+}
+
+fn src(s: &str) -> Source {
+    s.parse().unwrap()
+}
+
+fn ledger_with(config: PolicyConfig, capacity: u32) -> Ledger {
+    Ledger::new(Policy::new(config, Duration::from_secs(600)), Capacity::uniform(capacity))
+}
+
+fn ledger() -> Ledger {
+    ledger_with(PolicyConfig::default(), 1000)
+}
+
+fn req(target: &str, source: &str, ttl_secs: Option<u64>) -> BlockRequest {
+    BlockRequest {
+        target: t(target),
+        ttl_secs,
+        permanent: false,
+        source: src(source),
+        reason: Reason::default(),
+        shadow: false,
+        force: false,
+    }
+}
+
+fn block(l: &mut Ledger, r: BlockRequest, now: UnixMillis) -> Result<BlockReply, Refusal> {
+    l.block(&mut Change::default(), r, now)
+}
+
+fn source_block<'a>(l: &'a Ledger, target: &str, source: &str) -> Option<&'a SourceBlock> {
+    l.blocks().get(&t(target)).and_then(|b| b.by_source.get(&src(source)))
+}
+
+/// A store in memory; `fail` makes the next commits fail.
+#[derive(Default)]
+struct MemStore {
+    commits: Vec<Vec<StoreOp>>,
+    fail: bool,
+}
+
+impl round::BlockStore for MemStore {
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.fail {
+            return Err(StoreError::Db {
+                path: "/mem".into(),
+                message: "disk full".into(),
+            });
+        }
+        self.commits.push(ops.to_vec());
+        Ok(())
+    }
+}
+
+/// A kernel map in memory; `fail` makes block writes fail; `writes` counts them.
+#[derive(Default)]
+struct FakeKernel {
+    blocks: BTreeMap<Target, BlockValue>,
+    allows: BTreeMap<Target, u32>,
+    fail: bool,
+    writes: usize,
+}
+
+impl KernelMap for FakeKernel {
+    fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
+        Ok(self.blocks.get(target).copied())
+    }
+
+    fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
+        if self.fail {
+            return Err(MapsError::Missing("BLOCK_V4"));
+        }
+        self.writes += 1;
+        self.blocks.insert(*target, *value);
+        Ok(())
+    }
+
+    fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError> {
+        self.writes += 1;
+        Ok(self.blocks.remove(target).is_some())
+    }
+
+    fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError> {
+        self.allows.insert(*target, origin);
+        Ok(())
+    }
+
+    fn remove_allow(&mut self, target: &Target) -> Result<bool, MapsError> {
+        Ok(self.allows.remove(target).is_some())
+    }
+}
+
+/// A ledger, store and kernel run together.
+struct Rig {
+    ledger: Ledger,
+    store: MemStore,
+    kernel: FakeKernel,
+}
+
+impl Rig {
+    fn new(ledger: Ledger) -> Self {
+        Self {
+            ledger,
+            store: MemStore::default(),
+            kernel: FakeKernel::default(),
+        }
+    }
+
+    fn round(&mut self, requests: Vec<Request>, now: UnixMillis) -> round::Answered {
+        round::run(&mut self.ledger, &mut self.store, &mut self.kernel, requests, now)
+    }
+
+    fn one(&mut self, request: Request, now: UnixMillis) -> Result<Reply, Refusal> {
+        self.round(vec![request], now).answers.remove(0)
+    }
+
+    fn reap(&mut self, now: UnixMillis) -> usize {
+        let mut c = Change::default();
+        let n = self.ledger.expire(&mut c, now, usize::MAX);
+        round::commit(&mut self.ledger, &mut self.store, &mut self.kernel, c).expect("commit");
+        n
+    }
+
+    fn kernel_mode(&self, target: &str) -> Option<u32> {
+        self.kernel.blocks.get(&t(target)).map(|v| v.mode)
+    }
+}
+
+// --- merge rules -------------------------------------------------------------------------
+
+#[test]
+fn a_new_block_gets_the_default_ttl_and_enforces() {
+    let mut l = ledger();
+    let r = block(&mut l, req("192.0.2.1", "cli", None), T0).unwrap();
+    assert_eq!(r.outcome, Outcome::Created);
+    assert_eq!(r.expires_ms, Some(T0 + 600_000));
+    assert_eq!(r.mode, Mode::Enforce);
+    assert_eq!(l.next_block_deadline(), Some(T0 + 600_000));
+}
+
+#[test]
+fn a_reblock_extends_to_the_later_end() {
+    let mut l = ledger();
+    block(&mut l, req("192.0.2.1", "cli", Some(60)), T0).unwrap();
+    let r = block(&mut l, req("192.0.2.1", "cli", Some(120)), T0 + 1000).unwrap();
+    assert_eq!(r.outcome, Outcome::Extended);
+    assert_eq!(r.expires_ms, Some(T0 + 1000 + 120_000));
+    assert_eq!(l.next_block_deadline(), Some(T0 + 121_000), "the old deadline is unindexed");
+}
+
+#[test]
+fn a_shorter_reblock_never_shortens_the_block() {
+    let mut l = ledger();
+    block(&mut l, req("192.0.2.1", "cli", Some(3600)), T0).unwrap();
+    let r = block(&mut l, req("192.0.2.1", "cli", Some(60)), T0 + 1000).unwrap();
+    assert_eq!(r.outcome, Outcome::Unchanged);
+    assert_eq!(r.expires_ms, Some(T0 + 3_600_000));
+}
+
+#[test]
+fn a_reblock_without_a_reason_keeps_the_earlier_one_and_a_new_reason_replaces_it() {
+    let mut l = ledger();
+    let mut first = req("192.0.2.1", "wazuh", Some(60));
+    first.reason = Reason::text("ssh brute force");
+    block(&mut l, first, T0).unwrap();
+    block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + 1).unwrap();
+    assert_eq!(source_block(&l, "192.0.2.1", "wazuh").unwrap().reason.text.as_deref(), Some("ssh brute force"));
+    let mut third = req("192.0.2.1", "wazuh", Some(60));
+    third.reason = Reason::text("web scan");
+    block(&mut l, third, T0 + 2).unwrap();
+    assert_eq!(source_block(&l, "192.0.2.1", "wazuh").unwrap().reason.text.as_deref(), Some("web scan"));
+}
+
+#[test]
+fn a_shadow_reblock_never_demotes_an_enforced_block() {
+    let mut l = ledger();
+    block(&mut l, req("192.0.2.1", "cli", Some(60)), T0).unwrap();
+    let mut shadow = req("192.0.2.1", "cli", Some(120));
+    shadow.shadow = true;
+    let r = block(&mut l, shadow, T0).unwrap();
+    assert_eq!(r.mode, Mode::Enforce);
+    assert_eq!(l.kernel_entry(&t("192.0.2.1")).unwrap().mode, Mode::Enforce);
+}
+
+#[test]
+fn a_permanent_reblock_makes_the_block_permanent() {
+    let mut l = ledger();
+    block(&mut l, req("192.0.2.1", "cli", Some(60)), T0).unwrap();
+    let mut perm = req("192.0.2.1", "cli", None);
+    perm.permanent = true;
+    let r = block(&mut l, perm, T0).unwrap();
+    assert_eq!((r.outcome, r.expires_ms), (Outcome::Extended, None));
+    assert_eq!(l.next_block_deadline(), None);
+}
+
+#[test]
+fn a_zero_ttl_is_invalid_and_changes_nothing() {
+    let mut l = ledger();
+    let e = block(&mut l, req("192.0.2.1", "cli", Some(0)), T0).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    assert!(l.blocks().is_empty());
+}
+
+// --- several sources ---------------------------------------------------------------------
+
+#[test]
+fn a_target_blocked_by_two_sources_stays_blocked_until_the_last_unblocks() {
+    let mut r = Rig::new(ledger());
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(600))), T0).unwrap();
+    let unblock = |s: &str| Request::Unblock {
+        target: t("192.0.2.1"),
+        source: Some(src(s)),
+        all: false,
+    };
+    let Reply::Unblock { lifted, .. } = r.one(unblock("cli"), T0).unwrap() else { panic!() };
+    assert!(!lifted);
+    assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
+    let Reply::Unblock { lifted, .. } = r.one(unblock("wazuh"), T0).unwrap() else { panic!() };
+    assert!(lifted);
+    assert_eq!(r.kernel_mode("192.0.2.1"), None);
+}
+
+#[test]
+fn the_kernel_entry_enforces_until_the_latest_enforcing_source_ends() {
+    let mut r = Rig::new(ledger());
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
+    let mut shadow = req("192.0.2.1", "wazuh", Some(600));
+    shadow.shadow = true;
+    r.one(Request::Block(shadow), T0).unwrap();
+    let entry = r.ledger.kernel_entry(&t("192.0.2.1")).unwrap();
+    assert_eq!((entry.mode, entry.expires_ms), (Mode::Enforce, Some(T0 + 60_000)));
+    // When the enforcing block expires, the shadow one is what remains in the kernel.
+    assert_eq!(r.reap(T0 + 60_000), 1);
+    assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_SHADOW));
+}
+
+#[test]
+fn unblock_names_what_is_missing() {
+    let mut l = ledger();
+    let e = l.unblock(&mut Change::default(), t("192.0.2.1"), None, false).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0).unwrap();
+    let e = l.unblock(&mut Change::default(), t("192.0.2.1"), None, false).unwrap_err();
+    assert!(e.to_string().contains("blocked by: wazuh"), "{e}");
+}
+
+#[test]
+fn unblock_all_removes_every_source() {
+    let mut l = ledger();
+    block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0).unwrap();
+    block(&mut l, req("192.0.2.1", "cli", Some(60)), T0).unwrap();
+    let Reply::Unblock { removed, lifted, .. } = l.unblock(&mut Change::default(), t("192.0.2.1"), None, true).unwrap() else {
+        panic!()
+    };
+    assert_eq!((removed.len(), lifted), (2, true));
+    assert_eq!((l.blocks().len(), l.next_block_deadline()), (0, None));
+}
+
+// --- expiry ------------------------------------------------------------------------------
+
+#[test]
+fn expiry_after_an_extension_keeps_the_block() {
+    let mut r = Rig::new(ledger());
+    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(600))), T0 + 30_000).unwrap();
+    assert_eq!(r.reap(T0 + 60_000), 0, "the first deadline no longer applies");
+    assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
+    assert_eq!(r.reap(T0 + 630_000), 1);
+    assert_eq!(r.kernel_mode("192.0.2.1"), None);
+}
+
+#[test]
+fn expiry_takes_only_what_is_due_and_at_most_the_limit() {
+    let mut l = ledger();
+    for i in 1..=5 {
+        block(&mut l, req(&format!("192.0.2.{i}"), "cli", Some(i * 60)), T0).unwrap();
+    }
+    let mut c = Change::default();
+    assert_eq!(l.expire(&mut c, T0 + 3 * MIN, 2), 2);
+    assert_eq!(l.expire(&mut c, T0 + 3 * MIN, 10), 1);
+    assert_eq!(l.blocks().len(), 2);
+    assert_eq!(c.events.iter().filter(|e| e.action == Action::Expire).count(), 3);
+}
+
+#[test]
+fn pending_requests_expire_unapproved() {
+    let mut cfg = PolicyConfig::default();
+    cfg.sources.insert(src("feed"), SourcePolicy {
+        require_approval: Some(true),
+        ..SourcePolicy::default()
+    });
+    let mut l = ledger_with(cfg, 100);
+    let r = block(&mut l, req("192.0.2.1", "feed", Some(60)), T0).unwrap();
+    assert_eq!(r.outcome, Outcome::Pending);
+    assert_eq!(l.next_deadline(), Some(T0 + 3_600_000));
+    let mut c = Change::default();
+    l.expire(&mut c, T0 + 3_600_000, 10);
+    assert!(l.pending().is_empty());
+    assert_eq!(c.events[0].action, Action::PendingExpire);
+}
+
+// --- rounds: commit, undo, kernel ---------------------------------------------------------
+
+#[test]
+fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
+    let cfg = PolicyConfig {
+        repeat_offenders: Some(crate::policy::RepeatOffenders {
+            window: "1d".parse().unwrap(),
+            ttls: vec!["10m".parse().unwrap(), "1h".parse().unwrap()],
+        }),
+        ..PolicyConfig::default()
+    };
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
+    r.store.fail = true;
+    let answered = r.round(
+        vec![
+            Request::Block(req("192.0.2.1", "cli", Some(6000))),
+            Request::Block(req("192.0.2.2", "cli", Some(60))),
+            Request::Block(req("198.51.0.0/16", "wazuh", Some(60))),
+        ],
+        T0 + 1000,
+    );
+    assert!(matches!(answered.answers[0], Err(Refusal::Store(_))));
+    assert!(matches!(answered.answers[1], Err(Refusal::Store(_))));
+    assert!(matches!(answered.answers[2], Err(Refusal::Policy { rule: Rule::Scope, .. })), "a refusal stays a refusal");
+    assert!(answered.events.iter().all(|e| e.action == Action::Refuse), "only refusals are audited");
+    // Everything is as before the round: blocks, deadlines, map use, offense history.
+    assert_eq!(r.ledger.blocks().len(), 1);
+    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(T0 + 60_000));
+    assert_eq!(r.ledger.next_block_deadline(), Some(T0 + 60_000));
+    assert_eq!(r.ledger.capacity().used("BLOCK_V4"), 1);
+    assert_eq!(r.ledger.offense_count(&t("192.0.2.2"), T0 + 1000), 0);
+    assert!(!r.kernel.blocks.contains_key(&t("192.0.2.2")), "nothing reached the kernel");
+    r.store.fail = false;
+    let Reply::Block(b) = r.one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0 + 2000).unwrap() else { panic!() };
+    assert_eq!(b.outcome, Outcome::Created);
+}
+
+#[test]
+fn a_failed_commit_puts_back_pending_requests() {
+    let mut cfg = PolicyConfig::default();
+    cfg.sources.insert(src("feed"), SourcePolicy {
+        require_approval: Some(true),
+        ..SourcePolicy::default()
+    });
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    r.one(Request::Block(req("192.0.2.1", "feed", Some(60))), T0).unwrap();
+    r.store.fail = true;
+    assert!(r.one(Request::Approve { id: 1 }, T0).is_err());
+    assert!(r.one(Request::Block(req("192.0.2.2", "feed", Some(60))), T0).is_err());
+    assert_eq!(r.ledger.pending().keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert!(r.ledger.blocks().is_empty());
+    r.store.fail = false;
+    let Reply::Block(b) = r.one(Request::Block(req("192.0.2.2", "feed", Some(60))), T0).unwrap() else { panic!() };
+    assert_eq!(b.pending_id, Some(2), "ids are not reused after an undo");
+}
+
+#[test]
+fn a_kernel_failure_is_an_internal_error_but_the_block_is_stored() {
+    let mut r = Rig::new(ledger());
+    r.kernel.fail = true;
+    let e = r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Internal);
+    assert!(e.to_body().message.contains("retried at the next start"), "{}", e.to_body().message);
+    assert_eq!(r.store.commits.len(), 1);
+    assert_eq!(r.ledger.blocks().len(), 1);
+}
+
+#[test]
+fn a_round_shares_one_commit_and_skips_kernel_writes_that_are_current() {
+    let mut r = Rig::new(ledger());
+    let answered = r.round(
+        vec![
+            Request::Block(req("192.0.2.1", "cli", Some(600))),
+            Request::Block(req("192.0.2.2", "cli", Some(600))),
+        ],
+        T0,
+    );
+    assert!(answered.answers.iter().all(Result::is_ok));
+    assert_eq!((r.store.commits.len(), r.kernel.writes), (1, 2));
+    // Same deadline again: stored (updated_ms), but the kernel entry is already right.
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(600))), T0).unwrap();
+    assert_eq!((r.store.commits.len(), r.kernel.writes), (2, 2));
+}
+
+// --- capacity ----------------------------------------------------------------------------
+
+#[test]
+fn a_full_map_refuses_new_targets_but_still_extends_existing_ones() {
+    let mut r = Rig::new(ledger_with(PolicyConfig::default(), 2));
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0).unwrap();
+    let e = r.one(Request::Block(req("192.0.2.3", "cli", Some(60))), T0).unwrap_err();
+    assert!(matches!(e, Refusal::MapFull { map: "BLOCK_V4", capacity: 2 }), "{e:?}");
+    assert_eq!(e.code(), ErrorCode::MapFull);
+    assert!(r.one(Request::Block(req("192.0.2.1", "wazuh", Some(60))), T0).is_ok(), "another source of a blocked target fits");
+    assert!(r.one(Request::Block(req("2001:db8::1", "cli", Some(60))), T0).is_ok(), "other maps have room");
+    r.one(Request::Unblock { target: t("192.0.2.2"), source: None, all: true }, T0).unwrap();
+    assert!(r.one(Request::Block(req("192.0.2.3", "cli", Some(60))), T0).is_ok(), "room again after an unblock");
+}
+
+// --- policy through the ledger -------------------------------------------------------------
+
+#[test]
+fn a_refusal_names_its_rule_and_is_audited() {
+    let mut l = ledger();
+    l.init_allow(t("192.0.2.0/28"), AllowOrigin::Config);
+    let mut c = Change::default();
+    let e = l.block(&mut c, req("192.0.2.5", "wazuh", Some(60)), T0).unwrap_err();
+    assert!(matches!(e, Refusal::Policy { rule: Rule::Allowlist, .. }));
+    assert_eq!(e.code(), ErrorCode::Refused);
+    assert!(c.ops.is_empty());
+    assert_eq!(c.events[0].action, Action::Refuse);
+}
+
+#[test]
+fn an_open_breaker_holds_under_reblocks() {
+    // Issue 10, item 1: re-blocks by a source whose breaker is open must not enforce.
+    let mut cfg = PolicyConfig::default();
+    cfg.sources.insert(src("noisy"), SourcePolicy {
+        rate_limit: Some(2),
+        on_rate_limit: Some(BreakerAction::Shadow),
+        ..SourcePolicy::default()
+    });
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    for i in 1..=3 {
+        r.one(Request::Block(req(&format!("203.0.113.{i}"), "noisy", Some(600))), T0).unwrap();
+    }
+    assert_eq!(r.kernel_mode("203.0.113.3"), Some(MODE_SHADOW));
+    let Reply::Block(again) = r.one(Request::Block(req("203.0.113.3", "noisy", Some(1200))), T0 + 1000).unwrap() else {
+        panic!()
+    };
+    assert_eq!((again.outcome, again.mode), (Outcome::Extended, Mode::Shadow));
+    assert_eq!(r.kernel_mode("203.0.113.3"), Some(MODE_SHADOW));
+    // Blocks made before the breaker opened stay enforced (never demoted).
+    r.one(Request::Block(req("203.0.113.1", "noisy", Some(1200))), T0 + 1000).unwrap();
+    assert_eq!(r.kernel_mode("203.0.113.1"), Some(MODE_ENFORCE));
+}
+
+#[test]
+fn an_open_refusing_breaker_refuses_reblocks_too() {
+    let mut cfg = PolicyConfig::default();
+    cfg.sources.insert(src("noisy"), SourcePolicy {
+        rate_limit: Some(1),
+        on_rate_limit: Some(BreakerAction::Refuse),
+        ..SourcePolicy::default()
+    });
+    let mut l = ledger_with(cfg, 100);
+    block(&mut l, req("203.0.113.1", "noisy", Some(600)), T0).unwrap();
+    let e = block(&mut l, req("203.0.113.2", "noisy", Some(600)), T0).unwrap_err();
+    assert!(matches!(e, Refusal::Policy { rule: Rule::Breaker, .. }));
+    let e = block(&mut l, req("203.0.113.1", "noisy", Some(6000)), T0).unwrap_err();
+    assert!(matches!(e, Refusal::Policy { rule: Rule::Breaker, .. }));
+    assert_eq!(source_block(&l, "203.0.113.1", "noisy").unwrap().expires_ms, Some(T0 + 600_000));
+}
+
+#[test]
+fn repeat_offenders_get_an_escalated_ttl() {
+    let cfg = PolicyConfig {
+        repeat_offenders: Some(crate::policy::RepeatOffenders {
+            window: "1d".parse().unwrap(),
+            ttls: vec!["10m".parse().unwrap(), "1h".parse().unwrap()],
+        }),
+        ..PolicyConfig::default()
+    };
+    let mut l = ledger_with(cfg, 100);
+    block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0).unwrap();
+    l.unblock(&mut Change::default(), t("192.0.2.1"), Some(src("wazuh")), false).unwrap();
+    let r = block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + 1000).unwrap();
+    assert_eq!(r.expires_ms, Some(T0 + 1000 + 3_600_000));
+    assert!(r.notes[0].contains("repeat offender"), "{:?}", r.notes);
+}
+
+// --- approval, promotion, batches, allowlist ---------------------------------------------
+
+#[test]
+fn an_approved_block_applies_and_leaves_the_pending_list() {
+    let mut cfg = PolicyConfig::default();
+    cfg.approval.broader_than_v4 = Some(28);
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    let Reply::Block(p) = r.one(Request::Block(req("198.51.100.0/24", "cli", Some(60))), T0).unwrap() else { panic!() };
+    assert_eq!((p.outcome, p.pending_id), (Outcome::Pending, Some(1)));
+    assert!(r.kernel.blocks.is_empty());
+    let Reply::Block(b) = r.one(Request::Approve { id: 1 }, T0 + 10).unwrap() else { panic!() };
+    assert_eq!(b.outcome, Outcome::Created);
+    assert!(r.ledger.pending().is_empty());
+    assert_eq!(r.kernel_mode("198.51.100.0/24"), Some(MODE_ENFORCE));
+    assert_eq!(r.one(Request::Approve { id: 1 }, T0).unwrap_err().code(), ErrorCode::NotFound);
+}
+
+#[test]
+fn a_rejected_block_is_dropped_and_a_refused_approval_stays_pending() {
+    let mut cfg = PolicyConfig::default();
+    cfg.approval.broader_than_v4 = Some(28);
+    let mut l = ledger_with(cfg, 100);
+    block(&mut l, req("198.51.100.0/24", "cli", Some(60)), T0).unwrap();
+    block(&mut l, req("203.0.113.0/24", "cli", Some(60)), T0).unwrap();
+    assert!(matches!(l.reject(&mut Change::default(), 1), Ok(Reply::Rejected { id: 1 })));
+    l.init_allow(t("203.0.113.9"), AllowOrigin::Config);
+    let e = l.approve(&mut Change::default(), 2, T0).unwrap_err();
+    assert!(matches!(e, Refusal::Policy { rule: Rule::Allowlist, .. }));
+    assert_eq!(l.pending().keys().copied().collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn promote_enforces_shadow_blocks_and_says_when_there_are_none() {
+    let mut r = Rig::new(ledger());
+    let mut shadow = req("192.0.2.1", "wazuh", Some(60));
+    shadow.shadow = true;
+    r.one(Request::Block(shadow), T0).unwrap();
+    assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_SHADOW));
+    let promote = Request::Promote { target: None, source: Some(src("wazuh")) };
+    let Reply::Promote { promoted } = r.one(promote.clone(), T0).unwrap() else { panic!() };
+    assert_eq!(promoted, vec![(t("192.0.2.1"), src("wazuh"))]);
+    assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
+    assert_eq!(r.one(promote, T0).unwrap_err().code(), ErrorCode::NotFound);
+}
+
+#[test]
+fn a_batch_reports_applied_pending_and_failed_items() {
+    let mut cfg = PolicyConfig::default();
+    cfg.approval.broader_than_v4 = Some(28);
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    let item = |s: &str| BatchItem { target: t(s), ttl_secs: None };
+    let batch = BatchRequest {
+        items: vec![item("192.0.2.1"), item("198.51.0.0/16"), item("192.0.2.2"), item("203.0.113.0/24")],
+        ttl_secs: Some(60),
+        source: src("cli"),
+        reason: Reason::text("feed"),
+        shadow: false,
+    };
+    let Reply::BlockBatch { applied, pending, failed } = r.one(Request::BlockBatch(batch), T0).unwrap() else { panic!() };
+    assert_eq!((applied, pending), (2, 1));
+    assert_eq!((failed.len(), failed[0].index, failed[0].error.code), (1, 1, ErrorCode::Refused));
+    assert_eq!(r.kernel.blocks.len(), 2);
+    assert_eq!(r.store.commits.len(), 1, "one commit for the whole batch");
+}
+
+#[test]
+fn the_allowlist_goes_to_the_kernel_and_config_entries_cannot_be_removed() {
+    let mut r = Rig::new(ledger());
+    r.ledger.init_allow(t("192.0.2.0/24"), AllowOrigin::Config);
+    r.one(Request::AllowAdd { target: t("198.51.100.7"), comment: None }, T0).unwrap();
+    assert!(r.kernel.allows.contains_key(&t("198.51.100.7")));
+    assert!(r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0).is_err());
+    let e = r.one(Request::AllowRemove { target: t("192.0.2.0/24") }, T0).unwrap_err();
+    assert!(matches!(e, Refusal::NotRemovable { .. }));
+    assert_eq!(e.code(), ErrorCode::Refused);
+    r.one(Request::AllowRemove { target: t("198.51.100.7") }, T0).unwrap();
+    assert!(r.kernel.allows.is_empty());
+}
+
+// --- properties --------------------------------------------------------------------------
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Step {
+    Block { target: u8, source: u8, ttl_min: u64, shadow: bool },
+    Unblock { target: u8, source: u8 },
+    Promote { target: u8 },
+    Advance { min: u64 },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u8..4, 0u8..3, 1u64..30, any::<bool>()).prop_map(|(target, source, ttl_min, shadow)| Step::Block {
+            target,
+            source,
+            ttl_min,
+            shadow
+        }),
+        1 => (0u8..4, 0u8..3).prop_map(|(target, source)| Step::Unblock { target, source }),
+        1 => (0u8..4).prop_map(|target| Step::Promote { target }),
+        2 => (1u64..20).prop_map(|min| Step::Advance { min }),
+    ]
+}
+
+const SOURCES: [&str; 3] = ["cli", "wazuh", "fail2ban"];
+
+fn target_n(n: u8) -> Target {
+    t(&format!("203.0.113.{}", n + 1))
+}
+
+fn run_step(r: &mut Rig, s: &Step, now: &mut UnixMillis) {
+    let request = match s {
+        Step::Block { target, source, ttl_min, shadow } => {
+            let mut b = req(&target_n(*target).to_string(), SOURCES[*source as usize], Some(ttl_min * 60));
+            b.shadow = *shadow;
+            Request::Block(b)
+        }
+        Step::Unblock { target, source } => Request::Unblock {
+            target: target_n(*target),
+            source: Some(src(SOURCES[*source as usize])),
+            all: false,
+        },
+        Step::Promote { target } => Request::Promote { target: Some(target_n(*target)), source: None },
+        Step::Advance { min } => {
+            *now += min * MIN;
+            r.reap(*now);
+            return;
+        }
+    };
+    let _ = r.one(request, *now);
+}
+
+proptest! {
+    /// After every step, each target's kernel entry enforces iff some live enforcing block of
+    /// it exists, and a target has a kernel entry iff it has a live block.
+    #[test]
+    fn the_kernel_enforces_iff_a_live_enforcing_block_exists(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut r = Rig::new(ledger());
+        let mut now = T0;
+        for s in &steps {
+            run_step(&mut r, s, &mut now);
+            for n in 0..4 {
+                let target = target_n(n);
+                let live: Vec<&SourceBlock> = r
+                    .ledger
+                    .blocks()
+                    .get(&target)
+                    .map(|b| b.by_source.values().filter(|b| !b.is_expired(now)).collect())
+                    .unwrap_or_default();
+                let enforcing = live.iter().any(|b| b.mode == Mode::Enforce);
+                let kernel = r.kernel.blocks.get(&target).map(|v| v.mode);
+                prop_assert_eq!(kernel == Some(MODE_ENFORCE), enforcing, "target {} after {:?}", target, s);
+                prop_assert_eq!(kernel.is_some(), !live.is_empty());
+            }
+        }
+    }
+
+    /// Whatever the order of re-blocks, expiry never removes a block before the latest end
+    /// any of its requests asked for.
+    #[test]
+    fn expiry_never_removes_an_extended_block(ttls in proptest::collection::vec((0u64..10, 1u64..30), 1..10)) {
+        let mut l = ledger();
+        let mut latest = 0;
+        for (at_min, ttl_min) in &ttls {
+            let now = T0 + at_min * MIN;
+            block(&mut l, req("192.0.2.1", "wazuh", Some(ttl_min * 60)), now).unwrap();
+            latest = latest.max(now + ttl_min * MIN);
+        }
+        let mut c = Change::default();
+        l.expire(&mut c, latest - 1, usize::MAX);
+        prop_assert!(source_block(&l, "192.0.2.1", "wazuh").is_some());
+        l.expire(&mut c, latest, usize::MAX);
+        prop_assert!(l.blocks().is_empty());
+    }
+
+    /// An undone round leaves the ledger exactly as it was.
+    #[test]
+    fn an_undone_round_changes_nothing(steps in proptest::collection::vec(step(), 1..30), last in proptest::collection::vec(step(), 1..10)) {
+        let mut r = Rig::new(ledger());
+        let mut now = T0;
+        for s in &steps {
+            run_step(&mut r, s, &mut now);
+        }
+        let before = (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4"));
+        r.store.fail = true;
+        for s in last.iter().filter(|s| !matches!(s, Step::Advance { .. })) {
+            run_step(&mut r, s, &mut now);
+        }
+        prop_assert_eq!(before, (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4")));
+    }
+}
+
+#[test]
+fn the_refusal_of_a_batch_item_uses_the_protocol_body() {
+    let mut l = ledger();
+    let (reply, touched) = l.block_batch(
+        &mut Change::default(),
+        BatchRequest {
+            items: vec![BatchItem { target: t("10.0.0.0/8"), ttl_secs: None }],
+            ttl_secs: None,
+            source: src("wazuh"),
+            reason: Reason::default(),
+            shadow: false,
+        },
+        T0,
+    );
+    let Reply::BlockBatch { failed, .. } = reply else { panic!() };
+    assert!(touched.is_empty());
+    assert!(failed[0].error.message.starts_with("refused by policy rule `scope`"), "{}", failed[0].error.message);
+}

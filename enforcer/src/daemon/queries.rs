@@ -1,0 +1,212 @@
+//! Read requests (list, show, stats, status, the allowlist, pending), answered from the ledger
+//! and the kernel's counters after the round's writes.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Instant};
+
+use enforcer_common::BlockValue;
+
+use super::{ledger::Ledger, refusal::Refusal};
+use crate::{
+    block::{Mode, Source, TargetBlocks, now_ms, to_ms},
+    datapath::{Attachment, BlockMaps, clock},
+    protocol::{
+        AllowEntry, InterfaceCounters, InterfaceStatus, ListEntry, ListSource, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply,
+        StatsReply, StatusReply,
+    },
+    target::Target,
+};
+
+/// The largest page `list` returns when the request names no limit is unbounded (the protocol's
+/// behaviour before paging); a limit caps it.
+fn page_size(limit: Option<usize>) -> usize {
+    limit.unwrap_or(usize::MAX)
+}
+
+/// What a read sees.
+pub struct View<'a> {
+    /// The ledger.
+    pub ledger: &'a mut Ledger,
+    /// The kernel maps (hit counters, data path counters).
+    pub maps: &'a BlockMaps,
+    /// Attached interfaces.
+    pub attachments: &'a [Attachment],
+    /// When the daemon started.
+    pub started: Instant,
+    /// The store file.
+    pub store_path: &'a Path,
+    /// The bpffs directory.
+    pub bpffs_dir: &'a Path,
+    /// The audit log.
+    pub audit_log: &'a Path,
+}
+
+impl View<'_> {
+    /// Answers a read request.
+    pub fn answer(&mut self, request: Request) -> Result<Reply, Refusal> {
+        match request {
+            Request::Ping => Ok(Reply::Pong {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol: PROTOCOL_VERSION,
+            }),
+            Request::List { source, limit, after } => Ok(self.list(source.as_ref(), limit, after)),
+            Request::Show { target } => Ok(Reply::Show(self.show(target))),
+            Request::Stats => self.stats(),
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::AllowList => Ok(Reply::AllowList {
+                entries: self.ledger.allowlist().iter().map(|(t, o)| allow_entry(*t, o)).collect(),
+            }),
+            Request::PendingList => Ok(Reply::PendingList {
+                pending: self.ledger.pending().values().cloned().collect(),
+            }),
+            other => Err(Refusal::Invalid(format!("{other:?} is not a read request"))),
+        }
+    }
+
+    /// One page of blocks, in target order, after `after`.
+    fn list(&self, source: Option<&Source>, limit: Option<usize>, after: Option<Target>) -> Reply {
+        let mut matching = self
+            .ledger
+            .blocks_after(after)
+            .filter(|(_, b)| source.is_none_or(|s| b.by_source.contains_key(s)));
+        let blocks: Vec<ListEntry> = matching
+            .by_ref()
+            .take(page_size(limit))
+            .map(|(t, b)| self.list_entry(t, b))
+            .collect();
+        let more = matching.next().is_some();
+        let next = if more { blocks.last().map(|e| e.target) } else { None };
+        Reply::List { blocks, next }
+    }
+
+    fn list_entry(&self, target: &Target, blocks: &TargetBlocks) -> ListEntry {
+        let kernel: BlockValue = self.maps.get_block(target).ok().flatten().unwrap_or_default();
+        let entry = blocks.kernel_entry();
+        ListEntry {
+            target: *target,
+            mode: entry.map_or(Mode::Enforce, |e| e.mode),
+            expires_ms: entry.and_then(|e| e.expires_ms),
+            sources: blocks
+                .by_source
+                .values()
+                .map(|b| ListSource {
+                    source: b.source.clone(),
+                    reason: b.reason.clone(),
+                    created_ms: b.created_ms,
+                    expires_ms: b.expires_ms,
+                    mode: b.mode,
+                })
+                .collect(),
+            packets: kernel.hit_packets,
+            bytes: kernel.hit_bytes,
+            last_hit_ms: (kernel.last_hit_ns != 0).then(|| to_ms(clock::boot_ns_to_wall(kernel.last_hit_ns))),
+        }
+    }
+
+    fn show(&self, target: Target) -> ShowReply {
+        let addr: IpAddr = target.addr();
+        let mut blocks: Vec<ListEntry> = self
+            .ledger
+            .blocks()
+            .iter()
+            .filter(|(t, _)| t.overlaps(&target))
+            .map(|(t, b)| self.list_entry(t, b))
+            .collect();
+        blocks.sort_by_key(|e| std::cmp::Reverse(e.target.prefix_len()));
+        let allowlist: Vec<AllowEntry> = self
+            .ledger
+            .allowlist()
+            .iter()
+            .filter(|(t, _)| t.contains(addr))
+            .map(|(t, o)| allow_entry(*t, o))
+            .collect();
+        let covering: Vec<&ListEntry> = blocks.iter().filter(|e| e.target.contains(addr)).collect();
+        let verdict = if covering.is_empty() {
+            "pass"
+        } else if !allowlist.is_empty() {
+            "pass (allowlisted)"
+        } else if covering.iter().any(|e| e.mode == Mode::Enforce) {
+            "drop"
+        } else {
+            "pass (shadow)"
+        };
+        ShowReply {
+            target,
+            blocks,
+            allowlist,
+            verdict: verdict.to_owned(),
+        }
+    }
+
+    fn stats(&self) -> Result<Reply, Refusal> {
+        let total = self.maps.stats_total().map_err(|e| Refusal::Kernel(e.into()))?;
+        let interfaces = self
+            .attachments
+            .iter()
+            .filter_map(|a| {
+                self.maps.stats_for_ifindex(a.ifindex).ok().map(|s| InterfaceCounters {
+                    iface: a.iface.clone(),
+                    counters: s.into(),
+                })
+            })
+            .collect();
+        let mut by_source: BTreeMap<Source, usize> = BTreeMap::new();
+        for b in self.ledger.blocks().values() {
+            for s in b.by_source.keys() {
+                *by_source.entry(s.clone()).or_default() += 1;
+            }
+        }
+        Ok(Reply::Stats(StatsReply {
+            total: total.into(),
+            interfaces,
+            blocks_by_source: by_source.into_iter().collect(),
+        }))
+    }
+
+    fn status(&mut self) -> StatusReply {
+        let breakers = self.ledger.policy_mut().open_breakers(now_ms());
+        let ledger = &*self.ledger;
+        let maps = self
+            .maps
+            .capacities()
+            .into_iter()
+            .map(|(name, capacity)| MapUse {
+                map: name.to_owned(),
+                used: ledger.capacity().used(name),
+                capacity,
+            })
+            .collect();
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            interfaces: self.attachments.iter().map(interface_status).collect(),
+            maps,
+            targets: ledger.blocks().len(),
+            source_blocks: ledger.blocks().values().map(|b| b.by_source.len()).sum(),
+            store_path: self.store_path.display().to_string(),
+            bpffs_dir: self.bpffs_dir.display().to_string(),
+            audit_log: self.audit_log.display().to_string(),
+            next_expiry_ms: ledger.next_block_deadline(),
+            policy_mode: ledger.policy().config.mode,
+            breakers,
+            pending: ledger.pending().len(),
+            allowlist: ledger.allowlist().len(),
+        }
+    }
+}
+
+fn interface_status(a: &Attachment) -> InterfaceStatus {
+    InterfaceStatus {
+        iface: a.iface.clone(),
+        ifindex: a.ifindex,
+        mode: a.mode,
+        prog_id: a.prog_id,
+    }
+}
+
+fn allow_entry(target: Target, origins: &[crate::policy::AllowOrigin]) -> AllowEntry {
+    AllowEntry {
+        target,
+        origin: origins.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+    }
+}

@@ -1,0 +1,107 @@
+//! Why the engine did not do what a request asked, in the language of the domain.
+//!
+//! The ledger and the round answer with a [`Refusal`]; the control socket turns it into the
+//! protocol's error body in one place ([`Refusal::to_body`]), with its stable code.
+
+use std::sync::Arc;
+
+use crate::{
+    datapath::MapsError,
+    policy::Rule,
+    protocol::{ErrorBody, ErrorCode},
+    store::StoreError,
+};
+
+/// A request the engine refused or could not carry out. Nothing was changed, except where a
+/// variant says otherwise ([`Refusal::Kernel`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// A safety policy rule refused the block.
+    #[error("refused by policy rule `{rule}`: {message}")]
+    Policy {
+        /// The rule.
+        rule: Rule,
+        /// Why, and what to do.
+        message: String,
+    },
+    /// The kernel map the target belongs in is full.
+    #[error(
+        "the {map} map is full ({capacity} entries); nothing was evicted. Raise [capacity] in the configuration or unblock targets"
+    )]
+    MapFull {
+        /// The map's name.
+        map: &'static str,
+        /// Its capacity.
+        capacity: u32,
+    },
+    /// A value in the request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// There is nothing of that name (block, pending id, allowlist entry).
+    #[error("{0}")]
+    NotFound(String),
+    /// The allowlist entry comes from somewhere the CLI does not own.
+    #[error("{target} comes from {origins}; remove it there (the configuration file), not with the CLI")]
+    NotRemovable {
+        /// The prefix.
+        target: crate::Target,
+        /// Its origins, comma-separated.
+        origins: String,
+    },
+    /// The durable store failed; the round was undone.
+    #[error("the block store failed; nothing was changed")]
+    Store(#[source] Arc<StoreError>),
+    /// Stored, but writing the kernel map failed.
+    #[error("stored, but the kernel map update failed; it is retried at the next start")]
+    Kernel(#[source] Arc<MapsError>),
+}
+
+impl Refusal {
+    /// The protocol's stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Policy { .. } | Self::NotRemovable { .. } => ErrorCode::Refused,
+            Self::MapFull { .. } => ErrorCode::MapFull,
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Store(_) | Self::Kernel(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The protocol's error body: the code, and the message with its causes.
+    pub fn to_body(&self) -> ErrorBody {
+        let mut message = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        ErrorBody {
+            code: self.code(),
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_names_the_rule_and_the_cause_once() {
+        let r = Refusal::Policy {
+            rule: Rule::Scope,
+            message: "too broad".into(),
+        };
+        assert_eq!(r.to_body().code, ErrorCode::Refused);
+        assert_eq!(r.to_body().message, "refused by policy rule `scope`: too broad");
+        let e = Refusal::Store(Arc::new(StoreError::Db {
+            path: "/x".into(),
+            message: "disk full".into(),
+        }));
+        let body = e.to_body();
+        assert_eq!(body.code, ErrorCode::Internal);
+        assert_eq!(body.message, "the block store failed; nothing was changed: block store /x: disk full");
+    }
+}

@@ -1,0 +1,163 @@
+//! A round: apply a batch of requests to the ledger, commit the store operations once, undo
+//! the ledger if the commit fails, then sync the kernel and answer.
+//!
+//! So a block is acknowledged only once it is durable and in force, and concurrent triggers
+//! share one fsync. The reaper's expiries go through the same [`commit`].
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::{
+    kernel_sync::{self, KernelMap},
+    ledger::{Applied, Change, Ledger},
+    refusal::Refusal,
+};
+use crate::{
+    audit::{Action, Event},
+    block::UnixMillis,
+    datapath::MapsError,
+    protocol::{Reply, Request},
+    store::{Store, StoreError, StoreOp},
+    target::Target,
+};
+
+/// The durable store, as a round uses it (an in-memory one stands in for it in unit tests).
+pub trait BlockStore {
+    /// Applies `ops` atomically and durably, or not at all.
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+}
+
+impl BlockStore for Store {
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        Self::commit(self, ops)
+    }
+}
+
+/// What a committed change did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Targets whose kernel entry could not be written, with why.
+    pub failed: BTreeMap<Target, Arc<MapsError>>,
+    /// Audit lines to write.
+    pub events: Vec<Event>,
+    /// Policy refusals (rule, source).
+    pub refused: Vec<(&'static str, crate::block::Source)>,
+    /// Each touched target's blocks before the change.
+    pub before: BTreeMap<Target, Option<crate::block::TargetBlocks>>,
+}
+
+/// A change the store refused (the ledger is back as it was).
+#[derive(Debug)]
+pub struct Failed {
+    /// Why.
+    pub error: Arc<StoreError>,
+    /// The refusal lines, still to audit.
+    pub events: Vec<Event>,
+    /// Policy refusals (rule, source).
+    pub refused: Vec<(&'static str, crate::block::Source)>,
+}
+
+/// Commits `change`, then makes the kernel match the ledger for every target it touched.
+/// If the store refuses, the ledger is put back and only refusal lines are kept for the audit.
+pub fn commit<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, mut change: Change) -> Result<Committed, Failed>
+where
+    S: BlockStore + ?Sized,
+    K: KernelMap + ?Sized,
+{
+    if !change.ops.is_empty()
+        && let Err(e) = store.commit(&change.ops)
+    {
+        let events = std::mem::take(&mut change.events)
+            .into_iter()
+            .filter(|e| matches!(e.action, Action::Refuse | Action::BreakerOpen))
+            .collect();
+        let refused = std::mem::take(&mut change.refused);
+        ledger.undo(change);
+        return Err(Failed {
+            error: Arc::new(e),
+            events,
+            refused,
+        });
+    }
+    let mut failed = BTreeMap::new();
+    // Allowlist first: it always wins, so it goes in before the blocks it may cover.
+    for (target, origin) in &change.allow_kernel {
+        let result = match origin {
+            Some(o) => kernel.insert_allow(target, *o),
+            None => kernel.remove_allow(target).map(drop),
+        };
+        if let Err(e) = result {
+            tracing::error!(%target, error = %e, "writing the kernel allowlist failed");
+            failed.insert(*target, Arc::new(e));
+        }
+    }
+    for (target, known) in change.touched() {
+        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known) {
+            tracing::error!(%target, error = %e, "writing the kernel map failed");
+            failed.insert(*target, Arc::new(e));
+        }
+    }
+    Ok(Committed {
+        failed,
+        before: change.take_before(),
+        refused: change.refused,
+        events: change.events,
+    })
+}
+
+/// What a round answers: one result per request, in order, and what it did.
+#[derive(Debug)]
+pub struct Answered {
+    /// The answers.
+    pub answers: Vec<Result<Reply, Refusal>>,
+    /// Audit lines.
+    pub events: Vec<Event>,
+    /// Policy refusals (rule, source).
+    pub refused: Vec<(&'static str, crate::block::Source)>,
+    /// Each touched target's blocks before the round (empty if it was undone).
+    pub before: BTreeMap<Target, Option<crate::block::TargetBlocks>>,
+}
+
+/// Runs one round over write requests.
+pub fn run<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, requests: Vec<Request>, now: UnixMillis) -> Answered
+where
+    S: BlockStore + ?Sized,
+    K: KernelMap + ?Sized,
+{
+    let mut change = Change::default();
+    let applied: Vec<Applied> = requests.into_iter().map(|r| ledger.apply(&mut change, r, now)).collect();
+    match commit(ledger, store, kernel, change) {
+        Err(Failed { error, events, refused }) => {
+            tracing::error!(error = %error, "committing to the store failed; the round was undone");
+            let answers = applied
+                .into_iter()
+                .map(|a| if a.wrote { Err(Refusal::Store(error.clone())) } else { a.answer })
+                .collect();
+            Answered {
+                answers,
+                events,
+                refused,
+                before: BTreeMap::new(),
+            }
+        }
+        Ok(Committed {
+            failed,
+            events,
+            refused,
+            before,
+        }) => {
+            let answers = applied
+                .into_iter()
+                .map(|a| match a.touched.iter().find_map(|t| failed.get(t)) {
+                    Some(e) if a.answer.is_ok() => Err(Refusal::Kernel(e.clone())),
+                    _ => a.answer,
+                })
+                .collect();
+            Answered {
+                answers,
+                events,
+                refused,
+                before,
+            }
+        }
+    }
+}
