@@ -122,6 +122,47 @@ fn prometheus_scrapes_the_drops_of_a_blocked_source_and_promtool_accepts_the_exp
     })
     .unwrap();
     assert!(seen >= 300.0);
+
+    // Every query of the Grafana dashboard names metrics the daemon exposes, and Prometheus
+    // evaluates it.
+    for expr in dashboard_queries() {
+        for name in metric_names(&expr) {
+            let family = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "the dashboard queries {name}, which the daemon does not expose: {expr}");
+        }
+        let q = expr.replace("$instance", ".*").replace("$__rate_interval", "1m");
+        let (code, body) = http_get(&lab, prom_port, &format!("/api/v1/query?query={}", url_encode(&q))).unwrap();
+        assert_eq!(code, 200, "Prometheus rejected the dashboard query {q}: {body}");
+    }
+}
+
+/// The PromQL of every panel target in dist/grafana/enforcer.json.
+fn dashboard_queries() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana/enforcer.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "the dashboard has its panels: {exprs:?}");
+    exprs
+}
+
+/// The `enforcer_*` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("enforcer_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 /// Starts Prometheus in the lab's receiver namespace, scraping the daemon every second; returns
@@ -305,4 +346,56 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     notify.poll();
     assert!(notify.got.iter().any(|(_, m)| m.contains("STOPPING=1")));
     assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 0, "blocks stay in force after stop");
+}
+
+/// The capabilities the shipped unit grants (`CapabilityBoundingSet=`), as setpriv names them.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.service")).unwrap();
+    let line = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("the unit bounds capabilities");
+    line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_lowercase()).collect()
+}
+
+#[test]
+fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
+    require_root();
+    let caps = unit_capabilities();
+    assert!(!caps.iter().any(|c| c == "sys_admin"), "the unit should not need CAP_SYS_ADMIN: {caps:?}");
+    let lab = Lab::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("enforcer.sock");
+    let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+    // nsenter joins only the network namespace (the host's /sys/fs/bpf stays); setpriv then
+    // drops every capability outside the unit's bounding set before the daemon starts.
+    let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
+    let mut daemon = Guard(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.receiver.name()))
+            .args(["setpriv", &format!("--bounding-set={bounding}"), "--inh-caps=-all", "--"])
+            .arg(enforcer_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF, "--max-addresses", "1024", "--max-prefixes", "1024"])
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--bpffs-dir")
+            .arg(lab.pins.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+    wait_for("the daemon to answer", Duration::from_secs(30), || {
+        assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited with only {caps:?}: {}", daemon_log());
+        Ok(enforcer_tests::daemon::cli(&socket, &["status"]).status.success().then_some(()))
+    })
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
+    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim().to_owned();
+    assert_ne!(bnd, "000001ffffffffff", "the bounding set was not narrowed");
+    ok(&enforcer_tests::daemon::cli(&socket, &["block", SENDER_V4[1], "--ttl", "10m"]));
+    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
+    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 0, "{}", daemon_log());
+    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[2]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 5);
 }

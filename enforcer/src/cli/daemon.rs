@@ -17,6 +17,10 @@ pub struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Exit 0 if the configuration names an interface to protect, 1 (with a hint) if not: the
+    /// systemd unit's start condition, so an installed but unconfigured daemon stays stopped.
+    #[arg(long)]
+    pub check_interfaces: bool,
     /// Interface to protect (repeatable; replaces the file's list).
     #[arg(long = "iface")]
     pub ifaces: Vec<String>,
@@ -74,6 +78,16 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
     };
     if a.check_config {
         println!("{}: ok", path.display());
+        return Ok(());
+    }
+    if a.check_interfaces {
+        if config.interfaces.is_empty() && a.ifaces.is_empty() {
+            anyhow::bail!(
+                "{} names no interface: set `interfaces = [\"eth0\"]` (your interfaces), then `systemctl start enforcer`",
+                path.display()
+            );
+        }
+        println!("{}: protects {}", path.display(), if a.ifaces.is_empty() { config.interfaces.join(", ") } else { a.ifaces.join(", ") });
         return Ok(());
     }
     if let Some(ns) = &a.netns {

@@ -6,6 +6,7 @@ mod block;
 mod breaker;
 mod daemon;
 mod detach;
+mod generate;
 mod import;
 mod install_fail2ban_action;
 mod install_wazuh_hook;
@@ -76,6 +77,9 @@ pub enum Command {
     Approve(pending::IdArgs),
     /// Reject a pending block.
     Reject(pending::IdArgs),
+    /// Man pages and shell completions (for packagers).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -111,6 +115,7 @@ pub fn main() -> i32 {
         Command::Pending(a) => pending::list(&socket, a),
         Command::Approve(a) => pending::approve(&socket, a),
         Command::Reject(a) => pending::reject(&socket, a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(()) => 0,
