@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod duration;
 pub mod hooks;
 pub mod metrics;
+pub mod netlink;
 pub mod policy;
 pub mod protocol;
 pub mod store;

@@ -122,9 +122,10 @@ pub enum Request {
         /// Its id.
         id: u64,
     },
-    /// Re-read the host's addresses and gateways into the allowlist (sent by the daemon's own
-    /// address watcher).
-    RefreshHost,
+    /// The host's addresses and gateways now, read by the daemon's own address watcher on its
+    /// thread (never on the engine's); the allowlist follows them. Internal: not on the wire.
+    #[serde(skip)]
+    HostChanged(Vec<crate::policy::host::HostAddress>),
 }
 
 impl Request {
@@ -147,7 +148,7 @@ impl Request {
             Self::PendingList => "pending_list",
             Self::Approve { .. } => "approve",
             Self::Reject { .. } => "reject",
-            Self::RefreshHost => "refresh_host",
+            Self::HostChanged(_) => "refresh_host",
         }
     }
 }
@@ -391,7 +392,7 @@ pub enum Reply {
         /// The id.
         id: u64,
     },
-    /// Answer to refresh_host.
+    /// Answer to HostChanged.
     Refreshed,
 }
 

@@ -60,6 +60,32 @@ fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
     .unwrap();
     fails(&d.cli(&["block", "192.0.2.3"]), 7, "builtin: host address");
     assert!(audit(&d).contains("\"action\":\"refuse\""));
+
+    // The default route moves to another gateway: the new one is allowlisted, the old one no
+    // longer is; an address removed from the host leaves the allowlist too.
+    let allowlisted = |what: &str, addr: &str| {
+        d.json(&["allow", "list"]).as_array().unwrap().iter().any(|e| {
+            e["target"].as_str() == Some(addr) && e["origin"].to_string().contains(what)
+        })
+    };
+    lab.receiver.ip(&["route", "replace", "default", "via", SENDER_V4[1]]).unwrap();
+    lab.receiver.ip(&["addr", "del", "192.0.2.3/24", "dev", "vb"]).unwrap();
+    wait_for("the allowlist to follow the new route and the removed address", Duration::from_secs(5), || {
+        let followed = allowlisted("default gateway", SENDER_V4[1])
+            && !allowlisted("default gateway", SENDER_V4[0])
+            && !allowlisted("host address", "192.0.2.3");
+        Ok(followed.then_some(()))
+    })
+    .unwrap();
+    fails(&d.cli(&["block", SENDER_V4[1]]), 7, "(builtin: default gateway)");
+    ok(&d.cli(&["block", SENDER_V4[0], "--reason", "no longer the gateway"]));
+    ok(&d.cli(&["block", "192.0.2.3", "--reason", "no longer a host address"]));
+    // An IPv6 default route counts the same.
+    lab.receiver.ip(&["-6", "route", "add", "default", "via", "2001:db8::1", "dev", "vb"]).unwrap();
+    wait_for("the IPv6 gateway on the allowlist", Duration::from_secs(5), || {
+        Ok(allowlisted("default gateway", "2001:db8::1").then_some(()))
+    })
+    .unwrap();
 }
 
 #[test]

@@ -360,8 +360,8 @@ impl Engine {
         let mut write_replies = Vec::new();
         let mut reads = Vec::new();
         for Command { request, reply } in batch {
-            if matches!(request, Request::RefreshHost) {
-                self.refresh_host();
+            if let Request::HostChanged(now) = request {
+                self.refresh_host(now);
                 let _ = reply.send(Ok(Reply::Refreshed));
             } else if is_read(&request) {
                 reads.push((request, reply));
@@ -403,18 +403,13 @@ impl Engine {
         self.audit.flush();
     }
 
-    /// Re-reads the host's addresses and gateways; the allowlist follows them.
-    fn refresh_host(&mut self) {
+    /// The host's addresses and gateways changed to `now` (read on the watcher's thread, never
+    /// here); the allowlist follows them.
+    fn refresh_host(&mut self, now: Vec<host::HostAddress>) {
         if !self.builtin_allowlist {
             return;
         }
-        let wanted = match host::host_addresses() {
-            Ok(now) => now.into_iter().map(|h| (h.target, h.what.to_owned())).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "reading the host's addresses failed; the builtin allowlist was not refreshed");
-                return;
-            }
-        };
+        let wanted = now.into_iter().map(|h| (h.target, h.what.to_owned())).collect();
         let mut change = Change::default();
         self.ledger.refresh_builtin(&mut change, &wanted);
         // Builtin entries are not stored: this commit only writes the kernel allowlist.

@@ -103,10 +103,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.allowlist.builtin {
         let tx = tx.clone();
         std::thread::Builder::new().name("host-watch".into()).spawn(move || {
-            crate::policy::host::watch(|| {
+            crate::policy::host::watch(|now| {
                 let (reply, _) = tokio::sync::oneshot::channel();
                 tx.send(engine::Command {
-                    request: crate::protocol::Request::RefreshHost,
+                    request: crate::protocol::Request::HostChanged(now),
                     reply,
                 })
                 .is_ok()

@@ -39,7 +39,7 @@ use enforcer_common::{
 
 use super::{
     maps::BlockMaps,
-    netlink::{AttachedMode, query_xdp},
+    AttachedMode, query_xdp,
 };
 
 /// The XDP object built from `enforcer-ebpf`.

@@ -3,11 +3,10 @@
 pub mod clock;
 pub mod loader;
 pub mod maps;
-pub mod netlink;
 
 pub use loader::{
     Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,
     XdpModeRequest, detach_all, detach_link, pinned_interfaces,
 };
 pub use maps::{BlockMaps, MapsError, StatsReader};
-pub use netlink::{AttachedMode, XdpState, query_xdp};
+pub use crate::netlink::{AttachedMode, XdpState, query_xdp};
