@@ -59,14 +59,11 @@ pub struct Args {
 /// Moves the process into a named network namespace. Called before any thread exists, so every
 /// thread the daemon starts inherits it.
 fn enter_netns(name: &str) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
     let path = std::path::Path::new("/run/netns").join(name);
     let file = std::fs::File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))?;
-    // SAFETY: setns on a valid namespace descriptor.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
-    }
-    Ok(())
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("entering network namespace {name}"))
 }
 
 pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {

@@ -8,14 +8,9 @@ use std::time::{Duration, SystemTime};
 
 /// Nanoseconds of `CLOCK_BOOTTIME` now.
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_BOOTTIME exists on every kernel we support.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) cannot fail");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_BOOTTIME exists on every kernel we support.
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("clock_gettime(CLOCK_BOOTTIME) cannot fail");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// The boot-time value the data path compares with, for a wall-clock `deadline`.

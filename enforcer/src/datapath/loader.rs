@@ -18,9 +18,15 @@ use std::{
     ffi::CString,
     fs::{self, File},
     io,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
     str::FromStr,
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
 use aya::{
@@ -51,7 +57,6 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/enforcer";
 /// Name of the do-nothing program in the same object: the benchmarks' floor.
 pub const FLOOR_PROGRAM_NAME: &str = "xdp_pass_floor";
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// How many entries each map holds, per address family. Fixed when the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -252,7 +257,7 @@ pub struct Datapath {
     layout: PinLayout,
     maps: BlockMaps,
     /// flock on the base directory: the maps have a single writer.
-    _lock: File,
+    _lock: Flock<File>,
 }
 
 impl Datapath {
@@ -496,31 +501,42 @@ pub fn detach_all(base: &Path) -> Result<Vec<String>, DatapathError> {
 /// RCU grace period; an explicit detach makes "detached" true when this returns, from any
 /// network namespace.
 fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
+    if let Ok(link) = bpf_obj_get(path)
+        && let Err(e) = bpf_link_detach(&link)
+    {
+        tracing::debug!(path = %path.display(), error = %e, "BPF_LINK_DETACH failed; unpinning only");
+    }
+    fs::remove_file(path).map_err(io_err("removing", path))
+}
+
+/// Opens a pinned object (`BPF_OBJ_GET`). aya 0.14 does this only inside types that do not
+/// hand out their descriptor, and it has no `BPF_LINK_DETACH` at all.
+fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| DatapathError::Io {
-        action: "opening",
-        path: path.to_owned(),
-        source: io::Error::from(io::ErrorKind::InvalidInput),
-    })?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // union bpf_attr for BPF_OBJ_GET: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }
     let mut attr = [0u64; 8];
     attr[0] = c.as_ptr() as u64;
-    // SAFETY: bpf(2) with a zeroed attr holding a valid path pointer.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
-    if fd >= 0 {
-        // SAFETY: bpf(2) returned a new descriptor we own.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        // union bpf_attr for BPF_LINK_DETACH: { u32 link_fd; }
-        let mut attr = [0u64; 8];
-        attr[0] = fd.as_raw_fd() as u64;
-        // SAFETY: bpf(2) with a valid link descriptor.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
-        if rc != 0 {
-            tracing::debug!(path = %path.display(), error = %io::Error::last_os_error(), "BPF_LINK_DETACH failed; unpinning only");
-        }
-    }
-    fs::remove_file(path).map_err(io_err("removing", path))
+    let fd = RawFd::try_from(bpf(BPF_OBJ_GET, &mut attr)?).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Detaches a link now (`BPF_LINK_DETACH`), whoever holds it.
+fn bpf_link_detach(link: &OwnedFd) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    // union bpf_attr for BPF_LINK_DETACH: { u32 link_fd; }
+    let mut attr = [0u64; 8];
+    attr[0] = link.as_raw_fd() as u64;
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// bpf(2) with a zero-padded `union bpf_attr`.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<libc::c_long> {
+    // SAFETY: the kernel reads at most size_of_val(attr) bytes from `attr`, which outlives the
+    // call; the commands used here hold no pointer but a path that the caller keeps alive.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 /// The names of the interfaces with a pinned enforcer link.
@@ -620,13 +636,7 @@ fn expected(name: &str) -> (MapType, u32, u32) {
 }
 
 fn ifindex(iface: &str) -> Result<u32, DatapathError> {
-    let c = CString::new(iface).map_err(|_| DatapathError::UnknownInterface(iface.to_owned()))?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(DatapathError::UnknownInterface(iface.to_owned()));
-    }
-    Ok(index)
+    nix::net::if_::if_nametoindex(iface).map_err(|_| DatapathError::UnknownInterface(iface.to_owned()))
 }
 
 fn program_name(prog_id: u32) -> String {
@@ -664,32 +674,20 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: all-zero is a valid statfs; `c` is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC)
 }
 
-fn lock_dir(dir: &Path) -> Result<File, DatapathError> {
+/// Takes the directory's lock (`flock`, exclusive, not waiting), held until the value drops.
+fn lock_dir(dir: &Path) -> Result<Flock<File>, DatapathError> {
     let file = File::open(dir).map_err(io_err("opening", dir))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(DatapathError::Locked { path: dir.to_owned() });
-        }
-        return Err(DatapathError::Io {
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => DatapathError::Locked { path: dir.to_owned() },
+        errno => DatapathError::Io {
             action: "locking",
             path: dir.to_owned(),
-            source: err,
-        });
-    }
-    Ok(file)
+            source: errno.into(),
+        },
+    })
 }
 
 /// Removes a directory of pins (bpffs has no recursive delete of its own).

@@ -6,6 +6,8 @@
 
 use std::{net::IpAddr, path::Path};
 
+use nix::errno::Errno;
+
 use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
     lpm_trie::Key,
@@ -69,7 +71,7 @@ fn kernel(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsE
 fn is_not_found(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(Errno::ENOENT as i32),
         _ => false,
     }
 }
@@ -99,7 +101,7 @@ fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, Maps
 }
 
 fn is_full(e: &MapError) -> bool {
-    matches!(e, MapError::SyscallError(s) if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)))
+    matches!(e, MapError::SyscallError(s) if matches!(s.io_error.raw_os_error(), Some(c) if [Errno::E2BIG, Errno::ENOSPC, Errno::ENOMEM].contains(&Errno::from_raw(c))))
 }
 
 impl BlockMaps {
