@@ -7,8 +7,13 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::BorrowedFd,
     time::{Duration, Instant},
+};
+
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
 };
 
 /// Why no line was read.
@@ -67,40 +72,26 @@ impl<'fd> LineReader<'fd> {
             }
             let mut chunk = [0u8; 8192];
             let want = chunk.len().min(limit + 1 - self.buf.len());
-            // SAFETY: read(2) into a buffer we own, at most its length.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr().cast(), want) };
-            match n {
-                0 if self.buf.is_empty() => return Err(LineError::Eof),
-                0 => return Ok(std::mem::take(&mut self.buf)),
-                n if n > 0 => self.buf.extend_from_slice(&chunk[..n as usize]),
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if !matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
-                        return Err(e.into());
-                    }
-                }
+            match nix::unistd::read(self.fd, &mut chunk[..want]) {
+                Ok(0) if self.buf.is_empty() => return Err(LineError::Eof),
+                Ok(0) => return Ok(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
     }
 
     /// Waits until the descriptor is readable (or closed); `false` on timeout.
     fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut fds = [PollFd::new(self.fd, PollFlags::POLLIN)];
         // Round up so a sub-millisecond remainder still waits instead of spinning.
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: poll(2) on one valid pollfd.
-        let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        match rc {
-            0 => Ok(false),
-            rc if rc > 0 => Ok(true),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted { Ok(true) } else { Err(e) }
-            }
+        let ms = timeout.as_micros().div_ceil(1000);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => Ok(false),
+            Ok(_) | Err(Errno::EINTR) => Ok(true),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -400,13 +400,16 @@ pub fn local_timestamp(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as libc::time_t;
-    // SAFETY: an all-zero tm is valid; localtime_r only writes into it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to a time_t and a tm we own; localtime_r is thread-safe.
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
-        // SAFETY: as above.
-        unsafe { libc::gmtime_r(&secs, &mut tm) };
-    }
+    // The C library is what knows the host's time zone (TZ, /etc/localtime) the way Wazuh does.
+    // SAFETY: an all-zero tm is valid; localtime_r and gmtime_r (thread-safe) only write into
+    // the tm we own, from the time_t we pass.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            libc::gmtime_r(&secs, &mut tm);
+        }
+        tm
+    };
     format!(
         "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
         tm.tm_year + 1900,
@@ -453,10 +456,12 @@ impl ArLog {
         let line = self.line(SystemTime::now(), message);
         let _ = io::stderr().write_all(line.as_bytes());
         if let Some(path) = &self.path {
+            // Wazuh's group can write its logs directory: never follow a link planted there.
             let _ = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
                 .mode(0o640)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
                 .open(path)
                 .and_then(|mut f| f.write_all(line.as_bytes()));
         }
@@ -730,8 +735,7 @@ fn start_watchdog(log: ArLog, after: Duration) {
     let _ = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
         std::thread::sleep(after);
         log.write(&format!("enforcer: still running after {after:?}; exiting so execd is not held"));
-        // SAFETY: _exit(2) ends the process at once; no other thread's state is touched.
-        unsafe { libc::_exit(EXIT_FAILED) }
+        std::process::exit(EXIT_FAILED)
     });
 }
 

@@ -19,7 +19,7 @@
 use std::{
     fs, io,
     io::Read as _,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -147,10 +147,20 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
     let (group, gid) = wazuh_group();
     let tmp = bin_dir.join(format!(".{}.enforcer-install-{}", options.name, std::process::id()));
     let result = (|| {
-        fs::copy(&from, &tmp).map_err(io_err("copying the binary to", &tmp))?;
-        std::os::unix::fs::chown(&tmp, Some(0), Some(gid)).map_err(io_err("changing the owner of", &tmp))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o750)).map_err(io_err("changing the mode of", &tmp))?;
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("syncing", &tmp))?;
+        // Owner and mode are set on the open file, never through a path someone could swap.
+        let mut copy = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        fs::File::open(&from)
+            .and_then(|mut binary| io::copy(&mut binary, &mut copy))
+            .map_err(io_err("copying the binary to", &tmp))?;
+        std::os::unix::fs::fchown(&copy, Some(0), Some(gid)).map_err(io_err("changing the owner of", &tmp))?;
+        copy.set_permissions(fs::Permissions::from_mode(0o750)).map_err(io_err("changing the mode of", &tmp))?;
+        copy.sync_all().map_err(io_err("syncing", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("moving the copy into place at", &path))?;
         fs::File::open(&bin_dir).and_then(|d| d.sync_all()).map_err(io_err("syncing", &bin_dir))
     })();
