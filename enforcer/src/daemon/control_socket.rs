@@ -4,6 +4,7 @@
 //! connection's peer credentials are checked again (root, or a member of that group).
 
 use std::{
+    ffi::CString,
     io,
     os::unix::fs::PermissionsExt as _,
     path::Path,
@@ -15,6 +16,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::oneshot,
 };
+
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 
 use super::engine::Command;
 use crate::{
@@ -31,14 +34,11 @@ pub struct Access {
 
 /// Resolves a group name to its id.
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: getgrnam with a valid C string; we only read gr_gid before any other call.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        anyhow::bail!("no group named `{name}` (create it with `groupadd {name}`, or unset socket_group)");
+    match Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => anyhow::bail!("no group named `{name}` (create it with `groupadd {name}`, or unset socket_group)"),
+        Err(e) => anyhow::bail!("looking up group `{name}`: {e}"),
     }
-    // SAFETY: non-null result of getgrnam.
-    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// Binds the socket, refusing to steal it from a daemon that still answers.
@@ -83,7 +83,8 @@ pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: 
     }
 }
 
-fn peer_allowed(stream: &UnixStream, access: Access) -> bool {
+/// Root, or a peer whose group or supplementary groups include the socket group.
+async fn peer_allowed(stream: &UnixStream, access: Access) -> bool {
     let Ok(cred) = stream.peer_cred() else { return false };
     if cred.uid() == 0 {
         return true;
@@ -92,18 +93,25 @@ fn peer_allowed(stream: &UnixStream, access: Access) -> bool {
     if cred.gid() == gid {
         return true;
     }
-    // Supplementary groups of the peer process.
-    cred.pid()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:").map(str::to_owned))
-        })
-        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+    // The group database may be remote (NSS: LDAP, sssd): look it up off the runtime's threads.
+    let (uid, primary) = (cred.uid(), cred.gid());
+    tokio::task::spawn_blocking(move || member_of(uid, primary, gid))
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether user `uid`, logged in with group `primary`, has `gid` among its groups
+/// (getgrouplist(3): the group database, as a login would set them).
+fn member_of(uid: u32, primary: u32, gid: u32) -> bool {
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = CString::new(user.name) else { return false };
+    getgrouplist(&name, Gid::from_raw(primary)).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
 }
 
 async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Access, metrics: &Metrics) -> io::Result<()> {
-    let allowed = peer_allowed(&stream, access);
+    let allowed = peer_allowed(&stream, access).await;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
