@@ -1,5 +1,5 @@
 use std::{
-    io::{IsTerminal as _, Write as _},
+    io::IsTerminal as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -81,7 +81,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         parse(std::io::BufReader::new(f), &name)?
     };
     let total = items.len();
-    let progress = std::io::stderr().is_terminal() && !a.json;
+    let progress = progress_bar(total as u64, std::io::stderr().is_terminal() && !a.json);
     let mut client = Client::connect(socket, Duration::from_secs(120))?;
     let mut applied = 0usize;
     let mut pending = 0usize;
@@ -104,17 +104,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             x.index += i * CHUNK;
             x
         }));
-        if progress {
-            let done = (i * CHUNK + chunk.len()).min(total);
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!("\r[{}{}] {done}/{total}", "#".repeat(filled), " ".repeat(width - filled));
-            let _ = std::io::stderr().flush();
-        }
+        progress.inc(chunk.len() as u64);
     }
-    if progress {
-        eprintln!();
-    }
+    progress.finish();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         super::output::json(&serde_json::json!({"total": total, "applied": applied, "pending": pending, "failed": failed, "seconds": secs}))?;
@@ -141,4 +133,19 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The progress bar of long operations, on stderr: drawn only when `shown` (a terminal, and no
+/// `--json`), otherwise hidden, so logs and pipes get no control characters.
+pub(crate) fn progress_bar(total: u64, shown: bool) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("#> "),
+    );
+    bar
 }
