@@ -33,6 +33,22 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// The environment variable naming the file where fixtures note what they create
+/// (`cargo xtask test` sets it and checks, once every test has run, that all of it is gone;
+/// every process started under it inherits it, which is how leftover processes are found).
+pub const LEDGER_ENV: &str = "ENFORCER_TEST_LEDGER";
+
+/// Notes in the ledger (when there is one) that a fixture created `what` of `kind`
+/// (`netns NAME`, `pin PATH`), one line appended in one write.
+pub fn record_created(kind: &str, what: &str) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os(LEDGER_ENV) else { return };
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    if let Ok(mut file) = file {
+        let _ = file.write_all(format!("{kind} {what}\n").as_bytes());
+    }
+}
+
 /// Runs a command, failing with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
@@ -69,6 +85,7 @@ impl Netns {
     pub fn new(prefix: &str) -> Result<Self> {
         let name = unique_name(prefix);
         run("ip", &["netns", "add", &name])?;
+        record_created("netns", &name);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -135,6 +152,7 @@ impl PinDir {
     /// A fresh directory under /sys/fs/bpf.
     pub fn new() -> Result<Self> {
         let path = PathBuf::from("/sys/fs/bpf").join(unique_name("enforcer-test-"));
+        record_created("pin", &path.display().to_string());
         Ok(Self { path })
     }
 

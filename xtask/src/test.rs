@@ -8,6 +8,7 @@
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
+    path::Path,
     process::{Command, ExitCode, Stdio},
     thread,
 };
@@ -99,12 +100,78 @@ fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
     if !test_args.is_empty() {
         cargo.arg("--").args(test_args);
     }
+    // Fixtures note what they create here (tests/src/lib.rs, `record_created`).
+    let ledger = cmd::target_dir().join(format!("test-ledger-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&ledger);
+    cargo.env(LEDGER_ENV, &ledger);
     let (status, lines) = run_tee(&mut cargo)?;
     for line in &lines {
         summary.record(line);
     }
     summary.judge_test_run(status.success(), test_args);
+    let left = leftovers(&ledger);
+    println!(
+        "checked that every namespace, pin and process the tests created is gone: {}",
+        if left.is_empty() { "yes".to_owned() } else { format!("{} left behind", left.len()) }
+    );
+    for what in left {
+        summary.problems.push(format!("a test left {what} behind (removed now)"));
+    }
+    let _ = std::fs::remove_file(&ledger);
     Ok(())
+}
+
+/// Must match `enforcer_tests::LEDGER_ENV`.
+const LEDGER_ENV: &str = "ENFORCER_TEST_LEDGER";
+
+/// What the ledger lists that still exists, plus every process still running with the
+/// ledger in its environment (started by a test, directly or not). Each is removed (killed)
+/// so the next run starts clean.
+fn leftovers(ledger: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(ledger).unwrap_or_default();
+    let mut left = Vec::new();
+    for (kind, what) in ledger_entries(&text) {
+        match kind {
+            "netns" if Path::new("/run/netns").join(what).exists() => {
+                left.push(format!("network namespace {what}"));
+                let _ = Command::new("ip").args(["netns", "del", what]).status();
+            }
+            "pin" if Path::new(what).exists() => {
+                left.push(format!("bpffs pin directory {what}"));
+                let _ = std::fs::remove_dir_all(what);
+            }
+            _ => {}
+        }
+    }
+    let marker = format!("{LEDGER_ENV}={}", ledger.display());
+    for (pid, cmdline) in processes_with_env(&marker) {
+        left.push(format!("process {pid} ({cmdline})"));
+        // SAFETY: kill(2) on a process id we just read; it runs with our ledger, so a test
+        // started it.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    left
+}
+
+/// `(kind, what)` for each ledger line.
+fn ledger_entries(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|l| l.split_once(' '))
+}
+
+/// Processes whose environment holds `entry` (`NAME=value`), with their command lines.
+fn processes_with_env(entry: &str) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        if env.split(|b| *b == 0).any(|v| v == entry.as_bytes()) {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_owned();
+            found.push((pid, cmdline));
+        }
+    }
+    found
 }
 
 /// Clippy with `-D warnings`: the userspace crates, then the eBPF crate, which the workspace
@@ -324,5 +391,22 @@ mod tests {
         let mut summary = Summary::default();
         summary.judge_test_run(false, &[]);
         assert_eq!(summary.counts(), "0 passed, 1 failed");
+    }
+
+    #[test]
+    fn leftovers_are_found_by_the_ledger_and_by_the_environment() {
+        let dir = std::env::temp_dir().join(format!("xtask-ledger-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pin")).unwrap();
+        let ledger = dir.join("ledger.txt");
+        let gone = dir.join("gone");
+        std::fs::write(&ledger, format!("pin {}\npin {}\n", dir.join("pin").display(), gone.display())).unwrap();
+        // A process started with the ledger in its environment and still running.
+        let mut child = Command::new("sleep").arg("30").env(LEDGER_ENV, &ledger).spawn().unwrap();
+        let left = leftovers(&ledger);
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left[0].contains("pin directory") && left[0].ends_with("/pin"), "{left:?}");
+        assert!(left[1].contains(&format!("process {}", child.id())) && left[1].contains("sleep 30"), "{left:?}");
     }
 }
