@@ -8,7 +8,6 @@
 
 use std::{
     os::{linux::net::SocketAddrExt as _, unix::net::{SocketAddr, UnixDatagram}},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -122,13 +121,13 @@ impl Heartbeat {
 /// `ENFORCER_TEST_STALL_ENGINE` exists, so a test can see the watchdog pings stop. Release
 /// builds do not contain this.
 #[cfg(debug_assertions)]
-pub struct TestStall(Option<PathBuf>);
+pub struct TestStall(Option<std::path::PathBuf>);
 
 #[cfg(debug_assertions)]
 impl TestStall {
     /// Reads the variable.
     pub fn from_env() -> Self {
-        Self(std::env::var_os("ENFORCER_TEST_STALL_ENGINE").map(PathBuf::from))
+        Self(std::env::var_os("ENFORCER_TEST_STALL_ENGINE").map(std::path::PathBuf::from))
     }
 
     /// Blocks while the file exists.

@@ -13,6 +13,10 @@
 //! - **Trigger to drop**, on traffic: a source sends a probe every ~0.2 ms; the time from
 //!   spawning `enforcer block` to the send time of the last probe that still got through.
 //!
+//! - **Import under scraping**: the same import with the metrics endpoint on, once idle and once
+//!   with a client scraping `/metrics` back to back (far harder than Prometheus's 15 s), in
+//!   alternating runs: the ratio of the medians is what monitoring costs an import.
+//!
 //! The daemon acknowledges a block only once it is in its store (fsynced) and in the kernel map,
 //! so every enforcer figure includes an fsync; the report says what file system that hits.
 
@@ -38,7 +42,7 @@ use serde::Serialize;
 use crate::{
     firewall::{self, FlushInput, Iptables, NsExec},
     hook,
-    stats::Summary,
+    stats::{Summary, median},
     wire::{Probes, Wait, Wire, add_sources, now_ns},
 };
 
@@ -53,6 +57,8 @@ pub struct Settings {
     pub latency_calls: usize,
     /// Blocks timed on traffic.
     pub drop_trials: usize,
+    /// Targets of the import timed with and without a scrape loop.
+    pub scrape_import: usize,
 }
 
 impl Settings {
@@ -61,12 +67,14 @@ impl Settings {
         imports: &[100_000, 1_000_000],
         latency_calls: 200,
         drop_trials: 50,
+        scrape_import: 100_000,
     };
     pub const QUICK: Self = Self {
         triggers: 1_000,
         imports: &[10_000],
         latency_calls: 100,
         drop_trials: 20,
+        scrape_import: 100_000,
     };
 }
 
@@ -144,6 +152,8 @@ pub struct Results {
     /// Why the Wazuh hook was not measured, if it was not.
     pub wazuh_skipped: Option<String>,
     pub imports: Vec<ImportRun>,
+    /// The import with and without a scrape loop.
+    pub scraped_import: ScrapedImport,
     /// Spawning `enforcer block` → the entry is in the kernel map.
     pub cli_to_kernel: Summary,
     /// Spawning `enforcer block` → the CLI exits (the daemon has acknowledged).
@@ -181,6 +191,9 @@ pub fn run(settings: &Settings) -> Result<Results> {
         imports.push(import(size)?);
     }
 
+    eprintln!("control: import of {} targets while /metrics is scraped", settings.scrape_import);
+    let scraped_import = scraped_import(settings.scrape_import)?;
+
     eprintln!("control: latencies");
     let lab = Lab::new()?;
     let d = Daemon::start(&lab, &[])?;
@@ -194,6 +207,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
         triggers,
         wazuh_skipped,
         imports,
+        scraped_import,
         cli_to_kernel,
         cli_exit,
         trigger_to_drop,
@@ -345,6 +359,102 @@ fn import(n: usize) -> Result<ImportRun> {
     let seconds = started.elapsed().as_secs_f64();
     check(out).context("enforcer import")?;
     Ok(ImportRun { blocks: n, seconds })
+}
+
+/// Imports with the metrics endpoint on: idle vs. scraped back to back.
+#[derive(Debug, Serialize)]
+pub struct ScrapedImport {
+    pub blocks: usize,
+    /// Seconds of each idle run.
+    pub idle_seconds: Vec<f64>,
+    /// Seconds of each scraped run.
+    pub scraped_seconds: Vec<f64>,
+    /// Scrapes answered during the scraped runs.
+    pub scrapes: u64,
+    /// Time for one scrape (request to full answer), over every scrape.
+    pub scrape_ms: Option<Summary>,
+}
+
+impl ScrapedImport {
+    /// Median scraped time over median idle time (1.0 = no cost).
+    pub fn ratio(&self) -> f64 {
+        median(&self.scraped_seconds) / median(&self.idle_seconds)
+    }
+}
+
+/// Alternating idle and scraped imports of `n` targets into fresh daemons (three of each).
+fn scraped_import(n: usize) -> Result<ScrapedImport> {
+    let mut out = ScrapedImport {
+        blocks: n,
+        idle_seconds: Vec::new(),
+        scraped_seconds: Vec::new(),
+        scrapes: 0,
+        scrape_ms: None,
+    };
+    let mut scrape_ms = Vec::new();
+    for round in 0..6 {
+        let scraped = round % 2 == 1;
+        let lab = Lab::new()?;
+        lab.receiver.ip(&["link", "set", "lo", "up"])?;
+        let port = lab.receiver.run(|| std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port())))???;
+        let capacity = (n + 1024).to_string();
+        let d = Daemon::start(&lab, &["--max-addresses", &capacity, "--metrics-listen", &format!("127.0.0.1:{port}")])?;
+        let file = targets_file(n)?;
+        let stop = AtomicBool::new(false);
+        let (seconds, times) = std::thread::scope(|s| -> Result<(f64, Vec<f64>)> {
+            let scraper = scraped.then(|| s.spawn(|| lab.receiver.run(|| scrape_until(port, &stop))));
+            let started = Instant::now();
+            let result = cli(&d.socket).arg("import").arg(file.1.as_path()).args(["--ttl", "1h", "--json"]).output();
+            let seconds = started.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            let times = match scraper {
+                Some(h) => h.join().map_err(|_| anyhow::anyhow!("the scraper panicked"))???,
+                None => Vec::new(),
+            };
+            check(result?).context("enforcer import")?;
+            Ok((seconds, times))
+        })?;
+        if scraped {
+            ensure!(!times.is_empty(), "no scrape was answered during the import");
+            out.scrapes += times.len() as u64;
+            scrape_ms.extend(times);
+            out.scraped_seconds.push(seconds);
+        } else {
+            out.idle_seconds.push(seconds);
+        }
+    }
+    out.scrape_ms = Summary::of(&scrape_ms);
+    Ok(out)
+}
+
+/// A file of `n` targets (the directory guard and the path).
+fn targets_file(n: usize) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("targets.txt");
+    let mut text = String::with_capacity(n * 14);
+    for a in firewall::filler(n) {
+        text.push_str(&a.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&file, text)?;
+    Ok((dir, file))
+}
+
+/// Scrapes `/metrics` back to back until `stop`; returns each scrape's milliseconds.
+fn scrape_until(port: u16, stop: &AtomicBool) -> Result<Vec<f64>> {
+    use std::io::{Read as _, Write as _};
+    let mut times = Vec::new();
+    let mut body = Vec::with_capacity(16 * 1024);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        body.clear();
+        s.read_to_end(&mut body)?;
+        ensure!(body.starts_with(b"HTTP/1.1 200"), "scrape failed: {}", String::from_utf8_lossy(&body));
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(times)
 }
 
 /// The pinned maps of a lab's daemon, read-only.
