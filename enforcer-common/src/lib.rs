@@ -6,18 +6,22 @@
 #![no_std]
 
 /// Bumped whenever a map's key, value, type or meaning changes.
-pub const LAYOUT_VERSION: u32 = 4;
+///
+/// v5: 32-byte block entries with an allowlist-overlap flag and a generation; per-CPU hit slots
+/// ([`HitSlot`]); the prefix prefilter bitmap replaces the per-family "prefixes present" flags;
+/// the data path's clock is `CLOCK_MONOTONIC_COARSE` plus the boot-time offset in [`map_names::CLOCK`].
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the maps, as the kernel and the pin directory know them (at most 15 bytes).
 pub mod map_names {
-    /// Exact IPv4 sources (/32): hash map, `[u8; 4]` → [`BlockValue`](super::BlockValue).
+    /// Exact IPv4 sources (/32): hash map, `[u8; 4]` → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_V4: &str = "BLOCK_V4";
-    /// Exact IPv6 sources (/128): hash map, `[u8; 16]` → [`BlockValue`](super::BlockValue).
+    /// Exact IPv6 sources (/128): hash map, `[u8; 16]` → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_V6: &str = "BLOCK_V6";
     /// IPv4 prefixes shorter than /32: LPM trie keyed by the address padded to 8 bytes (so the
-    /// value's u64 counters are 8-byte aligned) → [`BlockValue`](super::BlockValue).
+    /// value's u64 counters are 8-byte aligned) → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_NET_V4: &str = "BLOCK_NET_V4";
-    /// IPv6 prefixes shorter than /128: LPM trie → [`BlockValue`](super::BlockValue).
+    /// IPv6 prefixes shorter than /128: LPM trie → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_NET_V6: &str = "BLOCK_NET_V6";
     /// IPv4 allowlist prefixes (any length): LPM trie → [`AllowValue`](super::AllowValue).
     pub const ALLOW_V4: &str = "ALLOW_V4";
@@ -25,12 +29,18 @@ pub mod map_names {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// Per-CPU counters, one [`Stats`](super::Stats) slot per interface (ifindex % slots).
     pub const STATS: &str = "STATS";
-    /// Array of two u32 flags, [IPv4, IPv6]: 1 if the family's prefix trie may hold entries.
-    /// Lets the data path skip the trie lookup (a helper call) when no prefix is blocked.
-    pub const PREFIX_FLAGS: &str = "PREFIX_FLAGS";
+    /// Array of u64 words: the prefix prefilter bitmap (see [`prefilter`](super::prefilter)).
+    /// A source whose bit is clear cannot be inside any prefix block: the trie is skipped.
+    pub const PREFIX_FILTER: &str = "PREFIX_FILTER";
+    /// Per-CPU array of [`HitSlot`](super::HitSlot)s: where hot entries' hits are counted
+    /// without writing a cache line shared with the other CPUs.
+    pub const HITS: &str = "HITS";
+    /// Array of one u64: `CLOCK_BOOTTIME − CLOCK_MONOTONIC` in ns, kept by the daemon (it changes
+    /// only across suspend). The data path's "now" is the coarse monotonic clock plus this.
+    pub const CLOCK: &str = "CLOCK";
 
     /// Every map, in a fixed order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         BLOCK_V4,
         BLOCK_V6,
         BLOCK_NET_V4,
@@ -38,7 +48,9 @@ pub mod map_names {
         ALLOW_V4,
         ALLOW_V6,
         STATS,
-        PREFIX_FLAGS,
+        PREFIX_FILTER,
+        HITS,
+        CLOCK,
     ];
 }
 
@@ -64,25 +76,139 @@ pub const MAX_NESTED_PREFIXES: u32 = 8;
 /// Number of per-interface counter slots; an interface uses slot `ifindex % STATS_SLOTS`.
 pub const STATS_SLOTS: u32 = 256;
 
-/// [`BlockValue::mode`]: matching packets are dropped.
+/// [`BlockEntry::mode`]: matching packets are dropped.
 pub const MODE_ENFORCE: u32 = 0;
-/// [`BlockValue::mode`]: matching packets are counted and passed (alert-only rollout).
+/// [`BlockEntry::mode`]: matching packets are counted and passed (alert-only rollout).
 pub const MODE_SHADOW: u32 = 1;
 
-/// One block, as the data path sees it.
+/// [`BlockEntry::flags`]: the entry overlaps an allowlist prefix, so a hit must consult the
+/// allowlist. Entries without it skip that lookup (the daemon keeps the flag current).
+pub const FLAG_ALLOW_OVERLAP: u8 = 1;
+
+/// One block in a kernel map: 32 bytes, so an IPv4 address costs 96 bytes of kernel memory.
 ///
-/// The hit counters live in the entry itself and are bumped with atomic adds only when the
-/// entry decides a packet's fate, so the miss path (legitimate traffic) pays nothing for them.
+/// Counters: a hit is counted in the CPU's own [`HitSlot`] for the entry when it holds (or can
+/// take) one, and only otherwise with atomic adds here; a slot's counts are added here when
+/// another entry takes the slot over. The true count is this entry's plus every CPU's slot for
+/// it (userspace sums them), so counts are exact, and current to the last packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// Kernel boot-clock nanoseconds (see [`map_names::CLOCK`]) after which the entry is treated
+    /// as absent; 0 = never.
+    pub expires_ns: u64,
+    /// Packets counted in the entry itself.
+    pub hit_packets: u64,
+    /// Bytes counted in the entry itself.
+    pub hit_bytes: u64,
+    /// Boot-clock seconds of the last hit counted in the entry itself; 0 = none.
+    pub last_hit_s: u32,
+    /// [`MODE_ENFORCE`] or [`MODE_SHADOW`].
+    pub mode: u8,
+    /// [`FLAG_ALLOW_OVERLAP`].
+    pub flags: u8,
+    /// The entry's own prefix length (32/128 for single addresses). The data path uses it to look
+    /// for a wider prefix when the longest match is shadow or expired.
+    pub prefix_len: u8,
+    /// Tells this entry's per-CPU hit slots from those of an earlier entry for the same target
+    /// (never 0 in a written entry).
+    pub generation: u8,
+}
+
+impl BlockEntry {
+    /// Whether the entry is past its expiry at `now_ns`.
+    #[inline(always)]
+    pub const fn is_expired(&self, now_ns: u64) -> bool {
+        self.expires_ns != 0 && now_ns >= self.expires_ns
+    }
+}
+
+/// A CPU's hit counts for one block entry (see [`BlockEntry`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HitSlot {
+    /// The entry's key: the address (IPv4 in the first four bytes, the rest zero), masked.
+    pub key: [u8; 16],
+    /// [`slot_tag`] of the entry; 0 = empty.
+    pub tag: u32,
+    /// Padding (zero).
+    pub pad: u32,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Boot-clock nanoseconds of the last hit counted here.
+    pub last_hit_ns: u64,
+}
+
+/// Number of [`HitSlot`]s per CPU (a power of two).
+pub const HIT_SLOTS: u32 = 1 << HIT_SLOT_BITS;
+/// log2 of [`HIT_SLOTS`].
+pub const HIT_SLOT_BITS: u32 = 11;
+/// A slot whose last hit is older than this may be taken over by another entry.
+pub const HIT_SLOT_STALE_NS: u64 = 1_000_000_000;
+
+/// What identifies an entry in a [`HitSlot`]: family, prefix length and generation (never 0).
+#[inline(always)]
+pub const fn slot_tag(v6: bool, prefix_len: u8, generation: u8) -> u32 {
+    (1 << 24) | ((v6 as u32) << 16) | ((prefix_len as u32) << 8) | generation as u32
+}
+
+/// Whether a [`slot_tag`] is IPv6, and its prefix length.
+#[inline(always)]
+pub const fn slot_tag_parts(tag: u32) -> (bool, u8) {
+    ((tag >> 16) & 1 == 1, (tag >> 8) as u8)
+}
+
+/// The slot index of an entry's key (the same function on both sides).
+#[inline(always)]
+pub fn hit_slot(key: &[u8; 16], tag: u32) -> u32 {
+    let w = |i: usize| u32::from_le_bytes([key[i], key[i + 1], key[i + 2], key[i + 3]]);
+    let h = w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(13) ^ w(12).rotate_left(19) ^ (tag & 0xffff00);
+    h.wrapping_mul(0x9E37_79B1) >> (32 - HIT_SLOT_BITS)
+}
+
+/// The prefix prefilter: one bit per IPv4 /16 and one per hash of an IPv6 /32.
+///
+/// The daemon sets every bit a prefix block covers (a /8 sets 256 bits; an IPv6 prefix shorter
+/// than /24 sets the [`V6_SHORT_WORD`] word instead) and clears a bit when no prefix covers it.
+/// A source whose bit is clear skips the trie: legitimate traffic pays one array read.
+pub mod prefilter {
+    /// Words of the IPv4 bitmap (2^16 bits).
+    pub const V4_WORDS: u32 = 1 << 10;
+    /// log2 of the IPv6 bitmap's bits.
+    pub const V6_BITS: u32 = 20;
+    /// Words of the IPv6 bitmap.
+    pub const V6_WORDS: u32 = 1 << (V6_BITS - 6);
+    /// Index of the word that is non-zero when an IPv6 prefix shorter than /24 is blocked.
+    pub const V6_SHORT_WORD: u32 = V4_WORDS + V6_WORDS;
+    /// Total words in the map.
+    pub const WORDS: u32 = V6_SHORT_WORD + 1;
+
+    /// Bit index (0..2^16) of an IPv4 address's /16.
+    #[inline(always)]
+    pub const fn v4_bit(addr: [u8; 4]) -> u32 {
+        ((addr[0] as u32) << 8) | addr[1] as u32
+    }
+
+    /// Bit index (0..2^20) of an IPv6 address's /32.
+    #[inline(always)]
+    pub const fn v6_bit(top32: [u8; 4]) -> u32 {
+        let w = u32::from_le_bytes(top32);
+        w.wrapping_mul(0x9E37_79B1) >> (32 - V6_BITS)
+    }
+}
+
+/// One block as userspace reads and writes it: the kernel entry with its per-CPU hit slots
+/// folded in. The kernel map holds a [`BlockEntry`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockValue {
-    /// `CLOCK_BOOTTIME` nanoseconds after which the entry is treated as absent; 0 = never.
+    /// Kernel boot-clock (`CLOCK_BOOTTIME`) nanoseconds after which the entry is treated as
+    /// absent; 0 = never.
     pub expires_ns: u64,
     /// [`MODE_ENFORCE`] or [`MODE_SHADOW`].
     pub mode: u32,
-    /// The entry's own prefix length (32/128 for single addresses). Userspace sets it when it
-    /// writes the entry; the data path uses it to look for a wider prefix when the longest match
-    /// is shadow or expired.
+    /// The entry's own prefix length (userspace sets it from the target when writing).
     pub prefix_len: u32,
     /// Packets this entry dropped (enforce) or would have dropped (shadow).
     pub hit_packets: u64,
@@ -90,6 +216,8 @@ pub struct BlockValue {
     pub hit_bytes: u64,
     /// `CLOCK_BOOTTIME` nanoseconds of the last hit; 0 = never hit.
     pub last_hit_ns: u64,
+    /// The kernel entry's generation (0 when writing: a new entry whose counters are these).
+    pub generation: u8,
 }
 
 impl BlockValue {
@@ -102,6 +230,7 @@ impl BlockValue {
             hit_packets: 0,
             hit_bytes: 0,
             last_hit_ns: 0,
+            generation: 0,
         }
     }
 
@@ -193,7 +322,8 @@ impl Stats {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers, with no padding bytes.
-    unsafe impl aya::Pod for super::BlockValue {}
+    unsafe impl aya::Pod for super::BlockEntry {}
+    unsafe impl aya::Pod for super::HitSlot {}
     unsafe impl aya::Pod for super::AllowValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::Stats {}

@@ -94,6 +94,11 @@ impl Fixture {
     }
 }
 
+/// A deadline safely in the past for the data path, whose clock may trail by up to a tick.
+fn past() -> u64 {
+    clock::boottime_ns() - 1_000_000_000
+}
+
 fn in_ns(secs: u64) -> u64 {
     clock::boottime_ns() + secs * 1_000_000_000
 }
@@ -186,7 +191,7 @@ fn every_ipv4_fragment_of_a_blocked_source_is_dropped() {
 #[test]
 fn an_expired_entry_is_treated_as_absent() {
     let mut f = Fixture::new();
-    let past = clock::boottime_ns() - 1;
+    let past = past();
     f.block("198.51.100.7", past, MODE_ENFORCE);
     f.block("2001:db8::/64", past, MODE_ENFORCE);
     f.block("198.51.100.9", in_ns(60), MODE_ENFORCE);
@@ -201,7 +206,7 @@ fn an_expired_entry_is_treated_as_absent() {
 #[test]
 fn an_expired_exact_entry_does_not_hide_a_live_prefix() {
     let mut f = Fixture::new();
-    f.block("198.51.100.7", clock::boottime_ns() - 1, MODE_ENFORCE);
+    f.block("198.51.100.7", past(), MODE_ENFORCE);
     f.block("198.51.100.0/24", 0, MODE_ENFORCE);
     assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
     assert_eq!(f.hits("198.51.100.0/24"), 1);
@@ -370,7 +375,7 @@ fn pinned_maps_are_reused_and_a_layout_change_is_refused() {
 #[test]
 fn a_shadow_or_expired_narrower_prefix_does_not_hide_a_wider_enforced_one() {
     let mut f = Fixture::new();
-    let past = clock::boottime_ns() - 1;
+    let past = past();
     // IPv4: /16 enforced, a shadow /24 inside it, an expired /28 inside that.
     f.block("198.51.0.0/16", 0, MODE_ENFORCE);
     f.block("198.51.100.0/24", 0, MODE_SHADOW);
@@ -393,7 +398,7 @@ fn a_shadow_or_expired_narrower_prefix_does_not_hide_a_wider_enforced_one() {
 #[test]
 fn nested_prefixes_are_walked_to_a_bounded_depth() {
     let mut f = Fixture::new();
-    let past = clock::boottime_ns() - 1;
+    let past = past();
     // An enforced /8 under eight expired narrower prefixes: the walk stops after eight lookups.
     f.block("10.0.0.0/8", 0, MODE_ENFORCE);
     for len in [16, 17, 18, 19, 20, 21, 22, 23] {
@@ -404,6 +409,173 @@ fn nested_prefixes_are_walked_to_a_bounded_depth() {
     let t: Target = "10.0.0.0/23".parse().unwrap();
     f.dp.maps_mut().remove_block(&t).unwrap();
     assert_eq!(f.from(&[], "10.0.0.1"), XDP_DROP);
+}
+
+#[test]
+fn the_prefix_prefilter_follows_prefixes_added_removed_and_nested() {
+    let mut f = Fixture::new();
+    let unblock = |f: &mut Fixture, t: &str| {
+        let t: Target = t.parse().unwrap();
+        assert!(f.dp.maps_mut().remove_block(&t).unwrap());
+    };
+    // IPv4: a /8 (256 /16 bits) with a /24 inside it.
+    f.block("10.0.0.0/8", 0, MODE_ENFORCE);
+    f.block("10.1.2.0/24", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "10.200.0.1"), XDP_DROP);
+    assert_eq!(f.from(&[], "10.1.2.3"), XDP_DROP);
+    assert_eq!(f.from(&[], "11.0.0.1"), XDP_PASS);
+    unblock(&mut f, "10.0.0.0/8");
+    assert_eq!(f.from(&[], "10.200.0.1"), XDP_PASS, "the /8's bits are cleared");
+    assert_eq!(f.from(&[], "10.1.2.3"), XDP_DROP, "the /24 keeps its /16's bit");
+    assert_eq!(f.from(&[], "10.1.3.1"), XDP_PASS, "same /16, outside the /24");
+    unblock(&mut f, "10.1.2.0/24");
+    assert_eq!(f.from(&[], "10.1.2.3"), XDP_PASS);
+    f.block("10.1.2.0/24", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "10.1.2.3"), XDP_DROP, "added again");
+    // A /12 spans sixteen /16s.
+    f.block("172.16.0.0/12", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "172.31.255.1"), XDP_DROP);
+    assert_eq!(f.from(&[], "172.32.0.1"), XDP_PASS);
+    // IPv6: a prefix shorter than /24, one between /24 and /32, and a /48 inside it.
+    f.block("2001::/16", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "2001:ffff::1"), XDP_DROP);
+    unblock(&mut f, "2001::/16");
+    assert_eq!(f.from(&[], "2001:ffff::1"), XDP_PASS);
+    f.block("2001:db8::/30", 0, MODE_ENFORCE);
+    f.block("2001:db8:5::/48", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "2001:dbb:ffff::1"), XDP_DROP, "last /32 of the /30");
+    assert_eq!(f.from(&[], "2001:dbc::1"), XDP_PASS);
+    unblock(&mut f, "2001:db8::/30");
+    assert_eq!(f.from(&[], "2001:db8:5::1"), XDP_DROP, "the /48 keeps its /32's bit");
+    assert_eq!(f.from(&[], "2001:db8:6::1"), XDP_PASS);
+    assert_eq!(f.from(&[], "2001:dbb::1"), XDP_PASS);
+}
+
+#[test]
+fn an_allowlist_entry_added_after_the_blocks_wins_at_once() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.0/24", 0, MODE_ENFORCE);
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("192.0.2.1", 0, MODE_ENFORCE);
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    f.block("2001:db8:1::/48", 0, MODE_ENFORCE);
+    for src in ["198.51.100.7", "198.51.100.9", "192.0.2.1", "2001:db8::7", "2001:db8:1::9"] {
+        assert_eq!(f.from(&[], src), XDP_DROP, "{src} before the allowlist changes");
+    }
+    // A narrow allowlist entry (its addresses are looked up one by one) and wide ones (the maps
+    // are walked), in both families.
+    f.allow("198.51.100.7");
+    f.allow("198.51.100.8/29");
+    f.allow("192.0.0.0/8");
+    f.allow("2001:db8::/64");
+    f.allow("2001:db8:1:5::/64");
+    for src in ["198.51.100.7", "198.51.100.9", "192.0.2.1", "2001:db8::7", "2001:db8:1:5::9"] {
+        assert_eq!(f.from(&[], src), XDP_PASS, "{src} is allowlisted now");
+    }
+    assert_eq!(f.from(&[], "198.51.100.20"), XDP_DROP);
+    assert_eq!(f.from(&[], "2001:db8:1:6::9"), XDP_DROP);
+    // A block added after the allowlist is flagged when it is written.
+    f.block("192.0.2.2", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "192.0.2.2"), XDP_PASS);
+}
+
+/// Moves the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Fixture {
+    fn hits_n(&mut self, src: &str, n: u32) {
+        let frame = frame::udp_from(&[], src.parse().unwrap());
+        let r = self
+            .dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                repeat: n,
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert_eq!(r.return_value, XDP_DROP);
+    }
+}
+
+#[test]
+fn hits_counted_on_every_cpu_are_exact_and_survive_reopening_the_maps() {
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let opts = DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: small(),
+        count_block_hits: true,
+    };
+    let mut f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: PinDir::new().unwrap() };
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("2001:db8::/48", 0, MODE_ENFORCE);
+    let n = cpus();
+    for cpu in 0..n {
+        pin_to_cpu(cpu);
+        f.hits_n("198.51.100.7", 1000);
+        f.hits_n("2001:db8::1", 500);
+    }
+    assert_eq!(f.hits("198.51.100.7"), 1000 * n as u64);
+    assert_eq!(f.hits("2001:db8::/48"), 500 * n as u64);
+    let v = f.dp.maps().get_block(&"198.51.100.7".parse().unwrap()).unwrap().unwrap();
+    assert_eq!(v.hit_bytes, 1000 * n as u64 * frame::udp_from(&[], "198.51.100.7".parse().unwrap()).len() as u64);
+    assert!(v.last_hit_ns > 0 && v.last_hit_ns <= clock::boottime_ns());
+    // Rewriting the block (a new expiry, as a re-block does) keeps the counters, once.
+    f.dp.maps_mut().upsert_block(&"198.51.100.7".parse().unwrap(), in_ns(60), MODE_ENFORCE).unwrap();
+    assert_eq!(f.hits("198.51.100.7"), 1000 * n as u64);
+    // Another process (a restarted daemon) reads the same counts from the pinned maps.
+    drop(f);
+    let f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: pins };
+    assert_eq!(f.hits("198.51.100.7"), 1000 * n as u64);
+    assert_eq!(f.hits("2001:db8::/48"), 500 * n as u64);
+    let mut f = f;
+    // A block removed and made again starts from zero, whatever its old slots held.
+    let t: Target = "198.51.100.7".parse().unwrap();
+    f.dp.maps_mut().remove_block(&t).unwrap();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    assert_eq!(f.hits("198.51.100.7"), 0);
+}
+
+#[test]
+fn two_blocks_sharing_a_hit_slot_are_both_counted_exactly() {
+    use enforcer_common::{hit_slot, slot_tag};
+    let mut f = Fixture::new();
+    pin_to_cpu(0);
+    // Find a second address whose slot is the first one's (the generation does not move slots).
+    let key = |a: [u8; 4]| {
+        let mut k = [0u8; 16];
+        k[..4].copy_from_slice(&a);
+        hit_slot(&k, slot_tag(false, 32, 1))
+    };
+    let first = [198, 51, 100, 1];
+    let second = (2..=255u8)
+        .flat_map(|c| (0..=255u8).map(move |d| [203, 0, c, d]))
+        .find(|a| key(*a) == key(first))
+        .expect("a colliding address");
+    let (a, b) = (std::net::Ipv4Addr::from(first).to_string(), std::net::Ipv4Addr::from(second).to_string());
+    f.block(&a, 0, MODE_ENFORCE);
+    f.block(&b, 0, MODE_ENFORCE);
+    f.hits_n(&a, 300); // takes the slot
+    f.hits_n(&b, 200); // slot busy: counted in the entry
+    assert_eq!((f.hits(&a), f.hits(&b)), (300, 200));
+    // Once the slot is stale, the other block takes it over and the first block's counts move
+    // into its entry.
+    std::thread::sleep(std::time::Duration::from_nanos(enforcer_common::HIT_SLOT_STALE_NS) + std::time::Duration::from_millis(50));
+    f.hits_n(&b, 100);
+    f.hits_n(&a, 10);
+    assert_eq!((f.hits(&a), f.hits(&b)), (310, 300));
 }
 
 /// Replaces the pinned `BLOCK_V4` of a closed data path with a map of this `bpftool` shape, and
@@ -430,7 +602,7 @@ fn pinned_maps_of_another_key_size_value_size_or_type_are_refused() {
         count_block_hits: true,
     };
     drop(Datapath::open(&opts).unwrap());
-    let value = std::mem::size_of::<BlockValue>() as u32;
+    let value = std::mem::size_of::<enforcer_common::BlockEntry>() as u32;
     for (map_type, key, value, want) in [
         ("hash", 8, value, "key size 8, expected 4".to_owned()),
         ("hash", 4, value + 8, format!("value size {}, expected {value}", value + 8)),

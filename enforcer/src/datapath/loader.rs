@@ -39,8 +39,9 @@ use aya::{
     },
 };
 use enforcer_common::{
-    AllowValue, BlockValue, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
-    GLOBAL_COUNT_BLOCK_HITS, LAYOUT_VERSION, PROGRAM_NAME, STATS_SLOTS, Stats, map_names,
+    AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
+    GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, STATS_SLOTS,
+    Stats, map_names, prefilter,
 };
 
 use super::{
@@ -86,7 +87,9 @@ impl Capacity {
             map_names::BLOCK_V4 | map_names::BLOCK_V6 => self.addresses,
             map_names::BLOCK_NET_V4 | map_names::BLOCK_NET_V6 => self.prefixes,
             map_names::ALLOW_V4 | map_names::ALLOW_V6 => self.allow,
-            map_names::PREFIX_FLAGS => 2,
+            map_names::PREFIX_FILTER => prefilter::WORDS,
+            map_names::HITS => HIT_SLOTS,
+            map_names::CLOCK => 1,
             _ => STATS_SLOTS,
         }
     }
@@ -256,8 +259,67 @@ pub struct Datapath {
     ebpf: Ebpf,
     layout: PinLayout,
     maps: BlockMaps,
+    /// Keeps the data path's clock offset current (see [`super::clock`]); stops on drop.
+    _clock_keeper: ClockKeeper,
     /// flock on the base directory: the maps have a single writer.
     _lock: Flock<File>,
+}
+
+/// A thread that rewrites the CLOCK map when `CLOCK_BOOTTIME − CLOCK_MONOTONIC` changes (after
+/// a resume from suspend), so that expiry in the kernel stays on boot time.
+struct ClockKeeper {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClockKeeper {
+    fn start(maps_dir: &Path) -> Result<Self, DatapathError> {
+        let path = maps_dir.join(map_names::CLOCK);
+        let data = aya::maps::MapData::from_pin(&path).map_err(|e| DatapathError::Io {
+            action: "opening",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let mut map: aya::maps::Array<_, u64> = aya::maps::Array::try_from(aya::maps::Map::Array(data))
+            .map_err(|e| DatapathError::Io {
+                action: "opening",
+                path,
+                source: io::Error::other(e),
+            })?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("clock-keeper".into())
+            .spawn(move || {
+                let mut written = map.get(&0, 0).unwrap_or(0);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(super::clock::OFFSET_CHECK) {
+                    let offset = super::clock::boot_offset_ns();
+                    // The two reads are a few µs apart: rewrite only on a real change.
+                    if offset.abs_diff(written) > 1_000_000 {
+                        match super::maps::write_clock_offset(&mut map) {
+                            Ok(()) => {
+                                tracing::info!(suspended_ms = (offset.saturating_sub(written)) / 1_000_000, "the boot clock moved ahead of the monotonic clock (resume from suspend); updated the data path's clock");
+                                written = offset;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot update the data path's clock"),
+                        }
+                    }
+                }
+            })
+            .map_err(io_err("starting the clock keeper for", maps_dir))?;
+        Ok(Self {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ClockKeeper {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Datapath {
@@ -270,7 +332,8 @@ impl Datapath {
         let lock = lock_dir(layout.base())?;
 
         let maps_dir = layout.maps_dir();
-        let mut ebpf = if maps_dir.exists() {
+        let fresh = !maps_dir.exists();
+        let mut ebpf = if !fresh {
             check_pinned_layout(&maps_dir, &opts.capacity)?;
             loader(opts).default_map_pin_directory(&maps_dir).load(OBJECT)?
         } else {
@@ -300,10 +363,15 @@ impl Datapath {
         program.load()?;
         let mut maps = BlockMaps::take_from(&mut ebpf)?;
         maps.refresh_prefix_flags()?;
+        if fresh {
+            super::migrate::carry_over(&layout, &mut maps);
+        }
+        let clock_keeper = ClockKeeper::start(&maps_dir)?;
         Ok(Self {
             ebpf,
             layout,
             maps,
+            _clock_keeper: clock_keeper,
             _lock: lock,
         })
     }
@@ -621,7 +689,7 @@ fn check_pinned_layout(dir: &Path, capacity: &Capacity) -> Result<(), DatapathEr
 
 fn expected(name: &str) -> (MapType, u32, u32) {
     use std::mem::size_of;
-    let block = size_of::<BlockValue>() as u32;
+    let block = size_of::<BlockEntry>() as u32;
     let allow = size_of::<AllowValue>() as u32;
     match name {
         map_names::BLOCK_V4 => (MapType::Hash, 4, block),
@@ -630,7 +698,8 @@ fn expected(name: &str) -> (MapType, u32, u32) {
         map_names::BLOCK_NET_V6 => (MapType::LpmTrie, 20, block),
         map_names::ALLOW_V4 => (MapType::LpmTrie, 8, allow),
         map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),
-        map_names::PREFIX_FLAGS => (MapType::Array, 4, 4),
+        map_names::PREFIX_FILTER | map_names::CLOCK => (MapType::Array, 4, 8),
+        map_names::HITS => (MapType::PerCpuArray, 4, size_of::<HitSlot>() as u32),
         _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),
     }
 }

@@ -2,9 +2,21 @@
 //!
 //! A [`Target`] goes to the map that suits it: single addresses to the exact-match hashes (flat
 //! lookup cost whatever their number), real prefixes to the LPM tries. Callers never see that
-//! split.
+//! split, nor the rest of the kernel-side bookkeeping done here:
+//!
+//! - **Hit counters** are read as the entry's own counts plus every CPU's [`HitSlot`] for it
+//!   (see [`BlockEntry`]): exact, and current to the last packet. A read that races with the
+//!   data path moving a slot's counts into the entry may, for that one read, count up to that
+//!   slot's packets twice or not at all. The last-hit time is to the nanosecond while a slot
+//!   holds the entry's hits, to the second once they are in the entry.
+//! - **The prefix prefilter** is kept here: every prefix block sets its bits before it is
+//!   written, and a bit is cleared after the last prefix block covering it is removed.
+//! - **The allowlist-overlap flag** of each block is set here from the allowlist in the maps,
+//!   and an allowlist prefix added later flags every block it overlaps before
+//!   [`BlockMaps::insert_allow`] returns. A removed allowlist prefix leaves flags set (a wasted
+//!   lookup, never a wrong verdict) until the block is written again.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::HashMap as StdHashMap, net::IpAddr, path::Path};
 
 use nix::errno::Errno;
 
@@ -12,9 +24,16 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
     lpm_trie::Key,
 };
-use enforcer_common::{AllowValue, BlockValue, STATS_SLOTS, Stats, map_names};
+use enforcer_common::{
+    AllowValue, BlockEntry, BlockValue, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot, STATS_SLOTS,
+    Stats, hit_slot, map_names, slot_tag,
+};
 use ipnet::IpNet;
 
+use super::{
+    clock,
+    indexes::{AllowIndex, PrefixFilter},
+};
 use crate::target::{Target, v4_bytes, v6_bytes};
 
 /// A map operation that failed.
@@ -45,15 +64,20 @@ pub enum MapsError {
 
 /// The block, allowlist and counter maps.
 pub struct BlockMaps {
-    v4: HashMap<MapData, [u8; 4], BlockValue>,
-    v6: HashMap<MapData, [u8; 16], BlockValue>,
-    net_v4: LpmTrie<MapData, [u8; 8], BlockValue>,
-    net_v6: LpmTrie<MapData, [u8; 16], BlockValue>,
+    v4: HashMap<MapData, [u8; 4], BlockEntry>,
+    v6: HashMap<MapData, [u8; 16], BlockEntry>,
+    net_v4: LpmTrie<MapData, [u8; 8], BlockEntry>,
+    net_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     stats: PerCpuArray<MapData, Stats>,
-    prefix_flags: Array<MapData, u32>,
+    prefix_filter: Array<MapData, u64>,
+    hits: PerCpuArray<MapData, HitSlot>,
+    clock: Array<MapData, u64>,
     capacity: [u32; 6],
+    filter: PrefixFilter,
+    allow: AllowIndex,
+    next_generation: u8,
 }
 
 fn convert<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, MapsError> {
@@ -136,7 +160,9 @@ impl BlockMaps {
         let allow_v4: LpmTrie<_, _, _> = convert(map_names::ALLOW_V4, get(map_names::ALLOW_V4)?)?;
         let allow_v6: LpmTrie<_, _, _> = convert(map_names::ALLOW_V6, get(map_names::ALLOW_V6)?)?;
         let stats: PerCpuArray<_, _> = convert(map_names::STATS, get(map_names::STATS)?)?;
-        let prefix_flags: Array<_, _> = convert(map_names::PREFIX_FLAGS, get(map_names::PREFIX_FLAGS)?)?;
+        let prefix_filter: Array<_, _> = convert(map_names::PREFIX_FILTER, get(map_names::PREFIX_FILTER)?)?;
+        let hits: PerCpuArray<_, _> = convert(map_names::HITS, get(map_names::HITS)?)?;
+        let clock: Array<_, _> = convert(map_names::CLOCK, get(map_names::CLOCK)?)?;
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
         let capacity = [
             cap(v4.map()),
@@ -154,8 +180,14 @@ impl BlockMaps {
             allow_v4,
             allow_v6,
             stats,
-            prefix_flags,
+            prefix_filter,
+            hits,
+            clock,
             capacity,
+            filter: PrefixFilter::default(),
+            allow: AllowIndex::default(),
+            // Differs from run to run, so a restarted daemon rarely reuses a recent generation.
+            next_generation: (clock::boottime_ns() / 1_000 % 255) as u8 + 1,
         })
     }
 
@@ -182,58 +214,115 @@ impl BlockMaps {
         ]
     }
 
-    /// Sets each family's "prefixes present" flag from whether its trie holds anything.
+    /// Loads what the writer keeps in memory (the prefix blocks behind the prefilter, the
+    /// allowlist) from the maps, and makes the prefilter in the kernel match it. The daemon
+    /// calls this once, when it opens the maps.
     pub fn refresh_prefix_flags(&mut self) -> Result<(), MapsError> {
-        let v4 = self.net_v4.keys().next().is_some();
-        let v6 = self.net_v6.keys().next().is_some();
-        self.set_prefix_flag(0, v4)?;
-        self.set_prefix_flag(1, v6)
+        self.filter = PrefixFilter::default();
+        self.allow = AllowIndex::default();
+        for (target, _) in self.allows()? {
+            self.allow.insert(target);
+        }
+        for (target, _) in self.raw_prefixes()? {
+            self.filter.add(&target);
+        }
+        let words = self.filter.words().to_vec();
+        for (i, word) in words.into_iter().enumerate() {
+            let current = self.prefix_filter.get(&(i as u32), 0).unwrap_or(!word);
+            if current != word {
+                self.set_filter_word(i as u32, word)?;
+            }
+        }
+        self.set_clock_offset()
     }
 
-    fn set_prefix_flag(&mut self, family: u32, present: bool) -> Result<(), MapsError> {
-        self.prefix_flags
-            .set(family, u32::from(present), 0)
-            .map_err(kernel("update", map_names::PREFIX_FLAGS))
+    /// Writes `CLOCK_BOOTTIME − CLOCK_MONOTONIC` for the data path's clock (see
+    /// [`clock::boot_offset_ns`]).
+    pub fn set_clock_offset(&mut self) -> Result<(), MapsError> {
+        write_clock_offset(&mut self.clock)
+    }
+
+    fn set_filter_word(&mut self, word: u32, value: u64) -> Result<(), MapsError> {
+        self.prefix_filter
+            .set(word, value, 0)
+            .map_err(kernel("update", map_names::PREFIX_FILTER))
+    }
+
+    fn raw_prefixes(&self) -> Result<Vec<(Target, BlockEntry)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.net_v4.iter() {
+            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V4))?;
+            let d = k.data();
+            let net = ipnet::Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
+                .expect("the kernel holds valid prefix lengths");
+            out.push((Target::new(IpNet::V4(net)), v));
+        }
+        for item in self.net_v6.iter() {
+            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V6))?;
+            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+                .expect("the kernel holds valid prefix lengths");
+            out.push((Target::new(IpNet::V6(net)), v));
+        }
+        Ok(out)
+    }
+
+    fn generation(&mut self) -> u8 {
+        let g = self.next_generation;
+        self.next_generation = if g == u8::MAX { 1 } else { g + 1 };
+        g
     }
 
     /// Writes a block entry, replacing any entry for the same target.
     ///
-    /// A full map is an error ([`MapsError::Full`]); nothing is ever evicted.
+    /// A value read from the maps (its `generation` set) keeps the counters the kernel holds for
+    /// the entry; a new value (`generation` 0, as [`BlockValue::new`] makes it) starts a new
+    /// entry with the value's counters. A full map is an error ([`MapsError::Full`]); nothing is
+    /// ever evicted.
     pub fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
         let (map, capacity) = self.capacity_for(target);
-        let value = &BlockValue {
-            prefix_len: u32::from(target.prefix_len()),
-            ..*value
+        let current = if value.generation == 0 { None } else { self.raw_get(target)? };
+        let mut entry = match current {
+            Some(cur) if cur.generation == value.generation => cur,
+            _ => BlockEntry {
+                hit_packets: value.hit_packets,
+                hit_bytes: value.hit_bytes,
+                last_hit_s: (value.last_hit_ns / 1_000_000_000) as u32,
+                generation: if value.generation == 0 { self.generation() } else { value.generation },
+                ..BlockEntry::default()
+            },
         };
-        let result = match target.net() {
-            IpNet::V4(n) if target.is_host() => self.v4.insert(v4_bytes(n.addr()), value, 0),
-            IpNet::V6(n) if target.is_host() => self.v6.insert(v6_bytes(n.addr()), value, 0),
+        entry.expires_ns = value.expires_ns;
+        entry.mode = value.mode as u8;
+        entry.prefix_len = target.prefix_len();
+        entry.flags = if self.allow.overlaps(target) { FLAG_ALLOW_OVERLAP } else { 0 };
+        // The prefilter bits go in first: they only ever let the data path look, never hide an
+        // entry that is acknowledged.
+        for (word, bits) in self.filter.add(target) {
+            self.set_filter_word(word, bits)?;
+        }
+        let result = self.raw_put(target, &entry);
+        if result.is_err() && self.raw_get(target).ok().flatten().is_none() {
+            for (word, bits) in self.filter.remove(target) {
+                self.set_filter_word(word, bits)?;
+            }
+        }
+        result.map_err(insert_error(map, capacity))
+    }
+
+    fn raw_put(&mut self, target: &Target, entry: &BlockEntry) -> Result<(), MapError> {
+        match target.net() {
+            IpNet::V4(n) if target.is_host() => self.v4.insert(v4_bytes(n.addr()), entry, 0),
+            IpNet::V6(n) if target.is_host() => self.v6.insert(v6_bytes(n.addr()), entry, 0),
             IpNet::V4(n) => self
                 .net_v4
-                .insert(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network())), value, 0),
+                .insert(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network())), entry, 0),
             IpNet::V6(n) => self
                 .net_v6
-                .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
-        };
-        result.map_err(insert_error(map, capacity))?;
-        if !target.is_host() {
-            // After the insert: the flag only ever lets the data path look, never hides an entry
-            // that is acknowledged.
-            self.set_prefix_flag(u32::from(!target.is_v4()), true)?;
+                .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), entry, 0),
         }
-        Ok(())
     }
 
-    /// Updates expiry and mode of a block, keeping its hit counters (or creates it).
-    pub fn upsert_block(&mut self, target: &Target, expires_ns: u64, mode: u32) -> Result<(), MapsError> {
-        let mut value = self.get_block(target)?.unwrap_or_default();
-        value.expires_ns = expires_ns;
-        value.mode = mode;
-        self.insert_block(target, &value)
-    }
-
-    /// Reads a block entry.
-    pub fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
+    fn raw_get(&self, target: &Target) -> Result<Option<BlockEntry>, MapsError> {
         let (map, _) = self.capacity_for(target);
         let result = match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.get(&v4_bytes(n.addr()), 0),
@@ -252,6 +341,29 @@ impl BlockMaps {
         }
     }
 
+    /// Updates expiry and mode of a block, keeping its hit counters (or creates it).
+    pub fn upsert_block(&mut self, target: &Target, expires_ns: u64, mode: u32) -> Result<(), MapsError> {
+        let mut value = self.get_block(target)?.unwrap_or_default();
+        value.expires_ns = expires_ns;
+        value.mode = mode;
+        self.insert_block(target, &value)
+    }
+
+    /// Reads a block entry, with its hit counters summed over the CPUs' slots.
+    pub fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
+        let Some(entry) = self.raw_get(target)? else { return Ok(None) };
+        let (key, tag) = slot_id(target, &entry);
+        let slots = self
+            .hits
+            .get(&hit_slot(&key, tag), 0)
+            .map_err(kernel("lookup", map_names::HITS))?;
+        let mut value = to_value(&entry);
+        for slot in slots.iter().filter(|s| s.tag == tag && s.key == key) {
+            fold(&mut value, slot);
+        }
+        Ok(Some(value))
+    }
+
     /// Removes a block entry. Returns whether it was there.
     pub fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError> {
         let (map, _) = self.capacity_for(target);
@@ -266,44 +378,83 @@ impl BlockMaps {
                 .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
         };
         let was_there = removed(map, result)?;
-        if !target.is_host() {
-            let empty = if target.is_v4() {
-                self.net_v4.keys().next().is_none()
-            } else {
-                self.net_v6.keys().next().is_none()
-            };
-            if empty {
-                self.set_prefix_flag(u32::from(!target.is_v4()), false)?;
-            }
+        for (word, bits) in self.filter.remove(target) {
+            self.set_filter_word(word, bits)?;
         }
         Ok(was_there)
     }
 
+    /// Every CPU's hit slots that hold counts, by entry.
+    fn all_slots(&self) -> Result<StdHashMap<([u8; 16], u32), Vec<HitSlot>>, MapsError> {
+        let mut out: StdHashMap<([u8; 16], u32), Vec<HitSlot>> = StdHashMap::new();
+        for i in 0..HIT_SLOTS {
+            let values = self.hits.get(&i, 0).map_err(kernel("lookup", map_names::HITS))?;
+            for slot in values.iter().filter(|s| s.tag != 0) {
+                out.entry((slot.key, slot.tag)).or_default().push(*slot);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every block entry in the kernel (walks all four maps; for reconciliation and tests).
     pub fn blocks(&self) -> Result<Vec<(Target, BlockValue)>, MapsError> {
-        let mut out = Vec::new();
+        let mut raw = Vec::new();
         for item in self.v4.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_V4))?;
-            out.push((Target::host(IpAddr::from(k)), v));
+            raw.push((Target::host(IpAddr::from(k)), v));
         }
         for item in self.v6.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_V6))?;
-            out.push((Target::host(IpAddr::from(k)), v));
+            raw.push((Target::host(IpAddr::from(k)), v));
         }
-        for item in self.net_v4.iter() {
-            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V4))?;
-            let d = k.data();
-            let net = ipnet::Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
-                .expect("the kernel holds valid prefix lengths");
-            out.push((Target::new(IpNet::V4(net)), v));
+        raw.extend(self.raw_prefixes()?);
+        let slots = self.all_slots()?;
+        Ok(raw
+            .into_iter()
+            .map(|(target, entry)| {
+                let mut value = to_value(&entry);
+                for slot in slots.get(&slot_id(&target, &entry)).into_iter().flatten() {
+                    fold(&mut value, slot);
+                }
+                (target, value)
+            })
+            .collect())
+    }
+
+    /// Sets the allowlist-overlap flag on every block that overlaps `allow`.
+    fn flag_blocks_overlapping(&mut self, allow: &Target) -> Result<(), MapsError> {
+        let mut affected: Vec<Target> = self.filter.prefixes().filter(|p| p.overlaps(allow)).copied().collect();
+        let host_bits = allow.net().max_prefix_len() - allow.prefix_len();
+        if host_bits <= 12 {
+            // Few enough addresses to look each up.
+            affected.extend(addresses(allow).map(Target::host).filter(|t| matches!(self.raw_get(t), Ok(Some(_)))));
+        } else if allow.is_v4() {
+            for k in self.v4.keys() {
+                let t = Target::host(IpAddr::from(k.map_err(kernel("iterate", map_names::BLOCK_V4))?));
+                if allow.overlaps(&t) {
+                    affected.push(t);
+                }
+            }
+        } else {
+            for k in self.v6.keys() {
+                let t = Target::host(IpAddr::from(k.map_err(kernel("iterate", map_names::BLOCK_V6))?));
+                if allow.overlaps(&t) {
+                    affected.push(t);
+                }
+            }
         }
-        for item in self.net_v6.iter() {
-            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V6))?;
-            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
-                .expect("the kernel holds valid prefix lengths");
-            out.push((Target::new(IpNet::V6(net)), v));
+        affected.sort();
+        affected.dedup();
+        for t in affected {
+            if let Some(mut entry) = self.raw_get(&t)?
+                && entry.flags & FLAG_ALLOW_OVERLAP == 0
+            {
+                entry.flags |= FLAG_ALLOW_OVERLAP;
+                let (map, capacity) = self.capacity_for(&t);
+                self.raw_put(&t, &entry).map_err(insert_error(map, capacity))?;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Adds an allowlist prefix.
@@ -323,7 +474,12 @@ impl BlockMaps {
                     .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
             ),
         };
-        result.map_err(insert_error(map, capacity))
+        result.map_err(insert_error(map, capacity))?;
+        // In the kernel first, then the flags that make the data path look at it.
+        if self.allow.insert(*target) {
+            self.flag_blocks_overlapping(target)?;
+        }
+        Ok(())
     }
 
     /// Removes an allowlist prefix. Returns whether it was there.
@@ -340,6 +496,7 @@ impl BlockMaps {
                     .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
             ),
         };
+        self.allow.remove(target);
         removed(map, result)
     }
 
@@ -406,6 +563,58 @@ impl StatsReader {
     pub fn for_ifindex(&self, ifindex: u32) -> Result<Stats, MapsError> {
         stats_slot(&self.0, ifindex % STATS_SLOTS)
     }
+}
+
+/// Writes `CLOCK_BOOTTIME − CLOCK_MONOTONIC` into the CLOCK map.
+pub(crate) fn write_clock_offset(map: &mut Array<MapData, u64>) -> Result<(), MapsError> {
+    map.set(0, clock::boot_offset_ns(), 0)
+        .map_err(kernel("update", map_names::CLOCK))
+}
+
+/// Every address of a prefix (network and broadcast included).
+fn addresses(t: &Target) -> impl Iterator<Item = IpAddr> {
+    let (first, last): (u128, u128) = match t.net() {
+        IpNet::V4(n) => (u32::from(n.network()).into(), u32::from(n.broadcast()).into()),
+        IpNet::V6(n) => (n.network().into(), n.broadcast().into()),
+    };
+    let v4 = t.is_v4();
+    (first..=last).map(move |a| {
+        if v4 {
+            IpAddr::V4((a as u32).into())
+        } else {
+            IpAddr::V6(a.into())
+        }
+    })
+}
+
+/// An entry's hit-slot key and tag.
+fn slot_id(target: &Target, entry: &BlockEntry) -> ([u8; 16], u32) {
+    let mut key = [0u8; 16];
+    match target.net() {
+        IpNet::V4(n) => key[..4].copy_from_slice(&n.network().octets()),
+        IpNet::V6(n) => key = n.network().octets(),
+    }
+    (key, slot_tag(!target.is_v4(), entry.prefix_len, entry.generation))
+}
+
+/// The userspace view of a kernel entry (its own counters only).
+fn to_value(e: &BlockEntry) -> BlockValue {
+    BlockValue {
+        expires_ns: e.expires_ns,
+        mode: u32::from(e.mode),
+        prefix_len: u32::from(e.prefix_len),
+        hit_packets: e.hit_packets,
+        hit_bytes: e.hit_bytes,
+        last_hit_ns: u64::from(e.last_hit_s) * 1_000_000_000,
+        generation: e.generation,
+    }
+}
+
+/// Adds one CPU's slot to a value.
+fn fold(value: &mut BlockValue, slot: &HitSlot) {
+    value.hit_packets += slot.packets;
+    value.hit_bytes += slot.bytes;
+    value.last_hit_ns = value.last_hit_ns.max(slot.last_hit_ns);
 }
 
 /// The IPv4 prefix trie's key data: the address and four zero bytes (see the map's docs).

@@ -1,8 +1,10 @@
 //! The data plane's userspace half: loading the XDP program, its pinned maps, and attachment.
 
 pub mod clock;
+pub mod indexes;
 pub mod loader;
 pub mod maps;
+mod migrate;
 
 pub use loader::{
     Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,

@@ -29,7 +29,7 @@ use enforcer::{
     datapath::{Capacity, Datapath, DatapathOptions, PinLayout},
     protocol::{BatchItem, BatchRequest, Reply, Request, StatusReply},
 };
-use enforcer_common::{BlockValue, MODE_ENFORCE, map_names};
+use enforcer_common::{BlockEntry, BlockValue, MODE_ENFORCE, map_names};
 use enforcer_tests::{Lab, Netns, PinDir, daemon::Daemon};
 use serde::Serialize;
 
@@ -162,7 +162,7 @@ fn kernel(settings: &Settings) -> Result<(Vec<MapMemory>, Vec<MapMemory>)> {
     })
     .context("loading the XDP program")?;
     let maps_dir = PinLayout::new(pins.path()).maps_dir();
-    let value = size_of::<BlockValue>();
+    let value = size_of::<BlockEntry>();
     let plan = [
         (
             map_names::BLOCK_V4,
