@@ -168,34 +168,51 @@ pub fn hit_slot(key: &[u8; 16], tag: u32) -> u32 {
     h.wrapping_mul(0x9E37_79B1) >> (32 - HIT_SLOT_BITS)
 }
 
-/// The prefix prefilter: one bit per IPv4 /16 and one per hash of an IPv6 /32.
+/// The prefix prefilter: bitmaps that tell the data path whether a prefix block may cover a
+/// source, so that sources outside every blocked prefix usually skip the trie.
 ///
-/// The daemon sets every bit a prefix block covers (a /8 sets 256 bits; an IPv6 prefix shorter
-/// than /24 sets the [`V6_SHORT_WORD`] word instead) and clears a bit when no prefix covers it.
-/// A source whose bit is clear skips the trie: legitimate traffic pays one array read.
+/// IPv4 has two: one bit per /16 set by prefixes shorter than /16 (a /8 sets 256), and one bit
+/// per /24 set by prefixes of /16 and longer (a /16 sets 256). A set bit of the first kind means
+/// a prefix covers the whole /16, so it never sends a source to the trie in vain; one of the
+/// second kind does so only for a /25../31 block that shares the source's /24. IPv6 has one bit
+/// per hash of a /32 (prefixes /24 and longer; a /24 sets 256) and one word that is non-zero
+/// while a prefix shorter than /24 is blocked. The daemon sets every bit a prefix block covers
+/// before writing it and clears a bit once no prefix block covers it.
 pub mod prefilter {
-    /// Words of the IPv4 bitmap (2^16 bits).
-    pub const V4_WORDS: u32 = 1 << 10;
+    /// Words of the IPv4 /16 bitmap (prefixes shorter than /16).
+    pub const V4_SHORT_WORDS: u32 = 1 << 10;
+    /// First word of the IPv4 /24 bitmap (prefixes /16 and longer).
+    pub const V4_LONG_FIRST: u32 = V4_SHORT_WORDS;
+    /// Words of the IPv4 /24 bitmap.
+    pub const V4_LONG_WORDS: u32 = 1 << 18;
+    /// First word of the IPv6 bitmap.
+    pub const V6_FIRST: u32 = V4_LONG_FIRST + V4_LONG_WORDS;
     /// log2 of the IPv6 bitmap's bits.
     pub const V6_BITS: u32 = 20;
     /// Words of the IPv6 bitmap.
     pub const V6_WORDS: u32 = 1 << (V6_BITS - 6);
     /// Index of the word that is non-zero when an IPv6 prefix shorter than /24 is blocked.
-    pub const V6_SHORT_WORD: u32 = V4_WORDS + V6_WORDS;
+    pub const V6_SHORT_WORD: u32 = V6_FIRST + V6_WORDS;
     /// Total words in the map.
     pub const WORDS: u32 = V6_SHORT_WORD + 1;
 
-    /// Bit index (0..2^16) of an IPv4 address's /16.
+    /// Global bit index of an IPv4 address's /16 in the short-prefix bitmap.
     #[inline(always)]
-    pub const fn v4_bit(addr: [u8; 4]) -> u32 {
+    pub const fn v4_short_bit(addr: [u8; 4]) -> u32 {
         ((addr[0] as u32) << 8) | addr[1] as u32
     }
 
-    /// Bit index (0..2^20) of an IPv6 address's /32.
+    /// Global bit index of an IPv4 address's /24 in the long-prefix bitmap.
+    #[inline(always)]
+    pub const fn v4_long_bit(addr: [u8; 4]) -> u32 {
+        V4_LONG_FIRST * 64 + (((addr[0] as u32) << 16) | ((addr[1] as u32) << 8) | addr[2] as u32)
+    }
+
+    /// Global bit index of an IPv6 address's /32 (hashed).
     #[inline(always)]
     pub const fn v6_bit(top32: [u8; 4]) -> u32 {
         let w = u32::from_le_bytes(top32);
-        w.wrapping_mul(0x9E37_79B1) >> (32 - V6_BITS)
+        V6_FIRST * 64 + (w.wrapping_mul(0x9E37_79B1) >> (32 - V6_BITS))
     }
 }
 

@@ -296,7 +296,7 @@ fn judge(
     decide(m, source, &mut clock, stats, allowed)
 }
 
-/// Whether the prefilter bit of `word`/`bit` is set (a missing word counts as set).
+/// Whether a prefilter bit is set (a missing word counts as set).
 #[inline(always)]
 fn filter_bit(bit: u32) -> bool {
     PREFIX_FILTER
@@ -304,18 +304,19 @@ fn filter_bit(bit: u32) -> bool {
         .is_none_or(|w| (*w >> (bit & 63)) & 1 != 0)
 }
 
-/// Whether a prefix block may cover this IPv4 source: its /16's bit in the prefilter. An array
-/// read the verifier inlines, where the trie lookup is a helper call that walks the trie.
+/// Whether a prefix block may cover this IPv4 source: the bits of its /16 (prefixes shorter
+/// than /16) and of its /24 (longer ones). Array reads the verifier inlines, where the trie
+/// lookup is a helper call that walks the trie.
 #[inline(always)]
 fn v4_may_be_in_a_prefix(addr: [u8; 4]) -> bool {
-    filter_bit(prefilter::v4_bit(addr))
+    filter_bit(prefilter::v4_short_bit(addr)) || filter_bit(prefilter::v4_long_bit(addr))
 }
 
 /// The same for IPv6: a prefix shorter than /24 anywhere, or the bit of the source's /32.
 #[inline(always)]
 fn v6_may_be_in_a_prefix(addr: &[u8; 16]) -> bool {
     let short = PREFIX_FILTER.get(prefilter::V6_SHORT_WORD).is_none_or(|w| *w != 0);
-    short || filter_bit(prefilter::V4_WORDS * 64 + prefilter::v6_bit([addr[0], addr[1], addr[2], addr[3]]))
+    short || filter_bit(prefilter::v6_bit([addr[0], addr[1], addr[2], addr[3]]))
 }
 
 /// The kernel's boot clock, read at most once per packet and only when needed: the coarse

@@ -88,19 +88,22 @@ impl PrefixFilter {
 
 /// The prefilter bits a prefix block covers (global bit indices into the map's words).
 fn bits(target: &Target) -> Vec<u32> {
+    let range = |first: u32, host_bits: u8| first..first + (1u32 << host_bits);
     match target.net() {
-        IpNet::V4(n) => {
-            let first = prefilter::v4_bit(n.network().octets());
-            let count = 1u32 << 16u8.saturating_sub(n.prefix_len());
-            (first..first + count).collect()
+        IpNet::V4(n) if n.prefix_len() < 16 => {
+            range(prefilter::v4_short_bit(n.network().octets()), 16 - n.prefix_len()).collect()
         }
+        IpNet::V4(n) => range(
+            prefilter::v4_long_bit(n.network().octets()),
+            24u8.saturating_sub(n.prefix_len()),
+        )
+        .collect(),
         IpNet::V6(n) if n.prefix_len() < 24 => vec![prefilter::V6_SHORT_WORD * 64],
         IpNet::V6(n) => {
             let o = n.network().octets();
             let top = u32::from_be_bytes([o[0], o[1], o[2], o[3]]);
-            let count = 1u32 << 32u8.saturating_sub(n.prefix_len());
-            (0..count)
-                .map(|i| prefilter::V4_WORDS * 64 + prefilter::v6_bit((top + i).to_be_bytes()))
+            range(0, 32u8.saturating_sub(n.prefix_len()))
+                .map(|i| prefilter::v6_bit((top + i).to_be_bytes()))
                 .collect()
         }
     }
@@ -188,12 +191,15 @@ mod tests {
         let mut f = PrefixFilter::default();
         let wide = t("10.0.0.0/8");
         let narrow = t("10.1.2.0/24");
-        assert_eq!(f.add(&wide).len(), 256);
-        assert!(f.add(&narrow).is_empty(), "its /16 bit is already set");
-        assert!(f.remove(&wide).len() == 255, "10.1/16 stays for the /24");
-        let bit = prefilter::v4_bit([10, 1, 2, 3]);
+        let inside = t("10.1.2.128/25");
+        assert_eq!(f.add(&wide).len(), 256, "one /16 bit each");
+        assert_eq!(f.add(&narrow).len(), 1, "its /24 bit");
+        assert!(f.add(&inside).is_empty(), "the same /24 bit, counted twice");
+        assert_eq!(f.remove(&wide).len(), 256);
+        assert!(f.remove(&narrow).is_empty(), "the /25 keeps the /24 bit");
+        let bit = prefilter::v4_long_bit([10, 1, 2, 3]);
         assert_ne!(f.words()[(bit / 64) as usize] & (1 << (bit % 64)), 0);
-        assert_eq!(f.remove(&narrow).len(), 1);
+        assert_eq!(f.remove(&inside).len(), 1);
         assert!(f.words().iter().all(|w| *w == 0));
     }
 

@@ -226,12 +226,19 @@ impl BlockMaps {
         for (target, _) in self.raw_prefixes()? {
             self.filter.add(&target);
         }
-        let words = self.filter.words().to_vec();
-        for (i, word) in words.into_iter().enumerate() {
-            let current = self.prefix_filter.get(&(i as u32), 0).unwrap_or(!word);
-            if current != word {
-                self.set_filter_word(i as u32, word)?;
-            }
+        // Only the words with bits need writing: a bit left set by an earlier writer that died
+        // between removing a prefix and clearing its bit costs a trie lookup, never a verdict,
+        // and goes when its word is next written.
+        let words: Vec<(u32, u64)> = self
+            .filter
+            .words()
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0)
+            .map(|(i, w)| (i as u32, *w))
+            .collect();
+        for (i, word) in words {
+            self.set_filter_word(i, word)?;
         }
         self.set_clock_offset()
     }
