@@ -577,6 +577,7 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     let lab = Lab::new().unwrap();
     let mut d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
     d.stop().unwrap();
     // Pretend the running program and its maps belong to an older layout.
     let current = enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir();
@@ -589,6 +590,10 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     let log = d.log();
     assert!(log.contains("replaced the program in place"), "{log}");
     assert!(log.contains("restored") || log.contains("reconciled"), "{log}");
+    // The counters came along: 10 dropped before the upgrade, 10 under the old program after
+    // the daemon stopped, 10 in the new maps.
+    let list = d.json(&["list"]);
+    assert_eq!(list[0]["packets"], 30, "counters survive the upgrade: {list}");
 }
 
 #[test]

@@ -192,6 +192,8 @@ pub struct Results {
     /// Hits with per-block counters on and off, measured in the same rounds.
     pub counters: Vec<Case>,
     pub inserts: Vec<InsertRun>,
+    /// Every CPU on one block at once, against one CPU.
+    pub multi_cpu: Vec<crate::multicpu::MultiCpuCase>,
 }
 
 /// Runs the whole section.
@@ -205,6 +207,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
     }
     link_to_empty(&mut cases);
     let counters = counters(settings)?;
+    let multi_cpu = crate::multicpu::run(settings.rounds, settings.repeat)?;
     let mut floors: Vec<u32> = cases
         .iter()
         .chain(&counters)
@@ -216,6 +219,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
         cases,
         counters,
         inserts,
+        multi_cpu,
     })
 }
 

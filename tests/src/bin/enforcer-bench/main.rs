@@ -19,6 +19,7 @@ mod expiry;
 mod firewall;
 mod hook;
 mod memory;
+mod multicpu;
 mod report;
 mod stats;
 mod traffic;

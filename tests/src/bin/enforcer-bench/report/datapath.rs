@@ -67,6 +67,8 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
         );
     }
 
+    multi_cpu_markdown(w, d);
+
     let _ = writeln!(
         w,
         "\n### Filling the maps (one `BPF_MAP_UPDATE_ELEM` per entry)\n"
@@ -225,4 +227,68 @@ pub fn svg(d: &datapath::Results) -> String {
     );
     let _ = writeln!(w, "</svg>");
     out
+}
+
+fn multi_cpu_markdown(w: &mut String, d: &datapath::Results) {
+    if d.multi_cpu.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### Every CPU on one block\n");
+    let _ = writeln!(
+        w,
+        "One thread per CPU, each pinned to its CPU, runs `BPF_PROG_TEST_RUN` on the same program \
+         and frame at the same moment (a barrier starts each round): a flood that RSS spreads over \
+         every queue, all on one blocked address (`hit (address)`) or one blocked /24 \
+         (`hit (prefix)`). **per CPU ns** is the mean over the CPUs of each one's ns per packet \
+         (median over rounds); **× 1 CPU** divides it by the same packet on one CPU; CPUs slow \
+         each other down on a VM whatever the program does, so **× miss** divides that by a \
+         miss's (which writes nothing shared) at the same number of CPUs: what sharing the block \
+         costs.\n"
+    );
+    let _ = writeln!(w, "| CPUs | packet | per CPU ns | × 1 CPU | × miss |");
+    let _ = writeln!(w, "|--:|---|--:|--:|--:|");
+    for c in &d.multi_cpu {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.1} | {:.2} | {:.2} |",
+            c.cpus,
+            packet(c.packet),
+            c.per_cpu_ns,
+            c.vs_one_cpu,
+            c.vs_miss
+        );
+    }
+    let _ = writeln!(w, "\n![per-CPU cost, every CPU on one block](multicpu.svg)");
+}
+
+/// The multi-CPU cases as bars: × one CPU per packet and number of CPUs.
+pub fn multi_cpu_svg(d: &datapath::Results) -> String {
+    let colour = |p: Packet| match p {
+        Packet::Miss => "#4c78a8",
+        Packet::HitAddress => "#e45756",
+        Packet::HitPrefix => "#f58518",
+        Packet::Allowlisted => "#54a24b",
+    };
+    let bars = d
+        .multi_cpu
+        .iter()
+        .map(|c| super::svg::Bar {
+            label: format!("{} CPU{} · {}", c.cpus, if c.cpus == 1 { "" } else { "s" }, packet(c.packet)),
+            value: c.vs_one_cpu,
+            colour: colour(c.packet),
+            text: format!("{:.2}× ({:.0} ns; × miss {:.2})", c.vs_one_cpu, c.per_cpu_ns, c.vs_miss),
+        })
+        .collect();
+    super::svg::render(&super::svg::Chart {
+        title: "Every CPU on one block: per-CPU cost per packet ÷ one CPU",
+        axis: "× the same packet on one CPU",
+        bars,
+        reference: Some((1.0, "one CPU".to_owned())),
+        log: false,
+        legend: vec![
+            (colour(Packet::Miss), "miss"),
+            (colour(Packet::HitAddress), "hit (address)"),
+            (colour(Packet::HitPrefix), "hit (prefix)"),
+        ],
+    })
 }

@@ -115,6 +115,7 @@ pub fn write(dir: &Path, report: &Report) -> Result<String> {
     ];
     if let Some(d) = &report.datapath {
         files.push(("datapath.svg", datapath::svg(d)));
+        files.push(("multicpu.svg", datapath::multi_cpu_svg(d)));
     }
     if let Some(t) = &report.traffic {
         files.push(("traffic.svg", traffic::svg(t)));

@@ -140,6 +140,8 @@ pub fn judge(r: &Report) -> Vec<Target> {
         }
     }
 
+    out.extend(line_rate_targets(r));
+
     // 2. Legitimate traffic with 10k blocks against iptables, one rule per address.
     let goal =
         "legitimate packets/s with 10k blocks ≥ 5× iptables with one rule per address".to_owned();
@@ -254,6 +256,168 @@ pub fn judge(r: &Report) -> Vec<Target> {
         },
     });
     out
+}
+
+/// The targets of "line rate under attack": the drop path against a miss and the floor, every
+/// CPU on one block, legitimate traffic with many prefixes, kernel bytes per address.
+fn line_rate_targets(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let not_run = |goal: &str, what: &str| Target {
+        goal: goal.to_owned(),
+        measured: "–".to_owned(),
+        verdict: Verdict::NotMeasured(format!("the {what} section did not run")),
+    };
+    let goals = [
+        "drop (hit) ÷ miss with 1M addresses ≤ 1.3",
+        "drop (hit) ÷ the trivial program (XDP_PASS) ≤ 2.6",
+        "per-CPU hit cost with every CPU on one block ÷ one CPU, over the same for a miss ≤ 1.15",
+        "legitimate traffic (miss) with 100k prefixes ≤ 1.2× its cost with none",
+    ];
+    match &r.datapath {
+        Some(d) => {
+            let plain = |c: &&Case| !c.id.vlan;
+            let largest = |fill: Fill| {
+                d.cases.iter().filter(|c| c.id.fill == fill).map(|c| c.id.entries).max().unwrap_or(0)
+            };
+            let at = |fill: Fill, family, packet| {
+                let n = largest(fill);
+                d.cases
+                    .iter()
+                    .filter(plain)
+                    .find(|c| c.id.fill == fill && c.id.entries == n && c.id.family == family && c.id.packet == packet)
+            };
+            // Drop ÷ miss at the largest address fill, per family.
+            let n = largest(Fill::Addresses);
+            let pairs: Vec<(String, f64)> = [crate::datapath::Family::Ipv4, crate::datapath::Family::Ipv6]
+                .into_iter()
+                .filter_map(|f| {
+                    let hit = at(Fill::Addresses, f, Packet::HitAddress)?;
+                    let miss = at(Fill::Addresses, f, Packet::Miss)?;
+                    Some((f.to_string(), hit.vs_floor / miss.vs_floor))
+                })
+                .collect();
+            let partial = (n < DATAPATH_AT).then(|| format!("the run stopped at {} entries", count(n)));
+            if let Some((fam, v)) = pairs.iter().cloned().max_by(|a, b| a.1.total_cmp(&b.1)) {
+                out.push(Target {
+                    goal: goals[0].to_owned(),
+                    measured: format!(
+                        "worst {v:.2}× ({fam}; {}; {} addresses, the same run's floor ratios)",
+                        pairs.iter().map(|(f, v)| format!("{f} {v:.2}×")).collect::<Vec<_>>().join(", "),
+                        count(n)
+                    ),
+                    verdict: partial.clone().map_or_else(|| at_most(v, 1.3), Verdict::NotMeasured),
+                });
+            }
+            // Every plain hit (address and prefix, any fill up to 1M addresses) against the floor.
+            let hits: Vec<&Case> = d
+                .cases
+                .iter()
+                .filter(plain)
+                .filter(|c| matches!(c.id.packet, Packet::HitAddress | Packet::HitPrefix))
+                .filter(|c| c.id.fill != Fill::Prefixes)
+                .collect();
+            if let Some(c) = hits.iter().max_by(|a, b| a.vs_floor.total_cmp(&b.vs_floor)) {
+                out.push(Target {
+                    goal: goals[1].to_owned(),
+                    measured: format!(
+                        "worst {:.2}× ({}, {}); hits with 100k prefixes in the trie are in section 1",
+                        c.vs_floor,
+                        case_name(c),
+                        match c.id.fill {
+                            Fill::None => "no other blocks".to_owned(),
+                            _ => format!("{} addresses", count(c.id.entries)),
+                        }
+                    ),
+                    verdict: at_most(c.vs_floor, 2.6),
+                });
+            }
+            let cpus = d.multi_cpu.iter().map(|c| c.cpus).max().unwrap_or(0);
+            let all: Vec<_> = d
+                .multi_cpu
+                .iter()
+                .filter(|c| c.cpus == cpus && c.packet != Packet::Miss)
+                .collect();
+            if let Some(worst) = all.iter().max_by(|a, b| a.vs_miss.total_cmp(&b.vs_miss)) {
+                out.push(Target {
+                    goal: goals[2].to_owned(),
+                    measured: format!(
+                        "{} at {cpus} CPUs (the miss: {:.2}× one CPU)",
+                        all.iter()
+                            .map(|c| format!("{} {:.2}", case_name_packet(c.packet), c.vs_miss))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        d.multi_cpu
+                            .iter()
+                            .find(|c| c.cpus == cpus && c.packet == Packet::Miss)
+                            .map_or(f64::NAN, |c| c.vs_one_cpu)
+                    ),
+                    verdict: if cpus < 2 {
+                        Verdict::NotMeasured("one CPU only".to_owned())
+                    } else {
+                        at_most(worst.vs_miss, 1.15)
+                    },
+                });
+            }
+            let n = largest(Fill::Prefixes);
+            let misses: Vec<&Case> = d
+                .cases
+                .iter()
+                .filter(|c| c.id.fill == Fill::Prefixes && c.id.entries == n && c.id.packet == Packet::Miss)
+                .collect();
+            if let Some(c) = misses
+                .iter()
+                .max_by(|a, b| a.vs_empty.unwrap_or(f64::NAN).total_cmp(&b.vs_empty.unwrap_or(f64::NAN)))
+            {
+                let v = c.vs_empty.unwrap_or(f64::NAN);
+                out.push(Target {
+                    goal: goals[3].to_owned(),
+                    measured: format!(
+                        "worst {v:.2}× ({}; {}); {} prefixes",
+                        case_name(c),
+                        misses
+                            .iter()
+                            .map(|c| format!("{} {:.2}×", case_name(c), c.vs_empty.unwrap_or(f64::NAN)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        count(n)
+                    ),
+                    verdict: if n < 100_000 {
+                        Verdict::NotMeasured(format!("the run stopped at {} prefixes", count(n)))
+                    } else {
+                        at_most(v, 1.2)
+                    },
+                });
+            }
+        }
+        None => out.extend(goals.iter().map(|g| not_run(g, "data path"))),
+    }
+    let goal = "kernel bytes per IPv4 address with 1M addresses ≤ 96";
+    match r.memory.as_ref().and_then(|m| {
+        m.maps
+            .iter()
+            .find(|m| m.map == enforcer_common::map_names::BLOCK_V4 || m.map.starts_with("BLOCK_V4 "))
+    }) {
+        Some(m) => out.push(Target {
+            goal: goal.to_owned(),
+            measured: format!("{:.0} B ({} entries; key + value {} B)", m.per_entry(), count(m.entries), m.payload_bytes),
+            verdict: if m.entries < DATAPATH_AT {
+                Verdict::NotMeasured(format!("the run stopped at {} entries", count(m.entries)))
+            } else {
+                at_most(m.per_entry(), 96.0)
+            },
+        }),
+        None => out.push(not_run(goal, "memory")),
+    }
+    out
+}
+
+fn case_name_packet(p: Packet) -> &'static str {
+    match p {
+        Packet::Miss => "miss",
+        Packet::HitAddress => "hit (address)",
+        Packet::HitPrefix => "hit (prefix)",
+        Packet::Allowlisted => "allowlisted",
+    }
 }
 
 pub fn markdown(w: &mut String, targets: &[Target]) {
