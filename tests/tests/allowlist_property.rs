@@ -142,6 +142,79 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
     assert!(total.dropped > 0, "no accepted block was ever seen dropping: {total}");
 }
 
+/// Property: allowlist entries added after blocks exist (no policy stood in the way of those
+/// blocks) protect their addresses at once, whatever the blocks were: the data path only looks
+/// the allowlist up for blocks flagged as overlapping it, and adding an allowlist entry must flag
+/// every block it overlaps before it returns.
+#[test]
+fn an_allowlist_added_after_the_blocks_wins_at_once() {
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let dp = Datapath::open(&DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: Capacity { addresses: 1024, prefixes: 1024, allow: 64 },
+        count_block_hits: true,
+    })
+    .unwrap();
+    let dp = RefCell::new(dp);
+    let strategy = (
+        prop::collection::vec(net(), 1..6),
+        prop::collection::vec(net(), 0..8),
+        prop::collection::vec((any::<prop::sample::Index>(), 0u8..=128), 1..16),
+        prop::collection::vec(any::<u128>(), 4),
+    );
+    let mut runner = TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
+    let result = runner.run(&strategy, |(allow, random_blocks, related, seeds)| {
+        let mut dp = dp.borrow_mut();
+        check_allow_after_blocks(&mut dp, &allow, &random_blocks, &related, &seeds)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn check_allow_after_blocks(
+    dp: &mut Datapath,
+    allow: &[IpNet],
+    random_blocks: &[IpNet],
+    related: &[(prop::sample::Index, u8)],
+    seeds: &[u128],
+) -> Result<(), TestCaseError> {
+    for (t, _) in dp.maps().blocks().unwrap() {
+        dp.maps_mut().remove_block(&t).unwrap();
+    }
+    for (t, _) in dp.maps().allows().unwrap() {
+        dp.maps_mut().remove_allow(&t).unwrap();
+    }
+    // Blocks first: around the future allowlist (wider, narrower, equal) and random ones.
+    let mut blocks = random_blocks.to_vec();
+    for (i, len) in related {
+        blocks.push(match allow[i.index(allow.len())] {
+            IpNet::V4(n) => IpNet::V4(Ipv4Net::new(n.network(), len % 33).unwrap().trunc()),
+            IpNet::V6(n) => IpNet::V6(Ipv6Net::new(n.network(), *len).unwrap().trunc()),
+        });
+    }
+    for net in &blocks {
+        dp.maps_mut().insert_block(&Target::new(*net), &BlockValue::new(0, MODE_ENFORCE)).unwrap();
+    }
+    // Then the allowlist.
+    for a in allow {
+        dp.maps_mut().insert_allow(&Target::new(*a), 0).unwrap();
+    }
+    for a in allow {
+        for addr in samples(a, seeds) {
+            let data = frame::udp_from(&[], addr);
+            let verdict = dp
+                .program()
+                .test_run(TestRunOptions { data_in: Some(&data), ..TestRunOptions::default() })
+                .unwrap()
+                .return_value;
+            prop_assert_ne!(verdict, XDP_DROP, "allowlisted {} (in {}, added after the blocks) was dropped", addr, a);
+        }
+    }
+    Ok(())
+}
+
 /// Decides every block with the real policy, writes the accepted ones to the kernel maps as the
 /// daemon would, then checks the verdicts of allowlisted addresses and of accepted blocks.
 fn check(
