@@ -195,7 +195,7 @@ fn check_allow_after_blocks(
         });
     }
     for net in &blocks {
-        dp.maps_mut().insert_block(&Target::new(*net), &BlockValue::new(0, MODE_ENFORCE)).unwrap();
+        dp.maps_mut().insert_block(&Target::new(*net), &BlockValue::new(0, enforcer_common::MODE_ENFORCE)).unwrap();
     }
     // Then the allowlist.
     for a in allow {

@@ -392,8 +392,8 @@ impl BlockMaps {
     }
 
     /// Every CPU's hit slots that hold counts, by entry.
-    fn all_slots(&self) -> Result<StdHashMap<([u8; 16], u32), Vec<HitSlot>>, MapsError> {
-        let mut out: StdHashMap<([u8; 16], u32), Vec<HitSlot>> = StdHashMap::new();
+    fn all_slots(&self) -> Result<SlotsByEntry, MapsError> {
+        let mut out = SlotsByEntry::new();
         for i in 0..HIT_SLOTS {
             let values = self.hits.get(&i, 0).map_err(kernel("lookup", map_names::HITS))?;
             for slot in values.iter().filter(|s| s.tag != 0) {
@@ -571,6 +571,9 @@ impl StatsReader {
         stats_slot(&self.0, ifindex % STATS_SLOTS)
     }
 }
+
+/// Every CPU's hit slots, by entry (key, tag).
+type SlotsByEntry = StdHashMap<([u8; 16], u32), Vec<HitSlot>>;
 
 /// Writes `CLOCK_BOOTTIME − CLOCK_MONOTONIC` into the CLOCK map.
 pub(crate) fn write_clock_offset(map: &mut Array<MapData, u64>) -> Result<(), MapsError> {
