@@ -1,9 +1,15 @@
-//! A blocking client for the control socket (the CLI and the hooks use it).
+//! A blocking client for the control socket (the CLI and the hooks use it), and [`deliver`]:
+//! the one "call the daemon or spool" path every trigger takes.
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -24,6 +30,14 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("{}", .0.message)]
     Daemon(ErrorBody),
+    /// The request was sent, but no answer came: it may or may not have been applied.
+    #[error("no answer from the daemon at {path} ({why}) after the request was sent; it may or may not have been applied (check `enforcer list`)")]
+    NoAnswer {
+        /// Socket.
+        path: PathBuf,
+        /// What happened.
+        why: String,
+    },
     /// The connection failed mid-way.
     #[error("talking to the daemon at {path}: {source}")]
     Io {
@@ -43,7 +57,7 @@ impl ClientError {
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied.exit_code(),
             Self::Daemon(e) => e.code.exit_code(),
             // Connected, then the exchange failed: the daemon runs but did not answer.
-            Self::Io { .. } => 1,
+            Self::Io { .. } | Self::NoAnswer { .. } => 1,
         }
     }
 }
@@ -104,5 +118,94 @@ impl Client {
             Response::Ok { result, .. } => Ok(result),
             Response::Err { error, .. } => Err(ClientError::Daemon(error)),
         }
+    }
+}
+
+/// What became of a request sent with [`deliver`].
+#[derive(Debug)]
+pub enum Delivery {
+    /// The daemon answered.
+    Reply(Reply),
+    /// The daemon refused it.
+    Refused(ErrorBody),
+    /// It never reached the daemon and was spooled to `file`; the daemon applies it when it
+    /// starts.
+    Spooled {
+        /// The spool file.
+        file: PathBuf,
+        /// Why the daemon was unreachable.
+        why: ClientError,
+    },
+    /// It never reached the daemon, and spooling was not asked for (or failed: `spool_error`).
+    Unreachable {
+        /// Why.
+        why: ClientError,
+        /// Why spooling failed, when it was tried.
+        spool_error: Option<io::Error>,
+    },
+    /// It may have reached the daemon but got no answer, or the exchange failed otherwise.
+    Failed(ClientError),
+}
+
+/// Sends `request` with a hard deadline (the call runs on a helper thread, so even a connect
+/// that blocks on a full listen backlog cannot hold the caller past `timeout`); when it never
+/// reached the daemon and `spool_to` names a state directory, spools it there.
+///
+/// Only a request that never reached the daemon is spooled: once it was written, the daemon
+/// may have applied it, and replaying it later from the spool could undo a newer trigger, so a
+/// missing answer then is a failure, not a reason to spool.
+pub fn deliver(socket: &Path, request: &Request, timeout: Duration, spool_to: Option<&Path>) -> Delivery {
+    let (reached, result) = call_with_deadline(socket, request, timeout);
+    match result {
+        Ok(reply) => Delivery::Reply(reply),
+        Err(ClientError::Daemon(e)) => Delivery::Refused(e),
+        // Not a passing outage: spooling would only delay the same refusal.
+        Err(e @ ClientError::PermissionDenied(_)) => Delivery::Failed(e),
+        Err(why) if !reached => match spool_to.map(|dir| crate::daemon::spool::write(dir, request)) {
+            Some(Ok(file)) => Delivery::Spooled { file, why },
+            Some(Err(e)) => Delivery::Unreachable { why, spool_error: Some(e) },
+            None => Delivery::Unreachable { why, spool_error: None },
+        },
+        Err(e) => Delivery::Failed(e),
+    }
+}
+
+/// One call with a deadline; returns whether the request may have reached the daemon.
+fn call_with_deadline(socket: &Path, request: &Request, timeout: Duration) -> (bool, Result<Reply, ClientError>) {
+    let (tx, rx) = mpsc::channel();
+    let (path, request) = (socket.to_owned(), request.clone());
+    let written = Arc::new(AtomicBool::new(false));
+    let written_by_call = written.clone();
+    let spawned = std::thread::Builder::new().name("daemon-call".into()).spawn(move || {
+        // Set just before the request goes out (conservatively: a failed write counts too).
+        let result = match Client::connect(&path, timeout) {
+            Ok(mut c) => {
+                written_by_call.store(true, Ordering::SeqCst);
+                c.call(&request)
+            }
+            Err(e) => Err(e),
+        };
+        let _ = tx.send(result);
+    });
+    let no_answer = |why: String| ClientError::NoAnswer {
+        path: socket.to_owned(),
+        why,
+    };
+    if let Err(e) = spawned {
+        return (false, Err(ClientError::Io { path: socket.to_owned(), source: e }));
+    }
+    let result = match rx.recv_timeout(timeout + Duration::from_millis(250)) {
+        Ok(result) => result,
+        Err(_) if written.load(Ordering::SeqCst) => Err(no_answer(format!("no answer within {timeout:?}"))),
+        Err(_) => Err(ClientError::Io {
+            path: socket.to_owned(),
+            source: io::Error::new(io::ErrorKind::TimedOut, format!("could not connect within {timeout:?}")),
+        }),
+    };
+    let reached = written.load(Ordering::SeqCst);
+    match result {
+        // Written, then the exchange failed: it may have been applied.
+        Err(ClientError::Io { source, .. }) if reached => (true, Err(no_answer(source.to_string()))),
+        other => (reached, other),
     }
 }

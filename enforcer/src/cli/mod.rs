@@ -176,17 +176,19 @@ pub struct SpoolFlags {
     pub state_dir: std::path::PathBuf,
 }
 
-/// Sends a write request, or spools it when the daemon is down and `spool` allows.
-/// Returns `None` when it was spooled.
+/// Sends a write request, or spools it when it never reached the daemon and `spool` allows
+/// (the same path the hooks take: [`crate::client::deliver`]). Returns `None` when spooled.
 pub(crate) fn call_or_spool(socket: &std::path::Path, request: &Request, spool: &SpoolFlags) -> anyhow::Result<Option<Reply>> {
-    match call(socket, request) {
-        Ok(reply) => Ok(Some(reply)),
-        Err(ClientError::NotRunning(_)) if spool.spool_if_down => {
-            let file = crate::daemon::spool::write(&spool.state_dir, request)
-                .map_err(|e| anyhow::anyhow!("the daemon is not running and spooling to {} failed: {e}", spool.state_dir.display()))?;
+    let spool_to = spool.spool_if_down.then_some(spool.state_dir.as_path());
+    match crate::client::deliver(socket, request, Duration::from_secs(30), spool_to) {
+        crate::client::Delivery::Reply(reply) => Ok(Some(reply)),
+        crate::client::Delivery::Refused(e) => Err(ClientError::Daemon(e).into()),
+        crate::client::Delivery::Spooled { file, .. } => {
             println!("the daemon is not running; spooled to {} (applied when it starts)", file.display());
             Ok(None)
         }
-        Err(e) => Err(e.into()),
+        crate::client::Delivery::Unreachable { why, spool_error: Some(e) } => Err(anyhow::Error::new(why)
+            .context(format!("the daemon is not running and spooling to {} failed: {e}", spool.state_dir.display()))),
+        crate::client::Delivery::Unreachable { why, spool_error: None } | crate::client::Delivery::Failed(why) => Err(why.into()),
     }
 }

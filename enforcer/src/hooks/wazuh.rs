@@ -38,7 +38,6 @@ use std::{
     io::{self, Write as _},
     os::{fd::AsFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::mpsc,
     time::{Duration, SystemTime},
 };
 
@@ -48,11 +47,11 @@ use serde_json::Value;
 use super::line_reader::{LineError, LineReader};
 use crate::{
     block::{Reason, Source, now_ms},
-    client::{Client, ClientError},
+    client::{Delivery, deliver},
     config::Config,
     daemon::spool,
     duration::{HumanDuration, format_secs},
-    protocol::{BlockRequest, DEFAULT_SOCKET, ErrorBody, ErrorCode, Outcome, Reply, Request},
+    protocol::{BlockRequest, DEFAULT_SOCKET, ErrorCode, Outcome, Reply, Request},
     target::Target,
 };
 
@@ -468,56 +467,6 @@ impl ArLog {
     }
 }
 
-/// What the daemon made of a request.
-enum Answer {
-    Reply(Reply),
-    Refused(ErrorBody),
-    Unreachable(String),
-    Failed(String),
-}
-
-/// One request with a hard deadline: the call runs on a helper thread, so even a connect that
-/// blocks (a full listen backlog) cannot hold the hook past `timeout`.
-///
-/// Only a request that never reached the daemon is `Unreachable` (and may be spooled): once it
-/// was written, the daemon may have applied it, and replaying it later from the spool could undo
-/// a newer trigger, so a missing answer then is a failure, not a reason to spool.
-fn ask(socket: &Path, request: &Request, timeout: Duration) -> Answer {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
-    let (tx, rx) = mpsc::channel();
-    let (socket, request) = (socket.to_owned(), request.clone());
-    let written = Arc::new(AtomicBool::new(false));
-    let written_by_call = written.clone();
-    let spawned = std::thread::Builder::new().name("daemon-call".into()).spawn(move || {
-        // Set just before the request goes out (conservatively: a failed write counts too).
-        let result = Client::connect(&socket, timeout).inspect(|_| written_by_call.store(true, Ordering::SeqCst));
-        let result = match result {
-            Ok(mut c) => c.call(&request).map_err(|e| (true, e)),
-            Err(e) => Err((false, e)),
-        };
-        let _ = tx.send(result);
-    });
-    if let Err(e) = spawned {
-        return Answer::Failed(format!("cannot start the daemon call: {e}"));
-    }
-    let maybe_applied = |why: String| {
-        Answer::Failed(format!("{why} after the request was sent; it may or may not have been applied (check `enforcer list --source wazuh`)"))
-    };
-    match rx.recv_timeout(timeout + Duration::from_millis(250)) {
-        Ok(Ok(reply)) => Answer::Reply(reply),
-        Ok(Err((_, ClientError::Daemon(e)))) => Answer::Refused(e),
-        Ok(Err((_, e @ ClientError::PermissionDenied(_)))) => Answer::Failed(e.to_string()),
-        Ok(Err((_, ClientError::NotRunning(path)))) => Answer::Unreachable(format!("nothing listens on {}", path.display())),
-        Ok(Err((false, e @ ClientError::Io { .. }))) => Answer::Unreachable(e.to_string()),
-        Ok(Err((true, e))) => maybe_applied(e.to_string()),
-        Err(_) if written.load(Ordering::SeqCst) => maybe_applied(format!("no answer within {timeout:?}")),
-        Err(_) => Answer::Unreachable(format!("could not connect within {timeout:?}")),
-    }
-}
-
 fn code_name(code: ErrorCode) -> String {
     serde_json::to_string(&code).unwrap_or_default().trim_matches('"').to_owned()
 }
@@ -625,8 +574,8 @@ impl Hook {
     fn block(&self, request: &Request, options: &Options) -> i32 {
         let Request::Block(b) = request else { unreachable!("only blocks here") };
         let target = b.target;
-        match ask(&options.socket, request, self.timeouts.daemon) {
-            Answer::Reply(Reply::Block(r)) => {
+        match deliver(&options.socket, request, self.timeouts.daemon, Some(&options.state_dir)) {
+            Delivery::Reply(Reply::Block(r)) => {
                 let what = match r.outcome {
                     Outcome::Created => "blocked",
                     Outcome::Extended => "extended the block of",
@@ -650,14 +599,14 @@ impl Hook {
                 self.log.write(&line);
                 EXIT_OK
             }
-            Answer::Reply(_) => self.failed("the daemon gave an unexpected answer to a block"),
-            Answer::Refused(e) => self.failed(&format!(
+            Delivery::Reply(_) => self.failed("the daemon gave an unexpected answer to a block"),
+            Delivery::Refused(e) => self.failed(&format!(
                 "the daemon refused to block {target}: {} ({})",
                 e.message,
                 code_name(e.code)
             )),
-            Answer::Unreachable(why) => self.spool(request, options, &why),
-            Answer::Failed(why) => self.failed(&format!("cannot block {target}: {why}")),
+            Delivery::Failed(why) => self.failed(&format!("cannot block {target}: {why}")),
+            other => self.spooled(other, options),
         }
     }
 
@@ -667,47 +616,50 @@ impl Hook {
             source: Some(source()),
             all: false,
         };
-        match ask(&options.socket, &request, self.timeouts.daemon) {
-            Answer::Reply(Reply::Unblock { lifted: true, .. }) => {
+        match deliver(&options.socket, &request, self.timeouts.daemon, Some(&options.state_dir)) {
+            Delivery::Reply(Reply::Unblock { lifted: true, .. }) => {
                 self.log.write(&format!("enforcer: unblocked {target}"));
                 EXIT_OK
             }
-            Answer::Reply(Reply::Unblock { lifted: false, .. }) => {
+            Delivery::Reply(Reply::Unblock { lifted: false, .. }) => {
                 self.log.write(&format!(
                     "enforcer: removed the {SOURCE} block of {target}; other sources still block it"
                 ));
                 EXIT_OK
             }
-            Answer::Reply(_) => self.failed("the daemon gave an unexpected answer to an unblock"),
-            Answer::Refused(e) if e.code == ErrorCode::NotFound => {
+            Delivery::Reply(_) => self.failed("the daemon gave an unexpected answer to an unblock"),
+            Delivery::Refused(e) if e.code == ErrorCode::NotFound => {
                 self.log.write(&format!(
                     "enforcer: {target} has no {SOURCE} block (it expired or was removed); nothing to do"
                 ));
                 EXIT_OK
             }
-            Answer::Refused(e) => self.failed(&format!(
+            Delivery::Refused(e) => self.failed(&format!(
                 "the daemon refused to unblock {target}: {} ({})",
                 e.message,
                 code_name(e.code)
             )),
-            Answer::Unreachable(why) => self.spool(&request, options, &why),
-            Answer::Failed(why) => self.failed(&format!("cannot unblock {target}: {why}")),
+            Delivery::Failed(why) => self.failed(&format!("cannot unblock {target}: {why}")),
+            other => self.spooled(other, options),
         }
     }
 
-    fn spool(&self, request: &Request, options: &Options, why: &str) -> i32 {
-        match spool::write(&options.state_dir, request) {
-            Ok(path) => {
+    /// Logs a request that never reached the daemon: spooled, or lost if spooling failed.
+    fn spooled(&self, delivery: Delivery, options: &Options) -> i32 {
+        match delivery {
+            Delivery::Spooled { file, why } => {
                 self.log.write(&format!(
                     "enforcer: the daemon is unreachable ({why}); spooled to {}: it is applied when the daemon starts",
-                    path.display()
+                    file.display()
                 ));
                 EXIT_OK
             }
-            Err(e) => self.failed(&format!(
-                "the daemon is unreachable ({why}) and spooling to {} failed ({e}): the request is lost",
-                spool::spool_dir(&options.state_dir).display()
+            Delivery::Unreachable { why, spool_error } => self.failed(&format!(
+                "the daemon is unreachable ({why}) and spooling to {} failed ({}): the request is lost",
+                spool::spool_dir(&options.state_dir).display(),
+                spool_error.map_or_else(|| "not attempted".to_owned(), |e| e.to_string())
             )),
+            other => self.failed(&format!("unexpected delivery: {other:?}")),
         }
     }
 
