@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod duration;
 pub mod hooks;
+pub mod install;
 pub mod metrics;
 pub mod netlink;
 pub mod policy;

@@ -21,13 +21,13 @@ use crate::{
     target::Target,
 };
 
-const BLOCKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blocks_v1");
+const BLOCKS: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("blocks_v1");
 /// Allowlist entries added with the CLI (config and builtin entries are not stored).
-const ALLOW: TableDefinition<&str, &[u8]> = TableDefinition::new("allow_v1");
+const ALLOW: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("allow_v1");
 /// Blocks waiting for approval, by id.
-const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_v1");
+const PENDING: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("pending_v1");
 /// When each target was last blocked (for repeat-offender escalation).
-const OFFENSES: TableDefinition<&str, &[u8]> = TableDefinition::new("offenses_v1");
+const OFFENSES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("offenses_v1");
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +204,7 @@ impl Store {
     /// A table keyed by target, each value decoded as `V`.
     fn load_keyed<V: serde::de::DeserializeOwned>(
         &self,
-        def: TableDefinition<&str, &[u8]>,
+        def: TableDefinition<'_, &str, &[u8]>,
         name: &str,
     ) -> Result<Vec<(Target, V)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;

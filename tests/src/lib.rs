@@ -344,7 +344,7 @@ pub fn inject<'a>(iface: &str, frames: impl IntoIterator<Item = &'a [u8]>) -> Re
                 frame.len(),
                 0,
                 (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                size_of::<libc::sockaddr_ll>() as u32,
             )
         };
         ensure!(n == frame.len() as isize, "sendto: {}", io::Error::last_os_error());

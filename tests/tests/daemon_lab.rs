@@ -76,7 +76,7 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "wazuh"]));
     let list = d.json(&["list"]);
     assert_eq!(list[0]["sources"].as_array().unwrap().len(), 2);
-    let left = list[0]["expires_ms"].as_u64().unwrap() - enforcer::block::now_ms();
+    let left = list[0]["expires_ms"].as_u64().unwrap() - now_ms();
     assert!(left > 50 * 60 * 1000, "the kernel expiry is the latest source's");
 
     let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
@@ -532,7 +532,7 @@ fn the_socket_group_may_use_the_cli_and_others_may_not() {
 
 #[test]
 fn the_shipped_example_configuration_is_valid() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.toml");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.toml");
     let out = cli(Path::new("/nonexistent"), &["daemon", "--config", example.to_str().unwrap(), "--check-config"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use enforcer::hooks::fail2ban::{InstallOptions, Outcome, install};
+use enforcer::install::fail2ban::{InstallOptions, Outcome, install};
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::{Daemon, enforcer_bin, ok},

@@ -156,7 +156,7 @@ fn repeat_offenders_get_escalated_ttls() {
         &lab,
         "default_ttl = \"1m\"\n[policy]\nmax_ttl = \"2d\"\n[policy.repeat_offenders]\nwindow = \"1d\"\nttls = [\"1m\", \"1h\", \"1d\", \"7d\"]\n",
     );
-    let left = |r: &serde_json::Value| (r["expires_ms"].as_u64().unwrap() - enforcer::block::now_ms()) / 1000;
+    let left = |r: &serde_json::Value| (r["expires_ms"].as_u64().unwrap() - now_ms()) / 1000;
     let mut ttls = Vec::new();
     for _ in 0..4 {
         let r = d.json(&["block", SENDER_V4[1], "--source", "wazuh"]);

@@ -564,7 +564,7 @@ fn two_blocks_sharing_a_hit_slot_are_both_counted_exactly() {
         .flat_map(|c| (0..=255u8).map(move |d| [203, 0, c, d]))
         .find(|a| key(*a) == key(first))
         .expect("a colliding address");
-    let (a, b) = (std::net::Ipv4Addr::from(first).to_string(), std::net::Ipv4Addr::from(second).to_string());
+    let (a, b) = (Ipv4Addr::from(first).to_string(), Ipv4Addr::from(second).to_string());
     f.block(&a, 0, MODE_ENFORCE);
     f.block(&b, 0, MODE_ENFORCE);
     f.hits_n(&a, 300); // takes the slot
@@ -602,7 +602,7 @@ fn pinned_maps_of_another_key_size_value_size_or_type_are_refused() {
         count_block_hits: true,
     };
     drop(Datapath::open(&opts).unwrap());
-    let value = std::mem::size_of::<enforcer_common::BlockEntry>() as u32;
+    let value = size_of::<enforcer_common::BlockEntry>() as u32;
     for (map_type, key, value, want) in [
         ("hash", 8, value, "key size 8, expected 4".to_owned()),
         ("hash", 4, value + 8, format!("value size {}, expected {value}", value + 8)),

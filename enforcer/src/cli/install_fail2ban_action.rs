@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::{
-    hooks::fail2ban::{DEFAULT_ACTION_DIR, DEFAULT_NAME, InstallOptions, Outcome, install, jail_snippet},
+    install::fail2ban::{DEFAULT_ACTION_DIR, DEFAULT_NAME, InstallOptions, Outcome, install, jail_snippet},
     protocol::DEFAULT_SOCKET,
 };
 

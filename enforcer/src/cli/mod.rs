@@ -173,7 +173,7 @@ pub struct SpoolFlags {
     pub spool_if_down: bool,
     /// The daemon's state directory (for --spool-if-down).
     #[arg(long, env = "ENFORCER_STATE_DIR", default_value = "/var/lib/enforcer")]
-    pub state_dir: std::path::PathBuf,
+    pub state_dir: PathBuf,
 }
 
 /// Sends a write request, or spools it when it never reached the daemon and `spool` allows

@@ -14,7 +14,15 @@ pub mod round;
 pub mod spool;
 pub mod systemd;
 
-use std::{os::unix::fs::DirBuilderExt as _, sync::mpsc};
+use std::{
+    os::unix::fs::DirBuilderExt as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
@@ -27,6 +35,62 @@ use crate::{
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    let access = control_socket::Access {
+        gid: config.socket_group.as_deref().map(control_socket::group_id).transpose()?,
+    };
+    let mut engine = open_engine(&config)?;
+    let layout = attach_interfaces(&mut engine, &config)?;
+    let notifier = Arc::new(systemd::Notifier::from_env());
+    engine.set_heartbeat(notifier.heartbeat());
+    let shared = Shared {
+        access,
+        ready_status: engine.status_line(),
+        metrics: engine.metrics(),
+        maps_dir: layout.maps_dir(),
+        notifier,
+    };
+
+    let (tx, rx) = mpsc::sync_channel(8192);
+    if config.allowlist.builtin {
+        spawn_host_watch(tx.clone())?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine_stop = stop.clone();
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || engine.run(rx, engine_stop))?;
+    let wake = tx.clone();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(&config, tx, shared))?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    // Let the engine finish what it holds, then stop (the address watcher still has a sender).
+    stop.store(true, Ordering::Relaxed);
+    let (reply, _) = tokio::sync::oneshot::channel();
+    let _ = wake.send(engine::Command {
+        request: crate::protocol::Request::Ping,
+        reply,
+    });
+    engine_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    Ok(())
+}
+
+/// What the serving tasks share.
+struct Shared {
+    access: control_socket::Access,
+    ready_status: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    maps_dir: std::path::PathBuf,
+    notifier: Arc<systemd::Notifier>,
+}
+
+/// Opens the state directory, the store, the audit log and the maps, and reconciles them.
+fn open_engine(config: &Config) -> anyhow::Result<engine::Engine> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
@@ -35,15 +99,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state_dir.join("blocks.redb"))?;
     let audit = AuditLog::open(&config.state_dir, config.audit.max_bytes, config.audit.keep)
         .with_context(|| format!("opening the audit log in {}", config.state_dir.display()))?;
-    let access = control_socket::Access {
-        gid: config.socket_group.as_deref().map(control_socket::group_id).transpose()?,
-    };
     let dp = Datapath::open(&DatapathOptions {
         bpffs_dir: config.bpffs_dir.clone(),
         capacity: config.capacity.into(),
         count_block_hits: true,
     })?;
-    let mut engine = engine::Engine::start(
+    engine::Engine::start(
         store,
         dp,
         audit,
@@ -53,8 +114,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             allowlist: config.allowlist.prefixes.clone(),
             builtin_allowlist: config.allowlist.builtin,
         },
-    )?;
+    )
+}
 
+/// Attaches every configured interface (after reconciliation), detaches those no longer
+/// configured, and drops the pins of older layouts once nothing uses them.
+fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Result<crate::datapath::PinLayout> {
     let mut attachments = Vec::new();
     for iface in &config.interfaces {
         let a = engine
@@ -92,41 +157,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if crate::datapath::pinned_interfaces(&layout).iter().all(|i| config.interfaces.contains(i)) {
         engine.datapath().remove_stale_layouts();
     }
+    Ok(layout)
+}
 
-    let notifier = std::sync::Arc::new(systemd::Notifier::from_env());
-    engine.set_heartbeat(notifier.heartbeat());
-    let ready_status = engine.status_line();
-    let metrics = engine.metrics();
-    let maps_dir = layout.maps_dir();
+/// Follows the host's addresses and gateways into the builtin allowlist.
+fn spawn_host_watch(tx: mpsc::SyncSender<engine::Command>) -> anyhow::Result<()> {
+    std::thread::Builder::new().name("host-watch".into()).spawn(move || {
+        crate::policy::host::watch(|now| {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            tx.send(engine::Command {
+                request: crate::protocol::Request::HostChanged(now),
+                reply,
+            })
+            .is_ok()
+        });
+    })?;
+    Ok(())
+}
 
-    let (tx, rx) = mpsc::sync_channel(8192);
-    if config.allowlist.builtin {
-        let tx = tx.clone();
-        std::thread::Builder::new().name("host-watch".into()).spawn(move || {
-            crate::policy::host::watch(|now| {
-                let (reply, _) = tokio::sync::oneshot::channel();
-                tx.send(engine::Command {
-                    request: crate::protocol::Request::HostChanged(now),
-                    reply,
-                })
-                .is_ok()
-            });
-        })?;
-    }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let engine_stop = stop.clone();
-    let engine_thread = std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || engine.run(rx, engine_stop))?;
-    let wake = tx.clone();
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let socket = config.socket.clone();
-    let state_dir = config.state_dir.clone();
-    let default_ttls = std::sync::Arc::new(spool::DefaultTtls {
+/// The TTLs spooled requests without one get.
+fn default_ttls(config: &Config) -> spool::DefaultTtls {
+    spool::DefaultTtls {
         global: config.default_ttl.0,
         per_source: config
             .policy
@@ -134,66 +185,60 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .filter_map(|(s, p)| p.default_ttl.map(|d| (s.clone(), d.0)))
             .collect(),
-    });
-    runtime.block_on(async move {
-        let listener = control_socket::bind(&socket, access).await?;
-        // Triggers spooled while no daemon answered go first, before anyone is served.
-        spool::drain(&state_dir, &tx, &default_ttls).await;
-        tracing::info!(socket = %socket.display(), "listening");
-        // A hook that timed out against a busy daemon spools too: keep draining while running.
-        let spool_tx = tx.clone();
-        let spool_state = state_dir.clone();
-        let spooler = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                spool::drain(&spool_state, &spool_tx, &default_ttls).await;
-            }
-        });
-        let exporter = match config.metrics.listen {
-            Some(addr) => {
-                let listener = crate::metrics::http::bind(addr).await?;
-                let stats = crate::datapath::StatsReader::open_pinned(&maps_dir)
-                    .inspect_err(|e| tracing::warn!(error = %e, "metrics: the data path's counters are unreadable"))
-                    .ok();
-                let endpoint = std::sync::Arc::new(crate::metrics::http::Endpoint {
-                    metrics: metrics.clone(),
-                    stats,
-                    state_dir: state_dir.clone(),
-                });
-                tracing::info!(%addr, "serving metrics at /metrics");
-                Some(tokio::spawn(crate::metrics::http::serve(listener, endpoint)))
-            }
-            None => None,
-        };
-        let server = tokio::spawn(control_socket::serve(listener, tx, access, metrics));
-        // Blocks are reconciled and enforced, every interface attached, the socket serving.
-        notifier.notify(&format!("READY=1\nSTATUS={ready_status}\n"));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down; XDP stays attached, blocks stay in force"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down; XDP stays attached, blocks stay in force"),
+    }
+}
+
+/// Serves the control socket (and metrics), drains the spool, until SIGTERM or SIGINT.
+async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: Shared) -> anyhow::Result<()> {
+    let socket = config.socket.clone();
+    let state_dir = config.state_dir.clone();
+    let default_ttls = Arc::new(default_ttls(config));
+    let listener = control_socket::bind(&socket, shared.access).await?;
+    // Triggers spooled while no daemon answered go first, before anyone is served.
+    spool::drain(&state_dir, &tx, &default_ttls).await;
+    tracing::info!(socket = %socket.display(), "listening");
+    // A hook that timed out against a busy daemon spools too: keep draining while running.
+    let spool_tx = tx.clone();
+    let spool_state = state_dir.clone();
+    let spooler = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            spool::drain(&spool_state, &spool_tx, &default_ttls).await;
         }
-        notifier.notify("STOPPING=1\n");
-        server.abort();
-        spooler.abort();
-        if let Some(e) = exporter {
-            e.abort();
-        }
-        let _ = server.await;
-        let _ = spooler.await;
-        let _ = std::fs::remove_file(&socket);
-        anyhow::Ok(())
-    })?;
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    // Let the engine finish what it holds, then stop (the address watcher still has a sender).
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (reply, _) = tokio::sync::oneshot::channel();
-    let _ = wake.send(engine::Command {
-        request: crate::protocol::Request::Ping,
-        reply,
     });
-    engine_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    let exporter = start_exporter(config, &shared).await?;
+    let server = tokio::spawn(control_socket::serve(listener, tx, shared.access, shared.metrics.clone()));
+    // Blocks are reconciled and enforced, every interface attached, the socket serving.
+    shared.notifier.notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down; XDP stays attached, blocks stay in force"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down; XDP stays attached, blocks stay in force"),
+    }
+    shared.notifier.notify("STOPPING=1\n");
+    server.abort();
+    spooler.abort();
+    if let Some(e) = exporter {
+        e.abort();
+    }
+    let _ = server.await;
+    let _ = spooler.await;
+    let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Serves `/metrics` when configured.
+async fn start_exporter(config: &Config, shared: &Shared) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = config.metrics.listen else { return Ok(None) };
+    let listener = crate::metrics::http::bind(addr).await?;
+    let stats = crate::datapath::StatsReader::open_pinned(&shared.maps_dir)
+        .inspect_err(|e| tracing::warn!(error = %e, "metrics: the data path's counters are unreadable"))
+        .ok();
+    let endpoint = Arc::new(crate::metrics::http::Endpoint {
+        metrics: shared.metrics.clone(),
+        stats,
+        state_dir: config.state_dir.clone(),
+    });
+    tracing::info!(%addr, "serving metrics at /metrics");
+    Ok(Some(tokio::spawn(crate::metrics::http::serve(listener, endpoint))))
 }

@@ -17,7 +17,6 @@
 //!
 //! [`Target`]: crate::target::Target
 
-pub mod fail2ban;
 pub mod line_reader;
 pub mod wazuh;
 

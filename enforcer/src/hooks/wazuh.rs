@@ -32,7 +32,6 @@
 //! Exit codes: 0 done (or aborted, or spooled); 255 invalid input, no usable address, or no
 //! valid handshake reply; 1 the daemon refused or failed the request.
 
-pub mod install;
 
 use std::{
     io::{self, Write as _},
@@ -518,55 +517,59 @@ impl Hook {
                 log.write("Ended");
                 code
             }
-            Command::Add => {
-                let keys = check_keys_line(&self.name, &target);
-                log.write(&keys);
-                if let Err(e) = out.write_all(format!("{keys}\n").as_bytes()).and_then(|()| out.flush()) {
-                    log.write(&format!("Cannot send check_keys to execd: {e}"));
-                    return EXIT_INVALID;
-                }
-                let reply = match input.read_line(MAX_REPLY, self.timeouts.reply) {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        let why = match e {
-                            LineError::Eof => "execd closed the pipe".to_owned(),
-                            e => e.to_string(),
-                        };
-                        log.write(&format!("Invalid answer to check_keys: {why}"));
-                        return EXIT_INVALID;
-                    }
+            Command::Add => self.add(input, out, &message, &options, target),
+        }
+    }
+
+    /// `add`: the check_keys handshake with execd, then the block.
+    fn add(&self, input: &mut LineReader<'_>, out: &mut dyn io::Write, message: &Message, options: &Options, target: Target) -> i32 {
+        let log = &self.log;
+        let keys = check_keys_line(&self.name, &target);
+        log.write(&keys);
+        if let Err(e) = out.write_all(format!("{keys}\n").as_bytes()).and_then(|()| out.flush()) {
+            log.write(&format!("Cannot send check_keys to execd: {e}"));
+            return EXIT_INVALID;
+        }
+        let reply = match input.read_line(MAX_REPLY, self.timeouts.reply) {
+            Ok(reply) => reply,
+            Err(e) => {
+                let why = match e {
+                    LineError::Eof => "execd closed the pipe".to_owned(),
+                    e => e.to_string(),
                 };
-                log.write(&String::from_utf8_lossy(&reply));
-                let verdict = match parse_reply(&reply) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        log.write(&e.to_string());
-                        return EXIT_INVALID;
-                    }
-                };
-                let request = Request::Block(BlockRequest {
-                    target,
-                    ttl_secs: options.ttl.map(|t| t.as_secs()),
-                    permanent: false,
-                    source: source(),
-                    reason: reason_from_alert(&message.alert),
-                    shadow: false,
-                    force: false,
-                });
-                match verdict {
-                    Verdict::Continue => {
-                        let code = self.block(&request, &options);
-                        log.write("Ended");
-                        code
-                    }
-                    Verdict::Abort => {
-                        // execd restarted its timer for this key: keep the block at least as
-                        // long, so it cannot end while execd still counts it as active.
-                        self.block(&request, &options);
-                        log.write("Aborted");
-                        EXIT_OK
-                    }
-                }
+                log.write(&format!("Invalid answer to check_keys: {why}"));
+                return EXIT_INVALID;
+            }
+        };
+        log.write(&String::from_utf8_lossy(&reply));
+        let verdict = match parse_reply(&reply) {
+            Ok(v) => v,
+            Err(e) => {
+                log.write(&e.to_string());
+                return EXIT_INVALID;
+            }
+        };
+        let request = Request::Block(BlockRequest {
+            target,
+            ttl_secs: options.ttl.map(|t| t.as_secs()),
+            permanent: false,
+            source: source(),
+            reason: reason_from_alert(&message.alert),
+            shadow: false,
+            force: false,
+        });
+        match verdict {
+            Verdict::Continue => {
+                let code = self.block(&request, options);
+                log.write("Ended");
+                code
+            }
+            Verdict::Abort => {
+                // execd restarted its timer for this key: keep the block at least as
+                // long, so it cannot end while execd still counts it as active.
+                self.block(&request, options);
+                log.write("Aborted");
+                EXIT_OK
             }
         }
     }

@@ -56,8 +56,9 @@ enum Section {
 fn main() -> Result<()> {
     let args = Args::parse();
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "the benchmark loads XDP programs, creates namespaces and pins maps: run it as root \
          (`cargo xtask bench`)"
     );

@@ -32,7 +32,7 @@ const TOP: f64 = 66.0;
 /// Roughly the width of one character at font-size 11.
 const CHAR: f64 = 6.3;
 
-pub fn render(c: &Chart) -> String {
+pub fn render(c: &Chart<'_>) -> String {
     let widest = |texts: &mut dyn Iterator<Item = &String>| {
         texts.map(|t| t.chars().count()).max().unwrap_or(0) as f64 * CHAR
     };
