@@ -200,3 +200,25 @@ async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
         Err(_) => Response::err(ErrorCode::Internal, "the daemon is shutting down"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_membership_comes_from_the_group_database() {
+        // root's login groups (getgrouplist with its primary group) include group 0.
+        assert!(member_of(0, 0, 0));
+        // The primary group passed in counts, as for a login.
+        assert!(member_of(0, 4242, 4242));
+        // A uid with no user entry is a member of nothing.
+        assert!(!member_of(0x7fff_0000, 0, 0));
+    }
+
+    #[test]
+    fn an_unknown_group_name_says_how_to_fix_it() {
+        let err = group_id("enforcer-no-such-group").unwrap_err().to_string();
+        assert!(err.contains("groupadd enforcer-no-such-group"), "{err}");
+        assert_eq!(group_id("root").unwrap(), 0);
+    }
+}
