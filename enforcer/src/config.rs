@@ -43,6 +43,11 @@
 //! [policy.approval]
 //! broader_than_v4 = 24
 //! pending_ttl = "1h"
+//!
+//! [crowdsec]                   # see crate::crowdsec; off unless present
+//! api_url = "http://127.0.0.1:8080/"
+//! api_key_file = "/etc/enforcer/crowdsec.key"
+//! update_frequency = "10s"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -86,6 +91,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The CrowdSec bouncer (off unless present).
+    pub crowdsec: Option<crate::crowdsec::CrowdsecConfig>,
 }
 
 /// The `[metrics]` section.
@@ -131,6 +138,7 @@ impl Default for Config {
             allowlist: AllowlistConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             metrics: MetricsConfig::default(),
+            crowdsec: None,
         }
     }
 }
@@ -241,6 +249,11 @@ impl Config {
         if let Err((key, message)) = config.policy.validate() {
             return Err(located(key_span(&key), format!("policy: {message}")));
         }
+        if let Some(cs) = &config.crowdsec
+            && let Err((key, message)) = cs.validate()
+        {
+            return Err(located(section_key_span(text, "crowdsec", &key), message));
+        }
         Ok(config)
     }
 }
@@ -251,6 +264,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, column)
+}
+
+/// The span of `key` inside `[section]` (else of the section header, else the first line).
+fn section_key_span(text: &str, section: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let header = format!("[{section}]");
+    let start = text.find(&header)?;
+    let body_start = start + header.len();
+    let body_end = text[body_start..].find("\n[").map_or(text.len(), |i| body_start + i + 1);
+    find_key(&text[body_start..body_end], key)
+        .map(|r| r.start + body_start..r.end + body_start)
+        .or(Some(start..body_start))
 }
 
 /// The span of the first line that assigns `key`.
@@ -291,5 +315,37 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         let e = Config::parse("xdp_mode = \"turbo\"\n", "x").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn crowdsec_section_is_checked_where_it_is_written() {
+        let ok = Config::parse("[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key = \"abc\"\n", "x").unwrap();
+        let cs = ok.crowdsec.unwrap();
+        assert_eq!(cs.update_frequency.0.as_secs(), 10);
+        assert_eq!(cs.resync.0.as_secs(), 600);
+        let e = Config::parse("default_ttl = \"1h\"\n[crowdsec]\napi_url = \"ftp://x\"\napi_key = \"abc\"\n", "x").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\n", "x").unwrap_err();
+        assert!(e.message.contains("cscli bouncers add"), "{e}");
+        let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\n  update_frequency = \"10\"\nresync = \"5s\"\n", "x").unwrap_err();
+        assert_eq!((e.line, e.column), (5, 1), "{e}");
+        let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\nbogus = 1\n", "x").unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("crowdsec.key");
+        std::fs::write(&key, "0123abcd\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!("[crowdsec]\napi_url = \"http://x/\"\napi_key_file = \"{}\"\n", key.display());
+        let e = Config::parse(&text, "x").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(&text, "x").unwrap().crowdsec.unwrap();
+        assert!(matches!(c.credentials(), Ok(crate::crowdsec::Credentials::ApiKey(k)) if k == "0123abcd"));
     }
 }

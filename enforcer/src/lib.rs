@@ -8,6 +8,7 @@ pub mod block;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod datapath;
 pub mod duration;

@@ -126,6 +126,8 @@ pub enum Request {
     /// thread (never on the engine's); the allowlist follows them. Internal: not on the wire.
     #[serde(skip)]
     HostChanged(Vec<crate::policy::host::HostAddress>),
+    /// Make one source's blocks match a feed (CrowdSec), in one durable round.
+    SyncSource(SyncRequest),
 }
 
 impl Request {
@@ -149,6 +151,7 @@ impl Request {
             Self::Approve { .. } => "approve",
             Self::Reject { .. } => "reject",
             Self::HostChanged(_) => "refresh_host",
+            Self::SyncSource(_) => "sync_source",
         }
     }
 }
@@ -204,6 +207,38 @@ pub struct BatchRequest {
     /// Count instead of drop.
     #[serde(default)]
     pub shadow: bool,
+}
+
+/// One target of a [`SyncRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncItem {
+    /// The target.
+    pub target: Target,
+    /// How long the source's block should last from now, in ms. Unlike a block request, this
+    /// may shorten the source's block: a feed says how long its decision lasts, not a minimum.
+    pub ttl_ms: u64,
+    /// Why.
+    #[serde(default)]
+    pub reason: std::sync::Arc<Reason>,
+}
+
+/// Make one source's blocks say what a feed says: each item is blocked (through the same policy
+/// as any block) until its end; with `replace`, the source's blocks of every other target are
+/// removed; `remove` lists targets whose block from this source ends now. Other sources' blocks
+/// of the same targets are never touched. All of it is one round: one fsync, and the kernel
+/// sees only the final state (a target kept by the sync is never lifted in between).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The feed's source name.
+    pub source: Source,
+    /// `items` is the source's whole set: remove the source's blocks of every other target.
+    #[serde(default)]
+    pub replace: bool,
+    /// Targets to block.
+    pub items: Vec<SyncItem>,
+    /// Targets whose block from this source to remove.
+    #[serde(default)]
+    pub remove: Vec<Target>,
 }
 
 /// The daemon's answer.
@@ -359,7 +394,7 @@ pub enum Reply {
     /// Answer to stats.
     Stats(StatsReply),
     /// Answer to status.
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     /// Answer to allow add/remove.
     Allow {
         /// The prefix.
@@ -394,6 +429,23 @@ pub enum Reply {
     },
     /// Answer to HostChanged.
     Refreshed,
+    /// Answer to sync_source.
+    SyncSource(SyncReply),
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// Items blocked, extended or shortened.
+    pub applied: usize,
+    /// Items already in force as asked (nothing written).
+    pub unchanged: usize,
+    /// Items waiting for approval.
+    pub pending: usize,
+    /// The source's blocks removed.
+    pub removed: usize,
+    /// Items refused, and why (index into `items`).
+    pub failed: Vec<BatchFailure>,
 }
 
 /// Answer to one block.
@@ -620,4 +672,41 @@ pub struct StatusReply {
     pub pending: usize,
     /// Allowlist prefixes.
     pub allowlist: usize,
+    /// The CrowdSec bouncer, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<CrowdsecStatus>,
+}
+
+/// The CrowdSec bouncer's state, in status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CrowdsecStatus {
+    /// The LAPI.
+    pub api_url: String,
+    /// Last successful pull (Unix ms).
+    pub last_pull_ms: Option<UnixMillis>,
+    /// Last successful full (startup) pull (Unix ms).
+    pub last_full_pull_ms: Option<UnixMillis>,
+    /// Successful pulls since start.
+    pub pulls: u64,
+    /// Targets with a live ban decision.
+    pub active: usize,
+    /// Decisions applied as blocks (created, extended or shortened) since start.
+    pub applied: u64,
+    /// Decisions the safety policy refused since start (see the audit log).
+    pub refused: u64,
+    /// Decisions waiting for approval since start.
+    pub pending: u64,
+    /// Decisions not enforced by design (not `ban`, another scope, simulated) since start.
+    pub ignored: u64,
+    /// Malformed decisions skipped since start.
+    pub invalid: u64,
+    /// Failed pulls since start.
+    #[serde(default)]
+    pub errors: u64,
+    /// The last error (pull or apply); it is current when newer than `last_pull_ms`.
+    pub last_error: Option<String>,
+    /// When it happened (Unix ms).
+    pub last_error_ms: Option<UnixMillis>,
+    /// Usage metrics: `on`, `off: ...` with the reason.
+    pub usage_metrics: String,
 }

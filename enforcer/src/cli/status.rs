@@ -36,6 +36,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             b.source
         );
     }
+    if let Some(cs) = &s.crowdsec {
+        print_crowdsec(cs);
+    }
     println!();
     if s.interfaces.is_empty() {
         println!("interfaces: none attached (nothing is filtered)");
@@ -58,4 +61,26 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     }
     table(&t);
     Ok(())
+}
+
+fn print_crowdsec(cs: &crate::protocol::CrowdsecStatus) {
+    let ago = super::output::ago;
+    println!(
+        "crowdsec: LAPI {}; last pull {} (full {}); {} targets with live ban decisions",
+        cs.api_url,
+        ago(cs.last_pull_ms),
+        ago(cs.last_full_pull_ms),
+        cs.active
+    );
+    println!(
+        "crowdsec: decisions applied {}, refused {} (see the audit log), pending approval {}, ignored {} (not ban, other scopes), malformed {}; usage metrics {}",
+        cs.applied, cs.refused, cs.pending, cs.ignored, cs.invalid, cs.usage_metrics
+    );
+    if let Some(e) = &cs.last_error {
+        if cs.last_error_ms > cs.last_pull_ms {
+            println!("crowdsec: FAILING since {} ({} failed pulls since start): {e}", ago(cs.last_error_ms), cs.errors);
+        } else {
+            println!("crowdsec: recovered; last error {} ({} failed pulls since start): {e}", ago(cs.last_error_ms), cs.errors);
+        }
+    }
 }

@@ -22,7 +22,7 @@ use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 use super::engine::Command;
 use crate::{
     metrics::Metrics,
-    protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Request, Response},
+    protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Reply, Request, Response},
 };
 
 /// Who may talk to the daemon.
@@ -63,8 +63,15 @@ pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections until the engine goes away.
-pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: Access, metrics: Arc<Metrics>) {
+/// Accepts connections until the engine goes away. `crowdsec` is the bouncer's state, added to
+/// status answers.
+pub async fn serve(
+    listener: UnixListener,
+    engine: SyncSender<Command>,
+    access: Access,
+    metrics: Arc<Metrics>,
+    crowdsec: Option<crate::crowdsec::StatusHandle>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -75,8 +82,9 @@ pub async fn serve(listener: UnixListener, engine: SyncSender<Command>, access: 
         };
         let engine = engine.clone();
         let metrics = metrics.clone();
+        let crowdsec = crowdsec.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, engine, access, &metrics).await {
+            if let Err(e) = connection(stream, engine, access, &metrics, crowdsec.as_ref()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -110,7 +118,13 @@ fn member_of(uid: u32, primary: u32, gid: u32) -> bool {
     getgrouplist(&name, Gid::from_raw(primary)).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
 }
 
-async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Access, metrics: &Metrics) -> io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    engine: SyncSender<Command>,
+    access: Access,
+    metrics: &Metrics,
+    crowdsec: Option<&crate::crowdsec::StatusHandle>,
+) -> io::Result<()> {
     let allowed = peer_allowed(&stream, access).await;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -129,7 +143,11 @@ async fn connection(stream: UnixStream, engine: SyncSender<Command>, access: Acc
         } else if line.len() > MAX_LINE {
             ("unknown", Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes")))
         } else {
-            handle_line(&line, &engine).await
+            let (op, mut response) = handle_line(&line, &engine).await;
+            if let (Response::Ok { result: Reply::Status(status), .. }, Some(cs)) = (&mut response, crowdsec) {
+                status.crowdsec = Some(cs.lock().expect("status lock").clone());
+            }
+            (op, response)
         };
         metrics.request(op, result_label(&response));
         let mut out = serde_json::to_vec(&Envelope {
@@ -180,8 +198,8 @@ fn parse(line: &[u8]) -> Result<Request, ErrorBody> {
     serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))
 }
 
-/// Hands a request to the engine and waits for its answer.
-async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
+/// Hands a request to the engine and waits for its answer (also used by the CrowdSec bouncer).
+pub async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
     let command = Command { request, reply: tx };

@@ -33,6 +33,8 @@ use crate::{
     store::Store,
 };
 
+pub use control_socket::run as ask_engine;
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let access = control_socket::Access {
@@ -207,7 +209,17 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
         }
     });
     let exporter = start_exporter(config, &shared).await?;
-    let server = tokio::spawn(control_socket::serve(listener, tx, shared.access, shared.metrics.clone()));
+    // The CrowdSec bouncer runs on its own: the daemon never waits for the LAPI (only a bad TLS
+    // file or key stops the start).
+    let bouncer = config
+        .crowdsec
+        .as_ref()
+        .map(|c| crate::crowdsec::Bouncer::new(c, tx.clone()))
+        .transpose()
+        .context("setting up the CrowdSec bouncer")?;
+    let crowdsec_status = bouncer.as_ref().map(crate::crowdsec::Bouncer::status);
+    let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
+    let server = tokio::spawn(control_socket::serve(listener, tx, shared.access, shared.metrics.clone(), crowdsec_status));
     // Blocks are reconciled and enforced, every interface attached, the socket serving.
     shared.notifier.notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -220,6 +232,9 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
     spooler.abort();
     if let Some(e) = exporter {
         e.abort();
+    }
+    if let Some(b) = &bouncer {
+        b.abort();
     }
     let _ = server.await;
     let _ = spooler.await;

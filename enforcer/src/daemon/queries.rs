@@ -51,7 +51,7 @@ impl View<'_> {
             Request::List { source, limit, after } => Ok(self.list(source.as_ref(), limit, after)),
             Request::Show { target } => Ok(Reply::Show(self.show(target))),
             Request::Stats => self.stats(),
-            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::AllowList => Ok(Reply::AllowList {
                 entries: self.ledger.allowlist().iter().map(|(t, o)| allow_entry(*t, o)).collect(),
             }),
@@ -191,6 +191,7 @@ impl View<'_> {
             breakers,
             pending: ledger.pending().len(),
             allowlist: ledger.allowlist().len(),
+            crowdsec: None,
         }
     }
 }

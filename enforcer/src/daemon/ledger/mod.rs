@@ -13,6 +13,7 @@
 
 mod allow;
 mod capacity;
+mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -250,6 +251,10 @@ impl Ledger {
             }
             Request::BlockBatch(b) => {
                 let (reply, touched) = self.block_batch(c, b, now);
+                Applied::new(Ok(reply), touched)
+            }
+            Request::SyncSource(s) => {
+                let (reply, touched) = self.sync_source(c, s, now);
                 Applied::new(Ok(reply), touched)
             }
             Request::Unblock { target, source, all } => Applied::new(self.unblock(c, target, source, all), vec![target]),

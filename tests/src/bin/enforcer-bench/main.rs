@@ -7,6 +7,7 @@
 //! 3. [`control`]: how fast blocks get into force: per-process triggers, batch import, latency.
 //! 4. [`expiry`]: how late blocks end, against a once-a-second userspace timer.
 //! 5. [`memory`]: kernel and daemon memory per block, and the reaper's cost.
+//! 6. [`crowdsec`]: decision → drop on a fleet of two bouncers, and a full sync from a real LAPI.
 //!
 //! [`report`] writes `results.json`, `results.md` and one SVG per section, and the Markdown is
 //! printed. Progress goes to stderr, so stdout is only the report. Everything the run creates
@@ -14,6 +15,7 @@
 //! pass or fail.
 
 mod control;
+mod crowdsec;
 mod datapath;
 mod expiry;
 mod firewall;
@@ -51,6 +53,7 @@ enum Section {
     Control,
     Expiry,
     Memory,
+    Crowdsec,
 }
 
 fn main() -> Result<()> {
@@ -85,6 +88,7 @@ fn main() -> Result<()> {
         control: None,
         expiry: None,
         memory: None,
+        crowdsec: None,
     };
     let times = &mut report.section_seconds;
     if runs(Section::Datapath) {
@@ -126,6 +130,14 @@ fn main() -> Result<()> {
             memory::Settings::FULL
         };
         report.memory = Some(timed(times, "memory", || memory::run(&s))?);
+    }
+    if runs(Section::Crowdsec) {
+        let s = if q {
+            crowdsec::Settings::QUICK
+        } else {
+            crowdsec::Settings::FULL
+        };
+        report.crowdsec = Some(timed(times, "crowdsec", || crowdsec::run(&s))?);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report.judge();

@@ -292,7 +292,7 @@ fn ipset_memory(fill: Fill, targets: &[Target]) -> Result<MapMemory> {
 
 fn status(d: &Daemon) -> Result<StatusReply> {
     match Client::connect(&d.socket, Duration::from_secs(30))?.call(&Request::Status)? {
-        Reply::Status(s) => Ok(s),
+        Reply::Status(s) => Ok(*s),
         other => bail!("unexpected reply {other:?}"),
     }
 }

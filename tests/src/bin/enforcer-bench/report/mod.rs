@@ -7,6 +7,7 @@
 //! targets the project set itself are judged in [`targets`].
 
 mod control;
+mod crowdsec;
 mod datapath;
 mod expiry;
 mod memory;
@@ -96,6 +97,7 @@ pub struct Report {
     pub control: Option<crate::control::Results>,
     pub expiry: Option<crate::expiry::Results>,
     pub memory: Option<crate::memory::Results>,
+    pub crowdsec: Option<crate::crowdsec::Results>,
 }
 
 impl Report {
@@ -128,6 +130,9 @@ pub fn write(dir: &Path, report: &Report) -> Result<String> {
     }
     if let Some(m) = &report.memory {
         files.push(("memory.svg", memory::svg(m)));
+    }
+    if let Some(c) = &report.crowdsec {
+        files.push(("crowdsec.svg", crowdsec::svg(c)));
     }
     for (name, text) in files {
         let path = dir.join(name);
@@ -181,6 +186,9 @@ fn markdown(r: &Report) -> String {
     }
     if let Some(m) = &r.memory {
         memory::markdown(w, m);
+    }
+    if let Some(c) = &r.crowdsec {
+        crowdsec::markdown(w, c);
     }
     out
 }

@@ -255,6 +255,30 @@ pub fn judge(r: &Report) -> Vec<Target> {
             verdict: missing("expiry"),
         },
     });
+
+    // 6. CrowdSec: a full sync of 100k decisions from the real LAPI.
+    let goal = "startup sync of 100k CrowdSec decisions from the real LAPI < 2 s".to_owned();
+    out.push(match &r.crowdsec {
+        Some(c) => Target {
+            goal,
+            measured: format!(
+                "{} ms for {} decisions (the LAPI's answer alone: {} ms)",
+                ms(c.sync.enforced_ms),
+                thousands(c.sync.decisions),
+                ms(c.sync.lapi_answer_ms)
+            ),
+            verdict: if c.sync.decisions < 100_000 {
+                Verdict::NotMeasured(format!("the run synced {} decisions", thousands(c.sync.decisions)))
+            } else {
+                at_most(c.sync.enforced_ms, 2_000.0)
+            },
+        },
+        None => Target {
+            goal,
+            measured: "–".to_owned(),
+            verdict: missing("crowdsec"),
+        },
+    });
     out
 }
 

@@ -1,0 +1,180 @@
+//! The HTTP side: pulling the decision stream and pushing usage metrics.
+
+use std::time::Duration;
+
+use super::{
+    config::{CrowdsecConfig, Credentials},
+    decision::StreamBody,
+};
+
+/// Why a pull or push failed. The message says what the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum LapiError {
+    /// The client could not be built (TLS files).
+    #[error("cannot set up the LAPI client: {0}")]
+    Setup(String),
+    /// No answer (connection refused, timeout, TLS failure).
+    #[error("the LAPI at {url} does not answer: {source}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// 401/403.
+    #[error("the LAPI refused the bouncer's credentials (HTTP {status}); check the key with `cscli bouncers list`")]
+    Denied {
+        /// The status code.
+        status: u16,
+    },
+    /// Another error status.
+    #[error("the LAPI answered HTTP {status}: {body}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The body was larger than allowed.
+    #[error("the LAPI's answer is larger than max_response_bytes ({max} bytes); raise it if the LAPI really holds that many decisions")]
+    TooLarge {
+        /// The limit.
+        max: u64,
+    },
+    /// The body was not a stream answer.
+    #[error("the LAPI's answer is not a decision stream: {0}")]
+    Garbage(String),
+}
+
+/// A LAPI client.
+pub struct Lapi {
+    http: reqwest::Client,
+    stream_url: reqwest::Url,
+    metrics_url: reqwest::Url,
+    api_key: Option<String>,
+    query: Vec<(&'static str, String)>,
+    max_body: u64,
+}
+
+impl Lapi {
+    /// Builds a client from the configuration.
+    pub fn new(config: &CrowdsecConfig) -> Result<Self, LapiError> {
+        // reqwest is built without a default crypto provider; ours is ring (no C toolchain
+        // beyond cc, small). Installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let setup = |e: String| LapiError::Setup(e);
+        let base = reqwest::Url::parse(&config.api_url).map_err(|e| setup(e.to_string()))?;
+        let base = if base.path().ends_with('/') { base } else { reqwest::Url::parse(&format!("{base}/")).map_err(|e| setup(e.to_string()))? };
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .no_proxy();
+        if let Some(ca) = &config.ca_cert_path {
+            let pem = std::fs::read(ca).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let credentials = config.credentials().map_err(|(_, m)| setup(m))?;
+        let api_key = match credentials {
+            Credentials::ApiKey(k) => Some(k),
+            Credentials::Certificate { cert, key } => {
+                let mut pem = std::fs::read(&cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?;
+                pem.extend(std::fs::read(&key).map_err(|e| setup(format!("{}: {e}", key.display())))?);
+                let id = reqwest::Identity::from_pem(&pem).map_err(|e| setup(format!("{}: {e}", cert.display())))?;
+                builder = builder.identity(id);
+                None
+            }
+        };
+        let mut query = Vec::new();
+        let list = |v: &[String]| v.join(",");
+        query.push(("scopes", if config.scopes.is_empty() { "ip,range".to_owned() } else { list(&config.scopes) }));
+        for (key, values) in [
+            ("origins", &config.origins),
+            ("scenarios_containing", &config.scenarios_containing),
+            ("scenarios_not_containing", &config.scenarios_not_containing),
+        ] {
+            if !values.is_empty() {
+                query.push((key, list(values)));
+            }
+        }
+        Ok(Self {
+            http: builder.build().map_err(|e| setup(e.to_string()))?,
+            stream_url: base.join("v1/decisions/stream").map_err(|e| setup(e.to_string()))?,
+            metrics_url: base.join("v1/usage-metrics").map_err(|e| setup(e.to_string()))?,
+            api_key,
+            query,
+            max_body: config.max_response_bytes,
+        })
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => req.header("X-Api-Key", k),
+            None => req,
+        }
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> LapiError {
+        LapiError::Unreachable {
+            url: self.stream_url.to_string(),
+            source,
+        }
+    }
+
+    /// One pull: the whole state (`startup`) or what changed since the last pull.
+    pub async fn pull(&self, startup: bool) -> Result<StreamBody, LapiError> {
+        let mut query = self.query.clone();
+        if startup {
+            query.push(("startup", "true".to_owned()));
+        }
+        let req = self.authed(self.http.get(self.stream_url.clone()).query(&query));
+        let mut resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(LapiError::Denied { status: status.as_u16() });
+        }
+        let body = self.read_body(&mut resp).await?;
+        if !status.is_success() {
+            return Err(LapiError::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| LapiError::Garbage(e.to_string()))
+    }
+
+    /// The body, refusing to hold more than `max_body` bytes.
+    async fn read_body(&self, resp: &mut reqwest::Response) -> Result<Vec<u8>, LapiError> {
+        if resp.content_length().is_some_and(|n| n > self.max_body) {
+            return Err(LapiError::TooLarge { max: self.max_body });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            if body.len() as u64 + chunk.len() as u64 > self.max_body {
+                return Err(LapiError::TooLarge { max: self.max_body });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Pushes usage metrics. `Ok(false)`: this LAPI has no such endpoint (404, before 1.6.3).
+    pub async fn push_metrics(&self, body: &serde_json::Value) -> Result<bool, LapiError> {
+        let req = self.authed(self.http.post(self.metrics_url.clone()).json(body));
+        let mut resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        let text = self.read_body(&mut resp).await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(LapiError::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned(),
+            });
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,204 @@
+//! What the LAPI has said, per target: the functional core of the bouncer.
+//!
+//! The LAPI may hold several decisions for one value (several scenarios or origins, duplicates),
+//! and its deltas overlap. The ledger keeps every live decision per target by key, so a target
+//! stays blocked as long as its longest live decision, a decision seen twice changes nothing,
+//! and a deletion lifts the block only when no other known decision for the target is left.
+//! It turns each pull into one [`SyncRequest`] for the engine: a startup pull replaces the
+//! source's whole set, a delta pull changes only the targets it touched.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use super::decision::{Ban, DecisionKey};
+use crate::{
+    block::{Reason, Source, UnixMillis},
+    protocol::{SyncItem, SyncRequest},
+    target::Target,
+};
+
+/// One live decision.
+#[derive(Clone, Debug)]
+struct Live {
+    expires_ms: UnixMillis,
+    reason: Arc<Reason>,
+    origin: Arc<str>,
+}
+
+/// The live decisions, by target.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    targets: HashMap<Target, BTreeMap<DecisionKey, Live>>,
+}
+
+impl Ledger {
+    /// A startup pull: the LAPI's whole current state replaces what we knew.
+    pub fn startup(&mut self, source: &Source, bans: Vec<Ban>, now: UnixMillis) -> SyncRequest {
+        self.targets.clear();
+        for ban in bans {
+            self.insert(ban, now);
+        }
+        let items = self.targets.keys().filter_map(|t| self.item(t, now)).collect();
+        SyncRequest {
+            source: source.clone(),
+            replace: true,
+            items,
+            remove: Vec::new(),
+        }
+    }
+
+    /// A delta pull: decisions that started and decisions that ended since the last pull.
+    pub fn delta(&mut self, source: &Source, new: Vec<Ban>, deleted: Vec<Ban>, now: UnixMillis) -> SyncRequest {
+        let mut touched: Vec<Target> = Vec::with_capacity(new.len() + deleted.len());
+        for ban in deleted {
+            if let Some(live) = self.targets.get_mut(&ban.target) {
+                live.remove(&ban.key);
+            }
+            touched.push(ban.target);
+        }
+        for ban in new {
+            touched.push(ban.target);
+            self.insert(ban, now);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut items = Vec::new();
+        let mut remove = Vec::new();
+        for target in touched {
+            match self.item(&target, now) {
+                Some(item) => items.push(item),
+                None => {
+                    self.targets.remove(&target);
+                    remove.push(target);
+                }
+            }
+        }
+        SyncRequest {
+            source: source.clone(),
+            replace: false,
+            items,
+            remove,
+        }
+    }
+
+    /// Targets with at least one live decision.
+    pub fn active(&self, now: UnixMillis) -> usize {
+        self.targets.values().filter(|d| d.values().any(|l| l.expires_ms > now)).count()
+    }
+
+    /// Live targets per origin of their longest decision (for usage metrics).
+    pub fn active_by_origin(&self, now: UnixMillis) -> BTreeMap<String, u64> {
+        let mut by_origin = BTreeMap::new();
+        for decisions in self.targets.values() {
+            if let Some(l) = longest(decisions, now) {
+                *by_origin.entry(l.origin.to_string()).or_default() += 1;
+            }
+        }
+        by_origin
+    }
+
+    fn insert(&mut self, ban: Ban, now: UnixMillis) {
+        let Ok(remaining) = u64::try_from(ban.remaining_ms) else { return };
+        if remaining == 0 {
+            return;
+        }
+        let live = Live {
+            expires_ms: now.saturating_add(remaining),
+            reason: ban.reason,
+            origin: ban.origin.into(),
+        };
+        self.targets.entry(ban.target).or_default().insert(ban.key, live);
+    }
+
+    /// The block a target calls for: as long as its longest live decision, with that one's reason.
+    fn item(&self, target: &Target, now: UnixMillis) -> Option<SyncItem> {
+        let l = longest(self.targets.get(target)?, now)?;
+        Some(SyncItem {
+            target: *target,
+            ttl_ms: l.expires_ms - now,
+            reason: l.reason.clone(),
+        })
+    }
+}
+
+fn longest(decisions: &BTreeMap<DecisionKey, Live>, now: UnixMillis) -> Option<&Live> {
+    decisions.values().filter(|l| l.expires_ms > now).max_by_key(|l| l.expires_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UnixMillis = 1_000_000;
+
+    fn ban(id: i64, target: &str, remaining_ms: i64) -> Ban {
+        Ban {
+            key: DecisionKey::Id(id),
+            target: target.parse().unwrap(),
+            remaining_ms,
+            reason: Arc::new(Reason::text(format!("decision {id}"))),
+            origin: "cscli".into(),
+        }
+    }
+
+    fn src() -> Source {
+        "crowdsec".parse().unwrap()
+    }
+
+    fn ttls(req: &SyncRequest) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = req.items.iter().map(|i| (i.target.to_string(), i.ttl_ms)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn startup_replaces_and_keeps_the_longest_decision_per_target() {
+        let mut l = Ledger::default();
+        let req = l.startup(&src(), vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000), ban(3, "198.51.100.0/24", 60_000)], NOW);
+        assert!(req.replace);
+        assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 600_000), ("198.51.100.0/24".into(), 60_000)]);
+        assert_eq!(req.items.iter().find(|i| i.target.to_string() == "192.0.2.9").unwrap().reason.summary(), "decision 2");
+        let req = l.startup(&src(), vec![ban(3, "198.51.100.0/24", 50_000)], NOW + 10_000);
+        assert_eq!(ttls(&req), vec![("198.51.100.0/24".into(), 50_000)]);
+        assert_eq!(l.active(NOW + 10_000), 1);
+    }
+
+    #[test]
+    fn deleting_the_longest_decision_falls_back_to_the_next_one() {
+        let mut l = Ledger::default();
+        l.startup(&src(), vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000)], NOW);
+        let req = l.delta(&src(), vec![], vec![ban(2, "192.0.2.9", -1)], NOW + 1000);
+        assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 299_000)]);
+        assert!(req.remove.is_empty());
+        let req = l.delta(&src(), vec![], vec![ban(1, "192.0.2.9", -1)], NOW + 2000);
+        assert!(req.items.is_empty());
+        assert_eq!(req.remove, vec!["192.0.2.9".parse().unwrap()]);
+        assert_eq!(l.active(NOW + 2000), 0);
+    }
+
+    #[test]
+    fn overlapping_deltas_are_idempotent() {
+        let mut l = Ledger::default();
+        l.startup(&src(), vec![], NOW);
+        let a = l.delta(&src(), vec![ban(5, "2001:db8::5", 60_000)], vec![], NOW);
+        let b = l.delta(&src(), vec![ban(5, "2001:db8::5", 60_000)], vec![], NOW);
+        assert_eq!(ttls(&a), ttls(&b));
+        // A deletion of a decision we never saw still lifts a target nothing else holds.
+        let c = l.delta(&src(), vec![], vec![ban(99, "203.0.113.1", -5)], NOW);
+        assert_eq!(c.remove, vec!["203.0.113.1".parse().unwrap()]);
+    }
+
+    #[test]
+    fn expired_and_zero_decisions_are_not_blocks() {
+        let mut l = Ledger::default();
+        let req = l.startup(&src(), vec![ban(1, "192.0.2.1", 0), ban(2, "192.0.2.2", -10), ban(3, "192.0.2.3", 1)], NOW);
+        assert_eq!(ttls(&req), vec![("192.0.2.3".into(), 1)]);
+        // The one live decision ran out: a later delta touching it removes it.
+        let req = l.delta(&src(), vec![], vec![], NOW + 5);
+        assert!(req.items.is_empty() && req.remove.is_empty());
+        let req = l.delta(&src(), vec![ban(4, "192.0.2.3", -1)], vec![], NOW + 5);
+        assert_eq!(req.remove.len(), 1);
+    }
+}

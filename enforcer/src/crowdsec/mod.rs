@@ -1,0 +1,287 @@
+//! The daemon as a CrowdSec remediation component ("bouncer").
+//!
+//! A task inside the daemon pulls the Local API's decision stream: a full (`startup=true`) pull
+//! first, after any error, and every `resync`; deltas in between, every `update_frequency`.
+//! Each pull becomes one [`SyncRequest`](crate::protocol::SyncRequest) to the engine, so it is
+//! judged by the same safety policy as every other block and applied in one durable round.
+//! The task is an ordinary client of the engine: it never touches the store or the maps. While
+//! the LAPI is unreachable, blocks stay in force until their own end and pulls back off.
+//!
+//! Blocks carry the source `crowdsec`; their reason names scenario, origin and decision id.
+
+mod config;
+pub mod decision;
+pub mod go_duration;
+mod lapi;
+pub mod ledger;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, mpsc::SyncSender},
+    time::{Duration, Instant},
+};
+
+pub use config::{CrowdsecConfig, Credentials};
+pub use lapi::{Lapi, LapiError};
+
+use self::{
+    decision::{Ban, DecisionKey, Skip, StreamBody},
+    ledger::Ledger,
+};
+use crate::{
+    block::{Source, now_ms},
+    daemon::{ask_engine, engine::Command},
+    protocol::{CrowdsecStatus, Reply, Request, Response, SyncReply},
+};
+
+/// The source name of CrowdSec's blocks.
+pub const SOURCE: &str = "crowdsec";
+/// How often usage metrics are pushed.
+const METRICS_EVERY: Duration = Duration::from_secs(15 * 60);
+/// The longest wait between retries while the LAPI fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The bouncer's state as `enforcer status` shows it; shared with the control socket.
+pub type StatusHandle = Arc<Mutex<CrowdsecStatus>>;
+
+/// Why a pull did not change anything.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The LAPI failed or answered something unusable.
+    #[error(transparent)]
+    Lapi(#[from] LapiError),
+    /// The engine could not apply the pull (the store or the kernel failed).
+    #[error("applying the decisions failed: {0}")]
+    Apply(String),
+}
+
+/// The bouncer task.
+pub struct Bouncer {
+    lapi: Lapi,
+    engine: SyncSender<Command>,
+    source: Source,
+    update_frequency: Duration,
+    resync: Duration,
+    ledger: Ledger,
+    status: StatusHandle,
+    /// The next pull must be a full one (at start, after any error, when a resync is due).
+    need_full: bool,
+    last_full: Option<Instant>,
+    /// Skip reasons already logged (each kind is logged once).
+    logged: HashSet<String>,
+    ignored: HashSet<DecisionKey>,
+    refused: HashSet<crate::target::Target>,
+    metrics: Metrics,
+}
+
+/// Usage-metrics bookkeeping.
+struct Metrics {
+    on: bool,
+    last_push: Option<Instant>,
+    started: u64,
+    dropped_before: (u64, u64),
+}
+
+impl Bouncer {
+    /// Builds the bouncer; fails only on local setup (TLS files, credentials).
+    pub fn new(config: &CrowdsecConfig, engine: SyncSender<Command>) -> Result<Self, LapiError> {
+        let status = CrowdsecStatus {
+            api_url: config.api_url.clone(),
+            usage_metrics: if config.usage_metrics { "on".into() } else { "off: disabled in the configuration".into() },
+            ..CrowdsecStatus::default()
+        };
+        Ok(Self {
+            lapi: Lapi::new(config)?,
+            engine,
+            source: SOURCE.parse().expect("a valid source name"),
+            update_frequency: config.update_frequency.0,
+            resync: config.resync.0,
+            ledger: Ledger::default(),
+            status: Arc::new(Mutex::new(status)),
+            need_full: true,
+            last_full: None,
+            logged: HashSet::new(),
+            ignored: HashSet::new(),
+            refused: HashSet::new(),
+            metrics: Metrics {
+                on: config.usage_metrics,
+                last_push: None,
+                started: now_ms() / 1000,
+                dropped_before: (0, 0),
+            },
+        })
+    }
+
+    /// The status, for the control socket.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    /// Pulls forever (the daemon aborts the task when it stops).
+    pub async fn run(mut self) {
+        let mut backoff = self.update_frequency;
+        loop {
+            let started = Instant::now();
+            match self.pull_once().await {
+                Ok(()) => {
+                    backoff = self.update_frequency;
+                    self.push_metrics().await;
+                    tokio::time::sleep(self.update_frequency.saturating_sub(started.elapsed())).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "CrowdSec pull failed; blocks stay in force, the next pull is a full one");
+                    self.need_full = true;
+                    {
+                        let mut s = self.status.lock().expect("status lock");
+                        s.errors += 1;
+                        s.last_error = Some(e.to_string());
+                        s.last_error_ms = Some(now_ms());
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF.max(self.update_frequency));
+                }
+            }
+        }
+    }
+
+    /// One pull, applied. A full pull replaces the crowdsec set; a delta changes what it names.
+    pub async fn pull_once(&mut self) -> Result<(), PullError> {
+        let full = self.need_full || self.last_full.is_none_or(|t| t.elapsed() >= self.resync);
+        let body = self.lapi.pull(full).await?;
+        let now = now_ms();
+        let request = if full {
+            let new = self.map_new(body);
+            self.ledger.startup(&self.source, new, now)
+        } else {
+            let deleted = body.deleted.iter().cloned().filter_map(|d| decision::map(d).ok()).collect();
+            let new = self.map_new(body);
+            self.ledger.delta(&self.source, new, deleted, now)
+        };
+        let reply = if full || !request.items.is_empty() || !request.remove.is_empty() {
+            self.apply(request).await?
+        } else {
+            SyncReply::default()
+        };
+        if full {
+            self.need_full = false;
+            self.last_full = Some(Instant::now());
+        }
+        let mut s = self.status.lock().expect("status lock");
+        s.pulls += 1;
+        s.last_pull_ms = Some(now);
+        if full {
+            s.last_full_pull_ms = Some(now);
+        }
+        s.active = self.ledger.active(now_ms());
+        s.applied += reply.applied as u64;
+        s.pending += reply.pending as u64;
+        s.refused = self.refused.len() as u64;
+        s.ignored = self.ignored.len() as u64;
+        Ok(())
+    }
+
+    /// Maps a pull's new decisions, counting and logging what is skipped.
+    fn map_new(&mut self, body: StreamBody) -> Vec<Ban> {
+        let mut bans = Vec::with_capacity(body.new.len());
+        let mut invalid = 0u64;
+        for value in body.new {
+            let key = value.get("id").and_then(serde_json::Value::as_i64).map(DecisionKey::Id);
+            match decision::map(value) {
+                Ok(ban) => bans.push(ban),
+                Err(skip @ Skip::Invalid(_)) => {
+                    if invalid == 0 {
+                        tracing::warn!(reason = %skip, "skipping a malformed CrowdSec decision");
+                    }
+                    invalid += 1;
+                }
+                Err(skip) => {
+                    if let Some(k) = key {
+                        self.ignored.insert(k);
+                    }
+                    if self.logged.insert(skip.to_string()) {
+                        tracing::info!(reason = %skip, "ignoring CrowdSec decisions of this kind (counted in status; logged once)");
+                    }
+                }
+            }
+        }
+        if invalid > 0 {
+            tracing::warn!(count = invalid, "skipped malformed CrowdSec decisions");
+            self.status.lock().expect("status lock").invalid += invalid;
+        }
+        bans
+    }
+
+    async fn apply(&mut self, request: crate::protocol::SyncRequest) -> Result<SyncReply, PullError> {
+        let items = request.items.len();
+        match ask_engine(Request::SyncSource(request), &self.engine).await {
+            Response::Ok { result: Reply::SyncSource(reply), .. } => {
+                for f in &reply.failed {
+                    if self.refused.insert(f.target) {
+                        tracing::warn!(target = %f.target, error = %f.error.message, "CrowdSec decision refused by the safety policy");
+                    }
+                }
+                tracing::debug!(items, applied = reply.applied, unchanged = reply.unchanged, removed = reply.removed, "CrowdSec pull applied");
+                Ok(reply)
+            }
+            Response::Ok { result, .. } => Err(PullError::Apply(format!("unexpected reply {result:?}"))),
+            Response::Err { error, .. } => Err(PullError::Apply(error.message)),
+        }
+    }
+
+    /// Pushes usage metrics every 15 minutes, starting after the first successful pull.
+    async fn push_metrics(&mut self) {
+        if !self.metrics.on || self.metrics.last_push.is_some_and(|t| t.elapsed() < METRICS_EVERY) {
+            return;
+        }
+        let window = self.metrics.last_push.map_or(0, |t| t.elapsed().as_secs());
+        self.metrics.last_push = Some(Instant::now());
+        let dropped = match ask_engine(Request::Stats, &self.engine).await {
+            Response::Ok { result: Reply::Stats(s), .. } => (s.total.dropped.packets, s.total.dropped.bytes),
+            _ => self.metrics.dropped_before,
+        };
+        let body = usage_metrics(
+            &self.ledger.active_by_origin(now_ms()),
+            (dropped.0.saturating_sub(self.metrics.dropped_before.0), dropped.1.saturating_sub(self.metrics.dropped_before.1)),
+            self.metrics.started,
+            window,
+        );
+        match self.lapi.push_metrics(&body).await {
+            Ok(true) => self.metrics.dropped_before = dropped,
+            Ok(false) => {
+                tracing::info!("this LAPI has no usage-metrics endpoint (before 1.6.3); not pushing metrics");
+                self.metrics.on = false;
+                self.status.lock().expect("status lock").usage_metrics = "off: the LAPI has no /v1/usage-metrics (before 1.6.3)".into();
+            }
+            Err(e) => tracing::warn!(error = %e, "pushing usage metrics failed; retrying in 15 minutes"),
+        }
+    }
+}
+
+/// The usage-metrics body of CrowdSec's API (`remediation_components`).
+fn usage_metrics(
+    active_by_origin: &std::collections::BTreeMap<String, u64>,
+    dropped: (u64, u64),
+    started: u64,
+    window_secs: u64,
+) -> serde_json::Value {
+    let mut items: Vec<serde_json::Value> = active_by_origin
+        .iter()
+        .map(|(origin, n)| serde_json::json!({"name": "active_decisions", "unit": "ip", "value": n, "labels": {"origin": origin}}))
+        .collect();
+    items.push(serde_json::json!({"name": "dropped", "unit": "packet", "value": dropped.0}));
+    items.push(serde_json::json!({"name": "dropped", "unit": "byte", "value": dropped.1}));
+    serde_json::json!({
+        "remediation_components": [{
+            "name": "enforcer",
+            "type": "enforcer",
+            "version": env!("CARGO_PKG_VERSION"),
+            "feature_flags": [],
+            "utc_startup_timestamp": started,
+            "os": {"name": "linux", "version": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()},
+            "metrics": [{
+                "meta": {"window_size_seconds": window_secs, "utc_now_timestamp": now_ms() / 1000},
+                "items": items,
+            }],
+        }]
+    })
+}

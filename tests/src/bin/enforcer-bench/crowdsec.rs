@@ -1,0 +1,219 @@
+//! Section 6, CrowdSec: the daemon as a bouncer of a real LAPI (Debian's `crowdsec` 1.4).
+//!
+//! - **Fleet latency**: two lab hosts (each its own namespaces, pins, state and daemon) pull
+//!   one LAPI over a management link. Each round, `cscli decisions add --ip` bans a source that
+//!   probes both hosts every 2 ms; latency = last probe received − `cscli` returning, per host
+//!   and for the slower of the two. The baseline is the configured poll interval: a polling
+//!   bouncer's expected latency is half of it, its worst case all of it.
+//! - **Startup sync**: the LAPI is filled with N ban decisions (`cscli decisions import`), then
+//!   a daemon starts; time from starting the process to all N enforced (in the kernel maps, as
+//!   `status` counts them). The baseline is the LAPI's own answer to the same full pull
+//!   (`curl`), which no bouncer can beat.
+
+use std::{
+    io::Write as _,
+    net::UdpSocket,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use enforcer::{
+    client::Client,
+    protocol::{Reply, Request},
+};
+use enforcer_tests::{Lab, RECEIVER_V4, SENDER_V4, crowdsec::Lapi, daemon::Daemon, wait_for};
+use serde::Serialize;
+
+use crate::stats::Summary;
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Settings {
+    /// The bouncers' update_frequency, in seconds.
+    pub poll_secs: u64,
+    /// Decisions timed on the fleet.
+    pub rounds: usize,
+    /// Decisions in the startup sync.
+    pub sync_decisions: usize,
+}
+
+impl Settings {
+    pub const FULL: Self = Self { poll_secs: 2, rounds: 20, sync_decisions: 100_000 };
+    pub const QUICK: Self = Self { poll_secs: 1, rounds: 3, sync_decisions: 2_000 };
+}
+
+#[derive(Debug, Serialize)]
+pub struct Fleet {
+    pub poll_ms: f64,
+    pub host_a_ms: Summary,
+    pub host_b_ms: Summary,
+    /// Per decision, the later of the two hosts.
+    pub both_ms: Summary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sync {
+    pub decisions: usize,
+    /// `cscli decisions import` (not part of the result; says what filling costs).
+    pub import_s: f64,
+    /// The LAPI answering the full pull to curl (median of 3): the baseline.
+    pub lapi_answer_ms: f64,
+    /// Daemon process start → every decision enforced.
+    pub enforced_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub settings: Settings,
+    pub fleet: Fleet,
+    pub sync: Sync,
+}
+
+pub fn run(s: &Settings) -> Result<Results> {
+    let fleet = fleet(s)?;
+    let sync = sync(s)?;
+    Ok(Results { settings: *s, fleet, sync })
+}
+
+/// Receives probes and remembers when the last one arrived.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    last_rx_ns: Arc<AtomicU64>,
+    epoch: Instant,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    fn start(lab: &Lab, src: &str, epoch: Instant) -> Result<Self> {
+        let rx = lab.udp_listener(RECEIVER_V4)?;
+        let tx = lab.udp_sender(src)?;
+        let dst = rx.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_rx_ns = Arc::new(AtomicU64::new(0));
+        let (s1, s2, last) = (stop.clone(), stop.clone(), last_rx_ns.clone());
+        let sender = std::thread::spawn(move || {
+            while !s1.load(Ordering::Relaxed) {
+                let _ = tx.send_to(b"probe", dst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let receiver = std::thread::spawn(move || receive(&rx, &s2, &last, epoch));
+        Ok(Self { stop, last_rx_ns, epoch, threads: vec![sender, receiver] })
+    }
+
+    /// Waits until probes stop (or resume) arriving; returns when the change happened.
+    fn wait(&self, blocked: bool, timeout: Duration) -> Result<Instant> {
+        wait_for(if blocked { "probes to stop" } else { "probes to pass" }, timeout, || {
+            let last = self.epoch + Duration::from_nanos(self.last_rx_ns.load(Ordering::Relaxed));
+            let quiet = last.elapsed() > Duration::from_millis(150);
+            Ok((quiet == blocked).then_some(last))
+        })
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn receive(rx: &UdpSocket, stop: &AtomicBool, last: &AtomicU64, epoch: Instant) {
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        if rx.recv(&mut buf).is_ok() {
+            last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+fn fleet(s: &Settings) -> Result<Fleet> {
+    let a = Lab::new()?;
+    let b = Lab::new()?;
+    a.receiver.ip(&["link", "add", "mg", "type", "veth", "peer", "name", "mg", "netns", b.receiver.name()])?;
+    a.receiver.ip(&["addr", "add", "198.51.100.1/30", "dev", "mg"])?;
+    b.receiver.ip(&["addr", "add", "198.51.100.2/30", "dev", "mg"])?;
+    a.receiver.ip(&["link", "set", "mg", "up"])?;
+    b.receiver.ip(&["link", "set", "mg", "up"])?;
+    let lapi = Lapi::start(&a.receiver, "198.51.100.1:8080")?;
+    let extra = format!("update_frequency = \"{}s\"\n", s.poll_secs);
+    let ca = lapi.daemon_config("bench-a", &lapi.url(), &extra)?;
+    let cb = lapi.daemon_config("bench-b", &lapi.url(), &extra)?;
+    let _da = Daemon::start(&a, &["--config", &ca.to_string_lossy()])?;
+    let _db = Daemon::start(&b, &["--config", &cb.to_string_lossy()])?;
+    let epoch = Instant::now();
+    let src = SENDER_V4[1];
+    let (pa, pb) = (Probe::start(&a, src, epoch)?, Probe::start(&b, src, epoch)?);
+    let deadline = Duration::from_secs(s.poll_secs * 3 + 10);
+    pa.wait(false, deadline)?;
+    pb.wait(false, deadline)?;
+    let (mut ta, mut tb, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..s.rounds {
+        // Start at a random phase of the poll cycle.
+        std::thread::sleep(Duration::from_millis((round as u64 * 377) % (s.poll_secs * 1000)));
+        lapi.cscli(&["decisions", "add", "--ip", src, "--duration", "1h"])?;
+        let t0 = Instant::now();
+        let la = pa.wait(true, deadline)?.saturating_duration_since(t0).as_secs_f64() * 1e3;
+        let lb = pb.wait(true, deadline)?.saturating_duration_since(t0).as_secs_f64() * 1e3;
+        eprintln!("  decision {}: host A {la:.0} ms, host B {lb:.0} ms", round + 1);
+        ta.push(la);
+        tb.push(lb);
+        both.push(la.max(lb));
+        lapi.cscli(&["decisions", "delete", "--ip", src])?;
+        pa.wait(false, deadline)?;
+        pb.wait(false, deadline)?;
+    }
+    Ok(Fleet {
+        poll_ms: s.poll_secs as f64 * 1e3,
+        host_a_ms: Summary::of(&ta).context("no rounds")?,
+        host_b_ms: Summary::of(&tb).context("no rounds")?,
+        both_ms: Summary::of(&both).context("no rounds")?,
+    })
+}
+
+fn sync(s: &Settings) -> Result<Sync> {
+    let n = s.sync_decisions;
+    ensure!(n <= 131_072, "the sync uses 198.18.0.0/15 (the benchmarking range): at most 131072 decisions");
+    let lab = Lab::new()?;
+    let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
+    let csv = lapi.path("decisions.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&csv)?);
+    writeln!(f, "duration,scope,value,reason")?;
+    for i in 0..n as u32 {
+        let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
+        writeln!(f, "4h,ip,{addr},bench/import")?;
+    }
+    f.into_inner()?.sync_all()?;
+    let started = Instant::now();
+    lapi.cscli(&["decisions", "import", "-i", &csv.to_string_lossy()])?;
+    let import_s = started.elapsed().as_secs_f64();
+    eprintln!("  imported {n} decisions in {import_s:.1} s");
+    let config = lapi.daemon_config("bench-sync", &lapi.url(), "update_frequency = \"1s\"\n")?;
+    let key = lapi.add_bouncer("bench-curl")?;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = lab.receiver.exec(
+            "curl",
+            &["-sf", "-o", "/dev/null", "-H", &format!("X-Api-Key: {key}"), &format!("{}v1/decisions/stream?startup=true", lapi.url())],
+        )?;
+        ensure!(out.is_empty(), "curl: {out}");
+        answers.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let lapi_answer_ms = crate::stats::median(&answers);
+    let started = Instant::now();
+    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy(), "--max-addresses", "262144"])?;
+    let mut client = Client::connect(&daemon.socket, Duration::from_secs(10))?;
+    wait_for("every decision to be enforced", Duration::from_secs(120), || {
+        let Reply::Status(st) = client.call(&Request::Status)? else { anyhow::bail!("unexpected reply") };
+        Ok((st.targets >= n).then_some(()))
+    })?;
+    let enforced_ms = started.elapsed().as_secs_f64() * 1e3;
+    eprintln!("  {n} decisions enforced {enforced_ms:.0} ms after the daemon started (LAPI answer alone: {lapi_answer_ms:.0} ms)");
+    Ok(Sync { decisions: n, import_s, lapi_answer_ms, enforced_ms })
+}

@@ -1,0 +1,448 @@
+//! The daemon as a CrowdSec bouncer, against the real LAPI (Debian's `crowdsec` 1.4, unpacked,
+//! Central API off) running on loopback inside the lab's receiver namespace, and against a small
+//! fake LAPI for answers a real one would not give.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpListener,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use enforcer::protocol::{CrowdsecStatus, ListEntry, StatusReply};
+use enforcer_tests::{
+    Lab, SENDER_V4, SENDER_V6, RECEIVER_V4, RECEIVER_V6,
+    crowdsec::Lapi,
+    daemon::{Daemon, ok},
+    require_root, udp_exchange, wait_for,
+};
+
+const SETTLE: Duration = Duration::from_millis(300);
+/// The poll interval the tests configure.
+const POLL: &str = "1s";
+/// One poll interval, plus the time a loaded CI machine needs to run cscli and apply a round.
+const WITHIN_ONE_POLL: Duration = Duration::from_secs(8);
+
+fn passes(lab: &Lab, src: &str) -> u32 {
+    let dst = if src.contains(':') { RECEIVER_V6 } else { RECEIVER_V4 };
+    let rx = lab.udp_listener(dst).unwrap();
+    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
+}
+
+fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    wait_for(&format!("{src} to be {}", if dropped { "dropped" } else { "passed" }), timeout, || {
+        Ok(((passes(lab, src) == 0) == dropped).then_some(()))
+    })
+    .unwrap();
+    start.elapsed()
+}
+
+fn status(d: &Daemon) -> StatusReply {
+    serde_json::from_value(d.json(&["status"])).expect("status JSON")
+}
+
+fn crowdsec(d: &Daemon) -> CrowdsecStatus {
+    status(d).crowdsec.expect("status shows the crowdsec bouncer")
+}
+
+fn list(d: &Daemon, source: Option<&str>) -> Vec<ListEntry> {
+    let mut args = vec!["list"];
+    if let Some(s) = source {
+        args.extend(["--source", s]);
+    }
+    serde_json::from_value(d.json(&args)).expect("list JSON")
+}
+
+fn sources_of(d: &Daemon, target: &str) -> Vec<String> {
+    list(d, None)
+        .into_iter()
+        .find(|e| e.target.to_string() == target)
+        .map(|e| e.sources.iter().map(|s| s.source.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A lab, a LAPI on loopback in its receiver namespace, and a daemon pulling from it.
+fn setup(extra_config: &str) -> Result<(Lab, Lapi, Daemon)> {
+    let lab = Lab::new()?;
+    let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
+    let config = lapi.daemon_config("host-a", &lapi.url(), &format!("update_frequency = \"{POLL}\"\n{extra_config}"))?;
+    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
+    Ok((lab, lapi, daemon))
+}
+
+#[test]
+fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_or_expiry() -> Result<()> {
+    require_root();
+    let (lab, lapi, daemon) = setup("")?;
+    for src in [SENDER_V4[1], SENDER_V6[1], SENDER_V4[2], SENDER_V6[2]] {
+        assert_eq!(passes(&lab, src), 10, "{src} passes before any decision");
+    }
+    // Single addresses, both families.
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h", "--reason", "test/ssh-bf"])?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
+    assert_eq!(passes(&lab, SENDER_V4[0]), 10, "an unrelated source still passes");
+    // `list --source crowdsec` shows the scenario, origin and decision id.
+    let entries = list(&daemon, Some("crowdsec"));
+    let v4 = entries.iter().find(|e| e.target.to_string() == SENDER_V4[1]).expect("listed");
+    let reason = &v4.sources[0].reason;
+    assert_eq!(reason.rule_id.as_deref(), Some("test/ssh-bf"));
+    assert!(reason.summary().contains("origin cscli"), "{reason:?}");
+    let table = ok(&daemon.cli(&["list", "--source", "crowdsec"]));
+    assert!(table.contains("test/ssh-bf (origin cscli, decision"), "{table}");
+    // The bouncer is registered under its own name and version.
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"])?;
+    assert!(bouncers.contains("enforcer"), "cscli bouncers list shows the user agent: {bouncers}");
+    // Deleting the decisions lifts the blocks.
+    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
+    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V6[1]])?;
+    wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V6[1], false, WITHIN_ONE_POLL);
+    // Ranges, both families: .8/29 holds .10 and .11; ::10/124 holds ::10 and ::11.
+    lapi.cscli(&["decisions", "add", "--range", "192.0.2.8/29", "--duration", "1h"])?;
+    lapi.cscli(&["decisions", "add", "--range", "2001:db8::10/124", "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V6[2], true, WITHIN_ONE_POLL);
+    assert_eq!(passes(&lab, SENDER_V4[0]), 10, "the range does not reach .1");
+    let targets: Vec<String> = list(&daemon, Some("crowdsec")).iter().map(|e| e.target.to_string()).collect();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    assert!(targets.contains(&"192.0.2.8/29".to_owned()) && targets.contains(&"2001:db8::10/124".to_owned()), "{targets:?}");
+    lapi.cscli(&["decisions", "delete", "--range", "192.0.2.8/29"])?;
+    lapi.cscli(&["decisions", "delete", "--range", "2001:db8::10/124"])?;
+    wait_dropped(&lab, SENDER_V4[2], false, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V6[2], false, WITHIN_ONE_POLL);
+    // An expiring decision lifts on time in the kernel, not a poll later.
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[2], "--duration", "6s"])?;
+    let added = Instant::now();
+    wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
+    let lifted_after = added.elapsed() + wait_dropped(&lab, SENDER_V4[2], false, Duration::from_secs(10));
+    assert!(lifted_after < Duration::from_millis(6_000 + 1_500), "lifted {lifted_after:?} after a 6 s decision");
+    // The safety policy judges every decision: the host's own address is refused, counted and
+    // audited.
+    lapi.cscli(&["decisions", "add", "--ip", RECEIVER_V4, "--duration", "1h"])?;
+    wait_for("the refusal to be counted", WITHIN_ONE_POLL, || Ok((crowdsec(&daemon).refused == 1).then_some(())))?;
+    let audit = std::fs::read_to_string(daemon.state_dir.join("audit.log"))?;
+    assert!(
+        audit.lines().any(|l| l.contains("\"refuse\"") && l.contains(RECEIVER_V4) && l.contains("crowdsec")),
+        "the refusal is audited: {audit}"
+    );
+    let cs = crowdsec(&daemon);
+    assert_eq!(cs.api_url, lapi.url());
+    assert!(cs.last_pull_ms.is_some() && cs.errors == 0, "{cs:?}");
+    assert!(cs.applied >= 5, "{cs:?}");
+    assert!(cs.usage_metrics.starts_with("off"), "LAPI 1.4 has no usage-metrics endpoint: {cs:?}");
+    let text = ok(&daemon.cli(&["status"]));
+    assert!(text.contains(&format!("crowdsec: LAPI {}", lapi.url())) && text.contains("refused 1"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn a_cli_block_of_the_same_target_survives_the_crowdsec_deletion() -> Result<()> {
+    require_root();
+    let (lab, lapi, daemon) = setup("")?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--reason", "by hand"]));
+    assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["cli", "crowdsec"]);
+    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
+    wait_for("the crowdsec block to go", WITHIN_ONE_POLL, || Ok((sources_of(&daemon, SENDER_V4[1]) == ["cli"]).then_some(())))?;
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the CLI block still drops");
+    Ok(())
+}
+
+#[test]
+fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing_else_is_touched() -> Result<()> {
+    require_root();
+    let (lab, lapi, mut daemon) = setup("")?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
+    ok(&daemon.cli(&["block", SENDER_V6[2], "--ttl", "1h", "--source", "wazuh"]));
+    let kept_before = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V6[1]).unwrap();
+    daemon.stop()?;
+    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[2], "--duration", "1h"])?;
+    // While the daemon is down the kernel keeps enforcing what it had.
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    daemon.spawn()?;
+    wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
+    assert_eq!(passes(&lab, SENDER_V6[1]), 0, "a decision still live stayed enforced across the restart");
+    assert_eq!(passes(&lab, SENDER_V6[2]), 0, "the wazuh block is untouched");
+    assert_eq!(sources_of(&daemon, SENDER_V6[2]), ["wazuh"]);
+    let kept = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V6[1]).unwrap();
+    assert_eq!(kept.sources[0].created_ms, kept_before.sources[0].created_ms, "the kept block was not re-made");
+    assert!(kept.expires_ms.unwrap().abs_diff(kept_before.expires_ms.unwrap()) <= 2_000, "kept with its remaining time");
+    Ok(())
+}
+
+#[test]
+fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() -> Result<()> {
+    require_root();
+    let (lab, mut lapi, daemon) = setup("")?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    lapi.stop();
+    let cs = wait_for("status to show the outage", WITHIN_ONE_POLL, || {
+        let cs = crowdsec(&daemon);
+        Ok((cs.errors > 0).then_some(cs))
+    })?;
+    assert!(cs.last_error.as_deref().unwrap().contains("does not answer"), "{cs:?}");
+    let text = ok(&daemon.cli(&["status"]));
+    assert!(text.contains("crowdsec: FAILING since"), "{text}");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "blocks stay in force during the outage");
+    let full_before = cs.last_full_pull_ms;
+    lapi.spawn()?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
+    // Backoff doubles from 1 s: recovery comes within a few seconds.
+    wait_dropped(&lab, SENDER_V6[1], true, Duration::from_secs(20));
+    let cs = crowdsec(&daemon);
+    assert!(cs.last_pull_ms > cs.last_error_ms, "recovered: {cs:?}");
+    assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: recovered; last error"));
+    assert!(cs.last_full_pull_ms > full_before, "the first pull after the outage is a full one: {cs:?}");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    Ok(())
+}
+
+#[test]
+fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() -> Result<()> {
+    require_root();
+    let a = Lab::new()?;
+    let b = Lab::new()?;
+    // The hosts' management link: the LAPI runs on host A and listens there.
+    let (mgmt_a, mgmt_b) = ("198.51.100.1", "198.51.100.2");
+    a.receiver.ip(&["link", "add", "mg", "type", "veth", "peer", "name", "mg", "netns", b.receiver.name()])?;
+    a.receiver.ip(&["addr", "add", &format!("{mgmt_a}/30"), "dev", "mg"])?;
+    b.receiver.ip(&["addr", "add", &format!("{mgmt_b}/30"), "dev", "mg"])?;
+    a.receiver.ip(&["link", "set", "mg", "up"])?;
+    b.receiver.ip(&["link", "set", "mg", "up"])?;
+    let lapi = Lapi::start(&a.receiver, &format!("{mgmt_a}:8080"))?;
+    let extra = format!("update_frequency = \"{POLL}\"\n");
+    let config_a = lapi.daemon_config("host-a", &lapi.url(), &extra)?;
+    let config_b = lapi.daemon_config("host-b", &lapi.url(), &extra)?;
+    let da = Daemon::start(&a, &["--config", &config_a.to_string_lossy()])?;
+    let db = Daemon::start(&b, &["--config", &config_b.to_string_lossy()])?;
+    wait_for("both bouncers to pull", WITHIN_ONE_POLL, || Ok((crowdsec(&da).pulls > 0 && crowdsec(&db).pulls > 0).then_some(())))?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
+    let added = Instant::now();
+    wait_dropped(&a, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&b, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    eprintln!("decision enforced on both hosts {:?} after cscli returned", added.elapsed());
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"])?;
+    assert!(bouncers.contains("host-a") && bouncers.contains("host-b"), "{bouncers}");
+    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
+    wait_dropped(&a, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    wait_dropped(&b, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    Ok(())
+}
+
+/// Scripted answers: (HTTP status, body).
+type Script = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+
+/// A scripted HTTP server standing in for the LAPI: answers each request with the next script
+/// entry (the last one repeats) and records request lines and headers.
+struct FakeLapi {
+    port: u16,
+    script: Script,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeLapi {
+    fn start(lab: &Lab) -> Result<Self> {
+        let listener = lab.receiver.run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let port = listener.local_addr()?.port();
+        let script: Script = Arc::new(Mutex::new(vec![(200, b"{\"new\":null,\"deleted\":null}".to_vec())]));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (script.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                if let Some(len) = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))) {
+                    let mut body = vec![0; len];
+                    let _ = reader.read_exact(&mut body);
+                    head.push_str(&String::from_utf8_lossy(&body));
+                }
+                let is_metrics = head.starts_with("POST");
+                r.lock().unwrap().push(head);
+                let (status, body) = if is_metrics {
+                    (404, b"{\"message\":\"page not found\"}".to_vec())
+                } else {
+                    let mut script = s.lock().unwrap();
+                    if script.len() > 1 { script.remove(0) } else { script[0].clone() }
+                };
+                let mut stream = reader.into_inner();
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all(&body);
+            }
+        });
+        Ok(Self { port, script, requests })
+    }
+
+    fn then(&self, status: u16, body: impl Into<Vec<u8>>) {
+        self.script.lock().unwrap().push((status, body.into()));
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn decision(id: u32, value: &str, duration: &str) -> String {
+    format!(r#"{{"id":{id},"origin":"cscli","type":"ban","scope":"Ip","value":"{value}","duration":"{duration}","scenario":"fake"}}"#)
+}
+
+fn fake_config(dir: &Path, port: u16, extra: &str) -> Result<String> {
+    let path = dir.join("enforcer.toml");
+    std::fs::write(
+        &path,
+        format!("[crowdsec]\napi_url = \"http://127.0.0.1:{port}\"\napi_key = \"fakekey\"\nupdate_frequency = \"1s\"\nmax_response_bytes = 65536\n{extra}"),
+    )?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let fake = FakeLapi::start(&lab)?;
+    fake.script.lock().unwrap()[0] = (200, format!(r#"{{"new":[{}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")).into_bytes());
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), fake.port, "")?])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    let pulls = |d: &Daemon| crowdsec(d).pulls;
+    let mut seen_errors = 0;
+    let bad_answers: Vec<(u16, Vec<u8>, &str)> = vec![
+        (200, b"{\"new\": [garbage".to_vec(), "not a decision stream"),
+        (200, b"[1, 2, 3]".to_vec(), "not a decision stream"),
+        (200, br#"{"new": "203.0.113.9", "deleted": 5}"#.to_vec(), "not a decision stream"),
+        (200, vec![b' '; 70_000], "larger than max_response_bytes"),
+        (500, b"{\"message\":\"database locked\"}".to_vec(), "HTTP 500"),
+        (403, b"{\"message\":\"access forbidden\"}".to_vec(), "refused the bouncer's credentials"),
+    ];
+    for (status, body, says) in bad_answers {
+        fake.then(status, body);
+        // After the bad answer, the same good state again (a full pull, as after any error).
+        fake.then(200, format!(r#"{{"new":[{}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")));
+        let err = wait_for(&format!("the error `{says}`"), WITHIN_ONE_POLL, || {
+            let cs = crowdsec(&daemon);
+            Ok(cs.last_error.filter(|e| cs.errors > seen_errors && e.contains(says)))
+        })?;
+        seen_errors += 1;
+        assert_eq!(passes(&lab, SENDER_V4[1]), 0, "after `{err}` the block is still in force");
+        assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["crowdsec"]);
+    }
+    assert_eq!(seen_errors, 6);
+    let before = pulls(&daemon);
+    wait_for("a good pull again", WITHIN_ONE_POLL, || Ok((pulls(&daemon) > before).then_some(())))?;
+    // Malformed decisions inside a good answer are skipped one by one; unknown scopes and other
+    // types are counted as ignored.
+    fake.then(
+        200,
+        format!(
+            r#"{{"new":[{},{},{},{},{},{}],"deleted":null}}"#,
+            decision(1, SENDER_V4[1], "1h"),
+            decision(2, SENDER_V4[2], "forever"),
+            decision(3, "not-an-ip", "1h"),
+            r#"{"id":4,"origin":"cscli","type":"ban","scope":"Country","value":"FR","duration":"1h"}"#,
+            r#"{"id":5,"origin":"cscli","type":"captcha","scope":"Ip","value":"198.51.100.9","duration":"1h"}"#,
+            r#"{"id":6,"type":"ban","scope":"Ip","value":42,"duration":"1h"}"#,
+        ),
+    );
+    let cs = wait_for("the skipped decisions to be counted", WITHIN_ONE_POLL, || {
+        let cs = crowdsec(&daemon);
+        Ok((cs.invalid >= 3 && cs.ignored == 2).then_some(cs))
+    })?;
+    assert_eq!(cs.errors, 6, "{cs:?}");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "a decision with a bad duration is not enforced");
+    let log = daemon.log();
+    assert_eq!(log.matches("decision type `captcha` is not enforced").count(), 1, "logged once: {log}");
+    // Every request carried the key and our user agent; the first after each error was a full pull.
+    let requests = fake.requests();
+    assert!(requests.iter().all(|r| r.contains("X-Api-Key: fakekey") || r.contains("x-api-key: fakekey")), "{requests:?}");
+    assert!(requests.iter().all(|r| r.to_ascii_lowercase().contains(&format!("user-agent: enforcer/{}", env!("CARGO_PKG_VERSION")))), "{requests:?}");
+    assert!(requests[0].contains("startup=true"), "{}", requests[0]);
+    // Usage metrics were pushed once after the first good pull; the 404 turned them off.
+    let pushes: Vec<&String> = requests.iter().filter(|r| r.starts_with("POST /v1/usage-metrics")).collect();
+    assert_eq!(pushes.len(), 1, "{requests:#?}");
+    assert!(pushes[0].contains(r#""remediation_components""#) && pushes[0].contains(r#""name":"active_decisions""#), "{}", pushes[0]);
+    assert!(cs.usage_metrics.contains("before 1.6.3"), "{cs:?}");
+    let startups = requests.iter().filter(|r| r.starts_with("GET") && r.contains("startup=true")).count();
+    assert!(startups >= 7, "a full pull at start and after each of the 6 errors: {startups} in {requests:#?}");
+    Ok(())
+}
+
+#[test]
+fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let dir = tempfile::tempdir()?;
+    // Nothing listens on this port in the fresh namespace.
+    let started = Instant::now();
+    let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), 9, "")?])?;
+    assert!(started.elapsed() < Duration::from_secs(10), "start took {:?}", started.elapsed());
+    ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    wait_for("status to show the error", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
+    assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: FAILING since"));
+    Ok(())
+}
+
+#[test]
+fn check_config_locates_crowdsec_errors_and_refuses_a_key_file_others_can_read() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("crowdsec.key");
+    std::fs::write(&key, "abc123\n")?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(&config, format!("default_ttl = \"1h\"\n\n[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key_file = \"{}\"\n", key.display()))?;
+    let run = || enforcer_tests::daemon::cli(Path::new("/nonexistent"), &["daemon", "--check-config", "--config", &config.to_string_lossy()]);
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("{}:5:1:", config.display())) && stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    ok(&run());
+    Ok(())
+}
+
+/// LAPI 1.4 reports only the longest decision per value, and when that one is deleted while a
+/// shorter one remains, its delta says nothing at all; the periodic full pull then shortens the
+/// block to the remaining decision's end.
+#[test]
+fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> Result<()> {
+    require_root();
+    let (lab, lapi, daemon) = setup("resync = \"3s\"\n")?;
+    let expiry = |d: &Daemon| list(d, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V4[1]).and_then(|e| e.expires_ms);
+    let left = |d: &Daemon| expiry(d).map(|e| e.saturating_sub(enforcer::block::now_ms()));
+    // A fresh LAPI numbers decisions from 1.
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "5m", "--reason", "short"])?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h", "--reason", "long"])?;
+    wait_for("the block to last an hour", WITHIN_ONE_POLL, || Ok(left(&daemon).filter(|l| *l > 50 * 60_000)))?;
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    lapi.cscli(&["decisions", "delete", "--id", "2"])?;
+    let l = wait_for("the next full pull to shorten the block to the 5-minute decision", Duration::from_secs(15), || {
+        Ok(left(&daemon).filter(|l| *l <= 5 * 60_000))
+    })?;
+    assert!(l > 4 * 60_000, "{l} ms left");
+    let entry = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V4[1]).unwrap();
+    assert_eq!(entry.sources[0].reason.rule_id.as_deref(), Some("short"));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "still blocked by the remaining decision");
+    lapi.cscli(&["decisions", "delete", "--id", "1"])?;
+    wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    Ok(())
+}
