@@ -43,7 +43,9 @@ const CONFFILES: [(&str, &str); 2] = [
 
 pub fn run(args: &Args) -> Result<()> {
     if !args.no_build {
-        cmd::run(cmd::cargo().args(["build", "--release", "-p", NAME, "--bin", NAME]))?;
+        // The same package set as `cargo xtask bench` and `demo` build: cargo unifies
+        // dependency features per build, so building `enforcer` alone would rebuild them all.
+        cmd::run(cmd::cargo().args(["build", "--release", "--bins", "-p", NAME, "-p", "enforcer-tests"]))?;
     }
     let out = args.out.clone().unwrap_or_else(|| cmd::target_dir().join("package"));
     let deb = build(&cmd::target_dir().join("release").join(NAME), &out)?;

@@ -95,9 +95,10 @@ pub fn markdown(w: &mut String, c: &Results) {
     let _ = writeln!(
         w,
         "`enforcer import` of {} targets with `--metrics-listen` on, in alternating fresh daemons: \
-         idle, and with a client scraping `/metrics` back to back ({} scrapes; Prometheus scrapes \
-         every 15 s by default). Baseline: the idle runs.\n",
+         idle, and with a client scraping `/metrics` every {} ms ({} scrapes in all; Prometheus \
+         scrapes every 15 s by default). Baseline: the idle runs.\n",
         count(si.blocks),
+        crate::control::SCRAPE_EVERY.as_millis(),
         thousands(si.scrapes as usize)
     );
     let secs = |v: &[f64]| v.iter().map(|s| format!("{s:.2} s")).collect::<Vec<_>>().join(", ");
