@@ -52,6 +52,13 @@ pub enum Action {
     AllowRemove,
     /// A source's circuit breaker opened.
     BreakerOpen,
+    /// The program runs on a configured interface (attached, re-attached, or found at start).
+    InterfaceProtected,
+    /// A configured interface disappeared (deleted, renamed away, moved to another namespace).
+    InterfaceGone,
+    /// A configured interface exists but the program does not run on it (detached behind the
+    /// daemon's back, or an attach failed).
+    InterfaceUnprotected,
 }
 
 /// One audit line. Owned, so the block engine can collect the lines of a round and write them
@@ -62,8 +69,12 @@ pub struct Event {
     pub ts_ms: UnixMillis,
     /// What.
     pub action: Action,
-    /// Target.
-    pub target: Target,
+    /// Target (absent for interface events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Interface, for interface events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// Source, when one is involved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
@@ -87,12 +98,28 @@ impl Event {
         Self {
             ts_ms: now_ms(),
             action,
-            target,
+            target: Some(target),
+            interface: None,
             source: None,
             reason: None,
             expires_ms: None,
             mode: None,
             detail: None,
+        }
+    }
+
+    /// An event about an interface (no target).
+    pub fn interface(action: Action, iface: &str, detail: impl Into<String>) -> Self {
+        Self {
+            ts_ms: now_ms(),
+            action,
+            target: None,
+            interface: Some(iface.to_owned()),
+            source: None,
+            reason: None,
+            expires_ms: None,
+            mode: None,
+            detail: Some(detail.into()),
         }
     }
 

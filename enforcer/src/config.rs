@@ -1,7 +1,8 @@
 //! The daemon's configuration file (TOML). Every option is also a command-line flag.
 //!
 //! ```toml
-//! interfaces = ["eth0"]
+//! interfaces = ["eth0", "bond0.*"]   # names, or patterns (* any run, ? one character)
+//! require_all_interfaces = false      # true: refuse to start while a named one is missing
 //! xdp_mode = "auto"            # auto | native | skb
 //! socket = "/run/enforcer/enforcer.sock"
 //! socket_group = "enforcer"    # members may use the CLI; root always may
@@ -67,8 +68,11 @@ pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Interfaces to protect.
-    pub interfaces: Vec<String>,
+    /// Interfaces to protect: names and patterns (see [`crate::interfaces`]).
+    pub interfaces: Vec<crate::interfaces::InterfaceSpec>,
+    /// Refuse to start while a named interface does not exist (default: protect what exists,
+    /// wait for the rest).
+    pub require_all_interfaces: bool,
     /// XDP mode.
     pub xdp_mode: XdpModeRequest,
     /// Control socket.
@@ -127,6 +131,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
+            require_all_interfaces: false,
             xdp_mode: XdpModeRequest::Auto,
             socket: DEFAULT_SOCKET.into(),
             socket_group: None,
@@ -235,11 +240,6 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| located(e.span(), e.message().to_owned()))?;
         // Checks serde cannot express, located at the key they concern.
         let key_span = |key: &str| find_key(text, key);
-        for iface in &config.interfaces {
-            if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
-                return Err(located(key_span("interfaces"), format!("`{iface}` is not a valid interface name")));
-            }
-        }
         let cap = config.capacity;
         for (key, value) in [("addresses", cap.addresses), ("prefixes", cap.prefixes), ("allow", cap.allow)] {
             if value == 0 {
@@ -298,7 +298,8 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let c = Config::parse("interfaces = [\"eth0\"]\ndefault_ttl = \"10m\"\n", "t.toml").unwrap();
-        assert_eq!(c.interfaces, vec!["eth0"]);
+        assert_eq!(c.interfaces, vec![crate::interfaces::InterfaceSpec::Name("eth0".into())]);
+        assert!(!c.require_all_interfaces);
         assert_eq!(c.default_ttl.0.as_secs(), 600);
         assert_eq!(c.capacity.addresses, 1 << 20);
     }
@@ -315,6 +316,19 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         let e = Config::parse("xdp_mode = \"turbo\"\n", "x").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn interface_names_and_patterns_are_checked_where_they_are_written() {
+        use crate::interfaces::InterfaceSpec;
+        let c = Config::parse("interfaces = [\"eth0\", \"bond0.*\"]\nrequire_all_interfaces = true\n", "x").unwrap();
+        assert_eq!(c.interfaces, [InterfaceSpec::Name("eth0".into()), InterfaceSpec::Pattern("bond0.*".into())]);
+        assert!(c.require_all_interfaces);
+        let e = Config::parse("default_ttl = \"1h\"\ninterfaces = [\"eth0\", \"eth 1\"]\n", "x").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("`eth 1` is not a valid interface name or pattern"), "{e}");
+        let e = Config::parse("interfaces = [\"averyveryverylongname*\"]\n", "x").unwrap_err();
+        assert!(e.message.contains("longer than 15 characters"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod duration;
 pub mod hooks;
+pub mod interfaces;
 pub mod install;
 pub mod metrics;
 pub mod netlink;

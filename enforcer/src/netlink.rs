@@ -13,7 +13,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+    link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, XdpAttached},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -136,6 +136,43 @@ pub fn links() -> io::Result<Vec<Link>> {
         .iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewLink(link) => Link::of(link),
+            _ => None,
+        })
+        .collect())
+}
+
+/// An interface as a dump shows it: what the daemon needs to decide whether to protect it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    /// The kernel's interface index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// It is a loopback (`IFF_LOOPBACK`).
+    pub loopback: bool,
+    /// The XDP program on it, if any.
+    pub xdp: XdpState,
+}
+
+impl LinkState {
+    fn of(link: &LinkMessage) -> Option<Self> {
+        let Link { index, name } = Link::of(link)?;
+        Some(Self {
+            index,
+            name,
+            loopback: link.header.flags.contains(LinkFlags::Loopback),
+            xdp: XdpState::of(link),
+        })
+    }
+}
+
+/// Every interface in the calling thread's network namespace, with its XDP state, in one dump.
+pub fn link_states() -> io::Result<Vec<LinkState>> {
+    let replies = request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => LinkState::of(link),
             _ => None,
         })
         .collect())
@@ -468,6 +505,15 @@ mod tests {
     fn an_interface_that_does_not_exist_is_an_error_with_its_errno() {
         let err = query_xdp(0x7fff_fff0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENODEV as i32), "{err}");
+    }
+
+    #[test]
+    fn the_dump_of_link_states_flags_the_loopback() {
+        let states = link_states().unwrap();
+        let lo = states.iter().find(|l| l.name == "lo").expect("lo is dumped");
+        assert!(lo.loopback);
+        assert_eq!(lo.xdp, XdpState { prog_id: None, mode: None });
+        assert!(states.iter().filter(|l| l.name != "lo").all(|l| !l.loopback));
     }
 
     #[test]

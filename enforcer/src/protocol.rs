@@ -126,6 +126,11 @@ pub enum Request {
     /// thread (never on the engine's); the allowlist follows them. Internal: not on the wire.
     #[serde(skip)]
     HostChanged(Vec<crate::policy::host::HostAddress>),
+    /// The links now, with their XDP programs, read by the daemon's link watcher on its thread
+    /// (after link events, and every second); protection follows them. Internal: not on the
+    /// wire.
+    #[serde(skip)]
+    LinksChanged(Vec<crate::netlink::LinkState>),
     /// Make one source's blocks match a feed (CrowdSec), in one durable round.
     SyncSource(SyncRequest),
 }
@@ -151,6 +156,7 @@ impl Request {
             Self::Approve { .. } => "approve",
             Self::Reject { .. } => "reject",
             Self::HostChanged(_) => "refresh_host",
+            Self::LinksChanged(_) => "links_changed",
             Self::SyncSource(_) => "sync_source",
         }
     }
@@ -615,17 +621,53 @@ pub struct InterfaceCounters {
     pub counters: Counters,
 }
 
-/// An attached interface in status.
+/// A configured interface in status, as the kernel shows it when status is asked (never a
+/// cached value).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InterfaceStatus {
-    /// Name.
+    /// Name (or, for a pattern that matches no interface, the pattern).
     pub iface: String,
-    /// Index.
-    pub ifindex: u32,
-    /// Mode in use.
-    pub mode: AttachedMode,
-    /// Program id.
-    pub prog_id: u32,
+    /// `protected`: our program runs there now; `waiting`: named (or a pattern) but never seen
+    /// since the start; `gone`: was there, is not now; `unprotected`: there, but our program
+    /// does not run on it (re-attaching, or the attach failed: see `error`).
+    pub state: InterfaceState,
+    /// Its index now, when it exists.
+    pub ifindex: Option<u32>,
+    /// The XDP mode the kernel reports now, when a program is attached.
+    pub mode: Option<AttachedMode>,
+    /// The id of the XDP program the kernel runs there now (ours when protected).
+    pub prog_id: Option<u32>,
+    /// The pattern that selected it, when not named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Why the last attach failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The state of a configured interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceState {
+    /// Our program runs on it.
+    Protected,
+    /// Not seen since the daemon started.
+    Waiting,
+    /// Was there, is not now.
+    Gone,
+    /// There, without our program.
+    Unprotected,
+}
+
+impl std::fmt::Display for InterfaceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Protected => "protected",
+            Self::Waiting => "waiting",
+            Self::Gone => "gone",
+            Self::Unprotected => "unprotected",
+        })
+    }
 }
 
 /// Use of one map.
@@ -648,7 +690,7 @@ pub struct StatusReply {
     pub pid: u32,
     /// Seconds since start.
     pub uptime_secs: u64,
-    /// Attached interfaces.
+    /// Every configured interface (and each pattern that matches none), read from the kernel.
     pub interfaces: Vec<InterfaceStatus>,
     /// Map use.
     pub maps: Vec<MapUse>,

@@ -20,6 +20,9 @@ pub fn enforcer_bin() -> PathBuf {
     bin
 }
 
+/// `enforcer status`'s exit code when a configured interface is not protected.
+pub const EXIT_UNPROTECTED: i32 = 8;
+
 /// A daemon process; SIGKILLed on drop if still running.
 pub struct Daemon {
     child: Option<Child>,
@@ -93,8 +96,9 @@ impl Daemon {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 anyhow::bail!("the daemon exited early ({status}): {}", self.log());
             }
+            // It answers: every interface protected (0), or some not (yet) protected.
             let out = Command::new(enforcer_bin()).arg("--socket").arg(&socket).arg("status").output()?;
-            Ok(out.status.success().then_some(()))
+            Ok(matches!(out.status.code(), Some(0 | EXIT_UNPROTECTED)).then_some(()))
         })
     }
 

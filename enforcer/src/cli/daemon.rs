@@ -21,9 +21,14 @@ pub struct Args {
     /// systemd unit's start condition, so an installed but unconfigured daemon stays stopped.
     #[arg(long)]
     pub check_interfaces: bool,
-    /// Interface to protect (repeatable; replaces the file's list).
+    /// Interface to protect: a name, or a pattern (`*` any run of characters, `?` one
+    /// character; never the loopback). Repeatable; replaces the file's list.
     #[arg(long = "iface")]
-    pub ifaces: Vec<String>,
+    pub ifaces: Vec<crate::interfaces::InterfaceSpec>,
+    /// Refuse to start while a named interface does not exist (default: protect those that
+    /// exist and wait for the others).
+    #[arg(long)]
+    pub require_all_interfaces: bool,
     /// XDP mode: auto (native, else skb), native, skb.
     #[arg(long)]
     pub xdp_mode: Option<XdpModeRequest>,
@@ -84,7 +89,9 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        println!("{}: protects {}", path.display(), if a.ifaces.is_empty() { config.interfaces.join(", ") } else { a.ifaces.join(", ") });
+        let ifaces = if a.ifaces.is_empty() { &config.interfaces } else { &a.ifaces };
+        let names: Vec<&str> = ifaces.iter().map(crate::interfaces::InterfaceSpec::as_str).collect();
+        println!("{}: protects {}", path.display(), names.join(", "));
         return Ok(());
     }
     if let Some(ns) = &a.netns {
@@ -96,6 +103,9 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if !a.ifaces.is_empty() {
         config.interfaces = a.ifaces;
+    }
+    if a.require_all_interfaces {
+        config.require_all_interfaces = true;
     }
     if let Some(m) = a.xdp_mode {
         config.xdp_mode = m;

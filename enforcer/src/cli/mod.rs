@@ -122,7 +122,9 @@ pub fn main() -> i32 {
         Err(e) => {
             let code = e
                 .downcast_ref::<ClientError>()
-                .map_or(1, ClientError::exit_code);
+                .map(ClientError::exit_code)
+                .or_else(|| e.downcast_ref::<status::Unprotected>().map(|_| status::EXIT_UNPROTECTED))
+                .unwrap_or(1);
             eprintln!("enforcer: {e:#}");
             code
         }

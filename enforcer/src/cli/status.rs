@@ -1,5 +1,7 @@
 use std::path::Path;
 
+use crate::protocol::{InterfaceState, InterfaceStatus};
+
 use super::output::table;
 use crate::{
     duration::format_secs,
@@ -14,13 +16,41 @@ pub struct Args {
     pub json: bool,
 }
 
+/// `enforcer status`'s exit code when a configured interface is not protected (or none is
+/// configured): monitoring alerts on it.
+pub const EXIT_UNPROTECTED: i32 = 8;
+
+/// Some configured interface is not protected; the message names each.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unprotected(String);
+
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Reply::Status(s) = super::call(socket, &Request::Status)? else {
         anyhow::bail!("unexpected reply from the daemon")
     };
     if a.json {
-        return super::output::json(&s);
+        super::output::json(&s)?;
+    } else {
+        print(&s);
     }
+    unprotected(&s.interfaces).map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// The error to exit with when something configured is not protected now.
+fn unprotected(interfaces: &[InterfaceStatus]) -> Option<Unprotected> {
+    if interfaces.is_empty() {
+        return Some(Unprotected("no interface is configured: nothing is filtered (set `interfaces` or use --iface)".to_owned()));
+    }
+    let not: Vec<String> = interfaces
+        .iter()
+        .filter(|i| i.state != InterfaceState::Protected)
+        .map(|i| format!("{} ({})", i.iface, i.state))
+        .collect();
+    (!not.is_empty()).then(|| Unprotected(format!("NOT protected: {}; see the interfaces in `enforcer status`", not.join(", "))))
+}
+
+fn print(s: &crate::protocol::StatusReply) {
     println!("enforcer {} (pid {}), up {}", s.version, s.pid, format_secs(s.uptime_secs));
     println!("blocks: {} targets, {} source blocks; next expiry: {}", s.targets, s.source_blocks,
         s.next_expiry_ms.map_or("none".to_owned(), |e| format!("in {}", super::output::time_left(Some(e)))));
@@ -41,13 +71,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     }
     println!();
     if s.interfaces.is_empty() {
-        println!("interfaces: none attached (nothing is filtered)");
+        println!("interfaces: none configured (nothing is filtered)");
     } else {
-        let mut t = vec![["INTERFACE", "IFINDEX", "XDP MODE", "PROGRAM ID"].map(String::from).to_vec()];
-        for i in &s.interfaces {
-            t.push(vec![i.iface.clone(), i.ifindex.to_string(), i.mode.to_string(), i.prog_id.to_string()]);
-        }
-        table(&t);
+        print_interfaces(&s.interfaces);
     }
     println!();
     let mut t = vec![["MAP", "USED", "CAPACITY", "USE"].map(String::from).to_vec()];
@@ -60,7 +86,29 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         ]);
     }
     table(&t);
-    Ok(())
+}
+
+/// What the kernel showed when the daemon answered: state, index, mode, program.
+fn print_interfaces(interfaces: &[InterfaceStatus]) {
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let mut t = vec![["INTERFACE", "STATE", "IFINDEX", "XDP MODE", "PROGRAM ID", "NOTE"].map(String::from).to_vec()];
+    for i in interfaces {
+        let note = match (&i.error, &i.pattern) {
+            (Some(e), _) => format!("attach failed: {e}"),
+            (None, Some(p)) if *p == i.iface => "pattern; matches no interface yet".to_owned(),
+            (None, Some(p)) => format!("matched by {p}"),
+            (None, None) => String::new(),
+        };
+        t.push(vec![
+            i.iface.clone(),
+            i.state.to_string(),
+            dash(i.ifindex.map(|x| x.to_string())),
+            dash(i.mode.map(|m| m.to_string())),
+            dash(i.prog_id.map(|p| p.to_string())),
+            note,
+        ]);
+    }
+    table(&t);
 }
 
 fn print_crowdsec(cs: &crate::protocol::CrowdsecStatus) {

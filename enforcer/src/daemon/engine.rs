@@ -9,6 +9,10 @@
 //! removes what expired. The data path has already stopped enforcing those entries by itself at
 //! their deadline; reaping is garbage collection and bookkeeping.
 
+mod links;
+
+pub use links::AttachFailure;
+
 use std::{
     collections::BTreeMap,
     sync::{
@@ -33,7 +37,8 @@ use super::{
 use crate::{
     audit::{Action, AuditLog, Event},
     block::{Source, TargetBlocks, UnixMillis, now_ms},
-    datapath::{Attachment, Datapath},
+    datapath::{Datapath, XdpModeRequest},
+    interfaces::Interfaces,
     metrics::{BlockTally, Metrics, Snapshot},
     policy::{AllowOrigin, Policy, PolicyConfig, host},
     protocol::{Reply, Request},
@@ -61,7 +66,14 @@ pub struct Engine {
     dp: Datapath,
     audit: AuditLog,
     builtin_allowlist: bool,
-    attachments: Vec<Attachment>,
+    /// The configured interfaces and what is known of each.
+    interfaces: Interfaces,
+    /// The mode to attach in.
+    xdp_mode: XdpModeRequest,
+    /// The id of the program this daemon attaches (what "protected" means in the kernel).
+    prog_id: u32,
+    /// Whether the first dump of the links was followed (what appears later is news).
+    links_followed: bool,
     started: Instant,
     /// After a failed expiry commit: no reaping before this (Unix ms).
     reap_backoff_until: UnixMillis,
@@ -126,7 +138,10 @@ impl Engine {
             dp,
             audit,
             builtin_allowlist: config.builtin_allowlist,
-            attachments: Vec::new(),
+            interfaces: Interfaces::default(),
+            xdp_mode: XdpModeRequest::Auto,
+            prog_id: 0,
+            links_followed: false,
             started: Instant::now(),
             reap_backoff_until: 0,
             metrics: Arc::default(),
@@ -179,12 +194,6 @@ impl Engine {
         &mut self.dp
     }
 
-    /// Records the interfaces attached, for status.
-    pub fn set_attachments(&mut self, a: Vec<Attachment>) {
-        self.attachments = a;
-        self.publish_metrics();
-    }
-
     /// Feeds systemd's watchdog and status line from this engine's loop.
     pub fn set_heartbeat(&mut self, heartbeat: Option<Heartbeat>) {
         self.heartbeat = heartbeat;
@@ -192,12 +201,21 @@ impl Engine {
 
     /// The `STATUS=` line systemd shows.
     pub fn status_line(&self) -> String {
-        let ifaces: Vec<&str> = self.attachments.iter().map(|a| a.iface.as_str()).collect();
+        let ifaces: Vec<&str> = self.interfaces.protected().map(|(name, _)| name).collect();
         let mut line = format!(
             "enforcing {} blocks on {}",
             self.ledger.blocks().len(),
             if ifaces.is_empty() { "no interface".to_owned() } else { ifaces.join(", ") }
         );
+        let unprotected: Vec<&str> = self
+            .interfaces
+            .tracked()
+            .filter(|(_, _, s)| !matches!(s, crate::interfaces::Tracked::Protected { .. }))
+            .map(|(name, _, _)| name)
+            .collect();
+        if !unprotected.is_empty() {
+            line.push_str(&format!("; NOT protected: {}", unprotected.join(", ")));
+        }
         if !self.ledger.pending().is_empty() {
             line.push_str(&format!("; {} waiting for approval", self.ledger.pending().len()));
         }
@@ -233,7 +251,8 @@ impl Engine {
             breakers: breakers.into_iter().collect(),
             pending: self.ledger.pending().len() as u64,
             oldest_deadline_ms: self.ledger.next_block_deadline(),
-            interfaces: self.attachments.iter().map(|a| (a.iface.clone(), a.ifindex)).collect(),
+            interfaces: self.interfaces.protected().map(|(n, i)| (n.to_owned(), i)).collect(),
+            interface_states: self.interfaces.tracked().map(|(n, _, s)| (n.to_owned(), s.label())).collect(),
         });
     }
 
@@ -363,6 +382,9 @@ impl Engine {
             if let Request::HostChanged(now) = request {
                 self.refresh_host(now);
                 let _ = reply.send(Ok(Reply::Refreshed));
+            } else if let Request::LinksChanged(links) = request {
+                self.follow_links(&links);
+                let _ = reply.send(Ok(Reply::Refreshed));
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
@@ -388,7 +410,8 @@ impl Engine {
         View {
             ledger: &mut self.ledger,
             maps: self.dp.maps(),
-            attachments: &self.attachments,
+            interfaces: &self.interfaces,
+            prog_id: self.prog_id,
             started: self.started,
             store_path: self.store.path(),
             bpffs_dir: self.dp.layout().base(),

@@ -8,6 +8,7 @@ pub mod control_socket;
 pub mod engine;
 pub mod kernel_sync;
 pub mod ledger;
+pub mod link_watch;
 pub mod queries;
 pub mod refusal;
 pub mod round;
@@ -56,6 +57,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.allowlist.builtin {
         spawn_host_watch(tx.clone())?;
     }
+    link_watch::spawn(&tx)?;
     let stop = Arc::new(AtomicBool::new(false));
     let engine_stop = stop.clone();
     let engine_thread = std::thread::Builder::new()
@@ -69,7 +71,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(serve(&config, tx, shared))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
-    // Let the engine finish what it holds, then stop (the address watcher still has a sender).
+    // Let the engine finish what it holds, then stop (the watchers still have senders).
     stop.store(true, Ordering::Relaxed);
     let (reply, _) = tokio::sync::oneshot::channel();
     let _ = wake.send(engine::Command {
@@ -119,44 +121,47 @@ fn open_engine(config: &Config) -> anyhow::Result<engine::Engine> {
     )
 }
 
-/// Attaches every configured interface (after reconciliation), detaches those no longer
-/// configured, and drops the pins of older layouts once nothing uses them.
+/// Attaches every configured interface that exists (after reconciliation) and waits for the
+/// others (or refuses to start without them, with `require_all_interfaces`), then releases the
+/// pins of interfaces not protected now and drops older layouts once nothing uses them.
 fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Result<crate::datapath::PinLayout> {
-    let mut attachments = Vec::new();
-    for iface in &config.interfaces {
-        let a = engine
-            .datapath()
-            .attach(iface, config.xdp_mode)
-            .with_context(|| format!("attaching to {iface}"))?;
-        tracing::info!(
-            iface = %a.iface,
-            mode = %a.mode,
-            prog_id = a.prog_id,
-            replaced = a.replaced,
-            "{}",
-            if a.replaced { "replaced the program in place" } else { "attached" }
+    let interfaces = crate::interfaces::Interfaces::new(config.interfaces.clone());
+    let links = crate::netlink::link_states().context("reading the interfaces (RTM_GETLINK)")?;
+    let missing: Vec<&str> = interfaces.missing_names(&links).collect();
+    if !missing.is_empty() && config.require_all_interfaces {
+        anyhow::bail!(
+            "no interface named {} (see `ip link`); require_all_interfaces = true refuses to start without it (set it to false to protect the others and wait for it)",
+            missing.join(", ")
         );
-        attachments.push(a);
+    }
+    if !missing.is_empty() {
+        tracing::warn!(missing = %missing.join(", "), "NOT protected yet: these interfaces do not exist; each is protected within a second of appearing");
     }
     if config.interfaces.is_empty() {
         tracing::warn!("no interfaces configured: blocks are kept but nothing is filtered (use --iface)");
     }
-    // The configuration is the source of truth: an interface pinned by an earlier run but no
-    // longer configured is detached (it would otherwise keep an older program and maps).
+    engine.set_interfaces(interfaces, config.xdp_mode)?;
+    if let Some(f) = engine.follow_links(&links).into_iter().next() {
+        return Err(anyhow::Error::new(f.error).context(format!("attaching to {}", f.iface)));
+    }
     let layout = engine.datapath().layout().clone();
+    let protected: Vec<String> = engine.interfaces().protected().map(|(n, _)| n.to_owned()).collect();
     for iface in crate::datapath::pinned_interfaces(&layout) {
-        if config.interfaces.contains(&iface) {
+        if protected.contains(&iface) {
             continue;
         }
+        // Not configured any more (it would keep an older program and maps), or configured
+        // but absent (the pin holds a defunct link): either way the pin goes.
+        let configured = config.interfaces.iter().any(|s| s.matches(&iface, false));
         match crate::datapath::detach_link(&layout, &iface) {
+            Ok(()) if configured => tracing::info!(%iface, "released the pin of an absent interface"),
             Ok(()) => tracing::warn!(%iface, "detached: pinned by an earlier run but no longer configured"),
             Err(e) => tracing::error!(%iface, error = %e, "cannot detach an interface that is no longer configured"),
         }
     }
-    engine.set_attachments(attachments);
     // Every remaining link now runs this build's program on this build's maps: pins of older
     // layouts are no longer referenced by anything we attached.
-    if crate::datapath::pinned_interfaces(&layout).iter().all(|i| config.interfaces.contains(i)) {
+    if crate::datapath::pinned_interfaces(&layout).iter().all(|i| protected.contains(i)) {
         engine.datapath().remove_stale_layouts();
     }
     Ok(layout)

@@ -8,9 +8,10 @@ use enforcer_common::BlockValue;
 use super::{ledger::Ledger, refusal::Refusal};
 use crate::{
     block::{Mode, Source, TargetBlocks, now_ms, to_ms},
-    datapath::{Attachment, BlockMaps, clock},
+    datapath::{BlockMaps, clock},
+    interfaces::{Interfaces, Origin, Tracked},
     protocol::{
-        AllowEntry, InterfaceCounters, InterfaceStatus, ListEntry, ListSource, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply,
+        AllowEntry, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry, ListSource, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply,
         StatsReply, StatusReply,
     },
     target::Target,
@@ -28,8 +29,10 @@ pub struct View<'a> {
     pub ledger: &'a mut Ledger,
     /// The kernel maps (hit counters, data path counters).
     pub maps: &'a BlockMaps,
-    /// Attached interfaces.
-    pub attachments: &'a [Attachment],
+    /// The configured interfaces and what the engine knows of them.
+    pub interfaces: &'a Interfaces,
+    /// The id of the program this daemon attaches.
+    pub prog_id: u32,
     /// When the daemon started.
     pub started: Instant,
     /// The store file.
@@ -140,11 +143,11 @@ impl View<'_> {
     fn stats(&self) -> Result<Reply, Refusal> {
         let total = self.maps.stats_total().map_err(|e| Refusal::Kernel(e.into()))?;
         let interfaces = self
-            .attachments
-            .iter()
-            .filter_map(|a| {
-                self.maps.stats_for_ifindex(a.ifindex).ok().map(|s| InterfaceCounters {
-                    iface: a.iface.clone(),
+            .interfaces
+            .protected()
+            .filter_map(|(iface, ifindex)| {
+                self.maps.stats_for_ifindex(ifindex).ok().map(|s| InterfaceCounters {
+                    iface: iface.to_owned(),
                     counters: s.into(),
                 })
             })
@@ -179,7 +182,7 @@ impl View<'_> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
-            interfaces: self.attachments.iter().map(interface_status).collect(),
+            interfaces: interface_rows(self.interfaces, self.prog_id),
             maps,
             targets: ledger.blocks().len(),
             source_blocks: ledger.blocks().values().map(|b| b.by_source.len()).sum(),
@@ -196,13 +199,47 @@ impl View<'_> {
     }
 }
 
-fn interface_status(a: &Attachment) -> InterfaceStatus {
-    InterfaceStatus {
-        iface: a.iface.clone(),
-        ifindex: a.ifindex,
-        mode: a.mode,
-        prog_id: a.prog_id,
-    }
+/// Every configured interface as the kernel shows it now (one `RTM_GETLINK` each, never a
+/// cached value), then each pattern that matches none.
+fn interface_rows(interfaces: &Interfaces, ours: u32) -> Vec<InterfaceStatus> {
+    let mut rows: Vec<InterfaceStatus> = interfaces
+        .tracked()
+        .map(|(name, origin, tracked)| {
+            let ifindex = nix::net::if_::if_nametoindex(name).ok();
+            let xdp = ifindex.and_then(|i| crate::netlink::query_xdp(i).ok());
+            let state = match (ifindex, xdp) {
+                (None, _) if *tracked == Tracked::Waiting => InterfaceState::Waiting,
+                (None, _) => InterfaceState::Gone,
+                (Some(_), Some(x)) if x.prog_id == Some(ours) => InterfaceState::Protected,
+                (Some(_), _) => InterfaceState::Unprotected,
+            };
+            InterfaceStatus {
+                iface: name.to_owned(),
+                state,
+                ifindex,
+                mode: xdp.and_then(|x| x.mode),
+                prog_id: xdp.and_then(|x| x.prog_id),
+                pattern: match origin {
+                    Origin::Pattern(p) => Some(p.clone()),
+                    Origin::Named => None,
+                },
+                error: match tracked {
+                    Tracked::Failed { error, .. } if state != InterfaceState::Protected => Some(error.clone()),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    rows.extend(interfaces.idle_patterns().map(|p| InterfaceStatus {
+        iface: p.to_owned(),
+        state: InterfaceState::Waiting,
+        ifindex: None,
+        mode: None,
+        prog_id: None,
+        pattern: Some(p.to_owned()),
+        error: None,
+    }));
+    rows
 }
 
 fn allow_entry(target: Target, origins: &[crate::policy::AllowOrigin]) -> AllowEntry {

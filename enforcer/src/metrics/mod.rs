@@ -45,6 +45,7 @@ pub struct Metrics {
     refusals: Mutex<BTreeMap<(&'static str, Source), u64>>,
     commit: Histogram,
     expired: AtomicU64,
+    interface_changes: Mutex<BTreeMap<(String, &'static str), u64>>,
     snapshot: Mutex<Arc<Snapshot>>,
 }
 
@@ -65,6 +66,8 @@ pub struct Snapshot {
     pub oldest_deadline_ms: Option<UnixMillis>,
     /// Attached interfaces: (name, ifindex).
     pub interfaces: Vec<(String, u32)>,
+    /// Every configured interface and its state (`protected`, `waiting`, `gone`, `unprotected`).
+    pub interface_states: Vec<(String, &'static str)>,
 }
 
 impl Metrics {
@@ -93,6 +96,17 @@ impl Metrics {
     /// Counts blocks the reaper removed at their deadline.
     pub fn expired(&self, n: u64) {
         self.expired.fetch_add(n, Relaxed);
+    }
+
+    /// Counts one change of a configured interface's state.
+    pub fn interface_change(&self, iface: &str, action: crate::audit::Action) {
+        use crate::audit::Action;
+        let to = match action {
+            Action::InterfaceProtected => "protected",
+            Action::InterfaceGone => "gone",
+            _ => "unprotected",
+        };
+        *lock(&self.interface_changes).entry((iface.to_owned(), to)).or_default() += 1;
     }
 
     /// Replaces the published snapshot (the engine, after each round).
@@ -276,6 +290,14 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
         "How far the reaper is behind the oldest block deadline (0 when nothing is overdue).",
     )
     .sample("enforcer_reaper_lag_seconds", &[], lag as f64 / 1000.0);
+    e.family(
+        "enforcer_interface_protected",
+        Kind::Gauge,
+        "1 while the program runs on the configured interface, 0 while it is waiting, gone or unprotected.",
+    );
+    for (iface, state) in &s.interface_states {
+        e.sample("enforcer_interface_protected", &[("interface", iface)], if *state == "protected" { 1.0 } else { 0.0 });
+    }
     e.family("enforcer_spool_depth", Kind::Gauge, "Requests spooled while the daemon did not answer, not yet applied.")
         .sample("enforcer_spool_depth", &[], o.spool_depth as f64);
 }
@@ -288,6 +310,14 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
     e.family("enforcer_policy_refusals_total", Kind::Counter, "Blocks the policy refused, by rule and source.");
     for ((rule, source), n) in lock(&m.refusals).iter() {
         e.sample("enforcer_policy_refusals_total", &[("rule", rule), ("source", source.as_str())], *n as f64);
+    }
+    e.family(
+        "enforcer_interface_changes_total",
+        Kind::Counter,
+        "Changes of a configured interface's state, by the state it changed to (protected, gone, unprotected).",
+    );
+    for ((iface, state), n) in lock(&m.interface_changes).iter() {
+        e.sample("enforcer_interface_changes_total", &[("interface", iface), ("state", state)], *n as f64);
     }
     e.family("enforcer_expired_total", Kind::Counter, "Blocks removed by the reaper at their deadline.")
         .sample("enforcer_expired_total", &[], m.expired.load(Relaxed) as f64);
@@ -322,6 +352,8 @@ mod tests {
         m.store_commit(Duration::from_micros(700));
         m.store_commit(Duration::from_secs(5));
         m.expired(3);
+        m.interface_change("eth0", crate::audit::Action::InterfaceGone);
+        m.interface_change("eth0", crate::audit::Action::InterfaceProtected);
         m.publish(Snapshot {
             blocks: vec![(src("wazuh"), Mode::Enforce, 2)],
             targets: 2,
@@ -330,6 +362,7 @@ mod tests {
             pending: 1,
             oldest_deadline_ms: Some(1_000),
             interfaces: vec![("eth0".into(), 2)],
+            interface_states: vec![("eth0".into(), "protected"), ("eth1".into(), "waiting")],
         });
         let mut stats = Stats::default();
         stats.dropped.add(60);
@@ -354,6 +387,10 @@ mod tests {
             "enforcer_reaper_lag_seconds 2.5",
             "enforcer_spool_depth 4",
             "enforcer_pending_approvals 1",
+            "enforcer_interface_protected{interface=\"eth0\"} 1",
+            "enforcer_interface_protected{interface=\"eth1\"} 0",
+            "enforcer_interface_changes_total{interface=\"eth0\",state=\"gone\"} 1",
+            "enforcer_interface_changes_total{interface=\"eth0\",state=\"protected\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -1,0 +1,108 @@
+//! The engine's side of interfaces that come and go: it owns the program, so it attaches; the
+//! link watcher ([`crate::daemon::link_watch`]) only reads the kernel and sends what it saw.
+
+use crate::{
+    audit::{Action, Event},
+    datapath::{DatapathError, XdpModeRequest},
+    interfaces::{Interfaces, Step, Why},
+    netlink::LinkState,
+};
+
+use super::Engine;
+
+/// An attach that failed, with its cause.
+#[derive(Debug)]
+pub struct AttachFailure {
+    /// The interface.
+    pub iface: String,
+    /// What the loader said.
+    pub error: DatapathError,
+}
+
+impl Engine {
+    /// Sets which interfaces to protect and in which mode, before the first [`Self::follow_links`].
+    pub fn set_interfaces(&mut self, interfaces: Interfaces, mode: XdpModeRequest) -> anyhow::Result<()> {
+        self.interfaces = interfaces;
+        self.xdp_mode = mode;
+        self.prog_id = self.dp.program().info()?.id();
+        Ok(())
+    }
+
+    /// The configured interfaces and what is known of each.
+    pub fn interfaces(&self) -> &Interfaces {
+        &self.interfaces
+    }
+
+    /// Makes protection follow a dump of the links: attaches where our program should run and
+    /// does not, releases the pins of interfaces that went away, and reports every change
+    /// (warning, audit event, metric). Returns the attaches that failed (fatal at start; at run
+    /// time they are retried with every dump).
+    pub fn follow_links(&mut self, links: &[LinkState]) -> Vec<AttachFailure> {
+        let steps = self.interfaces.plan(links, self.prog_id);
+        let mut failures = Vec::new();
+        for step in steps {
+            match step {
+                Step::Attach { iface, why } => {
+                    let ifindex = links.iter().find(|l| l.name == iface).map_or(0, |l| l.index);
+                    if let Err(error) = self.attach_one(&iface, why) {
+                        if self.interfaces.failed(&iface, ifindex, error.to_string()) {
+                            tracing::error!(%iface, error = %error, "{why}, but attaching failed: the interface is NOT protected (retrying every second)");
+                            self.interface_changed(Action::InterfaceUnprotected, &iface, format!("{why}; attach failed: {error}"));
+                        }
+                        failures.push(AttachFailure { iface, error });
+                    }
+                }
+                Step::Release { iface, was, listed } => self.release(&iface, was, listed),
+                Step::Confirmed { iface, ifindex } => {
+                    tracing::info!(%iface, ifindex, prog_id = self.prog_id, "protected: the program already runs there");
+                    self.interface_changed(Action::InterfaceProtected, &iface, "the program already runs there".to_owned());
+                }
+            }
+        }
+        self.links_followed = true;
+        failures
+    }
+
+    fn attach_one(&mut self, iface: &str, why: Why) -> Result<(), DatapathError> {
+        let a = self.dp.attach(iface, self.xdp_mode)?;
+        self.interfaces.attached(iface, a.ifindex);
+        let how = if a.replaced { "replaced the program in place" } else { "attached" };
+        let detail = format!("{why}: {how} in {} mode (ifindex {}, program {})", a.mode, a.ifindex, a.prog_id);
+        match why {
+            // Protection lost and restored is what an operator must hear about.
+            Why::DetachedBehindOurBack | Why::Reappeared | Why::Retry => {
+                tracing::warn!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, "protected again: {detail}");
+            }
+            Why::Appeared if self.links_followed => {
+                tracing::warn!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, "protected: {detail}");
+            }
+            // At start: what every start does.
+            Why::Appeared => tracing::info!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, replaced = a.replaced, "{how}"),
+        }
+        self.interface_changed(Action::InterfaceProtected, iface, detail);
+        Ok(())
+    }
+
+    /// An interface went away: it is unprotected from now on; its pin (a defunct link, or one
+    /// on a link renamed away) is released so the name is attached afresh when it returns.
+    fn release(&mut self, iface: &str, was: &'static str, listed: bool) {
+        let layout = self.dp.layout().clone();
+        if let Err(e) = crate::datapath::detach_link(&layout, iface) {
+            tracing::error!(%iface, error = %e, "cannot release the pinned link of an interface that went away");
+        }
+        let detail = if listed {
+            format!("the interface went away (it was {was}); it is protected again within a second of coming back")
+        } else {
+            format!("the interface went away or no longer matches its pattern (it was {was})")
+        };
+        tracing::warn!(%iface, "NOT protected: {detail}");
+        self.interface_changed(Action::InterfaceGone, iface, detail);
+    }
+
+    /// Audit event and metric for one change (the caller logs it, with its context).
+    fn interface_changed(&mut self, action: Action, iface: &str, detail: String) {
+        self.audit.record(&Event::interface(action, iface, detail));
+        self.audit.flush();
+        self.metrics.interface_change(iface, action);
+    }
+}
