@@ -1,9 +1,11 @@
 //! The kernel's view of links, addresses and routes, through rtnetlink.
 //!
 //! Messages are built and parsed by `netlink-packet-route` and carried by `netlink-sys`; this
-//! module only says what to ask and what to keep. Every call here blocks on a netlink socket, so
-//! callers run it on their own thread (the address watcher, the link watcher, the loader), never
-//! on the engine thread.
+//! module only says what to ask and what to keep. Every call here blocks on a netlink socket:
+//! dumps and notifications are read on their own threads (the address watcher, the link
+//! watcher). The engine thread makes only single-link requests the kernel answers at once: the
+//! loader's `query_xdp` around an attach (the engine owns the program), and one `query_xdp` per
+//! configured interface when `enforcer status` asks, so status never reports a cached state.
 
 use std::{collections::BTreeMap, io, net::IpAddr};
 

@@ -433,7 +433,7 @@ pub enum Reply {
         /// The id.
         id: u64,
     },
-    /// Answer to HostChanged.
+    /// Answer to HostChanged and LinksChanged.
     Refreshed,
     /// Answer to sync_source.
     SyncSource(SyncReply),
@@ -751,4 +751,19 @@ pub struct CrowdsecStatus {
     pub last_error_ms: Option<UnixMillis>,
     /// Usage metrics: `on`, `off: ...` with the reason.
     pub usage_metrics: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_internal_requests_cannot_be_sent_over_the_socket() {
+        for op in ["links_changed", "refresh_host", "host_changed"] {
+            let line = format!("{{\"v\":1,\"op\":\"{op}\"}}");
+            assert!(serde_json::from_str::<Envelope<Request>>(&line).is_err(), "`{op}` was accepted from the wire");
+        }
+        let ping = serde_json::from_str::<Envelope<Request>>("{\"v\":1,\"op\":\"ping\"}").unwrap();
+        assert!(matches!(ping.body, Request::Ping));
+    }
 }
