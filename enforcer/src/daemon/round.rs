@@ -4,7 +4,10 @@
 //! So a block is acknowledged only once it is durable and in force, and concurrent triggers
 //! share one fsync. The reaper's expiries go through the same [`commit`].
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{
     kernel_sync::{self, KernelMap},
@@ -78,18 +81,8 @@ where
             refused,
         });
     }
-    let mut failed = BTreeMap::new();
     // Allowlist first: it always wins, so it goes in before the blocks it may cover.
-    for (target, origin) in &change.allow_kernel {
-        let result = match origin {
-            Some(o) => kernel.insert_allow(target, *o),
-            None => kernel.remove_allow(target).map(drop),
-        };
-        if let Err(e) = result {
-            tracing::error!(%target, error = %e, "writing the kernel allowlist failed");
-            failed.insert(*target, Arc::new(e));
-        }
-    }
+    let mut failed = write_allowlist(ledger, kernel, &change.allow_kernel);
     for (target, known) in change.touched() {
         if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known) {
             tracing::error!(%target, error = %e, "writing the kernel map failed");
@@ -102,6 +95,28 @@ where
         refused: change.refused,
         events: change.events,
     })
+}
+
+/// Makes the kernel allowlist match the ledger for `touched` prefixes: every insert first, then
+/// the removals, so a prefix the ledger protects is never missing from the kernel in between.
+fn write_allowlist<K: KernelMap + ?Sized>(ledger: &Ledger, kernel: &mut K, touched: &BTreeSet<Target>) -> BTreeMap<Target, Arc<MapsError>> {
+    let mut failed = BTreeMap::new();
+    let allow = ledger.allowlist();
+    let (kept, gone): (Vec<&Target>, Vec<&Target>) = touched.iter().partition(|t| allow.origins(t).is_some());
+    for target in kept {
+        let origin = allow.origins(target).map_or(0, |o| o[0].to_kernel());
+        if let Err(e) = kernel.insert_allow(target, origin) {
+            tracing::error!(%target, error = %e, "writing the kernel allowlist failed");
+            failed.insert(*target, Arc::new(e));
+        }
+    }
+    for target in gone {
+        if let Err(e) = kernel.remove_allow(target) {
+            tracing::error!(%target, error = %e, "writing the kernel allowlist failed");
+            failed.insert(*target, Arc::new(e));
+        }
+    }
+    failed
 }
 
 /// What a round answers: one result per request, in order, and what it did.

@@ -43,7 +43,7 @@ impl Ledger {
         let origin = AllowOrigin::Cli { comment };
         c.ops.push(StoreOp::PutAllow(target, origin.clone()));
         if self.allow.insert(target, origin.clone()) {
-            c.allow_kernel.push((target, Some(origin.to_kernel())));
+            c.allow_kernel.insert(target);
         }
         self.capacity.set_allow(&self.allow);
         c.events.push(Event::new(Action::AllowAdd, target).detail("allowlisted with the CLI"));
@@ -65,7 +65,7 @@ impl Ledger {
         self.remember_allow(c);
         c.ops.push(StoreOp::DeleteAllow(target));
         if self.allow.remove_where(&target, is_cli) {
-            c.allow_kernel.push((target, None));
+            c.allow_kernel.insert(target);
         }
         self.capacity.set_allow(&self.allow);
         c.events.push(Event::new(Action::AllowRemove, target).detail("removed from the allowlist with the CLI"));
@@ -85,13 +85,13 @@ impl Ledger {
         for (t, what) in wanted.iter().filter(|(t, _)| !current.contains(t)) {
             let origin = AllowOrigin::Builtin { what: what.clone() };
             if self.allow.insert(*t, origin.clone()) {
-                c.allow_kernel.push((*t, Some(origin.to_kernel())));
+                c.allow_kernel.insert(*t);
             }
             tracing::info!(target = %t, what, "allowlisted");
         }
         for t in current.iter().filter(|t| !wanted.contains_key(t)) {
             if self.allow.remove_where(t, is_builtin) {
-                c.allow_kernel.push((*t, None));
+                c.allow_kernel.insert(*t);
             }
             tracing::info!(target = %t, "no longer a host address or gateway: removed from the allowlist");
         }

@@ -43,9 +43,11 @@ pub struct Change {
     pub ops: Vec<StoreOp>,
     /// Audit lines, written once the change is durable (refusals are written either way).
     pub events: Vec<Event>,
-    /// Allowlist kernel entries to write after the commit: `Some(origin)` inserts, `None`
-    /// removes. Inserts come first, so nothing protected is ever unprotected in between.
-    pub allow_kernel: Vec<(Target, Option<u32>)>,
+    /// Allowlist prefixes whose kernel entry may differ from the ledger. After the commit the
+    /// round writes each one's final state: every insert before any removal, so nothing
+    /// protected is ever unprotected in between (not even a prefix removed and added back in
+    /// one round, or a /24 narrowed to a /25).
+    pub allow_kernel: BTreeSet<Target>,
     /// Policy refusals (rule, or `capacity`, and source), for the metrics.
     pub refused: Vec<(&'static str, Source)>,
     /// Each touched target's blocks before its first change in this change.

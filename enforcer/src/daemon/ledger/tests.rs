@@ -81,6 +81,8 @@ struct FakeKernel {
     allows: BTreeMap<Target, u32>,
     fail: bool,
     writes: usize,
+    /// Allowlist writes in order: `+prefix` inserted, `-prefix` removed.
+    allow_log: Vec<String>,
 }
 
 impl KernelMap for FakeKernel {
@@ -104,10 +106,12 @@ impl KernelMap for FakeKernel {
 
     fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError> {
         self.allows.insert(*target, origin);
+        self.allow_log.push(format!("+{target}"));
         Ok(())
     }
 
     fn remove_allow(&mut self, target: &Target) -> Result<bool, MapsError> {
+        self.allow_log.push(format!("-{target}"));
         Ok(self.allows.remove(target).is_some())
     }
 }
@@ -572,6 +576,23 @@ fn the_allowlist_goes_to_the_kernel_and_config_entries_cannot_be_removed() {
     assert_eq!(e.code(), ErrorCode::Refused);
     r.one(Request::AllowRemove { target: t("198.51.100.7") }, T0).unwrap();
     assert!(r.kernel.allows.is_empty());
+}
+
+#[test]
+fn allowlist_changes_insert_before_they_remove_so_nothing_protected_is_ever_unprotected() {
+    let mut r = Rig::new(ledger());
+    let (wide, narrow) = ("198.51.100.0/24", "198.51.100.0/25");
+    r.one(Request::AllowAdd { target: t(wide), comment: None }, T0).unwrap();
+    r.kernel.allow_log.clear();
+    // Narrowing the allowlist in one round: the /25 must be in before the /24 goes.
+    let answers = r.round(vec![Request::AllowRemove { target: t(wide) }, Request::AllowAdd { target: t(narrow), comment: None }], T0);
+    assert!(answers.answers.iter().all(Result::is_ok));
+    assert_eq!(r.kernel.allow_log, [format!("+{narrow}"), format!("-{wide}")]);
+    // Removed and added again in one round: the prefix is never out of the kernel.
+    r.kernel.allow_log.clear();
+    r.round(vec![Request::AllowRemove { target: t(narrow) }, Request::AllowAdd { target: t(narrow), comment: None }], T0);
+    assert!(!r.kernel.allow_log.iter().any(|op| op.starts_with('-')), "{:?}", r.kernel.allow_log);
+    assert!(r.kernel.allows.contains_key(&t(narrow)));
 }
 
 // --- properties --------------------------------------------------------------------------
