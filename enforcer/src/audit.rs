@@ -59,6 +59,8 @@ pub enum Action {
     /// A configured interface exists but the program does not run on it (detached behind the
     /// daemon's back, or an attach failed).
     InterfaceUnprotected,
+    /// A request its caller may not make (see `crate::access`).
+    Deny,
 }
 
 /// One audit line. Owned, so the block engine can collect the lines of a round and write them
@@ -69,7 +71,7 @@ pub struct Event {
     pub ts_ms: UnixMillis,
     /// What.
     pub action: Action,
-    /// Target (absent for interface events).
+    /// Target (absent for interface events and requests without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
     /// Interface, for interface events.
@@ -90,16 +92,25 @@ pub struct Event {
     /// For refusals: why, and the rule that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Who asked, for denials: uid, user name, groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<crate::access::Caller>,
 }
 
 impl Event {
     /// An event with only the essentials.
     pub fn new(action: Action, target: Target) -> Self {
+        Self::untargeted(action).on(target)
+    }
+
+    /// An event about no one target (a denied `stats`, `breaker reset`...).
+    pub fn untargeted(action: Action) -> Self {
         Self {
             ts_ms: now_ms(),
             action,
-            target: Some(target),
+            target: None,
             interface: None,
+            caller: None,
             source: None,
             reason: None,
             expires_ms: None,
@@ -110,17 +121,25 @@ impl Event {
 
     /// An event about an interface (no target).
     pub fn interface(action: Action, iface: &str, detail: impl Into<String>) -> Self {
-        Self {
-            ts_ms: now_ms(),
-            action,
-            target: None,
-            interface: Some(iface.to_owned()),
-            source: None,
-            reason: None,
-            expires_ms: None,
-            mode: None,
-            detail: Some(detail.into()),
-        }
+        let mut e = Self::untargeted(action).detail(detail);
+        e.interface = Some(iface.to_owned());
+        e
+    }
+
+    /// About `target`.
+    #[must_use]
+    pub fn on(mut self, target: Target) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    /// A denial of `caller`'s request.
+    pub fn denied(denied: &crate::access::Denied, target: Option<Target>, source: Option<&Source>) -> Self {
+        let mut e = Self::untargeted(Action::Deny).detail(denied.why.to_string());
+        e.target = target;
+        e.source = source.cloned();
+        e.caller = Some(denied.caller.clone());
+        e
     }
 
     /// With the source.

@@ -45,6 +45,11 @@
 //! broader_than_v4 = 24
 //! pending_ttl = "1h"
 //!
+//! [[access]]                   # see crate::access; root may do everything
+//! group = "wazuh"              # or user = "name"
+//! sources = ["wazuh"]
+//! operations = ["block", "unblock", "list", "show", "stats", "status"]
+//!
 //! [crowdsec]                   # see crate::crowdsec; off unless present
 //! api_url = "http://127.0.0.1:8080/"
 //! api_key_file = "/etc/enforcer/crowdsec.key"
@@ -97,6 +102,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The CrowdSec bouncer (off unless present).
     pub crowdsec: Option<crate::crowdsec::CrowdsecConfig>,
+    /// Who may do what on the control socket, besides root (see [`crate::access`]).
+    pub access: Vec<crate::access::AccessEntry>,
 }
 
 /// The `[metrics]` section.
@@ -144,6 +151,7 @@ impl Default for Config {
             policy: crate::policy::PolicyConfig::default(),
             metrics: MetricsConfig::default(),
             crowdsec: None,
+            access: Vec::new(),
         }
     }
 }
@@ -254,8 +262,18 @@ impl Config {
         {
             return Err(located(section_key_span(text, "crowdsec", &key), message));
         }
+        for (i, entry) in config.access.iter().enumerate() {
+            if let Err(message) = entry.validate() {
+                return Err(located(nth_span(text, "[[access]]", i), message));
+            }
+        }
         Ok(config)
     }
+}
+
+/// The span of the `n`th (0-based) occurrence of `needle`.
+fn nth_span(text: &str, needle: &str, n: usize) -> Option<std::ops::Range<usize>> {
+    text.match_indices(needle).nth(n).map(|(i, m)| i..i + m.len())
 }
 
 /// 1-based line and column of a byte offset.
@@ -345,6 +363,18 @@ mod tests {
         assert_eq!((e.line, e.column), (5, 1), "{e}");
         let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\nbogus = 1\n", "x").unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn access_entries_are_checked_where_they_are_written() {
+        let c = Config::parse("[[access]]\ngroup = \"wazuh\"\nsources = [\"wazuh\"]\noperations = [\"block\", \"list\"]\n", "x").unwrap();
+        assert_eq!(c.access.len(), 1);
+        let e = Config::parse("[[access]]\ngroup = \"a\"\n\n[[access]]\nsources = [\"*\"]\n", "x").unwrap_err();
+        assert_eq!((e.line, e.column), (4, 1), "{e}");
+        assert!(e.message.contains("exactly one of `user` or `group`"), "{e}");
+        let e = Config::parse("[[access]]\nuser = \"a\"\noperations = [\"promte\"]\n", "x").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("unknown operation `promte`"), "{e}");
     }
 
     #[test]

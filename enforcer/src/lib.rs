@@ -3,6 +3,7 @@
 //! The layout follows the data: trigger sources → control plane (policy, durable store, kernel
 //! maps, reaper) → data plane (the XDP program in `enforcer-ebpf`, driven by [`datapath`]).
 
+pub mod access;
 pub mod audit;
 pub mod block;
 pub mod cli;

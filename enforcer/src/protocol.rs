@@ -87,6 +87,10 @@ pub enum Request {
         /// A note.
         #[serde(default)]
         comment: Option<String>,
+        /// Allowlist a prefix broader than the scope guard (policy.min_prefix_v4/v6); needs the
+        /// `force` operation.
+        #[serde(default)]
+        force: bool,
     },
     /// Remove an allowlist prefix added with `allow add`.
     AllowRemove {
@@ -486,6 +490,10 @@ pub struct PendingBlock {
     pub created_ms: UnixMillis,
     /// When it is dropped unless approved (Unix ms).
     pub expires_ms: UnixMillis,
+    /// Who asked (absent in records from before callers were recorded). Only another caller,
+    /// or root, may approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<crate::access::CallerId>,
 }
 
 /// A refused batch item.

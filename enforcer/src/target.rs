@@ -87,6 +87,24 @@ impl Target {
     pub fn overlaps(&self, other: &Target) -> bool {
         self.0.contains(&other.0) || other.0.contains(&self.0)
     }
+
+    /// Why this cannot be a block target, if it cannot: it lies inside a range no packet is
+    /// sent from (unspecified, multicast, broadcast). Blocking `0.0.0.0` does not block
+    /// "everything" (it would only drop DHCP clients still without an address), so it is
+    /// refused rather than accepted as a no-op.
+    pub fn not_a_block_target(&self) -> Option<&'static str> {
+        const RANGES: [(&str, &str); 5] = [
+            ("0.0.0.0/8", "0.0.0.0/8 is the unspecified (\"this network\") range, not a sender"),
+            ("224.0.0.0/4", "multicast addresses (224.0.0.0/4) never send packets"),
+            ("255.255.255.255/32", "255.255.255.255 is the broadcast address, not a sender"),
+            ("::/128", ":: is the unspecified address, not a sender"),
+            ("ff00::/8", "multicast addresses (ff00::/8) never send packets"),
+        ];
+        RANGES.iter().find_map(|(range, why)| {
+            let range: IpNet = range.parse().expect("a valid range");
+            range.contains(&self.0).then_some(*why)
+        })
+    }
 }
 
 /// Folds `::ffff:a.b.c.d` to `a.b.c.d`; other addresses are returned as they are.
@@ -94,6 +112,23 @@ pub fn canonical_addr(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod block_target_tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_multicast_and_broadcast_addresses_are_not_block_targets() {
+        let why = |s: &str| s.parse::<Target>().unwrap().not_a_block_target();
+        for bad in ["0.0.0.0", "0.1.2.3", "0.0.0.0/8", "224.0.0.1", "239.255.255.250", "255.255.255.255", "::", "ff02::1", "::ffff:0.0.0.0"] {
+            assert!(why(bad).is_some(), "{bad}");
+        }
+        for good in ["192.0.2.7", "0.0.0.0/0", "::/0", "2001:db8::1", "198.51.100.0/24", "::1"] {
+            assert_eq!(why(good), None, "{good}");
+        }
+        assert!(why("0.0.0.0").unwrap().contains("unspecified"));
     }
 }
 

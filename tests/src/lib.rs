@@ -5,6 +5,7 @@
 //! name is unique, so tests run in parallel. Traffic only ever flows between the namespaces a
 //! lab creates, on documentation addresses.
 
+pub mod accounts;
 pub mod crowdsec;
 pub mod daemon;
 pub mod execd;

@@ -140,6 +140,14 @@ fn leftovers(ledger: &Path) -> Vec<String> {
                 left.push(format!("bpffs pin directory {what}"));
                 let _ = std::fs::remove_dir_all(what);
             }
+            "user" if account_exists("passwd", what) => {
+                left.push(format!("user {what}"));
+                let _ = Command::new("userdel").arg(what).status();
+            }
+            "group" if account_exists("group", what) => {
+                left.push(format!("group {what}"));
+                let _ = Command::new("groupdel").arg(what).status();
+            }
             _ => {}
         }
     }
@@ -151,6 +159,11 @@ fn leftovers(ledger: &Path) -> Vec<String> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     left
+}
+
+/// Whether `name` is in the `passwd` or `group` database.
+fn account_exists(database: &str, name: &str) -> bool {
+    Command::new("getent").args([database, name]).output().is_ok_and(|o| o.status.success())
 }
 
 /// `(kind, what)` for each ledger line.

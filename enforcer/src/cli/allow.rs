@@ -23,6 +23,10 @@ pub enum AllowCommand {
         /// A note for the list.
         #[arg(long)]
         comment: Option<String>,
+        /// Allowlist a prefix broader than the scope guard (policy.min_prefix_v4/v6): it lifts
+        /// every block inside it. Needs the `force` operation (root has it).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a prefix added with `allow add`.
     Remove {
@@ -39,8 +43,8 @@ pub enum AllowCommand {
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     match a.command {
-        AllowCommand::Add { target, comment } => {
-            let Reply::Allow { target, changed } = super::call(socket, &Request::AllowAdd { target, comment })? else {
+        AllowCommand::Add { target, comment, force } => {
+            let Reply::Allow { target, changed } = super::call(socket, &Request::AllowAdd { target, comment, force })? else {
                 anyhow::bail!("unexpected reply from the daemon")
             };
             println!("{} {target}", if changed { "allowlisted" } else { "already allowlisted:" });

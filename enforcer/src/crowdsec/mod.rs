@@ -213,7 +213,7 @@ impl Bouncer {
 
     async fn apply(&mut self, request: crate::protocol::SyncRequest) -> Result<SyncReply, PullError> {
         let items = request.items.len();
-        match ask_engine(Request::SyncSource(request), &self.engine).await {
+        match ask_engine("crowdsec", Request::SyncSource(request), &self.engine).await {
             Response::Ok { result: Reply::SyncSource(reply), .. } => {
                 for f in &reply.failed {
                     if self.refused.insert(f.target) {
@@ -235,7 +235,7 @@ impl Bouncer {
         }
         let window = self.metrics.last_push.map_or(0, |t| t.elapsed().as_secs());
         self.metrics.last_push = Some(Instant::now());
-        let dropped = match ask_engine(Request::Stats, &self.engine).await {
+        let dropped = match ask_engine("crowdsec", Request::Stats, &self.engine).await {
             Response::Ok { result: Reply::Stats(s), .. } => (s.total.dropped.packets, s.total.dropped.bytes),
             _ => self.metrics.dropped_before,
         };

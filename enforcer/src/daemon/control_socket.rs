@@ -1,15 +1,11 @@
 //! The control socket: newline-delimited JSON requests in, one response per request out.
 //!
-//! Access: the socket file is mode 0660, owned by root and the configured group; each
-//! connection's peer credentials are checked again (root, or a member of that group).
+//! Access: the socket file is mode 0660, owned by root and the configured group. Each
+//! connection's peer (SO_PEERCRED) is looked up once, as a [`Caller`], and may connect if the
+//! access rules say so ([`AccessPolicy::may_connect`]); every request then carries that caller
+//! to the engine, which checks it ([`crate::access`]).
 
-use std::{
-    ffi::CString,
-    io,
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    sync::{Arc, mpsc::SyncSender},
-};
+use std::{io, os::unix::fs::PermissionsExt as _, path::Path, sync::{Arc, mpsc::SyncSender}};
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -17,20 +13,14 @@ use tokio::{
     sync::oneshot,
 };
 
-use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+use nix::unistd::Group;
 
 use super::engine::Command;
 use crate::{
+    access::{AccessPolicy, Caller},
     metrics::Metrics,
     protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Reply, Request, Response},
 };
-
-/// Who may talk to the daemon.
-#[derive(Clone, Copy, Debug)]
-pub struct Access {
-    /// The group allowed besides root.
-    pub gid: Option<u32>,
-}
 
 /// Resolves a group name to its id.
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
@@ -42,7 +32,7 @@ pub fn group_id(name: &str) -> anyhow::Result<u32> {
 }
 
 /// Binds the socket, refusing to steal it from a daemon that still answers.
-pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
+pub async fn bind(path: &Path, socket_gid: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -57,7 +47,7 @@ pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(gid) = access.gid {
+    if let Some(gid) = socket_gid {
         std::os::unix::fs::chown(path, None, Some(gid))?;
     }
     Ok(listener)
@@ -68,7 +58,7 @@ pub async fn bind(path: &Path, access: Access) -> anyhow::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     engine: SyncSender<Command>,
-    access: Access,
+    access: Arc<AccessPolicy>,
     metrics: Arc<Metrics>,
     crowdsec: Option<crate::crowdsec::StatusHandle>,
 ) {
@@ -83,49 +73,32 @@ pub async fn serve(
         let engine = engine.clone();
         let metrics = metrics.clone();
         let crowdsec = crowdsec.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, engine, access, &metrics, crowdsec.as_ref()).await {
+            if let Err(e) = connection(stream, engine, &access, &metrics, crowdsec.as_ref()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
 }
 
-/// Root, or a peer whose group or supplementary groups include the socket group.
-async fn peer_allowed(stream: &UnixStream, access: Access) -> bool {
-    let Ok(cred) = stream.peer_cred() else { return false };
-    if cred.uid() == 0 {
-        return true;
-    }
-    let Some(gid) = access.gid else { return false };
-    if cred.gid() == gid {
-        return true;
-    }
-    // The group database may be remote (NSS: LDAP, sssd): look it up off the runtime's threads.
-    let (uid, primary) = (cred.uid(), cred.gid());
-    tokio::task::spawn_blocking(move || member_of(uid, primary, gid))
-        .await
-        .unwrap_or(false)
-}
-
-/// Whether user `uid`, logged in with group `primary`, has `gid` among its groups
-/// (getgrouplist(3): the group database, as a login would set them).
-fn member_of(uid: u32, primary: u32, gid: u32) -> bool {
-    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
-        return false;
-    };
-    let Ok(name) = CString::new(user.name) else { return false };
-    getgrouplist(&name, Gid::from_raw(primary)).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
+/// The peer, with its user name and login groups (looked up off the runtime's threads: the
+/// user and group databases may be remote, NSS: LDAP, sssd). `None` if the kernel does not say.
+async fn peer(stream: &UnixStream) -> Option<Caller> {
+    let cred = stream.peer_cred().ok()?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    tokio::task::spawn_blocking(move || Caller::lookup(uid, gid)).await.ok()
 }
 
 async fn connection(
     stream: UnixStream,
     engine: SyncSender<Command>,
-    access: Access,
+    access: &AccessPolicy,
     metrics: &Metrics,
     crowdsec: Option<&crate::crowdsec::StatusHandle>,
 ) -> io::Result<()> {
-    let allowed = peer_allowed(&stream, access).await;
+    let caller = peer(&stream).await.filter(|c| access.may_connect(c));
+    let allowed = caller.is_some();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -135,19 +108,21 @@ async fn connection(
         if n == 0 {
             return Ok(());
         }
-        let (op, response) = if !allowed {
-            ("unknown", Response::err(
+        let (op, response) = match &caller {
+            None => ("unknown", Response::err(
                 ErrorCode::PermissionDenied,
-                "permission denied: the control socket is for root and the daemon's socket_group",
-            ))
-        } else if line.len() > MAX_LINE {
-            ("unknown", Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes")))
-        } else {
-            let (op, mut response) = handle_line(&line, &engine).await;
-            if let (Response::Ok { result: Reply::Status(status), .. }, Some(cs)) = (&mut response, crowdsec) {
-                status.crowdsec = Some(cs.lock().expect("status lock").clone());
+                "permission denied: the control socket is for root, the daemon's socket_group and the callers its [[access]] entries name",
+            )),
+            Some(_) if line.len() > MAX_LINE => {
+                ("unknown", Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes")))
             }
-            (op, response)
+            Some(caller) => {
+                let (op, mut response) = handle_line(&line, caller, &engine).await;
+                if let (Response::Ok { result: Reply::Status(status), .. }, Some(cs)) = (&mut response, crowdsec) {
+                    status.crowdsec = Some(cs.lock().expect("status lock").clone());
+                }
+                (op, response)
+            }
         };
         metrics.request(op, result_label(&response));
         let mut out = serde_json::to_vec(&Envelope {
@@ -172,9 +147,9 @@ fn result_label(r: &Response) -> &'static str {
 }
 
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
-async fn handle_line(line: &[u8], engine: &SyncSender<Command>) -> (&'static str, Response) {
+async fn handle_line(line: &[u8], caller: &Caller, engine: &SyncSender<Command>) -> (&'static str, Response) {
     match parse(line) {
-        Ok(request) => (request.op(), run(request, engine).await),
+        Ok(request) => (request.op(), run(request, caller.clone(), engine).await),
         Err(error) => ("unknown", Response::Err { ok: false, error }),
     }
 }
@@ -198,11 +173,12 @@ fn parse(line: &[u8]) -> Result<Request, ErrorBody> {
     serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))
 }
 
-/// Hands a request to the engine and waits for its answer (also used by the CrowdSec bouncer).
-pub async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
+/// Hands a request from `caller` to the engine and waits for its answer (also used by the
+/// CrowdSec bouncer, as the daemon).
+pub async fn run(request: Request, caller: Caller, engine: &SyncSender<Command>) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
-    let command = Command { request, reply: tx };
+    let command = Command { request, caller, reply: tx };
     // The engine's queue is bounded: waiting for room is back-pressure, not an error.
     let sent = tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await;
     if !matches!(sent, Ok(true)) {
@@ -222,16 +198,6 @@ pub async fn run(request: Request, engine: &SyncSender<Command>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn group_membership_comes_from_the_group_database() {
-        // root's login groups (getgrouplist with its primary group) include group 0.
-        assert!(member_of(0, 0, 0));
-        // The primary group passed in counts, as for a login.
-        assert!(member_of(0, 4242, 4242));
-        // A uid with no user entry is a member of nothing.
-        assert!(!member_of(0x7fff_0000, 0, 0));
-    }
 
     #[test]
     fn an_unknown_group_name_says_how_to_fix_it() {

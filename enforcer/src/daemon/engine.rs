@@ -35,6 +35,7 @@ use super::{
     systemd::{Heartbeat, TestStall},
 };
 use crate::{
+    access::{AccessPolicy, Caller},
     audit::{Action, AuditLog, Event},
     block::{Source, TargetBlocks, UnixMillis, now_ms},
     datapath::{Datapath, XdpModeRequest},
@@ -46,12 +47,26 @@ use crate::{
     target::Target,
 };
 
-/// A request and where to send its answer.
+/// A request, who sent it, and where to send its answer.
 pub struct Command {
     /// The request.
     pub request: Request,
+    /// Who sent it: a socket peer, or the daemon itself (checked against the access rules
+    /// before anything else, see [`Engine::authorize`]).
+    pub caller: Caller,
     /// The answer goes here.
     pub reply: oneshot::Sender<Result<Reply, Refusal>>,
+}
+
+impl Command {
+    /// A request from the daemon itself (`what`: the part of it that asks).
+    pub fn internal(what: &'static str, request: Request, reply: oneshot::Sender<Result<Reply, Refusal>>) -> Self {
+        Self {
+            request,
+            caller: Caller::internal(what),
+            reply,
+        }
+    }
 }
 
 /// Most requests handled in one durable round.
@@ -85,6 +100,8 @@ pub struct Engine {
     heartbeat: Option<Heartbeat>,
     /// Debug builds: lets a test hang this loop.
     stall: TestStall,
+    /// Who may do what.
+    access: AccessPolicy,
 }
 
 /// The store, timing each commit for the metrics.
@@ -112,6 +129,8 @@ pub struct EngineConfig {
     pub allowlist: Vec<Target>,
     /// Allowlist loopback, the host's addresses and its default gateways.
     pub builtin_allowlist: bool,
+    /// Who may do what on the control socket.
+    pub access: AccessPolicy,
 }
 
 /// Whether a request only reads (answered after the round's writes).
@@ -148,6 +167,7 @@ impl Engine {
             tally: BlockTally::default(),
             heartbeat: None,
             stall: TestStall::from_env(),
+            access: config.access,
         };
         engine.load_allowlist(&config.allowlist)?;
         engine.ledger.load_side(engine.store.load_pending()?, engine.store.load_offenses()?);
@@ -378,8 +398,12 @@ impl Engine {
         let mut writes = Vec::new();
         let mut write_replies = Vec::new();
         let mut reads = Vec::new();
-        for Command { request, reply } in batch {
-            if let Request::HostChanged(now) = request {
+        let mut denied = false;
+        for Command { request, caller, reply } in batch {
+            if let Err(refusal) = self.authorize(&caller, &request) {
+                denied = true;
+                let _ = reply.send(Err(refusal));
+            } else if let Request::HostChanged(now) = request {
                 self.refresh_host(now);
                 let _ = reply.send(Ok(Reply::Refreshed));
             } else if let Request::LinksChanged(links) = request {
@@ -388,9 +412,12 @@ impl Engine {
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
-                writes.push(request);
+                writes.push((request, caller));
                 write_replies.push(reply);
             }
+        }
+        if denied {
+            self.audit.flush();
         }
         if !writes.is_empty() {
             let (ledger, mut store, maps) = self.timed_store();
@@ -404,6 +431,29 @@ impl Engine {
         for (request, reply) in reads {
             let _ = reply.send(self.view().answer(request));
         }
+    }
+
+    /// The one access check every request passes, whatever path it came by (socket, CrowdSec,
+    /// spool, host watcher): refused requests are audited with their caller and change nothing.
+    /// A pending id is looked up as the round starts, so an id created later in the same round
+    /// is not found yet (the caller asks again).
+    fn authorize(&mut self, caller: &Caller, request: &Request) -> Result<(), Refusal> {
+        let requester = match request {
+            Request::Approve { id } => match self.ledger.pending().get(id) {
+                Some(p) => p.requested_by.as_ref(),
+                None if caller.is_root() => None,
+                None => return Err(Refusal::NotFound(format!("no pending block with id {id} (see `enforcer pending`)"))),
+            },
+            _ => None,
+        };
+        let Err(denied) = self.access.check(caller, request, requester) else { return Ok(()) };
+        let (target, source) = request_subject(request, &self.ledger);
+        tracing::warn!("{denied}");
+        self.audit.record(&Event::denied(&denied, target, source.as_ref()));
+        if let Some(source) = &source {
+            self.metrics.refusal("access", source);
+        }
+        Err(Refusal::Denied(Box::new(denied)))
     }
 
     fn view(&mut self) -> View<'_> {
@@ -469,6 +519,25 @@ impl Engine {
                 self.reap_backoff_until = now_ms() + 1000;
             }
         }
+    }
+}
+
+/// The target and source a request concerns, for its audit line (a pending block's, for
+/// approve and reject).
+fn request_subject(request: &Request, ledger: &Ledger) -> (Option<Target>, Option<Source>) {
+    match request {
+        Request::Block(b) => (Some(b.target), Some(b.source.clone())),
+        Request::BlockBatch(b) => (None, Some(b.source.clone())),
+        Request::SyncSource(s) => (None, Some(s.source.clone())),
+        Request::Unblock { target, source, .. } => (Some(*target), source.clone()),
+        Request::Show { target } | Request::AllowAdd { target, .. } | Request::AllowRemove { target } => (Some(*target), None),
+        Request::Promote { target, source } => (*target, source.clone()),
+        Request::BreakerReset { source } | Request::List { source, .. } => (None, source.clone()),
+        Request::Approve { id } | Request::Reject { id } => ledger
+            .pending()
+            .get(id)
+            .map_or((None, None), |p| (Some(p.request.target), Some(p.request.source.clone()))),
+        _ => (None, None),
     }
 }
 

@@ -28,20 +28,27 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    access::AccessPolicy,
     audit::AuditLog,
     config::Config,
     datapath::{Datapath, DatapathOptions},
     store::Store,
 };
 
-pub use control_socket::run as ask_engine;
+/// Hands a request from a part of the daemon itself (`what`: `crowdsec`...) to the engine; it
+/// passes the same access check as a socket request, as the daemon.
+pub async fn ask_engine(what: &'static str, request: crate::protocol::Request, engine: &mpsc::SyncSender<engine::Command>) -> crate::protocol::Response {
+    control_socket::run(request, crate::access::Caller::internal(what), engine).await
+}
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let access = control_socket::Access {
-        gid: config.socket_group.as_deref().map(control_socket::group_id).transpose()?,
-    };
-    let mut engine = open_engine(&config)?;
+    let socket_gid = config.socket_group.as_deref().map(control_socket::group_id).transpose()?;
+    let access = Arc::new(AccessPolicy::new(config.access.clone(), socket_gid));
+    for name in access.unknown_names() {
+        tracing::warn!("[[access]] names {name}, which this host does not know: the entry matches nobody");
+    }
+    let mut engine = open_engine(&config, &access)?;
     let layout = attach_interfaces(&mut engine, &config)?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     engine.set_heartbeat(notifier.heartbeat());
@@ -74,10 +81,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Let the engine finish what it holds, then stop (the watchers still have senders).
     stop.store(true, Ordering::Relaxed);
     let (reply, _) = tokio::sync::oneshot::channel();
-    let _ = wake.send(engine::Command {
-        request: crate::protocol::Request::Ping,
-        reply,
-    });
+    let _ = wake.send(engine::Command::internal("shutdown", crate::protocol::Request::Ping, reply));
     engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
@@ -86,7 +90,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// What the serving tasks share.
 struct Shared {
-    access: control_socket::Access,
+    access: Arc<AccessPolicy>,
     ready_status: String,
     metrics: Arc<crate::metrics::Metrics>,
     maps_dir: std::path::PathBuf,
@@ -94,7 +98,7 @@ struct Shared {
 }
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.
-fn open_engine(config: &Config) -> anyhow::Result<engine::Engine> {
+fn open_engine(config: &Config, access: &AccessPolicy) -> anyhow::Result<engine::Engine> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
@@ -117,6 +121,7 @@ fn open_engine(config: &Config) -> anyhow::Result<engine::Engine> {
             policy: config.policy.clone(),
             allowlist: config.allowlist.prefixes.clone(),
             builtin_allowlist: config.allowlist.builtin,
+            access: access.clone(),
         },
     )
 }
@@ -172,11 +177,8 @@ fn spawn_host_watch(tx: mpsc::SyncSender<engine::Command>) -> anyhow::Result<()>
     std::thread::Builder::new().name("host-watch".into()).spawn(move || {
         crate::policy::host::watch(|now| {
             let (reply, _) = tokio::sync::oneshot::channel();
-            tx.send(engine::Command {
-                request: crate::protocol::Request::HostChanged(now),
-                reply,
-            })
-            .is_ok()
+            tx.send(engine::Command::internal("host watcher", crate::protocol::Request::HostChanged(now), reply))
+                .is_ok()
         });
     })?;
     Ok(())
@@ -200,7 +202,7 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
     let socket = config.socket.clone();
     let state_dir = config.state_dir.clone();
     let default_ttls = Arc::new(default_ttls(config));
-    let listener = control_socket::bind(&socket, shared.access).await?;
+    let listener = control_socket::bind(&socket, socket_gid(config)?).await?;
     // Triggers spooled while no daemon answered go first, before anyone is served.
     spool::drain(&state_dir, &tx, &default_ttls).await;
     tracing::info!(socket = %socket.display(), "listening");
@@ -224,7 +226,7 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
         .context("setting up the CrowdSec bouncer")?;
     let crowdsec_status = bouncer.as_ref().map(crate::crowdsec::Bouncer::status);
     let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
-    let server = tokio::spawn(control_socket::serve(listener, tx, shared.access, shared.metrics.clone(), crowdsec_status));
+    let server = tokio::spawn(control_socket::serve(listener, tx, shared.access.clone(), shared.metrics.clone(), crowdsec_status));
     // Blocks are reconciled and enforced, every interface attached, the socket serving.
     shared.notifier.notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -245,6 +247,10 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
     let _ = spooler.await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {
+    config.socket_group.as_deref().map(control_socket::group_id).transpose()
 }
 
 /// Serves `/metrics` when configured.

@@ -48,6 +48,9 @@ pub enum Refusal {
         /// Its origins, comma-separated.
         origins: String,
     },
+    /// The caller may not make this request (see [`crate::access`]).
+    #[error(transparent)]
+    Denied(Box<crate::access::Denied>),
     /// The durable store failed; the round was undone.
     #[error("the block store failed; nothing was changed")]
     Store(#[source] Arc<StoreError>),
@@ -64,6 +67,7 @@ impl Refusal {
             Self::MapFull { .. } => ErrorCode::MapFull,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Denied(_) => ErrorCode::PermissionDenied,
             Self::Store(_) | Self::Kernel(_) => ErrorCode::Internal,
         }
     }

@@ -15,6 +15,7 @@ use super::{
     refusal::Refusal,
 };
 use crate::{
+    access::Caller,
     audit::{Action, Event},
     block::UnixMillis,
     datapath::MapsError,
@@ -132,14 +133,17 @@ pub struct Answered {
     pub before: BTreeMap<Target, Option<crate::block::TargetBlocks>>,
 }
 
-/// Runs one round over write requests.
-pub fn run<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, requests: Vec<Request>, now: UnixMillis) -> Answered
+/// Runs one round over write requests, each with its (already authorized) caller.
+pub fn run<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, requests: Vec<(Request, Caller)>, now: UnixMillis) -> Answered
 where
     S: BlockStore + ?Sized,
     K: KernelMap + ?Sized,
 {
     let mut change = Change::default();
-    let applied: Vec<Applied> = requests.into_iter().map(|r| ledger.apply(&mut change, r, now)).collect();
+    let applied: Vec<Applied> = requests
+        .into_iter()
+        .map(|(r, by)| ledger.apply(&mut change, r, &by, now))
+        .collect();
     match commit(ledger, store, kernel, change) {
         Err(Failed { error, events, refused }) => {
             tracing::error!(error = %error, "committing to the store failed; the round was undone");

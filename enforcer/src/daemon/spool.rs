@@ -261,7 +261,8 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
             continue;
         };
         let (reply, answer) = oneshot::channel();
-        if engine.send(Command { request, reply }).is_err() {
+        // Only root can write the spool directory (0700): its requests are applied as the daemon.
+        if engine.send(Command::internal("spool", request, reply)).is_err() {
             tracing::error!("the engine stopped while draining the spool; the rest stays spooled");
             break;
         }

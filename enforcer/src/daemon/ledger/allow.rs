@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Change, Ledger, Refusal};
 use crate::{
     audit::{Action, Event},
-    policy::AllowOrigin,
+    policy::{AllowOrigin, Rule},
     protocol::Reply,
     store::StoreOp,
     target::Target,
@@ -30,8 +30,15 @@ impl Ledger {
         c.allow_before.get_or_insert_with(|| self.allow.clone());
     }
 
-    /// `allow add`: a durable CLI entry.
-    pub fn allow_add(&mut self, c: &mut Change, target: Target, comment: Option<String>) -> Result<Reply, Refusal> {
+    /// `allow add`: a durable CLI entry. A prefix broader than the scope guard (the policy's
+    /// `min_prefix_v4`/`min_prefix_v6`) needs `force`: it would lift every block inside it, and
+    /// `0.0.0.0/0` would disable them all.
+    pub fn allow_add(&mut self, c: &mut Change, target: Target, comment: Option<String>, force: bool) -> Result<Reply, Refusal> {
+        if !force && let Err(refusal) = self.allow_scope(&target) {
+            c.refused.push((Rule::Scope.as_str(), crate::block::Source::cli()));
+            c.events.push(Event::new(Action::Refuse, target).detail(refusal.to_string()));
+            return Err(refusal);
+        }
         let origins = self.allow.origins(&target);
         if origins.is_some_and(|o| o.iter().any(is_cli)) {
             return Ok(Reply::Allow { target, changed: false });
@@ -48,6 +55,20 @@ impl Ledger {
         self.capacity.set_allow(&self.allow);
         c.events.push(Event::new(Action::AllowAdd, target).detail("allowlisted with the CLI"));
         Ok(Reply::Allow { target, changed: true })
+    }
+
+    fn allow_scope(&self, target: &Target) -> Result<(), Refusal> {
+        let config = &self.policy.config;
+        let (min, key) = if target.is_v4() { (config.min_prefix_v4, "v4") } else { (config.min_prefix_v6, "v6") };
+        if target.prefix_len() >= min {
+            return Ok(());
+        }
+        Err(Refusal::Policy {
+            rule: Rule::Scope,
+            message: format!(
+                "{target} is broader than /{min} (policy.min_prefix_{key}): allowlisting it would lift every block inside it; a narrower prefix, or --force from a caller allowed to force"
+            ),
+        })
     }
 
     /// `allow remove`: only entries the CLI added.

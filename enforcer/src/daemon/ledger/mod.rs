@@ -28,6 +28,7 @@ pub use capacity::Capacity;
 
 use super::refusal::Refusal;
 use crate::{
+    access::{Caller, CallerId},
     audit::{Action, Event},
     block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks, UnixMillis},
     policy::{Allowlist, Ask, BreakerEvent, Decision, Policy},
@@ -105,6 +106,8 @@ pub struct Ledger {
     policy: Policy,
     allow: Allowlist,
     capacity: Capacity,
+    /// Who made the request being applied (recorded with the pending blocks it creates).
+    asking: Option<CallerId>,
 }
 
 /// A block as a request asks for it, after policy.
@@ -160,6 +163,7 @@ impl Ledger {
             policy,
             allow: Allowlist::default(),
             capacity,
+            asking: None,
         }
     }
 
@@ -243,8 +247,15 @@ impl Ledger {
         self.next_block_deadline().into_iter().chain(pending).min()
     }
 
-    /// Applies one write request.
-    pub fn apply(&mut self, c: &mut Change, request: Request, now: UnixMillis) -> Applied {
+    /// Applies one write request from `by` (whose access was checked already).
+    pub fn apply(&mut self, c: &mut Change, request: Request, by: &Caller, now: UnixMillis) -> Applied {
+        self.asking = Some(by.id.clone());
+        let applied = self.apply_request(c, request, now);
+        self.asking = None;
+        applied
+    }
+
+    fn apply_request(&mut self, c: &mut Change, request: Request, now: UnixMillis) -> Applied {
         match request {
             Request::Block(b) => {
                 let target = b.target;
@@ -275,7 +286,7 @@ impl Ledger {
                 Err(e) => Applied::new(Err(e), vec![]),
             },
             Request::Reject { id } => Applied::new(self.reject(c, id), vec![]),
-            Request::AllowAdd { target, comment } => Applied::new(self.allow_add(c, target, comment), vec![target]),
+            Request::AllowAdd { target, comment, force } => Applied::new(self.allow_add(c, target, comment, force), vec![target]),
             Request::AllowRemove { target } => Applied::new(self.allow_remove(c, target), vec![target]),
             Request::BreakerReset { source } => {
                 let reset = self.policy.reset_breakers(source.as_ref());
@@ -309,6 +320,9 @@ impl Ledger {
         now: UnixMillis,
     ) -> Result<BlockReply, Refusal> {
         reason.validate().map_err(Refusal::Invalid)?;
+        if let Some(why) = req.target.not_a_block_target() {
+            return Err(Refusal::Invalid(format!("{} is not a block target: {why}", req.target)));
+        }
         if req.ttl_secs == Some(0) {
             return Err(Refusal::Invalid("the TTL must be at least 1 second".into()));
         }
@@ -408,6 +422,7 @@ impl Ledger {
             why: why.clone(),
             created_ms: now,
             expires_ms: now + self.policy.pending_ttl().as_millis() as u64,
+            requested_by: self.asking.clone(),
         };
         c.ops.push(StoreOp::PutPending(p.clone()));
         let mut e = Event::new(Action::Pending, target)
@@ -543,10 +558,11 @@ impl Ledger {
         self.remember_pending(c);
         self.pending.remove(&id);
         c.ops.push(StoreOp::DeletePending(id));
+        let by = self.asking.as_ref().map(|a| format!(" by {a}")).unwrap_or_default();
         c.events.push(
             Event::new(Action::Approve, reply.target)
                 .source(&source)
-                .detail(format!("approved pending block {id}")),
+                .detail(format!("approved pending block {id}{by}")),
         );
         Ok(reply)
     }

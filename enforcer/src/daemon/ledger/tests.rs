@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
+    access::Caller,
     daemon::{kernel_sync::KernelMap, round},
     datapath::MapsError,
     policy::{AllowOrigin, BreakerAction, PolicyConfig, Rule, SourcePolicy},
@@ -133,6 +134,7 @@ impl Rig {
     }
 
     fn round(&mut self, requests: Vec<Request>, now: UnixMillis) -> round::Answered {
+        let requests = requests.into_iter().map(|r| (r, Caller::internal("test"))).collect();
         round::run(&mut self.ledger, &mut self.store, &mut self.kernel, requests, now)
     }
 
@@ -568,7 +570,7 @@ fn a_batch_reports_applied_pending_and_failed_items() {
 fn the_allowlist_goes_to_the_kernel_and_config_entries_cannot_be_removed() {
     let mut r = Rig::new(ledger());
     r.ledger.init_allow(t("192.0.2.0/24"), AllowOrigin::Config);
-    r.one(Request::AllowAdd { target: t("198.51.100.7"), comment: None }, T0).unwrap();
+    r.one(Request::AllowAdd { target: t("198.51.100.7"), comment: None, force: false }, T0).unwrap();
     assert!(r.kernel.allows.contains_key(&t("198.51.100.7")));
     assert!(r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0).is_err());
     let e = r.one(Request::AllowRemove { target: t("192.0.2.0/24") }, T0).unwrap_err();
@@ -582,17 +584,59 @@ fn the_allowlist_goes_to_the_kernel_and_config_entries_cannot_be_removed() {
 fn allowlist_changes_insert_before_they_remove_so_nothing_protected_is_ever_unprotected() {
     let mut r = Rig::new(ledger());
     let (wide, narrow) = ("198.51.100.0/24", "198.51.100.0/25");
-    r.one(Request::AllowAdd { target: t(wide), comment: None }, T0).unwrap();
+    r.one(Request::AllowAdd { target: t(wide), comment: None, force: false }, T0).unwrap();
     r.kernel.allow_log.clear();
     // Narrowing the allowlist in one round: the /25 must be in before the /24 goes.
-    let answers = r.round(vec![Request::AllowRemove { target: t(wide) }, Request::AllowAdd { target: t(narrow), comment: None }], T0);
+    let answers = r.round(vec![Request::AllowRemove { target: t(wide) }, Request::AllowAdd { target: t(narrow), comment: None, force: false }], T0);
     assert!(answers.answers.iter().all(Result::is_ok));
     assert_eq!(r.kernel.allow_log, [format!("+{narrow}"), format!("-{wide}")]);
     // Removed and added again in one round: the prefix is never out of the kernel.
     r.kernel.allow_log.clear();
-    r.round(vec![Request::AllowRemove { target: t(narrow) }, Request::AllowAdd { target: t(narrow), comment: None }], T0);
+    r.round(vec![Request::AllowRemove { target: t(narrow) }, Request::AllowAdd { target: t(narrow), comment: None, force: false }], T0);
     assert!(!r.kernel.allow_log.iter().any(|op| op.starts_with('-')), "{:?}", r.kernel.allow_log);
     assert!(r.kernel.allows.contains_key(&t(narrow)));
+}
+
+#[test]
+fn allowlisting_a_prefix_broader_than_the_scope_guard_needs_force() {
+    let mut r = Rig::new(ledger());
+    r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0).unwrap();
+    for broad in ["0.0.0.0/0", "198.51.0.0/16", "::/0", "2001:db8::/32"] {
+        let e = r.one(Request::AllowAdd { target: t(broad), comment: None, force: false }, T0).unwrap_err();
+        assert!(matches!(e, Refusal::Policy { rule: Rule::Scope, .. }), "{broad}: {e}");
+        assert!(e.to_string().contains("--force"), "{e}");
+    }
+    assert!(r.kernel.allows.is_empty() && r.ledger.allowlist().is_empty(), "nothing changed");
+    assert!(r.store.commits.iter().all(|ops| !ops.iter().any(|op| matches!(op, StoreOp::PutAllow(..)))));
+    r.one(Request::AllowAdd { target: t("198.51.100.0/24"), comment: None, force: false }, T0).unwrap();
+    r.one(Request::AllowAdd { target: t("0.0.0.0/0"), comment: None, force: true }, T0).unwrap();
+    assert!(r.kernel.allows.contains_key(&t("0.0.0.0/0")));
+}
+
+#[test]
+fn unspecified_and_multicast_targets_are_refused_as_invalid() {
+    let mut r = Rig::new(ledger());
+    for bad in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255"] {
+        let e = r.one(Request::Block(req(bad, "cli", Some(60))), T0).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{bad}");
+        assert!(e.to_string().contains("is not a block target"), "{e}");
+    }
+    assert!(r.ledger.blocks().is_empty());
+}
+
+#[test]
+fn a_pending_block_remembers_who_asked() {
+    let cfg = PolicyConfig {
+        sources: [(src("review"), SourcePolicy { require_approval: Some(true), ..SourcePolicy::default() })].into(),
+        ..PolicyConfig::default()
+    };
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    let wazuh = Caller::peer(998, Some("wazuh"), &[]);
+    let mut c = Change::default();
+    let applied = r.ledger.apply(&mut c, Request::Block(req("198.51.100.7", "review", Some(60))), &wazuh, T0);
+    let Ok(Reply::Block(reply)) = applied.answer else { panic!("{:?}", applied.answer) };
+    let p = &r.ledger.pending()[&reply.pending_id.unwrap()];
+    assert_eq!(p.requested_by.as_ref(), Some(&wazuh.id));
 }
 
 // --- properties --------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+//! The access model, end to end: real unprivileged users (created for the test) run the real CLI
+//! against the real daemon; real packets show what was (not) blocked.
+
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Output, time::Duration};
+
+use enforcer_tests::{
+    Lab, RECEIVER_V4, SENDER_V4,
+    accounts::Account,
+    daemon::{Daemon, enforcer_bin, fails, ok},
+    require_root, udp_exchange,
+};
+
+const SETTLE: Duration = Duration::from_millis(300);
+
+fn passes(lab: &Lab, src: &str) -> u32 {
+    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
+    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
+}
+
+/// A daemon with `config` (TOML) whose socket directory others may traverse (the socket itself
+/// stays 0660 root:socket_group).
+fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("enforcer.toml");
+    std::fs::write(&path, config).unwrap();
+    let d = Daemon::start(lab, &["--config", path.to_str().unwrap()]).unwrap();
+    std::fs::set_permissions(d.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    (d, dir)
+}
+
+/// The CLI run as `who` against `d`.
+fn as_user(who: &Account, d: &Daemon, args: &[&str]) -> Output {
+    let mut full = vec!["--socket", d.socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    who.run(&enforcer_bin(), &full)
+}
+
+fn audit(d: &Daemon) -> String {
+    std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap_or_default()
+}
+
+/// The audit lines that refused `who` (they name its uid and user name).
+fn denials_of(d: &Daemon, who: &Account) -> Vec<String> {
+    audit(d)
+        .lines()
+        .filter(|l| l.contains("\"action\":\"deny\"") && l.contains(&format!("\"uid\":{}", who.uid())) && l.contains(who.name()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let wazuh = Account::new("enfw").unwrap();
+    let config = format!(
+        "socket_group = \"{g}\"\n\
+         [policy.sources.review]\nrequire_approval = true\n\
+         [[access]]\ngroup = \"{g}\"\nsources = [\"wazuh\", \"review\"]\n\
+         operations = [\"block\", \"unblock\", \"list\", \"show\", \"stats\", \"status\", \"pending_list\", \"approve\"]\n",
+        g = wazuh.name()
+    );
+    let (d, _dir) = daemon_with(&lab, &config);
+    let target = SENDER_V4[1];
+
+    // Another source's name, force and permanent are refused with exit 4, audited with the
+    // caller, and nothing is blocked: real packets still pass.
+    for args in [
+        &["block", target, "--source", "cli"][..],
+        &["block", target, "--source", "crowdsec", "--ttl", "10m"],
+        &["block", "198.51.100.0/24", "--source", "wazuh", "--force"],
+        &["block", target, "--source", "wazuh", "--permanent"],
+        &["promote", "--source", "wazuh"],
+        &["breaker", "reset"],
+        &["allow", "add", "0.0.0.0/0"],
+    ] {
+        let out = as_user(&wazuh, &d, args);
+        fails(&out, 4, "permission denied");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(wazuh.name()), "the refusal names the caller: {out:?}");
+    }
+    assert_eq!(passes(&lab, target), 10, "nothing was blocked by the refused requests");
+    assert!(d.json(&["list"]).as_array().unwrap().is_empty());
+    assert!(d.json(&["allow", "list"]).to_string().contains("0.0.0.0/0").then_some(()).is_none());
+    assert_eq!(denials_of(&d, &wazuh).len(), 7, "{}", audit(&d));
+
+    // Its own source: allowed, and real packets are dropped.
+    ok(&as_user(&wazuh, &d, &["block", target, "--source", "wazuh", "--ttl", "10m"]));
+    assert_eq!(passes(&lab, target), 0, "the permitted block drops packets");
+    ok(&as_user(&wazuh, &d, &["list"]));
+
+    // A request that waits for approval cannot be approved by the caller who made it; root can.
+    let pending = as_user(&wazuh, &d, &["block", SENDER_V4[2], "--source", "review", "--ttl", "10m", "--json"]);
+    let reply: serde_json::Value = serde_json::from_slice(&ok(&pending).into_bytes()).unwrap();
+    let id = reply["pending_id"].as_u64().expect("a pending id").to_string();
+    let listed = d.json(&["pending"]);
+    assert_eq!(listed[0]["requested_by"]["uid"], wazuh.uid(), "the pending record remembers who asked: {listed}");
+    fails(&as_user(&wazuh, &d, &["approve", &id]), 4, "its own request");
+    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "still pending");
+    ok(&d.cli(&["approve", &id]));
+    assert_eq!(passes(&lab, SENDER_V4[2]), 0, "approved by root");
+    assert_eq!(denials_of(&d, &wazuh).len(), 8);
+}
+
+#[test]
+fn a_socket_group_member_without_an_access_entry_may_only_read() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let member = Account::new("enfr").unwrap();
+    let (d, _dir) = daemon_with(&lab, &format!("socket_group = \"{}\"\n", member.name()));
+    ok(&d.cli(&["block", SENDER_V4[2], "--ttl", "10m"]));
+    for args in [&["status"][..], &["list"], &["show", SENDER_V4[2]], &["stats"], &["allow", "list"], &["pending"]] {
+        ok(&as_user(&member, &d, args));
+    }
+    for args in [
+        &["block", SENDER_V4[1], "--force", "--permanent"][..],
+        &["block", SENDER_V4[1], "--source", "wazuh"],
+        &["unblock", SENDER_V4[2]],
+        &["allow", "add", "0.0.0.0/0"],
+    ] {
+        fails(&as_user(&member, &d, args), 4, "permission denied");
+    }
+    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "not blocked");
+    assert_eq!(passes(&lab, SENDER_V4[2]), 0, "neither unblocked nor allowlisted");
+    assert_eq!(denials_of(&d, &member).len(), 4, "{}", audit(&d));
+}
+
+#[test]
+fn allowlisting_everything_needs_force_and_unspecified_addresses_are_no_targets() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
+    d.fails_cleanly(&["allow", "add", "0.0.0.0/0"], 7, "--force");
+    d.fails_cleanly(&["allow", "add", "::/0"], 7, "--force");
+    d.fails_cleanly(&["allow", "add", "192.0.0.0/16"], 7, "policy.min_prefix_v4");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the block still drops");
+    ok(&d.cli(&["allow", "add", "198.51.100.0/24"]));
+    for target in ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1"] {
+        d.fails_cleanly(&["block", target], 2, "not a block target");
+    }
+}
