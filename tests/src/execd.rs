@@ -161,6 +161,7 @@ pub struct Execd<'h> {
     extra_args: Vec<String>,
     timeout: Duration,
     active: HashMap<String, Active>,
+    env: Vec<(&'static str, PathBuf)>,
 }
 
 impl<'h> Execd<'h> {
@@ -171,7 +172,16 @@ impl<'h> Execd<'h> {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             timeout,
             active: HashMap::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Points the program at `socket` and `state_dir` through its environment (as an operator
+    /// would for a daemon not on the default paths; the message cannot choose them).
+    #[must_use]
+    pub fn daemon_at(mut self, socket: &Path, state_dir: &Path) -> Self {
+        self.env = vec![("ENFORCER_SOCKET", socket.to_owned()), ("ENFORCER_STATE_DIR", state_dir.to_owned())];
+        self
     }
 
     /// The message execd builds for `alert`.
@@ -201,6 +211,8 @@ impl<'h> Execd<'h> {
             .env_remove("ENFORCER_SOCKET")
             .env_remove("ENFORCER_STATE_DIR")
             .env_remove("WAZUH_HOME")
+            .env_remove("ENFORCER_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::null());

@@ -29,20 +29,10 @@ fn passes(lab: &Lab, src: &str, dst: &str) -> u32 {
     udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
 }
 
-/// `<extra_args>` pointing the hook at this test's daemon, with a one-hour TTL.
-fn extra_args(d: &Daemon) -> Vec<String> {
-    vec![
-        "--ttl".into(),
-        "1h".into(),
-        "--socket".into(),
-        d.socket.display().to_string(),
-        format!("--state-dir={}", d.state_dir.display()),
-    ]
-}
-
+/// An execd running the hook against this test's daemon (its environment names the socket and
+/// state directory), with `<extra_args>--ttl 1h</extra_args>`.
 fn execd<'h>(home: &'h WazuhHome, d: &Daemon) -> Execd<'h> {
-    let args = extra_args(d);
-    Execd::new(home, &args.iter().map(String::as_str).collect::<Vec<_>>(), TIMEOUT)
+    Execd::new(home, &["--ttl", "1h"], TIMEOUT).daemon_at(&d.socket, &d.state_dir)
 }
 
 /// The log's messages from line `from` on, each line checked against Wazuh's decoder format.
@@ -142,6 +132,28 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
     assert_eq!(run.code(), 0);
     assert!(home.log().last().unwrap().ends_with("Ended"));
     assert!(home.log().iter().any(|l| l.contains("has no wazuh block")));
+}
+
+#[test]
+fn a_socket_and_state_dir_in_the_message_are_ignored_with_a_warning() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let home = WazuhHome::install("firewall-drop").unwrap();
+    // Someone who can shape the message points the hook at their own socket and spool.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (socket, state) = (elsewhere.path().join("evil.sock"), elsewhere.path().join("state"));
+    let args = ["--ttl", "1h", "--socket", socket.to_str().unwrap(), &format!("--state-dir={}", state.display())];
+    let mut execd = Execd::new(&home, &args, TIMEOUT).daemon_at(&d.socket, &d.state_dir);
+    let from = home.log().len();
+    let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
+    let log = log_since(&home, from);
+    assert_eq!(run.code(), 0, "{log:#?}");
+    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "blocked through the daemon the environment names");
+    let warnings: Vec<&String> = log.iter().filter(|l| l.starts_with("enforcer: warning: ignored")).collect();
+    assert_eq!(warnings.len(), 2, "{log:#?}");
+    assert!(warnings[0].contains(&format!("--socket {}", socket.display())), "{log:#?}");
+    assert!(!state.exists(), "nothing was spooled where the message said");
 }
 
 #[test]

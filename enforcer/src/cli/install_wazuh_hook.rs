@@ -42,7 +42,15 @@ pub fn run(a: Args, socket: Option<&Path>) -> anyhow::Result<()> {
         a.wazuh_home.join("etc/ossec.conf").display()
     );
     println!();
-    print!("{}", ossec_snippet(&a.name, socket));
+    print!("{}", ossec_snippet(&a.name));
+    if let Some(s) = socket {
+        println!();
+        println!(
+            "The hook never takes the socket from Wazuh's message: set `socket = \"{}\"` in {} (the hook reads it there).",
+            s.display(),
+            crate::config::DEFAULT_CONFIG
+        );
+    }
     if !a.name.contains("firewall-drop") {
         println!();
         println!(

@@ -290,9 +290,14 @@ pub struct Options {
     pub socket: PathBuf,
     /// The daemon's state directory (for the spool).
     pub state_dir: PathBuf,
+    /// Arguments of the message that were ignored (`--socket`, `--state-dir`), for the log.
+    pub ignored: Vec<String>,
 }
 
-/// Defaults from the environment: `ENFORCER_SOCKET`, `ENFORCER_STATE_DIR`.
+/// Where the hook reaches the daemon: `ENFORCER_SOCKET` and `ENFORCER_STATE_DIR`, else `socket`
+/// and `state_dir` in the daemon's configuration file (`ENFORCER_CONFIG`, else
+/// /etc/enforcer/enforcer.toml), else the daemon's defaults. Never from the message: whoever
+/// can shape an alert must not choose where the hook connects or spools.
 #[derive(Clone, Debug)]
 pub struct Defaults {
     /// Socket.
@@ -302,23 +307,49 @@ pub struct Defaults {
 }
 
 impl Defaults {
-    /// From the environment, else the daemon's defaults.
+    /// From the environment, else the daemon's configuration file, else the daemon's defaults.
     pub fn from_env() -> Self {
         let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let config = var("ENFORCER_CONFIG").unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into());
+        let from_file = PathsInConfig::read(&config);
         Self {
-            socket: var("ENFORCER_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            state_dir: var("ENFORCER_STATE_DIR").unwrap_or_else(|| Config::default().state_dir),
+            socket: var("ENFORCER_SOCKET")
+                .or(from_file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            state_dir: var("ENFORCER_STATE_DIR")
+                .or(from_file.state_dir)
+                .unwrap_or_else(|| Config::default().state_dir),
         }
     }
 }
 
-/// Parses `<extra_args>`: `--ttl DURATION`, `--socket PATH`, `--state-dir PATH`, each also as
-/// `--name=value`. Anything else is an error: a typo must not silently change a block.
+/// The two keys of the daemon's configuration file the hook needs (the rest is the daemon's).
+#[derive(Debug, Default, serde::Deserialize)]
+struct PathsInConfig {
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+impl PathsInConfig {
+    /// The keys in `path`; none if it cannot be read or parsed (the daemon reports that).
+    fn read(path: &Path) -> Self {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses `<extra_args>`: `--ttl DURATION` (also `--ttl=DURATION`). `--socket PATH` and
+/// `--state-dir PATH` are ignored (listed in [`Options::ignored`], for a warning): the message
+/// comes with the alert, and only the TTL may. Anything else is an error: a typo must not
+/// silently change a block.
 pub fn parse_options(args: &[String], defaults: &Defaults) -> Result<Options, InputError> {
     let mut options = Options {
         ttl: None,
         socket: defaults.socket.clone(),
         state_dir: defaults.state_dir.clone(),
+        ignored: Vec::new(),
     };
     let bad = |m: String| InputError::BadOptions(m);
     let mut args = args.iter().map(String::as_str).filter(|a| !a.is_empty());
@@ -338,13 +369,11 @@ pub fn parse_options(args: &[String], defaults: &Defaults) -> Result<Options, In
                 let v = value()?;
                 options.ttl = Some(v.parse::<HumanDuration>().map_err(|e| bad(e.to_string()))?.0);
             }
-            "--socket" => options.socket = value()?.into(),
-            "--state-dir" => options.state_dir = value()?.into(),
-            other => {
-                return Err(bad(format!(
-                    "unknown argument `{other}` (known: --ttl DURATION, --socket PATH, --state-dir PATH)"
-                )));
+            "--socket" | "--state-dir" => {
+                let v = value()?;
+                options.ignored.push(format!("{name} {v}"));
             }
+            other => return Err(bad(format!("unknown argument `{other}` (known: --ttl DURATION)"))),
         }
     }
     Ok(options)
@@ -508,6 +537,11 @@ impl Hook {
                 return EXIT_INVALID;
             }
         };
+        for ignored in &options.ignored {
+            log.write(&format!(
+                "enforcer: warning: ignored `{ignored}` in <extra_args>: only --ttl may come from the message; the socket and state directory come from ENFORCER_SOCKET/ENFORCER_STATE_DIR or the daemon's configuration file"
+            ));
+        }
         if text.trim() != target.to_string() {
             log.write(&format!("enforcer: {field} `{text}` is {target}"));
         }
@@ -845,7 +879,7 @@ mod tests {
     }
 
     #[test]
-    fn extra_args_set_ttl_socket_and_state_dir() {
+    fn extra_args_set_only_the_ttl_and_socket_or_state_dir_there_are_ignored() {
         let d = Defaults {
             socket: "/run/s".into(),
             state_dir: "/var/lib/e".into(),
@@ -854,7 +888,8 @@ mod tests {
         let o = args(&[]).unwrap();
         assert_eq!((o.ttl, o.socket.to_str(), o.state_dir.to_str()), (None, Some("/run/s"), Some("/var/lib/e")));
         let o = args(&["--ttl", "1h", "", "--socket=/tmp/x.sock", "--state-dir", "/tmp/st"]).unwrap();
-        assert_eq!((o.ttl.map(|t| t.as_secs()), o.socket.to_str(), o.state_dir.to_str()), (Some(3600), Some("/tmp/x.sock"), Some("/tmp/st")));
+        assert_eq!((o.ttl.map(|t| t.as_secs()), o.socket.to_str(), o.state_dir.to_str()), (Some(3600), Some("/run/s"), Some("/var/lib/e")));
+        assert_eq!(o.ignored, ["--socket /tmp/x.sock", "--state-dir /tmp/st"]);
         assert_eq!(args(&["--ttl=90"]).unwrap().ttl.map(|t| t.as_secs()), Some(90));
         for bad in [&["--ttl"][..], &["--ttl", "1 hour"], &["--ttl=0"], &["--tll", "1h"], &["1h"], &["--socket="]] {
             assert!(matches!(args(bad), Err(InputError::BadOptions(_))), "{bad:?}");

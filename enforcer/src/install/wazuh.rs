@@ -176,14 +176,12 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
     })
 }
 
-/// The ossec.conf blocks that run the hook, with `<extra_args>` for its TTL (and socket, when
-/// not the default). The TTL is longer than `<timeout>`: Wazuh's delete ends a block on time,
-/// the TTL ends it when that delete is lost.
-pub fn ossec_snippet(name: &str, socket: Option<&Path>) -> String {
-    let mut extra_args = "--ttl 1h".to_owned();
-    if let Some(s) = socket {
-        extra_args.push_str(&format!(" --socket {}", s.display()));
-    }
+/// The ossec.conf blocks that run the hook, with `<extra_args>` for its TTL (the only option
+/// the hook takes from the message; it finds the socket in the daemon's configuration file).
+/// The TTL is longer than `<timeout>`: Wazuh's delete ends a block on time, the TTL ends it
+/// when that delete is lost.
+pub fn ossec_snippet(name: &str) -> String {
+    let extra_args = "--ttl 1h";
     format!(
         "<command>
   <name>{name}</name>
@@ -248,9 +246,9 @@ mod tests {
 
     #[test]
     fn the_snippet_keeps_the_ttl_above_the_timeout() {
-        let s = ossec_snippet("enforcer-firewall-drop", Some(Path::new("/run/e.sock")));
+        let s = ossec_snippet("enforcer-firewall-drop");
         assert!(s.contains("<executable>enforcer-firewall-drop</executable>"));
-        assert!(s.contains("<extra_args>--ttl 1h --socket /run/e.sock</extra_args>"));
+        assert!(s.contains("<extra_args>--ttl 1h</extra_args>"));
         assert!(s.contains("<timeout>600</timeout>"));
         assert!(s.contains("<timeout_allowed>yes</timeout_allowed>"));
     }
