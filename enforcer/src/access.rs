@@ -356,7 +356,7 @@ fn needs(request: &Request) -> Option<Needs<'_>> {
         sources: SourceNeed::None,
     };
     Some(match request {
-        Request::Ping | Request::HostChanged(_) => return None,
+        Request::Ping | Request::HostChanged(_) | Request::LinksChanged(_) => return None,
         Request::Block(b) => {
             let mut operations = vec![O::Block];
             operations.extend(b.force.then_some(O::Force));
@@ -462,10 +462,8 @@ impl AccessPolicy {
     /// request (`None`: unknown, from before callers were recorded, or not pending).
     pub fn check(&self, caller: &Caller, request: &Request, requester: Option<&CallerId>) -> Result<(), Denied> {
         let deny = |why| Err(Denied { caller: caller.clone(), why });
-        if let Request::HostChanged(_) = request
-            && caller.internal.is_none()
-        {
-            return deny(Why::Internal("refresh_host"));
+        if matches!(request, Request::HostChanged(_) | Request::LinksChanged(_)) && caller.internal.is_none() {
+            return deny(Why::Internal(request.op()));
         }
         if caller.is_root() {
             return Ok(());
@@ -660,7 +658,9 @@ mod tests {
         assert!(p.may_connect(&root));
         assert_eq!(why(&p, &root, &block("anything", true, true)), None);
         assert_eq!(why(&p, &root, &Request::HostChanged(vec![])), Some(Why::Internal("refresh_host")));
+        assert_eq!(why(&p, &root, &Request::LinksChanged(vec![])), Some(Why::Internal("links_changed")));
         assert_eq!(why(&p, &Caller::internal("host watcher"), &Request::HostChanged(vec![])), None);
+        assert_eq!(why(&p, &Caller::internal("link watcher"), &Request::LinksChanged(vec![])), None);
     }
 
     #[test]

@@ -62,10 +62,7 @@ fn send(tx: &SyncSender<Command>, wait: bool) -> bool {
         }
     };
     let (reply, _) = tokio::sync::oneshot::channel();
-    let command = Command {
-        request: Request::LinksChanged(links),
-        reply,
-    };
+    let command = Command::internal("link watcher", Request::LinksChanged(links), reply);
     if wait {
         return tx.send(command).is_ok();
     }
