@@ -262,8 +262,17 @@ impl Caller {
 
     /// A socket peer: its user name and login groups from the user and group databases
     /// (getgrouplist(3), as a login sets them). Blocking: NSS may be remote.
+    /// Root's groups are not looked up: root may do everything whatever its groups.
     pub fn lookup(uid: u32, primary_gid: u32) -> Self {
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
+        if uid == 0 {
+            return Self {
+                id: CallerId { uid, user },
+                groups: Vec::new(),
+                gids: vec![primary_gid],
+                internal: None,
+            };
+        }
         let gids: Vec<u32> = user
             .as_deref()
             .and_then(|n| CString::new(n).ok())
@@ -688,7 +697,9 @@ mod tests {
     fn the_current_process_is_looked_up_with_its_name_and_groups() {
         let root = Caller::lookup(0, 0);
         assert_eq!(root.id.user.as_deref(), Some("root"));
-        assert!(root.groups.iter().any(|g| g == "root"), "{root:?}");
+        let nobody = Caller::lookup(65534, 65534);
+        assert_eq!(nobody.gids, [65534], "{nobody:?}");
+        assert!(nobody.id.user.is_some() && !nobody.groups.is_empty(), "{nobody:?}");
         let nobody = Caller::lookup(0x7fff_0000, 4242);
         assert_eq!((nobody.id.user, nobody.gids), (None, vec![4242]));
     }

@@ -32,13 +32,14 @@ pub fn list(socket: &Path, a: Args) -> anyhow::Result<()> {
         println!("nothing waits for approval");
         return Ok(());
     }
-    let mut rows = vec![["ID", "TARGET", "SOURCE", "ASKED", "EXPIRES IN", "WHY"].map(String::from).to_vec()];
+    let mut rows = vec![["ID", "TARGET", "SOURCE", "ASKED", "ASKED BY", "EXPIRES IN", "WHY"].map(String::from).to_vec()];
     for p in &pending {
         rows.push(vec![
             p.id.to_string(),
             p.request.target.to_string(),
             p.request.source.to_string(),
             timestamp(p.created_ms),
+            p.requested_by.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
             time_left(Some(p.expires_ms)),
             p.why.clone(),
         ]);
