@@ -69,6 +69,8 @@ pub const WATCHDOG: Duration = Duration::from_secs(20);
 pub const EXIT_OK: i32 = 0;
 /// Exit code: the daemon refused or failed the request.
 pub const EXIT_FAILED: i32 = 1;
+/// Exit code: the daemon does not permit this caller the request (as the CLI's exit 4).
+pub const EXIT_NOT_PERMITTED: i32 = 4;
 /// Exit code: invalid input, no usable address, or no valid handshake reply.
 pub const EXIT_INVALID: i32 = 255;
 
@@ -637,11 +639,7 @@ impl Hook {
                 EXIT_OK
             }
             Delivery::Reply(_) => self.failed("the daemon gave an unexpected answer to a block"),
-            Delivery::Refused(e) => self.failed(&format!(
-                "the daemon refused to block {target}: {} ({})",
-                e.message,
-                code_name(e.code)
-            )),
+            Delivery::Refused(e) => self.refused(&format!("block {target}"), &e),
             Delivery::Failed(why) => self.failed(&format!("cannot block {target}: {why}")),
             other => self.spooled(other, options),
         }
@@ -671,11 +669,7 @@ impl Hook {
                 ));
                 EXIT_OK
             }
-            Delivery::Refused(e) => self.failed(&format!(
-                "the daemon refused to unblock {target}: {} ({})",
-                e.message,
-                code_name(e.code)
-            )),
+            Delivery::Refused(e) => self.refused(&format!("unblock {target}"), &e),
             Delivery::Failed(why) => self.failed(&format!("cannot unblock {target}: {why}")),
             other => self.spooled(other, options),
         }
@@ -700,9 +694,23 @@ impl Hook {
         }
     }
 
+    /// Logs the daemon's refusal to `what`; exit 4 when the caller is not permitted, else 1.
+    fn refused(&self, what: &str, e: &crate::protocol::ErrorBody) -> i32 {
+        self.failed(&format!("the daemon refused to {what}: {} ({})", e.message, code_name(e.code)));
+        refusal_exit(e.code)
+    }
+
     fn failed(&self, message: &str) -> i32 {
         self.log.write(&format!("enforcer: {message}"));
         EXIT_FAILED
+    }
+}
+
+/// The hook's exit code for a refusal with `code`.
+const fn refusal_exit(code: ErrorCode) -> i32 {
+    match code {
+        ErrorCode::PermissionDenied => EXIT_NOT_PERMITTED,
+        _ => EXIT_FAILED,
     }
 }
 
@@ -876,6 +884,13 @@ mod tests {
         assert!(matches!(reply("add"), Err(InputError::BadReply(_))));
         assert!(matches!(parse_reply(b"garbage"), Err(InputError::BadReply(_))));
         assert!(matches!(parse_reply(b"{}"), Err(InputError::BadReply(_))));
+    }
+
+    #[test]
+    fn a_caller_not_permitted_exits_4_as_the_cli_does() {
+        assert_eq!(refusal_exit(ErrorCode::PermissionDenied), ErrorCode::PermissionDenied.exit_code());
+        assert_eq!(refusal_exit(ErrorCode::Refused), EXIT_FAILED);
+        assert_eq!(refusal_exit(ErrorCode::Internal), EXIT_FAILED);
     }
 
     #[test]
