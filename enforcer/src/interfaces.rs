@@ -1,7 +1,7 @@
 //! Which interfaces the daemon protects, as they come and go.
 //!
 //! The configuration names interfaces exactly (`eth0`) or by pattern (`bond0.*`). The daemon
-//! follows the kernel's links (events, and a dump every second) and keeps one [`Tracked`] state
+//! follows the kernel's links (events, and a dump twice a second) and keeps one [`Tracked`] state
 //! per interface name. This module is the functional core: it takes a dump of the links (names,
 //! indexes, XDP programs) and says what to attach and which states changed; the engine does the
 //! attaching, the logging and the audit.

@@ -131,7 +131,7 @@ pub enum Request {
     #[serde(skip)]
     HostChanged(Vec<crate::policy::host::HostAddress>),
     /// The links now, with their XDP programs, read by the daemon's link watcher on its thread
-    /// (after link events, and every second); protection follows them. Internal: not on the
+    /// (after link events, and twice a second); protection follows them. Internal: not on the
     /// wire.
     #[serde(skip)]
     LinksChanged(Vec<crate::netlink::LinkState>),

@@ -5,8 +5,9 @@
 //! - `link-watch` waits for rtnetlink link events (created, renamed, deleted; a resync after
 //!   lost notifications) and sends a fresh dump at once: an interface that appears is attached
 //!   within milliseconds;
-//! - `link-poll` sends a dump every [`POLL`]: a program detached behind the daemon's back
-//!   (`bpftool link detach`) changes no link, so only looking notices it.
+//! - `link-poll` sends a dump every [`POLL`] (half a second, so a detach is undone within a
+//!   second): a program detached behind the daemon's back (`bpftool link detach`) changes no
+//!   link, so only looking notices it.
 
 use std::{
     sync::mpsc::{SyncSender, TrySendError},
@@ -17,7 +18,7 @@ use super::engine::Command;
 use crate::{netlink, protocol::Request};
 
 /// How often the kernel's XDP state is compared with what the daemon attached.
-pub const POLL: Duration = Duration::from_secs(1);
+pub const POLL: Duration = Duration::from_millis(500);
 
 /// Starts both threads.
 pub fn spawn(tx: &SyncSender<Command>) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ impl Engine {
     /// Makes protection follow a dump of the links: attaches where our program should run and
     /// does not, releases the pins of interfaces that went away, and reports every change
     /// (warning, audit event, metric). Returns the attaches that failed (fatal at start; at run
-    /// time they are retried with every dump).
+    /// time they are retried with every dump, twice a second).
     pub fn follow_links(&mut self, links: &[LinkState]) -> Vec<AttachFailure> {
         let steps = self.interfaces.plan(links, self.prog_id);
         let mut failures = Vec::new();
@@ -46,7 +46,7 @@ impl Engine {
                     let ifindex = links.iter().find(|l| l.name == iface).map_or(0, |l| l.index);
                     if let Err(error) = self.attach_one(&iface, why) {
                         if self.interfaces.failed(&iface, ifindex, error.to_string()) {
-                            tracing::error!(%iface, error = %error, "{why}, but attaching failed: the interface is NOT protected (retrying every second)");
+                            tracing::error!(%iface, error = %error, "{why}, but attaching failed: the interface is NOT protected (retrying twice a second)");
                             self.interface_changed(Action::InterfaceUnprotected, &iface, format!("{why}; attach failed: {error}"));
                         }
                         failures.push(AttachFailure { iface, error });
