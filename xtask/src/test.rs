@@ -413,9 +413,18 @@ mod tests {
         let ledger = dir.join("ledger.txt");
         let gone = dir.join("gone");
         std::fs::write(&ledger, format!("pin {}\npin {}\n", dir.join("pin").display(), gone.display())).unwrap();
-        // A process started with the ledger in its environment and still running.
+        // A process started with the ledger in its environment and still running. Wait until
+        // /proc shows it with that environment (a loaded machine may not have exec'd it yet).
         let mut child = Command::new("sleep").arg("30").env(LEDGER_ENV, &ledger).spawn().unwrap();
+        let marker = format!("{LEDGER_ENV}={}", ledger.display());
+        let pid = i32::try_from(child.id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !processes_with_env(&marker).iter().any(|(p, cmd)| *p == pid && cmd.contains("sleep")) {
+            assert!(std::time::Instant::now() < deadline, "/proc never showed `sleep 30` with the ledger in its environment");
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
         let left = leftovers(&ledger);
+        let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(left.len(), 2, "{left:?}");
