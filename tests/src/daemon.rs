@@ -32,6 +32,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Extra flags it was started with.
     pub extra: Vec<String>,
+    /// Extra environment variables it runs with (kept across restarts).
+    pub env: Vec<(String, String)>,
     bpffs: PathBuf,
     netns: String,
     _tmp: tempfile::TempDir,
@@ -40,6 +42,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon protecting the lab's receiver interface.
     pub fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(lab, extra, Vec::new())
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon process.
+    pub fn start_with_env(lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         // A test may choose the state directory (`--state-dir DIR` among the extra flags).
         let state_dir = extra
@@ -56,6 +63,7 @@ impl Daemon {
             state_dir,
             socket: tmp.path().join("enforcer.sock"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env,
             bpffs: lab.pins.path().to_owned(),
             netns: lab.receiver.name().to_owned(),
             _tmp: tmp,
@@ -85,6 +93,7 @@ impl Daemon {
         }
         let child = cmd
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

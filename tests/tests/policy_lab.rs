@@ -210,6 +210,30 @@ fn broad_blocks_wait_for_approval_and_expire_unapproved() {
 }
 
 #[test]
+fn pending_ids_are_never_reused_after_a_restart() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (mut d, _cfg) = daemon_with(&lab, "[policy.sources.manual]\nrequire_approval = true\n");
+    let ask = |d: &Daemon, target: &str| d.json(&["block", target, "--ttl", "1h", "--source", "manual"])["pending_id"].as_u64().unwrap();
+    let waiting = ask(&d, "198.51.100.7");
+    let rejected = ask(&d, "203.0.113.7");
+    ok(&d.cli(&["reject", &rejected.to_string()]));
+    d.stop().unwrap();
+    d.spawn().unwrap();
+    let after = ask(&d, "192.0.2.77");
+    assert!(
+        after != waiting && after != rejected,
+        "after a restart the new pending block got id {after}, already used by {} before it",
+        if after == waiting { "the block still waiting" } else { "the rejected block" }
+    );
+    assert_eq!(d.json(&["approve", &waiting.to_string()])["outcome"], "created", "the block pending across the restart");
+    assert_eq!(d.json(&["approve", &after.to_string()])["outcome"], "created", "the block pending since the restart");
+    let listed: Vec<String> = d.json(&["list"]).as_array().unwrap().iter().map(|b| b["target"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed.len(), 2, "both approved blocks are in force: {listed:?}");
+    assert!(audit(&d).contains(&format!("approved pending block {after}")));
+}
+
+#[test]
 fn allowlist_changes_reach_the_kernel_at_once() {
     require_root();
     let lab = Lab::new().unwrap();

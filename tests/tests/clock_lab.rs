@@ -1,0 +1,129 @@
+//! Wall-clock steps (a bad RTC, an NTP step), as the real daemon sees them.
+//!
+//! Only the daemon's wall clock moves: libfaketime (LD_PRELOAD) shifts `CLOCK_REALTIME` for the
+//! daemon process alone, by the offset written in a file it re-reads, and leaves the boot and
+//! monotonic clocks (and the kernel's) alone. The machine's clock is never touched.
+
+use std::{path::PathBuf, time::Duration};
+
+use enforcer::block::now_ms;
+use enforcer_tests::{
+    Lab, RECEIVER_V4, SENDER_V4,
+    daemon::{Daemon, ok},
+    require_root, udp_exchange,
+};
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const SETTLE: Duration = Duration::from_millis(300);
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// The daemon's wall clock: an offset from the real one, changed at any time.
+struct FakeWall {
+    dir: tempfile::TempDir,
+}
+
+impl FakeWall {
+    fn new() -> Self {
+        assert!(
+            std::path::Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} is missing: install the Debian package libfaketime (`cargo xtask setup` does)"
+        );
+        let wall = Self { dir: tempfile::tempdir().unwrap() };
+        wall.step("+0");
+        wall
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("offset")
+    }
+
+    /// Sets the daemon's wall clock to the real one plus `offset` (libfaketime syntax: `+1d`).
+    fn step(&self, offset: &str) {
+        let tmp = self.dir.path().join("offset.tmp");
+        std::fs::write(&tmp, format!("{offset}\n")).unwrap();
+        std::fs::rename(&tmp, self.file()).unwrap();
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LD_PRELOAD", LIBFAKETIME.to_owned()),
+            ("FAKETIME_TIMESTAMP_FILE", self.file().display().to_string()),
+            ("FAKETIME_NO_CACHE", "1".to_owned()),
+            ("DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+fn passes(lab: &Lab, src: &str) -> u32 {
+    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
+    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
+}
+
+fn audit(d: &Daemon) -> String {
+    std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap()
+}
+
+/// `target`'s deadline as the daemon reports it, minus the real wall clock now.
+fn left_ms(d: &Daemon, target: &str) -> Option<i64> {
+    let list = d.json(&["list"]);
+    let row = list.as_array().unwrap().iter().find(|b| b["target"] == target)?;
+    Some(row["expires_ms"].as_u64().expect("a timed block") as i64 - now_ms() as i64)
+}
+
+fn assert_left_about(d: &Daemon, target: &str, wanted_ms: u64, when: &str) {
+    let left = left_ms(d, target).unwrap_or_else(|| panic!("{when}: {target} is no longer blocked; log:\n{}", d.log()));
+    let off = left.abs_diff(wanted_ms as i64);
+    assert!(off < 120_000, "{when}: {target} ends {left} ms from the real now, not about {wanted_ms} ms");
+}
+
+#[test]
+fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let wall = FakeWall::new();
+    let mut d = Daemon::start_with_env(&lab, &[], wall.env()).unwrap();
+    let blocked = SENDER_V4[0];
+    ok(&d.cli(&["block", blocked, "--ttl", "1h"]));
+    assert_eq!(passes(&lab, blocked), 0, "blocked before the step");
+
+    wall.step("+1d");
+    // A write makes the daemon read its clock and reap: on a wall clock taken at its word, the
+    // one-hour block ends there.
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    assert_left_about(&d, blocked, DAY_MS + HOUR_MS, "after a +1 day step");
+    assert_eq!(passes(&lab, blocked), 0, "still dropped after the step");
+    let log = audit(&d);
+    assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 1, "the step is audited once: {log}");
+    assert!(d.log().contains("wall clock"), "the step is logged: {}", d.log());
+
+    // A step while the daemon is down, on the same boot: the stored deadlines are boot-relative.
+    d.stop().unwrap();
+    wall.step("+2d");
+    d.spawn().unwrap();
+    assert_left_about(&d, blocked, 2 * DAY_MS + HOUR_MS, "after a restart and another +1 day step");
+    assert_eq!(passes(&lab, blocked), 0, "still dropped after the restart");
+    let log = audit(&d);
+    assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 2, "each step is audited once: {log}");
+    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "an unblocked source passes");
+}
+
+#[test]
+fn a_backward_wall_clock_step_does_not_lengthen_a_block() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let wall = FakeWall::new();
+    let d = Daemon::start_with_env(&lab, &[], wall.env()).unwrap();
+    let blocked = SENDER_V4[0];
+    ok(&d.cli(&["block", blocked, "--ttl", "1h"]));
+    wall.step("-1d");
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    // The daemon's clock is a day behind the real one: an hour from its now.
+    let left = left_ms(&d, blocked).expect("still blocked");
+    let off = left.abs_diff(HOUR_MS as i64 - DAY_MS as i64);
+    assert!(off < 120_000, "after a -1 day step the block ends {left} ms from the real now, not an hour after the daemon's");
+    assert_eq!(passes(&lab, blocked), 0);
+}
