@@ -61,6 +61,8 @@ pub enum Action {
     InterfaceUnprotected,
     /// A request its caller may not make (see `crate::access`).
     Deny,
+    /// The wall clock stepped (see `crate::time`); deadlines moved with it.
+    ClockJump,
 }
 
 /// One audit line. Owned, so the block engine can collect the lines of a round and write them

@@ -22,5 +22,6 @@ pub mod policy;
 pub mod protocol;
 pub mod store;
 pub mod target;
+pub mod time;
 
 pub use target::{Target, TargetError};

@@ -8,7 +8,10 @@
 //!
 //! One row per (target, source): key `(target, source)`, value the [`SourceBlock`] as JSON
 //! (readable, and tolerant of added fields). Deadlines are wall-clock times, so a block keeps
-//! its remaining time across reboots.
+//! its remaining time across reboots. The `meta` table says which boot and wall-minus-boot
+//! offset they were written under ([`crate::time::TimeBase`]), so that on the same boot they
+//! are boot-relative and a wall-clock step changes nothing; a store from before it has none,
+//! and its deadlines are read as wall-clock times (as they were written).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +22,7 @@ use crate::{
     policy::AllowOrigin,
     protocol::PendingBlock,
     target::Target,
+    time::TimeBase,
 };
 
 const BLOCKS: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("blocks_v1");
@@ -28,6 +32,19 @@ const ALLOW: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("allow
 const PENDING: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("pending_v1");
 /// When each target was last blocked (for repeat-offender escalation).
 const OFFENSES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("offenses_v1");
+/// Single values by name (see [`StoreMeta`]).
+const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta_v1");
+const META_NEXT_PENDING: &str = "next_pending_id";
+const META_TIME_BASE: &str = "time_base";
+
+/// The store's single values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreMeta {
+    /// The id the next pending block gets (ids are never reused, even after a restart).
+    pub next_pending_id: Option<u64>,
+    /// The boot and offset the stored deadlines were written under.
+    pub time_base: Option<TimeBase>,
+}
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +86,10 @@ pub enum StoreOp {
     DeletePending(u64),
     /// Record a target's offense times (empty = forget).
     PutOffenses(Target, Vec<u64>),
+    /// The id the next pending block gets.
+    SetNextPending(u64),
+    /// The time base of the stored deadlines.
+    SetTimeBase(TimeBase),
 }
 
 /// The block store.
@@ -136,8 +157,17 @@ impl Store {
             let mut allow = txn.open_table(ALLOW).map_err(|e| self.db_err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
             let mut offenses = txn.open_table(OFFENSES).map_err(|e| self.db_err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
             for op in ops {
                 match op {
+                    StoreOp::SetNextPending(id) => {
+                        let v = serde_json::to_vec(id).map_err(|e| self.db_err(e))?;
+                        meta.insert(META_NEXT_PENDING, v.as_slice()).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::SetTimeBase(base) => {
+                        let v = serde_json::to_vec(base).map_err(|e| self.db_err(e))?;
+                        meta.insert(META_TIME_BASE, v.as_slice()).map_err(|e| self.db_err(e))?;
+                    }
                     StoreOp::PutAllow(t, v) => {
                         let v = serde_json::to_vec(v).map_err(|e| self.db_err(e))?;
                         allow.insert(t.to_string().as_str(), v.as_slice()).map_err(|e| self.db_err(e))?;
@@ -187,6 +217,21 @@ impl Store {
     /// The offense histories (repeat-offender escalation).
     pub fn load_offenses(&self) -> Result<Vec<(Target, Vec<UnixMillis>)>, StoreError> {
         self.load_keyed(OFFENSES, "offenses")
+    }
+
+    /// The single values (all `None` in a store from before they were kept).
+    pub fn load_meta(&self) -> Result<StoreMeta, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(META).map_err(|e| self.db_err(e))?;
+        let next_pending_id = match t.get(META_NEXT_PENDING).map_err(|e| self.db_err(e))? {
+            Some(v) => Some(self.decode(&format!("meta/{META_NEXT_PENDING}"), v.value())?),
+            None => None,
+        };
+        let time_base = match t.get(META_TIME_BASE).map_err(|e| self.db_err(e))? {
+            Some(v) => Some(self.decode(&format!("meta/{META_TIME_BASE}"), v.value())?),
+            None => None,
+        };
+        Ok(StoreMeta { next_pending_id, time_base })
     }
 
     /// The blocks waiting for approval.
@@ -293,5 +338,31 @@ mod tests {
         let mut all = store.load_all().unwrap();
         all.sort_by(|a, b| (a.target, &a.block.source).cmp(&(b.target, &b.block.source)));
         assert_eq!(all, vec![record("192.0.2.1", "wazuh", None), record("2001:db8::/48", "cli", Some(20))]);
+    }
+
+    #[test]
+    fn a_store_from_before_the_meta_table_opens_with_its_blocks_and_no_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.redb");
+        {
+            // What an older daemon wrote: the blocks table alone.
+            let db = open_db(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(BLOCKS).unwrap();
+                let r = record("192.0.2.1", "cli", Some(10));
+                let v = serde_json::to_vec(&r.block).unwrap();
+                t.insert(("192.0.2.1", "cli"), v.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.load_meta().unwrap(), StoreMeta::default());
+        assert_eq!(store.load_all().unwrap(), vec![record("192.0.2.1", "cli", Some(10))]);
+        let base = TimeBase { boot_id: "b".into(), wall_minus_boot_ms: -5 };
+        store.commit(&[StoreOp::SetNextPending(7), StoreOp::SetTimeBase(base.clone())]).unwrap();
+        drop(store);
+        let meta = Store::open(&path).unwrap().load_meta().unwrap();
+        assert_eq!(meta, StoreMeta { next_pending_id: Some(7), time_base: Some(base) });
     }
 }

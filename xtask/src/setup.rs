@@ -25,7 +25,7 @@ const BPF_LINKER_LLVM_MAJOR: u32 = 22;
 /// systemd to check the .deb and its unit, and strace to count the daemon's fsyncs).
 const PACKAGES: &[&str] = &[
     "bpftool", "iptables", "nftables", "ipset", "hping3", "iperf3", "iproute2", "ethtool", "procps",
-    "fail2ban", "prometheus", "lintian", "systemd", "strace",
+    "fail2ban", "prometheus", "lintian", "systemd", "strace", "libfaketime",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

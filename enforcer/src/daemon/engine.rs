@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use super::{
     kernel_sync,
-    ledger::{Capacity, Change, Ledger},
+    ledger::{self, Capacity, Change, Ledger},
     queries::View,
     refusal::Refusal,
     round::{self, BlockStore},
@@ -37,7 +37,7 @@ use super::{
 use crate::{
     access::{AccessPolicy, Caller},
     audit::{Action, AuditLog, Event},
-    block::{Source, TargetBlocks, UnixMillis, now_ms},
+    block::{Source, TargetBlocks, UnixMillis},
     datapath::{Datapath, XdpModeRequest},
     interfaces::Interfaces,
     metrics::{BlockTally, Metrics, Snapshot},
@@ -45,6 +45,7 @@ use crate::{
     protocol::{Reply, Request},
     store::{Store, StoreError, StoreOp},
     target::Target,
+    time::{self, SystemClock, TimeKeeper},
 };
 
 /// A request, who sent it, and where to send its answer.
@@ -73,6 +74,8 @@ impl Command {
 const MAX_ROUND: usize = 4096;
 /// Most expiries handled in one durable round.
 const MAX_REAP: usize = 10_000;
+/// Longest the loop sleeps without reading the clock (a step is seen within this).
+const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
 /// The engine.
 pub struct Engine {
@@ -102,18 +105,32 @@ pub struct Engine {
     stall: TestStall,
     /// Who may do what.
     access: AccessPolicy,
+    /// The clocks, watched for wall-clock steps.
+    clock: TimeKeeper<SystemClock>,
+    /// Store operations still to commit (a clock step's, when its commit failed): they go first
+    /// in the next commit.
+    carry: Vec<StoreOp>,
 }
 
 /// The store, timing each commit for the metrics.
 struct TimedStore<'a> {
     store: &'a mut Store,
     metrics: &'a Metrics,
+    carry: &'a mut Vec<StoreOp>,
 }
 
 impl BlockStore for TimedStore<'_> {
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let started = Instant::now();
-        let result = self.store.commit(ops);
+        let result = if self.carry.is_empty() {
+            self.store.commit(ops)
+        } else {
+            let all: Vec<StoreOp> = self.carry.iter().chain(ops).cloned().collect();
+            self.store.commit(&all)
+        };
+        if result.is_ok() {
+            self.carry.clear();
+        }
         self.metrics.store_commit(started.elapsed());
         result
     }
@@ -168,11 +185,76 @@ impl Engine {
             heartbeat: None,
             stall: TestStall::from_env(),
             access: config.access,
+            clock: TimeKeeper::new(SystemClock, time::boot_id()),
+            carry: Vec::new(),
         };
+        engine.ledger.set_time_base(engine.clock.base());
         engine.load_allowlist(&config.allowlist)?;
-        engine.ledger.load_side(engine.store.load_pending()?, engine.store.load_offenses()?);
-        engine.reconcile()?;
+        let meta = engine.store.load_meta()?;
+        let shift = engine.stored_time_shift(meta.time_base.as_ref());
+        engine.ledger.load_side(engine.store.load_pending()?, engine.store.load_offenses()?, meta.next_pending_id);
+        engine.ledger.shift_deadlines(shift);
+        engine.reconcile(shift)?;
+        engine.store_time_base(shift, meta.time_base.as_ref())?;
         Ok(engine)
+    }
+
+    /// How far the stored deadlines must move to keep their boot-relative time: the wall
+    /// clock's step while no daemon ran, on this boot. After a reboot (or in a store from
+    /// before the time base was kept) there is no boot-relative time, and the stored
+    /// wall-clock deadlines are taken as they are.
+    fn stored_time_shift(&self, stored: Option<&time::TimeBase>) -> i64 {
+        let Some(stored) = stored else { return 0 };
+        match self.ledger.time_base().shift_from(stored) {
+            Some(shift) if ledger::is_step(shift) => shift,
+            Some(_) => 0,
+            None => {
+                tracing::info!("the machine booted since the store was written: block deadlines are taken as wall-clock times");
+                0
+            }
+        }
+    }
+
+    /// Stores the time base the loaded deadlines are now expressed under, and after a step the
+    /// moved deadlines with it (one commit), and audits the step.
+    fn store_time_base(&mut self, shift: i64, stored: Option<&time::TimeBase>) -> anyhow::Result<()> {
+        let mut ops = Vec::new();
+        if shift != 0 {
+            ops = self.ledger.timed_ops();
+            let moved = self.ledger.blocks().values().flat_map(|b| b.by_source.values()).filter(|b| b.expires_ms.is_some()).count();
+            tracing::warn!(
+                step = %time::describe_jump(shift),
+                moved,
+                "the wall clock stepped while the daemon was not running; block deadlines moved with it and keep their remaining time"
+            );
+            self.audit.record(&ledger::jump_event(shift, moved, "while the daemon was not running"));
+            self.audit.flush();
+        }
+        if stored != Some(self.ledger.time_base()) {
+            ops.push(StoreOp::SetTimeBase(self.ledger.time_base().clone()));
+        }
+        if !ops.is_empty() {
+            self.store.commit(&ops)?;
+        }
+        Ok(())
+    }
+
+    /// Now (Unix ms), after following the clock: a wall-clock step moves every deadline with
+    /// it (stored, and audited once) before anything reads the time.
+    fn now(&mut self) -> UnixMillis {
+        let tick = self.clock.tick();
+        if let Some(change) = self.ledger.follow_clock(&tick) {
+            if let Some(event) = &change.event {
+                self.audit.record(event);
+                self.audit.flush();
+            }
+            self.carry.extend(change.ops);
+            let (_, mut store, _) = self.timed_store();
+            if let Err(e) = store.commit(&[]) {
+                tracing::error!(error = %e, "storing the moved deadlines failed; they go with the next commit");
+            }
+        }
+        tick.now
     }
 
     /// Builds the allowlist (config, stored CLI entries, the host) and makes the kernel match.
@@ -249,8 +331,9 @@ impl Engine {
 
     /// Publishes the metrics snapshot: O(sources + maps), never a walk over the blocks.
     fn publish_metrics(&mut self) {
+        let now = self.now();
         let open: std::collections::BTreeSet<Source> =
-            self.ledger.policy_mut().open_breakers(now_ms()).into_iter().map(|b| b.source).collect();
+            self.ledger.policy_mut().open_breakers(now).into_iter().map(|b| b.source).collect();
         let mut breakers: BTreeMap<Source, bool> =
             self.ledger.policy().config.sources.keys().map(|s| (s.clone(), false)).collect();
         for s in open {
@@ -290,13 +373,22 @@ impl Engine {
         let store = TimedStore {
             store: &mut self.store,
             metrics: &self.metrics,
+            carry: &mut self.carry,
         };
         (&mut self.ledger, store, self.dp.maps_mut())
     }
 
     /// Loads the store and makes the kernel maps say exactly what it says.
-    fn reconcile(&mut self) -> anyhow::Result<()> {
-        let expired = self.ledger.load_blocks(self.store.load_all()?, now_ms());
+    /// `shift`: how far the stored deadlines move (see [`Engine::stored_time_shift`]).
+    fn reconcile(&mut self, shift: i64) -> anyhow::Result<()> {
+        let mut records = self.store.load_all()?;
+        if shift != 0 {
+            for r in &mut records {
+                r.block.expires_ms = r.block.expires_ms.map(|e| e.saturating_add_signed(shift));
+            }
+        }
+        let now = self.now();
+        let expired = self.ledger.load_blocks(records, now);
         for t in self.ledger.blocks().values() {
             self.tally.add(t);
         }
@@ -317,11 +409,12 @@ impl Engine {
         let removed = self.remove_unknown(&in_kernel)?;
         let mut restored = 0usize;
         let targets: Vec<Target> = self.ledger.blocks().keys().copied().collect();
+        let base = self.ledger.time_base().clone();
         for target in &targets {
             let had = in_kernel.get(target);
             let entry = self.ledger.kernel_entry(target).expect("a loaded target has blocks");
-            if !kernel_sync::is_current(&entry, had) {
-                self.dp.maps_mut().insert_block(target, &kernel_sync::value_for(&entry, had.copied()))?;
+            if !kernel_sync::is_current(&entry, had, &base) {
+                self.dp.maps_mut().insert_block(target, &kernel_sync::value_for(&entry, had.copied(), &base))?;
             }
             if had.is_none() {
                 restored += 1;
@@ -357,9 +450,10 @@ impl Engine {
     pub fn run(mut self, rx: Receiver<Command>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             self.stall.wait();
+            let until = self.until_next_deadline();
             let wait = match &self.heartbeat {
-                Some(h) => self.until_next_deadline().min(h.every()),
-                None => self.until_next_deadline(),
+                Some(h) => until.min(h.every()),
+                None => until,
             };
             match rx.recv_timeout(wait) {
                 Ok(first) => {
@@ -386,15 +480,21 @@ impl Engine {
         tracing::info!("engine stopped; blocks stay in force in the kernel");
     }
 
-    fn until_next_deadline(&self) -> Duration {
-        match self.ledger.next_deadline() {
-            Some(deadline) => Duration::from_millis(deadline.max(self.reap_backoff_until).saturating_sub(now_ms())),
-            None => Duration::from_secs(3600),
-        }
+    /// How long to sleep: until the next deadline, but at most [`CLOCK_CHECK`], so that a
+    /// wall-clock step is seen (and the deadlines moved) soon even when nothing else happens.
+    fn until_next_deadline(&mut self) -> Duration {
+        let now = self.now();
+        let until = match self.ledger.next_deadline() {
+            Some(deadline) => Duration::from_millis(deadline.max(self.reap_backoff_until).saturating_sub(now)),
+            None => CLOCK_CHECK,
+        };
+        until.min(CLOCK_CHECK)
     }
 
     /// One round: the writes (in order), then the reads, which see every write before them.
     fn handle(&mut self, batch: Vec<Command>) {
+        // Follow the clock first: what this round writes and reads sees moved deadlines.
+        let now = self.now();
         let mut writes = Vec::new();
         let mut write_replies = Vec::new();
         let mut reads = Vec::new();
@@ -421,7 +521,7 @@ impl Engine {
         }
         if !writes.is_empty() {
             let (ledger, mut store, maps) = self.timed_store();
-            let answered = round::run(ledger, &mut store, maps, writes, now_ms());
+            let answered = round::run(ledger, &mut store, maps, writes, now);
             self.write_audit(&answered.events);
             self.tally(&answered.before, &answered.refused);
             for (reply, answer) in write_replies.into_iter().zip(answered.answers) {
@@ -494,7 +594,7 @@ impl Engine {
 
     /// Removes what expired; on a store failure, tries again in a second.
     fn reap(&mut self) {
-        let now = now_ms();
+        let now = self.now();
         if now < self.reap_backoff_until || self.ledger.next_deadline().is_none_or(|d| d > now) {
             return;
         }
@@ -516,7 +616,7 @@ impl Engine {
                 // bookkeeping in a second, with the same deadlines.
                 tracing::error!(error = %failed.error, "removing expired blocks from the store failed; retrying in 1 s");
                 self.write_audit(&failed.events);
-                self.reap_backoff_until = now_ms() + 1000;
+                self.reap_backoff_until = now + 1000;
             }
         }
     }

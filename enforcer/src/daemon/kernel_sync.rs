@@ -5,9 +5,10 @@
 use enforcer_common::BlockValue;
 
 use crate::{
-    block::{KernelEntry, from_ms},
-    datapath::{BlockMaps, MapsError, clock},
+    block::KernelEntry,
+    datapath::{BlockMaps, MapsError},
     target::Target,
+    time::TimeBase,
 };
 
 /// The kernel block and allowlist maps, as the engine uses them (a fake stands in for them in
@@ -47,20 +48,22 @@ impl KernelMap for BlockMaps {
     }
 }
 
-/// How far apart two boot-clock deadlines may be and still count as the same (converting a
-/// wall-clock deadline to the boot clock jitters by microseconds).
+/// How far apart two boot-clock deadlines may be and still count as the same (the wall clock
+/// slews a little between the base a deadline was written under and the current one).
 const SAME_DEADLINE_NS: u64 = 5_000_000;
 
-/// The boot-clock deadline (ns) of an entry; 0 = never.
-fn deadline_ns(entry: &KernelEntry) -> u64 {
-    entry.expires_ms.map_or(0, |ms| clock::deadline_to_boot_ns(from_ms(ms)))
+/// The boot-clock deadline (ns) of an entry under `base`; 0 = never. Converted with the
+/// ledger's base, not the wall clock of the moment, so a wall-clock step that the ledger has
+/// not seen yet cannot end (or lengthen) a kernel entry.
+fn deadline_ns(entry: &KernelEntry, base: &TimeBase) -> u64 {
+    entry.expires_ms.map_or(0, |ms| base.boot_deadline_ns(ms))
 }
 
 /// Whether `current` already says what `entry` calls for (mode, and the deadline within
 /// jitter), so that a restart with a million blocks does not rewrite a million entries.
-pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>) -> bool {
+pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>, base: &TimeBase) -> bool {
     let Some(v) = current else { return false };
-    let wanted = deadline_ns(entry);
+    let wanted = deadline_ns(entry, base);
     let close = if wanted == 0 || v.expires_ns == 0 {
         wanted == v.expires_ns
     } else {
@@ -70,9 +73,9 @@ pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>) -> bool {
 }
 
 /// The map value for `entry`, keeping the hit counters of `current`.
-pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>) -> BlockValue {
+pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>, base: &TimeBase) -> BlockValue {
     let mut value = current.unwrap_or_default();
-    value.expires_ns = deadline_ns(entry);
+    value.expires_ns = deadline_ns(entry, base);
     value.mode = entry.mode.to_kernel();
     value
 }
@@ -80,14 +83,20 @@ pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>) -> BlockValue
 /// Makes `target`'s kernel entry say what `entry` calls for (`None`: no entry). `known` says
 /// whether the kernel may hold an entry already (a target new in this round cannot), which
 /// saves a lookup per new block.
-pub fn sync<K: KernelMap + ?Sized>(kernel: &mut K, target: &Target, entry: Option<KernelEntry>, known: bool) -> Result<(), MapsError> {
+pub fn sync<K: KernelMap + ?Sized>(
+    kernel: &mut K,
+    target: &Target,
+    entry: Option<KernelEntry>,
+    known: bool,
+    base: &TimeBase,
+) -> Result<(), MapsError> {
     let Some(entry) = entry else {
         kernel.remove_block(target)?;
         return Ok(());
     };
     let current = if known { kernel.get_block(target)? } else { None };
-    if is_current(&entry, current.as_ref()) {
+    if is_current(&entry, current.as_ref(), base) {
         return Ok(());
     }
-    kernel.insert_block(target, &value_for(&entry, current))
+    kernel.insert_block(target, &value_for(&entry, current, base))
 }

@@ -84,8 +84,9 @@ where
     }
     // Allowlist first: it always wins, so it goes in before the blocks it may cover.
     let mut failed = write_allowlist(ledger, kernel, &change.allow_kernel);
+    let base = ledger.time_base().clone();
     for (target, known) in change.touched() {
-        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known) {
+        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known, &base) {
             tracing::error!(%target, error = %e, "writing the kernel map failed");
             failed.insert(*target, Arc::new(e));
         }

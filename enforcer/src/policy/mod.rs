@@ -535,6 +535,21 @@ impl Policy {
         self.config.repeat_offenders.as_ref().map(|r| r.window.0)
     }
 
+    /// How many earlier offenses within the window can change a TTL (past the last step of
+    /// `ttls`, more change nothing, so no more are kept); 0 without repeat-offender escalation.
+    pub fn offense_depth(&self) -> usize {
+        self.config.repeat_offenders.as_ref().map_or(0, |r| r.ttls.len())
+    }
+
+    /// The wall clock stepped by `by_ms`: the breakers' times move with it, so a step neither
+    /// closes an open breaker nor forgets the rate.
+    pub fn shift_clock(&mut self, by_ms: i64) {
+        let shift = |t: &mut UnixMillis| *t = t.saturating_add_signed(by_ms);
+        for b in self.breakers.values_mut() {
+            b.recent.iter_mut().chain(b.open_until.as_mut()).chain(b.opened_at.as_mut()).for_each(shift);
+        }
+    }
+
     /// How long pending requests wait.
     pub fn pending_ttl(&self) -> Duration {
         self.config.approval.pending_ttl.0

@@ -13,18 +13,23 @@
 
 mod allow;
 mod capacity;
+mod clock;
+mod offenses;
 mod sync;
 #[cfg(test)]
 mod tests;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     ops::Bound,
     sync::Arc,
     time::Duration,
 };
 
 pub use capacity::Capacity;
+pub use clock::{ClockChange, REBASE_DRIFT_MS, is_step, jump_event};
+pub use offenses::MAX_OFFENDERS;
+use offenses::Offenses;
 
 use super::refusal::Refusal;
 use crate::{
@@ -35,6 +40,7 @@ use crate::{
     protocol::{BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply, Request},
     store::StoreOp,
     target::Target,
+    time::TimeBase,
 };
 
 /// What a round changed, and how to put it back.
@@ -102,8 +108,10 @@ pub struct Ledger {
     deadlines: BTreeSet<(UnixMillis, Target, Source)>,
     pending: BTreeMap<u64, PendingBlock>,
     next_pending: u64,
-    offenses: HashMap<Target, Vec<UnixMillis>>,
+    offenses: Offenses,
     policy: Policy,
+    /// What the deadlines' wall-clock times are relative to.
+    time_base: TimeBase,
     allow: Allowlist,
     capacity: Capacity,
     /// Who made the request being applied (recorded with the pending blocks it creates).
@@ -159,8 +167,9 @@ impl Ledger {
             deadlines: BTreeSet::new(),
             pending: BTreeMap::new(),
             next_pending: 1,
-            offenses: HashMap::new(),
+            offenses: Offenses::default(),
             policy,
+            time_base: TimeBase::default(),
             allow: Allowlist::default(),
             capacity,
             asking: None,
@@ -186,13 +195,17 @@ impl Ledger {
         expired
     }
 
-    /// Loads stored pending blocks and offense histories.
-    pub fn load_side(&mut self, pending: Vec<PendingBlock>, offenses: Vec<(Target, Vec<UnixMillis>)>) {
+    /// Loads stored pending blocks, offense histories and the next pending id (ids are never
+    /// reused: a store from before it was kept continues after its highest stored id).
+    pub fn load_side(&mut self, pending: Vec<PendingBlock>, offenses: Vec<(Target, Vec<UnixMillis>)>, next_pending: Option<u64>) {
+        self.next_pending = self.next_pending.max(next_pending.unwrap_or(1));
         for p in pending {
             self.next_pending = self.next_pending.max(p.id + 1);
             self.pending.insert(p.id, p);
         }
-        self.offenses.extend(offenses);
+        for (target, times) in offenses {
+            self.offenses.set(target, Some(times));
+        }
     }
 
     /// Every blocked target, in order.
@@ -241,10 +254,15 @@ impl Ledger {
         self.deadlines.first().map(|(d, _, _)| *d)
     }
 
-    /// The earliest deadline of anything (a block or a pending request).
+    /// The earliest deadline of anything (a block, a pending request, an offense history
+    /// leaving its window).
     pub fn next_deadline(&self) -> Option<UnixMillis> {
         let pending = self.pending.values().map(|p| p.expires_ms).min();
-        self.next_block_deadline().into_iter().chain(pending).min()
+        self.next_block_deadline()
+            .into_iter()
+            .chain(pending)
+            .chain(self.next_offense_deadline())
+            .min()
     }
 
     /// Applies one write request from `by` (whose access was checked already).
@@ -412,6 +430,7 @@ impl Ledger {
         self.remember_pending(c);
         let id = self.next_pending;
         self.next_pending += 1;
+        c.ops.push(StoreOp::SetNextPending(self.next_pending));
         let target = req.target;
         let mode = if req.shadow { Mode::Shadow } else { Mode::Enforce };
         let mut request = req;
@@ -588,6 +607,7 @@ impl Ledger {
     /// has a later deadline of its own. Returns how many blocks expired.
     pub fn expire(&mut self, c: &mut Change, now: UnixMillis, max: usize) -> usize {
         self.expire_pending(c, now);
+        self.prune_offenses(c, now, max);
         let mut expired = 0;
         while expired < max {
             let Some((deadline, target, source)) = self.deadlines.first().cloned() else { break };
@@ -647,10 +667,7 @@ impl Ledger {
             self.next_pending = next;
         }
         for (target, before) in c.offenses_before {
-            match before {
-                Some(times) => self.offenses.insert(target, times),
-                None => self.offenses.remove(&target),
-            };
+            self.offenses.set(target, before);
         }
         if let Some(allow) = c.allow_before {
             self.capacity.set_allow(&allow);
@@ -678,24 +695,6 @@ impl Ledger {
         if let Some(e) = block.expires_ms {
             self.deadlines.remove(&(e, *target, block.source.clone()));
         }
-    }
-
-    fn offense_count(&self, target: &Target, now: UnixMillis) -> usize {
-        let Some(window) = self.policy.offense_window() else { return 0 };
-        let since = now.saturating_sub(window.as_millis() as u64);
-        self.offenses.get(target).map_or(0, |t| t.iter().filter(|&&x| x >= since).count())
-    }
-
-    fn record_offense(&mut self, c: &mut Change, target: &Target, now: UnixMillis) {
-        let Some(window) = self.policy.offense_window() else { return };
-        let since = now.saturating_sub(window.as_millis() as u64);
-        c.offenses_before
-            .entry(*target)
-            .or_insert_with(|| self.offenses.get(target).cloned());
-        let times = self.offenses.entry(*target).or_default();
-        times.retain(|&t| t >= since);
-        times.push(now);
-        c.ops.push(StoreOp::PutOffenses(*target, times.clone()));
     }
 }
 

@@ -770,3 +770,183 @@ fn the_refusal_of_a_batch_item_uses_the_protocol_body() {
     assert!(touched.is_empty());
     assert!(failed[0].error.message.starts_with("refused by policy rule `scope`"), "{}", failed[0].error.message);
 }
+
+// --- time: wall-clock steps, pending ids, the offense table ------------------------------
+
+/// A rig whose ledger follows `clock` (boot `a`), as the engine's loop does each round.
+fn clocked_rig(clock: &crate::time::fake::FakeClock) -> (Rig, crate::time::TimeKeeper<crate::time::fake::FakeClock>) {
+    let keeper = crate::time::TimeKeeper::new(clock.clone(), "a".into());
+    let mut r = Rig::new(ledger());
+    r.ledger.set_time_base(keeper.base());
+    (r, keeper)
+}
+
+/// What the engine does before each round: read the clock, follow it, store what moved.
+fn follow(r: &mut Rig, keeper: &mut crate::time::TimeKeeper<crate::time::fake::FakeClock>) -> (UnixMillis, Option<ClockChange>) {
+    let tick = keeper.tick();
+    let change = r.ledger.follow_clock(&tick);
+    if let Some(c) = &change {
+        round::BlockStore::commit(&mut r.store, &c.ops).unwrap();
+    }
+    (tick.now, change)
+}
+
+const HOUR: u64 = 3_600_000;
+const DAY: u64 = 24 * HOUR;
+
+#[test]
+fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
+    let clock = crate::time::fake::FakeClock::new(T0, 10_000);
+    let (mut r, mut keeper) = clocked_rig(&clock);
+    let (now, _) = follow(&mut r, &mut keeper);
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now).unwrap();
+    let boot_deadline = r.kernel.blocks[&t("192.0.2.1")].expires_ns;
+    assert_eq!(boot_deadline, (10_000 + HOUR) * 1_000_000, "the kernel's deadline is on the boot clock");
+
+    clock.advance(MIN);
+    clock.step_wall(DAY as i64);
+    let (now, change) = follow(&mut r, &mut keeper);
+    let change = change.expect("a step is handled");
+    let event = change.event.expect("a step is audited");
+    assert_eq!(event.action, Action::ClockJump);
+    assert!(event.detail.as_deref().unwrap().contains("+86400.0 s"), "{event:?}");
+    assert!(change.ops.iter().any(|o| matches!(o, StoreOp::Put(_))), "the moved deadline is stored");
+    assert!(change.ops.iter().any(|o| matches!(o, StoreOp::SetTimeBase(_))), "with its new base");
+
+    assert_eq!(r.reap(now), 0, "a day's step ends nothing");
+    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(now + HOUR - MIN), "59 min left, as before the step");
+    r.one(Request::Block(req("192.0.2.9", "cli", Some(60))), now).unwrap();
+    assert_eq!(r.kernel.blocks[&t("192.0.2.1")].expires_ns, boot_deadline, "the kernel's deadline did not move");
+
+    clock.advance(HOUR - MIN - 1000);
+    let (now, change) = follow(&mut r, &mut keeper);
+    assert!(change.is_none(), "no step, no slew: nothing to store");
+    assert_eq!(r.reap(now), 1, "the other block (1 min) ended");
+    assert!(source_block(&r.ledger, "192.0.2.1", "cli").is_some(), "1 s before its hour");
+    clock.advance(1000);
+    let (now, _) = follow(&mut r, &mut keeper);
+    assert_eq!(r.reap(now), 1, "it ends after its hour");
+}
+
+#[test]
+fn a_backward_step_neither_lengthens_a_block_nor_a_pending_request() {
+    let clock = crate::time::fake::FakeClock::new(T0 + 2 * DAY, 10_000);
+    let (mut r, mut keeper) = clocked_rig(&clock);
+    let (now, _) = follow(&mut r, &mut keeper);
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now).unwrap();
+    clock.step_wall(-(DAY as i64));
+    let (now, change) = follow(&mut r, &mut keeper);
+    assert!(change.unwrap().event.is_some());
+    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(now + HOUR));
+    clock.advance(HOUR);
+    let (now, _) = follow(&mut r, &mut keeper);
+    assert_eq!(r.reap(now), 1, "ends an hour after it began, not a day later");
+}
+
+#[test]
+fn a_slow_slew_moves_the_base_but_no_deadline_and_is_not_audited() {
+    let clock = crate::time::fake::FakeClock::new(T0, 10_000);
+    let (mut r, mut keeper) = clocked_rig(&clock);
+    let (now, _) = follow(&mut r, &mut keeper);
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(7200))), now).unwrap();
+    clock.advance(HOUR);
+    clock.step_wall(300); // 83 ppm over the hour
+    let (_, change) = follow(&mut r, &mut keeper);
+    let change = change.expect("the base follows a slew past 250 ms");
+    assert!(change.event.is_none());
+    assert!(matches!(change.ops[..], [StoreOp::SetTimeBase(_)]), "{:?}", change.ops);
+    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(T0 + 2 * HOUR));
+}
+
+#[test]
+fn the_next_pending_id_is_stored_and_never_reused() {
+    let cfg = PolicyConfig {
+        sources: [(src("manual"), SourcePolicy { require_approval: Some(true), ..SourcePolicy::default() })].into(),
+        ..PolicyConfig::default()
+    };
+    let mut r = Rig::new(ledger_with(cfg.clone(), 100));
+    for target in ["192.0.2.1", "192.0.2.2"] {
+        r.one(Request::Block(req(target, "manual", Some(60))), T0).unwrap();
+    }
+    r.one(Request::Reject { id: 2 }, T0).unwrap();
+    let stored_next = r
+        .store
+        .commits
+        .iter()
+        .flatten()
+        .filter_map(|o| if let StoreOp::SetNextPending(n) = o { Some(*n) } else { None })
+        .next_back();
+    assert_eq!(stored_next, Some(3));
+    // A restart: the store gives back pending block 1 and the next id.
+    let mut again = ledger_with(cfg, 100);
+    again.load_side(r.ledger.pending().values().cloned().collect(), vec![], stored_next);
+    let p = again.block(&mut Change::default(), req("192.0.2.3", "manual", Some(60)), T0).unwrap();
+    assert_eq!(p.pending_id, Some(3), "not 2, the rejected block's id");
+    // A store from before the id was kept: after the highest stored id.
+    let mut old = ledger();
+    old.load_side(r.ledger.pending().values().cloned().collect(), vec![], None);
+    assert_eq!(old.next_pending, 2);
+}
+
+fn offenders(window: &str) -> Ledger {
+    ledger_with(
+        PolicyConfig {
+            repeat_offenders: Some(crate::policy::RepeatOffenders {
+                window: window.parse().unwrap(),
+                ttls: vec!["10m".parse().unwrap(), "1h".parse().unwrap()],
+            }),
+            ..PolicyConfig::default()
+        },
+        1000,
+    )
+}
+
+#[test]
+fn offense_histories_leave_with_their_window_and_the_table_is_capped() {
+    let mut l = offenders("1h");
+    for (i, target) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].into_iter().enumerate() {
+        block(&mut l, req(target, "wazuh", Some(60)), T0 + i as u64 * MIN).unwrap();
+    }
+    assert_eq!(l.offenses.len(), 3);
+    assert_eq!(l.next_deadline(), Some(T0 + MIN), "the first block ends first");
+    let mut c = Change::default();
+    l.expire(&mut c, T0 + 10 * MIN, usize::MAX);
+    assert_eq!(l.offenses.len(), 3, "still in the window");
+    assert_eq!(l.next_deadline(), Some(T0 + 60 * MIN), "the oldest history leaves the window then");
+    let mut c = Change::default();
+    l.expire(&mut c, T0 + 61 * MIN, usize::MAX);
+    assert_eq!(l.offenses.len(), 1, "two left the window");
+    assert!(c.ops.iter().any(|o| matches!(o, StoreOp::PutOffenses(x, v) if *x == t("192.0.2.1") && v.is_empty())), "forgotten in the store too");
+
+    // The cap: the target blocked longest ago goes first.
+    let mut l = offenders("1d");
+    l.offenses.set_cap(2);
+    for (i, target) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].into_iter().enumerate() {
+        block(&mut l, req(target, "wazuh", Some(60)), T0 + i as u64 * MIN).unwrap();
+    }
+    assert_eq!(l.offenses.len(), 2);
+    assert!(l.offenses.get(&t("192.0.2.1")).is_none(), "the oldest was evicted");
+    // Per target, only as many times as the escalation steps are kept.
+    for i in 0..5 {
+        l.unblock(&mut Change::default(), t("192.0.2.3"), Some(src("wazuh")), false).unwrap();
+        block(&mut l, req("192.0.2.3", "wazuh", Some(60)), T0 + (10 + i) * MIN).unwrap();
+    }
+    assert_eq!(l.offenses.get(&t("192.0.2.3")).unwrap().len(), 2);
+}
+
+#[test]
+fn a_store_over_the_cap_or_without_escalation_is_pruned_at_the_first_reap() {
+    let mut l = ledger(); // no repeat_offenders configured: a history is of no use
+    l.load_side(vec![], vec![(t("192.0.2.1"), vec![T0])], None);
+    assert_eq!(l.next_deadline(), Some(T0));
+    let mut c = Change::default();
+    l.expire(&mut c, T0 + 1, usize::MAX);
+    assert_eq!(l.offenses.len(), 0);
+    let mut l = offenders("1d");
+    l.offenses.set_cap(1);
+    l.load_side(vec![], vec![(t("192.0.2.1"), vec![T0]), (t("192.0.2.2"), vec![T0 + 1])], None);
+    assert_eq!(l.next_deadline(), Some(0), "over the cap: at once");
+    l.expire(&mut Change::default(), T0 + 2, usize::MAX);
+    assert_eq!(l.offenses.len(), 1);
+    assert!(l.offenses.get(&t("192.0.2.2")).is_some(), "the newest stays");
+}

@@ -1,0 +1,107 @@
+//! Following the wall clock: deadlines keep their boot-relative time when it steps.
+
+use super::Ledger;
+use crate::{
+    audit::{Action, Event},
+    block::{Record, UnixMillis},
+    store::StoreOp,
+    time::{JUMP_MIN_MS, Tick, TimeBase, describe_jump},
+};
+
+/// How far the wall clock may slew from the ledger's base before the base follows it (and is
+/// stored): the most a deadline restored on the same boot can be off by.
+pub const REBASE_DRIFT_MS: i64 = 250;
+
+/// What following the clock changed, to store and audit.
+#[derive(Debug)]
+pub struct ClockChange {
+    /// Store operations (every moved deadline, then the new base).
+    pub ops: Vec<StoreOp>,
+    /// The audit line of a step (none for a slew).
+    pub event: Option<Event>,
+}
+
+fn shifted(ms: UnixMillis, by_ms: i64) -> UnixMillis {
+    ms.saturating_add_signed(by_ms)
+}
+
+impl Ledger {
+    /// The boot and offset the deadlines are expressed under; the kernel's boot-clock deadlines
+    /// are converted with it, so the data path and the reaper agree.
+    pub fn time_base(&self) -> &TimeBase {
+        &self.time_base
+    }
+
+    /// Sets the base (at start, before anything is loaded).
+    pub fn set_time_base(&mut self, base: TimeBase) {
+        self.time_base = base;
+    }
+
+    /// Follows a clock reading. A step moves every deadline (blocks, pending requests, offense
+    /// and breaker times) with the wall clock, so each keeps its boot-relative time; a slew past
+    /// [`REBASE_DRIFT_MS`] only moves the base. `None`: nothing to store.
+    pub fn follow_clock(&mut self, tick: &Tick) -> Option<ClockChange> {
+        let by_ms = tick.offset_ms - self.time_base.wall_minus_boot_ms;
+        if tick.jump_ms == 0 && by_ms.abs() < REBASE_DRIFT_MS {
+            return None;
+        }
+        self.time_base.wall_minus_boot_ms = tick.offset_ms;
+        let mut ops = Vec::new();
+        let mut event = None;
+        if tick.jump_ms != 0 {
+            let moved = self.shift_deadlines(by_ms);
+            ops = self.timed_ops();
+            tracing::warn!(
+                step = %describe_jump(tick.jump_ms),
+                moved,
+                "the wall clock stepped; block deadlines moved with it and keep their remaining time"
+            );
+            event = Some(jump_event(tick.jump_ms, moved, "while the daemon was running"));
+        }
+        ops.push(StoreOp::SetTimeBase(self.time_base.clone()));
+        Some(ClockChange { ops, event })
+    }
+
+    /// Moves every deadline and offense time by `by_ms`; returns how many block deadlines moved.
+    pub fn shift_deadlines(&mut self, by_ms: i64) -> usize {
+        let timed: Vec<_> = std::mem::take(&mut self.deadlines).into_iter().collect();
+        for (_, target, source) in &timed {
+            if let Some(b) = self.blocks.get_mut(target).and_then(|b| b.by_source.get_mut(source)) {
+                b.expires_ms = b.expires_ms.map(|e| shifted(e, by_ms));
+                let block = b.clone();
+                self.index(target, &block);
+            }
+        }
+        for p in self.pending.values_mut() {
+            p.expires_ms = shifted(p.expires_ms, by_ms);
+        }
+        self.offenses.shift(by_ms);
+        self.policy.shift_clock(by_ms);
+        timed.len()
+    }
+
+    /// Store operations writing every timed block, pending request and offense history as the
+    /// ledger has them (after [`Ledger::shift_deadlines`]).
+    pub fn timed_ops(&self) -> Vec<StoreOp> {
+        let blocks = self.deadlines.iter().filter_map(|(_, target, source)| {
+            let block = self.blocks.get(target)?.by_source.get(source)?.clone();
+            Some(StoreOp::Put(Record { target: *target, block }))
+        });
+        let pending = self.pending.values().map(|p| StoreOp::PutPending(p.clone()));
+        let offenses = self.offenses.iter().map(|(t, times)| StoreOp::PutOffenses(*t, times.clone()));
+        blocks.chain(pending).chain(offenses).collect()
+    }
+}
+
+/// The audit line of a wall-clock step of `by_ms` that moved `moved` deadlines.
+pub fn jump_event(by_ms: i64, moved: usize, when: &str) -> Event {
+    Event::untargeted(Action::ClockJump).detail(format!(
+        "the wall clock stepped by {} {when}; {moved} block deadlines moved with it, keeping their remaining time",
+        describe_jump(by_ms)
+    ))
+}
+
+/// Whether a stored base differs from this one by a step (not a slew).
+pub fn is_step(by_ms: i64) -> bool {
+    by_ms.abs() > JUMP_MIN_MS
+}

@@ -1,0 +1,161 @@
+//! The repeat-offender history: when each target was blocked lately.
+//!
+//! Bounded two ways, so that a daemon that has blocked millions of targets over the years does
+//! not keep them all: a target's history is dropped (from memory and the store) once its latest
+//! offense leaves the window ([`Ledger::prune_offenses`], run by the reaper when that moment
+//! comes), and at most [`MAX_OFFENDERS`] targets are kept, the one whose latest offense is
+//! oldest evicted first. Per target, only as many times as can change a TTL are kept.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{Change, Ledger};
+use crate::{block::UnixMillis, store::StoreOp, target::Target};
+
+/// Most targets with an offense history (about 100 bytes each).
+pub const MAX_OFFENDERS: usize = 100_000;
+
+/// Offense times by target, indexed by each target's latest.
+#[derive(Clone, Debug)]
+pub struct Offenses {
+    by_target: HashMap<Target, Vec<UnixMillis>>,
+    by_latest: BTreeSet<(UnixMillis, Target)>,
+    cap: usize,
+}
+
+impl Default for Offenses {
+    fn default() -> Self {
+        Self {
+            by_target: HashMap::new(),
+            by_latest: BTreeSet::new(),
+            cap: MAX_OFFENDERS,
+        }
+    }
+}
+
+fn latest(times: &[UnixMillis]) -> UnixMillis {
+    times.iter().copied().max().unwrap_or(0)
+}
+
+impl Offenses {
+    /// A target's offense times.
+    pub fn get(&self, target: &Target) -> Option<&Vec<UnixMillis>> {
+        self.by_target.get(target)
+    }
+
+    /// Replaces a target's history (`None` or empty: forgets it); returns the old one.
+    pub fn set(&mut self, target: Target, times: Option<Vec<UnixMillis>>) -> Option<Vec<UnixMillis>> {
+        let old = self.by_target.remove(&target);
+        if let Some(old) = &old {
+            self.by_latest.remove(&(latest(old), target));
+        }
+        if let Some(times) = times.filter(|t| !t.is_empty()) {
+            self.by_latest.insert((latest(&times), target));
+            self.by_target.insert(target, times);
+        }
+        old
+    }
+
+    /// The target whose latest offense is oldest, with that time.
+    pub fn oldest(&self) -> Option<(UnixMillis, Target)> {
+        self.by_latest.first().copied()
+    }
+
+    /// How many targets have a history.
+    pub fn len(&self) -> usize {
+        self.by_target.len()
+    }
+
+    /// Every target's history.
+    pub fn iter(&self) -> impl Iterator<Item = (&Target, &Vec<UnixMillis>)> {
+        self.by_target.iter()
+    }
+
+    /// Moves every time by `by_ms` (the wall clock stepped).
+    pub fn shift(&mut self, by_ms: i64) {
+        let all: Vec<(Target, Vec<UnixMillis>)> = self.by_target.drain().collect();
+        self.by_latest.clear();
+        for (target, times) in all {
+            self.set(target, Some(times.into_iter().map(|t| t.saturating_add_signed(by_ms)).collect()));
+        }
+    }
+
+    /// Changes the cap (tests).
+    #[cfg(test)]
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+}
+
+impl Ledger {
+    /// When the oldest history leaves the window (or at once, without escalation configured).
+    pub(super) fn next_offense_deadline(&self) -> Option<UnixMillis> {
+        let (latest, _) = self.offenses.oldest()?;
+        if self.offenses.len() > self.offenses.cap {
+            return Some(0);
+        }
+        Some(latest.saturating_add(self.offense_window_ms().unwrap_or(0)))
+    }
+
+    fn offense_window_ms(&self) -> Option<u64> {
+        self.policy.offense_window().map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// How many earlier blocks of `target` fall in the window at `now`.
+    pub(super) fn offense_count(&self, target: &Target, now: UnixMillis) -> usize {
+        let Some(window) = self.offense_window_ms() else { return 0 };
+        let since = now.saturating_sub(window);
+        self.offenses.get(target).map_or(0, |t| t.iter().filter(|&&x| x >= since).count())
+    }
+
+    /// Records that `target` was blocked at `now`, evicting the stalest target when full.
+    pub(super) fn record_offense(&mut self, c: &mut Change, target: &Target, now: UnixMillis) {
+        let Some(window) = self.offense_window_ms() else { return };
+        let since = now.saturating_sub(window);
+        let mut times = self.offenses.get(target).cloned().unwrap_or_default();
+        let is_new = times.is_empty();
+        times.retain(|&t| t >= since);
+        times.push(now);
+        let keep = self.policy.offense_depth().max(1);
+        if times.len() > keep {
+            times.drain(..times.len() - keep);
+        }
+        if is_new
+            && self.offenses.len() >= self.offenses.cap
+            && let Some((_, stalest)) = self.offenses.oldest()
+        {
+            self.forget_offenses(c, stalest);
+        }
+        self.remember_offenses(c, target);
+        c.ops.push(StoreOp::PutOffenses(*target, times.clone()));
+        self.offenses.set(*target, Some(times));
+    }
+
+    /// Drops (at most `max`) histories whose latest offense left the window by `now`, and the
+    /// stalest ones past the cap (a store from before the cap); returns how many.
+    pub fn prune_offenses(&mut self, c: &mut Change, now: UnixMillis, max: usize) -> usize {
+        let window = self.offense_window_ms().unwrap_or(0);
+        let mut pruned = 0;
+        while pruned < max {
+            match self.offenses.oldest() {
+                Some((latest, target)) if latest.saturating_add(window) <= now || self.offenses.len() > self.offenses.cap => {
+                    self.forget_offenses(c, target);
+                    pruned += 1;
+                }
+                _ => break,
+            }
+        }
+        pruned
+    }
+
+    fn forget_offenses(&mut self, c: &mut Change, target: Target) {
+        self.remember_offenses(c, &target);
+        self.offenses.set(target, None);
+        c.ops.push(StoreOp::PutOffenses(target, Vec::new()));
+    }
+
+    fn remember_offenses(&self, c: &mut Change, target: &Target) {
+        c.offenses_before
+            .entry(*target)
+            .or_insert_with(|| self.offenses.get(target).cloned());
+    }
+}
