@@ -52,6 +52,11 @@ impl Clock for SystemClock {
     }
 }
 
+/// `CLOCK_BOOTTIME` in ms: for durations that must not follow wall-clock steps.
+pub fn boot_ms() -> u64 {
+    SystemClock.read().boot_ms
+}
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`); empty if unreadable, which no stored id
 /// matches, so the wall clock is used.
 pub fn boot_id() -> String {

@@ -6,6 +6,9 @@
 //! and a deletion lifts the block only when no other known decision for the target is left.
 //! It turns each pull into one [`SyncRequest`] for the engine: a startup pull replaces the
 //! source's whole set, a delta pull changes only the targets it touched.
+//!
+//! Times here (`now`, each decision's end) are `CLOCK_BOOTTIME` milliseconds, not wall-clock
+//! ones: only durations matter, and a wall-clock step must not end every decision.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -149,13 +149,15 @@ impl Bouncer {
         let full = self.need_full || self.last_full.is_none_or(|t| t.elapsed() >= self.resync);
         let body = self.lapi.pull(full).await?;
         let now = now_ms();
+        // Decisions' ends are kept on the boot clock: a wall-clock step must not end them.
+        let since_boot = crate::time::boot_ms();
         let request = if full {
             let new = self.map_new(body);
-            self.ledger.startup(&self.source, new, now)
+            self.ledger.startup(&self.source, new, since_boot)
         } else {
             let deleted = body.deleted.iter().cloned().filter_map(|d| decision::map(d).ok()).collect();
             let new = self.map_new(body);
-            self.ledger.delta(&self.source, new, deleted, now)
+            self.ledger.delta(&self.source, new, deleted, since_boot)
         };
         let reply = if full || !request.items.is_empty() || !request.remove.is_empty() {
             self.apply(request).await?
@@ -172,7 +174,7 @@ impl Bouncer {
         if full {
             s.last_full_pull_ms = Some(now);
         }
-        s.active = self.ledger.active(now_ms());
+        s.active = self.ledger.active(crate::time::boot_ms());
         s.applied += reply.applied as u64;
         s.pending += reply.pending as u64;
         s.refused = self.refused.len() as u64;
@@ -240,7 +242,7 @@ impl Bouncer {
             _ => self.metrics.dropped_before,
         };
         let body = usage_metrics(
-            &self.ledger.active_by_origin(now_ms()),
+            &self.ledger.active_by_origin(crate::time::boot_ms()),
             (dropped.0.saturating_sub(self.metrics.dropped_before.0), dropped.1.saturating_sub(self.metrics.dropped_before.1)),
             self.metrics.started,
             window,

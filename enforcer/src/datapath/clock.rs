@@ -2,7 +2,8 @@
 //!
 //! Boot time keeps counting across suspend but starts again at zero on every boot. Deadlines are
 //! therefore stored as wall-clock time and translated to boot time whenever they are written
-//! into a map.
+//! into a map, with the daemon's time base (`crate::time::TimeBase`), which follows wall-clock
+//! steps, rather than the wall clock of the moment.
 //!
 //! The XDP program does not read the boot clock itself on a hit (a clock-source read, ~40 ns on
 //! a VM): it reads the coarse monotonic clock (`bpf_ktime_get_coarse_ns`, the time of the last
