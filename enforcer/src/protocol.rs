@@ -11,6 +11,7 @@
 //! < {"v":1,"ok":false,"error":{"code":"map_full","message":"the BLOCK_V4 map is full ..."}}
 //! ```
 
+pub use crate::datapath::{PinsDurability, PinsInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -708,8 +709,11 @@ pub struct StatusReply {
     pub source_blocks: usize,
     /// The store file.
     pub store_path: String,
-    /// The bpffs directory.
+    /// The bpffs directory (as configured; the host's path).
     pub bpffs_dir: String,
+    /// Where the pins are and whether they outlive the daemon (a daemon in a private mount
+    /// namespace pins into the host's bpffs).
+    pub pins: PinsInfo,
     /// The audit log.
     pub audit_log: String,
     /// Next expiry (Unix ms), if any.

@@ -54,7 +54,7 @@ fn print(s: &crate::protocol::StatusReply) {
     println!("enforcer {} (pid {}), up {}", s.version, s.pid, format_secs(s.uptime_secs));
     println!("blocks: {} targets, {} source blocks; next expiry: {}", s.targets, s.source_blocks,
         s.next_expiry_ms.map_or("none".to_owned(), |e| format!("in {}", super::output::time_left(Some(e)))));
-    println!("store: {}\naudit log: {}\npins: {}", s.store_path, s.audit_log, s.bpffs_dir);
+    println!("store: {}\naudit log: {}\npins: {}", s.store_path, s.audit_log, s.pins.describe());
     println!("policy: rollout mode {}; {} allowlist prefixes; {} pending approval", s.policy_mode, s.allowlist, s.pending);
     for b in &s.breakers {
         println!(

@@ -564,7 +564,7 @@ impl Engine {
             prog_id: self.prog_id,
             started: self.started,
             store_path: self.store.path(),
-            bpffs_dir: self.dp.layout().base(),
+            pins: self.dp.pins(),
             audit_log: self.audit.path(),
         }
     }

@@ -37,8 +37,8 @@ pub struct View<'a> {
     pub started: Instant,
     /// The store file.
     pub store_path: &'a Path,
-    /// The bpffs directory.
-    pub bpffs_dir: &'a Path,
+    /// Where the pins are and whether they outlive the daemon.
+    pub pins: &'a crate::datapath::PinsInfo,
     /// The audit log.
     pub audit_log: &'a Path,
 }
@@ -187,7 +187,8 @@ impl View<'_> {
             targets: ledger.blocks().len(),
             source_blocks: ledger.blocks().values().map(|b| b.by_source.len()).sum(),
             store_path: self.store_path.display().to_string(),
-            bpffs_dir: self.bpffs_dir.display().to_string(),
+            bpffs_dir: self.pins.dir.clone(),
+            pins: self.pins.clone(),
             audit_log: self.audit_log.display().to_string(),
             next_expiry_ms: ledger.next_block_deadline(),
             policy_mode: ledger.policy().config.mode,

@@ -26,7 +26,6 @@ use std::{
 use nix::{
     errno::Errno,
     fcntl::{Flock, FlockArg},
-    sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
 use aya::{
@@ -127,6 +126,14 @@ pub enum DatapathError {
     /// The pin directory is not on a bpffs.
     #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or choose another --bpffs-dir")]
     NotBpffs { path: PathBuf },
+    /// A private mount namespace (`ip netns exec`, a container) without the host's bpffs: pins
+    /// there would vanish with the daemon, and every block with them.
+    #[error("the daemon runs in a private mount namespace (mnt:[{own}], {reference}'s is mnt:[{theirs}]; e.g. under `ip netns exec`) where {path} is not on the host's BPF filesystem, so its blocks would vanish with it: use `enforcer daemon --netns NS` instead of `ip netns exec`, or mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`)")]
+    PrivateMountNamespace { path: PathBuf, own: u64, reference: String, theirs: u64 },
+    /// No other process's mount namespace could be inspected and nothing is mounted: mounting
+    /// one could make pins that die with the daemon.
+    #[error("{path} is not on a BPF filesystem and the daemon cannot inspect PID 1's mount namespace to tell whether a bpffs it mounted would outlive it: mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`) or use `enforcer daemon --netns NS`")]
+    UnverifiedBpffs { path: PathBuf },
     /// Another process owns the pins.
     #[error("another enforcer process already owns {path} (only one daemon may write the maps); stop it first")]
     Locked { path: PathBuf },
@@ -189,12 +196,20 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Datapa
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     base: PathBuf,
+    /// The directory `base` runs through (`/proc/self/fd/N/...`), held open as long as the
+    /// layout (see [`super::bpffs`]).
+    _anchor: Option<std::sync::Arc<File>>,
 }
 
 impl PinLayout {
     /// The layout under `base`.
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: base.into() }
+        Self { base: base.into(), _anchor: None }
+    }
+
+    /// The layout under `base`, a path through the open directory `anchor`.
+    pub(crate) fn with_anchor(base: PathBuf, anchor: std::sync::Arc<File>) -> Self {
+        Self { base, _anchor: Some(anchor) }
     }
 
     /// The base directory.
@@ -258,6 +273,7 @@ pub struct Attachment {
 pub struct Datapath {
     ebpf: Ebpf,
     layout: PinLayout,
+    pins: super::bpffs::PinsInfo,
     maps: BlockMaps,
     /// Keeps the data path's clock offset current (see [`super::clock`]); stops on drop.
     _clock_keeper: ClockKeeper,
@@ -326,8 +342,7 @@ impl Datapath {
     /// Loads the program, reusing the pinned maps when they exist and match this build, or creating
     /// them otherwise. Does not attach anything.
     pub fn open(opts: &DatapathOptions) -> Result<Self, DatapathError> {
-        let layout = PinLayout::new(&opts.bpffs_dir);
-        ensure_bpffs(&opts.bpffs_dir)?;
+        let super::bpffs::ResolvedPins { layout, info: pins } = super::bpffs::resolve(&opts.bpffs_dir)?;
         fs::create_dir_all(layout.links_dir()).map_err(io_err("creating", &layout.links_dir()))?;
         let lock = lock_dir(layout.base())?;
 
@@ -370,6 +385,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             layout,
+            pins,
             maps,
             _clock_keeper: clock_keeper,
             _lock: lock,
@@ -379,6 +395,11 @@ impl Datapath {
     /// The pin layout in use.
     pub fn layout(&self) -> &PinLayout {
         &self.layout
+    }
+
+    /// Where the pins are and whether they outlive this process.
+    pub fn pins(&self) -> &super::bpffs::PinsInfo {
+        &self.pins
     }
 
     /// The maps (this process is their only writer).
@@ -714,36 +735,6 @@ fn program_name(prog_id: u32) -> String {
         .find(|p| p.id() == prog_id)
         .and_then(|p| p.name_as_str().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Makes sure `dir` can live on a bpffs, mounting /sys/fs/bpf when nothing is mounted there.
-fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
-    // The nearest existing ancestor tells which filesystem the directory will be on.
-    let mut probe = dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    if is_bpffs(&probe) {
-        return Ok(());
-    }
-    let default_mount = Path::new("/sys/fs/bpf");
-    if dir.starts_with(default_mount) && !is_bpffs(default_mount) {
-        tracing::warn!("no BPF filesystem at /sys/fs/bpf; mounting one");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status()
-            .map_err(io_err("running mount for", default_mount))?;
-        if status.success() && is_bpffs(default_mount) {
-            return Ok(());
-        }
-    }
-    Err(DatapathError::NotBpffs { path: dir.to_owned() })
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC)
 }
 
 /// Takes the directory's lock (`flock`, exclusive, not waiting), held until the value drops.

@@ -1,0 +1,104 @@
+//! A daemon in a private mount namespace (`ip netns exec`, a container, a unit with a private
+//! /sys): its pins must not die with it.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer::protocol::{PinsDurability, StatusReply};
+use enforcer_tests::{
+    Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
+    daemon::{Daemon, EXIT_UNPROTECTED, cli, enforcer_bin, ok},
+    require_root, udp_exchange, wait_for,
+};
+
+const SETTLE: Duration = Duration::from_millis(300);
+
+fn passes(lab: &Lab, src: &str) -> u32 {
+    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
+    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
+}
+
+/// `ip netns exec <receiver> enforcer daemon --iface vb …`: no `--netns`, so the daemon runs in
+/// the mount namespace `ip netns exec` makes (with its own /sys and no bpffs).
+fn spawn_under_ip_netns_exec(lab: &Lab, dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", lab.receiver.name()])
+        .arg(enforcer_bin())
+        .arg("--socket")
+        .arg(dir.join("enforcer.sock"))
+        .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF, "--max-addresses", "65536", "--max-prefixes", "4096"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--bpffs-dir")
+        .arg(lab.pins.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let socket = dir.join("enforcer.sock");
+    wait_for("the daemon to answer", Duration::from_secs(20), || {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the daemon exited ({status}): {}", std::fs::read_to_string(dir.join("daemon.log"))?);
+        }
+        let out = cli(&socket, &["status"]);
+        Ok(matches!(out.status.code(), Some(0 | EXIT_UNPROTECTED)).then_some(()))
+    })
+    .unwrap();
+    child
+}
+
+#[test]
+fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_under_ip_netns_exec(&lab, dir.path());
+    let socket = dir.path().join("enforcer.sock");
+    ok(&cli(&socket, &["block", SENDER_V4[1], "--ttl", "1h"]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "blocked while the daemon runs");
+    let status = cli(&socket, &["status", "--json"]);
+    let text = ok(&cli(&socket, &["status"]));
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The pins live in the host's bpffs: nothing goes away with the daemon's mount namespace.
+    // Watch for two seconds that the blocked source stays dropped.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the blocked source got through after kill -9");
+    }
+    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "other sources pass");
+    assert_eq!(
+        enforcer::datapath::pinned_interfaces(&enforcer::datapath::PinLayout::new(lab.pins.path())),
+        [RECEIVER_IF],
+        "the link is pinned in the host's bpffs"
+    );
+
+    let status: StatusReply = serde_json::from_slice(&ok_bytes(&status)).unwrap();
+    assert_eq!(status.pins.durability, PinsDurability::HostThroughReference, "{:?}", status.pins);
+    assert!(status.pins.outlive_daemon);
+    assert_eq!(status.pins.dir, lab.pins.path().display().to_string());
+    assert!(text.contains("(outlive the daemon)"), "{text}");
+    ok(&Command::new(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(lab.pins.path()).output().unwrap());
+}
+
+#[test]
+fn status_says_the_pins_of_a_daemon_on_the_host_outlive_it() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let s: StatusReply = serde_json::from_value(d.json(&["status"])).unwrap();
+    assert_eq!(s.pins.durability, PinsDurability::Host, "{:?}", s.pins);
+    assert!(s.pins.outlive_daemon);
+    let text = ok(&d.cli(&["status"]));
+    assert!(text.contains(&format!("pins: host bpffs {} (outlive the daemon)", lab.pins.path().display())), "{text}");
+}
+
+fn ok_bytes(out: &std::process::Output) -> Vec<u8> {
+    ok(out).into_bytes()
+}
