@@ -39,6 +39,11 @@ pub enum PinsDurability {
     Host,
     /// The host's bpffs, reached from a private mount namespace through the host's root.
     HostThroughReference,
+    /// No other process's mount namespace could be inspected (a unit without `CAP_SYS_PTRACE`),
+    /// but the bpffs mount receives propagation from another namespace (`master:N` in
+    /// mountinfo, as in a systemd unit with `PrivateMounts=yes`): that namespace holds the same
+    /// filesystem, so it outlives the daemon.
+    Propagated,
     /// A bpffs the daemon found already mounted, but it could not inspect any other process's
     /// mount namespace to tell whether that bpffs is the host's.
     Unverified,
@@ -68,6 +73,10 @@ impl PinsInfo {
                 "host bpffs {}, reached from the daemon's private mount namespace through {}'s root (outlive the daemon)",
                 self.dir,
                 self.reference.as_deref().unwrap_or("the host")
+            ),
+            PinsDurability::Propagated => format!(
+                "host bpffs {}, a mount propagated from another mount namespace (outlive the daemon)",
+                self.dir
             ),
             PinsDurability::Unverified => format!(
                 "{} -- WARNING: cannot tell whether they outlive the daemon (no other process's mount namespace could be inspected); make sure this is the host's bpffs",
@@ -104,6 +113,8 @@ impl Reference {
 pub(crate) struct FsProbe {
     pub bpffs: bool,
     pub dev: u64,
+    /// The mount receives propagation from a peer group in another namespace (`master:N`).
+    pub propagated: bool,
 }
 
 /// What the probes decide (pure, so every combination is unit-tested).
@@ -121,6 +132,7 @@ pub(crate) enum Plan {
 pub(crate) fn plan(own_ns: Option<u64>, reference: Option<&Reference>, own: Option<FsProbe>, host: Option<FsProbe>) -> Plan {
     let (Some(own_ns), Some(reference)) = (own_ns, reference) else {
         return match own {
+            Some(fs) if fs.bpffs && fs.propagated => Plan::Own { may_mount: false, durability: PinsDurability::Propagated },
             Some(fs) if fs.bpffs => Plan::Own { may_mount: false, durability: PinsDurability::Unverified },
             _ => Plan::Refuse,
         };
@@ -239,7 +251,19 @@ fn nearest_existing(dir: &Path, root: &Path) -> PathBuf {
 fn probe(dir: &Path, root: &Path) -> Option<FsProbe> {
     let anchor = nearest_existing(dir, root);
     let dev = std::fs::metadata(&anchor).ok()?.dev();
-    Some(FsProbe { bpffs: is_bpffs(&anchor), dev })
+    let propagated = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| receives_propagation(&m, dev));
+    Some(FsProbe { bpffs: is_bpffs(&anchor), dev, propagated })
+}
+
+/// Whether a mount of the filesystem `dev` in this namespace is a slave of a peer group
+/// (`master:N` among mountinfo's optional fields).
+fn receives_propagation(mountinfo: &str, dev: u64) -> bool {
+    let want = format!("{}:{}", nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    mountinfo.lines().any(|line| {
+        let mut fields = line.split(' ');
+        fields.nth(2) == Some(want.as_str())
+            && fields.skip(3).take_while(|f| *f != "-").any(|f| f.starts_with("master:"))
+    })
 }
 
 /// Makes sure `dir` can live on a bpffs, mounting /sys/fs/bpf when nothing is mounted there and
@@ -274,9 +298,10 @@ fn is_bpffs(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    const BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 40 });
-    const OTHER_BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 99 });
-    const SYSFS: Option<FsProbe> = Some(FsProbe { bpffs: false, dev: 20 });
+    const BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 40, propagated: false });
+    const OTHER_BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 99, propagated: false });
+    const SLAVE_BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 40, propagated: true });
+    const SYSFS: Option<FsProbe> = Some(FsProbe { bpffs: false, dev: 20, propagated: false });
 
     fn pid1(ns: u64) -> Reference {
         Reference { pid: 1, mount_ns: ns }
@@ -310,6 +335,25 @@ mod tests {
     fn without_any_reference_an_existing_bpffs_is_used_unverified_and_none_is_mounted() {
         assert_eq!(plan(Some(8), None, BPF, None), Plan::Own { may_mount: false, durability: PinsDurability::Unverified });
         assert_eq!(plan(None, Some(&pid1(7)), SYSFS, BPF), Plan::Refuse);
+    }
+
+    #[test]
+    fn without_any_reference_a_bpffs_propagated_from_another_namespace_outlives_the_daemon() {
+        // A systemd unit with PrivateMounts=yes and no CAP_SYS_PTRACE.
+        assert_eq!(plan(Some(8), None, SLAVE_BPF, None), Plan::Own { may_mount: false, durability: PinsDurability::Propagated });
+    }
+
+    #[test]
+    fn mountinfo_says_which_mounts_are_slaves() {
+        let dev = nix::sys::stat::makedev(0, 40);
+        let slave = "63 51 0:40 / /sys/fs/bpf rw,relatime master:12 - bpf bpf rw\n";
+        let shared = "45 23 0:40 / /sys/fs/bpf rw,relatime shared:7 - bpf bpf rw\n";
+        let private = "45 23 0:40 / /sys/fs/bpf rw,relatime - bpf bpf rw\n";
+        let other = "45 23 0:41 / /sys/fs/bpf rw,relatime master:3 - bpf bpf rw\n";
+        assert!(receives_propagation(slave, dev));
+        assert!(!receives_propagation(shared, dev));
+        assert!(!receives_propagation(private, dev));
+        assert!(!receives_propagation(other, dev));
     }
 
     #[test]
