@@ -97,6 +97,12 @@ pub struct Event {
     /// Who asked, for denials: uid, user name, groups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<crate::access::Caller>,
+    /// For a spooled trigger replayed by the daemon: when it was spooled (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spooled_ms: Option<UnixMillis>,
+    /// For a spooled trigger replayed by the daemon: its spool file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_file: Option<String>,
 }
 
 impl Event {
@@ -118,6 +124,8 @@ impl Event {
             expires_ms: None,
             mode: None,
             detail: None,
+            spooled_ms: None,
+            spool_file: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::protocol::{Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Reply, Request, Response};
+use crate::protocol::{Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Reply, Request, RequestId, Response};
 
 /// Exit code when the daemon cannot be reached.
 pub const EXIT_NOT_RUNNING: i32 = 3;
@@ -96,12 +96,19 @@ impl Client {
 
     /// Sends one request and waits for its answer.
     pub fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.call_as(request, None)
+    }
+
+    /// Sends one request under the id `id` (the daemon applies a write with a given id at most
+    /// once) and waits for its answer.
+    pub fn call_as(&mut self, request: &Request, id: Option<&RequestId>) -> Result<Reply, ClientError> {
         let io_err = |source| ClientError::Io {
             path: self.path.clone(),
             source,
         };
         let mut line = serde_json::to_vec(&Envelope {
             v: PROTOCOL_VERSION,
+            id: id.cloned(),
             body: request,
         })
         .map_err(|e| io_err(io::Error::other(e)))?;
@@ -154,14 +161,24 @@ pub enum Delivery {
 /// Only a request that never reached the daemon is spooled: once it was written, the daemon
 /// may have applied it, and replaying it later from the spool could undo a newer trigger, so a
 /// missing answer then is a failure, not a reason to spool.
+///
+/// The attempt and the spooled entry carry the same request id, made here once: the call's
+/// thread may still connect and deliver after the deadline (a connect stuck on a full listen
+/// backlog), and then the daemon applies whichever comes first and answers the other as a
+/// duplicate, so the trigger is never applied twice.
 pub fn deliver(socket: &Path, request: &Request, timeout: Duration, spool_to: Option<&Path>) -> Delivery {
-    let (reached, result) = call_with_deadline(socket, request, timeout);
+    deliver_as(socket, request, &RequestId::generate(), timeout, spool_to)
+}
+
+/// [`deliver`] under a given request id.
+pub fn deliver_as(socket: &Path, request: &Request, id: &RequestId, timeout: Duration, spool_to: Option<&Path>) -> Delivery {
+    let (reached, result) = call_with_deadline(socket, request, id, timeout);
     match result {
         Ok(reply) => Delivery::Reply(reply),
         Err(ClientError::Daemon(e)) => Delivery::Refused(e),
         // Not a passing outage: spooling would only delay the same refusal.
         Err(e @ ClientError::PermissionDenied(_)) => Delivery::Failed(e),
-        Err(why) if !reached => match spool_to.map(|dir| crate::daemon::spool::write(dir, request)) {
+        Err(why) if !reached => match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
             Some(Ok(file)) => Delivery::Spooled { file, why },
             Some(Err(e)) => Delivery::Unreachable { why, spool_error: Some(e) },
             None => Delivery::Unreachable { why, spool_error: None },
@@ -171,9 +188,9 @@ pub fn deliver(socket: &Path, request: &Request, timeout: Duration, spool_to: Op
 }
 
 /// One call with a deadline; returns whether the request may have reached the daemon.
-fn call_with_deadline(socket: &Path, request: &Request, timeout: Duration) -> (bool, Result<Reply, ClientError>) {
+fn call_with_deadline(socket: &Path, request: &Request, id: &RequestId, timeout: Duration) -> (bool, Result<Reply, ClientError>) {
     let (tx, rx) = mpsc::channel();
-    let (path, request) = (socket.to_owned(), request.clone());
+    let (path, request, id) = (socket.to_owned(), request.clone(), id.clone());
     let written = Arc::new(AtomicBool::new(false));
     let written_by_call = written.clone();
     let spawned = std::thread::Builder::new().name("daemon-call".into()).spawn(move || {
@@ -181,7 +198,7 @@ fn call_with_deadline(socket: &Path, request: &Request, timeout: Duration) -> (b
         let result = match Client::connect(&path, timeout) {
             Ok(mut c) => {
                 written_by_call.store(true, Ordering::SeqCst);
-                c.call(&request)
+                c.call_as(&request, Some(&id))
             }
             Err(e) => Err(e),
         };

@@ -34,9 +34,105 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 pub struct Envelope<T> {
     /// Protocol version.
     pub v: u32,
+    /// The client's id for this request (optional; see [`RequestId`]). On the wire
+    /// `request_id` (`id` is the pending id of `approve` and `reject`).
+    #[serde(default, rename = "request_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
     /// The request or response.
     #[serde(flatten)]
     pub body: T,
+}
+
+impl<T> Envelope<T> {
+    /// `body` in this protocol version, without a request id.
+    pub const fn new(body: T) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id: None,
+            body,
+        }
+    }
+}
+
+/// The longest request id.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A client's name for one request, so that the daemon applies it at most once.
+///
+/// The daemon remembers the ids of the write requests it applied (in the store, for
+/// `REQUEST_ID_RETENTION`, a week) and answers a request whose id it has seen
+/// with the first answer, applying nothing. A client that sends a request again (after a
+/// timeout, or from the spool) sends it with the same id. Ids are compared across callers, so
+/// they must be unique: [`RequestId::generate`] makes 128 random bits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(String);
+
+/// Why a string is not a request id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestIdError {
+    /// Empty, or too long.
+    #[error("a request id has 1 to {MAX_REQUEST_ID} characters, not {0}")]
+    Length(usize),
+    /// A character outside the allowed set.
+    #[error("a request id may contain only letters, digits and `.`, `_`, `:`, `-`, not {0:?}")]
+    Character(char),
+}
+
+impl RequestId {
+    /// A fresh id: 32 hex digits of the kernel's randomness (`getrandom(2)`), falling back to
+    /// the time, pid and a counter if that fails.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if usize::try_from(n).ok() != Some(bytes.len()) {
+            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fallback = format!("{:x}-{:x}-{seq:x}", crate::block::now_ms(), std::process::id());
+            return Self(fallback);
+        }
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The id as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RequestId {
+    type Error = RequestIdError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.is_empty() || s.len() > MAX_REQUEST_ID {
+            return Err(RequestIdError::Length(s.chars().count()));
+        }
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+            return Err(RequestIdError::Character(c));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = RequestIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<RequestId> for String {
+    fn from(id: RequestId) -> Self {
+        id.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// What a client can ask.
@@ -777,5 +873,29 @@ mod tests {
         }
         let ping = serde_json::from_str::<Envelope<Request>>("{\"v\":1,\"op\":\"ping\"}").unwrap();
         assert!(matches!(ping.body, Request::Ping));
+    }
+
+    #[test]
+    fn request_ids_are_short_plain_tokens_and_generated_ones_differ() {
+        for ok in ["a", "wazuh-7f3a9c1e", "spool:00000001764262800000-0000004242-0.json", &"x".repeat(MAX_REQUEST_ID)] {
+            assert_eq!(ok.parse::<RequestId>().unwrap().as_str(), ok);
+        }
+        assert_eq!("".parse::<RequestId>(), Err(RequestIdError::Length(0)));
+        assert_eq!("x".repeat(MAX_REQUEST_ID + 1).parse::<RequestId>(), Err(RequestIdError::Length(MAX_REQUEST_ID + 1)));
+        assert_eq!("no spaces".parse::<RequestId>(), Err(RequestIdError::Character(' ')));
+        assert_eq!("quote\"".parse::<RequestId>(), Err(RequestIdError::Character('"')));
+        let (a, b) = (RequestId::generate(), RequestId::generate());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        // On the wire: an optional field beside `v`; a bad one does not parse.
+        let line = serde_json::to_string(&Envelope { v: 1, id: Some(a.clone()), body: Request::Ping }).unwrap();
+        let back: Envelope<Request> = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.id, Some(a));
+        assert!(line.contains("\"request_id\""), "{line}");
+        assert!(serde_json::from_str::<Envelope<Request>>("{\"v\":1,\"request_id\":\"a b\",\"op\":\"ping\"}").is_err());
+        // `id` stays the pending id of approve.
+        let approve: Envelope<Request> = serde_json::from_str("{\"v\":1,\"request_id\":\"r1\",\"op\":\"approve\",\"id\":7}").unwrap();
+        assert!(matches!(approve.body, Request::Approve { id: 7 }));
+        assert_eq!(approve.id.unwrap().as_str(), "r1");
     }
 }

@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use crate::{
     block::{Record, Source, SourceBlock, UnixMillis},
     policy::AllowOrigin,
-    protocol::PendingBlock,
+    protocol::{PendingBlock, Reply, RequestId},
     target::Target,
     time::TimeBase,
 };
@@ -44,6 +44,22 @@ pub struct StoreMeta {
     pub next_pending_id: Option<u64>,
     /// The boot and offset the stored deadlines were written under.
     pub time_base: Option<TimeBase>,
+}
+
+/// The ids of applied write requests, with their answers (a duplicate gets the same answer).
+const REQUESTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("requests_v1");
+
+/// A write request the daemon applied, remembered by the id its client gave it, with the
+/// answer it got. Written in the same transaction as what the request changed, so the id is
+/// durable exactly when its effect is.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AppliedRequest {
+    /// The client's id.
+    pub id: RequestId,
+    /// When it was applied (Unix ms).
+    pub applied_ms: UnixMillis,
+    /// The answer it got.
+    pub reply: Reply,
 }
 
 /// A store failure.
@@ -90,6 +106,10 @@ pub enum StoreOp {
     SetNextPending(u64),
     /// The time base of the stored deadlines.
     SetTimeBase(TimeBase),
+    /// Remember an applied request's id.
+    PutRequest(AppliedRequest),
+    /// Forget an id.
+    DeleteRequest(RequestId),
 }
 
 /// The block store.
@@ -158,6 +178,7 @@ impl Store {
             let mut pending = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
             let mut offenses = txn.open_table(OFFENSES).map_err(|e| self.db_err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
+            let mut requests = txn.open_table(REQUESTS).map_err(|e| self.db_err(e))?;
             for op in ops {
                 match op {
                     StoreOp::SetNextPending(id) => {
@@ -167,6 +188,13 @@ impl Store {
                     StoreOp::SetTimeBase(base) => {
                         let v = serde_json::to_vec(base).map_err(|e| self.db_err(e))?;
                         meta.insert(META_TIME_BASE, v.as_slice()).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::PutRequest(r) => {
+                        let v = serde_json::to_vec(r).map_err(|e| self.db_err(e))?;
+                        requests.insert(r.id.as_str(), v.as_slice()).map_err(|e| self.db_err(e))?;
+                    }
+                    StoreOp::DeleteRequest(id) => {
+                        requests.remove(id.as_str()).map_err(|e| self.db_err(e))?;
                     }
                     StoreOp::PutAllow(t, v) => {
                         let v = serde_json::to_vec(v).map_err(|e| self.db_err(e))?;
@@ -232,6 +260,18 @@ impl Store {
             None => None,
         };
         Ok(StoreMeta { next_pending_id, time_base })
+    }
+
+    /// The remembered request ids.
+    pub fn load_requests(&self) -> Result<Vec<AppliedRequest>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(REQUESTS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            out.push(self.decode(&format!("requests/{}", k.value()), v.value())?);
+        }
+        Ok(out)
     }
 
     /// The blocks waiting for approval.

@@ -263,8 +263,9 @@ fn check(
             force: *force,
             approved: false,
             existing: false,
+            at: 0,
         };
-        match policy.decide(&ask, &allowlist, 0, 0).0 {
+        match policy.decide(&ask, &allowlist, 0).0 {
             Decision::Apply { mode, .. } => {
                 dp.maps_mut().insert_block(&target, &BlockValue::new(0, mode.to_kernel())).unwrap();
                 if mode == Mode::Enforce {

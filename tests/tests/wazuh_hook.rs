@@ -242,6 +242,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     let old = Spooled {
         v: spool::SPOOL_VERSION,
         spooled_ms: now_ms() - 2 * 3_600_000,
+        id: None,
         request: Request::Block(BlockRequest {
             target: SENDER_V4[2].parse().unwrap(),
             ttl_secs: Some(3600),

@@ -19,7 +19,7 @@ use super::engine::Command;
 use crate::{
     access::{AccessPolicy, Caller},
     metrics::Metrics,
-    protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Reply, Request, Response},
+    protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Reply, Request, RequestId, Response},
 };
 
 /// Resolves a group name to its id.
@@ -125,11 +125,7 @@ async fn connection(
             }
         };
         metrics.request(op, result_label(&response));
-        let mut out = serde_json::to_vec(&Envelope {
-            v: PROTOCOL_VERSION,
-            body: response,
-        })
-        .map_err(io::Error::other)?;
+        let mut out = serde_json::to_vec(&Envelope::new(response)).map_err(io::Error::other)?;
         out.push(b'\n');
         write.write_all(&out).await?;
         if !allowed || line.len() > MAX_LINE {
@@ -149,12 +145,13 @@ fn result_label(r: &Response) -> &'static str {
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
 async fn handle_line(line: &[u8], caller: &Caller, engine: &SyncSender<Command>) -> (&'static str, Response) {
     match parse(line) {
-        Ok(request) => (request.op(), run(request, caller.clone(), engine).await),
+        Ok((request, id)) => (request.op(), run_with_id(request, id, caller.clone(), engine).await),
         Err(error) => ("unknown", Response::Err { ok: false, error }),
     }
 }
 
-fn parse(line: &[u8]) -> Result<Request, ErrorBody> {
+/// A request line: the request, and its id when the client gave one.
+fn parse(line: &[u8]) -> Result<(Request, Option<RequestId>), ErrorBody> {
     let invalid = |message: String| ErrorBody {
         code: ErrorCode::InvalidRequest,
         message,
@@ -170,15 +167,34 @@ fn parse(line: &[u8]) -> Result<Request, ErrorBody> {
         }
         None => return Err(invalid("missing protocol version field `v`".into())),
     }
-    serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))
+    let id = match value.get("request_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => {
+            Some(s.parse::<RequestId>().map_err(|e| invalid(format!("invalid request_id: {e}")))?)
+        }
+        Some(other) => return Err(invalid(format!("invalid request_id {other}: it must be a string"))),
+    };
+    let request = serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))?;
+    Ok((request, id))
 }
 
 /// Hands a request from `caller` to the engine and waits for its answer (also used by the
 /// CrowdSec bouncer, as the daemon).
 pub async fn run(request: Request, caller: Caller, engine: &SyncSender<Command>) -> Response {
+    run_with_id(request, None, caller, engine).await
+}
+
+/// [`run`] for a request the client named with `id` (a duplicate is answered, not applied).
+async fn run_with_id(request: Request, id: Option<RequestId>, caller: Caller, engine: &SyncSender<Command>) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
-    let command = Command { request, caller, reply: tx };
+    let command = Command {
+        request,
+        caller,
+        id,
+        replay: None,
+        reply: tx,
+    };
     // The engine's queue is bounded: waiting for room is back-pressure, not an error.
     let sent = tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await;
     if !matches!(sent, Ok(true)) {

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use super::{
     kernel_sync,
-    ledger::{self, Capacity, Change, Ledger},
+    ledger::{self, Capacity, Change, Ledger, Replay, Write},
     queries::View,
     refusal::Refusal,
     round::{self, BlockStore},
@@ -42,7 +42,7 @@ use crate::{
     interfaces::Interfaces,
     metrics::{BlockTally, Metrics, Snapshot},
     policy::{AllowOrigin, Policy, PolicyConfig, host},
-    protocol::{Reply, Request},
+    protocol::{Reply, Request, RequestId},
     store::{Store, StoreError, StoreOp},
     target::Target,
     time::{self, SystemClock, TimeKeeper},
@@ -55,6 +55,11 @@ pub struct Command {
     /// Who sent it: a socket peer, or the daemon itself (checked against the access rules
     /// before anything else, see [`Engine::authorize`]).
     pub caller: Caller,
+    /// The client's id for it: a write whose id was applied already is answered with the first
+    /// answer and not applied again.
+    pub id: Option<RequestId>,
+    /// Set when the request is a spooled trigger being replayed.
+    pub replay: Option<Replay>,
     /// The answer goes here.
     pub reply: oneshot::Sender<Result<Reply, Refusal>>,
 }
@@ -65,6 +70,20 @@ impl Command {
         Self {
             request,
             caller: Caller::internal(what),
+            id: None,
+            replay: None,
+            reply,
+        }
+    }
+
+    /// A spooled trigger, replayed by the daemon with its id (charged to the rate limiter at
+    /// `replay.spooled_ms`).
+    pub fn replay(request: Request, id: RequestId, replay: Replay, reply: oneshot::Sender<Result<Reply, Refusal>>) -> Self {
+        Self {
+            request,
+            caller: Caller::internal("spool"),
+            id: Some(id),
+            replay: Some(replay),
             reply,
         }
     }
@@ -193,6 +212,10 @@ impl Engine {
         let meta = engine.store.load_meta()?;
         let shift = engine.stored_time_shift(meta.time_base.as_ref());
         engine.ledger.load_side(engine.store.load_pending()?, engine.store.load_offenses()?, meta.next_pending_id);
+        let forgotten = engine.ledger.load_requests(engine.store.load_requests()?, crate::block::now_ms());
+        if !forgotten.is_empty() {
+            engine.store.commit(&forgotten.into_iter().map(StoreOp::DeleteRequest).collect::<Vec<_>>())?;
+        }
         engine.ledger.shift_deadlines(shift);
         engine.reconcile(shift)?;
         engine.store_time_base(shift, meta.time_base.as_ref())?;
@@ -499,7 +522,7 @@ impl Engine {
         let mut write_replies = Vec::new();
         let mut reads = Vec::new();
         let mut denied = false;
-        for Command { request, caller, reply } in batch {
+        for Command { request, caller, id, replay, reply } in batch {
             if let Err(refusal) = self.authorize(&caller, &request) {
                 denied = true;
                 let _ = reply.send(Err(refusal));
@@ -512,7 +535,7 @@ impl Engine {
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
-                writes.push((request, caller));
+                writes.push(Write { request, caller, id, replay });
                 write_replies.push(reply);
             }
         }

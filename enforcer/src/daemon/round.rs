@@ -11,15 +11,14 @@ use std::{
 
 use super::{
     kernel_sync::{self, KernelMap},
-    ledger::{Applied, Change, Ledger},
+    ledger::{Applied, Change, Ledger, Write},
     refusal::Refusal,
 };
 use crate::{
-    access::Caller,
     audit::{Action, Event},
     block::UnixMillis,
     datapath::MapsError,
-    protocol::{Reply, Request},
+    protocol::Reply,
     store::{Store, StoreError, StoreOp},
     target::Target,
 };
@@ -135,7 +134,7 @@ pub struct Answered {
 }
 
 /// Runs one round over write requests, each with its (already authorized) caller.
-pub fn run<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, requests: Vec<(Request, Caller)>, now: UnixMillis) -> Answered
+pub fn run<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, requests: Vec<Write>, now: UnixMillis) -> Answered
 where
     S: BlockStore + ?Sized,
     K: KernelMap + ?Sized,
@@ -143,7 +142,7 @@ where
     let mut change = Change::default();
     let applied: Vec<Applied> = requests
         .into_iter()
-        .map(|(r, by)| ledger.apply(&mut change, r, &by, now))
+        .map(|w| ledger.apply(&mut change, w, now))
         .collect();
     match commit(ledger, store, kernel, change) {
         Err(Failed { error, events, refused }) => {

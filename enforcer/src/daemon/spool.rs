@@ -13,11 +13,30 @@
 //! spooled 50 minutes ago with a one-hour TTL gets ten minutes; one already past its end is
 //! dropped). A file that cannot be read is renamed to `*.bad` and left for a person to look at.
 //!
+//! **Order.** A file is named `<spooled_ms>-<pid>-<seq>.json`, each part a zero-padded decimal
+//! (20, 10 and 10 digits): the time, the writing process and a counter in that process. The
+//! drain sorts on the parsed numbers, never on the strings (hooks before zero-padding wrote the
+//! pid and counter unpadded; their files sort right too), so the entries one process wrote in
+//! one millisecond are applied in the order it wrote them. Entries of different processes in
+//! the same millisecond were made concurrently; they go by pid.
+//!
+//! **Replays are charged at their spool time.** The rate limiter sees a replayed trigger at the
+//! time it was spooled, not at the drain: a backlog of ten minutes meets the rate it arrived
+//! at, and a backlog that really passed the rate opens the breaker as it would have then. A
+//! replay the policy refuses is audited with its reason, spool time and file
+//! (`"spooled_ms"`, `"spool_file"` in the audit line), then its file is removed.
+//!
+//! **Replays are idempotent.** Every entry carries the request id of the attempt that could not
+//! be delivered (entries from older hooks are named by their file name instead). The daemon
+//! remembers the ids it applied, in the store, in the same transaction as their effect: a file
+//! that could not be deleted after it was applied, or a request that a timed-out hook spooled
+//! but that reached the daemon after all, is answered as already applied and changes nothing.
+//!
 //! The socket is bound before the drain starts, so a hook that runs meanwhile queues on it
 //! instead of spooling a file the drain might no longer see.
 //!
 //! ```text
-//! {"v":1,"spooled_ms":1764262800000,"request":{"op":"block","target":"192.0.2.10","ttl_secs":600,"source":"wazuh",...}}
+//! {"v":1,"spooled_ms":1764262800000,"request_id":"9f0c...","request":{"op":"block","target":"192.0.2.10","ttl_secs":600,"source":"wazuh",...}}
 //! ```
 
 use std::{
@@ -26,7 +45,7 @@ use std::{
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU64, Ordering},
         mpsc::SyncSender,
     },
     time::Duration,
@@ -35,10 +54,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{engine::Command, refusal::Refusal};
+use super::{engine::Command, ledger::Replay, refusal::Refusal};
 use crate::{
     block::{UnixMillis, now_ms},
-    protocol::{BatchRequest, BlockRequest, Request},
+    protocol::{BatchRequest, BlockRequest, Request, RequestId},
 };
 
 /// The spool's directory under the state directory.
@@ -57,8 +76,48 @@ pub struct Spooled {
     pub v: u32,
     /// When the trigger was made (Unix ms).
     pub spooled_ms: UnixMillis,
+    /// The request id of the attempt that could not be delivered (absent in entries of older
+    /// hooks: the file name stands in for it). `request_id` in the file, as on the wire.
+    #[serde(default, rename = "request_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
     /// What it asked for.
     pub request: Request,
+}
+
+/// Where a spool file sorts: its time, the process that wrote it and that process's counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SpoolKey {
+    /// When it was spooled (Unix ms).
+    pub spooled_ms: UnixMillis,
+    /// The writer's pid.
+    pub pid: u32,
+    /// The writer's counter.
+    pub seq: u64,
+}
+
+impl SpoolKey {
+    /// The file name of this key: every part zero-padded, so names also sort as strings.
+    pub fn file_name(&self) -> String {
+        format!("{:020}-{:010}-{:010}.json", self.spooled_ms, self.pid, self.seq)
+    }
+
+    /// The key of a spool file's name (padded or not); `None` if it is not one.
+    pub fn parse(name: &str) -> Option<Self> {
+        let mut parts = name.strip_suffix(".json")?.split('-');
+        let number = |p: Option<&str>| -> Option<u64> { p.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?.parse().ok() };
+        let key = Self {
+            spooled_ms: number(parts.next())?,
+            pid: number(parts.next())?.try_into().ok()?,
+            seq: number(parts.next())?,
+        };
+        parts.next().is_none().then_some(key)
+    }
+}
+
+/// The id a spooled entry is applied under: its own, or one made of its file name (entries of
+/// older hooks), so that a file applied twice is still applied once.
+pub fn replay_id(entry_id: Option<RequestId>, file_name: &str) -> Option<RequestId> {
+    entry_id.or_else(|| format!("spool:{file_name}").parse().ok())
 }
 
 /// The spool directory of a state directory.
@@ -66,13 +125,15 @@ pub fn spool_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(SPOOL_DIR)
 }
 
-/// Spools `request`, made now. Returns the file written.
-pub fn write(state_dir: &Path, request: &Request) -> io::Result<PathBuf> {
+/// Spools `request`, made now, under the id of the attempt that could not deliver it. Returns
+/// the file written.
+pub fn write(state_dir: &Path, request: &Request, id: &RequestId) -> io::Result<PathBuf> {
     write_entry(
         state_dir,
         &Spooled {
             v: SPOOL_VERSION,
             spooled_ms: now_ms(),
+            id: Some(id.clone()),
             request: request.clone(),
         },
     )
@@ -80,20 +141,19 @@ pub fn write(state_dir: &Path, request: &Request) -> io::Result<PathBuf> {
 
 /// Spools one entry atomically (temporary file, fsync, rename, fsync of the directory).
 pub fn write_entry(state_dir: &Path, entry: &Spooled) -> io::Result<PathBuf> {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = spool_dir(state_dir);
     fs::DirBuilder::new().recursive(true).mode(0o750).create(state_dir)?;
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
-    // Names sort in spooling order: the time first, zero-padded.
-    let name = format!(
-        "{:016}-{}-{}.json",
-        entry.spooled_ms,
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = SpoolKey {
+        spooled_ms: entry.spooled_ms,
+        pid: std::process::id(),
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
+    }
+    .file_name();
     let tmp = dir.join(format!(".tmp-{name}"));
     let path = dir.join(&name);
     let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
@@ -111,7 +171,8 @@ pub fn write_entry(state_dir: &Path, entry: &Spooled) -> io::Result<PathBuf> {
     result.map(|()| path)
 }
 
-/// The spooled files, oldest first.
+/// The spooled files, oldest first: in the order of their parsed [`SpoolKey`]s (files with
+/// names of another form last, by name).
 pub fn pending(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
     let dir = spool_dir(state_dir);
     let entries = match fs::read_dir(&dir) {
@@ -136,8 +197,18 @@ pub fn pending(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
             files.push(entry.path());
         }
     }
-    files.sort();
-    Ok(files)
+    Ok(in_spool_order(files))
+}
+
+/// Sorts spool files on their parsed keys, never on the strings.
+fn in_spool_order(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut keyed: Vec<(Option<SpoolKey>, PathBuf)> = files
+        .into_iter()
+        .map(|f| (f.file_name().and_then(|n| n.to_str()).and_then(SpoolKey::parse), f))
+        .collect();
+    // `None` sorts first; files without a key go last.
+    keyed.sort_by(|(ka, a), (kb, b)| (ka.is_none(), ka, a).cmp(&(kb.is_none(), kb, b)));
+    keyed.into_iter().map(|(_, f)| f).collect()
 }
 
 /// How many requests wait in the spool (read-only: for the metrics endpoint).
@@ -224,7 +295,9 @@ pub struct Drained {
 /// Applies every spooled request through the engine, in order, and removes the files.
 ///
 /// The engine is running; nobody else is served yet. All requests are queued before the first
-/// answer is awaited, so they share durable rounds, and the channel keeps their order.
+/// answer is awaited, so they share durable rounds, and the channel keeps their order. Each
+/// goes with its request id (a duplicate is answered, not applied again) and its spool time
+/// (what the rate limiter charges it at).
 pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &DefaultTtls) -> Drained {
     let mut done = Drained::default();
     let files = match pending(state_dir) {
@@ -237,14 +310,7 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
     let now = now_ms();
     let mut waiting = Vec::new();
     for path in files {
-        let entry = fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<Spooled>(&bytes).map_err(|e| e.to_string()))
-            .and_then(|s| match s.request {
-                Request::Block(_) | Request::BlockBatch(_) | Request::Unblock { .. } => Ok(s),
-                _ => Err("only block and unblock requests can be spooled".to_owned()),
-            });
-        let entry = match entry {
+        let entry = match read_entry(&path) {
             Ok(e) => e,
             Err(e) => {
                 let bad = path.with_extension("json.bad");
@@ -254,6 +320,8 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
                 continue;
             }
         };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let id = replay_id(entry.id, &name);
         let Some(request) = adjust(entry.request, entry.spooled_ms, now, defaults) else {
             tracing::info!(file = %path.display(), "spooled block ended while the daemon was down; dropped");
             let _ = fs::remove_file(&path);
@@ -261,34 +329,26 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
             continue;
         };
         let (reply, answer) = oneshot::channel();
+        let replay = Replay {
+            spooled_ms: entry.spooled_ms,
+            file: name,
+        };
         // Only root can write the spool directory (0700): its requests are applied as the daemon.
-        if engine.send(Command::internal("spool", request, reply)).is_err() {
+        let command = match id {
+            Some(id) => Command::replay(request, id, replay, reply),
+            None => Command {
+                replay: Some(replay),
+                ..Command::internal("spool", request, reply)
+            },
+        };
+        if engine.send(command).is_err() {
             tracing::error!("the engine stopped while draining the spool; the rest stays spooled");
             break;
         }
         waiting.push((path, answer));
     }
     for (path, answer) in waiting {
-        match answer.await {
-            Ok(Ok(_)) => done.applied += 1,
-            Ok(Err(refusal)) if matches!(refusal, Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }) => {
-                // Not a verdict on the request (the store failed, a map is full): keep it and
-                // try again at the next drain.
-                tracing::warn!(file = %path.display(), "spooled request not applied yet, kept for the next drain: {}", refusal.to_body().message);
-                continue;
-            }
-            Ok(Err(refusal)) => {
-                tracing::warn!(file = %path.display(), "spooled request refused: {}", refusal.to_body().message);
-                done.refused += 1;
-            }
-            Err(_) => {
-                tracing::error!(file = %path.display(), "no answer from the engine; left in the spool");
-                continue;
-            }
-        }
-        if let Err(e) = fs::remove_file(&path) {
-            tracing::error!(file = %path.display(), error = %e, "cannot remove an applied spool file; it will be applied again at the next start");
-        }
+        settle(&path, answer.await, &mut done);
     }
     if done != Drained::default() {
         tracing::info!(
@@ -300,6 +360,42 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
         );
     }
     done
+}
+
+/// Reads one spool file (block and unblock requests only).
+fn read_entry(path: &Path) -> Result<Spooled, String> {
+    fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice::<Spooled>(&bytes).map_err(|e| e.to_string()))
+        .and_then(|s| match s.request {
+            Request::Block(_) | Request::BlockBatch(_) | Request::Unblock { .. } => Ok(s),
+            _ => Err("only block and unblock requests can be spooled".to_owned()),
+        })
+}
+
+/// Removes a replayed file once the engine gave its verdict (applied, or refused and audited);
+/// keeps it when the engine could not decide (store or kernel failure, no answer).
+fn settle(path: &Path, answer: Result<Result<crate::protocol::Reply, Refusal>, oneshot::error::RecvError>, done: &mut Drained) {
+    match answer {
+        Ok(Ok(_)) => done.applied += 1,
+        Ok(Err(refusal)) if matches!(refusal, Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }) => {
+            // Not a verdict on the request (the store failed, a map is full): keep it and
+            // try again at the next drain.
+            tracing::warn!(file = %path.display(), "spooled request not applied yet, kept for the next drain: {}", refusal.to_body().message);
+            return;
+        }
+        Ok(Err(refusal)) => {
+            tracing::warn!(file = %path.display(), "spooled request refused (see the audit log): {}", refusal.to_body().message);
+            done.refused += 1;
+        }
+        Err(_) => {
+            tracing::error!(file = %path.display(), "no answer from the engine; left in the spool");
+            return;
+        }
+    }
+    if let Err(e) = fs::remove_file(path) {
+        tracing::error!(file = %path.display(), error = %e, "cannot remove a replayed spool file; at the next start it is recognised by its request id and not applied again");
+    }
 }
 
 #[cfg(test)]
@@ -381,7 +477,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let state_dir = state.path().join("state");
         for (ms, t) in [(2000, Some(2)), (1000, Some(1)), (3000, Some(3))] {
-            write_entry(&state_dir, &Spooled { v: 1, spooled_ms: ms, request: block(t) }).unwrap();
+            write_entry(&state_dir, &Spooled { v: 1, spooled_ms: ms, id: None, request: block(t) }).unwrap();
         }
         let mode = fs::metadata(spool_dir(&state_dir)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
@@ -397,5 +493,70 @@ mod tests {
         assert_eq!(pending(&state_dir).unwrap().len(), 3);
         assert!(spool_dir(&state_dir).join(".tmp-x.json").exists());
         assert_eq!(pending(&state.path().join("none")).unwrap(), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn spool_files_sort_on_their_parsed_keys_padded_or_not() {
+        let key = |ms, pid, seq| SpoolKey { spooled_ms: ms, pid, seq };
+        assert_eq!(key(1_764_262_800_000, 4242, 7).file_name(), "00000001764262800000-0000004242-0000000007.json");
+        for k in [key(0, 0, 0), key(u64::MAX, u32::MAX, u64::MAX), key(1_764_262_800_000, 4242, 10)] {
+            assert_eq!(SpoolKey::parse(&k.file_name()), Some(k));
+        }
+        // Names of hooks before zero-padding: the pid and counter unpadded.
+        assert_eq!(SpoolKey::parse("0001764262800000-4242-10.json"), Some(key(1_764_262_800_000, 4242, 10)));
+        for bad in ["x.json", "1-2.json", "1-2-3-4.json", "1--3.json", "1-2-3", "1-+2-3.json", "1-99999999999-3.json", ".tmp-1-2-3.json"] {
+            assert_eq!(SpoolKey::parse(bad), None, "{bad}");
+        }
+        // One process, one millisecond: the counter decides, as a number ("10" after "9").
+        let dir = Path::new("/spool");
+        let names = [
+            "0001764262800000-4242-10.json",
+            "zz-not-a-key.json",
+            "0001764262800000-4242-9.json",
+            "00000001764262800000-0000004242-0000000011.json",
+            "0001764262799999-99999-0.json",
+            "0001764262800000-999-12.json",
+        ];
+        let sorted = in_spool_order(names.iter().map(|n| dir.join(n)).collect());
+        let sorted: Vec<_> = sorted.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(
+            sorted,
+            [
+                "0001764262799999-99999-0.json",
+                "0001764262800000-999-12.json",
+                "0001764262800000-4242-9.json",
+                "0001764262800000-4242-10.json",
+                "00000001764262800000-0000004242-0000000011.json",
+                "zz-not-a-key.json",
+            ]
+        );
+    }
+
+    #[test]
+    fn one_process_writes_many_entries_in_one_millisecond_and_they_come_back_in_order() {
+        let state = tempfile::tempdir().unwrap();
+        for ttl in 1..=25 {
+            write_entry(state.path(), &Spooled { v: 1, spooled_ms: 5, id: None, request: block(Some(ttl)) }).unwrap();
+        }
+        let ttls: Vec<_> = pending(state.path())
+            .unwrap()
+            .iter()
+            .map(|f| ttl(Some(serde_json::from_slice::<Spooled>(&fs::read(f).unwrap()).unwrap().request)))
+            .collect();
+        assert_eq!(ttls, (1..=25).map(Some).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_entry_is_replayed_under_its_own_id_or_else_one_made_of_its_file_name() {
+        let own: RequestId = "9f0c".parse().unwrap();
+        assert_eq!(replay_id(Some(own.clone()), "0001-2-3.json"), Some(own));
+        assert_eq!(replay_id(None, "0001-2-3.json").unwrap().as_str(), "spool:0001-2-3.json");
+        assert_eq!(replay_id(None, "with space.json"), None);
+        // `write` records the id it is given.
+        let state = tempfile::tempdir().unwrap();
+        let id = RequestId::generate();
+        let file = write(state.path(), &block(Some(60)), &id).unwrap();
+        let back: Spooled = serde_json::from_slice(&fs::read(file).unwrap()).unwrap();
+        assert_eq!(back.id, Some(id));
     }
 }

@@ -205,6 +205,9 @@ pub struct Ask<'a> {
     pub approved: bool,
     /// Whether the source already blocks this target (extensions do not count against the rate).
     pub existing: bool,
+    /// When the trigger was made (Unix ms): now, or a spooled trigger's spool time. The rate
+    /// limiter charges it then, so a backlog replayed at once meets the rate it arrived at.
+    pub at: UnixMillis,
 }
 
 /// The policy's decision.
@@ -328,8 +331,9 @@ impl Policy {
     }
 
     /// Decides a block request. `offenses` is how many earlier blocks of this target fall in the
-    /// repeat-offender window. Updates breaker state; returns whether a breaker opened.
-    pub fn decide(&mut self, ask: &Ask<'_>, allow: &Allowlist, offenses: usize, now: UnixMillis) -> (Decision, BreakerEvent) {
+    /// repeat-offender window. Updates breaker state (at the trigger's time, `ask.at`); returns
+    /// whether a breaker opened.
+    pub fn decide(&mut self, ask: &Ask<'_>, allow: &Allowlist, offenses: usize) -> (Decision, BreakerEvent) {
         let sp = self.config.source(ask.source);
         let refused = |(rule, message)| (Decision::Refuse { rule, message }, BreakerEvent::None);
         if let Err(r) = self.check_scope(ask, &sp, allow) {
@@ -341,7 +345,7 @@ impl Policy {
             Err(r) => return refused(r),
         };
         let mut mode = if ask.shadow { Mode::Shadow } else { Mode::Enforce };
-        let event = match self.breaker(ask, &sp, now) {
+        let event = match self.breaker(ask, &sp) {
             BreakerCheck::Closed => BreakerEvent::None,
             BreakerCheck::Open { opened, action, limit } => {
                 let event = if opened { BreakerEvent::Opened } else { BreakerEvent::None };
@@ -447,31 +451,41 @@ impl Policy {
     /// Rule 5: the circuit breaker. New blocks count against the rate; an open breaker applies
     /// to re-blocks by its source too, so repeats cannot undo it (a shadowed block is not
     /// enforced by its repeats while the breaker is open).
-    fn breaker(&mut self, ask: &Ask<'_>, sp: &SourcePolicy, now: UnixMillis) -> BreakerCheck {
+    ///
+    /// Everything is judged at the trigger's time `ask.at`, not at the time it is applied: a
+    /// spooled backlog is charged as it arrived (eight triggers over ten minutes stay within a
+    /// rate of three a minute; six in one second do not, and the breaker opens at the fourth's
+    /// spool time, its cooldown running from then). Triggers are charged in the order they
+    /// come; one older than the newest charged counts against the minute before its own time.
+    fn breaker(&mut self, ask: &Ask<'_>, sp: &SourcePolicy) -> BreakerCheck {
         let limit = sp.rate_limit.unwrap_or(self.config.rate_limit);
         if limit == 0 {
             return BreakerCheck::Closed;
         }
         let action = sp.on_rate_limit.unwrap_or(self.config.on_rate_limit);
         let cooldown = sp.breaker_cooldown.map_or(self.config.breaker_cooldown.0, |d| d.0);
+        let at = ask.at;
         let b = self.breakers.entry(ask.source.clone()).or_default();
-        if b.open_until.is_some_and(|u| u <= now) {
+        if b.open_until.is_some_and(|u| u <= at) {
             *b = Breaker::default();
         }
-        while b.recent.front().is_some_and(|t| *t + 60_000 <= now) {
+        while b.recent.front().is_some_and(|t| *t + 60_000 <= at) {
             b.recent.pop_front();
         }
+        let in_window = b.recent.iter().filter(|&&t| t + 60_000 > at && t <= at).count();
         let mut opened = false;
-        if !ask.existing && b.open_until.is_none() && b.recent.len() >= limit as usize {
-            b.open_until = Some(now + cooldown.as_millis() as u64);
-            b.opened_at = Some(now);
+        if !ask.existing && b.open_until.is_none() && in_window >= limit as usize {
+            b.open_until = Some(at + cooldown.as_millis() as u64);
+            b.opened_at = Some(at);
             opened = true;
         }
         if b.open_until.is_some() {
             return BreakerCheck::Open { opened, action, limit };
         }
         if !ask.existing {
-            b.recent.push_back(now);
+            // Kept in time order, whatever order the triggers came in.
+            let i = b.recent.partition_point(|&t| t <= at);
+            b.recent.insert(i, at);
         }
         BreakerCheck::Closed
     }
@@ -570,7 +584,12 @@ mod tests {
             force: false,
             approved: false,
             existing: false,
+            at: 0,
         }
+    }
+
+    fn at(ask: Ask<'_>, ms: UnixMillis) -> Ask<'_> {
+        Ask { at: ms, ..ask }
     }
 
     fn allow(prefixes: &[&str]) -> Allowlist {
@@ -594,17 +613,17 @@ mod tests {
         let cli = Source::cli();
         let wazuh: Source = "wazuh".parse().unwrap();
         let a = allow(&["192.0.2.0/28"]);
-        assert_eq!(refused(&p.decide(&ask("192.0.2.5", &wazuh), &a, 0, 0).0), "allowlist");
-        assert_eq!(refused(&p.decide(&ask("192.0.2.0/24", &wazuh), &a, 0, 0).0), "allowlist");
+        assert_eq!(refused(&p.decide(&ask("192.0.2.5", &wazuh), &a, 0).0), "allowlist");
+        assert_eq!(refused(&p.decide(&ask("192.0.2.0/24", &wazuh), &a, 0).0), "allowlist");
         let mut forced = ask("192.0.2.0/24", &cli);
         forced.force = true;
-        assert!(matches!(p.decide(&forced, &a, 0, 0).0, Decision::Apply { .. }));
+        assert!(matches!(p.decide(&forced, &a, 0).0, Decision::Apply { .. }));
         let mut not_allowed = ask("192.0.2.0/24", &wazuh);
         not_allowed.force = true;
-        assert_eq!(refused(&p.decide(&not_allowed, &a, 0, 0).0), "force");
-        assert_eq!(refused(&p.decide(&ask("198.51.0.0/16", &wazuh), &a, 0, 0).0), "scope");
-        assert_eq!(refused(&p.decide(&ask("2001:db8::/32", &wazuh), &a, 0, 0).0), "scope");
-        assert!(matches!(p.decide(&ask("2001:db8::/48", &wazuh), &a, 0, 0).0, Decision::Apply { .. }));
+        assert_eq!(refused(&p.decide(&not_allowed, &a, 0).0), "force");
+        assert_eq!(refused(&p.decide(&ask("198.51.0.0/16", &wazuh), &a, 0).0), "scope");
+        assert_eq!(refused(&p.decide(&ask("2001:db8::/32", &wazuh), &a, 0).0), "scope");
+        assert!(matches!(p.decide(&ask("2001:db8::/48", &wazuh), &a, 0).0, Decision::Apply { .. }));
     }
 
     #[test]
@@ -630,16 +649,16 @@ mod tests {
             Decision::Apply { ttl, .. } => ttl.map(|t| t.as_secs()),
             other => panic!("{other:?}"),
         };
-        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 0, 0).0), Some(600));
-        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 1, 0).0), Some(3600));
-        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 5, 0).0), Some(7200), "capped by max_ttl");
+        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 0).0), Some(600));
+        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 1).0), Some(3600));
+        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 5).0), Some(7200), "capped by max_ttl");
         let mut perm = ask("192.0.2.1", &wazuh);
         perm.permanent = true;
-        assert_eq!(refused(&p.decide(&perm, &none, 0, 0).0), "time_bounds");
+        assert_eq!(refused(&p.decide(&perm, &none, 0).0), "time_bounds");
         let cli = Source::cli();
         let mut perm = ask("192.0.2.1", &cli);
         perm.permanent = true;
-        assert_eq!(ttl(p.decide(&perm, &none, 0, 0).0), None);
+        assert_eq!(ttl(p.decide(&perm, &none, 0).0), None);
     }
 
     #[test]
@@ -657,13 +676,52 @@ mod tests {
             other => panic!("{other:?}"),
         };
         for i in 0..3 {
-            assert_eq!(mode(p.decide(&ask(&format!("192.0.2.{i}"), &s), &none, 0, 1000).0), Mode::Enforce);
+            assert_eq!(mode(p.decide(&at(ask(&format!("192.0.2.{i}"), &s), 1000), &none, 0).0), Mode::Enforce);
         }
-        let (d, ev) = p.decide(&ask("192.0.2.9", &s), &none, 0, 1000);
+        let (d, ev) = p.decide(&at(ask("192.0.2.9", &s), 1000), &none, 0);
         assert!(matches!(ev, BreakerEvent::Opened));
         assert_eq!(mode(d), Mode::Shadow);
         assert_eq!(p.open_breakers(2000).len(), 1);
         assert!(p.open_breakers(61_001).is_empty());
-        assert_eq!(mode(p.decide(&ask("192.0.2.10", &s), &none, 0, 61_001).0), Mode::Enforce);
+        assert_eq!(mode(p.decide(&at(ask("192.0.2.10", &s), 61_001), &none, 0).0), Mode::Enforce);
+    }
+
+    #[test]
+    fn the_breaker_charges_each_trigger_at_its_own_time() {
+        let cfg = PolicyConfig {
+            rate_limit: 3,
+            on_rate_limit: BreakerAction::Refuse,
+            breaker_cooldown: "10m".parse().unwrap(),
+            ..PolicyConfig::default()
+        };
+        let s: Source = "wazuh".parse().unwrap();
+        let none = Allowlist::default();
+        let applied = |d: &Decision| matches!(d, Decision::Apply { .. });
+        // Eight triggers spread over ten minutes, decided one after the other (a backlog):
+        // never more than one a minute, so the breaker stays closed.
+        let mut p = Policy::new(cfg.clone(), Duration::from_secs(600));
+        for i in 0..8u64 {
+            let (d, _) = p.decide(&at(ask(&format!("192.0.2.{i}"), &s), i * 75_000), &none, 0);
+            assert!(applied(&d), "trigger {i}: {d:?}");
+        }
+        assert!(p.open_breakers(10 * 60_000).is_empty());
+        // Six within five seconds: the fourth opens it at its own time, and the cooldown runs
+        // from then (closed again ten minutes later, whenever the backlog is decided).
+        let mut p = Policy::new(cfg.clone(), Duration::from_secs(600));
+        let decided: Vec<_> = (0..6u64).map(|i| p.decide(&at(ask(&format!("192.0.2.{i}"), &s), 1000 + i * 1000), &none, 0)).collect();
+        assert!(decided[..3].iter().all(|(d, _)| applied(d)));
+        assert_eq!(decided[3..].iter().map(|(d, _)| refused(d)).collect::<Vec<_>>(), ["breaker"; 3]);
+        assert!(matches!(decided[3].1, BreakerEvent::Opened));
+        let open = p.open_breakers(4000);
+        assert_eq!((open[0].opened_ms, open[0].closes_ms), (4000, 4000 + 600_000));
+        assert!(p.open_breakers(4000 + 600_000).is_empty());
+        // A trigger older than the newest charged counts against the minute before its time.
+        let mut p = Policy::new(cfg, Duration::from_secs(600));
+        for (i, t) in [200_000u64, 100_000, 100_500, 150_000].into_iter().enumerate() {
+            let (d, _) = p.decide(&at(ask(&format!("192.0.2.{i}"), &s), t), &none, 0);
+            assert!(applied(&d), "{t}: {d:?}");
+        }
+        let (d, _) = p.decide(&at(ask("192.0.2.9", &s), 151_000), &none, 0);
+        assert_eq!(refused(&d), "breaker", "three in the minute before 151 s");
     }
 }

@@ -15,6 +15,7 @@ mod allow;
 mod capacity;
 mod clock;
 mod offenses;
+mod requests;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ pub use capacity::Capacity;
 pub use clock::{ClockChange, REBASE_DRIFT_MS, is_step, jump_event};
 pub use offenses::MAX_OFFENDERS;
 use offenses::Offenses;
+pub use requests::{AppliedIds, MAX_REQUEST_IDS, REQUEST_ID_RETENTION};
 
 use super::refusal::Refusal;
 use crate::{
@@ -37,7 +39,7 @@ use crate::{
     audit::{Action, Event},
     block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks, UnixMillis},
     policy::{Allowlist, Ask, BreakerEvent, Decision, Policy},
-    protocol::{BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply, Request},
+    protocol::{BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply, Request, RequestId},
     store::StoreOp,
     target::Target,
     time::TimeBase,
@@ -62,6 +64,7 @@ pub struct Change {
     pending_before: Option<(BTreeMap<u64, PendingBlock>, u64)>,
     offenses_before: BTreeMap<Target, Option<Vec<UnixMillis>>>,
     allow_before: Option<Allowlist>,
+    ids: requests::IdsUndo,
 }
 
 impl Change {
@@ -79,6 +82,41 @@ impl Change {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.allow_kernel.is_empty()
     }
+}
+
+/// A write request as the engine hands it to the ledger: the request, who made it, its id and,
+/// for a spooled trigger, where it was spooled.
+#[derive(Debug)]
+pub struct Write {
+    /// The request.
+    pub request: Request,
+    /// Who made it (its access was checked already).
+    pub caller: Caller,
+    /// The client's id for it, if it gave one.
+    pub id: Option<RequestId>,
+    /// Set when it is a spooled trigger being replayed.
+    pub replay: Option<Replay>,
+}
+
+impl Write {
+    /// A request with no id, not from the spool.
+    pub fn new(request: Request, caller: Caller) -> Self {
+        Self {
+            request,
+            caller,
+            id: None,
+            replay: None,
+        }
+    }
+}
+
+/// A spooled trigger being replayed: when it was made, and its file (for the audit log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replay {
+    /// When the trigger was spooled (Unix ms): the time the rate limiter charges it at.
+    pub spooled_ms: UnixMillis,
+    /// Its spool file's name.
+    pub file: String,
 }
 
 /// A request's answer and the targets it touched (a kernel failure on one fails the answer).
@@ -116,6 +154,10 @@ pub struct Ledger {
     capacity: Capacity,
     /// Who made the request being applied (recorded with the pending blocks it creates).
     asking: Option<CallerId>,
+    /// The spooled trigger being replayed, while it is applied.
+    replaying: Option<Replay>,
+    /// The ids of applied requests.
+    requests: AppliedIds,
 }
 
 /// A block as a request asks for it, after policy.
@@ -173,6 +215,8 @@ impl Ledger {
             allow: Allowlist::default(),
             capacity,
             asking: None,
+            replaying: None,
+            requests: AppliedIds::default(),
         }
     }
 
@@ -265,11 +309,46 @@ impl Ledger {
             .min()
     }
 
-    /// Applies one write request from `by` (whose access was checked already).
-    pub fn apply(&mut self, c: &mut Change, request: Request, by: &Caller, now: UnixMillis) -> Applied {
-        self.asking = Some(by.id.clone());
+    /// Applies one write request (whose access was checked already). A request whose id was
+    /// applied already gets the first answer and changes nothing. The events of a replayed
+    /// trigger name its spool time and file.
+    pub fn apply(&mut self, c: &mut Change, write: Write, now: UnixMillis) -> Applied {
+        let Write { request, caller, id, replay } = write;
+        if let Some(reply) = id.as_ref().and_then(|id| self.answered(id)) {
+            tracing::info!(id = %id.as_ref().map(RequestId::as_str).unwrap_or_default(), op = request.op(), "request already applied; answered with its first answer");
+            return Applied {
+                answer: Ok(reply.clone()),
+                touched: vec![],
+                wrote: false,
+            };
+        }
+        let first_event = c.events.len();
+        let subject = replay.as_ref().map(|_| replay_subject(&request));
+        self.asking = Some(caller.id);
+        self.replaying = replay;
         let applied = self.apply_request(c, request, now);
         self.asking = None;
+        if let (Some(replay), Some(subject)) = (self.replaying.take(), subject) {
+            // Every refused replay is audited, even one no rule had a line for (an unblock of
+            // a target no longer blocked, an invalid value), and every line of a replay names
+            // its spool time and file.
+            if let Err(refusal) = &applied.answer
+                && c.events.len() == first_event
+            {
+                let (target, source) = subject;
+                let mut e = Event::untargeted(Action::Refuse).detail(refusal.to_string());
+                e.target = target;
+                e.source = source;
+                c.events.push(e);
+            }
+            for e in &mut c.events[first_event..] {
+                e.spooled_ms = Some(replay.spooled_ms);
+                e.spool_file = Some(replay.file.clone());
+            }
+        }
+        if let (Some(id), Ok(reply)) = (id, &applied.answer) {
+            self.remember_request(c, id, reply.clone(), now);
+        }
         applied
     }
 
@@ -347,12 +426,12 @@ impl Ledger {
         let (ttl, mode, notes) = match self.decide(c, &req, approved, now) {
             Decision::Apply { ttl, mode, notes } => (ttl, mode, notes),
             Decision::Pending { why } => return Ok(self.add_pending(c, req, &reason, why, now)),
-            Decision::Refuse { rule, message } => return Err(self.refuse(c, &req, Refusal::Policy { rule, message })),
+            Decision::Refuse { rule, message } => return Err(self.refuse(c, &req, &reason, Refusal::Policy { rule, message })),
         };
         let target = req.target;
         let is_new_target = !self.blocks.contains_key(&target);
         if is_new_target && let Err(full) = self.capacity.check(&target) {
-            return Err(self.refuse(c, &req, full));
+            return Err(self.refuse(c, &req, &reason, full));
         }
         let fresh = Fresh {
             source: req.source,
@@ -398,8 +477,11 @@ impl Ledger {
             force: req.force,
             approved,
             existing,
+            // A replay is charged at its spool time (never later than now: a clock that went
+            // back), so a backlog drained at once meets the rate it arrived at.
+            at: self.replaying.as_ref().map_or(now, |r| r.spooled_ms.min(now)),
         };
-        let (decision, event) = self.policy.decide(&ask, &self.allow, offenses, now);
+        let (decision, event) = self.policy.decide(&ask, &self.allow, offenses);
         if let BreakerEvent::Opened = event {
             tracing::warn!(source = %req.source, "circuit breaker opened");
             c.events.push(
@@ -411,8 +493,8 @@ impl Ledger {
         decision
     }
 
-    /// Audits a refusal and hands it back.
-    fn refuse(&self, c: &mut Change, req: &BlockRequest, refusal: Refusal) -> Refusal {
+    /// Audits a refusal (with the reason the request gave) and hands it back.
+    fn refuse(&self, c: &mut Change, req: &BlockRequest, reason: &Arc<Reason>, refusal: Refusal) -> Refusal {
         let detail = match &refusal {
             Refusal::MapFull { .. } => format!("rule `capacity`: {refusal}"),
             other => other.to_string(),
@@ -422,7 +504,11 @@ impl Ledger {
             Refusal::Policy { rule, .. } => c.refused.push((rule.as_str(), req.source.clone())),
             _ => {}
         }
-        c.events.push(Event::new(Action::Refuse, req.target).source(&req.source).detail(detail));
+        let mut e = Event::new(Action::Refuse, req.target).source(&req.source).detail(detail);
+        if **reason != Reason::default() {
+            e.reason = Some(reason.clone());
+        }
+        c.events.push(e);
         refusal
     }
 
@@ -673,6 +759,7 @@ impl Ledger {
             self.capacity.set_allow(&allow);
             self.allow = allow;
         }
+        self.undo_ids(c.ids);
     }
 
     fn remember(&self, c: &mut Change, target: &Target) {
@@ -695,6 +782,16 @@ impl Ledger {
         if let Some(e) = block.expires_ms {
             self.deadlines.remove(&(e, *target, block.source.clone()));
         }
+    }
+}
+
+/// The target and source of a spooled request, for the audit line of its refusal.
+fn replay_subject(request: &Request) -> (Option<Target>, Option<Source>) {
+    match request {
+        Request::Block(b) => (Some(b.target), Some(b.source.clone())),
+        Request::BlockBatch(b) => (None, Some(b.source.clone())),
+        Request::Unblock { target, source, .. } => (Some(*target), source.clone()),
+        _ => (None, None),
     }
 }
 

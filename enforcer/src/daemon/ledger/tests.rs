@@ -134,7 +134,7 @@ impl Rig {
     }
 
     fn round(&mut self, requests: Vec<Request>, now: UnixMillis) -> round::Answered {
-        let requests = requests.into_iter().map(|r| (r, Caller::internal("test"))).collect();
+        let requests = requests.into_iter().map(|r| Write::new(r, Caller::internal("test"))).collect();
         round::run(&mut self.ledger, &mut self.store, &mut self.kernel, requests, now)
     }
 
@@ -624,6 +624,145 @@ fn unspecified_and_multicast_targets_are_refused_as_invalid() {
     assert!(r.ledger.blocks().is_empty());
 }
 
+fn with_id(request: Request, id: &str) -> Write {
+    Write {
+        id: Some(id.parse().unwrap()),
+        ..Write::new(request, Caller::internal("test"))
+    }
+}
+
+fn replayed(request: Request, id: &str, spooled_ms: UnixMillis, file: &str) -> Write {
+    Write {
+        replay: Some(Replay { spooled_ms, file: file.to_owned() }),
+        ..with_id(request, id)
+    }
+}
+
+impl Rig {
+    fn writes(&mut self, writes: Vec<Write>, now: UnixMillis) -> round::Answered {
+        round::run(&mut self.ledger, &mut self.store, &mut self.kernel, writes, now)
+    }
+}
+
+fn expires(answer: &Result<Reply, Refusal>) -> Option<UnixMillis> {
+    match answer {
+        Ok(Reply::Block(b)) => b.expires_ms,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
+    let mut r = Rig::new(ledger());
+    let first = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "a")], T0);
+    // The same id again, in a later round and twice within one round, with another TTL.
+    let again = r.writes(
+        vec![
+            with_id(Request::Block(req("192.0.2.1", "wazuh", Some(6000))), "a"),
+            with_id(Request::Block(req("192.0.2.1", "wazuh", Some(6000))), "a"),
+        ],
+        T0 + 1000,
+    );
+    assert_eq!(expires(&again.answers[0]), expires(&first.answers[0]));
+    assert_eq!(expires(&again.answers[1]), Some(T0 + 60_000));
+    assert!(again.events.is_empty(), "a duplicate is not audited as a block");
+    assert_eq!(source_block(&r.ledger, "192.0.2.1", "wazuh").unwrap().expires_ms, Some(T0 + 60_000));
+    // The id went to the store with the block, in one commit.
+    assert!(r.store.commits[0].iter().any(|op| matches!(op, StoreOp::PutRequest(a) if a.id.as_str() == "a")));
+    assert!(r.store.commits[0].iter().any(|op| matches!(op, StoreOp::Put(_))));
+    // Another id is another request; no id is never a duplicate.
+    let other = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(6000))), "b")], T0 + 2000);
+    assert_eq!(expires(&other.answers[0]), Some(T0 + 2000 + 6_000_000));
+    assert_eq!(r.ledger.applied_ids().len(), 2);
+    // A refused request is not remembered: sent again, it meets the rules again.
+    let refused = r.writes(vec![with_id(Request::Block(req("198.51.0.0/16", "wazuh", Some(60))), "c")], T0);
+    assert!(refused.answers[0].is_err());
+    assert_eq!(r.ledger.applied_ids().len(), 2);
+}
+
+#[test]
+fn a_failed_commit_forgets_the_ids_of_its_round() {
+    let mut r = Rig::new(ledger());
+    r.store.fail = true;
+    let failed = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "a")], T0);
+    assert!(matches!(failed.answers[0], Err(Refusal::Store(_))));
+    assert!(r.ledger.applied_ids().is_empty());
+    r.store.fail = false;
+    let applied = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "a")], T0 + 1000);
+    assert_eq!(expires(&applied.answers[0]), Some(T0 + 1000 + 60_000), "applied now, not answered from the failed round");
+}
+
+#[test]
+fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
+    let mut r = Rig::new(ledger());
+    r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "old")], T0);
+    let week = REQUEST_ID_RETENTION.as_millis() as u64;
+    r.writes(vec![with_id(Request::Block(req("192.0.2.2", "wazuh", Some(60))), "new")], T0 + week);
+    assert_eq!(r.ledger.applied_ids().len(), 1, "the week-old id went");
+    assert!(r.store.commits[1].iter().any(|op| matches!(op, StoreOp::DeleteRequest(id) if id.as_str() == "old")));
+    // Loaded from the store at start: what is past its retention is handed back to delete.
+    let stored: Vec<crate::store::AppliedRequest> = ["x", "y"]
+        .iter()
+        .zip([T0, T0 + week])
+        .map(|(id, at)| crate::store::AppliedRequest { id: id.parse().unwrap(), applied_ms: at, reply: Reply::Refreshed })
+        .collect();
+    let mut fresh = ledger();
+    let forgotten = fresh.load_requests(stored, T0 + week + 1);
+    assert_eq!(forgotten.iter().map(RequestId::as_str).collect::<Vec<_>>(), ["x"]);
+    assert_eq!(fresh.applied_ids().len(), 1);
+}
+
+#[test]
+fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names_its_file() {
+    let mut cfg = PolicyConfig::default();
+    cfg.sources.insert(src("wazuh"), SourcePolicy {
+        rate_limit: Some(3),
+        on_rate_limit: Some(BreakerAction::Refuse),
+        ..SourcePolicy::default()
+    });
+    let now = T0 + 20 * MIN;
+    // Eight triggers spooled over ten minutes, replayed in one round now: all applied.
+    let mut r = Rig::new(ledger_with(cfg.clone(), 100));
+    let spread: Vec<Write> = (0..8u64)
+        .map(|i| replayed(Request::Block(req(&format!("192.0.2.{i}"), "wazuh", Some(3600))), &format!("s{i}"), T0 + i * 75_000, &format!("f{i}")))
+        .collect();
+    let answered = r.writes(spread, now);
+    assert!(answered.answers.iter().all(Result::is_ok), "{:?}", answered.answers);
+    assert!(r.ledger.policy_mut().open_breakers(now).is_empty());
+    assert!(answered.events.iter().all(|e| e.spool_file.is_some() && e.spooled_ms.is_some()), "every line names its file");
+    // Six within five seconds: three applied, three refused, each refusal audited with its
+    // file, spool time and reason.
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    let burst: Vec<Write> = (0..6u64)
+        .map(|i| {
+            let mut b = req(&format!("198.51.100.{i}"), "wazuh", Some(3600));
+            b.reason = Reason::text(format!("alert {i}"));
+            replayed(Request::Block(b), &format!("b{i}"), T0 + i * 1000, &format!("file{i}.json"))
+        })
+        .collect();
+    let answered = r.writes(burst, now);
+    assert!(answered.answers[..3].iter().all(Result::is_ok));
+    assert!(answered.answers[3..].iter().all(|a| matches!(a, Err(Refusal::Policy { rule: Rule::Breaker, .. }))));
+    let refusals: Vec<&Event> = answered.events.iter().filter(|e| e.action == Action::Refuse).collect();
+    assert_eq!(refusals.len(), 3);
+    for (i, e) in (3..6u64).zip(refusals) {
+        assert_eq!(e.spool_file.as_deref(), Some(format!("file{i}.json").as_str()));
+        assert_eq!(e.spooled_ms, Some(T0 + i * 1000));
+        assert_eq!(e.reason.as_ref().unwrap().text.as_deref(), Some(format!("alert {i}").as_str()));
+    }
+    let open = r.ledger.policy_mut().open_breakers(T0 + 4000);
+    assert_eq!(open[0].opened_ms, T0 + 3000, "opened at the fourth trigger's spool time");
+    assert_eq!(open[0].closes_ms, T0 + 3000 + 10 * MIN, "and its cooldown runs from then");
+    // A replay no rule refuses but that cannot be done is audited too.
+    let gone = r.writes(
+        vec![replayed(Request::Unblock { target: t("203.0.113.9"), source: Some(src("wazuh")), all: false }, "u", T0, "u.json")],
+        now,
+    );
+    assert!(matches!(gone.answers[0], Err(Refusal::NotFound(_))));
+    assert_eq!(gone.events.len(), 1);
+    assert_eq!((gone.events[0].action, gone.events[0].spool_file.as_deref()), (Action::Refuse, Some("u.json")));
+}
+
 #[test]
 fn a_pending_block_remembers_who_asked() {
     let cfg = PolicyConfig {
@@ -633,7 +772,7 @@ fn a_pending_block_remembers_who_asked() {
     let mut r = Rig::new(ledger_with(cfg, 100));
     let wazuh = Caller::peer(998, Some("wazuh"), &[]);
     let mut c = Change::default();
-    let applied = r.ledger.apply(&mut c, Request::Block(req("198.51.100.7", "review", Some(60))), &wazuh, T0);
+    let applied = r.ledger.apply(&mut c, Write::new(Request::Block(req("198.51.100.7", "review", Some(60))), wazuh.clone()), T0);
     let Ok(Reply::Block(reply)) = applied.answer else { panic!("{:?}", applied.answer) };
     let p = &r.ledger.pending()[&reply.pending_id.unwrap()];
     assert_eq!(p.requested_by.as_ref(), Some(&wazuh.id));
