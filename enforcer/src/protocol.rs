@@ -80,13 +80,13 @@ pub enum RequestIdError {
 }
 
 impl RequestId {
-    /// A fresh id: 32 hex digits of the kernel's randomness (`getrandom(2)`), falling back to
-    /// the time, pid and a counter if that fails.
+    /// A fresh id: 32 hex digits of the kernel's randomness (`/dev/urandom`), falling back to
+    /// the time, pid and a counter if that cannot be read.
     pub fn generate() -> Self {
+        use std::io::Read as _;
         let mut bytes = [0u8; 16];
-        // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if usize::try_from(n).ok() != Some(bytes.len()) {
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        if read.is_err() {
             static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let fallback = format!("{:x}-{:x}-{seq:x}", crate::block::now_ms(), std::process::id());
