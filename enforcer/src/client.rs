@@ -226,3 +226,96 @@ fn call_with_deadline(socket: &Path, request: &Request, id: &RequestId, timeout:
         other => (reached, other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead as _, BufReader},
+        os::{
+            fd::{AsRawFd as _, OwnedFd},
+            unix::net::UnixListener,
+        },
+        time::Instant,
+    };
+
+    use nix::{
+        errno::Errno,
+        sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket},
+    };
+
+    use super::*;
+    use crate::{
+        block::{Reason, Source},
+        daemon::spool::{self, Spooled},
+        protocol::BlockRequest,
+    };
+
+    fn unix_socket(flags: SockFlag) -> OwnedFd {
+        socket(AddressFamily::Unix, SockType::Stream, flags, None).unwrap()
+    }
+
+    /// A listener whose backlog is full: a blocking connect to it waits until something is
+    /// accepted (what a daemon too busy to accept looks like). Returns it and the fillers.
+    fn full_listener(path: &Path) -> (UnixListener, Vec<OwnedFd>) {
+        let listener = unix_socket(SockFlag::empty());
+        let addr = UnixAddr::new(path).unwrap();
+        bind(listener.as_raw_fd(), &addr).unwrap();
+        listen(&listener, Backlog::new(0).unwrap()).unwrap();
+        let mut fillers = Vec::new();
+        loop {
+            let filler = unix_socket(SockFlag::SOCK_NONBLOCK);
+            match connect(filler.as_raw_fd(), &addr) {
+                Ok(()) => fillers.push(filler),
+                Err(Errno::EAGAIN) => break,
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+            assert!(fillers.len() < 1000, "the backlog never filled");
+        }
+        (UnixListener::from(listener), fillers)
+    }
+
+    #[test]
+    fn a_trigger_spooled_after_a_timed_out_connect_carries_the_id_its_late_delivery_carries() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("busy.sock");
+        let state = dir.path().join("state");
+        let (listener, fillers) = full_listener(&socket);
+        let request = Request::Block(BlockRequest {
+            target: "192.0.2.10".parse().unwrap(),
+            ttl_secs: Some(600),
+            permanent: false,
+            source: Source::cli(),
+            reason: Reason::default(),
+            shadow: false,
+            force: false,
+        });
+        let Delivery::Spooled { file, .. } = deliver(&socket, &request, Duration::from_millis(200), Some(&state)) else {
+            panic!("a connect that timed out is spooled");
+        };
+        let spooled: Spooled = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let spooled_id = spooled.id.expect("the spooled entry has the attempt's id");
+        assert_eq!(spool::pending(&state).unwrap(), vec![file]);
+        // The daemon gets to its queue: the stuck connect goes through after all and delivers
+        // the same request, under the same id, so the daemon applies it once.
+        drop(fillers);
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                    let mut line = String::new();
+                    if BufReader::new(stream).read_line(&mut line).is_ok_and(|n| n > 0) {
+                        break line;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "the late delivery never came");
+        };
+        let late: Envelope<Request> = serde_json::from_str(&line).unwrap();
+        assert_eq!(late.id, Some(spooled_id));
+    }
+}
