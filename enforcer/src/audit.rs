@@ -5,7 +5,7 @@
 //! record for people and SIEMs, the store is the source of truth.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, BufWriter, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
@@ -180,7 +180,7 @@ impl AuditLog {
     /// Opens (appending) `dir/audit.log`.
     pub fn open(dir: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
         let path = dir.join("audit.log");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = crate::safe_fs::open_append(&path, 0o640)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path,
@@ -229,7 +229,7 @@ impl AuditLog {
             let _ = fs::rename(numbered(n), numbered(n + 1));
         }
         fs::rename(&self.path, numbered(1))?;
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = crate::safe_fs::open_append(&self.path, 0o640)?;
         self.out = BufWriter::new(file);
         self.size = 0;
         Ok(())

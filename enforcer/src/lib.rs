@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod policy;
 pub mod protocol;
+pub mod safe_fs;
 pub mod store;
 pub mod target;
 pub mod time;

@@ -5,7 +5,7 @@
 //! access rules say so ([`AccessPolicy::may_connect`]); every request then carries that caller
 //! to the engine, which checks it ([`crate::access`]).
 
-use std::{io, os::unix::fs::PermissionsExt as _, path::Path, sync::{Arc, mpsc::SyncSender}};
+use std::{io, path::Path, sync::{Arc, mpsc::SyncSender}};
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -46,10 +46,8 @@ pub async fn bind(path: &Path, socket_gid: Option<u32>) -> anyhow::Result<UnixLi
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(gid) = socket_gid {
-        std::os::unix::fs::chown(path, None, Some(gid))?;
-    }
+    // Never through a link someone put there after the bind.
+    crate::safe_fs::chmod_no_follow(path, 0o660, socket_gid)?;
     Ok(listener)
 }
 

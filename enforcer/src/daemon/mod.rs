@@ -16,7 +16,6 @@ pub mod spool;
 pub mod systemd;
 
 use std::{
-    os::unix::fs::DirBuilderExt as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -99,11 +98,12 @@ struct Shared {
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.
 fn open_engine(config: &Config, access: &AccessPolicy) -> anyhow::Result<engine::Engine> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(&config.state_dir)
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    // Everything in it is written as root and trusted at the next start (the spool is root's
+    // requests): a directory others may write, or another user owns, is refused.
+    crate::safe_fs::private_dir(&config.state_dir, 0o750).context("the state directory")?;
+    if std::fs::symlink_metadata(spool::spool_dir(&config.state_dir)).is_ok() {
+        spool::check_dir(&config.state_dir).context("the spool directory")?;
+    }
     let store = Store::open(&config.state_dir.join("blocks.redb"))?;
     let audit = AuditLog::open(&config.state_dir, config.audit.max_bytes, config.audit.keep)
         .with_context(|| format!("opening the audit log in {}", config.state_dir.display()))?;

@@ -42,7 +42,7 @@
 use std::{
     fs, io,
     io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -125,6 +125,12 @@ pub fn spool_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(SPOOL_DIR)
 }
 
+/// Refuses a spool directory that is a symbolic link, that others may write, or that another
+/// user owns (its files are applied as root's requests). Used by the writer and at start.
+pub fn check_dir(state_dir: &Path) -> Result<(), crate::safe_fs::SafeFsError> {
+    crate::safe_fs::check_private_dir_no_follow(&spool_dir(state_dir))
+}
+
 /// Spools `request`, made now, under the id of the attempt that could not deliver it. Returns
 /// the file written.
 pub fn write(state_dir: &Path, request: &Request, id: &RequestId) -> io::Result<PathBuf> {
@@ -148,27 +154,17 @@ pub fn write_entry(state_dir: &Path, entry: &Spooled) -> io::Result<PathBuf> {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
+    check_dir(state_dir)?;
     let name = SpoolKey {
         spooled_ms: entry.spooled_ms,
         pid: std::process::id(),
         seq: SEQ.fetch_add(1, Ordering::Relaxed),
     }
     .file_name();
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let path = dir.join(&name);
     let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
     line.push(b'\n');
-    let result = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        file.write_all(&line)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| path)
+    let new = crate::safe_fs::NewFile { mode: 0o600, owner: None };
+    Ok(crate::safe_fs::replace_file(&dir, &name, new, |f| f.write_all(&line))?)
 }
 
 /// The spooled files, oldest first: in the order of their parsed [`SpoolKey`]s (files with

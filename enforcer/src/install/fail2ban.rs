@@ -8,7 +8,6 @@
 use std::{
     fs, io,
     io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -72,6 +71,9 @@ pub enum InstallError {
     #[error("{0} exists and differs from this action; pass --force to replace it")]
     Differs(PathBuf),
     /// A file operation failed.
+    /// A symbolic link at the target, or another refusal of a file written as root.
+    #[error(transparent)]
+    File(#[from] crate::safe_fs::SafeFsError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         /// What was being done.
@@ -129,6 +131,7 @@ pub fn install(options: &InstallOptions) -> Result<(PathBuf, Outcome), InstallEr
         return Err(InstallError::NoDir(options.dir.clone()));
     }
     let path = options.dir.join(format!("{}.conf", options.name));
+    crate::safe_fs::refuse_symlink(&path)?;
     let outcome = match fs::read(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Outcome::Created,
         Err(e) => return Err(io_err("reading", &path)(e)),
@@ -137,26 +140,8 @@ pub fn install(options: &InstallOptions) -> Result<(PathBuf, Outcome), InstallEr
         Ok(_) => return Err(InstallError::Differs(path)),
     };
     // Written under a temporary name and renamed: fail2ban never reads half a file.
-    let tmp = options.dir.join(format!(".{}.conf.enforcer-install-{}", options.name, std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        // create_new's mode is filtered by the umask; the action must be readable as 0644.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .map_err(io_err("changing the mode of", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io_err("writing", &tmp))?;
-        f.sync_all().map_err(io_err("syncing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("moving the action into place at", &path))?;
-        fs::File::open(&options.dir).and_then(|d| d.sync_all()).map_err(io_err("syncing", &options.dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
+    let new = crate::safe_fs::NewFile { mode: 0o644, owner: None };
+    crate::safe_fs::replace_file(&options.dir, &format!("{}.conf", options.name), new, |f| f.write_all(text.as_bytes()))?;
     Ok((path, outcome))
 }
 

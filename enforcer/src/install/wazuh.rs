@@ -19,7 +19,6 @@
 use std::{
     fs, io,
     io::Read as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -80,6 +79,9 @@ pub enum InstallError {
     #[error("{0} exists and is not an enforcer hook; choose another --name, or pass --force to replace it")]
     NotOurs(PathBuf),
     /// A file operation failed.
+    /// A symbolic link at the target, or another refusal of a file written as root.
+    #[error(transparent)]
+    File(#[from] crate::safe_fs::SafeFsError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         /// What was being done.
@@ -137,6 +139,7 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
     }
     let from = std::env::current_exe().map_err(io_err("finding the running binary", Path::new("/proc/self/exe")))?;
     let path = bin_dir.join(&options.name);
+    crate::safe_fs::refuse_symlink(&path)?;
     let replaced = match fs::symlink_metadata(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err("inspecting", &path)(e)),
@@ -145,29 +148,9 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
         Ok(_) => return Err(InstallError::NotOurs(path)),
     };
     let (group, gid) = wazuh_group();
-    let tmp = bin_dir.join(format!(".{}.enforcer-install-{}", options.name, std::process::id()));
-    let result = (|| {
-        // Owner and mode are set on the open file, never through a path someone could swap.
-        let mut copy = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o700)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        fs::File::open(&from)
-            .and_then(|mut binary| io::copy(&mut binary, &mut copy))
-            .map_err(io_err("copying the binary to", &tmp))?;
-        std::os::unix::fs::fchown(&copy, Some(0), Some(gid)).map_err(io_err("changing the owner of", &tmp))?;
-        copy.set_permissions(fs::Permissions::from_mode(0o750)).map_err(io_err("changing the mode of", &tmp))?;
-        copy.sync_all().map_err(io_err("syncing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("moving the copy into place at", &path))?;
-        fs::File::open(&bin_dir).and_then(|d| d.sync_all()).map_err(io_err("syncing", &bin_dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
+    // Owner and mode are set on the open file, never through a path someone could swap.
+    let new = crate::safe_fs::NewFile { mode: 0o750, owner: Some((0, gid)) };
+    crate::safe_fs::replace_file(&bin_dir, &options.name, new, |copy| fs::File::open(&from).and_then(|mut b| io::copy(&mut b, copy)).map(drop))?;
     Ok(Installed {
         path,
         from,
@@ -207,6 +190,7 @@ pub fn ossec_snippet(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn names_execd_can_run_and_that_do_not_start_the_cli() {
