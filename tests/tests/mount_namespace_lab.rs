@@ -84,7 +84,17 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     assert!(status.pins.outlive_daemon);
     assert_eq!(status.pins.dir, lab.pins.path().display().to_string());
     assert!(text.contains("(outlive the daemon)"), "{text}");
-    ok(&Command::new(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(lab.pins.path()).output().unwrap());
+    // Started again the same way, it finds its pins in the host's bpffs and takes them over.
+    let mut again = spawn_under_ip_netns_exec(&lab, dir.path());
+    assert!(ok(&cli(&socket, &["list"])).contains(SENDER_V4[1]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "still dropped after the restart");
+    again.kill().unwrap();
+    again.wait().unwrap();
+    // `enforcer detach` run the same way finds the pins in the host's bpffs and removes them.
+    let out = lab.receiver.command(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(lab.pins.path()).output().unwrap();
+    assert!(ok(&out).contains(&format!("detached from {RECEIVER_IF}")), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!lab.pins.path().exists(), "no pins left in the host's bpffs");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "detached: the source passes again");
 }
 
 #[test]

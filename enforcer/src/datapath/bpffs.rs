@@ -193,10 +193,13 @@ pub fn resolve(dir: &Path) -> Result<ResolvedPins, DatapathError> {
     }
 }
 
-/// Opens the nearest existing bpffs ancestor of `host_dir` (below `root`) and returns a layout
-/// whose base runs through `/proc/self/fd/N`, the descriptor kept as long as the layout.
+/// Opens the nearest existing strict ancestor of `host_dir` (below `root`) and returns a layout
+/// whose base runs through `/proc/self/fd/N/…`, the descriptor kept as long as the layout. (The
+/// base always has a last component of its own: `/proc/self/fd/N` itself is a link, which
+/// `detach` could not remove as a directory.)
 fn through_descriptor(host_dir: &Path, root: &Path) -> Result<PinLayout, DatapathError> {
-    let anchor = nearest_existing(host_dir, root);
+    let parent = host_dir.parent().unwrap_or(root);
+    let anchor = nearest_existing(parent, root);
     let rest = host_dir.strip_prefix(&anchor).unwrap_or(Path::new("")).to_owned();
     let file = File::open(&anchor).map_err(|source| DatapathError::Io {
         action: "opening the host's bpffs at",
