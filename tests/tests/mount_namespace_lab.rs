@@ -112,3 +112,33 @@ fn status_says_the_pins_of_a_daemon_on_the_host_outlive_it() {
 fn ok_bytes(out: &std::process::Output) -> Vec<u8> {
     ok(out).into_bytes()
 }
+
+#[test]
+fn under_ip_netns_exec_without_a_host_bpffs_for_the_pins_the_daemon_refuses_in_one_line() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Not on a bpffs, in the daemon's namespace or the host's: pins there would not outlive it.
+    let pins = dir.path().join("not-bpffs/enforcer");
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.receiver.name()])
+        .arg(enforcer_bin())
+        .arg("--socket")
+        .arg(dir.path().join("enforcer.sock"))
+        .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF, "--max-addresses", "1024", "--max-prefixes", "64"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--bpffs-dir")
+        .arg(&pins)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let refusal: Vec<&str> = stderr.lines().filter(|l| l.contains("private mount namespace")).collect();
+    assert_eq!(refusal.len(), 1, "{stderr}");
+    assert!(refusal[0].contains("--netns") && refusal[0].contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
+    assert!(!stderr.contains("mounting one"), "{stderr}");
+    assert!(!pins.exists(), "nothing pinned");
+    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "nothing attached");
+}
