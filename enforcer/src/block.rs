@@ -142,8 +142,9 @@ impl Reason {
         }
     }
 
-    /// Checks sizes, so that a hostile alert cannot bloat the store.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks sizes, so that a hostile alert cannot bloat the store (the limits are
+    /// documented in docs/protocol.md).
+    pub fn validate(&self) -> Result<(), TextTooLong> {
         let fields = [
             ("reason", &self.text, 1024),
             ("rule id", &self.rule_id, 128),
@@ -152,12 +153,32 @@ impl Reason {
             ("agent id", &self.agent_id, 128),
             ("agent name", &self.agent_name, 256),
         ];
-        for (name, value, max) in fields {
-            if value.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(format!("{name} is longer than {max} bytes"));
-            }
+        for (field, value, limit) in fields {
+            TextTooLong::check(field, value.as_deref(), limit)?;
         }
         Ok(())
+    }
+}
+
+/// A free-text field longer than its limit: refused before anything is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is {len} bytes; the limit is {limit} (shorten it)")]
+pub struct TextTooLong {
+    /// The field (`reason`, `comment`, ...).
+    pub field: &'static str,
+    /// Its length in bytes.
+    pub len: usize,
+    /// The most it may have.
+    pub limit: usize,
+}
+
+impl TextTooLong {
+    /// Checks one field against its limit.
+    pub fn check(field: &'static str, value: Option<&str>, limit: usize) -> Result<(), Self> {
+        match value {
+            Some(v) if v.len() > limit => Err(Self { field, len: v.len(), limit }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -160,7 +160,9 @@ pub enum Delivery {
 ///
 /// Only a request that never reached the daemon is spooled: once it was written, the daemon
 /// may have applied it, and replaying it later from the spool could undo a newer trigger, so a
-/// missing answer then is a failure, not a reason to spool.
+/// missing answer then is a failure, not a reason to spool. An `unavailable` answer (the
+/// daemon shutting down, or at its connection cap) says the request was not taken: it is
+/// spooled exactly as when the daemon is not running.
 ///
 /// The attempt and the spooled entry carry the same request id, made here once: the call's
 /// thread may still connect and deliver after the deadline (a connect stuck on a full listen
@@ -175,10 +177,10 @@ pub fn deliver_as(socket: &Path, request: &Request, id: &RequestId, timeout: Dur
     let (reached, result) = call_with_deadline(socket, request, id, timeout);
     match result {
         Ok(reply) => Delivery::Reply(reply),
-        Err(ClientError::Daemon(e)) => Delivery::Refused(e),
+        Err(ClientError::Daemon(e)) if e.code != ErrorCode::Unavailable => Delivery::Refused(e),
         // Not a passing outage: spooling would only delay the same refusal.
         Err(e @ ClientError::PermissionDenied(_)) => Delivery::Failed(e),
-        Err(why) if !reached => match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
+        Err(why) if !reached || matches!(&why, ClientError::Daemon(_)) => match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
             Some(Ok(file)) => Delivery::Spooled { file, why },
             Some(Err(e)) => Delivery::Unreachable { why, spool_error: Some(e) },
             None => Delivery::Unreachable { why, spool_error: None },

@@ -15,6 +15,11 @@
 //! prefixes = 100000
 //! allow = 16384
 //!
+//! [control_socket]           # bounds on the control socket's clients
+//! max_connections = 256        # more at once are answered `unavailable` and closed
+//! idle_timeout = "30s"         # a connection without a complete request for this long is closed
+//! max_request_bytes = 16777216 # the longest request line
+//!
 //! [audit]
 //! max_bytes = 67108864
 //! keep = 5
@@ -94,6 +99,8 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Audit log bounds.
     pub audit: AuditConfig,
+    /// The control socket's bounds.
+    pub control_socket: ControlSocketConfig,
     /// The allowlist.
     pub allowlist: AllowlistConfig,
     /// The safety policy.
@@ -147,12 +154,52 @@ impl Default for Config {
             default_ttl: HumanDuration(std::time::Duration::from_secs(3600)),
             capacity: CapacityConfig::default(),
             audit: AuditConfig::default(),
+            control_socket: ControlSocketConfig::default(),
             allowlist: AllowlistConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             metrics: MetricsConfig::default(),
             crowdsec: None,
             access: Vec::new(),
         }
+    }
+}
+
+/// The `[control_socket]` section: how much one client, or many, may hold of the daemon.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSocketConfig {
+    /// Most connections open at once; one more is answered `unavailable` and closed (a hook
+    /// or the CLI with `--spool-if-down` then spools its request).
+    pub max_connections: usize,
+    /// A connection that sends no complete request for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// The longest request line, in bytes; a longer one is refused and the connection closed.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ControlSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            max_request_bytes: crate::protocol::MAX_LINE,
+        }
+    }
+}
+
+impl ControlSocketConfig {
+    /// Checks the bounds; the error names the key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_connections == 0 {
+            return Err(("max_connections", "control_socket.max_connections must be at least 1".into()));
+        }
+        if self.idle_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err(("idle_timeout", "control_socket.idle_timeout must be at least 100ms".into()));
+        }
+        if self.max_request_bytes < 4096 {
+            return Err(("max_request_bytes", "control_socket.max_request_bytes must be at least 4096".into()));
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +300,9 @@ impl Config {
             if value == 0 {
                 return Err(located(key_span(key), format!("capacity.{key} must be at least 1")));
             }
+        }
+        if let Err((key, message)) = config.control_socket.validate() {
+            return Err(located(section_key_span(text, "control_socket", key), message));
         }
         if let Err((key, message)) = config.policy.validate() {
             return Err(located(key_span(&key), format!("policy: {message}")));

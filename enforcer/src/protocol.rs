@@ -29,6 +29,9 @@ pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
 /// The largest request line the daemon reads (a batch of a few thousand targets fits).
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
+/// The longest `allow add` comment, in bytes (stored with the entry).
+pub const MAX_COMMENT: usize = 256;
+
 /// A request with its version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Envelope<T> {
@@ -261,6 +264,20 @@ impl Request {
             Self::SyncSource(_) => "sync_source",
         }
     }
+
+    /// Checks the size of every free-text field the request would store (reasons, the
+    /// allowlist comment; source names are bounded by their type). The engine calls it once,
+    /// before a write is applied, whatever path the request came by: an oversized request is
+    /// refused whole and changes nothing.
+    pub fn validate(&self) -> Result<(), crate::block::TextTooLong> {
+        match self {
+            Self::Block(b) => b.reason.validate(),
+            Self::BlockBatch(b) => b.reason.validate(),
+            Self::AllowAdd { comment, .. } => crate::block::TextTooLong::check("comment", comment.as_deref(), MAX_COMMENT),
+            // A feed's items are checked one by one (a long one fails alone, as any refused item).
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A block request.
@@ -413,6 +430,10 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The daemon failed internally (store or kernel error).
     Internal,
+    /// The daemon did not take the request: it is shutting down, or serving as many
+    /// connections as it allows. Nothing was applied: a trigger spools it, as when the daemon
+    /// is not running.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -426,6 +447,7 @@ impl ErrorCode {
             Self::Refused => "refused",
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -438,6 +460,8 @@ impl ErrorCode {
             Self::MapFull => 6,
             Self::Refused => 7,
             Self::Internal => 1,
+            // As when the daemon is not running (crate::client::EXIT_NOT_RUNNING).
+            Self::Unavailable => 3,
         }
     }
 }

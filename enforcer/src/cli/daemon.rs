@@ -54,6 +54,13 @@ pub struct Args {
     /// in `[metrics] listen`.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most control socket connections at once (`[control_socket] max_connections`).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Close a control connection without a complete request for this long
+    /// (`[control_socket] idle_timeout`).
+    #[arg(long)]
+    pub idle_timeout: Option<HumanDuration>,
     /// Run in this network namespace (a name under /run/netns), e.g. to protect the interfaces
     /// of a container host's namespace. Unlike `ip netns exec`, this keeps the host's
     /// /sys/fs/bpf, so pins outlive the process.
@@ -130,6 +137,14 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if let Some(addr) = a.metrics_listen {
         config.metrics.listen = Some(addr);
+    }
+    if let Some(n) = a.max_connections {
+        anyhow::ensure!(n > 0, "--max-connections must be at least 1");
+        config.control_socket.max_connections = n;
+    }
+    if let Some(t) = a.idle_timeout {
+        anyhow::ensure!(t.0 >= std::time::Duration::from_millis(100), "--idle-timeout must be at least 100ms");
+        config.control_socket.idle_timeout = t;
     }
     tracing_subscriber::fmt()
         .with_env_filter(

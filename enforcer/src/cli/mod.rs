@@ -185,8 +185,9 @@ pub(crate) fn call_or_spool(socket: &std::path::Path, request: &Request, spool: 
     match crate::client::deliver(socket, request, Duration::from_secs(30), spool_to) {
         crate::client::Delivery::Reply(reply) => Ok(Some(reply)),
         crate::client::Delivery::Refused(e) => Err(ClientError::Daemon(e).into()),
-        crate::client::Delivery::Spooled { file, .. } => {
-            println!("the daemon is not running; spooled to {} (applied when it starts)", file.display());
+        crate::client::Delivery::Spooled { file, why } => {
+            let state = if matches!(why, ClientError::Daemon(_)) { "unavailable" } else { "not running" };
+            println!("the daemon is {state}; spooled to {} (applied when it starts)", file.display());
             Ok(None)
         }
         crate::client::Delivery::Unreachable { why, spool_error: Some(e) } => Err(anyhow::Error::new(why)

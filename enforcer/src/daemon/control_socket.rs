@@ -5,12 +5,17 @@
 //! access rules say so ([`AccessPolicy::may_connect`]); every request then carries that caller
 //! to the engine, which checks it ([`crate::access`]).
 
-use std::{io, path::Path, sync::{Arc, mpsc::SyncSender}};
+use std::{
+    io,
+    path::Path,
+    sync::{Arc, mpsc::SyncSender},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-    sync::oneshot,
+    net::{UnixListener, UnixStream, unix::OwnedReadHalf},
+    sync::{Semaphore, oneshot, watch},
 };
 
 use nix::unistd::Group;
@@ -18,8 +23,9 @@ use nix::unistd::Group;
 use super::engine::Command;
 use crate::{
     access::{AccessPolicy, Caller},
+    config::ControlSocketConfig,
     metrics::Metrics,
-    protocol::{Envelope, ErrorBody, ErrorCode, MAX_LINE, PROTOCOL_VERSION, Reply, Request, RequestId, Response},
+    protocol::{Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Reply, Request, RequestId, Response},
 };
 
 /// Resolves a group name to its id.
@@ -51,32 +57,128 @@ pub async fn bind(path: &Path, socket_gid: Option<u32>) -> anyhow::Result<UnixLi
     Ok(listener)
 }
 
-/// Accepts connections until the engine goes away. `crowdsec` is the bouncer's state, added to
-/// status answers.
-pub async fn serve(
-    listener: UnixListener,
-    engine: SyncSender<Command>,
-    access: Arc<AccessPolicy>,
-    metrics: Arc<Metrics>,
-    crowdsec: Option<crate::crowdsec::StatusHandle>,
-) {
+/// What every connection shares: the engine, the access rules, the bounds, and whether the
+/// daemon is stopping.
+pub struct Server {
+    /// The engine's queue.
+    pub engine: SyncSender<Command>,
+    /// Who may connect.
+    pub access: Arc<AccessPolicy>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The bouncer's state, added to status answers.
+    pub crowdsec: Option<crate::crowdsec::StatusHandle>,
+    /// `[control_socket]`.
+    pub limits: ControlSocketConfig,
+    /// One permit per connection served ([`ControlSocketConfig::max_connections`]).
+    pub permits: Arc<Semaphore>,
+    /// Set when the daemon stops: no request is handed to the engine any more.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The answer to a peer the access rules do not let in.
+const NOT_ALLOWED: &str =
+    "permission denied: the control socket is for root, the daemon's socket_group and the callers its [[access]] entries name";
+
+/// Why a connection was turned away without its request being read.
+const SHUTTING_DOWN: &str = "the daemon is shutting down; the request was not applied (a trigger spools it and the daemon applies it when it starts again)";
+
+/// Accepts connections until `closing` fires; then removes the socket file and answers what
+/// still waits in the listen queue with `unavailable`, so no client is left without an answer.
+pub async fn serve(listener: UnixListener, server: Arc<Server>, path: std::path::PathBuf, mut closing: oneshot::Receiver<()>) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut closing => break,
         };
-        let engine = engine.clone();
-        let metrics = metrics.clone();
-        let crowdsec = crowdsec.clone();
-        let access = access.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, engine, &access, &metrics, crowdsec.as_ref()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                admit(stream, &server);
             }
-        });
+            Err(e) => backoff.failed(&e, &server.metrics).await,
+        }
+    }
+    // Nobody can connect once the file is gone; then whoever queued before gets an answer.
+    let _ = std::fs::remove_file(&path);
+    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await {
+        tokio::spawn(turn_away(stream, SHUTTING_DOWN.to_owned()));
+    }
+}
+
+/// Serves an accepted connection, or turns it away (the daemon stopping, or the cap reached).
+fn admit(stream: UnixStream, server: &Arc<Server>) {
+    if *server.stopping.borrow() {
+        tokio::spawn(turn_away(stream, SHUTTING_DOWN.to_owned()));
+        return;
+    }
+    let Ok(permit) = server.permits.clone().try_acquire_owned() else {
+        server.metrics.connection_refused();
+        let max = server.limits.max_connections;
+        tracing::debug!(max, "control connection turned away: the cap is reached");
+        let message = format!(
+            "too many connections: the daemon serves at most {max} at once (control_socket.max_connections); the request was not applied, try again"
+        );
+        tokio::spawn(turn_away(stream, message));
+        return;
+    };
+    let server = server.clone();
+    tokio::spawn(async move {
+        server.metrics.connection(true);
+        if let Err(e) = connection(stream, &server).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        server.metrics.connection(false);
+        drop(permit);
+    });
+}
+
+/// Answers `unavailable` without reading a request, then waits briefly for the client to send
+/// its request (unread) or hang up, so that its write does not fail before it reads why.
+async fn turn_away(stream: UnixStream, message: String) {
+    let (mut read, mut write) = stream.into_split();
+    let Ok(line) = response_line(&Response::err(ErrorCode::Unavailable, message)) else { return };
+    let grace = Duration::from_secs(1);
+    if tokio::time::timeout(grace, write.write_all(&line)).await.is_ok() {
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(grace, read.read(&mut sink)).await;
+    }
+}
+
+/// Backs off while accepting fails (out of file descriptors: EMFILE, ENFILE), instead of
+/// spinning on a listener that stays readable; logs once per burst.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MOST: Duration = Duration::from_millis(200);
+
+    async fn failed(&mut self, e: &io::Error, metrics: &Metrics) {
+        let kind = match e.raw_os_error() {
+            Some(libc::EMFILE) => "emfile",
+            Some(libc::ENFILE) => "enfile",
+            _ => "other",
+        };
+        metrics.accept_error(kind);
+        let delay = match self.delay {
+            None => {
+                tracing::error!(error = %e, "accepting control connections fails; backing off until it works again (out of file descriptors: raise LimitNOFILE)");
+                Self::FIRST
+            }
+            Some(d) => (d * 2).min(Self::MOST),
+        };
+        self.delay = Some(delay);
+        tokio::time::sleep(delay).await;
+    }
+
+    fn succeeded(&mut self) {
+        if self.delay.take().is_some() {
+            tracing::info!("accepting control connections again");
+        }
     }
 }
 
@@ -88,48 +190,84 @@ async fn peer(stream: &UnixStream) -> Option<Caller> {
     tokio::task::spawn_blocking(move || Caller::lookup(uid, gid)).await.ok()
 }
 
-async fn connection(
-    stream: UnixStream,
-    engine: SyncSender<Command>,
-    access: &AccessPolicy,
-    metrics: &Metrics,
-    crowdsec: Option<&crate::crowdsec::StatusHandle>,
-) -> io::Result<()> {
-    let caller = peer(&stream).await.filter(|c| access.may_connect(c));
-    let allowed = caller.is_some();
+/// What became of waiting for the next request line.
+enum Next {
+    /// A line (maybe longer than the limit: then it is cut there).
+    Line,
+    /// The client hung up.
+    Closed,
+    /// No complete request within the idle timeout.
+    Idle,
+    /// The daemon is stopping.
+    Stopping,
+}
+
+/// Waits for the next request line into `line`, at most the idle timeout, and not past the
+/// daemon's stop (a partial line read by then is dropped: it was not a request yet).
+async fn next_line(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>, server: &Server) -> io::Result<Next> {
+    let mut stopping = server.stopping.clone();
+    let max = server.limits.max_request_bytes as u64 + 1;
+    let mut limited = reader.take(max);
+    let read = tokio::time::timeout(server.limits.idle_timeout.0, limited.read_until(b'\n', line));
+    tokio::select! {
+        biased;
+        r = read => match r {
+            Ok(Ok(0)) => Ok(Next::Closed),
+            Ok(Ok(_)) if *server.stopping.borrow() => Ok(Next::Stopping),
+            Ok(Ok(_)) => Ok(Next::Line),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(Next::Idle),
+        },
+        _ = stopping.wait_for(|s| *s) => Ok(Next::Stopping),
+    }
+}
+
+async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
+    let caller = peer(&stream).await.filter(|c| server.access.may_connect(c));
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
+    let max = server.limits.max_request_bytes;
     loop {
         line.clear();
-        let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (op, response) = match &caller {
-            None => ("unknown", Response::err(
-                ErrorCode::PermissionDenied,
-                "permission denied: the control socket is for root, the daemon's socket_group and the callers its [[access]] entries name",
-            )),
-            Some(_) if line.len() > MAX_LINE => {
-                ("unknown", Response::err(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes")))
+        let next = next_line(&mut reader, &mut line, server).await?;
+        // Only a request that was read and may be served keeps the connection open.
+        let (op, response, keep_open) = match (next, &caller) {
+            (Next::Closed, _) => return Ok(()),
+            (Next::Stopping, _) => ("unknown", Response::err(ErrorCode::Unavailable, SHUTTING_DOWN), false),
+            (Next::Idle, _) => {
+                let message = format!("no complete request within {} (control_socket.idle_timeout); closing the connection", server.limits.idle_timeout);
+                ("unknown", Response::err(ErrorCode::InvalidRequest, message), false)
             }
-            Some(caller) => {
-                let (op, mut response) = handle_line(&line, caller, &engine).await;
-                if let (Response::Ok { result: Reply::Status(status), .. }, Some(cs)) = (&mut response, crowdsec) {
+            (Next::Line, None) => ("unknown", Response::err(ErrorCode::PermissionDenied, NOT_ALLOWED), false),
+            (Next::Line, Some(_)) if line.len() > max => {
+                let message = format!("request longer than {max} bytes (control_socket.max_request_bytes)");
+                ("unknown", Response::err(ErrorCode::InvalidRequest, message), false)
+            }
+            (Next::Line, Some(caller)) => {
+                let (op, mut response) = handle_line(&line, caller, &server.engine).await;
+                if let (Response::Ok { result: Reply::Status(status), .. }, Some(cs)) = (&mut response, &server.crowdsec) {
                     status.crowdsec = Some(cs.lock().expect("status lock").clone());
                 }
-                (op, response)
+                (op, response, true)
             }
         };
-        metrics.request(op, result_label(&response));
-        let mut out = serde_json::to_vec(&Envelope::new(response)).map_err(io::Error::other)?;
-        out.push(b'\n');
-        write.write_all(&out).await?;
-        if !allowed || line.len() > MAX_LINE {
+        server.metrics.request(op, result_label(&response));
+        let out = response_line(&response)?;
+        tokio::time::timeout(server.limits.idle_timeout.0, write.write_all(&out))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client does not read its answers"))??;
+        if !keep_open {
             return Ok(());
         }
     }
+}
+
+/// A response as the line sent on the wire.
+fn response_line(response: &Response) -> io::Result<Vec<u8>> {
+    let mut out = serde_json::to_vec(&Envelope::new(response)).map_err(io::Error::other)?;
+    out.push(b'\n');
+    Ok(out)
 }
 
 /// A response's `result` label: `ok` or its error code.
@@ -196,7 +334,8 @@ async fn run_with_id(request: Request, id: Option<RequestId>, caller: Caller, en
     // The engine's queue is bounded: waiting for room is back-pressure, not an error.
     let sent = tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await;
     if !matches!(sent, Ok(true)) {
-        return Response::err(ErrorCode::Internal, "the daemon is shutting down");
+        // The engine is gone, before it took the request: nothing was applied.
+        return Response::err(ErrorCode::Unavailable, SHUTTING_DOWN);
     }
     match rx.await {
         Ok(Ok(reply)) => Response::ok(reply),
@@ -205,7 +344,12 @@ async fn run_with_id(request: Request, id: Option<RequestId>, caller: Caller, en
             ok: false,
             error: refusal.to_body(),
         },
-        Err(_) => Response::err(ErrorCode::Internal, "the daemon is shutting down"),
+        // The engine took the request and ended before answering (it died in that round):
+        // it may or may not have been applied, so it must not be replayed blindly.
+        Err(_) => Response::err(
+            ErrorCode::Internal,
+            "the daemon stopped before answering; the request may or may not have been applied (check `enforcer list`)",
+        ),
     }
 }
 

@@ -522,6 +522,9 @@ impl Engine {
         let mut write_replies = Vec::new();
         let mut reads = Vec::new();
         let mut denied = false;
+        for c in &batch {
+            super::critical::test_fault(&c.request);
+        }
         for Command { request, caller, id, replay, reply } in batch {
             if let Err(refusal) = self.authorize(&caller, &request) {
                 denied = true;

@@ -8,6 +8,9 @@
 //! - `link-poll` sends a dump every [`POLL`] (half a second, so a detach is undone within a
 //!   second): a program detached behind the daemon's back (`bpftool link detach`) changes no
 //!   link, so only looking notices it.
+//!
+//! Both are [critical](super::critical): if either ends while the daemon runs (the events
+//! become unreadable, or a panic), the daemon exits non-zero and its supervisor restarts it.
 
 use std::{
     sync::mpsc::{SyncSender, TrySendError},
@@ -21,17 +24,16 @@ use crate::{netlink, protocol::Request};
 pub const POLL: Duration = Duration::from_millis(500);
 
 /// Starts both threads.
-pub fn spawn(tx: &SyncSender<Command>) -> anyhow::Result<()> {
+pub fn spawn(tx: &SyncSender<Command>, deaths: &super::critical::Deaths) -> anyhow::Result<()> {
     // Subscribed here, before returning: nothing created from now on is missed.
     let mut watch = netlink::LinkWatch::new()?;
     let events = tx.clone();
-    std::thread::Builder::new().name("link-watch".into()).spawn(move || {
+    super::critical::spawn("link-watch", deaths, move || {
         loop {
             match watch.next_events() {
                 Ok(changes) => tracing::debug!(?changes, "link events"),
                 Err(e) => {
-                    // The poll still notices every change within a second.
-                    tracing::error!(error = %e, "link events unreadable; following interfaces by polling only");
+                    tracing::error!(error = %e, "link events unreadable");
                     return;
                 }
             }
@@ -41,7 +43,7 @@ pub fn spawn(tx: &SyncSender<Command>) -> anyhow::Result<()> {
         }
     })?;
     let poll = tx.clone();
-    std::thread::Builder::new().name("link-poll".into()).spawn(move || {
+    super::critical::spawn("link-poll", deaths, move || {
         loop {
             std::thread::sleep(POLL);
             if !send(&poll, false) {

@@ -5,6 +5,7 @@
 //! SIGTERM stops the daemon and leaves the program attached and every block in force.
 
 pub mod control_socket;
+pub mod critical;
 pub mod engine;
 pub mod kernel_sync;
 pub mod ledger;
@@ -40,7 +41,8 @@ pub async fn ask_engine(what: &'static str, request: crate::protocol::Request, e
     control_socket::run(request, crate::access::Caller::internal(what), engine).await
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT, or until a thread it cannot run without dies
+/// (then it fails, so that its supervisor restarts it).
 pub fn run(config: Config) -> anyhow::Result<()> {
     let socket_gid = config.socket_group.as_deref().map(control_socket::group_id).transpose()?;
     let access = Arc::new(AccessPolicy::new(config.access.clone(), socket_gid));
@@ -60,31 +62,40 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let (tx, rx) = mpsc::sync_channel(8192);
+    let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
     if config.allowlist.builtin {
-        spawn_host_watch(tx.clone())?;
+        spawn_host_watch(tx.clone(), &deaths)?;
     }
-    link_watch::spawn(&tx)?;
+    link_watch::spawn(&tx, &deaths)?;
     let stop = Arc::new(AtomicBool::new(false));
     let engine_stop = stop.clone();
-    let engine_thread = std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || engine.run(rx, engine_stop))?;
-    let wake = tx.clone();
+    let thread = critical::spawn("engine", &deaths, move || engine.run(rx, engine_stop))?;
+    let engine = RunningEngine { stop, wake: tx.clone(), thread };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(&config, tx, shared))?;
+    let result = runtime.block_on(serve(&config, tx, shared, engine, died));
     runtime.shutdown_timeout(Duration::from_secs(2));
-    // Let the engine finish what it holds, then stop (the watchers still have senders).
-    stop.store(true, Ordering::Relaxed);
-    let (reply, _) = tokio::sync::oneshot::channel();
-    let _ = wake.send(engine::Command::internal("shutdown", crate::protocol::Request::Ping, reply));
-    engine_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
-    Ok(())
+    result
+}
+
+/// The engine's thread, and how to stop it.
+struct RunningEngine {
+    stop: Arc<AtomicBool>,
+    wake: mpsc::SyncSender<engine::Command>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningEngine {
+    /// Lets the engine finish what it holds, then stops it (the watchers still have senders).
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let _ = self.wake.send(engine::Command::internal("shutdown", crate::protocol::Request::Ping, reply));
+        self.thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))
+    }
 }
 
 /// What the serving tasks share.
@@ -173,8 +184,8 @@ fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Re
 }
 
 /// Follows the host's addresses and gateways into the builtin allowlist.
-fn spawn_host_watch(tx: mpsc::SyncSender<engine::Command>) -> anyhow::Result<()> {
-    std::thread::Builder::new().name("host-watch".into()).spawn(move || {
+fn spawn_host_watch(tx: mpsc::SyncSender<engine::Command>, deaths: &critical::Deaths) -> anyhow::Result<()> {
+    critical::spawn("host-watch", deaths, move || {
         crate::policy::host::watch(|now| {
             let (reply, _) = tokio::sync::oneshot::channel();
             tx.send(engine::Command::internal("host watcher", crate::protocol::Request::HostChanged(now), reply))
@@ -197,8 +208,17 @@ fn default_ttls(config: &Config) -> spool::DefaultTtls {
     }
 }
 
-/// Serves the control socket (and metrics), drains the spool, until SIGTERM or SIGINT.
-async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: Shared) -> anyhow::Result<()> {
+/// Serves the control socket (and metrics), drains the spool, until SIGTERM or SIGINT or a
+/// critical thread's death; then stops in an order that leaves no client without an answer:
+/// new requests are answered `unavailable` (triggers spool them), requests already taken are
+/// answered, the engine finishes, and only then the socket goes away.
+async fn serve(
+    config: &Config,
+    tx: mpsc::SyncSender<engine::Command>,
+    shared: Shared,
+    engine: RunningEngine,
+    mut died: tokio::sync::mpsc::UnboundedReceiver<critical::Death>,
+) -> anyhow::Result<()> {
     let socket = config.socket.clone();
     let state_dir = config.state_dir.clone();
     let default_ttls = Arc::new(default_ttls(config));
@@ -206,16 +226,84 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
     // Triggers spooled while no daemon answered go first, before anyone is served.
     spool::drain(&state_dir, &tx, &default_ttls).await;
     tracing::info!(socket = %socket.display(), "listening");
+    let mut tasks = background(config, &shared, &tx, default_ttls).await?;
+    let limits = config.control_socket;
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let server = Arc::new(control_socket::Server {
+        engine: tx,
+        access: shared.access.clone(),
+        metrics: shared.metrics.clone(),
+        crowdsec: tasks.crowdsec_status.take(),
+        limits,
+        permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        stopping,
+    });
+    let (close, closing) = tokio::sync::oneshot::channel();
+    let accept = tokio::spawn(control_socket::serve(listener, server.clone(), socket.clone(), closing));
+    // Blocks are reconciled and enforced, every interface attached, the socket serving.
+    shared.notifier.notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
+    let death = wait_for_stop(&mut died).await?;
+    shared.notifier.notify("STOPPING=1\n");
+    let _ = stopping_tx.send(true);
+    tasks.abort();
+    // Requests the engine already took are answered (bounded: a wedged engine cannot hold the
+    // stop forever; systemd's watchdog covers that case).
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.permits.acquire_many(all)).await;
+    let stopped = tokio::task::spawn_blocking(move || engine.stop()).await?;
+    let _ = close.send(());
+    let _ = accept.await;
+    match death {
+        Some(d) => Err(anyhow::Error::new(d)),
+        None => stopped,
+    }
+}
+
+/// Waits for SIGTERM, SIGINT (`None`) or a critical thread's death.
+async fn wait_for_stop(died: &mut tokio::sync::mpsc::UnboundedReceiver<critical::Death>) -> anyhow::Result<Option<critical::Death>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let death = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        Some(d) = died.recv() => Some(d),
+    };
+    match &death {
+        None => tracing::info!("SIGTERM or SIGINT: shutting down; XDP stays attached, blocks stay in force"),
+        Some(d) => tracing::error!("{d}; XDP stays attached, blocks stay in force"),
+    }
+    Ok(death)
+}
+
+/// The daemon's background tasks: the spool drain, the metrics endpoint, the CrowdSec bouncer.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    crowdsec_status: Option<crate::crowdsec::StatusHandle>,
+}
+
+impl Background {
+    fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn background(
+    config: &Config,
+    shared: &Shared,
+    tx: &mpsc::SyncSender<engine::Command>,
+    default_ttls: Arc<spool::DefaultTtls>,
+) -> anyhow::Result<Background> {
     // A hook that timed out against a busy daemon spools too: keep draining while running.
     let spool_tx = tx.clone();
-    let spool_state = state_dir.clone();
-    let spooler = tokio::spawn(async move {
+    let spool_state = config.state_dir.clone();
+    let mut tasks = vec![tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             spool::drain(&spool_state, &spool_tx, &default_ttls).await;
         }
-    });
-    let exporter = start_exporter(config, &shared).await?;
+    })];
+    tasks.extend(start_exporter(config, shared).await?);
     // The CrowdSec bouncer runs on its own: the daemon never waits for the LAPI (only a bad TLS
     // file or key stops the start).
     let bouncer = config
@@ -225,28 +313,8 @@ async fn serve(config: &Config, tx: mpsc::SyncSender<engine::Command>, shared: S
         .transpose()
         .context("setting up the CrowdSec bouncer")?;
     let crowdsec_status = bouncer.as_ref().map(crate::crowdsec::Bouncer::status);
-    let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
-    let server = tokio::spawn(control_socket::serve(listener, tx, shared.access.clone(), shared.metrics.clone(), crowdsec_status));
-    // Blocks are reconciled and enforced, every interface attached, the socket serving.
-    shared.notifier.notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down; XDP stays attached, blocks stay in force"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down; XDP stays attached, blocks stay in force"),
-    }
-    shared.notifier.notify("STOPPING=1\n");
-    server.abort();
-    spooler.abort();
-    if let Some(e) = exporter {
-        e.abort();
-    }
-    if let Some(b) = &bouncer {
-        b.abort();
-    }
-    let _ = server.await;
-    let _ = spooler.await;
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
+    tasks.extend(bouncer.map(|b| tokio::spawn(b.run())));
+    Ok(Background { tasks, crowdsec_status })
 }
 
 fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {

@@ -34,6 +34,14 @@ pub enum Refusal {
         /// Its capacity.
         capacity: u32,
     },
+    /// Approval is required, but as many requests as allowed already wait for it.
+    #[error(
+        "approval is required, but {limit} requests already wait for it (the limit); approve or reject some (`enforcer pending`), or raise policy.approval.max_pending"
+    )]
+    PendingFull {
+        /// `policy.approval.max_pending`.
+        limit: usize,
+    },
     /// A value in the request is invalid.
     #[error("{0}")]
     Invalid(String),
@@ -63,7 +71,7 @@ impl Refusal {
     /// The protocol's stable error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Policy { .. } | Self::NotRemovable { .. } => ErrorCode::Refused,
+            Self::Policy { .. } | Self::NotRemovable { .. } | Self::PendingFull { .. } => ErrorCode::Refused,
             Self::MapFull { .. } => ErrorCode::MapFull,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::NotFound(_) => ErrorCode::NotFound,

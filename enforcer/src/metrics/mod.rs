@@ -47,6 +47,9 @@ pub struct Metrics {
     expired: AtomicU64,
     interface_changes: Mutex<BTreeMap<(String, &'static str), u64>>,
     snapshot: Mutex<Arc<Snapshot>>,
+    connections: AtomicU64,
+    connections_refused: AtomicU64,
+    accept_errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// What the engine publishes after each round.
@@ -107,6 +110,25 @@ impl Metrics {
             _ => "unprotected",
         };
         *lock(&self.interface_changes).entry((iface.to_owned(), to)).or_default() += 1;
+    }
+
+    /// A control connection opened (`true`) or closed.
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.connections.fetch_add(1, Relaxed);
+        } else {
+            self.connections.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Counts one control connection turned away at the connection cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one failed accept (`kind`: `emfile`, `enfile`, `other`).
+    pub fn accept_error(&self, kind: &'static str) {
+        *lock(&self.accept_errors).entry(kind).or_default() += 1;
     }
 
     /// Replaces the published snapshot (the engine, after each round).
@@ -318,6 +340,22 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
     );
     for ((iface, state), n) in lock(&m.interface_changes).iter() {
         e.sample("enforcer_interface_changes_total", &[("interface", iface), ("state", state)], *n as f64);
+    }
+    e.family("enforcer_control_connections", Kind::Gauge, "Open control socket connections.")
+        .sample("enforcer_control_connections", &[], m.connections.load(Relaxed) as f64);
+    e.family(
+        "enforcer_control_connections_refused_total",
+        Kind::Counter,
+        "Control connections turned away because [control_socket] max_connections were open.",
+    )
+    .sample("enforcer_control_connections_refused_total", &[], m.connections_refused.load(Relaxed) as f64);
+    e.family(
+        "enforcer_accept_errors_total",
+        Kind::Counter,
+        "Failed accepts on the control socket, by error (emfile, enfile: out of file descriptors; the loop backs off).",
+    );
+    for (kind, n) in lock(&m.accept_errors).iter() {
+        e.sample("enforcer_accept_errors_total", &[("error", kind)], *n as f64);
     }
     e.family("enforcer_expired_total", Kind::Counter, "Blocks removed by the reaper at their deadline.")
         .sample("enforcer_expired_total", &[], m.expired.load(Relaxed) as f64);

@@ -87,7 +87,14 @@ pub struct Approval {
     pub broader_than_v6: Option<u8>,
     /// Unapproved requests expire after this.
     pub pending_ttl: HumanDuration,
+    /// Most requests waiting for approval at once; a request past it is refused
+    /// ([`crate::daemon::refusal::Refusal::PendingFull`]) until some are approved, rejected or
+    /// expire.
+    pub max_pending: usize,
 }
+
+/// Default [`Approval::max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 1000;
 
 impl Default for Approval {
     fn default() -> Self {
@@ -95,6 +102,7 @@ impl Default for Approval {
             broader_than_v4: None,
             broader_than_v6: None,
             pending_ttl: HumanDuration(Duration::from_secs(3600)),
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -167,6 +175,9 @@ impl PolicyConfig {
         }
         if self.approval.broader_than_v6.is_some_and(|v| v > 128) {
             return Err(("broader_than_v6".into(), "must be at most 128".into()));
+        }
+        if self.approval.max_pending == 0 {
+            return Err(("max_pending".into(), "must be at least 1".into()));
         }
         for (name, s) in &self.sources {
             if let (Some(d), Some(m)) = (s.default_ttl, s.max_ttl.or(Some(self.max_ttl)))
@@ -567,6 +578,11 @@ impl Policy {
     /// How long pending requests wait.
     pub fn pending_ttl(&self) -> Duration {
         self.config.approval.pending_ttl.0
+    }
+
+    /// Most requests waiting for approval at once.
+    pub fn max_pending(&self) -> usize {
+        self.config.approval.max_pending
     }
 }
 

@@ -326,6 +326,10 @@ impl Ledger {
         let subject = replay.as_ref().map(|_| replay_subject(&request));
         self.asking = Some(caller.id);
         self.replaying = replay;
+        // The one size check of stored free text, whatever path the request came by.
+        if let Err(e) = request.validate() {
+            return Applied::new(Err(Refusal::Invalid(e.to_string())), vec![]);
+        }
         let applied = self.apply_request(c, request, now);
         self.asking = None;
         if let (Some(replay), Some(subject)) = (self.replaying.take(), subject) {
@@ -416,7 +420,8 @@ impl Ledger {
         approved: bool,
         now: UnixMillis,
     ) -> Result<BlockReply, Refusal> {
-        reason.validate().map_err(Refusal::Invalid)?;
+        // Whole requests were checked by `Request::validate`; a feed's item is checked here.
+        reason.validate().map_err(|e| Refusal::Invalid(e.to_string()))?;
         if let Some(why) = req.target.not_a_block_target() {
             return Err(Refusal::Invalid(format!("{} is not a block target: {why}", req.target)));
         }
@@ -425,7 +430,7 @@ impl Ledger {
         }
         let (ttl, mode, notes) = match self.decide(c, &req, approved, now) {
             Decision::Apply { ttl, mode, notes } => (ttl, mode, notes),
-            Decision::Pending { why } => return Ok(self.add_pending(c, req, &reason, why, now)),
+            Decision::Pending { why } => return self.add_pending(c, req, &reason, why, now),
             Decision::Refuse { rule, message } => return Err(self.refuse(c, &req, &reason, Refusal::Policy { rule, message })),
         };
         let target = req.target;
@@ -501,6 +506,7 @@ impl Ledger {
         };
         match &refusal {
             Refusal::MapFull { .. } => c.refused.push(("capacity", req.source.clone())),
+            Refusal::PendingFull { .. } => c.refused.push(("pending_full", req.source.clone())),
             Refusal::Policy { rule, .. } => c.refused.push((rule.as_str(), req.source.clone())),
             _ => {}
         }
@@ -512,7 +518,11 @@ impl Ledger {
         refusal
     }
 
-    fn add_pending(&mut self, c: &mut Change, req: BlockRequest, reason: &Reason, why: String, now: UnixMillis) -> BlockReply {
+    fn add_pending(&mut self, c: &mut Change, req: BlockRequest, reason: &Reason, why: String, now: UnixMillis) -> Result<BlockReply, Refusal> {
+        if self.pending.len() >= self.policy.max_pending() {
+            let full = Refusal::PendingFull { limit: self.policy.max_pending() };
+            return Err(self.refuse(c, &req, &Arc::new(reason.clone()), full));
+        }
         self.remember_pending(c);
         let id = self.next_pending;
         self.next_pending += 1;
@@ -536,14 +546,14 @@ impl Ledger {
         e.reason = Some(Arc::new(reason.clone()));
         c.events.push(e);
         self.pending.insert(id, p);
-        BlockReply {
+        Ok(BlockReply {
             target,
             outcome: Outcome::Pending,
             expires_ms: None,
             mode,
             notes: vec![why],
             pending_id: Some(id),
-        }
+        })
     }
 
     /// Blocks many targets for one source with one reason.

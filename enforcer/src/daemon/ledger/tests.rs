@@ -312,6 +312,44 @@ fn expiry_takes_only_what_is_due_and_at_most_the_limit() {
 }
 
 #[test]
+fn the_approval_queue_is_bounded_and_a_request_past_it_is_refused_and_audited() {
+    let mut cfg = PolicyConfig::default();
+    cfg.approval.max_pending = 2;
+    cfg.sources.insert(src("feed"), SourcePolicy {
+        require_approval: Some(true),
+        ..SourcePolicy::default()
+    });
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    for i in 1..=2 {
+        r.one(Request::Block(req(&format!("192.0.2.{i}"), "feed", Some(60))), T0).unwrap();
+    }
+    let e = r.one(Request::Block(req("192.0.2.3", "feed", Some(60))), T0).unwrap_err();
+    assert!(matches!(e, Refusal::PendingFull { limit: 2 }), "{e:?}");
+    assert_eq!(e.to_body().code, ErrorCode::Refused);
+    assert!(e.to_string().contains("policy.approval.max_pending"), "{e}");
+    assert_eq!(r.ledger.pending().len(), 2);
+    // Rejecting one makes room again.
+    r.one(Request::Reject { id: 1 }, T0).unwrap();
+    r.one(Request::Block(req("192.0.2.3", "feed", Some(60))), T0).unwrap();
+    assert_eq!(r.ledger.pending().len(), 2);
+}
+
+#[test]
+fn oversized_free_text_is_refused_whole_with_its_size_and_limit() {
+    let mut r = Rig::new(ledger());
+    let mut long = req("192.0.2.1", "cli", Some(60));
+    long.reason = Reason::text("x".repeat(2000));
+    let e = r.one(Request::Block(long), T0).unwrap_err();
+    assert_eq!(e.to_body().code, ErrorCode::InvalidRequest);
+    assert!(e.to_string().contains("reason is 2000 bytes; the limit is 1024"), "{e}");
+    let comment = Some("c".repeat(crate::protocol::MAX_COMMENT + 1));
+    let e = r.one(Request::AllowAdd { target: t("198.51.100.7"), comment, force: false }, T0).unwrap_err();
+    assert!(e.to_string().contains("comment is 257 bytes; the limit is 256"), "{e}");
+    assert!(r.ledger.blocks().is_empty());
+    assert!(r.ledger.allowlist().origins(&t("198.51.100.7")).is_none());
+}
+
+#[test]
 fn pending_requests_expire_unapproved() {
     let mut cfg = PolicyConfig::default();
     cfg.sources.insert(src("feed"), SourcePolicy {
