@@ -135,6 +135,23 @@ impl Daemon {
         Ok(())
     }
 
+    /// Sends SIGTERM and returns at once (see [`Daemon::wait_exit`]).
+    pub fn sigterm(&self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, or `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = wait_for("the daemon to exit", timeout, || Ok(child.try_wait()?)).ok()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL: a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

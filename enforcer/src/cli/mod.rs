@@ -169,8 +169,8 @@ pub(crate) fn call(socket: &std::path::Path, request: &Request) -> Result<Reply,
 /// For triggers that must not be lost when the daemon is down (fail2ban, scripts).
 #[derive(Debug, clap::Args)]
 pub struct SpoolFlags {
-    /// If the daemon is not running, spool the request in the daemon's state directory instead
-    /// of failing; the daemon applies it when it starts (a block's TTL counts from now).
+    /// If the daemon is not running (or answers `unavailable`: stopping, or at its connection
+    /// cap), spool the request in the daemon's state directory instead of failing; the daemon applies it when it starts (a block's TTL counts from now).
     #[arg(long)]
     pub spool_if_down: bool,
     /// The daemon's state directory (for --spool-if-down).

@@ -147,15 +147,20 @@ async fn turn_away(stream: UnixStream, message: String) {
 }
 
 /// Backs off while accepting fails (out of file descriptors: EMFILE, ENFILE), instead of
-/// spinning on a listener that stays readable; logs once per burst.
+/// spinning on a listener that stays readable. Logs once per burst: a burst ends after
+/// [`AcceptBackoff::QUIET`] without a failure (while descriptors free up one by one, accepts
+/// succeed and fail in turn).
 #[derive(Default)]
 struct AcceptBackoff {
-    delay: Option<Duration>,
+    delay: Duration,
+    last_failure: Option<std::time::Instant>,
+    failures: u64,
 }
 
 impl AcceptBackoff {
     const FIRST: Duration = Duration::from_millis(10);
     const MOST: Duration = Duration::from_millis(200);
+    const QUIET: Duration = Duration::from_secs(10);
 
     async fn failed(&mut self, e: &io::Error, metrics: &Metrics) {
         let kind = match e.raw_os_error() {
@@ -164,20 +169,21 @@ impl AcceptBackoff {
             _ => "other",
         };
         metrics.accept_error(kind);
-        let delay = match self.delay {
-            None => {
-                tracing::error!(error = %e, "accepting control connections fails; backing off until it works again (out of file descriptors: raise LimitNOFILE)");
-                Self::FIRST
-            }
-            Some(d) => (d * 2).min(Self::MOST),
-        };
-        self.delay = Some(delay);
-        tokio::time::sleep(delay).await;
+        if self.last_failure.is_none_or(|t| t.elapsed() > Self::QUIET) {
+            tracing::error!(error = %e, "accepting control connections fails; backing off until it works again (logged once per burst; out of file descriptors: raise LimitNOFILE)");
+            self.delay = Self::FIRST;
+        } else {
+            self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MOST);
+        }
+        self.failures += 1;
+        self.last_failure = Some(std::time::Instant::now());
+        tokio::time::sleep(self.delay).await;
     }
 
     fn succeeded(&mut self) {
-        if self.delay.take().is_some() {
-            tracing::info!("accepting control connections again");
+        if self.failures > 0 && self.last_failure.is_some_and(|t| t.elapsed() > Self::QUIET) {
+            tracing::info!(failed = self.failures, "accepting control connections again");
+            self.failures = 0;
         }
     }
 }
@@ -236,7 +242,7 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
             (Next::Closed, _) => return Ok(()),
             (Next::Stopping, _) => ("unknown", Response::err(ErrorCode::Unavailable, SHUTTING_DOWN), false),
             (Next::Idle, _) => {
-                let message = format!("no complete request within {} (control_socket.idle_timeout); closing the connection", server.limits.idle_timeout);
+                let message = format!("no complete request within {:?} (control_socket.idle_timeout); closing the connection", server.limits.idle_timeout.0);
                 ("unknown", Response::err(ErrorCode::InvalidRequest, message), false)
             }
             (Next::Line, None) => ("unknown", Response::err(ErrorCode::PermissionDenied, NOT_ALLOWED), false),

@@ -1,0 +1,240 @@
+//! Bounds on what clients may hold of the daemon, end to end with the real daemon and CLI: the
+//! connection cap, the idle timeout, the size of stored text, the approval queue, running out
+//! of file descriptors, a dying engine thread, and a trigger sent while the daemon stops.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use enforcer_tests::{
+    Lab,
+    daemon::{Daemon, fails, ok},
+    require_root, wait_for,
+};
+
+/// A raw connection to the daemon's socket.
+fn connect(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// The next answer on `s`, or `None` on end of file or after its read timeout. (Read as JSON
+/// values, not the protocol's types, so that this file also runs against builds without the
+/// `unavailable` code.)
+fn answer(s: &UnixStream) -> Option<Value> {
+    let mut line = String::new();
+    match BufReader::new(s).read_line(&mut line) {
+        Ok(n) if n > 0 => Some(serde_json::from_str(&line).expect("an answer")),
+        _ => None,
+    }
+}
+
+fn ping(s: &mut UnixStream) -> Option<Value> {
+    s.write_all(b"{\"v\":1,\"op\":\"ping\"}\n").ok()?;
+    answer(s)
+}
+
+fn is_ok(r: Option<Value>) -> bool {
+    r.is_some_and(|v| v["ok"] == true)
+}
+
+/// An error answer's code and message.
+fn error(r: Option<Value>) -> (String, String) {
+    match r {
+        Some(v) if v["ok"] == false => (v["error"]["code"].as_str().unwrap().to_owned(), v["error"]["message"].as_str().unwrap().to_owned()),
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+}
+
+fn listed(d: &Daemon, target: &str) -> bool {
+    d.json(&["list"]).as_array().unwrap().iter().any(|e| e["target"] == target)
+}
+
+fn spool_flags(d: &Daemon) -> [String; 3] {
+    ["--spool-if-down".into(), "--state-dir".into(), d.state_dir.display().to_string()]
+}
+
+#[test]
+fn connections_past_the_cap_are_turned_away_and_a_trigger_then_spools_while_earlier_ones_are_still_served() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &["--max-connections", "4"]).unwrap();
+    let mut held: Vec<UnixStream> = (0..4).map(|_| connect(&d.socket)).collect();
+    for s in &mut held {
+        assert!(is_ok(ping(s)));
+    }
+
+    let extra = connect(&d.socket);
+    let (code, message) = error(answer(&extra));
+    assert_eq!(code, "unavailable");
+    assert!(message.contains("too many connections") && message.contains("max_connections"), "{message}");
+    assert!(answer(&extra).is_none(), "the turned-away connection stays open");
+    fails(&d.cli(&["list"]), 3, "too many connections");
+    // A trigger is never lost: it spools, as when the daemon is not running.
+    let mut block = vec!["block".to_owned(), "192.0.2.50".into()];
+    block.extend(spool_flags(&d));
+    let out = d.cli(&block.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok(&out).contains("the daemon is unavailable; spooled to"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The connections served before the excess still are.
+    assert!(is_ok(ping(&mut held[0])));
+    held.truncate(1);
+    // The running daemon drains the spool (every 5 s).
+    wait_for("the spooled block to be applied", Duration::from_secs(20), || Ok(listed(&d, "192.0.2.50").then_some(()))).unwrap();
+    assert!(is_ok(ping(&mut held[0])));
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &["--idle-timeout", "1s"]).unwrap();
+    for partial in [&b""[..], b"{\"v\":1,"] {
+        let mut s = connect(&d.socket);
+        s.write_all(partial).unwrap();
+        let started = Instant::now();
+        let (code, message) = error(answer(&s));
+        let took = started.elapsed();
+        assert_eq!(code, "invalid_request");
+        assert!(message.contains("no complete request within 1s"), "{message}");
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
+        assert!(answer(&s).is_none(), "still open after the idle error");
+    }
+    // A client that keeps asking is served past the timeout.
+    let mut s = connect(&d.socket);
+    for _ in 0..4 {
+        assert!(is_ok(ping(&mut s)));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn an_oversized_reason_or_comment_is_refused_with_its_size_and_nothing_is_stored() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let reason = "x".repeat(2000);
+    d.fails_cleanly(&["block", "192.0.2.60", "--reason", &reason], 2, "reason is 2000 bytes; the limit is 1024");
+    let comment = "c".repeat(300);
+    d.fails_cleanly(&["allow", "add", "198.51.100.60", "--comment", &comment], 2, "comment is 300 bytes; the limit is 256");
+    // At the limit is fine.
+    ok(&d.cli(&["allow", "add", "198.51.100.60", "--comment", &"c".repeat(256)]));
+}
+
+#[test]
+fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(&config, "[policy.approval]\nmax_pending = 2\n[policy.sources.review]\nrequire_approval = true\n").unwrap();
+    let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
+    for i in 1..=2 {
+        let r = d.json(&["block", &format!("203.0.113.{i}"), "--source", "review"]);
+        assert_eq!(r["outcome"], "pending", "{r}");
+    }
+    d.fails_cleanly(&["block", "203.0.113.3", "--source", "review"], 7, "2 requests already wait for it");
+    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    assert!(audit.lines().any(|l| l.contains("203.0.113.3") && l.contains("max_pending")), "{audit}");
+    let id = d.json(&["pending"])[0]["id"].as_u64().unwrap().to_string();
+    ok(&d.cli(&["reject", &id]));
+    assert_eq!(d.json(&["block", "203.0.113.3", "--source", "review"])["outcome"], "pending");
+}
+
+#[test]
+fn a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    // Debug builds only: blocking this target panics the engine thread.
+    let mut d = Daemon::start_with_env(&lab, &[], vec![("ENFORCER_TEST_PANIC_ENGINE".into(), "192.0.2.66".into())]).unwrap();
+    ok(&d.cli(&["block", "192.0.2.65"]));
+    let out = d.cli(&["block", "192.0.2.66"]);
+    assert!(!out.status.success(), "the block that killed the engine was acknowledged");
+    let status = d.wait_exit(Duration::from_secs(20)).expect("the daemon kept running with a dead engine");
+    assert!(!status.success(), "exited with {status}");
+    let log = d.log();
+    assert!(log.contains("the engine thread panicked"), "{log}");
+    // What a supervisor does next: start it again; every acknowledged block is there.
+    d.spawn().unwrap();
+    assert!(listed(&d, "192.0.2.65"));
+    ok(&d.cli(&["block", "192.0.2.67"]));
+}
+
+#[test]
+fn a_block_sent_while_the_daemon_stops_is_spooled_and_applied_at_the_next_start() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let stall = tmp.path().join("stall");
+    let mut d = Daemon::start_with_env(&lab, &[], vec![("ENFORCER_TEST_STALL_ENGINE".into(), stall.display().to_string())]).unwrap();
+    // Hold the engine (debug builds), so that the stop takes as long as the test needs.
+    std::fs::write(&stall, "").unwrap();
+    let mut probe = connect(&d.socket);
+    probe.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    wait_for("the engine to stall", Duration::from_secs(10), || Ok(ping(&mut probe).is_none().then_some(()))).unwrap();
+    d.sigterm();
+    wait_for("the stopping daemon to answer `unavailable`", Duration::from_secs(10), || {
+        let Ok(s) = UnixStream::connect(&d.socket) else { return Ok(None) };
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(answer(&s).is_some_and(|v| v["error"]["code"] == "unavailable").then_some(()))
+    })
+    .unwrap();
+    let mut block = vec!["block".to_owned(), "192.0.2.70".into()];
+    block.extend(spool_flags(&d));
+    let out = d.cli(&block.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok(&out).contains("the daemon is unavailable; spooled to"), "{}", String::from_utf8_lossy(&out.stdout));
+    fails(&d.cli(&["list"]), 3, "shutting down");
+
+    std::fs::remove_file(&stall).unwrap();
+    let status = d.wait_exit(Duration::from_secs(30)).expect("the daemon did not stop");
+    assert!(status.success(), "exited with {status}: {}", d.log());
+    assert!(!d.socket.exists(), "the socket outlived the daemon");
+    d.spawn().unwrap();
+    assert!(listed(&d, "192.0.2.70"), "the spooled block was not applied at the start");
+}
+
+/// CPU time (user + system) the process has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat(5); 3 is the first after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn a_daemon_out_of_file_descriptors_backs_off_without_spinning_and_answers_again() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let pid = d.pid().unwrap();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let limit = libc::rlimit { rlim_cur: open + 6, rlim_max: open + 6 };
+    // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-value pointer.
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) }, 0);
+
+    let held: Vec<UnixStream> = (0..40).map(|_| connect(&d.socket)).collect();
+    wait_for("the daemon to run out of descriptors", Duration::from_secs(10), || {
+        Ok(d.log().contains("accepting control connections fails").then_some(()))
+    })
+    .unwrap();
+    let before = cpu_time(pid);
+    let measured = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_time(pid) - before;
+    println!("CPU used while out of descriptors: {used:?} in {:?}", measured.elapsed());
+    assert!(used < Duration::from_millis(400), "the accept loop spins: {used:?} of CPU in 2 s");
+
+    drop(held);
+    wait_for("the daemon to answer again", Duration::from_secs(10), || Ok(d.cli(&["status"]).status.code().is_some_and(|c| c == 0 || c == 8).then_some(()))).unwrap();
+    let log = d.log();
+    assert_eq!(log.matches("accepting control connections fails").count(), 1, "logged more than once per burst: {log}");
+}
