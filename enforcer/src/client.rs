@@ -320,4 +320,40 @@ mod tests {
         let late: Envelope<Request> = serde_json::from_str(&line).unwrap();
         assert_eq!(late.id, Some(spooled_id));
     }
+
+    /// A daemon that answers one connection with `answer` (after reading the request line).
+    fn fake_daemon(path: &Path, answer: &'static str) {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let (mut s, _) = listener.accept().unwrap();
+            let mut byte = [0u8; 1];
+            while s.read(&mut byte).is_ok_and(|n| n == 1 && byte[0] != b'\n') {}
+            s.write_all(answer.as_bytes()).unwrap();
+        });
+    }
+
+    #[test]
+    fn an_unavailable_daemon_is_spooled_as_one_not_running_and_a_refusal_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let block = Request::Block(BlockRequest {
+            target: "192.0.2.9".parse().unwrap(),
+            ttl_secs: Some(60),
+            permanent: false,
+            source: Source::cli(),
+            reason: Reason::default(),
+            shadow: false,
+            force: false,
+        });
+        let stopping = dir.path().join("stopping.sock");
+        fake_daemon(&stopping, "{\"v\":1,\"ok\":false,\"error\":{\"code\":\"unavailable\",\"message\":\"the daemon is shutting down\"}}\n");
+        match deliver(&stopping, &block, Duration::from_secs(5), Some(&state)) {
+            Delivery::Spooled { why, .. } => assert_eq!(why.exit_code(), EXIT_NOT_RUNNING),
+            other => panic!("not spooled: {other:?}"),
+        }
+        let refusing = dir.path().join("refusing.sock");
+        fake_daemon(&refusing, "{\"v\":1,\"ok\":false,\"error\":{\"code\":\"refused\",\"message\":\"no\"}}\n");
+        assert!(matches!(deliver(&refusing, &block, Duration::from_secs(5), Some(&state)), Delivery::Refused(_)));
+    }
 }
