@@ -39,7 +39,7 @@ pub enum ClientError {
         why: String,
     },
     /// The connection failed mid-way.
-    #[error("talking to the daemon at {path}: {source}")]
+    #[error("talking to the daemon at {path} failed")]
     Io {
         /// Socket.
         path: PathBuf,

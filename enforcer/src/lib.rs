@@ -13,6 +13,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod datapath;
 pub mod duration;
+pub mod error;
 pub mod hooks;
 pub mod interfaces;
 pub mod install;

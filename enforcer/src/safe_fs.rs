@@ -39,7 +39,7 @@ pub enum SafeFsError {
     #[error("{path} is owned by uid {owner}, not by this process's user (uid {me}); run `chown {me} {path}` or choose another directory")]
     ForeignOwner { path: PathBuf, owner: u32, me: u32 },
     /// A system call failed.
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,

@@ -14,7 +14,7 @@ pub enum LapiError {
     #[error("cannot set up the LAPI client: {0}")]
     Setup(String),
     /// No answer (connection refused, timeout, TLS failure).
-    #[error("the LAPI at {url} does not answer: {source}")]
+    #[error("the LAPI at {url} does not answer")]
     Unreachable {
         /// The URL.
         url: String,

@@ -30,6 +30,7 @@ use self::{
 };
 use crate::{
     block::{Source, now_ms},
+    error::Chain,
     daemon::{ask_engine, engine::Command},
     protocol::{CrowdsecStatus, Reply, Request, Response, SyncReply},
 };
@@ -129,12 +130,12 @@ impl Bouncer {
                     tokio::time::sleep(self.update_frequency.saturating_sub(started.elapsed())).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "CrowdSec pull failed; blocks stay in force, the next pull is a full one");
+                    tracing::warn!(error = %Chain(&e), retry_in = ?backoff, "CrowdSec pull failed; blocks stay in force, the next pull is a full one");
                     self.need_full = true;
                     {
                         let mut s = self.status.lock().expect("status lock");
                         s.errors += 1;
-                        s.last_error = Some(e.to_string());
+                        s.last_error = Some(Chain(&e).to_string());
                         s.last_error_ms = Some(now_ms());
                     }
                     tokio::time::sleep(backoff).await;
@@ -254,7 +255,7 @@ impl Bouncer {
                 self.metrics.on = false;
                 self.status.lock().expect("status lock").usage_metrics = "off: the LAPI has no /v1/usage-metrics (before 1.6.3)".into();
             }
-            Err(e) => tracing::warn!(error = %e, "pushing usage metrics failed; retrying in 15 minutes"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "pushing usage metrics failed; retrying in 15 minutes"),
         }
     }
 }

@@ -172,7 +172,7 @@ fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Re
         match crate::datapath::detach_link(&layout, &iface) {
             Ok(()) if configured => tracing::info!(%iface, "released the pin of an absent interface"),
             Ok(()) => tracing::warn!(%iface, "detached: pinned by an earlier run but no longer configured"),
-            Err(e) => tracing::error!(%iface, error = %e, "cannot detach an interface that is no longer configured"),
+            Err(e) => tracing::error!(%iface, error = %crate::error::Chain(&e), "cannot detach an interface that is no longer configured"),
         }
     }
     // Every remaining link now runs this build's program on this build's maps: pins of older
@@ -326,7 +326,7 @@ async fn start_exporter(config: &Config, shared: &Shared) -> anyhow::Result<Opti
     let Some(addr) = config.metrics.listen else { return Ok(None) };
     let listener = crate::metrics::http::bind(addr).await?;
     let stats = crate::datapath::StatsReader::open_pinned(&shared.maps_dir)
-        .inspect_err(|e| tracing::warn!(error = %e, "metrics: the data path's counters are unreadable"))
+        .inspect_err(|e| tracing::warn!(error = %crate::error::Chain(e), "metrics: the data path's counters are unreadable"))
         .ok();
     let endpoint = Arc::new(crate::metrics::http::Endpoint {
         metrics: shared.metrics.clone(),

@@ -82,16 +82,9 @@ impl Refusal {
 
     /// The protocol's error body: the code, and the message with its causes.
     pub fn to_body(&self) -> ErrorBody {
-        let mut message = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
-            cause = c.source();
-        }
         ErrorBody {
             code: self.code(),
-            message,
+            message: crate::error::Chain(self).to_string(),
         }
     }
 }
@@ -115,5 +108,23 @@ mod tests {
         let body = e.to_body();
         assert_eq!(body.code, ErrorCode::Internal);
         assert_eq!(body.message, "the block store failed; nothing was changed: block store /x: disk full");
+    }
+
+    #[test]
+    fn a_kernel_refusal_names_the_map_the_syscall_and_the_errno_once_each() {
+        let e = Refusal::Kernel(Arc::new(MapsError::Kernel {
+            op: "insert",
+            map: "BLOCK_V4",
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            }),
+        }));
+        let body = e.to_body();
+        assert_eq!(
+            body.message,
+            "stored, but the kernel map update failed; it is retried at the next start: \
+             insert on map BLOCK_V4 failed: `bpf_map_update_elem` failed: Cannot allocate memory (os error 12)"
+        );
     }
 }

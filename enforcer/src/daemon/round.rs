@@ -17,6 +17,7 @@ use super::{
 use crate::{
     audit::{Action, Event},
     block::UnixMillis,
+    error::Chain,
     datapath::MapsError,
     protocol::Reply,
     store::{Store, StoreError, StoreOp},
@@ -86,7 +87,7 @@ where
     let base = ledger.time_base().clone();
     for (target, known) in change.touched() {
         if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known, &base) {
-            tracing::error!(%target, error = %e, "writing the kernel map failed");
+            tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
             failed.insert(*target, Arc::new(e));
         }
     }
@@ -107,13 +108,13 @@ fn write_allowlist<K: KernelMap + ?Sized>(ledger: &Ledger, kernel: &mut K, touch
     for target in kept {
         let origin = allow.origins(target).map_or(0, |o| o[0].to_kernel());
         if let Err(e) = kernel.insert_allow(target, origin) {
-            tracing::error!(%target, error = %e, "writing the kernel allowlist failed");
+            tracing::error!(%target, error = %Chain(&e), "writing the kernel allowlist failed");
             failed.insert(*target, Arc::new(e));
         }
     }
     for target in gone {
         if let Err(e) = kernel.remove_allow(target) {
-            tracing::error!(%target, error = %e, "writing the kernel allowlist failed");
+            tracing::error!(%target, error = %Chain(&e), "writing the kernel allowlist failed");
             failed.insert(*target, Arc::new(e));
         }
     }
@@ -146,7 +147,7 @@ where
         .collect();
     match commit(ledger, store, kernel, change) {
         Err(Failed { error, events, refused }) => {
-            tracing::error!(error = %error, "committing to the store failed; the round was undone");
+            tracing::error!(error = %Chain(&*error), "committing to the store failed; the round was undone");
             let answers = applied
                 .into_iter()
                 .map(|a| if a.wrote { Err(Refusal::Store(error.clone())) } else { a.answer })

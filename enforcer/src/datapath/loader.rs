@@ -154,7 +154,7 @@ pub enum DatapathError {
         prog_name: String,
     },
     /// The requested mode could not be used.
-    #[error("could not attach to {iface} in {mode:?} mode: {source}")]
+    #[error("could not attach to {iface} in {mode:?} mode")]
     Attach {
         iface: String,
         mode: XdpModeRequest,
@@ -162,16 +162,16 @@ pub enum DatapathError {
         source: aya::programs::ProgramError,
     },
     /// Loading the object or the program failed (the verifier log is in the source).
-    #[error("loading the XDP program failed: {0}")]
+    #[error("loading the XDP program failed")]
     Load(#[from] aya::EbpfError),
     /// The program failed to load into the kernel.
-    #[error("the kernel rejected the XDP program: {0}")]
+    #[error("the kernel rejected the XDP program")]
     Program(#[from] aya::programs::ProgramError),
     /// A map operation failed.
     #[error(transparent)]
     Maps(#[from] super::maps::MapsError),
     /// A filesystem operation on the pin directory failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -179,7 +179,7 @@ pub enum DatapathError {
         source: io::Error,
     },
     /// The kernel refused a link operation.
-    #[error("XDP link operation on {iface} failed: {source}")]
+    #[error("XDP link operation on {iface} failed")]
     Link {
         iface: String,
         #[source]

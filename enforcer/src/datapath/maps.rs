@@ -46,7 +46,7 @@ pub enum MapsError {
     #[error("map {0} is missing from the eBPF object")]
     Missing(&'static str),
     /// The kernel refused a map operation.
-    #[error("{op} on map {map} failed: {source}")]
+    #[error("{op} on map {map} failed")]
     Kernel {
         op: &'static str,
         map: &'static str,
@@ -54,7 +54,7 @@ pub enum MapsError {
         source: MapError,
     },
     /// A pinned map could not be opened.
-    #[error("opening pinned map {path}: {source}")]
+    #[error("opening pinned map {path}")]
     Open {
         path: String,
         #[source]

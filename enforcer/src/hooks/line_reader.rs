@@ -29,7 +29,7 @@ pub enum LineError {
     #[error("no complete line within {0:?}")]
     TimedOut(Duration),
     /// The read failed.
-    #[error("reading: {0}")]
+    #[error("reading failed")]
     Io(#[from] io::Error),
 }
 

@@ -48,6 +48,7 @@ use crate::{
     block::{Reason, Source, now_ms},
     client::{Delivery, deliver},
     config::Config,
+    error::Chain,
     daemon::spool,
     duration::{HumanDuration, format_secs},
     protocol::{BlockRequest, DEFAULT_SOCKET, ErrorCode, Outcome, Reply, Request},
@@ -522,7 +523,7 @@ impl Hook {
         let line = match input.read_line(MAX_MESSAGE, self.timeouts.message) {
             Ok(line) => line,
             Err(e) => {
-                log.write(&format!("Invalid input format: cannot read the message: {e}"));
+                log.write(&format!("Invalid input format: cannot read the message: {}", Chain(&e)));
                 return EXIT_INVALID;
             }
         };
@@ -571,7 +572,7 @@ impl Hook {
             Err(e) => {
                 let why = match e {
                     LineError::Eof => "execd closed the pipe".to_owned(),
-                    e => e.to_string(),
+                    e => Chain(&e).to_string(),
                 };
                 log.write(&format!("Invalid answer to check_keys: {why}"));
                 return EXIT_INVALID;
@@ -640,7 +641,7 @@ impl Hook {
             }
             Delivery::Reply(_) => self.failed("the daemon gave an unexpected answer to a block"),
             Delivery::Refused(e) => self.refused(&format!("block {target}"), &e),
-            Delivery::Failed(why) => self.failed(&format!("cannot block {target}: {why}")),
+            Delivery::Failed(why) => self.failed(&format!("cannot block {target}: {}", Chain(&why))),
             other => self.spooled(other, options),
         }
     }
@@ -670,7 +671,7 @@ impl Hook {
                 EXIT_OK
             }
             Delivery::Refused(e) => self.refused(&format!("unblock {target}"), &e),
-            Delivery::Failed(why) => self.failed(&format!("cannot unblock {target}: {why}")),
+            Delivery::Failed(why) => self.failed(&format!("cannot unblock {target}: {}", Chain(&why))),
             other => self.spooled(other, options),
         }
     }
@@ -680,13 +681,15 @@ impl Hook {
         match delivery {
             Delivery::Spooled { file, why } => {
                 self.log.write(&format!(
-                    "enforcer: the daemon is unreachable ({why}); spooled to {}: it is applied when the daemon starts",
+                    "enforcer: the daemon is unreachable ({}); spooled to {}: it is applied when the daemon starts",
+                    Chain(&why),
                     file.display()
                 ));
                 EXIT_OK
             }
             Delivery::Unreachable { why, spool_error } => self.failed(&format!(
-                "the daemon is unreachable ({why}) and spooling to {} failed ({}): the request is lost",
+                "the daemon is unreachable ({}) and spooling to {} failed ({}): the request is lost",
+                Chain(&why),
                 spool::spool_dir(&options.state_dir).display(),
                 spool_error.map_or_else(|| "not attempted".to_owned(), |e| e.to_string())
             )),

@@ -70,11 +70,11 @@ pub enum InstallError {
     /// Another file is there.
     #[error("{0} exists and differs from this action; pass --force to replace it")]
     Differs(PathBuf),
-    /// A file operation failed.
     /// A symbolic link at the target, or another refusal of a file written as root.
     #[error(transparent)]
     File(#[from] crate::safe_fs::SafeFsError),
-    #[error("{what} {}: {source}", path.display())]
+    /// A file operation failed.
+    #[error("{what} {}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,

@@ -78,11 +78,11 @@ pub enum InstallError {
     /// Something else is installed under that name.
     #[error("{0} exists and is not an enforcer hook; choose another --name, or pass --force to replace it")]
     NotOurs(PathBuf),
-    /// A file operation failed.
     /// A symbolic link at the target, or another refusal of a file written as root.
     #[error(transparent)]
     File(#[from] crate::safe_fs::SafeFsError),
-    #[error("{what} {}: {source}", path.display())]
+    /// A file operation failed.
+    #[error("{what} {}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,

@@ -23,7 +23,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The listen address could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}; pick another [metrics] listen address or free the port")]
+    #[error("cannot listen for metrics on {addr} (pick another [metrics] listen address or free the port)")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -52,7 +52,7 @@ impl Endpoint {
                 .filter_map(|(name, ifindex)| match reader.for_ifindex(*ifindex) {
                     Ok(s) => Some((name.clone(), s)),
                     Err(e) => {
-                        tracing::warn!(iface = %name, error = %e, "reading the data path's counters failed");
+                        tracing::warn!(iface = %name, error = %crate::error::Chain(&e), "reading the data path's counters failed");
                         None
                     }
                 })

@@ -4,6 +4,7 @@
 use crate::{
     audit::{Action, Event},
     datapath::{DatapathError, XdpModeRequest},
+    error::Chain,
     interfaces::{Interfaces, Step, Why},
     netlink::LinkState,
 };
@@ -45,9 +46,10 @@ impl Engine {
                 Step::Attach { iface, why } => {
                     let ifindex = links.iter().find(|l| l.name == iface).map_or(0, |l| l.index);
                     if let Err(error) = self.attach_one(&iface, why) {
-                        if self.interfaces.failed(&iface, ifindex, error.to_string()) {
-                            tracing::error!(%iface, error = %error, "{why}, but attaching failed: the interface is NOT protected (retrying twice a second)");
-                            self.interface_changed(Action::InterfaceUnprotected, &iface, format!("{why}; attach failed: {error}"));
+                        let error_text = Chain(&error).to_string();
+                        if self.interfaces.failed(&iface, ifindex, error_text.clone()) {
+                            tracing::error!(%iface, error = %error_text, "{why}, but attaching failed: the interface is NOT protected (retrying twice a second)");
+                            self.interface_changed(Action::InterfaceUnprotected, &iface, format!("{why}; attach failed: {error_text}"));
                         }
                         failures.push(AttachFailure { iface, error });
                     }
@@ -88,7 +90,7 @@ impl Engine {
     fn release(&mut self, iface: &str, was: &'static str, listed: bool) {
         let layout = self.dp.layout().clone();
         if let Err(e) = crate::datapath::detach_link(&layout, iface) {
-            tracing::error!(%iface, error = %e, "cannot release the pinned link of an interface that went away");
+            tracing::error!(%iface, error = %Chain(&e), "cannot release the pinned link of an interface that went away");
         }
         let detail = if listed {
             format!("the interface went away (it was {was}); it is protected again within a second of coming back")
