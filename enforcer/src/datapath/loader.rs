@@ -187,6 +187,11 @@ pub enum DatapathError {
     },
 }
 
+fn link_err(iface: &str) -> impl FnOnce(aya::programs::links::LinkError) -> DatapathError {
+    let iface = iface.to_owned();
+    move |source| DatapathError::Link { iface, source }
+}
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DatapathError {
     let path = path.to_owned();
     move |source| DatapathError::Io { action, path, source }
@@ -443,36 +448,11 @@ impl Datapath {
         let ifindex = ifindex(iface)?;
         let link_path = self.layout.link_path(iface);
         let state = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
-
-        if link_path.exists() {
-            let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link {
-                iface: iface.to_owned(),
-                source,
-            })?;
-            let fd_link: FdLink = pinned.into();
-            let info = fd_link.info().map_err(|source| DatapathError::Link {
-                iface: iface.to_owned(),
-                source,
-            })?;
-            if state.prog_id == Some(info.program_id()) {
-                let link = XdpLink::try_from(fd_link).map_err(|source| DatapathError::Link {
-                    iface: iface.to_owned(),
-                    source,
-                })?;
-                self.program().attach_to_link(link)?;
-                let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
-                return Ok(Attachment {
-                    iface: iface.to_owned(),
-                    ifindex,
-                    mode: after.mode.unwrap_or(AttachedMode::Skb),
-                    prog_id: after.prog_id.unwrap_or_default(),
-                    replaced: true,
-                });
-            }
-            // The interface went away (and maybe came back): the old link is defunct.
-            fs::remove_file(&link_path).map_err(io_err("removing stale link", &link_path))?;
+        if link_path.exists()
+            && let Some(replaced) = self.replace_in_pinned_link(iface, ifindex, &link_path, state.prog_id)?
+        {
+            return Ok(replaced);
         }
-
         if let Some(prog_id) = state.prog_id {
             return Err(DatapathError::ForeignProgram {
                 iface: iface.to_owned(),
@@ -480,7 +460,36 @@ impl Datapath {
                 prog_name: program_name(prog_id),
             });
         }
+        self.attach_new_link(iface, ifindex, &link_path, mode)
+    }
 
+    /// Our link is pinned for `iface`. If it still holds the interface's hook (`running` is its
+    /// program), this build's program goes into it in place, so traffic is never unfiltered.
+    /// Otherwise the interface went away (and maybe came back): the link is defunct, its pin is
+    /// removed, and `None` says to attach afresh.
+    fn replace_in_pinned_link(&mut self, iface: &str, ifindex: u32, link_path: &Path, running: Option<u32>) -> Result<Option<Attachment>, DatapathError> {
+        let pinned = PinnedLink::from_pin(link_path).map_err(link_err(iface))?;
+        let fd_link: FdLink = pinned.into();
+        let info = fd_link.info().map_err(link_err(iface))?;
+        if running != Some(info.program_id()) {
+            fs::remove_file(link_path).map_err(io_err("removing stale link", link_path))?;
+            return Ok(None);
+        }
+        let link = XdpLink::try_from(fd_link).map_err(link_err(iface))?;
+        self.program().attach_to_link(link)?;
+        let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+        Ok(Some(Attachment {
+            iface: iface.to_owned(),
+            ifindex,
+            mode: after.mode.unwrap_or(AttachedMode::Skb),
+            prog_id: after.prog_id.unwrap_or_default(),
+            replaced: true,
+        }))
+    }
+
+    /// Attaches to a hook nothing runs on, in the first of `mode`'s XDP modes the driver
+    /// accepts, and pins the link so the program outlives this process.
+    fn attach_new_link(&mut self, iface: &str, ifindex: u32, link_path: &Path, mode: XdpModeRequest) -> Result<Attachment, DatapathError> {
         let attempts: &[XdpMode] = match mode {
             XdpModeRequest::Auto => &[XdpMode::Driver, XdpMode::Skb],
             XdpModeRequest::Native => &[XdpMode::Driver],
@@ -491,13 +500,10 @@ impl Datapath {
             match self.program().attach_to_if_index(ifindex, attempt) {
                 Ok(id) => {
                     let link = self.program().take_link(id)?;
-                    let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-                        iface: iface.to_owned(),
-                        source,
-                    })?;
-                    fd_link.pin(&link_path).map_err(|e| DatapathError::Io {
+                    let fd_link = FdLink::try_from(link).map_err(link_err(iface))?;
+                    fd_link.pin(link_path).map_err(|e| DatapathError::Io {
                         action: "pinning the XDP link at",
-                        path: link_path.clone(),
+                        path: link_path.to_owned(),
                         source: io::Error::other(e),
                     })?;
                     let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
