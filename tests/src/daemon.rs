@@ -7,6 +7,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use enforcer::protocol::{AllowEntry, BlockReply, ListEntry, PendingBlock, ShowReply, StatsReply, StatusReply};
+use serde::de::DeserializeOwned;
 
 use crate::{Lab, RECEIVER_IF, wait_for};
 
@@ -205,6 +207,62 @@ impl Daemon {
         assert!(out.status.success(), "enforcer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
+
+    /// Runs the CLI with `--json` and reads its output as the protocol's type `T`, so a renamed
+    /// or retyped field fails here (or to compile) instead of reading as `null`.
+    pub fn reply<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let value = self.json(args);
+        T::deserialize(&value).unwrap_or_else(|e| {
+            panic!("`enforcer {} --json` is not a {}: {e}: {value}", args.join(" "), std::any::type_name::<T>())
+        })
+    }
+
+    /// `enforcer block ARGS --json`.
+    pub fn block(&self, args: &[&str]) -> BlockReply {
+        self.reply(&[&["block"], args].concat())
+    }
+
+    /// `enforcer list ARGS --json`.
+    pub fn list(&self, args: &[&str]) -> Vec<ListEntry> {
+        self.reply(&[&["list"], args].concat())
+    }
+
+    /// `enforcer show TARGET --json`.
+    pub fn show(&self, target: &str) -> ShowReply {
+        self.reply(&["show", target])
+    }
+
+    /// `enforcer stats --json`.
+    pub fn stats(&self) -> StatsReply {
+        self.reply(&["stats"])
+    }
+
+    /// `enforcer status --json`.
+    pub fn status(&self) -> StatusReply {
+        self.reply(&["status"])
+    }
+
+    /// `enforcer pending --json`.
+    pub fn pending(&self) -> Vec<PendingBlock> {
+        self.reply(&["pending"])
+    }
+
+    /// `enforcer allow list --json`.
+    pub fn allowlist(&self) -> Vec<AllowEntry> {
+        self.reply(&["allow", "list"])
+    }
+}
+
+/// The entry of `target` (as written, e.g. `192.0.2.10` or `198.51.100.0/24`) in a listing.
+pub fn entry<'a>(list: &'a [ListEntry], target: &str) -> &'a ListEntry {
+    list.iter()
+        .find(|e| e.target.to_string() == target)
+        .unwrap_or_else(|| panic!("{target} is not listed: {list:?}"))
+}
+
+/// The targets of a listing, as text, in its order.
+pub fn targets(list: &[ListEntry]) -> Vec<String> {
+    list.iter().map(|e| e.target.to_string()).collect()
 }
 
 impl Drop for Daemon {

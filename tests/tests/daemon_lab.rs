@@ -3,13 +3,14 @@
 use std::{path::Path, time::Duration};
 
 use enforcer::{
+    block::{Mode, now_ms},
     client::Client,
-    protocol::{BatchItem, BatchRequest, Reply, Request},
+    datapath::AttachedMode,
+    protocol::{BatchItem, BatchRequest, Outcome, Reply, Request},
 };
-use enforcer::block::now_ms;
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4, SENDER_V6, RECEIVER_V6,
-    daemon::{Daemon, cli, fails, ok, one_line},
+    daemon::{Daemon, cli, entry, fails, ok, one_line, targets},
     require_root, udp_exchange, wait_for,
 };
 
@@ -34,29 +35,27 @@ fn block_list_show_stats_status_and_unblock_from_the_cli() {
     assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10);
     assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 0);
 
-    let list = d.json(&["list"]);
-    let entry = list.as_array().unwrap().iter().find(|e| e["target"] == SENDER_V4[1]).unwrap();
-    assert_eq!(entry["packets"], 10);
-    assert_eq!(entry["mode"], "enforce");
-    assert_eq!(entry["sources"][0]["source"], "cli");
-    assert_eq!(entry["sources"][0]["reason"]["text"], "ssh brute force");
+    let list = d.list(&[]);
+    let entry = entry(&list, SENDER_V4[1]);
+    assert_eq!(entry.packets, 10);
+    assert_eq!(entry.mode, Mode::Enforce);
+    assert_eq!(entry.sources[0].source.as_str(), "cli");
+    assert_eq!(entry.sources[0].reason.text.as_deref(), Some("ssh brute force"));
     let table = ok(&d.cli(&["list", "--sort", "hits"]));
     assert!(table.lines().next().unwrap().starts_with("TARGET"), "{table}");
     assert!(table.contains("192.0.2.10") && table.contains("ssh brute force"), "{table}");
 
-    let show = d.json(&["show", SENDER_V4[1]]);
-    assert_eq!(show["verdict"], "drop");
-    let show = d.json(&["show", SENDER_V4[2]]);
-    assert_eq!(show["verdict"], "pass");
+    assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
+    assert_eq!(d.show(SENDER_V4[2]).verdict, "pass");
 
-    let stats = d.json(&["stats"]);
-    assert!(stats["total"]["dropped"]["packets"].as_u64().unwrap() >= 20);
-    assert_eq!(stats["interfaces"][0]["iface"], "vb");
-    let status = d.json(&["status"]);
-    assert_eq!(status["interfaces"][0]["mode"], "native");
-    assert_eq!(status["targets"], 2);
-    let used = status["maps"].as_array().unwrap().iter().find(|m| m["map"] == "BLOCK_V4").unwrap();
-    assert_eq!(used["used"], 1);
+    let stats = d.stats();
+    assert!(stats.total.dropped.packets >= 20);
+    assert_eq!(stats.interfaces[0].iface, "vb");
+    let status = d.status();
+    assert_eq!(status.interfaces[0].mode, Some(AttachedMode::Native));
+    assert_eq!(status.targets, 2);
+    let used = status.maps.iter().find(|m| m.map == "BLOCK_V4").unwrap();
+    assert_eq!(used.used, 1);
 
     let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
     assert!(out.contains("unblocked 192.0.2.10"), "{out}");
@@ -74,9 +73,9 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
     let d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "wazuh"]));
-    let list = d.json(&["list"]);
-    assert_eq!(list[0]["sources"].as_array().unwrap().len(), 2);
-    let left = list[0]["expires_ms"].as_u64().unwrap() - now_ms();
+    let list = d.list(&[]);
+    assert_eq!(list[0].sources.len(), 2);
+    let left = list[0].expires_ms.unwrap() - now_ms();
     assert!(left > 50 * 60 * 1000, "the kernel expiry is the latest source's");
 
     let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
@@ -90,7 +89,7 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
     ok(&d.cli(&["block", SENDER_V4[2], "--source", "a"]));
     ok(&d.cli(&["block", SENDER_V4[2], "--source", "b"]));
     ok(&d.cli(&["unblock", SENDER_V4[2], "--all"]));
-    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 0);
+    assert_eq!(d.list(&[]).len(), 0);
 }
 
 #[test]
@@ -98,22 +97,22 @@ fn reblocking_extends_but_never_shortens_loses_its_reason_or_demotes_it() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let first = d.json(&["block", SENDER_V4[1], "--ttl", "1h", "--reason", "first reason"]);
-    assert_eq!(first["outcome"], "created");
-    let shorter = d.json(&["block", SENDER_V4[1], "--ttl", "10m"]);
-    assert_eq!(shorter["outcome"], "unchanged");
-    assert_eq!(shorter["expires_ms"], first["expires_ms"]);
-    let longer = d.json(&["block", SENDER_V4[1], "--ttl", "2h"]);
-    assert_eq!(longer["outcome"], "extended");
-    assert!(longer["expires_ms"].as_u64() > first["expires_ms"].as_u64());
-    let list = d.json(&["list"]);
-    assert_eq!(list[0]["sources"][0]["reason"]["text"], "first reason", "a re-block without a reason keeps it");
-    let shadow = d.json(&["block", SENDER_V4[1], "--shadow", "--reason", "second"]);
-    assert_eq!(shadow["mode"], "enforce", "a re-block never demotes an enforced block");
-    assert_eq!(d.json(&["list"])[0]["sources"][0]["reason"]["text"], "second");
+    let first = d.block(&[SENDER_V4[1], "--ttl", "1h", "--reason", "first reason"]);
+    assert_eq!(first.outcome, Outcome::Created);
+    let shorter = d.block(&[SENDER_V4[1], "--ttl", "10m"]);
+    assert_eq!(shorter.outcome, Outcome::Unchanged);
+    assert_eq!(shorter.expires_ms, first.expires_ms);
+    let longer = d.block(&[SENDER_V4[1], "--ttl", "2h"]);
+    assert_eq!(longer.outcome, Outcome::Extended);
+    assert!(longer.expires_ms.unwrap() > first.expires_ms.unwrap());
+    let list = d.list(&[]);
+    assert_eq!(list[0].sources[0].reason.text.as_deref(), Some("first reason"), "a re-block without a reason keeps it");
+    let shadow = d.block(&[SENDER_V4[1], "--shadow", "--reason", "second"]);
+    assert_eq!(shadow.mode, Mode::Enforce, "a re-block never demotes an enforced block");
+    assert_eq!(d.list(&[])[0].sources[0].reason.text.as_deref(), Some("second"));
     // In the kernel too: the source is still dropped.
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the shadow re-block demoted the kernel entry");
-    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "drop");
+    assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
 }
 
 #[test]
@@ -121,14 +120,14 @@ fn a_reblock_that_enforces_promotes_a_shadow_block_in_the_kernel() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let r = d.json(&["block", SENDER_V4[1], "--ttl", "1h", "--shadow"]);
-    assert_eq!(r["mode"], "shadow");
+    let r = d.block(&[SENDER_V4[1], "--ttl", "1h", "--shadow"]);
+    assert_eq!(r.mode, Mode::Shadow);
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "shadow lets packets through");
-    let r = d.json(&["block", SENDER_V4[1], "--ttl", "1h"]);
-    assert_eq!(r["mode"], "enforce");
+    let r = d.block(&[SENDER_V4[1], "--ttl", "1h"]);
+    assert_eq!(r.mode, Mode::Enforce);
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the re-block enforces in the kernel");
-    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "drop");
-    assert_eq!(d.json(&["list"])[0]["mode"], "enforce");
+    assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
+    assert_eq!(d.list(&[])[0].mode, Mode::Enforce);
 }
 
 #[test]
@@ -136,8 +135,8 @@ fn a_block_expires_and_the_reaper_removes_it() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let r = d.json(&["block", SENDER_V4[1], "--ttl", "3s"]);
-    let deadline = r["expires_ms"].as_u64().unwrap();
+    let r = d.block(&[SENDER_V4[1], "--ttl", "3s"]);
+    let deadline = r.expires_ms.unwrap();
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
     // Shortly before its deadline it still drops (the exchange ends SETTLE after sending).
     let probe_at = deadline - 300 - SETTLE.as_millis() as u64;
@@ -147,7 +146,7 @@ fn a_block_expires_and_the_reaper_removes_it() {
     assert!(sent < deadline, "the probe came too late to prove anything");
     // Reaped, but not before the deadline, and soon after it.
     let removed = wait_for("the reaper to remove the block", Duration::from_secs(5), || {
-        let empty = d.json(&["list"]).as_array().unwrap().is_empty();
+        let empty = d.list(&[]).is_empty();
         Ok(empty.then(now_ms))
     })
     .unwrap();
@@ -164,17 +163,17 @@ fn a_blocked_source_stays_dropped_across_a_daemon_restart() {
     let lab = Lab::new().unwrap();
     let mut d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
-    let before = d.json(&["list"]);
+    let before = d.list(&[]);
     d.stop().unwrap();
     // No daemon: the pinned program and maps keep enforcing.
     fails(&d.cli(&["list"]), 3, "daemon is not running");
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
     d.spawn().unwrap();
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
-    let after = d.json(&["list"]);
-    assert_eq!(after[0]["target"], before[0]["target"]);
-    assert_eq!(after[0]["expires_ms"], before[0]["expires_ms"]);
-    assert_eq!(after[0]["packets"], 20, "counters survive the restart");
+    let after = d.list(&[]);
+    assert_eq!(after[0].target, before[0].target);
+    assert_eq!(after[0].expires_ms, before[0].expires_ms);
+    assert_eq!(after[0].packets, 20, "counters survive the restart");
 }
 
 #[test]
@@ -184,17 +183,17 @@ fn a_reboot_restores_every_block_with_its_remaining_time() {
     let mut d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
     ok(&d.cli(&["block", "198.51.100.0/24", "--ttl", "1h", "--source", "wazuh"]));
-    let before = d.json(&["list", "--sort", "target"]);
+    let before = d.list(&["--sort", "target"]);
     d.stop().unwrap();
     // A reboot empties bpffs: remove every pin.
     ok(&cli(&d.socket, &["detach", "--bpffs-dir", lab.pins.path().to_str().unwrap()]));
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "nothing enforces after the 'reboot'");
     d.spawn().unwrap();
-    let after = d.json(&["list", "--sort", "target"]);
-    assert_eq!(after.as_array().unwrap().len(), 2);
-    for (a, b) in after.as_array().unwrap().iter().zip(before.as_array().unwrap()) {
-        assert_eq!(a["target"], b["target"]);
-        assert_eq!(a["expires_ms"], b["expires_ms"], "the deadline is kept, not reset");
+    let after = d.list(&["--sort", "target"]);
+    assert_eq!(after.len(), 2);
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.target, b.target);
+        assert_eq!(a.expires_ms, b.expires_ms, "the deadline is kept, not reset");
     }
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
 }
@@ -245,9 +244,7 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
     let acked = importer.join().unwrap();
     assert!(!acked.is_empty() && acked.len() < targets.len(), "killed mid-import ({} acked)", acked.len());
     d.spawn().unwrap();
-    let list = d.json(&["list", "--source", "import"]);
-    let present: std::collections::HashSet<&str> =
-        list.as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap()).collect();
+    let present: std::collections::HashSet<String> = enforcer_tests::daemon::targets(&d.list(&["--source", "import"])).into_iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|t| !present.contains(t.as_str())).collect();
     assert!(lost.is_empty(), "{} acknowledged blocks lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
     // And they are in the kernel, not just the store.
@@ -273,7 +270,7 @@ fn import_loads_a_file_and_rejects_a_bad_one_whole() {
     fails(&out, 1, "bad.txt:2:");
     one_line(&out, &["import"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.txt:3: invalid duration"));
-    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 3, "nothing from the bad file");
+    assert_eq!(d.list(&[]).len(), 3, "nothing from the bad file");
 }
 
 #[test]
@@ -299,7 +296,7 @@ fn every_error_is_one_clear_line_with_its_exit_code_and_changes_nothing() {
         ok(&d.cli(&["block", &format!("203.0.113.{i}")]));
     }
     d.fails_cleanly(&["block", "203.0.113.4"], 6, "map is full (3 entries); nothing was evicted");
-    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 3);
+    assert_eq!(d.list(&[]).len(), 3);
     // Permission denied for an unprivileged user.
     let before = d.state();
     let out = std::process::Command::new("setpriv")
@@ -368,9 +365,7 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
     fails(&out, 7, &format!("1 of 3 targets were refused, the rest imported; first: {RECEIVER_V4}: refused by policy rule `allowlist`"));
     one_line(&out, &["import"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 of 3"));
-    let listed = |d: &Daemon| -> Vec<String> {
-        d.json(&["list", "--sort", "target"]).as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap().to_owned()).collect()
-    };
+    let listed = |d: &Daemon| targets(&d.list(&["--sort", "target"]));
     assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2"]);
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "nothing else was blocked");
     // The map holds 3: the fourth address is refused (6), the one before it imported.
@@ -428,7 +423,7 @@ fn concurrent_requests_share_one_commit() {
         concurrent * 2 <= sequential,
         "concurrent requests were not committed together: {concurrent} fsyncs for {N} (sequential: {sequential})"
     );
-    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 2 * N);
+    assert_eq!(d.list(&[]).len(), 2 * N);
 }
 
 /// Runs `f` with the daemon under `strace`, and counts the fsync-family calls it made meanwhile.
@@ -564,7 +559,7 @@ fn a_store_that_cannot_write_refuses_the_block_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the block store failed"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "nothing was written to the kernel");
-    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1);
+    assert_eq!(d.list(&[]).len(), 1);
     // Room again: the same request succeeds.
     std::fs::remove_file(&filler).unwrap();
     ok(&d.cli(&["block", SENDER_V4[2]]));
@@ -592,8 +587,8 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     assert!(log.contains("restored") || log.contains("reconciled"), "{log}");
     // The counters came along: 10 dropped before the upgrade, 10 under the old program after
     // the daemon stopped, 10 in the new maps.
-    let list = d.json(&["list"]);
-    assert_eq!(list[0]["packets"], 30, "counters survive the upgrade: {list}");
+    let list = d.list(&[]);
+    assert_eq!(list[0].packets, 30, "counters survive the upgrade: {list:?}");
 }
 
 #[test]
@@ -607,8 +602,7 @@ fn with_spool_if_down_a_trigger_made_while_the_daemon_is_down_is_applied_when_it
     let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "fail2ban", "--spool-if-down", "--state-dir", &state]));
     assert!(out.contains("spooled to"), "{out}");
     d.spawn().unwrap();
-    let list = d.json(&["list", "--source", "fail2ban"]);
-    assert_eq!(list[0]["target"], SENDER_V4[1]);
+    assert_eq!(targets(&d.list(&["--source", "fail2ban"])), [SENDER_V4[1]]);
     assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
 }
 

@@ -2,10 +2,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use enforcer::block::now_ms;
+use enforcer::{
+    Target,
+    block::{Mode, Source, now_ms},
+    protocol::{BlockReply, Outcome},
+};
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4,
-    daemon::{Daemon, cli, fails, ok},
+    daemon::{Daemon, cli, fails, ok, targets},
     require_root, udp_exchange, wait_for,
 };
 
@@ -48,14 +52,13 @@ fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
     // Only sources allowed to force may.
     fails(&d.cli(&["block", "192.0.2.0/25", "--force", "--source", "wazuh"]), 7, "may not force");
 
-    let list = d.json(&["allow", "list"]);
-    let origins: Vec<String> = list.as_array().unwrap().iter().map(|e| format!("{} {}", e["target"], e["origin"])).collect();
+    let origins: Vec<String> = d.allowlist().iter().map(|e| format!("{} {}", e.target, e.origin)).collect();
     assert!(origins.iter().any(|o| o.contains("192.0.2.2") && o.contains("host address")), "{origins:?}");
 
     // A new address on the host is allowlisted as soon as it appears.
     lab.receiver.ip(&["addr", "add", "192.0.2.3/24", "dev", "vb"]).unwrap();
     wait_for("the new host address on the allowlist", Duration::from_secs(5), || {
-        Ok(d.json(&["allow", "list"]).to_string().contains("192.0.2.3").then_some(()))
+        Ok(d.allowlist().iter().any(|e| e.target.to_string() == "192.0.2.3").then_some(()))
     })
     .unwrap();
     fails(&d.cli(&["block", "192.0.2.3"]), 7, "builtin: host address");
@@ -64,9 +67,7 @@ fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
     // The default route moves to another gateway: the new one is allowlisted, the old one no
     // longer is; an address removed from the host leaves the allowlist too.
     let allowlisted = |what: &str, addr: &str| {
-        d.json(&["allow", "list"]).as_array().unwrap().iter().any(|e| {
-            e["target"].as_str() == Some(addr) && e["origin"].to_string().contains(what)
-        })
+        d.allowlist().iter().any(|e| e.target.to_string() == addr && e.origin.contains(what))
     };
     lab.receiver.ip(&["route", "replace", "default", "via", SENDER_V4[1]]).unwrap();
     lab.receiver.ip(&["addr", "del", "192.0.2.3/24", "dev", "vb"]).unwrap();
@@ -93,18 +94,18 @@ fn shadow_rollout_counts_without_dropping_and_promote_enforces() {
     require_root();
     let lab = Lab::new().unwrap();
     let (d, _cfg) = daemon_with(&lab, "[policy]\nmode = \"shadow\"\n");
-    let r = d.json(&["block", SENDER_V4[1], "--ttl", "10m"]);
-    assert_eq!(r["mode"], "shadow");
-    assert!(r["notes"].to_string().contains("rollout mode is shadow"));
+    let r = d.block(&[SENDER_V4[1], "--ttl", "10m"]);
+    assert_eq!(r.mode, Mode::Shadow);
+    assert!(r.notes.iter().any(|n| n.contains("rollout mode is shadow")), "{:?}", r.notes);
     assert_eq!(passes(&lab, SENDER_V4[1]), 10, "shadow lets packets through");
-    let list = d.json(&["list"]);
-    assert_eq!(list[0]["mode"], "shadow");
-    assert_eq!(list[0]["packets"], 10, "what it would have dropped");
-    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "pass (shadow)");
-    let p = d.json(&["promote", SENDER_V4[1]]);
-    assert_eq!(p[0][0], SENDER_V4[1]);
+    let list = d.list(&[]);
+    assert_eq!(list[0].mode, Mode::Shadow);
+    assert_eq!(list[0].packets, 10, "what it would have dropped");
+    assert_eq!(d.show(SENDER_V4[1]).verdict, "pass (shadow)");
+    let p: Vec<(Target, Source)> = d.reply(&["promote", SENDER_V4[1]]);
+    assert_eq!(p[0].0.to_string(), SENDER_V4[1]);
     assert_eq!(passes(&lab, SENDER_V4[1]), 0, "promoted: enforced");
-    assert_eq!(d.json(&["list"])[0]["mode"], "enforce");
+    assert_eq!(d.list(&[])[0].mode, Mode::Enforce);
     fails(&d.cli(&["promote", "--source", "cli"]), 5, "no shadow blocks");
 }
 
@@ -118,27 +119,27 @@ fn the_breaker_opens_at_its_rate_and_closes_again() {
          [policy.sources.strict]\nrate_limit = 2\nbreaker_cooldown = \"1h\"\non_rate_limit = \"refuse\"\n",
     );
     for i in 1..=3 {
-        let r = d.json(&["block", &format!("198.51.100.{i}"), "--source", "feed"]);
-        assert_eq!(r["mode"], "enforce");
+        let r = d.block(&[&format!("198.51.100.{i}"), "--source", "feed"]);
+        assert_eq!(r.mode, Mode::Enforce);
     }
     let asked = now_ms();
-    let r = d.json(&["block", "198.51.100.4", "--source", "feed"]);
-    assert_eq!(r["mode"], "shadow", "past the rate: shadow");
-    let status = d.json(&["status"]);
-    assert_eq!(status["breakers"][0]["source"], "feed");
-    let closes = status["breakers"][0]["closes_ms"].as_u64().unwrap();
+    let r = d.block(&["198.51.100.4", "--source", "feed"]);
+    assert_eq!(r.mode, Mode::Shadow, "past the rate: shadow");
+    let status = d.status();
+    assert_eq!(status.breakers[0].source.as_str(), "feed");
+    let closes = status.breakers[0].closes_ms;
     assert!(closes >= asked + 3000, "the breaker closes after its 3 s cooldown, not at {}", closes - asked);
     assert!(audit(&d).contains("\"action\":\"breaker_open\""));
     // Other sources are not affected.
-    assert_eq!(d.json(&["block", SENDER_V4[1]])["mode"], "enforce");
+    assert_eq!(d.block(&[SENDER_V4[1]]).mode, Mode::Enforce);
     // It closes by time: not before its cooldown, and soon after.
     let closed = wait_for("the breaker to close", Duration::from_secs(8), || {
-        Ok(d.json(&["status"])["breakers"].as_array().unwrap().is_empty().then(now_ms))
+        Ok(d.status().breakers.is_empty().then(now_ms))
     })
     .unwrap();
     assert!(closed >= asked + 3000, "the breaker closed {} ms after opening, before its 3 s cooldown", closed - asked);
     assert!(closed <= closes + 2000, "the breaker closed {} ms late", closed - closes);
-    assert_eq!(d.json(&["block", "198.51.100.5", "--source", "feed"])["mode"], "enforce");
+    assert_eq!(d.block(&["198.51.100.5", "--source", "feed"]).mode, Mode::Enforce);
 
     // A refusing breaker, closed by hand.
     ok(&d.cli(&["block", "203.0.113.1", "--source", "strict"]));
@@ -156,10 +157,10 @@ fn repeat_offenders_get_escalated_ttls() {
         &lab,
         "default_ttl = \"1m\"\n[policy]\nmax_ttl = \"2d\"\n[policy.repeat_offenders]\nwindow = \"1d\"\nttls = [\"1m\", \"1h\", \"1d\", \"7d\"]\n",
     );
-    let left = |r: &serde_json::Value| (r["expires_ms"].as_u64().unwrap() - now_ms()) / 1000;
+    let left = |r: &BlockReply| (r.expires_ms.unwrap() - now_ms()) / 1000;
     let mut ttls = Vec::new();
     for _ in 0..4 {
-        let r = d.json(&["block", SENDER_V4[1], "--source", "wazuh"]);
+        let r = d.block(&[SENDER_V4[1], "--source", "wazuh"]);
         ttls.push(left(&r));
         ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "wazuh"]));
     }
@@ -179,34 +180,34 @@ fn broad_blocks_wait_for_approval_and_expire_unapproved() {
         &lab,
         "[policy]\nmin_prefix_v4 = 16\n[policy.approval]\nbroader_than_v4 = 24\npending_ttl = \"3s\"\n",
     );
-    let r = d.json(&["block", "198.51.100.0/23", "--ttl", "1h"]);
-    assert_eq!(r["outcome"], "pending");
-    let id = r["pending_id"].as_u64().unwrap();
-    let pending = d.json(&["pending"]);
-    assert_eq!(pending[0]["id"], id);
-    assert_eq!(pending[0]["request"]["target"], "198.51.100.0/23");
-    assert!(d.json(&["list"]).as_array().unwrap().is_empty(), "nothing is blocked before approval");
-    let approved = d.json(&["approve", &id.to_string()]);
-    assert_eq!(approved["outcome"], "created");
-    assert_eq!(d.json(&["list"])[0]["target"], "198.51.100.0/23");
+    let r = d.block(&["198.51.100.0/23", "--ttl", "1h"]);
+    assert_eq!(r.outcome, Outcome::Pending);
+    let id = r.pending_id.unwrap();
+    let pending = d.pending();
+    assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].request.target.to_string(), "198.51.100.0/23");
+    assert!(d.list(&[]).is_empty(), "nothing is blocked before approval");
+    let approved: BlockReply = d.reply(&["approve", &id.to_string()]);
+    assert_eq!(approved.outcome, Outcome::Created);
+    assert_eq!(targets(&d.list(&[])), ["198.51.100.0/23"]);
 
-    let r = d.json(&["block", "203.0.112.0/23"]);
-    let rejected = r["pending_id"].as_u64().unwrap();
+    let r = d.block(&["203.0.112.0/23"]);
+    let rejected = r.pending_id.unwrap();
     ok(&d.cli(&["reject", &rejected.to_string()]));
     fails(&d.cli(&["approve", &rejected.to_string()]), 5, "no pending block");
 
     let asked = now_ms();
-    d.json(&["block", "203.0.112.0/22"]);
-    let expires = d.json(&["pending"])[0]["expires_ms"].as_u64().unwrap();
+    d.block(&["203.0.112.0/22"]);
+    let expires = d.pending()[0].expires_ms;
     assert!(expires >= asked + 3000, "pending_ttl is 3 s, yet it expires {} ms after the request", expires - asked);
     let gone = wait_for("the pending block to expire", Duration::from_secs(8), || {
-        Ok(d.json(&["pending"]).as_array().unwrap().is_empty().then(now_ms))
+        Ok(d.pending().is_empty().then(now_ms))
     })
     .unwrap();
     assert!(gone >= asked + 3000, "the pending block expired {} ms after it was asked, before its 3 s", gone - asked);
     assert!(gone <= expires + 2000, "the pending block expired {} ms late", gone - expires);
     assert!(audit(&d).contains("\"action\":\"pending_expire\""));
-    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1, "only the approved block");
+    assert_eq!(d.list(&[]).len(), 1, "only the approved block");
 }
 
 #[test]
@@ -214,7 +215,7 @@ fn pending_ids_are_never_reused_after_a_restart() {
     require_root();
     let lab = Lab::new().unwrap();
     let (mut d, _cfg) = daemon_with(&lab, "[policy.sources.manual]\nrequire_approval = true\n");
-    let ask = |d: &Daemon, target: &str| d.json(&["block", target, "--ttl", "1h", "--source", "manual"])["pending_id"].as_u64().unwrap();
+    let ask = |d: &Daemon, target: &str| d.block(&[target, "--ttl", "1h", "--source", "manual"]).pending_id.unwrap();
     let waiting = ask(&d, "198.51.100.7");
     let rejected = ask(&d, "203.0.113.7");
     ok(&d.cli(&["reject", &rejected.to_string()]));
@@ -226,9 +227,10 @@ fn pending_ids_are_never_reused_after_a_restart() {
         "after a restart the new pending block got id {after}, already used by {} before it",
         if after == waiting { "the block still waiting" } else { "the rejected block" }
     );
-    assert_eq!(d.json(&["approve", &waiting.to_string()])["outcome"], "created", "the block pending across the restart");
-    assert_eq!(d.json(&["approve", &after.to_string()])["outcome"], "created", "the block pending since the restart");
-    let listed: Vec<String> = d.json(&["list"]).as_array().unwrap().iter().map(|b| b["target"].as_str().unwrap().to_owned()).collect();
+    let approve = |id: u64| d.reply::<BlockReply>(&["approve", &id.to_string()]).outcome;
+    assert_eq!(approve(waiting), Outcome::Created, "the block pending across the restart");
+    assert_eq!(approve(after), Outcome::Created, "the block pending since the restart");
+    let listed = targets(&d.list(&[]));
     assert_eq!(listed.len(), 2, "both approved blocks are in force: {listed:?}");
     assert!(audit(&d).contains(&format!("approved pending block {after}")));
 }
@@ -242,7 +244,7 @@ fn allowlist_changes_reach_the_kernel_at_once() {
     assert_eq!(passes(&lab, SENDER_V4[1]), 0);
     ok(&d.cli(&["allow", "add", SENDER_V4[1], "--comment", "monitoring host"]));
     assert_eq!(passes(&lab, SENDER_V4[1]), 10, "the allowlist wins over the existing block");
-    assert_eq!(d.json(&["show", SENDER_V4[1]])["verdict"], "pass (allowlisted)");
+    assert_eq!(d.show(SENDER_V4[1]).verdict, "pass (allowlisted)");
     fails(&d.cli(&["block", SENDER_V4[1], "--source", "wazuh"]), 7, "cli: monitoring host");
     ok(&d.cli(&["allow", "remove", SENDER_V4[1]]));
     assert_eq!(passes(&lab, SENDER_V4[1]), 0);
@@ -281,11 +283,10 @@ fn a_capped_ttl_is_noted_in_the_reply_and_the_audit_log() {
     let lab = Lab::new().unwrap();
     let (d, _cfg) = daemon_with(&lab, "[policy]\nmax_ttl = \"1h\"\n");
     let asked = now_ms();
-    let r = d.json(&["block", SENDER_V4[1], "--ttl", "2h", "--reason", "capped"]);
-    let left = r["expires_ms"].as_u64().unwrap() - asked;
+    let r = d.block(&[SENDER_V4[1], "--ttl", "2h", "--reason", "capped"]);
+    let left = r.expires_ms.unwrap() - asked;
     assert!((3_595_000..=3_605_000).contains(&left), "capped at 1 h, got {left} ms");
-    let notes = r["notes"].to_string();
-    assert!(notes.contains("TTL capped at the maximum 1h"), "{r}");
+    assert!(r.notes.iter().any(|n| n.contains("TTL capped at the maximum 1h")), "{r:?}");
     let line = audit(&d).lines().find(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])).map(str::to_owned);
     let line = line.expect("the block is audited");
     assert!(line.contains("TTL capped at the maximum 1h"), "{line}");
