@@ -191,7 +191,7 @@ pub(crate) fn call_or_spool(socket: &std::path::Path, request: &Request, spool: 
             Ok(None)
         }
         crate::client::Delivery::Unreachable { why, spool_error: Some(e) } => Err(anyhow::Error::new(why)
-            .context(format!("the daemon is not running and spooling to {} failed: {e}", spool.state_dir.display()))),
+            .context(format!("the daemon is not running and spooling to {} failed: {}", spool.state_dir.display(), crate::error::Chain(&e)))),
         crate::client::Delivery::Unreachable { why, spool_error: None } | crate::client::Delivery::Failed(why) => Err(why.into()),
     }
 }

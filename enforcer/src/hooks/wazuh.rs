@@ -691,7 +691,7 @@ impl Hook {
                 "the daemon is unreachable ({}) and spooling to {} failed ({}): the request is lost",
                 Chain(&why),
                 spool::spool_dir(&options.state_dir).display(),
-                spool_error.map_or_else(|| "not attempted".to_owned(), |e| e.to_string())
+                spool_error.map_or_else(|| "not attempted".to_owned(), |e| Chain(&e).to_string())
             )),
             other => self.failed(&format!("unexpected delivery: {other:?}")),
         }
