@@ -392,6 +392,12 @@ mod tests {
         m.expired(3);
         m.interface_change("eth0", crate::audit::Action::InterfaceGone);
         m.interface_change("eth0", crate::audit::Action::InterfaceProtected);
+        m.connection(true);
+        m.connection(true);
+        m.connection(false);
+        m.connection_refused();
+        m.accept_error("emfile");
+        m.accept_error("emfile");
         m.publish(Snapshot {
             blocks: vec![(src("wazuh"), Mode::Enforce, 2)],
             targets: 2,
@@ -422,6 +428,9 @@ mod tests {
             "enforcer_store_commit_seconds_bucket{le=\"+Inf\"} 2",
             "enforcer_store_commit_seconds_count 2",
             "enforcer_expired_total 3",
+            "enforcer_control_connections 1",
+            "enforcer_control_connections_refused_total 1",
+            "enforcer_accept_errors_total{error=\"emfile\"} 2",
             "enforcer_reaper_lag_seconds 2.5",
             "enforcer_spool_depth 4",
             "enforcer_pending_approvals 1",
