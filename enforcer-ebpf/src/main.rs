@@ -34,7 +34,7 @@ use aya_ebpf::{
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
     FLAG_ALLOW_OVERLAP, HIT_SLOT_STALE_NS, HIT_SLOTS, HitSlot, MAX_NESTED_PREFIXES, MODE_ENFORCE,
-    STATS_SLOTS, Stats, hit_slot, prefilter, slot_tag, slot_tag_parts,
+    STATS_SLOTS, Stats, hit_slot_words, prefilter, slot_tag, slot_tag_parts,
 };
 
 #[map(name = "BLOCK_V4")]
@@ -375,25 +375,34 @@ fn decide(m: Match, source: &SourceKey, clock: &mut Clock, stats: &mut Stats, al
     }
 }
 
-/// The source address masked to `prefix_len` bits: the key of the entry that matched.
+/// The source address masked to `prefix_len` bits (the key of the entry that matched), as the
+/// two little-endian words of its 16 bytes: kept in registers, never assembled byte by byte.
 #[inline(always)]
-fn masked(key: &[u8; 16], prefix_len: u32) -> [u8; 16] {
-    let hi = u64::from_be_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
-    let lo = u64::from_be_bytes([key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15]]);
+fn masked(key: &[u8; 16], prefix_len: u32) -> [u64; 2] {
+    let w = |i: usize| {
+        u64::from_le_bytes([
+            key[i], key[i + 1], key[i + 2], key[i + 3], key[i + 4], key[i + 5], key[i + 6], key[i + 7],
+        ])
+    };
+    // The mask in address (big-endian) order, turned into the words' byte order.
     let keep = |bits: u32| if bits == 0 { 0 } else if bits >= 64 { u64::MAX } else { u64::MAX << (64 - bits) };
-    let hi = hi & keep(prefix_len.min(64));
-    let lo = lo & keep(prefix_len.saturating_sub(64));
-    let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
-    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]
+    [
+        w(0) & keep(prefix_len.min(64)).to_be(),
+        w(8) & keep(prefix_len.saturating_sub(64)).to_be(),
+    ]
+}
+
+/// The 16 key bytes of a slot as its two words (the slot is 8-byte aligned: aligned loads).
+#[inline(always)]
+fn slot_key(slot: &HitSlot) -> [u64; 2] {
+    // SAFETY: `key` is the first field of a `repr(C)` struct aligned to 8 (it holds u64s).
+    unsafe { (&raw const slot.key as *const [u64; 2]).read() }
 }
 
 #[inline(always)]
-fn same_key(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    // SAFETY: both are 16 readable bytes; unaligned reads.
-    unsafe {
-        let (a, b) = (a.as_ptr() as *const u64, b.as_ptr() as *const u64);
-        a.read_unaligned() == b.read_unaligned() && a.add(1).read_unaligned() == b.add(1).read_unaligned()
-    }
+fn set_slot_key(slot: &mut HitSlot, key: [u64; 2]) {
+    // SAFETY: as in `slot_key`.
+    unsafe { (&raw mut slot.key as *mut [u64; 2]).write(key) }
 }
 
 /// Counts a hit: in this CPU's slot for the entry when it holds it (or the slot is free or
@@ -405,13 +414,13 @@ fn count_hit(entry: *mut BlockEntry, source: &SourceKey, now: u64) {
     let (prefix_len, generation) = unsafe { ((*entry).prefix_len, (*entry).generation) };
     let key = masked(&source.key, u32::from(prefix_len));
     let tag = slot_tag(source.v6, prefix_len, generation);
-    let Some(slot) = HITS.get_ptr_mut(hit_slot(&key, tag)) else {
+    let Some(slot) = HITS.get_ptr_mut(hit_slot_words(key, tag)) else {
         add_to_entry(entry, 1, source.len, now);
         return;
     };
     // SAFETY: a per-CPU array slot is ours alone while this program runs on this CPU.
     let slot = unsafe { &mut *slot };
-    if slot.tag == tag && same_key(&slot.key, &key) {
+    if slot.tag == tag && slot_key(slot) == key {
         slot.packets += 1;
         slot.bytes += source.len;
         slot.last_hit_ns = now;
@@ -426,7 +435,7 @@ fn count_hit(entry: *mut BlockEntry, source: &SourceKey, now: u64) {
     {
         add_to_entry(owner, slot.packets, slot.bytes, slot.last_hit_ns);
     }
-    slot.key = key;
+    set_slot_key(slot, key);
     slot.tag = tag;
     slot.packets = 1;
     slot.bytes = source.len;
