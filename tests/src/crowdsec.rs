@@ -1,8 +1,9 @@
 //! A real CrowdSec Local API (Debian's `crowdsec` package) for tests and benchmarks.
 //!
 //! The package is never installed (its post-install step wants the Central API and leaves dpkg
-//! half-configured here): it is downloaded with `apt-get download` and unpacked with
-//! `dpkg-deb -x` once, into `target/crowdsec/`. Each [`Lapi`] runs `crowdsec -no-cs` (the LAPI
+//! half-configured here): `cargo xtask setup` downloads it with `apt-get download` and unpacks
+//! it with `dpkg-deb -x` into `target/crowdsec/root` (the tests do the same if it is missing).
+//! Each [`Lapi`] runs `crowdsec -no-cs` (the LAPI
 //! alone, Central API off) from a private configuration in a temporary directory, inside a
 //! namespace the test created, and is SIGKILLed on drop.
 
@@ -65,6 +66,55 @@ pub fn unpacked() -> Result<PathBuf> {
     Ok(root)
 }
 
+/// Certificates for mTLS between the LAPI and a bouncer, made with the `openssl` CLI: a CA,
+/// the LAPI's server certificate (for 127.0.0.1), a bouncer certificate (OU `bouncer-ou`, which
+/// LAPI 1.4 accepts from bouncers by default), one from the same CA with another OU, and one
+/// from an unrelated CA.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Makes every certificate and key in a fresh temporary directory.
+    pub fn new() -> Result<Self> {
+        let pki = Self { dir: tempfile::tempdir()? };
+        pki.ca("ca")?;
+        pki.ca("rogue-ca")?;
+        pki.leaf("server", "ca", "/O=enforcer tests/CN=127.0.0.1", Some("subjectAltName=IP:127.0.0.1"))?;
+        pki.leaf("bouncer", "ca", "/O=enforcer tests/OU=bouncer-ou/CN=enforcer-mtls", None)?;
+        pki.leaf("agent", "ca", "/O=enforcer tests/OU=agent-ou/CN=enforcer-wrong-ou", None)?;
+        pki.leaf("rogue", "rogue-ca", "/O=enforcer tests/OU=bouncer-ou/CN=enforcer-rogue", None)?;
+        Ok(pki)
+    }
+
+    /// `NAME.pem` (certificate) or `NAME.key` (its key).
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new("openssl").args(args).current_dir(self.dir.path()).output().context("running openssl")?;
+        ensure!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    fn ca(&self, name: &str) -> Result<()> {
+        let subject = format!("/O=enforcer tests/CN={name}");
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        self.openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject])
+    }
+
+    fn leaf(&self, name: &str, ca: &str, subject: &str, ext: Option<&str>) -> Result<()> {
+        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+        self.openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject])?;
+        let ext_file = format!("{name}.ext");
+        let usage = if ext.is_some() { "serverAuth" } else { "clientAuth" };
+        std::fs::write(self.path(&ext_file), format!("extendedKeyUsage={usage}\n{}\n", ext.unwrap_or("")))?;
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        self.openssl(&["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", &ext_file])
+    }
+}
+
 /// A running LAPI.
 pub struct Lapi {
     root: PathBuf,
@@ -73,11 +123,24 @@ pub struct Lapi {
     child: Option<Child>,
     /// Where it listens (`127.0.0.1:PORT` or a lab address).
     pub listen: String,
+    /// Whether it serves HTTPS (see [`Lapi::start_tls`]).
+    tls: bool,
 }
 
 impl Lapi {
     /// Starts a LAPI in namespace `ns`, listening on `listen` (`IP:PORT`).
     pub fn start(ns: &Netns, listen: &str) -> Result<Self> {
+        Self::start_with(ns, listen, None)
+    }
+
+    /// Starts a LAPI serving HTTPS with `pki`'s server certificate, verifying client
+    /// certificates against its CA when one is given (`VerifyClientCertIfGiven`: bouncers may
+    /// use a certificate or a key; `cscli` logs in with its password).
+    pub fn start_tls(ns: &Netns, listen: &str, pki: &Pki) -> Result<Self> {
+        Self::start_with(ns, listen, Some(pki))
+    }
+
+    fn start_with(ns: &Netns, listen: &str, pki: Option<&Pki>) -> Result<Self> {
         let root = unpacked()?;
         let dir = tempfile::tempdir()?;
         let d = dir.path();
@@ -92,28 +155,32 @@ impl Lapi {
                  crowdsec_service:\n  acquisition_path: {r}/etc/crowdsec/acquis.yaml\n  parser_routines: 1\n\
                  cscli:\n  output: human\n\
                  db_config:\n  log_level: warning\n  type: sqlite\n  use_wal: true\n  db_path: {d}/data/crowdsec.db\n  flush:\n    max_items: 5000000\n    max_age: 7d\n\
-                 api:\n  client:\n    insecure_skip_verify: false\n    credentials_path: {d}/credentials.yaml\n  server:\n    log_level: warning\n    listen_uri: {listen}\n    profiles_path: {r}/etc/crowdsec/profiles.yaml\n    trusted_ips:\n      - 127.0.0.1\n\
+                 api:\n  client:\n    insecure_skip_verify: {tls}\n    credentials_path: {d}/credentials.yaml\n  server:\n    log_level: warning\n    listen_uri: {listen}\n    profiles_path: {r}/etc/crowdsec/profiles.yaml\n    trusted_ips:\n      - 127.0.0.1\n{server_tls}\
                  prometheus:\n  enabled: false\n",
-                d = d.display()
+                d = d.display(),
+                tls = pki.is_some(),
+                server_tls = pki.map(server_tls).unwrap_or_default(),
             ),
         )?;
-        std::fs::write(d.join("credentials.yaml"), format!("url: http://{listen}\n"))?;
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        std::fs::write(d.join("credentials.yaml"), format!("url: {scheme}://{listen}\n"))?;
         let mut lapi = Self {
             root,
             dir,
             netns: ns.name().to_owned(),
             child: None,
             listen: listen.to_owned(),
+            tls: pki.is_some(),
         };
         let creds = lapi.dir.path().join("credentials.yaml");
-        lapi.cscli(&["machines", "add", "test", "--auto", "--force", "-f", &creds.to_string_lossy()])?;
+        lapi.cscli(&["machines", "add", "test", "--auto", "--force", "-f", &creds.to_string_lossy(), "--url", &lapi.url()])?;
         lapi.spawn()?;
         Ok(lapi)
     }
 
     /// The URL a bouncer uses.
     pub fn url(&self) -> String {
-        format!("http://{}/", self.listen)
+        format!("{}://{}/", if self.tls { "https" } else { "http" }, self.listen)
     }
 
     /// (Re)starts the LAPI process (the database persists) and waits until it answers.
@@ -136,7 +203,7 @@ impl Lapi {
                 anyhow::bail!("crowdsec exited ({status}): {}", self.log());
             }
             // Any HTTP answer (401 without a key) means it listens.
-            let out = self.exec("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}v1/decisions/stream", self.url())])?;
+            let out = self.exec("curl", &["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}v1/decisions/stream", self.url())])?;
             Ok((out != "000").then_some(()))
         })
     }
@@ -178,6 +245,22 @@ impl Lapi {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Adds one `ban` decision of `duration` per value (an address or a range) in one
+    /// `cscli decisions import`.
+    pub fn import(&self, values: &[String], duration: &str) -> Result<()> {
+        use std::io::Write as _;
+        let csv = self.dir.path().join(format!("{}.csv", crate::unique_name("import")));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&csv)?);
+        writeln!(f, "duration,scope,value,reason")?;
+        for v in values {
+            let scope = if v.contains('/') { "range" } else { "ip" };
+            writeln!(f, "{duration},{scope},{v},test/import")?;
+        }
+        f.into_inner()?.sync_all()?;
+        self.cscli(&["decisions", "import", "-i", &csv.to_string_lossy()])?;
+        Ok(())
+    }
+
     /// Registers a bouncer and returns its API key.
     pub fn add_bouncer(&self, name: &str) -> Result<String> {
         Ok(self.cscli(&["bouncers", "add", name, "-o", "raw"])?.trim().to_owned())
@@ -208,6 +291,16 @@ impl Lapi {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// The `api.server.tls` section of a LAPI serving `pki`'s certificates.
+fn server_tls(pki: &Pki) -> String {
+    format!(
+        "    tls:\n      cert_file: {}\n      key_file: {}\n      ca_cert_path: {}\n      client_verification: VerifyClientCertIfGiven\n      bouncers_allowed_ou:\n        - bouncer-ou\n",
+        pki.path("server.pem").display(),
+        pki.path("server.key").display(),
+        pki.path("ca.pem").display()
+    )
 }
 
 impl Drop for Lapi {

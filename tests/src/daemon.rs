@@ -38,6 +38,8 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     bpffs: PathBuf,
     netns: String,
+    /// The `enforcer` binary it runs.
+    bin: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -49,6 +51,15 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables for the daemon process.
     pub fn start_with_env(lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
+        Self::start_full(&enforcer_bin(), lab, extra, env)
+    }
+
+    /// [`Daemon::start`] with another build of `enforcer` (the benchmark compares builds).
+    pub fn start_bin(bin: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
+        Self::start_full(bin, lab, extra, Vec::new())
+    }
+
+    fn start_full(bin: &Path, lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         // A test may choose the state directory (`--state-dir DIR` among the extra flags).
         let state_dir = extra
@@ -68,6 +79,7 @@ impl Daemon {
             env,
             bpffs: lab.pins.path().to_owned(),
             netns: lab.receiver.name().to_owned(),
+            bin: bin.to_owned(),
             _tmp: tmp,
         };
         d.spawn()?;
@@ -77,7 +89,7 @@ impl Daemon {
     /// (Re)starts the process and waits until it answers.
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::File::create(self._tmp.path().join(format!("daemon-{}.log", crate::unique_name(""))))?;
-        let mut cmd = Command::new(enforcer_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("daemon")
@@ -103,12 +115,13 @@ impl Daemon {
             .context("spawning the daemon")?;
         self.child = Some(child);
         let socket = self.socket.clone();
+        let bin = self.bin.clone();
         wait_for("the daemon to answer", Duration::from_secs(20), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 anyhow::bail!("the daemon exited early ({status}): {}", self.log());
             }
             // It answers: every interface protected (0), or some not (yet) protected.
-            let out = Command::new(enforcer_bin()).arg("--socket").arg(&socket).arg("status").output()?;
+            let out = Command::new(&bin).arg("--socket").arg(&socket).arg("status").output()?;
             Ok(matches!(out.status.code(), Some(0 | EXIT_UNPROTECTED)).then_some(()))
         })
     }
@@ -165,6 +178,37 @@ impl Daemon {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `f` with the daemon under `strace`, and counts the fsync-family calls it made
+    /// meanwhile (Debian package `strace`, installed by `cargo xtask setup`).
+    pub fn count_fsyncs(&self, f: impl FnOnce()) -> usize {
+        self.trace_syncs(f).syncs
+    }
+
+    /// Runs `f` with the daemon under `strace`: its fsync-family calls, and how many of them
+    /// came right after the thread grew a file (`ftruncate`): the store (redb) syncs each time
+    /// its file grows within a commit, and once at the commit's end.
+    pub fn trace_syncs(&self, f: impl FnOnce()) -> SyncTrace {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (trace, log) = (dir.path().join("trace"), dir.path().join("strace.log"));
+        let mut strace = Command::new("strace")
+            .args(["-f", "-e", "trace=fsync,fdatasync,sync_file_range,msync,ftruncate", "-o"])
+            .arg(&trace)
+            .args(["-p", &self.pid().expect("the daemon runs").to_string()])
+            .stderr(std::fs::File::create(&log).expect("strace log"))
+            .spawn()
+            .expect("strace (Debian package strace)");
+        // strace says on stderr when it has attached to every thread.
+        wait_for("strace to attach", Duration::from_secs(10), || {
+            Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("attached").then_some(()))
+        })
+        .expect("strace attaches");
+        f();
+        // SAFETY: kill(2) on our own child; strace detaches on SIGINT.
+        unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+        strace.wait().expect("strace exits");
+        SyncTrace::parse(&std::fs::read_to_string(&trace).expect("strace output"))
     }
 
     /// What an operator can see of the daemon's state: blocks, allowlist, pending approvals
@@ -268,6 +312,42 @@ pub fn targets(list: &[ListEntry]) -> Vec<String> {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What [`Daemon::trace_syncs`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncTrace {
+    /// fsync-family calls.
+    pub syncs: usize,
+    /// Those that came right after the same thread's `ftruncate` (a file grew).
+    pub after_growth: usize,
+}
+
+impl SyncTrace {
+    /// Reads `strace -f` output. A call interrupted by another thread's shows as
+    /// `fsync(5 <unfinished ...>` and later `<... fsync resumed>`: starts are counted.
+    fn parse(text: &str) -> Self {
+        let mut grew: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut t = Self::default();
+        for line in text.lines() {
+            let Some((pid, call)) = line.split_once(char::is_whitespace) else { continue };
+            let call = call.trim_start();
+            if call.starts_with("ftruncate(") {
+                grew.insert(pid);
+            } else if call.contains("sync(") && !call.starts_with("<...") {
+                t.syncs += 1;
+                if grew.remove(pid) {
+                    t.after_growth += 1;
+                }
+            }
+        }
+        t
+    }
+
+    /// Syncs that did not follow a file's growth: one per durable commit.
+    pub fn commits(&self) -> usize {
+        self.syncs - self.after_growth
     }
 }
 

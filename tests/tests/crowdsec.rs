@@ -14,7 +14,7 @@ use anyhow::Result;
 use enforcer::protocol::{CrowdsecStatus, ListEntry, StatusReply};
 use enforcer_tests::{
     Lab, SENDER_V4, SENDER_V6, RECEIVER_V4, RECEIVER_V6,
-    crowdsec::Lapi,
+    crowdsec::{Lapi, Pki},
     daemon::{Daemon, ok},
     require_root, udp_exchange, wait_for,
 };
@@ -253,7 +253,13 @@ struct FakeLapi {
 }
 
 impl FakeLapi {
+    /// Answers usage-metrics pushes 404, like a LAPI before 1.6.3.
     fn start(lab: &Lab) -> Result<Self> {
+        Self::start_with_metrics(lab, 404)
+    }
+
+    /// Answers usage-metrics pushes with `metrics_status` (201: a LAPI 1.6.3 or newer).
+    fn start_with_metrics(lab: &Lab, metrics_status: u16) -> Result<Self> {
         let listener = lab.receiver.run(|| TcpListener::bind("127.0.0.1:0"))??;
         let port = listener.local_addr()?.port();
         let script: Script = Arc::new(Mutex::new(vec![(200, b"{\"new\":null,\"deleted\":null}".to_vec())]));
@@ -270,6 +276,7 @@ impl FakeLapi {
                     }
                     head.push_str(&line);
                 }
+                head.push_str("\r\n");
                 if let Some(len) = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))) {
                     let mut body = vec![0; len];
                     let _ = reader.read_exact(&mut body);
@@ -278,7 +285,7 @@ impl FakeLapi {
                 let is_metrics = head.starts_with("POST");
                 r.lock().unwrap().push(head);
                 let (status, body) = if is_metrics {
-                    (404, b"{\"message\":\"page not found\"}".to_vec())
+                    (metrics_status, if metrics_status == 404 { b"{\"message\":\"page not found\"}".to_vec() } else { Vec::new() })
                 } else {
                     let mut script = s.lock().unwrap();
                     if script.len() > 1 { script.remove(0) } else { script[0].clone() }
@@ -444,5 +451,192 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
     assert_eq!(passes(&lab, SENDER_V4[1]), 0, "still blocked by the remaining decision");
     lapi.cscli(&["decisions", "delete", "--id", "1"])?;
     wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    Ok(())
+}
+
+/// One pull is one round, however many decisions it brings: one durable commit of the store.
+/// Counted on the real daemon with strace: a full pull of 1,000 decisions makes one commit
+/// sync, like a single CLI block (the store also syncs each time its file grows inside that
+/// commit; those are counted apart).
+#[test]
+fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
+    require_root();
+    const N: usize = 1000;
+    let lab = Lab::new()?;
+    let mut lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
+    let mut values: Vec<String> = (1..N).map(|i| format!("2001:db8:5::{i:x}")).collect();
+    values.push(SENDER_V6[1].to_owned());
+    lapi.import(&values, "1h")?;
+    let config = lapi.daemon_config("host-a", &lapi.url(), &format!("update_frequency = \"{POLL}\"\n"))?;
+    // The LAPI is down while the daemon starts: the whole set comes in the first pull that
+    // works, while strace watches.
+    lapi.stop();
+    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
+    wait_for("a failed pull", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
+    let one_block = daemon.trace_syncs(|| {
+        ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    });
+    assert_eq!(one_block.commits(), 1, "a block is durable before it is acknowledged: {one_block:?}");
+    let pull = daemon.trace_syncs(|| {
+        lapi.spawn().expect("the LAPI restarts");
+        wait_for("every decision to be enforced", Duration::from_secs(60), || Ok((status(&daemon).targets > N).then_some(()))).unwrap();
+    });
+    eprintln!("one CLI block: {one_block:?}; a full pull of {N} decisions: {pull:?}");
+    assert_eq!(pull.commits(), 1, "a pull of {N} decisions is one store commit: {pull:?}");
+    let cs = crowdsec(&daemon);
+    assert_eq!(cs.applied, N as u64, "{cs:?}");
+    assert_eq!(passes(&lab, SENDER_V6[1]), 0, "the decisions are in force");
+    Ok(())
+}
+
+/// mTLS instead of a key, against the real LAPI serving HTTPS and verifying client
+/// certificates: a bouncer certificate from the LAPI's CA (OU `bouncer-ou`) pulls and
+/// enforces; a certificate from another CA, and one with an OU the LAPI does not take from
+/// bouncers, are refused, and `status` says which and what to check.
+#[test]
+fn mtls_with_the_real_lapi_enforces_decisions_and_refuses_wrong_certificates() -> Result<()> {
+    require_root();
+    let pki = Pki::new()?;
+    let lab = Lab::new()?;
+    let lapi = Lapi::start_tls(&lab.receiver, "127.0.0.1:8080", &pki)?;
+    assert!(lapi.url().starts_with("https://"));
+    let dir = tempfile::tempdir()?;
+    let config = |cert: &str| -> Result<String> {
+        let path = dir.path().join(format!("{cert}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[crowdsec]\napi_url = \"{}\"\nupdate_frequency = \"{POLL}\"\nca_cert_path = \"{}\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+                lapi.url(),
+                pki.path("ca.pem").display(),
+                pki.path(&format!("{cert}.pem")).display(),
+                pki.path(&format!("{cert}.key")).display()
+            ),
+        )?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let mut daemon = Daemon::start(&lab, &["--config", &config("bouncer")?])?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
+    lapi.cscli(&["decisions", "add", "--range", "2001:db8::10/127", "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
+    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "nothing else is dropped");
+    let cs = crowdsec(&daemon);
+    assert!(cs.last_error.is_none() && cs.errors == 0, "{cs:?}");
+    // The LAPI knows the bouncer by its certificate's CN (no key was ever made).
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"])?;
+    assert!(bouncers.contains("enforcer-mtls"), "{bouncers}");
+    daemon.stop()?;
+    for (cert, says) in [
+        ("rogue", "rejected the client certificate"),
+        ("agent", "bouncers_allowed_ou"),
+    ] {
+        let daemon = Daemon::start(&lab, &["--config", &config(cert)?])?;
+        let err = wait_for(&format!("the {cert} certificate to be refused"), WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
+        assert!(err.contains(says), "the {cert} certificate: {err}");
+        assert!(ok(&daemon.cli(&["status"])).contains(says));
+        assert_eq!(crowdsec(&daemon).applied, 0);
+    }
+    Ok(())
+}
+
+/// What is wrong with a usage-metrics body, checked against CrowdSec's documented schema: the
+/// LAPI's swagger (`AllMetrics` → `remediation_components`: `RemediationComponentsMetrics` =
+/// `BaseMetrics` (required `version`, `utc_startup_timestamp`; `os` {name, version},
+/// `feature_flags`, `metrics`: `DetailedMetrics` {required `meta` {window_size_seconds,
+/// utc_now_timestamp}, required `items`: `MetricsDetailItem` {required name, unit, value;
+/// labels: string → string}}) + `name`, `type`), and the remediation-component metrics spec
+/// (docs.crowdsec.net, "Remediation Component Metrics": `active_decisions` in unit `ip`,
+/// `dropped` and `processed` in byte, packet or request).
+fn usage_metrics_problems(body: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, what: &str| {
+        if !ok {
+            problems.push(what.to_owned());
+        }
+    };
+    let Some(rcs) = body["remediation_components"].as_array() else { return vec!["remediation_components is not a list".into()] };
+    need(!rcs.is_empty(), "remediation_components is empty");
+    need(body.get("log_processors").is_none_or(Value::is_array), "log_processors is not a list");
+    for rc in rcs {
+        need(rc["version"].is_string(), "version (required) is not a string");
+        need(rc["utc_startup_timestamp"].is_i64(), "utc_startup_timestamp (required) is not an integer");
+        need(rc.get("name").is_none_or(Value::is_string), "name is not a string");
+        need(rc.get("type").is_none_or(Value::is_string), "type is not a string");
+        need(rc.get("os").is_none_or(|os| os["name"].is_string() && os["version"].is_string()), "os lacks name or version");
+        need(rc.get("feature_flags").is_none_or(|f| f.as_array().is_some_and(|f| f.iter().all(Value::is_string))), "feature_flags is not a list of strings");
+        for m in rc["metrics"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            need(m["meta"]["window_size_seconds"].is_i64() && m["meta"]["utc_now_timestamp"].is_i64(), "meta lacks an integer window_size_seconds or utc_now_timestamp");
+            let Some(items) = m["items"].as_array() else {
+                need(false, "items (required) is not a list");
+                continue;
+            };
+            for item in items {
+                need(item["name"].is_string() && item["unit"].is_string() && item["value"].is_number(), "an item lacks name, unit or a numeric value");
+                need(item.get("labels").is_none_or(|l| l.as_object().is_some_and(|l| l.values().all(Value::is_string))), "labels are not string to string");
+                let unit = item["unit"].as_str().unwrap_or_default();
+                match item["name"].as_str().unwrap_or_default() {
+                    "active_decisions" => need(unit == "ip", "active_decisions is not in unit ip"),
+                    "dropped" | "processed" => need(["byte", "packet", "request"].contains(&unit), "dropped/processed not in byte, packet or request"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Against a LAPI that takes usage metrics (1.6.3 or newer; a fake server, as Debian's LAPI is
+/// 1.4), the push follows the documented schema, counts the active decisions per origin, and
+/// metrics stay on.
+#[test]
+fn usage_metrics_follow_the_lapi_schema() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let fake = FakeLapi::start_with_metrics(&lab, 201)?;
+    let capi = r#"{"id":2,"origin":"CAPI","type":"ban","scope":"Ip","value":"2001:db8::10","duration":"1h","scenario":"crowdsecurity/ssh-bf"}"#;
+    fake.script.lock().unwrap()[0] = (200, format!(r#"{{"new":[{},{capi}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")).into_bytes());
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), fake.port, "")?])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    let push = wait_for("a usage-metrics push", WITHIN_ONE_POLL, || Ok(fake.requests().into_iter().find(|r| r.starts_with("POST /v1/usage-metrics"))))?;
+    assert!(push.to_ascii_lowercase().contains("x-api-key: fakekey"), "{push}");
+    let body: serde_json::Value = serde_json::from_str(&push[push.find("\r\n\r\n").expect("a body") + 4..])?;
+    assert_eq!(usage_metrics_problems(&body), Vec::<String>::new(), "{body:#}");
+    let rc = &body["remediation_components"][0];
+    assert_eq!(rc["version"], env!("CARGO_PKG_VERSION"));
+    let items = rc["metrics"][0]["items"].as_array().unwrap();
+    let active = |origin: &str| items.iter().find(|i| i["name"] == "active_decisions" && i["labels"]["origin"] == origin).map(|i| i["value"].clone());
+    assert_eq!(active("cscli"), Some(serde_json::json!(1)), "{body:#}");
+    assert_eq!(active("CAPI"), Some(serde_json::json!(1)), "{body:#}");
+    for (name, unit) in [("dropped", "packet"), ("dropped", "byte"), ("processed", "packet"), ("processed", "byte")] {
+        assert!(items.iter().any(|i| i["name"] == name && i["unit"] == unit), "no {name} in {unit}: {body:#}");
+    }
+    assert_eq!(crowdsec(&daemon).usage_metrics, "on");
+    // The schema check itself catches what a LAPI would refuse.
+    let mut broken = body.clone();
+    broken["remediation_components"][0].as_object_mut().unwrap().remove("utc_startup_timestamp");
+    broken["remediation_components"][0]["metrics"][0]["items"][0]["value"] = serde_json::json!("1");
+    assert_eq!(usage_metrics_problems(&broken).len(), 2, "{:?}", usage_metrics_problems(&broken));
+    Ok(())
+}
+
+/// Debian's LAPI 1.4 has no `/v1/usage-metrics`: its 404 turns the push off after one quiet
+/// log line, status says so, and pulling goes on untouched.
+#[test]
+fn the_real_lapi_1_4_turns_usage_metrics_off_quietly() -> Result<()> {
+    require_root();
+    let (lab, lapi, daemon) = setup("")?;
+    wait_for("usage metrics to be turned off", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).usage_metrics.contains("before 1.6.3").then_some(())))?;
+    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    let cs = crowdsec(&daemon);
+    assert!(cs.last_error.is_none() && cs.errors == 0, "the 404 is not an error: {cs:?}");
+    let log = daemon.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("usage-metrics") || l.contains("usage metrics")).collect();
+    assert_eq!(lines.len(), 1, "one log line: {lines:#?}");
+    assert!(lines[0].contains("INFO"), "{}", lines[0]);
+    assert!(ok(&daemon.cli(&["status"])).contains("before 1.6.3"));
     Ok(())
 }

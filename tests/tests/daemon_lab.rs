@@ -397,14 +397,14 @@ fn concurrent_requests_share_one_commit() {
         })
     };
     // One at a time: each request is its own commit.
-    let sequential = count_fsyncs(&d, || {
+    let sequential = d.count_fsyncs(|| {
         let mut c = Client::connect(&d.socket, Duration::from_secs(30)).unwrap();
         for i in 1..=N {
             assert!(matches!(c.call(&block(i)).unwrap(), Reply::Block(_)));
         }
     });
     // All at once, each on its own connection, released together.
-    let concurrent = count_fsyncs(&d, || {
+    let concurrent = d.count_fsyncs(|| {
         let barrier = std::sync::Barrier::new(N);
         std::thread::scope(|s| {
             for i in 1..=N {
@@ -424,32 +424,6 @@ fn concurrent_requests_share_one_commit() {
         "concurrent requests were not committed together: {concurrent} fsyncs for {N} (sequential: {sequential})"
     );
     assert_eq!(d.list(&[]).len(), 2 * N);
-}
-
-/// Runs `f` with the daemon under `strace`, and counts the fsync-family calls it made meanwhile.
-fn count_fsyncs(d: &Daemon, f: impl FnOnce()) -> usize {
-    let dir = tempfile::tempdir().unwrap();
-    let (trace, log) = (dir.path().join("trace"), dir.path().join("strace.log"));
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-e", "trace=fsync,fdatasync,sync_file_range,msync", "-o"])
-        .arg(&trace)
-        .args(["-p", &d.pid().unwrap().to_string()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("strace (Debian package strace)");
-    // strace says on stderr when it has attached to every thread.
-    wait_for("strace to attach", Duration::from_secs(10), || {
-        Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("attached").then_some(()))
-    })
-    .unwrap();
-    f();
-    // SAFETY: kill(2) on our own child; strace detaches on SIGINT.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    strace.wait().unwrap();
-    let text = std::fs::read_to_string(&trace).unwrap();
-    // A call interrupted by another thread's shows as `fsync(5 <unfinished ...>` and later
-    // `<... fsync resumed>`: count the starts.
-    text.lines().filter(|l| l.contains("sync(")).count()
 }
 
 #[test]

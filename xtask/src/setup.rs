@@ -22,7 +22,8 @@ const BPF_LINKER_LLVM_MAJOR: u32 = 22;
 /// Debian packages the tests and benchmarks call (bpftool to inspect programs and maps,
 /// firewalls to compare against, traffic generators, interface/namespace tools, fail2ban
 /// to run as a real trigger source, Prometheus to scrape the metrics endpoint, lintian and
-/// systemd to check the .deb and its unit, and strace to count the daemon's fsyncs).
+/// systemd to check the .deb and its unit, and strace to count the daemon's fsyncs). The
+/// CrowdSec LAPI the tests run is unpacked, not installed: see [`check_crowdsec`].
 const PACKAGES: &[&str] = &[
     "bpftool", "iptables", "nftables", "ipset", "hping3", "iperf3", "iproute2", "ethtool", "procps",
     "fail2ban", "prometheus", "lintian", "systemd", "strace", "libfaketime",
@@ -38,6 +39,7 @@ pub fn run() -> Result<()> {
     let linker_llvm = check_bpf_linker()?;
     check_llvm(linker_llvm)?;
     check_packages()?;
+    check_crowdsec()?;
     check_bpffs()?;
     println!("ok: setup complete");
     Ok(())
@@ -247,6 +249,47 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .copied()
         .filter(|name| !installed.contains(name))
         .collect())
+}
+
+/// Where the tests' CrowdSec LAPI comes from: Debian's `crowdsec` package, unpacked (never
+/// installed: its post-install step wants the Central API and leaves dpkg half-configured
+/// here) into `target/crowdsec/root`, the directory `enforcer_tests::crowdsec` runs it from.
+/// Fetching it here means no test downloads anything mid-run.
+fn check_crowdsec() -> Result<()> {
+    let dir = cmd::target_dir().join("crowdsec");
+    let root = dir.join("root");
+    if root.join("usr/bin/crowdsec").is_file() && root.join("usr/bin/cscli").is_file() {
+        println!("ok: crowdsec LAPI unpacked in {}", root.display());
+        return Ok(());
+    }
+    println!("installing: crowdsec package, downloaded and unpacked into {} (not installed)", root.display());
+    let work = dir.join(format!("setup-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let fetched = unpack_crowdsec(&work, &root);
+    let _ = fs::remove_dir_all(&work);
+    fetched?;
+    println!("ok: crowdsec LAPI unpacked in {}", root.display());
+    Ok(())
+}
+
+/// `apt-get download crowdsec` into `work`, `dpkg-deb -x` it, and move the tree to `root`.
+fn unpack_crowdsec(work: &std::path::Path, root: &std::path::Path) -> Result<()> {
+    let download = |cwd: &std::path::Path| cmd::run(Command::new("apt-get").args(["download", "-q", "crowdsec"]).current_dir(cwd));
+    if download(work).is_err() {
+        // A fresh machine may not have the package lists yet.
+        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+        download(work)?;
+    }
+    let deb = fs::read_dir(work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("`apt-get download crowdsec` left no .deb")?;
+    let tree = work.join("root");
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    let _ = fs::remove_dir_all(root);
+    fs::rename(&tree, root).with_context(|| format!("moving the unpacked crowdsec to {}", root.display()))
 }
 
 /// Pinned maps and links live in bpffs, which a fresh machine does not mount.

@@ -1,48 +1,267 @@
 //! The LAPI's decisions as they arrive, and what each one means here.
 //!
-//! A stream answer is parsed in two steps so that one odd decision cannot spoil a pull: the
-//! envelope (`{"new": [...], "deleted": [...]}`) must be right or the whole answer is rejected;
-//! each decision is then mapped on its own, and one that is malformed, not a ban, or of a scope
-//! we do not enforce is skipped with a reason.
+//! A stream answer is read in one pass, straight from the body's bytes (strings are borrowed,
+//! not copied, and no intermediate JSON tree is built: a startup pull can hold hundreds of
+//! thousands of decisions). The envelope (`{"new": [...], "deleted": [...]}`) must be right or
+//! the whole answer is rejected; each decision inside it is read leniently, whatever its shape,
+//! and then mapped on its own, so one that is malformed, not a ban, or of a scope we do not
+//! enforce is skipped with a reason without spoiling the pull.
 
-use std::sync::Arc;
+use std::{borrow::Cow, fmt, sync::Arc};
 
-use serde::Deserialize;
+use serde::{
+    Deserialize,
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
 
 use super::go_duration;
 use crate::{block::Reason, target::Target};
 
-/// The body of `GET /v1/decisions/stream`.
+/// The body of `GET /v1/decisions/stream`, borrowing from the body's bytes.
 #[derive(Debug, Default, Deserialize)]
-pub struct StreamBody {
+pub struct StreamBody<'a> {
     /// Decisions that started (or, in a startup pull, every live one).
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub new: Vec<serde_json::Value>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    pub new: Vec<RawDecision<'a>>,
     /// Decisions that ended or were deleted.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub deleted: Vec<serde_json::Value>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    pub deleted: Vec<RawDecision<'a>>,
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<serde_json::Value>, D::Error> {
-    Ok(Option::<Vec<serde_json::Value>>::deserialize(d)?.unwrap_or_default())
+impl<'a> StreamBody<'a> {
+    /// Reads a stream answer; fails only when the envelope is wrong (not JSON, not an object,
+    /// `new` or `deleted` not a list).
+    pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
 }
 
-/// One decision, as the LAPI writes it (fields we do not use are ignored).
-#[derive(Debug, Deserialize)]
-struct WireDecision {
-    #[serde(default)]
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RawDecision<'de>>, D::Error> {
+    Ok(Option::<Vec<RawDecision<'de>>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// One JSON value of a decision's field, as far as mapping cares.
+#[derive(Clone, Debug, PartialEq)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Bool(bool),
+    Null,
+    /// Anything else (a float, a list, an object): its JSON type, for the message.
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Other("an integer out of range"), Scalar::Int))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other("a number with a fraction"))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("a list"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an object"))
+    }
+}
+
+/// One element of `new` or `deleted`, read whatever its shape: the fields mapping uses (others
+/// are skipped), or what the element was instead of an object. [`map`] says what is wrong.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawDecision<'a> {
+    id: Option<Scalar<'a>>,
+    origin: Option<Scalar<'a>>,
+    kind: Option<Scalar<'a>>,
+    scope: Option<Scalar<'a>>,
+    value: Option<Scalar<'a>>,
+    duration: Option<Scalar<'a>>,
+    scenario: Option<Scalar<'a>>,
+    simulated: Option<Scalar<'a>>,
+    /// Set when the element is not an object (its JSON type).
+    not_an_object: Option<&'static str>,
+}
+
+impl<'de> Deserialize<'de> for RawDecision<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+struct RawVisitor;
+
+impl RawVisitor {
+    fn not(what: &'static str) -> RawDecision<'static> {
+        RawDecision { not_an_object: Some(what), ..RawDecision::default() }
+    }
+}
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = RawDecision<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a decision")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut d = RawDecision::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "id" => &mut d.id,
+                "origin" => &mut d.origin,
+                "type" => &mut d.kind,
+                "scope" => &mut d.scope,
+                "value" => &mut d.value,
+                "duration" => &mut d.duration,
+                "scenario" => &mut d.scenario,
+                "simulated" => &mut d.simulated,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::not("a list"))
+    }
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
+        Ok(Self::not("a string"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Self::not("a string"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Self::not("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Self::not("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Self::not("a number"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Self::not("a boolean"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Self::not("null"))
+    }
+}
+
+/// A field that must be a string.
+fn string<'r, 'a>(field: &'static str, v: &'r Option<Scalar<'a>>) -> Result<&'r str, Skip> {
+    match v {
+        Some(Scalar::Str(s)) => Ok(s),
+        None | Some(Scalar::Null) => Err(Skip::Invalid(format!("missing field `{field}`"))),
+        Some(other) => Err(Skip::Invalid(format!("`{field}` is {}, not a string", kind_of(other)))),
+    }
+}
+
+/// A field that may be missing (or null), else must be a string.
+fn string_or_empty<'r, 'a>(field: &'static str, v: &'r Option<Scalar<'a>>) -> Result<&'r str, Skip> {
+    match v {
+        None | Some(Scalar::Null) => Ok(""),
+        _ => string(field, v),
+    }
+}
+
+fn kind_of(s: &Scalar<'_>) -> &'static str {
+    match s {
+        Scalar::Str(_) => "a string",
+        Scalar::Int(_) => "an integer",
+        Scalar::Bool(_) => "a boolean",
+        Scalar::Null => "null",
+        Scalar::Other(what) => what,
+    }
+}
+
+/// A decision's fields, checked.
+struct Checked<'r> {
     id: Option<i64>,
-    #[serde(default)]
-    origin: String,
-    #[serde(rename = "type")]
-    kind: String,
-    scope: String,
-    value: String,
-    duration: String,
-    #[serde(default)]
-    scenario: String,
-    #[serde(default)]
-    simulated: Option<bool>,
+    origin: &'r str,
+    kind: &'r str,
+    scope: &'r str,
+    value: &'r str,
+    duration: &'r str,
+    scenario: &'r str,
+    simulated: bool,
+}
+
+impl<'a> RawDecision<'a> {
+    fn check(&self) -> Result<Checked<'_>, Skip> {
+        if let Some(what) = self.not_an_object {
+            return Err(Skip::Invalid(format!("a decision is {what}, not an object")));
+        }
+        let id = match &self.id {
+            None | Some(Scalar::Null) => None,
+            Some(Scalar::Int(id)) => Some(*id),
+            Some(other) => return Err(Skip::Invalid(format!("`id` is {}, not an integer", kind_of(other)))),
+        };
+        let simulated = match &self.simulated {
+            None | Some(Scalar::Null) => false,
+            Some(Scalar::Bool(b)) => *b,
+            Some(other) => return Err(Skip::Invalid(format!("`simulated` is {}, not a boolean", kind_of(other)))),
+        };
+        Ok(Checked {
+            id,
+            origin: string_or_empty("origin", &self.origin)?,
+            kind: string("type", &self.kind)?,
+            scope: string("scope", &self.scope)?,
+            value: string("value", &self.value)?,
+            duration: string("duration", &self.duration)?,
+            scenario: string_or_empty("scenario", &self.scenario)?,
+            simulated,
+        })
+    }
+
+    /// The LAPI's id, if the decision has a well-formed one (to count what is ignored).
+    pub fn id(&self) -> Option<i64> {
+        match self.id {
+            Some(Scalar::Int(id)) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Identifies a decision across pulls: the LAPI's id, or (when a LAPI sends none) what the
@@ -95,27 +314,26 @@ impl Skip {
 }
 
 /// Maps one decision of a stream answer.
-pub fn map(value: serde_json::Value) -> Result<Ban, Skip> {
-    let d: WireDecision = serde_json::from_value(value).map_err(|e| Skip::Invalid(e.to_string()))?;
-    if d.simulated == Some(true) {
+pub fn map(raw: &RawDecision<'_>) -> Result<Ban, Skip> {
+    let d = raw.check()?;
+    if d.simulated {
         return Err(Skip::Simulated);
     }
     if !d.kind.eq_ignore_ascii_case("ban") {
-        return Err(Skip::NotBan(d.kind));
+        return Err(Skip::NotBan(d.kind.to_owned()));
     }
-    let target = map_target(&d.scope, &d.value)?;
-    let remaining_ms = go_duration::parse_millis(&d.duration).map_err(|e| Skip::Invalid(e.to_string()))?;
+    let target = map_target(d.scope, d.value)?;
+    let remaining_ms = go_duration::parse_millis(d.duration).map_err(|e| Skip::Invalid(e.to_string()))?;
     let key = match d.id {
         Some(id) => DecisionKey::Id(id),
-        None => DecisionKey::Anonymous(d.origin.clone(), d.scenario.clone()),
+        None => DecisionKey::Anonymous(d.origin.to_owned(), d.scenario.to_owned()),
     };
-    let reason = Arc::new(reason(&d));
     Ok(Ban {
         key,
         target,
         remaining_ms,
-        reason,
-        origin: d.origin,
+        reason: Arc::new(reason(&d)),
+        origin: d.origin.to_owned(),
     })
 }
 
@@ -136,11 +354,11 @@ fn map_target(scope: &str, value: &str) -> Result<Target, Skip> {
 }
 
 /// The reason recorded with the block: scenario, origin and decision id.
-fn reason(d: &WireDecision) -> Reason {
+fn reason(d: &Checked<'_>) -> Reason {
     let id = d.id.map_or_else(|| "no id".to_owned(), |id| format!("decision {id}"));
     Reason {
         text: Some(clip(&format!("{} (origin {}, {id})", d.scenario, d.origin), 1024)),
-        rule_id: (!d.scenario.is_empty()).then(|| clip(&d.scenario, 128)),
+        rule_id: (!d.scenario.is_empty()).then(|| clip(d.scenario, 128)),
         alert_id: d.id.map(|id| id.to_string()),
         ..Reason::default()
     }
@@ -161,9 +379,17 @@ mod tests {
 
     use super::*;
 
+    /// Maps one decision given as a JSON value, read the way a stream answer is.
+    fn map_json(v: serde_json::Value) -> Result<Ban, Skip> {
+        let text = json!({ "new": [v] }).to_string();
+        let body = StreamBody::parse(text.as_bytes()).expect("a valid envelope");
+        map(&body.new[0])
+    }
+
     fn decision(scope: &str, value: &str, duration: &str) -> serde_json::Value {
         json!({"id": 7, "origin": "cscli", "type": "ban", "scope": scope, "value": value,
-               "duration": duration, "scenario": "crowdsecurity/ssh-bf"})
+               "duration": duration, "scenario": "crowdsecurity/ssh-bf", "until": "2026-01-01T00:00:00Z",
+               "uuid": "x", "extra": {"nested": [1, 2, {"a": null}]}})
     }
 
     #[test]
@@ -180,7 +406,7 @@ mod tests {
             ("Ip", "::ffff:192.0.2.9", "192.0.2.9"),
         ];
         for (scope, value, want) in cases {
-            let ban = map(decision(scope, value, "4m")).unwrap_or_else(|e| panic!("{scope} {value}: {e}"));
+            let ban = map_json(decision(scope, value, "4m")).unwrap_or_else(|e| panic!("{scope} {value}: {e}"));
             assert_eq!(ban.target.to_string(), want, "{scope} {value}");
             assert_eq!(ban.remaining_ms, 240_000);
         }
@@ -188,44 +414,72 @@ mod tests {
 
     #[test]
     fn reason_names_scenario_origin_and_decision() {
-        let ban = map(decision("Ip", "192.0.2.9", "9m59.381971686s")).unwrap();
+        let ban = map_json(decision("Ip", "192.0.2.9", "9m59.381971686s")).unwrap();
         assert_eq!(ban.reason.rule_id.as_deref(), Some("crowdsecurity/ssh-bf"));
         assert_eq!(ban.reason.alert_id.as_deref(), Some("7"));
         assert_eq!(ban.reason.summary(), "crowdsecurity/ssh-bf (origin cscli, decision 7)");
         assert_eq!(ban.key, DecisionKey::Id(7));
         assert_eq!(ban.remaining_ms, 599_381);
+        // Escaped strings are read too (they cannot be borrowed from the body).
+        let mut escaped = decision("Ip", "192.0.2.9", "4m");
+        escaped["scenario"] = json!("crowdsecurity/\"quoted\"é");
+        assert_eq!(map_json(escaped).unwrap().reason.rule_id.as_deref(), Some("crowdsecurity/\"quoted\"é"));
+        let mut anonymous = decision("Ip", "192.0.2.9", "4m");
+        anonymous.as_object_mut().unwrap().remove("id");
+        assert_eq!(map_json(anonymous).unwrap().key, DecisionKey::Anonymous("cscli".into(), "crowdsecurity/ssh-bf".into()));
     }
 
     #[test]
     fn what_is_skipped_and_why() {
         let mut captcha = decision("Ip", "192.0.2.9", "4m");
         captcha["type"] = json!("captcha");
-        assert_eq!(map(captcha), Err(Skip::NotBan("captcha".into())));
-        assert_eq!(map(decision("Country", "FR", "4m")), Err(Skip::Scope("Country".into())));
+        assert_eq!(map_json(captcha), Err(Skip::NotBan("captcha".into())));
+        assert_eq!(map_json(decision("Country", "FR", "4m")), Err(Skip::Scope("Country".into())));
         let mut sim = decision("Ip", "192.0.2.9", "4m");
         sim["simulated"] = json!(true);
-        assert_eq!(map(sim), Err(Skip::Simulated));
-        for bad in [
-            decision("Ip", "192.0.2.0/24", "4m"),
-            decision("Ip", "evil.example", "4m"),
-            decision("Range", "192.0.2.0/33", "4m"),
-            decision("Ip", "192.0.2.9", "4 days"),
-            json!({"type": "ban", "scope": "Ip", "value": 5, "duration": "4m"}),
-            json!({"type": "ban", "scope": "Ip", "value": "192.0.2.9"}),
-            json!("192.0.2.9"),
-            json!(null),
+        assert_eq!(map_json(sim), Err(Skip::Simulated));
+        for (bad, says) in [
+            (decision("Ip", "192.0.2.0/24", "4m"), "prefix"),
+            (decision("Ip", "evil.example", "4m"), ""),
+            (decision("Range", "192.0.2.0/33", "4m"), ""),
+            (decision("Ip", "192.0.2.9", "4 days"), ""),
+            (json!({"type": "ban", "scope": "Ip", "value": 5, "duration": "4m"}), "`value` is an integer, not a string"),
+            (json!({"type": "ban", "scope": "Ip", "value": "192.0.2.9"}), "missing field `duration`"),
+            (json!({"id": "7", "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "`id` is a string"),
+            (json!({"id": 1.5, "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "a number with a fraction"),
+            (json!({"type": ["ban"], "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "`type` is a list"),
+            (json!({"simulated": "no", "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "`simulated` is a string"),
+            (json!("192.0.2.9"), "a decision is a string, not an object"),
+            (json!(null), "a decision is null"),
+            (json!([1, 2]), "a decision is a list"),
         ] {
-            assert!(map(bad.clone()).is_err_and(|s| s.is_invalid()), "{bad} should be invalid");
+            let got = map_json(bad.clone());
+            assert!(got.as_ref().is_err_and(Skip::is_invalid), "{bad} should be invalid: {got:?}");
+            assert!(got.unwrap_err().to_string().contains(says), "{bad}: should say {says}");
+        }
+    }
+
+    #[test]
+    fn one_odd_decision_does_not_spoil_the_answer_but_a_bad_envelope_does() {
+        let text = r#"{"new":[{"id":1,"type":"ban","scope":"Ip","value":"192.0.2.1","duration":"1h","origin":"cscli"},
+            "junk", 5, null, {"value": {"deep": [1, {"x": "y"}]}}, [], {"id":2,"type":"ban","scope":"Ip","value":"192.0.2.2","duration":"1h"}],
+            "deleted":[{"id":3,"type":"ban","scope":"Ip","value":"192.0.2.3","duration":"-1s"}], "other": {"ignored": true}}"#;
+        let body = StreamBody::parse(text.as_bytes()).unwrap();
+        let ok: Vec<String> = body.new.iter().filter_map(|d| map(d).ok()).map(|b| b.target.to_string()).collect();
+        assert_eq!(ok, ["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(body.new.len(), 7);
+        assert_eq!(map(&body.deleted[0]).unwrap().remaining_ms, -1000);
+        assert_eq!(body.new[6].id(), Some(2));
+        for bad in [r#"{"new": [garbage"#, "[1, 2]", r#"{"new": "203.0.113.9"}"#, r#"{"deleted": 5}"#, r#"{"new":{"a":1}}"#, ""] {
+            assert!(StreamBody::parse(bad.as_bytes()).is_err(), "{bad} is not a stream answer");
         }
     }
 
     #[test]
     fn null_lists_are_empty() {
-        let body: StreamBody = serde_json::from_str(r#"{"new":null,"deleted":null}"#).unwrap();
+        let body = StreamBody::parse(br#"{"new":null,"deleted":null}"#).unwrap();
         assert!(body.new.is_empty() && body.deleted.is_empty());
-        let body: StreamBody = serde_json::from_str("{}").unwrap();
+        let body = StreamBody::parse(b"{}").unwrap();
         assert!(body.new.is_empty());
-        assert!(serde_json::from_str::<StreamBody>(r#"{"new":{"a":1}}"#).is_err());
-        assert!(serde_json::from_str::<StreamBody>("[1,2]").is_err());
     }
 }

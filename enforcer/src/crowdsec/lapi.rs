@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use super::{
-    config::{CrowdsecConfig, Credentials},
-    decision::StreamBody,
-};
+use super::config::{CrowdsecConfig, Credentials};
 
 /// Why a pull or push failed. The message says what the operator can do.
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +19,25 @@ pub enum LapiError {
         #[source]
         source: reqwest::Error,
     },
+    /// The TLS handshake failed because the LAPI refused our client certificate.
+    #[error(
+        "the LAPI at {url} rejected the client certificate; check that cert_path is signed by \
+         the CA in the LAPI's api.server.tls.ca_cert_path"
+    )]
+    CertificateRejected {
+        /// The URL.
+        url: String,
+        /// The cause (the TLS alert is in its chain).
+        #[source]
+        source: reqwest::Error,
+    },
     /// 401/403.
-    #[error("the LAPI refused the bouncer's credentials (HTTP {status}); check the key with `cscli bouncers list`")]
+    #[error("the LAPI refused the bouncer's credentials (HTTP {status}); {hint}")]
     Denied {
         /// The status code.
         status: u16,
+        /// What to check, for the kind of credentials in use.
+        hint: &'static str,
     },
     /// Another error status.
     #[error("the LAPI answered HTTP {status}: {body}")]
@@ -117,14 +128,30 @@ impl Lapi {
     }
 
     fn unreachable(&self, source: reqwest::Error) -> LapiError {
-        LapiError::Unreachable {
-            url: self.stream_url.to_string(),
-            source,
+        let url = self.stream_url.to_string();
+        let cause = crate::error::Chain(&source).to_string();
+        // The server's alert when it refuses a client certificate (a TLS 1.3 server sends it
+        // after the handshake, so it shows as a failed request, not a failed connection).
+        let refused = ["BadCertificate", "UnknownCA", "CertificateRequired", "CertificateUnknown", "AccessDenied"];
+        if self.api_key.is_none() && cause.contains("alert") && refused.iter().any(|a| cause.contains(a)) {
+            return LapiError::CertificateRejected { url, source };
         }
+        LapiError::Unreachable { url, source }
     }
 
-    /// One pull: the whole state (`startup`) or what changed since the last pull.
-    pub async fn pull(&self, startup: bool) -> Result<StreamBody, LapiError> {
+    fn denied(&self, status: reqwest::StatusCode) -> LapiError {
+        let hint = if self.api_key.is_some() {
+            "check the key with `cscli bouncers list`"
+        } else {
+            "the client certificate's OU must be in the LAPI's api.server.tls.bouncers_allowed_ou \
+             (bouncer-ou by default), and it must not be revoked"
+        };
+        LapiError::Denied { status: status.as_u16(), hint }
+    }
+
+    /// One pull: the whole state (`startup`) or what changed since the last pull. Returns the
+    /// answer's bytes, for [`StreamBody::parse`](super::decision::StreamBody::parse).
+    pub async fn pull(&self, startup: bool) -> Result<Vec<u8>, LapiError> {
         let mut query = self.query.clone();
         if startup {
             query.push(("startup", "true".to_owned()));
@@ -133,7 +160,7 @@ impl Lapi {
         let mut resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(LapiError::Denied { status: status.as_u16() });
+            return Err(self.denied(status));
         }
         let body = self.read_body(&mut resp).await?;
         if !status.is_success() {
@@ -142,7 +169,7 @@ impl Lapi {
                 body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
             });
         }
-        serde_json::from_slice(&body).map_err(|e| LapiError::Garbage(e.to_string()))
+        Ok(body)
     }
 
     /// The body, refusing to hold more than `max_body` bytes.

@@ -25,7 +25,7 @@ pub use config::{CrowdsecConfig, Credentials};
 pub use lapi::{Lapi, LapiError};
 
 use self::{
-    decision::{Ban, DecisionKey, Skip, StreamBody},
+    decision::{Ban, DecisionKey, RawDecision, Skip, StreamBody},
     ledger::Ledger,
 };
 use crate::{
@@ -80,7 +80,25 @@ struct Metrics {
     on: bool,
     last_push: Option<Instant>,
     started: u64,
-    dropped_before: (u64, u64),
+    /// The kernel's counters at the last successful push (each push sends what came since).
+    counted_before: Traffic,
+}
+
+/// Packets and bytes dropped and seen, over every protected interface.
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    dropped: (u64, u64),
+    seen: (u64, u64),
+}
+
+impl Traffic {
+    fn since(self, before: Self) -> Self {
+        let d = |a: (u64, u64), b: (u64, u64)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1));
+        Self {
+            dropped: d(self.dropped, before.dropped),
+            seen: d(self.seen, before.seen),
+        }
+    }
 }
 
 impl Bouncer {
@@ -108,7 +126,7 @@ impl Bouncer {
                 on: config.usage_metrics,
                 last_push: None,
                 started: now_ms() / 1000,
-                dropped_before: (0, 0),
+                counted_before: Traffic::default(),
             },
         })
     }
@@ -148,18 +166,25 @@ impl Bouncer {
     /// One pull, applied. A full pull replaces the crowdsec set; a delta changes what it names.
     pub async fn pull_once(&mut self) -> Result<(), PullError> {
         let full = self.need_full || self.last_full.is_none_or(|t| t.elapsed() >= self.resync);
-        let body = self.lapi.pull(full).await?;
+        let started = Instant::now();
+        let bytes = self.lapi.pull(full).await?;
+        let fetched = started.elapsed();
+        let body = StreamBody::parse(&bytes).map_err(|e| LapiError::Garbage(e.to_string()))?;
         let now = now_ms();
         // Decisions' ends are kept on the boot clock: a wall-clock step must not end them.
         let since_boot = crate::time::boot_ms();
+        let decisions = body.new.len();
         let request = if full {
-            let new = self.map_new(body);
+            let new = self.map_new(&body.new);
             self.ledger.startup(&self.source, new, since_boot)
         } else {
-            let deleted = body.deleted.iter().cloned().filter_map(|d| decision::map(d).ok()).collect();
-            let new = self.map_new(body);
+            let deleted = body.deleted.iter().filter_map(|d| decision::map(d).ok()).collect();
+            let new = self.map_new(&body.new);
             self.ledger.delta(&self.source, new, deleted, since_boot)
         };
+        drop(body);
+        drop(bytes);
+        let mapped = started.elapsed();
         let reply = if full || !request.items.is_empty() || !request.remove.is_empty() {
             self.apply(request).await?
         } else {
@@ -168,6 +193,14 @@ impl Bouncer {
         if full {
             self.need_full = false;
             self.last_full = Some(Instant::now());
+            tracing::info!(
+                decisions,
+                applied = reply.applied,
+                fetch_ms = fetched.as_millis() as u64,
+                parse_ms = (mapped - fetched).as_millis() as u64,
+                apply_ms = (started.elapsed() - mapped).as_millis() as u64,
+                "CrowdSec full pull applied"
+            );
         }
         let mut s = self.status.lock().expect("status lock");
         s.pulls += 1;
@@ -184,12 +217,12 @@ impl Bouncer {
     }
 
     /// Maps a pull's new decisions, counting and logging what is skipped.
-    fn map_new(&mut self, body: StreamBody) -> Vec<Ban> {
-        let mut bans = Vec::with_capacity(body.new.len());
+    fn map_new(&mut self, new: &[RawDecision<'_>]) -> Vec<Ban> {
+        let mut bans = Vec::with_capacity(new.len());
         let mut invalid = 0u64;
-        for value in body.new {
-            let key = value.get("id").and_then(serde_json::Value::as_i64).map(DecisionKey::Id);
-            match decision::map(value) {
+        for raw in new {
+            let key = raw.id().map(DecisionKey::Id);
+            match decision::map(raw) {
                 Ok(ban) => bans.push(ban),
                 Err(skip @ Skip::Invalid(_)) => {
                     if invalid == 0 {
@@ -238,18 +271,21 @@ impl Bouncer {
         }
         let window = self.metrics.last_push.map_or(0, |t| t.elapsed().as_secs());
         self.metrics.last_push = Some(Instant::now());
-        let dropped = match ask_engine("crowdsec", Request::Stats, &self.engine).await {
-            Response::Ok { result: Reply::Stats(s), .. } => (s.total.dropped.packets, s.total.dropped.bytes),
-            _ => self.metrics.dropped_before,
+        let counted = match ask_engine("crowdsec", Request::Stats, &self.engine).await {
+            Response::Ok { result: Reply::Stats(s), .. } => Traffic {
+                dropped: (s.total.dropped.packets, s.total.dropped.bytes),
+                seen: (s.total.seen.packets, s.total.seen.bytes),
+            },
+            _ => self.metrics.counted_before,
         };
         let body = usage_metrics(
             &self.ledger.active_by_origin(crate::time::boot_ms()),
-            (dropped.0.saturating_sub(self.metrics.dropped_before.0), dropped.1.saturating_sub(self.metrics.dropped_before.1)),
+            counted.since(self.metrics.counted_before),
             self.metrics.started,
             window,
         );
         match self.lapi.push_metrics(&body).await {
-            Ok(true) => self.metrics.dropped_before = dropped,
+            Ok(true) => self.metrics.counted_before = counted,
             Ok(false) => {
                 tracing::info!("this LAPI has no usage-metrics endpoint (before 1.6.3); not pushing metrics");
                 self.metrics.on = false;
@@ -260,19 +296,20 @@ impl Bouncer {
     }
 }
 
-/// The usage-metrics body of CrowdSec's API (`remediation_components`).
-fn usage_metrics(
-    active_by_origin: &std::collections::BTreeMap<String, u64>,
-    dropped: (u64, u64),
-    started: u64,
-    window_secs: u64,
-) -> serde_json::Value {
+/// The usage-metrics body of CrowdSec's API (`AllMetrics.remediation_components`, LAPI ≥ 1.6.3):
+/// the live bans per origin (unit `ip`), and the packets and bytes dropped (remediation `ban`)
+/// and processed since the last push. Drops are not split by origin: the kernel counts them per
+/// target, and a target may be blocked by several sources at once.
+fn usage_metrics(active_by_origin: &std::collections::BTreeMap<String, u64>, traffic: Traffic, started: u64, window_secs: u64) -> serde_json::Value {
     let mut items: Vec<serde_json::Value> = active_by_origin
         .iter()
         .map(|(origin, n)| serde_json::json!({"name": "active_decisions", "unit": "ip", "value": n, "labels": {"origin": origin}}))
         .collect();
-    items.push(serde_json::json!({"name": "dropped", "unit": "packet", "value": dropped.0}));
-    items.push(serde_json::json!({"name": "dropped", "unit": "byte", "value": dropped.1}));
+    let ban = serde_json::json!({"remediation": "ban"});
+    items.push(serde_json::json!({"name": "dropped", "unit": "packet", "value": traffic.dropped.0, "labels": ban}));
+    items.push(serde_json::json!({"name": "dropped", "unit": "byte", "value": traffic.dropped.1, "labels": ban}));
+    items.push(serde_json::json!({"name": "processed", "unit": "packet", "value": traffic.seen.0}));
+    items.push(serde_json::json!({"name": "processed", "unit": "byte", "value": traffic.seen.1}));
     serde_json::json!({
         "remediation_components": [{
             "name": "enforcer",
