@@ -8,11 +8,13 @@
 //! - **Startup sync**: the LAPI is filled with N ban decisions (`cscli decisions import`), then
 //!   a daemon starts; time from starting the process to all N enforced (in the kernel maps, as
 //!   `status` counts them). The baseline is the LAPI's own answer to the same full pull
-//!   (`curl`), which no bouncer can beat.
+//!   (`curl`), which no bouncer can beat. With `--baseline-enforcer PATH`, the same sync is
+//!   also run with that build, interleaved with this one's runs, for a before/after ratio.
 
 use std::{
     io::Write as _,
     net::UdpSocket,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,7 +27,12 @@ use enforcer::{
     client::Client,
     protocol::{Reply, Request},
 };
-use enforcer_tests::{Lab, RECEIVER_V4, SENDER_V4, crowdsec::Lapi, daemon::Daemon, wait_for};
+use enforcer_tests::{
+    Lab, PinDir, RECEIVER_V4, SENDER_V4,
+    crowdsec::Lapi,
+    daemon::{Daemon, enforcer_bin},
+    wait_for,
+};
 use serde::Serialize;
 
 use crate::stats::Summary;
@@ -38,11 +45,13 @@ pub struct Settings {
     pub rounds: usize,
     /// Decisions in the startup sync.
     pub sync_decisions: usize,
+    /// Startup syncs per build (the median is reported).
+    pub sync_runs: usize,
 }
 
 impl Settings {
-    pub const FULL: Self = Self { poll_secs: 2, rounds: 20, sync_decisions: 100_000 };
-    pub const QUICK: Self = Self { poll_secs: 1, rounds: 3, sync_decisions: 2_000 };
+    pub const FULL: Self = Self { poll_secs: 2, rounds: 20, sync_decisions: 100_000, sync_runs: 3 };
+    pub const QUICK: Self = Self { poll_secs: 1, rounds: 3, sync_decisions: 2_000, sync_runs: 1 };
 }
 
 #[derive(Debug, Serialize)]
@@ -61,8 +70,22 @@ pub struct Sync {
     pub import_s: f64,
     /// The LAPI answering the full pull to curl (median of 3): the baseline.
     pub lapi_answer_ms: f64,
-    /// Daemon process start → every decision enforced.
+    /// Daemon process start → every decision enforced (median over the runs).
     pub enforced_ms: f64,
+    /// Each run of this build.
+    pub enforced_runs_ms: Vec<f64>,
+    /// The same with a baseline build (`--baseline-enforcer`), runs interleaved with ours.
+    pub baseline: Option<BaselineSync>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BaselineSync {
+    /// The baseline binary's file name (name it after its commit).
+    pub build: String,
+    /// Median over the runs.
+    pub enforced_ms: f64,
+    /// Each run.
+    pub enforced_runs_ms: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,9 +95,9 @@ pub struct Results {
     pub sync: Sync,
 }
 
-pub fn run(s: &Settings) -> Result<Results> {
+pub fn run(s: &Settings, baseline: Option<&Path>) -> Result<Results> {
     let fleet = fleet(s)?;
-    let sync = sync(s)?;
+    let sync = sync(s, baseline)?;
     Ok(Results { settings: *s, fleet, sync })
 }
 
@@ -176,22 +199,12 @@ fn fleet(s: &Settings) -> Result<Fleet> {
     })
 }
 
-fn sync(s: &Settings) -> Result<Sync> {
+fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
     let n = s.sync_decisions;
     ensure!(n <= 131_072, "the sync uses 198.18.0.0/15 (the benchmarking range): at most 131072 decisions");
-    let lab = Lab::new()?;
+    let mut lab = Lab::new()?;
     let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
-    let csv = lapi.path("decisions.csv");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&csv)?);
-    writeln!(f, "duration,scope,value,reason")?;
-    for i in 0..n as u32 {
-        let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
-        writeln!(f, "4h,ip,{addr},bench/import")?;
-    }
-    f.into_inner()?.sync_all()?;
-    let started = Instant::now();
-    lapi.cscli(&["decisions", "import", "-i", &csv.to_string_lossy()])?;
-    let import_s = started.elapsed().as_secs_f64();
+    let import_s = fill(&lapi, n)?;
     eprintln!("  imported {n} decisions in {import_s:.1} s");
     let config = lapi.daemon_config("bench-sync", &lapi.url(), "update_frequency = \"1s\"\n")?;
     let key = lapi.add_bouncer("bench-curl")?;
@@ -206,14 +219,67 @@ fn sync(s: &Settings) -> Result<Sync> {
         answers.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let lapi_answer_ms = crate::stats::median(&answers);
+    let current = enforcer_bin();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..s.sync_runs {
+        // Interleaved, each build first in turn, so a change in the machine's load hits both.
+        let ours_first = run % 2 == 0;
+        for this_build in [ours_first, !ours_first] {
+            let (bin, times, name) = match (this_build, baseline) {
+                (true, _) => (current.as_path(), &mut ours, "this build"),
+                (false, Some(b)) => (b, &mut theirs, "baseline"),
+                (false, None) => continue,
+            };
+            let ms = sync_once(&mut lab, bin, &config, n)?;
+            eprintln!("  {name}: {n} decisions enforced {ms:.0} ms after the daemon started (LAPI answer alone: {lapi_answer_ms:.0} ms)");
+            times.push(ms);
+        }
+    }
+    Ok(Sync {
+        decisions: n,
+        import_s,
+        lapi_answer_ms,
+        enforced_ms: crate::stats::median(&ours),
+        enforced_runs_ms: ours,
+        baseline: baseline.map(|b| BaselineSync {
+            build: b.file_name().map_or_else(|| b.display().to_string(), |f| f.to_string_lossy().into_owned()),
+            enforced_ms: crate::stats::median(&theirs),
+            enforced_runs_ms: theirs,
+        }),
+    })
+}
+
+/// Fills the LAPI with `n` ban decisions (`cscli decisions import`); returns how long it took.
+fn fill(lapi: &Lapi, n: usize) -> Result<f64> {
+    let csv = lapi.path("decisions.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&csv)?);
+    writeln!(f, "duration,scope,value,reason")?;
+    for i in 0..n as u32 {
+        let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
+        writeln!(f, "4h,ip,{addr},bench/import")?;
+    }
+    f.into_inner()?.sync_all()?;
     let started = Instant::now();
-    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy(), "--max-addresses", "262144"])?;
-    let mut client = Client::connect(&daemon.socket, Duration::from_secs(10))?;
+    lapi.cscli(&["decisions", "import", "-i", &csv.to_string_lossy()])?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One startup sync with `bin`: daemon start → all `n` decisions in the kernel maps (as
+/// `status` counts them). The daemon is stopped after, and its pins (maps, XDP link) removed,
+/// so the next run starts from nothing.
+fn sync_once(lab: &mut Lab, bin: &Path, config: &Path, n: usize) -> Result<f64> {
+    let started = Instant::now();
+    let mut daemon = Daemon::start_bin(bin, lab, &["--config", &config.to_string_lossy(), "--max-addresses", "262144"])?;
+    // A status asked while the engine applies the pull is answered after that round.
+    let mut client = Client::connect(&daemon.socket, Duration::from_secs(120))?;
     wait_for("every decision to be enforced", Duration::from_secs(120), || {
         let Reply::Status(st) = client.call(&Request::Status)? else { anyhow::bail!("unexpected reply") };
         Ok((st.targets >= n).then_some(()))
     })?;
-    let enforced_ms = started.elapsed().as_secs_f64() * 1e3;
-    eprintln!("  {n} decisions enforced {enforced_ms:.0} ms after the daemon started (LAPI answer alone: {lapi_answer_ms:.0} ms)");
-    Ok(Sync { decisions: n, import_s, lapi_answer_ms, enforced_ms })
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(client);
+    daemon.stop()?;
+    drop(daemon);
+    lab.pins = PinDir::new()?;
+    Ok(ms)
 }

@@ -44,6 +44,17 @@ struct Args {
     /// Where to write results.json, results.md and the charts [default: <repo>/bench-results/latest].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Another build of `enforcer` (e.g. an earlier commit's `target/release/enforcer`, copied
+    /// and named after that commit): the CrowdSec startup sync is then run with both builds,
+    /// interleaved, and the report compares them.
+    #[arg(long, value_name = "PATH")]
+    baseline_enforcer: Option<PathBuf>,
+    /// CrowdSec: decisions timed on the fleet, overriding the run's default (for profiling).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    crowdsec_rounds: Option<u64>,
+    /// CrowdSec: startup syncs per build, overriding the run's default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    crowdsec_sync_runs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,12 +143,14 @@ fn main() -> Result<()> {
         report.memory = Some(timed(times, "memory", || memory::run(&s))?);
     }
     if runs(Section::Crowdsec) {
-        let s = if q {
+        let mut s = if q {
             crowdsec::Settings::QUICK
         } else {
             crowdsec::Settings::FULL
         };
-        report.crowdsec = Some(timed(times, "crowdsec", || crowdsec::run(&s))?);
+        s.rounds = args.crowdsec_rounds.map_or(s.rounds, |n| n as usize);
+        s.sync_runs = args.crowdsec_sync_runs.map_or(s.sync_runs, |n| n as usize);
+        report.crowdsec = Some(timed(times, "crowdsec", || crowdsec::run(&s, args.baseline_enforcer.as_deref()))?);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report.judge();

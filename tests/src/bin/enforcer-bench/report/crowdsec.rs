@@ -46,12 +46,33 @@ pub fn markdown(w: &mut String, c: &Results) {
     let _ = writeln!(w, "| startup sync of {} decisions | time | ÷ LAPI answer alone |", thousands(s.decisions));
     let _ = writeln!(w, "|---|--:|--:|");
     let _ = writeln!(w, "| LAPI answers the full pull (curl, median of 3; baseline) | {} ms | 1.00 |", ms(s.lapi_answer_ms));
+    let runs = |r: &[f64]| r.iter().map(|&v| ms(v)).collect::<Vec<_>>().join(", ");
+    if let Some(b) = &s.baseline {
+        let _ = writeln!(
+            w,
+            "| build `{}`: daemon start → every decision enforced (median; runs {}) | {} ms | {:.2} |",
+            b.build,
+            runs(&b.enforced_runs_ms),
+            ms(b.enforced_ms),
+            b.enforced_ms / s.lapi_answer_ms
+        );
+    }
     let _ = writeln!(
         w,
-        "| daemon start → every decision enforced in the kernel | {} ms | {:.2} |",
+        "| this build: daemon start → every decision enforced in the kernel (median; runs {}) | {} ms | {:.2} |",
+        runs(&s.enforced_runs_ms),
         ms(s.enforced_ms),
         s.enforced_ms / s.lapi_answer_ms
     );
+    if let Some(b) = &s.baseline {
+        let _ = writeln!(
+            w,
+            "\nThis build against `{}`, runs interleaved in one benchmark run: {:.2}× the time ({:.1}× faster).",
+            b.build,
+            s.enforced_ms / b.enforced_ms,
+            b.enforced_ms / s.enforced_ms
+        );
+    }
     let _ = writeln!(w, "\n![CrowdSec](crowdsec.svg)\n");
 }
 
@@ -72,6 +93,14 @@ pub fn svg(c: &Results) -> String {
         colour: "#4c78a8",
         text: format!("{} ms", ms(c.sync.enforced_ms)),
     });
+    if let Some(b) = &c.sync.baseline {
+        bars.push(Bar {
+            label: format!("the same with build {}", b.build),
+            value: b.enforced_ms,
+            colour: "#bab0ac",
+            text: format!("{} ms", ms(b.enforced_ms)),
+        });
+    }
     bars.push(Bar {
         label: "LAPI answering that pull alone".to_owned(),
         value: c.sync.lapi_answer_ms,
@@ -84,6 +113,6 @@ pub fn svg(c: &Results) -> String {
         bars,
         reference: Some((f.poll_ms, "poll interval".to_owned())),
         log: false,
-        legend: vec![("#4c78a8", "enforcer"), ("#e45756", "baseline (the LAPI's answer)")],
+        legend: vec![("#4c78a8", "enforcer"), ("#bab0ac", "an earlier build"), ("#e45756", "baseline (the LAPI's answer)")],
     })
 }
