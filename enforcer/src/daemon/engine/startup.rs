@@ -1,0 +1,225 @@
+//! Starting the engine: the allowlist, the store and the kernel maps made to agree before the
+//! first request (every block restored with its remaining time, unknown kernel entries
+//! removed, a wall-clock step while no daemon ran followed).
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use enforcer_common::BlockValue;
+
+use super::Engine;
+use crate::{
+    access::AccessPolicy,
+    audit::{Action, AuditLog, Event},
+    daemon::{
+        kernel_sync,
+        ledger::{self, Capacity, Ledger},
+        systemd::TestStall,
+    },
+    datapath::{Datapath, XdpModeRequest},
+    interfaces::Interfaces,
+    metrics::BlockTally,
+    policy::{AllowOrigin, Policy, PolicyConfig, host},
+    store::{Store, StoreOp},
+    target::Target,
+    time::{self, SystemClock, TimeKeeper},
+};
+
+/// What the engine is configured with.
+pub struct EngineConfig {
+    /// TTL for requests without one (and sources without their own).
+    pub default_ttl: Duration,
+    /// The safety policy.
+    pub policy: PolicyConfig,
+    /// Allowlist prefixes from the configuration file.
+    pub allowlist: Vec<Target>,
+    /// Allowlist loopback, the host's addresses and its default gateways.
+    pub builtin_allowlist: bool,
+    /// Who may do what on the control socket.
+    pub access: AccessPolicy,
+}
+
+impl Engine {
+    /// Builds the engine from the store, reconciling the kernel maps with it.
+    pub fn start(store: Store, dp: Datapath, audit: AuditLog, config: EngineConfig) -> anyhow::Result<Self> {
+        let capacity = Capacity::new(&dp.maps().capacities());
+        let mut engine = Self {
+            ledger: Ledger::new(Policy::new(config.policy, config.default_ttl), capacity),
+            store,
+            dp,
+            audit,
+            builtin_allowlist: config.builtin_allowlist,
+            interfaces: Interfaces::default(),
+            xdp_mode: XdpModeRequest::Auto,
+            prog_id: 0,
+            links_followed: false,
+            started: Instant::now(),
+            reap_backoff_until: 0,
+            metrics: Arc::default(),
+            tally: BlockTally::default(),
+            heartbeat: None,
+            stall: TestStall::from_env(),
+            access: config.access,
+            clock: TimeKeeper::new(SystemClock, time::boot_id()),
+            carry: Vec::new(),
+        };
+        engine.ledger.set_time_base(engine.clock.base());
+        engine.load_allowlist(&config.allowlist)?;
+        let meta = engine.store.load_meta()?;
+        let shift = engine.stored_time_shift(meta.time_base.as_ref());
+        engine.ledger.load_side(engine.store.load_pending()?, engine.store.load_offenses()?, meta.next_pending_id);
+        let forgotten = engine.ledger.load_requests(engine.store.load_requests()?, crate::block::now_ms());
+        if !forgotten.is_empty() {
+            engine.store.commit(&forgotten.into_iter().map(StoreOp::DeleteRequest).collect::<Vec<_>>())?;
+        }
+        engine.ledger.shift_deadlines(shift);
+        engine.reconcile(shift)?;
+        engine.store_time_base(shift, meta.time_base.as_ref())?;
+        Ok(engine)
+    }
+
+    /// How far the stored deadlines must move to keep their boot-relative time: the wall
+    /// clock's step while no daemon ran, on this boot. After a reboot (or in a store from
+    /// before the time base was kept) there is no boot-relative time, and the stored
+    /// wall-clock deadlines are taken as they are.
+    fn stored_time_shift(&self, stored: Option<&time::TimeBase>) -> i64 {
+        let Some(stored) = stored else { return 0 };
+        match self.ledger.time_base().shift_from(stored) {
+            Some(shift) if ledger::is_step(shift) => shift,
+            Some(_) => 0,
+            None => {
+                tracing::info!("the machine booted since the store was written: block deadlines are taken as wall-clock times");
+                0
+            }
+        }
+    }
+
+    /// Stores the time base the loaded deadlines are now expressed under, and after a step the
+    /// moved deadlines with it (one commit), and audits the step.
+    fn store_time_base(&mut self, shift: i64, stored: Option<&time::TimeBase>) -> anyhow::Result<()> {
+        let mut ops = Vec::new();
+        if shift != 0 {
+            ops = self.ledger.timed_ops();
+            let moved = self.ledger.blocks().values().flat_map(|b| b.by_source.values()).filter(|b| b.expires_ms.is_some()).count();
+            tracing::warn!(
+                step = %time::describe_jump(shift),
+                moved,
+                "the wall clock stepped while the daemon was not running; block deadlines moved with it and keep their remaining time"
+            );
+            self.audit.record(&ledger::jump_event(shift, moved, "while the daemon was not running"));
+            self.audit.flush();
+        }
+        if stored != Some(self.ledger.time_base()) {
+            ops.push(StoreOp::SetTimeBase(self.ledger.time_base().clone()));
+        }
+        if !ops.is_empty() {
+            self.store.commit(&ops)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the allowlist (config, stored CLI entries, the host) and makes the kernel match.
+    fn load_allowlist(&mut self, from_config: &[Target]) -> anyhow::Result<()> {
+        for t in from_config {
+            self.ledger.init_allow(*t, AllowOrigin::Config);
+        }
+        for (target, origin) in self.store.load_allow()? {
+            self.ledger.init_allow(target, origin);
+        }
+        if self.builtin_allowlist {
+            for h in host::host_addresses()? {
+                self.ledger.init_allow(h.target, AllowOrigin::Builtin { what: h.what.to_owned() });
+            }
+        }
+        let allow = self.ledger.allowlist();
+        let entries: Vec<(Target, u32)> = allow.iter().map(|(t, o)| (*t, o[0].to_kernel())).collect();
+        let stale: Vec<Target> = self
+            .dp
+            .maps()
+            .allows()?
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| allow.origins(t).is_none())
+            .collect();
+        // Insert before remove: nothing protected is unprotected in between.
+        for (t, origin) in entries {
+            self.dp.maps_mut().insert_allow(&t, origin)?;
+        }
+        for t in stale {
+            self.dp.maps_mut().remove_allow(&t)?;
+        }
+        tracing::info!(entries = self.ledger.allowlist().len(), "allowlist loaded");
+        Ok(())
+    }
+
+    /// Loads the store and makes the kernel maps say exactly what it says.
+    /// `shift`: how far the stored deadlines move (see [`Engine::stored_time_shift`]).
+    fn reconcile(&mut self, shift: i64) -> anyhow::Result<()> {
+        let mut records = self.store.load_all()?;
+        if shift != 0 {
+            for r in &mut records {
+                r.block.expires_ms = r.block.expires_ms.map(|e| e.saturating_add_signed(shift));
+            }
+        }
+        let now = self.now();
+        let expired = self.ledger.load_blocks(records, now);
+        for t in self.ledger.blocks().values() {
+            self.tally.add(t);
+        }
+        if !expired.is_empty() {
+            let ops: Vec<_> = expired
+                .iter()
+                .map(|r| StoreOp::Delete(r.target, r.block.source.clone()))
+                .collect();
+            self.store.commit(&ops)?;
+            for r in &expired {
+                let e = Event::new(Action::Expire, r.target)
+                    .source(&r.block.source)
+                    .detail("expired while the daemon was not running");
+                self.audit.record(&e);
+            }
+        }
+        let in_kernel: BTreeMap<Target, BlockValue> = self.dp.maps().blocks()?.into_iter().collect();
+        let removed = self.remove_unknown(&in_kernel)?;
+        let mut restored = 0usize;
+        let targets: Vec<Target> = self.ledger.blocks().keys().copied().collect();
+        let base = self.ledger.time_base().clone();
+        for target in &targets {
+            let had = in_kernel.get(target);
+            let entry = self.ledger.kernel_entry(target).expect("a loaded target has blocks");
+            if !kernel_sync::is_current(&entry, had, &base) {
+                self.dp.maps_mut().insert_block(target, &kernel_sync::value_for(&entry, had.copied(), &base))?;
+            }
+            if had.is_none() {
+                restored += 1;
+                self.audit.record(&Event::new(Action::Restore, *target).detail("restored into the kernel from the store"));
+            }
+        }
+        self.audit.flush();
+        tracing::info!(
+            targets = targets.len(),
+            restored,
+            removed_unknown = removed,
+            expired = expired.len(),
+            "reconciled the kernel maps with the store"
+        );
+        Ok(())
+    }
+
+    /// Removes kernel entries the store does not know.
+    fn remove_unknown(&mut self, in_kernel: &BTreeMap<Target, BlockValue>) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for target in in_kernel.keys() {
+            if !self.ledger.blocks().contains_key(target) {
+                self.dp.maps_mut().remove_block(target)?;
+                self.audit
+                    .record(&Event::new(Action::RemoveUnknown, *target).detail("in the kernel map but not in the store"));
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,90 @@
+//! What the engine tells the outside without being asked: systemd's status line and the
+//! metrics snapshot, kept up to date per round (never a walk over the blocks).
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+};
+
+use super::Engine;
+use crate::{
+    block::{Source, TargetBlocks},
+    daemon::systemd::Heartbeat,
+    metrics::{Metrics, Snapshot},
+    target::Target,
+};
+
+impl Engine {
+    /// Feeds systemd's watchdog and status line from this engine's loop.
+    pub fn set_heartbeat(&mut self, heartbeat: Option<Heartbeat>) {
+        self.heartbeat = heartbeat;
+    }
+
+    /// The `STATUS=` line systemd shows.
+    pub fn status_line(&self) -> String {
+        let ifaces: Vec<&str> = self.interfaces.protected().map(|(name, _)| name).collect();
+        let mut line = format!(
+            "enforcing {} blocks on {}",
+            self.ledger.blocks().len(),
+            if ifaces.is_empty() { "no interface".to_owned() } else { ifaces.join(", ") }
+        );
+        let unprotected: Vec<&str> = self
+            .interfaces
+            .tracked()
+            .filter(|(_, _, s)| !matches!(s, crate::interfaces::Tracked::Protected { .. }))
+            .map(|(name, _, _)| name)
+            .collect();
+        if !unprotected.is_empty() {
+            line.push_str(&format!("; NOT protected: {}", unprotected.join(", ")));
+        }
+        if !self.ledger.pending().is_empty() {
+            line.push_str(&format!("; {} waiting for approval", self.ledger.pending().len()));
+        }
+        line
+    }
+
+    /// The counters and snapshot this engine keeps for the metrics endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Publishes the metrics snapshot: O(sources + maps), never a walk over the blocks.
+    pub(super) fn publish_metrics(&mut self) {
+        let now = self.now();
+        let open: std::collections::BTreeSet<Source> =
+            self.ledger.policy_mut().open_breakers(now).into_iter().map(|b| b.source).collect();
+        let mut breakers: BTreeMap<Source, bool> =
+            self.ledger.policy().config.sources.keys().map(|s| (s.clone(), false)).collect();
+        for s in open {
+            breakers.insert(s, true);
+        }
+        let capacity = self.ledger.capacity();
+        let maps = self
+            .dp
+            .maps()
+            .capacities()
+            .into_iter()
+            .map(|(name, cap)| (name, capacity.used(name), cap))
+            .collect();
+        self.metrics.publish(Snapshot {
+            blocks: self.tally.entries(),
+            targets: self.ledger.blocks().len() as u64,
+            maps,
+            breakers: breakers.into_iter().collect(),
+            pending: self.ledger.pending().len() as u64,
+            oldest_deadline_ms: self.ledger.next_block_deadline(),
+            interfaces: self.interfaces.protected().map(|(n, i)| (n.to_owned(), i)).collect(),
+            interface_states: self.interfaces.tracked().map(|(n, _, s)| (n.to_owned(), s.label())).collect(),
+        });
+    }
+
+    /// After a durable change: the tally follows every target it touched.
+    pub(super) fn tally(&mut self, before: &BTreeMap<Target, Option<TargetBlocks>>, refused: &[(&'static str, Source)]) {
+        for (target, was) in before {
+            self.tally.replace(was.as_ref(), self.ledger.blocks().get(target));
+        }
+        for (rule, source) in refused {
+            self.metrics.refusal(rule, source);
+        }
+    }
+}
