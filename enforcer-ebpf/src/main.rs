@@ -26,7 +26,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
@@ -323,17 +323,48 @@ fn v6_may_be_in_a_prefix(addr: &[u8; 16]) -> bool {
 /// monotonic clock (no clock-source read) plus `CLOCK_BOOTTIME − CLOCK_MONOTONIC`, which the
 /// daemon keeps in the CLOCK map. The coarse clock trails the true one by up to a tick and the
 /// offset is written low, so expiry is never early, and at most a tick late.
+///
+/// The coarse clock only moves at a tick, when jiffies does, so the last value read is cached
+/// with the jiffies it was read at ([`CLOCK_CACHE`]) and reused while jiffies has not moved:
+/// `bpf_jiffies64` is inlined by the verifier into one load, the helper call is not (measured
+/// ~2–3 ns per hit). A value is cached only if it is later than the cached one, so a read that
+/// lands between the jiffies increment and the timekeeping update (the old tick's value) is not
+/// kept for the new tick. A cached value was read earlier, so it is never ahead: never early.
 struct Clock(u64);
+
+/// `[jiffies, now]` of the last coarse clock read (shared by every CPU, written once a tick).
+#[unsafe(no_mangle)]
+static mut CLOCK_CACHE: [u64; 2] = [0; 2];
 
 impl Clock {
     #[inline(always)]
     fn now(&mut self) -> u64 {
         if self.0 == 0 {
-            // SAFETY: a helper without preconditions.
-            let mono = unsafe { bpf_ktime_get_coarse_ns() };
-            self.0 = mono + CLOCK.get(0).copied().unwrap_or(0);
+            self.0 = cached_now();
         }
         self.0
+    }
+}
+
+#[inline(always)]
+fn cached_now() -> u64 {
+    // SAFETY: helpers without preconditions; the cache is plain memory that CPUs may race on:
+    // each word is read and written whole, and `now` is written before `jiffies`.
+    unsafe {
+        let jiffies = bpf_jiffies64();
+        let cache = &raw mut CLOCK_CACHE;
+        if core::ptr::read_volatile(&raw const (*cache)[0]) == jiffies {
+            let cached = core::ptr::read_volatile(&raw const (*cache)[1]);
+            if cached != 0 {
+                return cached;
+            }
+        }
+        let now = bpf_ktime_get_coarse_ns() + CLOCK.get(0).copied().unwrap_or(0);
+        if now > core::ptr::read_volatile(&raw const (*cache)[1]) {
+            core::ptr::write_volatile(&raw mut (*cache)[1], now);
+            core::ptr::write_volatile(&raw mut (*cache)[0], jiffies);
+        }
+        now
     }
 }
 
