@@ -79,8 +79,8 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
         assert!(String::from_utf8_lossy(&out.stderr).contains(wazuh.name()), "the refusal names the caller: {out:?}");
     }
     assert_eq!(passes(&lab, target), 10, "nothing was blocked by the refused requests");
-    assert!(d.json(&["list"]).as_array().unwrap().is_empty());
-    assert!(d.json(&["allow", "list"]).to_string().contains("0.0.0.0/0").then_some(()).is_none());
+    assert!(d.list(&[]).is_empty());
+    assert!(!d.allowlist().iter().any(|e| e.target.to_string() == "0.0.0.0/0"));
     assert_eq!(denials_of(&d, &wazuh).len(), 7, "{}", audit(&d));
 
     // Its own source: allowed, and real packets are dropped.
@@ -90,10 +90,10 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
 
     // A request that waits for approval cannot be approved by the caller who made it; root can.
     let pending = as_user(&wazuh, &d, &["block", SENDER_V4[2], "--source", "review", "--ttl", "10m", "--json"]);
-    let reply: serde_json::Value = serde_json::from_slice(&ok(&pending).into_bytes()).unwrap();
-    let id = reply["pending_id"].as_u64().expect("a pending id").to_string();
-    let listed = d.json(&["pending"]);
-    assert_eq!(listed[0]["requested_by"]["uid"], wazuh.uid(), "the pending record remembers who asked: {listed}");
+    let reply: enforcer::protocol::BlockReply = serde_json::from_slice(&ok(&pending).into_bytes()).unwrap();
+    let id = reply.pending_id.expect("a pending id").to_string();
+    let listed = d.pending();
+    assert_eq!(listed[0].requested_by.as_ref().map(|c| c.uid), Some(wazuh.uid()), "the pending record remembers who asked: {listed:?}");
     fails(&as_user(&wazuh, &d, &["approve", &id]), 4, "its own request");
     assert_eq!(passes(&lab, SENDER_V4[2]), 10, "still pending");
     ok(&d.cli(&["approve", &id]));

@@ -69,9 +69,9 @@ fn audit(d: &Daemon) -> String {
 
 /// `target`'s deadline as the daemon reports it, minus the real wall clock now.
 fn left_ms(d: &Daemon, target: &str) -> Option<i64> {
-    let list = d.json(&["list"]);
-    let row = list.as_array().unwrap().iter().find(|b| b["target"] == target)?;
-    Some(row["expires_ms"].as_u64().expect("a timed block") as i64 - now_ms() as i64)
+    let list = d.list(&[]);
+    let row = list.iter().find(|b| b.target.to_string() == target)?;
+    Some(row.expires_ms.expect("a timed block") as i64 - now_ms() as i64)
 }
 
 fn assert_left_about(d: &Daemon, target: &str, wanted_ms: u64, when: &str) {

@@ -194,8 +194,8 @@ fn a_recreated_interface_is_protected_again_within_a_second_and_status_says_gone
     assert_eq!(status_of(&d, RECEIVER_IF).0, Some(0));
 
     // Every block and counter applies again: the same pinned maps count the new drops.
-    let list = d.json(&["list"]);
-    assert!(list[0]["packets"].as_u64().unwrap() >= 2, "{list}");
+    let list = d.list(&[]);
+    assert!(list[0].packets >= 2, "{list:?}");
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"interface_gone\"") && audit.contains("\"interface_protected\""), "{audit}");
 }

@@ -102,7 +102,7 @@ fn status_says_the_pins_of_a_daemon_on_the_host_outlive_it() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    let s: StatusReply = serde_json::from_value(d.json(&["status"])).unwrap();
+    let s = d.status();
     assert_eq!(s.pins.durability, PinsDurability::Host, "{:?}", s.pins);
     assert!(s.pins.outlive_daemon);
     let text = ok(&d.cli(&["status"]));
