@@ -602,7 +602,7 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
         .unwrap();
     // Traffic may pass a moment before the link's pin is gone: wait for both.
     let layout = enforcer::datapath::PinLayout::new(lab.pins.path());
-    let result = wait_for("the daemon to detach vb and remove its pin", Duration::from_secs(10), || {
+    let result = wait_for("the daemon to detach vb and remove its pin", Duration::from_secs(30), || {
         let detached = passes(&lab, SENDER_V4[1], RECEIVER_V4) == 10;
         Ok((detached && enforcer::datapath::pinned_interfaces(&layout).is_empty()).then_some(()))
     });
