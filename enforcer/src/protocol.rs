@@ -32,6 +32,38 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The longest `allow add` comment, in bytes (stored with the entry).
 pub const MAX_COMMENT: usize = 256;
 
+/// Parses one request line as the daemon reads it from the control socket: JSON, the protocol
+/// version `v` checked first (so an old client gets `unsupported_version`, not a field error),
+/// then the request and its `request_id`, when the client gave one. Every failure is an
+/// [`ErrorBody`] with code `invalid_request` or `unsupported_version` and a message saying what
+/// was wrong; the daemon's internal requests never parse.
+pub fn parse_request(line: &[u8]) -> Result<(Request, Option<RequestId>), ErrorBody> {
+    let invalid = |message: String| ErrorBody {
+        code: ErrorCode::InvalidRequest,
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(ErrorBody {
+                code: ErrorCode::UnsupportedVersion,
+                message: format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
+            });
+        }
+        None => return Err(invalid("missing protocol version field `v`".into())),
+    }
+    let id = match value.get("request_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => {
+            Some(s.parse::<RequestId>().map_err(|e| invalid(format!("invalid request_id: {e}")))?)
+        }
+        Some(other) => return Err(invalid(format!("invalid request_id {other}: it must be a string"))),
+    };
+    let request = serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))?;
+    Ok((request, id))
+}
+
 /// A request with its version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Envelope<T> {
@@ -888,6 +920,21 @@ pub struct CrowdsecStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_lines_are_checked_as_json_then_version_then_fields() {
+        let err = |line: &[u8]| parse_request(line).unwrap_err();
+        assert_eq!(err(b"{\"v\":1,").code, ErrorCode::InvalidRequest);
+        assert!(err(b"{\"v\":1,").message.starts_with("not JSON"));
+        let e = err(br#"{"v":2,"op":"nonsense"}"#);
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion, "the version is checked first: {e:?}");
+        assert!(err(br#"{"op":"ping"}"#).message.contains("`v`"));
+        let e = err(br#"{"v":1,"op":"block","source":"cli"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("target"), "{e:?}");
+        assert!(matches!(parse_request(br#"{"v":1,"op":"ping","new_field":true}"#), Ok((Request::Ping, None))));
+        assert!(err(br#"{"v":1,"op":"ping","request_id":7}"#).message.contains("request_id"));
+    }
 
     #[test]
     fn the_daemons_internal_requests_cannot_be_sent_over_the_socket() {

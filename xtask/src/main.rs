@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|test|demo|bench|package>`.
+//! Project automation: `cargo xtask <setup|test|demo|bench|fuzz|package>`.
 //!
 //! Everything lives in Rust (no shell scripts beyond `.ci/run`) so that a fresh machine
 //! needs only rustup and cargo to get from clone to green tests.
@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod test;
@@ -35,6 +36,8 @@ enum Command {
     Demo(demo::Args),
     /// Run setup, build in release mode and run `enforcer-bench`.
     Bench(bench::Args),
+    /// Build the fuzz targets (cargo-fuzz, nightly) and run each for a while (docs/fuzzing.md).
+    Fuzz(fuzz::Args),
     /// Build a Debian package (.deb) of the release build.
     Package(package::Args),
 }
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Test(args) => Ok(test::run(&args)),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Package(args) => package::run(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {

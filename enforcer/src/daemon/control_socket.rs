@@ -25,7 +25,7 @@ use crate::{
     access::{AccessPolicy, Caller},
     config::ControlSocketConfig,
     metrics::Metrics,
-    protocol::{Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Reply, Request, RequestId, Response},
+    protocol::{Envelope, ErrorCode, Reply, Request, RequestId, Response, parse_request},
 };
 
 /// Resolves a group name to its id.
@@ -286,38 +286,10 @@ fn result_label(r: &Response) -> &'static str {
 
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
 async fn handle_line(line: &[u8], caller: &Caller, engine: &SyncSender<Command>) -> (&'static str, Response) {
-    match parse(line) {
+    match parse_request(line) {
         Ok((request, id)) => (request.op(), run_with_id(request, id, caller.clone(), engine).await),
         Err(error) => ("unknown", Response::Err { ok: false, error }),
     }
-}
-
-/// A request line: the request, and its id when the client gave one.
-fn parse(line: &[u8]) -> Result<(Request, Option<RequestId>), ErrorBody> {
-    let invalid = |message: String| ErrorBody {
-        code: ErrorCode::InvalidRequest,
-        message,
-    };
-    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| invalid(format!("not JSON: {e}")))?;
-    match value.get("v").and_then(serde_json::Value::as_u64) {
-        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-        Some(v) => {
-            return Err(ErrorBody {
-                code: ErrorCode::UnsupportedVersion,
-                message: format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
-            });
-        }
-        None => return Err(invalid("missing protocol version field `v`".into())),
-    }
-    let id = match value.get("request_id") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => {
-            Some(s.parse::<RequestId>().map_err(|e| invalid(format!("invalid request_id: {e}")))?)
-        }
-        Some(other) => return Err(invalid(format!("invalid request_id {other}: it must be a string"))),
-    };
-    let request = serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))?;
-    Ok((request, id))
 }
 
 /// Hands a request from `caller` to the engine and waits for its answer (also used by the

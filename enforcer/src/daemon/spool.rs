@@ -120,6 +120,26 @@ pub fn replay_id(entry_id: Option<RequestId>, file_name: &str) -> Option<Request
     entry_id.or_else(|| format!("spool:{file_name}").parse().ok())
 }
 
+/// Why a spool file's contents cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// Not a spool entry: not JSON, or fields missing or invalid.
+    #[error("not a spool entry: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A request other than block, block_batch or unblock.
+    #[error("only block and unblock requests can be spooled, not `{0}`")]
+    NotSpoolable(&'static str),
+}
+
+/// Parses the contents of one spool file, as the drain reads it.
+pub fn parse_entry(bytes: &[u8]) -> Result<Spooled, EntryError> {
+    let entry: Spooled = serde_json::from_slice(bytes)?;
+    match entry.request {
+        Request::Block(_) | Request::BlockBatch(_) | Request::Unblock { .. } => Ok(entry),
+        ref other => Err(EntryError::NotSpoolable(other.op())),
+    }
+}
+
 /// The spool directory of a state directory.
 pub fn spool_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(SPOOL_DIR)
@@ -362,11 +382,7 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
 fn read_entry(path: &Path) -> Result<Spooled, String> {
     fs::read(path)
         .map_err(|e| e.to_string())
-        .and_then(|bytes| serde_json::from_slice::<Spooled>(&bytes).map_err(|e| e.to_string()))
-        .and_then(|s| match s.request {
-            Request::Block(_) | Request::BlockBatch(_) | Request::Unblock { .. } => Ok(s),
-            _ => Err("only block and unblock requests can be spooled".to_owned()),
-        })
+        .and_then(|bytes| parse_entry(&bytes).map_err(|e| e.to_string()))
 }
 
 /// Removes a replayed file once the engine gave its verdict (applied, or refused and audited);
@@ -423,6 +439,17 @@ mod tests {
             Request::Block(b) => b.ttl_secs,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_block_and_unblock_entries_are_read_from_a_spool_file() {
+        let e = parse_entry(br#"{"v":1,"spooled_ms":5,"request":{"v":1,"op":"ping"}}"#).unwrap_err();
+        assert!(matches!(e, EntryError::NotSpoolable("ping")), "{e:?}");
+        assert!(e.to_string().contains("`ping`"), "{e}");
+        assert!(matches!(parse_entry(b"{\"v\":1,"), Err(EntryError::Malformed(_))));
+        assert!(matches!(parse_entry(br#"{"v":1,"spooled_ms":5}"#), Err(EntryError::Malformed(_))));
+        let unblock = parse_entry(br#"{"v":1,"spooled_ms":5,"request":{"op":"unblock","target":"192.0.2.1"}}"#).unwrap();
+        assert_eq!((unblock.spooled_ms, unblock.request.op()), (5, "unblock"));
     }
 
     #[test]
