@@ -80,7 +80,8 @@ pub struct Sync {
 
 #[derive(Debug, Serialize)]
 pub struct BaselineSync {
-    /// The baseline binary's file name (name it after its commit).
+    /// The baseline binary's path (keep it in a directory named after its commit: the binary
+    /// itself must be called `enforcer`, as its name selects what it runs as).
     pub build: String,
     /// Median over the runs.
     pub enforced_ms: f64,
@@ -242,7 +243,7 @@ fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
         enforced_ms: crate::stats::median(&ours),
         enforced_runs_ms: ours,
         baseline: baseline.map(|b| BaselineSync {
-            build: b.file_name().map_or_else(|| b.display().to_string(), |f| f.to_string_lossy().into_owned()),
+            build: b.display().to_string(),
             enforced_ms: crate::stats::median(&theirs),
             enforced_runs_ms: theirs,
         }),

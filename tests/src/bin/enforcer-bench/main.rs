@@ -45,8 +45,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Another build of `enforcer` (e.g. an earlier commit's `target/release/enforcer`, copied
-    /// and named after that commit): the CrowdSec startup sync is then run with both builds,
-    /// interleaved, and the report compares them.
+    /// to `target/baseline/<commit>/enforcer`: the file must keep its name): the CrowdSec
+    /// startup sync is then run with both builds, interleaved, and the report compares them.
     #[arg(long, value_name = "PATH")]
     baseline_enforcer: Option<PathBuf>,
     /// CrowdSec: decisions timed on the fleet, overriding the run's default (for profiling).
