@@ -254,7 +254,10 @@ fn vlan_tagged_traffic_is_filtered() {
     assert_eq!(hits("198.51.100.9"), 2, "one per tagging");
     assert_eq!(hits("2001:db8:9::/48"), 2, "one per tagging");
     assert_eq!(after.dropped.packets - before.dropped.packets, 4);
-    assert_eq!(after.passed.packets - before.passed.packets, 2, "the unblocked source's frames pass");
+    // The kernel's own IPv6 traffic on the veth (MLD, neighbour discovery) may pass in the same
+    // window, so at least the unblocked source's two frames passed: none of them was dropped.
+    let passed = after.passed.packets - before.passed.packets;
+    assert!(passed >= 2, "the unblocked source's frames pass: {passed} passed");
 }
 
 #[test]
