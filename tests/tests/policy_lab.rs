@@ -149,6 +149,36 @@ fn the_breaker_opens_at_its_rate_and_closes_again() {
     ok(&d.cli(&["block", "203.0.113.3", "--source", "strict"]));
 }
 
+/// Issue 10, problem 1: Wazuh re-blocks on every repeated alert and fail2ban restores every ban
+/// on restart, so an open breaker must hold for repeats too: the shadowed target stays shadowed
+/// (its packets pass) however often its source blocks it again while the breaker is open.
+#[test]
+fn an_open_breaker_holds_when_its_source_blocks_the_same_target_again() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _cfg) = daemon_with(
+        &lab,
+        "[policy.sources.noisy]\nrate_limit = 2\nbreaker_cooldown = \"1h\"\non_rate_limit = \"shadow\"\n",
+    );
+    for target in ["203.0.113.1", "203.0.113.2"] {
+        assert_eq!(d.block(&[target, "--source", "noisy"]).mode, Mode::Enforce);
+    }
+    let r = d.block(&[SENDER_V4[1], "--source", "noisy", "--ttl", "10m"]);
+    assert_eq!(r.mode, Mode::Shadow, "past the rate: shadow");
+    for repeat in 1..=3 {
+        let r = d.block(&[SENDER_V4[1], "--source", "noisy", "--ttl", "20m"]);
+        assert_eq!(r.outcome, Outcome::Extended, "repeat {repeat}");
+        assert_eq!(r.mode, Mode::Shadow, "repeat {repeat} while the breaker is open must not enforce");
+    }
+    assert_eq!(d.status().breakers[0].source.as_str(), "noisy", "the breaker is still open");
+    assert_eq!(d.list(&["--source", "noisy"]).iter().filter(|e| e.mode == Mode::Enforce).count(), 2);
+    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "a shadowed target's packets pass");
+    // Once a person closes the breaker, a repeat may enforce again.
+    ok(&d.cli(&["breaker", "reset", "--source", "noisy"]));
+    ok(&d.cli(&["promote", SENDER_V4[1]]));
+    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "promoted by hand: enforced");
+}
+
 #[test]
 fn repeat_offenders_get_escalated_ttls() {
     require_root();
