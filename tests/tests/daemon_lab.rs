@@ -254,6 +254,37 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
     }
 }
 
+/// `list` pages: `--limit`/`--after` walk the blocks in address order, and a plain `list` of
+/// more blocks than one page (enforcer::cli::list::PAGE) fetches every page and shows them all.
+#[test]
+fn list_pages_with_limit_and_after_and_a_plain_list_shows_every_page() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &["--max-addresses", "65536"]).unwrap();
+    let n = enforcer::cli::list::PAGE * 2 + 345;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.txt");
+    let lines: String = (0..n).map(|i| format!("2001:db8:7::{:x}\n", i + 1)).collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = ok(&d.cli(&["import", file.to_str().unwrap(), "--ttl", "1h"]));
+    assert!(out.contains(&format!("imported {n} of {n}")), "{out}");
+
+    let all = targets(&d.list(&["--sort", "target"]));
+    assert_eq!(all.len(), n, "a plain list shows every page");
+    let unique: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), n, "no block twice");
+
+    let first = d.cli(&["list", "--limit", "10", "--sort", "target", "--json"]);
+    let page: Vec<enforcer::protocol::ListEntry> = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(targets(&page), all[..10].to_vec());
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains(&format!("more blocks follow: enforcer list --after {} --limit 10", all[9])), "{stderr}");
+    let second = targets(&d.list(&["--after", &all[9], "--limit", "10", "--sort", "target"]));
+    assert_eq!(second, all[10..20].to_vec(), "the next page starts right after the last one shown");
+    let tail = targets(&d.list(&["--after", &all[n - 3], "--sort", "target"]));
+    assert_eq!(tail, all[n - 2..].to_vec(), "--after without --limit: everything after it");
+}
+
 #[test]
 fn import_loads_a_file_and_rejects_a_bad_one_whole() {
     require_root();

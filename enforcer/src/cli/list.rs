@@ -38,14 +38,15 @@ pub struct Args {
     pub after: Option<Target>,
 }
 
+/// Blocks per request when `list` is asked for everything: each page is one short stint on the
+/// daemon's engine thread, so listing a million blocks never holds up blocks being written.
+pub const PAGE: usize = 10_000;
+
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
-    let request = Request::List {
-        source: a.source,
-        limit: a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        after: a.after,
-    };
-    let Reply::List { mut blocks, next } = super::call(socket, &request)? else {
-        anyhow::bail!("unexpected reply from the daemon")
+    let limit = a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let (mut blocks, next) = match limit {
+        Some(limit) => page(socket, a.source.as_ref(), Some(limit), a.after)?,
+        None => every_page(socket, a.source.as_ref(), a.after)?,
     };
     sort(&mut blocks, a.sort);
     if a.json {
@@ -57,6 +58,29 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         eprintln!("more blocks follow: enforcer list --after {next}{}", a.limit.map(|n| format!(" --limit {n}")).unwrap_or_default());
     }
     Ok(())
+}
+
+/// One `list` request: a page of blocks and where the next page starts.
+fn page(socket: &Path, source: Option<&Source>, limit: Option<usize>, after: Option<Target>) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
+    let request = Request::List { source: source.cloned(), limit, after };
+    let Reply::List { blocks, next } = super::call(socket, &request)? else {
+        anyhow::bail!("unexpected reply from the daemon")
+    };
+    Ok((blocks, next))
+}
+
+/// Every block after `after`, fetched [`PAGE`] at a time. Pages are read one after another, so
+/// a block added or removed meanwhile may be missing or shown; each page is consistent.
+fn every_page(socket: &Path, source: Option<&Source>, mut after: Option<Target>) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
+    let mut all = Vec::new();
+    loop {
+        let (blocks, next) = page(socket, source, Some(PAGE), after)?;
+        all.extend(blocks);
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok((all, None)),
+        }
+    }
 }
 
 pub fn sort(blocks: &mut [ListEntry], by: Sort) {

@@ -10,7 +10,7 @@ mod generate;
 mod import;
 mod install_fail2ban_action;
 mod install_wazuh_hook;
-mod list;
+pub mod list;
 mod output;
 mod pending;
 mod promote;
