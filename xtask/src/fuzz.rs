@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd;
 
 /// What `cargo install` gets when cargo-fuzz is missing.
-const CARGO_FUZZ_INSTALL: &str = "cargo-fuzz@0.13";
+const CARGO_FUZZ_INSTALL: &str = "cargo-fuzz@0.13.2";
 /// The toolchain cargo-fuzz builds with (the one that builds the eBPF crate).
 const NIGHTLY: &str = "nightly";
 
