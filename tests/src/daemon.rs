@@ -49,6 +49,16 @@ impl Daemon {
         Self::start_with_env(lab, extra, Vec::new())
     }
 
+    /// [`Daemon::start`] with `config` (TOML) as its configuration file, which lives in the
+    /// returned directory (keep it as long as the daemon may restart).
+    pub fn with_config(lab: &Lab, config: &str) -> Result<(Self, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("enforcer.toml");
+        std::fs::write(&path, config)?;
+        let d = Self::start(lab, &["--config", path.to_str().context("a UTF-8 temporary path")?])?;
+        Ok((d, dir))
+    }
+
     /// [`Daemon::start`] with extra environment variables for the daemon process.
     pub fn start_with_env(lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
         Self::start_full(&enforcer_bin(), lab, extra, env)

@@ -1,7 +1,7 @@
 //! The access model, end to end: real unprivileged users (created for the test) run the real CLI
 //! against the real daemon; real packets show what was (not) blocked.
 
-use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Output, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, process::Output, time::Duration};
 
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4,
@@ -20,10 +20,7 @@ fn passes(lab: &Lab, src: &str) -> u32 {
 /// A daemon with `config` (TOML) whose socket directory others may traverse (the socket itself
 /// stays 0660 root:socket_group).
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("enforcer.toml");
-    std::fs::write(&path, config).unwrap();
-    let d = Daemon::start(lab, &["--config", path.to_str().unwrap()]).unwrap();
+    let (d, dir) = Daemon::with_config(lab, config).unwrap();
     std::fs::set_permissions(d.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
     (d, dir)
 }

@@ -1,6 +1,6 @@
 //! The safety policy, end to end: the real daemon with a policy file, the real CLI, real traffic.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use enforcer::{
     Target,
@@ -20,13 +20,9 @@ fn passes(lab: &Lab, src: &str) -> u32 {
     udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
 }
 
-/// A daemon with `policy` (TOML) as its configuration file.
+/// A daemon with `config` (TOML) as its configuration file.
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("enforcer.toml");
-    std::fs::write(&path, config).unwrap();
-    let d = Daemon::start(lab, &["--config", path.to_str().unwrap()]).unwrap();
-    (d, dir)
+    Daemon::with_config(lab, config).unwrap()
 }
 
 fn audit(d: &Daemon) -> String {

@@ -10,7 +10,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::{fs::DirBuilderExt as _, net::UnixStream},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -32,11 +32,7 @@ fn passes(lab: &Lab, src: &str) -> u32 {
 
 /// A daemon with `config` (TOML) as its configuration file.
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("enforcer.toml");
-    std::fs::write(&path, config).unwrap();
-    let d = Daemon::start(lab, &["--config", path.to_str().unwrap()]).unwrap();
-    (d, dir)
+    Daemon::with_config(lab, config).unwrap()
 }
 
 fn audit(d: &Daemon) -> Vec<Value> {
