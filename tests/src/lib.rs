@@ -194,6 +194,8 @@ pub const RECEIVER_IF: &str = "vb";
 pub const RECEIVER_V4: &str = "192.0.2.2";
 /// The receiver's IPv6 address.
 pub const RECEIVER_V6: &str = "2001:db8::2";
+/// How long [`Lab::passes`] waits for datagrams after the last one is sent.
+const PASS_SETTLE: Duration = Duration::from_millis(300);
 /// Sender addresses: index 0 is primary; the others are extra sources tests can block.
 pub const SENDER_V4: [&str; 3] = ["192.0.2.1", "192.0.2.10", "192.0.2.11"];
 /// Sender IPv6 addresses.
@@ -252,6 +254,22 @@ impl Lab {
     pub fn udp_sender(&self, src: &str) -> Result<UdpSocket> {
         let src: IpAddr = src.parse()?;
         Ok(self.sender.run(move || UdpSocket::bind(SocketAddr::new(src, 0)))??)
+    }
+
+    /// How many of 10 tagged datagrams sent from `src` reach the receiver's address of the same
+    /// family within 300 ms of the last one: 10 when `src` passes, 0 when it is dropped.
+    pub fn passes(&self, src: &str) -> u32 {
+        let dst = if src.contains(':') { RECEIVER_V6 } else { RECEIVER_V4 };
+        self.passes_to(src, dst)
+    }
+
+    /// Like [`Lab::passes`], to the receiver's address `dst`.
+    pub fn passes_to(&self, src: &str, dst: &str) -> u32 {
+        let exchange = || -> Result<u32> {
+            let rx = self.udp_listener(dst)?;
+            udp_exchange(&self.udp_sender(src)?, &rx, 10, PASS_SETTLE)
+        };
+        exchange().unwrap_or_else(|e| panic!("sending 10 datagrams from {src} to {dst}: {e:#}"))
     }
 
     /// A TCP listener in the receiver namespace.

@@ -1,21 +1,16 @@
 //! The access model, end to end: real unprivileged users (created for the test) run the real CLI
 //! against the real daemon; real packets show what was (not) blocked.
 
-use std::{os::unix::fs::PermissionsExt as _, process::Output, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, process::Output};
 
 use enforcer_tests::{
-    Lab, RECEIVER_V4, SENDER_V4,
+    Lab, SENDER_V4,
     accounts::Account,
     daemon::{Daemon, enforcer_bin, fails, ok},
-    require_root, udp_exchange,
+    require_root,
 };
 
-const SETTLE: Duration = Duration::from_millis(300);
 
-fn passes(lab: &Lab, src: &str) -> u32 {
-    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 /// A daemon with `config` (TOML) whose socket directory others may traverse (the socket itself
 /// stays 0660 root:socket_group).
@@ -75,14 +70,14 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
         fails(&out, 4, "permission denied");
         assert!(String::from_utf8_lossy(&out.stderr).contains(wazuh.name()), "the refusal names the caller: {out:?}");
     }
-    assert_eq!(passes(&lab, target), 10, "nothing was blocked by the refused requests");
+    assert_eq!(lab.passes(target), 10, "nothing was blocked by the refused requests");
     assert!(d.list(&[]).is_empty());
     assert!(!d.allowlist().iter().any(|e| e.target.to_string() == "0.0.0.0/0"));
     assert_eq!(denials_of(&d, &wazuh).len(), 7, "{}", audit(&d));
 
     // Its own source: allowed, and real packets are dropped.
     ok(&as_user(&wazuh, &d, &["block", target, "--source", "wazuh", "--ttl", "10m"]));
-    assert_eq!(passes(&lab, target), 0, "the permitted block drops packets");
+    assert_eq!(lab.passes(target), 0, "the permitted block drops packets");
     ok(&as_user(&wazuh, &d, &["list"]));
 
     // A request that waits for approval cannot be approved by the caller who made it; root can.
@@ -92,9 +87,9 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
     let listed = d.pending();
     assert_eq!(listed[0].requested_by.as_ref().map(|c| c.uid), Some(wazuh.uid()), "the pending record remembers who asked: {listed:?}");
     fails(&as_user(&wazuh, &d, &["approve", &id]), 4, "its own request");
-    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "still pending");
+    assert_eq!(lab.passes(SENDER_V4[2]), 10, "still pending");
     ok(&d.cli(&["approve", &id]));
-    assert_eq!(passes(&lab, SENDER_V4[2]), 0, "approved by root");
+    assert_eq!(lab.passes(SENDER_V4[2]), 0, "approved by root");
     assert_eq!(denials_of(&d, &wazuh).len(), 8);
 }
 
@@ -116,8 +111,8 @@ fn a_socket_group_member_without_an_access_entry_may_only_read() {
     ] {
         fails(&as_user(&member, &d, args), 4, "permission denied");
     }
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "not blocked");
-    assert_eq!(passes(&lab, SENDER_V4[2]), 0, "neither unblocked nor allowlisted");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "not blocked");
+    assert_eq!(lab.passes(SENDER_V4[2]), 0, "neither unblocked nor allowlisted");
     assert_eq!(denials_of(&d, &member).len(), 4, "{}", audit(&d));
 }
 
@@ -130,7 +125,7 @@ fn allowlisting_everything_needs_force_and_unspecified_addresses_are_no_targets(
     d.fails_cleanly(&["allow", "add", "0.0.0.0/0"], 7, "--force");
     d.fails_cleanly(&["allow", "add", "::/0"], 7, "--force");
     d.fails_cleanly(&["allow", "add", "192.0.0.0/16"], 7, "policy.min_prefix_v4");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the block still drops");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "the block still drops");
     ok(&d.cli(&["allow", "add", "198.51.100.0/24"]));
     for target in ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1"] {
         d.fails_cleanly(&["block", target], 2, "not a block target");

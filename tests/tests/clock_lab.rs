@@ -4,17 +4,16 @@
 //! daemon process alone, by the offset written in a file it re-reads, and leaves the boot and
 //! monotonic clocks (and the kernel's) alone. The machine's clock is never touched.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use enforcer::block::now_ms;
 use enforcer_tests::{
-    Lab, RECEIVER_V4, SENDER_V4,
+    Lab, SENDER_V4,
     daemon::{Daemon, ok},
-    require_root, udp_exchange,
+    require_root,
 };
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-const SETTLE: Duration = Duration::from_millis(300);
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
@@ -58,10 +57,6 @@ impl FakeWall {
     }
 }
 
-fn passes(lab: &Lab, src: &str) -> u32 {
-    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 fn audit(d: &Daemon) -> String {
     std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap()
@@ -88,14 +83,14 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     let mut d = Daemon::start_with_env(&lab, &[], wall.env()).unwrap();
     let blocked = SENDER_V4[0];
     ok(&d.cli(&["block", blocked, "--ttl", "1h"]));
-    assert_eq!(passes(&lab, blocked), 0, "blocked before the step");
+    assert_eq!(lab.passes(blocked), 0, "blocked before the step");
 
     wall.step("+1d");
     // A write makes the daemon read its clock and reap: on a wall clock taken at its word, the
     // one-hour block ends there.
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert_left_about(&d, blocked, DAY_MS + HOUR_MS, "after a +1 day step");
-    assert_eq!(passes(&lab, blocked), 0, "still dropped after the step");
+    assert_eq!(lab.passes(blocked), 0, "still dropped after the step");
     let log = audit(&d);
     assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 1, "the step is audited once: {log}");
     assert!(d.log().contains("wall clock"), "the step is logged: {}", d.log());
@@ -105,10 +100,10 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     wall.step("+2d");
     d.spawn().unwrap();
     assert_left_about(&d, blocked, 2 * DAY_MS + HOUR_MS, "after a restart and another +1 day step");
-    assert_eq!(passes(&lab, blocked), 0, "still dropped after the restart");
+    assert_eq!(lab.passes(blocked), 0, "still dropped after the restart");
     let log = audit(&d);
     assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 2, "each step is audited once: {log}");
-    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "an unblocked source passes");
+    assert_eq!(lab.passes(SENDER_V4[2]), 10, "an unblocked source passes");
 }
 
 #[test]
@@ -125,5 +120,5 @@ fn a_backward_wall_clock_step_does_not_lengthen_a_block() {
     let left = left_ms(&d, blocked).expect("still blocked");
     let off = left.abs_diff(HOUR_MS as i64 - DAY_MS as i64);
     assert!(off < 120_000, "after a -1 day step the block ends {left} ms from the real now, not an hour after the daemon's");
-    assert_eq!(passes(&lab, blocked), 0);
+    assert_eq!(lab.passes(blocked), 0);
 }

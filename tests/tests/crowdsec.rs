@@ -13,28 +13,22 @@ use std::{
 use anyhow::Result;
 use enforcer::protocol::{CrowdsecStatus, ListEntry, StatusReply};
 use enforcer_tests::{
-    Lab, SENDER_V4, SENDER_V6, RECEIVER_V4, RECEIVER_V6,
+    Lab, SENDER_V4, SENDER_V6, RECEIVER_V4,
     crowdsec::{Lapi, Pki},
     daemon::{Daemon, ok},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 
-const SETTLE: Duration = Duration::from_millis(300);
 /// The poll interval the tests configure.
 const POLL: &str = "1s";
 /// One poll interval, plus the time a loaded CI machine needs to run cscli and apply a round.
 const WITHIN_ONE_POLL: Duration = Duration::from_secs(8);
 
-fn passes(lab: &Lab, src: &str) -> u32 {
-    let dst = if src.contains(':') { RECEIVER_V6 } else { RECEIVER_V4 };
-    let rx = lab.udp_listener(dst).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Duration {
     let start = Instant::now();
     wait_for(&format!("{src} to be {}", if dropped { "dropped" } else { "passed" }), timeout, || {
-        Ok(((passes(lab, src) == 0) == dropped).then_some(()))
+        Ok(((lab.passes(src) == 0) == dropped).then_some(()))
     })
     .unwrap();
     start.elapsed()
@@ -78,14 +72,14 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
     require_root();
     let (lab, lapi, daemon) = setup("")?;
     for src in [SENDER_V4[1], SENDER_V6[1], SENDER_V4[2], SENDER_V6[2]] {
-        assert_eq!(passes(&lab, src), 10, "{src} passes before any decision");
+        assert_eq!(lab.passes(src), 10, "{src} passes before any decision");
     }
     // Single addresses, both families.
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h", "--reason", "test/ssh-bf"])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
-    assert_eq!(passes(&lab, SENDER_V4[0]), 10, "an unrelated source still passes");
+    assert_eq!(lab.passes(SENDER_V4[0]), 10, "an unrelated source still passes");
     // `list --source crowdsec` shows the scenario, origin and decision id.
     let entries = list(&daemon, Some("crowdsec"));
     let v4 = entries.iter().find(|e| e.target.to_string() == SENDER_V4[1]).expect("listed");
@@ -107,7 +101,7 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
     lapi.cscli(&["decisions", "add", "--range", "2001:db8::10/124", "--duration", "1h"])?;
     wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[2], true, WITHIN_ONE_POLL);
-    assert_eq!(passes(&lab, SENDER_V4[0]), 10, "the range does not reach .1");
+    assert_eq!(lab.passes(SENDER_V4[0]), 10, "the range does not reach .1");
     let targets: Vec<String> = list(&daemon, Some("crowdsec")).iter().map(|e| e.target.to_string()).collect();
     assert_eq!(targets.len(), 2, "{targets:?}");
     assert!(targets.contains(&"192.0.2.8/29".to_owned()) && targets.contains(&"2001:db8::10/124".to_owned()), "{targets:?}");
@@ -150,7 +144,7 @@ fn a_cli_block_of_the_same_target_survives_the_crowdsec_deletion() -> Result<()>
     assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["cli", "crowdsec"]);
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
     wait_for("the crowdsec block to go", WITHIN_ONE_POLL, || Ok((sources_of(&daemon, SENDER_V4[1]) == ["cli"]).then_some(())))?;
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the CLI block still drops");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "the CLI block still drops");
     Ok(())
 }
 
@@ -168,12 +162,12 @@ fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[2], "--duration", "1h"])?;
     // While the daemon is down the kernel keeps enforcing what it had.
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     daemon.spawn()?;
     wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
-    assert_eq!(passes(&lab, SENDER_V6[1]), 0, "a decision still live stayed enforced across the restart");
-    assert_eq!(passes(&lab, SENDER_V6[2]), 0, "the wazuh block is untouched");
+    assert_eq!(lab.passes(SENDER_V6[1]), 0, "a decision still live stayed enforced across the restart");
+    assert_eq!(lab.passes(SENDER_V6[2]), 0, "the wazuh block is untouched");
     assert_eq!(sources_of(&daemon, SENDER_V6[2]), ["wazuh"]);
     let kept = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V6[1]).unwrap();
     assert_eq!(kept.sources[0].created_ms, kept_before.sources[0].created_ms, "the kept block was not re-made");
@@ -195,7 +189,7 @@ fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() ->
     assert!(cs.last_error.as_deref().unwrap().contains("does not answer"), "{cs:?}");
     let text = ok(&daemon.cli(&["status"]));
     assert!(text.contains("crowdsec: FAILING since"), "{text}");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "blocks stay in force during the outage");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "blocks stay in force during the outage");
     let full_before = cs.last_full_pull_ms;
     lapi.spawn()?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
@@ -205,7 +199,7 @@ fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() ->
     assert!(cs.last_pull_ms > cs.last_error_ms, "recovered: {cs:?}");
     assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: recovered; last error"));
     assert!(cs.last_full_pull_ms > full_before, "the first pull after the outage is a full one: {cs:?}");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     Ok(())
 }
 
@@ -348,7 +342,7 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
             Ok(cs.last_error.filter(|e| cs.errors > seen_errors && e.contains(says)))
         })?;
         seen_errors += 1;
-        assert_eq!(passes(&lab, SENDER_V4[1]), 0, "after `{err}` the block is still in force");
+        assert_eq!(lab.passes(SENDER_V4[1]), 0, "after `{err}` the block is still in force");
         assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["crowdsec"]);
     }
     assert_eq!(seen_errors, 6);
@@ -373,8 +367,8 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
         Ok((cs.invalid >= 3 && cs.ignored == 2).then_some(cs))
     })?;
     assert_eq!(cs.errors, 6, "{cs:?}");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
-    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "a decision with a bad duration is not enforced");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[2]), 10, "a decision with a bad duration is not enforced");
     let log = daemon.log();
     assert_eq!(log.matches("decision type `captcha` is not enforced").count(), 1, "logged once: {log}");
     // Every request carried the key and our user agent; the first after each error was a full pull.
@@ -402,7 +396,7 @@ fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
     let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), 9, "")?])?;
     assert!(started.elapsed() < Duration::from_secs(10), "start took {:?}", started.elapsed());
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     wait_for("status to show the error", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
     assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: FAILING since"));
     Ok(())
@@ -440,7 +434,7 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "5m", "--reason", "short"])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h", "--reason", "long"])?;
     wait_for("the block to last an hour", WITHIN_ONE_POLL, || Ok(left(&daemon).filter(|l| *l > 50 * 60_000)))?;
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     lapi.cscli(&["decisions", "delete", "--id", "2"])?;
     let l = wait_for("the next full pull to shorten the block to the 5-minute decision", Duration::from_secs(15), || {
         Ok(left(&daemon).filter(|l| *l <= 5 * 60_000))
@@ -448,7 +442,7 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
     assert!(l > 4 * 60_000, "{l} ms left");
     let entry = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V4[1]).unwrap();
     assert_eq!(entry.sources[0].reason.rule_id.as_deref(), Some("short"));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "still blocked by the remaining decision");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "still blocked by the remaining decision");
     lapi.cscli(&["decisions", "delete", "--id", "1"])?;
     wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
     Ok(())
@@ -485,7 +479,7 @@ fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
     assert_eq!(pull.commits(), 1, "a pull of {N} decisions is one store commit: {pull:?}");
     let cs = crowdsec(&daemon);
     assert_eq!(cs.applied, N as u64, "{cs:?}");
-    assert_eq!(passes(&lab, SENDER_V6[1]), 0, "the decisions are in force");
+    assert_eq!(lab.passes(SENDER_V6[1]), 0, "the decisions are in force");
     Ok(())
 }
 
@@ -520,7 +514,7 @@ fn mtls_with_the_real_lapi_enforces_decisions_and_refuses_wrong_certificates() -
     lapi.cscli(&["decisions", "add", "--range", "2001:db8::10/127", "--duration", "1h"])?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
-    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "nothing else is dropped");
+    assert_eq!(lab.passes(SENDER_V4[2]), 10, "nothing else is dropped");
     let cs = crowdsec(&daemon);
     assert!(cs.last_error.is_none() && cs.errors == 0, "{cs:?}");
     // The LAPI knows the bouncer by its certificate's CN (no key was ever made).

@@ -11,29 +11,25 @@ use enforcer::{
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4, SENDER_V6, RECEIVER_V6,
     daemon::{Daemon, cli, entry, fails, ok, one_line, targets},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 
 const SETTLE: Duration = Duration::from_millis(300);
 
-fn passes(lab: &Lab, src: &str, dst: &str) -> u32 {
-    let rx = lab.udp_listener(dst).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 #[test]
 fn block_list_show_stats_status_and_unblock_from_the_cli() {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
     let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m", "--reason", "ssh brute force"]));
     assert!(out.contains("blocked 192.0.2.10 for 10m"), "{out}");
     ok(&d.cli(&["block", "2001:db8::10", "--ttl", "1h"]));
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10);
-    assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V6[1], RECEIVER_V6), 0);
 
     let list = d.list(&[]);
     let entry = entry(&list, SENDER_V4[1]);
@@ -59,7 +55,7 @@ fn block_list_show_stats_status_and_unblock_from_the_cli() {
 
     let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
     assert!(out.contains("unblocked 192.0.2.10"), "{out}");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
     // The audit log recorded the decisions.
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
@@ -80,10 +76,10 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
 
     let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
     assert!(out.contains("other sources still block it"), "{out}");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "wazuh's block still holds");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "wazuh's block still holds");
     fails(&d.cli(&["unblock", SENDER_V4[1], "--source", "fail2ban"]), 5, "no block from source `fail2ban`");
     ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "wazuh"]));
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
     // --all removes every source's block.
     ok(&d.cli(&["block", SENDER_V4[2], "--source", "a"]));
@@ -111,7 +107,7 @@ fn reblocking_extends_but_never_shortens_loses_its_reason_or_demotes_it() {
     assert_eq!(shadow.mode, Mode::Enforce, "a re-block never demotes an enforced block");
     assert_eq!(d.list(&[])[0].sources[0].reason.text.as_deref(), Some("second"));
     // In the kernel too: the source is still dropped.
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the shadow re-block demoted the kernel entry");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the shadow re-block demoted the kernel entry");
     assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
 }
 
@@ -122,10 +118,10 @@ fn a_reblock_that_enforces_promotes_a_shadow_block_in_the_kernel() {
     let d = Daemon::start(&lab, &[]).unwrap();
     let r = d.block(&[SENDER_V4[1], "--ttl", "1h", "--shadow"]);
     assert_eq!(r.mode, Mode::Shadow);
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "shadow lets packets through");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "shadow lets packets through");
     let r = d.block(&[SENDER_V4[1], "--ttl", "1h"]);
     assert_eq!(r.mode, Mode::Enforce);
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the re-block enforces in the kernel");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the re-block enforces in the kernel");
     assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
     assert_eq!(d.list(&[])[0].mode, Mode::Enforce);
 }
@@ -137,12 +133,12 @@ fn a_block_expires_and_the_reaper_removes_it() {
     let d = Daemon::start(&lab, &[]).unwrap();
     let r = d.block(&[SENDER_V4[1], "--ttl", "3s"]);
     let deadline = r.expires_ms.unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     // Shortly before its deadline it still drops (the exchange ends SETTLE after sending).
     let probe_at = deadline - 300 - SETTLE.as_millis() as u64;
     std::thread::sleep(Duration::from_millis(probe_at.saturating_sub(now_ms())));
     let sent = now_ms();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "passed {} ms before the deadline", deadline - sent);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "passed {} ms before the deadline", deadline - sent);
     assert!(sent < deadline, "the probe came too late to prove anything");
     // Reaped, but not before the deadline, and soon after it.
     let removed = wait_for("the reaper to remove the block", Duration::from_secs(5), || {
@@ -152,7 +148,7 @@ fn a_block_expires_and_the_reaper_removes_it() {
     .unwrap();
     assert!(removed >= deadline, "reaped at least {} ms before its deadline", deadline - removed);
     assert!(removed <= deadline + 2000, "reaped {} ms after its deadline", removed - deadline);
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"action\":\"expire\""), "{audit}");
 }
@@ -167,9 +163,9 @@ fn a_blocked_source_stays_dropped_across_a_daemon_restart() {
     d.stop().unwrap();
     // No daemon: the pinned program and maps keep enforcing.
     fails(&d.cli(&["list"]), 3, "daemon is not running");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     d.spawn().unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     let after = d.list(&[]);
     assert_eq!(after[0].target, before[0].target);
     assert_eq!(after[0].expires_ms, before[0].expires_ms);
@@ -187,7 +183,7 @@ fn a_reboot_restores_every_block_with_its_remaining_time() {
     d.stop().unwrap();
     // A reboot empties bpffs: remove every pin.
     ok(&cli(&d.socket, &["detach", "--bpffs-dir", lab.pins.path().to_str().unwrap()]));
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "nothing enforces after the 'reboot'");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "nothing enforces after the 'reboot'");
     d.spawn().unwrap();
     let after = d.list(&["--sort", "target"]);
     assert_eq!(after.len(), 2);
@@ -195,7 +191,7 @@ fn a_reboot_restores_every_block_with_its_remaining_time() {
         assert_eq!(a.target, b.target);
         assert_eq!(a.expires_ms, b.expires_ms, "the deadline is kept, not reset");
     }
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
 }
 
 #[test]
@@ -398,7 +394,7 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 of 3"));
     let listed = |d: &Daemon| targets(&d.list(&["--sort", "target"]));
     assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2"]);
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10, "nothing else was blocked");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "nothing else was blocked");
     // The map holds 3: the fourth address is refused (6), the one before it imported.
     std::fs::write(&file, "198.51.100.3\n198.51.100.4\n").unwrap();
     let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]);
@@ -495,10 +491,10 @@ fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
         let stray: enforcer::Target = SENDER_V4[2].parse().unwrap();
         dp.maps_mut().insert_block(&stray, &BlockValue::new(0, MODE_ENFORCE)).unwrap();
     }
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0, "the stray entry enforces");
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0, "the stray entry enforces");
     d.spawn().unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "removed at start");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the stored block stays");
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "removed at start");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the stored block stays");
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"action\":\"remove_unknown\",\"target\":\"192.0.2.11\""), "{audit}");
 }
@@ -563,12 +559,12 @@ fn a_store_that_cannot_write_refuses_the_block_and_changes_nothing() {
     let out = d.cli(&["block", SENDER_V4[2], "--reason", &"x".repeat(1000)]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the block store failed"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "nothing was written to the kernel");
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "nothing was written to the kernel");
     assert_eq!(d.list(&[]).len(), 1);
     // Room again: the same request succeeds.
     std::fs::remove_file(&filler).unwrap();
     ok(&d.cli(&["block", SENDER_V4[2]]));
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0);
 }
 
 #[test]
@@ -577,16 +573,16 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     let lab = Lab::new().unwrap();
     let mut d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     d.stop().unwrap();
     // Pretend the running program and its maps belong to an older layout.
     let current = enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir();
     let older = lab.pins.path().join("maps-v0");
     std::fs::rename(&current, &older).unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the old program still enforces");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the old program still enforces");
     d.spawn().unwrap();
     assert!(current.exists() && !older.exists(), "new maps pinned, old ones removed");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the block is in the new maps");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the block is in the new maps");
     let log = d.log();
     assert!(log.contains("replaced the program in place"), "{log}");
     assert!(log.contains("restored") || log.contains("reconciled"), "{log}");
@@ -608,7 +604,7 @@ fn with_spool_if_down_a_trigger_made_while_the_daemon_is_down_is_applied_when_it
     assert!(out.contains("spooled to"), "{out}");
     d.spawn().unwrap();
     assert_eq!(targets(&d.list(&["--source", "fail2ban"])), [SENDER_V4[1]]);
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
 }
 
 #[test]
@@ -618,7 +614,7 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
     let mut d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1]]));
     d.stop().unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     // Start again without any interface: the earlier pinned link goes.
     let socket = d.socket.with_extension("2.sock");
     let mut child = std::process::Command::new(enforcer_tests::daemon::enforcer_bin())
@@ -634,7 +630,7 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
     // Traffic may pass a moment before the link's pin is gone: wait for both.
     let layout = enforcer::datapath::PinLayout::new(lab.pins.path());
     let result = wait_for("the daemon to detach vb and remove its pin", Duration::from_secs(30), || {
-        let detached = passes(&lab, SENDER_V4[1], RECEIVER_V4) == 10;
+        let detached = lab.passes_to(SENDER_V4[1], RECEIVER_V4) == 10;
         Ok((detached && enforcer::datapath::pinned_interfaces(&layout).is_empty()).then_some(()))
     });
     let _ = child.kill();

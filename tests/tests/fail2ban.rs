@@ -14,18 +14,13 @@ use enforcer::install::fail2ban::{InstallOptions, Outcome, install};
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::{Daemon, enforcer_bin, ok},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 
-const SETTLE: Duration = Duration::from_millis(300);
 /// fail2ban's polling backend looks at the log every second; a ban takes a few.
 const BAN_DEADLINE: Duration = Duration::from_secs(30);
 const JAIL: &str = "enforcer-test";
 
-fn passes(lab: &Lab, src: &str, dst: &str) -> u32 {
-    let rx = lab.udp_listener(dst).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 /// A fail2ban-server run from a private configuration in a temporary directory (its own
 /// socket, pid file, database and log), banning through the enforcer action into `daemon`.
@@ -193,27 +188,27 @@ fn setup() -> (Lab, Daemon, Fail2ban) {
 #[test]
 fn three_failed_logins_get_the_address_dropped_in_the_kernel_until_fail2ban_unbans_it() {
     let (lab, d, f2b) = setup();
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
     f2b.log_line(&format!("Failed login from {}", SENDER_V4[1]), 3);
     let block = wait_for_ban(&d, &f2b, SENDER_V4[1]);
     assert_eq!(block["reason"]["text"], format!("fail2ban {JAIL}: 3 failures"));
     let entry = d.json(&["show", SENDER_V4[1]]);
     assert_eq!(entry["verdict"], "drop");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "only the offender is dropped");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "only the offender is dropped");
 
     // IPv6 goes through the same command line.
     ok(&f2b.client(&["set", JAIL, "banip", SENDER_V6[1]]));
     wait_for_ban(&d, &f2b, SENDER_V6[1]);
-    assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 0);
-    assert_eq!(passes(&lab, SENDER_V6[2], RECEIVER_V6), 10);
+    assert_eq!(lab.passes_to(SENDER_V6[1], RECEIVER_V6), 0);
+    assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 10);
 
     ok(&f2b.client(&["set", JAIL, "unbanip", SENDER_V4[1]]));
     ok(&f2b.client(&["set", JAIL, "unbanip", SENDER_V6[1]]));
     assert!(fail2ban_block(&d, SENDER_V4[1]).is_none());
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
-    assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V6[1], RECEIVER_V6), 10);
 
     // An unban of a block that is already gone (removed by hand) is not an error.
     ok(&f2b.client(&["set", JAIL, "banip", SENDER_V4[2]]));
@@ -233,10 +228,10 @@ fn fail2bans_unban_leaves_another_sources_block_of_the_same_address() {
 
     ok(&f2b.client(&["set", JAIL, "unbanip", SENDER_V4[1]]));
     assert_eq!(sources(&d, SENDER_V4[1]), ["cli"], "only fail2ban's reference is dropped");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "the CLI's block still holds");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the CLI's block still holds");
 
     ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "cli"]));
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
     f2b.assert_no_errors();
 }
 
@@ -267,6 +262,6 @@ fn a_restart_or_a_crash_of_fail2ban_reissues_its_bans_without_errors() {
     })
     .unwrap_or_else(|e| panic!("{e}\nfail2ban log:\n{}", f2b.log()));
     assert_eq!(sources(&d, SENDER_V4[1]), ["fail2ban"], "one fail2ban block, not two");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     f2b.assert_no_errors();
 }

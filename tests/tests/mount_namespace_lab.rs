@@ -9,17 +9,12 @@ use std::{
 
 use enforcer::protocol::{PinsDurability, StatusReply};
 use enforcer_tests::{
-    Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
+    Lab, RECEIVER_IF, SENDER_V4,
     daemon::{Daemon, EXIT_UNPROTECTED, cli, enforcer_bin, ok},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 
-const SETTLE: Duration = Duration::from_millis(300);
 
-fn passes(lab: &Lab, src: &str) -> u32 {
-    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 /// `ip netns exec <receiver> enforcer daemon --iface vb …`: no `--netns`, so the daemon runs in
 /// the mount namespace `ip netns exec` makes (with its own /sys and no bpffs).
@@ -60,7 +55,7 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     let mut child = spawn_under_ip_netns_exec(&lab, dir.path());
     let socket = dir.path().join("enforcer.sock");
     ok(&cli(&socket, &["block", SENDER_V4[1], "--ttl", "1h"]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "blocked while the daemon runs");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "blocked while the daemon runs");
     let status = cli(&socket, &["status", "--json"]);
     let text = ok(&cli(&socket, &["status"]));
 
@@ -70,9 +65,9 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     // Watch for two seconds that the blocked source stays dropped.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the blocked source got through after kill -9");
+        assert_eq!(lab.passes(SENDER_V4[1]), 0, "the blocked source got through after kill -9");
     }
-    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "other sources pass");
+    assert_eq!(lab.passes(SENDER_V4[2]), 10, "other sources pass");
     assert_eq!(
         enforcer::datapath::pinned_interfaces(&enforcer::datapath::PinLayout::new(lab.pins.path())),
         [RECEIVER_IF],
@@ -87,14 +82,14 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     // Started again the same way, it finds its pins in the host's bpffs and takes them over.
     let mut again = spawn_under_ip_netns_exec(&lab, dir.path());
     assert!(ok(&cli(&socket, &["list"])).contains(SENDER_V4[1]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "still dropped after the restart");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "still dropped after the restart");
     again.kill().unwrap();
     again.wait().unwrap();
     // `enforcer detach` run the same way finds the pins in the host's bpffs and removes them.
     let out = lab.receiver.command(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(lab.pins.path()).output().unwrap();
     assert!(ok(&out).contains(&format!("detached from {RECEIVER_IF}")), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(!lab.pins.path().exists(), "no pins left in the host's bpffs");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "detached: the source passes again");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "detached: the source passes again");
 }
 
 #[test]
@@ -140,5 +135,5 @@ fn under_ip_netns_exec_without_a_host_bpffs_for_the_pins_the_daemon_refuses_in_o
     assert!(refusal[0].contains("--netns") && refusal[0].contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
     assert!(!stderr.contains("mounting one"), "{stderr}");
     assert!(!pins.exists(), "nothing pinned");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "nothing attached");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "nothing attached");
 }

@@ -10,15 +10,10 @@ use enforcer::{
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4,
     daemon::{Daemon, cli, fails, ok, targets},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 
-const SETTLE: Duration = Duration::from_millis(300);
 
-fn passes(lab: &Lab, src: &str) -> u32 {
-    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 /// A daemon with `config` (TOML) as its configuration file.
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
@@ -43,8 +38,8 @@ fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
     // A prefix holding them is refused unless forced; forced, the allowlisted part stays reachable.
     fails(&d.cli(&["block", "192.0.2.0/24"]), 7, "contains allowlisted");
     ok(&d.cli(&["block", "192.0.2.0/24", "--force", "--reason", "forced for the test"]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "the rest of the prefix is blocked");
-    assert_eq!(passes(&lab, SENDER_V4[0]), 10, "the gateway stays reachable");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "the rest of the prefix is blocked");
+    assert_eq!(lab.passes(SENDER_V4[0]), 10, "the gateway stays reachable");
     // Only sources allowed to force may.
     fails(&d.cli(&["block", "192.0.2.0/25", "--force", "--source", "wazuh"]), 7, "may not force");
 
@@ -93,14 +88,14 @@ fn shadow_rollout_counts_without_dropping_and_promote_enforces() {
     let r = d.block(&[SENDER_V4[1], "--ttl", "10m"]);
     assert_eq!(r.mode, Mode::Shadow);
     assert!(r.notes.iter().any(|n| n.contains("rollout mode is shadow")), "{:?}", r.notes);
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "shadow lets packets through");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "shadow lets packets through");
     let list = d.list(&[]);
     assert_eq!(list[0].mode, Mode::Shadow);
     assert_eq!(list[0].packets, 10, "what it would have dropped");
     assert_eq!(d.show(SENDER_V4[1]).verdict, "pass (shadow)");
     let p: Vec<(Target, Source)> = d.reply(&["promote", SENDER_V4[1]]);
     assert_eq!(p[0].0.to_string(), SENDER_V4[1]);
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "promoted: enforced");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "promoted: enforced");
     assert_eq!(d.list(&[])[0].mode, Mode::Enforce);
     fails(&d.cli(&["promote", "--source", "cli"]), 5, "no shadow blocks");
 }
@@ -168,11 +163,11 @@ fn an_open_breaker_holds_when_its_source_blocks_the_same_target_again() {
     }
     assert_eq!(d.status().breakers[0].source.as_str(), "noisy", "the breaker is still open");
     assert_eq!(d.list(&["--source", "noisy"]).iter().filter(|e| e.mode == Mode::Enforce).count(), 2);
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "a shadowed target's packets pass");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "a shadowed target's packets pass");
     // Once a person closes the breaker, a repeat may enforce again.
     ok(&d.cli(&["breaker", "reset", "--source", "noisy"]));
     ok(&d.cli(&["promote", SENDER_V4[1]]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0, "promoted by hand: enforced");
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "promoted by hand: enforced");
 }
 
 #[test]
@@ -267,13 +262,13 @@ fn allowlist_changes_reach_the_kernel_at_once() {
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1]]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     ok(&d.cli(&["allow", "add", SENDER_V4[1], "--comment", "monitoring host"]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "the allowlist wins over the existing block");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "the allowlist wins over the existing block");
     assert_eq!(d.show(SENDER_V4[1]).verdict, "pass (allowlisted)");
     fails(&d.cli(&["block", SENDER_V4[1], "--source", "wazuh"]), 7, "cli: monitoring host");
     ok(&d.cli(&["allow", "remove", SENDER_V4[1]]));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     fails(&d.cli(&["allow", "remove", RECEIVER_V4]), 7, "comes from builtin: host address");
     fails(&d.cli(&["allow", "remove", "203.0.113.9"]), 5, "not on the allowlist");
 }
@@ -316,7 +311,7 @@ fn a_capped_ttl_is_noted_in_the_reply_and_the_audit_log() {
     let line = audit(&d).lines().find(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])).map(str::to_owned);
     let line = line.expect("the block is audited");
     assert!(line.contains("TTL capped at the maximum 1h"), "{line}");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
 }
 
 #[test]
@@ -333,5 +328,5 @@ fn scope_and_time_bounds_refusals_exit_7_and_change_nothing() {
         log.lines().any(|l| l.contains("\"action\":\"refuse\"") && l.contains(&format!("\"target\":\"{target}\"")) && l.contains(rule))
     };
     assert!(refusal("198.51.0.0/16", "scope") && refusal("198.51.100.7", "time_bounds"), "{log}");
-    assert_eq!(passes(&lab, SENDER_V4[2]), 10, "nothing else is blocked");
+    assert_eq!(lab.passes(SENDER_V4[2]), 10, "nothing else is blocked");
 }

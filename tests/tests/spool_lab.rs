@@ -16,19 +16,14 @@ use std::{
 
 use enforcer::block::now_ms;
 use enforcer_tests::{
-    Lab, RECEIVER_V4, SENDER_IF, SENDER_V4,
+    Lab, SENDER_IF, SENDER_V4,
     daemon::{Daemon, ok},
-    require_root, udp_exchange,
+    require_root,
 };
 use serde_json::{Value, json};
 
-const SETTLE: Duration = Duration::from_millis(300);
 const MINUTE: u64 = 60_000;
 
-fn passes(lab: &Lab, src: &str) -> u32 {
-    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 /// A daemon with `config` (TOML) as its configuration file.
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
@@ -96,9 +91,9 @@ fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trig
     assert_eq!(blocks.len(), targets.len(), "every spooled trigger is applied: {blocks:#?}");
     assert!(blocks.iter().all(|b| b["mode"] == "enforce"), "{blocks:#?}");
     for t in &targets {
-        assert_eq!(passes(&lab, t), 0, "{t} was spooled but is not dropped");
+        assert_eq!(lab.passes(t), 0, "{t} was spooled but is not dropped");
     }
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10, "others pass");
+    assert_eq!(lab.passes(SENDER_V4[1]), 10, "others pass");
     let audit = audit(&d);
     assert!(!audit.iter().any(|e| e["action"] == "breaker_open" || e["action"] == "refuse"), "{audit:#?}");
     assert!(std::fs::read_dir(d.state_dir.join("spool")).unwrap().next().is_none(), "drained");
@@ -127,10 +122,10 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     let blocked: Vec<&str> = blocks.iter().map(|b| b["target"].as_str().unwrap()).collect();
     assert_eq!(blocked, targets[..3].iter().map(String::as_str).collect::<Vec<_>>(), "the first three, in spool order");
     for t in &targets[..3] {
-        assert_eq!(passes(&lab, t), 0, "{t}");
+        assert_eq!(lab.passes(t), 0, "{t}");
     }
     for t in &targets[3..] {
-        assert_eq!(passes(&lab, t), 10, "{t} was refused by the breaker");
+        assert_eq!(lab.passes(t), 10, "{t} was refused by the breaker");
     }
     // The breaker opened when the fourth trigger came, five minutes ago; its cooldown (10 min)
     // runs from then.
@@ -172,7 +167,7 @@ fn entries_spooled_in_the_same_millisecond_are_applied_in_the_order_they_were_wr
     let blocks = wazuh_blocks(&d);
     assert!(!blocks.iter().any(|b| b["target"] == SENDER_V4[1]), "the unblock written last was applied first: {blocks:#?}");
     assert_eq!(blocks.len(), 9, "{blocks:#?}");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10);
+    assert_eq!(lab.passes(SENDER_V4[1]), 10);
 }
 
 /// Sends raw protocol lines on one connection; returns the answers.
@@ -207,7 +202,7 @@ fn a_request_sent_twice_with_one_request_id_is_applied_once_and_answered_with_th
     assert_eq!(wazuh_blocks(&d)[0]["expires_ms"], expires, "the duplicate was applied");
     let events = |d: &Daemon| audit(d).into_iter().filter(|e| e["target"] == SENDER_V4[1]).count();
     assert_eq!(events(&d), 1, "one block, one audit line: {:#?}", audit(&d));
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
 
     // The ids are durable: after a restart the duplicate is still recognised.
     d.stop().unwrap();
@@ -240,7 +235,7 @@ fn a_spool_file_that_could_not_be_deleted_is_not_applied_again_at_the_next_start
     let file = std::fs::read_dir(&spool_dir).unwrap().next().unwrap().unwrap().path();
     let kept = std::fs::read(&file).unwrap();
     d.spawn().unwrap();
-    assert_eq!(passes(&lab, SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
     // An operator lifts the block; the spool file's delete had failed (say, a read-only
     // remount), so it is still there at the next start.
     ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "wazuh"]));
@@ -248,6 +243,6 @@ fn a_spool_file_that_could_not_be_deleted_is_not_applied_again_at_the_next_start
     std::fs::write(&file, &kept).unwrap();
     d.spawn().unwrap();
     assert!(wazuh_blocks(&d).is_empty(), "the spooled block was applied a second time, undoing the unblock");
-    assert_eq!(passes(&lab, SENDER_V4[1]), 10);
+    assert_eq!(lab.passes(SENDER_V4[1]), 10);
     assert!(!file.exists(), "the duplicate file is removed");
 }

@@ -16,18 +16,13 @@ use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::Daemon,
     execd::{Answer, Execd, WazuhHome, check_log_format, rule_65x, sshd_brute_force},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 use serde_json::{Value, json};
 
-const SETTLE: Duration = Duration::from_millis(300);
 /// Wazuh's `<timeout>` in these tests: short, so the scheduled delete comes quickly.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-fn passes(lab: &Lab, src: &str, dst: &str) -> u32 {
-    let rx = lab.udp_listener(dst).unwrap();
-    udp_exchange(&lab.udp_sender(src).unwrap(), &rx, 10, SETTLE).unwrap()
-}
 
 /// An execd running the hook against this test's daemon (its environment names the socket and
 /// state directory), with `<extra_args>--ttl 1h</extra_args>`.
@@ -53,8 +48,8 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
     // Named like the original, so Wazuh's rules 651/652 match its log lines.
     let home = WazuhHome::install("firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
-    assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V6[1], RECEIVER_V6), 10);
 
     for (src, dst) in [(SENDER_V4[1], RECEIVER_V4), (SENDER_V6[1], RECEIVER_V6)] {
         let from = home.log().len();
@@ -85,9 +80,9 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
         assert_eq!(log.len(), 6, "{log:#?}");
         assert_eq!(rule_65x(&log[1]), Some(651));
 
-        assert_eq!(passes(&lab, src, dst), 0, "{src} is dropped");
+        assert_eq!(lab.passes_to(src, dst), 0, "{src} is dropped");
     }
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10, "other sources still pass");
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "other sources still pass");
 
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 2);
@@ -117,8 +112,8 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
     .unwrap();
     assert!(deletes.iter().all(|r| r.code() == 0));
     assert!(wazuh_blocks(&d).is_empty());
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
-    assert_eq!(passes(&lab, SENDER_V6[1], RECEIVER_V6), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V6[1], RECEIVER_V6), 10);
     let log = log_since(&home, from);
     let rules: Vec<_> = log.iter().filter_map(|m| rule_65x(m)).collect();
     assert_eq!(rules, [652, 652]);
@@ -149,7 +144,7 @@ fn a_socket_and_state_dir_in_the_message_are_ignored_with_a_warning() {
     let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
     let log = log_since(&home, from);
     assert_eq!(run.code(), 0, "{log:#?}");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0, "blocked through the daemon the environment names");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "blocked through the daemon the environment names");
     let warnings: Vec<&String> = log.iter().filter(|l| l.starts_with("enforcer: warning: ignored")).collect();
     assert_eq!(warnings.len(), 2, "{log:#?}");
     assert!(warnings[0].contains(&format!("--socket {}", socket.display())), "{log:#?}");
@@ -181,7 +176,7 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 1);
     assert!(blocks[0]["expires_ms"].as_u64().unwrap() > first, "refreshed on abort");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
 }
 
 #[test]
@@ -195,7 +190,7 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
     let run = execd.add(&json!({"data": {"srcip": format!("::ffff:{}", SENDER_V4[2])}})).unwrap();
     assert_eq!(run.code(), 0);
     assert_eq!(run.key, Some(format!("enforcer-firewall-drop-{}", SENDER_V4[2])), "the canonical IPv4 is the key");
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0);
 
     // Wazuh 5.0: enable/disable, the address in source.ip, metadata under wazuh.*.
     let event = json!({
@@ -207,12 +202,12 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
     let mut enable = execd.message("enable", &event);
     let run = execd.add_raw(Some(enable.to_string().as_bytes()), &Answer::Execd).unwrap();
     assert_eq!((run.code(), run.verdict), (0, Some("continue")));
-    assert_eq!(passes(&lab, SENDER_V6[2], RECEIVER_V6), 0);
+    assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 0);
     let b = wazuh_blocks(&d).into_iter().find(|b| b["target"] == SENDER_V6[2]).unwrap();
     assert_eq!(b["sources"][0]["reason"]["agent_name"], "web-02");
     enable["command"] = json!("disable");
     assert_eq!(execd.delete_raw(enable.to_string().as_bytes()).unwrap().code(), 0);
-    assert_eq!(passes(&lab, SENDER_V6[2], RECEIVER_V6), 10);
+    assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 10);
     check_log_format(&home.log()).unwrap();
 }
 
@@ -265,8 +260,8 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     let expires = s["expires_ms"].as_u64().unwrap();
     assert!(expires <= spooled_at + 3_600_000 + 2000 && expires >= spooled_at + 3_600_000 - 2000, "{expires} vs {spooled_at}");
     assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "drained");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 0);
-    assert_eq!(passes(&lab, SENDER_V4[2], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10);
 
     // A delete while the daemon is down is spooled too, and lifts the block at the next start.
     d.stop().unwrap();
@@ -339,7 +334,7 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
     }
     assert!(d.json(&["list"]).as_array().unwrap().is_empty(), "nothing was blocked");
     assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "nothing was spooled");
-    assert_eq!(passes(&lab, SENDER_V4[1], RECEIVER_V4), 10);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 }
 
 #[test]
