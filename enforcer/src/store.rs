@@ -264,24 +264,27 @@ impl Store {
 
     /// The remembered request ids.
     pub fn load_requests(&self) -> Result<Vec<AppliedRequest>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = txn.open_table(REQUESTS).map_err(|e| self.db_err(e))?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| self.db_err(e))? {
-            let (k, v) = row.map_err(|e| self.db_err(e))?;
-            out.push(self.decode(&format!("requests/{}", k.value()), v.value())?);
-        }
-        Ok(out)
+        self.load_values(REQUESTS, "requests")
     }
 
     /// The blocks waiting for approval.
     pub fn load_pending(&self) -> Result<Vec<PendingBlock>, StoreError> {
+        self.load_values(PENDING, "pending")
+    }
+
+    /// Every value of a table, decoded as `V` (a bad row is named `name/<key>`).
+    fn load_values<K, V>(&self, def: TableDefinition<'_, K, &[u8]>, name: &str) -> Result<Vec<V>, StoreError>
+    where
+        K: redb::Key + 'static,
+        for<'a> K::SelfType<'a>: std::fmt::Display,
+        V: serde::de::DeserializeOwned,
+    {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = txn.open_table(PENDING).map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(def).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
-            out.push(self.decode(&format!("pending/{}", k.value()), v.value())?);
+            out.push(self.decode(&format!("{name}/{}", k.value()), v.value())?);
         }
         Ok(out)
     }
