@@ -881,6 +881,33 @@ pub struct StatusReply {
     /// The CrowdSec bouncer, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crowdsec: Option<CrowdsecStatus>,
+    /// Wall-clock steps followed since the daemon started.
+    #[serde(default)]
+    pub clock_steps: ClockSteps,
+}
+
+/// Wall-clock steps the daemon followed since it started (each moved every deadline with the
+/// clock, so blocks kept their remaining time), in status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockSteps {
+    /// Steps since start (one made while the daemon was down, found at its start, counts too).
+    pub count: u64,
+    /// The latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ClockStep>,
+}
+
+/// One wall-clock step the daemon followed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStep {
+    /// When the daemon saw it (Unix ms, on the stepped clock).
+    pub seen_ms: UnixMillis,
+    /// How far the wall clock stepped, in ms (negative: backwards).
+    pub by_ms: i64,
+    /// Block deadlines moved with it.
+    pub moved: usize,
+    /// Whether the daemon was running at the step (false: made while it was down, found at start).
+    pub while_running: bool,
 }
 
 /// The CrowdSec bouncer's state, in status.

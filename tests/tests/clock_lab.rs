@@ -75,6 +75,17 @@ fn assert_left_about(d: &Daemon, target: &str, wanted_ms: u64, when: &str) {
     assert!(off < 120_000, "{when}: {target} ends {left} ms from the real now, not about {wanted_ms} ms");
 }
 
+/// `enforcer status` counts one step since the daemon started, of about `by_ms`.
+fn assert_step_in_status(d: &Daemon, by_ms: u64, while_running: bool) {
+    let steps = d.status().clock_steps;
+    assert_eq!(steps.count, 1, "one step since this start: {steps:?}");
+    let last = steps.last.expect("the last step");
+    assert!(last.by_ms.abs_diff(by_ms as i64) < 60_000, "stepped by {} ms, not about {by_ms}", last.by_ms);
+    assert_eq!(last.while_running, while_running, "{last:?}");
+    let text = ok(&d.cli(&["status"]));
+    assert!(text.contains("the wall clock stepped 1 time(s) since start"), "{text}");
+}
+
 #[test]
 fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     require_root();
@@ -94,6 +105,7 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     let log = audit(&d);
     assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 1, "the step is audited once: {log}");
     assert!(d.log().contains("wall clock"), "the step is logged: {}", d.log());
+    assert_step_in_status(&d, DAY_MS, true);
 
     // A step while the daemon is down, on the same boot: the stored deadlines are boot-relative.
     d.stop().unwrap();
@@ -103,6 +115,7 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     assert_eq!(lab.passes(blocked), 0, "still dropped after the restart");
     let log = audit(&d);
     assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 2, "each step is audited once: {log}");
+    assert_step_in_status(&d, DAY_MS, false);
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "an unblocked source passes");
 }
 

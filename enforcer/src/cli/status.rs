@@ -66,6 +66,16 @@ fn print(s: &crate::protocol::StatusReply) {
             b.source
         );
     }
+    if let Some(step) = &s.clock_steps.last {
+        println!(
+            "clock: the wall clock stepped {} time(s) since start; the last, by {} {}, was seen {}; {} block deadlines moved with it",
+            s.clock_steps.count,
+            crate::time::describe_jump(step.by_ms),
+            if step.while_running { "while running" } else { "while the daemon was down" },
+            super::output::timestamp(step.seen_ms),
+            step.moved
+        );
+    }
     if let Some(cs) = &s.crowdsec {
         print_crowdsec(cs);
     }

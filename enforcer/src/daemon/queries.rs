@@ -196,6 +196,7 @@ impl View<'_> {
             pending: ledger.pending().len(),
             allowlist: ledger.allowlist().len(),
             crowdsec: None,
+            clock_steps: ledger.clock_steps().clone(),
         }
     }
 }

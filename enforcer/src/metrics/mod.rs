@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub interfaces: Vec<(String, u32)>,
     /// Every configured interface and its state (`protected`, `waiting`, `gone`, `unprotected`).
     pub interface_states: Vec<(String, &'static str)>,
+    /// Wall-clock steps followed since start.
+    pub clock_steps: u64,
 }
 
 impl Metrics {
@@ -322,6 +324,12 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
     }
     e.family("enforcer_spool_depth", Kind::Gauge, "Requests spooled while the daemon did not answer, not yet applied.")
         .sample("enforcer_spool_depth", &[], o.spool_depth as f64);
+    e.family(
+        "enforcer_clock_steps_total",
+        Kind::Counter,
+        "Wall-clock steps the daemon followed (every block deadline moved with the clock, keeping its remaining time).",
+    )
+    .sample("enforcer_clock_steps_total", &[], s.clock_steps as f64);
 }
 
 fn render_counters(e: &mut Exposition, m: &Metrics) {
@@ -407,6 +415,7 @@ mod tests {
             oldest_deadline_ms: Some(1_000),
             interfaces: vec![("eth0".into(), 2)],
             interface_states: vec![("eth0".into(), "protected"), ("eth1".into(), "waiting")],
+            clock_steps: 2,
         });
         let mut stats = Stats::default();
         stats.dropped.add(60);
@@ -433,6 +442,7 @@ mod tests {
             "enforcer_accept_errors_total{error=\"emfile\"} 2",
             "enforcer_reaper_lag_seconds 2.5",
             "enforcer_spool_depth 4",
+            "enforcer_clock_steps_total 2",
             "enforcer_pending_approvals 1",
             "enforcer_interface_protected{interface=\"eth0\"} 1",
             "enforcer_interface_protected{interface=\"eth1\"} 0",

@@ -23,6 +23,7 @@ use crate::{
     interfaces::Interfaces,
     metrics::BlockTally,
     policy::{AllowOrigin, Policy, PolicyConfig, host},
+    protocol::ClockStep,
     store::{Store, StoreOp},
     target::Target,
     time::{self, SystemClock, TimeKeeper},
@@ -109,7 +110,9 @@ impl Engine {
                 moved,
                 "the wall clock stepped while the daemon was not running; block deadlines moved with it and keep their remaining time"
             );
-            self.audit.record(&ledger::jump_event(shift, moved, "while the daemon was not running"));
+            let step = ClockStep { seen_ms: crate::block::now_ms(), by_ms: shift, moved, while_running: false };
+            let event = self.ledger.step_seen(step);
+            self.audit.record(&event);
             self.audit.flush();
         }
         if stored != Some(self.ledger.time_base()) {

@@ -75,6 +75,7 @@ impl Engine {
             oldest_deadline_ms: self.ledger.next_block_deadline(),
             interfaces: self.interfaces.protected().map(|(n, i)| (n.to_owned(), i)).collect(),
             interface_states: self.interfaces.tracked().map(|(n, _, s)| (n.to_owned(), s.label())).collect(),
+            clock_steps: self.ledger.clock_steps().count,
         });
     }
 

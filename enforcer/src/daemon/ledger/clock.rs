@@ -4,6 +4,7 @@ use super::Ledger;
 use crate::{
     audit::{Action, Event},
     block::{Record, UnixMillis},
+    protocol::{ClockStep, ClockSteps},
     store::StoreOp,
     time::{JUMP_MIN_MS, Tick, TimeBase, describe_jump},
 };
@@ -56,10 +57,23 @@ impl Ledger {
                 moved,
                 "the wall clock stepped; block deadlines moved with it and keep their remaining time"
             );
-            event = Some(jump_event(tick.jump_ms, moved, "while the daemon was running"));
+            event = Some(self.step_seen(ClockStep { seen_ms: tick.now, by_ms: tick.jump_ms, moved, while_running: true }));
         }
         ops.push(StoreOp::SetTimeBase(self.time_base.clone()));
         Some(ClockChange { ops, event })
+    }
+
+    /// Counts a step the deadlines were moved for (status shows the latest); its audit line.
+    pub fn step_seen(&mut self, step: ClockStep) -> Event {
+        let event = jump_event(&step);
+        self.clock_steps.count += 1;
+        self.clock_steps.last = Some(step);
+        event
+    }
+
+    /// Wall-clock steps followed since start.
+    pub fn clock_steps(&self) -> &ClockSteps {
+        &self.clock_steps
     }
 
     /// Moves every deadline and offense time by `by_ms`; returns how many block deadlines moved.
@@ -93,11 +107,13 @@ impl Ledger {
     }
 }
 
-/// The audit line of a wall-clock step of `by_ms` that moved `moved` deadlines.
-pub fn jump_event(by_ms: i64, moved: usize, when: &str) -> Event {
+/// The audit line of a wall-clock step.
+fn jump_event(step: &ClockStep) -> Event {
+    let when = if step.while_running { "while the daemon was running" } else { "while the daemon was not running" };
     Event::untargeted(Action::ClockJump).detail(format!(
-        "the wall clock stepped by {} {when}; {moved} block deadlines moved with it, keeping their remaining time",
-        describe_jump(by_ms)
+        "the wall clock stepped by {} {when}; {} block deadlines moved with it, keeping their remaining time",
+        describe_jump(step.by_ms),
+        step.moved
     ))
 }
 

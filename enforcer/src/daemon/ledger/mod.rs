@@ -28,7 +28,7 @@ use std::{
 };
 
 pub use capacity::Capacity;
-pub use clock::{ClockChange, REBASE_DRIFT_MS, is_step, jump_event};
+pub use clock::{ClockChange, REBASE_DRIFT_MS, is_step};
 pub use offenses::MAX_OFFENDERS;
 use offenses::Offenses;
 pub use requests::{AppliedIds, MAX_REQUEST_IDS, REQUEST_ID_RETENTION};
@@ -158,6 +158,8 @@ pub struct Ledger {
     replaying: Option<Replay>,
     /// The ids of applied requests.
     requests: AppliedIds,
+    /// Wall-clock steps followed since start.
+    clock_steps: crate::protocol::ClockSteps,
 }
 
 /// A block as a request asks for it, after policy.
@@ -217,6 +219,7 @@ impl Ledger {
             asking: None,
             replaying: None,
             requests: AppliedIds::default(),
+            clock_steps: crate::protocol::ClockSteps::default(),
         }
     }
 

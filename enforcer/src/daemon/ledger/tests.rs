@@ -989,6 +989,10 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
     assert!(event.detail.as_deref().unwrap().contains("+86400.0 s"), "{event:?}");
     assert!(change.ops.iter().any(|o| matches!(o, StoreOp::Put(_))), "the moved deadline is stored");
     assert!(change.ops.iter().any(|o| matches!(o, StoreOp::SetTimeBase(_))), "with its new base");
+    let steps = r.ledger.clock_steps();
+    assert_eq!(steps.count, 1, "status counts the step");
+    let last = steps.last.as_ref().unwrap();
+    assert_eq!((last.by_ms, last.moved, last.while_running, last.seen_ms), (DAY as i64, 1, true, now));
 
     assert_eq!(r.reap(now), 0, "a day's step ends nothing");
     assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(now + HOUR - MIN), "59 min left, as before the step");
@@ -998,6 +1002,7 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
     clock.advance(HOUR - MIN - 1000);
     let (now, change) = follow(&mut r, &mut keeper);
     assert!(change.is_none(), "no step, no slew: nothing to store");
+    assert_eq!(r.ledger.clock_steps().count, 1, "time passing is not a step");
     assert_eq!(r.reap(now), 1, "the other block (1 min) ended");
     assert!(source_block(&r.ledger, "192.0.2.1", "cli").is_some(), "1 s before its hour");
     clock.advance(1000);
