@@ -50,6 +50,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Why a spooled request was spooled, for the caller's message.
+    pub fn spool_reason(&self) -> &'static str {
+        match self {
+            Self::Daemon(_) => "the daemon is unavailable (stopping, or at its connection cap)",
+            Self::NoAnswer { .. } => "the daemon did not answer in time (it may have applied the request: the spooled copy carries the same request id and is applied only if it did not)",
+            _ => "the daemon is not running",
+        }
+    }
+
     /// The documented exit code.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -158,11 +167,13 @@ pub enum Delivery {
 /// that blocks on a full listen backlog cannot hold the caller past `timeout`); when it never
 /// reached the daemon and `spool_to` names a state directory, spools it there.
 ///
-/// Only a request that never reached the daemon is spooled: once it was written, the daemon
-/// may have applied it, and replaying it later from the spool could undo a newer trigger, so a
-/// missing answer then is a failure, not a reason to spool. An `unavailable` answer (the
-/// daemon shutting down, or at its connection cap) says the request was not taken: it is
-/// spooled exactly as when the daemon is not running.
+/// A request is spooled when it never reached the daemon, when the daemon answered
+/// `unavailable` (shutting down, or at its connection cap: the request was not taken), and when
+/// it was sent but no answer came in time (a hung, overloaded or crashed daemon): the request
+/// may or may not have been applied, and the spooled copy under the same request id makes that
+/// safe: the daemon applies the id once, whichever copy comes first, and answers the other as
+/// a duplicate (so a trigger is lost neither to a crash before the commit nor applied twice).
+/// An answer (a refusal included) is never spooled, nor is a permission error.
 ///
 /// The attempt and the spooled entry carry the same request id, made here once: the call's
 /// thread may still connect and deliver after the deadline (a connect stuck on a full listen
@@ -180,7 +191,7 @@ pub fn deliver_as(socket: &Path, request: &Request, id: &RequestId, timeout: Dur
         Err(ClientError::Daemon(e)) if e.code != ErrorCode::Unavailable => Delivery::Refused(e),
         // Not a passing outage: spooling would only delay the same refusal.
         Err(e @ ClientError::PermissionDenied(_)) => Delivery::Failed(e),
-        Err(why) if !reached || matches!(&why, ClientError::Daemon(_)) => match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
+        Err(why) if !reached || matches!(&why, ClientError::Daemon(_) | ClientError::NoAnswer { .. }) => match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
             Some(Ok(file)) => Delivery::Spooled { file, why },
             Some(Err(e)) => Delivery::Unreachable { why, spool_error: Some(e) },
             None => Delivery::Unreachable { why, spool_error: None },
@@ -331,6 +342,35 @@ mod tests {
             while s.read(&mut byte).is_ok_and(|n| n == 1 && byte[0] != b'\n') {}
             s.write_all(answer.as_bytes()).unwrap();
         });
+    }
+
+    #[test]
+    fn a_request_sent_but_never_answered_is_spooled_under_the_id_it_was_sent_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, state) = (dir.path().join("dies.sock"), dir.path().join("state"));
+        let listener = UnixListener::bind(&socket).unwrap();
+        // A daemon that takes the request and dies before answering.
+        let received = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            line
+        });
+        let request = Request::Unblock {
+            target: "192.0.2.10".parse().unwrap(),
+            source: Some(Source::cli()),
+            all: false,
+        };
+        let delivery = deliver(&socket, &request, Duration::from_secs(5), Some(&state));
+        let Delivery::Spooled { file, why } = delivery else {
+            panic!("a request the daemon took but never answered is spooled: {delivery:?}");
+        };
+        assert!(matches!(why, ClientError::NoAnswer { .. }), "{why:?}");
+        assert!(why.spool_reason().contains("did not answer in time"), "{}", why.spool_reason());
+        let sent: serde_json::Value = serde_json::from_str(&received.join().unwrap()).unwrap();
+        let spooled: Spooled = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(spooled.id.map(|i| i.to_string()).as_deref(), sent["request_id"].as_str(), "one id for the attempt and the copy");
+        assert!(matches!(spooled.request, Request::Unblock { all: false, .. }), "{:?}", spooled.request);
     }
 
     #[test]

@@ -211,6 +211,60 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
     check_log_format(&home.log()).unwrap();
 }
 
+/// Stops (`STOP`) or resumes (`CONT`) the daemon process: a hung daemon that still holds its
+/// socket, so connects succeed and requests are written, but nothing answers.
+fn signal(d: &Daemon, sig: &str) {
+    let pid = d.pid().expect("the daemon runs").to_string();
+    let status = std::process::Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// The audit lines about `target`.
+fn audited(d: &Daemon, target: &str) -> Vec<Value> {
+    std::fs::read_to_string(d.state_dir.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["target"] == target)
+        .collect()
+}
+
+#[test]
+fn a_trigger_the_daemon_takes_but_never_answers_is_spooled_and_applied_exactly_once() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
+    let mut execd = execd(&home, &d);
+
+    // Hung, then killed before it read the request: the request was sent, never applied.
+    signal(&d, "STOP");
+    let from = home.log().len();
+    let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
+    assert_eq!(run.code(), 0, "the block is not lost: exit 0");
+    let log = log_since(&home, from);
+    assert!(log.iter().any(|m| m.contains("did not answer in time") && m.contains("spooled to")), "{log:#?}");
+    assert_eq!(spool::pending(&d.state_dir).unwrap().len(), 1, "spooled");
+    d.kill();
+    d.spawn().unwrap();
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "applied from the spool after the crash");
+    assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "drained");
+
+    // Hung, then resumed: it reads the request it was sent after all, and the spooled copy
+    // (same request id) is a duplicate: one block, one audit line, whichever came first.
+    signal(&d, "STOP");
+    let run = execd.add(&sshd_brute_force(SENDER_V4[2])).unwrap();
+    assert_eq!(run.code(), 0);
+    assert_eq!(spool::pending(&d.state_dir).unwrap().len(), 1, "spooled");
+    signal(&d, "CONT");
+    wait_for("the spool to drain", Duration::from_secs(30), || Ok(spool::pending(&d.state_dir)?.is_empty().then_some(()))).unwrap();
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0);
+    let events = audited(&d, SENDER_V4[2]);
+    assert_eq!(events.len(), 1, "applied once: {events:#?}");
+    assert_eq!(wazuh_blocks(&d).len(), 2);
+    check_log_format(&home.log()).unwrap();
+}
+
 #[test]
 fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     require_root();
@@ -226,7 +280,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     assert_eq!(run.code(), 0, "the block is not lost: exit 0");
     assert_eq!(run.verdict, Some("continue"));
     let log = log_since(&home, from);
-    assert!(log.iter().any(|m| m.contains("daemon is unreachable") && m.contains("spooled to")), "{log:#?}");
+    assert!(log.iter().any(|m| m.contains("the daemon is not running (") && m.contains("spooled to")), "{log:#?}");
     assert_eq!(log.last().unwrap(), "Ended");
     let files = spool::pending(&d.state_dir).unwrap();
     assert_eq!(files.len(), 1);

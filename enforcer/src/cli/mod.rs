@@ -186,8 +186,7 @@ pub(crate) fn call_or_spool(socket: &std::path::Path, request: &Request, spool: 
         crate::client::Delivery::Reply(reply) => Ok(Some(reply)),
         crate::client::Delivery::Refused(e) => Err(ClientError::Daemon(e).into()),
         crate::client::Delivery::Spooled { file, why } => {
-            let state = if matches!(why, ClientError::Daemon(_)) { "unavailable" } else { "not running" };
-            println!("the daemon is {state}; spooled to {} (applied when it starts)", file.display());
+            println!("{}; spooled to {} (applied when the daemon starts or next drains its spool)", why.spool_reason(), file.display());
             Ok(None)
         }
         crate::client::Delivery::Unreachable { why, spool_error: Some(e) } => Err(anyhow::Error::new(why)

@@ -26,8 +26,9 @@
 //!
 //! The hook never holds execd for long: the message and the handshake reply are read with a
 //! deadline, the daemon call has one, and a watchdog ends the process if all else fails. When
-//! the daemon does not answer, the request is spooled to disk ([`crate::daemon::spool`]) and
-//! applied when the daemon starts; the hook still exits 0, since the block is not lost.
+//! the daemon is not running or does not answer in time, the request is spooled to disk
+//! ([`crate::daemon::spool`]) under its request id and applied once when the daemon starts or
+//! next drains its spool; the hook still exits 0, since the block is not lost.
 //!
 //! Exit codes: 0 done (or aborted, or spooled); 255 invalid input, no usable address, or no
 //! valid handshake reply; 1 the daemon refused or failed the request.
@@ -681,7 +682,8 @@ impl Hook {
         match delivery {
             Delivery::Spooled { file, why } => {
                 self.log.write(&format!(
-                    "enforcer: the daemon is unreachable ({}); spooled to {}: it is applied when the daemon starts",
+                    "enforcer: {} ({}); spooled to {}: it is applied when the daemon starts or next drains its spool",
+                    why.spool_reason(),
                     Chain(&why),
                     file.display()
                 ));
