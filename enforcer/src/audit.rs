@@ -94,7 +94,9 @@ pub struct Event {
     /// For refusals: why, and the rule that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Who asked, for denials: uid, user name, groups.
+    /// Who asked (uid, user name, groups): on denials, and on every line of a request a client
+    /// made over the socket (not on lines of the daemon's own parts: CrowdSec, the spool, the
+    /// reaper).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<crate::access::Caller>,
     /// For a spooled trigger replayed by the daemon: when it was spooled (Unix ms).

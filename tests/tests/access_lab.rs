@@ -78,6 +78,12 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
     // Its own source: allowed, and real packets are dropped.
     ok(&as_user(&wazuh, &d, &["block", target, "--source", "wazuh", "--ttl", "10m"]));
     assert_eq!(lab.passes(target), 0, "the permitted block drops packets");
+    let who = format!("\"uid\":{},\"user\":\"{}\"", wazuh.uid(), wazuh.name());
+    assert!(
+        audit(&d).lines().any(|l| l.contains("\"action\":\"block\"") && l.contains(&who)),
+        "the block's audit line names who asked: {}",
+        audit(&d)
+    );
     ok(&as_user(&wazuh, &d, &["list"]));
 
     // A request that waits for approval cannot be approved by the caller who made it; root can.

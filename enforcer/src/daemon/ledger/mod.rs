@@ -327,7 +327,7 @@ impl Ledger {
         }
         let first_event = c.events.len();
         let subject = replay.as_ref().map(|_| replay_subject(&request));
-        self.asking = Some(caller.id);
+        self.asking = Some(caller.id.clone());
         self.replaying = replay;
         // The one size check of stored free text, whatever path the request came by.
         if let Err(e) = request.validate() {
@@ -335,6 +335,13 @@ impl Ledger {
         }
         let applied = self.apply_request(c, request, now);
         self.asking = None;
+        // Every line of a person's (or a hook's) request names who asked; the daemon's own
+        // parts are named by the source they block for.
+        if caller.internal.is_none() {
+            for e in &mut c.events[first_event..] {
+                e.caller.get_or_insert_with(|| caller.clone());
+            }
+        }
         if let (Some(replay), Some(subject)) = (self.replaying.take(), subject) {
             // Every refused replay is audited, even one no rule had a line for (an unblock of
             // a target no longer blocked, an invalid value), and every line of a replay names

@@ -816,6 +816,23 @@ fn a_pending_block_remembers_who_asked() {
     assert_eq!(p.requested_by.as_ref(), Some(&wazuh.id));
 }
 
+#[test]
+fn every_audit_line_of_a_clients_request_names_the_caller_and_the_daemons_own_do_not() {
+    let mut r = Rig::new(ledger());
+    let alice = Caller::peer(1001, Some("alice"), &[(1001, "ops")]);
+    let mut c = Change::default();
+    r.ledger.apply(&mut c, Write::new(Request::Block(req("198.51.100.7", "cli", Some(60))), alice.clone()), T0);
+    r.ledger.apply(&mut c, Write::new(Request::Block(req("198.0.0.0/8", "cli", Some(60))), alice.clone()), T0);
+    r.ledger.apply(&mut c, Write::new(Request::Block(req("198.51.100.8", "crowdsec", Some(60))), Caller::internal("crowdsec")), T0);
+    let callers: Vec<_> = c.events.iter().map(|e| (e.action, e.caller.as_ref().map(|c| c.id.uid))).collect();
+    assert_eq!(
+        callers,
+        [(Action::Block, Some(1001)), (Action::Refuse, Some(1001)), (Action::Block, None)],
+        "{:#?}",
+        c.events
+    );
+}
+
 // --- properties --------------------------------------------------------------------------
 
 /// One step of a random history.
