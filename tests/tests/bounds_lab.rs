@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use enforcer::protocol::Outcome;
 use serde_json::Value;
 use enforcer_tests::{
     Lab,
@@ -52,7 +53,7 @@ fn error(r: Option<Value>) -> (String, String) {
 }
 
 fn listed(d: &Daemon, target: &str) -> bool {
-    d.json(&["list"]).as_array().unwrap().iter().any(|e| e["target"] == target)
+    d.list(&[]).iter().any(|e| e.target.to_string() == target)
 }
 
 fn spool_flags(d: &Daemon) -> [String; 3] {
@@ -135,15 +136,15 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
     std::fs::write(&config, "[policy.approval]\nmax_pending = 2\n[policy.sources.review]\nrequire_approval = true\n").unwrap();
     let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
     for i in 1..=2 {
-        let r = d.json(&["block", &format!("203.0.113.{i}"), "--source", "review"]);
-        assert_eq!(r["outcome"], "pending", "{r}");
+        let r = d.block(&[&format!("203.0.113.{i}"), "--source", "review"]);
+        assert_eq!(r.outcome, Outcome::Pending, "{r:?}");
     }
     d.fails_cleanly(&["block", "203.0.113.3", "--source", "review"], 7, "2 requests already wait for it");
     let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
     assert!(audit.lines().any(|l| l.contains("203.0.113.3") && l.contains("max_pending")), "{audit}");
-    let id = d.json(&["pending"])[0]["id"].as_u64().unwrap().to_string();
+    let id = d.pending()[0].id.to_string();
     ok(&d.cli(&["reject", &id]));
-    assert_eq!(d.json(&["block", "203.0.113.3", "--source", "review"])["outcome"], "pending");
+    assert_eq!(d.block(&["203.0.113.3", "--source", "review"]).outcome, Outcome::Pending);
 }
 
 #[test]

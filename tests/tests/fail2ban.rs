@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use enforcer::install::fail2ban::{InstallOptions, Outcome, install};
+use enforcer::{
+    install::fail2ban::{InstallOptions, Outcome, install},
+    protocol::ListSource,
+};
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::{Daemon, enforcer_bin, ok},
@@ -160,19 +163,17 @@ impl Drop for Fail2ban {
 }
 
 /// fail2ban's block of `target`, as `enforcer list --source fail2ban --json` shows it.
-fn fail2ban_block(d: &Daemon, target: &str) -> Option<serde_json::Value> {
-    let list = d.json(&["list", "--source", "fail2ban"]);
-    let entry = list.as_array()?.iter().find(|e| e["target"] == target)?;
-    entry["sources"].as_array()?.iter().find(|s| s["source"] == "fail2ban").cloned()
+fn fail2ban_block(d: &Daemon, target: &str) -> Option<ListSource> {
+    let entry = d.list(&["--source", "fail2ban"]).into_iter().find(|e| e.target.to_string() == target)?;
+    entry.sources.into_iter().find(|s| s.source.as_str() == "fail2ban")
 }
 
 fn sources(d: &Daemon, target: &str) -> Vec<String> {
-    let list = d.json(&["list"]);
-    let Some(entry) = list.as_array().unwrap().iter().find(|e| e["target"] == target) else { return vec![] };
-    entry["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap().to_owned()).collect()
+    let Some(entry) = d.list(&[]).into_iter().find(|e| e.target.to_string() == target) else { return vec![] };
+    entry.sources.iter().map(|s| s.source.to_string()).collect()
 }
 
-fn wait_for_ban(d: &Daemon, f2b: &Fail2ban, target: &str) -> serde_json::Value {
+fn wait_for_ban(d: &Daemon, f2b: &Fail2ban, target: &str) -> ListSource {
     wait_for(&format!("fail2ban's block of {target}"), BAN_DEADLINE, || Ok(fail2ban_block(d, target)))
         .unwrap_or_else(|e| panic!("{e}\nfail2ban log:\n{}\ndaemon log:\n{}", f2b.log(), d.log()))
 }
@@ -192,9 +193,8 @@ fn three_failed_logins_get_the_address_dropped_in_the_kernel_until_fail2ban_unba
 
     f2b.log_line(&format!("Failed login from {}", SENDER_V4[1]), 3);
     let block = wait_for_ban(&d, &f2b, SENDER_V4[1]);
-    assert_eq!(block["reason"]["text"], format!("fail2ban {JAIL}: 3 failures"));
-    let entry = d.json(&["show", SENDER_V4[1]]);
-    assert_eq!(entry["verdict"], "drop");
+    assert_eq!(block.reason.text.as_deref(), Some(format!("fail2ban {JAIL}: 3 failures").as_str()));
+    assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "only the offender is dropped");
 

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use enforcer::block::now_ms;
+use enforcer::{
+    block::{Mode, now_ms},
+    protocol::ListEntry,
+};
 use enforcer_tests::{
     Lab, SENDER_IF, SENDER_V4,
     daemon::{Daemon, ok},
@@ -64,8 +67,8 @@ fn block(target: &str) -> Value {
     json!({"op": "block", "target": target, "ttl_secs": 3600, "source": "wazuh", "reason": {"text": format!("alert for {target}")}})
 }
 
-fn wazuh_blocks(d: &Daemon) -> Vec<Value> {
-    d.json(&["list", "--source", "wazuh"]).as_array().unwrap().clone()
+fn wazuh_blocks(d: &Daemon) -> Vec<ListEntry> {
+    d.list(&["--source", "wazuh"])
 }
 
 const RATE_3_REFUSE: &str = "[policy.sources.wazuh]\nrate_limit = 3\non_rate_limit = \"refuse\"\n";
@@ -85,11 +88,11 @@ fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trig
     }
     d.spawn().unwrap();
 
-    let status = d.json(&["status"]);
-    assert_eq!(status["breakers"], json!([]), "the backlog tripped the breaker: {status}");
+    let breakers = d.status().breakers;
+    assert!(breakers.is_empty(), "the backlog tripped the breaker: {breakers:?}");
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), targets.len(), "every spooled trigger is applied: {blocks:#?}");
-    assert!(blocks.iter().all(|b| b["mode"] == "enforce"), "{blocks:#?}");
+    assert!(blocks.iter().all(|b| b.mode == Mode::Enforce), "{blocks:#?}");
     for t in &targets {
         assert_eq!(lab.passes(t), 0, "{t} was spooled but is not dropped");
     }
@@ -119,8 +122,8 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     d.spawn().unwrap();
 
     let blocks = wazuh_blocks(&d);
-    let blocked: Vec<&str> = blocks.iter().map(|b| b["target"].as_str().unwrap()).collect();
-    assert_eq!(blocked, targets[..3].iter().map(String::as_str).collect::<Vec<_>>(), "the first three, in spool order");
+    let blocked: Vec<String> = blocks.iter().map(|b| b.target.to_string()).collect();
+    assert_eq!(blocked, targets[..3], "the first three, in spool order");
     for t in &targets[..3] {
         assert_eq!(lab.passes(t), 0, "{t}");
     }
@@ -129,9 +132,9 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     }
     // The breaker opened when the fourth trigger came, five minutes ago; its cooldown (10 min)
     // runs from then.
-    let status = d.json(&["status"]);
-    assert_eq!(status["breakers"][0]["source"], "wazuh", "{status}");
-    let opened = status["breakers"][0]["opened_ms"].as_u64().unwrap();
+    let breakers = d.status().breakers;
+    assert_eq!(breakers[0].source.as_str(), "wazuh", "{breakers:?}");
+    let opened = breakers[0].opened_ms;
     assert_eq!(opened, files[3].0, "opened at the spool time of the trigger past the rate");
     // Every refused replay is in the audit log with its reason, spool time and file.
     let audit = audit(&d);
@@ -165,7 +168,7 @@ fn entries_spooled_in_the_same_millisecond_are_applied_in_the_order_they_were_wr
     }
     d.spawn().unwrap();
     let blocks = wazuh_blocks(&d);
-    assert!(!blocks.iter().any(|b| b["target"] == SENDER_V4[1]), "the unblock written last was applied first: {blocks:#?}");
+    assert!(!blocks.iter().any(|b| b.target.to_string() == SENDER_V4[1]), "the unblock written last was applied first: {blocks:#?}");
     assert_eq!(blocks.len(), 9, "{blocks:#?}");
     assert_eq!(lab.passes(SENDER_V4[1]), 10);
 }
@@ -199,7 +202,7 @@ fn a_request_sent_twice_with_one_request_id_is_applied_once_and_answered_with_th
     assert_eq!(answers[0]["result"]["outcome"], "created", "{answers:#?}");
     assert_eq!(answers[1], answers[0], "a duplicate gets the original answer");
     let expires = answers[0]["result"]["expires_ms"].clone();
-    assert_eq!(wazuh_blocks(&d)[0]["expires_ms"], expires, "the duplicate was applied");
+    assert_eq!(json!(wazuh_blocks(&d)[0].expires_ms), expires, "the duplicate was applied");
     let events = |d: &Daemon| audit(d).into_iter().filter(|e| e["target"] == SENDER_V4[1]).count();
     assert_eq!(events(&d), 1, "one block, one audit line: {:#?}", audit(&d));
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
@@ -208,7 +211,7 @@ fn a_request_sent_twice_with_one_request_id_is_applied_once_and_answered_with_th
     d.stop().unwrap();
     d.spawn().unwrap();
     assert_eq!(exchange(&d.socket, &[again])[0], answers[0]);
-    assert_eq!(wazuh_blocks(&d)[0]["expires_ms"], expires);
+    assert_eq!(json!(wazuh_blocks(&d)[0].expires_ms), expires);
     assert_eq!(events(&d), 1);
     // Another id is another request.
     let mut other = first;

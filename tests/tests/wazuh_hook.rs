@@ -10,7 +10,7 @@ use std::{
 use enforcer::{
     block::{Reason, now_ms},
     daemon::spool::{self, Spooled},
-    protocol::{BlockRequest, Request},
+    protocol::{BlockRequest, ListEntry, Request},
 };
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
@@ -36,8 +36,8 @@ fn log_since(home: &WazuhHome, from: usize) -> Vec<String> {
     all[from..].to_vec()
 }
 
-fn wazuh_blocks(d: &Daemon) -> Vec<Value> {
-    d.json(&["list", "--source", "wazuh"]).as_array().unwrap().clone()
+fn wazuh_blocks(d: &Daemon) -> Vec<ListEntry> {
+    d.list(&["--source", "wazuh"])
 }
 
 #[test]
@@ -87,18 +87,18 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 2);
     for b in &blocks {
-        let s = &b["sources"][0];
-        assert_eq!(s["source"], "wazuh");
-        let reason = &s["reason"];
-        assert_eq!(reason["rule_id"], "5763");
-        assert_eq!(reason["rule_level"], 10);
+        let s = &b.sources[0];
+        assert_eq!(s.source.as_str(), "wazuh");
+        let reason = &s.reason;
+        assert_eq!(reason.rule_id.as_deref(), Some("5763"));
+        assert_eq!(reason.rule_level, Some(10));
         assert_eq!(
-            reason["rule_description"],
-            "sshd: brute force trying to get access to the system. Authentication failed."
+            reason.rule_description.as_deref(),
+            Some("sshd: brute force trying to get access to the system. Authentication failed.")
         );
-        assert_eq!(reason["alert_id"], "1764266400.4242");
-        assert_eq!((&reason["agent_id"], &reason["agent_name"]), (&json!("001"), &json!("web-01")));
-        let left = s["expires_ms"].as_u64().unwrap() - now_ms();
+        assert_eq!(reason.alert_id.as_deref(), Some("1764266400.4242"));
+        assert_eq!((reason.agent_id.as_deref(), reason.agent_name.as_deref()), (Some("001"), Some("web-01")));
+        let left = s.expires_ms.unwrap() - now_ms();
         assert!(left > 3500 * 1000 && left <= 3600 * 1000, "--ttl 1h from extra_args: {left} ms");
     }
 
@@ -160,7 +160,7 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     let mut execd = execd(&home, &d);
     let alert = sshd_brute_force(SENDER_V4[1]);
     assert_eq!(execd.add(&alert).unwrap().verdict, Some("continue"));
-    let first = wazuh_blocks(&d)[0]["expires_ms"].as_u64().unwrap();
+    let first = wazuh_blocks(&d)[0].expires_ms.unwrap();
     std::thread::sleep(Duration::from_millis(50));
 
     let from = home.log().len();
@@ -175,7 +175,7 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     // execd restarted its timer; the block now ends a full TTL from now too.
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 1);
-    assert!(blocks[0]["expires_ms"].as_u64().unwrap() > first, "refreshed on abort");
+    assert!(blocks[0].expires_ms.unwrap() > first, "refreshed on abort");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
 }
 
@@ -203,8 +203,8 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
     let run = execd.add_raw(Some(enable.to_string().as_bytes()), &Answer::Execd).unwrap();
     assert_eq!((run.code(), run.verdict), (0, Some("continue")));
     assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 0);
-    let b = wazuh_blocks(&d).into_iter().find(|b| b["target"] == SENDER_V6[2]).unwrap();
-    assert_eq!(b["sources"][0]["reason"]["agent_name"], "web-02");
+    let b = wazuh_blocks(&d).into_iter().find(|b| b.target.to_string() == SENDER_V6[2]).unwrap();
+    assert_eq!(b.sources[0].reason.agent_name.as_deref(), Some("web-02"));
     enable["command"] = json!("disable");
     assert_eq!(execd.delete_raw(enable.to_string().as_bytes()).unwrap().code(), 0);
     assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 10);
@@ -307,11 +307,11 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     d.spawn().unwrap();
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 1, "{blocks:#?}");
-    assert_eq!(blocks[0]["target"], SENDER_V4[1]);
-    let s = &blocks[0]["sources"][0];
-    assert_eq!(s["reason"]["rule_id"], "5763");
+    assert_eq!(blocks[0].target.to_string(), SENDER_V4[1]);
+    let s = &blocks[0].sources[0];
+    assert_eq!(s.reason.rule_id.as_deref(), Some("5763"));
     // The TTL counts from when the trigger was spooled, not from the drain.
-    let expires = s["expires_ms"].as_u64().unwrap();
+    let expires = s.expires_ms.unwrap();
     assert!(expires <= spooled_at + 3_600_000 + 2000 && expires >= spooled_at + 3_600_000 - 2000, "{expires} vs {spooled_at}");
     assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "drained");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
@@ -386,7 +386,7 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
             assert_eq!(run.first_line, None, "{what}: nothing on stdout");
         }
     }
-    assert!(d.json(&["list"]).as_array().unwrap().is_empty(), "nothing was blocked");
+    assert!(d.list(&[]).is_empty(), "nothing was blocked");
     assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "nothing was spooled");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 }
@@ -406,7 +406,7 @@ fn a_handshake_reply_that_never_comes_cannot_hang_execd() {
     assert!(took < Duration::from_secs(10), "exited after {took:?}");
     let last = home.log().last().cloned().unwrap();
     assert!(last.contains("Invalid answer to check_keys: no complete line within 5s"), "{last}");
-    assert!(d.json(&["list"]).as_array().unwrap().is_empty());
+    assert!(d.list(&[]).is_empty());
     println!("a hook with no handshake reply exited after {took:?}");
 }
 
