@@ -203,6 +203,20 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
     (outcome, block)
 }
 
+/// A merged block ended no later than `cap`; the outcome says what changed against `old`.
+fn cap_end(old: Option<&SourceBlock>, (outcome, mut block): (Outcome, SourceBlock), cap: Option<UnixMillis>) -> (Outcome, SourceBlock) {
+    let Some(cap) = cap.filter(|&cap| block.expires_ms.is_none_or(|e| e > cap)) else {
+        return (outcome, block);
+    };
+    block.expires_ms = Some(cap);
+    let outcome = match old {
+        None => Outcome::Created,
+        Some(old) if old.expires_ms == block.expires_ms => Outcome::Unchanged,
+        Some(_) => Outcome::Extended,
+    };
+    (outcome, block)
+}
+
 impl Ledger {
     /// An empty ledger under `policy`, counting map use against `capacity`.
     pub fn new(policy: Policy, capacity: Capacity) -> Self {
@@ -430,6 +444,21 @@ impl Ledger {
         approved: bool,
         now: UnixMillis,
     ) -> Result<BlockReply, Refusal> {
+        self.block_until(c, req, reason, approved, now, None)
+    }
+
+    /// [`Ledger::block_shared`], ending the source's block no later than `cap` (a feed's
+    /// decision ends when the feed says, even before the block it already had): the block is
+    /// decided, stored and audited once, with its final end.
+    fn block_until(
+        &mut self,
+        c: &mut Change,
+        req: BlockRequest,
+        reason: Arc<Reason>,
+        approved: bool,
+        now: UnixMillis,
+        cap: Option<UnixMillis>,
+    ) -> Result<BlockReply, Refusal> {
         // Whole requests were checked by `Request::validate`; a feed's item is checked here.
         reason.validate().map_err(|e| Refusal::Invalid(e.to_string()))?;
         if let Some(why) = req.target.not_a_block_target() {
@@ -459,7 +488,7 @@ impl Ledger {
         if let Some(old) = &old {
             self.unindex(&target, old);
         }
-        let (outcome, block) = merge(old.as_ref(), fresh, now);
+        let (outcome, block) = cap_end(old.as_ref(), merge(old.as_ref(), fresh, now), cap);
         self.index(&target, &block);
         if is_new_target {
             self.capacity.add(&target, 1);

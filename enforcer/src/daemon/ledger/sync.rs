@@ -4,9 +4,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use super::{Change, Ledger};
 use crate::{
-    block::{Reason, Record, Source, SourceBlock, UnixMillis},
+    block::{Reason, Source, UnixMillis},
     protocol::{BatchFailure, BlockRequest, Outcome, Reply, SyncReply, SyncRequest},
-    store::StoreOp,
     target::Target,
 };
 
@@ -57,12 +56,9 @@ impl Ledger {
                 shadow: false,
                 force: false,
             };
-            match self.block_shared(c, one, item.reason, false, now) {
+            match self.block_until(c, one, item.reason, false, now, Some(wanted)) {
                 Ok(r) if r.outcome == Outcome::Pending => reply.pending += 1,
                 Ok(r) => {
-                    if r.expires_ms.is_none_or(|e| e > wanted) {
-                        self.shorten(c, &r.target, &source, wanted);
-                    }
                     reply.applied += 1;
                     touched.push(r.target);
                 }
@@ -82,16 +78,79 @@ impl Ledger {
             .and_then(|b| b.by_source.get(source))
             .is_some_and(|b| b.expires_ms.is_some_and(|e| e.abs_diff(wanted) <= SYNC_SLACK_MS) && b.reason == *reason)
     }
+}
 
-    /// Ends `source`'s block of `target` at `expires_ms` (a feed's decision got shorter).
-    fn shorten(&mut self, c: &mut Change, target: &Target, source: &Source, expires_ms: UnixMillis) {
-        let Some(old) = self.blocks.get(target).and_then(|b| b.by_source.get(source)).cloned() else { return };
-        self.unindex(target, &old);
-        let block = SourceBlock { expires_ms: Some(expires_ms), ..old };
-        self.index(target, &block);
-        c.ops.push(StoreOp::Put(Record { target: *target, block: block.clone() }));
-        if let Some(b) = self.blocks.get_mut(target) {
-            b.by_source.insert(source.clone(), block);
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        audit::Action,
+        store::StoreOp,
+        daemon::ledger::Capacity,
+        policy::{Policy, PolicyConfig},
+        protocol::SyncItem,
+    };
+
+    const T0: UnixMillis = 1_000_000;
+
+    fn ledger() -> Ledger {
+        Ledger::new(Policy::new(PolicyConfig::default(), Duration::from_secs(600)), Capacity::uniform(1000))
+    }
+
+    fn feed(items: &[(&str, u64)]) -> SyncRequest {
+        SyncRequest {
+            source: "crowdsec".parse().unwrap(),
+            replace: true,
+            items: items
+                .iter()
+                .map(|(t, ttl_ms)| SyncItem {
+                    target: t.parse().unwrap(),
+                    ttl_ms: *ttl_ms,
+                    reason: Arc::new(Reason::text(format!("feed item {t}"))),
+                })
+                .collect(),
+            remove: Vec::new(),
         }
+    }
+
+    fn puts(c: &Change) -> usize {
+        c.ops.iter().filter(|o| matches!(o, StoreOp::Put(_))).count()
+    }
+
+    fn end(l: &Ledger, target: &str) -> Option<UnixMillis> {
+        let source: Source = "crowdsec".parse().unwrap();
+        l.blocks().get(&target.parse().unwrap()).and_then(|b| b.by_source.get(&source)).and_then(|b| b.expires_ms)
+    }
+
+    #[test]
+    fn a_fed_block_is_written_once_and_ends_when_the_feed_says() {
+        let mut l = ledger();
+        let mut c = Change::default();
+        l.sync_source(&mut c, feed(&[("192.0.2.1", 1_500), ("192.0.2.2", 90_250)]), T0);
+        assert_eq!(puts(&c), 2, "one store row per item: {:?}", c.ops);
+        assert_eq!(end(&l, "192.0.2.1"), Some(T0 + 1_500));
+        assert_eq!(end(&l, "192.0.2.2"), Some(T0 + 90_250));
+        let audited: Vec<_> = c.events.iter().filter(|e| e.action == Action::Block).map(|e| e.expires_ms).collect();
+        assert_eq!(audited, vec![Some(T0 + 1_500), Some(T0 + 90_250)], "the audit line says the end the block has");
+        assert_eq!(l.deadlines.len(), 2, "one deadline per block");
+    }
+
+    #[test]
+    fn a_feed_shortens_its_own_block_in_one_write() {
+        let mut l = ledger();
+        l.sync_source(&mut Change::default(), feed(&[("192.0.2.1", 600_000)]), T0);
+        let mut c = Change::default();
+        let (reply, _) = l.sync_source(&mut c, feed(&[("192.0.2.1", 60_000)]), T0 + 1_000);
+        let Reply::SyncSource(reply) = reply else { panic!("{reply:?}") };
+        assert_eq!((reply.applied, reply.unchanged), (1, 0));
+        assert_eq!(puts(&c), 1, "{:?}", c.ops);
+        assert_eq!(end(&l, "192.0.2.1"), Some(T0 + 61_000));
+        assert_eq!(l.deadlines.len(), 1, "the old deadline went");
+        // Said again within the slack: nothing is written.
+        let mut c = Change::default();
+        l.sync_source(&mut c, feed(&[("192.0.2.1", 59_500)]), T0 + 2_000);
+        assert!(c.ops.is_empty(), "{:?}", c.ops);
     }
 }
