@@ -275,6 +275,13 @@ fn sync_once(lab: &mut Lab, bin: &Path, config: &Path, n: usize) -> Result<f64> 
         Ok((status["targets"].as_u64().unwrap_or(0) >= n as u64).then_some(()))
     })?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    // The daemon's own account of the pull (fetch, parse, apply), for profiling.
+    if let Ok(dir) = std::env::var("ENFORCER_BENCH_LOGS") {
+        let _ = std::fs::write(format!("{dir}/daemon-{}.log", enforcer_tests::unique_name("")), daemon.log());
+    }
+    if let Some(line) = daemon.log().lines().find(|l| l.contains("CrowdSec full pull applied")) {
+        eprintln!("    daemon: {}", line.trim());
+    }
     daemon.stop()?;
     drop(daemon);
     lab.pins = PinDir::new()?;
