@@ -136,6 +136,19 @@ impl Daemon {
         })
     }
 
+    /// The audit log as text ("" before its first line).
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("audit.log")).unwrap_or_default()
+    }
+
+    /// The audit log's lines, each parsed (a line that is not JSON fails the test).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.audit_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}")))
+            .collect()
+    }
+
     /// Everything the daemon logged.
     pub fn log(&self) -> String {
         let mut all = String::new();

@@ -27,13 +27,9 @@ fn as_user(who: &Account, d: &Daemon, args: &[&str]) -> Output {
     who.run(&enforcer_bin(), &full)
 }
 
-fn audit(d: &Daemon) -> String {
-    std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap_or_default()
-}
-
 /// The audit lines that refused `who` (they name its uid and user name).
 fn denials_of(d: &Daemon, who: &Account) -> Vec<String> {
-    audit(d)
+    d.audit_text()
         .lines()
         .filter(|l| l.contains("\"action\":\"deny\"") && l.contains(&format!("\"uid\":{}", who.uid())) && l.contains(who.name()))
         .map(str::to_owned)
@@ -73,16 +69,16 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
     assert_eq!(lab.passes(target), 10, "nothing was blocked by the refused requests");
     assert!(d.list(&[]).is_empty());
     assert!(!d.allowlist().iter().any(|e| e.target.to_string() == "0.0.0.0/0"));
-    assert_eq!(denials_of(&d, &wazuh).len(), 7, "{}", audit(&d));
+    assert_eq!(denials_of(&d, &wazuh).len(), 7, "{}", d.audit_text());
 
     // Its own source: allowed, and real packets are dropped.
     ok(&as_user(&wazuh, &d, &["block", target, "--source", "wazuh", "--ttl", "10m"]));
     assert_eq!(lab.passes(target), 0, "the permitted block drops packets");
     let who = format!("\"uid\":{},\"user\":\"{}\"", wazuh.uid(), wazuh.name());
     assert!(
-        audit(&d).lines().any(|l| l.contains("\"action\":\"block\"") && l.contains(&who)),
+        d.audit_text().lines().any(|l| l.contains("\"action\":\"block\"") && l.contains(&who)),
         "the block's audit line names who asked: {}",
-        audit(&d)
+        d.audit_text()
     );
     ok(&as_user(&wazuh, &d, &["list"]));
 
@@ -119,7 +115,7 @@ fn a_socket_group_member_without_an_access_entry_may_only_read() {
     }
     assert_eq!(lab.passes(SENDER_V4[1]), 10, "not blocked");
     assert_eq!(lab.passes(SENDER_V4[2]), 0, "neither unblocked nor allowlisted");
-    assert_eq!(denials_of(&d, &member).len(), 4, "{}", audit(&d));
+    assert_eq!(denials_of(&d, &member).len(), 4, "{}", d.audit_text());
 }
 
 #[test]

@@ -140,7 +140,7 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
         assert_eq!(r.outcome, Outcome::Pending, "{r:?}");
     }
     d.fails_cleanly(&["block", "203.0.113.3", "--source", "review"], 7, "2 requests already wait for it");
-    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    let audit = d.audit_text();
     assert!(audit.lines().any(|l| l.contains("203.0.113.3") && l.contains("max_pending")), "{audit}");
     let id = d.pending()[0].id.to_string();
     ok(&d.cli(&["reject", &id]));

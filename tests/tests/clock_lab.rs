@@ -58,10 +58,6 @@ impl FakeWall {
 }
 
 
-fn audit(d: &Daemon) -> String {
-    std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap()
-}
-
 /// `target`'s deadline as the daemon reports it, minus the real wall clock now.
 fn left_ms(d: &Daemon, target: &str) -> Option<i64> {
     let list = d.list(&[]);
@@ -102,7 +98,7 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert_left_about(&d, blocked, DAY_MS + HOUR_MS, "after a +1 day step");
     assert_eq!(lab.passes(blocked), 0, "still dropped after the step");
-    let log = audit(&d);
+    let log = d.audit_text();
     assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 1, "the step is audited once: {log}");
     assert!(d.log().contains("wall clock"), "the step is logged: {}", d.log());
     assert_step_in_status(&d, DAY_MS, true);
@@ -113,7 +109,7 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     d.spawn().unwrap();
     assert_left_about(&d, blocked, 2 * DAY_MS + HOUR_MS, "after a restart and another +1 day step");
     assert_eq!(lab.passes(blocked), 0, "still dropped after the restart");
-    let log = audit(&d);
+    let log = d.audit_text();
     assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 2, "each step is audited once: {log}");
     assert_step_in_status(&d, DAY_MS, false);
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "an unblocked source passes");

@@ -58,7 +58,7 @@ fn block_list_show_stats_status_and_unblock_from_the_cli() {
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
     // The audit log recorded the decisions.
-    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    let audit = d.audit_text();
     assert!(audit.contains("\"action\":\"block\"") && audit.contains("\"action\":\"unblock\""), "{audit}");
 }
 
@@ -149,7 +149,7 @@ fn a_block_expires_and_the_reaper_removes_it() {
     assert!(removed >= deadline, "reaped at least {} ms before its deadline", deadline - removed);
     assert!(removed <= deadline + 2000, "reaped {} ms after its deadline", removed - deadline);
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
-    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    let audit = d.audit_text();
     assert!(audit.contains("\"action\":\"expire\""), "{audit}");
 }
 
@@ -232,7 +232,7 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
     };
     // Kill it once part of the import is acknowledged.
     wait_for("some batches to land", Duration::from_secs(20), || {
-        let n = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap_or_default().lines().count();
+        let n = d.audit_text().lines().count();
         Ok((n >= 2000).then_some(()))
     })
     .unwrap();
@@ -495,7 +495,7 @@ fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
     d.spawn().unwrap();
     assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "removed at start");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the stored block stays");
-    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    let audit = d.audit_text();
     assert!(audit.contains("\"action\":\"remove_unknown\",\"target\":\"192.0.2.11\""), "{audit}");
 }
 

@@ -196,7 +196,7 @@ fn a_recreated_interface_is_protected_again_within_a_second_and_status_says_gone
     // Every block and counter applies again: the same pinned maps count the new drops.
     let list = d.list(&[]);
     assert!(list[0].packets >= 2, "{list:?}");
-    let audit = std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap();
+    let audit = d.audit_text();
     assert!(audit.contains("\"interface_gone\"") && audit.contains("\"interface_protected\""), "{audit}");
 }
 

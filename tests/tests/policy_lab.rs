@@ -20,10 +20,6 @@ fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
     Daemon::with_config(lab, config).unwrap()
 }
 
-fn audit(d: &Daemon) -> String {
-    std::fs::read_to_string(d.state_dir.join("audit.log")).unwrap()
-}
-
 #[test]
 fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
     require_root();
@@ -53,7 +49,7 @@ fn the_hosts_own_address_and_its_gateway_cannot_be_blocked() {
     })
     .unwrap();
     fails(&d.cli(&["block", "192.0.2.3"]), 7, "builtin: host address");
-    assert!(audit(&d).contains("\"action\":\"refuse\""));
+    assert!(d.audit_text().contains("\"action\":\"refuse\""));
 
     // The default route moves to another gateway: the new one is allowlisted, the old one no
     // longer is; an address removed from the host leaves the allowlist too.
@@ -120,7 +116,7 @@ fn the_breaker_opens_at_its_rate_and_closes_again() {
     assert_eq!(status.breakers[0].source.as_str(), "feed");
     let closes = status.breakers[0].closes_ms;
     assert!(closes >= asked + 3000, "the breaker closes after its 3 s cooldown, not at {}", closes - asked);
-    assert!(audit(&d).contains("\"action\":\"breaker_open\""));
+    assert!(d.audit_text().contains("\"action\":\"breaker_open\""));
     // Other sources are not affected.
     assert_eq!(d.block(&[SENDER_V4[1]]).mode, Mode::Enforce);
     // It closes by time: not before its cooldown, and soon after.
@@ -190,7 +186,7 @@ fn repeat_offenders_get_escalated_ttls() {
     assert!(close(ttls[1], 3600), "{ttls:?}");
     assert!(close(ttls[2], 86_400), "{ttls:?}");
     assert!(close(ttls[3], 2 * 86_400), "capped by max_ttl: {ttls:?}");
-    assert!(audit(&d).contains("repeat offender"));
+    assert!(d.audit_text().contains("repeat offender"));
 }
 
 #[test]
@@ -227,7 +223,7 @@ fn broad_blocks_wait_for_approval_and_expire_unapproved() {
     .unwrap();
     assert!(gone >= asked + 3000, "the pending block expired {} ms after it was asked, before its 3 s", gone - asked);
     assert!(gone <= expires + 2000, "the pending block expired {} ms late", gone - expires);
-    assert!(audit(&d).contains("\"action\":\"pending_expire\""));
+    assert!(d.audit_text().contains("\"action\":\"pending_expire\""));
     assert_eq!(d.list(&[]).len(), 1, "only the approved block");
 }
 
@@ -253,7 +249,7 @@ fn pending_ids_are_never_reused_after_a_restart() {
     assert_eq!(approve(after), Outcome::Created, "the block pending since the restart");
     let listed = targets(&d.list(&[]));
     assert_eq!(listed.len(), 2, "both approved blocks are in force: {listed:?}");
-    assert!(audit(&d).contains(&format!("approved pending block {after}")));
+    assert!(d.audit_text().contains(&format!("approved pending block {after}")));
 }
 
 #[test]
@@ -308,7 +304,7 @@ fn a_capped_ttl_is_noted_in_the_reply_and_the_audit_log() {
     let left = r.expires_ms.unwrap() - asked;
     assert!((3_595_000..=3_605_000).contains(&left), "capped at 1 h, got {left} ms");
     assert!(r.notes.iter().any(|n| n.contains("TTL capped at the maximum 1h")), "{r:?}");
-    let line = audit(&d).lines().find(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])).map(str::to_owned);
+    let line = d.audit_text().lines().find(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])).map(str::to_owned);
     let line = line.expect("the block is audited");
     assert!(line.contains("TTL capped at the maximum 1h"), "{line}");
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
@@ -323,7 +319,7 @@ fn scope_and_time_bounds_refusals_exit_7_and_change_nothing() {
     d.fails_cleanly(&["block", "198.51.0.0/16", "--source", "wazuh"], 7, "refused by policy rule `scope`");
     d.fails_cleanly(&["block", "2001:db8:8000::/33", "--source", "wazuh"], 7, "refused by policy rule `scope`");
     d.fails_cleanly(&["block", "198.51.100.7", "--permanent", "--source", "wazuh"], 7, "refused by policy rule `time_bounds`");
-    let log = audit(&d);
+    let log = d.audit_text();
     let refusal = |target: &str, rule: &str| {
         log.lines().any(|l| l.contains("\"action\":\"refuse\"") && l.contains(&format!("\"target\":\"{target}\"")) && l.contains(rule))
     };

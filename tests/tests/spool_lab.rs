@@ -33,14 +33,6 @@ fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
     Daemon::with_config(lab, config).unwrap()
 }
 
-fn audit(d: &Daemon) -> Vec<Value> {
-    std::fs::read_to_string(d.state_dir.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// More source addresses in the sender namespace: `192.0.2.{first}..`, `count` of them.
 fn senders(lab: &Lab, first: u8, count: u8) -> Vec<String> {
     (first..first + count)
@@ -97,7 +89,7 @@ fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trig
         assert_eq!(lab.passes(t), 0, "{t} was spooled but is not dropped");
     }
     assert_eq!(lab.passes(SENDER_V4[1]), 10, "others pass");
-    let audit = audit(&d);
+    let audit = d.audit_events();
     assert!(!audit.iter().any(|e| e["action"] == "breaker_open" || e["action"] == "refuse"), "{audit:#?}");
     assert!(std::fs::read_dir(d.state_dir.join("spool")).unwrap().next().is_none(), "drained");
 }
@@ -137,7 +129,7 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     let opened = breakers[0].opened_ms;
     assert_eq!(opened, files[3].0, "opened at the spool time of the trigger past the rate");
     // Every refused replay is in the audit log with its reason, spool time and file.
-    let audit = audit(&d);
+    let audit = d.audit_events();
     let refused: Vec<&Value> = audit.iter().filter(|e| e["action"] == "refuse").collect();
     assert_eq!(refused.len(), 3, "{audit:#?}");
     for ((at, file), (e, t)) in files[3..].iter().zip(refused.iter().zip(&targets[3..])) {
@@ -203,8 +195,8 @@ fn a_request_sent_twice_with_one_request_id_is_applied_once_and_answered_with_th
     assert_eq!(answers[1], answers[0], "a duplicate gets the original answer");
     let expires = answers[0]["result"]["expires_ms"].clone();
     assert_eq!(json!(wazuh_blocks(&d)[0].expires_ms), expires, "the duplicate was applied");
-    let events = |d: &Daemon| audit(d).into_iter().filter(|e| e["target"] == SENDER_V4[1]).count();
-    assert_eq!(events(&d), 1, "one block, one audit line: {:#?}", audit(&d));
+    let events = |d: &Daemon| d.audit_events().into_iter().filter(|e| e["target"] == SENDER_V4[1]).count();
+    assert_eq!(events(&d), 1, "one block, one audit line: {:#?}", d.audit_events());
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
 
     // The ids are durable: after a restart the duplicate is still recognised.

@@ -221,12 +221,7 @@ fn signal(d: &Daemon, sig: &str) {
 
 /// The audit lines about `target`.
 fn audited(d: &Daemon, target: &str) -> Vec<Value> {
-    std::fs::read_to_string(d.state_dir.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["target"] == target)
-        .collect()
+    d.audit_events().into_iter().filter(|e| e["target"] == target).collect()
 }
 
 #[test]
