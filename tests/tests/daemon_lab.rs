@@ -291,6 +291,14 @@ fn import_loads_a_file_and_rejects_a_bad_one_whole() {
     std::fs::write(&good, "# attackers\n198.51.100.1\n198.51.100.2 10m\n2001:db8:5::/48 1h\n\n").unwrap();
     let out = ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed"]));
     assert!(out.contains("imported 3 of 3"), "{out}");
+    let again = ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed", "--json"]));
+    let summary: enforcer::cli::ImportOutput = serde_json::from_str(&again).unwrap();
+    assert_eq!((summary.total, summary.applied, summary.pending, summary.failed.len()), (3, 3, 0, 0), "{summary:?}");
+    let gone = ok(&d.cli(&["unblock", "198.51.100.1", "--source", "feed", "--json"]));
+    let gone: enforcer::cli::UnblockOutput = serde_json::from_str(&gone).unwrap();
+    assert_eq!((gone.target.to_string(), gone.lifted), ("198.51.100.1".to_owned(), true), "{gone:?}");
+    assert_eq!(gone.removed.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["feed"]);
+    ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed"]));
     let bad = dir.path().join("bad.txt");
     std::fs::write(&bad, "203.0.113.1\nnot-an-ip\n203.0.113.2 forever\n").unwrap();
     let out = d.cli(&["import", bad.to_str().unwrap()]);
@@ -392,6 +400,11 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
     fails(&out, 7, &format!("1 of 3 targets were refused, the rest imported; first: {RECEIVER_V4}: refused by policy rule `allowlist`"));
     one_line(&out, &["import"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 of 3"));
+    let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed", "--json"]);
+    assert_eq!(out.status.code(), Some(7));
+    let summary: enforcer::cli::ImportOutput = serde_json::from_slice(&out.stdout).unwrap();
+    let refused: Vec<(usize, String)> = summary.failed.iter().map(|f| (f.index, f.target.to_string())).collect();
+    assert_eq!(refused, [(1, RECEIVER_V4.to_owned())], "--json names the refused line: {summary:?}");
     let listed = |d: &Daemon| targets(&d.list(&["--sort", "target"]));
     assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2"]);
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "nothing else was blocked");

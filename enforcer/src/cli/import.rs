@@ -7,12 +7,27 @@ use std::{
 use crate::{
     client::Client,
     duration::HumanDuration,
-    protocol::{BatchItem, BatchRequest, Reply, Request},
+    protocol::{BatchFailure, BatchItem, BatchRequest, Reply, Request},
     target::Target,
 };
 
 /// Items per request: big enough to amortise the fsync, small enough to show progress.
 const CHUNK: usize = 5000;
+
+/// What `enforcer import --json` prints.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ImportOutput {
+    /// Targets read from the file.
+    pub total: usize,
+    /// Blocks applied (created, extended or unchanged).
+    pub applied: usize,
+    /// Blocks waiting for approval.
+    pub pending: usize,
+    /// Targets the daemon refused, with their line index (0-based) and why.
+    pub failed: Vec<BatchFailure>,
+    /// Wall time of the import.
+    pub seconds: f64,
+}
 
 /// `enforcer import`.
 #[derive(Debug, clap::Args)]
@@ -109,7 +124,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        super::output::json(&serde_json::json!({"total": total, "applied": applied, "pending": pending, "failed": failed, "seconds": secs}))?;
+        super::output::json(&ImportOutput { total, applied, pending, failed: failed.clone(), seconds: secs })?;
     } else {
         println!("imported {applied} of {total} targets in {secs:.2}s");
         if pending > 0 {

@@ -8,6 +8,7 @@ mod daemon;
 mod detach;
 mod generate;
 mod import;
+pub use import::ImportOutput;
 mod install_fail2ban_action;
 mod install_wazuh_hook;
 pub mod list;
@@ -18,6 +19,7 @@ mod show;
 mod stats;
 mod status;
 mod unblock;
+pub use unblock::UnblockOutput;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -6,6 +6,17 @@ use crate::{
     target::Target,
 };
 
+/// What `enforcer unblock --json` prints.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct UnblockOutput {
+    /// The target.
+    pub target: Target,
+    /// The sources whose blocks were removed.
+    pub removed: Vec<Source>,
+    /// Whether the target is now unblocked in the kernel (false: other sources still block it).
+    pub lifted: bool,
+}
+
 /// `enforcer unblock`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,7 +52,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         anyhow::bail!("unexpected reply from the daemon")
     };
     if a.json {
-        return super::output::json(&serde_json::json!({"target": target, "removed": removed, "lifted": lifted}));
+        return super::output::json(&UnblockOutput { target, removed, lifted });
     }
     let names: Vec<&str> = removed.iter().map(Source::as_str).collect();
     if lifted {
