@@ -218,17 +218,35 @@ pub mod prefilter {
         ((addr[0] as u32) << 8) | addr[1] as u32
     }
 
+    /// [`v4_short_bit`] of the address as a number (`u32::from_be_bytes` of its octets).
+    #[inline(always)]
+    pub const fn v4_short_bit_of(addr: u32) -> u32 {
+        addr >> 16
+    }
+
     /// Global bit index of an IPv4 address's /24 in the long-prefix bitmap.
     #[inline(always)]
     pub const fn v4_long_bit(addr: [u8; 4]) -> u32 {
         V4_LONG_FIRST * 64 + (((addr[0] as u32) << 16) | ((addr[1] as u32) << 8) | addr[2] as u32)
     }
 
+    /// [`v4_long_bit`] of the address as a number (`u32::from_be_bytes` of its octets).
+    #[inline(always)]
+    pub const fn v4_long_bit_of(addr: u32) -> u32 {
+        V4_LONG_FIRST * 64 + (addr >> 8)
+    }
+
     /// Global bit index of an IPv6 address's /32 (hashed).
     #[inline(always)]
     pub const fn v6_bit(top32: [u8; 4]) -> u32 {
-        let w = u32::from_le_bytes(top32);
-        V6_FIRST * 64 + (w.wrapping_mul(0x9E37_79B1) >> (32 - V6_BITS))
+        v6_bit_of(u32::from_le_bytes(top32))
+    }
+
+    /// [`v6_bit`] of the first four address bytes read as a little-endian u32 (as the data path
+    /// loads them).
+    #[inline(always)]
+    pub const fn v6_bit_of(top32_le: u32) -> u32 {
+        V6_FIRST * 64 + (top32_le.wrapping_mul(0x9E37_79B1) >> (32 - V6_BITS))
     }
 }
 
@@ -316,12 +334,15 @@ impl Counter {
 
 /// The data path's per-CPU counters for one interface slot.
 ///
-/// Every frame counts in `seen` and in exactly one of `passed` or `dropped`. The other counters
-/// say why a frame that matched something passed.
+/// Every frame counts in exactly one of `passed` or `dropped`. The other counters say why a frame
+/// that matched something passed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Every frame the program saw.
+    /// Every frame the program saw: `passed + dropped`. The data path does not count it (one
+    /// add less per frame); userspace fills it in with [`Stats::with_seen`] when it reads the
+    /// map. Earlier builds of layout 5 counted it in the map, always equal to `passed + dropped`,
+    /// so deriving it keeps their counts when the maps are reused across an upgrade.
     pub seen: Counter,
     /// Frames passed to the stack (including the three below).
     pub passed: Counter,
@@ -338,6 +359,14 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The counters with `seen` set to `passed + dropped` (whatever the map held there).
+    pub const fn with_seen(self) -> Self {
+        Self {
+            seen: self.passed.plus(self.dropped),
+            ..self
+        }
+    }
+
     /// Sums two sets of counters.
     pub const fn plus(self, o: Self) -> Self {
         Self {
@@ -364,7 +393,29 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::{HIT_SLOT_BITS, hit_slot, hit_slot_words, slot_tag};
+    use super::{HIT_SLOT_BITS, hit_slot, hit_slot_words, prefilter, slot_tag};
+
+    /// The prefilter bits as they were written over octets (layout v5): the word forms the data
+    /// path uses must pick the same bits that userspace sets.
+    #[test]
+    fn the_word_forms_of_the_prefilter_bits_pick_the_same_bits_as_the_octet_forms() {
+        let mut x: u32 = 0x9E37_79B9;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let a = x.to_be_bytes();
+            let short = ((a[0] as u32) << 8) | a[1] as u32;
+            let long = prefilter::V4_LONG_FIRST * 64 + (((a[0] as u32) << 16) | ((a[1] as u32) << 8) | a[2] as u32);
+            assert_eq!(prefilter::v4_short_bit(a), short);
+            assert_eq!(prefilter::v4_long_bit(a), long);
+            assert_eq!(prefilter::v4_short_bit_of(u32::from_be(u32::from_le_bytes(a))), short);
+            assert_eq!(prefilter::v4_long_bit_of(u32::from_be(u32::from_le_bytes(a))), long);
+            let v6 = prefilter::V6_FIRST * 64 + (u32::from_le_bytes(a).wrapping_mul(0x9E37_79B1) >> (32 - prefilter::V6_BITS));
+            assert_eq!(prefilter::v6_bit(a), v6);
+            assert_eq!(prefilter::v6_bit_of(u32::from_le_bytes(a)), v6);
+        }
+    }
 
     /// The slot function as it was written over bytes (layout v5): the data path's word form
     /// must pick the same slot, or userspace would look for a CPU's counts in the wrong slot.

@@ -280,6 +280,71 @@ fn prefixes_of_several_lengths_match_exactly_their_range() {
     }
 }
 
+/// The data path reads the source as whole words: every byte of it must still count, in order,
+/// with and without a VLAN tag (which moves the address off its natural alignment).
+#[test]
+fn a_source_one_bit_off_a_blocked_address_passes_whichever_byte_differs() {
+    let mut f = Fixture::new();
+    let v4 = Ipv4Addr::new(198, 51, 100, 7);
+    let v6: Ipv6Addr = "2001:db8:1:2:3:4:5:7".parse().unwrap();
+    f.block(&v4.to_string(), 0, MODE_ENFORCE);
+    f.block(&v6.to_string(), 0, MODE_ENFORCE);
+    for tags in [vec![], vec![dot1q(100)], vec![dot1ad(100), dot1q(200)]] {
+        assert_eq!(f.from(&tags, &v4.to_string()), XDP_DROP, "{v4} {tags:?}");
+        assert_eq!(f.from(&tags, &v6.to_string()), XDP_DROP, "{v6} {tags:?}");
+        for byte in 0..4 {
+            let mut o = v4.octets();
+            o[byte] ^= 0x10;
+            let other = Ipv4Addr::from(o).to_string();
+            assert_eq!(f.from(&tags, &other), XDP_PASS, "{other} {tags:?}");
+        }
+        for byte in 0..16 {
+            let mut o = v6.octets();
+            o[byte] ^= 0x01;
+            let other = Ipv6Addr::from(o).to_string();
+            assert_eq!(f.from(&tags, &other), XDP_PASS, "{other} {tags:?}");
+        }
+    }
+}
+
+/// `seen` is derived from `passed + dropped` when read. Counters an earlier build of the same
+/// layout left in the pinned map (it counted `seen` in the kernel) read the same after the
+/// upgrade, and frames judged since are not counted twice.
+#[test]
+fn seen_is_passed_plus_dropped_including_counts_left_by_an_earlier_build() {
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+    use enforcer_common::{Counter, STATS_SLOTS, Stats, map_names};
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let opts = DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: small(),
+        count_block_hits: true,
+    };
+    let dp = Datapath::open(&opts).unwrap();
+    let maps_dir = dp.layout().maps_dir();
+    drop(dp);
+    // What an earlier build left in slot 1 (ifindex 1, the loopback BPF_PROG_TEST_RUN uses):
+    // 3 passed and 2 dropped on each CPU, and the 5 it counted in `seen`.
+    let c = |packets| Counter { packets, bytes: packets * 100 };
+    let old = Stats { seen: c(5), passed: c(3), dropped: c(2), ..Stats::default() };
+    let data = MapData::from_pin(maps_dir.join(map_names::STATS)).unwrap();
+    let mut stats: PerCpuArray<_, Stats> = PerCpuArray::try_from(Map::PerCpuArray(data)).unwrap();
+    let n = aya::util::nr_cpus().unwrap();
+    stats.set(1 % STATS_SLOTS, PerCpuValues::try_from(vec![old; n]).unwrap(), 0).unwrap();
+    drop(stats);
+    let mut f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: pins };
+    let total = f.dp.maps().stats_total().unwrap();
+    assert_eq!(total.seen, c(5 * n as u64));
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    assert_eq!(f.from(&[], "198.51.100.8"), XDP_PASS);
+    let total = f.dp.maps().stats_total().unwrap();
+    assert_eq!(total.seen.packets, 5 * n as u64 + 2);
+    assert_eq!(total.seen, total.passed.plus(total.dropped));
+    assert_eq!(f.dp.maps().stats_for_ifindex(1).unwrap().seen.packets, 5 * n as u64 + 2);
+}
+
 #[test]
 fn a_v4_mapped_ipv6_source_is_judged_as_ipv4() {
     let mut f = Fixture::new();

@@ -540,14 +540,14 @@ impl BlockMaps {
                 .map_err(kernel("lookup", map_names::STATS))?;
             total = values.iter().fold(total, |acc, s| acc.plus(*s));
         }
-        Ok(total)
+        Ok(total.with_seen())
     }
 }
 
-/// One counter slot, summed over CPUs.
+/// One counter slot, summed over CPUs (`seen` derived: see [`Stats::seen`]).
 fn stats_slot(stats: &PerCpuArray<MapData, Stats>, slot: u32) -> Result<Stats, MapsError> {
     let values = stats.get(&slot, 0).map_err(kernel("lookup", map_names::STATS))?;
-    Ok(values.iter().fold(Stats::default(), |acc, s| acc.plus(*s)))
+    Ok(values.iter().fold(Stats::default(), |acc, s| acc.plus(*s)).with_seen())
 }
 
 /// Read-only access to the pinned per-CPU counters alone, for readers outside the engine (the
