@@ -14,6 +14,9 @@
 //!   per block, inserted by a process (`iptables -w -I`); a loop that wakes once a second
 //!   removes the rules whose deadline has passed, one `iptables -w -D` process each. Deadlines
 //!   are exact (execd compares whole seconds, which would add up to another second).
+//!
+//! More than [`BATCH`] blocks (`--expiry-blocks`) run as consecutive batches of at most that many,
+//! each in a fresh lab (and daemon), at the same pace; the lateness is summarised over all.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -52,6 +55,39 @@ impl Settings {
     pub const QUICK: Self = Self { blocks: 20 };
 }
 
+/// The most blocks one batch spreads over its second (sources' last octets from
+/// [`FIRST_SOURCE`]; the full run's density).
+const BATCH: usize = 100;
+
+/// The sizes of the batches that make up `n` blocks.
+fn batches(n: usize) -> impl Iterator<Item = usize> {
+    (0..n.div_ceil(BATCH)).map(move |i| BATCH.min(n - i * BATCH))
+}
+
+/// One batch's outcome: lateness of the blocks that ended (ms), early and never-ended counts.
+#[derive(Default)]
+struct Batch {
+    late: Vec<f64>,
+    early: usize,
+    never_ended: usize,
+}
+
+impl Batch {
+    fn add(&mut self, other: Self) {
+        self.late.extend(other.late);
+        self.early += other.early;
+        self.never_ended += other.never_ended;
+    }
+
+    fn variant(self) -> Result<Variant> {
+        Ok(Variant {
+            lateness_ms: Summary::of(&self.late).context("no block ended")?,
+            early: self.early,
+            never_ended: self.never_ended,
+        })
+    }
+}
+
 /// Each source's probe interval: the resolution of the lateness.
 const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 /// The first octet of the sources.
@@ -79,66 +115,76 @@ pub struct Results {
 pub fn run(settings: &Settings) -> Result<Results> {
     let n = settings.blocks;
     eprintln!("expiry: {n} enforcer blocks");
-    let enforcer = {
-        let lab = Lab::new()?;
-        let d = Daemon::start(&lab, &[])?;
-        let mut client = Client::connect(&d.socket, Duration::from_secs(10))?;
-        measure(&lab, n, |addr, ttl| {
-            let reply = client.call(&Request::Block(BlockRequest {
-                target: Target::new(IpAddr::V4(addr).into()),
-                ttl_secs: Some(ttl),
-                permanent: false,
-                source: Source::cli(),
-                reason: Default::default(),
-                shadow: false,
-                force: false,
-            }))?;
-            let Reply::Block(r) = reply else {
-                bail!("unexpected reply {reply:?}")
-            };
-            let ms = r.expires_ms.context("a block with a TTL has an expiry")?;
-            Ok(deadline_to_boot_ns(
-                SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
-            ))
-        })?
-    };
-
+    let mut enforcer = Batch::default();
+    for size in batches(n) {
+        enforcer.add(enforcer_batch(size)?);
+    }
     eprintln!("expiry: {n} iptables rules and a once-a-second timer");
-    let userspace_timer = {
-        let lab = Lab::new()?;
-        let ipt = Iptables::detect()?;
-        let exec = NsExec::new(&lab.receiver)?;
-        let _flush = FlushInput {
-            exec: &exec,
-            ipt: &ipt,
-        };
-        let due: Mutex<Vec<(u64, Ipv4Addr)>> = Mutex::new(Vec::new());
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let timer = s.spawn(|| once_a_second(&exec, &ipt, &due, &stop));
-            let result = measure(&lab, n, |addr, ttl| {
-                let a = addr.to_string();
-                let out = exec
-                    .command(&ipt.command)
-                    .args(["-w", "-I", "INPUT", "-s", &a, "-j", "DROP"])
-                    .output()?;
-                ensure!(out.status.success(), "iptables -I {a} failed");
-                // As execd: the timer starts when the block is in.
-                let deadline = now_ns() + ttl * 1_000_000_000;
-                due.lock().expect("not poisoned").push((deadline, addr));
-                Ok(deadline)
-            });
-            stop.store(true, Ordering::Relaxed);
-            timer.join().expect("the timer does not panic")?;
-            result
-        })?
-    };
-
+    let mut userspace_timer = Batch::default();
+    for size in batches(n) {
+        userspace_timer.add(timer_batch(size)?);
+    }
     Ok(Results {
         settings: *settings,
         probe_interval_ms: PROBE_INTERVAL.as_secs_f64() * 1e3,
-        enforcer,
-        userspace_timer,
+        enforcer: enforcer.variant()?,
+        userspace_timer: userspace_timer.variant()?,
+    })
+}
+
+/// `n` blocks asked of a fresh daemon.
+fn enforcer_batch(n: usize) -> Result<Batch> {
+    let lab = Lab::new()?;
+    let d = Daemon::start(&lab, &[])?;
+    let mut client = Client::connect(&d.socket, Duration::from_secs(10))?;
+    measure(&lab, n, |addr, ttl| {
+        let reply = client.call(&Request::Block(BlockRequest {
+            target: Target::new(IpAddr::V4(addr).into()),
+            ttl_secs: Some(ttl),
+            permanent: false,
+            source: Source::cli(),
+            reason: Default::default(),
+            shadow: false,
+            force: false,
+        }))?;
+        let Reply::Block(r) = reply else {
+            bail!("unexpected reply {reply:?}")
+        };
+        let ms = r.expires_ms.context("a block with a TTL has an expiry")?;
+        Ok(deadline_to_boot_ns(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+        ))
+    })
+}
+
+/// `n` iptables rules, ended by a once-a-second timer.
+fn timer_batch(n: usize) -> Result<Batch> {
+    let lab = Lab::new()?;
+    let ipt = Iptables::detect()?;
+    let exec = NsExec::new(&lab.receiver)?;
+    let _flush = FlushInput {
+        exec: &exec,
+        ipt: &ipt,
+    };
+    let due: Mutex<Vec<(u64, Ipv4Addr)>> = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let timer = s.spawn(|| once_a_second(&exec, &ipt, &due, &stop));
+        let result = measure(&lab, n, |addr, ttl| {
+            let a = addr.to_string();
+            let out = exec
+                .command(&ipt.command)
+                .args(["-w", "-I", "INPUT", "-s", &a, "-j", "DROP"])
+                .output()?;
+            ensure!(out.status.success(), "iptables -I {a} failed");
+            // As execd: the timer starts when the block is in.
+            let deadline = now_ns() + ttl * 1_000_000_000;
+            due.lock().expect("not poisoned").push((deadline, addr));
+            Ok(deadline)
+        });
+        stop.store(true, Ordering::Relaxed);
+        timer.join().expect("the timer does not panic")?;
+        result
     })
 }
 
@@ -172,7 +218,7 @@ fn measure(
     lab: &Lab,
     n: usize,
     mut block: impl FnMut(Ipv4Addr, u64) -> Result<u64>,
-) -> Result<Variant> {
+) -> Result<Batch> {
     let sources = add_sources(lab, FIRST_SOURCE..FIRST_SOURCE + n as u8)?;
     let wire = Wire::new(lab)?;
     let probes = Probes::new();
@@ -228,23 +274,18 @@ fn measure(
         receiver.join().expect("the receiver does not panic")?;
         blocking
     })?;
-    let mut late = Vec::new();
-    let (mut early, mut never_ended) = (0, 0);
+    let mut batch = Batch::default();
     for (o, deadline) in deadlines {
         match first_through[usize::from(o)].load(Ordering::Relaxed) {
-            0 => never_ended += 1,
+            0 => batch.never_ended += 1,
             t => {
                 let ms = (t as f64 - deadline as f64) / 1e6;
                 if ms < 0.0 {
-                    early += 1;
+                    batch.early += 1;
                 }
-                late.push(ms);
+                batch.late.push(ms);
             }
         }
     }
-    Ok(Variant {
-        lateness_ms: Summary::of(&late).context("no block ended")?,
-        early,
-        never_ended,
-    })
+    Ok(batch)
 }

@@ -52,6 +52,10 @@ struct Args {
     /// CrowdSec: decisions timed on the fleet, overriding the run's default (for profiling).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     crowdsec_rounds: Option<u64>,
+    /// Expiry: blocks per variant, overriding the run's default (more than 100 run as batches of
+    /// 100; e.g. 500 for a tail that a p99 can stand on).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    expiry_blocks: Option<u64>,
     /// CrowdSec: startup syncs per build, overriding the run's default.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     crowdsec_sync_runs: Option<u64>,
@@ -127,11 +131,12 @@ fn main() -> Result<()> {
         report.control = Some(timed(times, "control plane", || control::run(&s))?);
     }
     if runs(Section::Expiry) {
-        let s = if q {
+        let mut s = if q {
             expiry::Settings::QUICK
         } else {
             expiry::Settings::FULL
         };
+        s.blocks = args.expiry_blocks.map_or(s.blocks, |n| n as usize);
         report.expiry = Some(timed(times, "expiry", || expiry::run(&s))?);
     }
     if runs(Section::Memory) {

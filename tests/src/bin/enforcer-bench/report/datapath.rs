@@ -14,20 +14,23 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
          (median of all rounds). Each case is timed right after the floor on the same frame; \
          **× floor** is the median over rounds of that pair's ratio, **× empty** divides it by the \
          same packet's ratio with no blocks loaded. ns are the kernel's whole-nanosecond means; \
-         min–max spans the rounds. {} rounds of {} runs per case.\n",
+         min–max spans the rounds. **wall ns** and **× floor (wall)** time the same runs from \
+         userspace (the syscall's thread CPU time ÷ runs; floor {:.2} ns): not truncated to whole \
+         ns, and including the syscall's fixed cost. {} rounds of {} runs per case.\n",
         ns(d.floor_median_ns),
+        d.wall_floor_median_ns,
         s.rounds,
         thousands(s.repeat as usize)
     );
     let _ = writeln!(
         w,
-        "| family | blocks | packet | VLAN | ns/packet | min–max | floor ns | × floor | × empty |"
+        "| family | blocks | packet | VLAN | ns/packet | min–max | floor ns | × floor | × empty | wall ns | wall floor ns | × floor (wall) |"
     );
-    let _ = writeln!(w, "|---|---|---|---|--:|--:|--:|--:|--:|");
+    let _ = writeln!(w, "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
     for c in &d.cases {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {}–{} | {} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {}–{} | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} |",
             c.id.family,
             blocks(c),
             packet(c.id.packet),
@@ -38,6 +41,9 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
             ns(c.floor_median_ns),
             c.vs_floor,
             c.vs_empty.map_or("–".to_owned(), |v| format!("{v:.2}")),
+            c.wall_median_ns,
+            c.wall_floor_median_ns,
+            c.wall_vs_floor,
         );
     }
 
@@ -49,14 +55,14 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
     );
     let _ = writeln!(
         w,
-        "| family | packet | counters on ns | counters off ns | floor ns | on ÷ off | difference ns |"
+        "| family | packet | counters on ns | counters off ns | floor ns | on ÷ off | difference ns | difference, wall ns |"
     );
-    let _ = writeln!(w, "|---|---|--:|--:|--:|--:|--:|");
+    let _ = writeln!(w, "|---|---|--:|--:|--:|--:|--:|--:|");
     for pair in d.counters.chunks(2) {
         let [on, off] = pair else { continue };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
             on.id.family,
             packet(on.id.packet),
             ns(on.median_ns),
@@ -64,6 +70,7 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
             ns(on.floor_median_ns),
             on.vs_floor / off.vs_floor,
             ns(on.median_ns - off.median_ns),
+            on.wall_median_ns - off.wall_median_ns,
         );
     }
 
@@ -111,6 +118,7 @@ fn packet(p: Packet) -> &'static str {
         Packet::HitAddress => "hit (address)",
         Packet::HitPrefix => "hit (prefix)",
         Packet::Allowlisted => "allowlisted",
+        Packet::TrieMiss => "miss (trie walked)",
     }
 }
 
@@ -144,6 +152,7 @@ pub fn svg(d: &datapath::Results) -> String {
         Packet::HitAddress => "#e45756",
         Packet::HitPrefix => "#f58518",
         Packet::Allowlisted => "#54a24b",
+        Packet::TrieMiss => "#72b7b2",
     };
 
     let mut out = super::svg::open(
@@ -158,6 +167,7 @@ pub fn svg(d: &datapath::Results) -> String {
         Packet::HitAddress,
         Packet::HitPrefix,
         Packet::Allowlisted,
+        Packet::TrieMiss,
     ] {
         let _ = writeln!(
             w,
@@ -268,6 +278,7 @@ pub fn multi_cpu_svg(d: &datapath::Results) -> String {
         Packet::HitAddress => "#e45756",
         Packet::HitPrefix => "#f58518",
         Packet::Allowlisted => "#54a24b",
+        Packet::TrieMiss => "#72b7b2",
     };
     let bars = d
         .multi_cpu

@@ -13,7 +13,7 @@ pub fn markdown(w: &mut String, e: &Results) {
     let _ = writeln!(
         w,
         "{} sources (lab addresses on the sender's veth) are blocked one after another over one \
-         second, with TTLs of 1, 2 and 3 s in turn; from its acknowledgement on, each sends a \
+         second{}, with TTLs of 1, 2 and 3 s in turn; from its acknowledgement on, each sends a \
          stamped probe every {} ms. Lateness = send time of the first probe through − the block's \
          deadline (resolution: one probe interval). **enforcer**: blocks asked of the daemon on \
          its control socket; the XDP program stops matching an entry at its deadline. \
@@ -21,7 +21,9 @@ pub fn markdown(w: &mut String, e: &Results) {
          per block, inserted by a process; a loop wakes once a second and deletes the expired \
          rules with one `iptables -D` process each (with exact deadlines: execd compares whole \
          seconds, which adds up to another second).\n",
-        e.settings.blocks, e.probe_interval_ms
+        e.settings.blocks,
+        if e.settings.blocks > 100 { " (in batches of at most 100, one second each, each in a fresh lab)" } else { "" },
+        e.probe_interval_ms
     );
     let _ = writeln!(
         w,
