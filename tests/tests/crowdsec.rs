@@ -483,6 +483,42 @@ fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
     Ok(())
 }
 
+/// A pull of more than `INLINE_MAX` decisions is answered before its audit lines are written
+/// (the audit's writer thread writes them, so the engine is free sooner); none is lost: once the
+/// daemon has stopped on SIGTERM, every block of the pull has its line, and a request made right
+/// after the pull still has its line before its answer.
+#[test]
+fn every_decision_of_a_large_pull_is_audited_once_the_daemon_stops() -> Result<()> {
+    require_root();
+    const N: usize = 3000;
+    const { assert!(N > enforcer::audit::INLINE_MAX, "the pull must take the writer thread") };
+    let lab = Lab::new()?;
+    let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
+    let values: Vec<String> = (1..=N).map(|i| format!("2001:db8:6::{i:x}")).collect();
+    lapi.import(&values, "1h")?;
+    let config = lapi.daemon_config("host-a", &lapi.url(), &format!("update_frequency = \"{POLL}\"\n"))?;
+    let mut daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
+    wait_for("every decision to be enforced", Duration::from_secs(60), || Ok((status(&daemon).targets >= N).then_some(())))?;
+    ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    assert!(
+        daemon.audit_text().lines().any(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])),
+        "a small round's line is written before its answer, after the pull's lines"
+    );
+    daemon.stop()?;
+    let events = daemon.audit_events();
+    let audited: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e["action"] == "block" && e["source"] == "crowdsec")
+        .filter_map(|e| e["target"].as_str())
+        .collect();
+    let missing: Vec<&String> = values.iter().filter(|v| !audited.contains(v.as_str())).collect();
+    assert!(missing.is_empty(), "{} of {N} blocks have no audit line, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let cli_line = events.iter().position(|e| e["target"] == SENDER_V4[1]).expect("the CLI block is audited");
+    let last_pull_line = events.iter().rposition(|e| e["source"] == "crowdsec").expect("the pull is audited");
+    assert!(last_pull_line < cli_line, "lines are in the order of the rounds");
+    Ok(())
+}
+
 /// mTLS instead of a key, against the real LAPI serving HTTPS and verifying client
 /// certificates: a bouncer certificate from the LAPI's CA (OU `bouncer-ou`) pulls and
 /// enforces; a certificate from another CA, and one with an OU the LAPI does not take from

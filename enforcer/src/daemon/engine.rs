@@ -110,9 +110,8 @@ impl Engine {
     fn now(&mut self) -> UnixMillis {
         let tick = self.clock.tick();
         if let Some(change) = self.ledger.follow_clock(&tick) {
-            if let Some(event) = &change.event {
-                self.audit.record(event);
-                self.audit.flush();
+            if let Some(event) = change.event {
+                self.audit.write(vec![event]);
             }
             self.carry.extend(change.ops);
             let (_, mut store, _) = self.timed_store();
@@ -158,7 +157,8 @@ impl Engine {
                 self.heartbeat = Some(h);
             }
         }
-        self.audit.flush();
+        // Every audit line, the writer thread's too, is in the file before the daemon exits.
+        self.audit.close();
         tracing::info!("engine stopped; blocks stay in force in the kernel");
     }
 
@@ -196,7 +196,7 @@ impl Engine {
         if !writes.is_empty() {
             let (ledger, mut store, maps) = self.timed_store();
             let answered = round::run(ledger, &mut store, maps, writes, now);
-            self.write_audit(&answered.events);
+            self.write_audit(answered.events);
             self.tally(&answered.before, &answered.refused);
             for (reply, answer) in write_replies.into_iter().zip(answered.answers) {
                 let _ = reply.send(answer);
@@ -220,11 +220,8 @@ impl Engine {
         }
     }
 
-    fn write_audit(&mut self, events: &[Event]) {
-        for e in events {
-            self.audit.record(e);
-        }
-        self.audit.flush();
+    fn write_audit(&mut self, events: Vec<Event>) {
+        self.audit.write(events);
     }
 
     /// The host's addresses and gateways changed to `now` (read on the watcher's thread, never
@@ -239,7 +236,7 @@ impl Engine {
         // Builtin entries are not stored: this commit only writes the kernel allowlist.
         let (ledger, mut store, maps) = self.timed_store();
         if let Ok(done) = round::commit(ledger, &mut store, maps, change) {
-            self.write_audit(&done.events);
+            self.write_audit(done.events);
         }
     }
 

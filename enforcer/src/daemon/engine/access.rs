@@ -27,7 +27,7 @@ impl Engine {
         let Err(denied) = self.access.check(caller, request, requester) else { return Ok(()) };
         let (target, source) = request_subject(request, &self.ledger);
         tracing::warn!("{denied}");
-        self.audit.record(&Event::denied(&denied, target, source.as_ref()));
+        self.audit.record(Event::denied(&denied, target, source.as_ref()));
         if let Some(source) = &source {
             self.metrics.refusal("access", source);
         }

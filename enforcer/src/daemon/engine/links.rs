@@ -103,8 +103,7 @@ impl Engine {
 
     /// Audit event and metric for one change (the caller logs it, with its context).
     fn interface_changed(&mut self, action: Action, iface: &str, detail: String) {
-        self.audit.record(&Event::interface(action, iface, detail));
-        self.audit.flush();
+        self.audit.write(vec![Event::interface(action, iface, detail)]);
         self.metrics.interface_change(iface, action);
     }
 }

@@ -33,7 +33,7 @@ impl Engine {
         let (ledger, mut store, maps) = self.timed_store();
         match round::commit(ledger, &mut store, maps, change) {
             Ok(done) => {
-                self.write_audit(&done.events);
+                self.write_audit(done.events);
                 self.tally(&done.before, &done.refused);
                 self.metrics.expired(expired as u64);
                 tracing::debug!(count = expired, "reaped expired blocks");
@@ -45,7 +45,7 @@ impl Engine {
                 // The kernel stopped enforcing them at their deadline anyway; retry the
                 // bookkeeping in a second, with the same deadlines.
                 tracing::error!(error = %failed.error, "removing expired blocks from the store failed; retrying in 1 s");
-                self.write_audit(&failed.events);
+                self.write_audit(failed.events);
                 self.reap_backoff_until = now + 1000;
             }
         }

@@ -112,8 +112,7 @@ impl Engine {
             );
             let step = ClockStep { seen_ms: crate::block::now_ms(), by_ms: shift, moved, while_running: false };
             let event = self.ledger.step_seen(step);
-            self.audit.record(&event);
-            self.audit.flush();
+            self.audit.write(vec![event]);
         }
         if stored != Some(self.ledger.time_base()) {
             ops.push(StoreOp::SetTimeBase(self.ledger.time_base().clone()));
@@ -182,7 +181,7 @@ impl Engine {
                 let e = Event::new(Action::Expire, r.target)
                     .source(&r.block.source)
                     .detail("expired while the daemon was not running");
-                self.audit.record(&e);
+                self.audit.record(e);
             }
         }
         let in_kernel: BTreeMap<Target, BlockValue> = self.dp.maps().blocks()?.into_iter().collect();
@@ -198,7 +197,7 @@ impl Engine {
             }
             if had.is_none() {
                 restored += 1;
-                self.audit.record(&Event::new(Action::Restore, *target).detail("restored into the kernel from the store"));
+                self.audit.record(Event::new(Action::Restore, *target).detail("restored into the kernel from the store"));
             }
         }
         self.audit.flush();
@@ -219,7 +218,7 @@ impl Engine {
             if !self.ledger.blocks().contains_key(target) {
                 self.dp.maps_mut().remove_block(target)?;
                 self.audit
-                    .record(&Event::new(Action::RemoveUnknown, *target).detail("in the kernel map but not in the store"));
+                    .record(Event::new(Action::RemoveUnknown, *target).detail("in the kernel map but not in the store"));
                 removed += 1;
             }
         }
