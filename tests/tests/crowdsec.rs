@@ -402,6 +402,41 @@ fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
     Ok(())
 }
 
+/// The first pull starts as the daemon starts, before the store is opened and the interfaces
+/// attached, so the LAPI's answer overlaps the start; it is applied once the engine is ready.
+/// A debug-build hook holds the start before the store opens: the LAPI gets the startup pull
+/// meanwhile, and the decision is enforced once the start goes on.
+#[test]
+fn the_first_pull_is_made_while_the_daemon_is_still_starting() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let fake = FakeLapi::start(&lab)?;
+    fake.script.lock().unwrap()[0] = (200, format!(r#"{{"new":[{}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")).into_bytes());
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let stall = dir.path().join("stall-start");
+    std::fs::write(&stall, "")?;
+    let watcher = {
+        let (requests, store, stall) = (fake.requests.clone(), state.join("blocks.redb"), stall.clone());
+        std::thread::spawn(move || {
+            let store_was_open = wait_for("the first pull", Duration::from_secs(20), || {
+                Ok(requests.lock().unwrap().first().map(|_| store.exists()))
+            });
+            let _ = std::fs::remove_file(&stall);
+            store_was_open
+        })
+    };
+    let config = fake_config(dir.path(), fake.port, "")?;
+    let env = vec![("ENFORCER_TEST_STALL_START".to_owned(), stall.display().to_string())];
+    let daemon = Daemon::start_with_env(&lab, &["--config", &config, "--state-dir", &state.to_string_lossy()], env)?;
+    let store_was_open = watcher.join().expect("the watcher thread")?;
+    assert!(!store_was_open, "the startup pull was made before the store was opened");
+    assert!(fake.requests()[0].contains("startup=true"), "{}", fake.requests()[0]);
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    assert_eq!(crowdsec(&daemon).applied, 1);
+    Ok(())
+}
+
 #[test]
 fn check_config_locates_crowdsec_errors_and_refuses_a_key_file_others_can_read() -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;

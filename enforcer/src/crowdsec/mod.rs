@@ -73,6 +73,9 @@ pub struct Bouncer {
     ignored: HashSet<DecisionKey>,
     refused: HashSet<crate::target::Target>,
     metrics: Metrics,
+    /// Until the engine is ready: the first pull is made while the daemon starts, and applied
+    /// once this says so.
+    engine_ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Usage-metrics bookkeeping.
@@ -102,8 +105,9 @@ impl Traffic {
 }
 
 impl Bouncer {
-    /// Builds the bouncer; fails only on local setup (TLS files, credentials).
-    pub fn new(config: &CrowdsecConfig, engine: SyncSender<Command>) -> Result<Self, LapiError> {
+    /// Builds the bouncer; fails only on local setup (TLS files, credentials). Its first pull
+    /// may start at once; it is applied once `engine_ready` says `true`.
+    pub fn new(config: &CrowdsecConfig, engine: SyncSender<Command>, engine_ready: tokio::sync::watch::Receiver<bool>) -> Result<Self, LapiError> {
         let status = CrowdsecStatus {
             api_url: config.api_url.clone(),
             usage_metrics: if config.usage_metrics { "on".into() } else { "off: disabled in the configuration".into() },
@@ -128,6 +132,7 @@ impl Bouncer {
                 started: now_ms() / 1000,
                 counted_before: Traffic::default(),
             },
+            engine_ready: Some(engine_ready),
         })
     }
 
@@ -248,6 +253,11 @@ impl Bouncer {
     }
 
     async fn apply(&mut self, request: crate::protocol::SyncRequest) -> Result<SyncReply, PullError> {
+        if let Some(mut ready) = self.engine_ready.take()
+            && ready.wait_for(|r| *r).await.is_err()
+        {
+            return Err(PullError::Apply("the daemon stopped before its engine was ready".into()));
+        }
         let items = request.items.len();
         match ask_engine("crowdsec", Request::SyncSource(request), &self.engine).await {
             Response::Ok { result: Reply::SyncSource(reply), .. } => {

@@ -49,6 +49,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for name in access.unknown_names() {
         tracing::warn!("[[access]] names {name}, which this host does not know: the entry matches nobody");
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (tx, rx) = mpsc::sync_channel(8192);
+    // The first CrowdSec pull starts now, so that the LAPI's answer (a second for 100k
+    // decisions) overlaps the start; it is applied once the engine is ready. Nothing here
+    // waits for the LAPI.
+    let bouncer = start_bouncer(&config, &tx, &runtime)?;
+    systemd::TestStall::named("ENFORCER_TEST_STALL_START").wait();
     let mut engine = open_engine(&config, &access)?;
     let layout = attach_interfaces(&mut engine, &config)?;
     let notifier = Arc::new(systemd::Notifier::from_env());
@@ -61,7 +71,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         notifier,
     };
 
-    let (tx, rx) = mpsc::sync_channel(8192);
     let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
     if config.allowlist.builtin {
         spawn_host_watch(tx.clone(), &deaths)?;
@@ -71,12 +80,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let engine_stop = stop.clone();
     let thread = critical::spawn("engine", &deaths, move || engine.run(rx, engine_stop))?;
     let engine = RunningEngine { stop, wake: tx.clone(), thread };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(serve(&config, tx, shared, engine, died));
+    let result = runtime.block_on(serve(&config, tx, shared, engine, died, bouncer));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }
@@ -96,6 +100,34 @@ impl RunningEngine {
         let _ = self.wake.send(engine::Command::internal("shutdown", crate::protocol::Request::Ping, reply));
         self.thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))
     }
+}
+
+/// The CrowdSec bouncer's task, started before the engine, and what it waits for.
+#[derive(Default)]
+struct StartedBouncer {
+    task: Option<tokio::task::JoinHandle<()>>,
+    status: Option<crate::crowdsec::StatusHandle>,
+    /// Set once the engine takes requests (after the spool drain): the bouncer applies its
+    /// first pull then.
+    engine_ready: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Starts the CrowdSec bouncer's task, when configured. Fails only on local setup (a bad TLS
+/// file or key), never on the LAPI.
+fn start_bouncer(config: &Config, tx: &mpsc::SyncSender<engine::Command>, runtime: &tokio::runtime::Runtime) -> anyhow::Result<StartedBouncer> {
+    let Some(c) = &config.crowdsec else { return Ok(StartedBouncer::default()) };
+    let (ready, engine_ready) = tokio::sync::watch::channel(false);
+    // The TLS setup may read files and start a blocking pool: inside the runtime.
+    let bouncer = {
+        let _guard = runtime.enter();
+        crate::crowdsec::Bouncer::new(c, tx.clone(), engine_ready).context("setting up the CrowdSec bouncer")?
+    };
+    let status = Some(bouncer.status());
+    Ok(StartedBouncer {
+        task: Some(runtime.spawn(bouncer.run())),
+        status,
+        engine_ready: Some(ready),
+    })
 }
 
 /// What the serving tasks share.
@@ -218,6 +250,7 @@ async fn serve(
     shared: Shared,
     engine: RunningEngine,
     mut died: tokio::sync::mpsc::UnboundedReceiver<critical::Death>,
+    bouncer: StartedBouncer,
 ) -> anyhow::Result<()> {
     let socket = config.socket.clone();
     let state_dir = config.state_dir.clone();
@@ -225,8 +258,13 @@ async fn serve(
     let listener = control_socket::bind(&socket, socket_gid(config)?).await?;
     // Triggers spooled while no daemon answered go first, before anyone is served.
     spool::drain(&state_dir, &tx, &default_ttls).await;
+    if let Some(ready) = &bouncer.engine_ready {
+        let _ = ready.send(true);
+    }
     tracing::info!(socket = %socket.display(), "listening");
     let mut tasks = background(config, &shared, &tx, default_ttls).await?;
+    tasks.tasks.extend(bouncer.task);
+    tasks.crowdsec_status = bouncer.status;
     let limits = config.control_socket;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let server = Arc::new(control_socket::Server {
@@ -274,7 +312,8 @@ async fn wait_for_stop(died: &mut tokio::sync::mpsc::UnboundedReceiver<critical:
     Ok(death)
 }
 
-/// The daemon's background tasks: the spool drain, the metrics endpoint, the CrowdSec bouncer.
+/// The daemon's background tasks: the spool drain, the metrics endpoint, the CrowdSec bouncer
+/// (started earlier, see [`start_bouncer`]).
 struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     crowdsec_status: Option<crate::crowdsec::StatusHandle>,
@@ -304,17 +343,7 @@ async fn background(
         }
     })];
     tasks.extend(start_exporter(config, shared).await?);
-    // The CrowdSec bouncer runs on its own: the daemon never waits for the LAPI (only a bad TLS
-    // file or key stops the start).
-    let bouncer = config
-        .crowdsec
-        .as_ref()
-        .map(|c| crate::crowdsec::Bouncer::new(c, tx.clone()))
-        .transpose()
-        .context("setting up the CrowdSec bouncer")?;
-    let crowdsec_status = bouncer.as_ref().map(crate::crowdsec::Bouncer::status);
-    tasks.extend(bouncer.map(|b| tokio::spawn(b.run())));
-    Ok(Background { tasks, crowdsec_status })
+    Ok(Background { tasks, crowdsec_status: None })
 }
 
 fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {

@@ -118,8 +118,10 @@ impl Heartbeat {
 }
 
 /// Test builds only: the engine loop stalls while the file named by
-/// `ENFORCER_TEST_STALL_ENGINE` exists, so a test can see the watchdog pings stop. Release
-/// builds do not contain this.
+/// `ENFORCER_TEST_STALL_ENGINE` exists, so a test can see the watchdog pings stop; the start
+/// stalls before it opens the store while the file named by `ENFORCER_TEST_STALL_START`
+/// exists (the CrowdSec bouncer's first pull is already on its way). Release builds do not
+/// contain this.
 #[cfg(debug_assertions)]
 pub struct TestStall(Option<std::path::PathBuf>);
 
@@ -127,7 +129,12 @@ pub struct TestStall(Option<std::path::PathBuf>);
 impl TestStall {
     /// Reads the variable.
     pub fn from_env() -> Self {
-        Self(std::env::var_os("ENFORCER_TEST_STALL_ENGINE").map(std::path::PathBuf::from))
+        Self::named("ENFORCER_TEST_STALL_ENGINE")
+    }
+
+    /// Reads the variable `var` (another place to hold).
+    pub fn named(var: &str) -> Self {
+        Self(std::env::var_os(var).map(std::path::PathBuf::from))
     }
 
     /// Blocks while the file exists.
@@ -148,6 +155,11 @@ pub struct TestStall;
 impl TestStall {
     /// Nothing to read.
     pub fn from_env() -> Self {
+        Self
+    }
+
+    /// Nothing to read.
+    pub fn named(_var: &str) -> Self {
         Self
     }
 
