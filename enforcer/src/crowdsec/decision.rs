@@ -355,9 +355,16 @@ fn map_target(scope: &str, value: &str) -> Result<Target, Skip> {
 
 /// The reason recorded with the block: scenario, origin and decision id.
 fn reason(d: &Checked<'_>) -> Reason {
-    let id = d.id.map_or_else(|| "no id".to_owned(), |id| format!("decision {id}"));
+    use std::fmt::Write as _;
+    // One allocation: a large pull maps a hundred thousand of these.
+    let mut text = String::with_capacity(d.scenario.len() + d.origin.len() + 40);
+    let _ = match d.id {
+        Some(id) => write!(text, "{} (origin {}, decision {id})", d.scenario, d.origin),
+        None => write!(text, "{} (origin {}, no id)", d.scenario, d.origin),
+    };
+    truncate(&mut text, 1024);
     Reason {
-        text: Some(clip(&format!("{} (origin {}, {id})", d.scenario, d.origin), 1024)),
+        text: Some(text),
         rule_id: (!d.scenario.is_empty()).then(|| clip(d.scenario, 128)),
         alert_id: d.id.map(|id| id.to_string()),
         ..Reason::default()
@@ -371,6 +378,15 @@ fn clip(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+fn truncate(s: &mut String, max: usize) {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
 }
 
 #[cfg(test)]
@@ -426,7 +442,15 @@ mod tests {
         assert_eq!(map_json(escaped).unwrap().reason.rule_id.as_deref(), Some("crowdsecurity/\"quoted\"é"));
         let mut anonymous = decision("Ip", "192.0.2.9", "4m");
         anonymous.as_object_mut().unwrap().remove("id");
-        assert_eq!(map_json(anonymous).unwrap().key, DecisionKey::Anonymous("cscli".into(), "crowdsecurity/ssh-bf".into()));
+        assert_eq!(map_json(anonymous.clone()).unwrap().key, DecisionKey::Anonymous("cscli".into(), "crowdsecurity/ssh-bf".into()));
+        assert_eq!(map_json(anonymous).unwrap().reason.summary(), "crowdsecurity/ssh-bf (origin cscli, no id)");
+        // A long scenario is cut to the reason's limit, at a character boundary.
+        let mut long = decision("Ip", "192.0.2.9", "4m");
+        long["scenario"] = json!(format!("a{}", "é".repeat(600)));
+        let ban = map_json(long).unwrap();
+        let text = ban.reason.text.as_deref().unwrap();
+        assert_eq!(text.len(), 1023, "1 + 511 two-byte characters");
+        assert!(ban.reason.validate().is_ok());
     }
 
     #[test]

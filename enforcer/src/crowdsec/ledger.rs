@@ -34,6 +34,8 @@ struct Live {
 #[derive(Debug, Default)]
 pub struct Ledger {
     targets: HashMap<Target, Decisions>,
+    /// Each origin's name once (a pull has a hundred thousand decisions and a few origins).
+    origins: Vec<Arc<str>>,
 }
 
 /// One target's decisions by key: almost always one, so a small vector (a `BTreeMap` would
@@ -131,10 +133,18 @@ impl Ledger {
         if remaining == 0 {
             return;
         }
+        let origin = match self.origins.iter().find(|o| o.as_ref() == ban.origin.as_str()) {
+            Some(o) => o.clone(),
+            None => {
+                let o: Arc<str> = ban.origin.into();
+                self.origins.push(o.clone());
+                o
+            }
+        };
         let live = Live {
             expires_ms: now.saturating_add(remaining),
             reason: ban.reason,
-            origin: ban.origin.into(),
+            origin,
         };
         self.targets.entry(ban.target).or_default().insert(ban.key, live);
     }
