@@ -217,6 +217,7 @@ impl Engine {
             store_path: self.store.path(),
             pins: self.dp.pins(),
             audit_log: self.audit.path(),
+            source_blocks: self.tally.total(),
         }
     }
 

@@ -41,6 +41,8 @@ pub struct View<'a> {
     pub pins: &'a crate::datapath::PinsInfo,
     /// The audit log.
     pub audit_log: &'a Path,
+    /// Source blocks, from the engine's tally (a target blocked by two sources counts twice).
+    pub source_blocks: u64,
 }
 
 impl View<'_> {
@@ -165,6 +167,18 @@ impl View<'_> {
         }))
     }
 
+    /// The tally's count (no walk over every target on the engine thread); debug builds check it
+    /// against the walk, so a tally that drifts fails the tests.
+    fn counted_source_blocks(&self) -> usize {
+        let counted = usize::try_from(self.source_blocks).unwrap_or(usize::MAX);
+        debug_assert_eq!(
+            counted,
+            self.ledger.blocks().values().map(|b| b.by_source.len()).sum::<usize>(),
+            "the block tally drifted from the ledger"
+        );
+        counted
+    }
+
     fn status(&mut self) -> StatusReply {
         let breakers = self.ledger.policy_mut().open_breakers(now_ms());
         let ledger = &*self.ledger;
@@ -185,7 +199,7 @@ impl View<'_> {
             interfaces: interface_rows(self.interfaces, self.prog_id),
             maps,
             targets: ledger.blocks().len(),
-            source_blocks: ledger.blocks().values().map(|b| b.by_source.len()).sum(),
+            source_blocks: self.counted_source_blocks(),
             store_path: self.store_path.display().to_string(),
             bpffs_dir: self.pins.dir.clone(),
             pins: self.pins.clone(),

@@ -207,6 +207,11 @@ impl BlockTally {
         }
     }
 
+    /// Every source block counted (all sources and modes).
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
     /// The counts, largest first, with sources past [`MAX_SOURCE_LABELS`] summed as `other`.
     pub fn entries(&self) -> Vec<(Source, Mode, u64)> {
         let mut all: Vec<(Source, Mode, u64)> = self.0.iter().map(|((s, m), n)| (s.clone(), *m, *n)).collect();
