@@ -24,6 +24,15 @@ struct Fixture {
     _pins: PinDir,
 }
 
+/// Small maps with hit counters, pinned in `pins`.
+fn small_options(pins: &PinDir) -> DatapathOptions {
+    DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: small(),
+        count_block_hits: true,
+    }
+}
+
 fn small() -> Capacity {
     Capacity {
         addresses: 1024,
@@ -316,11 +325,7 @@ fn seen_is_passed_plus_dropped_including_counts_left_by_an_earlier_build() {
     use enforcer_common::{Counter, STATS_SLOTS, Stats, map_names};
     require_root();
     let pins = PinDir::new().unwrap();
-    let opts = DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: small(),
-        count_block_hits: true,
-    };
+    let opts = small_options(&pins);
     let dp = Datapath::open(&opts).unwrap();
     let maps_dir = dp.layout().maps_dir();
     drop(dp);
@@ -400,11 +405,7 @@ fn a_full_map_refuses_new_entries_and_evicts_nothing() {
 fn pinned_maps_are_reused_and_a_layout_change_is_refused() {
     require_root();
     let pins = PinDir::new().unwrap();
-    let opts = DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: small(),
-        count_block_hits: true,
-    };
+    let opts = small_options(&pins);
     {
         let mut dp = Datapath::open(&opts).unwrap();
         let t: Target = "198.51.100.7".parse().unwrap();
@@ -578,11 +579,7 @@ impl Fixture {
 fn hits_counted_on_every_cpu_are_exact_and_survive_reopening_the_maps() {
     require_root();
     let pins = PinDir::new().unwrap();
-    let opts = DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: small(),
-        count_block_hits: true,
-    };
+    let opts = small_options(&pins);
     let mut f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: PinDir::new().unwrap() };
     f.block("198.51.100.7", 0, MODE_ENFORCE);
     f.block("2001:db8::/48", 0, MODE_ENFORCE);
@@ -661,11 +658,7 @@ fn reopen_with_block_v4(opts: &DatapathOptions, map_type: &str, key: u32, value:
 fn pinned_maps_of_another_key_size_value_size_or_type_are_refused() {
     require_root();
     let pins = PinDir::new().unwrap();
-    let opts = DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: small(),
-        count_block_hits: true,
-    };
+    let opts = small_options(&pins);
     drop(Datapath::open(&opts).unwrap());
     let value = size_of::<enforcer_common::BlockEntry>() as u32;
     for (map_type, key, value, want) in [
