@@ -55,7 +55,8 @@ impl ClientError {
         match self {
             Self::Daemon(_) => "the daemon is unavailable (stopping, or at its connection cap)",
             Self::NoAnswer { .. } => "the daemon did not answer in time (it may have applied the request: the spooled copy carries the same request id and is applied only if it did not)",
-            _ => "the daemon is not running",
+            Self::NotRunning(_) => "the daemon is not running",
+            Self::Io { .. } | Self::PermissionDenied(_) => "the daemon could not be reached",
         }
     }
 

@@ -432,24 +432,13 @@ impl Ledger {
     /// Blocks `req.target` for `req.source`.
     pub fn block(&mut self, c: &mut Change, mut req: BlockRequest, now: UnixMillis) -> Result<BlockReply, Refusal> {
         let reason = Arc::new(std::mem::take(&mut req.reason));
-        self.block_shared(c, req, reason, false, now)
+        self.block_until(c, req, reason, false, now, None)
     }
 
-    /// [`Ledger::block`] with the reason already shared (a batch shares one).
-    fn block_shared(
-        &mut self,
-        c: &mut Change,
-        req: BlockRequest,
-        reason: Arc<Reason>,
-        approved: bool,
-        now: UnixMillis,
-    ) -> Result<BlockReply, Refusal> {
-        self.block_until(c, req, reason, approved, now, None)
-    }
-
-    /// [`Ledger::block_shared`], ending the source's block no later than `cap` (a feed's
-    /// decision ends when the feed says, even before the block it already had): the block is
-    /// decided, stored and audited once, with its final end.
+    /// [`Ledger::block`] with the reason already shared (a batch shares one), ending the
+    /// source's block no later than `cap` when one is given (a feed's decision ends when the feed
+    /// says, even before the block it already had): the block is decided, stored and audited
+    /// once, with its final end.
     fn block_until(
         &mut self,
         c: &mut Change,
@@ -611,7 +600,7 @@ impl Ledger {
                 shadow: req.shadow,
                 force: false,
             };
-            match self.block_shared(c, one, reason.clone(), false, now) {
+            match self.block_until(c, one, reason.clone(), false, now, None) {
                 Ok(r) if r.outcome == Outcome::Pending => pending += 1,
                 Ok(r) => {
                     applied += 1;
@@ -708,7 +697,7 @@ impl Ledger {
         let mut request = p.request;
         let reason = Arc::new(std::mem::take(&mut request.reason));
         let source = request.source.clone();
-        let reply = self.block_shared(c, request, reason, true, now)?;
+        let reply = self.block_until(c, request, reason, true, now, None)?;
         self.remember_pending(c);
         self.pending.remove(&id);
         c.ops.push(StoreOp::DeletePending(id));
