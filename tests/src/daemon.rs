@@ -203,13 +203,8 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Runs `f` with the daemon under `strace`, and counts the fsync-family calls it made
-    /// meanwhile (Debian package `strace`, installed by `cargo xtask setup`).
-    pub fn count_fsyncs(&self, f: impl FnOnce()) -> usize {
-        self.trace_syncs(f).syncs
-    }
-
-    /// Runs `f` with the daemon under `strace`: its fsync-family calls, and how many of them
+    /// Runs `f` with the daemon under `strace` (Debian package `strace`, installed by
+    /// `cargo xtask setup`): its fsync-family calls, and how many of them
     /// came right after the thread grew a file (`ftruncate`): the store (redb) syncs each time
     /// its file grows within a commit, and once at the commit's end.
     pub fn trace_syncs(&self, f: impl FnOnce()) -> SyncTrace {
