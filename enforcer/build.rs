@@ -18,7 +18,14 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("enforcer has no parent directory"))?
         .join("enforcer-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
-    println!("cargo:rerun-if-changed={}", std::path::Path::new(&root).parent().unwrap().join("enforcer-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        std::path::Path::new(&root)
+            .parent()
+            .unwrap()
+            .join("enforcer-common")
+            .display()
+    );
     aya_build::build_ebpf(
         [Package {
             name: "enforcer-ebpf",

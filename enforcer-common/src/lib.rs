@@ -165,7 +165,14 @@ pub const fn slot_tag_parts(tag: u32) -> (bool, u8) {
 pub fn hit_slot(key: &[u8; 16], tag: u32) -> u32 {
     let w = |i: usize| {
         u64::from_le_bytes([
-            key[i], key[i + 1], key[i + 2], key[i + 3], key[i + 4], key[i + 5], key[i + 6], key[i + 7],
+            key[i],
+            key[i + 1],
+            key[i + 2],
+            key[i + 3],
+            key[i + 4],
+            key[i + 5],
+            key[i + 6],
+            key[i + 7],
         ])
     };
     hit_slot_words([w(0), w(8)], tag)
@@ -406,12 +413,20 @@ mod tests {
             x ^= x << 5;
             let a = x.to_be_bytes();
             let short = ((a[0] as u32) << 8) | a[1] as u32;
-            let long = prefilter::V4_LONG_FIRST * 64 + (((a[0] as u32) << 16) | ((a[1] as u32) << 8) | a[2] as u32);
+            let long = prefilter::V4_LONG_FIRST * 64
+                + (((a[0] as u32) << 16) | ((a[1] as u32) << 8) | a[2] as u32);
             assert_eq!(prefilter::v4_short_bit(a), short);
             assert_eq!(prefilter::v4_long_bit(a), long);
-            assert_eq!(prefilter::v4_short_bit_of(u32::from_be(u32::from_le_bytes(a))), short);
-            assert_eq!(prefilter::v4_long_bit_of(u32::from_be(u32::from_le_bytes(a))), long);
-            let v6 = prefilter::V6_FIRST * 64 + (u32::from_le_bytes(a).wrapping_mul(0x9E37_79B1) >> (32 - prefilter::V6_BITS));
+            assert_eq!(
+                prefilter::v4_short_bit_of(u32::from_be(u32::from_le_bytes(a))),
+                short
+            );
+            assert_eq!(
+                prefilter::v4_long_bit_of(u32::from_be(u32::from_le_bytes(a))),
+                long
+            );
+            let v6 = prefilter::V6_FIRST * 64
+                + (u32::from_le_bytes(a).wrapping_mul(0x9E37_79B1) >> (32 - prefilter::V6_BITS));
             assert_eq!(prefilter::v6_bit(a), v6);
             assert_eq!(prefilter::v6_bit_of(u32::from_le_bytes(a)), v6);
         }
@@ -421,7 +436,11 @@ mod tests {
     /// must pick the same slot, or userspace would look for a CPU's counts in the wrong slot.
     fn by_bytes(key: &[u8; 16], tag: u32) -> u32 {
         let w = |i: usize| u32::from_le_bytes([key[i], key[i + 1], key[i + 2], key[i + 3]]);
-        let h = w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(13) ^ w(12).rotate_left(19) ^ (tag & 0xffff00);
+        let h = w(0)
+            ^ w(4).rotate_left(7)
+            ^ w(8).rotate_left(13)
+            ^ w(12).rotate_left(19)
+            ^ (tag & 0xffff00);
         h.wrapping_mul(0x9E37_79B1) >> (32 - HIT_SLOT_BITS)
     }
 

@@ -17,7 +17,10 @@
 #![no_main]
 // The BPF target has no `AtomicU64::fetch_add`; the intrinsic lowers to BPF_ATOMIC_ADD.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only way to emit BPF_ATOMIC_ADD")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only way to emit BPF_ATOMIC_ADD"
+)]
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -169,7 +172,9 @@ fn source(ctx: &XdpContext) -> Option<Source> {
         // The whole minimal header must be there, not just the address (one bounds check).
         let header = ptr_at::<[u32; 5]>(ctx, offset)?;
         // SAFETY: the source address lies inside the checked header.
-        Some(Source::V4(load(unsafe { (header as *const u32).add(IPV4_SRC / 4) })))
+        Some(Source::V4(load(unsafe {
+            (header as *const u32).add(IPV4_SRC / 4)
+        })))
     } else if proto == ETH_P_IPV6.to_be() {
         let header = ptr_at::<[u64; 5]>(ctx, offset)?;
         // SAFETY: the 16 address bytes lie inside the checked header.
@@ -231,7 +236,12 @@ fn as_mut_ptr<T>(r: &T) -> *mut T {
 fn judge_v4(addr: u32, len: u64, stats: &mut Stats) -> Verdict {
     let bytes = addr.to_le_bytes();
     let padded = u64::from(addr).to_le_bytes();
-    let source = SourceKey { key: [u64::from(addr), 0], v6: false, full_bits: 32, len };
+    let source = SourceKey {
+        key: [u64::from(addr), 0],
+        v6: false,
+        full_bits: 32,
+        len,
+    };
     judge(
         BLOCK_V4.get_ptr_mut(bytes),
         || v4_may_be_in_a_prefix(addr),
@@ -245,7 +255,12 @@ fn judge_v4(addr: u32, len: u64, stats: &mut Stats) -> Verdict {
 #[inline(always)]
 fn judge_v6(addr: [u64; 2], len: u64, stats: &mut Stats) -> Verdict {
     let bytes = v6_bytes(addr);
-    let source = SourceKey { key: addr, v6: true, full_bits: 128, len };
+    let source = SourceKey {
+        key: addr,
+        v6: true,
+        full_bits: 128,
+        len,
+    };
     judge(
         BLOCK_V6.get_ptr_mut(bytes),
         || v6_may_be_in_a_prefix(addr[0] as u32),
@@ -330,7 +345,9 @@ fn v4_may_be_in_a_prefix(addr: u32) -> bool {
 /// The same for IPv6: a prefix shorter than /24 anywhere, or the bit of the source's /32.
 #[inline(always)]
 fn v6_may_be_in_a_prefix(top32: u32) -> bool {
-    let short = PREFIX_FILTER.get(prefilter::V6_SHORT_WORD).is_none_or(|w| *w != 0);
+    let short = PREFIX_FILTER
+        .get(prefilter::V6_SHORT_WORD)
+        .is_none_or(|w| *w != 0);
     short || filter_bit(prefilter::v6_bit_of(top32))
 }
 
@@ -393,7 +410,13 @@ fn is_enforced(m: &Match) -> bool {
 }
 
 #[inline(always)]
-fn decide(m: Match, source: &SourceKey, clock: &mut Clock, stats: &mut Stats, allowed: impl FnOnce() -> bool) -> Verdict {
+fn decide(
+    m: Match,
+    source: &SourceKey,
+    clock: &mut Clock,
+    stats: &mut Stats,
+    allowed: impl FnOnce() -> bool,
+) -> Verdict {
     let len = source.len;
     let Some(entry) = m.entry else {
         if m.expired {
@@ -426,7 +449,15 @@ fn decide(m: Match, source: &SourceKey, clock: &mut Clock, stats: &mut Stats, al
 #[inline(always)]
 fn masked(key: &[u64; 2], prefix_len: u32) -> [u64; 2] {
     // The mask in address (big-endian) order, turned into the words' byte order.
-    let keep = |bits: u32| if bits == 0 { 0 } else if bits >= 64 { u64::MAX } else { u64::MAX << (64 - bits) };
+    let keep = |bits: u32| {
+        if bits == 0 {
+            0
+        } else if bits >= 64 {
+            u64::MAX
+        } else {
+            u64::MAX << (64 - bits)
+        }
+    };
     [
         key[0] & keep(prefix_len.min(64)).to_be(),
         key[1] & keep(prefix_len.saturating_sub(64)).to_be(),
@@ -491,10 +522,15 @@ fn slot_owner(slot: &HitSlot) -> Option<*mut BlockEntry> {
     let entry = match (v6, prefix_len) {
         (false, 32) => BLOCK_V4.get_ptr_mut([k[0], k[1], k[2], k[3]]),
         (false, _) => BLOCK_NET_V4
-            .get(Key::new(u32::from(prefix_len), [k[0], k[1], k[2], k[3], 0, 0, 0, 0]))
+            .get(Key::new(
+                u32::from(prefix_len),
+                [k[0], k[1], k[2], k[3], 0, 0, 0, 0],
+            ))
             .map(as_mut_ptr),
         (true, 128) => BLOCK_V6.get_ptr_mut(k),
-        (true, _) => BLOCK_NET_V6.get(Key::new(u32::from(prefix_len), k)).map(as_mut_ptr),
+        (true, _) => BLOCK_NET_V6
+            .get(Key::new(u32::from(prefix_len), k))
+            .map(as_mut_ptr),
     }?;
     // SAFETY: points into a live map value.
     let e = unsafe { &*entry };
@@ -509,7 +545,10 @@ fn add_to_entry(entry: *mut BlockEntry, packets: u64, bytes: u64, last_ns: u64) 
     // SAFETY: the fields are u64s inside a map value, 8-byte aligned; several CPUs may add at
     // once, so the counters are atomic adds (BPF_ATOMIC_ADD).
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).hit_packets, packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*entry).hit_packets,
+            packets,
+        );
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).hit_bytes, bytes);
         if (*entry).last_hit_s < second {
             (*entry).last_hit_s = second;

@@ -92,7 +92,14 @@ impl Operation {
     ];
 
     /// What a socket-group member with no `[[access]]` entry may do.
-    pub const READ_ONLY: [Self; 6] = [Self::List, Self::Show, Self::Stats, Self::Status, Self::AllowList, Self::PendingList];
+    pub const READ_ONLY: [Self; 6] = [
+        Self::List,
+        Self::Show,
+        Self::Stats,
+        Self::Status,
+        Self::AllowList,
+        Self::PendingList,
+    ];
 
     /// The name grants use.
     pub const fn as_str(self) -> &'static str {
@@ -128,10 +135,16 @@ impl FromStr for Operation {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|o| o.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|o| o.as_str()).collect();
-            format!("unknown operation `{s}` (known: {}, or \"*\" for all)", names.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|o| o.as_str()).collect();
+                format!(
+                    "unknown operation `{s}` (known: {}, or \"*\" for all)",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -195,8 +208,13 @@ impl AccessEntry {
     }
 
     fn matches(&self, caller: &Caller) -> bool {
-        self.user.as_ref().is_some_and(|u| caller.id.user.as_ref() == Some(u))
-            || self.group.as_ref().is_some_and(|g| caller.groups.contains(g))
+        self.user
+            .as_ref()
+            .is_some_and(|u| caller.id.user.as_ref() == Some(u))
+            || self
+                .group
+                .as_ref()
+                .is_some_and(|g| caller.groups.contains(g))
     }
 }
 
@@ -264,7 +282,10 @@ impl Caller {
     /// (getgrouplist(3), as a login sets them). Blocking: NSS may be remote.
     /// Root's groups are not looked up: root may do everything whatever its groups.
     pub fn lookup(uid: u32, primary_gid: u32) -> Self {
-        let user = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
+        let user = User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
         if uid == 0 {
             return Self {
                 id: CallerId { uid, user },
@@ -277,7 +298,10 @@ impl Caller {
             .as_deref()
             .and_then(|n| CString::new(n).ok())
             .and_then(|n| getgrouplist(&n, Gid::from_raw(primary_gid)).ok())
-            .map_or_else(|| vec![primary_gid], |g| g.into_iter().map(Gid::as_raw).collect());
+            .map_or_else(
+                || vec![primary_gid],
+                |g| g.into_iter().map(Gid::as_raw).collect(),
+            );
         let groups = gids
             .iter()
             .filter_map(|g| Group::from_gid(Gid::from_raw(*g)).ok().flatten())
@@ -327,7 +351,9 @@ pub enum Why {
     #[error("may not `{0}` for every source (name one with --source, or grant sources = [\"*\"])")]
     EverySource(Operation),
     /// Approving one's own pending request.
-    #[error("may not approve pending block {0}: it is its own request; another caller, or root, must approve it")]
+    #[error(
+        "may not approve pending block {0}: it is its own request; another caller, or root, must approve it"
+    )]
     OwnRequest(u64),
     /// A request only the daemon itself makes.
     #[error("may not send `{0}`: only the daemon itself does")]
@@ -380,12 +406,18 @@ fn needs(request: &Request) -> Option<Needs<'_>> {
         Request::Unblock { all: true, .. } => by_source_need(O::Unblock, None),
         Request::Unblock { source, .. } => Needs {
             operations: vec![O::Unblock],
-            sources: source.as_ref().map_or(SourceNeed::One(cli()), SourceNeed::One),
+            sources: source
+                .as_ref()
+                .map_or(SourceNeed::One(cli()), SourceNeed::One),
         },
         Request::Promote { source, .. } => by_source_need(O::Promote, source.as_ref()),
         Request::BreakerReset { source } => by_source_need(O::BreakerReset, source.as_ref()),
         Request::AllowAdd { force, .. } => Needs {
-            operations: if *force { vec![O::AllowAdd, O::Force] } else { vec![O::AllowAdd] },
+            operations: if *force {
+                vec![O::AllowAdd, O::Force]
+            } else {
+                vec![O::AllowAdd]
+            },
             sources: SourceNeed::None,
         },
         Request::AllowRemove { .. } => plain(O::AllowRemove),
@@ -423,7 +455,8 @@ struct Grants<'a> {
 
 impl Grants<'_> {
     fn operation(&self, op: Operation) -> bool {
-        (self.read_only && Operation::READ_ONLY.contains(&op)) || self.operations.iter().any(|g| g.covers(&op))
+        (self.read_only && Operation::READ_ONLY.contains(&op))
+            || self.operations.iter().any(|g| g.covers(&op))
     }
 
     fn source(&self, s: &Source) -> bool {
@@ -445,13 +478,18 @@ pub struct AccessPolicy {
 impl AccessPolicy {
     /// Rules from the configuration's entries and the socket group's id.
     pub fn new(entries: Vec<AccessEntry>, socket_gid: Option<u32>) -> Self {
-        Self { entries, socket_gid }
+        Self {
+            entries,
+            socket_gid,
+        }
     }
 
     /// Whether `caller` may connect at all: root, a socket-group member, or a caller some entry
     /// names.
     pub fn may_connect(&self, caller: &Caller) -> bool {
-        caller.is_root() || self.in_socket_group(caller) || self.entries.iter().any(|e| e.matches(caller))
+        caller.is_root()
+            || self.in_socket_group(caller)
+            || self.entries.iter().any(|e| e.matches(caller))
     }
 
     fn in_socket_group(&self, caller: &Caller) -> bool {
@@ -459,7 +497,8 @@ impl AccessPolicy {
     }
 
     fn grants(&self, caller: &Caller) -> Grants<'_> {
-        let matching: Vec<&AccessEntry> = self.entries.iter().filter(|e| e.matches(caller)).collect();
+        let matching: Vec<&AccessEntry> =
+            self.entries.iter().filter(|e| e.matches(caller)).collect();
         Grants {
             operations: matching.iter().flat_map(|e| &e.operations).collect(),
             sources: matching.iter().flat_map(|e| &e.sources).collect(),
@@ -469,15 +508,29 @@ impl AccessPolicy {
 
     /// Whether `caller` may send `request`. For `approve`, `requester` is who made the pending
     /// request (`None`: unknown, from before callers were recorded, or not pending).
-    pub fn check(&self, caller: &Caller, request: &Request, requester: Option<&CallerId>) -> Result<(), Denied> {
-        let deny = |why| Err(Denied { caller: caller.clone(), why });
-        if matches!(request, Request::HostChanged(_) | Request::LinksChanged(_)) && caller.internal.is_none() {
+    pub fn check(
+        &self,
+        caller: &Caller,
+        request: &Request,
+        requester: Option<&CallerId>,
+    ) -> Result<(), Denied> {
+        let deny = |why| {
+            Err(Denied {
+                caller: caller.clone(),
+                why,
+            })
+        };
+        if matches!(request, Request::HostChanged(_) | Request::LinksChanged(_))
+            && caller.internal.is_none()
+        {
             return deny(Why::Internal(request.op()));
         }
         if caller.is_root() {
             return Ok(());
         }
-        let Some(needs) = needs(request) else { return Ok(()) };
+        let Some(needs) = needs(request) else {
+            return Ok(());
+        };
         let grants = self.grants(caller);
         if let Some(op) = needs.operations.iter().find(|op| !grants.operation(**op)) {
             return deny(Why::Operation(*op));
@@ -548,15 +601,21 @@ mod tests {
     fn policy() -> AccessPolicy {
         AccessPolicy::new(
             vec![
-                entry(r#"group = "wazuh"
+                entry(
+                    r#"group = "wazuh"
                     sources = ["wazuh"]
-                    operations = ["block", "unblock", "list", "show", "stats", "status", "approve"]"#),
-                entry(r#"group = "ops"
+                    operations = ["block", "unblock", "list", "show", "stats", "status", "approve"]"#,
+                ),
+                entry(
+                    r#"group = "ops"
                     sources = ["*"]
-                    operations = ["*"]"#),
-                entry(r#"user = "f2b"
+                    operations = ["*"]"#,
+                ),
+                entry(
+                    r#"user = "f2b"
                     sources = ["fail2ban"]
-                    operations = ["block", "unblock"]"#),
+                    operations = ["block", "unblock"]"#,
+                ),
             ],
             Some(700),
         )
@@ -575,9 +634,18 @@ mod tests {
         let p = policy();
         let w = wazuh();
         assert_eq!(why(&p, &w, &block("wazuh", false, false)), None);
-        assert_eq!(why(&p, &w, &block("cli", false, false)), Some(Why::Source(src("cli"))));
-        assert_eq!(why(&p, &w, &block("wazuh", true, false)), Some(Why::Operation(Operation::Force)));
-        assert_eq!(why(&p, &w, &block("wazuh", false, true)), Some(Why::Operation(Operation::Permanent)));
+        assert_eq!(
+            why(&p, &w, &block("cli", false, false)),
+            Some(Why::Source(src("cli")))
+        );
+        assert_eq!(
+            why(&p, &w, &block("wazuh", true, false)),
+            Some(Why::Operation(Operation::Force))
+        );
+        assert_eq!(
+            why(&p, &w, &block("wazuh", false, true)),
+            Some(Why::Operation(Operation::Permanent))
+        );
         let batch = Request::BlockBatch(BatchRequest {
             items: vec![],
             ttl_secs: None,
@@ -592,7 +660,11 @@ mod tests {
             items: vec![],
             remove: vec![],
         });
-        assert_eq!(why(&p, &w, &sync), Some(Why::Operation(Operation::SyncSource)), "sync_source is not implied by block");
+        assert_eq!(
+            why(&p, &w, &sync),
+            Some(Why::Operation(Operation::SyncSource)),
+            "sync_source is not implied by block"
+        );
     }
 
     #[test]
@@ -605,11 +677,27 @@ mod tests {
             all,
         };
         assert_eq!(why(&p, &w, &unblock(Some("wazuh"), false)), None);
-        assert_eq!(why(&p, &w, &unblock(None, false)), Some(Why::Source(Source::cli())), "the default source is cli");
-        assert_eq!(why(&p, &w, &unblock(Some("wazuh"), true)), Some(Why::EverySource(Operation::Unblock)));
-        let promote = Request::Promote { target: None, source: Some(src("wazuh")) };
-        assert_eq!(why(&p, &w, &promote), Some(Why::Operation(Operation::Promote)));
-        assert_eq!(why(&p, &w, &Request::BreakerReset { source: None }), Some(Why::Operation(Operation::BreakerReset)));
+        assert_eq!(
+            why(&p, &w, &unblock(None, false)),
+            Some(Why::Source(Source::cli())),
+            "the default source is cli"
+        );
+        assert_eq!(
+            why(&p, &w, &unblock(Some("wazuh"), true)),
+            Some(Why::EverySource(Operation::Unblock))
+        );
+        let promote = Request::Promote {
+            target: None,
+            source: Some(src("wazuh")),
+        };
+        assert_eq!(
+            why(&p, &w, &promote),
+            Some(Why::Operation(Operation::Promote))
+        );
+        assert_eq!(
+            why(&p, &w, &Request::BreakerReset { source: None }),
+            Some(Why::Operation(Operation::BreakerReset))
+        );
         let ops = Caller::peer(1000, Some("alice"), &[(600, "ops")]);
         assert_eq!(why(&p, &ops, &Request::BreakerReset { source: None }), None);
         assert_eq!(why(&p, &ops, &unblock(Some("wazuh"), true)), None);
@@ -620,13 +708,28 @@ mod tests {
         let p = policy();
         let w = wazuh();
         let approve = Request::Approve { id: 3 };
-        assert_eq!(p.check(&w, &approve, Some(&w.id)).unwrap_err().why, Why::OwnRequest(3));
-        let other = CallerId { uid: 0, user: Some("root".into()) };
-        assert!(p.check(&w, &approve, Some(&other)).is_ok(), "another caller's request");
+        assert_eq!(
+            p.check(&w, &approve, Some(&w.id)).unwrap_err().why,
+            Why::OwnRequest(3)
+        );
+        let other = CallerId {
+            uid: 0,
+            user: Some("root".into()),
+        };
+        assert!(
+            p.check(&w, &approve, Some(&other)).is_ok(),
+            "another caller's request"
+        );
         let root = Caller::peer(0, Some("root"), &[(0, "root")]);
-        assert!(p.check(&root, &approve, Some(&root.id)).is_ok(), "root approves even its own");
+        assert!(
+            p.check(&root, &approve, Some(&root.id)).is_ok(),
+            "root approves even its own"
+        );
         let f2b = Caller::peer(997, Some("f2b"), &[(997, "f2b")]);
-        assert_eq!(why(&p, &f2b, &approve), Some(Why::Operation(Operation::Approve)));
+        assert_eq!(
+            why(&p, &f2b, &approve),
+            Some(Why::Operation(Operation::Approve))
+        );
     }
 
     #[test]
@@ -634,30 +737,66 @@ mod tests {
         let p = policy();
         let member = Caller::peer(1001, Some("bob"), &[(1001, "bob"), (700, "enforcer")]);
         assert!(p.may_connect(&member));
-        for r in [Request::Status, Request::Stats, Request::AllowList, Request::PendingList, Request::Ping] {
+        for r in [
+            Request::Status,
+            Request::Stats,
+            Request::AllowList,
+            Request::PendingList,
+            Request::Ping,
+        ] {
             assert_eq!(why(&p, &member, &r), None, "{r:?}");
         }
-        assert_eq!(why(&p, &member, &block("cli", false, false)), Some(Why::Operation(Operation::Block)));
-        let allow = Request::AllowAdd { target: "0.0.0.0/0".parse().unwrap(), comment: None, force: false };
-        assert_eq!(why(&p, &member, &allow), Some(Why::Operation(Operation::AllowAdd)));
-        assert_eq!(why(&p, &member, &Request::Approve { id: 1 }), Some(Why::Operation(Operation::Approve)));
+        assert_eq!(
+            why(&p, &member, &block("cli", false, false)),
+            Some(Why::Operation(Operation::Block))
+        );
+        let allow = Request::AllowAdd {
+            target: "0.0.0.0/0".parse().unwrap(),
+            comment: None,
+            force: false,
+        };
+        assert_eq!(
+            why(&p, &member, &allow),
+            Some(Why::Operation(Operation::AllowAdd))
+        );
+        assert_eq!(
+            why(&p, &member, &Request::Approve { id: 1 }),
+            Some(Why::Operation(Operation::Approve))
+        );
         let stranger = Caller::peer(1002, Some("eve"), &[(1002, "eve")]);
         assert!(!p.may_connect(&stranger));
-        assert_eq!(why(&p, &stranger, &Request::Status), Some(Why::Operation(Operation::Status)));
+        assert_eq!(
+            why(&p, &stranger, &Request::Status),
+            Some(Why::Operation(Operation::Status))
+        );
     }
 
     #[test]
     fn entries_match_by_user_or_group_and_add_up() {
         let p = policy();
         let f2b = Caller::peer(997, Some("f2b"), &[(997, "f2b"), (500, "wazuh")]);
-        assert!(p.may_connect(&f2b), "named by an entry, not in the socket group");
+        assert!(
+            p.may_connect(&f2b),
+            "named by an entry, not in the socket group"
+        );
         assert_eq!(why(&p, &f2b, &block("fail2ban", false, false)), None);
-        assert_eq!(why(&p, &f2b, &block("wazuh", false, false)), None, "the group entry adds its sources");
+        assert_eq!(
+            why(&p, &f2b, &block("wazuh", false, false)),
+            None,
+            "the group entry adds its sources"
+        );
         assert_eq!(why(&p, &f2b, &Request::Status), None);
-        let force_allow = Request::AllowAdd { target: "0.0.0.0/0".parse().unwrap(), comment: None, force: true };
+        let force_allow = Request::AllowAdd {
+            target: "0.0.0.0/0".parse().unwrap(),
+            comment: None,
+            force: true,
+        };
         let ops = Caller::peer(1000, Some("alice"), &[(600, "ops")]);
         assert_eq!(why(&p, &ops, &force_allow), None);
-        assert_eq!(why(&p, &f2b, &force_allow), Some(Why::Operation(Operation::AllowAdd)));
+        assert_eq!(
+            why(&p, &f2b, &force_allow),
+            Some(Why::Operation(Operation::AllowAdd))
+        );
     }
 
     #[test]
@@ -666,15 +805,37 @@ mod tests {
         let root = Caller::peer(0, Some("root"), &[(0, "root")]);
         assert!(p.may_connect(&root));
         assert_eq!(why(&p, &root, &block("anything", true, true)), None);
-        assert_eq!(why(&p, &root, &Request::HostChanged(vec![])), Some(Why::Internal("refresh_host")));
-        assert_eq!(why(&p, &root, &Request::LinksChanged(vec![])), Some(Why::Internal("links_changed")));
-        assert_eq!(why(&p, &Caller::internal("host watcher"), &Request::HostChanged(vec![])), None);
-        assert_eq!(why(&p, &Caller::internal("link watcher"), &Request::LinksChanged(vec![])), None);
+        assert_eq!(
+            why(&p, &root, &Request::HostChanged(vec![])),
+            Some(Why::Internal("refresh_host"))
+        );
+        assert_eq!(
+            why(&p, &root, &Request::LinksChanged(vec![])),
+            Some(Why::Internal("links_changed"))
+        );
+        assert_eq!(
+            why(
+                &p,
+                &Caller::internal("host watcher"),
+                &Request::HostChanged(vec![])
+            ),
+            None
+        );
+        assert_eq!(
+            why(
+                &p,
+                &Caller::internal("link watcher"),
+                &Request::LinksChanged(vec![])
+            ),
+            None
+        );
     }
 
     #[test]
     fn refusals_name_the_caller_and_what_to_grant() {
-        let d = policy().check(&wazuh(), &block("cli", false, false), None).unwrap_err();
+        let d = policy()
+            .check(&wazuh(), &block("cli", false, false), None)
+            .unwrap_err();
         assert_eq!(
             d.to_string(),
             "permission denied: uid 998 (wazuh; groups wazuh, enforcer) may not act as source `cli` (grant it in an [[access]] entry's sources)"
@@ -684,9 +845,15 @@ mod tests {
 
     #[test]
     fn grant_lists_are_checked_when_the_configuration_is_read() {
-        let e = toml::from_str::<AccessEntry>("group = \"x\"\noperations = [\"blok\"]\n").unwrap_err();
-        assert!(e.to_string().contains("unknown operation `blok` (known: block, unblock"), "{e}");
-        let e = toml::from_str::<AccessEntry>("group = \"x\"\nsources = [\"not a source\"]\n").unwrap_err();
+        let e =
+            toml::from_str::<AccessEntry>("group = \"x\"\noperations = [\"blok\"]\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown operation `blok` (known: block, unblock"),
+            "{e}"
+        );
+        let e = toml::from_str::<AccessEntry>("group = \"x\"\nsources = [\"not a source\"]\n")
+            .unwrap_err();
         assert!(e.to_string().contains("source"), "{e}");
         assert!(entry("user = \"a\"\ngroup = \"b\"\n").validate().is_err());
         assert!(entry("sources = [\"*\"]\n").validate().is_err());
@@ -699,7 +866,10 @@ mod tests {
         assert_eq!(root.id.user.as_deref(), Some("root"));
         let nobody = Caller::lookup(65534, 65534);
         assert_eq!(nobody.gids, [65534], "{nobody:?}");
-        assert!(nobody.id.user.is_some() && !nobody.groups.is_empty(), "{nobody:?}");
+        assert!(
+            nobody.id.user.is_some() && !nobody.groups.is_empty(),
+            "{nobody:?}"
+        );
         let nobody = Caller::lookup(0x7fff_0000, 4242);
         assert_eq!((nobody.id.user, nobody.gids), (None, vec![4242]));
     }

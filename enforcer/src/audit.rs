@@ -20,8 +20,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::block::{Mode, Reason, Source, UnixMillis, now_ms};
-use crate::target::Target;
+use crate::{
+    block::{Mode, Reason, Source, UnixMillis, now_ms},
+    target::Target,
+};
 
 /// What happened.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -153,7 +155,11 @@ impl Event {
     }
 
     /// A denial of `caller`'s request.
-    pub fn denied(denied: &crate::access::Denied, target: Option<Target>, source: Option<&Source>) -> Self {
+    pub fn denied(
+        denied: &crate::access::Denied,
+        target: Option<Target>,
+        source: Option<&Source>,
+    ) -> Self {
         let mut e = Self::untargeted(Action::Deny).detail(denied.why.to_string());
         e.target = target;
         e.source = source.cloned();
@@ -215,15 +221,17 @@ impl AuditLog {
         let queued = Arc::new(AtomicUsize::new(0));
         let (queue, batches) = mpsc::sync_channel::<Queued>(QUEUE_BATCHES);
         let (f, q) = (file.clone(), queued.clone());
-        let writer = std::thread::Builder::new().name("audit".into()).spawn(move || {
-            for batch in batches {
-                lock(&f).write(&batch.events);
-                q.fetch_sub(1, Ordering::AcqRel);
-                if let Some(done) = batch.done {
-                    let _ = done.send(());
+        let writer = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                for batch in batches {
+                    lock(&f).write(&batch.events);
+                    q.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(done) = batch.done {
+                        let _ = done.send(());
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(Self {
             path,
             file,
@@ -269,7 +277,10 @@ impl AuditLog {
         } else {
             (None, None)
         };
-        self.queue(Queued { events: batch, done });
+        self.queue(Queued {
+            events: batch,
+            done,
+        });
         if let Some(written) = written {
             let _ = written.recv();
         }
@@ -285,7 +296,9 @@ impl AuditLog {
             Ok(()) => {}
             Err(TrySendError::Full(batch)) => {
                 if !std::mem::replace(&mut self.told_full, true) {
-                    tracing::warn!("the audit writer is behind by {QUEUE_BATCHES} batches; the engine waits for it (no line is dropped)");
+                    tracing::warn!(
+                        "the audit writer is behind by {QUEUE_BATCHES} batches; the engine waits for it (no line is dropped)"
+                    );
                 }
                 if let Err(mpsc::SendError(batch)) = queue.send(batch) {
                     self.write_here(&batch);
@@ -327,7 +340,8 @@ struct Queued {
 
 /// The file, even if a writer panicked while holding it (lines are whole or absent).
 fn lock(file: &Mutex<AuditFile>) -> std::sync::MutexGuard<'_, AuditFile> {
-    file.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    file.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The file and its rotation.
@@ -400,14 +414,21 @@ mod tests {
     use super::*;
 
     fn lines(dir: &Path) -> Vec<String> {
-        fs::read_to_string(dir.join("audit.log")).unwrap().lines().map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["target"].as_str().unwrap().to_owned()
-        }).collect()
+        fs::read_to_string(dir.join("audit.log"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["target"].as_str().unwrap().to_owned()
+            })
+            .collect()
     }
 
     fn nth(i: u32) -> Event {
-        Event::new(Action::Block, Target::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into()))
+        Event::new(
+            Action::Block,
+            Target::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into()),
+        )
     }
 
     #[test]
@@ -430,14 +451,21 @@ mod tests {
         log.record(nth(big + 1));
         log.flush();
         for i in 0..(QUEUE_BATCHES as u32 + 10) {
-            log.write((0..INLINE_MAX as u32 + 1).map(|j| nth(big + 2 + i * 10_000 + j)).collect());
+            log.write(
+                (0..INLINE_MAX as u32 + 1)
+                    .map(|j| nth(big + 2 + i * 10_000 + j))
+                    .collect(),
+            );
         }
         log.close();
         let got = lines(dir.path());
-        let want: Vec<String> = (0..big + 2)
-            .chain((0..(QUEUE_BATCHES as u32 + 10)).flat_map(|i| (0..INLINE_MAX as u32 + 1).map(move |j| big + 2 + i * 10_000 + j)))
-            .map(|i| nth(i).target.unwrap().to_string())
-            .collect();
+        let want: Vec<String> =
+            (0..big + 2)
+                .chain((0..(QUEUE_BATCHES as u32 + 10)).flat_map(|i| {
+                    (0..INLINE_MAX as u32 + 1).map(move |j| big + 2 + i * 10_000 + j)
+                }))
+                .map(|i| nth(i).target.unwrap().to_string())
+                .collect();
         assert_eq!(got.len(), want.len());
         assert!(got == want, "the lines are in the order they were written");
     }

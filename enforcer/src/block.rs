@@ -44,16 +44,21 @@ impl FromStr for Source {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
             && s.len() <= 32
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok { Ok(Self(s.into())) } else { Err(SourceError(s.to_owned())) }
+        if ok {
+            Ok(Self(s.into()))
+        } else {
+            Err(SourceError(s.to_owned()))
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Source {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -64,7 +69,9 @@ impl fmt::Display for Source {
 }
 
 /// Enforce (drop) or shadow (count and pass).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Matching packets are dropped.
@@ -176,7 +183,11 @@ impl TextTooLong {
     /// Checks one field against its limit.
     pub fn check(field: &'static str, value: Option<&str>, limit: usize) -> Result<(), Self> {
         match value {
-            Some(v) if v.len() > limit => Err(Self { field, len: v.len(), limit }),
+            Some(v) if v.len() > limit => Err(Self {
+                field,
+                len: v.len(),
+                limit,
+            }),
             _ => Ok(()),
         }
     }
@@ -347,7 +358,11 @@ impl TargetBlocks {
 
     /// The sources, comma-separated.
     pub fn sources(&self) -> String {
-        self.by_source.keys().map(Source::as_str).collect::<Vec<_>>().join(",")
+        self.by_source
+            .keys()
+            .map(Source::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -377,22 +392,46 @@ mod tests {
 
     fn blocks(items: &[SourceBlock]) -> TargetBlocks {
         TargetBlocks {
-            by_source: items.iter().map(|b| (b.source.clone(), b.clone())).collect(),
+            by_source: items
+                .iter()
+                .map(|b| (b.source.clone(), b.clone()))
+                .collect(),
         }
     }
 
     #[test]
     fn the_latest_enforcing_expiry_wins() {
-        let t = blocks(&[sb("cli", Some(100), Mode::Enforce), sb("wazuh", Some(300), Mode::Enforce)]);
-        assert_eq!(t.kernel_entry(), Some(KernelEntry { expires_ms: Some(300), mode: Mode::Enforce }));
-        let t = blocks(&[sb("cli", None, Mode::Enforce), sb("wazuh", Some(300), Mode::Enforce)]);
+        let t = blocks(&[
+            sb("cli", Some(100), Mode::Enforce),
+            sb("wazuh", Some(300), Mode::Enforce),
+        ]);
+        assert_eq!(
+            t.kernel_entry(),
+            Some(KernelEntry {
+                expires_ms: Some(300),
+                mode: Mode::Enforce
+            })
+        );
+        let t = blocks(&[
+            sb("cli", None, Mode::Enforce),
+            sb("wazuh", Some(300), Mode::Enforce),
+        ]);
         assert_eq!(t.kernel_entry().unwrap().expires_ms, None);
     }
 
     #[test]
     fn enforce_outranks_a_longer_shadow() {
-        let t = blocks(&[sb("cli", Some(100), Mode::Enforce), sb("wazuh", Some(300), Mode::Shadow)]);
-        assert_eq!(t.kernel_entry(), Some(KernelEntry { expires_ms: Some(100), mode: Mode::Enforce }));
+        let t = blocks(&[
+            sb("cli", Some(100), Mode::Enforce),
+            sb("wazuh", Some(300), Mode::Shadow),
+        ]);
+        assert_eq!(
+            t.kernel_entry(),
+            Some(KernelEntry {
+                expires_ms: Some(100),
+                mode: Mode::Enforce
+            })
+        );
         let t = blocks(&[sb("wazuh", Some(300), Mode::Shadow)]);
         assert_eq!(t.kernel_entry().unwrap().mode, Mode::Shadow);
         assert_eq!(blocks(&[]).kernel_entry(), None);

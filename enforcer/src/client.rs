@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
-use crate::protocol::{Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Reply, Request, RequestId, Response};
+use crate::protocol::{
+    Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Reply, Request, RequestId, Response,
+};
 
 /// Exit code when the daemon cannot be reached.
 pub const EXIT_NOT_RUNNING: i32 = 3;
@@ -22,7 +24,9 @@ pub const EXIT_NOT_RUNNING: i32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket.
-    #[error("the enforcer daemon is not running (no socket at {0}); start it with `enforcer daemon --iface IFACE` or `systemctl start enforcer`")]
+    #[error(
+        "the enforcer daemon is not running (no socket at {0}); start it with `enforcer daemon --iface IFACE` or `systemctl start enforcer`"
+    )]
     NotRunning(PathBuf),
     /// The socket exists but we may not use it.
     #[error("permission denied on {0}: run as root or as a member of the daemon's socket_group")]
@@ -31,7 +35,9 @@ pub enum ClientError {
     #[error("{}", .0.message)]
     Daemon(ErrorBody),
     /// The request was sent, but no answer came: it may or may not have been applied.
-    #[error("no answer from the daemon at {path} ({why}) after the request was sent; it may or may not have been applied (check `enforcer list`)")]
+    #[error(
+        "no answer from the daemon at {path} ({why}) after the request was sent; it may or may not have been applied (check `enforcer list`)"
+    )]
     NoAnswer {
         /// Socket.
         path: PathBuf,
@@ -54,7 +60,9 @@ impl ClientError {
     pub fn spool_reason(&self) -> &'static str {
         match self {
             Self::Daemon(_) => "the daemon is unavailable (stopping, or at its connection cap)",
-            Self::NoAnswer { .. } => "the daemon did not answer in time (it may have applied the request: the spooled copy carries the same request id and is applied only if it did not)",
+            Self::NoAnswer { .. } => {
+                "the daemon did not answer in time (it may have applied the request: the spooled copy carries the same request id and is applied only if it did not)"
+            }
             Self::NotRunning(_) => "the daemon is not running",
             Self::Io { .. } | Self::PermissionDenied(_) => "the daemon could not be reached",
         }
@@ -83,7 +91,9 @@ impl Client {
     /// Connects, with `timeout` for every later read and write.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning(path.to_owned()),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.to_owned())
+            }
             io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(path.to_owned()),
             _ => ClientError::Io {
                 path: path.to_owned(),
@@ -111,7 +121,11 @@ impl Client {
 
     /// Sends one request under the id `id` (the daemon applies a write with a given id at most
     /// once) and waits for its answer.
-    pub fn call_as(&mut self, request: &Request, id: Option<&RequestId>) -> Result<Reply, ClientError> {
+    pub fn call_as(
+        &mut self,
+        request: &Request,
+        id: Option<&RequestId>,
+    ) -> Result<Reply, ClientError> {
         let io_err = |source| ClientError::Io {
             path: self.path.clone(),
             source,
@@ -127,10 +141,13 @@ impl Client {
         let mut answer = String::new();
         let n = self.reader.read_line(&mut answer).map_err(io_err)?;
         if n == 0 {
-            return Err(io_err(io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection")));
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the daemon closed the connection",
+            )));
         }
-        let envelope: Envelope<Response> =
-            serde_json::from_str(&answer).map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        let envelope: Envelope<Response> = serde_json::from_str(&answer)
+            .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         match envelope.body {
             Response::Ok { result, .. } => Ok(result),
             Response::Err { error, .. } => Err(ClientError::Daemon(error)),
@@ -180,63 +197,105 @@ pub enum Delivery {
 /// thread may still connect and deliver after the deadline (a connect stuck on a full listen
 /// backlog), and then the daemon applies whichever comes first and answers the other as a
 /// duplicate, so the trigger is never applied twice.
-pub fn deliver(socket: &Path, request: &Request, timeout: Duration, spool_to: Option<&Path>) -> Delivery {
+pub fn deliver(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+    spool_to: Option<&Path>,
+) -> Delivery {
     deliver_as(socket, request, &RequestId::generate(), timeout, spool_to)
 }
 
 /// [`deliver`] under a given request id.
-pub fn deliver_as(socket: &Path, request: &Request, id: &RequestId, timeout: Duration, spool_to: Option<&Path>) -> Delivery {
+pub fn deliver_as(
+    socket: &Path,
+    request: &Request,
+    id: &RequestId,
+    timeout: Duration,
+    spool_to: Option<&Path>,
+) -> Delivery {
     let (reached, result) = call_with_deadline(socket, request, id, timeout);
     match result {
         Ok(reply) => Delivery::Reply(reply),
         Err(ClientError::Daemon(e)) if e.code != ErrorCode::Unavailable => Delivery::Refused(e),
         // Not a passing outage: spooling would only delay the same refusal.
         Err(e @ ClientError::PermissionDenied(_)) => Delivery::Failed(e),
-        Err(why) if !reached || matches!(&why, ClientError::Daemon(_) | ClientError::NoAnswer { .. }) => match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
-            Some(Ok(file)) => Delivery::Spooled { file, why },
-            Some(Err(e)) => Delivery::Unreachable { why, spool_error: Some(e) },
-            None => Delivery::Unreachable { why, spool_error: None },
-        },
+        Err(why)
+            if !reached
+                || matches!(&why, ClientError::Daemon(_) | ClientError::NoAnswer { .. }) =>
+        {
+            match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
+                Some(Ok(file)) => Delivery::Spooled { file, why },
+                Some(Err(e)) => Delivery::Unreachable {
+                    why,
+                    spool_error: Some(e),
+                },
+                None => Delivery::Unreachable {
+                    why,
+                    spool_error: None,
+                },
+            }
+        }
         Err(e) => Delivery::Failed(e),
     }
 }
 
 /// One call with a deadline; returns whether the request may have reached the daemon.
-fn call_with_deadline(socket: &Path, request: &Request, id: &RequestId, timeout: Duration) -> (bool, Result<Reply, ClientError>) {
+fn call_with_deadline(
+    socket: &Path,
+    request: &Request,
+    id: &RequestId,
+    timeout: Duration,
+) -> (bool, Result<Reply, ClientError>) {
     let (tx, rx) = mpsc::channel();
     let (path, request, id) = (socket.to_owned(), request.clone(), id.clone());
     let written = Arc::new(AtomicBool::new(false));
     let written_by_call = written.clone();
-    let spawned = std::thread::Builder::new().name("daemon-call".into()).spawn(move || {
-        // Set just before the request goes out (conservatively: a failed write counts too).
-        let result = match Client::connect(&path, timeout) {
-            Ok(mut c) => {
-                written_by_call.store(true, Ordering::SeqCst);
-                c.call_as(&request, Some(&id))
-            }
-            Err(e) => Err(e),
-        };
-        let _ = tx.send(result);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("daemon-call".into())
+        .spawn(move || {
+            // Set just before the request goes out (conservatively: a failed write counts too).
+            let result = match Client::connect(&path, timeout) {
+                Ok(mut c) => {
+                    written_by_call.store(true, Ordering::SeqCst);
+                    c.call_as(&request, Some(&id))
+                }
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(result);
+        });
     let no_answer = |why: String| ClientError::NoAnswer {
         path: socket.to_owned(),
         why,
     };
     if let Err(e) = spawned {
-        return (false, Err(ClientError::Io { path: socket.to_owned(), source: e }));
+        return (
+            false,
+            Err(ClientError::Io {
+                path: socket.to_owned(),
+                source: e,
+            }),
+        );
     }
     let result = match rx.recv_timeout(timeout + Duration::from_millis(250)) {
         Ok(result) => result,
-        Err(_) if written.load(Ordering::SeqCst) => Err(no_answer(format!("no answer within {timeout:?}"))),
+        Err(_) if written.load(Ordering::SeqCst) => {
+            Err(no_answer(format!("no answer within {timeout:?}")))
+        }
         Err(_) => Err(ClientError::Io {
             path: socket.to_owned(),
-            source: io::Error::new(io::ErrorKind::TimedOut, format!("could not connect within {timeout:?}")),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("could not connect within {timeout:?}"),
+            ),
         }),
     };
     let reached = written.load(Ordering::SeqCst);
     match result {
         // Written, then the exchange failed: it may have been applied.
-        Err(ClientError::Io { source, .. }) if reached => (true, Err(no_answer(source.to_string()))),
+        Err(ClientError::Io { source, .. }) if reached => {
+            (true, Err(no_answer(source.to_string())))
+        }
         other => (reached, other),
     }
 }
@@ -254,7 +313,9 @@ mod tests {
 
     use nix::{
         errno::Errno,
-        sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket},
+        sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
+        },
     };
 
     use super::*;
@@ -303,7 +364,9 @@ mod tests {
             shadow: false,
             force: false,
         });
-        let Delivery::Spooled { file, .. } = deliver(&socket, &request, Duration::from_millis(200), Some(&state)) else {
+        let Delivery::Spooled { file, .. } =
+            deliver(&socket, &request, Duration::from_millis(200), Some(&state))
+        else {
             panic!("a connect that timed out is spooled");
         };
         let spooled: Spooled = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -318,13 +381,20 @@ mod tests {
             match listener.accept() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(false).unwrap();
-                    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
                     let mut line = String::new();
-                    if BufReader::new(stream).read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if BufReader::new(stream)
+                        .read_line(&mut line)
+                        .is_ok_and(|n| n > 0)
+                    {
                         break line;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 Err(e) => panic!("{e}"),
             }
             assert!(Instant::now() < deadline, "the late delivery never came");
@@ -367,11 +437,23 @@ mod tests {
             panic!("a request the daemon took but never answered is spooled: {delivery:?}");
         };
         assert!(matches!(why, ClientError::NoAnswer { .. }), "{why:?}");
-        assert!(why.spool_reason().contains("did not answer in time"), "{}", why.spool_reason());
+        assert!(
+            why.spool_reason().contains("did not answer in time"),
+            "{}",
+            why.spool_reason()
+        );
         let sent: serde_json::Value = serde_json::from_str(&received.join().unwrap()).unwrap();
         let spooled: Spooled = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-        assert_eq!(spooled.id.map(|i| i.to_string()).as_deref(), sent["request_id"].as_str(), "one id for the attempt and the copy");
-        assert!(matches!(spooled.request, Request::Unblock { all: false, .. }), "{:?}", spooled.request);
+        assert_eq!(
+            spooled.id.map(|i| i.to_string()).as_deref(),
+            sent["request_id"].as_str(),
+            "one id for the attempt and the copy"
+        );
+        assert!(
+            matches!(spooled.request, Request::Unblock { all: false, .. }),
+            "{:?}",
+            spooled.request
+        );
     }
 
     #[test]
@@ -388,13 +470,22 @@ mod tests {
             force: false,
         });
         let stopping = dir.path().join("stopping.sock");
-        fake_daemon(&stopping, "{\"v\":1,\"ok\":false,\"error\":{\"code\":\"unavailable\",\"message\":\"the daemon is shutting down\"}}\n");
+        fake_daemon(
+            &stopping,
+            "{\"v\":1,\"ok\":false,\"error\":{\"code\":\"unavailable\",\"message\":\"the daemon is shutting down\"}}\n",
+        );
         match deliver(&stopping, &block, Duration::from_secs(5), Some(&state)) {
             Delivery::Spooled { why, .. } => assert_eq!(why.exit_code(), EXIT_NOT_RUNNING),
             other => panic!("not spooled: {other:?}"),
         }
         let refusing = dir.path().join("refusing.sock");
-        fake_daemon(&refusing, "{\"v\":1,\"ok\":false,\"error\":{\"code\":\"refused\",\"message\":\"no\"}}\n");
-        assert!(matches!(deliver(&refusing, &block, Duration::from_secs(5), Some(&state)), Delivery::Refused(_)));
+        fake_daemon(
+            &refusing,
+            "{\"v\":1,\"ok\":false,\"error\":{\"code\":\"refused\",\"message\":\"no\"}}\n",
+        );
+        assert!(matches!(
+            deliver(&refusing, &block, Duration::from_secs(5), Some(&state)),
+            Delivery::Refused(_)
+        ));
     }
 }

@@ -191,13 +191,22 @@ impl ControlSocketConfig {
     /// Checks the bounds; the error names the key.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.max_connections == 0 {
-            return Err(("max_connections", "control_socket.max_connections must be at least 1".into()));
+            return Err((
+                "max_connections",
+                "control_socket.max_connections must be at least 1".into(),
+            ));
         }
         if self.idle_timeout.0 < std::time::Duration::from_millis(100) {
-            return Err(("idle_timeout", "control_socket.idle_timeout must be at least 100ms".into()));
+            return Err((
+                "idle_timeout",
+                "control_socket.idle_timeout must be at least 100ms".into(),
+            ));
         }
         if self.max_request_bytes < 4096 {
-            return Err(("max_request_bytes", "control_socket.max_request_bytes must be at least 4096".into()));
+            return Err((
+                "max_request_bytes",
+                "control_socket.max_request_bytes must be at least 4096".into(),
+            ));
         }
         Ok(())
     }
@@ -292,17 +301,28 @@ impl Config {
                 message,
             }
         };
-        let config: Config = toml::from_str(text).map_err(|e| located(e.span(), e.message().to_owned()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| located(e.span(), e.message().to_owned()))?;
         // Checks serde cannot express, located at the key they concern.
         let key_span = |key: &str| find_key(text, key);
         let cap = config.capacity;
-        for (key, value) in [("addresses", cap.addresses), ("prefixes", cap.prefixes), ("allow", cap.allow)] {
+        for (key, value) in [
+            ("addresses", cap.addresses),
+            ("prefixes", cap.prefixes),
+            ("allow", cap.allow),
+        ] {
             if value == 0 {
-                return Err(located(key_span(key), format!("capacity.{key} must be at least 1")));
+                return Err(located(
+                    key_span(key),
+                    format!("capacity.{key} must be at least 1"),
+                ));
             }
         }
         if let Err((key, message)) = config.control_socket.validate() {
-            return Err(located(section_key_span(text, "control_socket", key), message));
+            return Err(located(
+                section_key_span(text, "control_socket", key),
+                message,
+            ));
         }
         if let Err((key, message)) = config.policy.validate() {
             return Err(located(key_span(&key), format!("policy: {message}")));
@@ -323,7 +343,9 @@ impl Config {
 
 /// The span of the `n`th (0-based) occurrence of `needle`.
 fn nth_span(text: &str, needle: &str, n: usize) -> Option<std::ops::Range<usize>> {
-    text.match_indices(needle).nth(n).map(|(i, m)| i..i + m.len())
+    text.match_indices(needle)
+        .nth(n)
+        .map(|(i, m)| i..i + m.len())
 }
 
 /// 1-based line and column of a byte offset.
@@ -339,7 +361,9 @@ fn section_key_span(text: &str, section: &str, key: &str) -> Option<std::ops::Ra
     let header = format!("[{section}]");
     let start = text.find(&header)?;
     let body_start = start + header.len();
-    let body_end = text[body_start..].find("\n[").map_or(text.len(), |i| body_start + i + 1);
+    let body_end = text[body_start..]
+        .find("\n[")
+        .map_or(text.len(), |i| body_start + i + 1);
     find_key(&text[body_start..body_end], key)
         .map(|r| r.start + body_start..r.end + body_start)
         .or(Some(start..body_start))
@@ -365,8 +389,12 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let c = Config::parse("interfaces = [\"eth0\"]\ndefault_ttl = \"10m\"\n", "t.toml").unwrap();
-        assert_eq!(c.interfaces, vec![crate::interfaces::InterfaceSpec::Name("eth0".into())]);
+        let c =
+            Config::parse("interfaces = [\"eth0\"]\ndefault_ttl = \"10m\"\n", "t.toml").unwrap();
+        assert_eq!(
+            c.interfaces,
+            vec![crate::interfaces::InterfaceSpec::Name("eth0".into())]
+        );
         assert!(!c.require_all_interfaces);
         assert_eq!(c.default_ttl.0.as_secs(), 600);
         assert_eq!(c.capacity.addresses, 1 << 20);
@@ -374,7 +402,11 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_column() {
-        let e = Config::parse("interfaces = []\n\ndefault_ttl = \"ten minutes\"\n", "/etc/e.toml").unwrap_err();
+        let e = Config::parse(
+            "interfaces = []\n\ndefault_ttl = \"ten minutes\"\n",
+            "/etc/e.toml",
+        )
+        .unwrap_err();
         assert_eq!((e.line, e.path.as_str()), (3, "/etc/e.toml"), "{e}");
         assert!(e.to_string().contains("invalid duration"), "{e}");
         let e = Config::parse("interfcaes = []\n", "x").unwrap_err();
@@ -389,29 +421,59 @@ mod tests {
     #[test]
     fn interface_names_and_patterns_are_checked_where_they_are_written() {
         use crate::interfaces::InterfaceSpec;
-        let c = Config::parse("interfaces = [\"eth0\", \"bond0.*\"]\nrequire_all_interfaces = true\n", "x").unwrap();
-        assert_eq!(c.interfaces, [InterfaceSpec::Name("eth0".into()), InterfaceSpec::Pattern("bond0.*".into())]);
+        let c = Config::parse(
+            "interfaces = [\"eth0\", \"bond0.*\"]\nrequire_all_interfaces = true\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.interfaces,
+            [
+                InterfaceSpec::Name("eth0".into()),
+                InterfaceSpec::Pattern("bond0.*".into())
+            ]
+        );
         assert!(c.require_all_interfaces);
-        let e = Config::parse("default_ttl = \"1h\"\ninterfaces = [\"eth0\", \"eth 1\"]\n", "x").unwrap_err();
+        let e = Config::parse(
+            "default_ttl = \"1h\"\ninterfaces = [\"eth0\", \"eth 1\"]\n",
+            "x",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 2, "{e}");
-        assert!(e.message.contains("`eth 1` is not a valid interface name or pattern"), "{e}");
+        assert!(
+            e.message
+                .contains("`eth 1` is not a valid interface name or pattern"),
+            "{e}"
+        );
         let e = Config::parse("interfaces = [\"averyveryverylongname*\"]\n", "x").unwrap_err();
         assert!(e.message.contains("longer than 15 characters"), "{e}");
     }
 
     #[test]
     fn crowdsec_section_is_checked_where_it_is_written() {
-        let ok = Config::parse("[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key = \"abc\"\n", "x").unwrap();
+        let ok = Config::parse(
+            "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key = \"abc\"\n",
+            "x",
+        )
+        .unwrap();
         let cs = ok.crowdsec.unwrap();
         assert_eq!(cs.update_frequency.0.as_secs(), 10);
         assert_eq!(cs.resync.0.as_secs(), 600);
-        let e = Config::parse("default_ttl = \"1h\"\n[crowdsec]\napi_url = \"ftp://x\"\napi_key = \"abc\"\n", "x").unwrap_err();
+        let e = Config::parse(
+            "default_ttl = \"1h\"\n[crowdsec]\napi_url = \"ftp://x\"\napi_key = \"abc\"\n",
+            "x",
+        )
+        .unwrap_err();
         assert_eq!((e.line, e.column), (3, 1), "{e}");
         let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\n", "x").unwrap_err();
         assert!(e.message.contains("cscli bouncers add"), "{e}");
         let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\n  update_frequency = \"10\"\nresync = \"5s\"\n", "x").unwrap_err();
         assert_eq!((e.line, e.column), (5, 1), "{e}");
-        let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\nbogus = 1\n", "x").unwrap_err();
+        let e = Config::parse(
+            "[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\nbogus = 1\n",
+            "x",
+        )
+        .unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
     }
 
@@ -419,10 +481,18 @@ mod tests {
     fn access_entries_are_checked_where_they_are_written() {
         let c = Config::parse("[[access]]\ngroup = \"wazuh\"\nsources = [\"wazuh\"]\noperations = [\"block\", \"list\"]\n", "x").unwrap();
         assert_eq!(c.access.len(), 1);
-        let e = Config::parse("[[access]]\ngroup = \"a\"\n\n[[access]]\nsources = [\"*\"]\n", "x").unwrap_err();
+        let e = Config::parse(
+            "[[access]]\ngroup = \"a\"\n\n[[access]]\nsources = [\"*\"]\n",
+            "x",
+        )
+        .unwrap_err();
         assert_eq!((e.line, e.column), (4, 1), "{e}");
-        assert!(e.message.contains("exactly one of `user` or `group`"), "{e}");
-        let e = Config::parse("[[access]]\nuser = \"a\"\noperations = [\"promte\"]\n", "x").unwrap_err();
+        assert!(
+            e.message.contains("exactly one of `user` or `group`"),
+            "{e}"
+        );
+        let e = Config::parse("[[access]]\nuser = \"a\"\noperations = [\"promte\"]\n", "x")
+            .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("unknown operation `promte`"), "{e}");
     }
@@ -434,12 +504,17 @@ mod tests {
         let key = dir.path().join("crowdsec.key");
         std::fs::write(&key, "0123abcd\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let text = format!("[crowdsec]\napi_url = \"http://x/\"\napi_key_file = \"{}\"\n", key.display());
+        let text = format!(
+            "[crowdsec]\napi_url = \"http://x/\"\napi_key_file = \"{}\"\n",
+            key.display()
+        );
         let e = Config::parse(&text, "x").unwrap_err();
         assert_eq!((e.line, e.column), (3, 1), "{e}");
         assert!(e.message.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::parse(&text, "x").unwrap().crowdsec.unwrap();
-        assert!(matches!(c.credentials(), Ok(crate::crowdsec::Credentials::ApiKey(k)) if k == "0123abcd"));
+        assert!(
+            matches!(c.credentials(), Ok(crate::crowdsec::Credentials::ApiKey(k)) if k == "0123abcd")
+        );
     }
 }

@@ -135,7 +135,17 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["", "m", "10x", "-5m", "1.5h", "0s", "0", "10 m", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "m",
+            "10x",
+            "-5m",
+            "1.5h",
+            "0s",
+            "0",
+            "10 m",
+            "99999999999999999999d",
+        ] {
             assert!(secs(bad).is_err(), "{bad} should be rejected");
         }
     }

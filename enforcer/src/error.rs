@@ -79,7 +79,9 @@ mod tests {
                 path: path.clone(),
                 error: cause(),
             })),
-            Box::new(DatapathError::Program(ProgramError::SyscallError(syscall()))),
+            Box::new(DatapathError::Program(
+                ProgramError::SyscallError(syscall()),
+            )),
             Box::new(DatapathError::Io {
                 action: "creating",
                 path: path.clone(),
@@ -131,6 +133,10 @@ mod tests {
         let e = io::Error::other("disk full");
         assert_eq!(Chain(&e).to_string(), "disk full");
         let outer = LineError::Io(e);
-        assert!(Chain(&outer).to_string().ends_with(": disk full"), "{}", Chain(&outer));
+        assert!(
+            Chain(&outer).to_string().ends_with(": disk full"),
+            "{}",
+            Chain(&outer)
+        );
     }
 }

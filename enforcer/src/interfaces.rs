@@ -38,7 +38,9 @@ pub enum InterfaceSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     /// Empty, `.`/`..`, or a character Linux refuses in names.
-    #[error("`{0}` is not a valid interface name or pattern: names are 1 to 15 characters, without `/`, `:` or spaces, and not `.` or `..` (see `ip link`)")]
+    #[error(
+        "`{0}` is not a valid interface name or pattern: names are 1 to 15 characters, without `/`, `:` or spaces, and not `.` or `..` (see `ip link`)"
+    )]
     Invalid(String),
     /// Longer than any interface name can be.
     #[error("`{0}` is longer than 15 characters: no interface has such a name (see `ip link`)")]
@@ -49,7 +51,11 @@ impl FromStr for InterfaceSpec {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        if s.is_empty() || s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        if s.is_empty()
+            || s == "."
+            || s == ".."
+            || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        {
             return Err(SpecError::Invalid(s.to_owned()));
         }
         if s.contains(['*', '?']) {
@@ -249,7 +255,11 @@ impl Interfaces {
 
     /// Which entry selects a link: a name before any pattern.
     fn origin_of(&self, link: &LinkState) -> Option<Origin> {
-        if self.specs.iter().any(|s| matches!(s, InterfaceSpec::Name(n) if *n == link.name)) {
+        if self
+            .specs
+            .iter()
+            .any(|s| matches!(s, InterfaceSpec::Name(n) if *n == link.name))
+        {
             return Some(Origin::Named);
         }
         self.specs
@@ -262,10 +272,17 @@ impl Interfaces {
     /// `ours` is the id of the program this daemon attaches.
     pub fn plan(&mut self, links: &[LinkState], ours: u32) -> Vec<Step> {
         let mut steps = Vec::new();
-        let selected: BTreeMap<&str, (Origin, &LinkState)> =
-            links.iter().filter_map(|l| self.origin_of(l).map(|o| (l.name.as_str(), (o, l)))).collect();
+        let selected: BTreeMap<&str, (Origin, &LinkState)> = links
+            .iter()
+            .filter_map(|l| self.origin_of(l).map(|o| (l.name.as_str(), (o, l))))
+            .collect();
         // Tracked interfaces no longer present (or no longer selected).
-        let absent: Vec<String> = self.tracked.keys().filter(|n| !selected.contains_key(n.as_str())).cloned().collect();
+        let absent: Vec<String> = self
+            .tracked
+            .keys()
+            .filter(|n| !selected.contains_key(n.as_str()))
+            .cloned()
+            .collect();
         for name in absent {
             let (origin, state) = self.tracked.remove(&name).expect("tracked");
             let was = state.label();
@@ -275,29 +292,59 @@ impl Interfaces {
                 }
                 Origin::Named => {
                     self.tracked.insert(name.clone(), (origin, Tracked::Gone));
-                    steps.push(Step::Release { iface: name, was, listed: true });
+                    steps.push(Step::Release {
+                        iface: name,
+                        was,
+                        listed: true,
+                    });
                 }
-                Origin::Pattern(_) => steps.push(Step::Release { iface: name, was, listed: false }),
+                Origin::Pattern(_) => steps.push(Step::Release {
+                    iface: name,
+                    was,
+                    listed: false,
+                }),
             }
         }
         for (name, (origin, link)) in selected {
             let state = self.tracked.get(name).map(|(_, s)| s.clone());
             if link.xdp.prog_id == Some(ours) {
-                if state != Some(Tracked::Protected { ifindex: link.index }) {
-                    self.tracked.insert(name.to_owned(), (origin, Tracked::Protected { ifindex: link.index }));
-                    steps.push(Step::Confirmed { iface: name.to_owned(), ifindex: link.index });
+                if state
+                    != Some(Tracked::Protected {
+                        ifindex: link.index,
+                    })
+                {
+                    self.tracked.insert(
+                        name.to_owned(),
+                        (
+                            origin,
+                            Tracked::Protected {
+                                ifindex: link.index,
+                            },
+                        ),
+                    );
+                    steps.push(Step::Confirmed {
+                        iface: name.to_owned(),
+                        ifindex: link.index,
+                    });
                 }
                 continue;
             }
             let why = match state {
                 None | Some(Tracked::Waiting) => Why::Appeared,
                 Some(Tracked::Gone) => Why::Reappeared,
-                Some(Tracked::Protected { ifindex }) if ifindex == link.index => Why::DetachedBehindOurBack,
+                Some(Tracked::Protected { ifindex }) if ifindex == link.index => {
+                    Why::DetachedBehindOurBack
+                }
                 Some(Tracked::Protected { .. }) => Why::Reappeared,
                 Some(Tracked::Failed { .. }) => Why::Retry,
             };
-            self.tracked.entry(name.to_owned()).or_insert((origin, Tracked::Waiting));
-            steps.push(Step::Attach { iface: name.to_owned(), why });
+            self.tracked
+                .entry(name.to_owned())
+                .or_insert((origin, Tracked::Waiting));
+            steps.push(Step::Attach {
+                iface: name.to_owned(),
+                why,
+            });
         }
         steps
     }
@@ -311,7 +358,9 @@ impl Interfaces {
 
     /// An attach failed; returns whether the error is new (worth logging).
     pub fn failed(&mut self, iface: &str, ifindex: u32, error: String) -> bool {
-        let Some((_, state)) = self.tracked.get_mut(iface) else { return false };
+        let Some((_, state)) = self.tracked.get_mut(iface) else {
+            return false;
+        };
         let new = !matches!(state, Tracked::Failed { error: e, .. } if *e == error);
         *state = Tracked::Failed { ifindex, error };
         new
@@ -325,7 +374,14 @@ impl Interfaces {
     /// The patterns that select no tracked interface now.
     pub fn idle_patterns(&self) -> impl Iterator<Item = &str> {
         self.specs.iter().filter_map(|s| match s {
-            InterfaceSpec::Pattern(p) if !self.tracked.values().any(|(o, _)| *o == Origin::Pattern(p.clone())) => Some(p.as_str()),
+            InterfaceSpec::Pattern(p)
+                if !self
+                    .tracked
+                    .values()
+                    .any(|(o, _)| *o == Origin::Pattern(p.clone())) =>
+            {
+                Some(p.as_str())
+            }
             _ => None,
         })
     }

@@ -75,7 +75,10 @@ pub struct XdpState {
 impl XdpState {
     /// The XDP state carried by an `RTM_NEWLINK` message.
     fn of(link: &LinkMessage) -> Self {
-        let mut state = Self { prog_id: None, mode: None };
+        let mut state = Self {
+            prog_id: None,
+            mode: None,
+        };
         let xdp = link.attributes.iter().filter_map(|a| match a {
             LinkAttribute::Xdp(xdp) => Some(xdp),
             _ => None,
@@ -83,7 +86,9 @@ impl XdpState {
         for attr in xdp.flatten() {
             match attr {
                 LinkXdp::Attached(XdpAttached::Driver) => state.mode = Some(AttachedMode::Native),
-                LinkXdp::Attached(XdpAttached::SocketBuffer) => state.mode = Some(AttachedMode::Skb),
+                LinkXdp::Attached(XdpAttached::SocketBuffer) => {
+                    state.mode = Some(AttachedMode::Skb)
+                }
                 LinkXdp::Attached(XdpAttached::Hardware) => state.mode = Some(AttachedMode::Hw),
                 LinkXdp::ProgId(id) if *id != 0 => state.prog_id = Some(*id),
                 _ => {}
@@ -107,7 +112,12 @@ pub fn query_xdp(ifindex: u32) -> io::Result<XdpState> {
             RouteNetlinkMessage::NewLink(link) => Some(XdpState::of(link)),
             _ => None,
         })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no RTM_NEWLINK in the kernel's reply"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no RTM_NEWLINK in the kernel's reply",
+            )
+        })
 }
 
 /// A network interface: its index and name.
@@ -133,7 +143,10 @@ impl Link {
 
 /// Every interface in the calling thread's network namespace.
 pub fn links() -> io::Result<Vec<Link>> {
-    let replies = request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)?;
+    let replies = request(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
     Ok(replies
         .iter()
         .filter_map(|m| match m {
@@ -170,7 +183,10 @@ impl LinkState {
 
 /// Every interface in the calling thread's network namespace, with its XDP state, in one dump.
 pub fn link_states() -> io::Result<Vec<LinkState>> {
-    let replies = request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)?;
+    let replies = request(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
     Ok(replies
         .iter()
         .filter_map(|m| match m {
@@ -186,7 +202,10 @@ pub fn addresses() -> io::Result<Vec<IpAddr>> {
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut ask = AddressMessage::default();
         ask.header.family = family;
-        for reply in request(RouteNetlinkMessage::GetAddress(ask), NLM_F_REQUEST | NLM_F_DUMP)? {
+        for reply in request(
+            RouteNetlinkMessage::GetAddress(ask),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )? {
             if let RouteNetlinkMessage::NewAddress(addr) = reply
                 && let Some(ip) = address_of(&addr)
             {
@@ -215,7 +234,10 @@ pub fn default_gateways() -> io::Result<Vec<IpAddr>> {
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut ask = RouteMessage::default();
         ask.header.address_family = family;
-        for reply in request(RouteNetlinkMessage::GetRoute(ask), NLM_F_REQUEST | NLM_F_DUMP)? {
+        for reply in request(
+            RouteNetlinkMessage::GetRoute(ask),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )? {
             if let RouteNetlinkMessage::NewRoute(route) = reply
                 && is_default(&route.header)
                 && route.header.table == RouteHeader::RT_TABLE_MAIN
@@ -281,7 +303,9 @@ fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetl
 }
 
 /// The netlink messages of one datagram, each parsed or its parse error.
-fn packets(datagram: &[u8]) -> impl Iterator<Item = io::Result<NetlinkMessage<RouteNetlinkMessage>>> + '_ {
+fn packets(
+    datagram: &[u8],
+) -> impl Iterator<Item = io::Result<NetlinkMessage<RouteNetlinkMessage>>> + '_ {
     let mut rest = datagram;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -299,7 +323,10 @@ fn packets(datagram: &[u8]) -> impl Iterator<Item = io::Result<NetlinkMessage<Ro
 }
 
 fn malformed(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("malformed rtnetlink message: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed rtnetlink message: {what}"),
+    )
 }
 
 /// What one read of a notification socket brought.
@@ -342,7 +369,11 @@ impl Notifications {
     pub fn discard_queued(&self) {
         let mut scratch = Vec::with_capacity(64 * 1024);
         let dont_wait = nix::sys::socket::MsgFlags::MSG_DONTWAIT.bits();
-        while self.socket.recv(&mut scratch, dont_wait).is_ok_and(|n| n > 0) {
+        while self
+            .socket
+            .recv(&mut scratch, dont_wait)
+            .is_ok_and(|n| n > 0)
+        {
             scratch.clear();
         }
     }
@@ -398,7 +429,10 @@ impl LinkWatch {
     pub fn new() -> io::Result<Self> {
         let notifications = Notifications::subscribe(Groups::LINKS)?;
         let known = links()?.into_iter().map(|l| (l.index, l.name)).collect();
-        Ok(Self { notifications, known })
+        Ok(Self {
+            notifications,
+            known,
+        })
     }
 
     /// The interfaces as of the last event returned.
@@ -500,27 +534,56 @@ mod tests {
     fn loopback_has_no_xdp_program() {
         // Loopback is ifindex 1 in every network namespace.
         let state = query_xdp(1).expect("RTM_GETLINK on lo");
-        assert_eq!(state, XdpState { prog_id: None, mode: None });
+        assert_eq!(
+            state,
+            XdpState {
+                prog_id: None,
+                mode: None
+            }
+        );
     }
 
     #[test]
     fn an_interface_that_does_not_exist_is_an_error_with_its_errno() {
         let err = query_xdp(0x7fff_fff0).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENODEV as i32), "{err}");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::ENODEV as i32),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_dump_of_link_states_flags_the_loopback() {
         let states = link_states().unwrap();
-        let lo = states.iter().find(|l| l.name == "lo").expect("lo is dumped");
+        let lo = states
+            .iter()
+            .find(|l| l.name == "lo")
+            .expect("lo is dumped");
         assert!(lo.loopback);
-        assert_eq!(lo.xdp, XdpState { prog_id: None, mode: None });
-        assert!(states.iter().filter(|l| l.name != "lo").all(|l| !l.loopback));
+        assert_eq!(
+            lo.xdp,
+            XdpState {
+                prog_id: None,
+                mode: None
+            }
+        );
+        assert!(
+            states
+                .iter()
+                .filter(|l| l.name != "lo")
+                .all(|l| !l.loopback)
+        );
     }
 
     #[test]
     fn loopback_is_among_the_links_and_its_address_among_the_addresses() {
-        assert!(links().unwrap().iter().any(|l| l.index == 1 && l.name == "lo"));
+        assert!(
+            links()
+                .unwrap()
+                .iter()
+                .any(|l| l.index == 1 && l.name == "lo")
+        );
         assert!(addresses().unwrap().contains(&IpAddr::from([127, 0, 0, 1])));
     }
 
@@ -528,34 +591,63 @@ mod tests {
     fn new_link_messages_become_appeared_renamed_or_nothing() {
         let mut w = watch_of(&[(1, "lo")]);
         let new = |i, n| RouteNetlinkMessage::NewLink(link_message(i, n));
-        assert_eq!(w.apply(&new(1, "lo")), None, "a flag change is not an event");
+        assert_eq!(
+            w.apply(&new(1, "lo")),
+            None,
+            "a flag change is not an event"
+        );
         assert_eq!(
             w.apply(&new(7, "eth0")),
-            Some(LinkEvent::Appeared(Link { index: 7, name: "eth0".into() }))
+            Some(LinkEvent::Appeared(Link {
+                index: 7,
+                name: "eth0".into()
+            }))
         );
         assert_eq!(
             w.apply(&new(7, "wan")),
-            Some(LinkEvent::Renamed { index: 7, from: "eth0".into(), to: "wan".into() })
+            Some(LinkEvent::Renamed {
+                index: 7,
+                from: "eth0".into(),
+                to: "wan".into()
+            })
         );
         assert_eq!(
             w.apply(&RouteNetlinkMessage::DelLink(link_message(7, "wan"))),
-            Some(LinkEvent::Gone(Link { index: 7, name: "wan".into() }))
+            Some(LinkEvent::Gone(Link {
+                index: 7,
+                name: "wan".into()
+            }))
         );
-        assert_eq!(w.apply(&RouteNetlinkMessage::DelLink(link_message(7, "wan"))), None);
+        assert_eq!(
+            w.apply(&RouteNetlinkMessage::DelLink(link_message(7, "wan"))),
+            None
+        );
         assert_eq!(w.links().map(|l| l.name).collect::<Vec<_>>(), ["lo"]);
     }
 
     #[test]
     fn a_resync_after_lost_notifications_reports_every_difference() {
-        let mut known: BTreeMap<u32, String> = [(1, "lo".into()), (2, "a".into()), (3, "b".into())].into();
-        let now: BTreeMap<u32, String> = [(1, "lo".into()), (3, "c".into()), (4, "a".into())].into();
+        let mut known: BTreeMap<u32, String> =
+            [(1, "lo".into()), (2, "a".into()), (3, "b".into())].into();
+        let now: BTreeMap<u32, String> =
+            [(1, "lo".into()), (3, "c".into()), (4, "a".into())].into();
         let events = resync(&mut known, now.clone());
         assert_eq!(
             events,
             [
-                LinkEvent::Gone(Link { index: 2, name: "a".into() }),
-                LinkEvent::Renamed { index: 3, from: "b".into(), to: "c".into() },
-                LinkEvent::Appeared(Link { index: 4, name: "a".into() }),
+                LinkEvent::Gone(Link {
+                    index: 2,
+                    name: "a".into()
+                }),
+                LinkEvent::Renamed {
+                    index: 3,
+                    from: "b".into(),
+                    to: "c".into()
+                },
+                LinkEvent::Appeared(Link {
+                    index: 4,
+                    name: "a".into()
+                }),
             ]
         );
         assert_eq!(known, now);

@@ -11,9 +11,9 @@
 //! < {"v":1,"ok":false,"error":{"code":"map_full","message":"the BLOCK_V4 map is full ..."}}
 //! ```
 
-pub use crate::datapath::{PinsDurability, PinsInfo};
 use serde::{Deserialize, Serialize};
 
+pub use crate::datapath::{PinsDurability, PinsInfo};
 use crate::{
     block::{Mode, Reason, Source, UnixMillis},
     datapath::AttachedMode,
@@ -42,25 +42,34 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Option<RequestId>), ErrorB
         code: ErrorCode::InvalidRequest,
         message,
     };
-    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| invalid(format!("not JSON: {e}")))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
             return Err(ErrorBody {
                 code: ErrorCode::UnsupportedVersion,
-                message: format!("protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
+                message: format!(
+                    "protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"
+                ),
             });
         }
         None => return Err(invalid("missing protocol version field `v`".into())),
     }
     let id = match value.get("request_id") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => {
-            Some(s.parse::<RequestId>().map_err(|e| invalid(format!("invalid request_id: {e}")))?)
+        Some(serde_json::Value::String(s)) => Some(
+            s.parse::<RequestId>()
+                .map_err(|e| invalid(format!("invalid request_id: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(invalid(format!(
+                "invalid request_id {other}: it must be a string"
+            )));
         }
-        Some(other) => return Err(invalid(format!("invalid request_id {other}: it must be a string"))),
     };
-    let request = serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))?;
+    let request =
+        serde_json::from_value(value).map_err(|e| invalid(format!("invalid request: {e}")))?;
     Ok((request, id))
 }
 
@@ -71,7 +80,11 @@ pub struct Envelope<T> {
     pub v: u32,
     /// The client's id for this request (optional; see [`RequestId`]). On the wire
     /// `request_id` (`id` is the pending id of `approve` and `reject`).
-    #[serde(default, rename = "request_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "request_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<RequestId>,
     /// The request or response.
     #[serde(flatten)]
@@ -124,7 +137,11 @@ impl RequestId {
         if read.is_err() {
             static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let fallback = format!("{:x}-{:x}-{seq:x}", crate::block::now_ms(), std::process::id());
+            let fallback = format!(
+                "{:x}-{:x}-{seq:x}",
+                crate::block::now_ms(),
+                std::process::id()
+            );
             return Self(fallback);
         }
         Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
@@ -143,7 +160,10 @@ impl TryFrom<String> for RequestId {
         if s.is_empty() || s.len() > MAX_REQUEST_ID {
             return Err(RequestIdError::Length(s.chars().count()));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
             return Err(RequestIdError::Character(c));
         }
         Ok(Self(s))
@@ -305,7 +325,9 @@ impl Request {
         match self {
             Self::Block(b) => b.reason.validate(),
             Self::BlockBatch(b) => b.reason.validate(),
-            Self::AllowAdd { comment, .. } => crate::block::TextTooLong::check("comment", comment.as_deref(), MAX_COMMENT),
+            Self::AllowAdd { comment, .. } => {
+                crate::block::TextTooLong::check("comment", comment.as_deref(), MAX_COMMENT)
+            }
             // A feed's items are checked one by one (a long one fails alone, as any refused item).
             _ => Ok(()),
         }
@@ -954,20 +976,34 @@ mod tests {
         assert_eq!(err(b"{\"v\":1,").code, ErrorCode::InvalidRequest);
         assert!(err(b"{\"v\":1,").message.starts_with("not JSON"));
         let e = err(br#"{"v":2,"op":"nonsense"}"#);
-        assert_eq!(e.code, ErrorCode::UnsupportedVersion, "the version is checked first: {e:?}");
+        assert_eq!(
+            e.code,
+            ErrorCode::UnsupportedVersion,
+            "the version is checked first: {e:?}"
+        );
         assert!(err(br#"{"op":"ping"}"#).message.contains("`v`"));
         let e = err(br#"{"v":1,"op":"block","source":"cli"}"#);
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("target"), "{e:?}");
-        assert!(matches!(parse_request(br#"{"v":1,"op":"ping","new_field":true}"#), Ok((Request::Ping, None))));
-        assert!(err(br#"{"v":1,"op":"ping","request_id":7}"#).message.contains("request_id"));
+        assert!(matches!(
+            parse_request(br#"{"v":1,"op":"ping","new_field":true}"#),
+            Ok((Request::Ping, None))
+        ));
+        assert!(
+            err(br#"{"v":1,"op":"ping","request_id":7}"#)
+                .message
+                .contains("request_id")
+        );
     }
 
     #[test]
     fn the_daemons_internal_requests_cannot_be_sent_over_the_socket() {
         for op in ["links_changed", "refresh_host", "host_changed"] {
             let line = format!("{{\"v\":1,\"op\":\"{op}\"}}");
-            assert!(serde_json::from_str::<Envelope<Request>>(&line).is_err(), "`{op}` was accepted from the wire");
+            assert!(
+                serde_json::from_str::<Envelope<Request>>(&line).is_err(),
+                "`{op}` was accepted from the wire"
+            );
         }
         let ping = serde_json::from_str::<Envelope<Request>>("{\"v\":1,\"op\":\"ping\"}").unwrap();
         assert!(matches!(ping.body, Request::Ping));
@@ -975,24 +1011,50 @@ mod tests {
 
     #[test]
     fn request_ids_are_short_plain_tokens_and_generated_ones_differ() {
-        for ok in ["a", "wazuh-7f3a9c1e", "spool:00000001764262800000-0000004242-0.json", &"x".repeat(MAX_REQUEST_ID)] {
+        for ok in [
+            "a",
+            "wazuh-7f3a9c1e",
+            "spool:00000001764262800000-0000004242-0.json",
+            &"x".repeat(MAX_REQUEST_ID),
+        ] {
             assert_eq!(ok.parse::<RequestId>().unwrap().as_str(), ok);
         }
         assert_eq!("".parse::<RequestId>(), Err(RequestIdError::Length(0)));
-        assert_eq!("x".repeat(MAX_REQUEST_ID + 1).parse::<RequestId>(), Err(RequestIdError::Length(MAX_REQUEST_ID + 1)));
-        assert_eq!("no spaces".parse::<RequestId>(), Err(RequestIdError::Character(' ')));
-        assert_eq!("quote\"".parse::<RequestId>(), Err(RequestIdError::Character('"')));
+        assert_eq!(
+            "x".repeat(MAX_REQUEST_ID + 1).parse::<RequestId>(),
+            Err(RequestIdError::Length(MAX_REQUEST_ID + 1))
+        );
+        assert_eq!(
+            "no spaces".parse::<RequestId>(),
+            Err(RequestIdError::Character(' '))
+        );
+        assert_eq!(
+            "quote\"".parse::<RequestId>(),
+            Err(RequestIdError::Character('"'))
+        );
         let (a, b) = (RequestId::generate(), RequestId::generate());
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 32);
         // On the wire: an optional field beside `v`; a bad one does not parse.
-        let line = serde_json::to_string(&Envelope { v: 1, id: Some(a.clone()), body: Request::Ping }).unwrap();
+        let line = serde_json::to_string(&Envelope {
+            v: 1,
+            id: Some(a.clone()),
+            body: Request::Ping,
+        })
+        .unwrap();
         let back: Envelope<Request> = serde_json::from_str(&line).unwrap();
         assert_eq!(back.id, Some(a));
         assert!(line.contains("\"request_id\""), "{line}");
-        assert!(serde_json::from_str::<Envelope<Request>>("{\"v\":1,\"request_id\":\"a b\",\"op\":\"ping\"}").is_err());
+        assert!(
+            serde_json::from_str::<Envelope<Request>>(
+                "{\"v\":1,\"request_id\":\"a b\",\"op\":\"ping\"}"
+            )
+            .is_err()
+        );
         // `id` stays the pending id of approve.
-        let approve: Envelope<Request> = serde_json::from_str("{\"v\":1,\"request_id\":\"r1\",\"op\":\"approve\",\"id\":7}").unwrap();
+        let approve: Envelope<Request> =
+            serde_json::from_str("{\"v\":1,\"request_id\":\"r1\",\"op\":\"approve\",\"id\":7}")
+                .unwrap();
         assert!(matches!(approve.body, Request::Approve { id: 7 }));
         assert_eq!(approve.id.unwrap().as_str(), "r1");
     }

@@ -211,7 +211,11 @@ impl Store {
     /// (the sort is stable), and rows of different keys are independent. In order, redb fills
     /// each leaf page once; in the order a feed's targets come (hashed), a large commit spills
     /// pages from its write buffer and reads them back, several times as slow.
-    fn write_blocks(&self, table: &mut redb::Table<'_, (&str, &str), &[u8]>, ops: &[StoreOp]) -> Result<(), StoreError> {
+    fn write_blocks(
+        &self,
+        table: &mut redb::Table<'_, (&str, &str), &[u8]>,
+        ops: &[StoreOp],
+    ) -> Result<(), StoreError> {
         let mut rows: Vec<(String, &StoreOp)> = ops
             .iter()
             .filter_map(|op| match op {
@@ -220,7 +224,9 @@ impl Store {
                 _ => None,
             })
             .collect();
-        rows.sort_by(|(a, x), (b, y)| (a.as_str(), block_source(x)).cmp(&(b.as_str(), block_source(y))));
+        rows.sort_by(|(a, x), (b, y)| {
+            (a.as_str(), block_source(x)).cmp(&(b.as_str(), block_source(y)))
+        });
         for (key, op) in rows {
             match op {
                 StoreOp::Put(r) => {
@@ -230,7 +236,9 @@ impl Store {
                         .map_err(|e| self.db_err(e))?;
                 }
                 StoreOp::Delete(_, source) => {
-                    table.remove((key.as_str(), source.as_str())).map_err(|e| self.db_err(e))?;
+                    table
+                        .remove((key.as_str(), source.as_str()))
+                        .map_err(|e| self.db_err(e))?;
                 }
                 _ => {}
             }
@@ -247,34 +255,50 @@ impl Store {
         match op {
             StoreOp::Put(_) | StoreOp::Delete(..) => {}
             StoreOp::SetNextPending(id) => {
-                t.meta.insert(META_NEXT_PENDING, self.json(id)?.as_slice()).map_err(|e| self.db_err(e))?;
+                t.meta
+                    .insert(META_NEXT_PENDING, self.json(id)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::SetTimeBase(base) => {
-                t.meta.insert(META_TIME_BASE, self.json(base)?.as_slice()).map_err(|e| self.db_err(e))?;
+                t.meta
+                    .insert(META_TIME_BASE, self.json(base)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::PutRequest(r) => {
-                t.requests.insert(r.id.as_str(), self.json(r)?.as_slice()).map_err(|e| self.db_err(e))?;
+                t.requests
+                    .insert(r.id.as_str(), self.json(r)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::DeleteRequest(id) => {
                 t.requests.remove(id.as_str()).map_err(|e| self.db_err(e))?;
             }
             StoreOp::PutAllow(target, v) => {
-                t.allow.insert(target.to_string().as_str(), self.json(v)?.as_slice()).map_err(|e| self.db_err(e))?;
+                t.allow
+                    .insert(target.to_string().as_str(), self.json(v)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::DeleteAllow(target) => {
-                t.allow.remove(target.to_string().as_str()).map_err(|e| self.db_err(e))?;
+                t.allow
+                    .remove(target.to_string().as_str())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::PutPending(p) => {
-                t.pending.insert(p.id, self.json(p)?.as_slice()).map_err(|e| self.db_err(e))?;
+                t.pending
+                    .insert(p.id, self.json(p)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::DeletePending(id) => {
                 t.pending.remove(*id).map_err(|e| self.db_err(e))?;
             }
             StoreOp::PutOffenses(target, times) if times.is_empty() => {
-                t.offenses.remove(target.to_string().as_str()).map_err(|e| self.db_err(e))?;
+                t.offenses
+                    .remove(target.to_string().as_str())
+                    .map_err(|e| self.db_err(e))?;
             }
             StoreOp::PutOffenses(target, times) => {
-                t.offenses.insert(target.to_string().as_str(), self.json(times)?.as_slice()).map_err(|e| self.db_err(e))?;
+                t.offenses
+                    .insert(target.to_string().as_str(), self.json(times)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
             }
         }
         Ok(())
@@ -302,7 +326,10 @@ impl Store {
             Some(v) => Some(self.decode(&format!("meta/{META_TIME_BASE}"), v.value())?),
             None => None,
         };
-        Ok(StoreMeta { next_pending_id, time_base })
+        Ok(StoreMeta {
+            next_pending_id,
+            time_base,
+        })
     }
 
     /// The remembered request ids.
@@ -316,7 +343,11 @@ impl Store {
     }
 
     /// Every value of a table, decoded as `V` (a bad row is named `name/<key>`).
-    fn load_values<K, V>(&self, def: TableDefinition<'_, K, &[u8]>, name: &str) -> Result<Vec<V>, StoreError>
+    fn load_values<K, V>(
+        &self,
+        def: TableDefinition<'_, K, &[u8]>,
+        name: &str,
+    ) -> Result<Vec<V>, StoreError>
     where
         K: redb::Key + 'static,
         for<'a> K::SelfType<'a>: std::fmt::Display,
@@ -344,13 +375,20 @@ impl Store {
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             let key = format!("{name}/{}", k.value());
-            let target: Target = k.value().parse().map_err(|e: crate::TargetError| self.corrupt(&key, e))?;
+            let target: Target = k
+                .value()
+                .parse()
+                .map_err(|e: crate::TargetError| self.corrupt(&key, e))?;
             out.push((target, self.decode(&key, v.value())?));
         }
         Ok(out)
     }
 
-    fn decode<V: serde::de::DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<V, StoreError> {
+    fn decode<V: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<V, StoreError> {
         serde_json::from_slice(bytes).map_err(|e| self.corrupt(key, e))
     }
 
@@ -375,7 +413,9 @@ impl Store {
                 key: format!("{target}/{source}"),
                 message,
             };
-            let target: Target = target.parse().map_err(|e: crate::TargetError| corrupt(e.to_string()))?;
+            let target: Target = target
+                .parse()
+                .map_err(|e: crate::TargetError| corrupt(e.to_string()))?;
             let block: SourceBlock =
                 serde_json::from_slice(v.value()).map_err(|e| corrupt(e.to_string()))?;
             out.push(Record { target, block });
@@ -423,7 +463,13 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let mut all = store.load_all().unwrap();
         all.sort_by(|a, b| (a.target, &a.block.source).cmp(&(b.target, &b.block.source)));
-        assert_eq!(all, vec![record("192.0.2.1", "wazuh", None), record("2001:db8::/48", "cli", Some(20))]);
+        assert_eq!(
+            all,
+            vec![
+                record("192.0.2.1", "wazuh", None),
+                record("2001:db8::/48", "cli", Some(20))
+            ]
+        );
     }
 
     #[test]
@@ -447,7 +493,11 @@ mod tests {
         all.sort_by(|a, b| (a.target, &a.block.source).cmp(&(b.target, &b.block.source)));
         assert_eq!(
             all,
-            vec![record("192.0.2.9", "cli", Some(2)), record("198.51.100.7", "cli", Some(3)), record("2001:db8::1", "wazuh", None)]
+            vec![
+                record("192.0.2.9", "cli", Some(2)),
+                record("198.51.100.7", "cli", Some(3)),
+                record("2001:db8::1", "wazuh", None)
+            ]
         );
         assert_eq!(store.load_meta().unwrap().next_pending_id, Some(4));
     }
@@ -470,11 +520,28 @@ mod tests {
         }
         let mut store = Store::open(&path).unwrap();
         assert_eq!(store.load_meta().unwrap(), StoreMeta::default());
-        assert_eq!(store.load_all().unwrap(), vec![record("192.0.2.1", "cli", Some(10))]);
-        let base = TimeBase { boot_id: "b".into(), wall_minus_boot_ms: -5 };
-        store.commit(&[StoreOp::SetNextPending(7), StoreOp::SetTimeBase(base.clone())]).unwrap();
+        assert_eq!(
+            store.load_all().unwrap(),
+            vec![record("192.0.2.1", "cli", Some(10))]
+        );
+        let base = TimeBase {
+            boot_id: "b".into(),
+            wall_minus_boot_ms: -5,
+        };
+        store
+            .commit(&[
+                StoreOp::SetNextPending(7),
+                StoreOp::SetTimeBase(base.clone()),
+            ])
+            .unwrap();
         drop(store);
         let meta = Store::open(&path).unwrap().load_meta().unwrap();
-        assert_eq!(meta, StoreMeta { next_pending_id: Some(7), time_base: Some(base) });
+        assert_eq!(
+            meta,
+            StoreMeta {
+                next_pending_id: Some(7),
+                time_base: Some(base)
+            }
+        );
     }
 }

@@ -39,7 +39,8 @@ impl Target {
         let net = match net {
             IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
                 Some(v4) if v6.prefix_len() >= 96 => IpNet::V4(
-                    Ipv4Net::new(v4, v6.prefix_len() - 96).expect("96..=128 - 96 is a valid v4 length"),
+                    Ipv4Net::new(v4, v6.prefix_len() - 96)
+                        .expect("96..=128 - 96 is a valid v4 length"),
                 ),
                 _ => IpNet::V6(v6),
             },
@@ -94,11 +95,23 @@ impl Target {
     /// refused rather than accepted as a no-op.
     pub fn not_a_block_target(&self) -> Option<&'static str> {
         const RANGES: [(&str, &str); 5] = [
-            ("0.0.0.0/8", "0.0.0.0/8 is the unspecified (\"this network\") range, not a sender"),
-            ("224.0.0.0/4", "multicast addresses (224.0.0.0/4) never send packets"),
-            ("255.255.255.255/32", "255.255.255.255 is the broadcast address, not a sender"),
+            (
+                "0.0.0.0/8",
+                "0.0.0.0/8 is the unspecified (\"this network\") range, not a sender",
+            ),
+            (
+                "224.0.0.0/4",
+                "multicast addresses (224.0.0.0/4) never send packets",
+            ),
+            (
+                "255.255.255.255/32",
+                "255.255.255.255 is the broadcast address, not a sender",
+            ),
             ("::/128", ":: is the unspecified address, not a sender"),
-            ("ff00::/8", "multicast addresses (ff00::/8) never send packets"),
+            (
+                "ff00::/8",
+                "multicast addresses (ff00::/8) never send packets",
+            ),
         ];
         RANGES.iter().find_map(|(range, why)| {
             let range: IpNet = range.parse().expect("a valid range");
@@ -122,10 +135,27 @@ mod block_target_tests {
     #[test]
     fn unspecified_multicast_and_broadcast_addresses_are_not_block_targets() {
         let why = |s: &str| s.parse::<Target>().unwrap().not_a_block_target();
-        for bad in ["0.0.0.0", "0.1.2.3", "0.0.0.0/8", "224.0.0.1", "239.255.255.250", "255.255.255.255", "::", "ff02::1", "::ffff:0.0.0.0"] {
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "0.0.0.0/8",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+            "::ffff:0.0.0.0",
+        ] {
             assert!(why(bad).is_some(), "{bad}");
         }
-        for good in ["192.0.2.7", "0.0.0.0/0", "::/0", "2001:db8::1", "198.51.100.0/24", "::1"] {
+        for good in [
+            "192.0.2.7",
+            "0.0.0.0/0",
+            "::/0",
+            "2001:db8::1",
+            "198.51.100.0/24",
+            "::1",
+        ] {
             assert_eq!(why(good), None, "{good}");
         }
         assert!(why("0.0.0.0").unwrap().contains("unspecified"));
@@ -225,11 +255,26 @@ mod tests {
     #[test]
     fn rejects_what_is_not_an_address() {
         assert!(matches!(t("fe80::1%eth0"), Err(TargetError::Zone(_))));
-        assert!(matches!(t("example.com"), Err(TargetError::NotAnAddress(_))));
-        assert!(matches!(t("192.0.2.1/33"), Err(TargetError::BadPrefixLength(_))));
-        assert!(matches!(t("192.0.2.1/"), Err(TargetError::BadPrefixLength(_))));
-        assert!(matches!(t("192.0.2.1/+8"), Err(TargetError::BadPrefixLength(_))));
-        assert!(matches!(t("2001:db8::/129"), Err(TargetError::BadPrefixLength(_))));
+        assert!(matches!(
+            t("example.com"),
+            Err(TargetError::NotAnAddress(_))
+        ));
+        assert!(matches!(
+            t("192.0.2.1/33"),
+            Err(TargetError::BadPrefixLength(_))
+        ));
+        assert!(matches!(
+            t("192.0.2.1/"),
+            Err(TargetError::BadPrefixLength(_))
+        ));
+        assert!(matches!(
+            t("192.0.2.1/+8"),
+            Err(TargetError::BadPrefixLength(_))
+        ));
+        assert!(matches!(
+            t("2001:db8::/129"),
+            Err(TargetError::BadPrefixLength(_))
+        ));
         assert!(matches!(t("300.1.1.1"), Err(TargetError::NotAnAddress(_))));
         assert!(matches!(t(""), Err(TargetError::Empty)));
     }

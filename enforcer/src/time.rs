@@ -48,7 +48,10 @@ impl Clock for SystemClock {
     fn read(&self) -> Reading {
         // The boot clock first: a wall step between the two reads is seen at the next one.
         let boot_ms = crate::datapath::clock::boottime_ns() / 1_000_000;
-        Reading { wall_ms: now_ms(), boot_ms }
+        Reading {
+            wall_ms: now_ms(),
+            boot_ms,
+        }
     }
 }
 
@@ -85,7 +88,8 @@ impl TimeBase {
     /// How far `stored`'s deadlines must move to keep their boot-relative time under this base:
     /// `None` on another boot (or an unknown one), where only the wall clock is left.
     pub fn shift_from(&self, stored: &Self) -> Option<i64> {
-        (!self.boot_id.is_empty() && stored.boot_id == self.boot_id).then(|| self.wall_minus_boot_ms - stored.wall_minus_boot_ms)
+        (!self.boot_id.is_empty() && stored.boot_id == self.boot_id)
+            .then(|| self.wall_minus_boot_ms - stored.wall_minus_boot_ms)
     }
 }
 
@@ -114,7 +118,11 @@ impl<C: Clock> TimeKeeper<C> {
     /// Starts following `clock` on the boot `boot_id`.
     pub fn new(clock: C, boot_id: String) -> Self {
         let last = clock.read();
-        Self { clock, boot_id, last }
+        Self {
+            clock,
+            boot_id,
+            last,
+        }
     }
 
     /// The base deadlines are expressed under, as of the last tick.
@@ -143,7 +151,11 @@ impl<C: Clock> TimeKeeper<C> {
 
 /// Formats a step for people: `+86400.0 s`.
 pub fn describe_jump(ms: i64) -> String {
-    format!("{}{:.1} s", if ms >= 0 { "+" } else { "-" }, ms.unsigned_abs() as f64 / 1000.0)
+    format!(
+        "{}{:.1} s",
+        if ms >= 0 { "+" } else { "-" },
+        ms.unsigned_abs() as f64 / 1000.0
+    )
 }
 
 #[cfg(test)]
@@ -209,15 +221,35 @@ mod tests {
 
     #[test]
     fn boot_deadlines_do_not_move_with_the_wall_clock() {
-        let before = TimeBase { boot_id: "a".into(), wall_minus_boot_ms: 1_000_000 };
-        let after = TimeBase { boot_id: "a".into(), wall_minus_boot_ms: 1_000_000 + DAY };
+        let before = TimeBase {
+            boot_id: "a".into(),
+            wall_minus_boot_ms: 1_000_000,
+        };
+        let after = TimeBase {
+            boot_id: "a".into(),
+            wall_minus_boot_ms: 1_000_000 + DAY,
+        };
         let shift = after.shift_from(&before).unwrap();
         assert_eq!(shift, DAY);
         let deadline = 5_000_000;
-        assert_eq!(after.boot_deadline_ns(deadline + shift as u64), before.boot_deadline_ns(deadline));
-        assert_eq!(before.boot_deadline_ns(0), 1, "before boot is expired, not permanent");
-        let other_boot = TimeBase { boot_id: "b".into(), ..after.clone() };
+        assert_eq!(
+            after.boot_deadline_ns(deadline + shift as u64),
+            before.boot_deadline_ns(deadline)
+        );
+        assert_eq!(
+            before.boot_deadline_ns(0),
+            1,
+            "before boot is expired, not permanent"
+        );
+        let other_boot = TimeBase {
+            boot_id: "b".into(),
+            ..after.clone()
+        };
         assert_eq!(other_boot.shift_from(&before), None);
-        assert_eq!(TimeBase::default().shift_from(&TimeBase::default()), None, "an unknown boot is not this one");
+        assert_eq!(
+            TimeBase::default().shift_from(&TimeBase::default()),
+            None,
+            "an unknown boot is not this one"
+        );
     }
 }

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use enforcer::{
-    access::AccessPolicy, config::Config, duration::HumanDuration, interfaces::InterfaceSpec, policy::Policy,
+    access::AccessPolicy, config::Config, duration::HumanDuration, interfaces::InterfaceSpec,
+    policy::Policy,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -21,21 +22,34 @@ fn accepted(config: Config) {
     for spec in &config.interfaces {
         assert_eq!(spec.to_string().parse::<InterfaceSpec>().as_ref(), Ok(spec));
     }
-    assert!(config.capacity.addresses > 0 && config.capacity.prefixes > 0 && config.capacity.allow > 0);
+    assert!(
+        config.capacity.addresses > 0 && config.capacity.prefixes > 0 && config.capacity.allow > 0
+    );
     let _ = AccessPolicy::new(config.access.clone(), Some(0));
     let _ = Policy::new(config.policy, ttl.0);
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match Config::parse(text, NAME) {
         Ok(config) => accepted(config),
         Err(e) => {
             let lines = text.split('\n').count();
             assert_eq!(e.path, NAME);
-            assert!((1..=lines).contains(&e.line), "line {} of {lines}: {e}", e.line);
+            assert!(
+                (1..=lines).contains(&e.line),
+                "line {} of {lines}: {e}",
+                e.line
+            );
             let line = text.split('\n').nth(e.line - 1).unwrap_or("");
-            assert!((1..=line.len() + 1).contains(&e.column), "column {} of {}: {e}", e.column, line.len());
+            assert!(
+                (1..=line.len() + 1).contains(&e.column),
+                "column {} of {}: {e}",
+                e.column,
+                line.len()
+            );
             assert!(!e.message.is_empty());
             assert!(e.to_string().starts_with("fuzz.toml:"));
         }

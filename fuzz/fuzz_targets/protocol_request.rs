@@ -6,7 +6,9 @@
 //! fixed point).
 #![no_main]
 
-use enforcer::protocol::{Envelope, ErrorCode, PROTOCOL_VERSION, Request, RequestId, parse_request};
+use enforcer::protocol::{
+    Envelope, ErrorCode, PROTOCOL_VERSION, Request, RequestId, parse_request,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn line(request: &Request, id: &Option<RequestId>) -> Vec<u8> {
@@ -22,10 +24,16 @@ fuzz_target!(|data: &[u8]| {
     match parse_request(data) {
         Ok((request, id)) => {
             let op = request.op();
-            assert!(!matches!(request, Request::HostChanged(_) | Request::LinksChanged(_)), "internal `{op}` parsed");
+            assert!(
+                !matches!(request, Request::HostChanged(_) | Request::LinksChanged(_)),
+                "internal `{op}` parsed"
+            );
             let first = line(&request, &id);
             let (again, again_id) = parse_request(&first).unwrap_or_else(|e| {
-                panic!("`{op}` serialised as {} does not parse back: {e:?}", String::from_utf8_lossy(&first))
+                panic!(
+                    "`{op}` serialised as {} does not parse back: {e:?}",
+                    String::from_utf8_lossy(&first)
+                )
             });
             assert_eq!((again.op(), &again_id), (op, &id));
             let second = line(&again, &again_id);
@@ -37,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert!(
-                matches!(e.code, ErrorCode::InvalidRequest | ErrorCode::UnsupportedVersion),
+                matches!(
+                    e.code,
+                    ErrorCode::InvalidRequest | ErrorCode::UnsupportedVersion
+                ),
                 "parse error with code {:?}",
                 e.code
             );

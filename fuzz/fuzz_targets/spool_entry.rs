@@ -19,7 +19,11 @@ use libfuzzer_sys::fuzz_target;
 fn targets(request: &Request) -> Vec<(String, Option<u64>)> {
     match request {
         Request::Block(b) => vec![(b.target.to_string(), b.ttl_secs)],
-        Request::BlockBatch(b) => b.items.iter().map(|i| (i.target.to_string(), i.ttl_secs.or(b.ttl_secs))).collect(),
+        Request::BlockBatch(b) => b
+            .items
+            .iter()
+            .map(|i| (i.target.to_string(), i.ttl_secs.or(b.ttl_secs)))
+            .collect(),
         Request::Unblock { target, .. } => vec![(target.to_string(), None)],
         other => panic!("`{}` accepted from a spool file", other.op()),
     }
@@ -32,7 +36,10 @@ fn check_adjust(entry: &Spooled, now: u64) {
     };
     let before = targets(&entry.request);
     let Some(after) = adjust(entry.request.clone(), entry.spooled_ms, now, &defaults) else {
-        assert!(matches!(entry.request, Request::Block(_) | Request::BlockBatch(_)), "an unblock was dropped");
+        assert!(
+            matches!(entry.request, Request::Block(_) | Request::BlockBatch(_)),
+            "an unblock was dropped"
+        );
         return;
     };
     assert_eq!(after.op(), entry.request.op());
@@ -46,9 +53,14 @@ fn check_adjust(entry: &Spooled, now: u64) {
             for (target, ttl) in &after_targets {
                 let ttl = ttl.expect("an adjusted block has a TTL");
                 assert!(ttl >= 1, "{target} gets a zero TTL");
-                let (_, asked) = rest.find(|(t, _)| t == target).expect("adjust invented or reordered a target");
+                let (_, asked) = rest
+                    .find(|(t, _)| t == target)
+                    .expect("adjust invented or reordered a target");
                 let asked = asked.unwrap_or(3600);
-                assert!(ttl <= asked.max(1), "{target}: TTL {ttl}s is longer than the {asked}s asked");
+                assert!(
+                    ttl <= asked.max(1),
+                    "{target}: TTL {ttl}s is longer than the {asked}s asked"
+                );
             }
         }
     }
@@ -62,16 +74,28 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         Err(EntryError::NotSpoolable(op)) => {
-            assert!(!matches!(op, "block" | "block_batch" | "unblock"), "`{op}` refused");
+            assert!(
+                !matches!(op, "block" | "block_batch" | "unblock"),
+                "`{op}` refused"
+            );
             return;
         }
     };
     let first = serde_json::to_vec(&entry).expect("an accepted entry serialises");
     let again = parse_entry(&first).expect("a serialised entry parses back");
     assert_eq!((again.spooled_ms, &again.id), (entry.spooled_ms, &entry.id));
-    assert_eq!(serde_json::to_vec(&again).unwrap(), first, "not a fixed point");
+    assert_eq!(
+        serde_json::to_vec(&again).unwrap(),
+        first,
+        "not a fixed point"
+    );
     // The drain's clock against the spooling time: before it, at it, after it, far after it.
-    for now in [0, entry.spooled_ms, entry.spooled_ms.saturating_add(1_500), u64::MAX] {
+    for now in [
+        0,
+        entry.spooled_ms,
+        entry.spooled_ms.saturating_add(1_500),
+        u64::MAX,
+    ] {
         check_adjust(&entry, now);
     }
 });

@@ -21,21 +21,34 @@ use libfuzzer_sys::fuzz_target;
 fn target(s: &str) {
     let Ok(t) = s.parse::<Target>() else { return };
     let text = t.to_string();
-    assert_eq!(text.parse::<Target>(), Ok(t), "`{s}` prints as `{text}`, which parses to something else");
+    assert_eq!(
+        text.parse::<Target>(),
+        Ok(t),
+        "`{s}` prints as `{text}`, which parses to something else"
+    );
     let json = serde_json::to_string(&t).unwrap();
     assert_eq!(serde_json::from_str::<Target>(&json).unwrap(), t);
     if !s.contains('/') {
-        assert!(t.is_host(), "`{s}` has no prefix length but is not one address");
+        assert!(
+            t.is_host(),
+            "`{s}` has no prefix length but is not one address"
+        );
     }
     assert!(t.contains(t.addr()));
     let _ = t.not_a_block_target();
 }
 
 fn duration(s: &str) {
-    let Ok(d) = s.parse::<HumanDuration>() else { return };
+    let Ok(d) = s.parse::<HumanDuration>() else {
+        return;
+    };
     assert!(d.0.as_secs() > 0, "`{s}` parses to zero");
     let text = d.to_string();
-    assert_eq!(text.parse::<HumanDuration>(), Ok(d), "`{s}` prints as `{text}`, which parses to something else");
+    assert_eq!(
+        text.parse::<HumanDuration>(),
+        Ok(d),
+        "`{s}` prints as `{text}`, which parses to something else"
+    );
     let short = format_secs_short(d.0.as_secs());
     assert!(format_secs(d.0.as_secs()).starts_with(&short));
 }
@@ -43,7 +56,11 @@ fn duration(s: &str) {
 fn go_duration(s: &str) {
     let Ok(ms) = parse_millis(s) else { return };
     if !s.starts_with(['-', '+']) {
-        assert_eq!(parse_millis(&format!("-{s}")), Ok(-ms), "`-{s}` is not the negation of `{s}`");
+        assert_eq!(
+            parse_millis(&format!("-{s}")),
+            Ok(-ms),
+            "`-{s}` is not the negation of `{s}`"
+        );
     }
 }
 

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use enforcer::{
     Target,
     hooks::wazuh::{
-        Command, Defaults, InputError, check_keys_line, find_address, parse_message, parse_options, parse_reply,
-        reason_from_alert,
+        Command, Defaults, InputError, check_keys_line, find_address, parse_message, parse_options,
+        parse_reply, reason_from_alert,
     },
 };
 use libfuzzer_sys::fuzz_target;
@@ -23,11 +23,21 @@ use serde_json::{Value, json};
 fn check_address(alert: &Value) {
     match find_address(alert) {
         Ok((field, text, target)) => {
-            assert!(target.is_host(), "{field} `{text}` gave the prefix {target}");
+            assert!(
+                target.is_host(),
+                "{field} `{text}` gave the prefix {target}"
+            );
             assert_eq!(text.parse::<Target>(), Ok(target));
-            let line: Value = serde_json::from_str(&check_keys_line("firewall-drop", &target)).unwrap();
-            assert_eq!(line["parameters"]["keys"][0], Value::String(target.to_string()));
-            assert!(parse_reply(line.to_string().as_bytes()).is_err(), "check_keys taken as an answer");
+            let line: Value =
+                serde_json::from_str(&check_keys_line("firewall-drop", &target)).unwrap();
+            assert_eq!(
+                line["parameters"]["keys"][0],
+                Value::String(target.to_string())
+            );
+            assert!(
+                parse_reply(line.to_string().as_bytes()).is_err(),
+                "check_keys taken as an answer"
+            );
         }
         Err(InputError::NoAddress | InputError::BadAddress { .. }) => {}
         Err(e) => panic!("find_address failed with {e:?}"),
@@ -36,8 +46,16 @@ fn check_address(alert: &Value) {
 
 fn check_reason(alert: &Value) {
     let reason = reason_from_alert(alert);
-    let within = |field: &Option<String>, max: usize| field.as_ref().is_none_or(|s| !s.is_empty() && s.len() <= max);
-    assert!(within(&reason.rule_id, 128) && within(&reason.alert_id, 128) && within(&reason.agent_id, 128));
+    let within = |field: &Option<String>, max: usize| {
+        field
+            .as_ref()
+            .is_none_or(|s| !s.is_empty() && s.len() <= max)
+    };
+    assert!(
+        within(&reason.rule_id, 128)
+            && within(&reason.alert_id, 128)
+            && within(&reason.agent_id, 128)
+    );
     assert!(within(&reason.rule_description, 512) && within(&reason.agent_name, 256));
     assert!(reason.text.is_some() || reason.rule_id.is_some() || reason.rule_description.is_some());
 }
@@ -48,7 +66,11 @@ fn check_options(args: &[String]) {
         state_dir: PathBuf::from("/var/lib/enforcer"),
     };
     if let Ok(options) = parse_options(args, &defaults) {
-        assert_eq!((options.socket, options.state_dir), (defaults.socket, defaults.state_dir), "{args:?}");
+        assert_eq!(
+            (options.socket, options.state_dir),
+            (defaults.socket, defaults.state_dir),
+            "{args:?}"
+        );
         assert!(options.ttl.is_none_or(|t| !t.is_zero()));
     }
 }
@@ -57,7 +79,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_reply(data);
     let message = match parse_message(data) {
         Ok(m) => m,
-        Err(InputError::NotJson(_) | InputError::Missing { .. } | InputError::UnknownCommand(_)) => return,
+        Err(
+            InputError::NotJson(_) | InputError::Missing { .. } | InputError::UnknownCommand(_),
+        ) => return,
         Err(e) => panic!("parse_message failed with {e:?}"),
     };
     let command = match message.command {
@@ -70,7 +94,11 @@ fuzz_target!(|data: &[u8]| {
         "command": command,
         "parameters": {"extra_args": message.extra_args, "alert": message.alert},
     });
-    assert_eq!(parse_message(line.to_string().as_bytes()), Ok(message.clone()), "{line}");
+    assert_eq!(
+        parse_message(line.to_string().as_bytes()),
+        Ok(message.clone()),
+        "{line}"
+    );
     check_address(&message.alert);
     check_reason(&message.alert);
     check_options(&message.extra_args);

@@ -24,8 +24,23 @@ impl Account {
         run("groupadd", &["--system", &name])?;
         record_created("group", &name);
         // From here on, drop removes the group even if useradd fails.
-        let mut account = Self { name, uid: 0, gid: 0 };
-        run("useradd", &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--gid", &account.name, &account.name])?;
+        let mut account = Self {
+            name,
+            uid: 0,
+            gid: 0,
+        };
+        run(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--gid",
+                &account.name,
+                &account.name,
+            ],
+        )?;
         record_created("user", &account.name);
         account.uid = run("id", &["-u", &account.name])?.trim().parse()?;
         account.gid = run("id", &["-g", &account.name])?.trim().parse()?;
@@ -45,7 +60,11 @@ impl Account {
     /// Runs `program args` as this user, with its login groups.
     pub fn run(&self, program: &Path, args: &[&str]) -> Output {
         Command::new("setpriv")
-            .args([&format!("--reuid={}", self.uid), &format!("--regid={}", self.gid), "--init-groups"])
+            .args([
+                &format!("--reuid={}", self.uid),
+                &format!("--regid={}", self.gid),
+                "--init-groups",
+            ])
             .arg(program)
             .args(args)
             .output()

@@ -22,7 +22,10 @@ fn cache_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own binary path");
     let mut dir = exe.parent().expect("binary dir").to_path_buf();
     // target/<profile>/deps or target/<profile> -> target
-    while dir.file_name().is_some_and(|n| n == "deps" || n == "debug" || n == "release") {
+    while dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "debug" || n == "release")
+    {
         dir.pop();
     }
     dir.join("crowdsec")
@@ -33,7 +36,9 @@ fn cache_dir() -> PathBuf {
 pub fn unpacked() -> Result<PathBuf> {
     // Tests of one binary run in parallel: one download is enough.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = cache_dir().join("root");
     if root.join("usr/bin/crowdsec").exists() {
         return Ok(root);
@@ -56,7 +61,10 @@ pub fn unpacked() -> Result<PathBuf> {
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .context("apt-get download left no .deb")?;
     let tree = work.path().join("root");
-    crate::run("dpkg-deb", &["-x", &deb.to_string_lossy(), &tree.to_string_lossy()])?;
+    crate::run(
+        "dpkg-deb",
+        &["-x", &deb.to_string_lossy(), &tree.to_string_lossy()],
+    )?;
     match std::fs::rename(&tree, &root) {
         Ok(()) => {}
         // Another test unpacked it first.
@@ -77,13 +85,35 @@ pub struct Pki {
 impl Pki {
     /// Makes every certificate and key in a fresh temporary directory.
     pub fn new() -> Result<Self> {
-        let pki = Self { dir: tempfile::tempdir()? };
+        let pki = Self {
+            dir: tempfile::tempdir()?,
+        };
         pki.ca("ca")?;
         pki.ca("rogue-ca")?;
-        pki.leaf("server", "ca", "/O=enforcer tests/CN=127.0.0.1", Some("subjectAltName=IP:127.0.0.1"))?;
-        pki.leaf("bouncer", "ca", "/O=enforcer tests/OU=bouncer-ou/CN=enforcer-mtls", None)?;
-        pki.leaf("agent", "ca", "/O=enforcer tests/OU=agent-ou/CN=enforcer-wrong-ou", None)?;
-        pki.leaf("rogue", "rogue-ca", "/O=enforcer tests/OU=bouncer-ou/CN=enforcer-rogue", None)?;
+        pki.leaf(
+            "server",
+            "ca",
+            "/O=enforcer tests/CN=127.0.0.1",
+            Some("subjectAltName=IP:127.0.0.1"),
+        )?;
+        pki.leaf(
+            "bouncer",
+            "ca",
+            "/O=enforcer tests/OU=bouncer-ou/CN=enforcer-mtls",
+            None,
+        )?;
+        pki.leaf(
+            "agent",
+            "ca",
+            "/O=enforcer tests/OU=agent-ou/CN=enforcer-wrong-ou",
+            None,
+        )?;
+        pki.leaf(
+            "rogue",
+            "rogue-ca",
+            "/O=enforcer tests/OU=bouncer-ou/CN=enforcer-rogue",
+            None,
+        )?;
         Ok(pki)
     }
 
@@ -93,25 +123,89 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("openssl").args(args).current_dir(self.dir.path()).output().context("running openssl")?;
-        ensure!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .context("running openssl")?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 
     fn ca(&self, name: &str) -> Result<()> {
         let subject = format!("/O=enforcer tests/CN={name}");
         let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-        self.openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject])
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+        ])
     }
 
     fn leaf(&self, name: &str, ca: &str, subject: &str, ext: Option<&str>) -> Result<()> {
-        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
-        self.openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject])?;
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ])?;
         let ext_file = format!("{name}.ext");
-        let usage = if ext.is_some() { "serverAuth" } else { "clientAuth" };
-        std::fs::write(self.path(&ext_file), format!("extendedKeyUsage={usage}\n{}\n", ext.unwrap_or("")))?;
+        let usage = if ext.is_some() {
+            "serverAuth"
+        } else {
+            "clientAuth"
+        };
+        std::fs::write(
+            self.path(&ext_file),
+            format!("extendedKeyUsage={usage}\n{}\n", ext.unwrap_or("")),
+        )?;
         let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-        self.openssl(&["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", &ext_file])
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+        ])
     }
 }
 
@@ -163,7 +257,10 @@ impl Lapi {
             ),
         )?;
         let scheme = if pki.is_some() { "https" } else { "http" };
-        std::fs::write(d.join("credentials.yaml"), format!("url: {scheme}://{listen}\n"))?;
+        std::fs::write(
+            d.join("credentials.yaml"),
+            format!("url: {scheme}://{listen}\n"),
+        )?;
         let mut lapi = Self {
             root,
             dir,
@@ -173,14 +270,28 @@ impl Lapi {
             tls: pki.is_some(),
         };
         let creds = lapi.dir.path().join("credentials.yaml");
-        lapi.cscli(&["machines", "add", "test", "--auto", "--force", "-f", &creds.to_string_lossy(), "--url", &lapi.url()])?;
+        lapi.cscli(&[
+            "machines",
+            "add",
+            "test",
+            "--auto",
+            "--force",
+            "-f",
+            &creds.to_string_lossy(),
+            "--url",
+            &lapi.url(),
+        ])?;
         lapi.spawn()?;
         Ok(lapi)
     }
 
     /// The URL a bouncer uses.
     pub fn url(&self) -> String {
-        format!("{}://{}/", if self.tls { "https" } else { "http" }, self.listen)
+        format!(
+            "{}://{}/",
+            if self.tls { "https" } else { "http" },
+            self.listen
+        )
     }
 
     /// (Re)starts the LAPI process (the database persists) and waits until it answers.
@@ -199,11 +310,25 @@ impl Lapi {
             .context("starting crowdsec")?;
         self.child = Some(child);
         wait_for("the LAPI to answer", Duration::from_secs(30), || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 anyhow::bail!("crowdsec exited ({status}): {}", self.log());
             }
             // Any HTTP answer (401 without a key) means it listens.
-            let out = self.exec("curl", &["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}v1/decisions/stream", self.url())])?;
+            let out = self.exec(
+                "curl",
+                &[
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("{}v1/decisions/stream", self.url()),
+                ],
+            )?;
             Ok((out != "000").then_some(()))
         })
     }
@@ -222,7 +347,10 @@ impl Lapi {
     }
 
     fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new("ip").args(["netns", "exec", &self.netns, program]).args(args).output()?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args)
+            .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -249,7 +377,10 @@ impl Lapi {
     /// `cscli decisions import`.
     pub fn import(&self, values: &[String], duration: &str) -> Result<()> {
         use std::io::Write as _;
-        let csv = self.dir.path().join(format!("{}.csv", crate::unique_name("import")));
+        let csv = self
+            .dir
+            .path()
+            .join(format!("{}.csv", crate::unique_name("import")));
         let mut f = std::io::BufWriter::new(std::fs::File::create(&csv)?);
         writeln!(f, "duration,scope,value,reason")?;
         for v in values {
@@ -263,7 +394,10 @@ impl Lapi {
 
     /// Registers a bouncer and returns its API key.
     pub fn add_bouncer(&self, name: &str) -> Result<String> {
-        Ok(self.cscli(&["bouncers", "add", name, "-o", "raw"])?.trim().to_owned())
+        Ok(self
+            .cscli(&["bouncers", "add", name, "-o", "raw"])?
+            .trim()
+            .to_owned())
     }
 
     /// Writes a key file (mode 0600) and a daemon configuration using it; returns the
@@ -277,7 +411,10 @@ impl Lapi {
         let config = self.dir.path().join(format!("{bouncer}.toml"));
         std::fs::write(
             &config,
-            format!("[crowdsec]\napi_url = \"{url}\"\napi_key_file = \"{}\"\n{extra}", key_file.display()),
+            format!(
+                "[crowdsec]\napi_url = \"{url}\"\napi_key_file = \"{}\"\n{extra}",
+                key_file.display()
+            ),
         )?;
         Ok(config)
     }

@@ -7,7 +7,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use enforcer::protocol::{AllowEntry, BlockReply, ListEntry, PendingBlock, ShowReply, StatsReply, StatusReply};
+use enforcer::protocol::{
+    AllowEntry, BlockReply, ListEntry, PendingBlock, ShowReply, StatsReply, StatusReply,
+};
 use serde::de::DeserializeOwned;
 
 use crate::{Lab, RECEIVER_IF, wait_for};
@@ -17,8 +19,16 @@ pub fn enforcer_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("own binary path");
     // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
     let dir = exe.parent().expect("binary dir");
-    let bin = if dir.ends_with("deps") { dir.parent().expect("target dir").join("enforcer") } else { dir.join("enforcer") };
-    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p enforcer`, done by `cargo xtask test`)", bin.display());
+    let bin = if dir.ends_with("deps") {
+        dir.parent().expect("target dir").join("enforcer")
+    } else {
+        dir.join("enforcer")
+    };
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p enforcer`, done by `cargo xtask test`)",
+        bin.display()
+    );
     bin
 }
 
@@ -55,7 +65,10 @@ impl Daemon {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("enforcer.toml");
         std::fs::write(&path, config)?;
-        let d = Self::start(lab, &["--config", path.to_str().context("a UTF-8 temporary path")?])?;
+        let d = Self::start(
+            lab,
+            &["--config", path.to_str().context("a UTF-8 temporary path")?],
+        )?;
         Ok((d, dir))
     }
 
@@ -69,7 +82,12 @@ impl Daemon {
         Self::start_full(bin, lab, extra, Vec::new())
     }
 
-    fn start_full(bin: &Path, lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
+    fn start_full(
+        bin: &Path,
+        lab: &Lab,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         // A test may choose the state directory (`--state-dir DIR` among the extra flags).
         let state_dir = extra
@@ -78,7 +96,12 @@ impl Daemon {
             .and_then(|i| extra.get(i + 1))
             .map_or_else(|| tmp.path().join("state"), PathBuf::from);
         let extra: Vec<&str> = match extra.iter().position(|a| *a == "--state-dir") {
-            Some(i) => extra.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect(),
+            Some(i) => extra
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && *j != i + 1)
+                .map(|(_, a)| *a)
+                .collect(),
             None => extra.to_vec(),
         };
         let mut d = Self {
@@ -98,13 +121,27 @@ impl Daemon {
 
     /// (Re)starts the process and waits until it answers.
     pub fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::File::create(self._tmp.path().join(format!("daemon-{}.log", crate::unique_name(""))))?;
+        let log = std::fs::File::create(
+            self._tmp
+                .path()
+                .join(format!("daemon-{}.log", crate::unique_name(""))),
+        )?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("daemon")
-            .args(if self.extra.iter().any(|a| a == "--config") { &[][..] } else { &["--config", "/dev/null"][..] })
-            .args(["--netns", &self.netns, "--iface", RECEIVER_IF, "--state-dir"])
+            .args(if self.extra.iter().any(|a| a == "--config") {
+                &[][..]
+            } else {
+                &["--config", "/dev/null"][..]
+            })
+            .args([
+                "--netns",
+                &self.netns,
+                "--iface",
+                RECEIVER_IF,
+                "--state-dir",
+            ])
             .arg(&self.state_dir)
             .arg("--bpffs-dir")
             .arg(&self.bpffs);
@@ -127,11 +164,19 @@ impl Daemon {
         let socket = self.socket.clone();
         let bin = self.bin.clone();
         wait_for("the daemon to answer", Duration::from_secs(20), || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 anyhow::bail!("the daemon exited early ({status}): {}", self.log());
             }
             // It answers: every interface protected (0), or some not (yet) protected.
-            let out = Command::new(&bin).arg("--socket").arg(&socket).arg("status").output()?;
+            let out = Command::new(&bin)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("status")
+                .output()?;
             Ok(matches!(out.status.code(), Some(0 | EXIT_UNPROTECTED)).then_some(()))
         })
     }
@@ -145,7 +190,10 @@ impl Daemon {
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
         self.audit_text()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}"))
+            })
             .collect()
     }
 
@@ -168,7 +216,11 @@ impl Daemon {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait()?;
-            anyhow::ensure!(status.success(), "daemon exited with {status}: {}", self.log());
+            anyhow::ensure!(
+                status.success(),
+                "daemon exited with {status}: {}",
+                self.log()
+            );
         }
         Ok(())
     }
@@ -211,7 +263,12 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (trace, log) = (dir.path().join("trace"), dir.path().join("strace.log"));
         let mut strace = Command::new("strace")
-            .args(["-f", "-e", "trace=fsync,fdatasync,sync_file_range,msync,ftruncate", "-o"])
+            .args([
+                "-f",
+                "-e",
+                "trace=fsync,fdatasync,sync_file_range,msync,ftruncate",
+                "-o",
+            ])
             .arg(&trace)
             .args(["-p", &self.pid().expect("the daemon runs").to_string()])
             .stderr(std::fs::File::create(&log).expect("strace log"))
@@ -219,7 +276,10 @@ impl Daemon {
             .expect("strace (Debian package strace)");
         // strace says on stderr when it has attached to every thread.
         wait_for("strace to attach", Duration::from_secs(10), || {
-            Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("attached").then_some(()))
+            Ok(std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("attached")
+                .then_some(()))
         })
         .expect("strace attaches");
         f();
@@ -252,8 +312,18 @@ impl Daemon {
         let out = self.cli(args);
         fails(&out, code, needle);
         one_line(&out, args);
-        assert!(out.stdout.is_empty(), "`enforcer {}` wrote on stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
-        assert_eq!(self.state(), before, "`enforcer {}` changed the daemon's state", args.join(" "));
+        assert!(
+            out.stdout.is_empty(),
+            "`enforcer {}` wrote on stdout: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            self.state(),
+            before,
+            "`enforcer {}` changed the daemon's state",
+            args.join(" ")
+        );
     }
 
     /// Runs the CLI against this daemon.
@@ -266,7 +336,11 @@ impl Daemon {
         let mut full = args.to_vec();
         full.push("--json");
         let out = self.cli(&full);
-        assert!(out.status.success(), "enforcer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "enforcer {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
@@ -275,7 +349,11 @@ impl Daemon {
     pub fn reply<T: DeserializeOwned>(&self, args: &[&str]) -> T {
         let value = self.json(args);
         T::deserialize(&value).unwrap_or_else(|e| {
-            panic!("`enforcer {} --json` is not a {}: {e}: {value}", args.join(" "), std::any::type_name::<T>())
+            panic!(
+                "`enforcer {} --json` is not a {}: {e}: {value}",
+                args.join(" "),
+                std::any::type_name::<T>()
+            )
         })
     }
 
@@ -349,7 +427,9 @@ impl SyncTrace {
         let mut grew: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut t = Self::default();
         for line in text.lines() {
-            let Some((pid, call)) = line.split_once(char::is_whitespace) else { continue };
+            let Some((pid, call)) = line.split_once(char::is_whitespace) else {
+                continue;
+            };
             let call = call.trim_start();
             if call.starts_with("ftruncate(") {
                 grew.insert(pid);
@@ -395,7 +475,13 @@ pub fn ok(out: &Output) -> String {
 pub fn one_line(out: &Output, args: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "`enforcer {}` wrote {} lines on stderr, not one: {stderr}", args.join(" "), lines.len());
+    assert_eq!(
+        lines.len(),
+        1,
+        "`enforcer {}` wrote {} lines on stderr, not one: {stderr}",
+        args.join(" "),
+        lines.len()
+    );
 }
 
 /// Asserts a CLI run failed with `code` and says `needle` on stderr.

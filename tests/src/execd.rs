@@ -146,7 +146,9 @@ pub struct Run {
 impl Run {
     /// The exit code (panics on death by signal).
     pub fn code(&self) -> i32 {
-        self.status.code().unwrap_or_else(|| panic!("killed by a signal: {}", self.status))
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {}", self.status))
     }
 }
 
@@ -180,7 +182,10 @@ impl<'h> Execd<'h> {
     /// would for a daemon not on the default paths; the message cannot choose them).
     #[must_use]
     pub fn daemon_at(mut self, socket: &Path, state_dir: &Path) -> Self {
-        self.env = vec![("ENFORCER_SOCKET", socket.to_owned()), ("ENFORCER_STATE_DIR", state_dir.to_owned())];
+        self.env = vec![
+            ("ENFORCER_SOCKET", socket.to_owned()),
+            ("ENFORCER_STATE_DIR", state_dir.to_owned()),
+        ];
         self
     }
 
@@ -214,9 +219,14 @@ impl<'h> Execd<'h> {
             .env_remove("ENFORCER_CONFIG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
-            .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
+            .stdout(if stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::null());
-        cmd.spawn().with_context(|| format!("starting {}", self.home.program().display()))
+        cmd.spawn()
+            .with_context(|| format!("starting {}", self.home.program().display()))
     }
 
     /// An alert arrives: the full add, with the handshake answered as execd would.
@@ -234,7 +244,10 @@ impl<'h> Execd<'h> {
         match (line, &mut stdin) {
             (Some(line), Some(pipe)) => {
                 // A write error means the program stopped reading: ignore, the run tells.
-                let _ = pipe.write_all(line).and_then(|()| pipe.write_all(b"\n")).and_then(|()| pipe.flush());
+                let _ = pipe
+                    .write_all(line)
+                    .and_then(|()| pipe.write_all(b"\n"))
+                    .and_then(|()| pipe.flush());
             }
             _ => stdin = None,
         }
@@ -243,12 +256,15 @@ impl<'h> Execd<'h> {
             Ok(None) => None,
             Err(_) => {
                 let _ = child.kill();
-                bail!("the program wrote nothing and did not exit within {HUNG:?}: execd would hang");
+                bail!(
+                    "the program wrote nothing and did not exit within {HUNG:?}: execd would hang"
+                );
             }
         };
         let (mut key, mut verdict) = (None, None);
         if let (Some(first), Some(line)) = (&first_line, line) {
-            let original: Value = serde_json::from_slice(line).context("the emulator only answers JSON messages")?;
+            let original: Value =
+                serde_json::from_slice(line).context("the emulator only answers JSON messages")?;
             let k = self.dedup_key(first);
             let v = match self.active.get_mut(&k) {
                 Some(a) => {
@@ -316,7 +332,12 @@ impl<'h> Execd<'h> {
     /// Runs the delete of every key whose timer ran out; returns those runs.
     pub fn run_due_deletes(&mut self) -> Result<Vec<Run>> {
         let now = Instant::now();
-        let due: Vec<String> = self.active.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| k.clone()).collect();
+        let due: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut runs = Vec::new();
         for key in due {
             let active = self.active.remove(&key).expect("listed");
@@ -332,7 +353,10 @@ impl<'h> Execd<'h> {
         let started = Instant::now();
         let mut child = self.spawn(false)?;
         let mut stdin = child.stdin.take().expect("piped");
-        let _ = stdin.write_all(line).and_then(|()| stdin.write_all(b"\n")).and_then(|()| stdin.flush());
+        let _ = stdin
+            .write_all(line)
+            .and_then(|()| stdin.write_all(b"\n"))
+            .and_then(|()| stdin.flush());
         let status = wait_or_kill(&mut child, started + HUNG)?;
         drop(stdin);
         Ok(Run {
@@ -359,7 +383,10 @@ fn lines_with_deadline(stdout: ChildStdout) -> mpsc::Receiver<Option<String>> {
                     return;
                 }
                 Ok(_) => {
-                    if tx.send(Some(line.trim_end_matches('\n').to_owned())).is_err() {
+                    if tx
+                        .send(Some(line.trim_end_matches('\n').to_owned()))
+                        .is_err()
+                    {
                         let mut rest = Vec::new();
                         let _ = reader.read_to_end(&mut rest);
                         return;
@@ -404,8 +431,13 @@ pub fn check_log_format(lines: &[String]) -> Result<Vec<String>> {
             .with_context(|| format!("no active-response/bin/ prefix: {line:?}"))?;
         let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
         let (program, message) = rest.split_at(end);
-        ensure!(program.len() > 1 && program.ends_with(':'), "no `<program>: ` in {line:?}");
-        let message = message.strip_prefix(' ').with_context(|| format!("no space after the program: {line:?}"))?;
+        ensure!(
+            program.len() > 1 && program.ends_with(':'),
+            "no `<program>: ` in {line:?}"
+        );
+        let message = message
+            .strip_prefix(' ')
+            .with_context(|| format!("no space after the program: {line:?}"))?;
         if message.starts_with('{') {
             serde_json::from_str::<serde_json::Map<String, Value>>(message)
                 .with_context(|| format!("a JSON message that does not parse: {line:?}"))?;
@@ -420,7 +452,10 @@ pub fn check_log_format(lines: &[String]) -> Result<Vec<String>> {
 /// whose `command` is `add` (651) or `delete` (652).
 pub fn rule_65x(message: &str) -> Option<u32> {
     let v: Value = serde_json::from_str(message).ok()?;
-    if !v["parameters"]["program"].as_str()?.contains("firewall-drop") {
+    if !v["parameters"]["program"]
+        .as_str()?
+        .contains("firewall-drop")
+    {
         return None;
     }
     match v["command"].as_str()? {

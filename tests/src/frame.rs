@@ -35,7 +35,13 @@ fn ethernet(tags: &[Tag], ethertype: u16) -> Vec<u8> {
 
 /// An IPv4 UDP frame from `src` to `dst`, with optional fragment offset (in 8-byte units) and
 /// more-fragments flag.
-pub fn ipv4_udp(tags: &[Tag], src: Ipv4Addr, dst: Ipv4Addr, frag_offset: u16, more_fragments: bool) -> Vec<u8> {
+pub fn ipv4_udp(
+    tags: &[Tag],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    frag_offset: u16,
+    more_fragments: bool,
+) -> Vec<u8> {
     let mut f = ethernet(tags, 0x0800);
     let payload = b"enforcer-test-payload";
     let udp_len = 8 + payload.len() as u16;

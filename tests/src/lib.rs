@@ -44,8 +44,13 @@ pub const LEDGER_ENV: &str = "ENFORCER_TEST_LEDGER";
 /// (`netns NAME`, `pin PATH`), one line appended in one write.
 pub fn record_created(kind: &str, what: &str) {
     use std::io::Write as _;
-    let Some(path) = std::env::var_os(LEDGER_ENV) else { return };
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    let Some(path) = std::env::var_os(LEDGER_ENV) else {
+        return;
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path);
     if let Ok(mut file) = file {
         let _ = file.write_all(format!("{kind} {what}\n").as_bytes());
     }
@@ -141,7 +146,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -208,7 +215,15 @@ impl Lab {
         let sender = Netns::new("enfs")?;
         let receiver = Netns::new("enfr")?;
         sender.ip(&[
-            "link", "add", SENDER_IF, "type", "veth", "peer", "name", RECEIVER_IF, "netns",
+            "link",
+            "add",
+            SENDER_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            RECEIVER_IF,
+            "netns",
             receiver.name(),
         ])?;
         for a in SENDER_V4 {
@@ -217,8 +232,21 @@ impl Lab {
         for a in SENDER_V6 {
             sender.ip(&["addr", "add", &format!("{a}/64"), "dev", SENDER_IF, "nodad"])?;
         }
-        receiver.ip(&["addr", "add", &format!("{RECEIVER_V4}/24"), "dev", RECEIVER_IF])?;
-        receiver.ip(&["addr", "add", &format!("{RECEIVER_V6}/64"), "dev", RECEIVER_IF, "nodad"])?;
+        receiver.ip(&[
+            "addr",
+            "add",
+            &format!("{RECEIVER_V4}/24"),
+            "dev",
+            RECEIVER_IF,
+        ])?;
+        receiver.ip(&[
+            "addr",
+            "add",
+            &format!("{RECEIVER_V6}/64"),
+            "dev",
+            RECEIVER_IF,
+            "nodad",
+        ])?;
         sender.ip(&["link", "set", SENDER_IF, "up"])?;
         receiver.ip(&["link", "set", RECEIVER_IF, "up"])?;
         let mac = |ns: &Netns, dev: &str| -> Result<String> {
@@ -230,10 +258,40 @@ impl Lab {
         };
         let sender_mac = mac(&sender, SENDER_IF)?;
         let receiver_mac = mac(&receiver, RECEIVER_IF)?;
-        sender.ip(&["neigh", "replace", RECEIVER_V4, "lladdr", &receiver_mac, "dev", SENDER_IF, "nud", "permanent"])?;
-        sender.ip(&["neigh", "replace", RECEIVER_V6, "lladdr", &receiver_mac, "dev", SENDER_IF, "nud", "permanent"])?;
+        sender.ip(&[
+            "neigh",
+            "replace",
+            RECEIVER_V4,
+            "lladdr",
+            &receiver_mac,
+            "dev",
+            SENDER_IF,
+            "nud",
+            "permanent",
+        ])?;
+        sender.ip(&[
+            "neigh",
+            "replace",
+            RECEIVER_V6,
+            "lladdr",
+            &receiver_mac,
+            "dev",
+            SENDER_IF,
+            "nud",
+            "permanent",
+        ])?;
         for a in SENDER_V4.iter().chain(SENDER_V6.iter()) {
-            receiver.ip(&["neigh", "replace", a, "lladdr", &sender_mac, "dev", RECEIVER_IF, "nud", "permanent"])?;
+            receiver.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &sender_mac,
+                "dev",
+                RECEIVER_IF,
+                "nud",
+                "permanent",
+            ])?;
         }
         Ok(Self {
             sender,
@@ -245,7 +303,9 @@ impl Lab {
     /// A UDP socket bound in the receiver namespace on `addr` (any port).
     pub fn udp_listener(&self, addr: &str) -> Result<UdpSocket> {
         let addr: IpAddr = addr.parse()?;
-        let sock = self.receiver.run(move || UdpSocket::bind(SocketAddr::new(addr, 0)))??;
+        let sock = self
+            .receiver
+            .run(move || UdpSocket::bind(SocketAddr::new(addr, 0)))??;
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         Ok(sock)
     }
@@ -253,13 +313,19 @@ impl Lab {
     /// A UDP socket in the sender namespace bound to source `src`.
     pub fn udp_sender(&self, src: &str) -> Result<UdpSocket> {
         let src: IpAddr = src.parse()?;
-        Ok(self.sender.run(move || UdpSocket::bind(SocketAddr::new(src, 0)))??)
+        Ok(self
+            .sender
+            .run(move || UdpSocket::bind(SocketAddr::new(src, 0)))??)
     }
 
     /// How many of 10 tagged datagrams sent from `src` reach the receiver's address of the same
     /// family within 300 ms of the last one: 10 when `src` passes, 0 when it is dropped.
     pub fn passes(&self, src: &str) -> u32 {
-        let dst = if src.contains(':') { RECEIVER_V6 } else { RECEIVER_V4 };
+        let dst = if src.contains(':') {
+            RECEIVER_V6
+        } else {
+            RECEIVER_V4
+        };
         self.passes_to(src, dst)
     }
 
@@ -275,13 +341,16 @@ impl Lab {
     /// A TCP listener in the receiver namespace.
     pub fn tcp_listener(&self, addr: &str) -> Result<TcpListener> {
         let addr: IpAddr = addr.parse()?;
-        Ok(self.receiver.run(move || TcpListener::bind(SocketAddr::new(addr, 0)))??)
+        Ok(self
+            .receiver
+            .run(move || TcpListener::bind(SocketAddr::new(addr, 0)))??)
     }
 
     /// Tries a TCP connect from source `src` to `dst` within `timeout`.
     pub fn tcp_connect(&self, src: &str, dst: SocketAddr, timeout: Duration) -> Result<bool> {
         let src: IpAddr = src.parse()?;
-        self.sender.run(move || tcp_connect_from(src, dst, timeout))?
+        self.sender
+            .run(move || tcp_connect_from(src, dst, timeout))?
     }
 }
 
@@ -298,7 +367,14 @@ fn tcp_connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<b
             drop(TcpStream::from(sock));
             Ok(true)
         }
-        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => Ok(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e).context("tcp connect"),
     }
 }
@@ -318,7 +394,11 @@ pub fn udp_exchange(from: &UdpSocket, to: &UdpSocket, count: u32, settle: Durati
         match to.recv(&mut buf) {
             Ok(n) if buf[..n].starts_with(tag.as_bytes()) => got += 1,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -326,13 +406,20 @@ pub fn udp_exchange(from: &UdpSocket, to: &UdpSocket, count: u32, settle: Durati
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check()? {
             return Ok(v);
         }
-        ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -367,7 +454,11 @@ pub fn inject<'a>(iface: &str, frames: impl IntoIterator<Item = &'a [u8]>) -> Re
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        ensure!(n == frame.len() as isize, "sendto: {}", io::Error::last_os_error());
+        ensure!(
+            n == frame.len() as isize,
+            "sendto: {}",
+            io::Error::last_os_error()
+        );
         sent += 1;
     }
     Ok(sent)

@@ -10,13 +10,15 @@ use enforcer_tests::{
     require_root,
 };
 
-
-
 /// A daemon with `config` (TOML) whose socket directory others may traverse (the socket itself
 /// stays 0660 root:socket_group).
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
     let (d, dir) = Daemon::with_config(lab, config).unwrap();
-    std::fs::set_permissions(d.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     (d, dir)
 }
 
@@ -31,7 +33,11 @@ fn as_user(who: &Account, d: &Daemon, args: &[&str]) -> Output {
 fn denials_of(d: &Daemon, who: &Account) -> Vec<String> {
     d.audit_text()
         .lines()
-        .filter(|l| l.contains("\"action\":\"deny\"") && l.contains(&format!("\"uid\":{}", who.uid())) && l.contains(who.name()))
+        .filter(|l| {
+            l.contains("\"action\":\"deny\"")
+                && l.contains(&format!("\"uid\":{}", who.uid()))
+                && l.contains(who.name())
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -64,31 +70,69 @@ fn a_group_limited_caller_acts_only_as_its_own_sources_and_cannot_approve_itself
     ] {
         let out = as_user(&wazuh, &d, args);
         fails(&out, 4, "permission denied");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(wazuh.name()), "the refusal names the caller: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(wazuh.name()),
+            "the refusal names the caller: {out:?}"
+        );
     }
-    assert_eq!(lab.passes(target), 10, "nothing was blocked by the refused requests");
+    assert_eq!(
+        lab.passes(target),
+        10,
+        "nothing was blocked by the refused requests"
+    );
     assert!(d.list(&[]).is_empty());
-    assert!(!d.allowlist().iter().any(|e| e.target.to_string() == "0.0.0.0/0"));
+    assert!(
+        !d.allowlist()
+            .iter()
+            .any(|e| e.target.to_string() == "0.0.0.0/0")
+    );
     assert_eq!(denials_of(&d, &wazuh).len(), 7, "{}", d.audit_text());
 
     // Its own source: allowed, and real packets are dropped.
-    ok(&as_user(&wazuh, &d, &["block", target, "--source", "wazuh", "--ttl", "10m"]));
+    ok(&as_user(
+        &wazuh,
+        &d,
+        &["block", target, "--source", "wazuh", "--ttl", "10m"],
+    ));
     assert_eq!(lab.passes(target), 0, "the permitted block drops packets");
     let who = format!("\"uid\":{},\"user\":\"{}\"", wazuh.uid(), wazuh.name());
     assert!(
-        d.audit_text().lines().any(|l| l.contains("\"action\":\"block\"") && l.contains(&who)),
+        d.audit_text()
+            .lines()
+            .any(|l| l.contains("\"action\":\"block\"") && l.contains(&who)),
         "the block's audit line names who asked: {}",
         d.audit_text()
     );
     ok(&as_user(&wazuh, &d, &["list"]));
 
     // A request that waits for approval cannot be approved by the caller who made it; root can.
-    let pending = as_user(&wazuh, &d, &["block", SENDER_V4[2], "--source", "review", "--ttl", "10m", "--json"]);
-    let reply: enforcer::protocol::BlockReply = serde_json::from_slice(&ok(&pending).into_bytes()).unwrap();
+    let pending = as_user(
+        &wazuh,
+        &d,
+        &[
+            "block",
+            SENDER_V4[2],
+            "--source",
+            "review",
+            "--ttl",
+            "10m",
+            "--json",
+        ],
+    );
+    let reply: enforcer::protocol::BlockReply =
+        serde_json::from_slice(&ok(&pending).into_bytes()).unwrap();
     let id = reply.pending_id.expect("a pending id").to_string();
     let listed = d.pending();
-    assert_eq!(listed[0].requested_by.as_ref().map(|c| c.uid), Some(wazuh.uid()), "the pending record remembers who asked: {listed:?}");
-    fails(&as_user(&wazuh, &d, &["approve", &id]), 4, "its own request");
+    assert_eq!(
+        listed[0].requested_by.as_ref().map(|c| c.uid),
+        Some(wazuh.uid()),
+        "the pending record remembers who asked: {listed:?}"
+    );
+    fails(
+        &as_user(&wazuh, &d, &["approve", &id]),
+        4,
+        "its own request",
+    );
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "still pending");
     ok(&d.cli(&["approve", &id]));
     assert_eq!(lab.passes(SENDER_V4[2]), 0, "approved by root");
@@ -102,7 +146,14 @@ fn a_socket_group_member_without_an_access_entry_may_only_read() {
     let member = Account::new("enfr").unwrap();
     let (d, _dir) = daemon_with(&lab, &format!("socket_group = \"{}\"\n", member.name()));
     ok(&d.cli(&["block", SENDER_V4[2], "--ttl", "10m"]));
-    for args in [&["status"][..], &["list"], &["show", SENDER_V4[2]], &["stats"], &["allow", "list"], &["pending"]] {
+    for args in [
+        &["status"][..],
+        &["list"],
+        &["show", SENDER_V4[2]],
+        &["stats"],
+        &["allow", "list"],
+        &["pending"],
+    ] {
         ok(&as_user(&member, &d, args));
     }
     for args in [
@@ -114,7 +165,11 @@ fn a_socket_group_member_without_an_access_entry_may_only_read() {
         fails(&as_user(&member, &d, args), 4, "permission denied");
     }
     assert_eq!(lab.passes(SENDER_V4[1]), 10, "not blocked");
-    assert_eq!(lab.passes(SENDER_V4[2]), 0, "neither unblocked nor allowlisted");
+    assert_eq!(
+        lab.passes(SENDER_V4[2]),
+        0,
+        "neither unblocked nor allowlisted"
+    );
     assert_eq!(denials_of(&d, &member).len(), 4, "{}", d.audit_text());
 }
 

@@ -34,8 +34,10 @@ const XDP_DROP: u32 = 1;
 
 fn net() -> impl Strategy<Value = IpNet> {
     prop_oneof![
-        (any::<u32>(), 0u8..=32).prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc())),
-        (any::<u128>(), 0u8..=128).prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), l).unwrap().trunc())),
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc())),
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), l).unwrap().trunc())),
     ]
 }
 
@@ -105,7 +107,11 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
     let pins = PinDir::new().unwrap();
     let dp = Datapath::open(&DatapathOptions {
         bpffs_dir: pins.path().to_owned(),
-        capacity: Capacity { addresses: 1024, prefixes: 1024, allow: 64 },
+        capacity: Capacity {
+            addresses: 1024,
+            prefixes: 1024,
+            allow: 64,
+        },
         count_block_hits: true,
     })
     .unwrap();
@@ -115,10 +121,21 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
         prop::collection::vec((net(), any::<bool>(), any::<bool>()), 0..8),
         // Blocks built around allowlisted prefixes: wider ones (covering them) and narrower
         // ones (inside them), which is where a mistake would show.
-        prop::collection::vec((any::<prop::sample::Index>(), 0u8..=128, any::<bool>(), any::<bool>()), 1..16),
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                0u8..=128,
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            1..16,
+        ),
         prop::collection::vec(any::<u128>(), 4),
     );
-    let mut runner = TestRunner::new(ProptestConfig { cases: 96, ..ProptestConfig::default() });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 96,
+        ..ProptestConfig::default()
+    });
     let total = Cell::new(Tally::default());
     let case = Cell::new(0usize);
     let result = runner.run(&strategy, |(allow, random_blocks, related, seeds)| {
@@ -137,9 +154,18 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
     let total = total.get();
     eprintln!("all cases: {total}");
     // Without these the property would hold vacuously.
-    assert!(total.kernel > 0, "no allowlisted address was ever under an accepted block: {total}");
-    assert!(total.policy > 0, "the policy never refused a block over an allowlisted address: {total}");
-    assert!(total.dropped > 0, "no accepted block was ever seen dropping: {total}");
+    assert!(
+        total.kernel > 0,
+        "no allowlisted address was ever under an accepted block: {total}"
+    );
+    assert!(
+        total.policy > 0,
+        "the policy never refused a block over an allowlisted address: {total}"
+    );
+    assert!(
+        total.dropped > 0,
+        "no accepted block was ever seen dropping: {total}"
+    );
 }
 
 /// Property: allowlist entries added after blocks exist (no policy stood in the way of those
@@ -152,7 +178,11 @@ fn an_allowlist_added_after_the_blocks_wins_at_once() {
     let pins = PinDir::new().unwrap();
     let dp = Datapath::open(&DatapathOptions {
         bpffs_dir: pins.path().to_owned(),
-        capacity: Capacity { addresses: 1024, prefixes: 1024, allow: 64 },
+        capacity: Capacity {
+            addresses: 1024,
+            prefixes: 1024,
+            allow: 64,
+        },
         count_block_hits: true,
     })
     .unwrap();
@@ -163,7 +193,10 @@ fn an_allowlist_added_after_the_blocks_wins_at_once() {
         prop::collection::vec((any::<prop::sample::Index>(), 0u8..=128), 1..16),
         prop::collection::vec(any::<u128>(), 4),
     );
-    let mut runner = TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
     let result = runner.run(&strategy, |(allow, random_blocks, related, seeds)| {
         let mut dp = dp.borrow_mut();
         check_allow_after_blocks(&mut dp, &allow, &random_blocks, &related, &seeds)
@@ -195,7 +228,12 @@ fn check_allow_after_blocks(
         });
     }
     for net in &blocks {
-        dp.maps_mut().insert_block(&Target::new(*net), &BlockValue::new(0, enforcer_common::MODE_ENFORCE)).unwrap();
+        dp.maps_mut()
+            .insert_block(
+                &Target::new(*net),
+                &BlockValue::new(0, enforcer_common::MODE_ENFORCE),
+            )
+            .unwrap();
     }
     // Then the allowlist.
     for a in allow {
@@ -206,10 +244,19 @@ fn check_allow_after_blocks(
             let data = frame::udp_from(&[], addr);
             let verdict = dp
                 .program()
-                .test_run(TestRunOptions { data_in: Some(&data), ..TestRunOptions::default() })
+                .test_run(TestRunOptions {
+                    data_in: Some(&data),
+                    ..TestRunOptions::default()
+                })
                 .unwrap()
                 .return_value;
-            prop_assert_ne!(verdict, XDP_DROP, "allowlisted {} (in {}, added after the blocks) was dropped", addr, a);
+            prop_assert_ne!(
+                verdict,
+                XDP_DROP,
+                "allowlisted {} (in {}, added after the blocks) was dropped",
+                addr,
+                a
+            );
         }
     }
     Ok(())
@@ -267,7 +314,9 @@ fn check(
         };
         match policy.decide(&ask, &allowlist, 0).0 {
             Decision::Apply { mode, .. } => {
-                dp.maps_mut().insert_block(&target, &BlockValue::new(0, mode.to_kernel())).unwrap();
+                dp.maps_mut()
+                    .insert_block(&target, &BlockValue::new(0, mode.to_kernel()))
+                    .unwrap();
                 if mode == Mode::Enforce {
                     enforced.push(*net);
                     tally.accepted += 1;
@@ -279,7 +328,10 @@ fn check(
     let verdict = |dp: &mut Datapath, addr: IpAddr| {
         let data = frame::udp_from(&[], addr);
         dp.program()
-            .test_run(TestRunOptions { data_in: Some(&data), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                ..TestRunOptions::default()
+            })
             .unwrap()
             .return_value
     };

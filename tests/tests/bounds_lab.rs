@@ -10,12 +10,12 @@ use std::{
 };
 
 use enforcer::protocol::Outcome;
-use serde_json::Value;
 use enforcer_tests::{
     Lab,
     daemon::{Daemon, fails, ok},
     require_root, wait_for,
 };
+use serde_json::Value;
 
 /// A raw connection to the daemon's socket.
 fn connect(socket: &Path) -> UnixStream {
@@ -47,7 +47,10 @@ fn is_ok(r: Option<Value>) -> bool {
 /// An error answer's code and message.
 fn error(r: Option<Value>) -> (String, String) {
     match r {
-        Some(v) if v["ok"] == false => (v["error"]["code"].as_str().unwrap().to_owned(), v["error"]["message"].as_str().unwrap().to_owned()),
+        Some(v) if v["ok"] == false => (
+            v["error"]["code"].as_str().unwrap().to_owned(),
+            v["error"]["message"].as_str().unwrap().to_owned(),
+        ),
         other => panic!("expected an error answer, got {other:?}"),
     }
 }
@@ -57,11 +60,16 @@ fn listed(d: &Daemon, target: &str) -> bool {
 }
 
 fn spool_flags(d: &Daemon) -> [String; 3] {
-    ["--spool-if-down".into(), "--state-dir".into(), d.state_dir.display().to_string()]
+    [
+        "--spool-if-down".into(),
+        "--state-dir".into(),
+        d.state_dir.display().to_string(),
+    ]
 }
 
 #[test]
-fn connections_past_the_cap_are_turned_away_and_a_trigger_then_spools_while_earlier_ones_are_still_served() {
+fn connections_past_the_cap_are_turned_away_and_a_trigger_then_spools_while_earlier_ones_are_still_served()
+ {
     require_root();
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &["--max-connections", "4"]).unwrap();
@@ -73,29 +81,50 @@ fn connections_past_the_cap_are_turned_away_and_a_trigger_then_spools_while_earl
     let extra = connect(&d.socket);
     let (code, message) = error(answer(&extra));
     assert_eq!(code, "unavailable");
-    assert!(message.contains("too many connections") && message.contains("max_connections"), "{message}");
-    assert!(answer(&extra).is_none(), "the turned-away connection stays open");
+    assert!(
+        message.contains("too many connections") && message.contains("max_connections"),
+        "{message}"
+    );
+    assert!(
+        answer(&extra).is_none(),
+        "the turned-away connection stays open"
+    );
     fails(&d.cli(&["list"]), 3, "too many connections");
     // A trigger is never lost: it spools, as when the daemon is not running.
     let mut block = vec!["block".to_owned(), "192.0.2.50".into()];
     block.extend(spool_flags(&d));
     let out = d.cli(&block.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(ok(&out).contains("the daemon is unavailable (stopping, or at its connection cap); spooled to"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        ok(&out)
+            .contains("the daemon is unavailable (stopping, or at its connection cap); spooled to"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // The connections served before the excess still are.
     assert!(is_ok(ping(&mut held[0])));
     held.truncate(1);
     // The running daemon drains the spool (every 5 s). Until it has seen the three closes, a
     // `list` may still be turned away at the cap: that is "not yet", not a failure.
-    wait_for("the spooled block to be applied", Duration::from_secs(20), || {
-        let out = d.cli(&["list", "--json"]);
-        if !out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stderr).contains("too many connections"), "{out:?}");
-            return Ok(None);
-        }
-        let blocks: Vec<enforcer::protocol::ListEntry> = serde_json::from_slice(&out.stdout)?;
-        Ok(blocks.iter().any(|e| e.target.to_string() == "192.0.2.50").then_some(()))
-    })
+    wait_for(
+        "the spooled block to be applied",
+        Duration::from_secs(20),
+        || {
+            let out = d.cli(&["list", "--json"]);
+            if !out.status.success() {
+                assert!(
+                    String::from_utf8_lossy(&out.stderr).contains("too many connections"),
+                    "{out:?}"
+                );
+                return Ok(None);
+            }
+            let blocks: Vec<enforcer::protocol::ListEntry> = serde_json::from_slice(&out.stdout)?;
+            Ok(blocks
+                .iter()
+                .any(|e| e.target.to_string() == "192.0.2.50")
+                .then_some(()))
+        },
+    )
     .unwrap();
     assert!(is_ok(ping(&mut held[0])));
 }
@@ -112,8 +141,14 @@ fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
         let (code, message) = error(answer(&s));
         let took = started.elapsed();
         assert_eq!(code, "invalid_request");
-        assert!(message.contains("no complete request within 1s"), "{message}");
-        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
+        assert!(
+            message.contains("no complete request within 1s"),
+            "{message}"
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "closed after {took:?}"
+        );
         assert!(answer(&s).is_none(), "still open after the idle error");
     }
     // A client that keeps asking is served past the timeout.
@@ -130,11 +165,25 @@ fn an_oversized_reason_or_comment_is_refused_with_its_size_and_nothing_is_stored
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
     let reason = "x".repeat(2000);
-    d.fails_cleanly(&["block", "192.0.2.60", "--reason", &reason], 2, "reason is 2000 bytes; the limit is 1024");
+    d.fails_cleanly(
+        &["block", "192.0.2.60", "--reason", &reason],
+        2,
+        "reason is 2000 bytes; the limit is 1024",
+    );
     let comment = "c".repeat(300);
-    d.fails_cleanly(&["allow", "add", "198.51.100.60", "--comment", &comment], 2, "comment is 300 bytes; the limit is 256");
+    d.fails_cleanly(
+        &["allow", "add", "198.51.100.60", "--comment", &comment],
+        2,
+        "comment is 300 bytes; the limit is 256",
+    );
     // At the limit is fine.
-    ok(&d.cli(&["allow", "add", "198.51.100.60", "--comment", &"c".repeat(256)]));
+    ok(&d.cli(&[
+        "allow",
+        "add",
+        "198.51.100.60",
+        "--comment",
+        &"c".repeat(256),
+    ]));
 }
 
 #[test]
@@ -143,18 +192,34 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
     let lab = Lab::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("enforcer.toml");
-    std::fs::write(&config, "[policy.approval]\nmax_pending = 2\n[policy.sources.review]\nrequire_approval = true\n").unwrap();
+    std::fs::write(
+        &config,
+        "[policy.approval]\nmax_pending = 2\n[policy.sources.review]\nrequire_approval = true\n",
+    )
+    .unwrap();
     let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
     for i in 1..=2 {
         let r = d.block(&[&format!("203.0.113.{i}"), "--source", "review"]);
         assert_eq!(r.outcome, Outcome::Pending, "{r:?}");
     }
-    d.fails_cleanly(&["block", "203.0.113.3", "--source", "review"], 7, "2 requests already wait for it");
+    d.fails_cleanly(
+        &["block", "203.0.113.3", "--source", "review"],
+        7,
+        "2 requests already wait for it",
+    );
     let audit = d.audit_text();
-    assert!(audit.lines().any(|l| l.contains("203.0.113.3") && l.contains("max_pending")), "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("203.0.113.3") && l.contains("max_pending")),
+        "{audit}"
+    );
     let id = d.pending()[0].id.to_string();
     ok(&d.cli(&["reject", &id]));
-    assert_eq!(d.block(&["203.0.113.3", "--source", "review"]).outcome, Outcome::Pending);
+    assert_eq!(
+        d.block(&["203.0.113.3", "--source", "review"]).outcome,
+        Outcome::Pending
+    );
 }
 
 #[test]
@@ -162,11 +227,21 @@ fn a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again()
     require_root();
     let lab = Lab::new().unwrap();
     // Debug builds only: blocking this target panics the engine thread.
-    let mut d = Daemon::start_with_env(&lab, &[], vec![("ENFORCER_TEST_PANIC_ENGINE".into(), "192.0.2.66".into())]).unwrap();
+    let mut d = Daemon::start_with_env(
+        &lab,
+        &[],
+        vec![("ENFORCER_TEST_PANIC_ENGINE".into(), "192.0.2.66".into())],
+    )
+    .unwrap();
     ok(&d.cli(&["block", "192.0.2.65"]));
     let out = d.cli(&["block", "192.0.2.66"]);
-    assert!(!out.status.success(), "the block that killed the engine was acknowledged");
-    let status = d.wait_exit(Duration::from_secs(20)).expect("the daemon kept running with a dead engine");
+    assert!(
+        !out.status.success(),
+        "the block that killed the engine was acknowledged"
+    );
+    let status = d
+        .wait_exit(Duration::from_secs(20))
+        .expect("the daemon kept running with a dead engine");
     assert!(!status.success(), "exited with {status}");
     let log = d.log();
     assert!(log.contains("the engine thread panicked"), "{log}");
@@ -182,31 +257,62 @@ fn a_block_sent_while_the_daemon_stops_is_spooled_and_applied_at_the_next_start(
     let lab = Lab::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let stall = tmp.path().join("stall");
-    let mut d = Daemon::start_with_env(&lab, &[], vec![("ENFORCER_TEST_STALL_ENGINE".into(), stall.display().to_string())]).unwrap();
+    let mut d = Daemon::start_with_env(
+        &lab,
+        &[],
+        vec![(
+            "ENFORCER_TEST_STALL_ENGINE".into(),
+            stall.display().to_string(),
+        )],
+    )
+    .unwrap();
     // Hold the engine (debug builds), so that the stop takes as long as the test needs.
     std::fs::write(&stall, "").unwrap();
     let mut probe = connect(&d.socket);
-    probe.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-    wait_for("the engine to stall", Duration::from_secs(10), || Ok(ping(&mut probe).is_none().then_some(()))).unwrap();
-    d.sigterm();
-    wait_for("the stopping daemon to answer `unavailable`", Duration::from_secs(10), || {
-        let Ok(s) = UnixStream::connect(&d.socket) else { return Ok(None) };
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(answer(&s).is_some_and(|v| v["error"]["code"] == "unavailable").then_some(()))
+    probe
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    wait_for("the engine to stall", Duration::from_secs(10), || {
+        Ok(ping(&mut probe).is_none().then_some(()))
     })
+    .unwrap();
+    d.sigterm();
+    wait_for(
+        "the stopping daemon to answer `unavailable`",
+        Duration::from_secs(10),
+        || {
+            let Ok(s) = UnixStream::connect(&d.socket) else {
+                return Ok(None);
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            Ok(answer(&s)
+                .is_some_and(|v| v["error"]["code"] == "unavailable")
+                .then_some(()))
+        },
+    )
     .unwrap();
     let mut block = vec!["block".to_owned(), "192.0.2.70".into()];
     block.extend(spool_flags(&d));
     let out = d.cli(&block.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(ok(&out).contains("the daemon is unavailable (stopping, or at its connection cap); spooled to"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        ok(&out)
+            .contains("the daemon is unavailable (stopping, or at its connection cap); spooled to"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     fails(&d.cli(&["list"]), 3, "shutting down");
 
     std::fs::remove_file(&stall).unwrap();
-    let status = d.wait_exit(Duration::from_secs(30)).expect("the daemon did not stop");
+    let status = d
+        .wait_exit(Duration::from_secs(30))
+        .expect("the daemon did not stop");
     assert!(status.success(), "exited with {status}: {}", d.log());
     assert!(!d.socket.exists(), "the socket outlived the daemon");
     d.spawn().unwrap();
-    assert!(listed(&d, "192.0.2.70"), "the spooled block was not applied at the start");
+    assert!(
+        listed(&d, "192.0.2.70"),
+        "the spooled block was not applied at the start"
+    );
 }
 
 /// CPU time (user + system) the process has used.
@@ -227,28 +333,68 @@ fn a_daemon_out_of_file_descriptors_backs_off_without_spinning_and_answers_again
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
     let pid = d.pid().unwrap();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
-    let limit = libc::rlimit { rlim_cur: open + 6, rlim_max: open + 6 };
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let limit = libc::rlimit {
+        rlim_cur: open + 6,
+        rlim_max: open + 6,
+    };
     // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-value pointer.
-    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::prlimit(
+                pid as i32,
+                libc::RLIMIT_NOFILE,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        },
+        0
+    );
 
     let held: Vec<UnixStream> = (0..40).map(|_| connect(&d.socket)).collect();
     // Out of descriptors, the daemon cannot accept: a new client gets no answer.
-    wait_for("the daemon to run out of descriptors", Duration::from_secs(10), || {
-        let mut s = connect(&d.socket);
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        Ok(ping(&mut s).is_none().then_some(()))
-    })
+    wait_for(
+        "the daemon to run out of descriptors",
+        Duration::from_secs(10),
+        || {
+            let mut s = connect(&d.socket);
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            Ok(ping(&mut s).is_none().then_some(()))
+        },
+    )
     .unwrap();
     let before = cpu_time(pid);
     let measured = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_time(pid) - before;
-    println!("CPU used while out of descriptors: {used:?} in {:?}", measured.elapsed());
-    assert!(used < Duration::from_millis(400), "the accept loop spins: {used:?} of CPU in 2 s");
+    println!(
+        "CPU used while out of descriptors: {used:?} in {:?}",
+        measured.elapsed()
+    );
+    assert!(
+        used < Duration::from_millis(400),
+        "the accept loop spins: {used:?} of CPU in 2 s"
+    );
 
     drop(held);
-    wait_for("the daemon to answer again", Duration::from_secs(10), || Ok(d.cli(&["status"]).status.code().is_some_and(|c| c == 0 || c == 8).then_some(()))).unwrap();
+    wait_for(
+        "the daemon to answer again",
+        Duration::from_secs(10),
+        || {
+            Ok(d.cli(&["status"])
+                .status
+                .code()
+                .is_some_and(|c| c == 0 || c == 8)
+                .then_some(()))
+        },
+    )
+    .unwrap();
     let log = d.log();
-    assert_eq!(log.matches("accepting control connections fails").count(), 1, "logged more than once per burst: {log}");
+    assert_eq!(
+        log.matches("accepting control connections fails").count(),
+        1,
+        "logged more than once per burst: {log}"
+    );
 }

@@ -28,7 +28,9 @@ impl FakeWall {
             std::path::Path::new(LIBFAKETIME).exists(),
             "{LIBFAKETIME} is missing: install the Debian package libfaketime (`cargo xtask setup` does)"
         );
-        let wall = Self { dir: tempfile::tempdir().unwrap() };
+        let wall = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
         wall.step("+0");
         wall
     }
@@ -57,7 +59,6 @@ impl FakeWall {
     }
 }
 
-
 /// `target`'s deadline as the daemon reports it, minus the real wall clock now.
 fn left_ms(d: &Daemon, target: &str) -> Option<i64> {
     let list = d.list(&[]);
@@ -66,9 +67,13 @@ fn left_ms(d: &Daemon, target: &str) -> Option<i64> {
 }
 
 fn assert_left_about(d: &Daemon, target: &str, wanted_ms: u64, when: &str) {
-    let left = left_ms(d, target).unwrap_or_else(|| panic!("{when}: {target} is no longer blocked; log:\n{}", d.log()));
+    let left = left_ms(d, target)
+        .unwrap_or_else(|| panic!("{when}: {target} is no longer blocked; log:\n{}", d.log()));
     let off = left.abs_diff(wanted_ms as i64);
-    assert!(off < 120_000, "{when}: {target} ends {left} ms from the real now, not about {wanted_ms} ms");
+    assert!(
+        off < 120_000,
+        "{when}: {target} ends {left} ms from the real now, not about {wanted_ms} ms"
+    );
 }
 
 /// `enforcer status` counts one step since the daemon started, of about `by_ms`.
@@ -76,10 +81,17 @@ fn assert_step_in_status(d: &Daemon, by_ms: u64, while_running: bool) {
     let steps = d.status().clock_steps;
     assert_eq!(steps.count, 1, "one step since this start: {steps:?}");
     let last = steps.last.expect("the last step");
-    assert!(last.by_ms.abs_diff(by_ms as i64) < 60_000, "stepped by {} ms, not about {by_ms}", last.by_ms);
+    assert!(
+        last.by_ms.abs_diff(by_ms as i64) < 60_000,
+        "stepped by {} ms, not about {by_ms}",
+        last.by_ms
+    );
     assert_eq!(last.while_running, while_running, "{last:?}");
     let text = ok(&d.cli(&["status"]));
-    assert!(text.contains("the wall clock stepped 1 time(s) since start"), "{text}");
+    assert!(
+        text.contains("the wall clock stepped 1 time(s) since start"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -99,18 +111,35 @@ fn a_wall_clock_step_of_a_day_neither_expires_nor_shortens_a_one_hour_block() {
     assert_left_about(&d, blocked, DAY_MS + HOUR_MS, "after a +1 day step");
     assert_eq!(lab.passes(blocked), 0, "still dropped after the step");
     let log = d.audit_text();
-    assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 1, "the step is audited once: {log}");
-    assert!(d.log().contains("wall clock"), "the step is logged: {}", d.log());
+    assert_eq!(
+        log.matches("\"action\":\"clock_jump\"").count(),
+        1,
+        "the step is audited once: {log}"
+    );
+    assert!(
+        d.log().contains("wall clock"),
+        "the step is logged: {}",
+        d.log()
+    );
     assert_step_in_status(&d, DAY_MS, true);
 
     // A step while the daemon is down, on the same boot: the stored deadlines are boot-relative.
     d.stop().unwrap();
     wall.step("+2d");
     d.spawn().unwrap();
-    assert_left_about(&d, blocked, 2 * DAY_MS + HOUR_MS, "after a restart and another +1 day step");
+    assert_left_about(
+        &d,
+        blocked,
+        2 * DAY_MS + HOUR_MS,
+        "after a restart and another +1 day step",
+    );
     assert_eq!(lab.passes(blocked), 0, "still dropped after the restart");
     let log = d.audit_text();
-    assert_eq!(log.matches("\"action\":\"clock_jump\"").count(), 2, "each step is audited once: {log}");
+    assert_eq!(
+        log.matches("\"action\":\"clock_jump\"").count(),
+        2,
+        "each step is audited once: {log}"
+    );
     assert_step_in_status(&d, DAY_MS, false);
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "an unblocked source passes");
 }
@@ -128,6 +157,9 @@ fn a_backward_wall_clock_step_does_not_lengthen_a_block() {
     // The daemon's clock is a day behind the real one: an hour from its now.
     let left = left_ms(&d, blocked).expect("still blocked");
     let off = left.abs_diff(HOUR_MS as i64 - DAY_MS as i64);
-    assert!(off < 120_000, "after a -1 day step the block ends {left} ms from the real now, not an hour after the daemon's");
+    assert!(
+        off < 120_000,
+        "after a -1 day step the block ends {left} ms from the real now, not an hour after the daemon's"
+    );
     assert_eq!(lab.passes(blocked), 0);
 }

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Result;
 use enforcer::protocol::{CrowdsecStatus, ListEntry, StatusReply};
 use enforcer_tests::{
-    Lab, SENDER_V4, SENDER_V6, RECEIVER_V4,
+    Lab, RECEIVER_V4, SENDER_V4, SENDER_V6,
     crowdsec::{Lapi, Pki},
     daemon::{Daemon, ok},
     require_root, wait_for,
@@ -24,12 +24,13 @@ const POLL: &str = "1s";
 /// One poll interval, plus the time a loaded CI machine needs to run cscli and apply a round.
 const WITHIN_ONE_POLL: Duration = Duration::from_secs(8);
 
-
 fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Duration {
     let start = Instant::now();
-    wait_for(&format!("{src} to be {}", if dropped { "dropped" } else { "passed" }), timeout, || {
-        Ok(((lab.passes(src) == 0) == dropped).then_some(()))
-    })
+    wait_for(
+        &format!("{src} to be {}", if dropped { "dropped" } else { "passed" }),
+        timeout,
+        || Ok(((lab.passes(src) == 0) == dropped).then_some(())),
+    )
     .unwrap();
     start.elapsed()
 }
@@ -39,7 +40,9 @@ fn status(d: &Daemon) -> StatusReply {
 }
 
 fn crowdsec(d: &Daemon) -> CrowdsecStatus {
-    status(d).crowdsec.expect("status shows the crowdsec bouncer")
+    status(d)
+        .crowdsec
+        .expect("status shows the crowdsec bouncer")
 }
 
 fn list(d: &Daemon, source: Option<&str>) -> Vec<ListEntry> {
@@ -62,49 +65,97 @@ fn sources_of(d: &Daemon, target: &str) -> Vec<String> {
 fn setup(extra_config: &str) -> Result<(Lab, Lapi, Daemon)> {
     let lab = Lab::new()?;
     let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
-    let config = lapi.daemon_config("host-a", &lapi.url(), &format!("update_frequency = \"{POLL}\"\n{extra_config}"))?;
+    let config = lapi.daemon_config(
+        "host-a",
+        &lapi.url(),
+        &format!("update_frequency = \"{POLL}\"\n{extra_config}"),
+    )?;
     let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
     Ok((lab, lapi, daemon))
 }
 
 #[test]
-fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_or_expiry() -> Result<()> {
+fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_or_expiry()
+-> Result<()> {
     require_root();
     let (lab, lapi, daemon) = setup("")?;
     for src in [SENDER_V4[1], SENDER_V6[1], SENDER_V4[2], SENDER_V6[2]] {
         assert_eq!(lab.passes(src), 10, "{src} passes before any decision");
     }
     // Single addresses, both families.
-    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h", "--reason", "test/ssh-bf"])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        SENDER_V4[1],
+        "--duration",
+        "1h",
+        "--reason",
+        "test/ssh-bf",
+    ])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
-    assert_eq!(lab.passes(SENDER_V4[0]), 10, "an unrelated source still passes");
+    assert_eq!(
+        lab.passes(SENDER_V4[0]),
+        10,
+        "an unrelated source still passes"
+    );
     // `list --source crowdsec` shows the scenario, origin and decision id.
     let entries = list(&daemon, Some("crowdsec"));
-    let v4 = entries.iter().find(|e| e.target.to_string() == SENDER_V4[1]).expect("listed");
+    let v4 = entries
+        .iter()
+        .find(|e| e.target.to_string() == SENDER_V4[1])
+        .expect("listed");
     let reason = &v4.sources[0].reason;
     assert_eq!(reason.rule_id.as_deref(), Some("test/ssh-bf"));
     assert!(reason.summary().contains("origin cscli"), "{reason:?}");
     let table = ok(&daemon.cli(&["list", "--source", "crowdsec"]));
-    assert!(table.contains("test/ssh-bf (origin cscli, decision"), "{table}");
+    assert!(
+        table.contains("test/ssh-bf (origin cscli, decision"),
+        "{table}"
+    );
     // The bouncer is registered under its own name and version.
     let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"])?;
-    assert!(bouncers.contains("enforcer"), "cscli bouncers list shows the user agent: {bouncers}");
+    assert!(
+        bouncers.contains("enforcer"),
+        "cscli bouncers list shows the user agent: {bouncers}"
+    );
     // Deleting the decisions lifts the blocks.
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V6[1]])?;
     wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[1], false, WITHIN_ONE_POLL);
     // Ranges, both families: .8/29 holds .10 and .11; ::10/124 holds ::10 and ::11.
-    lapi.cscli(&["decisions", "add", "--range", "192.0.2.8/29", "--duration", "1h"])?;
-    lapi.cscli(&["decisions", "add", "--range", "2001:db8::10/124", "--duration", "1h"])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "192.0.2.8/29",
+        "--duration",
+        "1h",
+    ])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "2001:db8::10/124",
+        "--duration",
+        "1h",
+    ])?;
     wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[2], true, WITHIN_ONE_POLL);
     assert_eq!(lab.passes(SENDER_V4[0]), 10, "the range does not reach .1");
-    let targets: Vec<String> = list(&daemon, Some("crowdsec")).iter().map(|e| e.target.to_string()).collect();
+    let targets: Vec<String> = list(&daemon, Some("crowdsec"))
+        .iter()
+        .map(|e| e.target.to_string())
+        .collect();
     assert_eq!(targets.len(), 2, "{targets:?}");
-    assert!(targets.contains(&"192.0.2.8/29".to_owned()) && targets.contains(&"2001:db8::10/124".to_owned()), "{targets:?}");
+    assert!(
+        targets.contains(&"192.0.2.8/29".to_owned())
+            && targets.contains(&"2001:db8::10/124".to_owned()),
+        "{targets:?}"
+    );
     lapi.cscli(&["decisions", "delete", "--range", "192.0.2.8/29"])?;
     lapi.cscli(&["decisions", "delete", "--range", "2001:db8::10/124"])?;
     wait_dropped(&lab, SENDER_V4[2], false, WITHIN_ONE_POLL);
@@ -113,24 +164,38 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[2], "--duration", "6s"])?;
     let added = Instant::now();
     wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
-    let lifted_after = added.elapsed() + wait_dropped(&lab, SENDER_V4[2], false, Duration::from_secs(10));
-    assert!(lifted_after < Duration::from_millis(6_000 + 1_500), "lifted {lifted_after:?} after a 6 s decision");
+    let lifted_after =
+        added.elapsed() + wait_dropped(&lab, SENDER_V4[2], false, Duration::from_secs(10));
+    assert!(
+        lifted_after < Duration::from_millis(6_000 + 1_500),
+        "lifted {lifted_after:?} after a 6 s decision"
+    );
     // The safety policy judges every decision: the host's own address is refused, counted and
     // audited.
     lapi.cscli(&["decisions", "add", "--ip", RECEIVER_V4, "--duration", "1h"])?;
-    wait_for("the refusal to be counted", WITHIN_ONE_POLL, || Ok((crowdsec(&daemon).refused == 1).then_some(())))?;
+    wait_for("the refusal to be counted", WITHIN_ONE_POLL, || {
+        Ok((crowdsec(&daemon).refused == 1).then_some(()))
+    })?;
     let audit = std::fs::read_to_string(daemon.state_dir.join("audit.log"))?;
     assert!(
-        audit.lines().any(|l| l.contains("\"refuse\"") && l.contains(RECEIVER_V4) && l.contains("crowdsec")),
+        audit
+            .lines()
+            .any(|l| l.contains("\"refuse\"") && l.contains(RECEIVER_V4) && l.contains("crowdsec")),
         "the refusal is audited: {audit}"
     );
     let cs = crowdsec(&daemon);
     assert_eq!(cs.api_url, lapi.url());
     assert!(cs.last_pull_ms.is_some() && cs.errors == 0, "{cs:?}");
     assert!(cs.applied >= 5, "{cs:?}");
-    assert!(cs.usage_metrics.starts_with("off"), "LAPI 1.4 has no usage-metrics endpoint: {cs:?}");
+    assert!(
+        cs.usage_metrics.starts_with("off"),
+        "LAPI 1.4 has no usage-metrics endpoint: {cs:?}"
+    );
     let text = ok(&daemon.cli(&["status"]));
-    assert!(text.contains(&format!("crowdsec: LAPI {}", lapi.url())) && text.contains("refused 1"), "{text}");
+    assert!(
+        text.contains(&format!("crowdsec: LAPI {}", lapi.url())) && text.contains("refused 1"),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -143,13 +208,16 @@ fn a_cli_block_of_the_same_target_survives_the_crowdsec_deletion() -> Result<()>
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--reason", "by hand"]));
     assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["cli", "crowdsec"]);
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
-    wait_for("the crowdsec block to go", WITHIN_ONE_POLL, || Ok((sources_of(&daemon, SENDER_V4[1]) == ["cli"]).then_some(())))?;
+    wait_for("the crowdsec block to go", WITHIN_ONE_POLL, || {
+        Ok((sources_of(&daemon, SENDER_V4[1]) == ["cli"]).then_some(()))
+    })?;
     assert_eq!(lab.passes(SENDER_V4[1]), 0, "the CLI block still drops");
     Ok(())
 }
 
 #[test]
-fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing_else_is_touched() -> Result<()> {
+fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing_else_is_touched()
+-> Result<()> {
     require_root();
     let (lab, lapi, mut daemon) = setup("")?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
@@ -157,7 +225,10 @@ fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
     ok(&daemon.cli(&["block", SENDER_V6[2], "--ttl", "1h", "--source", "wazuh"]));
-    let kept_before = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V6[1]).unwrap();
+    let kept_before = list(&daemon, Some("crowdsec"))
+        .into_iter()
+        .find(|e| e.target.to_string() == SENDER_V6[1])
+        .unwrap();
     daemon.stop()?;
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[2], "--duration", "1h"])?;
@@ -166,12 +237,28 @@ fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing
     daemon.spawn()?;
     wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
-    assert_eq!(lab.passes(SENDER_V6[1]), 0, "a decision still live stayed enforced across the restart");
+    assert_eq!(
+        lab.passes(SENDER_V6[1]),
+        0,
+        "a decision still live stayed enforced across the restart"
+    );
     assert_eq!(lab.passes(SENDER_V6[2]), 0, "the wazuh block is untouched");
     assert_eq!(sources_of(&daemon, SENDER_V6[2]), ["wazuh"]);
-    let kept = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V6[1]).unwrap();
-    assert_eq!(kept.sources[0].created_ms, kept_before.sources[0].created_ms, "the kept block was not re-made");
-    assert!(kept.expires_ms.unwrap().abs_diff(kept_before.expires_ms.unwrap()) <= 2_000, "kept with its remaining time");
+    let kept = list(&daemon, Some("crowdsec"))
+        .into_iter()
+        .find(|e| e.target.to_string() == SENDER_V6[1])
+        .unwrap();
+    assert_eq!(
+        kept.sources[0].created_ms, kept_before.sources[0].created_ms,
+        "the kept block was not re-made"
+    );
+    assert!(
+        kept.expires_ms
+            .unwrap()
+            .abs_diff(kept_before.expires_ms.unwrap())
+            <= 2_000,
+        "kept with its remaining time"
+    );
     Ok(())
 }
 
@@ -186,10 +273,20 @@ fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() ->
         let cs = crowdsec(&daemon);
         Ok((cs.errors > 0).then_some(cs))
     })?;
-    assert!(cs.last_error.as_deref().unwrap().contains("does not answer"), "{cs:?}");
+    assert!(
+        cs.last_error
+            .as_deref()
+            .unwrap()
+            .contains("does not answer"),
+        "{cs:?}"
+    );
     let text = ok(&daemon.cli(&["status"]));
     assert!(text.contains("crowdsec: FAILING since"), "{text}");
-    assert_eq!(lab.passes(SENDER_V4[1]), 0, "blocks stay in force during the outage");
+    assert_eq!(
+        lab.passes(SENDER_V4[1]),
+        0,
+        "blocks stay in force during the outage"
+    );
     let full_before = cs.last_full_pull_ms;
     lapi.spawn()?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
@@ -198,7 +295,10 @@ fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() ->
     let cs = crowdsec(&daemon);
     assert!(cs.last_pull_ms > cs.last_error_ms, "recovered: {cs:?}");
     assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: recovered; last error"));
-    assert!(cs.last_full_pull_ms > full_before, "the first pull after the outage is a full one: {cs:?}");
+    assert!(
+        cs.last_full_pull_ms > full_before,
+        "the first pull after the outage is a full one: {cs:?}"
+    );
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
     Ok(())
 }
@@ -210,9 +310,22 @@ fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() ->
     let b = Lab::new()?;
     // The hosts' management link: the LAPI runs on host A and listens there.
     let (mgmt_a, mgmt_b) = ("198.51.100.1", "198.51.100.2");
-    a.receiver.ip(&["link", "add", "mg", "type", "veth", "peer", "name", "mg", "netns", b.receiver.name()])?;
-    a.receiver.ip(&["addr", "add", &format!("{mgmt_a}/30"), "dev", "mg"])?;
-    b.receiver.ip(&["addr", "add", &format!("{mgmt_b}/30"), "dev", "mg"])?;
+    a.receiver.ip(&[
+        "link",
+        "add",
+        "mg",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mg",
+        "netns",
+        b.receiver.name(),
+    ])?;
+    a.receiver
+        .ip(&["addr", "add", &format!("{mgmt_a}/30"), "dev", "mg"])?;
+    b.receiver
+        .ip(&["addr", "add", &format!("{mgmt_b}/30"), "dev", "mg"])?;
     a.receiver.ip(&["link", "set", "mg", "up"])?;
     b.receiver.ip(&["link", "set", "mg", "up"])?;
     let lapi = Lapi::start(&a.receiver, &format!("{mgmt_a}:8080"))?;
@@ -221,14 +334,22 @@ fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() ->
     let config_b = lapi.daemon_config("host-b", &lapi.url(), &extra)?;
     let da = Daemon::start(&a, &["--config", &config_a.to_string_lossy()])?;
     let db = Daemon::start(&b, &["--config", &config_b.to_string_lossy()])?;
-    wait_for("both bouncers to pull", WITHIN_ONE_POLL, || Ok((crowdsec(&da).pulls > 0 && crowdsec(&db).pulls > 0).then_some(())))?;
+    wait_for("both bouncers to pull", WITHIN_ONE_POLL, || {
+        Ok((crowdsec(&da).pulls > 0 && crowdsec(&db).pulls > 0).then_some(()))
+    })?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
     let added = Instant::now();
     wait_dropped(&a, SENDER_V4[1], true, WITHIN_ONE_POLL);
     wait_dropped(&b, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    eprintln!("decision enforced on both hosts {:?} after cscli returned", added.elapsed());
+    eprintln!(
+        "decision enforced on both hosts {:?} after cscli returned",
+        added.elapsed()
+    );
     let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"])?;
-    assert!(bouncers.contains("host-a") && bouncers.contains("host-b"), "{bouncers}");
+    assert!(
+        bouncers.contains("host-a") && bouncers.contains("host-b"),
+        "{bouncers}"
+    );
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
     wait_dropped(&a, SENDER_V4[1], false, WITHIN_ONE_POLL);
     wait_dropped(&b, SENDER_V4[1], false, WITHIN_ONE_POLL);
@@ -256,7 +377,10 @@ impl FakeLapi {
     fn start_with_metrics(lab: &Lab, metrics_status: u16) -> Result<Self> {
         let listener = lab.receiver.run(|| TcpListener::bind("127.0.0.1:0"))??;
         let port = listener.local_addr()?.port();
-        let script: Script = Arc::new(Mutex::new(vec![(200, b"{\"new\":null,\"deleted\":null}".to_vec())]));
+        let script: Script = Arc::new(Mutex::new(vec![(
+            200,
+            b"{\"new\":null,\"deleted\":null}".to_vec(),
+        )]));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (s, r) = (script.clone(), requests.clone());
         std::thread::spawn(move || {
@@ -271,7 +395,11 @@ impl FakeLapi {
                     head.push_str(&line);
                 }
                 head.push_str("\r\n");
-                if let Some(len) = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))) {
+                if let Some(len) = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                }) {
                     let mut body = vec![0; len];
                     let _ = reader.read_exact(&mut body);
                     head.push_str(&String::from_utf8_lossy(&body));
@@ -279,17 +407,36 @@ impl FakeLapi {
                 let is_metrics = head.starts_with("POST");
                 r.lock().unwrap().push(head);
                 let (status, body) = if is_metrics {
-                    (metrics_status, if metrics_status == 404 { b"{\"message\":\"page not found\"}".to_vec() } else { Vec::new() })
+                    (
+                        metrics_status,
+                        if metrics_status == 404 {
+                            b"{\"message\":\"page not found\"}".to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                    )
                 } else {
                     let mut script = s.lock().unwrap();
-                    if script.len() > 1 { script.remove(0) } else { script[0].clone() }
+                    if script.len() > 1 {
+                        script.remove(0)
+                    } else {
+                        script[0].clone()
+                    }
                 };
                 let mut stream = reader.into_inner();
-                let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = stream.write_all(&body);
             }
         });
-        Ok(Self { port, script, requests })
+        Ok(Self {
+            port,
+            script,
+            requests,
+        })
     }
 
     fn then(&self, status: u16, body: impl Into<Vec<u8>>) {
@@ -302,14 +449,18 @@ impl FakeLapi {
 }
 
 fn decision(id: u32, value: &str, duration: &str) -> String {
-    format!(r#"{{"id":{id},"origin":"cscli","type":"ban","scope":"Ip","value":"{value}","duration":"{duration}","scenario":"fake"}}"#)
+    format!(
+        r#"{{"id":{id},"origin":"cscli","type":"ban","scope":"Ip","value":"{value}","duration":"{duration}","scenario":"fake"}}"#
+    )
 }
 
 fn fake_config(dir: &Path, port: u16, extra: &str) -> Result<String> {
     let path = dir.join("enforcer.toml");
     std::fs::write(
         &path,
-        format!("[crowdsec]\napi_url = \"http://127.0.0.1:{port}\"\napi_key = \"fakekey\"\nupdate_frequency = \"1s\"\nmax_response_bytes = 65536\n{extra}"),
+        format!(
+            "[crowdsec]\napi_url = \"http://127.0.0.1:{port}\"\napi_key = \"fakekey\"\nupdate_frequency = \"1s\"\nmax_response_bytes = 65536\n{extra}"
+        ),
     )?;
     Ok(path.to_string_lossy().into_owned())
 }
@@ -319,35 +470,71 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
     require_root();
     let lab = Lab::new()?;
     let fake = FakeLapi::start(&lab)?;
-    fake.script.lock().unwrap()[0] = (200, format!(r#"{{"new":[{}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")).into_bytes());
+    fake.script.lock().unwrap()[0] = (
+        200,
+        format!(
+            r#"{{"new":[{}],"deleted":null}}"#,
+            decision(1, SENDER_V4[1], "1h")
+        )
+        .into_bytes(),
+    );
     let dir = tempfile::tempdir()?;
-    let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), fake.port, "")?])?;
+    let daemon = Daemon::start(
+        &lab,
+        &["--config", &fake_config(dir.path(), fake.port, "")?],
+    )?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     let pulls = |d: &Daemon| crowdsec(d).pulls;
     let mut seen_errors = 0;
     let bad_answers: Vec<(u16, Vec<u8>, &str)> = vec![
         (200, b"{\"new\": [garbage".to_vec(), "not a decision stream"),
         (200, b"[1, 2, 3]".to_vec(), "not a decision stream"),
-        (200, br#"{"new": "203.0.113.9", "deleted": 5}"#.to_vec(), "not a decision stream"),
+        (
+            200,
+            br#"{"new": "203.0.113.9", "deleted": 5}"#.to_vec(),
+            "not a decision stream",
+        ),
         (200, vec![b' '; 70_000], "larger than max_response_bytes"),
-        (500, b"{\"message\":\"database locked\"}".to_vec(), "HTTP 500"),
-        (403, b"{\"message\":\"access forbidden\"}".to_vec(), "refused the bouncer's credentials"),
+        (
+            500,
+            b"{\"message\":\"database locked\"}".to_vec(),
+            "HTTP 500",
+        ),
+        (
+            403,
+            b"{\"message\":\"access forbidden\"}".to_vec(),
+            "refused the bouncer's credentials",
+        ),
     ];
     for (status, body, says) in bad_answers {
         fake.then(status, body);
         // After the bad answer, the same good state again (a full pull, as after any error).
-        fake.then(200, format!(r#"{{"new":[{}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")));
+        fake.then(
+            200,
+            format!(
+                r#"{{"new":[{}],"deleted":null}}"#,
+                decision(1, SENDER_V4[1], "1h")
+            ),
+        );
         let err = wait_for(&format!("the error `{says}`"), WITHIN_ONE_POLL, || {
             let cs = crowdsec(&daemon);
-            Ok(cs.last_error.filter(|e| cs.errors > seen_errors && e.contains(says)))
+            Ok(cs
+                .last_error
+                .filter(|e| cs.errors > seen_errors && e.contains(says)))
         })?;
         seen_errors += 1;
-        assert_eq!(lab.passes(SENDER_V4[1]), 0, "after `{err}` the block is still in force");
+        assert_eq!(
+            lab.passes(SENDER_V4[1]),
+            0,
+            "after `{err}` the block is still in force"
+        );
         assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["crowdsec"]);
     }
     assert_eq!(seen_errors, 6);
     let before = pulls(&daemon);
-    wait_for("a good pull again", WITHIN_ONE_POLL, || Ok((pulls(&daemon) > before).then_some(())))?;
+    wait_for("a good pull again", WITHIN_ONE_POLL, || {
+        Ok((pulls(&daemon) > before).then_some(()))
+    })?;
     // Malformed decisions inside a good answer are skipped one by one; unknown scopes and other
     // types are counted as ignored.
     fake.then(
@@ -362,27 +549,67 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
             r#"{"id":6,"type":"ban","scope":"Ip","value":42,"duration":"1h"}"#,
         ),
     );
-    let cs = wait_for("the skipped decisions to be counted", WITHIN_ONE_POLL, || {
-        let cs = crowdsec(&daemon);
-        Ok((cs.invalid >= 3 && cs.ignored == 2).then_some(cs))
-    })?;
+    let cs = wait_for(
+        "the skipped decisions to be counted",
+        WITHIN_ONE_POLL,
+        || {
+            let cs = crowdsec(&daemon);
+            Ok((cs.invalid >= 3 && cs.ignored == 2).then_some(cs))
+        },
+    )?;
     assert_eq!(cs.errors, 6, "{cs:?}");
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
-    assert_eq!(lab.passes(SENDER_V4[2]), 10, "a decision with a bad duration is not enforced");
+    assert_eq!(
+        lab.passes(SENDER_V4[2]),
+        10,
+        "a decision with a bad duration is not enforced"
+    );
     let log = daemon.log();
-    assert_eq!(log.matches("decision type `captcha` is not enforced").count(), 1, "logged once: {log}");
+    assert_eq!(
+        log.matches("decision type `captcha` is not enforced")
+            .count(),
+        1,
+        "logged once: {log}"
+    );
     // Every request carried the key and our user agent; the first after each error was a full pull.
     let requests = fake.requests();
-    assert!(requests.iter().all(|r| r.contains("X-Api-Key: fakekey") || r.contains("x-api-key: fakekey")), "{requests:?}");
-    assert!(requests.iter().all(|r| r.to_ascii_lowercase().contains(&format!("user-agent: enforcer/{}", env!("CARGO_PKG_VERSION")))), "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("X-Api-Key: fakekey") || r.contains("x-api-key: fakekey")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.to_ascii_lowercase().contains(&format!(
+                "user-agent: enforcer/{}",
+                env!("CARGO_PKG_VERSION")
+            ))),
+        "{requests:?}"
+    );
     assert!(requests[0].contains("startup=true"), "{}", requests[0]);
     // Usage metrics were pushed once after the first good pull; the 404 turned them off.
-    let pushes: Vec<&String> = requests.iter().filter(|r| r.starts_with("POST /v1/usage-metrics")).collect();
+    let pushes: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("POST /v1/usage-metrics"))
+        .collect();
     assert_eq!(pushes.len(), 1, "{requests:#?}");
-    assert!(pushes[0].contains(r#""remediation_components""#) && pushes[0].contains(r#""name":"active_decisions""#), "{}", pushes[0]);
+    assert!(
+        pushes[0].contains(r#""remediation_components""#)
+            && pushes[0].contains(r#""name":"active_decisions""#),
+        "{}",
+        pushes[0]
+    );
     assert!(cs.usage_metrics.contains("before 1.6.3"), "{cs:?}");
-    let startups = requests.iter().filter(|r| r.starts_with("GET") && r.contains("startup=true")).count();
-    assert!(startups >= 7, "a full pull at start and after each of the 6 errors: {startups} in {requests:#?}");
+    let startups = requests
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains("startup=true"))
+        .count();
+    assert!(
+        startups >= 7,
+        "a full pull at start and after each of the 6 errors: {startups} in {requests:#?}"
+    );
     Ok(())
 }
 
@@ -394,10 +621,16 @@ fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
     // Nothing listens on this port in the fresh namespace.
     let started = Instant::now();
     let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), 9, "")?])?;
-    assert!(started.elapsed() < Duration::from_secs(10), "start took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "start took {:?}",
+        started.elapsed()
+    );
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
-    wait_for("status to show the error", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
+    wait_for("status to show the error", WITHIN_ONE_POLL, || {
+        Ok(crowdsec(&daemon).last_error)
+    })?;
     assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: FAILING since"));
     Ok(())
 }
@@ -411,13 +644,24 @@ fn the_first_pull_is_made_while_the_daemon_is_still_starting() -> Result<()> {
     require_root();
     let lab = Lab::new()?;
     let fake = FakeLapi::start(&lab)?;
-    fake.script.lock().unwrap()[0] = (200, format!(r#"{{"new":[{}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")).into_bytes());
+    fake.script.lock().unwrap()[0] = (
+        200,
+        format!(
+            r#"{{"new":[{}],"deleted":null}}"#,
+            decision(1, SENDER_V4[1], "1h")
+        )
+        .into_bytes(),
+    );
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let stall = dir.path().join("stall-start");
     std::fs::write(&stall, "")?;
     let watcher = {
-        let (requests, store, stall) = (fake.requests.clone(), state.join("blocks.redb"), stall.clone());
+        let (requests, store, stall) = (
+            fake.requests.clone(),
+            state.join("blocks.redb"),
+            stall.clone(),
+        );
         std::thread::spawn(move || {
             let store_was_open = wait_for("the first pull", Duration::from_secs(20), || {
                 Ok(requests.lock().unwrap().first().map(|_| store.exists()))
@@ -427,11 +671,25 @@ fn the_first_pull_is_made_while_the_daemon_is_still_starting() -> Result<()> {
         })
     };
     let config = fake_config(dir.path(), fake.port, "")?;
-    let env = vec![("ENFORCER_TEST_STALL_START".to_owned(), stall.display().to_string())];
-    let daemon = Daemon::start_with_env(&lab, &["--config", &config, "--state-dir", &state.to_string_lossy()], env)?;
+    let env = vec![(
+        "ENFORCER_TEST_STALL_START".to_owned(),
+        stall.display().to_string(),
+    )];
+    let daemon = Daemon::start_with_env(
+        &lab,
+        &["--config", &config, "--state-dir", &state.to_string_lossy()],
+        env,
+    )?;
     let store_was_open = watcher.join().expect("the watcher thread")?;
-    assert!(!store_was_open, "the startup pull was made before the store was opened");
-    assert!(fake.requests()[0].contains("startup=true"), "{}", fake.requests()[0]);
+    assert!(
+        !store_was_open,
+        "the startup pull was made before the store was opened"
+    );
+    assert!(
+        fake.requests()[0].contains("startup=true"),
+        "{}",
+        fake.requests()[0]
+    );
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     assert_eq!(crowdsec(&daemon).applied, 1);
     Ok(())
@@ -445,12 +703,31 @@ fn check_config_locates_crowdsec_errors_and_refuses_a_key_file_others_can_read()
     std::fs::write(&key, "abc123\n")?;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
     let config = dir.path().join("enforcer.toml");
-    std::fs::write(&config, format!("default_ttl = \"1h\"\n\n[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key_file = \"{}\"\n", key.display()))?;
-    let run = || enforcer_tests::daemon::cli(Path::new("/nonexistent"), &["daemon", "--check-config", "--config", &config.to_string_lossy()]);
+    std::fs::write(
+        &config,
+        format!(
+            "default_ttl = \"1h\"\n\n[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key_file = \"{}\"\n",
+            key.display()
+        ),
+    )?;
+    let run = || {
+        enforcer_tests::daemon::cli(
+            Path::new("/nonexistent"),
+            &[
+                "daemon",
+                "--check-config",
+                "--config",
+                &config.to_string_lossy(),
+            ],
+        )
+    };
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains(&format!("{}:5:1:", config.display())) && stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:5:1:", config.display())) && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     ok(&run());
     Ok(())
@@ -463,21 +740,55 @@ fn check_config_locates_crowdsec_errors_and_refuses_a_key_file_others_can_read()
 fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> Result<()> {
     require_root();
     let (lab, lapi, daemon) = setup("resync = \"3s\"\n")?;
-    let expiry = |d: &Daemon| list(d, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V4[1]).and_then(|e| e.expires_ms);
+    let expiry = |d: &Daemon| {
+        list(d, Some("crowdsec"))
+            .into_iter()
+            .find(|e| e.target.to_string() == SENDER_V4[1])
+            .and_then(|e| e.expires_ms)
+    };
     let left = |d: &Daemon| expiry(d).map(|e| e.saturating_sub(enforcer::block::now_ms()));
     // A fresh LAPI numbers decisions from 1.
-    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "5m", "--reason", "short"])?;
-    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h", "--reason", "long"])?;
-    wait_for("the block to last an hour", WITHIN_ONE_POLL, || Ok(left(&daemon).filter(|l| *l > 50 * 60_000)))?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        SENDER_V4[1],
+        "--duration",
+        "5m",
+        "--reason",
+        "short",
+    ])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        SENDER_V4[1],
+        "--duration",
+        "1h",
+        "--reason",
+        "long",
+    ])?;
+    wait_for("the block to last an hour", WITHIN_ONE_POLL, || {
+        Ok(left(&daemon).filter(|l| *l > 50 * 60_000))
+    })?;
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
     lapi.cscli(&["decisions", "delete", "--id", "2"])?;
-    let l = wait_for("the next full pull to shorten the block to the 5-minute decision", Duration::from_secs(15), || {
-        Ok(left(&daemon).filter(|l| *l <= 5 * 60_000))
-    })?;
+    let l = wait_for(
+        "the next full pull to shorten the block to the 5-minute decision",
+        Duration::from_secs(15),
+        || Ok(left(&daemon).filter(|l| *l <= 5 * 60_000)),
+    )?;
     assert!(l > 4 * 60_000, "{l} ms left");
-    let entry = list(&daemon, Some("crowdsec")).into_iter().find(|e| e.target.to_string() == SENDER_V4[1]).unwrap();
+    let entry = list(&daemon, Some("crowdsec"))
+        .into_iter()
+        .find(|e| e.target.to_string() == SENDER_V4[1])
+        .unwrap();
     assert_eq!(entry.sources[0].reason.rule_id.as_deref(), Some("short"));
-    assert_eq!(lab.passes(SENDER_V4[1]), 0, "still blocked by the remaining decision");
+    assert_eq!(
+        lab.passes(SENDER_V4[1]),
+        0,
+        "still blocked by the remaining decision"
+    );
     lapi.cscli(&["decisions", "delete", "--id", "1"])?;
     wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
     Ok(())
@@ -496,22 +807,41 @@ fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
     let mut values: Vec<String> = (1..N).map(|i| format!("2001:db8:5::{i:x}")).collect();
     values.push(SENDER_V6[1].to_owned());
     lapi.import(&values, "1h")?;
-    let config = lapi.daemon_config("host-a", &lapi.url(), &format!("update_frequency = \"{POLL}\"\n"))?;
+    let config = lapi.daemon_config(
+        "host-a",
+        &lapi.url(),
+        &format!("update_frequency = \"{POLL}\"\n"),
+    )?;
     // The LAPI is down while the daemon starts: the whole set comes in the first pull that
     // works, while strace watches.
     lapi.stop();
     let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
-    wait_for("a failed pull", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
+    wait_for("a failed pull", WITHIN_ONE_POLL, || {
+        Ok(crowdsec(&daemon).last_error)
+    })?;
     let one_block = daemon.trace_syncs(|| {
         ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     });
-    assert_eq!(one_block.commits(), 1, "a block is durable before it is acknowledged: {one_block:?}");
+    assert_eq!(
+        one_block.commits(),
+        1,
+        "a block is durable before it is acknowledged: {one_block:?}"
+    );
     let pull = daemon.trace_syncs(|| {
         lapi.spawn().expect("the LAPI restarts");
-        wait_for("every decision to be enforced", Duration::from_secs(60), || Ok((status(&daemon).targets > N).then_some(()))).unwrap();
+        wait_for(
+            "every decision to be enforced",
+            Duration::from_secs(60),
+            || Ok((status(&daemon).targets > N).then_some(())),
+        )
+        .unwrap();
     });
     eprintln!("one CLI block: {one_block:?}; a full pull of {N} decisions: {pull:?}");
-    assert_eq!(pull.commits(), 1, "a pull of {N} decisions is one store commit: {pull:?}");
+    assert_eq!(
+        pull.commits(),
+        1,
+        "a pull of {N} decisions is one store commit: {pull:?}"
+    );
     let cs = crowdsec(&daemon);
     assert_eq!(cs.applied, N as u64, "{cs:?}");
     assert_eq!(lab.passes(SENDER_V6[1]), 0, "the decisions are in force");
@@ -526,17 +856,33 @@ fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
 fn every_decision_of_a_large_pull_is_audited_once_the_daemon_stops() -> Result<()> {
     require_root();
     const N: usize = 3000;
-    const { assert!(N > enforcer::audit::INLINE_MAX, "the pull must take the writer thread") };
+    const {
+        assert!(
+            N > enforcer::audit::INLINE_MAX,
+            "the pull must take the writer thread"
+        )
+    };
     let lab = Lab::new()?;
     let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
     let values: Vec<String> = (1..=N).map(|i| format!("2001:db8:6::{i:x}")).collect();
     lapi.import(&values, "1h")?;
-    let config = lapi.daemon_config("host-a", &lapi.url(), &format!("update_frequency = \"{POLL}\"\n"))?;
+    let config = lapi.daemon_config(
+        "host-a",
+        &lapi.url(),
+        &format!("update_frequency = \"{POLL}\"\n"),
+    )?;
     let mut daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
-    wait_for("every decision to be enforced", Duration::from_secs(60), || Ok((status(&daemon).targets >= N).then_some(())))?;
+    wait_for(
+        "every decision to be enforced",
+        Duration::from_secs(60),
+        || Ok((status(&daemon).targets >= N).then_some(())),
+    )?;
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert!(
-        daemon.audit_text().lines().any(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])),
+        daemon
+            .audit_text()
+            .lines()
+            .any(|l| l.contains("\"action\":\"block\"") && l.contains(SENDER_V4[1])),
         "a small round's line is written before its answer, after the pull's lines"
     );
     daemon.stop()?;
@@ -546,11 +892,28 @@ fn every_decision_of_a_large_pull_is_audited_once_the_daemon_stops() -> Result<(
         .filter(|e| e["action"] == "block" && e["source"] == "crowdsec")
         .filter_map(|e| e["target"].as_str())
         .collect();
-    let missing: Vec<&String> = values.iter().filter(|v| !audited.contains(v.as_str())).collect();
-    assert!(missing.is_empty(), "{} of {N} blocks have no audit line, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    let cli_line = events.iter().position(|e| e["target"] == SENDER_V4[1]).expect("the CLI block is audited");
-    let last_pull_line = events.iter().rposition(|e| e["source"] == "crowdsec").expect("the pull is audited");
-    assert!(last_pull_line < cli_line, "lines are in the order of the rounds");
+    let missing: Vec<&String> = values
+        .iter()
+        .filter(|v| !audited.contains(v.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} blocks have no audit line, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let cli_line = events
+        .iter()
+        .position(|e| e["target"] == SENDER_V4[1])
+        .expect("the CLI block is audited");
+    let last_pull_line = events
+        .iter()
+        .rposition(|e| e["source"] == "crowdsec")
+        .expect("the pull is audited");
+    assert!(
+        last_pull_line < cli_line,
+        "lines are in the order of the rounds"
+    );
     Ok(())
 }
 
@@ -582,7 +945,14 @@ fn mtls_with_the_real_lapi_enforces_decisions_and_refuses_wrong_certificates() -
     };
     let mut daemon = Daemon::start(&lab, &["--config", &config("bouncer")?])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
-    lapi.cscli(&["decisions", "add", "--range", "2001:db8::10/127", "--duration", "1h"])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "2001:db8::10/127",
+        "--duration",
+        "1h",
+    ])?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "nothing else is dropped");
@@ -597,7 +967,11 @@ fn mtls_with_the_real_lapi_enforces_decisions_and_refuses_wrong_certificates() -
         ("agent", "bouncers_allowed_ou"),
     ] {
         let daemon = Daemon::start(&lab, &["--config", &config(cert)?])?;
-        let err = wait_for(&format!("the {cert} certificate to be refused"), WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).last_error))?;
+        let err = wait_for(
+            &format!("the {cert} certificate to be refused"),
+            WITHIN_ONE_POLL,
+            || Ok(crowdsec(&daemon).last_error),
+        )?;
         assert!(err.contains(says), "the {cert} certificate: {err}");
         assert!(ok(&daemon.cli(&["status"])).contains(says));
         assert_eq!(crowdsec(&daemon).applied, 0);
@@ -621,29 +995,76 @@ fn usage_metrics_problems(body: &serde_json::Value) -> Vec<String> {
             problems.push(what.to_owned());
         }
     };
-    let Some(rcs) = body["remediation_components"].as_array() else { return vec!["remediation_components is not a list".into()] };
+    let Some(rcs) = body["remediation_components"].as_array() else {
+        return vec!["remediation_components is not a list".into()];
+    };
     need(!rcs.is_empty(), "remediation_components is empty");
-    need(body.get("log_processors").is_none_or(Value::is_array), "log_processors is not a list");
+    need(
+        body.get("log_processors").is_none_or(Value::is_array),
+        "log_processors is not a list",
+    );
     for rc in rcs {
-        need(rc["version"].is_string(), "version (required) is not a string");
-        need(rc["utc_startup_timestamp"].is_i64(), "utc_startup_timestamp (required) is not an integer");
-        need(rc.get("name").is_none_or(Value::is_string), "name is not a string");
-        need(rc.get("type").is_none_or(Value::is_string), "type is not a string");
-        need(rc.get("os").is_none_or(|os| os["name"].is_string() && os["version"].is_string()), "os lacks name or version");
-        need(rc.get("feature_flags").is_none_or(|f| f.as_array().is_some_and(|f| f.iter().all(Value::is_string))), "feature_flags is not a list of strings");
-        for m in rc["metrics"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            need(m["meta"]["window_size_seconds"].is_i64() && m["meta"]["utc_now_timestamp"].is_i64(), "meta lacks an integer window_size_seconds or utc_now_timestamp");
+        need(
+            rc["version"].is_string(),
+            "version (required) is not a string",
+        );
+        need(
+            rc["utc_startup_timestamp"].is_i64(),
+            "utc_startup_timestamp (required) is not an integer",
+        );
+        need(
+            rc.get("name").is_none_or(Value::is_string),
+            "name is not a string",
+        );
+        need(
+            rc.get("type").is_none_or(Value::is_string),
+            "type is not a string",
+        );
+        need(
+            rc.get("os")
+                .is_none_or(|os| os["name"].is_string() && os["version"].is_string()),
+            "os lacks name or version",
+        );
+        need(
+            rc.get("feature_flags")
+                .is_none_or(|f| f.as_array().is_some_and(|f| f.iter().all(Value::is_string))),
+            "feature_flags is not a list of strings",
+        );
+        for m in rc["metrics"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            need(
+                m["meta"]["window_size_seconds"].is_i64()
+                    && m["meta"]["utc_now_timestamp"].is_i64(),
+                "meta lacks an integer window_size_seconds or utc_now_timestamp",
+            );
             let Some(items) = m["items"].as_array() else {
                 need(false, "items (required) is not a list");
                 continue;
             };
             for item in items {
-                need(item["name"].is_string() && item["unit"].is_string() && item["value"].is_number(), "an item lacks name, unit or a numeric value");
-                need(item.get("labels").is_none_or(|l| l.as_object().is_some_and(|l| l.values().all(Value::is_string))), "labels are not string to string");
+                need(
+                    item["name"].is_string()
+                        && item["unit"].is_string()
+                        && item["value"].is_number(),
+                    "an item lacks name, unit or a numeric value",
+                );
+                need(
+                    item.get("labels").is_none_or(|l| {
+                        l.as_object()
+                            .is_some_and(|l| l.values().all(Value::is_string))
+                    }),
+                    "labels are not string to string",
+                );
                 let unit = item["unit"].as_str().unwrap_or_default();
                 match item["name"].as_str().unwrap_or_default() {
                     "active_decisions" => need(unit == "ip", "active_decisions is not in unit ip"),
-                    "dropped" | "processed" => need(["byte", "packet", "request"].contains(&unit), "dropped/processed not in byte, packet or request"),
+                    "dropped" | "processed" => need(
+                        ["byte", "packet", "request"].contains(&unit),
+                        "dropped/processed not in byte, packet or request",
+                    ),
                     _ => {}
                 }
             }
@@ -661,29 +1082,73 @@ fn usage_metrics_follow_the_lapi_schema() -> Result<()> {
     let lab = Lab::new()?;
     let fake = FakeLapi::start_with_metrics(&lab, 201)?;
     let capi = r#"{"id":2,"origin":"CAPI","type":"ban","scope":"Ip","value":"2001:db8::10","duration":"1h","scenario":"crowdsecurity/ssh-bf"}"#;
-    fake.script.lock().unwrap()[0] = (200, format!(r#"{{"new":[{},{capi}],"deleted":null}}"#, decision(1, SENDER_V4[1], "1h")).into_bytes());
+    fake.script.lock().unwrap()[0] = (
+        200,
+        format!(
+            r#"{{"new":[{},{capi}],"deleted":null}}"#,
+            decision(1, SENDER_V4[1], "1h")
+        )
+        .into_bytes(),
+    );
     let dir = tempfile::tempdir()?;
-    let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), fake.port, "")?])?;
+    let daemon = Daemon::start(
+        &lab,
+        &["--config", &fake_config(dir.path(), fake.port, "")?],
+    )?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    let push = wait_for("a usage-metrics push", WITHIN_ONE_POLL, || Ok(fake.requests().into_iter().find(|r| r.starts_with("POST /v1/usage-metrics"))))?;
-    assert!(push.to_ascii_lowercase().contains("x-api-key: fakekey"), "{push}");
-    let body: serde_json::Value = serde_json::from_str(&push[push.find("\r\n\r\n").expect("a body") + 4..])?;
-    assert_eq!(usage_metrics_problems(&body), Vec::<String>::new(), "{body:#}");
+    let push = wait_for("a usage-metrics push", WITHIN_ONE_POLL, || {
+        Ok(fake
+            .requests()
+            .into_iter()
+            .find(|r| r.starts_with("POST /v1/usage-metrics")))
+    })?;
+    assert!(
+        push.to_ascii_lowercase().contains("x-api-key: fakekey"),
+        "{push}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&push[push.find("\r\n\r\n").expect("a body") + 4..])?;
+    assert_eq!(
+        usage_metrics_problems(&body),
+        Vec::<String>::new(),
+        "{body:#}"
+    );
     let rc = &body["remediation_components"][0];
     assert_eq!(rc["version"], env!("CARGO_PKG_VERSION"));
     let items = rc["metrics"][0]["items"].as_array().unwrap();
-    let active = |origin: &str| items.iter().find(|i| i["name"] == "active_decisions" && i["labels"]["origin"] == origin).map(|i| i["value"].clone());
+    let active = |origin: &str| {
+        items
+            .iter()
+            .find(|i| i["name"] == "active_decisions" && i["labels"]["origin"] == origin)
+            .map(|i| i["value"].clone())
+    };
     assert_eq!(active("cscli"), Some(serde_json::json!(1)), "{body:#}");
     assert_eq!(active("CAPI"), Some(serde_json::json!(1)), "{body:#}");
-    for (name, unit) in [("dropped", "packet"), ("dropped", "byte"), ("processed", "packet"), ("processed", "byte")] {
-        assert!(items.iter().any(|i| i["name"] == name && i["unit"] == unit), "no {name} in {unit}: {body:#}");
+    for (name, unit) in [
+        ("dropped", "packet"),
+        ("dropped", "byte"),
+        ("processed", "packet"),
+        ("processed", "byte"),
+    ] {
+        assert!(
+            items.iter().any(|i| i["name"] == name && i["unit"] == unit),
+            "no {name} in {unit}: {body:#}"
+        );
     }
     assert_eq!(crowdsec(&daemon).usage_metrics, "on");
     // The schema check itself catches what a LAPI would refuse.
     let mut broken = body.clone();
-    broken["remediation_components"][0].as_object_mut().unwrap().remove("utc_startup_timestamp");
+    broken["remediation_components"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("utc_startup_timestamp");
     broken["remediation_components"][0]["metrics"][0]["items"][0]["value"] = serde_json::json!("1");
-    assert_eq!(usage_metrics_problems(&broken).len(), 2, "{:?}", usage_metrics_problems(&broken));
+    assert_eq!(
+        usage_metrics_problems(&broken).len(),
+        2,
+        "{:?}",
+        usage_metrics_problems(&broken)
+    );
     Ok(())
 }
 
@@ -693,13 +1158,24 @@ fn usage_metrics_follow_the_lapi_schema() -> Result<()> {
 fn the_real_lapi_1_4_turns_usage_metrics_off_quietly() -> Result<()> {
     require_root();
     let (lab, lapi, daemon) = setup("")?;
-    wait_for("usage metrics to be turned off", WITHIN_ONE_POLL, || Ok(crowdsec(&daemon).usage_metrics.contains("before 1.6.3").then_some(())))?;
+    wait_for("usage metrics to be turned off", WITHIN_ONE_POLL, || {
+        Ok(crowdsec(&daemon)
+            .usage_metrics
+            .contains("before 1.6.3")
+            .then_some(()))
+    })?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     let cs = crowdsec(&daemon);
-    assert!(cs.last_error.is_none() && cs.errors == 0, "the 404 is not an error: {cs:?}");
+    assert!(
+        cs.last_error.is_none() && cs.errors == 0,
+        "the 404 is not an error: {cs:?}"
+    );
     let log = daemon.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("usage-metrics") || l.contains("usage metrics")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("usage-metrics") || l.contains("usage metrics"))
+        .collect();
     assert_eq!(lines.len(), 1, "one log line: {lines:#?}");
     assert!(lines[0].contains("INFO"), "{}", lines[0]);
     assert!(ok(&daemon.cli(&["status"])).contains("before 1.6.3"));

@@ -9,13 +9,12 @@ use enforcer::{
     protocol::{BatchItem, BatchRequest, Outcome, Reply, Request},
 };
 use enforcer_tests::{
-    Lab, RECEIVER_V4, SENDER_V4, SENDER_V6, RECEIVER_V6,
+    Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::{Daemon, cli, entry, fails, ok, one_line, targets},
     require_root, wait_for,
 };
 
 const SETTLE: Duration = Duration::from_millis(300);
-
 
 #[test]
 fn block_list_show_stats_status_and_unblock_from_the_cli() {
@@ -24,7 +23,14 @@ fn block_list_show_stats_status_and_unblock_from_the_cli() {
     let d = Daemon::start(&lab, &[]).unwrap();
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
-    let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m", "--reason", "ssh brute force"]));
+    let out = ok(&d.cli(&[
+        "block",
+        SENDER_V4[1],
+        "--ttl",
+        "10m",
+        "--reason",
+        "ssh brute force",
+    ]));
     assert!(out.contains("blocked 192.0.2.10 for 10m"), "{out}");
     ok(&d.cli(&["block", "2001:db8::10", "--ttl", "1h"]));
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
@@ -36,10 +42,19 @@ fn block_list_show_stats_status_and_unblock_from_the_cli() {
     assert_eq!(entry.packets, 10);
     assert_eq!(entry.mode, Mode::Enforce);
     assert_eq!(entry.sources[0].source.as_str(), "cli");
-    assert_eq!(entry.sources[0].reason.text.as_deref(), Some("ssh brute force"));
+    assert_eq!(
+        entry.sources[0].reason.text.as_deref(),
+        Some("ssh brute force")
+    );
     let table = ok(&d.cli(&["list", "--sort", "hits"]));
-    assert!(table.lines().next().unwrap().starts_with("TARGET"), "{table}");
-    assert!(table.contains("192.0.2.10") && table.contains("ssh brute force"), "{table}");
+    assert!(
+        table.lines().next().unwrap().starts_with("TARGET"),
+        "{table}"
+    );
+    assert!(
+        table.contains("192.0.2.10") && table.contains("ssh brute force"),
+        "{table}"
+    );
 
     assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
     assert_eq!(d.show(SENDER_V4[2]).verdict, "pass");
@@ -59,7 +74,10 @@ fn block_list_show_stats_status_and_unblock_from_the_cli() {
 
     // The audit log recorded the decisions.
     let audit = d.audit_text();
-    assert!(audit.contains("\"action\":\"block\"") && audit.contains("\"action\":\"unblock\""), "{audit}");
+    assert!(
+        audit.contains("\"action\":\"block\"") && audit.contains("\"action\":\"unblock\""),
+        "{audit}"
+    );
 }
 
 #[test]
@@ -72,12 +90,23 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
     let list = d.list(&[]);
     assert_eq!(list[0].sources.len(), 2);
     let left = list[0].expires_ms.unwrap() - now_ms();
-    assert!(left > 50 * 60 * 1000, "the kernel expiry is the latest source's");
+    assert!(
+        left > 50 * 60 * 1000,
+        "the kernel expiry is the latest source's"
+    );
 
     let out = ok(&d.cli(&["unblock", SENDER_V4[1]]));
     assert!(out.contains("other sources still block it"), "{out}");
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "wazuh's block still holds");
-    fails(&d.cli(&["unblock", SENDER_V4[1], "--source", "fail2ban"]), 5, "no block from source `fail2ban`");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "wazuh's block still holds"
+    );
+    fails(
+        &d.cli(&["unblock", SENDER_V4[1], "--source", "fail2ban"]),
+        5,
+        "no block from source `fail2ban`",
+    );
     ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "wazuh"]));
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 
@@ -102,12 +131,27 @@ fn reblocking_extends_but_never_shortens_loses_its_reason_or_demotes_it() {
     assert_eq!(longer.outcome, Outcome::Extended);
     assert!(longer.expires_ms.unwrap() > first.expires_ms.unwrap());
     let list = d.list(&[]);
-    assert_eq!(list[0].sources[0].reason.text.as_deref(), Some("first reason"), "a re-block without a reason keeps it");
+    assert_eq!(
+        list[0].sources[0].reason.text.as_deref(),
+        Some("first reason"),
+        "a re-block without a reason keeps it"
+    );
     let shadow = d.block(&[SENDER_V4[1], "--shadow", "--reason", "second"]);
-    assert_eq!(shadow.mode, Mode::Enforce, "a re-block never demotes an enforced block");
-    assert_eq!(d.list(&[])[0].sources[0].reason.text.as_deref(), Some("second"));
+    assert_eq!(
+        shadow.mode,
+        Mode::Enforce,
+        "a re-block never demotes an enforced block"
+    );
+    assert_eq!(
+        d.list(&[])[0].sources[0].reason.text.as_deref(),
+        Some("second")
+    );
     // In the kernel too: the source is still dropped.
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the shadow re-block demoted the kernel entry");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "the shadow re-block demoted the kernel entry"
+    );
     assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
 }
 
@@ -118,10 +162,18 @@ fn a_reblock_that_enforces_promotes_a_shadow_block_in_the_kernel() {
     let d = Daemon::start(&lab, &[]).unwrap();
     let r = d.block(&[SENDER_V4[1], "--ttl", "1h", "--shadow"]);
     assert_eq!(r.mode, Mode::Shadow);
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "shadow lets packets through");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        10,
+        "shadow lets packets through"
+    );
     let r = d.block(&[SENDER_V4[1], "--ttl", "1h"]);
     assert_eq!(r.mode, Mode::Enforce);
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the re-block enforces in the kernel");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "the re-block enforces in the kernel"
+    );
     assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
     assert_eq!(d.list(&[])[0].mode, Mode::Enforce);
 }
@@ -138,16 +190,33 @@ fn a_block_expires_and_the_reaper_removes_it() {
     let probe_at = deadline - 300 - SETTLE.as_millis() as u64;
     std::thread::sleep(Duration::from_millis(probe_at.saturating_sub(now_ms())));
     let sent = now_ms();
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "passed {} ms before the deadline", deadline - sent);
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "passed {} ms before the deadline",
+        deadline - sent
+    );
     assert!(sent < deadline, "the probe came too late to prove anything");
     // Reaped, but not before the deadline, and soon after it.
-    let removed = wait_for("the reaper to remove the block", Duration::from_secs(5), || {
-        let empty = d.list(&[]).is_empty();
-        Ok(empty.then(now_ms))
-    })
+    let removed = wait_for(
+        "the reaper to remove the block",
+        Duration::from_secs(5),
+        || {
+            let empty = d.list(&[]).is_empty();
+            Ok(empty.then(now_ms))
+        },
+    )
     .unwrap();
-    assert!(removed >= deadline, "reaped at least {} ms before its deadline", deadline - removed);
-    assert!(removed <= deadline + 2000, "reaped {} ms after its deadline", removed - deadline);
+    assert!(
+        removed >= deadline,
+        "reaped at least {} ms before its deadline",
+        deadline - removed
+    );
+    assert!(
+        removed <= deadline + 2000,
+        "reaped {} ms after its deadline",
+        removed - deadline
+    );
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
     let audit = d.audit_text();
     assert!(audit.contains("\"action\":\"expire\""), "{audit}");
@@ -178,18 +247,35 @@ fn a_reboot_restores_every_block_with_its_remaining_time() {
     let lab = Lab::new().unwrap();
     let mut d = Daemon::start(&lab, &[]).unwrap();
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
-    ok(&d.cli(&["block", "198.51.100.0/24", "--ttl", "1h", "--source", "wazuh"]));
+    ok(&d.cli(&[
+        "block",
+        "198.51.100.0/24",
+        "--ttl",
+        "1h",
+        "--source",
+        "wazuh",
+    ]));
     let before = d.list(&["--sort", "target"]);
     d.stop().unwrap();
     // A reboot empties bpffs: remove every pin.
-    ok(&cli(&d.socket, &["detach", "--bpffs-dir", lab.pins.path().to_str().unwrap()]));
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "nothing enforces after the 'reboot'");
+    ok(&cli(
+        &d.socket,
+        &["detach", "--bpffs-dir", lab.pins.path().to_str().unwrap()],
+    ));
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        10,
+        "nothing enforces after the 'reboot'"
+    );
     d.spawn().unwrap();
     let after = d.list(&["--sort", "target"]);
     assert_eq!(after.len(), 2);
     for (a, b) in after.iter().zip(&before) {
         assert_eq!(a.target, b.target);
-        assert_eq!(a.expires_ms, b.expires_ms, "the deadline is kept, not reset");
+        assert_eq!(
+            a.expires_ms, b.expires_ms,
+            "the deadline is kept, not reset"
+        );
     }
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
 }
@@ -207,7 +293,9 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
         let targets = targets.clone();
         std::thread::spawn(move || {
             let mut acked = Vec::new();
-            let Ok(mut c) = Client::connect(&socket, Duration::from_secs(30)) else { return acked };
+            let Ok(mut c) = Client::connect(&socket, Duration::from_secs(30)) else {
+                return acked;
+            };
             for chunk in targets.chunks(250) {
                 let req = Request::BlockBatch(BatchRequest {
                     items: chunk
@@ -223,7 +311,9 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
                     shadow: false,
                 });
                 match c.call(&req) {
-                    Ok(Reply::BlockBatch { applied, .. }) if applied == chunk.len() => acked.extend_from_slice(chunk),
+                    Ok(Reply::BlockBatch { applied, .. }) if applied == chunk.len() => {
+                        acked.extend_from_slice(chunk)
+                    }
                     _ => break,
                 }
             }
@@ -238,15 +328,36 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
     .unwrap();
     d.kill();
     let acked = importer.join().unwrap();
-    assert!(!acked.is_empty() && acked.len() < targets.len(), "killed mid-import ({} acked)", acked.len());
+    assert!(
+        !acked.is_empty() && acked.len() < targets.len(),
+        "killed mid-import ({} acked)",
+        acked.len()
+    );
     d.spawn().unwrap();
-    let present: std::collections::HashSet<String> = enforcer_tests::daemon::targets(&d.list(&["--source", "import"])).into_iter().collect();
-    let lost: Vec<&String> = acked.iter().filter(|t| !present.contains(t.as_str())).collect();
-    assert!(lost.is_empty(), "{} acknowledged blocks lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    let present: std::collections::HashSet<String> =
+        enforcer_tests::daemon::targets(&d.list(&["--source", "import"]))
+            .into_iter()
+            .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !present.contains(t.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged blocks lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
     // And they are in the kernel, not just the store.
-    let maps = enforcer::datapath::BlockMaps::open_pinned(&enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir()).unwrap();
+    let maps = enforcer::datapath::BlockMaps::open_pinned(
+        &enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir(),
+    )
+    .unwrap();
     for t in acked.iter().step_by(97) {
-        assert!(maps.get_block(&t.parse().unwrap()).unwrap().is_some(), "{t} missing from the kernel");
+        assert!(
+            maps.get_block(&t.parse().unwrap()).unwrap().is_some(),
+            "{t} missing from the kernel"
+        );
     }
 }
 
@@ -260,7 +371,9 @@ fn list_pages_with_limit_and_after_and_a_plain_list_shows_every_page() {
     let n = enforcer::cli::list::PAGE * 2 + 345;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("many.txt");
-    let lines: String = (0..n).map(|i| format!("2001:db8:7::{:x}\n", i + 1)).collect();
+    let lines: String = (0..n)
+        .map(|i| format!("2001:db8:7::{:x}\n", i + 1))
+        .collect();
     std::fs::write(&file, lines).unwrap();
     let out = ok(&d.cli(&["import", file.to_str().unwrap(), "--ttl", "1h"]));
     assert!(out.contains(&format!("imported {n} of {n}")), "{out}");
@@ -274,11 +387,25 @@ fn list_pages_with_limit_and_after_and_a_plain_list_shows_every_page() {
     let page: Vec<enforcer::protocol::ListEntry> = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(targets(&page), all[..10].to_vec());
     let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(stderr.contains(&format!("more blocks follow: enforcer list --after {} --limit 10", all[9])), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "more blocks follow: enforcer list --after {} --limit 10",
+            all[9]
+        )),
+        "{stderr}"
+    );
     let second = targets(&d.list(&["--after", &all[9], "--limit", "10", "--sort", "target"]));
-    assert_eq!(second, all[10..20].to_vec(), "the next page starts right after the last one shown");
+    assert_eq!(
+        second,
+        all[10..20].to_vec(),
+        "the next page starts right after the last one shown"
+    );
     let tail = targets(&d.list(&["--after", &all[n - 3], "--sort", "target"]));
-    assert_eq!(tail, all[n - 2..].to_vec(), "--after without --limit: everything after it");
+    assert_eq!(
+        tail,
+        all[n - 2..].to_vec(),
+        "--after without --limit: everything after it"
+    );
 }
 
 #[test]
@@ -288,16 +415,42 @@ fn import_loads_a_file_and_rejects_a_bad_one_whole() {
     let d = Daemon::start(&lab, &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.txt");
-    std::fs::write(&good, "# attackers\n198.51.100.1\n198.51.100.2 10m\n2001:db8:5::/48 1h\n\n").unwrap();
+    std::fs::write(
+        &good,
+        "# attackers\n198.51.100.1\n198.51.100.2 10m\n2001:db8:5::/48 1h\n\n",
+    )
+    .unwrap();
     let out = ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed"]));
     assert!(out.contains("imported 3 of 3"), "{out}");
-    let again = ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed", "--json"]));
+    let again = ok(&d.cli(&[
+        "import",
+        good.to_str().unwrap(),
+        "--source",
+        "feed",
+        "--json",
+    ]));
     let summary: enforcer::cli::ImportOutput = serde_json::from_str(&again).unwrap();
-    assert_eq!((summary.total, summary.applied, summary.pending, summary.failed.len()), (3, 3, 0, 0), "{summary:?}");
+    assert_eq!(
+        (
+            summary.total,
+            summary.applied,
+            summary.pending,
+            summary.failed.len()
+        ),
+        (3, 3, 0, 0),
+        "{summary:?}"
+    );
     let gone = ok(&d.cli(&["unblock", "198.51.100.1", "--source", "feed", "--json"]));
     let gone: enforcer::cli::UnblockOutput = serde_json::from_str(&gone).unwrap();
-    assert_eq!((gone.target.to_string(), gone.lifted), ("198.51.100.1".to_owned(), true), "{gone:?}");
-    assert_eq!(gone.removed.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["feed"]);
+    assert_eq!(
+        (gone.target.to_string(), gone.lifted),
+        ("198.51.100.1".to_owned(), true),
+        "{gone:?}"
+    );
+    assert_eq!(
+        gone.removed.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        ["feed"]
+    );
     ok(&d.cli(&["import", good.to_str().unwrap(), "--source", "feed"]));
     let bad = dir.path().join("bad.txt");
     std::fs::write(&bad, "203.0.113.1\nnot-an-ip\n203.0.113.2 forever\n").unwrap();
@@ -316,21 +469,57 @@ fn every_error_is_one_clear_line_with_its_exit_code_and_changes_nothing() {
     ok(&d.cli(&["block", "203.0.113.1"]));
     d.fails_cleanly(&["block", "192.0.2.300"], 2, "not an IP address");
     d.fails_cleanly(&["block", "example.com"], 2, "host names are not accepted");
-    d.fails_cleanly(&["block", "192.0.2.1", "--ttl", "10 minutes"], 2, "invalid duration");
-    d.fails_cleanly(&["block", "192.0.2.1", "--no-such-flag"], 2, "unexpected argument '--no-such-flag'");
+    d.fails_cleanly(
+        &["block", "192.0.2.1", "--ttl", "10 minutes"],
+        2,
+        "invalid duration",
+    );
+    d.fails_cleanly(
+        &["block", "192.0.2.1", "--no-such-flag"],
+        2,
+        "unexpected argument '--no-such-flag'",
+    );
     d.fails_cleanly(&["block"], 2, "<TARGET>");
     d.fails_cleanly(&["unblock", "192.0.2.99"], 5, "is not blocked");
-    d.fails_cleanly(&["unblock", "203.0.113.1", "--source", "wazuh"], 5, "no block from source `wazuh`");
+    d.fails_cleanly(
+        &["unblock", "203.0.113.1", "--source", "wazuh"],
+        5,
+        "no block from source `wazuh`",
+    );
     d.fails_cleanly(&["approve", "4242"], 5, "no pending block");
-    d.fails_cleanly(&["allow", "remove", "203.0.113.9"], 5, "not on the allowlist");
-    d.fails_cleanly(&["block", RECEIVER_V4], 7, "refused by policy rule `allowlist`");
-    d.fails_cleanly(&["block", "198.51.0.0/16", "--source", "wazuh"], 7, "refused by policy rule `scope`");
-    d.fails_cleanly(&["block", "198.51.100.7", "--permanent", "--source", "wazuh"], 7, "refused by policy rule `time_bounds`");
-    d.fails_cleanly(&["block", "198.51.100.0/25", "--force", "--source", "wazuh"], 7, "may not force");
+    d.fails_cleanly(
+        &["allow", "remove", "203.0.113.9"],
+        5,
+        "not on the allowlist",
+    );
+    d.fails_cleanly(
+        &["block", RECEIVER_V4],
+        7,
+        "refused by policy rule `allowlist`",
+    );
+    d.fails_cleanly(
+        &["block", "198.51.0.0/16", "--source", "wazuh"],
+        7,
+        "refused by policy rule `scope`",
+    );
+    d.fails_cleanly(
+        &["block", "198.51.100.7", "--permanent", "--source", "wazuh"],
+        7,
+        "refused by policy rule `time_bounds`",
+    );
+    d.fails_cleanly(
+        &["block", "198.51.100.0/25", "--force", "--source", "wazuh"],
+        7,
+        "may not force",
+    );
     for i in 2..=3 {
         ok(&d.cli(&["block", &format!("203.0.113.{i}")]));
     }
-    d.fails_cleanly(&["block", "203.0.113.4"], 6, "map is full (3 entries); nothing was evicted");
+    d.fails_cleanly(
+        &["block", "203.0.113.4"],
+        6,
+        "map is full (3 entries); nothing was evicted",
+    );
     assert_eq!(d.list(&[]).len(), 3);
     // Permission denied for an unprivileged user.
     let before = d.state();
@@ -352,7 +541,13 @@ fn every_error_is_one_clear_line_with_its_exit_code_and_changes_nothing() {
 }
 
 /// A stand-in daemon that takes one request line, then does `answer` to the connection.
-fn half_daemon(answer: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static) -> (tempfile::TempDir, std::path::PathBuf, std::thread::JoinHandle<String>) {
+fn half_daemon(
+    answer: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::thread::JoinHandle<String>,
+) {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("enforcer.sock");
@@ -383,7 +578,12 @@ fn a_daemon_that_stops_answering_mid_request_exits_1_with_one_line() {
     });
     let out = cli(&socket, &["list"]);
     server.join().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     one_line(&out, &["list"]);
 }
 
@@ -395,19 +595,47 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
     let dir = tempfile::tempdir().unwrap();
     // The receiver's own address is allowlisted: refused (7); the others go in.
     let file = dir.path().join("feed.txt");
-    std::fs::write(&file, format!("198.51.100.1\n{RECEIVER_V4}\n198.51.100.2\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("198.51.100.1\n{RECEIVER_V4}\n198.51.100.2\n"),
+    )
+    .unwrap();
     let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]);
-    fails(&out, 7, &format!("1 of 3 targets were refused, the rest imported; first: {RECEIVER_V4}: refused by policy rule `allowlist`"));
+    fails(
+        &out,
+        7,
+        &format!(
+            "1 of 3 targets were refused, the rest imported; first: {RECEIVER_V4}: refused by policy rule `allowlist`"
+        ),
+    );
     one_line(&out, &["import"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 of 3"));
-    let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed", "--json"]);
+    let out = d.cli(&[
+        "import",
+        file.to_str().unwrap(),
+        "--source",
+        "feed",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     let summary: enforcer::cli::ImportOutput = serde_json::from_slice(&out.stdout).unwrap();
-    let refused: Vec<(usize, String)> = summary.failed.iter().map(|f| (f.index, f.target.to_string())).collect();
-    assert_eq!(refused, [(1, RECEIVER_V4.to_owned())], "--json names the refused line: {summary:?}");
+    let refused: Vec<(usize, String)> = summary
+        .failed
+        .iter()
+        .map(|f| (f.index, f.target.to_string()))
+        .collect();
+    assert_eq!(
+        refused,
+        [(1, RECEIVER_V4.to_owned())],
+        "--json names the refused line: {summary:?}"
+    );
     let listed = |d: &Daemon| targets(&d.list(&["--sort", "target"]));
     assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2"]);
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10, "nothing else was blocked");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        10,
+        "nothing else was blocked"
+    );
     // The map holds 3: the fourth address is refused (6), the one before it imported.
     std::fs::write(&file, "198.51.100.3\n198.51.100.4\n").unwrap();
     let out = d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]);
@@ -416,7 +644,11 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
     assert_eq!(listed(&d), ["198.51.100.1", "198.51.100.2", "198.51.100.3"]);
     // The first refusal decides the code: a policy refusal before a full map exits 7.
     std::fs::write(&file, format!("{RECEIVER_V4}\n198.51.100.5\n")).unwrap();
-    fails(&d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]), 7, "allowlist");
+    fails(
+        &d.cli(&["import", file.to_str().unwrap(), "--source", "feed"]),
+        7,
+        "allowlist",
+    );
 }
 
 #[test]
@@ -438,30 +670,37 @@ fn concurrent_requests_share_one_commit() {
     };
     // One at a time: each request is its own commit.
     // Commits, not every fsync: redb also syncs when its file grows inside a commit.
-    let sequential = d.trace_syncs(|| {
-        let mut c = Client::connect(&d.socket, Duration::from_secs(30)).unwrap();
-        for i in 1..=N {
-            assert!(matches!(c.call(&block(i)).unwrap(), Reply::Block(_)));
-        }
-    })
-    .commits();
-    // All at once, each on its own connection, released together.
-    let concurrent = d.trace_syncs(|| {
-        let barrier = std::sync::Barrier::new(N);
-        std::thread::scope(|s| {
+    let sequential = d
+        .trace_syncs(|| {
+            let mut c = Client::connect(&d.socket, Duration::from_secs(30)).unwrap();
             for i in 1..=N {
-                let (barrier, socket, req) = (&barrier, &d.socket, block(100 + i));
-                s.spawn(move || {
-                    let mut c = Client::connect(socket, Duration::from_secs(30)).unwrap();
-                    barrier.wait();
-                    assert!(matches!(c.call(&req).unwrap(), Reply::Block(_)));
-                });
+                assert!(matches!(c.call(&block(i)).unwrap(), Reply::Block(_)));
             }
-        });
-    })
-    .commits();
-    eprintln!("commits: {sequential} for {N} sequential blocks, {concurrent} for {N} concurrent ones");
-    assert!(sequential >= N, "each sequential block is committed on its own ({sequential} commits for {N})");
+        })
+        .commits();
+    // All at once, each on its own connection, released together.
+    let concurrent = d
+        .trace_syncs(|| {
+            let barrier = std::sync::Barrier::new(N);
+            std::thread::scope(|s| {
+                for i in 1..=N {
+                    let (barrier, socket, req) = (&barrier, &d.socket, block(100 + i));
+                    s.spawn(move || {
+                        let mut c = Client::connect(socket, Duration::from_secs(30)).unwrap();
+                        barrier.wait();
+                        assert!(matches!(c.call(&req).unwrap(), Reply::Block(_)));
+                    });
+                }
+            });
+        })
+        .commits();
+    eprintln!(
+        "commits: {sequential} for {N} sequential blocks, {concurrent} for {N} concurrent ones"
+    );
+    assert!(
+        sequential >= N,
+        "each sequential block is committed on its own ({sequential} commits for {N})"
+    );
     assert!(
         concurrent * 2 <= sequential,
         "concurrent requests were not committed together: {concurrent} commits for {N} (sequential: {sequential})"
@@ -474,13 +713,34 @@ fn check_config_reports_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("enforcer.toml");
     std::fs::write(&path, "interfaces = [\"eth0\"]\n\ndefault_ttl = \"soon\"\n").unwrap();
-    let out = cli(Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
+    let out = cli(
+        Path::new("/nonexistent"),
+        &[
+            "daemon",
+            "--config",
+            path.to_str().unwrap(),
+            "--check-config",
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("{}:3:", path.display())), "{err}");
     std::fs::write(&path, "interfaces = [\"eth0\"]\n").unwrap();
-    let out = cli(Path::new("/nonexistent"), &["daemon", "--config", path.to_str().unwrap(), "--check-config"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        Path::new("/nonexistent"),
+        &[
+            "daemon",
+            "--config",
+            path.to_str().unwrap(),
+            "--check-config",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -505,14 +765,31 @@ fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
         })
         .unwrap();
         let stray: enforcer::Target = SENDER_V4[2].parse().unwrap();
-        dp.maps_mut().insert_block(&stray, &BlockValue::new(0, MODE_ENFORCE)).unwrap();
+        dp.maps_mut()
+            .insert_block(&stray, &BlockValue::new(0, MODE_ENFORCE))
+            .unwrap();
     }
-    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0, "the stray entry enforces");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[2], RECEIVER_V4),
+        0,
+        "the stray entry enforces"
+    );
     d.spawn().unwrap();
-    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "removed at start");
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the stored block stays");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[2], RECEIVER_V4),
+        10,
+        "removed at start"
+    );
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "the stored block stays"
+    );
     let audit = d.audit_text();
-    assert!(audit.contains("\"action\":\"remove_unknown\",\"target\":\"192.0.2.11\""), "{audit}");
+    assert!(
+        audit.contains("\"action\":\"remove_unknown\",\"target\":\"192.0.2.11\""),
+        "{audit}"
+    );
 }
 
 #[test]
@@ -522,7 +799,11 @@ fn the_socket_group_may_use_the_cli_and_others_may_not() {
     let lab = Lab::new().unwrap();
     // `nogroup` (gid 65534) stands in for an "enforcer" operators' group.
     let d = Daemon::start(&lab, &["--socket-group", "nogroup"]).unwrap();
-    std::fs::set_permissions(d.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     let as_user = |gid: &str| {
@@ -536,17 +817,38 @@ fn the_socket_group_may_use_the_cli_and_others_may_not() {
             .unwrap()
     };
     let member = as_user("65534");
-    assert!(member.status.success(), "{}", String::from_utf8_lossy(&member.stderr));
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
     let outsider = as_user("65533");
-    assert_eq!(outsider.status.code(), Some(4), "{}", String::from_utf8_lossy(&outsider.stderr));
+    assert_eq!(
+        outsider.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&outsider.stderr)
+    );
     assert!(String::from_utf8_lossy(&outsider.stderr).contains("permission denied"));
 }
 
 #[test]
 fn the_shipped_example_configuration_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.toml");
-    let out = cli(Path::new("/nonexistent"), &["daemon", "--config", example.to_str().unwrap(), "--check-config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        Path::new("/nonexistent"),
+        &[
+            "daemon",
+            "--config",
+            example.to_str().unwrap(),
+            "--check-config",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -555,11 +857,25 @@ fn a_store_that_cannot_write_refuses_the_block_and_changes_nothing() {
     let lab = Lab::new().unwrap();
     // A state directory on a tiny tmpfs that we then fill up.
     let mnt = tempfile::tempdir().unwrap();
-    enforcer_tests::run("mount", &["-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt.path().to_str().unwrap()]).unwrap();
+    enforcer_tests::run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            mnt.path().to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(mnt.path().to_owned());
@@ -569,13 +885,30 @@ fn a_store_that_cannot_write_refuses_the_block_and_changes_nothing() {
     // Fill the filesystem.
     let filler = mnt.path().join("filler");
     let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+        ])
         .output()
         .unwrap();
     let out = d.cli(&["block", SENDER_V4[2], "--reason", &"x".repeat(1000)]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the block store failed"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "nothing was written to the kernel");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the block store failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lab.passes_to(SENDER_V4[2], RECEIVER_V4),
+        10,
+        "nothing was written to the kernel"
+    );
     assert_eq!(d.list(&[]).len(), 1);
     // Room again: the same request succeeds.
     std::fs::remove_file(&filler).unwrap();
@@ -595,17 +928,34 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     let current = enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir();
     let older = lab.pins.path().join("maps-v0");
     std::fs::rename(&current, &older).unwrap();
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the old program still enforces");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "the old program still enforces"
+    );
     d.spawn().unwrap();
-    assert!(current.exists() && !older.exists(), "new maps pinned, old ones removed");
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the block is in the new maps");
+    assert!(
+        current.exists() && !older.exists(),
+        "new maps pinned, old ones removed"
+    );
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "the block is in the new maps"
+    );
     let log = d.log();
     assert!(log.contains("replaced the program in place"), "{log}");
-    assert!(log.contains("restored") || log.contains("reconciled"), "{log}");
+    assert!(
+        log.contains("restored") || log.contains("reconciled"),
+        "{log}"
+    );
     // The counters came along: 10 dropped before the upgrade, 10 under the old program after
     // the daemon stopped, 10 in the new maps.
     let list = d.list(&[]);
-    assert_eq!(list[0].packets, 30, "counters survive the upgrade: {list:?}");
+    assert_eq!(
+        list[0].packets, 30,
+        "counters survive the upgrade: {list:?}"
+    );
 }
 
 #[test]
@@ -616,7 +966,17 @@ fn with_spool_if_down_a_trigger_made_while_the_daemon_is_down_is_applied_when_it
     d.stop().unwrap();
     let state = d.state_dir.to_str().unwrap().to_owned();
     fails(&d.cli(&["block", SENDER_V4[1]]), 3, "daemon is not running");
-    let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "fail2ban", "--spool-if-down", "--state-dir", &state]));
+    let out = ok(&d.cli(&[
+        "block",
+        SENDER_V4[1],
+        "--ttl",
+        "1h",
+        "--source",
+        "fail2ban",
+        "--spool-if-down",
+        "--state-dir",
+        &state,
+    ]));
     assert!(out.contains("spooled to"), "{out}");
     d.spawn().unwrap();
     assert_eq!(targets(&d.list(&["--source", "fail2ban"])), [SENDER_V4[1]]);
@@ -636,7 +996,18 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
     let mut child = std::process::Command::new(enforcer_tests::daemon::enforcer_bin())
         .arg("--socket")
         .arg(&socket)
-        .args(["daemon", "--config", "/dev/null", "--netns", lab.receiver.name(), "--max-addresses", "65536", "--max-prefixes", "4096", "--state-dir"])
+        .args([
+            "daemon",
+            "--config",
+            "/dev/null",
+            "--netns",
+            lab.receiver.name(),
+            "--max-addresses",
+            "65536",
+            "--max-prefixes",
+            "4096",
+            "--state-dir",
+        ])
         .arg(&d.state_dir)
         .arg("--bpffs-dir")
         .arg(lab.pins.path())
@@ -645,10 +1016,17 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
         .unwrap();
     // Traffic may pass a moment before the link's pin is gone: wait for both.
     let layout = enforcer::datapath::PinLayout::new(lab.pins.path());
-    let result = wait_for("the daemon to detach vb and remove its pin", Duration::from_secs(30), || {
-        let detached = lab.passes_to(SENDER_V4[1], RECEIVER_V4) == 10;
-        Ok((detached && enforcer::datapath::pinned_interfaces(&layout).is_empty()).then_some(()))
-    });
+    let result = wait_for(
+        "the daemon to detach vb and remove its pin",
+        Duration::from_secs(30),
+        || {
+            let detached = lab.passes_to(SENDER_V4[1], RECEIVER_V4) == 10;
+            Ok(
+                (detached && enforcer::datapath::pinned_interfaces(&layout).is_empty())
+                    .then_some(()),
+            )
+        },
+    );
     let _ = child.kill();
     let _ = child.wait();
     result.unwrap();

@@ -10,10 +10,16 @@ use std::{
 
 use enforcer::{
     Target,
-    datapath::{AttachedMode, BlockMaps, Capacity, Datapath, DatapathError, DatapathOptions, XdpModeRequest, clock},
+    datapath::{
+        AttachedMode, BlockMaps, Capacity, Datapath, DatapathError, DatapathOptions,
+        XdpModeRequest, clock,
+    },
 };
 use enforcer_common::{ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE, MODE_SHADOW};
-use enforcer_tests::{Lab, PinDir, RECEIVER_IF, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6, require_root, udp_exchange};
+use enforcer_tests::{
+    Lab, PinDir, RECEIVER_IF, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6, require_root,
+    udp_exchange,
+};
 
 const SETTLE: Duration = Duration::from_millis(300);
 const CONNECT: Duration = Duration::from_millis(500);
@@ -45,7 +51,11 @@ fn attach(lab: &Lab, mode: XdpModeRequest) -> Datapath {
 
 /// Loads and attaches from the receiver's namespace, dropping the process's handles at once
 /// (the pins keep the program attached), and reports the attachment.
-fn attach_only(lab: &Lab, pins: &std::path::Path, mode: XdpModeRequest) -> Result<enforcer::datapath::Attachment, DatapathError> {
+fn attach_only(
+    lab: &Lab,
+    pins: &std::path::Path,
+    mode: XdpModeRequest,
+) -> Result<enforcer::datapath::Attachment, DatapathError> {
     let opts = options(pins);
     lab.receiver
         .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, mode)))
@@ -54,7 +64,9 @@ fn attach_only(lab: &Lab, pins: &std::path::Path, mode: XdpModeRequest) -> Resul
 
 fn block(dp: &mut Datapath, target: &str, expires_ns: u64, mode: u32) {
     let t: Target = target.parse().unwrap();
-    dp.maps_mut().insert_block(&t, &BlockValue::new(expires_ns, mode)).unwrap();
+    dp.maps_mut()
+        .insert_block(&t, &BlockValue::new(expires_ns, mode))
+        .unwrap();
 }
 
 fn pinned_maps(lab: &Lab) -> BlockMaps {
@@ -75,8 +87,14 @@ fn a_blocked_source_cannot_connect_or_send_while_another_source_gets_through() {
     block(&mut dp, SENDER_V4[1], 0, MODE_ENFORCE);
 
     let (_l, dst) = receiver_tcp(&lab, RECEIVER_V4);
-    assert!(!lab.tcp_connect(SENDER_V4[1], dst, CONNECT).unwrap(), "blocked source connected");
-    assert!(lab.tcp_connect(SENDER_V4[2], dst, CONNECT).unwrap(), "other source could not connect");
+    assert!(
+        !lab.tcp_connect(SENDER_V4[1], dst, CONNECT).unwrap(),
+        "blocked source connected"
+    );
+    assert!(
+        lab.tcp_connect(SENDER_V4[2], dst, CONNECT).unwrap(),
+        "other source could not connect"
+    );
 
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let blocked = lab.udp_sender(SENDER_V4[1]).unwrap();
@@ -122,9 +140,16 @@ fn a_block_lifts_on_time_with_no_userspace_process() {
             break clock::boottime_ns();
         }
     };
-    assert!(first_arrival >= deadline, "a packet passed {} ns before the deadline", deadline - first_arrival);
+    assert!(
+        first_arrival >= deadline,
+        "a packet passed {} ns before the deadline",
+        deadline - first_arrival
+    );
     let late = Duration::from_nanos(first_arrival - deadline);
-    assert!(late <= Duration::from_millis(50), "first packet passed {late:?} after the deadline");
+    assert!(
+        late <= Duration::from_millis(50),
+        "first packet passed {late:?} after the deadline"
+    );
     eprintln!("first packet after expiry: {late:?} late");
     let (_l, tcp) = receiver_tcp(&lab, RECEIVER_V4);
     assert!(lab.tcp_connect(SENDER_V4[1], tcp, CONNECT).unwrap());
@@ -156,7 +181,9 @@ fn the_allowlist_wins_over_a_covering_block() {
     let mut dp = attach(&lab, XdpModeRequest::Auto);
     block(&mut dp, "192.0.2.0/24", 0, MODE_ENFORCE);
     let allowed: Target = SENDER_V4[2].parse().unwrap();
-    dp.maps_mut().insert_allow(&allowed, ALLOW_ORIGIN_CONFIG).unwrap();
+    dp.maps_mut()
+        .insert_allow(&allowed, ALLOW_ORIGIN_CONFIG)
+        .unwrap();
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let blocked = lab.udp_sender(SENDER_V4[1]).unwrap();
     let ok = lab.udp_sender(SENDER_V4[2]).unwrap();
@@ -187,7 +214,10 @@ fn counters_equal_the_packets_sent() {
     // Wait for the last frames to cross the veth, then compare exactly.
     let hits = |a: &str| dp.maps().get_block(&a.parse().unwrap()).unwrap().unwrap();
     enforcer_tests::wait_for("all frames counted", Duration::from_secs(2), || {
-        Ok((hits(SENDER_V4[1]).hit_packets >= 137 && hits(SENDER_V6[1]).hit_packets >= 61).then_some(()))
+        Ok(
+            (hits(SENDER_V4[1]).hit_packets >= 137 && hits(SENDER_V6[1]).hit_packets >= 61)
+                .then_some(()),
+        )
     })
     .unwrap();
     let after = dp.maps().stats_total().unwrap();
@@ -197,10 +227,16 @@ fn counters_equal_the_packets_sent() {
     // Frame bytes as XDP sees them: Ethernet 14 + IP header + UDP 8 + payload.
     assert_eq!(hits(SENDER_V4[1]).hit_bytes, 137 * (14 + 20 + 8 + 100));
     assert_eq!(hits(SENDER_V6[1]).hit_bytes, 61 * (14 + 40 + 8 + 100));
-    assert_eq!(after.dropped.bytes - before.dropped.bytes, 137 * 142 + 61 * 162);
+    assert_eq!(
+        after.dropped.bytes - before.dropped.bytes,
+        137 * 142 + 61 * 162
+    );
     assert!(hits(SENDER_V4[1]).last_hit_ns > 0);
     let mut buf = [0u8; 128];
-    assert!(rx4.recv(&mut buf).is_err() && rx6.recv(&mut buf).is_err(), "a blocked datagram arrived");
+    assert!(
+        rx4.recv(&mut buf).is_err() && rx6.recv(&mut buf).is_err(),
+        "a blocked datagram arrived"
+    );
 }
 
 #[test]
@@ -215,8 +251,14 @@ fn ipv6_traffic_is_filtered() {
     assert!(!lab.tcp_connect(SENDER_V6[2], dst, CONNECT).unwrap());
     assert!(lab.tcp_connect(SENDER_V6[0], dst, CONNECT).unwrap());
     let rx = lab.udp_listener(RECEIVER_V6).unwrap();
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V6[1]).unwrap(), &rx, 10, SETTLE).unwrap(), 0);
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V6[0]).unwrap(), &rx, 10, SETTLE).unwrap(), 10);
+    assert_eq!(
+        udp_exchange(&lab.udp_sender(SENDER_V6[1]).unwrap(), &rx, 10, SETTLE).unwrap(),
+        0
+    );
+    assert_eq!(
+        udp_exchange(&lab.udp_sender(SENDER_V6[0]).unwrap(), &rx, 10, SETTLE).unwrap(),
+        10
+    );
 }
 
 /// This kernel has no 802.1Q support (CONFIG_VLAN_8021Q is off), so no VLAN sub-interface can
@@ -242,9 +284,24 @@ fn vlan_tagged_traffic_is_filtered() {
         frames.push((ipv4_udp(&tags, other4, dst4, 0, false), false));
     }
     let before = dp.maps().stats_total().unwrap();
-    let sent = lab.sender.run(|| enforcer_tests::inject(enforcer_tests::SENDER_IF, frames.iter().map(|(f, _)| f.as_slice()))).unwrap().unwrap();
+    let sent = lab
+        .sender
+        .run(|| {
+            enforcer_tests::inject(
+                enforcer_tests::SENDER_IF,
+                frames.iter().map(|(f, _)| f.as_slice()),
+            )
+        })
+        .unwrap()
+        .unwrap();
     assert_eq!(sent, frames.len());
-    let hits = |a: &str| dp.maps().get_block(&a.parse().unwrap()).unwrap().unwrap().hit_packets;
+    let hits = |a: &str| {
+        dp.maps()
+            .get_block(&a.parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .hit_packets
+    };
     enforcer_tests::wait_for("tagged frames counted", Duration::from_secs(2), || {
         let s = dp.maps().stats_total().unwrap();
         Ok((s.seen.packets - before.seen.packets >= frames.len() as u64).then_some(()))
@@ -257,7 +314,10 @@ fn vlan_tagged_traffic_is_filtered() {
     // The kernel's own IPv6 traffic on the veth (MLD, neighbour discovery) may pass in the same
     // window, so at least the unblocked source's two frames passed: none of them was dropped.
     let passed = after.passed.packets - before.passed.packets;
-    assert!(passed >= 2, "the unblocked source's frames pass: {passed} passed");
+    assert!(
+        passed >= 2,
+        "the unblocked source's frames pass: {passed} passed"
+    );
 }
 
 #[test]
@@ -267,7 +327,10 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
     let first = {
         let mut dp = attach(&lab, XdpModeRequest::Auto);
         block(&mut dp, SENDER_V4[1], 0, MODE_ENFORCE);
-        lab.receiver.run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF))).unwrap().unwrap()
+        lab.receiver
+            .run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF)))
+            .unwrap()
+            .unwrap()
     };
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let tx = lab.udp_sender(SENDER_V4[1]).unwrap();
@@ -286,13 +349,17 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
         });
         let stop_flood = || stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let result = (|| {
-            enforcer_tests::wait_for("the flood to start", Duration::from_secs(5), || Ok((count() >= 100).then_some(())))?;
+            enforcer_tests::wait_for("the flood to start", Duration::from_secs(5), || {
+                Ok((count() >= 100).then_some(()))
+            })?;
             let before = count();
             let att = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto)?;
             let during = count();
-            enforcer_tests::wait_for("the flood to go on after the swap", Duration::from_secs(5), || {
-                Ok((count() >= during + 100).then_some(()))
-            })?;
+            enforcer_tests::wait_for(
+                "the flood to go on after the swap",
+                Duration::from_secs(5),
+                || Ok((count() >= during + 100).then_some(())),
+            )?;
             anyhow::Ok((att, before, during))
         })();
         stop_flood();
@@ -300,12 +367,26 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
         let (att, before, during) = result.unwrap();
         (att, before, during, count())
     });
-    eprintln!("flood: {before} packets before the swap began, {} while it ran, {} after", during - before, total - during);
+    eprintln!(
+        "flood: {before} packets before the swap began, {} while it ran, {} after",
+        during - before,
+        total - during
+    );
     assert!(replaced.replaced, "the pinned link was not reused");
-    assert_ne!(Some(replaced.prog_id), first.prog_id, "the program was not swapped");
-    assert!(before > 0 && total > during, "the flood did not overlap the swap");
+    assert_ne!(
+        Some(replaced.prog_id),
+        first.prog_id,
+        "the program was not swapped"
+    );
+    assert!(
+        before > 0 && total > during,
+        "the flood did not overlap the swap"
+    );
     let mut buf = [0u8; 8];
-    assert!(rx.recv(&mut buf).is_err(), "a blocked packet got through during the swap");
+    assert!(
+        rx.recv(&mut buf).is_err(),
+        "a blocked packet got through during the swap"
+    );
     // Every packet sent met one of the two programs and was dropped by it.
     let maps = pinned_maps(&lab);
     let t: Target = SENDER_V4[1].parse().unwrap();
@@ -313,7 +394,11 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
         Ok((maps.get_block(&t).unwrap().unwrap().hit_packets >= total).then_some(()))
     })
     .unwrap();
-    let after = lab.receiver.run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF))).unwrap().unwrap();
+    let after = lab
+        .receiver
+        .run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF)))
+        .unwrap()
+        .unwrap();
     assert_eq!(after.prog_id, Some(replaced.prog_id));
 }
 
@@ -324,21 +409,34 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
 fn auto_mode_falls_back_to_skb_where_native_xdp_is_missing() {
     require_root();
     let lab = Lab::new().unwrap();
-    lab.receiver.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    lab.receiver
+        .ip(&["link", "add", "br0", "type", "bridge"])
+        .unwrap();
     lab.receiver.ip(&["link", "set", "br0", "up"]).unwrap();
     let opts = options(lab.pins.path());
     let native = lab
         .receiver
         .run(|| Datapath::open(&opts).and_then(|mut dp| dp.attach("br0", XdpModeRequest::Native)))
         .unwrap();
-    assert!(native.is_err(), "a bridge has no native XDP, yet native attach worked");
+    assert!(
+        native.is_err(),
+        "a bridge has no native XDP, yet native attach worked"
+    );
     let att = lab
         .receiver
         .run(|| Datapath::open(&opts).and_then(|mut dp| dp.attach("br0", XdpModeRequest::Auto)))
         .unwrap()
         .unwrap();
-    assert_eq!(att.mode, AttachedMode::Skb, "auto on a driver without native XDP");
-    let state = lab.receiver.run(|| enforcer::datapath::query_xdp(if_index("br0"))).unwrap().unwrap();
+    assert_eq!(
+        att.mode,
+        AttachedMode::Skb,
+        "auto on a driver without native XDP"
+    );
+    let state = lab
+        .receiver
+        .run(|| enforcer::datapath::query_xdp(if_index("br0")))
+        .unwrap()
+        .unwrap();
     assert_eq!(state.prog_id, Some(att.prog_id), "attached");
 }
 
@@ -351,8 +449,14 @@ fn a_program_enforcer_did_not_attach_is_never_replaced_or_detached() {
     let theirs = attach_only(&lab, foreign_pins.path(), XdpModeRequest::Auto).unwrap();
     let err = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, DatapathError::ForeignProgram { prog_id, .. } if prog_id == theirs.prog_id), "{msg}");
-    assert!(msg.contains("enforcer_xdp") && msg.contains(&theirs.prog_id.to_string()), "{msg}");
+    assert!(
+        matches!(err, DatapathError::ForeignProgram { prog_id, .. } if prog_id == theirs.prog_id),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("enforcer_xdp") && msg.contains(&theirs.prog_id.to_string()),
+        "{msg}"
+    );
     let layout = enforcer::datapath::PinLayout::new(lab.pins.path());
     let err = lab
         .receiver
@@ -360,7 +464,11 @@ fn a_program_enforcer_did_not_attach_is_never_replaced_or_detached() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, DatapathError::ForeignProgram { .. }));
-    let still = lab.receiver.run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF))).unwrap().unwrap();
+    let still = lab
+        .receiver
+        .run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF)))
+        .unwrap()
+        .unwrap();
     assert_eq!(still.prog_id, Some(theirs.prog_id));
 }
 
@@ -372,13 +480,24 @@ fn detach_removes_the_program_and_traffic_flows() {
     block(&mut dp, SENDER_V4[1], 0, MODE_ENFORCE);
     drop(dp);
     let pins = lab.pins.path().to_owned();
-    let detached = lab.receiver.run(move || enforcer::datapath::detach_all(&pins)).unwrap().unwrap();
+    let detached = lab
+        .receiver
+        .run(move || enforcer::datapath::detach_all(&pins))
+        .unwrap()
+        .unwrap();
     assert_eq!(detached, vec![RECEIVER_IF.to_owned()]);
     assert!(!lab.pins.path().exists());
-    let state = lab.receiver.run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF))).unwrap().unwrap();
+    let state = lab
+        .receiver
+        .run(|| enforcer::datapath::query_xdp(if_index(RECEIVER_IF)))
+        .unwrap()
+        .unwrap();
     assert_eq!(state.prog_id, None);
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, SETTLE).unwrap(), 5);
+    assert_eq!(
+        udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, SETTLE).unwrap(),
+        5
+    );
 }
 
 fn if_index(name: &str) -> u32 {

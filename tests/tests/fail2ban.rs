@@ -24,7 +24,6 @@ use enforcer_tests::{
 const BAN_DEADLINE: Duration = Duration::from_secs(30);
 const JAIL: &str = "enforcer-test";
 
-
 /// A fail2ban-server run from a private configuration in a temporary directory (its own
 /// socket, pid file, database and log), banning through the enforcer action into `daemon`.
 /// The server is SIGKILLed on drop if still running; the directory goes with it.
@@ -98,23 +97,41 @@ impl Fail2ban {
             .context("starting fail2ban-server (`cargo xtask setup` installs fail2ban)")?;
         self.server = Some(child);
         wait_for("fail2ban to answer a ping", Duration::from_secs(30), || {
-            if let Some(status) = self.server.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .server
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 anyhow::bail!("fail2ban-server exited early ({status}): {}", self.log());
             }
             Ok(self.client(&["ping"]).status.success().then_some(()))
         })?;
         // The jail runs once its status answers.
-        wait_for("the jail to start", Duration::from_secs(30), || Ok(self.client(&["status", JAIL]).status.success().then_some(())))
+        wait_for("the jail to start", Duration::from_secs(30), || {
+            Ok(self
+                .client(&["status", JAIL])
+                .status
+                .success()
+                .then_some(()))
+        })
     }
 
     /// `fail2ban-client -c DIR ARGS`.
     fn client(&self, args: &[&str]) -> Output {
-        Command::new("fail2ban-client").arg("-c").arg(self.path()).args(args).output().expect("run fail2ban-client")
+        Command::new("fail2ban-client")
+            .arg("-c")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .expect("run fail2ban-client")
     }
 
     /// Appends lines to the log the jail watches.
     fn log_line(&self, line: &str, times: usize) {
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.path().join("auth.log")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path().join("auth.log"))
+            .unwrap();
         for _ in 0..times {
             writeln!(f, "{line}").unwrap();
         }
@@ -125,7 +142,11 @@ impl Fail2ban {
         ok(&self.client(&["stop"]));
         if let Some(mut child) = self.server.take() {
             let status = child.wait()?;
-            ensure!(status.success(), "fail2ban-server exited with {status}: {}", self.log());
+            ensure!(
+                status.success(),
+                "fail2ban-server exited with {status}: {}",
+                self.log()
+            );
         }
         Ok(())
     }
@@ -150,9 +171,15 @@ impl Fail2ban {
         let log = self.log();
         let errors: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains(" ERROR ") && !l.contains("Fail2ban seems to be already running"))
+            .filter(|l| {
+                l.contains(" ERROR ") && !l.contains("Fail2ban seems to be already running")
+            })
             .collect();
-        assert!(errors.is_empty(), "fail2ban logged errors:\n{}\nfull log:\n{log}", errors.join("\n"));
+        assert!(
+            errors.is_empty(),
+            "fail2ban logged errors:\n{}\nfull log:\n{log}",
+            errors.join("\n")
+        );
     }
 }
 
@@ -164,18 +191,40 @@ impl Drop for Fail2ban {
 
 /// fail2ban's block of `target`, as `enforcer list --source fail2ban --json` shows it.
 fn fail2ban_block(d: &Daemon, target: &str) -> Option<ListSource> {
-    let entry = d.list(&["--source", "fail2ban"]).into_iter().find(|e| e.target.to_string() == target)?;
-    entry.sources.into_iter().find(|s| s.source.as_str() == "fail2ban")
+    let entry = d
+        .list(&["--source", "fail2ban"])
+        .into_iter()
+        .find(|e| e.target.to_string() == target)?;
+    entry
+        .sources
+        .into_iter()
+        .find(|s| s.source.as_str() == "fail2ban")
 }
 
 fn sources(d: &Daemon, target: &str) -> Vec<String> {
-    let Some(entry) = d.list(&[]).into_iter().find(|e| e.target.to_string() == target) else { return vec![] };
+    let Some(entry) = d
+        .list(&[])
+        .into_iter()
+        .find(|e| e.target.to_string() == target)
+    else {
+        return vec![];
+    };
     entry.sources.iter().map(|s| s.source.to_string()).collect()
 }
 
 fn wait_for_ban(d: &Daemon, f2b: &Fail2ban, target: &str) -> ListSource {
-    wait_for(&format!("fail2ban's block of {target}"), BAN_DEADLINE, || Ok(fail2ban_block(d, target)))
-        .unwrap_or_else(|e| panic!("{e}\nfail2ban log:\n{}\ndaemon log:\n{}", f2b.log(), d.log()))
+    wait_for(
+        &format!("fail2ban's block of {target}"),
+        BAN_DEADLINE,
+        || Ok(fail2ban_block(d, target)),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nfail2ban log:\n{}\ndaemon log:\n{}",
+            f2b.log(),
+            d.log()
+        )
+    })
 }
 
 fn setup() -> (Lab, Daemon, Fail2ban) {
@@ -193,10 +242,17 @@ fn three_failed_logins_get_the_address_dropped_in_the_kernel_until_fail2ban_unba
 
     f2b.log_line(&format!("Failed login from {}", SENDER_V4[1]), 3);
     let block = wait_for_ban(&d, &f2b, SENDER_V4[1]);
-    assert_eq!(block.reason.text.as_deref(), Some(format!("fail2ban {JAIL}: 3 failures").as_str()));
+    assert_eq!(
+        block.reason.text.as_deref(),
+        Some(format!("fail2ban {JAIL}: 3 failures").as_str())
+    );
     assert_eq!(d.show(SENDER_V4[1]).verdict, "drop");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
-    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "only the offender is dropped");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[2], RECEIVER_V4),
+        10,
+        "only the offender is dropped"
+    );
 
     // IPv6 goes through the same command line.
     ok(&f2b.client(&["set", JAIL, "banip", SENDER_V6[1]]));
@@ -223,12 +279,29 @@ fn fail2bans_unban_leaves_another_sources_block_of_the_same_address() {
     let (lab, d, f2b) = setup();
     f2b.log_line(&format!("Failed login from {}", SENDER_V4[1]), 3);
     wait_for_ban(&d, &f2b, SENDER_V4[1]);
-    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m", "--source", "cli", "--reason", "by hand"]));
+    ok(&d.cli(&[
+        "block",
+        SENDER_V4[1],
+        "--ttl",
+        "10m",
+        "--source",
+        "cli",
+        "--reason",
+        "by hand",
+    ]));
     assert_eq!(sources(&d, SENDER_V4[1]), ["cli", "fail2ban"]);
 
     ok(&f2b.client(&["set", JAIL, "unbanip", SENDER_V4[1]]));
-    assert_eq!(sources(&d, SENDER_V4[1]), ["cli"], "only fail2ban's reference is dropped");
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "the CLI's block still holds");
+    assert_eq!(
+        sources(&d, SENDER_V4[1]),
+        ["cli"],
+        "only fail2ban's reference is dropped"
+    );
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "the CLI's block still holds"
+    );
 
     ok(&d.cli(&["unblock", SENDER_V4[1], "--source", "cli"]));
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
@@ -244,7 +317,10 @@ fn a_restart_or_a_crash_of_fail2ban_reissues_its_bans_without_errors() {
     // A clean stop unbans (as with any fail2ban action); the start restores the ban from the
     // database.
     f2b.stop().unwrap();
-    assert!(fail2ban_block(&d, SENDER_V4[1]).is_none(), "fail2ban unbans what it banned when it stops");
+    assert!(
+        fail2ban_block(&d, SENDER_V4[1]).is_none(),
+        "fail2ban unbans what it banned when it stops"
+    );
     f2b.spawn().unwrap();
     wait_for_ban(&d, &f2b, SENDER_V4[1]);
 
@@ -257,11 +333,18 @@ fn a_restart_or_a_crash_of_fail2ban_reissues_its_bans_without_errors() {
         let audit = std::fs::read_to_string(d.state_dir.join("audit.log"))?;
         Ok(audit
             .lines()
-            .any(|l| l.contains("\"source\":\"fail2ban\"") && (l.contains("\"action\":\"extend\"") || l.contains("\"action\":\"reblock\"")))
+            .any(|l| {
+                l.contains("\"source\":\"fail2ban\"")
+                    && (l.contains("\"action\":\"extend\"") || l.contains("\"action\":\"reblock\""))
+            })
             .then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\nfail2ban log:\n{}", f2b.log()));
-    assert_eq!(sources(&d, SENDER_V4[1]), ["fail2ban"], "one fail2ban block, not two");
+    assert_eq!(
+        sources(&d, SENDER_V4[1]),
+        ["fail2ban"],
+        "one fail2ban block, not two"
+    );
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     f2b.assert_no_errors();
 }

@@ -18,7 +18,16 @@ fn daemon_refuses(state: &Path, needle: &str) {
     let mut child = Command::new(enforcer_bin())
         .arg("--socket")
         .arg(tmp.path().join("s.sock"))
-        .args(["daemon", "--config", "/dev/null", "--max-addresses", "1024", "--max-prefixes", "64", "--state-dir"])
+        .args([
+            "daemon",
+            "--config",
+            "/dev/null",
+            "--max-addresses",
+            "1024",
+            "--max-prefixes",
+            "64",
+            "--state-dir",
+        ])
         .arg(state)
         .arg("--bpffs-dir")
         .arg(pins.path())
@@ -27,12 +36,17 @@ fn daemon_refuses(state: &Path, needle: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let exited = wait_for("the daemon to refuse", Duration::from_secs(10), || Ok(child.try_wait()?));
+    let exited = wait_for("the daemon to refuse", Duration::from_secs(10), || {
+        Ok(child.try_wait()?)
+    });
     if exited.is_err() {
         let _ = child.kill();
     }
     let out: Output = child.wait_with_output().unwrap();
-    let _ = Command::new(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(pins.path()).output();
+    let _ = Command::new(enforcer_bin())
+        .args(["detach", "--bpffs-dir"])
+        .arg(pins.path())
+        .output();
     exited.expect("the daemon started on an unsafe state directory");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -46,8 +60,18 @@ fn a_world_writable_state_directory_is_refused_with_the_fix() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-    daemon_refuses(&state, &format!("{} is writable by group or others (mode 777); run `chmod go-w {}`", state.display(), state.display()));
-    assert!(!state.join("blocks.redb").exists(), "nothing was created in it");
+    daemon_refuses(
+        &state,
+        &format!(
+            "{} is writable by group or others (mode 777); run `chmod go-w {}`",
+            state.display(),
+            state.display()
+        ),
+    );
+    assert!(
+        !state.join("blocks.redb").exists(),
+        "nothing was created in it"
+    );
 }
 
 #[test]
@@ -57,8 +81,14 @@ fn a_state_directory_owned_by_another_user_is_refused() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
-    daemon_refuses(&state, &format!("{} is owned by uid 65534", state.display()));
-    assert!(!state.join("blocks.redb").exists(), "nothing was created in it");
+    daemon_refuses(
+        &state,
+        &format!("{} is owned by uid 65534", state.display()),
+    );
+    assert!(
+        !state.join("blocks.redb").exists(),
+        "nothing was created in it"
+    );
 }
 
 #[test]
@@ -70,7 +100,10 @@ fn a_symlinked_audit_log_is_refused_and_its_target_untouched() {
     let victim = dir.path().join("shadow");
     std::fs::write(&victim, "root:x:0:0\n").unwrap();
     std::os::unix::fs::symlink(&victim, state.join("audit.log")).unwrap();
-    daemon_refuses(&state, &format!("{} is a symbolic link", state.join("audit.log").display()));
+    daemon_refuses(
+        &state,
+        &format!("{} is a symbolic link", state.join("audit.log").display()),
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:x:0:0\n");
 }
 
@@ -84,7 +117,10 @@ fn a_symlinked_spool_directory_is_refused() {
     std::fs::create_dir(&elsewhere).unwrap();
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::symlink(&elsewhere, state.join("spool")).unwrap();
-    daemon_refuses(&state, &format!("{} is a symbolic link", state.join("spool").display()));
+    daemon_refuses(
+        &state,
+        &format!("{} is a symbolic link", state.join("spool").display()),
+    );
     // And the CLI's spool refuses to write through it too.
     let out = Command::new(enforcer_bin())
         .arg("--socket")
@@ -93,9 +129,21 @@ fn a_symlinked_spool_directory_is_refused() {
         .arg(&state)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written through the link");
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
 }
 
 #[test]
@@ -109,21 +157,48 @@ fn a_symlinked_installer_target_is_refused_even_with_force_and_its_target_untouc
     let action_d = dir.path().join("action.d");
     std::fs::create_dir(&action_d).unwrap();
     std::os::unix::fs::symlink(&victim, action_d.join("enforcer.conf")).unwrap();
-    let out = Command::new(enforcer_bin()).args(["install-fail2ban-action", "--force", "--dir"]).arg(&action_d).output().unwrap();
+    let out = Command::new(enforcer_bin())
+        .args(["install-fail2ban-action", "--force", "--dir"])
+        .arg(&action_d)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::symlink_metadata(action_d.join("enforcer.conf")).unwrap().file_type().is_symlink());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::symlink_metadata(action_d.join("enforcer.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     // Wazuh hook
     let home = dir.path().join("wazuh");
     std::fs::create_dir_all(home.join("active-response/bin")).unwrap();
     std::os::unix::fs::symlink(&victim, home.join("active-response/bin/firewall-drop")).unwrap();
     let out = Command::new(enforcer_bin())
-        .args(["install-wazuh-hook", "--force", "--name", "firewall-drop", "--wazuh-home"])
+        .args([
+            "install-wazuh-hook",
+            "--force",
+            "--name",
+            "firewall-drop",
+            "--wazuh-home",
+        ])
         .arg(&home)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
-    assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode(), mode, "its mode is untouched");
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().permissions().mode(),
+        mode,
+        "its mode is untouched"
+    );
 }

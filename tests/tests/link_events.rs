@@ -22,7 +22,8 @@ fn events_of(mut watch: LinkWatch) -> mpsc::Receiver<LinkEvent> {
 }
 
 fn next(rx: &mpsc::Receiver<LinkEvent>, what: &str) -> LinkEvent {
-    rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("no event within 5 s: expected {what}"))
+    rx.recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("no event within 5 s: expected {what}"))
 }
 
 #[test]
@@ -31,9 +32,25 @@ fn a_link_created_renamed_and_deleted_is_seen_appearing_renamed_and_gone() {
     let ns = Netns::new("enf-links").unwrap();
     // Each veth's peer lives in another namespace, so only our end shows up here.
     let peers = Netns::new("enf-peers").unwrap();
-    let veth = |name: &str| ns.ip(&["link", "add", name, "type", "veth", "peer", "name", "p0", "netns", peers.name()]);
+    let veth = |name: &str| {
+        ns.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "p0",
+            "netns",
+            peers.name(),
+        ])
+    };
     let watch = ns.run(LinkWatch::new).unwrap().unwrap();
-    assert!(watch.links().any(|l| l.name == "lo"), "the current links are read at start");
+    assert!(
+        watch.links().any(|l| l.name == "lo"),
+        "the current links are read at start"
+    );
     assert!(!watch.links().any(|l| l.name == "up0"));
     let rx = events_of(watch);
 
@@ -48,10 +65,20 @@ fn a_link_created_renamed_and_deleted_is_seen_appearing_renamed_and_gone() {
     ns.ip(&["link", "set", "up0", "name", "wan0"]).unwrap();
     assert_eq!(
         next(&rx, "the rename"),
-        LinkEvent::Renamed { index, from: "up0".into(), to: "wan0".into() }
+        LinkEvent::Renamed {
+            index,
+            from: "up0".into(),
+            to: "wan0".into()
+        }
     );
     ns.ip(&["link", "del", "wan0"]).unwrap();
-    assert_eq!(next(&rx, "wan0 gone"), LinkEvent::Gone(Link { index, name: "wan0".into() }));
+    assert_eq!(
+        next(&rx, "wan0 gone"),
+        LinkEvent::Gone(Link {
+            index,
+            name: "wan0".into()
+        })
+    );
 
     // Re-created with the same name: a new appearance, with a new index.
     veth("wan0").unwrap();
@@ -60,5 +87,8 @@ fn a_link_created_renamed_and_deleted_is_seen_appearing_renamed_and_gone() {
     };
     assert_eq!(again.name, "wan0");
     assert_ne!(again.index, index);
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "no other event");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "no other event"
+    );
 }

@@ -14,8 +14,6 @@ use enforcer_tests::{
     require_root, wait_for,
 };
 
-
-
 /// `ip netns exec <receiver> enforcer daemon --iface vb …`: no `--netns`, so the daemon runs in
 /// the mount namespace `ip netns exec` makes (with its own /sys and no bpffs).
 fn spawn_under_ip_netns_exec(lab: &Lab, dir: &Path) -> Child {
@@ -25,7 +23,17 @@ fn spawn_under_ip_netns_exec(lab: &Lab, dir: &Path) -> Child {
         .arg(enforcer_bin())
         .arg("--socket")
         .arg(dir.join("enforcer.sock"))
-        .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF, "--max-addresses", "65536", "--max-prefixes", "4096"])
+        .args([
+            "daemon",
+            "--config",
+            "/dev/null",
+            "--iface",
+            RECEIVER_IF,
+            "--max-addresses",
+            "65536",
+            "--max-prefixes",
+            "4096",
+        ])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--bpffs-dir")
@@ -38,7 +46,10 @@ fn spawn_under_ip_netns_exec(lab: &Lab, dir: &Path) -> Child {
     let socket = dir.join("enforcer.sock");
     wait_for("the daemon to answer", Duration::from_secs(20), || {
         if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the daemon exited ({status}): {}", std::fs::read_to_string(dir.join("daemon.log"))?);
+            anyhow::bail!(
+                "the daemon exited ({status}): {}",
+                std::fs::read_to_string(dir.join("daemon.log"))?
+            );
         }
         let out = cli(&socket, &["status"]);
         Ok(matches!(out.status.code(), Some(0 | EXIT_UNPROTECTED)).then_some(()))
@@ -65,7 +76,11 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     // Watch for two seconds that the blocked source stays dropped.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        assert_eq!(lab.passes(SENDER_V4[1]), 0, "the blocked source got through after kill -9");
+        assert_eq!(
+            lab.passes(SENDER_V4[1]),
+            0,
+            "the blocked source got through after kill -9"
+        );
     }
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "other sources pass");
     assert_eq!(
@@ -75,21 +90,47 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     );
 
     let status: StatusReply = serde_json::from_slice(&ok_bytes(&status)).unwrap();
-    assert_eq!(status.pins.durability, PinsDurability::HostThroughReference, "{:?}", status.pins);
+    assert_eq!(
+        status.pins.durability,
+        PinsDurability::HostThroughReference,
+        "{:?}",
+        status.pins
+    );
     assert!(status.pins.outlive_daemon);
     assert_eq!(status.pins.dir, lab.pins.path().display().to_string());
     assert!(text.contains("(outlive the daemon)"), "{text}");
     // Started again the same way, it finds its pins in the host's bpffs and takes them over.
     let mut again = spawn_under_ip_netns_exec(&lab, dir.path());
     assert!(ok(&cli(&socket, &["list"])).contains(SENDER_V4[1]));
-    assert_eq!(lab.passes(SENDER_V4[1]), 0, "still dropped after the restart");
+    assert_eq!(
+        lab.passes(SENDER_V4[1]),
+        0,
+        "still dropped after the restart"
+    );
     again.kill().unwrap();
     again.wait().unwrap();
     // `enforcer detach` run the same way finds the pins in the host's bpffs and removes them.
-    let out = lab.receiver.command(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(lab.pins.path()).output().unwrap();
-    assert!(ok(&out).contains(&format!("detached from {RECEIVER_IF}")), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(!lab.pins.path().exists(), "no pins left in the host's bpffs");
-    assert_eq!(lab.passes(SENDER_V4[1]), 10, "detached: the source passes again");
+    let out = lab
+        .receiver
+        .command(enforcer_bin())
+        .args(["detach", "--bpffs-dir"])
+        .arg(lab.pins.path())
+        .output()
+        .unwrap();
+    assert!(
+        ok(&out).contains(&format!("detached from {RECEIVER_IF}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !lab.pins.path().exists(),
+        "no pins left in the host's bpffs"
+    );
+    assert_eq!(
+        lab.passes(SENDER_V4[1]),
+        10,
+        "detached: the source passes again"
+    );
 }
 
 #[test]
@@ -101,7 +142,13 @@ fn status_says_the_pins_of_a_daemon_on_the_host_outlive_it() {
     assert_eq!(s.pins.durability, PinsDurability::Host, "{:?}", s.pins);
     assert!(s.pins.outlive_daemon);
     let text = ok(&d.cli(&["status"]));
-    assert!(text.contains(&format!("pins: host bpffs {} (outlive the daemon)", lab.pins.path().display())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pins: host bpffs {} (outlive the daemon)",
+            lab.pins.path().display()
+        )),
+        "{text}"
+    );
 }
 
 fn ok_bytes(out: &std::process::Output) -> Vec<u8> {
@@ -120,7 +167,17 @@ fn under_ip_netns_exec_without_a_host_bpffs_for_the_pins_the_daemon_refuses_in_o
         .arg(enforcer_bin())
         .arg("--socket")
         .arg(dir.path().join("enforcer.sock"))
-        .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF, "--max-addresses", "1024", "--max-prefixes", "64"])
+        .args([
+            "daemon",
+            "--config",
+            "/dev/null",
+            "--iface",
+            RECEIVER_IF,
+            "--max-addresses",
+            "1024",
+            "--max-prefixes",
+            "64",
+        ])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--bpffs-dir")
@@ -130,9 +187,15 @@ fn under_ip_netns_exec_without_a_host_bpffs_for_the_pins_the_daemon_refuses_in_o
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let refusal: Vec<&str> = stderr.lines().filter(|l| l.contains("private mount namespace")).collect();
+    let refusal: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("private mount namespace"))
+        .collect();
     assert_eq!(refusal.len(), 1, "{stderr}");
-    assert!(refusal[0].contains("--netns") && refusal[0].contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
+    assert!(
+        refusal[0].contains("--netns") && refusal[0].contains("mount -t bpf bpf /sys/fs/bpf"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("mounting one"), "{stderr}");
     assert!(!pins.exists(), "nothing pinned");
     assert_eq!(lab.passes(SENDER_V4[1]), 10, "nothing attached");

@@ -36,11 +36,20 @@ fn http_get(lab: &Lab, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     lab.receiver.run(move || -> anyhow::Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
         let mut raw = String::new();
         s.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP head in {raw:?}"))?;
-        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no HTTP head in {raw:?}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         Ok((code, body.to_owned()))
     })?
 }
@@ -48,18 +57,29 @@ fn http_get(lab: &Lab, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 /// A free TCP port on the namespace's loopback.
 fn free_port(lab: &Lab) -> u16 {
     lab.receiver
-        .run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .run(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
         .unwrap()
 }
 
 /// The value of the one sample whose line starts with `prefix`.
 fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn require_tool(name: &str) {
     assert!(
-        Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success()),
+        Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success()),
         "{name} is not installed: run `cargo xtask setup` (it installs the Debian package)"
     );
 }
@@ -76,21 +96,60 @@ fn prometheus_scrapes_the_drops_of_a_blocked_source_and_promtool_accepts_the_exp
 
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m", "--source", "wazuh"]));
     let refused = d.cli(&["block", "198.51.100.0/8", "--source", "wazuh"]);
-    assert!(!refused.status.success(), "a /8 is refused by the scope rule");
+    assert!(
+        !refused.status.success(),
+        "a /8 is refused by the scope rule"
+    );
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    let through = udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 300, Duration::from_millis(300)).unwrap();
+    let through = udp_exchange(
+        &lab.udp_sender(SENDER_V4[1]).unwrap(),
+        &rx,
+        300,
+        Duration::from_millis(300),
+    )
+    .unwrap();
     assert_eq!(through, 0, "the blocked source's flood is dropped");
 
     let (code, text) = http_get(&lab, port, "/metrics").unwrap();
     assert_eq!(code, 200, "{text}");
-    let dropped = sample(&text, &format!("enforcer_packets_total{{action=\"dropped\",interface=\"{RECEIVER_IF}\"}}")).unwrap();
+    let dropped = sample(
+        &text,
+        &format!("enforcer_packets_total{{action=\"dropped\",interface=\"{RECEIVER_IF}\"}}"),
+    )
+    .unwrap();
     assert!(dropped >= 300.0, "dropped {dropped}:\n{text}");
-    assert_eq!(sample(&text, "enforcer_blocks{source=\"wazuh\",mode=\"enforce\"}"), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "enforcer_map_entries{map=\"BLOCK_V4\"}"), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "enforcer_map_capacity{map=\"BLOCK_V4\"}"), Some(65536.0), "{text}");
-    assert_eq!(sample(&text, "enforcer_policy_refusals_total{rule=\"scope\",source=\"wazuh\"}"), Some(1.0), "{text}");
-    assert!(sample(&text, "enforcer_requests_total{op=\"block\",result=\"ok\"}").is_some_and(|n| n >= 1.0), "{text}");
-    assert!(sample(&text, "enforcer_store_commit_seconds_count").is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(
+        sample(&text, "enforcer_blocks{source=\"wazuh\",mode=\"enforce\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "enforcer_map_entries{map=\"BLOCK_V4\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "enforcer_map_capacity{map=\"BLOCK_V4\"}"),
+        Some(65536.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "enforcer_policy_refusals_total{rule=\"scope\",source=\"wazuh\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "enforcer_requests_total{op=\"block\",result=\"ok\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "enforcer_store_commit_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     assert_no_address_labels(&text);
     assert_eq!(http_get(&lab, port, "/nope").unwrap().0, 404);
 
@@ -102,7 +161,12 @@ fn prometheus_scrapes_the_drops_of_a_blocked_source_and_promtool_accepts_the_exp
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -114,12 +178,20 @@ fn prometheus_scrapes_the_drops_of_a_blocked_source_and_promtool_accepts_the_exp
     // A real Prometheus in the same namespace scrapes it; its query API shows the drops.
     let (_prom, _prom_dir, prom_port) = start_prometheus(&lab, port);
     let query = "/api/v1/query?query=sum(enforcer_packets_total%7Baction%3D%22dropped%22%7D)";
-    let seen = wait_for("Prometheus to have scraped the drop counter", Duration::from_secs(90), || {
-        let Ok((200, body)) = http_get(&lab, prom_port, query) else { return Ok(None) };
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        let value = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
-        Ok(value.filter(|n| *n >= 300.0))
-    })
+    let seen = wait_for(
+        "Prometheus to have scraped the drop counter",
+        Duration::from_secs(90),
+        || {
+            let Ok((200, body)) = http_get(&lab, prom_port, query) else {
+                return Ok(None);
+            };
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let value = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok());
+            Ok(value.filter(|n| *n >= 300.0))
+        },
+    )
     .unwrap();
     assert!(seen >= 300.0);
 
@@ -128,18 +200,32 @@ fn prometheus_scrapes_the_drops_of_a_blocked_source_and_promtool_accepts_the_exp
     for expr in dashboard_queries() {
         for name in metric_names(&expr) {
             let family = name.strip_suffix("_bucket").unwrap_or(&name);
-            assert!(text.contains(&format!("# TYPE {family} ")), "the dashboard queries {name}, which the daemon does not expose: {expr}");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which the daemon does not expose: {expr}"
+            );
         }
-        let q = expr.replace("$instance", ".*").replace("$__rate_interval", "1m");
-        let (code, body) = http_get(&lab, prom_port, &format!("/api/v1/query?query={}", url_encode(&q))).unwrap();
-        assert_eq!(code, 200, "Prometheus rejected the dashboard query {q}: {body}");
+        let q = expr
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "1m");
+        let (code, body) = http_get(
+            &lab,
+            prom_port,
+            &format!("/api/v1/query?query={}", url_encode(&q)),
+        )
+        .unwrap();
+        assert_eq!(
+            code, 200,
+            "Prometheus rejected the dashboard query {q}: {body}"
+        );
     }
 }
 
 /// The PromQL of every panel target in dist/grafana/enforcer.json.
 fn dashboard_queries() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana/enforcer.json");
-    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let exprs: Vec<String> = dash["panels"]
         .as_array()
         .unwrap()
@@ -161,7 +247,13 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 fn url_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -183,7 +275,10 @@ fn start_prometheus(lab: &Lab, target_port: u16) -> (Guard, tempfile::TempDir, u
         .receiver
         .command("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -196,11 +291,23 @@ fn start_prometheus(lab: &Lab, target_port: u16) -> (Guard, tempfile::TempDir, u
 /// No label value in the exposition is an IP address or prefix (they are unbounded).
 fn assert_no_address_labels(text: &str) {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(labels) = line.split_once('{').and_then(|(_, r)| r.split_once('}')).map(|(l, _)| l) else { continue };
+        let Some(labels) = line
+            .split_once('{')
+            .and_then(|(_, r)| r.split_once('}'))
+            .map(|(l, _)| l)
+        else {
+            continue;
+        };
         for pair in labels.split(',') {
-            let value = pair.split_once('=').map(|(_, v)| v.trim_matches('"')).unwrap_or("");
+            let value = pair
+                .split_once('=')
+                .map(|(_, v)| v.trim_matches('"'))
+                .unwrap_or("");
             let addr = value.split('/').next().unwrap_or("");
-            assert!(addr.parse::<IpAddr>().is_err(), "address as a label value: {line}");
+            assert!(
+                addr.parse::<IpAddr>().is_err(),
+                "address as a label value: {line}"
+            );
         }
     }
 }
@@ -216,8 +323,14 @@ impl NotifySocket {
     fn new(dir: &Path) -> Self {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        Self { socket, path, got: Vec::new() }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Self {
+            socket,
+            path,
+            got: Vec::new(),
+        }
     }
 
     /// Reads what arrived; returns the new messages.
@@ -234,7 +347,10 @@ impl NotifySocket {
 
     /// Watchdog pings received after `since`.
     fn pings_since(&self, since: Instant) -> usize {
-        self.got.iter().filter(|(t, m)| *t >= since && m.contains("WATCHDOG=1")).count()
+        self.got
+            .iter()
+            .filter(|(t, m)| *t >= since && m.contains("WATCHDOG=1"))
+            .count()
     }
 }
 
@@ -254,18 +370,30 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     let mut c = Client::connect(&first.socket, Duration::from_secs(30)).unwrap();
     for chunk in (0..BLOCKS).collect::<Vec<_>>().chunks(2000) {
         let req = Request::BlockBatch(BatchRequest {
-            items: chunk.iter().map(|i| BatchItem { target: v6_host(*i).parse().unwrap(), ttl_secs: None }).collect(),
+            items: chunk
+                .iter()
+                .map(|i| BatchItem {
+                    target: v6_host(*i).parse().unwrap(),
+                    ttl_secs: None,
+                })
+                .collect(),
             ttl_secs: Some(3600),
             source: "import".parse().unwrap(),
             reason: Default::default(),
             shadow: false,
         });
-        assert!(matches!(c.call(&req).unwrap(), Reply::BlockBatch { applied, .. } if applied == chunk.len()));
+        assert!(
+            matches!(c.call(&req).unwrap(), Reply::BlockBatch { applied, .. } if applied == chunk.len())
+        );
     }
     ok(&first.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     first.stop().unwrap();
     let state_dir = first.state_dir.clone();
-    ok(&Command::new(enforcer_bin()).args(["detach", "--bpffs-dir"]).arg(lab.pins.path()).output().unwrap());
+    ok(&Command::new(enforcer_bin())
+        .args(["detach", "--bpffs-dir"])
+        .arg(lab.pins.path())
+        .output()
+        .unwrap());
 
     let tmp = tempfile::tempdir().unwrap();
     let mut notify = NotifySocket::new(tmp.path());
@@ -276,7 +404,15 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
         Command::new(enforcer_bin())
             .arg("--socket")
             .arg(&socket)
-            .args(["daemon", "--config", "/dev/null", "--netns", lab.receiver.name(), "--iface", RECEIVER_IF])
+            .args([
+                "daemon",
+                "--config",
+                "/dev/null",
+                "--netns",
+                lab.receiver.name(),
+                "--iface",
+                RECEIVER_IF,
+            ])
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--bpffs-dir")
@@ -297,17 +433,44 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     let deadline = Instant::now() + Duration::from_secs(60);
     let ready = loop {
         assert!(Instant::now() < deadline, "no READY=1: {}", daemon_log());
-        assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited: {}", daemon_log());
+        assert!(
+            daemon.0.try_wait().unwrap().is_none(),
+            "the daemon exited: {}",
+            daemon_log()
+        );
         if let Some(m) = notify.poll().into_iter().find(|m| m.contains("READY=1")) {
             break m;
         }
     };
-    let maps = enforcer::datapath::BlockMaps::open_pinned(&enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir()).unwrap();
-    assert_eq!(maps.blocks().unwrap().len(), BLOCKS + 1, "every stored block is in the kernel at READY");
+    let maps = enforcer::datapath::BlockMaps::open_pinned(
+        &enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir(),
+    )
+    .unwrap();
+    assert_eq!(
+        maps.blocks().unwrap().len(),
+        BLOCKS + 1,
+        "every stored block is in the kernel at READY"
+    );
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 0, "XDP drops at READY");
+    assert_eq!(
+        udp_exchange(
+            &lab.udp_sender(SENDER_V4[1]).unwrap(),
+            &rx,
+            5,
+            Duration::from_millis(200)
+        )
+        .unwrap(),
+        0,
+        "XDP drops at READY"
+    );
     ok(&enforcer_tests::daemon::cli(&socket, &["status"]));
-    assert!(ready.contains(&format!("STATUS=enforcing {} blocks on {RECEIVER_IF}", BLOCKS + 1)), "{ready}");
+    assert!(
+        ready.contains(&format!(
+            "STATUS=enforcing {} blocks on {RECEIVER_IF}",
+            BLOCKS + 1
+        )),
+        "{ready}"
+    );
 
     // The engine loop pings every 200 ms (half of WATCHDOG_USEC).
     let t0 = Instant::now();
@@ -322,13 +485,25 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     // watchdog interval (a running engine pings every 200 ms, so a 1.5 s gap cannot happen).
     std::fs::write(&stall, b"").unwrap();
     let stalled = Instant::now();
-    wait_for("1.5 s without a watchdog ping", Duration::from_secs(5), || {
-        notify.poll();
-        let last = notify.got.iter().rev().find(|(_, m)| m.contains("WATCHDOG=1")).map_or(stalled, |(t, _)| *t);
-        Ok((last.max(stalled).elapsed() >= Duration::from_millis(1500)).then_some(()))
-    })
+    wait_for(
+        "1.5 s without a watchdog ping",
+        Duration::from_secs(5),
+        || {
+            notify.poll();
+            let last = notify
+                .got
+                .iter()
+                .rev()
+                .find(|(_, m)| m.contains("WATCHDOG=1"))
+                .map_or(stalled, |(t, _)| *t);
+            Ok((last.max(stalled).elapsed() >= Duration::from_millis(1500)).then_some(()))
+        },
+    )
     .unwrap();
-    assert!(notify.pings_since(stalled) <= 1, "a stalled engine must not keep pinging the watchdog");
+    assert!(
+        notify.pings_since(stalled) <= 1,
+        "a stalled engine must not keep pinging the watchdog"
+    );
 
     // Unstuck, it pings again.
     std::fs::remove_file(&stall).unwrap();
@@ -345,36 +520,75 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     assert!(daemon.0.wait().unwrap().success(), "{}", daemon_log());
     notify.poll();
     assert!(notify.got.iter().any(|(_, m)| m.contains("STOPPING=1")));
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 0, "blocks stay in force after stop");
+    assert_eq!(
+        udp_exchange(
+            &lab.udp_sender(SENDER_V4[1]).unwrap(),
+            &rx,
+            5,
+            Duration::from_millis(200)
+        )
+        .unwrap(),
+        0,
+        "blocks stay in force after stop"
+    );
 }
 
 /// The capabilities the shipped unit grants (`CapabilityBoundingSet=`), as setpriv names them.
 fn unit_capabilities() -> Vec<String> {
-    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.service")).unwrap();
-    let line = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("the unit bounds capabilities");
-    line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_lowercase()).collect()
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds capabilities");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
 }
 
 #[test]
 fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
     require_root();
     let caps = unit_capabilities();
-    assert!(!caps.iter().any(|c| c == "sys_admin"), "the unit should not need CAP_SYS_ADMIN: {caps:?}");
+    assert!(
+        !caps.iter().any(|c| c == "sys_admin"),
+        "the unit should not need CAP_SYS_ADMIN: {caps:?}"
+    );
     let lab = Lab::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("enforcer.sock");
-    let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+    let bounding = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
     // nsenter joins only the network namespace (the host's /sys/fs/bpf stays); setpriv then
     // drops every capability outside the unit's bounding set before the daemon starts.
     let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
     let mut daemon = Guard(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", lab.receiver.name()))
-            .args(["setpriv", &format!("--bounding-set={bounding}"), "--inh-caps=-all", "--"])
+            .args([
+                "setpriv",
+                &format!("--bounding-set={bounding}"),
+                "--inh-caps=-all",
+                "--",
+            ])
             .arg(enforcer_bin())
             .arg("--socket")
             .arg(&socket)
-            .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF, "--max-addresses", "1024", "--max-prefixes", "1024"])
+            .args([
+                "daemon",
+                "--config",
+                "/dev/null",
+                "--iface",
+                RECEIVER_IF,
+                "--max-addresses",
+                "1024",
+                "--max-prefixes",
+                "1024",
+            ])
             .arg("--state-dir")
             .arg(tmp.path().join("state"))
             .arg("--bpffs-dir")
@@ -387,15 +601,50 @@ fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
     );
     let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
     wait_for("the daemon to answer", Duration::from_secs(30), || {
-        assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited with only {caps:?}: {}", daemon_log());
-        Ok(enforcer_tests::daemon::cli(&socket, &["status"]).status.success().then_some(()))
+        assert!(
+            daemon.0.try_wait().unwrap().is_none(),
+            "the daemon exited with only {caps:?}: {}",
+            daemon_log()
+        );
+        Ok(enforcer_tests::daemon::cli(&socket, &["status"])
+            .status
+            .success()
+            .then_some(()))
     })
     .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
-    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim().to_owned();
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_owned();
     assert_ne!(bnd, "000001ffffffffff", "the bounding set was not narrowed");
-    ok(&enforcer_tests::daemon::cli(&socket, &["block", SENDER_V4[1], "--ttl", "10m"]));
+    ok(&enforcer_tests::daemon::cli(
+        &socket,
+        &["block", SENDER_V4[1], "--ttl", "10m"],
+    ));
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 0, "{}", daemon_log());
-    assert_eq!(udp_exchange(&lab.udp_sender(SENDER_V4[2]).unwrap(), &rx, 5, Duration::from_millis(200)).unwrap(), 5);
+    assert_eq!(
+        udp_exchange(
+            &lab.udp_sender(SENDER_V4[1]).unwrap(),
+            &rx,
+            5,
+            Duration::from_millis(200)
+        )
+        .unwrap(),
+        0,
+        "{}",
+        daemon_log()
+    );
+    assert_eq!(
+        udp_exchange(
+            &lab.udp_sender(SENDER_V4[2]).unwrap(),
+            &rx,
+            5,
+            Duration::from_millis(200)
+        )
+        .unwrap(),
+        5
+    );
 }

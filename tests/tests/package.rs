@@ -21,7 +21,10 @@ fn run(cmd: &mut Command) -> String {
 fn build_deb(dir: &Path) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    run(Command::new(cargo).current_dir(repo).args(["xtask", "package", "--out"]).arg(dir));
+    run(Command::new(cargo)
+        .current_dir(repo)
+        .args(["xtask", "package", "--out"])
+        .arg(dir));
     let debs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -36,8 +39,15 @@ fn build_deb(dir: &Path) -> std::path::PathBuf {
 /// too (named the way clap_mangen names them).
 fn expected_man_pages() -> Vec<String> {
     fn walk(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
-        let name = if prefix.is_empty() { cmd.get_name().to_owned() } else { format!("{prefix}-{}", cmd.get_name()) };
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_owned()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
             walk(sub, &name, out);
         }
         out.push(format!("./usr/share/man/man8/{name}.8.gz"));
@@ -53,7 +63,10 @@ fn the_deb_carries_binary_unit_conffiles_dashboard_man_pages_and_completions_and
     let deb = build_deb(tmp.path());
 
     let listing = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
-    let paths: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().nth(5)).collect();
+    let paths: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
     let mut expected: Vec<String> = [
         "./usr/sbin/enforcer",
         "./lib/systemd/system/enforcer.service",
@@ -70,49 +83,106 @@ fn the_deb_carries_binary_unit_conffiles_dashboard_man_pages_and_completions_and
     .into();
     expected.extend(expected_man_pages());
     for want in &expected {
-        assert!(paths.contains(&want.as_str()), "{want} missing from the package:\n{listing}");
+        assert!(
+            paths.contains(&want.as_str()),
+            "{want} missing from the package:\n{listing}"
+        );
     }
-    assert!(expected.len() > 20, "a man page per subcommand: {expected:?}");
+    assert!(
+        expected.len() > 20,
+        "a man page per subcommand: {expected:?}"
+    );
     let files: Vec<&&str> = paths.iter().filter(|p| !p.ends_with('/')).collect();
-    assert_eq!(files.len(), expected.len(), "nothing else is shipped:\n{listing}");
-    assert!(listing.lines().any(|l| l.starts_with("-rwxr-xr-x root/root") && l.ends_with("./usr/sbin/enforcer")), "{listing}");
+    assert_eq!(
+        files.len(),
+        expected.len(),
+        "nothing else is shipped:\n{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rwxr-xr-x root/root") && l.ends_with("./usr/sbin/enforcer")),
+        "{listing}"
+    );
 
     let control = tmp.path().join("control");
-    run(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(&control));
+    run(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&deb)
+        .arg(&control));
     let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
-    assert_eq!(conffiles, "/etc/enforcer/enforcer.toml\n/etc/fail2ban/action.d/enforcer.conf\n");
+    assert_eq!(
+        conffiles,
+        "/etc/enforcer/enforcer.toml\n/etc/fail2ban/action.d/enforcer.conf\n"
+    );
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
-    assert!(postinst.contains("addgroup --system --quiet enforcer"), "install creates the group");
-    assert!(postinst.contains("deb-systemd-helper enable enforcer.service"), "the unit is enabled");
+    assert!(
+        postinst.contains("addgroup --system --quiet enforcer"),
+        "install creates the group"
+    );
+    assert!(
+        postinst.contains("deb-systemd-helper enable enforcer.service"),
+        "the unit is enabled"
+    );
     for script in ["postinst", "prerm", "postrm"] {
         run(Command::new("sh").arg("-n").arg(control.join(script)));
     }
 
     // lintian: no errors (warnings and notes are printed for the record).
-    let lint = Command::new("lintian").args(["--fail-on", "error", "--tag-display-limit", "0"]).arg(&deb).output().unwrap();
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error", "--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&lint.stdout);
     println!("lintian:\n{report}");
-    assert!(lint.status.success() && !report.lines().any(|l| l.starts_with("E:")), "lintian errors:\n{report}{}", String::from_utf8_lossy(&lint.stderr));
+    assert!(
+        lint.status.success() && !report.lines().any(|l| l.starts_with("E:")),
+        "lintian errors:\n{report}{}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // systemd accepts the unit, and the shipped configuration keeps the service from starting
     // until an interface is named.
     // The unit is verified as installed: the package unpacked over a copy of the host's own
     // units (for the targets it orders against), so /usr/sbin/enforcer is checked in the tree.
     let root = tmp.path().join("root");
-    run(Command::new("dpkg-deb").arg("--extract").arg(&deb).arg(&root));
-    run(Command::new("cp").args(["-an", "/lib/systemd/system/."]).arg(root.join("lib/systemd/system/")));
+    run(Command::new("dpkg-deb")
+        .arg("--extract")
+        .arg(&deb)
+        .arg(&root));
+    run(Command::new("cp")
+        .args(["-an", "/lib/systemd/system/."])
+        .arg(root.join("lib/systemd/system/")));
     let verify = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(format!("--root={}", root.display()))
         .arg(root.join("lib/systemd/system/enforcer.service"))
         .output()
         .unwrap();
-    let verify_out = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
-    assert!(verify.status.success() && !verify_out.contains("enforcer.service:"), "systemd-analyze verify:\n{verify_out}");
+    let verify_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        verify.status.success() && !verify_out.contains("enforcer.service:"),
+        "systemd-analyze verify:\n{verify_out}"
+    );
     let binary = root.join("usr/sbin/enforcer");
     let config = root.join("etc/enforcer/enforcer.toml");
-    run(Command::new(&binary).args(["daemon", "--check-config", "--config"]).arg(&config));
-    let condition = Command::new(&binary).args(["daemon", "--check-interfaces", "--config"]).arg(&config).output().unwrap();
-    assert_eq!(condition.status.code(), Some(1), "ExecCondition skips the start (exit 1)");
+    run(Command::new(&binary)
+        .args(["daemon", "--check-config", "--config"])
+        .arg(&config));
+    let condition = Command::new(&binary)
+        .args(["daemon", "--check-interfaces", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        condition.status.code(),
+        Some(1),
+        "ExecCondition skips the start (exit 1)"
+    );
     assert!(String::from_utf8_lossy(&condition.stderr).contains("names no interface"));
 }

@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 
 const MINUTE: u64 = 60_000;
 
-
 /// A daemon with `config` (TOML) as its configuration file.
 fn daemon_with(lab: &Lab, config: &str) -> (Daemon, tempfile::TempDir) {
     Daemon::with_config(lab, config).unwrap()
@@ -38,7 +37,9 @@ fn senders(lab: &Lab, first: u8, count: u8) -> Vec<String> {
     (first..first + count)
         .map(|i| {
             let a = format!("192.0.2.{i}");
-            lab.sender.ip(&["addr", "add", &format!("{a}/24"), "dev", SENDER_IF]).unwrap();
+            lab.sender
+                .ip(&["addr", "add", &format!("{a}/24"), "dev", SENDER_IF])
+                .unwrap();
             a
         })
         .collect()
@@ -48,7 +49,11 @@ fn senders(lab: &Lab, first: u8, count: u8) -> Vec<String> {
 /// zero-padding named them too); returns the file name.
 fn spool(state_dir: &Path, spooled_ms: u64, pid: u32, seq: u32, request: Value) -> String {
     let dir = state_dir.join("spool");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).unwrap();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .unwrap();
     let name = format!("{spooled_ms:016}-{pid}-{seq}.json");
     let entry = json!({"v": 1, "spooled_ms": spooled_ms, "request": request});
     std::fs::write(dir.join(&name), format!("{entry}\n")).unwrap();
@@ -66,7 +71,8 @@ fn wazuh_blocks(d: &Daemon) -> Vec<ListEntry> {
 const RATE_3_REFUSE: &str = "[policy.sources.wazuh]\nrate_limit = 3\non_rate_limit = \"refuse\"\n";
 
 #[test]
-fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trigger_drops_packets() {
+fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trigger_drops_packets()
+{
     require_root();
     let lab = Lab::new().unwrap();
     let (mut d, _cfg) = daemon_with(&lab, RATE_3_REFUSE);
@@ -76,26 +82,54 @@ fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trig
     let targets = senders(&lab, 20, 8);
     let start = now_ms() - 10 * MINUTE;
     for (i, t) in targets.iter().enumerate() {
-        spool(&d.state_dir, start + i as u64 * 75_000, 4242, i as u32, block(t));
+        spool(
+            &d.state_dir,
+            start + i as u64 * 75_000,
+            4242,
+            i as u32,
+            block(t),
+        );
     }
     d.spawn().unwrap();
 
     let breakers = d.status().breakers;
-    assert!(breakers.is_empty(), "the backlog tripped the breaker: {breakers:?}");
+    assert!(
+        breakers.is_empty(),
+        "the backlog tripped the breaker: {breakers:?}"
+    );
     let blocks = wazuh_blocks(&d);
-    assert_eq!(blocks.len(), targets.len(), "every spooled trigger is applied: {blocks:#?}");
-    assert!(blocks.iter().all(|b| b.mode == Mode::Enforce), "{blocks:#?}");
+    assert_eq!(
+        blocks.len(),
+        targets.len(),
+        "every spooled trigger is applied: {blocks:#?}"
+    );
+    assert!(
+        blocks.iter().all(|b| b.mode == Mode::Enforce),
+        "{blocks:#?}"
+    );
     for t in &targets {
         assert_eq!(lab.passes(t), 0, "{t} was spooled but is not dropped");
     }
     assert_eq!(lab.passes(SENDER_V4[1]), 10, "others pass");
     let audit = d.audit_events();
-    assert!(!audit.iter().any(|e| e["action"] == "breaker_open" || e["action"] == "refuse"), "{audit:#?}");
-    assert!(std::fs::read_dir(d.state_dir.join("spool")).unwrap().next().is_none(), "drained");
+    assert!(
+        !audit
+            .iter()
+            .any(|e| e["action"] == "breaker_open" || e["action"] == "refuse"),
+        "{audit:#?}"
+    );
+    assert!(
+        std::fs::read_dir(d.state_dir.join("spool"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "drained"
+    );
 }
 
 #[test]
-fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused_replay_is_audited() {
+fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused_replay_is_audited()
+{
     require_root();
     let lab = Lab::new().unwrap();
     let (mut d, _cfg) = daemon_with(&lab, RATE_3_REFUSE);
@@ -127,7 +161,10 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     let breakers = d.status().breakers;
     assert_eq!(breakers[0].source.as_str(), "wazuh", "{breakers:?}");
     let opened = breakers[0].opened_ms;
-    assert_eq!(opened, files[3].0, "opened at the spool time of the trigger past the rate");
+    assert_eq!(
+        opened, files[3].0,
+        "opened at the spool time of the trigger past the rate"
+    );
     // Every refused replay is in the audit log with its reason, spool time and file.
     let audit = d.audit_events();
     let refused: Vec<&Value> = audit.iter().filter(|e| e["action"] == "refuse").collect();
@@ -160,7 +197,10 @@ fn entries_spooled_in_the_same_millisecond_are_applied_in_the_order_they_were_wr
     }
     d.spawn().unwrap();
     let blocks = wazuh_blocks(&d);
-    assert!(!blocks.iter().any(|b| b.target.to_string() == SENDER_V4[1]), "the unblock written last was applied first: {blocks:#?}");
+    assert!(
+        !blocks.iter().any(|b| b.target.to_string() == SENDER_V4[1]),
+        "the unblock written last was applied first: {blocks:#?}"
+    );
     assert_eq!(blocks.len(), 9, "{blocks:#?}");
     assert_eq!(lab.passes(SENDER_V4[1]), 10);
 }
@@ -168,7 +208,9 @@ fn entries_spooled_in_the_same_millisecond_are_applied_in_the_order_they_were_wr
 /// Sends raw protocol lines on one connection; returns the answers.
 fn exchange(socket: &Path, lines: &[Value]) -> Vec<Value> {
     let stream = UnixStream::connect(socket).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     lines
@@ -192,11 +234,28 @@ fn a_request_sent_twice_with_one_request_id_is_applied_once_and_answered_with_th
     again["ttl_secs"] = json!(7200);
     let answers = exchange(&d.socket, &[first.clone(), again.clone()]);
     assert_eq!(answers[0]["result"]["outcome"], "created", "{answers:#?}");
-    assert_eq!(answers[1], answers[0], "a duplicate gets the original answer");
+    assert_eq!(
+        answers[1], answers[0],
+        "a duplicate gets the original answer"
+    );
     let expires = answers[0]["result"]["expires_ms"].clone();
-    assert_eq!(json!(wazuh_blocks(&d)[0].expires_ms), expires, "the duplicate was applied");
-    let events = |d: &Daemon| d.audit_events().into_iter().filter(|e| e["target"] == SENDER_V4[1]).count();
-    assert_eq!(events(&d), 1, "one block, one audit line: {:#?}", d.audit_events());
+    assert_eq!(
+        json!(wazuh_blocks(&d)[0].expires_ms),
+        expires,
+        "the duplicate was applied"
+    );
+    let events = |d: &Daemon| {
+        d.audit_events()
+            .into_iter()
+            .filter(|e| e["target"] == SENDER_V4[1])
+            .count()
+    };
+    assert_eq!(
+        events(&d),
+        1,
+        "one block, one audit line: {:#?}",
+        d.audit_events()
+    );
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
 
     // The ids are durable: after a restart the duplicate is still recognised.
@@ -209,12 +268,21 @@ fn a_request_sent_twice_with_one_request_id_is_applied_once_and_answered_with_th
     let mut other = first;
     other["request_id"] = json!("wazuh-0b2d44aa");
     other["ttl_secs"] = json!(7200);
-    assert_eq!(exchange(&d.socket, &[other])[0]["result"]["outcome"], "extended");
+    assert_eq!(
+        exchange(&d.socket, &[other])[0]["result"]["outcome"],
+        "extended"
+    );
     // An id that is not one is refused, naming what is allowed.
     let bad = json!({"v": 1, "request_id": "no spaces", "op": "ping"});
     let answer = &exchange(&d.socket, &[bad])[0];
     assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("only letters, digits"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only letters, digits"),
+        "{answer}"
+    );
 }
 
 #[test]
@@ -224,10 +292,25 @@ fn a_spool_file_that_could_not_be_deleted_is_not_applied_again_at_the_next_start
     let mut d = Daemon::start(&lab, &[]).unwrap();
     d.stop().unwrap();
     let state = d.state_dir.to_str().unwrap().to_owned();
-    let out = ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "wazuh", "--spool-if-down", "--state-dir", &state]));
+    let out = ok(&d.cli(&[
+        "block",
+        SENDER_V4[1],
+        "--ttl",
+        "1h",
+        "--source",
+        "wazuh",
+        "--spool-if-down",
+        "--state-dir",
+        &state,
+    ]));
     assert!(out.contains("spooled to"), "{out}");
     let spool_dir = d.state_dir.join("spool");
-    let file = std::fs::read_dir(&spool_dir).unwrap().next().unwrap().unwrap().path();
+    let file = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let kept = std::fs::read(&file).unwrap();
     d.spawn().unwrap();
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
@@ -237,7 +320,10 @@ fn a_spool_file_that_could_not_be_deleted_is_not_applied_again_at_the_next_start
     d.stop().unwrap();
     std::fs::write(&file, &kept).unwrap();
     d.spawn().unwrap();
-    assert!(wazuh_blocks(&d).is_empty(), "the spooled block was applied a second time, undoing the unblock");
+    assert!(
+        wazuh_blocks(&d).is_empty(),
+        "the spooled block was applied a second time, undoing the unblock"
+    );
     assert_eq!(lab.passes(SENDER_V4[1]), 10);
     assert!(!file.exists(), "the duplicate file is removed");
 }

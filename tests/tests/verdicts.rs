@@ -161,10 +161,18 @@ fn frames_truncated_at_any_header_boundary_pass() {
             let header = frame::header_len(tags.len(), v6);
             // The kernel refuses test frames shorter than an Ethernet header (14 bytes).
             for len in 14..header {
-                assert_eq!(f.verdict(&full[..len]), XDP_PASS, "{src} {tags:?} cut at {len}");
+                assert_eq!(
+                    f.verdict(&full[..len]),
+                    XDP_PASS,
+                    "{src} {tags:?} cut at {len}"
+                );
             }
             // With the whole IP header present the source is known and the frame is dropped.
-            assert_eq!(f.verdict(&full[..header]), XDP_DROP, "{src} {tags:?} header only");
+            assert_eq!(
+                f.verdict(&full[..header]),
+                XDP_DROP,
+                "{src} {tags:?} header only"
+            );
         }
     }
     let stats = f.dp.maps().stats_total().unwrap();
@@ -192,8 +200,14 @@ fn every_ipv4_fragment_of_a_blocked_source_is_dropped() {
     let blocked = Ipv4Addr::new(198, 51, 100, 7);
     let other = Ipv4Addr::new(198, 51, 100, 8);
     for (offset, more) in [(0, true), (185, true), (370, false)] {
-        assert_eq!(f.verdict(&frame::ipv4_udp(&[], blocked, dst, offset, more)), XDP_DROP);
-        assert_eq!(f.verdict(&frame::ipv4_udp(&[], other, dst, offset, more)), XDP_PASS);
+        assert_eq!(
+            f.verdict(&frame::ipv4_udp(&[], blocked, dst, offset, more)),
+            XDP_DROP
+        );
+        assert_eq!(
+            f.verdict(&frame::ipv4_udp(&[], other, dst, offset, more)),
+            XDP_PASS
+        );
     }
 }
 
@@ -275,10 +289,26 @@ fn prefixes_of_several_lengths_match_exactly_their_range() {
         ("192.0.2.0/24", "192.0.2.255", "192.0.3.0"),
         ("198.51.100.64/26", "198.51.100.127", "198.51.100.128"),
         ("203.0.113.6/31", "203.0.113.7", "203.0.113.8"),
-        ("2001:db8:aaaa::/48", "2001:db8:aaaa:ffff::1", "2001:db8:aaab::1"),
-        ("2001:db8:bbbb:cc00::/56", "2001:db8:bbbb:ccff::1", "2001:db8:bbbb:cd00::1"),
-        ("2001:db8:dddd:1::/64", "2001:db8:dddd:1:ffff::1", "2001:db8:dddd:2::1"),
-        ("2001:db8:eeee::/127", "2001:db8:eeee::1", "2001:db8:eeee::2"),
+        (
+            "2001:db8:aaaa::/48",
+            "2001:db8:aaaa:ffff::1",
+            "2001:db8:aaab::1",
+        ),
+        (
+            "2001:db8:bbbb:cc00::/56",
+            "2001:db8:bbbb:ccff::1",
+            "2001:db8:bbbb:cd00::1",
+        ),
+        (
+            "2001:db8:dddd:1::/64",
+            "2001:db8:dddd:1:ffff::1",
+            "2001:db8:dddd:2::1",
+        ),
+        (
+            "2001:db8:eeee::/127",
+            "2001:db8:eeee::1",
+            "2001:db8:eeee::2",
+        ),
     ];
     for (net, _, _) in cases {
         f.block(net, 0, MODE_ENFORCE);
@@ -331,14 +361,31 @@ fn seen_is_passed_plus_dropped_including_counts_left_by_an_earlier_build() {
     drop(dp);
     // What an earlier build left in slot 1 (ifindex 1, the loopback BPF_PROG_TEST_RUN uses):
     // 3 passed and 2 dropped on each CPU, and the 5 it counted in `seen`.
-    let c = |packets| Counter { packets, bytes: packets * 100 };
-    let old = Stats { seen: c(5), passed: c(3), dropped: c(2), ..Stats::default() };
+    let c = |packets| Counter {
+        packets,
+        bytes: packets * 100,
+    };
+    let old = Stats {
+        seen: c(5),
+        passed: c(3),
+        dropped: c(2),
+        ..Stats::default()
+    };
     let data = MapData::from_pin(maps_dir.join(map_names::STATS)).unwrap();
     let mut stats: PerCpuArray<_, Stats> = PerCpuArray::try_from(Map::PerCpuArray(data)).unwrap();
     let n = aya::util::nr_cpus().unwrap();
-    stats.set(1 % STATS_SLOTS, PerCpuValues::try_from(vec![old; n]).unwrap(), 0).unwrap();
+    stats
+        .set(
+            1 % STATS_SLOTS,
+            PerCpuValues::try_from(vec![old; n]).unwrap(),
+            0,
+        )
+        .unwrap();
     drop(stats);
-    let mut f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: pins };
+    let mut f = Fixture {
+        dp: Datapath::open(&opts).unwrap(),
+        _pins: pins,
+    };
     let total = f.dp.maps().stats_total().unwrap();
     assert_eq!(total.seen, c(5 * n as u64));
     f.block("198.51.100.7", 0, MODE_ENFORCE);
@@ -347,7 +394,10 @@ fn seen_is_passed_plus_dropped_including_counts_left_by_an_earlier_build() {
     let total = f.dp.maps().stats_total().unwrap();
     assert_eq!(total.seen.packets, 5 * n as u64 + 2);
     assert_eq!(total.seen, total.passed.plus(total.dropped));
-    assert_eq!(f.dp.maps().stats_for_ifindex(1).unwrap().seen.packets, 5 * n as u64 + 2);
+    assert_eq!(
+        f.dp.maps().stats_for_ifindex(1).unwrap().seen.packets,
+        5 * n as u64 + 2
+    );
 }
 
 #[test]
@@ -355,13 +405,26 @@ fn a_v4_mapped_ipv6_source_is_judged_as_ipv4() {
     let mut f = Fixture::new();
     f.block("198.51.100.7", 0, MODE_ENFORCE);
     f.block("203.0.113.0/24", 0, MODE_ENFORCE);
-    let mapped = |a: &str| -> IpAddr { IpAddr::V6(a.parse::<Ipv4Addr>().unwrap().to_ipv6_mapped()) };
-    assert_eq!(f.verdict(&frame::udp_from(&[], mapped("198.51.100.7"))), XDP_DROP);
-    assert_eq!(f.verdict(&frame::udp_from(&[], mapped("203.0.113.77"))), XDP_DROP);
-    assert_eq!(f.verdict(&frame::udp_from(&[], mapped("198.51.100.8"))), XDP_PASS);
+    let mapped =
+        |a: &str| -> IpAddr { IpAddr::V6(a.parse::<Ipv4Addr>().unwrap().to_ipv6_mapped()) };
+    assert_eq!(
+        f.verdict(&frame::udp_from(&[], mapped("198.51.100.7"))),
+        XDP_DROP
+    );
+    assert_eq!(
+        f.verdict(&frame::udp_from(&[], mapped("203.0.113.77"))),
+        XDP_DROP
+    );
+    assert_eq!(
+        f.verdict(&frame::udp_from(&[], mapped("198.51.100.8"))),
+        XDP_PASS
+    );
     // A v4-compatible-looking but not mapped address is plain IPv6.
     let not_mapped: Ipv6Addr = "::c633:6407".parse().unwrap();
-    assert_eq!(f.verdict(&frame::udp_from(&[], IpAddr::V6(not_mapped))), XDP_PASS);
+    assert_eq!(
+        f.verdict(&frame::udp_from(&[], IpAddr::V6(not_mapped))),
+        XDP_PASS
+    );
 }
 
 #[test]
@@ -387,11 +450,10 @@ fn a_full_map_refuses_new_entries_and_evicts_nothing() {
         f.block(&format!("198.51.100.{i}"), 0, MODE_ENFORCE);
     }
     let fifth: Target = "198.51.100.5".parse().unwrap();
-    let err = f
-        .dp
-        .maps_mut()
-        .insert_block(&fifth, &BlockValue::new(0, MODE_ENFORCE))
-        .unwrap_err();
+    let err =
+        f.dp.maps_mut()
+            .insert_block(&fifth, &BlockValue::new(0, MODE_ENFORCE))
+            .unwrap_err();
     assert!(matches!(err, MapsError::Full { capacity: 4, .. }), "{err}");
     assert!(err.to_string().contains("full (4 entries)"), "{err}");
     for i in 1..=4 {
@@ -433,9 +495,14 @@ fn pinned_maps_are_reused_and_a_layout_change_is_refused() {
 
     let mut other = opts.clone();
     other.capacity.addresses = 2048;
-    let err = Datapath::open(&other).err().expect("capacity change must be refused");
+    let err = Datapath::open(&other)
+        .err()
+        .expect("capacity change must be refused");
     assert!(matches!(err, DatapathError::LayoutMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("capacity 1024, configured 2048"), "{err}");
+    assert!(
+        err.to_string().contains("capacity 1024, configured 2048"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -447,7 +514,11 @@ fn a_shadow_or_expired_narrower_prefix_does_not_hide_a_wider_enforced_one() {
     f.block("198.51.100.0/24", 0, MODE_SHADOW);
     f.block("198.51.100.0/28", past, MODE_ENFORCE);
     assert_eq!(f.from(&[], "198.51.100.5"), XDP_DROP, "inside all three");
-    assert_eq!(f.from(&[], "198.51.100.200"), XDP_DROP, "inside /24 and /16");
+    assert_eq!(
+        f.from(&[], "198.51.100.200"),
+        XDP_DROP,
+        "inside /24 and /16"
+    );
     assert_eq!(f.hits("198.51.0.0/16"), 2, "the enforced /16 decided");
     // IPv6 likewise.
     f.block("2001:db8::/32", 0, MODE_ENFORCE);
@@ -470,7 +541,11 @@ fn nested_prefixes_are_walked_to_a_bounded_depth() {
     for len in [16, 17, 18, 19, 20, 21, 22, 23] {
         f.block(&format!("10.0.0.0/{len}"), past, MODE_ENFORCE);
     }
-    assert_eq!(f.from(&[], "10.0.0.1"), XDP_PASS, "the ninth level is beyond the bound");
+    assert_eq!(
+        f.from(&[], "10.0.0.1"),
+        XDP_PASS,
+        "the ninth level is beyond the bound"
+    );
     // Seven expired levels leave room to reach the /8.
     let t: Target = "10.0.0.0/23".parse().unwrap();
     f.dp.maps_mut().remove_block(&t).unwrap();
@@ -491,9 +566,21 @@ fn the_prefix_prefilter_follows_prefixes_added_removed_and_nested() {
     assert_eq!(f.from(&[], "10.1.2.3"), XDP_DROP);
     assert_eq!(f.from(&[], "11.0.0.1"), XDP_PASS);
     unblock(&mut f, "10.0.0.0/8");
-    assert_eq!(f.from(&[], "10.200.0.1"), XDP_PASS, "the /8's bits are cleared");
-    assert_eq!(f.from(&[], "10.1.2.3"), XDP_DROP, "the /24 keeps its /16's bit");
-    assert_eq!(f.from(&[], "10.1.3.1"), XDP_PASS, "same /16, outside the /24");
+    assert_eq!(
+        f.from(&[], "10.200.0.1"),
+        XDP_PASS,
+        "the /8's bits are cleared"
+    );
+    assert_eq!(
+        f.from(&[], "10.1.2.3"),
+        XDP_DROP,
+        "the /24 keeps its /16's bit"
+    );
+    assert_eq!(
+        f.from(&[], "10.1.3.1"),
+        XDP_PASS,
+        "same /16, outside the /24"
+    );
     unblock(&mut f, "10.1.2.0/24");
     assert_eq!(f.from(&[], "10.1.2.3"), XDP_PASS);
     f.block("10.1.2.0/24", 0, MODE_ENFORCE);
@@ -509,10 +596,18 @@ fn the_prefix_prefilter_follows_prefixes_added_removed_and_nested() {
     assert_eq!(f.from(&[], "2001:ffff::1"), XDP_PASS);
     f.block("2001:db8::/30", 0, MODE_ENFORCE);
     f.block("2001:db8:5::/48", 0, MODE_ENFORCE);
-    assert_eq!(f.from(&[], "2001:dbb:ffff::1"), XDP_DROP, "last /32 of the /30");
+    assert_eq!(
+        f.from(&[], "2001:dbb:ffff::1"),
+        XDP_DROP,
+        "last /32 of the /30"
+    );
     assert_eq!(f.from(&[], "2001:dbc::1"), XDP_PASS);
     unblock(&mut f, "2001:db8::/30");
-    assert_eq!(f.from(&[], "2001:db8:5::1"), XDP_DROP, "the /48 keeps its /32's bit");
+    assert_eq!(
+        f.from(&[], "2001:db8:5::1"),
+        XDP_DROP,
+        "the /48 keeps its /32's bit"
+    );
     assert_eq!(f.from(&[], "2001:db8:6::1"), XDP_PASS);
     assert_eq!(f.from(&[], "2001:dbb::1"), XDP_PASS);
 }
@@ -525,8 +620,18 @@ fn an_allowlist_entry_added_after_the_blocks_wins_at_once() {
     f.block("192.0.2.1", 0, MODE_ENFORCE);
     f.block("2001:db8::7", 0, MODE_ENFORCE);
     f.block("2001:db8:1::/48", 0, MODE_ENFORCE);
-    for src in ["198.51.100.7", "198.51.100.9", "192.0.2.1", "2001:db8::7", "2001:db8:1::9"] {
-        assert_eq!(f.from(&[], src), XDP_DROP, "{src} before the allowlist changes");
+    for src in [
+        "198.51.100.7",
+        "198.51.100.9",
+        "192.0.2.1",
+        "2001:db8::7",
+        "2001:db8:1::9",
+    ] {
+        assert_eq!(
+            f.from(&[], src),
+            XDP_DROP,
+            "{src} before the allowlist changes"
+        );
     }
     // A narrow allowlist entry (its addresses are looked up one by one) and wide ones (the maps
     // are walked), in both families.
@@ -535,7 +640,13 @@ fn an_allowlist_entry_added_after_the_blocks_wins_at_once() {
     f.allow("192.0.0.0/8");
     f.allow("2001:db8::/64");
     f.allow("2001:db8:1:5::/64");
-    for src in ["198.51.100.7", "198.51.100.9", "192.0.2.1", "2001:db8::7", "2001:db8:1:5::9"] {
+    for src in [
+        "198.51.100.7",
+        "198.51.100.9",
+        "192.0.2.1",
+        "2001:db8::7",
+        "2001:db8:1:5::9",
+    ] {
         assert_eq!(f.from(&[], src), XDP_PASS, "{src} is allowlisted now");
     }
     assert_eq!(f.from(&[], "198.51.100.20"), XDP_DROP);
@@ -551,7 +662,10 @@ fn pin_to_cpu(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
@@ -580,7 +694,10 @@ fn hits_counted_on_every_cpu_are_exact_and_survive_reopening_the_maps() {
     require_root();
     let pins = PinDir::new().unwrap();
     let opts = small_options(&pins);
-    let mut f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: PinDir::new().unwrap() };
+    let mut f = Fixture {
+        dp: Datapath::open(&opts).unwrap(),
+        _pins: PinDir::new().unwrap(),
+    };
     f.block("198.51.100.7", 0, MODE_ENFORCE);
     f.block("2001:db8::/48", 0, MODE_ENFORCE);
     let n = cpus();
@@ -591,15 +708,27 @@ fn hits_counted_on_every_cpu_are_exact_and_survive_reopening_the_maps() {
     }
     assert_eq!(f.hits("198.51.100.7"), 1000 * n as u64);
     assert_eq!(f.hits("2001:db8::/48"), 500 * n as u64);
-    let v = f.dp.maps().get_block(&"198.51.100.7".parse().unwrap()).unwrap().unwrap();
-    assert_eq!(v.hit_bytes, 1000 * n as u64 * frame::udp_from(&[], "198.51.100.7".parse().unwrap()).len() as u64);
+    let v =
+        f.dp.maps()
+            .get_block(&"198.51.100.7".parse().unwrap())
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        v.hit_bytes,
+        1000 * n as u64 * frame::udp_from(&[], "198.51.100.7".parse().unwrap()).len() as u64
+    );
     assert!(v.last_hit_ns > 0 && v.last_hit_ns <= clock::boottime_ns());
     // Rewriting the block (a new expiry, as a re-block does) keeps the counters, once.
-    f.dp.maps_mut().upsert_block(&"198.51.100.7".parse().unwrap(), in_ns(60), MODE_ENFORCE).unwrap();
+    f.dp.maps_mut()
+        .upsert_block(&"198.51.100.7".parse().unwrap(), in_ns(60), MODE_ENFORCE)
+        .unwrap();
     assert_eq!(f.hits("198.51.100.7"), 1000 * n as u64);
     // Another process (a restarted daemon) reads the same counts from the pinned maps.
     drop(f);
-    let f = Fixture { dp: Datapath::open(&opts).unwrap(), _pins: pins };
+    let f = Fixture {
+        dp: Datapath::open(&opts).unwrap(),
+        _pins: pins,
+    };
     assert_eq!(f.hits("198.51.100.7"), 1000 * n as u64);
     assert_eq!(f.hits("2001:db8::/48"), 500 * n as u64);
     let mut f = f;
@@ -626,7 +755,10 @@ fn two_blocks_sharing_a_hit_slot_are_both_counted_exactly() {
         .flat_map(|c| (0..=255u8).map(move |d| [203, 0, c, d]))
         .find(|a| key(*a) == key(first))
         .expect("a colliding address");
-    let (a, b) = (Ipv4Addr::from(first).to_string(), Ipv4Addr::from(second).to_string());
+    let (a, b) = (
+        Ipv4Addr::from(first).to_string(),
+        Ipv4Addr::from(second).to_string(),
+    );
     f.block(&a, 0, MODE_ENFORCE);
     f.block(&b, 0, MODE_ENFORCE);
     f.hits_n(&a, 300); // takes the slot
@@ -634,7 +766,10 @@ fn two_blocks_sharing_a_hit_slot_are_both_counted_exactly() {
     assert_eq!((f.hits(&a), f.hits(&b)), (300, 200));
     // Once the slot is stale, the other block takes it over and the first block's counts move
     // into its entry.
-    std::thread::sleep(std::time::Duration::from_nanos(enforcer_common::HIT_SLOT_STALE_NS) + std::time::Duration::from_millis(50));
+    std::thread::sleep(
+        std::time::Duration::from_nanos(enforcer_common::HIT_SLOT_STALE_NS)
+            + std::time::Duration::from_millis(50),
+    );
     f.hits_n(&b, 100);
     f.hits_n(&a, 10);
     assert_eq!((f.hits(&a), f.hits(&b)), (310, 300));
@@ -642,16 +777,43 @@ fn two_blocks_sharing_a_hit_slot_are_both_counted_exactly() {
 
 /// Replaces the pinned `BLOCK_V4` of a closed data path with a map of this `bpftool` shape, and
 /// returns the error the next open gives.
-fn reopen_with_block_v4(opts: &DatapathOptions, map_type: &str, key: u32, value: u32) -> DatapathError {
-    let pin = enforcer::datapath::PinLayout::new(&opts.bpffs_dir).maps_dir().join(enforcer_common::map_names::BLOCK_V4);
+fn reopen_with_block_v4(
+    opts: &DatapathOptions,
+    map_type: &str,
+    key: u32,
+    value: u32,
+) -> DatapathError {
+    let pin = enforcer::datapath::PinLayout::new(&opts.bpffs_dir)
+        .maps_dir()
+        .join(enforcer_common::map_names::BLOCK_V4);
     std::fs::remove_file(&pin).unwrap();
-    let (key, value, entries) = (key.to_string(), value.to_string(), opts.capacity.addresses.to_string());
+    let (key, value, entries) = (
+        key.to_string(),
+        value.to_string(),
+        opts.capacity.addresses.to_string(),
+    );
     enforcer_tests::run(
         "bpftool",
-        &["map", "create", pin.to_str().unwrap(), "type", map_type, "key", &key, "value", &value, "entries", &entries, "name", "BLOCK_V4"],
+        &[
+            "map",
+            "create",
+            pin.to_str().unwrap(),
+            "type",
+            map_type,
+            "key",
+            &key,
+            "value",
+            &value,
+            "entries",
+            &entries,
+            "name",
+            "BLOCK_V4",
+        ],
     )
     .unwrap();
-    Datapath::open(opts).err().expect("a pinned map of another shape must be refused")
+    Datapath::open(opts)
+        .err()
+        .expect("a pinned map of another shape must be refused")
 }
 
 #[test]
@@ -663,12 +825,20 @@ fn pinned_maps_of_another_key_size_value_size_or_type_are_refused() {
     let value = size_of::<enforcer_common::BlockEntry>() as u32;
     for (map_type, key, value, want) in [
         ("hash", 8, value, "key size 8, expected 4".to_owned()),
-        ("hash", 4, value + 8, format!("value size {}, expected {value}", value + 8)),
+        (
+            "hash",
+            4,
+            value + 8,
+            format!("value size {}, expected {value}", value + 8),
+        ),
         ("lru_hash", 4, value, "type".to_owned()),
     ] {
         let err = reopen_with_block_v4(&opts, map_type, key, value);
         let msg = err.to_string();
         assert!(matches!(err, DatapathError::LayoutMismatch { .. }), "{msg}");
-        assert!(msg.contains("BLOCK_V4") && msg.contains(&want), "{map_type} key {key} value {value}: {msg}");
+        assert!(
+            msg.contains("BLOCK_V4") && msg.contains(&want),
+            "{map_type} key {key} value {value}: {msg}"
+        );
     }
 }

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 /// Wazuh's `<timeout>` in these tests: short, so the scheduled delete comes quickly.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-
 /// An execd running the hook against this test's daemon (its environment names the socket and
 /// state directory), with `<extra_args>--ttl 1h</extra_args>`.
 fn execd<'h>(home: &'h WazuhHome, d: &Daemon) -> Execd<'h> {
@@ -72,17 +71,30 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
         // Starting, the message verbatim, check_keys, the reply, what was done, Ended.
         let log = log_since(&home, from);
         assert_eq!(log[0], "Starting");
-        assert_eq!(serde_json::from_str::<Value>(&log[1]).unwrap(), execd.message("add", &alert));
+        assert_eq!(
+            serde_json::from_str::<Value>(&log[1]).unwrap(),
+            execd.message("add", &alert)
+        );
         assert_eq!(Some(&log[2]), run.first_line.as_ref());
-        assert_eq!(serde_json::from_str::<Value>(&log[3]).unwrap()["command"], "continue");
-        assert!(log[4].starts_with(&format!("enforcer: blocked {src} for 1h")), "{log:#?}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&log[3]).unwrap()["command"],
+            "continue"
+        );
+        assert!(
+            log[4].starts_with(&format!("enforcer: blocked {src} for 1h")),
+            "{log:#?}"
+        );
         assert_eq!(log.last().unwrap(), "Ended");
         assert_eq!(log.len(), 6, "{log:#?}");
         assert_eq!(rule_65x(&log[1]), Some(651));
 
         assert_eq!(lab.passes_to(src, dst), 0, "{src} is dropped");
     }
-    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10, "other sources still pass");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[2], RECEIVER_V4),
+        10,
+        "other sources still pass"
+    );
 
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 2);
@@ -97,9 +109,15 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
             Some("sshd: brute force trying to get access to the system. Authentication failed.")
         );
         assert_eq!(reason.alert_id.as_deref(), Some("1764266400.4242"));
-        assert_eq!((reason.agent_id.as_deref(), reason.agent_name.as_deref()), (Some("001"), Some("web-01")));
+        assert_eq!(
+            (reason.agent_id.as_deref(), reason.agent_name.as_deref()),
+            (Some("001"), Some("web-01"))
+        );
         let left = s.expires_ms.unwrap() - now_ms();
-        assert!(left > 3500 * 1000 && left <= 3600 * 1000, "--ttl 1h from extra_args: {left} ms");
+        assert!(
+            left > 3500 * 1000 && left <= 3600 * 1000,
+            "--ttl 1h from extra_args: {left} ms"
+        );
     }
 
     // execd's timer runs out: it runs the program again with the first message, as delete.
@@ -119,7 +137,11 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
     assert_eq!(rules, [652, 652]);
     assert_eq!(log.iter().filter(|m| m.as_str() == "Starting").count(), 2);
     assert_eq!(log.iter().filter(|m| m.as_str() == "Ended").count(), 2);
-    assert!(log.iter().any(|m| m == &format!("enforcer: unblocked {}", SENDER_V4[1])), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|m| m == &format!("enforcer: unblocked {}", SENDER_V4[1])),
+        "{log:#?}"
+    );
 
     // A delete for a block that is already gone (lifted by hand, expired) is not an error.
     let again = execd.message("delete", &sshd_brute_force(SENDER_V4[1]));
@@ -137,18 +159,40 @@ fn a_socket_and_state_dir_in_the_message_are_ignored_with_a_warning() {
     let home = WazuhHome::install("firewall-drop").unwrap();
     // Someone who can shape the message points the hook at their own socket and spool.
     let elsewhere = tempfile::tempdir().unwrap();
-    let (socket, state) = (elsewhere.path().join("evil.sock"), elsewhere.path().join("state"));
-    let args = ["--ttl", "1h", "--socket", socket.to_str().unwrap(), &format!("--state-dir={}", state.display())];
+    let (socket, state) = (
+        elsewhere.path().join("evil.sock"),
+        elsewhere.path().join("state"),
+    );
+    let args = [
+        "--ttl",
+        "1h",
+        "--socket",
+        socket.to_str().unwrap(),
+        &format!("--state-dir={}", state.display()),
+    ];
     let mut execd = Execd::new(&home, &args, TIMEOUT).daemon_at(&d.socket, &d.state_dir);
     let from = home.log().len();
     let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
     let log = log_since(&home, from);
     assert_eq!(run.code(), 0, "{log:#?}");
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "blocked through the daemon the environment names");
-    let warnings: Vec<&String> = log.iter().filter(|l| l.starts_with("enforcer: warning: ignored")).collect();
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "blocked through the daemon the environment names"
+    );
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("enforcer: warning: ignored"))
+        .collect();
     assert_eq!(warnings.len(), 2, "{log:#?}");
-    assert!(warnings[0].contains(&format!("--socket {}", socket.display())), "{log:#?}");
-    assert!(!state.exists(), "nothing was spooled where the message said");
+    assert!(
+        warnings[0].contains(&format!("--socket {}", socket.display())),
+        "{log:#?}"
+    );
+    assert!(
+        !state.exists(),
+        "nothing was spooled where the message said"
+    );
 }
 
 #[test]
@@ -169,7 +213,10 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     assert_eq!(run.code(), 0);
     assert_eq!(execd.active_keys(), ["enforcer-firewall-drop-192.0.2.10"]);
     let log = log_since(&home, from);
-    assert_eq!(serde_json::from_str::<Value>(&log[3]).unwrap()["command"], "abort");
+    assert_eq!(
+        serde_json::from_str::<Value>(&log[3]).unwrap()["command"],
+        "abort"
+    );
     assert_eq!(log.last().unwrap(), "Aborted", "{log:#?}");
     assert!(!log.iter().any(|m| m == "Ended"));
     // execd restarted its timer; the block now ends a full TTL from now too.
@@ -187,9 +234,15 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
     let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
 
-    let run = execd.add(&json!({"data": {"srcip": format!("::ffff:{}", SENDER_V4[2])}})).unwrap();
+    let run = execd
+        .add(&json!({"data": {"srcip": format!("::ffff:{}", SENDER_V4[2])}}))
+        .unwrap();
     assert_eq!(run.code(), 0);
-    assert_eq!(run.key, Some(format!("enforcer-firewall-drop-{}", SENDER_V4[2])), "the canonical IPv4 is the key");
+    assert_eq!(
+        run.key,
+        Some(format!("enforcer-firewall-drop-{}", SENDER_V4[2])),
+        "the canonical IPv4 is the key"
+    );
     assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0);
 
     // Wazuh 5.0: enable/disable, the address in source.ip, metadata under wazuh.*.
@@ -200,13 +253,24 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
                   "active_response": {"name": "block-ip", "executable": "enforcer-firewall-drop", "type": "stateful", "stateful_timeout": 2}}
     });
     let mut enable = execd.message("enable", &event);
-    let run = execd.add_raw(Some(enable.to_string().as_bytes()), &Answer::Execd).unwrap();
+    let run = execd
+        .add_raw(Some(enable.to_string().as_bytes()), &Answer::Execd)
+        .unwrap();
     assert_eq!((run.code(), run.verdict), (0, Some("continue")));
     assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 0);
-    let b = wazuh_blocks(&d).into_iter().find(|b| b.target.to_string() == SENDER_V6[2]).unwrap();
+    let b = wazuh_blocks(&d)
+        .into_iter()
+        .find(|b| b.target.to_string() == SENDER_V6[2])
+        .unwrap();
     assert_eq!(b.sources[0].reason.agent_name.as_deref(), Some("web-02"));
     enable["command"] = json!("disable");
-    assert_eq!(execd.delete_raw(enable.to_string().as_bytes()).unwrap().code(), 0);
+    assert_eq!(
+        execd
+            .delete_raw(enable.to_string().as_bytes())
+            .unwrap()
+            .code(),
+        0
+    );
     assert_eq!(lab.passes_to(SENDER_V6[2], RECEIVER_V6), 10);
     check_log_format(&home.log()).unwrap();
 }
@@ -215,13 +279,19 @@ fn mapped_ipv6_folds_to_ipv4_and_the_wazuh_5_shape_works_too() {
 /// socket, so connects succeed and requests are written, but nothing answers.
 fn signal(d: &Daemon, sig: &str) {
     let pid = d.pid().expect("the daemon runs").to_string();
-    let status = std::process::Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
 /// The audit lines about `target`.
 fn audited(d: &Daemon, target: &str) -> Vec<Value> {
-    d.audit_events().into_iter().filter(|e| e["target"] == target).collect()
+    d.audit_events()
+        .into_iter()
+        .filter(|e| e["target"] == target)
+        .collect()
 }
 
 #[test]
@@ -238,11 +308,19 @@ fn a_trigger_the_daemon_takes_but_never_answers_is_spooled_and_applied_exactly_o
     let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
     assert_eq!(run.code(), 0, "the block is not lost: exit 0");
     let log = log_since(&home, from);
-    assert!(log.iter().any(|m| m.contains("did not answer in time") && m.contains("spooled to")), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|m| m.contains("did not answer in time") && m.contains("spooled to")),
+        "{log:#?}"
+    );
     assert_eq!(spool::pending(&d.state_dir).unwrap().len(), 1, "spooled");
     d.kill();
     d.spawn().unwrap();
-    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0, "applied from the spool after the crash");
+    assert_eq!(
+        lab.passes_to(SENDER_V4[1], RECEIVER_V4),
+        0,
+        "applied from the spool after the crash"
+    );
     assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "drained");
 
     // Hung, then resumed: it reads the request it was sent after all, and the spooled copy
@@ -252,7 +330,10 @@ fn a_trigger_the_daemon_takes_but_never_answers_is_spooled_and_applied_exactly_o
     assert_eq!(run.code(), 0);
     assert_eq!(spool::pending(&d.state_dir).unwrap().len(), 1, "spooled");
     signal(&d, "CONT");
-    wait_for("the spool to drain", Duration::from_secs(30), || Ok(spool::pending(&d.state_dir)?.is_empty().then_some(()))).unwrap();
+    wait_for("the spool to drain", Duration::from_secs(30), || {
+        Ok(spool::pending(&d.state_dir)?.is_empty().then_some(()))
+    })
+    .unwrap();
     assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0);
     let events = audited(&d, SENDER_V4[2]);
     assert_eq!(events.len(), 1, "applied once: {events:#?}");
@@ -275,11 +356,19 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     assert_eq!(run.code(), 0, "the block is not lost: exit 0");
     assert_eq!(run.verdict, Some("continue"));
     let log = log_since(&home, from);
-    assert!(log.iter().any(|m| m.contains("the daemon is not running (") && m.contains("spooled to")), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|m| m.contains("the daemon is not running (") && m.contains("spooled to")),
+        "{log:#?}"
+    );
     assert_eq!(log.last().unwrap(), "Ended");
     let files = spool::pending(&d.state_dir).unwrap();
     assert_eq!(files.len(), 1);
-    let mode = std::fs::metadata(spool::spool_dir(&d.state_dir)).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(spool::spool_dir(&d.state_dir))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700);
 
     // A trigger spooled two hours ago with a one-hour TTL has already ended: it is dropped.
@@ -307,7 +396,10 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     assert_eq!(s.reason.rule_id.as_deref(), Some("5763"));
     // The TTL counts from when the trigger was spooled, not from the drain.
     let expires = s.expires_ms.unwrap();
-    assert!(expires <= spooled_at + 3_600_000 + 2000 && expires >= spooled_at + 3_600_000 - 2000, "{expires} vs {spooled_at}");
+    assert!(
+        expires <= spooled_at + 3_600_000 + 2000 && expires >= spooled_at + 3_600_000 - 2000,
+        "{expires} vs {spooled_at}"
+    );
     assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "drained");
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 10);
@@ -315,7 +407,13 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     // A delete while the daemon is down is spooled too, and lifts the block at the next start.
     d.stop().unwrap();
     let delete = execd.message("delete", &sshd_brute_force(SENDER_V4[1]));
-    assert_eq!(execd.delete_raw(delete.to_string().as_bytes()).unwrap().code(), 0);
+    assert_eq!(
+        execd
+            .delete_raw(delete.to_string().as_bytes())
+            .unwrap()
+            .code(),
+        0
+    );
     d.spawn().unwrap();
     assert!(wazuh_blocks(&d).is_empty());
     check_log_format(&home.log()).unwrap();
@@ -342,7 +440,10 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
     let mut unknown = valid.clone();
     unknown["command"] = json!("restart");
     let mut no_srcip = valid.clone();
-    no_srcip["parameters"]["alert"]["data"].as_object_mut().unwrap().remove("srcip");
+    no_srcip["parameters"]["alert"]["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("srcip");
     // A valid message padded to exactly 64 KiB before its newline: one byte too many.
     let mut long = valid.clone();
     long["parameters"]["alert"]["full_log"] = json!("");
@@ -352,19 +453,79 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
     assert_eq!(long.len(), 64 * 1024);
 
     let cases: Vec<(&str, Option<Vec<u8>>, Answer, &str)> = vec![
-        ("not JSON", Some(b"add - 192.0.2.10 1764266400.4242 5763".to_vec()), Answer::Execd, "not JSON"),
-        ("no version", Some(without("version")), Answer::Execd, "`version` is missing"),
-        ("no origin", Some(without("origin")), Answer::Execd, "`origin` is missing"),
-        ("no command", Some(without("command")), Answer::Execd, "`command` is missing"),
-        ("no parameters", Some(without("parameters")), Answer::Execd, "`parameters` is missing"),
-        ("unknown command", Some(unknown.to_string().into_bytes()), Answer::Execd, "unknown command `restart`"),
-        ("no srcip", Some(no_srcip.to_string().into_bytes()), Answer::Execd, "Cannot read the address"),
-        ("a host name", Some(with_srcip(json!("attacker.example.com"))), Answer::Execd, "host names are not accepted"),
-        ("an IPv6 zone", Some(with_srcip(json!("fe80::1%eth0"))), Answer::Execd, "zone id"),
-        ("a prefix", Some(with_srcip(json!("192.0.2.0/24"))), Answer::Execd, "is a prefix"),
-        ("a 64 KiB line", Some(long), Answer::Execd, "longer than 65536 bytes"),
+        (
+            "not JSON",
+            Some(b"add - 192.0.2.10 1764266400.4242 5763".to_vec()),
+            Answer::Execd,
+            "not JSON",
+        ),
+        (
+            "no version",
+            Some(without("version")),
+            Answer::Execd,
+            "`version` is missing",
+        ),
+        (
+            "no origin",
+            Some(without("origin")),
+            Answer::Execd,
+            "`origin` is missing",
+        ),
+        (
+            "no command",
+            Some(without("command")),
+            Answer::Execd,
+            "`command` is missing",
+        ),
+        (
+            "no parameters",
+            Some(without("parameters")),
+            Answer::Execd,
+            "`parameters` is missing",
+        ),
+        (
+            "unknown command",
+            Some(unknown.to_string().into_bytes()),
+            Answer::Execd,
+            "unknown command `restart`",
+        ),
+        (
+            "no srcip",
+            Some(no_srcip.to_string().into_bytes()),
+            Answer::Execd,
+            "Cannot read the address",
+        ),
+        (
+            "a host name",
+            Some(with_srcip(json!("attacker.example.com"))),
+            Answer::Execd,
+            "host names are not accepted",
+        ),
+        (
+            "an IPv6 zone",
+            Some(with_srcip(json!("fe80::1%eth0"))),
+            Answer::Execd,
+            "zone id",
+        ),
+        (
+            "a prefix",
+            Some(with_srcip(json!("192.0.2.0/24"))),
+            Answer::Execd,
+            "is a prefix",
+        ),
+        (
+            "a 64 KiB line",
+            Some(long),
+            Answer::Execd,
+            "longer than 65536 bytes",
+        ),
         ("empty stdin", None, Answer::Execd, "end of input"),
-        ("garbage after the handshake", Some(valid.to_string().into_bytes()), Answer::Line("garbage".into()), "Invalid answer to check_keys: not JSON"),
+        (
+            "garbage after the handshake",
+            Some(valid.to_string().into_bytes()),
+            Answer::Line("garbage".into()),
+            "Invalid answer to check_keys: not JSON",
+        ),
     ];
     for (what, line, answer, why) in cases {
         let from = home.log().len();
@@ -372,7 +533,10 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
         let log = log_since(&home, from);
         assert_eq!(run.code(), 255, "{what}: {log:#?}");
         assert_eq!(log[0], "Starting", "{what}");
-        assert!(log.last().unwrap().contains(why), "{what}: expected {why:?} in {log:#?}");
+        assert!(
+            log.last().unwrap().contains(why),
+            "{what}: expected {why:?} in {log:#?}"
+        );
         assert!(!log.iter().any(|m| m == "Ended"), "{what}");
         assert_eq!(run.more_stdout, "", "{what}");
         if matches!(answer, Answer::Line(_)) {
@@ -382,7 +546,10 @@ fn malformed_input_exits_255_logs_why_and_changes_nothing() {
         }
     }
     assert!(d.list(&[]).is_empty(), "nothing was blocked");
-    assert!(spool::pending(&d.state_dir).unwrap().is_empty(), "nothing was spooled");
+    assert!(
+        spool::pending(&d.state_dir).unwrap().is_empty(),
+        "nothing was spooled"
+    );
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 10);
 }
 
@@ -393,14 +560,21 @@ fn a_handshake_reply_that_never_comes_cannot_hang_execd() {
     let d = Daemon::start(&lab, &[]).unwrap();
     let home = WazuhHome::install("enforcer-firewall-drop").unwrap();
     let mut execd = execd(&home, &d);
-    let line = execd.message("add", &sshd_brute_force(SENDER_V4[1])).to_string();
+    let line = execd
+        .message("add", &sshd_brute_force(SENDER_V4[1]))
+        .to_string();
     let started = Instant::now();
-    let run = execd.add_raw(Some(line.as_bytes()), &Answer::Never).unwrap();
+    let run = execd
+        .add_raw(Some(line.as_bytes()), &Answer::Never)
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(run.code(), 255);
     assert!(took < Duration::from_secs(10), "exited after {took:?}");
     let last = home.log().last().cloned().unwrap();
-    assert!(last.contains("Invalid answer to check_keys: no complete line within 5s"), "{last}");
+    assert!(
+        last.contains("Invalid answer to check_keys: no complete line within 5s"),
+        "{last}"
+    );
     assert!(d.list(&[]).is_empty());
     println!("a hook with no handshake reply exited after {took:?}");
 }
@@ -422,7 +596,9 @@ fn hook_latency_and_throughput() {
     let mut execd = execd(&home, &d);
     let mut times = Vec::new();
     for i in 0..200u32 {
-        let run = execd.add(&sshd_brute_force(&format!("198.51.100.{}", i + 1))).unwrap();
+        let run = execd
+            .add(&sshd_brute_force(&format!("198.51.100.{}", i + 1)))
+            .unwrap();
         assert_eq!(run.code(), 0);
         times.push(run.elapsed);
     }
@@ -443,7 +619,9 @@ fn hook_latency_and_throughput() {
             s.spawn(move || {
                 let mut execd = self::execd(home, d);
                 for i in 0..each {
-                    let run = execd.add(&sshd_brute_force(&format!("10.99.{t}.{}", i + 1))).unwrap();
+                    let run = execd
+                        .add(&sshd_brute_force(&format!("10.99.{t}.{}", i + 1)))
+                        .unwrap();
                     assert_eq!(run.code(), 0);
                 }
             });

@@ -16,5 +16,9 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode> {
     setup::run()?;
     // The bench drives the daemon, the CLI and the hook too, so all binaries must be fresh.
-    cmd::build_and_run_release_bin(&["enforcer", "enforcer-tests"], "enforcer-bench", &args.args)
+    cmd::build_and_run_release_bin(
+        &["enforcer", "enforcer-tests"],
+        "enforcer-bench",
+        &args.args,
+    )
 }

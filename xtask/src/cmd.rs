@@ -135,7 +135,11 @@ pub fn run_release_bin(name: &str, args: &[String]) -> Result<ExitCode> {
 }
 
 /// Builds the release binaries of `packages` and runs `bin` from them with `args`.
-pub fn build_and_run_release_bin(packages: &[&str], bin: &str, args: &[String]) -> Result<ExitCode> {
+pub fn build_and_run_release_bin(
+    packages: &[&str],
+    bin: &str,
+    args: &[String],
+) -> Result<ExitCode> {
     let mut build = cargo();
     build.args(["build", "--release", "--bins"]);
     for p in packages {

@@ -62,9 +62,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     ensure_cargo_fuzz()?;
     let dir = cmd::repo_root().join("fuzz");
     let all = list_targets(&dir)?;
-    let targets = if args.targets.is_empty() { all.clone() } else { args.targets.clone() };
+    let targets = if args.targets.is_empty() {
+        all.clone()
+    } else {
+        args.targets.clone()
+    };
     if let Some(unknown) = targets.iter().find(|t| !all.contains(t)) {
-        bail!("no fuzz target `{unknown}` in fuzz/ (targets: {})", all.join(", "));
+        bail!(
+            "no fuzz target `{unknown}` in fuzz/ (targets: {})",
+            all.join(", ")
+        );
     }
     cmd::run(fuzz_cmd(&dir).args(["build", "-s", "none"]))?;
     let mut outcomes = Vec::new();
@@ -84,7 +91,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 crash.display(),
                 o.log.display()
             ),
-            None => eprintln!("fuzz target {} failed without a crash file; see {}", o.target, o.log.display()),
+            None => eprintln!(
+                "fuzz target {} failed without a crash file; see {}",
+                o.target,
+                o.log.display()
+            ),
         }
     }
     println!(
@@ -93,7 +104,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         outcomes.iter().map(|o| o.stats.executions).sum::<u64>(),
         failed.len()
     );
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `cargo fuzz` on the nightly, in `dir`, never with the variables of the stable cargo that
@@ -105,7 +120,13 @@ fn fuzz_cmd(dir: &Path) -> Command {
         .current_dir(dir)
         .env("RUSTUP_TOOLCHAIN", NIGHTLY)
         .env("AYA_BUILD_SKIP", "1");
-    for var in ["CARGO", "RUSTC", "RUSTDOC", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"] {
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+    ] {
         c.env_remove(var);
     }
     c
@@ -117,25 +138,37 @@ fn ensure_cargo_fuzz() -> Result<()> {
         println!("installing: {CARGO_FUZZ_INSTALL} (`cargo fuzz` does not run)");
         cmd::run(cmd::cargo().args(["install", CARGO_FUZZ_INSTALL, "--locked"]))?;
         if !cargo_fuzz_runs()? {
-            bail!("`cargo fuzz` still does not run after installing {CARGO_FUZZ_INSTALL}; is ~/.cargo/bin on PATH?");
+            bail!(
+                "`cargo fuzz` still does not run after installing {CARGO_FUZZ_INSTALL}; is ~/.cargo/bin on PATH?"
+            );
         }
     }
     let nightly = cmd::probe(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"]))?;
     if !nightly.is_some_and(|o| o.status.success()) {
-        bail!("the {NIGHTLY} toolchain is missing: run `cargo xtask setup` (or `rustup toolchain install {NIGHTLY}`)");
+        bail!(
+            "the {NIGHTLY} toolchain is missing: run `cargo xtask setup` (or `rustup toolchain install {NIGHTLY}`)"
+        );
     }
     Ok(())
 }
 
 /// Whether `cargo fuzz --version` runs.
 fn cargo_fuzz_runs() -> Result<bool> {
-    Ok(cmd::probe(Command::new("cargo").args(["fuzz", "--version"]))?.is_some_and(|o| o.status.success()))
+    Ok(
+        cmd::probe(Command::new("cargo").args(["fuzz", "--version"]))?
+            .is_some_and(|o| o.status.success()),
+    )
 }
 
 /// The targets `cargo fuzz list` reports.
 fn list_targets(dir: &Path) -> Result<Vec<String>> {
     let out = cmd::probe_stdout(fuzz_cmd(dir).arg("list"))?;
-    let targets: Vec<String> = out.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let targets: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
     if targets.is_empty() {
         bail!("`cargo fuzz list` found no targets in {}", dir.display());
     }
@@ -156,7 +189,12 @@ fn run_target(dir: &Path, target: &str, args: &Args) -> Result<Outcome> {
     c.args(["run", "-s", "none", target])
         .arg(&corpus)
         .arg(&seeds)
-        .args(["--", "-print_final_stats=1", "-timeout=10", "-rss_limit_mb=2048"])
+        .args([
+            "--",
+            "-print_final_stats=1",
+            "-timeout=10",
+            "-rss_limit_mb=2048",
+        ])
         .arg(format!("-max_total_time={}", args.time));
     if let Some(runs) = args.runs {
         c.arg(format!("-runs={runs}"));
@@ -191,14 +229,21 @@ fn summary_line(o: &Outcome) -> String {
 fn parse_stats(log: &str) -> Stats {
     let mut stats = Stats::default();
     for line in log.lines() {
-        let number = |prefix: &str| line.strip_prefix(prefix).and_then(|v| v.trim().parse::<u64>().ok());
+        let number = |prefix: &str| {
+            line.strip_prefix(prefix)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         if let Some(n) = number("stat::number_of_executed_units:") {
             stats.executions = n;
         } else if let Some(n) = number("stat::average_exec_per_sec:") {
             stats.per_sec = n;
         } else if let Some(rest) = line.strip_prefix("Done ") {
             // `Done 1200000 runs in 60 second(s)`
-            stats.seconds = rest.split_whitespace().nth(3).and_then(|w| w.parse().ok()).unwrap_or(stats.seconds);
+            stats.seconds = rest
+                .split_whitespace()
+                .nth(3)
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(stats.seconds);
         } else if line.starts_with('#') {
             let field = |name: &str| {
                 let mut words = line.split_whitespace();
@@ -215,7 +260,10 @@ fn parse_stats(log: &str) -> Stats {
 /// The input libFuzzer saved when the target crashed (`Test unit written to PATH`).
 fn crash_file(log: &str) -> Option<PathBuf> {
     log.lines()
-        .filter_map(|l| l.split_once("Test unit written to ").map(|(_, p)| PathBuf::from(p.trim())))
+        .filter_map(|l| {
+            l.split_once("Test unit written to ")
+                .map(|(_, p)| PathBuf::from(p.trim()))
+        })
         .next_back()
 }
 
@@ -253,7 +301,10 @@ mod tests {
             ==1== ERROR: libFuzzer: deadly signal\n\
             artifact_prefix='/r/fuzz/artifacts/config/'; Test unit written to /r/fuzz/artifacts/config/crash-ab12\n\
             Base64: YQ==\n";
-        assert_eq!(crash_file(log), Some(PathBuf::from("/r/fuzz/artifacts/config/crash-ab12")));
+        assert_eq!(
+            crash_file(log),
+            Some(PathBuf::from("/r/fuzz/artifacts/config/crash-ab12"))
+        );
         assert_eq!(crash_file(LOG), None);
     }
 }

@@ -38,16 +38,30 @@ const UNIT_DIR: &str = "lib/systemd/system";
 /// The conffiles: (path in the package, source in the repository).
 const CONFFILES: [(&str, &str); 2] = [
     ("etc/enforcer/enforcer.toml", "dist/enforcer.toml"),
-    ("etc/fail2ban/action.d/enforcer.conf", "dist/fail2ban/action.d/enforcer.conf"),
+    (
+        "etc/fail2ban/action.d/enforcer.conf",
+        "dist/fail2ban/action.d/enforcer.conf",
+    ),
 ];
 
 pub fn run(args: &Args) -> Result<()> {
     if !args.no_build {
         // The same package set as `cargo xtask bench` and `demo` build: cargo unifies
         // dependency features per build, so building `enforcer` alone would rebuild them all.
-        cmd::run(cmd::cargo().args(["build", "--release", "--bins", "-p", NAME, "-p", "enforcer-tests"]))?;
+        cmd::run(cmd::cargo().args([
+            "build",
+            "--release",
+            "--bins",
+            "-p",
+            NAME,
+            "-p",
+            "enforcer-tests",
+        ]))?;
     }
-    let out = args.out.clone().unwrap_or_else(|| cmd::target_dir().join("package"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| cmd::target_dir().join("package"));
     let deb = build(&cmd::target_dir().join("release").join(NAME), &out)?;
     println!("built {}", deb.display());
     Ok(())
@@ -55,8 +69,14 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// Stages the tree next to `out` and builds the .deb; returns its path.
 fn build(binary: &Path, out: &Path) -> Result<PathBuf> {
-    ensure!(binary.is_file(), "{} is missing: build it with `cargo build --release -p enforcer`", binary.display());
-    let arch = cmd::probe_stdout(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
+    ensure!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build --release -p enforcer`",
+        binary.display()
+    );
+    let arch = cmd::probe_stdout(Command::new("dpkg").arg("--print-architecture"))?
+        .trim()
+        .to_owned();
     let stage = out.join(format!("{NAME}_{VERSION}_{arch}"));
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
@@ -65,27 +85,57 @@ fn build(binary: &Path, out: &Path) -> Result<PathBuf> {
     let put = |rel: &str, mode: u32, data: &[u8]| write_file(&stage.join(rel), mode, data);
 
     put("usr/sbin/enforcer", 0o755, &fs::read(binary)?)?;
-    cmd::run(Command::new("strip").args(["--strip-unneeded", "--remove-section=.comment", "--remove-section=.note"]).arg(stage.join("usr/sbin/enforcer")))?;
-    put(&format!("{UNIT_DIR}/enforcer.service"), 0o644, &fs::read(root.join("dist/enforcer.service"))?)?;
+    cmd::run(
+        Command::new("strip")
+            .args([
+                "--strip-unneeded",
+                "--remove-section=.comment",
+                "--remove-section=.note",
+            ])
+            .arg(stage.join("usr/sbin/enforcer")),
+    )?;
+    put(
+        &format!("{UNIT_DIR}/enforcer.service"),
+        0o644,
+        &fs::read(root.join("dist/enforcer.service"))?,
+    )?;
     for (dest, src) in CONFFILES {
         put(dest, 0o644, &fs::read(root.join(src))?)?;
     }
-    put("usr/share/enforcer/grafana/enforcer.json", 0o644, &fs::read(root.join("dist/grafana/enforcer.json"))?)?;
+    put(
+        "usr/share/enforcer/grafana/enforcer.json",
+        0o644,
+        &fs::read(root.join("dist/grafana/enforcer.json"))?,
+    )?;
     man_pages(binary, &stage)?;
     for (shell, path) in [
         ("bash", "usr/share/bash-completion/completions/enforcer"),
         ("zsh", "usr/share/zsh/vendor-completions/_enforcer"),
         ("fish", "usr/share/fish/vendor_completions.d/enforcer.fish"),
     ] {
-        let script = cmd::probe_stdout(Command::new(binary).args(["generate", "completions", shell]))?;
+        let script =
+            cmd::probe_stdout(Command::new(binary).args(["generate", "completions", shell]))?;
         put(path, 0o644, script.as_bytes())?;
     }
-    put("usr/share/doc/enforcer/copyright", 0o644, copyright().as_bytes())?;
-    put("usr/share/doc/enforcer/changelog.gz", 0o644, &gzip(changelog().as_bytes())?)?;
+    put(
+        "usr/share/doc/enforcer/copyright",
+        0o644,
+        copyright().as_bytes(),
+    )?;
+    put(
+        "usr/share/doc/enforcer/changelog.gz",
+        0o644,
+        &gzip(changelog().as_bytes())?,
+    )?;
     debian_dir(&stage, &arch)?;
 
     let deb = out.join(format!("{NAME}_{VERSION}_{arch}.deb"));
-    cmd::run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&stage).arg(&deb))?;
+    cmd::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
     Ok(deb)
 }
 
@@ -120,8 +170,16 @@ fn man_pages(binary: &Path, stage: &Path) -> Result<()> {
     fs::create_dir_all(&dir)?;
     for entry in fs::read_dir(&raw)? {
         let path = entry?.path();
-        let name = path.file_name().expect("a file").to_string_lossy().into_owned();
-        write_file(&dir.join(format!("{name}.gz")), 0o644, &gzip(&fs::read(&path)?)?)?;
+        let name = path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        write_file(
+            &dir.join(format!("{name}.gz")),
+            0o644,
+            &gzip(&fs::read(&path)?)?,
+        )?;
     }
     fs::remove_dir_all(&raw)?;
     Ok(())
@@ -136,7 +194,11 @@ fn debian_dir(stage: &Path, arch: &str) -> Result<()> {
     let md5sums = md5sums(stage)?;
     write_file(&stage.join("DEBIAN/md5sums"), 0o644, md5sums.as_bytes())?;
     let installed_kib = du_kib(stage)?;
-    write_file(&stage.join("DEBIAN/control"), 0o644, control(arch, installed_kib).as_bytes())
+    write_file(
+        &stage.join("DEBIAN/control"),
+        0o644,
+        control(arch, installed_kib).as_bytes(),
+    )
 }
 
 /// `md5sum` lines for every file outside DEBIAN/ (one md5sum run, paths relative to the root).
@@ -167,7 +229,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn du_kib(stage: &Path) -> Result<u64> {
     let mut files = Vec::new();
     walk(stage, &mut files)?;
-    let bytes: u64 = files.iter().map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
     Ok(bytes.div_ceil(1024))
 }
 

@@ -25,8 +25,21 @@ const BPF_LINKER_LLVM_MAJOR: u32 = 22;
 /// systemd to check the .deb and its unit, and strace to count the daemon's fsyncs). The
 /// CrowdSec LAPI the tests run is unpacked, not installed: see [`check_crowdsec`].
 const PACKAGES: &[&str] = &[
-    "bpftool", "iptables", "nftables", "ipset", "hping3", "iperf3", "iproute2", "ethtool", "procps",
-    "fail2ban", "prometheus", "lintian", "systemd", "strace", "libfaketime",
+    "bpftool",
+    "iptables",
+    "nftables",
+    "ipset",
+    "hping3",
+    "iperf3",
+    "iproute2",
+    "ethtool",
+    "procps",
+    "fail2ban",
+    "prometheus",
+    "lintian",
+    "systemd",
+    "strace",
+    "libfaketime",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -262,7 +275,10 @@ fn check_crowdsec() -> Result<()> {
         println!("ok: crowdsec LAPI unpacked in {}", root.display());
         return Ok(());
     }
-    println!("installing: crowdsec package, downloaded and unpacked into {} (not installed)", root.display());
+    println!(
+        "installing: crowdsec package, downloaded and unpacked into {} (not installed)",
+        root.display()
+    );
     let work = dir.join(format!("setup-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -275,7 +291,13 @@ fn check_crowdsec() -> Result<()> {
 
 /// `apt-get download crowdsec` into `work`, `dpkg-deb -x` it, and move the tree to `root`.
 fn unpack_crowdsec(work: &std::path::Path, root: &std::path::Path) -> Result<()> {
-    let download = |cwd: &std::path::Path| cmd::run(Command::new("apt-get").args(["download", "-q", "crowdsec"]).current_dir(cwd));
+    let download = |cwd: &std::path::Path| {
+        cmd::run(
+            Command::new("apt-get")
+                .args(["download", "-q", "crowdsec"])
+                .current_dir(cwd),
+        )
+    };
     if download(work).is_err() {
         // A fresh machine may not have the package lists yet.
         cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -289,7 +311,8 @@ fn unpack_crowdsec(work: &std::path::Path, root: &std::path::Path) -> Result<()>
     let tree = work.join("root");
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
     let _ = fs::remove_dir_all(root);
-    fs::rename(&tree, root).with_context(|| format!("moving the unpacked crowdsec to {}", root.display()))
+    fs::rename(&tree, root)
+        .with_context(|| format!("moving the unpacked crowdsec to {}", root.display()))
 }
 
 /// Pinned maps and links live in bpffs, which a fresh machine does not mount.

@@ -112,10 +112,16 @@ fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
     let left = leftovers(&ledger);
     println!(
         "checked that every namespace, pin and process the tests created is gone: {}",
-        if left.is_empty() { "yes".to_owned() } else { format!("{} left behind", left.len()) }
+        if left.is_empty() {
+            "yes".to_owned()
+        } else {
+            format!("{} left behind", left.len())
+        }
     );
     for what in left {
-        summary.problems.push(format!("a test left {what} behind (removed now)"));
+        summary
+            .problems
+            .push(format!("a test left {what} behind (removed now)"));
     }
     let _ = std::fs::remove_file(&ledger);
     Ok(())
@@ -163,7 +169,10 @@ fn leftovers(ledger: &Path) -> Vec<String> {
 
 /// Whether `name` is in the `passwd` or `group` database.
 fn account_exists(database: &str, name: &str) -> bool {
-    Command::new("getent").args([database, name]).output().is_ok_and(|o| o.status.success())
+    Command::new("getent")
+        .args([database, name])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `(kind, what)` for each ledger line.
@@ -173,14 +182,23 @@ fn ledger_entries(text: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Processes whose environment holds `entry` (`NAME=value`), with their command lines.
 fn processes_with_env(entry: &str) -> Vec<(i32, String)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
         if env.split(|b| *b == 0).any(|v| v == entry.as_bytes()) {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_owned();
+            let cmdline = String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .trim()
+                .to_owned();
             found.push((pid, cmdline));
         }
     }
@@ -190,7 +208,13 @@ fn processes_with_env(entry: &str) -> Vec<(i32, String)> {
 /// Clippy with `-D warnings`: the userspace crates, then the eBPF crate, which the workspace
 /// build cannot lint (it only builds for bpfel-unknown-none with nightly and `build-std`).
 fn lint(summary: &mut Summary) -> Result<()> {
-    let userspace: &[&str] = &["clippy", "--workspace", "--exclude", "enforcer-ebpf", "--all-targets"];
+    let userspace: &[&str] = &[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "enforcer-ebpf",
+        "--all-targets",
+    ];
     let ebpf: &[&str] = &[
         "+nightly",
         "clippy",
@@ -205,7 +229,9 @@ fn lint(summary: &mut Summary) -> Result<()> {
     for (what, args) in [("the userspace crates", userspace), ("enforcer-ebpf", ebpf)] {
         let status = cmd::status(cmd::cargo().args(args).args(["--", "-D", "warnings"]))?;
         if !status.success() {
-            summary.problems.push(format!("clippy on {what} failed ({status})"));
+            summary
+                .problems
+                .push(format!("clippy on {what} failed ({status})"));
         }
     }
     Ok(())
@@ -300,11 +326,18 @@ impl Summary {
             );
         }
         if success && self.passed + self.failed + self.ignored == 0 {
-            let filter = test_args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>();
+            let filter = test_args
+                .iter()
+                .filter(|a| !a.starts_with('-'))
+                .cloned()
+                .collect::<Vec<_>>();
             self.problems.push(if filter.is_empty() {
                 "no test ran".to_owned()
             } else {
-                format!("no test matches `{}`: check the name (`cargo test -- --list` lists them)", filter.join(" "))
+                format!(
+                    "no test matches `{}`: check the name (`cargo test -- --list` lists them)",
+                    filter.join(" ")
+                )
             });
         }
     }
@@ -367,7 +400,9 @@ mod tests {
     fn a_failed_step_is_counted_in_the_last_line() {
         let mut summary = Summary::default();
         summary.record("test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
-        summary.problems.push("clippy on the userspace crates failed".to_owned());
+        summary
+            .problems
+            .push("clippy on the userspace crates failed".to_owned());
         assert_eq!(summary.counts(), "4 passed, 1 failed");
         let mut setup = Summary::default();
         setup.problems.push("setup failed".to_owned());
@@ -395,7 +430,11 @@ mod tests {
         let mut summary = Summary::default();
         summary.record("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 12 filtered out; finished in 0.00s");
         summary.judge_test_run(true, &["no_such_test".to_owned(), "--nocapture".to_owned()]);
-        assert!(summary.problems[0].contains("no test matches `no_such_test`"), "{:?}", summary.problems);
+        assert!(
+            summary.problems[0].contains("no test matches `no_such_test`"),
+            "{:?}",
+            summary.problems
+        );
         assert_eq!(summary.counts(), "0 passed, 1 failed");
     }
 
@@ -412,15 +451,33 @@ mod tests {
         std::fs::create_dir_all(dir.join("pin")).unwrap();
         let ledger = dir.join("ledger.txt");
         let gone = dir.join("gone");
-        std::fs::write(&ledger, format!("pin {}\npin {}\n", dir.join("pin").display(), gone.display())).unwrap();
+        std::fs::write(
+            &ledger,
+            format!(
+                "pin {}\npin {}\n",
+                dir.join("pin").display(),
+                gone.display()
+            ),
+        )
+        .unwrap();
         // A process started with the ledger in its environment and still running. Wait until
         // /proc shows it with that environment (a loaded machine may not have exec'd it yet).
-        let mut child = Command::new("sleep").arg("30").env(LEDGER_ENV, &ledger).spawn().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env(LEDGER_ENV, &ledger)
+            .spawn()
+            .unwrap();
         let marker = format!("{LEDGER_ENV}={}", ledger.display());
         let pid = i32::try_from(child.id()).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !processes_with_env(&marker).iter().any(|(p, cmd)| *p == pid && cmd.contains("sleep")) {
-            assert!(std::time::Instant::now() < deadline, "/proc never showed `sleep 30` with the ledger in its environment");
+        while !processes_with_env(&marker)
+            .iter()
+            .any(|(p, cmd)| *p == pid && cmd.contains("sleep"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/proc never showed `sleep 30` with the ledger in its environment"
+            );
             thread::sleep(std::time::Duration::from_millis(10));
         }
         let left = leftovers(&ledger);
@@ -428,7 +485,13 @@ mod tests {
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(left.len(), 2, "{left:?}");
-        assert!(left[0].contains("pin directory") && left[0].ends_with("/pin"), "{left:?}");
-        assert!(left[1].contains(&format!("process {}", child.id())) && left[1].contains("sleep 30"), "{left:?}");
+        assert!(
+            left[0].contains("pin directory") && left[0].ends_with("/pin"),
+            "{left:?}"
+        );
+        assert!(
+            left[1].contains(&format!("process {}", child.id())) && left[1].contains("sleep 30"),
+            "{left:?}"
+        );
     }
 }

@@ -43,11 +43,30 @@ pub enum AllowCommand {
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     match a.command {
-        AllowCommand::Add { target, comment, force } => {
-            let Reply::Allow { target, changed } = super::call(socket, &Request::AllowAdd { target, comment, force })? else {
+        AllowCommand::Add {
+            target,
+            comment,
+            force,
+        } => {
+            let Reply::Allow { target, changed } = super::call(
+                socket,
+                &Request::AllowAdd {
+                    target,
+                    comment,
+                    force,
+                },
+            )?
+            else {
                 anyhow::bail!("unexpected reply from the daemon")
             };
-            println!("{} {target}", if changed { "allowlisted" } else { "already allowlisted:" });
+            println!(
+                "{} {target}",
+                if changed {
+                    "allowlisted"
+                } else {
+                    "already allowlisted:"
+                }
+            );
         }
         AllowCommand::Remove { target } => {
             super::call(socket, &Request::AllowRemove { target })?;
@@ -61,7 +80,11 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                 return super::output::json(&entries);
             }
             let mut rows = vec![["PREFIX", "ORIGIN"].map(String::from).to_vec()];
-            rows.extend(entries.iter().map(|e| vec![e.target.to_string(), e.origin.clone()]));
+            rows.extend(
+                entries
+                    .iter()
+                    .map(|e| vec![e.target.to_string(), e.origin.clone()]),
+            );
             table(&rows);
         }
     }

@@ -47,7 +47,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    let Reply::Block(r) = reply else { anyhow::bail!("unexpected reply from the daemon") };
+    let Reply::Block(r) = reply else {
+        anyhow::bail!("unexpected reply from the daemon")
+    };
     if a.json {
         return super::output::json(&r);
     }
@@ -70,9 +72,16 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     };
     let until = match r.expires_ms {
         None => "permanently".to_owned(),
-        Some(e) => format!("for {} (until {})", super::output::time_left(Some(e)), super::output::timestamp(e)),
+        Some(e) => format!(
+            "for {} (until {})",
+            super::output::time_left(Some(e)),
+            super::output::timestamp(e)
+        ),
     };
-    println!("{verb} {} {until} [{}, source {}]", r.target, r.mode, a.flags.source);
+    println!(
+        "{verb} {} {until} [{}, source {}]",
+        r.target, r.mode, a.flags.source
+    );
     for n in &r.notes {
         println!("  policy: {n}");
     }

@@ -25,7 +25,8 @@ pub enum BreakerCommand {
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let BreakerCommand::Reset { source } = a.command;
-    let Reply::BreakerReset { reset } = super::call(socket, &Request::BreakerReset { source })? else {
+    let Reply::BreakerReset { reset } = super::call(socket, &Request::BreakerReset { source })?
+    else {
         anyhow::bail!("unexpected reply from the daemon")
     };
     if reset.is_empty() {

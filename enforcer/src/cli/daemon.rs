@@ -72,14 +72,18 @@ pub struct Args {
 /// thread the daemon starts inherits it.
 fn enter_netns(name: &str) -> anyhow::Result<()> {
     let path = std::path::Path::new("/run/netns").join(name);
-    let file = std::fs::File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(std::io::Error::from)
         .with_context(|| format!("entering network namespace {name}"))
 }
 
 pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = a.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let path = a
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let mut config = if a.config.is_some() || path.exists() {
         Config::load(&path)?
     } else {
@@ -96,8 +100,15 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        let ifaces = if a.ifaces.is_empty() { &config.interfaces } else { &a.ifaces };
-        let names: Vec<&str> = ifaces.iter().map(crate::interfaces::InterfaceSpec::as_str).collect();
+        let ifaces = if a.ifaces.is_empty() {
+            &config.interfaces
+        } else {
+            &a.ifaces
+        };
+        let names: Vec<&str> = ifaces
+            .iter()
+            .map(crate::interfaces::InterfaceSpec::as_str)
+            .collect();
         println!("{}: protects {}", path.display(), names.join(", "));
         return Ok(());
     }
@@ -143,12 +154,16 @@ pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
         config.control_socket.max_connections = n;
     }
     if let Some(t) = a.idle_timeout {
-        anyhow::ensure!(t.0 >= std::time::Duration::from_millis(100), "--idle-timeout must be at least 100ms");
+        anyhow::ensure!(
+            t.0 >= std::time::Duration::from_millis(100),
+            "--idle-timeout must be at least 100ms"
+        );
         config.control_socket.idle_timeout = t;
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

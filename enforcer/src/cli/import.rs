@@ -63,7 +63,9 @@ fn parse(reader: impl std::io::BufRead, name: &str) -> anyhow::Result<Vec<BatchI
             if extra.is_some() {
                 return Err("expected `TARGET [TTL]`".into());
             }
-            let target: Target = target.parse().map_err(|e: crate::TargetError| e.to_string())?;
+            let target: Target = target
+                .parse()
+                .map_err(|e: crate::TargetError| e.to_string())?;
             let ttl_secs = ttl
                 .map(|t| t.parse::<HumanDuration>().map(|d| d.0.as_secs()))
                 .transpose()
@@ -77,7 +79,12 @@ fn parse(reader: impl std::io::BufRead, name: &str) -> anyhow::Result<Vec<BatchI
     }
     if !errors.is_empty() {
         // One line, like every error: the first ten problems, separated by semicolons.
-        let shown = errors.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        let shown = errors
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
         anyhow::bail!(
             "{} invalid line(s), nothing was imported: {shown}{}",
             errors.len(),
@@ -92,7 +99,8 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let items = if a.file.as_os_str() == "-" {
         parse(std::io::stdin().lock(), "stdin")?
     } else {
-        let f = std::fs::File::open(&a.file).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
+        let f =
+            std::fs::File::open(&a.file).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
         parse(std::io::BufReader::new(f), &name)?
     };
     let total = items.len();
@@ -110,7 +118,12 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             reason: a.flags.reason(),
             shadow: a.flags.shadow,
         }))?;
-        let Reply::BlockBatch { applied: n, pending: p, failed: f } = reply else {
+        let Reply::BlockBatch {
+            applied: n,
+            pending: p,
+            failed: f,
+        } = reply
+        else {
             anyhow::bail!("unexpected reply from the daemon")
         };
         applied += n;
@@ -124,7 +137,13 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        super::output::json(&ImportOutput { total, applied, pending, failed: failed.clone(), seconds: secs })?;
+        super::output::json(&ImportOutput {
+            total,
+            applied,
+            pending,
+            failed: failed.clone(),
+            seconds: secs,
+        })?;
     } else {
         println!("imported {applied} of {total} targets in {secs:.2}s");
         if pending > 0 {
@@ -136,16 +155,18 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     }
     if !failed.is_empty() {
         let code = failed[0].error.code;
-        return Err(crate::client::ClientError::Daemon(crate::protocol::ErrorBody {
-            code,
-            message: format!(
-                "{} of {total} targets were refused, the rest imported; first: {}: {}",
-                failed.len(),
-                failed[0].target,
-                failed[0].error.message
-            ),
-        })
-        .into());
+        return Err(
+            crate::client::ClientError::Daemon(crate::protocol::ErrorBody {
+                code,
+                message: format!(
+                    "{} of {total} targets were refused, the rest imported; first: {}: {}",
+                    failed.len(),
+                    failed[0].target,
+                    failed[0].error.message
+                ),
+            })
+            .into(),
+        );
     }
     Ok(())
 }

@@ -3,7 +3,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::{
-    install::fail2ban::{DEFAULT_ACTION_DIR, DEFAULT_NAME, InstallOptions, Outcome, install, jail_snippet},
+    install::fail2ban::{
+        DEFAULT_ACTION_DIR, DEFAULT_NAME, InstallOptions, Outcome, install, jail_snippet,
+    },
     protocol::DEFAULT_SOCKET,
 };
 
@@ -36,7 +38,12 @@ pub fn run(a: Args, socket: Option<&Path>) -> anyhow::Result<()> {
         Outcome::Unchanged => "already installed (unchanged)",
         Outcome::Replaced => "installed (replaced the file that was there)",
     };
-    println!("{done} {} (0644): runs {} --socket {}", path.display(), enforcer.display(), socket.display());
+    println!(
+        "{done} {} (0644): runs {} --socket {}",
+        path.display(),
+        enforcer.display(),
+        socket.display()
+    );
     println!();
     println!("Select it in /etc/fail2ban/jail.local, then run `fail2ban-client reload`:");
     println!();

@@ -1,6 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use crate::install::wazuh::{DEFAULT_NAME, DEFAULT_WAZUH_HOME, InstallOptions, Replaced, install, ossec_snippet};
+use crate::install::wazuh::{
+    DEFAULT_NAME, DEFAULT_WAZUH_HOME, InstallOptions, Replaced, install, ossec_snippet,
+};
 
 /// `enforcer install-wazuh-hook`.
 #[derive(Debug, clap::Args)]

@@ -55,14 +55,26 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         print_table(&blocks);
     }
     if let Some(next) = next {
-        eprintln!("more blocks follow: enforcer list --after {next}{}", a.limit.map(|n| format!(" --limit {n}")).unwrap_or_default());
+        eprintln!(
+            "more blocks follow: enforcer list --after {next}{}",
+            a.limit.map(|n| format!(" --limit {n}")).unwrap_or_default()
+        );
     }
     Ok(())
 }
 
 /// One `list` request: a page of blocks and where the next page starts.
-fn page(socket: &Path, source: Option<&Source>, limit: Option<usize>, after: Option<Target>) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
-    let request = Request::List { source: source.cloned(), limit, after };
+fn page(
+    socket: &Path,
+    source: Option<&Source>,
+    limit: Option<usize>,
+    after: Option<Target>,
+) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
+    let request = Request::List {
+        source: source.cloned(),
+        limit,
+        after,
+    };
     let Reply::List { blocks, next } = super::call(socket, &request)? else {
         anyhow::bail!("unexpected reply from the daemon")
     };
@@ -71,7 +83,11 @@ fn page(socket: &Path, source: Option<&Source>, limit: Option<usize>, after: Opt
 
 /// Every block after `after`, fetched [`PAGE`] at a time. Pages are read one after another, so
 /// a block added or removed meanwhile may be missing or shown; each page is consistent.
-fn every_page(socket: &Path, source: Option<&Source>, mut after: Option<Target>) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
+fn every_page(
+    socket: &Path,
+    source: Option<&Source>,
+    mut after: Option<Target>,
+) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
     let mut all = Vec::new();
     loop {
         let (blocks, next) = page(socket, source, Some(PAGE), after)?;
@@ -97,9 +113,18 @@ pub fn print_table(blocks: &[ListEntry]) {
         return;
     }
     let mut rows = vec![
-        ["TARGET", "SOURCES", "TIME LEFT", "MODE", "PACKETS", "BYTES", "LAST HIT", "REASON"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "TARGET",
+            "SOURCES",
+            "TIME LEFT",
+            "MODE",
+            "PACKETS",
+            "BYTES",
+            "LAST HIT",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for b in blocks {
         let reason = b
@@ -111,7 +136,11 @@ pub fn print_table(blocks: &[ListEntry]) {
             .join("; ");
         rows.push(vec![
             b.target.to_string(),
-            b.sources.iter().map(|s| s.source.as_str()).collect::<Vec<_>>().join(","),
+            b.sources
+                .iter()
+                .map(|s| s.source.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             time_left(b.expires_ms),
             b.mode.to_string(),
             count(b.packets),

@@ -19,11 +19,10 @@ mod show;
 mod stats;
 mod status;
 mod unblock;
-pub use unblock::UnblockOutput;
-
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
+pub use unblock::UnblockOutput;
 
 use crate::{
     client::{Client, ClientError},
@@ -125,7 +124,10 @@ pub fn main() -> i32 {
             let code = e
                 .downcast_ref::<ClientError>()
                 .map(ClientError::exit_code)
-                .or_else(|| e.downcast_ref::<status::Unprotected>().map(|_| status::EXIT_UNPROTECTED))
+                .or_else(|| {
+                    e.downcast_ref::<status::Unprotected>()
+                        .map(|_| status::EXIT_UNPROTECTED)
+                })
                 .unwrap_or(1);
             eprintln!("enforcer: {e:#}");
             code
@@ -138,7 +140,11 @@ pub fn main() -> i32 {
 /// the usage and the hints that follow; every error is one line on stderr.
 fn usage_error_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
     first.join(" ").trim_start_matches("error: ").to_owned()
 }
 
@@ -159,7 +165,10 @@ pub struct BlockFlags {
 impl BlockFlags {
     /// The reason as the protocol carries it.
     pub fn reason(&self) -> crate::block::Reason {
-        self.reason.clone().map(crate::block::Reason::text).unwrap_or_default()
+        self.reason
+            .clone()
+            .map(crate::block::Reason::text)
+            .unwrap_or_default()
     }
 }
 
@@ -182,17 +191,35 @@ pub struct SpoolFlags {
 
 /// Sends a write request, or spools it when it never reached the daemon and `spool` allows
 /// (the same path the hooks take: [`crate::client::deliver`]). Returns `None` when spooled.
-pub(crate) fn call_or_spool(socket: &std::path::Path, request: &Request, spool: &SpoolFlags) -> anyhow::Result<Option<Reply>> {
+pub(crate) fn call_or_spool(
+    socket: &std::path::Path,
+    request: &Request,
+    spool: &SpoolFlags,
+) -> anyhow::Result<Option<Reply>> {
     let spool_to = spool.spool_if_down.then_some(spool.state_dir.as_path());
     match crate::client::deliver(socket, request, Duration::from_secs(30), spool_to) {
         crate::client::Delivery::Reply(reply) => Ok(Some(reply)),
         crate::client::Delivery::Refused(e) => Err(ClientError::Daemon(e).into()),
         crate::client::Delivery::Spooled { file, why } => {
-            println!("{}; spooled to {} (applied when the daemon starts or next drains its spool)", why.spool_reason(), file.display());
+            println!(
+                "{}; spooled to {} (applied when the daemon starts or next drains its spool)",
+                why.spool_reason(),
+                file.display()
+            );
             Ok(None)
         }
-        crate::client::Delivery::Unreachable { why, spool_error: Some(e) } => Err(anyhow::Error::new(why)
-            .context(format!("the daemon is not running and spooling to {} failed: {}", spool.state_dir.display(), crate::error::Chain(&e)))),
-        crate::client::Delivery::Unreachable { why, spool_error: None } | crate::client::Delivery::Failed(why) => Err(why.into()),
+        crate::client::Delivery::Unreachable {
+            why,
+            spool_error: Some(e),
+        } => Err(anyhow::Error::new(why).context(format!(
+            "the daemon is not running and spooling to {} failed: {}",
+            spool.state_dir.display(),
+            crate::error::Chain(&e)
+        ))),
+        crate::client::Delivery::Unreachable {
+            why,
+            spool_error: None,
+        }
+        | crate::client::Delivery::Failed(why) => Err(why.into()),
     }
 }

@@ -32,14 +32,28 @@ pub fn list(socket: &Path, a: Args) -> anyhow::Result<()> {
         println!("nothing waits for approval");
         return Ok(());
     }
-    let mut rows = vec![["ID", "TARGET", "SOURCE", "ASKED", "ASKED BY", "EXPIRES IN", "WHY"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "ID",
+            "TARGET",
+            "SOURCE",
+            "ASKED",
+            "ASKED BY",
+            "EXPIRES IN",
+            "WHY",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for p in &pending {
         rows.push(vec![
             p.id.to_string(),
             p.request.target.to_string(),
             p.request.source.to_string(),
             timestamp(p.created_ms),
-            p.requested_by.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
+            p.requested_by
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string),
             time_left(Some(p.expires_ms)),
             p.why.clone(),
         ]);
@@ -55,7 +69,13 @@ pub fn approve(socket: &Path, a: IdArgs) -> anyhow::Result<()> {
     if a.json {
         return super::output::json(&r);
     }
-    println!("approved {}: blocked {} for {} [{}]", a.id, r.target, time_left(r.expires_ms), r.mode);
+    println!(
+        "approved {}: blocked {} for {} [{}]",
+        a.id,
+        r.target,
+        time_left(r.expires_ms),
+        r.mode
+    );
     Ok(())
 }
 

@@ -21,7 +21,14 @@ pub struct Args {
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
-    let Reply::Promote { promoted } = super::call(socket, &Request::Promote { target: a.target, source: a.source })? else {
+    let Reply::Promote { promoted } = super::call(
+        socket,
+        &Request::Promote {
+            target: a.target,
+            source: a.source,
+        },
+    )?
+    else {
         anyhow::bail!("unexpected reply from the daemon")
     };
     if a.json {

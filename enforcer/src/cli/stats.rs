@@ -21,7 +21,12 @@ fn rows(scope: &str, c: &Counters, rows: &mut Vec<Vec<String>>) {
         ("expired", c.expired),
         ("not-ip", c.not_ip),
     ] {
-        rows.push(vec![scope.to_owned(), name.to_owned(), v.packets.to_string(), bytes(v.bytes)]);
+        rows.push(vec![
+            scope.to_owned(),
+            name.to_owned(),
+            v.packets.to_string(),
+            bytes(v.bytes),
+        ]);
     }
 }
 
@@ -32,7 +37,11 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     if a.json {
         return super::output::json(&s);
     }
-    let mut t = vec![["SCOPE", "ACTION", "PACKETS", "BYTES"].map(String::from).to_vec()];
+    let mut t = vec![
+        ["SCOPE", "ACTION", "PACKETS", "BYTES"]
+            .map(String::from)
+            .to_vec(),
+    ];
     rows("total", &s.total, &mut t);
     for i in &s.interfaces {
         rows(&i.iface, &i.counters, &mut t);

@@ -1,11 +1,9 @@
 use std::path::Path;
 
-use crate::protocol::{InterfaceState, InterfaceStatus};
-
 use super::output::table;
 use crate::{
     duration::format_secs,
-    protocol::{Reply, Request},
+    protocol::{InterfaceState, InterfaceStatus, Reply, Request},
 };
 
 /// `enforcer status`.
@@ -40,22 +38,50 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
 /// The error to exit with when something configured is not protected now.
 fn unprotected(interfaces: &[InterfaceStatus]) -> Option<Unprotected> {
     if interfaces.is_empty() {
-        return Some(Unprotected("no interface is configured: nothing is filtered (set `interfaces` or use --iface)".to_owned()));
+        return Some(Unprotected(
+            "no interface is configured: nothing is filtered (set `interfaces` or use --iface)"
+                .to_owned(),
+        ));
     }
     let not: Vec<String> = interfaces
         .iter()
         .filter(|i| i.state != InterfaceState::Protected)
         .map(|i| format!("{} ({})", i.iface, i.state))
         .collect();
-    (!not.is_empty()).then(|| Unprotected(format!("NOT protected: {}; see the interfaces in `enforcer status`", not.join(", "))))
+    (!not.is_empty()).then(|| {
+        Unprotected(format!(
+            "NOT protected: {}; see the interfaces in `enforcer status`",
+            not.join(", ")
+        ))
+    })
 }
 
 fn print(s: &crate::protocol::StatusReply) {
-    println!("enforcer {} (pid {}), up {}", s.version, s.pid, format_secs(s.uptime_secs));
-    println!("blocks: {} targets, {} source blocks; next expiry: {}", s.targets, s.source_blocks,
-        s.next_expiry_ms.map_or("none".to_owned(), |e| format!("in {}", super::output::time_left(Some(e)))));
-    println!("store: {}\naudit log: {}\npins: {}", s.store_path, s.audit_log, s.pins.describe());
-    println!("policy: rollout mode {}; {} allowlist prefixes; {} pending approval", s.policy_mode, s.allowlist, s.pending);
+    println!(
+        "enforcer {} (pid {}), up {}",
+        s.version,
+        s.pid,
+        format_secs(s.uptime_secs)
+    );
+    println!(
+        "blocks: {} targets, {} source blocks; next expiry: {}",
+        s.targets,
+        s.source_blocks,
+        s.next_expiry_ms.map_or("none".to_owned(), |e| format!(
+            "in {}",
+            super::output::time_left(Some(e))
+        ))
+    );
+    println!(
+        "store: {}\naudit log: {}\npins: {}",
+        s.store_path,
+        s.audit_log,
+        s.pins.describe()
+    );
+    println!(
+        "policy: rollout mode {}; {} allowlist prefixes; {} pending approval",
+        s.policy_mode, s.allowlist, s.pending
+    );
     for b in &s.breakers {
         println!(
             "BREAKER OPEN: source {} since {} (new blocks: {:?}); closes in {} or with `enforcer breaker reset --source {}`",
@@ -71,7 +97,11 @@ fn print(s: &crate::protocol::StatusReply) {
             "clock: the wall clock stepped {} time(s) since start; the last, by {} {}, was seen {}; {} block deadlines moved with it",
             s.clock_steps.count,
             crate::time::describe_jump(step.by_ms),
-            if step.while_running { "while running" } else { "while the daemon was down" },
+            if step.while_running {
+                "while running"
+            } else {
+                "while the daemon was down"
+            },
             super::output::timestamp(step.seen_ms),
             step.moved
         );
@@ -86,13 +116,20 @@ fn print(s: &crate::protocol::StatusReply) {
         print_interfaces(&s.interfaces);
     }
     println!();
-    let mut t = vec![["MAP", "USED", "CAPACITY", "USE"].map(String::from).to_vec()];
+    let mut t = vec![
+        ["MAP", "USED", "CAPACITY", "USE"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for m in &s.maps {
         t.push(vec![
             m.map.clone(),
             m.used.to_string(),
             m.capacity.to_string(),
-            format!("{:.1}%", 100.0 * m.used as f64 / f64::from(m.capacity.max(1))),
+            format!(
+                "{:.1}%",
+                100.0 * m.used as f64 / f64::from(m.capacity.max(1))
+            ),
         ]);
     }
     table(&t);
@@ -101,7 +138,18 @@ fn print(s: &crate::protocol::StatusReply) {
 /// What the kernel showed when the daemon answered: state, index, mode, program.
 fn print_interfaces(interfaces: &[InterfaceStatus]) {
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-    let mut t = vec![["INTERFACE", "STATE", "IFINDEX", "XDP MODE", "PROGRAM ID", "NOTE"].map(String::from).to_vec()];
+    let mut t = vec![
+        [
+            "INTERFACE",
+            "STATE",
+            "IFINDEX",
+            "XDP MODE",
+            "PROGRAM ID",
+            "NOTE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for i in interfaces {
         let note = match (&i.error, &i.pattern) {
             (Some(e), _) => format!("attach failed: {e}"),
@@ -136,9 +184,17 @@ fn print_crowdsec(cs: &crate::protocol::CrowdsecStatus) {
     );
     if let Some(e) = &cs.last_error {
         if cs.last_error_ms > cs.last_pull_ms {
-            println!("crowdsec: FAILING since {} ({} failed pulls since start): {e}", ago(cs.last_error_ms), cs.errors);
+            println!(
+                "crowdsec: FAILING since {} ({} failed pulls since start): {e}",
+                ago(cs.last_error_ms),
+                cs.errors
+            );
         } else {
-            println!("crowdsec: recovered; last error {} ({} failed pulls since start): {e}", ago(cs.last_error_ms), cs.errors);
+            println!(
+                "crowdsec: recovered; last error {} ({} failed pulls since start): {e}",
+                ago(cs.last_error_ms),
+                cs.errors
+            );
         }
     }
 }

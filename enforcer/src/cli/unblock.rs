@@ -48,17 +48,29 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    let Reply::Unblock { target, removed, lifted } = reply else {
+    let Reply::Unblock {
+        target,
+        removed,
+        lifted,
+    } = reply
+    else {
         anyhow::bail!("unexpected reply from the daemon")
     };
     if a.json {
-        return super::output::json(&UnblockOutput { target, removed, lifted });
+        return super::output::json(&UnblockOutput {
+            target,
+            removed,
+            lifted,
+        });
     }
     let names: Vec<&str> = removed.iter().map(Source::as_str).collect();
     if lifted {
         println!("unblocked {target} (removed: {})", names.join(", "));
     } else {
-        println!("removed {}'s block of {target}; other sources still block it", names.join(", "));
+        println!(
+            "removed {}'s block of {target}; other sources still block it",
+            names.join(", ")
+        );
     }
     Ok(())
 }

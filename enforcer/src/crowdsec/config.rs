@@ -86,47 +86,83 @@ pub enum Credentials {
 impl CrowdsecConfig {
     /// Checks what serde cannot; an error names the key it concerns and says what to do.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let url = reqwest::Url::parse(&self.api_url)
-            .map_err(|e| ("api_url".to_owned(), format!("crowdsec.api_url `{}` is not a URL: {e}", self.api_url)))?;
+        let url = reqwest::Url::parse(&self.api_url).map_err(|e| {
+            (
+                "api_url".to_owned(),
+                format!("crowdsec.api_url `{}` is not a URL: {e}", self.api_url),
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(("api_url".into(), format!("crowdsec.api_url `{}` must be an http:// or https:// URL", self.api_url)));
+            return Err((
+                "api_url".into(),
+                format!(
+                    "crowdsec.api_url `{}` must be an http:// or https:// URL",
+                    self.api_url
+                ),
+            ));
         }
         if self.update_frequency.0 < std::time::Duration::from_secs(1) {
-            return Err(("update_frequency".into(), "crowdsec.update_frequency must be at least 1s".into()));
+            return Err((
+                "update_frequency".into(),
+                "crowdsec.update_frequency must be at least 1s".into(),
+            ));
         }
         if self.resync.0 < self.update_frequency.0 {
-            return Err(("resync".into(), "crowdsec.resync must not be shorter than update_frequency".into()));
+            return Err((
+                "resync".into(),
+                "crowdsec.resync must not be shorter than update_frequency".into(),
+            ));
         }
         for scope in &self.scopes {
             if !scope.eq_ignore_ascii_case("ip") && !scope.eq_ignore_ascii_case("range") {
-                return Err(("scopes".into(), format!("crowdsec.scopes: `{scope}` is not enforced; use ip and range")));
+                return Err((
+                    "scopes".into(),
+                    format!("crowdsec.scopes: `{scope}` is not enforced; use ip and range"),
+                ));
             }
         }
         if self.cert_path.is_some() != self.key_path.is_some() {
-            return Err(("cert_path".into(), "crowdsec: cert_path and key_path go together (mTLS)".into()));
+            return Err((
+                "cert_path".into(),
+                "crowdsec: cert_path and key_path go together (mTLS)".into(),
+            ));
         }
         if self.max_response_bytes < 1024 {
-            return Err(("max_response_bytes".into(), "crowdsec.max_response_bytes must be at least 1024".into()));
+            return Err((
+                "max_response_bytes".into(),
+                "crowdsec.max_response_bytes must be at least 1024".into(),
+            ));
         }
         self.credentials().map(|_| ())
     }
 
     /// The credentials, reading the key file (refused when others may read it).
     pub fn credentials(&self) -> Result<Credentials, (String, String)> {
-        let ways = [self.api_key.is_some(), self.api_key_file.is_some(), self.cert_path.is_some()];
+        let ways = [
+            self.api_key.is_some(),
+            self.api_key_file.is_some(),
+            self.cert_path.is_some(),
+        ];
         match ways.iter().filter(|w| **w).count() {
             0 => return Err(("api_url".into(), "crowdsec: set api_key_file (or api_key, or cert_path + key_path for mTLS); register the bouncer with `cscli bouncers add NAME`".into())),
             1 => {}
             _ => return Err(("api_key".into(), "crowdsec: use one of api_key, api_key_file or cert_path + key_path".into())),
         }
         if let Some(key) = &self.api_key {
-            return check_key(key).map(|()| Credentials::ApiKey(key.clone())).map_err(|m| ("api_key".into(), m));
+            return check_key(key)
+                .map(|()| Credentials::ApiKey(key.clone()))
+                .map_err(|m| ("api_key".into(), m));
         }
         if let Some(path) = &self.api_key_file {
-            return read_key_file(path).map(Credentials::ApiKey).map_err(|m| ("api_key_file".into(), m));
+            return read_key_file(path)
+                .map(Credentials::ApiKey)
+                .map_err(|m| ("api_key_file".into(), m));
         }
         match (&self.cert_path, &self.key_path) {
-            (Some(cert), Some(key)) => Ok(Credentials::Certificate { cert: cert.clone(), key: key.clone() }),
+            (Some(cert), Some(key)) => Ok(Credentials::Certificate {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             _ => unreachable!("checked: exactly one way, and cert_path comes with key_path"),
         }
     }
@@ -134,21 +170,26 @@ impl CrowdsecConfig {
 
 fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("crowdsec: the API key must be the printable string `cscli bouncers add` printed".into());
+        return Err(
+            "crowdsec: the API key must be the printable string `cscli bouncers add` printed"
+                .into(),
+        );
     }
     Ok(())
 }
 
 fn read_key_file(path: &std::path::Path) -> Result<String, String> {
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("crowdsec.api_key_file {shown}: {e}"))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("crowdsec.api_key_file {shown}: {e}"))?;
     if meta.permissions().mode() & 0o007 != 0 {
         return Err(format!(
             "crowdsec.api_key_file {shown} is accessible by other users (mode {:o}); run `chmod 600 {shown}`",
             meta.permissions().mode() & 0o777
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("crowdsec.api_key_file {shown}: {e}"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("crowdsec.api_key_file {shown}: {e}"))?;
     let key = text.trim().to_owned();
     check_key(&key).map_err(|m| format!("{m} (in {shown})"))?;
     Ok(key)

@@ -36,7 +36,9 @@ impl<'a> StreamBody<'a> {
     }
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RawDecision<'de>>, D::Error> {
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RawDecision<'de>>, D::Error> {
     Ok(Option::<Vec<RawDecision<'de>>>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -131,7 +133,10 @@ struct RawVisitor;
 
 impl RawVisitor {
     fn not(what: &'static str) -> RawDecision<'static> {
-        RawDecision { not_an_object: Some(what), ..RawDecision::default() }
+        RawDecision {
+            not_an_object: Some(what),
+            ..RawDecision::default()
+        }
     }
 }
 
@@ -194,12 +199,18 @@ fn string<'r, 'a>(field: &'static str, v: &'r Option<Scalar<'a>>) -> Result<&'r 
     match v {
         Some(Scalar::Str(s)) => Ok(s),
         None | Some(Scalar::Null) => Err(Skip::Invalid(format!("missing field `{field}`"))),
-        Some(other) => Err(Skip::Invalid(format!("`{field}` is {}, not a string", kind_of(other)))),
+        Some(other) => Err(Skip::Invalid(format!(
+            "`{field}` is {}, not a string",
+            kind_of(other)
+        ))),
     }
 }
 
 /// A field that may be missing (or null), else must be a string.
-fn string_or_empty<'r, 'a>(field: &'static str, v: &'r Option<Scalar<'a>>) -> Result<&'r str, Skip> {
+fn string_or_empty<'r, 'a>(
+    field: &'static str,
+    v: &'r Option<Scalar<'a>>,
+) -> Result<&'r str, Skip> {
     match v {
         None | Some(Scalar::Null) => Ok(""),
         _ => string(field, v),
@@ -231,17 +242,29 @@ struct Checked<'r> {
 impl<'a> RawDecision<'a> {
     fn check(&self) -> Result<Checked<'_>, Skip> {
         if let Some(what) = self.not_an_object {
-            return Err(Skip::Invalid(format!("a decision is {what}, not an object")));
+            return Err(Skip::Invalid(format!(
+                "a decision is {what}, not an object"
+            )));
         }
         let id = match &self.id {
             None | Some(Scalar::Null) => None,
             Some(Scalar::Int(id)) => Some(*id),
-            Some(other) => return Err(Skip::Invalid(format!("`id` is {}, not an integer", kind_of(other)))),
+            Some(other) => {
+                return Err(Skip::Invalid(format!(
+                    "`id` is {}, not an integer",
+                    kind_of(other)
+                )));
+            }
         };
         let simulated = match &self.simulated {
             None | Some(Scalar::Null) => false,
             Some(Scalar::Bool(b)) => *b,
-            Some(other) => return Err(Skip::Invalid(format!("`simulated` is {}, not a boolean", kind_of(other)))),
+            Some(other) => {
+                return Err(Skip::Invalid(format!(
+                    "`simulated` is {}, not a boolean",
+                    kind_of(other)
+                )));
+            }
         };
         Ok(Checked {
             id,
@@ -323,7 +346,8 @@ pub fn map(raw: &RawDecision<'_>) -> Result<Ban, Skip> {
         return Err(Skip::NotBan(d.kind.to_owned()));
     }
     let target = map_target(d.scope, d.value)?;
-    let remaining_ms = go_duration::parse_millis(d.duration).map_err(|e| Skip::Invalid(e.to_string()))?;
+    let remaining_ms =
+        go_duration::parse_millis(d.duration).map_err(|e| Skip::Invalid(e.to_string()))?;
     let key = match d.id {
         Some(id) => DecisionKey::Id(id),
         None => DecisionKey::Anonymous(d.origin.to_owned(), d.scenario.to_owned()),
@@ -348,7 +372,9 @@ fn map_target(scope: &str, value: &str) -> Result<Target, Skip> {
         .parse()
         .map_err(|e: crate::target::TargetError| Skip::Invalid(e.to_string()))?;
     if is_ip && !target.is_host() {
-        return Err(Skip::Invalid(format!("an Ip decision holds the prefix `{value}`")));
+        return Err(Skip::Invalid(format!(
+            "an Ip decision holds the prefix `{value}`"
+        )));
     }
     Ok(target)
 }
@@ -422,7 +448,8 @@ mod tests {
             ("Ip", "::ffff:192.0.2.9", "192.0.2.9"),
         ];
         for (scope, value, want) in cases {
-            let ban = map_json(decision(scope, value, "4m")).unwrap_or_else(|e| panic!("{scope} {value}: {e}"));
+            let ban = map_json(decision(scope, value, "4m"))
+                .unwrap_or_else(|e| panic!("{scope} {value}: {e}"));
             assert_eq!(ban.target.to_string(), want, "{scope} {value}");
             assert_eq!(ban.remaining_ms, 240_000);
         }
@@ -433,17 +460,29 @@ mod tests {
         let ban = map_json(decision("Ip", "192.0.2.9", "9m59.381971686s")).unwrap();
         assert_eq!(ban.reason.rule_id.as_deref(), Some("crowdsecurity/ssh-bf"));
         assert_eq!(ban.reason.alert_id.as_deref(), Some("7"));
-        assert_eq!(ban.reason.summary(), "crowdsecurity/ssh-bf (origin cscli, decision 7)");
+        assert_eq!(
+            ban.reason.summary(),
+            "crowdsecurity/ssh-bf (origin cscli, decision 7)"
+        );
         assert_eq!(ban.key, DecisionKey::Id(7));
         assert_eq!(ban.remaining_ms, 599_381);
         // Escaped strings are read too (they cannot be borrowed from the body).
         let mut escaped = decision("Ip", "192.0.2.9", "4m");
         escaped["scenario"] = json!("crowdsecurity/\"quoted\"é");
-        assert_eq!(map_json(escaped).unwrap().reason.rule_id.as_deref(), Some("crowdsecurity/\"quoted\"é"));
+        assert_eq!(
+            map_json(escaped).unwrap().reason.rule_id.as_deref(),
+            Some("crowdsecurity/\"quoted\"é")
+        );
         let mut anonymous = decision("Ip", "192.0.2.9", "4m");
         anonymous.as_object_mut().unwrap().remove("id");
-        assert_eq!(map_json(anonymous.clone()).unwrap().key, DecisionKey::Anonymous("cscli".into(), "crowdsecurity/ssh-bf".into()));
-        assert_eq!(map_json(anonymous).unwrap().reason.summary(), "crowdsecurity/ssh-bf (origin cscli, no id)");
+        assert_eq!(
+            map_json(anonymous.clone()).unwrap().key,
+            DecisionKey::Anonymous("cscli".into(), "crowdsecurity/ssh-bf".into())
+        );
+        assert_eq!(
+            map_json(anonymous).unwrap().reason.summary(),
+            "crowdsecurity/ssh-bf (origin cscli, no id)"
+        );
         // A long scenario is cut to the reason's limit, at a character boundary.
         let mut long = decision("Ip", "192.0.2.9", "4m");
         long["scenario"] = json!(format!("a{}", "é".repeat(600)));
@@ -458,7 +497,10 @@ mod tests {
         let mut captcha = decision("Ip", "192.0.2.9", "4m");
         captcha["type"] = json!("captcha");
         assert_eq!(map_json(captcha), Err(Skip::NotBan("captcha".into())));
-        assert_eq!(map_json(decision("Country", "FR", "4m")), Err(Skip::Scope("Country".into())));
+        assert_eq!(
+            map_json(decision("Country", "FR", "4m")),
+            Err(Skip::Scope("Country".into()))
+        );
         let mut sim = decision("Ip", "192.0.2.9", "4m");
         sim["simulated"] = json!(true);
         assert_eq!(map_json(sim), Err(Skip::Simulated));
@@ -467,19 +509,43 @@ mod tests {
             (decision("Ip", "evil.example", "4m"), ""),
             (decision("Range", "192.0.2.0/33", "4m"), ""),
             (decision("Ip", "192.0.2.9", "4 days"), ""),
-            (json!({"type": "ban", "scope": "Ip", "value": 5, "duration": "4m"}), "`value` is an integer, not a string"),
-            (json!({"type": "ban", "scope": "Ip", "value": "192.0.2.9"}), "missing field `duration`"),
-            (json!({"id": "7", "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "`id` is a string"),
-            (json!({"id": 1.5, "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "a number with a fraction"),
-            (json!({"type": ["ban"], "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "`type` is a list"),
-            (json!({"simulated": "no", "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}), "`simulated` is a string"),
+            (
+                json!({"type": "ban", "scope": "Ip", "value": 5, "duration": "4m"}),
+                "`value` is an integer, not a string",
+            ),
+            (
+                json!({"type": "ban", "scope": "Ip", "value": "192.0.2.9"}),
+                "missing field `duration`",
+            ),
+            (
+                json!({"id": "7", "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}),
+                "`id` is a string",
+            ),
+            (
+                json!({"id": 1.5, "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}),
+                "a number with a fraction",
+            ),
+            (
+                json!({"type": ["ban"], "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}),
+                "`type` is a list",
+            ),
+            (
+                json!({"simulated": "no", "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "4m"}),
+                "`simulated` is a string",
+            ),
             (json!("192.0.2.9"), "a decision is a string, not an object"),
             (json!(null), "a decision is null"),
             (json!([1, 2]), "a decision is a list"),
         ] {
             let got = map_json(bad.clone());
-            assert!(got.as_ref().is_err_and(Skip::is_invalid), "{bad} should be invalid: {got:?}");
-            assert!(got.unwrap_err().to_string().contains(says), "{bad}: should say {says}");
+            assert!(
+                got.as_ref().is_err_and(Skip::is_invalid),
+                "{bad} should be invalid: {got:?}"
+            );
+            assert!(
+                got.unwrap_err().to_string().contains(says),
+                "{bad}: should say {says}"
+            );
         }
     }
 
@@ -489,13 +555,28 @@ mod tests {
             "junk", 5, null, {"value": {"deep": [1, {"x": "y"}]}}, [], {"id":2,"type":"ban","scope":"Ip","value":"192.0.2.2","duration":"1h"}],
             "deleted":[{"id":3,"type":"ban","scope":"Ip","value":"192.0.2.3","duration":"-1s"}], "other": {"ignored": true}}"#;
         let body = StreamBody::parse(text.as_bytes()).unwrap();
-        let ok: Vec<String> = body.new.iter().filter_map(|d| map(d).ok()).map(|b| b.target.to_string()).collect();
+        let ok: Vec<String> = body
+            .new
+            .iter()
+            .filter_map(|d| map(d).ok())
+            .map(|b| b.target.to_string())
+            .collect();
         assert_eq!(ok, ["192.0.2.1", "192.0.2.2"]);
         assert_eq!(body.new.len(), 7);
         assert_eq!(map(&body.deleted[0]).unwrap().remaining_ms, -1000);
         assert_eq!(body.new[6].id(), Some(2));
-        for bad in [r#"{"new": [garbage"#, "[1, 2]", r#"{"new": "203.0.113.9"}"#, r#"{"deleted": 5}"#, r#"{"new":{"a":1}}"#, ""] {
-            assert!(StreamBody::parse(bad.as_bytes()).is_err(), "{bad} is not a stream answer");
+        for bad in [
+            r#"{"new": [garbage"#,
+            "[1, 2]",
+            r#"{"new": "203.0.113.9"}"#,
+            r#"{"deleted": 5}"#,
+            r#"{"new":{"a":1}}"#,
+            "",
+        ] {
+            assert!(
+                StreamBody::parse(bad.as_bytes()).is_err(),
+                "{bad} is not a stream answer"
+            );
         }
     }
 

@@ -24,9 +24,13 @@ pub fn parse_millis(text: &str) -> Result<i64, GoDurationError> {
     }
     let mut total_ns: i128 = 0;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
         let (number, after) = rest.split_at(number_len);
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         let unit_ns: i128 = match unit {
             "ns" => 1,
@@ -37,7 +41,9 @@ pub fn parse_millis(text: &str) -> Result<i64, GoDurationError> {
             "h" => 3_600_000_000_000,
             _ => return Err(err()),
         };
-        total_ns = total_ns.checked_add(scaled(number, unit_ns).ok_or_else(err)?).ok_or_else(err)?;
+        total_ns = total_ns
+            .checked_add(scaled(number, unit_ns).ok_or_else(err)?)
+            .ok_or_else(err)?;
         // Go's limit: about 292 years.
         if total_ns > i128::from(i64::MAX) {
             return Err(err());
@@ -54,7 +60,11 @@ fn scaled(number: &str, unit_ns: i128) -> Option<i128> {
     if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
         return None;
     }
-    let whole: i128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: i128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let mut value = whole.checked_mul(unit_ns)?;
     let mut scale = unit_ns;
     for digit in fraction.bytes() {
@@ -73,7 +83,10 @@ mod tests {
 
     #[test]
     fn parses_what_lapi_versions_write() {
-        assert_eq!(parse_millis("3h59m57.64s"), Ok(((3 * 60 + 59) * 60 + 57) * 1000 + 640));
+        assert_eq!(
+            parse_millis("3h59m57.64s"),
+            Ok(((3 * 60 + 59) * 60 + 57) * 1000 + 640)
+        );
         assert_eq!(parse_millis("9m59.381971686s"), Ok(9 * 60_000 + 59_381));
         assert_eq!(parse_millis("4h"), Ok(4 * 3_600_000));
         assert_eq!(parse_millis("-3.649120855s"), Ok(-3649));
@@ -90,7 +103,21 @@ mod tests {
 
     #[test]
     fn refuses_what_go_refuses() {
-        for bad in ["", "-", "5", "1d", "h", "1..5s", "1.s.", "s5", "5 s", "1h-5m", "99999999999h", "abc", "."] {
+        for bad in [
+            "",
+            "-",
+            "5",
+            "1d",
+            "h",
+            "1..5s",
+            "1.s.",
+            "s5",
+            "5 s",
+            "1h-5m",
+            "99999999999h",
+            "abc",
+            ".",
+        ] {
             assert!(parse_millis(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::config::{CrowdsecConfig, Credentials};
+use super::config::{Credentials, CrowdsecConfig};
 
 /// Why a pull or push failed. The message says what the operator can do.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,9 @@ pub enum LapiError {
         body: String,
     },
     /// The body was larger than allowed.
-    #[error("the LAPI's answer is larger than max_response_bytes ({max} bytes); raise it if the LAPI really holds that many decisions")]
+    #[error(
+        "the LAPI's answer is larger than max_response_bytes ({max} bytes); raise it if the LAPI really holds that many decisions"
+    )]
     TooLarge {
         /// The limit.
         max: u64,
@@ -76,7 +78,11 @@ impl Lapi {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let setup = |e: String| LapiError::Setup(e);
         let base = reqwest::Url::parse(&config.api_url).map_err(|e| setup(e.to_string()))?;
-        let base = if base.path().ends_with('/') { base } else { reqwest::Url::parse(&format!("{base}/")).map_err(|e| setup(e.to_string()))? };
+        let base = if base.path().ends_with('/') {
+            base
+        } else {
+            reqwest::Url::parse(&format!("{base}/")).map_err(|e| setup(e.to_string()))?
+        };
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
@@ -84,23 +90,35 @@ impl Lapi {
             .no_proxy();
         if let Some(ca) = &config.ca_cert_path {
             let pem = std::fs::read(ca).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| setup(format!("{}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         let credentials = config.credentials().map_err(|(_, m)| setup(m))?;
         let api_key = match credentials {
             Credentials::ApiKey(k) => Some(k),
             Credentials::Certificate { cert, key } => {
-                let mut pem = std::fs::read(&cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?;
-                pem.extend(std::fs::read(&key).map_err(|e| setup(format!("{}: {e}", key.display())))?);
-                let id = reqwest::Identity::from_pem(&pem).map_err(|e| setup(format!("{}: {e}", cert.display())))?;
+                let mut pem =
+                    std::fs::read(&cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?;
+                pem.extend(
+                    std::fs::read(&key).map_err(|e| setup(format!("{}: {e}", key.display())))?,
+                );
+                let id = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| setup(format!("{}: {e}", cert.display())))?;
                 builder = builder.identity(id);
                 None
             }
         };
         let mut query = Vec::new();
         let list = |v: &[String]| v.join(",");
-        query.push(("scopes", if config.scopes.is_empty() { "ip,range".to_owned() } else { list(&config.scopes) }));
+        query.push((
+            "scopes",
+            if config.scopes.is_empty() {
+                "ip,range".to_owned()
+            } else {
+                list(&config.scopes)
+            },
+        ));
         for (key, values) in [
             ("origins", &config.origins),
             ("scenarios_containing", &config.scenarios_containing),
@@ -112,8 +130,12 @@ impl Lapi {
         }
         Ok(Self {
             http: builder.build().map_err(|e| setup(e.to_string()))?,
-            stream_url: base.join("v1/decisions/stream").map_err(|e| setup(e.to_string()))?,
-            metrics_url: base.join("v1/usage-metrics").map_err(|e| setup(e.to_string()))?,
+            stream_url: base
+                .join("v1/decisions/stream")
+                .map_err(|e| setup(e.to_string()))?,
+            metrics_url: base
+                .join("v1/usage-metrics")
+                .map_err(|e| setup(e.to_string()))?,
             api_key,
             query,
             max_body: config.max_response_bytes,
@@ -132,8 +154,17 @@ impl Lapi {
         let cause = crate::error::Chain(&source).to_string();
         // The server's alert when it refuses a client certificate (a TLS 1.3 server sends it
         // after the handshake, so it shows as a failed request, not a failed connection).
-        let refused = ["BadCertificate", "UnknownCA", "CertificateRequired", "CertificateUnknown", "AccessDenied"];
-        if self.api_key.is_none() && cause.contains("alert") && refused.iter().any(|a| cause.contains(a)) {
+        let refused = [
+            "BadCertificate",
+            "UnknownCA",
+            "CertificateRequired",
+            "CertificateUnknown",
+            "AccessDenied",
+        ];
+        if self.api_key.is_none()
+            && cause.contains("alert")
+            && refused.iter().any(|a| cause.contains(a))
+        {
             return LapiError::CertificateRejected { url, source };
         }
         LapiError::Unreachable { url, source }
@@ -146,7 +177,10 @@ impl Lapi {
             "the client certificate's OU must be in the LAPI's api.server.tls.bouncers_allowed_ou \
              (bouncer-ou by default), and it must not be revoked"
         };
-        LapiError::Denied { status: status.as_u16(), hint }
+        LapiError::Denied {
+            status: status.as_u16(),
+            hint,
+        }
     }
 
     /// One pull: the whole state (`startup`) or what changed since the last pull. Returns the

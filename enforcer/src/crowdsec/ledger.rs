@@ -68,7 +68,11 @@ impl Ledger {
         for ban in bans {
             self.insert(ban, now);
         }
-        let mut items: Vec<SyncItem> = self.targets.iter().filter_map(|(t, d)| item(*t, d, now)).collect();
+        let mut items: Vec<SyncItem> = self
+            .targets
+            .iter()
+            .filter_map(|(t, d)| item(*t, d, now))
+            .collect();
         items.sort_unstable_by_key(|i| i.target);
         SyncRequest {
             source: source.clone(),
@@ -79,7 +83,13 @@ impl Ledger {
     }
 
     /// A delta pull: decisions that started and decisions that ended since the last pull.
-    pub fn delta(&mut self, source: &Source, new: Vec<Ban>, deleted: Vec<Ban>, now: UnixMillis) -> SyncRequest {
+    pub fn delta(
+        &mut self,
+        source: &Source,
+        new: Vec<Ban>,
+        deleted: Vec<Ban>,
+        now: UnixMillis,
+    ) -> SyncRequest {
         let mut touched: Vec<Target> = Vec::with_capacity(new.len() + deleted.len());
         for ban in deleted {
             if let Some(live) = self.targets.get_mut(&ban.target) {
@@ -114,7 +124,10 @@ impl Ledger {
 
     /// Targets with at least one live decision.
     pub fn active(&self, now: UnixMillis) -> usize {
-        self.targets.values().filter(|d| d.values().any(|l| l.expires_ms > now)).count()
+        self.targets
+            .values()
+            .filter(|d| d.values().any(|l| l.expires_ms > now))
+            .count()
     }
 
     /// Live targets per origin of their longest decision (for usage metrics).
@@ -129,11 +142,17 @@ impl Ledger {
     }
 
     fn insert(&mut self, ban: Ban, now: UnixMillis) {
-        let Ok(remaining) = u64::try_from(ban.remaining_ms) else { return };
+        let Ok(remaining) = u64::try_from(ban.remaining_ms) else {
+            return;
+        };
         if remaining == 0 {
             return;
         }
-        let origin = match self.origins.iter().find(|o| o.as_ref() == ban.origin.as_str()) {
+        let origin = match self
+            .origins
+            .iter()
+            .find(|o| o.as_ref() == ban.origin.as_str())
+        {
             Some(o) => o.clone(),
             None => {
                 let o: Arc<str> = ban.origin.into();
@@ -146,9 +165,11 @@ impl Ledger {
             reason: ban.reason,
             origin,
         };
-        self.targets.entry(ban.target).or_default().insert(ban.key, live);
+        self.targets
+            .entry(ban.target)
+            .or_default()
+            .insert(ban.key, live);
     }
-
 }
 
 /// The block a target calls for: as long as its longest live decision, with that one's reason.
@@ -192,7 +213,11 @@ mod tests {
     }
 
     fn ttls(req: &SyncRequest) -> Vec<(String, u64)> {
-        let mut v: Vec<_> = req.items.iter().map(|i| (i.target.to_string(), i.ttl_ms)).collect();
+        let mut v: Vec<_> = req
+            .items
+            .iter()
+            .map(|i| (i.target.to_string(), i.ttl_ms))
+            .collect();
         v.sort();
         v
     }
@@ -200,11 +225,37 @@ mod tests {
     #[test]
     fn startup_replaces_and_keeps_the_longest_decision_per_target() {
         let mut l = Ledger::default();
-        let req = l.startup(&src(), vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000), ban(3, "198.51.100.0/24", 60_000)], NOW);
+        let req = l.startup(
+            &src(),
+            vec![
+                ban(1, "192.0.2.9", 300_000),
+                ban(2, "192.0.2.9", 600_000),
+                ban(3, "198.51.100.0/24", 60_000),
+            ],
+            NOW,
+        );
         assert!(req.replace);
-        assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 600_000), ("198.51.100.0/24".into(), 60_000)]);
-        assert_eq!(req.items.iter().find(|i| i.target.to_string() == "192.0.2.9").unwrap().reason.summary(), "decision 2");
-        let req = l.startup(&src(), vec![ban(3, "198.51.100.0/24", 50_000)], NOW + 10_000);
+        assert_eq!(
+            ttls(&req),
+            vec![
+                ("192.0.2.9".into(), 600_000),
+                ("198.51.100.0/24".into(), 60_000)
+            ]
+        );
+        assert_eq!(
+            req.items
+                .iter()
+                .find(|i| i.target.to_string() == "192.0.2.9")
+                .unwrap()
+                .reason
+                .summary(),
+            "decision 2"
+        );
+        let req = l.startup(
+            &src(),
+            vec![ban(3, "198.51.100.0/24", 50_000)],
+            NOW + 10_000,
+        );
         assert_eq!(ttls(&req), vec![("198.51.100.0/24".into(), 50_000)]);
         assert_eq!(l.active(NOW + 10_000), 1);
     }
@@ -212,7 +263,14 @@ mod tests {
     #[test]
     fn a_startup_pull_lists_its_targets_in_order() {
         let mut l = Ledger::default();
-        let bans: Vec<Ban> = (0..50u8).rev().map(|i| ban(i.into(), &format!("192.0.2.{i}"), 60_000)).chain([ban(99, "2001:db8::1", 60_000), ban(98, "10.0.0.0/8", 60_000)]).collect();
+        let bans: Vec<Ban> = (0..50u8)
+            .rev()
+            .map(|i| ban(i.into(), &format!("192.0.2.{i}"), 60_000))
+            .chain([
+                ban(99, "2001:db8::1", 60_000),
+                ban(98, "10.0.0.0/8", 60_000),
+            ])
+            .collect();
         let req = l.startup(&src(), bans, NOW);
         let targets: Vec<Target> = req.items.iter().map(|i| i.target).collect();
         let mut sorted = targets.clone();
@@ -224,7 +282,11 @@ mod tests {
     #[test]
     fn deleting_the_longest_decision_falls_back_to_the_next_one() {
         let mut l = Ledger::default();
-        l.startup(&src(), vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000)], NOW);
+        l.startup(
+            &src(),
+            vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000)],
+            NOW,
+        );
         let req = l.delta(&src(), vec![], vec![ban(2, "192.0.2.9", -1)], NOW + 1000);
         assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 299_000)]);
         assert!(req.remove.is_empty());
@@ -249,7 +311,15 @@ mod tests {
     #[test]
     fn expired_and_zero_decisions_are_not_blocks() {
         let mut l = Ledger::default();
-        let req = l.startup(&src(), vec![ban(1, "192.0.2.1", 0), ban(2, "192.0.2.2", -10), ban(3, "192.0.2.3", 1)], NOW);
+        let req = l.startup(
+            &src(),
+            vec![
+                ban(1, "192.0.2.1", 0),
+                ban(2, "192.0.2.2", -10),
+                ban(3, "192.0.2.3", 1),
+            ],
+            NOW,
+        );
         assert_eq!(ttls(&req), vec![("192.0.2.3".into(), 1)]);
         // The one live decision ran out: a later delta touching it removes it.
         let req = l.delta(&src(), vec![], vec![], NOW + 5);

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use config::{CrowdsecConfig, Credentials};
+pub use config::{Credentials, CrowdsecConfig};
 pub use lapi::{Lapi, LapiError};
 
 use self::{
@@ -30,8 +30,8 @@ use self::{
 };
 use crate::{
     block::{Source, now_ms},
-    error::Chain,
     daemon::{ask_engine, engine::Command},
+    error::Chain,
     protocol::{CrowdsecStatus, Reply, Request, Response, SyncReply},
 };
 
@@ -107,10 +107,18 @@ impl Traffic {
 impl Bouncer {
     /// Builds the bouncer; fails only on local setup (TLS files, credentials). Its first pull
     /// may start at once; it is applied once `engine_ready` says `true`.
-    pub fn new(config: &CrowdsecConfig, engine: SyncSender<Command>, engine_ready: tokio::sync::watch::Receiver<bool>) -> Result<Self, LapiError> {
+    pub fn new(
+        config: &CrowdsecConfig,
+        engine: SyncSender<Command>,
+        engine_ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, LapiError> {
         let status = CrowdsecStatus {
             api_url: config.api_url.clone(),
-            usage_metrics: if config.usage_metrics { "on".into() } else { "off: disabled in the configuration".into() },
+            usage_metrics: if config.usage_metrics {
+                "on".into()
+            } else {
+                "off: disabled in the configuration".into()
+            },
             ..CrowdsecStatus::default()
         };
         Ok(Self {
@@ -150,7 +158,8 @@ impl Bouncer {
                 Ok(()) => {
                     backoff = self.update_frequency;
                     self.push_metrics().await;
-                    tokio::time::sleep(self.update_frequency.saturating_sub(started.elapsed())).await;
+                    tokio::time::sleep(self.update_frequency.saturating_sub(started.elapsed()))
+                        .await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %Chain(&e), retry_in = ?backoff, "CrowdSec pull failed; blocks stay in force, the next pull is a full one");
@@ -183,7 +192,11 @@ impl Bouncer {
             let new = self.map_new(&body.new);
             self.ledger.startup(&self.source, new, since_boot)
         } else {
-            let deleted = body.deleted.iter().filter_map(|d| decision::map(d).ok()).collect();
+            let deleted = body
+                .deleted
+                .iter()
+                .filter_map(|d| decision::map(d).ok())
+                .collect();
             let new = self.map_new(&body.new);
             self.ledger.delta(&self.source, new, deleted, since_boot)
         };
@@ -252,37 +265,61 @@ impl Bouncer {
         bans
     }
 
-    async fn apply(&mut self, request: crate::protocol::SyncRequest) -> Result<SyncReply, PullError> {
+    async fn apply(
+        &mut self,
+        request: crate::protocol::SyncRequest,
+    ) -> Result<SyncReply, PullError> {
         if let Some(mut ready) = self.engine_ready.take()
             && ready.wait_for(|r| *r).await.is_err()
         {
-            return Err(PullError::Apply("the daemon stopped before its engine was ready".into()));
+            return Err(PullError::Apply(
+                "the daemon stopped before its engine was ready".into(),
+            ));
         }
         let items = request.items.len();
         match ask_engine("crowdsec", Request::SyncSource(request), &self.engine).await {
-            Response::Ok { result: Reply::SyncSource(reply), .. } => {
+            Response::Ok {
+                result: Reply::SyncSource(reply),
+                ..
+            } => {
                 for f in &reply.failed {
                     if self.refused.insert(f.target) {
                         tracing::warn!(target = %f.target, error = %f.error.message, "CrowdSec decision refused by the safety policy");
                     }
                 }
-                tracing::debug!(items, applied = reply.applied, unchanged = reply.unchanged, removed = reply.removed, "CrowdSec pull applied");
+                tracing::debug!(
+                    items,
+                    applied = reply.applied,
+                    unchanged = reply.unchanged,
+                    removed = reply.removed,
+                    "CrowdSec pull applied"
+                );
                 Ok(reply)
             }
-            Response::Ok { result, .. } => Err(PullError::Apply(format!("unexpected reply {result:?}"))),
+            Response::Ok { result, .. } => {
+                Err(PullError::Apply(format!("unexpected reply {result:?}")))
+            }
             Response::Err { error, .. } => Err(PullError::Apply(error.message)),
         }
     }
 
     /// Pushes usage metrics every 15 minutes, starting after the first successful pull.
     async fn push_metrics(&mut self) {
-        if !self.metrics.on || self.metrics.last_push.is_some_and(|t| t.elapsed() < METRICS_EVERY) {
+        if !self.metrics.on
+            || self
+                .metrics
+                .last_push
+                .is_some_and(|t| t.elapsed() < METRICS_EVERY)
+        {
             return;
         }
         let window = self.metrics.last_push.map_or(0, |t| t.elapsed().as_secs());
         self.metrics.last_push = Some(Instant::now());
         let counted = match ask_engine("crowdsec", Request::Stats, &self.engine).await {
-            Response::Ok { result: Reply::Stats(s), .. } => Traffic {
+            Response::Ok {
+                result: Reply::Stats(s),
+                ..
+            } => Traffic {
                 dropped: (s.total.dropped.packets, s.total.dropped.bytes),
                 seen: (s.total.seen.packets, s.total.seen.bytes),
             },
@@ -297,11 +334,16 @@ impl Bouncer {
         match self.lapi.push_metrics(&body).await {
             Ok(true) => self.metrics.counted_before = counted,
             Ok(false) => {
-                tracing::info!("this LAPI has no usage-metrics endpoint (before 1.6.3); not pushing metrics");
+                tracing::info!(
+                    "this LAPI has no usage-metrics endpoint (before 1.6.3); not pushing metrics"
+                );
                 self.metrics.on = false;
-                self.status.lock().expect("status lock").usage_metrics = "off: the LAPI has no /v1/usage-metrics (before 1.6.3)".into();
+                self.status.lock().expect("status lock").usage_metrics =
+                    "off: the LAPI has no /v1/usage-metrics (before 1.6.3)".into();
             }
-            Err(e) => tracing::warn!(error = %Chain(&e), "pushing usage metrics failed; retrying in 15 minutes"),
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "pushing usage metrics failed; retrying in 15 minutes")
+            }
         }
     }
 }
@@ -310,7 +352,12 @@ impl Bouncer {
 /// the live bans per origin (unit `ip`), and the packets and bytes dropped (remediation `ban`)
 /// and processed since the last push. Drops are not split by origin: the kernel counts them per
 /// target, and a target may be blocked by several sources at once.
-fn usage_metrics(active_by_origin: &std::collections::BTreeMap<String, u64>, traffic: Traffic, started: u64, window_secs: u64) -> serde_json::Value {
+fn usage_metrics(
+    active_by_origin: &std::collections::BTreeMap<String, u64>,
+    traffic: Traffic,
+    started: u64,
+    window_secs: u64,
+) -> serde_json::Value {
     let mut items: Vec<serde_json::Value> = active_by_origin
         .iter()
         .map(|(origin, n)| serde_json::json!({"name": "active_decisions", "unit": "ip", "value": n, "labels": {"origin": origin}}))

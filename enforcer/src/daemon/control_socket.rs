@@ -12,13 +12,12 @@ use std::{
     time::Duration,
 };
 
+use nix::unistd::Group;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedReadHalf},
     sync::{Semaphore, oneshot, watch},
 };
-
-use nix::unistd::Group;
 
 use super::engine::Command;
 use crate::{
@@ -32,7 +31,9 @@ use crate::{
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
     match Group::from_name(name) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
-        Ok(None) => anyhow::bail!("no group named `{name}` (create it with `groupadd {name}`, or unset socket_group)"),
+        Ok(None) => anyhow::bail!(
+            "no group named `{name}` (create it with `groupadd {name}`, or unset socket_group)"
+        ),
         Err(e) => anyhow::bail!("looking up group `{name}`: {e}"),
     }
 }
@@ -77,15 +78,19 @@ pub struct Server {
 }
 
 /// The answer to a peer the access rules do not let in.
-const NOT_ALLOWED: &str =
-    "permission denied: the control socket is for root, the daemon's socket_group and the callers its [[access]] entries name";
+const NOT_ALLOWED: &str = "permission denied: the control socket is for root, the daemon's socket_group and the callers its [[access]] entries name";
 
 /// Why a connection was turned away without its request being read.
 const SHUTTING_DOWN: &str = "the daemon is shutting down; the request was not applied (a trigger spools it and the daemon applies it when it starts again)";
 
 /// Accepts connections until `closing` fires; then removes the socket file and answers what
 /// still waits in the listen queue with `unavailable`, so no client is left without an answer.
-pub async fn serve(listener: UnixListener, server: Arc<Server>, path: std::path::PathBuf, mut closing: oneshot::Receiver<()>) {
+pub async fn serve(
+    listener: UnixListener,
+    server: Arc<Server>,
+    path: std::path::PathBuf,
+    mut closing: oneshot::Receiver<()>,
+) {
     let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
@@ -102,7 +107,9 @@ pub async fn serve(listener: UnixListener, server: Arc<Server>, path: std::path:
     }
     // Nobody can connect once the file is gone; then whoever queued before gets an answer.
     let _ = std::fs::remove_file(&path);
-    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await {
+    while let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+    {
         tokio::spawn(turn_away(stream, SHUTTING_DOWN.to_owned()));
     }
 }
@@ -138,9 +145,14 @@ fn admit(stream: UnixStream, server: &Arc<Server>) {
 /// its request (unread) or hang up, so that its write does not fail before it reads why.
 async fn turn_away(stream: UnixStream, message: String) {
     let (mut read, mut write) = stream.into_split();
-    let Ok(line) = response_line(&Response::err(ErrorCode::Unavailable, message)) else { return };
+    let Ok(line) = response_line(&Response::err(ErrorCode::Unavailable, message)) else {
+        return;
+    };
     let grace = Duration::from_secs(1);
-    if tokio::time::timeout(grace, write.write_all(&line)).await.is_ok() {
+    if tokio::time::timeout(grace, write.write_all(&line))
+        .await
+        .is_ok()
+    {
         let mut sink = [0u8; 4096];
         let _ = tokio::time::timeout(grace, read.read(&mut sink)).await;
     }
@@ -182,7 +194,10 @@ impl AcceptBackoff {
 
     fn succeeded(&mut self) {
         if self.failures > 0 && self.last_failure.is_some_and(|t| t.elapsed() > Self::QUIET) {
-            tracing::info!(failed = self.failures, "accepting control connections again");
+            tracing::info!(
+                failed = self.failures,
+                "accepting control connections again"
+            );
             self.failures = 0;
         }
     }
@@ -193,7 +208,9 @@ impl AcceptBackoff {
 async fn peer(stream: &UnixStream) -> Option<Caller> {
     let cred = stream.peer_cred().ok()?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    tokio::task::spawn_blocking(move || Caller::lookup(uid, gid)).await.ok()
+    tokio::task::spawn_blocking(move || Caller::lookup(uid, gid))
+        .await
+        .ok()
 }
 
 /// What became of waiting for the next request line.
@@ -210,11 +227,18 @@ enum Next {
 
 /// Waits for the next request line into `line`, at most the idle timeout, and not past the
 /// daemon's stop (a partial line read by then is dropped: it was not a request yet).
-async fn next_line(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>, server: &Server) -> io::Result<Next> {
+async fn next_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    server: &Server,
+) -> io::Result<Next> {
     let mut stopping = server.stopping.clone();
     let max = server.limits.max_request_bytes as u64 + 1;
     let mut limited = reader.take(max);
-    let read = tokio::time::timeout(server.limits.idle_timeout.0, limited.read_until(b'\n', line));
+    let read = tokio::time::timeout(
+        server.limits.idle_timeout.0,
+        limited.read_until(b'\n', line),
+    );
     tokio::select! {
         biased;
         r = read => match r {
@@ -240,19 +264,46 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
         // Only a request that was read and may be served keeps the connection open.
         let (op, response, keep_open) = match (next, &caller) {
             (Next::Closed, _) => return Ok(()),
-            (Next::Stopping, _) => ("unknown", Response::err(ErrorCode::Unavailable, SHUTTING_DOWN), false),
+            (Next::Stopping, _) => (
+                "unknown",
+                Response::err(ErrorCode::Unavailable, SHUTTING_DOWN),
+                false,
+            ),
             (Next::Idle, _) => {
-                let message = format!("no complete request within {:?} (control_socket.idle_timeout); closing the connection", server.limits.idle_timeout.0);
-                ("unknown", Response::err(ErrorCode::InvalidRequest, message), false)
+                let message = format!(
+                    "no complete request within {:?} (control_socket.idle_timeout); closing the connection",
+                    server.limits.idle_timeout.0
+                );
+                (
+                    "unknown",
+                    Response::err(ErrorCode::InvalidRequest, message),
+                    false,
+                )
             }
-            (Next::Line, None) => ("unknown", Response::err(ErrorCode::PermissionDenied, NOT_ALLOWED), false),
+            (Next::Line, None) => (
+                "unknown",
+                Response::err(ErrorCode::PermissionDenied, NOT_ALLOWED),
+                false,
+            ),
             (Next::Line, Some(_)) if line.len() > max => {
-                let message = format!("request longer than {max} bytes (control_socket.max_request_bytes)");
-                ("unknown", Response::err(ErrorCode::InvalidRequest, message), false)
+                let message =
+                    format!("request longer than {max} bytes (control_socket.max_request_bytes)");
+                (
+                    "unknown",
+                    Response::err(ErrorCode::InvalidRequest, message),
+                    false,
+                )
             }
             (Next::Line, Some(caller)) => {
                 let (op, mut response) = handle_line(&line, caller, &server.engine).await;
-                if let (Response::Ok { result: Reply::Status(status), .. }, Some(cs)) = (&mut response, &server.crowdsec) {
+                if let (
+                    Response::Ok {
+                        result: Reply::Status(status),
+                        ..
+                    },
+                    Some(cs),
+                ) = (&mut response, &server.crowdsec)
+                {
                     status.crowdsec = Some(cs.lock().expect("status lock").clone());
                 }
                 (op, response, true)
@@ -262,7 +313,12 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
         let out = response_line(&response)?;
         tokio::time::timeout(server.limits.idle_timeout.0, write.write_all(&out))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client does not read its answers"))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client does not read its answers",
+                )
+            })??;
         if !keep_open {
             return Ok(());
         }
@@ -285,9 +341,16 @@ fn result_label(r: &Response) -> &'static str {
 }
 
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
-async fn handle_line(line: &[u8], caller: &Caller, engine: &SyncSender<Command>) -> (&'static str, Response) {
+async fn handle_line(
+    line: &[u8],
+    caller: &Caller,
+    engine: &SyncSender<Command>,
+) -> (&'static str, Response) {
     match parse_request(line) {
-        Ok((request, id)) => (request.op(), run_with_id(request, id, caller.clone(), engine).await),
+        Ok((request, id)) => (
+            request.op(),
+            run_with_id(request, id, caller.clone(), engine).await,
+        ),
         Err(error) => ("unknown", Response::Err { ok: false, error }),
     }
 }
@@ -299,7 +362,12 @@ pub async fn run(request: Request, caller: Caller, engine: &SyncSender<Command>)
 }
 
 /// [`run`] for a request the client named with `id` (a duplicate is answered, not applied).
-async fn run_with_id(request: Request, id: Option<RequestId>, caller: Caller, engine: &SyncSender<Command>) -> Response {
+async fn run_with_id(
+    request: Request,
+    id: Option<RequestId>,
+    caller: Caller,
+    engine: &SyncSender<Command>,
+) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
     let command = Command {

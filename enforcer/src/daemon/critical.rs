@@ -12,7 +12,9 @@ pub type Deaths = tokio::sync::mpsc::UnboundedSender<Death>;
 
 /// A critical thread ended.
 #[derive(Debug, thiserror::Error)]
-#[error("the {thread} thread {how}; the daemon cannot run without it and exits so that its supervisor restarts it")]
+#[error(
+    "the {thread} thread {how}; the daemon cannot run without it and exits so that its supervisor restarts it"
+)]
 pub struct Death {
     /// The thread's name.
     pub thread: &'static str,
@@ -27,10 +29,12 @@ pub fn spawn<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<JoinHandle<T>> {
     let deaths = deaths.clone();
-    std::thread::Builder::new().name(name.into()).spawn(move || {
-        let _watch = Watch { name, deaths };
-        f()
-    })
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _watch = Watch { name, deaths };
+            f()
+        })
 }
 
 /// Reports its thread's end when dropped (also while unwinding from a panic).
@@ -41,9 +45,16 @@ struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let how = if std::thread::panicking() { "panicked" } else { "ended" };
+        let how = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "ended"
+        };
         // Nobody listens once the daemon is stopping: then the end is expected.
-        let _ = self.deaths.send(Death { thread: self.name, how });
+        let _ = self.deaths.send(Death {
+            thread: self.name,
+            how,
+        });
     }
 }
 
@@ -74,7 +85,12 @@ mod tests {
         spawn("returns", &deaths, || ()).unwrap().join().unwrap();
         let d = died.try_recv().unwrap();
         assert_eq!((d.thread, d.how), ("returns", "ended"));
-        assert!(spawn("panics", &deaths, || panic!("boom")).unwrap().join().is_err());
+        assert!(
+            spawn("panics", &deaths, || panic!("boom"))
+                .unwrap()
+                .join()
+                .is_err()
+        );
         let d = died.try_recv().unwrap();
         assert_eq!((d.thread, d.how), ("panics", "panicked"));
         assert!(d.to_string().contains("the panics thread panicked"), "{d}");

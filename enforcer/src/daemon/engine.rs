@@ -18,10 +18,6 @@ mod startup;
 mod status;
 mod timed_store;
 
-pub use command::Command;
-pub use links::AttachFailure;
-pub use startup::EngineConfig;
-
 use std::{
     sync::{
         Arc,
@@ -30,6 +26,10 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+pub use command::Command;
+pub use links::AttachFailure;
+pub use startup::EngineConfig;
 
 use super::{
     ledger::{Change, Ledger, Write},
@@ -173,7 +173,14 @@ impl Engine {
         for c in &batch {
             super::critical::test_fault(&c.request);
         }
-        for Command { request, caller, id, replay, reply } in batch {
+        for Command {
+            request,
+            caller,
+            id,
+            replay,
+            reply,
+        } in batch
+        {
             if let Err(refusal) = self.authorize(&caller, &request) {
                 denied = true;
                 let _ = reply.send(Err(refusal));
@@ -186,7 +193,12 @@ impl Engine {
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
-                writes.push(Write { request, caller, id, replay });
+                writes.push(Write {
+                    request,
+                    caller,
+                    id,
+                    replay,
+                });
                 write_replies.push(reply);
             }
         }
@@ -231,7 +243,10 @@ impl Engine {
         if !self.builtin_allowlist {
             return;
         }
-        let wanted = now.into_iter().map(|h| (h.target, h.what.to_owned())).collect();
+        let wanted = now
+            .into_iter()
+            .map(|h| (h.target, h.what.to_owned()))
+            .collect();
         let mut change = Change::default();
         self.ledger.refresh_builtin(&mut change, &wanted);
         // Builtin entries are not stored: this commit only writes the kernel allowlist.
@@ -240,5 +255,4 @@ impl Engine {
             self.write_audit(done.events);
         }
     }
-
 }

@@ -94,7 +94,11 @@ pub fn sync<K: KernelMap + ?Sized>(
         kernel.remove_block(target)?;
         return Ok(());
     };
-    let current = if known { kernel.get_block(target)? } else { None };
+    let current = if known {
+        kernel.get_block(target)?
+    } else {
+        None
+    };
     if is_current(&entry, current.as_ref(), base) {
         return Ok(());
     }

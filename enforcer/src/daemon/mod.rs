@@ -37,17 +37,27 @@ use crate::{
 
 /// Hands a request from a part of the daemon itself (`what`: `crowdsec`...) to the engine; it
 /// passes the same access check as a socket request, as the daemon.
-pub async fn ask_engine(what: &'static str, request: crate::protocol::Request, engine: &mpsc::SyncSender<engine::Command>) -> crate::protocol::Response {
+pub async fn ask_engine(
+    what: &'static str,
+    request: crate::protocol::Request,
+    engine: &mpsc::SyncSender<engine::Command>,
+) -> crate::protocol::Response {
     control_socket::run(request, crate::access::Caller::internal(what), engine).await
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, or until a thread it cannot run without dies
 /// (then it fails, so that its supervisor restarts it).
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let socket_gid = config.socket_group.as_deref().map(control_socket::group_id).transpose()?;
+    let socket_gid = config
+        .socket_group
+        .as_deref()
+        .map(control_socket::group_id)
+        .transpose()?;
     let access = Arc::new(AccessPolicy::new(config.access.clone(), socket_gid));
     for name in access.unknown_names() {
-        tracing::warn!("[[access]] names {name}, which this host does not know: the entry matches nobody");
+        tracing::warn!(
+            "[[access]] names {name}, which this host does not know: the entry matches nobody"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -79,7 +89,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let engine_stop = stop.clone();
     let thread = critical::spawn("engine", &deaths, move || engine.run(rx, engine_stop))?;
-    let engine = RunningEngine { stop, wake: tx.clone(), thread };
+    let engine = RunningEngine {
+        stop,
+        wake: tx.clone(),
+        thread,
+    };
     let result = runtime.block_on(serve(&config, tx, shared, engine, died, bouncer));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
@@ -97,8 +111,14 @@ impl RunningEngine {
     fn stop(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         let (reply, _) = tokio::sync::oneshot::channel();
-        let _ = self.wake.send(engine::Command::internal("shutdown", crate::protocol::Request::Ping, reply));
-        self.thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))
+        let _ = self.wake.send(engine::Command::internal(
+            "shutdown",
+            crate::protocol::Request::Ping,
+            reply,
+        ));
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the engine thread panicked"))
     }
 }
 
@@ -114,13 +134,20 @@ struct StartedBouncer {
 
 /// Starts the CrowdSec bouncer's task, when configured. Fails only on local setup (a bad TLS
 /// file or key), never on the LAPI.
-fn start_bouncer(config: &Config, tx: &mpsc::SyncSender<engine::Command>, runtime: &tokio::runtime::Runtime) -> anyhow::Result<StartedBouncer> {
-    let Some(c) = &config.crowdsec else { return Ok(StartedBouncer::default()) };
+fn start_bouncer(
+    config: &Config,
+    tx: &mpsc::SyncSender<engine::Command>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<StartedBouncer> {
+    let Some(c) = &config.crowdsec else {
+        return Ok(StartedBouncer::default());
+    };
     let (ready, engine_ready) = tokio::sync::watch::channel(false);
     // The TLS setup may read files and start a blocking pool: inside the runtime.
     let bouncer = {
         let _guard = runtime.enter();
-        crate::crowdsec::Bouncer::new(c, tx.clone(), engine_ready).context("setting up the CrowdSec bouncer")?
+        crate::crowdsec::Bouncer::new(c, tx.clone(), engine_ready)
+            .context("setting up the CrowdSec bouncer")?
     };
     let status = Some(bouncer.status());
     Ok(StartedBouncer {
@@ -172,7 +199,10 @@ fn open_engine(config: &Config, access: &AccessPolicy) -> anyhow::Result<engine:
 /// Attaches every configured interface that exists (after reconciliation) and waits for the
 /// others (or refuses to start without them, with `require_all_interfaces`), then releases the
 /// pins of interfaces not protected now and drops older layouts once nothing uses them.
-fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Result<crate::datapath::PinLayout> {
+fn attach_interfaces(
+    engine: &mut engine::Engine,
+    config: &Config,
+) -> anyhow::Result<crate::datapath::PinLayout> {
     let interfaces = crate::interfaces::Interfaces::new(config.interfaces.clone());
     let links = crate::netlink::link_states().context("reading the interfaces (RTM_GETLINK)")?;
     let missing: Vec<&str> = interfaces.missing_names(&links).collect();
@@ -186,14 +216,20 @@ fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Re
         tracing::warn!(missing = %missing.join(", "), "NOT protected yet: these interfaces do not exist; each is protected within a second of appearing");
     }
     if config.interfaces.is_empty() {
-        tracing::warn!("no interfaces configured: blocks are kept but nothing is filtered (use --iface)");
+        tracing::warn!(
+            "no interfaces configured: blocks are kept but nothing is filtered (use --iface)"
+        );
     }
     engine.set_interfaces(interfaces, config.xdp_mode)?;
     if let Some(f) = engine.follow_links(&links).into_iter().next() {
         return Err(anyhow::Error::new(f.error).context(format!("attaching to {}", f.iface)));
     }
     let layout = engine.datapath().layout().clone();
-    let protected: Vec<String> = engine.interfaces().protected().map(|(n, _)| n.to_owned()).collect();
+    let protected: Vec<String> = engine
+        .interfaces()
+        .protected()
+        .map(|(n, _)| n.to_owned())
+        .collect();
     for iface in crate::datapath::pinned_interfaces(&layout) {
         if protected.contains(&iface) {
             continue;
@@ -202,26 +238,42 @@ fn attach_interfaces(engine: &mut engine::Engine, config: &Config) -> anyhow::Re
         // but absent (the pin holds a defunct link): either way the pin goes.
         let configured = config.interfaces.iter().any(|s| s.matches(&iface, false));
         match crate::datapath::detach_link(&layout, &iface) {
-            Ok(()) if configured => tracing::info!(%iface, "released the pin of an absent interface"),
-            Ok(()) => tracing::warn!(%iface, "detached: pinned by an earlier run but no longer configured"),
-            Err(e) => tracing::error!(%iface, error = %crate::error::Chain(&e), "cannot detach an interface that is no longer configured"),
+            Ok(()) if configured => {
+                tracing::info!(%iface, "released the pin of an absent interface")
+            }
+            Ok(()) => {
+                tracing::warn!(%iface, "detached: pinned by an earlier run but no longer configured")
+            }
+            Err(e) => {
+                tracing::error!(%iface, error = %crate::error::Chain(&e), "cannot detach an interface that is no longer configured")
+            }
         }
     }
     // Every remaining link now runs this build's program on this build's maps: pins of older
     // layouts are no longer referenced by anything we attached.
-    if crate::datapath::pinned_interfaces(&layout).iter().all(|i| protected.contains(i)) {
+    if crate::datapath::pinned_interfaces(&layout)
+        .iter()
+        .all(|i| protected.contains(i))
+    {
         engine.datapath().remove_stale_layouts();
     }
     Ok(layout)
 }
 
 /// Follows the host's addresses and gateways into the builtin allowlist.
-fn spawn_host_watch(tx: mpsc::SyncSender<engine::Command>, deaths: &critical::Deaths) -> anyhow::Result<()> {
+fn spawn_host_watch(
+    tx: mpsc::SyncSender<engine::Command>,
+    deaths: &critical::Deaths,
+) -> anyhow::Result<()> {
     critical::spawn("host-watch", deaths, move || {
         crate::policy::host::watch(|now| {
             let (reply, _) = tokio::sync::oneshot::channel();
-            tx.send(engine::Command::internal("host watcher", crate::protocol::Request::HostChanged(now), reply))
-                .is_ok()
+            tx.send(engine::Command::internal(
+                "host watcher",
+                crate::protocol::Request::HostChanged(now),
+                reply,
+            ))
+            .is_ok()
         });
     })?;
     Ok(())
@@ -277,9 +329,16 @@ async fn serve(
         stopping,
     });
     let (close, closing) = tokio::sync::oneshot::channel();
-    let accept = tokio::spawn(control_socket::serve(listener, server.clone(), socket.clone(), closing));
+    let accept = tokio::spawn(control_socket::serve(
+        listener,
+        server.clone(),
+        socket.clone(),
+        closing,
+    ));
     // Blocks are reconciled and enforced, every interface attached, the socket serving.
-    shared.notifier.notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
+    shared
+        .notifier
+        .notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
     let death = wait_for_stop(&mut died).await?;
     shared.notifier.notify("STOPPING=1\n");
     let _ = stopping_tx.send(true);
@@ -298,7 +357,9 @@ async fn serve(
 }
 
 /// Waits for SIGTERM, SIGINT (`None`) or a critical thread's death.
-async fn wait_for_stop(died: &mut tokio::sync::mpsc::UnboundedReceiver<critical::Death>) -> anyhow::Result<Option<critical::Death>> {
+async fn wait_for_stop(
+    died: &mut tokio::sync::mpsc::UnboundedReceiver<critical::Death>,
+) -> anyhow::Result<Option<critical::Death>> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let death = tokio::select! {
         _ = term.recv() => None,
@@ -306,7 +367,9 @@ async fn wait_for_stop(died: &mut tokio::sync::mpsc::UnboundedReceiver<critical:
         Some(d) = died.recv() => Some(d),
     };
     match &death {
-        None => tracing::info!("SIGTERM or SIGINT: shutting down; XDP stays attached, blocks stay in force"),
+        None => tracing::info!(
+            "SIGTERM or SIGINT: shutting down; XDP stays attached, blocks stay in force"
+        ),
         Some(d) => tracing::error!("{d}; XDP stays attached, blocks stay in force"),
     }
     Ok(death)
@@ -343,16 +406,28 @@ async fn background(
         }
     })];
     tasks.extend(start_exporter(config, shared).await?);
-    Ok(Background { tasks, crowdsec_status: None })
+    Ok(Background {
+        tasks,
+        crowdsec_status: None,
+    })
 }
 
 fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {
-    config.socket_group.as_deref().map(control_socket::group_id).transpose()
+    config
+        .socket_group
+        .as_deref()
+        .map(control_socket::group_id)
+        .transpose()
 }
 
 /// Serves `/metrics` when configured.
-async fn start_exporter(config: &Config, shared: &Shared) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(addr) = config.metrics.listen else { return Ok(None) };
+async fn start_exporter(
+    config: &Config,
+    shared: &Shared,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
     let listener = crate::metrics::http::bind(addr).await?;
     let stats = crate::datapath::StatsReader::open_pinned(&shared.maps_dir)
         .inspect_err(|e| tracing::warn!(error = %crate::error::Chain(e), "metrics: the data path's counters are unreadable"))
@@ -363,5 +438,7 @@ async fn start_exporter(config: &Config, shared: &Shared) -> anyhow::Result<Opti
         state_dir: config.state_dir.clone(),
     });
     tracing::info!(%addr, "serving metrics at /metrics");
-    Ok(Some(tokio::spawn(crate::metrics::http::serve(listener, endpoint))))
+    Ok(Some(tokio::spawn(crate::metrics::http::serve(
+        listener, endpoint,
+    ))))
 }

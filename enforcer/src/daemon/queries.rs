@@ -11,8 +11,8 @@ use crate::{
     datapath::{BlockMaps, clock},
     interfaces::{Interfaces, Origin, Tracked},
     protocol::{
-        AllowEntry, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry, ListSource, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply,
-        StatsReply, StatusReply,
+        AllowEntry, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry, ListSource,
+        MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply, StatusReply,
     },
     target::Target,
 };
@@ -53,12 +53,21 @@ impl View<'_> {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 protocol: PROTOCOL_VERSION,
             }),
-            Request::List { source, limit, after } => Ok(self.list(source.as_ref(), limit, after)),
+            Request::List {
+                source,
+                limit,
+                after,
+            } => Ok(self.list(source.as_ref(), limit, after)),
             Request::Show { target } => Ok(Reply::Show(self.show(target))),
             Request::Stats => self.stats(),
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::AllowList => Ok(Reply::AllowList {
-                entries: self.ledger.allowlist().iter().map(|(t, o)| allow_entry(*t, o)).collect(),
+                entries: self
+                    .ledger
+                    .allowlist()
+                    .iter()
+                    .map(|(t, o)| allow_entry(*t, o))
+                    .collect(),
             }),
             Request::PendingList => Ok(Reply::PendingList {
                 pending: self.ledger.pending().values().cloned().collect(),
@@ -79,12 +88,21 @@ impl View<'_> {
             .map(|(t, b)| self.list_entry(t, b))
             .collect();
         let more = matching.next().is_some();
-        let next = if more { blocks.last().map(|e| e.target) } else { None };
+        let next = if more {
+            blocks.last().map(|e| e.target)
+        } else {
+            None
+        };
         Reply::List { blocks, next }
     }
 
     fn list_entry(&self, target: &Target, blocks: &TargetBlocks) -> ListEntry {
-        let kernel: BlockValue = self.maps.get_block(target).ok().flatten().unwrap_or_default();
+        let kernel: BlockValue = self
+            .maps
+            .get_block(target)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let entry = blocks.kernel_entry();
         ListEntry {
             target: *target,
@@ -103,7 +121,8 @@ impl View<'_> {
                 .collect(),
             packets: kernel.hit_packets,
             bytes: kernel.hit_bytes,
-            last_hit_ms: (kernel.last_hit_ns != 0).then(|| to_ms(clock::boot_ns_to_wall(kernel.last_hit_ns))),
+            last_hit_ms: (kernel.last_hit_ns != 0)
+                .then(|| to_ms(clock::boot_ns_to_wall(kernel.last_hit_ns))),
         }
     }
 
@@ -143,15 +162,21 @@ impl View<'_> {
     }
 
     fn stats(&self) -> Result<Reply, Refusal> {
-        let total = self.maps.stats_total().map_err(|e| Refusal::Kernel(e.into()))?;
+        let total = self
+            .maps
+            .stats_total()
+            .map_err(|e| Refusal::Kernel(e.into()))?;
         let interfaces = self
             .interfaces
             .protected()
             .filter_map(|(iface, ifindex)| {
-                self.maps.stats_for_ifindex(ifindex).ok().map(|s| InterfaceCounters {
-                    iface: iface.to_owned(),
-                    counters: s.into(),
-                })
+                self.maps
+                    .stats_for_ifindex(ifindex)
+                    .ok()
+                    .map(|s| InterfaceCounters {
+                        iface: iface.to_owned(),
+                        counters: s.into(),
+                    })
             })
             .collect();
         let mut by_source: BTreeMap<Source, usize> = BTreeMap::new();
@@ -173,7 +198,11 @@ impl View<'_> {
         let counted = usize::try_from(self.source_blocks).unwrap_or(usize::MAX);
         debug_assert_eq!(
             counted,
-            self.ledger.blocks().values().map(|b| b.by_source.len()).sum::<usize>(),
+            self.ledger
+                .blocks()
+                .values()
+                .map(|b| b.by_source.len())
+                .sum::<usize>(),
             "the block tally drifted from the ledger"
         );
         counted
@@ -240,7 +269,9 @@ fn interface_rows(interfaces: &Interfaces, ours: u32) -> Vec<InterfaceStatus> {
                     Origin::Named => None,
                 },
                 error: match tracked {
-                    Tracked::Failed { error, .. } if state != InterfaceState::Protected => Some(error.clone()),
+                    Tracked::Failed { error, .. } if state != InterfaceState::Protected => {
+                        Some(error.clone())
+                    }
                     _ => None,
                 },
             }
@@ -261,6 +292,10 @@ fn interface_rows(interfaces: &Interfaces, ours: u32) -> Vec<InterfaceStatus> {
 fn allow_entry(target: Target, origins: &[crate::policy::AllowOrigin]) -> AllowEntry {
     AllowEntry {
         target,
-        origin: origins.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        origin: origins
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }

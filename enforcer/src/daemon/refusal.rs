@@ -49,7 +49,9 @@ pub enum Refusal {
     #[error("{0}")]
     NotFound(String),
     /// The allowlist entry comes from somewhere the CLI does not own.
-    #[error("{target} comes from {origins}; remove it there (the configuration file), not with the CLI")]
+    #[error(
+        "{target} comes from {origins}; remove it there (the configuration file), not with the CLI"
+    )]
     NotRemovable {
         /// The prefix.
         target: crate::Target,
@@ -71,7 +73,9 @@ impl Refusal {
     /// The protocol's stable error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Policy { .. } | Self::NotRemovable { .. } | Self::PendingFull { .. } => ErrorCode::Refused,
+            Self::Policy { .. } | Self::NotRemovable { .. } | Self::PendingFull { .. } => {
+                ErrorCode::Refused
+            }
             Self::MapFull { .. } => ErrorCode::MapFull,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::NotFound(_) => ErrorCode::NotFound,
@@ -100,14 +104,20 @@ mod tests {
             message: "too broad".into(),
         };
         assert_eq!(r.to_body().code, ErrorCode::Refused);
-        assert_eq!(r.to_body().message, "refused by policy rule `scope`: too broad");
+        assert_eq!(
+            r.to_body().message,
+            "refused by policy rule `scope`: too broad"
+        );
         let e = Refusal::Store(Arc::new(StoreError::Db {
             path: "/x".into(),
             message: "disk full".into(),
         }));
         let body = e.to_body();
         assert_eq!(body.code, ErrorCode::Internal);
-        assert_eq!(body.message, "the block store failed; nothing was changed: block store /x: disk full");
+        assert_eq!(
+            body.message,
+            "the block store failed; nothing was changed: block store /x: disk full"
+        );
     }
 
     #[test]

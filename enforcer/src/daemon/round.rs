@@ -17,8 +17,8 @@ use super::{
 use crate::{
     audit::{Action, Event},
     block::UnixMillis,
-    error::Chain,
     datapath::MapsError,
+    error::Chain,
     protocol::Reply,
     store::{Store, StoreError, StoreOp},
     target::Target,
@@ -62,7 +62,12 @@ pub struct Failed {
 
 /// Commits `change`, then makes the kernel match the ledger for every target it touched.
 /// If the store refuses, the ledger is put back and only refusal lines are kept for the audit.
-pub fn commit<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, mut change: Change) -> Result<Committed, Failed>
+pub fn commit<S, K>(
+    ledger: &mut Ledger,
+    store: &mut S,
+    kernel: &mut K,
+    mut change: Change,
+) -> Result<Committed, Failed>
 where
     S: BlockStore + ?Sized,
     K: KernelMap + ?Sized,
@@ -86,7 +91,8 @@ where
     let mut failed = write_allowlist(ledger, kernel, &change.allow_kernel);
     let base = ledger.time_base().clone();
     for (target, known) in change.touched() {
-        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known, &base) {
+        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known, &base)
+        {
             tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
             failed.insert(*target, Arc::new(e));
         }
@@ -101,10 +107,15 @@ where
 
 /// Makes the kernel allowlist match the ledger for `touched` prefixes: every insert first, then
 /// the removals, so a prefix the ledger protects is never missing from the kernel in between.
-fn write_allowlist<K: KernelMap + ?Sized>(ledger: &Ledger, kernel: &mut K, touched: &BTreeSet<Target>) -> BTreeMap<Target, Arc<MapsError>> {
+fn write_allowlist<K: KernelMap + ?Sized>(
+    ledger: &Ledger,
+    kernel: &mut K,
+    touched: &BTreeSet<Target>,
+) -> BTreeMap<Target, Arc<MapsError>> {
     let mut failed = BTreeMap::new();
     let allow = ledger.allowlist();
-    let (kept, gone): (Vec<&Target>, Vec<&Target>) = touched.iter().partition(|t| allow.origins(t).is_some());
+    let (kept, gone): (Vec<&Target>, Vec<&Target>) =
+        touched.iter().partition(|t| allow.origins(t).is_some());
     for target in kept {
         let origin = allow.origins(target).map_or(0, |o| o[0].to_kernel());
         if let Err(e) = kernel.insert_allow(target, origin) {
@@ -135,7 +146,13 @@ pub struct Answered {
 }
 
 /// Runs one round over write requests, each with its (already authorized) caller.
-pub fn run<S, K>(ledger: &mut Ledger, store: &mut S, kernel: &mut K, requests: Vec<Write>, now: UnixMillis) -> Answered
+pub fn run<S, K>(
+    ledger: &mut Ledger,
+    store: &mut S,
+    kernel: &mut K,
+    requests: Vec<Write>,
+    now: UnixMillis,
+) -> Answered
 where
     S: BlockStore + ?Sized,
     K: KernelMap + ?Sized,
@@ -146,11 +163,21 @@ where
         .map(|w| ledger.apply(&mut change, w, now))
         .collect();
     match commit(ledger, store, kernel, change) {
-        Err(Failed { error, events, refused }) => {
+        Err(Failed {
+            error,
+            events,
+            refused,
+        }) => {
             tracing::error!(error = %Chain(&*error), "committing to the store failed; the round was undone");
             let answers = applied
                 .into_iter()
-                .map(|a| if a.wrote { Err(Refusal::Store(error.clone())) } else { a.answer })
+                .map(|a| {
+                    if a.wrote {
+                        Err(Refusal::Store(error.clone()))
+                    } else {
+                        a.answer
+                    }
+                })
                 .collect();
             Answered {
                 answers,

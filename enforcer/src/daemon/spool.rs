@@ -78,7 +78,11 @@ pub struct Spooled {
     pub spooled_ms: UnixMillis,
     /// The request id of the attempt that could not be delivered (absent in entries of older
     /// hooks: the file name stands in for it). `request_id` in the file, as on the wire.
-    #[serde(default, rename = "request_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "request_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<RequestId>,
     /// What it asked for.
     pub request: Request,
@@ -98,13 +102,20 @@ pub struct SpoolKey {
 impl SpoolKey {
     /// The file name of this key: every part zero-padded, so names also sort as strings.
     pub fn file_name(&self) -> String {
-        format!("{:020}-{:010}-{:010}.json", self.spooled_ms, self.pid, self.seq)
+        format!(
+            "{:020}-{:010}-{:010}.json",
+            self.spooled_ms, self.pid, self.seq
+        )
     }
 
     /// The key of a spool file's name (padded or not); `None` if it is not one.
     pub fn parse(name: &str) -> Option<Self> {
         let mut parts = name.strip_suffix(".json")?.split('-');
-        let number = |p: Option<&str>| -> Option<u64> { p.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?.parse().ok() };
+        let number = |p: Option<&str>| -> Option<u64> {
+            p.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?
+                .parse()
+                .ok()
+        };
         let key = Self {
             spooled_ms: number(parts.next())?,
             pid: number(parts.next())?.try_into().ok()?,
@@ -169,7 +180,10 @@ pub fn write(state_dir: &Path, request: &Request, id: &RequestId) -> io::Result<
 pub fn write_entry(state_dir: &Path, entry: &Spooled) -> io::Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = spool_dir(state_dir);
-    fs::DirBuilder::new().recursive(true).mode(0o750).create(state_dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(state_dir)?;
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
@@ -183,8 +197,13 @@ pub fn write_entry(state_dir: &Path, entry: &Spooled) -> io::Result<PathBuf> {
     .file_name();
     let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
     line.push(b'\n');
-    let new = crate::safe_fs::NewFile { mode: 0o600, owner: None };
-    Ok(crate::safe_fs::replace_file(&dir, &name, new, |f| f.write_all(&line))?)
+    let new = crate::safe_fs::NewFile {
+        mode: 0o600,
+        owner: None,
+    };
+    Ok(crate::safe_fs::replace_file(&dir, &name, new, |f| {
+        f.write_all(&line)
+    })?)
 }
 
 /// The spooled files, oldest first: in the order of their parsed [`SpoolKey`]s (files with
@@ -220,7 +239,14 @@ pub fn pending(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
 fn in_spool_order(files: Vec<PathBuf>) -> Vec<PathBuf> {
     let mut keyed: Vec<(Option<SpoolKey>, PathBuf)> = files
         .into_iter()
-        .map(|f| (f.file_name().and_then(|n| n.to_str()).and_then(SpoolKey::parse), f))
+        .map(|f| {
+            (
+                f.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(SpoolKey::parse),
+                f,
+            )
+        })
         .collect();
     // `None` sorts first; files without a key go last.
     keyed.sort_by(|(ka, a), (kb, b)| (ka.is_none(), ka, a).cmp(&(kb.is_none(), kb, b)));
@@ -259,7 +285,12 @@ impl DefaultTtls {
 /// The request to apply now for a trigger spooled at `spooled_ms`, or `None` when every block
 /// in it has already ended. TTLs count from the spooling time; the source's default TTL stands
 /// in for a request that left the TTL to the daemon.
-pub fn adjust(request: Request, spooled_ms: UnixMillis, now: UnixMillis, defaults: &DefaultTtls) -> Option<Request> {
+pub fn adjust(
+    request: Request,
+    spooled_ms: UnixMillis,
+    now: UnixMillis,
+    defaults: &DefaultTtls,
+) -> Option<Request> {
     let elapsed = now.saturating_sub(spooled_ms);
     let source = match &request {
         Request::Block(b) => Some(b.source.clone()),
@@ -314,7 +345,11 @@ pub struct Drained {
 /// answer is awaited, so they share durable rounds, and the channel keeps their order. Each
 /// goes with its request id (a duplicate is answered, not applied again) and its spool time
 /// (what the rate limiter charges it at).
-pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &DefaultTtls) -> Drained {
+pub async fn drain(
+    state_dir: &Path,
+    engine: &SyncSender<Command>,
+    defaults: &DefaultTtls,
+) -> Drained {
     let mut done = Drained::default();
     let files = match pending(state_dir) {
         Ok(f) => f,
@@ -336,7 +371,10 @@ pub async fn drain(state_dir: &Path, engine: &SyncSender<Command>, defaults: &De
                 continue;
             }
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let id = replay_id(entry.id, &name);
         let Some(request) = adjust(entry.request, entry.spooled_ms, now, defaults) else {
             tracing::info!(file = %path.display(), "spooled block ended while the daemon was down; dropped");
@@ -387,10 +425,19 @@ fn read_entry(path: &Path) -> Result<Spooled, String> {
 
 /// Removes a replayed file once the engine gave its verdict (applied, or refused and audited);
 /// keeps it when the engine could not decide (store or kernel failure, no answer).
-fn settle(path: &Path, answer: Result<Result<crate::protocol::Reply, Refusal>, oneshot::error::RecvError>, done: &mut Drained) {
+fn settle(
+    path: &Path,
+    answer: Result<Result<crate::protocol::Reply, Refusal>, oneshot::error::RecvError>,
+    done: &mut Drained,
+) {
     match answer {
         Ok(Ok(_)) => done.applied += 1,
-        Ok(Err(refusal)) if matches!(refusal, Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }) => {
+        Ok(Err(refusal))
+            if matches!(
+                refusal,
+                Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }
+            ) =>
+        {
             // Not a verdict on the request (the store failed, a map is full): keep it and
             // try again at the next drain.
             tracing::warn!(file = %path.display(), "spooled request not applied yet, kept for the next drain: {}", refusal.to_body().message);
@@ -443,12 +490,22 @@ mod tests {
 
     #[test]
     fn only_block_and_unblock_entries_are_read_from_a_spool_file() {
-        let e = parse_entry(br#"{"v":1,"spooled_ms":5,"request":{"v":1,"op":"ping"}}"#).unwrap_err();
+        let e =
+            parse_entry(br#"{"v":1,"spooled_ms":5,"request":{"v":1,"op":"ping"}}"#).unwrap_err();
         assert!(matches!(e, EntryError::NotSpoolable("ping")), "{e:?}");
         assert!(e.to_string().contains("`ping`"), "{e}");
-        assert!(matches!(parse_entry(b"{\"v\":1,"), Err(EntryError::Malformed(_))));
-        assert!(matches!(parse_entry(br#"{"v":1,"spooled_ms":5}"#), Err(EntryError::Malformed(_))));
-        let unblock = parse_entry(br#"{"v":1,"spooled_ms":5,"request":{"op":"unblock","target":"192.0.2.1"}}"#).unwrap();
+        assert!(matches!(
+            parse_entry(b"{\"v\":1,"),
+            Err(EntryError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_entry(br#"{"v":1,"spooled_ms":5}"#),
+            Err(EntryError::Malformed(_))
+        ));
+        let unblock = parse_entry(
+            br#"{"v":1,"spooled_ms":5,"request":{"op":"unblock","target":"192.0.2.1"}}"#,
+        )
+        .unwrap();
         assert_eq!((unblock.spooled_ms, unblock.request.op()), (5, "unblock"));
     }
 
@@ -459,11 +516,27 @@ mod tests {
             ..DefaultTtls::default()
         };
         assert_eq!(ttl(adjust(block(Some(3600)), 0, H - 600_000, d)), Some(600));
-        assert_eq!(ttl(adjust(block(Some(3600)), 0, 1, d)), Some(3600), "rounded up, never to zero");
-        assert_eq!(ttl(adjust(block(Some(3600)), 0, H, d)), None, "already over");
+        assert_eq!(
+            ttl(adjust(block(Some(3600)), 0, 1, d)),
+            Some(3600),
+            "rounded up, never to zero"
+        );
+        assert_eq!(
+            ttl(adjust(block(Some(3600)), 0, H, d)),
+            None,
+            "already over"
+        );
         assert_eq!(ttl(adjust(block(Some(3600)), 0, 2 * H, d)), None);
-        assert_eq!(ttl(adjust(block(None), 0, 60_000, d)), Some(540), "the daemon's default TTL");
-        assert_eq!(ttl(adjust(block(Some(60)), 10_000, 0, d)), Some(60), "a clock that went back");
+        assert_eq!(
+            ttl(adjust(block(None), 0, 60_000, d)),
+            Some(540),
+            "the daemon's default TTL"
+        );
+        assert_eq!(
+            ttl(adjust(block(Some(60)), 10_000, 0, d)),
+            Some(60),
+            "a clock that went back"
+        );
         // The source's own default wins over the global one.
         let source = match block(None) {
             Request::Block(b) => b.source,
@@ -480,19 +553,50 @@ mod tests {
     fn batches_lose_only_their_ended_items_and_unblocks_pass_through() {
         let batch = Request::BlockBatch(BatchRequest {
             items: vec![
-                BatchItem { target: "192.0.2.1".parse().unwrap(), ttl_secs: Some(60) },
-                BatchItem { target: "192.0.2.2".parse().unwrap(), ttl_secs: None },
+                BatchItem {
+                    target: "192.0.2.1".parse().unwrap(),
+                    ttl_secs: Some(60),
+                },
+                BatchItem {
+                    target: "192.0.2.2".parse().unwrap(),
+                    ttl_secs: None,
+                },
             ],
             ttl_secs: Some(3600),
             source: Source::cli(),
             reason: Reason::default(),
             shadow: false,
         });
-        let Some(Request::BlockBatch(b)) = adjust(batch, 0, 120_000, &DefaultTtls { global: Duration::from_secs(1), ..DefaultTtls::default() }) else { panic!() };
+        let Some(Request::BlockBatch(b)) = adjust(
+            batch,
+            0,
+            120_000,
+            &DefaultTtls {
+                global: Duration::from_secs(1),
+                ..DefaultTtls::default()
+            },
+        ) else {
+            panic!()
+        };
         assert_eq!(b.items.len(), 1);
         assert_eq!(b.items[0].ttl_secs, Some(3480));
-        let unblock = Request::Unblock { target: "192.0.2.1".parse().unwrap(), source: None, all: false };
-        assert!(matches!(adjust(unblock, 0, 10 * H, &DefaultTtls { global: Duration::from_secs(1), ..DefaultTtls::default() }), Some(Request::Unblock { .. })));
+        let unblock = Request::Unblock {
+            target: "192.0.2.1".parse().unwrap(),
+            source: None,
+            all: false,
+        };
+        assert!(matches!(
+            adjust(
+                unblock,
+                0,
+                10 * H,
+                &DefaultTtls {
+                    global: Duration::from_secs(1),
+                    ..DefaultTtls::default()
+                }
+            ),
+            Some(Request::Unblock { .. })
+        ));
     }
 
     #[test]
@@ -500,9 +604,22 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let state_dir = state.path().join("state");
         for (ms, t) in [(2000, Some(2)), (1000, Some(1)), (3000, Some(3))] {
-            write_entry(&state_dir, &Spooled { v: 1, spooled_ms: ms, id: None, request: block(t) }).unwrap();
+            write_entry(
+                &state_dir,
+                &Spooled {
+                    v: 1,
+                    spooled_ms: ms,
+                    id: None,
+                    request: block(t),
+                },
+            )
+            .unwrap();
         }
-        let mode = fs::metadata(spool_dir(&state_dir)).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(spool_dir(&state_dir))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700);
         let files = pending(&state_dir).unwrap();
         let ttls: Vec<_> = files
@@ -515,19 +632,45 @@ mod tests {
         fs::write(spool_dir(&state_dir).join(".tmp-x.json"), b"{").unwrap();
         assert_eq!(pending(&state_dir).unwrap().len(), 3);
         assert!(spool_dir(&state_dir).join(".tmp-x.json").exists());
-        assert_eq!(pending(&state.path().join("none")).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            pending(&state.path().join("none")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
     }
 
     #[test]
     fn spool_files_sort_on_their_parsed_keys_padded_or_not() {
-        let key = |ms, pid, seq| SpoolKey { spooled_ms: ms, pid, seq };
-        assert_eq!(key(1_764_262_800_000, 4242, 7).file_name(), "00000001764262800000-0000004242-0000000007.json");
-        for k in [key(0, 0, 0), key(u64::MAX, u32::MAX, u64::MAX), key(1_764_262_800_000, 4242, 10)] {
+        let key = |ms, pid, seq| SpoolKey {
+            spooled_ms: ms,
+            pid,
+            seq,
+        };
+        assert_eq!(
+            key(1_764_262_800_000, 4242, 7).file_name(),
+            "00000001764262800000-0000004242-0000000007.json"
+        );
+        for k in [
+            key(0, 0, 0),
+            key(u64::MAX, u32::MAX, u64::MAX),
+            key(1_764_262_800_000, 4242, 10),
+        ] {
             assert_eq!(SpoolKey::parse(&k.file_name()), Some(k));
         }
         // Names of hooks before zero-padding: the pid and counter unpadded.
-        assert_eq!(SpoolKey::parse("0001764262800000-4242-10.json"), Some(key(1_764_262_800_000, 4242, 10)));
-        for bad in ["x.json", "1-2.json", "1-2-3-4.json", "1--3.json", "1-2-3", "1-+2-3.json", "1-99999999999-3.json", ".tmp-1-2-3.json"] {
+        assert_eq!(
+            SpoolKey::parse("0001764262800000-4242-10.json"),
+            Some(key(1_764_262_800_000, 4242, 10))
+        );
+        for bad in [
+            "x.json",
+            "1-2.json",
+            "1-2-3-4.json",
+            "1--3.json",
+            "1-2-3",
+            "1-+2-3.json",
+            "1-99999999999-3.json",
+            ".tmp-1-2-3.json",
+        ] {
             assert_eq!(SpoolKey::parse(bad), None, "{bad}");
         }
         // One process, one millisecond: the counter decides, as a number ("10" after "9").
@@ -541,7 +684,10 @@ mod tests {
             "0001764262800000-999-12.json",
         ];
         let sorted = in_spool_order(names.iter().map(|n| dir.join(n)).collect());
-        let sorted: Vec<_> = sorted.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+        let sorted: Vec<_> = sorted
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
         assert_eq!(
             sorted,
             [
@@ -559,12 +705,27 @@ mod tests {
     fn one_process_writes_many_entries_in_one_millisecond_and_they_come_back_in_order() {
         let state = tempfile::tempdir().unwrap();
         for ttl in 1..=25 {
-            write_entry(state.path(), &Spooled { v: 1, spooled_ms: 5, id: None, request: block(Some(ttl)) }).unwrap();
+            write_entry(
+                state.path(),
+                &Spooled {
+                    v: 1,
+                    spooled_ms: 5,
+                    id: None,
+                    request: block(Some(ttl)),
+                },
+            )
+            .unwrap();
         }
         let ttls: Vec<_> = pending(state.path())
             .unwrap()
             .iter()
-            .map(|f| ttl(Some(serde_json::from_slice::<Spooled>(&fs::read(f).unwrap()).unwrap().request)))
+            .map(|f| {
+                ttl(Some(
+                    serde_json::from_slice::<Spooled>(&fs::read(f).unwrap())
+                        .unwrap()
+                        .request,
+                ))
+            })
             .collect();
         assert_eq!(ttls, (1..=25).map(Some).collect::<Vec<_>>());
     }
@@ -573,7 +734,10 @@ mod tests {
     fn an_entry_is_replayed_under_its_own_id_or_else_one_made_of_its_file_name() {
         let own: RequestId = "9f0c".parse().unwrap();
         assert_eq!(replay_id(Some(own.clone()), "0001-2-3.json"), Some(own));
-        assert_eq!(replay_id(None, "0001-2-3.json").unwrap().as_str(), "spool:0001-2-3.json");
+        assert_eq!(
+            replay_id(None, "0001-2-3.json").unwrap().as_str(),
+            "spool:0001-2-3.json"
+        );
         assert_eq!(replay_id(None, "with space.json"), None);
         // `write` records the id it is given.
         let state = tempfile::tempdir().unwrap();

@@ -7,7 +7,10 @@
 //! so an engine that hangs stops the pings and systemd restarts the daemon.
 
 use std::{
-    os::{linux::net::SocketAddrExt as _, unix::net::{SocketAddr, UnixDatagram}},
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
     time::{Duration, Instant},
 };
 
@@ -176,9 +179,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let listener = UnixDatagram::bind(&path).unwrap();
-        listener.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let notifier = std::sync::Arc::new(Notifier {
-            target: Some((UnixDatagram::unbound().unwrap(), SocketAddr::from_pathname(&path).unwrap())),
+            target: Some((
+                UnixDatagram::unbound().unwrap(),
+                SocketAddr::from_pathname(&path).unwrap(),
+            )),
             watchdog: Some(Duration::from_millis(2)),
         });
         let mut hb = notifier.heartbeat().unwrap();

@@ -104,7 +104,11 @@ pub(crate) struct Reference {
 
 impl Reference {
     fn label(&self) -> String {
-        if self.pid == 1 { "PID 1".to_owned() } else { format!("pid {}", self.pid) }
+        if self.pid == 1 {
+            "PID 1".to_owned()
+        } else {
+            format!("pid {}", self.pid)
+        }
     }
 }
 
@@ -122,28 +126,46 @@ pub(crate) struct FsProbe {
 pub(crate) enum Plan {
     /// Pin at the configured path. `may_mount`: mount /sys/fs/bpf if nothing is there (only
     /// in the host's own mount namespace, where the mount outlives us).
-    Own { may_mount: bool, durability: PinsDurability },
+    Own {
+        may_mount: bool,
+        durability: PinsDurability,
+    },
     /// Pin into the host's bpffs through the reference process's root.
     ThroughReference,
     /// Refuse to start.
     Refuse,
 }
 
-pub(crate) fn plan(own_ns: Option<u64>, reference: Option<&Reference>, own: Option<FsProbe>, host: Option<FsProbe>) -> Plan {
+pub(crate) fn plan(
+    own_ns: Option<u64>,
+    reference: Option<&Reference>,
+    own: Option<FsProbe>,
+    host: Option<FsProbe>,
+) -> Plan {
     let (Some(own_ns), Some(reference)) = (own_ns, reference) else {
         return match own {
-            Some(fs) if fs.bpffs && fs.propagated => Plan::Own { may_mount: false, durability: PinsDurability::Propagated },
-            Some(fs) if fs.bpffs => Plan::Own { may_mount: false, durability: PinsDurability::Unverified },
+            Some(fs) if fs.bpffs && fs.propagated => Plan::Own {
+                may_mount: false,
+                durability: PinsDurability::Propagated,
+            },
+            Some(fs) if fs.bpffs => Plan::Own {
+                may_mount: false,
+                durability: PinsDurability::Unverified,
+            },
             _ => Plan::Refuse,
         };
     };
     if own_ns == reference.mount_ns {
-        return Plan::Own { may_mount: true, durability: PinsDurability::Host };
+        return Plan::Own {
+            may_mount: true,
+            durability: PinsDurability::Host,
+        };
     }
     match (own, host) {
-        (Some(o), Some(h)) if o.bpffs && h.bpffs && o.dev == h.dev => {
-            Plan::Own { may_mount: false, durability: PinsDurability::Host }
-        }
+        (Some(o), Some(h)) if o.bpffs && h.bpffs && o.dev == h.dev => Plan::Own {
+            may_mount: false,
+            durability: PinsDurability::Host,
+        },
         (_, Some(h)) if h.bpffs => Plan::ThroughReference,
         _ => Plan::Refuse,
     }
@@ -158,10 +180,17 @@ pub fn resolve(dir: &Path) -> Result<ResolvedPins, DatapathError> {
     })?;
     let own_ns = mount_ns("self");
     let reference = reference_process(own_ns);
-    let host_root = reference.as_ref().map(|r| PathBuf::from(format!("/proc/{}/root", r.pid)));
-    let host_dir = host_root.as_ref().map(|root| root.join(dir.strip_prefix("/").unwrap_or(&dir)));
+    let host_root = reference
+        .as_ref()
+        .map(|r| PathBuf::from(format!("/proc/{}/root", r.pid)));
+    let host_dir = host_root
+        .as_ref()
+        .map(|root| root.join(dir.strip_prefix("/").unwrap_or(&dir)));
     let own_probe = probe(&dir, Path::new("/"));
-    let host_probe = host_dir.as_ref().zip(host_root.as_ref()).and_then(|(d, r)| probe(d, r));
+    let host_probe = host_dir
+        .as_ref()
+        .zip(host_root.as_ref())
+        .and_then(|(d, r)| probe(d, r));
     let info = |durability| PinsInfo {
         dir: dir.display().to_string(),
         durability,
@@ -169,16 +198,25 @@ pub fn resolve(dir: &Path) -> Result<ResolvedPins, DatapathError> {
         reference: reference.as_ref().map(Reference::label),
     };
     match plan(own_ns, reference.as_ref(), own_probe, host_probe) {
-        Plan::Own { may_mount, durability } => {
+        Plan::Own {
+            may_mount,
+            durability,
+        } => {
             ensure_bpffs(&dir, may_mount)?;
-            Ok(ResolvedPins { layout: PinLayout::new(&dir), info: info(durability) })
+            Ok(ResolvedPins {
+                layout: PinLayout::new(&dir),
+                info: info(durability),
+            })
         }
         Plan::ThroughReference => {
             let host_dir = host_dir.expect("a reference process was found");
             let layout = through_descriptor(&host_dir, host_root.as_deref().expect("a reference"))?;
             tracing::info!(dir = %dir.display(), reference = %info(PinsDurability::HostThroughReference).reference.unwrap_or_default(),
                 "the daemon runs in a private mount namespace: pinning into the host's bpffs");
-            Ok(ResolvedPins { layout, info: info(PinsDurability::HostThroughReference) })
+            Ok(ResolvedPins {
+                layout,
+                info: info(PinsDurability::HostThroughReference),
+            })
         }
         Plan::Refuse => Err(match (own_ns, reference) {
             (Some(own), Some(r)) if own != r.mount_ns => DatapathError::PrivateMountNamespace {
@@ -200,7 +238,10 @@ pub fn resolve(dir: &Path) -> Result<ResolvedPins, DatapathError> {
 fn through_descriptor(host_dir: &Path, root: &Path) -> Result<PinLayout, DatapathError> {
     let parent = host_dir.parent().unwrap_or(root);
     let anchor = nearest_existing(parent, root);
-    let rest = host_dir.strip_prefix(&anchor).unwrap_or(Path::new("")).to_owned();
+    let rest = host_dir
+        .strip_prefix(&anchor)
+        .unwrap_or(Path::new(""))
+        .to_owned();
     let file = File::open(&anchor).map_err(|source| DatapathError::Io {
         action: "opening the host's bpffs at",
         path: anchor.clone(),
@@ -212,13 +253,18 @@ fn through_descriptor(host_dir: &Path, root: &Path) -> Result<PinLayout, Datapat
 
 /// The inode of `/proc/<pid>/ns/mnt`, if this process may inspect it.
 fn mount_ns(pid: &str) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// PID 1, or the outermost ancestor whose mount namespace this process may inspect.
 fn reference_process(own_ns: Option<u64>) -> Option<Reference> {
     if let Some(ns) = mount_ns("1") {
-        return Some(Reference { pid: 1, mount_ns: ns });
+        return Some(Reference {
+            pid: 1,
+            mount_ns: ns,
+        });
     }
     let mut outermost = None;
     let mut pid = std::os::unix::process::parent_id();
@@ -234,13 +280,20 @@ fn reference_process(own_ns: Option<u64>) -> Option<Reference> {
             None => break,
         }
     }
-    tracing::debug!(?outermost, ?own_ns, "PID 1's mount namespace cannot be inspected; using the outermost ancestor");
+    tracing::debug!(
+        ?outermost,
+        ?own_ns,
+        "PID 1's mount namespace cannot be inspected; using the outermost ancestor"
+    );
     outermost
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The nearest existing ancestor of `dir`, not above `root`.
@@ -254,18 +307,30 @@ fn nearest_existing(dir: &Path, root: &Path) -> PathBuf {
 fn probe(dir: &Path, root: &Path) -> Option<FsProbe> {
     let anchor = nearest_existing(dir, root);
     let dev = std::fs::metadata(&anchor).ok()?.dev();
-    let propagated = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| receives_propagation(&m, dev));
-    Some(FsProbe { bpffs: is_bpffs(&anchor), dev, propagated })
+    let propagated = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| receives_propagation(&m, dev));
+    Some(FsProbe {
+        bpffs: is_bpffs(&anchor),
+        dev,
+        propagated,
+    })
 }
 
 /// Whether a mount of the filesystem `dev` in this namespace is a slave of a peer group
 /// (`master:N` among mountinfo's optional fields).
 fn receives_propagation(mountinfo: &str, dev: u64) -> bool {
-    let want = format!("{}:{}", nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let want = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
     mountinfo.lines().any(|line| {
         let mut fields = line.split(' ');
         fields.nth(2) == Some(want.as_str())
-            && fields.skip(3).take_while(|f| *f != "-").any(|f| f.starts_with("master:"))
+            && fields
+                .skip(3)
+                .take_while(|f| *f != "-")
+                .any(|f| f.starts_with("master:"))
     })
 }
 
@@ -290,7 +355,9 @@ fn ensure_bpffs(dir: &Path, may_mount: bool) -> Result<(), DatapathError> {
             return Ok(());
         }
     }
-    Err(DatapathError::NotBpffs { path: dir.to_owned() })
+    Err(DatapathError::NotBpffs {
+        path: dir.to_owned(),
+    })
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -301,30 +368,67 @@ fn is_bpffs(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    const BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 40, propagated: false });
-    const OTHER_BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 99, propagated: false });
-    const SLAVE_BPF: Option<FsProbe> = Some(FsProbe { bpffs: true, dev: 40, propagated: true });
-    const SYSFS: Option<FsProbe> = Some(FsProbe { bpffs: false, dev: 20, propagated: false });
+    const BPF: Option<FsProbe> = Some(FsProbe {
+        bpffs: true,
+        dev: 40,
+        propagated: false,
+    });
+    const OTHER_BPF: Option<FsProbe> = Some(FsProbe {
+        bpffs: true,
+        dev: 99,
+        propagated: false,
+    });
+    const SLAVE_BPF: Option<FsProbe> = Some(FsProbe {
+        bpffs: true,
+        dev: 40,
+        propagated: true,
+    });
+    const SYSFS: Option<FsProbe> = Some(FsProbe {
+        bpffs: false,
+        dev: 20,
+        propagated: false,
+    });
 
     fn pid1(ns: u64) -> Reference {
-        Reference { pid: 1, mount_ns: ns }
+        Reference {
+            pid: 1,
+            mount_ns: ns,
+        }
     }
 
     #[test]
     fn the_hosts_own_namespace_pins_in_place_and_may_mount() {
-        assert_eq!(plan(Some(7), Some(&pid1(7)), SYSFS, SYSFS), Plan::Own { may_mount: true, durability: PinsDurability::Host });
+        assert_eq!(
+            plan(Some(7), Some(&pid1(7)), SYSFS, SYSFS),
+            Plan::Own {
+                may_mount: true,
+                durability: PinsDurability::Host
+            }
+        );
     }
 
     #[test]
     fn ip_netns_exec_pins_through_the_hosts_root() {
         // Private /sys (sysfs, no bpffs), or a private bpffs mounted in it: both die with us.
-        assert_eq!(plan(Some(8), Some(&pid1(7)), SYSFS, BPF), Plan::ThroughReference);
-        assert_eq!(plan(Some(8), Some(&pid1(7)), OTHER_BPF, BPF), Plan::ThroughReference);
+        assert_eq!(
+            plan(Some(8), Some(&pid1(7)), SYSFS, BPF),
+            Plan::ThroughReference
+        );
+        assert_eq!(
+            plan(Some(8), Some(&pid1(7)), OTHER_BPF, BPF),
+            Plan::ThroughReference
+        );
     }
 
     #[test]
     fn a_private_namespace_sharing_the_hosts_bpffs_pins_in_place_without_mounting() {
-        assert_eq!(plan(Some(8), Some(&pid1(7)), BPF, BPF), Plan::Own { may_mount: false, durability: PinsDurability::Host });
+        assert_eq!(
+            plan(Some(8), Some(&pid1(7)), BPF, BPF),
+            Plan::Own {
+                may_mount: false,
+                durability: PinsDurability::Host
+            }
+        );
     }
 
     #[test]
@@ -336,14 +440,26 @@ mod tests {
 
     #[test]
     fn without_any_reference_an_existing_bpffs_is_used_unverified_and_none_is_mounted() {
-        assert_eq!(plan(Some(8), None, BPF, None), Plan::Own { may_mount: false, durability: PinsDurability::Unverified });
+        assert_eq!(
+            plan(Some(8), None, BPF, None),
+            Plan::Own {
+                may_mount: false,
+                durability: PinsDurability::Unverified
+            }
+        );
         assert_eq!(plan(None, Some(&pid1(7)), SYSFS, BPF), Plan::Refuse);
     }
 
     #[test]
     fn without_any_reference_a_bpffs_propagated_from_another_namespace_outlives_the_daemon() {
         // A systemd unit with PrivateMounts=yes and no CAP_SYS_PTRACE.
-        assert_eq!(plan(Some(8), None, SLAVE_BPF, None), Plan::Own { may_mount: false, durability: PinsDurability::Propagated });
+        assert_eq!(
+            plan(Some(8), None, SLAVE_BPF, None),
+            Plan::Own {
+                may_mount: false,
+                durability: PinsDurability::Propagated
+            }
+        );
     }
 
     #[test]
@@ -361,18 +477,39 @@ mod tests {
 
     #[test]
     fn the_refusal_is_one_line_naming_both_ways_out() {
-        let e = DatapathError::PrivateMountNamespace { path: "/sys/fs/bpf/enforcer".into(), own: 8, reference: "PID 1".into(), theirs: 7 };
+        let e = DatapathError::PrivateMountNamespace {
+            path: "/sys/fs/bpf/enforcer".into(),
+            own: 8,
+            reference: "PID 1".into(),
+            theirs: 7,
+        };
         let s = e.to_string();
         assert!(!s.contains('\n'));
-        assert!(s.contains("--netns") && s.contains("mount -t bpf bpf /sys/fs/bpf"), "{s}");
+        assert!(
+            s.contains("--netns") && s.contains("mount -t bpf bpf /sys/fs/bpf"),
+            "{s}"
+        );
     }
 
     #[test]
     fn status_lines_say_whether_the_pins_outlive_the_daemon() {
-        let mut info = PinsInfo { dir: "/sys/fs/bpf/enforcer".into(), durability: PinsDurability::Host, outlive_daemon: true, reference: Some("PID 1".into()) };
-        assert_eq!(info.describe(), "host bpffs /sys/fs/bpf/enforcer (outlive the daemon)");
+        let mut info = PinsInfo {
+            dir: "/sys/fs/bpf/enforcer".into(),
+            durability: PinsDurability::Host,
+            outlive_daemon: true,
+            reference: Some("PID 1".into()),
+        };
+        assert_eq!(
+            info.describe(),
+            "host bpffs /sys/fs/bpf/enforcer (outlive the daemon)"
+        );
         info.durability = PinsDurability::HostThroughReference;
-        assert!(info.describe().ends_with("through PID 1's root (outlive the daemon)"), "{}", info.describe());
+        assert!(
+            info.describe()
+                .ends_with("through PID 1's root (outlive the daemon)"),
+            "{}",
+            info.describe()
+        );
         info.durability = PinsDurability::Unverified;
         assert!(info.describe().contains("WARNING"));
     }

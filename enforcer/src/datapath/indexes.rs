@@ -90,9 +90,11 @@ impl PrefixFilter {
 fn bits(target: &Target) -> Vec<u32> {
     let range = |first: u32, host_bits: u8| first..first + (1u32 << host_bits);
     match target.net() {
-        IpNet::V4(n) if n.prefix_len() < 16 => {
-            range(prefilter::v4_short_bit(n.network().octets()), 16 - n.prefix_len()).collect()
-        }
+        IpNet::V4(n) if n.prefix_len() < 16 => range(
+            prefilter::v4_short_bit(n.network().octets()),
+            16 - n.prefix_len(),
+        )
+        .collect(),
         IpNet::V4(n) => range(
             prefilter::v4_long_bit(n.network().octets()),
             24u8.saturating_sub(n.prefix_len()),
@@ -206,8 +208,14 @@ mod tests {
     #[test]
     fn short_ipv6_prefixes_use_the_short_word() {
         let mut f = PrefixFilter::default();
-        assert_eq!(f.add(&t("2001:db8::/16")), vec![(prefilter::V6_SHORT_WORD, 1)]);
+        assert_eq!(
+            f.add(&t("2001:db8::/16")),
+            vec![(prefilter::V6_SHORT_WORD, 1)]
+        );
         assert_eq!(f.add(&t("2001:db8::/30")).len(), 4);
-        assert!(f.add(&t("2001:db8::/30")).is_empty(), "the same prefix twice counts once");
+        assert!(
+            f.add(&t("2001:db8::/30")).is_empty(),
+            "the same prefix twice counts once"
+        );
     }
 }

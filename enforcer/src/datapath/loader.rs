@@ -23,11 +23,6 @@ use std::{
     str::FromStr,
 };
 
-use nix::{
-    errno::Errno,
-    fcntl::{Flock, FlockArg},
-};
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapInfo, MapType},
@@ -39,14 +34,15 @@ use aya::{
 };
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
-    GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, STATS_SLOTS,
-    Stats, map_names, prefilter,
+    GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, STATS_SLOTS, Stats,
+    map_names, prefilter,
+};
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
 };
 
-use super::{
-    maps::BlockMaps,
-    AttachedMode, query_xdp,
-};
+use super::{AttachedMode, maps::BlockMaps, query_xdp};
 
 /// The XDP object built from `enforcer-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-xdp"));
@@ -56,7 +52,6 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/enforcer";
 
 /// Name of the do-nothing program in the same object: the benchmarks' floor.
 pub const FLOOR_PROGRAM_NAME: &str = "xdp_pass_floor";
-
 
 /// How many entries each map holds, per address family. Fixed when the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,7 +110,9 @@ impl FromStr for XdpModeRequest {
             "auto" => Ok(Self::Auto),
             "native" | "driver" | "drv" => Ok(Self::Native),
             "skb" | "generic" => Ok(Self::Skb),
-            other => Err(format!("unknown XDP mode `{other}`: use auto, native or skb")),
+            other => Err(format!(
+                "unknown XDP mode `{other}`: use auto, native or skb"
+            )),
         }
     }
 }
@@ -124,30 +121,49 @@ impl FromStr for XdpModeRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The pin directory is not on a bpffs.
-    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or choose another --bpffs-dir")]
+    #[error(
+        "{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or choose another --bpffs-dir"
+    )]
     NotBpffs { path: PathBuf },
     /// A private mount namespace (`ip netns exec`, a container) without the host's bpffs: pins
     /// there would vanish with the daemon, and every block with them.
-    #[error("the daemon runs in a private mount namespace (mnt:[{own}], {reference}'s is mnt:[{theirs}]; e.g. under `ip netns exec`) where {path} is not on the host's BPF filesystem, so its blocks would vanish with it: use `enforcer daemon --netns NS` instead of `ip netns exec`, or mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`)")]
-    PrivateMountNamespace { path: PathBuf, own: u64, reference: String, theirs: u64 },
+    #[error(
+        "the daemon runs in a private mount namespace (mnt:[{own}], {reference}'s is mnt:[{theirs}]; e.g. under `ip netns exec`) where {path} is not on the host's BPF filesystem, so its blocks would vanish with it: use `enforcer daemon --netns NS` instead of `ip netns exec`, or mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`)"
+    )]
+    PrivateMountNamespace {
+        path: PathBuf,
+        own: u64,
+        reference: String,
+        theirs: u64,
+    },
     /// No other process's mount namespace could be inspected and nothing is mounted: mounting
     /// one could make pins that die with the daemon.
-    #[error("{path} is not on a BPF filesystem and the daemon cannot inspect PID 1's mount namespace to tell whether a bpffs it mounted would outlive it: mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`) or use `enforcer daemon --netns NS`")]
+    #[error(
+        "{path} is not on a BPF filesystem and the daemon cannot inspect PID 1's mount namespace to tell whether a bpffs it mounted would outlive it: mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`) or use `enforcer daemon --netns NS`"
+    )]
     UnverifiedBpffs { path: PathBuf },
     /// Another process owns the pins.
-    #[error("another enforcer process already owns {path} (only one daemon may write the maps); stop it first")]
+    #[error(
+        "another enforcer process already owns {path} (only one daemon may write the maps); stop it first"
+    )]
     Locked { path: PathBuf },
     /// A pinned map does not match this build.
-    #[error("pinned map {path} does not match this build: {what}. Run `enforcer detach` to remove the old state (blocks are restored from the store on the next start)")]
+    #[error(
+        "pinned map {path} does not match this build: {what}. Run `enforcer detach` to remove the old state (blocks are restored from the store on the next start)"
+    )]
     LayoutMismatch { path: PathBuf, what: String },
     /// Some maps are pinned and others are not.
-    #[error("the pin directory {path} is incomplete (missing {missing}); run `enforcer detach` to remove it")]
+    #[error(
+        "the pin directory {path} is incomplete (missing {missing}); run `enforcer detach` to remove it"
+    )]
     IncompletePins { path: PathBuf, missing: String },
     /// The interface does not exist.
     #[error("no interface named `{0}` (see `ip link`)")]
     UnknownInterface(String),
     /// Another program owns the interface's XDP hook.
-    #[error("interface {iface} already runs XDP program {prog_id} (`{prog_name}`) that enforcer did not attach; refusing to replace it. Detach it with its owner's tools (e.g. `ip link set dev {iface} xdp off`) if it is safe")]
+    #[error(
+        "interface {iface} already runs XDP program {prog_id} (`{prog_name}`) that enforcer did not attach; refusing to replace it. Detach it with its owner's tools (e.g. `ip link set dev {iface} xdp off`) if it is safe"
+    )]
     ForeignProgram {
         iface: String,
         prog_id: u32,
@@ -194,7 +210,11 @@ fn link_err(iface: &str) -> impl FnOnce(aya::programs::links::LinkError) -> Data
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DatapathError {
     let path = path.to_owned();
-    move |source| DatapathError::Io { action, path, source }
+    move |source| DatapathError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// The paths under a bpffs directory.
@@ -209,12 +229,18 @@ pub struct PinLayout {
 impl PinLayout {
     /// The layout under `base`.
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: base.into(), _anchor: None }
+        Self {
+            base: base.into(),
+            _anchor: None,
+        }
     }
 
     /// The layout under `base`, a path through the open directory `anchor`.
     pub(crate) fn with_anchor(base: PathBuf, anchor: std::sync::Arc<File>) -> Self {
-        Self { base, _anchor: Some(anchor) }
+        Self {
+            base,
+            _anchor: Some(anchor),
+        }
     }
 
     /// The base directory.
@@ -301,11 +327,13 @@ impl ClockKeeper {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let mut map: aya::maps::Array<_, u64> = aya::maps::Array::try_from(aya::maps::Map::Array(data))
-            .map_err(|e| DatapathError::Io {
-                action: "opening",
-                path,
-                source: io::Error::other(e),
+        let mut map: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).map_err(|e| {
+                DatapathError::Io {
+                    action: "opening",
+                    path,
+                    source: io::Error::other(e),
+                }
             })?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -347,7 +375,8 @@ impl Datapath {
     /// Loads the program, reusing the pinned maps when they exist and match this build, or creating
     /// them otherwise. Does not attach anything.
     pub fn open(opts: &DatapathOptions) -> Result<Self, DatapathError> {
-        let super::bpffs::ResolvedPins { layout, info: pins } = super::bpffs::resolve(&opts.bpffs_dir)?;
+        let super::bpffs::ResolvedPins { layout, info: pins } =
+            super::bpffs::resolve(&opts.bpffs_dir)?;
         fs::create_dir_all(layout.links_dir()).map_err(io_err("creating", &layout.links_dir()))?;
         let lock = lock_dir(layout.base())?;
 
@@ -355,7 +384,9 @@ impl Datapath {
         let fresh = !maps_dir.exists();
         let mut ebpf = if !fresh {
             check_pinned_layout(&maps_dir, &opts.capacity)?;
-            loader(opts).default_map_pin_directory(&maps_dir).load(OBJECT)?
+            loader(opts)
+                .default_map_pin_directory(&maps_dir)
+                .load(OBJECT)?
         } else {
             // Create and pin the maps in a private directory, then publish them with one rename.
             // (bpffs refuses names with dots.)
@@ -444,12 +475,18 @@ impl Datapath {
     /// program into the link an earlier enforcer pinned there, without a gap.
     ///
     /// Refuses, naming it, when another program that enforcer did not attach owns the hook.
-    pub fn attach(&mut self, iface: &str, mode: XdpModeRequest) -> Result<Attachment, DatapathError> {
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: XdpModeRequest,
+    ) -> Result<Attachment, DatapathError> {
         let ifindex = ifindex(iface)?;
         let link_path = self.layout.link_path(iface);
-        let state = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+        let state =
+            query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
         if link_path.exists()
-            && let Some(replaced) = self.replace_in_pinned_link(iface, ifindex, &link_path, state.prog_id)?
+            && let Some(replaced) =
+                self.replace_in_pinned_link(iface, ifindex, &link_path, state.prog_id)?
         {
             return Ok(replaced);
         }
@@ -467,7 +504,13 @@ impl Datapath {
     /// program), this build's program goes into it in place, so traffic is never unfiltered.
     /// Otherwise the interface went away (and maybe came back): the link is defunct, its pin is
     /// removed, and `None` says to attach afresh.
-    fn replace_in_pinned_link(&mut self, iface: &str, ifindex: u32, link_path: &Path, running: Option<u32>) -> Result<Option<Attachment>, DatapathError> {
+    fn replace_in_pinned_link(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        link_path: &Path,
+        running: Option<u32>,
+    ) -> Result<Option<Attachment>, DatapathError> {
         let pinned = PinnedLink::from_pin(link_path).map_err(link_err(iface))?;
         let fd_link: FdLink = pinned.into();
         let info = fd_link.info().map_err(link_err(iface))?;
@@ -477,7 +520,8 @@ impl Datapath {
         }
         let link = XdpLink::try_from(fd_link).map_err(link_err(iface))?;
         self.program().attach_to_link(link)?;
-        let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+        let after =
+            query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
         Ok(Some(Attachment {
             iface: iface.to_owned(),
             ifindex,
@@ -489,7 +533,13 @@ impl Datapath {
 
     /// Attaches to a hook nothing runs on, in the first of `mode`'s XDP modes the driver
     /// accepts, and pins the link so the program outlives this process.
-    fn attach_new_link(&mut self, iface: &str, ifindex: u32, link_path: &Path, mode: XdpModeRequest) -> Result<Attachment, DatapathError> {
+    fn attach_new_link(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        link_path: &Path,
+        mode: XdpModeRequest,
+    ) -> Result<Attachment, DatapathError> {
         let attempts: &[XdpMode] = match mode {
             XdpModeRequest::Auto => &[XdpMode::Driver, XdpMode::Skb],
             XdpModeRequest::Native => &[XdpMode::Driver],
@@ -506,7 +556,8 @@ impl Datapath {
                         path: link_path.to_owned(),
                         source: io::Error::other(e),
                     })?;
-                    let after = query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+                    let after = query_xdp(ifindex)
+                        .map_err(io_err("querying XDP state of", Path::new(iface)))?;
                     return Ok(Attachment {
                         iface: iface.to_owned(),
                         ifindex,
@@ -532,14 +583,20 @@ impl Datapath {
     /// this one replaced). Call once every interface runs this build's program.
     pub fn remove_stale_layouts(&self) {
         let current = self.layout.maps_dir();
-        let Ok(entries) = fs::read_dir(self.layout.base()) else { return };
+        let Ok(entries) = fs::read_dir(self.layout.base()) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             if path != current && (name.starts_with("maps-v") || name.starts_with("tmp-maps-v")) {
                 match remove_pin_dir(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "removed the pinned maps of an older layout"),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove old pinned maps"),
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed the pinned maps of an older layout")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove old pinned maps")
+                    }
                 }
             }
         }
@@ -608,11 +665,13 @@ fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
 /// hand out their descriptor, and it has no `BPF_LINK_DETACH` at all.
 fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
     const BPF_OBJ_GET: libc::c_long = 7;
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // union bpf_attr for BPF_OBJ_GET: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }
     let mut attr = [0u64; 8];
     attr[0] = c.as_ptr() as u64;
-    let fd = RawFd::try_from(bpf(BPF_OBJ_GET, &mut attr)?).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let fd = RawFd::try_from(bpf(BPF_OBJ_GET, &mut attr)?)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -631,7 +690,11 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<libc::c_long> {
     // SAFETY: the kernel reads at most size_of_val(attr) bytes from `attr`, which outlives the
     // call; the commands used here hold no pointer but a path that the caller keeps alive.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 /// The names of the interfaces with a pinned enforcer link.
@@ -695,7 +758,10 @@ fn check_pinned_layout(dir: &Path, capacity: &Capacity) -> Result<(), DatapathEr
             problems.push(format!("key size {}, expected {key}", info.key_size()));
         }
         if info.value_size() != value {
-            problems.push(format!("value size {}, expected {value}", info.value_size()));
+            problems.push(format!(
+                "value size {}, expected {value}",
+                info.value_size()
+            ));
         }
         if info.max_entries() != capacity.of(name) {
             problems.push(format!(
@@ -732,7 +798,8 @@ fn expected(name: &str) -> (MapType, u32, u32) {
 }
 
 fn ifindex(iface: &str) -> Result<u32, DatapathError> {
-    nix::net::if_::if_nametoindex(iface).map_err(|_| DatapathError::UnknownInterface(iface.to_owned()))
+    nix::net::if_::if_nametoindex(iface)
+        .map_err(|_| DatapathError::UnknownInterface(iface.to_owned()))
 }
 
 fn program_name(prog_id: u32) -> String {
@@ -747,7 +814,9 @@ fn program_name(prog_id: u32) -> String {
 fn lock_dir(dir: &Path) -> Result<Flock<File>, DatapathError> {
     let file = File::open(dir).map_err(io_err("opening", dir))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
-        Errno::EWOULDBLOCK => DatapathError::Locked { path: dir.to_owned() },
+        Errno::EWOULDBLOCK => DatapathError::Locked {
+            path: dir.to_owned(),
+        },
         errno => DatapathError::Io {
             action: "locking",
             path: dir.to_owned(),

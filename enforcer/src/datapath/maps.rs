@@ -18,17 +18,15 @@
 
 use std::{collections::HashMap as StdHashMap, net::IpAddr, path::Path};
 
-use nix::errno::Errno;
-
 use aya::maps::{
-    Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
-    lpm_trie::Key,
+    Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use enforcer_common::{
-    AllowValue, BlockEntry, BlockValue, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot, STATS_SLOTS,
-    Stats, hit_slot, map_names, slot_tag,
+    AllowValue, BlockEntry, BlockValue, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot, STATS_SLOTS, Stats,
+    hit_slot, map_names, slot_tag,
 };
 use ipnet::IpNet;
+use nix::errno::Errno;
 
 use super::{
     clock,
@@ -40,7 +38,9 @@ use crate::target::{Target, v4_bytes, v6_bytes};
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     /// The map holds as many entries as it was created for. Nothing was evicted.
-    #[error("the {map} map is full ({capacity} entries); nothing was evicted. Raise its capacity in the configuration or remove blocks")]
+    #[error(
+        "the {map} map is full ({capacity} entries); nothing was evicted. Raise its capacity in the configuration or remove blocks"
+    )]
     Full { map: &'static str, capacity: u32 },
     /// A map the object should define is missing.
     #[error("map {0} is missing from the eBPF object")]
@@ -80,7 +80,10 @@ pub struct BlockMaps {
     next_generation: u8,
 }
 
-fn convert<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, MapsError> {
+fn convert<T: TryFrom<Map, Error = MapError>>(
+    name: &'static str,
+    map: Map,
+) -> Result<T, MapsError> {
     T::try_from(map).map_err(|source| MapsError::Kernel {
         op: "opening",
         map: name,
@@ -152,15 +155,20 @@ impl BlockMaps {
         })
     }
 
-    fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
+    fn from_maps(
+        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<Self, MapsError> {
         let v4: HashMap<_, _, _> = convert(map_names::BLOCK_V4, get(map_names::BLOCK_V4)?)?;
         let v6: HashMap<_, _, _> = convert(map_names::BLOCK_V6, get(map_names::BLOCK_V6)?)?;
-        let net_v4: LpmTrie<_, _, _> = convert(map_names::BLOCK_NET_V4, get(map_names::BLOCK_NET_V4)?)?;
-        let net_v6: LpmTrie<_, _, _> = convert(map_names::BLOCK_NET_V6, get(map_names::BLOCK_NET_V6)?)?;
+        let net_v4: LpmTrie<_, _, _> =
+            convert(map_names::BLOCK_NET_V4, get(map_names::BLOCK_NET_V4)?)?;
+        let net_v6: LpmTrie<_, _, _> =
+            convert(map_names::BLOCK_NET_V6, get(map_names::BLOCK_NET_V6)?)?;
         let allow_v4: LpmTrie<_, _, _> = convert(map_names::ALLOW_V4, get(map_names::ALLOW_V4)?)?;
         let allow_v6: LpmTrie<_, _, _> = convert(map_names::ALLOW_V6, get(map_names::ALLOW_V6)?)?;
         let stats: PerCpuArray<_, _> = convert(map_names::STATS, get(map_names::STATS)?)?;
-        let prefix_filter: Array<_, _> = convert(map_names::PREFIX_FILTER, get(map_names::PREFIX_FILTER)?)?;
+        let prefix_filter: Array<_, _> =
+            convert(map_names::PREFIX_FILTER, get(map_names::PREFIX_FILTER)?)?;
         let hits: PerCpuArray<_, _> = convert(map_names::HITS, get(map_names::HITS)?)?;
         let clock: Array<_, _> = convert(map_names::CLOCK, get(map_names::CLOCK)?)?;
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
@@ -287,21 +295,33 @@ impl BlockMaps {
     /// ever evicted.
     pub fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
         let (map, capacity) = self.capacity_for(target);
-        let current = if value.generation == 0 { None } else { self.raw_get(target)? };
+        let current = if value.generation == 0 {
+            None
+        } else {
+            self.raw_get(target)?
+        };
         let mut entry = match current {
             Some(cur) if cur.generation == value.generation => cur,
             _ => BlockEntry {
                 hit_packets: value.hit_packets,
                 hit_bytes: value.hit_bytes,
                 last_hit_s: (value.last_hit_ns / 1_000_000_000) as u32,
-                generation: if value.generation == 0 { self.generation() } else { value.generation },
+                generation: if value.generation == 0 {
+                    self.generation()
+                } else {
+                    value.generation
+                },
                 ..BlockEntry::default()
             },
         };
         entry.expires_ns = value.expires_ns;
         entry.mode = value.mode as u8;
         entry.prefix_len = target.prefix_len();
-        entry.flags = if self.allow.overlaps(target) { FLAG_ALLOW_OVERLAP } else { 0 };
+        entry.flags = if self.allow.overlaps(target) {
+            FLAG_ALLOW_OVERLAP
+        } else {
+            0
+        };
         // The prefilter bits go in first: they only ever let the data path look, never hide an
         // entry that is acknowledged.
         for (word, bits) in self.filter.add(target) {
@@ -320,12 +340,16 @@ impl BlockMaps {
         match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.insert(v4_bytes(n.addr()), entry, 0),
             IpNet::V6(n) if target.is_host() => self.v6.insert(v6_bytes(n.addr()), entry, 0),
-            IpNet::V4(n) => self
-                .net_v4
-                .insert(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network())), entry, 0),
-            IpNet::V6(n) => self
-                .net_v6
-                .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), entry, 0),
+            IpNet::V4(n) => self.net_v4.insert(
+                &Key::new(u32::from(n.prefix_len()), v4_padded(n.network())),
+                entry,
+                0,
+            ),
+            IpNet::V6(n) => self.net_v6.insert(
+                &Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())),
+                entry,
+                0,
+            ),
         }
     }
 
@@ -334,12 +358,14 @@ impl BlockMaps {
         let result = match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.get(&v4_bytes(n.addr()), 0),
             IpNet::V6(n) if target.is_host() => self.v6.get(&v6_bytes(n.addr()), 0),
-            IpNet::V4(n) => self
-                .net_v4
-                .get(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network())), 0),
-            IpNet::V6(n) => self
-                .net_v6
-                .get(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), 0),
+            IpNet::V4(n) => self.net_v4.get(
+                &Key::new(u32::from(n.prefix_len()), v4_padded(n.network())),
+                0,
+            ),
+            IpNet::V6(n) => self.net_v6.get(
+                &Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())),
+                0,
+            ),
         };
         match result {
             Ok(v) => Ok(Some(v)),
@@ -349,7 +375,12 @@ impl BlockMaps {
     }
 
     /// Updates expiry and mode of a block, keeping its hit counters (or creates it).
-    pub fn upsert_block(&mut self, target: &Target, expires_ns: u64, mode: u32) -> Result<(), MapsError> {
+    pub fn upsert_block(
+        &mut self,
+        target: &Target,
+        expires_ns: u64,
+        mode: u32,
+    ) -> Result<(), MapsError> {
         let mut value = self.get_block(target)?.unwrap_or_default();
         value.expires_ns = expires_ns;
         value.mode = mode;
@@ -358,7 +389,9 @@ impl BlockMaps {
 
     /// Reads a block entry, with its hit counters summed over the CPUs' slots.
     pub fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
-        let Some(entry) = self.raw_get(target)? else { return Ok(None) };
+        let Some(entry) = self.raw_get(target)? else {
+            return Ok(None);
+        };
         let (key, tag) = slot_id(target, &entry);
         let slots = self
             .hits
@@ -395,7 +428,10 @@ impl BlockMaps {
     fn all_slots(&self) -> Result<SlotsByEntry, MapsError> {
         let mut out = SlotsByEntry::new();
         for i in 0..HIT_SLOTS {
-            let values = self.hits.get(&i, 0).map_err(kernel("lookup", map_names::HITS))?;
+            let values = self
+                .hits
+                .get(&i, 0)
+                .map_err(kernel("lookup", map_names::HITS))?;
             for slot in values.iter().filter(|s| s.tag != 0) {
                 out.entry((slot.key, slot.tag)).or_default().push(*slot);
             }
@@ -430,21 +466,34 @@ impl BlockMaps {
 
     /// Sets the allowlist-overlap flag on every block that overlaps `allow`.
     fn flag_blocks_overlapping(&mut self, allow: &Target) -> Result<(), MapsError> {
-        let mut affected: Vec<Target> = self.filter.prefixes().filter(|p| p.overlaps(allow)).copied().collect();
+        let mut affected: Vec<Target> = self
+            .filter
+            .prefixes()
+            .filter(|p| p.overlaps(allow))
+            .copied()
+            .collect();
         let host_bits = allow.net().max_prefix_len() - allow.prefix_len();
         if host_bits <= 12 {
             // Few enough addresses to look each up.
-            affected.extend(addresses(allow).map(Target::host).filter(|t| matches!(self.raw_get(t), Ok(Some(_)))));
+            affected.extend(
+                addresses(allow)
+                    .map(Target::host)
+                    .filter(|t| matches!(self.raw_get(t), Ok(Some(_)))),
+            );
         } else if allow.is_v4() {
             for k in self.v4.keys() {
-                let t = Target::host(IpAddr::from(k.map_err(kernel("iterate", map_names::BLOCK_V4))?));
+                let t = Target::host(IpAddr::from(
+                    k.map_err(kernel("iterate", map_names::BLOCK_V4))?,
+                ));
                 if allow.overlaps(&t) {
                     affected.push(t);
                 }
             }
         } else {
             for k in self.v6.keys() {
-                let t = Target::host(IpAddr::from(k.map_err(kernel("iterate", map_names::BLOCK_V6))?));
+                let t = Target::host(IpAddr::from(
+                    k.map_err(kernel("iterate", map_names::BLOCK_V6))?,
+                ));
                 if allow.overlaps(&t) {
                     affected.push(t);
                 }
@@ -458,7 +507,8 @@ impl BlockMaps {
             {
                 entry.flags |= FLAG_ALLOW_OVERLAP;
                 let (map, capacity) = self.capacity_for(&t);
-                self.raw_put(&t, &entry).map_err(insert_error(map, capacity))?;
+                self.raw_put(&t, &entry)
+                    .map_err(insert_error(map, capacity))?;
             }
         }
         Ok(())
@@ -471,14 +521,20 @@ impl BlockMaps {
             IpNet::V4(n) => (
                 map_names::ALLOW_V4,
                 self.capacity[4],
-                self.allow_v4
-                    .insert(&Key::new(u32::from(n.prefix_len()), v4_bytes(n.network())), value, 0),
+                self.allow_v4.insert(
+                    &Key::new(u32::from(n.prefix_len()), v4_bytes(n.network())),
+                    value,
+                    0,
+                ),
             ),
             IpNet::V6(n) => (
                 map_names::ALLOW_V6,
                 self.capacity[5],
-                self.allow_v6
-                    .insert(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())), value, 0),
+                self.allow_v6.insert(
+                    &Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())),
+                    value,
+                    0,
+                ),
             ),
         };
         result.map_err(insert_error(map, capacity))?;
@@ -546,8 +602,13 @@ impl BlockMaps {
 
 /// One counter slot, summed over CPUs (`seen` derived: see [`Stats::seen`]).
 fn stats_slot(stats: &PerCpuArray<MapData, Stats>, slot: u32) -> Result<Stats, MapsError> {
-    let values = stats.get(&slot, 0).map_err(kernel("lookup", map_names::STATS))?;
-    Ok(values.iter().fold(Stats::default(), |acc, s| acc.plus(*s)).with_seen())
+    let values = stats
+        .get(&slot, 0)
+        .map_err(kernel("lookup", map_names::STATS))?;
+    Ok(values
+        .iter()
+        .fold(Stats::default(), |acc, s| acc.plus(*s))
+        .with_seen())
 }
 
 /// Read-only access to the pinned per-CPU counters alone, for readers outside the engine (the
@@ -584,7 +645,10 @@ pub(crate) fn write_clock_offset(map: &mut Array<MapData, u64>) -> Result<(), Ma
 /// Every address of a prefix (network and broadcast included).
 fn addresses(t: &Target) -> impl Iterator<Item = IpAddr> {
     let (first, last): (u128, u128) = match t.net() {
-        IpNet::V4(n) => (u32::from(n.network()).into(), u32::from(n.broadcast()).into()),
+        IpNet::V4(n) => (
+            u32::from(n.network()).into(),
+            u32::from(n.broadcast()).into(),
+        ),
         IpNet::V6(n) => (n.network().into(), n.broadcast().into()),
     };
     let v4 = t.is_v4();
@@ -604,7 +668,10 @@ fn slot_id(target: &Target, entry: &BlockEntry) -> ([u8; 16], u32) {
         IpNet::V4(n) => key[..4].copy_from_slice(&n.network().octets()),
         IpNet::V6(n) => key = n.network().octets(),
     }
-    (key, slot_tag(!target.is_v4(), entry.prefix_len, entry.generation))
+    (
+        key,
+        slot_tag(!target.is_v4(), entry.prefix_len, entry.generation),
+    )
 }
 
 /// The userspace view of a kernel entry (its own counters only).

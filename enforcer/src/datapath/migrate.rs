@@ -23,11 +23,17 @@ use crate::target::Target;
 /// already there).
 pub(crate) fn carry_over(layout: &PinLayout, maps: &mut BlockMaps) {
     let current = layout.maps_dir();
-    let Ok(entries) = std::fs::read_dir(layout.base()) else { return };
+    let Ok(entries) = std::fs::read_dir(layout.base()) else {
+        return;
+    };
     let older: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| *p != current && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("maps-v")))
+        .filter(|p| {
+            *p != current
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
+        })
         .collect();
     for dir in older {
         match read_blocks(&dir) {
@@ -35,16 +41,23 @@ pub(crate) fn carry_over(layout: &PinLayout, maps: &mut BlockMaps) {
                 let mut copied = 0usize;
                 for (target, value) in blocks {
                     if matches!(maps.get_block(&target), Ok(None)) {
-                        let fresh = BlockValue { generation: 0, ..value };
+                        let fresh = BlockValue {
+                            generation: 0,
+                            ..value
+                        };
                         match maps.insert_block(&target, &fresh) {
                             Ok(()) => copied += 1,
-                            Err(e) => tracing::warn!(%target, error = %e, "cannot copy a block from the older maps"),
+                            Err(e) => {
+                                tracing::warn!(%target, error = %e, "cannot copy a block from the older maps")
+                            }
                         }
                     }
                 }
                 tracing::info!(from = %dir.display(), copied, "copied blocks and their counters from the maps of an older layout");
             }
-            Err(e) => tracing::warn!(from = %dir.display(), error = %e, "cannot read the maps of an older layout; blocks come back from the store without their counters"),
+            Err(e) => {
+                tracing::warn!(from = %dir.display(), error = %e, "cannot read the maps of an older layout; blocks come back from the store without their counters")
+            }
         }
     }
 }
@@ -53,8 +66,12 @@ pub(crate) fn carry_over(layout: &PinLayout, maps: &mut BlockMaps) {
 fn read_blocks(dir: &Path) -> Result<Vec<(Target, BlockValue)>, String> {
     let info = MapInfo::from_pin(dir.join(map_names::BLOCK_V4)).map_err(|e| e.to_string())?;
     match info.value_size() as usize {
-        s if s == size_of::<enforcer_common::BlockEntry>() && dir.join(map_names::HITS).exists() => {
-            BlockMaps::open_pinned(dir).and_then(|m| m.blocks()).map_err(|e| e.to_string())
+        s if s == size_of::<enforcer_common::BlockEntry>()
+            && dir.join(map_names::HITS).exists() =>
+        {
+            BlockMaps::open_pinned(dir)
+                .and_then(|m| m.blocks())
+                .map_err(|e| e.to_string())
         }
         s if s == size_of::<V4Value>() => read_v4(dir),
         s => Err(format!("unknown layout (value size {s})")),
@@ -98,27 +115,33 @@ fn open(dir: &Path, name: &str) -> Result<Map, String> {
 fn read_v4(dir: &Path) -> Result<Vec<(Target, BlockValue)>, String> {
     let err = |e: aya::maps::MapError| e.to_string();
     let mut out = Vec::new();
-    let v4: HashMap<_, [u8; 4], V4Value> = HashMap::try_from(open(dir, map_names::BLOCK_V4)?).map_err(err)?;
+    let v4: HashMap<_, [u8; 4], V4Value> =
+        HashMap::try_from(open(dir, map_names::BLOCK_V4)?).map_err(err)?;
     for item in v4.iter() {
         let (k, v) = item.map_err(err)?;
         out.push((Target::host(IpAddr::from(k)), v.to_value()));
     }
-    let v6: HashMap<_, [u8; 16], V4Value> = HashMap::try_from(open(dir, map_names::BLOCK_V6)?).map_err(err)?;
+    let v6: HashMap<_, [u8; 16], V4Value> =
+        HashMap::try_from(open(dir, map_names::BLOCK_V6)?).map_err(err)?;
     for item in v6.iter() {
         let (k, v) = item.map_err(err)?;
         out.push((Target::host(IpAddr::from(k)), v.to_value()));
     }
-    let net_v4: LpmTrie<_, [u8; 8], V4Value> = LpmTrie::try_from(open(dir, map_names::BLOCK_NET_V4)?).map_err(err)?;
+    let net_v4: LpmTrie<_, [u8; 8], V4Value> =
+        LpmTrie::try_from(open(dir, map_names::BLOCK_NET_V4)?).map_err(err)?;
     for item in net_v4.iter() {
         let (k, v) = item.map_err(err)?;
         let d = k.data();
-        let net = ipnet::Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8).map_err(|e| e.to_string())?;
+        let net = ipnet::Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
+            .map_err(|e| e.to_string())?;
         out.push((Target::new(IpNet::V4(net)), v.to_value()));
     }
-    let net_v6: LpmTrie<_, [u8; 16], V4Value> = LpmTrie::try_from(open(dir, map_names::BLOCK_NET_V6)?).map_err(err)?;
+    let net_v6: LpmTrie<_, [u8; 16], V4Value> =
+        LpmTrie::try_from(open(dir, map_names::BLOCK_NET_V6)?).map_err(err)?;
     for item in net_v6.iter() {
         let (k, v) = item.map_err(err)?;
-        let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8).map_err(|e| e.to_string())?;
+        let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+            .map_err(|e| e.to_string())?;
         out.push((Target::new(IpNet::V6(net)), v.to_value()));
     }
     Ok(out)

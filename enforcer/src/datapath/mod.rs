@@ -7,10 +7,11 @@ pub mod loader;
 pub mod maps;
 mod migrate;
 
+pub use bpffs::{PinsDurability, PinsInfo, ResolvedPins, resolve as resolve_pins};
 pub use loader::{
     Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,
     XdpModeRequest, detach_all, detach_link, pinned_interfaces,
 };
-pub use bpffs::{PinsDurability, PinsInfo, ResolvedPins, resolve as resolve_pins};
 pub use maps::{BlockMaps, MapsError, StatsReader};
+
 pub use crate::netlink::{AttachedMode, XdpState, query_xdp};

@@ -42,7 +42,10 @@ pub struct LineReader<'fd> {
 impl<'fd> LineReader<'fd> {
     /// Reads from `fd` (usually stdin).
     pub fn new(fd: BorrowedFd<'fd>) -> Self {
-        Self { fd, buf: Vec::new() }
+        Self {
+            fd,
+            buf: Vec::new(),
+        }
     }
 
     /// The next line without its newline (and without a `\r` before it).
@@ -98,7 +101,10 @@ impl<'fd> LineReader<'fd> {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write as _, os::fd::AsFd as _, os::unix::net::UnixStream};
+    use std::{
+        io::Write as _,
+        os::{fd::AsFd as _, unix::net::UnixStream},
+    };
 
     use super::*;
 
@@ -112,7 +118,11 @@ mod tests {
         assert_eq!(lines.read_line(64, T).unwrap(), b"{\"a\":1}");
         assert_eq!(lines.read_line(64, T).unwrap(), b"second");
         drop(w);
-        assert_eq!(lines.read_line(64, T).unwrap(), b"thi", "a last line cut by EOF, like fgets");
+        assert_eq!(
+            lines.read_line(64, T).unwrap(),
+            b"thi",
+            "a last line cut by EOF, like fgets"
+        );
         assert!(matches!(lines.read_line(64, T), Err(LineError::Eof)));
     }
 
@@ -126,7 +136,10 @@ mod tests {
         let (mut w, r) = UnixStream::pair().unwrap();
         w.write_all(&[b'x'; 8]).unwrap();
         w.write_all(b"\n").unwrap();
-        assert!(matches!(LineReader::new(r.as_fd()).read_line(8, T), Err(LineError::TooLong(8))));
+        assert!(matches!(
+            LineReader::new(r.as_fd()).read_line(8, T),
+            Err(LineError::TooLong(8))
+        ));
     }
 
     #[test]
@@ -136,7 +149,10 @@ mod tests {
             let _ = w.write_all(&vec![b'x'; 1 << 20]);
         });
         let started = Instant::now();
-        assert!(matches!(LineReader::new(r.as_fd()).read_line(65_536, T), Err(LineError::TooLong(_))));
+        assert!(matches!(
+            LineReader::new(r.as_fd()).read_line(65_536, T),
+            Err(LineError::TooLong(_))
+        ));
         assert!(started.elapsed() < T);
         drop(r);
         writer.join().unwrap();
@@ -146,16 +162,24 @@ mod tests {
     fn a_silent_writer_times_out_instead_of_blocking() {
         let (_w, r) = UnixStream::pair().unwrap();
         let started = Instant::now();
-        let err = LineReader::new(r.as_fd()).read_line(64, Duration::from_millis(100)).unwrap_err();
+        let err = LineReader::new(r.as_fd())
+            .read_line(64, Duration::from_millis(100))
+            .unwrap_err();
         assert!(matches!(err, LineError::TimedOut(_)), "{err}");
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(1), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(1),
+            "{took:?}"
+        );
     }
 
     #[test]
     fn empty_input_is_eof() {
         let (w, r) = UnixStream::pair().unwrap();
         drop(w);
-        assert!(matches!(LineReader::new(r.as_fd()).read_line(64, T), Err(LineError::Eof)));
+        assert!(matches!(
+            LineReader::new(r.as_fd()).read_line(64, T),
+            Err(LineError::Eof)
+        ));
     }
 }

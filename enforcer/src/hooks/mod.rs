@@ -38,7 +38,10 @@ pub enum Hook {
 impl Hook {
     /// The hook for `argv0`, or `None` when the binary is started as `enforcer` (the CLI).
     pub fn from_argv0(argv0: Option<&OsStr>) -> Option<Self> {
-        let name = Path::new(argv0?).file_name()?.to_string_lossy().into_owned();
+        let name = Path::new(argv0?)
+            .file_name()?
+            .to_string_lossy()
+            .into_owned();
         (name != CLI_NAME).then_some(Self::Wazuh { name })
     }
 
@@ -65,9 +68,16 @@ mod tests {
         assert_eq!(hook("target/debug/enforcer"), None);
         assert_eq!(
             hook("active-response/bin/firewall-drop"),
-            Some(Hook::Wazuh { name: "firewall-drop".into() })
+            Some(Hook::Wazuh {
+                name: "firewall-drop".into()
+            })
         );
-        assert_eq!(hook("enforcer-wazuh"), Some(Hook::Wazuh { name: "enforcer-wazuh".into() }));
+        assert_eq!(
+            hook("enforcer-wazuh"),
+            Some(Hook::Wazuh {
+                name: "enforcer-wazuh".into()
+            })
+        );
         assert_eq!(Hook::from_argv0(None), None);
         assert_eq!(hook(""), None, "no name at all is not a hook name");
     }

@@ -33,7 +33,6 @@
 //! Exit codes: 0 done (or aborted, or spooled); 255 invalid input, no usable address, or no
 //! valid handshake reply; 1 the daemon refused or failed the request.
 
-
 use std::{
     io::{self, Write as _},
     os::{fd::AsFd as _, unix::fs::OpenOptionsExt as _},
@@ -49,9 +48,9 @@ use crate::{
     block::{Reason, Source, now_ms},
     client::{Delivery, deliver},
     config::Config,
-    error::Chain,
     daemon::spool,
     duration::{HumanDuration, format_secs},
+    error::Chain,
     protocol::{BlockRequest, DEFAULT_SOCKET, ErrorCode, Outcome, Reply, Request},
     target::Target,
 };
@@ -121,7 +120,9 @@ pub enum InputError {
         kind: &'static str,
     },
     /// A command this program does not implement.
-    #[error("Invalid input format: unknown command `{0}` (expected add or delete; enable or disable in Wazuh 5)")]
+    #[error(
+        "Invalid input format: unknown command `{0}` (expected add or delete; enable or disable in Wazuh 5)"
+    )]
     UnknownCommand(String),
     /// No address field in the alert.
     #[error(
@@ -160,8 +161,11 @@ pub struct Message {
 /// ASCII case.
 fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     let obj = v.as_object()?;
-    obj.get(key)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 fn path<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
@@ -175,11 +179,19 @@ pub fn parse_message(line: &[u8]) -> Result<Message, InputError> {
     if !v.is_object() {
         return Err(missing("(message)", "an object"));
     }
-    get(&v, "version").filter(|v| v.is_number()).ok_or(missing("version", "a number"))?;
+    get(&v, "version")
+        .filter(|v| v.is_number())
+        .ok_or(missing("version", "a number"))?;
     // origin.name may be "" (agent_control) or null (API without cluster): not looked at.
-    get(&v, "origin").filter(|v| v.is_object()).ok_or(missing("origin", "an object"))?;
-    let command = get(&v, "command").and_then(Value::as_str).ok_or(missing("command", "a string"))?;
-    let parameters = get(&v, "parameters").filter(|v| v.is_object()).ok_or(missing("parameters", "an object"))?;
+    get(&v, "origin")
+        .filter(|v| v.is_object())
+        .ok_or(missing("origin", "an object"))?;
+    let command = get(&v, "command")
+        .and_then(Value::as_str)
+        .ok_or(missing("command", "a string"))?;
+    let parameters = get(&v, "parameters")
+        .filter(|v| v.is_object())
+        .ok_or(missing("parameters", "an object"))?;
     let command = match command {
         "add" | "enable" => Command::Add,
         "delete" | "disable" => Command::Delete,
@@ -191,12 +203,18 @@ pub fn parse_message(line: &[u8]) -> Result<Message, InputError> {
         .clone();
     let mut extra_args: Vec<String> = match get(parameters, "extra_args") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(_) => return Err(missing("parameters.extra_args", "an array")),
     };
     if extra_args.is_empty() {
         // Wazuh 5.0 carries <extra_args> as one string in the response's metadata.
-        if let Some(s) = path(&alert, &["wazuh", "active_response", "extra_arguments"]).and_then(Value::as_str) {
+        if let Some(s) =
+            path(&alert, &["wazuh", "active_response", "extra_arguments"]).and_then(Value::as_str)
+        {
             extra_args = s.split_whitespace().map(str::to_owned).collect();
         }
     }
@@ -209,8 +227,14 @@ pub fn parse_message(line: &[u8]) -> Result<Message, InputError> {
 
 /// Where the address is looked for, first match wins (Wazuh's order; `source.ip` is 5.0's).
 pub const ADDRESS_FIELDS: [(&str, &[&str]); 4] = [
-    ("data.win.eventdata.ipAddress", &["data", "win", "eventdata", "ipAddress"]),
-    ("data.win.eventdata.destinationIp", &["data", "win", "eventdata", "destinationIp"]),
+    (
+        "data.win.eventdata.ipAddress",
+        &["data", "win", "eventdata", "ipAddress"],
+    ),
+    (
+        "data.win.eventdata.destinationIp",
+        &["data", "win", "eventdata", "destinationIp"],
+    ),
     ("data.srcip", &["data", "srcip"]),
     ("source.ip", &["source", "ip"]),
 ];
@@ -220,13 +244,21 @@ pub const ADDRESS_FIELDS: [(&str, &[&str]); 4] = [
 pub fn find_address(alert: &Value) -> Result<(&'static str, String, Target), InputError> {
     let (field, text) = ADDRESS_FIELDS
         .iter()
-        .find_map(|(name, keys)| path(alert, keys).and_then(Value::as_str).map(|s| (*name, s)))
+        .find_map(|(name, keys)| {
+            path(alert, keys)
+                .and_then(Value::as_str)
+                .map(|s| (*name, s))
+        })
         .ok_or(InputError::NoAddress)?;
     let bad = |reason: String| InputError::BadAddress { field, reason };
     if text.contains('/') {
-        return Err(bad(format!("`{text}` is a prefix; a Wazuh trigger blocks one address")));
+        return Err(bad(format!(
+            "`{text}` is a prefix; a Wazuh trigger blocks one address"
+        )));
     }
-    let target: Target = text.parse().map_err(|e: crate::TargetError| bad(e.to_string()))?;
+    let target: Target = text
+        .parse()
+        .map_err(|e: crate::TargetError| bad(e.to_string()))?;
     Ok((field, text.to_owned(), target))
 }
 
@@ -276,11 +308,14 @@ pub enum Verdict {
 
 /// Parses execd's answer: the original message with `command` set to continue or abort.
 pub fn parse_reply(line: &[u8]) -> Result<Verdict, InputError> {
-    let v: Value = serde_json::from_slice(line).map_err(|e| InputError::BadReply(format!("not JSON ({e})")))?;
+    let v: Value = serde_json::from_slice(line)
+        .map_err(|e| InputError::BadReply(format!("not JSON ({e})")))?;
     match get(&v, "command").and_then(Value::as_str) {
         Some("continue") => Ok(Verdict::Continue),
         Some("abort") => Ok(Verdict::Abort),
-        Some(other) => Err(InputError::BadReply(format!("command `{other}`, expected continue or abort"))),
+        Some(other) => Err(InputError::BadReply(format!(
+            "command `{other}`, expected continue or abort"
+        ))),
         None => Err(InputError::BadReply("no command".to_owned())),
     }
 }
@@ -313,7 +348,11 @@ pub struct Defaults {
 impl Defaults {
     /// From the environment, else the daemon's configuration file, else the daemon's defaults.
     pub fn from_env() -> Self {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let config = var("ENFORCER_CONFIG").unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into());
         let from_file = PathsInConfig::read(&config);
         Self {
@@ -371,13 +410,21 @@ pub fn parse_options(args: &[String], defaults: &Defaults) -> Result<Options, In
         match name {
             "--ttl" => {
                 let v = value()?;
-                options.ttl = Some(v.parse::<HumanDuration>().map_err(|e| bad(e.to_string()))?.0);
+                options.ttl = Some(
+                    v.parse::<HumanDuration>()
+                        .map_err(|e| bad(e.to_string()))?
+                        .0,
+                );
             }
             "--socket" | "--state-dir" => {
                 let v = value()?;
                 options.ignored.push(format!("{name} {v}"));
             }
-            other => return Err(bad(format!("unknown argument `{other}` (known: --ttl DURATION)"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown argument `{other}` (known: --ttl DURATION)"
+                )));
+            }
         }
     }
     Ok(options)
@@ -408,7 +455,8 @@ pub fn reason_from_alert(alert: &Value) -> Reason {
         Some(truncate(s, max))
     };
     let rule_id = text(&["rule", "id"], 128);
-    let rule_description = text(&["rule", "description"], 512).or_else(|| text(&["rule", "title"], 512));
+    let rule_description =
+        text(&["rule", "description"], 512).or_else(|| text(&["rule", "title"], 512));
     let mut reason = Reason {
         text: None,
         rule_level: path(alert, &["rule", "level"])
@@ -416,12 +464,14 @@ pub fn reason_from_alert(alert: &Value) -> Reason {
             .and_then(|l| u32::try_from(l).ok()),
         alert_id: text(&["id"], 128).or_else(|| text(&["event", "id"], 128)),
         agent_id: text(&["agent", "id"], 128).or_else(|| text(&["wazuh", "agent", "id"], 128)),
-        agent_name: text(&["agent", "name"], 256).or_else(|| text(&["wazuh", "agent", "name"], 256)),
+        agent_name: text(&["agent", "name"], 256)
+            .or_else(|| text(&["wazuh", "agent", "name"], 256)),
         rule_id,
         rule_description,
     };
     if reason.rule_id.is_none() && reason.rule_description.is_none() {
-        reason.text = Some("Wazuh active response (no rule in the alert: agent_control or API)".to_owned());
+        reason.text =
+            Some("Wazuh active response (no rule in the alert: agent_control or API)".to_owned());
     }
     reason
 }
@@ -500,7 +550,10 @@ impl ArLog {
 }
 
 fn code_name(code: ErrorCode) -> String {
-    serde_json::to_string(&code).unwrap_or_default().trim_matches('"').to_owned()
+    serde_json::to_string(&code)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
 }
 
 /// One run of the hook.
@@ -524,7 +577,10 @@ impl Hook {
         let line = match input.read_line(MAX_MESSAGE, self.timeouts.message) {
             Ok(line) => line,
             Err(e) => {
-                log.write(&format!("Invalid input format: cannot read the message: {}", Chain(&e)));
+                log.write(&format!(
+                    "Invalid input format: cannot read the message: {}",
+                    Chain(&e)
+                ));
                 return EXIT_INVALID;
             }
         };
@@ -560,11 +616,21 @@ impl Hook {
     }
 
     /// `add`: the check_keys handshake with execd, then the block.
-    fn add(&self, input: &mut LineReader<'_>, out: &mut dyn io::Write, message: &Message, options: &Options, target: Target) -> i32 {
+    fn add(
+        &self,
+        input: &mut LineReader<'_>,
+        out: &mut dyn io::Write,
+        message: &Message,
+        options: &Options,
+        target: Target,
+    ) -> i32 {
         let log = &self.log;
         let keys = check_keys_line(&self.name, &target);
         log.write(&keys);
-        if let Err(e) = out.write_all(format!("{keys}\n").as_bytes()).and_then(|()| out.flush()) {
+        if let Err(e) = out
+            .write_all(format!("{keys}\n").as_bytes())
+            .and_then(|()| out.flush())
+        {
             log.write(&format!("Cannot send check_keys to execd: {e}"));
             return EXIT_INVALID;
         }
@@ -613,16 +679,26 @@ impl Hook {
     }
 
     fn block(&self, request: &Request, options: &Options) -> i32 {
-        let Request::Block(b) = request else { unreachable!("only blocks here") };
+        let Request::Block(b) = request else {
+            unreachable!("only blocks here")
+        };
         let target = b.target;
-        match deliver(&options.socket, request, self.timeouts.daemon, Some(&options.state_dir)) {
+        match deliver(
+            &options.socket,
+            request,
+            self.timeouts.daemon,
+            Some(&options.state_dir),
+        ) {
             Delivery::Reply(Reply::Block(r)) => {
                 let what = match r.outcome {
                     Outcome::Created => "blocked",
                     Outcome::Extended => "extended the block of",
                     Outcome::Unchanged => "already blocked (expiry kept):",
                     Outcome::Pending => {
-                        let id = r.pending_id.map(|id| format!(" (id {id})")).unwrap_or_default();
+                        let id = r
+                            .pending_id
+                            .map(|id| format!(" (id {id})"))
+                            .unwrap_or_default();
                         self.log.write(&format!(
                             "enforcer: the block of {target} waits for approval{id}: see `enforcer pending`"
                         ));
@@ -631,9 +707,17 @@ impl Hook {
                 };
                 let until = r.expires_ms.map_or_else(
                     || "permanently".to_owned(),
-                    |e| format!("for {}", format_secs(e.saturating_sub(now_ms()).div_ceil(1000))),
+                    |e| {
+                        format!(
+                            "for {}",
+                            format_secs(e.saturating_sub(now_ms()).div_ceil(1000))
+                        )
+                    },
                 );
-                let mut line = format!("enforcer: {what} {target} {until} [source {SOURCE}, {}]", r.mode);
+                let mut line = format!(
+                    "enforcer: {what} {target} {until} [source {SOURCE}, {}]",
+                    r.mode
+                );
                 for note in &r.notes {
                     line.push_str(&format!("; {note}"));
                 }
@@ -642,7 +726,9 @@ impl Hook {
             }
             Delivery::Reply(_) => self.failed("the daemon gave an unexpected answer to a block"),
             Delivery::Refused(e) => self.refused(&format!("block {target}"), &e),
-            Delivery::Failed(why) => self.failed(&format!("cannot block {target}: {}", Chain(&why))),
+            Delivery::Failed(why) => {
+                self.failed(&format!("cannot block {target}: {}", Chain(&why)))
+            }
             other => self.spooled(other, options),
         }
     }
@@ -653,7 +739,12 @@ impl Hook {
             source: Some(source()),
             all: false,
         };
-        match deliver(&options.socket, &request, self.timeouts.daemon, Some(&options.state_dir)) {
+        match deliver(
+            &options.socket,
+            &request,
+            self.timeouts.daemon,
+            Some(&options.state_dir),
+        ) {
             Delivery::Reply(Reply::Unblock { lifted: true, .. }) => {
                 self.log.write(&format!("enforcer: unblocked {target}"));
                 EXIT_OK
@@ -672,7 +763,9 @@ impl Hook {
                 EXIT_OK
             }
             Delivery::Refused(e) => self.refused(&format!("unblock {target}"), &e),
-            Delivery::Failed(why) => self.failed(&format!("cannot unblock {target}: {}", Chain(&why))),
+            Delivery::Failed(why) => {
+                self.failed(&format!("cannot unblock {target}: {}", Chain(&why)))
+            }
             other => self.spooled(other, options),
         }
     }
@@ -701,7 +794,11 @@ impl Hook {
 
     /// Logs the daemon's refusal to `what`; exit 4 when the caller is not permitted, else 1.
     fn refused(&self, what: &str, e: &crate::protocol::ErrorBody) -> i32 {
-        self.failed(&format!("the daemon refused to {what}: {} ({})", e.message, code_name(e.code)));
+        self.failed(&format!(
+            "the daemon refused to {what}: {} ({})",
+            e.message,
+            code_name(e.code)
+        ));
         refusal_exit(e.code)
     }
 
@@ -734,11 +831,15 @@ pub fn wazuh_home() -> PathBuf {
 
 /// Ends the process after `after`, whatever it is doing, so execd is never held.
 fn start_watchdog(log: ArLog, after: Duration) {
-    let _ = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
-        std::thread::sleep(after);
-        log.write(&format!("enforcer: still running after {after:?}; exiting so execd is not held"));
-        std::process::exit(EXIT_FAILED)
-    });
+    let _ = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            log.write(&format!(
+                "enforcer: still running after {after:?}; exiting so execd is not held"
+            ));
+            std::process::exit(EXIT_FAILED)
+        });
 }
 
 /// The hook's entry point, run as `name` by execd; returns the exit code.
@@ -801,13 +902,31 @@ mod tests {
         let cases = [
             ("not json", "not JSON"),
             ("[1]", "(message)"),
-            (r#"{"origin":{},"command":"add","parameters":{"alert":{}}}"#, "version"),
-            (r#"{"version":"1","origin":{},"command":"add","parameters":{"alert":{}}}"#, "version"),
-            (r#"{"version":1,"command":"add","parameters":{"alert":{}}}"#, "origin"),
-            (r#"{"version":1,"origin":{},"parameters":{"alert":{}}}"#, "command"),
+            (
+                r#"{"origin":{},"command":"add","parameters":{"alert":{}}}"#,
+                "version",
+            ),
+            (
+                r#"{"version":"1","origin":{},"command":"add","parameters":{"alert":{}}}"#,
+                "version",
+            ),
+            (
+                r#"{"version":1,"command":"add","parameters":{"alert":{}}}"#,
+                "origin",
+            ),
+            (
+                r#"{"version":1,"origin":{},"parameters":{"alert":{}}}"#,
+                "command",
+            ),
             (r#"{"version":1,"origin":{},"command":"add"}"#, "parameters"),
-            (r#"{"version":1,"origin":{},"command":"add","parameters":{}}"#, "parameters.alert"),
-            (r#"{"version":1,"origin":{},"command":"add","parameters":{"alert":{},"extra_args":"--ttl 1h"}}"#, "parameters.extra_args"),
+            (
+                r#"{"version":1,"origin":{},"command":"add","parameters":{}}"#,
+                "parameters.alert",
+            ),
+            (
+                r#"{"version":1,"origin":{},"command":"add","parameters":{"alert":{},"extra_args":"--ttl 1h"}}"#,
+                "parameters.extra_args",
+            ),
         ];
         for (line, expected) in cases {
             let got = match parse_message(line.as_bytes()) {
@@ -839,9 +958,19 @@ mod tests {
         let r = reason_from_alert(&m.alert);
         assert_eq!(r.rule_description.as_deref(), Some("SSH brute force"));
         assert_eq!(r.rule_level, None, "5.0 levels are words, not numbers");
-        assert_eq!((r.alert_id.as_deref(), r.agent_id.as_deref(), r.agent_name.as_deref()), (Some("5d14fbbf"), Some("004"), Some("web1")));
+        assert_eq!(
+            (
+                r.alert_id.as_deref(),
+                r.agent_id.as_deref(),
+                r.agent_name.as_deref()
+            ),
+            (Some("5d14fbbf"), Some("004"), Some("web1"))
+        );
         let disable = line.to_string().replace("\"enable\"", "\"disable\"");
-        assert_eq!(parse_message(disable.as_bytes()).unwrap().command, Command::Delete);
+        assert_eq!(
+            parse_message(disable.as_bytes()).unwrap().command,
+            Command::Delete
+        );
     }
 
     #[test]
@@ -850,13 +979,26 @@ mod tests {
         assert_eq!(address(win).unwrap(), "192.0.2.1");
         let dst = json!({"data": {"win": {"eventdata": {"destinationIp": "192.0.2.2"}}, "srcip": "192.0.2.3"}});
         assert_eq!(address(dst).unwrap(), "192.0.2.2");
-        assert_eq!(address(json!({"data": {"srcip": "192.0.2.3"}, "source": {"ip": "192.0.2.4"}})).unwrap(), "192.0.2.3");
+        assert_eq!(
+            address(json!({"data": {"srcip": "192.0.2.3"}, "source": {"ip": "192.0.2.4"}}))
+                .unwrap(),
+            "192.0.2.3"
+        );
         let shouting = json!({"Data": {"Win": {"EventData": {"IpAddress": "192.0.2.5"}}}});
         assert_eq!(address(shouting).unwrap(), "192.0.2.5");
-        assert_eq!(address(json!({"data": {"SRCIP": "192.0.2.6"}})).unwrap(), "192.0.2.6");
+        assert_eq!(
+            address(json!({"data": {"SRCIP": "192.0.2.6"}})).unwrap(),
+            "192.0.2.6"
+        );
         // A non-string value does not count as present.
-        assert_eq!(address(json!({"data": {"srcip": 3221225985u32}})), Err(InputError::NoAddress));
-        assert_eq!(address(json!({"data": {"dstip": "192.0.2.1"}})), Err(InputError::NoAddress));
+        assert_eq!(
+            address(json!({"data": {"srcip": 3221225985u32}})),
+            Err(InputError::NoAddress)
+        );
+        assert_eq!(
+            address(json!({"data": {"dstip": "192.0.2.1"}})),
+            Err(InputError::NoAddress)
+        );
     }
 
     #[test]
@@ -864,12 +1006,39 @@ mod tests {
         let srcip = |s: &str| address(json!({"data": {"srcip": s}}));
         assert_eq!(srcip("::ffff:198.51.100.23").unwrap(), "198.51.100.23");
         assert_eq!(srcip("2001:DB8::0010").unwrap(), "2001:db8::10");
-        for bad in ["fe80::1%eth0", "attacker.example.com", "192.0.2.0/24", "192.0.2.1/32", "", "-", "300.1.1.1"] {
+        for bad in [
+            "fe80::1%eth0",
+            "attacker.example.com",
+            "192.0.2.0/24",
+            "192.0.2.1/32",
+            "",
+            "-",
+            "300.1.1.1",
+        ] {
             let err = srcip(bad).unwrap_err();
-            assert!(matches!(err, InputError::BadAddress { field: "data.srcip", .. }), "{bad}: {err}");
+            assert!(
+                matches!(
+                    err,
+                    InputError::BadAddress {
+                        field: "data.srcip",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
         }
-        assert!(srcip("fe80::1%eth0").unwrap_err().to_string().contains("zone id"));
-        assert!(srcip("attacker.example.com").unwrap_err().to_string().contains("host names"));
+        assert!(
+            srcip("fe80::1%eth0")
+                .unwrap_err()
+                .to_string()
+                .contains("zone id")
+        );
+        assert!(
+            srcip("attacker.example.com")
+                .unwrap_err()
+                .to_string()
+                .contains("host names")
+        );
     }
 
     #[test]
@@ -883,17 +1052,24 @@ mod tests {
 
     #[test]
     fn the_reply_is_continue_or_abort_and_nothing_else() {
-        let reply = |c: &str| parse_reply(String::from_utf8(message(c, json!({}))).unwrap().as_bytes());
+        let reply =
+            |c: &str| parse_reply(String::from_utf8(message(c, json!({}))).unwrap().as_bytes());
         assert_eq!(reply("continue"), Ok(Verdict::Continue));
         assert_eq!(reply("abort"), Ok(Verdict::Abort));
         assert!(matches!(reply("add"), Err(InputError::BadReply(_))));
-        assert!(matches!(parse_reply(b"garbage"), Err(InputError::BadReply(_))));
+        assert!(matches!(
+            parse_reply(b"garbage"),
+            Err(InputError::BadReply(_))
+        ));
         assert!(matches!(parse_reply(b"{}"), Err(InputError::BadReply(_))));
     }
 
     #[test]
     fn a_caller_not_permitted_exits_4_as_the_cli_does() {
-        assert_eq!(refusal_exit(ErrorCode::PermissionDenied), ErrorCode::PermissionDenied.exit_code());
+        assert_eq!(
+            refusal_exit(ErrorCode::PermissionDenied),
+            ErrorCode::PermissionDenied.exit_code()
+        );
         assert_eq!(refusal_exit(ErrorCode::Refused), EXIT_FAILED);
         assert_eq!(refusal_exit(ErrorCode::Internal), EXIT_FAILED);
     }
@@ -904,15 +1080,47 @@ mod tests {
             socket: "/run/s".into(),
             state_dir: "/var/lib/e".into(),
         };
-        let args = |a: &[&str]| parse_options(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &d);
+        let args =
+            |a: &[&str]| parse_options(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &d);
         let o = args(&[]).unwrap();
-        assert_eq!((o.ttl, o.socket.to_str(), o.state_dir.to_str()), (None, Some("/run/s"), Some("/var/lib/e")));
-        let o = args(&["--ttl", "1h", "", "--socket=/tmp/x.sock", "--state-dir", "/tmp/st"]).unwrap();
-        assert_eq!((o.ttl.map(|t| t.as_secs()), o.socket.to_str(), o.state_dir.to_str()), (Some(3600), Some("/run/s"), Some("/var/lib/e")));
+        assert_eq!(
+            (o.ttl, o.socket.to_str(), o.state_dir.to_str()),
+            (None, Some("/run/s"), Some("/var/lib/e"))
+        );
+        let o = args(&[
+            "--ttl",
+            "1h",
+            "",
+            "--socket=/tmp/x.sock",
+            "--state-dir",
+            "/tmp/st",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                o.ttl.map(|t| t.as_secs()),
+                o.socket.to_str(),
+                o.state_dir.to_str()
+            ),
+            (Some(3600), Some("/run/s"), Some("/var/lib/e"))
+        );
         assert_eq!(o.ignored, ["--socket /tmp/x.sock", "--state-dir /tmp/st"]);
-        assert_eq!(args(&["--ttl=90"]).unwrap().ttl.map(|t| t.as_secs()), Some(90));
-        for bad in [&["--ttl"][..], &["--ttl", "1 hour"], &["--ttl=0"], &["--tll", "1h"], &["1h"], &["--socket="]] {
-            assert!(matches!(args(bad), Err(InputError::BadOptions(_))), "{bad:?}");
+        assert_eq!(
+            args(&["--ttl=90"]).unwrap().ttl.map(|t| t.as_secs()),
+            Some(90)
+        );
+        for bad in [
+            &["--ttl"][..],
+            &["--ttl", "1 hour"],
+            &["--ttl=0"],
+            &["--tll", "1h"],
+            &["1h"],
+            &["--socket="],
+        ] {
+            assert!(
+                matches!(args(bad), Err(InputError::BadOptions(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -925,12 +1133,20 @@ mod tests {
         assert_eq!(r.rule_level, Some(10));
         assert_eq!(r.rule_description.as_deref(), Some("sshd: brute force"));
         assert_eq!(r.alert_id.as_deref(), Some("1700000000.12345"));
-        assert_eq!((r.agent_id.as_deref(), r.agent_name.as_deref()), (Some("001"), Some("web1")));
+        assert_eq!(
+            (r.agent_id.as_deref(), r.agent_name.as_deref()),
+            (Some("001"), Some("web1"))
+        );
         assert_eq!(r.text, None);
         assert!(r.validate().is_ok());
         // Minimal alerts still say where they came from; huge fields are cut, not refused.
-        assert!(reason_from_alert(&json!({"data": {"srcip": "192.0.2.1"}})).text.is_some());
-        let long = reason_from_alert(&json!({"rule": {"id": 5763, "description": "é".repeat(400)}}));
+        assert!(
+            reason_from_alert(&json!({"data": {"srcip": "192.0.2.1"}}))
+                .text
+                .is_some()
+        );
+        let long =
+            reason_from_alert(&json!({"rule": {"id": 5763, "description": "é".repeat(400)}}));
         assert_eq!(long.rule_id.as_deref(), Some("5763"));
         assert!(long.rule_description.unwrap().len() <= 512);
     }
@@ -941,8 +1157,14 @@ mod tests {
         assert_eq!(log.path(), None);
         let line = log.line(SystemTime::now(), "two\nlines");
         let (stamp, rest) = line.split_at(19);
-        let shape: String = stamp.chars().map(|c| if c.is_ascii_digit() { 'd' } else { c }).collect();
+        let shape: String = stamp
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect();
         assert_eq!(shape, "dddd/dd/dd dd:dd:dd");
-        assert_eq!(rest, " active-response/bin/enforcer-firewall-drop: two lines\n");
+        assert_eq!(
+            rest,
+            " active-response/bin/enforcer-firewall-drop: two lines\n"
+        );
     }
 }

@@ -97,7 +97,9 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 64
         && !name.starts_with('.')
         && !name.ends_with(".conf")
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// Whether `path` goes into the action verbatim: absolute, and no character the shell (spaces,
@@ -105,18 +107,27 @@ pub fn valid_name(name: &str) -> bool {
 fn plain_path(path: &Path) -> bool {
     let Some(s) = path.to_str() else { return false };
     s.starts_with('/')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+' | b'@' | b':'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+' | b'@' | b':')
+        })
 }
 
 /// The action file for this binary and socket.
 pub fn render_action(enforcer: &Path, socket: &Path) -> Result<String, InstallError> {
     for (what, path) in [("binary path", enforcer), ("socket path", socket)] {
         if !plain_path(path) {
-            return Err(InstallError::BadPath { what, path: path.to_owned() });
+            return Err(InstallError::BadPath {
+                what,
+                path: path.to_owned(),
+            });
         }
     }
     Ok(ACTION_TEMPLATE
-        .replacen(ENFORCER_LINE, &format!("enforcer = {}", enforcer.display()), 1)
+        .replacen(
+            ENFORCER_LINE,
+            &format!("enforcer = {}", enforcer.display()),
+            1,
+        )
         .replacen(SOCKET_LINE, &format!("socket = {}", socket.display()), 1))
 }
 
@@ -140,8 +151,13 @@ pub fn install(options: &InstallOptions) -> Result<(PathBuf, Outcome), InstallEr
         Ok(_) => return Err(InstallError::Differs(path)),
     };
     // Written under a temporary name and renamed: fail2ban never reads half a file.
-    let new = crate::safe_fs::NewFile { mode: 0o644, owner: None };
-    crate::safe_fs::replace_file(&options.dir, &format!("{}.conf", options.name), new, |f| f.write_all(text.as_bytes()))?;
+    let new = crate::safe_fs::NewFile {
+        mode: 0o644,
+        owner: None,
+    };
+    crate::safe_fs::replace_file(&options.dir, &format!("{}.conf", options.name), new, |f| {
+        f.write_all(text.as_bytes())
+    })?;
     Ok((path, outcome))
 }
 
@@ -168,19 +184,39 @@ mod tests {
         assert_eq!(ACTION_TEMPLATE.matches(SOCKET_LINE).count(), 1);
         assert!(ACTION_TEMPLATE.contains("source = fail2ban"));
         assert!(ACTION_TEMPLATE.contains("\ntimeout = "));
-        assert!(!ACTION_TEMPLATE.replace("%%", "").contains('%'), "a bare % breaks fail2ban's parser");
+        assert!(
+            !ACTION_TEMPLATE.replace("%%", "").contains('%'),
+            "a bare % breaks fail2ban's parser"
+        );
     }
 
     #[test]
     fn renders_the_binary_and_socket_and_refuses_paths_the_shell_would_split() {
-        let text = render_action(Path::new("/opt/enforcer/bin/enforcer"), Path::new("/run/e/x.sock")).unwrap();
-        assert!(text.contains("\nenforcer = /opt/enforcer/bin/enforcer\n"), "{text}");
+        let text = render_action(
+            Path::new("/opt/enforcer/bin/enforcer"),
+            Path::new("/run/e/x.sock"),
+        )
+        .unwrap();
+        assert!(
+            text.contains("\nenforcer = /opt/enforcer/bin/enforcer\n"),
+            "{text}"
+        );
         assert!(text.contains("\nsocket = /run/e/x.sock\n"), "{text}");
         assert!(text.contains("<enforcer> --socket <socket> block <ip> $ttl --source <source>"));
         assert!(text.contains("unblock <ip> --source <source>"));
-        for bad in ["relative/enforcer", "/with space/enforcer", "/a%b", "/a$b", "/a\"b", "/a<b>"] {
+        for bad in [
+            "relative/enforcer",
+            "/with space/enforcer",
+            "/a%b",
+            "/a$b",
+            "/a\"b",
+            "/a<b>",
+        ] {
             assert!(
-                matches!(render_action(Path::new(bad), Path::new("/run/e.sock")), Err(InstallError::BadPath { .. })),
+                matches!(
+                    render_action(Path::new(bad), Path::new("/run/e.sock")),
+                    Err(InstallError::BadPath { .. })
+                ),
                 "{bad}"
             );
         }
@@ -192,7 +228,15 @@ mod tests {
         for ok in ["enforcer", "enforcer-xdp", "enforcer_2.v1"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "a/b", "..", ".hidden", "enforcer.conf", "with space", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            ".hidden",
+            "enforcer.conf",
+            "with space",
+            &"x".repeat(65),
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }
@@ -207,21 +251,52 @@ mod tests {
             socket: socket.into(),
             force,
         };
-        let missing = InstallOptions { dir: dir.path().join("nope"), ..opts("/run/a.sock", false) };
+        let missing = InstallOptions {
+            dir: dir.path().join("nope"),
+            ..opts("/run/a.sock", false)
+        };
         assert!(matches!(install(&missing), Err(InstallError::NoDir(_))));
 
         let (path, outcome) = install(&opts("/run/a.sock", false)).unwrap();
         assert_eq!(outcome, Outcome::Created);
         assert_eq!(path, dir.path().join("enforcer.conf"));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o644);
-        assert!(fs::read_to_string(&path).unwrap().contains("socket = /run/a.sock"));
-        assert_eq!(install(&opts("/run/a.sock", false)).unwrap().1, Outcome::Unchanged);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert!(
+            fs::read_to_string(&path)
+                .unwrap()
+                .contains("socket = /run/a.sock")
+        );
+        assert_eq!(
+            install(&opts("/run/a.sock", false)).unwrap().1,
+            Outcome::Unchanged
+        );
 
-        assert!(matches!(install(&opts("/run/b.sock", false)), Err(InstallError::Differs(_))));
-        assert!(fs::read_to_string(&path).unwrap().contains("socket = /run/a.sock"), "left alone");
-        assert_eq!(install(&opts("/run/b.sock", true)).unwrap().1, Outcome::Replaced);
-        assert!(fs::read_to_string(&path).unwrap().contains("socket = /run/b.sock"));
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(matches!(
+            install(&opts("/run/b.sock", false)),
+            Err(InstallError::Differs(_))
+        ));
+        assert!(
+            fs::read_to_string(&path)
+                .unwrap()
+                .contains("socket = /run/a.sock"),
+            "left alone"
+        );
+        assert_eq!(
+            install(&opts("/run/b.sock", true)).unwrap().1,
+            Outcome::Replaced
+        );
+        assert!(
+            fs::read_to_string(&path)
+                .unwrap()
+                .contains("socket = /run/b.sock")
+        );
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
     }
 

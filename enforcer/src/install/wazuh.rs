@@ -22,7 +22,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-
 /// The default program name: beside Wazuh's own firewall-drop, not in its place.
 pub const DEFAULT_NAME: &str = "enforcer-firewall-drop";
 
@@ -73,10 +72,14 @@ pub enum InstallError {
     #[error("{0} does not exist: is Wazuh installed there? (use --wazuh-home DIR)")]
     NoWazuh(PathBuf),
     /// A name execd could not run, or one that would start the CLI instead of the hook.
-    #[error("invalid name `{0}`: use letters, digits, '.', '-' and '_', and not `enforcer` (that name runs the CLI)")]
+    #[error(
+        "invalid name `{0}`: use letters, digits, '.', '-' and '_', and not `enforcer` (that name runs the CLI)"
+    )]
     BadName(String),
     /// Something else is installed under that name.
-    #[error("{0} exists and is not an enforcer hook; choose another --name, or pass --force to replace it")]
+    #[error(
+        "{0} exists and is not an enforcer hook; choose another --name, or pass --force to replace it"
+    )]
     NotOurs(PathBuf),
     /// A symbolic link at the target, or another refusal of a file written as root.
     #[error(transparent)]
@@ -106,7 +109,9 @@ pub fn valid_name(name: &str) -> bool {
         && name != crate::hooks::CLI_NAME
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// Whether the file at `path` is a copy of some enforcer binary.
@@ -137,7 +142,10 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
     if !bin_dir.is_dir() {
         return Err(InstallError::NoWazuh(bin_dir));
     }
-    let from = std::env::current_exe().map_err(io_err("finding the running binary", Path::new("/proc/self/exe")))?;
+    let from = std::env::current_exe().map_err(io_err(
+        "finding the running binary",
+        Path::new("/proc/self/exe"),
+    ))?;
     let path = bin_dir.join(&options.name);
     crate::safe_fs::refuse_symlink(&path)?;
     let replaced = match fs::symlink_metadata(&path) {
@@ -149,8 +157,15 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
     };
     let (group, gid) = wazuh_group();
     // Owner and mode are set on the open file, never through a path someone could swap.
-    let new = crate::safe_fs::NewFile { mode: 0o750, owner: Some((0, gid)) };
-    crate::safe_fs::replace_file(&bin_dir, &options.name, new, |copy| fs::File::open(&from).and_then(|mut b| io::copy(&mut b, copy)).map(drop))?;
+    let new = crate::safe_fs::NewFile {
+        mode: 0o750,
+        owner: Some((0, gid)),
+    };
+    crate::safe_fs::replace_file(&bin_dir, &options.name, new, |copy| {
+        fs::File::open(&from)
+            .and_then(|mut b| io::copy(&mut b, copy))
+            .map(drop)
+    })?;
     Ok(Installed {
         path,
         from,
@@ -189,12 +204,17 @@ pub fn ossec_snippet(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
 
     #[test]
     fn names_execd_can_run_and_that_do_not_start_the_cli() {
-        for ok in ["enforcer-firewall-drop", "firewall-drop", "enforcer_firewall-drop.v2"] {
+        for ok in [
+            "enforcer-firewall-drop",
+            "firewall-drop",
+            "enforcer_firewall-drop.v2",
+        ] {
             assert!(valid_name(ok), "{ok}");
         }
         for bad in ["", "enforcer", "a/b", "..", "drop me", &"x".repeat(65)] {
@@ -210,7 +230,10 @@ mod tests {
             name: name.to_owned(),
             force,
         };
-        assert!(matches!(install(&opts("enforcer-firewall-drop", false)), Err(InstallError::NoWazuh(_))));
+        assert!(matches!(
+            install(&opts("enforcer-firewall-drop", false)),
+            Err(InstallError::NoWazuh(_))
+        ));
         let bin = home.path().join("active-response/bin");
         fs::create_dir_all(&bin).unwrap();
         // The test binary contains MARKER too (this module is linked into it), like `enforcer`.
@@ -218,13 +241,30 @@ mod tests {
         assert_eq!(first.replaced, None);
         let meta = fs::metadata(&first.path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
-        assert_eq!(fs::read(&first.path).unwrap(), fs::read(&first.from).unwrap());
-        assert_eq!(install(&opts("enforcer-firewall-drop", false)).unwrap().replaced, Some(Replaced::Enforcer));
+        assert_eq!(
+            fs::read(&first.path).unwrap(),
+            fs::read(&first.from).unwrap()
+        );
+        assert_eq!(
+            install(&opts("enforcer-firewall-drop", false))
+                .unwrap()
+                .replaced,
+            Some(Replaced::Enforcer)
+        );
 
         fs::write(bin.join("firewall-drop"), b"#!/bin/sh\niptables ...\n").unwrap();
-        assert!(matches!(install(&opts("firewall-drop", false)), Err(InstallError::NotOurs(_))));
-        assert_eq!(install(&opts("firewall-drop", true)).unwrap().replaced, Some(Replaced::Other));
-        let left: Vec<_> = fs::read_dir(&bin).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(matches!(
+            install(&opts("firewall-drop", false)),
+            Err(InstallError::NotOurs(_))
+        ));
+        assert_eq!(
+            install(&opts("firewall-drop", true)).unwrap().replaced,
+            Some(Replaced::Other)
+        );
+        let left: Vec<_> = fs::read_dir(&bin)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
     }
 

@@ -8,7 +8,10 @@ fn link(index: u32, name: &str, prog: Option<u32>) -> LinkState {
         index,
         name: name.to_owned(),
         loopback: name == "lo",
-        xdp: XdpState { prog_id: prog, mode: None },
+        xdp: XdpState {
+            prog_id: prog,
+            mode: None,
+        },
     }
 }
 
@@ -17,7 +20,10 @@ fn specs(s: &[&str]) -> Vec<InterfaceSpec> {
 }
 
 fn attach(iface: &str, why: Why) -> Step {
-    Step::Attach { iface: iface.into(), why }
+    Step::Attach {
+        iface: iface.into(),
+        why,
+    }
 }
 
 #[test]
@@ -61,9 +67,18 @@ fn bad_names_and_patterns_are_refused_with_what_is_allowed() {
         assert!(matches!(e, SpecError::Invalid(_)), "{bad:?}: {e}");
         assert!(e.to_string().contains("1 to 15 characters"), "{e}");
     }
-    assert!(matches!("abcdefghijklmnop".parse::<InterfaceSpec>(), Err(SpecError::TooLong(_))));
-    assert!(matches!("abcdefghijklmnop*".parse::<InterfaceSpec>(), Err(SpecError::TooLong(_))));
-    assert!("abcdefghijklmno*".parse::<InterfaceSpec>().is_ok(), "`*` may match nothing");
+    assert!(matches!(
+        "abcdefghijklmnop".parse::<InterfaceSpec>(),
+        Err(SpecError::TooLong(_))
+    ));
+    assert!(matches!(
+        "abcdefghijklmnop*".parse::<InterfaceSpec>(),
+        Err(SpecError::TooLong(_))
+    ));
+    assert!(
+        "abcdefghijklmno*".parse::<InterfaceSpec>().is_ok(),
+        "`*` may match nothing"
+    );
 }
 
 #[test]
@@ -73,15 +88,33 @@ fn named_interfaces_wait_until_they_appear_and_are_gone_when_deleted() {
     assert_eq!(i.missing_names(&links).collect::<Vec<_>>(), ["eth1"]);
     assert_eq!(i.plan(&links, OURS), [attach("eth0", Why::Appeared)]);
     i.attached("eth0", 2);
-    assert_eq!(i.tracked().map(|(n, _, s)| (n, s.label())).collect::<Vec<_>>(), [("eth0", "protected"), ("eth1", "waiting")]);
+    assert_eq!(
+        i.tracked()
+            .map(|(n, _, s)| (n, s.label()))
+            .collect::<Vec<_>>(),
+        [("eth0", "protected"), ("eth1", "waiting")]
+    );
     // The next dump shows our program: nothing to do.
     assert_eq!(i.plan(&[link(2, "eth0", Some(OURS))], OURS), []);
     // Deleted: released, listed as gone; still gone on the next dump.
-    assert_eq!(i.plan(&[], OURS), [Step::Release { iface: "eth0".into(), was: "protected", listed: true }]);
+    assert_eq!(
+        i.plan(&[], OURS),
+        [Step::Release {
+            iface: "eth0".into(),
+            was: "protected",
+            listed: true
+        }]
+    );
     assert_eq!(i.plan(&[], OURS), []);
     assert_eq!(i.protected().count(), 0);
     // Back with a new index.
-    assert_eq!(i.plan(&[link(7, "eth0", None), link(8, "eth1", None)], OURS), [attach("eth0", Why::Reappeared), attach("eth1", Why::Appeared)]);
+    assert_eq!(
+        i.plan(&[link(7, "eth0", None), link(8, "eth1", None)], OURS),
+        [
+            attach("eth0", Why::Reappeared),
+            attach("eth1", Why::Appeared)
+        ]
+    );
 }
 
 #[test]
@@ -89,17 +122,32 @@ fn a_program_detached_behind_our_back_is_attached_again() {
     let mut i = Interfaces::new(specs(&["eth0"]));
     i.plan(&[link(2, "eth0", None)], OURS);
     i.attached("eth0", 2);
-    assert_eq!(i.plan(&[link(2, "eth0", None)], OURS), [attach("eth0", Why::DetachedBehindOurBack)]);
+    assert_eq!(
+        i.plan(&[link(2, "eth0", None)], OURS),
+        [attach("eth0", Why::DetachedBehindOurBack)]
+    );
     // Someone else's program in its place is not ours either.
-    assert_eq!(i.plan(&[link(2, "eth0", Some(7))], OURS), [attach("eth0", Why::DetachedBehindOurBack)]);
+    assert_eq!(
+        i.plan(&[link(2, "eth0", Some(7))], OURS),
+        [attach("eth0", Why::DetachedBehindOurBack)]
+    );
 }
 
 #[test]
 fn our_program_found_at_start_is_confirmed_and_a_new_index_is_a_reappearance() {
     let mut i = Interfaces::new(specs(&["eth0"]));
-    assert_eq!(i.plan(&[link(2, "eth0", Some(OURS))], OURS), [Step::Confirmed { iface: "eth0".into(), ifindex: 2 }]);
+    assert_eq!(
+        i.plan(&[link(2, "eth0", Some(OURS))], OURS),
+        [Step::Confirmed {
+            iface: "eth0".into(),
+            ifindex: 2
+        }]
+    );
     // Deleted and re-created between two dumps (events lost): a new index without our program.
-    assert_eq!(i.plan(&[link(9, "eth0", None)], OURS), [attach("eth0", Why::Reappeared)]);
+    assert_eq!(
+        i.plan(&[link(9, "eth0", None)], OURS),
+        [attach("eth0", Why::Reappeared)]
+    );
 }
 
 #[test]
@@ -109,7 +157,10 @@ fn failed_attaches_are_retried_and_logged_once_per_distinct_error() {
     assert!(i.failed("eth0", 2, "busy".into()));
     assert!(!i.failed("eth0", 2, "busy".into()));
     assert_eq!(i.tracked().next().unwrap().2.label(), "unprotected");
-    assert_eq!(i.plan(&[link(2, "eth0", None)], OURS), [attach("eth0", Why::Retry)]);
+    assert_eq!(
+        i.plan(&[link(2, "eth0", None)], OURS),
+        [attach("eth0", Why::Retry)]
+    );
     assert!(i.failed("eth0", 2, "other".into()));
 }
 
@@ -117,19 +168,61 @@ fn failed_attaches_are_retried_and_logged_once_per_distinct_error() {
 fn patterns_follow_creation_renames_and_deletion_and_a_name_wins_over_a_pattern() {
     let mut i = Interfaces::new(specs(&["vlan*", "vlan7"]));
     assert_eq!(i.idle_patterns().collect::<Vec<_>>(), ["vlan*"]);
-    let steps = i.plan(&[link(1, "lo", None), link(3, "vlan5", None), link(4, "vlan7", None), link(5, "eth0", None)], OURS);
-    assert_eq!(steps, [attach("vlan5", Why::Appeared), attach("vlan7", Why::Appeared)]);
+    let steps = i.plan(
+        &[
+            link(1, "lo", None),
+            link(3, "vlan5", None),
+            link(4, "vlan7", None),
+            link(5, "eth0", None),
+        ],
+        OURS,
+    );
+    assert_eq!(
+        steps,
+        [
+            attach("vlan5", Why::Appeared),
+            attach("vlan7", Why::Appeared)
+        ]
+    );
     i.attached("vlan5", 3);
     i.attached("vlan7", 4);
     let origins: Vec<_> = i.tracked().map(|(n, o, _)| (n, o.clone())).collect();
-    assert_eq!(origins, [("vlan5", Origin::Pattern("vlan*".into())), ("vlan7", Origin::Named)]);
+    assert_eq!(
+        origins,
+        [
+            ("vlan5", Origin::Pattern("vlan*".into())),
+            ("vlan7", Origin::Named)
+        ]
+    );
     assert_eq!(i.idle_patterns().count(), 0);
     // vlan5 renamed away: released and forgotten; eth0 renamed to match: attached.
-    let steps = i.plan(&[link(3, "wan", Some(OURS)), link(4, "vlan7", Some(OURS)), link(5, "vlan9", None)], OURS);
-    assert_eq!(steps, [Step::Release { iface: "vlan5".into(), was: "protected", listed: false }, attach("vlan9", Why::Appeared)]);
+    let steps = i.plan(
+        &[
+            link(3, "wan", Some(OURS)),
+            link(4, "vlan7", Some(OURS)),
+            link(5, "vlan9", None),
+        ],
+        OURS,
+    );
+    assert_eq!(
+        steps,
+        [
+            Step::Release {
+                iface: "vlan5".into(),
+                was: "protected",
+                listed: false
+            },
+            attach("vlan9", Why::Appeared)
+        ]
+    );
     assert!(i.tracked().all(|(n, _, _)| n != "vlan5"));
     // The named one is listed as gone when deleted; the pattern then waits again.
     i.plan(&[], OURS);
-    assert_eq!(i.tracked().map(|(n, _, s)| (n, s.label())).collect::<Vec<_>>(), [("vlan7", "gone")]);
+    assert_eq!(
+        i.tracked()
+            .map(|(n, _, s)| (n, s.label()))
+            .collect::<Vec<_>>(),
+        [("vlan7", "gone")]
+    );
     assert_eq!(i.idle_patterns().collect::<Vec<_>>(), ["vlan*"]);
 }

@@ -84,7 +84,9 @@ fn escape_help(s: &str) -> String {
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Formats a bucket bound the way Prometheus clients do (`0.005`, `1`, `+Inf`).

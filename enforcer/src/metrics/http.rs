@@ -23,7 +23,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The listen address could not be bound.
-    #[error("cannot listen for metrics on {addr} (pick another [metrics] listen address or free the port)")]
+    #[error(
+        "cannot listen for metrics on {addr} (pick another [metrics] listen address or free the port)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -70,7 +72,9 @@ impl Endpoint {
 
 /// Binds the listen address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, EndpointError> {
-    TcpListener::bind(addr).await.map_err(|source| EndpointError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| EndpointError::Bind { addr, source })
 }
 
 /// Serves scrapes until the task is aborted.
@@ -102,10 +106,26 @@ async fn answer(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<(
             let body = tokio::task::block_in_place(|| endpoint.scrape());
             response("200 OK", CONTENT_TYPE, &body)
         }
-        Route::Index => response("200 OK", "text/plain; charset=utf-8", "enforcer: metrics at /metrics\n"),
-        Route::NotFound => response("404 Not Found", "text/plain; charset=utf-8", "not found: metrics are at /metrics\n"),
-        Route::BadMethod => response("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET is supported\n"),
-        Route::Bad => response("400 Bad Request", "text/plain; charset=utf-8", "bad request\n"),
+        Route::Index => response(
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "enforcer: metrics at /metrics\n",
+        ),
+        Route::NotFound => response(
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n",
+        ),
+        Route::BadMethod => response(
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET is supported\n",
+        ),
+        Route::Bad => response(
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "bad request\n",
+        ),
     };
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
@@ -136,7 +156,8 @@ enum Route {
 
 fn route(head: &str) -> Route {
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Route::Bad;
     };
     if !version.starts_with("HTTP/1.") {
@@ -165,7 +186,10 @@ mod tests {
 
     #[test]
     fn only_get_metrics_is_served() {
-        assert_eq!(route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics
+        );
         assert_eq!(route("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Index);
         assert_eq!(route("GET /other HTTP/1.1\r\n\r\n"), Route::NotFound);

@@ -28,15 +28,17 @@ use std::{
 };
 
 use enforcer_common::Stats;
+use exposition::{Exposition, Kind, bound_label};
 
 use crate::block::{Mode, Source, TargetBlocks, UnixMillis};
-use exposition::{Exposition, Kind, bound_label};
 
 /// Most distinct `source` label values per family; further sources are summed as `other`.
 pub const MAX_SOURCE_LABELS: usize = 64;
 
 /// Upper bounds of the store commit histogram's buckets, in seconds.
-pub const COMMIT_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+pub const COMMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Live counters, shared by the engine, the control socket and the HTTP task.
 #[derive(Default)]
@@ -111,7 +113,9 @@ impl Metrics {
             Action::InterfaceGone => "gone",
             _ => "unprotected",
         };
-        *lock(&self.interface_changes).entry((iface.to_owned(), to)).or_default() += 1;
+        *lock(&self.interface_changes)
+            .entry((iface.to_owned(), to))
+            .or_default() += 1;
     }
 
     /// A control connection opened (`true`) or closed.
@@ -165,9 +169,13 @@ struct Histogram {
 impl Histogram {
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = COMMIT_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(COMMIT_BUCKETS.len());
+        let i = COMMIT_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(COMMIT_BUCKETS.len());
         self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         self.count.fetch_add(1, Relaxed);
     }
 }
@@ -214,7 +222,11 @@ impl BlockTally {
 
     /// The counts, largest first, with sources past [`MAX_SOURCE_LABELS`] summed as `other`.
     pub fn entries(&self) -> Vec<(Source, Mode, u64)> {
-        let mut all: Vec<(Source, Mode, u64)> = self.0.iter().map(|((s, m), n)| (s.clone(), *m, *n)).collect();
+        let mut all: Vec<(Source, Mode, u64)> = self
+            .0
+            .iter()
+            .map(|((s, m), n)| (s.clone(), *m, *n))
+            .collect();
         all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
         let mut sources = std::collections::BTreeSet::new();
         let mut out: BTreeMap<(Source, Mode), u64> = BTreeMap::new();
@@ -256,8 +268,16 @@ pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
     render_state(&mut e, s, o);
     render_counters(&mut e, m);
     // integrations (CrowdSec: last successful pull, decisions) go here.
-    e.family("enforcer_build_info", Kind::Gauge, "Always 1; the labels say which build is running.")
-        .sample("enforcer_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    e.family(
+        "enforcer_build_info",
+        Kind::Gauge,
+        "Always 1; the labels say which build is running.",
+    )
+    .sample(
+        "enforcer_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
     e.finish()
 }
 
@@ -280,13 +300,25 @@ fn render_datapath(e: &mut Exposition, o: &Outside) {
     );
     for (iface, s) in &o.interfaces {
         for (action, c) in actions(s) {
-            e.sample("enforcer_packets_total", &[("action", action), ("interface", iface)], c.packets as f64);
+            e.sample(
+                "enforcer_packets_total",
+                &[("action", action), ("interface", iface)],
+                c.packets as f64,
+            );
         }
     }
-    e.family("enforcer_bytes_total", Kind::Counter, "Bytes of those frames, by action.");
+    e.family(
+        "enforcer_bytes_total",
+        Kind::Counter,
+        "Bytes of those frames, by action.",
+    );
     for (iface, s) in &o.interfaces {
         for (action, c) in actions(s) {
-            e.sample("enforcer_bytes_total", &[("action", action), ("interface", iface)], c.bytes as f64);
+            e.sample(
+                "enforcer_bytes_total",
+                &[("action", action), ("interface", iface)],
+                c.bytes as f64,
+            );
         }
     }
 }
@@ -294,25 +326,55 @@ fn render_datapath(e: &mut Exposition, o: &Outside) {
 fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
     e.family("enforcer_blocks", Kind::Gauge, "Active blocks, by the source that asked and mode (a target blocked by two sources counts twice).");
     for (source, mode, n) in &s.blocks {
-        e.sample("enforcer_blocks", &[("source", source.as_str()), ("mode", mode_label(*mode))], *n as f64);
+        e.sample(
+            "enforcer_blocks",
+            &[("source", source.as_str()), ("mode", mode_label(*mode))],
+            *n as f64,
+        );
     }
-    e.family("enforcer_block_targets", Kind::Gauge, "Blocked addresses and prefixes in the kernel maps.")
-        .sample("enforcer_block_targets", &[], s.targets as f64);
-    e.family("enforcer_map_entries", Kind::Gauge, "Entries in each kernel map.");
+    e.family(
+        "enforcer_block_targets",
+        Kind::Gauge,
+        "Blocked addresses and prefixes in the kernel maps.",
+    )
+    .sample("enforcer_block_targets", &[], s.targets as f64);
+    e.family(
+        "enforcer_map_entries",
+        Kind::Gauge,
+        "Entries in each kernel map.",
+    );
     for (map, used, _) in &s.maps {
         e.sample("enforcer_map_entries", &[("map", map)], *used as f64);
     }
-    e.family("enforcer_map_capacity", Kind::Gauge, "Capacity of each kernel map (fixed when it was created).");
+    e.family(
+        "enforcer_map_capacity",
+        Kind::Gauge,
+        "Capacity of each kernel map (fixed when it was created).",
+    );
     for (map, _, cap) in &s.maps {
         e.sample("enforcer_map_capacity", &[("map", map)], f64::from(*cap));
     }
-    e.family("enforcer_breaker_open", Kind::Gauge, "1 while the source's circuit breaker is open.");
+    e.family(
+        "enforcer_breaker_open",
+        Kind::Gauge,
+        "1 while the source's circuit breaker is open.",
+    );
     for (source, open) in &s.breakers {
-        e.sample("enforcer_breaker_open", &[("source", source.as_str())], if *open { 1.0 } else { 0.0 });
+        e.sample(
+            "enforcer_breaker_open",
+            &[("source", source.as_str())],
+            if *open { 1.0 } else { 0.0 },
+        );
     }
-    e.family("enforcer_pending_approvals", Kind::Gauge, "Blocks waiting for an operator's approval.")
-        .sample("enforcer_pending_approvals", &[], s.pending as f64);
-    let lag = s.oldest_deadline_ms.map_or(0, |d| o.now_ms.saturating_sub(d));
+    e.family(
+        "enforcer_pending_approvals",
+        Kind::Gauge,
+        "Blocks waiting for an operator's approval.",
+    )
+    .sample("enforcer_pending_approvals", &[], s.pending as f64);
+    let lag = s
+        .oldest_deadline_ms
+        .map_or(0, |d| o.now_ms.saturating_sub(d));
     e.family(
         "enforcer_reaper_lag_seconds",
         Kind::Gauge,
@@ -325,10 +387,18 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
         "1 while the program runs on the configured interface, 0 while it is waiting, gone or unprotected.",
     );
     for (iface, state) in &s.interface_states {
-        e.sample("enforcer_interface_protected", &[("interface", iface)], if *state == "protected" { 1.0 } else { 0.0 });
+        e.sample(
+            "enforcer_interface_protected",
+            &[("interface", iface)],
+            if *state == "protected" { 1.0 } else { 0.0 },
+        );
     }
-    e.family("enforcer_spool_depth", Kind::Gauge, "Requests spooled while the daemon did not answer, not yet applied.")
-        .sample("enforcer_spool_depth", &[], o.spool_depth as f64);
+    e.family(
+        "enforcer_spool_depth",
+        Kind::Gauge,
+        "Requests spooled while the daemon did not answer, not yet applied.",
+    )
+    .sample("enforcer_spool_depth", &[], o.spool_depth as f64);
     e.family(
         "enforcer_clock_steps_total",
         Kind::Counter,
@@ -338,13 +408,29 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
 }
 
 fn render_counters(e: &mut Exposition, m: &Metrics) {
-    e.family("enforcer_requests_total", Kind::Counter, "Control requests, by operation and result (ok or the error code).");
+    e.family(
+        "enforcer_requests_total",
+        Kind::Counter,
+        "Control requests, by operation and result (ok or the error code).",
+    );
     for ((op, result), n) in lock(&m.requests).iter() {
-        e.sample("enforcer_requests_total", &[("op", op), ("result", result)], *n as f64);
+        e.sample(
+            "enforcer_requests_total",
+            &[("op", op), ("result", result)],
+            *n as f64,
+        );
     }
-    e.family("enforcer_policy_refusals_total", Kind::Counter, "Blocks the policy refused, by rule and source.");
+    e.family(
+        "enforcer_policy_refusals_total",
+        Kind::Counter,
+        "Blocks the policy refused, by rule and source.",
+    );
     for ((rule, source), n) in lock(&m.refusals).iter() {
-        e.sample("enforcer_policy_refusals_total", &[("rule", rule), ("source", source.as_str())], *n as f64);
+        e.sample(
+            "enforcer_policy_refusals_total",
+            &[("rule", rule), ("source", source.as_str())],
+            *n as f64,
+        );
     }
     e.family(
         "enforcer_interface_changes_total",
@@ -352,37 +438,81 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
         "Changes of a configured interface's state, by the state it changed to (protected, gone, unprotected).",
     );
     for ((iface, state), n) in lock(&m.interface_changes).iter() {
-        e.sample("enforcer_interface_changes_total", &[("interface", iface), ("state", state)], *n as f64);
+        e.sample(
+            "enforcer_interface_changes_total",
+            &[("interface", iface), ("state", state)],
+            *n as f64,
+        );
     }
-    e.family("enforcer_control_connections", Kind::Gauge, "Open control socket connections.")
-        .sample("enforcer_control_connections", &[], m.connections.load(Relaxed) as f64);
+    e.family(
+        "enforcer_control_connections",
+        Kind::Gauge,
+        "Open control socket connections.",
+    )
+    .sample(
+        "enforcer_control_connections",
+        &[],
+        m.connections.load(Relaxed) as f64,
+    );
     e.family(
         "enforcer_control_connections_refused_total",
         Kind::Counter,
         "Control connections turned away because [control_socket] max_connections were open.",
     )
-    .sample("enforcer_control_connections_refused_total", &[], m.connections_refused.load(Relaxed) as f64);
+    .sample(
+        "enforcer_control_connections_refused_total",
+        &[],
+        m.connections_refused.load(Relaxed) as f64,
+    );
     e.family(
         "enforcer_accept_errors_total",
         Kind::Counter,
         "Failed accepts on the control socket, by error (emfile, enfile: out of file descriptors; the loop backs off).",
     );
     for (kind, n) in lock(&m.accept_errors).iter() {
-        e.sample("enforcer_accept_errors_total", &[("error", kind)], *n as f64);
+        e.sample(
+            "enforcer_accept_errors_total",
+            &[("error", kind)],
+            *n as f64,
+        );
     }
-    e.family("enforcer_expired_total", Kind::Counter, "Blocks removed by the reaper at their deadline.")
-        .sample("enforcer_expired_total", &[], m.expired.load(Relaxed) as f64);
+    e.family(
+        "enforcer_expired_total",
+        Kind::Counter,
+        "Blocks removed by the reaper at their deadline.",
+    )
+    .sample(
+        "enforcer_expired_total",
+        &[],
+        m.expired.load(Relaxed) as f64,
+    );
     let h = &m.commit;
-    e.family("enforcer_store_commit_seconds", Kind::Histogram, "Time to commit one round to the durable store (fsync included).");
+    e.family(
+        "enforcer_store_commit_seconds",
+        Kind::Histogram,
+        "Time to commit one round to the durable store (fsync included).",
+    );
     let mut cumulative = 0;
     for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
         cumulative += h.buckets[i].load(Relaxed);
-        e.sample("enforcer_store_commit_seconds_bucket", &[("le", &bound_label(*bound))], cumulative as f64);
+        e.sample(
+            "enforcer_store_commit_seconds_bucket",
+            &[("le", &bound_label(*bound))],
+            cumulative as f64,
+        );
     }
     let count = h.count.load(Relaxed);
-    e.sample("enforcer_store_commit_seconds_bucket", &[("le", "+Inf")], count as f64)
-        .sample("enforcer_store_commit_seconds_sum", &[], h.sum_ns.load(Relaxed) as f64 / 1e9)
-        .sample("enforcer_store_commit_seconds_count", &[], count as f64);
+    e.sample(
+        "enforcer_store_commit_seconds_bucket",
+        &[("le", "+Inf")],
+        count as f64,
+    )
+    .sample(
+        "enforcer_store_commit_seconds_sum",
+        &[],
+        h.sum_ns.load(Relaxed) as f64 / 1e9,
+    )
+    .sample("enforcer_store_commit_seconds_count", &[], count as f64);
 }
 
 #[cfg(test)]
@@ -454,7 +584,10 @@ mod tests {
             "enforcer_interface_changes_total{interface=\"eth0\",state=\"gone\"} 1",
             "enforcer_interface_changes_total{interface=\"eth0\",state=\"protected\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(text.contains("enforcer_build_info{version=\""), "{text}");
     }

@@ -65,7 +65,9 @@ impl Allowlist {
 
     /// Removes the origins `keep` rejects. Returns whether the prefix is gone.
     pub fn remove_where(&mut self, target: &Target, drop: impl Fn(&AllowOrigin) -> bool) -> bool {
-        let Some(origins) = self.entries.get_mut(target) else { return false };
+        let Some(origins) = self.entries.get_mut(target) else {
+            return false;
+        };
         origins.retain(|o| !drop(o));
         if origins.is_empty() {
             self.entries.remove(target);
@@ -122,12 +124,20 @@ mod tests {
     fn covering_and_inside() {
         let mut a = Allowlist::default();
         a.insert("192.0.2.0/24".parse().unwrap(), AllowOrigin::Config);
-        a.insert("192.0.2.7".parse().unwrap(), AllowOrigin::Builtin { what: "host".into() });
+        a.insert(
+            "192.0.2.7".parse().unwrap(),
+            AllowOrigin::Builtin {
+                what: "host".into(),
+            },
+        );
         let (p, o) = a.covering(&"192.0.2.7".parse().unwrap()).unwrap();
         assert_eq!(p.to_string(), "192.0.2.7");
         assert_eq!(o.to_string(), "builtin: host");
         assert!(a.covering(&"192.0.0.0/16".parse().unwrap()).is_none());
         assert_eq!(a.inside(&"192.0.0.0/16".parse().unwrap()).len(), 2);
-        assert!(a.remove_where(&"192.0.2.7".parse().unwrap(), |o| matches!(o, AllowOrigin::Builtin { .. })));
+        assert!(a.remove_where(&"192.0.2.7".parse().unwrap(), |o| matches!(
+            o,
+            AllowOrigin::Builtin { .. }
+        )));
     }
 }

@@ -31,7 +31,10 @@ pub fn host_addresses() -> std::io::Result<Vec<HostAddress>> {
             what: "loopback",
         },
     ];
-    for a in netlink::addresses()?.into_iter().filter(|a| !a.is_loopback()) {
+    for a in netlink::addresses()?
+        .into_iter()
+        .filter(|a| !a.is_loopback())
+    {
         out.push(HostAddress {
             target: Target::host(a),
             what: "host address",
@@ -80,7 +83,9 @@ pub fn watch(mut changed: impl FnMut(Vec<HostAddress>) -> bool) {
                     return;
                 }
             }
-            Err(e) => tracing::error!(error = %e, "reading the host's addresses failed; the builtin allowlist was not refreshed"),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the host's addresses failed; the builtin allowlist was not refreshed")
+            }
         }
     }
 }
@@ -90,7 +95,9 @@ fn relevant(batch: &Batch) -> bool {
     batch.lost
         || batch.messages.iter().any(|m| match m {
             RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => true,
-            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => netlink::is_default(&r.header),
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+                netlink::is_default(&r.header)
+            }
             _ => false,
         })
 }

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+pub use allowlist::{AllowOrigin, Allowlist};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -29,8 +30,6 @@ use crate::{
     duration::HumanDuration,
     target::Target,
 };
-
-pub use allowlist::{AllowOrigin, Allowlist};
 
 /// What to do with a source's new blocks once its breaker is open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,15 +159,24 @@ impl PolicyConfig {
     /// Checks values serde cannot; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.min_prefix_v4 > 32 {
-            return Err(("min_prefix_v4".into(), format!("{} is more than 32", self.min_prefix_v4)));
+            return Err((
+                "min_prefix_v4".into(),
+                format!("{} is more than 32", self.min_prefix_v4),
+            ));
         }
         if self.min_prefix_v6 > 128 {
-            return Err(("min_prefix_v6".into(), format!("{} is more than 128", self.min_prefix_v6)));
+            return Err((
+                "min_prefix_v6".into(),
+                format!("{} is more than 128", self.min_prefix_v6),
+            ));
         }
         if let Some(r) = &self.repeat_offenders
             && r.ttls.is_empty()
         {
-            return Err(("ttls".into(), "repeat_offenders.ttls needs at least one duration".into()));
+            return Err((
+                "ttls".into(),
+                "repeat_offenders.ttls needs at least one duration".into(),
+            ));
         }
         if self.approval.broader_than_v4.is_some_and(|v| v > 32) {
             return Err(("broader_than_v4".into(), "must be at most 32".into()));
@@ -183,10 +191,16 @@ impl PolicyConfig {
             if let (Some(d), Some(m)) = (s.default_ttl, s.max_ttl.or(Some(self.max_ttl)))
                 && d > m
             {
-                return Err(("default_ttl".into(), format!("source {name}: default_ttl {d} exceeds max_ttl {m}")));
+                return Err((
+                    "default_ttl".into(),
+                    format!("source {name}: default_ttl {d} exceeds max_ttl {m}"),
+                ));
             }
             if s.rate_limit == Some(0) {
-                return Err(("rate_limit".into(), format!("source {name}: rate_limit must be at least 1 (omit it for no limit)")));
+                return Err((
+                    "rate_limit".into(),
+                    format!("source {name}: rate_limit must be at least 1 (omit it for no limit)"),
+                ));
             }
         }
         Ok(())
@@ -287,7 +301,11 @@ enum BreakerCheck {
     /// Closed: the block proceeds.
     Closed,
     /// Open (`opened`: by this request), with what to do and the rate it guards.
-    Open { opened: bool, action: BreakerAction, limit: u32 },
+    Open {
+        opened: bool,
+        action: BreakerAction,
+        limit: u32,
+    },
 }
 
 /// A source's circuit breaker.
@@ -344,7 +362,12 @@ impl Policy {
     /// Decides a block request. `offenses` is how many earlier blocks of this target fall in the
     /// repeat-offender window. Updates breaker state (at the trigger's time, `ask.at`); returns
     /// whether a breaker opened.
-    pub fn decide(&mut self, ask: &Ask<'_>, allow: &Allowlist, offenses: usize) -> (Decision, BreakerEvent) {
+    pub fn decide(
+        &mut self,
+        ask: &Ask<'_>,
+        allow: &Allowlist,
+        offenses: usize,
+    ) -> (Decision, BreakerEvent) {
         let sp = self.config.source(ask.source);
         let refused = |(rule, message)| (Decision::Refuse { rule, message }, BreakerEvent::None);
         if let Err(r) = self.check_scope(ask, &sp, allow) {
@@ -355,17 +378,35 @@ impl Policy {
             Ok(ttl) => ttl,
             Err(r) => return refused(r),
         };
-        let mut mode = if ask.shadow { Mode::Shadow } else { Mode::Enforce };
+        let mut mode = if ask.shadow {
+            Mode::Shadow
+        } else {
+            Mode::Enforce
+        };
         let event = match self.breaker(ask, &sp) {
             BreakerCheck::Closed => BreakerEvent::None,
-            BreakerCheck::Open { opened, action, limit } => {
-                let event = if opened { BreakerEvent::Opened } else { BreakerEvent::None };
+            BreakerCheck::Open {
+                opened,
+                action,
+                limit,
+            } => {
+                let event = if opened {
+                    BreakerEvent::Opened
+                } else {
+                    BreakerEvent::None
+                };
                 if action == BreakerAction::Refuse {
                     let message = format!(
                         "source `{}` passed its rate of {limit} new blocks a minute; its breaker is open (see `enforcer status`, `enforcer breaker reset`)",
                         ask.source
                     );
-                    return (Decision::Refuse { rule: Rule::Breaker, message }, event);
+                    return (
+                        Decision::Refuse {
+                            rule: Rule::Breaker,
+                            message,
+                        },
+                        event,
+                    );
                 }
                 notes.push(format!("breaker open for `{}`: shadow mode", ask.source));
                 mode = Mode::Shadow;
@@ -386,19 +427,39 @@ impl Policy {
     }
 
     /// Rules 1 and 2: force, the allowlist and the scope guard.
-    fn check_scope(&self, ask: &Ask<'_>, sp: &SourcePolicy, allow: &Allowlist) -> Result<(), (Rule, String)> {
-        let may_force = sp.allow_force.unwrap_or_else(|| self.config.force_sources.contains(ask.source));
+    fn check_scope(
+        &self,
+        ask: &Ask<'_>,
+        sp: &SourcePolicy,
+        allow: &Allowlist,
+    ) -> Result<(), (Rule, String)> {
+        let may_force = sp
+            .allow_force
+            .unwrap_or_else(|| self.config.force_sources.contains(ask.source));
         let forced = ask.force && may_force;
         if ask.force && !may_force {
-            return Err((Rule::Force, format!("source `{}` may not force (policy.force_sources)", ask.source)));
+            return Err((
+                Rule::Force,
+                format!(
+                    "source `{}` may not force (policy.force_sources)",
+                    ask.source
+                ),
+            ));
         }
         if let Some((prefix, origin)) = allow.covering(&ask.target) {
-            return Err((Rule::Allowlist, format!("{} is inside allowlisted {prefix} ({origin})", ask.target)));
+            return Err((
+                Rule::Allowlist,
+                format!("{} is inside allowlisted {prefix} ({origin})", ask.target),
+            ));
         }
         let inside = allow.inside(&ask.target);
         if !inside.is_empty() && !forced {
             let (p, o) = &inside[0];
-            let more = if inside.len() > 1 { format!(" and {} more", inside.len() - 1) } else { String::new() };
+            let more = if inside.len() > 1 {
+                format!(" and {} more", inside.len() - 1)
+            } else {
+                String::new()
+            };
             return Err((
                 Rule::Allowlist,
                 format!(
@@ -407,7 +468,11 @@ impl Policy {
                 ),
             ));
         }
-        let min = if ask.target.is_v4() { self.config.min_prefix_v4 } else { self.config.min_prefix_v6 };
+        let min = if ask.target.is_v4() {
+            self.config.min_prefix_v4
+        } else {
+            self.config.min_prefix_v6
+        };
         if ask.target.prefix_len() < min && !forced {
             return Err((
                 Rule::Scope,
@@ -429,7 +494,10 @@ impl Policy {
         offenses: usize,
         notes: &mut Vec<String>,
     ) -> Result<Option<Duration>, (Rule, String)> {
-        let max_ttl = sp.max_ttl.map_or(self.config.max_ttl.0, |d| d.0).min(self.config.max_ttl.0);
+        let max_ttl = sp
+            .max_ttl
+            .map_or(self.config.max_ttl.0, |d| d.0)
+            .min(self.config.max_ttl.0);
         let may_permanent = sp
             .allow_permanent
             .unwrap_or_else(|| self.config.permanent_sources.contains(ask.source));
@@ -437,23 +505,36 @@ impl Policy {
             if !may_permanent {
                 return Err((
                     Rule::TimeBounds,
-                    format!("source `{}` may not make permanent blocks (policy.permanent_sources); give a --ttl", ask.source),
+                    format!(
+                        "source `{}` may not make permanent blocks (policy.permanent_sources); give a --ttl",
+                        ask.source
+                    ),
                 ));
             }
             return Ok(None);
         }
-        let mut ttl = ask.ttl.unwrap_or_else(|| sp.default_ttl.map_or(self.default_ttl, |d| d.0));
+        let mut ttl = ask
+            .ttl
+            .unwrap_or_else(|| sp.default_ttl.map_or(self.default_ttl, |d| d.0));
         if let Some(r) = &self.config.repeat_offenders
             && offenses > 0
         {
             let step = r.ttls[offenses.min(r.ttls.len() - 1)].0;
             if step > ttl {
-                notes.push(format!("repeat offender ({} earlier in {}): TTL escalated to {}", offenses, r.window, HumanDuration(step)));
+                notes.push(format!(
+                    "repeat offender ({} earlier in {}): TTL escalated to {}",
+                    offenses,
+                    r.window,
+                    HumanDuration(step)
+                ));
                 ttl = step;
             }
         }
         if ttl > max_ttl {
-            notes.push(format!("TTL capped at the maximum {}", HumanDuration(max_ttl)));
+            notes.push(format!(
+                "TTL capped at the maximum {}",
+                HumanDuration(max_ttl)
+            ));
             ttl = max_ttl;
         }
         Ok(Some(ttl))
@@ -474,7 +555,9 @@ impl Policy {
             return BreakerCheck::Closed;
         }
         let action = sp.on_rate_limit.unwrap_or(self.config.on_rate_limit);
-        let cooldown = sp.breaker_cooldown.map_or(self.config.breaker_cooldown.0, |d| d.0);
+        let cooldown = sp
+            .breaker_cooldown
+            .map_or(self.config.breaker_cooldown.0, |d| d.0);
         let at = ask.at;
         let b = self.breakers.entry(ask.source.clone()).or_default();
         if b.open_until.is_some_and(|u| u <= at) {
@@ -483,7 +566,11 @@ impl Policy {
         while b.recent.front().is_some_and(|t| *t + 60_000 <= at) {
             b.recent.pop_front();
         }
-        let in_window = b.recent.iter().filter(|&&t| t + 60_000 > at && t <= at).count();
+        let in_window = b
+            .recent
+            .iter()
+            .filter(|&&t| t + 60_000 > at && t <= at)
+            .count();
         let mut opened = false;
         if !ask.existing && b.open_until.is_none() && in_window >= limit as usize {
             b.open_until = Some(at + cooldown.as_millis() as u64);
@@ -491,7 +578,11 @@ impl Policy {
             opened = true;
         }
         if b.open_until.is_some() {
-            return BreakerCheck::Open { opened, action, limit };
+            return BreakerCheck::Open {
+                opened,
+                action,
+                limit,
+            };
         }
         if !ask.existing {
             // Kept in time order, whatever order the triggers came in.
@@ -534,7 +625,9 @@ impl Policy {
                     source: s.clone(),
                     opened_ms: at,
                     closes_ms: until,
-                    action: sp.and_then(|p| p.on_rate_limit).unwrap_or(self.config.on_rate_limit),
+                    action: sp
+                        .and_then(|p| p.on_rate_limit)
+                        .unwrap_or(self.config.on_rate_limit),
                 });
             }
         }
@@ -563,7 +656,10 @@ impl Policy {
     /// How many earlier offenses within the window can change a TTL (past the last step of
     /// `ttls`, more change nothing, so no more are kept); 0 without repeat-offender escalation.
     pub fn offense_depth(&self) -> usize {
-        self.config.repeat_offenders.as_ref().map_or(0, |r| r.ttls.len())
+        self.config
+            .repeat_offenders
+            .as_ref()
+            .map_or(0, |r| r.ttls.len())
     }
 
     /// The wall clock stepped by `by_ms`: the breakers' times move with it, so a step neither
@@ -571,7 +667,11 @@ impl Policy {
     pub fn shift_clock(&mut self, by_ms: i64) {
         let shift = |t: &mut UnixMillis| *t = t.saturating_add_signed(by_ms);
         for b in self.breakers.values_mut() {
-            b.recent.iter_mut().chain(b.open_until.as_mut()).chain(b.opened_at.as_mut()).for_each(shift);
+            b.recent
+                .iter_mut()
+                .chain(b.open_until.as_mut())
+                .chain(b.opened_at.as_mut())
+                .for_each(shift);
         }
     }
 
@@ -629,17 +729,32 @@ mod tests {
         let cli = Source::cli();
         let wazuh: Source = "wazuh".parse().unwrap();
         let a = allow(&["192.0.2.0/28"]);
-        assert_eq!(refused(&p.decide(&ask("192.0.2.5", &wazuh), &a, 0).0), "allowlist");
-        assert_eq!(refused(&p.decide(&ask("192.0.2.0/24", &wazuh), &a, 0).0), "allowlist");
+        assert_eq!(
+            refused(&p.decide(&ask("192.0.2.5", &wazuh), &a, 0).0),
+            "allowlist"
+        );
+        assert_eq!(
+            refused(&p.decide(&ask("192.0.2.0/24", &wazuh), &a, 0).0),
+            "allowlist"
+        );
         let mut forced = ask("192.0.2.0/24", &cli);
         forced.force = true;
         assert!(matches!(p.decide(&forced, &a, 0).0, Decision::Apply { .. }));
         let mut not_allowed = ask("192.0.2.0/24", &wazuh);
         not_allowed.force = true;
         assert_eq!(refused(&p.decide(&not_allowed, &a, 0).0), "force");
-        assert_eq!(refused(&p.decide(&ask("198.51.0.0/16", &wazuh), &a, 0).0), "scope");
-        assert_eq!(refused(&p.decide(&ask("2001:db8::/32", &wazuh), &a, 0).0), "scope");
-        assert!(matches!(p.decide(&ask("2001:db8::/48", &wazuh), &a, 0).0, Decision::Apply { .. }));
+        assert_eq!(
+            refused(&p.decide(&ask("198.51.0.0/16", &wazuh), &a, 0).0),
+            "scope"
+        );
+        assert_eq!(
+            refused(&p.decide(&ask("2001:db8::/32", &wazuh), &a, 0).0),
+            "scope"
+        );
+        assert!(matches!(
+            p.decide(&ask("2001:db8::/48", &wazuh), &a, 0).0,
+            Decision::Apply { .. }
+        ));
     }
 
     #[test]
@@ -647,7 +762,11 @@ mod tests {
         let mut cfg = PolicyConfig {
             repeat_offenders: Some(RepeatOffenders {
                 window: HumanDuration(Duration::from_secs(86400)),
-                ttls: vec!["10m".parse().unwrap(), "1h".parse().unwrap(), "1d".parse().unwrap()],
+                ttls: vec![
+                    "10m".parse().unwrap(),
+                    "1h".parse().unwrap(),
+                    "1d".parse().unwrap(),
+                ],
             }),
             ..PolicyConfig::default()
         };
@@ -665,9 +784,19 @@ mod tests {
             Decision::Apply { ttl, .. } => ttl.map(|t| t.as_secs()),
             other => panic!("{other:?}"),
         };
-        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 0).0), Some(600));
-        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 1).0), Some(3600));
-        assert_eq!(ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 5).0), Some(7200), "capped by max_ttl");
+        assert_eq!(
+            ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 0).0),
+            Some(600)
+        );
+        assert_eq!(
+            ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 1).0),
+            Some(3600)
+        );
+        assert_eq!(
+            ttl(p.decide(&ask("192.0.2.1", &wazuh), &none, 5).0),
+            Some(7200),
+            "capped by max_ttl"
+        );
         let mut perm = ask("192.0.2.1", &wazuh);
         perm.permanent = true;
         assert_eq!(refused(&p.decide(&perm, &none, 0).0), "time_bounds");
@@ -692,14 +821,23 @@ mod tests {
             other => panic!("{other:?}"),
         };
         for i in 0..3 {
-            assert_eq!(mode(p.decide(&at(ask(&format!("192.0.2.{i}"), &s), 1000), &none, 0).0), Mode::Enforce);
+            assert_eq!(
+                mode(
+                    p.decide(&at(ask(&format!("192.0.2.{i}"), &s), 1000), &none, 0)
+                        .0
+                ),
+                Mode::Enforce
+            );
         }
         let (d, ev) = p.decide(&at(ask("192.0.2.9", &s), 1000), &none, 0);
         assert!(matches!(ev, BreakerEvent::Opened));
         assert_eq!(mode(d), Mode::Shadow);
         assert_eq!(p.open_breakers(2000).len(), 1);
         assert!(p.open_breakers(61_001).is_empty());
-        assert_eq!(mode(p.decide(&at(ask("192.0.2.10", &s), 61_001), &none, 0).0), Mode::Enforce);
+        assert_eq!(
+            mode(p.decide(&at(ask("192.0.2.10", &s), 61_001), &none, 0).0),
+            Mode::Enforce
+        );
     }
 
     #[test]
@@ -724,16 +862,36 @@ mod tests {
         // Six within five seconds: the fourth opens it at its own time, and the cooldown runs
         // from then (closed again ten minutes later, whenever the backlog is decided).
         let mut p = Policy::new(cfg.clone(), Duration::from_secs(600));
-        let decided: Vec<_> = (0..6u64).map(|i| p.decide(&at(ask(&format!("192.0.2.{i}"), &s), 1000 + i * 1000), &none, 0)).collect();
+        let decided: Vec<_> = (0..6u64)
+            .map(|i| {
+                p.decide(
+                    &at(ask(&format!("192.0.2.{i}"), &s), 1000 + i * 1000),
+                    &none,
+                    0,
+                )
+            })
+            .collect();
         assert!(decided[..3].iter().all(|(d, _)| applied(d)));
-        assert_eq!(decided[3..].iter().map(|(d, _)| refused(d)).collect::<Vec<_>>(), ["breaker"; 3]);
+        assert_eq!(
+            decided[3..]
+                .iter()
+                .map(|(d, _)| refused(d))
+                .collect::<Vec<_>>(),
+            ["breaker"; 3]
+        );
         assert!(matches!(decided[3].1, BreakerEvent::Opened));
         let open = p.open_breakers(4000);
-        assert_eq!((open[0].opened_ms, open[0].closes_ms), (4000, 4000 + 600_000));
+        assert_eq!(
+            (open[0].opened_ms, open[0].closes_ms),
+            (4000, 4000 + 600_000)
+        );
         assert!(p.open_breakers(4000 + 600_000).is_empty());
         // A trigger older than the newest charged counts against the minute before its time.
         let mut p = Policy::new(cfg, Duration::from_secs(600));
-        for (i, t) in [200_000u64, 100_000, 100_500, 150_000].into_iter().enumerate() {
+        for (i, t) in [200_000u64, 100_000, 100_500, 150_000]
+            .into_iter()
+            .enumerate()
+        {
             let (d, _) = p.decide(&at(ask(&format!("192.0.2.{i}"), &s), t), &none, 0);
             assert!(applied(&d), "{t}: {d:?}");
         }

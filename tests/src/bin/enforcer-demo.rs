@@ -36,7 +36,10 @@ fn enforcer(d: &Daemon, args: &[&str]) -> Result<()> {
 fn show(d: &Daemon, args: &[&str]) -> std::process::Output {
     println!("   $ enforcer {}", args.join(" "));
     let out = d.cli(args);
-    for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
         println!("     {line}");
     }
     if !out.status.success() {
@@ -47,10 +50,18 @@ fn show(d: &Daemon, args: &[&str]) -> std::process::Output {
 
 fn main() -> Result<()> {
     enforcer_tests::require_root();
-    step("Building the lab: two network namespaces joined by a veth pair (documentation addresses)");
+    step(
+        "Building the lab: two network namespaces joined by a veth pair (documentation addresses)",
+    );
     let lab = Lab::new()?;
-    println!("   sender   {} ({ATTACKER} attacker, {CLIENT} client)", lab.sender.name());
-    println!("   receiver {} ({RECEIVER_V4}, protected by the enforcer's XDP program)", lab.receiver.name());
+    println!(
+        "   sender   {} ({ATTACKER} attacker, {CLIENT} client)",
+        lab.sender.name()
+    );
+    println!(
+        "   receiver {} ({RECEIVER_V4}, protected by the enforcer's XDP program)",
+        lab.receiver.name()
+    );
     let d = Daemon::start(&lab, &[])?;
     enforcer(&d, &["status"])?;
 
@@ -58,7 +69,17 @@ fn main() -> Result<()> {
     traffic(&lab)?;
 
     step("Block the attacker for 5 seconds from the CLI");
-    enforcer(&d, &["block", ATTACKER, "--ttl", "5s", "--reason", "demo: ssh brute force"])?;
+    enforcer(
+        &d,
+        &[
+            "block",
+            ATTACKER,
+            "--ttl",
+            "5s",
+            "--reason",
+            "demo: ssh brute force",
+        ],
+    )?;
     traffic(&lab)?;
     let started = Instant::now();
 
@@ -68,9 +89,15 @@ fn main() -> Result<()> {
 
     step("Safety: the protected host's own address and over-broad prefixes are refused");
     let refused = show(&d, &["block", RECEIVER_V4, "--source", "wazuh"]);
-    anyhow::ensure!(refused.status.code() == Some(7), "blocking the host itself must be refused");
+    anyhow::ensure!(
+        refused.status.code() == Some(7),
+        "blocking the host itself must be refused"
+    );
     let refused = show(&d, &["block", "198.51.100.0/16", "--source", "wazuh"]);
-    anyhow::ensure!(refused.status.code() == Some(7), "an over-broad prefix must be refused");
+    anyhow::ensure!(
+        refused.status.code() == Some(7),
+        "an over-broad prefix must be refused"
+    );
 
     step("Waiting for the block to lift by itself (no unblock command)");
     wait_for("the block to expire", Duration::from_secs(15), || {

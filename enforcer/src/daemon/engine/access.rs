@@ -20,14 +20,21 @@ impl Engine {
             Request::Approve { id } => match self.ledger.pending().get(id) {
                 Some(p) => p.requested_by.as_ref(),
                 None if caller.is_root() => None,
-                None => return Err(Refusal::NotFound(format!("no pending block with id {id} (see `enforcer pending`)"))),
+                None => {
+                    return Err(Refusal::NotFound(format!(
+                        "no pending block with id {id} (see `enforcer pending`)"
+                    )));
+                }
             },
             _ => None,
         };
-        let Err(denied) = self.access.check(caller, request, requester) else { return Ok(()) };
+        let Err(denied) = self.access.check(caller, request, requester) else {
+            return Ok(());
+        };
         let (target, source) = request_subject(request, &self.ledger);
         tracing::warn!("{denied}");
-        self.audit.record(Event::denied(&denied, target, source.as_ref()));
+        self.audit
+            .record(Event::denied(&denied, target, source.as_ref()));
         if let Some(source) = &source {
             self.metrics.refusal("access", source);
         }
@@ -43,13 +50,16 @@ fn request_subject(request: &Request, ledger: &Ledger) -> (Option<Target>, Optio
         Request::BlockBatch(b) => (None, Some(b.source.clone())),
         Request::SyncSource(s) => (None, Some(s.source.clone())),
         Request::Unblock { target, source, .. } => (Some(*target), source.clone()),
-        Request::Show { target } | Request::AllowAdd { target, .. } | Request::AllowRemove { target } => (Some(*target), None),
+        Request::Show { target }
+        | Request::AllowAdd { target, .. }
+        | Request::AllowRemove { target } => (Some(*target), None),
         Request::Promote { target, source } => (*target, source.clone()),
         Request::BreakerReset { source } | Request::List { source, .. } => (None, source.clone()),
-        Request::Approve { id } | Request::Reject { id } => ledger
-            .pending()
-            .get(id)
-            .map_or((None, None), |p| (Some(p.request.target), Some(p.request.source.clone()))),
+        Request::Approve { id } | Request::Reject { id } => {
+            ledger.pending().get(id).map_or((None, None), |p| {
+                (Some(p.request.target), Some(p.request.source.clone()))
+            })
+        }
         _ => (None, None),
     }
 }

@@ -26,7 +26,11 @@ pub struct Command {
 
 impl Command {
     /// A request from the daemon itself (`what`: the part of it that asks).
-    pub fn internal(what: &'static str, request: Request, reply: oneshot::Sender<Result<Reply, Refusal>>) -> Self {
+    pub fn internal(
+        what: &'static str,
+        request: Request,
+        reply: oneshot::Sender<Result<Reply, Refusal>>,
+    ) -> Self {
         Self {
             request,
             caller: Caller::internal(what),
@@ -38,7 +42,12 @@ impl Command {
 
     /// A spooled trigger, replayed by the daemon with its id (charged to the rate limiter at
     /// `replay.spooled_ms`).
-    pub fn replay(request: Request, id: RequestId, replay: Replay, reply: oneshot::Sender<Result<Reply, Refusal>>) -> Self {
+    pub fn replay(
+        request: Request,
+        id: RequestId,
+        replay: Replay,
+        reply: oneshot::Sender<Result<Reply, Refusal>>,
+    ) -> Self {
         Self {
             request,
             caller: Caller::internal("spool"),

@@ -1,6 +1,7 @@
 //! The engine's side of interfaces that come and go: it owns the program, so it attaches; the
 //! link watcher ([`crate::daemon::link_watch`]) only reads the kernel and sends what it saw.
 
+use super::Engine;
 use crate::{
     audit::{Action, Event},
     datapath::{DatapathError, XdpModeRequest},
@@ -8,8 +9,6 @@ use crate::{
     interfaces::{Interfaces, Step, Why},
     netlink::LinkState,
 };
-
-use super::Engine;
 
 /// An attach that failed, with its cause.
 #[derive(Debug)]
@@ -22,7 +21,11 @@ pub struct AttachFailure {
 
 impl Engine {
     /// Sets which interfaces to protect and in which mode, before the first [`Self::follow_links`].
-    pub fn set_interfaces(&mut self, interfaces: Interfaces, mode: XdpModeRequest) -> anyhow::Result<()> {
+    pub fn set_interfaces(
+        &mut self,
+        interfaces: Interfaces,
+        mode: XdpModeRequest,
+    ) -> anyhow::Result<()> {
         self.interfaces = interfaces;
         self.xdp_mode = mode;
         self.prog_id = self.dp.program().info()?.id();
@@ -44,12 +47,19 @@ impl Engine {
         for step in steps {
             match step {
                 Step::Attach { iface, why } => {
-                    let ifindex = links.iter().find(|l| l.name == iface).map_or(0, |l| l.index);
+                    let ifindex = links
+                        .iter()
+                        .find(|l| l.name == iface)
+                        .map_or(0, |l| l.index);
                     if let Err(error) = self.attach_one(&iface, why) {
                         let error_text = Chain(&error).to_string();
                         if self.interfaces.failed(&iface, ifindex, error_text.clone()) {
                             tracing::error!(%iface, error = %error_text, "{why}, but attaching failed: the interface is NOT protected (retrying twice a second)");
-                            self.interface_changed(Action::InterfaceUnprotected, &iface, format!("{why}; attach failed: {error_text}"));
+                            self.interface_changed(
+                                Action::InterfaceUnprotected,
+                                &iface,
+                                format!("{why}; attach failed: {error_text}"),
+                            );
                         }
                         failures.push(AttachFailure { iface, error });
                     }
@@ -57,7 +67,11 @@ impl Engine {
                 Step::Release { iface, was, listed } => self.release(&iface, was, listed),
                 Step::Confirmed { iface, ifindex } => {
                     tracing::info!(%iface, ifindex, prog_id = self.prog_id, "protected: the program already runs there");
-                    self.interface_changed(Action::InterfaceProtected, &iface, "the program already runs there".to_owned());
+                    self.interface_changed(
+                        Action::InterfaceProtected,
+                        &iface,
+                        "the program already runs there".to_owned(),
+                    );
                 }
             }
         }
@@ -68,8 +82,15 @@ impl Engine {
     fn attach_one(&mut self, iface: &str, why: Why) -> Result<(), DatapathError> {
         let a = self.dp.attach(iface, self.xdp_mode)?;
         self.interfaces.attached(iface, a.ifindex);
-        let how = if a.replaced { "replaced the program in place" } else { "attached" };
-        let detail = format!("{why}: {how} in {} mode (ifindex {}, program {})", a.mode, a.ifindex, a.prog_id);
+        let how = if a.replaced {
+            "replaced the program in place"
+        } else {
+            "attached"
+        };
+        let detail = format!(
+            "{why}: {how} in {} mode (ifindex {}, program {})",
+            a.mode, a.ifindex, a.prog_id
+        );
         match why {
             // Protection lost and restored is what an operator must hear about.
             Why::DetachedBehindOurBack | Why::Reappeared | Why::Retry => {
@@ -79,7 +100,9 @@ impl Engine {
                 tracing::warn!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, "protected: {detail}");
             }
             // At start: what every start does.
-            Why::Appeared => tracing::info!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, replaced = a.replaced, "{how}"),
+            Why::Appeared => {
+                tracing::info!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, replaced = a.replaced, "{how}")
+            }
         }
         self.interface_changed(Action::InterfaceProtected, iface, detail);
         Ok(())
@@ -93,7 +116,9 @@ impl Engine {
             tracing::error!(%iface, error = %Chain(&e), "cannot release the pinned link of an interface that went away");
         }
         let detail = if listed {
-            format!("the interface went away (it was {was}); it is protected again within a second of coming back")
+            format!(
+                "the interface went away (it was {was}); it is protected again within a second of coming back"
+            )
         } else {
             format!("the interface went away or no longer matches its pattern (it was {was})")
         };
@@ -103,7 +128,8 @@ impl Engine {
 
     /// Audit event and metric for one change (the caller logs it, with its context).
     fn interface_changed(&mut self, action: Action, iface: &str, detail: String) {
-        self.audit.write(vec![Event::interface(action, iface, detail)]);
+        self.audit
+            .write(vec![Event::interface(action, iface, detail)]);
         self.metrics.interface_change(iface, action);
     }
 }

@@ -16,7 +16,9 @@ impl Engine {
     pub(super) fn until_next_deadline(&mut self) -> Duration {
         let now = self.now();
         let until = match self.ledger.next_deadline() {
-            Some(deadline) => Duration::from_millis(deadline.max(self.reap_backoff_until).saturating_sub(now)),
+            Some(deadline) => {
+                Duration::from_millis(deadline.max(self.reap_backoff_until).saturating_sub(now))
+            }
             None => CLOCK_CHECK,
         };
         until.min(CLOCK_CHECK)

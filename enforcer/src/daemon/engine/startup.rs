@@ -45,7 +45,12 @@ pub struct EngineConfig {
 
 impl Engine {
     /// Builds the engine from the store, reconciling the kernel maps with it.
-    pub fn start(store: Store, dp: Datapath, audit: AuditLog, config: EngineConfig) -> anyhow::Result<Self> {
+    pub fn start(
+        store: Store,
+        dp: Datapath,
+        audit: AuditLog,
+        config: EngineConfig,
+    ) -> anyhow::Result<Self> {
         let capacity = Capacity::new(&dp.maps().capacities());
         let mut engine = Self {
             ledger: Ledger::new(Policy::new(config.policy, config.default_ttl), capacity),
@@ -71,10 +76,21 @@ impl Engine {
         engine.load_allowlist(&config.allowlist)?;
         let meta = engine.store.load_meta()?;
         let shift = engine.stored_time_shift(meta.time_base.as_ref());
-        engine.ledger.load_side(engine.store.load_pending()?, engine.store.load_offenses()?, meta.next_pending_id);
-        let forgotten = engine.ledger.load_requests(engine.store.load_requests()?, crate::block::now_ms());
+        engine.ledger.load_side(
+            engine.store.load_pending()?,
+            engine.store.load_offenses()?,
+            meta.next_pending_id,
+        );
+        let forgotten = engine
+            .ledger
+            .load_requests(engine.store.load_requests()?, crate::block::now_ms());
         if !forgotten.is_empty() {
-            engine.store.commit(&forgotten.into_iter().map(StoreOp::DeleteRequest).collect::<Vec<_>>())?;
+            engine.store.commit(
+                &forgotten
+                    .into_iter()
+                    .map(StoreOp::DeleteRequest)
+                    .collect::<Vec<_>>(),
+            )?;
         }
         engine.ledger.shift_deadlines(shift);
         engine.reconcile(shift)?;
@@ -92,7 +108,9 @@ impl Engine {
             Some(shift) if ledger::is_step(shift) => shift,
             Some(_) => 0,
             None => {
-                tracing::info!("the machine booted since the store was written: block deadlines are taken as wall-clock times");
+                tracing::info!(
+                    "the machine booted since the store was written: block deadlines are taken as wall-clock times"
+                );
                 0
             }
         }
@@ -100,17 +118,32 @@ impl Engine {
 
     /// Stores the time base the loaded deadlines are now expressed under, and after a step the
     /// moved deadlines with it (one commit), and audits the step.
-    fn store_time_base(&mut self, shift: i64, stored: Option<&time::TimeBase>) -> anyhow::Result<()> {
+    fn store_time_base(
+        &mut self,
+        shift: i64,
+        stored: Option<&time::TimeBase>,
+    ) -> anyhow::Result<()> {
         let mut ops = Vec::new();
         if shift != 0 {
             ops = self.ledger.timed_ops();
-            let moved = self.ledger.blocks().values().flat_map(|b| b.by_source.values()).filter(|b| b.expires_ms.is_some()).count();
+            let moved = self
+                .ledger
+                .blocks()
+                .values()
+                .flat_map(|b| b.by_source.values())
+                .filter(|b| b.expires_ms.is_some())
+                .count();
             tracing::warn!(
                 step = %time::describe_jump(shift),
                 moved,
                 "the wall clock stepped while the daemon was not running; block deadlines moved with it and keep their remaining time"
             );
-            let step = ClockStep { seen_ms: crate::block::now_ms(), by_ms: shift, moved, while_running: false };
+            let step = ClockStep {
+                seen_ms: crate::block::now_ms(),
+                by_ms: shift,
+                moved,
+                while_running: false,
+            };
             let event = self.ledger.step_seen(step);
             self.audit.write(vec![event]);
         }
@@ -133,11 +166,17 @@ impl Engine {
         }
         if self.builtin_allowlist {
             for h in host::host_addresses()? {
-                self.ledger.init_allow(h.target, AllowOrigin::Builtin { what: h.what.to_owned() });
+                self.ledger.init_allow(
+                    h.target,
+                    AllowOrigin::Builtin {
+                        what: h.what.to_owned(),
+                    },
+                );
             }
         }
         let allow = self.ledger.allowlist();
-        let entries: Vec<(Target, u32)> = allow.iter().map(|(t, o)| (*t, o[0].to_kernel())).collect();
+        let entries: Vec<(Target, u32)> =
+            allow.iter().map(|(t, o)| (*t, o[0].to_kernel())).collect();
         let stale: Vec<Target> = self
             .dp
             .maps()
@@ -184,20 +223,29 @@ impl Engine {
                 self.audit.record(e);
             }
         }
-        let in_kernel: BTreeMap<Target, BlockValue> = self.dp.maps().blocks()?.into_iter().collect();
+        let in_kernel: BTreeMap<Target, BlockValue> =
+            self.dp.maps().blocks()?.into_iter().collect();
         let removed = self.remove_unknown(&in_kernel)?;
         let mut restored = 0usize;
         let targets: Vec<Target> = self.ledger.blocks().keys().copied().collect();
         let base = self.ledger.time_base().clone();
         for target in &targets {
             let had = in_kernel.get(target);
-            let entry = self.ledger.kernel_entry(target).expect("a loaded target has blocks");
+            let entry = self
+                .ledger
+                .kernel_entry(target)
+                .expect("a loaded target has blocks");
             if !kernel_sync::is_current(&entry, had, &base) {
-                self.dp.maps_mut().insert_block(target, &kernel_sync::value_for(&entry, had.copied(), &base))?;
+                self.dp
+                    .maps_mut()
+                    .insert_block(target, &kernel_sync::value_for(&entry, had.copied(), &base))?;
             }
             if had.is_none() {
                 restored += 1;
-                self.audit.record(Event::new(Action::Restore, *target).detail("restored into the kernel from the store"));
+                self.audit.record(
+                    Event::new(Action::Restore, *target)
+                        .detail("restored into the kernel from the store"),
+                );
             }
         }
         self.audit.flush();
@@ -212,13 +260,18 @@ impl Engine {
     }
 
     /// Removes kernel entries the store does not know.
-    fn remove_unknown(&mut self, in_kernel: &BTreeMap<Target, BlockValue>) -> anyhow::Result<usize> {
+    fn remove_unknown(
+        &mut self,
+        in_kernel: &BTreeMap<Target, BlockValue>,
+    ) -> anyhow::Result<usize> {
         let mut removed = 0;
         for target in in_kernel.keys() {
             if !self.ledger.blocks().contains_key(target) {
                 self.dp.maps_mut().remove_block(target)?;
-                self.audit
-                    .record(Event::new(Action::RemoveUnknown, *target).detail("in the kernel map but not in the store"));
+                self.audit.record(
+                    Event::new(Action::RemoveUnknown, *target)
+                        .detail("in the kernel map but not in the store"),
+                );
                 removed += 1;
             }
         }

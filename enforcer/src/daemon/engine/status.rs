@@ -1,10 +1,7 @@
 //! What the engine tells the outside without being asked: systemd's status line and the
 //! metrics snapshot, kept up to date per round (never a walk over the blocks).
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::Engine;
 use crate::{
@@ -26,7 +23,11 @@ impl Engine {
         let mut line = format!(
             "enforcing {} blocks on {}",
             self.ledger.blocks().len(),
-            if ifaces.is_empty() { "no interface".to_owned() } else { ifaces.join(", ") }
+            if ifaces.is_empty() {
+                "no interface".to_owned()
+            } else {
+                ifaces.join(", ")
+            }
         );
         let unprotected: Vec<&str> = self
             .interfaces
@@ -38,7 +39,10 @@ impl Engine {
             line.push_str(&format!("; NOT protected: {}", unprotected.join(", ")));
         }
         if !self.ledger.pending().is_empty() {
-            line.push_str(&format!("; {} waiting for approval", self.ledger.pending().len()));
+            line.push_str(&format!(
+                "; {} waiting for approval",
+                self.ledger.pending().len()
+            ));
         }
         line
     }
@@ -51,10 +55,21 @@ impl Engine {
     /// Publishes the metrics snapshot: O(sources + maps), never a walk over the blocks.
     pub(super) fn publish_metrics(&mut self) {
         let now = self.now();
-        let open: std::collections::BTreeSet<Source> =
-            self.ledger.policy_mut().open_breakers(now).into_iter().map(|b| b.source).collect();
-        let mut breakers: BTreeMap<Source, bool> =
-            self.ledger.policy().config.sources.keys().map(|s| (s.clone(), false)).collect();
+        let open: std::collections::BTreeSet<Source> = self
+            .ledger
+            .policy_mut()
+            .open_breakers(now)
+            .into_iter()
+            .map(|b| b.source)
+            .collect();
+        let mut breakers: BTreeMap<Source, bool> = self
+            .ledger
+            .policy()
+            .config
+            .sources
+            .keys()
+            .map(|s| (s.clone(), false))
+            .collect();
         for s in open {
             breakers.insert(s, true);
         }
@@ -73,16 +88,29 @@ impl Engine {
             breakers: breakers.into_iter().collect(),
             pending: self.ledger.pending().len() as u64,
             oldest_deadline_ms: self.ledger.next_block_deadline(),
-            interfaces: self.interfaces.protected().map(|(n, i)| (n.to_owned(), i)).collect(),
-            interface_states: self.interfaces.tracked().map(|(n, _, s)| (n.to_owned(), s.label())).collect(),
+            interfaces: self
+                .interfaces
+                .protected()
+                .map(|(n, i)| (n.to_owned(), i))
+                .collect(),
+            interface_states: self
+                .interfaces
+                .tracked()
+                .map(|(n, _, s)| (n.to_owned(), s.label()))
+                .collect(),
             clock_steps: self.ledger.clock_steps().count,
         });
     }
 
     /// After a durable change: the tally follows every target it touched.
-    pub(super) fn tally(&mut self, before: &BTreeMap<Target, Option<TargetBlocks>>, refused: &[(&'static str, Source)]) {
+    pub(super) fn tally(
+        &mut self,
+        before: &BTreeMap<Target, Option<TargetBlocks>>,
+        refused: &[(&'static str, Source)],
+    ) {
         for (target, was) in before {
-            self.tally.replace(was.as_ref(), self.ledger.blocks().get(target));
+            self.tally
+                .replace(was.as_ref(), self.ledger.blocks().get(target));
         }
         for (rule, source) in refused {
             self.metrics.refusal(rule, source);

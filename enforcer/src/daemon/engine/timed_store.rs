@@ -35,7 +35,9 @@ impl BlockStore for TimedStore<'_> {
 }
 
 impl Engine {
-    pub(super) fn timed_store(&mut self) -> (&mut Ledger, TimedStore<'_>, &mut crate::datapath::BlockMaps) {
+    pub(super) fn timed_store(
+        &mut self,
+    ) -> (&mut Ledger, TimedStore<'_>, &mut crate::datapath::BlockMaps) {
         let store = TimedStore {
             store: &mut self.store,
             metrics: &self.metrics,

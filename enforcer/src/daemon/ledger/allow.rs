@@ -33,15 +33,26 @@ impl Ledger {
     /// `allow add`: a durable CLI entry. A prefix broader than the scope guard (the policy's
     /// `min_prefix_v4`/`min_prefix_v6`) needs `force`: it would lift every block inside it, and
     /// `0.0.0.0/0` would disable them all.
-    pub fn allow_add(&mut self, c: &mut Change, target: Target, comment: Option<String>, force: bool) -> Result<Reply, Refusal> {
+    pub fn allow_add(
+        &mut self,
+        c: &mut Change,
+        target: Target,
+        comment: Option<String>,
+        force: bool,
+    ) -> Result<Reply, Refusal> {
         if !force && let Err(refusal) = self.allow_scope(&target) {
-            c.refused.push((Rule::Scope.as_str(), crate::block::Source::cli()));
-            c.events.push(Event::new(Action::Refuse, target).detail(refusal.to_string()));
+            c.refused
+                .push((Rule::Scope.as_str(), crate::block::Source::cli()));
+            c.events
+                .push(Event::new(Action::Refuse, target).detail(refusal.to_string()));
             return Err(refusal);
         }
         let origins = self.allow.origins(&target);
         if origins.is_some_and(|o| o.iter().any(is_cli)) {
-            return Ok(Reply::Allow { target, changed: false });
+            return Ok(Reply::Allow {
+                target,
+                changed: false,
+            });
         }
         if origins.is_none() {
             self.capacity.check_allow(&target)?;
@@ -53,13 +64,21 @@ impl Ledger {
             c.allow_kernel.insert(target);
         }
         self.capacity.set_allow(&self.allow);
-        c.events.push(Event::new(Action::AllowAdd, target).detail("allowlisted with the CLI"));
-        Ok(Reply::Allow { target, changed: true })
+        c.events
+            .push(Event::new(Action::AllowAdd, target).detail("allowlisted with the CLI"));
+        Ok(Reply::Allow {
+            target,
+            changed: true,
+        })
     }
 
     fn allow_scope(&self, target: &Target) -> Result<(), Refusal> {
         let config = &self.policy.config;
-        let (min, key) = if target.is_v4() { (config.min_prefix_v4, "v4") } else { (config.min_prefix_v6, "v6") };
+        let (min, key) = if target.is_v4() {
+            (config.min_prefix_v4, "v4")
+        } else {
+            (config.min_prefix_v6, "v6")
+        };
         if target.prefix_len() >= min {
             return Ok(());
         }
@@ -74,7 +93,9 @@ impl Ledger {
     /// `allow remove`: only entries the CLI added.
     pub fn allow_remove(&mut self, c: &mut Change, target: Target) -> Result<Reply, Refusal> {
         let Some(origins) = self.allow.origins(&target) else {
-            return Err(Refusal::NotFound(format!("{target} is not on the allowlist (see `enforcer allow list`)")));
+            return Err(Refusal::NotFound(format!(
+                "{target} is not on the allowlist (see `enforcer allow list`)"
+            )));
         };
         if !origins.iter().any(is_cli) {
             let from: Vec<String> = origins.iter().map(ToString::to_string).collect();
@@ -89,8 +110,14 @@ impl Ledger {
             c.allow_kernel.insert(target);
         }
         self.capacity.set_allow(&self.allow);
-        c.events.push(Event::new(Action::AllowRemove, target).detail("removed from the allowlist with the CLI"));
-        Ok(Reply::Allow { target, changed: true })
+        c.events.push(
+            Event::new(Action::AllowRemove, target)
+                .detail("removed from the allowlist with the CLI"),
+        );
+        Ok(Reply::Allow {
+            target,
+            changed: true,
+        })
     }
 
     /// Makes the builtin entries match the host's addresses and gateways now (not stored:

@@ -26,8 +26,16 @@ pub struct Capacity {
 impl Capacity {
     /// From (map name, capacity) pairs; maps not named have no room.
     pub fn new(capacities: &[(&'static str, u32)]) -> Self {
-        let limits = MAPS.map(|m| capacities.iter().find(|(n, _)| *n == m).map_or(0, |(_, c)| *c));
-        Self { limits, used: [0; 6] }
+        let limits = MAPS.map(|m| {
+            capacities
+                .iter()
+                .find(|(n, _)| *n == m)
+                .map_or(0, |(_, c)| *c)
+        });
+        Self {
+            limits,
+            used: [0; 6],
+        }
     }
 
     /// The same capacity for every map (tests).
@@ -85,6 +93,8 @@ impl Capacity {
 
     /// Entries in use in `map`.
     pub fn used(&self, map: &str) -> u64 {
-        MAPS.iter().position(|m| *m == map).map_or(0, |i| self.used[i])
+        MAPS.iter()
+            .position(|m| *m == map)
+            .map_or(0, |i| self.used[i])
     }
 }

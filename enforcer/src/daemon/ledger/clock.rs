@@ -57,7 +57,12 @@ impl Ledger {
                 moved,
                 "the wall clock stepped; block deadlines moved with it and keep their remaining time"
             );
-            event = Some(self.step_seen(ClockStep { seen_ms: tick.now, by_ms: tick.jump_ms, moved, while_running: true }));
+            event = Some(self.step_seen(ClockStep {
+                seen_ms: tick.now,
+                by_ms: tick.jump_ms,
+                moved,
+                while_running: true,
+            }));
         }
         ops.push(StoreOp::SetTimeBase(self.time_base.clone()));
         Some(ClockChange { ops, event })
@@ -80,7 +85,11 @@ impl Ledger {
     pub fn shift_deadlines(&mut self, by_ms: i64) -> usize {
         let timed: Vec<_> = std::mem::take(&mut self.deadlines).into_iter().collect();
         for (_, target, source) in &timed {
-            if let Some(b) = self.blocks.get_mut(target).and_then(|b| b.by_source.get_mut(source)) {
+            if let Some(b) = self
+                .blocks
+                .get_mut(target)
+                .and_then(|b| b.by_source.get_mut(source))
+            {
                 b.expires_ms = b.expires_ms.map(|e| shifted(e, by_ms));
                 let block = b.clone();
                 self.index(target, &block);
@@ -99,17 +108,30 @@ impl Ledger {
     pub fn timed_ops(&self) -> Vec<StoreOp> {
         let blocks = self.deadlines.iter().filter_map(|(_, target, source)| {
             let block = self.blocks.get(target)?.by_source.get(source)?.clone();
-            Some(StoreOp::Put(Record { target: *target, block }))
+            Some(StoreOp::Put(Record {
+                target: *target,
+                block,
+            }))
         });
-        let pending = self.pending.values().map(|p| StoreOp::PutPending(p.clone()));
-        let offenses = self.offenses.iter().map(|(t, times)| StoreOp::PutOffenses(*t, times.clone()));
+        let pending = self
+            .pending
+            .values()
+            .map(|p| StoreOp::PutPending(p.clone()));
+        let offenses = self
+            .offenses
+            .iter()
+            .map(|(t, times)| StoreOp::PutOffenses(*t, times.clone()));
         blocks.chain(pending).chain(offenses).collect()
     }
 }
 
 /// The audit line of a wall-clock step.
 fn jump_event(step: &ClockStep) -> Event {
-    let when = if step.while_running { "while the daemon was running" } else { "while the daemon was not running" };
+    let when = if step.while_running {
+        "while the daemon was running"
+    } else {
+        "while the daemon was not running"
+    };
     Event::untargeted(Action::ClockJump).detail(format!(
         "the wall clock stepped by {} {when}; {} block deadlines moved with it, keeping their remaining time",
         describe_jump(step.by_ms),

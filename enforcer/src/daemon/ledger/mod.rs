@@ -39,7 +39,10 @@ use crate::{
     audit::{Action, Event},
     block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks, UnixMillis},
     policy::{Allowlist, Ask, BreakerEvent, Decision, Policy},
-    protocol::{BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply, Request, RequestId},
+    protocol::{
+        BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply,
+        Request, RequestId,
+    },
     store::StoreOp,
     target::Target,
     time::TimeBase,
@@ -188,11 +191,23 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
         (None, _) | (_, None) => None,
         (Some(a), Some(b)) => Some(a.max(b)),
     };
-    let outcome = if expires_ms == old.expires_ms { Outcome::Unchanged } else { Outcome::Extended };
+    let outcome = if expires_ms == old.expires_ms {
+        Outcome::Unchanged
+    } else {
+        Outcome::Extended
+    };
     // A re-block without a reason keeps the earlier one; it never turns an enforced block back
     // into a shadow one (say, a promoted block re-triggered by a source still in rollout).
-    let reason = if *new.reason == Reason::default() { old.reason.clone() } else { new.reason };
-    let mode = if old.mode == Mode::Enforce { Mode::Enforce } else { new.mode };
+    let reason = if *new.reason == Reason::default() {
+        old.reason.clone()
+    } else {
+        new.reason
+    };
+    let mode = if old.mode == Mode::Enforce {
+        Mode::Enforce
+    } else {
+        new.mode
+    };
     let block = SourceBlock {
         reason,
         updated_ms: now,
@@ -204,7 +219,11 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
 }
 
 /// A merged block ended no later than `cap`; the outcome says what changed against `old`.
-fn cap_end(old: Option<&SourceBlock>, (outcome, mut block): (Outcome, SourceBlock), cap: Option<UnixMillis>) -> (Outcome, SourceBlock) {
+fn cap_end(
+    old: Option<&SourceBlock>,
+    (outcome, mut block): (Outcome, SourceBlock),
+    cap: Option<UnixMillis>,
+) -> (Outcome, SourceBlock) {
     let Some(cap) = cap.filter(|&cap| block.expires_ms.is_none_or(|e| e > cap)) else {
         return (outcome, block);
     };
@@ -258,7 +277,12 @@ impl Ledger {
 
     /// Loads stored pending blocks, offense histories and the next pending id (ids are never
     /// reused: a store from before it was kept continues after its highest stored id).
-    pub fn load_side(&mut self, pending: Vec<PendingBlock>, offenses: Vec<(Target, Vec<UnixMillis>)>, next_pending: Option<u64>) {
+    pub fn load_side(
+        &mut self,
+        pending: Vec<PendingBlock>,
+        offenses: Vec<(Target, Vec<UnixMillis>)>,
+        next_pending: Option<u64>,
+    ) {
         self.next_pending = self.next_pending.max(next_pending.unwrap_or(1));
         for p in pending {
             self.next_pending = self.next_pending.max(p.id + 1);
@@ -275,7 +299,10 @@ impl Ledger {
     }
 
     /// Blocked targets after `after` (exclusive), in order: a page of `list`.
-    pub fn blocks_after(&self, after: Option<Target>) -> impl Iterator<Item = (&Target, &TargetBlocks)> {
+    pub fn blocks_after(
+        &self,
+        after: Option<Target>,
+    ) -> impl Iterator<Item = (&Target, &TargetBlocks)> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.blocks.range((start, Bound::Unbounded))
     }
@@ -330,7 +357,12 @@ impl Ledger {
     /// applied already gets the first answer and changes nothing. The events of a replayed
     /// trigger name its spool time and file.
     pub fn apply(&mut self, c: &mut Change, write: Write, now: UnixMillis) -> Applied {
-        let Write { request, caller, id, replay } = write;
+        let Write {
+            request,
+            caller,
+            id,
+            replay,
+        } = write;
         if let Some(reply) = id.as_ref().and_then(|id| self.answered(id)) {
             tracing::info!(id = %id.as_ref().map(RequestId::as_str).unwrap_or_default(), op = request.op(), "request already applied; answered with its first answer");
             return Applied {
@@ -395,14 +427,20 @@ impl Ledger {
                 let (reply, touched) = self.sync_source(c, s, now);
                 Applied::new(Ok(reply), touched)
             }
-            Request::Unblock { target, source, all } => Applied::new(self.unblock(c, target, source, all), vec![target]),
-            Request::Promote { target, source } => match self.promote(c, target, source.as_ref(), now) {
-                Ok(promoted) => {
-                    let touched = promoted.iter().map(|(t, _)| *t).collect();
-                    Applied::new(Ok(Reply::Promote { promoted }), touched)
+            Request::Unblock {
+                target,
+                source,
+                all,
+            } => Applied::new(self.unblock(c, target, source, all), vec![target]),
+            Request::Promote { target, source } => {
+                match self.promote(c, target, source.as_ref(), now) {
+                    Ok(promoted) => {
+                        let touched = promoted.iter().map(|(t, _)| *t).collect();
+                        Applied::new(Ok(Reply::Promote { promoted }), touched)
+                    }
+                    Err(e) => Applied::new(Err(e), vec![]),
                 }
-                Err(e) => Applied::new(Err(e), vec![]),
-            },
+            }
             Request::Approve { id } => match self.approve(c, id, now) {
                 Ok(r) => {
                     let target = r.target;
@@ -411,8 +449,14 @@ impl Ledger {
                 Err(e) => Applied::new(Err(e), vec![]),
             },
             Request::Reject { id } => Applied::new(self.reject(c, id), vec![]),
-            Request::AllowAdd { target, comment, force } => Applied::new(self.allow_add(c, target, comment, force), vec![target]),
-            Request::AllowRemove { target } => Applied::new(self.allow_remove(c, target), vec![target]),
+            Request::AllowAdd {
+                target,
+                comment,
+                force,
+            } => Applied::new(self.allow_add(c, target, comment, force), vec![target]),
+            Request::AllowRemove { target } => {
+                Applied::new(self.allow_remove(c, target), vec![target])
+            }
             Request::BreakerReset { source } => {
                 let reset = self.policy.reset_breakers(source.as_ref());
                 Applied {
@@ -422,7 +466,9 @@ impl Ledger {
                 }
             }
             other => Applied {
-                answer: Err(Refusal::Invalid(format!("{other:?} is not a write request"))),
+                answer: Err(Refusal::Invalid(format!(
+                    "{other:?} is not a write request"
+                ))),
                 touched: vec![],
                 wrote: false,
             },
@@ -430,7 +476,12 @@ impl Ledger {
     }
 
     /// Blocks `req.target` for `req.source`.
-    pub fn block(&mut self, c: &mut Change, mut req: BlockRequest, now: UnixMillis) -> Result<BlockReply, Refusal> {
+    pub fn block(
+        &mut self,
+        c: &mut Change,
+        mut req: BlockRequest,
+        now: UnixMillis,
+    ) -> Result<BlockReply, Refusal> {
         let reason = Arc::new(std::mem::take(&mut req.reason));
         self.block_until(c, req, reason, false, now, None)
     }
@@ -449,9 +500,14 @@ impl Ledger {
         cap: Option<UnixMillis>,
     ) -> Result<BlockReply, Refusal> {
         // Whole requests were checked by `Request::validate`; a feed's item is checked here.
-        reason.validate().map_err(|e| Refusal::Invalid(e.to_string()))?;
+        reason
+            .validate()
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         if let Some(why) = req.target.not_a_block_target() {
-            return Err(Refusal::Invalid(format!("{} is not a block target: {why}", req.target)));
+            return Err(Refusal::Invalid(format!(
+                "{} is not a block target: {why}",
+                req.target
+            )));
         }
         if req.ttl_secs == Some(0) {
             return Err(Refusal::Invalid("the TTL must be at least 1 second".into()));
@@ -459,7 +515,9 @@ impl Ledger {
         let (ttl, mode, notes) = match self.decide(c, &req, approved, now) {
             Decision::Apply { ttl, mode, notes } => (ttl, mode, notes),
             Decision::Pending { why } => return self.add_pending(c, req, &reason, why, now),
-            Decision::Refuse { rule, message } => return Err(self.refuse(c, &req, &reason, Refusal::Policy { rule, message })),
+            Decision::Refuse { rule, message } => {
+                return Err(self.refuse(c, &req, &reason, Refusal::Policy { rule, message }));
+            }
         };
         let target = req.target;
         let is_new_target = !self.blocks.contains_key(&target);
@@ -473,7 +531,11 @@ impl Ledger {
             mode,
         };
         self.remember(c, &target);
-        let old = self.blocks.get(&target).and_then(|t| t.by_source.get(&fresh.source)).cloned();
+        let old = self
+            .blocks
+            .get(&target)
+            .and_then(|t| t.by_source.get(&fresh.source))
+            .cloned();
         if let Some(old) = &old {
             self.unindex(&target, old);
         }
@@ -483,7 +545,10 @@ impl Ledger {
             self.capacity.add(&target, 1);
             self.record_offense(c, &target, now);
         }
-        c.ops.push(StoreOp::Put(Record { target, block: block.clone() }));
+        c.ops.push(StoreOp::Put(Record {
+            target,
+            block: block.clone(),
+        }));
         c.events.push(block_event(target, &block, outcome, &notes));
         let reply = BlockReply {
             target,
@@ -493,13 +558,26 @@ impl Ledger {
             notes,
             pending_id: None,
         };
-        self.blocks.entry(target).or_default().by_source.insert(block.source.clone(), block);
+        self.blocks
+            .entry(target)
+            .or_default()
+            .by_source
+            .insert(block.source.clone(), block);
         Ok(reply)
     }
 
     /// Asks the policy, auditing a breaker that opens.
-    fn decide(&mut self, c: &mut Change, req: &BlockRequest, approved: bool, now: UnixMillis) -> Decision {
-        let existing = self.blocks.get(&req.target).is_some_and(|t| t.by_source.contains_key(&req.source));
+    fn decide(
+        &mut self,
+        c: &mut Change,
+        req: &BlockRequest,
+        approved: bool,
+        now: UnixMillis,
+    ) -> Decision {
+        let existing = self
+            .blocks
+            .get(&req.target)
+            .is_some_and(|t| t.by_source.contains_key(&req.source));
         let offenses = self.offense_count(&req.target, now);
         let ask = Ask {
             target: req.target,
@@ -512,7 +590,10 @@ impl Ledger {
             existing,
             // A replay is charged at its spool time (never later than now: a clock that went
             // back), so a backlog drained at once meets the rate it arrived at.
-            at: self.replaying.as_ref().map_or(now, |r| r.spooled_ms.min(now)),
+            at: self
+                .replaying
+                .as_ref()
+                .map_or(now, |r| r.spooled_ms.min(now)),
         };
         let (decision, event) = self.policy.decide(&ask, &self.allow, offenses);
         if let BreakerEvent::Opened = event {
@@ -527,7 +608,13 @@ impl Ledger {
     }
 
     /// Audits a refusal (with the reason the request gave) and hands it back.
-    fn refuse(&self, c: &mut Change, req: &BlockRequest, reason: &Arc<Reason>, refusal: Refusal) -> Refusal {
+    fn refuse(
+        &self,
+        c: &mut Change,
+        req: &BlockRequest,
+        reason: &Arc<Reason>,
+        refusal: Refusal,
+    ) -> Refusal {
         let detail = match &refusal {
             Refusal::MapFull { .. } => format!("rule `capacity`: {refusal}"),
             other => other.to_string(),
@@ -538,7 +625,9 @@ impl Ledger {
             Refusal::Policy { rule, .. } => c.refused.push((rule.as_str(), req.source.clone())),
             _ => {}
         }
-        let mut e = Event::new(Action::Refuse, req.target).source(&req.source).detail(detail);
+        let mut e = Event::new(Action::Refuse, req.target)
+            .source(&req.source)
+            .detail(detail);
         if **reason != Reason::default() {
             e.reason = Some(reason.clone());
         }
@@ -546,9 +635,18 @@ impl Ledger {
         refusal
     }
 
-    fn add_pending(&mut self, c: &mut Change, req: BlockRequest, reason: &Reason, why: String, now: UnixMillis) -> Result<BlockReply, Refusal> {
+    fn add_pending(
+        &mut self,
+        c: &mut Change,
+        req: BlockRequest,
+        reason: &Reason,
+        why: String,
+        now: UnixMillis,
+    ) -> Result<BlockReply, Refusal> {
         if self.pending.len() >= self.policy.max_pending() {
-            let full = Refusal::PendingFull { limit: self.policy.max_pending() };
+            let full = Refusal::PendingFull {
+                limit: self.policy.max_pending(),
+            };
             return Err(self.refuse(c, &req, &Arc::new(reason.clone()), full));
         }
         self.remember_pending(c);
@@ -556,7 +654,11 @@ impl Ledger {
         self.next_pending += 1;
         c.ops.push(StoreOp::SetNextPending(self.next_pending));
         let target = req.target;
-        let mode = if req.shadow { Mode::Shadow } else { Mode::Enforce };
+        let mode = if req.shadow {
+            Mode::Shadow
+        } else {
+            Mode::Enforce
+        };
         let mut request = req;
         request.reason = reason.clone();
         let p = PendingBlock {
@@ -585,7 +687,12 @@ impl Ledger {
     }
 
     /// Blocks many targets for one source with one reason.
-    pub fn block_batch(&mut self, c: &mut Change, req: BatchRequest, now: UnixMillis) -> (Reply, Vec<Target>) {
+    pub fn block_batch(
+        &mut self,
+        c: &mut Change,
+        req: BatchRequest,
+        now: UnixMillis,
+    ) -> (Reply, Vec<Target>) {
         let (mut applied, mut pending) = (0, 0);
         let mut failed = Vec::new();
         let mut touched = Vec::with_capacity(req.items.len());
@@ -613,13 +720,28 @@ impl Ledger {
                 }),
             }
         }
-        (Reply::BlockBatch { applied, pending, failed }, touched)
+        (
+            Reply::BlockBatch {
+                applied,
+                pending,
+                failed,
+            },
+            touched,
+        )
     }
 
     /// Removes one source's block of `target` (default `cli`), or every block with `all`.
-    pub fn unblock(&mut self, c: &mut Change, target: Target, source: Option<Source>, all: bool) -> Result<Reply, Refusal> {
+    pub fn unblock(
+        &mut self,
+        c: &mut Change,
+        target: Target,
+        source: Option<Source>,
+        all: bool,
+    ) -> Result<Reply, Refusal> {
         let Some(current) = self.blocks.get(&target) else {
-            return Err(Refusal::NotFound(format!("{target} is not blocked (see `enforcer list`)")));
+            return Err(Refusal::NotFound(format!(
+                "{target} is not blocked (see `enforcer list`)"
+            )));
         };
         let source = source.unwrap_or_else(Source::cli);
         let removed: Vec<Source> = if all {
@@ -637,11 +759,20 @@ impl Ledger {
             c.events.push(Event::new(Action::Unblock, target).source(s));
         }
         let lifted = !self.blocks.contains_key(&target);
-        Ok(Reply::Unblock { target, removed, lifted })
+        Ok(Reply::Unblock {
+            target,
+            removed,
+            lifted,
+        })
     }
 
     /// Removes one source's block, dropping the target when it was the last.
-    fn remove_block(&mut self, c: &mut Change, target: &Target, source: &Source) -> Option<SourceBlock> {
+    fn remove_block(
+        &mut self,
+        c: &mut Change,
+        target: &Target,
+        source: &Source,
+    ) -> Option<SourceBlock> {
         self.remember(c, target);
         let blocks = self.blocks.get_mut(target)?;
         let removed = blocks.by_source.remove(source)?;
@@ -664,7 +795,9 @@ impl Ledger {
     ) -> Result<Vec<(Target, Source)>, Refusal> {
         let candidates: Vec<(Target, Source)> = self
             .blocks
-            .range(target.map_or((Bound::Unbounded, Bound::Unbounded), |t| (Bound::Included(t), Bound::Included(t))))
+            .range(target.map_or((Bound::Unbounded, Bound::Unbounded), |t| {
+                (Bound::Included(t), Bound::Included(t))
+            }))
             .flat_map(|(t, b)| b.by_source.values().map(move |s| (t, s)))
             .filter(|(_, b)| b.mode == Mode::Shadow && source.is_none_or(|s| *s == b.source))
             .map(|(t, b)| (*t, b.source.clone()))
@@ -678,10 +811,17 @@ impl Ledger {
         }
         for (t, s) in &candidates {
             self.remember(c, t);
-            let b = self.blocks.get_mut(t).and_then(|x| x.by_source.get_mut(s)).expect("listed above");
+            let b = self
+                .blocks
+                .get_mut(t)
+                .and_then(|x| x.by_source.get_mut(s))
+                .expect("listed above");
             b.mode = Mode::Enforce;
             b.updated_ms = now;
-            c.ops.push(StoreOp::Put(Record { target: *t, block: b.clone() }));
+            c.ops.push(StoreOp::Put(Record {
+                target: *t,
+                block: b.clone(),
+            }));
             let mut e = Event::new(Action::Promote, *t).source(s);
             e.mode = Some(Mode::Enforce);
             c.events.push(e);
@@ -690,9 +830,16 @@ impl Ledger {
     }
 
     /// Applies a pending block as approved. A refused one stays pending.
-    pub fn approve(&mut self, c: &mut Change, id: u64, now: UnixMillis) -> Result<BlockReply, Refusal> {
+    pub fn approve(
+        &mut self,
+        c: &mut Change,
+        id: u64,
+        now: UnixMillis,
+    ) -> Result<BlockReply, Refusal> {
         let Some(p) = self.pending.get(&id).cloned() else {
-            return Err(Refusal::NotFound(format!("no pending block with id {id} (see `enforcer pending`)")));
+            return Err(Refusal::NotFound(format!(
+                "no pending block with id {id} (see `enforcer pending`)"
+            )));
         };
         let mut request = p.request;
         let reason = Arc::new(std::mem::take(&mut request.reason));
@@ -701,7 +848,11 @@ impl Ledger {
         self.remember_pending(c);
         self.pending.remove(&id);
         c.ops.push(StoreOp::DeletePending(id));
-        let by = self.asking.as_ref().map(|a| format!(" by {a}")).unwrap_or_default();
+        let by = self
+            .asking
+            .as_ref()
+            .map(|a| format!(" by {a}"))
+            .unwrap_or_default();
         c.events.push(
             Event::new(Action::Approve, reply.target)
                 .source(&source)
@@ -713,7 +864,9 @@ impl Ledger {
     /// Drops a pending block.
     pub fn reject(&mut self, c: &mut Change, id: u64) -> Result<Reply, Refusal> {
         if !self.pending.contains_key(&id) {
-            return Err(Refusal::NotFound(format!("no pending block with id {id} (see `enforcer pending`)")));
+            return Err(Refusal::NotFound(format!(
+                "no pending block with id {id} (see `enforcer pending`)"
+            )));
         }
         self.remember_pending(c);
         let p = self.pending.remove(&id).expect("checked above");
@@ -734,25 +887,36 @@ impl Ledger {
         self.prune_offenses(c, now, max);
         let mut expired = 0;
         while expired < max {
-            let Some((deadline, target, source)) = self.deadlines.first().cloned() else { break };
+            let Some((deadline, target, source)) = self.deadlines.first().cloned() else {
+                break;
+            };
             if deadline > now {
                 break;
             }
-            let current = self.blocks.get(&target).and_then(|b| b.by_source.get(&source));
+            let current = self
+                .blocks
+                .get(&target)
+                .and_then(|b| b.by_source.get(&source));
             if current.is_none_or(|b| b.expires_ms != Some(deadline)) {
                 // Stale (cannot happen while index and blocks agree); drop it.
                 self.deadlines.pop_first();
                 continue;
             }
             self.remove_block(c, &target, &source);
-            c.events.push(Event::new(Action::Expire, target).source(&source));
+            c.events
+                .push(Event::new(Action::Expire, target).source(&source));
             expired += 1;
         }
         expired
     }
 
     fn expire_pending(&mut self, c: &mut Change, now: UnixMillis) {
-        let due: Vec<u64> = self.pending.values().filter(|p| p.expires_ms <= now).map(|p| p.id).collect();
+        let due: Vec<u64> = self
+            .pending
+            .values()
+            .filter(|p| p.expires_ms <= now)
+            .map(|p| p.id)
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -807,7 +971,8 @@ impl Ledger {
     }
 
     fn remember_pending(&self, c: &mut Change) {
-        c.pending_before.get_or_insert_with(|| (self.pending.clone(), self.next_pending));
+        c.pending_before
+            .get_or_insert_with(|| (self.pending.clone(), self.next_pending));
     }
 
     fn index(&mut self, target: &Target, block: &SourceBlock) {

@@ -43,7 +43,11 @@ impl Offenses {
     }
 
     /// Replaces a target's history (`None` or empty: forgets it); returns the old one.
-    pub fn set(&mut self, target: Target, times: Option<Vec<UnixMillis>>) -> Option<Vec<UnixMillis>> {
+    pub fn set(
+        &mut self,
+        target: Target,
+        times: Option<Vec<UnixMillis>>,
+    ) -> Option<Vec<UnixMillis>> {
         let old = self.by_target.remove(&target);
         if let Some(old) = &old {
             self.by_latest.remove(&(latest(old), target));
@@ -75,7 +79,15 @@ impl Offenses {
         let all: Vec<(Target, Vec<UnixMillis>)> = self.by_target.drain().collect();
         self.by_latest.clear();
         for (target, times) in all {
-            self.set(target, Some(times.into_iter().map(|t| t.saturating_add_signed(by_ms)).collect()));
+            self.set(
+                target,
+                Some(
+                    times
+                        .into_iter()
+                        .map(|t| t.saturating_add_signed(by_ms))
+                        .collect(),
+                ),
+            );
         }
     }
 
@@ -97,19 +109,27 @@ impl Ledger {
     }
 
     fn offense_window_ms(&self) -> Option<u64> {
-        self.policy.offense_window().map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
+        self.policy
+            .offense_window()
+            .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// How many earlier blocks of `target` fall in the window at `now`.
     pub(super) fn offense_count(&self, target: &Target, now: UnixMillis) -> usize {
-        let Some(window) = self.offense_window_ms() else { return 0 };
+        let Some(window) = self.offense_window_ms() else {
+            return 0;
+        };
         let since = now.saturating_sub(window);
-        self.offenses.get(target).map_or(0, |t| t.iter().filter(|&&x| x >= since).count())
+        self.offenses
+            .get(target)
+            .map_or(0, |t| t.iter().filter(|&&x| x >= since).count())
     }
 
     /// Records that `target` was blocked at `now`, evicting the stalest target when full.
     pub(super) fn record_offense(&mut self, c: &mut Change, target: &Target, now: UnixMillis) {
-        let Some(window) = self.offense_window_ms() else { return };
+        let Some(window) = self.offense_window_ms() else {
+            return;
+        };
         let since = now.saturating_sub(window);
         let mut times = self.offenses.get(target).cloned().unwrap_or_default();
         let is_new = times.is_empty();
@@ -137,7 +157,10 @@ impl Ledger {
         let mut pruned = 0;
         while pruned < max {
             match self.offenses.oldest() {
-                Some((latest, target)) if latest.saturating_add(window) <= now || self.offenses.len() > self.offenses.cap => {
+                Some((latest, target))
+                    if latest.saturating_add(window) <= now
+                        || self.offenses.len() > self.offenses.cap =>
+                {
                     self.forget_offenses(c, target);
                     pruned += 1;
                 }

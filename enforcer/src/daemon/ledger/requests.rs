@@ -70,7 +70,11 @@ pub struct IdsUndo {
 
 impl Ledger {
     /// Loads the stored ids; returns those past their retention (to delete from the store).
-    pub fn load_requests(&mut self, stored: Vec<AppliedRequest>, now: UnixMillis) -> Vec<RequestId> {
+    pub fn load_requests(
+        &mut self,
+        stored: Vec<AppliedRequest>,
+        now: UnixMillis,
+    ) -> Vec<RequestId> {
         for r in stored {
             self.requests.insert(r);
         }
@@ -93,7 +97,13 @@ impl Ledger {
     }
 
     /// Remembers that the request `id` was applied with `reply`, forgetting what is due.
-    pub(super) fn remember_request(&mut self, c: &mut Change, id: RequestId, reply: Reply, now: UnixMillis) {
+    pub(super) fn remember_request(
+        &mut self,
+        c: &mut Change,
+        id: RequestId,
+        reply: Reply,
+        now: UnixMillis,
+    ) {
         let r = AppliedRequest {
             id: id.clone(),
             applied_ms: now,

@@ -17,7 +17,12 @@ impl Ledger {
     /// same block path and policy as any block; an item already in force as asked (same reason,
     /// end within [`SYNC_SLACK_MS`]) is left alone, so a periodic full resync of a large feed
     /// writes nothing. Unlike a block, a feed's item may shorten the source's block.
-    pub fn sync_source(&mut self, c: &mut Change, req: SyncRequest, now: UnixMillis) -> (Reply, Vec<Target>) {
+    pub fn sync_source(
+        &mut self,
+        c: &mut Change,
+        req: SyncRequest,
+        now: UnixMillis,
+    ) -> (Reply, Vec<Target>) {
         let source = req.source;
         let mut reply = SyncReply::default();
         let mut touched = Vec::new();
@@ -29,7 +34,10 @@ impl Ledger {
                 .map(|(t, _)| *t)
                 .collect()
         } else {
-            req.remove.into_iter().filter(|t| self.has_block(t, &source)).collect()
+            req.remove
+                .into_iter()
+                .filter(|t| self.has_block(t, &source))
+                .collect()
         };
         for target in gone {
             if self.unblock(c, target, Some(source.clone()), false).is_ok() {
@@ -43,7 +51,11 @@ impl Ledger {
                 reply.unchanged += 1;
                 continue;
             }
-            if self.pending.values().any(|p| p.request.target == item.target && p.request.source == source) {
+            if self
+                .pending
+                .values()
+                .any(|p| p.request.target == item.target && p.request.source == source)
+            {
                 reply.pending += 1;
                 continue;
             }
@@ -62,21 +74,37 @@ impl Ledger {
                     reply.applied += 1;
                     touched.push(r.target);
                 }
-                Err(e) => reply.failed.push(BatchFailure { index, target: item.target, error: e.to_body() }),
+                Err(e) => reply.failed.push(BatchFailure {
+                    index,
+                    target: item.target,
+                    error: e.to_body(),
+                }),
             }
         }
         (Reply::SyncSource(reply), touched)
     }
 
     fn has_block(&self, target: &Target, source: &Source) -> bool {
-        self.blocks.get(target).is_some_and(|b| b.by_source.contains_key(source))
+        self.blocks
+            .get(target)
+            .is_some_and(|b| b.by_source.contains_key(source))
     }
 
-    fn in_force_as_asked(&self, target: &Target, source: &Source, wanted: UnixMillis, reason: &Arc<Reason>) -> bool {
+    fn in_force_as_asked(
+        &self,
+        target: &Target,
+        source: &Source,
+        wanted: UnixMillis,
+        reason: &Arc<Reason>,
+    ) -> bool {
         self.blocks
             .get(target)
             .and_then(|b| b.by_source.get(source))
-            .is_some_and(|b| b.expires_ms.is_some_and(|e| e.abs_diff(wanted) <= SYNC_SLACK_MS) && b.reason == *reason)
+            .is_some_and(|b| {
+                b.expires_ms
+                    .is_some_and(|e| e.abs_diff(wanted) <= SYNC_SLACK_MS)
+                    && b.reason == *reason
+            })
     }
 }
 
@@ -87,16 +115,19 @@ mod tests {
     use super::*;
     use crate::{
         audit::Action,
-        store::StoreOp,
         daemon::ledger::Capacity,
         policy::{Policy, PolicyConfig},
         protocol::SyncItem,
+        store::StoreOp,
     };
 
     const T0: UnixMillis = 1_000_000;
 
     fn ledger() -> Ledger {
-        Ledger::new(Policy::new(PolicyConfig::default(), Duration::from_secs(600)), Capacity::uniform(1000))
+        Ledger::new(
+            Policy::new(PolicyConfig::default(), Duration::from_secs(600)),
+            Capacity::uniform(1000),
+        )
     }
 
     fn feed(items: &[(&str, u64)]) -> SyncRequest {
@@ -116,24 +147,43 @@ mod tests {
     }
 
     fn puts(c: &Change) -> usize {
-        c.ops.iter().filter(|o| matches!(o, StoreOp::Put(_))).count()
+        c.ops
+            .iter()
+            .filter(|o| matches!(o, StoreOp::Put(_)))
+            .count()
     }
 
     fn end(l: &Ledger, target: &str) -> Option<UnixMillis> {
         let source: Source = "crowdsec".parse().unwrap();
-        l.blocks().get(&target.parse().unwrap()).and_then(|b| b.by_source.get(&source)).and_then(|b| b.expires_ms)
+        l.blocks()
+            .get(&target.parse().unwrap())
+            .and_then(|b| b.by_source.get(&source))
+            .and_then(|b| b.expires_ms)
     }
 
     #[test]
     fn a_fed_block_is_written_once_and_ends_when_the_feed_says() {
         let mut l = ledger();
         let mut c = Change::default();
-        l.sync_source(&mut c, feed(&[("192.0.2.1", 1_500), ("192.0.2.2", 90_250)]), T0);
+        l.sync_source(
+            &mut c,
+            feed(&[("192.0.2.1", 1_500), ("192.0.2.2", 90_250)]),
+            T0,
+        );
         assert_eq!(puts(&c), 2, "one store row per item: {:?}", c.ops);
         assert_eq!(end(&l, "192.0.2.1"), Some(T0 + 1_500));
         assert_eq!(end(&l, "192.0.2.2"), Some(T0 + 90_250));
-        let audited: Vec<_> = c.events.iter().filter(|e| e.action == Action::Block).map(|e| e.expires_ms).collect();
-        assert_eq!(audited, vec![Some(T0 + 1_500), Some(T0 + 90_250)], "the audit line says the end the block has");
+        let audited: Vec<_> = c
+            .events
+            .iter()
+            .filter(|e| e.action == Action::Block)
+            .map(|e| e.expires_ms)
+            .collect();
+        assert_eq!(
+            audited,
+            vec![Some(T0 + 1_500), Some(T0 + 90_250)],
+            "the audit line says the end the block has"
+        );
         assert_eq!(l.deadlines.len(), 2, "one deadline per block");
     }
 
@@ -143,7 +193,9 @@ mod tests {
         l.sync_source(&mut Change::default(), feed(&[("192.0.2.1", 600_000)]), T0);
         let mut c = Change::default();
         let (reply, _) = l.sync_source(&mut c, feed(&[("192.0.2.1", 60_000)]), T0 + 1_000);
-        let Reply::SyncSource(reply) = reply else { panic!("{reply:?}") };
+        let Reply::SyncSource(reply) = reply else {
+            panic!("{reply:?}")
+        };
         assert_eq!((reply.applied, reply.unchanged), (1, 0));
         assert_eq!(puts(&c), 1, "{:?}", c.ops);
         assert_eq!(end(&l, "192.0.2.1"), Some(T0 + 61_000));

@@ -28,7 +28,10 @@ fn src(s: &str) -> Source {
 }
 
 fn ledger_with(config: PolicyConfig, capacity: u32) -> Ledger {
-    Ledger::new(Policy::new(config, Duration::from_secs(600)), Capacity::uniform(capacity))
+    Ledger::new(
+        Policy::new(config, Duration::from_secs(600)),
+        Capacity::uniform(capacity),
+    )
 }
 
 fn ledger() -> Ledger {
@@ -52,7 +55,9 @@ fn block(l: &mut Ledger, r: BlockRequest, now: UnixMillis) -> Result<BlockReply,
 }
 
 fn source_block<'a>(l: &'a Ledger, target: &str, source: &str) -> Option<&'a SourceBlock> {
-    l.blocks().get(&t(target)).and_then(|b| b.by_source.get(&src(source)))
+    l.blocks()
+        .get(&t(target))
+        .and_then(|b| b.by_source.get(&src(source)))
 }
 
 /// A store in memory; `fail` makes the next commits fail.
@@ -134,8 +139,17 @@ impl Rig {
     }
 
     fn round(&mut self, requests: Vec<Request>, now: UnixMillis) -> round::Answered {
-        let requests = requests.into_iter().map(|r| Write::new(r, Caller::internal("test"))).collect();
-        round::run(&mut self.ledger, &mut self.store, &mut self.kernel, requests, now)
+        let requests = requests
+            .into_iter()
+            .map(|r| Write::new(r, Caller::internal("test")))
+            .collect();
+        round::run(
+            &mut self.ledger,
+            &mut self.store,
+            &mut self.kernel,
+            requests,
+            now,
+        )
     }
 
     fn one(&mut self, request: Request, now: UnixMillis) -> Result<Reply, Refusal> {
@@ -173,7 +187,11 @@ fn a_reblock_extends_to_the_later_end() {
     let r = block(&mut l, req("192.0.2.1", "cli", Some(120)), T0 + 1000).unwrap();
     assert_eq!(r.outcome, Outcome::Extended);
     assert_eq!(r.expires_ms, Some(T0 + 1000 + 120_000));
-    assert_eq!(l.next_block_deadline(), Some(T0 + 121_000), "the old deadline is unindexed");
+    assert_eq!(
+        l.next_block_deadline(),
+        Some(T0 + 121_000),
+        "the old deadline is unindexed"
+    );
 }
 
 #[test]
@@ -192,11 +210,25 @@ fn a_reblock_without_a_reason_keeps_the_earlier_one_and_a_new_reason_replaces_it
     first.reason = Reason::text("ssh brute force");
     block(&mut l, first, T0).unwrap();
     block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + 1).unwrap();
-    assert_eq!(source_block(&l, "192.0.2.1", "wazuh").unwrap().reason.text.as_deref(), Some("ssh brute force"));
+    assert_eq!(
+        source_block(&l, "192.0.2.1", "wazuh")
+            .unwrap()
+            .reason
+            .text
+            .as_deref(),
+        Some("ssh brute force")
+    );
     let mut third = req("192.0.2.1", "wazuh", Some(60));
     third.reason = Reason::text("web scan");
     block(&mut l, third, T0 + 2).unwrap();
-    assert_eq!(source_block(&l, "192.0.2.1", "wazuh").unwrap().reason.text.as_deref(), Some("web scan"));
+    assert_eq!(
+        source_block(&l, "192.0.2.1", "wazuh")
+            .unwrap()
+            .reason
+            .text
+            .as_deref(),
+        Some("web scan")
+    );
 }
 
 #[test]
@@ -234,17 +266,23 @@ fn a_zero_ttl_is_invalid_and_changes_nothing() {
 #[test]
 fn a_target_blocked_by_two_sources_stays_blocked_until_the_last_unblocks() {
     let mut r = Rig::new(ledger());
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
-    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(600))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0)
+        .unwrap();
+    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(600))), T0)
+        .unwrap();
     let unblock = |s: &str| Request::Unblock {
         target: t("192.0.2.1"),
         source: Some(src(s)),
         all: false,
     };
-    let Reply::Unblock { lifted, .. } = r.one(unblock("cli"), T0).unwrap() else { panic!() };
+    let Reply::Unblock { lifted, .. } = r.one(unblock("cli"), T0).unwrap() else {
+        panic!()
+    };
     assert!(!lifted);
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
-    let Reply::Unblock { lifted, .. } = r.one(unblock("wazuh"), T0).unwrap() else { panic!() };
+    let Reply::Unblock { lifted, .. } = r.one(unblock("wazuh"), T0).unwrap() else {
+        panic!()
+    };
     assert!(lifted);
     assert_eq!(r.kernel_mode("192.0.2.1"), None);
 }
@@ -252,12 +290,16 @@ fn a_target_blocked_by_two_sources_stays_blocked_until_the_last_unblocks() {
 #[test]
 fn the_kernel_entry_enforces_until_the_latest_enforcing_source_ends() {
     let mut r = Rig::new(ledger());
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0)
+        .unwrap();
     let mut shadow = req("192.0.2.1", "wazuh", Some(600));
     shadow.shadow = true;
     r.one(Request::Block(shadow), T0).unwrap();
     let entry = r.ledger.kernel_entry(&t("192.0.2.1")).unwrap();
-    assert_eq!((entry.mode, entry.expires_ms), (Mode::Enforce, Some(T0 + 60_000)));
+    assert_eq!(
+        (entry.mode, entry.expires_ms),
+        (Mode::Enforce, Some(T0 + 60_000))
+    );
     // When the enforcing block expires, the shadow one is what remains in the kernel.
     assert_eq!(r.reap(T0 + 60_000), 1);
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_SHADOW));
@@ -266,10 +308,14 @@ fn the_kernel_entry_enforces_until_the_latest_enforcing_source_ends() {
 #[test]
 fn unblock_names_what_is_missing() {
     let mut l = ledger();
-    let e = l.unblock(&mut Change::default(), t("192.0.2.1"), None, false).unwrap_err();
+    let e = l
+        .unblock(&mut Change::default(), t("192.0.2.1"), None, false)
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
     block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0).unwrap();
-    let e = l.unblock(&mut Change::default(), t("192.0.2.1"), None, false).unwrap_err();
+    let e = l
+        .unblock(&mut Change::default(), t("192.0.2.1"), None, false)
+        .unwrap_err();
     assert!(e.to_string().contains("blocked by: wazuh"), "{e}");
 }
 
@@ -278,7 +324,12 @@ fn unblock_all_removes_every_source() {
     let mut l = ledger();
     block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0).unwrap();
     block(&mut l, req("192.0.2.1", "cli", Some(60)), T0).unwrap();
-    let Reply::Unblock { removed, lifted, .. } = l.unblock(&mut Change::default(), t("192.0.2.1"), None, true).unwrap() else {
+    let Reply::Unblock {
+        removed, lifted, ..
+    } = l
+        .unblock(&mut Change::default(), t("192.0.2.1"), None, true)
+        .unwrap()
+    else {
         panic!()
     };
     assert_eq!((removed.len(), lifted), (2, true));
@@ -290,9 +341,18 @@ fn unblock_all_removes_every_source() {
 #[test]
 fn expiry_after_an_extension_keeps_the_block() {
     let mut r = Rig::new(ledger());
-    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(60))), T0).unwrap();
-    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(600))), T0 + 30_000).unwrap();
-    assert_eq!(r.reap(T0 + 60_000), 0, "the first deadline no longer applies");
+    r.one(Request::Block(req("192.0.2.1", "wazuh", Some(60))), T0)
+        .unwrap();
+    r.one(
+        Request::Block(req("192.0.2.1", "wazuh", Some(600))),
+        T0 + 30_000,
+    )
+    .unwrap();
+    assert_eq!(
+        r.reap(T0 + 60_000),
+        0,
+        "the first deadline no longer applies"
+    );
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
     assert_eq!(r.reap(T0 + 630_000), 1);
     assert_eq!(r.kernel_mode("192.0.2.1"), None);
@@ -302,35 +362,56 @@ fn expiry_after_an_extension_keeps_the_block() {
 fn expiry_takes_only_what_is_due_and_at_most_the_limit() {
     let mut l = ledger();
     for i in 1..=5 {
-        block(&mut l, req(&format!("192.0.2.{i}"), "cli", Some(i * 60)), T0).unwrap();
+        block(
+            &mut l,
+            req(&format!("192.0.2.{i}"), "cli", Some(i * 60)),
+            T0,
+        )
+        .unwrap();
     }
     let mut c = Change::default();
     assert_eq!(l.expire(&mut c, T0 + 3 * MIN, 2), 2);
     assert_eq!(l.expire(&mut c, T0 + 3 * MIN, 10), 1);
     assert_eq!(l.blocks().len(), 2);
-    assert_eq!(c.events.iter().filter(|e| e.action == Action::Expire).count(), 3);
+    assert_eq!(
+        c.events
+            .iter()
+            .filter(|e| e.action == Action::Expire)
+            .count(),
+        3
+    );
 }
 
 #[test]
 fn the_approval_queue_is_bounded_and_a_request_past_it_is_refused_and_audited() {
     let mut cfg = PolicyConfig::default();
     cfg.approval.max_pending = 2;
-    cfg.sources.insert(src("feed"), SourcePolicy {
-        require_approval: Some(true),
-        ..SourcePolicy::default()
-    });
+    cfg.sources.insert(
+        src("feed"),
+        SourcePolicy {
+            require_approval: Some(true),
+            ..SourcePolicy::default()
+        },
+    );
     let mut r = Rig::new(ledger_with(cfg, 100));
     for i in 1..=2 {
-        r.one(Request::Block(req(&format!("192.0.2.{i}"), "feed", Some(60))), T0).unwrap();
+        r.one(
+            Request::Block(req(&format!("192.0.2.{i}"), "feed", Some(60))),
+            T0,
+        )
+        .unwrap();
     }
-    let e = r.one(Request::Block(req("192.0.2.3", "feed", Some(60))), T0).unwrap_err();
+    let e = r
+        .one(Request::Block(req("192.0.2.3", "feed", Some(60))), T0)
+        .unwrap_err();
     assert!(matches!(e, Refusal::PendingFull { limit: 2 }), "{e:?}");
     assert_eq!(e.to_body().code, ErrorCode::Refused);
     assert!(e.to_string().contains("policy.approval.max_pending"), "{e}");
     assert_eq!(r.ledger.pending().len(), 2);
     // Rejecting one makes room again.
     r.one(Request::Reject { id: 1 }, T0).unwrap();
-    r.one(Request::Block(req("192.0.2.3", "feed", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.3", "feed", Some(60))), T0)
+        .unwrap();
     assert_eq!(r.ledger.pending().len(), 2);
 }
 
@@ -341,10 +422,27 @@ fn oversized_free_text_is_refused_whole_with_its_size_and_limit() {
     long.reason = Reason::text("x".repeat(2000));
     let e = r.one(Request::Block(long), T0).unwrap_err();
     assert_eq!(e.to_body().code, ErrorCode::InvalidRequest);
-    assert!(e.to_string().contains("reason is 2000 bytes; the limit is 1024"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("reason is 2000 bytes; the limit is 1024"),
+        "{e}"
+    );
     let comment = Some("c".repeat(crate::protocol::MAX_COMMENT + 1));
-    let e = r.one(Request::AllowAdd { target: t("198.51.100.7"), comment, force: false }, T0).unwrap_err();
-    assert!(e.to_string().contains("comment is 257 bytes; the limit is 256"), "{e}");
+    let e = r
+        .one(
+            Request::AllowAdd {
+                target: t("198.51.100.7"),
+                comment,
+                force: false,
+            },
+            T0,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("comment is 257 bytes; the limit is 256"),
+        "{e}"
+    );
     assert!(r.ledger.blocks().is_empty());
     assert!(r.ledger.allowlist().origins(&t("198.51.100.7")).is_none());
 }
@@ -352,10 +450,13 @@ fn oversized_free_text_is_refused_whole_with_its_size_and_limit() {
 #[test]
 fn pending_requests_expire_unapproved() {
     let mut cfg = PolicyConfig::default();
-    cfg.sources.insert(src("feed"), SourcePolicy {
-        require_approval: Some(true),
-        ..SourcePolicy::default()
-    });
+    cfg.sources.insert(
+        src("feed"),
+        SourcePolicy {
+            require_approval: Some(true),
+            ..SourcePolicy::default()
+        },
+    );
     let mut l = ledger_with(cfg, 100);
     let r = block(&mut l, req("192.0.2.1", "feed", Some(60)), T0).unwrap();
     assert_eq!(r.outcome, Outcome::Pending);
@@ -378,7 +479,8 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
         ..PolicyConfig::default()
     };
     let mut r = Rig::new(ledger_with(cfg, 100));
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0)
+        .unwrap();
     r.store.fail = true;
     let answered = r.round(
         vec![
@@ -390,36 +492,76 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
     );
     assert!(matches!(answered.answers[0], Err(Refusal::Store(_))));
     assert!(matches!(answered.answers[1], Err(Refusal::Store(_))));
-    assert!(matches!(answered.answers[2], Err(Refusal::Policy { rule: Rule::Scope, .. })), "a refusal stays a refusal");
-    assert!(answered.events.iter().all(|e| e.action == Action::Refuse), "only refusals are audited");
+    assert!(
+        matches!(
+            answered.answers[2],
+            Err(Refusal::Policy {
+                rule: Rule::Scope,
+                ..
+            })
+        ),
+        "a refusal stays a refusal"
+    );
+    assert!(
+        answered.events.iter().all(|e| e.action == Action::Refuse),
+        "only refusals are audited"
+    );
     // Everything is as before the round: blocks, deadlines, map use, offense history.
     assert_eq!(r.ledger.blocks().len(), 1);
-    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(T0 + 60_000));
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.1", "cli")
+            .unwrap()
+            .expires_ms,
+        Some(T0 + 60_000)
+    );
     assert_eq!(r.ledger.next_block_deadline(), Some(T0 + 60_000));
     assert_eq!(r.ledger.capacity().used("BLOCK_V4"), 1);
     assert_eq!(r.ledger.offense_count(&t("192.0.2.2"), T0 + 1000), 0);
-    assert!(!r.kernel.blocks.contains_key(&t("192.0.2.2")), "nothing reached the kernel");
+    assert!(
+        !r.kernel.blocks.contains_key(&t("192.0.2.2")),
+        "nothing reached the kernel"
+    );
     r.store.fail = false;
-    let Reply::Block(b) = r.one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0 + 2000).unwrap() else { panic!() };
+    let Reply::Block(b) = r
+        .one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0 + 2000)
+        .unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(b.outcome, Outcome::Created);
 }
 
 #[test]
 fn a_failed_commit_puts_back_pending_requests() {
     let mut cfg = PolicyConfig::default();
-    cfg.sources.insert(src("feed"), SourcePolicy {
-        require_approval: Some(true),
-        ..SourcePolicy::default()
-    });
+    cfg.sources.insert(
+        src("feed"),
+        SourcePolicy {
+            require_approval: Some(true),
+            ..SourcePolicy::default()
+        },
+    );
     let mut r = Rig::new(ledger_with(cfg, 100));
-    r.one(Request::Block(req("192.0.2.1", "feed", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "feed", Some(60))), T0)
+        .unwrap();
     r.store.fail = true;
     assert!(r.one(Request::Approve { id: 1 }, T0).is_err());
-    assert!(r.one(Request::Block(req("192.0.2.2", "feed", Some(60))), T0).is_err());
-    assert_eq!(r.ledger.pending().keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert!(
+        r.one(Request::Block(req("192.0.2.2", "feed", Some(60))), T0)
+            .is_err()
+    );
+    assert_eq!(
+        r.ledger.pending().keys().copied().collect::<Vec<_>>(),
+        vec![1]
+    );
     assert!(r.ledger.blocks().is_empty());
     r.store.fail = false;
-    let Reply::Block(b) = r.one(Request::Block(req("192.0.2.2", "feed", Some(60))), T0).unwrap() else { panic!() };
+    let Reply::Block(b) = r
+        .one(Request::Block(req("192.0.2.2", "feed", Some(60))), T0)
+        .unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(b.pending_id, Some(2), "ids are not reused after an undo");
 }
 
@@ -427,9 +569,15 @@ fn a_failed_commit_puts_back_pending_requests() {
 fn a_kernel_failure_is_an_internal_error_but_the_block_is_stored() {
     let mut r = Rig::new(ledger());
     r.kernel.fail = true;
-    let e = r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap_err();
+    let e = r
+        .one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0)
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Internal);
-    assert!(e.to_body().message.contains("retried at the next start"), "{}", e.to_body().message);
+    assert!(
+        e.to_body().message.contains("retried at the next start"),
+        "{}",
+        e.to_body().message
+    );
     assert_eq!(r.store.commits.len(), 1);
     assert_eq!(r.ledger.blocks().len(), 1);
 }
@@ -447,7 +595,8 @@ fn a_round_shares_one_commit_and_skips_kernel_writes_that_are_current() {
     assert!(answered.answers.iter().all(Result::is_ok));
     assert_eq!((r.store.commits.len(), r.kernel.writes), (1, 2));
     // Same deadline again: stored (updated_ms), but the kernel entry is already right.
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(600))), T0).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(600))), T0)
+        .unwrap();
     assert_eq!((r.store.commits.len(), r.kernel.writes), (2, 2));
 }
 
@@ -456,15 +605,48 @@ fn a_round_shares_one_commit_and_skips_kernel_writes_that_are_current() {
 #[test]
 fn a_full_map_refuses_new_targets_but_still_extends_existing_ones() {
     let mut r = Rig::new(ledger_with(PolicyConfig::default(), 2));
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0).unwrap();
-    r.one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0).unwrap();
-    let e = r.one(Request::Block(req("192.0.2.3", "cli", Some(60))), T0).unwrap_err();
-    assert!(matches!(e, Refusal::MapFull { map: "BLOCK_V4", capacity: 2 }), "{e:?}");
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(60))), T0)
+        .unwrap();
+    r.one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0)
+        .unwrap();
+    let e = r
+        .one(Request::Block(req("192.0.2.3", "cli", Some(60))), T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Refusal::MapFull {
+                map: "BLOCK_V4",
+                capacity: 2
+            }
+        ),
+        "{e:?}"
+    );
     assert_eq!(e.code(), ErrorCode::MapFull);
-    assert!(r.one(Request::Block(req("192.0.2.1", "wazuh", Some(60))), T0).is_ok(), "another source of a blocked target fits");
-    assert!(r.one(Request::Block(req("2001:db8::1", "cli", Some(60))), T0).is_ok(), "other maps have room");
-    r.one(Request::Unblock { target: t("192.0.2.2"), source: None, all: true }, T0).unwrap();
-    assert!(r.one(Request::Block(req("192.0.2.3", "cli", Some(60))), T0).is_ok(), "room again after an unblock");
+    assert!(
+        r.one(Request::Block(req("192.0.2.1", "wazuh", Some(60))), T0)
+            .is_ok(),
+        "another source of a blocked target fits"
+    );
+    assert!(
+        r.one(Request::Block(req("2001:db8::1", "cli", Some(60))), T0)
+            .is_ok(),
+        "other maps have room"
+    );
+    r.one(
+        Request::Unblock {
+            target: t("192.0.2.2"),
+            source: None,
+            all: true,
+        },
+        T0,
+    )
+    .unwrap();
+    assert!(
+        r.one(Request::Block(req("192.0.2.3", "cli", Some(60))), T0)
+            .is_ok(),
+        "room again after an unblock"
+    );
 }
 
 // --- policy through the ledger -------------------------------------------------------------
@@ -474,8 +656,16 @@ fn a_refusal_names_its_rule_and_is_audited() {
     let mut l = ledger();
     l.init_allow(t("192.0.2.0/28"), AllowOrigin::Config);
     let mut c = Change::default();
-    let e = l.block(&mut c, req("192.0.2.5", "wazuh", Some(60)), T0).unwrap_err();
-    assert!(matches!(e, Refusal::Policy { rule: Rule::Allowlist, .. }));
+    let e = l
+        .block(&mut c, req("192.0.2.5", "wazuh", Some(60)), T0)
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Refusal::Policy {
+            rule: Rule::Allowlist,
+            ..
+        }
+    ));
     assert_eq!(e.code(), ErrorCode::Refused);
     assert!(c.ops.is_empty());
     assert_eq!(c.events[0].action, Action::Refuse);
@@ -485,41 +675,79 @@ fn a_refusal_names_its_rule_and_is_audited() {
 fn an_open_breaker_holds_under_reblocks() {
     // Issue 10, item 1: re-blocks by a source whose breaker is open must not enforce.
     let mut cfg = PolicyConfig::default();
-    cfg.sources.insert(src("noisy"), SourcePolicy {
-        rate_limit: Some(2),
-        on_rate_limit: Some(BreakerAction::Shadow),
-        ..SourcePolicy::default()
-    });
+    cfg.sources.insert(
+        src("noisy"),
+        SourcePolicy {
+            rate_limit: Some(2),
+            on_rate_limit: Some(BreakerAction::Shadow),
+            ..SourcePolicy::default()
+        },
+    );
     let mut r = Rig::new(ledger_with(cfg, 100));
     for i in 1..=3 {
-        r.one(Request::Block(req(&format!("203.0.113.{i}"), "noisy", Some(600))), T0).unwrap();
+        r.one(
+            Request::Block(req(&format!("203.0.113.{i}"), "noisy", Some(600))),
+            T0,
+        )
+        .unwrap();
     }
     assert_eq!(r.kernel_mode("203.0.113.3"), Some(MODE_SHADOW));
-    let Reply::Block(again) = r.one(Request::Block(req("203.0.113.3", "noisy", Some(1200))), T0 + 1000).unwrap() else {
+    let Reply::Block(again) = r
+        .one(
+            Request::Block(req("203.0.113.3", "noisy", Some(1200))),
+            T0 + 1000,
+        )
+        .unwrap()
+    else {
         panic!()
     };
-    assert_eq!((again.outcome, again.mode), (Outcome::Extended, Mode::Shadow));
+    assert_eq!(
+        (again.outcome, again.mode),
+        (Outcome::Extended, Mode::Shadow)
+    );
     assert_eq!(r.kernel_mode("203.0.113.3"), Some(MODE_SHADOW));
     // Blocks made before the breaker opened stay enforced (never demoted).
-    r.one(Request::Block(req("203.0.113.1", "noisy", Some(1200))), T0 + 1000).unwrap();
+    r.one(
+        Request::Block(req("203.0.113.1", "noisy", Some(1200))),
+        T0 + 1000,
+    )
+    .unwrap();
     assert_eq!(r.kernel_mode("203.0.113.1"), Some(MODE_ENFORCE));
 }
 
 #[test]
 fn an_open_refusing_breaker_refuses_reblocks_too() {
     let mut cfg = PolicyConfig::default();
-    cfg.sources.insert(src("noisy"), SourcePolicy {
-        rate_limit: Some(1),
-        on_rate_limit: Some(BreakerAction::Refuse),
-        ..SourcePolicy::default()
-    });
+    cfg.sources.insert(
+        src("noisy"),
+        SourcePolicy {
+            rate_limit: Some(1),
+            on_rate_limit: Some(BreakerAction::Refuse),
+            ..SourcePolicy::default()
+        },
+    );
     let mut l = ledger_with(cfg, 100);
     block(&mut l, req("203.0.113.1", "noisy", Some(600)), T0).unwrap();
     let e = block(&mut l, req("203.0.113.2", "noisy", Some(600)), T0).unwrap_err();
-    assert!(matches!(e, Refusal::Policy { rule: Rule::Breaker, .. }));
+    assert!(matches!(
+        e,
+        Refusal::Policy {
+            rule: Rule::Breaker,
+            ..
+        }
+    ));
     let e = block(&mut l, req("203.0.113.1", "noisy", Some(6000)), T0).unwrap_err();
-    assert!(matches!(e, Refusal::Policy { rule: Rule::Breaker, .. }));
-    assert_eq!(source_block(&l, "203.0.113.1", "noisy").unwrap().expires_ms, Some(T0 + 600_000));
+    assert!(matches!(
+        e,
+        Refusal::Policy {
+            rule: Rule::Breaker,
+            ..
+        }
+    ));
+    assert_eq!(
+        source_block(&l, "203.0.113.1", "noisy").unwrap().expires_ms,
+        Some(T0 + 600_000)
+    );
 }
 
 #[test]
@@ -533,7 +761,13 @@ fn repeat_offenders_get_an_escalated_ttl() {
     };
     let mut l = ledger_with(cfg, 100);
     block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0).unwrap();
-    l.unblock(&mut Change::default(), t("192.0.2.1"), Some(src("wazuh")), false).unwrap();
+    l.unblock(
+        &mut Change::default(),
+        t("192.0.2.1"),
+        Some(src("wazuh")),
+        false,
+    )
+    .unwrap();
     let r = block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + 1000).unwrap();
     assert_eq!(r.expires_ms, Some(T0 + 1000 + 3_600_000));
     assert!(r.notes[0].contains("repeat offender"), "{:?}", r.notes);
@@ -546,14 +780,24 @@ fn an_approved_block_applies_and_leaves_the_pending_list() {
     let mut cfg = PolicyConfig::default();
     cfg.approval.broader_than_v4 = Some(28);
     let mut r = Rig::new(ledger_with(cfg, 100));
-    let Reply::Block(p) = r.one(Request::Block(req("198.51.100.0/24", "cli", Some(60))), T0).unwrap() else { panic!() };
+    let Reply::Block(p) = r
+        .one(Request::Block(req("198.51.100.0/24", "cli", Some(60))), T0)
+        .unwrap()
+    else {
+        panic!()
+    };
     assert_eq!((p.outcome, p.pending_id), (Outcome::Pending, Some(1)));
     assert!(r.kernel.blocks.is_empty());
-    let Reply::Block(b) = r.one(Request::Approve { id: 1 }, T0 + 10).unwrap() else { panic!() };
+    let Reply::Block(b) = r.one(Request::Approve { id: 1 }, T0 + 10).unwrap() else {
+        panic!()
+    };
     assert_eq!(b.outcome, Outcome::Created);
     assert!(r.ledger.pending().is_empty());
     assert_eq!(r.kernel_mode("198.51.100.0/24"), Some(MODE_ENFORCE));
-    assert_eq!(r.one(Request::Approve { id: 1 }, T0).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(
+        r.one(Request::Approve { id: 1 }, T0).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
 }
 
 #[test]
@@ -563,10 +807,19 @@ fn a_rejected_block_is_dropped_and_a_refused_approval_stays_pending() {
     let mut l = ledger_with(cfg, 100);
     block(&mut l, req("198.51.100.0/24", "cli", Some(60)), T0).unwrap();
     block(&mut l, req("203.0.113.0/24", "cli", Some(60)), T0).unwrap();
-    assert!(matches!(l.reject(&mut Change::default(), 1), Ok(Reply::Rejected { id: 1 })));
+    assert!(matches!(
+        l.reject(&mut Change::default(), 1),
+        Ok(Reply::Rejected { id: 1 })
+    ));
     l.init_allow(t("203.0.113.9"), AllowOrigin::Config);
     let e = l.approve(&mut Change::default(), 2, T0).unwrap_err();
-    assert!(matches!(e, Refusal::Policy { rule: Rule::Allowlist, .. }));
+    assert!(matches!(
+        e,
+        Refusal::Policy {
+            rule: Rule::Allowlist,
+            ..
+        }
+    ));
     assert_eq!(l.pending().keys().copied().collect::<Vec<_>>(), vec![2]);
 }
 
@@ -577,8 +830,13 @@ fn promote_enforces_shadow_blocks_and_says_when_there_are_none() {
     shadow.shadow = true;
     r.one(Request::Block(shadow), T0).unwrap();
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_SHADOW));
-    let promote = Request::Promote { target: None, source: Some(src("wazuh")) };
-    let Reply::Promote { promoted } = r.one(promote.clone(), T0).unwrap() else { panic!() };
+    let promote = Request::Promote {
+        target: None,
+        source: Some(src("wazuh")),
+    };
+    let Reply::Promote { promoted } = r.one(promote.clone(), T0).unwrap() else {
+        panic!()
+    };
     assert_eq!(promoted, vec![(t("192.0.2.1"), src("wazuh"))]);
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
     assert_eq!(r.one(promote, T0).unwrap_err().code(), ErrorCode::NotFound);
@@ -589,17 +847,35 @@ fn a_batch_reports_applied_pending_and_failed_items() {
     let mut cfg = PolicyConfig::default();
     cfg.approval.broader_than_v4 = Some(28);
     let mut r = Rig::new(ledger_with(cfg, 100));
-    let item = |s: &str| BatchItem { target: t(s), ttl_secs: None };
+    let item = |s: &str| BatchItem {
+        target: t(s),
+        ttl_secs: None,
+    };
     let batch = BatchRequest {
-        items: vec![item("192.0.2.1"), item("198.51.0.0/16"), item("192.0.2.2"), item("203.0.113.0/24")],
+        items: vec![
+            item("192.0.2.1"),
+            item("198.51.0.0/16"),
+            item("192.0.2.2"),
+            item("203.0.113.0/24"),
+        ],
         ttl_secs: Some(60),
         source: src("cli"),
         reason: Reason::text("feed"),
         shadow: false,
     };
-    let Reply::BlockBatch { applied, pending, failed } = r.one(Request::BlockBatch(batch), T0).unwrap() else { panic!() };
+    let Reply::BlockBatch {
+        applied,
+        pending,
+        failed,
+    } = r.one(Request::BlockBatch(batch), T0).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!((applied, pending), (2, 1));
-    assert_eq!((failed.len(), failed[0].index, failed[0].error.code), (1, 1, ErrorCode::Refused));
+    assert_eq!(
+        (failed.len(), failed[0].index, failed[0].error.code),
+        (1, 1, ErrorCode::Refused)
+    );
     assert_eq!(r.kernel.blocks.len(), 2);
     assert_eq!(r.store.commits.len(), 1, "one commit for the whole batch");
 }
@@ -608,13 +884,37 @@ fn a_batch_reports_applied_pending_and_failed_items() {
 fn the_allowlist_goes_to_the_kernel_and_config_entries_cannot_be_removed() {
     let mut r = Rig::new(ledger());
     r.ledger.init_allow(t("192.0.2.0/24"), AllowOrigin::Config);
-    r.one(Request::AllowAdd { target: t("198.51.100.7"), comment: None, force: false }, T0).unwrap();
+    r.one(
+        Request::AllowAdd {
+            target: t("198.51.100.7"),
+            comment: None,
+            force: false,
+        },
+        T0,
+    )
+    .unwrap();
     assert!(r.kernel.allows.contains_key(&t("198.51.100.7")));
-    assert!(r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0).is_err());
-    let e = r.one(Request::AllowRemove { target: t("192.0.2.0/24") }, T0).unwrap_err();
+    assert!(
+        r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0)
+            .is_err()
+    );
+    let e = r
+        .one(
+            Request::AllowRemove {
+                target: t("192.0.2.0/24"),
+            },
+            T0,
+        )
+        .unwrap_err();
     assert!(matches!(e, Refusal::NotRemovable { .. }));
     assert_eq!(e.code(), ErrorCode::Refused);
-    r.one(Request::AllowRemove { target: t("198.51.100.7") }, T0).unwrap();
+    r.one(
+        Request::AllowRemove {
+            target: t("198.51.100.7"),
+        },
+        T0,
+    )
+    .unwrap();
     assert!(r.kernel.allows.is_empty());
 }
 
@@ -622,32 +922,110 @@ fn the_allowlist_goes_to_the_kernel_and_config_entries_cannot_be_removed() {
 fn allowlist_changes_insert_before_they_remove_so_nothing_protected_is_ever_unprotected() {
     let mut r = Rig::new(ledger());
     let (wide, narrow) = ("198.51.100.0/24", "198.51.100.0/25");
-    r.one(Request::AllowAdd { target: t(wide), comment: None, force: false }, T0).unwrap();
+    r.one(
+        Request::AllowAdd {
+            target: t(wide),
+            comment: None,
+            force: false,
+        },
+        T0,
+    )
+    .unwrap();
     r.kernel.allow_log.clear();
     // Narrowing the allowlist in one round: the /25 must be in before the /24 goes.
-    let answers = r.round(vec![Request::AllowRemove { target: t(wide) }, Request::AllowAdd { target: t(narrow), comment: None, force: false }], T0);
+    let answers = r.round(
+        vec![
+            Request::AllowRemove { target: t(wide) },
+            Request::AllowAdd {
+                target: t(narrow),
+                comment: None,
+                force: false,
+            },
+        ],
+        T0,
+    );
     assert!(answers.answers.iter().all(Result::is_ok));
-    assert_eq!(r.kernel.allow_log, [format!("+{narrow}"), format!("-{wide}")]);
+    assert_eq!(
+        r.kernel.allow_log,
+        [format!("+{narrow}"), format!("-{wide}")]
+    );
     // Removed and added again in one round: the prefix is never out of the kernel.
     r.kernel.allow_log.clear();
-    r.round(vec![Request::AllowRemove { target: t(narrow) }, Request::AllowAdd { target: t(narrow), comment: None, force: false }], T0);
-    assert!(!r.kernel.allow_log.iter().any(|op| op.starts_with('-')), "{:?}", r.kernel.allow_log);
+    r.round(
+        vec![
+            Request::AllowRemove { target: t(narrow) },
+            Request::AllowAdd {
+                target: t(narrow),
+                comment: None,
+                force: false,
+            },
+        ],
+        T0,
+    );
+    assert!(
+        !r.kernel.allow_log.iter().any(|op| op.starts_with('-')),
+        "{:?}",
+        r.kernel.allow_log
+    );
     assert!(r.kernel.allows.contains_key(&t(narrow)));
 }
 
 #[test]
 fn allowlisting_a_prefix_broader_than_the_scope_guard_needs_force() {
     let mut r = Rig::new(ledger());
-    r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0).unwrap();
+    r.one(Request::Block(req("198.51.100.7", "cli", Some(60))), T0)
+        .unwrap();
     for broad in ["0.0.0.0/0", "198.51.0.0/16", "::/0", "2001:db8::/32"] {
-        let e = r.one(Request::AllowAdd { target: t(broad), comment: None, force: false }, T0).unwrap_err();
-        assert!(matches!(e, Refusal::Policy { rule: Rule::Scope, .. }), "{broad}: {e}");
+        let e = r
+            .one(
+                Request::AllowAdd {
+                    target: t(broad),
+                    comment: None,
+                    force: false,
+                },
+                T0,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Refusal::Policy {
+                    rule: Rule::Scope,
+                    ..
+                }
+            ),
+            "{broad}: {e}"
+        );
         assert!(e.to_string().contains("--force"), "{e}");
     }
-    assert!(r.kernel.allows.is_empty() && r.ledger.allowlist().is_empty(), "nothing changed");
-    assert!(r.store.commits.iter().all(|ops| !ops.iter().any(|op| matches!(op, StoreOp::PutAllow(..)))));
-    r.one(Request::AllowAdd { target: t("198.51.100.0/24"), comment: None, force: false }, T0).unwrap();
-    r.one(Request::AllowAdd { target: t("0.0.0.0/0"), comment: None, force: true }, T0).unwrap();
+    assert!(
+        r.kernel.allows.is_empty() && r.ledger.allowlist().is_empty(),
+        "nothing changed"
+    );
+    assert!(
+        r.store
+            .commits
+            .iter()
+            .all(|ops| !ops.iter().any(|op| matches!(op, StoreOp::PutAllow(..))))
+    );
+    r.one(
+        Request::AllowAdd {
+            target: t("198.51.100.0/24"),
+            comment: None,
+            force: false,
+        },
+        T0,
+    )
+    .unwrap();
+    r.one(
+        Request::AllowAdd {
+            target: t("0.0.0.0/0"),
+            comment: None,
+            force: true,
+        },
+        T0,
+    )
+    .unwrap();
     assert!(r.kernel.allows.contains_key(&t("0.0.0.0/0")));
 }
 
@@ -655,7 +1033,9 @@ fn allowlisting_a_prefix_broader_than_the_scope_guard_needs_force() {
 fn unspecified_and_multicast_targets_are_refused_as_invalid() {
     let mut r = Rig::new(ledger());
     for bad in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255"] {
-        let e = r.one(Request::Block(req(bad, "cli", Some(60))), T0).unwrap_err();
+        let e = r
+            .one(Request::Block(req(bad, "cli", Some(60))), T0)
+            .unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidRequest, "{bad}");
         assert!(e.to_string().contains("is not a block target"), "{e}");
     }
@@ -671,14 +1051,23 @@ fn with_id(request: Request, id: &str) -> Write {
 
 fn replayed(request: Request, id: &str, spooled_ms: UnixMillis, file: &str) -> Write {
     Write {
-        replay: Some(Replay { spooled_ms, file: file.to_owned() }),
+        replay: Some(Replay {
+            spooled_ms,
+            file: file.to_owned(),
+        }),
         ..with_id(request, id)
     }
 }
 
 impl Rig {
     fn writes(&mut self, writes: Vec<Write>, now: UnixMillis) -> round::Answered {
-        round::run(&mut self.ledger, &mut self.store, &mut self.kernel, writes, now)
+        round::run(
+            &mut self.ledger,
+            &mut self.store,
+            &mut self.kernel,
+            writes,
+            now,
+        )
     }
 }
 
@@ -692,7 +1081,13 @@ fn expires(answer: &Result<Reply, Refusal>) -> Option<UnixMillis> {
 #[test]
 fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
     let mut r = Rig::new(ledger());
-    let first = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "a")], T0);
+    let first = r.writes(
+        vec![with_id(
+            Request::Block(req("192.0.2.1", "wazuh", Some(60))),
+            "a",
+        )],
+        T0,
+    );
     // The same id again, in a later round and twice within one round, with another TTL.
     let again = r.writes(
         vec![
@@ -703,17 +1098,45 @@ fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
     );
     assert_eq!(expires(&again.answers[0]), expires(&first.answers[0]));
     assert_eq!(expires(&again.answers[1]), Some(T0 + 60_000));
-    assert!(again.events.is_empty(), "a duplicate is not audited as a block");
-    assert_eq!(source_block(&r.ledger, "192.0.2.1", "wazuh").unwrap().expires_ms, Some(T0 + 60_000));
+    assert!(
+        again.events.is_empty(),
+        "a duplicate is not audited as a block"
+    );
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.1", "wazuh")
+            .unwrap()
+            .expires_ms,
+        Some(T0 + 60_000)
+    );
     // The id went to the store with the block, in one commit.
-    assert!(r.store.commits[0].iter().any(|op| matches!(op, StoreOp::PutRequest(a) if a.id.as_str() == "a")));
-    assert!(r.store.commits[0].iter().any(|op| matches!(op, StoreOp::Put(_))));
+    assert!(
+        r.store.commits[0]
+            .iter()
+            .any(|op| matches!(op, StoreOp::PutRequest(a) if a.id.as_str() == "a"))
+    );
+    assert!(
+        r.store.commits[0]
+            .iter()
+            .any(|op| matches!(op, StoreOp::Put(_)))
+    );
     // Another id is another request; no id is never a duplicate.
-    let other = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(6000))), "b")], T0 + 2000);
+    let other = r.writes(
+        vec![with_id(
+            Request::Block(req("192.0.2.1", "wazuh", Some(6000))),
+            "b",
+        )],
+        T0 + 2000,
+    );
     assert_eq!(expires(&other.answers[0]), Some(T0 + 2000 + 6_000_000));
     assert_eq!(r.ledger.applied_ids().len(), 2);
     // A refused request is not remembered: sent again, it meets the rules again.
-    let refused = r.writes(vec![with_id(Request::Block(req("198.51.0.0/16", "wazuh", Some(60))), "c")], T0);
+    let refused = r.writes(
+        vec![with_id(
+            Request::Block(req("198.51.0.0/16", "wazuh", Some(60))),
+            "c",
+        )],
+        T0,
+    );
     assert!(refused.answers[0].is_err());
     assert_eq!(r.ledger.applied_ids().len(), 2);
 }
@@ -722,52 +1145,111 @@ fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
 fn a_failed_commit_forgets_the_ids_of_its_round() {
     let mut r = Rig::new(ledger());
     r.store.fail = true;
-    let failed = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "a")], T0);
+    let failed = r.writes(
+        vec![with_id(
+            Request::Block(req("192.0.2.1", "wazuh", Some(60))),
+            "a",
+        )],
+        T0,
+    );
     assert!(matches!(failed.answers[0], Err(Refusal::Store(_))));
     assert!(r.ledger.applied_ids().is_empty());
     r.store.fail = false;
-    let applied = r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "a")], T0 + 1000);
-    assert_eq!(expires(&applied.answers[0]), Some(T0 + 1000 + 60_000), "applied now, not answered from the failed round");
+    let applied = r.writes(
+        vec![with_id(
+            Request::Block(req("192.0.2.1", "wazuh", Some(60))),
+            "a",
+        )],
+        T0 + 1000,
+    );
+    assert_eq!(
+        expires(&applied.answers[0]),
+        Some(T0 + 1000 + 60_000),
+        "applied now, not answered from the failed round"
+    );
 }
 
 #[test]
 fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
     let mut r = Rig::new(ledger());
-    r.writes(vec![with_id(Request::Block(req("192.0.2.1", "wazuh", Some(60))), "old")], T0);
+    r.writes(
+        vec![with_id(
+            Request::Block(req("192.0.2.1", "wazuh", Some(60))),
+            "old",
+        )],
+        T0,
+    );
     let week = REQUEST_ID_RETENTION.as_millis() as u64;
-    r.writes(vec![with_id(Request::Block(req("192.0.2.2", "wazuh", Some(60))), "new")], T0 + week);
+    r.writes(
+        vec![with_id(
+            Request::Block(req("192.0.2.2", "wazuh", Some(60))),
+            "new",
+        )],
+        T0 + week,
+    );
     assert_eq!(r.ledger.applied_ids().len(), 1, "the week-old id went");
-    assert!(r.store.commits[1].iter().any(|op| matches!(op, StoreOp::DeleteRequest(id) if id.as_str() == "old")));
+    assert!(
+        r.store.commits[1]
+            .iter()
+            .any(|op| matches!(op, StoreOp::DeleteRequest(id) if id.as_str() == "old"))
+    );
     // Loaded from the store at start: what is past its retention is handed back to delete.
     let stored: Vec<crate::store::AppliedRequest> = ["x", "y"]
         .iter()
         .zip([T0, T0 + week])
-        .map(|(id, at)| crate::store::AppliedRequest { id: id.parse().unwrap(), applied_ms: at, reply: Reply::Refreshed })
+        .map(|(id, at)| crate::store::AppliedRequest {
+            id: id.parse().unwrap(),
+            applied_ms: at,
+            reply: Reply::Refreshed,
+        })
         .collect();
     let mut fresh = ledger();
     let forgotten = fresh.load_requests(stored, T0 + week + 1);
-    assert_eq!(forgotten.iter().map(RequestId::as_str).collect::<Vec<_>>(), ["x"]);
+    assert_eq!(
+        forgotten.iter().map(RequestId::as_str).collect::<Vec<_>>(),
+        ["x"]
+    );
     assert_eq!(fresh.applied_ids().len(), 1);
 }
 
 #[test]
 fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names_its_file() {
     let mut cfg = PolicyConfig::default();
-    cfg.sources.insert(src("wazuh"), SourcePolicy {
-        rate_limit: Some(3),
-        on_rate_limit: Some(BreakerAction::Refuse),
-        ..SourcePolicy::default()
-    });
+    cfg.sources.insert(
+        src("wazuh"),
+        SourcePolicy {
+            rate_limit: Some(3),
+            on_rate_limit: Some(BreakerAction::Refuse),
+            ..SourcePolicy::default()
+        },
+    );
     let now = T0 + 20 * MIN;
     // Eight triggers spooled over ten minutes, replayed in one round now: all applied.
     let mut r = Rig::new(ledger_with(cfg.clone(), 100));
     let spread: Vec<Write> = (0..8u64)
-        .map(|i| replayed(Request::Block(req(&format!("192.0.2.{i}"), "wazuh", Some(3600))), &format!("s{i}"), T0 + i * 75_000, &format!("f{i}")))
+        .map(|i| {
+            replayed(
+                Request::Block(req(&format!("192.0.2.{i}"), "wazuh", Some(3600))),
+                &format!("s{i}"),
+                T0 + i * 75_000,
+                &format!("f{i}"),
+            )
+        })
         .collect();
     let answered = r.writes(spread, now);
-    assert!(answered.answers.iter().all(Result::is_ok), "{:?}", answered.answers);
+    assert!(
+        answered.answers.iter().all(Result::is_ok),
+        "{:?}",
+        answered.answers
+    );
     assert!(r.ledger.policy_mut().open_breakers(now).is_empty());
-    assert!(answered.events.iter().all(|e| e.spool_file.is_some() && e.spooled_ms.is_some()), "every line names its file");
+    assert!(
+        answered
+            .events
+            .iter()
+            .all(|e| e.spool_file.is_some() && e.spooled_ms.is_some()),
+        "every line names its file"
+    );
     // Six within five seconds: three applied, three refused, each refusal audited with its
     // file, spool time and reason.
     let mut r = Rig::new(ledger_with(cfg, 100));
@@ -775,43 +1257,100 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
         .map(|i| {
             let mut b = req(&format!("198.51.100.{i}"), "wazuh", Some(3600));
             b.reason = Reason::text(format!("alert {i}"));
-            replayed(Request::Block(b), &format!("b{i}"), T0 + i * 1000, &format!("file{i}.json"))
+            replayed(
+                Request::Block(b),
+                &format!("b{i}"),
+                T0 + i * 1000,
+                &format!("file{i}.json"),
+            )
         })
         .collect();
     let answered = r.writes(burst, now);
     assert!(answered.answers[..3].iter().all(Result::is_ok));
-    assert!(answered.answers[3..].iter().all(|a| matches!(a, Err(Refusal::Policy { rule: Rule::Breaker, .. }))));
-    let refusals: Vec<&Event> = answered.events.iter().filter(|e| e.action == Action::Refuse).collect();
+    assert!(answered.answers[3..].iter().all(|a| matches!(
+        a,
+        Err(Refusal::Policy {
+            rule: Rule::Breaker,
+            ..
+        })
+    )));
+    let refusals: Vec<&Event> = answered
+        .events
+        .iter()
+        .filter(|e| e.action == Action::Refuse)
+        .collect();
     assert_eq!(refusals.len(), 3);
     for (i, e) in (3..6u64).zip(refusals) {
-        assert_eq!(e.spool_file.as_deref(), Some(format!("file{i}.json").as_str()));
+        assert_eq!(
+            e.spool_file.as_deref(),
+            Some(format!("file{i}.json").as_str())
+        );
         assert_eq!(e.spooled_ms, Some(T0 + i * 1000));
-        assert_eq!(e.reason.as_ref().unwrap().text.as_deref(), Some(format!("alert {i}").as_str()));
+        assert_eq!(
+            e.reason.as_ref().unwrap().text.as_deref(),
+            Some(format!("alert {i}").as_str())
+        );
     }
     let open = r.ledger.policy_mut().open_breakers(T0 + 4000);
-    assert_eq!(open[0].opened_ms, T0 + 3000, "opened at the fourth trigger's spool time");
-    assert_eq!(open[0].closes_ms, T0 + 3000 + 10 * MIN, "and its cooldown runs from then");
+    assert_eq!(
+        open[0].opened_ms,
+        T0 + 3000,
+        "opened at the fourth trigger's spool time"
+    );
+    assert_eq!(
+        open[0].closes_ms,
+        T0 + 3000 + 10 * MIN,
+        "and its cooldown runs from then"
+    );
     // A replay no rule refuses but that cannot be done is audited too.
     let gone = r.writes(
-        vec![replayed(Request::Unblock { target: t("203.0.113.9"), source: Some(src("wazuh")), all: false }, "u", T0, "u.json")],
+        vec![replayed(
+            Request::Unblock {
+                target: t("203.0.113.9"),
+                source: Some(src("wazuh")),
+                all: false,
+            },
+            "u",
+            T0,
+            "u.json",
+        )],
         now,
     );
     assert!(matches!(gone.answers[0], Err(Refusal::NotFound(_))));
     assert_eq!(gone.events.len(), 1);
-    assert_eq!((gone.events[0].action, gone.events[0].spool_file.as_deref()), (Action::Refuse, Some("u.json")));
+    assert_eq!(
+        (gone.events[0].action, gone.events[0].spool_file.as_deref()),
+        (Action::Refuse, Some("u.json"))
+    );
 }
 
 #[test]
 fn a_pending_block_remembers_who_asked() {
     let cfg = PolicyConfig {
-        sources: [(src("review"), SourcePolicy { require_approval: Some(true), ..SourcePolicy::default() })].into(),
+        sources: [(
+            src("review"),
+            SourcePolicy {
+                require_approval: Some(true),
+                ..SourcePolicy::default()
+            },
+        )]
+        .into(),
         ..PolicyConfig::default()
     };
     let mut r = Rig::new(ledger_with(cfg, 100));
     let wazuh = Caller::peer(998, Some("wazuh"), &[]);
     let mut c = Change::default();
-    let applied = r.ledger.apply(&mut c, Write::new(Request::Block(req("198.51.100.7", "review", Some(60))), wazuh.clone()), T0);
-    let Ok(Reply::Block(reply)) = applied.answer else { panic!("{:?}", applied.answer) };
+    let applied = r.ledger.apply(
+        &mut c,
+        Write::new(
+            Request::Block(req("198.51.100.7", "review", Some(60))),
+            wazuh.clone(),
+        ),
+        T0,
+    );
+    let Ok(Reply::Block(reply)) = applied.answer else {
+        panic!("{:?}", applied.answer)
+    };
     let p = &r.ledger.pending()[&reply.pending_id.unwrap()];
     assert_eq!(p.requested_by.as_ref(), Some(&wazuh.id));
 }
@@ -821,13 +1360,42 @@ fn every_audit_line_of_a_clients_request_names_the_caller_and_the_daemons_own_do
     let mut r = Rig::new(ledger());
     let alice = Caller::peer(1001, Some("alice"), &[(1001, "ops")]);
     let mut c = Change::default();
-    r.ledger.apply(&mut c, Write::new(Request::Block(req("198.51.100.7", "cli", Some(60))), alice.clone()), T0);
-    r.ledger.apply(&mut c, Write::new(Request::Block(req("198.0.0.0/8", "cli", Some(60))), alice.clone()), T0);
-    r.ledger.apply(&mut c, Write::new(Request::Block(req("198.51.100.8", "crowdsec", Some(60))), Caller::internal("crowdsec")), T0);
-    let callers: Vec<_> = c.events.iter().map(|e| (e.action, e.caller.as_ref().map(|c| c.id.uid))).collect();
+    r.ledger.apply(
+        &mut c,
+        Write::new(
+            Request::Block(req("198.51.100.7", "cli", Some(60))),
+            alice.clone(),
+        ),
+        T0,
+    );
+    r.ledger.apply(
+        &mut c,
+        Write::new(
+            Request::Block(req("198.0.0.0/8", "cli", Some(60))),
+            alice.clone(),
+        ),
+        T0,
+    );
+    r.ledger.apply(
+        &mut c,
+        Write::new(
+            Request::Block(req("198.51.100.8", "crowdsec", Some(60))),
+            Caller::internal("crowdsec"),
+        ),
+        T0,
+    );
+    let callers: Vec<_> = c
+        .events
+        .iter()
+        .map(|e| (e.action, e.caller.as_ref().map(|c| c.id.uid)))
+        .collect();
     assert_eq!(
         callers,
-        [(Action::Block, Some(1001)), (Action::Refuse, Some(1001)), (Action::Block, None)],
+        [
+            (Action::Block, Some(1001)),
+            (Action::Refuse, Some(1001)),
+            (Action::Block, None)
+        ],
         "{:#?}",
         c.events
     );
@@ -838,10 +1406,22 @@ fn every_audit_line_of_a_clients_request_names_the_caller_and_the_daemons_own_do
 /// One step of a random history.
 #[derive(Clone, Debug)]
 enum Step {
-    Block { target: u8, source: u8, ttl_min: u64, shadow: bool },
-    Unblock { target: u8, source: u8 },
-    Promote { target: u8 },
-    Advance { min: u64 },
+    Block {
+        target: u8,
+        source: u8,
+        ttl_min: u64,
+        shadow: bool,
+    },
+    Unblock {
+        target: u8,
+        source: u8,
+    },
+    Promote {
+        target: u8,
+    },
+    Advance {
+        min: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -866,8 +1446,17 @@ fn target_n(n: u8) -> Target {
 
 fn run_step(r: &mut Rig, s: &Step, now: &mut UnixMillis) {
     let request = match s {
-        Step::Block { target, source, ttl_min, shadow } => {
-            let mut b = req(&target_n(*target).to_string(), SOURCES[*source as usize], Some(ttl_min * 60));
+        Step::Block {
+            target,
+            source,
+            ttl_min,
+            shadow,
+        } => {
+            let mut b = req(
+                &target_n(*target).to_string(),
+                SOURCES[*source as usize],
+                Some(ttl_min * 60),
+            );
             b.shadow = *shadow;
             Request::Block(b)
         }
@@ -876,7 +1465,10 @@ fn run_step(r: &mut Rig, s: &Step, now: &mut UnixMillis) {
             source: Some(src(SOURCES[*source as usize])),
             all: false,
         },
-        Step::Promote { target } => Request::Promote { target: Some(target_n(*target)), source: None },
+        Step::Promote { target } => Request::Promote {
+            target: Some(target_n(*target)),
+            source: None,
+        },
         Step::Advance { min } => {
             *now += min * MIN;
             r.reap(*now);
@@ -952,7 +1544,10 @@ fn the_refusal_of_a_batch_item_uses_the_protocol_body() {
     let (reply, touched) = l.block_batch(
         &mut Change::default(),
         BatchRequest {
-            items: vec![BatchItem { target: t("10.0.0.0/8"), ttl_secs: None }],
+            items: vec![BatchItem {
+                target: t("10.0.0.0/8"),
+                ttl_secs: None,
+            }],
             ttl_secs: None,
             source: src("wazuh"),
             reason: Reason::default(),
@@ -960,15 +1555,26 @@ fn the_refusal_of_a_batch_item_uses_the_protocol_body() {
         },
         T0,
     );
-    let Reply::BlockBatch { failed, .. } = reply else { panic!() };
+    let Reply::BlockBatch { failed, .. } = reply else {
+        panic!()
+    };
     assert!(touched.is_empty());
-    assert!(failed[0].error.message.starts_with("refused by policy rule `scope`"), "{}", failed[0].error.message);
+    assert!(
+        failed[0]
+            .error
+            .message
+            .starts_with("refused by policy rule `scope`"),
+        "{}",
+        failed[0].error.message
+    );
 }
 
 // --- time: wall-clock steps, pending ids, the offense table ------------------------------
 
 /// A rig whose ledger follows `clock` (boot `a`), as the engine's loop does each round.
-fn clocked_rig(clock: &crate::time::fake::FakeClock) -> (Rig, crate::time::TimeKeeper<crate::time::fake::FakeClock>) {
+fn clocked_rig(
+    clock: &crate::time::fake::FakeClock,
+) -> (Rig, crate::time::TimeKeeper<crate::time::fake::FakeClock>) {
     let keeper = crate::time::TimeKeeper::new(clock.clone(), "a".into());
     let mut r = Rig::new(ledger());
     r.ledger.set_time_base(keeper.base());
@@ -976,7 +1582,10 @@ fn clocked_rig(clock: &crate::time::fake::FakeClock) -> (Rig, crate::time::TimeK
 }
 
 /// What the engine does before each round: read the clock, follow it, store what moved.
-fn follow(r: &mut Rig, keeper: &mut crate::time::TimeKeeper<crate::time::fake::FakeClock>) -> (UnixMillis, Option<ClockChange>) {
+fn follow(
+    r: &mut Rig,
+    keeper: &mut crate::time::TimeKeeper<crate::time::fake::FakeClock>,
+) -> (UnixMillis, Option<ClockChange>) {
     let tick = keeper.tick();
     let change = r.ledger.follow_clock(&tick);
     if let Some(c) = &change {
@@ -993,9 +1602,14 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
     let clock = crate::time::fake::FakeClock::new(T0, 10_000);
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now)
+        .unwrap();
     let boot_deadline = r.kernel.blocks[&t("192.0.2.1")].expires_ns;
-    assert_eq!(boot_deadline, (10_000 + HOUR) * 1_000_000, "the kernel's deadline is on the boot clock");
+    assert_eq!(
+        boot_deadline,
+        (10_000 + HOUR) * 1_000_000,
+        "the kernel's deadline is on the boot clock"
+    );
 
     clock.advance(MIN);
     clock.step_wall(DAY as i64);
@@ -1003,25 +1617,58 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
     let change = change.expect("a step is handled");
     let event = change.event.expect("a step is audited");
     assert_eq!(event.action, Action::ClockJump);
-    assert!(event.detail.as_deref().unwrap().contains("+86400.0 s"), "{event:?}");
-    assert!(change.ops.iter().any(|o| matches!(o, StoreOp::Put(_))), "the moved deadline is stored");
-    assert!(change.ops.iter().any(|o| matches!(o, StoreOp::SetTimeBase(_))), "with its new base");
+    assert!(
+        event.detail.as_deref().unwrap().contains("+86400.0 s"),
+        "{event:?}"
+    );
+    assert!(
+        change.ops.iter().any(|o| matches!(o, StoreOp::Put(_))),
+        "the moved deadline is stored"
+    );
+    assert!(
+        change
+            .ops
+            .iter()
+            .any(|o| matches!(o, StoreOp::SetTimeBase(_))),
+        "with its new base"
+    );
     let steps = r.ledger.clock_steps();
     assert_eq!(steps.count, 1, "status counts the step");
     let last = steps.last.as_ref().unwrap();
-    assert_eq!((last.by_ms, last.moved, last.while_running, last.seen_ms), (DAY as i64, 1, true, now));
+    assert_eq!(
+        (last.by_ms, last.moved, last.while_running, last.seen_ms),
+        (DAY as i64, 1, true, now)
+    );
 
     assert_eq!(r.reap(now), 0, "a day's step ends nothing");
-    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(now + HOUR - MIN), "59 min left, as before the step");
-    r.one(Request::Block(req("192.0.2.9", "cli", Some(60))), now).unwrap();
-    assert_eq!(r.kernel.blocks[&t("192.0.2.1")].expires_ns, boot_deadline, "the kernel's deadline did not move");
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.1", "cli")
+            .unwrap()
+            .expires_ms,
+        Some(now + HOUR - MIN),
+        "59 min left, as before the step"
+    );
+    r.one(Request::Block(req("192.0.2.9", "cli", Some(60))), now)
+        .unwrap();
+    assert_eq!(
+        r.kernel.blocks[&t("192.0.2.1")].expires_ns,
+        boot_deadline,
+        "the kernel's deadline did not move"
+    );
 
     clock.advance(HOUR - MIN - 1000);
     let (now, change) = follow(&mut r, &mut keeper);
     assert!(change.is_none(), "no step, no slew: nothing to store");
-    assert_eq!(r.ledger.clock_steps().count, 1, "time passing is not a step");
+    assert_eq!(
+        r.ledger.clock_steps().count,
+        1,
+        "time passing is not a step"
+    );
     assert_eq!(r.reap(now), 1, "the other block (1 min) ended");
-    assert!(source_block(&r.ledger, "192.0.2.1", "cli").is_some(), "1 s before its hour");
+    assert!(
+        source_block(&r.ledger, "192.0.2.1", "cli").is_some(),
+        "1 s before its hour"
+    );
     clock.advance(1000);
     let (now, _) = follow(&mut r, &mut keeper);
     assert_eq!(r.reap(now), 1, "it ends after its hour");
@@ -1032,14 +1679,24 @@ fn a_backward_step_neither_lengthens_a_block_nor_a_pending_request() {
     let clock = crate::time::fake::FakeClock::new(T0 + 2 * DAY, 10_000);
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now)
+        .unwrap();
     clock.step_wall(-(DAY as i64));
     let (now, change) = follow(&mut r, &mut keeper);
     assert!(change.unwrap().event.is_some());
-    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(now + HOUR));
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.1", "cli")
+            .unwrap()
+            .expires_ms,
+        Some(now + HOUR)
+    );
     clock.advance(HOUR);
     let (now, _) = follow(&mut r, &mut keeper);
-    assert_eq!(r.reap(now), 1, "ends an hour after it began, not a day later");
+    assert_eq!(
+        r.reap(now),
+        1,
+        "ends an hour after it began, not a day later"
+    );
 }
 
 #[test]
@@ -1047,25 +1704,43 @@ fn a_slow_slew_moves_the_base_but_no_deadline_and_is_not_audited() {
     let clock = crate::time::fake::FakeClock::new(T0, 10_000);
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
-    r.one(Request::Block(req("192.0.2.1", "cli", Some(7200))), now).unwrap();
+    r.one(Request::Block(req("192.0.2.1", "cli", Some(7200))), now)
+        .unwrap();
     clock.advance(HOUR);
     clock.step_wall(300); // 83 ppm over the hour
     let (_, change) = follow(&mut r, &mut keeper);
     let change = change.expect("the base follows a slew past 250 ms");
     assert!(change.event.is_none());
-    assert!(matches!(change.ops[..], [StoreOp::SetTimeBase(_)]), "{:?}", change.ops);
-    assert_eq!(source_block(&r.ledger, "192.0.2.1", "cli").unwrap().expires_ms, Some(T0 + 2 * HOUR));
+    assert!(
+        matches!(change.ops[..], [StoreOp::SetTimeBase(_)]),
+        "{:?}",
+        change.ops
+    );
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.1", "cli")
+            .unwrap()
+            .expires_ms,
+        Some(T0 + 2 * HOUR)
+    );
 }
 
 #[test]
 fn the_next_pending_id_is_stored_and_never_reused() {
     let cfg = PolicyConfig {
-        sources: [(src("manual"), SourcePolicy { require_approval: Some(true), ..SourcePolicy::default() })].into(),
+        sources: [(
+            src("manual"),
+            SourcePolicy {
+                require_approval: Some(true),
+                ..SourcePolicy::default()
+            },
+        )]
+        .into(),
         ..PolicyConfig::default()
     };
     let mut r = Rig::new(ledger_with(cfg.clone(), 100));
     for target in ["192.0.2.1", "192.0.2.2"] {
-        r.one(Request::Block(req(target, "manual", Some(60))), T0).unwrap();
+        r.one(Request::Block(req(target, "manual", Some(60))), T0)
+            .unwrap();
     }
     r.one(Request::Reject { id: 2 }, T0).unwrap();
     let stored_next = r
@@ -1073,13 +1748,29 @@ fn the_next_pending_id_is_stored_and_never_reused() {
         .commits
         .iter()
         .flatten()
-        .filter_map(|o| if let StoreOp::SetNextPending(n) = o { Some(*n) } else { None })
+        .filter_map(|o| {
+            if let StoreOp::SetNextPending(n) = o {
+                Some(*n)
+            } else {
+                None
+            }
+        })
         .next_back();
     assert_eq!(stored_next, Some(3));
     // A restart: the store gives back pending block 1 and the next id.
     let mut again = ledger_with(cfg, 100);
-    again.load_side(r.ledger.pending().values().cloned().collect(), vec![], stored_next);
-    let p = again.block(&mut Change::default(), req("192.0.2.3", "manual", Some(60)), T0).unwrap();
+    again.load_side(
+        r.ledger.pending().values().cloned().collect(),
+        vec![],
+        stored_next,
+    );
+    let p = again
+        .block(
+            &mut Change::default(),
+            req("192.0.2.3", "manual", Some(60)),
+            T0,
+        )
+        .unwrap();
     assert_eq!(p.pending_id, Some(3), "not 2, the rejected block's id");
     // A store from before the id was kept: after the highest stored id.
     let mut old = ledger();
@@ -1103,32 +1794,65 @@ fn offenders(window: &str) -> Ledger {
 #[test]
 fn offense_histories_leave_with_their_window_and_the_table_is_capped() {
     let mut l = offenders("1h");
-    for (i, target) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].into_iter().enumerate() {
+    for (i, target) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+        .into_iter()
+        .enumerate()
+    {
         block(&mut l, req(target, "wazuh", Some(60)), T0 + i as u64 * MIN).unwrap();
     }
     assert_eq!(l.offenses.len(), 3);
-    assert_eq!(l.next_deadline(), Some(T0 + MIN), "the first block ends first");
+    assert_eq!(
+        l.next_deadline(),
+        Some(T0 + MIN),
+        "the first block ends first"
+    );
     let mut c = Change::default();
     l.expire(&mut c, T0 + 10 * MIN, usize::MAX);
     assert_eq!(l.offenses.len(), 3, "still in the window");
-    assert_eq!(l.next_deadline(), Some(T0 + 60 * MIN), "the oldest history leaves the window then");
+    assert_eq!(
+        l.next_deadline(),
+        Some(T0 + 60 * MIN),
+        "the oldest history leaves the window then"
+    );
     let mut c = Change::default();
     l.expire(&mut c, T0 + 61 * MIN, usize::MAX);
     assert_eq!(l.offenses.len(), 1, "two left the window");
-    assert!(c.ops.iter().any(|o| matches!(o, StoreOp::PutOffenses(x, v) if *x == t("192.0.2.1") && v.is_empty())), "forgotten in the store too");
+    assert!(
+        c.ops.iter().any(
+            |o| matches!(o, StoreOp::PutOffenses(x, v) if *x == t("192.0.2.1") && v.is_empty())
+        ),
+        "forgotten in the store too"
+    );
 
     // The cap: the target blocked longest ago goes first.
     let mut l = offenders("1d");
     l.offenses.set_cap(2);
-    for (i, target) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].into_iter().enumerate() {
+    for (i, target) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+        .into_iter()
+        .enumerate()
+    {
         block(&mut l, req(target, "wazuh", Some(60)), T0 + i as u64 * MIN).unwrap();
     }
     assert_eq!(l.offenses.len(), 2);
-    assert!(l.offenses.get(&t("192.0.2.1")).is_none(), "the oldest was evicted");
+    assert!(
+        l.offenses.get(&t("192.0.2.1")).is_none(),
+        "the oldest was evicted"
+    );
     // Per target, only as many times as the escalation steps are kept.
     for i in 0..5 {
-        l.unblock(&mut Change::default(), t("192.0.2.3"), Some(src("wazuh")), false).unwrap();
-        block(&mut l, req("192.0.2.3", "wazuh", Some(60)), T0 + (10 + i) * MIN).unwrap();
+        l.unblock(
+            &mut Change::default(),
+            t("192.0.2.3"),
+            Some(src("wazuh")),
+            false,
+        )
+        .unwrap();
+        block(
+            &mut l,
+            req("192.0.2.3", "wazuh", Some(60)),
+            T0 + (10 + i) * MIN,
+        )
+        .unwrap();
     }
     assert_eq!(l.offenses.get(&t("192.0.2.3")).unwrap().len(), 2);
 }
@@ -1143,9 +1867,16 @@ fn a_store_over_the_cap_or_without_escalation_is_pruned_at_the_first_reap() {
     assert_eq!(l.offenses.len(), 0);
     let mut l = offenders("1d");
     l.offenses.set_cap(1);
-    l.load_side(vec![], vec![(t("192.0.2.1"), vec![T0]), (t("192.0.2.2"), vec![T0 + 1])], None);
+    l.load_side(
+        vec![],
+        vec![(t("192.0.2.1"), vec![T0]), (t("192.0.2.2"), vec![T0 + 1])],
+        None,
+    );
     assert_eq!(l.next_deadline(), Some(0), "over the cap: at once");
     l.expire(&mut Change::default(), T0 + 2, usize::MAX);
     assert_eq!(l.offenses.len(), 1);
-    assert!(l.offenses.get(&t("192.0.2.2")).is_some(), "the newest stays");
+    assert!(
+        l.offenses.get(&t("192.0.2.2")).is_some(),
+        "the newest stays"
+    );
 }

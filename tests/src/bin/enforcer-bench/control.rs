@@ -191,7 +191,10 @@ pub fn run(settings: &Settings) -> Result<Results> {
         imports.push(import(size)?);
     }
 
-    eprintln!("control: import of {} targets while /metrics is scraped", settings.scrape_import);
+    eprintln!(
+        "control: import of {} targets while /metrics is scraped",
+        settings.scrape_import
+    );
     let scraped_import = scraped_import(settings.scrape_import)?;
 
     eprintln!("control: latencies");
@@ -399,26 +402,46 @@ fn scraped_import(n: usize) -> Result<ScrapedImport> {
         let scraped = round % 2 == 1;
         let lab = Lab::new()?;
         lab.receiver.ip(&["link", "set", "lo", "up"])?;
-        let port = lab.receiver.run(|| std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port())))???;
+        let port = lab.receiver.run(|| {
+            std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()))
+        })???;
         let capacity = (n + 1024).to_string();
-        let d = Daemon::start(&lab, &["--max-addresses", &capacity, "--metrics-listen", &format!("127.0.0.1:{port}")])?;
+        let d = Daemon::start(
+            &lab,
+            &[
+                "--max-addresses",
+                &capacity,
+                "--metrics-listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+        )?;
         let file = targets_file(n)?;
         let stop = AtomicBool::new(false);
         let (seconds, times) = std::thread::scope(|s| -> Result<(f64, Vec<f64>)> {
-            let scraper = scraped.then(|| s.spawn(|| lab.receiver.run(|| scrape_until(port, &stop))));
+            let scraper =
+                scraped.then(|| s.spawn(|| lab.receiver.run(|| scrape_until(port, &stop))));
             let started = Instant::now();
-            let result = cli(&d.socket).arg("import").arg(file.1.as_path()).args(["--ttl", "1h", "--json"]).output();
+            let result = cli(&d.socket)
+                .arg("import")
+                .arg(file.1.as_path())
+                .args(["--ttl", "1h", "--json"])
+                .output();
             let seconds = started.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
             let times = match scraper {
-                Some(h) => h.join().map_err(|_| anyhow::anyhow!("the scraper panicked"))???,
+                Some(h) => h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the scraper panicked"))???,
                 None => Vec::new(),
             };
             check(result?).context("enforcer import")?;
             Ok((seconds, times))
         })?;
         if scraped {
-            ensure!(!times.is_empty(), "no scrape was answered during the import");
+            ensure!(
+                !times.is_empty(),
+                "no scrape was answered during the import"
+            );
             out.scrapes += times.len() as u64;
             scrape_ms.extend(times);
             out.scraped_seconds.push(seconds);
@@ -458,7 +481,11 @@ fn scrape_until(port: u16, stop: &AtomicBool) -> Result<Vec<f64>> {
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
         body.clear();
         s.read_to_end(&mut body)?;
-        ensure!(body.starts_with(b"HTTP/1.1 200"), "scrape failed: {}", String::from_utf8_lossy(&body));
+        ensure!(
+            body.starts_with(b"HTTP/1.1 200"),
+            "scrape failed: {}",
+            String::from_utf8_lossy(&body)
+        );
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
     Ok(times)

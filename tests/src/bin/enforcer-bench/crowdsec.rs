@@ -46,8 +46,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub const FULL: Self = Self { poll_secs: 2, rounds: 20, sync_decisions: 100_000, sync_runs: 3 };
-    pub const QUICK: Self = Self { poll_secs: 1, rounds: 3, sync_decisions: 2_000, sync_runs: 1 };
+    pub const FULL: Self = Self {
+        poll_secs: 2,
+        rounds: 20,
+        sync_decisions: 100_000,
+        sync_runs: 3,
+    };
+    pub const QUICK: Self = Self {
+        poll_secs: 1,
+        rounds: 3,
+        sync_decisions: 2_000,
+        sync_runs: 1,
+    };
 }
 
 #[derive(Debug, Serialize)]
@@ -95,7 +105,11 @@ pub struct Results {
 pub fn run(s: &Settings, baseline: Option<&Path>) -> Result<Results> {
     let fleet = fleet(s)?;
     let sync = sync(s, baseline)?;
-    Ok(Results { settings: *s, fleet, sync })
+    Ok(Results {
+        settings: *s,
+        fleet,
+        sync,
+    })
 }
 
 /// Receives probes and remembers when the last one arrived.
@@ -121,16 +135,30 @@ impl Probe {
             }
         });
         let receiver = std::thread::spawn(move || receive(&rx, &s2, &last, epoch));
-        Ok(Self { stop, last_rx_ns, epoch, threads: vec![sender, receiver] })
+        Ok(Self {
+            stop,
+            last_rx_ns,
+            epoch,
+            threads: vec![sender, receiver],
+        })
     }
 
     /// Waits until probes stop (or resume) arriving; returns when the change happened.
     fn wait(&self, blocked: bool, timeout: Duration) -> Result<Instant> {
-        wait_for(if blocked { "probes to stop" } else { "probes to pass" }, timeout, || {
-            let last = self.epoch + Duration::from_nanos(self.last_rx_ns.load(Ordering::Relaxed));
-            let quiet = last.elapsed() > Duration::from_millis(150);
-            Ok((quiet == blocked).then_some(last))
-        })
+        wait_for(
+            if blocked {
+                "probes to stop"
+            } else {
+                "probes to pass"
+            },
+            timeout,
+            || {
+                let last =
+                    self.epoch + Duration::from_nanos(self.last_rx_ns.load(Ordering::Relaxed));
+                let quiet = last.elapsed() > Duration::from_millis(150);
+                Ok((quiet == blocked).then_some(last))
+            },
+        )
     }
 }
 
@@ -155,9 +183,22 @@ fn receive(rx: &UdpSocket, stop: &AtomicBool, last: &AtomicU64, epoch: Instant) 
 fn fleet(s: &Settings) -> Result<Fleet> {
     let a = Lab::new()?;
     let b = Lab::new()?;
-    a.receiver.ip(&["link", "add", "mg", "type", "veth", "peer", "name", "mg", "netns", b.receiver.name()])?;
-    a.receiver.ip(&["addr", "add", "198.51.100.1/30", "dev", "mg"])?;
-    b.receiver.ip(&["addr", "add", "198.51.100.2/30", "dev", "mg"])?;
+    a.receiver.ip(&[
+        "link",
+        "add",
+        "mg",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mg",
+        "netns",
+        b.receiver.name(),
+    ])?;
+    a.receiver
+        .ip(&["addr", "add", "198.51.100.1/30", "dev", "mg"])?;
+    b.receiver
+        .ip(&["addr", "add", "198.51.100.2/30", "dev", "mg"])?;
     a.receiver.ip(&["link", "set", "mg", "up"])?;
     b.receiver.ip(&["link", "set", "mg", "up"])?;
     let lapi = Lapi::start(&a.receiver, "198.51.100.1:8080")?;
@@ -175,12 +216,25 @@ fn fleet(s: &Settings) -> Result<Fleet> {
     let (mut ta, mut tb, mut both) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..s.rounds {
         // Start at a random phase of the poll cycle.
-        std::thread::sleep(Duration::from_millis((round as u64 * 377) % (s.poll_secs * 1000)));
+        std::thread::sleep(Duration::from_millis(
+            (round as u64 * 377) % (s.poll_secs * 1000),
+        ));
         lapi.cscli(&["decisions", "add", "--ip", src, "--duration", "1h"])?;
         let t0 = Instant::now();
-        let la = pa.wait(true, deadline)?.saturating_duration_since(t0).as_secs_f64() * 1e3;
-        let lb = pb.wait(true, deadline)?.saturating_duration_since(t0).as_secs_f64() * 1e3;
-        eprintln!("  decision {}: host A {la:.0} ms, host B {lb:.0} ms", round + 1);
+        let la = pa
+            .wait(true, deadline)?
+            .saturating_duration_since(t0)
+            .as_secs_f64()
+            * 1e3;
+        let lb = pb
+            .wait(true, deadline)?
+            .saturating_duration_since(t0)
+            .as_secs_f64()
+            * 1e3;
+        eprintln!(
+            "  decision {}: host A {la:.0} ms, host B {lb:.0} ms",
+            round + 1
+        );
         ta.push(la);
         tb.push(lb);
         both.push(la.max(lb));
@@ -198,7 +252,10 @@ fn fleet(s: &Settings) -> Result<Fleet> {
 
 fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
     let n = s.sync_decisions;
-    ensure!(n <= 131_072, "the sync uses 198.18.0.0/15 (the benchmarking range): at most 131072 decisions");
+    ensure!(
+        n <= 131_072,
+        "the sync uses 198.18.0.0/15 (the benchmarking range): at most 131072 decisions"
+    );
     let mut lab = Lab::new()?;
     let lapi = Lapi::start(&lab.receiver, "127.0.0.1:8080")?;
     let import_s = fill(&lapi, n)?;
@@ -210,7 +267,14 @@ fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
         let t = Instant::now();
         let out = lab.receiver.exec(
             "curl",
-            &["-sf", "-o", "/dev/null", "-H", &format!("X-Api-Key: {key}"), &format!("{}v1/decisions/stream?startup=true", lapi.url())],
+            &[
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-H",
+                &format!("X-Api-Key: {key}"),
+                &format!("{}v1/decisions/stream?startup=true", lapi.url()),
+            ],
         )?;
         ensure!(out.is_empty(), "curl: {out}");
         answers.push(t.elapsed().as_secs_f64() * 1e3);
@@ -228,7 +292,9 @@ fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
                 (false, None) => continue,
             };
             let ms = sync_once(&mut lab, bin, &config, n)?;
-            eprintln!("  {name}: {n} decisions enforced {ms:.0} ms after the daemon started (LAPI answer alone: {lapi_answer_ms:.0} ms)");
+            eprintln!(
+                "  {name}: {n} decisions enforced {ms:.0} ms after the daemon started (LAPI answer alone: {lapi_answer_ms:.0} ms)"
+            );
             times.push(ms);
         }
     }
@@ -266,20 +332,44 @@ fn fill(lapi: &Lapi, n: usize) -> Result<f64> {
 /// so the next run starts from nothing.
 fn sync_once(lab: &mut Lab, bin: &Path, config: &Path, n: usize) -> Result<f64> {
     let started = Instant::now();
-    let mut daemon = Daemon::start_bin(bin, lab, &["--config", &config.to_string_lossy(), "--max-addresses", "262144"])?;
+    let mut daemon = Daemon::start_bin(
+        bin,
+        lab,
+        &[
+            "--config",
+            &config.to_string_lossy(),
+            "--max-addresses",
+            "262144",
+        ],
+    )?;
     // Asked with the build's own CLI (builds may differ in protocol); a status asked while the
     // engine applies the pull is answered after that round.
-    wait_for("every decision to be enforced", Duration::from_secs(120), || {
-        let out = std::process::Command::new(bin).arg("--socket").arg(&daemon.socket).args(["status", "--json"]).output()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        Ok((status["targets"].as_u64().unwrap_or(0) >= n as u64).then_some(()))
-    })?;
+    wait_for(
+        "every decision to be enforced",
+        Duration::from_secs(120),
+        || {
+            let out = std::process::Command::new(bin)
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .args(["status", "--json"])
+                .output()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok((status["targets"].as_u64().unwrap_or(0) >= n as u64).then_some(()))
+        },
+    )?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     // The daemon's own account of the pull (fetch, parse, apply), for profiling.
     if let Ok(dir) = std::env::var("ENFORCER_BENCH_LOGS") {
-        let _ = std::fs::write(format!("{dir}/daemon-{}.log", enforcer_tests::unique_name("")), daemon.log());
+        let _ = std::fs::write(
+            format!("{dir}/daemon-{}.log", enforcer_tests::unique_name("")),
+            daemon.log(),
+        );
     }
-    if let Some(line) = daemon.log().lines().find(|l| l.contains("CrowdSec full pull applied")) {
+    if let Some(line) = daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("CrowdSec full pull applied"))
+    {
         eprintln!("    daemon: {}", line.trim());
     }
     daemon.stop()?;

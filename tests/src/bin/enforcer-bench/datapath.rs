@@ -417,7 +417,10 @@ fn measure(loaded: &mut [Loaded], probes: &[Probe], settings: &Settings) -> Resu
 
 /// This thread's CPU time, ns.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write; the clock id is a constant Linux supports.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     debug_assert_eq!(rc, 0);
@@ -468,7 +471,11 @@ impl Case {
             .map(|(&o, &f)| f64::from(o) / f64::from(f.max(1)))
             .collect();
         ratios.sort_by(f64::total_cmp);
-        let mut wall_ratios: Vec<f64> = wall_ns.iter().zip(&wall_floor_ns).map(|(o, f)| o / f).collect();
+        let mut wall_ratios: Vec<f64> = wall_ns
+            .iter()
+            .zip(&wall_floor_ns)
+            .map(|(o, f)| o / f)
+            .collect();
         wall_ratios.sort_by(f64::total_cmp);
         let sorted = |v: &[f64]| {
             let mut v = v.to_vec();

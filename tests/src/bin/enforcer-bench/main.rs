@@ -155,7 +155,9 @@ fn main() -> Result<()> {
         };
         s.rounds = args.crowdsec_rounds.map_or(s.rounds, |n| n as usize);
         s.sync_runs = args.crowdsec_sync_runs.map_or(s.sync_runs, |n| n as usize);
-        report.crowdsec = Some(timed(times, "crowdsec", || crowdsec::run(&s, args.baseline_enforcer.as_deref()))?);
+        report.crowdsec = Some(timed(times, "crowdsec", || {
+            crowdsec::run(&s, args.baseline_enforcer.as_deref())
+        })?);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report.judge();
@@ -163,7 +165,11 @@ fn main() -> Result<()> {
     print!("{markdown}");
     eprintln!("results in {}", out.display());
     // A case whose filter did not filter measured nothing worth reporting: fail the run.
-    let failures = report.traffic.as_ref().map(traffic::Results::failures).unwrap_or_default();
+    let failures = report
+        .traffic
+        .as_ref()
+        .map(traffic::Results::failures)
+        .unwrap_or_default();
     ensure!(
         failures.is_empty(),
         "{} traffic case(s) failed their functional check:\n  {}",

@@ -374,7 +374,10 @@ fn apply(client: &mut Client, items: Vec<BatchItem>, ttl_secs: Option<u64>) -> R
         reason: Default::default(),
         shadow: false,
     }))?;
-    let Reply::BlockBatch { applied, failed, .. } = reply else {
+    let Reply::BlockBatch {
+        applied, failed, ..
+    } = reply
+    else {
         bail!("unexpected reply")
     };
     ensure!(

@@ -130,7 +130,11 @@ fn pin_to_cpu(cpu: usize) -> Result<()> {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
     };
-    ensure!(rc == 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+    ensure!(
+        rc == 0,
+        "sched_setaffinity to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
     Ok(())
 }
 

@@ -198,7 +198,10 @@ impl Run {
             rounds.iter().map(|r| g(f(r))).sum()
         };
         let mut out = Vec::new();
-        let (b_sent, b_delivered) = (sum(|r| &r.blocked, |p| p.sent), sum(|r| &r.blocked, |p| p.delivered));
+        let (b_sent, b_delivered) = (
+            sum(|r| &r.blocked, |p| p.sent),
+            sum(|r| &r.blocked, |p| p.delivered),
+        );
         if blocks > 0 && b_delivered > 0 {
             out.push(format!(
                 "the blocked source is on the list, yet {b_delivered} of its {b_sent} datagrams were delivered \
@@ -212,8 +215,11 @@ impl Run {
                 out.push(format!("with an empty list, {lost} of {b_sent} datagrams from the second source were dropped"));
             }
         }
-        let (sent, delivered, overflowed) =
-            (sum(|r| &r.legit, |p| p.sent), sum(|r| &r.legit, |p| p.delivered), sum(|r| &r.legit, |p| p.overflowed));
+        let (sent, delivered, overflowed) = (
+            sum(|r| &r.legit, |p| p.sent),
+            sum(|r| &r.legit, |p| p.delivered),
+            sum(|r| &r.legit, |p| p.overflowed),
+        );
         let lost = sent.saturating_sub(delivered + overflowed);
         if lost > 0 {
             out.push(format!(
@@ -444,11 +450,20 @@ mod tests {
     use super::*;
 
     fn phase(sent: u64, delivered: u64, overflowed: u64) -> Phase {
-        Phase { sent, delivered, overflowed, seconds: 0.1 }
+        Phase {
+            sent,
+            delivered,
+            overflowed,
+            seconds: 0.1,
+        }
     }
 
     fn round(legit: Phase, blocked: Phase) -> Round {
-        Round { baseline: phase(100, 100, 0), legit, blocked }
+        Round {
+            baseline: phase(100, 100, 0),
+            legit,
+            blocked,
+        }
     }
 
     #[test]
@@ -458,7 +473,10 @@ mod tests {
         // One blocked datagram delivered: 99% is not 100%.
         let leak = [round(phase(100, 100, 0), phase(100, 1, 0))];
         let f = Run::failures(10, &leak);
-        assert!(f.len() == 1 && f[0].contains("1 of its 100 datagrams were delivered"), "{f:?}");
+        assert!(
+            f.len() == 1 && f[0].contains("1 of its 100 datagrams were delivered"),
+            "{f:?}"
+        );
         // One legitimate datagram dropped before the socket.
         let lost = [round(phase(100, 99, 0), phase(100, 0, 0))];
         let f = Run::failures(10, &lost);

@@ -291,7 +291,11 @@ impl Receiver {
                 &raw mut len,
             )
         };
-        ensure!(rc == 0, "getsockopt(SO_MEMINFO): {}", io::Error::last_os_error());
+        ensure!(
+            rc == 0,
+            "getsockopt(SO_MEMINFO): {}",
+            io::Error::last_os_error()
+        );
         Ok(u64::from(info[libc::SK_MEMINFO_DROPS as usize]))
     }
 

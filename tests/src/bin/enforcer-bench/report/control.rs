@@ -101,14 +101,33 @@ pub fn markdown(w: &mut String, c: &Results) {
         crate::control::SCRAPE_EVERY.as_millis(),
         thousands(si.scrapes as usize)
     );
-    let secs = |v: &[f64]| v.iter().map(|s| format!("{s:.2} s")).collect::<Vec<_>>().join(", ");
+    let secs = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(w, "| runs | import times | median |");
     let _ = writeln!(w, "|--|--|--:|");
-    let _ = writeln!(w, "| idle (baseline) | {} | {:.2} s |", secs(&si.idle_seconds), crate::stats::median(&si.idle_seconds));
-    let _ = writeln!(w, "| scraped | {} | {:.2} s |", secs(&si.scraped_seconds), crate::stats::median(&si.scraped_seconds));
+    let _ = writeln!(
+        w,
+        "| idle (baseline) | {} | {:.2} s |",
+        secs(&si.idle_seconds),
+        crate::stats::median(&si.idle_seconds)
+    );
+    let _ = writeln!(
+        w,
+        "| scraped | {} | {:.2} s |",
+        secs(&si.scraped_seconds),
+        crate::stats::median(&si.scraped_seconds)
+    );
     let _ = writeln!(w, "\nScraped / idle: **{:.3}×**.", si.ratio());
     if let Some(s) = &si.scrape_ms {
-        let _ = writeln!(w, " One scrape during the import: p50 {:.2} ms, p99 {:.2} ms (client side, whole answer).", s.p50, s.p99);
+        let _ = writeln!(
+            w,
+            " One scrape during the import: p50 {:.2} ms, p99 {:.2} ms (client side, whole answer).",
+            s.p50, s.p99
+        );
     }
 
     let _ = writeln!(w, "\n### Latency of one block\n");

@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 
 use super::{
-    ms, thousands,
+    ms,
     svg::{Bar, Chart, render},
+    thousands,
 };
 use crate::crowdsec::Results;
 
@@ -21,9 +22,16 @@ pub fn markdown(w: &mut String, c: &Results) {
          at worst).\n",
         c.settings.poll_secs, f.both_ms.n
     );
-    let _ = writeln!(w, "| decision → drop | p50 | p99 | max | p50 ÷ poll interval | p99 ÷ poll interval |");
+    let _ = writeln!(
+        w,
+        "| decision → drop | p50 | p99 | max | p50 ÷ poll interval | p99 ÷ poll interval |"
+    );
     let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|");
-    for (name, s) in [("host A", &f.host_a_ms), ("host B", &f.host_b_ms), ("both hosts (the later)", &f.both_ms)] {
+    for (name, s) in [
+        ("host A", &f.host_a_ms),
+        ("host B", &f.host_b_ms),
+        ("both hosts (the later)", &f.both_ms),
+    ] {
         let _ = writeln!(
             w,
             "| {name} | {} ms | {} ms | {} ms | {:.2} | {:.2} |",
@@ -43,9 +51,17 @@ pub fn markdown(w: &mut String, c: &Results) {
         thousands(s.decisions),
         s.import_s
     );
-    let _ = writeln!(w, "| startup sync of {} decisions | time | ÷ LAPI answer alone |", thousands(s.decisions));
+    let _ = writeln!(
+        w,
+        "| startup sync of {} decisions | time | ÷ LAPI answer alone |",
+        thousands(s.decisions)
+    );
     let _ = writeln!(w, "|---|--:|--:|");
-    let _ = writeln!(w, "| LAPI answers the full pull (curl, median of 3; baseline) | {} ms | 1.00 |", ms(s.lapi_answer_ms));
+    let _ = writeln!(
+        w,
+        "| LAPI answers the full pull (curl, median of 3; baseline) | {} ms | 1.00 |",
+        ms(s.lapi_answer_ms)
+    );
     let runs = |r: &[f64]| r.iter().map(|&v| ms(v)).collect::<Vec<_>>().join(", ");
     if let Some(b) = &s.baseline {
         let _ = writeln!(
@@ -113,6 +129,10 @@ pub fn svg(c: &Results) -> String {
         bars,
         reference: Some((f.poll_ms, "poll interval".to_owned())),
         log: false,
-        legend: vec![("#4c78a8", "enforcer"), ("#bab0ac", "an earlier build"), ("#e45756", "baseline (the LAPI's answer)")],
+        legend: vec![
+            ("#4c78a8", "enforcer"),
+            ("#bab0ac", "an earlier build"),
+            ("#e45756", "baseline (the LAPI's answer)"),
+        ],
     })
 }

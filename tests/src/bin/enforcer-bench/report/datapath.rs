@@ -284,10 +284,18 @@ pub fn multi_cpu_svg(d: &datapath::Results) -> String {
         .multi_cpu
         .iter()
         .map(|c| super::svg::Bar {
-            label: format!("{} CPU{} · {}", c.cpus, if c.cpus == 1 { "" } else { "s" }, packet(c.packet)),
+            label: format!(
+                "{} CPU{} · {}",
+                c.cpus,
+                if c.cpus == 1 { "" } else { "s" },
+                packet(c.packet)
+            ),
             value: c.vs_one_cpu,
             colour: colour(c.packet),
-            text: format!("{:.2}× ({:.0} ns; × miss {:.2})", c.vs_one_cpu, c.per_cpu_ns, c.vs_miss),
+            text: format!(
+                "{:.2}× ({:.0} ns; × miss {:.2})",
+                c.vs_one_cpu, c.per_cpu_ns, c.vs_miss
+            ),
         })
         .collect();
     super::svg::render(&super::svg::Chart {

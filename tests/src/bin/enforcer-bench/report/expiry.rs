@@ -22,7 +22,11 @@ pub fn markdown(w: &mut String, e: &Results) {
          rules with one `iptables -D` process each (with exact deadlines: execd compares whole \
          seconds, which adds up to another second).\n",
         e.settings.blocks,
-        if e.settings.blocks > 100 { " (in batches of at most 100, one second each, each in a fresh lab)" } else { "" },
+        if e.settings.blocks > 100 {
+            " (in batches of at most 100, one second each, each in a fresh lab)"
+        } else {
+            ""
+        },
         e.probe_interval_ms
     );
     let _ = writeln!(

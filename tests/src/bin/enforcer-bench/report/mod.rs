@@ -19,7 +19,6 @@ use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-
 pub use targets::Target;
 
 /// Where the numbers were taken.

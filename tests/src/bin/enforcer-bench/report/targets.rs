@@ -270,7 +270,10 @@ pub fn judge(r: &Report) -> Vec<Target> {
                 ms(c.sync.lapi_answer_ms)
             ),
             verdict: if c.sync.decisions < 100_000 {
-                Verdict::NotMeasured(format!("the run synced {} decisions", thousands(c.sync.decisions)))
+                Verdict::NotMeasured(format!(
+                    "the run synced {} decisions",
+                    thousands(c.sync.decisions)
+                ))
             } else {
                 at_most(c.sync.enforced_ms, 2_000.0)
             },
@@ -303,26 +306,39 @@ fn line_rate_targets(r: &Report) -> Vec<Target> {
         Some(d) => {
             let plain = |c: &&Case| !c.id.vlan;
             let largest = |fill: Fill| {
-                d.cases.iter().filter(|c| c.id.fill == fill).map(|c| c.id.entries).max().unwrap_or(0)
+                d.cases
+                    .iter()
+                    .filter(|c| c.id.fill == fill)
+                    .map(|c| c.id.entries)
+                    .max()
+                    .unwrap_or(0)
             };
             let at = |fill: Fill, family, packet| {
                 let n = largest(fill);
-                d.cases
-                    .iter()
-                    .filter(plain)
-                    .find(|c| c.id.fill == fill && c.id.entries == n && c.id.family == family && c.id.packet == packet)
+                d.cases.iter().filter(plain).find(|c| {
+                    c.id.fill == fill
+                        && c.id.entries == n
+                        && c.id.family == family
+                        && c.id.packet == packet
+                })
             };
             // Drop ÷ miss at the largest address fill, per family.
             let n = largest(Fill::Addresses);
-            let pairs: Vec<(String, f64, f64)> = [crate::datapath::Family::Ipv4, crate::datapath::Family::Ipv6]
-                .into_iter()
-                .filter_map(|f| {
-                    let hit = at(Fill::Addresses, f, Packet::HitAddress)?;
-                    let miss = at(Fill::Addresses, f, Packet::Miss)?;
-                    Some((f.to_string(), hit.vs_floor / miss.vs_floor, hit.wall_vs_floor / miss.wall_vs_floor))
-                })
-                .collect();
-            let partial = (n < DATAPATH_AT).then(|| format!("the run stopped at {} entries", count(n)));
+            let pairs: Vec<(String, f64, f64)> =
+                [crate::datapath::Family::Ipv4, crate::datapath::Family::Ipv6]
+                    .into_iter()
+                    .filter_map(|f| {
+                        let hit = at(Fill::Addresses, f, Packet::HitAddress)?;
+                        let miss = at(Fill::Addresses, f, Packet::Miss)?;
+                        Some((
+                            f.to_string(),
+                            hit.vs_floor / miss.vs_floor,
+                            hit.wall_vs_floor / miss.wall_vs_floor,
+                        ))
+                    })
+                    .collect();
+            let partial =
+                (n < DATAPATH_AT).then(|| format!("the run stopped at {} entries", count(n)));
             if let Some((fam, v, _)) = pairs.iter().cloned().max_by(|a, b| a.1.total_cmp(&b.1)) {
                 out.push(Target {
                     goal: goals[0].to_owned(),
@@ -390,12 +406,15 @@ fn line_rate_targets(r: &Report) -> Vec<Target> {
             let misses: Vec<&Case> = d
                 .cases
                 .iter()
-                .filter(|c| c.id.fill == Fill::Prefixes && c.id.entries == n && c.id.packet == Packet::Miss)
+                .filter(|c| {
+                    c.id.fill == Fill::Prefixes && c.id.entries == n && c.id.packet == Packet::Miss
+                })
                 .collect();
-            if let Some(c) = misses
-                .iter()
-                .max_by(|a, b| a.vs_empty.unwrap_or(f64::NAN).total_cmp(&b.vs_empty.unwrap_or(f64::NAN)))
-            {
+            if let Some(c) = misses.iter().max_by(|a, b| {
+                a.vs_empty
+                    .unwrap_or(f64::NAN)
+                    .total_cmp(&b.vs_empty.unwrap_or(f64::NAN))
+            }) {
                 let v = c.vs_empty.unwrap_or(f64::NAN);
                 out.push(Target {
                     goal: goals[3].to_owned(),
@@ -404,7 +423,11 @@ fn line_rate_targets(r: &Report) -> Vec<Target> {
                         case_name(c),
                         misses
                             .iter()
-                            .map(|c| format!("{} {:.2}×", case_name(c), c.vs_empty.unwrap_or(f64::NAN)))
+                            .map(|c| format!(
+                                "{} {:.2}×",
+                                case_name(c),
+                                c.vs_empty.unwrap_or(f64::NAN)
+                            ))
                             .collect::<Vec<_>>()
                             .join(", "),
                         count(n)
@@ -421,13 +444,18 @@ fn line_rate_targets(r: &Report) -> Vec<Target> {
     }
     let goal = "kernel bytes per IPv4 address with 1M addresses ≤ 96";
     match r.memory.as_ref().and_then(|m| {
-        m.maps
-            .iter()
-            .find(|m| m.map == enforcer_common::map_names::BLOCK_V4 || m.map.starts_with("BLOCK_V4 "))
+        m.maps.iter().find(|m| {
+            m.map == enforcer_common::map_names::BLOCK_V4 || m.map.starts_with("BLOCK_V4 ")
+        })
     }) {
         Some(m) => out.push(Target {
             goal: goal.to_owned(),
-            measured: format!("{:.0} B ({} entries; key + value {} B)", m.per_entry(), count(m.entries), m.payload_bytes),
+            measured: format!(
+                "{:.0} B ({} entries; key + value {} B)",
+                m.per_entry(),
+                count(m.entries),
+                m.payload_bytes
+            ),
             verdict: if m.entries < DATAPATH_AT {
                 Verdict::NotMeasured(format!("the run stopped at {} entries", count(m.entries)))
             } else {
