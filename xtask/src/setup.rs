@@ -103,7 +103,8 @@ fn check_cargo_bin_on_path() -> Result<()> {
     Ok(())
 }
 
-/// rust-src lets the eBPF build use `-Z build-std=core`; clippy lints the eBPF crate.
+/// rust-src lets the eBPF build use `-Z build-std=core`; clippy lints the eBPF crate;
+/// rustfmt checks the import grouping (unstable options, see `test::format_check`).
 fn check_nightly_components() -> Result<()> {
     let installed = cmd::probe_stdout(Command::new("rustup").args([
         "component",
@@ -118,7 +119,7 @@ fn check_nightly_components() -> Result<()> {
              LLVM major is {BPF_LINKER_LLVM_MAJOR} (see `rustc +{NIGHTLY} -vV`)"
         )
     })?;
-    for component in ["rust-src", "clippy"] {
+    for component in ["rust-src", "clippy", "rustfmt"] {
         // Installed components are listed with the host triple, except rust-src.
         let present = installed.lines().any(|line| {
             let line = line.trim();

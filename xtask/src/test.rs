@@ -208,6 +208,7 @@ fn processes_with_env(entry: &str) -> Vec<(i32, String)> {
 /// Clippy with `-D warnings`: the userspace crates, then the eBPF crate, which the workspace
 /// build cannot lint (it only builds for bpfel-unknown-none with nightly and `build-std`).
 fn lint(summary: &mut Summary) -> Result<()> {
+    format_check(summary)?;
     let userspace: &[&str] = &[
         "clippy",
         "--workspace",
@@ -232,6 +233,32 @@ fn lint(summary: &mut Summary) -> Result<()> {
             summary
                 .problems
                 .push(format!("clippy on {what} failed ({status})"));
+        }
+    }
+    Ok(())
+}
+
+/// rustfmt with the stable options of rustfmt.toml, then the import grouping aya uses
+/// (nightly rustfmt's unstable options, given here so the stable `cargo fmt` stays quiet).
+/// Both run on the workspace and on the fuzz crate, which is a workspace of its own.
+fn format_check(summary: &mut Summary) -> Result<()> {
+    const IMPORTS: &str = "group_imports=StdExternalCrate,imports_granularity=Crate";
+    for dir in [".", "fuzz"] {
+        let dir = cmd::repo_root().join(dir);
+        let stable = cmd::status(
+            cmd::cargo()
+                .current_dir(&dir)
+                .args(["fmt", "--all", "--check"]),
+        )?;
+        let imports = cmd::status(cmd::cargo().current_dir(&dir).args([
+            "+nightly", "fmt", "--all", "--check", "--", "--config", IMPORTS,
+        ]))?;
+        if !stable.success() || !imports.success() {
+            summary.problems.push(format!(
+                "code in {} is not formatted: run `cargo fmt --all` and \
+                 `cargo +nightly fmt --all -- --config {IMPORTS}` there, then commit",
+                dir.display()
+            ));
         }
     }
     Ok(())
