@@ -1,0 +1,21 @@
+//! The integration suite: one test binary with a module per lab (as ripgrep and aya do), so
+//! aya, tokio and the fixtures are linked once. Needs root (see `enforcer_tests::require_root`).
+
+mod access_lab;
+mod allowlist_property;
+mod bounds_lab;
+mod clock_lab;
+mod crowdsec;
+mod daemon_lab;
+mod datapath_lab;
+mod fail2ban;
+mod files_as_root;
+mod interfaces_lab;
+mod link_events;
+mod mount_namespace_lab;
+mod operability;
+mod package;
+mod policy_lab;
+mod spool_lab;
+mod verdicts;
+mod wazuh_hook;
