@@ -1,65 +1,8 @@
 //! The daemon's configuration file (TOML). Every option is also a command-line flag.
 //!
-//! ```toml
-//! interfaces = ["eth0", "bond0.*"]   # names, or patterns (* any run, ? one character)
-//! require_all_interfaces = false      # true: refuse to start while a named one is missing
-//! xdp_mode = "auto"            # auto | native | skb
-//! socket = "/run/enforcer/enforcer.sock"
-//! socket_group = "enforcer"    # members may use the CLI; root always may
-//! state_dir = "/var/lib/enforcer"
-//! bpffs_dir = "/sys/fs/bpf/enforcer"
-//! default_ttl = "1h"
-//!
-//! [capacity]                   # per address family; fixed when the maps are created
-//! addresses = 1048576
-//! prefixes = 100000
-//! allow = 16384
-//!
-//! [control_socket]           # bounds on the control socket's clients
-//! max_connections = 256        # more at once are answered `unavailable` and closed
-//! idle_timeout = "30s"         # a connection without a complete request for this long is closed
-//! max_request_bytes = 16777216 # the longest request line
-//!
-//! [audit]
-//! max_bytes = 67108864
-//! keep = 5
-//!
-//! [allowlist]
-//! prefixes = ["192.0.2.0/28", "2001:db8:ffff::/48"]
-//! builtin = true               # loopback, host addresses, default gateways
-//!
-//! [policy]                     # see crate::policy for every key
-//! mode = "enforce"             # or "shadow": every new block is alert-only
-//! min_prefix_v4 = 24
-//! min_prefix_v6 = 48
-//! max_ttl = "30d"
-//! permanent_sources = ["cli"]
-//! force_sources = ["cli"]
-//! rate_limit = 0               # new blocks a minute per source; 0 = none
-//!
-//! [policy.sources.wazuh]
-//! max_ttl = "1d"
-//! rate_limit = 100
-//! on_rate_limit = "shadow"     # or "refuse"
-//!
-//! [policy.repeat_offenders]
-//! window = "1d"
-//! ttls = ["10m", "1h", "1d", "7d"]
-//!
-//! [policy.approval]
-//! broader_than_v4 = 24
-//! pending_ttl = "1h"
-//!
-//! [[access]]                   # see crate::access; root may do everything
-//! group = "wazuh"              # or user = "name"
-//! sources = ["wazuh"]
-//! operations = ["block", "unblock", "list", "show", "stats", "status"]
-//!
-//! [crowdsec]                   # see crate::crowdsec; off unless present
-//! api_url = "http://127.0.0.1:8080/"
-//! api_key_file = "/etc/enforcer/crowdsec.key"
-//! update_frequency = "10s"
-//! ```
+//! The complete reference is `dist/enforcer.toml`: every key, commented, with its default. A
+//! lab test parses it with this module, so it cannot drift from the code; no second copy is kept
+//! here.
 
 use std::path::{Path, PathBuf};
 

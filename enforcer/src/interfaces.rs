@@ -6,7 +6,7 @@
 //! indexes, XDP programs) and says what to attach and which states changed; the engine does the
 //! attaching, the logging and the audit.
 //!
-//! Pattern semantics (documented in README "Interfaces"):
+//! Pattern semantics (documented in docs/operations.md, "Interfaces that come and go"):
 //! - `*` matches any run of characters, the empty one included, dots included (`eth*` matches
 //!   `eth0`, `eth0.100` and `eth`); `?` matches exactly one character. No other character is
 //!   special; there are no classes or escapes. A pattern must match the whole name.

@@ -466,7 +466,7 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// Stable error codes. Each maps to one CLI exit code (documented in the README).
+/// Stable error codes. Each maps to one CLI exit code (documented in docs/cli.md).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

@@ -27,7 +27,7 @@ pub struct Args {
     /// Order.
     #[arg(long, value_enum, default_value = "expires")]
     pub sort: Sort,
-    /// JSON (stable; see the README).
+    /// JSON (stable; see docs/cli.md).
     #[arg(long)]
     pub json: bool,
     /// At most this many targets (a page, in address order; the page is then sorted).
