@@ -341,17 +341,15 @@ fn a_daemon_out_of_file_descriptors_backs_off_without_spinning_and_answers_again
         rlim_max: open + 6,
     };
     // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-value pointer.
-    assert_eq!(
-        unsafe {
-            libc::prlimit(
-                pid as i32,
-                libc::RLIMIT_NOFILE,
-                &limit,
-                std::ptr::null_mut(),
-            )
-        },
-        0
-    );
+    let rc = unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0);
 
     let held: Vec<UnixStream> = (0..40).map(|_| connect(&d.socket)).collect();
     // Out of descriptors, the daemon cannot accept: a new client gets no answer.
