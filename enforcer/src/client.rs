@@ -224,7 +224,7 @@ pub fn deliver_as(
             if !reached
                 || matches!(&why, ClientError::Daemon(_) | ClientError::NoAnswer { .. }) =>
         {
-            match spool_to.map(|dir| crate::daemon::spool::write(dir, request, id)) {
+            match spool_to.map(|dir| crate::spool::write(dir, request, id)) {
                 Some(Ok(file)) => Delivery::Spooled { file, why },
                 Some(Err(e)) => Delivery::Unreachable {
                     why,
@@ -321,8 +321,8 @@ mod tests {
     use super::*;
     use crate::{
         block::{Reason, Source},
-        daemon::spool::{self, Spooled},
         protocol::BlockRequest,
+        spool::{self, Spooled},
     };
 
     fn unix_socket(flags: SockFlag) -> OwnedFd {

@@ -22,6 +22,7 @@ pub mod netlink;
 pub mod policy;
 pub mod protocol;
 pub mod safe_fs;
+pub mod spool;
 pub mod store;
 pub mod target;
 pub mod time;

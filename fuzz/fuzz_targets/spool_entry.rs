@@ -1,5 +1,5 @@
-//! Spool files as the daemon's drain reads them ([`enforcer::daemon::spool::parse_entry`]), and
-//! the TTL adjustment applied to what they hold ([`enforcer::daemon::spool::adjust`]).
+//! Spool files as the daemon's drain reads them ([`enforcer::spool::parse_entry`]), and
+//! the TTL adjustment applied to what they hold ([`enforcer::daemon::spool_drain::adjust`]).
 //!
 //! Properties: parsing never panics; an accepted entry holds a block, block_batch or unblock
 //! and re-serialises to a fixed point; `adjust` never panics, whatever the clock says, keeps
@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use enforcer::{
-    daemon::spool::{DefaultTtls, EntryError, Spooled, adjust, parse_entry},
+    daemon::spool_drain::{DefaultTtls, adjust},
     protocol::Request,
+    spool::{EntryError, Spooled, parse_entry},
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -13,7 +13,7 @@ pub mod link_watch;
 pub mod queries;
 pub mod refusal;
 pub mod round;
-pub mod spool;
+pub mod spool_drain;
 pub mod systemd;
 
 use std::{
@@ -32,6 +32,7 @@ use crate::{
     audit::AuditLog,
     config::Config,
     datapath::{Datapath, DatapathOptions},
+    spool,
     store::Store,
 };
 
@@ -280,8 +281,8 @@ fn spawn_host_watch(
 }
 
 /// The TTLs spooled requests without one get.
-fn default_ttls(config: &Config) -> spool::DefaultTtls {
-    spool::DefaultTtls {
+fn default_ttls(config: &Config) -> spool_drain::DefaultTtls {
+    spool_drain::DefaultTtls {
         global: config.default_ttl.0,
         per_source: config
             .policy
@@ -309,7 +310,7 @@ async fn serve(
     let default_ttls = Arc::new(default_ttls(config));
     let listener = control_socket::bind(&socket, socket_gid(config)?).await?;
     // Triggers spooled while no daemon answered go first, before anyone is served.
-    spool::drain(&state_dir, &tx, &default_ttls).await;
+    spool_drain::drain(&state_dir, &tx, &default_ttls).await;
     if let Some(ready) = &bouncer.engine_ready {
         let _ = ready.send(true);
     }
@@ -394,7 +395,7 @@ async fn background(
     config: &Config,
     shared: &Shared,
     tx: &mpsc::SyncSender<engine::Command>,
-    default_ttls: Arc<spool::DefaultTtls>,
+    default_ttls: Arc<spool_drain::DefaultTtls>,
 ) -> anyhow::Result<Background> {
     // A hook that timed out against a busy daemon spools too: keep draining while running.
     let spool_tx = tx.clone();
@@ -402,7 +403,7 @@ async fn background(
     let mut tasks = vec![tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            spool::drain(&spool_state, &spool_tx, &default_ttls).await;
+            spool_drain::drain(&spool_state, &spool_tx, &default_ttls).await;
         }
     })];
     tasks.extend(start_exporter(config, shared).await?);

@@ -27,7 +27,7 @@
 //! The hook never holds execd for long: the message and the handshake reply are read with a
 //! deadline, the daemon call has one, and a watchdog ends the process if all else fails. When
 //! the daemon is not running or does not answer in time, the request is spooled to disk
-//! ([`crate::daemon::spool`]) under its request id and applied once when the daemon starts or
+//! ([`crate::spool`]) under its request id and applied once when the daemon starts or
 //! next drains its spool; the hook still exits 0, since the block is not lost.
 //!
 //! Exit codes: 0 done (or aborted, or spooled); 255 invalid input, no usable address, or no
@@ -48,10 +48,10 @@ use crate::{
     block::{Reason, Source, now_ms},
     client::{Delivery, deliver},
     config::Config,
-    daemon::spool,
     duration::{HumanDuration, format_secs},
     error::Chain,
     protocol::{BlockRequest, DEFAULT_SOCKET, ErrorCode, Outcome, Reply, Request},
+    spool,
     target::Target,
 };
 

@@ -63,7 +63,7 @@ impl Endpoint {
         };
         let outside = Outside {
             interfaces,
-            spool_depth: crate::daemon::spool::depth(&self.state_dir).unwrap_or(0),
+            spool_depth: crate::spool::depth(&self.state_dir).unwrap_or(0),
             now_ms: now_ms(),
         };
         render(&self.metrics, &snapshot, &outside)

@@ -9,8 +9,8 @@ use std::{
 
 use enforcer::{
     block::{Reason, now_ms},
-    daemon::spool::{self, Spooled},
     protocol::{BlockRequest, ListEntry, Request},
+    spool::{self, Spooled},
 };
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,

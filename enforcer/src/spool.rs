@@ -6,7 +6,7 @@
 //! place, so the daemon never reads half a file. The directory is mode 0700: what is in it is
 //! applied with the daemon's authority.
 //!
-//! The daemon drains the spool at start (and every few seconds while it runs, for hooks that
+//! The daemon drains the spool ([`crate::daemon::spool_drain`]) at start (and every few seconds while it runs, for hooks that
 //! timed out against a busy daemon), after reconciling the maps with the store and before
 //! serving anyone else: each request is applied in the order it was spooled, then its file is
 //! deleted. A block's TTL counts from when it was spooled, not from when it is applied (a block
@@ -44,20 +44,15 @@ use std::{
     io::Write as _,
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        mpsc::SyncSender,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
-use super::{engine::Command, ledger::Replay, refusal::Refusal};
 use crate::{
     block::{UnixMillis, now_ms},
-    protocol::{BatchRequest, BlockRequest, Request, RequestId},
+    protocol::{Request, RequestId},
 };
 
 /// The spool's directory under the state directory.
@@ -265,209 +260,12 @@ pub fn depth(state_dir: &Path) -> io::Result<u64> {
     }
 }
 
-/// The TTL a block gets when its request names none: the source's own default, else the
-/// global one (as the policy would choose).
-#[derive(Clone, Debug, Default)]
-pub struct DefaultTtls {
-    /// The daemon's `default_ttl`.
-    pub global: Duration,
-    /// `[policy.sources.NAME] default_ttl`.
-    pub per_source: std::collections::BTreeMap<crate::block::Source, Duration>,
-}
-
-impl DefaultTtls {
-    /// The default TTL of `source`.
-    pub fn for_source(&self, source: &crate::block::Source) -> Duration {
-        self.per_source.get(source).copied().unwrap_or(self.global)
-    }
-}
-
-/// The request to apply now for a trigger spooled at `spooled_ms`, or `None` when every block
-/// in it has already ended. TTLs count from the spooling time; the source's default TTL stands
-/// in for a request that left the TTL to the daemon.
-pub fn adjust(
-    request: Request,
-    spooled_ms: UnixMillis,
-    now: UnixMillis,
-    defaults: &DefaultTtls,
-) -> Option<Request> {
-    let elapsed = now.saturating_sub(spooled_ms);
-    let source = match &request {
-        Request::Block(b) => Some(b.source.clone()),
-        Request::BlockBatch(b) => Some(b.source.clone()),
-        _ => None,
-    };
-    let default_ttl = source.map_or(defaults.global, |s| defaults.for_source(&s));
-    let left = |ttl_secs: Option<u64>| -> Option<u64> {
-        let ttl_ms = ttl_secs.map_or(default_ttl.as_millis() as u64, |s| s.saturating_mul(1000));
-        let left_ms = ttl_ms.checked_sub(elapsed).filter(|&ms| ms > 0)?;
-        Some(left_ms.div_ceil(1000))
-    };
-    match request {
-        Request::Block(b) if b.permanent => Some(Request::Block(b)),
-        Request::Block(b) => left(b.ttl_secs).map(|ttl| {
-            Request::Block(BlockRequest {
-                ttl_secs: Some(ttl),
-                ..b
-            })
-        }),
-        Request::BlockBatch(b) => {
-            let items: Vec<_> = b
-                .items
-                .into_iter()
-                .filter_map(|mut item| {
-                    item.ttl_secs = Some(left(item.ttl_secs.or(b.ttl_secs))?);
-                    Some(item)
-                })
-                .collect();
-            (!items.is_empty()).then_some(Request::BlockBatch(BatchRequest { items, ..b }))
-        }
-        other => Some(other),
-    }
-}
-
-/// What a drain did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Drained {
-    /// Requests the engine accepted.
-    pub applied: usize,
-    /// Blocks whose TTL ran out while spooled (dropped).
-    pub expired: usize,
-    /// Requests the engine answered with an error (the file is removed all the same).
-    pub refused: usize,
-    /// Files that could not be read (renamed to `*.bad`).
-    pub unreadable: usize,
-}
-
-/// Applies every spooled request through the engine, in order, and removes the files.
-///
-/// The engine is running; nobody else is served yet. All requests are queued before the first
-/// answer is awaited, so they share durable rounds, and the channel keeps their order. Each
-/// goes with its request id (a duplicate is answered, not applied again) and its spool time
-/// (what the rate limiter charges it at).
-pub async fn drain(
-    state_dir: &Path,
-    engine: &SyncSender<Command>,
-    defaults: &DefaultTtls,
-) -> Drained {
-    let mut done = Drained::default();
-    let files = match pending(state_dir) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(dir = %spool_dir(state_dir).display(), error = %e, "cannot read the spool; spooled triggers are not applied");
-            return done;
-        }
-    };
-    let now = now_ms();
-    let mut waiting = Vec::new();
-    for path in files {
-        let entry = match read_entry(&path) {
-            Ok(e) => e,
-            Err(e) => {
-                let bad = path.with_extension("json.bad");
-                tracing::warn!(file = %path.display(), error = %e, moved_to = %bad.display(), "unreadable spool file");
-                let _ = fs::rename(&path, &bad);
-                done.unreadable += 1;
-                continue;
-            }
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let id = replay_id(entry.id, &name);
-        let Some(request) = adjust(entry.request, entry.spooled_ms, now, defaults) else {
-            tracing::info!(file = %path.display(), "spooled block ended while the daemon was down; dropped");
-            let _ = fs::remove_file(&path);
-            done.expired += 1;
-            continue;
-        };
-        let (reply, answer) = oneshot::channel();
-        let replay = Replay {
-            spooled_ms: entry.spooled_ms,
-            file: name,
-        };
-        // Only root can write the spool directory (0700): its requests are applied as the daemon.
-        let command = match id {
-            Some(id) => Command::replay(request, id, replay, reply),
-            None => Command {
-                replay: Some(replay),
-                ..Command::internal("spool", request, reply)
-            },
-        };
-        if engine.send(command).is_err() {
-            tracing::error!("the engine stopped while draining the spool; the rest stays spooled");
-            break;
-        }
-        waiting.push((path, answer));
-    }
-    for (path, answer) in waiting {
-        settle(&path, answer.await, &mut done);
-    }
-    if done != Drained::default() {
-        tracing::info!(
-            applied = done.applied,
-            expired = done.expired,
-            refused = done.refused,
-            unreadable = done.unreadable,
-            "drained the spool"
-        );
-    }
-    done
-}
-
-/// Reads one spool file (block and unblock requests only).
-fn read_entry(path: &Path) -> Result<Spooled, String> {
-    fs::read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| parse_entry(&bytes).map_err(|e| e.to_string()))
-}
-
-/// Removes a replayed file once the engine gave its verdict (applied, or refused and audited);
-/// keeps it when the engine could not decide (store or kernel failure, no answer).
-fn settle(
-    path: &Path,
-    answer: Result<Result<crate::protocol::Reply, Refusal>, oneshot::error::RecvError>,
-    done: &mut Drained,
-) {
-    match answer {
-        Ok(Ok(_)) => done.applied += 1,
-        Ok(Err(refusal))
-            if matches!(
-                refusal,
-                Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }
-            ) =>
-        {
-            // Not a verdict on the request (the store failed, a map is full): keep it and
-            // try again at the next drain.
-            tracing::warn!(file = %path.display(), "spooled request not applied yet, kept for the next drain: {}", refusal.to_body().message);
-            return;
-        }
-        Ok(Err(refusal)) => {
-            tracing::warn!(file = %path.display(), "spooled request refused (see the audit log): {}", refusal.to_body().message);
-            done.refused += 1;
-        }
-        Err(_) => {
-            tracing::error!(file = %path.display(), "no answer from the engine; left in the spool");
-            return;
-        }
-    }
-    if let Err(e) = fs::remove_file(path) {
-        tracing::error!(file = %path.display(), error = %e, "cannot remove a replayed spool file; at the next start it is recognised by its request id and not applied again");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::{
-        block::{Reason, Source},
-        protocol::BatchItem,
-    };
-
-    const H: u64 = 3_600_000;
+    use crate::{block::Reason, protocol::BlockRequest};
 
     fn block(ttl_secs: Option<u64>) -> Request {
         Request::Block(BlockRequest {
@@ -507,96 +305,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((unblock.spooled_ms, unblock.request.op()), (5, "unblock"));
-    }
-
-    #[test]
-    fn a_blocks_ttl_counts_from_when_it_was_spooled() {
-        let d = &DefaultTtls {
-            global: Duration::from_secs(600),
-            ..DefaultTtls::default()
-        };
-        assert_eq!(ttl(adjust(block(Some(3600)), 0, H - 600_000, d)), Some(600));
-        assert_eq!(
-            ttl(adjust(block(Some(3600)), 0, 1, d)),
-            Some(3600),
-            "rounded up, never to zero"
-        );
-        assert_eq!(
-            ttl(adjust(block(Some(3600)), 0, H, d)),
-            None,
-            "already over"
-        );
-        assert_eq!(ttl(adjust(block(Some(3600)), 0, 2 * H, d)), None);
-        assert_eq!(
-            ttl(adjust(block(None), 0, 60_000, d)),
-            Some(540),
-            "the daemon's default TTL"
-        );
-        assert_eq!(
-            ttl(adjust(block(Some(60)), 10_000, 0, d)),
-            Some(60),
-            "a clock that went back"
-        );
-        // The source's own default wins over the global one.
-        let source = match block(None) {
-            Request::Block(b) => b.source,
-            _ => unreachable!(),
-        };
-        let per_source = &DefaultTtls {
-            global: Duration::from_secs(3600),
-            per_source: [(source, Duration::from_secs(600))].into_iter().collect(),
-        };
-        assert_eq!(ttl(adjust(block(None), 0, 60_000, per_source)), Some(540));
-    }
-
-    #[test]
-    fn batches_lose_only_their_ended_items_and_unblocks_pass_through() {
-        let batch = Request::BlockBatch(BatchRequest {
-            items: vec![
-                BatchItem {
-                    target: "192.0.2.1".parse().unwrap(),
-                    ttl_secs: Some(60),
-                },
-                BatchItem {
-                    target: "192.0.2.2".parse().unwrap(),
-                    ttl_secs: None,
-                },
-            ],
-            ttl_secs: Some(3600),
-            source: Source::cli(),
-            reason: Reason::default(),
-            shadow: false,
-        });
-        let Some(Request::BlockBatch(b)) = adjust(
-            batch,
-            0,
-            120_000,
-            &DefaultTtls {
-                global: Duration::from_secs(1),
-                ..DefaultTtls::default()
-            },
-        ) else {
-            panic!()
-        };
-        assert_eq!(b.items.len(), 1);
-        assert_eq!(b.items[0].ttl_secs, Some(3480));
-        let unblock = Request::Unblock {
-            target: "192.0.2.1".parse().unwrap(),
-            source: None,
-            all: false,
-        };
-        assert!(matches!(
-            adjust(
-                unblock,
-                0,
-                10 * H,
-                &DefaultTtls {
-                    global: Duration::from_secs(1),
-                    ..DefaultTtls::default()
-                }
-            ),
-            Some(Request::Unblock { .. })
-        ));
     }
 
     #[test]
