@@ -1,7 +1,8 @@
 //! The audit log: one JSON line for every decision, in the state directory.
 //!
 //! `audit.log` grows to `max_bytes`, then is renamed `audit.log.1` (older files shift up to
-//! `audit.log.<keep>`, the oldest is deleted). Lines are flushed per engine round; a round with
+//! `audit.log.<keep>`, the oldest is deleted); the new file is opened before anything moves, so a
+//! failed rotation keeps the history and writes on into the current file. Lines are flushed per engine round; a round with
 //! more than [`INLINE_MAX`] lines (a large import or feed sync) is written by a writer thread
 //! after the round answers. They are a record for people and SIEMs, the store is the source of
 //! truth.
@@ -351,6 +352,8 @@ struct AuditFile {
     size: u64,
     max_bytes: u64,
     keep: u32,
+    /// Whether the last rotation failed (logged once until one succeeds).
+    rotation_failing: bool,
 }
 
 impl AuditFile {
@@ -364,11 +367,13 @@ impl AuditFile {
             size,
             max_bytes: max_bytes.max(4096),
             keep: keep.max(1),
+            rotation_failing: false,
         })
     }
 
     /// Appends the lines and flushes them to the file.
     fn write(&mut self, batch: &[Event]) {
+        self.reopen_if_gone();
         for event in batch {
             self.record(event);
         }
@@ -382,11 +387,15 @@ impl AuditFile {
             return;
         };
         line.push(b'\n');
-        if self.size + line.len() as u64 > self.max_bytes
-            && self.size > 0
-            && let Err(e) = self.rotate()
-        {
-            tracing::error!(error = %e, "rotating the audit log failed");
+        if self.size + line.len() as u64 > self.max_bytes && self.size > 0 {
+            match self.rotate() {
+                Ok(()) => self.rotation_failing = false,
+                // The lines go on into the current file; the next line tries again.
+                Err(e) if !std::mem::replace(&mut self.rotation_failing, true) => {
+                    tracing::error!(error = %e, "rotating the audit log failed; lines go on into the current file, and the history is kept");
+                }
+                Err(_) => {}
+            }
         }
         match self.out.write_all(&line) {
             Ok(()) => self.size += line.len() as u64,
@@ -394,15 +403,59 @@ impl AuditFile {
         }
     }
 
+    /// Whether the file written to is still `audit.log` (not deleted or renamed away).
+    fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (
+            fs::symlink_metadata(&self.path),
+            self.out.get_ref().metadata(),
+        ) {
+            (Ok(named), Ok(open)) => named.dev() == open.dev() && named.ino() == open.ino(),
+            _ => false,
+        }
+    }
+
+    /// Someone deleted or moved `audit.log` (an operator, logrotate): lines written to the old
+    /// file would be lost or land in the history, so a new `audit.log` is started, without
+    /// shifting the history.
+    fn reopen_if_gone(&mut self) {
+        if self.is_current() {
+            return;
+        }
+        let _ = self.out.flush();
+        match crate::safe_fs::open_append(&self.path, 0o640) {
+            Ok(file) => {
+                tracing::warn!(path = %self.path.display(), "the audit log was deleted or moved away; started a new one");
+                self.size = file.metadata().map_or(0, |m| m.len());
+                self.out = BufWriter::new(file);
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::error::Chain(&e), "the audit log was deleted or moved away and cannot be created again; lines go on into the old file");
+            }
+        }
+    }
+
+    /// Opens the next file first, then shifts the history: if the new file cannot be opened
+    /// (out of descriptors, a read-only directory) nothing moves, so the history is never
+    /// shifted without a new `audit.log` to take the lines. A missing `audit.log` is started
+    /// again without shifting.
     fn rotate(&mut self) -> io::Result<()> {
         self.out.flush()?;
+        if !self.is_current() {
+            self.reopen_if_gone();
+            return Ok(());
+        }
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let next = PathBuf::from(format!("{}.new", self.path.display()));
+        // A leftover from a rotation interrupted by a crash holds no line: replaced.
+        let _ = fs::remove_file(&next);
+        let file = crate::safe_fs::open_append(&next, 0o640)?;
         let _ = fs::remove_file(numbered(self.keep));
         for n in (1..self.keep).rev() {
             let _ = fs::rename(numbered(n), numbered(n + 1));
         }
         fs::rename(&self.path, numbered(1))?;
-        let file = crate::safe_fs::open_append(&self.path, 0o640)?;
+        fs::rename(&next, &self.path)?;
         self.out = BufWriter::new(file);
         self.size = 0;
         Ok(())
@@ -468,6 +521,116 @@ mod tests {
                 .collect();
         assert_eq!(got.len(), want.len());
         assert!(got == want, "the lines are in the order they were written");
+    }
+
+    /// Numbers of the lines in `dir/name` (their targets' last octets), or none if it is gone.
+    fn numbers(dir: &Path, name: &str) -> Vec<u32> {
+        fs::read_to_string(dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let t: std::net::Ipv4Addr = v["target"].as_str().unwrap().parse().unwrap();
+                u32::from(t) - 0xc612_0000
+            })
+            .collect()
+    }
+
+    /// 100 lines of about 60 bytes: a 4096-byte file holds some 60 of them.
+    fn fill(log: &mut AuditLog, from: u32) -> u32 {
+        for i in from..from + 100 {
+            log.write(vec![nth(i)]);
+        }
+        from + 100
+    }
+
+    #[test]
+    fn a_deleted_audit_log_does_not_rotate_the_history_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path(), 4096, 3).unwrap();
+        let next = fill(&mut log, 0);
+        let (one, two) = (
+            numbers(dir.path(), "audit.log.1"),
+            numbers(dir.path(), "audit.log.2"),
+        );
+        assert!(!one.is_empty(), "rotated once before the deletion");
+        // Someone (logrotate, an operator) removes the live file.
+        fs::remove_file(dir.path().join("audit.log")).unwrap();
+        let last = fill(&mut log, next);
+        log.close();
+        assert_eq!(
+            numbers(dir.path(), "audit.log.2"),
+            one,
+            "the history shifted once, when the new file filled up"
+        );
+        assert_eq!(numbers(dir.path(), "audit.log.3"), two);
+        let mut after: Vec<u32> = numbers(dir.path(), "audit.log.1");
+        after.extend(numbers(dir.path(), "audit.log"));
+        assert_eq!(after.last(), Some(&(last - 1)), "the last line is on disk");
+        assert!(
+            after.windows(2).all(|w| w[1] == w[0] + 1),
+            "no line written after the deletion is lost: {after:?}"
+        );
+    }
+
+    /// With every descriptor taken, the new file cannot be opened: the rotation waits, the
+    /// history is kept, and no line is lost. Runs in a child process (the descriptors are the
+    /// process's, and other tests run beside it).
+    #[test]
+    fn a_rotation_that_cannot_open_the_new_file_keeps_the_history() {
+        const CHILD: &str = "ENFORCER_AUDIT_EMFILE_DIR";
+        let Some(dir) = std::env::var_os(CHILD) else {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "audit::tests::a_rotation_that_cannot_open_the_new_file_keeps_the_history",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD, dir.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "the child failed:\n{text}");
+            assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+            return;
+        };
+        let dir = Path::new(&dir);
+        let mut log = AuditLog::open(dir, 4096, 2).unwrap();
+        let mut next = fill(&mut log, 0);
+        next = fill(&mut log, next);
+        let history = (numbers(dir, "audit.log.1"), numbers(dir, "audit.log.2"));
+        assert!(
+            !history.1.is_empty(),
+            "rotated twice before the descriptors ran out"
+        );
+        let mut taken = Vec::new();
+        while let Ok(f) = File::open("/dev/null") {
+            taken.push(f);
+        }
+        let during = fill(&mut log, next);
+        drop(taken);
+        assert_eq!(
+            (numbers(dir, "audit.log.1"), numbers(dir, "audit.log.2")),
+            history,
+            "no rotation without a new file"
+        );
+        let last = fill(&mut log, during);
+        log.close();
+        let mut all = numbers(dir, "audit.log.2");
+        all.extend(numbers(dir, "audit.log.1"));
+        all.extend(numbers(dir, "audit.log"));
+        assert_eq!(all.last(), Some(&(last - 1)));
+        assert!(
+            all.windows(2).all(|w| w[1] == w[0] + 1),
+            "the kept files hold every line since their first, in order: {all:?}"
+        );
+        assert!(
+            all[0] <= next,
+            "the lines written while rotation failed are kept"
+        );
     }
 
     #[test]
