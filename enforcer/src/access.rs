@@ -27,7 +27,10 @@ use std::{collections::BTreeSet, ffi::CString, fmt, str::FromStr};
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 use serde::{Deserialize, Serialize};
 
-use crate::{block::Source, protocol::Request};
+use crate::{
+    block::Source,
+    protocol::{CallerId, Request},
+};
 
 /// What a request does, as grants name it: one per request kind, plus the flags that widen a
 /// block (`force`, `permanent`).
@@ -218,22 +221,26 @@ impl AccessEntry {
     }
 }
 
-/// A caller as records keep it (the requester of a pending block).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallerId {
-    /// The user id.
-    pub uid: u32,
-    /// The user name, when the user database has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+/// A group name this host does not know, or could not look up.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// No such group.
+    #[error("no group named `{0}` (create it with `groupadd {0}`, or unset socket_group)")]
+    Unknown(String),
+    /// The group database failed.
+    #[error("looking up group `{name}`: {source}")]
+    Lookup { name: String, source: nix::Error },
 }
 
-impl fmt::Display for CallerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.user {
-            Some(u) => write!(f, "uid {} ({u})", self.uid),
-            None => write!(f, "uid {}", self.uid),
-        }
+/// Resolves a group name to its id (the socket's group, an installer's file group).
+pub fn group_id(name: &str) -> Result<u32, GroupError> {
+    match Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(GroupError::Unknown(name.to_owned())),
+        Err(source) => Err(GroupError::Lookup {
+            name: name.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -571,6 +578,13 @@ impl AccessPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_group_name_says_how_to_fix_it() {
+        let err = group_id("enforcer-no-such-group").unwrap_err().to_string();
+        assert!(err.contains("groupadd enforcer-no-such-group"), "{err}");
+        assert_eq!(group_id("root").unwrap(), 0);
+    }
     use crate::{
         block::Reason,
         protocol::{BatchRequest, BlockRequest, SyncRequest},

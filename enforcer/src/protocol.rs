@@ -11,6 +11,8 @@
 //! < {"v":1,"ok":false,"error":{"code":"map_full","message":"the BLOCK_V4 map is full ..."}}
 //! ```
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::datapath::{PinsDurability, PinsInfo};
@@ -184,8 +186,8 @@ impl From<RequestId> for String {
     }
 }
 
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
@@ -652,6 +654,25 @@ pub struct BlockReply {
     pub pending_id: Option<u64>,
 }
 
+/// A caller as records keep it (the requester of a pending block).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerId {
+    /// The user id.
+    pub uid: u32,
+    /// The user name, when the user database has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl fmt::Display for CallerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(u) => write!(f, "uid {} ({u})", self.uid),
+            None => write!(f, "uid {}", self.uid),
+        }
+    }
+}
+
 /// A block waiting for approval.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PendingBlock {
@@ -668,7 +689,7 @@ pub struct PendingBlock {
     /// Who asked (absent in records from before callers were recorded). Only another caller,
     /// or root, may approve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested_by: Option<crate::access::CallerId>,
+    pub requested_by: Option<CallerId>,
 }
 
 /// A refused batch item.
@@ -842,8 +863,8 @@ pub enum InterfaceState {
     Unprotected,
 }
 
-impl std::fmt::Display for InterfaceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for InterfaceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Protected => "protected",
             Self::Waiting => "waiting",

@@ -17,7 +17,7 @@ pub mod ledger;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, mpsc::SyncSender},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -30,7 +30,6 @@ use self::{
 };
 use crate::{
     block::{Source, now_ms},
-    daemon::{ask_engine, engine::Command},
     error::Chain,
     protocol::{CrowdsecStatus, Reply, Request, Response, SyncReply},
 };
@@ -56,10 +55,18 @@ pub enum PullError {
     Apply(String),
 }
 
+/// What the bouncer needs of the engine: it sends requests (a source sync, the counters) and
+/// reads the replies, as any client of the control socket does. The daemon implements it over
+/// its engine channel, with the same access check as a socket request; tests may fake it.
+pub trait Engine: Send + Sync + 'static {
+    /// Sends one request and waits for its reply.
+    fn ask(&self, request: Request) -> impl Future<Output = Response> + Send;
+}
+
 /// The bouncer task.
-pub struct Bouncer {
+pub struct Bouncer<E> {
     lapi: Lapi,
-    engine: SyncSender<Command>,
+    engine: E,
     source: Source,
     update_frequency: Duration,
     resync: Duration,
@@ -104,12 +111,12 @@ impl Traffic {
     }
 }
 
-impl Bouncer {
+impl<E: Engine> Bouncer<E> {
     /// Builds the bouncer; fails only on local setup (TLS files, credentials). Its first pull
     /// may start at once; it is applied once `engine_ready` says `true`.
     pub fn new(
         config: &CrowdsecConfig,
-        engine: SyncSender<Command>,
+        engine: E,
         engine_ready: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Self, LapiError> {
         let status = CrowdsecStatus {
@@ -277,7 +284,7 @@ impl Bouncer {
             ));
         }
         let items = request.items.len();
-        match ask_engine("crowdsec", Request::SyncSource(request), &self.engine).await {
+        match self.engine.ask(Request::SyncSource(request)).await {
             Response::Ok {
                 result: Reply::SyncSource(reply),
                 ..
@@ -315,7 +322,7 @@ impl Bouncer {
         }
         let window = self.metrics.last_push.map_or(0, |t| t.elapsed().as_secs());
         self.metrics.last_push = Some(Instant::now());
-        let counted = match ask_engine("crowdsec", Request::Stats, &self.engine).await {
+        let counted = match self.engine.ask(Request::Stats).await {
             Response::Ok {
                 result: Reply::Stats(s),
                 ..

@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use nix::unistd::Group;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedReadHalf},
@@ -26,17 +25,6 @@ use crate::{
     metrics::Metrics,
     protocol::{Envelope, ErrorCode, Reply, Request, RequestId, Response, parse_request},
 };
-
-/// Resolves a group name to its id.
-pub fn group_id(name: &str) -> anyhow::Result<u32> {
-    match Group::from_name(name) {
-        Ok(Some(group)) => Ok(group.gid.as_raw()),
-        Ok(None) => anyhow::bail!(
-            "no group named `{name}` (create it with `groupadd {name}`, or unset socket_group)"
-        ),
-        Err(e) => anyhow::bail!("looking up group `{name}`: {e}"),
-    }
-}
 
 /// Binds the socket, refusing to steal it from a daemon that still answers.
 pub async fn bind(path: &Path, socket_gid: Option<u32>) -> anyhow::Result<UnixListener> {
@@ -396,17 +384,5 @@ async fn run_with_id(
             ErrorCode::Internal,
             "the daemon stopped before answering; the request may or may not have been applied (check `enforcer list`)",
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unknown_group_name_says_how_to_fix_it() {
-        let err = group_id("enforcer-no-such-group").unwrap_err().to_string();
-        assert!(err.contains("groupadd enforcer-no-such-group"), "{err}");
-        assert_eq!(group_id("root").unwrap(), 0);
     }
 }

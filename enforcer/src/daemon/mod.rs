@@ -38,7 +38,7 @@ use crate::{
 
 /// Hands a request from a part of the daemon itself (`what`: `crowdsec`...) to the engine; it
 /// passes the same access check as a socket request, as the daemon.
-pub async fn ask_engine(
+async fn ask_engine(
     what: &'static str,
     request: crate::protocol::Request,
     engine: &mpsc::SyncSender<engine::Command>,
@@ -46,14 +46,19 @@ pub async fn ask_engine(
     control_socket::run(request, crate::access::Caller::internal(what), engine).await
 }
 
+/// The CrowdSec bouncer's way to the engine: [`ask_engine`] as `crowdsec`.
+struct BouncerEngine(mpsc::SyncSender<engine::Command>);
+
+impl crate::crowdsec::Engine for BouncerEngine {
+    async fn ask(&self, request: crate::protocol::Request) -> crate::protocol::Response {
+        ask_engine(crate::crowdsec::SOURCE, request, &self.0).await
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, or until a thread it cannot run without dies
 /// (then it fails, so that its supervisor restarts it).
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let socket_gid = config
-        .socket_group
-        .as_deref()
-        .map(control_socket::group_id)
-        .transpose()?;
+    let socket_gid = socket_gid(&config)?;
     let access = Arc::new(AccessPolicy::new(config.access.clone(), socket_gid));
     for name in access.unknown_names() {
         tracing::warn!(
@@ -147,7 +152,7 @@ fn start_bouncer(
     // The TLS setup may read files and start a blocking pool: inside the runtime.
     let bouncer = {
         let _guard = runtime.enter();
-        crate::crowdsec::Bouncer::new(c, tx.clone(), engine_ready)
+        crate::crowdsec::Bouncer::new(c, BouncerEngine(tx.clone()), engine_ready)
             .context("setting up the CrowdSec bouncer")?
     };
     let status = Some(bouncer.status());
@@ -417,8 +422,9 @@ fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {
     config
         .socket_group
         .as_deref()
-        .map(control_socket::group_id)
+        .map(crate::access::group_id)
         .transpose()
+        .map_err(Into::into)
 }
 
 /// Serves `/metrics` when configured.

@@ -126,7 +126,7 @@ fn is_enforcer(path: &Path) -> io::Result<bool> {
 /// The group execd's programs belong to: `wazuh`, else `ossec` (Wazuh before 4.3), else root.
 fn wazuh_group() -> (String, u32) {
     for name in ["wazuh", "ossec"] {
-        if let Ok(gid) = crate::daemon::control_socket::group_id(name) {
+        if let Ok(gid) = crate::access::group_id(name) {
             return (name.to_owned(), gid);
         }
     }

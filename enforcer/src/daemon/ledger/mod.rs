@@ -35,13 +35,13 @@ pub use requests::{AppliedIds, MAX_REQUEST_IDS, REQUEST_ID_RETENTION};
 
 use super::refusal::Refusal;
 use crate::{
-    access::{Caller, CallerId},
+    access::Caller,
     audit::{Action, Event},
     block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks, UnixMillis},
     policy::{Allowlist, Ask, BreakerEvent, Decision, Policy},
     protocol::{
-        BatchFailure, BatchRequest, BlockReply, BlockRequest, Outcome, PendingBlock, Reply,
-        Request, RequestId,
+        BatchFailure, BatchRequest, BlockReply, BlockRequest, CallerId, Outcome, PendingBlock,
+        Reply, Request, RequestId,
     },
     store::StoreOp,
     target::Target,
