@@ -388,6 +388,32 @@ impl Stats {
     }
 }
 
+/// Proves at compile time what the `Pod` impls below claim: each shared type is exactly the sum
+/// of its fields (no padding byte the kernel could leave unwritten), and each field sits at the
+/// offset the other side reads. A layout change fails the build here until its figures, and
+/// [`LAYOUT_VERSION`], are updated together.
+macro_rules! assert_layout {
+    ($ty:ty, $size:expr, { $($field:ident: $offset:expr),+ $(,)? }) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$ty>() == $size);
+            $(assert!(core::mem::offset_of!($ty, $field) == $offset);)+
+        };
+    };
+}
+
+assert_layout!(BlockEntry, 32, {
+    expires_ns: 0, hit_packets: 8, hit_bytes: 16, last_hit_s: 24,
+    mode: 28, flags: 29, prefix_len: 30, generation: 31,
+});
+assert_layout!(HitSlot, 48, {
+    key: 0, tag: 16, pad: 20, packets: 24, bytes: 32, last_hit_ns: 40,
+});
+assert_layout!(AllowValue, 4, { origin: 0 });
+assert_layout!(Counter, 16, { packets: 0, bytes: 8 });
+assert_layout!(Stats, 7 * 16, {
+    seen: 0, passed: 16, dropped: 32, allowlisted: 48, shadow: 64, expired: 80, not_ip: 96,
+});
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers, with no padding bytes.
