@@ -408,12 +408,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!((e.line, e.column), (3, 1), "{e}");
-        let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\n", "x").unwrap_err();
+        let e = Config::parse("[crowdsec]\napi_url = \"http://127.0.0.1/\"\n", "x").unwrap_err();
         assert!(e.message.contains("cscli bouncers add"), "{e}");
-        let e = Config::parse("[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\n  update_frequency = \"10\"\nresync = \"5s\"\n", "x").unwrap_err();
+        let e = Config::parse("[crowdsec]\napi_url = \"http://127.0.0.1/\"\napi_key = \"a\"\n  update_frequency = \"10\"\nresync = \"5s\"\n", "x").unwrap_err();
         assert_eq!((e.line, e.column), (5, 1), "{e}");
         let e = Config::parse(
-            "[crowdsec]\napi_url = \"http://x/\"\napi_key = \"a\"\nbogus = 1\n",
+            "[crowdsec]\napi_url = \"http://127.0.0.1/\"\napi_key = \"a\"\nbogus = 1\n",
             "x",
         )
         .unwrap_err();
@@ -448,7 +448,7 @@ mod tests {
         std::fs::write(&key, "0123abcd\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let text = format!(
-            "[crowdsec]\napi_url = \"http://x/\"\napi_key_file = \"{}\"\n",
+            "[crowdsec]\napi_url = \"http://127.0.0.1/\"\napi_key_file = \"{}\"\n",
             key.display()
         );
         let e = Config::parse(&text, "x").unwrap_err();

@@ -48,6 +48,10 @@ pub struct CrowdsecConfig {
     /// The largest answer accepted, in bytes (a startup pull of 100k decisions is about 20 MB).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Accept `http://` to a host other than loopback (the key then crosses the network in
+    /// clear); off: such a URL is refused at load.
+    #[serde(default)]
+    pub insecure_http: bool,
     /// Push usage metrics to the LAPI (LAPI >= 1.6.3; turned off by itself on a 404).
     #[serde(default = "default_true")]
     pub usage_metrics: bool,
@@ -97,6 +101,17 @@ impl CrowdsecConfig {
                 "api_url".into(),
                 format!(
                     "crowdsec.api_url `{}` must be an http:// or https:// URL",
+                    self.api_url
+                ),
+            ));
+        }
+        if url.scheme() == "http" && !is_loopback(&url) && !self.insecure_http {
+            return Err((
+                "api_url".into(),
+                format!(
+                    "crowdsec.api_url `{}` would send the API key in clear to another host; \
+                     use https:// (with ca_cert_path for a private CA), or set \
+                     insecure_http = true in [crowdsec] to accept that",
                     self.api_url
                 ),
             ));
@@ -165,6 +180,18 @@ impl CrowdsecConfig {
             }),
             _ => unreachable!("checked: exactly one way, and cert_path comes with key_path"),
         }
+    }
+}
+
+/// Whether the URL's host is this machine's loopback (`127.0.0.0/8`, `::1`, `localhost`).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
 

@@ -47,6 +47,17 @@ pub enum LapiError {
         /// The start of the body.
         body: String,
     },
+    /// A 3xx answer: never followed (the key would go along to wherever it points).
+    #[error(
+        "the LAPI answered HTTP {status}, a redirect to `{location}`; redirects are not \
+         followed (the API key would go along): set api_url to the address that answers"
+    )]
+    Redirect {
+        /// The status code.
+        status: u16,
+        /// Where it pointed (control characters escaped, cut to 200 bytes).
+        location: String,
+    },
     /// The body was larger than allowed.
     #[error(
         "the LAPI's answer is larger than max_response_bytes ({max} bytes); raise it if the LAPI really holds that many decisions"
@@ -87,6 +98,9 @@ impl Lapi {
             .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(120))
+            // The key travels as a header that reqwest's redirect policy would forward to any
+            // host (https to http included): a LAPI never redirects, so any 3xx is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy();
         if let Some(ca) = &config.ca_cert_path {
             let pem = std::fs::read(ca).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
@@ -196,6 +210,9 @@ impl Lapi {
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(self.denied(status));
         }
+        if status.is_redirection() {
+            return Err(redirect(&resp));
+        }
         let body = self.read_body(&mut resp).await?;
         if !status.is_success() {
             return Err(LapiError::Status {
@@ -229,6 +246,9 @@ impl Lapi {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);
         }
+        if status.is_redirection() {
+            return Err(redirect(&resp));
+        }
         let text = self.read_body(&mut resp).await.unwrap_or_default();
         if !status.is_success() {
             return Err(LapiError::Status {
@@ -237,5 +257,26 @@ impl Lapi {
             });
         }
         Ok(true)
+    }
+}
+
+/// The error for a 3xx answer, naming where it pointed (printable, bounded).
+fn redirect(resp: &reqwest::Response) -> LapiError {
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let mut location: String = location.escape_debug().collect();
+    if location.len() > 200 {
+        let mut end = 200;
+        while !location.is_char_boundary(end) {
+            end -= 1;
+        }
+        location.truncate(end);
+    }
+    LapiError::Redirect {
+        status: resp.status().as_u16(),
+        location,
     }
 }

@@ -11,7 +11,7 @@
 //! ones: only durations matter, and a wall-clock step must not end every decision.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -34,29 +34,68 @@ struct Live {
 #[derive(Debug, Default)]
 pub struct Ledger {
     targets: HashMap<Target, Decisions>,
-    /// Each origin's name once (a pull has a hundred thousand decisions and a few origins).
-    origins: Vec<Arc<str>>,
+    /// Each origin's name once (a pull has a hundred thousand decisions and a few origins; a
+    /// hostile one may name as many origins as decisions, so they are hashed).
+    origins: HashSet<Arc<str>>,
 }
 
 /// One target's decisions by key: almost always one, so a small vector (a `BTreeMap` would
-/// allocate a node of eleven slots per target: a hundred megabytes for 100,000 decisions).
+/// allocate a node of eleven slots per target: a hundred megabytes for 100,000 decisions);
+/// past [`INDEXED_FROM`] decisions a hash index by key keeps each insert and removal constant
+/// time, so an answer of many decisions for one target costs linear time, not quadratic.
 #[derive(Debug, Default)]
-struct Decisions(Vec<(DecisionKey, Live)>);
+struct Decisions {
+    list: Vec<(DecisionKey, Live)>,
+    /// Position of each key in `list`, once it has [`INDEXED_FROM`] entries.
+    index: Option<HashMap<DecisionKey, usize>>,
+}
+
+/// A target with this many decisions gets an index by key.
+const INDEXED_FROM: usize = 16;
 
 impl Decisions {
+    fn position(&self, key: &DecisionKey) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.list.iter().position(|(k, _)| k == key),
+        }
+    }
+
     fn insert(&mut self, key: DecisionKey, live: Live) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, l)) => *l = live,
-            None => self.0.push((key, live)),
+        if let Some(i) = self.position(&key) {
+            self.list[i].1 = live;
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(key.clone(), self.list.len());
+        }
+        self.list.push((key, live));
+        if self.index.is_none() && self.list.len() >= INDEXED_FROM {
+            self.index = Some(
+                self.list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, _))| (k.clone(), i))
+                    .collect(),
+            );
         }
     }
 
     fn remove(&mut self, key: &DecisionKey) {
-        self.0.retain(|(k, _)| k != key);
+        let Some(i) = self.position(key) else {
+            return;
+        };
+        self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(key);
+            if let Some((moved, _)) = self.list.get(i) {
+                index.insert(moved.clone(), i);
+            }
+        }
     }
 
     fn values(&self) -> impl Iterator<Item = &Live> {
-        self.0.iter().map(|(_, l)| l)
+        self.list.iter().map(|(_, l)| l)
     }
 }
 
@@ -65,6 +104,7 @@ impl Ledger {
     /// Its items are in target order (the engine's maps and the store take them fastest so).
     pub fn startup(&mut self, source: &Source, bans: Vec<Ban>, now: UnixMillis) -> SyncRequest {
         self.targets.clear();
+        self.origins.clear();
         for ban in bans {
             self.insert(ban, now);
         }
@@ -148,15 +188,11 @@ impl Ledger {
         if remaining == 0 {
             return;
         }
-        let origin = match self
-            .origins
-            .iter()
-            .find(|o| o.as_ref() == ban.origin.as_str())
-        {
+        let origin = match self.origins.get(ban.origin.as_str()) {
             Some(o) => o.clone(),
             None => {
                 let o: Arc<str> = ban.origin.into();
-                self.origins.push(o.clone());
+                self.origins.insert(o.clone());
                 o
             }
         };
@@ -185,7 +221,7 @@ fn item(target: Target, decisions: &Decisions, now: UnixMillis) -> Option<SyncIt
 /// The longest live decision (of equally long ones, the one with the greatest key, as before).
 fn longest(decisions: &Decisions, now: UnixMillis) -> Option<&Live> {
     decisions
-        .0
+        .list
         .iter()
         .filter(|(_, l)| l.expires_ms > now)
         .max_by(|(ka, a), (kb, b)| a.expires_ms.cmp(&b.expires_ms).then_with(|| ka.cmp(kb)))
@@ -306,6 +342,32 @@ mod tests {
         // A deletion of a decision we never saw still lifts a target nothing else holds.
         let c = l.delta(&src(), vec![], vec![ban(99, "203.0.113.1", -5)], NOW);
         assert_eq!(c.remove, vec!["203.0.113.1".parse().unwrap()]);
+    }
+
+    #[test]
+    fn many_decisions_for_one_target_are_indexed_and_still_exact() {
+        let mut l = Ledger::default();
+        let bans: Vec<Ban> = (1..=40)
+            .map(|i| ban(i, "192.0.2.9", i * 1000))
+            .chain([ban(7, "192.0.2.9", 500_000)])
+            .collect();
+        let req = l.startup(&src(), bans, NOW);
+        assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 500_000)]);
+        // Delete the longest (id 7, updated in place) and every even id: id 39 is the longest left.
+        let gone: Vec<Ban> = (2..=40)
+            .step_by(2)
+            .chain([7, 40])
+            .map(|i| ban(i, "192.0.2.9", -1))
+            .collect();
+        let req = l.delta(&src(), vec![], gone, NOW);
+        assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 39_000)]);
+        let rest: Vec<Ban> = (1..40)
+            .step_by(2)
+            .map(|i| ban(i, "192.0.2.9", -1))
+            .collect();
+        let req = l.delta(&src(), vec![], rest, NOW);
+        assert_eq!(req.remove.len(), 1, "{req:?}");
+        assert_eq!(l.active(NOW), 0);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub const SOURCE: &str = "crowdsec";
 const METRICS_EVERY: Duration = Duration::from_secs(15 * 60);
 /// The longest wait between retries while the LAPI fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Kinds of skipped decisions logged one by one (a LAPI can invent any number of types and
+/// scopes); past this, one line says the rest are only counted.
+const MAX_LOGGED_KINDS: usize = 32;
 
 /// The bouncer's state as `enforcer status` shows it; shared with the control socket.
 pub type StatusHandle = Arc<Mutex<CrowdsecStatus>>;
@@ -75,8 +78,11 @@ pub struct Bouncer<E> {
     /// The next pull must be a full one (at start, after any error, when a resync is due).
     need_full: bool,
     last_full: Option<Instant>,
-    /// Skip reasons already logged (each kind is logged once).
+    /// Skip reasons already logged (each kind is logged once, up to [`MAX_LOGGED_KINDS`]).
     logged: HashSet<String>,
+    /// Decisions of the LAPI's current state that are not enforced (not a ban, another scope,
+    /// simulated): what the last full pull ignored plus what deltas added since, less what they
+    /// deleted. A full pull starts it again, so it holds no more than the LAPI does.
     ignored: HashSet<DecisionKey>,
     refused: HashSet<crate::target::Target>,
     metrics: Metrics,
@@ -196,9 +202,15 @@ impl<E: Engine> Bouncer<E> {
         let since_boot = crate::time::boot_ms();
         let decisions = body.new.len();
         let request = if full {
+            self.ignored.clear();
             let new = self.map_new(&body.new);
             self.ledger.startup(&self.source, new, since_boot)
         } else {
+            for d in &body.deleted {
+                if let Some(id) = d.id() {
+                    self.ignored.remove(&DecisionKey::Id(id));
+                }
+            }
             let deleted = body
                 .deleted
                 .iter()
@@ -259,9 +271,7 @@ impl<E: Engine> Bouncer<E> {
                     if let Some(k) = key {
                         self.ignored.insert(k);
                     }
-                    if self.logged.insert(skip.to_string()) {
-                        tracing::info!(reason = %skip, "ignoring CrowdSec decisions of this kind (counted in status; logged once)");
-                    }
+                    self.log_skip(&skip);
                 }
             }
         }
@@ -270,6 +280,25 @@ impl<E: Engine> Bouncer<E> {
             self.status.lock().expect("status lock").invalid += invalid;
         }
         bans
+    }
+
+    /// Logs the first decision of each kind skipped, for the first [`MAX_LOGGED_KINDS`] kinds.
+    fn log_skip(&mut self, skip: &Skip) {
+        let text = skip.to_string();
+        if self.logged.contains(&text) || self.logged.len() > MAX_LOGGED_KINDS {
+            return;
+        }
+        if self.logged.len() < MAX_LOGGED_KINDS {
+            tracing::info!(reason = %skip, "ignoring CrowdSec decisions of this kind (counted in status; logged once)");
+            self.logged.insert(text);
+        } else {
+            tracing::info!(
+                kinds = MAX_LOGGED_KINDS,
+                "more kinds of ignored CrowdSec decisions: counted in status, no longer logged"
+            );
+            // A text no skip has: the set is full for good.
+            self.logged.insert(String::new());
+        }
     }
 
     async fn apply(

@@ -329,7 +329,8 @@ fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() ->
     a.receiver.ip(&["link", "set", "mg", "up"])?;
     b.receiver.ip(&["link", "set", "mg", "up"])?;
     let lapi = Lapi::start(&a.receiver, &format!("{mgmt_a}:8080"))?;
-    let extra = format!("update_frequency = \"{POLL}\"\n");
+    // A lab network stands in for the fleet's: plain http across it is accepted only so.
+    let extra = format!("update_frequency = \"{POLL}\"\ninsecure_http = true\n");
     let config_a = lapi.daemon_config("host-a", &lapi.url(), &extra)?;
     let config_b = lapi.daemon_config("host-b", &lapi.url(), &extra)?;
     let da = Daemon::start(&a, &["--config", &config_a.to_string_lossy()])?;
@@ -360,7 +361,8 @@ fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() ->
 type Script = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
 
 /// A scripted HTTP server standing in for the LAPI: answers each request with the next script
-/// entry (the last one repeats) and records request lines and headers.
+/// entry (the last one repeats; a 3xx entry's body is its `Location`) and records request lines
+/// and headers.
 struct FakeLapi {
     port: u16,
     script: Script,
@@ -375,7 +377,13 @@ impl FakeLapi {
 
     /// Answers usage-metrics pushes with `metrics_status` (201: a LAPI 1.6.3 or newer).
     fn start_with_metrics(lab: &Lab, metrics_status: u16) -> Result<Self> {
-        let listener = lab.receiver.run(|| TcpListener::bind("127.0.0.1:0"))??;
+        Self::start_in(&lab.receiver, "127.0.0.1:0", metrics_status)
+    }
+
+    /// Listens on `addr` in namespace `ns`.
+    fn start_in(ns: &enforcer_tests::Netns, addr: &str, metrics_status: u16) -> Result<Self> {
+        let addr = addr.to_owned();
+        let listener = ns.run(move || TcpListener::bind(addr))??;
         let port = listener.local_addr()?.port();
         let script: Script = Arc::new(Mutex::new(vec![(
             200,
@@ -424,9 +432,18 @@ impl FakeLapi {
                     }
                 };
                 let mut stream = reader.into_inner();
+                // A 3xx entry's body is where it redirects to.
+                let (location, body) = if (300..400).contains(&status) {
+                    (
+                        format!("Location: {}\r\n", String::from_utf8_lossy(&body)),
+                        Vec::new(),
+                    )
+                } else {
+                    (String::new(), body)
+                };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = stream.write_all(&body);
@@ -1179,5 +1196,158 @@ fn the_real_lapi_1_4_turns_usage_metrics_off_quietly() -> Result<()> {
     assert_eq!(lines.len(), 1, "one log line: {lines:#?}");
     assert!(lines[0].contains("INFO"), "{}", lines[0]);
     assert!(ok(&daemon.cli(&["status"])).contains("before 1.6.3"));
+    Ok(())
+}
+
+/// The LAPI is trusted with the key, not with where it sends it: a redirect is an error, never
+/// followed, so another listener never sees `X-Api-Key` (reqwest's default policy forwards it to
+/// any host, https to http included).
+#[test]
+fn a_redirecting_lapi_is_not_followed_and_the_key_goes_nowhere_else() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let lapi = FakeLapi::start(&lab)?;
+    let elsewhere = FakeLapi::start(&lab)?;
+    lapi.script.lock().unwrap()[0] = (
+        302,
+        format!("http://127.0.0.1:{}/v1/decisions/stream", elsewhere.port).into_bytes(),
+    );
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(
+        &lab,
+        &["--config", &fake_config(dir.path(), lapi.port, "")?],
+    )?;
+    let cs = wait_for("the first pull to end", WITHIN_ONE_POLL, || {
+        let cs = crowdsec(&daemon);
+        Ok((cs.pulls + cs.errors > 0).then_some(cs))
+    })?;
+    let leaked: Vec<String> = elsewhere
+        .requests()
+        .into_iter()
+        .filter(|r| r.to_ascii_lowercase().contains("x-api-key"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the redirect target received the key: {leaked:#?}"
+    );
+    assert_eq!(cs.pulls, 0, "a redirect is not a successful pull: {cs:?}");
+    let error = cs.last_error.unwrap_or_default();
+    assert!(
+        error.contains("HTTP 302") && error.contains("redirect"),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// A hostile answer, within max_response_bytes: one target named by 100,000 decisions, each of
+/// its own origin, then 100,000 decisions of as many unknown types. The first is applied in
+/// linear time (a quadratic lookup takes minutes here), and the skip bookkeeping stays bounded:
+/// a few log lines, not one per invented type, and `ignored` counts what the LAPI holds now,
+/// not every id ever seen.
+#[test]
+fn a_hostile_lapi_answer_is_handled_in_linear_time_with_bounded_bookkeeping() -> Result<()> {
+    require_root();
+    const N: u32 = 100_000;
+    let lab = Lab::new()?;
+    let fake = FakeLapi::start(&lab)?;
+    let one_target: Vec<String> = (1..=N)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"origin":"o{i}","type":"ban","scope":"Ip","value":"{}","duration":"1h","scenario":"s"}}"#,
+                SENDER_V4[1]
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"new":[{}],"deleted":null}}"#, one_target.join(","));
+    fake.script.lock().unwrap()[0] = (200, body.into_bytes());
+    let kinds = |from: u32| {
+        let new: Vec<String> = (from..from + N)
+            .map(|i| {
+                format!(
+                    r#"{{"id":{i},"origin":"o","type":"t{i}","scope":"Ip","value":"{}","duration":"1h"}}"#,
+                    SENDER_V4[2]
+                )
+            })
+            .collect();
+        format!(r#"{{"new":[{}],"deleted":null}}"#, new.join(","))
+    };
+    fake.then(200, kinds(N + 1));
+    fake.then(200, kinds(2 * N + 1));
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[crowdsec]\napi_url = \"http://127.0.0.1:{}\"\napi_key = \"fakekey\"\nupdate_frequency = \"1s\"\nresync = \"1s\"\n",
+            fake.port
+        ),
+    )?;
+    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
+    let took = wait_dropped(&lab, SENDER_V4[1], true, Duration::from_secs(30));
+    eprintln!("{N} decisions for one target applied within {took:?} of the daemon's start");
+    // Both answers of invented types were pulled in full (resync every pull).
+    let cs = wait_for(
+        "both answers of invented types",
+        Duration::from_secs(60),
+        || {
+            let cs = crowdsec(&daemon);
+            Ok((fake.requests().len() >= 4 && cs.pulls >= 3).then_some(cs))
+        },
+    )?;
+    assert_eq!(
+        cs.ignored,
+        u64::from(N),
+        "what the last full pull ignored: {cs:?}"
+    );
+    let logged = daemon
+        .log()
+        .matches("ignoring CrowdSec decisions of this kind")
+        .count();
+    assert!(logged <= 64, "{logged} lines for invented decision types");
+    Ok(())
+}
+
+/// `http://` to another host sends the key in clear: refused at load with the way out named,
+/// unless the operator says so with `insecure_http = true`; loopback and https are fine.
+#[test]
+fn plain_http_to_a_remote_lapi_is_refused_unless_configured_insecure() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("enforcer.toml");
+    let check = |url: &str, extra: &str| {
+        std::fs::write(
+            &config,
+            format!("[crowdsec]\napi_url = \"{url}\"\napi_key = \"abc123\"\n{extra}"),
+        )
+        .unwrap();
+        enforcer_tests::daemon::cli(
+            Path::new("/nonexistent"),
+            &[
+                "daemon",
+                "--check-config",
+                "--config",
+                &config.to_string_lossy(),
+            ],
+        )
+    };
+    for url in ["http://192.0.2.10:8080/", "http://lapi.example.net/"] {
+        let out = check(url, "");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url} accepted");
+        assert!(
+            stderr.contains(&format!("{}:2:1:", config.display()))
+                && stderr.contains("in clear")
+                && stderr.contains("insecure_http = true"),
+            "{stderr}"
+        );
+        ok(&check(url, "insecure_http = true\n"));
+    }
+    for url in [
+        "http://127.0.0.1:8080/",
+        "http://[::1]:8080/",
+        "http://localhost:8080/",
+        "https://192.0.2.10:8080/",
+    ] {
+        ok(&check(url, ""));
+    }
     Ok(())
 }

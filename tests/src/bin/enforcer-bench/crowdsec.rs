@@ -202,7 +202,10 @@ fn fleet(s: &Settings) -> Result<Fleet> {
     a.receiver.ip(&["link", "set", "mg", "up"])?;
     b.receiver.ip(&["link", "set", "mg", "up"])?;
     let lapi = Lapi::start(&a.receiver, "198.51.100.1:8080")?;
-    let extra = format!("update_frequency = \"{}s\"\n", s.poll_secs);
+    let extra = format!(
+        "update_frequency = \"{}s\"\ninsecure_http = true\n",
+        s.poll_secs
+    );
     let ca = lapi.daemon_config("bench-a", &lapi.url(), &extra)?;
     let cb = lapi.daemon_config("bench-b", &lapi.url(), &extra)?;
     let _da = Daemon::start(&a, &["--config", &ca.to_string_lossy()])?;
