@@ -398,7 +398,9 @@ fn needs(request: &Request) -> Option<Needs<'_>> {
         sources: SourceNeed::None,
     };
     Some(match request {
-        Request::Ping | Request::HostChanged(_) | Request::LinksChanged(_) => return None,
+        Request::Ping | Request::HostChanged(_) | Request::LinksChanged(_) | Request::Outbox(_) => {
+            return None;
+        }
         Request::Block(b) => {
             let mut operations = vec![O::Block];
             operations.extend(b.force.then_some(O::Force));
@@ -527,8 +529,10 @@ impl AccessPolicy {
                 why,
             })
         };
-        if matches!(request, Request::HostChanged(_) | Request::LinksChanged(_))
-            && caller.internal.is_none()
+        if matches!(
+            request,
+            Request::HostChanged(_) | Request::LinksChanged(_) | Request::Outbox(_)
+        ) && caller.internal.is_none()
         {
             return deny(Why::Internal(request.op()));
         }

@@ -273,7 +273,11 @@ impl Config {
         if let Some(cs) = &config.crowdsec
             && let Err((key, message)) = cs.validate()
         {
-            return Err(located(section_key_span(text, "crowdsec", &key), message));
+            let span = match key.strip_prefix("publish.") {
+                Some(k) => section_key_span(text, "crowdsec.publish", k),
+                None => section_key_span(text, "crowdsec", &key),
+            };
+            return Err(located(span, message));
         }
         for (i, entry) in config.access.iter().enumerate() {
             if let Err(message) = entry.validate() {
@@ -459,5 +463,61 @@ mod tests {
         assert!(
             matches!(c.credentials(), Ok(crate::crowdsec::Credentials::ApiKey(k)) if k == "0123abcd")
         );
+    }
+
+    #[test]
+    fn the_publish_section_is_checked_where_it_is_written() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("machine.password");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let head = "[crowdsec]\napi_url = \"https://x/\"\napi_key = \"a\"\n\n[crowdsec.publish]\n";
+        let parse = |body: &str| Config::parse(&format!("{head}{body}"), "x");
+        let login = format!("login = \"web-01\"\npassword_file = \"{}\"\n", pw.display());
+        let c = parse(&format!(
+            "{login}sources = [\"fail2ban\", \"wazuh\"]\nscenarios = {{ wazuh = \"acme/wazuh\" }}\n"
+        ))
+        .unwrap();
+        let p = c.crowdsec.unwrap().publish.unwrap();
+        assert_eq!(p.queue_max, 10_000);
+        let scenarios: Vec<(String, String)> = p
+            .scenarios()
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        assert_eq!(
+            scenarios,
+            [
+                ("fail2ban".to_owned(), "enforcer/fail2ban".to_owned()),
+                ("wazuh".to_owned(), "acme/wazuh".to_owned())
+            ]
+        );
+        assert_eq!(p.login().unwrap().password, "s3cret");
+        // Each mistake: one line that says what and where (line 8: the key's own line).
+        for (body, line, needle) in [
+            ("sources = [\"crowdsec\"]\n", 8, "never published back"),
+            (
+                "sources = [\"cli\"]\nscenarios = { wazuh = \"x\" }\n",
+                9,
+                "not in crowdsec.publish.sources",
+            ),
+            (
+                "sources = [\"cli\"]\nscenarios = { cli = \"a b\" }\n",
+                9,
+                "printable characters",
+            ),
+            ("queue_max = 0\n", 8, "use 1 to 1000000"),
+        ] {
+            let e = parse(&format!("{login}{body}")).unwrap_err();
+            assert_eq!(e.line, line, "{body}: {e}");
+            assert!(e.message.contains(needle), "{body}: {e}");
+        }
+        let e = parse("sources = [\"cli\"]\n").unwrap_err();
+        assert!(e.message.contains("cscli machines add"), "{e}");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&login).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("chmod 600"), "{e}");
     }
 }

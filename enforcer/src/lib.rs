@@ -19,6 +19,7 @@ pub mod install;
 pub mod interfaces;
 pub mod metrics;
 pub mod netlink;
+pub mod outbox;
 pub mod policy;
 pub mod protocol;
 pub mod safe_fs;

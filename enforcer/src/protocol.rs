@@ -291,6 +291,10 @@ pub enum Request {
     LinksChanged(Vec<crate::netlink::LinkState>),
     /// Make one source's blocks match a feed (CrowdSec), in one durable round.
     SyncSource(SyncRequest),
+    /// The CrowdSec publisher takes queued publications or reports sent ones. Internal: not on
+    /// the wire.
+    #[serde(skip)]
+    Outbox(crate::outbox::OutboxRequest),
 }
 
 impl Request {
@@ -316,6 +320,7 @@ impl Request {
             Self::HostChanged(_) => "refresh_host",
             Self::LinksChanged(_) => "links_changed",
             Self::SyncSource(_) => "sync_source",
+            Self::Outbox(_) => "outbox",
         }
     }
 
@@ -618,6 +623,9 @@ pub enum Reply {
     Refreshed,
     /// Answer to sync_source.
     SyncSource(SyncReply),
+    /// Answer to the publisher's take (queued publications, in order) and sent (empty).
+    #[serde(skip)]
+    Outbox(crate::outbox::OutboxBatch),
 }
 
 /// What a sync did.
@@ -814,6 +822,21 @@ pub struct StatsReply {
     pub interfaces: Vec<InterfaceCounters>,
     /// Blocks per source.
     pub blocks_by_source: Vec<(Source, usize)>,
+    /// Dropped packets and bytes by the origin of the block that held each target.
+    #[serde(default)]
+    pub dropped_by_origin: Vec<OriginDrops>,
+}
+
+/// Drops of the blocks of one origin: a local source (`wazuh`, `fail2ban`, `cli`, ...) or, for
+/// CrowdSec's blocks, the decision's origin (`crowdsec`, `cscli`, `CAPI`, `lists:NAME`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginDrops {
+    /// The origin.
+    pub origin: String,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Counters of one interface.
@@ -985,6 +1008,31 @@ pub struct CrowdsecStatus {
     pub last_error_ms: Option<UnixMillis>,
     /// Usage metrics: `on`, `off: ...` with the reason.
     pub usage_metrics: String,
+    /// Decisions this host published itself, seen in pulls and not imported back.
+    #[serde(default)]
+    pub own: u64,
+    /// Publishing local blocks to the LAPI, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishStatus>,
+}
+
+/// The publisher's state (`[crowdsec.publish]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishStatus {
+    /// The machine it logs in as.
+    pub login: String,
+    /// The queue.
+    pub queue: crate::outbox::OutboxCounters,
+    /// Publications sent since start (bans pushed and withdrawn).
+    pub sent: u64,
+    /// Last successful send (Unix ms).
+    pub last_sent_ms: Option<UnixMillis>,
+    /// Failed sends since start.
+    pub errors: u64,
+    /// The last error; current while newer than `last_sent_ms`.
+    pub last_error: Option<String>,
+    /// When it happened (Unix ms).
+    pub last_error_ms: Option<UnixMillis>,
 }
 
 #[cfg(test)]

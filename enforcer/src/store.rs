@@ -19,6 +19,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 
 use crate::{
     block::{Record, Source, SourceBlock, UnixMillis},
+    outbox::Publication,
     policy::AllowOrigin,
     protocol::{PendingBlock, Reply, RequestId},
     target::Target,
@@ -34,6 +35,11 @@ const PENDING: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("pend
 const OFFENSES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("offenses_v1");
 /// Single values by name (see [`StoreMeta`]).
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta_v1");
+/// Publications waiting for the CrowdSec LAPI, by queue position ([`crate::outbox`]).
+const OUTBOX: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("outbox_v1");
+/// The LAPI decision ids that stand for each published block, by (target, source).
+const PUBLISHED: TableDefinition<'static, (&str, &str), &[u8]> =
+    TableDefinition::new("published_v1");
 const META_NEXT_PENDING: &str = "next_pending_id";
 const META_TIME_BASE: &str = "time_base";
 
@@ -110,6 +116,12 @@ pub enum StoreOp {
     PutRequest(AppliedRequest),
     /// Forget an id.
     DeleteRequest(RequestId),
+    /// Queue a publication at this position.
+    PutOutbox(u64, Publication),
+    /// Remove a publication from the queue.
+    DeleteOutbox(u64),
+    /// The LAPI decision ids of a published block (empty: forget it).
+    PutPublished(Target, Source, Vec<i64>),
 }
 
 /// The source of a block row's operation (the second half of its key).
@@ -128,6 +140,8 @@ struct SideTables<'txn> {
     offenses: redb::Table<'txn, &'static str, &'static [u8]>,
     meta: redb::Table<'txn, &'static str, &'static [u8]>,
     requests: redb::Table<'txn, &'static str, &'static [u8]>,
+    outbox: redb::Table<'txn, u64, &'static [u8]>,
+    published: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
 }
 
 /// The block store.
@@ -199,6 +213,8 @@ impl Store {
                 offenses: txn.open_table(OFFENSES).map_err(|e| self.db_err(e))?,
                 meta: txn.open_table(META).map_err(|e| self.db_err(e))?,
                 requests: txn.open_table(REQUESTS).map_err(|e| self.db_err(e))?,
+                outbox: txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?,
+                published: txn.open_table(PUBLISHED).map_err(|e| self.db_err(e))?,
             };
             for op in ops {
                 self.write_side(&mut tables, op)?;
@@ -269,6 +285,25 @@ impl Store {
                     .insert(r.id.as_str(), self.json(r)?.as_slice())
                     .map_err(|e| self.db_err(e))?;
             }
+            StoreOp::PutOutbox(seq, p) => {
+                t.outbox
+                    .insert(*seq, self.json(p)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            StoreOp::DeleteOutbox(seq) => {
+                t.outbox.remove(*seq).map_err(|e| self.db_err(e))?;
+            }
+            StoreOp::PutPublished(target, source, ids) => {
+                let target = target.to_string();
+                let key = (target.as_str(), source.as_str());
+                if ids.is_empty() {
+                    t.published.remove(key).map_err(|e| self.db_err(e))?;
+                } else {
+                    t.published
+                        .insert(key, self.json(ids)?.as_slice())
+                        .map_err(|e| self.db_err(e))?;
+                }
+            }
             StoreOp::DeleteRequest(id) => {
                 t.requests.remove(id.as_str()).map_err(|e| self.db_err(e))?;
             }
@@ -335,6 +370,37 @@ impl Store {
     /// The remembered request ids.
     pub fn load_requests(&self) -> Result<Vec<AppliedRequest>, StoreError> {
         self.load_values(REQUESTS, "requests")
+    }
+
+    /// The publish queue, in order.
+    pub fn load_outbox(&self) -> Result<Vec<(u64, Publication)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let seq = k.value();
+            out.push((seq, self.decode(&format!("outbox/{seq}"), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The published blocks' LAPI decision ids.
+    pub fn load_published(&self) -> Result<Vec<(Target, Source, Vec<i64>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(PUBLISHED).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let (target, source) = k.value();
+            let key = format!("published/{target}/{source}");
+            let target: Target = target
+                .parse()
+                .map_err(|e: crate::TargetError| self.corrupt(&key, e))?;
+            let source: Source = source.parse().map_err(|e| self.corrupt(&key, e))?;
+            out.push((target, source, self.decode(&key, v.value())?));
+        }
+        Ok(out)
     }
 
     /// The blocks waiting for approval.

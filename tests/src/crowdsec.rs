@@ -419,6 +419,54 @@ impl Lapi {
         Ok(config)
     }
 
+    /// Registers a machine (agent) with a random password, as an operator would with
+    /// `cscli machines add NAME --password ...`; returns the password file (mode 0600).
+    pub fn add_machine(&self, name: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let password = crate::unique_name("pw").replace(['-', '_'], "");
+        let creds = self.dir.path().join(format!("{name}.creds.yaml"));
+        self.cscli(&[
+            "machines",
+            "add",
+            name,
+            "--password",
+            &password,
+            "-f",
+            &creds.to_string_lossy(),
+            "--force",
+        ])?;
+        let file = self.dir.path().join(format!("{name}.password"));
+        std::fs::write(&file, &password)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+
+    /// The live decisions for `value` as a bouncer sees them (`GET /v1/decisions?ip=` with a
+    /// bouncer's key, here an `observer` bouncer registered on first use).
+    pub fn decisions(&self, value: &str) -> Result<Vec<serde_json::Value>> {
+        let key_file = self.dir.path().join("observer.key");
+        let key = match std::fs::read_to_string(&key_file) {
+            Ok(k) => k,
+            Err(_) => {
+                let k = self.add_bouncer("observer")?;
+                std::fs::write(&key_file, &k)?;
+                k
+            }
+        };
+        let out = self.exec(
+            "curl",
+            &[
+                "-sk",
+                "-H",
+                &format!("X-Api-Key: {key}"),
+                &format!("{}v1/decisions?ip={value}", self.url()),
+            ],
+        )?;
+        let answer: serde_json::Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("the LAPI's decisions for {value}: {out}"))?;
+        Ok(answer.as_array().cloned().unwrap_or_default())
+    }
+
     /// A path inside the LAPI's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

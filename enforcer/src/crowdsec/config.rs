@@ -55,6 +55,127 @@ pub struct CrowdsecConfig {
     /// Push usage metrics to the LAPI (LAPI >= 1.6.3; turned off by itself on a 404).
     #[serde(default = "default_true")]
     pub usage_metrics: bool,
+    /// Publish local blocks to the LAPI, for the rest of the fleet (`[crowdsec.publish]`).
+    #[serde(default)]
+    pub publish: Option<PublishConfig>,
+}
+
+/// `[crowdsec.publish]`: the daemon logs in as a CrowdSec machine (agent) and pushes each
+/// enforced block of the listed sources as an alert carrying a ban decision.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// The machine's name (`cscli machines add NAME --password ...`).
+    #[serde(default)]
+    pub login: Option<String>,
+    /// A file holding the machine's password (mode 0600).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Local sources whose blocks are published (default none).
+    #[serde(default)]
+    pub sources: Vec<crate::block::Source>,
+    /// The scenario each source's decisions carry (default `enforcer/<source>`).
+    #[serde(default)]
+    pub scenarios: std::collections::BTreeMap<String, String>,
+    /// Most publications waiting for the LAPI; beyond it blocks are enforced here only.
+    #[serde(default = "default_queue_max")]
+    pub queue_max: usize,
+}
+
+const fn default_queue_max() -> usize {
+    10_000
+}
+
+/// The machine's credentials.
+#[derive(Clone, Debug)]
+pub struct MachineLogin {
+    /// The machine id.
+    pub login: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl PublishConfig {
+    /// Each published source with its scenario.
+    pub fn scenarios(&self) -> std::collections::BTreeMap<crate::block::Source, String> {
+        self.sources
+            .iter()
+            .map(|s| {
+                let scenario = self
+                    .scenarios
+                    .get(s.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| format!("enforcer/{s}"));
+                (s.clone(), scenario)
+            })
+            .collect()
+    }
+
+    /// Checks what serde cannot; the key is relative to `[crowdsec.publish]`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_owned(), format!("crowdsec.publish.{k}: {m}")));
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.sources {
+            if s.as_str() == super::SOURCE {
+                return err("sources", "blocks of source `crowdsec` came from the LAPI and are never published back; remove it".into());
+            }
+            if !seen.insert(s) {
+                return err("sources", format!("`{s}` is listed twice"));
+            }
+        }
+        for (source, scenario) in &self.scenarios {
+            if !self.sources.iter().any(|s| s.as_str() == source) {
+                return err(
+                    "scenarios",
+                    format!(
+                        "`{source}` is not in crowdsec.publish.sources; add it there or remove its scenario"
+                    ),
+                );
+            }
+            if scenario.is_empty()
+                || scenario.len() > 128
+                || !scenario.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return err(
+                    "scenarios",
+                    format!(
+                        "the scenario of `{source}` must be 1 to 128 printable characters without spaces, like `enforcer/{source}`"
+                    ),
+                );
+            }
+        }
+        if self.queue_max == 0 || self.queue_max > 1_000_000 {
+            return err(
+                "queue_max",
+                format!("{} is out of range; use 1 to 1000000", self.queue_max),
+            );
+        }
+        self.login().map(|_| ())
+    }
+
+    /// The machine's login and password (read from `password_file`, refused when others may
+    /// read it).
+    pub fn login(&self) -> Result<MachineLogin, (String, String)> {
+        let (Some(login), Some(file)) = (&self.login, &self.password_file) else {
+            return Err((
+                if self.login.is_none() { "login" } else { "password_file" }.to_owned(),
+                "crowdsec.publish: set login and password_file; register the machine on the LAPI host with `cscli machines add NAME --password PASSWORD -f /dev/null`".into(),
+            ));
+        };
+        if login.is_empty() || !login.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err((
+                "login".into(),
+                "crowdsec.publish.login must be the machine name given to `cscli machines add`"
+                    .into(),
+            ));
+        }
+        let password = read_secret_file("crowdsec.publish.password_file", file)
+            .map_err(|m| ("password_file".to_owned(), m))?;
+        Ok(MachineLogin {
+            login: login.clone(),
+            password,
+        })
+    }
 }
 
 fn default_update_frequency() -> HumanDuration {
@@ -148,7 +269,11 @@ impl CrowdsecConfig {
                 "crowdsec.max_response_bytes must be at least 1024".into(),
             ));
         }
-        self.credentials().map(|_| ())
+        self.credentials()?;
+        if let Some(p) = &self.publish {
+            p.validate().map_err(|(k, m)| (format!("publish.{k}"), m))?;
+        }
+        Ok(())
     }
 
     /// The credentials, reading the key file (refused when others may read it).
@@ -206,18 +331,25 @@ fn check_key(key: &str) -> Result<(), String> {
 }
 
 fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    let key = read_secret_file("crowdsec.api_key_file", path)?;
+    check_key(&key).map_err(|m| format!("{m} (in {})", path.display()))?;
+    Ok(key)
+}
+
+/// A secret's file, trimmed; refused when other users may access it, or when empty.
+fn read_secret_file(key: &str, path: &std::path::Path) -> Result<String, String> {
     let shown = path.display();
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("crowdsec.api_key_file {shown}: {e}"))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{key} {shown}: {e}"))?;
     if meta.permissions().mode() & 0o007 != 0 {
         return Err(format!(
-            "crowdsec.api_key_file {shown} is accessible by other users (mode {:o}); run `chmod 600 {shown}`",
+            "{key} {shown} is accessible by other users (mode {:o}); run `chmod 600 {shown}`",
             meta.permissions().mode() & 0o777
         ));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("crowdsec.api_key_file {shown}: {e}"))?;
-    let key = text.trim().to_owned();
-    check_key(&key).map_err(|m| format!("{m} (in {shown})"))?;
-    Ok(key)
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{key} {shown}: {e}"))?;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        return Err(format!("{key} {shown} is empty"));
+    }
+    Ok(secret)
 }

@@ -397,6 +397,22 @@ fn reason(d: &Checked<'_>) -> Reason {
     }
 }
 
+/// The origin a block made by [`reason`] reports its drops under: the decision's origin, and
+/// for a blocklist's (`lists`) its name, as `lists:NAME` (as cs-firewall-bouncer does).
+pub fn origin_label(reason: &Reason) -> String {
+    let origin = reason
+        .text
+        .as_deref()
+        .and_then(|t| t.rsplit_once(" (origin "))
+        .and_then(|(_, rest)| rest.split([',', ')']).next())
+        .filter(|o| !o.is_empty())
+        .unwrap_or(super::SOURCE);
+    match (origin, reason.rule_id.as_deref()) {
+        ("lists", Some(list)) => format!("lists:{list}"),
+        _ => origin.to_owned(),
+    }
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary.
 fn clip(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
@@ -426,6 +442,21 @@ mod tests {
         let text = json!({ "new": [v] }).to_string();
         let body = StreamBody::parse(text.as_bytes()).expect("a valid envelope");
         map(&body.new[0])
+    }
+
+    #[test]
+    fn drops_are_labelled_with_the_decisions_origin_and_a_lists_name() {
+        let label = |origin: &str, scenario: &str| {
+            let mut d = decision("Ip", "192.0.2.1", "1h");
+            d["origin"] = json!(origin);
+            d["scenario"] = json!(scenario);
+            origin_label(&map_json(d).unwrap().reason)
+        };
+        assert_eq!(label("cscli", "manual ban (really)"), "cscli");
+        assert_eq!(label("CAPI", "crowdsecurity/ssh-bf"), "CAPI");
+        assert_eq!(label("lists", "firehol_level1"), "lists:firehol_level1");
+        assert_eq!(label("enforcer", "enforcer/fail2ban"), "enforcer");
+        assert_eq!(origin_label(&Reason::text("no origin here")), "crowdsec");
     }
 
     fn decision(scope: &str, value: &str, duration: &str) -> serde_json::Value {

@@ -14,14 +14,15 @@ pub mod decision;
 pub mod go_duration;
 mod lapi;
 pub mod ledger;
+pub mod publish;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-pub use config::{Credentials, CrowdsecConfig};
+pub use config::{Credentials, CrowdsecConfig, PublishConfig};
 pub use lapi::{Lapi, LapiError};
 
 use self::{
@@ -89,6 +90,8 @@ pub struct Bouncer<E> {
     /// Until the engine is ready: the first pull is made while the daemon starts, and applied
     /// once this says so.
     engine_ready: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Decisions this host published (`[crowdsec.publish]`): never imported back.
+    echo: Option<crate::outbox::SharedEcho>,
 }
 
 /// Usage-metrics bookkeeping.
@@ -100,18 +103,25 @@ struct Metrics {
     counted_before: Traffic,
 }
 
-/// Packets and bytes dropped and seen, over every protected interface.
-#[derive(Clone, Copy, Debug, Default)]
+/// Packets and bytes dropped (by origin) and seen, over every protected interface.
+#[derive(Clone, Debug, Default)]
 struct Traffic {
-    dropped: (u64, u64),
+    dropped: BTreeMap<String, (u64, u64)>,
     seen: (u64, u64),
 }
 
 impl Traffic {
-    fn since(self, before: Self) -> Self {
+    fn since(&self, before: &Self) -> Self {
         let d = |a: (u64, u64), b: (u64, u64)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1));
         Self {
-            dropped: d(self.dropped, before.dropped),
+            dropped: self
+                .dropped
+                .iter()
+                .map(|(o, n)| {
+                    let b = before.dropped.get(o).copied().unwrap_or_default();
+                    (o.clone(), d(*n, b))
+                })
+                .collect(),
             seen: d(self.seen, before.seen),
         }
     }
@@ -154,7 +164,13 @@ impl<E: Engine> Bouncer<E> {
                 counted_before: Traffic::default(),
             },
             engine_ready: Some(engine_ready),
+            echo: None,
         })
+    }
+
+    /// Skips the decisions this host published itself (see [`crate::outbox::Echo`]).
+    pub fn skip_own(&mut self, echo: crate::outbox::SharedEcho) {
+        self.echo = Some(echo);
     }
 
     /// The status, for the control socket.
@@ -257,9 +273,11 @@ impl<E: Engine> Bouncer<E> {
     fn map_new(&mut self, new: &[RawDecision<'_>]) -> Vec<Ban> {
         let mut bans = Vec::with_capacity(new.len());
         let mut invalid = 0u64;
+        let mut own = 0u64;
         for raw in new {
             let key = raw.id().map(DecisionKey::Id);
             match decision::map(raw) {
+                Ok(ban) if self.is_own(raw.id(), &ban) => own += 1,
                 Ok(ban) => bans.push(ban),
                 Err(skip @ Skip::Invalid(_)) => {
                     if invalid == 0 {
@@ -278,6 +296,10 @@ impl<E: Engine> Bouncer<E> {
         if invalid > 0 {
             tracing::warn!(count = invalid, "skipped malformed CrowdSec decisions");
             self.status.lock().expect("status lock").invalid += invalid;
+        }
+        if own > 0 {
+            tracing::debug!(count = own, "skipped decisions this host published");
+            self.status.lock().expect("status lock").own += own;
         }
         bans
     }
@@ -299,6 +321,16 @@ impl<E: Engine> Bouncer<E> {
             // A text no skip has: the set is full for good.
             self.logged.insert(String::new());
         }
+    }
+
+    /// Whether `ban` is a decision this host published.
+    fn is_own(&self, id: Option<i64>, ban: &Ban) -> bool {
+        self.echo.as_ref().is_some_and(|echo| {
+            let scenario = ban.reason.rule_id.as_deref().unwrap_or_default();
+            echo.lock()
+                .expect("echo lock")
+                .is_own(id, scenario, &ban.target)
+        })
     }
 
     async fn apply(
@@ -356,14 +388,18 @@ impl<E: Engine> Bouncer<E> {
                 result: Reply::Stats(s),
                 ..
             } => Traffic {
-                dropped: (s.total.dropped.packets, s.total.dropped.bytes),
+                dropped: s
+                    .dropped_by_origin
+                    .iter()
+                    .map(|d| (d.origin.clone(), (d.packets, d.bytes)))
+                    .collect(),
                 seen: (s.total.seen.packets, s.total.seen.bytes),
             },
-            _ => self.metrics.counted_before,
+            _ => self.metrics.counted_before.clone(),
         };
         let body = usage_metrics(
             &self.ledger.active_by_origin(crate::time::boot_ms()),
-            counted.since(self.metrics.counted_before),
+            &counted.since(&self.metrics.counted_before),
             self.metrics.started,
             window,
         );
@@ -385,12 +421,12 @@ impl<E: Engine> Bouncer<E> {
 }
 
 /// The usage-metrics body of CrowdSec's API (`AllMetrics.remediation_components`, LAPI ≥ 1.6.3):
-/// the live bans per origin (unit `ip`), and the packets and bytes dropped (remediation `ban`)
-/// and processed since the last push. Drops are not split by origin: the kernel counts them per
-/// target, and a target may be blocked by several sources at once.
+/// the live bans per origin (unit `ip`), the packets and bytes dropped since the last push by the
+/// origin of the block holding each target (a CrowdSec decision's origin, or a local source), as
+/// cs-firewall-bouncer reports them, and the frames processed since the last push.
 fn usage_metrics(
-    active_by_origin: &std::collections::BTreeMap<String, u64>,
-    traffic: Traffic,
+    active_by_origin: &BTreeMap<String, u64>,
+    traffic: &Traffic,
     started: u64,
     window_secs: u64,
 ) -> serde_json::Value {
@@ -398,9 +434,16 @@ fn usage_metrics(
         .iter()
         .map(|(origin, n)| serde_json::json!({"name": "active_decisions", "unit": "ip", "value": n, "labels": {"origin": origin}}))
         .collect();
-    let ban = serde_json::json!({"remediation": "ban"});
-    items.push(serde_json::json!({"name": "dropped", "unit": "packet", "value": traffic.dropped.0, "labels": ban}));
-    items.push(serde_json::json!({"name": "dropped", "unit": "byte", "value": traffic.dropped.1, "labels": ban}));
+    // Every origin with live bans or drops, zero included (a push says what each one did).
+    let mut dropped = traffic.dropped.clone();
+    for origin in active_by_origin.keys() {
+        dropped.entry(origin.clone()).or_default();
+    }
+    for (origin, (packets, bytes)) in &dropped {
+        let labels = serde_json::json!({"origin": origin, "remediation": "ban"});
+        items.push(serde_json::json!({"name": "dropped", "unit": "packet", "value": packets, "labels": labels}));
+        items.push(serde_json::json!({"name": "dropped", "unit": "byte", "value": bytes, "labels": labels}));
+    }
     items.push(serde_json::json!({"name": "processed", "unit": "packet", "value": traffic.seen.0}));
     items.push(serde_json::json!({"name": "processed", "unit": "byte", "value": traffic.seen.1}));
     serde_json::json!({
@@ -417,4 +460,56 @@ fn usage_metrics(
             }],
         }]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_metrics_split_drops_by_origin_since_the_last_push() {
+        let before = Traffic {
+            dropped: [("cscli".to_owned(), (10, 600))].into_iter().collect(),
+            seen: (100, 6000),
+        };
+        let now = Traffic {
+            dropped: [
+                ("cscli".to_owned(), (15, 900)),
+                ("fail2ban".to_owned(), (2, 120)),
+            ]
+            .into_iter()
+            .collect(),
+            seen: (130, 7800),
+        };
+        let active = [("cscli".to_owned(), 1), ("CAPI".to_owned(), 4)]
+            .into_iter()
+            .collect();
+        let body = usage_metrics(&active, &now.since(&before), 1, 900);
+        let items = body["remediation_components"][0]["metrics"][0]["items"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let dropped = |origin: &str, unit: &str| {
+            items
+                .iter()
+                .find(|i| {
+                    i["name"] == "dropped" && i["unit"] == unit && i["labels"]["origin"] == origin
+                })
+                .map(|i| i["value"].as_u64().unwrap())
+        };
+        assert_eq!(dropped("cscli", "packet"), Some(5));
+        assert_eq!(dropped("cscli", "byte"), Some(300));
+        assert_eq!(dropped("fail2ban", "packet"), Some(2));
+        assert_eq!(
+            dropped("CAPI", "packet"),
+            Some(0),
+            "an active origin with no drops"
+        );
+        assert_eq!(dropped("lists:x", "packet"), None);
+        let processed = items
+            .iter()
+            .find(|i| i["name"] == "processed" && i["unit"] == "packet")
+            .unwrap();
+        assert_eq!(processed["value"], 30);
+    }
 }

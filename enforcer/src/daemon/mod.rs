@@ -73,9 +73,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // The first CrowdSec pull starts now, so that the LAPI's answer (a second for 100k
     // decisions) overlaps the start; it is applied once the engine is ready. Nothing here
     // waits for the LAPI.
-    let bouncer = start_bouncer(&config, &tx, &runtime)?;
+    let publishing = Publishing::new(&config);
+    let bouncer = start_bouncer(&config, &tx, &runtime, &publishing)?;
     systemd::TestStall::named("ENFORCER_TEST_STALL_START").wait();
-    let mut engine = open_engine(&config, &access)?;
+    let mut engine = open_engine(&config, &access, publishing.outbox)?;
     let layout = attach_interfaces(&mut engine, &config)?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     engine.set_heartbeat(notifier.heartbeat());
@@ -131,34 +132,74 @@ impl RunningEngine {
 /// The CrowdSec bouncer's task, started before the engine, and what it waits for.
 #[derive(Default)]
 struct StartedBouncer {
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The bouncer's task, and the publisher's.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     status: Option<crate::crowdsec::StatusHandle>,
     /// Set once the engine takes requests (after the spool drain): the bouncer applies its
     /// first pull then.
     engine_ready: Option<tokio::sync::watch::Sender<bool>>,
 }
 
-/// Starts the CrowdSec bouncer's task, when configured. Fails only on local setup (a bad TLS
-/// file or key), never on the LAPI.
+/// What publishing blocks to the CrowdSec LAPI shares: the engine's queue, the set of this
+/// host's own decisions (read by the bouncer) and the publisher's wake-up.
+struct Publishing {
+    outbox: ledger::Outbox,
+    echo: Option<crate::outbox::SharedEcho>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Publishing {
+    fn new(config: &Config) -> Self {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let Some(p) = config.crowdsec.as_ref().and_then(|c| c.publish.as_ref()) else {
+            return Self {
+                outbox: ledger::Outbox::default(),
+                echo: None,
+                wake,
+            };
+        };
+        let echo = crate::outbox::SharedEcho::default();
+        Self {
+            outbox: ledger::Outbox::new(p.scenarios(), p.queue_max, echo.clone(), wake.clone()),
+            echo: Some(echo),
+            wake,
+        }
+    }
+}
+
+/// Starts the CrowdSec bouncer's task (and the publisher's), when configured. Fails only on
+/// local setup (a bad TLS file, key or password file), never on the LAPI.
 fn start_bouncer(
     config: &Config,
     tx: &mpsc::SyncSender<engine::Command>,
     runtime: &tokio::runtime::Runtime,
+    publishing: &Publishing,
 ) -> anyhow::Result<StartedBouncer> {
     let Some(c) = &config.crowdsec else {
         return Ok(StartedBouncer::default());
     };
     let (ready, engine_ready) = tokio::sync::watch::channel(false);
     // The TLS setup may read files and start a blocking pool: inside the runtime.
-    let bouncer = {
-        let _guard = runtime.enter();
-        crate::crowdsec::Bouncer::new(c, BouncerEngine(tx.clone()), engine_ready)
-            .context("setting up the CrowdSec bouncer")?
-    };
-    let status = Some(bouncer.status());
+    let _guard = runtime.enter();
+    let mut bouncer = crate::crowdsec::Bouncer::new(c, BouncerEngine(tx.clone()), engine_ready)
+        .context("setting up the CrowdSec bouncer")?;
+    let status = bouncer.status();
+    let mut tasks = Vec::new();
+    if let Some(echo) = &publishing.echo {
+        bouncer.skip_own(echo.clone());
+        let publisher = crate::crowdsec::publish::Publisher::new(
+            c,
+            BouncerEngine(tx.clone()),
+            publishing.wake.clone(),
+            status.clone(),
+        )
+        .context("setting up the CrowdSec publisher")?;
+        tasks.push(runtime.spawn(publisher.run()));
+    }
+    tasks.push(runtime.spawn(bouncer.run()));
     Ok(StartedBouncer {
-        task: Some(runtime.spawn(bouncer.run())),
-        status,
+        tasks,
+        status: Some(status),
         engine_ready: Some(ready),
     })
 }
@@ -173,7 +214,11 @@ struct Shared {
 }
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.
-fn open_engine(config: &Config, access: &AccessPolicy) -> anyhow::Result<engine::Engine> {
+fn open_engine(
+    config: &Config,
+    access: &AccessPolicy,
+    outbox: ledger::Outbox,
+) -> anyhow::Result<engine::Engine> {
     // Everything in it is written as root and trusted at the next start (the spool is root's
     // requests): a directory others may write, or another user owns, is refused.
     crate::safe_fs::private_dir(&config.state_dir, 0o750).context("the state directory")?;
@@ -198,6 +243,7 @@ fn open_engine(config: &Config, access: &AccessPolicy) -> anyhow::Result<engine:
             allowlist: config.allowlist.prefixes.clone(),
             builtin_allowlist: config.allowlist.builtin,
             access: access.clone(),
+            outbox,
         },
     )
 }
@@ -321,7 +367,7 @@ async fn serve(
     }
     tracing::info!(socket = %socket.display(), "listening");
     let mut tasks = background(config, &shared, &tx, default_ttls).await?;
-    tasks.tasks.extend(bouncer.task);
+    tasks.tasks.extend(bouncer.tasks);
     tasks.crowdsec_status = bouncer.status;
     let limits = config.control_socket;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);

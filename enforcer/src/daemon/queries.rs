@@ -43,6 +43,8 @@ pub struct View<'a> {
     pub audit_log: &'a Path,
     /// Source blocks, from the engine's tally (a target blocked by two sources counts twice).
     pub source_blocks: u64,
+    /// Drops by origin (see `engine::origins`).
+    pub dropped_by_origin: Vec<crate::protocol::OriginDrops>,
 }
 
 impl View<'_> {
@@ -189,6 +191,7 @@ impl View<'_> {
             total: total.into(),
             interfaces,
             blocks_by_source: by_source.into_iter().collect(),
+            dropped_by_origin: self.dropped_by_origin.clone(),
         }))
     }
 

@@ -72,6 +72,9 @@ where
     S: BlockStore + ?Sized,
     K: KernelMap + ?Sized,
 {
+    // Publications go in the same commit as the block changes they come from.
+    let plan = ledger.plan_publications(&change, crate::block::now_ms());
+    change.ops.extend(plan.ops());
     if !change.ops.is_empty()
         && let Err(e) = store.commit(&change.ops)
     {
@@ -87,6 +90,7 @@ where
             refused,
         });
     }
+    ledger.outbox_mut().apply(plan);
     // Allowlist first: it always wins, so it goes in before the blocks it may cover.
     let mut failed = write_allowlist(ledger, kernel, &change.allow_kernel);
     let base = ledger.time_base().clone();

@@ -75,6 +75,10 @@ pub struct Snapshot {
     pub interface_states: Vec<(String, &'static str)>,
     /// Wall-clock steps followed since start.
     pub clock_steps: u64,
+    /// The CrowdSec publish queue, when publishing is on.
+    pub publish: Option<crate::outbox::OutboxCounters>,
+    /// Dropped packets and bytes by the origin of the block holding each target.
+    pub dropped_by_origin: Vec<crate::protocol::OriginDrops>,
 }
 
 impl Metrics {
@@ -405,6 +409,59 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
         "Wall-clock steps the daemon followed (every block deadline moved with the clock, keeping its remaining time).",
     )
     .sample("enforcer_clock_steps_total", &[], s.clock_steps as f64);
+    if let Some(p) = &s.publish {
+        render_publish(e, p);
+    }
+    for (name, help, value) in [
+        (
+            "enforcer_dropped_by_origin_packets_total",
+            "Packets dropped, by the origin of the block holding the target (a local source, or a CrowdSec decision's origin: crowdsec, cscli, CAPI, lists:NAME).",
+            (|d: &crate::protocol::OriginDrops| d.packets)
+                as fn(&crate::protocol::OriginDrops) -> u64,
+        ),
+        (
+            "enforcer_dropped_by_origin_bytes_total",
+            "Bytes of those packets.",
+            |d: &crate::protocol::OriginDrops| d.bytes,
+        ),
+    ] {
+        e.family(name, Kind::Counter, help);
+        for d in &s.dropped_by_origin {
+            e.sample(name, &[("origin", d.origin.as_str())], value(d) as f64);
+        }
+    }
+}
+
+/// The CrowdSec publish queue (`[crowdsec.publish]`).
+fn render_publish(e: &mut Exposition, p: &crate::outbox::OutboxCounters) {
+    for (name, kind, help, value) in [
+        (
+            "enforcer_publish_queue_depth",
+            Kind::Gauge,
+            "Block changes waiting to be published to the CrowdSec LAPI.",
+            p.depth,
+        ),
+        (
+            "enforcer_publish_queue_max",
+            Kind::Gauge,
+            "The publish queue's bound (crowdsec.publish.queue_max).",
+            p.max,
+        ),
+        (
+            "enforcer_publish_dropped_total",
+            Kind::Counter,
+            "Block changes not published because the queue was full (enforced on this host only).",
+            p.dropped,
+        ),
+        (
+            "enforcer_published_blocks",
+            Kind::Gauge,
+            "Blocks whose ban decisions the CrowdSec LAPI holds for this host.",
+            p.published,
+        ),
+    ] {
+        e.family(name, kind, help).sample(name, &[], value as f64);
+    }
 }
 
 fn render_counters(e: &mut Exposition, m: &Metrics) {
@@ -551,6 +608,12 @@ mod tests {
             interfaces: vec![("eth0".into(), 2)],
             interface_states: vec![("eth0".into(), "protected"), ("eth1".into(), "waiting")],
             clock_steps: 2,
+            publish: None,
+            dropped_by_origin: vec![crate::protocol::OriginDrops {
+                origin: "lists:firehol".into(),
+                packets: 3,
+                bytes: 180,
+            }],
         });
         let mut stats = Stats::default();
         stats.dropped.add(60);
@@ -576,6 +639,8 @@ mod tests {
             "enforcer_control_connections_refused_total 1",
             "enforcer_accept_errors_total{error=\"emfile\"} 2",
             "enforcer_reaper_lag_seconds 2.5",
+            "enforcer_dropped_by_origin_packets_total{origin=\"lists:firehol\"} 3",
+            "enforcer_dropped_by_origin_bytes_total{origin=\"lists:firehol\"} 180",
             "enforcer_spool_depth 4",
             "enforcer_clock_steps_total 2",
             "enforcer_pending_approvals 1",

@@ -22,12 +22,12 @@ use enforcer_tests::{
 
 /// fail2ban's polling backend looks at the log every second; a ban takes a few.
 const BAN_DEADLINE: Duration = Duration::from_secs(30);
-const JAIL: &str = "enforcer-test";
+pub(crate) const JAIL: &str = "enforcer-test";
 
 /// A fail2ban-server run from a private configuration in a temporary directory (its own
 /// socket, pid file, database and log), banning through the enforcer action into `daemon`.
 /// The server is SIGKILLed on drop if still running; the directory goes with it.
-struct Fail2ban {
+pub(crate) struct Fail2ban {
     dir: tempfile::TempDir,
     server: Option<Child>,
 }
@@ -35,7 +35,7 @@ struct Fail2ban {
 impl Fail2ban {
     /// Writes the configuration (one jail, `enforcer-test`, reading `auth.log`) and starts the
     /// server.
-    fn start(daemon: &Daemon) -> Result<Self> {
+    pub(crate) fn start(daemon: &Daemon) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         std::fs::create_dir(d.join("action.d"))?;
@@ -117,7 +117,7 @@ impl Fail2ban {
     }
 
     /// `fail2ban-client -c DIR ARGS`.
-    fn client(&self, args: &[&str]) -> Output {
+    pub(crate) fn client(&self, args: &[&str]) -> Output {
         Command::new("fail2ban-client")
             .arg("-c")
             .arg(self.path())
@@ -127,7 +127,7 @@ impl Fail2ban {
     }
 
     /// Appends lines to the log the jail watches.
-    fn log_line(&self, line: &str, times: usize) {
+    pub(crate) fn log_line(&self, line: &str, times: usize) {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(self.path().join("auth.log"))
@@ -138,7 +138,7 @@ impl Fail2ban {
     }
 
     /// A clean stop (`fail2ban-client stop`), waiting for the server to exit.
-    fn stop(&mut self) -> Result<()> {
+    pub(crate) fn stop(&mut self) -> Result<()> {
         ok(&self.client(&["stop"]));
         if let Some(mut child) = self.server.take() {
             let status = child.wait()?;
@@ -160,14 +160,14 @@ impl Fail2ban {
     }
 
     /// fail2ban's log.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.path().join("fail2ban.log")).unwrap_or_default()
     }
 
     /// Fails when fail2ban logged an error (a failed action command, a bad configuration).
     /// After a crash the next server finds the dead one's socket and says so before `-x` takes
     /// it over: that one is expected.
-    fn assert_no_errors(&self) {
+    pub(crate) fn assert_no_errors(&self) {
         let log = self.log();
         let errors: Vec<&str> = log
             .lines()

@@ -10,6 +10,7 @@ mod daemon_lab;
 mod datapath_lab;
 mod fail2ban;
 mod files_as_root;
+mod fleet;
 mod interfaces_lab;
 mod link_events;
 mod mount_namespace_lab;

@@ -13,6 +13,7 @@
 mod access;
 mod command;
 mod links;
+mod origins;
 mod reaper;
 mod startup;
 mod status;
@@ -88,6 +89,8 @@ pub struct Engine {
     /// Store operations still to commit (a clock step's, when its commit failed): they go first
     /// in the next commit.
     carry: Vec<StoreOp>,
+    /// Dropped packets and bytes by the origin of each target's block.
+    origins: origins::DropsByOrigin,
 }
 
 /// Whether a request only reads (answered after the round's writes).
@@ -151,6 +154,7 @@ impl Engine {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.reap();
+            self.count_origins(false);
             self.publish_metrics();
             if let Some(mut h) = self.heartbeat.take() {
                 h.beat(|| self.status_line());
@@ -190,6 +194,8 @@ impl Engine {
             } else if let Request::LinksChanged(links) = request {
                 self.follow_links(&links);
                 let _ = reply.send(Ok(Reply::Refreshed));
+            } else if let Request::Outbox(o) = request {
+                let _ = reply.send(self.outbox(o));
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
@@ -214,6 +220,9 @@ impl Engine {
                 let _ = reply.send(answer);
             }
         }
+        if reads.iter().any(|(r, _)| matches!(r, Request::Stats)) {
+            self.count_origins(true);
+        }
         for (request, reply) in reads {
             let _ = reply.send(self.view().answer(request));
         }
@@ -230,11 +239,39 @@ impl Engine {
             pins: self.dp.pins(),
             audit_log: self.audit.path(),
             source_blocks: self.tally.total(),
+            dropped_by_origin: self.origins.totals(),
         }
     }
 
     fn write_audit(&mut self, events: Vec<Event>) {
         self.audit.write(events);
+    }
+
+    /// The publisher takes queued publications, or reports sent ones (their queue rows go and
+    /// their decision ids are kept, in one commit).
+    fn outbox(
+        &mut self,
+        request: crate::outbox::OutboxRequest,
+    ) -> Result<Reply, super::refusal::Refusal> {
+        use crate::outbox::OutboxRequest;
+        match request {
+            OutboxRequest::Take { max } => Ok(Reply::Outbox(crate::outbox::OutboxBatch {
+                items: self.ledger.outbox().take(max),
+                counters: self.ledger.outbox().counters(),
+            })),
+            OutboxRequest::Sent(sent) => {
+                let ops = self.ledger.outbox().sent_ops(&sent);
+                let (ledger, mut store, _) = self.timed_store();
+                store
+                    .commit(&ops)
+                    .map_err(|e| super::refusal::Refusal::Store(Arc::new(e)))?;
+                ledger.outbox_mut().apply_sent(&ops, &sent);
+                Ok(Reply::Outbox(crate::outbox::OutboxBatch {
+                    items: Vec::new(),
+                    counters: ledger.outbox().counters(),
+                }))
+            }
+        }
     }
 
     /// The host's addresses and gateways changed to `now` (read on the watcher's thread, never

@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub builtin_allowlist: bool,
     /// Who may do what on the control socket.
     pub access: AccessPolicy,
+    /// Blocks to publish to the CrowdSec LAPI (off when no source is published).
+    pub outbox: ledger::Outbox,
 }
 
 impl Engine {
@@ -71,8 +73,12 @@ impl Engine {
             access: config.access,
             clock: TimeKeeper::new(SystemClock, time::boot_id()),
             carry: Vec::new(),
+            origins: super::origins::DropsByOrigin::default(),
         };
         engine.ledger.set_time_base(engine.clock.base());
+        let mut outbox = config.outbox;
+        outbox.load(engine.store.load_outbox()?, engine.store.load_published()?);
+        engine.ledger.set_outbox(outbox);
         engine.load_allowlist(&config.allowlist)?;
         let meta = engine.store.load_meta()?;
         let shift = engine.stored_time_shift(meta.time_base.as_ref());

@@ -99,6 +99,12 @@ impl Engine {
                 .map(|(n, _, s)| (n.to_owned(), s.label()))
                 .collect(),
             clock_steps: self.ledger.clock_steps().count,
+            publish: self
+                .ledger
+                .outbox()
+                .is_on()
+                .then(|| self.ledger.outbox().counters()),
+            dropped_by_origin: self.origins.totals(),
         });
     }
 

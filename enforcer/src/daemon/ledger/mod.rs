@@ -15,6 +15,7 @@ mod allow;
 mod capacity;
 mod clock;
 mod offenses;
+mod outbox;
 mod requests;
 mod sync;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use capacity::Capacity;
 pub use clock::{ClockChange, REBASE_DRIFT_MS, is_step};
 pub use offenses::MAX_OFFENDERS;
 use offenses::Offenses;
+pub use outbox::{Outbox, Plan};
 pub use requests::{AppliedIds, MAX_REQUEST_IDS, REQUEST_ID_RETENTION};
 
 use super::refusal::Refusal;
@@ -163,6 +165,8 @@ pub struct Ledger {
     requests: AppliedIds,
     /// Wall-clock steps followed since start.
     clock_steps: crate::protocol::ClockSteps,
+    /// Blocks on their way to the CrowdSec LAPI.
+    outbox: Outbox,
 }
 
 /// A block as a request asks for it, after policy.
@@ -253,7 +257,13 @@ impl Ledger {
             replaying: None,
             requests: AppliedIds::default(),
             clock_steps: crate::protocol::ClockSteps::default(),
+            outbox: Outbox::default(),
         }
+    }
+
+    /// Publishes blocks through `outbox` (off by default).
+    pub fn set_outbox(&mut self, outbox: Outbox) {
+        self.outbox = outbox;
     }
 
     /// Loads stored blocks; returns those that ended before `now` (not loaded).
