@@ -3,7 +3,8 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::Duration,
+    sync::OnceLock,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -14,22 +15,100 @@ use serde::de::DeserializeOwned;
 
 use crate::{Lab, RECEIVER_IF, wait_for};
 
-/// The `enforcer` binary built next to the test binaries.
+/// The `enforcer` binary built next to the test binaries, checked once per process to be newer
+/// than every source it is built from: cargo builds only the test crate for
+/// `cargo test -p enforcer-tests`, and a lab run against a stale daemon tests old code.
 pub fn enforcer_bin() -> PathBuf {
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let bin = built_enforcer();
+            if !bin.exists() {
+                return Err(format!(
+                    "{} is missing: build it first (`cargo build -p enforcer`, done by \
+                     `cargo xtask test`)",
+                    bin.display()
+                ));
+            }
+            check_fresh(&bin, &source_root())?;
+            Ok(bin)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `target/<profile>/enforcer`, next to the running test binary.
+fn built_enforcer() -> PathBuf {
     let exe = std::env::current_exe().expect("own binary path");
-    // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
+    // Tests run from target/<profile>/deps/, binaries (the bench) from target/<profile>/.
     let dir = exe.parent().expect("binary dir");
-    let bin = if dir.ends_with("deps") {
+    if dir.ends_with("deps") {
         dir.parent().expect("target dir").join("enforcer")
     } else {
         dir.join("enforcer")
-    };
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p enforcer`, done by `cargo xtask test`)",
-        bin.display()
-    );
-    bin
+    }
+}
+
+/// The workspace this crate was built from.
+fn source_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// What the `enforcer` binary is built from: its crate, the shared layout, the eBPF program
+/// (built by enforcer's build.rs), the files it embeds, and the workspace manifest and lock.
+const ENFORCER_SOURCES: &[&str] = &[
+    "enforcer",
+    "enforcer-common",
+    "enforcer-ebpf",
+    "dist/fail2ban",
+    "Cargo.toml",
+    "Cargo.lock",
+];
+
+/// Fails, naming the newer file and the fix, when a source under `root` was modified after
+/// `bin` was built. Without the sources (a binary copied elsewhere) there is nothing to check.
+pub fn check_fresh(bin: &Path, root: &Path) -> Result<(), String> {
+    let built = modified(bin).ok_or_else(|| format!("cannot read {}", bin.display()))?;
+    let newest = ENFORCER_SOURCES
+        .iter()
+        .filter_map(|p| newest_file(&root.join(p)))
+        .max_by_key(|(time, _)| *time);
+    match newest {
+        Some((time, path)) if time > built => Err(format!(
+            "{} is older than its source {} (modified after the build): the labs would test \
+             old code. Build it first: `cargo build -p enforcer{}` (`cargo xtask test` builds \
+             everything), or run the labs with `cargo xtask test --no-lint -- <filter>`",
+            bin.display(),
+            path.display(),
+            if bin.components().any(|c| c.as_os_str() == "release") {
+                " --release"
+            } else {
+                ""
+            }
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The most recently modified file under `path` (itself when a file), skipping build output.
+fn newest_file(path: &Path) -> Option<(SystemTime, PathBuf)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return Some((meta.modified().ok()?, path.to_path_buf()));
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name() != "target")
+        .filter_map(|e| newest_file(&e.path()))
+        .max_by_key(|(time, _)| *time)
 }
 
 /// `enforcer status`'s exit code when a configured interface is not protected.
@@ -489,4 +568,45 @@ pub fn fails(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A daemon binary older than one of its sources is refused with the file and the fix;
+    /// rebuilt (newer than every source), it is accepted.
+    #[test]
+    fn a_daemon_older_than_its_sources_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let source = root.path().join("enforcer/src/daemon/engine.rs");
+        std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+        let bin = root.path().join("target/debug/enforcer");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        let set_time = |path: &Path, ago: u64| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(ago))
+                .unwrap();
+        };
+        set_time(&bin, 60);
+        set_time(&source, 10);
+        // Build output inside a source tree does not count.
+        std::fs::create_dir_all(root.path().join("enforcer/target")).unwrap();
+        set_time(&root.path().join("enforcer/target/out"), 0);
+        let err = check_fresh(&bin, root.path()).unwrap_err();
+        assert!(
+            err.contains("is older than its source")
+                && err.contains("enforcer/src/daemon/engine.rs")
+                && err.contains("`cargo build -p enforcer`"),
+            "{err}"
+        );
+        set_time(&bin, 5);
+        assert_eq!(check_fresh(&bin, root.path()), Ok(()));
+    }
 }

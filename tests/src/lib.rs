@@ -201,8 +201,13 @@ pub const RECEIVER_IF: &str = "vb";
 pub const RECEIVER_V4: &str = "192.0.2.2";
 /// The receiver's IPv6 address.
 pub const RECEIVER_V6: &str = "2001:db8::2";
-/// How long [`Lab::passes`] waits for datagrams after the last one is sent.
-const PASS_SETTLE: Duration = Duration::from_millis(300);
+/// How long [`Lab::passes`] waits for its control frame, which follows the datagrams on the
+/// link: far above any delay seen under load, since a pass normally ends as soon as the last
+/// datagram (or the control) is in.
+const CONTROL_WAIT: Duration = Duration::from_secs(10);
+/// How long [`Lab::passes`] keeps counting after the control frame arrived, for datagrams the
+/// receiver's stack handled on another CPU (without native XDP the veth queues per CPU).
+const CONTROL_GRACE: Duration = Duration::from_millis(100);
 /// Sender addresses: index 0 is primary; the others are extra sources tests can block.
 pub const SENDER_V4: [&str; 3] = ["192.0.2.1", "192.0.2.10", "192.0.2.11"];
 /// Sender IPv6 addresses.
@@ -319,7 +324,9 @@ impl Lab {
     }
 
     /// How many of 10 tagged datagrams sent from `src` reach the receiver's address of the same
-    /// family within 300 ms of the last one: 10 when `src` passes, 0 when it is dropped.
+    /// family: 10 when `src` passes, 0 when it is dropped. A control frame sent after them on
+    /// the same link (not IP, so no block drops it) marks the end of the window: a datagram
+    /// still missing once the control arrived was dropped, not delayed by a loaded machine.
     pub fn passes(&self, src: &str) -> u32 {
         let dst = if src.contains(':') {
             RECEIVER_V6
@@ -333,9 +340,46 @@ impl Lab {
     pub fn passes_to(&self, src: &str, dst: &str) -> u32 {
         let exchange = || -> Result<u32> {
             let rx = self.udp_listener(dst)?;
-            udp_exchange(&self.udp_sender(src)?, &rx, 10, PASS_SETTLE)
+            self.exchange(&self.udp_sender(src)?, &rx, 10)
         };
         exchange().unwrap_or_else(|e| panic!("sending 10 datagrams from {src} to {dst}: {e:#}"))
+    }
+
+    /// Sends `count` tagged datagrams from `from` (a sender socket of this lab) to `to` (a
+    /// receiver socket), then a control frame on the lab's link, and returns how many datagrams
+    /// arrived before the control did (see [`Lab::passes`]). Fails when the control itself
+    /// does not arrive within 10 s: the lab is then not delivering, and no count means anything.
+    pub fn exchange(&self, from: &UdpSocket, to: &UdpSocket, count: u32) -> Result<u32> {
+        let control = self.receiver.run(|| Control::listen(RECEIVER_IF))??;
+        let tag = unique_name("t");
+        let dst = to.local_addr()?;
+        for i in 0..count {
+            from.send_to(format!("{tag}:{i}").as_bytes(), dst)?;
+        }
+        let frame = Control::frame(&tag);
+        self.sender
+            .run(|| inject(SENDER_IF, [frame.as_slice()]))??;
+        let deadline = Instant::now() + CONTROL_WAIT;
+        let mut control_at = None;
+        let mut got = 0;
+        loop {
+            // The control first: once it is in, every datagram sent before it and not dropped
+            // is already queued on `to`, and the receive below counts it.
+            if control_at.is_none() && control.seen(&tag)? {
+                control_at = Some(Instant::now());
+            }
+            got += receive_tagged(to, &tag)?;
+            match control_at {
+                _ if got >= count => return Ok(got),
+                Some(at) if at.elapsed() >= CONTROL_GRACE => return Ok(got),
+                None if Instant::now() >= deadline => bail!(
+                    "the control frame sent after the datagrams did not arrive within \
+                     {CONTROL_WAIT:?} ({got} of {count} datagrams did): the lab's link is not \
+                     delivering, so this count would not say whether they were dropped"
+                ),
+                _ => {}
+            }
+        }
     }
 
     /// A TCP listener in the receiver namespace.
@@ -379,18 +423,12 @@ fn tcp_connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<b
     }
 }
 
-/// Sends `count` datagrams from `from` to `to` and returns how many `to` received within
-/// `settle` after the last one. Each datagram carries a tag so stray packets are not counted.
-pub fn udp_exchange(from: &UdpSocket, to: &UdpSocket, count: u32, settle: Duration) -> Result<u32> {
-    let dst = to.local_addr()?;
-    let tag = unique_name("t");
-    for i in 0..count {
-        from.send_to(format!("{tag}:{i}").as_bytes(), dst)?;
-    }
-    let deadline = Instant::now() + settle;
+/// How many datagrams tagged `tag` `to` receives until it has none queued (each empty read
+/// waits for the socket's read timeout).
+fn receive_tagged(to: &UdpSocket, tag: &str) -> Result<u32> {
     let mut got = 0;
     let mut buf = [0u8; 256];
-    while got < count && Instant::now() < deadline {
+    loop {
         match to.recv(&mut buf) {
             Ok(n) if buf[..n].starts_with(tag.as_bytes()) => got += 1,
             Ok(_) => {}
@@ -398,11 +436,95 @@ pub fn udp_exchange(from: &UdpSocket, to: &UdpSocket, count: u32, settle: Durati
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                return Ok(got);
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(got)
+}
+
+/// The control frame of [`Lab::exchange`]: an Ethernet broadcast of the IEEE local
+/// experimental ethertype, carrying the exchange's tag, and a packet socket that catches it.
+/// The data path passes every frame that is not IP, and the control crosses the same veth
+/// queue as the datagrams before it, so it arrives after each of them that was not dropped.
+struct Control {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Control {
+    const ETHERTYPE: u16 = 0x88b5;
+
+    /// A packet socket for control frames arriving on `iface` (in the calling thread's
+    /// namespace).
+    fn listen(iface: &str) -> Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        let c = std::ffi::CString::new(iface)?;
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        ensure!(ifindex != 0, "no interface {iface}");
+        let proto = Self::ETHERTYPE.to_be();
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                i32::from(proto),
+            )
+        };
+        ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: a valid address of the right size on our socket.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "binding the packet socket to {iface}: {}",
+            io::Error::last_os_error()
+        );
+        Ok(Self { fd })
+    }
+
+    /// The control frame for `tag`: broadcast, padded to Ethernet's minimum.
+    fn frame(tag: &str) -> Vec<u8> {
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        frame.extend_from_slice(&Self::ETHERTYPE.to_be_bytes());
+        frame.extend_from_slice(tag.as_bytes());
+        frame.resize(frame.len().max(60), 0);
+        frame
+    }
+
+    /// Whether a control frame for `tag` has arrived (reads every queued one).
+    fn seen(&self, tag: &str) -> Result<bool> {
+        let mut seen = false;
+        let mut buf = [0u8; 128];
+        loop {
+            // SAFETY: recv into a buffer we own, of its length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(seen);
+                }
+                return Err(err).context("reading control frames");
+            }
+            seen |= buf[..n as usize].starts_with(tag.as_bytes());
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.

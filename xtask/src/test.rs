@@ -1,5 +1,8 @@
 //! `cargo xtask test`: setup, build, run every test, lint every crate, and summarise.
 //!
+//! Each test runs in a process of its own with a time limit ([`runner`]): a hung test is
+//! killed and fails alone instead of hanging the run.
+//!
 //! The last line printed is always `N passed, N failed` (plus `, N skipped` when tests
 //! were ignored), so CI logs and scripts can read the outcome from one place. A step that
 //! fails without a failing test (setup, the build, clippy, a test binary that crashed, a
@@ -11,11 +14,14 @@ use std::{
     path::Path,
     process::{Command, ExitCode, Stdio},
     thread,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 
 use crate::{cmd, setup};
+
+mod runner;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +29,14 @@ pub struct Args {
     /// both with -D warnings).
     #[arg(long)]
     no_lint: bool,
+    /// How long one test may run before it is killed (with every process it started) and
+    /// counted as failed. Tests known to be slower (the package build) get more.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    timeout: u64,
+    /// A step run before this one that failed (`.ci/run` passes its benchmark and fuzz
+    /// steps' failures here), counted in the summary so that it stays the last line.
+    #[arg(long, value_name = "WHAT")]
+    prior_failure: Vec<String>,
     /// Arguments for the test binaries, e.g. a name filter or `--nocapture`
     /// (`cargo xtask test -- some_filter`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -46,6 +60,9 @@ struct Summary {
 
 pub fn run(args: &Args) -> ExitCode {
     let mut summary = Summary::default();
+    for what in &args.prior_failure {
+        summary.problems.push(format!("{what} failed (see above)"));
+    }
     if let Err(err) = run_steps(args, &mut summary) {
         summary.problems.push(format!("{err:#}"));
     }
@@ -72,7 +89,7 @@ fn run_steps(args: &Args, summary: &mut Summary) -> Result<()> {
         "--all-targets",
     ]))?;
     if build.success() {
-        run_tests(&args.test_args, summary)?;
+        run_tests(args, summary)?;
     } else {
         summary
             .problems
@@ -87,28 +104,34 @@ fn run_steps(args: &Args, summary: &mut Summary) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo test`, streaming its output while keeping a copy to summarise.
-fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
-    let mut cargo = cmd::cargo();
-    cargo.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "enforcer-ebpf",
-        "--no-fail-fast",
-    ]);
-    if !test_args.is_empty() {
-        cargo.arg("--").args(test_args);
-    }
+/// Tests slower than `--timeout` allows by design: the package test builds the release
+/// binaries (several minutes on a fresh two-core machine).
+const SLOW_TESTS: &[(&str, Duration)] = &[("package::", Duration::from_secs(1800))];
+
+/// The workspace's tests as `cargo test` selects them (without the eBPF crate).
+const CARGO_TEST_ARGS: &[&str] = &["--workspace", "--exclude", "enforcer-ebpf"];
+
+/// Runs every test in its own process with its time limit, then the doc tests, and checks
+/// that nothing a test created is left behind.
+fn run_tests(args: &Args, summary: &mut Summary) -> Result<()> {
     // Fixtures note what they create here (tests/src/lib.rs, `record_created`).
     let ledger = cmd::target_dir().join(format!("test-ledger-{}.txt", std::process::id()));
     let _ = std::fs::remove_file(&ledger);
-    cargo.env(LEDGER_ENV, &ledger);
-    let (status, lines) = run_tee(&mut cargo)?;
+    match runner::build(CARGO_TEST_ARGS) {
+        Ok(binaries) => run_each_test(&binaries, args, &ledger, summary)?,
+        Err(err) => summary.problems.push(format!("{err:#}; tests not run")),
+    }
+    let mut doc = cmd::cargo();
+    doc.arg("test").args(CARGO_TEST_ARGS).arg("--doc");
+    if !args.test_args.is_empty() {
+        doc.arg("--").args(&args.test_args);
+    }
+    doc.env(LEDGER_ENV, &ledger);
+    let (status, lines) = run_tee(&mut doc)?;
     for line in &lines {
         summary.record(line);
     }
-    summary.judge_test_run(status.success(), test_args);
+    summary.judge_test_run(status.success(), &args.test_args);
     let left = leftovers(&ledger);
     println!(
         "checked that every namespace, pin and process the tests created is gone: {}",
@@ -125,6 +148,63 @@ fn run_tests(test_args: &[String], summary: &mut Summary) -> Result<()> {
     }
     let _ = std::fs::remove_file(&ledger);
     Ok(())
+}
+
+/// Lists the tests of every binary (with the name filters given) and runs them.
+fn run_each_test(
+    binaries: &[std::sync::Arc<runner::Binary>],
+    args: &Args,
+    ledger: &Path,
+    summary: &mut Summary,
+) -> Result<()> {
+    let mut cases = Vec::new();
+    for binary in binaries {
+        cases.extend(runner::list(binary, &args.test_args)?);
+    }
+    let run_args = runner::run_args(&args.test_args);
+    let plan = runner::Plan {
+        jobs: test_threads(&run_args),
+        show_output: run_args
+            .iter()
+            .any(|a| a == "--nocapture" || a == "--show-output"),
+        run_args,
+        env: vec![(LEDGER_ENV.to_owned(), ledger.display().to_string())],
+        limit: Duration::from_secs(args.timeout),
+        slow: SLOW_TESTS,
+    };
+    println!(
+        "running {} tests of {} test binaries, {} at a time, each in its own process and \
+         killed after {} s (--timeout)",
+        cases.len(),
+        binaries.len(),
+        plan.jobs,
+        args.timeout
+    );
+    runner::run(cases, &plan, |finished| {
+        summary.finished(&finished, plan.show_output)
+    });
+    Ok(())
+}
+
+/// `--test-threads N` among libtest's options, else one test per core (libtest's default).
+fn test_threads(run_args: &[String]) -> usize {
+    let given = run_args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--test-threads=")
+            .or_else(|| (a == "--test-threads").then(|| run_args.get(i + 1).map(String::as_str))?)
+            .and_then(|n| n.parse().ok())
+    });
+    given.unwrap_or_else(|| thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Kills every process whose environment holds `entry` (`NAME=value`).
+fn kill_processes_with_env(entry: &str) -> Vec<(i32, String)> {
+    let found = processes_with_env(entry);
+    for (pid, _) in &found {
+        // SAFETY: kill(2) on a process id we just read; its environment carries our marker,
+        // so this run started it.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    found
 }
 
 /// Must match `enforcer_tests::LEDGER_ENV`.
@@ -158,11 +238,8 @@ fn leftovers(ledger: &Path) -> Vec<String> {
         }
     }
     let marker = format!("{LEDGER_ENV}={}", ledger.display());
-    for (pid, cmdline) in processes_with_env(&marker) {
+    for (pid, cmdline) in kill_processes_with_env(&marker) {
         left.push(format!("process {pid} ({cmdline})"));
-        // SAFETY: kill(2) on a process id we just read; it runs with our ledger, so a test
-        // started it.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     left
 }
@@ -313,24 +390,49 @@ impl Summary {
             self.failed_results += 1;
         }
         if let Some(result) = line.strip_prefix("test result: ") {
-            // `ok. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s`
-            for part in result.split(';') {
-                let mut words = part.split_whitespace().rev();
-                let (Some(label), Some(count)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let Ok(count) = count.parse::<u64>() else {
-                    continue;
-                };
-                match label {
-                    "passed" => self.passed += count,
-                    "failed" => self.failed += count,
-                    "ignored" => self.ignored += count,
-                    _ => {}
-                }
-            }
+            let (passed, failed, ignored) = result_counts(result);
+            self.passed += passed;
+            self.failed += failed;
+            self.ignored += ignored;
         } else if let Some(name) = failed_test_name(line) {
             self.failed_tests.push(name.to_owned());
+        }
+    }
+
+    /// Takes in one test the runner ran, and prints its line (and its output when it failed,
+    /// or when `show_output`).
+    fn finished(&mut self, f: &runner::Finished, show_output: bool) {
+        let name = f.case.full_name();
+        let why = match &f.verdict {
+            runner::Verdict::Passed => {
+                self.passed += 1;
+                None
+            }
+            runner::Verdict::Ignored => {
+                self.ignored += 1;
+                None
+            }
+            runner::Verdict::Failed => Some(String::new()),
+            runner::Verdict::TimedOut(limit) => Some(format!(
+                " (timed out: killed after {} s with every process it started)",
+                limit.as_secs_f64()
+            )),
+            runner::Verdict::Crashed(how) => Some(format!(" ({how})")),
+        };
+        if why.is_some() || show_output {
+            println!("---- {name} output ----");
+            print!("{}", f.output);
+            println!("---- end of {name} ----");
+        }
+        let secs = f.elapsed.as_secs_f64();
+        match why {
+            None if f.verdict == runner::Verdict::Ignored => println!("test {name} ... ignored"),
+            None => println!("test {name} ... ok ({secs:.1} s)"),
+            Some(why) => {
+                println!("test {name} ... FAILED{why} ({secs:.1} s)");
+                self.failed += 1;
+                self.failed_tests.push(format!("{name}{why}"));
+            }
         }
     }
 
@@ -394,6 +496,28 @@ impl Summary {
         }
         println!("{}", self.counts());
     }
+}
+
+/// `(passed, failed, ignored)` in libtest's result line (after `test result: `):
+/// `ok. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
+fn result_counts(result: &str) -> (u64, u64, u64) {
+    let mut counts = (0, 0, 0);
+    for part in result.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(label), Some(count)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        match label {
+            "passed" => counts.0 += count,
+            "failed" => counts.1 += count,
+            "ignored" => counts.2 += count,
+            _ => {}
+        }
+    }
+    counts
 }
 
 /// The name in `test <name> ... FAILED`. Doc tests have spaces in their names
@@ -496,7 +620,7 @@ mod tests {
             .unwrap();
         let marker = format!("{LEDGER_ENV}={}", ledger.display());
         let pid = i32::try_from(child.id()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !processes_with_env(&marker)
             .iter()
             .any(|(p, cmd)| *p == pid && cmd.contains("sleep"))
@@ -505,7 +629,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "/proc never showed `sleep 30` with the ledger in its environment"
             );
-            thread::sleep(std::time::Duration::from_millis(10));
+            thread::sleep(Duration::from_millis(10));
         }
         let left = leftovers(&ledger);
         let _ = child.kill();

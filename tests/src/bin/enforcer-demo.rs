@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use enforcer_tests::{Lab, RECEIVER_V4, SENDER_V4, daemon::Daemon, udp_exchange, wait_for};
+use enforcer_tests::{Lab, RECEIVER_V4, SENDER_V4, daemon::Daemon, wait_for};
 
 const ATTACKER: &str = SENDER_V4[1];
 const CLIENT: &str = SENDER_V4[2];
@@ -20,7 +20,7 @@ fn step(text: &str) {
 fn traffic(lab: &Lab) -> Result<()> {
     let rx = lab.udp_listener(RECEIVER_V4)?;
     for (who, src) in [("attacker", ATTACKER), ("client  ", CLIENT)] {
-        let got = udp_exchange(&lab.udp_sender(src)?, &rx, 20, Duration::from_millis(300))?;
+        let got = lab.exchange(&lab.udp_sender(src)?, &rx, 20)?;
         println!("   {who} {src} -> {RECEIVER_V4}: {got:>2}/20 UDP datagrams delivered");
     }
     Ok(())

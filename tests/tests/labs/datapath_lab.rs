@@ -17,11 +17,10 @@ use enforcer::{
 };
 use enforcer_common::{ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE, MODE_SHADOW};
 use enforcer_tests::{
-    Lab, PinDir, RECEIVER_IF, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6, require_root,
-    udp_exchange,
+    Lab, PinDir, RECEIVER_IF, RECEIVER_V4, RECEIVER_V6, SENDER_IF, SENDER_V4, SENDER_V6,
+    require_root,
 };
 
-const SETTLE: Duration = Duration::from_millis(300);
 const CONNECT: Duration = Duration::from_millis(500);
 
 fn options(pins: &std::path::Path) -> DatapathOptions {
@@ -99,8 +98,40 @@ fn a_blocked_source_cannot_connect_or_send_while_another_source_gets_through() {
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let blocked = lab.udp_sender(SENDER_V4[1]).unwrap();
     let other = lab.udp_sender(SENDER_V4[2]).unwrap();
-    assert_eq!(udp_exchange(&blocked, &rx, 20, SETTLE).unwrap(), 0);
-    assert_eq!(udp_exchange(&other, &rx, 20, SETTLE).unwrap(), 20);
+    assert_eq!(lab.exchange(&blocked, &rx, 20).unwrap(), 0);
+    assert_eq!(lab.exchange(&other, &rx, 20).unwrap(), 20);
+}
+
+/// `Lab::passes` tells a drop from a delay: on a link slowed down so that ten datagrams take
+/// far longer than a fixed receive window to cross (a token bucket of 4 kbit/s on the sender's
+/// side), a source that is not blocked still counts all ten, and a blocked one none.
+#[test]
+fn on_a_slow_link_a_delayed_datagram_is_not_counted_as_dropped() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut dp = attach(&lab, XdpModeRequest::Auto);
+    block(&mut dp, SENDER_V4[1], 0, MODE_ENFORCE);
+    let slow = "root tbf rate 4kbit burst 200 latency 30s";
+    let mut args = vec!["qdisc", "replace", "dev", SENDER_IF];
+    args.extend(slow.split(' '));
+    lab.sender.exec("tc", &args).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        lab.passes(SENDER_V4[2]),
+        10,
+        "a delayed datagram counted as dropped"
+    );
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(500),
+        "the link was not slow ({took:?}): the test proves nothing"
+    );
+    eprintln!("ten datagrams crossed the slowed link in {took:?}");
+    assert_eq!(
+        lab.passes(SENDER_V4[1]),
+        0,
+        "the blocked source got through"
+    );
 }
 
 #[test]
@@ -165,7 +196,7 @@ fn shadow_counts_without_dropping() {
     block(&mut dp, SENDER_V4[1], 0, MODE_SHADOW);
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let tx = lab.udp_sender(SENDER_V4[1]).unwrap();
-    assert_eq!(udp_exchange(&tx, &rx, 25, SETTLE).unwrap(), 25);
+    assert_eq!(lab.exchange(&tx, &rx, 25).unwrap(), 25);
     let t: Target = SENDER_V4[1].parse().unwrap();
     let entry = dp.maps().get_block(&t).unwrap().unwrap();
     assert_eq!(entry.hit_packets, 25);
@@ -187,8 +218,8 @@ fn the_allowlist_wins_over_a_covering_block() {
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let blocked = lab.udp_sender(SENDER_V4[1]).unwrap();
     let ok = lab.udp_sender(SENDER_V4[2]).unwrap();
-    assert_eq!(udp_exchange(&blocked, &rx, 10, SETTLE).unwrap(), 0);
-    assert_eq!(udp_exchange(&ok, &rx, 10, SETTLE).unwrap(), 10);
+    assert_eq!(lab.exchange(&blocked, &rx, 10).unwrap(), 0);
+    assert_eq!(lab.exchange(&ok, &rx, 10).unwrap(), 10);
     assert_eq!(dp.maps().stats_total().unwrap().allowlisted.packets, 10);
 }
 
@@ -252,11 +283,13 @@ fn ipv6_traffic_is_filtered() {
     assert!(lab.tcp_connect(SENDER_V6[0], dst, CONNECT).unwrap());
     let rx = lab.udp_listener(RECEIVER_V6).unwrap();
     assert_eq!(
-        udp_exchange(&lab.udp_sender(SENDER_V6[1]).unwrap(), &rx, 10, SETTLE).unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V6[1]).unwrap(), &rx, 10)
+            .unwrap(),
         0
     );
     assert_eq!(
-        udp_exchange(&lab.udp_sender(SENDER_V6[0]).unwrap(), &rx, 10, SETTLE).unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V6[0]).unwrap(), &rx, 10)
+            .unwrap(),
         10
     );
 }
@@ -286,12 +319,7 @@ fn vlan_tagged_traffic_is_filtered() {
     let before = dp.maps().stats_total().unwrap();
     let sent = lab
         .sender
-        .run(|| {
-            enforcer_tests::inject(
-                enforcer_tests::SENDER_IF,
-                frames.iter().map(|(f, _)| f.as_slice()),
-            )
-        })
+        .run(|| enforcer_tests::inject(SENDER_IF, frames.iter().map(|(f, _)| f.as_slice())))
         .unwrap()
         .unwrap();
     assert_eq!(sent, frames.len());
@@ -495,7 +523,8 @@ fn detach_removes_the_program_and_traffic_flows() {
     assert_eq!(state.prog_id, None);
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     assert_eq!(
-        udp_exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5, SETTLE).unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5)
+            .unwrap(),
         5
     );
 }

@@ -17,7 +17,7 @@ use enforcer::{
 use enforcer_tests::{
     Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
     daemon::{Daemon, enforcer_bin, ok},
-    require_root, udp_exchange, wait_for,
+    require_root, wait_for,
 };
 
 /// A child process killed on drop.
@@ -101,13 +101,9 @@ fn prometheus_scrapes_the_drops_of_a_blocked_source_and_promtool_accepts_the_exp
         "a /8 is refused by the scope rule"
     );
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
-    let through = udp_exchange(
-        &lab.udp_sender(SENDER_V4[1]).unwrap(),
-        &rx,
-        300,
-        Duration::from_millis(300),
-    )
-    .unwrap();
+    let through = lab
+        .exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 300)
+        .unwrap();
     assert_eq!(through, 0, "the blocked source's flood is dropped");
 
     let (code, text) = http_get(&lab, port, "/metrics").unwrap();
@@ -453,13 +449,8 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     );
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     assert_eq!(
-        udp_exchange(
-            &lab.udp_sender(SENDER_V4[1]).unwrap(),
-            &rx,
-            5,
-            Duration::from_millis(200)
-        )
-        .unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5)
+            .unwrap(),
         0,
         "XDP drops at READY"
     );
@@ -521,13 +512,8 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     notify.poll();
     assert!(notify.got.iter().any(|(_, m)| m.contains("STOPPING=1")));
     assert_eq!(
-        udp_exchange(
-            &lab.udp_sender(SENDER_V4[1]).unwrap(),
-            &rx,
-            5,
-            Duration::from_millis(200)
-        )
-        .unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5)
+            .unwrap(),
         0,
         "blocks stay in force after stop"
     );
@@ -626,25 +612,15 @@ fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
     ));
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     assert_eq!(
-        udp_exchange(
-            &lab.udp_sender(SENDER_V4[1]).unwrap(),
-            &rx,
-            5,
-            Duration::from_millis(200)
-        )
-        .unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5)
+            .unwrap(),
         0,
         "{}",
         daemon_log()
     );
     assert_eq!(
-        udp_exchange(
-            &lab.udp_sender(SENDER_V4[2]).unwrap(),
-            &rx,
-            5,
-            Duration::from_millis(200)
-        )
-        .unwrap(),
+        lab.exchange(&lab.udp_sender(SENDER_V4[2]).unwrap(), &rx, 5)
+            .unwrap(),
         5
     );
 }
