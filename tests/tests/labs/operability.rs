@@ -394,6 +394,11 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     let tmp = tempfile::tempdir().unwrap();
     let mut notify = NotifySocket::new(tmp.path());
     let stall = tmp.path().join("stall");
+    // The engine (the maps' one writer) is held from its first round until the READY checks
+    // are done, so the maps cannot change between READY=1 and reading them: what they hold
+    // then is what they held when READY was sent (the restore must not wait for the engine's
+    // loop, and READY must not wait for it either).
+    std::fs::write(&stall, b"").unwrap();
     let socket = tmp.path().join("enforcer.sock");
     let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
     let mut daemon = Guard(
@@ -425,8 +430,10 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     );
     let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
 
-    // The moment READY=1 arrives, everything it promises already holds.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The moment READY=1 arrives, everything it promises already holds, and nothing changes
+    // while the engine is held.
+    let t_start = Instant::now();
+    let deadline = t_start + Duration::from_secs(60);
     let ready = loop {
         assert!(Instant::now() < deadline, "no READY=1: {}", daemon_log());
         assert!(
@@ -454,6 +461,12 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
         0,
         "XDP drops at READY"
     );
+    assert_eq!(
+        notify.pings_since(t_start),
+        0,
+        "the engine was held: it cannot have pinged the watchdog"
+    );
+    std::fs::remove_file(&stall).unwrap();
     ok(&enforcer_tests::daemon::cli(&socket, &["status"]));
     assert!(
         ready.contains(&format!(
