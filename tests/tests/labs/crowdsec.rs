@@ -19,10 +19,28 @@ use enforcer_tests::{
     require_root, wait_for,
 };
 
-/// The poll interval the tests configure.
+/// The poll interval the tests configure (`update_frequency`).
 const POLL: &str = "1s";
-/// One poll interval, plus the time a loaded CI machine needs to run cscli and apply a round.
-const WITHIN_ONE_POLL: Duration = Duration::from_secs(8);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// What a pull (fetch, apply) and seeing its effect add to one poll interval, from the moment
+/// the LAPI has the change. Measured at load 17-20 on two cores: the change enforced 145-730 ms
+/// after it was made right after a pull (within_one_poll), a fleet's two hosts both dropping
+/// 0.79-1.27 s after cscli returned (at any point of the poll). Under the poll interval, so a
+/// bouncer that polls less often or applies a poll late fails.
+const APPLY_MARGIN: Duration = Duration::from_millis(800);
+/// The README's claim: a LAPI decision is enforced (or lifted) within one poll.
+const WITHIN_ONE_POLL: Duration = POLL_INTERVAL.saturating_add(APPLY_MARGIN);
+/// How late a decision may lift after its end: the kernel's deadline is exact, so this is how
+/// often `Lab::passes` can look (its control frame and grace) on a loaded machine. Measured at
+/// load 17-20: the first datagrams through were sent 9.66-10.16 s after cscli was started for
+/// a 10 s decision, never after the latest possible end.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(600);
+/// How early a lift may seem: the LAPI keeps a decision's end to the second (a 10 s decision
+/// was seen to lift 340 ms before the moment cscli was started plus 10 s).
+const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+/// For what the tests wait on that no claim bounds (a status change, a LAPI coming back, a
+/// large pull): long enough for a loaded CI machine.
+const PATIENCE: Duration = Duration::from_secs(8);
 
 fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Duration {
     let start = Instant::now();
@@ -33,6 +51,64 @@ fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Durat
     )
     .unwrap();
     start.elapsed()
+}
+
+/// Makes `change` to the LAPI's decisions right after a pull, then checks the claim "within
+/// one poll" both ways: the change is enforced for every source in `srcs` (dropped, or passing
+/// again when `!dropped`) no later than by the first pull that surely started after it (seen
+/// with `Lab::passes` as each pull is counted, so no timing is involved), and that pull came
+/// within one poll interval plus the margin of the change. Returns how long it took.
+fn within_one_poll(
+    lab: &Lab,
+    daemon: &Daemon,
+    srcs: &[&str],
+    dropped: bool,
+    change: impl FnOnce() -> Result<()>,
+) -> Result<Duration> {
+    let before = crowdsec(daemon).pulls;
+    let after_pull = wait_for("a pull", PATIENCE, || {
+        let pulls = crowdsec(daemon).pulls;
+        Ok((pulls > before).then_some(pulls))
+    })?;
+    let pulled = Instant::now();
+    change()?;
+    let changed = Instant::now();
+    // The next pull starts one interval after the one just counted began: when the change
+    // took less than half an interval, that pull started after the LAPI had it.
+    let first_after = if changed - pulled < POLL_INTERVAL / 2 {
+        after_pull + 1
+    } else {
+        after_pull + 2
+    };
+    let mut seen = after_pull;
+    let (pull, took) = loop {
+        seen = wait_for("the next pull", PATIENCE, || {
+            let pulls = crowdsec(daemon).pulls;
+            Ok((pulls > seen).then_some(pulls))
+        })?;
+        let took = changed.elapsed();
+        let got: Vec<u32> = srcs.iter().map(|src| lab.passes(src)).collect();
+        if got.iter().all(|n| (*n == 0) == dropped) {
+            break (seen, took);
+        }
+        assert!(
+            seen < first_after,
+            "{srcs:?}: {got:?} of 10 datagrams passed after pull {seen}, the first that started \
+             after the change (it took {:?} after pull {after_pull}): not applied by that pull",
+            changed - pulled
+        );
+    };
+    eprintln!(
+        "the change was enforced by pull {pull} ({:?} after pull {after_pull}; the first pull \
+         surely after it is {first_after}), {took:?} after the LAPI had it",
+        changed - pulled
+    );
+    assert!(
+        took <= WITHIN_ONE_POLL,
+        "the pull that enforced the change came {took:?} after it, more than one poll \
+         ({POLL_INTERVAL:?}) and the margin ({APPLY_MARGIN:?})"
+    );
+    Ok(took)
 }
 
 fn status(d: &Daemon) -> StatusReply {
@@ -83,19 +159,20 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
         assert_eq!(lab.passes(src), 10, "{src} passes before any decision");
     }
     // Single addresses, both families.
-    lapi.cscli(&[
-        "decisions",
-        "add",
-        "--ip",
-        SENDER_V4[1],
-        "--duration",
-        "1h",
-        "--reason",
-        "test/ssh-bf",
-    ])?;
-    lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
+    within_one_poll(&lab, &daemon, &[SENDER_V4[1], SENDER_V6[1]], true, || {
+        lapi.cscli(&[
+            "decisions",
+            "add",
+            "--ip",
+            SENDER_V4[1],
+            "--duration",
+            "1h",
+            "--reason",
+            "test/ssh-bf",
+        ])?;
+        lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
+        Ok(())
+    })?;
     assert_eq!(
         lab.passes(SENDER_V4[0]),
         10,
@@ -122,29 +199,30 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
         "cscli bouncers list shows the user agent: {bouncers}"
     );
     // Deleting the decisions lifts the blocks.
-    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
-    lapi.cscli(&["decisions", "delete", "--ip", SENDER_V6[1]])?;
-    wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V6[1], false, WITHIN_ONE_POLL);
+    within_one_poll(&lab, &daemon, &[SENDER_V4[1], SENDER_V6[1]], false, || {
+        // Both decisions (the only ones) in one cscli call: the change is quick.
+        lapi.cscli(&["decisions", "delete", "--all"]).map(drop)
+    })?;
     // Ranges, both families: .8/29 holds .10 and .11; ::10/124 holds ::10 and ::11.
-    lapi.cscli(&[
-        "decisions",
-        "add",
-        "--range",
-        "192.0.2.8/29",
-        "--duration",
-        "1h",
-    ])?;
-    lapi.cscli(&[
-        "decisions",
-        "add",
-        "--range",
-        "2001:db8::10/124",
-        "--duration",
-        "1h",
-    ])?;
-    wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V6[2], true, WITHIN_ONE_POLL);
+    within_one_poll(&lab, &daemon, &[SENDER_V4[2], SENDER_V6[2]], true, || {
+        lapi.cscli(&[
+            "decisions",
+            "add",
+            "--range",
+            "192.0.2.8/29",
+            "--duration",
+            "1h",
+        ])?;
+        lapi.cscli(&[
+            "decisions",
+            "add",
+            "--range",
+            "2001:db8::10/124",
+            "--duration",
+            "1h",
+        ])?;
+        Ok(())
+    })?;
     assert_eq!(lab.passes(SENDER_V4[0]), 10, "the range does not reach .1");
     let targets: Vec<String> = list(&daemon, Some("crowdsec"))
         .iter()
@@ -156,24 +234,13 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
             && targets.contains(&"2001:db8::10/124".to_owned()),
         "{targets:?}"
     );
-    lapi.cscli(&["decisions", "delete", "--range", "192.0.2.8/29"])?;
-    lapi.cscli(&["decisions", "delete", "--range", "2001:db8::10/124"])?;
-    wait_dropped(&lab, SENDER_V4[2], false, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V6[2], false, WITHIN_ONE_POLL);
-    // An expiring decision lifts on time in the kernel, not a poll later.
-    lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[2], "--duration", "6s"])?;
-    let added = Instant::now();
-    wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
-    let lifted_after =
-        added.elapsed() + wait_dropped(&lab, SENDER_V4[2], false, Duration::from_secs(10));
-    assert!(
-        lifted_after < Duration::from_millis(6_000 + 1_500),
-        "lifted {lifted_after:?} after a 6 s decision"
-    );
+    within_one_poll(&lab, &daemon, &[SENDER_V4[2], SENDER_V6[2]], false, || {
+        lapi.cscli(&["decisions", "delete", "--all"]).map(drop)
+    })?;
     // The safety policy judges every decision: the host's own address is refused, counted and
     // audited.
     lapi.cscli(&["decisions", "add", "--ip", RECEIVER_V4, "--duration", "1h"])?;
-    wait_for("the refusal to be counted", WITHIN_ONE_POLL, || {
+    wait_for("the refusal to be counted", PATIENCE, || {
         Ok((crowdsec(&daemon).refused == 1).then_some(()))
     })?;
     let audit = std::fs::read_to_string(daemon.state_dir.join("audit.log"))?;
@@ -186,7 +253,7 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
     let cs = crowdsec(&daemon);
     assert_eq!(cs.api_url, lapi.url());
     assert!(cs.last_pull_ms.is_some() && cs.errors == 0, "{cs:?}");
-    assert!(cs.applied >= 5, "{cs:?}");
+    assert!(cs.applied >= 4, "{cs:?}");
     assert!(
         cs.usage_metrics.starts_with("off"),
         "LAPI 1.4 has no usage-metrics endpoint: {cs:?}"
@@ -199,16 +266,72 @@ fn lapi_bans_of_both_families_are_dropped_within_one_poll_and_lifted_by_delete_o
     Ok(())
 }
 
+/// An expiring decision lifts at its end in the kernel, not at a later pull: once it is
+/// enforced the LAPI is stopped, so no pull can lift it (a bouncer that lifts at the next pull
+/// never does here), and it still lifts on time: never before the decision's end, and within
+/// the margin after it.
+#[test]
+fn an_expiring_decision_lifts_at_its_end_with_no_pull_to_lift_it() -> Result<()> {
+    require_root();
+    let (lab, mut lapi, daemon) = setup("")?;
+    const DURATION: Duration = Duration::from_secs(10);
+    let asked = Instant::now();
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        SENDER_V4[2],
+        "--duration",
+        "10s",
+    ])?;
+    let added = Instant::now();
+    // The decision's end, as the LAPI sets it (its creation time plus the duration), lies
+    // between these two.
+    let (earliest_end, latest_end) = (asked + DURATION, added + DURATION);
+    wait_dropped(&lab, SENDER_V4[2], true, PATIENCE);
+    lapi.stop();
+    wait_for("a failed pull", PATIENCE, || {
+        Ok((crowdsec(&daemon).errors > 0).then_some(()))
+    })?;
+    assert_eq!(
+        lab.passes(SENDER_V4[2]),
+        0,
+        "still dropped with the LAPI gone"
+    );
+    // The start of the first exchange that got through: its datagrams were sent after the
+    // block lifted.
+    let lifted = wait_for("the block to lift", DURATION + PATIENCE, || {
+        let sent = Instant::now();
+        Ok((lab.passes(SENDER_V4[2]) == 10).then_some(sent))
+    })?;
+    let late = lifted.saturating_duration_since(latest_end);
+    eprintln!(
+        "lifted {:?} after cscli was started, {late:?} after the latest possible end, with no \
+         pull",
+        lifted - asked
+    );
+    assert!(
+        lifted + EXPIRY_SLACK >= earliest_end,
+        "lifted {:?} before the decision's end",
+        earliest_end - lifted
+    );
+    assert!(
+        late <= EXPIRY_MARGIN,
+        "lifted {late:?} after the decision's end (margin {EXPIRY_MARGIN:?})"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_cli_block_of_the_same_target_survives_the_crowdsec_deletion() -> Result<()> {
     require_root();
     let (lab, lapi, daemon) = setup("")?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--reason", "by hand"]));
     assert_eq!(sources_of(&daemon, SENDER_V4[1]), ["cli", "crowdsec"]);
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
-    wait_for("the crowdsec block to go", WITHIN_ONE_POLL, || {
+    wait_for("the crowdsec block to go", PATIENCE, || {
         Ok((sources_of(&daemon, SENDER_V4[1]) == ["cli"]).then_some(()))
     })?;
     assert_eq!(lab.passes(SENDER_V4[1]), 0, "the CLI block still drops");
@@ -222,8 +345,8 @@ fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing
     let (lab, lapi, mut daemon) = setup("")?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V6[1], "--duration", "1h"])?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
+    wait_dropped(&lab, SENDER_V6[1], true, PATIENCE);
     ok(&daemon.cli(&["block", SENDER_V6[2], "--ttl", "1h", "--source", "wazuh"]));
     let kept_before = list(&daemon, Some("crowdsec"))
         .into_iter()
@@ -235,8 +358,8 @@ fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing
     // While the daemon is down the kernel keeps enforcing what it had.
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
     daemon.spawn()?;
-    wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V4[2], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], false, PATIENCE);
+    wait_dropped(&lab, SENDER_V4[2], true, PATIENCE);
     assert_eq!(
         lab.passes(SENDER_V6[1]),
         0,
@@ -267,9 +390,9 @@ fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() ->
     require_root();
     let (lab, mut lapi, daemon) = setup("")?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
     lapi.stop();
-    let cs = wait_for("status to show the outage", WITHIN_ONE_POLL, || {
+    let cs = wait_for("status to show the outage", PATIENCE, || {
         let cs = crowdsec(&daemon);
         Ok((cs.errors > 0).then_some(cs))
     })?;
@@ -335,13 +458,18 @@ fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() ->
     let config_b = lapi.daemon_config("host-b", &lapi.url(), &extra)?;
     let da = Daemon::start(&a, &["--config", &config_a.to_string_lossy()])?;
     let db = Daemon::start(&b, &["--config", &config_b.to_string_lossy()])?;
-    wait_for("both bouncers to pull", WITHIN_ONE_POLL, || {
+    wait_for("both bouncers to pull", PATIENCE, || {
         Ok((crowdsec(&da).pulls > 0 && crowdsec(&db).pulls > 0).then_some(()))
     })?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
     let added = Instant::now();
     wait_dropped(&a, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    wait_dropped(&b, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(
+        &b,
+        SENDER_V4[1],
+        true,
+        WITHIN_ONE_POLL.saturating_sub(added.elapsed()),
+    );
     eprintln!(
         "decision enforced on both hosts {:?} after cscli returned",
         added.elapsed()
@@ -352,8 +480,14 @@ fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() ->
         "{bouncers}"
     );
     lapi.cscli(&["decisions", "delete", "--ip", SENDER_V4[1]])?;
+    let deleted = Instant::now();
     wait_dropped(&a, SENDER_V4[1], false, WITHIN_ONE_POLL);
-    wait_dropped(&b, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    wait_dropped(
+        &b,
+        SENDER_V4[1],
+        false,
+        WITHIN_ONE_POLL.saturating_sub(deleted.elapsed()),
+    );
     Ok(())
 }
 
@@ -500,7 +634,7 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
         &lab,
         &["--config", &fake_config(dir.path(), fake.port, "")?],
     )?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
     let pulls = |d: &Daemon| crowdsec(d).pulls;
     let mut seen_errors = 0;
     let bad_answers: Vec<(u16, Vec<u8>, &str)> = vec![
@@ -533,7 +667,7 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
                 decision(1, SENDER_V4[1], "1h")
             ),
         );
-        let err = wait_for(&format!("the error `{says}`"), WITHIN_ONE_POLL, || {
+        let err = wait_for(&format!("the error `{says}`"), PATIENCE, || {
             let cs = crowdsec(&daemon);
             Ok(cs
                 .last_error
@@ -549,7 +683,7 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
     }
     assert_eq!(seen_errors, 6);
     let before = pulls(&daemon);
-    wait_for("a good pull again", WITHIN_ONE_POLL, || {
+    wait_for("a good pull again", PATIENCE, || {
         Ok((pulls(&daemon) > before).then_some(()))
     })?;
     // Malformed decisions inside a good answer are skipped one by one; unknown scopes and other
@@ -566,14 +700,10 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
             r#"{"id":6,"type":"ban","scope":"Ip","value":42,"duration":"1h"}"#,
         ),
     );
-    let cs = wait_for(
-        "the skipped decisions to be counted",
-        WITHIN_ONE_POLL,
-        || {
-            let cs = crowdsec(&daemon);
-            Ok((cs.invalid >= 3 && cs.ignored == 2).then_some(cs))
-        },
-    )?;
+    let cs = wait_for("the skipped decisions to be counted", PATIENCE, || {
+        let cs = crowdsec(&daemon);
+        Ok((cs.invalid >= 3 && cs.ignored == 2).then_some(cs))
+    })?;
     assert_eq!(cs.errors, 6, "{cs:?}");
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
     assert_eq!(
@@ -645,7 +775,7 @@ fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
     );
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
-    wait_for("status to show the error", WITHIN_ONE_POLL, || {
+    wait_for("status to show the error", PATIENCE, || {
         Ok(crowdsec(&daemon).last_error)
     })?;
     assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: FAILING since"));
@@ -707,7 +837,7 @@ fn the_first_pull_is_made_while_the_daemon_is_still_starting() -> Result<()> {
         "{}",
         fake.requests()[0]
     );
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
     assert_eq!(crowdsec(&daemon).applied, 1);
     Ok(())
 }
@@ -785,7 +915,7 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
         "--reason",
         "long",
     ])?;
-    wait_for("the block to last an hour", WITHIN_ONE_POLL, || {
+    wait_for("the block to last an hour", PATIENCE, || {
         Ok(left(&daemon).filter(|l| *l > 50 * 60_000))
     })?;
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
@@ -807,7 +937,7 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
         "still blocked by the remaining decision"
     );
     lapi.cscli(&["decisions", "delete", "--id", "1"])?;
-    wait_dropped(&lab, SENDER_V4[1], false, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], false, PATIENCE);
     Ok(())
 }
 
@@ -833,7 +963,7 @@ fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
     // works, while strace watches.
     lapi.stop();
     let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
-    wait_for("a failed pull", WITHIN_ONE_POLL, || {
+    wait_for("a failed pull", PATIENCE, || {
         Ok(crowdsec(&daemon).last_error)
     })?;
     let one_block = daemon.trace_syncs(|| {
@@ -970,8 +1100,8 @@ fn mtls_with_the_real_lapi_enforces_decisions_and_refuses_wrong_certificates() -
         "--duration",
         "1h",
     ])?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    wait_dropped(&lab, SENDER_V6[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
+    wait_dropped(&lab, SENDER_V6[1], true, PATIENCE);
     assert_eq!(lab.passes(SENDER_V4[2]), 10, "nothing else is dropped");
     let cs = crowdsec(&daemon);
     assert!(cs.last_error.is_none() && cs.errors == 0, "{cs:?}");
@@ -986,7 +1116,7 @@ fn mtls_with_the_real_lapi_enforces_decisions_and_refuses_wrong_certificates() -
         let daemon = Daemon::start(&lab, &["--config", &config(cert)?])?;
         let err = wait_for(
             &format!("the {cert} certificate to be refused"),
-            WITHIN_ONE_POLL,
+            PATIENCE,
             || Ok(crowdsec(&daemon).last_error),
         )?;
         assert!(err.contains(says), "the {cert} certificate: {err}");
@@ -1112,8 +1242,8 @@ fn usage_metrics_follow_the_lapi_schema() -> Result<()> {
         &lab,
         &["--config", &fake_config(dir.path(), fake.port, "")?],
     )?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
-    let push = wait_for("a usage-metrics push", WITHIN_ONE_POLL, || {
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
+    let push = wait_for("a usage-metrics push", PATIENCE, || {
         Ok(fake
             .requests()
             .into_iter()
@@ -1175,14 +1305,14 @@ fn usage_metrics_follow_the_lapi_schema() -> Result<()> {
 fn the_real_lapi_1_4_turns_usage_metrics_off_quietly() -> Result<()> {
     require_root();
     let (lab, lapi, daemon) = setup("")?;
-    wait_for("usage metrics to be turned off", WITHIN_ONE_POLL, || {
+    wait_for("usage metrics to be turned off", PATIENCE, || {
         Ok(crowdsec(&daemon)
             .usage_metrics
             .contains("before 1.6.3")
             .then_some(()))
     })?;
     lapi.cscli(&["decisions", "add", "--ip", SENDER_V4[1], "--duration", "1h"])?;
-    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    wait_dropped(&lab, SENDER_V4[1], true, PATIENCE);
     let cs = crowdsec(&daemon);
     assert!(
         cs.last_error.is_none() && cs.errors == 0,
