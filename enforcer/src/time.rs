@@ -60,12 +60,47 @@ pub fn boot_ms() -> u64 {
     SystemClock.read().boot_ms
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`); empty if unreadable, which no stored id
-/// matches, so the wall clock is used.
+/// Where the kernel says which boot this is.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The environment variable the unit sets to systemd's `%b` (the boot id), for when `/proc`
+/// shows only processes (`ProcSubset=pid` hides `/proc/sys`).
+pub const BOOT_ID_ENV: &str = "ENFORCER_BOOT_ID";
+
+/// This boot's id, as `/proc/sys/kernel/random/boot_id` writes it: read there, or, where
+/// `/proc/sys` is hidden (the unit's `ProcSubset=pid`), from [`BOOT_ID_ENV`]. Empty if neither
+/// holds one, which no stored id matches, so the wall clock is used.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
+    std::fs::read_to_string(BOOT_ID_PATH)
+        .ok()
+        .and_then(|s| canonical_boot_id(&s))
+        .or_else(|| {
+            std::env::var(BOOT_ID_ENV)
+                .ok()
+                .and_then(|s| canonical_boot_id(&s))
+        })
         .unwrap_or_default()
+}
+
+/// A boot id in the kernel's form (`8-4-4-4-12` lowercase hex), from that form or systemd's
+/// 32 hex digits; `None` if it is neither.
+fn canonical_boot_id(s: &str) -> Option<String> {
+    let hex: String = s
+        .trim()
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    })
 }
 
 /// The boot and wall-minus-boot offset that wall-clock deadlines are expressed under.
@@ -217,6 +252,22 @@ mod tests {
         assert_eq!(keeper.tick().jump_ms, 0, "seen once");
         clock.step_wall(-DAY);
         assert_eq!(keeper.tick().jump_ms, -DAY);
+    }
+
+    #[test]
+    fn systemds_boot_id_reads_as_the_kernels() {
+        let kernel = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        assert_eq!(
+            canonical_boot_id(&format!("{kernel}\n")).as_deref(),
+            Some(kernel)
+        );
+        assert_eq!(
+            canonical_boot_id("0F1E2D3C4B5A69788796A5B4C3D2E1F0").as_deref(),
+            Some(kernel)
+        );
+        assert_eq!(canonical_boot_id(""), None);
+        assert_eq!(canonical_boot_id("%b"), None);
+        assert_eq!(canonical_boot_id("0f1e2d3c4b5a69788796a5b4c3d2e1fz"), None);
     }
 
     #[test]

@@ -161,6 +161,17 @@ impl Daemon {
         Self::start_full(bin, lab, extra, Vec::new())
     }
 
+    /// [`Daemon::start`] with another program in place of `enforcer` (a wrapper that runs it
+    /// sandboxed, say) and extra environment variables.
+    pub fn start_bin_with_env(
+        bin: &Path,
+        lab: &Lab,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        Self::start_full(bin, lab, extra, env)
+    }
+
     fn start_full(
         bin: &Path,
         lab: &Lab,
@@ -319,6 +330,17 @@ impl Daemon {
         let status = wait_for("the daemon to exit", timeout, || Ok(child.try_wait()?)).ok()?;
         self.child = None;
         Some(status)
+    }
+
+    /// SIGTERM, and a new daemon started at once on the same state directory, as a quick
+    /// `systemctl restart` or a supervisor does; the old one's exit status once it is gone.
+    pub fn sigterm_and_start_at_once(&mut self) -> Result<std::process::ExitStatus> {
+        let mut old = self.child.take().context("the daemon runs")?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+        let started = self.spawn();
+        let status = old.wait()?;
+        started.map(|()| status)
     }
 
     /// SIGKILL: a crash.

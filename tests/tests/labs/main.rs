@@ -11,6 +11,7 @@ mod datapath_lab;
 mod fail2ban;
 mod files_as_root;
 mod fleet;
+mod hardening_lab;
 mod interfaces_lab;
 mod link_events;
 mod mount_namespace_lab;

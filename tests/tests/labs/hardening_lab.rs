@@ -1,0 +1,142 @@
+//! The daemon as the shipped unit runs it, and as a careless or hostile neighbour treats it: a
+//! `/proc` showing only processes (`ProcSubset=pid`), a restart that races the previous daemon's
+//! exit, and idle connections to the metrics port.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer::block::now_ms;
+use enforcer_tests::{
+    Lab, RECEIVER_IF, SENDER_V4,
+    daemon::{Daemon, enforcer_bin, ok},
+    require_root, unique_name, wait_for,
+};
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// The unit file the package ships.
+fn unit_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.service")
+}
+
+/// The unit's `Environment=` settings, with the specifiers systemd expands (`%b`, the boot id
+/// as 32 hex digits) expanded the same way.
+fn unit_environment() -> Vec<(String, String)> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .replace('-', "");
+    std::fs::read_to_string(unit_file())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .flat_map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|kv| {
+            let kv = kv.trim_matches('"').replace("%b", &boot_id);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// A program that runs `enforcer` with the unit's `ProcSubset=pid`: in a private mount
+/// namespace whose `/proc` is a new instance mounted `subset=pid` (processes only; no
+/// `/proc/sys`, `/proc/stat` or `/proc/locks`).
+fn proc_subset_wrapper(dir: &Path) -> PathBuf {
+    let path = dir.join("enforcer-procsubset");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nexec unshare -m --propagation private -- sh -c 'mount -t proc -o subset=pid proc /proc && exec \"$0\" \"$@\"' {} \"$@\"\n",
+            enforcer_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The daemon's wall clock: the real one plus an offset (libfaketime, as in clock_lab).
+struct FakeWall(tempfile::TempDir);
+
+impl FakeWall {
+    fn new() -> Self {
+        assert!(
+            Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} is missing: install the Debian package libfaketime (`cargo xtask setup` does)"
+        );
+        let wall = Self(tempfile::tempdir().unwrap());
+        wall.step("+0");
+        wall
+    }
+
+    fn step(&self, offset: &str) {
+        let tmp = self.0.path().join("offset.tmp");
+        std::fs::write(&tmp, format!("{offset}\n")).unwrap();
+        std::fs::rename(&tmp, self.0.path().join("offset")).unwrap();
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LD_PRELOAD", LIBFAKETIME.to_owned()),
+            (
+                "FAKETIME_TIMESTAMP_FILE",
+                self.0.path().join("offset").display().to_string(),
+            ),
+            ("FAKETIME_NO_CACHE", "1".to_owned()),
+            ("DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+#[test]
+fn under_the_units_proc_subset_a_restart_after_a_wall_clock_step_keeps_a_one_hour_block() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let wall = FakeWall::new();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let wrapper = proc_subset_wrapper(bin_dir.path());
+    let mut env = unit_environment();
+    env.extend(wall.env());
+    let mut d = Daemon::start_bin_with_env(&wrapper, &lab, &[], env).unwrap();
+    let blocked = SENDER_V4[0];
+    ok(&d.cli(&["block", blocked, "--ttl", "1h"]));
+    assert_eq!(lab.passes(blocked), 0, "blocked before the restart");
+
+    // The same boot: a step while no daemon runs keeps the block's remaining hour.
+    d.stop().unwrap();
+    wall.step("+1d");
+    d.spawn().unwrap();
+    let row = d
+        .list(&[])
+        .into_iter()
+        .find(|b| b.target.to_string() == blocked)
+        .unwrap_or_else(|| {
+            panic!(
+                "the block did not survive the restart under ProcSubset=pid; log:\n{}",
+                d.log()
+            )
+        });
+    let left = row.expires_ms.expect("a timed block") as i64 - now_ms() as i64;
+    assert!(
+        left.abs_diff((DAY_MS + HOUR_MS) as i64) < 120_000,
+        "the block ends {left} ms from the real now, not a day and an hour (the daemon's clock is a day ahead)"
+    );
+    assert_eq!(lab.passes(blocked), 0, "still dropped after the restart");
+    assert!(
+        !d.log().contains("the machine booted since"),
+        "a restart was taken for a reboot: {}",
+        d.log()
+    );
+}
+
