@@ -13,7 +13,10 @@
 //! are boot-relative and a wall-clock step changes nothing; a store from before it has none,
 //! and its deadlines are read as wall-clock times (as they were written).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
@@ -74,6 +77,19 @@ pub enum StoreError {
     /// redb failed.
     #[error("block store {path}: {message}")]
     Db { path: PathBuf, message: String },
+    /// Another process (a daemon still stopping, or a second one on this state directory)
+    /// held the store for longer than [`LOCK_WAIT`].
+    #[error(
+        "block store {path} is held by another process ({holder}) and was not released within {waited_s} s: stop it (`systemctl stop enforcer`{kill}) and start again, or give this daemon another --state-dir"
+    )]
+    Held {
+        path: PathBuf,
+        /// `pid N, from PIDFILE`, or what is known of the holder.
+        holder: String,
+        /// `, or kill N`, when the holder is known.
+        kill: String,
+        waited_s: u64,
+    },
     /// A row could not be decoded.
     #[error("block store {path}: unreadable row for {key}: {message}")]
     Corrupt {
@@ -89,6 +105,84 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
+/// How long a starting daemon waits for the store's lock: a daemon stopping (a restart, a
+/// supervisor's quick start) releases it within this; a second daemon on the same state
+/// directory does not.
+pub const LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// The file naming the process that holds the store (written once the lock is taken).
+fn pid_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pid");
+    PathBuf::from(name)
+}
+
+/// Opens the database, waiting up to [`LOCK_WAIT`] while another process holds it.
+fn open_waiting(path: &Path) -> Result<Database, StoreError> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        match open_db(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < LOCK_WAIT => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!(path = %path.display(), holder = %holder(path).0, "the block store is held by another process (a daemon still stopping?); waiting up to {} s for it", LOCK_WAIT.as_secs());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let (holder, pid) = holder(path);
+                return Err(StoreError::Held {
+                    path: path.to_owned(),
+                    holder,
+                    kill: pid.map(|p| format!(", or kill {p}")).unwrap_or_default(),
+                    waited_s: LOCK_WAIT.as_secs(),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Db {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+            Ok(db) => return Ok(db),
+        }
+    }
+}
+
+/// Who holds the store, as its pid file says: a description and the pid.
+fn holder(path: &Path) -> (String, Option<u32>) {
+    let file = pid_file(path);
+    match std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
+        Some(pid) => (format!("pid {pid}, from {}", file.display()), Some(pid)),
+        None => (format!("unknown: no pid in {}", file.display()), None),
+    }
+}
+
+/// Notes this process as the store's holder, for the next one that finds it held.
+fn write_pid_file(path: &Path) {
+    let (Some(dir), Some(name)) = (
+        path.parent(),
+        pid_file(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+    ) else {
+        return;
+    };
+    let new = crate::safe_fs::NewFile {
+        mode: 0o644,
+        owner: None,
+    };
+    if let Err(e) = crate::safe_fs::replace_file(dir, &name, new, |f| {
+        use std::io::Write as _;
+        writeln!(f, "{}", std::process::id())
+    }) {
+        tracing::warn!(error = %crate::error::Chain(&e), "cannot note this daemon's pid beside the block store");
+    }
 }
 
 /// One change to the store.
@@ -156,10 +250,8 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = open_db(path).map_err(|e| StoreError::Db {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let db = open_waiting(path)?;
+        write_pid_file(path);
         let mut store = Self {
             db,
             path: path.to_owned(),

@@ -140,3 +140,58 @@ fn under_the_units_proc_subset_a_restart_after_a_wall_clock_step_keeps_a_one_hou
     );
 }
 
+#[test]
+fn sigterm_then_an_immediate_start_on_the_same_state_directory_starts() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[0], "--ttl", "1h"]));
+    for round in 0..3 {
+        let old = d
+            .sigterm_and_start_at_once()
+            .unwrap_or_else(|e| panic!("round {round}: the new daemon did not start: {e:#}"));
+        assert!(old.success(), "round {round}: the old daemon exited {old}");
+        assert_eq!(lab.passes(SENDER_V4[0]), 0, "round {round}: still dropped");
+    }
+    let list = d.list(&[]);
+    assert_eq!(list.len(), 1, "{list:?}");
+}
+
+#[test]
+fn a_daemon_on_a_state_directory_another_daemon_holds_fails_in_one_line_naming_it() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let holder = d.pid().unwrap();
+    let socket = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(enforcer_bin())
+        .arg("--socket")
+        .arg(socket.path().join("second.sock"))
+        .args(["daemon", "--config", "/dev/null", "--netns"])
+        .arg(lab.receiver.name())
+        .args(["--iface", RECEIVER_IF, "--state-dir"])
+        .arg(&d.state_dir)
+        .arg("--bpffs-dir")
+        .arg(lab.pins.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let waited = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second daemon ran: {stderr}");
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.contains(&format!("pid {holder}")) && last.contains("blocks.redb"),
+        "the error names the store and its holder: {stderr}"
+    );
+    assert!(last.contains("stop"), "the error says what to do: {last}");
+    println!("refused after {waited:?}: {last}");
+    assert!(
+        waited >= Duration::from_secs(5),
+        "it waited for the holder to go first (only {waited:?})"
+    );
+    assert_eq!(d.list(&[]).len(), 0, "the running daemon is untouched");
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+}
+
