@@ -2,7 +2,8 @@
 //!
 //! A hand-written responder rather than an HTTP framework: it answers one fixed path, and the
 //! whole protocol surface it needs is a request line and a `Connection: close` response.
-//! Requests are bounded in size and time so a slow or hostile client costs a task, not more.
+//! Requests are bounded in size and time, and at most [`MAX_CONNECTIONS`] are served at once,
+//! so a slow or hostile client costs a task and a descriptor, not more.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -18,6 +19,12 @@ use crate::{block::now_ms, datapath::StatsReader};
 const MAX_REQUEST: usize = 8192;
 /// Time a client has to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send its request head (a scraper sends it at once).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once. Past it, connections wait in the kernel's listen queue and cost
+/// the daemon no descriptor, so idle clients cannot take the descriptors the link watcher, the
+/// spool, the store and the control socket need.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// The metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +86,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, EndpointError> {
 
 /// Serves scrapes until the task is aborted.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Taken before accepting: at the cap, nothing is accepted until a connection ends.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -90,6 +102,7 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
         };
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &endpoint)).await {
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics: connection failed"),
                 Err(_) => tracing::debug!("metrics: client too slow"),
@@ -100,7 +113,9 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
 }
 
 async fn answer(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<()> {
-    let head = read_head(&mut stream).await?;
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let response = match route(&head) {
         Route::Metrics => {
             let body = tokio::task::block_in_place(|| endpoint.scrape());

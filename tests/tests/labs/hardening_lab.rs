@@ -195,3 +195,170 @@ fn a_daemon_on_a_state_directory_another_daemon_holds_fails_in_one_line_naming_i
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
 }
 
+/// Runs the CLI, giving up after `within`.
+fn cli_within(d: &Daemon, args: &[&str], within: Duration) -> Option<Output> {
+    let child = Command::new(enforcer_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + within;
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    while !waiter.is_finished() {
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = waiter.join();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap().ok()
+}
+
+fn set_nofile(pid: u32, n: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-value pointer.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+fn scrape(lab: &Lab, addr: SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    lab.receiver
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap()
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_leave_the_daemon_descriptors_to_protect_with() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    lab.receiver.ip(&["link", "set", "lo", "up"]).unwrap();
+    let port = lab
+        .receiver
+        .run(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let late = unique_name("hd").chars().take(12).collect::<String>();
+    let d = Daemon::start(
+        &lab,
+        &["--metrics-listen", &addr.to_string(), "--iface", &late],
+    )
+    .unwrap();
+    let pid = d.pid().unwrap();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    // Room for the daemon's own work, not for 300 idle clients.
+    set_nofile(pid, open + 64);
+
+    // As many as the listen queue takes, up to 300 (far past the daemon's descriptors).
+    let idle: Vec<TcpStream> = lab
+        .receiver
+        .run(|| {
+            (0..300)
+                .map_while(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+                .collect()
+        })
+        .unwrap();
+    println!("{} idle connections open", idle.len());
+    assert!(idle.len() >= 100, "only {} connections", idle.len());
+    let held = Instant::now();
+    // The daemon had a moment to accept them all.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A block through the control socket still answers, and drops real packets.
+    let out = cli_within(
+        &d,
+        &["block", SENDER_V4[1], "--ttl", "10m"],
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "the control socket did not answer within 3 s; log:\n{}",
+            d.log()
+        )
+    });
+    ok(&out);
+    assert_eq!(lab.passes(SENDER_V4[1]), 0, "the block drops packets");
+    // An interface that appears now is read (RTM_GETLINK) and protected.
+    lab.receiver
+        .ip(&[
+            "link",
+            "add",
+            &late,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{late}p"),
+        ])
+        .unwrap();
+    lab.receiver.ip(&["link", "set", &late, "up"]).unwrap();
+    wait_for(
+        "the new interface to be protected",
+        Duration::from_secs(5),
+        || {
+            let Some(out) = cli_within(&d, &["status", "--json"], Duration::from_secs(3)) else {
+                return Ok(None);
+            };
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok(v["interfaces"]
+                .as_array()
+                .is_some_and(|rows| {
+                    rows.iter()
+                        .any(|r| r["iface"] == late.as_str() && r["state"] == "protected")
+                })
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", d.log()));
+    println!(
+        "with {} idle metrics connections: block answered and {late} protected within {:?}",
+        idle.len(),
+        held.elapsed()
+    );
+    let log = d.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the daemon ran out of descriptors: {log}"
+    );
+
+    drop(idle);
+    let text = wait_for("a scrape", Duration::from_secs(30), || {
+        Ok(scrape(&lab, addr)
+            .ok()
+            .filter(|t| t.starts_with("HTTP/1.1 200")))
+    })
+    .unwrap();
+    assert!(text.contains("enforcer_blocks"), "{text}");
+}
+
