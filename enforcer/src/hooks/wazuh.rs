@@ -35,7 +35,7 @@
 
 use std::{
     io::{self, Write as _},
-    os::{fd::AsFd as _, unix::fs::OpenOptionsExt as _},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -537,13 +537,10 @@ impl ArLog {
         let line = self.line(SystemTime::now(), message);
         let _ = io::stderr().write_all(line.as_bytes());
         if let Some(path) = &self.path {
-            // Wazuh's group can write its logs directory: never follow a link planted there.
-            let _ = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o640)
-                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                .open(path)
+            // Wazuh's group can write its logs directory: never follow a link planted there,
+            // and never wait on a FIFO (O_NONBLOCK; anything but a regular file is refused).
+            let _ = crate::safe_fs::open_append(path, 0o640)
+                .map_err(io::Error::from)
                 .and_then(|mut f| f.write_all(line.as_bytes()));
         }
     }
@@ -862,6 +859,33 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_fifo_planted_as_the_log_does_not_hang_the_hook() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("logs")).unwrap();
+        let fifo = home.path().join(LOG_FILE);
+        // Wazuh's group can write the logs directory, so it can put a FIFO there.
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o660)).unwrap();
+        let log = ArLog::new(home.path(), "enforcer-block");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            log.write("a line");
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "writing the log blocks on a FIFO nobody reads"
+        );
+        assert!(
+            std::fs::symlink_metadata(&fifo)
+                .unwrap()
+                .file_type()
+                .is_fifo(),
+            "the FIFO is left alone"
+        );
+    }
 
     fn message(command: &str, data: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
