@@ -4,8 +4,32 @@ use std::io::IsTerminal as _;
 
 use crate::{block::UnixMillis, duration::format_secs_short};
 
-/// Prints rows as an aligned table (first row is the header).
+/// `s` safe to print on a terminal: control characters (escape sequences that retitle the
+/// window or recolour it, a carriage return that overwrites the line, C1 controls) are shown as
+/// Rust escapes (`\u{1b}`, `\r`). Reasons, comments and LAPI errors come from other parties.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// Prints rows as an aligned table (first row is the header); cells are [`printable`].
 pub fn table(rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let rows = &rows[..];
     let Some(header) = rows.first() else { return };
     let mut widths = vec![0; header.len()];
     for row in rows {
@@ -87,4 +111,16 @@ pub fn bytes(n: u64) -> String {
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(super::printable("plain text"), "plain text");
+        assert_eq!(
+            super::printable("a\u{1b}]0;t\u{7}b\u{1b}[31m\rc\u{9b}d"),
+            "a\\u{1b}]0;t\\u{7}b\\u{1b}[31m\\rc\\u{9b}d"
+        );
+    }
 }

@@ -43,7 +43,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
                     s.mode,
                     super::output::time_left(s.expires_ms),
                     super::output::timestamp(s.created_ms),
-                    s.reason.summary()
+                    super::output::printable(&s.reason.summary())
                 );
             }
             println!(

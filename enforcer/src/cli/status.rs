@@ -183,6 +183,8 @@ fn print_crowdsec(cs: &crate::protocol::CrowdsecStatus) {
         cs.applied, cs.refused, cs.pending, cs.ignored, cs.invalid, cs.usage_metrics
     );
     if let Some(e) = &cs.last_error {
+        // The LAPI's answer, quoted: shown escaped.
+        let e = super::output::printable(e);
         if cs.last_error_ms > cs.last_pull_ms {
             println!(
                 "crowdsec: FAILING since {} ({} failed pulls since start): {e}",

@@ -362,3 +362,28 @@ fn idle_connections_to_the_metrics_port_leave_the_daemon_descriptors_to_protect_
     assert!(text.contains("enforcer_blocks"), "{text}");
 }
 
+#[test]
+fn escape_sequences_in_a_reason_reach_the_terminal_escaped_in_list_and_show() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    // A title change, a colour and a carriage return that would overwrite the line.
+    let reason = "brute\u{1b}]0;owned\u{7}force\u{1b}[31m\rcleared";
+    ok(&d.cli(&["block", SENDER_V4[0], "--ttl", "1h", "--reason", reason]));
+    for args in [&["list"][..], &["show", SENDER_V4[0]][..]] {
+        let out = d.cli(args);
+        let text = ok(&out);
+        assert!(
+            !text.bytes().any(|b| b == 0x1b || b == 0x07 || b == b'\r'),
+            "`enforcer {}` writes the reason's control characters raw: {text:?}",
+            args.join(" ")
+        );
+        assert!(
+            text.contains("brute") && text.contains("force") && text.contains("cleared"),
+            "the reason is still shown: {text}"
+        );
+    }
+    // --json keeps the reason exactly (JSON escapes it).
+    let list = d.list(&[]);
+    assert_eq!(list[0].sources[0].reason.summary(), reason);
+}
