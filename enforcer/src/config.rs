@@ -230,7 +230,34 @@ impl Config {
             column: 0,
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let config = Self::parse(&text, &path.display().to_string())?;
+        config.refuse_readable_api_key(path, &text)?;
+        Ok(config)
+    }
+
+    /// An API key written in the file is a secret: refused when the file is readable by its
+    /// group or by others (the package installs it 0644 for the rest of the configuration).
+    fn refuse_readable_api_key(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if self.crowdsec.as_ref().is_none_or(|c| c.api_key.is_none()) {
+            return Ok(());
+        }
+        let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777) else {
+            return Ok(());
+        };
+        if mode & 0o044 == 0 {
+            return Ok(());
+        }
+        let (line, column) = find_key(text, "api_key").map_or((1, 1), |s| line_col(text, s.start));
+        Err(ConfigError {
+            path: path.display().to_string(),
+            line,
+            column,
+            message: format!(
+                "crowdsec.api_key is a secret in a file other users can read (mode {mode:o}): move it to api_key_file (mode 600), or run `chmod 600 {}`",
+                path.display()
+            ),
+        })
     }
 
     /// Parses and validates configuration text; `name` is used in errors.
@@ -333,6 +360,28 @@ fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inline_api_key_in_a_file_others_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enforcer.toml");
+        std::fs::write(
+            &path,
+            "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi_key = \"abc\"\n",
+        )
+        .unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(":3:") && e.contains("api_key_file") && e.contains("chmod 600"),
+                "mode {mode:o}: {e}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path).is_ok());
+    }
 
     #[test]
     fn defaults_and_overrides() {

@@ -613,6 +613,8 @@ fn fake_config(dir: &Path, port: u16, extra: &str) -> Result<String> {
             "[crowdsec]\napi_url = \"http://127.0.0.1:{port}\"\napi_key = \"fakekey\"\nupdate_frequency = \"1s\"\nmax_response_bytes = 65536\n{extra}"
         ),
     )?;
+    // An inline key is refused in a file others can read.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(path.to_string_lossy().into_owned())
 }
 
