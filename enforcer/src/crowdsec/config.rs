@@ -308,6 +308,38 @@ impl CrowdsecConfig {
     }
 }
 
+impl CrowdsecConfig {
+    /// The addresses `api_url` names or resolves to (now, once): the daemon allowlists them,
+    /// since a block of the LAPI would stop every later pull, the deletion of that block
+    /// included. An unresolvable name gives none (the pulls report it).
+    pub fn lapi_addresses(&self) -> Vec<std::net::IpAddr> {
+        use std::net::ToSocketAddrs as _;
+        let Ok(url) = reqwest::Url::parse(&self.api_url) else {
+            return Vec::new();
+        };
+        let Some(host) = url.host_str() else {
+            return Vec::new();
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return vec![ip];
+        }
+        let port = url.port_or_known_default().unwrap_or(8080);
+        match (bare, port).to_socket_addrs() {
+            Ok(addrs) => {
+                let mut ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+                ips.sort_unstable();
+                ips.dedup();
+                ips
+            }
+            Err(e) => {
+                tracing::warn!(host = bare, error = %e, "cannot resolve the LAPI's host name; its addresses are not allowlisted");
+                Vec::new()
+            }
+        }
+    }
+}
+
 /// Whether the URL's host is this machine's loopback (`127.0.0.0/8`, `::1`, `localhost`).
 fn is_loopback(url: &reqwest::Url) -> bool {
     let Some(host) = url.host_str() else {

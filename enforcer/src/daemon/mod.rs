@@ -242,6 +242,7 @@ fn open_engine(
             policy: config.policy.clone(),
             allowlist: config.allowlist.prefixes.clone(),
             builtin_allowlist: config.allowlist.builtin,
+            also_builtin: lapi_addresses(config),
             access: access.clone(),
             outbox,
         },
@@ -310,6 +311,21 @@ fn attach_interfaces(
         engine.datapath().remove_stale_layouts();
     }
     Ok(layout)
+}
+
+/// The CrowdSec LAPI's addresses, for the builtin allowlist.
+fn lapi_addresses(config: &Config) -> Vec<crate::policy::host::HostAddress> {
+    config
+        .crowdsec
+        .as_ref()
+        .map(|cs| cs.lapi_addresses())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|ip| crate::policy::host::HostAddress {
+            target: crate::target::Target::host(ip),
+            what: "crowdsec LAPI",
+        })
+        .collect()
 }
 
 /// Follows the host's addresses and gateways into the builtin allowlist.

@@ -1483,3 +1483,54 @@ fn plain_http_to_a_remote_lapi_is_refused_unless_configured_insecure() -> Result
     }
     Ok(())
 }
+
+/// A decision against the LAPI's own address would cut the bouncer off the LAPI for good (the
+/// deletion could never arrive): the LAPI's address is in the builtin allowlist, so the policy
+/// refuses that decision and the pulls go on. The LAPI here is across the protected interface,
+/// so a block of its address would drop its answers.
+#[test]
+fn a_decision_against_the_lapi_itself_is_refused_and_pulls_go_on() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let lapi_addr = SENDER_V4[2];
+    let fake = FakeLapi::start_in(&lab.sender, &format!("{lapi_addr}:0"), 404)?;
+    fake.script.lock().unwrap()[0] = (
+        200,
+        format!(
+            r#"{{"new":[{},{}],"deleted":null}}"#,
+            decision(1, lapi_addr, "1h"),
+            decision(2, SENDER_V4[1], "1h")
+        )
+        .into_bytes(),
+    );
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[crowdsec]\napi_url = \"http://{lapi_addr}:{}\"\napi_key = \"fakekey\"\nupdate_frequency = \"1s\"\ninsecure_http = true\n",
+            fake.port
+        ),
+    )?;
+    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    let pulls = crowdsec(&daemon).pulls;
+    let cs = wait_for("three more pulls", WITHIN_ONE_POLL * 2, || {
+        let cs = crowdsec(&daemon);
+        Ok((cs.pulls >= pulls + 3).then_some(cs))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", crowdsec(&daemon)))?;
+    assert_eq!(cs.refused, 1, "the decision against the LAPI: {cs:?}");
+    assert!(
+        sources_of(&daemon, lapi_addr).is_empty(),
+        "{lapi_addr} is not blocked"
+    );
+    let allow = daemon.allowlist();
+    assert!(
+        allow
+            .iter()
+            .any(|a| a.target.to_string() == lapi_addr && a.origin.contains("crowdsec LAPI")),
+        "{allow:?}"
+    );
+    Ok(())
+}

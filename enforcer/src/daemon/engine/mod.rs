@@ -63,6 +63,8 @@ pub struct Engine {
     dp: Datapath,
     audit: AuditLog,
     builtin_allowlist: bool,
+    /// Addresses allowlisted with the host's (the CrowdSec LAPI's).
+    also_builtin: Vec<host::HostAddress>,
     /// The configured interfaces and what is known of each.
     interfaces: Interfaces,
     /// The mode to attach in.
@@ -282,6 +284,7 @@ impl Engine {
         }
         let wanted = now
             .into_iter()
+            .chain(self.also_builtin.iter().cloned())
             .map(|h| (h.target, h.what.to_owned()))
             .collect();
         let mut change = Change::default();

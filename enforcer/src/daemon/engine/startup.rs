@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub allowlist: Vec<Target>,
     /// Allowlist loopback, the host's addresses and its default gateways.
     pub builtin_allowlist: bool,
+    /// Addresses the daemon depends on beyond the host's, allowlisted with them (the CrowdSec
+    /// LAPI's).
+    pub also_builtin: Vec<host::HostAddress>,
     /// Who may do what on the control socket.
     pub access: AccessPolicy,
     /// Blocks to publish to the CrowdSec LAPI (off when no source is published).
@@ -60,6 +63,7 @@ impl Engine {
             dp,
             audit,
             builtin_allowlist: config.builtin_allowlist,
+            also_builtin: config.also_builtin,
             interfaces: Interfaces::default(),
             xdp_mode: XdpModeRequest::Auto,
             prog_id: 0,
@@ -171,7 +175,10 @@ impl Engine {
             self.ledger.init_allow(target, origin);
         }
         if self.builtin_allowlist {
-            for h in host::host_addresses()? {
+            for h in host::host_addresses()?
+                .into_iter()
+                .chain(self.also_builtin.iter().cloned())
+            {
                 self.ledger.init_allow(
                     h.target,
                     AllowOrigin::Builtin {
