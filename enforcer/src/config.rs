@@ -165,7 +165,17 @@ pub struct CapacityConfig {
     pub prefixes: u32,
     /// Allowlist prefixes.
     pub allow: u32,
+    /// The most of each block map one source other than `cli` and the force sources may
+    /// hold, in percent.
+    pub source_share: u8,
+    /// The end of each block map kept for `cli` and forced blocks, in percent.
+    pub reserved_share: u8,
 }
+
+/// `capacity.source_share` by default (percent).
+pub const DEFAULT_SOURCE_SHARE: u8 = 50;
+/// `capacity.reserved_share` by default (percent).
+pub const DEFAULT_RESERVED_SHARE: u8 = 5;
 
 impl Default for CapacityConfig {
     fn default() -> Self {
@@ -174,6 +184,8 @@ impl Default for CapacityConfig {
             addresses: c.addresses,
             prefixes: c.prefixes,
             allow: c.allow,
+            source_share: DEFAULT_SOURCE_SHARE,
+            reserved_share: DEFAULT_RESERVED_SHARE,
         }
     }
 }
@@ -287,6 +299,18 @@ impl Config {
                     format!("capacity.{key} must be at least 1"),
                 ));
             }
+        }
+        if !(1..=100).contains(&cap.source_share) {
+            return Err(located(
+                key_span("source_share"),
+                "capacity.source_share is a percentage from 1 to 100".to_owned(),
+            ));
+        }
+        if cap.reserved_share > 50 {
+            return Err(located(
+                key_span("reserved_share"),
+                "capacity.reserved_share is a percentage from 0 to 50".to_owned(),
+            ));
         }
         if let Err((key, message)) = config.control_socket.validate() {
             return Err(located(

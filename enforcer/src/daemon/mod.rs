@@ -245,6 +245,10 @@ fn open_engine(
             also_builtin: lapi_addresses(config),
             access: access.clone(),
             outbox,
+            shares: ledger::Shares {
+                source_percent: config.capacity.source_share,
+                reserved_percent: config.capacity.reserved_share,
+            },
         },
     )
 }

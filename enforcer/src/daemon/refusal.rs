@@ -34,6 +34,36 @@ pub enum Refusal {
         /// Its capacity.
         capacity: u32,
     },
+    /// The source holds its share of the map already.
+    #[error(
+        "source `{by}` holds its share of the {map} map ({share} of {capacity} entries: capacity.source_share = {percent}%); nothing was evicted. Unblock some of its targets, or raise source_share"
+    )]
+    ShareFull {
+        /// The source (not `source`: thiserror takes a field of that name for the cause).
+        by: crate::block::Source,
+        /// The map's name.
+        map: &'static str,
+        /// Entries one source may hold.
+        share: u64,
+        /// The map's capacity.
+        capacity: u32,
+        /// `capacity.source_share`.
+        percent: u8,
+    },
+    /// Only the entries kept for `cli` and forced blocks are left.
+    #[error(
+        "the {map} map is full for source `{by}`: its last {reserved} of {capacity} entries are kept for `cli` and forced blocks (capacity.reserved_share); nothing was evicted. Raise [capacity] or unblock targets"
+    )]
+    Reserved {
+        /// The source (not `source`: thiserror takes a field of that name for the cause).
+        by: crate::block::Source,
+        /// The map's name.
+        map: &'static str,
+        /// The map's capacity.
+        capacity: u32,
+        /// Entries kept.
+        reserved: u64,
+    },
     /// Approval is required, but as many requests as allowed already wait for it.
     #[error(
         "approval is required, but {limit} requests already wait for it (the limit); approve or reject some (`enforcer pending`), or raise policy.approval.max_pending"
@@ -76,7 +106,9 @@ impl Refusal {
             Self::Policy { .. } | Self::NotRemovable { .. } | Self::PendingFull { .. } => {
                 ErrorCode::Refused
             }
-            Self::MapFull { .. } => ErrorCode::MapFull,
+            Self::MapFull { .. } | Self::ShareFull { .. } | Self::Reserved { .. } => {
+                ErrorCode::MapFull
+            }
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Denied(_) => ErrorCode::PermissionDenied,

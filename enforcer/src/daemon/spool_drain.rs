@@ -184,7 +184,11 @@ fn settle(
         Ok(Err(refusal))
             if matches!(
                 refusal,
-                Refusal::Store(_) | Refusal::Kernel(_) | Refusal::MapFull { .. }
+                Refusal::Store(_)
+                    | Refusal::Kernel(_)
+                    | Refusal::MapFull { .. }
+                    | Refusal::ShareFull { .. }
+                    | Refusal::Reserved { .. }
             ) =>
         {
             // Not a verdict on the request (the store failed, a map is full): keep it and

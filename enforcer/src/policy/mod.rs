@@ -675,6 +675,24 @@ impl Policy {
         }
     }
 
+    /// Whether `source` may force (`policy.force_sources`, or its own `allow_force`): such
+    /// sources, like `cli`, keep the kernel maps' reserve and have no share of them.
+    pub fn may_force(&self, source: &Source) -> bool {
+        self.config
+            .source(source)
+            .allow_force
+            .unwrap_or_else(|| self.config.force_sources.contains(source))
+    }
+
+    /// The longest TTL `source` may give (its own `max_ttl`, within the global one).
+    pub fn max_ttl(&self, source: &Source) -> Duration {
+        self.config
+            .source(source)
+            .max_ttl
+            .map_or(self.config.max_ttl.0, |d| d.0)
+            .min(self.config.max_ttl.0)
+    }
+
     /// How long pending requests wait.
     pub fn pending_ttl(&self) -> Duration {
         self.config.approval.pending_ttl.0

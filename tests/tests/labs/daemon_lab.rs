@@ -591,8 +591,19 @@ fn a_daemon_that_stops_answering_mid_request_exits_1_with_one_line() {
 fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusal() {
     require_root();
     let lab = Lab::new().unwrap();
-    let d = Daemon::start(&lab, &["--max-addresses", "3"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // A map of 3 undivided: one source may fill it (docs/policy.md, "Shares of the kernel maps").
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(
+        &config,
+        "[capacity]\nsource_share = 100\nreserved_share = 0\n",
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &lab,
+        &["--max-addresses", "3", "--config", config.to_str().unwrap()],
+    )
+    .unwrap();
     // The receiver's own address is allowlisted: refused (7); the others go in.
     let file = dir.path().join("feed.txt");
     std::fs::write(

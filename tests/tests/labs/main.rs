@@ -18,6 +18,7 @@ mod mount_namespace_lab;
 mod operability;
 mod package;
 mod policy_lab;
+mod quota_lab;
 mod spool_lab;
 mod verdicts;
 mod wazuh_hook;

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub access: AccessPolicy,
     /// Blocks to publish to the CrowdSec LAPI (off when no source is published).
     pub outbox: ledger::Outbox,
+    /// How the block maps are divided between sources.
+    pub shares: ledger::Shares,
 }
 
 impl Engine {
@@ -56,7 +58,7 @@ impl Engine {
         audit: AuditLog,
         config: EngineConfig,
     ) -> anyhow::Result<Self> {
-        let capacity = Capacity::new(&dp.maps().capacities());
+        let capacity = Capacity::new(&dp.maps().capacities(), config.shares);
         let mut engine = Self {
             ledger: Ledger::new(Policy::new(config.policy, config.default_ttl), capacity),
             store,

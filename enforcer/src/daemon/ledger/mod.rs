@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-pub use capacity::Capacity;
+pub use capacity::{Capacity, Shares};
 pub use clock::{ClockChange, REBASE_DRIFT_MS, is_step};
 pub use offenses::MAX_OFFENDERS;
 use offenses::Offenses;
@@ -279,6 +279,9 @@ impl Ledger {
             let blocks = self.blocks.entry(target).or_default();
             if blocks.by_source.is_empty() {
                 self.capacity.add(&target, 1);
+            }
+            if !blocks.by_source.contains_key(&block.source) {
+                self.capacity.add_held(&target, &block.source, 1);
             }
             blocks.by_source.insert(block.source.clone(), block);
         }
@@ -531,7 +534,22 @@ impl Ledger {
         };
         let target = req.target;
         let is_new_target = !self.blocks.contains_key(&target);
-        if is_new_target && let Err(full) = self.capacity.check(&target) {
+        let is_new_for_source = !self.has_block(&target, &req.source);
+        // `cli` and the force sources keep the reserve and have no share (see capacity.rs).
+        let exempt = req.force || req.source == Source::cli() || self.policy.may_force(&req.source);
+        let fits = if is_new_target {
+            self.capacity.check(&target, &req.source, exempt)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| {
+            if is_new_for_source {
+                self.capacity.check_share(&target, &req.source, exempt)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(full) = fits {
             return Err(self.refuse(c, &req, &reason, full));
         }
         let fresh = Fresh {
@@ -554,6 +572,9 @@ impl Ledger {
         if is_new_target {
             self.capacity.add(&target, 1);
             self.record_offense(c, &target, now);
+        }
+        if is_new_for_source {
+            self.capacity.add_held(&target, &block.source, 1);
         }
         c.ops.push(StoreOp::Put(Record {
             target,
@@ -626,11 +647,15 @@ impl Ledger {
         refusal: Refusal,
     ) -> Refusal {
         let detail = match &refusal {
-            Refusal::MapFull { .. } => format!("rule `capacity`: {refusal}"),
+            Refusal::MapFull { .. } | Refusal::ShareFull { .. } | Refusal::Reserved { .. } => {
+                format!("rule `capacity`: {refusal}")
+            }
             other => other.to_string(),
         };
         match &refusal {
-            Refusal::MapFull { .. } => c.refused.push(("capacity", req.source.clone())),
+            Refusal::MapFull { .. } | Refusal::ShareFull { .. } | Refusal::Reserved { .. } => {
+                c.refused.push(("capacity", req.source.clone()));
+            }
             Refusal::PendingFull { .. } => c.refused.push(("pending_full", req.source.clone())),
             Refusal::Policy { rule, .. } => c.refused.push((rule.as_str(), req.source.clone())),
             _ => {}
@@ -790,6 +815,7 @@ impl Ledger {
             self.blocks.remove(target);
             self.capacity.add(target, -1);
         }
+        self.capacity.add_held(target, source, -1);
         self.unindex(target, &removed);
         c.ops.push(StoreOp::Delete(*target, source.clone()));
         Some(removed)
@@ -949,12 +975,14 @@ impl Ledger {
             if let Some(now) = self.blocks.remove(&target) {
                 for b in now.by_source.values() {
                     self.unindex(&target, b);
+                    self.capacity.add_held(&target, &b.source, -1);
                 }
                 self.capacity.add(&target, -1);
             }
             if let Some(before) = before {
                 for b in before.by_source.values() {
                     self.index(&target, b);
+                    self.capacity.add_held(&target, &b.source, 1);
                 }
                 self.capacity.add(&target, 1);
                 self.blocks.insert(target, before);

@@ -84,7 +84,7 @@ impl Ledger {
         (Reply::SyncSource(reply), touched)
     }
 
-    fn has_block(&self, target: &Target, source: &Source) -> bool {
+    pub(super) fn has_block(&self, target: &Target, source: &Source) -> bool {
         self.blocks
             .get(target)
             .is_some_and(|b| b.by_source.contains_key(source))
