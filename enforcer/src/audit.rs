@@ -115,6 +115,10 @@ pub struct Event {
     /// For a spooled trigger replayed by the daemon: its spool file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_file: Option<String>,
+    /// For a line that stands for several events (denials of one caller over an interval):
+    /// how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Event {
@@ -138,6 +142,7 @@ impl Event {
             detail: None,
             spooled_ms: None,
             spool_file: None,
+            count: None,
         }
     }
 

@@ -188,3 +188,39 @@ fn allowlisting_everything_needs_force_and_unspecified_addresses_are_no_targets(
         d.fails_cleanly(&["block", target], 2, "not a block target");
     }
 }
+
+/// A caller repeating denied requests cannot flood the audit log (and rotate the history away):
+/// the first denials of each caller in an interval are written in full, the rest are counted
+/// in one line when the interval ends (here: when the daemon stops), so none goes unrecorded.
+#[test]
+fn a_flood_of_denied_requests_is_audited_in_a_few_lines_that_count_them_all() {
+    require_root();
+    const N: usize = 60;
+    let lab = Lab::new().unwrap();
+    let member = Account::new("enff").unwrap();
+    let (mut d, _dir) = daemon_with(&lab, &format!("socket_group = \"{}\"\n", member.name()));
+    for i in 0..N {
+        let target = format!("198.51.100.{}", i + 1);
+        fails(
+            &as_user(&member, &d, &["block", &target, "--ttl", "10m"]),
+            4,
+            "permission denied",
+        );
+    }
+    d.stop().unwrap();
+    let lines = denials_of(&d, &member);
+    assert!(
+        lines.len() <= 12,
+        "{} lines for {N} denials:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    let counted: usize = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["count"].as_u64().map_or(1, |c| c as usize)
+        })
+        .sum();
+    assert_eq!(counted, N, "every denial is counted:\n{}", lines.join("\n"));
+}

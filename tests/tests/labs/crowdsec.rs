@@ -1534,3 +1534,61 @@ fn a_decision_against_the_lapi_itself_is_refused_and_pulls_go_on() -> Result<()>
     );
     Ok(())
 }
+
+/// Full resyncs (every pull here) of a decision longer than max_ttl and of one the allowlist
+/// refuses: the first is blocked once for max_ttl and not re-extended (one audit line, not one
+/// per resync); the refusal is audited once and remembered while the decision stays the same.
+#[test]
+fn resyncs_neither_re_extend_capped_decisions_nor_re_audit_refusals() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let fake = FakeLapi::start(&lab)?;
+    let allowed = "198.51.100.7";
+    fake.script.lock().unwrap()[0] = (
+        200,
+        format!(
+            r#"{{"new":[{},{}],"deleted":null}}"#,
+            decision(1, SENDER_V4[1], "48h"),
+            decision(2, allowed, "1h")
+        )
+        .into_bytes(),
+    );
+    let dir = tempfile::tempdir()?;
+    let config = fake_config(dir.path(), fake.port, "resync = \"1s\"\n")?;
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!(
+            "[allowlist]\nprefixes = [\"198.51.100.0/24\"]\n\n[policy]\nmax_ttl = \"1h\"\n\n{text}"
+        ),
+    )?;
+    let daemon = Daemon::start(&lab, &["--config", &config])?;
+    wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
+    let full = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET") && r.contains("startup=true"))
+            .count()
+    };
+    wait_for("six full pulls", Duration::from_secs(30), || {
+        Ok((full() >= 6).then_some(()))
+    })?;
+    // The last one applied too.
+    let pulls = crowdsec(&daemon).pulls;
+    wait_for("one more pull", WITHIN_ONE_POLL, || {
+        Ok((crowdsec(&daemon).pulls > pulls).then_some(()))
+    })?;
+    let events = daemon.audit_events();
+    let about = |target: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["target"] == target)
+            .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(about(SENDER_V4[1]), ["block"], "{events:#?}");
+    assert_eq!(about(allowed), ["refuse"], "{events:#?}");
+    let cs = crowdsec(&daemon);
+    assert_eq!(cs.refused, 1, "{cs:?}");
+    Ok(())
+}

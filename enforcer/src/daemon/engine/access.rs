@@ -33,8 +33,9 @@ impl Engine {
         };
         let (target, source) = request_subject(request, &self.ledger);
         tracing::warn!("{denied}");
-        self.audit
-            .record(Event::denied(&denied, target, source.as_ref()));
+        let event = Event::denied(&denied, target, source.as_ref());
+        self.denials
+            .record(&mut self.audit, denied.caller.id.uid, event);
         if let Some(source) = &source {
             self.metrics.refusal("access", source);
         }

@@ -12,6 +12,7 @@
 
 mod access;
 mod command;
+mod denials;
 mod links;
 mod origins;
 mod reaper;
@@ -93,6 +94,8 @@ pub struct Engine {
     carry: Vec<StoreOp>,
     /// Dropped packets and bytes by the origin of each target's block.
     origins: origins::DropsByOrigin,
+    /// Denied requests per caller, for the audit log.
+    denials: denials::Denials,
 }
 
 /// Whether a request only reads (answered after the round's writes).
@@ -157,6 +160,7 @@ impl Engine {
             }
             self.reap();
             self.count_origins(false);
+            self.denials.flush(&mut self.audit, false);
             self.publish_metrics();
             if let Some(mut h) = self.heartbeat.take() {
                 h.beat(|| self.status_line());
@@ -164,6 +168,7 @@ impl Engine {
             }
         }
         // Every audit line, the writer thread's too, is in the file before the daemon exits.
+        self.denials.flush(&mut self.audit, true);
         self.audit.close();
         tracing::info!("engine stopped; blocks stay in force in the kernel");
     }

@@ -80,6 +80,7 @@ impl Engine {
             clock: TimeKeeper::new(SystemClock, time::boot_id()),
             carry: Vec::new(),
             origins: super::origins::DropsByOrigin::default(),
+            denials: super::denials::Denials::default(),
         };
         engine.ledger.set_time_base(engine.clock.base());
         let mut outbox = config.outbox;

@@ -167,6 +167,8 @@ pub struct Ledger {
     clock_steps: crate::protocol::ClockSteps,
     /// Blocks on their way to the CrowdSec LAPI.
     outbox: Outbox,
+    /// Feed items refused, so that a resync does not audit the same refusal again.
+    feed_refusals: sync::FeedRefusals,
 }
 
 /// A block as a request asks for it, after policy.
@@ -258,6 +260,7 @@ impl Ledger {
             requests: AppliedIds::default(),
             clock_steps: crate::protocol::ClockSteps::default(),
             outbox: Outbox::default(),
+            feed_refusals: sync::FeedRefusals::default(),
         }
     }
 

@@ -1,9 +1,13 @@
 //! `sync_source`: one source's blocks made to say what a feed (CrowdSec) says, in one change.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{Change, Ledger};
 use crate::{
+    audit::Action,
     block::{Reason, Source, UnixMillis},
     protocol::{BatchFailure, BlockRequest, Outcome, Reply, SyncReply, SyncRequest},
     target::Target,
@@ -11,6 +15,43 @@ use crate::{
 
 /// A synced block whose end is this close to the feed's is left as it is.
 const SYNC_SLACK_MS: u64 = 2_000;
+
+/// A feed's items the policy refused, remembered so that the next resync, asking the same
+/// again, is refused without a second audit line (a blocklist with broad ranges would write
+/// thousands at every resync). The item is still judged each time (an allowlist entry removed
+/// since lets it through); only an identical refusal of an identical item goes unaudited.
+#[derive(Debug, Default)]
+pub struct FeedRefusals(HashMap<(Source, Target), Refused>);
+
+/// What was refused: the item (its reason and wanted end) and the refusal's message.
+#[derive(Debug)]
+struct Refused {
+    reason: Arc<Reason>,
+    wanted: UnixMillis,
+    message: String,
+}
+
+impl FeedRefusals {
+    /// Records a refusal; whether the same item was refused the same way before.
+    fn repeat(&mut self, key: (Source, Target), now: Refused) -> bool {
+        let same = self.0.get(&key).is_some_and(|was| {
+            was.reason == now.reason
+                && was.message == now.message
+                && was.wanted.abs_diff(now.wanted) <= SYNC_SLACK_MS
+        });
+        self.0.insert(key, now);
+        same
+    }
+
+    /// Forgets the refusals of a source's targets the feed no longer names.
+    fn keep_only(&mut self, source: &Source, named: &HashSet<Target>) {
+        self.0.retain(|(s, t), _| s != source || named.contains(t));
+    }
+
+    fn forget(&mut self, source: &Source, target: Target) {
+        self.0.remove(&(source.clone(), target));
+    }
+}
 
 impl Ledger {
     /// Makes one source's blocks match a feed (see [`SyncRequest`]). Each item goes through the
@@ -28,12 +69,16 @@ impl Ledger {
         let mut touched = Vec::new();
         let gone: Vec<Target> = if req.replace {
             let keep: HashSet<Target> = req.items.iter().map(|i| i.target).collect();
+            self.feed_refusals.keep_only(&source, &keep);
             self.blocks
                 .iter()
                 .filter(|(t, b)| b.by_source.contains_key(&source) && !keep.contains(t))
                 .map(|(t, _)| *t)
                 .collect()
         } else {
+            for t in &req.remove {
+                self.feed_refusals.forget(&source, *t);
+            }
             req.remove
                 .into_iter()
                 .filter(|t| self.has_block(t, &source))
@@ -68,17 +113,36 @@ impl Ledger {
                 shadow: false,
                 force: false,
             };
-            match self.block_until(c, one, item.reason, false, now, Some(wanted)) {
-                Ok(r) if r.outcome == Outcome::Pending => reply.pending += 1,
+            let audited = c.events.len();
+            match self.block_until(c, one, item.reason.clone(), false, now, Some(wanted)) {
                 Ok(r) => {
-                    reply.applied += 1;
-                    touched.push(r.target);
+                    self.feed_refusals.forget(&source, item.target);
+                    if r.outcome == Outcome::Pending {
+                        reply.pending += 1;
+                    } else {
+                        reply.applied += 1;
+                        touched.push(r.target);
+                    }
                 }
-                Err(e) => reply.failed.push(BatchFailure {
-                    index,
-                    target: item.target,
-                    error: e.to_body(),
-                }),
+                Err(e) => {
+                    let refused = Refused {
+                        reason: item.reason,
+                        wanted,
+                        message: e.to_string(),
+                    };
+                    if self
+                        .feed_refusals
+                        .repeat((source.clone(), item.target), refused)
+                    {
+                        // Asked and refused the same way before: audited then.
+                        remove_refusal_lines(c, audited);
+                    }
+                    reply.failed.push(BatchFailure {
+                        index,
+                        target: item.target,
+                        error: e.to_body(),
+                    });
+                }
             }
         }
         (Reply::SyncSource(reply), touched)
@@ -90,6 +154,10 @@ impl Ledger {
             .is_some_and(|b| b.by_source.contains_key(source))
     }
 
+    /// Whether the source's block already ends as the feed asks (within the slack), or as close
+    /// to it as the policy allows: a block capped at the source's `max_ttl` when it was made or
+    /// last changed is in force as asked while the feed wants it longer (re-asking would only
+    /// extend it by the time since, and audit that, at every resync).
     fn in_force_as_asked(
         &self,
         target: &Target,
@@ -97,14 +165,31 @@ impl Ledger {
         wanted: UnixMillis,
         reason: &Arc<Reason>,
     ) -> bool {
+        let max_ttl = self.policy.max_ttl(source).as_millis() as u64;
         self.blocks
             .get(target)
             .and_then(|b| b.by_source.get(source))
             .is_some_and(|b| {
-                b.expires_ms
-                    .is_some_and(|e| e.abs_diff(wanted) <= SYNC_SLACK_MS)
-                    && b.reason == *reason
+                let Some(end) = b.expires_ms else {
+                    return false;
+                };
+                let capped_end = b.updated_ms.saturating_add(max_ttl);
+                let as_asked = end.abs_diff(wanted) <= SYNC_SLACK_MS
+                    || (wanted > end && end.abs_diff(capped_end) <= SYNC_SLACK_MS);
+                as_asked && b.reason == *reason
             })
+    }
+}
+
+/// Drops the refusal lines a block attempt added to `c` after its first `from` events.
+fn remove_refusal_lines(c: &mut Change, from: usize) {
+    let mut i = from;
+    while i < c.events.len() {
+        if c.events[i].action == Action::Refuse {
+            c.events.remove(i);
+        } else {
+            i += 1;
+        }
     }
 }
 
