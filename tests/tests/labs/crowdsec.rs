@@ -1414,6 +1414,8 @@ fn a_hostile_lapi_answer_is_handled_in_linear_time_with_bounded_bookkeeping() ->
             fake.port
         ),
     )?;
+    // An inline key is refused in a file others can read.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
     let took = wait_dropped(&lab, SENDER_V4[1], true, Duration::from_secs(30));
     eprintln!("{N} decisions for one target applied within {took:?} of the daemon's start");
@@ -1451,6 +1453,8 @@ fn plain_http_to_a_remote_lapi_is_refused_unless_configured_insecure() -> Result
             format!("[crowdsec]\napi_url = \"{url}\"\napi_key = \"abc123\"\n{extra}"),
         )
         .unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         enforcer_tests::daemon::cli(
             Path::new("/nonexistent"),
             &[
@@ -1512,6 +1516,7 @@ fn a_decision_against_the_lapi_itself_is_refused_and_pulls_go_on() -> Result<()>
             fake.port
         ),
     )?;
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
     wait_dropped(&lab, SENDER_V4[1], true, WITHIN_ONE_POLL);
     let pulls = crowdsec(&daemon).pulls;
