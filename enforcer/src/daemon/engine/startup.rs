@@ -105,7 +105,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
             )?;
         }
-        engine.ledger.shift_deadlines(shift);
+        engine.ledger.shift_deadlines(shift, crate::block::now_ms());
         engine.reconcile(shift)?;
         engine.store_time_base(shift, meta.time_base.as_ref())?;
         Ok(engine)

@@ -50,7 +50,7 @@ impl Ledger {
         let mut ops = Vec::new();
         let mut event = None;
         if tick.jump_ms != 0 {
-            let moved = self.shift_deadlines(by_ms);
+            let moved = self.shift_deadlines(by_ms, tick.now);
             ops = self.timed_ops();
             tracing::warn!(
                 step = %describe_jump(tick.jump_ms),
@@ -82,7 +82,13 @@ impl Ledger {
     }
 
     /// Moves every deadline and offense time by `by_ms`; returns how many block deadlines moved.
-    pub fn shift_deadlines(&mut self, by_ms: i64) -> usize {
+    /// A forward step never carries a block past `max_ttl` from `now` (the time after the
+    /// step): a block restored under a clock that was behind (a bad RTC at boot) would keep the
+    /// whole step as extra time at the first NTP step. A block that already ended later before
+    /// the step (a forced one) keeps its deadline.
+    pub fn shift_deadlines(&mut self, by_ms: i64, now: UnixMillis) -> usize {
+        let cap = now
+            .saturating_add(u64::try_from(self.policy.max_ttl().as_millis()).unwrap_or(u64::MAX));
         let timed: Vec<_> = std::mem::take(&mut self.deadlines).into_iter().collect();
         for (_, target, source) in &timed {
             if let Some(b) = self
@@ -90,7 +96,14 @@ impl Ledger {
                 .get_mut(target)
                 .and_then(|b| b.by_source.get_mut(source))
             {
-                b.expires_ms = b.expires_ms.map(|e| shifted(e, by_ms));
+                b.expires_ms = b.expires_ms.map(|e| {
+                    let moved = shifted(e, by_ms);
+                    if by_ms > 0 {
+                        moved.min(cap.max(e))
+                    } else {
+                        moved
+                    }
+                });
                 let block = b.clone();
                 self.index(target, &block);
             }

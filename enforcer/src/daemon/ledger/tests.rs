@@ -1675,6 +1675,47 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
 }
 
 #[test]
+fn a_forward_step_never_carries_a_restored_block_past_max_ttl() {
+    // Booted with the clock 40 days behind: a block with an hour left looks 40 days longer.
+    let clock = crate::time::fake::FakeClock::new(T0 + 100 * DAY, 10_000);
+    let (mut r, mut keeper) = clocked_rig(&clock);
+    let (now, _) = follow(&mut r, &mut keeper);
+    let restored = Record {
+        target: t("192.0.2.1"),
+        block: SourceBlock {
+            source: src("cli"),
+            reason: Default::default(),
+            created_ms: now,
+            updated_ms: now,
+            expires_ms: Some(now + 40 * DAY + HOUR),
+            mode: Mode::Enforce,
+        },
+    };
+    assert!(r.ledger.load_blocks(vec![restored], now).is_empty());
+    r.one(Request::Block(req("192.0.2.2", "cli", Some(3600))), now)
+        .unwrap();
+    // NTP steps it right.
+    clock.step_wall(40 * DAY as i64);
+    let (now, change) = follow(&mut r, &mut keeper);
+    assert!(change.unwrap().event.is_some());
+    let max_ttl = 30 * DAY;
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.1", "cli")
+            .unwrap()
+            .expires_ms,
+        Some(now + max_ttl),
+        "the step is not kept as extra time past max_ttl"
+    );
+    assert_eq!(
+        source_block(&r.ledger, "192.0.2.2", "cli")
+            .unwrap()
+            .expires_ms,
+        Some(now + HOUR),
+        "a block made under the wrong clock keeps its hour"
+    );
+}
+
+#[test]
 fn a_backward_step_neither_lengthens_a_block_nor_a_pending_request() {
     let clock = crate::time::fake::FakeClock::new(T0 + 2 * DAY, 10_000);
     let (mut r, mut keeper) = clocked_rig(&clock);
