@@ -662,11 +662,6 @@ impl Policy {
             .map_or(0, |r| r.ttls.len())
     }
 
-    /// The longest TTL any source may get (`policy.max_ttl`).
-    pub fn max_ttl(&self) -> Duration {
-        self.config.max_ttl.0
-    }
-
     /// The wall clock stepped by `by_ms`: the breakers' times move with it, so a step neither
     /// closes an open breaker nor forgets the rate.
     pub fn shift_clock(&mut self, by_ms: i64) {

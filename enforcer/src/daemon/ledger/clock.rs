@@ -82,15 +82,15 @@ impl Ledger {
     }
 
     /// Moves every deadline and offense time by `by_ms`; returns how many block deadlines moved.
-    /// A forward step never carries a block past `max_ttl` from `now` (the time after the
+    /// A forward step never carries a block past its source's `max_ttl` from `now` (the time after the
     /// step): a block restored under a clock that was behind (a bad RTC at boot) would keep the
     /// whole step as extra time at the first NTP step. A block that already ended later before
     /// the step (a forced one) keeps its deadline.
     pub fn shift_deadlines(&mut self, by_ms: i64, now: UnixMillis) -> usize {
-        let cap = now
-            .saturating_add(u64::try_from(self.policy.max_ttl().as_millis()).unwrap_or(u64::MAX));
         let timed: Vec<_> = std::mem::take(&mut self.deadlines).into_iter().collect();
         for (_, target, source) in &timed {
+            let max_ttl = u64::try_from(self.policy.max_ttl(source).as_millis());
+            let cap = now.saturating_add(max_ttl.unwrap_or(u64::MAX));
             if let Some(b) = self
                 .blocks
                 .get_mut(target)
