@@ -73,13 +73,13 @@ fn within_one_poll(
     let pulled = Instant::now();
     change()?;
     let changed = Instant::now();
-    // The next pull starts one interval after the one just counted began: when the change
-    // took less than half an interval, that pull started after the LAPI had it.
-    let first_after = if changed - pulled < POLL_INTERVAL / 2 {
-        after_pull + 1
-    } else {
-        after_pull + 2
-    };
+    // Pulls start one interval apart (or later), and the one just counted began at most half
+    // an interval before it was counted (fetch, apply, the status call). So pull
+    // `after_pull + k` started after the change when k intervals exceed the change's duration
+    // plus that half: the first such k.
+    let took_change = changed - pulled;
+    let intervals = (took_change + POLL_INTERVAL / 2).as_millis() / POLL_INTERVAL.as_millis();
+    let first_after = after_pull + 1 + u64::try_from(intervals).expect("a few intervals");
     let mut seen = after_pull;
     let (pull, took) = loop {
         seen = wait_for("the next pull", PATIENCE, || {
@@ -94,14 +94,14 @@ fn within_one_poll(
         assert!(
             seen < first_after,
             "{srcs:?}: {got:?} of 10 datagrams passed after pull {seen}, the first that started \
-             after the change (it took {:?} after pull {after_pull}): not applied by that pull",
-            changed - pulled
+             after the change (it took {took_change:?} after pull {after_pull}): not applied by \
+             that pull"
         );
     };
     eprintln!(
-        "the change was enforced by pull {pull} ({:?} after pull {after_pull}; the first pull \
-         surely after it is {first_after}), {took:?} after the LAPI had it",
-        changed - pulled
+        "the change was enforced by pull {pull} (it took {took_change:?} after pull \
+         {after_pull}; the first pull surely after it is {first_after}), {took:?} after the LAPI \
+         had it"
     );
     assert!(
         took <= WITHIN_ONE_POLL,
