@@ -38,8 +38,12 @@ pub mod map_names {
     /// Array of one u64: `CLOCK_BOOTTIME − CLOCK_MONOTONIC` in ns, kept by the daemon (it changes
     /// only across suspend). The data path's "now" is the coarse monotonic clock plus this.
     pub const CLOCK: &str = "CLOCK";
+    /// Per-CPU array of [`Unjudged`](super::Unjudged), one slot per interface like
+    /// [`STATS`]: the frames the parser gave up on, by reason. Added within layout 5: a build
+    /// that finds pins without it creates it (see [`ADDED`]).
+    pub const UNJUDGED: &str = "UNJUDGED";
 
-    /// Every map, in a fixed order.
+    /// Every map the layout had when first released, in a fixed order (see also [`ADDED`]).
     pub const ALL: [&str; 10] = [
         BLOCK_V4,
         BLOCK_V6,
@@ -52,10 +56,19 @@ pub mod map_names {
         HITS,
         CLOCK,
     ];
+
+    /// Maps added to the layout after it was first released: pins made by an earlier build of
+    /// the same layout lack them, and the loader creates them beside the others (nothing that
+    /// build reads changes). Every other map must be there.
+    pub const ADDED: [&str; 1] = [UNJUDGED];
 }
 
-/// The XDP program's name in the object file and in the kernel.
+/// The XDP program's name in the object file and in the kernel: the one for Ethernet links.
 pub const PROGRAM_NAME: &str = "enforcer_xdp";
+
+/// The XDP program for links whose frames start with the IP header (tun, WireGuard, IPIP, GRE,
+/// SIT, PPP): the same lookups after a raw-IP parse.
+pub const PROGRAM_NAME_IP: &str = "enforcer_xdp_ip";
 
 /// Name of the read-only global that switches per-block hit counters on (1) or off (0).
 ///
@@ -318,7 +331,7 @@ pub const ALLOW_ORIGIN_BUILTIN: u32 = 1;
 pub struct Counter {
     /// Packets.
     pub packets: u64,
-    /// Bytes (frame length as XDP sees it).
+    /// Bytes (frame length as XDP sees it: for a multi-buffer frame, its first buffer).
     pub bytes: u64,
 }
 
@@ -361,7 +374,8 @@ pub struct Stats {
     pub shadow: Counter,
     /// Frames that matched only entries past their expiry (awaiting garbage collection).
     pub expired: Counter,
-    /// Frames that were not IPv4/IPv6 or too short to parse; always passed.
+    /// Frames the parser gave up on (any [`unjudged`] reason: not IPv4/IPv6, too short, too
+    /// many VLAN tags...); always passed. [`Unjudged`] says why.
     pub not_ip: Counter,
 }
 
@@ -385,6 +399,48 @@ impl Stats {
             expired: self.expired.plus(o.expired),
             not_ip: self.not_ip.plus(o.not_ip),
         }
+    }
+}
+
+/// Why the parser gave up on a frame (an index into [`Unjudged::reasons`]). Such frames pass,
+/// and count in [`Stats::not_ip`] and in their reason.
+pub mod unjudged {
+    /// Neither IPv4 nor IPv6: another EtherType (ARP, LLDP...), or on a raw-IP link a first
+    /// nibble that is not 4 or 6.
+    pub const NOT_IP: u32 = 0;
+    /// More VLAN tags than the parser reads (it reads two: 802.1ad + 802.1Q, or two 802.1Q).
+    pub const VLAN_DEPTH: u32 = 1;
+    /// The frame ends before the IP header does.
+    pub const TRUNCATED: u32 = 2;
+    /// The headers run past the first buffer of a multi-buffer (jumbo) frame: the parser reads
+    /// only the first buffer, where every driver puts at least the first few hundred bytes.
+    pub const SPLIT_HEADERS: u32 = 3;
+    /// Reasons in use (indexes below this); the value has room for [`SLOTS`].
+    pub const REASONS: u32 = 4;
+    /// Slots in [`Unjudged`](super::Unjudged): room for reasons added later without a layout
+    /// change.
+    pub const SLOTS: usize = 8;
+    /// Names of the reasons, by index, as `stats` and the metrics show them.
+    pub const NAMES: [&str; REASONS as usize] =
+        ["not-ip", "vlan-depth", "truncated", "split-headers"];
+}
+
+/// The frames of one interface slot that the parser gave up on, by [`unjudged`] reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unjudged {
+    /// Indexed by reason.
+    pub reasons: [Counter; unjudged::SLOTS],
+}
+
+impl Unjudged {
+    /// Sums two sets of counters.
+    pub fn plus(self, o: Self) -> Self {
+        let mut out = self;
+        for (a, b) in out.reasons.iter_mut().zip(o.reasons) {
+            *a = a.plus(b);
+        }
+        out
     }
 }
 
@@ -413,6 +469,7 @@ assert_layout!(Counter, 16, { packets: 0, bytes: 8 });
 assert_layout!(Stats, 7 * 16, {
     seen: 0, passed: 16, dropped: 32, allowlisted: 48, shadow: 64, expired: 80, not_ip: 96,
 });
+assert_layout!(Unjudged, unjudged::SLOTS * 16, { reasons: 0 });
 
 #[cfg(feature = "user")]
 mod pod {
@@ -422,6 +479,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllowValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::Stats {}
+    unsafe impl aya::Pod for super::Unjudged {}
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! The enforcer's data path: an XDP program that drops frames whose source address is blocked.
 //!
-//! Per frame: parse Ethernet (up to two VLAN tags) and the IPv4/IPv6 source address; look the
+//! Two programs share everything after the parse: `enforcer_xdp` for Ethernet links (up to two
+//! VLAN tags) and `enforcer_xdp_ip` for links whose frames start with the IP header (tun,
+//! WireGuard, IPIP, GRE, SIT, PPP); the daemon picks one by the link's type when it attaches.
+//! Both are multi-buffer aware (`xdp.frags`), so native mode works at any MTU; they read the
+//! headers from the first buffer only (see [`unjudged::SPLIT_HEADERS`]).
+//!
+//! Per frame: parse the link's header and the IPv4/IPv6 source address; look the
 //! source up among the exact-address blocks (hash, flat cost) and then, if the prefix prefilter
 //! says a prefix block may cover it, the prefix blocks (LPM trie); an entry past its expiry
 //! counts as absent. Only when a live block matched, and only if the daemon flagged that block
@@ -12,7 +18,8 @@
 //! daemon keeps) and counts in the CPU's own hit slot, so CPUs hitting one block do not fight
 //! over its cache line.
 //!
-//! Anything that cannot be parsed passes: the program never drops what it did not match.
+//! Anything that cannot be parsed passes, counted by why (the UNJUDGED map): the program never
+//! drops what it did not match.
 #![no_std]
 #![no_main]
 // The BPF target has no `AtomicU64::fetch_add`; the intrinsic lowers to BPF_ATOMIC_ADD.
@@ -28,8 +35,9 @@ use core::{
 };
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_xdp_get_buff_len},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
@@ -37,7 +45,7 @@ use aya_ebpf::{
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
     FLAG_ALLOW_OVERLAP, HIT_SLOT_STALE_NS, HIT_SLOTS, HitSlot, MAX_NESTED_PREFIXES, MODE_ENFORCE,
-    STATS_SLOTS, Stats, hit_slot_words, prefilter, slot_tag, slot_tag_parts,
+    STATS_SLOTS, Stats, Unjudged, hit_slot_words, prefilter, slot_tag, slot_tag_parts, unjudged,
 };
 
 #[map(name = "BLOCK_V4")]
@@ -65,6 +73,8 @@ static HITS: PerCpuArray<HitSlot> = PerCpuArray::pinned(HIT_SLOTS, 0);
 static CLOCK: Array<u64> = Array::pinned(1, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(STATS_SLOTS, 0);
+#[map(name = "UNJUDGED")]
+static UNJUDGED: PerCpuArray<Unjudged> = PerCpuArray::pinned(STATS_SLOTS, 0);
 
 /// 1: count hits per block entry; 0: don't. Set at load time; the verifier prunes the dead branch.
 #[unsafe(no_mangle)]
@@ -81,8 +91,21 @@ const IPV4_SRC: usize = 12;
 /// Offset of the source address in an IPv6 header.
 const IPV6_SRC: usize = 8;
 
-#[xdp]
+/// Ethernet links (and the loopback).
+#[xdp(frags)]
 pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
+    run(&ctx, ethernet_source(&ctx))
+}
+
+/// Links whose frames start with the IP header: the version nibble says which family.
+#[xdp(frags)]
+pub fn enforcer_xdp_ip(ctx: XdpContext) -> u32 {
+    run(&ctx, raw_ip_source(&ctx))
+}
+
+/// Judges a parsed frame and counts it.
+#[inline(always)]
+fn run(ctx: &XdpContext, source: Result<Source, u32>) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let slot = (ctx.ingress_ifindex() as u32) % STATS_SLOTS;
     let Some(stats) = STATS.get_ptr_mut(slot) else {
@@ -92,11 +115,15 @@ pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
     let stats = unsafe { &mut *stats };
     // `seen` is not counted here: userspace derives it (passed + dropped).
 
-    let verdict = match source(&ctx) {
-        Some(Source::V4(addr)) => judge_v4(addr, len, stats),
-        Some(Source::V6(addr)) => judge_v6(addr, len, stats),
-        None => {
+    let verdict = match source {
+        Ok(Source::V4(addr)) => judge_v4(addr, len, stats),
+        Ok(Source::V6(addr)) => judge_v6(addr, len, stats),
+        Err(reason) => {
             stats.not_ip.add(len);
+            if let Some(u) = UNJUDGED.get_ptr_mut(slot) {
+                // SAFETY: as for `stats`; the index is masked into the array.
+                unsafe { (*u).reasons[reason as usize & (unjudged::SLOTS - 1)].add(len) };
+            }
             Verdict::Pass
         }
     };
@@ -154,43 +181,91 @@ fn load<T: Copy>(p: *const T) -> T {
     unsafe { core::ptr::read_volatile(p) }
 }
 
-/// Parses Ethernet, up to two VLAN tags, and the IP source address.
+/// Parses Ethernet, up to two VLAN tags, and the IP source address; or says why not
+/// ([`unjudged`]).
+///
+/// Two tags cover 802.1ad + 802.1Q (QinQ) and two stacked 802.1Q tags. A third is counted
+/// (`vlan-depth`) and passed: a host only accepts such a frame through a stack of VLAN
+/// interfaces, and the innermost of those is where to attach (its frames carry no tag).
 #[inline(always)]
-fn source(ctx: &XdpContext) -> Option<Source> {
+fn ethernet_source(ctx: &XdpContext) -> Result<Source, u32> {
     // The EtherType in wire order: compared with constants swapped once at compile time.
-    let mut proto = load(ptr_at::<u16>(ctx, 12)?);
+    let mut proto = load(ptr_at::<u16>(ctx, 12).ok_or_else(|| short(ctx))?);
     let mut offset = ETH_HLEN;
-    // Two tags at most: 802.1ad outer + 802.1Q inner, or 802.1Q stacked (bounded loop).
+    // Two tags at most (bounded loop).
     for _ in 0..2 {
         if proto != ETH_P_8021Q.to_be() && proto != ETH_P_8021AD.to_be() {
             break;
         }
-        proto = load(ptr_at::<u16>(ctx, offset + 2)?);
+        proto = load(ptr_at::<u16>(ctx, offset + 2).ok_or_else(|| short(ctx))?);
         offset += VLAN_HLEN;
     }
     if proto == ETH_P_IP.to_be() {
-        // The whole minimal header must be there, not just the address (one bounds check).
-        let header = ptr_at::<[u32; 5]>(ctx, offset)?;
-        // SAFETY: the source address lies inside the checked header.
-        Some(Source::V4(load(unsafe {
-            (header as *const u32).add(IPV4_SRC / 4)
-        })))
+        ipv4_source(ctx, offset)
     } else if proto == ETH_P_IPV6.to_be() {
-        let header = ptr_at::<[u64; 5]>(ctx, offset)?;
-        // SAFETY: the 16 address bytes lie inside the checked header.
-        let (hi, lo) = unsafe {
-            let src = (header as *const u64).add(IPV6_SRC / 8);
-            (load(src), load(src.add(1)))
-        };
-        // A v4-mapped source (::ffff:a.b.c.d) is the IPv4 address a.b.c.d: bytes 8..12 are
-        // 00 00 ff ff, i.e. 0xffff0000 read little-endian.
-        if hi == 0 && lo as u32 == 0xffff_0000 {
-            Some(Source::V4((lo >> 32) as u32))
-        } else {
-            Some(Source::V6([hi, lo]))
-        }
+        ipv6_source(ctx, offset)
+    } else if proto == ETH_P_8021Q.to_be() || proto == ETH_P_8021AD.to_be() {
+        Err(unjudged::VLAN_DEPTH)
     } else {
-        None
+        Err(unjudged::NOT_IP)
+    }
+}
+
+/// Parses a frame that starts with the IP header: the first nibble is the version. A frame
+/// shorter than the minimal IPv4 header is `truncated` whatever its first byte says (one bounds
+/// check the verifier can follow; a one-byte check compiles to `data >= data_end`, which it
+/// does not accept as one).
+#[inline(always)]
+fn raw_ip_source(ctx: &XdpContext) -> Result<Source, u32> {
+    let header = ptr_at::<[u32; 5]>(ctx, 0).ok_or_else(|| short(ctx))?;
+    let first = load(header as *const u8);
+    match first >> 4 {
+        4 => ipv4_source(ctx, 0),
+        6 => ipv6_source(ctx, 0),
+        _ => Err(unjudged::NOT_IP),
+    }
+}
+
+/// The IPv4 source address of the header at `offset`.
+#[inline(always)]
+fn ipv4_source(ctx: &XdpContext, offset: usize) -> Result<Source, u32> {
+    // The whole minimal header must be there, not just the address (one bounds check).
+    let header = ptr_at::<[u32; 5]>(ctx, offset).ok_or_else(|| short(ctx))?;
+    // SAFETY: the source address lies inside the checked header.
+    Ok(Source::V4(load(unsafe {
+        (header as *const u32).add(IPV4_SRC / 4)
+    })))
+}
+
+/// The IPv6 source address of the header at `offset` (a v4-mapped one as IPv4).
+#[inline(always)]
+fn ipv6_source(ctx: &XdpContext, offset: usize) -> Result<Source, u32> {
+    let header = ptr_at::<[u64; 5]>(ctx, offset).ok_or_else(|| short(ctx))?;
+    // SAFETY: the 16 address bytes lie inside the checked header.
+    let (hi, lo) = unsafe {
+        let src = (header as *const u64).add(IPV6_SRC / 8);
+        (load(src), load(src.add(1)))
+    };
+    // A v4-mapped source (::ffff:a.b.c.d) is the IPv4 address a.b.c.d: bytes 8..12 are
+    // 00 00 ff ff, i.e. 0xffff0000 read little-endian.
+    if hi == 0 && lo as u32 == 0xffff_0000 {
+        Ok(Source::V4((lo >> 32) as u32))
+    } else {
+        Ok(Source::V6([hi, lo]))
+    }
+}
+
+/// Why a header did not fit: the frame is shorter (`truncated`), or it goes on in further
+/// buffers of a multi-buffer frame that the parser does not read (`split-headers`). Only frames
+/// the parser gives up on pay for the helper call.
+#[inline(always)]
+fn short(ctx: &XdpContext) -> u32 {
+    // SAFETY: a helper without preconditions on the program's own context.
+    let whole = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) };
+    if whole > (ctx.data_end() - ctx.data()) as u64 {
+        unjudged::SPLIT_HEADERS
+    } else {
+        unjudged::TRUNCATED
     }
 }
 

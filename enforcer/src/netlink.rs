@@ -20,6 +20,8 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use crate::datapath::LinkType;
+
 /// Multicast groups (`RTMGRP_*`), the bits a listener binds to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Groups(u32);
@@ -103,13 +105,18 @@ impl XdpState {
 /// aya attaches and replaces programs but cannot say what is already attached; we need that to
 /// report the mode in use and to refuse, naming it, to touch a program we did not attach.
 pub fn query_xdp(ifindex: u32) -> io::Result<XdpState> {
+    query_link(ifindex).map(|(xdp, _)| xdp)
+}
+
+/// [`query_xdp`] and the link's type, in one request.
+pub fn query_link(ifindex: u32) -> io::Result<(XdpState, LinkType)> {
     let mut link = LinkMessage::default();
     link.header.index = ifindex;
     let replies = request(RouteNetlinkMessage::GetLink(link), NLM_F_REQUEST)?;
     replies
         .iter()
         .find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(link) => Some(XdpState::of(link)),
+            RouteNetlinkMessage::NewLink(link) => Some((XdpState::of(link), link_type_of(link))),
             _ => None,
         })
         .ok_or_else(|| {
@@ -167,6 +174,8 @@ pub struct LinkState {
     pub loopback: bool,
     /// The XDP program on it, if any.
     pub xdp: XdpState,
+    /// Its type (`ARPHRD_*`): which parse its frames need.
+    pub link_type: LinkType,
 }
 
 impl LinkState {
@@ -177,8 +186,13 @@ impl LinkState {
             name,
             loopback: link.header.flags.contains(LinkFlags::Loopback),
             xdp: XdpState::of(link),
+            link_type: link_type_of(link),
         })
     }
+}
+
+fn link_type_of(link: &LinkMessage) -> LinkType {
+    LinkType(u16::from(link.header.link_layer_type))
 }
 
 /// Every interface in the calling thread's network namespace, with its XDP state, in one dump.

@@ -791,8 +791,66 @@ pub struct Counters {
     pub shadow: Count,
     /// Matched only expired entries.
     pub expired: Count,
-    /// Not IP, or too short.
+    /// Not judged: the parser gave up (see `unjudged` for why).
     pub not_ip: Count,
+    /// The frames the parser gave up on, by reason (they passed).
+    #[serde(default)]
+    pub unjudged: UnjudgedCounts,
+}
+
+/// Frames the data path did not judge, by why (see `enforcer_common::unjudged`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnjudgedCounts {
+    /// Neither IPv4 nor IPv6 (ARP, LLDP...; on a raw-IP link, a first nibble not 4 or 6).
+    pub not_ip: Count,
+    /// More than two VLAN tags.
+    pub vlan_depth: Count,
+    /// Shorter than its headers.
+    pub truncated: Count,
+    /// Headers past the first buffer of a multi-buffer frame.
+    pub split_headers: Count,
+}
+
+impl UnjudgedCounts {
+    /// `(name, count)` in the order and with the names `stats` and the metrics use.
+    pub fn by_reason(&self) -> [(&'static str, Count); 4] {
+        let n = enforcer_common::unjudged::NAMES;
+        [
+            (n[0], self.not_ip),
+            (n[1], self.vlan_depth),
+            (n[2], self.truncated),
+            (n[3], self.split_headers),
+        ]
+    }
+}
+
+impl From<enforcer_common::Unjudged> for UnjudgedCounts {
+    fn from(u: enforcer_common::Unjudged) -> Self {
+        use enforcer_common::unjudged::{NOT_IP, SPLIT_HEADERS, TRUNCATED, VLAN_DEPTH};
+        let c = |i: u32| {
+            let c = u.reasons[i as usize];
+            Count {
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        };
+        Self {
+            not_ip: c(NOT_IP),
+            vlan_depth: c(VLAN_DEPTH),
+            truncated: c(TRUNCATED),
+            split_headers: c(SPLIT_HEADERS),
+        }
+    }
+}
+
+impl Counters {
+    /// With the reasons of the frames that were not judged.
+    pub fn with_unjudged(self, u: enforcer_common::Unjudged) -> Self {
+        Self {
+            unjudged: u.into(),
+            ..self
+        }
+    }
 }
 
 impl From<enforcer_common::Stats> for Counters {
@@ -809,6 +867,7 @@ impl From<enforcer_common::Stats> for Counters {
             shadow: c(s.shadow),
             expired: c(s.expired),
             not_ip: c(s.not_ip),
+            unjudged: UnjudgedCounts::default(),
         }
     }
 }
@@ -864,6 +923,12 @@ pub struct InterfaceStatus {
     pub mode: Option<AttachedMode>,
     /// The id of the XDP program the kernel runs there now (ours when protected).
     pub prog_id: Option<u32>,
+    /// The link's type (`ARPHRD_*`), when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_type: Option<crate::datapath::LinkType>,
+    /// The parse its type needs (none: a type the data path cannot read, never protected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse: Option<crate::datapath::Parse>,
     /// The pattern that selected it, when not named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,

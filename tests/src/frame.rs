@@ -117,3 +117,78 @@ fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// A raw IP packet (no link-layer header, as on a tun, WireGuard or GRE link) carrying a UDP
+/// datagram from `src:40000` to `dst:dport`, with valid IPv4 header and UDP checksums (the stack
+/// drops IPv6 UDP without one).
+pub fn ip_udp(src: IpAddr, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len() as u16;
+    let mut udp = Vec::with_capacity(usize::from(udp_len));
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    let mut packet = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&(20 + udp_len).to_be_bytes());
+            ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let csum = checksum(&ip);
+            ip[10..12].copy_from_slice(&csum.to_be_bytes());
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, 17]);
+            pseudo.extend_from_slice(&udp_len.to_be_bytes());
+            ip
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&udp_len.to_be_bytes());
+            ip.extend_from_slice(&[17, 64]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&u32::from(udp_len).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 17]);
+            ip
+        }
+        _ => panic!("{src} and {dst} are of different families"),
+    };
+    pseudo.extend_from_slice(&udp);
+    let csum = match checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    packet.extend_from_slice(&udp);
+    packet
+}
+
+/// A raw IP UDP packet from `src` (either family) to a fixed documentation destination.
+pub fn raw_udp_from(src: IpAddr) -> Vec<u8> {
+    let dst: IpAddr = match src {
+        IpAddr::V4(_) => Ipv4Addr::new(203, 0, 113, 1).into(),
+        IpAddr::V6(_) => "2001:db8:ffff::1"
+            .parse::<Ipv6Addr>()
+            .expect("valid")
+            .into(),
+    };
+    ip_udp(src, dst, 9, b"enforcer-test-payload")
+}
+
+/// A frame with three VLAN tags (802.1ad, then two 802.1Q) around an IPv4 UDP datagram from
+/// `src`: deeper than the data path parses.
+pub fn three_tags_from(src: Ipv4Addr) -> Vec<u8> {
+    ipv4_udp(
+        &[dot1ad(10), dot1q(20), dot1q(30)],
+        src,
+        Ipv4Addr::new(203, 0, 113, 1),
+        0,
+        false,
+    )
+}

@@ -10,6 +10,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod execd;
 pub mod frame;
+pub mod tun;
 
 use std::{
     fs::File,

@@ -19,11 +19,20 @@ fn rows(scope: &str, c: &Counters, rows: &mut Vec<Vec<String>>) {
         ("allowlisted", c.allowlisted),
         ("shadow", c.shadow),
         ("expired", c.expired),
-        ("not-ip", c.not_ip),
+        ("unjudged", c.not_ip),
     ] {
         rows.push(vec![
             scope.to_owned(),
             name.to_owned(),
+            v.packets.to_string(),
+            bytes(v.bytes),
+        ]);
+    }
+    // Why the frames above were not judged (they passed).
+    for (reason, v) in c.unjudged.by_reason() {
+        rows.push(vec![
+            scope.to_owned(),
+            format!("  {reason}"),
             v.packets.to_string(),
             bytes(v.bytes),
         ]);

@@ -144,6 +144,7 @@ fn print_interfaces(interfaces: &[InterfaceStatus]) {
             "STATE",
             "IFINDEX",
             "XDP MODE",
+            "LINK",
             "PROGRAM ID",
             "NOTE",
         ]
@@ -162,6 +163,13 @@ fn print_interfaces(interfaces: &[InterfaceStatus]) {
             i.state.to_string(),
             dash(i.ifindex.map(|x| x.to_string())),
             dash(i.mode.map(|m| m.to_string())),
+            dash(i.link_type.map(|t| {
+                let name = t.name().map_or_else(|| t.to_string(), str::to_owned);
+                match i.parse {
+                    Some(p) => format!("{name}: {p}"),
+                    None => format!("{name}: cannot parse"),
+                }
+            })),
             dash(i.prog_id.map(|p| p.to_string())),
             note,
         ]);

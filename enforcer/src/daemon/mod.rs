@@ -278,7 +278,21 @@ fn attach_interfaces(
         );
     }
     engine.set_interfaces(interfaces, config.xdp_mode)?;
-    if let Some(f) = engine.follow_links(&links).into_iter().next() {
+    // A named interface that cannot be protected stops the start. A pattern (`*`) may match
+    // a link whose type the data path cannot parse: that one is refused (logged, `status`
+    // shows it unprotected with the reason) and the others are protected.
+    let fatal = engine.follow_links(&links).into_iter().find(|f| {
+        let matched = engine
+            .interfaces()
+            .tracked()
+            .any(|(n, o, _)| n == f.iface && *o != crate::interfaces::Origin::Named);
+        !(matched
+            && matches!(
+                f.error,
+                crate::datapath::DatapathError::UnsupportedLink { .. }
+            ))
+    });
+    if let Some(f) = fatal {
         return Err(anyhow::Error::new(f.error).context(format!("attaching to {}", f.iface)));
     }
     let layout = engine.datapath().layout().clone();

@@ -11,8 +11,8 @@ use crate::{
     datapath::{BlockMaps, clock},
     interfaces::{Interfaces, Origin, Tracked},
     protocol::{
-        AllowEntry, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry, ListSource,
-        MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply, StatusReply,
+        AllowEntry, Counters, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry,
+        ListSource, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply, StatusReply,
     },
     target::Target,
 };
@@ -31,8 +31,8 @@ pub struct View<'a> {
     pub maps: &'a BlockMaps,
     /// The configured interfaces and what the engine knows of them.
     pub interfaces: &'a Interfaces,
-    /// The id of the program this daemon attaches.
-    pub prog_id: u32,
+    /// The ids of the programs this daemon attaches.
+    pub programs: crate::datapath::Programs,
     /// When the daemon started.
     pub started: Instant,
     /// The store file.
@@ -168,17 +168,20 @@ impl View<'_> {
             .maps
             .stats_total()
             .map_err(|e| Refusal::Kernel(e.into()))?;
+        let unjudged = self
+            .maps
+            .unjudged_total()
+            .map_err(|e| Refusal::Kernel(e.into()))?;
         let interfaces = self
             .interfaces
             .protected()
             .filter_map(|(iface, ifindex)| {
-                self.maps
-                    .stats_for_ifindex(ifindex)
-                    .ok()
-                    .map(|s| InterfaceCounters {
-                        iface: iface.to_owned(),
-                        counters: s.into(),
-                    })
+                let stats = self.maps.stats_for_ifindex(ifindex).ok()?;
+                let unjudged = self.maps.unjudged_for_ifindex(ifindex).ok()?;
+                Some(InterfaceCounters {
+                    iface: iface.to_owned(),
+                    counters: Counters::from(stats).with_unjudged(unjudged),
+                })
             })
             .collect();
         let mut by_source: BTreeMap<Source, usize> = BTreeMap::new();
@@ -188,7 +191,7 @@ impl View<'_> {
             }
         }
         Ok(Reply::Stats(StatsReply {
-            total: total.into(),
+            total: Counters::from(total).with_unjudged(unjudged),
             interfaces,
             blocks_by_source: by_source.into_iter().collect(),
             dropped_by_origin: self.dropped_by_origin.clone(),
@@ -228,7 +231,7 @@ impl View<'_> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
-            interfaces: interface_rows(self.interfaces, self.prog_id),
+            interfaces: interface_rows(self.interfaces, self.programs),
             maps,
             targets: ledger.blocks().len(),
             source_blocks: self.counted_source_blocks(),
@@ -249,16 +252,23 @@ impl View<'_> {
 
 /// Every configured interface as the kernel shows it now (one `RTM_GETLINK` each, never a
 /// cached value), then each pattern that matches none.
-fn interface_rows(interfaces: &Interfaces, ours: u32) -> Vec<InterfaceStatus> {
+fn interface_rows(
+    interfaces: &Interfaces,
+    ours: crate::datapath::Programs,
+) -> Vec<InterfaceStatus> {
     let mut rows: Vec<InterfaceStatus> = interfaces
         .tracked()
         .map(|(name, origin, tracked)| {
             let ifindex = nix::net::if_::if_nametoindex(name).ok();
-            let xdp = ifindex.and_then(|i| crate::netlink::query_xdp(i).ok());
-            let state = match (ifindex, xdp) {
+            let link = ifindex.and_then(|i| crate::netlink::query_link(i).ok());
+            let xdp = link.map(|(x, _)| x);
+            let link_type = link.map(|(_, t)| t);
+            // Protected means the program for the link's type runs there: an Ethernet parse on
+            // a raw-IP link would judge nothing.
+            let state = match (ifindex, link) {
                 (None, _) if *tracked == Tracked::Waiting => InterfaceState::Waiting,
                 (None, _) => InterfaceState::Gone,
-                (Some(_), Some(x)) if x.prog_id == Some(ours) => InterfaceState::Protected,
+                (Some(_), Some((x, t))) if ours.protects(t, x.prog_id) => InterfaceState::Protected,
                 (Some(_), _) => InterfaceState::Unprotected,
             };
             InterfaceStatus {
@@ -267,6 +277,8 @@ fn interface_rows(interfaces: &Interfaces, ours: u32) -> Vec<InterfaceStatus> {
                 ifindex,
                 mode: xdp.and_then(|x| x.mode),
                 prog_id: xdp.and_then(|x| x.prog_id),
+                link_type,
+                parse: link_type.and_then(crate::datapath::LinkType::parse),
                 pattern: match origin {
                     Origin::Pattern(p) => Some(p.clone()),
                     Origin::Named => None,
@@ -286,6 +298,8 @@ fn interface_rows(interfaces: &Interfaces, ours: u32) -> Vec<InterfaceStatus> {
         ifindex: None,
         mode: None,
         prog_id: None,
+        link_type: None,
+        parse: None,
         pattern: Some(p.to_owned()),
         error: None,
     }));

@@ -34,15 +34,20 @@ use aya::{
 };
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
-    GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, STATS_SLOTS, Stats,
-    map_names, prefilter,
+    GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, PROGRAM_NAME_IP,
+    STATS_SLOTS, Stats, Unjudged, map_names, prefilter,
 };
 use nix::{
     errno::Errno,
     fcntl::{Flock, FlockArg},
 };
 
-use super::{AttachedMode, maps::BlockMaps, query_xdp};
+use super::{
+    AttachedMode,
+    link::{LinkType, Parse, Programs},
+    maps::BlockMaps,
+    query_xdp,
+};
 
 /// The XDP object built from `enforcer-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-xdp"));
@@ -160,6 +165,11 @@ pub enum DatapathError {
     /// The interface does not exist.
     #[error("no interface named `{0}` (see `ip link`)")]
     UnknownInterface(String),
+    /// The link's frames are neither Ethernet nor raw IP: the program would judge none of them.
+    #[error(
+        "{iface} is a {link_type} link, whose frames the data path cannot parse (it reads Ethernet and raw-IP links): not attached, its traffic is NOT filtered; protect the link that traffic arrives on, and remove {iface} from `interfaces`"
+    )]
+    UnsupportedLink { iface: String, link_type: LinkType },
     /// Another program owns the interface's XDP hook.
     #[error(
         "interface {iface} already runs XDP program {prog_id} (`{prog_name}`) that enforcer did not attach; refusing to replace it. Detach it with its owner's tools (e.g. `ip link set dev {iface} xdp off`) if it is safe"
@@ -298,6 +308,10 @@ pub struct Attachment {
     pub prog_id: u32,
     /// Whether an earlier enforcer program was replaced in place (no gap) rather than attached.
     pub replaced: bool,
+    /// The link's type.
+    pub link_type: LinkType,
+    /// The parse (program) chosen for it.
+    pub parse: Parse,
 }
 
 /// The loaded program and its pinned maps. One process at a time holds this (a lock enforces it).
@@ -412,6 +426,12 @@ impl Datapath {
             .try_into()
             .expect("the program is XDP");
         program.load()?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME_IP)
+            .expect("the object defines the raw-IP program")
+            .try_into()
+            .expect("the program is XDP");
+        program.load()?;
         let mut maps = BlockMaps::take_from(&mut ebpf)?;
         maps.refresh_prefix_flags()?;
         if fresh {
@@ -448,13 +468,30 @@ impl Datapath {
         &mut self.maps
     }
 
-    /// The loaded XDP program (for `BPF_PROG_TEST_RUN`).
+    /// The loaded XDP program for Ethernet links (for `BPF_PROG_TEST_RUN`).
     pub fn program(&mut self) -> &mut Xdp {
+        self.program_for(Parse::Ethernet)
+    }
+
+    /// The loaded XDP program for links that need `parse`.
+    pub fn program_for(&mut self, parse: Parse) -> &mut Xdp {
+        let name = match parse {
+            Parse::Ethernet => PROGRAM_NAME,
+            Parse::RawIp => PROGRAM_NAME_IP,
+        };
         self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .expect("the object defines the program")
+            .program_mut(name)
+            .expect("the object defines both programs")
             .try_into()
             .expect("the program is XDP")
+    }
+
+    /// The kernel ids of both programs.
+    pub fn programs(&mut self) -> Result<Programs, DatapathError> {
+        Ok(Programs {
+            ethernet: self.program_for(Parse::Ethernet).info()?.id(),
+            raw_ip: self.program_for(Parse::RawIp).info()?.id(),
+        })
     }
 
     /// Loads the do-nothing XDP program from the same object: the cost floor for benchmarks.
@@ -471,10 +508,11 @@ impl Datapath {
         Ok(program)
     }
 
-    /// Attaches to `iface` (in the calling thread's network namespace), or swaps this build's
-    /// program into the link an earlier enforcer pinned there, without a gap.
+    /// Attaches to `iface` (in the calling thread's network namespace) the program its link
+    /// type needs, or swaps it into the link an earlier enforcer pinned there, without a gap.
     ///
-    /// Refuses, naming it, when another program that enforcer did not attach owns the hook.
+    /// Refuses, naming it, when another program that enforcer did not attach owns the hook, and
+    /// a link whose frames neither program can parse.
     pub fn attach(
         &mut self,
         iface: &str,
@@ -482,11 +520,18 @@ impl Datapath {
     ) -> Result<Attachment, DatapathError> {
         let ifindex = ifindex(iface)?;
         let link_path = self.layout.link_path(iface);
-        let state =
-            query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
+        let (state, link_type) = crate::netlink::query_link(ifindex)
+            .map_err(io_err("querying XDP state of", Path::new(iface)))?;
+        let parse = link_type
+            .parse()
+            .ok_or_else(|| DatapathError::UnsupportedLink {
+                iface: iface.to_owned(),
+                link_type,
+            })?;
+        let link = (link_type, parse);
         if link_path.exists()
             && let Some(replaced) =
-                self.replace_in_pinned_link(iface, ifindex, &link_path, state.prog_id)?
+                self.replace_in_pinned_link(iface, ifindex, &link_path, state.prog_id, link)?
         {
             return Ok(replaced);
         }
@@ -497,7 +542,7 @@ impl Datapath {
                 prog_name: program_name(prog_id),
             });
         }
-        self.attach_new_link(iface, ifindex, &link_path, mode)
+        self.attach_new_link(iface, ifindex, &link_path, mode, link)
     }
 
     /// Our link is pinned for `iface`. If it still holds the interface's hook (`running` is its
@@ -510,6 +555,7 @@ impl Datapath {
         ifindex: u32,
         link_path: &Path,
         running: Option<u32>,
+        (link_type, parse): (LinkType, Parse),
     ) -> Result<Option<Attachment>, DatapathError> {
         let pinned = PinnedLink::from_pin(link_path).map_err(link_err(iface))?;
         let fd_link: FdLink = pinned.into();
@@ -519,7 +565,7 @@ impl Datapath {
             return Ok(None);
         }
         let link = XdpLink::try_from(fd_link).map_err(link_err(iface))?;
-        self.program().attach_to_link(link)?;
+        self.program_for(parse).attach_to_link(link)?;
         let after =
             query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
         Ok(Some(Attachment {
@@ -528,6 +574,8 @@ impl Datapath {
             mode: after.mode.unwrap_or(AttachedMode::Skb),
             prog_id: after.prog_id.unwrap_or_default(),
             replaced: true,
+            link_type,
+            parse,
         }))
     }
 
@@ -539,6 +587,7 @@ impl Datapath {
         ifindex: u32,
         link_path: &Path,
         mode: XdpModeRequest,
+        (link_type, parse): (LinkType, Parse),
     ) -> Result<Attachment, DatapathError> {
         let attempts: &[XdpMode] = match mode {
             XdpModeRequest::Auto => &[XdpMode::Driver, XdpMode::Skb],
@@ -547,9 +596,9 @@ impl Datapath {
         };
         let mut last_err = None;
         for &attempt in attempts {
-            match self.program().attach_to_if_index(ifindex, attempt) {
+            match self.program_for(parse).attach_to_if_index(ifindex, attempt) {
                 Ok(id) => {
-                    let link = self.program().take_link(id)?;
+                    let link = self.program_for(parse).take_link(id)?;
                     let fd_link = FdLink::try_from(link).map_err(link_err(iface))?;
                     fd_link.pin(link_path).map_err(|e| DatapathError::Io {
                         action: "pinning the XDP link at",
@@ -567,6 +616,8 @@ impl Datapath {
                         }),
                         prog_id: after.prog_id.unwrap_or_default(),
                         replaced: false,
+                        link_type,
+                        parse,
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -722,7 +773,7 @@ fn decode_pin_name(name: &str) -> String {
 
 fn loader(opts: &DatapathOptions) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    for name in map_names::ALL {
+    for name in map_names::ALL.into_iter().chain(map_names::ADDED) {
         loader.map_max_entries(name, opts.capacity.of(name));
     }
     let count: &'static u8 = if opts.count_block_hits { &1 } else { &0 };
@@ -731,6 +782,8 @@ fn loader(opts: &DatapathOptions) -> EbpfLoader<'static> {
 }
 
 /// Checks every pinned map against what this build expects, before aya reuses them blindly.
+/// A map added within the layout ([`map_names::ADDED`]) may be missing (an earlier build of the
+/// layout made the pins; the loader creates it), and is checked when present.
 fn check_pinned_layout(dir: &Path, capacity: &Capacity) -> Result<(), DatapathError> {
     let missing: Vec<&str> = map_names::ALL
         .into_iter()
@@ -742,7 +795,10 @@ fn check_pinned_layout(dir: &Path, capacity: &Capacity) -> Result<(), DatapathEr
             missing: missing.join(", "),
         });
     }
-    for name in map_names::ALL {
+    let added = map_names::ADDED
+        .into_iter()
+        .filter(|name| dir.join(name).exists());
+    for name in map_names::ALL.into_iter().chain(added) {
         let path = dir.join(name);
         let info = MapInfo::from_pin(&path).map_err(|e| DatapathError::LayoutMismatch {
             path: path.clone(),
@@ -793,6 +849,7 @@ fn expected(name: &str) -> (MapType, u32, u32) {
         map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),
         map_names::PREFIX_FILTER | map_names::CLOCK => (MapType::Array, 4, 8),
         map_names::HITS => (MapType::PerCpuArray, 4, size_of::<HitSlot>() as u32),
+        map_names::UNJUDGED => (MapType::PerCpuArray, 4, size_of::<Unjudged>() as u32),
         _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),
     }
 }

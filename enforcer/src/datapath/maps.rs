@@ -23,7 +23,7 @@ use aya::maps::{
 };
 use enforcer_common::{
     AllowValue, BlockEntry, BlockValue, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot, STATS_SLOTS, Stats,
-    hit_slot, map_names, slot_tag,
+    Unjudged, hit_slot, map_names, slot_tag,
 };
 use ipnet::IpNet;
 use nix::errno::Errno;
@@ -71,6 +71,8 @@ pub struct BlockMaps {
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     stats: PerCpuArray<MapData, Stats>,
+    /// Absent only in the pins of an earlier build of the layout read for an upgrade.
+    unjudged: Option<PerCpuArray<MapData, Unjudged>>,
     prefix_filter: Array<MapData, u64>,
     hits: PerCpuArray<MapData, HitSlot>,
     clock: Array<MapData, u64>,
@@ -171,6 +173,10 @@ impl BlockMaps {
             convert(map_names::PREFIX_FILTER, get(map_names::PREFIX_FILTER)?)?;
         let hits: PerCpuArray<_, _> = convert(map_names::HITS, get(map_names::HITS)?)?;
         let clock: Array<_, _> = convert(map_names::CLOCK, get(map_names::CLOCK)?)?;
+        let unjudged = match get(map_names::UNJUDGED) {
+            Ok(map) => Some(convert(map_names::UNJUDGED, map)?),
+            Err(_) => None,
+        };
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
         let capacity = [
             cap(v4.map()),
@@ -188,6 +194,7 @@ impl BlockMaps {
             allow_v4,
             allow_v6,
             stats,
+            unjudged,
             prefix_filter,
             hits,
             clock,
@@ -600,6 +607,36 @@ impl BlockMaps {
     }
 }
 
+impl BlockMaps {
+    /// Frames one interface's parser gave up on, by reason (summed over CPUs).
+    pub fn unjudged_for_ifindex(&self, ifindex: u32) -> Result<Unjudged, MapsError> {
+        unjudged_slot(self.unjudged.as_ref(), ifindex % STATS_SLOTS)
+    }
+
+    /// The same over every interface.
+    pub fn unjudged_total(&self) -> Result<Unjudged, MapsError> {
+        (0..STATS_SLOTS).try_fold(Unjudged::default(), |acc, slot| {
+            Ok(acc.plus(unjudged_slot(self.unjudged.as_ref(), slot)?))
+        })
+    }
+}
+
+/// One slot of the UNJUDGED map, summed over CPUs (zero without the map).
+fn unjudged_slot(
+    map: Option<&PerCpuArray<MapData, Unjudged>>,
+    slot: u32,
+) -> Result<Unjudged, MapsError> {
+    let Some(map) = map else {
+        return Ok(Unjudged::default());
+    };
+    let values = map
+        .get(&slot, 0)
+        .map_err(kernel("lookup", map_names::UNJUDGED))?;
+    Ok(values
+        .iter()
+        .fold(Unjudged::default(), |acc, u| acc.plus(*u)))
+}
+
 /// One counter slot, summed over CPUs (`seen` derived: see [`Stats::seen`]).
 fn stats_slot(stats: &PerCpuArray<MapData, Stats>, slot: u32) -> Result<Stats, MapsError> {
     let values = stats
@@ -613,23 +650,37 @@ fn stats_slot(stats: &PerCpuArray<MapData, Stats>, slot: u32) -> Result<Stats, M
 
 /// Read-only access to the pinned per-CPU counters alone, for readers outside the engine (the
 /// metrics endpoint): reading them takes no lock the engine holds.
-pub struct StatsReader(PerCpuArray<MapData, Stats>);
+pub struct StatsReader {
+    stats: PerCpuArray<MapData, Stats>,
+    unjudged: PerCpuArray<MapData, Unjudged>,
+}
 
 impl StatsReader {
     /// Opens the counters pinned in `maps_dir`.
     pub fn open_pinned(maps_dir: &Path) -> Result<Self, MapsError> {
-        let path = maps_dir.join(map_names::STATS);
-        let open = |source| MapsError::Open {
-            path: path.display().to_string(),
-            source,
+        let open_map = |name: &'static str| {
+            let path = maps_dir.join(name);
+            let open = |source| MapsError::Open {
+                path: path.display().to_string(),
+                source,
+            };
+            let map = Map::from_map_data(MapData::from_pin(&path).map_err(open)?).map_err(open)?;
+            Ok::<_, MapsError>(map)
         };
-        let map = Map::from_map_data(MapData::from_pin(&path).map_err(open)?).map_err(open)?;
-        Ok(Self(convert(map_names::STATS, map)?))
+        Ok(Self {
+            stats: convert(map_names::STATS, open_map(map_names::STATS)?)?,
+            unjudged: convert(map_names::UNJUDGED, open_map(map_names::UNJUDGED)?)?,
+        })
     }
 
     /// Counters for one interface (summed over CPUs).
     pub fn for_ifindex(&self, ifindex: u32) -> Result<Stats, MapsError> {
-        stats_slot(&self.0, ifindex % STATS_SLOTS)
+        stats_slot(&self.stats, ifindex % STATS_SLOTS)
+    }
+
+    /// Frames one interface's parser gave up on, by reason (summed over CPUs).
+    pub fn unjudged_for_ifindex(&self, ifindex: u32) -> Result<Unjudged, MapsError> {
+        unjudged_slot(Some(&self.unjudged), ifindex % STATS_SLOTS)
     }
 }
 

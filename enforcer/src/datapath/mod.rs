@@ -3,11 +3,13 @@
 pub mod bpffs;
 pub mod clock;
 pub mod indexes;
+pub mod link;
 pub mod loader;
 pub mod maps;
 mod migrate;
 
 pub use bpffs::{PinsDurability, PinsInfo, ResolvedPins, resolve as resolve_pins};
+pub use link::{LinkType, Parse, Programs};
 pub use loader::{
     Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,
     XdpModeRequest, detach_all, detach_link, pinned_interfaces,

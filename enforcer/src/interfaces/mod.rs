@@ -19,7 +19,7 @@
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use crate::netlink::LinkState;
+use crate::{datapath::Programs, netlink::LinkState};
 
 /// The longest interface name Linux accepts (`IFNAMSIZ` − 1).
 pub const MAX_NAME: usize = 15;
@@ -269,8 +269,9 @@ impl Interfaces {
     }
 
     /// Compares a dump of the links with what is tracked: what to attach, release or confirm.
-    /// `ours` is the id of the program this daemon attaches.
-    pub fn plan(&mut self, links: &[LinkState], ours: u32) -> Vec<Step> {
+    /// `ours` are the programs this daemon attaches: a link is ours when the one for its type
+    /// runs there.
+    pub fn plan(&mut self, links: &[LinkState], ours: Programs) -> Vec<Step> {
         let mut steps = Vec::new();
         let selected: BTreeMap<&str, (Origin, &LinkState)> = links
             .iter()
@@ -307,7 +308,7 @@ impl Interfaces {
         }
         for (name, (origin, link)) in selected {
             let state = self.tracked.get(name).map(|(_, s)| s.clone());
-            if link.xdp.prog_id == Some(ours) {
+            if ours.protects(link.link_type, link.xdp.prog_id) {
                 if state
                     != Some(Tracked::Protected {
                         ifindex: link.index,

@@ -1,7 +1,14 @@
 use super::*;
-use crate::netlink::XdpState;
+use crate::{
+    datapath::{LinkType, Programs},
+    netlink::XdpState,
+};
 
 const OURS: u32 = 42;
+const PROGRAMS: Programs = Programs {
+    ethernet: OURS,
+    raw_ip: OURS + 1,
+};
 
 fn link(index: u32, name: &str, prog: Option<u32>) -> LinkState {
     LinkState {
@@ -12,6 +19,7 @@ fn link(index: u32, name: &str, prog: Option<u32>) -> LinkState {
             prog_id: prog,
             mode: None,
         },
+        link_type: LinkType(1),
     }
 }
 
@@ -86,7 +94,7 @@ fn named_interfaces_wait_until_they_appear_and_are_gone_when_deleted() {
     let mut i = Interfaces::new(specs(&["eth0", "eth1"]));
     let links = [link(1, "lo", None), link(2, "eth0", None)];
     assert_eq!(i.missing_names(&links).collect::<Vec<_>>(), ["eth1"]);
-    assert_eq!(i.plan(&links, OURS), [attach("eth0", Why::Appeared)]);
+    assert_eq!(i.plan(&links, PROGRAMS), [attach("eth0", Why::Appeared)]);
     i.attached("eth0", 2);
     assert_eq!(
         i.tracked()
@@ -95,21 +103,21 @@ fn named_interfaces_wait_until_they_appear_and_are_gone_when_deleted() {
         [("eth0", "protected"), ("eth1", "waiting")]
     );
     // The next dump shows our program: nothing to do.
-    assert_eq!(i.plan(&[link(2, "eth0", Some(OURS))], OURS), []);
+    assert_eq!(i.plan(&[link(2, "eth0", Some(OURS))], PROGRAMS), []);
     // Deleted: released, listed as gone; still gone on the next dump.
     assert_eq!(
-        i.plan(&[], OURS),
+        i.plan(&[], PROGRAMS),
         [Step::Release {
             iface: "eth0".into(),
             was: "protected",
             listed: true
         }]
     );
-    assert_eq!(i.plan(&[], OURS), []);
+    assert_eq!(i.plan(&[], PROGRAMS), []);
     assert_eq!(i.protected().count(), 0);
     // Back with a new index.
     assert_eq!(
-        i.plan(&[link(7, "eth0", None), link(8, "eth1", None)], OURS),
+        i.plan(&[link(7, "eth0", None), link(8, "eth1", None)], PROGRAMS),
         [
             attach("eth0", Why::Reappeared),
             attach("eth1", Why::Appeared)
@@ -120,15 +128,15 @@ fn named_interfaces_wait_until_they_appear_and_are_gone_when_deleted() {
 #[test]
 fn a_program_detached_behind_our_back_is_attached_again() {
     let mut i = Interfaces::new(specs(&["eth0"]));
-    i.plan(&[link(2, "eth0", None)], OURS);
+    i.plan(&[link(2, "eth0", None)], PROGRAMS);
     i.attached("eth0", 2);
     assert_eq!(
-        i.plan(&[link(2, "eth0", None)], OURS),
+        i.plan(&[link(2, "eth0", None)], PROGRAMS),
         [attach("eth0", Why::DetachedBehindOurBack)]
     );
     // Someone else's program in its place is not ours either.
     assert_eq!(
-        i.plan(&[link(2, "eth0", Some(7))], OURS),
+        i.plan(&[link(2, "eth0", Some(7))], PROGRAMS),
         [attach("eth0", Why::DetachedBehindOurBack)]
     );
 }
@@ -137,7 +145,7 @@ fn a_program_detached_behind_our_back_is_attached_again() {
 fn our_program_found_at_start_is_confirmed_and_a_new_index_is_a_reappearance() {
     let mut i = Interfaces::new(specs(&["eth0"]));
     assert_eq!(
-        i.plan(&[link(2, "eth0", Some(OURS))], OURS),
+        i.plan(&[link(2, "eth0", Some(OURS))], PROGRAMS),
         [Step::Confirmed {
             iface: "eth0".into(),
             ifindex: 2
@@ -145,7 +153,7 @@ fn our_program_found_at_start_is_confirmed_and_a_new_index_is_a_reappearance() {
     );
     // Deleted and re-created between two dumps (events lost): a new index without our program.
     assert_eq!(
-        i.plan(&[link(9, "eth0", None)], OURS),
+        i.plan(&[link(9, "eth0", None)], PROGRAMS),
         [attach("eth0", Why::Reappeared)]
     );
 }
@@ -153,12 +161,12 @@ fn our_program_found_at_start_is_confirmed_and_a_new_index_is_a_reappearance() {
 #[test]
 fn failed_attaches_are_retried_and_logged_once_per_distinct_error() {
     let mut i = Interfaces::new(specs(&["eth0"]));
-    i.plan(&[link(2, "eth0", None)], OURS);
+    i.plan(&[link(2, "eth0", None)], PROGRAMS);
     assert!(i.failed("eth0", 2, "busy".into()));
     assert!(!i.failed("eth0", 2, "busy".into()));
     assert_eq!(i.tracked().next().unwrap().2.label(), "unprotected");
     assert_eq!(
-        i.plan(&[link(2, "eth0", None)], OURS),
+        i.plan(&[link(2, "eth0", None)], PROGRAMS),
         [attach("eth0", Why::Retry)]
     );
     assert!(i.failed("eth0", 2, "other".into()));
@@ -175,7 +183,7 @@ fn patterns_follow_creation_renames_and_deletion_and_a_name_wins_over_a_pattern(
             link(4, "vlan7", None),
             link(5, "eth0", None),
         ],
-        OURS,
+        PROGRAMS,
     );
     assert_eq!(
         steps,
@@ -202,7 +210,7 @@ fn patterns_follow_creation_renames_and_deletion_and_a_name_wins_over_a_pattern(
             link(4, "vlan7", Some(OURS)),
             link(5, "vlan9", None),
         ],
-        OURS,
+        PROGRAMS,
     );
     assert_eq!(
         steps,
@@ -217,7 +225,7 @@ fn patterns_follow_creation_renames_and_deletion_and_a_name_wins_over_a_pattern(
     );
     assert!(i.tracked().all(|(n, _, _)| n != "vlan5"));
     // The named one is listed as gone when deleted; the pattern then waits again.
-    i.plan(&[], OURS);
+    i.plan(&[], PROGRAMS);
     assert_eq!(
         i.tracked()
             .map(|(n, _, s)| (n, s.label()))

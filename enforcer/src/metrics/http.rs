@@ -68,8 +68,22 @@ impl Endpoint {
                 .collect(),
             None => Vec::new(),
         };
+        let unjudged = match &self.stats {
+            Some(reader) => snapshot
+                .interfaces
+                .iter()
+                .filter_map(|(name, ifindex)| {
+                    reader
+                        .unjudged_for_ifindex(*ifindex)
+                        .ok()
+                        .map(|u| (name.clone(), u))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let outside = Outside {
             interfaces,
+            unjudged,
             spool_depth: crate::spool::depth(&self.state_dir).unwrap_or(0),
             now_ms: now_ms(),
         };

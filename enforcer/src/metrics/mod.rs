@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_common::Stats;
+use enforcer_common::{Stats, Unjudged};
 use exposition::{Exposition, Kind, bound_label};
 
 use crate::block::{Mode, Source, TargetBlocks, UnixMillis};
@@ -252,6 +252,8 @@ impl BlockTally {
 pub struct Outside {
     /// The data path's counters per attached interface.
     pub interfaces: Vec<(String, Stats)>,
+    /// The frames each attached interface's parser gave up on, by reason.
+    pub unjudged: Vec<(String, Unjudged)>,
     /// Requests waiting in the spool directory.
     pub spool_depth: u64,
     /// Now (Unix ms), for the reaper's lag.
@@ -269,6 +271,7 @@ fn mode_label(m: Mode) -> &'static str {
 pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
     let mut e = Exposition::default();
     render_datapath(&mut e, o);
+    render_unjudged(&mut e, o);
     render_state(&mut e, s, o);
     render_counters(&mut e, m);
     // integrations (CrowdSec: last successful pull, decisions) go here.
@@ -300,7 +303,7 @@ fn render_datapath(e: &mut Exposition, o: &Outside) {
     e.family(
         "enforcer_packets_total",
         Kind::Counter,
-        "Frames the XDP program saw, by what it did (seen = passed + dropped; allowlisted, shadow, expired and not_ip are kinds of passed).",
+        "Frames the XDP program saw, by what it did (seen = passed + dropped; allowlisted, shadow, expired and not_ip are kinds of passed; not_ip counts every frame the parser gave up on, enforcer_unjudged_packets_total says why).",
     );
     for (iface, s) in &o.interfaces {
         for (action, c) in actions(s) {
@@ -322,6 +325,25 @@ fn render_datapath(e: &mut Exposition, o: &Outside) {
                 "enforcer_bytes_total",
                 &[("action", action), ("interface", iface)],
                 c.bytes as f64,
+            );
+        }
+    }
+}
+
+/// Frames the parser gave up on (passed without a verdict), by reason: traffic the enforcer
+/// never judged.
+fn render_unjudged(e: &mut Exposition, o: &Outside) {
+    e.family(
+        "enforcer_unjudged_packets_total",
+        Kind::Counter,
+        "Frames the XDP program passed without judging them, by why: not-ip (not IPv4/IPv6), vlan-depth (more than two VLAN tags), truncated (shorter than its headers), split-headers (headers past the first buffer of a multi-buffer frame).",
+    );
+    for (iface, u) in &o.unjudged {
+        for (i, reason) in enforcer_common::unjudged::NAMES.iter().enumerate() {
+            e.sample(
+                "enforcer_unjudged_packets_total",
+                &[("reason", reason), ("interface", iface)],
+                u.reasons[i].packets as f64,
             );
         }
     }
@@ -617,8 +639,11 @@ mod tests {
         });
         let mut stats = Stats::default();
         stats.dropped.add(60);
+        let mut unjudged = Unjudged::default();
+        unjudged.reasons[enforcer_common::unjudged::VLAN_DEPTH as usize].add(70);
         let o = Outside {
             interfaces: vec![("eth0".into(), stats)],
+            unjudged: vec![("eth0".into(), unjudged)],
             spool_depth: 4,
             now_ms: 3_500,
         };
@@ -626,6 +651,8 @@ mod tests {
         for line in [
             "enforcer_packets_total{action=\"dropped\",interface=\"eth0\"} 1",
             "enforcer_bytes_total{action=\"dropped\",interface=\"eth0\"} 60",
+            "enforcer_unjudged_packets_total{reason=\"vlan-depth\",interface=\"eth0\"} 1",
+            "enforcer_unjudged_packets_total{reason=\"truncated\",interface=\"eth0\"} 0",
             "enforcer_blocks{source=\"wazuh\",mode=\"enforce\"} 2",
             "enforcer_map_capacity{map=\"BLOCK_V4\"} 1024",
             "enforcer_requests_total{op=\"block\",result=\"ok\"} 2",

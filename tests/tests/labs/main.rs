@@ -14,6 +14,7 @@ mod fleet;
 mod hardening_lab;
 mod interfaces_lab;
 mod link_events;
+mod links_lab;
 mod mount_namespace_lab;
 mod operability;
 mod package;

@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::programs::{TestRun as _, TestRunOptions};
 use enforcer::{
     Target,
-    datapath::{Capacity, Datapath, DatapathError, DatapathOptions, MapsError, clock},
+    datapath::{Capacity, Datapath, DatapathError, DatapathOptions, MapsError, Parse, clock},
+    protocol::UnjudgedCounts,
 };
 use enforcer_common::{ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE, MODE_SHADOW};
 use enforcer_tests::{
@@ -841,4 +842,203 @@ fn pinned_maps_of_another_key_size_value_size_or_type_are_refused() {
             "{map_type} key {key} value {value}: {msg}"
         );
     }
+}
+
+// Raw-IP links (tun, WireGuard, GRE, PPP): frames start with the IP header, judged by the
+// second program with the same lookups.
+
+impl Fixture {
+    fn verdict_ip(&mut self, frame: &[u8]) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        self.dp
+            .program_for(Parse::RawIp)
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn ip_from(&mut self, src: &str) -> u32 {
+        let src: IpAddr = src.parse().expect("address");
+        self.verdict_ip(&frame::raw_udp_from(src))
+    }
+
+    fn unjudged(&self) -> UnjudgedCounts {
+        self.dp.maps().unjudged_total().unwrap().into()
+    }
+}
+
+#[test]
+fn on_a_raw_ip_link_blocked_sources_of_both_families_are_dropped_and_others_pass() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("203.0.113.0/24", 0, MODE_ENFORCE);
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    f.block("2001:db8:9::/48", 0, MODE_ENFORCE);
+    f.allow("203.0.113.9");
+    assert_eq!(f.ip_from("198.51.100.7"), XDP_DROP);
+    assert_eq!(f.ip_from("198.51.100.8"), XDP_PASS);
+    assert_eq!(
+        f.ip_from("203.0.113.77"),
+        XDP_DROP,
+        "inside a blocked prefix"
+    );
+    assert_eq!(f.ip_from("203.0.113.9"), XDP_PASS, "allowlisted");
+    assert_eq!(f.ip_from("2001:db8::7"), XDP_DROP);
+    assert_eq!(f.ip_from("2001:db8::8"), XDP_PASS);
+    assert_eq!(f.ip_from("2001:db8:9::1234"), XDP_DROP);
+    let mapped = IpAddr::V6("198.51.100.7".parse::<Ipv4Addr>().unwrap().to_ipv6_mapped());
+    assert_eq!(
+        f.verdict_ip(&frame::raw_udp_from(mapped)),
+        XDP_DROP,
+        "v4-mapped IPv6 judged as IPv4"
+    );
+    assert_eq!(f.hits("198.51.100.7"), 2);
+    let stats = f.dp.maps().stats_total().unwrap();
+    assert_eq!(stats.dropped.packets, 5);
+    assert_eq!(stats.not_ip.packets, 0);
+}
+
+/// BPF_PROG_TEST_RUN refuses frames shorter than 14 bytes, so the cuts start there: every
+/// length from 14 to one byte short of the IP header passes and counts as truncated; the whole
+/// header is enough for a verdict.
+#[test]
+fn on_a_raw_ip_link_frames_cut_anywhere_in_the_ip_header_pass_counted_as_truncated() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    let mut cut = 0;
+    for (src, header) in [("198.51.100.7", 20), ("2001:db8::7", 40)] {
+        let full = frame::raw_udp_from(src.parse().unwrap());
+        for len in 14..header {
+            assert_eq!(f.verdict_ip(&full[..len]), XDP_PASS, "{src} cut at {len}");
+            cut += 1;
+        }
+        assert_eq!(f.verdict_ip(&full[..header]), XDP_DROP, "{src} header only");
+    }
+    let u = f.unjudged();
+    assert_eq!(u.truncated.packets, cut, "{u:?}");
+    assert_eq!(
+        u.not_ip.packets + u.vlan_depth.packets + u.split_headers.packets,
+        0
+    );
+    assert_eq!(f.dp.maps().stats_total().unwrap().not_ip.packets, cut);
+}
+
+#[test]
+fn on_a_raw_ip_link_a_frame_whose_version_is_not_4_or_6_passes_counted_as_not_ip() {
+    let mut f = Fixture::new();
+    // Everything blocked: only the version nibble decides.
+    f.block("0.0.0.0/1", 0, MODE_ENFORCE);
+    f.block("128.0.0.0/1", 0, MODE_ENFORCE);
+    f.block("::/1", 0, MODE_ENFORCE);
+    f.block("8000::/1", 0, MODE_ENFORCE);
+    let v4 = frame::raw_udp_from("198.51.100.7".parse().unwrap());
+    for version in [0u8, 1, 5, 7, 15] {
+        let mut bad = v4.clone();
+        bad[0] = (version << 4) | (bad[0] & 0x0f);
+        assert_eq!(f.verdict_ip(&bad), XDP_PASS, "version {version}");
+    }
+    // An Ethernet frame on a raw-IP link: its first nibble is a MAC address's (0 here).
+    assert_eq!(
+        f.verdict_ip(&frame::udp_from(&[], "198.51.100.7".parse().unwrap())),
+        XDP_PASS
+    );
+    assert_eq!(f.unjudged().not_ip.packets, 6);
+    assert_eq!(f.verdict_ip(&v4), XDP_DROP);
+}
+
+#[test]
+fn ethernet_frames_the_parser_gives_up_on_are_counted_by_reason() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    let blocked: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    // Three tags: deeper than the parser reads (two).
+    assert_eq!(f.verdict(&frame::three_tags_from(blocked)), XDP_PASS);
+    assert_eq!(f.verdict(&frame::arp(&[])), XDP_PASS);
+    let full = frame::udp_from(&[dot1q(5)], IpAddr::V4(blocked));
+    for len in 14..frame::header_len(1, false) {
+        assert_eq!(f.verdict(&full[..len]), XDP_PASS, "cut at {len}");
+    }
+    let u = f.unjudged();
+    assert_eq!(u.vlan_depth.packets, 1, "{u:?}");
+    assert_eq!(u.not_ip.packets, 1, "{u:?}");
+    assert_eq!(
+        u.truncated.packets,
+        (frame::header_len(1, false) - 14) as u64,
+        "{u:?}"
+    );
+    assert_eq!(u.split_headers.packets, 0, "{u:?}");
+    let s = f.dp.maps().stats_total().unwrap();
+    assert_eq!(
+        s.not_ip.packets,
+        u.vlan_depth.packets + u.not_ip.packets + u.truncated.packets
+    );
+    assert_eq!(s.dropped.packets, 0);
+}
+
+/// A jumbo frame arrives in several buffers; the headers are in the first, and the verdict
+/// stands whatever the frame's length.
+#[test]
+fn a_multi_buffer_jumbo_frame_is_judged_by_its_first_buffer() {
+    let mut f = Fixture::new();
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    f.block("2001:db8::7", 0, MODE_ENFORCE);
+    for src in ["198.51.100.7", "2001:db8::7"] {
+        let mut jumbo = frame::udp_from(&[], src.parse().unwrap());
+        jumbo.resize(9000, 0x6a);
+        assert_eq!(f.verdict(&jumbo), XDP_DROP, "{src}, 9,000 bytes (Ethernet)");
+        let mut jumbo = frame::raw_udp_from(src.parse().unwrap());
+        jumbo.resize(9000, 0x6a);
+        assert_eq!(
+            f.verdict_ip(&jumbo),
+            XDP_DROP,
+            "{src}, 9,000 bytes (raw IP)"
+        );
+    }
+    let mut jumbo = frame::udp_from(&[], "198.51.100.8".parse().unwrap());
+    jumbo.resize(9000, 0x6a);
+    assert_eq!(f.verdict(&jumbo), XDP_PASS);
+}
+
+/// Pins made by an earlier build of layout 5 have no UNJUDGED map: this build reuses them,
+/// blocks and counters in place, and adds the map beside them.
+#[test]
+fn pins_of_an_earlier_build_of_the_layout_get_the_added_map_and_keep_blocks_and_counters() {
+    use enforcer_common::map_names;
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let opts = small_options(&pins);
+    let mut f = Fixture {
+        dp: Datapath::open(&opts).unwrap(),
+        _pins: pins,
+    };
+    f.block("198.51.100.7", 0, MODE_ENFORCE);
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    let maps_dir = f.dp.layout().maps_dir();
+    let Fixture { dp, _pins: pins } = f;
+    drop(dp);
+    // What the earlier build left: every map but the added one.
+    std::fs::remove_file(maps_dir.join(map_names::UNJUDGED)).unwrap();
+    let mut f = Fixture {
+        dp: Datapath::open(&opts).expect("an earlier build's pins are reused"),
+        _pins: pins,
+    };
+    assert!(
+        maps_dir.join(map_names::UNJUDGED).exists(),
+        "the added map is pinned"
+    );
+    assert_eq!(
+        f.hits("198.51.100.7"),
+        1,
+        "the block and its counter are still there"
+    );
+    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
+    assert_eq!(f.hits("198.51.100.7"), 2);
+    assert_eq!(f.verdict(&frame::arp(&[])), XDP_PASS);
+    assert_eq!(f.unjudged().not_ip.packets, 1);
+    assert_eq!(f.dp.maps().stats_total().unwrap().dropped.packets, 2);
 }

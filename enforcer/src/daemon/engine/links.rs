@@ -28,7 +28,7 @@ impl Engine {
     ) -> anyhow::Result<()> {
         self.interfaces = interfaces;
         self.xdp_mode = mode;
-        self.prog_id = self.dp.program().info()?.id();
+        self.programs = self.dp.programs()?;
         Ok(())
     }
 
@@ -42,7 +42,7 @@ impl Engine {
     /// (warning, audit event, metric). Returns the attaches that failed (fatal at start; at run
     /// time they are retried with every dump, twice a second).
     pub fn follow_links(&mut self, links: &[LinkState]) -> Vec<AttachFailure> {
-        let steps = self.interfaces.plan(links, self.prog_id);
+        let steps = self.interfaces.plan(links, self.programs);
         let mut failures = Vec::new();
         for step in steps {
             match step {
@@ -66,7 +66,7 @@ impl Engine {
                 }
                 Step::Release { iface, was, listed } => self.release(&iface, was, listed),
                 Step::Confirmed { iface, ifindex } => {
-                    tracing::info!(%iface, ifindex, prog_id = self.prog_id, "protected: the program already runs there");
+                    tracing::info!(%iface, ifindex, "protected: the program already runs there");
                     self.interface_changed(
                         Action::InterfaceProtected,
                         &iface,
@@ -88,8 +88,8 @@ impl Engine {
             "attached"
         };
         let detail = format!(
-            "{why}: {how} in {} mode (ifindex {}, program {})",
-            a.mode, a.ifindex, a.prog_id
+            "{why}: {how} in {} mode (ifindex {}, program {}, link {}, {} parse)",
+            a.mode, a.ifindex, a.prog_id, a.link_type, a.parse
         );
         match why {
             // Protection lost and restored is what an operator must hear about.

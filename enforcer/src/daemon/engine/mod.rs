@@ -43,7 +43,7 @@ use crate::{
     access::AccessPolicy,
     audit::{AuditLog, Event},
     block::UnixMillis,
-    datapath::{Datapath, XdpModeRequest},
+    datapath::{Datapath, Programs, XdpModeRequest},
     interfaces::Interfaces,
     metrics::{BlockTally, Metrics},
     policy::host,
@@ -70,8 +70,8 @@ pub struct Engine {
     interfaces: Interfaces,
     /// The mode to attach in.
     xdp_mode: XdpModeRequest,
-    /// The id of the program this daemon attaches (what "protected" means in the kernel).
-    prog_id: u32,
+    /// The ids of the programs this daemon attaches (what "protected" means in the kernel).
+    programs: Programs,
     /// Whether the first dump of the links was followed (what appears later is news).
     links_followed: bool,
     started: Instant,
@@ -240,7 +240,7 @@ impl Engine {
             ledger: &mut self.ledger,
             maps: self.dp.maps(),
             interfaces: &self.interfaces,
-            prog_id: self.prog_id,
+            programs: self.programs,
             started: self.started,
             store_path: self.store.path(),
             pins: self.dp.pins(),

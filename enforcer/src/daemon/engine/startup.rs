@@ -68,7 +68,7 @@ impl Engine {
             also_builtin: config.also_builtin,
             interfaces: Interfaces::default(),
             xdp_mode: XdpModeRequest::Auto,
-            prog_id: 0,
+            programs: crate::datapath::Programs::default(),
             links_followed: false,
             started: Instant::now(),
             reap_backoff_until: 0,

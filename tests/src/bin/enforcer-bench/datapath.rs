@@ -24,6 +24,7 @@ use std::{
     collections::HashSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
     time::Instant,
 };
 
@@ -31,7 +32,7 @@ use anyhow::{Context as _, Result, ensure};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
 use enforcer::{
     Target,
-    datapath::{Capacity, Datapath, DatapathOptions},
+    datapath::{Capacity, Datapath, DatapathOptions, Parse},
 };
 use enforcer_common::{ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE};
 use enforcer_tests::{PinDir, frame};
@@ -152,6 +153,8 @@ pub struct CaseId {
     pub vlan: bool,
     /// Whether per-block hit counters are compiled in.
     pub counters: bool,
+    /// The link's parse: Ethernet (every case but the raw-IP ones) or raw IP.
+    pub link: Parse,
 }
 
 /// One case's measurements and what they say.
@@ -212,10 +215,32 @@ pub struct Results {
     pub inserts: Vec<InsertRun>,
     /// Every CPU on one block at once, against one CPU.
     pub multi_cpu: Vec<crate::multicpu::MultiCpuCase>,
+    /// Misses and hits on a raw-IP link (tun, WireGuard...) beside the same packets on
+    /// Ethernet, one loaded object, the same rounds.
+    pub raw_ip: Vec<Case>,
+    /// This build's Ethernet program against an earlier build's object, the same frames and
+    /// maps, the same rounds (with `--baseline-object`).
+    pub baseline: Vec<BaselineCase>,
 }
 
-/// Runs the whole section.
-pub fn run(settings: &Settings) -> Result<Results> {
+/// One packet through this build's Ethernet program and an earlier build's, in the same rounds.
+#[derive(Debug, Serialize)]
+pub struct BaselineCase {
+    pub family: Family,
+    pub packet: Packet,
+    /// This build (floor-relative, as in [`Case`]).
+    pub new: Case,
+    /// The earlier object's `enforcer_xdp` on the same maps.
+    pub old: Case,
+    /// Median over rounds of new ÷ old (kernel ns; each round's pair ran back to back).
+    pub new_vs_old: f64,
+    /// The same from the userspace timings.
+    pub wall_new_vs_old: f64,
+}
+
+/// Runs the whole section; with `baseline`, an earlier build's XDP object, also compares this
+/// build's Ethernet path with it.
+pub fn run(settings: &Settings, baseline: Option<&Path>) -> Result<Results> {
     let mut cases = Vec::new();
     let mut inserts = Vec::new();
     for (family, fill, sizes) in PLAN {
@@ -225,6 +250,11 @@ pub fn run(settings: &Settings) -> Result<Results> {
     }
     link_to_empty(&mut cases);
     let counters = counters(settings)?;
+    let raw_ip = raw_ip(settings)?;
+    let baseline = match baseline {
+        Some(object) => compare_with(object, settings)?,
+        None => Vec::new(),
+    };
     let multi_cpu = crate::multicpu::run(settings.rounds, settings.repeat)?;
     let mut floors: Vec<u32> = cases
         .iter()
@@ -245,7 +275,107 @@ pub fn run(settings: &Settings) -> Result<Results> {
         counters,
         inserts,
         multi_cpu,
+        raw_ip,
+        baseline,
     })
+}
+
+/// Misses and address hits, Ethernet and raw IP, both families, the fixtures' blocks loaded.
+fn raw_ip(settings: &Settings) -> Result<Vec<Case>> {
+    let mut loaded = [Loaded::new(true)?];
+    let mut probes = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let fixtures = Fixtures::of(family);
+        fixtures.install(&mut loaded[0].dp)?;
+        for packet in [Packet::Miss, Packet::HitAddress] {
+            for link in [Parse::Ethernet, Parse::RawIp] {
+                let id = CaseId {
+                    family,
+                    fill: Fill::None,
+                    entries: 0,
+                    packet,
+                    vlan: false,
+                    counters: true,
+                    link,
+                };
+                probes.push(Probe::new(&fixtures, id, 0));
+            }
+        }
+    }
+    eprintln!("raw-IP and Ethernet parses: measuring");
+    measure(&mut loaded, &probes, settings)
+}
+
+/// This build's Ethernet program and `object`'s (an earlier build, same map layout) on the same
+/// pinned maps: misses and address hits, each pair back to back in every round.
+fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>> {
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let mut new = Loaded::new(true)?;
+    let maps_dir = new.dp.layout().maps_dir();
+    let mut old = aya::EbpfLoader::new()
+        .default_map_pin_directory(&maps_dir)
+        .load(&bytes)
+        .with_context(|| format!("loading {} on this build's maps", object.display()))?;
+    let old_program: &mut Xdp = old
+        .program_mut(enforcer_common::PROGRAM_NAME)
+        .context("the earlier object has no enforcer_xdp")?
+        .try_into()?;
+    old_program.load()?;
+    let mut out = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let fixtures = Fixtures::of(family);
+        fixtures.install(&mut new.dp)?;
+        for packet in [Packet::Miss, Packet::HitAddress] {
+            let id = CaseId {
+                family,
+                fill: Fill::None,
+                entries: 0,
+                packet,
+                vlan: false,
+                counters: true,
+                link: Parse::Ethernet,
+            };
+            let frame = frame::udp_from(&[], fixtures.source(packet));
+            let (mut floor, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..settings.rounds {
+                // Alternate which goes first, so neither always runs on a warmer cache.
+                let (t, _) = test_run(new.dp.floor_program()?, &frame, settings.repeat)?;
+                floor.push(t);
+                let old_program: &mut Xdp = old
+                    .program_mut(enforcer_common::PROGRAM_NAME)
+                    .expect("loaded above")
+                    .try_into()?;
+                let (t_old, v_old) = test_run(old_program, &frame, settings.repeat)?;
+                let (t_new, v_new) = test_run(new.dp.program(), &frame, settings.repeat)?;
+                ensure!(
+                    v_old == packet.verdict() && v_new == packet.verdict(),
+                    "{id:?}: verdicts old {v_old}, new {v_new}"
+                );
+                ours.push(t_new);
+                theirs.push(t_old);
+            }
+            let ratio = |a: &[Timing], b: &[Timing], f: fn(&Timing) -> f64| {
+                let mut r: Vec<f64> = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| f(x) / f(y).max(1e-9))
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                middle(&r)
+            };
+            eprintln!("{family} {packet:?}: this build vs the earlier object measured");
+            out.push(BaselineCase {
+                family,
+                packet,
+                new_vs_old: ratio(&ours, &theirs, |t| f64::from(t.kernel_ns)),
+                wall_new_vs_old: ratio(&ours, &theirs, |t| t.wall_ns),
+                new: Case::new(id, &ours, &floor),
+                old: Case::new(id, &theirs, &floor),
+            });
+        }
+        fixtures.remove(&mut new.dp)?;
+    }
+    Ok(out)
 }
 
 /// Measures one family and fill at each size, growing the maps in place.
@@ -301,6 +431,7 @@ fn grow(
                     packet,
                     vlan,
                     counters: true,
+                    link: Parse::Ethernet,
                 },
                 0,
             )
@@ -338,6 +469,7 @@ fn counters(settings: &Settings) -> Result<Vec<Case>> {
                     packet,
                     vlan: false,
                     counters,
+                    link: Parse::Ethernet,
                 };
                 probes.push(Probe::new(&fixtures, id, on));
             }
@@ -376,9 +508,13 @@ struct Probe {
 impl Probe {
     fn new(fixtures: &Fixtures, id: CaseId, program: usize) -> Self {
         let tags: &[frame::Tag] = if id.vlan { &[frame::dot1q(100)] } else { &[] };
+        let source = fixtures.source(id.packet);
         Self {
             id,
-            frame: frame::udp_from(tags, fixtures.source(id.packet)),
+            frame: match id.link {
+                Parse::Ethernet => frame::udp_from(tags, source),
+                Parse::RawIp => frame::raw_udp_from(source),
+            },
             program,
         }
     }
@@ -395,7 +531,7 @@ fn measure(loaded: &mut [Loaded], probes: &[Probe], settings: &Settings) -> Resu
             ensure!(verdict == XDP_PASS, "the floor program returned {verdict}");
             floor.push(t);
             let (t, verdict) = test_run(
-                loaded[probe.program].dp.program(),
+                loaded[probe.program].dp.program_for(probe.id.link),
                 &probe.frame,
                 settings.repeat,
             )?;

@@ -49,6 +49,11 @@ struct Args {
     /// startup sync is then run with both builds, interleaved, and the report compares them.
     #[arg(long, value_name = "PATH")]
     baseline_enforcer: Option<PathBuf>,
+    /// An earlier build's XDP object (`target/<profile>/build/enforcer-*/out/enforcer-xdp`, same
+    /// map layout): the data path section then times its Ethernet program beside this build's,
+    /// on the same maps and frames, in the same rounds, and reports the ratio.
+    #[arg(long, value_name = "PATH")]
+    baseline_object: Option<PathBuf>,
     /// CrowdSec: decisions timed on the fleet, overriding the run's default (for profiling).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     crowdsec_rounds: Option<u64>,
@@ -112,7 +117,9 @@ fn main() -> Result<()> {
         } else {
             datapath::Settings::FULL
         };
-        report.datapath = Some(timed(times, "data path", || datapath::run(&s))?);
+        report.datapath = Some(timed(times, "data path", || {
+            datapath::run(&s, args.baseline_object.as_deref())
+        })?);
     }
     if runs(Section::Traffic) {
         let s = if q {

@@ -47,6 +47,8 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
         );
     }
 
+    raw_ip_markdown(w, d);
+
     let _ = writeln!(w, "\n### What per-block hit counters cost\n");
     let _ = writeln!(
         w,
@@ -101,6 +103,60 @@ pub fn markdown(w: &mut String, d: &datapath::Results) {
             i.micros_each(),
             thousands((1e6 / i.micros_each()) as usize),
         );
+    }
+}
+
+/// Raw-IP beside Ethernet, and this build beside an earlier object.
+fn raw_ip_markdown(w: &mut String, d: &datapath::Results) {
+    if !d.raw_ip.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n### Raw-IP links (tun, WireGuard, GRE, PPP) beside Ethernet\n"
+        );
+        let _ = writeln!(
+            w,
+            "The same program logic after the other parse, the fixtures' blocks loaded, the same rounds.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| family | packet | link | ns/packet | × floor | × floor (wall) |"
+        );
+        let _ = writeln!(w, "|---|---|---|--:|--:|--:|");
+        for c in &d.raw_ip {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {:.2} | {:.2} |",
+                c.id.family,
+                packet(c.id.packet),
+                c.id.link,
+                ns(c.median_ns),
+                c.vs_floor,
+                c.wall_vs_floor
+            );
+        }
+    }
+    if !d.baseline.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n### This build's Ethernet path against an earlier object\n"
+        );
+        let _ = writeln!(
+            w,
+            "| family | packet | new ns | old ns | new ÷ old | new ÷ old (wall) |"
+        );
+        let _ = writeln!(w, "|---|---|--:|--:|--:|--:|");
+        for b in &d.baseline {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {:.3} | {:.3} |",
+                b.family,
+                packet(b.packet),
+                ns(b.new.median_ns),
+                ns(b.old.median_ns),
+                b.new_vs_old,
+                b.wall_new_vs_old
+            );
+        }
     }
 }
 
