@@ -112,6 +112,22 @@ pub struct Results {
     pub userspace_timer: Variant,
 }
 
+impl Results {
+    /// What fails the run: a block of enforcer's that let a probe through before its deadline
+    /// (by the probe's send time, which precedes the kernel's judgement). The baseline's count
+    /// is reported, not judged.
+    pub fn failures(&self) -> Vec<String> {
+        let early = self.enforcer.early;
+        if early == 0 {
+            return Vec::new();
+        }
+        vec![format!(
+            "expiry: {early} of enforcer's blocks let a probe sent before the deadline through \
+             (an early expiry)"
+        )]
+    }
+}
+
 pub fn run(settings: &Settings) -> Result<Results> {
     let n = settings.blocks;
     eprintln!("expiry: {n} enforcer blocks");

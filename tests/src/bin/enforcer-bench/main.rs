@@ -171,15 +171,23 @@ fn main() -> Result<()> {
     let markdown = report::write(&out, &report)?;
     print!("{markdown}");
     eprintln!("results in {}", out.display());
-    // A case whose filter did not filter measured nothing worth reporting: fail the run.
-    let failures = report
+    // A case whose filter did not filter measured nothing worth reporting, and a block that
+    // ended before its deadline broke a promise: either fails the run.
+    let mut failures = report
         .traffic
         .as_ref()
         .map(traffic::Results::failures)
         .unwrap_or_default();
+    failures.extend(
+        report
+            .expiry
+            .as_ref()
+            .map(expiry::Results::failures)
+            .unwrap_or_default(),
+    );
     ensure!(
         failures.is_empty(),
-        "{} traffic case(s) failed their functional check:\n  {}",
+        "{} case(s) failed their functional check:\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
