@@ -387,3 +387,69 @@ fn escape_sequences_in_a_reason_reach_the_terminal_escaped_in_list_and_show() {
     let list = d.list(&[]);
     assert_eq!(list[0].sources[0].reason.summary(), reason);
 }
+
+/// The boot clock, in ms (what the daemon counts the boot's age by).
+fn boot_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[test]
+fn after_a_reboot_with_the_clock_ahead_a_block_that_looks_expired_is_held_until_ntp_sets_it() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let wall = FakeWall::new();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let wrapper = proc_subset_wrapper(bin_dir.path());
+    let boot = |id: &str| {
+        let mut env = vec![("ENFORCER_BOOT_ID".to_owned(), id.to_owned())];
+        env.extend(wall.env());
+        env
+    };
+    let mut d = Daemon::start_bin_with_env(
+        &wrapper,
+        &lab,
+        &[],
+        boot("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+    )
+    .unwrap();
+    let blocked = SENDER_V4[0];
+    ok(&d.cli(&["block", blocked, "--ttl", "1h"]));
+    d.stop().unwrap();
+
+    // A reboot (another boot id), the machine's clock two hours ahead, and the boot 9 min 50 s
+    // old as far as the daemon's check is concerned (a debug-build hook): the stored block looks
+    // expired, but the clock is not to be trusted yet.
+    wall.step("+2h");
+    d.env = boot("1f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    d.env.push((
+        "ENFORCER_TEST_BOOT_AGE_OFFSET_MS".to_owned(),
+        (boot_ms() - 590_000).to_string(),
+    ));
+    d.spawn().unwrap();
+    assert!(
+        !d.audit_text()
+            .contains("expired while the daemon was not running"),
+        "deleted at load: {}",
+        d.audit_text()
+    );
+    // NTP sets the clock right; once the boot is 10 min old the block is judged again.
+    wall.step("+0");
+    wait_for(
+        "the held block to be restored",
+        Duration::from_secs(30),
+        || {
+            Ok(d.list(&[])
+                .iter()
+                .any(|b| b.target.to_string() == blocked)
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", d.log()));
+    assert_eq!(lab.passes(blocked), 0, "dropped again, with its hour");
+}

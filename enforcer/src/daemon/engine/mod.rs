@@ -13,6 +13,7 @@
 mod access;
 mod command;
 mod denials;
+mod held;
 mod links;
 mod origins;
 mod reaper;
@@ -92,6 +93,9 @@ pub struct Engine {
     /// Store operations still to commit (a clock step's, when its commit failed): they go first
     /// in the next commit.
     carry: Vec<StoreOp>,
+    /// Rows that looked expired at load while the clock was unsettled after a reboot: in the
+    /// store, not loaded, judged again once the clock can be trusted ([`held`]).
+    held: Vec<crate::block::Record>,
     /// Dropped packets and bytes by the origin of each target's block.
     origins: origins::DropsByOrigin,
     /// Denied requests per caller, for the audit log.
@@ -159,6 +163,7 @@ impl Engine {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.reap();
+            self.judge_held();
             self.count_origins(false);
             self.denials.flush(&mut self.audit, false);
             self.publish_metrics();

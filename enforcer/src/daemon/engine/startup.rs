@@ -79,6 +79,7 @@ impl Engine {
             access: config.access,
             clock: TimeKeeper::new(SystemClock, time::boot_id()),
             carry: Vec::new(),
+            held: Vec::new(),
             origins: super::origins::DropsByOrigin::default(),
             denials: super::denials::Denials::default(),
         };
@@ -89,6 +90,10 @@ impl Engine {
         engine.load_allowlist(&config.allowlist)?;
         let meta = engine.store.load_meta()?;
         let shift = engine.stored_time_shift(meta.time_base.as_ref());
+        let other_boot = meta
+            .time_base
+            .as_ref()
+            .is_some_and(|s| engine.ledger.time_base().shift_from(s).is_none());
         engine.ledger.load_side(
             engine.store.load_pending()?,
             engine.store.load_offenses()?,
@@ -106,7 +111,7 @@ impl Engine {
             )?;
         }
         engine.ledger.shift_deadlines(shift, crate::block::now_ms());
-        engine.reconcile(shift)?;
+        engine.reconcile(shift, other_boot)?;
         engine.store_time_base(shift, meta.time_base.as_ref())?;
         Ok(engine)
     }
@@ -213,8 +218,9 @@ impl Engine {
     }
 
     /// Loads the store and makes the kernel maps say exactly what it says.
-    /// `shift`: how far the stored deadlines move (see [`Engine::stored_time_shift`]).
-    fn reconcile(&mut self, shift: i64) -> anyhow::Result<()> {
+    /// `shift`: how far the stored deadlines move (see [`Engine::stored_time_shift`]);
+    /// `other_boot`: the store was written on another boot.
+    fn reconcile(&mut self, shift: i64, other_boot: bool) -> anyhow::Result<()> {
         let mut records = self.store.load_all()?;
         if shift != 0 {
             for r in &mut records {
@@ -223,6 +229,7 @@ impl Engine {
         }
         let now = self.now();
         let expired = self.ledger.load_blocks(records, now);
+        let expired = self.hold_if_unsettled(expired, other_boot);
         for t in self.ledger.blocks().values() {
             self.tally.add(t);
         }
