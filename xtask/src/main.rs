@@ -7,6 +7,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod layering;
 mod package;
 mod setup;
 mod test;

@@ -286,6 +286,7 @@ fn processes_with_env(entry: &str) -> Vec<(i32, String)> {
 /// build cannot lint (it only builds for bpfel-unknown-none with nightly and `build-std`).
 fn lint(summary: &mut Summary) -> Result<()> {
     format_check(summary)?;
+    layering_check(summary)?;
     let userspace: &[&str] = &[
         "clippy",
         "--workspace",
@@ -311,6 +312,22 @@ fn lint(summary: &mut Summary) -> Result<()> {
                 .problems
                 .push(format!("clippy on {what} failed ({status})"));
         }
+    }
+    Ok(())
+}
+
+/// No import cycle between sibling modules of the enforcer crate (see [`crate::layering`]).
+fn layering_check(summary: &mut Summary) -> Result<()> {
+    let cycles = crate::layering::cycles(&cmd::repo_root().join("enforcer/src"))?;
+    for cycle in &cycles {
+        eprintln!("{cycle}");
+    }
+    if !cycles.is_empty() {
+        summary.problems.push(format!(
+            "{} import cycle(s) between modules of enforcer/src (printed above): move the shared \
+             item to the module both use, or to a new leaf module",
+            cycles.len()
+        ));
     }
     Ok(())
 }
