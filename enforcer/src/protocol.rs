@@ -584,7 +584,7 @@ pub enum Reply {
     /// Answer to show.
     Show(ShowReply),
     /// Answer to stats.
-    Stats(StatsReply),
+    Stats(Box<StatsReply>),
     /// Answer to status.
     Status(Box<StatusReply>),
     /// Answer to allow add/remove.

@@ -190,12 +190,12 @@ impl View<'_> {
                 *by_source.entry(s.clone()).or_default() += 1;
             }
         }
-        Ok(Reply::Stats(StatsReply {
+        Ok(Reply::Stats(Box::new(StatsReply {
             total: Counters::from(total).with_unjudged(unjudged),
             interfaces,
             blocks_by_source: by_source.into_iter().collect(),
             dropped_by_origin: self.dropped_by_origin.clone(),
-        }))
+        })))
     }
 
     /// The tally's count (no walk over every target on the engine thread); debug builds check it
