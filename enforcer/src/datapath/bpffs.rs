@@ -27,9 +27,10 @@ use std::{
     sync::Arc,
 };
 
+use enforcer_common::LAYOUT_VERSION;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::loader::{DatapathError, PinLayout};
+use super::error::DatapathError;
 
 /// Whether the pins outlive the daemon, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -362,6 +363,62 @@ fn ensure_bpffs(dir: &Path, may_mount: bool) -> Result<(), DatapathError> {
 
 fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// The paths under a bpffs directory.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    base: PathBuf,
+    /// The directory `base` runs through (`/proc/self/fd/N/...`), held open as long as the
+    /// layout (see [`super::bpffs`]).
+    _anchor: Option<Arc<File>>,
+}
+
+impl PinLayout {
+    /// The layout under `base`.
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self {
+            base: base.into(),
+            _anchor: None,
+        }
+    }
+
+    /// The layout under `base`, a path through the open directory `anchor`.
+    pub(crate) fn with_anchor(base: PathBuf, anchor: Arc<File>) -> Self {
+        Self {
+            base,
+            _anchor: Some(anchor),
+        }
+    }
+
+    /// The base directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Where this build's maps are pinned (versioned by the map layout).
+    pub fn maps_dir(&self) -> PathBuf {
+        self.base.join(format!("maps-v{LAYOUT_VERSION}"))
+    }
+
+    /// Where the XDP links are pinned.
+    pub fn links_dir(&self) -> PathBuf {
+        self.base.join("links")
+    }
+
+    /// The pinned link of one interface.
+    pub fn link_path(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(encode_pin_name(iface))
+    }
+}
+
+/// bpffs refuses names containing dots, which VLAN interfaces have (`eth0.100`).
+pub(super) fn encode_pin_name(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2e")
+}
+
+pub(super) fn decode_pin_name(name: &str) -> String {
+    name.replace("%2e", ".").replace("%25", "%")
 }
 
 #[cfg(test)]

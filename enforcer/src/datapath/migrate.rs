@@ -16,7 +16,7 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo};
 use enforcer_common::{BlockValue, map_names};
 use ipnet::IpNet;
 
-use super::{BlockMaps, loader::PinLayout};
+use super::{BlockMaps, bpffs::PinLayout};
 use crate::target::Target;
 
 /// Copies every block of every older layout's maps under `layout` into `maps` (skipping targets

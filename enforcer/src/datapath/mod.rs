@@ -2,17 +2,19 @@
 
 pub mod bpffs;
 pub mod clock;
+pub mod error;
 pub mod indexes;
 pub mod link;
 pub mod loader;
 pub mod maps;
 mod migrate;
 
-pub use bpffs::{PinsDurability, PinsInfo, ResolvedPins, resolve as resolve_pins};
+pub use bpffs::{PinLayout, PinsDurability, PinsInfo, ResolvedPins, resolve as resolve_pins};
+pub use error::{DatapathError, XdpModeRequest};
 pub use link::{LinkType, Parse, Programs};
 pub use loader::{
-    Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathError, DatapathOptions, PinLayout,
-    XdpModeRequest, detach_all, detach_link, pinned_interfaces,
+    Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathOptions, detach_all, detach_link,
+    pinned_interfaces,
 };
 pub use maps::{BlockMaps, MapsError, StatsReader};
 
