@@ -130,21 +130,30 @@ pub enum RequestIdError {
 }
 
 impl RequestId {
-    /// A fresh id: 32 hex digits of the kernel's randomness (`/dev/urandom`), falling back to
-    /// the time, pid and a counter if that cannot be read.
+    /// A fresh id: 32 hex digits of the kernel's randomness, from getrandom(2), which needs no
+    /// descriptor (so a process out of them still gets one), then `/dev/urandom`. There is no
+    /// predictable fallback (time, pid): another caller could guess it and send it first.
+    ///
+    /// # Panics
+    /// If the kernel gives no randomness at all (getrandom(2) exists since Linux 3.17).
     pub fn generate() -> Self {
         use std::io::Read as _;
         let mut bytes = [0u8; 16];
-        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-        if read.is_err() {
-            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let fallback = format!(
-                "{:x}-{:x}-{seq:x}",
-                crate::block::now_ms(),
-                std::process::id()
-            );
-            return Self(fallback);
+        let from_syscall = loop {
+            // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into the buffer we own.
+            let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+            if n == bytes.len() as isize {
+                break true;
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break false;
+        };
+        if !from_syscall {
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .expect("the kernel's randomness (getrandom(2) or /dev/urandom) for a request id");
         }
         Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
@@ -1103,6 +1112,44 @@ pub struct PublishStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Out of descriptors, a request id is still 128 random bits, not the time and pid (which
+    /// another caller could predict and send first). Runs in a child process (the descriptors
+    /// are the process's, and other tests run beside it).
+    #[test]
+    fn a_request_id_made_without_a_free_descriptor_is_still_random() {
+        const CHILD: &str = "ENFORCER_REQUEST_ID_EMFILE";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "protocol::tests::a_request_id_made_without_a_free_descriptor_is_still_random",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "the child failed:\n{text}");
+            assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+            return;
+        }
+        let mut taken = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            taken.push(f);
+        }
+        let ids = [RequestId::generate(), RequestId::generate()];
+        drop(taken);
+        for id in &ids {
+            assert!(
+                id.as_str().len() == 32 && id.as_str().bytes().all(|b| b.is_ascii_hexdigit()),
+                "a predictable id: {}",
+                id.as_str()
+            );
+        }
+        assert_ne!(ids[0], ids[1]);
+    }
 
     #[test]
     fn request_lines_are_checked_as_json_then_version_then_fields() {
