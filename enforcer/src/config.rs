@@ -118,6 +118,9 @@ pub struct ControlSocketConfig {
     pub idle_timeout: HumanDuration,
     /// The longest request line, in bytes; a longer one is refused and the connection closed.
     pub max_request_bytes: usize,
+    /// Request bytes held at once, over every connection (lines being read and handled); a
+    /// connection whose line would pass it is answered `unavailable` and closed.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ControlSocketConfig {
@@ -126,6 +129,7 @@ impl Default for ControlSocketConfig {
             max_connections: 256,
             idle_timeout: HumanDuration(std::time::Duration::from_secs(30)),
             max_request_bytes: crate::protocol::MAX_LINE,
+            max_buffered_bytes: 4 * crate::protocol::MAX_LINE,
         }
     }
 }
@@ -149,6 +153,18 @@ impl ControlSocketConfig {
             return Err((
                 "max_request_bytes",
                 "control_socket.max_request_bytes must be at least 4096".into(),
+            ));
+        }
+        if self.max_buffered_bytes < self.max_request_bytes {
+            return Err((
+                "max_buffered_bytes",
+                "control_socket.max_buffered_bytes must be at least max_request_bytes".into(),
+            ));
+        }
+        if u32::try_from(self.max_buffered_bytes).is_err() {
+            return Err((
+                "max_buffered_bytes",
+                "control_socket.max_buffered_bytes must be below 4 GiB".into(),
             ));
         }
         Ok(())

@@ -227,7 +227,8 @@ pub enum Request {
         /// Only this source's blocks.
         #[serde(default)]
         source: Option<Source>,
-        /// At most this many targets (default: all).
+        /// At most this many targets (default and most: [`MAX_LIST_PAGE`]; `next` then says
+        /// where the next page starts).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
         /// Only targets after this one (the previous page's `next`).
@@ -765,7 +766,20 @@ pub struct ShowReply {
     pub allowlist: Vec<AllowEntry>,
     /// What a packet from it gets now: `drop`, `pass`, `pass (allowlisted)`, `pass (shadow)`.
     pub verdict: String,
+    /// Blocks inside it not listed (past [`MAX_LIST_PAGE`]; the blocks covering the address
+    /// itself are always listed): `list` pages through them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more: usize,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The most blocks one `list` page or `show` answer holds: each is one short stint on the
+/// daemon's engine thread, so listing every block, however many, never holds up a block for
+/// longer than one page takes.
+pub const MAX_LIST_PAGE: usize = 1000;
 
 /// An allowlist entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -38,16 +38,13 @@ pub struct Args {
     pub after: Option<Target>,
 }
 
-/// Blocks per request when `list` is asked for everything: each page is one short stint on the
-/// daemon's engine thread, so listing a million blocks never holds up blocks being written.
-pub const PAGE: usize = 10_000;
+/// Blocks per request: the daemon's largest page. Each page is one short stint on its engine
+/// thread, so listing a million blocks never holds up blocks being written.
+pub const PAGE: usize = crate::protocol::MAX_LIST_PAGE;
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let limit = a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    let (mut blocks, next) = match limit {
-        Some(limit) => page(socket, a.source.as_ref(), Some(limit), a.after)?,
-        None => every_page(socket, a.source.as_ref(), a.after)?,
-    };
+    let (mut blocks, next) = every_page(socket, a.source.as_ref(), a.after, limit)?;
     sort(&mut blocks, a.sort);
     if a.json {
         super::output::json(&blocks)?;
@@ -81,20 +78,23 @@ fn page(
     Ok((blocks, next))
 }
 
-/// Every block after `after`, fetched [`PAGE`] at a time. Pages are read one after another, so
-/// a block added or removed meanwhile may be missing or shown; each page is consistent.
+/// Every block after `after` (at most `limit`), fetched [`PAGE`] at a time. Pages are read one
+/// after another, so a block added or removed meanwhile may be missing or shown; each page is
+/// consistent. Returns where the next block starts, if `limit` stopped it.
 fn every_page(
     socket: &Path,
     source: Option<&Source>,
     mut after: Option<Target>,
+    limit: Option<usize>,
 ) -> anyhow::Result<(Vec<ListEntry>, Option<Target>)> {
     let mut all = Vec::new();
     loop {
-        let (blocks, next) = page(socket, source, Some(PAGE), after)?;
+        let want = limit.map_or(PAGE, |l| l.saturating_sub(all.len()).min(PAGE));
+        let (blocks, next) = page(socket, source, Some(want), after)?;
         all.extend(blocks);
         match next {
-            Some(next) => after = Some(next),
-            None => return Ok((all, None)),
+            Some(next) if limit.is_none_or(|l| all.len() < l) => after = Some(next),
+            next => return Ok((all, next)),
         }
     }
 }

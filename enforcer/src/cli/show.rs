@@ -30,6 +30,12 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             println!("allowlist: {} ({})", e.target, e.origin);
         }
     }
+    if r.more > 0 {
+        println!(
+            "({} more blocks inside {} are not shown: `enforcer list` lists every block)",
+            r.more, r.target
+        );
+    }
     if r.blocks.is_empty() {
         println!("blocks: none");
     } else {

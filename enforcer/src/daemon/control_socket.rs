@@ -15,7 +15,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedReadHalf},
-    sync::{Semaphore, oneshot, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch},
 };
 
 use super::engine::Command;
@@ -61,6 +61,9 @@ pub struct Server {
     pub limits: ControlSocketConfig,
     /// One permit per connection served ([`ControlSocketConfig::max_connections`]).
     pub permits: Arc<Semaphore>,
+    /// One permit per request byte held, over every connection
+    /// ([`ControlSocketConfig::max_buffered_bytes`]).
+    pub buffered: Arc<Semaphore>,
     /// Set when the daemon stops: no request is handed to the engine any more.
     pub stopping: watch::Receiver<bool>,
 }
@@ -211,32 +214,71 @@ enum Next {
     Idle,
     /// The daemon is stopping.
     Stopping,
+    /// The line would pass the bytes every connection may hold at once.
+    Busy,
 }
 
 /// Waits for the next request line into `line`, at most the idle timeout, and not past the
-/// daemon's stop (a partial line read by then is dropped: it was not a request yet).
+/// daemon's stop (a partial line read by then is dropped: it was not a request yet). The bytes
+/// are taken from the daemon-wide budget as they arrive (`held` keeps them until the request
+/// is answered): 256 connections cannot hold 256 lines of the longest size at once.
 async fn next_line(
     reader: &mut BufReader<OwnedReadHalf>,
     line: &mut Vec<u8>,
+    held: &mut Option<OwnedSemaphorePermit>,
     server: &Server,
 ) -> io::Result<Next> {
     let mut stopping = server.stopping.clone();
-    let max = server.limits.max_request_bytes as u64 + 1;
-    let mut limited = reader.take(max);
     let read = tokio::time::timeout(
         server.limits.idle_timeout.0,
-        limited.read_until(b'\n', line),
+        read_line(reader, line, held, server),
     );
     tokio::select! {
         biased;
         r = read => match r {
-            Ok(Ok(0)) => Ok(Next::Closed),
-            Ok(Ok(_)) if *server.stopping.borrow() => Ok(Next::Stopping),
-            Ok(Ok(_)) => Ok(Next::Line),
+            Ok(Ok(Some(0))) => Ok(Next::Closed),
+            Ok(Ok(Some(_))) if *server.stopping.borrow() => Ok(Next::Stopping),
+            Ok(Ok(Some(_))) => Ok(Next::Line),
+            Ok(Ok(None)) => Ok(Next::Busy),
             Ok(Err(e)) => Err(e),
             Err(_) => Ok(Next::Idle),
         },
         _ = stopping.wait_for(|s| *s) => Ok(Next::Stopping),
+    }
+}
+
+/// Reads up to a newline, or one byte past `max_request_bytes`, into `line`, taking a budget
+/// permit per byte; `None` when the budget has no room for what arrived.
+async fn read_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    held: &mut Option<OwnedSemaphorePermit>,
+    server: &Server,
+) -> io::Result<Option<usize>> {
+    let max = server.limits.max_request_bytes + 1;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(Some(line.len()));
+        }
+        let newline = buf.iter().position(|b| *b == b'\n');
+        let take = newline.map_or(buf.len(), |i| i + 1).min(max - line.len());
+        let Ok(permit) = server
+            .buffered
+            .clone()
+            .try_acquire_many_owned(u32::try_from(take).unwrap_or(u32::MAX))
+        else {
+            return Ok(None);
+        };
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if newline.is_some_and(|i| i < take) || line.len() >= max {
+            return Ok(Some(line.len()));
+        }
     }
 }
 
@@ -247,8 +289,13 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
     let mut line = Vec::new();
     let max = server.limits.max_request_bytes;
     loop {
+        // A large request's buffer is not kept for the connection's life.
+        if line.capacity() > 64 * 1024 {
+            line = Vec::new();
+        }
         line.clear();
-        let next = next_line(&mut reader, &mut line, server).await?;
+        let mut held = None;
+        let next = next_line(&mut reader, &mut line, &mut held, server).await?;
         // Only a request that was read and may be served keeps the connection open.
         let (op, response, keep_open) = match (next, &caller) {
             (Next::Closed, _) => return Ok(()),
@@ -265,6 +312,17 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
                 (
                     "unknown",
                     Response::err(ErrorCode::InvalidRequest, message),
+                    false,
+                )
+            }
+            (Next::Busy, _) => {
+                let message = format!(
+                    "the daemon holds as many request bytes as it may at once ({} over every connection: control_socket.max_buffered_bytes); the request was not applied, try again",
+                    server.limits.max_buffered_bytes
+                );
+                (
+                    "unknown",
+                    Response::err(ErrorCode::Unavailable, message),
                     false,
                 )
             }

@@ -412,6 +412,7 @@ async fn serve(
         crowdsec: tasks.crowdsec_status.take(),
         limits,
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        buffered: Arc::new(tokio::sync::Semaphore::new(limits.max_buffered_bytes)),
         stopping,
     });
     let (close, closing) = tokio::sync::oneshot::channel();

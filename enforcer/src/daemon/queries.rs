@@ -12,15 +12,16 @@ use crate::{
     interfaces::{Interfaces, Origin, Tracked},
     protocol::{
         AllowEntry, Counters, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry,
-        ListSource, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply, StatusReply,
+        ListSource, MAX_LIST_PAGE, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply,
+        StatusReply,
     },
     target::Target,
 };
 
-/// The largest page `list` returns when the request names no limit is unbounded (the protocol's
-/// behaviour before paging); a limit caps it.
+/// A `list` page holds the limit the request names, at most [`MAX_LIST_PAGE`] (its default):
+/// a request for everything gets the first page and where the next one starts.
 fn page_size(limit: Option<usize>) -> usize {
-    limit.unwrap_or(usize::MAX)
+    limit.map_or(MAX_LIST_PAGE, |l| l.min(MAX_LIST_PAGE))
 }
 
 /// What a read sees.
@@ -130,13 +131,23 @@ impl View<'_> {
 
     fn show(&self, target: Target) -> ShowReply {
         let addr: IpAddr = target.addr();
-        let mut blocks: Vec<ListEntry> = self
+        // Every block covering the address (the verdict needs them: at most one per prefix
+        // length), and the blocks inside a broad target up to a page (`show 0.0.0.0/0` must
+        // not read a million kernel entries on the engine thread).
+        let mut blocks: Vec<ListEntry> = Vec::new();
+        let mut more = 0;
+        for (t, b) in self
             .ledger
             .blocks()
             .iter()
             .filter(|(t, _)| t.overlaps(&target))
-            .map(|(t, b)| self.list_entry(t, b))
-            .collect();
+        {
+            if t.contains(addr) || blocks.len() < MAX_LIST_PAGE {
+                blocks.push(self.list_entry(t, b));
+            } else {
+                more += 1;
+            }
+        }
         blocks.sort_by_key(|e| std::cmp::Reverse(e.target.prefix_len()));
         let allowlist: Vec<AllowEntry> = self
             .ledger
@@ -160,6 +171,7 @@ impl View<'_> {
             blocks,
             allowlist,
             verdict: verdict.to_owned(),
+            more,
         }
     }
 

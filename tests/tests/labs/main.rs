@@ -20,6 +20,7 @@ mod operability;
 mod package;
 mod policy_lab;
 mod quota_lab;
+mod reads_lab;
 mod spool_lab;
 mod verdicts;
 mod wazuh_hook;

@@ -201,7 +201,8 @@ pub fn run(settings: &Settings) -> Result<Results> {
     let lab = Lab::new()?;
     let d = Daemon::start(&lab, &[])?;
     let (cli_to_kernel, cli_exit) = cli_to_kernel(&lab, &d, settings.latency_calls)?;
-    let (trigger_to_drop, probe_interval_ms) = trigger_to_drop(&lab, &d, settings.drop_trials)?;
+    let (trigger_to_drop, probe_interval_ms) =
+        trigger_to_drop(&lab, &d, settings.drop_trials, 100)?;
 
     Ok(Results {
         settings: *settings,
@@ -534,11 +535,12 @@ fn cli_to_kernel(lab: &Lab, d: &Daemon, calls: usize) -> Result<(Summary, Summar
 /// Probe interval for the trigger-to-drop trials.
 const PROBE_INTERVAL: Duration = Duration::from_micros(200);
 
-/// For each trial, a fresh lab source probes every 0.2 ms; `enforcer block` is spawned; the
-/// latency is the send time of the source's last probe that got through, minus the spawn time.
-/// Returns the latencies and the probes' measured mean interval.
-fn trigger_to_drop(lab: &Lab, d: &Daemon, trials: usize) -> Result<(Summary, f64)> {
-    let sources = add_sources(lab, 100..100 + trials as u8)?;
+/// For each trial, a fresh lab source (192.0.2.`first`, and on) probes every 0.2 ms;
+/// `enforcer block` is spawned; the latency is the send time of the source's last probe that
+/// got through, minus the spawn time. Returns the latencies and the probes' measured mean
+/// interval.
+pub fn trigger_to_drop(lab: &Lab, d: &Daemon, trials: usize, first: u8) -> Result<(Summary, f64)> {
+    let sources = add_sources(lab, first..first + trials as u8)?;
     let wire = Wire::new(lab)?;
     let probes = Probes::new();
     let stop = AtomicBool::new(false);

@@ -22,6 +22,7 @@ mod firewall;
 mod hook;
 mod memory;
 mod multicpu;
+mod reads;
 mod report;
 mod stats;
 mod traffic;
@@ -74,6 +75,7 @@ enum Section {
     Expiry,
     Memory,
     Crowdsec,
+    Reads,
 }
 
 fn main() -> Result<()> {
@@ -109,6 +111,7 @@ fn main() -> Result<()> {
         expiry: None,
         memory: None,
         crowdsec: None,
+        reads: None,
     };
     let times = &mut report.section_seconds;
     if runs(Section::Datapath) {
@@ -165,6 +168,14 @@ fn main() -> Result<()> {
         report.crowdsec = Some(timed(times, "crowdsec", || {
             crowdsec::run(&s, args.baseline_enforcer.as_deref())
         })?);
+    }
+    if runs(Section::Reads) {
+        let s = if q {
+            reads::Settings::QUICK
+        } else {
+            reads::Settings::FULL
+        };
+        report.reads = Some(timed(times, "reads", || reads::run(&s))?);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report.judge();

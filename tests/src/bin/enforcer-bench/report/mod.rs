@@ -97,6 +97,7 @@ pub struct Report {
     pub expiry: Option<crate::expiry::Results>,
     pub memory: Option<crate::memory::Results>,
     pub crowdsec: Option<crate::crowdsec::Results>,
+    pub reads: Option<crate::reads::Results>,
 }
 
 impl Report {
@@ -188,6 +189,9 @@ fn markdown(r: &Report) -> String {
     }
     if let Some(c) = &r.crowdsec {
         crowdsec::markdown(w, c);
+    }
+    if let Some(reads) = &r.reads {
+        crate::reads::markdown(w, reads);
     }
     out
 }
