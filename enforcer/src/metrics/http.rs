@@ -16,7 +16,7 @@ use super::{Metrics, Outside, exposition::CONTENT_TYPE, render};
 use crate::{block::now_ms, datapath::StatsReader};
 
 /// Largest request head read.
-const MAX_REQUEST: usize = 8192;
+pub const MAX_REQUEST: usize = 8192;
 /// Time a client has to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send its request head (a scraper sends it at once).
@@ -174,16 +174,24 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// What a request head asks for.
 #[derive(Debug, PartialEq, Eq)]
-enum Route {
+pub enum Route {
+    /// `GET /metrics` (any query).
     Metrics,
+    /// `GET /`.
     Index,
+    /// `GET` of another path.
     NotFound,
+    /// Another method.
     BadMethod,
+    /// Not an HTTP/1.x request line.
     Bad,
 }
 
-fn route(head: &str) -> Route {
+/// Routes a request head (as read: up to its blank line, or [`MAX_REQUEST`] bytes) by its
+/// request line; the headers are not looked at.
+pub fn route(head: &str) -> Route {
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
