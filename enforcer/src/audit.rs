@@ -89,6 +89,10 @@ pub struct Event {
     /// Interface, for interface events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The single address a request named, when the policy widened it to its network
+    /// (`target`), or when an unblock of it lifted that network's block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Target>,
     /// Source, when one is involved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
@@ -133,6 +137,7 @@ impl Event {
             ts_ms: now_ms(),
             action,
             target: None,
+            requested: None,
             interface: None,
             caller: None,
             source: None,

@@ -582,6 +582,10 @@ pub enum Reply {
         removed: Vec<Source>,
         /// Whether the target is now unblocked in the kernel.
         lifted: bool,
+        /// The single address asked for, when it was not blocked itself but `target`, its
+        /// network, was (a block the policy widened).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested: Option<Target>,
     },
     /// Answer to list.
     List {
@@ -670,6 +674,9 @@ pub struct BlockReply {
     /// The pending request's id, when approval is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_id: Option<u64>,
+    /// The single address asked for, when the policy widened it to its network (`target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Target>,
 }
 
 /// A caller as records keep it (the requester of a pending block).

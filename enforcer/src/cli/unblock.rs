@@ -15,6 +15,9 @@ pub struct UnblockOutput {
     pub removed: Vec<Source>,
     /// Whether the target is now unblocked in the kernel (false: other sources still block it).
     pub lifted: bool,
+    /// The single address named, when it was not blocked itself but `target`, its network, was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Target>,
 }
 
 /// `enforcer unblock`.
@@ -52,6 +55,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         target,
         removed,
         lifted,
+        requested,
     } = reply
     else {
         anyhow::bail!("unexpected reply from the daemon")
@@ -61,7 +65,11 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             target,
             removed,
             lifted,
+            requested,
         });
+    }
+    if let Some(addr) = requested {
+        println!("{addr} was blocked as its network {target}");
     }
     let names: Vec<&str> = removed.iter().map(Source::as_str).collect();
     if lifted {

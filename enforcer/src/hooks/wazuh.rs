@@ -711,9 +711,10 @@ impl Hook {
                         )
                     },
                 );
+                // A widened block names its network (its note names the address).
                 let mut line = format!(
-                    "enforcer: {what} {target} {until} [source {SOURCE}, {}]",
-                    r.mode
+                    "enforcer: {what} {} {until} [source {SOURCE}, {}]",
+                    r.target, r.mode
                 );
                 for note in &r.notes {
                     line.push_str(&format!("; {note}"));
@@ -742,6 +743,16 @@ impl Hook {
             self.timeouts.daemon,
             Some(&options.state_dir),
         ) {
+            Delivery::Reply(Reply::Unblock {
+                lifted: true,
+                target: lifted,
+                ..
+            }) if lifted != target => {
+                self.log.write(&format!(
+                    "enforcer: unblocked {lifted} (blocked in place of {target})"
+                ));
+                EXIT_OK
+            }
             Delivery::Reply(Reply::Unblock { lifted: true, .. }) => {
                 self.log.write(&format!("enforcer: unblocked {target}"));
                 EXIT_OK

@@ -15,6 +15,7 @@
 
 pub mod allowlist;
 pub mod host;
+pub mod networks;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -23,6 +24,7 @@ use std::{
 };
 
 pub use allowlist::{AllowOrigin, Allowlist};
+pub use networks::{Escalation, Ipv6Escalate, Widened};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -64,6 +66,9 @@ pub struct SourcePolicy {
     pub breaker_cooldown: Option<HumanDuration>,
     /// Every block from this source waits for approval.
     pub require_approval: Option<bool>,
+    /// A single IPv6 address this source blocks is widened to its network of this length
+    /// (`None` or 128: not widened; never for `cli` or the CrowdSec feed).
+    pub ipv6_prefix: Option<u8>,
 }
 
 /// Escalation for targets blocked again.
@@ -132,6 +137,8 @@ pub struct PolicyConfig {
     pub repeat_offenders: Option<RepeatOffenders>,
     /// Approval rules.
     pub approval: Approval,
+    /// Escalation from widened IPv6 networks to a broader one.
+    pub ipv6_escalate: Option<Ipv6Escalate>,
     /// Per-source overrides.
     pub sources: BTreeMap<Source, SourcePolicy>,
 }
@@ -150,6 +157,7 @@ impl Default for PolicyConfig {
             breaker_cooldown: HumanDuration(Duration::from_secs(600)),
             repeat_offenders: None,
             approval: Approval::default(),
+            ipv6_escalate: None,
             sources: BTreeMap::new(),
         }
     }
@@ -187,6 +195,7 @@ impl PolicyConfig {
         if self.approval.max_pending == 0 {
             return Err(("max_pending".into(), "must be at least 1".into()));
         }
+        self.validate_networks()?;
         for (name, s) in &self.sources {
             if let (Some(d), Some(m)) = (s.default_ttl, s.max_ttl.or(Some(self.max_ttl)))
                 && d > m
@@ -202,6 +211,65 @@ impl PolicyConfig {
                     format!("source {name}: rate_limit must be at least 1 (omit it for no limit)"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks `ipv6_prefix` and `[policy.ipv6_escalate]`.
+    fn validate_networks(&self) -> Result<(), (String, String)> {
+        let key = |k: &str, m: String| Err((k.to_owned(), m));
+        for (name, s) in &self.sources {
+            let Some(len) = s.ipv6_prefix else { continue };
+            if len > 128 {
+                return key(
+                    "ipv6_prefix",
+                    format!("source {name}: ipv6_prefix {len} must be at most 128"),
+                );
+            }
+            if len < 128 && networks::never_widened(name) {
+                return key(
+                    "ipv6_prefix",
+                    format!(
+                        "source {name}: its blocks are never widened (an operator or a feed names the prefix it means); remove ipv6_prefix"
+                    ),
+                );
+            }
+            if len < self.min_prefix_v6 {
+                return key(
+                    "ipv6_prefix",
+                    format!(
+                        "source {name}: ipv6_prefix {len} is broader than min_prefix_v6 {}, so every widened block would be refused",
+                        self.min_prefix_v6
+                    ),
+                );
+            }
+        }
+        let Some(e) = &self.ipv6_escalate else {
+            return Ok(());
+        };
+        if e.after < 2 {
+            return key(
+                "after",
+                format!("ipv6_escalate.after {} must be at least 2", e.after),
+            );
+        }
+        let narrowest = self
+            .sources
+            .iter()
+            .filter(|(n, _)| !networks::never_widened(n))
+            .filter_map(|(_, s)| s.ipv6_prefix)
+            .filter(|&l| l < 128)
+            .min();
+        if let Some(len) = narrowest
+            && e.to >= len
+        {
+            return key(
+                "to",
+                format!(
+                    "ipv6_escalate.to /{} must be broader than the widened networks (/{len})",
+                    e.to
+                ),
+            );
         }
         Ok(())
     }
@@ -339,6 +407,8 @@ pub struct Policy {
     pub config: PolicyConfig,
     default_ttl: Duration,
     breakers: BTreeMap<Source, Breaker>,
+    /// Widened IPv6 networks blocked lately, for escalation (in memory, as the breakers).
+    networks: networks::NetworkHistory,
 }
 
 /// Result of a breaker check.
@@ -356,6 +426,7 @@ impl Policy {
             config,
             default_ttl,
             breakers: BTreeMap::new(),
+            networks: networks::NetworkHistory::default(),
         }
     }
 
@@ -673,6 +744,7 @@ impl Policy {
                 .chain(b.opened_at.as_mut())
                 .for_each(shift);
         }
+        self.networks.shift(by_ms);
     }
 
     /// Whether `source` may force (`policy.force_sources`, or its own `allow_force`): such

@@ -13,6 +13,7 @@ mod files_as_root;
 mod fleet;
 mod hardening_lab;
 mod interfaces_lab;
+mod ipv6_networks;
 mod link_events;
 mod links_lab;
 mod mount_namespace_lab;

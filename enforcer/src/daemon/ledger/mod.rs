@@ -14,6 +14,7 @@
 mod allow;
 mod capacity;
 mod clock;
+mod networks;
 mod offenses;
 mod outbox;
 mod requests;
@@ -431,9 +432,10 @@ impl Ledger {
     fn apply_request(&mut self, c: &mut Change, request: Request, now: UnixMillis) -> Applied {
         match request {
             Request::Block(b) => {
-                let target = b.target;
-                let answer = self.block(c, b, now).map(Reply::Block);
-                Applied::new(answer, vec![target])
+                let asked = b.target;
+                let answer = self.block(c, b, now);
+                let target = answer.as_ref().map_or(asked, |r| r.target);
+                Applied::new(answer.map(Reply::Block), vec![target])
             }
             Request::BlockBatch(b) => {
                 let (reply, touched) = self.block_batch(c, b, now);
@@ -447,7 +449,14 @@ impl Ledger {
                 target,
                 source,
                 all,
-            } => Applied::new(self.unblock(c, target, source, all), vec![target]),
+            } => {
+                let answer = self.unblock(c, target, source, all);
+                let lifted = match &answer {
+                    Ok(Reply::Unblock { target, .. }) => *target,
+                    _ => target,
+                };
+                Applied::new(answer, vec![lifted])
+            }
             Request::Promote { target, source } => {
                 match self.promote(c, target, source.as_ref(), now) {
                     Ok(promoted) => {
@@ -499,7 +508,7 @@ impl Ledger {
         now: UnixMillis,
     ) -> Result<BlockReply, Refusal> {
         let reason = Arc::new(std::mem::take(&mut req.reason));
-        self.block_until(c, req, reason, false, now, None)
+        self.block_widened(c, req, reason, now)
     }
 
     /// [`Ledger::block`] with the reason already shared (a batch shares one), ending the
@@ -591,6 +600,7 @@ impl Ledger {
             mode: block.mode,
             notes,
             pending_id: None,
+            requested: None,
         };
         self.blocks
             .entry(target)
@@ -721,6 +731,7 @@ impl Ledger {
             mode,
             notes: vec![why],
             pending_id: Some(id),
+            requested: None,
         })
     }
 
@@ -745,7 +756,7 @@ impl Ledger {
                 shadow: req.shadow,
                 force: false,
             };
-            match self.block_until(c, one, reason.clone(), false, now, None) {
+            match self.block_widened(c, one, reason.clone(), now) {
                 Ok(r) if r.outcome == Outcome::Pending => pending += 1,
                 Ok(r) => {
                     applied += 1;
@@ -768,7 +779,9 @@ impl Ledger {
         )
     }
 
-    /// Removes one source's block of `target` (default `cli`), or every block with `all`.
+    /// Removes one source's block of `target` (default `cli`), or every block with `all`. A
+    /// single IPv6 address blocked as its network (a widening source) lifts that network's
+    /// block.
     pub fn unblock(
         &mut self,
         c: &mut Change,
@@ -776,9 +789,11 @@ impl Ledger {
         source: Option<Source>,
         all: bool,
     ) -> Result<Reply, Refusal> {
+        let (target, requested) = self.unblock_target(target, source.as_ref(), all);
         let Some(current) = self.blocks.get(&target) else {
             return Err(Refusal::NotFound(format!(
-                "{target} is not blocked (see `enforcer list`)"
+                "{target} is not blocked (see `enforcer list`){}",
+                self.widened_hint(target)
             )));
         };
         let source = source.unwrap_or_else(Source::cli);
@@ -788,19 +803,23 @@ impl Ledger {
             vec![source]
         } else {
             return Err(Refusal::NotFound(format!(
-                "{target} has no block from source `{source}` (blocked by: {}); use --source NAME or --all",
-                current.sources()
+                "{target} has no block from source `{source}` (blocked by: {}); use --source NAME or --all{}",
+                current.sources(),
+                self.widened_hint(target)
             )));
         };
         for s in &removed {
             self.remove_block(c, &target, s);
-            c.events.push(Event::new(Action::Unblock, target).source(s));
+            let mut e = Event::new(Action::Unblock, target).source(s);
+            e.requested = requested;
+            c.events.push(e);
         }
         let lifted = !self.blocks.contains_key(&target);
         Ok(Reply::Unblock {
             target,
             removed,
             lifted,
+            requested,
         })
     }
 
