@@ -312,7 +312,41 @@ impl Store {
                 self.write_side(&mut tables, op)?;
             }
         }
+        if let Err(e) = self.before_fsync() {
+            // As a failed fsync leaves it: nothing of this transaction is durable.
+            let _ = txn.abort();
+            return Err(e);
+        }
         txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Debug builds: fault injection between a commit's writes and its fsync. While the file
+    /// named by `ENFORCER_TEST_STALL_COMMIT` exists the commit waits (a test can `kill -9` the
+    /// daemon there); while the file named by `ENFORCER_TEST_FAIL_COMMIT` exists it fails as a
+    /// failed fsync does. Release builds never read them.
+    #[cfg(debug_assertions)]
+    fn before_fsync(&self) -> Result<(), StoreError> {
+        use std::sync::OnceLock;
+        static STALL: OnceLock<Option<PathBuf>> = OnceLock::new();
+        static FAIL: OnceLock<Option<PathBuf>> = OnceLock::new();
+        let named = |var| std::env::var_os(var).map(PathBuf::from);
+        if let Some(stall) = STALL.get_or_init(|| named("ENFORCER_TEST_STALL_COMMIT")) {
+            while stall.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        match FAIL.get_or_init(|| named("ENFORCER_TEST_FAIL_COMMIT")) {
+            Some(fail) if fail.exists() => {
+                Err(self.db_err("fsync failed (injected by ENFORCER_TEST_FAIL_COMMIT)"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Release builds: no fault injection.
+    #[cfg(not(debug_assertions))]
+    fn before_fsync(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Writes the block rows of `ops` in key order. A key's own operations keep their order

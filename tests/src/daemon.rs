@@ -361,15 +361,22 @@ impl Daemon {
     /// came right after the thread grew a file (`ftruncate`): the store (redb) syncs each time
     /// its file grows within a commit, and once at the commit's end.
     pub fn trace_syncs(&self, f: impl FnOnce()) -> SyncTrace {
+        SyncTrace::parse(&self.trace("fsync,fdatasync,sync_file_range,msync,ftruncate", f))
+    }
+
+    /// Runs `f` with the daemon under `strace`: how many of its bpf(2) calls were of each
+    /// command.
+    pub fn trace_bpf(&self, f: impl FnOnce()) -> BpfTrace {
+        BpfTrace::parse(&self.trace("bpf", f))
+    }
+
+    /// Runs `f` with the daemon's system calls `calls` (strace's `-e trace=`) traced; the
+    /// trace.
+    fn trace(&self, calls: &str, f: impl FnOnce()) -> String {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (trace, log) = (dir.path().join("trace"), dir.path().join("strace.log"));
         let mut strace = Command::new("strace")
-            .args([
-                "-f",
-                "-e",
-                "trace=fsync,fdatasync,sync_file_range,msync,ftruncate",
-                "-o",
-            ])
+            .args(["-f", "-e", &format!("trace={calls}"), "-o"])
             .arg(&trace)
             .args(["-p", &self.pid().expect("the daemon runs").to_string()])
             .stderr(std::fs::File::create(&log).expect("strace log"))
@@ -387,7 +394,7 @@ impl Daemon {
         // SAFETY: kill(2) on our own child; strace detaches on SIGINT.
         unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
         strace.wait().expect("strace exits");
-        SyncTrace::parse(&std::fs::read_to_string(&trace).expect("strace output"))
+        std::fs::read_to_string(&trace).expect("strace output")
     }
 
     /// What an operator can see of the daemon's state: blocks, allowlist, pending approvals
@@ -547,6 +554,29 @@ impl SyncTrace {
     /// Syncs that did not follow a file's growth: one per durable commit.
     pub fn commits(&self) -> usize {
         self.syncs - self.after_growth
+    }
+}
+
+/// What [`Daemon::trace_bpf`] saw: bpf(2) calls by command (`BPF_MAP_UPDATE_ELEM`, ...).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BpfTrace(pub std::collections::BTreeMap<String, usize>);
+
+impl BpfTrace {
+    fn parse(text: &str) -> Self {
+        let mut calls = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some((_, rest)) = line.split_once("bpf(")
+                && let Some(cmd) = rest.split([',', ')']).next()
+            {
+                *calls.entry(cmd.trim().to_owned()).or_default() += 1;
+            }
+        }
+        Self(calls)
+    }
+
+    /// Calls of the command `cmd`.
+    pub fn count(&self, cmd: &str) -> usize {
+        self.0.get(cmd).copied().unwrap_or(0)
     }
 }
 

@@ -5,7 +5,7 @@
 use enforcer_common::BlockValue;
 
 use crate::{
-    block::KernelEntry,
+    block::{KernelEntry, Mode},
     datapath::{BlockMaps, MapsError},
     target::Target,
     time::TimeBase,
@@ -72,6 +72,24 @@ pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>, base: &Time
     close && v.mode == entry.mode.to_kernel()
 }
 
+/// Whether replacing a target's kernel entry `before` with `after` only adds enforcement: a new
+/// entry, shadow becoming enforce, or the same mode for at least as long. Such a write goes in
+/// before its commit (a failed commit takes it out again); one that removes or weakens a block
+/// waits for the commit, so a block stays in force until its end is durable.
+pub fn only_strengthens(before: Option<&KernelEntry>, after: Option<&KernelEntry>) -> bool {
+    let Some(after) = after else { return false };
+    let Some(before) = before else { return true };
+    let at_least_as_long = match (before.expires_ms, after.expires_ms) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(b), Some(a)) => a >= b,
+    };
+    match (before.mode, after.mode) {
+        (Mode::Shadow, Mode::Enforce) => true,
+        (b, a) => b == a && at_least_as_long,
+    }
+}
+
 /// The map value for `entry`, keeping the hit counters of `current`.
 pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>, base: &TimeBase) -> BlockValue {
     let mut value = current.unwrap_or_default();
@@ -103,4 +121,40 @@ pub fn sync<K: KernelMap + ?Sized>(
         return Ok(());
     }
     kernel.insert_block(target, &value_for(&entry, current, base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(mode: Mode, expires_ms: Option<u64>) -> KernelEntry {
+        KernelEntry { expires_ms, mode }
+    }
+
+    #[test]
+    fn only_new_longer_or_enforcing_entries_count_as_strengthening() {
+        use Mode::{Enforce, Shadow};
+        let strong = |b: Option<KernelEntry>, a: Option<KernelEntry>| {
+            only_strengthens(b.as_ref(), a.as_ref())
+        };
+        assert!(strong(None, Some(e(Enforce, Some(10)))));
+        assert!(strong(None, Some(e(Shadow, Some(10)))));
+        assert!(strong(
+            Some(e(Enforce, Some(10))),
+            Some(e(Enforce, Some(20)))
+        ));
+        assert!(strong(Some(e(Enforce, Some(10))), Some(e(Enforce, None))));
+        assert!(strong(Some(e(Shadow, None)), Some(e(Enforce, Some(5)))));
+        assert!(!strong(Some(e(Enforce, Some(10))), None), "a removal");
+        assert!(!strong(
+            Some(e(Enforce, Some(20))),
+            Some(e(Enforce, Some(10)))
+        ));
+        assert!(!strong(Some(e(Enforce, None)), Some(e(Enforce, Some(10)))));
+        assert!(!strong(
+            Some(e(Enforce, Some(10))),
+            Some(e(Shadow, Some(99)))
+        ));
+        assert!(!strong(None, None));
+    }
 }

@@ -1,8 +1,10 @@
-//! A round: apply a batch of requests to the ledger, commit the store operations once, undo
-//! the ledger if the commit fails, then sync the kernel and answer.
+//! A round: apply a batch of requests to the ledger, write the kernel entries that only add
+//! enforcement, commit the store operations once (undoing the ledger and those entries if the
+//! commit fails), then write the rest of the kernel and answer.
 //!
-//! So a block is acknowledged only once it is durable and in force, and concurrent triggers
-//! share one fsync. The reaper's expiries go through the same [`commit`].
+//! So a trigger drops traffic before its fsync, a block is acknowledged only once it is durable
+//! and in force, and concurrent triggers share one fsync. The reaper's expiries go through the
+//! same [`commit`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -60,8 +62,16 @@ pub struct Failed {
     pub refused: Vec<(&'static str, crate::block::Source)>,
 }
 
-/// Commits `change`, then makes the kernel match the ledger for every target it touched.
-/// If the store refuses, the ledger is put back and only refusal lines are kept for the audit.
+/// Commits `change` and makes the kernel match the ledger for every target it touched.
+///
+/// Enforce first: a write that only adds enforcement (a new block, a longer one, shadow to
+/// enforce: [`kernel_sync::only_strengthens`]) goes into the kernel before the commit, so a
+/// trigger drops traffic without waiting for the fsync; it is acknowledged only after both. Writes
+/// that remove or weaken a block, and every round that changes the allowlist, wait for the
+/// commit (a block stays in force until its end is durable, and the allowlist always wins).
+/// If the store refuses, the ledger is put back, the early kernel writes are taken out again, and
+/// only refusal lines are kept for the audit. A crash between the early write and the commit
+/// leaves an entry the store does not know; the next start removes it.
 pub fn commit<S, K>(
     ledger: &mut Ledger,
     store: &mut S,
@@ -75,6 +85,8 @@ where
     // Publications go in the same commit as the block changes they come from.
     let plan = ledger.plan_publications(&change, crate::block::now_ms());
     change.ops.extend(plan.ops());
+    let mut failed = BTreeMap::new();
+    let early = write_early(ledger, kernel, &change, &mut failed);
     if !change.ops.is_empty()
         && let Err(e) = store.commit(&change.ops)
     {
@@ -84,6 +96,7 @@ where
             .collect();
         let refused = std::mem::take(&mut change.refused);
         ledger.undo(change);
+        take_back(ledger, kernel, &early);
         return Err(Failed {
             error: Arc::new(e),
             events,
@@ -92,9 +105,9 @@ where
     }
     ledger.outbox_mut().apply(plan);
     // Allowlist first: it always wins, so it goes in before the blocks it may cover.
-    let mut failed = write_allowlist(ledger, kernel, &change.allow_kernel);
+    failed.extend(write_allowlist(ledger, kernel, &change.allow_kernel));
     let base = ledger.time_base().clone();
-    for (target, known) in change.touched() {
+    for (target, known) in change.touched().filter(|(t, _)| !early.contains(*t)) {
         if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known, &base)
         {
             tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
@@ -107,6 +120,50 @@ where
         refused: change.refused,
         events: change.events,
     })
+}
+
+/// Writes, before the commit, the kernel entries of `change` that only add enforcement; returns
+/// the targets it wrote (or tried to: a failure is in `failed`, as after a commit). Nothing when
+/// there is no commit to wait for, or when the change touches the allowlist.
+fn write_early<K: KernelMap + ?Sized>(
+    ledger: &Ledger,
+    kernel: &mut K,
+    change: &Change,
+    failed: &mut BTreeMap<Target, Arc<MapsError>>,
+) -> BTreeSet<Target> {
+    let mut early = BTreeSet::new();
+    if change.ops.is_empty() || !change.allow_kernel.is_empty() {
+        return early;
+    }
+    let base = ledger.time_base().clone();
+    for (target, known) in change.touched() {
+        let after = ledger.kernel_entry(target);
+        if !kernel_sync::only_strengthens(
+            change.kernel_entry_before(target).as_ref(),
+            after.as_ref(),
+        ) {
+            continue;
+        }
+        early.insert(*target);
+        if let Err(e) = kernel_sync::sync(kernel, target, after, known, &base) {
+            tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
+            failed.insert(*target, Arc::new(e));
+        }
+    }
+    early
+}
+
+/// After a refused commit (the ledger already undone): puts each early-written target's kernel
+/// entry back to what the ledger says. What cannot be put back is logged; the next start
+/// removes it (the store does not know it).
+fn take_back<K: KernelMap + ?Sized>(ledger: &Ledger, kernel: &mut K, early: &BTreeSet<Target>) {
+    let base = ledger.time_base().clone();
+    for target in early {
+        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), true, &base)
+        {
+            tracing::error!(%target, error = %Chain(&e), "taking an uncommitted block out of the kernel failed; the next start removes it");
+        }
+    }
 }
 
 /// Makes the kernel allowlist match the ledger for `touched` prefixes: every insert first, then

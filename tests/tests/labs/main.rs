@@ -8,6 +8,7 @@ mod clock_lab;
 mod crowdsec;
 mod daemon_lab;
 mod datapath_lab;
+mod enforce_first;
 mod fail2ban;
 mod files_as_root;
 mod fleet;

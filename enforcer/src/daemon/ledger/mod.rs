@@ -79,6 +79,15 @@ impl Change {
         self.blocks_before.iter().map(|(t, b)| (t, b.is_some()))
     }
 
+    /// The kernel entry `target` called for before this change (`None` for an untouched target,
+    /// too).
+    pub fn kernel_entry_before(&self, target: &Target) -> Option<KernelEntry> {
+        self.blocks_before
+            .get(target)
+            .and_then(|b| b.as_ref())
+            .and_then(TargetBlocks::kernel_entry)
+    }
+
     /// Each touched target's blocks before this change (for tallies kept outside the ledger).
     pub fn take_before(&mut self) -> BTreeMap<Target, Option<TargetBlocks>> {
         std::mem::take(&mut self.blocks_before)

@@ -531,6 +531,110 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
     assert_eq!(b.outcome, Outcome::Created);
 }
 
+/// A fake kernel shared with a store that looks at it.
+#[derive(Clone, Default)]
+struct SharedKernel(std::rc::Rc<std::cell::RefCell<FakeKernel>>);
+
+impl KernelMap for SharedKernel {
+    fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
+        self.0.borrow().get_block(target)
+    }
+
+    fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
+        self.0.borrow_mut().insert_block(target, value)
+    }
+
+    fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError> {
+        self.0.borrow_mut().remove_block(target)
+    }
+
+    fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError> {
+        self.0.borrow_mut().insert_allow(target, origin)
+    }
+
+    fn remove_allow(&mut self, target: &Target) -> Result<bool, MapsError> {
+        self.0.borrow_mut().remove_allow(target)
+    }
+}
+
+/// A store that notes, at each commit, the blocks the kernel holds at that moment.
+struct WatchingStore {
+    kernel: SharedKernel,
+    seen: Vec<Vec<Target>>,
+    fail: bool,
+}
+
+impl round::BlockStore for WatchingStore {
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.seen
+            .push(self.kernel.0.borrow().blocks.keys().copied().collect());
+        let mut inner = MemStore {
+            fail: self.fail,
+            ..MemStore::default()
+        };
+        inner.commit(ops)
+    }
+}
+
+#[test]
+fn a_block_is_in_the_kernel_before_its_commit_and_an_unblock_leaves_after_its_commit() {
+    let kernel = SharedKernel::default();
+    let mut store = WatchingStore {
+        kernel: kernel.clone(),
+        seen: Vec::new(),
+        fail: false,
+    };
+    let mut l = ledger();
+    let mut run = |store: &mut WatchingStore, request| {
+        let mut k = kernel.clone();
+        let w = vec![Write::new(request, Caller::internal("test"))];
+        round::run(&mut l, store, &mut k, w, T0).answers.remove(0)
+    };
+    let unblock = || Request::Unblock {
+        target: t("192.0.2.1"),
+        source: None,
+        all: true,
+    };
+    run(
+        &mut store,
+        Request::Block(req("192.0.2.1", "cli", Some(600))),
+    )
+    .unwrap();
+    assert_eq!(
+        store.seen[0],
+        [t("192.0.2.1")],
+        "in force before the commit"
+    );
+    // An unblock whose commit fails never took the block out of force.
+    store.fail = true;
+    run(&mut store, unblock()).unwrap_err();
+    assert_eq!(store.seen[1], [t("192.0.2.1")]);
+    assert_eq!(
+        kernel.0.borrow().blocks.len(),
+        1,
+        "the block stays in force"
+    );
+    assert_eq!(
+        kernel.0.borrow().writes,
+        1,
+        "nothing was removed and put back"
+    );
+    // One that commits: out of the kernel only after its commit.
+    store.fail = false;
+    run(&mut store, unblock()).unwrap();
+    assert_eq!(store.seen[2], [t("192.0.2.1")]);
+    assert!(kernel.0.borrow().blocks.is_empty());
+    // A new block whose commit fails: in force during the commit, out again after it.
+    store.fail = true;
+    run(
+        &mut store,
+        Request::Block(req("192.0.2.2", "cli", Some(600))),
+    )
+    .unwrap_err();
+    assert_eq!(store.seen[3], [t("192.0.2.2")]);
+    assert!(kernel.0.borrow().blocks.is_empty(), "taken out again");
+}
+
 #[test]
 fn a_failed_commit_puts_back_pending_requests() {
     let mut cfg = PolicyConfig::default();
@@ -1529,12 +1633,13 @@ proptest! {
         for s in &steps {
             run_step(&mut r, s, &mut now);
         }
-        let before = (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4"));
+        let before = (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4"), r.kernel.blocks.clone());
         r.store.fail = true;
         for s in last.iter().filter(|s| !matches!(s, Step::Advance { .. })) {
             run_step(&mut r, s, &mut now);
         }
-        prop_assert_eq!(before, (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4")));
+        // The kernel too: what went in before the failed commit was taken out again.
+        prop_assert_eq!(before, (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4"), r.kernel.blocks.clone()));
     }
 }
 

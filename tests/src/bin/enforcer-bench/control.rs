@@ -18,7 +18,9 @@
 //!   in alternating runs: the ratio of the medians is what monitoring costs an import.
 //!
 //! The daemon acknowledges a block only once it is in its store (fsynced) and in the kernel map,
-//! so every enforcer figure includes an fsync; the report says what file system that hits.
+//! so every acknowledged figure includes an fsync; the report says what file system that hits.
+//! With `--baseline-enforcer PATH` the imports and the latencies are measured with that build
+//! too, in the same run (its daemon and its CLI), so a change is read as a ratio.
 
 use std::{
     net::Ipv4Addr,
@@ -152,8 +154,8 @@ pub struct Results {
     /// Why the Wazuh hook was not measured, if it was not.
     pub wazuh_skipped: Option<String>,
     pub imports: Vec<ImportRun>,
-    /// The import with and without a scrape loop.
-    pub scraped_import: ScrapedImport,
+    /// The import with and without a scrape loop (not when skipped).
+    pub scraped_import: Option<ScrapedImport>,
     /// Spawning `enforcer block` → the entry is in the kernel map.
     pub cli_to_kernel: Summary,
     /// Spawning `enforcer block` → the CLI exits (the daemon has acknowledged).
@@ -162,47 +164,102 @@ pub struct Results {
     pub trigger_to_drop: Summary,
     /// The probes' mean interval: the resolution of `trigger_to_drop`.
     pub probe_interval_ms: f64,
+    /// The imports and latencies again with another build (`--baseline-enforcer`), in the
+    /// same run.
+    pub baseline: Option<Baseline>,
 }
 
-pub fn run(settings: &Settings) -> Result<Results> {
+/// The imports and latencies measured with a baseline build.
+#[derive(Debug, Serialize)]
+pub struct Baseline {
+    /// The baseline binary's path.
+    pub build: String,
+    pub imports: Vec<ImportRun>,
+    pub cli_to_kernel: Summary,
+    pub cli_exit: Summary,
+    pub trigger_to_drop: Summary,
+}
+
+/// Parts of the section that can be left out (`--control-skip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Skip {
+    /// The per-process triggers (iptables, nft, the CLI, the Wazuh hook); the spawn floor is
+    /// still measured.
+    Triggers,
+    /// The import while `/metrics` is scraped.
+    Scraped,
+}
+
+pub fn run(
+    settings: &Settings,
+    skip: &[Skip],
+    imports_override: &[usize],
+    baseline: Option<&Path>,
+) -> Result<Results> {
     let iptables = Iptables::detect()?;
     let n = settings.triggers;
     let targets = firewall::filler(n);
-    let mut triggers = vec![
-        per_process(Trigger::SpawnFloor, n.min(1_000), |_| {
-            check(Command::new("true").output()?)
-        })?,
-        iptables_inserts(&iptables, &targets)?,
-        nft_add_elements(&targets)?,
-    ];
-    let (cli, store_fs) = cli_blocks(&targets)?;
-    triggers.push(cli);
-    let wazuh_skipped = match wazuh_hook(&targets)? {
-        Ok(run) => {
-            triggers.push(run);
-            None
-        }
-        Err(why) => Some(why),
-    };
+    let mut triggers = vec![per_process(Trigger::SpawnFloor, n.min(1_000), |_| {
+        check(Command::new("true").output()?)
+    })?];
+    let mut wazuh_skipped = Some("skipped (--control-skip triggers)".to_owned());
+    if !skip.contains(&Skip::Triggers) {
+        triggers.push(iptables_inserts(&iptables, &targets)?);
+        triggers.push(nft_add_elements(&targets)?);
+        triggers.push(cli_blocks(&targets)?);
+        wazuh_skipped = match wazuh_hook(&targets)? {
+            Ok(run) => {
+                triggers.push(run);
+                None
+            }
+            Err(why) => Some(why),
+        };
+    }
+    // Where the daemons' stores live (each in a temporary directory): where their fsyncs go.
+    let store_fs = filesystem(&std::env::temp_dir());
 
-    let mut imports = Vec::new();
-    for &size in settings.imports {
+    let current = enforcer_bin();
+    let sizes = if imports_override.is_empty() {
+        settings.imports
+    } else {
+        imports_override
+    };
+    let (mut imports, mut baseline_imports) = (Vec::new(), Vec::new());
+    for &size in sizes {
         eprintln!("control: enforcer import of {size} targets");
-        imports.push(import(size)?);
+        imports.push(import(&current, size)?);
+        if let Some(b) = baseline {
+            eprintln!("control: enforcer import of {size} targets, baseline build");
+            baseline_imports.push(import(b, size)?);
+        }
     }
 
-    eprintln!(
-        "control: import of {} targets while /metrics is scraped",
-        settings.scrape_import
-    );
-    let scraped_import = scraped_import(settings.scrape_import)?;
+    let scraped_import = if skip.contains(&Skip::Scraped) {
+        None
+    } else {
+        eprintln!(
+            "control: import of {} targets while /metrics is scraped",
+            settings.scrape_import
+        );
+        Some(scraped_import(settings.scrape_import)?)
+    };
 
     eprintln!("control: latencies");
-    let lab = Lab::new()?;
-    let d = Daemon::start(&lab, &[])?;
-    let (cli_to_kernel, cli_exit) = cli_to_kernel(&lab, &d, settings.latency_calls)?;
-    let (trigger_to_drop, probe_interval_ms) =
-        trigger_to_drop(&lab, &d, settings.drop_trials, 100)?;
+    let ours = latencies(&current, settings)?;
+    let baseline = match baseline {
+        Some(b) => {
+            eprintln!("control: latencies, baseline build");
+            let theirs = latencies(b, settings)?;
+            Some(Baseline {
+                build: b.display().to_string(),
+                imports: baseline_imports,
+                cli_to_kernel: theirs.cli_to_kernel,
+                cli_exit: theirs.cli_exit,
+                trigger_to_drop: theirs.trigger_to_drop,
+            })
+        }
+        None => None,
+    };
 
     Ok(Results {
         settings: *settings,
@@ -212,6 +269,30 @@ pub fn run(settings: &Settings) -> Result<Results> {
         wazuh_skipped,
         imports,
         scraped_import,
+        cli_to_kernel: ours.cli_to_kernel,
+        cli_exit: ours.cli_exit,
+        trigger_to_drop: ours.trigger_to_drop,
+        probe_interval_ms: ours.probe_interval_ms,
+        baseline,
+    })
+}
+
+/// The latencies of one block with one build.
+struct Latencies {
+    cli_to_kernel: Summary,
+    cli_exit: Summary,
+    trigger_to_drop: Summary,
+    probe_interval_ms: f64,
+}
+
+/// CLI → kernel entry and trigger → drop against a fresh daemon of `bin` (its own CLI too).
+fn latencies(bin: &Path, settings: &Settings) -> Result<Latencies> {
+    let lab = Lab::new()?;
+    let d = Daemon::start_bin(bin, &lab, &[])?;
+    let (cli_to_kernel, cli_exit) = cli_to_kernel(&lab, &d, bin, settings.latency_calls)?;
+    let (trigger_to_drop, probe_interval_ms) =
+        trigger_to_drop_with(&lab, &d, bin, settings.drop_trials, 100)?;
+    Ok(Latencies {
         cli_to_kernel,
         cli_exit,
         trigger_to_drop,
@@ -251,18 +332,17 @@ fn nft_add_elements(targets: &[Ipv4Addr]) -> Result<TriggerRun> {
     })
 }
 
-/// `enforcer block` per block against a fresh daemon. Also returns where its store lives.
-fn cli_blocks(targets: &[Ipv4Addr]) -> Result<(TriggerRun, String)> {
+/// `enforcer block` per block against a fresh daemon.
+fn cli_blocks(targets: &[Ipv4Addr]) -> Result<TriggerRun> {
     let lab = Lab::new()?;
     let d = Daemon::start(&lab, &[])?;
-    let run = per_process(Trigger::EnforcerCli, targets.len(), |i| {
+    per_process(Trigger::EnforcerCli, targets.len(), |i| {
         check(
             cli(&d.socket)
                 .args(["block", &targets[i].to_string(), "--ttl", "1h"])
                 .output()?,
         )
-    })?;
-    Ok((run, filesystem(&d.state_dir)))
+    })
 }
 
 /// The Wazuh hook per block against a fresh daemon, or why it could not be measured (a build
@@ -319,7 +399,12 @@ pub fn check(out: std::process::Output) -> Result<()> {
 
 /// The CLI, talking to one daemon.
 pub fn cli(socket: &Path) -> Command {
-    let mut cmd = Command::new(enforcer_bin());
+    cli_of(&enforcer_bin(), socket)
+}
+
+/// The CLI of the build `bin`, talking to one daemon.
+fn cli_of(bin: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.arg("--socket").arg(socket);
     cmd
 }
@@ -341,11 +426,11 @@ fn filesystem(dir: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// `enforcer import` of `n` targets into a fresh daemon with room for them.
-fn import(n: usize) -> Result<ImportRun> {
+/// `enforcer import` of `n` targets into a fresh daemon of the build `bin` with room for them.
+fn import(bin: &Path, n: usize) -> Result<ImportRun> {
     let lab = Lab::new()?;
     let capacity = (n + 1024).to_string();
-    let d = Daemon::start(&lab, &["--max-addresses", &capacity])?;
+    let d = Daemon::start_bin(bin, &lab, &["--max-addresses", &capacity])?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("targets.txt");
     let mut text = String::with_capacity(n * 14);
@@ -355,7 +440,7 @@ fn import(n: usize) -> Result<ImportRun> {
     }
     std::fs::write(&file, text)?;
     let started = Instant::now();
-    let out = cli(&d.socket)
+    let out = cli_of(bin, &d.socket)
         .arg("import")
         .arg(&file)
         .args(["--ttl", "1h", "--json"])
@@ -501,14 +586,14 @@ pub fn pinned_maps(lab: &Lab) -> Result<BlockMaps> {
 
 /// Spawns `enforcer block` `calls` times and polls the pinned map until the entry is there.
 /// Returns (spawn → entry visible, spawn → CLI exit).
-fn cli_to_kernel(lab: &Lab, d: &Daemon, calls: usize) -> Result<(Summary, Summary)> {
+fn cli_to_kernel(lab: &Lab, d: &Daemon, bin: &Path, calls: usize) -> Result<(Summary, Summary)> {
     let maps = pinned_maps(lab)?;
     let (mut visible, mut exited) = (Vec::new(), Vec::new());
     for i in 0..calls {
         let addr = Ipv4Addr::from(0x0ac8_0000 + i as u32); // 10.200.0.0/16: rule contents only
         let target = Target::new(std::net::IpAddr::V4(addr).into());
         let started = Instant::now();
-        let child = cli(&d.socket)
+        let child = cli_of(bin, &d.socket)
             .args(["block", &addr.to_string(), "--ttl", "1h"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -540,6 +625,17 @@ const PROBE_INTERVAL: Duration = Duration::from_micros(200);
 /// got through, minus the spawn time. Returns the latencies and the probes' measured mean
 /// interval.
 pub fn trigger_to_drop(lab: &Lab, d: &Daemon, trials: usize, first: u8) -> Result<(Summary, f64)> {
+    trigger_to_drop_with(lab, d, &enforcer_bin(), trials, first)
+}
+
+/// [`trigger_to_drop`] with the CLI of the build `bin`.
+fn trigger_to_drop_with(
+    lab: &Lab,
+    d: &Daemon,
+    bin: &Path,
+    trials: usize,
+    first: u8,
+) -> Result<(Summary, f64)> {
     let sources = add_sources(lab, first..first + trials as u8)?;
     let wire = Wire::new(lab)?;
     let probes = Probes::new();
@@ -568,7 +664,7 @@ pub fn trigger_to_drop(lab: &Lab, d: &Daemon, trials: usize, first: u8) -> Resul
                 let t0 = now_ns();
                 let spawned = Instant::now();
                 check(
-                    cli(&d.socket)
+                    cli_of(bin, &d.socket)
                         .args(["block", &src.to_string(), "--ttl", "1h"])
                         .output()?,
                 )?;

@@ -47,7 +47,8 @@ struct Args {
     out: Option<PathBuf>,
     /// Another build of `enforcer` (e.g. an earlier commit's `target/release/enforcer`, copied
     /// to `target/baseline/<commit>/enforcer`: the file must keep its name): the CrowdSec
-    /// startup sync is then run with both builds, interleaved, and the report compares them.
+    /// startup sync, and the control plane's imports and latencies, are then run with both
+    /// builds in the same run, and the report compares them.
     #[arg(long, value_name = "PATH")]
     baseline_enforcer: Option<PathBuf>,
     /// An earlier build's XDP object (`target/<profile>/build/enforcer-*/out/enforcer-xdp`, same
@@ -55,6 +56,12 @@ struct Args {
     /// on the same maps and frames, in the same rounds, and reports the ratio.
     #[arg(long, value_name = "PATH")]
     baseline_object: Option<PathBuf>,
+    /// Control plane: leave these parts out (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    control_skip: Vec<control::Skip>,
+    /// Control plane: import sizes, overriding the run's default (comma-separated).
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    imports: Vec<usize>,
     /// CrowdSec: decisions timed on the fleet, overriding the run's default (for profiling).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     crowdsec_rounds: Option<u64>,
@@ -138,7 +145,14 @@ fn main() -> Result<()> {
         } else {
             control::Settings::FULL
         };
-        report.control = Some(timed(times, "control plane", || control::run(&s))?);
+        report.control = Some(timed(times, "control plane", || {
+            control::run(
+                &s,
+                &args.control_skip,
+                &args.imports,
+                args.baseline_enforcer.as_deref(),
+            )
+        })?);
     }
     if runs(Section::Expiry) {
         let mut s = if q {

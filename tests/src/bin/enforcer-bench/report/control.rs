@@ -89,8 +89,35 @@ pub fn markdown(w: &mut String, c: &Results) {
             i.per_second() / cli_rate
         );
     }
+    if let Some(b) = &c.baseline {
+        let _ = writeln!(
+            w,
+            "\nThe same imports with the baseline build `{}`, in the same run:\n",
+            b.build
+        );
+        let _ = writeln!(w, "| targets | baseline | this build | × baseline rate |");
+        let _ = writeln!(w, "|--:|--:|--:|--:|");
+        for (ours, theirs) in c.imports.iter().zip(&b.imports) {
+            let _ = writeln!(
+                w,
+                "| {} | {} blocks/s ({:.2} s) | {} blocks/s ({:.2} s) | {:.2} |",
+                count(ours.blocks),
+                thousands(theirs.per_second() as usize),
+                theirs.seconds,
+                thousands(ours.per_second() as usize),
+                ours.seconds,
+                ours.per_second() / theirs.per_second()
+            );
+        }
+    }
 
-    let si = &c.scraped_import;
+    if let Some(si) = &c.scraped_import {
+        scraped(w, si);
+    }
+    latency(w, c, floor_ms);
+}
+
+fn scraped(w: &mut String, si: &crate::control::ScrapedImport) {
     let _ = writeln!(w, "\n### Import while Prometheus scrapes\n");
     let _ = writeln!(
         w,
@@ -129,7 +156,9 @@ pub fn markdown(w: &mut String, c: &Results) {
             s.p50, s.p99
         );
     }
+}
 
+fn latency(w: &mut String, c: &Results, floor_ms: f64) {
     let _ = writeln!(w, "\n### Latency of one block\n");
     let _ = writeln!(
         w,
@@ -165,6 +194,31 @@ pub fn markdown(w: &mut String, c: &Results) {
         "the last probe through (trigger → drop)",
         &c.trigger_to_drop,
     );
+    if let Some(b) = &c.baseline {
+        let _ = writeln!(
+            w,
+            "\nThe baseline build `{}`, in the same run (its daemon and its CLI):\n",
+            b.build
+        );
+        let _ = writeln!(
+            w,
+            "| from spawning `enforcer block` to | n | min | p50 | p99 | max | p50 × spawn floor |"
+        );
+        let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|");
+        row(w, "the entry in the kernel map", &b.cli_to_kernel);
+        row(w, "the CLI's exit", &b.cli_exit);
+        row(
+            w,
+            "the last probe through (trigger → drop)",
+            &b.trigger_to_drop,
+        );
+        let _ = writeln!(
+            w,
+            "\nTrigger → drop p50, this build ÷ baseline: **{:.2}×**; p99: **{:.2}×**.",
+            c.trigger_to_drop.p50 / b.trigger_to_drop.p50,
+            c.trigger_to_drop.p99 / b.trigger_to_drop.p99
+        );
+    }
     let _ = writeln!(
         w,
         "\n![milliseconds per block, one process each](control.svg)\n"
