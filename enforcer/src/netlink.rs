@@ -7,7 +7,7 @@
 //! loader's `query_xdp` around an attach (the engine owns the program), and one `query_xdp` per
 //! configured interface when `enforcer status` asks, so status never reports a cached state.
 
-use std::{collections::BTreeMap, io, net::IpAddr};
+use std::{collections::BTreeMap, fmt, io, net::IpAddr};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -20,7 +20,62 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::datapath::LinkType;
+/// A link's type as the kernel reports it (`ifinfomsg.ifi_type`, `/sys/class/net/X/type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LinkType(pub u16);
+
+/// `ARPHRD_*` values the data path knows (linux/if_arp.h).
+pub(crate) mod arphrd {
+    pub const ETHER: u16 = 1;
+    pub const PPP: u16 = 512;
+    pub const RAWIP: u16 = 519;
+    pub const TUNNEL: u16 = 768;
+    pub const TUNNEL6: u16 = 769;
+    pub const LOOPBACK: u16 = 772;
+    pub const SIT: u16 = 776;
+    pub const IPGRE: u16 = 778;
+    pub const IP6GRE: u16 = 823;
+    pub const NONE: u16 = 0xfffe;
+}
+
+impl LinkType {
+    /// The name `ip link` shows (`link/ether`, `link/none`...), or `None` for types it has no
+    /// short name for here.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            arphrd::ETHER => "ether",
+            arphrd::LOOPBACK => "loopback",
+            arphrd::NONE => "none",
+            arphrd::RAWIP => "rawip",
+            arphrd::PPP => "ppp",
+            arphrd::TUNNEL => "ipip",
+            arphrd::TUNNEL6 => "tunnel6",
+            arphrd::SIT => "sit",
+            arphrd::IPGRE => "gre",
+            arphrd::IP6GRE => "gre6",
+            32 => "infiniband",
+            280 => "can",
+            801 => "ieee802.11",
+            802 => "ieee802.11/prism",
+            803 => "ieee802.11/radiotap",
+            804 => "ieee802.15.4",
+            824 => "netlink",
+            0xffff => "void",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for LinkType {
+    /// `none (ARPHRD 65534)`: the name and the number, so an operator can look either up.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} (ARPHRD {})", self.0),
+            None => write!(f, "ARPHRD {}", self.0),
+        }
+    }
+}
 
 /// Multicast groups (`RTMGRP_*`), the bits a listener binds to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +110,8 @@ pub enum AttachedMode {
     Hw,
 }
 
-impl std::fmt::Display for AttachedMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Native => "native",
             Self::Skb => "skb",

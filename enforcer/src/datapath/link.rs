@@ -7,6 +7,9 @@
 
 use std::fmt;
 
+pub use crate::netlink::LinkType;
+use crate::netlink::arphrd;
+
 /// How the data path reads a link's frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -24,25 +27,6 @@ impl fmt::Display for Parse {
             Self::RawIp => "raw-ip",
         })
     }
-}
-
-/// A link's type as the kernel reports it (`ifinfomsg.ifi_type`, `/sys/class/net/X/type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct LinkType(pub u16);
-
-/// `ARPHRD_*` values the data path knows (linux/if_arp.h).
-mod arphrd {
-    pub const ETHER: u16 = 1;
-    pub const PPP: u16 = 512;
-    pub const RAWIP: u16 = 519;
-    pub const TUNNEL: u16 = 768;
-    pub const TUNNEL6: u16 = 769;
-    pub const LOOPBACK: u16 = 772;
-    pub const SIT: u16 = 776;
-    pub const IPGRE: u16 = 778;
-    pub const IP6GRE: u16 = 823;
-    pub const NONE: u16 = 0xfffe;
 }
 
 impl LinkType {
@@ -67,42 +51,6 @@ impl LinkType {
             | arphrd::IPGRE
             | arphrd::IP6GRE => Some(Parse::RawIp),
             _ => None,
-        }
-    }
-
-    /// The name `ip link` shows (`link/ether`, `link/none`...), or `None` for types it has no
-    /// short name for here.
-    pub const fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            arphrd::ETHER => "ether",
-            arphrd::LOOPBACK => "loopback",
-            arphrd::NONE => "none",
-            arphrd::RAWIP => "rawip",
-            arphrd::PPP => "ppp",
-            arphrd::TUNNEL => "ipip",
-            arphrd::TUNNEL6 => "tunnel6",
-            arphrd::SIT => "sit",
-            arphrd::IPGRE => "gre",
-            arphrd::IP6GRE => "gre6",
-            32 => "infiniband",
-            280 => "can",
-            801 => "ieee802.11",
-            802 => "ieee802.11/prism",
-            803 => "ieee802.11/radiotap",
-            804 => "ieee802.15.4",
-            824 => "netlink",
-            0xffff => "void",
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for LinkType {
-    /// `none (ARPHRD 65534)`: the name and the number, so an operator can look either up.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => write!(f, "{name} (ARPHRD {})", self.0),
-            None => write!(f, "ARPHRD {}", self.0),
         }
     }
 }
