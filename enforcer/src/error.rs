@@ -73,6 +73,7 @@ mod tests {
             Box::new(DatapathError::Attach {
                 iface: "veth0".into(),
                 mode: crate::datapath::XdpModeRequest::Auto,
+                native_refused: Box::default(),
                 source: ProgramError::SyscallError(syscall()),
             }),
             Box::new(DatapathError::Load(aya::EbpfError::FileError {

@@ -7,10 +7,16 @@
 //! loader's `query_xdp` around an attach (the engine owns the program), and one `query_xdp` per
 //! configured interface when `enforcer status` asks, so status never reports a cached state.
 
-use std::{collections::BTreeMap, fmt, io, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    net::IpAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -180,6 +186,84 @@ pub fn query_link(ifindex: u32) -> io::Result<(XdpState, LinkType)> {
                 "no RTM_NEWLINK in the kernel's reply",
             )
         })
+}
+
+/// `XDP_FLAGS_UPDATE_IF_NOEXIST | XDP_FLAGS_DRV_MODE`: native mode, only on an empty hook.
+const PROBE_FLAGS: u32 = 1 | 4;
+/// `NLM_F_CAPPED`: the error echoes only the request's header, not its payload.
+const NLM_F_CAPPED: u16 = 0x100;
+/// `NLMSGERR_ATTR_MSG`: the extended ack's text.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// Asks the kernel why it refuses native XDP for `prog_fd` on `ifindex`: one `RTM_SETLINK` with
+/// `IFLA_XDP` in driver mode on an empty hook, read for the extended ack's message (the bpf_link
+/// attach that failed leaves the kernel's text in a trace point only). `None` when the kernel
+/// gives no text; if the probe is accepted after all, it is removed again at once.
+pub fn native_refusal(ifindex: u32, prog_fd: BorrowedFd<'_>) -> io::Result<Option<String>> {
+    match set_xdp(ifindex, prog_fd.as_raw_fd())? {
+        Some(text) => Ok(Some(text)),
+        None => {
+            // Accepted (or refused in silence): take nothing the probe may have left.
+            let _ = set_xdp(ifindex, -1);
+            Ok(None)
+        }
+    }
+}
+
+/// One `RTM_SETLINK` setting `IFLA_XDP_FD` to `fd` in native mode; the extended ack's text if
+/// the kernel refused with one.
+fn set_xdp(ifindex: u32, fd: i32) -> io::Result<Option<String>> {
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.attributes.push(LinkAttribute::Xdp(vec![
+        LinkXdp::Fd(fd),
+        LinkXdp::Flags(PROBE_FLAGS),
+    ]));
+    let socket = Socket::new(NETLINK_ROUTE)?;
+    socket.set_ext_ack(true)?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut packet = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let (datagram, _) = socket.recv_from_full()?;
+    for packet in packets(&datagram) {
+        let packet = packet?;
+        if let NetlinkPayload::Error(e) = &packet.payload
+            && e.code.is_some()
+        {
+            return Ok(ext_ack_message(&e.header, packet.header.flags));
+        }
+    }
+    Ok(None)
+}
+
+/// `NLMSGERR_ATTR_MSG` from the part of an `NLMSG_ERROR` after its code: the echoed request
+/// (its header only when `NLM_F_CAPPED`), then the extended ack's attributes.
+fn ext_ack_message(echo: &[u8], flags: u16) -> Option<String> {
+    let request_len = if flags & NLM_F_CAPPED != 0 {
+        16
+    } else {
+        u32::from_ne_bytes(echo.get(..4)?.try_into().ok()?) as usize
+    };
+    let mut rest = echo.get(request_len.next_multiple_of(4)..)?;
+    while rest.len() >= 4 {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        let value = rest.get(4..len)?;
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = value.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
 }
 
 /// A network interface: its index and name.
@@ -720,6 +804,35 @@ mod tests {
             ]
         );
         assert_eq!(known, now);
+    }
+
+    /// An `NLMSG_ERROR` payload after its code: the echoed request (capped to its header or
+    /// whole), then `NLMSGERR_ATTR_MSG`.
+    fn error_echo(capped: bool, text: &str) -> Vec<u8> {
+        let mut echo = 40u32.to_ne_bytes().to_vec();
+        echo.resize(if capped { 16 } else { 40 }, 0);
+        let value = [text.as_bytes(), &[0]].concat();
+        echo.extend(((4 + value.len()) as u16).to_ne_bytes());
+        echo.extend(NLMSGERR_ATTR_MSG.to_ne_bytes());
+        echo.extend(&value);
+        echo.resize(echo.len().next_multiple_of(4), 0);
+        echo
+    }
+
+    #[test]
+    fn the_extended_acks_text_is_read_after_the_echoed_request_capped_or_not() {
+        let text = "Underlying driver does not support XDP in native mode";
+        assert_eq!(
+            ext_ack_message(&error_echo(false, text), 0).as_deref(),
+            Some(text)
+        );
+        assert_eq!(
+            ext_ack_message(&error_echo(true, text), NLM_F_CAPPED).as_deref(),
+            Some(text)
+        );
+        // No attributes, or one cut short: no text, and nothing read past the end.
+        assert_eq!(ext_ack_message(&error_echo(false, text)[..40], 0), None);
+        assert_eq!(ext_ack_message(&error_echo(false, text)[..46], 0), None);
     }
 
     #[test]

@@ -951,6 +951,10 @@ pub struct InterfaceStatus {
     pub ifindex: Option<u32>,
     /// The XDP mode the kernel reports now, when a program is attached.
     pub mode: Option<AttachedMode>,
+    /// Why the kernel refused native mode when `auto` attached it in skb mode: its words and
+    /// what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_refused: Option<String>,
     /// The id of the XDP program the kernel runs there now (ours when protected).
     pub prog_id: Option<u32>,
     /// The link's type (`ARPHRD_*`), when it exists.

@@ -162,7 +162,10 @@ fn print_interfaces(interfaces: &[InterfaceStatus]) {
             i.iface.clone(),
             i.state.to_string(),
             dash(i.ifindex.map(|x| x.to_string())),
-            dash(i.mode.map(|m| m.to_string())),
+            dash(i.mode.map(|m| match &i.native_refused {
+                Some(why) => format!("{m} (native refused: {why})"),
+                None => m.to_string(),
+            })),
             dash(i.link_type.map(|t| {
                 let name = t.name().map_or_else(|| t.to_string(), str::to_owned);
                 match i.parse {

@@ -288,6 +288,14 @@ fn interface_rows(
                 state,
                 ifindex,
                 mode: xdp.and_then(|x| x.mode),
+                native_refused: match xdp.and_then(|x| x.mode) {
+                    Some(crate::netlink::AttachedMode::Skb)
+                        if state == InterfaceState::Protected =>
+                    {
+                        interfaces.native_refused(name).map(str::to_owned)
+                    }
+                    _ => None,
+                },
                 prog_id: xdp.and_then(|x| x.prog_id),
                 link_type,
                 parse: link_type.and_then(crate::datapath::LinkType::parse),
@@ -309,6 +317,7 @@ fn interface_rows(
         state: InterfaceState::Waiting,
         ifindex: None,
         mode: None,
+        native_refused: None,
         prog_id: None,
         link_type: None,
         parse: None,

@@ -91,10 +91,13 @@ pub enum DatapathError {
         prog_name: String,
     },
     /// The requested mode could not be used.
-    #[error("could not attach to {iface} in {mode:?} mode")]
+    #[error("could not attach to {iface} in {mode:?} mode{native_refused}")]
     Attach {
         iface: String,
         mode: XdpModeRequest,
+        /// `: ` and the kernel's reason for refusing native mode with what to do, or empty (boxed:
+        /// the error stays small).
+        native_refused: Box<String>,
         #[source]
         source: aya::programs::ProgramError,
     },

@@ -18,7 +18,7 @@ use std::{
     ffi::CString,
     fs::{self, File},
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -147,6 +147,9 @@ pub struct Attachment {
     pub link_type: LinkType,
     /// The parse (program) chosen for it.
     pub parse: Parse,
+    /// Why the kernel refused native mode when `auto` fell back to skb: its words and what to
+    /// do (see [`native_refusal`]).
+    pub native_refused: Option<String>,
 }
 
 /// The loaded program and its pinned maps. One process at a time holds this (a lock enforces it).
@@ -411,6 +414,7 @@ impl Datapath {
             replaced: true,
             link_type,
             parse,
+            native_refused: None,
         }))
     }
 
@@ -430,6 +434,7 @@ impl Datapath {
             XdpModeRequest::Skb => &[XdpMode::Skb],
         };
         let mut last_err = None;
+        let mut native_refused = None;
         for &attempt in attempts {
             match self.program_for(parse).attach_to_if_index(ifindex, attempt) {
                 Ok(id) => {
@@ -453,16 +458,38 @@ impl Datapath {
                         replaced: false,
                         link_type,
                         parse,
+                        native_refused,
                     });
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    if attempt == XdpMode::Driver {
+                        native_refused = self.why_native_refused(parse, ifindex);
+                    }
+                    last_err = Some(e);
+                }
             }
         }
         Err(DatapathError::Attach {
             iface: iface.to_owned(),
             mode,
+            native_refused: native_refused
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+                .into(),
             source: last_err.expect("at least one attempt"),
         })
+    }
+
+    /// The kernel's reason for refusing native mode, and what to do, when it gives one.
+    fn why_native_refused(&mut self, parse: Parse, ifindex: u32) -> Option<String> {
+        let fd = self.program_for(parse).fd().ok()?.as_fd();
+        match crate::netlink::native_refusal(ifindex, fd) {
+            Ok(text) => text.map(|t| native_refusal(&t)),
+            Err(e) => {
+                tracing::debug!(ifindex, error = %e, "could not ask the kernel why native mode was refused");
+                None
+            }
+        }
     }
 
     /// Removes the pinned maps of other layout versions (left by an older build whose program
@@ -678,6 +705,22 @@ fn expected(name: &str) -> (MapType, u32, u32) {
         map_names::UNJUDGED => (MapType::PerCpuArray, 4, size_of::<Unjudged>() as u32),
         _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),
     }
+}
+
+/// The kernel's reason for refusing native XDP and what to do about it, for the cases whose
+/// remedy is known (`dev_xdp_attach` and the drivers' `ndo_bpf` say them in the extended ack).
+pub fn native_refusal(kernel: &str) -> String {
+    let lower = kernel.to_ascii_lowercase();
+    let hint = if lower.contains("does not support xdp") {
+        "this driver has no native XDP: set xdp_mode = \"skb\" (or \"auto\"), or use a NIC whose driver has it"
+    } else if lower.contains("rings") || lower.contains("queue") {
+        "native XDP needs a transmit queue per CPU: raise the NIC's queue count (`ethtool -L <iface> combined <CPUs>`; for virtio-net, give the VM as many queue pairs as vCPUs), or set xdp_mode = \"skb\""
+    } else if lower.contains("mtu") {
+        "lower the MTU (`ip link set <iface> mtu 1500`) or disable LRO/GRO_HW, or set xdp_mode = \"skb\""
+    } else {
+        "set xdp_mode = \"skb\" where the driver cannot run it natively"
+    };
+    format!("the kernel says \"{kernel}\"; {hint}")
 }
 
 fn ifindex(iface: &str) -> Result<u32, DatapathError> {

@@ -233,6 +233,8 @@ pub enum Step {
 pub struct Interfaces {
     specs: Vec<InterfaceSpec>,
     tracked: BTreeMap<String, (Origin, Tracked)>,
+    /// Why the kernel refused native mode at an interface's last attach (`auto` fell back).
+    native_refused: BTreeMap<String, String>,
 }
 
 impl Interfaces {
@@ -245,7 +247,11 @@ impl Interfaces {
                 InterfaceSpec::Pattern(_) => None,
             })
             .collect();
-        Self { specs, tracked }
+        Self {
+            specs,
+            tracked,
+            native_refused: BTreeMap::new(),
+        }
     }
 
     /// The configuration.
@@ -355,6 +361,19 @@ impl Interfaces {
         if let Some((_, state)) = self.tracked.get_mut(iface) {
             *state = Tracked::Protected { ifindex };
         }
+    }
+
+    /// Records why native mode was refused at `iface`'s attach (`None`: it was not).
+    pub fn set_native_refused(&mut self, iface: &str, why: Option<String>) {
+        match why {
+            Some(why) => self.native_refused.insert(iface.to_owned(), why),
+            None => self.native_refused.remove(iface),
+        };
+    }
+
+    /// Why native mode was refused at `iface`'s last attach, if it was.
+    pub fn native_refused(&self, iface: &str) -> Option<&str> {
+        self.native_refused.get(iface).map(String::as_str)
     }
 
     /// An attach failed; returns whether the error is new (worth logging).

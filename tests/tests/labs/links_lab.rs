@@ -322,3 +322,70 @@ fn a_link_the_data_path_cannot_parse_is_refused_in_one_line_and_never_reported_p
     let err = format!("{err:#}");
     assert!(err.contains("ARPHRD 803"), "{err}");
 }
+
+/// The kernel's words for a bridge (no `ndo_bpf`): what `dev_xdp_attach` puts in the extended
+/// ack when native XDP is asked of a driver that has none.
+const NO_NATIVE: &str = "Underlying driver does not support XDP in native mode";
+
+/// A Linux bridge in the receiver namespace, up: bridges have no native XDP.
+fn bridge(lab: &Lab, name: &str) {
+    lab.receiver
+        .ip(&["link", "add", name, "type", "bridge"])
+        .unwrap();
+    lab.receiver.ip(&["link", "set", name, "up"]).unwrap();
+}
+
+/// Native mode refused: the start fails naming the kernel's reason and what to do.
+#[test]
+fn native_mode_refused_names_the_kernels_reason_and_what_to_do() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    bridge(&lab, "brn0");
+    let err = Daemon::start(&lab, &["--iface", "brn0", "--xdp-mode", "native"])
+        .err()
+        .expect("native mode on a bridge stops the start");
+    let err = format!("{err:#}");
+    assert!(err.contains(NO_NATIVE), "{err}");
+    assert!(err.contains("xdp_mode = \"skb\""), "{err}");
+    let link = lab.receiver.ip(&["-j", "link", "show", "brn0"]).unwrap();
+    assert!(
+        !link.contains("\"xdp\""),
+        "the probe left nothing attached: {link}"
+    );
+}
+
+/// In `auto`, the fallback to skb mode is logged with the kernel's reason, and `status` shows it
+/// beside the mode.
+#[test]
+fn auto_falls_back_to_skb_and_status_says_why_native_was_refused() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    bridge(&lab, "bra0");
+    let d = Daemon::start(&lab, &["--iface", "bra0"]).unwrap();
+    let row = status_of(&d, "bra0");
+    assert_eq!(row["state"], "protected", "{row}");
+    assert_eq!(row["mode"], "skb", "{row}");
+    let refused = row["native_refused"].as_str().unwrap_or_default();
+    assert!(refused.contains(NO_NATIVE), "{row}");
+    let text = ok(&d.cli(&["status"]));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("bra0"))
+        .unwrap_or_else(|| panic!("bra0 not in status: {text}"));
+    assert!(
+        line.contains(&format!(
+            "skb (native refused: the kernel says \"{NO_NATIVE}\""
+        )),
+        "{line}"
+    );
+    // The veth beside it runs natively and says nothing of a refusal.
+    let veth = status_of(&d, enforcer_tests::RECEIVER_IF);
+    assert_eq!(veth["mode"], "native", "{veth}");
+    assert!(veth.get("native_refused").is_none(), "{veth}");
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("bra0") && l.contains(NO_NATIVE) && l.contains("skb")),
+        "{log}"
+    );
+}

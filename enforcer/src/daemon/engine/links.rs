@@ -82,13 +82,22 @@ impl Engine {
     fn attach_one(&mut self, iface: &str, why: Why) -> Result<(), DatapathError> {
         let a = self.dp.attach(iface, self.xdp_mode)?;
         self.interfaces.attached(iface, a.ifindex);
+        if !a.replaced {
+            self.interfaces
+                .set_native_refused(iface, a.native_refused.clone());
+        }
         let how = if a.replaced {
             "replaced the program in place"
         } else {
             "attached"
         };
+        let refused = a
+            .native_refused
+            .as_ref()
+            .map(|r| format!(" (native refused: {r})"))
+            .unwrap_or_default();
         let detail = format!(
-            "{why}: {how} in {} mode (ifindex {}, program {}, link {}, {} parse)",
+            "{why}: {how} in {}{refused} mode (ifindex {}, program {}, link {}, {} parse)",
             a.mode, a.ifindex, a.prog_id, a.link_type, a.parse
         );
         match why {
@@ -100,6 +109,10 @@ impl Engine {
                 tracing::warn!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, "protected: {detail}");
             }
             // At start: what every start does.
+            // A fallback to skb mode is worth a warning: the operator may be able to fix it.
+            Why::Appeared if a.native_refused.is_some() => {
+                tracing::warn!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, "{detail}");
+            }
             Why::Appeared => {
                 tracing::info!(%iface, ifindex = a.ifindex, mode = %a.mode, prog_id = a.prog_id, replaced = a.replaced, "{how}")
             }
