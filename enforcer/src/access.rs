@@ -607,6 +607,7 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
             force,
+            scope: Default::default(),
         })
     }
 
@@ -670,6 +671,7 @@ mod tests {
             source: src("crowdsec"),
             reason: Reason::default(),
             shadow: false,
+            scope: Default::default(),
         });
         assert_eq!(why(&p, &w, &batch), Some(Why::Source(src("crowdsec"))));
         let sync = Request::SyncSource(SyncRequest {

@@ -363,6 +363,7 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         });
         let Delivery::Spooled { file, .. } =
             deliver(&socket, &request, Duration::from_millis(200), Some(&state))
@@ -468,6 +469,7 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         });
         let stopping = dir.path().join("stopping.sock");
         fake_daemon(

@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod policy;
 pub mod protocol;
 pub mod safe_fs;
+pub mod scope;
 pub mod spool;
 pub mod store;
 pub mod target;

@@ -19,6 +19,7 @@ pub use crate::datapath::{PinsDurability, PinsInfo};
 use crate::{
     block::{Mode, Reason, Source, UnixMillis},
     datapath::AttachedMode,
+    scope::Scope,
     target::Target,
 };
 
@@ -374,6 +375,9 @@ pub struct BlockRequest {
     /// sources allowed to force; the allowlisted part stays reachable).
     #[serde(default)]
     pub force: bool,
+    /// What of the target's traffic to block (`proto`, `ports`); absent: the whole address.
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
 /// One line of a batch.
@@ -402,6 +406,9 @@ pub struct BatchRequest {
     /// Count instead of drop.
     #[serde(default)]
     pub shadow: bool,
+    /// What of each target's traffic to block (`proto`, `ports`); absent: the whole address.
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
 /// One target of a [`SyncRequest`].
@@ -1200,6 +1207,41 @@ mod tests {
                 .message
                 .contains("request_id")
         );
+    }
+
+    #[test]
+    fn a_block_carries_its_scope_and_a_bad_scope_is_one_line_naming_the_fix() {
+        let (request, _) = parse_request(
+            br#"{"v":1,"op":"block","target":"192.0.2.7","source":"cli","proto":"tcp","ports":"22,2222"}"#,
+        )
+        .unwrap();
+        let Request::Block(b) = request else {
+            panic!("not a block: {request:?}")
+        };
+        assert_eq!(b.scope.to_string(), "tcp/22,2222");
+        let line = serde_json::to_string(&Request::Block(b)).unwrap();
+        assert!(
+            line.contains(r#""proto":"tcp","ports":"22,2222""#),
+            "{line}"
+        );
+        let (plain, _) =
+            parse_request(br#"{"v":1,"op":"block","target":"192.0.2.7","source":"cli"}"#).unwrap();
+        let Request::Block(b) = plain else { panic!() };
+        assert!(b.scope.is_whole());
+        for (bad, says) in [
+            (r#""proto":"tcp","ports":"0""#, "port 0"),
+            (r#""proto":"tcp","ports":"70000""#, "out of range"),
+            (r#""proto":"tcp","ports":"2000-1000""#, "reversed"),
+            (r#""proto":"sctp""#, "unknown protocol"),
+            (r#""proto":"icmp","ports":"22""#, "tcp and udp only"),
+        ] {
+            let line =
+                format!(r#"{{"v":1,"op":"block","target":"192.0.2.7","source":"cli",{bad}}}"#);
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{bad}");
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+            assert!(!e.message.contains('\n'), "{}", e.message);
+        }
     }
 
     #[test]

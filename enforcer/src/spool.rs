@@ -276,6 +276,7 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         })
     }
 

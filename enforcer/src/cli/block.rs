@@ -19,6 +19,8 @@ pub struct Args {
     pub permanent: bool,
     #[command(flatten)]
     pub flags: super::BlockFlags,
+    #[command(flatten)]
+    pub scope: super::ScopeFlags,
     /// Block a broad prefix or one containing allowlisted addresses (sources allowed to force
     /// only; the allowlisted part stays reachable).
     #[arg(long)]
@@ -31,6 +33,7 @@ pub struct Args {
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let scope = a.scope.scope()?;
     let Some(reply) = super::call_or_spool(
         socket,
         &Request::Block(BlockRequest {
@@ -41,6 +44,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             reason: a.flags.reason(),
             shadow: a.flags.shadow,
             force: a.force,
+            scope,
         }),
         &a.spool,
     )?

@@ -40,6 +40,8 @@ pub struct Args {
     pub ttl: Option<HumanDuration>,
     #[command(flatten)]
     pub flags: super::BlockFlags,
+    #[command(flatten)]
+    pub scope: super::ScopeFlags,
     /// JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +97,7 @@ fn parse(reader: impl std::io::BufRead, name: &str) -> anyhow::Result<Vec<BatchI
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let scope = a.scope.scope()?;
     let name = a.file.display().to_string();
     let items = if a.file.as_os_str() == "-" {
         parse(std::io::stdin().lock(), "stdin")?
@@ -117,6 +120,7 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
             source: a.flags.source.clone(),
             reason: a.flags.reason(),
             shadow: a.flags.shadow,
+            scope: scope.clone(),
         }))?;
         let Reply::BlockBatch {
             applied: n,

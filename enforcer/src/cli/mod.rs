@@ -128,6 +128,8 @@ pub fn main() -> i32 {
                     e.downcast_ref::<status::Unprotected>()
                         .map(|_| status::EXIT_UNPROTECTED)
                 })
+                // A bad --proto/--port is a usage mistake, as an invalid request is.
+                .or_else(|| e.downcast_ref::<crate::scope::ScopeError>().map(|_| 2))
                 .unwrap_or(1);
             eprintln!("enforcer: {e:#}");
             code
@@ -169,6 +171,32 @@ impl BlockFlags {
             .clone()
             .map(crate::block::Reason::text)
             .unwrap_or_default()
+    }
+}
+
+/// What of a target's traffic a block covers (`block`, `unblock`, `import`).
+#[derive(Debug, Default, clap::Args)]
+pub struct ScopeFlags {
+    /// Only this protocol: tcp, udp, icmp or any (default: the whole address).
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+    /// Only these destination ports, with --proto tcp or udp: 22, 22,2222, 8000-8080 (or
+    /// 8000:8080), service names from /etc/services (ssh).
+    #[arg(long = "port", value_name = "PORTS")]
+    pub ports: Option<String>,
+}
+
+impl ScopeFlags {
+    /// The scope, checked: a bad one is a one-line error naming what to write instead.
+    pub fn scope(&self) -> Result<crate::scope::Scope, crate::scope::ScopeError> {
+        let proto: crate::scope::Proto = self
+            .proto
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default();
+        let service = move |name: &str| crate::scope::service_port(name, proto);
+        crate::scope::Scope::parse(self.proto.as_deref(), self.ports.as_deref(), Some(&service))
     }
 }
 

@@ -229,6 +229,7 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         })
     }
 
@@ -296,6 +297,7 @@ mod tests {
             source: Source::cli(),
             reason: Reason::default(),
             shadow: false,
+            scope: Default::default(),
         });
         let Some(Request::BlockBatch(b)) = adjust(
             batch,

@@ -658,6 +658,7 @@ impl Hook {
             reason: reason_from_alert(&message.alert),
             shadow: false,
             force: false,
+            scope: Default::default(),
         });
         match verdict {
             Verdict::Continue => {

@@ -385,6 +385,7 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
                     source: "import".parse().unwrap(),
                     reason: Default::default(),
                     shadow: false,
+                    scope: Default::default(),
                 });
                 match c.call(&req) {
                     Ok(Reply::BlockBatch { applied, .. }) if applied == chunk.len() => {
@@ -753,6 +754,7 @@ fn concurrent_requests_share_one_commit() {
             reason: Default::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         })
     };
     // One at a time: each request is its own commit.

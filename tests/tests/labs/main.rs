@@ -23,6 +23,7 @@ mod package;
 mod policy_lab;
 mod quota_lab;
 mod reads_lab;
+mod scoped_blocks;
 mod spool_lab;
 mod verdicts;
 mod wazuh_hook;

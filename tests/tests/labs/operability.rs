@@ -377,6 +377,7 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
             source: "import".parse().unwrap(),
             reason: Default::default(),
             shadow: false,
+            scope: Default::default(),
         });
         assert!(
             matches!(c.call(&req).unwrap(), Reply::BlockBatch { applied, .. } if applied == chunk.len())

@@ -384,6 +384,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
             reason: Reason::text("long ago"),
             shadow: false,
             force: false,
+            scope: Default::default(),
         }),
     };
     spool::write_entry(&d.state_dir, &old).unwrap();

@@ -537,6 +537,15 @@ impl Ledger {
         reason
             .validate()
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        // Every block passes here (socket, spool, batch, approval, feed): until the data path
+        // enforces scopes, a scoped request is refused rather than widened to the whole address.
+        if !req.scope.is_whole() {
+            return Err(Refusal::Invalid(format!(
+                "{} for {}: this daemon's data path cannot enforce a port or protocol scope yet; \
+                 block the whole address (drop --proto/--port), or upgrade the daemon",
+                req.scope, req.target
+            )));
+        }
         if let Some(why) = req.target.not_a_block_target() {
             return Err(Refusal::Invalid(format!(
                 "{} is not a block target: {why}",
@@ -764,6 +773,7 @@ impl Ledger {
                 reason: Reason::default(),
                 shadow: req.shadow,
                 force: false,
+                scope: req.scope.clone(),
             };
             match self.block_widened(c, one, reason.clone(), now) {
                 Ok(r) if r.outcome == Outcome::Pending => pending += 1,

@@ -201,6 +201,7 @@ mod tests {
             reason: Reason::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         }
     }
 
@@ -282,6 +283,7 @@ mod tests {
             source: "wazuh".parse().unwrap(),
             reason: Reason::default(),
             shadow: false,
+            scope: Default::default(),
         };
         l.block_batch(&mut Change::default(), batch, T0);
         assert_eq!(blocked(&l), ["192.0.2.7", "2001:db8:0:1::/64"]);

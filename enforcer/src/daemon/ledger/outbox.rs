@@ -335,6 +335,7 @@ mod tests {
             reason: crate::block::Reason::text("5 failed logins"),
             shadow,
             force: false,
+            scope: Default::default(),
         })
     }
 

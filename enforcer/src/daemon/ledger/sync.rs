@@ -112,6 +112,7 @@ impl Ledger {
                 reason: Reason::default(),
                 shadow: false,
                 force: false,
+                scope: Default::default(),
             };
             let audited = c.events.len();
             match self.block_until(c, one, item.reason.clone(), false, now, Some(wanted)) {

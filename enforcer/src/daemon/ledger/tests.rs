@@ -47,6 +47,7 @@ fn req(target: &str, source: &str, ttl_secs: Option<u64>) -> BlockRequest {
         reason: Reason::default(),
         shadow: false,
         force: false,
+        scope: Default::default(),
     }
 }
 
@@ -258,6 +259,17 @@ fn a_zero_ttl_is_invalid_and_changes_nothing() {
     let mut l = ledger();
     let e = block(&mut l, req("192.0.2.1", "cli", Some(0)), T0).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    assert!(l.blocks().is_empty());
+}
+
+#[test]
+fn a_scoped_block_is_refused_until_the_data_path_enforces_scopes_and_changes_nothing() {
+    let mut l = ledger();
+    let mut r = req("192.0.2.1", "cli", None);
+    r.scope = crate::scope::Scope::parse(Some("tcp"), Some("22"), None).unwrap();
+    let e = block(&mut l, r, T0).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    assert!(e.to_string().contains("drop --proto/--port"), "{e}");
     assert!(l.blocks().is_empty());
 }
 
@@ -966,6 +978,7 @@ fn a_batch_reports_applied_pending_and_failed_items() {
         source: src("cli"),
         reason: Reason::text("feed"),
         shadow: false,
+        scope: Default::default(),
     };
     let Reply::BlockBatch {
         applied,
@@ -1657,6 +1670,7 @@ fn the_refusal_of_a_batch_item_uses_the_protocol_body() {
             source: src("wazuh"),
             reason: Reason::default(),
             shadow: false,
+            scope: Default::default(),
         },
         T0,
     );

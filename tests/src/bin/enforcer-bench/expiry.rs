@@ -162,6 +162,7 @@ fn enforcer_batch(n: usize) -> Result<Batch> {
             reason: Default::default(),
             shadow: false,
             force: false,
+            scope: Default::default(),
         }))?;
         let Reply::Block(r) = reply else {
             bail!("unexpected reply {reply:?}")

@@ -373,6 +373,7 @@ fn apply(client: &mut Client, items: Vec<BatchItem>, ttl_secs: Option<u64>) -> R
         source: Source::cli(),
         reason: Default::default(),
         shadow: false,
+        scope: Default::default(),
     }))?;
     let Reply::BlockBatch {
         applied, failed, ..
