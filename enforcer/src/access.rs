@@ -695,6 +695,7 @@ mod tests {
             target: "192.0.2.7".parse().unwrap(),
             source: source.map(src),
             all,
+            scope: Default::default(),
         };
         assert_eq!(why(&p, &w, &unblock(Some("wazuh"), false)), None);
         assert_eq!(

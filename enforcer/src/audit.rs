@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::{
     block::{Mode, Reason, Source, UnixMillis, now_ms},
+    scope::ScopeSet,
     target::Target,
 };
 
@@ -105,6 +106,10 @@ pub struct Event {
     /// Mode after the action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// What of the target's traffic the source's block covers after the action (absent: the
+    /// whole address).
+    #[serde(skip_serializing_if = "ScopeSet::is_whole")]
+    pub scope: ScopeSet,
     /// For refusals: why, and the rule that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -144,6 +149,7 @@ impl Event {
             reason: None,
             expires_ms: None,
             mode: None,
+            scope: ScopeSet::WHOLE,
             detail: None,
             spooled_ms: None,
             spool_file: None,

@@ -7,7 +7,7 @@ use std::{fmt, str::FromStr, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::target::Target;
+use crate::{scope::ScopeSet, target::Target};
 
 /// The name of a trigger source (`cli`, `wazuh`, `fail2ban`, ...): 1-32 of `[a-z0-9_-]`.
 ///
@@ -229,6 +229,10 @@ pub struct SourceBlock {
     pub expires_ms: Option<UnixMillis>,
     /// Enforce or shadow.
     pub mode: Mode,
+    /// What of the target's traffic it covers (absent: the whole address, as every block
+    /// stored before scopes existed).
+    #[serde(default, skip_serializing_if = "ScopeSet::is_whole")]
+    pub scope: ScopeSet,
 }
 
 impl SourceBlock {
@@ -356,6 +360,20 @@ impl TargetBlocks {
         latest(Mode::Enforce).or_else(|| latest(Mode::Shadow))
     }
 
+    /// What the kernel entry covers: the union of the scopes of the blocks that make it (the
+    /// enforcing ones if any enforces, else the shadow ones); whole when any of them is.
+    pub fn kernel_scope(&self) -> ScopeSet {
+        let mode = self.kernel_entry().map_or(Mode::Enforce, |e| e.mode);
+        let sets = self
+            .by_source
+            .values()
+            .filter(|b| b.mode == mode)
+            .map(|b| &b.scope);
+        // Each set was merged within the limits; a union past them covers the whole address
+        // only in the data path's eyes, so the ledger refuses it before it is made.
+        ScopeSet::union_all(sets).unwrap_or(ScopeSet::WHOLE)
+    }
+
     /// The sources, comma-separated.
     pub fn sources(&self) -> String {
         self.by_source
@@ -387,6 +405,7 @@ mod tests {
             updated_ms: 0,
             expires_ms: expires,
             mode,
+            scope: Default::default(),
         }
     }
 

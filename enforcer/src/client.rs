@@ -432,6 +432,7 @@ mod tests {
             target: "192.0.2.10".parse().unwrap(),
             source: Some(Source::cli()),
             all: false,
+            scope: Default::default(),
         };
         let delivery = deliver(&socket, &request, Duration::from_secs(5), Some(&state));
         let Delivery::Spooled { file, why } = delivery else {

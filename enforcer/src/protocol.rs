@@ -19,7 +19,7 @@ pub use crate::datapath::{PinsDurability, PinsInfo};
 use crate::{
     block::{Mode, Reason, Source, UnixMillis},
     datapath::AttachedMode,
-    scope::Scope,
+    scope::{Scope, ScopeSet},
     target::Target,
 };
 
@@ -222,6 +222,9 @@ pub enum Request {
         /// Remove every source's block.
         #[serde(default)]
         all: bool,
+        /// Only this scope of the block(s) (`proto`, `ports`); absent: the whole block.
+        #[serde(flatten)]
+        scope: Scope,
     },
     /// The blocks, with counters, in target order; a page of them with `limit`.
     List {
@@ -748,6 +751,10 @@ pub struct ListSource {
     pub expires_ms: Option<UnixMillis>,
     /// Mode.
     pub mode: Mode,
+    /// What of the target's traffic this block covers: `[{proto, ports?}]`; absent or empty:
+    /// the whole address.
+    #[serde(default, skip_serializing_if = "ScopeSet::is_whole")]
+    pub scope: ScopeSet,
 }
 
 /// A blocked target in a listing.
@@ -761,6 +768,10 @@ pub struct ListEntry {
     pub expires_ms: Option<UnixMillis>,
     /// Each source's block.
     pub sources: Vec<ListSource>,
+    /// What the kernel entry covers: the union of the sources' scopes (absent: the whole
+    /// address). `packets` and `bytes` count the packets it matched.
+    #[serde(default, skip_serializing_if = "ScopeSet::is_whole")]
+    pub scope: ScopeSet,
     /// Packets the entry dropped (or, in shadow mode, would have dropped).
     pub packets: u64,
     /// Bytes of those packets.

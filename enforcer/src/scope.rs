@@ -164,6 +164,11 @@ impl Ports {
         Ok(Self(merged))
     }
 
+    /// Every port, 1-65535.
+    pub fn full() -> Self {
+        Self(vec![1..=u16::MAX])
+    }
+
     /// The ranges, in order.
     pub fn ranges(&self) -> &[RangeInclusive<u16>] {
         &self.0
@@ -353,6 +358,211 @@ impl fmt::Display for Scope {
     }
 }
 
+/// A scope to take off a block that does not hold all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the block does not hold that scope")]
+pub struct NotHeld;
+
+/// The ports of one protocol a [`ScopeSet`] covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Cover {
+    /// None of them.
+    #[default]
+    None,
+    /// Every port.
+    All,
+    /// These ports.
+    Ports(Ports),
+}
+
+impl Cover {
+    fn union(&self, other: Option<&Ports>) -> Result<Self, ScopeError> {
+        Ok(match (self, other) {
+            (Self::All, _) | (_, None) => Self::All,
+            (Self::None, Some(p)) => Self::Ports(p.clone()),
+            (Self::Ports(a), Some(b)) => Self::Ports(a.union(b)?),
+        })
+    }
+
+    /// Without `other` (`None`: every port); `Err` when `other` names ports this does not cover.
+    fn minus(&self, other: Option<&Ports>) -> Result<Self, NotHeld> {
+        match (self, other) {
+            (Self::None, _) => Err(NotHeld),
+            (_, None) => Ok(Self::None),
+            (Self::All, Some(p)) => Ok(Ports::full().minus(p).map_or(Self::None, Self::Ports)),
+            (Self::Ports(a), Some(b)) if a.covers(b) => {
+                Ok(a.minus(b).map_or(Self::None, Self::Ports))
+            }
+            (Self::Ports(_), Some(_)) => Err(NotHeld),
+        }
+    }
+
+    fn covers(&self, other: Option<&Ports>) -> bool {
+        match (self, other) {
+            (Self::All, _) => true,
+            (Self::Ports(a), Some(b)) => a.covers(b),
+            _ => false,
+        }
+    }
+
+    fn scope(&self, proto: Proto) -> Option<Scope> {
+        match self {
+            Self::None => None,
+            Self::All => Some(Scope { proto, ports: None }),
+            Self::Ports(p) => Some(Scope {
+                proto,
+                ports: Some(p.clone()),
+            }),
+        }
+    }
+}
+
+/// What one source's block of a target covers: the whole address, or the union of scopes
+/// (`tcp/22` and `udp/53`, say) that source asked for. Stored and sent as a list of scopes;
+/// absent or empty: the whole address (so a block stored before scopes existed reads whole).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(Option<Box<Parts>>);
+
+/// The parts of a scoped [`ScopeSet`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Parts {
+    /// TCP destination ports.
+    pub tcp: Cover,
+    /// UDP destination ports.
+    pub udp: Cover,
+    /// ICMP (ICMPv6 for IPv6 sources).
+    pub icmp: bool,
+}
+
+impl ScopeSet {
+    /// The whole address.
+    pub const WHOLE: Self = Self(None);
+
+    /// Whether it covers the whole address.
+    pub fn is_whole(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The parts, when scoped.
+    pub fn parts(&self) -> Option<&Parts> {
+        self.0.as_deref()
+    }
+
+    /// The set covering `scope` alone.
+    pub fn of(scope: &Scope) -> Self {
+        // One scope holds at most MAX_RANGES ranges already, so the union cannot fail.
+        Self(Some(Box::default()))
+            .union(scope)
+            .unwrap_or(Self::WHOLE)
+    }
+
+    /// This and `scope` (whole wins over everything).
+    pub fn union(&self, scope: &Scope) -> Result<Self, ScopeError> {
+        let Some(parts) = &self.0 else {
+            return Ok(Self::WHOLE);
+        };
+        let mut parts = (**parts).clone();
+        match scope.proto {
+            Proto::Any => return Ok(Self::WHOLE),
+            Proto::Tcp => parts.tcp = parts.tcp.union(scope.ports.as_ref())?,
+            Proto::Udp => parts.udp = parts.udp.union(scope.ports.as_ref())?,
+            Proto::Icmp => parts.icmp = true,
+        }
+        Ok(Self(Some(Box::new(parts))))
+    }
+
+    /// Whether every packet `scope` covers is covered by this set.
+    pub fn covers(&self, scope: &Scope) -> bool {
+        let Some(parts) = &self.0 else { return true };
+        match scope.proto {
+            Proto::Any => false,
+            Proto::Tcp => parts.tcp.covers(scope.ports.as_ref()),
+            Proto::Udp => parts.udp.covers(scope.ports.as_ref()),
+            Proto::Icmp => parts.icmp,
+        }
+    }
+
+    /// This set without `scope`: `Ok(None)` when nothing is left, `Err` when `scope` is not
+    /// part of it (a whole-address block cannot lose one scope: it has no way to say "all but").
+    pub fn minus(&self, scope: &Scope) -> Result<Option<Self>, NotHeld> {
+        if scope.is_whole() {
+            return Ok(None);
+        }
+        let Some(parts) = &self.0 else {
+            return Err(NotHeld);
+        };
+        let mut parts = (**parts).clone();
+        match scope.proto {
+            Proto::Any => return Ok(None),
+            Proto::Tcp => parts.tcp = parts.tcp.minus(scope.ports.as_ref())?,
+            Proto::Udp => parts.udp = parts.udp.minus(scope.ports.as_ref())?,
+            Proto::Icmp if parts.icmp => parts.icmp = false,
+            Proto::Icmp => return Err(NotHeld),
+        }
+        let empty = parts == Parts::default();
+        Ok((!empty).then(|| Self(Some(Box::new(parts)))))
+    }
+
+    /// The union of several sets (the kernel entry's: the verdict is the union).
+    pub fn union_all<'a>(sets: impl IntoIterator<Item = &'a Self>) -> Result<Self, ScopeError> {
+        let mut out: Option<Self> = None;
+        for set in sets {
+            let mut acc = out.take().unwrap_or_else(|| set.clone());
+            for scope in set.scopes() {
+                acc = acc.union(&scope)?;
+            }
+            if set.is_whole() {
+                acc = Self::WHOLE;
+            }
+            out = Some(acc);
+        }
+        Ok(out.unwrap_or(Self::WHOLE))
+    }
+
+    /// The scopes, in order (tcp, udp, icmp); empty for the whole address.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let Some(p) = &self.0 else { return vec![] };
+        [p.tcp.scope(Proto::Tcp), p.udp.scope(Proto::Udp)]
+            .into_iter()
+            .flatten()
+            .chain(p.icmp.then_some(Scope {
+                proto: Proto::Icmp,
+                ports: None,
+            }))
+            .collect()
+    }
+}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_whole() {
+            return f.write_str("all");
+        }
+        let parts: Vec<String> = self.scopes().iter().map(Scope::to_string).collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+impl Serialize for ScopeSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.scopes().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let scopes = Vec::<Scope>::deserialize(d)?;
+        if scopes.is_empty() {
+            return Ok(Self::WHOLE);
+        }
+        let mut set = Self(Some(Box::default()));
+        for scope in &scopes {
+            set = set.union(scope).map_err(serde::de::Error::custom)?;
+        }
+        Ok(set)
+    }
+}
+
 /// Resolves a service name (`ssh`, `https`) to its port for `proto` from `/etc/services`,
 /// as fail2ban's jails name ports (`port = ssh`).
 pub fn service_port(name: &str, proto: Proto) -> Option<u16> {
@@ -443,6 +653,65 @@ mod tests {
         assert_eq!(ports("22").minus(&ports("1-100")), None);
         assert!(ports("1-100").covers(&ports("22,50-60")));
         assert!(!ports("1-100").covers(&ports("22,99-101")));
+    }
+
+    fn scope(p: &str, ports: Option<&str>) -> Scope {
+        Scope::parse(Some(p), ports, None).unwrap()
+    }
+
+    #[test]
+    fn a_sources_scopes_add_up_and_come_off_one_by_one() {
+        let set = ScopeSet::of(&scope("tcp", Some("22")));
+        let set = set.union(&scope("udp", Some("53"))).unwrap();
+        let set = set.union(&scope("tcp", Some("2222"))).unwrap();
+        assert_eq!(set.to_string(), "tcp/22,2222 udp/53");
+        assert!(set.covers(&scope("tcp", Some("2222"))));
+        assert!(!set.covers(&scope("tcp", Some("80"))));
+        assert!(!set.covers(&Scope::WHOLE));
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"proto":"tcp","ports":"22,2222"},{"proto":"udp","ports":"53"}]"#
+        );
+        assert_eq!(serde_json::from_str::<ScopeSet>(&json).unwrap(), set);
+        let left = set.minus(&scope("tcp", Some("22"))).unwrap().unwrap();
+        assert_eq!(left.to_string(), "tcp/2222 udp/53");
+        let left = left.minus(&scope("tcp", None)).unwrap().unwrap();
+        assert_eq!(left.to_string(), "udp/53");
+        assert_eq!(left.minus(&scope("udp", Some("53"))), Ok(None));
+        assert_eq!(left.minus(&scope("udp", Some("54"))), Err(NotHeld));
+        assert_eq!(
+            ScopeSet::WHOLE.minus(&scope("tcp", Some("22"))),
+            Err(NotHeld)
+        );
+        let all_tcp = ScopeSet::of(&scope("tcp", None));
+        let but_22 = all_tcp.minus(&scope("tcp", Some("22"))).unwrap().unwrap();
+        assert_eq!(but_22.to_string(), "tcp/1-21,23-65535");
+        assert!(set.union(&Scope::WHOLE).unwrap().is_whole());
+        assert_eq!(
+            serde_json::from_str::<ScopeSet>("[]").unwrap(),
+            ScopeSet::WHOLE
+        );
+    }
+
+    #[test]
+    fn the_kernel_scope_is_the_union_and_whole_wins() {
+        let a = ScopeSet::of(&scope("tcp", Some("22")));
+        let b = ScopeSet::of(&scope("tcp", Some("80")))
+            .union(&scope("icmp", None))
+            .unwrap();
+        let u = ScopeSet::union_all([&a, &b]).unwrap();
+        assert_eq!(u.to_string(), "tcp/22,80 icmp");
+        assert!(
+            ScopeSet::union_all([&a, &ScopeSet::WHOLE])
+                .unwrap()
+                .is_whole()
+        );
+        assert!(
+            ScopeSet::union_all([&ScopeSet::WHOLE, &a])
+                .unwrap()
+                .is_whole()
+        );
     }
 
     #[test]

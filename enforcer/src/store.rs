@@ -15,10 +15,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -249,9 +245,6 @@ pub struct Store {
     /// A commit failed (disk full, I/O error): redb refuses further writes on this handle, so
     /// the next commit reopens the database first, and the daemon recovers without a restart.
     poisoned: bool,
-    /// Durable transactions committed through this handle: one fsync'd commit record each.
-    /// Shared, so that the metrics read it at scrape time without asking the engine.
-    commits: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -263,7 +256,6 @@ impl Store {
             db,
             path: path.to_owned(),
             poisoned: false,
-            commits: Arc::default(),
         };
         // Create the table so that reads of an empty store work.
         store.commit(&[])?;
@@ -296,19 +288,10 @@ impl Store {
             tracing::info!(path = %self.path.display(), "reopened the block store after an earlier failure");
         }
         let result = self.commit_inner(ops);
-        match result {
-            Ok(()) => {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => self.poisoned = true,
+        if result.is_err() {
+            self.poisoned = true;
         }
         result
-    }
-
-    /// The count of durable commits made through this handle (each one fsync of a commit
-    /// record), counted where the commit returns: what `enforcer_store_commits_total` shows.
-    pub fn commits(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.commits)
     }
 
     fn commit_inner(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
@@ -643,11 +626,12 @@ mod tests {
             target: target.parse().unwrap(),
             block: SourceBlock {
                 source: source.parse().unwrap(),
-                reason: Arc::new(Reason::text("test")),
+                reason: std::sync::Arc::new(Reason::text("test")),
                 created_ms: 1,
                 updated_ms: 1,
                 expires_ms: expires,
                 mode: Mode::Enforce,
+                scope: Default::default(),
             },
         }
     }
@@ -752,5 +736,35 @@ mod tests {
                 time_base: Some(base)
             }
         );
+    }
+
+    #[test]
+    fn a_block_stored_before_scopes_reads_as_the_whole_address_and_a_scoped_one_keeps_its_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.redb");
+        {
+            // The bytes a daemon from before scopes (ea8eb6c and older) wrote for a block.
+            let db = open_db(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(BLOCKS).unwrap();
+                let v = br#"{"source":"fail2ban","reason":{"text":"sshd"},"created_ms":1,"updated_ms":1,"expires_ms":10,"mode":"enforce"}"#;
+                t.insert(("192.0.2.1", "fail2ban"), v.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let all = store.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].block.scope.is_whole(), "{all:?}");
+        let mut scoped = record("192.0.2.2", "fail2ban", Some(10));
+        scoped.block.scope = crate::scope::ScopeSet::of(
+            &crate::scope::Scope::parse(Some("tcp"), Some("22,2222"), None).unwrap(),
+        );
+        store.commit(&[StoreOp::Put(scoped.clone())]).unwrap();
+        drop(store);
+        let all = Store::open(&path).unwrap().load_all().unwrap();
+        assert_eq!(all[1], scoped);
+        assert_eq!(all[1].block.scope.to_string(), "tcp/22,2222");
     }
 }

@@ -115,6 +115,7 @@ pub fn print_table(blocks: &[ListEntry]) {
     let mut rows = vec![
         [
             "TARGET",
+            "SCOPE",
             "SOURCES",
             "TIME LEFT",
             "MODE",
@@ -136,6 +137,7 @@ pub fn print_table(blocks: &[ListEntry]) {
             .join("; ");
         rows.push(vec![
             b.target.to_string(),
+            b.scope.to_string(),
             b.sources
                 .iter()
                 .map(|s| s.source.as_str())

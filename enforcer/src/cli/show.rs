@@ -43,8 +43,9 @@ pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
         for b in &r.blocks {
             for s in &b.sources {
                 println!(
-                    "  {}  source {}  {}  {}  created {}  {}",
+                    "  {}  {}  source {}  {}  {}  created {}  {}",
                     b.target,
+                    s.scope,
                     s.source,
                     s.mode,
                     super::output::time_left(s.expires_ms),

@@ -31,6 +31,9 @@ pub struct Args {
     /// Remove every source's block.
     #[arg(long)]
     pub all: bool,
+    // Only this scope of the block (`--proto tcp --port 22`): its other scopes stay.
+    #[command(flatten)]
+    pub scope: super::ScopeFlags,
     #[command(flatten)]
     pub spool: super::SpoolFlags,
     /// Print the daemon's answer as JSON.
@@ -39,12 +42,14 @@ pub struct Args {
 }
 
 pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+    let scope = a.scope.scope()?;
     let Some(reply) = super::call_or_spool(
         socket,
         &Request::Unblock {
             target: a.target,
             source: a.source,
             all: a.all,
+            scope,
         },
         &a.spool,
     )?

@@ -15,6 +15,7 @@ use crate::{
         ListSource, MAX_LIST_PAGE, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply,
         StatusReply,
     },
+    scope::ScopeSet,
     target::Target,
 };
 
@@ -120,8 +121,10 @@ impl View<'_> {
                     created_ms: b.created_ms,
                     expires_ms: b.expires_ms,
                     mode: b.mode,
+                    scope: b.scope.clone(),
                 })
                 .collect(),
+            scope: blocks.kernel_scope(),
             packets: kernel.hit_packets,
             bytes: kernel.hit_bytes,
             last_hit_ms: (kernel.last_hit_ns != 0)
@@ -157,20 +160,28 @@ impl View<'_> {
             .map(|(t, o)| allow_entry(*t, o))
             .collect();
         let covering: Vec<&ListEntry> = blocks.iter().filter(|e| e.target.contains(addr)).collect();
+        let enforcing: Vec<&ScopeSet> = covering
+            .iter()
+            .filter(|e| e.mode == Mode::Enforce)
+            .map(|e| &e.scope)
+            .collect();
         let verdict = if covering.is_empty() {
-            "pass"
+            "pass".to_owned()
         } else if !allowlist.is_empty() {
-            "pass (allowlisted)"
-        } else if covering.iter().any(|e| e.mode == Mode::Enforce) {
-            "drop"
+            "pass (allowlisted)".to_owned()
+        } else if enforcing.is_empty() {
+            "pass (shadow)".to_owned()
         } else {
-            "pass (shadow)"
+            match ScopeSet::union_all(enforcing) {
+                Ok(scope) if !scope.is_whole() => format!("drop ({scope} only)"),
+                _ => "drop".to_owned(),
+            }
         };
         ShowReply {
             target,
             blocks,
             allowlist,
-            verdict: verdict.to_owned(),
+            verdict,
             more,
         }
     }

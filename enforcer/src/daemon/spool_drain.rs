@@ -316,6 +316,7 @@ mod tests {
             target: "192.0.2.1".parse().unwrap(),
             source: None,
             all: false,
+            scope: Default::default(),
         };
         assert!(matches!(
             adjust(

@@ -737,6 +737,7 @@ impl Hook {
             target,
             source: Some(source()),
             all: false,
+            scope: Default::default(),
         };
         match deliver(
             &options.socket,

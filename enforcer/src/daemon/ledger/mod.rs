@@ -46,6 +46,7 @@ use crate::{
         BatchFailure, BatchRequest, BlockReply, BlockRequest, CallerId, Outcome, PendingBlock,
         Reply, Request, RequestId,
     },
+    scope::{Scope, ScopeError, ScopeSet},
     store::StoreOp,
     target::Target,
     time::TimeBase,
@@ -179,6 +180,9 @@ pub struct Ledger {
     outbox: Outbox,
     /// Feed items refused, so that a resync does not audit the same refusal again.
     feed_refusals: sync::FeedRefusals,
+    /// Whether the data path enforces port and protocol scopes: until it does, a scoped block
+    /// is refused, never widened to the whole address.
+    scopes_enforced: bool,
 }
 
 /// A block as a request asks for it, after policy.
@@ -187,6 +191,8 @@ struct Fresh {
     reason: Arc<Reason>,
     expires_ms: Option<UnixMillis>,
     mode: Mode,
+    /// The source's scope of the target after this block (its earlier one and the new one).
+    scope: ScopeSet,
 }
 
 /// The merge rules: what a source's block becomes when it blocks the target (again).
@@ -199,6 +205,7 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
             updated_ms: now,
             expires_ms: new.expires_ms,
             mode: new.mode,
+            scope: new.scope,
         };
         return (Outcome::Created, block);
     };
@@ -207,7 +214,8 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
         (None, _) | (_, None) => None,
         (Some(a), Some(b)) => Some(a.max(b)),
     };
-    let outcome = if expires_ms == old.expires_ms {
+    // A block that now covers more of the target's traffic was extended too.
+    let outcome = if expires_ms == old.expires_ms && new.scope == old.scope {
         Outcome::Unchanged
     } else {
         Outcome::Extended
@@ -229,6 +237,7 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
         updated_ms: now,
         expires_ms,
         mode,
+        scope: new.scope,
         ..old.clone()
     };
     (outcome, block)
@@ -271,7 +280,13 @@ impl Ledger {
             clock_steps: crate::protocol::ClockSteps::default(),
             outbox: Outbox::default(),
             feed_refusals: sync::FeedRefusals::default(),
+            scopes_enforced: false,
         }
+    }
+
+    /// Accepts port and protocol scopes (the data path enforces them).
+    pub fn enforce_scopes(&mut self, on: bool) {
+        self.scopes_enforced = on;
     }
 
     /// Publishes blocks through `outbox` (off by default).
@@ -458,8 +473,9 @@ impl Ledger {
                 target,
                 source,
                 all,
+                scope,
             } => {
-                let answer = self.unblock(c, target, source, all);
+                let answer = self.unblock_scope(c, target, source, all, &scope);
                 let lifted = match &answer {
                     Ok(Reply::Unblock { target, .. }) => *target,
                     _ => target,
@@ -539,7 +555,7 @@ impl Ledger {
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         // Every block passes here (socket, spool, batch, approval, feed): until the data path
         // enforces scopes, a scoped request is refused rather than widened to the whole address.
-        if !req.scope.is_whole() {
+        if !req.scope.is_whole() && !self.scopes_enforced {
             return Err(Refusal::Invalid(format!(
                 "{} for {}: this daemon's data path cannot enforce a port or protocol scope yet; \
                  block the whole address (drop --proto/--port), or upgrade the daemon",
@@ -563,6 +579,10 @@ impl Ledger {
             }
         };
         let target = req.target;
+        let scope = match self.scope_after_block(&req) {
+            Ok(scope) => scope,
+            Err(refusal) => return Err(self.refuse(c, &req, &reason, refusal)),
+        };
         let is_new_target = !self.blocks.contains_key(&target);
         let is_new_for_source = !self.has_block(&target, &req.source);
         // `cli` and the force sources keep the reserve and have no share (see capacity.rs).
@@ -587,6 +607,7 @@ impl Ledger {
             reason,
             expires_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
             mode,
+            scope,
         };
         self.remember(c, &target);
         let old = self
@@ -626,6 +647,45 @@ impl Ledger {
             .by_source
             .insert(block.source.clone(), block);
         Ok(reply)
+    }
+
+    /// What `req.source`'s block of the target covers once `req` is applied: its earlier scope
+    /// and the new one. Refused when the target's scopes together (the verdict is their union)
+    /// would need more port ranges than its kernel entry holds.
+    fn scope_after_block(&self, req: &BlockRequest) -> Result<ScopeSet, Refusal> {
+        let held = self.blocks.get(&req.target);
+        let old = held.and_then(|t| t.by_source.get(&req.source));
+        let too_many = |e: ScopeError| {
+            Refusal::Invalid(format!(
+                "{}: {e} (counting every source's scope of it); block the whole protocol or address",
+                req.target
+            ))
+        };
+        let scope = match old {
+            None => ScopeSet::of(&req.scope),
+            Some(b) => b.scope.union(&req.scope).map_err(too_many)?,
+        };
+        self.check_union(&req.target, &req.source, &scope)
+            .map_err(too_many)?;
+        Ok(scope)
+    }
+
+    /// Checks that the target's scopes, with `source`'s replaced by `scope`, fit its kernel
+    /// entry.
+    fn check_union(
+        &self,
+        target: &Target,
+        source: &Source,
+        scope: &ScopeSet,
+    ) -> Result<(), ScopeError> {
+        let others = self
+            .blocks
+            .get(target)
+            .into_iter()
+            .flat_map(|t| t.by_source.values())
+            .filter(|b| b.source != *source)
+            .map(|b| &b.scope);
+        ScopeSet::union_all(others.chain([scope])).map(drop)
     }
 
     /// Asks the policy, auditing a breaker that opens.
@@ -808,6 +868,19 @@ impl Ledger {
         source: Option<Source>,
         all: bool,
     ) -> Result<Reply, Refusal> {
+        self.unblock_scope(c, target, source, all, &Scope::WHOLE)
+    }
+
+    /// [`Ledger::unblock`] of one scope: the source's block keeps its other scopes (and is
+    /// removed when none is left); the whole scope removes the block.
+    pub fn unblock_scope(
+        &mut self,
+        c: &mut Change,
+        target: Target,
+        source: Option<Source>,
+        all: bool,
+        scope: &Scope,
+    ) -> Result<Reply, Refusal> {
         let (target, requested) = self.unblock_target(target, source.as_ref(), all);
         let Some(current) = self.blocks.get(&target) else {
             return Err(Refusal::NotFound(format!(
@@ -827,6 +900,9 @@ impl Ledger {
                 self.widened_hint(target)
             )));
         };
+        if !scope.is_whole() {
+            return self.unblock_part(c, target, &removed, scope, requested);
+        }
         for s in &removed {
             self.remove_block(c, &target, s);
             let mut e = Event::new(Action::Unblock, target).source(s);
@@ -837,6 +913,81 @@ impl Ledger {
         Ok(Reply::Unblock {
             target,
             removed,
+            lifted,
+            requested,
+        })
+    }
+
+    /// Takes `scope` off each of `sources`' blocks of `target` (all of them must hold it); a
+    /// block left with no scope is removed.
+    fn unblock_part(
+        &mut self,
+        c: &mut Change,
+        target: Target,
+        sources: &[Source],
+        scope: &Scope,
+        requested: Option<Target>,
+    ) -> Result<Reply, Refusal> {
+        let mut after = Vec::with_capacity(sources.len());
+        for s in sources {
+            let block = self
+                .blocks
+                .get(&target)
+                .and_then(|t| t.by_source.get(s))
+                .expect("listed by unblock");
+            let left = block.scope.minus(scope).map_err(|_| {
+                Refusal::NotFound(if block.scope.is_whole() {
+                    format!(
+                        "{target}'s block from `{s}` covers the whole address, not {scope} alone; \
+                         unblock it whole (drop --proto/--port) and block what should stay"
+                    )
+                } else {
+                    format!(
+                        "{target}'s block from `{s}` covers {}, not {scope}; name a scope it holds",
+                        block.scope
+                    )
+                })
+            })?;
+            if let Some(left) = &left {
+                self.check_union(&target, s, left).map_err(|e| {
+                    Refusal::Invalid(format!("{target}: {e}; unblock the whole protocol"))
+                })?;
+            }
+            after.push((s.clone(), left));
+        }
+        for (s, left) in after {
+            match left {
+                None => {
+                    self.remove_block(c, &target, &s);
+                }
+                Some(left) => {
+                    self.remember(c, &target);
+                    let b = self
+                        .blocks
+                        .get_mut(&target)
+                        .and_then(|t| t.by_source.get_mut(&s))
+                        .expect("checked above");
+                    b.scope = left;
+                    c.ops.push(StoreOp::Put(Record {
+                        target,
+                        block: b.clone(),
+                    }));
+                }
+            }
+            // The audit line says what was lifted; `scope` says what the block still covers.
+            let mut e = Event::new(Action::Unblock, target)
+                .source(&s)
+                .detail(format!("lifted {scope}"));
+            if let Some(b) = self.blocks.get(&target).and_then(|t| t.by_source.get(&s)) {
+                e.scope = b.scope.clone();
+            }
+            e.requested = requested;
+            c.events.push(e);
+        }
+        let lifted = !self.blocks.contains_key(&target);
+        Ok(Reply::Unblock {
+            target,
+            removed: sources.to_vec(),
             lifted,
             requested,
         })
@@ -1088,6 +1239,7 @@ fn block_event(target: Target, block: &SourceBlock, outcome: Outcome, notes: &[S
     e.reason = Some(block.reason.clone());
     e.expires_ms = block.expires_ms;
     e.mode = Some(block.mode);
+    e.scope = block.scope.clone();
     if !notes.is_empty() {
         e.detail = Some(notes.join("; "));
     }

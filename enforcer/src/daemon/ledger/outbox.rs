@@ -344,6 +344,7 @@ mod tests {
             target: target.parse().unwrap(),
             source: Some(source.parse().unwrap()),
             all: false,
+            scope: Default::default(),
         }
     }
 

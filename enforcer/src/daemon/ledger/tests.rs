@@ -13,6 +13,7 @@ use crate::{
     datapath::MapsError,
     policy::{AllowOrigin, BreakerAction, PolicyConfig, Rule, SourcePolicy},
     protocol::{BatchItem, ErrorCode},
+    scope::Scope,
     store::StoreError,
 };
 
@@ -266,11 +267,121 @@ fn a_zero_ttl_is_invalid_and_changes_nothing() {
 fn a_scoped_block_is_refused_until_the_data_path_enforces_scopes_and_changes_nothing() {
     let mut l = ledger();
     let mut r = req("192.0.2.1", "cli", None);
-    r.scope = crate::scope::Scope::parse(Some("tcp"), Some("22"), None).unwrap();
+    r.scope = Scope::parse(Some("tcp"), Some("22"), None).unwrap();
     let e = block(&mut l, r, T0).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidRequest);
     assert!(e.to_string().contains("drop --proto/--port"), "{e}");
     assert!(l.blocks().is_empty());
+}
+
+fn scoped(target: &str, source: &str, proto: &str, ports: Option<&str>) -> BlockRequest {
+    let mut r = req(target, source, None);
+    r.scope = Scope::parse(Some(proto), ports, None).unwrap();
+    r
+}
+
+fn scope_of(l: &Ledger, target: &str, source: &str) -> String {
+    source_block(l, target, source).unwrap().scope.to_string()
+}
+
+fn kernel_scope(l: &Ledger, target: &str) -> String {
+    l.blocks()[&t(target)].kernel_scope().to_string()
+}
+
+fn unblock_scope(
+    l: &mut Ledger,
+    target: &str,
+    source: &str,
+    proto: &str,
+    ports: Option<&str>,
+) -> Result<Reply, Refusal> {
+    let scope = Scope::parse(Some(proto), ports, None).unwrap();
+    l.unblock_scope(
+        &mut Change::default(),
+        t(target),
+        Some(src(source)),
+        false,
+        &scope,
+    )
+}
+
+#[test]
+fn several_sources_scopes_on_one_address_add_up_and_unblocking_one_leaves_the_others() {
+    let mut l = ledger();
+    l.enforce_scopes(true);
+    let r = block(&mut l, scoped("192.0.2.1", "f2b", "tcp", Some("22")), T0).unwrap();
+    assert_eq!(r.outcome, Outcome::Created);
+    block(&mut l, scoped("192.0.2.1", "wazuh", "udp", Some("53")), T0).unwrap();
+    assert_eq!(kernel_scope(&l, "192.0.2.1"), "tcp/22 udp/53");
+    // The same source adding a scope extends its block.
+    let r = block(&mut l, scoped("192.0.2.1", "f2b", "tcp", Some("2222")), T0).unwrap();
+    assert_eq!(r.outcome, Outcome::Extended);
+    assert_eq!(scope_of(&l, "192.0.2.1", "f2b"), "tcp/22,2222");
+    let r = block(&mut l, scoped("192.0.2.1", "f2b", "tcp", Some("22")), T0).unwrap();
+    assert_eq!(r.outcome, Outcome::Unchanged);
+    // Unblocking one scope leaves the source's others and the other sources'.
+    unblock_scope(&mut l, "192.0.2.1", "f2b", "tcp", Some("22")).unwrap();
+    assert_eq!(scope_of(&l, "192.0.2.1", "f2b"), "tcp/2222");
+    assert_eq!(kernel_scope(&l, "192.0.2.1"), "tcp/2222 udp/53");
+    let e = unblock_scope(&mut l, "192.0.2.1", "f2b", "tcp", Some("80")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    assert!(e.to_string().contains("covers tcp/2222, not tcp/80"), "{e}");
+    let Reply::Unblock { lifted, .. } =
+        unblock_scope(&mut l, "192.0.2.1", "f2b", "tcp", Some("2222")).unwrap()
+    else {
+        panic!()
+    };
+    assert!(!lifted, "wazuh's udp/53 still holds it");
+    assert!(source_block(&l, "192.0.2.1", "f2b").is_none());
+    assert_eq!(kernel_scope(&l, "192.0.2.1"), "udp/53");
+    // A whole-address block of another source makes the verdict the whole address.
+    block(&mut l, req("192.0.2.1", "cli", None), T0).unwrap();
+    assert_eq!(kernel_scope(&l, "192.0.2.1"), "all");
+}
+
+#[test]
+fn a_whole_address_block_cannot_lose_one_scope_and_a_union_past_the_kernels_ranges_is_refused() {
+    let mut l = ledger();
+    l.enforce_scopes(true);
+    block(&mut l, req("192.0.2.1", "cli", None), T0).unwrap();
+    let e = unblock_scope(&mut l, "192.0.2.1", "cli", "tcp", Some("22")).unwrap_err();
+    assert!(e.to_string().contains("covers the whole address"), "{e}");
+    assert_eq!(scope_of(&l, "192.0.2.1", "cli"), "all");
+    // Sixteen ranges from one source, a seventeenth from another: refused, nothing changed.
+    let ports: Vec<String> = (1..=16).map(|i| (i * 10).to_string()).collect();
+    block(
+        &mut l,
+        scoped("192.0.2.2", "a", "tcp", Some(&ports.join(","))),
+        T0,
+    )
+    .unwrap();
+    let e = block(&mut l, scoped("192.0.2.2", "b", "tcp", Some("1000")), T0).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    assert!(e.to_string().contains("at most 16"), "{e}");
+    assert!(source_block(&l, "192.0.2.2", "b").is_none());
+}
+
+#[test]
+fn a_scoped_block_meets_the_policy_as_any_block() {
+    let mut l = ledger();
+    l.enforce_scopes(true);
+    let mut r = scoped("192.0.2.1", "f2b", "tcp", Some("22"));
+    r.shadow = true;
+    let reply = block(&mut l, r, T0).unwrap();
+    assert_eq!(reply.mode, Mode::Shadow);
+    l.init_allow(t("198.51.100.0/28"), AllowOrigin::Config);
+    let e = block(&mut l, scoped("198.51.100.5", "f2b", "tcp", Some("22")), T0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Refusal::Policy {
+                rule: Rule::Allowlist,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(l.blocks().get(&t("198.51.100.5")).is_none());
 }
 
 // --- several sources ---------------------------------------------------------------------
@@ -286,6 +397,7 @@ fn a_target_blocked_by_two_sources_stays_blocked_until_the_last_unblocks() {
         target: t("192.0.2.1"),
         source: Some(src(s)),
         all: false,
+        scope: Default::default(),
     };
     let Reply::Unblock { lifted, .. } = r.one(unblock("cli"), T0).unwrap() else {
         panic!()
@@ -606,6 +718,7 @@ fn a_block_is_in_the_kernel_before_its_commit_and_an_unblock_leaves_after_its_co
         target: t("192.0.2.1"),
         source: None,
         all: true,
+        scope: Default::default(),
     };
     run(
         &mut store,
@@ -754,6 +867,7 @@ fn a_full_map_refuses_new_targets_but_still_extends_existing_ones() {
             target: t("192.0.2.2"),
             source: None,
             all: true,
+            scope: Default::default(),
         },
         T0,
     )
@@ -1426,6 +1540,7 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
                 target: t("203.0.113.9"),
                 source: Some(src("wazuh")),
                 all: false,
+                scope: Default::default(),
             },
             "u",
             T0,
@@ -1581,6 +1696,7 @@ fn run_step(r: &mut Rig, s: &Step, now: &mut UnixMillis) {
             target: target_n(*target),
             source: Some(src(SOURCES[*source as usize])),
             all: false,
+            scope: Default::default(),
         },
         Step::Promote { target } => Request::Promote {
             target: Some(target_n(*target)),
@@ -1808,6 +1924,7 @@ fn a_forward_step_never_carries_a_restored_block_past_max_ttl() {
             updated_ms: now,
             expires_ms: Some(now + 40 * DAY + HOUR),
             mode: Mode::Enforce,
+            scope: Default::default(),
         },
     };
     assert!(r.ledger.load_blocks(vec![restored], now).is_empty());
