@@ -15,6 +15,10 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -245,6 +249,9 @@ pub struct Store {
     /// A commit failed (disk full, I/O error): redb refuses further writes on this handle, so
     /// the next commit reopens the database first, and the daemon recovers without a restart.
     poisoned: bool,
+    /// Durable transactions committed through this handle: one fsync'd commit record each.
+    /// Shared, so that the metrics read it at scrape time without asking the engine.
+    commits: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -256,6 +263,7 @@ impl Store {
             db,
             path: path.to_owned(),
             poisoned: false,
+            commits: Arc::default(),
         };
         // Create the table so that reads of an empty store work.
         store.commit(&[])?;
@@ -288,10 +296,19 @@ impl Store {
             tracing::info!(path = %self.path.display(), "reopened the block store after an earlier failure");
         }
         let result = self.commit_inner(ops);
-        if result.is_err() {
-            self.poisoned = true;
+        match result {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.poisoned = true,
         }
         result
+    }
+
+    /// The count of durable commits made through this handle (each one fsync of a commit
+    /// record), counted where the commit returns: what `enforcer_store_commits_total` shows.
+    pub fn commits(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.commits)
     }
 
     fn commit_inner(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
@@ -626,7 +643,7 @@ mod tests {
             target: target.parse().unwrap(),
             block: SourceBlock {
                 source: source.parse().unwrap(),
-                reason: std::sync::Arc::new(Reason::text("test")),
+                reason: Arc::new(Reason::text("test")),
                 created_ms: 1,
                 updated_ms: 1,
                 expires_ms: expires,

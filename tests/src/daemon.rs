@@ -151,6 +151,43 @@ impl Daemon {
         Ok((d, dir))
     }
 
+    /// [`Daemon::start_with_env`] serving `/metrics` on a free port of the namespace's loopback
+    /// ([`Daemon::scrape`] reads it).
+    pub fn start_with_metrics(
+        lab: &Lab,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        let listen = format!(
+            "127.0.0.1:{}",
+            crate::metrics::free_port(lab.receiver.name())?
+        );
+        let mut args = vec!["--metrics-listen", &listen];
+        args.extend_from_slice(extra);
+        Self::start_with_env(lab, &args, env)
+    }
+
+    /// One scrape of `/metrics` (the daemon was started with `--metrics-listen 127.0.0.1:PORT`).
+    pub fn scrape(&self) -> Result<crate::metrics::Scrape> {
+        let port = self
+            .extra
+            .iter()
+            .position(|a| a == "--metrics-listen")
+            .and_then(|i| self.extra.get(i + 1))
+            .and_then(|a| a.rsplit_once(':')?.1.parse().ok())
+            .context("the daemon was started without --metrics-listen 127.0.0.1:PORT")?;
+        let (code, body) = crate::metrics::http_get(&self.netns, port, "/metrics")?;
+        anyhow::ensure!(code == 200, "GET /metrics answered {code}: {body}");
+        Ok(crate::metrics::Scrape(body))
+    }
+
+    /// The store's own count of its durable commits (`enforcer_store_commits_total`).
+    pub fn store_commits(&self) -> u64 {
+        self.scrape()
+            .expect("a scrape")
+            .get("enforcer_store_commits_total") as u64
+    }
+
     /// [`Daemon::start`] with extra environment variables for the daemon process.
     pub fn start_with_env(lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
         Self::start_full(&enforcer_bin(), lab, extra, env)
@@ -356,14 +393,6 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Runs `f` with the daemon under `strace` (Debian package `strace`, installed by
-    /// `cargo xtask setup`): its fsync-family calls, and how many of them
-    /// came right after the thread grew a file (`ftruncate`): the store (redb) syncs each time
-    /// its file grows within a commit, and once at the commit's end.
-    pub fn trace_syncs(&self, f: impl FnOnce()) -> SyncTrace {
-        SyncTrace::parse(&self.trace("fsync,fdatasync,sync_file_range,msync,ftruncate", f))
-    }
-
     /// Runs `f` with the daemon under `strace`: how many of its bpf(2) calls were of each
     /// command.
     pub fn trace_bpf(&self, f: impl FnOnce()) -> BpfTrace {
@@ -516,44 +545,6 @@ pub fn targets(list: &[ListEntry]) -> Vec<String> {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// What [`Daemon::trace_syncs`] saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyncTrace {
-    /// fsync-family calls.
-    pub syncs: usize,
-    /// Those that came right after the same thread's `ftruncate` (a file grew).
-    pub after_growth: usize,
-}
-
-impl SyncTrace {
-    /// Reads `strace -f` output. A call interrupted by another thread's shows as
-    /// `fsync(5 <unfinished ...>` and later `<... fsync resumed>`: starts are counted.
-    fn parse(text: &str) -> Self {
-        let mut grew: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let mut t = Self::default();
-        for line in text.lines() {
-            let Some((pid, call)) = line.split_once(char::is_whitespace) else {
-                continue;
-            };
-            let call = call.trim_start();
-            if call.starts_with("ftruncate(") {
-                grew.insert(pid);
-            } else if call.contains("sync(") && !call.starts_with("<...") {
-                t.syncs += 1;
-                if grew.remove(pid) {
-                    t.after_growth += 1;
-                }
-            }
-        }
-        t
-    }
-
-    /// Syncs that did not follow a file's growth: one per durable commit.
-    pub fn commits(&self) -> usize {
-        self.syncs - self.after_growth
     }
 }
 

@@ -10,6 +10,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod execd;
 pub mod frame;
+pub mod metrics;
 pub mod tun;
 
 use std::{
@@ -128,21 +129,26 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace. Sockets created there stay in the
     /// namespace and can be used from any thread afterwards.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<T> {
-                let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-                // SAFETY: setns on a valid namespace fd; affects only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(io::Error::last_os_error()).context("setns");
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in namespace {} panicked", self.name))?
-        })
+        in_netns(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `name` (`ip netns` names it).
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns on a valid namespace fd; affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error()).context("setns");
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace {name} panicked"))?
+    })
 }
 
 impl Drop for Netns {

@@ -341,7 +341,7 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
                 )
             }
             (Next::Line, Some(caller)) => {
-                let (op, mut response) = handle_line(&line, caller, &server.engine).await;
+                let (op, mut response) = handle_line(&line, caller, server).await;
                 if let (
                     Response::Ok {
                         result: Reply::Status(status),
@@ -387,15 +387,18 @@ fn result_label(r: &Response) -> &'static str {
 }
 
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
-async fn handle_line(
-    line: &[u8],
-    caller: &Caller,
-    engine: &SyncSender<Command>,
-) -> (&'static str, Response) {
+async fn handle_line(line: &[u8], caller: &Caller, server: &Server) -> (&'static str, Response) {
     match parse_request(line) {
         Ok((request, id)) => (
             request.op(),
-            run_with_id(request, id, caller.clone(), engine).await,
+            run_with_id(
+                request,
+                id,
+                caller.clone(),
+                &server.engine,
+                Some(&server.metrics),
+            )
+            .await,
         ),
         Err(error) => ("unknown", Response::Err { ok: false, error }),
     }
@@ -404,15 +407,18 @@ async fn handle_line(
 /// Hands a request from `caller` to the engine and waits for its answer (also used by the
 /// CrowdSec bouncer, as the daemon).
 pub async fn run(request: Request, caller: Caller, engine: &SyncSender<Command>) -> Response {
-    run_with_id(request, None, caller, engine).await
+    run_with_id(request, None, caller, engine, None).await
 }
 
-/// [`run`] for a request the client named with `id` (a duplicate is answered, not applied).
+/// [`run`] for a request the client named with `id` (a duplicate is answered, not applied);
+/// with `metrics`, the request counts as waiting from the moment it is in the engine's queue
+/// until its answer.
 async fn run_with_id(
     request: Request,
     id: Option<RequestId>,
     caller: Caller,
     engine: &SyncSender<Command>,
+    metrics: Option<&Metrics>,
 ) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
@@ -429,6 +435,8 @@ async fn run_with_id(
         // The engine is gone, before it took the request: nothing was applied.
         return Response::err(ErrorCode::Unavailable, SHUTTING_DOWN);
     }
+    // Counted up after the send and down after the answer, in this one task: never below 0.
+    let _waiting = metrics.map(Metrics::engine_waiting);
     match rx.await {
         Ok(Ok(reply)) => Response::ok(reply),
         // The one place a refusal becomes the protocol's error body.

@@ -52,6 +52,10 @@ pub struct Metrics {
     connections: AtomicU64,
     connections_refused: AtomicU64,
     accept_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Control requests in the engine's queue or round, not answered yet.
+    engine_waiting: AtomicU64,
+    /// The store's own count of durable commits ([`crate::store::Store::commits`]).
+    store_commits: Arc<AtomicU64>,
 }
 
 /// What the engine publishes after each round.
@@ -82,6 +86,14 @@ pub struct Snapshot {
 }
 
 impl Metrics {
+    /// Metrics that show `store_commits`, the store's own count of its durable commits.
+    pub fn new(store_commits: Arc<AtomicU64>) -> Self {
+        Self {
+            store_commits,
+            ..Self::default()
+        }
+    }
+
     /// Counts one control request and its outcome (`ok` or an error code).
     pub fn request(&self, op: &'static str, result: &'static str) {
         *lock(&self.requests).entry((op, result)).or_default() += 1;
@@ -131,6 +143,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a control request as waiting for the engine (it is in the engine's queue) until
+    /// the returned guard is dropped (its answer came).
+    pub fn engine_waiting(&self) -> Waiting<'_> {
+        self.engine_waiting.fetch_add(1, Relaxed);
+        Waiting(&self.engine_waiting)
+    }
+
     /// Counts one control connection turned away at the connection cap.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
@@ -149,6 +168,15 @@ impl Metrics {
     /// The last published snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         lock(&self.snapshot).clone()
+    }
+}
+
+/// One control request waiting for the engine ([`Metrics::engine_waiting`]).
+pub struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -534,6 +562,16 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
         m.connections.load(Relaxed) as f64,
     );
     e.family(
+        "enforcer_control_requests_waiting",
+        Kind::Gauge,
+        "Control requests in the engine's queue or round, not answered yet (the engine's backlog as its clients see it).",
+    )
+    .sample(
+        "enforcer_control_requests_waiting",
+        &[],
+        m.engine_waiting.load(Relaxed) as f64,
+    );
+    e.family(
         "enforcer_control_connections_refused_total",
         Kind::Counter,
         "Control connections turned away because [control_socket] max_connections were open.",
@@ -564,6 +602,16 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
         "enforcer_expired_total",
         &[],
         m.expired.load(Relaxed) as f64,
+    );
+    e.family(
+        "enforcer_store_commits_total",
+        Kind::Counter,
+        "Durable transactions the store committed (one fsynced commit record each; requests that arrive together share one).",
+    )
+    .sample(
+        "enforcer_store_commits_total",
+        &[],
+        m.store_commits.load(Relaxed) as f64,
     );
     let h = &m.commit;
     e.family(
@@ -604,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_scrape_shows_every_family_with_bounded_labels() {
-        let m = Metrics::default();
+        let m = Metrics::new(Arc::new(AtomicU64::new(5)));
         m.request("block", "ok");
         m.request("block", "ok");
         m.request("block", "refused");
@@ -618,6 +666,7 @@ mod tests {
         m.connection(true);
         m.connection(false);
         m.connection_refused();
+        let _waiting = m.engine_waiting();
         m.accept_error("emfile");
         m.accept_error("emfile");
         m.publish(Snapshot {
@@ -661,8 +710,10 @@ mod tests {
             "enforcer_store_commit_seconds_bucket{le=\"2.5\"} 1",
             "enforcer_store_commit_seconds_bucket{le=\"+Inf\"} 2",
             "enforcer_store_commit_seconds_count 2",
+            "enforcer_store_commits_total 5",
             "enforcer_expired_total 3",
             "enforcer_control_connections 1",
+            "enforcer_control_requests_waiting 1",
             "enforcer_control_connections_refused_total 1",
             "enforcer_accept_errors_total{error=\"emfile\"} 2",
             "enforcer_reaper_lag_seconds 2.5",

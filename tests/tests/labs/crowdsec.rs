@@ -944,9 +944,8 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
 }
 
 /// One pull is one round, however many decisions it brings: one durable commit of the store.
-/// Counted on the real daemon with strace: a full pull of 1,000 decisions makes one commit
-/// sync, like a single CLI block (the store also syncs each time its file grows inside that
-/// commit; those are counted apart).
+/// Counted by the real daemon's store (`enforcer_store_commits_total`): a full pull of 1,000
+/// decisions makes one commit, like a single CLI block.
 #[test]
 fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
     require_root();
@@ -962,35 +961,27 @@ fn one_pull_of_a_thousand_decisions_costs_one_store_commit() -> Result<()> {
         &format!("update_frequency = \"{POLL}\"\n"),
     )?;
     // The LAPI is down while the daemon starts: the whole set comes in the first pull that
-    // works, while strace watches.
+    // works.
     lapi.stop();
-    let daemon = Daemon::start(&lab, &["--config", &config.to_string_lossy()])?;
+    let daemon =
+        Daemon::start_with_metrics(&lab, &["--config", &config.to_string_lossy()], Vec::new())?;
     wait_for("a failed pull", PATIENCE, || {
         Ok(crowdsec(&daemon).last_error)
     })?;
-    let one_block = daemon.trace_syncs(|| {
-        ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
-    });
-    assert_eq!(
-        one_block.commits(),
-        1,
-        "a block is durable before it is acknowledged: {one_block:?}"
-    );
-    let pull = daemon.trace_syncs(|| {
-        lapi.spawn().expect("the LAPI restarts");
-        wait_for(
-            "every decision to be enforced",
-            Duration::from_secs(60),
-            || Ok((status(&daemon).targets > N).then_some(())),
-        )
-        .unwrap();
-    });
-    eprintln!("one CLI block: {one_block:?}; a full pull of {N} decisions: {pull:?}");
-    assert_eq!(
-        pull.commits(),
-        1,
-        "a pull of {N} decisions is one store commit: {pull:?}"
-    );
+    let before = daemon.store_commits();
+    ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    let one_block = daemon.store_commits() - before;
+    assert_eq!(one_block, 1, "a block is durable before it is acknowledged");
+    let before = daemon.store_commits();
+    lapi.spawn().expect("the LAPI restarts");
+    wait_for(
+        "every decision to be enforced",
+        Duration::from_secs(60),
+        || Ok((status(&daemon).targets > N).then_some(())),
+    )?;
+    let pull = daemon.store_commits() - before;
+    eprintln!("commits: {one_block} for one CLI block, {pull} for a full pull of {N} decisions");
+    assert_eq!(pull, 1, "a pull of {N} decisions is one store commit");
     let cs = crowdsec(&daemon);
     assert_eq!(cs.applied, N as u64, "{cs:?}");
     assert_eq!(lab.passes(SENDER_V6[1]), 0, "the decisions are in force");

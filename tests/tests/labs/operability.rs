@@ -2,8 +2,8 @@
 //! systemd's notify protocol (readiness, status, watchdog) is checked on a test socket.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, TcpStream},
+    io::Write as _,
+    net::IpAddr,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -32,39 +32,12 @@ impl Drop for Guard {
 
 /// GET `path` from `port` on the namespace's loopback: (status code, body).
 fn http_get(lab: &Lab, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let path = path.to_owned();
-    lab.receiver.run(move || -> anyhow::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let (head, body) = raw
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow::anyhow!("no HTTP head in {raw:?}"))?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, body.to_owned()))
-    })?
+    enforcer_tests::metrics::http_get(lab.receiver.name(), port, path)
 }
 
 /// A free TCP port on the namespace's loopback.
 fn free_port(lab: &Lab) -> u16 {
-    lab.receiver
-        .run(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .unwrap()
+    enforcer_tests::metrics::free_port(lab.receiver.name()).unwrap()
 }
 
 /// The value of the one sample whose line starts with `prefix`.

@@ -59,6 +59,7 @@ impl Engine {
         config: EngineConfig,
     ) -> anyhow::Result<Self> {
         let capacity = Capacity::new(&dp.maps().capacities(), config.shares);
+        let metrics = Arc::new(crate::metrics::Metrics::new(store.commits()));
         let mut engine = Self {
             ledger: Ledger::new(Policy::new(config.policy, config.default_ttl), capacity),
             store,
@@ -72,7 +73,7 @@ impl Engine {
             links_followed: false,
             started: Instant::now(),
             reap_backoff_until: 0,
-            metrics: Arc::default(),
+            metrics,
             tally: BlockTally::default(),
             heartbeat: None,
             stall: TestStall::from_env(),
