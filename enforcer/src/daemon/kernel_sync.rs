@@ -20,6 +20,22 @@ pub trait KernelMap {
     fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError>;
     /// Removes a target's entry; whether there was one.
     fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError>;
+    /// Inserts or replaces many entries, each as [`KernelMap::insert_block`]; every one is
+    /// tried, in order. The ones not written, with why.
+    fn insert_blocks(&mut self, items: &[(Target, BlockValue)]) -> Vec<(Target, MapsError)> {
+        items
+            .iter()
+            .filter_map(|(t, v)| self.insert_block(t, v).err().map(|e| (*t, e)))
+            .collect()
+    }
+    /// Removes many entries, each as [`KernelMap::remove_block`] (absent ones are not errors).
+    /// The ones that could not be removed, with why.
+    fn remove_blocks(&mut self, targets: &[Target]) -> Vec<(Target, MapsError)> {
+        targets
+            .iter()
+            .filter_map(|t| self.remove_block(t).err().map(|e| (*t, e)))
+            .collect()
+    }
     /// Inserts or replaces an allowlist prefix.
     fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError>;
     /// Removes an allowlist prefix; whether there was one.
@@ -37,6 +53,14 @@ impl KernelMap for BlockMaps {
 
     fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError> {
         Self::remove_block(self, target)
+    }
+
+    fn insert_blocks(&mut self, items: &[(Target, BlockValue)]) -> Vec<(Target, MapsError)> {
+        Self::insert_blocks(self, items)
+    }
+
+    fn remove_blocks(&mut self, targets: &[Target]) -> Vec<(Target, MapsError)> {
+        Self::remove_blocks(self, targets)
     }
 
     fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError> {
@@ -98,29 +122,51 @@ pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>, base: &TimeBa
     value
 }
 
-/// Makes `target`'s kernel entry say what `entry` calls for (`None`: no entry). `known` says
-/// whether the kernel may hold an entry already (a target new in this round cannot), which
-/// saves a lookup per new block.
+/// What one target's kernel entry should say, for [`sync`].
+pub struct Wanted {
+    /// The target.
+    pub target: Target,
+    /// Its entry (`None`: no entry).
+    pub entry: Option<KernelEntry>,
+    /// Whether the kernel may hold an entry already (a target new in this round cannot),
+    /// which saves a lookup per new block.
+    pub known: bool,
+}
+
+/// Makes each target's kernel entry say what it calls for, with one batched write for all the
+/// inserts and one for all the removals (see [`KernelMap::insert_blocks`]). Every target is
+/// tried; returns the ones whose entry could not be written, with why.
 pub fn sync<K: KernelMap + ?Sized>(
     kernel: &mut K,
-    target: &Target,
-    entry: Option<KernelEntry>,
-    known: bool,
+    wanted: impl IntoIterator<Item = Wanted>,
     base: &TimeBase,
-) -> Result<(), MapsError> {
-    let Some(entry) = entry else {
-        kernel.remove_block(target)?;
-        return Ok(());
-    };
-    let current = if known {
-        kernel.get_block(target)?
-    } else {
-        None
-    };
-    if is_current(&entry, current.as_ref(), base) {
-        return Ok(());
+) -> Vec<(Target, MapsError)> {
+    let mut inserts = Vec::new();
+    let mut removals = Vec::new();
+    let mut failed = Vec::new();
+    for w in wanted {
+        let Some(entry) = w.entry else {
+            removals.push(w.target);
+            continue;
+        };
+        let current = if w.known {
+            match kernel.get_block(&w.target) {
+                Ok(current) => current,
+                Err(e) => {
+                    failed.push((w.target, e));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if !is_current(&entry, current.as_ref(), base) {
+            inserts.push((w.target, value_for(&entry, current, base)));
+        }
     }
-    kernel.insert_block(target, &value_for(&entry, current, base))
+    failed.extend(kernel.insert_blocks(&inserts));
+    failed.extend(kernel.remove_blocks(&removals));
+    failed
 }
 
 #[cfg(test)]

@@ -107,13 +107,11 @@ where
     // Allowlist first: it always wins, so it goes in before the blocks it may cover.
     failed.extend(write_allowlist(ledger, kernel, &change.allow_kernel));
     let base = ledger.time_base().clone();
-    for (target, known) in change.touched().filter(|(t, _)| !early.contains(*t)) {
-        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), known, &base)
-        {
-            tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
-            failed.insert(*target, Arc::new(e));
-        }
-    }
+    let late = change
+        .touched()
+        .filter(|(t, _)| !early.contains(*t))
+        .map(|(target, known)| wanted(ledger, target, known));
+    failed.extend(logged(kernel_sync::sync(kernel, late, &base)));
     Ok(Committed {
         failed,
         before: change.take_before(),
@@ -136,21 +134,36 @@ fn write_early<K: KernelMap + ?Sized>(
         return early;
     }
     let base = ledger.time_base().clone();
+    let mut writes = Vec::new();
     for (target, known) in change.touched() {
-        let after = ledger.kernel_entry(target);
-        if !kernel_sync::only_strengthens(
+        let w = wanted(ledger, target, known);
+        if kernel_sync::only_strengthens(
             change.kernel_entry_before(target).as_ref(),
-            after.as_ref(),
+            w.entry.as_ref(),
         ) {
-            continue;
-        }
-        early.insert(*target);
-        if let Err(e) = kernel_sync::sync(kernel, target, after, known, &base) {
-            tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
-            failed.insert(*target, Arc::new(e));
+            early.insert(*target);
+            writes.push(w);
         }
     }
+    failed.extend(logged(kernel_sync::sync(kernel, writes, &base)));
     early
+}
+
+/// What the ledger wants `target`'s kernel entry to say.
+fn wanted(ledger: &Ledger, target: &Target, known: bool) -> kernel_sync::Wanted {
+    kernel_sync::Wanted {
+        target: *target,
+        entry: ledger.kernel_entry(target),
+        known,
+    }
+}
+
+/// Logs each kernel write that failed, and keeps why.
+fn logged(failed: Vec<(Target, MapsError)>) -> impl Iterator<Item = (Target, Arc<MapsError>)> {
+    failed.into_iter().map(|(target, e)| {
+        tracing::error!(%target, error = %Chain(&e), "writing the kernel map failed");
+        (target, Arc::new(e))
+    })
 }
 
 /// After a refused commit (the ledger already undone): puts each early-written target's kernel
@@ -158,11 +171,9 @@ fn write_early<K: KernelMap + ?Sized>(
 /// removes it (the store does not know it).
 fn take_back<K: KernelMap + ?Sized>(ledger: &Ledger, kernel: &mut K, early: &BTreeSet<Target>) {
     let base = ledger.time_base().clone();
-    for target in early {
-        if let Err(e) = kernel_sync::sync(kernel, target, ledger.kernel_entry(target), true, &base)
-        {
-            tracing::error!(%target, error = %Chain(&e), "taking an uncommitted block out of the kernel failed; the next start removes it");
-        }
+    let back = early.iter().map(|target| wanted(ledger, target, true));
+    for (target, e) in kernel_sync::sync(kernel, back, &base) {
+        tracing::error!(%target, error = %Chain(&e), "taking an uncommitted block out of the kernel failed; the next start removes it");
     }
 }
 

@@ -15,8 +15,11 @@
 //!   and an allowlist prefix added later flags every block it overlaps before
 //!   [`BlockMaps::insert_allow`] returns. A removed allowlist prefix leaves flags set (a wasted
 //!   lookup, never a wrong verdict) until the block is written again.
+//! - **Batched writes** ([`BlockMaps::insert_blocks`], [`BlockMaps::remove_blocks`]) write all
+//!   the single addresses of a round with one system call per hash map (see [`batch`]), with
+//!   the same outcome per entry as writing them one by one.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr, path::Path};
+use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::AsFd as _, path::Path};
 
 use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
@@ -29,6 +32,7 @@ use ipnet::IpNet;
 use nix::errno::Errno;
 
 use super::{
+    batch::{self, BatchError},
     clock,
     indexes::{AllowIndex, PrefixFilter},
 };
@@ -52,6 +56,14 @@ pub enum MapsError {
         map: &'static str,
         #[source]
         source: MapError,
+    },
+    /// The kernel refused an entry of a batched write.
+    #[error("batched {op} on map {map} failed")]
+    Batch {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     /// A pinned map could not be opened.
     #[error("opening pinned map {path}")]
@@ -130,7 +142,12 @@ fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, Maps
 }
 
 fn is_full(e: &MapError) -> bool {
-    matches!(e, MapError::SyscallError(s) if matches!(s.io_error.raw_os_error(), Some(c) if [Errno::E2BIG, Errno::ENOSPC, Errno::ENOMEM].contains(&Errno::from_raw(c))))
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error().is_some_and(is_full_errno))
+}
+
+/// Whether the kernel's answer to an insert means the map has no room.
+fn is_full_errno(code: i32) -> bool {
+    [Errno::E2BIG, Errno::ENOSPC, Errno::ENOMEM].contains(&Errno::from_raw(code))
 }
 
 impl BlockMaps {
@@ -302,6 +319,23 @@ impl BlockMaps {
     /// ever evicted.
     pub fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
         let (map, capacity) = self.capacity_for(target);
+        let entry = self.entry_for(target, value)?;
+        // The prefilter bits go in first: they only ever let the data path look, never hide an
+        // entry that is acknowledged.
+        for (word, bits) in self.filter.add(target) {
+            self.set_filter_word(word, bits)?;
+        }
+        let result = self.raw_put(target, &entry);
+        if result.is_err() && self.raw_get(target).ok().flatten().is_none() {
+            for (word, bits) in self.filter.remove(target) {
+                self.set_filter_word(word, bits)?;
+            }
+        }
+        result.map_err(insert_error(map, capacity))
+    }
+
+    /// The kernel entry that writing `value` for `target` makes (see [`BlockMaps::insert_block`]).
+    fn entry_for(&mut self, target: &Target, value: &BlockValue) -> Result<BlockEntry, MapsError> {
         let current = if value.generation == 0 {
             None
         } else {
@@ -329,18 +363,67 @@ impl BlockMaps {
         } else {
             0
         };
-        // The prefilter bits go in first: they only ever let the data path look, never hide an
-        // entry that is acknowledged.
-        for (word, bits) in self.filter.add(target) {
-            self.set_filter_word(word, bits)?;
-        }
-        let result = self.raw_put(target, &entry);
-        if result.is_err() && self.raw_get(target).ok().flatten().is_none() {
-            for (word, bits) in self.filter.remove(target) {
-                self.set_filter_word(word, bits)?;
+        Ok(entry)
+    }
+
+    /// Writes many block entries, each as [`BlockMaps::insert_block`] writes one: single
+    /// addresses with one batched update per hash map (`BPF_MAP_UPDATE_BATCH`), prefixes one by
+    /// one. Every entry is tried, in order; returns the ones not written, with why (a full map:
+    /// [`MapsError::Full`]). Every other entry is in the kernel when this returns.
+    pub fn insert_blocks(&mut self, items: &[(Target, BlockValue)]) -> Vec<(Target, MapsError)> {
+        let mut failed = Vec::new();
+        let mut v4 = Batch::default();
+        let mut v6 = Batch::default();
+        for (target, value) in items {
+            if !target.is_host() {
+                if let Err(e) = self.insert_block(target, value) {
+                    failed.push((*target, e));
+                }
+                continue;
+            }
+            let entry = match self.entry_for(target, value) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    failed.push((*target, e));
+                    continue;
+                }
+            };
+            match target.net() {
+                IpNet::V4(n) => v4.push(*target, v4_bytes(n.addr()), entry),
+                IpNet::V6(n) => v6.push(*target, v6_bytes(n.addr()), entry),
             }
         }
-        result.map_err(insert_error(map, capacity))
+        let (cap4, cap6) = (self.capacity[0], self.capacity[1]);
+        failed.extend(v4.update(&mut self.v4, map_names::BLOCK_V4, cap4));
+        failed.extend(v6.update(&mut self.v6, map_names::BLOCK_V6, cap6));
+        failed
+    }
+
+    /// Removes many block entries, each as [`BlockMaps::remove_block`] removes one: single
+    /// addresses with one batched delete per hash map (`BPF_MAP_DELETE_BATCH`), prefixes one by
+    /// one. Absent entries are not errors; returns the ones that could not be removed, with why.
+    pub fn remove_blocks(&mut self, targets: &[Target]) -> Vec<(Target, MapsError)> {
+        let mut failed = Vec::new();
+        let mut v4 = Batch::default();
+        let mut v6 = Batch::default();
+        for target in targets {
+            match target.net() {
+                IpNet::V4(n) if target.is_host() => {
+                    v4.push(*target, v4_bytes(n.addr()), BlockEntry::default());
+                }
+                IpNet::V6(n) if target.is_host() => {
+                    v6.push(*target, v6_bytes(n.addr()), BlockEntry::default());
+                }
+                _ => {
+                    if let Err(e) = self.remove_block(target) {
+                        failed.push((*target, e));
+                    }
+                }
+            }
+        }
+        failed.extend(v4.delete(&mut self.v4, map_names::BLOCK_V4));
+        failed.extend(v6.delete(&mut self.v6, map_names::BLOCK_V6));
+        failed
     }
 
     fn raw_put(&mut self, target: &Target, entry: &BlockEntry) -> Result<(), MapError> {
@@ -749,4 +832,105 @@ fn fold(value: &mut BlockValue, slot: &HitSlot) {
 fn v4_padded(a: std::net::Ipv4Addr) -> [u8; 8] {
     let o = a.octets();
     [o[0], o[1], o[2], o[3], 0, 0, 0, 0]
+}
+
+/// Entries for one exact-match hash map, written or deleted with batched calls (or entry by
+/// entry where the kernel has no batch operations).
+struct Batch<K> {
+    targets: Vec<Target>,
+    keys: Vec<K>,
+    entries: Vec<BlockEntry>,
+}
+
+impl<K> Default for Batch<K> {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            keys: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<K: aya::Pod> Batch<K> {
+    fn push(&mut self, target: Target, key: K, entry: BlockEntry) {
+        self.targets.push(target);
+        self.keys.push(key);
+        self.entries.push(entry);
+    }
+
+    /// Writes every entry into `map`; the ones refused, with why.
+    fn update(
+        self,
+        map: &mut HashMap<MapData, K, BlockEntry>,
+        name: &'static str,
+        capacity: u32,
+    ) -> Vec<(Target, MapsError)> {
+        if self.keys.is_empty() {
+            return Vec::new();
+        }
+        // `K` and `BlockEntry` are the map's key and value types (the map's own type says so).
+        match batch::update(map.map().fd().as_fd(), &self.keys, &self.entries) {
+            Ok(refused) => refused
+                .into_iter()
+                .map(|r| {
+                    let e = batch_error("update", name, capacity, r.error);
+                    (self.targets[r.index], e)
+                })
+                .collect(),
+            Err(BatchError::Unsupported { .. }) => self
+                .targets
+                .iter()
+                .zip(self.keys.iter().zip(&self.entries))
+                .filter_map(|(t, (k, e))| {
+                    let result = map.insert(k, e, 0);
+                    result
+                        .err()
+                        .map(|err| (*t, insert_error(name, capacity)(err)))
+                })
+                .collect(),
+        }
+    }
+
+    /// Deletes every key from `map`; the ones that could not be deleted, with why.
+    fn delete(
+        self,
+        map: &mut HashMap<MapData, K, BlockEntry>,
+        name: &'static str,
+    ) -> Vec<(Target, MapsError)> {
+        if self.keys.is_empty() {
+            return Vec::new();
+        }
+        match batch::delete(map.map().fd().as_fd(), &self.keys) {
+            Ok(refused) => refused
+                .into_iter()
+                .map(|r| {
+                    (
+                        self.targets[r.index],
+                        batch_error("delete", name, 0, r.error),
+                    )
+                })
+                .collect(),
+            Err(BatchError::Unsupported { .. }) => self
+                .targets
+                .iter()
+                .zip(&self.keys)
+                .filter_map(|(t, k)| removed(name, map.remove(k)).err().map(|e| (*t, e)))
+                .collect(),
+        }
+    }
+}
+
+/// Maps the error of one entry of a batch: a full map is [`MapsError::Full`].
+fn batch_error(
+    op: &'static str,
+    map: &'static str,
+    capacity: u32,
+    source: std::io::Error,
+) -> MapsError {
+    if op == "update" && source.raw_os_error().is_some_and(is_full_errno) {
+        MapsError::Full { map, capacity }
+    } else {
+        MapsError::Batch { op, map, source }
+    }
 }

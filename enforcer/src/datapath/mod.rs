@@ -1,5 +1,6 @@
 //! The data plane's userspace half: loading the XDP program, its pinned maps, and attachment.
 
+mod batch;
 pub mod bpffs;
 pub mod clock;
 pub mod error;

@@ -3,6 +3,7 @@
 
 mod access_lab;
 mod allowlist_property;
+mod batch_lab;
 mod bounds_lab;
 mod clock_lab;
 mod crowdsec;

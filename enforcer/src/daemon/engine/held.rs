@@ -3,7 +3,10 @@
 //! once the clock can be trusted. A machine that boots with its date ahead would otherwise
 //! delete blocks that NTP, minutes later, would have shown to be still running.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use super::Engine;
 use crate::{
@@ -94,7 +97,7 @@ impl Engine {
             }
         }
         let base = self.ledger.time_base().clone();
-        let mut restored = 0usize;
+        let mut writes = Vec::new();
         for (target, was) in before {
             let Some(now_blocks) = self.ledger.blocks().get(&target).cloned() else {
                 continue;
@@ -107,22 +110,25 @@ impl Engine {
                 continue;
             };
             let had = self.dp.maps().get_block(&target).ok().flatten();
-            match self
-                .dp
-                .maps_mut()
-                .insert_block(&target, &kernel_sync::value_for(&entry, had, &base))
-            {
-                Ok(()) => {
-                    restored += 1;
-                    self.audit.record(
-                        Event::new(Action::Restore, target)
-                            .detail("restored into the kernel once the clock could be trusted"),
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(%target, error = %crate::error::Chain(&e), "restoring a held block into the kernel failed")
-                }
-            }
+            writes.push((target, kernel_sync::value_for(&entry, had, &base)));
+        }
+        let failed: BTreeSet<Target> = self
+            .dp
+            .maps_mut()
+            .insert_blocks(&writes)
+            .into_iter()
+            .map(|(target, e)| {
+                tracing::error!(%target, error = %crate::error::Chain(&e), "restoring a held block into the kernel failed");
+                target
+            })
+            .collect();
+        let mut restored = 0usize;
+        for (target, _) in writes.iter().filter(|(t, _)| !failed.contains(t)) {
+            restored += 1;
+            self.audit.record(
+                Event::new(Action::Restore, *target)
+                    .detail("restored into the kernel once the clock could be trusted"),
+            );
         }
         self.audit.flush();
         tracing::info!(

@@ -3,7 +3,7 @@
 //! removed, a wall-clock step while no daemon ran followed).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use crate::{
         ledger::{self, Capacity, Ledger},
         systemd::TestStall,
     },
-    datapath::{Datapath, XdpModeRequest},
+    datapath::{Datapath, MapsError, XdpModeRequest},
     interfaces::Interfaces,
     metrics::BlockTally,
     policy::{AllowOrigin, Policy, PolicyConfig, host},
@@ -250,31 +250,10 @@ impl Engine {
         let in_kernel: BTreeMap<Target, BlockValue> =
             self.dp.maps().blocks()?.into_iter().collect();
         let removed = self.remove_unknown(&in_kernel)?;
-        let mut restored = 0usize;
-        let targets: Vec<Target> = self.ledger.blocks().keys().copied().collect();
-        let base = self.ledger.time_base().clone();
-        for target in &targets {
-            let had = in_kernel.get(target);
-            let entry = self
-                .ledger
-                .kernel_entry(target)
-                .expect("a loaded target has blocks");
-            if !kernel_sync::is_current(&entry, had, &base) {
-                self.dp
-                    .maps_mut()
-                    .insert_block(target, &kernel_sync::value_for(&entry, had.copied(), &base))?;
-            }
-            if had.is_none() {
-                restored += 1;
-                self.audit.record(
-                    Event::new(Action::Restore, *target)
-                        .detail("restored into the kernel from the store"),
-                );
-            }
-        }
-        self.audit.flush();
+        let targets = self.ledger.blocks().len();
+        let restored = self.restore(&in_kernel)?;
         tracing::info!(
-            targets = targets.len(),
+            targets,
             restored,
             removed_unknown = removed,
             expired = expired.len(),
@@ -283,22 +262,76 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes every stored block whose kernel entry is missing or says something else, in one
+    /// batched write; audits the ones that were missing. Returns how many were.
+    fn restore(&mut self, in_kernel: &BTreeMap<Target, BlockValue>) -> anyhow::Result<usize> {
+        let base = self.ledger.time_base().clone();
+        let mut writes = Vec::new();
+        let mut missing = Vec::new();
+        for target in self.ledger.blocks().keys() {
+            let had = in_kernel.get(target);
+            let entry = self
+                .ledger
+                .kernel_entry(target)
+                .expect("a loaded target has blocks");
+            if !kernel_sync::is_current(&entry, had, &base) {
+                writes.push((*target, kernel_sync::value_for(&entry, had.copied(), &base)));
+            }
+            if had.is_none() {
+                missing.push(*target);
+            }
+        }
+        let failed = self.dp.maps_mut().insert_blocks(&writes);
+        let not_written: BTreeSet<Target> = failed.iter().map(|(t, _)| *t).collect();
+        let restored: Vec<Target> = missing
+            .into_iter()
+            .filter(|t| !not_written.contains(t))
+            .collect();
+        for target in &restored {
+            self.audit.record(
+                Event::new(Action::Restore, *target)
+                    .detail("restored into the kernel from the store"),
+            );
+        }
+        self.audit.flush();
+        first_failure(failed)?;
+        Ok(restored.len())
+    }
+
     /// Removes kernel entries the store does not know.
     fn remove_unknown(
         &mut self,
         in_kernel: &BTreeMap<Target, BlockValue>,
     ) -> anyhow::Result<usize> {
-        let mut removed = 0;
-        for target in in_kernel.keys() {
-            if !self.ledger.blocks().contains_key(target) {
-                self.dp.maps_mut().remove_block(target)?;
-                self.audit.record(
-                    Event::new(Action::RemoveUnknown, *target)
-                        .detail("in the kernel map but not in the store"),
-                );
-                removed += 1;
-            }
+        let unknown: Vec<Target> = in_kernel
+            .keys()
+            .filter(|t| !self.ledger.blocks().contains_key(t))
+            .copied()
+            .collect();
+        let failed = self.dp.maps_mut().remove_blocks(&unknown);
+        let kept: BTreeSet<Target> = failed.iter().map(|(t, _)| *t).collect();
+        for target in unknown.iter().filter(|t| !kept.contains(t)) {
+            self.audit.record(
+                Event::new(Action::RemoveUnknown, *target)
+                    .detail("in the kernel map but not in the store"),
+            );
         }
-        Ok(removed)
+        first_failure(failed)?;
+        Ok(unknown.len())
+    }
+}
+
+/// The first of a batched write's failures, as the start's error (each failure is logged).
+fn first_failure(failed: Vec<(Target, MapsError)>) -> anyhow::Result<()> {
+    let mut first = None;
+    for (target, e) in failed {
+        tracing::error!(%target, error = %crate::error::Chain(&e), "writing the kernel map failed");
+        first.get_or_insert((target, e));
+    }
+    match first {
+        Some((target, e)) => {
+            Err(anyhow::Error::new(e).context(format!("writing {target} to the kernel maps")))
+        }
+        None => Ok(()),
     }
 }
