@@ -22,9 +22,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    block::{Mode, Reason, Source, UnixMillis, now_ms},
+    block::{Mode, Reason, Source},
     scope::ScopeSet,
     target::Target,
+    time::WallMs,
 };
 
 /// What happened.
@@ -81,7 +82,7 @@ pub enum Action {
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     /// When (Unix ms).
-    pub ts_ms: UnixMillis,
+    pub ts_ms: WallMs,
     /// What.
     pub action: Action,
     /// Target (absent for interface events and requests without one).
@@ -102,7 +103,7 @@ pub struct Event {
     pub reason: Option<Arc<Reason>>,
     /// Expiry (Unix ms) after the action; absent = permanent or not applicable.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_ms: Option<UnixMillis>,
+    pub expires_ms: Option<WallMs>,
     /// Mode after the action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
@@ -120,7 +121,7 @@ pub struct Event {
     pub caller: Option<crate::access::Caller>,
     /// For a spooled trigger replayed by the daemon: when it was spooled (Unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub spooled_ms: Option<UnixMillis>,
+    pub spooled_ms: Option<WallMs>,
     /// For a spooled trigger replayed by the daemon: its spool file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_file: Option<String>,
@@ -139,7 +140,7 @@ impl Event {
     /// An event about no one target (a denied `stats`, `breaker reset`...).
     pub fn untargeted(action: Action) -> Self {
         Self {
-            ts_ms: now_ms(),
+            ts_ms: WallMs::now(),
             action,
             target: None,
             requested: None,

@@ -3,11 +3,11 @@
 //! Several sources can block one target. Each source's block is kept on its own; the target
 //! stays blocked until the last of them ends, and the kernel entry carries the latest expiry.
 
-use std::{fmt, str::FromStr, sync::Arc, time::SystemTime};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{scope::ScopeSet, target::Target};
+use crate::{scope::ScopeSet, target::Target, time::WallMs};
 
 /// The name of a trigger source (`cli`, `wazuh`, `fail2ban`, ...): 1-32 of `[a-z0-9_-]`.
 ///
@@ -193,26 +193,6 @@ impl TextTooLong {
     }
 }
 
-/// Milliseconds since the Unix epoch (how times are stored and sent).
-pub type UnixMillis = u64;
-
-/// Now, in Unix milliseconds.
-pub fn now_ms() -> UnixMillis {
-    to_ms(SystemTime::now())
-}
-
-/// A time in Unix milliseconds.
-pub fn to_ms(t: SystemTime) -> UnixMillis {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Unix milliseconds as a time.
-pub fn from_ms(ms: UnixMillis) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
-}
-
 /// One source's block of one target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceBlock {
@@ -222,11 +202,11 @@ pub struct SourceBlock {
     #[serde(default)]
     pub reason: Arc<Reason>,
     /// When it was first made (Unix ms).
-    pub created_ms: UnixMillis,
+    pub created_ms: WallMs,
     /// When it was last extended or changed (Unix ms).
-    pub updated_ms: UnixMillis,
+    pub updated_ms: WallMs,
     /// When it ends (Unix ms, wall clock); `None` = permanent.
-    pub expires_ms: Option<UnixMillis>,
+    pub expires_ms: Option<WallMs>,
     /// Enforce or shadow.
     pub mode: Mode,
     /// What of the target's traffic it covers (absent: the whole address, as every block
@@ -237,7 +217,7 @@ pub struct SourceBlock {
 
 impl SourceBlock {
     /// Whether it has ended at `now`.
-    pub fn is_expired(&self, now: UnixMillis) -> bool {
+    pub fn is_expired(&self, now: WallMs) -> bool {
         self.expires_ms.is_some_and(|e| e <= now)
     }
 }
@@ -330,7 +310,7 @@ impl FromIterator<(Source, SourceBlock)> for SourceMap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelEntry {
     /// Wall-clock expiry (Unix ms); `None` = never.
-    pub expires_ms: Option<UnixMillis>,
+    pub expires_ms: Option<WallMs>,
     /// Mode.
     pub mode: Mode,
 }
@@ -344,7 +324,7 @@ impl TargetBlocks {
     pub fn kernel_entry(&self) -> Option<KernelEntry> {
         let latest = |mode: Mode| {
             let mut any = false;
-            let mut latest: Option<UnixMillis> = Some(0);
+            let mut latest: Option<WallMs> = Some(WallMs::EPOCH);
             for b in self.by_source.values().filter(|b| b.mode == mode) {
                 any = true;
                 latest = match (latest, b.expires_ms) {
@@ -396,14 +376,15 @@ pub struct Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::testing::wall;
 
     fn sb(source: &str, expires: Option<u64>, mode: Mode) -> SourceBlock {
         SourceBlock {
             source: source.parse().unwrap(),
             reason: Arc::default(),
-            created_ms: 0,
-            updated_ms: 0,
-            expires_ms: expires,
+            created_ms: wall(0),
+            updated_ms: wall(0),
+            expires_ms: expires.map(wall),
             mode,
             scope: Default::default(),
         }
@@ -427,7 +408,7 @@ mod tests {
         assert_eq!(
             t.kernel_entry(),
             Some(KernelEntry {
-                expires_ms: Some(300),
+                expires_ms: Some(wall(300)),
                 mode: Mode::Enforce
             })
         );
@@ -447,7 +428,7 @@ mod tests {
         assert_eq!(
             t.kernel_entry(),
             Some(KernelEntry {
-                expires_ms: Some(100),
+                expires_ms: Some(wall(100)),
                 mode: Mode::Enforce
             })
         );

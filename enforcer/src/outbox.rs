@@ -15,10 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    block::{Source, UnixMillis},
-    target::Target,
-};
+use crate::{block::Source, target::Target, time::WallMs};
 
 /// One queued change for the LAPI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +35,7 @@ pub enum PublicationKind {
     /// Push a ban decision lasting until `expires_ms` (`None`: permanent).
     Ban {
         /// The block's end (Unix ms).
-        expires_ms: Option<UnixMillis>,
+        expires_ms: Option<WallMs>,
         /// The scenario the decision carries.
         scenario: String,
         /// The block's reason, as the alert's message.

@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::datapath::{PinsDurability, PinsInfo};
 use crate::{
-    block::{Mode, Reason, Source, UnixMillis},
+    block::{Mode, Reason, Source},
     datapath::AttachedMode,
     scope::{Scope, ScopeSet},
     target::Target,
+    time::WallMs,
 };
 
 /// The protocol version this build speaks.
@@ -675,7 +676,7 @@ pub struct BlockReply {
     /// What happened.
     pub outcome: Outcome,
     /// This source's expiry (Unix ms); `None` = permanent.
-    pub expires_ms: Option<UnixMillis>,
+    pub expires_ms: Option<WallMs>,
     /// This source's mode.
     pub mode: Mode,
     /// What the policy changed (capped TTL, escalation, shadow...).
@@ -718,9 +719,9 @@ pub struct PendingBlock {
     /// Why approval is needed.
     pub why: String,
     /// When it was asked (Unix ms).
-    pub created_ms: UnixMillis,
+    pub created_ms: WallMs,
     /// When it is dropped unless approved (Unix ms).
-    pub expires_ms: UnixMillis,
+    pub expires_ms: WallMs,
     /// Who asked (absent in records from before callers were recorded). Only another caller,
     /// or root, may approve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -746,9 +747,9 @@ pub struct ListSource {
     /// Reason.
     pub reason: std::sync::Arc<Reason>,
     /// Created (Unix ms).
-    pub created_ms: UnixMillis,
+    pub created_ms: WallMs,
     /// Expires (Unix ms); `None` = permanent.
-    pub expires_ms: Option<UnixMillis>,
+    pub expires_ms: Option<WallMs>,
     /// Mode.
     pub mode: Mode,
     /// What of the target's traffic this block covers: `[{proto, ports?}]`; absent or empty:
@@ -765,7 +766,7 @@ pub struct ListEntry {
     /// Effective mode in the kernel.
     pub mode: Mode,
     /// Effective expiry in the kernel (Unix ms); `None` = permanent.
-    pub expires_ms: Option<UnixMillis>,
+    pub expires_ms: Option<WallMs>,
     /// Each source's block.
     pub sources: Vec<ListSource>,
     /// What the kernel entry covers: the union of the sources' scopes (absent: the whole
@@ -777,7 +778,7 @@ pub struct ListEntry {
     /// Bytes of those packets.
     pub bytes: u64,
     /// Last hit (Unix ms); `None` = never.
-    pub last_hit_ms: Option<UnixMillis>,
+    pub last_hit_ms: Option<WallMs>,
 }
 
 /// Answer to show.
@@ -1052,7 +1053,7 @@ pub struct StatusReply {
     /// The audit log.
     pub audit_log: String,
     /// Next expiry (Unix ms), if any.
-    pub next_expiry_ms: Option<UnixMillis>,
+    pub next_expiry_ms: Option<WallMs>,
     /// Global rollout mode.
     pub policy_mode: Mode,
     /// Open circuit breakers.
@@ -1084,7 +1085,7 @@ pub struct ClockSteps {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockStep {
     /// When the daemon saw it (Unix ms, on the stepped clock).
-    pub seen_ms: UnixMillis,
+    pub seen_ms: WallMs,
     /// How far the wall clock stepped, in ms (negative: backwards).
     pub by_ms: i64,
     /// Block deadlines moved with it.
@@ -1099,9 +1100,9 @@ pub struct CrowdsecStatus {
     /// The LAPI.
     pub api_url: String,
     /// Last successful pull (Unix ms).
-    pub last_pull_ms: Option<UnixMillis>,
+    pub last_pull_ms: Option<WallMs>,
     /// Last successful full (startup) pull (Unix ms).
-    pub last_full_pull_ms: Option<UnixMillis>,
+    pub last_full_pull_ms: Option<WallMs>,
     /// Successful pulls since start.
     pub pulls: u64,
     /// Targets with a live ban decision.
@@ -1122,7 +1123,7 @@ pub struct CrowdsecStatus {
     /// The last error (pull or apply); it is current when newer than `last_pull_ms`.
     pub last_error: Option<String>,
     /// When it happened (Unix ms).
-    pub last_error_ms: Option<UnixMillis>,
+    pub last_error_ms: Option<WallMs>,
     /// Usage metrics: `on`, `off: ...` with the reason.
     pub usage_metrics: String,
     /// Decisions this host published itself, seen in pulls and not imported back.
@@ -1143,13 +1144,13 @@ pub struct PublishStatus {
     /// Publications sent since start (bans pushed and withdrawn).
     pub sent: u64,
     /// Last successful send (Unix ms).
-    pub last_sent_ms: Option<UnixMillis>,
+    pub last_sent_ms: Option<WallMs>,
     /// Failed sends since start.
     pub errors: u64,
     /// The last error; current while newer than `last_sent_ms`.
     pub last_error: Option<String>,
     /// When it happened (Unix ms).
-    pub last_error_ms: Option<UnixMillis>,
+    pub last_error_ms: Option<WallMs>,
 }
 
 #[cfg(test)]

@@ -51,8 +51,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    block::{UnixMillis, now_ms},
     protocol::{Request, RequestId},
+    time::WallMs,
 };
 
 /// The spool's directory under the state directory.
@@ -70,7 +70,7 @@ pub struct Spooled {
     /// Format version.
     pub v: u32,
     /// When the trigger was made (Unix ms).
-    pub spooled_ms: UnixMillis,
+    pub spooled_ms: WallMs,
     /// The request id of the attempt that could not be delivered (absent in entries of older
     /// hooks: the file name stands in for it). `request_id` in the file, as on the wire.
     #[serde(
@@ -87,7 +87,7 @@ pub struct Spooled {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SpoolKey {
     /// When it was spooled (Unix ms).
-    pub spooled_ms: UnixMillis,
+    pub spooled_ms: WallMs,
     /// The writer's pid.
     pub pid: u32,
     /// The writer's counter.
@@ -99,7 +99,9 @@ impl SpoolKey {
     pub fn file_name(&self) -> String {
         format!(
             "{:020}-{:010}-{:010}.json",
-            self.spooled_ms, self.pid, self.seq
+            self.spooled_ms.unix_ms(),
+            self.pid,
+            self.seq
         )
     }
 
@@ -112,7 +114,7 @@ impl SpoolKey {
                 .ok()
         };
         let key = Self {
-            spooled_ms: number(parts.next())?,
+            spooled_ms: WallMs::from_unix_ms(number(parts.next())?),
             pid: number(parts.next())?.try_into().ok()?,
             seq: number(parts.next())?,
         };
@@ -164,7 +166,7 @@ pub fn write(state_dir: &Path, request: &Request, id: &RequestId) -> io::Result<
         state_dir,
         &Spooled {
             v: SPOOL_VERSION,
-            spooled_ms: now_ms(),
+            spooled_ms: WallMs::now(),
             id: Some(id.clone()),
             request: request.clone(),
         },
@@ -265,7 +267,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::{block::Reason, protocol::BlockRequest};
+    use crate::{block::Reason, protocol::BlockRequest, time::testing::wall};
 
     fn block(ttl_secs: Option<u64>) -> Request {
         Request::Block(BlockRequest {
@@ -305,7 +307,10 @@ mod tests {
             br#"{"v":1,"spooled_ms":5,"request":{"op":"unblock","target":"192.0.2.1"}}"#,
         )
         .unwrap();
-        assert_eq!((unblock.spooled_ms, unblock.request.op()), (5, "unblock"));
+        assert_eq!(
+            (unblock.spooled_ms, unblock.request.op()),
+            (wall(5), "unblock")
+        );
     }
 
     #[test]
@@ -317,7 +322,7 @@ mod tests {
                 &state_dir,
                 &Spooled {
                     v: 1,
-                    spooled_ms: ms,
+                    spooled_ms: wall(ms),
                     id: None,
                     request: block(t),
                 },
@@ -355,20 +360,20 @@ mod tests {
             seq,
         };
         assert_eq!(
-            key(1_764_262_800_000, 4242, 7).file_name(),
+            key(wall(1_764_262_800_000), 4242, 7).file_name(),
             "00000001764262800000-0000004242-0000000007.json"
         );
         for k in [
-            key(0, 0, 0),
-            key(u64::MAX, u32::MAX, u64::MAX),
-            key(1_764_262_800_000, 4242, 10),
+            key(wall(0), 0, 0),
+            key(wall(u64::MAX), u32::MAX, u64::MAX),
+            key(wall(1_764_262_800_000), 4242, 10),
         ] {
             assert_eq!(SpoolKey::parse(&k.file_name()), Some(k));
         }
         // Names of hooks before zero-padding: the pid and counter unpadded.
         assert_eq!(
             SpoolKey::parse("0001764262800000-4242-10.json"),
-            Some(key(1_764_262_800_000, 4242, 10))
+            Some(key(wall(1_764_262_800_000), 4242, 10))
         );
         for bad in [
             "x.json",
@@ -418,7 +423,7 @@ mod tests {
                 state.path(),
                 &Spooled {
                     v: 1,
-                    spooled_ms: 5,
+                    spooled_ms: wall(5),
                     id: None,
                     request: block(Some(ttl)),
                 },

@@ -25,12 +25,12 @@ use std::{
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use crate::{
-    block::{Record, Source, SourceBlock, UnixMillis},
+    block::{Record, Source, SourceBlock},
     outbox::Publication,
     policy::AllowOrigin,
     protocol::{PendingBlock, Reply, RequestId},
     target::Target,
-    time::TimeBase,
+    time::{TimeBase, WallMs},
 };
 
 const BLOCKS: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("blocks_v1");
@@ -70,7 +70,7 @@ pub struct AppliedRequest {
     /// The client's id.
     pub id: RequestId,
     /// When it was applied (Unix ms).
-    pub applied_ms: UnixMillis,
+    pub applied_ms: WallMs,
     /// The answer it got.
     pub reply: Reply,
 }
@@ -205,7 +205,7 @@ pub enum StoreOp {
     /// Remove a pending block.
     DeletePending(u64),
     /// Record a target's offense times (empty = forget).
-    PutOffenses(Target, Vec<u64>),
+    PutOffenses(Target, Vec<WallMs>),
     /// The id the next pending block gets.
     SetNextPending(u64),
     /// The time base of the stored deadlines.
@@ -488,7 +488,7 @@ impl Store {
     }
 
     /// The offense histories (repeat-offender escalation).
-    pub fn load_offenses(&self) -> Result<Vec<(Target, Vec<UnixMillis>)>, StoreError> {
+    pub fn load_offenses(&self) -> Result<Vec<(Target, Vec<WallMs>)>, StoreError> {
         self.load_keyed(OFFENSES, "offenses")
     }
 
@@ -636,7 +636,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{Mode, Reason};
+    use crate::{
+        block::{Mode, Reason},
+        time::testing::wall,
+    };
 
     fn record(target: &str, source: &str, expires: Option<u64>) -> Record {
         Record {
@@ -644,9 +647,9 @@ mod tests {
             block: SourceBlock {
                 source: source.parse().unwrap(),
                 reason: Arc::new(Reason::text("test")),
-                created_ms: 1,
-                updated_ms: 1,
-                expires_ms: expires,
+                created_ms: wall(1),
+                updated_ms: wall(1),
+                expires_ms: expires.map(wall),
                 mode: Mode::Enforce,
                 scope: Default::default(),
             },

@@ -14,23 +14,270 @@
 //! meanwhile. Across a reboot the boot clock starts again at zero, and the wall clock is all
 //! there is.
 
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
+
 use serde::{Deserialize, Serialize};
 
-use crate::block::{UnixMillis, now_ms};
+/// A wall-clock instant: milliseconds since the Unix epoch, how times are stored, sent and
+/// shown. It steps when the wall clock does; compare deadlines on the boot clock ([`BootNs`]).
+///
+/// Serialized as the bare number (the store, the wire protocol and the spool hold `u64`s).
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WallMs(u64);
+
+impl WallMs {
+    /// The Unix epoch.
+    pub const EPOCH: Self = Self(0);
+
+    /// The latest instant there is (an end that never comes, in orderings).
+    pub const MAX: Self = Self(u64::MAX);
+
+    /// The wall clock now.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// An instant given in Unix milliseconds.
+    pub const fn from_unix_ms(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn unix_ms(self) -> u64 {
+        self.0
+    }
+
+    /// Seconds since the Unix epoch (rounded down).
+    pub const fn unix_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// A `SystemTime`, to the millisecond (before the epoch: the epoch).
+    pub fn from_system_time(t: SystemTime) -> Self {
+        Self(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        )
+    }
+
+    /// As a `SystemTime`.
+    pub fn to_system_time(self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// `d` later (saturating).
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(duration_ms(d)))
+    }
+
+    /// `d` earlier (saturating at the epoch).
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Self(self.0.saturating_sub(duration_ms(d)))
+    }
+
+    /// Moved by `by_ms` (a wall-clock step, signed; saturating).
+    pub fn shifted(self, by_ms: i64) -> Self {
+        Self(self.0.saturating_add_signed(by_ms))
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn saturating_since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The distance between two instants, either way round.
+    pub fn abs_diff(self, other: Self) -> Duration {
+        Duration::from_millis(self.0.abs_diff(other.0))
+    }
+
+    /// Milliseconds from `earlier` to this, signed.
+    pub fn signed_ms_since(self, earlier: Self) -> i64 {
+        self.0 as i64 - earlier.0 as i64
+    }
+}
+
+impl std::ops::Add<Duration> for WallMs {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        self.saturating_add(d)
+    }
+}
+
+impl std::ops::Sub<Duration> for WallMs {
+    type Output = Self;
+
+    fn sub(self, d: Duration) -> Self {
+        self.saturating_sub(d)
+    }
+}
+
+// Shown as the number it is stored as, so logs read as before.
+impl fmt::Debug for WallMs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for WallMs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A boot-clock instant in milliseconds: `CLOCK_BOOTTIME`, which counts suspend, never steps,
+/// and starts again at zero on every boot. For durations that must not follow the wall clock.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BootMs(u64);
+
+impl BootMs {
+    /// The boot clock now.
+    pub fn now() -> Self {
+        BootNs::now().to_boot_ms()
+    }
+
+    /// An instant given in milliseconds since boot.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since boot.
+    pub const fn ms(self) -> u64 {
+        self.0
+    }
+
+    /// `d` later (saturating).
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(duration_ms(d)))
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn saturating_since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl std::ops::Add<Duration> for BootMs {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        self.saturating_add(d)
+    }
+}
+
+impl fmt::Debug for BootMs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A boot-clock instant in nanoseconds: what the kernel's maps hold and the data path
+/// compares with. `0` in a map means "never"; [`BootNs::NEVER`].
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BootNs(u64);
+
+impl BootNs {
+    /// A map's "no deadline".
+    pub const NEVER: Self = Self(0);
+
+    /// The boot clock now.
+    pub fn now() -> Self {
+        Self(crate::datapath::clock::boottime_ns())
+    }
+
+    /// A value as the kernel holds it (ns since boot).
+    pub const fn from_kernel(ns: u64) -> Self {
+        Self(ns)
+    }
+
+    /// The value as the kernel holds it (ns since boot).
+    pub const fn kernel(self) -> u64 {
+        self.0
+    }
+
+    /// To the millisecond (rounded down).
+    pub const fn to_boot_ms(self) -> BootMs {
+        BootMs(self.0 / 1_000_000)
+    }
+
+    /// `d` later (saturating).
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// `d` earlier (saturating at boot).
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// The distance between two instants, either way round.
+    pub fn abs_diff(self, other: Self) -> Duration {
+        Duration::from_nanos(self.0.abs_diff(other.0))
+    }
+
+    /// The wall-clock time of this instant, by the clocks now (for counters' "last hit").
+    pub fn to_wall(self) -> WallMs {
+        let now_wall = SystemTime::now();
+        let now_boot = Self::now();
+        let wall = if self >= now_boot {
+            now_wall + self.abs_diff(now_boot)
+        } else {
+            now_wall - self.abs_diff(now_boot)
+        };
+        WallMs::from_system_time(wall)
+    }
+}
+
+impl std::ops::Add<Duration> for BootNs {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        self.saturating_add(d)
+    }
+}
+
+impl std::ops::Sub<Duration> for BootNs {
+    type Output = Self;
+
+    fn sub(self, d: Duration) -> Self {
+        self.saturating_sub(d)
+    }
+}
+
+impl fmt::Debug for BootNs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Whole milliseconds of `d` (saturating).
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// One reading of both clocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reading {
-    /// The wall clock (Unix ms).
-    pub wall_ms: UnixMillis,
-    /// `CLOCK_BOOTTIME` (ms since boot, suspend included).
-    pub boot_ms: u64,
+    /// The wall clock.
+    pub wall_ms: WallMs,
+    /// `CLOCK_BOOTTIME` (suspend included).
+    pub boot_ms: BootMs,
 }
 
 impl Reading {
     /// The wall clock minus the boot clock.
     pub fn offset_ms(&self) -> i64 {
-        self.wall_ms as i64 - self.boot_ms as i64
+        self.wall_ms.unix_ms() as i64 - self.boot_ms.ms() as i64
     }
 }
 
@@ -47,17 +294,12 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn read(&self) -> Reading {
         // The boot clock first: a wall step between the two reads is seen at the next one.
-        let boot_ms = crate::datapath::clock::boottime_ns() / 1_000_000;
+        let boot_ms = BootMs::now();
         Reading {
-            wall_ms: now_ms(),
+            wall_ms: WallMs::now(),
             boot_ms,
         }
     }
-}
-
-/// `CLOCK_BOOTTIME` in ms: for durations that must not follow wall-clock steps.
-pub fn boot_ms() -> u64 {
-    SystemClock.read().boot_ms
 }
 
 /// Where the kernel says which boot this is.
@@ -115,9 +357,11 @@ pub struct TimeBase {
 impl TimeBase {
     /// The boot-clock time (ns) the data path compares with, for a wall-clock deadline. A
     /// deadline before boot maps to 1 (expired; 0 means "never").
-    pub fn boot_deadline_ns(&self, deadline_ms: UnixMillis) -> u64 {
-        let boot_ms = deadline_ms as i64 - self.wall_minus_boot_ms;
-        u64::try_from(boot_ms).map_or(1, |ms| ms.saturating_mul(1_000_000).max(1))
+    pub fn boot_deadline_ns(&self, deadline: WallMs) -> BootNs {
+        let boot_ms = deadline.unix_ms() as i64 - self.wall_minus_boot_ms;
+        BootNs::from_kernel(
+            u64::try_from(boot_ms).map_or(1, |ms| ms.saturating_mul(1_000_000).max(1)),
+        )
     }
 
     /// How far `stored`'s deadlines must move to keep their boot-relative time under this base:
@@ -134,8 +378,8 @@ pub const JUMP_MIN_MS: i64 = 1_000;
 /// A reading as the daemon uses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tick {
-    /// The wall clock (Unix ms).
-    pub now: UnixMillis,
+    /// The wall clock.
+    pub now: WallMs,
     /// The wall clock minus the boot clock now.
     pub offset_ms: i64,
     /// How far the wall clock stepped since the last tick (0: it did not).
@@ -173,7 +417,7 @@ impl<C: Clock> TimeKeeper<C> {
     pub fn tick(&mut self) -> Tick {
         let now = self.clock.read();
         let drift = now.offset_ms() - self.last.offset_ms();
-        let elapsed = now.boot_ms.saturating_sub(self.last.boot_ms);
+        let elapsed = now.boot_ms.saturating_since(self.last.boot_ms).as_millis();
         let allowed = JUMP_MIN_MS + i64::try_from(elapsed / 1000).unwrap_or(i64::MAX);
         self.last = now;
         Tick {
@@ -194,12 +438,39 @@ pub fn describe_jump(ms: i64) -> String {
 }
 
 #[cfg(test)]
+pub mod testing {
+    //! Short names for the instants and durations unit tests write as numbers.
+
+    use std::time::Duration;
+
+    use super::{BootMs, WallMs};
+
+    /// The wall-clock instant `ms` Unix milliseconds.
+    pub const fn wall(ms: u64) -> WallMs {
+        WallMs::from_unix_ms(ms)
+    }
+
+    /// The boot-clock instant `ms` milliseconds after boot.
+    pub const fn boot(ms: u64) -> BootMs {
+        BootMs::from_ms(ms)
+    }
+
+    /// `n` milliseconds.
+    pub const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+}
+
+#[cfg(test)]
 pub mod fake {
     //! A clock tests move by hand.
 
-    use std::sync::{Arc, Mutex};
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
 
-    use super::{Clock, Reading};
+    use super::{BootMs, Clock, Reading, WallMs};
 
     /// Shared: the test keeps one handle, the code under test another.
     #[derive(Clone, Debug)]
@@ -207,21 +478,21 @@ pub mod fake {
 
     impl FakeClock {
         /// Wall time `wall_ms`, boot time `boot_ms`.
-        pub fn new(wall_ms: u64, boot_ms: u64) -> Self {
+        pub fn new(wall_ms: WallMs, boot_ms: BootMs) -> Self {
             Self(Arc::new(Mutex::new(Reading { wall_ms, boot_ms })))
         }
 
         /// Time passes: both clocks move.
         pub fn advance(&self, ms: u64) {
             let mut r = self.0.lock().unwrap();
-            r.wall_ms += ms;
-            r.boot_ms += ms;
+            r.wall_ms = r.wall_ms + Duration::from_millis(ms);
+            r.boot_ms = r.boot_ms + Duration::from_millis(ms);
         }
 
         /// The wall clock alone steps.
         pub fn step_wall(&self, ms: i64) {
             let mut r = self.0.lock().unwrap();
-            r.wall_ms = r.wall_ms.checked_add_signed(ms).unwrap();
+            r.wall_ms = r.wall_ms.shifted(ms);
         }
     }
 
@@ -240,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_step_is_seen_once_and_slewing_is_not_a_step() {
-        let clock = FakeClock::new(1_000_000_000, 50_000);
+        let clock = FakeClock::new(testing::wall(1_000_000_000), testing::boot(50_000));
         let mut keeper = TimeKeeper::new(clock.clone(), "a".into());
         clock.advance(3_600_000);
         clock.step_wall(2_000); // an hour of the fastest slew is 1.8 s
@@ -271,6 +542,28 @@ mod tests {
     }
 
     #[test]
+    fn a_wall_instant_is_stored_and_sent_as_the_bare_number() {
+        let t = WallMs::from_unix_ms(1_764_262_800_000);
+        assert_eq!(serde_json::to_string(&t).unwrap(), "1764262800000");
+        assert_eq!(serde_json::from_str::<WallMs>("1764262800000").unwrap(), t);
+        assert_eq!(serde_json::to_string(&Some(t)).unwrap(), "1764262800000");
+        assert_eq!(
+            format!("{t:020}"),
+            "00000001764262800000",
+            "spool file names"
+        );
+    }
+
+    #[test]
+    fn a_boot_instant_reads_as_the_wall_time_it_is() {
+        let minute = Duration::from_secs(60);
+        let later = BootNs::now() + minute;
+        let expected = WallMs::now() + minute;
+        let skew = later.to_wall().signed_ms_since(expected).unsigned_abs();
+        assert!(skew < 5, "round trip skew {skew} ms");
+    }
+
+    #[test]
     fn boot_deadlines_do_not_move_with_the_wall_clock() {
         let before = TimeBase {
             boot_id: "a".into(),
@@ -282,14 +575,14 @@ mod tests {
         };
         let shift = after.shift_from(&before).unwrap();
         assert_eq!(shift, DAY);
-        let deadline = 5_000_000;
+        let deadline = WallMs::from_unix_ms(5_000_000);
         assert_eq!(
-            after.boot_deadline_ns(deadline + shift as u64),
+            after.boot_deadline_ns(deadline.shifted(shift)),
             before.boot_deadline_ns(deadline)
         );
         assert_eq!(
-            before.boot_deadline_ns(0),
-            1,
+            before.boot_deadline_ns(WallMs::EPOCH),
+            BootNs::from_kernel(1),
             "before boot is expired, not permanent"
         );
         let other_boot = TimeBase {

@@ -5,6 +5,7 @@ use crate::{
     block::Source,
     protocol::{ListEntry, Reply, Request},
     target::Target,
+    time::WallMs,
 };
 
 /// Sort orders for `list`.
@@ -101,7 +102,7 @@ fn every_page(
 
 pub fn sort(blocks: &mut [ListEntry], by: Sort) {
     match by {
-        Sort::Expires => blocks.sort_by_key(|b| (b.expires_ms.unwrap_or(u64::MAX), b.target)),
+        Sort::Expires => blocks.sort_by_key(|b| (b.expires_ms.unwrap_or(WallMs::MAX), b.target)),
         Sort::Hits => blocks.sort_by_key(|b| (std::cmp::Reverse(b.packets), b.target)),
         Sort::Target => blocks.sort_by_key(|b| b.target),
     }

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal as _;
 
-use crate::{block::UnixMillis, duration::format_secs_short};
+use crate::{duration::format_secs_short, time::WallMs};
 
 /// `s` safe to print on a terminal: control characters (escape sequences that retitle the
 /// window or recolour it, a carriage return that overwrites the line, C1 controls) are shown as
@@ -57,34 +57,37 @@ pub fn table(rows: &[Vec<String>]) {
 }
 
 /// "in 9m58s", "permanent", "expired".
-pub fn time_left(expires_ms: Option<UnixMillis>) -> String {
+pub fn time_left(expires_ms: Option<WallMs>) -> String {
     match expires_ms {
         None => "permanent".into(),
         Some(e) => {
-            let now = crate::block::now_ms();
+            let now = WallMs::now();
             if e <= now {
                 "expired".into()
             } else {
-                format_secs_short((e - now).div_ceil(1000))
+                format_secs_short(e.saturating_since(now).as_millis().div_ceil(1000) as u64)
             }
         }
     }
 }
 
 /// "3s ago", "never".
-pub fn ago(ms: Option<UnixMillis>) -> String {
+pub fn ago(ms: Option<WallMs>) -> String {
     match ms {
         None => "never".into(),
         Some(t) => {
-            let now = crate::block::now_ms();
-            format!("{} ago", format_secs_short(now.saturating_sub(t) / 1000))
+            let now = WallMs::now();
+            format!(
+                "{} ago",
+                format_secs_short(now.saturating_since(t).as_secs())
+            )
         }
     }
 }
 
 /// RFC 3339 UTC, seconds precision.
-pub fn timestamp(ms: UnixMillis) -> String {
-    humantime::format_rfc3339_seconds(crate::block::from_ms(ms)).to_string()
+pub fn timestamp(ms: WallMs) -> String {
+    humantime::format_rfc3339_seconds(ms.to_system_time()).to_string()
 }
 
 /// 1234567 -> "1.2M".

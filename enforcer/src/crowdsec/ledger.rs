@@ -13,19 +13,21 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use super::decision::{Ban, DecisionKey};
 use crate::{
-    block::{Reason, Source, UnixMillis},
+    block::{Reason, Source},
     protocol::{SyncItem, SyncRequest},
     target::Target,
+    time::BootMs,
 };
 
 /// One live decision.
 #[derive(Clone, Debug)]
 struct Live {
-    expires_ms: UnixMillis,
+    expires_ms: BootMs,
     reason: Arc<Reason>,
     origin: Arc<str>,
 }
@@ -102,7 +104,7 @@ impl Decisions {
 impl Ledger {
     /// A startup pull: the LAPI's whole current state replaces what we knew.
     /// Its items are in target order (the engine's maps and the store take them fastest so).
-    pub fn startup(&mut self, source: &Source, bans: Vec<Ban>, now: UnixMillis) -> SyncRequest {
+    pub fn startup(&mut self, source: &Source, bans: Vec<Ban>, now: BootMs) -> SyncRequest {
         self.targets.clear();
         self.origins.clear();
         for ban in bans {
@@ -128,7 +130,7 @@ impl Ledger {
         source: &Source,
         new: Vec<Ban>,
         deleted: Vec<Ban>,
-        now: UnixMillis,
+        now: BootMs,
     ) -> SyncRequest {
         let mut touched: Vec<Target> = Vec::with_capacity(new.len() + deleted.len());
         for ban in deleted {
@@ -163,7 +165,7 @@ impl Ledger {
     }
 
     /// Targets with at least one live decision.
-    pub fn active(&self, now: UnixMillis) -> usize {
+    pub fn active(&self, now: BootMs) -> usize {
         self.targets
             .values()
             .filter(|d| d.values().any(|l| l.expires_ms > now))
@@ -171,7 +173,7 @@ impl Ledger {
     }
 
     /// Live targets per origin of their longest decision (for usage metrics).
-    pub fn active_by_origin(&self, now: UnixMillis) -> BTreeMap<String, u64> {
+    pub fn active_by_origin(&self, now: BootMs) -> BTreeMap<String, u64> {
         let mut by_origin = BTreeMap::new();
         for decisions in self.targets.values() {
             if let Some(l) = longest(decisions, now) {
@@ -181,7 +183,7 @@ impl Ledger {
         by_origin
     }
 
-    fn insert(&mut self, ban: Ban, now: UnixMillis) {
+    fn insert(&mut self, ban: Ban, now: BootMs) {
         let Ok(remaining) = u64::try_from(ban.remaining_ms) else {
             return;
         };
@@ -197,7 +199,7 @@ impl Ledger {
             }
         };
         let live = Live {
-            expires_ms: now.saturating_add(remaining),
+            expires_ms: now + Duration::from_millis(remaining),
             reason: ban.reason,
             origin,
         };
@@ -209,17 +211,17 @@ impl Ledger {
 }
 
 /// The block a target calls for: as long as its longest live decision, with that one's reason.
-fn item(target: Target, decisions: &Decisions, now: UnixMillis) -> Option<SyncItem> {
+fn item(target: Target, decisions: &Decisions, now: BootMs) -> Option<SyncItem> {
     let l = longest(decisions, now)?;
     Some(SyncItem {
         target,
-        ttl_ms: l.expires_ms - now,
+        ttl_ms: l.expires_ms.saturating_since(now).as_millis() as u64,
         reason: l.reason.clone(),
     })
 }
 
 /// The longest live decision (of equally long ones, the one with the greatest key, as before).
-fn longest(decisions: &Decisions, now: UnixMillis) -> Option<&Live> {
+fn longest(decisions: &Decisions, now: BootMs) -> Option<&Live> {
     decisions
         .list
         .iter()
@@ -231,8 +233,9 @@ fn longest(decisions: &Decisions, now: UnixMillis) -> Option<&Live> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::testing::{boot, ms};
 
-    const NOW: UnixMillis = 1_000_000;
+    const NOW: BootMs = boot(1_000_000);
 
     fn ban(id: i64, target: &str, remaining_ms: i64) -> Ban {
         Ban {
@@ -290,10 +293,10 @@ mod tests {
         let req = l.startup(
             &src(),
             vec![ban(3, "198.51.100.0/24", 50_000)],
-            NOW + 10_000,
+            NOW + ms(10_000),
         );
         assert_eq!(ttls(&req), vec![("198.51.100.0/24".into(), 50_000)]);
-        assert_eq!(l.active(NOW + 10_000), 1);
+        assert_eq!(l.active(NOW + ms(10_000)), 1);
     }
 
     #[test]
@@ -323,13 +326,23 @@ mod tests {
             vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000)],
             NOW,
         );
-        let req = l.delta(&src(), vec![], vec![ban(2, "192.0.2.9", -1)], NOW + 1000);
+        let req = l.delta(
+            &src(),
+            vec![],
+            vec![ban(2, "192.0.2.9", -1)],
+            NOW + ms(1000),
+        );
         assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 299_000)]);
         assert!(req.remove.is_empty());
-        let req = l.delta(&src(), vec![], vec![ban(1, "192.0.2.9", -1)], NOW + 2000);
+        let req = l.delta(
+            &src(),
+            vec![],
+            vec![ban(1, "192.0.2.9", -1)],
+            NOW + ms(2000),
+        );
         assert!(req.items.is_empty());
         assert_eq!(req.remove, vec!["192.0.2.9".parse().unwrap()]);
-        assert_eq!(l.active(NOW + 2000), 0);
+        assert_eq!(l.active(NOW + ms(2000)), 0);
     }
 
     #[test]
@@ -384,9 +397,9 @@ mod tests {
         );
         assert_eq!(ttls(&req), vec![("192.0.2.3".into(), 1)]);
         // The one live decision ran out: a later delta touching it removes it.
-        let req = l.delta(&src(), vec![], vec![], NOW + 5);
+        let req = l.delta(&src(), vec![], vec![], NOW + ms(5));
         assert!(req.items.is_empty() && req.remove.is_empty());
-        let req = l.delta(&src(), vec![ban(4, "192.0.2.3", -1)], vec![], NOW + 5);
+        let req = l.delta(&src(), vec![ban(4, "192.0.2.3", -1)], vec![], NOW + ms(5));
         assert_eq!(req.remove.len(), 1);
     }
 }

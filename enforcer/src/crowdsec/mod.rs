@@ -30,9 +30,10 @@ use self::{
     ledger::Ledger,
 };
 use crate::{
-    block::{Source, now_ms},
+    block::Source,
     error::Chain,
     protocol::{CrowdsecStatus, Reply, Request, Response, SyncReply},
+    time::WallMs,
 };
 
 /// The source name of CrowdSec's blocks.
@@ -160,7 +161,7 @@ impl<E: Engine> Bouncer<E> {
             metrics: Metrics {
                 on: config.usage_metrics,
                 last_push: None,
-                started: now_ms() / 1000,
+                started: WallMs::now().unix_secs(),
                 counted_before: Traffic::default(),
             },
             engine_ready: Some(engine_ready),
@@ -197,7 +198,7 @@ impl<E: Engine> Bouncer<E> {
                         let mut s = self.status.lock().expect("status lock");
                         s.errors += 1;
                         s.last_error = Some(Chain(&e).to_string());
-                        s.last_error_ms = Some(now_ms());
+                        s.last_error_ms = Some(WallMs::now());
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF.max(self.update_frequency));
@@ -213,9 +214,9 @@ impl<E: Engine> Bouncer<E> {
         let bytes = self.lapi.pull(full).await?;
         let fetched = started.elapsed();
         let body = StreamBody::parse(&bytes).map_err(|e| LapiError::Garbage(e.to_string()))?;
-        let now = now_ms();
+        let now = WallMs::now();
         // Decisions' ends are kept on the boot clock: a wall-clock step must not end them.
-        let since_boot = crate::time::boot_ms();
+        let since_boot = crate::time::BootMs::now();
         let decisions = body.new.len();
         let request = if full {
             self.ignored.clear();
@@ -261,7 +262,7 @@ impl<E: Engine> Bouncer<E> {
         if full {
             s.last_full_pull_ms = Some(now);
         }
-        s.active = self.ledger.active(crate::time::boot_ms());
+        s.active = self.ledger.active(crate::time::BootMs::now());
         s.applied += reply.applied as u64;
         s.pending += reply.pending as u64;
         s.refused = self.refused.len() as u64;
@@ -398,7 +399,7 @@ impl<E: Engine> Bouncer<E> {
             _ => self.metrics.counted_before.clone(),
         };
         let body = usage_metrics(
-            &self.ledger.active_by_origin(crate::time::boot_ms()),
+            &self.ledger.active_by_origin(crate::time::BootMs::now()),
             &counted.since(&self.metrics.counted_before),
             self.metrics.started,
             window,
@@ -455,7 +456,7 @@ fn usage_metrics(
             "utc_startup_timestamp": started,
             "os": {"name": "linux", "version": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()},
             "metrics": [{
-                "meta": {"window_size_seconds": window_secs, "utc_now_timestamp": now_ms() / 1000},
+                "meta": {"window_size_seconds": window_secs, "utc_now_timestamp": WallMs::now().unix_secs()},
                 "items": items,
             }],
         }]

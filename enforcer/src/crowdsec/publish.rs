@@ -17,11 +17,11 @@ use serde::Deserialize;
 
 use super::{Engine, LapiError, StatusHandle, config::CrowdsecConfig};
 use crate::{
-    block::now_ms,
     error::Chain,
     outbox::{OutboxBatch, OutboxRequest, PublicationKind, Queued, Sent},
     protocol::{PublishStatus, Reply, Request, Response},
     target::Target,
+    time::WallMs,
 };
 
 /// Most alerts in one `POST /v1/alerts`.
@@ -97,7 +97,7 @@ impl<E: Engine> Publisher<E> {
                 self.update(|s| {
                     s.errors += 1;
                     s.last_error = Some(Chain(&e).to_string());
-                    s.last_error_ms = Some(now_ms());
+                    s.last_error_ms = Some(WallMs::now());
                 });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -134,7 +134,7 @@ impl<E: Engine> Publisher<E> {
         }
         self.update(|s| {
             s.sent += count;
-            s.last_sent_ms = Some(now_ms());
+            s.last_sent_ms = Some(WallMs::now());
         });
     }
 
@@ -168,7 +168,7 @@ impl<E: Engine> Publisher<E> {
         if bans.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
+        let now = WallMs::now();
         let (live, over): (Vec<Queued>, Vec<Queued>) = std::mem::take(bans)
             .into_iter()
             .partition(|q| remaining(q, now).is_some());
@@ -220,7 +220,7 @@ fn done(q: &Queued, added: Vec<i64>) -> Sent {
 }
 
 /// A ban's remaining time as a Go duration (`None`: it is over, or nearly).
-fn remaining(q: &Queued, now: u64) -> Option<String> {
+fn remaining(q: &Queued, now: WallMs) -> Option<String> {
     match &q.publication.kind {
         PublicationKind::Ban {
             expires_ms: None, ..
@@ -229,8 +229,8 @@ fn remaining(q: &Queued, now: u64) -> Option<String> {
             expires_ms: Some(e),
             ..
         } => {
-            let left = e.saturating_sub(now);
-            (left >= 1000).then(|| format!("{}s", left / 1000))
+            let left = e.saturating_since(now).as_secs();
+            (left >= 1).then(|| format!("{left}s"))
         }
         PublicationKind::Unban { .. } => None,
     }
@@ -246,7 +246,7 @@ fn scope_value(t: &Target) -> (&'static str, String) {
 }
 
 /// The alert for one ban, as `cscli decisions add` builds it (LAPI 1.4 requires every field).
-fn alert(q: &Queued, now: u64) -> serde_json::Value {
+fn alert(q: &Queued, now: WallMs) -> serde_json::Value {
     let PublicationKind::Ban {
         scenario, reason, ..
     } = &q.publication.kind
@@ -254,7 +254,7 @@ fn alert(q: &Queued, now: u64) -> serde_json::Value {
         unreachable!("only bans become alerts")
     };
     let (scope, value) = scope_value(&q.publication.target);
-    let at = humantime::format_rfc3339_seconds(crate::block::from_ms(now)).to_string();
+    let at = humantime::format_rfc3339_seconds(now.to_system_time()).to_string();
     let message = if reason.is_empty() {
         format!("{} blocked {value}", q.publication.source)
     } else {

@@ -2,13 +2,15 @@
 //! already current. The daemon is the maps' one writer; this is the only code that writes
 //! block entries.
 
+use std::time::Duration;
+
 use enforcer_common::BlockValue;
 
 use crate::{
     block::{KernelEntry, Mode},
     datapath::{BlockMaps, MapsError},
     target::Target,
-    time::TimeBase,
+    time::{BootNs, TimeBase},
 };
 
 /// The kernel block and allowlist maps, as the engine uses them (a fake stands in for them in
@@ -74,13 +76,15 @@ impl KernelMap for BlockMaps {
 
 /// How far apart two boot-clock deadlines may be and still count as the same (the wall clock
 /// slews a little between the base a deadline was written under and the current one).
-const SAME_DEADLINE_NS: u64 = 5_000_000;
+const SAME_DEADLINE: Duration = Duration::from_millis(5);
 
 /// The boot-clock deadline (ns) of an entry under `base`; 0 = never. Converted with the
 /// ledger's base, not the wall clock of the moment, so a wall-clock step that the ledger has
 /// not seen yet cannot end (or lengthen) a kernel entry.
-fn deadline_ns(entry: &KernelEntry, base: &TimeBase) -> u64 {
-    entry.expires_ms.map_or(0, |ms| base.boot_deadline_ns(ms))
+fn deadline_ns(entry: &KernelEntry, base: &TimeBase) -> BootNs {
+    entry
+        .expires_ms
+        .map_or(BootNs::NEVER, |ms| base.boot_deadline_ns(ms))
 }
 
 /// Whether `current` already says what `entry` calls for (mode, and the deadline within
@@ -88,10 +92,11 @@ fn deadline_ns(entry: &KernelEntry, base: &TimeBase) -> u64 {
 pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>, base: &TimeBase) -> bool {
     let Some(v) = current else { return false };
     let wanted = deadline_ns(entry, base);
-    let close = if wanted == 0 || v.expires_ns == 0 {
-        wanted == v.expires_ns
+    let current = BootNs::from_kernel(v.expires_ns);
+    let close = if wanted == BootNs::NEVER || current == BootNs::NEVER {
+        wanted == current
     } else {
-        wanted.abs_diff(v.expires_ns) < SAME_DEADLINE_NS
+        wanted.abs_diff(current) < SAME_DEADLINE
     };
     close && v.mode == entry.mode.to_kernel()
 }
@@ -117,7 +122,7 @@ pub fn only_strengthens(before: Option<&KernelEntry>, after: Option<&KernelEntry
 /// The map value for `entry`, keeping the hit counters of `current`.
 pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>, base: &TimeBase) -> BlockValue {
     let mut value = current.unwrap_or_default();
-    value.expires_ns = deadline_ns(entry, base);
+    value.expires_ns = deadline_ns(entry, base).kernel();
     value.mode = entry.mode.to_kernel();
     value
 }
@@ -174,7 +179,10 @@ mod tests {
     use super::*;
 
     fn e(mode: Mode, expires_ms: Option<u64>) -> KernelEntry {
-        KernelEntry { expires_ms, mode }
+        KernelEntry {
+            expires_ms: expires_ms.map(crate::time::testing::wall),
+            mode,
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@ use enforcer_common::BlockValue;
 
 use super::{ledger::Ledger, refusal::Refusal};
 use crate::{
-    block::{Mode, Source, TargetBlocks, now_ms, to_ms},
-    datapath::{BlockMaps, clock},
+    block::{Mode, Source, TargetBlocks},
+    datapath::BlockMaps,
     interfaces::{Interfaces, Origin, Tracked},
     protocol::{
         AllowEntry, Counters, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry,
@@ -17,6 +17,7 @@ use crate::{
     },
     scope::ScopeSet,
     target::Target,
+    time::{BootNs, WallMs},
 };
 
 /// A `list` page holds the limit the request names, at most [`MAX_LIST_PAGE`] (its default):
@@ -128,7 +129,7 @@ impl View<'_> {
             packets: kernel.hit_packets,
             bytes: kernel.hit_bytes,
             last_hit_ms: (kernel.last_hit_ns != 0)
-                .then(|| to_ms(clock::boot_ns_to_wall(kernel.last_hit_ns))),
+                .then(|| BootNs::from_kernel(kernel.last_hit_ns).to_wall()),
         }
     }
 
@@ -238,7 +239,7 @@ impl View<'_> {
     }
 
     fn status(&mut self) -> StatusReply {
-        let breakers = self.ledger.policy_mut().open_breakers(now_ms());
+        let breakers = self.ledger.policy_mut().open_breakers(WallMs::now());
         let ledger = &*self.ledger;
         let maps = self
             .maps

@@ -18,12 +18,12 @@ use super::{
 };
 use crate::{
     audit::{Action, Event},
-    block::UnixMillis,
     datapath::MapsError,
     error::Chain,
     protocol::Reply,
     store::{Store, StoreError, StoreOp},
     target::Target,
+    time::WallMs,
 };
 
 /// The durable store, as a round uses it (an in-memory one stands in for it in unit tests).
@@ -83,7 +83,7 @@ where
     K: KernelMap + ?Sized,
 {
     // Publications go in the same commit as the block changes they come from.
-    let plan = ledger.plan_publications(&change, crate::block::now_ms());
+    let plan = ledger.plan_publications(&change, WallMs::now());
     change.ops.extend(plan.ops());
     let mut failed = BTreeMap::new();
     let early = write_early(ledger, kernel, &change, &mut failed);
@@ -223,7 +223,7 @@ pub fn run<S, K>(
     store: &mut S,
     kernel: &mut K,
     requests: Vec<Write>,
-    now: UnixMillis,
+    now: WallMs,
 ) -> Answered
 where
     S: BlockStore + ?Sized,

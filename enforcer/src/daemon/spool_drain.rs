@@ -9,9 +9,9 @@ use tokio::sync::oneshot;
 
 use super::{engine::Command, ledger::Replay, refusal::Refusal};
 use crate::{
-    block::{UnixMillis, now_ms},
     protocol::{BatchRequest, BlockRequest, Request},
     spool::{Spooled, parse_entry, pending, replay_id, spool_dir},
+    time::WallMs,
 };
 
 /// The TTL a block gets when its request names none: the source's own default, else the
@@ -36,11 +36,11 @@ impl DefaultTtls {
 /// in for a request that left the TTL to the daemon.
 pub fn adjust(
     request: Request,
-    spooled_ms: UnixMillis,
-    now: UnixMillis,
+    spooled_ms: WallMs,
+    now: WallMs,
     defaults: &DefaultTtls,
 ) -> Option<Request> {
-    let elapsed = now.saturating_sub(spooled_ms);
+    let elapsed = now.saturating_since(spooled_ms).as_millis() as u64;
     let source = match &request {
         Request::Block(b) => Some(b.source.clone()),
         Request::BlockBatch(b) => Some(b.source.clone()),
@@ -107,7 +107,7 @@ pub async fn drain(
             return done;
         }
     };
-    let now = now_ms();
+    let now = WallMs::now();
     let mut waiting = Vec::new();
     for path in files {
         let entry = match read_entry(&path) {
@@ -216,6 +216,7 @@ mod tests {
     use crate::{
         block::{Reason, Source},
         protocol::{BatchItem, BlockRequest},
+        time::testing::wall,
     };
 
     const H: u64 = 3_600_000;
@@ -246,25 +247,31 @@ mod tests {
             global: Duration::from_secs(600),
             ..DefaultTtls::default()
         };
-        assert_eq!(ttl(adjust(block(Some(3600)), 0, H - 600_000, d)), Some(600));
         assert_eq!(
-            ttl(adjust(block(Some(3600)), 0, 1, d)),
+            ttl(adjust(block(Some(3600)), wall(0), wall(H - 600_000), d)),
+            Some(600)
+        );
+        assert_eq!(
+            ttl(adjust(block(Some(3600)), wall(0), wall(1), d)),
             Some(3600),
             "rounded up, never to zero"
         );
         assert_eq!(
-            ttl(adjust(block(Some(3600)), 0, H, d)),
+            ttl(adjust(block(Some(3600)), wall(0), wall(H), d)),
             None,
             "already over"
         );
-        assert_eq!(ttl(adjust(block(Some(3600)), 0, 2 * H, d)), None);
         assert_eq!(
-            ttl(adjust(block(None), 0, 60_000, d)),
+            ttl(adjust(block(Some(3600)), wall(0), wall(2 * H), d)),
+            None
+        );
+        assert_eq!(
+            ttl(adjust(block(None), wall(0), wall(60_000), d)),
             Some(540),
             "the daemon's default TTL"
         );
         assert_eq!(
-            ttl(adjust(block(Some(60)), 10_000, 0, d)),
+            ttl(adjust(block(Some(60)), wall(10_000), wall(0), d)),
             Some(60),
             "a clock that went back"
         );
@@ -277,7 +284,10 @@ mod tests {
             global: Duration::from_secs(3600),
             per_source: [(source, Duration::from_secs(600))].into_iter().collect(),
         };
-        assert_eq!(ttl(adjust(block(None), 0, 60_000, per_source)), Some(540));
+        assert_eq!(
+            ttl(adjust(block(None), wall(0), wall(60_000), per_source)),
+            Some(540)
+        );
     }
 
     #[test]
@@ -301,8 +311,8 @@ mod tests {
         });
         let Some(Request::BlockBatch(b)) = adjust(
             batch,
-            0,
-            120_000,
+            wall(0),
+            wall(120_000),
             &DefaultTtls {
                 global: Duration::from_secs(1),
                 ..DefaultTtls::default()
@@ -321,8 +331,8 @@ mod tests {
         assert!(matches!(
             adjust(
                 unblock,
-                0,
-                10 * H,
+                wall(0),
+                wall(10 * H),
                 &DefaultTtls {
                     global: Duration::from_secs(1),
                     ..DefaultTtls::default()

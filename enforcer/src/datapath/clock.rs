@@ -3,7 +3,8 @@
 //! Boot time keeps counting across suspend but starts again at zero on every boot. Deadlines are
 //! therefore stored as wall-clock time and translated to boot time whenever they are written
 //! into a map, with the daemon's time base (`crate::time::TimeBase`), which follows wall-clock
-//! steps, rather than the wall clock of the moment.
+//! steps, rather than the wall clock of the moment. The types and their conversions
+//! (`WallMs`, `BootMs`, `BootNs`) live in `crate::time`.
 //!
 //! The XDP program does not read the boot clock itself on a hit (a clock-source read, ~40 ns on
 //! a VM): it reads the coarse monotonic clock (`bpf_ktime_get_coarse_ns`, the time of the last
@@ -14,9 +15,10 @@
 //! the true one by up to one tick (4 ms at HZ=250), and the offset is measured low. While no
 //! daemon runs, a suspend delays every expiry by the time suspended, until a daemon starts.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-/// Nanoseconds of `CLOCK_BOOTTIME` now.
+/// Nanoseconds of `CLOCK_BOOTTIME` now, as the kernel's maps hold them (typed:
+/// `crate::time::BootNs::now`).
 pub fn boottime_ns() -> u64 {
     read_clock(nix::time::ClockId::CLOCK_BOOTTIME)
 }
@@ -38,52 +40,4 @@ pub fn boot_offset_ns() -> u64 {
     let boot = read_clock(nix::time::ClockId::CLOCK_BOOTTIME);
     let mono = read_clock(nix::time::ClockId::CLOCK_MONOTONIC);
     boot.saturating_sub(mono)
-}
-
-/// The boot-time value the data path compares with, for a wall-clock `deadline`.
-///
-/// A deadline already past maps to 1 (expired for the kernel; 0 would mean "never").
-pub fn deadline_to_boot_ns(deadline: SystemTime) -> u64 {
-    let now_wall = SystemTime::now();
-    let now_boot = boottime_ns();
-    match deadline.duration_since(now_wall) {
-        Ok(left) => now_boot.saturating_add(duration_ns(left)),
-        Err(_) => 1,
-    }
-}
-
-/// The wall-clock time of a boot-time value (for showing counters' "last hit").
-pub fn boot_ns_to_wall(boot_ns: u64) -> SystemTime {
-    let now_wall = SystemTime::now();
-    let now_boot = boottime_ns();
-    if boot_ns >= now_boot {
-        now_wall + Duration::from_nanos(boot_ns - now_boot)
-    } else {
-        now_wall - Duration::from_nanos(now_boot - boot_ns)
-    }
-}
-
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_translate_both_ways() {
-        let deadline = SystemTime::now() + Duration::from_secs(60);
-        let boot = deadline_to_boot_ns(deadline);
-        let back = boot_ns_to_wall(boot);
-        let skew = back
-            .duration_since(deadline)
-            .unwrap_or_else(|e| e.duration());
-        assert!(skew < Duration::from_millis(5), "round trip skew {skew:?}");
-    }
-
-    #[test]
-    fn past_deadline_is_expired_not_permanent() {
-        assert_eq!(deadline_to_boot_ns(SystemTime::UNIX_EPOCH), 1);
-    }
 }

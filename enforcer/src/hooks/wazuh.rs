@@ -45,7 +45,7 @@ use serde_json::Value;
 
 use super::line_reader::{LineError, LineReader};
 use crate::{
-    block::{Reason, Source, now_ms},
+    block::{Reason, Source},
     client::{Delivery, deliver},
     config::Config,
     duration::{HumanDuration, format_secs},
@@ -53,6 +53,7 @@ use crate::{
     protocol::{BlockRequest, DEFAULT_SOCKET, ErrorCode, Outcome, Reply, Request},
     spool,
     target::Target,
+    time::WallMs,
 };
 
 /// The longest message execd sends, newline included.
@@ -708,7 +709,9 @@ impl Hook {
                     |e| {
                         format!(
                             "for {}",
-                            format_secs(e.saturating_sub(now_ms()).div_ceil(1000))
+                            format_secs(
+                                e.saturating_since(WallMs::now()).as_millis().div_ceil(1000) as u64,
+                            )
                         )
                     },
                 );

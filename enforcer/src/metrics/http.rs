@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{Metrics, Outside, exposition::CONTENT_TYPE, render};
-use crate::{block::now_ms, datapath::StatsReader};
+use crate::{datapath::StatsReader, time::WallMs};
 
 /// Largest request head read.
 pub const MAX_REQUEST: usize = 8192;
@@ -85,7 +85,7 @@ impl Endpoint {
             interfaces,
             unjudged,
             spool_depth: crate::spool::depth(&self.state_dir).unwrap_or(0),
-            now_ms: now_ms(),
+            now_ms: WallMs::now(),
         };
         render(&self.metrics, &snapshot, &outside)
     }

@@ -30,7 +30,10 @@ use std::{
 use enforcer_common::{Stats, Unjudged};
 use exposition::{Exposition, Kind, bound_label};
 
-use crate::block::{Mode, Source, TargetBlocks, UnixMillis};
+use crate::{
+    block::{Mode, Source, TargetBlocks},
+    time::WallMs,
+};
 
 /// Most distinct `source` label values per family; further sources are summed as `other`.
 pub const MAX_SOURCE_LABELS: usize = 64;
@@ -72,7 +75,7 @@ pub struct Snapshot {
     /// Blocks waiting for approval.
     pub pending: u64,
     /// The earliest block deadline (Unix ms), for the reaper's lag.
-    pub oldest_deadline_ms: Option<UnixMillis>,
+    pub oldest_deadline_ms: Option<WallMs>,
     /// Attached interfaces: (name, ifindex).
     pub interfaces: Vec<(String, u32)>,
     /// Every configured interface and its state (`protected`, `waiting`, `gone`, `unprotected`).
@@ -285,7 +288,7 @@ pub struct Outside {
     /// Requests waiting in the spool directory.
     pub spool_depth: u64,
     /// Now (Unix ms), for the reaper's lag.
-    pub now_ms: UnixMillis,
+    pub now_ms: WallMs,
 }
 
 fn mode_label(m: Mode) -> &'static str {
@@ -428,7 +431,7 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
     .sample("enforcer_pending_approvals", &[], s.pending as f64);
     let lag = s
         .oldest_deadline_ms
-        .map_or(0, |d| o.now_ms.saturating_sub(d));
+        .map_or(0, |d| o.now_ms.saturating_since(d).as_millis() as u64);
     e.family(
         "enforcer_reaper_lag_seconds",
         Kind::Gauge,
@@ -645,6 +648,7 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::testing::wall;
 
     fn src(s: &str) -> Source {
         s.parse().unwrap()
@@ -675,7 +679,7 @@ mod tests {
             maps: vec![("BLOCK_V4", 2, 1024)],
             breakers: vec![(src("wazuh"), false)],
             pending: 1,
-            oldest_deadline_ms: Some(1_000),
+            oldest_deadline_ms: Some(wall(1_000)),
             interfaces: vec![("eth0".into(), 2)],
             interface_states: vec![("eth0".into(), "protected"), ("eth1".into(), "waiting")],
             clock_steps: 2,
@@ -694,7 +698,7 @@ mod tests {
             interfaces: vec![("eth0".into(), stats)],
             unjudged: vec![("eth0".into(), unjudged)],
             spool_depth: 4,
-            now_ms: 3_500,
+            now_ms: wall(3_500),
         };
         let text = render(&m, &m.snapshot(), &o);
         for line in [
@@ -754,8 +758,8 @@ mod tests {
         let mut b = SourceBlock {
             source: src("wazuh"),
             reason: Default::default(),
-            created_ms: 0,
-            updated_ms: 0,
+            created_ms: wall(0),
+            updated_ms: wall(0),
             expires_ms: None,
             mode: Mode::Enforce,
             scope: Default::default(),

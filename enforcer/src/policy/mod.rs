@@ -28,9 +28,10 @@ pub use networks::{Escalation, Ipv6Escalate, Widened};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    block::{Mode, Source, UnixMillis},
+    block::{Mode, Source},
     duration::HumanDuration,
     target::Target,
+    time::WallMs,
 };
 
 /// What to do with a source's new blocks once its breaker is open.
@@ -300,7 +301,7 @@ pub struct Ask<'a> {
     pub existing: bool,
     /// When the trigger was made (Unix ms): now, or a spooled trigger's spool time. The rate
     /// limiter charges it then, so a backlog replayed at once meets the rate it arrived at.
-    pub at: UnixMillis,
+    pub at: WallMs,
 }
 
 /// The policy's decision.
@@ -376,16 +377,19 @@ enum BreakerCheck {
     },
 }
 
+/// The window a source's rate of new blocks is counted over.
+const BREAKER_WINDOW: Duration = Duration::from_secs(60);
+
 /// A source's circuit breaker.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Breaker {
     /// Times of recent new blocks (last minute).
     #[serde(skip)]
-    recent: VecDeque<UnixMillis>,
+    recent: VecDeque<WallMs>,
     /// Open until (Unix ms).
-    pub open_until: Option<UnixMillis>,
+    pub open_until: Option<WallMs>,
     /// When it opened.
-    pub opened_at: Option<UnixMillis>,
+    pub opened_at: Option<WallMs>,
 }
 
 /// An open breaker, for status.
@@ -394,9 +398,9 @@ pub struct BreakerState {
     /// Source.
     pub source: Source,
     /// Opened at (Unix ms).
-    pub opened_ms: UnixMillis,
+    pub opened_ms: WallMs,
     /// Closes at (Unix ms).
-    pub closes_ms: UnixMillis,
+    pub closes_ms: WallMs,
     /// What it does to new blocks.
     pub action: BreakerAction,
 }
@@ -634,17 +638,17 @@ impl Policy {
         if b.open_until.is_some_and(|u| u <= at) {
             *b = Breaker::default();
         }
-        while b.recent.front().is_some_and(|t| *t + 60_000 <= at) {
+        while b.recent.front().is_some_and(|t| *t + BREAKER_WINDOW <= at) {
             b.recent.pop_front();
         }
         let in_window = b
             .recent
             .iter()
-            .filter(|&&t| t + 60_000 > at && t <= at)
+            .filter(|&&t| t + BREAKER_WINDOW > at && t <= at)
             .count();
         let mut opened = false;
         if !ask.existing && b.open_until.is_none() && in_window >= limit as usize {
-            b.open_until = Some(at + cooldown.as_millis() as u64);
+            b.open_until = Some(at + cooldown);
             b.opened_at = Some(at);
             opened = true;
         }
@@ -682,7 +686,7 @@ impl Policy {
     }
 
     /// Open breakers.
-    pub fn open_breakers(&mut self, now: UnixMillis) -> Vec<BreakerState> {
+    pub fn open_breakers(&mut self, now: WallMs) -> Vec<BreakerState> {
         let mut out = Vec::new();
         for (s, b) in &mut self.breakers {
             if b.open_until.is_some_and(|u| u <= now) {
@@ -736,7 +740,7 @@ impl Policy {
     /// The wall clock stepped by `by_ms`: the breakers' times move with it, so a step neither
     /// closes an open breaker nor forgets the rate.
     pub fn shift_clock(&mut self, by_ms: i64) {
-        let shift = |t: &mut UnixMillis| *t = t.saturating_add_signed(by_ms);
+        let shift = |t: &mut WallMs| *t = t.shifted(by_ms);
         for b in self.breakers.values_mut() {
             b.recent
                 .iter_mut()
@@ -779,6 +783,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::testing::wall;
 
     fn ask<'a>(target: &str, source: &'a Source) -> Ask<'a> {
         Ask {
@@ -790,11 +795,11 @@ mod tests {
             force: false,
             approved: false,
             existing: false,
-            at: 0,
+            at: wall(0),
         }
     }
 
-    fn at(ask: Ask<'_>, ms: UnixMillis) -> Ask<'_> {
+    fn at(ask: Ask<'_>, ms: WallMs) -> Ask<'_> {
         Ask { at: ms, ..ask }
     }
 
@@ -913,19 +918,22 @@ mod tests {
         for i in 0..3 {
             assert_eq!(
                 mode(
-                    p.decide(&at(ask(&format!("192.0.2.{i}"), &s), 1000), &none, 0)
+                    p.decide(&at(ask(&format!("192.0.2.{i}"), &s), wall(1000)), &none, 0)
                         .0
                 ),
                 Mode::Enforce
             );
         }
-        let (d, ev) = p.decide(&at(ask("192.0.2.9", &s), 1000), &none, 0);
+        let (d, ev) = p.decide(&at(ask("192.0.2.9", &s), wall(1000)), &none, 0);
         assert!(matches!(ev, BreakerEvent::Opened));
         assert_eq!(mode(d), Mode::Shadow);
-        assert_eq!(p.open_breakers(2000).len(), 1);
-        assert!(p.open_breakers(61_001).is_empty());
+        assert_eq!(p.open_breakers(wall(2000)).len(), 1);
+        assert!(p.open_breakers(wall(61_001)).is_empty());
         assert_eq!(
-            mode(p.decide(&at(ask("192.0.2.10", &s), 61_001), &none, 0).0),
+            mode(
+                p.decide(&at(ask("192.0.2.10", &s), wall(61_001)), &none, 0)
+                    .0
+            ),
             Mode::Enforce
         );
     }
@@ -945,17 +953,21 @@ mod tests {
         // never more than one a minute, so the breaker stays closed.
         let mut p = Policy::new(cfg.clone(), Duration::from_secs(600));
         for i in 0..8u64 {
-            let (d, _) = p.decide(&at(ask(&format!("192.0.2.{i}"), &s), i * 75_000), &none, 0);
+            let (d, _) = p.decide(
+                &at(ask(&format!("192.0.2.{i}"), &s), wall(i * 75_000)),
+                &none,
+                0,
+            );
             assert!(applied(&d), "trigger {i}: {d:?}");
         }
-        assert!(p.open_breakers(10 * 60_000).is_empty());
+        assert!(p.open_breakers(wall(10 * 60_000)).is_empty());
         // Six within five seconds: the fourth opens it at its own time, and the cooldown runs
         // from then (closed again ten minutes later, whenever the backlog is decided).
         let mut p = Policy::new(cfg.clone(), Duration::from_secs(600));
         let decided: Vec<_> = (0..6u64)
             .map(|i| {
                 p.decide(
-                    &at(ask(&format!("192.0.2.{i}"), &s), 1000 + i * 1000),
+                    &at(ask(&format!("192.0.2.{i}"), &s), wall(1000 + i * 1000)),
                     &none,
                     0,
                 )
@@ -970,22 +982,22 @@ mod tests {
             ["breaker"; 3]
         );
         assert!(matches!(decided[3].1, BreakerEvent::Opened));
-        let open = p.open_breakers(4000);
+        let open = p.open_breakers(wall(4000));
         assert_eq!(
             (open[0].opened_ms, open[0].closes_ms),
-            (4000, 4000 + 600_000)
+            (wall(4000), wall(4000 + 600_000))
         );
-        assert!(p.open_breakers(4000 + 600_000).is_empty());
+        assert!(p.open_breakers(wall(4000 + 600_000)).is_empty());
         // A trigger older than the newest charged counts against the minute before its time.
         let mut p = Policy::new(cfg, Duration::from_secs(600));
         for (i, t) in [200_000u64, 100_000, 100_500, 150_000]
             .into_iter()
             .enumerate()
         {
-            let (d, _) = p.decide(&at(ask(&format!("192.0.2.{i}"), &s), t), &none, 0);
+            let (d, _) = p.decide(&at(ask(&format!("192.0.2.{i}"), &s), wall(t)), &none, 0);
             assert!(applied(&d), "{t}: {d:?}");
         }
-        let (d, _) = p.decide(&at(ask("192.0.2.9", &s), 151_000), &none, 0);
+        let (d, _) = p.decide(&at(ask("192.0.2.9", &s), wall(151_000)), &none, 0);
         assert_eq!(refused(&d), "breaker", "three in the minute before 151 s");
     }
 }

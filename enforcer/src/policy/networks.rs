@@ -8,17 +8,13 @@
 //! allowlisted address is not widened to; the single address is blocked instead, and the
 //! reply and audit line say so.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use ipnet::{IpNet, Ipv6Net};
 use serde::Deserialize;
 
 use super::{Allowlist, Policy};
-use crate::{
-    block::{Source, UnixMillis},
-    duration::HumanDuration,
-    target::Target,
-};
+use crate::{block::Source, duration::HumanDuration, target::Target, time::WallMs};
 
 /// `[policy.ipv6_escalate]`: when `after` distinct widened networks of one `/to` network are
 /// blocked within `window`, the `/to` network is blocked too (through the whole policy: the
@@ -81,14 +77,14 @@ impl Widened {
 /// A `/to` network's recently blocked networks, oldest first, each once.
 #[derive(Clone, Debug, Default)]
 pub struct NetworkHistory {
-    by_group: BTreeMap<Target, Vec<(UnixMillis, Target)>>,
+    by_group: BTreeMap<Target, Vec<(WallMs, Target)>>,
 }
 
 impl NetworkHistory {
     /// Moves every time by `by_ms` (the wall clock stepped).
     pub fn shift(&mut self, by_ms: i64) {
         for (t, _) in self.by_group.values_mut().flatten() {
-            *t = t.saturating_add_signed(by_ms);
+            *t = t.shifted(by_ms);
         }
     }
 
@@ -98,11 +94,11 @@ impl NetworkHistory {
         &mut self,
         group: Target,
         net: Target,
-        now: UnixMillis,
+        now: WallMs,
         window_ms: u64,
         keep: usize,
     ) -> usize {
-        let since = now.saturating_sub(window_ms);
+        let since = now.saturating_sub(Duration::from_millis(window_ms));
         let seen = self.by_group.entry(group).or_default();
         seen.retain(|&(t, n)| t >= since && n != net);
         seen.push((now, net));
@@ -188,7 +184,7 @@ impl Policy {
 
     /// Records that the widened network `net` was blocked at `now`; returns the broader network
     /// to block when `[policy.ipv6_escalate]` says so (its history then starts over).
-    pub fn escalation(&mut self, net: Target, now: UnixMillis) -> Option<Escalation> {
+    pub fn escalation(&mut self, net: Target, now: WallMs) -> Option<Escalation> {
         let e = self.config.ipv6_escalate.as_ref()?;
         if net.is_v4() || net.prefix_len() <= e.to {
             return None;
@@ -215,7 +211,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::policy::{AllowOrigin, PolicyConfig, SourcePolicy};
+    use crate::{
+        policy::{AllowOrigin, PolicyConfig, SourcePolicy},
+        time::testing::wall,
+    };
 
     fn t(s: &str) -> Target {
         s.parse().unwrap()
@@ -282,19 +281,19 @@ mod tests {
     fn escalation_needs_after_distinct_networks_of_one_group_within_the_window() {
         let mut p = policy(WIDENING);
         let hour = 3_600_000;
-        assert_eq!(p.escalation(t("2001:db8:1:1::/64"), 0), None);
+        assert_eq!(p.escalation(t("2001:db8:1:1::/64"), wall(0)), None);
         assert_eq!(
-            p.escalation(t("2001:db8:1:1::/64"), 10),
+            p.escalation(t("2001:db8:1:1::/64"), wall(10)),
             None,
             "the same one again"
         );
         assert_eq!(
-            p.escalation(t("2001:db8:2:1::/64"), 20),
+            p.escalation(t("2001:db8:2:1::/64"), wall(20)),
             None,
             "another /48"
         );
-        assert_eq!(p.escalation(t("2001:db8:1:2::/64"), 30), None);
-        let e = p.escalation(t("2001:db8:1:3::/64"), 40).unwrap();
+        assert_eq!(p.escalation(t("2001:db8:1:2::/64"), wall(30)), None);
+        let e = p.escalation(t("2001:db8:1:3::/64"), wall(40)).unwrap();
         assert_eq!(e.target, t("2001:db8:1::/48"));
         assert!(
             e.why.starts_with("3 networks of 2001:db8:1::/48"),
@@ -302,10 +301,10 @@ mod tests {
             e.why
         );
         // The history starts over after an escalation.
-        assert_eq!(p.escalation(t("2001:db8:1:4::/64"), 50), None);
+        assert_eq!(p.escalation(t("2001:db8:1:4::/64"), wall(50)), None);
         // Outside the window, earlier networks no longer count.
-        assert_eq!(p.escalation(t("2001:db8:2:2::/64"), hour + 21), None);
-        assert_eq!(p.escalation(t("2001:db8:2:3::/64"), hour + 22), None);
+        assert_eq!(p.escalation(t("2001:db8:2:2::/64"), wall(hour + 21)), None);
+        assert_eq!(p.escalation(t("2001:db8:2:3::/64"), wall(hour + 22)), None);
     }
 
     #[test]

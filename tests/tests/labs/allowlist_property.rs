@@ -310,7 +310,7 @@ fn check(
             force: *force,
             approved: false,
             existing: false,
-            at: 0,
+            at: enforcer::time::WallMs::EPOCH,
         };
         match policy.decide(&ask, &allowlist, 0).0 {
             Decision::Apply { mode, .. } => {

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use enforcer::block::now_ms;
+use enforcer::time::WallMs;
 use enforcer_tests::{
     Lab, SENDER_V4,
     daemon::{Daemon, ok},
@@ -63,7 +63,7 @@ impl FakeWall {
 fn left_ms(d: &Daemon, target: &str) -> Option<i64> {
     let list = d.list(&[]);
     let row = list.iter().find(|b| b.target.to_string() == target)?;
-    Some(row.expires_ms.expect("a timed block") as i64 - now_ms() as i64)
+    Some(row.expires_ms.expect("a timed block").unix_ms() as i64 - WallMs::now().unix_ms() as i64)
 }
 
 fn assert_left_about(d: &Daemon, target: &str, wanted_ms: u64, when: &str) {

@@ -379,7 +379,7 @@ fn decisions_changed_while_the_daemon_is_down_are_applied_at_restart_and_nothing
         kept.expires_ms
             .unwrap()
             .abs_diff(kept_before.expires_ms.unwrap())
-            <= 2_000,
+            <= Duration::from_secs(2),
         "kept with its remaining time"
     );
     Ok(())
@@ -893,9 +893,10 @@ fn several_decisions_for_one_address_block_as_long_as_the_longest_live_one() -> 
         list(d, Some("crowdsec"))
             .into_iter()
             .find(|e| e.target.to_string() == SENDER_V4[1])
-            .and_then(|e| e.expires_ms)
+            .and_then(|e| e.expires_ms.map(|t| t.unix_ms()))
     };
-    let left = |d: &Daemon| expiry(d).map(|e| e.saturating_sub(enforcer::block::now_ms()));
+    let left =
+        |d: &Daemon| expiry(d).map(|e| e.saturating_sub(enforcer::time::WallMs::now().unix_ms()));
     // A fresh LAPI numbers decisions from 1.
     lapi.cscli(&[
         "decisions",

@@ -3,10 +3,11 @@
 use std::{path::Path, time::Duration};
 
 use enforcer::{
-    block::{Mode, now_ms},
+    block::Mode,
     client::Client,
     datapath::AttachedMode,
     protocol::{BatchItem, BatchRequest, Outcome, Reply, Request},
+    time::WallMs,
 };
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
@@ -89,7 +90,7 @@ fn several_sources_keep_a_target_blocked_until_the_last_one_lets_go() {
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h", "--source", "wazuh"]));
     let list = d.list(&[]);
     assert_eq!(list[0].sources.len(), 2);
-    let left = list[0].expires_ms.unwrap() - now_ms();
+    let left = list[0].expires_ms.unwrap().unix_ms() - WallMs::now().unix_ms();
     assert!(
         left > 50 * 60 * 1000,
         "the kernel expiry is the latest source's"
@@ -129,7 +130,7 @@ fn reblocking_extends_but_never_shortens_loses_its_reason_or_demotes_it() {
     assert_eq!(shorter.expires_ms, first.expires_ms);
     let longer = d.block(&[SENDER_V4[1], "--ttl", "2h"]);
     assert_eq!(longer.outcome, Outcome::Extended);
-    assert!(longer.expires_ms.unwrap() > first.expires_ms.unwrap());
+    assert!(longer.expires_ms.unwrap().unix_ms() > first.expires_ms.unwrap().unix_ms());
     let list = d.list(&[]);
     assert_eq!(
         list[0].sources[0].reason.text.as_deref(),
@@ -184,12 +185,14 @@ fn a_block_expires_and_the_reaper_removes_it() {
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
     let r = d.block(&[SENDER_V4[1], "--ttl", "3s"]);
-    let deadline = r.expires_ms.unwrap();
+    let deadline = r.expires_ms.unwrap().unix_ms();
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     // Shortly before its deadline it still drops (the exchange ends SETTLE after sending).
     let probe_at = deadline - 300 - SETTLE.as_millis() as u64;
-    std::thread::sleep(Duration::from_millis(probe_at.saturating_sub(now_ms())));
-    let sent = now_ms();
+    std::thread::sleep(Duration::from_millis(
+        probe_at.saturating_sub(WallMs::now().unix_ms()),
+    ));
+    let sent = WallMs::now().unix_ms();
     assert_eq!(
         lab.passes_to(SENDER_V4[1], RECEIVER_V4),
         0,
@@ -203,7 +206,7 @@ fn a_block_expires_and_the_reaper_removes_it() {
         Duration::from_secs(5),
         || {
             let empty = d.list(&[]).is_empty();
-            Ok(empty.then(now_ms))
+            Ok(empty.then(|| WallMs::now().unix_ms()))
         },
     )
     .unwrap();
@@ -242,12 +245,12 @@ fn the_reaper_removes_each_block_at_its_deadline_not_on_a_periodic_scan() {
     let mut deadlines = Vec::new();
     for (i, phase) in [0, 200, 400, 600, 800].into_iter().enumerate() {
         // Wait for this phase of the next wall-clock second (a time, not a condition).
-        let now = now_ms();
+        let now = WallMs::now().unix_ms();
         let at = (now / 1000 + 1) * 1000 + phase;
         std::thread::sleep(Duration::from_millis(at - now));
         let target = format!("198.51.100.{}", i + 1);
         let r = d.block(&[&target, "--ttl", "3s"]);
-        deadlines.push((target, r.expires_ms.unwrap()));
+        deadlines.push((target, r.expires_ms.unwrap().unix_ms()));
     }
     let mut phases: Vec<u64> = deadlines.iter().map(|(_, ms)| ms % 1000).collect();
     phases.sort_unstable();
@@ -265,7 +268,7 @@ fn the_reaper_removes_each_block_at_its_deadline_not_on_a_periodic_scan() {
     let last = deadlines.iter().map(|(_, ms)| *ms).max().unwrap();
     let expired = wait_for(
         "every block expired in the audit log",
-        Duration::from_millis(last.saturating_sub(now_ms()) + 5000),
+        Duration::from_millis(last.saturating_sub(WallMs::now().unix_ms()) + 5000),
         || {
             let events: Vec<_> = d
                 .audit_events()

@@ -155,7 +155,8 @@ fn a_fail2ban_ban_on_one_host_is_enforced_by_the_fleet_and_lifted_with_it() -> R
     assert_eq!(decisions[0]["type"], "ban");
     // B's block lasts as long as A's (fail2ban's bantime, 600 s), give or take a poll.
     let b_entry = db.list(&["--source", "crowdsec"]);
-    let left = b_entry[0].sources[0].expires_ms.unwrap() - enforcer::block::now_ms();
+    let left = b_entry[0].sources[0].expires_ms.unwrap().unix_ms()
+        - enforcer::time::WallMs::now().unix_ms();
     assert!(
         (590_000..=600_000).contains(&left),
         "B's block ends in {left} ms"

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer::block::now_ms;
+use enforcer::time::WallMs;
 use enforcer_tests::{
     Lab, RECEIVER_IF, SENDER_V4,
     daemon::{Daemon, enforcer_bin, ok},
@@ -127,7 +127,8 @@ fn under_the_units_proc_subset_a_restart_after_a_wall_clock_step_keeps_a_one_hou
                 d.log()
             )
         });
-    let left = row.expires_ms.expect("a timed block") as i64 - now_ms() as i64;
+    let left =
+        row.expires_ms.expect("a timed block").unix_ms() as i64 - WallMs::now().unix_ms() as i64;
     assert!(
         left.abs_diff((DAY_MS + HOUR_MS) as i64) < 120_000,
         "the block ends {left} ms from the real now, not a day and an hour (the daemon's clock is a day ahead)"

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use enforcer::{
     Target,
-    block::{Mode, Source, now_ms},
+    block::{Mode, Source},
     protocol::{BlockReply, Outcome},
+    time::WallMs,
 };
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4,
@@ -188,12 +189,12 @@ fn the_breaker_opens_at_its_rate_and_closes_again() {
         let r = d.block(&[&format!("198.51.100.{i}"), "--source", "feed"]);
         assert_eq!(r.mode, Mode::Enforce);
     }
-    let asked = now_ms();
+    let asked = WallMs::now().unix_ms();
     let r = d.block(&["198.51.100.4", "--source", "feed"]);
     assert_eq!(r.mode, Mode::Shadow, "past the rate: shadow");
     let status = d.status();
     assert_eq!(status.breakers[0].source.as_str(), "feed");
-    let closes = status.breakers[0].closes_ms;
+    let closes = status.breakers[0].closes_ms.unix_ms();
     assert!(
         closes >= asked + 3000,
         "the breaker closes after its 3 s cooldown, not at {}",
@@ -204,7 +205,10 @@ fn the_breaker_opens_at_its_rate_and_closes_again() {
     assert_eq!(d.block(&[SENDER_V4[1]]).mode, Mode::Enforce);
     // It closes by time: not before its cooldown, and soon after.
     let closed = wait_for("the breaker to close", Duration::from_secs(8), || {
-        Ok(d.status().breakers.is_empty().then(now_ms))
+        Ok(d.status()
+            .breakers
+            .is_empty()
+            .then(|| WallMs::now().unix_ms()))
     })
     .unwrap();
     assert!(
@@ -293,7 +297,7 @@ fn repeat_offenders_get_escalated_ttls() {
         &lab,
         "default_ttl = \"1m\"\n[policy]\nmax_ttl = \"2d\"\n[policy.repeat_offenders]\nwindow = \"1d\"\nttls = [\"1m\", \"1h\", \"1d\", \"7d\"]\n",
     );
-    let left = |r: &BlockReply| (r.expires_ms.unwrap() - now_ms()) / 1000;
+    let left = |r: &BlockReply| (r.expires_ms.unwrap().unix_ms() - WallMs::now().unix_ms()) / 1000;
     let mut ttls = Vec::new();
     for _ in 0..4 {
         let r = d.block(&[SENDER_V4[1], "--source", "wazuh"]);
@@ -336,9 +340,9 @@ fn broad_blocks_wait_for_approval_and_expire_unapproved() {
         "no pending block",
     );
 
-    let asked = now_ms();
+    let asked = WallMs::now().unix_ms();
     d.block(&["203.0.112.0/22"]);
-    let expires = d.pending()[0].expires_ms;
+    let expires = d.pending()[0].expires_ms.unix_ms();
     assert!(
         expires >= asked + 3000,
         "pending_ttl is 3 s, yet it expires {} ms after the request",
@@ -347,7 +351,7 @@ fn broad_blocks_wait_for_approval_and_expire_unapproved() {
     let gone = wait_for(
         "the pending block to expire",
         Duration::from_secs(8),
-        || Ok(d.pending().is_empty().then(now_ms)),
+        || Ok(d.pending().is_empty().then(|| WallMs::now().unix_ms())),
     )
     .unwrap();
     assert!(
@@ -502,9 +506,9 @@ fn a_capped_ttl_is_noted_in_the_reply_and_the_audit_log() {
     require_root();
     let lab = Lab::new().unwrap();
     let (d, _cfg) = daemon_with(&lab, "[policy]\nmax_ttl = \"1h\"\n");
-    let asked = now_ms();
+    let asked = WallMs::now().unix_ms();
     let r = d.block(&[SENDER_V4[1], "--ttl", "2h", "--reason", "capped"]);
-    let left = r.expires_ms.unwrap() - asked;
+    let left = r.expires_ms.unwrap().unix_ms() - asked;
     assert!(
         (3_595_000..=3_605_000).contains(&left),
         "capped at 1 h, got {left} ms"

@@ -14,10 +14,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer::{
-    block::{Mode, now_ms},
-    protocol::ListEntry,
-};
+use enforcer::{block::Mode, protocol::ListEntry, time::WallMs};
 use enforcer_tests::{
     Lab, SENDER_IF, SENDER_V4,
     daemon::{Daemon, ok},
@@ -80,7 +77,7 @@ fn a_ten_minute_backlog_within_the_rate_does_not_trip_the_breaker_and_every_trig
     // Eight triggers over ten minutes: never more than one a minute, far below the rate of 3,
     // but more than 3 at once when the daemon comes back.
     let targets = senders(&lab, 20, 8);
-    let start = now_ms() - 10 * MINUTE;
+    let start = WallMs::now().unix_ms() - 10 * MINUTE;
     for (i, t) in targets.iter().enumerate() {
         spool(
             &d.state_dir,
@@ -136,7 +133,7 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     d.stop().unwrap();
     // Six triggers within five seconds, five minutes ago: the breaker would have opened then.
     let targets = senders(&lab, 30, 6);
-    let start = now_ms() - 5 * MINUTE;
+    let start = WallMs::now().unix_ms() - 5 * MINUTE;
     let files: Vec<(u64, String)> = targets
         .iter()
         .enumerate()
@@ -160,7 +157,7 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     // runs from then.
     let breakers = d.status().breakers;
     assert_eq!(breakers[0].source.as_str(), "wazuh", "{breakers:?}");
-    let opened = breakers[0].opened_ms;
+    let opened = breakers[0].opened_ms.unix_ms();
     assert_eq!(
         opened, files[3].0,
         "opened at the spool time of the trigger past the rate"
@@ -186,7 +183,7 @@ fn entries_spooled_in_the_same_millisecond_are_applied_in_the_order_they_were_wr
     d.stop().unwrap();
     // Eleven entries of one process in one millisecond: sequence 2 blocks, sequence 10 (written
     // last) unblocks. As strings, "-10" sorts before "-2".
-    let ms = now_ms();
+    let ms = WallMs::now().unix_ms();
     for seq in 0..=10u32 {
         let request = match seq {
             2 => block(SENDER_V4[1]),

@@ -8,9 +8,10 @@ use std::{
 };
 
 use enforcer::{
-    block::{Reason, now_ms},
+    block::Reason,
     protocol::{BlockRequest, ListEntry, Request},
     spool::{self, Spooled},
+    time::WallMs,
 };
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
@@ -113,7 +114,7 @@ fn an_sshd_brute_force_alert_blocks_the_source_until_execds_delete() {
             (reason.agent_id.as_deref(), reason.agent_name.as_deref()),
             (Some("001"), Some("web-01"))
         );
-        let left = s.expires_ms.unwrap() - now_ms();
+        let left = s.expires_ms.unwrap().unix_ms() - WallMs::now().unix_ms();
         assert!(
             left > 3500 * 1000 && left <= 3600 * 1000,
             "--ttl 1h from extra_args: {left} ms"
@@ -204,7 +205,7 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     let mut execd = execd(&home, &d);
     let alert = sshd_brute_force(SENDER_V4[1]);
     assert_eq!(execd.add(&alert).unwrap().verdict, Some("continue"));
-    let first = wazuh_blocks(&d)[0].expires_ms.unwrap();
+    let first = wazuh_blocks(&d)[0].expires_ms.unwrap().unix_ms();
     std::thread::sleep(Duration::from_millis(50));
 
     let from = home.log().len();
@@ -222,7 +223,10 @@ fn a_second_alert_for_an_active_key_is_aborted_and_keeps_the_block_as_long_as_ex
     // execd restarted its timer; the block now ends a full TTL from now too.
     let blocks = wazuh_blocks(&d);
     assert_eq!(blocks.len(), 1);
-    assert!(blocks[0].expires_ms.unwrap() > first, "refreshed on abort");
+    assert!(
+        blocks[0].expires_ms.unwrap().unix_ms() > first,
+        "refreshed on abort"
+    );
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
 }
 
@@ -351,7 +355,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     let mut execd = execd(&home, &d);
 
     let from = home.log().len();
-    let spooled_at = now_ms();
+    let spooled_at = WallMs::now().unix_ms();
     let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
     assert_eq!(run.code(), 0, "the block is not lost: exit 0");
     assert_eq!(run.verdict, Some("continue"));
@@ -374,7 +378,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     // A trigger spooled two hours ago with a one-hour TTL has already ended: it is dropped.
     let old = Spooled {
         v: spool::SPOOL_VERSION,
-        spooled_ms: now_ms() - 2 * 3_600_000,
+        spooled_ms: WallMs::now() - Duration::from_secs(2 * 3600),
         id: None,
         request: Request::Block(BlockRequest {
             target: SENDER_V4[2].parse().unwrap(),
@@ -396,7 +400,7 @@ fn a_trigger_while_the_daemon_is_down_is_spooled_and_applied_when_it_starts() {
     let s = &blocks[0].sources[0];
     assert_eq!(s.reason.rule_id.as_deref(), Some("5763"));
     // The TTL counts from when the trigger was spooled, not from the drain.
-    let expires = s.expires_ms.unwrap();
+    let expires = s.expires_ms.unwrap().unix_ms();
     assert!(
         expires <= spooled_at + 3_600_000 + 2000 && expires >= spooled_at + 3_600_000 - 2000,
         "{expires} vs {spooled_at}"

@@ -31,7 +31,7 @@ fn clock_unsettled(boot_age_ms: u64, synchronized: bool) -> bool {
 /// The boot's age. Debug builds let a lab make it younger than the machine's
 /// (`ENFORCER_TEST_BOOT_AGE_OFFSET_MS` is subtracted), as no test can reboot the machine.
 fn boot_age_ms() -> u64 {
-    let age = crate::time::boot_ms();
+    let age = crate::time::BootMs::now().ms();
     #[cfg(debug_assertions)]
     if let Some(offset) = std::env::var("ENFORCER_TEST_BOOT_AGE_OFFSET_MS")
         .ok()

@@ -43,14 +43,13 @@ use super::{
 use crate::{
     access::AccessPolicy,
     audit::{AuditLog, Event},
-    block::UnixMillis,
     datapath::{Datapath, Programs, XdpModeRequest},
     interfaces::Interfaces,
     metrics::{BlockTally, Metrics},
     policy::host,
     protocol::{Reply, Request},
     store::{Store, StoreOp},
-    time::{SystemClock, TimeKeeper},
+    time::{SystemClock, TimeKeeper, WallMs},
 };
 
 /// Most requests handled in one durable round.
@@ -77,7 +76,7 @@ pub struct Engine {
     links_followed: bool,
     started: Instant,
     /// After a failed expiry commit: no reaping before this (Unix ms).
-    reap_backoff_until: UnixMillis,
+    reap_backoff_until: WallMs,
     /// Counters and the snapshot the metrics endpoint reads.
     metrics: Arc<Metrics>,
     /// Source blocks by source and mode, for the snapshot (updated per round, never recounted).
@@ -119,7 +118,7 @@ fn is_read(request: &Request) -> bool {
 impl Engine {
     /// Now (Unix ms), after following the clock: a wall-clock step moves every deadline with
     /// it (stored, and audited once) before anything reads the time.
-    fn now(&mut self) -> UnixMillis {
+    fn now(&mut self) -> WallMs {
         let tick = self.clock.tick();
         if let Some(change) = self.ledger.follow_clock(&tick) {
             if let Some(event) = change.event {

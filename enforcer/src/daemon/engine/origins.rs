@@ -19,6 +19,7 @@ use crate::{
     block::{Mode, TargetBlocks},
     protocol::OriginDrops,
     target::Target,
+    time::WallMs,
 };
 
 /// How often the split is brought up to date.
@@ -66,7 +67,7 @@ pub fn origin_of(blocks: &TargetBlocks) -> Option<String> {
         .by_source
         .values()
         .filter(|b| b.mode == Mode::Enforce)
-        .max_by_key(|b| b.expires_ms.unwrap_or(u64::MAX))?;
+        .max_by_key(|b| b.expires_ms.unwrap_or(WallMs::MAX))?;
     if holder.source.as_str() == crate::crowdsec::SOURCE {
         Some(crate::crowdsec::decision::origin_label(&holder.reason))
     } else {

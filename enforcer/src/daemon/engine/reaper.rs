@@ -16,9 +16,7 @@ impl Engine {
     pub(super) fn until_next_deadline(&mut self) -> Duration {
         let now = self.now();
         let until = match self.ledger.next_deadline() {
-            Some(deadline) => {
-                Duration::from_millis(deadline.max(self.reap_backoff_until).saturating_sub(now))
-            }
+            Some(deadline) => deadline.max(self.reap_backoff_until).saturating_since(now),
             None => CLOCK_CHECK,
         };
         until.min(CLOCK_CHECK)
@@ -48,7 +46,7 @@ impl Engine {
                 // bookkeeping in a second, with the same deadlines.
                 tracing::error!(error = %failed.error, "removing expired blocks from the store failed; retrying in 1 s");
                 self.write_audit(failed.events);
-                self.reap_backoff_until = now + 1000;
+                self.reap_backoff_until = now + Duration::from_secs(1);
             }
         }
     }

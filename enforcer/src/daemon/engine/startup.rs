@@ -26,7 +26,7 @@ use crate::{
     protocol::ClockStep,
     store::{Store, StoreOp},
     target::Target,
-    time::{self, SystemClock, TimeKeeper},
+    time::{self, SystemClock, TimeKeeper, WallMs},
 };
 
 /// What the engine is configured with.
@@ -72,7 +72,7 @@ impl Engine {
             programs: crate::datapath::Programs::default(),
             links_followed: false,
             started: Instant::now(),
-            reap_backoff_until: 0,
+            reap_backoff_until: WallMs::EPOCH,
             metrics,
             tally: BlockTally::default(),
             heartbeat: None,
@@ -102,7 +102,7 @@ impl Engine {
         );
         let forgotten = engine
             .ledger
-            .load_requests(engine.store.load_requests()?, crate::block::now_ms());
+            .load_requests(engine.store.load_requests()?, WallMs::now());
         if !forgotten.is_empty() {
             engine.store.commit(
                 &forgotten
@@ -111,7 +111,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
             )?;
         }
-        engine.ledger.shift_deadlines(shift, crate::block::now_ms());
+        engine.ledger.shift_deadlines(shift, WallMs::now());
         engine.reconcile(shift, other_boot)?;
         engine.store_time_base(shift, meta.time_base.as_ref())?;
         Ok(engine)
@@ -158,7 +158,7 @@ impl Engine {
                 "the wall clock stepped while the daemon was not running; block deadlines moved with it and keep their remaining time"
             );
             let step = ClockStep {
-                seen_ms: crate::block::now_ms(),
+                seen_ms: WallMs::now(),
                 by_ms: shift,
                 moved,
                 while_running: false,
@@ -225,7 +225,7 @@ impl Engine {
         let mut records = self.store.load_all()?;
         if shift != 0 {
             for r in &mut records {
-                r.block.expires_ms = r.block.expires_ms.map(|e| e.saturating_add_signed(shift));
+                r.block.expires_ms = r.block.expires_ms.map(|e| e.shifted(shift));
             }
         }
         let now = self.now();

@@ -3,10 +3,10 @@
 use super::Ledger;
 use crate::{
     audit::{Action, Event},
-    block::{Record, UnixMillis},
+    block::Record,
     protocol::{ClockStep, ClockSteps},
     store::StoreOp,
-    time::{JUMP_MIN_MS, Tick, TimeBase, describe_jump},
+    time::{JUMP_MIN_MS, Tick, TimeBase, WallMs, describe_jump},
 };
 
 /// How far the wall clock may slew from the ledger's base before the base follows it (and is
@@ -22,8 +22,8 @@ pub struct ClockChange {
     pub event: Option<Event>,
 }
 
-fn shifted(ms: UnixMillis, by_ms: i64) -> UnixMillis {
-    ms.saturating_add_signed(by_ms)
+fn shifted(ms: WallMs, by_ms: i64) -> WallMs {
+    ms.shifted(by_ms)
 }
 
 impl Ledger {
@@ -86,11 +86,10 @@ impl Ledger {
     /// step): a block restored under a clock that was behind (a bad RTC at boot) would keep the
     /// whole step as extra time at the first NTP step. A block that already ended later before
     /// the step (a forced one) keeps its deadline.
-    pub fn shift_deadlines(&mut self, by_ms: i64, now: UnixMillis) -> usize {
+    pub fn shift_deadlines(&mut self, by_ms: i64, now: WallMs) -> usize {
         let timed: Vec<_> = std::mem::take(&mut self.deadlines).into_iter().collect();
         for (_, target, source) in &timed {
-            let max_ttl = u64::try_from(self.policy.max_ttl(source).as_millis());
-            let cap = now.saturating_add(max_ttl.unwrap_or(u64::MAX));
+            let cap = now.saturating_add(self.policy.max_ttl(source));
             if let Some(b) = self
                 .blocks
                 .get_mut(target)

@@ -40,7 +40,7 @@ use super::refusal::Refusal;
 use crate::{
     access::Caller,
     audit::{Action, Event},
-    block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks, UnixMillis},
+    block::{KernelEntry, Mode, Reason, Record, Source, SourceBlock, TargetBlocks},
     policy::{Allowlist, Ask, BreakerEvent, Decision, Policy},
     protocol::{
         BatchFailure, BatchRequest, BlockReply, BlockRequest, CallerId, Outcome, PendingBlock,
@@ -49,7 +49,7 @@ use crate::{
     scope::{Scope, ScopeError, ScopeSet},
     store::StoreOp,
     target::Target,
-    time::TimeBase,
+    time::{TimeBase, WallMs},
 };
 
 /// What a round changed, and how to put it back.
@@ -69,7 +69,7 @@ pub struct Change {
     /// Each touched target's blocks before its first change in this change.
     blocks_before: BTreeMap<Target, Option<TargetBlocks>>,
     pending_before: Option<(BTreeMap<u64, PendingBlock>, u64)>,
-    offenses_before: BTreeMap<Target, Option<Vec<UnixMillis>>>,
+    offenses_before: BTreeMap<Target, Option<Vec<WallMs>>>,
     allow_before: Option<Allowlist>,
     ids: requests::IdsUndo,
 }
@@ -130,7 +130,7 @@ impl Write {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replay {
     /// When the trigger was spooled (Unix ms): the time the rate limiter charges it at.
-    pub spooled_ms: UnixMillis,
+    pub spooled_ms: WallMs,
     /// Its spool file's name.
     pub file: String,
 }
@@ -159,7 +159,7 @@ impl Applied {
 /// Every block and the state the rules need.
 pub struct Ledger {
     blocks: BTreeMap<Target, TargetBlocks>,
-    deadlines: BTreeSet<(UnixMillis, Target, Source)>,
+    deadlines: BTreeSet<(WallMs, Target, Source)>,
     pending: BTreeMap<u64, PendingBlock>,
     next_pending: u64,
     offenses: Offenses,
@@ -189,14 +189,14 @@ pub struct Ledger {
 struct Fresh {
     source: Source,
     reason: Arc<Reason>,
-    expires_ms: Option<UnixMillis>,
+    expires_ms: Option<WallMs>,
     mode: Mode,
     /// The source's scope of the target after this block (its earlier one and the new one).
     scope: ScopeSet,
 }
 
 /// The merge rules: what a source's block becomes when it blocks the target (again).
-fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, SourceBlock) {
+fn merge(old: Option<&SourceBlock>, new: Fresh, now: WallMs) -> (Outcome, SourceBlock) {
     let Some(old) = old else {
         let block = SourceBlock {
             source: new.source,
@@ -247,7 +247,7 @@ fn merge(old: Option<&SourceBlock>, new: Fresh, now: UnixMillis) -> (Outcome, So
 fn cap_end(
     old: Option<&SourceBlock>,
     (outcome, mut block): (Outcome, SourceBlock),
-    cap: Option<UnixMillis>,
+    cap: Option<WallMs>,
 ) -> (Outcome, SourceBlock) {
     let Some(cap) = cap.filter(|&cap| block.expires_ms.is_none_or(|e| e > cap)) else {
         return (outcome, block);
@@ -295,7 +295,7 @@ impl Ledger {
     }
 
     /// Loads stored blocks; returns those that ended before `now` (not loaded).
-    pub fn load_blocks(&mut self, records: Vec<Record>, now: UnixMillis) -> Vec<Record> {
+    pub fn load_blocks(&mut self, records: Vec<Record>, now: WallMs) -> Vec<Record> {
         let mut expired = Vec::new();
         for record in records {
             if record.block.is_expired(now) {
@@ -321,7 +321,7 @@ impl Ledger {
     pub fn load_side(
         &mut self,
         pending: Vec<PendingBlock>,
-        offenses: Vec<(Target, Vec<UnixMillis>)>,
+        offenses: Vec<(Target, Vec<WallMs>)>,
         next_pending: Option<u64>,
     ) {
         self.next_pending = self.next_pending.max(next_pending.unwrap_or(1));
@@ -379,13 +379,13 @@ impl Ledger {
     }
 
     /// The earliest block deadline.
-    pub fn next_block_deadline(&self) -> Option<UnixMillis> {
+    pub fn next_block_deadline(&self) -> Option<WallMs> {
         self.deadlines.first().map(|(d, _, _)| *d)
     }
 
     /// The earliest deadline of anything (a block, a pending request, an offense history
     /// leaving its window).
-    pub fn next_deadline(&self) -> Option<UnixMillis> {
+    pub fn next_deadline(&self) -> Option<WallMs> {
         let pending = self.pending.values().map(|p| p.expires_ms).min();
         self.next_block_deadline()
             .into_iter()
@@ -397,7 +397,7 @@ impl Ledger {
     /// Applies one write request (whose access was checked already). A request whose id was
     /// applied already gets the first answer and changes nothing. The events of a replayed
     /// trigger name its spool time and file.
-    pub fn apply(&mut self, c: &mut Change, write: Write, now: UnixMillis) -> Applied {
+    pub fn apply(&mut self, c: &mut Change, write: Write, now: WallMs) -> Applied {
         let Write {
             request,
             caller,
@@ -453,7 +453,7 @@ impl Ledger {
         applied
     }
 
-    fn apply_request(&mut self, c: &mut Change, request: Request, now: UnixMillis) -> Applied {
+    fn apply_request(&mut self, c: &mut Change, request: Request, now: WallMs) -> Applied {
         match request {
             Request::Block(b) => {
                 let asked = b.target;
@@ -530,7 +530,7 @@ impl Ledger {
         &mut self,
         c: &mut Change,
         mut req: BlockRequest,
-        now: UnixMillis,
+        now: WallMs,
     ) -> Result<BlockReply, Refusal> {
         let reason = Arc::new(std::mem::take(&mut req.reason));
         self.block_widened(c, req, reason, now)
@@ -546,8 +546,8 @@ impl Ledger {
         req: BlockRequest,
         reason: Arc<Reason>,
         approved: bool,
-        now: UnixMillis,
-        cap: Option<UnixMillis>,
+        now: WallMs,
+        cap: Option<WallMs>,
     ) -> Result<BlockReply, Refusal> {
         // Whole requests were checked by `Request::validate`; a feed's item is checked here.
         reason
@@ -605,7 +605,7 @@ impl Ledger {
         let fresh = Fresh {
             source: req.source,
             reason,
-            expires_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
+            expires_ms: ttl.map(|t| now.saturating_add(t)),
             mode,
             scope,
         };
@@ -694,7 +694,7 @@ impl Ledger {
         c: &mut Change,
         req: &BlockRequest,
         approved: bool,
-        now: UnixMillis,
+        now: WallMs,
     ) -> Decision {
         let existing = self
             .blocks
@@ -767,7 +767,7 @@ impl Ledger {
         req: BlockRequest,
         reason: &Reason,
         why: String,
-        now: UnixMillis,
+        now: WallMs,
     ) -> Result<BlockReply, Refusal> {
         if self.pending.len() >= self.policy.max_pending() {
             let full = Refusal::PendingFull {
@@ -792,7 +792,7 @@ impl Ledger {
             request,
             why: why.clone(),
             created_ms: now,
-            expires_ms: now + self.policy.pending_ttl().as_millis() as u64,
+            expires_ms: now + self.policy.pending_ttl(),
             requested_by: self.asking.clone(),
         };
         c.ops.push(StoreOp::PutPending(p.clone()));
@@ -818,7 +818,7 @@ impl Ledger {
         &mut self,
         c: &mut Change,
         req: BatchRequest,
-        now: UnixMillis,
+        now: WallMs,
     ) -> (Reply, Vec<Target>) {
         let (mut applied, mut pending) = (0, 0);
         let mut failed = Vec::new();
@@ -1019,7 +1019,7 @@ impl Ledger {
         c: &mut Change,
         target: Option<Target>,
         source: Option<&Source>,
-        now: UnixMillis,
+        now: WallMs,
     ) -> Result<Vec<(Target, Source)>, Refusal> {
         let candidates: Vec<(Target, Source)> = self
             .blocks
@@ -1058,12 +1058,7 @@ impl Ledger {
     }
 
     /// Applies a pending block as approved. A refused one stays pending.
-    pub fn approve(
-        &mut self,
-        c: &mut Change,
-        id: u64,
-        now: UnixMillis,
-    ) -> Result<BlockReply, Refusal> {
+    pub fn approve(&mut self, c: &mut Change, id: u64, now: WallMs) -> Result<BlockReply, Refusal> {
         let Some(p) = self.pending.get(&id).cloned() else {
             return Err(Refusal::NotFound(format!(
                 "no pending block with id {id} (see `enforcer pending`)"
@@ -1110,7 +1105,7 @@ impl Ledger {
     /// Removes what ended by `now`: pending requests nobody approved in time, and at most
     /// `max` blocks. Only the block a deadline belongs to is removed: a block extended since
     /// has a later deadline of its own. Returns how many blocks expired.
-    pub fn expire(&mut self, c: &mut Change, now: UnixMillis, max: usize) -> usize {
+    pub fn expire(&mut self, c: &mut Change, now: WallMs, max: usize) -> usize {
         self.expire_pending(c, now);
         self.prune_offenses(c, now, max);
         let mut expired = 0;
@@ -1138,7 +1133,7 @@ impl Ledger {
         expired
     }
 
-    fn expire_pending(&mut self, c: &mut Change, now: UnixMillis) {
+    fn expire_pending(&mut self, c: &mut Change, now: WallMs) {
         let due: Vec<u64> = self
             .pending
             .values()

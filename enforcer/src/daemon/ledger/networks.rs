@@ -7,11 +7,12 @@ use std::sync::Arc;
 use super::{Change, Ledger};
 use crate::{
     audit::{Action, Event},
-    block::{Reason, Source, UnixMillis},
+    block::{Reason, Source},
     daemon::refusal::Refusal,
     policy::networks::network,
     protocol::{BlockReply, BlockRequest, Outcome},
     target::Target,
+    time::WallMs,
 };
 
 impl Ledger {
@@ -23,7 +24,7 @@ impl Ledger {
         c: &mut Change,
         mut req: BlockRequest,
         reason: Arc<Reason>,
-        now: UnixMillis,
+        now: WallMs,
     ) -> Result<BlockReply, Refusal> {
         let widened = self.policy.widen(req.target, &req.source, &self.allow);
         req.target = widened.target;
@@ -58,7 +59,7 @@ impl Ledger {
         c: &mut Change,
         mut req: BlockRequest,
         reason: Arc<Reason>,
-        now: UnixMillis,
+        now: WallMs,
     ) -> Option<String> {
         let e = self.policy.escalation(req.target, now)?;
         let to = e.target;
@@ -166,9 +167,10 @@ mod tests {
         policy::{AllowOrigin, Policy, PolicyConfig},
         protocol::{BatchItem, BatchRequest, Reply, SyncItem, SyncRequest},
         store::StoreOp,
+        time::testing::{ms, wall},
     };
 
-    const T0: UnixMillis = 1_000_000;
+    const T0: WallMs = wall(1_000_000);
 
     const WIDENING: &str = r#"
         [sources.wazuh]
@@ -240,7 +242,7 @@ mod tests {
             .block(
                 &mut Change::default(),
                 req("2001:db8:0:1::20", "wazuh"),
-                T0 + 1,
+                T0 + ms(1),
             )
             .unwrap();
         assert_eq!(r.outcome, Outcome::Extended);
@@ -377,10 +379,12 @@ mod tests {
         )
         .unwrap();
         short.target = t("2001:db8:0:1::20");
-        let r = l.block(&mut Change::default(), short, T0 + 1000).unwrap();
+        let r = l
+            .block(&mut Change::default(), short, T0 + ms(1000))
+            .unwrap();
         assert_eq!(
             r.expires_ms,
-            Some(T0 + 1000 + 2 * 3_600_000),
+            Some(T0 + ms(1000) + ms(2 * 3_600_000)),
             "{:?}",
             r.notes
         );
@@ -392,7 +396,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            last = Some(l.block(c, req(a, "wazuh"), T0 + i as u64).unwrap());
+            last = Some(l.block(c, req(a, "wazuh"), T0 + ms(i as u64)).unwrap());
         }
         last.unwrap()
     }
@@ -444,7 +448,7 @@ mod tests {
         // Three more: the escalation already waits, it is not asked twice.
         let again = ["2001:db8:1:4::10", "2001:db8:1:5::10", "2001:db8:1:6::10"];
         for a in again {
-            l.block(&mut Change::default(), req(a, "wazuh"), T0 + 10)
+            l.block(&mut Change::default(), req(a, "wazuh"), T0 + ms(10))
                 .unwrap();
         }
         assert_eq!(l.pending().len(), 1);

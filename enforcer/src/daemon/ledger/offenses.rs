@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::{Change, Ledger};
-use crate::{block::UnixMillis, store::StoreOp, target::Target};
+use crate::{store::StoreOp, target::Target, time::WallMs};
 
 /// Most targets with an offense history (about 100 bytes each).
 pub const MAX_OFFENDERS: usize = 100_000;
@@ -17,8 +17,8 @@ pub const MAX_OFFENDERS: usize = 100_000;
 /// Offense times by target, indexed by each target's latest.
 #[derive(Clone, Debug)]
 pub struct Offenses {
-    by_target: HashMap<Target, Vec<UnixMillis>>,
-    by_latest: BTreeSet<(UnixMillis, Target)>,
+    by_target: HashMap<Target, Vec<WallMs>>,
+    by_latest: BTreeSet<(WallMs, Target)>,
     cap: usize,
 }
 
@@ -32,22 +32,18 @@ impl Default for Offenses {
     }
 }
 
-fn latest(times: &[UnixMillis]) -> UnixMillis {
-    times.iter().copied().max().unwrap_or(0)
+fn latest(times: &[WallMs]) -> WallMs {
+    times.iter().copied().max().unwrap_or(WallMs::EPOCH)
 }
 
 impl Offenses {
     /// A target's offense times.
-    pub fn get(&self, target: &Target) -> Option<&Vec<UnixMillis>> {
+    pub fn get(&self, target: &Target) -> Option<&Vec<WallMs>> {
         self.by_target.get(target)
     }
 
     /// Replaces a target's history (`None` or empty: forgets it); returns the old one.
-    pub fn set(
-        &mut self,
-        target: Target,
-        times: Option<Vec<UnixMillis>>,
-    ) -> Option<Vec<UnixMillis>> {
+    pub fn set(&mut self, target: Target, times: Option<Vec<WallMs>>) -> Option<Vec<WallMs>> {
         let old = self.by_target.remove(&target);
         if let Some(old) = &old {
             self.by_latest.remove(&(latest(old), target));
@@ -60,7 +56,7 @@ impl Offenses {
     }
 
     /// The target whose latest offense is oldest, with that time.
-    pub fn oldest(&self) -> Option<(UnixMillis, Target)> {
+    pub fn oldest(&self) -> Option<(WallMs, Target)> {
         self.by_latest.first().copied()
     }
 
@@ -70,23 +66,18 @@ impl Offenses {
     }
 
     /// Every target's history.
-    pub fn iter(&self) -> impl Iterator<Item = (&Target, &Vec<UnixMillis>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Target, &Vec<WallMs>)> {
         self.by_target.iter()
     }
 
     /// Moves every time by `by_ms` (the wall clock stepped).
     pub fn shift(&mut self, by_ms: i64) {
-        let all: Vec<(Target, Vec<UnixMillis>)> = self.by_target.drain().collect();
+        let all: Vec<(Target, Vec<WallMs>)> = self.by_target.drain().collect();
         self.by_latest.clear();
         for (target, times) in all {
             self.set(
                 target,
-                Some(
-                    times
-                        .into_iter()
-                        .map(|t| t.saturating_add_signed(by_ms))
-                        .collect(),
-                ),
+                Some(times.into_iter().map(|t| t.shifted(by_ms)).collect()),
             );
         }
     }
@@ -100,23 +91,17 @@ impl Offenses {
 
 impl Ledger {
     /// When the oldest history leaves the window (or at once, without escalation configured).
-    pub(super) fn next_offense_deadline(&self) -> Option<UnixMillis> {
+    pub(super) fn next_offense_deadline(&self) -> Option<WallMs> {
         let (latest, _) = self.offenses.oldest()?;
         if self.offenses.len() > self.offenses.cap {
-            return Some(0);
+            return Some(WallMs::EPOCH);
         }
-        Some(latest.saturating_add(self.offense_window_ms().unwrap_or(0)))
-    }
-
-    fn offense_window_ms(&self) -> Option<u64> {
-        self.policy
-            .offense_window()
-            .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
+        Some(latest.saturating_add(self.policy.offense_window().unwrap_or_default()))
     }
 
     /// How many earlier blocks of `target` fall in the window at `now`.
-    pub(super) fn offense_count(&self, target: &Target, now: UnixMillis) -> usize {
-        let Some(window) = self.offense_window_ms() else {
+    pub(super) fn offense_count(&self, target: &Target, now: WallMs) -> usize {
+        let Some(window) = self.policy.offense_window() else {
             return 0;
         };
         let since = now.saturating_sub(window);
@@ -126,8 +111,8 @@ impl Ledger {
     }
 
     /// Records that `target` was blocked at `now`, evicting the stalest target when full.
-    pub(super) fn record_offense(&mut self, c: &mut Change, target: &Target, now: UnixMillis) {
-        let Some(window) = self.offense_window_ms() else {
+    pub(super) fn record_offense(&mut self, c: &mut Change, target: &Target, now: WallMs) {
+        let Some(window) = self.policy.offense_window() else {
             return;
         };
         let since = now.saturating_sub(window);
@@ -152,8 +137,8 @@ impl Ledger {
 
     /// Drops (at most `max`) histories whose latest offense left the window by `now`, and the
     /// stalest ones past the cap (a store from before the cap); returns how many.
-    pub fn prune_offenses(&mut self, c: &mut Change, now: UnixMillis, max: usize) -> usize {
-        let window = self.offense_window_ms().unwrap_or(0);
+    pub fn prune_offenses(&mut self, c: &mut Change, now: WallMs, max: usize) -> usize {
+        let window = self.policy.offense_window().unwrap_or_default();
         let mut pruned = 0;
         while pruned < max {
             match self.offenses.oldest() {

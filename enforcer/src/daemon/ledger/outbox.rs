@@ -14,10 +14,11 @@ use std::{
 
 use super::{Change, Ledger};
 use crate::{
-    block::{Mode, Source, SourceBlock, UnixMillis},
+    block::{Mode, Source, SourceBlock},
     outbox::{OutboxCounters, Publication, PublicationKind, Queued, Sent, SharedEcho},
     store::StoreOp,
     target::Target,
+    time::WallMs,
 };
 
 /// What to publish, and the queue.
@@ -247,7 +248,7 @@ impl Ledger {
     }
 
     /// What `change` (applied to the ledger, not committed yet) adds to the publish queue.
-    pub fn plan_publications(&self, change: &Change, now: UnixMillis) -> Plan {
+    pub fn plan_publications(&self, change: &Change, now: WallMs) -> Plan {
         let o = &self.outbox;
         let mut plan = Plan {
             next_seq: o.next_seq,
@@ -306,9 +307,10 @@ mod tests {
         daemon::ledger::{Capacity, Write},
         policy::{Policy, PolicyConfig},
         protocol::{BlockRequest, Request},
+        time::testing::{ms, wall},
     };
 
-    const NOW: UnixMillis = 1_000_000_000;
+    const NOW: WallMs = wall(1_000_000_000);
 
     fn ledger(max: usize) -> (Ledger, SharedEcho) {
         let mut l = Ledger::new(
@@ -350,7 +352,7 @@ mod tests {
 
     /// Applies `requests` in one change, plans and applies the publications; returns the plan's
     /// store operations.
-    fn round(l: &mut Ledger, requests: Vec<Request>, now: UnixMillis) -> Vec<StoreOp> {
+    fn round(l: &mut Ledger, requests: Vec<Request>, now: WallMs) -> Vec<StoreOp> {
         let mut c = Change::default();
         for r in requests {
             let w = Write::new(r, crate::access::Caller::internal("test"));
@@ -423,7 +425,11 @@ mod tests {
         let other = "198.51.100.9".parse().unwrap();
         assert!(echo.lock().unwrap().is_own(Some(41), "x", &other));
         // Unblocked: the unban carries the ids to delete.
-        let ops = round(&mut l, vec![unblock("192.0.2.1", "fail2ban")], NOW + 1000);
+        let ops = round(
+            &mut l,
+            vec![unblock("192.0.2.1", "fail2ban")],
+            NOW + ms(1000),
+        );
         assert_eq!(ops.len(), 1, "{ops:?}");
         let taken = l.outbox().take(10);
         assert!(matches!(
@@ -435,7 +441,7 @@ mod tests {
         let ops = round(
             &mut l,
             vec![block("192.0.2.1", "fail2ban", false)],
-            NOW + 2000,
+            NOW + ms(2000),
         );
         assert!(
             matches!(

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use super::{Change, Ledger};
 use crate::{
-    block::UnixMillis,
     protocol::{Reply, RequestId},
     store::{AppliedRequest, StoreOp},
+    time::WallMs,
 };
 
 /// How long an applied request's id is remembered: longer than any spool backlog a block's TTL
@@ -26,7 +26,7 @@ pub const MAX_REQUEST_IDS: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct AppliedIds {
     by_id: std::collections::HashMap<RequestId, AppliedRequest>,
-    by_time: std::collections::BTreeSet<(UnixMillis, RequestId)>,
+    by_time: std::collections::BTreeSet<(WallMs, RequestId)>,
 }
 
 impl AppliedIds {
@@ -44,9 +44,9 @@ impl AppliedIds {
     }
 
     /// The oldest id, if it is due to go: older than the retention, or past the cap.
-    fn due(&self, now: UnixMillis) -> Option<RequestId> {
+    fn due(&self, now: WallMs) -> Option<RequestId> {
         let (at, id) = self.by_time.first()?;
-        let old = at.saturating_add(REQUEST_ID_RETENTION.as_millis() as u64) <= now;
+        let old = at.saturating_add(REQUEST_ID_RETENTION) <= now;
         (old || self.by_id.len() > MAX_REQUEST_IDS).then(|| id.clone())
     }
 
@@ -70,11 +70,7 @@ pub struct IdsUndo {
 
 impl Ledger {
     /// Loads the stored ids; returns those past their retention (to delete from the store).
-    pub fn load_requests(
-        &mut self,
-        stored: Vec<AppliedRequest>,
-        now: UnixMillis,
-    ) -> Vec<RequestId> {
+    pub fn load_requests(&mut self, stored: Vec<AppliedRequest>, now: WallMs) -> Vec<RequestId> {
         for r in stored {
             self.requests.insert(r);
         }
@@ -102,7 +98,7 @@ impl Ledger {
         c: &mut Change,
         id: RequestId,
         reply: Reply,
-        now: UnixMillis,
+        now: WallMs,
     ) {
         let r = AppliedRequest {
             id: id.clone(),

@@ -3,18 +3,20 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use super::{Change, Ledger};
 use crate::{
     audit::Action,
-    block::{Reason, Source, UnixMillis},
+    block::{Reason, Source},
     protocol::{BatchFailure, BlockRequest, Outcome, Reply, SyncReply, SyncRequest},
     target::Target,
+    time::WallMs,
 };
 
 /// A synced block whose end is this close to the feed's is left as it is.
-const SYNC_SLACK_MS: u64 = 2_000;
+const SYNC_SLACK: Duration = Duration::from_secs(2);
 
 /// A feed's items the policy refused, remembered so that the next resync, asking the same
 /// again, is refused without a second audit line (a blocklist with broad ranges would write
@@ -27,7 +29,7 @@ pub struct FeedRefusals(HashMap<(Source, Target), Refused>);
 #[derive(Debug)]
 struct Refused {
     reason: Arc<Reason>,
-    wanted: UnixMillis,
+    wanted: WallMs,
     message: String,
 }
 
@@ -37,7 +39,7 @@ impl FeedRefusals {
         let same = self.0.get(&key).is_some_and(|was| {
             was.reason == now.reason
                 && was.message == now.message
-                && was.wanted.abs_diff(now.wanted) <= SYNC_SLACK_MS
+                && was.wanted.abs_diff(now.wanted) <= SYNC_SLACK
         });
         self.0.insert(key, now);
         same
@@ -56,13 +58,13 @@ impl FeedRefusals {
 impl Ledger {
     /// Makes one source's blocks match a feed (see [`SyncRequest`]). Each item goes through the
     /// same block path and policy as any block; an item already in force as asked (same reason,
-    /// end within [`SYNC_SLACK_MS`]) is left alone, so a periodic full resync of a large feed
+    /// end within [`SYNC_SLACK`]) is left alone, so a periodic full resync of a large feed
     /// writes nothing. Unlike a block, a feed's item may shorten the source's block.
     pub fn sync_source(
         &mut self,
         c: &mut Change,
         req: SyncRequest,
-        now: UnixMillis,
+        now: WallMs,
     ) -> (Reply, Vec<Target>) {
         let source = req.source;
         let mut reply = SyncReply::default();
@@ -91,7 +93,7 @@ impl Ledger {
             }
         }
         for (index, item) in req.items.into_iter().enumerate() {
-            let wanted = now.saturating_add(item.ttl_ms);
+            let wanted = now.saturating_add(Duration::from_millis(item.ttl_ms));
             if self.in_force_as_asked(&item.target, &source, wanted, &item.reason) {
                 reply.unchanged += 1;
                 continue;
@@ -163,10 +165,10 @@ impl Ledger {
         &self,
         target: &Target,
         source: &Source,
-        wanted: UnixMillis,
+        wanted: WallMs,
         reason: &Arc<Reason>,
     ) -> bool {
-        let max_ttl = self.policy.max_ttl(source).as_millis() as u64;
+        let max_ttl = self.policy.max_ttl(source);
         self.blocks
             .get(target)
             .and_then(|b| b.by_source.get(source))
@@ -175,8 +177,8 @@ impl Ledger {
                     return false;
                 };
                 let capped_end = b.updated_ms.saturating_add(max_ttl);
-                let as_asked = end.abs_diff(wanted) <= SYNC_SLACK_MS
-                    || (wanted > end && end.abs_diff(capped_end) <= SYNC_SLACK_MS);
+                let as_asked = end.abs_diff(wanted) <= SYNC_SLACK
+                    || (wanted > end && end.abs_diff(capped_end) <= SYNC_SLACK);
                 as_asked && b.reason == *reason
             })
     }
@@ -205,9 +207,10 @@ mod tests {
         policy::{Policy, PolicyConfig},
         protocol::SyncItem,
         store::StoreOp,
+        time::testing::{ms, wall},
     };
 
-    const T0: UnixMillis = 1_000_000;
+    const T0: WallMs = wall(1_000_000);
 
     fn ledger() -> Ledger {
         Ledger::new(
@@ -239,7 +242,7 @@ mod tests {
             .count()
     }
 
-    fn end(l: &Ledger, target: &str) -> Option<UnixMillis> {
+    fn end(l: &Ledger, target: &str) -> Option<WallMs> {
         let source: Source = "crowdsec".parse().unwrap();
         l.blocks()
             .get(&target.parse().unwrap())
@@ -257,8 +260,8 @@ mod tests {
             T0,
         );
         assert_eq!(puts(&c), 2, "one store row per item: {:?}", c.ops);
-        assert_eq!(end(&l, "192.0.2.1"), Some(T0 + 1_500));
-        assert_eq!(end(&l, "192.0.2.2"), Some(T0 + 90_250));
+        assert_eq!(end(&l, "192.0.2.1"), Some(T0 + ms(1_500)));
+        assert_eq!(end(&l, "192.0.2.2"), Some(T0 + ms(90_250)));
         let audited: Vec<_> = c
             .events
             .iter()
@@ -267,7 +270,7 @@ mod tests {
             .collect();
         assert_eq!(
             audited,
-            vec![Some(T0 + 1_500), Some(T0 + 90_250)],
+            vec![Some(T0 + ms(1_500)), Some(T0 + ms(90_250))],
             "the audit line says the end the block has"
         );
         assert_eq!(l.deadlines.len(), 2, "one deadline per block");
@@ -278,17 +281,17 @@ mod tests {
         let mut l = ledger();
         l.sync_source(&mut Change::default(), feed(&[("192.0.2.1", 600_000)]), T0);
         let mut c = Change::default();
-        let (reply, _) = l.sync_source(&mut c, feed(&[("192.0.2.1", 60_000)]), T0 + 1_000);
+        let (reply, _) = l.sync_source(&mut c, feed(&[("192.0.2.1", 60_000)]), T0 + ms(1_000));
         let Reply::SyncSource(reply) = reply else {
             panic!("{reply:?}")
         };
         assert_eq!((reply.applied, reply.unchanged), (1, 0));
         assert_eq!(puts(&c), 1, "{:?}", c.ops);
-        assert_eq!(end(&l, "192.0.2.1"), Some(T0 + 61_000));
+        assert_eq!(end(&l, "192.0.2.1"), Some(T0 + ms(61_000)));
         assert_eq!(l.deadlines.len(), 1, "the old deadline went");
         // Said again within the slack: nothing is written.
         let mut c = Change::default();
-        l.sync_source(&mut c, feed(&[("192.0.2.1", 59_500)]), T0 + 2_000);
+        l.sync_source(&mut c, feed(&[("192.0.2.1", 59_500)]), T0 + ms(2_000));
         assert!(c.ops.is_empty(), "{:?}", c.ops);
     }
 }

@@ -15,9 +15,13 @@ use crate::{
     protocol::{BatchItem, ErrorCode},
     scope::Scope,
     store::StoreError,
+    time::{
+        WallMs,
+        testing::{boot, ms, wall},
+    },
 };
 
-const T0: UnixMillis = 1_000_000;
+const T0: WallMs = wall(1_000_000);
 const MIN: u64 = 60_000;
 
 fn t(s: &str) -> Target {
@@ -52,7 +56,7 @@ fn req(target: &str, source: &str, ttl_secs: Option<u64>) -> BlockRequest {
     }
 }
 
-fn block(l: &mut Ledger, r: BlockRequest, now: UnixMillis) -> Result<BlockReply, Refusal> {
+fn block(l: &mut Ledger, r: BlockRequest, now: WallMs) -> Result<BlockReply, Refusal> {
     l.block(&mut Change::default(), r, now)
 }
 
@@ -140,7 +144,7 @@ impl Rig {
         }
     }
 
-    fn round(&mut self, requests: Vec<Request>, now: UnixMillis) -> round::Answered {
+    fn round(&mut self, requests: Vec<Request>, now: WallMs) -> round::Answered {
         let requests = requests
             .into_iter()
             .map(|r| Write::new(r, Caller::internal("test")))
@@ -154,11 +158,11 @@ impl Rig {
         )
     }
 
-    fn one(&mut self, request: Request, now: UnixMillis) -> Result<Reply, Refusal> {
+    fn one(&mut self, request: Request, now: WallMs) -> Result<Reply, Refusal> {
         self.round(vec![request], now).answers.remove(0)
     }
 
-    fn reap(&mut self, now: UnixMillis) -> usize {
+    fn reap(&mut self, now: WallMs) -> usize {
         let mut c = Change::default();
         let n = self.ledger.expire(&mut c, now, usize::MAX);
         round::commit(&mut self.ledger, &mut self.store, &mut self.kernel, c).expect("commit");
@@ -177,21 +181,21 @@ fn a_new_block_gets_the_default_ttl_and_enforces() {
     let mut l = ledger();
     let r = block(&mut l, req("192.0.2.1", "cli", None), T0).unwrap();
     assert_eq!(r.outcome, Outcome::Created);
-    assert_eq!(r.expires_ms, Some(T0 + 600_000));
+    assert_eq!(r.expires_ms, Some(T0 + ms(600_000)));
     assert_eq!(r.mode, Mode::Enforce);
-    assert_eq!(l.next_block_deadline(), Some(T0 + 600_000));
+    assert_eq!(l.next_block_deadline(), Some(T0 + ms(600_000)));
 }
 
 #[test]
 fn a_reblock_extends_to_the_later_end() {
     let mut l = ledger();
     block(&mut l, req("192.0.2.1", "cli", Some(60)), T0).unwrap();
-    let r = block(&mut l, req("192.0.2.1", "cli", Some(120)), T0 + 1000).unwrap();
+    let r = block(&mut l, req("192.0.2.1", "cli", Some(120)), T0 + ms(1000)).unwrap();
     assert_eq!(r.outcome, Outcome::Extended);
-    assert_eq!(r.expires_ms, Some(T0 + 1000 + 120_000));
+    assert_eq!(r.expires_ms, Some(T0 + ms(1000) + ms(120_000)));
     assert_eq!(
         l.next_block_deadline(),
-        Some(T0 + 121_000),
+        Some(T0 + ms(121_000)),
         "the old deadline is unindexed"
     );
 }
@@ -200,9 +204,9 @@ fn a_reblock_extends_to_the_later_end() {
 fn a_shorter_reblock_never_shortens_the_block() {
     let mut l = ledger();
     block(&mut l, req("192.0.2.1", "cli", Some(3600)), T0).unwrap();
-    let r = block(&mut l, req("192.0.2.1", "cli", Some(60)), T0 + 1000).unwrap();
+    let r = block(&mut l, req("192.0.2.1", "cli", Some(60)), T0 + ms(1000)).unwrap();
     assert_eq!(r.outcome, Outcome::Unchanged);
-    assert_eq!(r.expires_ms, Some(T0 + 3_600_000));
+    assert_eq!(r.expires_ms, Some(T0 + ms(3_600_000)));
 }
 
 #[test]
@@ -211,7 +215,7 @@ fn a_reblock_without_a_reason_keeps_the_earlier_one_and_a_new_reason_replaces_it
     let mut first = req("192.0.2.1", "wazuh", Some(60));
     first.reason = Reason::text("ssh brute force");
     block(&mut l, first, T0).unwrap();
-    block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + 1).unwrap();
+    block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + ms(1)).unwrap();
     assert_eq!(
         source_block(&l, "192.0.2.1", "wazuh")
             .unwrap()
@@ -222,7 +226,7 @@ fn a_reblock_without_a_reason_keeps_the_earlier_one_and_a_new_reason_replaces_it
     );
     let mut third = req("192.0.2.1", "wazuh", Some(60));
     third.reason = Reason::text("web scan");
-    block(&mut l, third, T0 + 2).unwrap();
+    block(&mut l, third, T0 + ms(2)).unwrap();
     assert_eq!(
         source_block(&l, "192.0.2.1", "wazuh")
             .unwrap()
@@ -422,10 +426,10 @@ fn the_kernel_entry_enforces_until_the_latest_enforcing_source_ends() {
     let entry = r.ledger.kernel_entry(&t("192.0.2.1")).unwrap();
     assert_eq!(
         (entry.mode, entry.expires_ms),
-        (Mode::Enforce, Some(T0 + 60_000))
+        (Mode::Enforce, Some(T0 + ms(60_000)))
     );
     // When the enforcing block expires, the shadow one is what remains in the kernel.
-    assert_eq!(r.reap(T0 + 60_000), 1);
+    assert_eq!(r.reap(T0 + ms(60_000)), 1);
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_SHADOW));
 }
 
@@ -469,16 +473,16 @@ fn expiry_after_an_extension_keeps_the_block() {
         .unwrap();
     r.one(
         Request::Block(req("192.0.2.1", "wazuh", Some(600))),
-        T0 + 30_000,
+        T0 + ms(30_000),
     )
     .unwrap();
     assert_eq!(
-        r.reap(T0 + 60_000),
+        r.reap(T0 + ms(60_000)),
         0,
         "the first deadline no longer applies"
     );
     assert_eq!(r.kernel_mode("192.0.2.1"), Some(MODE_ENFORCE));
-    assert_eq!(r.reap(T0 + 630_000), 1);
+    assert_eq!(r.reap(T0 + ms(630_000)), 1);
     assert_eq!(r.kernel_mode("192.0.2.1"), None);
 }
 
@@ -494,8 +498,8 @@ fn expiry_takes_only_what_is_due_and_at_most_the_limit() {
         .unwrap();
     }
     let mut c = Change::default();
-    assert_eq!(l.expire(&mut c, T0 + 3 * MIN, 2), 2);
-    assert_eq!(l.expire(&mut c, T0 + 3 * MIN, 10), 1);
+    assert_eq!(l.expire(&mut c, T0 + ms(3 * MIN), 2), 2);
+    assert_eq!(l.expire(&mut c, T0 + ms(3 * MIN), 10), 1);
     assert_eq!(l.blocks().len(), 2);
     assert_eq!(
         c.events
@@ -584,9 +588,9 @@ fn pending_requests_expire_unapproved() {
     let mut l = ledger_with(cfg, 100);
     let r = block(&mut l, req("192.0.2.1", "feed", Some(60)), T0).unwrap();
     assert_eq!(r.outcome, Outcome::Pending);
-    assert_eq!(l.next_deadline(), Some(T0 + 3_600_000));
+    assert_eq!(l.next_deadline(), Some(T0 + ms(3_600_000)));
     let mut c = Change::default();
-    l.expire(&mut c, T0 + 3_600_000, 10);
+    l.expire(&mut c, T0 + ms(3_600_000), 10);
     assert!(l.pending().is_empty());
     assert_eq!(c.events[0].action, Action::PendingExpire);
 }
@@ -612,7 +616,7 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
             Request::Block(req("192.0.2.2", "cli", Some(60))),
             Request::Block(req("198.51.0.0/16", "wazuh", Some(60))),
         ],
-        T0 + 1000,
+        T0 + ms(1000),
     );
     assert!(matches!(answered.answers[0], Err(Refusal::Store(_))));
     assert!(matches!(answered.answers[1], Err(Refusal::Store(_))));
@@ -636,18 +640,21 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
         source_block(&r.ledger, "192.0.2.1", "cli")
             .unwrap()
             .expires_ms,
-        Some(T0 + 60_000)
+        Some(T0 + ms(60_000))
     );
-    assert_eq!(r.ledger.next_block_deadline(), Some(T0 + 60_000));
+    assert_eq!(r.ledger.next_block_deadline(), Some(T0 + ms(60_000)));
     assert_eq!(r.ledger.capacity().used("BLOCK_V4"), 1);
-    assert_eq!(r.ledger.offense_count(&t("192.0.2.2"), T0 + 1000), 0);
+    assert_eq!(r.ledger.offense_count(&t("192.0.2.2"), T0 + ms(1000)), 0);
     assert!(
         !r.kernel.blocks.contains_key(&t("192.0.2.2")),
         "nothing reached the kernel"
     );
     r.store.fail = false;
     let Reply::Block(b) = r
-        .one(Request::Block(req("192.0.2.2", "cli", Some(60))), T0 + 2000)
+        .one(
+            Request::Block(req("192.0.2.2", "cli", Some(60))),
+            T0 + ms(2000),
+        )
         .unwrap()
     else {
         panic!()
@@ -925,7 +932,7 @@ fn an_open_breaker_holds_under_reblocks() {
     let Reply::Block(again) = r
         .one(
             Request::Block(req("203.0.113.3", "noisy", Some(1200))),
-            T0 + 1000,
+            T0 + ms(1000),
         )
         .unwrap()
     else {
@@ -939,7 +946,7 @@ fn an_open_breaker_holds_under_reblocks() {
     // Blocks made before the breaker opened stay enforced (never demoted).
     r.one(
         Request::Block(req("203.0.113.1", "noisy", Some(1200))),
-        T0 + 1000,
+        T0 + ms(1000),
     )
     .unwrap();
     assert_eq!(r.kernel_mode("203.0.113.1"), Some(MODE_ENFORCE));
@@ -976,7 +983,7 @@ fn an_open_refusing_breaker_refuses_reblocks_too() {
     ));
     assert_eq!(
         source_block(&l, "203.0.113.1", "noisy").unwrap().expires_ms,
-        Some(T0 + 600_000)
+        Some(T0 + ms(600_000))
     );
 }
 
@@ -998,8 +1005,8 @@ fn repeat_offenders_get_an_escalated_ttl() {
         false,
     )
     .unwrap();
-    let r = block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + 1000).unwrap();
-    assert_eq!(r.expires_ms, Some(T0 + 1000 + 3_600_000));
+    let r = block(&mut l, req("192.0.2.1", "wazuh", Some(60)), T0 + ms(1000)).unwrap();
+    assert_eq!(r.expires_ms, Some(T0 + ms(1000) + ms(3_600_000)));
     assert!(r.notes[0].contains("repeat offender"), "{:?}", r.notes);
 }
 
@@ -1018,7 +1025,7 @@ fn an_approved_block_applies_and_leaves_the_pending_list() {
     };
     assert_eq!((p.outcome, p.pending_id), (Outcome::Pending, Some(1)));
     assert!(r.kernel.blocks.is_empty());
-    let Reply::Block(b) = r.one(Request::Approve { id: 1 }, T0 + 10).unwrap() else {
+    let Reply::Block(b) = r.one(Request::Approve { id: 1 }, T0 + ms(10)).unwrap() else {
         panic!()
     };
     assert_eq!(b.outcome, Outcome::Created);
@@ -1280,7 +1287,7 @@ fn with_id(request: Request, id: &str) -> Write {
     }
 }
 
-fn replayed(request: Request, id: &str, spooled_ms: UnixMillis, file: &str) -> Write {
+fn replayed(request: Request, id: &str, spooled_ms: WallMs, file: &str) -> Write {
     Write {
         replay: Some(Replay {
             spooled_ms,
@@ -1291,7 +1298,7 @@ fn replayed(request: Request, id: &str, spooled_ms: UnixMillis, file: &str) -> W
 }
 
 impl Rig {
-    fn writes(&mut self, writes: Vec<Write>, now: UnixMillis) -> round::Answered {
+    fn writes(&mut self, writes: Vec<Write>, now: WallMs) -> round::Answered {
         round::run(
             &mut self.ledger,
             &mut self.store,
@@ -1302,7 +1309,7 @@ impl Rig {
     }
 }
 
-fn expires(answer: &Result<Reply, Refusal>) -> Option<UnixMillis> {
+fn expires(answer: &Result<Reply, Refusal>) -> Option<WallMs> {
     match answer {
         Ok(Reply::Block(b)) => b.expires_ms,
         other => panic!("{other:?}"),
@@ -1325,10 +1332,10 @@ fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
             with_id(Request::Block(req("192.0.2.1", "wazuh", Some(6000))), "a"),
             with_id(Request::Block(req("192.0.2.1", "wazuh", Some(6000))), "a"),
         ],
-        T0 + 1000,
+        T0 + ms(1000),
     );
     assert_eq!(expires(&again.answers[0]), expires(&first.answers[0]));
-    assert_eq!(expires(&again.answers[1]), Some(T0 + 60_000));
+    assert_eq!(expires(&again.answers[1]), Some(T0 + ms(60_000)));
     assert!(
         again.events.is_empty(),
         "a duplicate is not audited as a block"
@@ -1337,7 +1344,7 @@ fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
         source_block(&r.ledger, "192.0.2.1", "wazuh")
             .unwrap()
             .expires_ms,
-        Some(T0 + 60_000)
+        Some(T0 + ms(60_000))
     );
     // The id went to the store with the block, in one commit.
     assert!(
@@ -1356,9 +1363,12 @@ fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
             Request::Block(req("192.0.2.1", "wazuh", Some(6000))),
             "b",
         )],
-        T0 + 2000,
+        T0 + ms(2000),
     );
-    assert_eq!(expires(&other.answers[0]), Some(T0 + 2000 + 6_000_000));
+    assert_eq!(
+        expires(&other.answers[0]),
+        Some(T0 + ms(2000) + ms(6_000_000))
+    );
     assert_eq!(r.ledger.applied_ids().len(), 2);
     // A refused request is not remembered: sent again, it meets the rules again.
     let refused = r.writes(
@@ -1391,11 +1401,11 @@ fn a_failed_commit_forgets_the_ids_of_its_round() {
             Request::Block(req("192.0.2.1", "wazuh", Some(60))),
             "a",
         )],
-        T0 + 1000,
+        T0 + ms(1000),
     );
     assert_eq!(
         expires(&applied.answers[0]),
-        Some(T0 + 1000 + 60_000),
+        Some(T0 + ms(1000) + ms(60_000)),
         "applied now, not answered from the failed round"
     );
 }
@@ -1416,7 +1426,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
             Request::Block(req("192.0.2.2", "wazuh", Some(60))),
             "new",
         )],
-        T0 + week,
+        T0 + ms(week),
     );
     assert_eq!(r.ledger.applied_ids().len(), 1, "the week-old id went");
     assert!(
@@ -1427,7 +1437,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
     // Loaded from the store at start: what is past its retention is handed back to delete.
     let stored: Vec<crate::store::AppliedRequest> = ["x", "y"]
         .iter()
-        .zip([T0, T0 + week])
+        .zip([T0, T0 + ms(week)])
         .map(|(id, at)| crate::store::AppliedRequest {
             id: id.parse().unwrap(),
             applied_ms: at,
@@ -1435,7 +1445,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
         })
         .collect();
     let mut fresh = ledger();
-    let forgotten = fresh.load_requests(stored, T0 + week + 1);
+    let forgotten = fresh.load_requests(stored, T0 + ms(week) + ms(1));
     assert_eq!(
         forgotten.iter().map(RequestId::as_str).collect::<Vec<_>>(),
         ["x"]
@@ -1454,7 +1464,7 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
             ..SourcePolicy::default()
         },
     );
-    let now = T0 + 20 * MIN;
+    let now = T0 + ms(20 * MIN);
     // Eight triggers spooled over ten minutes, replayed in one round now: all applied.
     let mut r = Rig::new(ledger_with(cfg.clone(), 100));
     let spread: Vec<Write> = (0..8u64)
@@ -1462,7 +1472,7 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
             replayed(
                 Request::Block(req(&format!("192.0.2.{i}"), "wazuh", Some(3600))),
                 &format!("s{i}"),
-                T0 + i * 75_000,
+                T0 + ms(i * 75_000),
                 &format!("f{i}"),
             )
         })
@@ -1491,7 +1501,7 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
             replayed(
                 Request::Block(b),
                 &format!("b{i}"),
-                T0 + i * 1000,
+                T0 + ms(i * 1000),
                 &format!("file{i}.json"),
             )
         })
@@ -1516,21 +1526,21 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
             e.spool_file.as_deref(),
             Some(format!("file{i}.json").as_str())
         );
-        assert_eq!(e.spooled_ms, Some(T0 + i * 1000));
+        assert_eq!(e.spooled_ms, Some(T0 + ms(i * 1000)));
         assert_eq!(
             e.reason.as_ref().unwrap().text.as_deref(),
             Some(format!("alert {i}").as_str())
         );
     }
-    let open = r.ledger.policy_mut().open_breakers(T0 + 4000);
+    let open = r.ledger.policy_mut().open_breakers(T0 + ms(4000));
     assert_eq!(
         open[0].opened_ms,
-        T0 + 3000,
+        T0 + ms(3000),
         "opened at the fourth trigger's spool time"
     );
     assert_eq!(
         open[0].closes_ms,
-        T0 + 3000 + 10 * MIN,
+        T0 + ms(3000) + ms(10 * MIN),
         "and its cooldown runs from then"
     );
     // A replay no rule refuses but that cannot be done is audited too.
@@ -1676,7 +1686,7 @@ fn target_n(n: u8) -> Target {
     t(&format!("203.0.113.{}", n + 1))
 }
 
-fn run_step(r: &mut Rig, s: &Step, now: &mut UnixMillis) {
+fn run_step(r: &mut Rig, s: &Step, now: &mut WallMs) {
     let request = match s {
         Step::Block {
             target,
@@ -1703,7 +1713,7 @@ fn run_step(r: &mut Rig, s: &Step, now: &mut UnixMillis) {
             source: None,
         },
         Step::Advance { min } => {
-            *now += min * MIN;
+            *now = *now + ms(min * MIN);
             r.reap(*now);
             return;
         }
@@ -1741,14 +1751,14 @@ proptest! {
     #[test]
     fn expiry_never_removes_an_extended_block(ttls in proptest::collection::vec((0u64..10, 1u64..30), 1..10)) {
         let mut l = ledger();
-        let mut latest = 0;
+        let mut latest = WallMs::EPOCH;
         for (at_min, ttl_min) in &ttls {
-            let now = T0 + at_min * MIN;
+            let now = T0 + ms(at_min * MIN);
             block(&mut l, req("192.0.2.1", "wazuh", Some(ttl_min * 60)), now).unwrap();
-            latest = latest.max(now + ttl_min * MIN);
+            latest = latest.max(now + ms(ttl_min * MIN));
         }
         let mut c = Change::default();
-        l.expire(&mut c, latest - 1, usize::MAX);
+        l.expire(&mut c, latest - ms(1), usize::MAX);
         prop_assert!(source_block(&l, "192.0.2.1", "wazuh").is_some());
         l.expire(&mut c, latest, usize::MAX);
         prop_assert!(l.blocks().is_empty());
@@ -1820,7 +1830,7 @@ fn clocked_rig(
 fn follow(
     r: &mut Rig,
     keeper: &mut crate::time::TimeKeeper<crate::time::fake::FakeClock>,
-) -> (UnixMillis, Option<ClockChange>) {
+) -> (WallMs, Option<ClockChange>) {
     let tick = keeper.tick();
     let change = r.ledger.follow_clock(&tick);
     if let Some(c) = &change {
@@ -1834,7 +1844,7 @@ const DAY: u64 = 24 * HOUR;
 
 #[test]
 fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
-    let clock = crate::time::fake::FakeClock::new(T0, 10_000);
+    let clock = crate::time::fake::FakeClock::new(T0, boot(10_000));
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
     r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now)
@@ -1880,7 +1890,7 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
         source_block(&r.ledger, "192.0.2.1", "cli")
             .unwrap()
             .expires_ms,
-        Some(now + HOUR - MIN),
+        Some(now + ms(HOUR) - ms(MIN)),
         "59 min left, as before the step"
     );
     r.one(Request::Block(req("192.0.2.9", "cli", Some(60))), now)
@@ -1912,7 +1922,7 @@ fn a_forward_wall_clock_step_of_a_day_does_not_expire_a_one_hour_block() {
 #[test]
 fn a_forward_step_never_carries_a_restored_block_past_max_ttl() {
     // Booted with the clock 40 days behind: a block with an hour left looks 40 days longer.
-    let clock = crate::time::fake::FakeClock::new(T0 + 100 * DAY, 10_000);
+    let clock = crate::time::fake::FakeClock::new(T0 + ms(100 * DAY), boot(10_000));
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
     let restored = Record {
@@ -1922,7 +1932,7 @@ fn a_forward_step_never_carries_a_restored_block_past_max_ttl() {
             reason: Default::default(),
             created_ms: now,
             updated_ms: now,
-            expires_ms: Some(now + 40 * DAY + HOUR),
+            expires_ms: Some(now + ms(40 * DAY) + ms(HOUR)),
             mode: Mode::Enforce,
             scope: Default::default(),
         },
@@ -1939,21 +1949,21 @@ fn a_forward_step_never_carries_a_restored_block_past_max_ttl() {
         source_block(&r.ledger, "192.0.2.1", "cli")
             .unwrap()
             .expires_ms,
-        Some(now + max_ttl),
+        Some(now + ms(max_ttl)),
         "the step is not kept as extra time past max_ttl"
     );
     assert_eq!(
         source_block(&r.ledger, "192.0.2.2", "cli")
             .unwrap()
             .expires_ms,
-        Some(now + HOUR),
+        Some(now + ms(HOUR)),
         "a block made under the wrong clock keeps its hour"
     );
 }
 
 #[test]
 fn a_backward_step_neither_lengthens_a_block_nor_a_pending_request() {
-    let clock = crate::time::fake::FakeClock::new(T0 + 2 * DAY, 10_000);
+    let clock = crate::time::fake::FakeClock::new(T0 + ms(2 * DAY), boot(10_000));
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
     r.one(Request::Block(req("192.0.2.1", "cli", Some(3600))), now)
@@ -1965,7 +1975,7 @@ fn a_backward_step_neither_lengthens_a_block_nor_a_pending_request() {
         source_block(&r.ledger, "192.0.2.1", "cli")
             .unwrap()
             .expires_ms,
-        Some(now + HOUR)
+        Some(now + ms(HOUR))
     );
     clock.advance(HOUR);
     let (now, _) = follow(&mut r, &mut keeper);
@@ -1978,7 +1988,7 @@ fn a_backward_step_neither_lengthens_a_block_nor_a_pending_request() {
 
 #[test]
 fn a_slow_slew_moves_the_base_but_no_deadline_and_is_not_audited() {
-    let clock = crate::time::fake::FakeClock::new(T0, 10_000);
+    let clock = crate::time::fake::FakeClock::new(T0, boot(10_000));
     let (mut r, mut keeper) = clocked_rig(&clock);
     let (now, _) = follow(&mut r, &mut keeper);
     r.one(Request::Block(req("192.0.2.1", "cli", Some(7200))), now)
@@ -1997,7 +2007,7 @@ fn a_slow_slew_moves_the_base_but_no_deadline_and_is_not_audited() {
         source_block(&r.ledger, "192.0.2.1", "cli")
             .unwrap()
             .expires_ms,
-        Some(T0 + 2 * HOUR)
+        Some(T0 + ms(2 * HOUR))
     );
 }
 
@@ -2075,24 +2085,29 @@ fn offense_histories_leave_with_their_window_and_the_table_is_capped() {
         .into_iter()
         .enumerate()
     {
-        block(&mut l, req(target, "wazuh", Some(60)), T0 + i as u64 * MIN).unwrap();
+        block(
+            &mut l,
+            req(target, "wazuh", Some(60)),
+            T0 + ms(i as u64 * MIN),
+        )
+        .unwrap();
     }
     assert_eq!(l.offenses.len(), 3);
     assert_eq!(
         l.next_deadline(),
-        Some(T0 + MIN),
+        Some(T0 + ms(MIN)),
         "the first block ends first"
     );
     let mut c = Change::default();
-    l.expire(&mut c, T0 + 10 * MIN, usize::MAX);
+    l.expire(&mut c, T0 + ms(10 * MIN), usize::MAX);
     assert_eq!(l.offenses.len(), 3, "still in the window");
     assert_eq!(
         l.next_deadline(),
-        Some(T0 + 60 * MIN),
+        Some(T0 + ms(60 * MIN)),
         "the oldest history leaves the window then"
     );
     let mut c = Change::default();
-    l.expire(&mut c, T0 + 61 * MIN, usize::MAX);
+    l.expire(&mut c, T0 + ms(61 * MIN), usize::MAX);
     assert_eq!(l.offenses.len(), 1, "two left the window");
     assert!(
         c.ops.iter().any(
@@ -2108,7 +2123,12 @@ fn offense_histories_leave_with_their_window_and_the_table_is_capped() {
         .into_iter()
         .enumerate()
     {
-        block(&mut l, req(target, "wazuh", Some(60)), T0 + i as u64 * MIN).unwrap();
+        block(
+            &mut l,
+            req(target, "wazuh", Some(60)),
+            T0 + ms(i as u64 * MIN),
+        )
+        .unwrap();
     }
     assert_eq!(l.offenses.len(), 2);
     assert!(
@@ -2127,7 +2147,7 @@ fn offense_histories_leave_with_their_window_and_the_table_is_capped() {
         block(
             &mut l,
             req("192.0.2.3", "wazuh", Some(60)),
-            T0 + (10 + i) * MIN,
+            T0 + ms((10 + i) * MIN),
         )
         .unwrap();
     }
@@ -2140,17 +2160,24 @@ fn a_store_over_the_cap_or_without_escalation_is_pruned_at_the_first_reap() {
     l.load_side(vec![], vec![(t("192.0.2.1"), vec![T0])], None);
     assert_eq!(l.next_deadline(), Some(T0));
     let mut c = Change::default();
-    l.expire(&mut c, T0 + 1, usize::MAX);
+    l.expire(&mut c, T0 + ms(1), usize::MAX);
     assert_eq!(l.offenses.len(), 0);
     let mut l = offenders("1d");
     l.offenses.set_cap(1);
     l.load_side(
         vec![],
-        vec![(t("192.0.2.1"), vec![T0]), (t("192.0.2.2"), vec![T0 + 1])],
+        vec![
+            (t("192.0.2.1"), vec![T0]),
+            (t("192.0.2.2"), vec![T0 + ms(1)]),
+        ],
         None,
     );
-    assert_eq!(l.next_deadline(), Some(0), "over the cap: at once");
-    l.expire(&mut Change::default(), T0 + 2, usize::MAX);
+    assert_eq!(
+        l.next_deadline(),
+        Some(WallMs::EPOCH),
+        "over the cap: at once"
+    );
+    l.expire(&mut Change::default(), T0 + ms(2), usize::MAX);
     assert_eq!(l.offenses.len(), 1);
     assert!(
         l.offenses.get(&t("192.0.2.2")).is_some(),

@@ -24,7 +24,7 @@ use std::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -32,8 +32,8 @@ use enforcer::{
     Target,
     block::Source,
     client::Client,
-    datapath::clock::deadline_to_boot_ns,
     protocol::{BlockRequest, Reply, Request},
+    time::{SystemClock, TimeKeeper},
 };
 use enforcer_tests::{Lab, daemon::Daemon};
 use serde::Serialize;
@@ -167,10 +167,10 @@ fn enforcer_batch(n: usize) -> Result<Batch> {
         let Reply::Block(r) = reply else {
             bail!("unexpected reply {reply:?}")
         };
-        let ms = r.expires_ms.context("a block with a TTL has an expiry")?;
-        Ok(deadline_to_boot_ns(
-            SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
-        ))
+        let end = r.expires_ms.context("a block with a TTL has an expiry")?;
+        // The daemon's conversion, under the clocks' offset now (no step happens in a run).
+        let base = TimeKeeper::new(SystemClock, String::new()).base();
+        Ok(base.boot_deadline_ns(end).kernel())
     })
 }
 
