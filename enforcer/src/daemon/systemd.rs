@@ -140,9 +140,12 @@ impl TestStall {
         Self(std::env::var_os(var).map(std::path::PathBuf::from))
     }
 
-    /// Blocks while the file exists.
+    /// Blocks while the file exists (logging once that it holds, so a test knows).
     pub fn wait(&self) {
         if let Some(path) = &self.0 {
+            if path.exists() {
+                tracing::info!(file = %path.display(), "held by the test stall hook");
+            }
             while path.exists() {
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -149,11 +149,20 @@ fn a_backward_wall_clock_step_does_not_lengthen_a_block() {
     require_root();
     let lab = Lab::new().unwrap();
     let wall = FakeWall::new();
-    let d = Daemon::start_with_env(&lab, &[], wall.env()).unwrap();
+    let d = Daemon::start_with_metrics(&lab, &[], wall.env()).unwrap();
     let blocked = SENDER_V4[0];
     ok(&d.cli(&["block", blocked, "--ttl", "1h"]));
+    let steps = || d.scrape().unwrap().get("enforcer_clock_steps_total");
+    assert_eq!(steps(), 0.0);
     wall.step("-1d");
     ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
+    // The metric follows the step (published after the round that saw it).
+    enforcer_tests::wait_for(
+        "enforcer_clock_steps_total to count the step",
+        std::time::Duration::from_secs(10),
+        || Ok((steps() == 1.0).then_some(())),
+    )
+    .unwrap();
     // The daemon's clock is a day behind the real one: an hour from its now.
     let left = left_ms(&d, blocked).expect("still blocked");
     let off = left.abs_diff(HOUR_MS as i64 - DAY_MS as i64);

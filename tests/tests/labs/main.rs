@@ -18,6 +18,7 @@ mod interfaces_lab;
 mod ipv6_networks;
 mod link_events;
 mod links_lab;
+mod metrics_lab;
 mod mount_namespace_lab;
 mod operability;
 mod package;
