@@ -6,9 +6,10 @@
 use std::{os::unix::net::UnixStream, path::Path, time::Duration};
 
 use enforcer::{
-    block::{Reason, now_ms},
+    block::Reason,
     protocol::{BlockRequest, Request},
     spool::{self, Spooled},
+    time::WallMs,
 };
 use enforcer_tests::{
     Lab, RECEIVER_IF, SENDER_V4,
@@ -56,7 +57,7 @@ fn eventually(d: &Daemon, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape
 fn spooled_block(target: &str) -> Spooled {
     Spooled {
         v: spool::SPOOL_VERSION,
-        spooled_ms: now_ms(),
+        spooled_ms: WallMs::now(),
         id: None,
         request: Request::Block(BlockRequest {
             target: target.parse().unwrap(),
