@@ -244,11 +244,11 @@ impl View<'_> {
         let maps = self
             .maps
             .capacities()
-            .into_iter()
-            .map(|(name, capacity)| MapUse {
-                map: name.to_owned(),
-                used: ledger.capacity().used(name),
-                capacity,
+            .iter()
+            .map(|(map, capacity)| MapUse {
+                map: map.name().to_owned(),
+                used: ledger.capacity().used(map),
+                capacity: *capacity,
             })
             .collect();
         StatusReply {

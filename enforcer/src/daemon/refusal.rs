@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::{
-    datapath::MapsError,
+    datapath::{MapId, MapsError},
     policy::Rule,
     protocol::{ErrorBody, ErrorCode},
     store::StoreError,
@@ -29,8 +29,8 @@ pub enum Refusal {
         "the {map} map is full ({capacity} entries); nothing was evicted. Raise [capacity] in the configuration or unblock targets"
     )]
     MapFull {
-        /// The map's name.
-        map: &'static str,
+        /// The map.
+        map: MapId,
         /// Its capacity.
         capacity: u32,
     },
@@ -41,8 +41,8 @@ pub enum Refusal {
     ShareFull {
         /// The source (not `source`: thiserror takes a field of that name for the cause).
         by: crate::block::Source,
-        /// The map's name.
-        map: &'static str,
+        /// The map.
+        map: MapId,
         /// Entries one source may hold.
         share: u64,
         /// The map's capacity.
@@ -57,8 +57,8 @@ pub enum Refusal {
     Reserved {
         /// The source (not `source`: thiserror takes a field of that name for the cause).
         by: crate::block::Source,
-        /// The map's name.
-        map: &'static str,
+        /// The map.
+        map: MapId,
         /// The map's capacity.
         capacity: u32,
         /// Entries kept.

@@ -35,6 +35,7 @@ use super::{
     batch::{self, BatchError},
     clock,
     indexes::{AllowIndex, PrefixFilter},
+    map_id::{MapId, PerMap},
 };
 use crate::target::{Target, v4_bytes, v6_bytes};
 
@@ -88,7 +89,7 @@ pub struct BlockMaps {
     prefix_filter: Array<MapData, u64>,
     hits: PerCpuArray<MapData, HitSlot>,
     clock: Array<MapData, u64>,
-    capacity: [u32; 6],
+    capacity: PerMap<u32>,
     filter: PrefixFilter,
     allow: AllowIndex,
     next_generation: u8,
@@ -195,14 +196,16 @@ impl BlockMaps {
             Err(_) => None,
         };
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
-        let capacity = [
-            cap(v4.map()),
-            cap(v6.map()),
-            cap(net_v4.map()),
-            cap(net_v6.map()),
-            cap(allow_v4.map()),
-            cap(allow_v6.map()),
-        ];
+        let capacity = PerMap::from_fn(|id| {
+            cap(match id {
+                MapId::BlockV4 => v4.map(),
+                MapId::BlockV6 => v6.map(),
+                MapId::BlockNetV4 => net_v4.map(),
+                MapId::BlockNetV6 => net_v6.map(),
+                MapId::AllowV4 => allow_v4.map(),
+                MapId::AllowV6 => allow_v6.map(),
+            })
+        });
         Ok(Self {
             v4,
             v6,
@@ -223,27 +226,15 @@ impl BlockMaps {
         })
     }
 
-    /// Capacity of the map a target goes to, and that map's name.
+    /// The name of the block map a target goes to, and its capacity.
     pub fn capacity_for(&self, target: &Target) -> (&'static str, u32) {
-        match (target.net(), target.is_host()) {
-            (IpNet::V4(_), true) => (map_names::BLOCK_V4, self.capacity[0]),
-            (IpNet::V6(_), true) => (map_names::BLOCK_V6, self.capacity[1]),
-            (IpNet::V4(_), false) => (map_names::BLOCK_NET_V4, self.capacity[2]),
-            (IpNet::V6(_), false) => (map_names::BLOCK_NET_V6, self.capacity[3]),
-        }
+        let map = MapId::for_block(target);
+        (map.name(), self.capacity[map])
     }
 
-    /// Capacities in [`map_names::ALL`] order (without STATS).
-    pub fn capacities(&self) -> [(&'static str, u32); 6] {
-        let n = map_names::ALL;
-        [
-            (n[0], self.capacity[0]),
-            (n[1], self.capacity[1]),
-            (n[2], self.capacity[2]),
-            (n[3], self.capacity[3]),
-            (n[4], self.capacity[4]),
-            (n[5], self.capacity[5]),
-        ]
+    /// The capacity of each block and allowlist map.
+    pub fn capacities(&self) -> PerMap<u32> {
+        self.capacity
     }
 
     /// Loads what the writer keeps in memory (the prefix blocks behind the prefilter, the
@@ -393,7 +384,7 @@ impl BlockMaps {
                 IpNet::V6(n) => v6.push(*target, v6_bytes(n.addr()), entry),
             }
         }
-        let (cap4, cap6) = (self.capacity[0], self.capacity[1]);
+        let (cap4, cap6) = (self.capacity[MapId::BlockV4], self.capacity[MapId::BlockV6]);
         failed.extend(v4.update(&mut self.v4, map_names::BLOCK_V4, cap4));
         failed.extend(v6.update(&mut self.v6, map_names::BLOCK_V6, cap6));
         failed
@@ -610,7 +601,7 @@ impl BlockMaps {
         let (map, capacity, result) = match target.net() {
             IpNet::V4(n) => (
                 map_names::ALLOW_V4,
-                self.capacity[4],
+                self.capacity[MapId::AllowV4],
                 self.allow_v4.insert(
                     &Key::new(u32::from(n.prefix_len()), v4_bytes(n.network())),
                     value,
@@ -619,7 +610,7 @@ impl BlockMaps {
             ),
             IpNet::V6(n) => (
                 map_names::ALLOW_V6,
-                self.capacity[5],
+                self.capacity[MapId::AllowV6],
                 self.allow_v6.insert(
                     &Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())),
                     value,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod indexes;
 pub mod link;
 pub mod loader;
+pub mod map_id;
 pub mod maps;
 mod migrate;
 
@@ -17,6 +18,7 @@ pub use loader::{
     Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathOptions, detach_all, detach_link,
     pinned_interfaces,
 };
+pub use map_id::{MapId, PerMap};
 pub use maps::{BlockMaps, MapsError, StatsReader};
 
 pub use crate::netlink::{AttachedMode, XdpState, query_xdp};

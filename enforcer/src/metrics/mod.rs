@@ -32,6 +32,7 @@ use exposition::{Exposition, Kind, bound_label};
 
 use crate::{
     block::{Mode, Source, TargetBlocks},
+    datapath::MapId,
     time::WallMs,
 };
 
@@ -68,8 +69,8 @@ pub struct Snapshot {
     pub blocks: Vec<(Source, Mode, u64)>,
     /// Blocked targets (addresses and prefixes) in the kernel maps.
     pub targets: u64,
-    /// Kernel maps: (name, entries, capacity).
-    pub maps: Vec<(&'static str, u64, u32)>,
+    /// Kernel maps: (map, entries, capacity).
+    pub maps: Vec<(MapId, u64, u32)>,
     /// Every source with a breaker, and whether it is open.
     pub breakers: Vec<(Source, bool)>,
     /// Blocks waiting for approval.
@@ -401,7 +402,7 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
         "Entries in each kernel map.",
     );
     for (map, used, _) in &s.maps {
-        e.sample("enforcer_map_entries", &[("map", map)], *used as f64);
+        e.sample("enforcer_map_entries", &[("map", map.name())], *used as f64);
     }
     e.family(
         "enforcer_map_capacity",
@@ -409,7 +410,11 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
         "Capacity of each kernel map (fixed when it was created).",
     );
     for (map, _, cap) in &s.maps {
-        e.sample("enforcer_map_capacity", &[("map", map)], f64::from(*cap));
+        e.sample(
+            "enforcer_map_capacity",
+            &[("map", map.name())],
+            f64::from(*cap),
+        );
     }
     e.family(
         "enforcer_breaker_open",
@@ -676,7 +681,7 @@ mod tests {
         m.publish(Snapshot {
             blocks: vec![(src("wazuh"), Mode::Enforce, 2)],
             targets: 2,
-            maps: vec![("BLOCK_V4", 2, 1024)],
+            maps: vec![(MapId::BlockV4, 2, 1024)],
             breakers: vec![(src("wazuh"), false)],
             pending: 1,
             oldest_deadline_ms: Some(wall(1_000)),

@@ -58,7 +58,7 @@ impl Engine {
         audit: AuditLog,
         config: EngineConfig,
     ) -> anyhow::Result<Self> {
-        let capacity = Capacity::new(&dp.maps().capacities(), config.shares);
+        let capacity = Capacity::new(dp.maps().capacities(), config.shares);
         let metrics = Arc::new(crate::metrics::Metrics::new(store.commits()));
         let mut engine = Self {
             ledger: Ledger::new(Policy::new(config.policy, config.default_ttl), capacity),

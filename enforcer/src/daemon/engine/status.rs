@@ -78,8 +78,8 @@ impl Engine {
             .dp
             .maps()
             .capacities()
-            .into_iter()
-            .map(|(name, cap)| (name, capacity.used(name), cap))
+            .iter()
+            .map(|(map, cap)| (map, capacity.used(map), *cap))
             .collect();
         self.metrics.publish(Snapshot {
             blocks: self.tally.entries(),

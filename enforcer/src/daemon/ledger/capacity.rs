@@ -9,10 +9,13 @@
 
 use std::collections::HashMap;
 
-use enforcer_common::map_names;
-
 use super::Refusal;
-use crate::{block::Source, policy::Allowlist, target::Target};
+use crate::{
+    block::Source,
+    datapath::{MapId, PerMap},
+    policy::Allowlist,
+    target::Target,
+};
 
 /// How the block maps are divided between sources (`[capacity]` in the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,38 +35,23 @@ impl Shares {
     };
 }
 
-/// The maps a target can go to, in slot order.
-const MAPS: [&str; 6] = [
-    map_names::BLOCK_V4,
-    map_names::BLOCK_V6,
-    map_names::BLOCK_NET_V4,
-    map_names::BLOCK_NET_V6,
-    map_names::ALLOW_V4,
-    map_names::ALLOW_V6,
-];
-
 /// Capacity and use of each block and allowlist map.
 #[derive(Clone, Debug)]
 pub struct Capacity {
-    limits: [u32; 6],
-    used: [u64; 6],
+    limits: PerMap<u32>,
+    used: PerMap<u64>,
     shares: Shares,
-    /// Targets each source blocks, per block map (a target two sources block counts for both).
-    held: HashMap<Source, [u64; 4]>,
+    /// Targets each source blocks, per block map (a target two sources block counts for both;
+    /// the allowlists' counts stay 0).
+    held: HashMap<Source, PerMap<u64>>,
 }
 
 impl Capacity {
-    /// From (map name, capacity) pairs; maps not named have no room.
-    pub fn new(capacities: &[(&'static str, u32)], shares: Shares) -> Self {
-        let limits = MAPS.map(|m| {
-            capacities
-                .iter()
-                .find(|(n, _)| *n == m)
-                .map_or(0, |(_, c)| *c)
-        });
+    /// From each map's capacity.
+    pub fn new(limits: PerMap<u32>, shares: Shares) -> Self {
         Self {
             limits,
-            used: [0; 6],
+            used: PerMap::default(),
             shares,
             held: HashMap::new(),
         }
@@ -71,33 +59,20 @@ impl Capacity {
 
     /// The same capacity for every map, undivided (tests).
     pub fn uniform(capacity: u32) -> Self {
-        Self::new(&MAPS.map(|m| (m, capacity)), Shares::NONE)
-    }
-
-    fn block_slot(target: &Target) -> usize {
-        match (target.is_v4(), target.is_host()) {
-            (true, true) => 0,
-            (false, true) => 1,
-            (true, false) => 2,
-            (false, false) => 3,
-        }
-    }
-
-    fn allow_slot(target: &Target) -> usize {
-        if target.is_v4() { 4 } else { 5 }
+        Self::new(PerMap::from_fn(|_| capacity), Shares::NONE)
     }
 
     /// Refuses a new blocked target whose map is full: for `exempt` callers (`cli`, a force
     /// source) at the map's end, for the others where the reserved entries start.
     pub fn check(&self, target: &Target, source: &Source, exempt: bool) -> Result<(), Refusal> {
-        let slot = Self::block_slot(target);
-        self.check_slot(slot)?;
-        let reserved = self.reserved(slot);
-        if !exempt && self.used[slot] + reserved >= u64::from(self.limits[slot]) {
+        let map = MapId::for_block(target);
+        self.check_map(map)?;
+        let reserved = self.reserved(map);
+        if !exempt && self.used[map] + reserved >= u64::from(self.limits[map]) {
             return Err(Refusal::Reserved {
                 by: source.clone(),
-                map: MAPS[slot],
-                capacity: self.limits[slot],
+                map,
+                capacity: self.limits[map],
                 reserved,
             });
         }
@@ -112,15 +87,15 @@ impl Capacity {
         source: &Source,
         exempt: bool,
     ) -> Result<(), Refusal> {
-        let slot = Self::block_slot(target);
-        let share = self.share(slot);
-        let held = self.held.get(source).map_or(0, |h| h[slot]);
+        let map = MapId::for_block(target);
+        let share = self.share(map);
+        let held = self.held.get(source).map_or(0, |h| h[map]);
         if !exempt && held >= share {
             return Err(Refusal::ShareFull {
                 by: source.clone(),
-                map: MAPS[slot],
+                map,
                 share,
-                capacity: self.limits[slot],
+                capacity: self.limits[map],
                 percent: self.shares.source_percent,
             });
         }
@@ -128,35 +103,35 @@ impl Capacity {
     }
 
     /// The entries of a block map one source may hold.
-    fn share(&self, slot: usize) -> u64 {
-        u64::from(self.limits[slot]) * u64::from(self.shares.source_percent) / 100
+    fn share(&self, map: MapId) -> u64 {
+        u64::from(self.limits[map]) * u64::from(self.shares.source_percent) / 100
     }
 
     /// The entries at the end of a block map kept for `cli` and forced blocks (rounded up).
-    fn reserved(&self, slot: usize) -> u64 {
-        (u64::from(self.limits[slot]) * u64::from(self.shares.reserved_percent)).div_ceil(100)
+    fn reserved(&self, map: MapId) -> u64 {
+        (u64::from(self.limits[map]) * u64::from(self.shares.reserved_percent)).div_ceil(100)
     }
 
     /// Counts `source`'s block of `target` in (`1`) or out (`-1`).
     pub fn add_held(&mut self, target: &Target, source: &Source, delta: i64) {
-        let slot = Self::block_slot(target);
+        let map = MapId::for_block(target);
         let held = self.held.entry(source.clone()).or_default();
-        held[slot] = held[slot].saturating_add_signed(delta);
-        if held.iter().all(|h| *h == 0) {
+        held[map] = held[map].saturating_add_signed(delta);
+        if held.iter().all(|(_, h)| *h == 0) {
             self.held.remove(source);
         }
     }
 
     /// Refuses a new allowlist prefix whose map is full.
     pub fn check_allow(&self, target: &Target) -> Result<(), Refusal> {
-        self.check_slot(Self::allow_slot(target))
+        self.check_map(MapId::for_allow(target))
     }
 
-    fn check_slot(&self, slot: usize) -> Result<(), Refusal> {
-        if self.used[slot] >= u64::from(self.limits[slot]) {
+    fn check_map(&self, map: MapId) -> Result<(), Refusal> {
+        if self.used[map] >= u64::from(self.limits[map]) {
             return Err(Refusal::MapFull {
-                map: MAPS[slot],
-                capacity: self.limits[slot],
+                map,
+                capacity: self.limits[map],
             });
         }
         Ok(())
@@ -164,20 +139,19 @@ impl Capacity {
 
     /// Counts a blocked target in (`1`) or out (`-1`).
     pub fn add(&mut self, target: &Target, delta: i64) {
-        let used = &mut self.used[Self::block_slot(target)];
+        let used = &mut self.used[MapId::for_block(target)];
         *used = used.saturating_add_signed(delta);
     }
 
     /// Recounts the allowlist maps.
     pub fn set_allow(&mut self, allow: &Allowlist) {
-        self.used[4] = allow.iter().filter(|(t, _)| t.is_v4()).count() as u64;
-        self.used[5] = allow.len() as u64 - self.used[4];
+        let v4 = allow.iter().filter(|(t, _)| t.is_v4()).count() as u64;
+        self.used[MapId::AllowV4] = v4;
+        self.used[MapId::AllowV6] = allow.len() as u64 - v4;
     }
 
     /// Entries in use in `map`.
-    pub fn used(&self, map: &str) -> u64 {
-        MAPS.iter()
-            .position(|m| *m == map)
-            .map_or(0, |i| self.used[i])
+    pub fn used(&self, map: MapId) -> u64 {
+        self.used[map]
     }
 }

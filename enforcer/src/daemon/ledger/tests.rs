@@ -10,7 +10,7 @@ use super::*;
 use crate::{
     access::Caller,
     daemon::{kernel_sync::KernelMap, round},
-    datapath::MapsError,
+    datapath::{MapId, MapsError},
     policy::{AllowOrigin, BreakerAction, PolicyConfig, Rule, SourcePolicy},
     protocol::{BatchItem, ErrorCode},
     scope::Scope,
@@ -643,7 +643,7 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
         Some(T0 + ms(60_000))
     );
     assert_eq!(r.ledger.next_block_deadline(), Some(T0 + ms(60_000)));
-    assert_eq!(r.ledger.capacity().used("BLOCK_V4"), 1);
+    assert_eq!(r.ledger.capacity().used(MapId::BlockV4), 1);
     assert_eq!(r.ledger.offense_count(&t("192.0.2.2"), T0 + ms(1000)), 0);
     assert!(
         !r.kernel.blocks.contains_key(&t("192.0.2.2")),
@@ -852,7 +852,7 @@ fn a_full_map_refuses_new_targets_but_still_extends_existing_ones() {
         matches!(
             e,
             Refusal::MapFull {
-                map: "BLOCK_V4",
+                map: MapId::BlockV4,
                 capacity: 2
             }
         ),
@@ -1772,13 +1772,13 @@ proptest! {
         for s in &steps {
             run_step(&mut r, s, &mut now);
         }
-        let before = (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4"), r.kernel.blocks.clone());
+        let before = (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used(MapId::BlockV4), r.kernel.blocks.clone());
         r.store.fail = true;
         for s in last.iter().filter(|s| !matches!(s, Step::Advance { .. })) {
             run_step(&mut r, s, &mut now);
         }
         // The kernel too: what went in before the failed commit was taken out again.
-        prop_assert_eq!(before, (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used("BLOCK_V4"), r.kernel.blocks.clone()));
+        prop_assert_eq!(before, (r.ledger.blocks().clone(), r.ledger.next_deadline(), r.ledger.capacity().used(MapId::BlockV4), r.kernel.blocks.clone()));
     }
 }
 
