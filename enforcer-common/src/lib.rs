@@ -549,3 +549,6 @@ mod tests {
         }
     }
 }
+
+/// Port and protocol scopes in the data path.
+pub mod scope;

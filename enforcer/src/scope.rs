@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub type Services<'a> = &'a dyn Fn(&str) -> Option<u16>;
 
 /// The most port ranges one block may name (the kernel entry holds that many).
-pub const MAX_RANGES: usize = 16;
+pub const MAX_RANGES: usize = enforcer_common::scope::MAX_PORT_RANGES;
 
 /// The IP protocol a block covers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -128,6 +128,9 @@ impl Ports {
                 return Err(ScopeError::Empty);
             }
             let (lo, hi) = match part.split_once(['-', ':']) {
+                // `0:65535`, fail2ban's default `port`, means every port: a range may start
+                // at 0 (no packet goes to port 0), a single port may not.
+                Some((lo, hi)) if lo.trim() == "0" => (1, port(hi, service)?),
                 Some((lo, hi)) => (port(lo, service)?, port(hi, service)?),
                 None => {
                     let p = port(part, service)?;
@@ -533,6 +536,57 @@ impl ScopeSet {
     }
 }
 
+impl ScopeSet {
+    /// The data path's scope entries for this set, one per protocol it covers (empty for the
+    /// whole address, whose block entry is not flagged scoped).
+    pub fn kernel_entries(&self) -> Vec<(u8, KernelScope)> {
+        use enforcer_common::scope::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+        let Some(p) = &self.0 else { return vec![] };
+        let mut out = Vec::new();
+        for (proto, cover) in [(PROTO_TCP, &p.tcp), (PROTO_UDP, &p.udp)] {
+            match cover {
+                Cover::None => {}
+                Cover::All => out.push((proto, KernelScope::all())),
+                Cover::Ports(ports) => out.push((proto, KernelScope::ports(ports))),
+            }
+        }
+        if p.icmp {
+            out.push((PROTO_ICMP, KernelScope::all()));
+        }
+        out
+    }
+}
+
+/// A scope entry as the data path holds it.
+pub type KernelScope = enforcer_common::scope::ScopeValue;
+
+trait KernelScopeExt {
+    fn all() -> Self;
+    fn ports(ports: &Ports) -> Self;
+}
+
+impl KernelScopeExt for KernelScope {
+    fn all() -> Self {
+        Self {
+            all: 1,
+            ..Self::default()
+        }
+    }
+
+    fn ports(ports: &Ports) -> Self {
+        let mut v = Self::default();
+        // Ports hold at most MAX_RANGES (= the entry's room) ranges.
+        for (slot, r) in v.ranges.iter_mut().zip(ports.ranges()) {
+            *slot = enforcer_common::scope::PortRange {
+                lo: *r.start(),
+                hi: *r.end(),
+            };
+            v.count += 1;
+        }
+        v
+    }
+}
+
 impl fmt::Display for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_whole() {
@@ -595,6 +649,7 @@ mod tests {
         assert_eq!(ports("22,23,24").to_string(), "22-24");
         assert_eq!(ports("1000:2000,1500-2500").to_string(), "1000-2500");
         assert_eq!(ports("65535").to_string(), "65535");
+        assert_eq!(ports("0:65535").to_string(), "1-65535");
         assert!(ports("22,8000-8080").contains(8042));
         assert!(!ports("22,8000-8080").contains(80));
     }
@@ -712,6 +767,26 @@ mod tests {
                 .unwrap()
                 .is_whole()
         );
+    }
+
+    #[test]
+    fn the_kernel_entries_of_a_set_cover_what_it_says_and_nothing_else() {
+        use enforcer_common::scope::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Transport, in_scope};
+        assert!(ScopeSet::WHOLE.kernel_entries().is_empty());
+        let set = ScopeSet::of(&scope("tcp", Some("22,8000-8080")))
+            .union(&scope("udp", None))
+            .unwrap()
+            .union(&scope("icmp", None))
+            .unwrap();
+        let entries = set.kernel_entries();
+        let entry = |proto: u8| entries.iter().find(|(p, _)| *p == proto).map(|(_, v)| *v);
+        let hits = |proto, port| in_scope(Transport::Ports { proto, port }, entry);
+        assert!(hits(PROTO_TCP, 22) && hits(PROTO_TCP, 8080) && !hits(PROTO_TCP, 80));
+        assert!(hits(PROTO_UDP, 1) && hits(PROTO_UDP, 65535));
+        assert!(in_scope(Transport::NoPorts { proto: PROTO_ICMP }, entry));
+        let only_tcp = ScopeSet::of(&scope("tcp", Some("22"))).kernel_entries();
+        assert_eq!(only_tcp.len(), 1);
+        assert_eq!(only_tcp[0].1.count, 1);
     }
 
     #[test]
