@@ -227,6 +227,63 @@ fn an_expired_entry_is_treated_as_absent() {
     assert_eq!(stats.dropped.packets, 1);
 }
 
+/// Never early, judged against the time of each run: `BPF_PROG_TEST_RUN` runs the program
+/// inside the syscall, so a run that returned before the deadline was judged before it and
+/// must have dropped. (A real packet's send time cannot bound when it is judged: under load
+/// the receiving softirq may run later, on ksoftirqd. The namespace lab checks arrival times.)
+#[test]
+fn a_block_is_never_lifted_before_its_deadline() {
+    let mut f = Fixture::new();
+    // Up to this many deadlines, until runs came within 1 ms of one (a loaded machine may
+    // preempt the loop for milliseconds right before a deadline).
+    const TRIALS: u32 = 10;
+    let mut closest = u64::MAX;
+    for trial in 0..TRIALS {
+        let target = format!("198.51.100.{}", 10 + trial);
+        closest = closest.min(never_early(&mut f, &target));
+        if closest < 1_000_000 {
+            return;
+        }
+    }
+    panic!("in {TRIALS} deadlines no run came within 1 ms of one (closest {closest} ns)");
+}
+
+/// Blocks `target` until 150 ms from now and runs its frame until it passes: every run that
+/// returned before the deadline dropped. How close to the deadline the last such run
+/// returned (ns).
+fn never_early(f: &mut Fixture, target: &str) -> u64 {
+    let frame = frame::udp_from(&[], target.parse().unwrap());
+    let deadline = clock::boottime_ns() + 150_000_000;
+    f.block(target, deadline, MODE_ENFORCE);
+    let give_up = deadline + 2_000_000_000;
+    let (mut runs, mut last_drop_returned) = (0u64, 0);
+    let first_pass_started = loop {
+        let started = clock::boottime_ns();
+        let verdict = f.verdict(&frame);
+        let returned = clock::boottime_ns();
+        assert!(returned < give_up, "the block never lifted");
+        if returned < deadline {
+            assert_eq!(
+                verdict,
+                XDP_DROP,
+                "a run that returned {} ns before the deadline passed the packet",
+                deadline - returned
+            );
+            runs += 1;
+            last_drop_returned = returned;
+        } else if verdict == XDP_PASS {
+            break started;
+        }
+    };
+    eprintln!(
+        "{runs} runs before the deadline dropped, the last returning {} us before it; the \
+         first to pass started {} us after it",
+        (deadline - last_drop_returned) / 1_000,
+        first_pass_started.saturating_sub(deadline) / 1_000
+    );
+    deadline - last_drop_returned
+}
+
 #[test]
 fn an_expired_exact_entry_does_not_hide_a_live_prefix() {
     let mut f = Fixture::new();
