@@ -25,6 +25,7 @@ mod package;
 mod policy_lab;
 mod quota_lab;
 mod reads_lab;
+mod sandbox_lab;
 mod scoped_blocks;
 mod spool_lab;
 mod verdicts;
