@@ -2,10 +2,12 @@
 //! naming the fix and changes nothing; until the data path enforces scopes, a scoped block is
 //! refused (never widened to the whole address) and the address stays reachable.
 
+use std::time::Duration;
+
 use enforcer_tests::{
     Lab, SENDER_V4,
     daemon::{Daemon, ok},
-    require_root,
+    require_root, wait_for,
 };
 
 #[test]
@@ -52,5 +54,60 @@ fn a_bad_scope_is_one_line_naming_the_fix_and_changes_nothing() {
         lab.passes(x),
         10,
         "a refused scoped block leaves {x} reachable"
+    );
+}
+
+/// A scoped trigger spooled while the daemon was down (the fail2ban action's and the hooks'
+/// path) is replayed through the same rule: refused and audited, never applied to the whole
+/// address.
+#[test]
+fn a_spooled_scoped_block_is_refused_at_replay_not_widened_to_the_whole_address() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    d.stop().unwrap();
+    let x = SENDER_V4[1];
+    let state = d.state_dir.to_str().unwrap().to_owned();
+    let out = ok(&d.cli(&[
+        "block",
+        x,
+        "--proto",
+        "tcp",
+        "--port",
+        "22",
+        "--ttl",
+        "1h",
+        "--source",
+        "fail2ban",
+        "--spool-if-down",
+        "--state-dir",
+        &state,
+    ]));
+    assert!(out.contains("spooled to"), "{out}");
+    d.spawn().unwrap();
+    wait_for(
+        "the spooled request's refusal",
+        Duration::from_secs(20),
+        || {
+            Ok(d.audit_events()
+                .into_iter()
+                .any(|e| e["action"] == "refuse" && e["target"] == x)
+                .then_some(()))
+        },
+    )
+    .unwrap();
+    assert!(d.list(&[]).is_empty(), "nothing was blocked");
+    assert_eq!(lab.passes(x), 10, "{x} is not blocked as a whole address");
+    let refusal = d
+        .audit_events()
+        .into_iter()
+        .find(|e| e["action"] == "refuse" && e["target"] == x)
+        .unwrap();
+    assert!(
+        refusal["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot enforce a port or protocol scope yet"),
+        "{refusal:#}"
     );
 }
