@@ -164,6 +164,72 @@ pub struct Execd<'h> {
     timeout: Duration,
     active: HashMap<String, Active>,
     env: Vec<(&'static str, PathBuf)>,
+    /// Run the program with no environment at all, in a mount namespace of its own whose
+    /// `/etc` is this directory's overlay of the real one.
+    production: Option<EtcOverlay>,
+}
+
+/// An overlay of the real `/etc` for one program's mount namespace: files written to
+/// `upper` show through; the real `/etc` is never written.
+pub struct EtcOverlay {
+    /// What is added to `/etc` (`upper/enforcer/enforcer.toml`).
+    pub upper: PathBuf,
+    work: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcOverlay {
+    /// An empty overlay, with `/etc/enforcer/enforcer.toml` holding `config`.
+    pub fn with_config(config: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+        std::fs::create_dir_all(upper.join("enforcer"))?;
+        std::fs::create_dir(&work)?;
+        std::fs::write(upper.join("enforcer/enforcer.toml"), config)?;
+        Ok(Self {
+            upper,
+            work,
+            _dir: dir,
+        })
+    }
+
+    /// In the child, before exec: a private mount namespace with the overlay on `/etc`.
+    fn enter(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+        use std::ffi::CString;
+        let options = CString::new(format!(
+            "lowerdir=/etc,upperdir={},workdir={}",
+            self.upper.display(),
+            self.work.display()
+        ))
+        .expect("no NUL in temporary paths");
+        move || {
+            let check = |rc: i32| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            // SAFETY: plain system calls on valid C strings, in the forked child before exec.
+            unsafe {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    c"overlay".as_ptr(),
+                    c"/etc".as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    options.as_ptr().cast(),
+                ))
+            }
+        }
+    }
 }
 
 impl<'h> Execd<'h> {
@@ -175,7 +241,18 @@ impl<'h> Execd<'h> {
             timeout,
             active: HashMap::new(),
             env: Vec::new(),
+            production: None,
         }
+    }
+
+    /// Runs the program as a real wazuh-execd does: with no environment at all, so it finds
+    /// the daemon through `/etc/enforcer/enforcer.toml`, here `etc`'s overlay of `/etc` in a
+    /// mount namespace of the program's own.
+    #[must_use]
+    pub fn production(mut self, etc: EtcOverlay) -> Self {
+        self.env.clear();
+        self.production = Some(etc);
+        self
     }
 
     /// Points the program at `socket` and `state_dir` through its environment (as an operator
@@ -225,6 +302,11 @@ impl<'h> Execd<'h> {
                 Stdio::null()
             })
             .stderr(Stdio::null());
+        if let Some(etc) = &self.production {
+            cmd.env_clear();
+            // SAFETY: the closure makes only system calls (unshare, mount) on values it owns.
+            unsafe { cmd.pre_exec(etc.enter()) };
+        }
         cmd.spawn()
             .with_context(|| format!("starting {}", self.home.program().display()))
     }

@@ -30,6 +30,10 @@ pub(crate) const JAIL: &str = "enforcer-test";
 pub(crate) struct Fail2ban {
     dir: tempfile::TempDir,
     server: Option<Child>,
+    /// The daemon's state directory, where the action spools while the daemon is down (the
+    /// packaged daemon's is the CLI's default, /var/lib/enforcer; this one's is a temporary
+    /// directory, given to the action through the server's environment).
+    state_dir: std::path::PathBuf,
 }
 
 impl Fail2ban {
@@ -73,7 +77,11 @@ impl Fail2ban {
             force: false,
         })?;
         ensure!(outcome == Outcome::Created);
-        let mut f2b = Self { dir, server: None };
+        let mut f2b = Self {
+            dir,
+            server: None,
+            state_dir: daemon.state_dir.clone(),
+        };
         f2b.spawn()?;
         Ok(f2b)
     }
@@ -90,6 +98,7 @@ impl Fail2ban {
             .arg(self.path())
             // -f: foreground (our child), -x: take over a socket a killed server left.
             .args(["-f", "-x"])
+            .env("ENFORCER_STATE_DIR", &self.state_dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -346,5 +355,24 @@ fn a_restart_or_a_crash_of_fail2ban_reissues_its_bans_without_errors() {
         "one fail2ban block, not two"
     );
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+    f2b.assert_no_errors();
+}
+
+/// A ban made while the daemon is down (a restart, boot order) is spooled by the action's
+/// `--spool-if-down` and applied when the daemon starts.
+#[test]
+fn a_ban_made_while_the_daemon_is_down_is_applied_when_it_starts() {
+    let (lab, mut d, f2b) = setup();
+    d.stop().unwrap();
+    f2b.log_line(&format!("Failed login from {}", SENDER_V4[1]), 3);
+    wait_for("the ban to be spooled", BAN_DEADLINE, || {
+        Ok((enforcer::spool::depth(&d.state_dir).unwrap_or(0) == 1).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\nfail2ban log:\n{}", f2b.log()));
+    d.spawn().unwrap();
+    let ban = wait_for_ban(&d, &f2b, SENDER_V4[1]);
+    assert!(ban.expires_ms.is_some(), "the jail's bantime: {ban:?}");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+    assert_eq!(enforcer::spool::depth(&d.state_dir).unwrap(), 0);
     f2b.assert_no_errors();
 }

@@ -16,7 +16,7 @@ use enforcer::{
 use enforcer_tests::{
     Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::Daemon,
-    execd::{Answer, Execd, WazuhHome, check_log_format, rule_65x, sshd_brute_force},
+    execd::{Answer, EtcOverlay, Execd, WazuhHome, check_log_format, rule_65x, sshd_brute_force},
     require_root, wait_for,
 };
 use serde_json::{Value, json};
@@ -640,4 +640,60 @@ fn hook_latency_and_throughput() {
     );
     assert_eq!(wazuh_blocks(&d).len(), 200 + total as usize);
     check_log_format(&home.log()).unwrap();
+}
+
+/// The production path: real wazuh-execd gives its programs no environment, so the hook finds
+/// the daemon's socket and state directory in /etc/enforcer/enforcer.toml. Here that file is
+/// in an overlay of /etc in the hook's own mount namespace (the real /etc is untouched): a
+/// block goes through the socket it names, and while the daemon is down the trigger is spooled
+/// in the state directory it names and applied when the daemon starts.
+#[test]
+fn with_no_environment_the_hook_reaches_the_daemon_through_etc_enforcer() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    let real_etc = std::fs::read_dir("/etc/enforcer").map(|e| e.count()).ok();
+    let etc = EtcOverlay::with_config(&format!(
+        "socket = \"{}\"\nstate_dir = \"{}\"\n",
+        d.socket.display(),
+        d.state_dir.display()
+    ))
+    .unwrap();
+    let home = WazuhHome::install("firewall-drop").unwrap();
+    let mut execd = Execd::new(&home, &["--ttl", "1h"], TIMEOUT).production(etc);
+
+    let from = home.log().len();
+    let run = execd.add(&sshd_brute_force(SENDER_V4[1])).unwrap();
+    assert_eq!(run.code(), 0, "{:?}", log_since(&home, from));
+    let targets = |d: &Daemon| -> Vec<String> {
+        wazuh_blocks(d)
+            .iter()
+            .map(|b| b.target.to_string())
+            .collect()
+    };
+    assert_eq!(targets(&d), [SENDER_V4[1]]);
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+
+    d.stop().unwrap();
+    let from = home.log().len();
+    let run = execd.add(&sshd_brute_force(SENDER_V4[2])).unwrap();
+    assert_eq!(run.code(), 0, "{:?}", log_since(&home, from));
+    assert_eq!(
+        spool::depth(&d.state_dir).unwrap(),
+        1,
+        "spooled in the configured state directory"
+    );
+    d.spawn().unwrap();
+    wait_for(
+        "the spooled trigger to apply",
+        Duration::from_secs(20),
+        || Ok((targets(&d).len() == 2).then_some(())),
+    )
+    .unwrap();
+    assert_eq!(lab.passes_to(SENDER_V4[2], RECEIVER_V4), 0);
+    assert_eq!(
+        std::fs::read_dir("/etc/enforcer").map(|e| e.count()).ok(),
+        real_etc,
+        "the real /etc/enforcer is untouched"
+    );
 }
