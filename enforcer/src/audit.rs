@@ -598,20 +598,11 @@ mod tests {
         const CHILD: &str = "ENFORCER_AUDIT_EMFILE_DIR";
         let Some(dir) = std::env::var_os(CHILD) else {
             let dir = tempfile::tempdir().unwrap();
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "audit::tests::a_rotation_that_cannot_open_the_new_file_keeps_the_history",
-                    "--test-threads=1",
-                    "--nocapture",
-                ])
-                .env(CHILD, dir.path())
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "the child failed:\n{text}");
-            assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+            crate::test_support::run_in_child(
+                "audit::tests::a_rotation_that_cannot_open_the_new_file_keeps_the_history",
+                CHILD,
+                dir.path().as_os_str(),
+            );
             return;
         };
         let dir = Path::new(&dir);

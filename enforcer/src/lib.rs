@@ -27,6 +27,8 @@ pub mod scope;
 pub mod spool;
 pub mod store;
 pub mod target;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 
 pub use target::{Target, TargetError};

@@ -1164,19 +1164,11 @@ mod tests {
     fn a_request_id_made_without_a_free_descriptor_is_still_random() {
         const CHILD: &str = "ENFORCER_REQUEST_ID_EMFILE";
         if std::env::var_os(CHILD).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "protocol::tests::a_request_id_made_without_a_free_descriptor_is_still_random",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "the child failed:\n{text}");
-            assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+            crate::test_support::run_in_child(
+                "protocol::tests::a_request_id_made_without_a_free_descriptor_is_still_random",
+                CHILD,
+                "1".as_ref(),
+            );
             return;
         }
         let mut taken = Vec::new();

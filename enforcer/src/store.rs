@@ -69,10 +69,41 @@ const REQUESTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("re
 pub struct AppliedRequest {
     /// The client's id.
     pub id: RequestId,
+    /// The uid of the caller that sent it (0 for the daemon's own parts, the spool included,
+    /// and for ids stored before the caller was kept).
+    #[serde(default)]
+    pub uid: u32,
     /// When it was applied (Unix ms).
     pub applied_ms: WallMs,
     /// The answer it got.
     pub reply: Reply,
+}
+
+impl AppliedRequest {
+    /// Whose id this is.
+    pub fn key(&self) -> RequestKey {
+        RequestKey {
+            uid: self.uid,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// A request id and the caller it belongs to: ids are each caller's own, so one caller can
+/// neither replay another's request nor have its own taken for a duplicate of another's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    /// The caller's uid.
+    pub uid: u32,
+    /// Its id.
+    pub id: RequestId,
+}
+
+impl RequestKey {
+    /// The store row's key: `uid:id`.
+    fn row(&self) -> String {
+        format!("{}:{}", self.uid, self.id.as_str())
+    }
 }
 
 /// A store failure.
@@ -213,7 +244,7 @@ pub enum StoreOp {
     /// Remember an applied request's id.
     PutRequest(AppliedRequest),
     /// Forget an id.
-    DeleteRequest(RequestId),
+    DeleteRequest(RequestKey),
     /// Queue a publication at this position.
     PutOutbox(u64, Publication),
     /// Remove a publication from the queue.
@@ -425,7 +456,7 @@ impl Store {
             }
             StoreOp::PutRequest(r) => {
                 t.requests
-                    .insert(r.id.as_str(), self.json(r)?.as_slice())
+                    .insert(r.key().row().as_str(), self.json(r)?.as_slice())
                     .map_err(|e| self.db_err(e))?;
             }
             StoreOp::PutOutbox(seq, p) => {
@@ -447,8 +478,16 @@ impl Store {
                         .map_err(|e| self.db_err(e))?;
                 }
             }
-            StoreOp::DeleteRequest(id) => {
-                t.requests.remove(id.as_str()).map_err(|e| self.db_err(e))?;
+            StoreOp::DeleteRequest(key) => {
+                t.requests
+                    .remove(key.row().as_str())
+                    .map_err(|e| self.db_err(e))?;
+                if key.uid == 0 {
+                    // A row from before the caller was kept, under the bare id.
+                    t.requests
+                        .remove(key.id.as_str())
+                        .map_err(|e| self.db_err(e))?;
+                }
             }
             StoreOp::PutAllow(target, v) => {
                 t.allow

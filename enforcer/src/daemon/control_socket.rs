@@ -18,7 +18,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch},
 };
 
-use super::engine::Command;
+use super::{engine::Command, refusal::Refusal};
 use crate::{
     access::{AccessPolicy, Caller},
     config::ControlSocketConfig,
@@ -51,6 +51,8 @@ pub async fn bind(path: &Path, socket_gid: Option<u32>) -> anyhow::Result<UnixLi
 pub struct Server {
     /// The engine's queue.
     pub engine: SyncSender<Command>,
+    /// Answers reads off the engine thread (`None`: the engine answers them).
+    pub reader: Option<super::reads::Reader>,
     /// Who may connect.
     pub access: Arc<AccessPolicy>,
     /// Counters.
@@ -389,18 +391,51 @@ fn result_label(r: &Response) -> &'static str {
 /// Parses and runs one request; returns its op (`unknown` if it did not parse) and response.
 async fn handle_line(line: &[u8], caller: &Caller, server: &Server) -> (&'static str, Response) {
     match parse_request(line) {
-        Ok((request, id)) => (
-            request.op(),
-            run_with_id(
-                request,
-                id,
-                caller.clone(),
-                &server.engine,
-                Some(&server.metrics),
+        Ok((request, id)) => {
+            let op = request.op();
+            if let Some(answer) = read_off_engine(&request, caller, server).await {
+                return (op, response(answer));
+            }
+            (
+                op,
+                run_with_id(
+                    request,
+                    id,
+                    caller.clone(),
+                    &server.engine,
+                    Some(&server.metrics),
+                )
+                .await,
             )
-            .await,
-        ),
+        }
         Err(error) => ("unknown", Response::Err { ok: false, error }),
+    }
+}
+
+/// A read the caller may make, answered by the reader (never waiting for the engine). A read
+/// the access rules refuse goes to the engine, which refuses and audits it as any other
+/// request; so does every read when the reader is not running.
+async fn read_off_engine(
+    request: &Request,
+    caller: &Caller,
+    server: &Server,
+) -> Option<Result<Reply, Refusal>> {
+    let reader = server.reader.as_ref()?;
+    if !super::queries::is_read(request) || server.access.check(caller, request, None).is_err() {
+        return None;
+    }
+    reader.answer(request.clone()).await
+}
+
+/// The response for an answer: a refusal becomes the protocol's error body here, the one
+/// place.
+pub fn response(answer: Result<Reply, Refusal>) -> Response {
+    match answer {
+        Ok(reply) => Response::ok(reply),
+        Err(refusal) => Response::Err {
+            ok: false,
+            error: refusal.to_body(),
+        },
     }
 }
 
@@ -438,12 +473,7 @@ async fn run_with_id(
     // Counted up after the send and down after the answer, in this one task: never below 0.
     let _waiting = metrics.map(Metrics::engine_waiting);
     match rx.await {
-        Ok(Ok(reply)) => Response::ok(reply),
-        // The one place a refusal becomes the protocol's error body.
-        Ok(Err(refusal)) => Response::Err {
-            ok: false,
-            error: refusal.to_body(),
-        },
+        Ok(answer) => response(answer),
         // The engine took the request and ended before answering (it died in that round):
         // it may or may not have been applied, so it must not be replayed blindly.
         Err(_) => Response::err(

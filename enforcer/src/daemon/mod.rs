@@ -10,7 +10,9 @@ pub mod engine;
 pub mod kernel_sync;
 pub mod ledger;
 pub mod link_watch;
+pub mod origins;
 pub mod queries;
+pub mod reads;
 pub mod refusal;
 pub mod round;
 pub mod spool_drain;
@@ -46,12 +48,23 @@ async fn ask_engine(
     control_socket::run(request, crate::access::Caller::internal(what), engine).await
 }
 
-/// The CrowdSec bouncer's way to the engine: [`ask_engine`] as `crowdsec`.
-struct BouncerEngine(mpsc::SyncSender<engine::Command>);
+/// The CrowdSec bouncer's way to the engine: [`ask_engine`] as `crowdsec`; its reads (the
+/// `stats` before a usage-metrics push) go to the reader once it runs (it starts after the
+/// bouncer).
+struct BouncerEngine {
+    engine: mpsc::SyncSender<engine::Command>,
+    reader: Arc<std::sync::OnceLock<reads::Reader>>,
+}
 
 impl crate::crowdsec::Engine for BouncerEngine {
     async fn ask(&self, request: crate::protocol::Request) -> crate::protocol::Response {
-        ask_engine(crate::crowdsec::SOURCE, request, &self.0).await
+        if queries::is_read(&request)
+            && let Some(reader) = self.reader.get()
+            && let Some(answer) = reader.answer(request.clone()).await
+        {
+            return control_socket::response(answer);
+        }
+        ask_engine(crate::crowdsec::SOURCE, request, &self.engine).await
     }
 }
 
@@ -74,18 +87,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // decisions) overlaps the start; it is applied once the engine is ready. Nothing here
     // waits for the LAPI.
     let publishing = Publishing::new(&config);
-    let bouncer = start_bouncer(&config, &tx, &runtime, &publishing)?;
+    let reader_slot = Arc::new(std::sync::OnceLock::new());
+    let bouncer = start_bouncer(&config, &tx, &reader_slot, &runtime, &publishing)?;
     systemd::TestStall::named("ENFORCER_TEST_STALL_START").wait();
     let mut engine = open_engine(&config, &access, publishing.outbox)?;
     let layout = attach_interfaces(&mut engine, &config)?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     engine.set_heartbeat(notifier.heartbeat());
+    // Readers see the reconciled state from their first request on.
+    engine.publish();
+    let reader = reads::Reader::start(&layout.maps_dir(), engine.reads(), engine.metrics())
+        .inspect_err(|e| tracing::warn!(error = %crate::error::Chain(e), "reads are answered on the engine thread"))
+        .ok();
+    if let Some(r) = &reader {
+        let _ = reader_slot.set(r.clone());
+    }
     let shared = Shared {
         access,
         ready_status: engine.status_line(),
         metrics: engine.metrics(),
         maps_dir: layout.maps_dir(),
         notifier,
+        reader,
     };
 
     let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
@@ -172,6 +195,7 @@ impl Publishing {
 fn start_bouncer(
     config: &Config,
     tx: &mpsc::SyncSender<engine::Command>,
+    reader: &Arc<std::sync::OnceLock<reads::Reader>>,
     runtime: &tokio::runtime::Runtime,
     publishing: &Publishing,
 ) -> anyhow::Result<StartedBouncer> {
@@ -181,15 +205,25 @@ fn start_bouncer(
     let (ready, engine_ready) = tokio::sync::watch::channel(false);
     // The TLS setup may read files and start a blocking pool: inside the runtime.
     let _guard = runtime.enter();
-    let mut bouncer = crate::crowdsec::Bouncer::new(c, BouncerEngine(tx.clone()), engine_ready)
-        .context("setting up the CrowdSec bouncer")?;
+    let mut bouncer = crate::crowdsec::Bouncer::new(
+        c,
+        BouncerEngine {
+            engine: tx.clone(),
+            reader: reader.clone(),
+        },
+        engine_ready,
+    )
+    .context("setting up the CrowdSec bouncer")?;
     let status = bouncer.status();
     let mut tasks = Vec::new();
     if let Some(echo) = &publishing.echo {
         bouncer.skip_own(echo.clone());
         let publisher = crate::crowdsec::publish::Publisher::new(
             c,
-            BouncerEngine(tx.clone()),
+            BouncerEngine {
+                engine: tx.clone(),
+                reader: reader.clone(),
+            },
             publishing.wake.clone(),
             status.clone(),
         )
@@ -211,6 +245,8 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     maps_dir: std::path::PathBuf,
     notifier: Arc<systemd::Notifier>,
+    /// Answers reads off the engine thread (`None`: the engine answers them).
+    reader: Option<reads::Reader>,
 }
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.
@@ -407,6 +443,7 @@ async fn serve(
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let server = Arc::new(control_socket::Server {
         engine: tx,
+        reader: shared.reader.clone(),
         access: shared.access.clone(),
         metrics: shared.metrics.clone(),
         crowdsec: tasks.crowdsec_status.take(),

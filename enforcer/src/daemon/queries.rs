@@ -1,19 +1,21 @@
-//! Read requests (list, show, stats, status, the allowlist, pending), answered from the ledger
-//! and the kernel's counters after the round's writes.
+//! Read requests (list, show, stats, status, the allowlist, pending), answered from the state
+//! the engine publishes after each round ([`ReadState`]) and the kernel's counters: off the
+//! engine thread ([`super::reads`]), so a read never holds up a block.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Instant};
+use std::{net::IpAddr, ops::Bound, path::PathBuf, time::Instant};
 
 use enforcer_common::BlockValue;
 
-use super::{ledger::Ledger, refusal::Refusal};
+use super::refusal::Refusal;
 use crate::{
     block::{Mode, Source, TargetBlocks},
     datapath::BlockMaps,
     interfaces::{Interfaces, Origin, Tracked},
+    policy::{Allowlist, BreakerState},
     protocol::{
-        AllowEntry, Counters, InterfaceCounters, InterfaceState, InterfaceStatus, ListEntry,
-        ListSource, MAX_LIST_PAGE, MapUse, PROTOCOL_VERSION, Reply, Request, ShowReply, StatsReply,
-        StatusReply,
+        AllowEntry, ClockSteps, Counters, InterfaceCounters, InterfaceState, InterfaceStatus,
+        ListEntry, ListSource, MAX_LIST_PAGE, MapUse, OriginDrops, PROTOCOL_VERSION, PendingBlock,
+        Reply, Request, ShowReply, StatsReply, StatusReply,
     },
     scope::ScopeSet,
     target::Target,
@@ -26,33 +28,98 @@ fn page_size(limit: Option<usize>) -> usize {
     limit.map_or(MAX_LIST_PAGE, |l| l.min(MAX_LIST_PAGE))
 }
 
-/// What a read sees.
-pub struct View<'a> {
-    /// The ledger.
-    pub ledger: &'a mut Ledger,
-    /// The kernel maps (hit counters, data path counters).
-    pub maps: &'a BlockMaps,
+/// Whether a request is answered from the published state alone (off the engine thread).
+pub fn is_read(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::List { .. }
+            | Request::Show { .. }
+            | Request::Stats
+            | Request::Status
+            | Request::AllowList
+            | Request::PendingList
+    )
+}
+
+/// What reads see: the engine's state after its last round. The engine publishes it after
+/// every round, before that round's answers go out, so a client reads its own writes. The
+/// maps are persistent (`imbl`): publishing one is O(1), whatever the number of blocks.
+#[derive(Clone, Debug)]
+pub struct ReadState {
+    /// Every blocked target.
+    pub blocks: imbl::OrdMap<Target, TargetBlocks>,
+    /// The allowlist.
+    pub allowlist: Allowlist,
+    /// Blocks waiting for approval.
+    pub pending: imbl::OrdMap<u64, PendingBlock>,
     /// The configured interfaces and what the engine knows of them.
-    pub interfaces: &'a Interfaces,
+    pub interfaces: Interfaces,
     /// The ids of the programs this daemon attaches.
     pub programs: crate::datapath::Programs,
     /// When the daemon started.
     pub started: Instant,
     /// The store file.
-    pub store_path: &'a Path,
+    pub store_path: PathBuf,
     /// Where the pins are and whether they outlive the daemon.
-    pub pins: &'a crate::datapath::PinsInfo,
+    pub pins: crate::datapath::PinsInfo,
     /// The audit log.
-    pub audit_log: &'a Path,
-    /// Source blocks, from the engine's tally (a target blocked by two sources counts twice).
-    pub source_blocks: u64,
-    /// Drops by origin (see `engine::origins`).
-    pub dropped_by_origin: Vec<crate::protocol::OriginDrops>,
+    pub audit_log: PathBuf,
+    /// Source blocks by source, from the engine's tally (a target blocked by two sources
+    /// counts once for each).
+    pub blocks_by_source: Vec<(Source, usize)>,
+    /// Every kernel map: name, entries, capacity.
+    pub maps: Vec<MapUse>,
+    /// The earliest block deadline.
+    pub next_expiry_ms: Option<WallMs>,
+    /// The policy's mode.
+    pub policy_mode: Mode,
+    /// Open breakers.
+    pub breakers: Vec<BreakerState>,
+    /// Wall-clock steps followed.
+    pub clock_steps: ClockSteps,
+}
+
+impl ReadState {
+    /// Before the first round: the daemon's own facts, nothing blocked.
+    pub fn empty(
+        started: Instant,
+        store_path: &std::path::Path,
+        pins: &crate::datapath::PinsInfo,
+        audit_log: &std::path::Path,
+    ) -> Self {
+        Self {
+            blocks: imbl::OrdMap::new(),
+            allowlist: Allowlist::default(),
+            pending: imbl::OrdMap::new(),
+            interfaces: Interfaces::default(),
+            programs: crate::datapath::Programs::default(),
+            started,
+            store_path: store_path.to_owned(),
+            pins: pins.clone(),
+            audit_log: audit_log.to_owned(),
+            blocks_by_source: Vec::new(),
+            maps: Vec::new(),
+            next_expiry_ms: None,
+            policy_mode: Mode::default(),
+            breakers: Vec::new(),
+            clock_steps: ClockSteps::default(),
+        }
+    }
+}
+
+/// What a read sees.
+pub struct View<'a> {
+    /// The engine's published state.
+    pub state: &'a ReadState,
+    /// The kernel maps (hit counters, data path counters), read only.
+    pub maps: &'a BlockMaps,
+    /// Drops by origin (see [`super::origins`]).
+    pub dropped_by_origin: Vec<OriginDrops>,
 }
 
 impl View<'_> {
     /// Answers a read request.
-    pub fn answer(&mut self, request: Request) -> Result<Reply, Refusal> {
+    pub fn answer(&self, request: Request) -> Result<Reply, Refusal> {
         match request {
             Request::Ping => Ok(Reply::Pong {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -68,14 +135,14 @@ impl View<'_> {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::AllowList => Ok(Reply::AllowList {
                 entries: self
-                    .ledger
-                    .allowlist()
+                    .state
+                    .allowlist
                     .iter()
                     .map(|(t, o)| allow_entry(*t, o))
                     .collect(),
             }),
             Request::PendingList => Ok(Reply::PendingList {
-                pending: self.ledger.pending().values().cloned().collect(),
+                pending: self.state.pending.values().cloned().collect(),
             }),
             other => Err(Refusal::Invalid(format!("{other:?} is not a read request"))),
         }
@@ -83,9 +150,11 @@ impl View<'_> {
 
     /// One page of blocks, in target order, after `after`.
     fn list(&self, source: Option<&Source>, limit: Option<usize>, after: Option<Target>) -> Reply {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut matching = self
-            .ledger
-            .blocks_after(after)
+            .state
+            .blocks
+            .range((start, Bound::Unbounded))
             .filter(|(_, b)| source.is_none_or(|s| b.by_source.contains_key(s)));
         let blocks: Vec<ListEntry> = matching
             .by_ref()
@@ -141,8 +210,8 @@ impl View<'_> {
         let mut blocks: Vec<ListEntry> = Vec::new();
         let mut more = 0;
         for (t, b) in self
-            .ledger
-            .blocks()
+            .state
+            .blocks
             .iter()
             .filter(|(t, _)| t.overlaps(&target))
         {
@@ -154,8 +223,8 @@ impl View<'_> {
         }
         blocks.sort_by_key(|e| std::cmp::Reverse(e.target.prefix_len()));
         let allowlist: Vec<AllowEntry> = self
-            .ledger
-            .allowlist()
+            .state
+            .allowlist
             .iter()
             .filter(|(t, _)| t.contains(addr))
             .map(|(t, o)| allow_entry(*t, o))
@@ -197,6 +266,7 @@ impl View<'_> {
             .unjudged_total()
             .map_err(|e| Refusal::Kernel(e.into()))?;
         let interfaces = self
+            .state
             .interfaces
             .protected()
             .filter_map(|(iface, ifindex)| {
@@ -208,28 +278,22 @@ impl View<'_> {
                 })
             })
             .collect();
-        let mut by_source: BTreeMap<Source, usize> = BTreeMap::new();
-        for b in self.ledger.blocks().values() {
-            for s in b.by_source.keys() {
-                *by_source.entry(s.clone()).or_default() += 1;
-            }
-        }
         Ok(Reply::Stats(Box::new(StatsReply {
             total: Counters::from(total).with_unjudged(unjudged),
             interfaces,
-            blocks_by_source: by_source.into_iter().collect(),
+            blocks_by_source: self.state.blocks_by_source.clone(),
             dropped_by_origin: self.dropped_by_origin.clone(),
         })))
     }
 
-    /// The tally's count (no walk over every target on the engine thread); debug builds check it
-    /// against the walk, so a tally that drifts fails the tests.
+    /// The tally's count (no walk over every target); debug builds check it against the walk,
+    /// so a tally that drifts fails the tests.
     fn counted_source_blocks(&self) -> usize {
-        let counted = usize::try_from(self.source_blocks).unwrap_or(usize::MAX);
+        let counted = self.state.blocks_by_source.iter().map(|(_, n)| n).sum();
         debug_assert_eq!(
             counted,
-            self.ledger
-                .blocks()
+            self.state
+                .blocks
                 .values()
                 .map(|b| b.by_source.len())
                 .sum::<usize>(),
@@ -238,38 +302,27 @@ impl View<'_> {
         counted
     }
 
-    fn status(&mut self) -> StatusReply {
-        let breakers = self.ledger.policy_mut().open_breakers(WallMs::now());
-        let ledger = &*self.ledger;
-        let maps = self
-            .maps
-            .capacities()
-            .iter()
-            .map(|(map, capacity)| MapUse {
-                map: map.name().to_owned(),
-                used: ledger.capacity().used(map),
-                capacity: *capacity,
-            })
-            .collect();
+    fn status(&self) -> StatusReply {
+        let s = self.state;
         StatusReply {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            interfaces: interface_rows(self.interfaces, self.programs),
-            maps,
-            targets: ledger.blocks().len(),
+            uptime_secs: s.started.elapsed().as_secs(),
+            interfaces: interface_rows(&s.interfaces, s.programs),
+            maps: s.maps.clone(),
+            targets: s.blocks.len(),
             source_blocks: self.counted_source_blocks(),
-            store_path: self.store_path.display().to_string(),
-            bpffs_dir: self.pins.dir.clone(),
-            pins: self.pins.clone(),
-            audit_log: self.audit_log.display().to_string(),
-            next_expiry_ms: ledger.next_block_deadline(),
-            policy_mode: ledger.policy().config.mode,
-            breakers,
-            pending: ledger.pending().len(),
-            allowlist: ledger.allowlist().len(),
+            store_path: s.store_path.display().to_string(),
+            bpffs_dir: s.pins.dir.clone(),
+            pins: s.pins.clone(),
+            audit_log: s.audit_log.display().to_string(),
+            next_expiry_ms: s.next_expiry_ms,
+            policy_mode: s.policy_mode,
+            breakers: s.breakers.clone(),
+            pending: s.pending.len(),
+            allowlist: s.allowlist.len(),
             crowdsec: None,
-            clock_steps: ledger.clock_steps().clone(),
+            clock_steps: s.clock_steps.clone(),
         }
     }
 }

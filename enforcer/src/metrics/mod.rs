@@ -52,7 +52,8 @@ pub struct Metrics {
     commit: Histogram,
     expired: AtomicU64,
     interface_changes: Mutex<BTreeMap<(String, &'static str), u64>>,
-    snapshot: Mutex<Arc<Snapshot>>,
+    snapshot: Published<Snapshot>,
+    dropped_by_origin: Mutex<Vec<crate::protocol::OriginDrops>>,
     connections: AtomicU64,
     connections_refused: AtomicU64,
     accept_errors: Mutex<BTreeMap<&'static str, u64>>,
@@ -85,8 +86,31 @@ pub struct Snapshot {
     pub clock_steps: u64,
     /// The CrowdSec publish queue, when publishing is on.
     pub publish: Option<crate::outbox::OutboxCounters>,
-    /// Dropped packets and bytes by the origin of the block holding each target.
-    pub dropped_by_origin: Vec<crate::protocol::OriginDrops>,
+}
+
+/// A value one thread publishes and others read without waiting for it: the last `Arc`
+/// published, swapped (or cloned) under a lock held for nothing else. The engine publishes the
+/// metrics [`Snapshot`] and the state reads are answered from this way.
+#[derive(Debug, Default)]
+pub struct Published<T>(Mutex<Arc<T>>);
+
+impl<T> Published<T> {
+    /// Starts with `value`.
+    pub fn new(value: T) -> Self {
+        Self(Mutex::new(Arc::new(value)))
+    }
+
+    /// Replaces the published value.
+    pub fn publish(&self, value: T) {
+        let old = std::mem::replace(&mut *lock(&self.0), Arc::new(value));
+        // The old value is freed (if this was its last reader) after the lock is released.
+        drop(old);
+    }
+
+    /// The last published value.
+    pub fn get(&self) -> Arc<T> {
+        lock(&self.0).clone()
+    }
 }
 
 impl Metrics {
@@ -166,12 +190,23 @@ impl Metrics {
 
     /// Replaces the published snapshot (the engine, after each round).
     pub fn publish(&self, s: Snapshot) {
-        *lock(&self.snapshot) = Arc::new(s);
+        self.snapshot.publish(s);
     }
 
     /// The last published snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        lock(&self.snapshot).clone()
+        self.snapshot.get()
+    }
+
+    /// Replaces the drops by origin (the reader, after each count: `daemon::origins`).
+    pub fn set_dropped_by_origin(&self, totals: Vec<crate::protocol::OriginDrops>) {
+        *lock(&self.dropped_by_origin) = totals;
+    }
+
+    /// Dropped packets and bytes by the origin of the block holding each target, as last
+    /// counted.
+    pub fn dropped_by_origin(&self) -> Vec<crate::protocol::OriginDrops> {
+        lock(&self.dropped_by_origin).clone()
     }
 }
 
@@ -251,6 +286,15 @@ impl BlockTally {
         }
     }
 
+    /// Source blocks by source (every mode), uncapped: for `stats`.
+    pub fn by_source(&self) -> Vec<(Source, usize)> {
+        let mut out: BTreeMap<Source, usize> = BTreeMap::new();
+        for ((s, _), n) in &self.0 {
+            *out.entry(s.clone()).or_default() += usize::try_from(*n).unwrap_or(usize::MAX);
+        }
+        out.into_iter().collect()
+    }
+
     /// Every source block counted (all sources and modes).
     pub fn total(&self) -> u64 {
         self.0.values().sum()
@@ -304,7 +348,7 @@ pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
     let mut e = Exposition::default();
     render_datapath(&mut e, o);
     render_unjudged(&mut e, o);
-    render_state(&mut e, s, o);
+    render_state(&mut e, s, o, &m.dropped_by_origin());
     render_counters(&mut e, m);
     // integrations (CrowdSec: last successful pull, decisions) go here.
     e.family(
@@ -381,7 +425,12 @@ fn render_unjudged(e: &mut Exposition, o: &Outside) {
     }
 }
 
-fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
+fn render_state(
+    e: &mut Exposition,
+    s: &Snapshot,
+    o: &Outside,
+    dropped_by_origin: &[crate::protocol::OriginDrops],
+) {
     e.family("enforcer_blocks", Kind::Gauge, "Active blocks, by the source that asked and mode (a target blocked by two sources counts twice).");
     for (source, mode, n) in &s.blocks {
         e.sample(
@@ -484,7 +533,7 @@ fn render_state(e: &mut Exposition, s: &Snapshot, o: &Outside) {
         ),
     ] {
         e.family(name, Kind::Counter, help);
-        for d in &s.dropped_by_origin {
+        for d in dropped_by_origin {
             e.sample(name, &[("origin", d.origin.as_str())], value(d) as f64);
         }
     }
@@ -689,12 +738,12 @@ mod tests {
             interface_states: vec![("eth0".into(), "protected"), ("eth1".into(), "waiting")],
             clock_steps: 2,
             publish: None,
-            dropped_by_origin: vec![crate::protocol::OriginDrops {
-                origin: "lists:firehol".into(),
-                packets: 3,
-                bytes: 180,
-            }],
         });
+        m.set_dropped_by_origin(vec![crate::protocol::OriginDrops {
+            origin: "lists:firehol".into(),
+            packets: 3,
+            bytes: 180,
+        }]);
         let mut stats = Stats::default();
         stats.dropped.add(60);
         let mut unjudged = Unjudged::default();

@@ -1,6 +1,6 @@
 //! The allowlist: prefixes that are never blocked. It always wins, in policy and in the kernel.
 
-use std::{collections::BTreeMap, fmt};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ impl fmt::Display for AllowOrigin {
 /// The allowlist, with every entry's origins (one prefix can have several).
 #[derive(Clone, Debug, Default)]
 pub struct Allowlist {
-    entries: BTreeMap<Target, Vec<AllowOrigin>>,
+    entries: imbl::OrdMap<Target, Vec<AllowOrigin>>,
 }
 
 impl Allowlist {

@@ -685,8 +685,17 @@ impl Policy {
             .map(|b| format!("{} is broader than /{b} (policy.approval)", ask.target))
     }
 
-    /// Open breakers.
+    /// Open breakers. Forgets the breakers of sources quiet for a minute (closed, no new block
+    /// in the rate's window): the map holds only the sources that made a new block in the last
+    /// minute or whose breaker is open, however many sources came and went. The engine calls
+    /// this after every round.
     pub fn open_breakers(&mut self, now: WallMs) -> Vec<BreakerState> {
+        self.breakers.retain(|_, b| {
+            b.open_until.is_some_and(|u| u > now)
+                || b.recent
+                    .back()
+                    .is_some_and(|t| t.saturating_add(BREAKER_WINDOW) > now)
+        });
         let mut out = Vec::new();
         for (s, b) in &mut self.breakers {
             if b.open_until.is_some_and(|u| u <= now) {
@@ -707,6 +716,11 @@ impl Policy {
             }
         }
         out
+    }
+
+    /// How many sources have breaker state (see [`Policy::open_breakers`]).
+    pub fn breaker_count(&self) -> usize {
+        self.breakers.len()
     }
 
     /// Closes a source's breaker (or all). Returns the sources reset.
@@ -899,6 +913,45 @@ mod tests {
         let mut perm = ask("192.0.2.1", &cli);
         perm.permanent = true;
         assert_eq!(ttl(p.decide(&perm, &none, 0).0), None);
+    }
+
+    /// A breaker is state kept per source: a source quiet for a minute with its breaker closed
+    /// is forgotten, so the map holds only the sources that made a new block in the last minute
+    /// or whose breaker is open, however many sources came and went.
+    #[test]
+    fn breakers_of_sources_quiet_for_a_minute_are_forgotten() {
+        let cfg = PolicyConfig {
+            rate_limit: 3,
+            breaker_cooldown: "1m".parse().unwrap(),
+            ..PolicyConfig::default()
+        };
+        let mut p = Policy::new(cfg, Duration::from_secs(600));
+        let none = Allowlist::default();
+        for i in 0..1000 {
+            let s: Source = format!("feed{i}").parse().unwrap();
+            p.decide(&at(ask("192.0.2.1", &s), wall(1000)), &none, 0);
+        }
+        let busy: Source = "busy".parse().unwrap();
+        for i in 0..4 {
+            p.decide(
+                &at(ask(&format!("192.0.2.{i}"), &busy), wall(30_000)),
+                &none,
+                0,
+            );
+        }
+        assert_eq!(p.breaker_count(), 1001);
+        assert_eq!(
+            p.open_breakers(wall(61_001)).len(),
+            1,
+            "busy's breaker is open"
+        );
+        assert_eq!(
+            p.breaker_count(),
+            1,
+            "only the open breaker is kept; the quiet sources are forgotten"
+        );
+        assert!(p.open_breakers(wall(30_000 + 60_001)).is_empty());
+        assert_eq!(p.breaker_count(), 0);
     }
 
     #[test]

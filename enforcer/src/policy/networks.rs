@@ -206,6 +206,18 @@ impl Policy {
     }
 }
 
+/// A policy that widens `wazuh`'s IPv6 addresses to their /64 and escalates to a /48 after
+/// three of them within an hour: the tests of widening (here and in the ledger) share it.
+#[cfg(test)]
+pub(crate) const WIDENING: &str = r#"
+    [sources.wazuh]
+    ipv6_prefix = 64
+    [ipv6_escalate]
+    window = "1h"
+    after = 3
+    to = 48
+"#;
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -225,15 +237,6 @@ mod tests {
         config.validate().unwrap();
         Policy::new(config, Duration::from_secs(600))
     }
-
-    const WIDENING: &str = r#"
-        [sources.wazuh]
-        ipv6_prefix = 64
-        [ipv6_escalate]
-        window = "1h"
-        after = 3
-        to = 48
-    "#;
 
     #[test]
     fn a_single_ipv6_address_is_widened_to_its_network_for_a_widening_source_only() {

@@ -15,7 +15,6 @@ mod command;
 mod denials;
 mod held;
 mod links;
-mod origins;
 mod reaper;
 mod startup;
 mod status;
@@ -36,7 +35,7 @@ pub use startup::EngineConfig;
 
 use super::{
     ledger::{Change, Ledger, Write},
-    queries::View,
+    queries::{ReadState, View},
     round::{self, BlockStore},
     systemd::{Heartbeat, TestStall},
 };
@@ -45,7 +44,7 @@ use crate::{
     audit::{AuditLog, Event},
     datapath::{Datapath, Programs, XdpModeRequest},
     interfaces::Interfaces,
-    metrics::{BlockTally, Metrics},
+    metrics::{BlockTally, Metrics, Published},
     policy::host,
     protocol::{Reply, Request},
     store::{Store, StoreOp},
@@ -95,24 +94,15 @@ pub struct Engine {
     /// Rows that looked expired at load while the clock was unsettled after a reboot: in the
     /// store, not loaded, judged again once the clock can be trusted ([`held`]).
     held: Vec<crate::block::Record>,
-    /// Dropped packets and bytes by the origin of each target's block.
-    origins: origins::DropsByOrigin,
+    /// What reads are answered from, published after each round ([`super::reads`]).
+    reads: Arc<Published<ReadState>>,
     /// Denied requests per caller, for the audit log.
     denials: denials::Denials,
 }
 
 /// Whether a request only reads (answered after the round's writes).
 fn is_read(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Ping
-            | Request::List { .. }
-            | Request::Show { .. }
-            | Request::Stats
-            | Request::Status
-            | Request::AllowList
-            | Request::PendingList
-    )
+    matches!(request, Request::Ping) || super::queries::is_read(request)
 }
 
 impl Engine {
@@ -163,9 +153,8 @@ impl Engine {
             }
             self.reap();
             self.judge_held();
-            self.count_origins(false);
             self.denials.flush(&mut self.audit, false);
-            self.publish_metrics();
+            self.publish();
             if let Some(mut h) = self.heartbeat.take() {
                 h.beat(|| self.status_line());
                 self.heartbeat = Some(h);
@@ -227,30 +216,24 @@ impl Engine {
             let answered = round::run(ledger, &mut store, maps, writes, now);
             self.write_audit(answered.events);
             self.tally(&answered.before, &answered.refused);
+            // Readers see this round before its answers go out: a client reads its writes.
+            self.publish();
             for (reply, answer) in write_replies.into_iter().zip(answered.answers) {
                 let _ = reply.send(answer);
             }
         }
-        if reads.iter().any(|(r, _)| matches!(r, Request::Stats)) {
-            self.count_origins(true);
-        }
-        for (request, reply) in reads {
-            let _ = reply.send(self.view().answer(request));
-        }
-    }
-
-    fn view(&mut self) -> View<'_> {
-        View {
-            ledger: &mut self.ledger,
-            maps: self.dp.maps(),
-            interfaces: &self.interfaces,
-            programs: self.programs,
-            started: self.started,
-            store_path: self.store.path(),
-            pins: self.dp.pins(),
-            audit_log: self.audit.path(),
-            source_blocks: self.tally.total(),
-            dropped_by_origin: self.origins.totals(),
+        // Reads reach the engine only from the daemon itself, when the access rules refuse
+        // them (refused above) or when the reader is not running.
+        if !reads.is_empty() {
+            let state = self.read_state(now);
+            let view = View {
+                state: &state,
+                maps: self.dp.maps(),
+                dropped_by_origin: self.metrics.dropped_by_origin(),
+            };
+            for (request, reply) in reads {
+                let _ = reply.send(view.answer(request));
+            }
         }
     }
 

@@ -17,11 +17,12 @@ use crate::{
     daemon::{
         kernel_sync,
         ledger::{self, Capacity, Ledger},
+        queries::ReadState,
         systemd::TestStall,
     },
     datapath::{Datapath, MapsError, XdpModeRequest},
     interfaces::Interfaces,
-    metrics::BlockTally,
+    metrics::{BlockTally, Published},
     policy::{AllowOrigin, Policy, PolicyConfig, host},
     protocol::ClockStep,
     store::{Store, StoreOp},
@@ -60,6 +61,13 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let capacity = Capacity::new(dp.maps().capacities(), config.shares);
         let metrics = Arc::new(crate::metrics::Metrics::new(store.commits()));
+        let started = Instant::now();
+        let reads = Arc::new(Published::new(ReadState::empty(
+            started,
+            store.path(),
+            dp.pins(),
+            audit.path(),
+        )));
         let mut engine = Self {
             ledger: Ledger::new(Policy::new(config.policy, config.default_ttl), capacity),
             store,
@@ -71,7 +79,7 @@ impl Engine {
             xdp_mode: XdpModeRequest::Auto,
             programs: crate::datapath::Programs::default(),
             links_followed: false,
-            started: Instant::now(),
+            started,
             reap_backoff_until: WallMs::EPOCH,
             metrics,
             tally: BlockTally::default(),
@@ -81,7 +89,7 @@ impl Engine {
             clock: TimeKeeper::new(SystemClock, time::boot_id()),
             carry: Vec::new(),
             held: Vec::new(),
-            origins: super::origins::DropsByOrigin::default(),
+            reads,
             denials: super::denials::Denials::default(),
         };
         engine.ledger.set_time_base(engine.clock.base());
@@ -305,7 +313,7 @@ impl Engine {
     ) -> anyhow::Result<usize> {
         let unknown: Vec<Target> = in_kernel
             .keys()
-            .filter(|t| !self.ledger.blocks().contains_key(t))
+            .filter(|t| !self.ledger.blocks().contains_key(*t))
             .copied()
             .collect();
         let failed = self.dp.maps_mut().remove_blocks(&unknown);

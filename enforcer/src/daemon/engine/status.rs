@@ -6,9 +6,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use super::Engine;
 use crate::{
     block::{Source, TargetBlocks},
-    daemon::systemd::Heartbeat,
-    metrics::{Metrics, Snapshot},
+    daemon::{queries::ReadState, systemd::Heartbeat},
+    metrics::{Metrics, Published, Snapshot},
+    protocol::MapUse,
     target::Target,
+    time::WallMs,
 };
 
 impl Engine {
@@ -52,16 +54,53 @@ impl Engine {
         self.metrics.clone()
     }
 
-    /// Publishes the metrics snapshot: O(sources + maps), never a walk over the blocks.
-    pub(super) fn publish_metrics(&mut self) {
-        let now = self.now();
-        let open: std::collections::BTreeSet<Source> = self
-            .ledger
-            .policy_mut()
-            .open_breakers(now)
-            .into_iter()
-            .map(|b| b.source)
+    /// What reads are answered from (see [`crate::daemon::reads`]).
+    pub fn reads(&self) -> Arc<Published<ReadState>> {
+        self.reads.clone()
+    }
+
+    /// The state reads see now: O(sources + maps + interfaces), the block, pending and
+    /// allowlist maps being persistent (cloning one is O(1)).
+    pub(super) fn read_state(&mut self, now: WallMs) -> ReadState {
+        let breakers = self.ledger.policy_mut().open_breakers(now);
+        let capacity = self.ledger.capacity();
+        let maps = self
+            .dp
+            .maps()
+            .capacities()
+            .iter()
+            .map(|(map, cap)| MapUse {
+                map: map.name().to_owned(),
+                used: capacity.used(map),
+                capacity: *cap,
+            })
             .collect();
+        ReadState {
+            blocks: self.ledger.blocks().clone(),
+            allowlist: self.ledger.allowlist().clone(),
+            pending: self.ledger.pending().clone(),
+            interfaces: self.interfaces.clone(),
+            programs: self.programs,
+            started: self.started,
+            store_path: self.store.path().to_owned(),
+            pins: self.dp.pins().clone(),
+            audit_log: self.audit.path().to_owned(),
+            blocks_by_source: self.tally.by_source(),
+            maps,
+            next_expiry_ms: self.ledger.next_block_deadline(),
+            policy_mode: self.ledger.policy().config.mode,
+            breakers,
+            clock_steps: self.ledger.clock_steps().clone(),
+        }
+    }
+
+    /// Publishes the metrics snapshot and the state reads see: O(sources + maps), never a walk
+    /// over the blocks.
+    pub fn publish(&mut self) {
+        let now = self.now();
+        let state = self.read_state(now);
+        let open: std::collections::BTreeSet<Source> =
+            state.breakers.iter().map(|b| b.source.clone()).collect();
         let mut breakers: BTreeMap<Source, bool> = self
             .ledger
             .policy()
@@ -104,8 +143,8 @@ impl Engine {
                 .outbox()
                 .is_on()
                 .then(|| self.ledger.outbox().counters()),
-            dropped_by_origin: self.origins.totals(),
         });
+        self.reads.publish(state);
     }
 
     /// After a durable change: the tally follows every target it touched.

@@ -107,8 +107,11 @@ impl Ledger {
                 self.index(target, &block);
             }
         }
-        for p in self.pending.values_mut() {
-            p.expires_ms = shifted(p.expires_ms, by_ms);
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.expires_ms = shifted(p.expires_ms, by_ms);
+            }
         }
         self.offenses.shift(by_ms);
         self.policy.shift_clock(by_ms);

@@ -68,7 +68,7 @@ pub struct Change {
     pub refused: Vec<(&'static str, Source)>,
     /// Each touched target's blocks before its first change in this change.
     blocks_before: BTreeMap<Target, Option<TargetBlocks>>,
-    pending_before: Option<(BTreeMap<u64, PendingBlock>, u64)>,
+    pending_before: Option<(imbl::OrdMap<u64, PendingBlock>, u64)>,
     offenses_before: BTreeMap<Target, Option<Vec<WallMs>>>,
     allow_before: Option<Allowlist>,
     ids: requests::IdsUndo,
@@ -158,9 +158,9 @@ impl Applied {
 
 /// Every block and the state the rules need.
 pub struct Ledger {
-    blocks: BTreeMap<Target, TargetBlocks>,
+    blocks: imbl::OrdMap<Target, TargetBlocks>,
     deadlines: BTreeSet<(WallMs, Target, Source)>,
-    pending: BTreeMap<u64, PendingBlock>,
+    pending: imbl::OrdMap<u64, PendingBlock>,
     next_pending: u64,
     offenses: Offenses,
     policy: Policy,
@@ -265,9 +265,9 @@ impl Ledger {
     /// An empty ledger under `policy`, counting map use against `capacity`.
     pub fn new(policy: Policy, capacity: Capacity) -> Self {
         Self {
-            blocks: BTreeMap::new(),
+            blocks: imbl::OrdMap::new(),
             deadlines: BTreeSet::new(),
-            pending: BTreeMap::new(),
+            pending: imbl::OrdMap::new(),
             next_pending: 1,
             offenses: Offenses::default(),
             policy,
@@ -335,7 +335,7 @@ impl Ledger {
     }
 
     /// Every blocked target, in order.
-    pub fn blocks(&self) -> &BTreeMap<Target, TargetBlocks> {
+    pub fn blocks(&self) -> &imbl::OrdMap<Target, TargetBlocks> {
         &self.blocks
     }
 
@@ -354,7 +354,7 @@ impl Ledger {
     }
 
     /// Blocks waiting for approval.
-    pub fn pending(&self) -> &BTreeMap<u64, PendingBlock> {
+    pub fn pending(&self) -> &imbl::OrdMap<u64, PendingBlock> {
         &self.pending
     }
 
@@ -404,8 +404,12 @@ impl Ledger {
             id,
             replay,
         } = write;
-        if let Some(reply) = id.as_ref().and_then(|id| self.answered(id)) {
-            tracing::info!(id = %id.as_ref().map(RequestId::as_str).unwrap_or_default(), op = request.op(), "request already applied; answered with its first answer");
+        let key = id.map(|id| crate::store::RequestKey {
+            uid: caller.id.uid,
+            id,
+        });
+        if let Some(reply) = key.as_ref().and_then(|k| self.answered(k)) {
+            tracing::info!(id = %key.as_ref().map(|k| k.id.as_str()).unwrap_or_default(), op = request.op(), "request already applied; answered with its first answer");
             return Applied {
                 answer: Ok(reply.clone()),
                 touched: vec![],
@@ -447,8 +451,8 @@ impl Ledger {
                 e.spool_file = Some(replay.file.clone());
             }
         }
-        if let (Some(id), Ok(reply)) = (id, &applied.answer) {
-            self.remember_request(c, id, reply.clone(), now);
+        if let (Some(key), Ok(reply)) = (key, &applied.answer) {
+            self.remember_request(c, key, reply.clone(), now);
         }
         applied
     }

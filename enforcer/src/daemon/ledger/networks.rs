@@ -164,22 +164,13 @@ mod tests {
     use super::*;
     use crate::{
         daemon::ledger::Capacity,
-        policy::{AllowOrigin, Policy, PolicyConfig},
+        policy::{AllowOrigin, Policy, PolicyConfig, networks::WIDENING},
         protocol::{BatchItem, BatchRequest, Reply, SyncItem, SyncRequest},
         store::StoreOp,
         time::testing::{ms, wall},
     };
 
     const T0: WallMs = wall(1_000_000);
-
-    const WIDENING: &str = r#"
-        [sources.wazuh]
-        ipv6_prefix = 64
-        [ipv6_escalate]
-        window = "1h"
-        after = 3
-        to = 48
-    "#;
 
     fn t(s: &str) -> Target {
         s.parse().unwrap()

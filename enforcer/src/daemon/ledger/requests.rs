@@ -1,5 +1,8 @@
 //! Applied request ids: a write request whose id was applied already is answered with its first
-//! answer and changes nothing, so a client (or the spool) may send it again safely.
+//! answer and changes nothing, so a client (or the spool) may send it again safely. Ids are
+//! each caller's own (keyed by its uid; the spool, which only root may write, replays as root):
+//! one caller's id is never taken for another's, so no caller can replay another's request,
+//! learn its answer, or have its own request dropped as a duplicate of another's.
 //!
 //! An id is remembered in the same store transaction as what its request changed: it is
 //! durable exactly when the effect is. Ids are kept for [`REQUEST_ID_RETENTION`], at most
@@ -10,8 +13,8 @@ use std::time::Duration;
 
 use super::{Change, Ledger};
 use crate::{
-    protocol::{Reply, RequestId},
-    store::{AppliedRequest, StoreOp},
+    protocol::Reply,
+    store::{AppliedRequest, RequestKey, StoreOp},
     time::WallMs,
 };
 
@@ -25,26 +28,26 @@ pub const MAX_REQUEST_IDS: usize = 100_000;
 /// Applied requests by id, and the same ordered by when they were applied.
 #[derive(Debug, Default)]
 pub struct AppliedIds {
-    by_id: std::collections::HashMap<RequestId, AppliedRequest>,
-    by_time: std::collections::BTreeSet<(WallMs, RequestId)>,
+    by_id: std::collections::HashMap<RequestKey, AppliedRequest>,
+    by_time: std::collections::BTreeSet<(WallMs, RequestKey)>,
 }
 
 impl AppliedIds {
     fn insert(&mut self, r: AppliedRequest) {
-        self.by_time.insert((r.applied_ms, r.id.clone()));
-        if let Some(old) = self.by_id.insert(r.id.clone(), r) {
-            self.by_time.remove(&(old.applied_ms, old.id));
+        self.by_time.insert((r.applied_ms, r.key()));
+        if let Some(old) = self.by_id.insert(r.key(), r) {
+            self.by_time.remove(&(old.applied_ms, old.key()));
         }
     }
 
-    fn remove(&mut self, id: &RequestId) -> Option<AppliedRequest> {
-        let r = self.by_id.remove(id)?;
-        self.by_time.remove(&(r.applied_ms, r.id.clone()));
+    fn remove(&mut self, key: &RequestKey) -> Option<AppliedRequest> {
+        let r = self.by_id.remove(key)?;
+        self.by_time.remove(&(r.applied_ms, r.key()));
         Some(r)
     }
 
     /// The oldest id, if it is due to go: older than the retention, or past the cap.
-    fn due(&self, now: WallMs) -> Option<RequestId> {
+    fn due(&self, now: WallMs) -> Option<RequestKey> {
         let (at, id) = self.by_time.first()?;
         let old = at.saturating_add(REQUEST_ID_RETENTION) <= now;
         (old || self.by_id.len() > MAX_REQUEST_IDS).then(|| id.clone())
@@ -64,13 +67,13 @@ impl AppliedIds {
 /// What a change did to the remembered ids, to put back if the store refuses it.
 #[derive(Debug, Default)]
 pub struct IdsUndo {
-    added: Vec<RequestId>,
+    added: Vec<RequestKey>,
     forgotten: Vec<AppliedRequest>,
 }
 
 impl Ledger {
     /// Loads the stored ids; returns those past their retention (to delete from the store).
-    pub fn load_requests(&mut self, stored: Vec<AppliedRequest>, now: WallMs) -> Vec<RequestId> {
+    pub fn load_requests(&mut self, stored: Vec<AppliedRequest>, now: WallMs) -> Vec<RequestKey> {
         for r in stored {
             self.requests.insert(r);
         }
@@ -87,27 +90,29 @@ impl Ledger {
         &self.requests
     }
 
-    /// The first answer to `id`, if a request with it was applied.
-    pub(super) fn answered(&self, id: &RequestId) -> Option<&Reply> {
-        self.requests.by_id.get(id).map(|r| &r.reply)
+    /// The first answer to the caller's request `key`, if it was applied.
+    pub(super) fn answered(&self, key: &RequestKey) -> Option<&Reply> {
+        self.requests.by_id.get(key).map(|r| &r.reply)
     }
 
-    /// Remembers that the request `id` was applied with `reply`, forgetting what is due.
+    /// Remembers that the caller's request `key` was applied with `reply`, forgetting what is
+    /// due.
     pub(super) fn remember_request(
         &mut self,
         c: &mut Change,
-        id: RequestId,
+        key: RequestKey,
         reply: Reply,
         now: WallMs,
     ) {
         let r = AppliedRequest {
-            id: id.clone(),
+            id: key.id.clone(),
+            uid: key.uid,
             applied_ms: now,
             reply,
         };
         c.ops.push(StoreOp::PutRequest(r.clone()));
         self.requests.insert(r);
-        c.ids.added.push(id);
+        c.ids.added.push(key);
         while let Some(old) = self.requests.due(now) {
             let r = self.requests.remove(&old).expect("listed as due");
             c.ops.push(StoreOp::DeleteRequest(old));

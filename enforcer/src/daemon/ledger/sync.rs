@@ -245,7 +245,7 @@ mod tests {
     fn end(l: &Ledger, target: &str) -> Option<WallMs> {
         let source: Source = "crowdsec".parse().unwrap();
         l.blocks()
-            .get(&target.parse().unwrap())
+            .get(&target.parse::<Target>().unwrap())
             .and_then(|b| b.by_source.get(&source))
             .and_then(|b| b.expires_ms)
     }

@@ -1382,6 +1382,55 @@ fn a_request_id_is_applied_once_and_its_duplicates_get_the_first_answer() {
     assert_eq!(r.ledger.applied_ids().len(), 2);
 }
 
+/// Ids are each caller's own: a second caller sending an id the first one used is another
+/// request (applied, with its own answer), not a duplicate answered with the first caller's
+/// reply; each caller's own resend is still a duplicate.
+#[test]
+fn a_request_id_is_a_duplicate_only_for_the_caller_that_used_it() {
+    let mut r = Rig::new(ledger());
+    let as_caller = |request: Request, uid: u32| Write {
+        id: Some("same-id".parse().unwrap()),
+        ..Write::new(request, Caller::peer(uid, None, &[]))
+    };
+    let first = r.writes(
+        vec![as_caller(
+            Request::Block(req("192.0.2.1", "wazuh", Some(60))),
+            998,
+        )],
+        T0,
+    );
+    assert!(first.answers[0].is_ok());
+    let other = r.writes(
+        vec![as_caller(
+            Request::Block(req("192.0.2.2", "wazuh", Some(60))),
+            1001,
+        )],
+        T0 + ms(1000),
+    );
+    assert!(
+        matches!(&other.answers[0], Ok(Reply::Block(b)) if b.target.to_string() == "192.0.2.2"),
+        "another caller's id is not a replay of the first: {:?}",
+        other.answers[0]
+    );
+    assert!(
+        source_block(&r.ledger, "192.0.2.2", "wazuh").is_some(),
+        "the second caller's block was applied"
+    );
+    let resent = r.writes(
+        vec![as_caller(
+            Request::Block(req("192.0.2.1", "wazuh", Some(6000))),
+            998,
+        )],
+        T0 + ms(2000),
+    );
+    assert_eq!(
+        expires(&resent.answers[0]),
+        Some(T0 + ms(60_000)),
+        "the first caller's resend is a duplicate"
+    );
+    assert_eq!(r.ledger.applied_ids().len(), 2);
+}
+
 #[test]
 fn a_failed_commit_forgets_the_ids_of_its_round() {
     let mut r = Rig::new(ledger());
@@ -1432,7 +1481,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
     assert!(
         r.store.commits[1]
             .iter()
-            .any(|op| matches!(op, StoreOp::DeleteRequest(id) if id.as_str() == "old"))
+            .any(|op| matches!(op, StoreOp::DeleteRequest(k) if k.id.as_str() == "old"))
     );
     // Loaded from the store at start: what is past its retention is handed back to delete.
     let stored: Vec<crate::store::AppliedRequest> = ["x", "y"]
@@ -1440,6 +1489,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
         .zip([T0, T0 + ms(week)])
         .map(|(id, at)| crate::store::AppliedRequest {
             id: id.parse().unwrap(),
+            uid: 0,
             applied_ms: at,
             reply: Reply::Refreshed,
         })
@@ -1447,7 +1497,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
     let mut fresh = ledger();
     let forgotten = fresh.load_requests(stored, T0 + ms(week) + ms(1));
     assert_eq!(
-        forgotten.iter().map(RequestId::as_str).collect::<Vec<_>>(),
+        forgotten.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
         ["x"]
     );
     assert_eq!(fresh.applied_ids().len(), 1);
