@@ -582,7 +582,9 @@ mod tests {
                 ("wazuh".to_owned(), "acme/wazuh".to_owned())
             ]
         );
-        assert_eq!(p.login().unwrap().password, "s3cret");
+        assert!(
+            matches!(p.login(), Ok(crate::crowdsec::MachineLogin::Password { password, .. }) if password == "s3cret")
+        );
         // Each mistake: one line that says what and where (line 8: the key's own line).
         for (body, line, needle) in [
             ("sources = [\"crowdsec\"]\n", 8, "never published back"),
@@ -608,5 +610,17 @@ mod tests {
         let e = parse(&login).unwrap_err();
         assert_eq!(e.line, 7, "{e}");
         assert!(e.message.contains("chmod 600"), "{e}");
+        // TLS client authentication instead of a password: both files, and not both ways.
+        let cert =
+            "cert_path = \"/etc/enforcer/machine.pem\"\nkey_path = \"/etc/enforcer/machine.key\"\n";
+        let c = parse(&format!("{cert}sources = [\"cli\"]\n")).unwrap();
+        assert!(matches!(
+            c.crowdsec.unwrap().publish.unwrap().login(),
+            Ok(crate::crowdsec::MachineLogin::Certificate { .. })
+        ));
+        let e = parse("cert_path = \"/x.pem\"\n").unwrap_err();
+        assert!(e.message.contains("go together"), "{e}");
+        let e = parse(&format!("{login}{cert}")).unwrap_err();
+        assert!(e.message.contains("not both"), "{e}");
     }
 }

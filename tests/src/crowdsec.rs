@@ -74,10 +74,11 @@ pub fn unpacked() -> Result<PathBuf> {
     Ok(root)
 }
 
-/// Certificates for mTLS between the LAPI and a bouncer, made with the `openssl` CLI: a CA,
-/// the LAPI's server certificate (for 127.0.0.1), a bouncer certificate (OU `bouncer-ou`, which
-/// LAPI 1.4 accepts from bouncers by default), one from the same CA with another OU, and one
-/// from an unrelated CA.
+/// Certificates for mTLS between the LAPI and its clients, made with the `openssl` CLI: a CA,
+/// the LAPI's server certificate (for 127.0.0.1 and the fleet's 198.51.100.1), a bouncer
+/// certificate (OU `bouncer-ou`, which LAPI 1.4 accepts from bouncers by default), one from the
+/// same CA with another OU (`agent`), a machine's (`machine`: OU `agent-ou`, which it accepts
+/// from agents, CN `host-a`), and one from an unrelated CA.
 pub struct Pki {
     dir: tempfile::TempDir,
 }
@@ -94,7 +95,7 @@ impl Pki {
             "server",
             "ca",
             "/O=enforcer tests/CN=127.0.0.1",
-            Some("subjectAltName=IP:127.0.0.1"),
+            Some("subjectAltName=IP:127.0.0.1,IP:198.51.100.1"),
         )?;
         pki.leaf(
             "bouncer",
@@ -106,6 +107,12 @@ impl Pki {
             "agent",
             "ca",
             "/O=enforcer tests/OU=agent-ou/CN=enforcer-wrong-ou",
+            None,
+        )?;
+        pki.leaf(
+            "machine",
+            "ca",
+            "/O=enforcer tests/OU=agent-ou/CN=host-a",
             None,
         )?;
         pki.leaf(
@@ -481,7 +488,7 @@ impl Lapi {
 /// The `api.server.tls` section of a LAPI serving `pki`'s certificates.
 fn server_tls(pki: &Pki) -> String {
     format!(
-        "    tls:\n      cert_file: {}\n      key_file: {}\n      ca_cert_path: {}\n      client_verification: VerifyClientCertIfGiven\n      bouncers_allowed_ou:\n        - bouncer-ou\n",
+        "    tls:\n      cert_file: {}\n      key_file: {}\n      ca_cert_path: {}\n      client_verification: VerifyClientCertIfGiven\n      bouncers_allowed_ou:\n        - bouncer-ou\n      agents_allowed_ou:\n        - agent-ou\n",
         pki.path("server.pem").display(),
         pki.path("server.key").display(),
         pki.path("ca.pem").display()
@@ -491,5 +498,196 @@ fn server_tls(pki: &Pki) -> String {
 impl Drop for Lapi {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Two labs joined by a management link (198.51.100.1 in A's receiver namespace, .2 in B's),
+/// with a LAPI on A's side at [`FLEET_LAPI`]: two hosts of a fleet sharing one Local API. The
+/// namespaces, link and LAPI go with it.
+pub struct FleetLabs {
+    /// The LAPI both reach (first: it stops before its namespace goes).
+    pub lapi: Lapi,
+    /// Host A.
+    pub a: crate::Lab,
+    /// Host B.
+    pub b: crate::Lab,
+}
+
+/// Where the fleet's LAPI listens.
+pub const FLEET_LAPI: &str = "198.51.100.1:8080";
+
+impl FleetLabs {
+    /// Two labs, their link, and a LAPI (HTTPS with `pki`'s certificates when given).
+    pub fn new(pki: Option<&Pki>) -> Result<Self> {
+        let a = crate::Lab::new()?;
+        let b = crate::Lab::new()?;
+        a.receiver.ip(&[
+            "link",
+            "add",
+            "mg",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "mg",
+            "netns",
+            b.receiver.name(),
+        ])?;
+        a.receiver
+            .ip(&["addr", "add", "198.51.100.1/30", "dev", "mg"])?;
+        b.receiver
+            .ip(&["addr", "add", "198.51.100.2/30", "dev", "mg"])?;
+        a.receiver.ip(&["link", "set", "mg", "up"])?;
+        b.receiver.ip(&["link", "set", "mg", "up"])?;
+        let lapi = match pki {
+            Some(pki) => Lapi::start_tls(&a.receiver, FLEET_LAPI, pki)?,
+            None => Lapi::start(&a.receiver, FLEET_LAPI)?,
+        };
+        Ok(Self { lapi, a, b })
+    }
+}
+
+/// A relay in front of a LAPI, in a namespace: forwards each request (one per connection), but
+/// answers the first `failures` requests whose request line starts with `matching` (`GET
+/// /v1/alerts/`) with the 500 `database is locked` LAPI 1.4's SQLite gives under load.
+pub struct FlakyRelay {
+    /// Where it listens.
+    pub listen: String,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    netns: String,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlakyRelay {
+    /// Listens on `listen` in `ns` and forwards to `upstream` (both `IP:PORT`).
+    pub fn start(
+        ns: &Netns,
+        listen: &str,
+        upstream: &str,
+        matching: &str,
+        failures: usize,
+    ) -> Result<Self> {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize},
+        };
+        let listener = ns.run(|| std::net::TcpListener::bind(listen))??;
+        let failed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (failed.clone(), stop.clone());
+        let (upstream, matching, netns) = (
+            upstream.to_owned(),
+            matching.to_owned(),
+            ns.name().to_owned(),
+        );
+        let thread = std::thread::spawn(move || {
+            // Connections to the upstream are made from the namespace.
+            if enter(&netns).is_err() {
+                return;
+            }
+            for client in listener.incoming().flatten() {
+                if s.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let _ = relay(client, &upstream, &matching, failures, &f);
+            }
+        });
+        Ok(Self {
+            listen: listen.to_owned(),
+            failed,
+            failures,
+            stop,
+            netns: ns.name().to_owned(),
+            thread: Some(thread),
+        })
+    }
+
+    /// How many requests it failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(self.failures)
+    }
+}
+
+/// Enters namespace `name` on this thread.
+fn enter(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Relays one request: its head and body to `upstream` (asking it to close after), the answer
+/// back; or the 500 instead while failures are due.
+fn relay(
+    client: std::net::TcpStream,
+    upstream: &str,
+    matching: &str,
+    failures: usize,
+    failed: &std::sync::atomic::AtomicUsize,
+) -> Result<()> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let mut reader = std::io::BufReader::new(client.try_clone()?);
+    let mut head = Vec::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if !lower.starts_with("connection:") {
+            head.push(line);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let mut client = client;
+    if head.first().is_some_and(|l| l.starts_with(matching))
+        && failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < failures
+    {
+        let answer = r#"{"message":"database is locked"}"#;
+        write!(
+            client,
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
+        )?;
+        return Ok(());
+    }
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    for line in &head {
+        up.write_all(line.as_bytes())?;
+    }
+    up.write_all(b"Connection: close\r\n\r\n")?;
+    up.write_all(&body)?;
+    std::io::copy(&mut up, &mut client)?;
+    Ok(())
+}
+
+impl Drop for FlakyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept with one last connection, from the namespace.
+        let (netns, listen) = (self.netns.clone(), self.listen.clone());
+        let _ = std::thread::spawn(move || {
+            if enter(&netns).is_ok() {
+                let _ = std::net::TcpStream::connect(listen);
+            }
+        })
+        .join();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

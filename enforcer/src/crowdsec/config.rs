@@ -71,6 +71,13 @@ pub struct PublishConfig {
     /// A file holding the machine's password (mode 0600).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Instead of login + password: a client certificate (PEM) whose OU the LAPI accepts from
+    /// agents (`api.server.tls.agents_allowed_ou`); the LAPI names the machine `CN@address`.
+    #[serde(default)]
+    pub cert_path: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default)]
+    pub key_path: Option<PathBuf>,
     /// Local sources whose blocks are published (default none).
     #[serde(default)]
     pub sources: Vec<crate::block::Source>,
@@ -86,13 +93,33 @@ const fn default_queue_max() -> usize {
     10_000
 }
 
-/// The machine's credentials.
+/// How the machine logs in.
 #[derive(Clone, Debug)]
-pub struct MachineLogin {
-    /// The machine id.
-    pub login: String,
-    /// Its password.
-    pub password: String,
+pub enum MachineLogin {
+    /// `machine_id` + password.
+    Password {
+        /// The machine id.
+        login: String,
+        /// Its password.
+        password: String,
+    },
+    /// TLS client authentication: the LAPI takes the machine from the certificate.
+    Certificate {
+        /// Certificate chain (PEM).
+        cert: PathBuf,
+        /// Private key (PEM).
+        key: PathBuf,
+    },
+}
+
+impl MachineLogin {
+    /// How `status` names the machine.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Password { login, .. } => login.clone(),
+            Self::Certificate { cert, .. } => format!("certificate {}", cert.display()),
+        }
+    }
 }
 
 impl PublishConfig {
@@ -153,13 +180,34 @@ impl PublishConfig {
         self.login().map(|_| ())
     }
 
-    /// The machine's login and password (read from `password_file`, refused when others may
-    /// read it).
+    /// How the machine logs in: login and password (read from `password_file`, refused when
+    /// others may read it), or a client certificate.
     pub fn login(&self) -> Result<MachineLogin, (String, String)> {
+        let password = self.login.is_some() || self.password_file.is_some();
+        let certificate = self.cert_path.is_some() || self.key_path.is_some();
+        if password && certificate {
+            return Err((
+                "cert_path".into(),
+                "crowdsec.publish: use login + password_file or cert_path + key_path, not both"
+                    .into(),
+            ));
+        }
+        if certificate {
+            let (Some(cert), Some(key)) = (&self.cert_path, &self.key_path) else {
+                return Err((
+                    "cert_path".into(),
+                    "crowdsec.publish: cert_path and key_path go together (TLS client authentication)".into(),
+                ));
+            };
+            return Ok(MachineLogin::Certificate {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
         let (Some(login), Some(file)) = (&self.login, &self.password_file) else {
             return Err((
                 if self.login.is_none() { "login" } else { "password_file" }.to_owned(),
-                "crowdsec.publish: set login and password_file; register the machine on the LAPI host with `cscli machines add NAME --password PASSWORD -f /dev/null`".into(),
+                "crowdsec.publish: set login and password_file (register the machine on the LAPI host with `cscli machines add NAME --password PASSWORD -f /dev/null`), or cert_path and key_path for TLS client authentication".into(),
             ));
         };
         if login.is_empty() || !login.bytes().all(|b| b.is_ascii_graphic()) {
@@ -171,7 +219,7 @@ impl PublishConfig {
         }
         let password = read_secret_file("crowdsec.publish.password_file", file)
             .map_err(|m| ("password_file".to_owned(), m))?;
-        Ok(MachineLogin {
+        Ok(MachineLogin::Password {
             login: login.clone(),
             password,
         })

@@ -1,6 +1,6 @@
 //! The HTTP side: pulling the decision stream and pushing usage metrics.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use super::config::{Credentials, CrowdsecConfig};
 
@@ -34,6 +34,14 @@ pub enum LapiError {
     /// 401/403.
     #[error("the LAPI refused the bouncer's credentials (HTTP {status}); {hint}")]
     Denied {
+        /// The status code.
+        status: u16,
+        /// What to check, for the kind of credentials in use.
+        hint: &'static str,
+    },
+    /// The publisher's machine login was refused (401/403).
+    #[error("the LAPI refused the machine's login (HTTP {status}); {hint}")]
+    MachineDenied {
         /// The status code.
         status: u16,
         /// What to check, for the kind of credentials in use.
@@ -84,42 +92,14 @@ pub struct Lapi {
 impl Lapi {
     /// Builds a client from the configuration.
     pub fn new(config: &CrowdsecConfig) -> Result<Self, LapiError> {
-        // reqwest is built without a default crypto provider; ours is ring (no C toolchain
-        // beyond cc, small). Installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let setup = |e: String| LapiError::Setup(e);
-        let base = reqwest::Url::parse(&config.api_url).map_err(|e| setup(e.to_string()))?;
-        let base = if base.path().ends_with('/') {
-            base
-        } else {
-            reqwest::Url::parse(&format!("{base}/")).map_err(|e| setup(e.to_string()))?
-        };
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            // The key travels as a header that reqwest's redirect policy would forward to any
-            // host (https to http included): a LAPI never redirects, so any 3xx is an error.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy();
-        if let Some(ca) = &config.ca_cert_path {
-            let pem = std::fs::read(ca).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| setup(format!("{}: {e}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
-        }
+        let base = base_url(config)?;
+        let mut builder = client_builder(config, Duration::from_secs(120))?;
         let credentials = config.credentials().map_err(|(_, m)| setup(m))?;
         let api_key = match credentials {
             Credentials::ApiKey(k) => Some(k),
             Credentials::Certificate { cert, key } => {
-                let mut pem =
-                    std::fs::read(&cert).map_err(|e| setup(format!("{}: {e}", cert.display())))?;
-                pem.extend(
-                    std::fs::read(&key).map_err(|e| setup(format!("{}: {e}", key.display())))?,
-                );
-                let id = reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| setup(format!("{}: {e}", cert.display())))?;
-                builder = builder.identity(id);
+                builder = builder.identity(identity(&cert, &key)?);
                 None
             }
         };
@@ -258,6 +238,52 @@ impl Lapi {
         }
         Ok(true)
     }
+}
+
+/// The LAPI's base URL, ending in `/` so that API paths join below it.
+pub fn base_url(config: &CrowdsecConfig) -> Result<reqwest::Url, LapiError> {
+    let setup = |e: String| LapiError::Setup(format!("crowdsec.api_url: {e}"));
+    let mut base = reqwest::Url::parse(&config.api_url).map_err(|e| setup(e.to_string()))?;
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    Ok(base)
+}
+
+/// The HTTP client every call to the LAPI uses (the bouncer's pulls and pushes, the
+/// publisher's machine calls): our user agent, no proxy, `timeout` for a whole request, the
+/// configured CA trusted, and never a redirect (the API key, the password and the token travel
+/// with a request, and reqwest would forward them to wherever a 3xx points, https to http
+/// included; a LAPI never redirects).
+pub fn client_builder(
+    config: &CrowdsecConfig,
+    timeout: Duration,
+) -> Result<reqwest::ClientBuilder, LapiError> {
+    // reqwest is built without a default crypto provider; ours is ring (no C toolchain
+    // beyond cc, small). Installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(ca) = &config.ca_cert_path {
+        let setup =
+            |e: String| LapiError::Setup(format!("crowdsec.ca_cert_path {}: {e}", ca.display()));
+        let pem = std::fs::read(ca).map_err(|e| setup(e.to_string()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| setup(e.to_string()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
+}
+
+/// A client certificate and its key (PEM files) as a TLS identity.
+pub fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, LapiError> {
+    let setup = |p: &Path, e: String| LapiError::Setup(format!("{}: {e}", p.display()));
+    let mut pem = std::fs::read(cert).map_err(|e| setup(cert, e.to_string()))?;
+    pem.extend(std::fs::read(key).map_err(|e| setup(key, e.to_string()))?);
+    reqwest::Identity::from_pem(&pem).map_err(|e| setup(cert, e.to_string()))
 }
 
 /// The error for a 3xx answer, naming where it pointed (printable, bounded).

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use config::{Credentials, CrowdsecConfig, PublishConfig};
+pub use config::{Credentials, CrowdsecConfig, MachineLogin, PublishConfig};
 pub use lapi::{Lapi, LapiError};
 
 use self::{

@@ -9,13 +9,14 @@
 //! with a backoff; the engine is never waited on by the LAPI.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::Deserialize;
 
-use super::{Engine, LapiError, StatusHandle, config::CrowdsecConfig};
+use super::{Engine, LapiError, MachineLogin, StatusHandle, config::CrowdsecConfig};
 use crate::{
     error::Chain,
     outbox::{OutboxBatch, OutboxRequest, PublicationKind, Queued, Sent},
@@ -59,7 +60,7 @@ impl<E: Engine> Publisher<E> {
             .ok_or_else(|| LapiError::Setup("no [crowdsec.publish] section".into()))?;
         let login = publish.login().map_err(|(_, m)| LapiError::Setup(m))?;
         status.lock().expect("status lock").publish = Some(PublishStatus {
-            login: login.login.clone(),
+            login: login.describe(),
             ..PublishStatus::default()
         });
         Ok(Self {
@@ -94,15 +95,20 @@ impl<E: Engine> Publisher<E> {
             }
             if let Some(e) = failed {
                 tracing::warn!(error = %Chain(&e), retry_in = ?backoff, "publishing to the CrowdSec LAPI failed; the blocks are enforced here and stay queued");
-                self.update(|s| {
-                    s.errors += 1;
-                    s.last_error = Some(Chain(&e).to_string());
-                    s.last_error_ms = Some(WallMs::now());
-                });
+                self.count_error(&e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+
+    /// Counts a failed call in the status, as its last error.
+    fn count_error(&self, e: &LapiError) {
+        self.update(|s| {
+            s.errors += 1;
+            s.last_error = Some(Chain(e).to_string());
+            s.last_error_ms = Some(WallMs::now());
+        });
     }
 
     fn update(&self, f: impl FnOnce(&mut PublishStatus)) {
@@ -177,21 +183,61 @@ impl<E: Engine> Publisher<E> {
         if live.is_empty() {
             return Ok(());
         }
-        let alerts: Vec<serde_json::Value> = live.iter().map(|q| alert(q, now)).collect();
+        // One alert per scenario carries the decisions of all its blocks, as `cscli decisions
+        // import` does: one insert and one read-back per alert, not per block.
+        let mut groups: BTreeMap<&str, Vec<&Queued>> = BTreeMap::new();
+        for q in &live {
+            groups.entry(scenario_of(q)).or_default().push(q);
+        }
+        let groups: Vec<Vec<&Queued>> = groups.into_values().collect();
+        let alerts: Vec<serde_json::Value> = groups.iter().map(|g| alert(g, now)).collect();
         let alert_ids = self.machine.post_alerts(&alerts).await?;
-        if alert_ids.len() != live.len() {
+        if alert_ids.len() != groups.len() {
             return Err(LapiError::Garbage(format!(
                 "{} alert ids for {} alerts",
                 alert_ids.len(),
-                live.len()
+                groups.len()
             )));
         }
-        let decisions = self.machine.decision_ids(&alert_ids).await?;
-        // The earlier decisions of a block that was extended are replaced.
-        let replaced: Vec<i64> = live.iter().flat_map(|q| q.published.clone()).collect();
-        self.machine.delete_decisions(&replaced).await?;
-        sent.extend(live.iter().zip(decisions).map(|(q, ids)| done(q, ids)));
+        // The LAPI holds these decisions now: from here on nothing is sent again (a retry
+        // would publish them twice), the ids are read back until the LAPI answers.
+        for (group, id) in groups.iter().zip(&alert_ids) {
+            let decisions = self.alert_decisions(id).await;
+            for q in group {
+                let (scope, value) = scope_value(&q.publication.target);
+                let ids: Vec<i64> = decisions
+                    .iter()
+                    .filter(|d| d.scope == scope && d.value == value)
+                    .map(|d| d.id)
+                    .collect();
+                // The earlier decisions of a block that was extended are replaced; when that
+                // fails they stay recorded, and go with the block's unban.
+                let mut s = done(q, ids);
+                if let Err(e) = self.machine.delete_decisions(&q.published).await {
+                    tracing::warn!(error = %Chain(&e), target = %q.publication.target, "deleting the replaced decisions failed; they are deleted with the block");
+                    s.removed.clear();
+                }
+                sent.push(s);
+            }
+        }
         Ok(())
+    }
+
+    /// The decisions of alert `id`, read until the LAPI answers (the alert is posted: posting
+    /// it again would duplicate its decisions).
+    async fn alert_decisions(&mut self, id: &str) -> Vec<AlertDecision> {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.machine.alert_decisions(id).await {
+                Ok(d) => return d,
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), alert = id, retry_in = ?backoff, "reading back a published alert's decisions failed; retrying (it is not posted again)");
+                    self.count_error(&e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
     }
 
     async fn unban(&mut self, item: &Queued) -> Result<Sent, LapiError> {
@@ -245,40 +291,74 @@ fn scope_value(t: &Target) -> (&'static str, String) {
     }
 }
 
-/// The alert for one ban, as `cscli decisions add` builds it (LAPI 1.4 requires every field).
-fn alert(q: &Queued, now: WallMs) -> serde_json::Value {
-    let PublicationKind::Ban {
-        scenario, reason, ..
-    } = &q.publication.kind
-    else {
-        unreachable!("only bans become alerts")
+/// A ban's scenario.
+fn scenario_of(q: &Queued) -> &str {
+    match &q.publication.kind {
+        PublicationKind::Ban { scenario, .. } => scenario,
+        PublicationKind::Unban { .. } => unreachable!("only bans become alerts"),
+    }
+}
+
+/// The alert for bans of one scenario, as cscli builds them (LAPI 1.4 requires every field):
+/// one block's alert names its address and reason, as `cscli decisions add` does; several
+/// blocks' alert carries one decision each, as `cscli decisions import` does.
+fn alert(group: &[&Queued], now: WallMs) -> serde_json::Value {
+    let first = group[0];
+    let scenario = scenario_of(first);
+    let source = &first.publication.source;
+    let decisions: Vec<serde_json::Value> = group
+        .iter()
+        .map(|q| {
+            let (scope, value) = scope_value(&q.publication.target);
+            serde_json::json!({
+                "duration": remaining(q, now),
+                "origin": ORIGIN,
+                "scenario": scenario,
+                "scope": scope,
+                "type": "ban",
+                "value": value,
+            })
+        })
+        .collect();
+    let (source_json, message) = match group {
+        [q] => {
+            let (scope, value) = scope_value(&q.publication.target);
+            let PublicationKind::Ban { reason, .. } = &q.publication.kind else {
+                unreachable!("only bans become alerts")
+            };
+            let message = if reason.is_empty() {
+                format!("{source} blocked {value}")
+            } else {
+                format!("{source}: {reason}")
+            };
+            let (ip, range) = if scope == "Ip" {
+                (value.as_str(), "")
+            } else {
+                ("", value.as_str())
+            };
+            (
+                serde_json::json!({"scope": scope, "value": value, "ip": ip, "range": range}),
+                message,
+            )
+        }
+        _ => (
+            serde_json::json!({"scope": "enforcer/batch", "value": ""}),
+            format!("{source} blocked {} addresses", group.len()),
+        ),
     };
-    let (scope, value) = scope_value(&q.publication.target);
     let at = humantime::format_rfc3339_seconds(now.to_system_time()).to_string();
-    let message = if reason.is_empty() {
-        format!("{} blocked {value}", q.publication.source)
-    } else {
-        format!("{}: {reason}", q.publication.source)
-    };
     serde_json::json!({
         "capacity": 0,
-        "decisions": [{
-            "duration": remaining(q, now),
-            "origin": ORIGIN,
-            "scenario": scenario,
-            "scope": scope,
-            "type": "ban",
-            "value": value,
-        }],
+        "decisions": decisions,
         "events": [],
-        "events_count": 1,
+        "events_count": group.len(),
         "leakspeed": "0",
         "message": message,
         "scenario": scenario,
         "scenario_hash": "",
         "scenario_version": "",
         "simulated": false,
-        "source": {"scope": scope, "value": value, "ip": if scope == "Ip" { value.as_str() } else { "" }, "range": if scope == "Range" { value.as_str() } else { "" }},
+        "source": source_json,
         "start_at": at,
         "stop_at": at,
     })
@@ -288,7 +368,7 @@ fn alert(q: &Queued, now: WallMs) -> serde_json::Value {
 struct Machine {
     http: reqwest::Client,
     base: reqwest::Url,
-    login: super::config::MachineLogin,
+    login: MachineLogin,
     scenarios: Vec<String>,
     token: Option<(String, Instant)>,
 }
@@ -301,41 +381,32 @@ struct LoginAnswer {
 #[derive(Deserialize)]
 struct AlertAnswer {
     #[serde(default)]
-    decisions: Option<Vec<DecisionId>>,
+    decisions: Option<Vec<AlertDecision>>,
 }
 
+/// A decision of a published alert.
 #[derive(Deserialize)]
-struct DecisionId {
+struct AlertDecision {
     id: i64,
+    scope: String,
+    value: String,
 }
 
 impl Machine {
     fn new(
         config: &CrowdsecConfig,
-        login: super::config::MachineLogin,
+        login: MachineLogin,
         scenarios: Vec<String>,
     ) -> Result<Self, LapiError> {
-        let setup = |e: String| LapiError::Setup(e);
-        let mut base = reqwest::Url::parse(&config.api_url).map_err(|e| setup(e.to_string()))?;
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            // The login carries the password: never to wherever a redirect points.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy();
-        if let Some(ca) = &config.ca_cert_path {
-            let pem = std::fs::read(ca).map_err(|e| setup(format!("{}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| setup(format!("{}: {e}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
+        let mut builder = super::lapi::client_builder(config, Duration::from_secs(30))?;
+        if let MachineLogin::Certificate { cert, key } = &login {
+            builder = builder.identity(super::lapi::identity(cert, key)?);
         }
         Ok(Self {
-            http: builder.build().map_err(|e| setup(e.to_string()))?,
-            base,
+            http: builder
+                .build()
+                .map_err(|e| LapiError::Setup(e.to_string()))?,
+            base: super::lapi::base_url(config)?,
             login,
             scenarios,
             token: None,
@@ -360,11 +431,22 @@ impl Machine {
         {
             return Ok(t.clone());
         }
-        let body = serde_json::json!({
-            "machine_id": self.login.login,
-            "password": self.login.password,
-            "scenarios": self.scenarios,
-        });
+        // With a certificate the LAPI takes the machine from it (`CN@address`) and reads only
+        // the scenarios.
+        let (body, hint) = match &self.login {
+            MachineLogin::Password { login, password } => (
+                serde_json::json!({
+                    "machine_id": login,
+                    "password": password,
+                    "scenarios": self.scenarios,
+                }),
+                "check crowdsec.publish.login and password_file against `cscli machines list` (register with `cscli machines add NAME --password ...`)",
+            ),
+            MachineLogin::Certificate { .. } => (
+                serde_json::json!({ "scenarios": self.scenarios }),
+                "the certificate's OU must be in the LAPI's api.server.tls.agents_allowed_ou (agent-ou by default), it must be signed by the LAPI's ca_cert_path and not revoked; a machine of that name registered with a password refuses a certificate",
+            ),
+        };
         let resp = self
             .http
             .post(self.url("v1/watchers/login"))
@@ -375,9 +457,9 @@ impl Machine {
         let status = resp.status();
         let text = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(LapiError::Denied {
+            return Err(LapiError::MachineDenied {
                 status: status.as_u16(),
-                hint: "check crowdsec.publish.login and password_file against `cscli machines list` (register with `cscli machines add NAME --password ...`)",
+                hint,
             });
         }
         if !status.is_success() {
@@ -430,43 +512,19 @@ impl Machine {
         serde_json::from_slice(&body).map_err(|e| LapiError::Garbage(format!("alert ids: {e}")))
     }
 
-    /// The decision ids of each alert, in order (a few requests in flight at once).
-    async fn decision_ids(&mut self, alerts: &[String]) -> Result<Vec<Vec<i64>>, LapiError> {
-        let token = self.token().await?;
-        let mut out = Vec::with_capacity(alerts.len());
-        for chunk in alerts.chunks(PARALLEL) {
-            let mut set = tokio::task::JoinSet::new();
-            for (i, id) in chunk.iter().enumerate() {
-                let req = self
-                    .http
-                    .get(self.url(&format!("v1/alerts/{id}")))
-                    .bearer_auth(&token);
-                set.spawn(async move { (i, req.send().await) });
-            }
-            let mut answers = vec![Vec::new(); chunk.len()];
-            while let Some(joined) = set.join_next().await {
-                let (i, resp) = joined.map_err(|e| LapiError::Setup(e.to_string()))?;
-                let resp = resp.map_err(|e| self.unreachable(e))?;
-                let status = resp.status();
-                let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-                if status == reqwest::StatusCode::UNAUTHORIZED {
-                    self.token = None;
-                }
-                if !status.is_success() {
-                    return Err(status_error(status, &body));
-                }
-                let a: AlertAnswer = serde_json::from_slice(&body)
-                    .map_err(|e| LapiError::Garbage(format!("alert: {e}")))?;
-                answers[i] = a
-                    .decisions
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|d| d.id)
-                    .collect();
-            }
-            out.extend(answers);
+    /// The decisions of alert `id` (none when the alert is gone: deleted or flushed).
+    async fn alert_decisions(&mut self, id: &str) -> Result<Vec<AlertDecision>, LapiError> {
+        let url = self.url(&format!("v1/alerts/{id}"));
+        let (status, body) = self.call(|c, t| c.get(url.clone()).bearer_auth(t)).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        if !status.is_success() {
+            return Err(status_error(status, &body));
+        }
+        let a: AlertAnswer = serde_json::from_slice(&body)
+            .map_err(|e| LapiError::Garbage(format!("alert {id}: {e}")))?;
+        Ok(a.decisions.unwrap_or_default())
     }
 
     /// Deletes decisions by id; one already gone (deleted by hand, flushed) counts as deleted.

@@ -14,13 +14,13 @@ use anyhow::Result;
 use enforcer::protocol::{CrowdsecStatus, ListEntry, StatusReply};
 use enforcer_tests::{
     Lab, RECEIVER_V4, SENDER_V4, SENDER_V6,
-    crowdsec::{Lapi, Pki},
+    crowdsec::{FleetLabs, Lapi, Pki},
     daemon::{Daemon, ok},
     require_root, wait_for,
 };
 
 /// The poll interval the tests configure (`update_frequency`).
-const POLL: &str = "1s";
+pub(crate) const POLL: &str = "1s";
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// What a pull (fetch, apply) and seeing its effect add to one poll interval, from the moment
 /// the LAPI has the change. Measured at load 17-20 on two cores: the change enforced 145-730 ms
@@ -29,7 +29,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// bouncer that polls less often or applies a poll late fails.
 const APPLY_MARGIN: Duration = Duration::from_millis(800);
 /// The README's claim: a LAPI decision is enforced (or lifted) within one poll.
-const WITHIN_ONE_POLL: Duration = POLL_INTERVAL.saturating_add(APPLY_MARGIN);
+pub(crate) const WITHIN_ONE_POLL: Duration = POLL_INTERVAL.saturating_add(APPLY_MARGIN);
 /// How late a decision may lift after its end: the kernel's deadline is exact, so this is how
 /// often `Lab::passes` can look (its control frame and grace) on a loaded machine. Measured at
 /// load 17-20: the first datagrams through were sent 9.66-10.16 s after cscli was started for
@@ -40,7 +40,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_millis(600);
 const EXPIRY_SLACK: Duration = Duration::from_secs(1);
 /// For what the tests wait on that no claim bounds (a status change, a LAPI coming back, a
 /// large pull): long enough for a loaded CI machine.
-const PATIENCE: Duration = Duration::from_secs(8);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(8);
 
 fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Duration {
     let start = Instant::now();
@@ -58,7 +58,7 @@ fn wait_dropped(lab: &Lab, src: &str, dropped: bool, timeout: Duration) -> Durat
 /// again when `!dropped`) no later than by the first pull that surely started after it (seen
 /// with `Lab::passes` as each pull is counted, so no timing is involved), and that pull came
 /// within one poll interval plus the margin of the change. Returns how long it took.
-fn within_one_poll(
+pub(crate) fn within_one_poll(
     lab: &Lab,
     daemon: &Daemon,
     srcs: &[&str],
@@ -429,29 +429,8 @@ fn a_lapi_outage_keeps_blocks_shows_the_error_and_recovers_with_a_full_pull() ->
 #[test]
 fn a_fleet_of_two_daemons_on_one_lapi_enforces_one_decision_within_one_poll() -> Result<()> {
     require_root();
-    let a = Lab::new()?;
-    let b = Lab::new()?;
     // The hosts' management link: the LAPI runs on host A and listens there.
-    let (mgmt_a, mgmt_b) = ("198.51.100.1", "198.51.100.2");
-    a.receiver.ip(&[
-        "link",
-        "add",
-        "mg",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "mg",
-        "netns",
-        b.receiver.name(),
-    ])?;
-    a.receiver
-        .ip(&["addr", "add", &format!("{mgmt_a}/30"), "dev", "mg"])?;
-    b.receiver
-        .ip(&["addr", "add", &format!("{mgmt_b}/30"), "dev", "mg"])?;
-    a.receiver.ip(&["link", "set", "mg", "up"])?;
-    b.receiver.ip(&["link", "set", "mg", "up"])?;
-    let lapi = Lapi::start(&a.receiver, &format!("{mgmt_a}:8080"))?;
+    let FleetLabs { a, b, lapi } = FleetLabs::new(None)?;
     // A lab network stands in for the fleet's: plain http across it is accepted only so.
     let extra = format!("update_frequency = \"{POLL}\"\ninsecure_http = true\n");
     let config_a = lapi.daemon_config("host-a", &lapi.url(), &extra)?;

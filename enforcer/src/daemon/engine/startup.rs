@@ -121,8 +121,27 @@ impl Engine {
         }
         engine.ledger.shift_deadlines(shift, WallMs::now());
         engine.reconcile(shift, other_boot)?;
+        engine.publish_catch_up()?;
         engine.store_time_base(shift, meta.time_base.as_ref())?;
         Ok(engine)
+    }
+
+    /// Brings the publish queue up to date with the loaded blocks
+    /// ([`ledger::Ledger::plan_catch_up`]), in one commit.
+    fn publish_catch_up(&mut self) -> anyhow::Result<()> {
+        let plan = self.ledger.plan_catch_up(WallMs::now());
+        let ops: Vec<StoreOp> = plan.ops().collect();
+        if !ops.is_empty() {
+            self.store.commit(&ops)?;
+            let (queued, forgotten) = plan.counts();
+            tracing::info!(
+                queued,
+                forgotten,
+                "the CrowdSec publish queue caught up with the stored blocks: blocks not published yet are queued, ids of blocks that ended are forgotten"
+            );
+        }
+        self.ledger.outbox_mut().apply(plan);
+        Ok(())
     }
 
     /// How far the stored deadlines must move to keep their boot-relative time: the wall

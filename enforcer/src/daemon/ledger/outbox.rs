@@ -43,18 +43,57 @@ pub struct Outbox {
 pub struct Plan {
     put: Vec<(u64, Publication)>,
     delete: Vec<u64>,
+    /// Published blocks that are gone: their decision ids are forgotten.
+    forget: Vec<(Target, Source)>,
     dropped: u64,
     next_seq: u64,
 }
 
 impl Plan {
+    /// Queues `p` unless the queue (`len` rows, this plan's included) is at `max`: then it is
+    /// counted as dropped.
+    fn push(
+        &mut self,
+        len: &mut usize,
+        max: usize,
+        target: Target,
+        source: &Source,
+        kind: PublicationKind,
+    ) {
+        if *len >= max {
+            self.dropped += 1;
+            return;
+        }
+        *len += 1;
+        let p = Publication {
+            target,
+            source: source.clone(),
+            kind,
+        };
+        self.put.push((self.next_seq, p));
+        self.next_seq += 1;
+    }
+
+    /// How many publications it queues, and how many published blocks it forgets.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.put.len(), self.forget.len())
+    }
+
     /// The store operations.
     pub fn ops(&self) -> impl Iterator<Item = StoreOp> + '_ {
-        self.delete.iter().map(|s| StoreOp::DeleteOutbox(*s)).chain(
-            self.put
-                .iter()
-                .map(|(s, p)| StoreOp::PutOutbox(*s, p.clone())),
-        )
+        self.delete
+            .iter()
+            .map(|s| StoreOp::DeleteOutbox(*s))
+            .chain(
+                self.put
+                    .iter()
+                    .map(|(s, p)| StoreOp::PutOutbox(*s, p.clone())),
+            )
+            .chain(
+                self.forget
+                    .iter()
+                    .map(|(t, s)| StoreOp::PutPublished(*t, s.clone(), Vec::new())),
+            )
     }
 }
 
@@ -196,11 +235,20 @@ impl Outbox {
 
     /// Applies a committed round's plan.
     pub fn apply(&mut self, plan: Plan) {
-        if plan.put.is_empty() && plan.delete.is_empty() && plan.dropped == 0 {
+        if plan.put.is_empty()
+            && plan.delete.is_empty()
+            && plan.forget.is_empty()
+            && plan.dropped == 0
+        {
             return;
         }
         let shared = self.echo.clone();
         let mut echo = shared.lock().expect("echo lock");
+        for key in &plan.forget {
+            if let Some(ids) = self.published.remove(key) {
+                echo.remove_ids(&ids);
+            }
+        }
         for seq in plan.delete {
             self.unqueue(seq, &mut echo);
         }
@@ -223,6 +271,54 @@ impl Outbox {
         if woke {
             self.wake.notify_one();
         }
+    }
+}
+
+impl Ledger {
+    /// At start, once the stored blocks are loaded (those that ended while the daemon was down
+    /// removed): the decision ids of published blocks that are gone are forgotten (their
+    /// decisions ended with them), and every enforced block of a published source that the
+    /// LAPI does not hold and that is not queued (made before publishing was turned on, or left
+    /// out by a full queue) is queued, oldest target first.
+    pub fn plan_catch_up(&self, now: WallMs) -> Plan {
+        let o = &self.outbox;
+        let mut plan = Plan {
+            next_seq: o.next_seq,
+            ..Plan::default()
+        };
+        for key in o.published.keys() {
+            let (target, source) = key;
+            if !o.by_key.contains_key(key) && enforced(self.blocks.get(target), source).is_none() {
+                plan.forget.push(key.clone());
+            }
+        }
+        plan.forget.sort();
+        let mut len = o.queue.len();
+        for (target, blocks) in &self.blocks {
+            for (source, scenario) in &o.scenarios {
+                let key = (*target, source.clone());
+                let Some(block) = enforced(Some(blocks), source) else {
+                    continue;
+                };
+                if o.published.contains_key(&key)
+                    || o.by_key.contains_key(&key)
+                    || block.expires_ms.is_some_and(|e| e <= now)
+                {
+                    continue;
+                }
+                plan.push(&mut len, o.max, *target, source, ban(block, scenario));
+            }
+        }
+        plan
+    }
+}
+
+/// The publication of `block`'s ban.
+fn ban(block: &SourceBlock, scenario: &str) -> PublicationKind {
+    PublicationKind::Ban {
+        expires_ms: block.expires_ms,
+        scenario: scenario.to_owned(),
+        reason: block.reason.summary(),
     }
 }
 
@@ -265,11 +361,7 @@ impl Ledger {
                 let new = enforced(after, source);
                 let kind = match (old, new) {
                     (old, Some(new)) if old.map(|b| b.expires_ms) != Some(new.expires_ms) => {
-                        PublicationKind::Ban {
-                            expires_ms: new.expires_ms,
-                            scenario: scenario.clone(),
-                            reason: new.reason.summary(),
-                        }
+                        ban(new, scenario)
                     }
                     (Some(old), None) => PublicationKind::Unban {
                         expired: old.expires_ms.is_some_and(|e| e <= now),
@@ -280,18 +372,7 @@ impl Ledger {
                     plan.delete.push(*seq);
                     len -= 1;
                 }
-                if len >= o.max {
-                    plan.dropped += 1;
-                    continue;
-                }
-                len += 1;
-                let p = Publication {
-                    target: *target,
-                    source: source.clone(),
-                    kind,
-                };
-                plan.put.push((plan.next_seq, p));
-                plan.next_seq += 1;
+                plan.push(&mut len, o.max, *target, source, kind);
             }
         }
         plan
@@ -471,5 +552,44 @@ mod tests {
         round(&mut l, vec![unblock("192.0.2.1", "fail2ban")], NOW);
         assert_eq!(l.outbox().counters().depth, 2);
         assert_eq!(l.outbox().counters().dropped, 1);
+    }
+
+    #[test]
+    fn at_start_unpublished_blocks_are_queued_and_ids_of_ended_blocks_forgotten() {
+        let (mut l, echo) = ledger(10);
+        // Made before publishing was on: the ledger holds them, the queue does not.
+        let off = l.outbox().scenarios.clone();
+        l.outbox_mut().scenarios.clear();
+        round(
+            &mut l,
+            vec![
+                block("192.0.2.1", "fail2ban", false),
+                block("192.0.2.2", "fail2ban", true),
+                block("192.0.2.3", "cli", false),
+            ],
+            NOW,
+        );
+        l.outbox_mut().scenarios = off;
+        assert!(kinds(&l).is_empty());
+        // A block published earlier that ended while the daemon was down.
+        let gone: Target = "198.51.100.7".parse().unwrap();
+        l.outbox_mut().load(
+            Vec::new(),
+            vec![(gone, "fail2ban".parse().unwrap(), vec![77])],
+        );
+        assert!(echo.lock().unwrap().is_own(Some(77), "x", &gone));
+        let plan = l.plan_catch_up(NOW + ms(1000));
+        assert_eq!(plan.counts(), (1, 1));
+        let ops: Vec<StoreOp> = plan.ops().collect();
+        assert!(
+            matches!(&ops[..], [StoreOp::PutOutbox(1, _), StoreOp::PutPublished(t, _, ids)] if *t == gone && ids.is_empty()),
+            "{ops:?}"
+        );
+        l.outbox_mut().apply(plan);
+        assert_eq!(kinds(&l), ["192.0.2.1 fail2ban ban enforcer/fail2ban"]);
+        assert_eq!(l.outbox().counters().published, 0);
+        assert!(!echo.lock().unwrap().is_own(Some(77), "x", &gone));
+        // Once queued (or published), a second start queues nothing again.
+        assert_eq!(l.plan_catch_up(NOW + ms(2000)).counts(), (0, 0));
     }
 }

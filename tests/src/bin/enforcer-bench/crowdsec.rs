@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use enforcer_tests::{
     Lab, PinDir, RECEIVER_V4, SENDER_V4,
-    crowdsec::Lapi,
+    crowdsec::{FleetLabs, Lapi},
     daemon::{Daemon, enforcer_bin},
     wait_for,
 };
@@ -181,27 +181,7 @@ fn receive(rx: &UdpSocket, stop: &AtomicBool, last: &AtomicU64, epoch: Instant) 
 }
 
 fn fleet(s: &Settings) -> Result<Fleet> {
-    let a = Lab::new()?;
-    let b = Lab::new()?;
-    a.receiver.ip(&[
-        "link",
-        "add",
-        "mg",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "mg",
-        "netns",
-        b.receiver.name(),
-    ])?;
-    a.receiver
-        .ip(&["addr", "add", "198.51.100.1/30", "dev", "mg"])?;
-    b.receiver
-        .ip(&["addr", "add", "198.51.100.2/30", "dev", "mg"])?;
-    a.receiver.ip(&["link", "set", "mg", "up"])?;
-    b.receiver.ip(&["link", "set", "mg", "up"])?;
-    let lapi = Lapi::start(&a.receiver, "198.51.100.1:8080")?;
+    let FleetLabs { lapi, a, b } = FleetLabs::new(None)?;
     let extra = format!(
         "update_frequency = \"{}s\"\ninsecure_http = true\n",
         s.poll_secs
