@@ -10,7 +10,11 @@
 /// v5: 32-byte block entries with an allowlist-overlap flag and a generation; per-CPU hit slots
 /// ([`HitSlot`]); the prefix prefilter bitmap replaces the per-family "prefixes present" flags;
 /// the data path's clock is `CLOCK_MONOTONIC_COARSE` plus the boot-time offset in [`map_names::CLOCK`].
-pub const LAYOUT_VERSION: u32 = 5;
+///
+/// v6: prefix blocks live in hash maps keyed by (masked address, length) instead of LPM tries;
+/// the lengths in use ([`map_names::PREFIX_LENS`]) and the block filter
+/// ([`map_names::BLOCK_FILTER`], in front of every block hash) replace the prefix prefilter.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the maps, as the kernel and the pin directory know them (at most 15 bytes).
 pub mod map_names {
@@ -18,10 +22,11 @@ pub mod map_names {
     pub const BLOCK_V4: &str = "BLOCK_V4";
     /// Exact IPv6 sources (/128): hash map, `[u8; 16]` → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_V6: &str = "BLOCK_V6";
-    /// IPv4 prefixes shorter than /32: LPM trie keyed by the address padded to 8 bytes (so the
-    /// value's u64 counters are 8-byte aligned) → [`BlockEntry`](super::BlockEntry).
+    /// IPv4 prefixes shorter than /32: hash map keyed by [`net_key_v4`](super::net_key_v4)
+    /// (the masked address and the length in 8 bytes) → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_NET_V4: &str = "BLOCK_NET_V4";
-    /// IPv6 prefixes shorter than /128: LPM trie → [`BlockEntry`](super::BlockEntry).
+    /// IPv6 prefixes shorter than /128: hash map keyed by [`net_key_v6`](super::net_key_v6)
+    /// (24 bytes) → [`BlockEntry`](super::BlockEntry).
     pub const BLOCK_NET_V6: &str = "BLOCK_NET_V6";
     /// IPv4 allowlist prefixes (any length): LPM trie → [`AllowValue`](super::AllowValue).
     pub const ALLOW_V4: &str = "ALLOW_V4";
@@ -29,9 +34,13 @@ pub mod map_names {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// Per-CPU counters, one [`Stats`](super::Stats) slot per interface (ifindex % slots).
     pub const STATS: &str = "STATS";
-    /// Array of u64 words: the prefix prefilter bitmap (see [`prefilter`](super::prefilter)).
-    /// A source whose bit is clear cannot be inside any prefix block: the trie is skipped.
-    pub const PREFIX_FILTER: &str = "PREFIX_FILTER";
+    /// Array of u64 words (mmapable): which prefix lengths are in use where (see
+    /// [`lookup`](super::lookup)). The data path looks a source up at those lengths only.
+    pub const PREFIX_LENS: &str = "PREFIX_LENS";
+    /// Array of u64 words (mmapable): one bit per hashed block key, exact addresses and
+    /// prefixes alike (see [`lookup`](super::lookup)). A key whose bit is clear is in no block
+    /// map, so its hash lookup is skipped.
+    pub const BLOCK_FILTER: &str = "BLOCK_FILTER";
     /// Per-CPU array of [`HitSlot`](super::HitSlot)s: where hot entries' hits are counted
     /// without writing a cache line shared with the other CPUs.
     pub const HITS: &str = "HITS";
@@ -39,12 +48,11 @@ pub mod map_names {
     /// only across suspend). The data path's "now" is the coarse monotonic clock plus this.
     pub const CLOCK: &str = "CLOCK";
     /// Per-CPU array of [`Unjudged`](super::Unjudged), one slot per interface like
-    /// [`STATS`]: the frames the parser gave up on, by reason. Added within layout 5: a build
-    /// that finds pins without it creates it (see [`ADDED`]).
+    /// [`STATS`]: the frames the parser gave up on, by reason.
     pub const UNJUDGED: &str = "UNJUDGED";
 
     /// Every map the layout had when first released, in a fixed order (see also [`ADDED`]).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         BLOCK_V4,
         BLOCK_V6,
         BLOCK_NET_V4,
@@ -52,15 +60,17 @@ pub mod map_names {
         ALLOW_V4,
         ALLOW_V6,
         STATS,
-        PREFIX_FILTER,
+        PREFIX_LENS,
         HITS,
         CLOCK,
+        UNJUDGED,
+        BLOCK_FILTER,
     ];
 
     /// Maps added to the layout after it was first released: pins made by an earlier build of
     /// the same layout lack them, and the loader creates them beside the others (nothing that
-    /// build reads changes). Every other map must be there.
-    pub const ADDED: [&str; 1] = [UNJUDGED];
+    /// build reads changes). Every other map must be there. None yet in layout 6.
+    pub const ADDED: [&str; 0] = [];
 }
 
 /// The XDP program's name in the object file and in the kernel: the one for Ethernet links.
@@ -82,9 +92,6 @@ pub const DEFAULT_MAX_ADDRESSES: u32 = 1 << 20;
 pub const DEFAULT_MAX_PREFIXES: u32 = 100_000;
 /// Default capacity of each allowlist trie (per family).
 pub const DEFAULT_MAX_ALLOW: u32 = 16_384;
-/// How many nested prefix blocks the data path walks when the longest match is shadow or
-/// expired (a bounded loop for the verifier).
-pub const MAX_NESTED_PREFIXES: u32 = 8;
 
 /// Number of per-interface counter slots; an interface uses slot `ifindex % STATS_SLOTS`.
 pub const STATS_SLOTS: u32 = 256;
@@ -204,70 +211,80 @@ pub const fn hit_slot_words(key: [u64; 2], tag: u32) -> u32 {
     h.wrapping_mul(0x9E37_79B1) >> (32 - HIT_SLOT_BITS)
 }
 
-/// The prefix prefilter: bitmaps that tell the data path whether a prefix block may cover a
-/// source, so that sources outside every blocked prefix usually skip the trie.
+/// How the data path finds the blocks that cover a source without walking a trie (layout 6).
 ///
-/// IPv4 has two: one bit per /16 set by prefixes shorter than /16 (a /8 sets 256), and one bit
-/// per /24 set by prefixes of /16 and longer (a /16 sets 256). A set bit of the first kind means
-/// a prefix covers the whole /16, so it never sends a source to the trie in vain; one of the
-/// second kind does so only for a /25../31 block that shares the source's /24. IPv6 has one bit
-/// per hash of a /32 (prefixes /24 and longer; a /24 sets 256) and one word that is non-zero
-/// while a prefix shorter than /24 is blocked. The daemon sets every bit a prefix block covers
-/// before writing it and clears a bit once no prefix block covers it.
-pub mod prefilter {
-    /// Words of the IPv4 /16 bitmap (prefixes shorter than /16).
-    pub const V4_SHORT_WORDS: u32 = 1 << 10;
-    /// First word of the IPv4 /24 bitmap (prefixes /16 and longer).
-    pub const V4_LONG_FIRST: u32 = V4_SHORT_WORDS;
-    /// Words of the IPv4 /24 bitmap.
-    pub const V4_LONG_WORDS: u32 = 1 << 18;
-    /// First word of the IPv6 bitmap.
-    pub const V6_FIRST: u32 = V4_LONG_FIRST + V4_LONG_WORDS;
-    /// log2 of the IPv6 bitmap's bits.
-    pub const V6_BITS: u32 = 20;
-    /// Words of the IPv6 bitmap.
-    pub const V6_WORDS: u32 = 1 << (V6_BITS - 6);
-    /// Index of the word that is non-zero when an IPv6 prefix shorter than /24 is blocked.
-    pub const V6_SHORT_WORD: u32 = V6_FIRST + V6_WORDS;
-    /// Total words in the map.
-    pub const WORDS: u32 = V6_SHORT_WORD + 1;
+/// **Keys.** An exact address is keyed by its bytes ([`map_names::BLOCK_V4`]); a prefix by its
+/// masked address and its length ([`net_key_v4`], [`net_key_v6`]) in a hash map per family.
+///
+/// **Lengths in use** ([`map_names::PREFIX_LENS`]). IPv4: one word per /16, whose bit `l` says
+/// that a prefix of length `l` covers that /16 (`l` ≤ 16: a /8 sets its bit in 256 words) or
+/// lies inside it (`l` > 16). IPv6: two words per hashed /32 (bit `l − 32` of the first for
+/// lengths 32..=95, bit `l − 96` of the second for 96..=127), and one word for lengths below /32
+/// anywhere. The data path reads its words and looks the source up at each length set there,
+/// longest first: the cost depends on how many lengths share the source's /16 (or /32), not on
+/// how many prefixes there are.
+///
+/// **Block filter** ([`map_names::BLOCK_FILTER`]). One bit per hashed key ([`filter_bit`]), exact
+/// addresses and prefixes alike: a key whose bit is clear is in no block map, and its hash
+/// lookup (a jhash and a bucket walk) is skipped for an inlined array read. With 2^25 bits
+/// (4 MiB) and one hash, 1M keys leave 1 − e^(−2^20/2^25) ≈ 3.1% of other keys' bits set.
+///
+/// The daemon sets every bit an entry needs before it writes the entry and clears a bit only
+/// after the last entry needing it is gone (it counts them per bit), so neither structure can
+/// hide a block; a stale bit costs a lookup, never a verdict.
+pub mod lookup {
+    /// Words of the IPv4 part: one per /16.
+    pub const V4_WORDS: u32 = 1 << 16;
+    /// log2 of the IPv6 /32 slots.
+    pub const V6_SLOT_BITS: u32 = 16;
+    /// First word of the IPv6 slots (two words each).
+    pub const V6_FIRST: u32 = V4_WORDS;
+    /// The word of IPv6 lengths below /32 (bit `l`).
+    pub const V6_SHORT: u32 = V6_FIRST + 2 * (1 << V6_SLOT_BITS);
+    /// Words of [`PREFIX_LENS`](super::map_names::PREFIX_LENS).
+    pub const LENS_WORDS: u32 = V6_SHORT + 1;
+    /// log2 of the block filter's bits.
+    pub const FILTER_BITS_LOG: u32 = 25;
+    /// Words of [`BLOCK_FILTER`](super::map_names::BLOCK_FILTER).
+    pub const FILTER_WORDS: u32 = 1 << (FILTER_BITS_LOG - 6);
 
-    /// Global bit index of an IPv4 address's /16 in the short-prefix bitmap.
+    /// The IPv4 word of an address given as a number (`u32::from_be_bytes` of its octets).
     #[inline(always)]
-    pub const fn v4_short_bit(addr: [u8; 4]) -> u32 {
-        ((addr[0] as u32) << 8) | addr[1] as u32
-    }
-
-    /// [`v4_short_bit`] of the address as a number (`u32::from_be_bytes` of its octets).
-    #[inline(always)]
-    pub const fn v4_short_bit_of(addr: u32) -> u32 {
+    pub const fn v4_word(addr: u32) -> u32 {
         addr >> 16
     }
 
-    /// Global bit index of an IPv4 address's /24 in the long-prefix bitmap.
+    /// The first of the two words of an IPv6 address's /32, from its first four bytes read as a
+    /// little-endian u32 (as the data path loads them).
     #[inline(always)]
-    pub const fn v4_long_bit(addr: [u8; 4]) -> u32 {
-        V4_LONG_FIRST * 64 + (((addr[0] as u32) << 16) | ((addr[1] as u32) << 8) | addr[2] as u32)
+    pub const fn v6_words(top32_le: u32) -> u32 {
+        V6_FIRST + 2 * (top32_le.wrapping_mul(0x9E37_79B1) >> (32 - V6_SLOT_BITS))
     }
 
-    /// [`v4_long_bit`] of the address as a number (`u32::from_be_bytes` of its octets).
+    /// The filter bit of a key: IPv4 as the masked address read little-endian and 0, IPv6 as
+    /// the masked address's two little-endian words; `len` the key's length (32 or 128 for an
+    /// exact address).
     #[inline(always)]
-    pub const fn v4_long_bit_of(addr: u32) -> u32 {
-        V4_LONG_FIRST * 64 + (addr >> 8)
+    pub const fn filter_bit(a: u64, b: u64, len: u32) -> u32 {
+        let h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(21)
+            ^ ((len as u64 + 1).wrapping_mul(0x1656_67B1_9E37_79F9)).rotate_left(42);
+        let h = (h ^ (h >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (h >> (64 - FILTER_BITS_LOG)) as u32
     }
+}
 
-    /// Global bit index of an IPv6 address's /32 (hashed).
-    #[inline(always)]
-    pub const fn v6_bit(top32: [u8; 4]) -> u32 {
-        v6_bit_of(u32::from_le_bytes(top32))
-    }
+/// The IPv4 prefix map's key: the masked address's four bytes, the length, three zero bytes;
+/// as the u64 the data path builds (the address read little-endian in the low half).
+#[inline(always)]
+pub const fn net_key_v4(masked_le: u32, len: u8) -> u64 {
+    masked_le as u64 | (len as u64) << 32
+}
 
-    /// [`v6_bit`] of the first four address bytes read as a little-endian u32 (as the data path
-    /// loads them).
-    #[inline(always)]
-    pub const fn v6_bit_of(top32_le: u32) -> u32 {
-        V6_FIRST * 64 + (top32_le.wrapping_mul(0x9E37_79B1) >> (32 - V6_BITS))
-    }
+/// The IPv6 prefix map's key: the masked address's two little-endian words and the length.
+#[inline(always)]
+pub const fn net_key_v6(masked: [u64; 2], len: u8) -> [u64; 3] {
+    [masked[0], masked[1], len as u64]
 }
 
 /// One block as userspace reads and writes it: the kernel entry with its per-CPU hit slots
@@ -484,35 +501,44 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::{HIT_SLOT_BITS, hit_slot, hit_slot_words, prefilter, slot_tag};
+    extern crate std;
+    use std::vec;
 
-    /// The prefilter bits as they were written over octets (layout v5): the word forms the data
-    /// path uses must pick the same bits that userspace sets.
+    use super::{HIT_SLOT_BITS, hit_slot, hit_slot_words, lookup, slot_tag};
+
+    /// The share of filter bits 1M keys set, as the data path's lookups meet them: the rate of
+    /// false positives a source that is not blocked sees.
+    fn filter_fill(keys: impl Iterator<Item = (u64, u64, u32)>) -> f64 {
+        let mut bits = vec![0u64; lookup::FILTER_WORDS as usize];
+        for (a, b, len) in keys {
+            let bit = lookup::filter_bit(a, b, len);
+            bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        let set: u32 = bits.iter().map(|w| w.count_ones()).sum();
+        f64::from(set) / f64::from(1u32 << lookup::FILTER_BITS_LOG)
+    }
+
+    /// 1M keys fill ≈ 1 − e^(−1/32) = 3.08% of the bits whatever their structure: consecutive
+    /// IPv4 addresses, addresses in one IPv6 /64, /24s side by side, random IPv6 addresses.
     #[test]
-    fn the_word_forms_of_the_prefilter_bits_pick_the_same_bits_as_the_octet_forms() {
-        let mut x: u32 = 0x9E37_79B9;
-        for _ in 0..100_000 {
+    fn a_million_keys_of_any_shape_set_about_three_percent_of_the_filter_bits() {
+        let n = 1u64 << 20;
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
             x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            let a = x.to_be_bytes();
-            let short = ((a[0] as u32) << 8) | a[1] as u32;
-            let long = prefilter::V4_LONG_FIRST * 64
-                + (((a[0] as u32) << 16) | ((a[1] as u32) << 8) | a[2] as u32);
-            assert_eq!(prefilter::v4_short_bit(a), short);
-            assert_eq!(prefilter::v4_long_bit(a), long);
-            assert_eq!(
-                prefilter::v4_short_bit_of(u32::from_be(u32::from_le_bytes(a))),
-                short
-            );
-            assert_eq!(
-                prefilter::v4_long_bit_of(u32::from_be(u32::from_le_bytes(a))),
-                long
-            );
-            let v6 = prefilter::V6_FIRST * 64
-                + (u32::from_le_bytes(a).wrapping_mul(0x9E37_79B1) >> (32 - prefilter::V6_BITS));
-            assert_eq!(prefilter::v6_bit(a), v6);
-            assert_eq!(prefilter::v6_bit_of(u32::from_le_bytes(a)), v6);
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let random: vec::Vec<(u64, u64, u32)> = (0..n).map(|_| (next(), next(), 128)).collect();
+        let shapes = [
+            filter_fill((0..n).map(|i| (u64::from((0x0a00_0000 + i as u32).swap_bytes()), 0, 32))),
+            filter_fill((0..n).map(|i| (0xb80d_0120, i.swap_bytes(), 128))),
+            filter_fill((0..n).map(|i| (u64::from(((i as u32) << 8).swap_bytes()), 0, 24))),
+            filter_fill(random.into_iter()),
+        ];
+        for fill in shapes {
+            assert!((0.0295..0.0322).contains(&fill), "{fill}");
         }
     }
 

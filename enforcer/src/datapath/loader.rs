@@ -34,7 +34,7 @@ use aya::{
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
     GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, PROGRAM_NAME_IP,
-    STATS_SLOTS, Stats, Unjudged, map_names, prefilter,
+    STATS_SLOTS, Stats, Unjudged, lookup, map_names,
 };
 use nix::{
     errno::Errno,
@@ -87,7 +87,8 @@ impl Capacity {
             map_names::BLOCK_V4 | map_names::BLOCK_V6 => self.addresses,
             map_names::BLOCK_NET_V4 | map_names::BLOCK_NET_V6 => self.prefixes,
             map_names::ALLOW_V4 | map_names::ALLOW_V6 => self.allow,
-            map_names::PREFIX_FILTER => prefilter::WORDS,
+            map_names::PREFIX_LENS => lookup::LENS_WORDS,
+            map_names::BLOCK_FILTER => lookup::FILTER_WORDS,
             map_names::HITS => HIT_SLOTS,
             map_names::CLOCK => 1,
             _ => STATS_SLOTS,
@@ -696,11 +697,13 @@ fn expected(name: &str) -> (MapType, u32, u32) {
     match name {
         map_names::BLOCK_V4 => (MapType::Hash, 4, block),
         map_names::BLOCK_V6 => (MapType::Hash, 16, block),
-        map_names::BLOCK_NET_V4 => (MapType::LpmTrie, 12, block),
-        map_names::BLOCK_NET_V6 => (MapType::LpmTrie, 20, block),
+        map_names::BLOCK_NET_V4 => (MapType::Hash, 8, block),
+        map_names::BLOCK_NET_V6 => (MapType::Hash, 24, block),
         map_names::ALLOW_V4 => (MapType::LpmTrie, 8, allow),
         map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),
-        map_names::PREFIX_FILTER | map_names::CLOCK => (MapType::Array, 4, 8),
+        map_names::PREFIX_LENS | map_names::BLOCK_FILTER | map_names::CLOCK => {
+            (MapType::Array, 4, 8)
+        }
         map_names::HITS => (MapType::PerCpuArray, 4, size_of::<HitSlot>() as u32),
         map_names::UNJUDGED => (MapType::PerCpuArray, 4, size_of::<Unjudged>() as u32),
         _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),

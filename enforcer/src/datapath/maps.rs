@@ -1,7 +1,7 @@
 //! Typed access to the data path's maps.
 //!
-//! A [`Target`] goes to the map that suits it: single addresses to the exact-match hashes (flat
-//! lookup cost whatever their number), real prefixes to the LPM tries. Callers never see that
+//! A [`Target`] goes to the map that suits it: single addresses to the exact-match hashes, real
+//! prefixes to the prefix hashes keyed by (masked address, length). Callers never see that
 //! split, nor the rest of the kernel-side bookkeeping done here:
 //!
 //! - **Hit counters** are read as the entry's own counts plus every CPU's [`HitSlot`] for it
@@ -9,8 +9,9 @@
 //!   data path moving a slot's counts into the entry may, for that one read, count up to that
 //!   slot's packets twice or not at all. The last-hit time is to the nanosecond while a slot
 //!   holds the entry's hits, to the second once they are in the entry.
-//! - **The prefix prefilter** is kept here: every prefix block sets its bits before it is
-//!   written, and a bit is cleared after the last prefix block covering it is removed.
+//! - **The lengths in use and the block filter** (see [`enforcer_common::lookup`]) are kept
+//!   here, written in place through a shared mapping of their arrays: every block sets its bits
+//!   before it is written, and a bit is cleared after the last block needing it is removed.
 //! - **The allowlist-overlap flag** of each block is set here from the allowlist in the maps,
 //!   and an allowlist prefix added later flags every block it overlaps before
 //!   [`BlockMaps::insert_allow`] returns. A removed allowlist prefix leaves flags set (a wasted
@@ -19,23 +20,29 @@
 //!   the single addresses of a round with one system call per hash map (see [`batch`]), with
 //!   the same outcome per entry as writing them one by one.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::HashMap as StdHashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::Path,
+};
 
 use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use enforcer_common::{
     AllowValue, BlockEntry, BlockValue, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot, STATS_SLOTS, Stats,
-    Unjudged, hit_slot, map_names, slot_tag,
+    Unjudged, hit_slot, map_names, net_key_v4, net_key_v6, slot_tag,
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::errno::Errno;
 
 use super::{
     batch::{self, BatchError},
     clock,
-    indexes::{AllowIndex, PrefixFilter},
+    indexes::{self, AllowIndex, BlockIndex, Changed},
     map_id::{MapId, PerMap},
+    shared::SharedWords,
 };
 use crate::target::{Target, v4_bytes, v6_bytes};
 
@@ -73,24 +80,34 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    /// An array the daemon writes in place could not be mapped into its memory.
+    #[error(
+        "mapping the {map} map into memory failed (the kernel must allow BPF_F_MMAPABLE arrays: Linux 5.5 or later)"
+    )]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The block, allowlist and counter maps.
 pub struct BlockMaps {
     v4: HashMap<MapData, [u8; 4], BlockEntry>,
     v6: HashMap<MapData, [u8; 16], BlockEntry>,
-    net_v4: LpmTrie<MapData, [u8; 8], BlockEntry>,
-    net_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    net_v4: HashMap<MapData, u64, BlockEntry>,
+    net_v6: HashMap<MapData, [u64; 3], BlockEntry>,
     allow_v4: LpmTrie<MapData, [u8; 4], AllowValue>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     stats: PerCpuArray<MapData, Stats>,
     /// Absent only in the pins of an earlier build of the layout read for an upgrade.
     unjudged: Option<PerCpuArray<MapData, Unjudged>>,
-    prefix_filter: Array<MapData, u64>,
+    prefix_lens: SharedWords,
+    block_filter: SharedWords,
     hits: PerCpuArray<MapData, HitSlot>,
     clock: Array<MapData, u64>,
     capacity: PerMap<u32>,
-    filter: PrefixFilter,
+    index: BlockIndex,
     allow: AllowIndex,
     next_generation: u8,
 }
@@ -180,15 +197,15 @@ impl BlockMaps {
     ) -> Result<Self, MapsError> {
         let v4: HashMap<_, _, _> = convert(map_names::BLOCK_V4, get(map_names::BLOCK_V4)?)?;
         let v6: HashMap<_, _, _> = convert(map_names::BLOCK_V6, get(map_names::BLOCK_V6)?)?;
-        let net_v4: LpmTrie<_, _, _> =
+        let net_v4: HashMap<_, _, _> =
             convert(map_names::BLOCK_NET_V4, get(map_names::BLOCK_NET_V4)?)?;
-        let net_v6: LpmTrie<_, _, _> =
+        let net_v6: HashMap<_, _, _> =
             convert(map_names::BLOCK_NET_V6, get(map_names::BLOCK_NET_V6)?)?;
         let allow_v4: LpmTrie<_, _, _> = convert(map_names::ALLOW_V4, get(map_names::ALLOW_V4)?)?;
         let allow_v6: LpmTrie<_, _, _> = convert(map_names::ALLOW_V6, get(map_names::ALLOW_V6)?)?;
         let stats: PerCpuArray<_, _> = convert(map_names::STATS, get(map_names::STATS)?)?;
-        let prefix_filter: Array<_, _> =
-            convert(map_names::PREFIX_FILTER, get(map_names::PREFIX_FILTER)?)?;
+        let prefix_lens = shared(map_names::PREFIX_LENS, get(map_names::PREFIX_LENS)?)?;
+        let block_filter = shared(map_names::BLOCK_FILTER, get(map_names::BLOCK_FILTER)?)?;
         let hits: PerCpuArray<_, _> = convert(map_names::HITS, get(map_names::HITS)?)?;
         let clock: Array<_, _> = convert(map_names::CLOCK, get(map_names::CLOCK)?)?;
         let unjudged = match get(map_names::UNJUDGED) {
@@ -215,11 +232,12 @@ impl BlockMaps {
             allow_v6,
             stats,
             unjudged,
-            prefix_filter,
+            prefix_lens,
+            block_filter,
             hits,
             clock,
             capacity,
-            filter: PrefixFilter::default(),
+            index: BlockIndex::default(),
             allow: AllowIndex::default(),
             // Differs from run to run, so a restarted daemon rarely reuses a recent generation.
             next_generation: (clock::boottime_ns() / 1_000 % 255) as u8 + 1,
@@ -237,33 +255,60 @@ impl BlockMaps {
         self.capacity
     }
 
-    /// Loads what the writer keeps in memory (the prefix blocks behind the prefilter, the
-    /// allowlist) from the maps, and makes the prefilter in the kernel match it. The daemon
-    /// calls this once, when it opens the maps.
+    /// Loads what the writer keeps in memory (the blocks behind the lengths in use and the
+    /// block filter, the allowlist) from the maps, and makes those arrays in the kernel match
+    /// it. The daemon calls this once, when it opens the maps.
     pub fn refresh_prefix_flags(&mut self) -> Result<(), MapsError> {
-        self.filter = PrefixFilter::default();
+        self.index = BlockIndex::default();
         self.allow = AllowIndex::default();
         for (target, _) in self.allows()? {
             self.allow.insert(target);
         }
-        for (target, _) in self.raw_prefixes()? {
-            self.filter.add(&target);
+        for target in self.block_targets()? {
+            self.index.add(&target);
         }
-        // Only the words with bits need writing: a bit left set by an earlier writer that died
-        // between removing a prefix and clearing its bit costs a trie lookup, never a verdict,
-        // and goes when its word is next written.
-        let words: Vec<(u32, u64)> = self
-            .filter
-            .words()
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| **w != 0)
-            .map(|(i, w)| (i as u32, *w))
-            .collect();
-        for (i, word) in words {
-            self.set_filter_word(i, word)?;
-        }
+        // Each word is written whole with every bit a present entry needs: no entry is hidden
+        // at any moment, and bits left by a writer that died between removing an entry and
+        // clearing its bit go.
+        self.prefix_lens.copy_from(self.index.lens_words());
+        self.block_filter.copy_from(self.index.filter_words());
         self.set_clock_offset()
+    }
+
+    /// Every block's target (keys only).
+    fn block_targets(&self) -> Result<Vec<Target>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.v4.keys() {
+            out.push(Target::host(IpAddr::from(
+                k.map_err(kernel("iterate", map_names::BLOCK_V4))?,
+            )));
+        }
+        for k in self.v6.keys() {
+            out.push(Target::host(IpAddr::from(
+                k.map_err(kernel("iterate", map_names::BLOCK_V6))?,
+            )));
+        }
+        for k in self.net_v4.keys() {
+            out.push(v4_target(
+                k.map_err(kernel("iterate", map_names::BLOCK_NET_V4))?,
+            ));
+        }
+        for k in self.net_v6.keys() {
+            out.push(v6_target(
+                k.map_err(kernel("iterate", map_names::BLOCK_NET_V6))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Writes the words a block changed into the kernel's arrays.
+    fn write(&self, changed: &Changed) {
+        for &(word, value) in &changed.lens {
+            self.prefix_lens.set(word, value);
+        }
+        for &(word, value) in &changed.filter {
+            self.block_filter.set(word, value);
+        }
     }
 
     /// Writes `CLOCK_BOOTTIME − CLOCK_MONOTONIC` for the data path's clock (see
@@ -272,26 +317,15 @@ impl BlockMaps {
         write_clock_offset(&mut self.clock)
     }
 
-    fn set_filter_word(&mut self, word: u32, value: u64) -> Result<(), MapsError> {
-        self.prefix_filter
-            .set(word, value, 0)
-            .map_err(kernel("update", map_names::PREFIX_FILTER))
-    }
-
     fn raw_prefixes(&self) -> Result<Vec<(Target, BlockEntry)>, MapsError> {
         let mut out = Vec::new();
         for item in self.net_v4.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V4))?;
-            let d = k.data();
-            let net = ipnet::Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
-                .expect("the kernel holds valid prefix lengths");
-            out.push((Target::new(IpNet::V4(net)), v));
+            out.push((v4_target(k), v));
         }
         for item in self.net_v6.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V6))?;
-            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
-                .expect("the kernel holds valid prefix lengths");
-            out.push((Target::new(IpNet::V6(net)), v));
+            out.push((v6_target(k), v));
         }
         Ok(out)
     }
@@ -311,16 +345,13 @@ impl BlockMaps {
     pub fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
         let (map, capacity) = self.capacity_for(target);
         let entry = self.entry_for(target, value)?;
-        // The prefilter bits go in first: they only ever let the data path look, never hide an
-        // entry that is acknowledged.
-        for (word, bits) in self.filter.add(target) {
-            self.set_filter_word(word, bits)?;
-        }
+        // The bits go in first: they only ever let the data path look, never hide an entry
+        // that is acknowledged.
+        let changed = self.index.add(target);
+        self.write(&changed);
         let result = self.raw_put(target, &entry);
-        if result.is_err() && self.raw_get(target).ok().flatten().is_none() {
-            for (word, bits) in self.filter.remove(target) {
-                self.set_filter_word(word, bits)?;
-            }
+        if result.is_err() {
+            self.forget_if_absent(target);
         }
         result.map_err(insert_error(map, capacity))
     }
@@ -357,6 +388,14 @@ impl BlockMaps {
         Ok(entry)
     }
 
+    /// Clears the bits of a block whose write failed, unless an entry is there after all.
+    fn forget_if_absent(&mut self, target: &Target) {
+        if self.raw_get(target).ok().flatten().is_none() {
+            let changed = self.index.remove(target);
+            self.write(&changed);
+        }
+    }
+
     /// Writes many block entries, each as [`BlockMaps::insert_block`] writes one: single
     /// addresses with one batched update per hash map (`BPF_MAP_UPDATE_BATCH`), prefixes one by
     /// one. Every entry is tried, in order; returns the ones not written, with why (a full map:
@@ -379,14 +418,24 @@ impl BlockMaps {
                     continue;
                 }
             };
+            // The filter bit goes in before the batch writes the entry.
+            let changed = self.index.add(target);
+            self.write(&changed);
             match target.net() {
                 IpNet::V4(n) => v4.push(*target, v4_bytes(n.addr()), entry),
                 IpNet::V6(n) => v6.push(*target, v6_bytes(n.addr()), entry),
             }
         }
         let (cap4, cap6) = (self.capacity[MapId::BlockV4], self.capacity[MapId::BlockV6]);
-        failed.extend(v4.update(&mut self.v4, map_names::BLOCK_V4, cap4));
-        failed.extend(v6.update(&mut self.v6, map_names::BLOCK_V6, cap6));
+        let refused: Vec<_> = v4
+            .update(&mut self.v4, map_names::BLOCK_V4, cap4)
+            .into_iter()
+            .chain(v6.update(&mut self.v6, map_names::BLOCK_V6, cap6))
+            .collect();
+        for (target, _) in &refused {
+            self.forget_if_absent(target);
+        }
+        failed.extend(refused);
         failed
     }
 
@@ -412,8 +461,19 @@ impl BlockMaps {
                 }
             }
         }
-        failed.extend(v4.delete(&mut self.v4, map_names::BLOCK_V4));
-        failed.extend(v6.delete(&mut self.v6, map_names::BLOCK_V6));
+        let refused: Vec<_> = v4
+            .delete(&mut self.v4, map_names::BLOCK_V4)
+            .into_iter()
+            .chain(v6.delete(&mut self.v6, map_names::BLOCK_V6))
+            .collect();
+        // The filter bits go only once the entries are gone.
+        for target in targets.iter().filter(|t| t.is_host()) {
+            if !refused.iter().any(|(r, _)| r == target) {
+                let changed = self.index.remove(target);
+                self.write(&changed);
+            }
+        }
+        failed.extend(refused);
         failed
     }
 
@@ -421,16 +481,8 @@ impl BlockMaps {
         match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.insert(v4_bytes(n.addr()), entry, 0),
             IpNet::V6(n) if target.is_host() => self.v6.insert(v6_bytes(n.addr()), entry, 0),
-            IpNet::V4(n) => self.net_v4.insert(
-                &Key::new(u32::from(n.prefix_len()), v4_padded(n.network())),
-                entry,
-                0,
-            ),
-            IpNet::V6(n) => self.net_v6.insert(
-                &Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())),
-                entry,
-                0,
-            ),
+            IpNet::V4(n) => self.net_v4.insert(v4_key(&n), entry, 0),
+            IpNet::V6(n) => self.net_v6.insert(v6_key(&n), entry, 0),
         }
     }
 
@@ -439,14 +491,8 @@ impl BlockMaps {
         let result = match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.get(&v4_bytes(n.addr()), 0),
             IpNet::V6(n) if target.is_host() => self.v6.get(&v6_bytes(n.addr()), 0),
-            IpNet::V4(n) => self.net_v4.get(
-                &Key::new(u32::from(n.prefix_len()), v4_padded(n.network())),
-                0,
-            ),
-            IpNet::V6(n) => self.net_v6.get(
-                &Key::new(u32::from(n.prefix_len()), v6_bytes(n.network())),
-                0,
-            ),
+            IpNet::V4(n) => self.net_v4.get(&v4_key(&n), 0),
+            IpNet::V6(n) => self.net_v6.get(&v6_key(&n), 0),
         };
         match result {
             Ok(v) => Ok(Some(v)),
@@ -491,33 +537,14 @@ impl BlockMaps {
         let result = match target.net() {
             IpNet::V4(n) if target.is_host() => self.v4.remove(&v4_bytes(n.addr())),
             IpNet::V6(n) if target.is_host() => self.v6.remove(&v6_bytes(n.addr())),
-            IpNet::V4(n) => self
-                .net_v4
-                .remove(&Key::new(u32::from(n.prefix_len()), v4_padded(n.network()))),
-            IpNet::V6(n) => self
-                .net_v6
-                .remove(&Key::new(u32::from(n.prefix_len()), v6_bytes(n.network()))),
+            IpNet::V4(n) => self.net_v4.remove(&v4_key(&n)),
+            IpNet::V6(n) => self.net_v6.remove(&v6_key(&n)),
         };
         let was_there = removed(map, result)?;
-        for (word, bits) in self.filter.remove(target) {
-            self.set_filter_word(word, bits)?;
-        }
+        // The bits go only once the entry is gone.
+        let changed = self.index.remove(target);
+        self.write(&changed);
         Ok(was_there)
-    }
-
-    /// Every CPU's hit slots that hold counts, by entry.
-    fn all_slots(&self) -> Result<SlotsByEntry, MapsError> {
-        let mut out = SlotsByEntry::new();
-        for i in 0..HIT_SLOTS {
-            let values = self
-                .hits
-                .get(&i, 0)
-                .map_err(kernel("lookup", map_names::HITS))?;
-            for slot in values.iter().filter(|s| s.tag != 0) {
-                out.entry((slot.key, slot.tag)).or_default().push(*slot);
-            }
-        }
-        Ok(out)
     }
 
     /// Every block entry in the kernel (walks all four maps; for reconciliation and tests).
@@ -532,23 +559,13 @@ impl BlockMaps {
             raw.push((Target::host(IpAddr::from(k)), v));
         }
         raw.extend(self.raw_prefixes()?);
-        let slots = self.all_slots()?;
-        Ok(raw
-            .into_iter()
-            .map(|(target, entry)| {
-                let mut value = to_value(&entry);
-                for slot in slots.get(&slot_id(&target, &entry)).into_iter().flatten() {
-                    fold(&mut value, slot);
-                }
-                (target, value)
-            })
-            .collect())
+        with_slots(raw, &self.hits)
     }
 
     /// Sets the allowlist-overlap flag on every block that overlaps `allow`.
     fn flag_blocks_overlapping(&mut self, allow: &Target) -> Result<(), MapsError> {
         let mut affected: Vec<Target> = self
-            .filter
+            .index
             .prefixes()
             .filter(|p| p.overlaps(allow))
             .copied()
@@ -649,13 +666,13 @@ impl BlockMaps {
         let mut out = Vec::new();
         for item in self.allow_v4.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::ALLOW_V4))?;
-            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
+            let net = Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
                 .expect("the kernel holds valid prefix lengths");
             out.push((Target::new(IpNet::V4(net)), v));
         }
         for item in self.allow_v6.iter() {
             let (k, v) = item.map_err(kernel("iterate", map_names::ALLOW_V6))?;
-            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+            let net = Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
                 .expect("the kernel holds valid prefix lengths");
             out.push((Target::new(IpNet::V6(net)), v));
         }
@@ -761,6 +778,37 @@ impl StatsReader {
 /// Every CPU's hit slots, by entry (key, tag).
 type SlotsByEntry = StdHashMap<([u8; 16], u32), Vec<HitSlot>>;
 
+/// Every CPU's hit slots that hold counts, by entry.
+fn all_slots(hits: &PerCpuArray<MapData, HitSlot>) -> Result<SlotsByEntry, MapsError> {
+    let mut out = SlotsByEntry::new();
+    for i in 0..HIT_SLOTS {
+        let values = hits.get(&i, 0).map_err(kernel("lookup", map_names::HITS))?;
+        for slot in values.iter().filter(|s| s.tag != 0) {
+            out.entry((slot.key, slot.tag)).or_default().push(*slot);
+        }
+    }
+    Ok(out)
+}
+
+/// Kernel entries with their counts: their own plus every CPU's slots for them (layouts 5 and
+/// 6 count hits the same way).
+pub(super) fn with_slots(
+    raw: Vec<(Target, BlockEntry)>,
+    hits: &PerCpuArray<MapData, HitSlot>,
+) -> Result<Vec<(Target, BlockValue)>, MapsError> {
+    let slots = all_slots(hits)?;
+    Ok(raw
+        .into_iter()
+        .map(|(target, entry)| {
+            let mut value = to_value(&entry);
+            for slot in slots.get(&slot_id(&target, &entry)).into_iter().flatten() {
+                fold(&mut value, slot);
+            }
+            (target, value)
+        })
+        .collect())
+}
+
 /// Writes `CLOCK_BOOTTIME − CLOCK_MONOTONIC` into the CLOCK map.
 pub(crate) fn write_clock_offset(map: &mut Array<MapData, u64>) -> Result<(), MapsError> {
     map.set(0, clock::boot_offset_ns(), 0)
@@ -819,10 +867,37 @@ fn fold(value: &mut BlockValue, slot: &HitSlot) {
     value.last_hit_ns = value.last_hit_ns.max(slot.last_hit_ns);
 }
 
-/// The IPv4 prefix trie's key data: the address and four zero bytes (see the map's docs).
-fn v4_padded(a: std::net::Ipv4Addr) -> [u8; 8] {
-    let o = a.octets();
-    [o[0], o[1], o[2], o[3], 0, 0, 0, 0]
+/// The IPv4 prefix map's key of a network (see [`net_key_v4`]).
+fn v4_key(n: &Ipv4Net) -> u64 {
+    net_key_v4(indexes::v4_word(n), n.prefix_len())
+}
+
+/// The IPv6 prefix map's key of a network (see [`net_key_v6`]).
+fn v6_key(n: &Ipv6Net) -> [u64; 3] {
+    net_key_v6(indexes::v6_words(n), n.prefix_len())
+}
+
+/// The prefix an IPv4 prefix map key stands for.
+fn v4_target(key: u64) -> Target {
+    let addr = Ipv4Addr::from((key as u32).to_le_bytes());
+    let net = Ipv4Net::new(addr, (key >> 32) as u8).expect("the daemon writes valid lengths");
+    Target::new(IpNet::V4(net))
+}
+
+/// The prefix an IPv6 prefix map key stands for.
+fn v6_target(key: [u64; 3]) -> Target {
+    let mut octets = [0u8; 16];
+    octets[..8].copy_from_slice(&key[0].to_le_bytes());
+    octets[8..].copy_from_slice(&key[1].to_le_bytes());
+    let net = Ipv6Net::new(Ipv6Addr::from(octets), key[2] as u8)
+        .expect("the daemon writes valid lengths");
+    Target::new(IpNet::V6(net))
+}
+
+/// Maps an array the daemon writes in place (see [`SharedWords`]).
+fn shared(name: &'static str, map: Map) -> Result<SharedWords, MapsError> {
+    let array: Array<MapData, u64> = convert(name, map)?;
+    SharedWords::map(array.map()).map_err(|source| MapsError::Mmap { map: name, source })
 }
 
 /// Entries for one exact-match hash map, written or deleted with batched calls (or entry by

@@ -12,11 +12,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo};
-use enforcer_common::{BlockValue, map_names};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo, MapType, PerCpuArray};
+use enforcer_common::{BlockEntry, BlockValue, HitSlot, map_names};
 use ipnet::IpNet;
 
-use super::{BlockMaps, bpffs::PinLayout};
+use super::{BlockMaps, bpffs::PinLayout, maps::with_slots};
 use crate::target::Target;
 
 /// Copies every block of every older layout's maps under `layout` into `maps` (skipping targets
@@ -62,13 +62,17 @@ pub(crate) fn carry_over(layout: &PinLayout, maps: &mut BlockMaps) {
     }
 }
 
-/// The blocks in a directory of pinned maps of this layout or of layout 4.
+/// The blocks in a directory of pinned maps of this layout, of layout 5 (prefixes in LPM
+/// tries) or of layout 4.
 fn read_blocks(dir: &Path) -> Result<Vec<(Target, BlockValue)>, String> {
     let info = MapInfo::from_pin(dir.join(map_names::BLOCK_V4)).map_err(|e| e.to_string())?;
+    let nets = MapInfo::from_pin(dir.join(map_names::BLOCK_NET_V4)).map_err(|e| e.to_string())?;
+    let tries = nets.map_type().ok() == Some(MapType::LpmTrie);
     match info.value_size() as usize {
-        s if s == size_of::<enforcer_common::BlockEntry>()
-            && dir.join(map_names::HITS).exists() =>
-        {
+        s if s == size_of::<BlockEntry>() && dir.join(map_names::HITS).exists() && tries => {
+            read_v5(dir)
+        }
+        s if s == size_of::<BlockEntry>() && dir.join(map_names::HITS).exists() => {
             BlockMaps::open_pinned(dir)
                 .and_then(|m| m.blocks())
                 .map_err(|e| e.to_string())
@@ -76,6 +80,51 @@ fn read_blocks(dir: &Path) -> Result<Vec<(Target, BlockValue)>, String> {
         s if s == size_of::<V4Value>() => read_v4(dir),
         s => Err(format!("unknown layout (value size {s})")),
     }
+}
+
+/// Layout 5: the exact hashes and the HITS slots as today, prefixes in LPM tries (the IPv4
+/// trie keyed by the address padded to 8 bytes).
+fn read_v5(dir: &Path) -> Result<Vec<(Target, BlockValue)>, String> {
+    let err = |e: aya::maps::MapError| e.to_string();
+    let mut raw = Vec::new();
+    let v4: HashMap<_, [u8; 4], BlockEntry> =
+        HashMap::try_from(open(dir, map_names::BLOCK_V4)?).map_err(err)?;
+    for item in v4.iter() {
+        let (k, v) = item.map_err(err)?;
+        raw.push((Target::host(IpAddr::from(k)), v));
+    }
+    let v6: HashMap<_, [u8; 16], BlockEntry> =
+        HashMap::try_from(open(dir, map_names::BLOCK_V6)?).map_err(err)?;
+    for item in v6.iter() {
+        let (k, v) = item.map_err(err)?;
+        raw.push((Target::host(IpAddr::from(k)), v));
+    }
+    let net_v4: LpmTrie<_, [u8; 8], BlockEntry> =
+        LpmTrie::try_from(open(dir, map_names::BLOCK_NET_V4)?).map_err(err)?;
+    for item in net_v4.iter() {
+        let (k, v) = item.map_err(err)?;
+        let d = k.data();
+        raw.push((v4_net([d[0], d[1], d[2], d[3]], k.prefix_len())?, v));
+    }
+    let net_v6: LpmTrie<_, [u8; 16], BlockEntry> =
+        LpmTrie::try_from(open(dir, map_names::BLOCK_NET_V6)?).map_err(err)?;
+    for item in net_v6.iter() {
+        let (k, v) = item.map_err(err)?;
+        raw.push((v6_net(k.data(), k.prefix_len())?, v));
+    }
+    let hits: PerCpuArray<_, HitSlot> =
+        PerCpuArray::try_from(open(dir, map_names::HITS)?).map_err(err)?;
+    with_slots(raw, &hits).map_err(|e| e.to_string())
+}
+
+fn v4_net(octets: [u8; 4], len: u32) -> Result<Target, String> {
+    let net = ipnet::Ipv4Net::new(octets.into(), len as u8).map_err(|e| e.to_string())?;
+    Ok(Target::new(IpNet::V4(net)))
+}
+
+fn v6_net(octets: [u8; 16], len: u32) -> Result<Target, String> {
+    let net = ipnet::Ipv6Net::new(octets.into(), len as u8).map_err(|e| e.to_string())?;
+    Ok(Target::new(IpNet::V6(net)))
 }
 
 /// The block value of layout 4.

@@ -371,3 +371,141 @@ fn check(
     }
     Ok(tally)
 }
+
+/// How a block in [`nested_blocks_get_the_verdict_of_their_live_enforced_prefixes`] is written.
+fn kind_of(k: u8) -> (&'static str, u64, u32) {
+    let past = enforcer::datapath::clock::boottime_ns() - 1_000_000_000;
+    match k % 3 {
+        0 => ("enforced", 0, enforcer_common::MODE_ENFORCE),
+        1 => ("shadow", 0, enforcer_common::MODE_SHADOW),
+        _ => ("expired", past, enforcer_common::MODE_ENFORCE),
+    }
+}
+
+/// Property: with blocks nested in each other and around the allowlist (wider, narrower, equal,
+/// any length, each enforced, shadow or expired), an allowlisted address is never dropped, and
+/// any other address is dropped exactly when a live enforced block covers it: however many
+/// shadow or expired blocks lie between it and that block, and whatever other lengths share its
+/// /16 (or /32).
+#[test]
+fn nested_blocks_get_the_verdict_of_their_live_enforced_prefixes() {
+    require_root();
+    let pins = PinDir::new().unwrap();
+    let dp = Datapath::open(&DatapathOptions {
+        bpffs_dir: pins.path().to_owned(),
+        capacity: Capacity {
+            addresses: 1024,
+            prefixes: 1024,
+            allow: 64,
+        },
+        count_block_hits: true,
+    })
+    .unwrap();
+    let dp = RefCell::new(dp);
+    let related =
+        || prop::collection::vec((any::<prop::sample::Index>(), 0u8..=128, 0u8..3), 1..16);
+    let strategy = (
+        prop::collection::vec(net(), 1..4),
+        prop::collection::vec((net(), 0u8..3), 0..6),
+        related(),
+        related(),
+        prop::collection::vec(any::<u128>(), 4),
+    );
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    let dropped = Cell::new(0usize);
+    let result = runner.run(&strategy, |(allow, random, around_allow, nested, seeds)| {
+        let mut dp = dp.borrow_mut();
+        let mut blocks: Vec<(IpNet, u8)> = random;
+        blocks.extend(derived(&allow, &around_allow));
+        let bases: Vec<IpNet> = blocks.iter().map(|(n, _)| *n).collect();
+        blocks.extend(derived(&bases, &nested));
+        let n = check_nested(&mut dp, &allow, &blocks, &seeds)?;
+        dropped.set(dropped.get() + n);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(dropped.get() > 0, "no address was ever dropped");
+}
+
+/// Prefixes of other lengths on the networks of `bases` (none when `bases` is empty).
+fn derived(bases: &[IpNet], picks: &[(prop::sample::Index, u8, u8)]) -> Vec<(IpNet, u8)> {
+    if bases.is_empty() {
+        return Vec::new();
+    }
+    picks
+        .iter()
+        .map(|(i, len, kind)| {
+            let net = match bases[i.index(bases.len())] {
+                IpNet::V4(n) => IpNet::V4(Ipv4Net::new(n.network(), len % 33).unwrap().trunc()),
+                IpNet::V6(n) => IpNet::V6(Ipv6Net::new(n.network(), *len).unwrap().trunc()),
+            };
+            (net, *kind)
+        })
+        .collect()
+}
+
+/// Writes the allowlist and the blocks (a later one replaces an earlier one for the same
+/// target), then checks every sample address of each against the model. Returns how many
+/// addresses were dropped.
+fn check_nested(
+    dp: &mut Datapath,
+    allow: &[IpNet],
+    blocks: &[(IpNet, u8)],
+    seeds: &[u128],
+) -> Result<usize, TestCaseError> {
+    for (t, _) in dp.maps().blocks().unwrap() {
+        dp.maps_mut().remove_block(&t).unwrap();
+    }
+    for (t, _) in dp.maps().allows().unwrap() {
+        dp.maps_mut().remove_allow(&t).unwrap();
+    }
+    for a in allow {
+        dp.maps_mut().insert_allow(&Target::new(*a), 0).unwrap();
+    }
+    let mut model = std::collections::HashMap::new();
+    for (net, kind) in blocks {
+        let (_, expires, mode) = kind_of(*kind);
+        let target = Target::new(*net);
+        dp.maps_mut()
+            .insert_block(&target, &BlockValue::new(expires, mode))
+            .unwrap();
+        model.insert(*net, kind % 3);
+    }
+    let mut dropped = 0;
+    let nets = allow.iter().chain(model.keys());
+    for addr in nets.flat_map(|n| samples(n, seeds)) {
+        let data = frame::udp_from(&[], addr);
+        let verdict = dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                ..TestRunOptions::default()
+            })
+            .unwrap()
+            .return_value;
+        let allowlisted = allow.iter().any(|a| a.contains(&addr));
+        let enforced = model.iter().find(|(n, k)| **k == 0 && n.contains(&addr));
+        let covering: Vec<String> = model
+            .iter()
+            .filter(|(n, _)| n.contains(&addr))
+            .map(|(n, k)| format!("{n} {}", kind_of(*k).0))
+            .collect();
+        let want_drop = !allowlisted && enforced.is_some();
+        prop_assert_eq!(
+            verdict == XDP_DROP,
+            want_drop,
+            "{} (allowlisted: {}) under {:?}: verdict {}",
+            addr,
+            allowlisted,
+            covering,
+            verdict
+        );
+        dropped += usize::from(want_drop);
+    }
+    Ok(dropped)
+}

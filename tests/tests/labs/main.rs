@@ -16,6 +16,7 @@ mod fleet;
 mod hardening_lab;
 mod interfaces_lab;
 mod ipv6_networks;
+mod layout_upgrade;
 mod link_events;
 mod links_lab;
 mod metrics_lab;

@@ -591,23 +591,213 @@ fn a_shadow_or_expired_narrower_prefix_does_not_hide_a_wider_enforced_one() {
 }
 
 #[test]
-fn nested_prefixes_are_walked_to_a_bounded_depth() {
+fn an_enforced_prefix_under_any_number_of_expired_or_shadow_narrower_ones_drops() {
     let mut f = Fixture::new();
     let past = past();
-    // An enforced /8 under eight expired narrower prefixes: the walk stops after eight lookups.
+    // An enforced /8 under every length from /9 to /31, expired or shadow by turns.
     f.block("10.0.0.0/8", 0, MODE_ENFORCE);
-    for len in [16, 17, 18, 19, 20, 21, 22, 23] {
-        f.block(&format!("10.0.0.0/{len}"), past, MODE_ENFORCE);
+    for len in 9..32 {
+        let mode = if len % 2 == 0 {
+            MODE_SHADOW
+        } else {
+            MODE_ENFORCE
+        };
+        let expires = if mode == MODE_ENFORCE { past } else { 0 };
+        f.block(&format!("10.0.0.0/{len}"), expires, mode);
     }
-    assert_eq!(
-        f.from(&[], "10.0.0.1"),
-        XDP_PASS,
-        "the ninth level is beyond the bound"
-    );
-    // Seven expired levels leave room to reach the /8.
-    let t: Target = "10.0.0.0/23".parse().unwrap();
-    f.dp.maps_mut().remove_block(&t).unwrap();
-    assert_eq!(f.from(&[], "10.0.0.1"), XDP_DROP);
+    assert_eq!(f.from(&[], "10.0.0.1"), XDP_DROP, "the /8 decides");
+    assert_eq!(f.hits("10.0.0.0/8"), 1);
+    // IPv6: an enforced /32 under every length from /33 to /127 (both words of its slot).
+    f.block("2001:db8::/32", 0, MODE_ENFORCE);
+    for len in 33..128 {
+        let mode = if len % 2 == 0 {
+            MODE_SHADOW
+        } else {
+            MODE_ENFORCE
+        };
+        let expires = if mode == MODE_ENFORCE { past } else { 0 };
+        f.block(&format!("2001:db8::/{len}"), expires, mode);
+    }
+    assert_eq!(f.from(&[], "2001:db8::1"), XDP_DROP, "the /32 decides");
+    assert_eq!(f.hits("2001:db8::/32"), 1);
+    // Without the wide block, the narrowest live shadow block counts the packet.
+    let wide: Target = "2001:db8::/32".parse().unwrap();
+    f.dp.maps_mut().remove_block(&wide).unwrap();
+    assert_eq!(f.from(&[], "2001:db8::1"), XDP_PASS);
+    assert_eq!(f.hits("2001:db8::/126"), 1);
+}
+
+#[test]
+fn prefixes_of_every_length_from_0_to_the_longest_match_exactly_their_range() {
+    let mut f = Fixture::new();
+    let unblock = |f: &mut Fixture, t: &str| {
+        let t: Target = t.parse().unwrap();
+        assert!(f.dp.maps_mut().remove_block(&t).unwrap());
+    };
+    for len in 0..32u32 {
+        let net = format!("192.0.2.0/{len}");
+        let t: Target = net.parse().unwrap();
+        let t = t.to_string();
+        f.block(&t, 0, MODE_ENFORCE);
+        let inside = u32::from("192.0.2.0".parse::<Ipv4Addr>().unwrap()) | 1;
+        let outside = if len == 0 {
+            None
+        } else {
+            Some(inside ^ (1 << (32 - len)))
+        };
+        assert_eq!(
+            f.from(&[], &Ipv4Addr::from(inside).to_string()),
+            XDP_DROP,
+            "{t}"
+        );
+        if let Some(o) = outside {
+            assert_eq!(f.from(&[], &Ipv4Addr::from(o).to_string()), XDP_PASS, "{t}");
+        }
+        unblock(&mut f, &t);
+        assert_eq!(
+            f.from(&[], &Ipv4Addr::from(inside).to_string()),
+            XDP_PASS,
+            "{t} gone"
+        );
+    }
+    for len in (0..128u32).step_by(7) {
+        let t: Target = format!("2001:db8:1:2::/{len}").parse().unwrap();
+        let t = t.to_string();
+        f.block(&t, 0, MODE_ENFORCE);
+        let inside = u128::from("2001:db8:1:2::".parse::<Ipv6Addr>().unwrap()) | 1;
+        assert_eq!(
+            f.from(&[], &Ipv6Addr::from(inside).to_string()),
+            XDP_DROP,
+            "{t}"
+        );
+        if len > 0 {
+            let o = Ipv6Addr::from(inside ^ (1 << (128 - len)));
+            assert_eq!(f.from(&[], &o.to_string()), XDP_PASS, "{t}");
+        }
+        unblock(&mut f, &t);
+        assert_eq!(
+            f.from(&[], &Ipv6Addr::from(inside).to_string()),
+            XDP_PASS,
+            "{t} gone"
+        );
+    }
+}
+
+#[test]
+fn an_allowlisted_address_inside_nested_shadow_and_enforced_prefixes_passes() {
+    let mut f = Fixture::new();
+    f.block("198.51.0.0/16", 0, MODE_ENFORCE);
+    f.block("198.51.100.0/24", 0, MODE_SHADOW);
+    f.block("198.51.100.0/28", past(), MODE_ENFORCE);
+    f.allow("198.51.100.5");
+    f.block("2001:db8::/32", 0, MODE_ENFORCE);
+    f.block("2001:db8:1::/48", in_ns(3600), MODE_SHADOW);
+    f.allow("2001:db8:1::5");
+    assert_eq!(f.from(&[], "198.51.100.5"), XDP_PASS, "allowlisted");
+    assert_eq!(f.from(&[], "198.51.100.6"), XDP_DROP, "its neighbour");
+    assert_eq!(f.from(&[], "2001:db8:1::5"), XDP_PASS, "allowlisted");
+    assert_eq!(f.from(&[], "2001:db8:1::6"), XDP_DROP, "its neighbour");
+    assert_eq!(f.dp.maps().stats_total().unwrap().allowlisted.packets, 2);
+}
+
+/// Two addresses of 10.0.0.0/8 and two of 2001:db8:ffff::/80 (only ever run through
+/// `BPF_PROG_TEST_RUN`) whose keys share a block filter bit.
+fn sharing_a_filter_bit() -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+    use enforcer_common::lookup::filter_bit;
+    let v4 = |a: Ipv4Addr| filter_bit(u64::from(u32::from_le_bytes(a.octets())), 0, 32);
+    let v6 = |a: Ipv6Addr| {
+        let o = a.octets();
+        let w = |i: usize| u64::from_le_bytes(o[i..i + 8].try_into().unwrap());
+        filter_bit(w(0), w(8), 128)
+    };
+    // 2^25 bits: among 2^16 scattered addresses, pairs sharing a bit are all but certain (the
+    // birthday bound: ~64 expected). Consecutive addresses would not do: the multiplicative
+    // hash spreads a run of them without collisions.
+    let mut by_bit = std::collections::HashMap::new();
+    let (mut a4, mut a6) = (None, None);
+    for i in 0..=u16::MAX {
+        let scattered = u32::from(i).wrapping_mul(0x9E37_79B1) >> 8;
+        let a = Ipv4Addr::from(0x0a00_0000 | scattered);
+        if let Some(b) = by_bit.insert((4, v4(a)), IpAddr::V4(a)) {
+            a4.get_or_insert((b, IpAddr::V4(a)));
+        }
+        let a = Ipv6Addr::from((0x2001_0db8_ffff_u128 << 80) | u128::from(scattered));
+        if let Some(b) = by_bit.insert((6, v6(a)), IpAddr::V6(a)) {
+            a6.get_or_insert((b, IpAddr::V6(a)));
+        }
+    }
+    let pair4 = a4.expect("a shared IPv4 bit");
+    let pair6 = a6.expect("a shared IPv6 bit");
+    let as4 = |a: IpAddr| match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let as6 = |a: IpAddr| match a {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(_) => unreachable!(),
+    };
+    (
+        vec![as4(pair4.0), as4(pair4.1)],
+        vec![as6(pair6.0), as6(pair6.1)],
+    )
+}
+
+#[test]
+fn blocked_addresses_sharing_a_filter_bit_are_each_dropped_until_each_is_unblocked() {
+    let mut f = Fixture::new();
+    let (v4, v6) = sharing_a_filter_bit();
+    let pairs = [
+        (v4[0].to_string(), v4[1].to_string()),
+        (v6[0].to_string(), v6[1].to_string()),
+    ];
+    for (first, second) in &pairs {
+        f.block(first, 0, MODE_ENFORCE);
+        assert_eq!(f.from(&[], first), XDP_DROP);
+        assert_eq!(
+            f.from(&[], second),
+            XDP_PASS,
+            "its bit is set, it is not blocked"
+        );
+        f.block(second, 0, MODE_ENFORCE);
+        let t: Target = first.parse().unwrap();
+        assert!(f.dp.maps_mut().remove_block(&t).unwrap());
+        assert_eq!(f.from(&[], first), XDP_PASS);
+        assert_eq!(
+            f.from(&[], second),
+            XDP_DROP,
+            "the shared bit stays while it is blocked"
+        );
+    }
+}
+
+#[test]
+fn the_block_filter_in_the_kernel_has_a_bit_for_every_block_and_only_while_it_is_blocked() {
+    use aya::maps::{Array, Map, MapData};
+    use enforcer_common::{lookup, map_names};
+    let mut f = Fixture::new();
+    let read = |f: &Fixture| -> Vec<u64> {
+        let path = f.dp.layout().maps_dir().join(map_names::BLOCK_FILTER);
+        let map = Map::from_map_data(MapData::from_pin(path).unwrap()).unwrap();
+        let words: Array<_, u64> = Array::try_from(map).unwrap();
+        words.iter().map(|w| w.unwrap()).collect()
+    };
+    let bit = |a: Ipv4Addr| lookup::filter_bit(u64::from(u32::from_le_bytes(a.octets())), 0, 32);
+    let addrs: Vec<Ipv4Addr> = (1..=200u32)
+        .map(|i| Ipv4Addr::from(0xc000_0200 + i % 256))
+        .collect();
+    for a in &addrs {
+        f.block(&a.to_string(), 0, MODE_ENFORCE);
+    }
+    let words = read(&f);
+    for a in &addrs {
+        let b = bit(*a);
+        assert_ne!(words[(b / 64) as usize] & (1 << (b % 64)), 0, "{a}");
+    }
+    for a in &addrs {
+        let t: Target = a.to_string().parse().unwrap();
+        f.dp.maps_mut().remove_block(&t).unwrap();
+    }
+    assert!(read(&f).iter().all(|w| *w == 0), "every bit cleared");
 }
 
 #[test]
@@ -1059,43 +1249,4 @@ fn a_multi_buffer_jumbo_frame_is_judged_by_its_first_buffer() {
     let mut jumbo = frame::udp_from(&[], "198.51.100.8".parse().unwrap());
     jumbo.resize(9000, 0x6a);
     assert_eq!(f.verdict(&jumbo), XDP_PASS);
-}
-
-/// Pins made by an earlier build of layout 5 have no UNJUDGED map: this build reuses them,
-/// blocks and counters in place, and adds the map beside them.
-#[test]
-fn pins_of_an_earlier_build_of_the_layout_get_the_added_map_and_keep_blocks_and_counters() {
-    use enforcer_common::map_names;
-    require_root();
-    let pins = PinDir::new().unwrap();
-    let opts = small_options(&pins);
-    let mut f = Fixture {
-        dp: Datapath::open(&opts).unwrap(),
-        _pins: pins,
-    };
-    f.block("198.51.100.7", 0, MODE_ENFORCE);
-    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
-    let maps_dir = f.dp.layout().maps_dir();
-    let Fixture { dp, _pins: pins } = f;
-    drop(dp);
-    // What the earlier build left: every map but the added one.
-    std::fs::remove_file(maps_dir.join(map_names::UNJUDGED)).unwrap();
-    let mut f = Fixture {
-        dp: Datapath::open(&opts).expect("an earlier build's pins are reused"),
-        _pins: pins,
-    };
-    assert!(
-        maps_dir.join(map_names::UNJUDGED).exists(),
-        "the added map is pinned"
-    );
-    assert_eq!(
-        f.hits("198.51.100.7"),
-        1,
-        "the block and its counter are still there"
-    );
-    assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
-    assert_eq!(f.hits("198.51.100.7"), 2);
-    assert_eq!(f.verdict(&frame::arp(&[])), XDP_PASS);
-    assert_eq!(f.unjudged().not_ip.packets, 1);
-    assert_eq!(f.dp.maps().stats_total().unwrap().dropped.packets, 2);
 }
