@@ -33,16 +33,16 @@ pub struct LinkType(pub u16);
 
 /// `ARPHRD_*` values the data path knows (linux/if_arp.h).
 pub(crate) mod arphrd {
-    pub const ETHER: u16 = 1;
-    pub const PPP: u16 = 512;
-    pub const RAWIP: u16 = 519;
-    pub const TUNNEL: u16 = 768;
-    pub const TUNNEL6: u16 = 769;
-    pub const LOOPBACK: u16 = 772;
-    pub const SIT: u16 = 776;
-    pub const IPGRE: u16 = 778;
-    pub const IP6GRE: u16 = 823;
-    pub const NONE: u16 = 0xfffe;
+    pub(crate) const ETHER: u16 = 1;
+    pub(crate) const PPP: u16 = 512;
+    pub(crate) const RAWIP: u16 = 519;
+    pub(crate) const TUNNEL: u16 = 768;
+    pub(crate) const TUNNEL6: u16 = 769;
+    pub(crate) const LOOPBACK: u16 = 772;
+    pub(crate) const SIT: u16 = 776;
+    pub(crate) const IPGRE: u16 = 778;
+    pub(crate) const IP6GRE: u16 = 823;
+    pub(crate) const NONE: u16 = 0xfffe;
 }
 
 impl LinkType {

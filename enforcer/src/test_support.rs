@@ -6,7 +6,7 @@ use std::{ffi::OsStr, process::Command};
 /// this test binary, with `var` set to `value`, and fails unless it ran and passed. For a test
 /// that changes its whole process (takes every file descriptor) while other tests run beside
 /// it: the test calls this when `var` is unset, and does its work when it is set.
-pub fn run_in_child(name: &str, var: &str, value: &OsStr) {
+pub(crate) fn run_in_child(name: &str, var: &str, value: &OsStr) {
     let out = Command::new(std::env::current_exe().expect("the test binary's path"))
         .args(["--exact", name, "--test-threads=1", "--nocapture"])
         .env(var, value)

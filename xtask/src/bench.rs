@@ -7,13 +7,13 @@ use anyhow::Result;
 use crate::{cmd, setup};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Arguments passed to `enforcer-bench` unchanged (e.g. `--quick`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
 
-pub fn run(args: &Args) -> Result<ExitCode> {
+pub(crate) fn run(args: &Args) -> Result<ExitCode> {
     setup::run()?;
     // The bench drives the daemon, the CLI and the hook too, so all binaries must be fresh.
     cmd::build_and_run_release_bin(

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// The workspace root. xtask sits one level below it, so this is right from any cwd.
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
@@ -21,7 +21,7 @@ pub fn repo_root() -> PathBuf {
 
 /// Where cargo writes build output; honours `CARGO_TARGET_DIR` like cargo does
 /// (relative to the repository root, which is where we run cargo).
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => repo_root().join(dir),
         None => repo_root().join("target"),
@@ -32,14 +32,14 @@ pub fn target_dir() -> PathBuf {
 ///
 /// This is the rustup proxy from PATH, so `+nightly` works and everything else uses
 /// the toolchain `cargo xtask` was started with (stable by default).
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(repo_root());
     cmd
 }
 
 /// Renders a command the way one would type it in a shell.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let envs = cmd.get_envs().filter_map(|(key, value)| {
         value.map(|value| format!("{}={}", key.to_string_lossy(), quote(value)))
     });
@@ -59,19 +59,19 @@ fn quote(word: &OsStr) -> String {
 }
 
 /// Prints `$ <command>`.
-pub fn echo(cmd: &Command) {
+pub(crate) fn echo(cmd: &Command) {
     println!("$ {}", display(cmd));
 }
 
 /// Runs a command with inherited stdio and returns its status; the caller judges it.
-pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+pub(crate) fn status(cmd: &mut Command) -> Result<ExitStatus> {
     echo(cmd);
     cmd.status()
         .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
 /// Runs a command with inherited stdio and fails unless it exits successfully.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = status(cmd)?;
     if !status.success() {
         bail!("`{}` failed ({status})", display(cmd));
@@ -81,7 +81,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a probe and captures its output. `Ok(None)` means the program is not installed,
 /// which callers treat as "missing" rather than as an error.
-pub fn probe(cmd: &mut Command) -> Result<Option<Output>> {
+pub(crate) fn probe(cmd: &mut Command) -> Result<Option<Output>> {
     echo(cmd);
     match cmd.output() {
         Ok(output) => Ok(Some(output)),
@@ -91,7 +91,7 @@ pub fn probe(cmd: &mut Command) -> Result<Option<Output>> {
 }
 
 /// Like [`probe`], but the command must exist and succeed; returns its stdout.
-pub fn probe_stdout(cmd: &mut Command) -> Result<String> {
+pub(crate) fn probe_stdout(cmd: &mut Command) -> Result<String> {
     let Some(output) = probe(cmd)? else {
         bail!("`{}`: program not found on PATH", display(cmd));
     };
@@ -107,7 +107,7 @@ pub fn probe_stdout(cmd: &mut Command) -> Result<String> {
 }
 
 /// Maps a child's exit status to ours, so wrappers like `demo` keep the child's code.
-pub fn exit_code(status: ExitStatus) -> ExitCode {
+pub(crate) fn exit_code(status: ExitStatus) -> ExitCode {
     match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -120,7 +120,7 @@ pub fn exit_code(status: ExitStatus) -> ExitCode {
 ///
 /// The binaries come from other crates (the tests crate provides `enforcer-demo` and
 /// `enforcer-bench`), so a missing one gets a message rather than an ENOENT.
-pub fn run_release_bin(name: &str, args: &[String]) -> Result<ExitCode> {
+pub(crate) fn run_release_bin(name: &str, args: &[String]) -> Result<ExitCode> {
     let path = target_dir().join("release").join(name);
     if !path.is_file() {
         bail!(
@@ -135,7 +135,7 @@ pub fn run_release_bin(name: &str, args: &[String]) -> Result<ExitCode> {
 }
 
 /// Builds the release binaries of `packages` and runs `bin` from them with `args`.
-pub fn build_and_run_release_bin(
+pub(crate) fn build_and_run_release_bin(
     packages: &[&str],
     bin: &str,
     args: &[String],

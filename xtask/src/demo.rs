@@ -7,13 +7,13 @@ use anyhow::Result;
 use crate::{cmd, setup};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Arguments passed to `enforcer-demo` unchanged.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
 
-pub fn run(args: &Args) -> Result<ExitCode> {
+pub(crate) fn run(args: &Args) -> Result<ExitCode> {
     setup::run()?;
     // The demo drives the daemon binary, so both crates' binaries must be fresh.
     cmd::build_and_run_release_bin(&["enforcer", "enforcer-tests"], "enforcer-demo", &args.args)

@@ -25,7 +25,7 @@ const CARGO_FUZZ_INSTALL: &str = "cargo-fuzz@0.13.2";
 const NIGHTLY: &str = "nightly";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Seconds each target runs.
     #[arg(long, value_name = "S", default_value_t = 60)]
     time: u64,
@@ -58,7 +58,7 @@ struct Stats {
     corpus: u64,
 }
 
-pub fn run(args: &Args) -> Result<ExitCode> {
+pub(crate) fn run(args: &Args) -> Result<ExitCode> {
     ensure_cargo_fuzz()?;
     let dir = cmd::repo_root().join("fuzz");
     let all = list_targets(&dir)?;

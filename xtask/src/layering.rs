@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// The cycles found in `src` (the crate's source root), one line each; empty when none.
-pub fn cycles(src: &Path) -> Result<Vec<String>> {
+pub(crate) fn cycles(src: &Path) -> Result<Vec<String>> {
     let mut found = Vec::new();
     for dir in module_dirs(src)? {
         let rel: Vec<String> = dir

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, ensure};
 use crate::cmd;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Directory for the .deb [default: target/package].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -44,7 +44,7 @@ const CONFFILES: [(&str, &str); 2] = [
     ),
 ];
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     if !args.no_build {
         // The same package set as `cargo xtask bench` and `demo` build: cargo unifies
         // dependency features per build, so building `enforcer` alone would rebuild them all.

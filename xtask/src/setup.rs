@@ -44,7 +44,7 @@ const PACKAGES: &[&str] = &[
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     check_root()?;
     check_kernel()?;
     check_cargo_bin_on_path()?;

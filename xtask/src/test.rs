@@ -24,7 +24,7 @@ use crate::{cmd, setup};
 mod runner;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Skip clippy (userspace crates, and the eBPF crate with nightly for bpfel-unknown-none;
     /// both with -D warnings).
     #[arg(long)]
@@ -58,7 +58,7 @@ struct Summary {
     failed_results: u64,
 }
 
-pub fn run(args: &Args) -> ExitCode {
+pub(crate) fn run(args: &Args) -> ExitCode {
     let mut summary = Summary::default();
     for what in &args.prior_failure {
         summary.problems.push(format!("{what} failed (see above)"));

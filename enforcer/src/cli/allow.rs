@@ -41,7 +41,7 @@ pub enum AllowCommand {
     },
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     match a.command {
         AllowCommand::Add {
             target,

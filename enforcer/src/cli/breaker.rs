@@ -23,7 +23,7 @@ pub enum BreakerCommand {
     },
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let BreakerCommand::Reset { source } = a.command;
     let Reply::BreakerReset { reset } = super::call(socket, &Request::BreakerReset { source })?
     else {

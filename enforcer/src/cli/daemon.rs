@@ -79,7 +79,7 @@ fn enter_netns(name: &str) -> anyhow::Result<()> {
         .with_context(|| format!("entering network namespace {name}"))
 }
 
-pub fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
+pub(super) fn run(a: Args, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let path = a
         .config
         .clone()

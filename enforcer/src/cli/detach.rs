@@ -10,7 +10,7 @@ pub struct Args {
     pub bpffs_dir: PathBuf,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub(super) fn run(a: Args) -> anyhow::Result<()> {
     // The daemon may have pinned into the host's bpffs from a private mount namespace; run here
     // too (e.g. under `ip netns exec`), the same resolution finds its pins.
     let pins = resolve_pins(&a.bpffs_dir).ok();

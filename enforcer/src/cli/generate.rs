@@ -27,7 +27,7 @@ pub enum What {
     },
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub(super) fn run(a: Args) -> anyhow::Result<()> {
     match a.what {
         What::Man { dir } => {
             std::fs::create_dir_all(&dir)?;

@@ -96,7 +96,7 @@ fn parse(reader: impl std::io::BufRead, name: &str) -> anyhow::Result<Vec<BatchI
     Ok(items)
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let scope = a.scope.scope()?;
     let name = a.file.display().to_string();
     let items = if a.file.as_os_str() == "-" {

@@ -23,7 +23,7 @@ pub struct Args {
     pub force: bool,
 }
 
-pub fn run(a: Args, socket: Option<&Path>) -> anyhow::Result<()> {
+pub(super) fn run(a: Args, socket: Option<&Path>) -> anyhow::Result<()> {
     let enforcer = std::env::current_exe().context("finding the running binary")?;
     let socket = socket.unwrap_or(Path::new(DEFAULT_SOCKET)).to_owned();
     let (path, outcome) = install(&InstallOptions {

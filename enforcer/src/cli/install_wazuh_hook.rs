@@ -19,7 +19,7 @@ pub struct Args {
     pub force: bool,
 }
 
-pub fn run(a: Args, socket: Option<&Path>) -> anyhow::Result<()> {
+pub(super) fn run(a: Args, socket: Option<&Path>) -> anyhow::Result<()> {
     let done = install(&InstallOptions {
         wazuh_home: a.wazuh_home.clone(),
         name: a.name.clone(),

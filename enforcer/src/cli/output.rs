@@ -7,7 +7,7 @@ use crate::{duration::format_secs_short, time::WallMs};
 /// `s` safe to print on a terminal: control characters (escape sequences that retitle the
 /// window or recolour it, a carriage return that overwrites the line, C1 controls) are shown as
 /// Rust escapes (`\u{1b}`, `\r`). Reasons, comments and LAPI errors come from other parties.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.chars().any(char::is_control) {
         return s.into();
     }
@@ -24,7 +24,7 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Prints rows as an aligned table (first row is the header); cells are [`printable`].
-pub fn table(rows: &[Vec<String>]) {
+pub(super) fn table(rows: &[Vec<String>]) {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
@@ -57,7 +57,7 @@ pub fn table(rows: &[Vec<String>]) {
 }
 
 /// "in 9m58s", "permanent", "expired".
-pub fn time_left(expires_ms: Option<WallMs>) -> String {
+pub(super) fn time_left(expires_ms: Option<WallMs>) -> String {
     match expires_ms {
         None => "permanent".into(),
         Some(e) => {
@@ -72,7 +72,7 @@ pub fn time_left(expires_ms: Option<WallMs>) -> String {
 }
 
 /// "3s ago", "never".
-pub fn ago(ms: Option<WallMs>) -> String {
+pub(super) fn ago(ms: Option<WallMs>) -> String {
     match ms {
         None => "never".into(),
         Some(t) => {
@@ -86,12 +86,12 @@ pub fn ago(ms: Option<WallMs>) -> String {
 }
 
 /// RFC 3339 UTC, seconds precision.
-pub fn timestamp(ms: WallMs) -> String {
+pub(super) fn timestamp(ms: WallMs) -> String {
     humantime::format_rfc3339_seconds(ms.to_system_time()).to_string()
 }
 
 /// 1234567 -> "1.2M".
-pub fn count(n: u64) -> String {
+pub(super) fn count(n: u64) -> String {
     match n {
         0..1_000 => n.to_string(),
         1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
@@ -101,7 +101,7 @@ pub fn count(n: u64) -> String {
 }
 
 /// Bytes with a binary unit.
-pub fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     match n {
         0..1024 => format!("{n}B"),
         1024..1_048_576 => format!("{:.1}KiB", n as f64 / 1024.0),
@@ -111,7 +111,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Prints a value as pretty JSON.
-pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -21,7 +21,7 @@ pub struct IdArgs {
     pub json: bool,
 }
 
-pub fn list(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn list(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Reply::PendingList { pending } = super::call(socket, &Request::PendingList)? else {
         anyhow::bail!("unexpected reply from the daemon")
     };
@@ -62,7 +62,7 @@ pub fn list(socket: &Path, a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn approve(socket: &Path, a: IdArgs) -> anyhow::Result<()> {
+pub(super) fn approve(socket: &Path, a: IdArgs) -> anyhow::Result<()> {
     let Reply::Block(r) = super::call(socket, &Request::Approve { id: a.id })? else {
         anyhow::bail!("unexpected reply from the daemon")
     };
@@ -79,7 +79,7 @@ pub fn approve(socket: &Path, a: IdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn reject(socket: &Path, a: IdArgs) -> anyhow::Result<()> {
+pub(super) fn reject(socket: &Path, a: IdArgs) -> anyhow::Result<()> {
     super::call(socket, &Request::Reject { id: a.id })?;
     if a.json {
         return super::output::json(&serde_json::json!({"rejected": a.id}));

@@ -20,7 +20,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Reply::Promote { promoted } = super::call(
         socket,
         &Request::Promote {

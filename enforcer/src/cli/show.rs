@@ -15,7 +15,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Reply::Show(r) = super::call(socket, &Request::Show { target: a.address })? else {
         anyhow::bail!("unexpected reply from the daemon")
     };

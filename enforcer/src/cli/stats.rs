@@ -39,7 +39,7 @@ fn rows(scope: &str, c: &Counters, rows: &mut Vec<Vec<String>>) {
     }
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Reply::Stats(s) = super::call(socket, &Request::Stats)? else {
         anyhow::bail!("unexpected reply from the daemon")
     };

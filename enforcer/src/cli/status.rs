@@ -16,14 +16,14 @@ pub struct Args {
 
 /// `enforcer status`'s exit code when a configured interface is not protected (or none is
 /// configured): monitoring alerts on it.
-pub const EXIT_UNPROTECTED: i32 = 8;
+pub(super) const EXIT_UNPROTECTED: i32 = 8;
 
 /// Some configured interface is not protected; the message names each.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Unprotected(String);
+pub(super) struct Unprotected(String);
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let Reply::Status(s) = super::call(socket, &Request::Status)? else {
         anyhow::bail!("unexpected reply from the daemon")
     };

@@ -41,7 +41,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
+pub(super) fn run(socket: &Path, a: Args) -> anyhow::Result<()> {
     let scope = a.scope.scope()?;
     let Some(reply) = super::call_or_spool(
         socket,

@@ -241,7 +241,7 @@ impl Lapi {
 }
 
 /// The LAPI's base URL, ending in `/` so that API paths join below it.
-pub fn base_url(config: &CrowdsecConfig) -> Result<reqwest::Url, LapiError> {
+pub(crate) fn base_url(config: &CrowdsecConfig) -> Result<reqwest::Url, LapiError> {
     let setup = |e: String| LapiError::Setup(format!("crowdsec.api_url: {e}"));
     let mut base = reqwest::Url::parse(&config.api_url).map_err(|e| setup(e.to_string()))?;
     if !base.path().ends_with('/') {
@@ -255,7 +255,7 @@ pub fn base_url(config: &CrowdsecConfig) -> Result<reqwest::Url, LapiError> {
 /// configured CA trusted, and never a redirect (the API key, the password and the token travel
 /// with a request, and reqwest would forward them to wherever a 3xx points, https to http
 /// included; a LAPI never redirects).
-pub fn client_builder(
+pub(crate) fn client_builder(
     config: &CrowdsecConfig,
     timeout: Duration,
 ) -> Result<reqwest::ClientBuilder, LapiError> {
@@ -279,7 +279,7 @@ pub fn client_builder(
 }
 
 /// A client certificate and its key (PEM files) as a TLS identity.
-pub fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, LapiError> {
+pub(crate) fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, LapiError> {
     let setup = |p: &Path, e: String| LapiError::Setup(format!("{}: {e}", p.display()));
     let mut pem = std::fs::read(cert).map_err(|e| setup(cert, e.to_string()))?;
     pem.extend(std::fs::read(key).map_err(|e| setup(key, e.to_string()))?);

@@ -31,7 +31,7 @@ const MAX_ORIGINS: usize = 64;
 
 /// The running totals.
 #[derive(Debug, Default)]
-pub struct DropsByOrigin {
+pub(super) struct DropsByOrigin {
     /// Each enforced target's counters at the last read.
     last: HashMap<Target, (u64, u64)>,
     totals: BTreeMap<String, (u64, u64)>,
@@ -40,7 +40,7 @@ pub struct DropsByOrigin {
 
 impl DropsByOrigin {
     /// The totals, by origin.
-    pub fn totals(&self) -> Vec<OriginDrops> {
+    pub(super) fn totals(&self) -> Vec<OriginDrops> {
         self.totals
             .iter()
             .map(|(origin, (packets, bytes))| OriginDrops {
@@ -52,12 +52,12 @@ impl DropsByOrigin {
     }
 
     /// Whether the split is due (never read, or read [`EVERY`] ago).
-    pub fn due(&self) -> bool {
+    pub(crate) fn due(&self) -> bool {
         self.read.is_none_or(|t| t.elapsed() >= EVERY)
     }
 
     /// Time until the split is due.
-    pub fn until_due(&self) -> Duration {
+    pub(crate) fn until_due(&self) -> Duration {
         self.read
             .map_or(Duration::ZERO, |t| EVERY.saturating_sub(t.elapsed()))
     }
@@ -75,7 +75,7 @@ impl DropsByOrigin {
 
     /// Reads every kernel block's counters and adds each target's increase to the origin of its
     /// block in `blocks` (the engine's published blocks).
-    pub fn count(
+    pub(crate) fn count(
         &mut self,
         maps: &BlockMaps,
         blocks: &imbl::OrdMap<Target, TargetBlocks>,
@@ -112,7 +112,7 @@ impl DropsByOrigin {
 }
 
 /// The origin of the block holding `blocks`' target.
-pub fn origin_of(blocks: &TargetBlocks) -> Option<String> {
+pub(super) fn origin_of(blocks: &TargetBlocks) -> Option<String> {
     let holder = blocks
         .by_source
         .values()

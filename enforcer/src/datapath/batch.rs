@@ -29,7 +29,7 @@ const MAX_PER_CALL: usize = 1 << 16;
 
 /// A batch the kernel would not run at all.
 #[derive(Debug, thiserror::Error)]
-pub enum BatchError {
+pub(super) enum BatchError {
     /// The map type (or the kernel) has no such batch operation; nothing was written.
     #[error("the kernel has no batched {op} for this map")]
     Unsupported { op: &'static str },
@@ -37,7 +37,7 @@ pub enum BatchError {
 
 /// An entry of a batch that the kernel refused.
 #[derive(Debug)]
-pub struct Refused {
+pub(super) struct Refused {
     /// Its index in the batch.
     pub index: usize,
     /// Why.
@@ -75,7 +75,7 @@ const _: () = assert!(
 ///
 /// `K` and `V` must be exactly the map's key and value types (the kernel reads `key_size` and
 /// `value_size` bytes per entry), and the map must not be per-CPU (whose values are per CPU).
-pub fn update<K: aya::Pod, V: aya::Pod>(
+pub(super) fn update<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
@@ -86,7 +86,10 @@ pub fn update<K: aya::Pod, V: aya::Pod>(
 
 /// Deletes every key. Keys that were absent are not errors; returns the entries the kernel
 /// refused otherwise.
-pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<Vec<Refused>, BatchError> {
+pub(super) fn delete<K: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+) -> Result<Vec<Refused>, BatchError> {
     let refused = run::<K, u8>(BPF_MAP_DELETE_BATCH, "delete", map, keys, None)?;
     Ok(refused
         .into_iter()

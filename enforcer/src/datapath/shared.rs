@@ -15,7 +15,7 @@ use std::{
 use aya::maps::MapData;
 
 /// The words of one mmapable array map, mapped shared into this process.
-pub struct SharedWords {
+pub(crate) struct SharedWords {
     words: NonNull<AtomicU64>,
     len: usize,
     bytes: usize,
@@ -61,18 +61,18 @@ impl SharedWords {
     }
 
     /// The value of word `i`.
-    pub fn get(&self, i: u32) -> u64 {
+    pub(crate) fn get(&self, i: u32) -> u64 {
         self.word(i).load(Ordering::SeqCst)
     }
 
     /// Writes word `i`. Sequentially consistent: a bit set before an entry is written is seen
     /// by any CPU that can see the entry.
-    pub fn set(&self, i: u32, value: u64) {
+    pub(crate) fn set(&self, i: u32, value: u64) {
         self.word(i).store(value, Ordering::SeqCst);
     }
 
     /// Makes every word equal to `values`, writing only those that differ.
-    pub fn copy_from(&self, values: &[u64]) {
+    pub(crate) fn copy_from(&self, values: &[u64]) {
         for (i, &v) in values.iter().enumerate().take(self.len) {
             if self.get(i as u32) != v {
                 self.set(i as u32, v);

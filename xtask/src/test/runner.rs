@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd;
 
 /// A test binary cargo built, and where cargo would run it.
-pub struct Binary {
+pub(super) struct Binary {
     exe: PathBuf,
     /// The package's directory: cargo runs test binaries there.
     dir: PathBuf,
@@ -30,7 +30,7 @@ pub struct Binary {
 }
 
 /// One test of one binary.
-pub struct Case {
+pub(super) struct Case {
     binary: Arc<Binary>,
     pub name: String,
 }
@@ -38,7 +38,7 @@ pub struct Case {
 impl Case {
     /// `labs::crowdsec::x`, `enforcer::store::tests::y`: the binary's target name, then the
     /// test's.
-    pub fn full_name(&self) -> String {
+    pub(super) fn full_name(&self) -> String {
         let target = self.binary.label.split(' ').next().unwrap_or_default();
         format!("{target}::{}", self.name)
     }
@@ -46,7 +46,7 @@ impl Case {
 
 /// How a test ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     Passed,
     Ignored,
     Failed,
@@ -57,7 +57,7 @@ pub enum Verdict {
 }
 
 /// A finished test: its verdict, how long it ran and everything it printed.
-pub struct Finished {
+pub(super) struct Finished {
     pub case: Case,
     pub verdict: Verdict,
     pub elapsed: Duration,
@@ -65,7 +65,7 @@ pub struct Finished {
 }
 
 /// Builds the test binaries `cargo test <cargo_args>` would run and returns them.
-pub fn build(cargo_args: &[&str]) -> Result<Vec<Arc<Binary>>> {
+pub(super) fn build(cargo_args: &[&str]) -> Result<Vec<Arc<Binary>>> {
     let mut build = cmd::cargo();
     build
         .arg("test")
@@ -118,7 +118,7 @@ fn test_binaries(messages: &str) -> Vec<Arc<Binary>> {
 
 /// The tests of `binary` that `filter_args` (libtest's own: a name filter, `--exact`,
 /// `--skip`, `--ignored`...) select.
-pub fn list(binary: &Arc<Binary>, filter_args: &[String]) -> Result<Vec<Case>> {
+pub(super) fn list(binary: &Arc<Binary>, filter_args: &[String]) -> Result<Vec<Case>> {
     let out = Command::new(&binary.exe)
         .args(["--list", "--format", "terse"])
         .args(filter_args)
@@ -144,7 +144,7 @@ pub fn list(binary: &Arc<Binary>, filter_args: &[String]) -> Result<Vec<Case>> {
 }
 
 /// What every test process gets.
-pub struct Plan {
+pub(super) struct Plan {
     /// libtest options for each run (`--nocapture`, `--ignored`...), never a name filter.
     pub run_args: Vec<String>,
     /// Environment for each test and everything it starts.
@@ -172,7 +172,7 @@ impl Plan {
 
 /// Runs every case, `plan.jobs` at a time, and hands each result to `done` as it finishes
 /// (on this thread, in the order they finish).
-pub fn run(cases: Vec<Case>, plan: &Plan, mut done: impl FnMut(Finished)) {
+pub(super) fn run(cases: Vec<Case>, plan: &Plan, mut done: impl FnMut(Finished)) {
     let queue = Mutex::new(cases.into_iter().enumerate().collect::<VecDeque<_>>());
     let (tx, rx) = mpsc::channel();
     thread::scope(|scope| {
@@ -320,7 +320,7 @@ fn judge(status: ExitStatus, output: &str) -> Verdict {
 
 /// The libtest options among `args` that apply to running a test, without the name filters
 /// (each test is run by its exact name): `--nocapture`, `--ignored`, `--skip x`...
-pub fn run_args(args: &[String]) -> Vec<String> {
+pub(super) fn run_args(args: &[String]) -> Vec<String> {
     const TAKES_VALUE: &[&str] = &[
         "--skip",
         "--test-threads",

@@ -13,16 +13,16 @@ use std::{
 use crate::audit::{AuditLog, Event};
 
 /// Denials of one caller written in full per interval.
-pub const IN_FULL: u32 = 10;
+pub(super) const IN_FULL: u32 = 10;
 /// The interval.
-pub const INTERVAL: Duration = Duration::from_secs(60);
+pub(super) const INTERVAL: Duration = Duration::from_secs(60);
 /// Callers followed at once; past this, a new caller's denials are written as they come
 /// (callers are the users of the socket group: a handful).
 const MAX_CALLERS: usize = 1024;
 
 /// Denials per caller (uid) in the current interval.
 #[derive(Debug, Default)]
-pub struct Denials(HashMap<u32, Window>);
+pub(super) struct Denials(HashMap<u32, Window>);
 
 #[derive(Debug)]
 struct Window {
@@ -34,7 +34,7 @@ struct Window {
 
 impl Denials {
     /// Writes `event` (a denial of the caller `uid`), or counts it when the caller had its share.
-    pub fn record(&mut self, audit: &mut AuditLog, uid: u32, event: Event) {
+    pub(super) fn record(&mut self, audit: &mut AuditLog, uid: u32, event: Event) {
         self.flush(audit, false);
         if !self.0.contains_key(&uid) && self.0.len() >= MAX_CALLERS {
             // Extremely many distinct callers: write it (bounded by the number of users).
@@ -56,7 +56,7 @@ impl Denials {
     }
 
     /// Ends the intervals that are over (all of them with `all`), writing their counts.
-    pub fn flush(&mut self, audit: &mut AuditLog, all: bool) {
+    pub(super) fn flush(&mut self, audit: &mut AuditLog, all: bool) {
         self.0.retain(|_, w| {
             if !all && w.started.elapsed() < INTERVAL {
                 return true;

@@ -16,7 +16,7 @@ pub const MAX_OFFENDERS: usize = 100_000;
 
 /// Offense times by target, indexed by each target's latest.
 #[derive(Clone, Debug)]
-pub struct Offenses {
+pub(super) struct Offenses {
     by_target: HashMap<Target, Vec<WallMs>>,
     by_latest: BTreeSet<(WallMs, Target)>,
     cap: usize,
@@ -38,12 +38,16 @@ fn latest(times: &[WallMs]) -> WallMs {
 
 impl Offenses {
     /// A target's offense times.
-    pub fn get(&self, target: &Target) -> Option<&Vec<WallMs>> {
+    pub(super) fn get(&self, target: &Target) -> Option<&Vec<WallMs>> {
         self.by_target.get(target)
     }
 
     /// Replaces a target's history (`None` or empty: forgets it); returns the old one.
-    pub fn set(&mut self, target: Target, times: Option<Vec<WallMs>>) -> Option<Vec<WallMs>> {
+    pub(super) fn set(
+        &mut self,
+        target: Target,
+        times: Option<Vec<WallMs>>,
+    ) -> Option<Vec<WallMs>> {
         let old = self.by_target.remove(&target);
         if let Some(old) = &old {
             self.by_latest.remove(&(latest(old), target));
@@ -56,22 +60,22 @@ impl Offenses {
     }
 
     /// The target whose latest offense is oldest, with that time.
-    pub fn oldest(&self) -> Option<(WallMs, Target)> {
+    pub(super) fn oldest(&self) -> Option<(WallMs, Target)> {
         self.by_latest.first().copied()
     }
 
     /// How many targets have a history.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.by_target.len()
     }
 
     /// Every target's history.
-    pub fn iter(&self) -> impl Iterator<Item = (&Target, &Vec<WallMs>)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Target, &Vec<WallMs>)> {
         self.by_target.iter()
     }
 
     /// Moves every time by `by_ms` (the wall clock stepped).
-    pub fn shift(&mut self, by_ms: i64) {
+    pub(super) fn shift(&mut self, by_ms: i64) {
         let all: Vec<(Target, Vec<WallMs>)> = self.by_target.drain().collect();
         self.by_latest.clear();
         for (target, times) in all {
@@ -84,7 +88,7 @@ impl Offenses {
 
     /// Changes the cap (tests).
     #[cfg(test)]
-    pub fn set_cap(&mut self, cap: usize) {
+    pub(super) fn set_cap(&mut self, cap: usize) {
         self.cap = cap;
     }
 }

@@ -66,7 +66,7 @@ impl AppliedIds {
 
 /// What a change did to the remembered ids, to put back if the store refuses it.
 #[derive(Debug, Default)]
-pub struct IdsUndo {
+pub(super) struct IdsUndo {
     added: Vec<RequestKey>,
     forgotten: Vec<AppliedRequest>,
 }

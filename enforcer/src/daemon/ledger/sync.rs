@@ -23,7 +23,7 @@ const SYNC_SLACK: Duration = Duration::from_secs(2);
 /// thousands at every resync). The item is still judged each time (an allowlist entry removed
 /// since lets it through); only an identical refusal of an identical item goes unaudited.
 #[derive(Debug, Default)]
-pub struct FeedRefusals(HashMap<(Source, Target), Refused>);
+pub(super) struct FeedRefusals(HashMap<(Source, Target), Refused>);
 
 /// What was refused: the item (its reason and wanted end) and the refusal's message.
 #[derive(Debug)]

@@ -50,7 +50,7 @@ use crate::{
 
 /// How many of everything.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Blocks per per-process trigger.
     pub triggers: usize,
     /// Sizes of the batch imports.
@@ -64,14 +64,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub const FULL: Self = Self {
+    pub(crate) const FULL: Self = Self {
         triggers: 10_000,
         imports: &[100_000, 1_000_000],
         latency_calls: 200,
         drop_trials: 50,
         scrape_import: 100_000,
     };
-    pub const QUICK: Self = Self {
+    pub(crate) const QUICK: Self = Self {
         triggers: 1_000,
         imports: &[10_000],
         latency_calls: 100,
@@ -83,7 +83,7 @@ impl Settings {
 /// Who asks for a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// `/bin/true`: what spawning a process costs, the floor of every per-process trigger.
     SpawnFloor,
     /// `iptables -w -I INPUT -s X -j DROP` (Wazuh's firewall-drop).
@@ -97,7 +97,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::SpawnFloor => "spawn /bin/true (floor)",
             Self::Iptables => "iptables -w -I INPUT -s X -j DROP",
@@ -110,7 +110,7 @@ impl Trigger {
 
 /// N blocks, one process each.
 #[derive(Debug, Serialize)]
-pub struct TriggerRun {
+pub(crate) struct TriggerRun {
     pub trigger: Trigger,
     pub blocks: usize,
     pub seconds: f64,
@@ -121,31 +121,31 @@ pub struct TriggerRun {
 }
 
 impl TriggerRun {
-    pub fn ms_each(&self) -> f64 {
+    pub(crate) fn ms_each(&self) -> f64 {
         self.seconds * 1e3 / self.blocks as f64
     }
 
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.blocks as f64 / self.seconds
     }
 }
 
 /// One `enforcer import`.
 #[derive(Debug, Serialize)]
-pub struct ImportRun {
+pub(crate) struct ImportRun {
     pub blocks: usize,
     pub seconds: f64,
 }
 
 impl ImportRun {
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.blocks as f64 / self.seconds
     }
 }
 
 /// Everything section 3 measured (times in milliseconds unless named otherwise).
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     pub iptables: Iptables,
     /// The file system under the daemon's store (where its fsyncs go).
@@ -171,7 +171,7 @@ pub struct Results {
 
 /// The imports and latencies measured with a baseline build.
 #[derive(Debug, Serialize)]
-pub struct Baseline {
+pub(crate) struct Baseline {
     /// The baseline binary's path.
     pub build: String,
     pub imports: Vec<ImportRun>,
@@ -182,7 +182,7 @@ pub struct Baseline {
 
 /// Parts of the section that can be left out (`--control-skip`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Skip {
+pub(crate) enum Skip {
     /// The per-process triggers (iptables, nft, the CLI, the Wazuh hook); the spawn floor is
     /// still measured.
     Triggers,
@@ -190,7 +190,7 @@ pub enum Skip {
     Scraped,
 }
 
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     skip: &[Skip],
     imports_override: &[usize],
@@ -387,7 +387,7 @@ fn per_process(
     })
 }
 
-pub fn check(out: std::process::Output) -> Result<()> {
+pub(crate) fn check(out: std::process::Output) -> Result<()> {
     ensure!(
         out.status.success(),
         "exited with {}: {}",
@@ -398,7 +398,7 @@ pub fn check(out: std::process::Output) -> Result<()> {
 }
 
 /// The CLI, talking to one daemon.
-pub fn cli(socket: &Path) -> Command {
+pub(crate) fn cli(socket: &Path) -> Command {
     cli_of(&enforcer_bin(), socket)
 }
 
@@ -451,11 +451,11 @@ fn import(bin: &Path, n: usize) -> Result<ImportRun> {
 }
 
 /// How often the scrape loop scrapes during an import.
-pub const SCRAPE_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const SCRAPE_EVERY: Duration = Duration::from_millis(100);
 
 /// Imports with the metrics endpoint on: idle vs. scraped every [`SCRAPE_EVERY`].
 #[derive(Debug, Serialize)]
-pub struct ScrapedImport {
+pub(crate) struct ScrapedImport {
     pub blocks: usize,
     /// Seconds of each idle run.
     pub idle_seconds: Vec<f64>,
@@ -469,7 +469,7 @@ pub struct ScrapedImport {
 
 impl ScrapedImport {
     /// Median scraped time over median idle time (1.0 = no cost).
-    pub fn ratio(&self) -> f64 {
+    pub(crate) fn ratio(&self) -> f64 {
         median(&self.scraped_seconds) / median(&self.idle_seconds)
     }
 }
@@ -578,7 +578,7 @@ fn scrape_until(port: u16, stop: &AtomicBool) -> Result<Vec<f64>> {
 }
 
 /// The pinned maps of a lab's daemon, read-only.
-pub fn pinned_maps(lab: &Lab) -> Result<BlockMaps> {
+pub(crate) fn pinned_maps(lab: &Lab) -> Result<BlockMaps> {
     Ok(BlockMaps::open_pinned(
         &PinLayout::new(lab.pins.path()).maps_dir(),
     )?)
@@ -624,7 +624,12 @@ const PROBE_INTERVAL: Duration = Duration::from_micros(200);
 /// `enforcer block` is spawned; the latency is the send time of the source's last probe that
 /// got through, minus the spawn time. Returns the latencies and the probes' measured mean
 /// interval.
-pub fn trigger_to_drop(lab: &Lab, d: &Daemon, trials: usize, first: u8) -> Result<(Summary, f64)> {
+pub(crate) fn trigger_to_drop(
+    lab: &Lab,
+    d: &Daemon,
+    trials: usize,
+    first: u8,
+) -> Result<(Summary, f64)> {
     trigger_to_drop_with(lab, d, &enforcer_bin(), trials, first)
 }
 

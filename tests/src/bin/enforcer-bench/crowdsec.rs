@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::stats::Summary;
 
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The bouncers' update_frequency, in seconds.
     pub poll_secs: u64,
     /// Decisions timed on the fleet.
@@ -46,13 +46,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub const FULL: Self = Self {
+    pub(crate) const FULL: Self = Self {
         poll_secs: 2,
         rounds: 20,
         sync_decisions: 100_000,
         sync_runs: 3,
     };
-    pub const QUICK: Self = Self {
+    pub(crate) const QUICK: Self = Self {
         poll_secs: 1,
         rounds: 3,
         sync_decisions: 2_000,
@@ -61,7 +61,7 @@ impl Settings {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Fleet {
+pub(crate) struct Fleet {
     pub poll_ms: f64,
     pub host_a_ms: Summary,
     pub host_b_ms: Summary,
@@ -70,7 +70,7 @@ pub struct Fleet {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Sync {
+pub(crate) struct Sync {
     pub decisions: usize,
     /// `cscli decisions import` (not part of the result; says what filling costs).
     pub import_s: f64,
@@ -85,7 +85,7 @@ pub struct Sync {
 }
 
 #[derive(Debug, Serialize)]
-pub struct BaselineSync {
+pub(crate) struct BaselineSync {
     /// The baseline binary's path (keep it in a directory named after its commit: the binary
     /// itself must be called `enforcer`, as its name selects what it runs as).
     pub build: String,
@@ -96,13 +96,13 @@ pub struct BaselineSync {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     pub fleet: Fleet,
     pub sync: Sync,
 }
 
-pub fn run(s: &Settings, baseline: Option<&Path>) -> Result<Results> {
+pub(crate) fn run(s: &Settings, baseline: Option<&Path>) -> Result<Results> {
     let fleet = fleet(s)?;
     let sync = sync(s, baseline)?;
     Ok(Results {

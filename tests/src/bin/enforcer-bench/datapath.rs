@@ -63,7 +63,7 @@ const PLAN: [(Family, Fill, &[usize]); 4] = [
 
 /// How many rounds, how many runs per measurement, and how big the maps get.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Measurements per case; the median is reported.
     pub rounds: usize,
     /// Program runs per measurement; the kernel reports their mean.
@@ -74,13 +74,13 @@ pub struct Settings {
 
 impl Settings {
     /// The full run (about a minute or two of measuring, plus filling 1M-entry maps).
-    pub const FULL: Self = Self {
+    pub(crate) const FULL: Self = Self {
         rounds: 5,
         repeat: 1_000_000,
         largest: 1_000_000,
     };
     /// A smoke run: fewer, shorter rounds and nothing above 100k entries.
-    pub const QUICK: Self = Self {
+    pub(crate) const QUICK: Self = Self {
         rounds: 3,
         repeat: 200_000,
         largest: 100_000,
@@ -88,7 +88,7 @@ impl Settings {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Family {
+pub(crate) enum Family {
     #[serde(rename = "IPv4")]
     Ipv4,
     #[serde(rename = "IPv6")]
@@ -107,7 +107,7 @@ impl fmt::Display for Family {
 /// What the block maps hold besides the probes' own entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Fill {
+pub(crate) enum Fill {
     None,
     /// Single addresses (the exact-match hash).
     Addresses,
@@ -118,7 +118,7 @@ pub enum Fill {
 /// Which path through the program a frame takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Packet {
+pub(crate) enum Packet {
     /// The source is not blocked: legitimate traffic, passed.
     Miss,
     /// The source is a blocked single address: dropped.
@@ -143,7 +143,7 @@ impl Packet {
 
 /// What one case measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct CaseId {
+pub(crate) struct CaseId {
     pub family: Family,
     pub fill: Fill,
     /// Background entries in the maps (the fixtures not counted).
@@ -159,7 +159,7 @@ pub struct CaseId {
 
 /// One case's measurements and what they say.
 #[derive(Debug, Serialize)]
-pub struct Case {
+pub(crate) struct Case {
     #[serde(flatten)]
     pub id: CaseId,
     pub median_ns: f64,
@@ -185,7 +185,7 @@ pub struct Case {
 
 /// The cost of filling the maps, one syscall per entry.
 #[derive(Debug, Serialize)]
-pub struct InsertRun {
+pub(crate) struct InsertRun {
     pub family: Family,
     pub fill: Fill,
     /// Entries before and after.
@@ -195,14 +195,14 @@ pub struct InsertRun {
 }
 
 impl InsertRun {
-    pub fn micros_each(&self) -> f64 {
+    pub(crate) fn micros_each(&self) -> f64 {
         self.seconds * 1e6 / (self.to - self.from) as f64
     }
 }
 
 /// Everything section 1 measured.
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     /// Median of every floor measurement: the reference line.
     pub floor_median_ns: f64,
@@ -225,7 +225,7 @@ pub struct Results {
 
 /// One packet through this build's Ethernet program and an earlier build's, in the same rounds.
 #[derive(Debug, Serialize)]
-pub struct BaselineCase {
+pub(crate) struct BaselineCase {
     pub family: Family,
     pub packet: Packet,
     /// This build (floor-relative, as in [`Case`]).
@@ -240,7 +240,7 @@ pub struct BaselineCase {
 
 /// Runs the whole section; with `baseline`, an earlier build's XDP object, also compares this
 /// build's Ethernet path with it.
-pub fn run(settings: &Settings, baseline: Option<&Path>) -> Result<Results> {
+pub(crate) fn run(settings: &Settings, baseline: Option<&Path>) -> Result<Results> {
     let mut cases = Vec::new();
     let mut inserts = Vec::new();
     for (family, fill, sizes) in PLAN {
@@ -766,7 +766,7 @@ impl Fixtures {
 
 /// `n` background entries of one family and fill, as the data path cases use (section 5
 /// measures what they cost in kernel memory).
-pub fn background(family: Family, fill: Fill, n: usize) -> Vec<Target> {
+pub(crate) fn background(family: Family, fill: Fill, n: usize) -> Vec<Target> {
     let fixtures = Fixtures::of(family);
     Background::new(family, fill, &fixtures).take(n)
 }

@@ -45,14 +45,14 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Blocks (and sources) per variant.
     pub blocks: usize,
 }
 
 impl Settings {
-    pub const FULL: Self = Self { blocks: 100 };
-    pub const QUICK: Self = Self { blocks: 20 };
+    pub(crate) const FULL: Self = Self { blocks: 100 };
+    pub(crate) const QUICK: Self = Self { blocks: 20 };
 }
 
 /// The most blocks one batch spreads over its second (sources' last octets from
@@ -95,7 +95,7 @@ const FIRST_SOURCE: u8 = 100;
 
 /// How late one way of ending blocks is.
 #[derive(Debug, Serialize)]
-pub struct Variant {
+pub(crate) struct Variant {
     /// First probe through − deadline, in ms, over the blocks that ended.
     pub lateness_ms: Summary,
     /// Blocks whose source got through before the deadline.
@@ -105,7 +105,7 @@ pub struct Variant {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     pub probe_interval_ms: f64,
     pub enforcer: Variant,
@@ -116,7 +116,7 @@ impl Results {
     /// What fails the run: a block of enforcer's that let a probe through before its deadline
     /// (by the probe's send time, which precedes the kernel's judgement). The baseline's count
     /// is reported, not judged.
-    pub fn failures(&self) -> Vec<String> {
+    pub(crate) fn failures(&self) -> Vec<String> {
         let early = self.enforcer.early;
         if early == 0 {
             return Vec::new();
@@ -128,7 +128,7 @@ impl Results {
     }
 }
 
-pub fn run(settings: &Settings) -> Result<Results> {
+pub(crate) fn run(settings: &Settings) -> Result<Results> {
     let n = settings.blocks;
     eprintln!("expiry: {n} enforcer blocks");
     let mut enforcer = Batch::default();

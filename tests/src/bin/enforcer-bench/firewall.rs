@@ -25,19 +25,19 @@ use serde::Serialize;
 
 /// Spawns commands inside one network namespace.
 #[derive(Clone)]
-pub struct NsExec {
+pub(crate) struct NsExec {
     ns: Arc<File>,
 }
 
 impl NsExec {
-    pub fn new(ns: &Netns) -> Result<Self> {
+    pub(crate) fn new(ns: &Netns) -> Result<Self> {
         let path = format!("/run/netns/{}", ns.name());
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
         Ok(Self { ns: Arc::new(file) })
     }
 
     /// A command that enters the namespace before it runs `program`.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
         let ns = self.ns.clone();
         // SAFETY: the closure only makes the setns system call (async-signal-safe) on a
@@ -55,7 +55,7 @@ impl NsExec {
     }
 
     /// Runs a command in the namespace and fails with its stderr if it fails.
-    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+    pub(crate) fn run(&self, program: &str, args: &[&str]) -> Result<String> {
         let out = self
             .command(program)
             .args(args)
@@ -72,7 +72,7 @@ impl NsExec {
 
     /// Runs a command in the namespace with `input` on stdin (bulk loads: `iptables-restore`,
     /// `ipset restore`, `nft -f -`).
-    pub fn feed(&self, program: &str, args: &[&str], input: &str) -> Result<()> {
+    pub(crate) fn feed(&self, program: &str, args: &[&str], input: &str) -> Result<()> {
         let mut child = self
             .command(program)
             .args(args)
@@ -100,7 +100,7 @@ impl NsExec {
 
 /// Which iptables the comparison uses.
 #[derive(Clone, Debug, Serialize)]
-pub struct Iptables {
+pub(crate) struct Iptables {
     /// The command (`iptables-legacy` when installed: the reference figures are for it).
     pub command: String,
     /// Its restore command.
@@ -114,7 +114,7 @@ pub struct Iptables {
 impl Iptables {
     /// Prefers iptables-legacy: Wazuh's firewall-drop on most hosts, and the peer figures in
     /// the reference were taken with it.
-    pub fn detect() -> Result<Self> {
+    pub(crate) fn detect() -> Result<Self> {
         for (command, restore) in [
             ("iptables-legacy", "iptables-legacy-restore"),
             ("iptables", "iptables-restore"),
@@ -145,7 +145,7 @@ impl Iptables {
 /// A filter of one of the peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Peer {
+pub(crate) enum Peer {
     /// One `-s ADDR -j DROP` rule per blocked address in INPUT.
     IptablesPerAddress,
     /// `ipset` `hash:ip` (with a default timeout) and one `--match-set` rule.
@@ -155,7 +155,7 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::IptablesPerAddress => "iptables, one rule per address",
             Self::Ipset => "ipset hash:ip + 1 rule",
@@ -169,7 +169,7 @@ const SET: &str = "enforcer_bench";
 const NFT_TABLE: &str = "enforcer_bench";
 
 /// An installed peer filter; removed on drop.
-pub struct Installed<'a> {
+pub(crate) struct Installed<'a> {
     exec: &'a NsExec,
     peer: Peer,
     /// The iptables command that removes the rules (unused for nftables).
@@ -178,7 +178,7 @@ pub struct Installed<'a> {
 
 /// Installs `peer` in the namespace, blocking `blocked` (in this order: for the per-address
 /// rules the last address ends up last in the chain).
-pub fn install<'a>(
+pub(crate) fn install<'a>(
     exec: &'a NsExec,
     ipt: &Iptables,
     peer: Peer,
@@ -245,7 +245,7 @@ pub fn install<'a>(
 }
 
 /// The nftables table for per-process `nft add element` triggers (no elements yet).
-pub fn nft_empty_set(exec: &NsExec) -> Result<Installed<'_>> {
+pub(crate) fn nft_empty_set(exec: &NsExec) -> Result<Installed<'_>> {
     let ipt = Iptables {
         command: String::new(),
         restore: String::new(),
@@ -256,7 +256,7 @@ pub fn nft_empty_set(exec: &NsExec) -> Result<Installed<'_>> {
 }
 
 /// The command line of one nftables trigger (`nft add element ...`), as fail2ban runs it.
-pub fn nft_add_element_args(addr: Ipv4Addr) -> Vec<String> {
+pub(crate) fn nft_add_element_args(addr: Ipv4Addr) -> Vec<String> {
     ["add", "element", "inet", NFT_TABLE, "blocked", "{"]
         .into_iter()
         .map(str::to_owned)
@@ -284,7 +284,7 @@ impl Drop for Installed<'_> {
 }
 
 /// Flushes INPUT when dropped: for the per-process iptables triggers, which add rules one by one.
-pub struct FlushInput<'a> {
+pub(crate) struct FlushInput<'a> {
     pub exec: &'a NsExec,
     pub ipt: &'a Iptables,
 }
@@ -297,7 +297,7 @@ impl Drop for FlushInput<'_> {
 
 /// `n` distinct addresses to fill rules and sets with (10.0.0.0/8; never sent to or from:
 /// they are rule contents only).
-pub fn filler(n: usize) -> Vec<Ipv4Addr> {
+pub(crate) fn filler(n: usize) -> Vec<Ipv4Addr> {
     (0..n as u32)
         .map(|i| Ipv4Addr::from(0x0a00_0001 + i))
         .collect()

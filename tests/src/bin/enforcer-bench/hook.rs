@@ -25,13 +25,13 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const PROGRAM: &str = "active-response/bin/enforcer-drop";
 
 /// A Wazuh home for the hook's log, and the `<extra_args>` that point it at one daemon.
-pub struct WazuhHook {
+pub(crate) struct WazuhHook {
     home: tempfile::TempDir,
     extra_args: Vec<String>,
 }
 
 impl WazuhHook {
-    pub fn new(d: &Daemon) -> Result<Self> {
+    pub(crate) fn new(d: &Daemon) -> Result<Self> {
         let home = tempfile::tempdir()?;
         std::fs::create_dir_all(home.path().join("logs"))?;
         Ok(Self {
@@ -48,7 +48,7 @@ impl WazuhHook {
     }
 
     /// One add for `addr`, with an sshd brute-force alert; fails unless the hook exits 0.
-    pub fn add(&self, addr: Ipv4Addr) -> Result<()> {
+    pub(crate) fn add(&self, addr: Ipv4Addr) -> Result<()> {
         let message = json!({
             "version": 1,
             "origin": {"name": "node01", "module": "wazuh-execd"},
@@ -128,7 +128,7 @@ fn handshake(child: &mut Child, message: &Value) -> Result<()> {
 }
 
 /// Waits for `child` (blocking, on a helper thread) and kills it if it outlives `limit`.
-pub fn wait_bounded(child: Child, limit: Duration) -> Result<Output> {
+pub(crate) fn wait_bounded(child: Child, limit: Duration) -> Result<Output> {
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

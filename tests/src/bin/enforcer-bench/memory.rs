@@ -39,7 +39,7 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Single addresses per family in the kernel maps.
     pub addresses: usize,
     /// Prefixes per family in the kernel maps.
@@ -49,12 +49,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub const FULL: Self = Self {
+    pub(crate) const FULL: Self = Self {
         addresses: 1_000_000,
         prefixes: 100_000,
         daemon_blocks: 1_000_000,
     };
-    pub const QUICK: Self = Self {
+    pub(crate) const QUICK: Self = Self {
         addresses: 10_000,
         prefixes: 10_000,
         daemon_blocks: 10_000,
@@ -63,7 +63,7 @@ impl Settings {
 
 /// One map's memory before and after filling.
 #[derive(Debug, Serialize)]
-pub struct MapMemory {
+pub(crate) struct MapMemory {
     /// The enforcer's map, or the ipset set type.
     pub map: String,
     pub family: Family,
@@ -76,14 +76,14 @@ pub struct MapMemory {
 }
 
 impl MapMemory {
-    pub fn per_entry(&self) -> f64 {
+    pub(crate) fn per_entry(&self) -> f64 {
         (self.bytes_full - self.bytes_empty) as f64 / self.entries as f64
     }
 }
 
 /// The daemon's resident memory.
 #[derive(Debug, Serialize)]
-pub struct Rss {
+pub(crate) struct Rss {
     pub blocks: usize,
     pub empty_kib: u64,
     pub loaded_kib: u64,
@@ -92,14 +92,14 @@ pub struct Rss {
 }
 
 impl Rss {
-    pub fn bytes_per_block(&self) -> f64 {
+    pub(crate) fn bytes_per_block(&self) -> f64 {
         (self.loaded_kib.saturating_sub(self.empty_kib)) as f64 * 1024.0 / self.blocks as f64
     }
 }
 
 /// The reaper removing blocks that expired together.
 #[derive(Debug, Serialize)]
-pub struct Reaper {
+pub(crate) struct Reaper {
     pub blocks: usize,
     /// Seconds between the earliest and the latest deadline (an upper bound).
     pub deadline_window_s: f64,
@@ -112,17 +112,17 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.blocks as f64 / self.from_first_deadline_s
     }
 
-    pub fn cpu_us_each(&self) -> f64 {
+    pub(crate) fn cpu_us_each(&self) -> f64 {
         self.cpu_s * 1e6 / self.blocks as f64
     }
 }
 
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     pub maps: Vec<MapMemory>,
     /// ipset with the same entries, for comparison.
@@ -131,7 +131,7 @@ pub struct Results {
     pub reaper: Reaper,
 }
 
-pub fn run(settings: &Settings) -> Result<Results> {
+pub(crate) fn run(settings: &Settings) -> Result<Results> {
     let (maps, ipset) = kernel(settings)?;
     eprintln!("memory: daemon RSS with {} blocks", settings.daemon_blocks);
     let (mut rss, import_seconds) = daemon_rss(settings.daemon_blocks)?;

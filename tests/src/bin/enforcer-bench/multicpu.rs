@@ -23,7 +23,7 @@ use crate::datapath::Packet;
 
 /// One packet kind at one number of CPUs.
 #[derive(Debug, Serialize)]
-pub struct MultiCpuCase {
+pub(crate) struct MultiCpuCase {
     pub packet: Packet,
     pub cpus: usize,
     /// Median over rounds of the mean, over the CPUs, of each CPU's ns per packet.
@@ -37,7 +37,7 @@ pub struct MultiCpuCase {
 }
 
 /// Every packet kind at 1..=every CPU.
-pub fn run(rounds: usize, repeat: u32) -> Result<Vec<MultiCpuCase>> {
+pub(crate) fn run(rounds: usize, repeat: u32) -> Result<Vec<MultiCpuCase>> {
     let pins = PinDir::new()?;
     let mut dp = Datapath::open(&DatapathOptions {
         bpffs_dir: pins.path().to_owned(),

@@ -24,7 +24,7 @@ use crate::{
 
 /// How many of everything.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Blocks the daemon holds.
     pub blocks: usize,
     /// Blocks timed on traffic, idle and under lists (each).
@@ -34,12 +34,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub const FULL: Self = Self {
+    pub(crate) const FULL: Self = Self {
         blocks: 1_000_000,
         trials: 50,
         listers: 4,
     };
-    pub const QUICK: Self = Self {
+    pub(crate) const QUICK: Self = Self {
         blocks: 100_000,
         trials: 20,
         listers: 2,
@@ -47,7 +47,7 @@ impl Settings {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     /// Seconds the import of the blocks took.
     pub import_seconds: f64,
@@ -62,12 +62,12 @@ pub struct Results {
 
 impl Results {
     /// p99 under lists over idle p99.
-    pub fn p99_ratio(&self) -> f64 {
+    pub(crate) fn p99_ratio(&self) -> f64 {
         self.listing.p99 / self.idle.p99
     }
 }
 
-pub fn run(s: &Settings) -> Result<Results> {
+pub(crate) fn run(s: &Settings) -> Result<Results> {
     let lab = Lab::new()?;
     let capacity = (s.blocks + 1024).to_string();
     let d = Daemon::start(&lab, &["--max-addresses", &capacity])?;
@@ -138,7 +138,7 @@ pub fn run(s: &Settings) -> Result<Results> {
     })
 }
 
-pub fn markdown(w: &mut String, r: &Results) {
+pub(crate) fn markdown(w: &mut String, r: &Results) {
     use std::fmt::Write as _;
     let _ = writeln!(
         w,

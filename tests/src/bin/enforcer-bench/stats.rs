@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// A sample's spread, in the unit it was measured in (milliseconds, throughout the harness).
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub n: usize,
     pub min: f64,
     pub p50: f64,
@@ -16,7 +16,7 @@ pub struct Summary {
 
 impl Summary {
     /// `None` for an empty sample.
-    pub fn of(values: &[f64]) -> Option<Self> {
+    pub(crate) fn of(values: &[f64]) -> Option<Self> {
         if values.is_empty() {
             return None;
         }
@@ -35,7 +35,7 @@ impl Summary {
 }
 
 /// The median (the mean of the middle two for an even count); NaN for an empty sample.
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

@@ -53,19 +53,19 @@ use crate::{
 
 /// How long each flood lasts, how many rounds, and the largest list.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub flood_ms: u64,
     pub rounds: usize,
     pub largest: usize,
 }
 
 impl Settings {
-    pub const FULL: Self = Self {
+    pub(crate) const FULL: Self = Self {
         flood_ms: 100,
         rounds: 20,
         largest: 1_000_000,
     };
-    pub const QUICK: Self = Self {
+    pub(crate) const QUICK: Self = Self {
         flood_ms: 100,
         rounds: 8,
         largest: 10_000,
@@ -75,7 +75,7 @@ impl Settings {
 /// What filters the receiver's traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Filter {
+pub(crate) enum Filter {
     /// The do-nothing program (`XDP_PASS`) from the same object: what putting the veth in XDP
     /// mode costs before the program does anything.
     XdpFloor,
@@ -86,7 +86,7 @@ pub enum Filter {
 }
 
 impl Filter {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::XdpFloor => "XDP_PASS program (floor)",
             Self::Xdp => "enforcer XDP",
@@ -109,7 +109,7 @@ impl Filter {
 
 /// One flood.
 #[derive(Debug, Serialize)]
-pub struct Phase {
+pub(crate) struct Phase {
     /// Frames the sender's socket took.
     pub sent: u64,
     /// Datagrams of that source the receiver's socket got.
@@ -121,18 +121,18 @@ pub struct Phase {
 }
 
 impl Phase {
-    pub fn delivered_pps(&self) -> f64 {
+    pub(crate) fn delivered_pps(&self) -> f64 {
         self.delivered as f64 / self.seconds
     }
 
-    pub fn sent_pps(&self) -> f64 {
+    pub(crate) fn sent_pps(&self) -> f64 {
         self.sent as f64 / self.seconds
     }
 }
 
 /// One round: the unfiltered lab, then the filtered one from both sources.
 #[derive(Debug, Serialize)]
-pub struct Round {
+pub(crate) struct Round {
     /// The legitimate source in the unfiltered lab.
     pub baseline: Phase,
     /// From 192.0.2.1, never on the list.
@@ -143,7 +143,7 @@ pub struct Round {
 
 /// One filter with one list size.
 #[derive(Debug, Serialize)]
-pub struct Run {
+pub(crate) struct Run {
     pub filter: Filter,
     pub blocks: usize,
     /// Median over rounds of the legitimate source's delivered packets per second.
@@ -193,7 +193,7 @@ impl Run {
     /// What makes a case fail: a blocked source on the list that got even one datagram through,
     /// a legitimate source that lost one to anything but the socket's own overflow, or, with
     /// an empty list, a blocked source that lost one (nothing should filter it then).
-    pub fn failures(blocks: usize, rounds: &[Round]) -> Vec<String> {
+    pub(crate) fn failures(blocks: usize, rounds: &[Round]) -> Vec<String> {
         let sum = |f: fn(&Round) -> &Phase, g: fn(&Phase) -> u64| -> u64 {
             rounds.iter().map(|r| g(f(r))).sum()
         };
@@ -233,7 +233,7 @@ impl Run {
 
 /// Everything section 2 measured.
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub settings: Settings,
     pub iptables: Iptables,
     /// The XDP mode the kernel reported for the enforcer's program on the veth.
@@ -245,7 +245,7 @@ pub struct Results {
 
 impl Results {
     /// Every failed case, one line each.
-    pub fn failures(&self) -> Vec<String> {
+    pub(crate) fn failures(&self) -> Vec<String> {
         self.runs
             .iter()
             .flat_map(|r| {
@@ -256,7 +256,7 @@ impl Results {
             .collect()
     }
 
-    pub fn find(&self, filter: Filter, blocks: usize) -> Option<&Run> {
+    pub(crate) fn find(&self, filter: Filter, blocks: usize) -> Option<&Run> {
         self.runs
             .iter()
             .find(|r| r.filter == filter && r.blocks == blocks)
@@ -286,7 +286,7 @@ struct Baseline {
     wire: Wire,
 }
 
-pub fn run(settings: &Settings) -> Result<Results> {
+pub(crate) fn run(settings: &Settings) -> Result<Results> {
     let iptables = Iptables::detect()?;
     let lab = Lab::new()?;
     let base = Baseline {

@@ -53,7 +53,7 @@ struct Link {
 }
 
 /// A sender and a receiver on one lab.
-pub struct Wire {
+pub(crate) struct Wire {
     pub sender: Sender,
     pub receiver: Receiver,
     link: Link,
@@ -61,7 +61,7 @@ pub struct Wire {
 
 impl Wire {
     /// Opens a packet socket on the sender's veth end and a UDP socket on the receiver's address.
-    pub fn new(lab: &Lab) -> Result<Self> {
+    pub(crate) fn new(lab: &Lab) -> Result<Self> {
         let receiver = Receiver::open(&lab.receiver, RECEIVER_V4.parse()?)?;
         let link = Link {
             src_mac: mac(&lab.sender, SENDER_IF)?,
@@ -77,7 +77,7 @@ impl Wire {
     }
 
     /// A UDP datagram from `src` to the receiver's socket, as an Ethernet frame.
-    pub fn frame(&self, src: Ipv4Addr) -> Vec<u8> {
+    pub(crate) fn frame(&self, src: Ipv4Addr) -> Vec<u8> {
         let l = &self.link;
         let mut f = Vec::with_capacity(HEADERS + PAYLOAD);
         f.extend_from_slice(&l.dst_mac);
@@ -107,7 +107,7 @@ impl Wire {
 }
 
 /// Writes the send time into a frame made by [`Wire::frame`].
-pub fn stamp(frame: &mut [u8], boot_ns: u64) {
+pub(crate) fn stamp(frame: &mut [u8], boot_ns: u64) {
     frame[HEADERS + 8..].copy_from_slice(&boot_ns.to_ne_bytes());
 }
 
@@ -138,7 +138,7 @@ fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
 }
 
 /// A packet socket bound to one interface.
-pub struct Sender {
+pub(crate) struct Sender {
     fd: OwnedFd,
 }
 
@@ -179,7 +179,7 @@ impl Sender {
     }
 
     /// Sends the frames with one `sendmmsg`; returns how many the kernel took.
-    pub fn send(&self, frames: &[&[u8]]) -> io::Result<usize> {
+    pub(crate) fn send(&self, frames: &[&[u8]]) -> io::Result<usize> {
         let mut iov: Vec<libc::iovec> = frames
             .iter()
             .map(|f| libc::iovec {
@@ -212,7 +212,7 @@ impl Sender {
     }
 
     /// Sends `frame` as fast as possible for `duration`; returns how many frames the kernel took.
-    pub fn blast(&self, frame: &[u8], duration: Duration) -> Result<u64> {
+    pub(crate) fn blast(&self, frame: &[u8], duration: Duration) -> Result<u64> {
         let mut iov = [libc::iovec {
             iov_base: frame.as_ptr().cast_mut().cast(),
             iov_len: frame.len(),
@@ -242,14 +242,14 @@ impl Sender {
 }
 
 /// A UDP socket on the receiver's address.
-pub struct Receiver {
+pub(crate) struct Receiver {
     sock: UdpSocket,
     port: u16,
 }
 
 /// How the reading thread waits for datagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
+pub(crate) enum Wait {
     /// Poll without sleeping (floods: the reader has a CPU of its own).
     Spin,
     /// Sleep until something arrives (probes: the CPU is shared with the daemon).
@@ -258,7 +258,7 @@ pub enum Wait {
 
 /// One datagram as the receiver saw it.
 #[derive(Clone, Copy, Debug)]
-pub struct Arrival {
+pub(crate) struct Arrival {
     /// The source address's last octet (every source is in 192.0.2.0/24).
     pub source: u8,
     /// The `CLOCK_BOOTTIME` time the sender stamped.
@@ -278,7 +278,7 @@ impl Receiver {
 
     /// How many datagrams the socket has dropped since it was opened because its buffer was
     /// full (`SK_MEMINFO_DROPS`): loss that is the reader's, not a filter's.
-    pub fn overflows(&self) -> Result<u64> {
+    pub(crate) fn overflows(&self) -> Result<u64> {
         let mut info = [0u32; 16];
         let mut len = size_of_val(&info) as libc::socklen_t;
         // SAFETY: the buffer and its length are valid; the kernel writes at most `len` bytes.
@@ -304,7 +304,12 @@ impl Receiver {
     ///
     /// [`Wait::Spin`] never sleeps: a sleeping reader must be woken for each datagram, and that
     /// wake-up is paid on the *sending* CPU, by the receive path being measured, unevenly.
-    pub fn run(&self, stop: &AtomicBool, wait: Wait, mut on: impl FnMut(Arrival)) -> Result<()> {
+    pub(crate) fn run(
+        &self,
+        stop: &AtomicBool,
+        wait: Wait,
+        mut on: impl FnMut(Arrival),
+    ) -> Result<()> {
         let mut bufs = [[0u8; 64]; RECV_BATCH];
         // SAFETY: all-zero sockaddr_in is valid.
         let mut names: [libc::sockaddr_in; RECV_BATCH] = unsafe { zeroed() };
@@ -393,7 +398,7 @@ fn set_int(
 
 /// Pins the calling thread to one CPU, so the sender and the receiver do not trade places
 /// between measurements.
-pub fn pin_to_cpu(cpu: usize) {
+pub(crate) fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it; 0 means this thread.
     unsafe {
         let mut set: libc::cpu_set_t = zeroed();
@@ -403,13 +408,13 @@ pub fn pin_to_cpu(cpu: usize) {
 }
 
 /// `CLOCK_BOOTTIME` now, re-exported for the sections that stamp and compare.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     boottime_ns()
 }
 
 /// Adds 192.0.2.`octets` to the sender's veth, so that probes come from addresses the lab
 /// owns. The namespace goes away with the lab, and the addresses with it.
-pub fn add_sources(lab: &Lab, octets: std::ops::Range<u8>) -> Result<Vec<Ipv4Addr>> {
+pub(crate) fn add_sources(lab: &Lab, octets: std::ops::Range<u8>) -> Result<Vec<Ipv4Addr>> {
     use std::io::Write as _;
     let addrs: Vec<Ipv4Addr> = octets.map(|o| Ipv4Addr::new(192, 0, 2, o)).collect();
     let mut batch = String::new();
@@ -435,7 +440,7 @@ pub fn add_sources(lab: &Lab, octets: std::ops::Range<u8>) -> Result<Vec<Ipv4Add
 
 /// Periodic probes: every interval, one stamped datagram from each active source, in one
 /// `sendmmsg`. Run [`Probes::run`] on a thread of its own and steer it from another.
-pub struct Probes {
+pub(crate) struct Probes {
     active: [AtomicBool; 256],
     stop: AtomicBool,
     /// Probes sent so far.
@@ -443,7 +448,7 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             active: std::array::from_fn(|_| AtomicBool::new(false)),
             stop: AtomicBool::new(false),
@@ -452,18 +457,18 @@ impl Probes {
     }
 
     /// Starts or stops probing from 192.0.2.`octet`.
-    pub fn set(&self, octet: u8, on: bool) {
+    pub(crate) fn set(&self, octet: u8, on: bool) {
         self.active[usize::from(octet)].store(on, Ordering::Relaxed);
     }
 
     /// Ends [`Probes::run`].
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Sends until [`Probes::stop`]. The interval is a target: a late tick sends at once and
     /// does not try to catch up.
-    pub fn run(&self, wire: &Wire, interval: Duration) -> Result<()> {
+    pub(crate) fn run(&self, wire: &Wire, interval: Duration) -> Result<()> {
         let mut frames: Vec<Vec<u8>> = (0..=255u8)
             .map(|o| wire.frame(Ipv4Addr::new(192, 0, 2, o)))
             .collect();

@@ -12,7 +12,7 @@ use crate::{
     stats::Summary,
 };
 
-pub fn markdown(w: &mut String, c: &Results) {
+pub(super) fn markdown(w: &mut String, c: &Results) {
     let _ = writeln!(w, "## 3. Control plane\n");
     let floor = c.triggers.iter().find(|t| t.trigger == Trigger::SpawnFloor);
     let floor_ms = floor.map_or(f64::NAN, TriggerRun::ms_each);
@@ -235,7 +235,7 @@ fn colour(t: Trigger) -> &'static str {
     }
 }
 
-pub fn svg(c: &Results) -> String {
+pub(super) fn svg(c: &Results) -> String {
     let mut bars = Vec::new();
     for t in &c.triggers {
         for (which, v) in [

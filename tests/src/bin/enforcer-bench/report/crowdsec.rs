@@ -9,7 +9,7 @@ use super::{
 };
 use crate::crowdsec::Results;
 
-pub fn markdown(w: &mut String, c: &Results) {
+pub(super) fn markdown(w: &mut String, c: &Results) {
     let f = &c.fleet;
     let _ = writeln!(w, "## 6. CrowdSec: fleet latency and startup sync\n");
     let _ = writeln!(
@@ -92,7 +92,7 @@ pub fn markdown(w: &mut String, c: &Results) {
     let _ = writeln!(w, "\n![CrowdSec](crowdsec.svg)\n");
 }
 
-pub fn svg(c: &Results) -> String {
+pub(super) fn svg(c: &Results) -> String {
     let f = &c.fleet;
     let mut bars = Vec::new();
     for (p, v) in [("p50", f.both_ms.p50), ("p99", f.both_ms.p99)] {

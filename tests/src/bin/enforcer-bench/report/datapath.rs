@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::{count, ns, thousands};
 use crate::datapath::{self, Case, Fill, Packet};
 
-pub fn markdown(w: &mut String, d: &datapath::Results) {
+pub(super) fn markdown(w: &mut String, d: &datapath::Results) {
     let s = &d.settings;
     let _ = writeln!(w, "## 1. Data path cost per packet (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
@@ -183,7 +183,7 @@ fn packet(p: Packet) -> &'static str {
 ///
 /// The axis ends a little past the 90th percentile, so that one pathological case does not
 /// squash the rest; bars beyond it are cut at the edge and marked with `»`.
-pub fn svg(d: &datapath::Results) -> String {
+pub(super) fn svg(d: &datapath::Results) -> String {
     const ROW: f64 = 18.0;
     const LABEL: f64 = 330.0;
     const PLOT: f64 = 520.0;
@@ -328,7 +328,7 @@ fn multi_cpu_markdown(w: &mut String, d: &datapath::Results) {
 }
 
 /// The multi-CPU cases as bars: × one CPU per packet and number of CPUs.
-pub fn multi_cpu_svg(d: &datapath::Results) -> String {
+pub(super) fn multi_cpu_svg(d: &datapath::Results) -> String {
     let colour = |p: Packet| match p {
         Packet::Miss => "#4c78a8",
         Packet::HitAddress => "#e45756",

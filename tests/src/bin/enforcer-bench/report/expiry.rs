@@ -8,7 +8,7 @@ use super::{
 };
 use crate::expiry::{Results, Variant};
 
-pub fn markdown(w: &mut String, e: &Results) {
+pub(super) fn markdown(w: &mut String, e: &Results) {
     let _ = writeln!(w, "## 4. Expiry precision\n");
     let _ = writeln!(
         w,
@@ -66,7 +66,7 @@ pub fn markdown(w: &mut String, e: &Results) {
     let _ = writeln!(w, "\n![lateness of expiry](expiry.svg)\n");
 }
 
-pub fn svg(e: &Results) -> String {
+pub(super) fn svg(e: &Results) -> String {
     let mut bars = Vec::new();
     for (name, v, colour) in [
         ("enforcer", &e.enforcer, "#4c78a8"),

@@ -12,7 +12,7 @@ use crate::{
     memory::{MapMemory, Results},
 };
 
-pub fn markdown(w: &mut String, m: &Results) {
+pub(super) fn markdown(w: &mut String, m: &Results) {
     let _ = writeln!(w, "## 5. Memory\n");
     let _ = writeln!(
         w,
@@ -106,7 +106,7 @@ fn what(r: &MapMemory) -> &'static str {
     }
 }
 
-pub fn svg(m: &Results) -> String {
+pub(super) fn svg(m: &Results) -> String {
     let mut bars = Vec::new();
     for r in m.maps.iter().chain(&m.ipset) {
         let ipset = r.map.starts_with("ipset");

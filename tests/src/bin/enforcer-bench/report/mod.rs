@@ -19,11 +19,11 @@ use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-pub use targets::Target;
+pub(crate) use targets::Target;
 
 /// Where the numbers were taken.
 #[derive(Debug, Serialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// `uname -r`.
     pub kernel: String,
     pub cpu_model: String,
@@ -38,7 +38,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn detect(repo: &Path) -> Self {
+    pub(crate) fn detect(repo: &Path) -> Self {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -84,7 +84,7 @@ fn output(cmd: &mut Command) -> Option<String> {
 
 /// Everything one run produced. Sections left out with `--only` are `None`.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub machine: Machine,
     pub quick: bool,
     pub elapsed_seconds: f64,
@@ -102,13 +102,13 @@ pub struct Report {
 
 impl Report {
     /// Judges the targets against whatever sections ran.
-    pub fn judge(&mut self) {
+    pub(crate) fn judge(&mut self) {
         self.targets = targets::judge(self);
     }
 }
 
 /// Writes results.json, results.md and the charts into `dir`; returns the Markdown.
-pub fn write(dir: &Path, report: &Report) -> Result<String> {
+pub(crate) fn write(dir: &Path, report: &Report) -> Result<String> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let markdown = markdown(report);
     let mut files = vec![

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 /// One row.
-pub struct Bar {
+pub(super) struct Bar {
     pub label: String,
     pub value: f64,
     pub colour: &'static str,
@@ -13,7 +13,7 @@ pub struct Bar {
     pub text: String,
 }
 
-pub struct Chart<'a> {
+pub(super) struct Chart<'a> {
     pub title: &'a str,
     /// What the axis measures.
     pub axis: &'a str,
@@ -32,7 +32,7 @@ const TOP: f64 = 66.0;
 /// Roughly the width of one character at font-size 11.
 const CHAR: f64 = 6.3;
 
-pub fn render(c: &Chart<'_>) -> String {
+pub(super) fn render(c: &Chart<'_>) -> String {
     let widest = |texts: &mut dyn Iterator<Item = &String>| {
         texts.map(|t| t.chars().count()).max().unwrap_or(0) as f64 * CHAR
     };
@@ -146,7 +146,7 @@ pub fn render(c: &Chart<'_>) -> String {
 
 /// 1, 2, 2.5 or 5 times a power of ten, at least `raw`.
 /// The start of an SVG document: the root element, a white background and a bold title.
-pub fn open(width: f64, height: f64, title: &str) -> String {
+pub(super) fn open(width: f64, height: f64, title: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

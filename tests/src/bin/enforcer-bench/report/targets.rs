@@ -15,7 +15,7 @@ use crate::{
 const DATAPATH_AT: usize = 1_000_000;
 
 #[derive(Debug, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     pub goal: String,
     /// The figure, with what it was measured on.
     pub measured: String,
@@ -24,7 +24,7 @@ pub struct Target {
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Met,
     /// Missed; by how much, in words.
     Missed(String),
@@ -69,7 +69,7 @@ fn case_name(c: &Case) -> String {
     )
 }
 
-pub fn judge(r: &Report) -> Vec<Target> {
+pub(super) fn judge(r: &Report) -> Vec<Target> {
     let mut out = Vec::new();
     let missing = |what: &str| Verdict::NotMeasured(format!("the {what} section did not run"));
 
@@ -477,7 +477,7 @@ fn case_name_packet(p: Packet) -> &'static str {
     }
 }
 
-pub fn markdown(w: &mut String, targets: &[Target]) {
+pub(super) fn markdown(w: &mut String, targets: &[Target]) {
     let _ = writeln!(w, "## Targets\n");
     let _ = writeln!(w, "| target | measured | verdict |");
     let _ = writeln!(w, "|---|---|---|");

@@ -12,7 +12,7 @@ use crate::{
     traffic::{Filter, Results},
 };
 
-pub fn markdown(w: &mut String, t: &Results) {
+pub(super) fn markdown(w: &mut String, t: &Results) {
     let s = &t.settings;
     let _ = writeln!(w, "## 2. Real traffic over a veth pair\n");
     let _ = writeln!(
@@ -111,7 +111,7 @@ fn colour(f: Filter) -> &'static str {
     }
 }
 
-pub fn svg(t: &Results) -> String {
+pub(super) fn svg(t: &Results) -> String {
     let bars = t
         .runs
         .iter()
