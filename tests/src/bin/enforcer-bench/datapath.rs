@@ -306,16 +306,18 @@ fn raw_ip(settings: &Settings) -> Result<Vec<Case>> {
     measure(&mut loaded, &probes, settings)
 }
 
-/// This build's Ethernet program and `object`'s (an earlier build, same map layout) on the same
-/// pinned maps: misses and address hits, each pair back to back in every round.
+/// This build's Ethernet program and `object`'s (an earlier build of layout 5, the last with
+/// LPM tries) on the same fixtures, each on maps of its own layout: misses, address and prefix
+/// hits and misses that the prefilter sends to the prefix lookup, each pair back to back in
+/// every round.
 fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>> {
     let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
     let mut new = Loaded::new(true)?;
-    let maps_dir = new.dp.layout().maps_dir();
+    let old_pins = PinDir::new()?;
     let mut old = aya::EbpfLoader::new()
-        .default_map_pin_directory(&maps_dir)
+        .default_map_pin_directory(old_pins.path())
         .load(&bytes)
-        .with_context(|| format!("loading {} on this build's maps", object.display()))?;
+        .with_context(|| format!("loading {} on maps of its own", object.display()))?;
     let old_program: &mut Xdp = old
         .program_mut(enforcer_common::PROGRAM_NAME)
         .context("the earlier object has no enforcer_xdp")?
@@ -325,7 +327,15 @@ fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>>
     for family in [Family::Ipv4, Family::Ipv6] {
         let fixtures = Fixtures::of(family);
         fixtures.install(&mut new.dp)?;
-        for packet in [Packet::Miss, Packet::HitAddress] {
+        for block in &fixtures.blocks {
+            crate::layout5::insert(&mut old, block)?;
+        }
+        for packet in [
+            Packet::Miss,
+            Packet::HitAddress,
+            Packet::HitPrefix,
+            Packet::TrieMiss,
+        ] {
             let id = CaseId {
                 family,
                 fill: Fill::None,

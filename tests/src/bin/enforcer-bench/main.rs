@@ -20,6 +20,7 @@ mod datapath;
 mod expiry;
 mod firewall;
 mod hook;
+mod layout5;
 mod memory;
 mod multicpu;
 mod reads;
