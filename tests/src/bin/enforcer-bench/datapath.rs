@@ -314,6 +314,8 @@ fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>>
     let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
     let mut new = Loaded::new(true)?;
     let old_pins = PinDir::new()?;
+    std::fs::create_dir_all(old_pins.path())
+        .with_context(|| format!("creating {}", old_pins.path().display()))?;
     let mut old = aya::EbpfLoader::new()
         .default_map_pin_directory(old_pins.path())
         .load(&bytes)
