@@ -19,7 +19,7 @@ const V6_BITS: u32 = 20;
 const V6_SHORT_WORD: u32 = V6_FIRST + (1 << (V6_BITS - 6));
 
 /// Writes an enforced block (no expiry) into a layout-5 object's maps, prefilter bits first.
-pub fn insert(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
+pub(crate) fn insert(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
     let entry = BlockEntry {
         mode: MODE_ENFORCE as u8,
         prefix_len: target.prefix_len(),
