@@ -74,6 +74,21 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether the daemon under test has the debug-build test hooks (`ENFORCER_TEST_*`: engine and
+/// commit stalls, failed commits, a young boot): the labs run `target/<profile>/enforcer` of
+/// their own profile, and a release build (`cargo xtask test --release`) has none. A test that
+/// needs them prints one line saying so and returns.
+#[must_use]
+pub fn test_hooks_or_skip(test: &str) -> bool {
+    if cfg!(debug_assertions) {
+        return true;
+    }
+    println!(
+        "skipped {test}: it needs the daemon's debug-build test hooks, which a release build does not have"
+    );
+    false
+}
+
 /// Whether this process may do what the kernel tests need (root: BPF, netns, XDP).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -29,6 +29,11 @@ pub(crate) struct Args {
     /// both with -D warnings).
     #[arg(long)]
     no_lint: bool,
+    /// Build and test the release profile: the labs then run `target/release/enforcer`, the
+    /// binary that ships. Tests that need the daemon's debug-build test hooks say so in one
+    /// line and are skipped.
+    #[arg(long)]
+    release: bool,
     /// How long one test may run before it is killed (with every process it started) and
     /// counted as failed. Tests known to be slower (the package build) get more.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
@@ -81,13 +86,17 @@ fn run_steps(args: &Args, summary: &mut Summary) -> Result<()> {
 
     // `--workspace` alone would include the eBPF crate, which only builds for the BPF
     // target; enforcer/build.rs builds it, and the lint below checks it.
-    let build = cmd::status(cmd::cargo().args([
-        "build",
-        "--workspace",
-        "--exclude",
-        "enforcer-ebpf",
-        "--all-targets",
-    ]))?;
+    let build = cmd::status(
+        cmd::cargo()
+            .args([
+                "build",
+                "--workspace",
+                "--exclude",
+                "enforcer-ebpf",
+                "--all-targets",
+            ])
+            .args(args.release.then_some("--release")),
+    )?;
     if build.success() {
         run_tests(args, summary)?;
     } else {
@@ -111,18 +120,27 @@ const SLOW_TESTS: &[(&str, Duration)] = &[("package::", Duration::from_secs(1800
 /// The workspace's tests as `cargo test` selects them (without the eBPF crate).
 const CARGO_TEST_ARGS: &[&str] = &["--workspace", "--exclude", "enforcer-ebpf"];
 
+/// `cargo test`'s arguments: the workspace without the eBPF crate, in the chosen profile.
+fn cargo_test_args(args: &Args) -> Vec<&'static str> {
+    let mut all = CARGO_TEST_ARGS.to_vec();
+    if args.release {
+        all.push("--release");
+    }
+    all
+}
+
 /// Runs every test in its own process with its time limit, then the doc tests, and checks
 /// that nothing a test created is left behind.
 fn run_tests(args: &Args, summary: &mut Summary) -> Result<()> {
     // Fixtures note what they create here (tests/src/lib.rs, `record_created`).
     let ledger = cmd::target_dir().join(format!("test-ledger-{}.txt", std::process::id()));
     let _ = std::fs::remove_file(&ledger);
-    match runner::build(CARGO_TEST_ARGS) {
+    match runner::build(&cargo_test_args(args)) {
         Ok(binaries) => run_each_test(&binaries, args, &ledger, summary)?,
         Err(err) => summary.problems.push(format!("{err:#}; tests not run")),
     }
     let mut doc = cmd::cargo();
-    doc.arg("test").args(CARGO_TEST_ARGS).arg("--doc");
+    doc.arg("test").args(cargo_test_args(args)).arg("--doc");
     if !args.test_args.is_empty() {
         doc.arg("--").args(&args.test_args);
     }

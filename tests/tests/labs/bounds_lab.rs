@@ -236,6 +236,11 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
 
 #[test]
 fn a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again() {
+    if !enforcer_tests::test_hooks_or_skip(
+        "bounds_lab::a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again",
+    ) {
+        return;
+    }
     require_root();
     let lab = Lab::new().unwrap();
     // Debug builds only: blocking this target panics the engine thread.
@@ -265,6 +270,11 @@ fn a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again()
 
 #[test]
 fn a_block_sent_while_the_daemon_stops_is_spooled_and_applied_at_the_next_start() {
+    if !enforcer_tests::test_hooks_or_skip(
+        "bounds_lab::a_block_sent_while_the_daemon_stops_is_spooled_and_applied_at_the_next_start",
+    ) {
+        return;
+    }
     require_root();
     let lab = Lab::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();

@@ -744,6 +744,9 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
 
 #[test]
 fn concurrent_requests_share_one_commit() {
+    if !enforcer_tests::test_hooks_or_skip("daemon_lab::concurrent_requests_share_one_commit") {
+        return;
+    }
     require_root();
     let lab = Lab::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();

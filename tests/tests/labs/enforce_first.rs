@@ -81,6 +81,11 @@ fn listed(d: &Daemon) -> bool {
 
 #[test]
 fn a_block_drops_before_its_fsync_and_a_crash_there_leaves_nothing_after_the_restart() {
+    if !enforcer_tests::test_hooks_or_skip(
+        "enforce_first::a_block_drops_before_its_fsync_and_a_crash_there_leaves_nothing_after_the_restart",
+    ) {
+        return;
+    }
     require_root();
     let lab = Lab::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -120,6 +125,11 @@ fn a_block_drops_before_its_fsync_and_a_crash_there_leaves_nothing_after_the_res
 
 #[test]
 fn a_failed_fsync_takes_the_kernel_entry_out_again_and_the_block_is_refused() {
+    if !enforcer_tests::test_hooks_or_skip(
+        "enforce_first::a_failed_fsync_takes_the_kernel_entry_out_again_and_the_block_is_refused",
+    ) {
+        return;
+    }
     require_root();
     let lab = Lab::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
