@@ -781,11 +781,18 @@ fn concurrent_requests_share_one_commit() {
         sequential, N as u64,
         "each sequential block is committed on its own"
     );
-    // Requests that arrive together: the engine is held (the debug-build stall hook; it
-    // stops at the top of its loop, after the round that answers this ping) until all N are
-    // in its queue, as `enforcer_control_requests_waiting` shows, then released.
+    // Requests that arrive together: the engine is held (the debug-build stall hook, which
+    // logs when it holds) until all N are in its queue, as `enforcer_control_requests_waiting`
+    // shows, then released.
+    const HELD: &str = "held by the test stall hook";
+    let held_before = d.log().matches(HELD).count();
     std::fs::write(&stall, b"").unwrap();
-    ok(&d.cli(&["status"]));
+    // The engine holds at the top of its loop within a second (its clock check); reads are
+    // answered off its thread, so a read cannot park it.
+    wait_for("the engine to hold", Duration::from_secs(20), || {
+        Ok((d.log().matches(HELD).count() > held_before).then_some(()))
+    })
+    .unwrap();
     let before = d.store_commits();
     std::thread::scope(|s| {
         for i in 1..=N {
