@@ -10,7 +10,10 @@
 //! leaves no item and removes every target it touched.
 #![no_main]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use enforcer::{
     block::Source,
@@ -19,11 +22,12 @@ use enforcer::{
         ledger::Ledger,
     },
     target::Target,
+    time::BootMs,
 };
 use libfuzzer_sys::fuzz_target;
 
 /// The boot-clock time the ledger is told it is.
-const NOW: u64 = 1_000_000_000;
+const NOW: BootMs = BootMs::from_ms(1_000_000_000);
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = StreamBody::parse(data) else {
@@ -82,14 +86,14 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // Deleting every decision again: nothing stays.
-    let delta = ledger.delta(&source, Vec::new(), bans, NOW + 1);
+    let delta = ledger.delta(&source, Vec::new(), bans, NOW + Duration::from_millis(1));
     assert!(delta.items.is_empty(), "{:?}", delta.items);
     assert_eq!(
         delta.remove.iter().copied().collect::<BTreeSet<_>>(),
         touched,
         "every target the deletions name is removed"
     );
-    assert_eq!(ledger.active(NOW + 1), 0);
+    assert_eq!(ledger.active(NOW + Duration::from_millis(1)), 0);
     for deleted in &body.deleted {
         let _ = decision::map(deleted);
     }

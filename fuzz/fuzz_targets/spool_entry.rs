@@ -13,6 +13,7 @@ use enforcer::{
     daemon::spool_drain::{DefaultTtls, adjust},
     protocol::Request,
     spool::{EntryError, Spooled, parse_entry},
+    time::WallMs,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -30,7 +31,7 @@ fn targets(request: &Request) -> Vec<(String, Option<u64>)> {
     }
 }
 
-fn check_adjust(entry: &Spooled, now: u64) {
+fn check_adjust(entry: &Spooled, now: WallMs) {
     let defaults = DefaultTtls {
         global: Duration::from_secs(3600),
         ..DefaultTtls::default()
@@ -92,10 +93,12 @@ fuzz_target!(|data: &[u8]| {
     );
     // The drain's clock against the spooling time: before it, at it, after it, far after it.
     for now in [
-        0,
+        WallMs::EPOCH,
         entry.spooled_ms,
-        entry.spooled_ms.saturating_add(1_500),
-        u64::MAX,
+        entry
+            .spooled_ms
+            .saturating_add(Duration::from_millis(1_500)),
+        WallMs::MAX,
     ] {
         check_adjust(&entry, now);
     }
