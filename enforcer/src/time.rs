@@ -556,11 +556,16 @@ mod tests {
 
     #[test]
     fn a_boot_instant_reads_as_the_wall_time_it_is() {
+        // Each try reads both clocks several times; a preemption between two reads (a loaded
+        // machine) adds its length to that try's skew, so the best of a few tries is judged.
         let minute = Duration::from_secs(60);
-        let later = BootNs::now() + minute;
-        let expected = WallMs::now() + minute;
-        let skew = later.to_wall().signed_ms_since(expected).unsigned_abs();
-        assert!(skew < 5, "round trip skew {skew} ms");
+        let skew = |_| {
+            let later = BootNs::now() + minute;
+            let expected = WallMs::now() + minute;
+            later.to_wall().signed_ms_since(expected).unsigned_abs()
+        };
+        let best = (0..20).map(skew).min().expect("twenty tries");
+        assert!(best < 5, "round trip skew {best} ms in the best of 20 tries");
     }
 
     #[test]
