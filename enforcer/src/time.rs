@@ -565,7 +565,10 @@ mod tests {
             later.to_wall().signed_ms_since(expected).unsigned_abs()
         };
         let best = (0..20).map(skew).min().expect("twenty tries");
-        assert!(best < 5, "round trip skew {best} ms in the best of 20 tries");
+        assert!(
+            best < 5,
+            "round trip skew {best} ms in the best of 20 tries"
+        );
     }
 
     #[test]

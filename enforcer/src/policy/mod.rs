@@ -380,6 +380,9 @@ enum BreakerCheck {
 /// The window a source's rate of new blocks is counted over.
 const BREAKER_WINDOW: Duration = Duration::from_secs(60);
 
+/// How many sources may keep breaker state before the quiet ones are forgotten.
+const QUIET_BREAKERS_KEPT: usize = 1024;
+
 /// A source's circuit breaker.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Breaker {
@@ -685,17 +688,20 @@ impl Policy {
             .map(|b| format!("{} is broader than /{b} (policy.approval)", ask.target))
     }
 
-    /// Open breakers. Forgets the breakers of sources quiet for a minute (closed, no new block
-    /// in the rate's window): the map holds only the sources that made a new block in the last
-    /// minute or whose breaker is open, however many sources came and went. The engine calls
-    /// this after every round.
+    /// Open breakers. Once more than [`QUIET_BREAKERS_KEPT`] sources have breaker state, forgets
+    /// those quiet for a minute (closed, no new block in the rate's window), so the map stays
+    /// bounded however many sources come and go. Below that bound nothing is forgotten: a
+    /// spooled trigger is judged at its own, earlier time, and a source's blocks of that time
+    /// must still count against it. The engine calls this after every round.
     pub fn open_breakers(&mut self, now: WallMs) -> Vec<BreakerState> {
-        self.breakers.retain(|_, b| {
-            b.open_until.is_some_and(|u| u > now)
-                || b.recent
-                    .back()
-                    .is_some_and(|t| t.saturating_add(BREAKER_WINDOW) > now)
-        });
+        if self.breakers.len() > QUIET_BREAKERS_KEPT {
+            self.breakers.retain(|_, b| {
+                b.open_until.is_some_and(|u| u > now)
+                    || b.recent
+                        .back()
+                        .is_some_and(|t| t.saturating_add(BREAKER_WINDOW) > now)
+            });
+        }
         let mut out = Vec::new();
         for (s, b) in &mut self.breakers {
             if b.open_until.is_some_and(|u| u <= now) {
@@ -915,9 +921,9 @@ mod tests {
         assert_eq!(ttl(p.decide(&perm, &none, 0).0), None);
     }
 
-    /// A breaker is state kept per source: a source quiet for a minute with its breaker closed
-    /// is forgotten, so the map holds only the sources that made a new block in the last minute
-    /// or whose breaker is open, however many sources came and went.
+    /// A breaker is state kept per source: past QUIET_BREAKERS_KEPT sources, one quiet for a
+    /// minute with its breaker closed is forgotten, so the map holds only the sources that made
+    /// a new block in the last minute or whose breaker is open, however many came and went.
     #[test]
     fn breakers_of_sources_quiet_for_a_minute_are_forgotten() {
         let cfg = PolicyConfig {
@@ -927,7 +933,7 @@ mod tests {
         };
         let mut p = Policy::new(cfg, Duration::from_secs(600));
         let none = Allowlist::default();
-        for i in 0..1000 {
+        for i in 0..2000 {
             let s: Source = format!("feed{i}").parse().unwrap();
             p.decide(&at(ask("192.0.2.1", &s), wall(1000)), &none, 0);
         }
@@ -939,7 +945,7 @@ mod tests {
                 0,
             );
         }
-        assert_eq!(p.breaker_count(), 1001);
+        assert_eq!(p.breaker_count(), 2001);
         assert_eq!(
             p.open_breakers(wall(61_001)).len(),
             1,
@@ -951,7 +957,11 @@ mod tests {
             "only the open breaker is kept; the quiet sources are forgotten"
         );
         assert!(p.open_breakers(wall(30_000 + 60_001)).is_empty());
-        assert_eq!(p.breaker_count(), 0);
+        assert_eq!(
+            p.breaker_count(),
+            1,
+            "below the bound a quiet source is kept (a spooled trigger may still be judged then)"
+        );
     }
 
     #[test]
