@@ -15,20 +15,10 @@ use enforcer::{
     protocol::{BatchItem, BatchRequest, Reply, Request},
 };
 use enforcer_tests::{
-    Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
+    ChildGuard, Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
     daemon::{Daemon, enforcer_bin, ok},
     require_root, wait_for,
 };
-
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// GET `path` from `port` on the namespace's loopback: (status code, body).
 fn http_get(lab: &Lab, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
@@ -228,7 +218,7 @@ fn url_encode(s: &str) -> String {
 
 /// Starts Prometheus in the lab's receiver namespace, scraping the daemon every second; returns
 /// it, its directory and its port.
-fn start_prometheus(lab: &Lab, target_port: u16) -> (Guard, tempfile::TempDir, u16) {
+fn start_prometheus(lab: &Lab, target_port: u16) -> (ChildGuard, tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -254,7 +244,7 @@ fn start_prometheus(lab: &Lab, target_port: u16) -> (Guard, tempfile::TempDir, u
         .stderr(log)
         .spawn()
         .unwrap();
-    (Guard(child), dir, port)
+    (ChildGuard(child), dir, port)
 }
 
 /// No label value in the exposition is an IP address or prefix (they are unbounded).
@@ -380,7 +370,7 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     std::fs::write(&stall, b"").unwrap();
     let socket = tmp.path().join("enforcer.sock");
     let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = Guard(
+    let mut daemon = ChildGuard(
         Command::new(enforcer_bin())
             .arg("--socket")
             .arg(&socket)
@@ -544,7 +534,7 @@ fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
     // nsenter joins only the network namespace (the host's /sys/fs/bpf stays); setpriv then
     // drops every capability outside the unit's bounding set before the daemon starts.
     let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = Guard(
+    let mut daemon = ChildGuard(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", lab.receiver.name()))
             .args([

@@ -13,20 +13,10 @@ use std::{
 };
 
 use enforcer_tests::{
-    Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
+    ChildGuard, Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
     daemon::{cli, enforcer_bin, ok},
     require_root, wait_for,
 };
-
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn unit() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/enforcer.service"))
@@ -170,7 +160,7 @@ fn the_daemon_runs_and_blocks_under_the_units_sandbox_with_exactly_its_capabilit
     let script = sandbox_script(tmp.path(), lab.receiver.name(), &[&state, &run], &caps);
     let socket = run.join("enforcer.sock");
     let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = Guard(
+    let mut daemon = ChildGuard(
         Command::new(&script)
             .arg("--socket")
             .arg(&socket)
