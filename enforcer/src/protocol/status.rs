@@ -1,0 +1,350 @@
+//! What `stats` and `status` report: counters, interfaces, maps, pins, clock steps and the
+//! integrations.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::PinsInfo;
+use crate::{
+    block::{Mode, Source},
+    datapath::AttachedMode,
+    time::WallMs,
+};
+
+/// Packet and byte counts.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Count {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Counters of one scope (an interface, or all).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Every frame seen.
+    pub seen: Count,
+    /// Passed to the stack.
+    pub passed: Count,
+    /// Dropped by an enforced block.
+    pub dropped: Count,
+    /// Matched a block but allowlisted.
+    pub allowlisted: Count,
+    /// Matched a shadow block (passed).
+    pub shadow: Count,
+    /// Matched only expired entries.
+    pub expired: Count,
+    /// Not judged: the parser gave up (see `unjudged` for why).
+    pub not_ip: Count,
+    /// The frames the parser gave up on, by reason (they passed).
+    #[serde(default)]
+    pub unjudged: UnjudgedCounts,
+}
+
+/// Frames the data path did not judge, by why (see `enforcer_common::unjudged`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnjudgedCounts {
+    /// Neither IPv4 nor IPv6 (ARP, LLDP...; on a raw-IP link, a first nibble not 4 or 6).
+    pub not_ip: Count,
+    /// More than two VLAN tags.
+    pub vlan_depth: Count,
+    /// Shorter than its headers.
+    pub truncated: Count,
+    /// Headers past the first buffer of a multi-buffer frame.
+    pub split_headers: Count,
+}
+
+impl UnjudgedCounts {
+    /// `(name, count)` in the order and with the names `stats` and the metrics use.
+    pub fn by_reason(&self) -> [(&'static str, Count); 4] {
+        let n = enforcer_common::unjudged::NAMES;
+        [
+            (n[0], self.not_ip),
+            (n[1], self.vlan_depth),
+            (n[2], self.truncated),
+            (n[3], self.split_headers),
+        ]
+    }
+}
+
+impl From<enforcer_common::Unjudged> for UnjudgedCounts {
+    fn from(u: enforcer_common::Unjudged) -> Self {
+        use enforcer_common::unjudged::{NOT_IP, SPLIT_HEADERS, TRUNCATED, VLAN_DEPTH};
+        let c = |i: u32| {
+            let c = u.reasons[i as usize];
+            Count {
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        };
+        Self {
+            not_ip: c(NOT_IP),
+            vlan_depth: c(VLAN_DEPTH),
+            truncated: c(TRUNCATED),
+            split_headers: c(SPLIT_HEADERS),
+        }
+    }
+}
+
+impl Counters {
+    /// With the reasons of the frames that were not judged.
+    pub fn with_unjudged(self, u: enforcer_common::Unjudged) -> Self {
+        Self {
+            unjudged: u.into(),
+            ..self
+        }
+    }
+}
+
+impl From<enforcer_common::Stats> for Counters {
+    fn from(s: enforcer_common::Stats) -> Self {
+        let c = |c: enforcer_common::Counter| Count {
+            packets: c.packets,
+            bytes: c.bytes,
+        };
+        Self {
+            seen: c(s.seen),
+            passed: c(s.passed),
+            dropped: c(s.dropped),
+            allowlisted: c(s.allowlisted),
+            shadow: c(s.shadow),
+            expired: c(s.expired),
+            not_ip: c(s.not_ip),
+            unjudged: UnjudgedCounts::default(),
+        }
+    }
+}
+
+/// Answer to stats.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Over every interface.
+    pub total: Counters,
+    /// Per protected interface.
+    pub interfaces: Vec<InterfaceCounters>,
+    /// Blocks per source.
+    pub blocks_by_source: Vec<(Source, usize)>,
+    /// Dropped packets and bytes by the origin of the block that held each target.
+    #[serde(default)]
+    pub dropped_by_origin: Vec<OriginDrops>,
+}
+
+/// Drops of the blocks of one origin: a local source (`wazuh`, `fail2ban`, `cli`, ...) or, for
+/// CrowdSec's blocks, the decision's origin (`crowdsec`, `cscli`, `CAPI`, `lists:NAME`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginDrops {
+    /// The origin.
+    pub origin: String,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Counters of one interface.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceCounters {
+    /// Interface name.
+    pub iface: String,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// A configured interface in status, as the kernel shows it when status is asked (never a
+/// cached value).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    /// Name (or, for a pattern that matches no interface, the pattern).
+    pub iface: String,
+    /// `protected`: our program runs there now; `waiting`: named (or a pattern) but never seen
+    /// since the start; `gone`: was there, is not now; `unprotected`: there, but our program
+    /// does not run on it (re-attaching, or the attach failed: see `error`).
+    pub state: InterfaceState,
+    /// Its index now, when it exists.
+    pub ifindex: Option<u32>,
+    /// The XDP mode the kernel reports now, when a program is attached.
+    pub mode: Option<AttachedMode>,
+    /// Why the kernel refused native mode when `auto` attached it in skb mode: its words and
+    /// what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_refused: Option<String>,
+    /// The id of the XDP program the kernel runs there now (ours when protected).
+    pub prog_id: Option<u32>,
+    /// The link's type (`ARPHRD_*`), when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_type: Option<crate::datapath::LinkType>,
+    /// The parse its type needs (none: a type the data path cannot read, never protected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse: Option<crate::datapath::Parse>,
+    /// The pattern that selected it, when not named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Why the last attach failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The state of a configured interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceState {
+    /// Our program runs on it.
+    Protected,
+    /// Not seen since the daemon started.
+    Waiting,
+    /// Was there, is not now.
+    Gone,
+    /// There, without our program.
+    Unprotected,
+}
+
+impl fmt::Display for InterfaceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Protected => "protected",
+            Self::Waiting => "waiting",
+            Self::Gone => "gone",
+            Self::Unprotected => "unprotected",
+        })
+    }
+}
+
+/// Use of one map.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapUse {
+    /// Map name.
+    pub map: String,
+    /// Entries in use.
+    pub used: u64,
+    /// Capacity.
+    pub capacity: u32,
+}
+
+/// Answer to status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Daemon version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Every configured interface (and each pattern that matches none), read from the kernel.
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Map use.
+    pub maps: Vec<MapUse>,
+    /// Blocked targets.
+    pub targets: usize,
+    /// Source blocks (a target blocked by two sources counts twice).
+    pub source_blocks: usize,
+    /// The store file.
+    pub store_path: String,
+    /// The bpffs directory (as configured; the host's path).
+    pub bpffs_dir: String,
+    /// Where the pins are and whether they outlive the daemon (a daemon in a private mount
+    /// namespace pins into the host's bpffs).
+    pub pins: PinsInfo,
+    /// The audit log.
+    pub audit_log: String,
+    /// Next expiry (Unix ms), if any.
+    pub next_expiry_ms: Option<WallMs>,
+    /// Global rollout mode.
+    pub policy_mode: Mode,
+    /// Open circuit breakers.
+    pub breakers: Vec<crate::policy::BreakerState>,
+    /// Blocks waiting for approval.
+    pub pending: usize,
+    /// Allowlist prefixes.
+    pub allowlist: usize,
+    /// The CrowdSec bouncer, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<CrowdsecStatus>,
+    /// Wall-clock steps followed since the daemon started.
+    #[serde(default)]
+    pub clock_steps: ClockSteps,
+}
+
+/// Wall-clock steps the daemon followed since it started (each moved every deadline with the
+/// clock, so blocks kept their remaining time), in status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockSteps {
+    /// Steps since start (one made while the daemon was down, found at its start, counts too).
+    pub count: u64,
+    /// The latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ClockStep>,
+}
+
+/// One wall-clock step the daemon followed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStep {
+    /// When the daemon saw it (Unix ms, on the stepped clock).
+    pub seen_ms: WallMs,
+    /// How far the wall clock stepped, in ms (negative: backwards).
+    pub by_ms: i64,
+    /// Block deadlines moved with it.
+    pub moved: usize,
+    /// Whether the daemon was running at the step (false: made while it was down, found at start).
+    pub while_running: bool,
+}
+
+/// The CrowdSec bouncer's state, in status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CrowdsecStatus {
+    /// The LAPI.
+    pub api_url: String,
+    /// Last successful pull (Unix ms).
+    pub last_pull_ms: Option<WallMs>,
+    /// Last successful full (startup) pull (Unix ms).
+    pub last_full_pull_ms: Option<WallMs>,
+    /// Successful pulls since start.
+    pub pulls: u64,
+    /// Targets with a live ban decision.
+    pub active: usize,
+    /// Decisions applied as blocks (created, extended or shortened) since start.
+    pub applied: u64,
+    /// Decisions the safety policy refused since start (see the audit log).
+    pub refused: u64,
+    /// Decisions waiting for approval since start.
+    pub pending: u64,
+    /// Decisions not enforced by design (not `ban`, another scope, simulated) since start.
+    pub ignored: u64,
+    /// Malformed decisions skipped since start.
+    pub invalid: u64,
+    /// Failed pulls since start.
+    #[serde(default)]
+    pub errors: u64,
+    /// The last error (pull or apply); it is current when newer than `last_pull_ms`.
+    pub last_error: Option<String>,
+    /// When it happened (Unix ms).
+    pub last_error_ms: Option<WallMs>,
+    /// Usage metrics: `on`, `off: ...` with the reason.
+    pub usage_metrics: String,
+    /// Decisions this host published itself, seen in pulls and not imported back.
+    #[serde(default)]
+    pub own: u64,
+    /// Publishing local blocks to the LAPI, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishStatus>,
+}
+
+/// The publisher's state (`[crowdsec.publish]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishStatus {
+    /// The machine it logs in as.
+    pub login: String,
+    /// The queue.
+    pub queue: crate::outbox::OutboxCounters,
+    /// Publications sent since start (bans pushed and withdrawn).
+    pub sent: u64,
+    /// Last successful send (Unix ms).
+    pub last_sent_ms: Option<WallMs>,
+    /// Failed sends since start.
+    pub errors: u64,
+    /// The last error; current while newer than `last_sent_ms`.
+    pub last_error: Option<String>,
+    /// When it happened (Unix ms).
+    pub last_error_ms: Option<WallMs>,
+}
