@@ -72,6 +72,18 @@ pub enum Refusal {
         /// `policy.approval.max_pending`.
         limit: usize,
     },
+    /// Approval is required, but this caller already has its share of the queue waiting.
+    #[error(
+        "approval is required, but {caller} already has {share} requests waiting for it (its share: policy.approval.caller_share = {percent}% of max_pending); approve or reject some (`enforcer pending`), or raise caller_share"
+    )]
+    PendingShareFull {
+        /// Who asked: `uid N (name)`, or `source `NAME`` for root and the daemon's own parts.
+        caller: String,
+        /// Requests one caller may have waiting.
+        share: usize,
+        /// `policy.approval.caller_share`.
+        percent: u8,
+    },
     /// A value in the request is invalid.
     #[error("{0}")]
     Invalid(String),
@@ -103,9 +115,10 @@ impl Refusal {
     /// The protocol's stable error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Policy { .. } | Self::NotRemovable { .. } | Self::PendingFull { .. } => {
-                ErrorCode::Refused
-            }
+            Self::Policy { .. }
+            | Self::NotRemovable { .. }
+            | Self::PendingFull { .. }
+            | Self::PendingShareFull { .. } => ErrorCode::Refused,
             Self::MapFull { .. } | Self::ShareFull { .. } | Self::Reserved { .. } => {
                 ErrorCode::MapFull
             }

@@ -96,10 +96,26 @@ pub struct Approval {
     /// ([`crate::daemon::refusal::Refusal::PendingFull`]) until some are approved, rejected or
     /// expire.
     pub max_pending: usize,
+    /// Percent of `max_pending` one caller may hold ([`Approval::caller_share`]), so that one
+    /// caller cannot take every slot.
+    pub caller_share: u8,
 }
 
 /// Default [`Approval::max_pending`].
 pub const DEFAULT_MAX_PENDING: usize = 1000;
+
+/// Default [`Approval::caller_share`] (percent).
+pub const DEFAULT_CALLER_SHARE: u8 = 25;
+
+impl Approval {
+    /// Most requests one caller may have waiting: `caller_share` percent of `max_pending`,
+    /// rounded up (at least one).
+    pub fn caller_share(&self) -> usize {
+        (self.max_pending * usize::from(self.caller_share))
+            .div_ceil(100)
+            .max(1)
+    }
+}
 
 impl Default for Approval {
     fn default() -> Self {
@@ -108,6 +124,7 @@ impl Default for Approval {
             broader_than_v6: None,
             pending_ttl: HumanDuration(Duration::from_secs(3600)),
             max_pending: DEFAULT_MAX_PENDING,
+            caller_share: DEFAULT_CALLER_SHARE,
         }
     }
 }
@@ -195,6 +212,12 @@ impl PolicyConfig {
         }
         if self.approval.max_pending == 0 {
             return Err(("max_pending".into(), "must be at least 1".into()));
+        }
+        if !(1..=100).contains(&self.approval.caller_share) {
+            return Err((
+                "caller_share".into(),
+                "must be a percent from 1 to 100".into(),
+            ));
         }
         self.validate_networks()?;
         for (name, s) in &self.sources {
@@ -797,6 +820,11 @@ impl Policy {
     /// Most requests waiting for approval at once.
     pub fn max_pending(&self) -> usize {
         self.config.approval.max_pending
+    }
+
+    /// Most requests one caller may have waiting for approval at once.
+    pub fn caller_share(&self) -> usize {
+        self.config.approval.caller_share()
     }
 }
 

@@ -206,7 +206,7 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
     let config = dir.path().join("enforcer.toml");
     std::fs::write(
         &config,
-        "[policy.approval]\nmax_pending = 2\n[policy.sources.review]\nrequire_approval = true\n",
+        "[policy.approval]\nmax_pending = 2\ncaller_share = 100\n[policy.sources.review]\nrequire_approval = true\n",
     )
     .unwrap();
     let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
@@ -232,6 +232,45 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
         d.block(&["203.0.113.3", "--source", "review"]).outcome,
         Outcome::Pending
     );
+}
+
+/// One caller cannot take every slot of the approval queue: a noisy integration fills its own
+/// share (`caller_share`, 25% of `max_pending` by default) and the others still queue. Run as
+/// root, each source is a caller of its own (the hooks all run as root).
+#[test]
+fn one_source_fills_only_its_share_of_the_approval_queue_and_the_others_still_queue() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(
+        &config,
+        "[policy.approval]\nmax_pending = 8\n[policy.sources.noisy]\nrequire_approval = true\n[policy.sources.review]\nrequire_approval = true\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
+    for i in 1..=2 {
+        let r = d.block(&[&format!("203.0.113.{i}"), "--source", "noisy"]);
+        assert_eq!(r.outcome, Outcome::Pending, "{r:?}");
+    }
+    d.fails_cleanly(
+        &["block", "203.0.113.3", "--source", "noisy"],
+        7,
+        "source `noisy` already has 2 requests waiting",
+    );
+    assert_eq!(
+        d.block(&["203.0.113.4", "--source", "review"]).outcome,
+        Outcome::Pending,
+        "another caller still queues"
+    );
+    let audit = d.audit_text();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("203.0.113.3") && l.contains("caller_share")),
+        "{audit}"
+    );
+    assert_eq!(d.pending().len(), 3);
 }
 
 #[test]

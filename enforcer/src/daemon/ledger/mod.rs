@@ -185,6 +185,45 @@ pub struct Ledger {
     scopes_enforced: bool,
 }
 
+/// Whose share of the approval queue a waiting request counts against
+/// (`policy.approval.caller_share`): a user on the socket, by uid; root and the daemon's own
+/// parts, which act for every source (the Wazuh hook, the fail2ban action, CrowdSec, the
+/// spool), by the source they block for, so that one integration cannot crowd out another.
+#[derive(Debug)]
+enum PendingOwner<'a> {
+    User(&'a CallerId),
+    Source(&'a Source),
+}
+
+impl<'a> PendingOwner<'a> {
+    fn of(asking: Option<&'a CallerId>, source: &'a Source) -> Self {
+        match asking {
+            Some(id) if id.uid != 0 => Self::User(id),
+            _ => Self::Source(source),
+        }
+    }
+}
+
+impl PartialEq for PendingOwner<'_> {
+    /// A user is its uid (its name may or may not have been found).
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::User(a), Self::User(b)) => a.uid == b.uid,
+            (Self::Source(a), Self::Source(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for PendingOwner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "{id}"),
+            Self::Source(s) => write!(f, "source `{s}`"),
+        }
+    }
+}
+
 /// A block as a request asks for it, after policy.
 struct Fresh {
     source: Source,
@@ -751,7 +790,9 @@ impl Ledger {
             Refusal::MapFull { .. } | Refusal::ShareFull { .. } | Refusal::Reserved { .. } => {
                 c.refused.push(("capacity", req.source.clone()));
             }
-            Refusal::PendingFull { .. } => c.refused.push(("pending_full", req.source.clone())),
+            Refusal::PendingFull { .. } | Refusal::PendingShareFull { .. } => {
+                c.refused.push(("pending_full", req.source.clone()));
+            }
             Refusal::Policy { rule, .. } => c.refused.push((rule.as_str(), req.source.clone())),
             _ => {}
         }
@@ -765,6 +806,28 @@ impl Ledger {
         refusal
     }
 
+    /// Why `req` cannot wait for approval, if it cannot: the queue is full, or its caller
+    /// already holds its share of it.
+    fn pending_room(&self, req: &BlockRequest) -> Option<Refusal> {
+        if self.pending.len() >= self.policy.max_pending() {
+            return Some(Refusal::PendingFull {
+                limit: self.policy.max_pending(),
+            });
+        }
+        let owner = PendingOwner::of(self.asking.as_ref(), &req.source);
+        let held = self
+            .pending
+            .values()
+            .filter(|p| PendingOwner::of(p.requested_by.as_ref(), &p.request.source) == owner)
+            .count();
+        let share = self.policy.caller_share();
+        (held >= share).then(|| Refusal::PendingShareFull {
+            caller: owner.to_string(),
+            share,
+            percent: self.policy.config.approval.caller_share,
+        })
+    }
+
     fn add_pending(
         &mut self,
         c: &mut Change,
@@ -773,10 +836,7 @@ impl Ledger {
         why: String,
         now: WallMs,
     ) -> Result<BlockReply, Refusal> {
-        if self.pending.len() >= self.policy.max_pending() {
-            let full = Refusal::PendingFull {
-                limit: self.policy.max_pending(),
-            };
+        if let Some(full) = self.pending_room(&req) {
             return Err(self.refuse(c, &req, &Arc::new(reason.clone()), full));
         }
         self.remember_pending(c);

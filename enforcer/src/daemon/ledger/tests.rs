@@ -162,6 +162,19 @@ impl Rig {
         self.round(vec![request], now).answers.remove(0)
     }
 
+    /// One request from `caller`.
+    fn one_as(&mut self, caller: Caller, request: Request, now: WallMs) -> Result<Reply, Refusal> {
+        round::run(
+            &mut self.ledger,
+            &mut self.store,
+            &mut self.kernel,
+            vec![Write::new(request, caller)],
+            now,
+        )
+        .answers
+        .remove(0)
+    }
+
     fn reap(&mut self, now: WallMs) -> usize {
         let mut c = Change::default();
         let n = self.ledger.expire(&mut c, now, usize::MAX);
@@ -510,10 +523,78 @@ fn expiry_takes_only_what_is_due_and_at_most_the_limit() {
     );
 }
 
+/// One caller cannot take every slot of the approval queue: a user on the socket holds at most
+/// its share (`caller_share` percent of `max_pending`, 25 by default), whatever sources it asks
+/// for; root and the daemon's own parts act for every integration, so each source they block
+/// for has a share of its own.
+#[test]
+fn one_caller_holds_at_most_its_share_of_the_approval_queue() {
+    let mut cfg = PolicyConfig::default();
+    cfg.approval.max_pending = 8;
+    for name in ["feed", "other"] {
+        cfg.sources.insert(
+            src(name),
+            SourcePolicy {
+                require_approval: Some(true),
+                ..SourcePolicy::default()
+            },
+        );
+    }
+    let mut r = Rig::new(ledger_with(cfg, 100));
+    let block =
+        |i: u8, source: &str| Request::Block(req(&format!("192.0.2.{i}"), source, Some(60)));
+    let pending = |r: Result<Reply, Refusal>| match r {
+        Ok(Reply::Block(b)) => b.outcome == Outcome::Pending,
+        other => panic!("{other:?}"),
+    };
+    // Root (the hooks, the daemon's own parts): a share per source.
+    let root = || Caller::peer(0, Some("root"), &[(0, "root")]);
+    assert!(pending(r.one_as(root(), block(1, "feed"), T0)));
+    assert!(pending(r.one_as(root(), block(2, "feed"), T0)));
+    let e = r.one_as(root(), block(3, "feed"), T0).unwrap_err();
+    assert_eq!(e.to_body().code, ErrorCode::Refused);
+    assert!(
+        e.to_string()
+            .contains("source `feed` already has 2 requests waiting")
+            && e.to_string().contains("caller_share"),
+        "{e}"
+    );
+    assert!(
+        pending(r.one_as(root(), block(4, "other"), T0)),
+        "another source has its own share"
+    );
+    // A user: one share, whatever the source.
+    let alice = || Caller::peer(1000, Some("alice"), &[(1000, "alice")]);
+    assert!(pending(r.one_as(alice(), block(5, "feed"), T0)));
+    assert!(pending(r.one_as(alice(), block(6, "other"), T0)));
+    let e = r.one_as(alice(), block(7, "other"), T0).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("uid 1000 (alice) already has 2 requests waiting"),
+        "{e}"
+    );
+    assert_eq!(
+        r.ledger.pending().len(),
+        5,
+        "the queue had room: only the shares refused"
+    );
+    // Refusals are audited; rejecting one of alice's makes room for her again.
+    let refusals = r
+        .ledger
+        .pending()
+        .values()
+        .filter(|p| p.requested_by.as_ref().is_some_and(|c| c.uid == 1000))
+        .map(|p| p.id)
+        .collect::<Vec<_>>();
+    r.one(Request::Reject { id: refusals[0] }, T0).unwrap();
+    assert!(pending(r.one_as(alice(), block(7, "other"), T0)));
+}
+
 #[test]
 fn the_approval_queue_is_bounded_and_a_request_past_it_is_refused_and_audited() {
     let mut cfg = PolicyConfig::default();
     cfg.approval.max_pending = 2;
+    cfg.approval.caller_share = 100;
     cfg.sources.insert(
         src("feed"),
         SourcePolicy {
