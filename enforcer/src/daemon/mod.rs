@@ -109,6 +109,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         maps_dir: layout.maps_dir(),
         notifier,
         reader,
+        backlog: engine.backlog(),
     };
 
     let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
@@ -247,6 +248,8 @@ struct Shared {
     notifier: Arc<systemd::Notifier>,
     /// Answers reads off the engine thread (`None`: the engine answers them).
     reader: Option<reads::Reader>,
+    /// What the spool drain tells the engine of the triggers still to be judged.
+    backlog: spool_drain::Backlog,
 }
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.
@@ -431,7 +434,7 @@ async fn serve(
     let default_ttls = Arc::new(default_ttls(config));
     let listener = control_socket::bind(&socket, socket_gid(config)?).await?;
     // Triggers spooled while no daemon answered go first, before anyone is served.
-    spool_drain::drain(&state_dir, &tx, &default_ttls).await;
+    spool_drain::drain(&state_dir, &tx, &default_ttls, &shared.backlog).await;
     if let Some(ready) = &bouncer.engine_ready {
         let _ = ready.send(true);
     }
@@ -523,10 +526,11 @@ async fn background(
     // A hook that timed out against a busy daemon spools too: keep draining while running.
     let spool_tx = tx.clone();
     let spool_state = config.state_dir.clone();
+    let backlog = shared.backlog.clone();
     let mut tasks = vec![tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            spool_drain::drain(&spool_state, &spool_tx, &default_ttls).await;
+            spool_drain::drain(&spool_state, &spool_tx, &default_ttls, &backlog).await;
         }
     })];
     tasks.extend(start_exporter(config, shared).await?);

@@ -3,7 +3,16 @@
 //! TTLs count from the spooling time; replays are charged at their spool time and applied once
 //! (by request id). The file format, its order and the writer are in [`crate::spool`].
 
-use std::{fs, path::Path, sync::mpsc::SyncSender, time::Duration};
+use std::{
+    fs,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::SyncSender,
+    },
+    time::Duration,
+};
 
 use tokio::sync::oneshot;
 
@@ -75,6 +84,30 @@ pub fn adjust(
     }
 }
 
+/// How long before a drain's scan a file that scan missed may have been timed: a hook takes
+/// the time, then writes and renames its file into place.
+const SPOOL_WRITE_SLACK: Duration = Duration::from_secs(10);
+
+/// The oldest time a trigger may still be judged at, as far as the spool knows: a spooled
+/// trigger is judged at its spool time, earlier than now. The drain lowers it to its oldest
+/// file before it hands any over, and raises it once every one is judged (to its scan's start,
+/// less [`SPOOL_WRITE_SLACK`]: a file it missed was written after that). The engine forgets no
+/// breaker state that a trigger of that time needs ([`crate::policy::Policy::open_breakers`]).
+/// Before the first drain, any time may still come.
+#[derive(Clone, Debug, Default)]
+pub struct Backlog(Arc<AtomicU64>);
+
+impl Backlog {
+    /// The oldest time a trigger may still be judged at: `now` or earlier.
+    pub fn judged_from(&self, now: WallMs) -> WallMs {
+        WallMs::from_unix_ms(self.0.load(Ordering::Acquire)).min(now)
+    }
+
+    fn hold_from(&self, at: WallMs) {
+        self.0.store(at.unix_ms(), Ordering::Release);
+    }
+}
+
 /// What a drain did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Drained {
@@ -93,13 +126,16 @@ pub struct Drained {
 /// The engine is running; nobody else is served yet. All requests are queued before the first
 /// answer is awaited, so they share durable rounds, and the channel keeps their order. Each
 /// goes with its request id (a duplicate is answered, not applied again) and its spool time
-/// (what the rate limiter charges it at).
+/// (what the rate limiter charges it at); `backlog` holds the oldest of them until all are
+/// judged.
 pub async fn drain(
     state_dir: &Path,
     engine: &SyncSender<Command>,
     defaults: &DefaultTtls,
+    backlog: &Backlog,
 ) -> Drained {
     let mut done = Drained::default();
+    let scanned = WallMs::now().saturating_sub(SPOOL_WRITE_SLACK);
     let files = match pending(state_dir) {
         Ok(f) => f,
         Err(e) => {
@@ -108,18 +144,23 @@ pub async fn drain(
         }
     };
     let now = WallMs::now();
-    let mut waiting = Vec::new();
+    let mut entries = Vec::with_capacity(files.len());
     for path in files {
-        let entry = match read_entry(&path) {
-            Ok(e) => e,
+        match read_entry(&path) {
+            Ok(e) => entries.push((path, e)),
             Err(e) => {
                 let bad = path.with_extension("json.bad");
                 tracing::warn!(file = %path.display(), error = %e, moved_to = %bad.display(), "unreadable spool file");
                 let _ = fs::rename(&path, &bad);
                 done.unreadable += 1;
-                continue;
             }
-        };
+        }
+    }
+    // Before the engine sees the first of them: nothing they are judged against is forgotten.
+    let oldest = entries.iter().map(|(_, e)| e.spooled_ms).min();
+    backlog.hold_from(oldest.map_or(scanned, |o| o.min(scanned)));
+    let mut waiting = Vec::new();
+    for (path, entry) in entries {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -148,11 +189,17 @@ pub async fn drain(
             tracing::error!("the engine stopped while draining the spool; the rest stays spooled");
             break;
         }
-        waiting.push((path, answer));
+        waiting.push((path, entry.spooled_ms, answer));
     }
-    for (path, answer) in waiting {
-        settle(&path, answer.await, &mut done);
+    // Every file of this scan is judged now, or kept for the next drain: the oldest kept one
+    // may still be judged.
+    let mut from = scanned;
+    for (path, spooled_ms, answer) in waiting {
+        if settle(&path, answer.await, &mut done) == Settled::Kept {
+            from = from.min(spooled_ms);
+        }
     }
+    backlog.hold_from(from);
     if done != Drained::default() {
         tracing::info!(
             applied = done.applied,
@@ -172,13 +219,22 @@ fn read_entry(path: &Path) -> Result<Spooled, String> {
         .and_then(|bytes| parse_entry(&bytes).map_err(|e| e.to_string()))
 }
 
+/// What became of a replayed file.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// Judged (applied or refused), or removed.
+    Done,
+    /// Kept for the next drain.
+    Kept,
+}
+
 /// Removes a replayed file once the engine gave its verdict (applied, or refused and audited);
 /// keeps it when the engine could not decide (store or kernel failure, no answer).
 fn settle(
     path: &Path,
     answer: Result<Result<crate::protocol::Reply, Refusal>, oneshot::error::RecvError>,
     done: &mut Drained,
-) {
+) -> Settled {
     match answer {
         Ok(Ok(_)) => done.applied += 1,
         Ok(Err(refusal))
@@ -194,7 +250,7 @@ fn settle(
             // Not a verdict on the request (the store failed, a map is full): keep it and
             // try again at the next drain.
             tracing::warn!(file = %path.display(), "spooled request not applied yet, kept for the next drain: {}", refusal.to_body().message);
-            return;
+            return Settled::Kept;
         }
         Ok(Err(refusal)) => {
             tracing::warn!(file = %path.display(), "spooled request refused (see the audit log): {}", refusal.to_body().message);
@@ -202,12 +258,13 @@ fn settle(
         }
         Err(_) => {
             tracing::error!(file = %path.display(), "no answer from the engine; left in the spool");
-            return;
+            return Settled::Kept;
         }
     }
     if let Err(e) = fs::remove_file(path) {
         tracing::error!(file = %path.display(), error = %e, "cannot remove a replayed spool file; at the next start it is recognised by its request id and not applied again");
     }
+    Settled::Done
 }
 
 #[cfg(test)]

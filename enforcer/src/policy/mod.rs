@@ -403,9 +403,6 @@ enum BreakerCheck {
 /// The window a source's rate of new blocks is counted over.
 const BREAKER_WINDOW: Duration = Duration::from_secs(60);
 
-/// How many sources may keep breaker state before the quiet ones are forgotten.
-const QUIET_BREAKERS_KEPT: usize = 1024;
-
 /// A source's circuit breaker.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Breaker {
@@ -711,28 +708,31 @@ impl Policy {
             .map(|b| format!("{} is broader than /{b} (policy.approval)", ask.target))
     }
 
-    /// Open breakers. Once more than [`QUIET_BREAKERS_KEPT`] sources have breaker state, forgets
-    /// those quiet for a minute (closed, no new block in the rate's window), so the map stays
-    /// bounded however many sources come and go. Below that bound nothing is forgotten: a
-    /// spooled trigger is judged at its own, earlier time, and a source's blocks of that time
-    /// must still count against it. The engine calls this after every round.
-    pub fn open_breakers(&mut self, now: WallMs) -> Vec<BreakerState> {
-        if self.breakers.len() > QUIET_BREAKERS_KEPT {
-            self.breakers.retain(|_, b| {
-                b.open_until.is_some_and(|u| u > now)
-                    || b.recent
-                        .back()
-                        .is_some_and(|t| t.saturating_add(BREAKER_WINDOW) > now)
-            });
-        }
+    /// The breakers open at `now`. Triggers are judged at their own time, and a spooled backlog
+    /// at earlier times than now: `judged_from` is the oldest time a trigger may still be
+    /// judged at ([`crate::daemon::spool_drain::Backlog`]). A breaker is closed, and a source
+    /// forgotten, only once that time is past its cooldown and its last new block's minute:
+    /// the map holds only the sources that made a new block in the minute before it or whose
+    /// breaker is open then, however many sources came and went, and a trigger still to be
+    /// judged meets the state of its own time. The engine calls this after every round.
+    pub fn open_breakers(&mut self, now: WallMs, judged_from: WallMs) -> Vec<BreakerState> {
+        let from = judged_from.min(now);
+        self.breakers.retain(|_, b| {
+            b.open_until.is_some_and(|u| u > from)
+                || b.recent
+                    .back()
+                    .is_some_and(|t| t.saturating_add(BREAKER_WINDOW) > from)
+        });
         let mut out = Vec::new();
         for (s, b) in &mut self.breakers {
-            if b.open_until.is_some_and(|u| u <= now) {
+            if b.open_until.is_some_and(|u| u <= from) {
                 b.open_until = None;
                 b.opened_at = None;
                 b.recent.clear();
             }
-            if let (Some(until), Some(at)) = (b.open_until, b.opened_at) {
+            if let (Some(until), Some(at)) = (b.open_until, b.opened_at)
+                && until > now
+            {
                 let sp = self.config.sources.get(s);
                 out.push(BreakerState {
                     source: s.clone(),
@@ -949,9 +949,9 @@ mod tests {
         assert_eq!(ttl(p.decide(&perm, &none, 0).0), None);
     }
 
-    /// A breaker is state kept per source: past QUIET_BREAKERS_KEPT sources, one quiet for a
-    /// minute with its breaker closed is forgotten, so the map holds only the sources that made
-    /// a new block in the last minute or whose breaker is open, however many came and went.
+    /// A breaker is state kept per source: one quiet for a minute with its breaker closed is
+    /// forgotten, so the map holds only the sources that made a new block in the last minute or
+    /// whose breaker is open, however many came and went.
     #[test]
     fn breakers_of_sources_quiet_for_a_minute_are_forgotten() {
         let cfg = PolicyConfig {
@@ -975,7 +975,7 @@ mod tests {
         }
         assert_eq!(p.breaker_count(), 2001);
         assert_eq!(
-            p.open_breakers(wall(61_001)).len(),
+            p.open_breakers(wall(61_001), wall(61_001)).len(),
             1,
             "busy's breaker is open"
         );
@@ -984,12 +984,69 @@ mod tests {
             1,
             "only the open breaker is kept; the quiet sources are forgotten"
         );
-        assert!(p.open_breakers(wall(30_000 + 60_001)).is_empty());
-        assert_eq!(
-            p.breaker_count(),
-            1,
-            "below the bound a quiet source is kept (a spooled trigger may still be judged then)"
+        assert!(
+            p.open_breakers(wall(30_000 + 60_001), wall(30_000 + 60_001))
+                .is_empty()
         );
+        assert_eq!(p.breaker_count(), 0, "closed and quiet: forgotten");
+    }
+
+    /// A backlog is judged at its own, earlier times: while a trigger of time T may still come,
+    /// a source's new blocks of the minute before T count, and a breaker open at T stays open
+    /// for it, whatever the wall clock says; once nothing older can come, both go.
+    #[test]
+    fn breakers_are_kept_for_the_oldest_trigger_still_to_be_judged() {
+        let cfg = PolicyConfig {
+            rate_limit: 3,
+            breaker_cooldown: "10m".parse().unwrap(),
+            on_rate_limit: BreakerAction::Refuse,
+            ..PolicyConfig::default()
+        };
+        let mut p = Policy::new(cfg, Duration::from_secs(600));
+        let none = Allowlist::default();
+        let (quiet, busy): (Source, Source) = ("quiet".parse().unwrap(), "busy".parse().unwrap());
+        let refused = |d: (Decision, BreakerEvent)| {
+            matches!(
+                d.0,
+                Decision::Refuse {
+                    rule: Rule::Breaker,
+                    ..
+                }
+            )
+        };
+        let now = wall(3_600_000);
+        // Twenty minutes ago: three of quiet's, four of busy's (its breaker opens at the 4th).
+        for i in 0..3 {
+            p.decide(
+                &at(ask(&format!("192.0.2.{i}"), &quiet), wall(1000 + i)),
+                &none,
+                0,
+            );
+        }
+        for i in 0..4 {
+            p.decide(
+                &at(ask(&format!("198.51.100.{i}"), &busy), wall(1000 + i)),
+                &none,
+                0,
+            );
+        }
+        // The engine's round ends; triggers of time 1,010 on are still to be judged.
+        assert!(
+            p.open_breakers(now, wall(1010)).is_empty(),
+            "by the wall clock nothing is open"
+        );
+        assert_eq!(p.breaker_count(), 2);
+        assert!(
+            refused(p.decide(&at(ask("192.0.2.9", &quiet), wall(1010)), &none, 0)),
+            "quiet's three count: its fourth in the minute is past the rate"
+        );
+        assert!(
+            refused(p.decide(&at(ask("198.51.100.9", &busy), wall(1010)), &none, 0)),
+            "busy's breaker was open at that time"
+        );
+        // Nothing older than now can come any more: both are forgotten.
+        assert!(p.open_breakers(now, now).is_empty());
+        assert_eq!(p.breaker_count(), 0);
     }
 
     #[test]
@@ -1018,8 +1075,8 @@ mod tests {
         let (d, ev) = p.decide(&at(ask("192.0.2.9", &s), wall(1000)), &none, 0);
         assert!(matches!(ev, BreakerEvent::Opened));
         assert_eq!(mode(d), Mode::Shadow);
-        assert_eq!(p.open_breakers(wall(2000)).len(), 1);
-        assert!(p.open_breakers(wall(61_001)).is_empty());
+        assert_eq!(p.open_breakers(wall(2000), wall(2000)).len(), 1);
+        assert!(p.open_breakers(wall(61_001), wall(61_001)).is_empty());
         assert_eq!(
             mode(
                 p.decide(&at(ask("192.0.2.10", &s), wall(61_001)), &none, 0)
@@ -1051,7 +1108,10 @@ mod tests {
             );
             assert!(applied(&d), "trigger {i}: {d:?}");
         }
-        assert!(p.open_breakers(wall(10 * 60_000)).is_empty());
+        assert!(
+            p.open_breakers(wall(10 * 60_000), wall(10 * 60_000))
+                .is_empty()
+        );
         // Six within five seconds: the fourth opens it at its own time, and the cooldown runs
         // from then (closed again ten minutes later, whenever the backlog is decided).
         let mut p = Policy::new(cfg.clone(), Duration::from_secs(600));
@@ -1073,12 +1133,15 @@ mod tests {
             ["breaker"; 3]
         );
         assert!(matches!(decided[3].1, BreakerEvent::Opened));
-        let open = p.open_breakers(wall(4000));
+        let open = p.open_breakers(wall(4000), wall(4000));
         assert_eq!(
             (open[0].opened_ms, open[0].closes_ms),
             (wall(4000), wall(4000 + 600_000))
         );
-        assert!(p.open_breakers(wall(4000 + 600_000)).is_empty());
+        assert!(
+            p.open_breakers(wall(4000 + 600_000), wall(4000 + 600_000))
+                .is_empty()
+        );
         // A trigger older than the newest charged counts against the minute before its time.
         let mut p = Policy::new(cfg, Duration::from_secs(600));
         for (i, t) in [200_000u64, 100_000, 100_500, 150_000]

@@ -175,6 +175,69 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
     }
 }
 
+/// The same backlog, spooled twenty minutes ago (longer than the breaker's 10 min cooldown) and
+/// judged one request per round, as a loaded machine may split it (the debug-build hook
+/// `ENFORCER_TEST_MAX_ROUND`): between rounds the engine must not close, or forget, a breaker
+/// that a trigger still waiting in the backlog is judged against. By the wall clock the
+/// breaker's cooldown ended long ago; at the fifth and sixth triggers' own times it was open.
+#[test]
+fn a_backlog_older_than_the_cooldown_judged_one_request_per_round_still_trips_the_breaker() {
+    if !enforcer_tests::test_hooks_or_skip(
+        "spool_lab::a_backlog_older_than_the_cooldown_judged_one_request_per_round_still_trips_the_breaker",
+    ) {
+        return;
+    }
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(&config, RATE_3_REFUSE).unwrap();
+    let mut d = Daemon::start_with_env(
+        &lab,
+        &["--config", config.to_str().unwrap()],
+        vec![("ENFORCER_TEST_MAX_ROUND".into(), "1".into())],
+    )
+    .unwrap();
+    d.stop().unwrap();
+    let targets = senders(&lab, 40, 6);
+    let start = WallMs::now().unix_ms() - 20 * MINUTE;
+    for (i, t) in targets.iter().enumerate() {
+        spool(
+            &d.state_dir,
+            start + i as u64 * 1000,
+            4243,
+            i as u32,
+            block(t),
+        );
+    }
+    d.spawn().unwrap();
+
+    let blocked: Vec<String> = wazuh_blocks(&d)
+        .iter()
+        .map(|b| b.target.to_string())
+        .collect();
+    assert_eq!(blocked, targets[..3], "the first three, in spool order");
+    for t in &targets[3..] {
+        assert_eq!(
+            lab.passes(t),
+            10,
+            "{t} was past the rate, its breaker open then"
+        );
+    }
+    let audit = d.audit_events();
+    let refused: Vec<&Value> = audit.iter().filter(|e| e["action"] == "refuse").collect();
+    assert_eq!(refused.len(), 3, "{audit:#?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e["detail"].as_str().unwrap().contains("breaker")),
+        "{refused:#?}"
+    );
+    // Once the backlog is judged, the breaker closes by the wall clock (its cooldown is over).
+    let breakers = d.status().breakers;
+    assert!(breakers.is_empty(), "{breakers:?}");
+}
+
 #[test]
 fn entries_spooled_in_the_same_millisecond_are_applied_in_the_order_they_were_written() {
     require_root();

@@ -53,6 +53,24 @@ use crate::{
 
 /// Most requests handled in one durable round.
 const MAX_ROUND: usize = 4096;
+
+/// Most requests in one round. Debug builds: `ENFORCER_TEST_MAX_ROUND=N` makes rounds smaller,
+/// so a test can have a backlog judged over many rounds, as a loaded machine does (release
+/// builds never read it).
+fn max_round() -> usize {
+    #[cfg(debug_assertions)]
+    {
+        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MAX.get_or_init(|| {
+            std::env::var("ENFORCER_TEST_MAX_ROUND")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .map_or(MAX_ROUND, |n: usize| n.clamp(1, MAX_ROUND))
+        })
+    }
+    #[cfg(not(debug_assertions))]
+    MAX_ROUND
+}
 /// Longest the loop sleeps without reading the clock (a step is seen within this).
 const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
@@ -98,6 +116,8 @@ pub struct Engine {
     reads: Arc<Published<ReadState>>,
     /// Denied requests per caller, for the audit log.
     denials: denials::Denials,
+    /// The oldest time a spooled trigger may still be judged at (breakers are kept for it).
+    backlog: super::spool_drain::Backlog,
 }
 
 /// Whether a request only reads (answered after the round's writes).
@@ -140,7 +160,7 @@ impl Engine {
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut batch = vec![first];
-                    while batch.len() < MAX_ROUND {
+                    while batch.len() < max_round() {
                         match rx.try_recv() {
                             Ok(c) => batch.push(c),
                             Err(_) => break,

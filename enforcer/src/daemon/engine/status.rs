@@ -54,6 +54,11 @@ impl Engine {
         self.metrics.clone()
     }
 
+    /// What the spool drain tells this engine of the triggers still to be judged.
+    pub fn backlog(&self) -> crate::daemon::spool_drain::Backlog {
+        self.backlog.clone()
+    }
+
     /// What reads are answered from (see [`crate::daemon::reads`]).
     pub fn reads(&self) -> Arc<Published<ReadState>> {
         self.reads.clone()
@@ -62,7 +67,8 @@ impl Engine {
     /// The state reads see now: O(sources + maps + interfaces), the block, pending and
     /// allowlist maps being persistent (cloning one is O(1)).
     pub(super) fn read_state(&mut self, now: WallMs) -> ReadState {
-        let breakers = self.ledger.policy_mut().open_breakers(now);
+        let judged_from = self.backlog.judged_from(now);
+        let breakers = self.ledger.policy_mut().open_breakers(now, judged_from);
         let capacity = self.ledger.capacity();
         let maps = self
             .dp

@@ -1614,7 +1614,7 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
         "{:?}",
         answered.answers
     );
-    assert!(r.ledger.policy_mut().open_breakers(now).is_empty());
+    assert!(r.ledger.policy_mut().open_breakers(now, now).is_empty());
     assert!(
         answered
             .events
@@ -1663,7 +1663,10 @@ fn a_spooled_backlog_is_charged_at_its_spool_times_and_each_refused_replay_names
             Some(format!("alert {i}").as_str())
         );
     }
-    let open = r.ledger.policy_mut().open_breakers(T0 + ms(4000));
+    let open = r
+        .ledger
+        .policy_mut()
+        .open_breakers(T0 + ms(4000), T0 + ms(4000));
     assert_eq!(
         open[0].opened_ms,
         T0 + ms(3000),
