@@ -1,4 +1,4 @@
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya_build::{Package, Toolchain};
 
 /// Builds the XDP program (enforcer-ebpf) with the nightly toolchain and bpf-linker, and puts the
@@ -12,24 +12,15 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&object, []).context("writing the placeholder eBPF object")?;
         }
     }
-    let root = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
-    let ebpf_dir = std::path::Path::new(&root)
-        .parent()
-        .ok_or_else(|| anyhow!("enforcer has no parent directory"))?
-        .join("enforcer-ebpf");
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
-    println!(
-        "cargo:rerun-if-changed={}",
-        std::path::Path::new(&root)
-            .parent()
-            .unwrap()
-            .join("enforcer-common")
-            .display()
-    );
+    // Paths relative to this package's directory (where cargo runs build scripts, and how it
+    // reads relative `rerun-if-changed` paths): a target directory copied from another
+    // checkout (a worktree started from a warm build) then watches this checkout's sources,
+    // where absolute paths kept watching the other's and embedded its stale object.
+    println!("cargo:rerun-if-changed=../enforcer-common");
     aya_build::build_ebpf(
         [Package {
             name: "enforcer-ebpf",
-            root_dir: ebpf_dir,
+            root_dir: "../enforcer-ebpf",
             ..Default::default()
         }],
         Toolchain::default(),
