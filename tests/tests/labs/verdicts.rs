@@ -289,8 +289,12 @@ fn an_expired_exact_entry_does_not_hide_a_live_prefix() {
     let mut f = Fixture::new();
     f.block("198.51.100.7", past(), MODE_ENFORCE);
     f.block("198.51.100.0/24", 0, MODE_ENFORCE);
+    f.block("2001:db8:7::7", past(), MODE_ENFORCE);
+    f.block("2001:db8:7::/48", 0, MODE_ENFORCE);
     assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
     assert_eq!(f.hits("198.51.100.0/24"), 1);
+    assert_eq!(f.from(&[], "2001:db8:7::7"), XDP_DROP);
+    assert_eq!(f.hits("2001:db8:7::/48"), 1);
 }
 
 #[test]
@@ -313,9 +317,14 @@ fn an_enforced_prefix_wins_over_a_shadow_address() {
     let mut f = Fixture::new();
     f.block("198.51.100.7", 0, MODE_SHADOW);
     f.block("198.51.100.0/24", 0, MODE_ENFORCE);
+    f.block("2001:db8:7::7", 0, MODE_SHADOW);
+    f.block("2001:db8:7::/48", 0, MODE_ENFORCE);
     assert_eq!(f.from(&[], "198.51.100.7"), XDP_DROP);
     assert_eq!(f.hits("198.51.100.0/24"), 1);
     assert_eq!(f.hits("198.51.100.7"), 0);
+    assert_eq!(f.from(&[], "2001:db8:7::7"), XDP_DROP);
+    assert_eq!(f.hits("2001:db8:7::/48"), 1);
+    assert_eq!(f.hits("2001:db8:7::7"), 0);
 }
 
 #[test]
@@ -324,6 +333,7 @@ fn an_allowlisted_address_inside_a_blocked_prefix_passes() {
     f.block("198.51.100.0/24", 0, MODE_ENFORCE);
     f.block("198.51.100.5", 0, MODE_ENFORCE);
     f.block("2001:db8:1::/48", 0, MODE_ENFORCE);
+    f.block("2001:db8:1:2::5", 0, MODE_ENFORCE);
     f.allow("198.51.100.5");
     f.allow("198.51.100.128/25");
     f.allow("2001:db8:1:2::/64");
@@ -331,11 +341,13 @@ fn an_allowlisted_address_inside_a_blocked_prefix_passes() {
     assert_eq!(f.from(&[], "198.51.100.200"), XDP_PASS);
     assert_eq!(f.from(&[], "198.51.100.6"), XDP_DROP);
     assert_eq!(f.from(&[], "2001:db8:1:2::9"), XDP_PASS);
+    assert_eq!(f.from(&[], "2001:db8:1:2::5"), XDP_PASS);
     assert_eq!(f.from(&[], "2001:db8:1:3::9"), XDP_DROP);
     let stats = f.dp.maps().stats_total().unwrap();
-    assert_eq!(stats.allowlisted.packets, 3);
+    assert_eq!(stats.allowlisted.packets, 4);
     // An allowlisted packet is not a hit of the block it escaped.
     assert_eq!(f.hits("198.51.100.5"), 0);
+    assert_eq!(f.hits("2001:db8:1:2::5"), 0);
 }
 
 #[test]

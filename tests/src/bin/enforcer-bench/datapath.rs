@@ -239,8 +239,25 @@ pub(crate) struct BaselineCase {
 }
 
 /// Runs the whole section; with `baseline`, an earlier build's XDP object, also compares this
-/// build's Ethernet path with it.
-pub(crate) fn run(settings: &Settings, baseline: Option<&Path>) -> Result<Results> {
+/// build's Ethernet path with it (and with `baseline_only`, does only that).
+pub(crate) fn run(
+    settings: &Settings,
+    baseline: Option<&Path>,
+    baseline_only: bool,
+) -> Result<Results> {
+    if let (Some(object), true) = (baseline, baseline_only) {
+        return Ok(Results {
+            settings: *settings,
+            floor_median_ns: f64::NAN,
+            wall_floor_median_ns: f64::NAN,
+            cases: Vec::new(),
+            counters: Vec::new(),
+            inserts: Vec::new(),
+            multi_cpu: Vec::new(),
+            raw_ip: Vec::new(),
+            baseline: compare_with(object, settings)?,
+        });
+    }
     let mut cases = Vec::new();
     let mut inserts = Vec::new();
     for (family, fill, sizes) in PLAN {
@@ -306,10 +323,11 @@ fn raw_ip(settings: &Settings) -> Result<Vec<Case>> {
     measure(&mut loaded, &probes, settings)
 }
 
-/// This build's Ethernet program and `object`'s (an earlier build of layout 5, the last with
-/// LPM tries) on the same fixtures, each on maps of its own layout: misses, address and prefix
-/// hits and misses that the prefilter sends to the prefix lookup, each pair back to back in
-/// every round.
+/// This build's Ethernet program and `object`'s (an earlier build) on the same fixtures: misses,
+/// address and prefix hits and misses that the prefilter sends to the prefix lookup, each pair
+/// back to back in every round. An object of layout 5 (the last with LPM tries) runs on maps of
+/// its own layout; one of this build's layout runs on this build's maps (a change to the program
+/// alone: the same entries, the same memory).
 fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>> {
     let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
     let mut new = Loaded::new(true)?;
@@ -320,6 +338,20 @@ fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>>
         .default_map_pin_directory(old_pins.path())
         .load(&bytes)
         .with_context(|| format!("loading {} on maps of its own", object.display()))?;
+    let layout5 = old.map("PREFIX_FILTER").is_some();
+    if !layout5 {
+        ensure!(
+            old.map("BLOCK_FILTER").is_some(),
+            "{} is neither of layout 5 (PREFIX_FILTER) nor of this build's (BLOCK_FILTER)",
+            object.display()
+        );
+        drop(old);
+        let maps = new.dp.layout().maps_dir();
+        old = aya::EbpfLoader::new()
+            .default_map_pin_directory(&maps)
+            .load(&bytes)
+            .with_context(|| format!("loading {} on this build's maps", object.display()))?;
+    }
     let old_program: &mut Xdp = old
         .program_mut(enforcer_common::PROGRAM_NAME)
         .context("the earlier object has no enforcer_xdp")?
@@ -329,8 +361,10 @@ fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>>
     for family in [Family::Ipv4, Family::Ipv6] {
         let fixtures = Fixtures::of(family);
         fixtures.install(&mut new.dp)?;
-        for block in &fixtures.blocks {
-            crate::layout5::insert(&mut old, block)?;
+        if layout5 {
+            for block in &fixtures.blocks {
+                crate::layout5::insert(&mut old, block)?;
+            }
         }
         for packet in [
             Packet::Miss,

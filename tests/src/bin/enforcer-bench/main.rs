@@ -52,11 +52,17 @@ struct Args {
     /// builds in the same run, and the report compares them.
     #[arg(long, value_name = "PATH")]
     baseline_enforcer: Option<PathBuf>,
-    /// An earlier build's XDP object (`target/<profile>/build/enforcer-*/out/enforcer-xdp`, same
-    /// map layout): the data path section then times its Ethernet program beside this build's,
-    /// on the same maps and frames, in the same rounds, and reports the ratio.
+    /// An earlier build's XDP object (`target/<profile>/build/enforcer-*/out/enforcer-xdp`, of
+    /// map layout 5, as tests/fixtures/enforcer-xdp-layout5.o, or of this build's layout): the
+    /// data path section then times its Ethernet program beside this build's, on the same
+    /// frames (and for this build's layout the same maps), in the same rounds, and reports the
+    /// ratio.
     #[arg(long, value_name = "PATH")]
     baseline_object: Option<PathBuf>,
+    /// Data path: measure only the comparison with `--baseline-object` (a quick A/B run of a
+    /// data path change, about a minute), not the map fills, counters, parses and CPUs.
+    #[arg(long, requires = "baseline_object")]
+    baseline_only: bool,
     /// Control plane: leave these parts out (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     control_skip: Vec<control::Skip>,
@@ -129,7 +135,7 @@ fn main() -> Result<()> {
             datapath::Settings::FULL
         };
         report.datapath = Some(timed(times, "data path", || {
-            datapath::run(&s, args.baseline_object.as_deref())
+            datapath::run(&s, args.baseline_object.as_deref(), args.baseline_only)
         })?);
     }
     if runs(Section::Traffic) {
