@@ -26,10 +26,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// A link's type as the kernel reports it (`ifinfomsg.ifi_type`, `/sys/class/net/X/type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct LinkType(pub u16);
+pub use crate::protocol::{AttachedMode, LinkType};
 
 /// `ARPHRD_*` values the data path knows (linux/if_arp.h).
 pub(crate) mod arphrd {
@@ -101,28 +98,6 @@ impl std::ops::BitOr for Groups {
 
     fn bitor(self, rhs: Self) -> Self {
         Self(self.0 | rhs.0)
-    }
-}
-
-/// How an XDP program runs on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachedMode {
-    /// In the driver, before any socket buffer exists.
-    Native,
-    /// Generic XDP, after the kernel built a socket buffer (slower; works everywhere).
-    Skb,
-    /// Offloaded to the NIC.
-    Hw,
-}
-
-impl fmt::Display for AttachedMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Native => "native",
-            Self::Skb => "skb",
-            Self::Hw => "hw",
-        })
     }
 }
 

@@ -15,6 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::protocol::OutboxCounters;
 use crate::{block::Source, target::Target, time::WallMs};
 
 /// One queued change for the LAPI.
@@ -95,19 +96,6 @@ pub struct OutboxBatch {
     pub items: Vec<Queued>,
     /// The queue now.
     pub counters: OutboxCounters,
-}
-
-/// The queue's counters, for `status` and `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxCounters {
-    /// Publications waiting.
-    pub depth: u64,
-    /// The bound (`queue_max`).
-    pub max: u64,
-    /// Publications not queued because the queue was full.
-    pub dropped: u64,
-    /// Blocks whose decisions the LAPI holds.
-    pub published: u64,
 }
 
 /// What the pulling side must not import back: decisions this host published.

@@ -31,61 +31,7 @@ use enforcer_common::LAYOUT_VERSION;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 use super::error::DatapathError;
-
-/// Whether the pins outlive the daemon, and why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PinsDurability {
-    /// The host's bpffs, in the host's mount namespace (or one sharing its bpffs).
-    Host,
-    /// The host's bpffs, reached from a private mount namespace through the host's root.
-    HostThroughReference,
-    /// No other process's mount namespace could be inspected (a unit without `CAP_SYS_PTRACE`),
-    /// but the bpffs mount receives propagation from another namespace (`master:N` in
-    /// mountinfo, as in a systemd unit with `PrivateMounts=yes`): that namespace holds the same
-    /// filesystem, so it outlives the daemon.
-    Propagated,
-    /// A bpffs the daemon found already mounted, but it could not inspect any other process's
-    /// mount namespace to tell whether that bpffs is the host's.
-    Unverified,
-}
-
-/// Where the pins are and whether they outlive the daemon (shown by `enforcer status`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PinsInfo {
-    /// The bpffs directory as configured (`--bpffs-dir`), as the host sees it.
-    pub dir: String,
-    /// How it was reached.
-    pub durability: PinsDurability,
-    /// Whether blocks stay in force when the daemon is killed.
-    pub outlive_daemon: bool,
-    /// The process whose mount namespace stands for the host's (`PID 1`, or the outermost
-    /// ancestor the daemon may inspect), when one could be inspected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reference: Option<String>,
-}
-
-impl PinsInfo {
-    /// One line for `enforcer status`.
-    pub fn describe(&self) -> String {
-        match self.durability {
-            PinsDurability::Host => format!("host bpffs {} (outlive the daemon)", self.dir),
-            PinsDurability::HostThroughReference => format!(
-                "host bpffs {}, reached from the daemon's private mount namespace through {}'s root (outlive the daemon)",
-                self.dir,
-                self.reference.as_deref().unwrap_or("the host")
-            ),
-            PinsDurability::Propagated => format!(
-                "host bpffs {}, a mount propagated from another mount namespace (outlive the daemon)",
-                self.dir
-            ),
-            PinsDurability::Unverified => format!(
-                "{} -- WARNING: cannot tell whether they outlive the daemon (no other process's mount namespace could be inspected); make sure this is the host's bpffs",
-                self.dir
-            ),
-        }
-    }
-}
+pub use crate::protocol::{PinsDurability, PinsInfo};
 
 /// The pin directory to use and what is known of it.
 #[derive(Clone, Debug)]

@@ -5,29 +5,8 @@
 //! frame "not IP") while the link looked protected, so the type decides, and a type neither
 //! reads is refused.
 
-use std::fmt;
-
-pub use crate::netlink::LinkType;
 use crate::netlink::arphrd;
-
-/// How the data path reads a link's frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Parse {
-    /// Ethernet header, up to two VLAN tags, then IPv4/IPv6 (`enforcer_xdp`).
-    Ethernet,
-    /// The frame starts with the IP header; the version nibble says which (`enforcer_xdp_ip`).
-    RawIp,
-}
-
-impl fmt::Display for Parse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Ethernet => "ethernet",
-            Self::RawIp => "raw-ip",
-        })
-    }
-}
+pub use crate::{netlink::LinkType, protocol::Parse};
 
 impl LinkType {
     /// The parse this type needs, or `None` when the data path cannot read its frames.

@@ -27,23 +27,13 @@ pub use allowlist::{AllowOrigin, Allowlist};
 pub use networks::{Escalation, Ipv6Escalate, Widened};
 use serde::{Deserialize, Serialize};
 
+pub use crate::protocol::{BreakerAction, BreakerState};
 use crate::{
     block::{Mode, Source},
     duration::HumanDuration,
     target::Target,
     time::WallMs,
 };
-
-/// What to do with a source's new blocks once its breaker is open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BreakerAction {
-    /// Put them in shadow mode (counted, not enforced).
-    #[default]
-    Shadow,
-    /// Refuse them.
-    Refuse,
-}
 
 /// Per-source policy; unset fields fall back to the global ones.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -413,19 +403,6 @@ pub struct Breaker {
     pub open_until: Option<WallMs>,
     /// When it opened.
     pub opened_at: Option<WallMs>,
-}
-
-/// An open breaker, for status.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BreakerState {
-    /// Source.
-    pub source: Source,
-    /// Opened at (Unix ms).
-    pub opened_ms: WallMs,
-    /// Closes at (Unix ms).
-    pub closes_ms: WallMs,
-    /// What it does to new blocks.
-    pub action: BreakerAction,
 }
 
 /// Runtime policy: the configuration plus breakers.

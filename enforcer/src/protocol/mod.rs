@@ -23,7 +23,6 @@ pub mod request;
 pub mod status;
 
 pub use self::{reply::*, request::*, status::*};
-pub use crate::datapath::{PinsDurability, PinsInfo};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

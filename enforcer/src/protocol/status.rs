@@ -5,10 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::PinsInfo;
 use crate::{
     block::{Mode, Source},
-    datapath::AttachedMode,
     time::WallMs,
 };
 
@@ -174,10 +172,10 @@ pub struct InterfaceStatus {
     pub prog_id: Option<u32>,
     /// The link's type (`ARPHRD_*`), when it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link_type: Option<crate::datapath::LinkType>,
+    pub link_type: Option<LinkType>,
     /// The parse its type needs (none: a type the data path cannot read, never protected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parse: Option<crate::datapath::Parse>,
+    pub parse: Option<Parse>,
     /// The pattern that selected it, when not named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
@@ -253,7 +251,7 @@ pub struct StatusReply {
     /// Global rollout mode.
     pub policy_mode: Mode,
     /// Open circuit breakers.
-    pub breakers: Vec<crate::policy::BreakerState>,
+    pub breakers: Vec<BreakerState>,
     /// Blocks waiting for approval.
     pub pending: usize,
     /// Allowlist prefixes.
@@ -336,7 +334,7 @@ pub struct PublishStatus {
     /// The machine it logs in as.
     pub login: String,
     /// The queue.
-    pub queue: crate::outbox::OutboxCounters,
+    pub queue: OutboxCounters,
     /// Publications sent since start (bans pushed and withdrawn).
     pub sent: u64,
     /// Last successful send (Unix ms).
@@ -347,4 +345,142 @@ pub struct PublishStatus {
     pub last_error: Option<String>,
     /// When it happened (Unix ms).
     pub last_error_ms: Option<WallMs>,
+}
+
+/// Whether the pins outlive the daemon, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinsDurability {
+    /// The host's bpffs, in the host's mount namespace (or one sharing its bpffs).
+    Host,
+    /// The host's bpffs, reached from a private mount namespace through the host's root.
+    HostThroughReference,
+    /// No other process's mount namespace could be inspected (a unit without `CAP_SYS_PTRACE`),
+    /// but the bpffs mount receives propagation from another namespace (`master:N` in
+    /// mountinfo, as in a systemd unit with `PrivateMounts=yes`): that namespace holds the same
+    /// filesystem, so it outlives the daemon.
+    Propagated,
+    /// A bpffs the daemon found already mounted, but it could not inspect any other process's
+    /// mount namespace to tell whether that bpffs is the host's.
+    Unverified,
+}
+
+/// Where the pins are and whether they outlive the daemon (shown by `enforcer status`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinsInfo {
+    /// The bpffs directory as configured (`--bpffs-dir`), as the host sees it.
+    pub dir: String,
+    /// How it was reached.
+    pub durability: PinsDurability,
+    /// Whether blocks stay in force when the daemon is killed.
+    pub outlive_daemon: bool,
+    /// The process whose mount namespace stands for the host's (`PID 1`, or the outermost
+    /// ancestor the daemon may inspect), when one could be inspected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+impl PinsInfo {
+    /// One line for `enforcer status`.
+    pub fn describe(&self) -> String {
+        match self.durability {
+            PinsDurability::Host => format!("host bpffs {} (outlive the daemon)", self.dir),
+            PinsDurability::HostThroughReference => format!(
+                "host bpffs {}, reached from the daemon's private mount namespace through {}'s root (outlive the daemon)",
+                self.dir,
+                self.reference.as_deref().unwrap_or("the host")
+            ),
+            PinsDurability::Propagated => format!(
+                "host bpffs {}, a mount propagated from another mount namespace (outlive the daemon)",
+                self.dir
+            ),
+            PinsDurability::Unverified => format!(
+                "{} -- WARNING: cannot tell whether they outlive the daemon (no other process's mount namespace could be inspected); make sure this is the host's bpffs",
+                self.dir
+            ),
+        }
+    }
+}
+
+/// How an XDP program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    /// In the driver, before any socket buffer exists.
+    Native,
+    /// Generic XDP, after the kernel built a socket buffer (slower; works everywhere).
+    Skb,
+    /// Offloaded to the NIC.
+    Hw,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+            Self::Hw => "hw",
+        })
+    }
+}
+
+/// A link's type as the kernel reports it (`ifinfomsg.ifi_type`, `/sys/class/net/X/type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LinkType(pub u16);
+
+/// How the data path reads a link's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Parse {
+    /// Ethernet header, up to two VLAN tags, then IPv4/IPv6 (`enforcer_xdp`).
+    Ethernet,
+    /// The frame starts with the IP header; the version nibble says which (`enforcer_xdp_ip`).
+    RawIp,
+}
+
+impl fmt::Display for Parse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ethernet => "ethernet",
+            Self::RawIp => "raw-ip",
+        })
+    }
+}
+
+/// What to do with a source's new blocks once its breaker is open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerAction {
+    /// Put them in shadow mode (counted, not enforced).
+    #[default]
+    Shadow,
+    /// Refuse them.
+    Refuse,
+}
+
+/// An open breaker, for status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BreakerState {
+    /// Source.
+    pub source: Source,
+    /// Opened at (Unix ms).
+    pub opened_ms: WallMs,
+    /// Closes at (Unix ms).
+    pub closes_ms: WallMs,
+    /// What it does to new blocks.
+    pub action: BreakerAction,
+}
+
+/// The queue's counters, for `status` and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxCounters {
+    /// Publications waiting.
+    pub depth: u64,
+    /// The bound (`queue_max`).
+    pub max: u64,
+    /// Publications not queued because the queue was full.
+    pub dropped: u64,
+    /// Blocks whose decisions the LAPI holds.
+    pub published: u64,
 }
