@@ -362,9 +362,6 @@ pub enum Why {
         "may not approve pending block {0}: it is its own request; another caller, or root, must approve it"
     )]
     OwnRequest(u64),
-    /// A request only the daemon itself makes.
-    #[error("may not send `{0}`: only the daemon itself does")]
-    Internal(&'static str),
 }
 
 /// A refused request: who asked, and why it was refused.
@@ -398,9 +395,7 @@ fn needs(request: &Request) -> Option<Needs<'_>> {
         sources: SourceNeed::None,
     };
     Some(match request {
-        Request::Ping | Request::HostChanged(_) | Request::LinksChanged(_) | Request::Outbox(_) => {
-            return None;
-        }
+        Request::Ping => return None,
         Request::Block(b) => {
             let mut operations = vec![O::Block];
             operations.extend(b.force.then_some(O::Force));
@@ -529,13 +524,6 @@ impl AccessPolicy {
                 why,
             })
         };
-        if matches!(
-            request,
-            Request::HostChanged(_) | Request::LinksChanged(_) | Request::Outbox(_)
-        ) && caller.internal.is_none()
-        {
-            return deny(Why::Internal(request.op()));
-        }
         if caller.is_root() {
             return Ok(());
         }
@@ -821,32 +809,18 @@ mod tests {
     }
 
     #[test]
-    fn root_and_the_daemon_may_do_everything_but_only_the_daemon_refreshes_the_host() {
+    fn root_and_the_daemon_may_do_everything() {
         let p = AccessPolicy::default();
         let root = Caller::peer(0, Some("root"), &[(0, "root")]);
         assert!(p.may_connect(&root));
         assert_eq!(why(&p, &root, &block("anything", true, true)), None);
-        assert_eq!(
-            why(&p, &root, &Request::HostChanged(vec![])),
-            Some(Why::Internal("refresh_host"))
-        );
-        assert_eq!(
-            why(&p, &root, &Request::LinksChanged(vec![])),
-            Some(Why::Internal("links_changed"))
-        );
+        // The daemon's own asks (host and link changes, the publisher's queue) are not
+        // protocol requests at all (`daemon::engine::Ask`): no caller can send one.
         assert_eq!(
             why(
                 &p,
-                &Caller::internal("host watcher"),
-                &Request::HostChanged(vec![])
-            ),
-            None
-        );
-        assert_eq!(
-            why(
-                &p,
-                &Caller::internal("link watcher"),
-                &Request::LinksChanged(vec![])
+                &Caller::internal("crowdsec"),
+                &block("anything", true, true)
             ),
             None
         );

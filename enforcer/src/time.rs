@@ -184,9 +184,12 @@ impl BootNs {
     /// A map's "no deadline".
     pub const NEVER: Self = Self(0);
 
-    /// The boot clock now.
+    /// The boot clock now (`CLOCK_BOOTTIME`).
     pub fn now() -> Self {
-        Self(crate::datapath::clock::boottime_ns())
+        // The boot clock exists on every kernel we support.
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .expect("clock_gettime(CLOCK_BOOTTIME) cannot fail");
+        Self(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
     }
 
     /// A value as the kernel holds it (ns since boot).

@@ -66,6 +66,12 @@ pub enum PullError {
 pub trait Engine: Send + Sync + 'static {
     /// Sends one request and waits for its reply.
     fn ask(&self, request: Request) -> impl Future<Output = Response> + Send;
+    /// The publisher takes queued publications or reports sent ones (a daemon-internal ask, not
+    /// a protocol request); `Err` says why the engine did not answer.
+    fn outbox(
+        &self,
+        request: crate::outbox::OutboxRequest,
+    ) -> impl Future<Output = Result<crate::outbox::OutboxBatch, String>> + Send;
 }
 
 /// The bouncer task.

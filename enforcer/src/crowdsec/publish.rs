@@ -20,7 +20,7 @@ use super::{Engine, LapiError, MachineLogin, StatusHandle, config::CrowdsecConfi
 use crate::{
     error::Chain,
     outbox::{OutboxBatch, OutboxRequest, PublicationKind, Queued, Sent},
-    protocol::{PublishStatus, Reply, Request, Response},
+    protocol::PublishStatus,
     target::Target,
     time::WallMs,
 };
@@ -118,17 +118,9 @@ impl<E: Engine> Publisher<E> {
     }
 
     async fn ask(&self, request: OutboxRequest) -> Result<OutboxBatch, String> {
-        match self.engine.ask(Request::Outbox(request)).await {
-            Response::Ok {
-                result: Reply::Outbox(batch),
-                ..
-            } => {
-                self.update(|s| s.queue = batch.counters);
-                Ok(batch)
-            }
-            Response::Ok { result, .. } => Err(format!("unexpected reply {result:?}")),
-            Response::Err { error, .. } => Err(error.message),
-        }
+        let batch = self.engine.outbox(request).await?;
+        self.update(|s| s.queue = batch.counters);
+        Ok(batch)
     }
 
     /// Records what was sent; retried until the engine has it (the LAPI already has it).

@@ -73,8 +73,11 @@ pub struct Server {
 /// The answer to a peer the access rules do not let in.
 const NOT_ALLOWED: &str = "permission denied: the control socket is for root, the daemon's socket_group and the callers its [[access]] entries name";
 
+/// The engine took a request and ended before answering (it died in that round).
+pub(super) const STOPPED: &str = "the daemon stopped before answering; the request may or may not have been applied (check `enforcer list`)";
+
 /// Why a connection was turned away without its request being read.
-const SHUTTING_DOWN: &str = "the daemon is shutting down; the request was not applied (a trigger spools it and the daemon applies it when it starts again)";
+pub(super) const SHUTTING_DOWN: &str = "the daemon is shutting down; the request was not applied (a trigger spools it and the daemon applies it when it starts again)";
 
 /// Accepts connections until `closing` fires; then removes the socket file and answers what
 /// still waits in the listen queue with `unavailable`, so no client is left without an answer.
@@ -458,7 +461,7 @@ async fn run_with_id(
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
     let command = Command {
-        request,
+        request: super::engine::Ask::Client(request),
         caller,
         id,
         replay: None,
@@ -476,9 +479,6 @@ async fn run_with_id(
         Ok(answer) => response(answer),
         // The engine took the request and ended before answering (it died in that round):
         // it may or may not have been applied, so it must not be replayed blindly.
-        Err(_) => Response::err(
-            ErrorCode::Internal,
-            "the daemon stopped before answering; the request may or may not have been applied (check `enforcer list`)",
-        ),
+        Err(_) => Response::err(ErrorCode::Internal, STOPPED),
     }
 }

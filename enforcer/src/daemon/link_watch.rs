@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::engine::Command;
-use crate::{netlink, protocol::Request};
+use crate::netlink;
 
 /// How often the kernel's XDP state is compared with what the daemon attached.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -64,8 +64,7 @@ fn send(tx: &SyncSender<Command>, wait: bool) -> bool {
             return true;
         }
     };
-    let (reply, _) = tokio::sync::oneshot::channel();
-    let command = Command::internal("link watcher", Request::LinksChanged(links), reply);
+    let command = Command::daemon("link watcher", super::engine::Ask::LinksChanged(links));
     if wait {
         return tx.send(command).is_ok();
     }

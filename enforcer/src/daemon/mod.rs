@@ -66,6 +66,25 @@ impl crate::crowdsec::Engine for BouncerEngine {
         }
         ask_engine(crate::crowdsec::SOURCE, request, &self.engine).await
     }
+
+    async fn outbox(
+        &self,
+        request: crate::outbox::OutboxRequest,
+    ) -> Result<crate::outbox::OutboxBatch, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command =
+            engine::Command::daemon(crate::crowdsec::SOURCE, engine::Ask::Outbox(request, tx));
+        let engine = self.engine.clone();
+        // The engine's queue is bounded: waiting for room is back-pressure, not an error.
+        let sent = tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await;
+        if !matches!(sent, Ok(true)) {
+            return Err(control_socket::SHUTTING_DOWN.to_owned());
+        }
+        match rx.await {
+            Ok(answer) => answer.map_err(|refusal| refusal.to_body().message),
+            Err(_) => Err(control_socket::STOPPED.to_owned()),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, or until a thread it cannot run without dies
@@ -392,11 +411,9 @@ fn spawn_host_watch(
 ) -> anyhow::Result<()> {
     critical::spawn("host-watch", deaths, move || {
         crate::policy::host::watch(|now| {
-            let (reply, _) = tokio::sync::oneshot::channel();
-            tx.send(engine::Command::internal(
+            tx.send(engine::Command::daemon(
                 "host watcher",
-                crate::protocol::Request::HostChanged(now),
-                reply,
+                engine::Ask::HostChanged(now),
             ))
             .is_ok()
         });

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Nanoseconds of `CLOCK_BOOTTIME` now, as the kernel's maps hold them (typed:
 /// `crate::time::BootNs::now`).
 pub fn boottime_ns() -> u64 {
-    read_clock(nix::time::ClockId::CLOCK_BOOTTIME)
+    crate::time::BootNs::now().kernel()
 }
 
 /// How often the daemon re-reads [`boot_offset_ns`] for the data path (it changes at resume).

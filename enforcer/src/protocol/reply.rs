@@ -209,13 +209,8 @@ pub enum Reply {
         /// The id.
         id: u64,
     },
-    /// Answer to HostChanged and LinksChanged.
-    Refreshed,
     /// Answer to sync_source.
     SyncSource(SyncReply),
-    /// Answer to the publisher's take (queued publications, in order) and sent (empty).
-    #[serde(skip)]
-    Outbox(crate::outbox::OutboxBatch),
 }
 
 /// What a sync did.

@@ -241,21 +241,8 @@ pub enum Request {
         /// Its id.
         id: u64,
     },
-    /// The host's addresses and gateways now, read by the daemon's own address watcher on its
-    /// thread (never on the engine's); the allowlist follows them. Internal: not on the wire.
-    #[serde(skip)]
-    HostChanged(Vec<crate::policy::host::HostAddress>),
-    /// The links now, with their XDP programs, read by the daemon's link watcher on its thread
-    /// (after link events, and twice a second); protection follows them. Internal: not on the
-    /// wire.
-    #[serde(skip)]
-    LinksChanged(Vec<crate::netlink::LinkState>),
     /// Make one source's blocks match a feed (CrowdSec), in one durable round.
     SyncSource(SyncRequest),
-    /// The CrowdSec publisher takes queued publications or reports sent ones. Internal: not on
-    /// the wire.
-    #[serde(skip)]
-    Outbox(crate::outbox::OutboxRequest),
 }
 
 impl Request {
@@ -278,10 +265,7 @@ impl Request {
             Self::PendingList => "pending_list",
             Self::Approve { .. } => "approve",
             Self::Reject { .. } => "reject",
-            Self::HostChanged(_) => "refresh_host",
-            Self::LinksChanged(_) => "links_changed",
             Self::SyncSource(_) => "sync_source",
-            Self::Outbox(_) => "outbox",
         }
     }
 

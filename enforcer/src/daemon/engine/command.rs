@@ -5,13 +5,37 @@ use tokio::sync::oneshot;
 use crate::{
     access::Caller,
     daemon::{ledger::Replay, refusal::Refusal},
+    netlink::LinkState,
+    outbox::{OutboxBatch, OutboxRequest},
+    policy::host::HostAddress,
     protocol::{Reply, Request, RequestId},
 };
+
+/// What the engine is asked: a request of the protocol, or one only the daemon itself makes.
+/// The daemon's own asks are not protocol requests, so no socket, spool file or feed can carry
+/// one.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every ask is a client request, moved once through the channel: boxing it would allocate for each"
+)]
+pub enum Ask {
+    /// A protocol request (from a socket client, the spool, or the CrowdSec bouncer).
+    Client(Request),
+    /// The host's addresses and gateways now, read by the daemon's own address watcher on its
+    /// thread (never on the engine's); the allowlist follows them.
+    HostChanged(Vec<HostAddress>),
+    /// The links now, with their XDP programs, read by the daemon's link watcher on its thread
+    /// (after link events, and twice a second); protection follows them.
+    LinksChanged(Vec<LinkState>),
+    /// The CrowdSec publisher takes queued publications or reports sent ones; the queue's
+    /// answer goes to its own channel (no protocol reply carries it).
+    Outbox(OutboxRequest, oneshot::Sender<Result<OutboxBatch, Refusal>>),
+}
 
 /// A request, who sent it, and where to send its answer.
 pub struct Command {
     /// The request.
-    pub request: Request,
+    pub request: Ask,
     /// Who sent it: a socket peer, or the daemon itself (checked against the access rules
     /// before anything else, see [`Engine::authorize`]).
     pub caller: Caller,
@@ -32,7 +56,7 @@ impl Command {
         reply: oneshot::Sender<Result<Reply, Refusal>>,
     ) -> Self {
         Self {
-            request,
+            request: Ask::Client(request),
             caller: Caller::internal(what),
             id: None,
             replay: None,
@@ -49,10 +73,23 @@ impl Command {
         reply: oneshot::Sender<Result<Reply, Refusal>>,
     ) -> Self {
         Self {
-            request,
+            request: Ask::Client(request),
             caller: Caller::internal("spool"),
             id: Some(id),
             replay: Some(replay),
+            reply,
+        }
+    }
+
+    /// One of the daemon's own asks (`what`: the part of it that asks); nothing waits for a
+    /// protocol reply to it.
+    pub fn daemon(what: &'static str, ask: Ask) -> Self {
+        let (reply, _) = oneshot::channel();
+        Self {
+            request: ask,
+            caller: Caller::internal(what),
+            id: None,
+            replay: None,
             reply,
         }
     }

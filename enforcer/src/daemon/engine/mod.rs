@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use command::Command;
+pub use command::{Ask, Command};
 pub use links::AttachFailure;
 pub use startup::EngineConfig;
 
@@ -46,7 +46,7 @@ use crate::{
     interfaces::Interfaces,
     metrics::{BlockTally, Metrics, Published},
     policy::host,
-    protocol::{Reply, Request},
+    protocol::Request,
     store::{Store, StoreOp},
     time::{SystemClock, TimeKeeper, WallMs},
 };
@@ -195,7 +195,9 @@ impl Engine {
         let mut reads = Vec::new();
         let mut denied = false;
         for c in &batch {
-            super::critical::test_fault(&c.request);
+            if let Ask::Client(request) = &c.request {
+                super::critical::test_fault(request);
+            }
         }
         for Command {
             request,
@@ -205,17 +207,24 @@ impl Engine {
             reply,
         } in batch
         {
+            let request = match request {
+                Ask::Client(request) => request,
+                Ask::HostChanged(now) => {
+                    self.refresh_host(now);
+                    continue;
+                }
+                Ask::LinksChanged(links) => {
+                    self.follow_links(&links);
+                    continue;
+                }
+                Ask::Outbox(o, answer) => {
+                    let _ = answer.send(self.outbox(o));
+                    continue;
+                }
+            };
             if let Err(refusal) = self.authorize(&caller, &request) {
                 denied = true;
                 let _ = reply.send(Err(refusal));
-            } else if let Request::HostChanged(now) = request {
-                self.refresh_host(now);
-                let _ = reply.send(Ok(Reply::Refreshed));
-            } else if let Request::LinksChanged(links) = request {
-                self.follow_links(&links);
-                let _ = reply.send(Ok(Reply::Refreshed));
-            } else if let Request::Outbox(o) = request {
-                let _ = reply.send(self.outbox(o));
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
@@ -266,13 +275,13 @@ impl Engine {
     fn outbox(
         &mut self,
         request: crate::outbox::OutboxRequest,
-    ) -> Result<Reply, super::refusal::Refusal> {
+    ) -> Result<crate::outbox::OutboxBatch, super::refusal::Refusal> {
         use crate::outbox::OutboxRequest;
         match request {
-            OutboxRequest::Take { max } => Ok(Reply::Outbox(crate::outbox::OutboxBatch {
+            OutboxRequest::Take { max } => Ok(crate::outbox::OutboxBatch {
                 items: self.ledger.outbox().take(max),
                 counters: self.ledger.outbox().counters(),
-            })),
+            }),
             OutboxRequest::Sent(sent) => {
                 let ops = self.ledger.outbox().sent_ops(&sent);
                 let (ledger, mut store, _) = self.timed_store();
@@ -280,10 +289,10 @@ impl Engine {
                     .commit(&ops)
                     .map_err(|e| super::refusal::Refusal::Store(Arc::new(e)))?;
                 ledger.outbox_mut().apply_sent(&ops, &sent);
-                Ok(Reply::Outbox(crate::outbox::OutboxBatch {
+                Ok(crate::outbox::OutboxBatch {
                     items: Vec::new(),
                     counters: ledger.outbox().counters(),
-                }))
+                })
             }
         }
     }

@@ -1572,7 +1572,7 @@ fn ids_are_forgotten_after_their_retention_and_loaded_back_until_then() {
             id: id.parse().unwrap(),
             uid: 0,
             applied_ms: at,
-            reply: Reply::Refreshed,
+            reply: Reply::Rejected { id: 1 },
         })
         .collect();
     let mut fresh = ledger();
