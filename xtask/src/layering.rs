@@ -7,6 +7,9 @@
 //! `crate::dir::b::...` for the others). Unit-test modules (`#[cfg(test)] mod tests` blocks and
 //! `tests.rs` files) are left out: a test may use a module that uses the one it tests. A
 //! strongly connected component of more than one module is a cycle, reported with its edges.
+//!
+//! Some top-level modules must also stay leaves ([`LEAVES`]): whatever chain of imports they
+//! start, it reaches only the modules listed with them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -51,6 +54,49 @@ pub(crate) fn cycles(src: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(found)
+}
+
+/// Top-level modules that stay leaves of the crate, and the only modules each may reach
+/// through any chain of imports.
+const LEAVES: &[(&str, &[&str])] = &[
+    // The wire schema clients speak (issue 28): the crate's value types, nothing behind them
+    // (no daemon, data path, policy or store type).
+    ("protocol", &["block", "scope", "target", "time"]),
+];
+
+/// Each module a leaf reaches and must not, one line each with the chain that reaches it.
+pub(crate) fn leaf_breaches(src: &Path) -> Result<Vec<String>> {
+    let graph = graph(src, &[])?;
+    let mut found = Vec::new();
+    for (leaf, allowed) in LEAVES {
+        for (reached, chain) in reachable(&graph, leaf) {
+            if !allowed.contains(&reached.as_str()) {
+                found.push(format!(
+                    "{leaf} is a leaf but reaches {reached}: {}",
+                    chain.join(" -> ")
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Every module reachable from `from` (itself excepted), with a shortest chain to it.
+fn reachable(graph: &Graph, from: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains = BTreeMap::from([(from.to_owned(), vec![from.to_owned()])]);
+    let mut queue = std::collections::VecDeque::from([from.to_owned()]);
+    while let Some(m) = queue.pop_front() {
+        for next in graph.get(&m).into_iter().flatten() {
+            if !chains.contains_key(next) {
+                let mut chain = chains[&m].clone();
+                chain.push(next.clone());
+                chains.insert(next.clone(), chain);
+                queue.push_back(next.clone());
+            }
+        }
+    }
+    chains.remove(from);
+    chains
 }
 
 /// `src` and every directory below it that holds modules.
@@ -353,5 +399,24 @@ mod tests {
             Some("maps")
         );
         assert_eq!(sibling(&c, &[], 1).as_deref(), Some("datapath"));
+    }
+
+    #[test]
+    fn a_leaf_reaching_past_its_list_is_named_with_the_chain() {
+        let mut graph = Graph::new();
+        for (a, b) in [("p", "t"), ("t", "d"), ("d", "t"), ("x", "p")] {
+            graph.entry(a.to_owned()).or_default().insert(b.to_owned());
+        }
+        let got = reachable(&graph, "p");
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["d", "t"]);
+        assert_eq!(got["d"], ["p", "t", "d"]);
+    }
+
+    /// The checks on this repository's own crate (the lint step runs the same).
+    #[test]
+    fn the_enforcer_crate_has_no_import_cycle_and_its_leaves_stay_leaves() {
+        let src = crate::cmd::repo_root().join("enforcer/src");
+        let found = [cycles(&src).unwrap(), leaf_breaches(&src).unwrap()].concat();
+        assert!(found.is_empty(), "{}", found.join("\n"));
     }
 }

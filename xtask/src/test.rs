@@ -336,7 +336,8 @@ fn lint(summary: &mut Summary) -> Result<()> {
 
 /// No import cycle between sibling modules of the enforcer crate (see [`crate::layering`]).
 fn layering_check(summary: &mut Summary) -> Result<()> {
-    let cycles = crate::layering::cycles(&cmd::repo_root().join("enforcer/src"))?;
+    let src = cmd::repo_root().join("enforcer/src");
+    let cycles = crate::layering::cycles(&src)?;
     for cycle in &cycles {
         eprintln!("{cycle}");
     }
@@ -345,6 +346,17 @@ fn layering_check(summary: &mut Summary) -> Result<()> {
             "{} import cycle(s) between modules of enforcer/src (printed above): move the shared \
              item to the module both use, or to a new leaf module",
             cycles.len()
+        ));
+    }
+    let breaches = crate::layering::leaf_breaches(&src)?;
+    for breach in &breaches {
+        eprintln!("{breach}");
+    }
+    if !breaches.is_empty() {
+        summary.problems.push(format!(
+            "{} leaf module(s) of enforcer/src reach modules behind them (printed above): move \
+             the type they need into the leaf, or keep it out of the leaf's types",
+            breaches.len()
         ));
     }
     Ok(())
