@@ -4,6 +4,7 @@
 //! program is attached or swapped in, so a new build never enforces a half-filled map.
 //! SIGTERM stops the daemon and leaves the program attached and every block in force.
 
+pub mod backlog;
 pub mod control_socket;
 pub mod critical;
 pub mod engine;
@@ -268,7 +269,7 @@ struct Shared {
     /// Answers reads off the engine thread (`None`: the engine answers them).
     reader: Option<reads::Reader>,
     /// What the spool drain tells the engine of the triggers still to be judged.
-    backlog: spool_drain::Backlog,
+    backlog: backlog::Backlog,
 }
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.

@@ -3,20 +3,11 @@
 //! TTLs count from the spooling time; replays are charged at their spool time and applied once
 //! (by request id). The file format, its order and the writer are in [`crate::spool`].
 
-use std::{
-    fs,
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-        mpsc::SyncSender,
-    },
-    time::Duration,
-};
+use std::{fs, path::Path, sync::mpsc::SyncSender, time::Duration};
 
 use tokio::sync::oneshot;
 
-use super::{engine::Command, ledger::Replay, refusal::Refusal};
+use super::{backlog::Backlog, engine::Command, ledger::Replay, refusal::Refusal};
 use crate::{
     protocol::{BatchRequest, BlockRequest, Request},
     spool::{Spooled, parse_entry, pending, replay_id, spool_dir},
@@ -87,26 +78,6 @@ pub fn adjust(
 /// How long before a drain's scan a file that scan missed may have been timed: a hook takes
 /// the time, then writes and renames its file into place.
 const SPOOL_WRITE_SLACK: Duration = Duration::from_secs(10);
-
-/// The oldest time a trigger may still be judged at, as far as the spool knows: a spooled
-/// trigger is judged at its spool time, earlier than now. The drain lowers it to its oldest
-/// file before it hands any over, and raises it once every one is judged (to its scan's start,
-/// less [`SPOOL_WRITE_SLACK`]: a file it missed was written after that). The engine forgets no
-/// breaker state that a trigger of that time needs ([`crate::policy::Policy::open_breakers`]).
-/// Before the first drain, any time may still come.
-#[derive(Clone, Debug, Default)]
-pub struct Backlog(Arc<AtomicU64>);
-
-impl Backlog {
-    /// The oldest time a trigger may still be judged at: `now` or earlier.
-    pub fn judged_from(&self, now: WallMs) -> WallMs {
-        WallMs::from_unix_ms(self.0.load(Ordering::Acquire)).min(now)
-    }
-
-    fn hold_from(&self, at: WallMs) {
-        self.0.store(at.unix_ms(), Ordering::Release);
-    }
-}
 
 /// What a drain did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -687,7 +687,7 @@ impl Policy {
 
     /// The breakers open at `now`. Triggers are judged at their own time, and a spooled backlog
     /// at earlier times than now: `judged_from` is the oldest time a trigger may still be
-    /// judged at ([`crate::daemon::spool_drain::Backlog`]). A breaker is closed, and a source
+    /// judged at ([`crate::daemon::backlog::Backlog`]). A breaker is closed, and a source
     /// forgotten, only once that time is past its cooldown and its last new block's minute:
     /// the map holds only the sources that made a new block in the minute before it or whose
     /// breaker is open then, however many sources came and went, and a trigger still to be

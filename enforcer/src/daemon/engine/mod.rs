@@ -117,7 +117,7 @@ pub struct Engine {
     /// Denied requests per caller, for the audit log.
     denials: denials::Denials,
     /// The oldest time a spooled trigger may still be judged at (breakers are kept for it).
-    backlog: super::spool_drain::Backlog,
+    backlog: super::backlog::Backlog,
 }
 
 /// Whether a request only reads (answered after the round's writes).

@@ -91,7 +91,7 @@ impl Engine {
             held: Vec::new(),
             reads,
             denials: super::denials::Denials::default(),
-            backlog: crate::daemon::spool_drain::Backlog::default(),
+            backlog: crate::daemon::backlog::Backlog::default(),
         };
         engine.ledger.set_time_base(engine.clock.base());
         let mut outbox = config.outbox;

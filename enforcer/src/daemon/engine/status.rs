@@ -55,7 +55,7 @@ impl Engine {
     }
 
     /// What the spool drain tells this engine of the triggers still to be judged.
-    pub fn backlog(&self) -> crate::daemon::spool_drain::Backlog {
+    pub fn backlog(&self) -> crate::daemon::backlog::Backlog {
         self.backlog.clone()
     }
 
