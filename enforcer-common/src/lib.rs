@@ -50,6 +50,15 @@ pub mod map_names {
     /// Per-CPU array of [`Unjudged`](super::Unjudged), one slot per interface like
     /// [`STATS`]: the frames the parser gave up on, by reason.
     pub const UNJUDGED: &str = "UNJUDGED";
+    /// Flood detection (see [`flood`](super::flood)), not pinned: state of the program that
+    /// made them, gone with it. Per-CPU count-min sketch of u64 cells.
+    pub const FLOOD_SKETCH: &str = "FLOOD_SKETCH";
+    /// Flood detection: LRU hash of the sources counted exactly.
+    pub const FLOOD_TRACK: &str = "FLOOD_TRACK";
+    /// Flood detection: ring buffer of [`FloodReport`](super::flood::FloodReport)s.
+    pub const FLOOD_EVENTS: &str = "FLOOD_EVENTS";
+    /// Flood detection: per-CPU [`FloodStats`](super::flood::FloodStats), one slot.
+    pub const FLOOD_STATS: &str = "FLOOD_STATS";
 
     /// Every map the layout had when first released, in a fixed order (see also [`ADDED`]).
     pub const ALL: [&str; 12] = [
@@ -487,6 +496,17 @@ assert_layout!(Stats, 7 * 16, {
     seen: 0, passed: 16, dropped: 32, allowlisted: 48, shadow: 64, expired: 80, not_ip: 96,
 });
 assert_layout!(Unjudged, unjudged::SLOTS * 16, { reasons: 0 });
+assert_layout!(flood::FloodConfig, 72, {
+    enabled: 0, hold: 4, window_ns: 8, limit: 16, suspect: 40, reports_per_window: 64, pad: 68,
+});
+assert_layout!(flood::FloodTrack, 32, { window: 0, count: 8, reported: 24, held: 28 });
+assert_layout!(flood::FloodReport, 56, {
+    addr: 0, family: 16, class: 20, count: 24, limit: 28, elapsed_ns: 32, window_ns: 40,
+    at_ns: 48,
+});
+assert_layout!(flood::FloodStats, 48, {
+    suspects: 0, reports: 8, capped: 16, lost: 24, held: 32, over: 40,
+});
 
 #[cfg(feature = "user")]
 mod pod {
@@ -497,6 +517,10 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::Unjudged {}
+    unsafe impl aya::Pod for super::flood::FloodConfig {}
+    unsafe impl aya::Pod for super::flood::FloodTrack {}
+    unsafe impl aya::Pod for super::flood::FloodReport {}
+    unsafe impl aya::Pod for super::flood::FloodStats {}
 }
 
 #[cfg(test)]
@@ -578,3 +602,6 @@ mod tests {
 
 /// Port and protocol scopes in the data path.
 pub mod scope;
+
+/// Flood detection in the data path.
+pub mod flood;

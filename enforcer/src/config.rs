@@ -54,6 +54,8 @@ pub struct Config {
     pub crowdsec: Option<crate::crowdsec::CrowdsecConfig>,
     /// Who may do what on the control socket, besides root (see [`crate::access`]).
     pub access: Vec<crate::access::AccessEntry>,
+    /// Flood detection in the data path (see [`crate::flood`]).
+    pub flood: crate::flood::FloodConfig,
 }
 
 /// The `[metrics]` section.
@@ -103,6 +105,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             crowdsec: None,
             access: Vec::new(),
+            flood: crate::flood::FloodConfig::default(),
         }
     }
 }
@@ -343,6 +346,13 @@ impl Config {
             let span = match key.strip_prefix("publish.") {
                 Some(k) => section_key_span(text, "crowdsec.publish", k),
                 None => section_key_span(text, "crowdsec", &key),
+            };
+            return Err(located(span, message));
+        }
+        if let Err((key, message)) = config.flood.validate() {
+            let span = match key.split_once('.') {
+                Some((family, k)) => section_key_span(text, &format!("flood.{family}"), k),
+                None => section_key_span(text, "flood", &key),
             };
             return Err(located(span, message));
         }

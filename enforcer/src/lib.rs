@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod duration;
 pub mod error;
+pub mod flood;
 pub mod hooks;
 pub mod install;
 pub mod interfaces;

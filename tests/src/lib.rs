@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod crowdsec;
 pub mod daemon;
 pub mod execd;
+pub mod flood;
 pub mod frame;
 pub mod metrics;
 pub mod tun;

@@ -109,6 +109,9 @@ fn print(s: &crate::protocol::StatusReply) {
     if let Some(cs) = &s.crowdsec {
         print_crowdsec(cs);
     }
+    if let Some(f) = &s.flood {
+        print_flood(f);
+    }
     println!();
     if s.interfaces.is_empty() {
         println!("interfaces: none configured (nothing is filtered)");
@@ -178,6 +181,46 @@ fn print_interfaces(interfaces: &[InterfaceStatus]) {
         ]);
     }
     table(&t);
+}
+
+fn print_flood(f: &crate::protocol::FloodStatus) {
+    if !f.enabled {
+        println!("flood detection: off ([flood] enabled = false)");
+        return;
+    }
+    let limits = |l: crate::protocol::FloodLimits| {
+        format!("{} packets, {} SYN, {} ICMP", l.packets, l.syn, l.icmp)
+    };
+    println!(
+        "flood detection: on, per source per second: IPv4 {}, IPv6 {} (0 = not checked; window {} ms); hold {}",
+        limits(f.ipv4),
+        limits(f.ipv6),
+        f.window_ms,
+        if f.hold {
+            "on"
+        } else {
+            "off (shadow or hold = false)"
+        },
+    );
+    let k = &f.kernel;
+    println!(
+        "flood detection: candidates {} (blocks {}, refused {}, repeats {}); reports dropped {} (cap {}, ring buffer full {}); packets held {}, over the limit and passed {}",
+        f.candidates,
+        f.blocks,
+        f.refused,
+        f.repeats,
+        k.capped + k.lost,
+        k.capped,
+        k.lost,
+        k.held,
+        k.over,
+    );
+    if f.last_latency_us > 0 {
+        println!(
+            "flood detection: the last block was in place {:.1} ms after its source passed its limit",
+            f.last_latency_us as f64 / 1000.0
+        );
+    }
 }
 
 fn print_crowdsec(cs: &crate::protocol::CrowdsecStatus) {

@@ -347,6 +347,13 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
             }
             (Next::Line, Some(caller)) => {
                 let (op, mut response) = handle_line(&line, caller, server).await;
+                if let Response::Ok {
+                    result: Reply::Status(status),
+                    ..
+                } = &mut response
+                {
+                    status.flood = server.metrics.flood();
+                }
                 if let (
                     Response::Ok {
                         result: Reply::Status(status),

@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod control_socket;
 pub mod critical;
 pub mod engine;
+pub mod flood_watch;
 pub mod kernel_sync;
 pub mod ledger;
 pub mod link_watch;
@@ -111,6 +112,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let bouncer = start_bouncer(&config, &tx, &reader_slot, &runtime, &publishing)?;
     systemd::TestStall::named("ENFORCER_TEST_STALL_START").wait();
     let mut engine = open_engine(&config, &access, publishing.outbox)?;
+    let flood = if config.flood.enabled {
+        let Some(maps) = engine.take_flood() else {
+            anyhow::bail!(
+                "[flood] enabled = true, but the loaded data path has no flood detector: set enabled = false"
+            );
+        };
+        Some(maps)
+    } else {
+        None
+    };
     let layout = attach_interfaces(&mut engine, &config)?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     engine.set_heartbeat(notifier.heartbeat());
@@ -130,6 +141,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         notifier,
         reader,
         backlog: engine.backlog(),
+        flood,
     };
 
     let (deaths, died) = tokio::sync::mpsc::unbounded_channel();
@@ -270,6 +282,8 @@ struct Shared {
     reader: Option<reads::Reader>,
     /// What the spool drain tells the engine of the triggers still to be judged.
     backlog: backlog::Backlog,
+    /// The flood detector's maps, for its watcher (`None`: detection is off).
+    flood: Option<crate::datapath::FloodMaps>,
 }
 
 /// Opens the state directory, the store, the audit log and the maps, and reconciles them.
@@ -291,6 +305,7 @@ fn open_engine(
         bpffs_dir: config.bpffs_dir.clone(),
         capacity: config.capacity.into(),
         count_block_hits: true,
+        flood: config.flood.kernel(&config.policy),
     })?;
     engine::Engine::start(
         store,
@@ -442,7 +457,7 @@ fn default_ttls(config: &Config) -> spool_drain::DefaultTtls {
 async fn serve(
     config: &Config,
     tx: mpsc::SyncSender<engine::Command>,
-    shared: Shared,
+    mut shared: Shared,
     engine: RunningEngine,
     mut died: tokio::sync::mpsc::UnboundedReceiver<critical::Death>,
     bouncer: StartedBouncer,
@@ -459,6 +474,9 @@ async fn serve(
     tracing::info!(socket = %socket.display(), "listening");
     let mut tasks = background(config, &shared, &tx, default_ttls).await?;
     tasks.tasks.extend(bouncer.tasks);
+    tasks
+        .tasks
+        .extend(start_flood_watch(config, &mut shared, &tx)?);
     tasks.crowdsec_status = bouncer.status;
     let limits = config.control_socket;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -565,6 +583,29 @@ fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {
         .map(crate::access::group_id)
         .transpose()
         .map_err(Into::into)
+}
+
+/// Turns the flood detector's reports into block requests, when detection is on; else says
+/// in status and metrics that it is off.
+fn start_flood_watch(
+    config: &Config,
+    shared: &mut Shared,
+    tx: &mpsc::SyncSender<engine::Command>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(maps) = shared.flood.take() else {
+        flood_watch::publish_off(&config.flood, &shared.metrics);
+        return Ok(None);
+    };
+    let hold = config.flood.kernel(&config.policy).hold != 0;
+    let task = flood_watch::spawn(
+        config.flood.clone(),
+        hold,
+        maps,
+        tx.clone(),
+        shared.metrics.clone(),
+    )?;
+    tracing::info!(hold, "flood detection on");
+    Ok(Some(task))
 }
 
 /// Serves `/metrics` when configured.

@@ -323,6 +323,7 @@ impl View<'_> {
             allowlist: s.allowlist.len(),
             crowdsec: None,
             clock_steps: s.clock_steps.clone(),
+            flood: None,
         }
     }
 }

@@ -34,7 +34,9 @@ use aya::{
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
     GLOBAL_COUNT_BLOCK_HITS, HIT_SLOTS, HitSlot, LAYOUT_VERSION, PROGRAM_NAME, PROGRAM_NAME_IP,
-    STATS_SLOTS, Stats, Unjudged, lookup, map_names,
+    STATS_SLOTS, Stats, Unjudged,
+    flood::{FloodConfig, FloodReport, FloodStats, GLOBAL_FLOOD},
+    lookup, map_names,
 };
 use nix::{
     errno::Errno,
@@ -119,6 +121,8 @@ pub struct DatapathOptions {
     pub capacity: Capacity,
     /// Count per-block hits (on by default; off only to measure what they cost).
     pub count_block_hits: bool,
+    /// Flood detection in the data path (off by default; see [`enforcer_common::flood`]).
+    pub flood: FloodConfig,
 }
 
 impl Default for DatapathOptions {
@@ -127,6 +131,7 @@ impl Default for DatapathOptions {
             bpffs_dir: DEFAULT_BPFFS_DIR.into(),
             capacity: Capacity::default(),
             count_block_hits: true,
+            flood: FloodConfig::OFF,
         }
     }
 }
@@ -151,6 +156,38 @@ pub struct Attachment {
     /// Why the kernel refused native mode when `auto` fell back to skb: its words and what to
     /// do (see [`native_refusal`]).
     pub native_refused: Option<String>,
+}
+
+/// The flood detector's report ring buffer and counters (see [`enforcer_common::flood`]).
+pub struct FloodMaps {
+    /// Reports of sources over their limit.
+    pub events: aya::maps::RingBuf<aya::maps::MapData>,
+    /// Per-CPU counters, one slot.
+    pub stats: aya::maps::PerCpuArray<aya::maps::MapData, FloodStats>,
+}
+
+impl FloodMaps {
+    /// The counters summed over every CPU.
+    pub fn stats_total(&self) -> Result<FloodStats, aya::maps::MapError> {
+        Ok(self
+            .stats
+            .get(&0, 0)?
+            .iter()
+            .fold(FloodStats::default(), |a, b| a.plus(*b)))
+    }
+
+    /// The reports waiting in the ring buffer, decoded.
+    pub fn drain(&mut self) -> Vec<FloodReport> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<FloodReport>() {
+                // SAFETY: the data path writes whole `FloodReport`s (repr(C), integers only);
+                // the read is unaligned-safe.
+                out.push(unsafe { item.as_ptr().cast::<FloodReport>().read_unaligned() });
+            }
+        }
+        out
+    }
 }
 
 /// The loaded program and its pinned maps. One process at a time holds this (a lock enforces it).
@@ -305,6 +342,16 @@ impl Datapath {
     /// The maps, for writing.
     pub fn maps_mut(&mut self) -> &mut BlockMaps {
         &mut self.maps
+    }
+
+    /// The flood detector's maps, taken out for their reader (once: `None` after).
+    pub fn take_flood(&mut self) -> Option<FloodMaps> {
+        let events = self.ebpf.take_map(map_names::FLOOD_EVENTS)?;
+        let stats = self.ebpf.take_map(map_names::FLOOD_STATS)?;
+        Some(FloodMaps {
+            events: aya::maps::RingBuf::try_from(events).ok()?,
+            stats: aya::maps::PerCpuArray::try_from(stats).ok()?,
+        })
     }
 
     /// The loaded XDP program for Ethernet links (for `BPF_PROG_TEST_RUN`).
@@ -625,13 +672,14 @@ pub fn pinned_interfaces(layout: &PinLayout) -> Vec<String> {
     names
 }
 
-fn loader(opts: &DatapathOptions) -> EbpfLoader<'static> {
+fn loader(opts: &DatapathOptions) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL.into_iter().chain(map_names::ADDED) {
         loader.map_max_entries(name, opts.capacity.of(name));
     }
     let count: &'static u8 = if opts.count_block_hits { &1 } else { &0 };
     loader.override_global(GLOBAL_COUNT_BLOCK_HITS, count, true);
+    loader.override_global(GLOBAL_FLOOD, &opts.flood, false);
     loader
 }
 

@@ -16,8 +16,8 @@ pub use bpffs::{PinLayout, PinsDurability, PinsInfo, ResolvedPins, resolve as re
 pub use error::{DatapathError, XdpModeRequest};
 pub use link::{LinkType, Parse, Programs};
 pub use loader::{
-    Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathOptions, detach_all, detach_link,
-    pinned_interfaces,
+    Attachment, Capacity, DEFAULT_BPFFS_DIR, Datapath, DatapathOptions, FloodMaps, detach_all,
+    detach_link, pinned_interfaces,
 };
 pub use map_id::{MapId, PerMap};
 pub use maps::{BlockMaps, MapsError, StatsReader};

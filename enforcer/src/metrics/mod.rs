@@ -61,6 +61,8 @@ pub struct Metrics {
     engine_waiting: AtomicU64,
     /// The store's own count of durable commits ([`crate::store::Store::commits`]).
     store_commits: Arc<AtomicU64>,
+    /// Flood detection, as its watcher last published it.
+    flood: Mutex<Option<crate::protocol::FloodStatus>>,
 }
 
 /// What the engine publishes after each round.
@@ -120,6 +122,16 @@ impl Metrics {
             store_commits,
             ..Self::default()
         }
+    }
+
+    /// Publishes flood detection's state (its watcher does, as it changes).
+    pub fn set_flood(&self, status: crate::protocol::FloodStatus) {
+        *lock(&self.flood) = Some(status);
+    }
+
+    /// Flood detection's state, once its watcher published it.
+    pub fn flood(&self) -> Option<crate::protocol::FloodStatus> {
+        lock(&self.flood).clone()
     }
 
     /// Counts one control request and its outcome (`ok` or an error code).
@@ -350,6 +362,9 @@ pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
     render_unjudged(&mut e, o);
     render_state(&mut e, s, o, &m.dropped_by_origin());
     render_counters(&mut e, m);
+    if let Some(f) = m.flood() {
+        render_flood(&mut e, &f);
+    }
     // integrations (CrowdSec: last successful pull, decisions) go here.
     e.family(
         "enforcer_build_info",
@@ -362,6 +377,90 @@ pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
         1.0,
     );
     e.finish()
+}
+
+/// Flood detection: on or off, its limits, and what became of its reports.
+fn render_flood(e: &mut Exposition, f: &crate::protocol::FloodStatus) {
+    e.family(
+        "enforcer_flood_enabled",
+        Kind::Gauge,
+        "1 when the data path detects floods ([flood] enabled), else 0.",
+    )
+    .sample(
+        "enforcer_flood_enabled",
+        &[],
+        f64::from(u8::from(f.enabled)),
+    );
+    e.family(
+        "enforcer_flood_limit_packets_per_second",
+        Kind::Gauge,
+        "Per-source limits of flood detection, by family and class (0 = not checked).",
+    );
+    for (family, l) in [("ipv4", f.ipv4), ("ipv6", f.ipv6)] {
+        for (class, v) in [("packets", l.packets), ("syn", l.syn), ("icmp", l.icmp)] {
+            e.sample(
+                "enforcer_flood_limit_packets_per_second",
+                &[("family", family), ("class", class)],
+                f64::from(v),
+            );
+        }
+    }
+    e.family(
+        "enforcer_flood_candidates_total",
+        Kind::Counter,
+        "Sources over a limit reported by the data path, by what became of the report: block (a block request the policy accepted), refused (refused by the policy: allowlist, scope, breaker...), repeat (already asked within repeat_after).",
+    );
+    for (outcome, n) in [
+        ("block", f.blocks),
+        ("refused", f.refused),
+        ("repeat", f.repeats),
+    ] {
+        e.sample(
+            "enforcer_flood_candidates_total",
+            &[("outcome", outcome)],
+            n as f64,
+        );
+    }
+    e.family(
+        "enforcer_flood_reports_dropped_total",
+        Kind::Counter,
+        "Reports the data path did not send, by why: cap (reports_per_window reached), ring_full (the ring buffer was full).",
+    );
+    for (reason, n) in [("cap", f.kernel.capped), ("ring_full", f.kernel.lost)] {
+        e.sample(
+            "enforcer_flood_reports_dropped_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    e.family(
+        "enforcer_flood_packets_total",
+        Kind::Counter,
+        "Packets of sources over their limit before their block: held (dropped by the hold) or over (passed: hold off, shadow mode, or allowlisted).",
+    );
+    for (action, n) in [("held", f.kernel.held), ("over", f.kernel.over)] {
+        e.sample(
+            "enforcer_flood_packets_total",
+            &[("action", action)],
+            n as f64,
+        );
+    }
+    e.family(
+        "enforcer_flood_suspects_total",
+        Kind::Counter,
+        "Sources the data path started counting exactly (their estimate on a CPU reached its share of a limit).",
+    )
+    .sample("enforcer_flood_suspects_total", &[], f.kernel.suspects as f64);
+    e.family(
+        "enforcer_flood_last_block_latency_seconds",
+        Kind::Gauge,
+        "From the data path seeing the last blocked flood source pass its limit to its block in the maps (0 before the first).",
+    )
+    .sample(
+        "enforcer_flood_last_block_latency_seconds",
+        &[],
+        f.last_latency_us as f64 / 1e6,
+    );
 }
 
 fn render_datapath(e: &mut Exposition, o: &Outside) {

@@ -262,6 +262,84 @@ pub struct StatusReply {
     /// Wall-clock steps followed since the daemon started.
     #[serde(default)]
     pub clock_steps: ClockSteps,
+    /// Flood detection (absent from daemons that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodStatus>,
+}
+
+/// Flood detection in status and metrics (docs/flood.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloodStatus {
+    /// Whether the data path detects floods.
+    pub enabled: bool,
+    /// Whether the data path holds a source over its limit until its block (enforce only).
+    pub hold: bool,
+    /// The window rates are measured over (ms).
+    pub window_ms: u64,
+    /// IPv4 limits, packets per second per source (0 = not checked).
+    pub ipv4: FloodLimits,
+    /// IPv6 limits.
+    pub ipv6: FloodLimits,
+    /// Reports of sources over a limit read from the data path.
+    pub candidates: u64,
+    /// Reports of a target already turned into a request within `repeat_after`: not asked again.
+    pub repeats: u64,
+    /// Block requests made of reports.
+    pub requests: u64,
+    /// Of those, accepted (a block made, extended or held for approval).
+    pub blocks: u64,
+    /// Of those, refused by the policy (allowlist, scope, breaker...) or failed.
+    pub refused: u64,
+    /// The data path's own counters.
+    pub kernel: FloodKernelCounters,
+    /// From the data path seeing the last accepted candidate pass its limit to its block being
+    /// in the maps (µs; the data path's coarse clock may add up to a tick). 0 before the first.
+    #[serde(default)]
+    pub last_latency_us: u64,
+}
+
+/// Per-source limits of one family, in packets per second; 0 = not checked (`[flood.ipv4]`,
+/// `[flood.ipv6]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodLimits {
+    /// Every packet.
+    pub packets: u32,
+    /// TCP SYN without ACK.
+    pub syn: u32,
+    /// ICMP / ICMPv6.
+    pub icmp: u32,
+}
+
+/// The flood detector's counters in the data path, summed over CPUs (since the program was
+/// loaded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloodKernelCounters {
+    /// Sources that started being counted exactly.
+    pub suspects: u64,
+    /// Reports sent.
+    pub reports: u64,
+    /// Reports not sent: the per-window cap (`reports_per_window`) was reached.
+    pub capped: u64,
+    /// Reports not sent: the ring buffer was full.
+    pub lost: u64,
+    /// Packets dropped by the hold.
+    pub held: u64,
+    /// Packets over their source's limit that passed (hold off, or allowlisted).
+    pub over: u64,
+}
+
+impl From<enforcer_common::flood::FloodStats> for FloodKernelCounters {
+    fn from(s: enforcer_common::flood::FloodStats) -> Self {
+        Self {
+            suspects: s.suspects,
+            reports: s.reports,
+            capped: s.capped,
+            lost: s.lost,
+            held: s.held,
+            over: s.over,
+        }
+    }
 }
 
 /// Wall-clock steps the daemon followed since it started (each moved every deadline with the

@@ -113,6 +113,7 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     })
     .unwrap();
     let dp = RefCell::new(dp);
@@ -184,6 +185,7 @@ fn an_allowlist_added_after_the_blocks_wins_at_once() {
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     })
     .unwrap();
     let dp = RefCell::new(dp);
@@ -399,6 +401,7 @@ fn nested_blocks_get_the_verdict_of_their_live_enforced_prefixes() {
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     })
     .unwrap();
     let dp = RefCell::new(dp);

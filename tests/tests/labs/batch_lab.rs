@@ -83,6 +83,7 @@ fn a_batch_into_a_full_map_refuses_exactly_the_entries_that_do_not_fit() {
             ..Capacity::default()
         },
         count_block_hits: true,
+        ..Default::default()
     })
     .unwrap();
     let maps = dp.maps_mut();

@@ -883,6 +883,7 @@ fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
                 allow: Capacity::default().allow,
             },
             count_block_hits: true,
+            ..Default::default()
         })
         .unwrap();
         let stray: enforcer::Target = SENDER_V4[2].parse().unwrap();

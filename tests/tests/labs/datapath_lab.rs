@@ -32,6 +32,7 @@ fn options(pins: &std::path::Path) -> DatapathOptions {
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     }
 }
 

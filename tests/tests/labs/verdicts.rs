@@ -31,6 +31,7 @@ fn small_options(pins: &PinDir) -> DatapathOptions {
         bpffs_dir: pins.path().to_owned(),
         capacity: small(),
         count_block_hits: true,
+        ..Default::default()
     }
 }
 
@@ -54,6 +55,7 @@ impl Fixture {
             bpffs_dir: pins.path().to_owned(),
             capacity,
             count_block_hits,
+            ..Default::default()
         })
         .expect("load the XDP program");
         Self { dp, _pins: pins }

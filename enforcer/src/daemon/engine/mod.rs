@@ -126,6 +126,11 @@ fn is_read(request: &Request) -> bool {
 }
 
 impl Engine {
+    /// The flood detector's maps, for their watcher (once).
+    pub fn take_flood(&mut self) -> Option<crate::datapath::FloodMaps> {
+        self.dp.take_flood()
+    }
+
     /// Now (Unix ms), after following the clock: a wall-clock step moves every deadline with
     /// it (stored, and audited once) before anything reads the time.
     fn now(&mut self) -> WallMs {

@@ -538,6 +538,7 @@ impl Loaded {
             bpffs_dir: pins.path().to_owned(),
             capacity: CAPACITY,
             count_block_hits,
+            ..Default::default()
         })
         .context("loading the XDP program")?;
         Ok(Self { dp, _pins: pins })

@@ -159,6 +159,7 @@ fn kernel(settings: &Settings) -> Result<(Vec<MapMemory>, Vec<MapMemory>)> {
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     })
     .context("loading the XDP program")?;
     let maps_dir = PinLayout::new(pins.path()).maps_dir();

@@ -47,6 +47,7 @@ pub(crate) fn run(rounds: usize, repeat: u32) -> Result<Vec<MultiCpuCase>> {
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     })
     .context("loading the XDP program")?;
     for t in ["198.51.100.7", "203.0.113.0/24"] {

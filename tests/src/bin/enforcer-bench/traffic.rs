@@ -324,6 +324,7 @@ fn xdp(base: &Baseline, settings: &Settings, runs: &mut Vec<Run>) -> Result<Stri
             allow: 64,
         },
         count_block_hits: true,
+        ..Default::default()
     };
     let mut dp = lab
         .receiver

@@ -1,0 +1,183 @@
+//! Flood detection in the data path (issue 23): the layout of its configuration, maps and
+//! reports, shared by the XDP program and the daemon.
+//!
+//! **Per packet** (only packets the block maps let through, and only when the daemon loaded
+//! the program with detection on): the source is counted, per [class](class), in this CPU's
+//! count-min sketch ([`map_names::FLOOD_SKETCH`](super::map_names::FLOOD_SKETCH): two rows of
+//! [`SKETCH_WIDTH`] cells, each cell a window id and a count, reset lazily when a packet finds
+//! an older window in it). No hash map is touched: two array cells per class, on this CPU.
+//!
+//! **Suspects only**: a source whose estimate on this CPU reaches its class's
+//! [`FloodConfig::suspect`] level is counted exactly, over every CPU, in a bounded LRU hash
+//! ([`map_names::FLOOD_TRACK`], [`TRACK_ENTRIES`] entries): the estimate at the crossing, then
+//! each packet. A source spread thin (a spoofed flood from many addresses) never reaches the
+//! level, so it neither takes memory nor makes reports.
+//!
+//! **Report**: the first time in a window a tracked source's count passes its class's limit, a
+//! [`FloodReport`] goes to the ring buffer ([`map_names::FLOOD_EVENTS`]): at most one per source
+//! and class per window, and at most [`FloodConfig::reports_per_window`] in all per window
+//! (the rest are counted in [`FloodStats::capped`]; a full ring buffer in
+//! [`FloodStats::lost`]). The daemon makes each report a block of source `flood` through its
+//! policy, like any other request.
+//!
+//! **Hold** ([`FloodConfig::hold`]): until the block is in place, packets of a source over its
+//! limit in the current window are dropped (a fixed-window limit at the threshold), unless the
+//! allowlist covers the source. The daemon turns it on only when `flood` blocks are enforced:
+//! in shadow mode nothing is dropped, and the over-limit packets are counted
+//! ([`FloodStats::over`]).
+
+/// The classes a packet is counted in (an index into the limits, per family).
+pub mod class {
+    /// Every packet.
+    pub const PACKETS: u32 = 0;
+    /// TCP SYN without ACK (a connection attempt).
+    pub const SYN: u32 = 1;
+    /// ICMP (IPv4) or ICMPv6.
+    pub const ICMP: u32 = 2;
+    /// Classes per family.
+    pub const COUNT: usize = 3;
+    /// Names, by index, as the daemon shows them.
+    pub const NAMES: [&str; COUNT] = ["packets", "syn", "icmp"];
+}
+
+/// Limits are indexed `family * class::COUNT + class`, family 0 = IPv4, 1 = IPv6.
+pub const LIMITS: usize = 2 * class::COUNT;
+
+/// Cells per sketch row (a power of two).
+pub const SKETCH_WIDTH: u32 = 1 << SKETCH_WIDTH_BITS;
+/// log2 of [`SKETCH_WIDTH`].
+pub const SKETCH_WIDTH_BITS: u32 = 13;
+/// Rows of the sketch: a source's estimate is the smaller of its cells.
+pub const SKETCH_ROWS: u32 = 2;
+/// Cells of [`map_names::FLOOD_SKETCH`](super::map_names::FLOOD_SKETCH) per CPU (8 bytes each:
+/// 128 KiB per CPU).
+pub const SKETCH_CELLS: u32 = SKETCH_ROWS * SKETCH_WIDTH;
+/// Sources counted exactly at once (an LRU: the least recently seen goes first).
+pub const TRACK_ENTRIES: u32 = 4096;
+/// Bytes of the ring buffer (a power-of-two number of pages).
+pub const EVENTS_BYTES: u32 = 64 * 1024;
+
+/// The detector's configuration: a read-only global of the program ([`GLOBAL_FLOOD`]), set by
+/// the daemon at load time, so detection switched off is pruned by the verifier, not tested per
+/// packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodConfig {
+    /// 1: detect; 0: the program does not look.
+    pub enabled: u32,
+    /// 1: drop a source's packets over its limit in the current window (see the module).
+    pub hold: u32,
+    /// The window, in ns (boot clock, as the data path reads it).
+    pub window_ns: u64,
+    /// Packets per window above which a source is reported; 0 = the class is not checked.
+    pub limit: [u32; LIMITS],
+    /// The per-CPU estimate at which a source is counted exactly (at most its limit).
+    pub suspect: [u32; LIMITS],
+    /// Reports per window, over every source.
+    pub reports_per_window: u32,
+    /// Padding (zero).
+    pub pad: u32,
+}
+
+/// Name of the read-only global holding the [`FloodConfig`].
+pub const GLOBAL_FLOOD: &str = "FLOOD";
+
+/// The key of [`map_names::FLOOD_TRACK`](super::map_names::FLOOD_TRACK): the source's two
+/// little-endian address words (IPv4 in the low half of the first) and its family (0 or 1).
+pub type TrackKey = [u64; 3];
+
+/// One tracked source: its exact counts in the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodTrack {
+    /// The window the counts are for.
+    pub window: u64,
+    /// Packets by class.
+    pub count: [u32; 4],
+    /// Bit per class: reported in this window.
+    pub reported: u32,
+    /// Packets dropped by the hold, all windows.
+    pub held: u32,
+}
+
+/// A source over its limit, as the ring buffer carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodReport {
+    /// The source's address bytes (IPv4 in the first four).
+    pub addr: [u8; 16],
+    /// 0 = IPv4, 1 = IPv6.
+    pub family: u32,
+    /// The [`class`] over its limit.
+    pub class: u32,
+    /// Packets counted in the window when the limit was passed.
+    pub count: u32,
+    /// The limit (packets per window).
+    pub limit: u32,
+    /// Boot-clock ns from the window's start to the report: `count` packets arrived within it.
+    pub elapsed_ns: u64,
+    /// The window's length (ns).
+    pub window_ns: u64,
+    /// When the limit was passed (boot clock, ns, as the data path reads it: up to a tick
+    /// early), for the time from there to the block.
+    pub at_ns: u64,
+}
+
+/// The detector's per-CPU counters (one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodStats {
+    /// Sources that started being counted exactly (per CPU, per window).
+    pub suspects: u64,
+    /// Reports written to the ring buffer.
+    pub reports: u64,
+    /// Reports not sent: the window's cap was reached.
+    pub capped: u64,
+    /// Reports not sent: the ring buffer was full.
+    pub lost: u64,
+    /// Packets dropped by the hold.
+    pub held: u64,
+    /// Packets over their source's limit that passed (hold off, or the source allowlisted).
+    pub over: u64,
+}
+
+impl FloodStats {
+    /// Sums two sets of counters.
+    pub const fn plus(self, o: Self) -> Self {
+        Self {
+            suspects: self.suspects + o.suspects,
+            reports: self.reports + o.reports,
+            capped: self.capped + o.capped,
+            lost: self.lost + o.lost,
+            held: self.held + o.held,
+            over: self.over + o.over,
+        }
+    }
+}
+
+/// The sketch cell of a source in `row` (0 or 1) for `class`: a multiply-xor hash of its words.
+#[inline(always)]
+pub const fn sketch_cell(a: u64, b: u64, family_class: u32, row: u32) -> u32 {
+    let h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(23)
+        ^ ((family_class as u64 + 1).wrapping_mul(0x1656_67B1_9E37_79F9)).rotate_left(41);
+    let h = (h ^ (h >> 29)).wrapping_mul(if row == 0 {
+        0x94D0_49BB_1331_11EB
+    } else {
+        0xBF58_476D_1CE4_E5B9
+    });
+    row * SKETCH_WIDTH + (h >> (64 - SKETCH_WIDTH_BITS)) as u32
+}
+
+impl FloodConfig {
+    /// Detection off (what the program holds unless the daemon sets it).
+    pub const OFF: Self = Self {
+        enabled: 0,
+        hold: 0,
+        window_ns: 1_000_000_000,
+        limit: [0; LIMITS],
+        suspect: [0; LIMITS],
+        reports_per_window: 0,
+        pad: 0,
+    };
+}
