@@ -403,7 +403,7 @@ pub(crate) fn cli(socket: &Path) -> Command {
 }
 
 /// The CLI of the build `bin`, talking to one daemon.
-fn cli_of(bin: &Path, socket: &Path) -> Command {
+pub(crate) fn cli_of(bin: &Path, socket: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--socket").arg(socket);
     cmd
@@ -621,20 +621,10 @@ fn cli_to_kernel(lab: &Lab, d: &Daemon, bin: &Path, calls: usize) -> Result<(Sum
 const PROBE_INTERVAL: Duration = Duration::from_micros(200);
 
 /// For each trial, a fresh lab source (192.0.2.`first`, and on) probes every 0.2 ms;
-/// `enforcer block` is spawned; the latency is the send time of the source's last probe that
-/// got through, minus the spawn time. Returns the latencies and the probes' measured mean
-/// interval.
-pub(crate) fn trigger_to_drop(
-    lab: &Lab,
-    d: &Daemon,
-    trials: usize,
-    first: u8,
-) -> Result<(Summary, f64)> {
-    trigger_to_drop_with(lab, d, &enforcer_bin(), trials, first)
-}
-
-/// [`trigger_to_drop`] with the CLI of the build `bin`.
-fn trigger_to_drop_with(
+/// `enforcer block` (of the build `bin`) is spawned; the latency is the send time of the
+/// source's last probe that got through, minus the spawn time. Returns the latencies and the
+/// probes' measured mean interval.
+pub(crate) fn trigger_to_drop_with(
     lab: &Lab,
     d: &Daemon,
     bin: &Path,

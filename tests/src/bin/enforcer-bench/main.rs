@@ -48,8 +48,9 @@ struct Args {
     out: Option<PathBuf>,
     /// Another build of `enforcer` (e.g. an earlier commit's `target/release/enforcer`, copied
     /// to `target/baseline/<commit>/enforcer`: the file must keep its name): the CrowdSec
-    /// startup sync, and the control plane's imports and latencies, are then run with both
-    /// builds in the same run, and the report compares them.
+    /// startup sync, the control plane's imports and latencies, the daemon's RSS and reads
+    /// against writes are then run with both builds in the same run, and the report compares
+    /// them.
     #[arg(long, value_name = "PATH")]
     baseline_enforcer: Option<PathBuf>,
     /// An earlier build's XDP object (`target/<profile>/build/enforcer-*/out/enforcer-xdp`, of
@@ -176,7 +177,9 @@ fn main() -> Result<()> {
         } else {
             memory::Settings::FULL
         };
-        report.memory = Some(timed(times, "memory", || memory::run(&s))?);
+        report.memory = Some(timed(times, "memory", || {
+            memory::run(&s, args.baseline_enforcer.as_deref())
+        })?);
     }
     if runs(Section::Crowdsec) {
         let mut s = if q {
@@ -196,7 +199,9 @@ fn main() -> Result<()> {
         } else {
             reads::Settings::FULL
         };
-        report.reads = Some(timed(times, "reads", || reads::run(&s))?);
+        report.reads = Some(timed(times, "reads", || {
+            reads::run(&s, args.baseline_enforcer.as_deref())
+        })?);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report.judge();

@@ -30,7 +30,10 @@ use enforcer::{
     protocol::{BatchItem, BatchRequest, Reply, Request, StatusReply},
 };
 use enforcer_common::{BlockEntry, BlockValue, MODE_ENFORCE, map_names};
-use enforcer_tests::{Lab, Netns, PinDir, daemon::Daemon};
+use enforcer_tests::{
+    Lab, Netns, PinDir,
+    daemon::{Daemon, enforcer_bin},
+};
 use serde::Serialize;
 
 use crate::{
@@ -86,14 +89,28 @@ impl MapMemory {
 pub(crate) struct Rss {
     pub blocks: usize,
     pub empty_kib: u64,
+    /// Right after the import.
     pub loaded_kib: u64,
+    /// After a `stats` answer, for which the daemon counts the drops by origin over every
+    /// kernel block, as it does every 10 s anyway: what a running daemon holds.
+    pub counted_kib: u64,
     /// After every block has expired and been reaped.
     pub drained_kib: Option<u64>,
 }
 
 impl Rss {
+    /// Per block right after the import.
     pub(crate) fn bytes_per_block(&self) -> f64 {
-        (self.loaded_kib.saturating_sub(self.empty_kib)) as f64 * 1024.0 / self.blocks as f64
+        self.per_block(self.loaded_kib)
+    }
+
+    /// Per block once the drops by origin were counted.
+    pub(crate) fn counted_per_block(&self) -> f64 {
+        self.per_block(self.counted_kib)
+    }
+
+    fn per_block(&self, kib: u64) -> f64 {
+        (kib.saturating_sub(self.empty_kib)) as f64 * 1024.0 / self.blocks as f64
     }
 }
 
@@ -128,13 +145,29 @@ pub(crate) struct Results {
     /// ipset with the same entries, for comparison.
     pub ipset: Vec<MapMemory>,
     pub rss: Rss,
+    /// The same with another build (`--baseline-enforcer`), in the same run: its path, and
+    /// its RSS (no reaper run).
+    pub baseline_rss: Option<(String, Rss)>,
     pub reaper: Reaper,
 }
 
-pub(crate) fn run(settings: &Settings) -> Result<Results> {
+pub(crate) fn run(settings: &Settings, baseline: Option<&Path>) -> Result<Results> {
     let (maps, ipset) = kernel(settings)?;
     eprintln!("memory: daemon RSS with {} blocks", settings.daemon_blocks);
-    let (mut rss, import_seconds) = daemon_rss(settings.daemon_blocks)?;
+    let (mut rss, import_seconds) = daemon_rss(&enforcer_bin(), settings.daemon_blocks)?;
+    let baseline_rss = match baseline {
+        Some(b) => {
+            eprintln!(
+                "memory: daemon RSS with {} blocks, baseline build",
+                settings.daemon_blocks
+            );
+            Some((
+                b.display().to_string(),
+                daemon_rss(b, settings.daemon_blocks)?.0,
+            ))
+        }
+        None => None,
+    };
     eprintln!("memory: reaping {} blocks", settings.daemon_blocks);
     let (reaper, drained) = reaper(settings.daemon_blocks, import_seconds)?;
     rss.drained_kib = Some(drained);
@@ -143,6 +176,7 @@ pub(crate) fn run(settings: &Settings) -> Result<Results> {
         maps,
         ipset,
         rss,
+        baseline_rss,
         reaper,
     })
 }
@@ -320,16 +354,17 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / hz)
 }
 
-/// A daemon with room for `n` blocks.
-fn daemon_for(lab: &Lab, n: usize) -> Result<Daemon> {
-    Daemon::start(lab, &["--max-addresses", &(n + 1024).to_string()])
+/// A daemon of the build `bin` with room for `n` blocks.
+fn daemon_for(bin: &Path, lab: &Lab, n: usize) -> Result<Daemon> {
+    Daemon::start_bin(bin, lab, &["--max-addresses", &(n + 1024).to_string()])
 }
 
-/// RSS of an empty daemon and of one holding `n` imported blocks. Also returns how long the
-/// import took (the reaper run sizes its margin by it).
-fn daemon_rss(n: usize) -> Result<(Rss, f64)> {
+/// RSS of an empty daemon of the build `bin` and of one holding `n` imported blocks, before
+/// and after a `stats` answer. Also returns how long the import took (the reaper run sizes its
+/// margin by it).
+fn daemon_rss(bin: &Path, n: usize) -> Result<(Rss, f64)> {
     let lab = Lab::new()?;
-    let d = daemon_for(&lab, n)?;
+    let d = daemon_for(bin, &lab, n)?;
     let pid = status(&d)?.pid;
     let empty_kib = vm_rss(pid)?;
     let started = Instant::now();
@@ -345,11 +380,17 @@ fn daemon_rss(n: usize) -> Result<(Rss, f64)> {
         "the daemon holds {} blocks, not {n}",
         loaded.targets
     );
+    let loaded_kib = vm_rss(pid)?;
+    match Client::connect(&d.socket, Duration::from_secs(300))?.call(&Request::Stats)? {
+        Reply::Stats(_) => {}
+        other => bail!("unexpected reply {other:?}"),
+    }
     Ok((
         Rss {
             blocks: n,
             empty_kib,
-            loaded_kib: vm_rss(pid)?,
+            loaded_kib,
+            counted_kib: vm_rss(pid)?,
             drained_kib: None,
         },
         import_seconds,
@@ -396,7 +437,7 @@ fn apply(client: &mut Client, items: Vec<BatchItem>, ttl_secs: Option<u64>) -> R
 /// Returns the measurements and the RSS once they are gone.
 fn reaper(n: usize, import_seconds: f64) -> Result<(Reaper, u64)> {
     let lab = Lab::new()?;
-    let d = daemon_for(&lab, n)?;
+    let d = daemon_for(&enforcer_bin(), &lab, n)?;
     let pid = status(&d)?.pid;
     let margin = Duration::from_secs_f64(import_seconds * 1.5 + 5.0);
     let target = SystemTime::now() + margin;

@@ -5,19 +5,25 @@
 //! probe that got through) is timed twice in the same run: idle, and while clients list every
 //! block without pause (`enforcer list --json`, each a full walk of every page, `listers` at
 //! once). The ratio of the p99s is what a monitoring script listing everything costs a block.
+//! With `--baseline-enforcer PATH` the same is measured with that build too (its daemon and its
+//! CLI), in the same run, one after the other.
 
 use std::{
+    path::Path,
     process::Stdio,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Instant,
 };
 
 use anyhow::{Context as _, Result, ensure};
-use enforcer_tests::{Lab, daemon::Daemon};
+use enforcer_tests::{
+    Lab,
+    daemon::{Daemon, enforcer_bin},
+};
 use serde::Serialize;
 
 use crate::{
-    control::{cli, trigger_to_drop},
+    control::{cli_of, trigger_to_drop_with},
     firewall,
     stats::Summary,
 };
@@ -46,9 +52,9 @@ impl Settings {
     };
 }
 
+/// One build's figures.
 #[derive(Debug, Serialize)]
-pub(crate) struct Results {
-    pub settings: Settings,
+pub(crate) struct Phases {
     /// Seconds the import of the blocks took.
     pub import_seconds: f64,
     /// Trigger → drop with no other client.
@@ -60,17 +66,54 @@ pub(crate) struct Results {
     pub list_seconds: f64,
 }
 
-impl Results {
+impl Phases {
     /// p99 under lists over idle p99.
     pub(crate) fn p99_ratio(&self) -> f64 {
         self.listing.p99 / self.idle.p99
     }
 }
 
-pub(crate) fn run(s: &Settings) -> Result<Results> {
+/// The same measured with another build (`--baseline-enforcer`), in the same run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Baseline {
+    /// The baseline binary's path.
+    pub build: String,
+    #[serde(flatten)]
+    pub phases: Phases,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    pub settings: Settings,
+    /// This build.
+    #[serde(flatten)]
+    pub phases: Phases,
+    pub baseline: Option<Baseline>,
+}
+
+/// Both builds, one after the other (each its own lab and daemon).
+pub(crate) fn run(s: &Settings, baseline: Option<&Path>) -> Result<Results> {
+    let phases = measure(s, &enforcer_bin(), "")?;
+    let baseline = match baseline {
+        Some(b) => Some(Baseline {
+            build: b.display().to_string(),
+            phases: measure(s, b, ", baseline build")?,
+        }),
+        None => None,
+    };
+    Ok(Results {
+        settings: *s,
+        phases,
+        baseline,
+    })
+}
+
+/// Imports the blocks into a daemon of the build `bin`, then times trigger → drop idle and
+/// under lists (with that build's CLI).
+fn measure(s: &Settings, bin: &Path, which: &str) -> Result<Phases> {
     let lab = Lab::new()?;
     let capacity = (s.blocks + 1024).to_string();
-    let d = Daemon::start(&lab, &["--max-addresses", &capacity])?;
+    let d = Daemon::start_bin(bin, &lab, &["--max-addresses", &capacity])?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("targets.txt");
     let mut text = String::with_capacity(s.blocks * 14);
@@ -79,10 +122,10 @@ pub(crate) fn run(s: &Settings) -> Result<Results> {
         text.push('\n');
     }
     std::fs::write(&file, text)?;
-    eprintln!("reads: importing {} blocks", s.blocks);
+    eprintln!("reads: importing {} blocks{which}", s.blocks);
     let started = Instant::now();
     crate::control::check(
-        cli(&d.socket)
+        cli_of(bin, &d.socket)
             .arg("import")
             .arg(&file)
             .args(["--ttl", "1h", "--json"])
@@ -90,10 +133,10 @@ pub(crate) fn run(s: &Settings) -> Result<Results> {
     )
     .context("enforcer import")?;
     let import_seconds = started.elapsed().as_secs_f64();
-    eprintln!("reads: trigger → drop, idle");
-    let (idle, _) = trigger_to_drop(&lab, &d, s.trials, 100)?;
+    eprintln!("reads: trigger → drop, idle{which}");
+    let (idle, _) = trigger_to_drop_with(&lab, &d, bin, s.trials, 100)?;
     eprintln!(
-        "reads: trigger → drop while {} clients list every block",
+        "reads: trigger → drop while {} clients list every block{which}",
         s.listers
     );
     let stop = AtomicBool::new(false);
@@ -105,7 +148,7 @@ pub(crate) fn run(s: &Settings) -> Result<Results> {
                 scope.spawn(|| -> Result<()> {
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        let status = cli(&d.socket)
+                        let status = cli_of(bin, &d.socket)
                             .args(["list", "--json"])
                             .stdout(Stdio::null())
                             .status()?;
@@ -119,7 +162,7 @@ pub(crate) fn run(s: &Settings) -> Result<Results> {
             .collect();
         // Let every lister get going (the first pages are under way).
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let result = trigger_to_drop(&lab, &d, s.trials, 160);
+        let result = trigger_to_drop_with(&lab, &d, bin, s.trials, 160);
         stop.store(true, Ordering::Relaxed);
         for l in listers {
             l.join()
@@ -128,8 +171,7 @@ pub(crate) fn run(s: &Settings) -> Result<Results> {
         Ok(result?.0)
     })?;
     let lists = lists.load(Ordering::Relaxed);
-    Ok(Results {
-        settings: *s,
+    Ok(Phases {
         import_seconds,
         idle,
         listing,
@@ -140,21 +182,46 @@ pub(crate) fn run(s: &Settings) -> Result<Results> {
 
 pub(crate) fn markdown(w: &mut String, r: &Results) {
     use std::fmt::Write as _;
+    let p = &r.phases;
     let _ = writeln!(
         w,
         "\n## Reads against writes\n\n{} blocks (imported in {:.1} s). Trigger → drop, idle and \
          while {} clients list every block without pause (`enforcer list --json`: {} full lists \
          finished meanwhile, {:.1} s each), {} blocks each:\n",
         r.settings.blocks,
-        r.import_seconds,
+        p.import_seconds,
         r.settings.listers,
-        r.lists,
-        r.list_seconds,
+        p.lists,
+        p.list_seconds,
         r.settings.trials
     );
-    let _ = writeln!(w, "| | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|");
-    for (what, s) in [("idle", &r.idle), ("while listing", &r.listing)] {
-        let _ = writeln!(w, "| {what} | {:.1} | {:.1} | {:.1} |", s.p50, s.p99, s.max);
+    let _ = writeln!(
+        w,
+        "| build | | p50 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|"
+    );
+    let mut builds = vec![("this build".to_owned(), p)];
+    if let Some(b) = &r.baseline {
+        builds.push((format!("baseline `{}`", b.build), &b.phases));
     }
-    let _ = writeln!(w, "\np99 while listing / idle p99: {:.2}×", r.p99_ratio());
+    for (build, p) in &builds {
+        for (what, s) in [("idle", &p.idle), ("while listing", &p.listing)] {
+            let _ = writeln!(
+                w,
+                "| {build} | {what} | {:.1} | {:.1} | {:.1} |",
+                s.p50, s.p99, s.max
+            );
+        }
+    }
+    let _ = writeln!(w, "\np99 while listing / idle p99: {:.2}×", p.p99_ratio());
+    if let Some(b) = &r.baseline {
+        let _ = writeln!(
+            w,
+            "; the baseline build: {:.2}× ({} full lists, {:.1} s each). While listing, this \
+             build's p99 / the baseline's: {:.2}×",
+            b.phases.p99_ratio(),
+            b.phases.lists,
+            b.phases.list_seconds,
+            p.listing.p99 / b.phases.listing.p99
+        );
+    }
 }

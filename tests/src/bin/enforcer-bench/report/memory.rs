@@ -47,25 +47,34 @@ pub(super) fn markdown(w: &mut String, m: &Results) {
     let _ = writeln!(
         w,
         "`VmRSS` of the daemon empty (the baseline), holding {} blocks (imported in requests of \
-         5,000), and once they have all expired and been reaped.\n",
+         5,000), then after a `stats` answer (for which the daemon counts the drops by origin \
+         over every kernel block, as it does every 10 s anyway: what a running daemon holds), \
+         and once they have all expired and been reaped.\n",
         count(r.blocks)
     );
     let _ = writeln!(
         w,
-        "| blocks | RSS empty | RSS loaded | × empty | per block | RSS after expiry |"
+        "| build | blocks | RSS empty | RSS loaded | per block | after `stats` | per block | RSS after expiry |"
     );
-    let _ = writeln!(w, "|--:|--:|--:|--:|--:|--:|");
-    let _ = writeln!(
-        w,
-        "| {} | {} | {} | {:.1} | {:.0} B | {} |",
-        count(r.blocks),
-        bytes(r.empty_kib as f64 * 1024.0),
-        bytes(r.loaded_kib as f64 * 1024.0),
-        r.loaded_kib as f64 / r.empty_kib as f64,
-        r.bytes_per_block(),
-        r.drained_kib
-            .map_or("–".to_owned(), |k| bytes(k as f64 * 1024.0))
-    );
+    let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    let mut builds = vec![("this build".to_owned(), r)];
+    if let Some((b, rss)) = &m.baseline_rss {
+        builds.push((format!("baseline `{b}`"), rss));
+    }
+    for (build, r) in builds {
+        let _ = writeln!(
+            w,
+            "| {build} | {} | {} | {} | {:.0} B | {} | {:.0} B | {} |",
+            count(r.blocks),
+            bytes(r.empty_kib as f64 * 1024.0),
+            bytes(r.loaded_kib as f64 * 1024.0),
+            r.bytes_per_block(),
+            bytes(r.counted_kib as f64 * 1024.0),
+            r.counted_per_block(),
+            r.drained_kib
+                .map_or("–".to_owned(), |k| bytes(k as f64 * 1024.0))
+        );
+    }
 
     let p = &m.reaper;
     let _ = writeln!(w, "\n### The reaper\n");

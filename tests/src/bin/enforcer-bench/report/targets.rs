@@ -284,6 +284,36 @@ pub(super) fn judge(r: &Report) -> Vec<Target> {
             verdict: missing("crowdsec"),
         },
     });
+
+    // 7. Reads against writes: a block while clients list every one of 1M blocks.
+    let goal =
+        "trigger → drop p99 while clients list every block of 1M ≤ 2× its idle p99".to_owned();
+    out.push(match &r.reads {
+        Some(reads) => Target {
+            goal,
+            measured: format!(
+                "{:.2}× (p99 {} ms while {} clients list, {} ms idle; {} blocks)",
+                reads.phases.p99_ratio(),
+                ms(reads.phases.listing.p99),
+                reads.settings.listers,
+                ms(reads.phases.idle.p99),
+                count(reads.settings.blocks)
+            ),
+            verdict: if reads.settings.blocks < DATAPATH_AT {
+                Verdict::NotMeasured(format!(
+                    "the run held {} blocks",
+                    count(reads.settings.blocks)
+                ))
+            } else {
+                at_most(reads.phases.p99_ratio(), 2.0)
+            },
+        },
+        None => Target {
+            goal,
+            measured: "–".to_owned(),
+            verdict: missing("reads"),
+        },
+    });
     out
 }
 
