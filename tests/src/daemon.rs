@@ -49,9 +49,12 @@ fn built_enforcer() -> PathBuf {
     }
 }
 
-/// The workspace this crate was built from.
+/// The workspace under test: read at run time (cargo and `cargo xtask test` set
+/// `CARGO_MANIFEST_DIR` for each test), the build-time path only as a fallback, so a test
+/// binary built in another checkout (a copied target directory) checks this checkout's sources.
 fn source_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .expect("the tests crate sits in the workspace")
         .to_path_buf()

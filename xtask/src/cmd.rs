@@ -5,15 +5,22 @@ use std::{
     env,
     ffi::OsStr,
     io,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode, ExitStatus, Output},
 };
 
 use anyhow::{Context, Result, bail};
 
 /// The workspace root. xtask sits one level below it, so this is right from any cwd.
+///
+/// Read at run time (`cargo xtask` is `cargo run`, which sets `CARGO_MANIFEST_DIR`), the
+/// build-time path only as a fallback: a target directory copied from another checkout keeps
+/// an xtask binary that cargo takes as fresh, and its build-time path would build and test the
+/// other checkout.
 pub(crate) fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
         .parent()
         .expect("xtask lives inside the workspace")
         .to_path_buf()

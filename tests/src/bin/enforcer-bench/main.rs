@@ -102,8 +102,10 @@ fn main() -> Result<()> {
         "the benchmark loads XDP programs, creates namespaces and pins maps: run it as root \
          (`cargo xtask bench`)"
     );
-    // The tests crate sits one level below the repository root.
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The tests crate (or xtask, which starts the bench) sits one level below the repository
+    // root; read at run time first, so a binary built in another checkout reports here.
+    let repo = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .expect("the tests crate is inside the workspace")
         .to_owned();
