@@ -39,20 +39,33 @@ pub fn enforcer_bin() -> PathBuf {
 
 /// `target/<profile>/enforcer`, next to the running test binary.
 fn built_enforcer() -> PathBuf {
+    profile_dir().join("enforcer")
+}
+
+/// `target/<profile>`, where the running test binary was built.
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own binary path");
     // Tests run from target/<profile>/deps/, binaries (the bench) from target/<profile>/.
     let dir = exe.parent().expect("binary dir");
     if dir.ends_with("deps") {
-        dir.parent().expect("target dir").join("enforcer")
+        dir.parent().expect("target dir").to_path_buf()
     } else {
-        dir.join("enforcer")
+        dir.to_path_buf()
     }
+}
+
+/// The cargo target directory the running test binary was built in.
+pub fn target_dir() -> PathBuf {
+    profile_dir()
+        .parent()
+        .expect("a profile directory sits in the target directory")
+        .to_path_buf()
 }
 
 /// The workspace under test: read at run time (cargo and `cargo xtask test` set
 /// `CARGO_MANIFEST_DIR` for each test), the build-time path only as a fallback, so a test
 /// binary built in another checkout (a copied target directory) checks this checkout's sources.
-fn source_root() -> PathBuf {
+pub fn source_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
@@ -132,6 +145,8 @@ pub struct Daemon {
     netns: String,
     /// The `enforcer` binary it runs.
     bin: PathBuf,
+    /// The `enforcer` binary its CLI calls run (this build's when `None`).
+    cli_bin: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -201,6 +216,21 @@ impl Daemon {
         Self::start_full(bin, lab, extra, Vec::new())
     }
 
+    /// [`Daemon::start`] with another build of `enforcer` as the daemon and the CLI (the
+    /// previous release, in the upgrade lab).
+    pub fn start_build(bin: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
+        let mut d = Self::start_full(bin, lab, extra, Vec::new())?;
+        d.cli_bin = Some(bin.to_owned());
+        Ok(d)
+    }
+
+    /// Makes the next [`Daemon::spawn`] run this build's `enforcer`, and the CLI calls from
+    /// now on use it (after [`Daemon::start_build`]: an upgrade).
+    pub fn use_this_build(&mut self) {
+        self.bin = enforcer_bin();
+        self.cli_bin = None;
+    }
+
     /// [`Daemon::start`] with another program in place of `enforcer` (a wrapper that runs it
     /// sandboxed, say) and extra environment variables.
     pub fn start_bin_with_env(
@@ -243,6 +273,7 @@ impl Daemon {
             bpffs: lab.pins.path().to_owned(),
             netns: lab.receiver.name().to_owned(),
             bin: bin.to_owned(),
+            cli_bin: None,
             _tmp: tmp,
         };
         d.spawn()?;
@@ -468,7 +499,10 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        cli(&self.socket, args)
+        match &self.cli_bin {
+            Some(bin) => cli_of(bin, &self.socket, args),
+            None => cli(&self.socket, args),
+        }
     }
 
     /// Runs the CLI and parses its `--json` output, failing on a non-zero exit.
@@ -576,7 +610,12 @@ impl BpfTrace {
 
 /// Runs the CLI with a socket.
 pub fn cli(socket: &Path, args: &[&str]) -> Output {
-    Command::new(enforcer_bin())
+    cli_of(&enforcer_bin(), socket, args)
+}
+
+/// Runs the CLI of the `enforcer` binary `bin` against `socket`.
+fn cli_of(bin: &Path, socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
         .arg("--socket")
         .arg(socket)
         .args(args)

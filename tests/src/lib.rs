@@ -12,6 +12,7 @@ pub mod execd;
 pub mod flood;
 pub mod frame;
 pub mod metrics;
+pub mod previous;
 pub mod tun;
 
 use std::{

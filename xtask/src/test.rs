@@ -35,7 +35,8 @@ pub(crate) struct Args {
     #[arg(long)]
     release: bool,
     /// How long one test may run before it is killed (with every process it started) and
-    /// counted as failed. Tests known to be slower (the package build) get more.
+    /// counted as failed. Tests known to be slower (the package build, the upgrade lab's
+    /// build of the previous release) get more.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     timeout: u64,
     /// A step run before this one that failed (`.ci/run` passes its benchmark and fuzz
@@ -114,8 +115,12 @@ fn run_steps(args: &Args, summary: &mut Summary) -> Result<()> {
 }
 
 /// Tests slower than `--timeout` allows by design: the package test builds the release
-/// binaries (several minutes on a fresh two-core machine).
-const SLOW_TESTS: &[(&str, Duration)] = &[("package::", Duration::from_secs(1800))];
+/// binaries, and the upgrade lab the previous release's daemon on its first run (several
+/// minutes each on a fresh two-core machine).
+const SLOW_TESTS: &[(&str, Duration)] = &[
+    ("package::", Duration::from_secs(1800)),
+    ("layout_upgrade::", Duration::from_secs(1800)),
+];
 
 /// The workspace's tests as `cargo test` selects them (without the eBPF crate).
 const CARGO_TEST_ARGS: &[&str] = &["--workspace", "--exclude", "enforcer-ebpf"];

@@ -1,199 +1,304 @@
-//! An upgrade from the previous map layout (5: prefixes in LPM tries) with traffic flowing.
+//! An upgrade from the previous release, whose map layout (5: prefixes in LPM tries) this build
+//! converts, while the blocked sources flood the protected interface.
 //!
-//! The lab recreates what a layout-5 release leaves behind: its program (the object built from
-//! 5f24d60, the last commit of layout 5, kept in `tests/fixtures`) on the interface's pinned
-//! link, its maps in `maps-v5` holding the blocks with their counters, and the store. Then this
-//! build's daemon starts while blocked sources keep sending.
+//! The previous release is built from git ([`enforcer_tests::previous`]): its daemon creates
+//! the blocks through its own CLI and its own program counts their drops. Then it is stopped
+//! and this build's daemon started on the same state and pins, with every blocked source and
+//! two unblocked ones sending throughout. Every datagram of the blocked sources that reached
+//! the receiver is counted (there must be none), and the blocks and counters must come over.
 
 use std::{
-    path::Path,
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+    collections::BTreeMap,
+    net::UdpSocket,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
-    programs::{
-        Xdp,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
-};
-use enforcer::{
-    Target,
-    datapath::{BlockMaps, PinLayout},
-};
-use enforcer_common::{BlockEntry, BlockValue, PROGRAM_NAME, map_names};
+use enforcer::datapath::PinLayout;
 use enforcer_tests::{
-    Lab, RECEIVER_IF, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
-    daemon::{Daemon, entry, ok},
-    require_root,
+    Lab, RECEIVER_V4, RECEIVER_V6, SENDER_IF, SENDER_V4, SENDER_V6,
+    daemon::{Daemon, ok},
+    previous, require_root, wait_for,
 };
-use ipnet::IpNet;
 
-/// The layout-5 XDP object (see the module docs).
-const LAYOUT5_OBJECT: &[u8] = include_bytes!("../../fixtures/enforcer-xdp-layout5.o");
-
-/// The blocked sources: an exact address, and an IPv4 and an IPv6 prefix.
-const EXACT: &str = SENDER_V4[1];
-const PREFIX_V4: &str = "192.0.2.8/30";
-const IN_PREFIX_V4: &str = SENDER_V4[2];
-const PREFIX_V6: &str = "2001:db8::10/124";
-const IN_PREFIX_V6: &str = SENDER_V6[1];
+/// The blocks, and the source that sends into each: an IPv4 and an IPv6 address, an IPv4 and
+/// an IPv6 prefix (none of the four covers another's source).
+const BLOCKS: [(&str, &str); 4] = [
+    ("192.0.2.1", SENDER_V4[0]),
+    ("192.0.2.8/30", SENDER_V4[1]),
+    ("2001:db8::1", SENDER_V6[0]),
+    ("2001:db8::10/124", SENDER_V6[1]),
+];
+/// Unblocked sources sending beside them: the receiver is delivering throughout.
+const CONTROLS: [&str; 2] = ["192.0.2.20", "2001:db8::20"];
+/// Datagrams each blocked source sends under the previous release before the upgrade: far
+/// more than this build's program counts during the lab (about 1,000 a second per source for
+/// a few seconds), so counters that did not come over cannot reach them.
+const BEFORE: u32 = 50_000;
+/// The pause between two rounds of the flood (one datagram from every source per round).
+const ROUND_GAP: Duration = Duration::from_millis(1);
 
 #[test]
-fn an_upgrade_from_layout_5_carries_prefixes_and_counters_over_while_blocked_sources_send() {
+fn an_upgrade_from_the_previous_release_under_a_flood_passes_no_blocked_packet_and_keeps_blocks_and_counters()
+ {
     require_root();
+    let old_bin = previous::enforcer_bin().unwrap();
+    // This build's too, before anything runs (it is checked to be newer than its sources).
+    enforcer_tests::daemon::enforcer_bin();
     let lab = Lab::new().unwrap();
-    let mut d = Daemon::start(&lab, &[]).unwrap();
-    for target in [EXACT, PREFIX_V4, PREFIX_V6] {
+    for control in CONTROLS {
+        let mut args = vec!["addr", "add", control, "dev", SENDER_IF];
+        if control.contains(':') {
+            args.push("nodad");
+        }
+        lab.sender.ip(&args).unwrap();
+    }
+    let mut d = Daemon::start_build(&old_bin, &lab, &[]).unwrap();
+    for (target, _) in BLOCKS {
         ok(&d.cli(&["block", target, "--ttl", "1h"]));
     }
-    d.stop().unwrap();
-    let layout = PinLayout::new(lab.pins.path());
-    let old = install_layout5(&lab, &layout);
-    assert_eq!(lab.passes_to(EXACT, RECEIVER_V4), 0, "layout 5 enforces");
-    assert_eq!(lab.passes_to(IN_PREFIX_V4, RECEIVER_V4), 0);
-    assert_eq!(lab.passes_to(IN_PREFIX_V6, RECEIVER_V6), 0);
-    drop(old);
+    for (target, source) in BLOCKS {
+        let rx = lab.udp_listener(receiver_of(source)).unwrap();
+        let passed = lab
+            .exchange(&lab.udp_sender(source).unwrap(), &rx, BEFORE)
+            .unwrap();
+        assert_eq!(passed, 0, "the previous release drops {target}'s source");
+    }
+    let old = blocks(&d);
+    for (target, _) in BLOCKS {
+        assert!(
+            old[target].packets >= u64::from(BEFORE),
+            "the previous release counted {target}: {:?}",
+            old[target]
+        );
+    }
 
-    let (passed, rounds) = flood_while(&lab, || d.spawn().unwrap());
+    let flood = Flood::new(&lab);
+    let (at_stop, new_counting) = flood.during(|| {
+        let at_stop = blocks(&d);
+        d.stop().unwrap();
+        d.use_this_build();
+        d.spawn().unwrap();
+        // This build's program counts the flood: the blocks are in its maps and it is attached.
+        let first = blocks(&d);
+        let counting = wait_for(
+            "this build to count the flood",
+            Duration::from_secs(20),
+            || {
+                let now = blocks(&d);
+                Ok(BLOCKS
+                    .iter()
+                    .all(|(t, _)| now[*t].packets > first[*t].packets)
+                    .then_some(now))
+            },
+        );
+        (at_stop, counting)
+    });
+    new_counting.unwrap();
+    println!("{flood:?}");
     assert_eq!(
-        passed, 0,
-        "a blocked packet passed during the upgrade ({rounds} rounds)"
+        flood.blocked_arrived(),
+        0,
+        "blocked datagrams reached the receiver during the upgrade: {flood:?}"
     );
-    assert!(
-        rounds >= 2,
-        "the senders kept sending through the upgrade: {rounds} rounds"
-    );
-    let maps_dir = layout.maps_dir();
-    assert!(maps_dir.exists(), "the new layout's maps are pinned");
+    for control in CONTROLS {
+        assert!(
+            flood.arrived(control) > 0,
+            "the unblocked source {control} got nothing through: the receiver did not receive, \
+             so no count of blocked datagrams means anything: {flood:?}"
+        );
+    }
+
+    let layout = PinLayout::new(lab.pins.path());
+    assert!(layout.maps_dir().exists(), "this build's maps are pinned");
     assert!(
         !lab.pins.path().join("maps-v5").exists(),
-        "the old pins are gone"
+        "the previous release's pins are gone"
     );
+    let new = blocks(&d);
+    for (target, source) in BLOCKS {
+        let (was, is) = (&at_stop[target], &new[target]);
+        assert_eq!(
+            (is.mode.as_str(), is.expires_ms),
+            (was.mode.as_str(), was.expires_ms),
+            "{target} came over as it was"
+        );
+        // Every drop counted before the previous daemon stopped came over, and none was
+        // counted twice: no more than the source ever sent.
+        let sent = u64::from(BEFORE) + flood.sent(source);
+        assert!(
+            (was.packets..=sent).contains(&is.packets),
+            "{target}: {} packets counted by the previous release when it stopped, {} now, \
+             {sent} sent",
+            was.packets,
+            is.packets
+        );
+        assert_eq!(
+            lab.passes(source),
+            0,
+            "{target} is in force after the upgrade"
+        );
+    }
+    for control in CONTROLS {
+        assert_eq!(
+            lab.passes(control),
+            10,
+            "{control} passes after the upgrade"
+        );
+    }
+    // The program was replaced on its link (no moment without one) and the maps converted.
     let log = plain(&d.log());
     assert!(log.contains("replaced the program in place"), "{log}");
     assert!(log.contains("from the maps of an older layout"), "{log}");
-    assert!(log.contains("copied=3"), "{log}");
-    assert_eq!(
-        lab.passes_to(IN_PREFIX_V4, RECEIVER_V4),
-        0,
-        "in force after"
-    );
-    // Counters: what layout 5 held in each entry and counted in its CPUs' hit slots (the 10
-    // datagrams of each check above) came along; the flood adds more.
-    let list = d.list(&[]);
-    for target in [EXACT, PREFIX_V4, PREFIX_V6] {
-        let now = entry(&list, target).packets;
-        assert!(
-            now >= OLD_COUNT + 10,
-            "{target}: {now} packets after the upgrade"
-        );
+    assert!(log.contains("copied=4"), "{log}");
+}
+
+/// The receiver's address of `source`'s family.
+fn receiver_of(source: &str) -> &'static str {
+    if source.contains(':') {
+        RECEIVER_V6
+    } else {
+        RECEIVER_V4
     }
 }
 
-/// What each block's entry had counted under layout 5 before the lab's checks.
-const OLD_COUNT: u64 = 1000;
-
-/// Layout 5's state for the blocks this build's maps hold: its maps (in `maps-v5`, with each
-/// block's counters), its program swapped into the pinned link, this build's maps removed.
-fn install_layout5(lab: &Lab, layout: &PinLayout) -> Ebpf {
-    let current = layout.maps_dir();
-    let blocks = BlockMaps::open_pinned(&current).unwrap().blocks().unwrap();
-    assert_eq!(blocks.len(), 3, "{blocks:?}");
-    let v5 = lab.pins.path().join("maps-v5");
-    std::fs::create_dir(&v5).unwrap();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&v5)
-        .load(LAYOUT5_OBJECT)
-        .expect("loading the layout-5 object");
-    for (target, value) in &blocks {
-        write_v5(&mut ebpf, target, value);
-    }
-    // Layout 5's prefilter: a set bit only makes its program look in the trie.
-    let mut filter: Array<_, u64> =
-        Array::try_from(ebpf.map_mut("PREFIX_FILTER").unwrap()).unwrap();
-    for i in 0..filter.len() {
-        filter.set(i, u64::MAX, 0).unwrap();
-    }
-    let program: &mut Xdp = ebpf.program_mut(PROGRAM_NAME).unwrap().try_into().unwrap();
-    program.load().unwrap();
-    let pinned = PinnedLink::from_pin(layout.link_path(RECEIVER_IF)).unwrap();
-    let link = XdpLink::try_from(FdLink::from(pinned)).unwrap();
-    program.attach_to_link(link).unwrap();
-    remove_dir(&current);
-    ebpf
+/// One block as `enforcer list --json` shows it (read as JSON values, as the previous
+/// release's CLI prints them).
+#[derive(Debug)]
+struct Listed {
+    mode: String,
+    expires_ms: Option<u64>,
+    packets: u64,
 }
 
-/// Writes one block into layout 5's maps, its counts in the entry itself.
-fn write_v5(ebpf: &mut Ebpf, target: &Target, value: &BlockValue) {
-    let entry = BlockEntry {
-        expires_ns: value.expires_ns,
-        hit_packets: OLD_COUNT + value.hit_packets,
-        hit_bytes: value.hit_bytes,
-        mode: value.mode as u8,
-        prefix_len: target.prefix_len(),
-        generation: 1,
-        ..BlockEntry::default()
-    };
-    match (target.net(), target.is_host()) {
-        (IpNet::V4(n), true) => {
-            let mut m: HashMap<_, [u8; 4], BlockEntry> =
-                HashMap::try_from(ebpf.map_mut(map_names::BLOCK_V4).unwrap()).unwrap();
-            m.insert(n.addr().octets(), entry, 0).unwrap();
-        }
-        (IpNet::V4(n), false) => {
-            let mut m: LpmTrie<_, [u8; 8], BlockEntry> =
-                LpmTrie::try_from(ebpf.map_mut(map_names::BLOCK_NET_V4).unwrap()).unwrap();
-            let o = n.network().octets();
-            let key = Key::new(
-                u32::from(n.prefix_len()),
-                [o[0], o[1], o[2], o[3], 0, 0, 0, 0],
-            );
-            m.insert(&key, entry, 0).unwrap();
-        }
-        (IpNet::V6(n), _) => {
-            let mut m: LpmTrie<_, [u8; 16], BlockEntry> =
-                LpmTrie::try_from(ebpf.map_mut(map_names::BLOCK_NET_V6).unwrap()).unwrap();
-            let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
-            m.insert(&key, entry, 0).unwrap();
-        }
-    }
+/// Every block the daemon lists, by target.
+fn blocks(d: &Daemon) -> BTreeMap<String, Listed> {
+    let list = d.json(&["list"]);
+    let entries = list.as_array().expect("a list");
+    assert_eq!(entries.len(), BLOCKS.len(), "{list}");
+    entries
+        .iter()
+        .map(|e| {
+            let listed = Listed {
+                mode: e["mode"].as_str().expect("a mode").to_owned(),
+                expires_ms: e["expires_ms"].as_u64(),
+                packets: e["packets"].as_u64().expect("a packet count"),
+            };
+            (e["target"].as_str().expect("a target").to_owned(), listed)
+        })
+        .collect()
 }
 
-/// Runs `upgrade` while the blocked sources send 10 datagrams at a time, back to back; returns
-/// how many arrived and how many rounds were sent.
-fn flood_while(lab: &Lab, upgrade: impl FnOnce()) -> (u32, u32) {
-    let stop = AtomicBool::new(false);
-    let (passed, rounds) = (AtomicU32::new(0), AtomicU32::new(0));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut after_stop = 0;
-            while after_stop < 2 {
-                if stop.load(Ordering::SeqCst) {
-                    after_stop += 1;
-                }
-                let got = lab.passes_to(EXACT, RECEIVER_V4)
-                    + lab.passes_to(IN_PREFIX_V4, RECEIVER_V4)
-                    + lab.passes_to(IN_PREFIX_V6, RECEIVER_V6);
-                passed.fetch_add(got, Ordering::SeqCst);
-                rounds.fetch_add(1, Ordering::SeqCst);
+/// Datagrams from every blocked and control source, one each per round, each to a socket of
+/// its own on the receiver (so a burst of one cannot crowd out another's), counted on both
+/// ends.
+struct Flood<'a> {
+    lab: &'a Lab,
+    /// (source, its sender socket, the receiver's socket for it).
+    pairs: Vec<(&'static str, UdpSocket, UdpSocket)>,
+    sent: Vec<AtomicU64>,
+    arrived: Vec<AtomicU64>,
+}
+
+impl<'a> Flood<'a> {
+    fn new(lab: &'a Lab) -> Self {
+        let sources = BLOCKS.iter().map(|(_, s)| *s).chain(CONTROLS);
+        let pairs: Vec<_> = sources
+            .map(|s| {
+                let rx = lab.udp_listener(receiver_of(s)).unwrap();
+                (s, lab.udp_sender(s).unwrap(), rx)
+            })
+            .collect();
+        let counters = || (0..pairs.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            lab,
+            sent: counters(),
+            arrived: counters(),
+            pairs,
+        }
+    }
+
+    /// Runs `f` with the flood going before it starts and until it returns, then waits until
+    /// every datagram sent is either in or dropped (a control exchange on the same link).
+    fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        let (sending, receiving) = (AtomicBool::new(true), AtomicBool::new(true));
+        std::thread::scope(|s| {
+            for (i, (_, _, rx)) in self.pairs.iter().enumerate() {
+                let receiving = &receiving;
+                s.spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while receiving.load(Ordering::SeqCst) {
+                        if rx.recv(&mut buf).is_ok() {
+                            self.arrived[i].fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
             }
-        });
-        std::thread::sleep(Duration::ZERO);
-        upgrade();
-        stop.store(true, Ordering::SeqCst);
-    });
-    (passed.into_inner(), rounds.into_inner())
+            s.spawn(|| {
+                while sending.load(Ordering::SeqCst) {
+                    for (i, (_, tx, rx)) in self.pairs.iter().enumerate() {
+                        if tx.send_to(b"flood", rx.local_addr().unwrap()).is_ok() {
+                            self.sent[i].fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    std::thread::sleep(ROUND_GAP);
+                }
+            });
+            // Started: a round or more out before `f` begins.
+            wait_for("the flood to start", Duration::from_secs(10), || {
+                Ok((self.sent[0].load(Ordering::SeqCst) > 0).then_some(()))
+            })
+            .unwrap();
+            // Stops every thread when `f` or a check panics, so that the scope can end.
+            let _stop = Stop([&sending, &receiving]);
+            let out = f();
+            sending.store(false, Ordering::SeqCst);
+            // What the flood sent before this exchange's control frame is in by its end.
+            assert_eq!(self.lab.passes(CONTROLS[0]), 10, "the link delivers");
+            out
+        })
+    }
+
+    fn index(&self, source: &str) -> usize {
+        self.pairs.iter().position(|(s, ..)| *s == source).unwrap()
+    }
+
+    fn sent(&self, source: &str) -> u64 {
+        self.sent[self.index(source)].load(Ordering::SeqCst)
+    }
+
+    fn arrived(&self, source: &str) -> u64 {
+        self.arrived[self.index(source)].load(Ordering::SeqCst)
+    }
+
+    fn blocked_arrived(&self) -> u64 {
+        BLOCKS.iter().map(|(_, s)| self.arrived(s)).sum()
+    }
 }
 
-fn remove_dir(dir: &Path) {
-    for f in std::fs::read_dir(dir).unwrap() {
-        std::fs::remove_file(f.unwrap().path()).unwrap();
+/// Clears its flags when dropped.
+struct Stop<'a>([&'a AtomicBool; 2]);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        for flag in self.0 {
+            flag.store(false, Ordering::SeqCst);
+        }
     }
-    std::fs::remove_dir(dir).unwrap();
+}
+
+impl std::fmt::Debug for Flood<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (source, ..) in &self.pairs {
+            write!(
+                f,
+                "{source}: {} sent, {} arrived; ",
+                self.sent(source),
+                self.arrived(source)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The log without its colour escapes (`ESC [ ... m`).
