@@ -50,6 +50,8 @@ use enforcer_common::{
     Unjudged, hit_slot_words, lookup, net_key_v4, net_key_v6, slot_tag, slot_tag_parts, unjudged,
 };
 
+mod flood;
+
 #[map(name = "BLOCK_V4")]
 static BLOCK_V4: HashMap<[u8; 4], BlockEntry> =
     HashMap::pinned(DEFAULT_MAX_ADDRESSES, BPF_F_NO_PREALLOC);
@@ -100,18 +102,18 @@ const IPV6_SRC: usize = 8;
 /// Ethernet links (and the loopback).
 #[xdp(frags)]
 pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
-    run(&ctx, ethernet_source(&ctx))
+    run(&ctx, ethernet_source(&ctx), false)
 }
 
 /// Links whose frames start with the IP header: the version nibble says which family.
 #[xdp(frags)]
 pub fn enforcer_xdp_ip(ctx: XdpContext) -> u32 {
-    run(&ctx, raw_ip_source(&ctx))
+    run(&ctx, raw_ip_source(&ctx), true)
 }
 
 /// Judges a parsed frame and counts it.
 #[inline(always)]
-fn run(ctx: &XdpContext, source: Result<Source, u32>) -> u32 {
+fn run(ctx: &XdpContext, source: Result<Source, u32>, raw_ip: bool) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let slot = (ctx.ingress_ifindex() as u32) % STATS_SLOTS;
     let Some(stats) = STATS.get_ptr_mut(slot) else {
@@ -122,8 +124,8 @@ fn run(ctx: &XdpContext, source: Result<Source, u32>) -> u32 {
     // `seen` is not counted here: userspace derives it (passed + dropped).
 
     let verdict = match source {
-        Ok(Source::V4(addr)) => judge_v4(addr, len, stats),
-        Ok(Source::V6(addr)) => judge_v6(addr, len, stats),
+        Ok(Source::V4(addr)) => flood_check(ctx, raw_ip, judge_v4(addr, len, stats), addr_v4(addr)),
+        Ok(Source::V6(addr)) => flood_check(ctx, raw_ip, judge_v6(addr, len, stats), addr_v6(addr)),
         Err(reason) => {
             stats.not_ip.add(len);
             if let Some(u) = UNJUDGED.get_ptr_mut(slot) {
@@ -142,6 +144,52 @@ fn run(ctx: &XdpContext, source: Result<Source, u32>) -> u32 {
             stats.dropped.add(len);
             xdp_action::XDP_DROP
         }
+    }
+}
+
+/// A frame the block maps let through goes past the flood detector, whose hold may drop it.
+#[inline(always)]
+fn flood_check(
+    ctx: &XdpContext,
+    raw_ip: bool,
+    verdict: Verdict,
+    source: flood::FloodSource,
+) -> Verdict {
+    match verdict {
+        Verdict::Pass if flood::holds(ctx, raw_ip, &source, || allowlisted(&source)) => {
+            Verdict::Drop
+        }
+        v => v,
+    }
+}
+
+#[inline(always)]
+fn addr_v4(addr: u32) -> flood::FloodSource {
+    flood::FloodSource {
+        words: [u64::from(addr), 0],
+        family: 0,
+    }
+}
+
+#[inline(always)]
+fn addr_v6(addr: [u64; 2]) -> flood::FloodSource {
+    flood::FloodSource {
+        words: addr,
+        family: 1,
+    }
+}
+
+/// Whether the allowlist covers a source (the hold never drops what it covers).
+#[inline(always)]
+fn allowlisted(source: &flood::FloodSource) -> bool {
+    if source.family == 0 {
+        ALLOW_V4
+            .get(Key::new(32, (source.words[0] as u32).to_le_bytes()))
+            .is_some()
+    } else {
+        ALLOW_V6
+            .get(Key::new(128, v6_bytes(source.words)))
+            .is_some()
     }
 }
 

@@ -25,11 +25,6 @@ use crate::{
 /// The source name of the blocks flood detection makes.
 pub const SOURCE: &str = "flood";
 
-/// Whether this build's data path has the flood detector. Until it has (issue 23: the detector
-/// lands in the XDP program after issues 25 and 22 change it), `[flood] enabled = true` is
-/// refused: a configuration that would detect nothing must not look as if it did.
-pub const DETECTOR: bool = false;
-
 /// The `[flood]` section.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -135,12 +130,6 @@ impl FloodConfig {
             return Err((
                 "enabled".into(),
                 "flood.enabled = true with every limit 0 checks nothing: set a limit, or enabled = false".into(),
-            ));
-        }
-        if self.enabled && !DETECTOR {
-            return Err((
-                "enabled".into(),
-                "flood.enabled = true, but this build's data path has no flood detector yet: set enabled = false (or run a release with it)".into(),
             ));
         }
         Ok(())
@@ -386,10 +375,6 @@ mod tests {
                 "2:1: flood.enabled = true with every limit 0 checks nothing",
             ),
             ("[flood]\nenable = true\n", "unknown field `enable`"),
-            (
-                "[flood]\nenabled = true\n",
-                "2:1: flood.enabled = true, but this build's data path has no flood detector yet",
-            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");

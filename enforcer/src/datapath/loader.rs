@@ -680,6 +680,11 @@ fn loader(opts: &DatapathOptions) -> EbpfLoader<'_> {
     let count: &'static u8 = if opts.count_block_hits { &1 } else { &0 };
     loader.override_global(GLOBAL_COUNT_BLOCK_HITS, count, true);
     loader.override_global(GLOBAL_FLOOD, &opts.flood, false);
+    if opts.flood.enabled == 0 {
+        // Detection off: no memory for its sketch and its exact counts.
+        loader.map_max_entries(map_names::FLOOD_SKETCH, 1);
+        loader.map_max_entries(map_names::FLOOD_TRACK, 1);
+    }
     loader
 }
 

@@ -13,6 +13,7 @@ mod enforce_first;
 mod fail2ban;
 mod files_as_root;
 mod fleet;
+mod flood_lab;
 mod hardening_lab;
 mod interfaces_lab;
 mod ipv6_networks;

@@ -526,19 +526,26 @@ fn counters(settings: &Settings) -> Result<Vec<Case>> {
 }
 
 /// A loaded program with its maps, in a pin directory of its own that goes away on drop.
-struct Loaded {
+pub(crate) struct Loaded {
     dp: Datapath,
     _pins: PinDir,
 }
 
 impl Loaded {
     fn new(count_block_hits: bool) -> Result<Self> {
+        Self::with(DatapathOptions {
+            count_block_hits,
+            ..Default::default()
+        })
+    }
+
+    /// Loaded with `opts`, in a pin directory of its own and with this section's capacity.
+    pub(crate) fn with(opts: DatapathOptions) -> Result<Self> {
         let pins = PinDir::new()?;
         let dp = Datapath::open(&DatapathOptions {
             bpffs_dir: pins.path().to_owned(),
             capacity: CAPACITY,
-            count_block_hits,
-            ..Default::default()
+            ..opts
         })
         .context("loading the XDP program")?;
         Ok(Self { dp, _pins: pins })
@@ -546,14 +553,15 @@ impl Loaded {
 }
 
 /// A frame to time, the verdict it must get, and which of the loaded programs judges it.
-struct Probe {
+pub(crate) struct Probe {
     id: CaseId,
     frame: Vec<u8>,
     program: usize,
 }
 
 impl Probe {
-    fn new(fixtures: &Fixtures, id: CaseId, program: usize) -> Self {
+    /// A frame of `id`'s packet from `fixtures`, for the `program`-th loaded object.
+    pub(crate) fn new(fixtures: &Fixtures, id: CaseId, program: usize) -> Self {
         let tags: &[frame::Tag] = if id.vlan { &[frame::dot1q(100)] } else { &[] };
         let source = fixtures.source(id.packet);
         Self {
@@ -569,7 +577,11 @@ impl Probe {
 
 /// Times every probe in `rounds` rounds, each right after the floor on the same frame.
 /// The floor runs from the first loaded object; all objects are the same build.
-fn measure(loaded: &mut [Loaded], probes: &[Probe], settings: &Settings) -> Result<Vec<Case>> {
+pub(crate) fn measure(
+    loaded: &mut [Loaded],
+    probes: &[Probe],
+    settings: &Settings,
+) -> Result<Vec<Case>> {
     let mut samples: Vec<(Vec<Timing>, Vec<Timing>)> = vec![(Vec::new(), Vec::new()); probes.len()];
     for _ in 0..settings.rounds {
         for (probe, (ours, floor)) in probes.iter().zip(&mut samples) {
@@ -722,7 +734,7 @@ fn middle(sorted: &[f64]) -> f64 {
 }
 
 /// The probes' sources (documentation addresses) and the entries that give each its verdict.
-struct Fixtures {
+pub(crate) struct Fixtures {
     miss: IpAddr,
     hit_address: IpAddr,
     hit_prefix: IpAddr,
@@ -733,7 +745,7 @@ struct Fixtures {
 }
 
 impl Fixtures {
-    fn of(family: Family) -> Self {
+    pub(crate) fn of(family: Family) -> Self {
         let ip = |s: &str| -> IpAddr { s.parse().expect("valid address") };
         let net = |s: &str| -> Target { s.parse().expect("valid target") };
         match family {

@@ -19,6 +19,7 @@ mod crowdsec;
 mod datapath;
 mod expiry;
 mod firewall;
+mod flood;
 mod hook;
 mod layout5;
 mod memory;
@@ -91,6 +92,7 @@ enum Section {
     Memory,
     Crowdsec,
     Reads,
+    Flood,
 }
 
 fn main() -> Result<()> {
@@ -129,6 +131,7 @@ fn main() -> Result<()> {
         memory: None,
         crowdsec: None,
         reads: None,
+        flood: None,
     };
     let times = &mut report.section_seconds;
     if runs(Section::Datapath) {
@@ -204,6 +207,14 @@ fn main() -> Result<()> {
         report.reads = Some(timed(times, "reads", || {
             reads::run(&s, args.baseline_enforcer.as_deref())
         })?);
+    }
+    if runs(Section::Flood) {
+        let s = if q {
+            flood::Settings::QUICK
+        } else {
+            flood::Settings::FULL
+        };
+        report.flood = Some(timed(times, "flood", || flood::run(&s))?);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report.judge();

@@ -263,7 +263,7 @@ impl Results {
     }
 }
 
-fn legit() -> Ipv4Addr {
+pub(crate) fn legit() -> Ipv4Addr {
     SENDER_V4[0].parse().expect("valid address")
 }
 
@@ -412,7 +412,7 @@ fn measure(
 }
 
 /// Floods from `src` for `duration` and counts what the socket got from it.
-fn flood(wire: &Wire, src: Ipv4Addr, duration: Duration) -> Result<Phase> {
+pub(crate) fn flood(wire: &Wire, src: Ipv4Addr, duration: Duration) -> Result<Phase> {
     let frame = wire.frame(src);
     let octet = src.octets()[3];
     let stop = AtomicBool::new(false);

@@ -98,6 +98,7 @@ pub(crate) struct Report {
     pub memory: Option<crate::memory::Results>,
     pub crowdsec: Option<crate::crowdsec::Results>,
     pub reads: Option<crate::reads::Results>,
+    pub flood: Option<crate::flood::Results>,
 }
 
 impl Report {
@@ -192,6 +193,9 @@ fn markdown(r: &Report) -> String {
     }
     if let Some(reads) = &r.reads {
         crate::reads::markdown(w, reads);
+    }
+    if let Some(f) = &r.flood {
+        crate::flood::markdown(w, f);
     }
     out
 }
