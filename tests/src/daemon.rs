@@ -1,6 +1,7 @@
 //! A real `enforcer daemon` process in a lab's receiver namespace, and the real CLI.
 
 use std::{
+    ffi::{OsStr, OsString},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::OnceLock,
@@ -130,7 +131,8 @@ fn newest_file(path: &Path) -> Option<(SystemTime, PathBuf)> {
 /// `enforcer status`'s exit code when a configured interface is not protected.
 pub const EXIT_UNPROTECTED: i32 = 8;
 
-/// A daemon process; SIGKILLed on drop if still running.
+/// A daemon process; SIGKILLed on drop if still running. Started through [`Daemon::builder`]
+/// (or one of the `start*` shorthands for it).
 pub struct Daemon {
     child: Option<Child>,
     /// Its state directory.
@@ -141,16 +143,190 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Extra environment variables it runs with (kept across restarts).
     pub env: Vec<(String, String)>,
-    bpffs: PathBuf,
-    netns: String,
-    /// The `enforcer` binary it runs.
-    bin: PathBuf,
+    launch: Launch,
     /// The `enforcer` binary its CLI calls run (this build's when `None`).
     cli_bin: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
+/// How [`Daemon::spawn`] runs the daemon: the same command line at every (re)start.
+struct Launch {
+    /// The words before enforcer's own arguments: `[enforcer]`, or a command that runs it.
+    program: Vec<OsString>,
+    /// The lab's namespace the daemon runs in, if any.
+    netns: Option<String>,
+    /// Whether the daemon enters it itself (`--netns`), rather than the program.
+    netns_flag: bool,
+    /// Whether to pass `--iface vb`.
+    iface: bool,
+    bpffs: PathBuf,
+    /// The `enforcer` build whose CLI asks the new daemon whether it answers.
+    cli: PathBuf,
+}
+
+/// How a lab daemon starts: [`Daemon::builder`] for the lab's receiver, [`DaemonBuilder::new`]
+/// for a daemon with no lab. Every test daemon starts through it, so the flags every daemon
+/// needs (its socket, state and pin directories, small maps, no configuration file unless
+/// given) are written once.
+#[must_use]
+pub struct DaemonBuilder {
+    launch: Launch,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl DaemonBuilder {
+    /// A daemon on the pin directory `bpffs` with no namespace and no interface (one that is
+    /// expected to refuse its state directory, say).
+    pub fn new(bpffs: &Path) -> Self {
+        Self {
+            launch: Launch {
+                program: vec![enforcer_bin().into()],
+                netns: None,
+                netns_flag: false,
+                iface: false,
+                bpffs: bpffs.to_owned(),
+                cli: enforcer_bin(),
+            },
+            state_dir: None,
+            socket: None,
+            extra: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Extra flags for `enforcer daemon` (`--config FILE` replaces the default `/dev/null`;
+    /// `--max-addresses` and `--max-prefixes` replace the small defaults);
+    /// `--state-dir DIR` among them chooses the state directory ([`DaemonBuilder::state_dir`]).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match (*arg, args.as_slice().first()) {
+                ("--state-dir", Some(dir)) => {
+                    self.state_dir = Some(PathBuf::from(dir));
+                    args.next();
+                }
+                _ => self.extra.push((*arg).to_owned()),
+            }
+        }
+        self
+    }
+
+    /// An environment variable for the daemon process (kept across restarts).
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        let value = value.as_ref().to_string_lossy().into_owned();
+        self.env.push((key.to_owned(), value));
+        self
+    }
+
+    /// Environment variables for the daemon process.
+    pub fn envs(mut self, env: Vec<(String, String)>) -> Self {
+        self.env.extend(env);
+        self
+    }
+
+    /// Another build of `enforcer` (the benchmark compares builds); its CLI checks that the
+    /// daemon answers.
+    pub fn bin(mut self, bin: &Path) -> Self {
+        self.launch.program = vec![bin.into()];
+        self.launch.cli = bin.to_owned();
+        self
+    }
+
+    /// Another program in place of `enforcer`, given the same arguments (a wrapper that sets
+    /// up what the unit would, then runs it).
+    pub fn program(mut self, program: &Path) -> Self {
+        self.launch.program = vec![program.into()];
+        self
+    }
+
+    /// A command that enters the lab's namespace itself and runs the daemon: `ip netns exec
+    /// NS`, `nsenter --net=…` (ending in [`enforcer_bin`]), or a script that runs it. The
+    /// daemon gets no `--netns`.
+    pub fn launched_by<S: Into<OsString>>(mut self, command: impl IntoIterator<Item = S>) -> Self {
+        self.launch.program = command.into_iter().map(Into::into).collect();
+        self.launch.netns_flag = false;
+        self
+    }
+
+    /// No `--iface`: the daemon protects no interface (and detaches those it finds pinned).
+    pub fn no_iface(mut self) -> Self {
+        self.launch.iface = false;
+        self
+    }
+
+    /// The state directory (by default a fresh one the daemon creates).
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// The pin directory (by default the lab's).
+    pub fn pins(mut self, dir: &Path) -> Self {
+        self.launch.bpffs = dir.to_owned();
+        self
+    }
+
+    /// The control socket's path (by default one in a fresh directory).
+    pub fn socket(mut self, path: &Path) -> Self {
+        self.socket = Some(path.to_owned());
+        self
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start(self) -> Result<Daemon> {
+        let mut d = self.spawn()?;
+        d.wait_answers()?;
+        Ok(d)
+    }
+
+    /// Starts the daemon without waiting for it (a test that holds its engine, say).
+    pub fn spawn(self) -> Result<Daemon> {
+        let tmp = tempfile::tempdir()?;
+        let mut d = Daemon {
+            child: None,
+            state_dir: self.state_dir.unwrap_or_else(|| tmp.path().join("state")),
+            socket: self
+                .socket
+                .unwrap_or_else(|| tmp.path().join("enforcer.sock")),
+            extra: self.extra,
+            env: self.env,
+            launch: self.launch,
+            cli_bin: None,
+            _tmp: tmp,
+        };
+        d.launch()?;
+        Ok(d)
+    }
+
+    /// Runs a daemon that must refuse to start, and its output once it has exited. One still
+    /// running after `within` is killed, and the test fails.
+    pub fn refused(self, within: Duration) -> Output {
+        let mut d = self.spawn().expect("spawning the daemon");
+        let status = d.wait_exit(within);
+        let log = d.log();
+        d.kill();
+        let status = status.unwrap_or_else(|| panic!("the daemon started; it logged: {log}"));
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: log.into_bytes(),
+        }
+    }
+}
+
 impl Daemon {
+    /// How a daemon protecting the lab's receiver interface starts.
+    pub fn builder(lab: &Lab) -> DaemonBuilder {
+        let mut b = DaemonBuilder::new(lab.pins.path());
+        b.launch.netns = Some(lab.receiver.name().to_owned());
+        b.launch.netns_flag = true;
+        b.launch.iface = true;
+        b
+    }
+
     /// Starts a daemon protecting the lab's receiver interface.
     pub fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
         Self::start_with_env(lab, extra, Vec::new())
@@ -194,7 +370,12 @@ impl Daemon {
             .and_then(|i| self.extra.get(i + 1))
             .and_then(|a| a.rsplit_once(':')?.1.parse().ok())
             .context("the daemon was started without --metrics-listen 127.0.0.1:PORT")?;
-        let (code, body) = crate::metrics::http_get(&self.netns, port, "/metrics")?;
+        let netns = self
+            .launch
+            .netns
+            .as_deref()
+            .context("the daemon runs in no lab namespace")?;
+        let (code, body) = crate::metrics::http_get(netns, port, "/metrics")?;
         anyhow::ensure!(code == 200, "GET /metrics answered {code}: {body}");
         Ok(crate::metrics::Scrape(body))
     }
@@ -208,18 +389,18 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables for the daemon process.
     pub fn start_with_env(lab: &Lab, extra: &[&str], env: Vec<(String, String)>) -> Result<Self> {
-        Self::start_full(&enforcer_bin(), lab, extra, env)
+        Self::builder(lab).args(extra).envs(env).start()
     }
 
     /// [`Daemon::start`] with another build of `enforcer` (the benchmark compares builds).
     pub fn start_bin(bin: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
-        Self::start_full(bin, lab, extra, Vec::new())
+        Self::builder(lab).bin(bin).args(extra).start()
     }
 
     /// [`Daemon::start`] with another build of `enforcer` as the daemon and the CLI (the
     /// previous release, in the upgrade lab).
     pub fn start_build(bin: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
-        let mut d = Self::start_full(bin, lab, extra, Vec::new())?;
+        let mut d = Self::start_bin(bin, lab, extra)?;
         d.cli_bin = Some(bin.to_owned());
         Ok(d)
     }
@@ -227,7 +408,8 @@ impl Daemon {
     /// Makes the next [`Daemon::spawn`] run this build's `enforcer`, and the CLI calls from
     /// now on use it (after [`Daemon::start_build`]: an upgrade).
     pub fn use_this_build(&mut self) {
-        self.bin = enforcer_bin();
+        self.launch.program = vec![enforcer_bin().into()];
+        self.launch.cli = enforcer_bin();
         self.cli_bin = None;
     }
 
@@ -239,73 +421,50 @@ impl Daemon {
         extra: &[&str],
         env: Vec<(String, String)>,
     ) -> Result<Self> {
-        Self::start_full(bin, lab, extra, env)
-    }
-
-    fn start_full(
-        bin: &Path,
-        lab: &Lab,
-        extra: &[&str],
-        env: Vec<(String, String)>,
-    ) -> Result<Self> {
-        let tmp = tempfile::tempdir()?;
-        // A test may choose the state directory (`--state-dir DIR` among the extra flags).
-        let state_dir = extra
-            .iter()
-            .position(|a| *a == "--state-dir")
-            .and_then(|i| extra.get(i + 1))
-            .map_or_else(|| tmp.path().join("state"), PathBuf::from);
-        let extra: Vec<&str> = match extra.iter().position(|a| *a == "--state-dir") {
-            Some(i) => extra
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i && *j != i + 1)
-                .map(|(_, a)| *a)
-                .collect(),
-            None => extra.to_vec(),
-        };
-        let mut d = Self {
-            child: None,
-            state_dir,
-            socket: tmp.path().join("enforcer.sock"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env,
-            bpffs: lab.pins.path().to_owned(),
-            netns: lab.receiver.name().to_owned(),
-            bin: bin.to_owned(),
-            cli_bin: None,
-            _tmp: tmp,
-        };
-        d.spawn()?;
-        Ok(d)
+        Self::builder(lab)
+            .program(bin)
+            .args(extra)
+            .envs(env)
+            .start()
     }
 
     /// (Re)starts the process and waits until it answers.
     pub fn spawn(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_answers()
+    }
+
+    /// (Re)starts the process.
+    fn launch(&mut self) -> Result<()> {
         let log = std::fs::File::create(
             self._tmp
                 .path()
                 .join(format!("daemon-{}.log", crate::unique_name(""))),
         )?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--socket")
+        let (program, words) = self.launch.program.split_first().context("a program")?;
+        let mut cmd = Command::new(program);
+        cmd.args(words)
+            .arg("--socket")
             .arg(&self.socket)
-            .arg("daemon")
-            .args(if self.extra.iter().any(|a| a == "--config") {
-                &[][..]
-            } else {
-                &["--config", "/dev/null"][..]
-            })
-            .args([
-                "--netns",
-                &self.netns,
-                "--iface",
-                RECEIVER_IF,
-                "--state-dir",
-            ])
+            .arg("daemon");
+        if !self.extra.iter().any(|a| a == "--config") {
+            cmd.args(["--config", "/dev/null"]);
+        }
+        if let Some(netns) = self
+            .launch
+            .netns
+            .as_ref()
+            .filter(|_| self.launch.netns_flag)
+        {
+            cmd.args(["--netns", netns]);
+        }
+        if self.launch.iface {
+            cmd.args(["--iface", RECEIVER_IF]);
+        }
+        cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--bpffs-dir")
-            .arg(&self.bpffs);
+            .arg(&self.launch.bpffs);
         // Small maps keep tests light, unless the test sets its own.
         if !self.extra.iter().any(|a| a == "--max-addresses") {
             cmd.args(["--max-addresses", "65536"]);
@@ -322,9 +481,14 @@ impl Daemon {
             .spawn()
             .context("spawning the daemon")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the daemon answers `enforcer status`.
+    fn wait_answers(&mut self) -> Result<()> {
         let socket = self.socket.clone();
-        let bin = self.bin.clone();
-        wait_for("the daemon to answer", Duration::from_secs(20), || {
+        let bin = self.launch.cli.clone();
+        wait_for("the daemon to answer", Duration::from_secs(30), || {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -420,6 +584,41 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// How many descriptors the process has open.
+    pub fn open_files(&self) -> u64 {
+        let pid = self.pid().expect("the daemon runs");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the daemon's /proc/PID/fd")
+            .count() as u64
+    }
+
+    /// Sets the process's soft descriptor limit (the hard one stays); the old soft limit.
+    pub fn limit_open_files(&self, n: u64) -> u64 {
+        let pid = self.pid().expect("the daemon runs") as i32;
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit(2) on our own child, reading into a valid rlimit.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+        let limit = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: as above, with a valid new limit and no old-value pointer.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+        old.rlim_cur
+    }
+
+    /// Whether the process still runs (it has not exited).
+    pub fn runs(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The process id, while it runs.

@@ -79,14 +79,17 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 /// Whether the daemon under test has the debug-build test hooks (`ENFORCER_TEST_*`: engine and
 /// commit stalls, failed commits, a young boot): the labs run `target/<profile>/enforcer` of
 /// their own profile, and a release build (`cargo xtask test --release`) has none. A test that
-/// needs them prints one line saying so and returns.
+/// needs them prints one line saying so, naming itself (libtest names the thread that runs a test
+/// after it), and returns.
 #[must_use]
-pub fn test_hooks_or_skip(test: &str) -> bool {
+pub fn test_hooks_or_skip() -> bool {
     if cfg!(debug_assertions) {
         return true;
     }
+    let thread = std::thread::current();
     println!(
-        "skipped {test}: it needs the daemon's debug-build test hooks, which a release build does not have"
+        "skipped {}: it needs the daemon's debug-build test hooks, which a release build does not have",
+        thread.name().unwrap_or("this test")
     );
     false
 }
@@ -192,6 +195,42 @@ impl PinDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// An XDP program and its maps, loaded (not attached) in a pin directory of their own; both
+/// are gone when it is dropped, pass or fail.
+pub struct LoadedDatapath {
+    /// The program and its maps (dropped before the pins).
+    pub dp: enforcer::datapath::Datapath,
+    _pins: PinDir,
+}
+
+impl LoadedDatapath {
+    /// Small maps (1,024 addresses and prefixes per family, 64 allowlist entries), block hits
+    /// counted: enough for a property test or a microbenchmark.
+    pub fn small() -> Result<Self> {
+        Self::with(
+            enforcer::datapath::Capacity {
+                addresses: 1024,
+                prefixes: 1024,
+                allow: 64,
+            },
+            true,
+        )
+    }
+
+    /// Maps of `capacity`, with or without the per-block hit counters.
+    pub fn with(capacity: enforcer::datapath::Capacity, count_block_hits: bool) -> Result<Self> {
+        let pins = PinDir::new()?;
+        let dp = enforcer::datapath::Datapath::open(&enforcer::datapath::DatapathOptions {
+            bpffs_dir: pins.path().to_owned(),
+            capacity,
+            count_block_hits,
+            ..Default::default()
+        })
+        .context("loading the XDP program")?;
+        Ok(Self { dp, _pins: pins })
     }
 }
 

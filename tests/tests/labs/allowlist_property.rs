@@ -19,11 +19,11 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use enforcer::{
     Target,
     block::{Mode, Source},
-    datapath::{Capacity, Datapath, DatapathOptions},
+    datapath::Datapath,
     policy::{AllowOrigin, Allowlist, Ask, Decision, Policy, PolicyConfig},
 };
 use enforcer_common::BlockValue;
-use enforcer_tests::{PinDir, frame, require_root};
+use enforcer_tests::{LoadedDatapath, frame, require_root};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::{
     prelude::*,
@@ -104,19 +104,7 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
     require_root();
     // One program and one set of maps for every case (emptied between cases); dropped, with
     // its pins, when the test ends.
-    let pins = PinDir::new().unwrap();
-    let dp = Datapath::open(&DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: Capacity {
-            addresses: 1024,
-            prefixes: 1024,
-            allow: 64,
-        },
-        count_block_hits: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let dp = RefCell::new(dp);
+    let dp = RefCell::new(LoadedDatapath::small().unwrap());
     let strategy = (
         prop::collection::vec(net(), 1..6),
         prop::collection::vec((net(), any::<bool>(), any::<bool>()), 0..8),
@@ -140,8 +128,9 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
     let total = Cell::new(Tally::default());
     let case = Cell::new(0usize);
     let result = runner.run(&strategy, |(allow, random_blocks, related, seeds)| {
-        let mut dp = dp.borrow_mut();
-        let tally = check(&mut dp, &allow, &random_blocks, &related, &seeds)?;
+        let mut loaded = dp.borrow_mut();
+        let dp = &mut loaded.dp;
+        let tally = check(dp, &allow, &random_blocks, &related, &seeds)?;
         case.set(case.get() + 1);
         eprintln!("case {}: {tally}", case.get());
         let mut t = total.get();
@@ -176,19 +165,7 @@ fn no_allowlisted_address_is_ever_dropped_and_accepted_blocks_drop_the_rest() {
 #[test]
 fn an_allowlist_added_after_the_blocks_wins_at_once() {
     require_root();
-    let pins = PinDir::new().unwrap();
-    let dp = Datapath::open(&DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: Capacity {
-            addresses: 1024,
-            prefixes: 1024,
-            allow: 64,
-        },
-        count_block_hits: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let dp = RefCell::new(dp);
+    let dp = RefCell::new(LoadedDatapath::small().unwrap());
     let strategy = (
         prop::collection::vec(net(), 1..6),
         prop::collection::vec(net(), 0..8),
@@ -200,8 +177,9 @@ fn an_allowlist_added_after_the_blocks_wins_at_once() {
         ..ProptestConfig::default()
     });
     let result = runner.run(&strategy, |(allow, random_blocks, related, seeds)| {
-        let mut dp = dp.borrow_mut();
-        check_allow_after_blocks(&mut dp, &allow, &random_blocks, &related, &seeds)
+        let mut loaded = dp.borrow_mut();
+        let dp = &mut loaded.dp;
+        check_allow_after_blocks(dp, &allow, &random_blocks, &related, &seeds)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -392,19 +370,7 @@ fn kind_of(k: u8) -> (&'static str, u64, u32) {
 #[test]
 fn nested_blocks_get_the_verdict_of_their_live_enforced_prefixes() {
     require_root();
-    let pins = PinDir::new().unwrap();
-    let dp = Datapath::open(&DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: Capacity {
-            addresses: 1024,
-            prefixes: 1024,
-            allow: 64,
-        },
-        count_block_hits: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let dp = RefCell::new(dp);
+    let dp = RefCell::new(LoadedDatapath::small().unwrap());
     let related =
         || prop::collection::vec((any::<prop::sample::Index>(), 0u8..=128, 0u8..3), 1..16);
     let strategy = (
@@ -420,12 +386,13 @@ fn nested_blocks_get_the_verdict_of_their_live_enforced_prefixes() {
     });
     let dropped = Cell::new(0usize);
     let result = runner.run(&strategy, |(allow, random, around_allow, nested, seeds)| {
-        let mut dp = dp.borrow_mut();
+        let mut loaded = dp.borrow_mut();
+        let dp = &mut loaded.dp;
         let mut blocks: Vec<(IpNet, u8)> = random;
         blocks.extend(derived(&allow, &around_allow));
         let bases: Vec<IpNet> = blocks.iter().map(|(n, _)| *n).collect();
         blocks.extend(derived(&bases, &nested));
-        let n = check_nested(&mut dp, &allow, &blocks, &seeds)?;
+        let n = check_nested(dp, &allow, &blocks, &seeds)?;
         dropped.set(dropped.get() + n);
         Ok(())
     });

@@ -275,9 +275,7 @@ fn one_source_fills_only_its_share_of_the_approval_queue_and_the_others_still_qu
 
 #[test]
 fn a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "bounds_lab::a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();
@@ -309,9 +307,7 @@ fn a_daemon_whose_engine_thread_dies_exits_non_zero_naming_it_and_starts_again()
 
 #[test]
 fn a_block_sent_while_the_daemon_stops_is_spooled_and_applied_at_the_next_start() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "bounds_lab::a_block_sent_while_the_daemon_stops_is_spooled_and_applied_at_the_next_start",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();

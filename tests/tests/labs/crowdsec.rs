@@ -769,9 +769,7 @@ fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
 /// meanwhile, and the decision is enforced once the start goes on.
 #[test]
 fn the_first_pull_is_made_while_the_daemon_is_still_starting() -> Result<()> {
-    if !enforcer_tests::test_hooks_or_skip(
-        "crowdsec::the_first_pull_is_made_while_the_daemon_is_still_starting",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return Ok(());
     }
     require_root();

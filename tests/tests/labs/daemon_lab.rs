@@ -744,7 +744,7 @@ fn an_import_with_refused_lines_imports_the_rest_and_exits_with_the_first_refusa
 
 #[test]
 fn concurrent_requests_share_one_commit() {
-    if !enforcer_tests::test_hooks_or_skip("daemon_lab::concurrent_requests_share_one_commit") {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();
@@ -1114,31 +1114,14 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
     d.stop().unwrap();
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     // Start again without any interface: the earlier pinned link goes.
-    let socket = d.socket.with_extension("2.sock");
-    let mut child = std::process::Command::new(enforcer_tests::daemon::enforcer_bin())
-        .arg("--socket")
-        .arg(&socket)
-        .args([
-            "daemon",
-            "--config",
-            "/dev/null",
-            "--netns",
-            lab.receiver.name(),
-            "--max-addresses",
-            "65536",
-            "--max-prefixes",
-            "4096",
-            "--state-dir",
-        ])
-        .arg(&d.state_dir)
-        .arg("--bpffs-dir")
-        .arg(lab.pins.path())
-        .stderr(std::process::Stdio::null())
+    let _second = Daemon::builder(&lab)
+        .no_iface()
+        .state_dir(&d.state_dir)
         .spawn()
         .unwrap();
     // Traffic may pass a moment before the link's pin is gone: wait for both.
     let layout = enforcer::datapath::PinLayout::new(lab.pins.path());
-    let result = wait_for(
+    wait_for(
         "the daemon to detach vb and remove its pin",
         Duration::from_secs(30),
         || {
@@ -1148,8 +1131,6 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
                     .then_some(()),
             )
         },
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    result.unwrap();
+    )
+    .unwrap();
 }

@@ -81,9 +81,7 @@ fn listed(d: &Daemon) -> bool {
 
 #[test]
 fn a_block_drops_before_its_fsync_and_a_crash_there_leaves_nothing_after_the_restart() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "enforce_first::a_block_drops_before_its_fsync_and_a_crash_there_leaves_nothing_after_the_restart",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();
@@ -125,9 +123,7 @@ fn a_block_drops_before_its_fsync_and_a_crash_there_leaves_nothing_after_the_res
 
 #[test]
 fn a_failed_fsync_takes_the_kernel_entry_out_again_and_the_block_is_refused() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "enforce_first::a_failed_fsync_takes_the_kernel_entry_out_again_and_the_block_is_refused",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();

@@ -1,53 +1,26 @@
 //! Files enforcer writes as root never follow a symbolic link someone planted, and the daemon
 //! refuses state and spool directories that others may write or that another user owns.
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
 
-use enforcer_tests::{PinDir, daemon::enforcer_bin, require_root, wait_for};
+use enforcer_tests::{
+    PinDir,
+    daemon::{DaemonBuilder, enforcer_bin},
+    require_root,
+};
 
 /// Starts the daemon on `state` (no interface) and expects it to refuse within seconds, with
 /// one line naming `needle`. A daemon that starts anyway is killed and the test fails.
 fn daemon_refuses(state: &Path, needle: &str) {
     let pins = PinDir::new().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(enforcer_bin())
-        .arg("--socket")
-        .arg(tmp.path().join("s.sock"))
-        .args([
-            "daemon",
-            "--config",
-            "/dev/null",
-            "--max-addresses",
-            "1024",
-            "--max-prefixes",
-            "64",
-            "--state-dir",
-        ])
-        .arg(state)
-        .arg("--bpffs-dir")
-        .arg(pins.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let exited = wait_for("the daemon to refuse", Duration::from_secs(10), || {
-        Ok(child.try_wait()?)
-    });
-    if exited.is_err() {
-        let _ = child.kill();
-    }
-    let out: Output = child.wait_with_output().unwrap();
+    let out = DaemonBuilder::new(pins.path())
+        .args(&["--max-addresses", "1024", "--max-prefixes", "64"])
+        .state_dir(state)
+        .refused(Duration::from_secs(10));
     let _ = Command::new(enforcer_bin())
         .args(["detach", "--bpffs-dir"])
         .arg(pins.path())
         .output();
-    exited.expect("the daemon started on an unsafe state directory");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");

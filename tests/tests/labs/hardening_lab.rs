@@ -12,7 +12,7 @@ use std::{
 
 use enforcer::time::WallMs;
 use enforcer_tests::{
-    Lab, RECEIVER_IF, SENDER_V4,
+    Lab, SENDER_V4,
     daemon::{Daemon, enforcer_bin, ok},
     require_root, unique_name, wait_for,
 };
@@ -164,20 +164,10 @@ fn a_daemon_on_a_state_directory_another_daemon_holds_fails_in_one_line_naming_i
     let lab = Lab::new().unwrap();
     let d = Daemon::start(&lab, &[]).unwrap();
     let holder = d.pid().unwrap();
-    let socket = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let out = Command::new(enforcer_bin())
-        .arg("--socket")
-        .arg(socket.path().join("second.sock"))
-        .args(["daemon", "--config", "/dev/null", "--netns"])
-        .arg(lab.receiver.name())
-        .args(["--iface", RECEIVER_IF, "--state-dir"])
-        .arg(&d.state_dir)
-        .arg("--bpffs-dir")
-        .arg(lab.pins.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = Daemon::builder(&lab)
+        .state_dir(&d.state_dir)
+        .refused(Duration::from_secs(60));
     let waited = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the second daemon ran: {stderr}");
@@ -221,23 +211,6 @@ fn cli_within(d: &Daemon, args: &[&str], within: Duration) -> Option<Output> {
     waiter.join().unwrap().ok()
 }
 
-fn set_nofile(pid: u32, n: u64) {
-    let limit = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-value pointer.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as i32,
-            libc::RLIMIT_NOFILE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
 fn scrape(lab: &Lab, addr: SocketAddr) -> std::io::Result<String> {
     use std::io::{Read as _, Write as _};
     lab.receiver
@@ -274,12 +247,8 @@ fn idle_connections_to_the_metrics_port_leave_the_daemon_descriptors_to_protect_
         &["--metrics-listen", &addr.to_string(), "--iface", &late],
     )
     .unwrap();
-    let pid = d.pid().unwrap();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
     // Room for the daemon's own work, not for 300 idle clients.
-    set_nofile(pid, open + 64);
+    d.limit_open_files(d.open_files() + 64);
 
     // As many as the listen queue takes, up to 300 (far past the daemon's descriptors).
     let idle: Vec<TcpStream> = lab
@@ -402,9 +371,7 @@ fn boot_ms() -> u64 {
 
 #[test]
 fn after_a_reboot_with_the_clock_ahead_a_block_that_looks_expired_is_held_until_ntp_sets_it() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "hardening_lab::after_a_reboot_with_the_clock_ahead_a_block_that_looks_expired_is_held_until_ntp_sets_it",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();

@@ -72,32 +72,6 @@ fn spooled_block(target: &str) -> Spooled {
     }
 }
 
-/// Sets a process's soft descriptor limit (the hard one stays); the old soft limit.
-fn set_nofile(pid: u32, n: u64) -> u64 {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit(2) on our own child, reading into a valid rlimit.
-    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let limit = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above, with a valid new limit and no old-value pointer.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as i32,
-            libc::RLIMIT_NOFILE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    old.rlim_cur
-}
-
 /// The engine held (debug-build stall hook) while spooled requests, a CLI request and an
 /// overdue block wait: the gauges show the backlog, then drain to 0 once it runs.
 fn backlog_while_the_engine_is_held(d: &Daemon, stall: &Path) {
@@ -151,28 +125,22 @@ fn connections_held_refused_and_failed(d: &Daemon) {
     eventually(d, "the connections closed", |s| {
         s.value("enforcer_control_connections") == Some(0.0)
     });
-    let pid = d.pid().unwrap();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
     // Below what is open (descriptors being closed could free a few): no new one fits.
-    let old = set_nofile(pid, open / 2);
+    let old = d.limit_open_files(d.open_files() / 2);
     let starved = UnixStream::connect(&d.socket).unwrap();
     let seen = wait_for("an accept to fail", Duration::from_secs(20), || {
         Ok(d.log()
             .contains("accepting control connections fails")
             .then_some(()))
     });
-    set_nofile(pid, old);
+    d.limit_open_files(old);
     seen.unwrap();
     drop(starved);
 }
 
 #[test]
 fn every_metric_family_shows_the_running_daemons_state() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "metrics_lab::every_metric_family_shows_the_running_daemons_state",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();

@@ -1,77 +1,38 @@
 //! A daemon in a private mount namespace (`ip netns exec`, a container, a unit with a private
 //! /sys): its pins must not die with it.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use enforcer::protocol::{PinsDurability, StatusReply};
 use enforcer_tests::{
     Lab, RECEIVER_IF, SENDER_V4,
-    daemon::{Daemon, EXIT_UNPROTECTED, cli, enforcer_bin, ok},
-    require_root, wait_for,
+    daemon::{Daemon, DaemonBuilder, enforcer_bin, ok},
+    require_root,
 };
 
 /// `ip netns exec <receiver> enforcer daemon --iface vb …`: no `--netns`, so the daemon runs in
 /// the mount namespace `ip netns exec` makes (with its own /sys and no bpffs).
-fn spawn_under_ip_netns_exec(lab: &Lab, dir: &Path) -> Child {
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", lab.receiver.name()])
-        .arg(enforcer_bin())
-        .arg("--socket")
-        .arg(dir.join("enforcer.sock"))
-        .args([
-            "daemon",
-            "--config",
-            "/dev/null",
-            "--iface",
-            RECEIVER_IF,
-            "--max-addresses",
-            "65536",
-            "--max-prefixes",
-            "4096",
-        ])
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--bpffs-dir")
-        .arg(lab.pins.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let socket = dir.join("enforcer.sock");
-    wait_for("the daemon to answer", Duration::from_secs(20), || {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!(
-                "the daemon exited ({status}): {}",
-                std::fs::read_to_string(dir.join("daemon.log"))?
-            );
-        }
-        let out = cli(&socket, &["status"]);
-        Ok(matches!(out.status.code(), Some(0 | EXIT_UNPROTECTED)).then_some(()))
-    })
-    .unwrap();
-    child
+fn under_ip_netns_exec(lab: &Lab) -> DaemonBuilder {
+    Daemon::builder(lab).launched_by([
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        lab.receiver.name().into(),
+        enforcer_bin().into_os_string(),
+    ])
 }
 
 #[test]
 fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     require_root();
     let lab = Lab::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_under_ip_netns_exec(&lab, dir.path());
-    let socket = dir.path().join("enforcer.sock");
-    ok(&cli(&socket, &["block", SENDER_V4[1], "--ttl", "1h"]));
+    let mut d = under_ip_netns_exec(&lab).start().unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert_eq!(lab.passes(SENDER_V4[1]), 0, "blocked while the daemon runs");
-    let status = cli(&socket, &["status", "--json"]);
-    let text = ok(&cli(&socket, &["status"]));
+    let status = d.cli(&["status", "--json"]);
+    let text = ok(&d.cli(&["status"]));
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.kill();
     // The pins live in the host's bpffs: nothing goes away with the daemon's mount namespace.
     // Watch for two seconds that the blocked source stays dropped.
     let until = Instant::now() + Duration::from_secs(2);
@@ -100,15 +61,14 @@ fn a_block_made_by_a_daemon_under_ip_netns_exec_stays_in_force_after_kill_9() {
     assert_eq!(status.pins.dir, lab.pins.path().display().to_string());
     assert!(text.contains("(outlive the daemon)"), "{text}");
     // Started again the same way, it finds its pins in the host's bpffs and takes them over.
-    let mut again = spawn_under_ip_netns_exec(&lab, dir.path());
-    assert!(ok(&cli(&socket, &["list"])).contains(SENDER_V4[1]));
+    d.spawn().unwrap();
+    assert!(ok(&d.cli(&["list"])).contains(SENDER_V4[1]));
     assert_eq!(
         lab.passes(SENDER_V4[1]),
         0,
         "still dropped after the restart"
     );
-    again.kill().unwrap();
-    again.wait().unwrap();
+    d.kill();
     // `enforcer detach` run the same way finds the pins in the host's bpffs and removes them.
     let out = lab
         .receiver
@@ -162,29 +122,10 @@ fn under_ip_netns_exec_without_a_host_bpffs_for_the_pins_the_daemon_refuses_in_o
     let dir = tempfile::tempdir().unwrap();
     // Not on a bpffs, in the daemon's namespace or the host's: pins there would not outlive it.
     let pins = dir.path().join("not-bpffs/enforcer");
-    let out = Command::new("ip")
-        .args(["netns", "exec", lab.receiver.name()])
-        .arg(enforcer_bin())
-        .arg("--socket")
-        .arg(dir.path().join("enforcer.sock"))
-        .args([
-            "daemon",
-            "--config",
-            "/dev/null",
-            "--iface",
-            RECEIVER_IF,
-            "--max-addresses",
-            "1024",
-            "--max-prefixes",
-            "64",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--bpffs-dir")
-        .arg(&pins)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = under_ip_netns_exec(&lab)
+        .pins(&pins)
+        .args(&["--max-addresses", "1024", "--max-prefixes", "64"])
+        .refused(Duration::from_secs(20));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let refusal: Vec<&str> = stderr

@@ -321,9 +321,7 @@ fn v6_host(i: usize) -> String {
 
 #[test]
 fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_watchdog() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "operability::ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_watchdog",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();
@@ -368,48 +366,21 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     // then is what they held when READY was sent (the restore must not wait for the engine's
     // loop, and READY must not wait for it either).
     std::fs::write(&stall, b"").unwrap();
-    let socket = tmp.path().join("enforcer.sock");
-    let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = ChildGuard(
-        Command::new(enforcer_bin())
-            .arg("--socket")
-            .arg(&socket)
-            .args([
-                "daemon",
-                "--config",
-                "/dev/null",
-                "--netns",
-                lab.receiver.name(),
-                "--iface",
-                RECEIVER_IF,
-            ])
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--bpffs-dir")
-            .arg(lab.pins.path())
-            .args(["--max-addresses", "65536", "--max-prefixes", "4096"])
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env("WATCHDOG_USEC", "400000")
-            .env("ENFORCER_TEST_STALL_ENGINE", &stall)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+    let mut daemon = Daemon::builder(&lab)
+        .state_dir(&state_dir)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("ENFORCER_TEST_STALL_ENGINE", &stall)
+        .spawn()
+        .unwrap();
 
     // The moment READY=1 arrives, everything it promises already holds, and nothing changes
     // while the engine is held.
     let t_start = Instant::now();
     let deadline = t_start + Duration::from_secs(60);
     let ready = loop {
-        assert!(Instant::now() < deadline, "no READY=1: {}", daemon_log());
-        assert!(
-            daemon.0.try_wait().unwrap().is_none(),
-            "the daemon exited: {}",
-            daemon_log()
-        );
+        assert!(Instant::now() < deadline, "no READY=1: {}", daemon.log());
+        assert!(daemon.runs(), "the daemon exited: {}", daemon.log());
         if let Some(m) = notify.poll().into_iter().find(|m| m.contains("READY=1")) {
             break m;
         }
@@ -436,7 +407,7 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
         "the engine was held: it cannot have pinged the watchdog"
     );
     std::fs::remove_file(&stall).unwrap();
-    ok(&enforcer_tests::daemon::cli(&socket, &["status"]));
+    ok(&daemon.cli(&["status"]));
     assert!(
         ready.contains(&format!(
             "STATUS=enforcing {} blocks on {RECEIVER_IF}",
@@ -488,9 +459,7 @@ fn ready_comes_only_once_every_block_is_enforced_and_a_stalled_engine_stops_the_
     .unwrap();
 
     // SIGTERM: STOPPING=1, and the blocks stay in force after the process is gone.
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
-    assert!(daemon.0.wait().unwrap().success(), "{}", daemon_log());
+    daemon.stop().unwrap();
     notify.poll();
     assert!(notify.got.iter().any(|(_, m)| m.contains("STOPPING=1")));
     assert_eq!(
@@ -525,62 +494,27 @@ fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
         "the unit should not need CAP_SYS_ADMIN: {caps:?}"
     );
     let lab = Lab::new().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let socket = tmp.path().join("enforcer.sock");
     let bounding = std::iter::once("-all".to_owned())
         .chain(caps.iter().map(|c| format!("+{c}")))
         .collect::<Vec<_>>()
         .join(",");
     // nsenter joins only the network namespace (the host's /sys/fs/bpf stays); setpriv then
     // drops every capability outside the unit's bounding set before the daemon starts.
-    let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = ChildGuard(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", lab.receiver.name()))
-            .args([
-                "setpriv",
-                &format!("--bounding-set={bounding}"),
-                "--inh-caps=-all",
-                "--",
-            ])
-            .arg(enforcer_bin())
-            .arg("--socket")
-            .arg(&socket)
-            .args([
-                "daemon",
-                "--config",
-                "/dev/null",
-                "--iface",
-                RECEIVER_IF,
-                "--max-addresses",
-                "1024",
-                "--max-prefixes",
-                "1024",
-            ])
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .arg("--bpffs-dir")
-            .arg(lab.pins.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
-    wait_for("the daemon to answer", Duration::from_secs(30), || {
-        assert!(
-            daemon.0.try_wait().unwrap().is_none(),
-            "the daemon exited with only {caps:?}: {}",
-            daemon_log()
-        );
-        Ok(enforcer_tests::daemon::cli(&socket, &["status"])
-            .status
-            .success()
-            .then_some(()))
-    })
-    .unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
+    let daemon = Daemon::builder(&lab)
+        .launched_by([
+            "nsenter".into(),
+            format!("--net=/run/netns/{}", lab.receiver.name()).into(),
+            "setpriv".into(),
+            format!("--bounding-set={bounding}").into(),
+            "--inh-caps=-all".into(),
+            "--".into(),
+            enforcer_bin().into_os_string(),
+        ])
+        .args(&["--max-addresses", "1024", "--max-prefixes", "1024"])
+        .start()
+        .unwrap_or_else(|e| panic!("the daemon with only {caps:?}: {e}"));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid().unwrap())).unwrap();
     let bnd = status
         .lines()
         .find_map(|l| l.strip_prefix("CapBnd:"))
@@ -588,17 +522,14 @@ fn the_daemon_blocks_with_only_the_capabilities_its_unit_grants() {
         .trim()
         .to_owned();
     assert_ne!(bnd, "000001ffffffffff", "the bounding set was not narrowed");
-    ok(&enforcer_tests::daemon::cli(
-        &socket,
-        &["block", SENDER_V4[1], "--ttl", "10m"],
-    ));
+    ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     assert_eq!(
         lab.exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5)
             .unwrap(),
         0,
         "{}",
-        daemon_log()
+        daemon.log()
     );
     assert_eq!(
         lab.exchange(&lab.udp_sender(SENDER_V4[2]).unwrap(), &rx, 5)

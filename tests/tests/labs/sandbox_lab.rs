@@ -8,14 +8,13 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::Command,
 };
 
 use enforcer_tests::{
-    ChildGuard, Lab, RECEIVER_IF, RECEIVER_V4, SENDER_V4,
-    daemon::{cli, enforcer_bin, ok},
-    require_root, wait_for,
+    Lab, RECEIVER_V4, SENDER_V4,
+    daemon::{Daemon, enforcer_bin, ok},
+    require_root,
 };
 
 fn unit() -> String {
@@ -158,37 +157,16 @@ fn the_daemon_runs_and_blocks_under_the_units_sandbox_with_exactly_its_capabilit
     }
     let caps = unit_capabilities();
     let script = sandbox_script(tmp.path(), lab.receiver.name(), &[&state, &run], &caps);
-    let socket = run.join("enforcer.sock");
-    let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = ChildGuard(
-        Command::new(&script)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["daemon", "--config", "/dev/null", "--iface", RECEIVER_IF])
-            .args(["--max-addresses", "1024", "--max-prefixes", "1024"])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--bpffs-dir")
-            .arg(lab.pins.path())
-            // The unit's Environment=ENFORCER_BOOT_ID=%b (ProcSubset=pid hides /proc/sys).
-            .env("ENFORCER_BOOT_ID", boot_id())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
-    wait_for("the daemon to answer", Duration::from_secs(30), || {
-        assert!(
-            daemon.0.try_wait().unwrap().is_none(),
-            "the daemon exited in the sandbox: {}",
-            daemon_log()
-        );
-        Ok(cli(&socket, &["status"]).status.success().then_some(()))
-    })
-    .unwrap();
-    let pid = daemon.0.id();
+    let mut daemon = Daemon::builder(&lab)
+        .launched_by([&script])
+        .socket(&run.join("enforcer.sock"))
+        .state_dir(&state)
+        .args(&["--max-addresses", "1024", "--max-prefixes", "1024"])
+        // The unit's Environment=ENFORCER_BOOT_ID=%b (ProcSubset=pid hides /proc/sys).
+        .env("ENFORCER_BOOT_ID", boot_id())
+        .start()
+        .unwrap_or_else(|e| panic!("the daemon in the sandbox: {e}"));
+    let pid = daemon.pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
         status.contains("NoNewPrivs:\t1"),
@@ -211,14 +189,14 @@ fn the_daemon_runs_and_blocks_under_the_units_sandbox_with_exactly_its_capabilit
         assert!(!read_only_for(pid, p), "{} is writable", p.display());
     }
 
-    ok(&cli(&socket, &["block", SENDER_V4[1], "--ttl", "10m"]));
+    ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     assert_eq!(
         lab.exchange(&lab.udp_sender(SENDER_V4[1]).unwrap(), &rx, 5)
             .unwrap(),
         0,
         "{}",
-        daemon_log()
+        daemon.log()
     );
     assert_eq!(
         lab.exchange(&lab.udp_sender(SENDER_V4[2]).unwrap(), &rx, 5)
@@ -226,11 +204,5 @@ fn the_daemon_runs_and_blocks_under_the_units_sandbox_with_exactly_its_capabilit
         5
     );
     // A clean stop in the sandbox (the audit log and the store are written).
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let exit = wait_for("the daemon to stop", Duration::from_secs(30), || {
-        Ok(daemon.0.try_wait()?)
-    })
-    .unwrap();
-    assert!(exit.success(), "{exit}: {}", daemon_log());
+    daemon.stop().unwrap();
 }

@@ -182,9 +182,7 @@ fn a_backlog_past_the_rate_within_one_minute_trips_the_breaker_and_every_refused
 /// breaker's cooldown ended long ago; at the fifth and sixth triggers' own times it was open.
 #[test]
 fn a_backlog_older_than_the_cooldown_judged_one_request_per_round_still_trips_the_breaker() {
-    if !enforcer_tests::test_hooks_or_skip(
-        "spool_lab::a_backlog_older_than_the_cooldown_judged_one_request_per_round_still_trips_the_breaker",
-    ) {
+    if !enforcer_tests::test_hooks_or_skip() {
         return;
     }
     require_root();

@@ -14,9 +14,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use enforcer::datapath::{Capacity, Datapath, DatapathOptions};
 use enforcer_common::{BlockValue, MODE_ENFORCE};
-use enforcer_tests::{PinDir, frame};
+use enforcer_tests::{LoadedDatapath, frame};
 use serde::Serialize;
 
 use crate::datapath::Packet;
@@ -38,18 +37,8 @@ pub(crate) struct MultiCpuCase {
 
 /// Every packet kind at 1..=every CPU.
 pub(crate) fn run(rounds: usize, repeat: u32) -> Result<Vec<MultiCpuCase>> {
-    let pins = PinDir::new()?;
-    let mut dp = Datapath::open(&DatapathOptions {
-        bpffs_dir: pins.path().to_owned(),
-        capacity: Capacity {
-            addresses: 1024,
-            prefixes: 1024,
-            allow: 64,
-        },
-        count_block_hits: true,
-        ..Default::default()
-    })
-    .context("loading the XDP program")?;
+    let mut loaded = LoadedDatapath::small()?;
+    let dp = &mut loaded.dp;
     for t in ["198.51.100.7", "203.0.113.0/24"] {
         dp.maps_mut()
             .insert_block(&t.parse()?, &BlockValue::new(0, MODE_ENFORCE))?;
@@ -97,7 +86,7 @@ pub(crate) fn run(rounds: usize, repeat: u32) -> Result<Vec<MultiCpuCase>> {
             c.vs_miss = c.vs_one_cpu / m;
         }
     }
-    drop(dp);
+    drop(loaded);
     Ok(out)
 }
 
