@@ -262,14 +262,16 @@ pub fn depth(state_dir: &Path) -> io::Result<u64> {
     }
 }
 
+/// Spooled requests for the unit tests of the spool and its drain.
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
+pub(crate) mod testing {
+    use crate::{
+        block::Reason,
+        protocol::{BlockRequest, Request},
+    };
 
-    use super::*;
-    use crate::{block::Reason, protocol::BlockRequest, time::testing::wall};
-
-    fn block(ttl_secs: Option<u64>) -> Request {
+    /// A Wazuh block of 192.0.2.10 for `ttl_secs`.
+    pub(crate) fn block(ttl_secs: Option<u64>) -> Request {
         Request::Block(BlockRequest {
             target: "192.0.2.10".parse().unwrap(),
             ttl_secs,
@@ -282,12 +284,24 @@ mod tests {
         })
     }
 
-    fn ttl(r: Option<Request>) -> Option<u64> {
+    /// The TTL of a block request (`None`: no request, or one without a TTL).
+    pub(crate) fn ttl(r: Option<Request>) -> Option<u64> {
         match r? {
             Request::Block(b) => b.ttl_secs,
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::{
+        testing::{block, ttl},
+        *,
+    };
+    use crate::time::testing::wall;
 
     #[test]
     fn only_block_and_unblock_entries_are_read_from_a_spool_file() {

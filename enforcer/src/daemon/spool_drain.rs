@@ -243,31 +243,12 @@ mod tests {
     use super::*;
     use crate::{
         block::{Reason, Source},
-        protocol::{BatchItem, BlockRequest},
+        protocol::BatchItem,
+        spool::testing::{block, ttl},
         time::testing::wall,
     };
 
     const H: u64 = 3_600_000;
-
-    fn block(ttl_secs: Option<u64>) -> Request {
-        Request::Block(BlockRequest {
-            target: "192.0.2.10".parse().unwrap(),
-            ttl_secs,
-            permanent: false,
-            source: "wazuh".parse().unwrap(),
-            reason: Reason::default(),
-            shadow: false,
-            force: false,
-            scope: Default::default(),
-        })
-    }
-
-    fn ttl(r: Option<Request>) -> Option<u64> {
-        match r? {
-            Request::Block(b) => b.ttl_secs,
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn a_blocks_ttl_counts_from_when_it_was_spooled() {
