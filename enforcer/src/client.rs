@@ -2,7 +2,7 @@
 //! the one "call the daemon or spool" path every trigger takes.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     sync::{
@@ -80,6 +80,24 @@ impl ClientError {
     }
 }
 
+/// Writes all of `buf` to the daemon's socket with MSG_NOSIGNAL: the client commands die on
+/// SIGPIPE (a closed stdout ends them quietly), but a daemon that closes the connection must be
+/// an error the caller reports or spools, never a silent death. The socket's send timeout
+/// applies as to `write`.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd as _;
+    while !buf.is_empty() {
+        match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// A connection to the daemon.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -137,7 +155,7 @@ impl Client {
         })
         .map_err(|e| io_err(io::Error::other(e)))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(io_err)?;
+        send_all(&self.writer, &line).map_err(io_err)?;
         let mut answer = String::new();
         let n = self.reader.read_line(&mut answer).map_err(io_err)?;
         if n == 0 {
@@ -303,7 +321,7 @@ fn call_with_deadline(
 #[cfg(test)]
 mod tests {
     use std::{
-        io::{BufRead as _, BufReader},
+        io::{BufRead as _, BufReader, Write as _},
         os::{
             fd::{AsRawFd as _, OwnedFd},
             unix::net::UnixListener,

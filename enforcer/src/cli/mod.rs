@@ -97,6 +97,9 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    if !matches!(cli.command, Command::Daemon(_)) {
+        die_quietly_on_closed_stdout();
+    }
     let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
     let result = match cli.command {
         Command::Daemon(a) => daemon::run(a, cli.socket),
@@ -134,6 +137,20 @@ pub fn main() -> i32 {
             eprintln!("enforcer: {e:#}");
             code
         }
+    }
+}
+
+/// `enforcer status | head`: a reader that closes the pipe early ends the command as it ends
+/// other Unix tools (killed by SIGPIPE, no message), not with a panic about a failed print. Rust
+/// ignores SIGPIPE, so every print would otherwise fail with EPIPE. Only the short-lived client
+/// commands: the daemon keeps ignoring it (a peer closing its socket is an error, not its end),
+/// and the client's own socket writes use MSG_NOSIGNAL ([`crate::client`]), so a daemon that
+/// goes away mid-request is still reported (and a trigger spooled).
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; no handler runs, and this happens
+    // before the command starts any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

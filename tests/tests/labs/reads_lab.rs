@@ -58,6 +58,63 @@ fn list_and_show_answer_one_page_and_the_cli_pages_through_everything() {
     assert_eq!(d.list(&["--limit", "1500"]).len(), 1500);
 }
 
+/// `enforcer list | head -1` and `enforcer status | head`: a reader that closes the pipe early
+/// ends the command as it ends other Unix tools (SIGPIPE, or done), with nothing on stderr. The
+/// old CLI panicked: "failed printing to stdout: Broken pipe".
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_cli_quietly() {
+    use std::{io::Read as _, os::unix::process::ExitStatusExt as _, process::Stdio};
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets.txt");
+    // ~200 kB of `list` output: more than a pipe holds, so the writer meets the closed end.
+    let text: String = (0..2500)
+        .map(|i| format!("198.51.{}.{}\n", 100 + i / 250, 1 + i % 250))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    ok(&d.cli(&["import", file.to_str().unwrap(), "--ttl", "1h"]));
+    for (args, lines_read) in [
+        (&["list"][..], 1),
+        (&["status"][..], 0),
+        (&["show", "0.0.0.0/0"][..], 1),
+    ] {
+        let mut child = std::process::Command::new(enforcer_tests::daemon::enforcer_bin())
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        for _ in 0..lines_read {
+            out.read_line(&mut String::new()).unwrap();
+        }
+        drop(out);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGPIPE),
+            "`enforcer {}` | head: {status:?}, stderr: {stderr}",
+            args.join(" ")
+        );
+        assert_eq!(
+            stderr,
+            "",
+            "`enforcer {}` | head: nothing on stderr",
+            args.join(" ")
+        );
+    }
+}
+
 /// Three connections each send most of a 1 MiB line (without its end): the third would pass the
 /// 2 MiB the daemon holds at once and is answered `unavailable`; the others go on, and once
 /// they are answered the bytes are free again.
