@@ -252,6 +252,7 @@ mod daemon {
         Lab, RECEIVER_V4, SENDER_V4,
         daemon::Daemon,
         flood::{self, Flood, Frames},
+        metrics::Scrape,
         wait_for,
     };
 
@@ -300,7 +301,11 @@ mod daemon {
     fn a_flooding_source_is_blocked_as_flood_with_its_rate_and_a_legitimate_one_loses_nothing() {
         enforcer_tests::require_root();
         let lab = Lab::new().unwrap();
-        let (d, _dir) = Daemon::with_config(&lab, &config("")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enforcer.toml");
+        std::fs::write(&path, config("")).unwrap();
+        let d = Daemon::start_with_metrics(&lab, &["--config", path.to_str().unwrap()], Vec::new())
+            .unwrap();
         let attacker: IpAddr = ATTACKER.parse().unwrap();
         let flood =
             Flood::start(&lab, Frames::new(&lab).unwrap().udp(attacker), FLOOD_RATE).unwrap();
@@ -365,6 +370,50 @@ mod daemon {
         assert_eq!(f.kernel.capped + f.kernel.lost, 0, "{f:?}");
         let metrics = d.cli(&["status"]);
         assert!(String::from_utf8_lossy(&metrics.stdout).contains("flood detection: on"));
+        flood_metrics_show(&d.scrape().unwrap(), &f);
+    }
+
+    /// Every `enforcer_flood_*` family on this running daemon says what its status says, and
+    /// says that a flood was seen and blocked (metrics_lab counts these families as checked
+    /// here).
+    fn flood_metrics_show(m: &Scrape, f: &enforcer::protocol::FloodStatus) {
+        let v = |series: &str| {
+            m.value(series)
+                .unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", m.0))
+        };
+        assert_eq!(v("enforcer_flood_enabled"), 1.0);
+        assert_eq!(
+            v(r#"enforcer_flood_limit_packets_per_second{family="ipv4",class="packets"}"#),
+            LIMIT as f64
+        );
+        assert_eq!(
+            v(r#"enforcer_flood_limit_packets_per_second{family="ipv6",class="syn"}"#),
+            f64::from(f.ipv6.syn),
+            "a limit left at its default shows the default"
+        );
+        assert_eq!(
+            v(r#"enforcer_flood_candidates_total{outcome="block"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"enforcer_flood_candidates_total{outcome="refused"}"#),
+            0.0
+        );
+        assert_eq!(
+            v(r#"enforcer_flood_reports_dropped_total{reason="cap"}"#),
+            0.0
+        );
+        assert!(
+            v(r#"enforcer_flood_packets_total{action="held"}"#) >= f.kernel.held as f64
+                && f.kernel.held > 0,
+            "the hold dropped the attacker's packets before its block: {f:?}"
+        );
+        assert!(v("enforcer_flood_suspects_total") >= 1.0, "{f:?}");
+        let latency = v("enforcer_flood_last_block_latency_seconds");
+        assert!(
+            latency > 0.0 && latency < 5.0,
+            "threshold-to-block latency {latency} s"
+        );
     }
 
     #[test]

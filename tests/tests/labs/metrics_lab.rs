@@ -19,10 +19,22 @@ use enforcer_tests::{
 };
 
 /// Families a lab of another file checks on a running daemon.
-const CHECKED_ELSEWHERE: &[(&str, &str)] = &[(
-    "enforcer_clock_steps_total",
-    "clock_lab::a_backward_wall_clock_step_does_not_lengthen_a_block",
-)];
+const CHECKED_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "enforcer_clock_steps_total",
+        "clock_lab::a_backward_wall_clock_step_does_not_lengthen_a_block",
+    ),
+    ("enforcer_flood_enabled", FLOOD_LAB),
+    ("enforcer_flood_limit_packets_per_second", FLOOD_LAB),
+    ("enforcer_flood_candidates_total", FLOOD_LAB),
+    ("enforcer_flood_reports_dropped_total", FLOOD_LAB),
+    ("enforcer_flood_packets_total", FLOOD_LAB),
+    ("enforcer_flood_suspects_total", FLOOD_LAB),
+    ("enforcer_flood_last_block_latency_seconds", FLOOD_LAB),
+];
+
+/// Flood detection's families need a flood: that lab checks them on its running daemon.
+const FLOOD_LAB: &str = "flood_lab::daemon::a_flooding_source_is_blocked_as_flood_with_its_rate_and_a_legitimate_one_loses_nothing";
 
 const CONFIG: &str = r#"
 [policy]
