@@ -63,6 +63,9 @@ macro_rules! conf {
 
 /// Counts a frame that the block maps let through; returns whether the hold drops it (its
 /// source is over a limit in this window, hold is on, and the allowlist does not cover it).
+// Indexed loops over the classes on purpose: `c` indexes the class bit, the limit slot and
+// `est` together, and a plain bounded index is what the verifier tracks best.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 pub(crate) fn holds(
     ctx: &XdpContext,
@@ -129,6 +132,9 @@ fn sketch(source: &FloodSource, index: u32, window: u64) -> u32 {
 /// far, and any collisions' in the sketch: never fewer), each one after adds one. Reports each
 /// class the first time in the window it passes its limit, and says whether the hold drops
 /// the frame.
+// Indexed loops over the classes on purpose: `c` indexes the class bit, the limit slot and
+// `est` together, and a plain bounded index is what the verifier tracks best.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn track(
     source: &FloodSource,

@@ -85,8 +85,9 @@ impl ClientError {
 /// an error the caller reports or spools, never a silent death. The socket's send timeout
 /// applies as to `write`.
 fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
-    use nix::sys::socket::{MsgFlags, send};
     use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{MsgFlags, send};
     while !buf.is_empty() {
         match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
