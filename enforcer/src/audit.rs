@@ -246,7 +246,8 @@ impl AuditLog {
                     lock(&f).write(&batch.events);
                     q.fetch_sub(1, Ordering::AcqRel);
                     if let Some(done) = batch.done {
-                        let _ = done.send(());
+                        // A waiter that is gone (its thread ended) needs no word.
+                        done.send(()).ok();
                     }
                 }
             })?;
@@ -300,7 +301,8 @@ impl AuditLog {
             done,
         });
         if let Some(written) = written {
-            let _ = written.recv();
+            // An error means the writer thread ended without it: nothing left to wait for.
+            written.recv().ok();
         }
     }
 
@@ -439,7 +441,8 @@ impl AuditFile {
         if self.is_current() {
             return;
         }
-        let _ = self.out.flush();
+        // The file was removed or replaced: its buffer goes to it, or is lost with it.
+        self.out.flush().ok();
         match crate::safe_fs::open_append(&self.path, 0o640) {
             Ok(file) => {
                 tracing::warn!(path = %self.path.display(), "the audit log was deleted or moved away; started a new one");
@@ -465,11 +468,13 @@ impl AuditFile {
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
         let next = PathBuf::from(format!("{}.new", self.path.display()));
         // A leftover from a rotation interrupted by a crash holds no line: replaced.
-        let _ = fs::remove_file(&next);
+        fs::remove_file(&next).ok();
         let file = crate::safe_fs::open_append(&next, 0o640)?;
-        let _ = fs::remove_file(numbered(self.keep));
+        // The oldest file, if there is one, makes room; so does each shift below (missing ones
+        // are skipped).
+        fs::remove_file(numbered(self.keep)).ok();
         for n in (1..self.keep).rev() {
-            let _ = fs::rename(numbered(n), numbered(n + 1));
+            fs::rename(numbered(n), numbered(n + 1)).ok();
         }
         fs::rename(&self.path, numbered(1))?;
         fs::rename(&next, &self.path)?;

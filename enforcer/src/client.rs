@@ -281,7 +281,8 @@ fn call_with_deadline(
                 }
                 Err(e) => Err(e),
             };
-            let _ = tx.send(result);
+            // The caller may have stopped waiting (its timeout): the answer is then not wanted.
+            tx.send(result).ok();
         });
     let no_answer = |why: String| ClientError::NoAnswer {
         path: socket.to_owned(),

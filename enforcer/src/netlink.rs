@@ -179,7 +179,7 @@ pub fn native_refusal(ifindex: u32, prog_fd: BorrowedFd<'_>) -> io::Result<Optio
         Some(text) => Ok(Some(text)),
         None => {
             // Accepted (or refused in silence): take nothing the probe may have left.
-            let _ = set_xdp(ifindex, -1);
+            set_xdp(ifindex, -1).ok();
             Ok(None)
         }
     }

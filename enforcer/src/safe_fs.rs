@@ -129,7 +129,8 @@ pub fn replace_file(
             .map_err(io_err("syncing", dir))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        // Best effort: the error above is the one to report.
+        fs::remove_file(&tmp).ok();
     }
     result.map(|()| path)
 }

@@ -223,7 +223,8 @@ pub fn pending(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TMP);
             if stale {
-                let _ = fs::remove_file(entry.path());
+                // Best effort: a stale temporary file is tried again at the next scan.
+                fs::remove_file(entry.path()).ok();
             }
         } else if name.ends_with(".json") {
             files.push(entry.path());

@@ -362,7 +362,7 @@ impl Store {
         }
         if let Err(e) = self.before_fsync() {
             // As a failed fsync leaves it: nothing of this transaction is durable.
-            let _ = txn.abort();
+            txn.abort().ok();
             return Err(e);
         }
         txn.commit().map_err(|e| self.db_err(e))

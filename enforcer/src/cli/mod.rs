@@ -89,7 +89,8 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         // --help and --version: print as clap does.
         Err(e) if !e.use_stderr() => {
-            let _ = e.print();
+            // Nowhere to report a stdout that cannot be written (a closed pipe).
+            e.print().ok();
             return 0;
         }
         Err(e) => {

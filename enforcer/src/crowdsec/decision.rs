@@ -380,6 +380,10 @@ fn map_target(scope: &str, value: &str) -> Result<Target, Skip> {
 }
 
 /// The reason recorded with the block: scenario, origin and decision id.
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn reason(d: &Checked<'_>) -> Reason {
     use std::fmt::Write as _;
     // One allocation: a large pull maps a hundred thousand of these.

@@ -261,7 +261,9 @@ pub(crate) fn client_builder(
 ) -> Result<reqwest::ClientBuilder, LapiError> {
     // reqwest is built without a default crypto provider; ours is ring (no C toolchain
     // beyond cc, small). Installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("enforcer/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))

@@ -85,7 +85,10 @@ impl<E: Engine> Publisher<E> {
             };
             if batch.items.is_empty() {
                 // A permit stored by a round that queued something wakes this at once.
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
+                // Woken or five seconds on: either way, look again.
+                tokio::time::timeout(Duration::from_secs(5), self.wake.notified())
+                    .await
+                    .ok();
                 continue;
             }
             let (sent, failed) = self.send(batch.items).await;

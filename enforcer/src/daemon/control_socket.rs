@@ -101,8 +101,9 @@ pub async fn serve(
             Err(e) => backoff.failed(&e, &server.metrics).await,
         }
     }
-    // Nobody can connect once the file is gone; then whoever queued before gets an answer.
-    let _ = std::fs::remove_file(&path);
+    // Nobody can connect once the file is gone (or if it already was); then whoever queued
+    // before gets an answer.
+    std::fs::remove_file(&path).ok();
     while let Ok(Ok((stream, _))) =
         tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
     {
@@ -150,7 +151,8 @@ async fn turn_away(stream: UnixStream, message: String) {
         .is_ok()
     {
         let mut sink = [0u8; 4096];
-        let _ = tokio::time::timeout(grace, read.read(&mut sink)).await;
+        // Read or timed out: either way the connection closes now.
+        tokio::time::timeout(grace, read.read(&mut sink)).await.ok();
     }
 }
 

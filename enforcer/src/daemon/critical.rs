@@ -51,10 +51,12 @@ impl Drop for Watch {
             "ended"
         };
         // Nobody listens once the daemon is stopping: then the end is expected.
-        let _ = self.deaths.send(Death {
-            thread: self.name,
-            how,
-        });
+        self.deaths
+            .send(Death {
+                thread: self.name,
+                how,
+            })
+            .ok();
     }
 }
 

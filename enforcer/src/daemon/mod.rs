@@ -131,7 +131,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .inspect_err(|e| tracing::warn!(error = %crate::error::Chain(e), "reads are answered on the engine thread"))
         .ok();
     if let Some(r) = &reader {
-        let _ = reader_slot.set(r.clone());
+        // The slot is set here only, once.
+        reader_slot.set(r.clone()).ok();
     }
     let shared = Shared {
         access,
@@ -174,11 +175,14 @@ impl RunningEngine {
     fn stop(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         let (reply, _) = tokio::sync::oneshot::channel();
-        let _ = self.wake.send(engine::Command::internal(
-            "shutdown",
-            crate::protocol::Request::Ping,
-            reply,
-        ));
+        // An engine that already ended has nothing to finish: the join below says how it ended.
+        self.wake
+            .send(engine::Command::internal(
+                "shutdown",
+                crate::protocol::Request::Ping,
+                reply,
+            ))
+            .ok();
         self.thread
             .join()
             .map_err(|_| anyhow::anyhow!("the engine thread panicked"))
@@ -469,7 +473,8 @@ async fn serve(
     // Triggers spooled while no daemon answered go first, before anyone is served.
     spool_drain::drain(&state_dir, &tx, &default_ttls, &shared.backlog).await;
     if let Some(ready) = &bouncer.engine_ready {
-        let _ = ready.send(true);
+        // A bouncer that already ended (its error is reported by its task) waits for nothing.
+        ready.send(true).ok();
     }
     tracing::info!(socket = %socket.display(), "listening");
     let mut tasks = background(config, &shared, &tx, default_ttls).await?;
@@ -504,15 +509,21 @@ async fn serve(
         .notify(&format!("READY=1\nSTATUS={}\n", shared.ready_status));
     let death = wait_for_stop(&mut died).await?;
     shared.notifier.notify("STOPPING=1\n");
-    let _ = stopping_tx.send(true);
+    // Nobody watching means nobody to tell.
+    stopping_tx.send(true).ok();
     tasks.abort();
     // Requests the engine already took are answered (bounded: a wedged engine cannot hold the
     // stop forever; systemd's watchdog covers that case).
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(Duration::from_secs(10), server.permits.acquire_many(all)).await;
+    // Every permit back, or ten seconds gone: the stop goes on either way.
+    tokio::time::timeout(Duration::from_secs(10), server.permits.acquire_many(all))
+        .await
+        .ok();
     let stopped = tokio::task::spawn_blocking(move || engine.stop()).await?;
-    let _ = close.send(());
-    let _ = accept.await;
+    // The accept loop may have ended already (its task was aborted or failed).
+    close.send(()).ok();
+    // How it ended changes nothing now: the engine's result is what the stop reports.
+    accept.await.ok();
     match death {
         Some(d) => Err(anyhow::Error::new(d)),
         None => stopped,

@@ -95,7 +95,8 @@ impl Reading {
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
                     let answer = self.answer(job.request);
-                    let _ = job.reply.send(answer);
+                    // A caller that left needs no answer.
+                    job.reply.send(answer).ok();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,

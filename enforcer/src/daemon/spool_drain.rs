@@ -122,7 +122,13 @@ pub async fn drain(
             Err(e) => {
                 let bad = path.with_extension("json.bad");
                 tracing::warn!(file = %path.display(), error = %e, moved_to = %bad.display(), "unreadable spool file");
-                let _ = fs::rename(&path, &bad);
+                if let Err(e) = fs::rename(&path, &bad) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        error = %e,
+                        "cannot move the unreadable spool file aside: it is read again at the next drain"
+                    );
+                }
                 done.unreadable += 1;
             }
         }
@@ -139,7 +145,8 @@ pub async fn drain(
         let id = replay_id(entry.id, &name);
         let Some(request) = adjust(entry.request, entry.spooled_ms, now, defaults) else {
             tracing::info!(file = %path.display(), "spooled block ended while the daemon was down; dropped");
-            let _ = fs::remove_file(&path);
+            // Left behind, it is dropped again at the next drain (its block has ended).
+            fs::remove_file(&path).ok();
             done.expired += 1;
             continue;
         };

@@ -256,7 +256,8 @@ impl Drop for ClockKeeper {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A panic in the keeper was already reported by the panic hook; nothing to add on drop.
+            t.join().ok();
         }
     }
 }
@@ -283,13 +284,15 @@ impl Datapath {
             let tmp = layout
                 .base()
                 .join(format!("tmp-maps-v{LAYOUT_VERSION}-{}", std::process::id()));
-            let _ = remove_pin_dir(&tmp);
+            // A leftover of an earlier attempt, if any; the create below fails if it stays.
+            remove_pin_dir(&tmp).ok();
             fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
             let ebpf = loader(opts).default_map_pin_directory(&tmp).load(OBJECT);
             let ebpf = match ebpf {
                 Ok(ebpf) => ebpf,
                 Err(e) => {
-                    let _ = remove_pin_dir(&tmp);
+                    // Best effort: the load's error is the one to report.
+                    remove_pin_dir(&tmp).ok();
                     return Err(e.into());
                 }
             };

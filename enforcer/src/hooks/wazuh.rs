@@ -536,13 +536,17 @@ impl ArLog {
     /// Appends one line (one write(2) on an O_APPEND file: concurrent hooks do not interleave).
     pub fn write(&self, message: &str) {
         let line = self.line(SystemTime::now(), message);
-        let _ = io::stderr().write_all(line.as_bytes());
+        // Nowhere to report that the report could not be written.
+        io::stderr().write_all(line.as_bytes()).ok();
         if let Some(path) = &self.path {
             // Wazuh's group can write its logs directory: never follow a link planted there,
             // and never wait on a FIFO (O_NONBLOCK; anything but a regular file is refused).
-            let _ = crate::safe_fs::open_append(path, 0o640)
+            // A log that cannot be written is skipped: stderr above has the line, and execd goes
+            // on.
+            crate::safe_fs::open_append(path, 0o640)
                 .map_err(io::Error::from)
-                .and_then(|mut f| f.write_all(line.as_bytes()));
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .ok();
         }
     }
 }
@@ -844,7 +848,8 @@ pub fn wazuh_home() -> PathBuf {
 
 /// Ends the process after `after`, whatever it is doing, so execd is never held.
 fn start_watchdog(log: ArLog, after: Duration) {
-    let _ = std::thread::Builder::new()
+    // Without a thread to spare the hook runs on without its watchdog.
+    std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
             std::thread::sleep(after);
@@ -852,7 +857,8 @@ fn start_watchdog(log: ArLog, after: Duration) {
                 "enforcer: still running after {after:?}; exiting so execd is not held"
             ));
             std::process::exit(EXIT_FAILED)
-        });
+        })
+        .ok();
 }
 
 /// The hook's entry point, run as `name` by execd; returns the exit code.
@@ -888,7 +894,8 @@ mod tests {
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             log.write("a line");
-            let _ = done.send(());
+            // The test waits for this, or has failed and gone.
+            done.send(()).ok();
         });
         assert!(
             finished.recv_timeout(Duration::from_secs(5)).is_ok(),

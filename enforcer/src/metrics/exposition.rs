@@ -36,6 +36,10 @@ pub struct Exposition {
 
 impl Exposition {
     /// Starts a family: its `# HELP` and `# TYPE` lines. Samples of it follow.
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "writing to a String cannot fail"
+    )]
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {}", kind.as_str());
@@ -43,6 +47,10 @@ impl Exposition {
     }
 
     /// One sample line.
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "writing to a String cannot fail"
+    )]
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
         self.out.push_str(name);
         if !labels.is_empty() {
@@ -67,6 +75,10 @@ impl Exposition {
     }
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn push_value(out: &mut String, v: f64) {
     if v.is_nan() {
         out.push_str("NaN");

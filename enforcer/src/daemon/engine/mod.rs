@@ -223,13 +223,15 @@ impl Engine {
                     continue;
                 }
                 Ask::Outbox(o, answer) => {
-                    let _ = answer.send(self.outbox(o));
+                    // An asker that left needs no answer.
+                    answer.send(self.outbox(o)).ok();
                     continue;
                 }
             };
             if let Err(refusal) = self.authorize(&caller, &request) {
                 denied = true;
-                let _ = reply.send(Err(refusal));
+                // A caller that left (its connection closed) needs no answer.
+                reply.send(Err(refusal)).ok();
             } else if is_read(&request) {
                 reads.push((request, reply));
             } else {
@@ -253,7 +255,8 @@ impl Engine {
             // Readers see this round before its answers go out: a client reads its writes.
             self.publish();
             for (reply, answer) in write_replies.into_iter().zip(answered.answers) {
-                let _ = reply.send(answer);
+                // A caller that left needs no answer: what it asked is done.
+                reply.send(answer).ok();
             }
         }
         // Reads reach the engine only from the daemon itself, when the access rules refuse
@@ -266,7 +269,8 @@ impl Engine {
                 dropped_by_origin: self.metrics.dropped_by_origin(),
             };
             for (request, reply) in reads {
-                let _ = reply.send(view.answer(request));
+                // A caller that left needs no answer.
+                reply.send(view.answer(request)).ok();
             }
         }
     }
