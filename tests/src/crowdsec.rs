@@ -343,8 +343,9 @@ impl Lapi {
     /// Stops the LAPI (SIGKILL: an outage).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            // It may have exited already; reaped either way.
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 
@@ -591,7 +592,8 @@ impl FlakyRelay {
                 if s.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let _ = relay(client, &upstream, &matching, failures, &f);
+                // A relay that failed is counted in `failures`; the next connection is served.
+                relay(client, &upstream, &matching, failures, &f).ok();
             }
         });
         Ok(Self {
@@ -680,14 +682,17 @@ impl Drop for FlakyRelay {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // Wake the accept with one last connection, from the namespace.
         let (netns, listen) = (self.netns.clone(), self.listen.clone());
-        let _ = std::thread::spawn(move || {
+        // Only a wake-up: the accept loop sees `stop` with or without it.
+        std::thread::spawn(move || {
             if enter(&netns).is_ok() {
-                let _ = std::net::TcpStream::connect(listen);
+                std::net::TcpStream::connect(listen).ok();
             }
         })
-        .join();
+        .join()
+        .ok();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A panicked relay thread has printed its panic; stopping goes on.
+            t.join().ok();
         }
     }
 }

@@ -581,8 +581,9 @@ impl Daemon {
     /// SIGKILL: a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            // It may have exited already; reaped either way.
+            child.kill().ok();
+            child.wait().ok();
         }
     }
 

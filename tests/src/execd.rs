@@ -326,10 +326,10 @@ impl<'h> Execd<'h> {
         match (line, &mut stdin) {
             (Some(line), Some(pipe)) => {
                 // A write error means the program stopped reading: ignore, the run tells.
-                let _ = pipe
-                    .write_all(line)
+                pipe.write_all(line)
                     .and_then(|()| pipe.write_all(b"\n"))
-                    .and_then(|()| pipe.flush());
+                    .and_then(|()| pipe.flush())
+                    .ok();
             }
             _ => stdin = None,
         }
@@ -337,7 +337,8 @@ impl<'h> Execd<'h> {
             Ok(Some(l)) => Some(l),
             Ok(None) => None,
             Err(_) => {
-                let _ = child.kill();
+                // It may have exited already: the error below is the one to report.
+                child.kill().ok();
                 bail!(
                     "the program wrote nothing and did not exit within {HUNG:?}: execd would hang"
                 );
@@ -372,7 +373,8 @@ impl<'h> Execd<'h> {
                 Answer::Never => None,
             };
             if let (Some(reply), Some(pipe)) = (reply, &mut stdin) {
-                let _ = writeln!(pipe, "{reply}").and_then(|()| pipe.flush());
+                // A program that stopped reading shows it in its run, as above.
+                writeln!(pipe, "{reply}").and_then(|()| pipe.flush()).ok();
                 (key, verdict) = (Some(k), Some(v));
             }
         }
@@ -435,10 +437,12 @@ impl<'h> Execd<'h> {
         let started = Instant::now();
         let mut child = self.spawn(false)?;
         let mut stdin = child.stdin.take().expect("piped");
-        let _ = stdin
+        // A program that stops reading shows it in how it exits, which is the run.
+        stdin
             .write_all(line)
             .and_then(|()| stdin.write_all(b"\n"))
-            .and_then(|()| stdin.flush());
+            .and_then(|()| stdin.flush())
+            .ok();
         let status = wait_or_kill(&mut child, started + HUNG)?;
         drop(stdin);
         Ok(Run {
@@ -461,7 +465,8 @@ fn lines_with_deadline(stdout: ChildStdout) -> mpsc::Receiver<Option<String>> {
             let mut line = String::new();
             match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.send(None);
+                    // The reader may have stopped waiting (a timeout it reports).
+                    tx.send(None).ok();
                     return;
                 }
                 Ok(_) => {
@@ -470,7 +475,8 @@ fn lines_with_deadline(stdout: ChildStdout) -> mpsc::Receiver<Option<String>> {
                         .is_err()
                     {
                         let mut rest = Vec::new();
-                        let _ = reader.read_to_end(&mut rest);
+                        // Draining what is left: its end is all that matters.
+                        reader.read_to_end(&mut rest).ok();
                         return;
                     }
                 }
@@ -486,8 +492,9 @@ fn wait_or_kill(child: &mut Child, deadline: Instant) -> Result<ExitStatus> {
             return Ok(status);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            // It may have exited meanwhile; reaped either way.
+            child.kill().ok();
+            child.wait().ok();
             bail!("the program did not exit within {HUNG:?}: execd would hang");
         }
         std::thread::sleep(Duration::from_millis(2));
