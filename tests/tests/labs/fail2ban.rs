@@ -163,8 +163,9 @@ impl Fail2ban {
     /// SIGKILL: a crash; the database keeps the bans.
     fn kill(&mut self) {
         if let Some(mut child) = self.server.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            // It may have exited already; reaped either way.
+            child.kill().ok();
+            child.wait().ok();
         }
     }
 

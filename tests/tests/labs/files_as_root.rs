@@ -17,10 +17,12 @@ fn daemon_refuses(state: &Path, needle: &str) {
         .args(&["--max-addresses", "1024", "--max-prefixes", "64"])
         .state_dir(state)
         .refused(Duration::from_secs(10));
-    let _ = Command::new(enforcer_bin())
+    // Cleanup: a daemon that refused has pinned nothing, and the pins go with `pins`.
+    Command::new(enforcer_bin())
         .args(["detach", "--bpffs-dir"])
         .arg(pins.path())
-        .output();
+        .output()
+        .ok();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");

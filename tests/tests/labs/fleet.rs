@@ -441,7 +441,8 @@ impl Probe {
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = tx.send_to(b"probe", dst);
+                // A probe the link refuses is a probe not answered, which is what is counted.
+                tx.send_to(b"probe", dst).ok();
                 while rx.recv(&mut buf).is_ok() {
                     *l.lock().unwrap() = Instant::now();
                 }
@@ -482,7 +483,8 @@ impl Drop for Probe {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A panicked prober has printed its panic.
+            t.join().ok();
         }
     }
 }

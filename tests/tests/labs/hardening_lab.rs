@@ -203,7 +203,8 @@ fn cli_within(d: &Daemon, args: &[&str], within: Duration) -> Option<Output> {
         if Instant::now() > deadline {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let _ = waiter.join();
+            // Killed: its output is not wanted.
+            waiter.join().ok();
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));

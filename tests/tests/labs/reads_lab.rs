@@ -138,7 +138,8 @@ fn the_request_bytes_held_over_every_connection_are_bounded() {
     b.write_all(&chunk).unwrap();
     // Give the daemon time to read both (it holds them; nothing is answered yet).
     std::thread::sleep(Duration::from_millis(500));
-    let _ = c.write_all(&chunk);
+    // The daemon may refuse it before reading it all: the answer below is the test.
+    c.write_all(&chunk).ok();
     let mut answer = String::new();
     BufReader::new(&c).read_line(&mut answer).unwrap();
     let v: Value = serde_json::from_str(&answer).unwrap();
