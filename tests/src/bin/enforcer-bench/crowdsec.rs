@@ -130,7 +130,8 @@ impl Probe {
         let (s1, s2, last) = (stop.clone(), stop.clone(), last_rx_ns.clone());
         let sender = std::thread::spawn(move || {
             while !s1.load(Ordering::Relaxed) {
-                let _ = tx.send_to(b"probe", dst);
+                // A probe the link refuses is a probe not answered, which is what is measured.
+                tx.send_to(b"probe", dst).ok();
                 std::thread::sleep(Duration::from_millis(2));
             }
         });
@@ -166,7 +167,8 @@ impl Drop for Probe {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // A panicked thread has printed its panic; stopping goes on.
+            t.join().ok();
         }
     }
 }
@@ -343,10 +345,12 @@ fn sync_once(lab: &mut Lab, bin: &Path, config: &Path, n: usize) -> Result<f64> 
     let ms = started.elapsed().as_secs_f64() * 1e3;
     // The daemon's own account of the pull (fetch, parse, apply), for profiling.
     if let Ok(dir) = std::env::var("ENFORCER_BENCH_LOGS") {
-        let _ = std::fs::write(
+        // Only for profiling: a log that cannot be written does not stop the measurement.
+        std::fs::write(
             format!("{dir}/daemon-{}.log", enforcer_tests::unique_name("")),
             daemon.log(),
-        );
+        )
+        .ok();
     }
     if let Some(line) = daemon
         .log()

@@ -178,6 +178,10 @@ pub(crate) struct Installed<'a> {
 
 /// Installs `peer` in the namespace, blocking `blocked` (in this order: for the per-address
 /// rules the last address ends up last in the chain).
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(crate) fn install<'a>(
     exec: &'a NsExec,
     ipt: &Iptables,
@@ -268,16 +272,19 @@ impl Drop for Installed<'_> {
     fn drop(&mut self) {
         match self.peer {
             Peer::IptablesPerAddress => {
-                let _ = self.exec.run(&self.iptables, &["-w", "-F", "INPUT"]);
+                // Best effort in drop: the lab's namespace goes, and its rules with it.
+                self.exec.run(&self.iptables, &["-w", "-F", "INPUT"]).ok();
             }
             Peer::Ipset => {
-                let _ = self.exec.run(&self.iptables, &["-w", "-F", "INPUT"]);
-                let _ = self.exec.run("ipset", &["destroy", SET]);
+                // Best effort in drop: the lab's namespace goes, and its rules and sets with it.
+                self.exec.run(&self.iptables, &["-w", "-F", "INPUT"]).ok();
+                self.exec.run("ipset", &["destroy", SET]).ok();
             }
             Peer::NftSet => {
-                let _ = self
-                    .exec
-                    .run("nft", &["delete", "table", "inet", NFT_TABLE]);
+                // Best effort in drop: the lab's namespace goes, and its table with it.
+                self.exec
+                    .run("nft", &["delete", "table", "inet", NFT_TABLE])
+                    .ok();
             }
         }
     }
@@ -291,7 +298,10 @@ pub(crate) struct FlushInput<'a> {
 
 impl Drop for FlushInput<'_> {
     fn drop(&mut self) {
-        let _ = self.exec.run(&self.ipt.command, &["-w", "-F", "INPUT"]);
+        // Best effort in drop: the lab's namespace goes, and its rules with it.
+        self.exec
+            .run(&self.ipt.command, &["-w", "-F", "INPUT"])
+            .ok();
     }
 }
 

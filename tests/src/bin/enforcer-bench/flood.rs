@@ -206,7 +206,8 @@ impl Filtered {
 impl Drop for Filtered {
     fn drop(&mut self) {
         let dp = &mut self.dp;
-        let _ = self.lab.receiver.run(|| dp.detach(RECEIVER_IF));
+        // Best effort in drop: the lab's namespace goes, and the attachment with it.
+        self.lab.receiver.run(|| dp.detach(RECEIVER_IF)).ok();
     }
 }
 
@@ -233,6 +234,10 @@ fn veth(settings: &Settings) -> Result<Vec<VethRound>> {
     Ok(rounds)
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(crate) fn markdown(w: &mut String, r: &Results) {
     use std::fmt::Write as _;
     let _ = writeln!(

@@ -272,6 +272,10 @@ fn memlock(pin: &Path) -> Result<u64> {
 
 /// ipset's own account of a set holding `targets` (`hash:ip` or `hash:net`, with timeouts as
 /// fail2ban creates them), in a namespace of its own.
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn ipset_memory(fill: Fill, targets: &[Target]) -> Result<MapMemory> {
     let ns = Netns::new("enfm")?;
     let exec = NsExec::new(&ns)?;

@@ -180,6 +180,10 @@ fn measure(s: &Settings, bin: &Path, which: &str) -> Result<Phases> {
     })
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(crate) fn markdown(w: &mut String, r: &Results) {
     use std::fmt::Write as _;
     let p = &r.phases;

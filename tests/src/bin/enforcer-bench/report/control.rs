@@ -12,6 +12,10 @@ use crate::{
     stats::Summary,
 };
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, c: &Results) {
     let _ = writeln!(w, "## 3. Control plane\n");
     let floor = c.triggers.iter().find(|t| t.trigger == Trigger::SpawnFloor);
@@ -117,6 +121,10 @@ pub(super) fn markdown(w: &mut String, c: &Results) {
     latency(w, c, floor_ms);
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn scraped(w: &mut String, si: &crate::control::ScrapedImport) {
     let _ = writeln!(w, "\n### Import while Prometheus scrapes\n");
     let _ = writeln!(
@@ -158,6 +166,10 @@ fn scraped(w: &mut String, si: &crate::control::ScrapedImport) {
     }
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn latency(w: &mut String, c: &Results, floor_ms: f64) {
     let _ = writeln!(w, "\n### Latency of one block\n");
     let _ = writeln!(

@@ -9,6 +9,10 @@ use super::{
 };
 use crate::crowdsec::Results;
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, c: &Results) {
     let f = &c.fleet;
     let _ = writeln!(w, "## 6. CrowdSec: fleet latency and startup sync\n");

@@ -5,6 +5,10 @@ use std::fmt::Write as _;
 use super::{count, ns, thousands};
 use crate::datapath::{self, Case, Fill, Packet};
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, d: &datapath::Results) {
     let s = &d.settings;
     let _ = writeln!(w, "## 1. Data path cost per packet (BPF_PROG_TEST_RUN)\n");
@@ -107,6 +111,10 @@ pub(super) fn markdown(w: &mut String, d: &datapath::Results) {
 }
 
 /// Raw-IP beside Ethernet, and this build beside an earlier object.
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn raw_ip_markdown(w: &mut String, d: &datapath::Results) {
     if !d.raw_ip.is_empty() {
         let _ = writeln!(
@@ -201,6 +209,10 @@ fn packet(p: Packet) -> &'static str {
 ///
 /// The axis ends a little past the 90th percentile, so that one pathological case does not
 /// squash the rest; bars beyond it are cut at the edge and marked with `»`.
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn svg(d: &datapath::Results) -> String {
     const ROW: f64 = 18.0;
     const LABEL: f64 = 330.0;
@@ -313,6 +325,10 @@ pub(super) fn svg(d: &datapath::Results) -> String {
     out
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn multi_cpu_markdown(w: &mut String, d: &datapath::Results) {
     if d.multi_cpu.is_empty() {
         return;

@@ -8,6 +8,10 @@ use super::{
 };
 use crate::expiry::{Results, Variant};
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, e: &Results) {
     let _ = writeln!(w, "## 4. Expiry precision\n");
     let _ = writeln!(

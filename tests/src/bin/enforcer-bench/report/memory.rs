@@ -12,6 +12,10 @@ use crate::{
     memory::{MapMemory, Results},
 };
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, m: &Results) {
     let _ = writeln!(w, "## 5. Memory\n");
     let _ = writeln!(

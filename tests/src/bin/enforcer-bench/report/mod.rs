@@ -142,6 +142,10 @@ pub(crate) fn write(dir: &Path, report: &Report) -> Result<String> {
     Ok(markdown)
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 fn markdown(r: &Report) -> String {
     let m = &r.machine;
     let mut out = String::new();

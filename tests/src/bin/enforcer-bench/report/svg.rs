@@ -32,6 +32,10 @@ const TOP: f64 = 66.0;
 /// Roughly the width of one character at font-size 11.
 const CHAR: f64 = 6.3;
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn render(c: &Chart<'_>) -> String {
     let widest = |texts: &mut dyn Iterator<Item = &String>| {
         texts.map(|t| t.chars().count()).max().unwrap_or(0) as f64 * CHAR
@@ -146,6 +150,10 @@ pub(super) fn render(c: &Chart<'_>) -> String {
 
 /// 1, 2, 2.5 or 5 times a power of ten, at least `raw`.
 /// The start of an SVG document: the root element, a white background and a bold title.
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn open(width: f64, height: f64, title: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(

@@ -507,6 +507,10 @@ fn case_name_packet(p: Packet) -> &'static str {
     }
 }
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, targets: &[Target]) {
     let _ = writeln!(w, "## Targets\n");
     let _ = writeln!(w, "| target | measured | verdict |");

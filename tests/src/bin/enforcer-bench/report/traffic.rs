@@ -12,6 +12,10 @@ use crate::{
     traffic::{Filter, Results},
 };
 
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
 pub(super) fn markdown(w: &mut String, t: &Results) {
     let s = &t.settings;
     let _ = writeln!(w, "## 2. Real traffic over a veth pair\n");
