@@ -281,10 +281,12 @@ fn check_crowdsec() -> Result<()> {
         root.display()
     );
     let work = dir.join(format!("setup-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
+    // A leftover of an interrupted run, if any.
+    fs::remove_dir_all(&work).ok();
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let fetched = unpack_crowdsec(&work, &root);
-    let _ = fs::remove_dir_all(&work);
+    // Best effort: what `fetched` says is the outcome.
+    fs::remove_dir_all(&work).ok();
     fetched?;
     println!("ok: crowdsec LAPI unpacked in {}", root.display());
     Ok(())
@@ -311,7 +313,8 @@ fn unpack_crowdsec(work: &std::path::Path, root: &std::path::Path) -> Result<()>
         .context("`apt-get download crowdsec` left no .deb")?;
     let tree = work.join("root");
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
-    let _ = fs::remove_dir_all(root);
+    // The previous tree, if any: the rename below fails, saying so, if it stays.
+    fs::remove_dir_all(root).ok();
     fs::rename(&tree, root)
         .with_context(|| format!("moving the unpacked crowdsec to {}", root.display()))
 }

@@ -274,8 +274,9 @@ fn finish(mut child: Child, output: &Captured, limit: Duration, marker: &str) ->
         }
     };
     if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+        // It may have ended meanwhile; reaped either way.
+        child.kill().ok();
+        child.wait().ok();
         super::kill_processes_with_env(marker);
     }
     let text = drain(output);
@@ -433,7 +434,8 @@ mod tests {
         let mut results = Vec::new();
         run(vec![case], &plan, |f| results.push(f));
         let left = crate::test::processes_with_env(&format!("{CASE_ENV}={}-0", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // Cleanup: the asserts below are the test.
+        std::fs::remove_dir_all(&dir).ok();
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{:?}",
