@@ -51,7 +51,8 @@ pub mod map_names {
     /// [`STATS`]: the frames the parser gave up on, by reason.
     pub const UNJUDGED: &str = "UNJUDGED";
     /// Flood detection (see [`flood`](super::flood)), not pinned: state of the program that
-    /// made them, gone with it. Per-CPU count-min sketch of u64 cells.
+    /// made them, gone with it. Per-CPU count-min sketch, an array of
+    /// [`SketchBlock`](super::flood::SketchBlock)s.
     pub const FLOOD_SKETCH: &str = "FLOOD_SKETCH";
     /// Flood detection: LRU hash of the sources counted exactly.
     pub const FLOOD_TRACK: &str = "FLOOD_TRACK";
@@ -499,6 +500,7 @@ assert_layout!(Unjudged, unjudged::SLOTS * 16, { reasons: 0 });
 assert_layout!(flood::FloodConfig, 72, {
     enabled: 0, hold: 4, window_ns: 8, limit: 16, suspect: 40, reports_per_window: 64, pad: 68,
 });
+assert_layout!(flood::SketchBlock, 64, { start_ns: 0, cells: 8 });
 assert_layout!(flood::FloodTrack, 32, { window: 0, count: 8, reported: 24, held: 28 });
 assert_layout!(flood::FloodReport, 56, {
     addr: 0, family: 16, class: 20, count: 24, limit: 28, elapsed_ns: 32, window_ns: 40,

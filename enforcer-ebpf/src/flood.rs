@@ -12,14 +12,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use enforcer_common::flood::{
-    EVENTS_BYTES, FloodConfig, FloodReport, FloodStats, FloodTrack, SKETCH_CELLS, TRACK_ENTRIES,
-    TrackKey, class, sketch_cell,
+    EVENTS_BYTES, FloodConfig, FloodReport, FloodStats, FloodTrack, LIMITS, SKETCH_BLOCKS,
+    SKETCH_ROW, SketchBlock, TRACK_ENTRIES, TrackKey, class, sketch_slot,
 };
 
 use crate::{load, ptr_at};
 
 #[map(name = "FLOOD_SKETCH")]
-static FLOOD_SKETCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(SKETCH_CELLS, 0);
+static FLOOD_SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(SKETCH_BLOCKS, 0);
 #[map(name = "FLOOD_TRACK")]
 static FLOOD_TRACK: LruHashMap<TrackKey, FloodTrack> =
     LruHashMap::with_max_entries(TRACK_ENTRIES, 0);
@@ -32,7 +32,7 @@ static FLOOD_STATS: PerCpuArray<FloodStats> = PerCpuArray::with_max_entries(1, 0
 #[unsafe(no_mangle)]
 static FLOOD: FloodConfig = FloodConfig::OFF;
 
-/// `[window, reports sent in it]`: the global cap on reports per window (every CPU).
+/// `[window's start, reports sent in it]`: the global cap on reports per window (every CPU).
 #[unsafe(no_mangle)]
 static mut FLOOD_WINDOW: [u64; 2] = [0; 2];
 
@@ -55,17 +55,20 @@ macro_rules! conf {
         // SAFETY: a read-only global, read whole (the verifier knows its value).
         unsafe { core::ptr::read_volatile(&raw const FLOOD.$field) }
     };
-    ($field:ident[$i:expr]) => {
-        // SAFETY: as above; the index is below the array's length (callers mask it).
-        unsafe { core::ptr::read_volatile(&raw const FLOOD.$field[$i]) }
-    };
+    ($field:ident[$i:expr]) => {{
+        // A bounds check the verifier follows (it does not follow `%`); never out of bounds.
+        let i: usize = $i;
+        if i < LIMITS {
+            // SAFETY: as above; the index was checked.
+            unsafe { core::ptr::read_volatile(&raw const FLOOD.$field[i]) }
+        } else {
+            0
+        }
+    }};
 }
 
 /// Counts a frame that the block maps let through; returns whether the hold drops it (its
 /// source is over a limit in this window, hold is on, and the allowlist does not cover it).
-// Indexed loops over the classes on purpose: `c` indexes the class bit, the limit slot and
-// `est` together, and a plain bounded index is what the verifier tracks best.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 pub(crate) fn holds(
     ctx: &XdpContext,
@@ -80,66 +83,73 @@ pub(crate) fn holds(
     if window_ns == 0 {
         return false;
     }
+    let base = source.family as usize * class::COUNT;
     let now = crate::cached_now();
-    let window = now / window_ns;
-    let classes = classes(ctx, raw_ip);
-    // Per class: 0 = not suspect on this CPU, else its estimate on this CPU.
-    let mut est = [0u32; class::COUNT];
-    let mut suspect = false;
-    for c in 0..class::COUNT {
-        let index = (source.family as usize * class::COUNT + c) % enforcer_common::flood::LIMITS;
-        if classes & (1 << c) == 0 || conf!(limit[index]) == 0 {
-            continue;
-        }
-        let e = sketch(source, index as u32, window);
-        if e >= conf!(suspect[index]) {
-            est[c] = e;
-            suspect = true;
+    // Per class (every packet, then the frame's other class if any): 0 = not suspect on this
+    // CPU, else its estimate on this CPU.
+    let mut est = [0u32; 2];
+    let mut start = 0;
+    if conf!(limit[base]) != 0 {
+        let (e, s) = sketch(source, base as u32, now, window_ns);
+        start = s;
+        if e >= conf!(suspect[base]) {
+            est[0] = e;
         }
     }
-    if !suspect {
+    let other = other_class(ctx, raw_ip, base);
+    if other != class::PACKETS && conf!(limit[base + other as usize]) != 0 {
+        let index = base + other as usize;
+        let (e, s) = sketch(source, index as u32, now, window_ns);
+        start = s;
+        if e >= conf!(suspect[index]) {
+            est[1] = e;
+        }
+    }
+    if est == [0, 0] {
         return false;
     }
-    track(source, &est, window, now, allowed)
+    track(source, [class::PACKETS, other], est, start, now, allowed)
 }
 
-/// Counts the source in this CPU's sketch for `index` (family and class); returns its
-/// estimate in this window (the smaller of its two cells).
+/// Counts the source in this CPU's sketch for `index` (family and class): one block, a cell
+/// in each of its rows. Returns its estimate in this window (the smaller of its two counts)
+/// and the window's start.
 #[inline(always)]
-fn sketch(source: &FloodSource, index: u32, window: u64) -> u32 {
+fn sketch(source: &FloodSource, index: u32, now: u64, window_ns: u64) -> (u32, u64) {
+    let slot = sketch_slot(source.words[0], source.words[1], index);
+    let Some(block) = FLOOD_SKETCH.get_ptr_mut(slot.block) else {
+        // Cannot happen (the block is below the array's length): not a suspect.
+        return (0, 0);
+    };
+    // SAFETY: a per-CPU array value is this CPU's alone while the program runs here.
+    let block = unsafe { &mut *block };
+    // A later window starts from zero. An earlier one cannot come on one CPU (its clock never
+    // goes back): were it to, it would count in the block's, so nothing counts less.
+    if now >= block.start_ns + window_ns {
+        block.start_ns = now - now % window_ns;
+        block.cells = [0; 2 * SKETCH_ROW];
+    }
     let mut est = u32::MAX;
-    for row in 0..2 {
-        let cell = sketch_cell(source.words[0], source.words[1], index, row);
-        if let Some(p) = FLOOD_SKETCH.get_ptr_mut(cell) {
-            // SAFETY: a per-CPU array cell is this CPU's alone while the program runs here.
-            let v = unsafe { *p };
-            let n = if (v >> 32) as u32 == window as u32 {
-                (v as u32).saturating_add(1)
-            } else {
-                1
-            };
-            // SAFETY: as above.
-            unsafe { *p = (window << 32) | u64::from(n) };
-            est = est.min(n);
+    for cell in slot.cells {
+        if let Some(c) = block.cells.get_mut(cell) {
+            *c = c.saturating_add(1);
+            est = est.min(*c);
         }
     }
-    // No cell (cannot happen: the index is below the array's length): not a suspect.
-    if est == u32::MAX { 0 } else { est }
+    (est, block.start_ns)
 }
 
 /// The exact count of a suspect source over every CPU, per class whose estimate `est` on this
 /// CPU reached its level: a CPU's first count in a window is its estimate (its packets so
 /// far, and any collisions' in the sketch: never fewer), each one after adds one. Reports each
 /// class the first time in the window it passes its limit, and says whether the hold drops
-/// the frame.
-// Indexed loops over the classes on purpose: `c` indexes the class bit, the limit slot and
-// `est` together, and a plain bounded index is what the verifier tracks best.
-#[allow(clippy::needless_range_loop)]
+/// the frame. `classes[i]` is the class of `est[i]`; the window is the one starting at `start`.
 #[inline(always)]
 fn track(
     source: &FloodSource,
-    est: &[u32; class::COUNT],
-    window: u64,
+    classes: [u32; 2],
+    est: [u32; 2],
+    start: u64,
     now: u64,
     allowed: impl FnOnce() -> bool,
 ) -> bool {
@@ -155,7 +165,7 @@ fn track(
         None => {
             fresh = true;
             let new = FloodTrack {
-                window,
+                window: start,
                 ..FloodTrack::default()
             };
             stats.suspects += 1;
@@ -171,22 +181,23 @@ fn track(
     // SAFETY: points into a live map value; CPUs share it, so counts are atomic adds. A window
     // change races with other CPUs' adds: a few packets may count in the wrong window.
     let t = unsafe { &mut *entry };
-    if t.window != window {
-        t.window = window;
+    if t.window != start {
+        t.window = start;
         t.count = [0; 4];
         t.reported = 0;
         fresh = true;
     }
     let mut over = false;
-    for c in 0..class::COUNT {
-        if est[c] == 0 {
+    for (c, est) in classes.into_iter().zip(est) {
+        if est == 0 {
             continue;
         }
-        let index = (source.family as usize * class::COUNT + c) % enforcer_common::flood::LIMITS;
+        let c = c & 3;
+        let index = (source.family * class::COUNT as u32 + c) as usize;
         // This CPU's first count in the window: its estimate (at its level, or past it when
         // other sources' packets in its cells lifted it there first, if the count is new).
-        let add = if fresh || est[c] == conf!(suspect[index]) {
-            est[c]
+        let add = if fresh || est == conf!(suspect[index]) {
+            est
         } else {
             1
         };
@@ -194,8 +205,8 @@ fn track(
         // program is built for BPF v1, which has no fetching add): another CPU's add between
         // them can only make `n` larger.
         let n = unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut t.count[c], add);
-            core::ptr::read_volatile(&raw const t.count[c])
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut t.count[c as usize], add);
+            core::ptr::read_volatile(&raw const t.count[c as usize])
         };
         let limit = conf!(limit[index]);
         if n <= limit {
@@ -204,7 +215,7 @@ fn track(
         over = true;
         if t.reported & (1 << c) == 0 {
             t.reported |= 1 << c;
-            report(source, c as u32, n, limit, window, now, stats);
+            report(source, c, n, limit, start, now, stats);
         }
     }
     if !over {
@@ -226,7 +237,7 @@ fn report(
     class: u32,
     count: u32,
     limit: u32,
-    window: u64,
+    start: u64,
     now: u64,
     stats: &mut FloodStats,
 ) {
@@ -235,9 +246,9 @@ fn report(
     // a few reports more in that window.
     let sent = unsafe {
         let w = &raw mut FLOOD_WINDOW;
-        if core::ptr::read_volatile(&raw const (*w)[0]) != window {
+        if core::ptr::read_volatile(&raw const (*w)[0]) != start {
             core::ptr::write_volatile(&raw mut (*w)[1], 0);
-            core::ptr::write_volatile(&raw mut (*w)[0], window);
+            core::ptr::write_volatile(&raw mut (*w)[0], start);
         }
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*w)[1], 1);
         core::ptr::read_volatile(&raw const (*w)[1])
@@ -256,7 +267,7 @@ fn report(
         class,
         count,
         limit,
-        elapsed_ns: now - window * conf!(window_ns),
+        elapsed_ns: now.saturating_sub(start),
         window_ns: conf!(window_ns),
         at_ns: now,
     };
@@ -267,23 +278,30 @@ fn report(
     }
 }
 
-/// The classes the frame counts in: every frame in [`class::PACKETS`]; a TCP SYN without ACK
-/// (of a first fragment) in [`class::SYN`]; ICMP and ICMPv6 in [`class::ICMP`]. IPv6 extension
-/// headers are not walked: a TCP or ICMPv6 header behind one counts as a packet only.
+/// The class the frame counts in besides [`class::PACKETS`] (which every frame counts in), or
+/// `PACKETS` for none: a TCP SYN without ACK (of a first fragment) is [`class::SYN`]; ICMP and
+/// ICMPv6 are [`class::ICMP`]. IPv6 extension headers are not walked: a TCP or ICMPv6 header
+/// behind one counts as a packet only. With neither limit set for the family (`base` is its
+/// first limit), the frame is not parsed again: the verifier prunes the parse.
 #[inline(always)]
-fn classes(ctx: &XdpContext, raw_ip: bool) -> u32 {
-    let all = 1 << class::PACKETS;
+fn other_class(ctx: &XdpContext, raw_ip: bool, base: usize) -> u32 {
+    let none = class::PACKETS;
+    if conf!(limit[base + class::SYN as usize]) == 0
+        && conf!(limit[base + class::ICMP as usize]) == 0
+    {
+        return none;
+    }
     let Some(l3) = (if raw_ip { Some(0) } else { l3_offset(ctx) }) else {
-        return all;
+        return none;
     };
     let Some(header) = ptr_at::<[u32; 2]>(ctx, l3) else {
-        return all;
+        return none;
     };
     let first = load(header as *const u8);
     let v4 = first >> 4 == 4;
     let (proto, l4) = if v4 {
         let Some(h) = ptr_at::<[u8; 20]>(ctx, l3) else {
-            return all;
+            return none;
         };
         // SAFETY: inside the checked 20-byte header.
         let (proto, frag) = unsafe {
@@ -294,18 +312,18 @@ fn classes(ctx: &XdpContext, raw_ip: bool) -> u32 {
         };
         // Fragment offset (low 13 bits, network order): only a first fragment has the flags.
         if u16::from_be(frag) & 0x1fff != 0 {
-            return all;
+            return none;
         }
         (proto, l3 + usize::from(first & 0x0f) * 4)
     } else {
         let Some(h) = ptr_at::<[u8; 40]>(ctx, l3) else {
-            return all;
+            return none;
         };
         // SAFETY: inside the checked 40-byte header.
         (unsafe { load((h as *const u8).add(6)) }, l3 + 40)
     };
     if proto == if v4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 } {
-        return all | 1 << class::ICMP;
+        return class::ICMP;
     }
     // Bytes 12..14 of the TCP header: a two-byte check, which the verifier follows (a
     // one-byte one compiles to `p >= data_end`, which it does not).
@@ -314,9 +332,9 @@ fn classes(ctx: &XdpContext, raw_ip: bool) -> u32 {
         // SAFETY: inside the checked two bytes.
         && load(unsafe { (word as *const u8).add(1) }) & (TCP_SYN | TCP_ACK) == TCP_SYN
     {
-        return all | 1 << class::SYN;
+        return class::SYN;
     }
-    all
+    none
 }
 
 /// Where the IP header starts in an Ethernet frame (after up to two VLAN tags).

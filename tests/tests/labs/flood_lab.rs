@@ -147,6 +147,54 @@ fn a_source_over_its_limit_is_reported_once_and_held_while_one_under_it_loses_no
     assert_eq!(dp_stats.dropped.packets, 50, "held frames count as dropped");
 }
 
+/// Sleeps until `margin` into the next window of `window_ns` on the boot clock (the data
+/// path's, which trails by at most a tick: far less than the margin).
+fn into_next_window(window_ns: u64, margin_ns: u64) {
+    let now = enforcer::datapath::clock::boottime_ns();
+    let next = now - now % window_ns + window_ns + margin_ns;
+    std::thread::sleep(std::time::Duration::from_nanos(next - now));
+}
+
+/// Counts are per window: a source that used its whole limit in one window starts from zero
+/// in the next (its sketch cells and its exact count), so it is neither held nor reported
+/// there until it passes the limit again.
+#[test]
+fn a_source_at_its_limit_in_one_window_starts_from_zero_in_the_next() {
+    const WINDOW: u64 = 500_000_000;
+    let mut f = Fixture::new(FloodConfig {
+        window_ns: WINDOW,
+        ..detector([100, 0, 0], true)
+    });
+    let attacker = udp("198.51.100.8");
+    into_next_window(WINDOW, WINDOW / 5);
+    assert_eq!(
+        f.passes(&attacker, 100),
+        100,
+        "the first window: up to the limit"
+    );
+    into_next_window(WINDOW, WINDOW / 5);
+    assert_eq!(
+        f.passes(&attacker, 100),
+        100,
+        "the next window counts from zero: up to the limit again"
+    );
+    assert!(
+        f.reports().is_empty(),
+        "nobody passed the limit in a window"
+    );
+    assert_eq!(f.passes(&attacker, 1), 0, "past it, held");
+    let reports = f.reports();
+    assert_eq!(
+        reports.iter().map(|r| r.count).collect::<Vec<_>>(),
+        [101],
+        "{reports:?}"
+    );
+    assert!(
+        (1..WINDOW).contains(&reports[0].elapsed_ns),
+        "passed within its window: {reports:?}"
+    );
+}
+
 #[test]
 fn syn_and_icmp_are_limited_apart_from_other_packets_in_both_families() {
     let mut f = Fixture::new(detector([1000, 20, 10], false));
