@@ -161,8 +161,8 @@ pub struct FloodReport {
     pub elapsed_ns: u64,
     /// The window's length (ns).
     pub window_ns: u64,
-    /// When the limit was passed (boot clock, ns, as the data path reads it: up to a tick
-    /// early), for the time from there to the block.
+    /// When the limit was passed (boot clock, ns, read precisely, unlike the data path's
+    /// coarse `now`), for the time from there to the block.
     pub at_ns: u64,
 }
 

@@ -7,6 +7,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -269,7 +270,9 @@ fn report(
         limit,
         elapsed_ns: now.saturating_sub(start),
         window_ns: conf!(window_ns),
-        at_ns: now,
+        // SAFETY: a helper without preconditions. The precise clock, not the coarse `now`
+        // (up to a tick behind): the time to the block is measured from here.
+        at_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
     if FLOOD_EVENTS.output::<FloodReport>(&r, 0).is_err() {
         stats.lost += 1;

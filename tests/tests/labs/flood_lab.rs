@@ -147,6 +147,27 @@ fn a_source_over_its_limit_is_reported_once_and_held_while_one_under_it_loses_no
     assert_eq!(dp_stats.dropped.packets, 50, "held frames count as dropped");
 }
 
+/// A report's time is when its source passed the limit, on the precise boot clock (the daemon
+/// measures the time to the block from it), not the data path's coarse clock, which trails it
+/// by up to a tick.
+#[test]
+fn a_report_is_timed_by_the_precise_boot_clock_at_the_crossing() {
+    let mut f = Fixture::new(detector([20, 0, 0], false));
+    let attacker = udp("198.51.100.9");
+    assert_eq!(f.passes(&attacker, 20), 20);
+    let before = enforcer::datapath::clock::boottime_ns();
+    f.run(&attacker, 1);
+    let after = enforcer::datapath::clock::boottime_ns();
+    let reports = f.reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let at = reports[0].at_ns;
+    assert!(
+        (before..=after).contains(&at),
+        "the report's time {at} is outside the crossing packet's run [{before}, {after}] ({} ns before it)",
+        before.saturating_sub(at)
+    );
+}
+
 /// Sleeps until `margin` into the next window of `window_ns` on the boot clock (the data
 /// path's, which trails by at most a tick: far less than the margin).
 fn into_next_window(window_ns: u64, margin_ns: u64) {
