@@ -30,5 +30,6 @@ mod reads_lab;
 mod sandbox_lab;
 mod scoped_blocks;
 mod spool_lab;
+mod trigger_fast_path;
 mod verdicts;
 mod wazuh_hook;
