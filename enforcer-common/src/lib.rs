@@ -60,6 +60,16 @@ pub mod map_names {
     pub const FLOOD_EVENTS: &str = "FLOOD_EVENTS";
     /// Flood detection: per-CPU [`FloodStats`](super::flood::FloodStats), one slot.
     pub const FLOOD_STATS: &str = "FLOOD_STATS";
+    /// Port and protocol scopes (issue 22): hash map,
+    /// [`ScopeKey`](super::scope::ScopeKey) → [`ScopeValue`](super::scope::ScopeValue), one entry
+    /// per (scoped block, protocol).
+    pub const SCOPES: &str = "SCOPES";
+    /// Per-CPU [`Counter`](super::Counter)s, one slot per interface like [`STATS`]: frames from
+    /// blocked sources passed as replies to connections the host opened.
+    pub const REPLY_PASSED: &str = "REPLY_PASSED";
+    /// Array of one u64: non-zero while any block entry is scoped. The data path reads a
+    /// packet's transport header only then, so that without scoped blocks nothing pays for it.
+    pub const SCOPED: &str = "SCOPED";
 
     /// Every map the layout had when first released, in a fixed order (see also [`ADDED`]).
     pub const ALL: [&str; 12] = [
@@ -79,8 +89,8 @@ pub mod map_names {
 
     /// Maps added to the layout after it was first released: pins made by an earlier build of
     /// the same layout lack them, and the loader creates them beside the others (nothing that
-    /// build reads changes). Every other map must be there. None yet in layout 6.
-    pub const ADDED: [&str; 0] = [];
+    /// build reads changes). Every other map must be there.
+    pub const ADDED: [&str; 3] = [SCOPES, SCOPED, REPLY_PASSED];
 }
 
 /// The XDP program's name in the object file and in the kernel: the one for Ethernet links.
@@ -135,7 +145,7 @@ pub struct BlockEntry {
     pub last_hit_s: u32,
     /// [`MODE_ENFORCE`] or [`MODE_SHADOW`].
     pub mode: u8,
-    /// [`FLAG_ALLOW_OVERLAP`].
+    /// [`FLAG_ALLOW_OVERLAP`], [`scope::FLAG_SCOPED`].
     pub flags: u8,
     /// The entry's own prefix length (32/128 for single addresses). The data path uses it to look
     /// for a wider prefix when the longest match is shadow or expired.
@@ -316,6 +326,8 @@ pub struct BlockValue {
     pub last_hit_ns: u64,
     /// The kernel entry's generation (0 when writing: a new entry whose counters are these).
     pub generation: u8,
+    /// The entry's port and protocol scopes; `None` for the whole address.
+    pub scopes: Option<scope::Scopes>,
 }
 
 impl BlockValue {
@@ -329,6 +341,7 @@ impl BlockValue {
             hit_bytes: 0,
             last_hit_ns: 0,
             generation: 0,
+            scopes: None,
         }
     }
 
@@ -506,6 +519,11 @@ assert_layout!(flood::FloodReport, 56, {
     addr: 0, family: 16, class: 20, count: 24, limit: 28, elapsed_ns: 32, window_ns: 40,
     at_ns: 48,
 });
+assert_layout!(scope::ScopeKey, 24, { addr: 0, prefix_len: 16, v6: 17, proto: 18, pad: 19 });
+assert_layout!(scope::PortRange, 4, { lo: 0, hi: 2 });
+assert_layout!(scope::ScopeValue, 4 + 4 * scope::MAX_PORT_RANGES, {
+    all: 0, count: 1, pad: 2, ranges: 4,
+});
 assert_layout!(flood::FloodStats, 48, {
     suspects: 0, reports: 8, capped: 16, lost: 24, held: 32, over: 40,
 });
@@ -523,6 +541,8 @@ mod pod {
     unsafe impl aya::Pod for super::flood::FloodTrack {}
     unsafe impl aya::Pod for super::flood::FloodReport {}
     unsafe impl aya::Pod for super::flood::FloodStats {}
+    unsafe impl aya::Pod for super::scope::ScopeKey {}
+    unsafe impl aya::Pod for super::scope::ScopeValue {}
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub const FLAG_SCOPED: u8 = 2;
 /// The most port ranges one scope entry holds.
 pub const MAX_PORT_RANGES: usize = 16;
 
+/// Capacity of the scope map: (scoped block, protocol) entries, for both families.
+pub const MAX_SCOPE_ENTRIES: u32 = 65_536;
+
 /// TCP's protocol number.
 pub const PROTO_TCP: u8 = 6;
 /// UDP's protocol number.
@@ -97,6 +100,71 @@ impl ScopeValue {
     }
 }
 
+/// The scope entries of one block entry as userspace reads and writes them, one per protocol
+/// (keyed by [`PROTO_TCP`], [`PROTO_UDP`], [`PROTO_ICMP`]); a protocol without an entry is not
+/// covered. A block entry with scopes is flagged [`FLAG_SCOPED`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scopes {
+    /// TCP destination ports.
+    pub tcp: Option<ScopeValue>,
+    /// UDP destination ports.
+    pub udp: Option<ScopeValue>,
+    /// ICMP and ICMPv6.
+    pub icmp: Option<ScopeValue>,
+}
+
+impl Scopes {
+    /// Each protocol's key with its entry, if any.
+    pub const fn entries(&self) -> [(u8, Option<ScopeValue>); 3] {
+        [
+            (PROTO_TCP, self.tcp),
+            (PROTO_UDP, self.udp),
+            (PROTO_ICMP, self.icmp),
+        ]
+    }
+
+    /// The entry for a protocol key.
+    pub fn get_mut(&mut self, proto: u8) -> Option<&mut Option<ScopeValue>> {
+        match proto {
+            PROTO_TCP => Some(&mut self.tcp),
+            PROTO_UDP => Some(&mut self.udp),
+            PROTO_ICMP => Some(&mut self.icmp),
+            _ => None,
+        }
+    }
+
+    /// Whether every packet `other` covers is covered by these scopes too.
+    pub fn covers(&self, other: &Self) -> bool {
+        self.entries()
+            .iter()
+            .zip(other.entries())
+            .all(|((_, mine), (_, theirs))| match (mine, theirs) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(m), Some(t)) => m.covers(&t),
+            })
+    }
+}
+
+impl ScopeValue {
+    /// The ranges in use.
+    pub fn used(&self) -> &[PortRange] {
+        &self.ranges[..usize::from(self.count).min(MAX_PORT_RANGES)]
+    }
+
+    /// Whether every port `other` covers is covered here too.
+    pub fn covers(&self, other: &Self) -> bool {
+        if self.all != 0 {
+            return true;
+        }
+        other.all == 0
+            && other
+                .used()
+                .iter()
+                .all(|r| self.used().iter().any(|m| m.lo <= r.lo && r.hi <= m.hi))
+    }
+}
+
 /// What the data path read of a packet's transport header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -122,6 +190,36 @@ pub enum Transport {
     Unknown,
 }
 
+impl Transport {
+    /// As one word whose every bit is defined (kind, protocol, port), for the data path to
+    /// carry around: an enum's unused payload bytes are undefined, which the verifier refuses
+    /// to let a program copy.
+    #[inline(always)]
+    pub const fn pack(self) -> u32 {
+        match self {
+            Self::Unknown => 0,
+            Self::Ports { proto, port } => 1 << 24 | (proto as u32) << 16 | port as u32,
+            Self::NoPorts { proto } => 2 << 24 | (proto as u32) << 16,
+            Self::PortsUnknown { proto } => 3 << 24 | (proto as u32) << 16,
+        }
+    }
+
+    /// What [`Transport::pack`] made.
+    #[inline(always)]
+    pub const fn unpack(word: u32) -> Self {
+        let proto = (word >> 16) as u8;
+        match word >> 24 {
+            1 => Self::Ports {
+                proto,
+                port: word as u16,
+            },
+            2 => Self::NoPorts { proto },
+            3 => Self::PortsUnknown { proto },
+            _ => Self::Unknown,
+        }
+    }
+}
+
 /// The protocol a scope entry is keyed by.
 #[inline(always)]
 pub const fn scope_proto(proto: u8) -> u8 {
@@ -135,7 +233,7 @@ pub const fn scope_proto(proto: u8) -> u8 {
 /// Whether a packet whose transport header says `transport` falls in a scoped block whose scope
 /// entry for a protocol is `entry(proto)` (see the module for the rule).
 #[inline(always)]
-pub fn in_scope(transport: Transport, entry: impl Fn(u8) -> Option<ScopeValue>) -> bool {
+pub fn in_scope<'a>(transport: Transport, entry: impl Fn(u8) -> Option<&'a ScopeValue>) -> bool {
     match transport {
         Transport::Ports { proto, port } => {
             entry(scope_proto(proto)).is_some_and(|v| v.covers_port(port))
@@ -151,6 +249,8 @@ pub fn in_scope(transport: Transport, entry: impl Fn(u8) -> Option<ScopeValue>) 
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     fn ports(ranges: &[(u16, u16)]) -> ScopeValue {
@@ -165,8 +265,10 @@ mod tests {
     }
 
     /// A block on tcp/22 and tcp/8000-8080.
-    fn tcp_22(proto: u8) -> Option<ScopeValue> {
-        (proto == PROTO_TCP).then(|| ports(&[(22, 22), (8000, 8080)]))
+    fn tcp_22(proto: u8) -> Option<&'static ScopeValue> {
+        static V: std::sync::LazyLock<ScopeValue> =
+            std::sync::LazyLock::new(|| ports(&[(22, 22), (8000, 8080)]));
+        (proto == PROTO_TCP).then(|| &*V)
     }
 
     #[test]
@@ -195,12 +297,11 @@ mod tests {
 
     #[test]
     fn icmpv6_is_keyed_as_icmp_and_an_all_ports_entry_covers_every_port() {
-        let icmp = |proto| {
-            (proto == PROTO_ICMP).then(|| ScopeValue {
-                all: 1,
-                ..ScopeValue::default()
-            })
+        let all = ScopeValue {
+            all: 1,
+            ..ScopeValue::default()
         };
+        let icmp = |proto| (proto == PROTO_ICMP).then_some(&all);
         assert!(in_scope(
             Transport::NoPorts {
                 proto: PROTO_ICMPV6
@@ -216,6 +317,48 @@ mod tests {
         assert!(!ports(&[]).covers_port(22));
         let full = ports(&[(1, 1); MAX_PORT_RANGES]);
         assert!(full.covers_port(1) && !full.covers_port(2));
+    }
+
+    #[test]
+    fn a_packed_transport_unpacks_to_itself() {
+        for t in [
+            Transport::Unknown,
+            Transport::Ports {
+                proto: PROTO_TCP,
+                port: 65535,
+            },
+            Transport::Ports {
+                proto: PROTO_UDP,
+                port: 0,
+            },
+            Transport::NoPorts { proto: 255 },
+            Transport::PortsUnknown { proto: 0 },
+        ] {
+            assert_eq!(Transport::unpack(t.pack()), t);
+        }
+    }
+
+    #[test]
+    fn scopes_cover_what_they_hold_and_nothing_wider() {
+        let wide = Scopes {
+            tcp: Some(ports(&[(20, 30), (80, 80)])),
+            ..Scopes::default()
+        };
+        let narrow = Scopes {
+            tcp: Some(ports(&[(22, 22), (80, 80)])),
+            ..Scopes::default()
+        };
+        assert!(wide.covers(&narrow) && !narrow.covers(&wide));
+        let udp = Scopes {
+            udp: Some(ports(&[(53, 53)])),
+            ..Scopes::default()
+        };
+        assert!(!wide.covers(&udp));
+        let all_tcp = ScopeValue {
+            all: 1,
+            ..ScopeValue::default()
+        };
+        assert!(all_tcp.covers(&ports(&[(1, 65535)])) && !ports(&[(1, 65534)]).covers(&all_tcp));
     }
 
     #[test]

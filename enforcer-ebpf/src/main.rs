@@ -47,10 +47,14 @@ use aya_ebpf::{
 use enforcer_common::{
     AllowValue, BlockEntry, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_ALLOW, DEFAULT_MAX_PREFIXES,
     FLAG_ALLOW_OVERLAP, HIT_SLOT_STALE_NS, HIT_SLOTS, HitSlot, MODE_ENFORCE, STATS_SLOTS, Stats,
-    Unjudged, hit_slot_words, lookup, net_key_v4, net_key_v6, slot_tag, slot_tag_parts, unjudged,
+    Unjudged, hit_slot_words, lookup, net_key_v4, net_key_v6,
+    scope::{FLAG_SCOPED, MAX_SCOPE_ENTRIES, ScopeKey, ScopeValue, Transport, in_scope},
+    slot_tag, slot_tag_parts, unjudged,
 };
 
 mod flood;
+mod replies;
+mod transport;
 
 #[map(name = "BLOCK_V4")]
 static BLOCK_V4: HashMap<[u8; 4], BlockEntry> =
@@ -83,6 +87,17 @@ static CLOCK: Array<u64> = Array::pinned(1, 0);
 static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(STATS_SLOTS, 0);
 #[map(name = "UNJUDGED")]
 static UNJUDGED: PerCpuArray<Unjudged> = PerCpuArray::pinned(STATS_SLOTS, 0);
+/// The scopes of the block entries flagged [`FLAG_SCOPED`] (see [`enforcer_common::scope`]).
+#[map(name = "SCOPES")]
+static SCOPES: HashMap<ScopeKey, ScopeValue> =
+    HashMap::pinned(MAX_SCOPE_ENTRIES, BPF_F_NO_PREALLOC);
+/// Per interface slot like [`STATS`]: the frames passed as replies to the host's own
+/// connections ([`replies`]).
+#[map(name = "REPLY_PASSED")]
+static REPLY_PASSED: PerCpuArray<enforcer_common::Counter> = PerCpuArray::pinned(STATS_SLOTS, 0);
+/// Non-zero while any entry is scoped: only then is the transport header read.
+#[map(name = "SCOPED")]
+static SCOPED: Array<u64> = Array::pinned(1, 0);
 
 /// 1: count hits per block entry; 0: don't. Set at load time; the verifier prunes the dead branch.
 #[unsafe(no_mangle)]
@@ -113,7 +128,7 @@ pub fn enforcer_xdp_ip(ctx: XdpContext) -> u32 {
 
 /// Judges a parsed frame and counts it.
 #[inline(always)]
-fn run(ctx: &XdpContext, source: Result<Source, u32>, raw_ip: bool) -> u32 {
+fn run(ctx: &XdpContext, source: Result<(Source, usize), u32>, raw_ip: bool) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let slot = (ctx.ingress_ifindex() as u32) % STATS_SLOTS;
     let Some(stats) = STATS.get_ptr_mut(slot) else {
@@ -124,8 +139,26 @@ fn run(ctx: &XdpContext, source: Result<Source, u32>, raw_ip: bool) -> u32 {
     // `seen` is not counted here: userspace derives it (passed + dropped).
 
     let verdict = match source {
-        Ok(Source::V4(addr)) => flood_check(ctx, raw_ip, judge_v4(addr, len, stats), addr_v4(addr)),
-        Ok(Source::V6(addr)) => flood_check(ctx, raw_ip, judge_v6(addr, len, stats), addr_v6(addr)),
+        Ok((source, l3)) => {
+            // Never needed while no entry is scoped; a frame judged before the first scoped
+            // entry appeared is judged as matching any scope if it meets one.
+            let transport = if SCOPED.get(0).is_some_and(|on| *on != 0) {
+                transport::parse(ctx, l3).pack()
+            } else {
+                Transport::Unknown.pack()
+            };
+            let reply = || replies::is_reply(ctx, l3);
+            match source {
+                Source::V4(addr) => {
+                    let v = judge_v4(addr, len, stats, transport, reply);
+                    flood_check(ctx, raw_ip, v, addr_v4(addr))
+                }
+                Source::V6(addr) => {
+                    let v = judge_v6(addr, len, stats, transport, reply);
+                    flood_check(ctx, raw_ip, v, addr_v6(addr))
+                }
+            }
+        }
         Err(reason) => {
             stats.not_ip.add(len);
             if let Some(u) = UNJUDGED.get_ptr_mut(slot) {
@@ -138,6 +171,14 @@ fn run(ctx: &XdpContext, source: Result<Source, u32>, raw_ip: bool) -> u32 {
     match verdict {
         Verdict::Pass => {
             stats.passed.add(len);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Reply => {
+            stats.passed.add(len);
+            if let Some(r) = REPLY_PASSED.get_ptr_mut(slot) {
+                // SAFETY: a per-CPU array slot is ours alone while this program runs here.
+                unsafe { (*r).add(len) };
+            }
             xdp_action::XDP_PASS
         }
         Verdict::Drop => {
@@ -202,6 +243,8 @@ pub fn xdp_pass_floor(_ctx: XdpContext) -> u32 {
 enum Verdict {
     Pass,
     Drop,
+    /// Passed: a reply to a connection this host opened, from a blocked source.
+    Reply,
 }
 
 /// The source address as the words it was loaded in (the packet's bytes in memory order, read
@@ -235,14 +278,14 @@ fn load<T: Copy>(p: *const T) -> T {
     unsafe { core::ptr::read_volatile(p) }
 }
 
-/// Parses Ethernet, up to two VLAN tags, and the IP source address; or says why not
-/// ([`unjudged`]).
+/// Parses Ethernet, up to two VLAN tags, and the IP source address (with the IP header's
+/// offset); or says why not ([`unjudged`]).
 ///
 /// Two tags cover 802.1ad + 802.1Q (QinQ) and two stacked 802.1Q tags. A third is counted
 /// (`vlan-depth`) and passed: a host only accepts such a frame through a stack of VLAN
 /// interfaces, and the innermost of those is where to attach (its frames carry no tag).
 #[inline(always)]
-fn ethernet_source(ctx: &XdpContext) -> Result<Source, u32> {
+fn ethernet_source(ctx: &XdpContext) -> Result<(Source, usize), u32> {
     // The EtherType in wire order: compared with constants swapped once at compile time.
     let mut proto = load(ptr_at::<u16>(ctx, 12).ok_or_else(|| short(ctx))?);
     let mut offset = ETH_HLEN;
@@ -255,9 +298,9 @@ fn ethernet_source(ctx: &XdpContext) -> Result<Source, u32> {
         offset += VLAN_HLEN;
     }
     if proto == ETH_P_IP.to_be() {
-        ipv4_source(ctx, offset)
+        ipv4_source(ctx, offset).map(|s| (s, offset))
     } else if proto == ETH_P_IPV6.to_be() {
-        ipv6_source(ctx, offset)
+        ipv6_source(ctx, offset).map(|s| (s, offset))
     } else if proto == ETH_P_8021Q.to_be() || proto == ETH_P_8021AD.to_be() {
         Err(unjudged::VLAN_DEPTH)
     } else {
@@ -270,12 +313,12 @@ fn ethernet_source(ctx: &XdpContext) -> Result<Source, u32> {
 /// check the verifier can follow; a one-byte check compiles to `data >= data_end`, which it
 /// does not accept as one).
 #[inline(always)]
-fn raw_ip_source(ctx: &XdpContext) -> Result<Source, u32> {
+fn raw_ip_source(ctx: &XdpContext) -> Result<(Source, usize), u32> {
     let header = ptr_at::<[u32; 5]>(ctx, 0).ok_or_else(|| short(ctx))?;
     let first = load(header as *const u8);
     match first >> 4 {
-        4 => ipv4_source(ctx, 0),
-        6 => ipv6_source(ctx, 0),
+        4 => ipv4_source(ctx, 0).map(|s| (s, 0)),
+        6 => ipv6_source(ctx, 0).map(|s| (s, 0)),
         _ => Err(unjudged::NOT_IP),
     }
 }
@@ -338,11 +381,13 @@ struct Match {
     base: u32,
     v6: bool,
     clock: Clock,
+    /// The frame's transport header ([`Transport::pack`]), for scoped entries.
+    transport: u32,
 }
 
 impl Match {
     #[inline(always)]
-    fn new(addr: [u64; 2], v6: bool, clock: Clock) -> Self {
+    fn new(addr: [u64; 2], v6: bool, clock: Clock, transport: u32) -> Self {
         Self {
             entry: None,
             expired: false,
@@ -351,8 +396,68 @@ impl Match {
             base: 0,
             v6,
             clock,
+            transport,
         }
     }
+}
+
+/// The entry, if it covers the frame (see [`applies`]). Goes through a nullable pointer, whose
+/// every bit is defined: an `Option<*mut _>` built by `filter` leaves its payload undefined on
+/// the `None` path, and LLVM copies it there, which the verifier refuses (`!read_ok`).
+#[inline(always)]
+fn covering(
+    entry: Option<*mut BlockEntry>,
+    addr: &[u64; 2],
+    v6: bool,
+    transport: u32,
+) -> Option<*mut BlockEntry> {
+    let mut p: *mut BlockEntry = core::ptr::null_mut();
+    if let Some(e) = entry
+        && applies(e, addr, v6, transport)
+    {
+        p = e;
+    }
+    (!p.is_null()).then_some(p)
+}
+
+/// Whether an entry covers the frame: every unscoped entry does; a scoped one when its scope
+/// entries cover the frame's transport header (see [`enforcer_common::scope`]).
+#[inline(always)]
+fn applies(entry: *mut BlockEntry, addr: &[u64; 2], v6: bool, transport: u32) -> bool {
+    // SAFETY: `entry` points into a map value, valid for the duration of the program.
+    let (flags, prefix_len) = unsafe { ((*entry).flags, (*entry).prefix_len) };
+    if flags & FLAG_SCOPED == 0 {
+        return true;
+    }
+    let words = masked(addr, u32::from(prefix_len));
+    in_scopes(
+        words[0],
+        words[1],
+        u32::from(prefix_len) | u32::from(v6) << 8,
+        transport,
+    ) != 0
+}
+
+/// Whether the scope entries of the entry `(w0, w1, prefix_len | v6 << 8)` cover a frame whose
+/// transport header is `transport` ([`Transport::pack`]).
+///
+/// A global function: the verifier checks it once, on its own, for any arguments. Inlined (or
+/// as a static function), it would be checked again at every step of every prefix walk it is
+/// called from, with every exit of its range loop: past the verifier's limit.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn in_scopes(w0: u64, w1: u64, meta: u32, transport: u32) -> u32 {
+    u32::from(in_scope(Transport::unpack(transport), |proto| {
+        let key = ScopeKey {
+            addr: [w0, w1],
+            prefix_len: meta as u8,
+            v6: (meta >> 8) as u8,
+            proto,
+            pad: [0; 5],
+        };
+        // SAFETY: a map value, valid for the duration of the program; only read.
+        unsafe { SCOPES.get(key) }
+    }))
 }
 
 #[inline(always)]
@@ -385,7 +490,13 @@ fn is_enforce(v: &BlockEntry) -> bool {
 /// and enforce wins over shadow), so an address hit goes straight to the verdict without
 /// building the walk's state (whose zeroing alone cost a third of the hit: issue 25).
 #[inline(always)]
-fn judge_v4(addr: u32, len: u64, stats: &mut Stats) -> Verdict {
+fn judge_v4(
+    addr: u32,
+    len: u64,
+    stats: &mut Stats,
+    transport: u32,
+    reply: impl FnOnce() -> bool,
+) -> Verdict {
     let bytes = addr.to_le_bytes();
     let source = SourceKey {
         key: [u64::from(addr), 0],
@@ -395,16 +506,16 @@ fn judge_v4(addr: u32, len: u64, stats: &mut Stats) -> Verdict {
     let allowed = || ALLOW_V4.get(Key::new(32, bytes)).is_some();
     let mut clock = Clock(0);
     let exact = if in_filter(u64::from(addr), 0, 32) {
-        BLOCK_V4.get_ptr_mut(bytes)
+        covering(BLOCK_V4.get_ptr_mut(bytes), &source.key, false, transport)
     } else {
         None
     };
     if let Some(e) = exact
         && decides_alone(e, &mut clock)
     {
-        return drop_or_pass(e, &source, stats, &mut clock, allowed);
+        return drop_or_pass(e, &source, stats, &mut clock, allowed, reply);
     }
-    let mut m = Match::new(source.key, false, clock);
+    let mut m = Match::new(source.key, false, clock, transport);
     if let Some(e) = exact {
         consider(&mut m, e);
     }
@@ -413,13 +524,19 @@ fn judge_v4(addr: u32, len: u64, stats: &mut Stats) -> Verdict {
     {
         walk(&mut m, lens, 0);
     }
-    decide(m, &source, stats, allowed)
+    decide(m, &source, stats, allowed, reply)
 }
 
 /// As [`judge_v4`], for IPv6: the lengths of the source's /32 slot (/96../127, then /32../95),
 /// then those below /32.
 #[inline(always)]
-fn judge_v6(addr: [u64; 2], len: u64, stats: &mut Stats) -> Verdict {
+fn judge_v6(
+    addr: [u64; 2],
+    len: u64,
+    stats: &mut Stats,
+    transport: u32,
+    reply: impl FnOnce() -> bool,
+) -> Verdict {
     let bytes = v6_bytes(addr);
     let source = SourceKey {
         key: addr,
@@ -429,16 +546,16 @@ fn judge_v6(addr: [u64; 2], len: u64, stats: &mut Stats) -> Verdict {
     let allowed = || ALLOW_V6.get(Key::new(128, bytes)).is_some();
     let mut clock = Clock(0);
     let exact = if in_filter(addr[0], addr[1], 128) {
-        BLOCK_V6.get_ptr_mut(bytes)
+        covering(BLOCK_V6.get_ptr_mut(bytes), &addr, true, transport)
     } else {
         None
     };
     if let Some(e) = exact
         && decides_alone(e, &mut clock)
     {
-        return drop_or_pass(e, &source, stats, &mut clock, allowed);
+        return drop_or_pass(e, &source, stats, &mut clock, allowed, reply);
     }
-    let mut m = Match::new(addr, true, clock);
+    let mut m = Match::new(addr, true, clock, transport);
     if let Some(e) = exact {
         consider(&mut m, e);
     }
@@ -450,7 +567,7 @@ fn judge_v6(addr: [u64; 2], len: u64, stats: &mut Stats) -> Verdict {
             walk(&mut m, lens, base);
         }
     }
-    decide(m, &source, stats, allowed)
+    decide(m, &source, stats, allowed, reply)
 }
 
 /// Whether an exact-address entry decides without the prefixes: enforced and live.
@@ -497,7 +614,9 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     } else {
         v4_prefix(m.addr[0] as u32, bits)
     };
-    if let Some(e) = entry {
+    if let Some(e) = entry
+        && applies(e, &m.addr, m.v6, m.transport)
+    {
         consider(m, e);
         if is_enforced(m) {
             return 1;
@@ -628,6 +747,7 @@ fn decide(
     source: &SourceKey,
     stats: &mut Stats,
     allowed: impl FnOnce() -> bool,
+    reply: impl FnOnce() -> bool,
 ) -> Verdict {
     let Match {
         entry,
@@ -641,11 +761,12 @@ fn decide(
         }
         return Verdict::Pass;
     };
-    drop_or_pass(entry, source, stats, &mut clock, allowed)
+    drop_or_pass(entry, source, stats, &mut clock, allowed, reply)
 }
 
 /// The verdict of the live entry that decides: the allowlist first (only for blocks flagged as
-/// overlapping it), then the entry's mode; counts the hit.
+/// overlapping it), then a reply to the host's own connection, then the entry's mode; counts the
+/// hit (a reply is no hit: nothing was stopped).
 #[inline(always)]
 fn drop_or_pass(
     entry: *mut BlockEntry,
@@ -653,6 +774,7 @@ fn drop_or_pass(
     stats: &mut Stats,
     clock: &mut Clock,
     allowed: impl FnOnce() -> bool,
+    reply: impl FnOnce() -> bool,
 ) -> Verdict {
     let len = source.len;
     // SAFETY: `entry` points into a live map value.
@@ -662,6 +784,9 @@ fn drop_or_pass(
     if flags & FLAG_ALLOW_OVERLAP != 0 && allowed() {
         stats.allowlisted.add(len);
         return Verdict::Pass;
+    }
+    if enforce && reply() {
+        return Verdict::Reply;
     }
     // SAFETY: reading a read-only global.
     if unsafe { core::ptr::read_volatile(&COUNT_BLOCK_HITS) } != 0 {

@@ -313,6 +313,8 @@ pub struct KernelEntry {
     pub expires_ms: Option<WallMs>,
     /// Mode.
     pub mode: Mode,
+    /// What it covers (see [`TargetBlocks::kernel_scope`]); `None`: the whole address.
+    pub scopes: Option<enforcer_common::scope::Scopes>,
 }
 
 impl TargetBlocks {
@@ -332,9 +334,10 @@ impl TargetBlocks {
                     (Some(a), Some(e)) => Some(a.max(e)),
                 };
             }
-            any.then_some(KernelEntry {
+            any.then(|| KernelEntry {
                 expires_ms: latest,
                 mode,
+                scopes: self.scope_of(mode).kernel_scopes(),
             })
         };
         latest(Mode::Enforce).or_else(|| latest(Mode::Shadow))
@@ -343,7 +346,11 @@ impl TargetBlocks {
     /// What the kernel entry covers: the union of the scopes of the blocks that make it (the
     /// enforcing ones if any enforces, else the shadow ones); whole when any of them is.
     pub fn kernel_scope(&self) -> ScopeSet {
-        let mode = self.kernel_entry().map_or(Mode::Enforce, |e| e.mode);
+        self.scope_of(self.kernel_entry().map_or(Mode::Enforce, |e| e.mode))
+    }
+
+    /// The union of the scopes of the blocks in `mode`.
+    fn scope_of(&self, mode: Mode) -> ScopeSet {
         let sets = self
             .by_source
             .values()
@@ -409,7 +416,8 @@ mod tests {
             t.kernel_entry(),
             Some(KernelEntry {
                 expires_ms: Some(wall(300)),
-                mode: Mode::Enforce
+                mode: Mode::Enforce,
+                scopes: None,
             })
         );
         let t = blocks(&[
@@ -429,7 +437,8 @@ mod tests {
             t.kernel_entry(),
             Some(KernelEntry {
                 expires_ms: Some(wall(100)),
-                mode: Mode::Enforce
+                mode: Mode::Enforce,
+                scopes: None,
             })
         );
         let t = blocks(&[sb("wazuh", Some(300), Mode::Shadow)]);

@@ -56,6 +56,22 @@ pub struct Config {
     pub access: Vec<crate::access::AccessEntry>,
     /// Flood detection in the data path (see [`crate::flood`]).
     pub flood: crate::flood::FloodConfig,
+    /// Whether TCP replies from blocked sources to connections this host opened pass.
+    pub replies: Replies,
+}
+
+/// What the data path does with a blocked source's replies to connections this host opened
+/// (`replies = "pass"`, the default, or `"drop"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replies {
+    /// They pass (counted as `reply_passed`): a false positive in a feed (a package mirror, a
+    /// Git host) does not break the host's own connections to it, and a block still stops
+    /// everything the blocked source starts.
+    #[default]
+    Pass,
+    /// They are dropped like every other packet from the source.
+    Drop,
 }
 
 /// The `[metrics]` section.
@@ -106,6 +122,7 @@ impl Default for Config {
             crowdsec: None,
             access: Vec::new(),
             flood: crate::flood::FloodConfig::default(),
+            replies: Replies::default(),
         }
     }
 }

@@ -557,6 +557,22 @@ impl ScopeSet {
     }
 }
 
+impl ScopeSet {
+    /// The data path's scopes for this set: `None` for the whole address.
+    pub fn kernel_scopes(&self) -> Option<enforcer_common::scope::Scopes> {
+        if self.is_whole() {
+            return None;
+        }
+        let mut out = enforcer_common::scope::Scopes::default();
+        for (proto, value) in self.kernel_entries() {
+            if let Some(slot) = out.get_mut(proto) {
+                *slot = Some(value);
+            }
+        }
+        Some(out)
+    }
+}
+
 /// A scope entry as the data path holds it.
 pub type KernelScope = enforcer_common::scope::ScopeValue;
 
@@ -779,7 +795,7 @@ mod tests {
             .union(&scope("icmp", None))
             .unwrap();
         let entries = set.kernel_entries();
-        let entry = |proto: u8| entries.iter().find(|(p, _)| *p == proto).map(|(_, v)| *v);
+        let entry = |proto: u8| entries.iter().find(|(p, _)| *p == proto).map(|(_, v)| v);
         let hits = |proto, port| in_scope(Transport::Ports { proto, port }, entry);
         assert!(hits(PROTO_TCP, 22) && hits(PROTO_TCP, 8080) && !hits(PROTO_TCP, 80));
         assert!(hits(PROTO_UDP, 1) && hits(PROTO_UDP, 65535));

@@ -192,3 +192,97 @@ pub fn three_tags_from(src: Ipv4Addr) -> Vec<u8> {
         false,
     )
 }
+
+/// IPv4's protocol numbers used by the crafted frames.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// IPv6 hop-by-hop options.
+    pub const HOP_BY_HOP: u8 = 0;
+    /// IPv6 routing header.
+    pub const ROUTING: u8 = 43;
+    /// IPv6 fragment header.
+    pub const FRAGMENT: u8 = 44;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+    /// IPv6 destination options.
+    pub const DEST_OPTS: u8 = 60;
+}
+
+/// The first bytes of a transport header: a TCP SYN or a UDP header to `dport` (from port
+/// 40000), or an ICMP echo request.
+pub fn transport(proto: u8, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    match proto {
+        proto::TCP => {
+            h.extend_from_slice(&40000u16.to_be_bytes());
+            h.extend_from_slice(&dport.to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        }
+        proto::UDP => {
+            h.extend_from_slice(&40000u16.to_be_bytes());
+            h.extend_from_slice(&dport.to_be_bytes());
+            h.extend_from_slice(&[0, 16, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        }
+        _ => h.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]),
+    }
+    h
+}
+
+/// An IPv4 frame carrying `payload` as protocol `proto`, with a fragment offset (in 8-byte
+/// units) and the more-fragments flag.
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    frag_offset: u16,
+    more_fragments: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = ethernet(&[], 0x0800);
+    let total = 20 + payload.len() as u16;
+    let flags_frag = (u16::from(more_fragments) << 13) | (frag_offset & 0x1fff);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34]);
+    ip.extend_from_slice(&flags_frag.to_be_bytes());
+    ip.extend_from_slice(&[64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv6 frame whose first next header is `next`, followed by `payload` (extension headers
+/// and a transport header, as built by [`ipv6_ext`], [`ipv6_fragment`] and [`transport`]).
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = ethernet(&[], 0x86dd);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An 8-byte IPv6 options or routing extension header naming `next`.
+pub fn ipv6_ext(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// An IPv6 fragment header naming `next`, at `offset` (8-byte units).
+pub fn ipv6_fragment(next: u8, offset: u16, more: bool) -> Vec<u8> {
+    let field = (offset << 3) | u16::from(more);
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&field.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0x12, 0x34]);
+    h
+}

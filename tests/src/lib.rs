@@ -468,6 +468,21 @@ impl Lab {
             .run(move || TcpListener::bind(SocketAddr::new(addr, 0)))??)
     }
 
+    /// A TCP listener in the receiver namespace on `addr`, port `port`.
+    pub fn tcp_listener_on(&self, addr: &str, port: u16) -> Result<TcpListener> {
+        let addr: IpAddr = addr.parse()?;
+        Ok(self
+            .receiver
+            .run(move || TcpListener::bind(SocketAddr::new(addr, port)))??)
+    }
+
+    /// Whether an ICMP (ICMPv6) echo request from `src` to `dst` gets its reply within
+    /// `timeout`.
+    pub fn echo(&self, src: &str, dst: &str, timeout: Duration) -> Result<bool> {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse()?, dst.parse()?);
+        self.sender.run(move || echo_from(src, dst, timeout))?
+    }
+
     /// Tries a TCP connect from source `src` to `dst` within `timeout`.
     pub fn tcp_connect(&self, src: &str, dst: SocketAddr, timeout: Duration) -> Result<bool> {
         let src: IpAddr = src.parse()?;
@@ -499,6 +514,84 @@ fn tcp_connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<b
         }
         Err(e) => Err(e).context("tcp connect"),
     }
+}
+
+/// Sends one echo request from `src` to `dst` on a raw socket and waits for its reply (same
+/// identifier and sequence) until `timeout`.
+fn echo_from(src: IpAddr, dst: IpAddr, timeout: Duration) -> Result<bool> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6 = src.is_ipv6();
+    let (domain, protocol, request, reply) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4, 8, 0)
+    };
+    let sock = Socket::new(domain, Type::RAW, Some(protocol))?;
+    sock.bind(&SocketAddr::new(src, 0).into())?;
+    let id = (std::process::id() as u16) ^ (unique_name("e").len() as u16);
+    let seq = fastrand_seq();
+    let mut msg = vec![request, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&seq.to_be_bytes());
+    msg.extend_from_slice(b"enforcer-echo");
+    if !v6 {
+        // ICMPv6 raw sockets have the kernel fill the checksum in; ICMP ones do not.
+        let sum = internet_checksum(&msg);
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    sock.send_to(&msg, &SocketAddr::new(dst, 0).into())?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: `recv` initialised the first `n` bytes.
+        let got: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        // An IPv4 raw socket receives the IP header too; an IPv6 one does not.
+        let icmp = if v6 {
+            &got[..]
+        } else {
+            &got[usize::from(got[0] & 0x0f) * 4..]
+        };
+        if icmp.len() >= 8
+            && icmp[0] == reply
+            && icmp[4..6] == id.to_be_bytes()
+            && icmp[6..8] == seq.to_be_bytes()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn fastrand_seq() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// How many datagrams tagged `tag` `to` receives until it has none queued (each empty read

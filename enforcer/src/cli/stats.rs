@@ -15,6 +15,7 @@ fn rows(scope: &str, c: &Counters, rows: &mut Vec<Vec<String>>) {
     for (name, v) in [
         ("seen", c.seen),
         ("passed", c.passed),
+        ("  reply_passed", c.reply_passed),
         ("dropped", c.dropped),
         ("allowlisted", c.allowlisted),
         ("shadow", c.shadow),

@@ -87,8 +87,8 @@ fn deadline_ns(entry: &KernelEntry, base: &TimeBase) -> BootNs {
         .map_or(BootNs::NEVER, |ms| base.boot_deadline_ns(ms))
 }
 
-/// Whether `current` already says what `entry` calls for (mode, and the deadline within
-/// jitter), so that a restart with a million blocks does not rewrite a million entries.
+/// Whether `current` already says what `entry` calls for (mode, scopes, and the deadline
+/// within jitter), so that a restart with a million blocks does not rewrite a million entries.
 pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>, base: &TimeBase) -> bool {
     let Some(v) = current else { return false };
     let wanted = deadline_ns(entry, base);
@@ -98,11 +98,12 @@ pub fn is_current(entry: &KernelEntry, current: Option<&BlockValue>, base: &Time
     } else {
         wanted.abs_diff(current) < SAME_DEADLINE
     };
-    close && v.mode == entry.mode.to_kernel()
+    close && v.mode == entry.mode.to_kernel() && v.scopes == entry.scopes
 }
 
 /// Whether replacing a target's kernel entry `before` with `after` only adds enforcement: a new
-/// entry, shadow becoming enforce, or the same mode for at least as long. Such a write goes in
+/// entry, shadow becoming enforce, or the same mode for at least as long; in each case covering
+/// at least what `before` covered. Such a write goes in
 /// before its commit (a failed commit takes it out again); one that removes or weakens a block
 /// waits for the commit, so a block stays in force until its end is durable.
 pub fn only_strengthens(before: Option<&KernelEntry>, after: Option<&KernelEntry>) -> bool {
@@ -113,10 +114,16 @@ pub fn only_strengthens(before: Option<&KernelEntry>, after: Option<&KernelEntry
         (None, Some(_)) => false,
         (Some(b), Some(a)) => a >= b,
     };
-    match (before.mode, after.mode) {
-        (Mode::Shadow, Mode::Enforce) => true,
-        (b, a) => b == a && at_least_as_long,
-    }
+    let covers = match (&after.scopes, &before.scopes) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a.covers(b),
+    };
+    covers
+        && match (before.mode, after.mode) {
+            (Mode::Shadow, Mode::Enforce) => true,
+            (b, a) => b == a && at_least_as_long,
+        }
 }
 
 /// The map value for `entry`, keeping the hit counters of `current`.
@@ -124,6 +131,7 @@ pub fn value_for(entry: &KernelEntry, current: Option<BlockValue>, base: &TimeBa
     let mut value = current.unwrap_or_default();
     value.expires_ns = deadline_ns(entry, base).kernel();
     value.mode = entry.mode.to_kernel();
+    value.scopes = entry.scopes;
     value
 }
 
@@ -182,6 +190,7 @@ mod tests {
         KernelEntry {
             expires_ms: expires_ms.map(crate::time::testing::wall),
             mode,
+            scopes: None,
         }
     }
 
@@ -210,5 +219,61 @@ mod tests {
             Some(e(Shadow, Some(99)))
         ));
         assert!(!strong(None, None));
+    }
+
+    #[test]
+    fn a_narrower_scope_is_a_weakening_and_a_wider_one_a_strengthening() {
+        use enforcer_common::scope::{PortRange, ScopeValue, Scopes};
+        let tcp = |ports: &[(u16, u16)]| {
+            let mut v = ScopeValue {
+                count: ports.len() as u8,
+                ..ScopeValue::default()
+            };
+            for (slot, &(lo, hi)) in v.ranges.iter_mut().zip(ports) {
+                *slot = PortRange { lo, hi };
+            }
+            Some(Scopes {
+                tcp: Some(v),
+                ..Scopes::default()
+            })
+        };
+        let with = |scopes| KernelEntry {
+            scopes,
+            ..e(Mode::Enforce, Some(10))
+        };
+        let strong = |b: KernelEntry, a: KernelEntry| only_strengthens(Some(&b), Some(&a));
+        assert!(strong(
+            with(tcp(&[(22, 22)])),
+            with(tcp(&[(22, 22), (80, 80)]))
+        ));
+        assert!(
+            strong(with(tcp(&[(22, 22)])), with(None)),
+            "to the whole address"
+        );
+        assert!(!strong(
+            with(tcp(&[(22, 22), (80, 80)])),
+            with(tcp(&[(22, 22)]))
+        ));
+        assert!(
+            !strong(with(None), with(tcp(&[(22, 22)]))),
+            "from the whole address"
+        );
+        assert!(!strong(with(tcp(&[(22, 22)])), with(tcp(&[(80, 80)]))));
+        let v = |scopes| BlockValue {
+            scopes,
+            ..BlockValue::new(0, Mode::Enforce.to_kernel())
+        };
+        let base = TimeBase::default();
+        let never = |scopes| KernelEntry {
+            scopes,
+            ..e(Mode::Enforce, None)
+        };
+        assert!(is_current(
+            &never(tcp(&[(22, 22)])),
+            Some(&v(tcp(&[(22, 22)]))),
+            &base
+        ));
+        assert!(!is_current(&never(tcp(&[(22, 22)])), Some(&v(None)), &base));
+        assert!(!is_current(&never(None), Some(&v(tcp(&[(22, 22)]))), &base));
     }
 }

@@ -310,6 +310,7 @@ fn open_engine(
         capacity: config.capacity.into(),
         count_block_hits: true,
         flood: config.flood.kernel(&config.policy),
+        replies: config.replies == crate::config::Replies::Pass,
     })?;
     engine::Engine::start(
         store,

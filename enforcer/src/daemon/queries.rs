@@ -265,6 +265,10 @@ impl View<'_> {
             .maps
             .unjudged_total()
             .map_err(|e| Refusal::Kernel(e.into()))?;
+        let replies = self
+            .maps
+            .replies_total()
+            .map_err(|e| Refusal::Kernel(e.into()))?;
         let interfaces = self
             .state
             .interfaces
@@ -272,14 +276,19 @@ impl View<'_> {
             .filter_map(|(iface, ifindex)| {
                 let stats = self.maps.stats_for_ifindex(ifindex).ok()?;
                 let unjudged = self.maps.unjudged_for_ifindex(ifindex).ok()?;
+                let replies = self.maps.replies_for_ifindex(ifindex).ok()?;
                 Some(InterfaceCounters {
                     iface: iface.to_owned(),
-                    counters: Counters::from(stats).with_unjudged(unjudged),
+                    counters: Counters::from(stats)
+                        .with_unjudged(unjudged)
+                        .with_replies(replies),
                 })
             })
             .collect();
         Ok(Reply::Stats(Box::new(StatsReply {
-            total: Counters::from(total).with_unjudged(unjudged),
+            total: Counters::from(total)
+                .with_unjudged(unjudged)
+                .with_replies(replies),
             interfaces,
             blocks_by_source: self.state.blocks_by_source.clone(),
             dropped_by_origin: self.dropped_by_origin.clone(),

@@ -92,7 +92,8 @@ impl Capacity {
             map_names::PREFIX_LENS => lookup::LENS_WORDS,
             map_names::BLOCK_FILTER => lookup::FILTER_WORDS,
             map_names::HITS => HIT_SLOTS,
-            map_names::CLOCK => 1,
+            map_names::CLOCK | map_names::SCOPED => 1,
+            map_names::SCOPES => enforcer_common::scope::MAX_SCOPE_ENTRIES,
             _ => STATS_SLOTS,
         }
     }
@@ -123,6 +124,8 @@ pub struct DatapathOptions {
     pub count_block_hits: bool,
     /// Flood detection in the data path (off by default; see [`enforcer_common::flood`]).
     pub flood: FloodConfig,
+    /// Pass replies to connections this host opened, from blocked sources (on by default).
+    pub replies: bool,
 }
 
 impl Default for DatapathOptions {
@@ -132,8 +135,29 @@ impl Default for DatapathOptions {
             capacity: Capacity::default(),
             count_block_hits: true,
             flood: FloodConfig::OFF,
+            replies: true,
         }
     }
+}
+
+/// The data path's `REPLIES` global: the host's ephemeral port range as `low << 16 | high`
+/// (from `ip_local_port_range`, read once per process; Linux's default when it cannot be
+/// read), or 0 when replies are not to pass.
+pub fn replies_word(on: bool) -> &'static u32 {
+    static RANGE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if !on {
+        return &0;
+    }
+    RANGE.get_or_init(|| {
+        let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+                Some((it.next()??, it.next()??))
+            })
+            .unwrap_or((32768, 60999));
+        u32::from(range.0) << 16 | u32::from(range.1)
+    })
 }
 
 /// One interface the program is attached to.
@@ -683,6 +707,7 @@ fn loader(opts: &DatapathOptions) -> EbpfLoader<'_> {
     let count: &'static u8 = if opts.count_block_hits { &1 } else { &0 };
     loader.override_global(GLOBAL_COUNT_BLOCK_HITS, count, true);
     loader.override_global(GLOBAL_FLOOD, &opts.flood, false);
+    loader.override_global("REPLIES", replies_word(opts.replies), true);
     if opts.flood.enabled == 0 {
         // Detection off: no memory for its sketch and its exact counts.
         loader.map_max_entries(map_names::FLOOD_SKETCH, 1);
@@ -757,11 +782,21 @@ fn expected(name: &str) -> (MapType, u32, u32) {
         map_names::BLOCK_NET_V6 => (MapType::Hash, 24, block),
         map_names::ALLOW_V4 => (MapType::LpmTrie, 8, allow),
         map_names::ALLOW_V6 => (MapType::LpmTrie, 20, allow),
-        map_names::PREFIX_LENS | map_names::BLOCK_FILTER | map_names::CLOCK => {
+        map_names::PREFIX_LENS | map_names::BLOCK_FILTER | map_names::CLOCK | map_names::SCOPED => {
             (MapType::Array, 4, 8)
         }
+        map_names::SCOPES => (
+            MapType::Hash,
+            size_of::<enforcer_common::scope::ScopeKey>() as u32,
+            size_of::<enforcer_common::scope::ScopeValue>() as u32,
+        ),
         map_names::HITS => (MapType::PerCpuArray, 4, size_of::<HitSlot>() as u32),
         map_names::UNJUDGED => (MapType::PerCpuArray, 4, size_of::<Unjudged>() as u32),
+        map_names::REPLY_PASSED => (
+            MapType::PerCpuArray,
+            4,
+            size_of::<enforcer_common::Counter>() as u32,
+        ),
         _ => (MapType::PerCpuArray, 4, size_of::<Stats>() as u32),
     }
 }

@@ -31,8 +31,10 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use enforcer_common::{
-    AllowValue, BlockEntry, BlockValue, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot, STATS_SLOTS, Stats,
-    Unjudged, hit_slot, map_names, net_key_v4, net_key_v6, slot_tag,
+    AllowValue, BlockEntry, BlockValue, Counter, FLAG_ALLOW_OVERLAP, HIT_SLOTS, HitSlot,
+    STATS_SLOTS, Stats, Unjudged, hit_slot, map_names, net_key_v4, net_key_v6,
+    scope::{FLAG_SCOPED, Scopes},
+    slot_tag,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::errno::Errno;
@@ -42,6 +44,7 @@ use super::{
     clock,
     indexes::{self, AllowIndex, BlockIndex, Changed},
     map_id::{MapId, PerMap},
+    scopes::ScopeMaps,
     shared::SharedWords,
 };
 use crate::target::{Target, v4_bytes, v6_bytes};
@@ -106,6 +109,10 @@ pub struct BlockMaps {
     block_filter: SharedWords,
     hits: PerCpuArray<MapData, HitSlot>,
     clock: Array<MapData, u64>,
+    /// Absent only in the pins of an earlier build of the layout read for an upgrade.
+    scopes: Option<ScopeMaps>,
+    /// Absent only in the pins of an earlier build of the layout read for an upgrade.
+    reply_passed: Option<PerCpuArray<MapData, Counter>>,
     capacity: PerMap<u32>,
     index: BlockIndex,
     allow: AllowIndex,
@@ -127,7 +134,7 @@ fn kernel(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsE
     move |source| MapsError::Kernel { op, map, source }
 }
 
-fn is_not_found(e: &MapError) -> bool {
+pub(super) fn is_not_found(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(Errno::ENOENT as i32),
@@ -136,7 +143,7 @@ fn is_not_found(e: &MapError) -> bool {
 }
 
 /// Maps an insert error: a full map is [`MapsError::Full`], anything else a kernel error.
-fn insert_error(map: &'static str, capacity: u32) -> impl FnOnce(MapError) -> MapsError {
+pub(super) fn insert_error(map: &'static str, capacity: u32) -> impl FnOnce(MapError) -> MapsError {
     move |e| {
         if is_full(&e) {
             MapsError::Full { map, capacity }
@@ -212,6 +219,17 @@ impl BlockMaps {
             Ok(map) => Some(convert(map_names::UNJUDGED, map)?),
             Err(_) => None,
         };
+        let scopes = match (get(map_names::SCOPES), get(map_names::SCOPED)) {
+            (Ok(entries), Ok(gate)) => Some(ScopeMaps::new(
+                convert(map_names::SCOPES, entries)?,
+                convert(map_names::SCOPED, gate)?,
+            )),
+            _ => None,
+        };
+        let reply_passed = match get(map_names::REPLY_PASSED) {
+            Ok(map) => Some(convert(map_names::REPLY_PASSED, map)?),
+            Err(_) => None,
+        };
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
         let capacity = PerMap::from_fn(|id| {
             cap(match id {
@@ -236,6 +254,8 @@ impl BlockMaps {
             block_filter,
             hits,
             clock,
+            scopes,
+            reply_passed,
             capacity,
             index: BlockIndex::default(),
             allow: AllowIndex::default(),
@@ -272,7 +292,40 @@ impl BlockMaps {
         // clearing its bit go.
         self.prefix_lens.copy_from(self.index.lens_words());
         self.block_filter.copy_from(self.index.filter_words());
+        if let Some(scopes) = &mut self.scopes {
+            scopes.reload()?;
+        }
         self.set_clock_offset()
+    }
+
+    /// Whether the maps hold port and protocol scopes (pins of an earlier build may not).
+    pub fn has_scopes(&self) -> bool {
+        self.scopes.is_some()
+    }
+
+    /// Whether `target`'s scope entries need this writer's care (it has some in the kernel).
+    fn is_scoped(&self, target: &Target) -> bool {
+        self.scopes.as_ref().is_some_and(|s| s.has(target))
+    }
+
+    /// Writes a block's scope entries before its entry is flagged scoped.
+    fn write_scopes(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
+        let Some(scopes) = &value.scopes else {
+            return Ok(());
+        };
+        self.scopes
+            .as_mut()
+            .ok_or(MapsError::Missing(map_names::SCOPES))?
+            .write(target, scopes)
+    }
+
+    /// Removes the scope entries a target's entry no longer needs (`keep`: what it covers now;
+    /// `None`: the whole address, or no entry at all).
+    fn prune_scopes(&mut self, target: &Target, keep: Option<&Scopes>) -> Result<(), MapsError> {
+        match &mut self.scopes {
+            Some(s) => s.prune(target, keep),
+            None => Ok(()),
+        }
     }
 
     /// Every block's target (keys only).
@@ -342,9 +395,13 @@ impl BlockMaps {
     /// the entry; a new value (`generation` 0, as [`BlockValue::new`] makes it) starts a new
     /// entry with the value's counters. A full map is an error ([`MapsError::Full`]); nothing is
     /// ever evicted.
+    ///
+    /// A scoped value's scope entries go in before the entry is flagged scoped, and the ones it
+    /// no longer needs go after (see [`super::scopes`]).
     pub fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
         let (map, capacity) = self.capacity_for(target);
         let entry = self.entry_for(target, value)?;
+        self.write_scopes(target, value)?;
         // The bits go in first: they only ever let the data path look, never hide an entry
         // that is acknowledged.
         let changed = self.index.add(target);
@@ -353,7 +410,8 @@ impl BlockMaps {
         if result.is_err() {
             self.forget_if_absent(target);
         }
-        result.map_err(insert_error(map, capacity))
+        result.map_err(insert_error(map, capacity))?;
+        self.prune_scopes(target, value.scopes.as_ref())
     }
 
     /// The kernel entry that writing `value` for `target` makes (see [`BlockMaps::insert_block`]).
@@ -385,6 +443,9 @@ impl BlockMaps {
         } else {
             0
         };
+        if value.scopes.is_some() {
+            entry.flags |= FLAG_SCOPED;
+        }
         Ok(entry)
     }
 
@@ -393,6 +454,9 @@ impl BlockMaps {
         if self.raw_get(target).ok().flatten().is_none() {
             let changed = self.index.remove(target);
             self.write(&changed);
+            if let Err(e) = self.prune_scopes(target, None) {
+                tracing::warn!(%target, error = %crate::error::Chain(&e), "removing the scope entries of a block that could not be written failed");
+            }
         }
     }
 
@@ -405,7 +469,8 @@ impl BlockMaps {
         let mut v4 = Batch::default();
         let mut v6 = Batch::default();
         for (target, value) in items {
-            if !target.is_host() {
+            // Prefixes and scoped blocks one by one (their order of writes matters).
+            if !target.is_host() || value.scopes.is_some() || self.is_scoped(target) {
                 if let Err(e) = self.insert_block(target, value) {
                     failed.push((*target, e));
                 }
@@ -448,6 +513,11 @@ impl BlockMaps {
         let mut v6 = Batch::default();
         for target in targets {
             match target.net() {
+                _ if self.is_scoped(target) => {
+                    if let Err(e) = self.remove_block(target) {
+                        failed.push((*target, e));
+                    }
+                }
                 IpNet::V4(n) if target.is_host() => {
                     v4.push(*target, v4_bytes(n.addr()), BlockEntry::default());
                 }
@@ -528,7 +598,19 @@ impl BlockMaps {
         for slot in slots.iter().filter(|s| s.tag == tag && s.key == key) {
             fold(&mut value, slot);
         }
+        value.scopes = self.scopes_of(target, &entry)?;
         Ok(Some(value))
+    }
+
+    /// The scopes of a kernel entry: `None` unless it is flagged scoped.
+    fn scopes_of(&self, target: &Target, entry: &BlockEntry) -> Result<Option<Scopes>, MapsError> {
+        if entry.flags & FLAG_SCOPED == 0 {
+            return Ok(None);
+        }
+        match &self.scopes {
+            Some(s) => s.read(target).map(Some),
+            None => Err(MapsError::Missing(map_names::SCOPES)),
+        }
     }
 
     /// Removes a block entry. Returns whether it was there.
@@ -541,9 +623,10 @@ impl BlockMaps {
             IpNet::V6(n) => self.net_v6.remove(&v6_key(&n)),
         };
         let was_there = removed(map, result)?;
-        // The bits go only once the entry is gone.
+        // The bits go only once the entry is gone, and so do its scope entries.
         let changed = self.index.remove(target);
         self.write(&changed);
+        self.prune_scopes(target, None)?;
         Ok(was_there)
     }
 
@@ -559,7 +642,17 @@ impl BlockMaps {
             raw.push((Target::host(IpAddr::from(k)), v));
         }
         raw.extend(self.raw_prefixes()?);
-        with_slots(raw, &self.hits)
+        let flagged: Vec<bool> = raw
+            .iter()
+            .map(|(_, e)| e.flags & FLAG_SCOPED != 0)
+            .collect();
+        let mut out = with_slots(raw, &self.hits)?;
+        for ((target, value), scoped) in out.iter_mut().zip(flagged) {
+            if scoped {
+                value.scopes = self.scopes.as_ref().map(|s| s.read(target)).transpose()?;
+            }
+        }
+        Ok(out)
     }
 
     /// Sets the allowlist-overlap flag on every block that overlaps `allow`.
@@ -710,6 +803,40 @@ impl BlockMaps {
             Ok(acc.plus(unjudged_slot(self.unjudged.as_ref(), slot)?))
         })
     }
+
+    /// Frames one interface passed as replies to the host's own connections (summed over
+    /// CPUs; zero with the pins of an earlier build).
+    pub fn replies_for_ifindex(&self, ifindex: u32) -> Result<Counter, MapsError> {
+        replies_slot(self.reply_passed.as_ref(), ifindex % STATS_SLOTS)
+    }
+
+    /// The same over every interface.
+    pub fn replies_total(&self) -> Result<Counter, MapsError> {
+        (0..STATS_SLOTS).try_fold(Counter::default(), |acc, slot| {
+            let c = replies_slot(self.reply_passed.as_ref(), slot)?;
+            Ok(Counter {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            })
+        })
+    }
+}
+
+/// One slot of the REPLY_PASSED map, summed over CPUs (zero without the map).
+fn replies_slot(
+    map: Option<&PerCpuArray<MapData, Counter>>,
+    slot: u32,
+) -> Result<Counter, MapsError> {
+    let Some(map) = map else {
+        return Ok(Counter::default());
+    };
+    let values = map
+        .get(&slot, 0)
+        .map_err(kernel("lookup", map_names::REPLY_PASSED))?;
+    Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    }))
 }
 
 /// One slot of the UNJUDGED map, summed over CPUs (zero without the map).
@@ -857,6 +984,7 @@ fn to_value(e: &BlockEntry) -> BlockValue {
         hit_bytes: e.hit_bytes,
         last_hit_ns: u64::from(e.last_hit_s) * 1_000_000_000,
         generation: e.generation,
+        scopes: None,
     }
 }
 

@@ -152,6 +152,7 @@ impl V4Value {
             hit_bytes: self.hit_bytes,
             last_hit_ns: self.last_hit_ns,
             generation: 0,
+            scopes: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod loader;
 pub mod map_id;
 pub mod maps;
 mod migrate;
+mod scopes;
 mod shared;
 
 pub use bpffs::{PinLayout, PinsDurability, PinsInfo, ResolvedPins, resolve as resolve_pins};

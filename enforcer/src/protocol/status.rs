@@ -39,6 +39,10 @@ pub struct Counters {
     /// The frames the parser gave up on, by reason (they passed).
     #[serde(default)]
     pub unjudged: UnjudgedCounts,
+    /// Frames from blocked sources passed as replies to connections this host opened
+    /// (counted in `passed` too).
+    #[serde(default)]
+    pub reply_passed: Count,
 }
 
 /// Frames the data path did not judge, by why (see `enforcer_common::unjudged`).
@@ -94,6 +98,17 @@ impl Counters {
             ..self
         }
     }
+
+    /// With the replies to the host's own connections that passed.
+    pub fn with_replies(self, c: enforcer_common::Counter) -> Self {
+        Self {
+            reply_passed: Count {
+                packets: c.packets,
+                bytes: c.bytes,
+            },
+            ..self
+        }
+    }
 }
 
 impl From<enforcer_common::Stats> for Counters {
@@ -111,6 +126,7 @@ impl From<enforcer_common::Stats> for Counters {
             expired: c(s.expired),
             not_ip: c(s.not_ip),
             unjudged: UnjudgedCounts::default(),
+            reply_passed: Count::default(),
         }
     }
 }

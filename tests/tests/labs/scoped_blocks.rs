@@ -1,11 +1,11 @@
-//! Blocks scoped as the attack is (issue 22, part 1): a bad `--proto`/`--port` is one line
-//! naming the fix and changes nothing; until the data path enforces scopes, a scoped block is
-//! refused (never widened to the whole address) and the address stays reachable.
+//! Blocks scoped as the attack is (issue 22): a bad `--proto`/`--port` is one line naming the
+//! fix and changes nothing; a port-scoped block drops its protocol and ports of real traffic
+//! and nothing else, from the CLI, the spool and several sources at once.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use enforcer_tests::{
-    Lab, SENDER_V4,
+    Lab, RECEIVER_V4, RECEIVER_V6, SENDER_V4, SENDER_V6,
     daemon::{Daemon, ok},
     require_root, wait_for,
 };
@@ -45,23 +45,125 @@ fn a_bad_scope_is_one_line_naming_the_fix_and_changes_nothing() {
         all.extend_from_slice(args);
         d.fails_cleanly(&all, 2, says);
     }
-    d.fails_cleanly(
-        &["block", x, "--proto", "tcp", "--port", "22", "--ttl", "1h"],
-        2,
-        "cannot enforce a port or protocol scope yet",
-    );
+    assert!(d.list(&[]).iter().all(|e| e.target.to_string() != x));
+    assert_eq!(lab.passes(x), 10, "a refused block leaves {x} reachable");
+}
+
+/// How long a TCP connect that should succeed may take; one that is dropped times out.
+const CONNECT: Duration = Duration::from_secs(2);
+
+/// Listeners on ports 22 and 80 of the receiver's address of `x`'s family.
+struct Services {
+    dst: &'static str,
+    _ssh: std::net::TcpListener,
+    _web: std::net::TcpListener,
+}
+
+impl Services {
+    fn new(lab: &Lab, x: &str) -> Self {
+        let dst = if x.contains(':') {
+            RECEIVER_V6
+        } else {
+            RECEIVER_V4
+        };
+        Self {
+            dst,
+            _ssh: lab.tcp_listener_on(dst, 22).unwrap(),
+            _web: lab.tcp_listener_on(dst, 80).unwrap(),
+        }
+    }
+
+    /// Whether `src` completes a TCP connection to `port`.
+    fn connects(&self, lab: &Lab, src: &str, port: u16) -> bool {
+        let dst = SocketAddr::new(self.dst.parse().unwrap(), port);
+        lab.tcp_connect(src, dst, CONNECT).unwrap()
+    }
+
+    /// What `x`'s traffic gets: (tcp/22, tcp/80, udp datagrams of 10, icmp echo).
+    fn reach(&self, lab: &Lab, x: &str) -> (bool, bool, u32, bool) {
+        (
+            self.connects(lab, x, 22),
+            self.connects(lab, x, 80),
+            lab.passes(x),
+            lab.echo(x, self.dst, CONNECT).unwrap(),
+        )
+    }
+}
+
+/// `block X --proto tcp --port 22` on real traffic of both families: X's TCP to port 22 is
+/// dropped while its TCP to port 80, its UDP and its ICMP pass, and another source's TCP to 22
+/// passes; `list` shows the scope and counts the dropped SYNs; unblocking the scope lifts it.
+#[test]
+fn a_port_scoped_block_drops_only_its_port_of_real_traffic() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    for (x, other) in [(SENDER_V4[1], SENDER_V4[2]), (SENDER_V6[1], SENDER_V6[2])] {
+        let s = Services::new(&lab, x);
+        assert_eq!(
+            s.reach(&lab, x),
+            (true, true, 10, true),
+            "{x} before the block"
+        );
+        ok(&d.cli(&["block", x, "--proto", "tcp", "--port", "22", "--ttl", "1h"]));
+        assert_eq!(
+            s.reach(&lab, x),
+            (false, true, 10, true),
+            "{x} with tcp/22 blocked"
+        );
+        assert!(s.connects(&lab, other, 22), "{other} is not blocked");
+        let list = d.list(&[]);
+        let e = enforcer_tests::daemon::entry(&list, x);
+        assert_eq!(e.scope.to_string(), "tcp/22");
+        assert!(e.packets >= 1, "the dropped SYNs are counted: {e:?}");
+        ok(&d.cli(&["unblock", x, "--proto", "tcp", "--port", "22"]));
+        assert_eq!(
+            s.reach(&lab, x),
+            (true, true, 10, true),
+            "{x} after the unblock"
+        );
+    }
+}
+
+/// Two sources scope one address differently: the verdict is their union, and lifting one
+/// source's scope leaves the other's; a whole-address block from a third covers everything
+/// until it goes.
+#[test]
+fn several_sources_scopes_on_one_address_are_their_union() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let x = SENDER_V4[1];
+    let s = Services::new(&lab, x);
+    let block = |args: &[&str]| {
+        let mut all = vec!["block", x, "--ttl", "1h"];
+        all.extend_from_slice(args);
+        ok(&d.cli(&all));
+    };
+    block(&["--proto", "tcp", "--port", "22", "--source", "fail2ban"]);
+    block(&["--proto", "tcp", "--port", "80", "--source", "wazuh"]);
+    assert_eq!(s.reach(&lab, x), (false, false, 10, true));
+    block(&["--source", "cli"]);
     assert_eq!(
-        lab.passes(x),
-        10,
-        "a refused scoped block leaves {x} reachable"
+        s.reach(&lab, x),
+        (false, false, 0, false),
+        "the whole address"
+    );
+    ok(&d.cli(&["unblock", x, "--source", "cli"]));
+    ok(&d.cli(&[
+        "unblock", x, "--source", "wazuh", "--proto", "tcp", "--port", "80",
+    ]));
+    assert_eq!(
+        s.reach(&lab, x),
+        (false, true, 10, true),
+        "fail2ban's tcp/22 is left"
     );
 }
 
 /// A scoped trigger spooled while the daemon was down (the fail2ban action's and the hooks'
-/// path) is replayed through the same rule: refused and audited, never applied to the whole
-/// address.
+/// path) is replayed with its scope: applied as tcp/22, never widened to the whole address.
 #[test]
-fn a_spooled_scoped_block_is_refused_at_replay_not_widened_to_the_whole_address() {
+fn a_spooled_scoped_block_is_applied_with_its_scope_at_replay() {
     require_root();
     let lab = Lab::new().unwrap();
     let mut d = Daemon::start(&lab, &[]).unwrap();
@@ -85,29 +187,14 @@ fn a_spooled_scoped_block_is_refused_at_replay_not_widened_to_the_whole_address(
     ]));
     assert!(out.contains("spooled to"), "{out}");
     d.spawn().unwrap();
-    wait_for(
-        "the spooled request's refusal",
-        Duration::from_secs(20),
-        || {
-            Ok(d.audit_events()
-                .into_iter()
-                .any(|e| e["action"] == "refuse" && e["target"] == x)
-                .then_some(()))
-        },
-    )
+    wait_for("the spooled block", Duration::from_secs(20), || {
+        Ok(d.list(&[])
+            .into_iter()
+            .find(|e| e.target.to_string() == x)
+            .map(|e| e.scope.to_string()))
+    })
+    .map(|scope| assert_eq!(scope, "tcp/22"))
     .unwrap();
-    assert!(d.list(&[]).is_empty(), "nothing was blocked");
-    assert_eq!(lab.passes(x), 10, "{x} is not blocked as a whole address");
-    let refusal = d
-        .audit_events()
-        .into_iter()
-        .find(|e| e["action"] == "refuse" && e["target"] == x)
-        .unwrap();
-    assert!(
-        refusal["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("cannot enforce a port or protocol scope yet"),
-        "{refusal:#}"
-    );
+    let s = Services::new(&lab, x);
+    assert_eq!(s.reach(&lab, x), (false, true, 10, true));
 }

@@ -94,6 +94,8 @@ impl Engine {
             backlog: crate::daemon::backlog::Backlog::default(),
         };
         engine.ledger.set_time_base(engine.clock.base());
+        // Scoped blocks are accepted once the data path has the maps that enforce them.
+        engine.ledger.enforce_scopes(engine.dp.maps().has_scopes());
         let mut outbox = config.outbox;
         outbox.load(engine.store.load_outbox()?, engine.store.load_published()?);
         engine.ledger.set_outbox(outbox);

@@ -52,6 +52,7 @@ pub(super) fn markdown(w: &mut String, d: &datapath::Results) {
     }
 
     raw_ip_markdown(w, d);
+    scoped_markdown(w, d);
 
     let _ = writeln!(w, "\n### What per-block hit counters cost\n");
     let _ = writeln!(
@@ -106,6 +107,50 @@ pub(super) fn markdown(w: &mut String, d: &datapath::Results) {
             i.seconds,
             i.micros_each(),
             thousands((1e6 / i.micros_each()) as usize),
+        );
+    }
+}
+
+/// Port-scoped blocks beside whole-address blocks and misses (issue 22).
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
+fn scoped_markdown(w: &mut String, d: &datapath::Results) {
+    if d.scoped.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### Port-scoped blocks\n");
+    let _ = writeln!(
+        w,
+        "TCP frames; the miss and the address hit run on a program whose maps hold no scoped \
+         block (the transport header is not read), the others on one where another address has a \
+         tcp/22 block. **÷ base** divides a case's × floor by that of the whole-address hit \
+         (for hits) or of the plain miss (for passes) in this run.\n"
+    );
+    let _ = writeln!(w, "| family | packet | ns/packet | × floor | ÷ base |");
+    let _ = writeln!(w, "|---|---|--:|--:|--:|");
+    for c in &d.scoped {
+        let base = if c.id.packet.verdict_is_drop() {
+            Packet::HitAddress
+        } else {
+            Packet::Miss
+        };
+        let ratio = d
+            .scoped
+            .iter()
+            .find(|b| b.id.family == c.id.family && b.id.packet == base)
+            .map_or("–".to_owned(), |b| {
+                format!("{:.2}", c.vs_floor / b.vs_floor)
+            });
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.2} | {} |",
+            c.id.family,
+            packet(c.id.packet),
+            ns(c.median_ns),
+            c.vs_floor,
+            ratio
         );
     }
 }
@@ -195,12 +240,20 @@ fn blocks(c: &Case) -> String {
 }
 
 fn packet(p: Packet) -> &'static str {
+    packet_name(p)
+}
+
+/// How the report names a packet path.
+pub(super) fn packet_name(p: Packet) -> &'static str {
     match p {
         Packet::Miss => "miss",
         Packet::HitAddress => "hit (address)",
         Packet::HitPrefix => "hit (prefix)",
         Packet::Allowlisted => "allowlisted",
         Packet::TrieMiss => "miss (trie walked)",
+        Packet::MissScopesLoaded => "miss (scoped blocks loaded)",
+        Packet::ScopedHit => "hit (tcp/22 block, port 22)",
+        Packet::ScopedOtherPort => "pass (tcp/22 block, port 80)",
     }
 }
 
@@ -239,6 +292,8 @@ pub(super) fn svg(d: &datapath::Results) -> String {
         Packet::HitPrefix => "#f58518",
         Packet::Allowlisted => "#54a24b",
         Packet::TrieMiss => "#72b7b2",
+        Packet::MissScopesLoaded => "#9d755d",
+        Packet::ScopedHit | Packet::ScopedOtherPort => "#b279a2",
     };
 
     let mut out = super::svg::open(
@@ -369,6 +424,8 @@ pub(super) fn multi_cpu_svg(d: &datapath::Results) -> String {
         Packet::HitPrefix => "#f58518",
         Packet::Allowlisted => "#54a24b",
         Packet::TrieMiss => "#72b7b2",
+        Packet::MissScopesLoaded => "#9d755d",
+        Packet::ScopedHit | Packet::ScopedOtherPort => "#b279a2",
     };
     let bars = d
         .multi_cpu

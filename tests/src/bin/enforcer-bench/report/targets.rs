@@ -58,13 +58,7 @@ fn case_name(c: &Case) -> String {
     format!(
         "{} {}{}",
         c.id.family,
-        match c.id.packet {
-            Packet::Miss => "miss",
-            Packet::HitAddress => "hit (address)",
-            Packet::HitPrefix => "hit (prefix)",
-            Packet::Allowlisted => "allowlisted",
-            Packet::TrieMiss => "miss (trie walked)",
-        },
+        super::datapath::packet_name(c.id.packet),
         if c.id.vlan { ", 802.1Q" } else { "" }
     )
 }
@@ -498,13 +492,7 @@ fn line_rate_targets(r: &Report) -> Vec<Target> {
 }
 
 fn case_name_packet(p: Packet) -> &'static str {
-    match p {
-        Packet::Miss => "miss",
-        Packet::HitAddress => "hit (address)",
-        Packet::HitPrefix => "hit (prefix)",
-        Packet::Allowlisted => "allowlisted",
-        Packet::TrieMiss => "miss (trie walked)",
-    }
+    super::datapath::packet_name(p)
 }
 
 #[expect(

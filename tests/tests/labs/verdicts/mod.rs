@@ -1264,3 +1264,6 @@ fn a_multi_buffer_jumbo_frame_is_judged_by_its_first_buffer() {
     jumbo.resize(9000, 0x6a);
     assert_eq!(f.verdict(&jumbo), XDP_PASS);
 }
+
+/// Port and protocol scopes (issue 22).
+mod scoped;

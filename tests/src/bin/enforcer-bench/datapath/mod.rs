@@ -39,6 +39,8 @@ use enforcer_tests::{PinDir, frame};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+mod scoped;
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
@@ -130,14 +132,30 @@ pub(crate) enum Packet {
     /// The source shares a blocked prefix's prefilter bit but lies outside every block: passed
     /// after a trie walk that finds nothing. Against a plain miss, what the walk itself costs.
     TrieMiss,
+    /// A legitimate source while another address has a port-scoped block: the transport header
+    /// is read (issue 22), and passed.
+    MissScopesLoaded,
+    /// The source's block is scoped to tcp/22 and the frame is TCP to port 22: dropped.
+    ScopedHit,
+    /// The source's block is scoped to tcp/22 and the frame is TCP to port 80: passed.
+    ScopedOtherPort,
 }
 
 impl Packet {
     fn verdict(self) -> u32 {
         match self {
-            Self::Miss | Self::Allowlisted | Self::TrieMiss => XDP_PASS,
-            Self::HitAddress | Self::HitPrefix => XDP_DROP,
+            Self::Miss
+            | Self::Allowlisted
+            | Self::TrieMiss
+            | Self::MissScopesLoaded
+            | Self::ScopedOtherPort => XDP_PASS,
+            Self::HitAddress | Self::HitPrefix | Self::ScopedHit => XDP_DROP,
         }
+    }
+
+    /// Whether the program must drop it.
+    pub(crate) fn verdict_is_drop(self) -> bool {
+        self.verdict() == XDP_DROP
     }
 }
 
@@ -221,6 +239,9 @@ pub(crate) struct Results {
     /// This build's Ethernet program against an earlier build's object, the same frames and
     /// maps, the same rounds (with `--baseline-object`).
     pub baseline: Vec<BaselineCase>,
+    /// Port-scoped blocks beside whole-address ones, TCP frames, the same rounds (issue 22).
+    #[serde(default)]
+    pub scoped: Vec<Case>,
 }
 
 /// One packet through this build's Ethernet program and an earlier build's, in the same rounds.
@@ -256,6 +277,7 @@ pub(crate) fn run(
             multi_cpu: Vec::new(),
             raw_ip: Vec::new(),
             baseline: compare_with(object, settings)?,
+            scoped: Vec::new(),
         });
     }
     let mut cases = Vec::new();
@@ -268,6 +290,7 @@ pub(crate) fn run(
     link_to_empty(&mut cases);
     let counters = counters(settings)?;
     let raw_ip = raw_ip(settings)?;
+    let scoped = scoped::run(settings)?;
     let baseline = match baseline {
         Some(object) => compare_with(object, settings)?,
         None => Vec::new(),
@@ -294,6 +317,7 @@ pub(crate) fn run(
         multi_cpu,
         raw_ip,
         baseline,
+        scoped,
     })
 }
 
@@ -787,6 +811,8 @@ impl Fixtures {
             Packet::HitPrefix => self.hit_prefix,
             Packet::Allowlisted => self.allowlisted,
             Packet::TrieMiss => self.trie_miss,
+            Packet::MissScopesLoaded => self.miss,
+            Packet::ScopedHit | Packet::ScopedOtherPort => self.hit_address,
         }
     }
 

@@ -1,0 +1,139 @@
+//! Replies to the host's own connections (issue 22): a TCP segment from a blocked source that
+//! belongs to a connection this host opened passes. Looked at only on the drop path, so a
+//! legitimate packet pays nothing.
+//!
+//! "Opened by this host" is told by the kernel's socket lookup (`bpf_skc_lookup_tcp`, in the
+//! receiving device's namespace) finding a socket for the segment's 4-tuple in a connecting or
+//! connected state (not a listener, a half-open request or a `TIME_WAIT` remnant), whose local
+//! port lies in the host's ephemeral range: a connection accepted from the blocked source (an
+//! SSH session it opened before the block) has the service's port, and stays blocked. The lookup
+//! runs only for a segment to an ephemeral port.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::XdpContext,
+};
+
+use crate::{load, ptr_at};
+
+/// `ephemeral_low << 16 | ephemeral_high` (host order), set at load from the host's
+/// `ip_local_port_range`; 0: replies are judged like every other packet.
+#[unsafe(no_mangle)]
+static REPLIES: u32 = 0;
+
+const TCP: u8 = 6;
+const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+const TCP_NEW_SYN_RECV: u32 = 12;
+
+/// Whether the frame (IP header at `l3`) is a TCP segment of a connection this host opened.
+#[inline(always)]
+pub(crate) fn is_reply(ctx: &XdpContext, l3: usize) -> bool {
+    // SAFETY: a read-only global, read whole.
+    let range = unsafe { core::ptr::read_volatile(&REPLIES) };
+    if range == 0 {
+        return false;
+    }
+    let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
+        return false;
+    };
+    // SAFETY: the version byte lies inside the checked header.
+    let v4 = load(h as *const u8) >> 4 == 4;
+    // SAFETY: a zeroed tuple is a valid value of the union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let (size, dport) = if v4 {
+        let Some(d) = v4_tuple(ctx, l3, &mut tuple) else {
+            return false;
+        };
+        (core::mem::size_of::<[u32; 3]>(), d)
+    } else {
+        let Some(d) = v6_tuple(ctx, l3, &mut tuple) else {
+            return false;
+        };
+        (core::mem::size_of::<[u32; 9]>(), d)
+    };
+    let port = u16::from_be(dport);
+    if port < (range >> 16) as u16 || port > range as u16 {
+        return false;
+    }
+    opened_here(ctx, &mut tuple, size as u32)
+}
+
+/// Fills the IPv4 tuple from the packet's view (its source is the remote end); returns the
+/// destination (local) port in wire order.
+#[inline(always)]
+fn v4_tuple(ctx: &XdpContext, l3: usize, tuple: &mut bpf_sock_tuple) -> Option<u16> {
+    let h = ptr_at::<[u8; 20]>(ctx, l3)?;
+    // SAFETY: inside the checked 20-byte header.
+    let (first, frag, proto, saddr, daddr) = unsafe {
+        let b = h as *const u8;
+        (
+            load(b),
+            load((b as *const u16).add(3)),
+            load(b.add(9)),
+            load((b as *const u32).add(3)),
+            load((b as *const u32).add(4)),
+        )
+    };
+    if proto != TCP || u16::from_be(frag) & 0x1fff != 0 {
+        return None;
+    }
+    let ports = ptr_at::<[u16; 2]>(ctx, (l3 + usize::from(first & 0x0f) * 4) & 0x3fff)?;
+    // SAFETY: inside the checked 4 bytes; the union's ipv4 member is plain integers.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.saddr = saddr;
+        t.daddr = daddr;
+        t.sport = load(ports as *const u16);
+        t.dport = load((ports as *const u16).add(1));
+        Some(t.dport)
+    }
+}
+
+/// As [`v4_tuple`], for a TCP header right after the IPv6 header.
+#[inline(always)]
+fn v6_tuple(ctx: &XdpContext, l3: usize, tuple: &mut bpf_sock_tuple) -> Option<u16> {
+    let h = ptr_at::<[u32; 10]>(ctx, l3)?;
+    // SAFETY: inside the checked 40-byte header.
+    let next = load(unsafe { (h as *const u8).add(6) });
+    if next != TCP {
+        return None;
+    }
+    let ports = ptr_at::<[u16; 2]>(ctx, l3 + 40)?;
+    // SAFETY: inside the checked header and ports; the union's ipv6 member is plain integers.
+    unsafe {
+        let w = h as *const u32;
+        let t = &mut tuple.__bindgen_anon_1.ipv6;
+        for i in 0..4 {
+            t.saddr[i] = load(w.add(2 + i));
+            t.daddr[i] = load(w.add(6 + i));
+        }
+        t.sport = load(ports as *const u16);
+        t.dport = load((ports as *const u16).add(1));
+        Some(t.dport)
+    }
+}
+
+/// Whether the kernel holds a socket for the tuple that this host is connecting or connected
+/// with. The reference the lookup takes is released before returning.
+#[inline(always)]
+fn opened_here(ctx: &XdpContext, tuple: &mut bpf_sock_tuple, size: u32) -> bool {
+    // SAFETY: `tuple` lives on this stack and `size` is the size of the member filled in; the
+    // flags are the documented ones for the receiving device's namespace.
+    let sk =
+        unsafe { bpf_skc_lookup_tcp(ctx.as_ptr(), tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket the lookup returned, valid until released (below, on every path).
+    let state = unsafe { (*sk).state };
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    !matches!(
+        state,
+        TCP_LISTEN | TCP_NEW_SYN_RECV | TCP_TIME_WAIT | TCP_CLOSE
+    )
+}
