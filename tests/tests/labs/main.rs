@@ -31,5 +31,6 @@ mod replies_lab;
 mod sandbox_lab;
 mod scoped_blocks;
 mod spool_lab;
+mod trigger_fast_path;
 mod verdicts;
 mod wazuh_hook;
