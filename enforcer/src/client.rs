@@ -119,6 +119,30 @@ impl Client {
                 source: e,
             },
         })?;
+        Self::over(stream, path, timeout)
+    }
+
+    /// Connects if the daemon's listen queue has room now (the usual case), without waiting;
+    /// `None` otherwise, whatever the reason (the caller then connects as [`Client::connect`]
+    /// does, and reports what that says).
+    fn connect_at_once(path: &Path, timeout: Duration) -> Option<Self> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+        let addr = UnixAddr::new(path).ok()?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .ok()?;
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).ok()?;
+        let stream = UnixStream::from(fd);
+        stream.set_nonblocking(false).ok()?;
+        Self::over(stream, path, timeout).ok()
+    }
+
+    /// A connection over `stream`, with `timeout` for every later read and write.
+    fn over(stream: UnixStream, path: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let io_err = |source| ClientError::Io {
             path: path.to_owned(),
             source,
@@ -266,6 +290,22 @@ fn call_with_deadline(
     id: &RequestId,
     timeout: Duration,
 ) -> (bool, Result<Reply, ClientError>) {
+    // The usual case: the daemon's listen queue has room, so nothing can hold the call in
+    // connect, and it runs on this thread, each read and write bounded by `timeout` (the answer
+    // is one short line). A trigger then does not wait for a thread to start.
+    if let Some(mut client) = Client::connect_at_once(socket, timeout) {
+        return match client.call_as(request, Some(id)) {
+            // Written, then the exchange failed: it may have been applied.
+            Err(ClientError::Io { source, .. }) => (
+                true,
+                Err(ClientError::NoAnswer {
+                    path: socket.to_owned(),
+                    why: source.to_string(),
+                }),
+            ),
+            other => (true, other),
+        };
+    }
     let (tx, rx) = mpsc::channel();
     let (path, request, id) = (socket.to_owned(), request.clone(), id.clone());
     let written = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,10 @@
 use std::{
     io,
     path::Path,
-    sync::{Arc, mpsc::SyncSender},
+    sync::{
+        Arc,
+        mpsc::{SyncSender, TrySendError},
+    },
     time::Duration,
 };
 
@@ -201,14 +204,26 @@ impl AcceptBackoff {
     }
 }
 
-/// The peer, with its user name and login groups (looked up off the runtime's threads: the
-/// user and group databases may be remote, NSS: LDAP, sssd). `None` if the kernel does not say.
-async fn peer(stream: &UnixStream) -> Option<Caller> {
+/// Starts looking up the peer, with its user name and login groups (off the runtime's threads:
+/// the user and group databases may be remote, NSS: LDAP, sssd), so the lookup runs while its
+/// first request is read. `None` if the kernel does not say.
+fn peer(stream: &UnixStream) -> Option<tokio::task::JoinHandle<Caller>> {
     let cred = stream.peer_cred().ok()?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    tokio::task::spawn_blocking(move || Caller::lookup(uid, gid))
-        .await
-        .ok()
+    Some(tokio::task::spawn_blocking(move || {
+        Caller::lookup(uid, gid)
+    }))
+}
+
+/// The caller, once its lookup is done: `None` when it may not connect.
+async fn admitted(
+    lookup: &mut Option<tokio::task::JoinHandle<Caller>>,
+    caller: &mut Option<Caller>,
+    server: &Server,
+) {
+    if let Some(handle) = lookup.take() {
+        *caller = handle.await.ok().filter(|c| server.access.may_connect(c));
+    }
 }
 
 /// What became of waiting for the next request line.
@@ -290,7 +305,8 @@ async fn read_line(
 }
 
 async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
-    let caller = peer(&stream).await.filter(|c| server.access.may_connect(c));
+    let mut lookup = peer(&stream);
+    let mut caller = None;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -303,6 +319,9 @@ async fn connection(stream: UnixStream, server: &Server) -> io::Result<()> {
         line.clear();
         let mut held = None;
         let next = next_line(&mut reader, &mut line, &mut held, server).await?;
+        // Whatever came, the caller is known before it is answered, as when it was looked up
+        // before the read.
+        admitted(&mut lookup, &mut caller, server).await;
         // Only a request that was read and may be served keeps the connection open.
         let (op, response, keep_open) = match (next, &caller) {
             (Next::Closed, _) => return Ok(()),
@@ -476,8 +495,16 @@ async fn run_with_id(
         replay: None,
         reply: tx,
     };
-    // The engine's queue is bounded: waiting for room is back-pressure, not an error.
-    let sent = tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await;
+    // The engine's queue is bounded: waiting for room is back-pressure, not an error. With room
+    // (the usual case) the request goes in from here, without a hop to a blocking thread and
+    // back, which a trigger would wait for.
+    let sent = match engine.try_send(command) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Disconnected(_)) => Ok(false),
+        Err(TrySendError::Full(command)) => {
+            tokio::task::spawn_blocking(move || engine.send(command).is_ok()).await
+        }
+    };
     if !matches!(sent, Ok(true)) {
         // The engine is gone, before it took the request: nothing was applied.
         return Response::err(ErrorCode::Unavailable, SHUTTING_DOWN);
