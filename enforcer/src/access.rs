@@ -2,7 +2,7 @@
 //! configuration, and the one check every request passes before the engine acts on it.
 //!
 //! The control socket reads each peer's uid (SO_PEERCRED) and looks up its user name and login
-//! groups; the engine then checks every request against the caller's grants
+//! groups (root's name, which grants nothing, is reused for [`ROOT_NAME_FRESH`]); the engine then checks every request against the caller's grants
 //! ([`AccessPolicy::check`]), whatever path it came by:
 //! - **root** (uid 0) may do everything, and so may **the daemon itself** (the CrowdSec bouncer,
 //!   the spool replay, the host watcher);
@@ -22,7 +22,14 @@
 //!
 //! Spooled requests are applied as the daemon: only root can write the spool directory (0700).
 
-use std::{collections::BTreeSet, ffi::CString, fmt, str::FromStr};
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    fmt,
+    str::FromStr,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 use serde::{Deserialize, Serialize};
@@ -244,6 +251,12 @@ pub fn group_id(name: &str) -> Result<u32, GroupError> {
     }
 }
 
+/// How long root's name from a lookup is used without another ([`Caller::root_if_named`]).
+pub const ROOT_NAME_FRESH: Duration = Duration::from_secs(60);
+
+/// Root's name as the last lookup found it, and when.
+static ROOT_NAME: Mutex<Option<(Instant, Option<String>)>> = Mutex::new(None);
+
 /// Who sent a request: a socket peer, or the daemon itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Caller {
@@ -294,6 +307,8 @@ impl Caller {
             .flatten()
             .map(|u| u.name);
         if uid == 0 {
+            *ROOT_NAME.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((Instant::now(), user.clone()));
             return Self {
                 id: CallerId { uid, user },
                 groups: Vec::new(),
@@ -320,6 +335,28 @@ impl Caller {
             gids,
             internal: None,
         }
+    }
+
+    /// Root, named as the last [`Caller::lookup`] of root found it if that was less than
+    /// [`ROOT_NAME_FRESH`] ago (`None`: look it up). Nothing blocks, so a trigger run as root
+    /// waits for no lookup thread; root's rights come from its uid, and its name is only what
+    /// audit lines show. Its groups are not looked up either way.
+    pub fn root_if_named(primary_gid: u32) -> Option<Self> {
+        let cached = ROOT_NAME.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::root_named(cached.as_ref()?, primary_gid)
+    }
+
+    /// Root named `user` at `at`, if that is recent.
+    fn root_named((at, user): &(Instant, Option<String>), primary_gid: u32) -> Option<Self> {
+        (at.elapsed() < ROOT_NAME_FRESH).then(|| Self {
+            id: CallerId {
+                uid: 0,
+                user: user.clone(),
+            },
+            groups: Vec::new(),
+            gids: vec![primary_gid],
+            internal: None,
+        })
     }
 
     /// Root or the daemon itself: every operation, every source.
@@ -570,6 +607,19 @@ impl AccessPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_known_without_a_lookup_is_the_root_a_lookup_finds() {
+        let looked_up = Caller::lookup(0, 7);
+        assert_eq!(looked_up.id.user.as_deref(), Some("root"));
+        assert_eq!(Caller::root_if_named(7), Some(looked_up));
+        let stale = (Instant::now() - ROOT_NAME_FRESH, Some("root".to_owned()));
+        assert_eq!(
+            Caller::root_named(&stale, 7),
+            None,
+            "a stale name is looked up again"
+        );
+    }
 
     #[test]
     fn an_unknown_group_name_says_how_to_fix_it() {

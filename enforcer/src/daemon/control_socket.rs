@@ -204,26 +204,36 @@ impl AcceptBackoff {
     }
 }
 
-/// Starts looking up the peer, with its user name and login groups (off the runtime's threads:
-/// the user and group databases may be remote, NSS: LDAP, sssd), so the lookup runs while its
-/// first request is read. `None` if the kernel does not say.
-fn peer(stream: &UnixStream) -> Option<tokio::task::JoinHandle<Caller>> {
-    let cred = stream.peer_cred().ok()?;
-    let (uid, gid) = (cred.uid(), cred.gid());
-    Some(tokio::task::spawn_blocking(move || {
-        Caller::lookup(uid, gid)
-    }))
+/// The peer: known at once (root, whose name was looked up lately: [`Caller::root_if_named`]),
+/// or being looked up, with its user name and login groups, off the runtime's threads (the user
+/// and group databases may be remote, NSS: LDAP, sssd) while its first request is read.
+enum Peer {
+    Known(Caller),
+    LookingUp(tokio::task::JoinHandle<Caller>),
 }
 
-/// The caller, once its lookup is done: `None` when it may not connect.
-async fn admitted(
-    lookup: &mut Option<tokio::task::JoinHandle<Caller>>,
-    caller: &mut Option<Caller>,
-    server: &Server,
-) {
-    if let Some(handle) = lookup.take() {
-        *caller = handle.await.ok().filter(|c| server.access.may_connect(c));
+/// Starts finding out who the peer is. `None` if the kernel does not say.
+fn peer(stream: &UnixStream) -> Option<Peer> {
+    let cred = stream.peer_cred().ok()?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    if uid == 0
+        && let Some(root) = Caller::root_if_named(gid)
+    {
+        return Some(Peer::Known(root));
     }
+    Some(Peer::LookingUp(tokio::task::spawn_blocking(move || {
+        Caller::lookup(uid, gid)
+    })))
+}
+
+/// The caller, once it is known: `None` when it may not connect.
+async fn admitted(peer: &mut Option<Peer>, caller: &mut Option<Caller>, server: &Server) {
+    let known = match peer.take() {
+        None => return,
+        Some(Peer::Known(c)) => Some(c),
+        Some(Peer::LookingUp(handle)) => handle.await.ok(),
+    };
+    *caller = known.filter(|c| server.access.may_connect(c));
 }
 
 /// What became of waiting for the next request line.
