@@ -139,6 +139,9 @@ pub(crate) enum Packet {
     ScopedHit,
     /// The source's block is scoped to tcp/22 and the frame is TCP to port 80: passed.
     ScopedOtherPort,
+    /// A blocked address's TCP to an ephemeral port: the reply check asks the kernel for a
+    /// socket (there is none), then drops.
+    HitReplyChecked,
 }
 
 impl Packet {
@@ -149,7 +152,9 @@ impl Packet {
             | Self::TrieMiss
             | Self::MissScopesLoaded
             | Self::ScopedOtherPort => XDP_PASS,
-            Self::HitAddress | Self::HitPrefix | Self::ScopedHit => XDP_DROP,
+            Self::HitAddress | Self::HitPrefix | Self::ScopedHit | Self::HitReplyChecked => {
+                XDP_DROP
+            }
         }
     }
 
@@ -812,7 +817,9 @@ impl Fixtures {
             Packet::Allowlisted => self.allowlisted,
             Packet::TrieMiss => self.trie_miss,
             Packet::MissScopesLoaded => self.miss,
-            Packet::ScopedHit | Packet::ScopedOtherPort => self.hit_address,
+            Packet::ScopedHit | Packet::ScopedOtherPort | Packet::HitReplyChecked => {
+                self.hit_address
+            }
         }
     }
 

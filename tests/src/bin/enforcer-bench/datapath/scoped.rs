@@ -1,6 +1,7 @@
 //! Port-scoped blocks (issue 22) beside whole-address ones: what a scoped hit, a pass on
 //! another port, and a legitimate packet while scoped blocks are loaded cost, against an address
-//! hit and a plain miss of the same TCP frame shape, in the same rounds.
+//! hit and a plain miss of the same TCP frame shape, in the same rounds; and an address hit whose
+//! port is ephemeral, which pays the reply check (a socket lookup that finds none).
 
 use std::net::IpAddr;
 
@@ -82,6 +83,12 @@ pub(super) fn run(settings: &Settings) -> Result<Vec<Case>> {
                 Packet::HitAddress,
                 fixtures.source(Packet::HitAddress),
                 22,
+                0,
+            ),
+            (
+                Packet::HitReplyChecked,
+                fixtures.source(Packet::HitAddress),
+                40000,
                 0,
             ),
             (

@@ -125,8 +125,10 @@ fn scoped_markdown(w: &mut String, d: &datapath::Results) {
         w,
         "TCP frames; the miss and the address hit run on a program whose maps hold no scoped \
          block (the transport header is not read), the others on one where another address has a \
-         tcp/22 block. **÷ base** divides a case's × floor by that of the whole-address hit \
-         (for hits) or of the plain miss (for passes) in this run.\n"
+         tcp/22 block; the reply-checked hit is TCP to an ephemeral port (40000), for which the \
+         program asks the kernel for a socket before it drops. **÷ base** divides a case's \
+         × floor by that of the whole-address hit (for hits) or of the plain miss (for passes) \
+         in this run.\n"
     );
     let _ = writeln!(w, "| family | packet | ns/packet | × floor | ÷ base |");
     let _ = writeln!(w, "|---|---|--:|--:|--:|");
@@ -254,6 +256,7 @@ pub(super) fn packet_name(p: Packet) -> &'static str {
         Packet::MissScopesLoaded => "miss (scoped blocks loaded)",
         Packet::ScopedHit => "hit (tcp/22 block, port 22)",
         Packet::ScopedOtherPort => "pass (tcp/22 block, port 80)",
+        Packet::HitReplyChecked => "hit (address), reply checked",
     }
 }
 
@@ -293,7 +296,7 @@ pub(super) fn svg(d: &datapath::Results) -> String {
         Packet::Allowlisted => "#54a24b",
         Packet::TrieMiss => "#72b7b2",
         Packet::MissScopesLoaded => "#9d755d",
-        Packet::ScopedHit | Packet::ScopedOtherPort => "#b279a2",
+        Packet::ScopedHit | Packet::ScopedOtherPort | Packet::HitReplyChecked => "#b279a2",
     };
 
     let mut out = super::svg::open(
@@ -425,7 +428,7 @@ pub(super) fn multi_cpu_svg(d: &datapath::Results) -> String {
         Packet::Allowlisted => "#54a24b",
         Packet::TrieMiss => "#72b7b2",
         Packet::MissScopesLoaded => "#9d755d",
-        Packet::ScopedHit | Packet::ScopedOtherPort => "#b279a2",
+        Packet::ScopedHit | Packet::ScopedOtherPort | Packet::HitReplyChecked => "#b279a2",
     };
     let bars = d
         .multi_cpu
