@@ -30,6 +30,8 @@ const TCP_LISTEN: u32 = 10;
 const TCP_NEW_SYN_RECV: u32 = 12;
 
 /// Whether the frame (IP header at `l3`) is a TCP segment of a connection this host opened.
+/// Everything but a TCP segment to an ephemeral port is out after a few loads: the tuple is
+/// built, and the kernel asked, only for those.
 #[inline(always)]
 pub(crate) fn is_reply(ctx: &XdpContext, l3: usize) -> bool {
     // SAFETY: a read-only global, read whole.
@@ -40,70 +42,73 @@ pub(crate) fn is_reply(ctx: &XdpContext, l3: usize) -> bool {
     let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
         return false;
     };
-    // SAFETY: the version byte lies inside the checked header.
-    let v4 = load(h as *const u8) >> 4 == 4;
-    // SAFETY: a zeroed tuple is a valid value of the union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let (size, dport) = if v4 {
-        let Some(d) = v4_tuple(ctx, l3, &mut tuple) else {
-            return false;
-        };
-        (core::mem::size_of::<[u32; 3]>(), d)
+    let b = h as *const u8;
+    let first = load(b);
+    let v4 = first >> 4 == 4;
+    // SAFETY: inside the checked 20 bytes (the protocol, the fragment field).
+    let (proto, frag) = unsafe {
+        if v4 {
+            (load(b.add(9)), load((b as *const u16).add(3)))
+        } else {
+            (load(b.add(6)), 0)
+        }
+    };
+    if proto != TCP || u16::from_be(frag) & 0x1fff != 0 {
+        return false;
+    }
+    let l4 = if v4 {
+        l3 + usize::from(first & 0x0f) * 4
     } else {
-        let Some(d) = v6_tuple(ctx, l3, &mut tuple) else {
-            return false;
-        };
-        (core::mem::size_of::<[u32; 9]>(), d)
+        l3 + 40
+    };
+    let Some(ports) = ptr_at::<[u16; 2]>(ctx, l4 & 0x3fff) else {
+        return false;
+    };
+    // SAFETY: inside the checked 4 bytes.
+    let (sport, dport) = unsafe {
+        let p = ports as *const u16;
+        (load(p), load(p.add(1)))
     };
     let port = u16::from_be(dport);
     if port < (range >> 16) as u16 || port > range as u16 {
         return false;
     }
-    opened_here(ctx, &mut tuple, size as u32)
+    if v4 {
+        v4_reply(ctx, l3, sport, dport)
+    } else {
+        v6_reply(ctx, l3, sport, dport)
+    }
 }
 
-/// Fills the IPv4 tuple from the packet's view (its source is the remote end); returns the
-/// destination (local) port in wire order.
+/// [`opened_here`] for an IPv4 segment, from the packet's view (its source is the remote end).
 #[inline(always)]
-fn v4_tuple(ctx: &XdpContext, l3: usize, tuple: &mut bpf_sock_tuple) -> Option<u16> {
-    let h = ptr_at::<[u8; 20]>(ctx, l3)?;
-    // SAFETY: inside the checked 20-byte header.
-    let (first, frag, proto, saddr, daddr) = unsafe {
-        let b = h as *const u8;
-        (
-            load(b),
-            load((b as *const u16).add(3)),
-            load(b.add(9)),
-            load((b as *const u32).add(3)),
-            load((b as *const u32).add(4)),
-        )
+fn v4_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
+    let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
+        return false;
     };
-    if proto != TCP || u16::from_be(frag) & 0x1fff != 0 {
-        return None;
-    }
-    let ports = ptr_at::<[u16; 2]>(ctx, (l3 + usize::from(first & 0x0f) * 4) & 0x3fff)?;
-    // SAFETY: inside the checked 4 bytes; the union's ipv4 member is plain integers.
+    // SAFETY: a zeroed tuple is a valid value of the union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: the addresses lie inside the checked header; the ipv4 member is plain integers.
     unsafe {
+        let w = h as *const u32;
         let t = &mut tuple.__bindgen_anon_1.ipv4;
-        t.saddr = saddr;
-        t.daddr = daddr;
-        t.sport = load(ports as *const u16);
-        t.dport = load((ports as *const u16).add(1));
-        Some(t.dport)
+        t.saddr = load(w.add(3));
+        t.daddr = load(w.add(4));
+        t.sport = sport;
+        t.dport = dport;
     }
+    opened_here(ctx, &mut tuple, core::mem::size_of::<[u32; 3]>() as u32)
 }
 
-/// As [`v4_tuple`], for a TCP header right after the IPv6 header.
+/// As [`v4_reply`], for a TCP header right after the IPv6 header.
 #[inline(always)]
-fn v6_tuple(ctx: &XdpContext, l3: usize, tuple: &mut bpf_sock_tuple) -> Option<u16> {
-    let h = ptr_at::<[u32; 10]>(ctx, l3)?;
-    // SAFETY: inside the checked 40-byte header.
-    let next = load(unsafe { (h as *const u8).add(6) });
-    if next != TCP {
-        return None;
-    }
-    let ports = ptr_at::<[u16; 2]>(ctx, l3 + 40)?;
-    // SAFETY: inside the checked header and ports; the union's ipv6 member is plain integers.
+fn v6_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
+    let Some(h) = ptr_at::<[u32; 10]>(ctx, l3) else {
+        return false;
+    };
+    // SAFETY: a zeroed tuple is a valid value of the union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: the addresses lie inside the checked header; the ipv6 member is plain integers.
     unsafe {
         let w = h as *const u32;
         let t = &mut tuple.__bindgen_anon_1.ipv6;
@@ -111,10 +116,10 @@ fn v6_tuple(ctx: &XdpContext, l3: usize, tuple: &mut bpf_sock_tuple) -> Option<u
             t.saddr[i] = load(w.add(2 + i));
             t.daddr[i] = load(w.add(6 + i));
         }
-        t.sport = load(ports as *const u16);
-        t.dport = load((ports as *const u16).add(1));
-        Some(t.dport)
+        t.sport = sport;
+        t.dport = dport;
     }
+    opened_here(ctx, &mut tuple, core::mem::size_of::<[u32; 9]>() as u32)
 }
 
 /// Whether the kernel holds a socket for the tuple that this host is connecting or connected
