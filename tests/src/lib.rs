@@ -12,6 +12,7 @@ pub mod execd;
 pub mod flood;
 pub mod frame;
 pub mod metrics;
+pub mod packet;
 pub mod previous;
 pub mod tun;
 
@@ -630,42 +631,10 @@ impl Control {
     /// A packet socket for control frames arriving on `iface` (in the calling thread's
     /// namespace).
     fn listen(iface: &str) -> Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        let c = std::ffi::CString::new(iface)?;
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        ensure!(ifindex != 0, "no interface {iface}");
-        let proto = Self::ETHERTYPE.to_be();
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(proto),
-            )
-        };
-        ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: a valid address of the right size on our socket.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "binding the packet socket to {iface}: {}",
-            io::Error::last_os_error()
-        );
-        Ok(Self { fd })
+        let kind = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        Ok(Self {
+            fd: packet::bound_socket(iface, kind, Self::ETHERTYPE)?,
+        })
     }
 
     /// The control frame for `tag`: broadcast, padded to Ethernet's minimum.
@@ -720,36 +689,14 @@ pub fn wait_for<T>(
 /// Sends raw Ethernet frames out of `iface` (in the calling thread's namespace) with a packet
 /// socket. Returns how many were sent.
 pub fn inject<'a>(iface: &str, frames: impl IntoIterator<Item = &'a [u8]>) -> Result<usize> {
-    let c = std::ffi::CString::new(iface)?;
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(ifindex != 0, "no interface {iface}");
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
-    // SAFETY: fresh fd we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: all-zero sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
+    let fd = packet::bound_socket(iface, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0)?;
     let mut sent = 0;
     for frame in frames {
-        // SAFETY: valid buffer and address of the right size.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
+        // SAFETY: a valid buffer of its length, on a socket bound to `iface`.
+        let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         ensure!(
             n == frame.len() as isize,
-            "sendto: {}",
+            "send: {}",
             io::Error::last_os_error()
         );
         sent += 1;

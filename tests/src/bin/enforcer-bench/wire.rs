@@ -20,14 +20,17 @@ use std::{
     io,
     mem::{size_of, size_of_val, zeroed},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use enforcer::datapath::clock::boottime_ns;
-use enforcer_tests::{Lab, Netns, RECEIVER_IF, RECEIVER_V4, SENDER_IF};
+use enforcer_tests::{
+    Lab, Netns, RECEIVER_IF, RECEIVER_V4, SENDER_IF,
+    packet::{Sender, is_transient, mac, set_int},
+};
 
 /// Marks the harness's datagrams (anything else arriving is ignored).
 const MAGIC: [u8; 8] = *b"enfbench";
@@ -69,8 +72,10 @@ impl Wire {
             dst: RECEIVER_V4.parse()?,
             port: receiver.port,
         };
+        let sender = Sender::open(&lab.sender, SENDER_IF)?;
+        sender.bypass_qdisc()?;
         Ok(Self {
-            sender: Sender::open(&lab.sender, SENDER_IF)?,
+            sender,
             receiver,
             link,
         })
@@ -121,124 +126,6 @@ fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
-}
-
-/// An interface's MAC address, from `ip -j link`.
-fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
-    let out = ns.ip(&["-j", "link", "show", "dev", iface])?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
-    let text = json[0]["address"]
-        .as_str()
-        .with_context(|| format!("no MAC address for {iface}"))?;
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16)?;
-    }
-    Ok(mac)
-}
-
-/// A packet socket bound to one interface.
-pub(crate) struct Sender {
-    fd: OwnedFd,
-}
-
-impl Sender {
-    fn open(ns: &Netns, iface: &str) -> Result<Self> {
-        let iface = std::ffi::CString::new(iface)?;
-        ns.run(move || -> Result<Self> {
-            // SAFETY: plain socket(2); the descriptor is owned right away. Protocol 0: the socket
-            // receives nothing, so it never queues copies of the traffic.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
-            // SAFETY: a fresh descriptor nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: valid C string.
-            let ifindex = unsafe { libc::if_nametoindex(iface.as_ptr()) };
-            ensure!(ifindex != 0, "no interface {iface:?}");
-            // SAFETY: all-zero sockaddr_ll is valid; the fields that matter are set.
-            let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            // SAFETY: a valid address of the right length.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            ensure!(
-                rc == 0,
-                "binding the packet socket: {}",
-                io::Error::last_os_error()
-            );
-            set_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
-            Ok(Self { fd })
-        })?
-    }
-
-    /// Sends the frames with one `sendmmsg`; returns how many the kernel took.
-    pub(crate) fn send(&self, frames: &[&[u8]]) -> io::Result<usize> {
-        let mut iov: Vec<libc::iovec> = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr().cast_mut().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: all-zero mmsghdr is valid (no name, no control data).
-                let mut m: libc::mmsghdr = unsafe { zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        self.sendmmsg(&mut msgs)
-    }
-
-    fn sendmmsg(&self, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
-        // SAFETY: every header points to a live iovec over a live frame.
-        let n =
-            unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Sends `frame` as fast as possible for `duration`; returns how many frames the kernel took.
-    pub(crate) fn blast(&self, frame: &[u8], duration: Duration) -> Result<u64> {
-        let mut iov = [libc::iovec {
-            iov_base: frame.as_ptr().cast_mut().cast(),
-            iov_len: frame.len(),
-        }; BATCH];
-        // SAFETY: all-zero mmsghdr is valid.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (m, iov) in msgs.iter_mut().zip(iov.iter_mut()) {
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-        }
-        let end = Instant::now() + duration;
-        let mut sent = 0u64;
-        while Instant::now() < end {
-            match self.sendmmsg(&mut msgs) {
-                Ok(n) => sent += n as u64,
-                // A full queue or a signal: try again.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
-                    ) => {}
-                Err(e) => return Err(e).context("sendmmsg"),
-            }
-        }
-        Ok(sent)
-    }
 }
 
 /// A UDP socket on the receiver's address.
@@ -372,30 +259,6 @@ impl Receiver {
     }
 }
 
-fn set_int(
-    fd: &impl std::os::fd::AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> Result<()> {
-    // SAFETY: a valid int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "setsockopt({level}, {name}): {}",
-        io::Error::last_os_error()
-    );
-    Ok(())
-}
-
 /// Pins the calling thread to one CPU, so the sender and the receiver do not trade places
 /// between measurements.
 pub(crate) fn pin_to_cpu(cpu: usize) {
@@ -487,11 +350,7 @@ impl Probes {
                     Ok(n) => {
                         self.sent.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
-                        ) => {}
+                    Err(e) if is_transient(&e) => {}
                     Err(e) => return Err(e).context("sending probes"),
                 }
             }
