@@ -699,9 +699,15 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().expect("run enforcer")
+    }
+
+    /// The CLI against this daemon, not started: for a test that needs the process itself (its
+    /// pipes, a time limit). [`Daemon::cli`] runs it to its end.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         match &self.cli_bin {
-            Some(bin) => cli_of(bin, &self.socket, args),
-            None => cli(&self.socket, args),
+            Some(bin) => cli_command(bin, &self.socket, args),
+            None => cli_command(&enforcer_bin(), &self.socket, args),
         }
     }
 
@@ -810,17 +816,16 @@ impl BpfTrace {
 
 /// Runs the CLI with a socket.
 pub fn cli(socket: &Path, args: &[&str]) -> Output {
-    cli_of(&enforcer_bin(), socket, args)
-}
-
-/// Runs the CLI of the `enforcer` binary `bin` against `socket`.
-fn cli_of(bin: &Path, socket: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
+    cli_command(&enforcer_bin(), socket, args)
         .output()
         .expect("run enforcer")
+}
+
+/// The CLI of the `enforcer` binary `bin` against `socket`, not started.
+fn cli_command(bin: &Path, socket: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket").arg(socket).args(args);
+    cmd
 }
 
 /// Asserts a CLI run succeeded; returns its stdout.

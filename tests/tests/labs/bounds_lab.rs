@@ -198,33 +198,41 @@ fn an_oversized_reason_or_comment_is_refused_with_its_size_and_nothing_is_stored
     ]));
 }
 
-#[test]
-fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("enforcer.toml");
-    std::fs::write(
-        &config,
-        "[policy.approval]\nmax_pending = 2\ncaller_share = 100\n[policy.sources.review]\nrequire_approval = true\n",
-    )
-    .unwrap();
-    let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
+/// A daemon with `config`, where 203.0.113.1 and .2 from `source` wait for approval and .3 from
+/// it is refused (exit 7, `refusal`, state unchanged) and audited naming `limit`.
+fn two_pending_and_one_refused(
+    lab: &Lab,
+    config: &str,
+    source: &str,
+    refusal: &str,
+    limit: &str,
+) -> (Daemon, tempfile::TempDir) {
+    let (d, dir) = Daemon::with_config(lab, config).unwrap();
     for i in 1..=2 {
-        let r = d.block(&[&format!("203.0.113.{i}"), "--source", "review"]);
+        let r = d.block(&[&format!("203.0.113.{i}"), "--source", source]);
         assert_eq!(r.outcome, Outcome::Pending, "{r:?}");
     }
-    d.fails_cleanly(
-        &["block", "203.0.113.3", "--source", "review"],
-        7,
-        "2 requests already wait for it",
-    );
+    d.fails_cleanly(&["block", "203.0.113.3", "--source", source], 7, refusal);
     let audit = d.audit_text();
     assert!(
         audit
             .lines()
-            .any(|l| l.contains("203.0.113.3") && l.contains("max_pending")),
+            .any(|l| l.contains("203.0.113.3") && l.contains(limit)),
         "{audit}"
+    );
+    (d, dir)
+}
+
+#[test]
+fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let (d, _dir) = two_pending_and_one_refused(
+        &lab,
+        "[policy.approval]\nmax_pending = 2\ncaller_share = 100\n[policy.sources.review]\nrequire_approval = true\n",
+        "review",
+        "2 requests already wait for it",
+        "max_pending",
     );
     let id = d.pending()[0].id.to_string();
     ok(&d.cli(&["reject", &id]));
@@ -241,34 +249,17 @@ fn the_approval_queue_is_capped_and_a_request_past_it_is_refused() {
 fn one_source_fills_only_its_share_of_the_approval_queue_and_the_others_still_queue() {
     require_root();
     let lab = Lab::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("enforcer.toml");
-    std::fs::write(
-        &config,
+    let (d, _dir) = two_pending_and_one_refused(
+        &lab,
         "[policy.approval]\nmax_pending = 8\n[policy.sources.noisy]\nrequire_approval = true\n[policy.sources.review]\nrequire_approval = true\n",
-    )
-    .unwrap();
-    let d = Daemon::start(&lab, &["--config", config.to_str().unwrap()]).unwrap();
-    for i in 1..=2 {
-        let r = d.block(&[&format!("203.0.113.{i}"), "--source", "noisy"]);
-        assert_eq!(r.outcome, Outcome::Pending, "{r:?}");
-    }
-    d.fails_cleanly(
-        &["block", "203.0.113.3", "--source", "noisy"],
-        7,
+        "noisy",
         "source `noisy` already has 2 requests waiting",
+        "caller_share",
     );
     assert_eq!(
         d.block(&["203.0.113.4", "--source", "review"]).outcome,
         Outcome::Pending,
         "another caller still queues"
-    );
-    let audit = d.audit_text();
-    assert!(
-        audit
-            .lines()
-            .any(|l| l.contains("203.0.113.3") && l.contains("caller_share")),
-        "{audit}"
     );
     assert_eq!(d.pending().len(), 3);
 }

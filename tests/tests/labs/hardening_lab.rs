@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -188,10 +188,8 @@ fn a_daemon_on_a_state_directory_another_daemon_holds_fails_in_one_line_naming_i
 
 /// Runs the CLI, giving up after `within`.
 fn cli_within(d: &Daemon, args: &[&str], within: Duration) -> Option<Output> {
-    let child = Command::new(enforcer_bin())
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
+    let child = d
+        .cli_command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -80,10 +80,8 @@ fn a_reader_that_closes_the_pipe_early_ends_the_cli_quietly() {
         (&["status"][..], 0),
         (&["show", "0.0.0.0/0"][..], 1),
     ] {
-        let mut child = std::process::Command::new(enforcer_tests::daemon::enforcer_bin())
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(args)
+        let mut child = d
+            .cli_command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
