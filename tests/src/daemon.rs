@@ -38,9 +38,35 @@ pub fn enforcer_bin() -> PathBuf {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `target/<profile>/enforcer`, next to the running test binary.
+/// Names the profile whose `enforcer` the labs run (`release` or `debug`), instead of the test
+/// binary's own: `cargo xtask test` runs a subset of the labs, built as usual, against the
+/// release daemon this way (`RELEASE_LABS` in xtask/src/test/mod.rs).
+pub const DAEMON_PROFILE_ENV: &str = "ENFORCER_TEST_DAEMON_PROFILE";
+
+/// The profile of the `enforcer` under test: [`DAEMON_PROFILE_ENV`], else the test binary's.
+fn daemon_profile() -> Option<String> {
+    let profile = std::env::var(DAEMON_PROFILE_ENV).ok()?;
+    assert!(
+        profile == "debug" || profile == "release",
+        "{DAEMON_PROFILE_ENV}={profile:?}: say `debug` or `release` (the profile whose \
+         target/<profile>/enforcer the labs run), or leave it unset for the tests' own profile"
+    );
+    Some(profile)
+}
+
+/// `target/<profile>/enforcer`: of [`DAEMON_PROFILE_ENV`]'s profile, else next to the running
+/// test binary.
 fn built_enforcer() -> PathBuf {
-    profile_dir().join("enforcer")
+    match daemon_profile() {
+        Some(profile) => target_dir().join(profile).join("enforcer"),
+        None => profile_dir().join("enforcer"),
+    }
+}
+
+/// Whether the `enforcer` under test is a debug build, with the daemon's test hooks
+/// (`ENFORCER_TEST_*`): the profile [`DAEMON_PROFILE_ENV`] names, else the tests' own.
+pub fn daemon_is_debug_build() -> bool {
+    daemon_profile().map_or(cfg!(debug_assertions), |p| p == "debug")
 }
 
 /// `target/<profile>`, where the running test binary was built.

@@ -80,19 +80,25 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 
 /// Whether the daemon under test has the debug-build test hooks (`ENFORCER_TEST_*`: engine and
 /// commit stalls, failed commits, a young boot): the labs run `target/<profile>/enforcer` of
-/// their own profile, and a release build (`cargo xtask test --release`) has none. A test that
-/// needs them prints one line saying so, naming itself (libtest names the thread that runs a test
-/// after it), and returns.
+/// their own profile (or of `ENFORCER_TEST_DAEMON_PROFILE`'s), and a release build
+/// (`cargo xtask test --release`, or the release labs of `cargo xtask test`) has none. A test
+/// that needs them prints one line saying so, naming itself (libtest names the thread that runs
+/// a test after it), and returns.
 #[must_use]
 pub fn test_hooks_or_skip() -> bool {
-    if cfg!(debug_assertions) {
+    use std::io::Write as _;
+    if daemon::daemon_is_debug_build() {
         return true;
     }
     let thread = std::thread::current();
-    println!(
+    // Straight to stderr, past libtest's capture of a passing test's output: `cargo test` shows
+    // the line, and `cargo xtask test` counts the test as skipped by it.
+    writeln!(
+        io::stderr(),
         "skipped {}: it needs the daemon's debug-build test hooks, which a release build does not have",
         thread.name().unwrap_or("this test")
-    );
+    )
+    .ok(); // Nowhere to say that stderr is gone.
     false
 }
 

@@ -34,6 +34,10 @@ pub(crate) struct Args {
     /// line and are skipped.
     #[arg(long)]
     release: bool,
+    /// Skip the second run of the release labs (`RELEASE_LABS`) against
+    /// `target/release/enforcer`, which builds the release binaries first.
+    #[arg(long)]
+    no_release_labs: bool,
     /// How long one test may run before it is killed (with every process it started) and
     /// counted as failed. Tests known to be slower (the package build, the upgrade lab's
     /// build of the previous release) get more.
@@ -142,7 +146,12 @@ fn run_tests(args: &Args, summary: &mut Summary) -> Result<()> {
     // A leftover of an earlier run with this pid, if any.
     std::fs::remove_file(&ledger).ok();
     match runner::build(&cargo_test_args(args)) {
-        Ok(binaries) => run_each_test(&binaries, args, &ledger, summary)?,
+        Ok(binaries) => {
+            run_each_test(&binaries, args, &ledger, summary)?;
+            if !args.release && !args.no_release_labs {
+                run_release_labs(&binaries, args, &ledger, summary)?;
+            }
+        }
         Err(err) => summary.problems.push(format!("{err:#}; tests not run")),
     }
     let mut doc = cmd::cargo();
@@ -186,17 +195,7 @@ fn run_each_test(
     for binary in binaries {
         cases.extend(runner::list(binary, &args.test_args)?);
     }
-    let run_args = runner::run_args(&args.test_args);
-    let plan = runner::Plan {
-        jobs: test_threads(&run_args),
-        show_output: run_args
-            .iter()
-            .any(|a| a == "--nocapture" || a == "--show-output"),
-        run_args,
-        env: vec![(LEDGER_ENV.to_owned(), ledger.display().to_string())],
-        limit: Duration::from_secs(args.timeout),
-        slow: SLOW_TESTS,
-    };
+    let plan = plan(args, ledger, Vec::new());
     println!(
         "running {} tests of {} test binaries, {} at a time, each in its own process and \
          killed after {} s (--timeout)",
@@ -206,9 +205,105 @@ fn run_each_test(
         args.timeout
     );
     runner::run(cases, &plan, |finished| {
-        summary.finished(&finished, plan.show_output)
+        summary.finished(&finished, plan.show_output, "")
     });
     Ok(())
+}
+
+/// The labs run a second time against the release daemon, `target/release/enforcer` (the
+/// binary that ships), by their module: the daemon and CLI with real packets (block, expiry,
+/// reaping, restart, reboot, import, sources), the spool's replay, the data path on every link
+/// type it parses (raw IP, VLAN tags, jumbo frames, attach modes), the unit's sandbox with
+/// exactly its capabilities, and batched map writes. The test binaries stay the debug ones
+/// (`ENFORCER_TEST_DAEMON_PROFILE` makes them run the release `enforcer`), so this costs the
+/// release build of `enforcer` (the one `cargo xtask bench` and `package` make: CI, whose quick
+/// bench goes first, builds nothing more) and these tests' time. Tests that need the daemon's
+/// debug-build hooks are skipped, which is why `enforce_first` (both of its tests) is not here.
+const RELEASE_LABS: &[&str] = &[
+    "daemon_lab::",
+    "spool_lab::",
+    "links_lab::",
+    "sandbox_lab::",
+    "batch_lab::",
+];
+
+/// Must match `enforcer_tests::daemon::DAEMON_PROFILE_ENV`.
+const DAEMON_PROFILE_ENV: &str = "ENFORCER_TEST_DAEMON_PROFILE";
+
+/// Builds the release binaries and runs [`RELEASE_LABS`] (those the name filters select)
+/// against them; each test is reported with ` [release daemon]` after its name.
+fn run_release_labs(
+    binaries: &[std::sync::Arc<runner::Binary>],
+    args: &Args,
+    ledger: &Path,
+    summary: &mut Summary,
+) -> Result<()> {
+    let mut cases = Vec::new();
+    for binary in binaries.iter().filter(|b| b.is_labs()) {
+        cases.extend(
+            runner::list(binary, &args.test_args)?
+                .into_iter()
+                .filter(|c| RELEASE_LABS.iter().any(|m| c.name.starts_with(m))),
+        );
+    }
+    if cases.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    // The package set of `cargo xtask bench` and `package`: another set would unify
+    // dependency features differently and rebuild everything.
+    let build = cmd::status(cmd::cargo().args([
+        "build",
+        "--release",
+        "--bins",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+    ]))?;
+    if !build.success() {
+        summary.problems.push(format!(
+            "cargo build --release failed ({build}); the release labs not run"
+        ));
+        return Ok(());
+    }
+    let plan = plan(
+        args,
+        ledger,
+        vec![(DAEMON_PROFILE_ENV.to_owned(), "release".to_owned())],
+    );
+    println!(
+        "running {} lab tests again against target/release/enforcer ({}; --no-release-labs \
+         skips them)",
+        cases.len(),
+        RELEASE_LABS.join(" ")
+    );
+    let count = cases.len();
+    runner::run(cases, &plan, |finished| {
+        summary.finished(&finished, plan.show_output, " [release daemon]")
+    });
+    println!(
+        "ran {count} lab tests against the release daemon in {:.0} s (its build included)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// How each test runs: libtest's options, the ledger and `env` in its environment, its limit.
+fn plan(args: &Args, ledger: &Path, env: Vec<(String, String)>) -> runner::Plan {
+    let run_args = runner::run_args(&args.test_args);
+    let mut env = env;
+    env.push((LEDGER_ENV.to_owned(), ledger.display().to_string()));
+    runner::Plan {
+        jobs: test_threads(&run_args),
+        show_output: run_args
+            .iter()
+            .any(|a| a == "--nocapture" || a == "--show-output"),
+        run_args,
+        env,
+        limit: Duration::from_secs(args.timeout),
+        slow: SLOW_TESTS,
+    }
 }
 
 /// `--test-threads N` among libtest's options, else one test per core (libtest's default).
@@ -459,9 +554,14 @@ impl Summary {
 
     /// Takes in one test the runner ran, and prints its line (and its output when it failed,
     /// or when `show_output`).
-    fn finished(&mut self, f: &runner::Finished, show_output: bool) {
-        let name = f.case.full_name();
+    fn finished(&mut self, f: &runner::Finished, show_output: bool, tag: &str) {
+        let name = format!("{}{tag}", f.case.full_name());
+        let skipped = f.verdict == runner::Verdict::Passed && needed_test_hooks(&f.output);
         let why = match &f.verdict {
+            runner::Verdict::Passed if skipped => {
+                self.ignored += 1;
+                None
+            }
             runner::Verdict::Passed => {
                 self.passed += 1;
                 None
@@ -485,6 +585,9 @@ impl Summary {
         let secs = f.elapsed.as_secs_f64();
         match why {
             None if f.verdict == runner::Verdict::Ignored => println!("test {name} ... ignored"),
+            None if skipped => println!(
+                "test {name} ... skipped: it needs the daemon's debug-build test hooks ({secs:.1} s)"
+            ),
             None => println!("test {name} ... ok ({secs:.1} s)"),
             Some(why) => {
                 println!("test {name} ... FAILED{why} ({secs:.1} s)");
@@ -554,6 +657,15 @@ impl Summary {
         }
         println!("{}", self.counts());
     }
+}
+
+/// Whether a test that passed returned early because the daemon under test is a release build
+/// (`enforcer_tests::test_hooks_or_skip` printed its line, which starts with `skipped NAME: `
+/// and names the hooks): it is counted as skipped, not passed.
+fn needed_test_hooks(output: &str) -> bool {
+    output.lines().any(|l| {
+        l.starts_with("skipped ") && l.contains(": it needs the daemon's debug-build test hooks")
+    })
 }
 
 /// `(passed, failed, ignored)` in libtest's result line (after `test result: `):
@@ -645,6 +757,22 @@ mod tests {
             summary.problems
         );
         assert_eq!(summary.counts(), "0 passed, 1 failed");
+    }
+
+    #[test]
+    fn a_test_that_skipped_for_want_of_the_debug_hooks_is_counted_as_skipped() {
+        let passed = "running 1 test\ntest a ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 9 filtered out; finished in 0.00s\n";
+        let skipped = format!(
+            "running 1 test\nskipped a: it needs the daemon's debug-build test hooks, which a \
+             release build does not have\n{}",
+            &passed["running 1 test\n".len()..]
+        );
+        let mut summary = Summary::default();
+        for output in [passed.to_owned(), skipped] {
+            let finished = runner::Finished::passed_for_test("a", output);
+            summary.finished(&finished, false, "");
+        }
+        assert_eq!(summary.counts(), "1 passed, 0 failed, 1 skipped");
     }
 
     #[test]

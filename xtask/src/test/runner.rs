@@ -29,6 +29,13 @@ pub(super) struct Binary {
     label: String,
 }
 
+impl Binary {
+    /// Whether this is the lab binary (`tests/tests/labs`, the test target `labs`).
+    pub(super) fn is_labs(&self) -> bool {
+        self.label == "labs (test)"
+    }
+}
+
 /// One test of one binary.
 pub(super) struct Case {
     binary: Arc<Binary>,
@@ -62,6 +69,26 @@ pub(super) struct Finished {
     pub verdict: Verdict,
     pub elapsed: Duration,
     pub output: String,
+}
+
+#[cfg(test)]
+impl Finished {
+    /// A test named `name` of a made-up binary that passed, having printed `output`.
+    pub(super) fn passed_for_test(name: &str, output: String) -> Self {
+        Self {
+            case: Case {
+                binary: Arc::new(Binary {
+                    exe: PathBuf::from("/nonexistent/labs"),
+                    dir: PathBuf::from("/nonexistent"),
+                    label: "labs (test)".to_owned(),
+                }),
+                name: name.to_owned(),
+            },
+            verdict: Verdict::Passed,
+            elapsed: Duration::ZERO,
+            output,
+        }
+    }
 }
 
 /// Builds the test binaries `cargo test <cargo_args>` would run and returns them.
