@@ -120,14 +120,15 @@ pub struct Ports(Vec<RangeInclusive<u16>>);
 
 impl Ports {
     /// Parses `22,2222,8000-8080` (`8000:8080`, fail2ban's and iptables' form, too), with
-    /// `service` resolving names (`ssh`) to a port; `None` resolves no names.
+    /// `service` resolving names (`ssh`, `ftp-data`: a name's own '-' is no range) to a port;
+    /// `None` resolves no names.
     pub fn parse_with(s: &str, service: Option<Services<'_>>) -> Result<Self, ScopeError> {
         let mut ranges = Vec::new();
         for part in s.split(',').map(str::trim) {
             if part.is_empty() {
                 return Err(ScopeError::Empty);
             }
-            let (lo, hi) = match part.split_once(['-', ':']) {
+            let (lo, hi) = match range_ends(part, service) {
                 // `0:65535`, fail2ban's default `port`, means every port: a range may start
                 // at 0 (no packet goes to port 0), a single port may not.
                 Some((lo, hi)) if lo.trim() == "0" => (1, port(hi, service)?),
@@ -225,6 +226,16 @@ impl Ports {
             .collect();
         Self::from_ranges(left).ok()
     }
+}
+
+/// A range's two ends: `lo:hi`, or `lo-hi` unless the whole part is a service name with a
+/// hyphen in it (`ftp-data`, as fail2ban's ftp jails write it); `None` for a single port.
+fn range_ends<'a>(part: &'a str, service: Option<Services<'_>>) -> Option<(&'a str, &'a str)> {
+    if let Some(ends) = part.split_once(':') {
+        return Some(ends);
+    }
+    let named = service.is_some_and(|resolve| resolve(part).is_some());
+    if named { None } else { part.split_once('-') }
 }
 
 /// A value taken from `u16` ranges, back into `u16`.
@@ -334,14 +345,20 @@ impl Scope {
         Ok(Self { proto, ports })
     }
 
-    /// Parses the command line's `--proto` and `--port` (names resolved by `service`).
+    /// Parses the command line's `--proto` and `--port` (names resolved by `service`). A list
+    /// of every port (`1-65535`, or fail2ban's default `0:65535`) limits nothing, so it is no
+    /// list: `tcp` with it is all of tcp, and with `icmp` or `any` (no ports) it adds nothing.
     pub fn parse(
         proto: Option<&str>,
         ports: Option<&str>,
         service: Option<Services<'_>>,
     ) -> Result<Self, ScopeError> {
-        let proto = proto.map(str::parse).transpose()?.unwrap_or_default();
-        let ports = ports.map(|p| Ports::parse_with(p, service)).transpose()?;
+        let proto: Proto = proto.map(str::parse).transpose()?.unwrap_or_default();
+        let ports = match ports.map(|p| Ports::parse_with(p, service)).transpose() {
+            // `ssh` with icmp: that it names no icmp port is not the mistake.
+            Err(_) if !proto.has_ports() => return Err(ScopeError::PortsWithoutPortProto(proto)),
+            ports => ports?.filter(|p| *p != Ports::full()),
+        };
         Self::new(proto, ports)
     }
 
@@ -703,6 +720,25 @@ mod tests {
     }
 
     #[test]
+    fn every_port_is_no_port_list_as_fail2bans_default_port_means() {
+        let parse = |p: &str, ports: &str| Scope::parse(Some(p), Some(ports), None).unwrap();
+        assert_eq!(parse("tcp", "0:65535").to_string(), "tcp");
+        assert_eq!(parse("udp", "1-65535").to_string(), "udp");
+        assert_eq!(parse("udp", "1-100,101-65535").to_string(), "udp");
+        assert_eq!(parse("icmp", "0:65535").to_string(), "icmp");
+        assert!(parse("all", "0:65535").is_whole());
+        assert_eq!(parse("tcp", "2-65535").to_string(), "tcp/2-65535");
+        assert!(Scope::parse(Some("icmp"), Some("1-65534"), None).is_err());
+        assert!(Scope::parse(Some("all"), Some("22"), None).is_err());
+        let resolve = |_: &str| None;
+        assert_eq!(
+            Scope::parse(Some("all"), Some("ssh"), Some(&resolve)),
+            Err(ScopeError::PortsWithoutPortProto(Proto::Any)),
+            "the protocol is the mistake, not the name"
+        );
+    }
+
+    #[test]
     fn scope_round_trips_on_the_wire_and_checks_what_arrives() {
         let s = Scope::parse(Some("udp"), Some("53"), None).unwrap();
         let json = serde_json::to_string(&s).unwrap();
@@ -807,13 +843,18 @@ mod tests {
 
     #[test]
     fn service_names_resolve_from_the_services_file() {
-        let text =
-            "ssh\t\t22/tcp\t\t\t# SSH\nhttps 443/tcp\nhttps 443/udp\nsubmission 587/tcp smtp-sub\n";
+        let text = "ssh\t\t22/tcp\t\t\t# SSH\nhttps 443/tcp\nhttps 443/udp\nsubmission 587/tcp smtp-sub\n\
+                    ftp-data 20/tcp\nftp 21/tcp\n";
         assert_eq!(services_lookup(text, "ssh", Proto::Tcp), Some(22));
         assert_eq!(services_lookup(text, "smtp-sub", Proto::Tcp), Some(587));
         assert_eq!(services_lookup(text, "ssh", Proto::Udp), None);
         let resolve = |n: &str| services_lookup(text, n, Proto::Tcp);
         let p = Ports::parse_with("ssh,https,8000:8080", Some(&resolve)).unwrap();
         assert_eq!(p.to_string(), "22,443,8000-8080");
+        // fail2ban's ftp jails: a name with a hyphen is one port, and a range of names works.
+        let p = Ports::parse_with("ftp,ftp-data,ssh-443,ftp-data:ssh", Some(&resolve)).unwrap();
+        assert_eq!(p.to_string(), "20-443");
+        let p = Ports::parse_with("ftp-data", Some(&resolve)).unwrap();
+        assert_eq!(p.to_string(), "20");
     }
 }

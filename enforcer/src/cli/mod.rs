@@ -230,7 +230,7 @@ pub struct ScopeFlags {
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<String>,
     /// Only these destination ports, with --proto tcp or udp: 22, 22,2222, 8000-8080 (or
-    /// 8000:8080), service names from /etc/services (ssh).
+    /// 8000:8080), service names from /etc/services (ssh); every port (0:65535) is no limit.
     #[arg(long = "port", value_name = "PORTS")]
     pub ports: Option<String>,
 }

@@ -149,6 +149,24 @@ fn a_symlinked_installer_target_is_refused_even_with_force_and_its_target_untouc
             .file_type()
             .is_symlink()
     );
+    // The allports variant beside it: refused too, and the action not written either.
+    std::fs::remove_file(action_d.join("enforcer.conf")).unwrap();
+    std::os::unix::fs::symlink(&victim, action_d.join("enforcer-allports.conf")).unwrap();
+    let out = Command::new(enforcer_bin())
+        .args(["install-fail2ban-action", "--force", "--dir"])
+        .arg(&action_d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !action_d.join("enforcer.conf").exists(),
+        "nothing written when one file is refused"
+    );
     // Wazuh hook
     let home = dir.path().join("wazuh");
     std::fs::create_dir_all(home.join("active-response/bin")).unwrap();

@@ -72,6 +72,7 @@ fn the_deb_carries_binary_unit_conffiles_dashboard_man_pages_and_completions_and
         "./lib/systemd/system/enforcer.service",
         "./etc/enforcer/enforcer.toml",
         "./etc/fail2ban/action.d/enforcer.conf",
+        "./etc/fail2ban/action.d/enforcer-allports.conf",
         "./usr/share/enforcer/grafana/enforcer.json",
         "./usr/share/bash-completion/completions/enforcer",
         "./usr/share/zsh/vendor-completions/_enforcer",
@@ -113,7 +114,8 @@ fn the_deb_carries_binary_unit_conffiles_dashboard_man_pages_and_completions_and
     let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
     assert_eq!(
         conffiles,
-        "/etc/enforcer/enforcer.toml\n/etc/fail2ban/action.d/enforcer.conf\n"
+        "/etc/enforcer/enforcer.toml\n/etc/fail2ban/action.d/enforcer.conf\n\
+         /etc/fail2ban/action.d/enforcer-allports.conf\n"
     );
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     assert!(

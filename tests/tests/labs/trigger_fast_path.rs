@@ -122,7 +122,8 @@ fn the_fast_path_blocks_refuses_and_fails_exactly_as_the_full_parser() {
     let d = Daemon::start(&lab, &[]).unwrap();
     let socket = d.socket.to_str().unwrap();
 
-    // fail2ban's ban and unban (dist/fail2ban/action.d/enforcer.conf): the sender's packets are
+    // fail2ban's ban and unban (dist/fail2ban/action.d/enforcer-allports.conf; enforcer.conf
+    // adds --proto and --port, read by the fast path alike): the sender's packets are
     // dropped after the fast path's ban and pass after its unban; between the two runs of
     // each, the state is put back.
     let ban = argv(
