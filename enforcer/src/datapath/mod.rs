@@ -9,6 +9,7 @@ pub mod link;
 pub mod loader;
 pub mod map_id;
 pub mod maps;
+mod maps_error;
 mod migrate;
 mod scopes;
 mod shared;

@@ -16,7 +16,7 @@ use enforcer_common::{
 };
 use ipnet::IpNet;
 
-use super::maps::MapsError;
+use super::maps_error::{MapsError, insert_error as map_insert_error, is_not_found};
 use crate::target::Target;
 
 /// The SCOPES hash and the SCOPED gate, with the targets that have scope entries.
@@ -108,7 +108,7 @@ impl ScopeMaps {
         for (proto, _) in Scopes::default().entries() {
             let value = match self.entries.get(&key(target, proto), 0) {
                 Ok(v) => Some(v),
-                Err(e) if super::maps::is_not_found(&e) => None,
+                Err(e) if is_not_found(&e) => None,
                 Err(e) => return Err(kernel("lookup", map_names::SCOPES)(e)),
             };
             if let Some(slot) = out.get_mut(proto) {
@@ -148,7 +148,7 @@ impl ScopeMaps {
             if value.is_none() {
                 match self.entries.remove(&key(target, proto)) {
                     Ok(()) => {}
-                    Err(e) if super::maps::is_not_found(&e) => {}
+                    Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(kernel("delete", map_names::SCOPES)(e)),
                 }
             }
@@ -162,5 +162,5 @@ impl ScopeMaps {
 }
 
 fn insert_error(e: aya::maps::MapError) -> MapsError {
-    super::maps::insert_error(map_names::SCOPES, enforcer_common::scope::MAX_SCOPE_ENTRIES)(e)
+    map_insert_error(map_names::SCOPES, enforcer_common::scope::MAX_SCOPE_ENTRIES)(e)
 }
