@@ -107,7 +107,8 @@ pub fn header_len(tags: usize, v6: bool) -> usize {
     14 + 4 * tags + if v6 { 40 } else { 20 }
 }
 
-fn checksum(data: &[u8]) -> u16 {
+/// The Internet checksum (RFC 1071) of `data`.
+pub(crate) fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))

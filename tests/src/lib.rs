@@ -535,15 +535,17 @@ fn echo_from(src: IpAddr, dst: IpAddr, timeout: Duration) -> Result<bool> {
     };
     let sock = Socket::new(domain, Type::RAW, Some(protocol))?;
     sock.bind(&SocketAddr::new(src, 0).into())?;
-    let id = (std::process::id() as u16) ^ (unique_name("e").len() as u16);
-    let seq = fastrand_seq();
+    // The process tells its requests from other tests' (each runs in a process of its own);
+    // the sequence number tells this request from its earlier ones.
+    let id = std::process::id() as u16;
+    let seq = next_echo_seq();
     let mut msg = vec![request, 0, 0, 0];
     msg.extend_from_slice(&id.to_be_bytes());
     msg.extend_from_slice(&seq.to_be_bytes());
     msg.extend_from_slice(b"enforcer-echo");
     if !v6 {
         // ICMPv6 raw sockets have the kernel fill the checksum in; ICMP ones do not.
-        let sum = internet_checksum(&msg);
+        let sum = frame::checksum(&msg);
         msg[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     sock.send_to(&msg, &SocketAddr::new(dst, 0).into())?;
@@ -586,20 +588,9 @@ fn echo_from(src: IpAddr, dst: IpAddr, timeout: Duration) -> Result<bool> {
     Ok(false)
 }
 
-fn fastrand_seq() -> u16 {
+fn next_echo_seq() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// How many datagrams tagged `tag` `to` receives until it has none queued (each empty read
