@@ -38,18 +38,17 @@ use enforcer_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+pub use super::maps_error::MapsError;
 use super::{
     batch::{self, BatchError},
     clock,
     indexes::{self, AllowIndex, BlockIndex, Changed},
     map_id::{MapId, PerMap},
+    maps_error::{insert_error, is_full_errno, is_not_found, kernel, removed},
     scopes::ScopeMaps,
     shared::SharedWords,
 };
 use crate::target::{Target, v4_bytes, v6_bytes};
-
-pub use super::maps_error::MapsError;
-use super::maps_error::{insert_error, is_full_errno, is_not_found, kernel, removed};
 
 /// The block, allowlist and counter maps.
 pub struct BlockMaps {
