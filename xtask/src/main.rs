@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|test|demo|bench|fuzz|package>`.
+//! Project automation: `cargo xtask <setup|test|demo|bench|fuzz|fmt|package>`.
 //!
 //! Everything lives in Rust (no shell scripts beyond `.ci/run`) so that a fresh machine
 //! needs only rustup and cargo to get from clone to green tests.
@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fmt;
 mod fuzz;
 mod layering;
 mod package;
@@ -39,6 +40,9 @@ enum Command {
     Bench(bench::Args),
     /// Build the fuzz targets (cargo-fuzz, nightly) and run each for a while (docs/fuzzing.md).
     Fuzz(fuzz::Args),
+    /// Format the workspace and the fuzz crate as the lint step checks them (rustfmt.toml,
+    /// then nightly rustfmt's import grouping); `--check` only reports.
+    Fmt(fmt::Args),
     /// Build a Debian package (.deb) of the release build.
     Package(package::Args),
 }
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Fmt(args) => fmt::run(&args),
         Command::Package(args) => package::run(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {

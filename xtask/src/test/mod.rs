@@ -468,28 +468,13 @@ fn layering_check(summary: &mut Summary) -> Result<()> {
     Ok(())
 }
 
-/// rustfmt with the stable options of rustfmt.toml, then the import grouping aya uses
-/// (nightly rustfmt's unstable options, given here so the stable `cargo fmt` stays quiet).
-/// Both run on the workspace and on the fuzz crate, which is a workspace of its own.
+/// `cargo xtask fmt --check` (see [`crate::fmt`]).
 fn format_check(summary: &mut Summary) -> Result<()> {
-    const IMPORTS: &str = "group_imports=StdExternalCrate,imports_granularity=Crate";
-    for dir in [".", "fuzz"] {
-        let dir = cmd::repo_root().join(dir);
-        let stable = cmd::status(
-            cmd::cargo()
-                .current_dir(&dir)
-                .args(["fmt", "--all", "--check"]),
-        )?;
-        let imports = cmd::status(cmd::cargo().current_dir(&dir).args([
-            "+nightly", "fmt", "--all", "--check", "--", "--config", IMPORTS,
-        ]))?;
-        if !stable.success() || !imports.success() {
-            summary.problems.push(format!(
-                "code in {} is not formatted: run `cargo fmt --all` and \
-                 `cargo +nightly fmt --all -- --config {IMPORTS}` there, then commit",
-                dir.display()
-            ));
-        }
+    for dir in crate::fmt::format(true)? {
+        summary.problems.push(format!(
+            "code in {} is not formatted: run `cargo xtask fmt`, then commit",
+            dir.display()
+        ));
     }
     Ok(())
 }
