@@ -40,13 +40,17 @@ impl Frames {
 
     /// A UDP datagram from `src` to the receiver's address of its family (port 9, discard).
     pub fn udp(&self, src: IpAddr) -> Vec<u8> {
-        let mut f = match src {
+        self.on_link(match src {
             IpAddr::V4(s) => frame::ipv4_udp(&[], s, RECEIVER_V4.parse().expect("valid"), 0, false),
             IpAddr::V6(s) => frame::ipv6_udp(&[], s, RECEIVER_V6.parse().expect("valid")),
-        };
-        f[..6].copy_from_slice(&self.dst_mac);
-        f[6..12].copy_from_slice(&self.src_mac);
-        f
+        })
+    }
+
+    /// `frame` (one of [`frame`]'s) addressed from the sender's MAC to the receiver's.
+    pub fn on_link(&self, mut frame: Vec<u8>) -> Vec<u8> {
+        frame[..6].copy_from_slice(&self.dst_mac);
+        frame[6..12].copy_from_slice(&self.src_mac);
+        frame
     }
 }
 

@@ -244,12 +244,34 @@ pub fn ipv4(
     more_fragments: bool,
     payload: &[u8],
 ) -> Vec<u8> {
+    ipv4_fragment(
+        src,
+        dst,
+        proto,
+        0x1234,
+        frag_offset,
+        more_fragments,
+        payload,
+    )
+}
+
+/// As [`ipv4`], with the datagram's identification `id`: fragments of one datagram share it,
+/// and the receiver reassembles by it.
+pub fn ipv4_fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    frag_offset: u16,
+    more_fragments: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = ethernet(&[], 0x0800);
     let total = 20 + payload.len() as u16;
     let flags_frag = (u16::from(more_fragments) << 13) | (frag_offset & 0x1fff);
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34]);
+    ip.extend_from_slice(&id.to_be_bytes());
     ip.extend_from_slice(&flags_frag.to_be_bytes());
     ip.extend_from_slice(&[64, proto, 0, 0]);
     ip.extend_from_slice(&src.octets());
@@ -281,9 +303,14 @@ pub fn ipv6_ext(next: u8) -> Vec<u8> {
 
 /// An IPv6 fragment header naming `next`, at `offset` (8-byte units).
 pub fn ipv6_fragment(next: u8, offset: u16, more: bool) -> Vec<u8> {
+    ipv6_fragment_of(0x1234, next, offset, more)
+}
+
+/// As [`ipv6_fragment`], of the datagram identified by `id` (the receiver reassembles by it).
+pub fn ipv6_fragment_of(id: u32, next: u8, offset: u16, more: bool) -> Vec<u8> {
     let field = (offset << 3) | u16::from(more);
     let mut h = vec![next, 0];
     h.extend_from_slice(&field.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0x12, 0x34]);
+    h.extend_from_slice(&id.to_be_bytes());
     h
 }

@@ -400,6 +400,16 @@ impl Lab {
         Ok(sock)
     }
 
+    /// A UDP socket bound in the receiver namespace on `addr`, port `port`.
+    pub fn udp_listener_on(&self, addr: &str, port: u16) -> Result<UdpSocket> {
+        let addr: IpAddr = addr.parse()?;
+        let sock = self
+            .receiver
+            .run(move || UdpSocket::bind(SocketAddr::new(addr, port)))??;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        Ok(sock)
+    }
+
     /// A UDP socket in the sender namespace bound to source `src`.
     pub fn udp_sender(&self, src: &str) -> Result<UdpSocket> {
         let src: IpAddr = src.parse()?;
@@ -435,31 +445,50 @@ impl Lab {
     /// arrived before the control did (see [`Lab::passes`]). Fails when the control itself
     /// does not arrive within 10 s: the lab is then not delivering, and no count means anything.
     pub fn exchange(&self, from: &UdpSocket, to: &UdpSocket, count: u32) -> Result<u32> {
-        let control = self.receiver.run(|| Control::listen(RECEIVER_IF))??;
-        let tag = unique_name("t");
+        let tally = Tally::new(to, 0);
         let dst = to.local_addr()?;
-        for i in 0..count {
-            from.send_to(format!("{tag}:{i}").as_bytes(), dst)?;
-        }
+        let send = || -> Result<()> {
+            for _ in 0..count {
+                from.send_to(&tally.payload(), dst)?;
+            }
+            Ok(())
+        };
+        Ok(self.window(send, std::slice::from_ref(&tally), count)?[0])
+    }
+
+    /// Runs `send`, then sends a control frame on the lab's link, and returns what each tally
+    /// counted before the control arrived (and [`CONTROL_GRACE`] after it), or as soon as every
+    /// tally has `enough`. The control crosses the link after every frame `send` put on it, so
+    /// a datagram still missing then was dropped, not delayed. Fails when the control does not
+    /// arrive within 10 s: the lab is then not delivering, and no count means anything.
+    pub fn window(
+        &self,
+        send: impl FnOnce() -> Result<()>,
+        tallies: &[Tally<'_>],
+        enough: u32,
+    ) -> Result<Vec<u32>> {
+        let control = self.receiver.run(|| Control::listen(RECEIVER_IF))??;
+        let tag = unique_name("c");
+        send()?;
         let frame = Control::frame(&tag);
         self.sender
             .run(|| inject(SENDER_IF, [frame.as_slice()]))??;
         let deadline = Instant::now() + CONTROL_WAIT;
         let mut control_at = None;
-        let mut got = 0;
+        let mut got = vec![0; tallies.len()];
         loop {
             // The control first: once it is in, every datagram sent before it and not dropped
-            // is already queued on `to`, and the receive below counts it.
+            // is already queued on its socket, and the receive below counts it.
             if control_at.is_none() && control.seen(&tag)? {
                 control_at = Some(Instant::now());
             }
-            got += receive_tagged(to, &tag)?;
+            receive_tallied(tallies, &mut got)?;
             match control_at {
-                _ if got >= count => return Ok(got),
+                _ if got.iter().all(|&n| n >= enough) => return Ok(got),
                 Some(at) if at.elapsed() >= CONTROL_GRACE => return Ok(got),
                 None if Instant::now() >= deadline => bail!(
                     "the control frame sent after the datagrams did not arrive within \
-                     {CONTROL_WAIT:?} ({got} of {count} datagrams did): the lab's link is not \
+                     {CONTROL_WAIT:?} ({got:?} of them did): the lab's link is not \
                      delivering, so this count would not say whether they were dropped"
                 ),
                 _ => {}
@@ -593,32 +622,73 @@ fn next_echo_seq() -> u16 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// How many datagrams tagged `tag` `to` receives until it has none queued (each empty read
-/// waits for the socket's read timeout).
-fn receive_tagged(to: &UdpSocket, tag: &str) -> Result<u32> {
-    let mut got = 0;
-    let mut buf = [0u8; 256];
-    loop {
-        match to.recv(&mut buf) {
-            Ok(n) if buf[..n].starts_with(tag.as_bytes()) => got += 1,
-            Ok(_) => {}
-            // A signal for another thread of the test (a child process ending) is no reason to
-            // stop counting.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(got);
-            }
-            Err(e) => return Err(e.into()),
+/// What one receiving socket counts in a [`Lab::window`]: the datagrams that carry its tag
+/// and are at least `size` bytes long, so that a datagram counts only when it arrived whole.
+pub struct Tally<'a> {
+    /// The receiving socket (several tallies may share one).
+    pub to: &'a UdpSocket,
+    tag: String,
+    size: usize,
+}
+
+impl<'a> Tally<'a> {
+    /// A tally of datagrams of `size` bytes (at least the tag's) on `to`, with a fresh tag.
+    pub fn new(to: &'a UdpSocket, size: usize) -> Self {
+        Self {
+            to,
+            tag: format!("{}:", unique_name("t")),
+            size,
         }
+    }
+
+    /// A datagram this tally counts: its tag, padded to its size.
+    pub fn payload(&self) -> Vec<u8> {
+        let mut p = self.tag.as_bytes().to_vec();
+        p.resize(p.len().max(self.size), b'.');
+        p
+    }
+
+    fn counts(&self, datagram: &[u8]) -> bool {
+        datagram.starts_with(self.tag.as_bytes()) && datagram.len() >= self.size
     }
 }
 
-/// The control frame of [`Lab::exchange`]: an Ethernet broadcast of the IEEE local
+/// Adds to `got` what each tally's socket has queued, reading each socket until it has none
+/// (each empty read waits for the socket's read timeout).
+fn receive_tallied(tallies: &[Tally<'_>], got: &mut [u32]) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    for (i, tally) in tallies.iter().enumerate() {
+        let fd = tally.to.as_raw_fd();
+        if tallies[..i].iter().any(|t| t.to.as_raw_fd() == fd) {
+            continue; // Read with the first tally on this socket.
+        }
+        loop {
+            match tally.to.recv(&mut buf) {
+                Ok(n) => {
+                    let on_socket = tallies.iter().zip(got.iter_mut());
+                    for (t, count) in on_socket.filter(|(t, _)| t.to.as_raw_fd() == fd) {
+                        *count += u32::from(t.counts(&buf[..n]));
+                    }
+                }
+                // A signal for another thread of the test (a child process ending) is no
+                // reason to stop counting.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The control frame of [`Lab::window`]: an Ethernet broadcast of the IEEE local
 /// experimental ethertype, carrying the exchange's tag, and a packet socket that catches it.
 /// The data path passes every frame that is not IP, and the control crosses the same veth
 /// queue as the datagrams before it, so it arrives after each of them that was not dropped.

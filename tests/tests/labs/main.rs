@@ -14,6 +14,7 @@ mod fail2ban;
 mod files_as_root;
 mod fleet;
 mod flood_lab;
+mod fragments_lab;
 mod hardening_lab;
 mod interfaces_lab;
 mod ipv6_networks;
