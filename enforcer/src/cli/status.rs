@@ -217,8 +217,9 @@ fn print_flood(f: &crate::protocol::FloodStatus) {
     );
     if f.last_latency_us > 0 {
         println!(
-            "flood detection: the last block was in place {:.1} ms after its source passed its limit",
-            f.last_latency_us as f64 / 1000.0
+            "flood detection: the last block was in the kernel {:.1} ms after its source passed its limit (acknowledged after the store's commit at {:.1} ms)",
+            f.last_latency_us as f64 / 1000.0,
+            f.last_answered_us as f64 / 1000.0
         );
     }
 }

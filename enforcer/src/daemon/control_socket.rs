@@ -445,6 +445,7 @@ async fn handle_line(line: &[u8], caller: &Caller, server: &Server) -> (&'static
                     caller.clone(),
                     &server.engine,
                     Some(&server.metrics),
+                    None,
                 )
                 .await,
             )
@@ -483,7 +484,18 @@ pub fn response(answer: Result<Reply, Refusal>) -> Response {
 /// Hands a request from `caller` to the engine and waits for its answer (also used by the
 /// CrowdSec bouncer, as the daemon).
 pub async fn run(request: Request, caller: Caller, engine: &SyncSender<Command>) -> Response {
-    run_with_id(request, None, caller, engine, None).await
+    run_with_id(request, None, caller, engine, None, None).await
+}
+
+/// [`run`], and when the request is accepted and in force, the boot-clock time its kernel
+/// entries were written goes to `in_kernel` (before the answer, which waits for the store).
+pub async fn run_timed(
+    request: Request,
+    caller: Caller,
+    engine: &SyncSender<Command>,
+    in_kernel: oneshot::Sender<crate::time::BootNs>,
+) -> Response {
+    run_with_id(request, None, caller, engine, None, Some(in_kernel)).await
 }
 
 /// [`run`] for a request the client named with `id` (a duplicate is answered, not applied);
@@ -495,6 +507,7 @@ async fn run_with_id(
     caller: Caller,
     engine: &SyncSender<Command>,
     metrics: Option<&Metrics>,
+    in_kernel: Option<oneshot::Sender<crate::time::BootNs>>,
 ) -> Response {
     let (tx, rx) = oneshot::channel();
     let engine = engine.clone();
@@ -504,6 +517,7 @@ async fn run_with_id(
         id,
         replay: None,
         reply: tx,
+        in_kernel,
     };
     // The engine's queue is bounded: waiting for room is back-pressure, not an error. With room
     // (the usual case) the request goes in from here, without a hop to a blocking thread and

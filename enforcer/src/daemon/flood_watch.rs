@@ -1,6 +1,7 @@
 //! Flood response (issue 23): reads the data path's reports of sources over their limit and
 //! asks the engine to block each, as source `flood`, through the same door as every other
-//! internal requester ([`super::ask_engine`]): the policy decides (allowlist, scope guard,
+//! internal requester ([`super::control_socket::run_timed`], which also says when the block
+//! was written into the kernel map): the policy decides (allowlist, scope guard,
 //! TTLs, repeat offenders, breaker, shadow, approval) and the audit log records it, with the
 //! measured rate in the reason. Nothing here writes a map.
 
@@ -18,6 +19,7 @@ use crate::{
     flood::{Candidate, FloodConfig, Repeats, SOURCE},
     metrics::Metrics,
     protocol::{FloodStatus, Request, Response},
+    time::BootNs,
 };
 
 /// How often the data path's counters are read into status and metrics.
@@ -125,23 +127,43 @@ impl Watcher {
         }
     }
 
-    /// Asks the engine to block the candidate; counts the outcome.
+    /// Asks the engine to block the candidate; counts the outcome and, for a block, times it.
     async fn request(&mut self, candidate: &Candidate) {
         self.status.requests += 1;
         let request = Request::Block(candidate.request());
-        match super::ask_engine(SOURCE, request, &self.engine).await {
+        let (in_kernel, written) = tokio::sync::oneshot::channel();
+        let caller = crate::access::Caller::internal(SOURCE);
+        match super::control_socket::run_timed(request, caller, &self.engine, in_kernel).await {
             Response::Ok { .. } => {
                 self.status.blocks += 1;
-                let latency_us =
-                    crate::datapath::clock::boottime_ns().saturating_sub(candidate.at_ns) / 1000;
-                self.status.last_latency_us = latency_us;
-                tracing::info!(address = %candidate.address, class = candidate.class, rate = candidate.rate, latency_us, "flood: block requested");
+                // The engine sends the time before the answer: it is there now, or never was
+                // (a request that changed no kernel entry).
+                let timing = Timing::of(candidate, written.await.ok(), BootNs::now());
+                self.time(candidate, &timing);
             }
             Response::Err { error, .. } => {
                 self.status.refused += 1;
                 tracing::info!(address = %candidate.address, class = candidate.class, rate = candidate.rate, error = %error.message, "flood: block refused");
             }
         }
+    }
+
+    /// Publishes how soon a block followed its report.
+    fn time(&mut self, candidate: &Candidate, timing: &Timing) {
+        if let Some(in_kernel) = timing.in_kernel {
+            self.metrics.flood_report_to_block(in_kernel);
+            self.status.last_latency_us = micros(in_kernel);
+            self.status.last_in_kernel_ns = timing.in_kernel_at.kernel();
+        }
+        self.status.last_answered_us = micros(timing.answered);
+        tracing::info!(
+            address = %candidate.address,
+            class = candidate.class,
+            rate = candidate.rate,
+            in_kernel_us = timing.in_kernel.map(micros),
+            answered_us = micros(timing.answered),
+            "flood: block requested"
+        );
     }
 
     /// Reads the data path's counters and publishes the status.
@@ -152,4 +174,31 @@ impl Watcher {
         }
         self.metrics.set_flood(self.status.clone());
     }
+}
+
+/// How soon a block followed the data path's report (its source passing its limit).
+#[derive(Debug, PartialEq, Eq)]
+struct Timing {
+    /// To its kernel entry written (`None`: the request wrote no entry, the block was there).
+    in_kernel: Option<Duration>,
+    /// When that was (boot clock).
+    in_kernel_at: BootNs,
+    /// To the engine's answer, after the store's commit.
+    answered: Duration,
+}
+
+impl Timing {
+    fn of(candidate: &Candidate, in_kernel: Option<BootNs>, answered: BootNs) -> Self {
+        let crossed = BootNs::from_kernel(candidate.at_ns);
+        let since = |t: BootNs| Duration::from_nanos(t.kernel().saturating_sub(crossed.kernel()));
+        Self {
+            in_kernel: in_kernel.map(since),
+            in_kernel_at: in_kernel.unwrap_or_default(),
+            answered: since(answered),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

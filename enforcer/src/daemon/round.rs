@@ -23,7 +23,7 @@ use crate::{
     protocol::Reply,
     store::{Store, StoreError, StoreOp},
     target::Target,
-    time::WallMs,
+    time::{BootNs, WallMs},
 };
 
 /// The durable store, as a round uses it (an in-memory one stands in for it in unit tests).
@@ -49,6 +49,9 @@ pub struct Committed {
     pub refused: Vec<(&'static str, crate::block::Source)>,
     /// Each touched target's blocks before the change.
     pub before: BTreeMap<Target, Option<crate::block::TargetBlocks>>,
+    /// Each touched target whose kernel entry was written, with the boot-clock time its write
+    /// returned (before the commit for an early write): when its block was in force.
+    pub in_kernel: BTreeMap<Target, BootNs>,
 }
 
 /// A change the store refused (the ledger is back as it was).
@@ -87,6 +90,7 @@ where
     change.ops.extend(plan.ops());
     let mut failed = BTreeMap::new();
     let early = write_early(ledger, kernel, &change, &mut failed);
+    let early_at = BootNs::now();
     if !change.ops.is_empty()
         && let Err(e) = store.commit(&change.ops)
     {
@@ -107,16 +111,26 @@ where
     // Allowlist first: it always wins, so it goes in before the blocks it may cover.
     failed.extend(write_allowlist(ledger, kernel, &change.allow_kernel));
     let base = ledger.time_base().clone();
-    let late = change
+    let late: Vec<_> = change
         .touched()
         .filter(|(t, _)| !early.contains(*t))
-        .map(|(target, known)| wanted(ledger, target, known));
+        .map(|(target, known)| wanted(ledger, target, known))
+        .collect();
+    let late_targets: Vec<Target> = late.iter().map(|w| w.target).collect();
     failed.extend(logged(kernel_sync::sync(kernel, late, &base)));
+    let late_at = BootNs::now();
+    let in_kernel = early
+        .iter()
+        .map(|t| (*t, early_at))
+        .chain(late_targets.into_iter().map(|t| (t, late_at)))
+        .filter(|(t, _)| !failed.contains_key(t))
+        .collect();
     Ok(Committed {
         failed,
         before: change.take_before(),
         refused: change.refused,
         events: change.events,
+        in_kernel,
     })
 }
 
@@ -215,6 +229,16 @@ pub struct Answered {
     pub refused: Vec<(&'static str, crate::block::Source)>,
     /// Each touched target's blocks before the round (empty if it was undone).
     pub before: BTreeMap<Target, Option<crate::block::TargetBlocks>>,
+    /// Per request, in order: for an accepted one whose kernel entries were written, when the
+    /// last of them was in place (boot clock; see [`Committed::in_kernel`]).
+    pub in_kernel: Vec<Option<BootNs>>,
+}
+
+/// When the last of `touched` was in the kernel; `None` if one was not written (or none was
+/// touched).
+fn last_in(in_kernel: &BTreeMap<Target, BootNs>, touched: &[Target]) -> Option<BootNs> {
+    let at: Option<Vec<BootNs>> = touched.iter().map(|t| in_kernel.get(t).copied()).collect();
+    at?.into_iter().max()
 }
 
 /// Runs one round over write requests, each with its (already authorized) caller.
@@ -241,7 +265,7 @@ where
             refused,
         }) => {
             tracing::error!(error = %Chain(&*error), "committing to the store failed; the round was undone");
-            let answers = applied
+            let answers: Vec<_> = applied
                 .into_iter()
                 .map(|a| {
                     if a.wrote {
@@ -252,6 +276,7 @@ where
                 })
                 .collect();
             Answered {
+                in_kernel: vec![None; answers.len()],
                 answers,
                 events,
                 refused,
@@ -263,19 +288,24 @@ where
             events,
             refused,
             before,
+            in_kernel,
         }) => {
-            let answers = applied
+            let (answers, in_kernel) = applied
                 .into_iter()
                 .map(|a| match a.touched.iter().find_map(|t| failed.get(t)) {
-                    Some(e) if a.answer.is_ok() => Err(Refusal::Kernel(e.clone())),
-                    _ => a.answer,
+                    Some(e) if a.answer.is_ok() => (Err(Refusal::Kernel(e.clone())), None),
+                    _ => {
+                        let at = a.answer.is_ok().then(|| last_in(&in_kernel, &a.touched));
+                        (a.answer, at.flatten())
+                    }
                 })
-                .collect();
+                .unzip();
             Answered {
                 answers,
                 events,
                 refused,
                 before,
+                in_kernel,
             }
         }
     }

@@ -39,7 +39,8 @@ use crate::{
 /// Most distinct `source` label values per family; further sources are summed as `other`.
 pub const MAX_SOURCE_LABELS: usize = 64;
 
-/// Upper bounds of the store commit histogram's buckets, in seconds.
+/// Upper bounds of the duration histograms' buckets (store commits, flood report to block), in
+/// seconds.
 pub const COMMIT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -50,6 +51,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     refusals: Mutex<BTreeMap<(&'static str, Source), u64>>,
     commit: Histogram,
+    /// From a flood report's crossing to its block's kernel entry written.
+    flood_to_block: Histogram,
     expired: AtomicU64,
     interface_changes: Mutex<BTreeMap<(String, &'static str), u64>>,
     snapshot: Published<Snapshot>,
@@ -149,6 +152,12 @@ impl Metrics {
             other()
         };
         *r.entry((rule, source)).or_default() += 1;
+    }
+
+    /// Records how soon a flood block's kernel entry was written after its source passed its
+    /// limit (the data path's time of it).
+    pub fn flood_report_to_block(&self, took: Duration) {
+        self.flood_to_block.observe(took);
     }
 
     /// Records how long one store commit took.
@@ -364,6 +373,14 @@ pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
     render_counters(&mut e, m);
     if let Some(f) = m.flood() {
         render_flood(&mut e, &f);
+        if f.enabled {
+            render_histogram(
+                &mut e,
+                "enforcer_flood_report_to_block_seconds",
+                "From the data path seeing a flood source pass its limit (the report's boot-clock time) to its block's entry written into the kernel map.",
+                &m.flood_to_block,
+            );
+        }
     }
     // integrations (CrowdSec: last successful pull, decisions) go here.
     e.family(
@@ -454,7 +471,7 @@ fn render_flood(e: &mut Exposition, f: &crate::protocol::FloodStatus) {
     e.family(
         "enforcer_flood_last_block_latency_seconds",
         Kind::Gauge,
-        "From the data path seeing the last blocked flood source pass its limit to its block in the maps (0 before the first).",
+        "From the data path seeing the last blocked flood source pass its limit to its block's entry written into the kernel map (0 before the first).",
     )
     .sample(
         "enforcer_flood_last_block_latency_seconds",
@@ -769,33 +786,32 @@ fn render_counters(e: &mut Exposition, m: &Metrics) {
         &[],
         m.store_commits.load(Relaxed) as f64,
     );
-    let h = &m.commit;
-    e.family(
+    render_histogram(
+        e,
         "enforcer_store_commit_seconds",
-        Kind::Histogram,
         "Time to commit one round to the durable store (fsync included).",
+        &m.commit,
     );
+}
+
+/// A histogram of durations in seconds, as the exposition format has them: cumulative buckets,
+/// sum and count.
+fn render_histogram(e: &mut Exposition, name: &str, help: &str, h: &Histogram) {
+    e.family(name, Kind::Histogram, help);
+    let bucket = format!("{name}_bucket");
     let mut cumulative = 0;
     for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
         cumulative += h.buckets[i].load(Relaxed);
-        e.sample(
-            "enforcer_store_commit_seconds_bucket",
-            &[("le", &bound_label(*bound))],
-            cumulative as f64,
-        );
+        e.sample(&bucket, &[("le", &bound_label(*bound))], cumulative as f64);
     }
     let count = h.count.load(Relaxed);
-    e.sample(
-        "enforcer_store_commit_seconds_bucket",
-        &[("le", "+Inf")],
-        count as f64,
-    )
-    .sample(
-        "enforcer_store_commit_seconds_sum",
-        &[],
-        h.sum_ns.load(Relaxed) as f64 / 1e9,
-    )
-    .sample("enforcer_store_commit_seconds_count", &[], count as f64);
+    e.sample(&bucket, &[("le", "+Inf")], count as f64)
+        .sample(
+            &format!("{name}_sum"),
+            &[],
+            h.sum_ns.load(Relaxed) as f64 / 1e9,
+        )
+        .sample(&format!("{name}_count"), &[], count as f64);
 }
 
 #[cfg(test)]

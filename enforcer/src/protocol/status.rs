@@ -308,10 +308,18 @@ pub struct FloodStatus {
     pub refused: u64,
     /// The data path's own counters.
     pub kernel: FloodKernelCounters,
-    /// From the data path seeing the last accepted candidate pass its limit to its block being
-    /// in the maps (µs; the data path's coarse clock may add up to a tick). 0 before the first.
+    /// From the data path seeing the last accepted candidate pass its limit (the report's
+    /// boot-clock time) to its block's kernel entry being written (the map update returned),
+    /// in µs. 0 before the first.
     #[serde(default)]
     pub last_latency_us: u64,
+    /// The same candidate, to the policy's answer, which waits for the store's commit (µs).
+    #[serde(default)]
+    pub last_answered_us: u64,
+    /// When that block's kernel entry was written (boot clock, ns), to compare with other
+    /// observations of the maps. 0 before the first.
+    #[serde(default)]
+    pub last_in_kernel_ns: u64,
 }
 
 /// Per-source limits of one family, in packets per second; 0 = not checked (`[flood.ipv4]`,

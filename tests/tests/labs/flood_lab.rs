@@ -316,7 +316,7 @@ mod daemon {
         time::{Duration, Instant},
     };
 
-    use enforcer::{block::Mode, protocol::StatusReply};
+    use enforcer::{block::Mode, protocol::StatusReply, time::BootNs};
     use enforcer_tests::{
         Lab, RECEIVER_V4, SENDER_V4,
         daemon::Daemon,
@@ -483,6 +483,20 @@ mod daemon {
             latency > 0.0 && latency < 5.0,
             "threshold-to-block latency {latency} s"
         );
+        assert_eq!(
+            v("enforcer_flood_report_to_block_seconds_count"),
+            1.0,
+            "the one block is in the histogram"
+        );
+        assert_eq!(
+            v(r#"enforcer_flood_report_to_block_seconds_bucket{le="+Inf"}"#),
+            1.0
+        );
+        let sum = v("enforcer_flood_report_to_block_seconds_sum");
+        assert!(
+            (sum - latency).abs() < 1e-5,
+            "the histogram holds the one latency: sum {sum} s, last {latency} s"
+        );
     }
 
     #[test]
@@ -559,15 +573,17 @@ mod daemon {
     }
 
     /// Issue 23's number: from a source passing its limit (the data path's own time of it, in
-    /// the report) to its block in the maps, over 20 trials, each a fresh attacker address.
+    /// the report) to its block's entry written into the kernel map, over 20 trials, each a
+    /// fresh attacker address; printed beside the time to the engine's answer, which waits for
+    /// the store's commit. Measured, not asserted (the machine's load decides the tail).
     #[test]
     fn threshold_to_block_latency_over_20_trials() {
         enforcer_tests::require_root();
         let lab = Lab::new().unwrap();
         let (d, _dir) = Daemon::with_config(&lab, &config("")).unwrap();
         let frames = Frames::new(&lab).unwrap();
-        let mut latencies = Vec::new();
-        let mut to_block = Vec::new();
+        let (mut in_kernel, mut answered) = (Vec::new(), Vec::new());
+        let load_before = load_average();
         for i in 0..20u8 {
             let attacker = IpAddr::from([203, 0, 113, 10 + i]);
             let flood = Flood::start(&lab, frames.udp(attacker), FLOOD_RATE).unwrap();
@@ -575,18 +591,90 @@ mod daemon {
                 Ok(Some(flood_status(&d)).filter(|f| f.blocks > u64::from(i)))
             })
             .unwrap();
-            to_block.push(flood.started().elapsed());
             flood.stop().unwrap();
             assert!(f.last_latency_us > 0, "{f:?}");
-            latencies.push(f.last_latency_us);
+            in_kernel.push(f.last_latency_us);
+            answered.push(f.last_answered_us);
         }
         assert_eq!(d.list(&[]).len(), 20);
-        latencies.sort_unstable();
-        let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, 20) - 1];
         eprintln!(
-            "threshold -> block (µs, 20 trials): p50 {} p99 {} all {latencies:?}; flood start -> block seen by the test: {to_block:?}",
-            p(0.5),
-            p(0.99)
+            "threshold -> block in the kernel map (µs, 20 trials): {}; -> the engine's answer: {}; load average {load_before} .. {}",
+            percentiles(&mut in_kernel),
+            percentiles(&mut answered),
+            load_average()
+        );
+    }
+
+    /// "p50 .. p95 .. max" and every value, sorted.
+    fn percentiles(v: &mut [u64]) -> String {
+        v.sort_unstable();
+        let p = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        format!("p50 {} p95 {} max {} all {v:?}", p(0.5), p(0.95), p(1.0))
+    }
+
+    /// The one-minute load average, as /proc/loadavg has it.
+    fn load_average() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split(' ').next().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The daemon's time of a flood block in the kernel, checked against the map itself: a
+    /// reader polls the pinned block map on the boot clock while the flood runs. The entry
+    /// cannot be written before the last lookup that missed it began, and the daemon reads the
+    /// clock right after its write returns, so its time lies after that lookup and (but for a
+    /// preemption) close to the first lookup that found the entry.
+    #[test]
+    fn the_time_a_flood_block_is_in_the_kernel_is_when_the_map_shows_its_entry() {
+        enforcer_tests::require_root();
+        let lab = Lab::new().unwrap();
+        let (d, _dir) = Daemon::with_config(&lab, &config("")).unwrap();
+        let maps = enforcer::datapath::BlockMaps::open_pinned(
+            &enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir(),
+        )
+        .unwrap();
+        let attacker: IpAddr = ATTACKER.parse().unwrap();
+        let target = enforcer::Target::host(attacker);
+        let watch = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(20);
+            let mut missed = BootNs::now();
+            while Instant::now() < end {
+                let began = BootNs::now();
+                if maps.get_block(&target).unwrap().is_some() {
+                    return Some((missed, BootNs::now()));
+                }
+                missed = began;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            None
+        });
+        let flood =
+            Flood::start(&lab, Frames::new(&lab).unwrap().udp(attacker), FLOOD_RATE).unwrap();
+        let (missed, seen) = watch
+            .join()
+            .unwrap()
+            .expect("the attacker's entry appeared in the block map");
+        flood.stop().unwrap();
+        let f = wait_for("the flood block", Duration::from_secs(10), || {
+            Ok(Some(flood_status(&d)).filter(|f| f.blocks == 1))
+        })
+        .unwrap();
+        let written = BootNs::from_kernel(f.last_in_kernel_ns);
+        eprintln!(
+            "the daemon's time of the write: {} µs after the last lookup that missed the entry, {} µs before the first that found it ({} µs between the two); its latency {} µs",
+            written.kernel().saturating_sub(missed.kernel()) / 1000,
+            seen.kernel().saturating_sub(written.kernel()) / 1000,
+            (seen.kernel() - missed.kernel()) / 1000,
+            f.last_latency_us
+        );
+        assert!(
+            written > missed,
+            "the daemon dates the write ({written:?}) before a lookup that did not find the entry yet ({missed:?})"
+        );
+        assert!(
+            written.kernel() < seen.kernel() + 1_000_000_000,
+            "the daemon dates the write ({written:?}) long after the map showed the entry ({seen:?})"
         );
     }
 

@@ -31,6 +31,7 @@ const CHECKED_ELSEWHERE: &[(&str, &str)] = &[
     ("enforcer_flood_packets_total", FLOOD_LAB),
     ("enforcer_flood_suspects_total", FLOOD_LAB),
     ("enforcer_flood_last_block_latency_seconds", FLOOD_LAB),
+    ("enforcer_flood_report_to_block_seconds", FLOOD_LAB),
 ];
 
 /// Flood detection's families need a flood: that lab checks them on its running daemon.

@@ -9,6 +9,7 @@ use crate::{
     outbox::{OutboxBatch, OutboxRequest},
     policy::host::HostAddress,
     protocol::{Reply, Request, RequestId},
+    time::BootNs,
 };
 
 /// What the engine is asked: a request of the protocol, or one only the daemon itself makes.
@@ -46,6 +47,10 @@ pub struct Command {
     pub replay: Option<Replay>,
     /// The answer goes here.
     pub reply: oneshot::Sender<Result<Reply, Refusal>>,
+    /// For a requester that measures how soon its request is in force (the flood watcher):
+    /// when the request is accepted and its kernel entries are written, the boot-clock time the
+    /// last write returned goes here (before the answer, which waits for the store's commit).
+    pub in_kernel: Option<oneshot::Sender<BootNs>>,
 }
 
 impl Command {
@@ -61,6 +66,7 @@ impl Command {
             id: None,
             replay: None,
             reply,
+            in_kernel: None,
         }
     }
 
@@ -78,6 +84,7 @@ impl Command {
             id: Some(id),
             replay: Some(replay),
             reply,
+            in_kernel: None,
         }
     }
 
@@ -91,6 +98,7 @@ impl Command {
             id: None,
             replay: None,
             reply,
+            in_kernel: None,
         }
     }
 }

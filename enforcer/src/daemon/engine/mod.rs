@@ -197,6 +197,7 @@ impl Engine {
         let now = self.now();
         let mut writes = Vec::new();
         let mut write_replies = Vec::new();
+        let mut in_kernel = Vec::new();
         let mut reads = Vec::new();
         let mut denied = false;
         for c in &batch {
@@ -210,6 +211,7 @@ impl Engine {
             id,
             replay,
             reply,
+            in_kernel: in_kernel_tx,
         } in batch
         {
             let request = match request {
@@ -242,6 +244,7 @@ impl Engine {
                     replay,
                 });
                 write_replies.push(reply);
+                in_kernel.push(in_kernel_tx);
             }
         }
         if denied {
@@ -250,6 +253,12 @@ impl Engine {
         if !writes.is_empty() {
             let (ledger, mut store, maps) = self.timed_store();
             let answered = round::run(ledger, &mut store, maps, writes, now);
+            for (tx, at) in in_kernel.into_iter().zip(&answered.in_kernel) {
+                if let (Some(tx), Some(at)) = (tx, at) {
+                    // A requester that left needs no time.
+                    tx.send(*at).ok();
+                }
+            }
             self.write_audit(answered.events);
             self.tally(&answered.before, &answered.refused);
             // Readers see this round before its answers go out: a client reads its writes.

@@ -70,11 +70,14 @@ fn source_block<'a>(l: &'a Ledger, target: &str, source: &str) -> Option<&'a Sou
 #[derive(Default)]
 struct MemStore {
     commits: Vec<Vec<StoreOp>>,
+    /// When each commit began (boot clock).
+    began: Vec<crate::time::BootNs>,
     fail: bool,
 }
 
 impl round::BlockStore for MemStore {
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.began.push(crate::time::BootNs::now());
         if self.fail {
             return Err(StoreError::Db {
                 path: "/mem".into(),
@@ -677,6 +680,34 @@ fn pending_requests_expire_unapproved() {
 }
 
 // --- rounds: commit, undo, kernel ---------------------------------------------------------
+
+#[test]
+fn an_accepted_block_says_when_its_entry_went_into_the_kernel_before_the_commit_and_a_refused_one_says_nothing()
+ {
+    let mut r = Rig::new(ledger());
+    let answered = r.round(
+        vec![
+            Request::Block(req("192.0.2.1", "cli", Some(60))),
+            Request::Block(req("198.51.0.0/16", "wazuh", Some(60))),
+        ],
+        T0,
+    );
+    assert!(answered.answers[0].is_ok() && answered.answers[1].is_err());
+    let written = answered.in_kernel[0].expect("the block's entry was written");
+    assert!(
+        written <= r.store.began[0],
+        "enforce first: the entry ({written:?}) is in before the commit ({:?})",
+        r.store.began[0]
+    );
+    assert_eq!(answered.in_kernel[1], None, "a refusal wrote nothing");
+    r.store.fail = true;
+    let failed = r.round(vec![Request::Block(req("192.0.2.2", "cli", Some(60)))], T0);
+    assert_eq!(
+        failed.in_kernel,
+        vec![None],
+        "a block the store refused was taken out again"
+    );
+}
 
 #[test]
 fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
