@@ -85,6 +85,13 @@ impl Flood {
     /// Sends `frame` from the lab's sender at `rate` frames per second (in batches, paced
     /// against the clock), until stopped.
     pub fn start(lab: &Lab, frame: Vec<u8>, rate: u64) -> Result<Self> {
+        Self::start_mixed(lab, vec![frame], rate)
+    }
+
+    /// [`Flood::start`] with several frames taking turns (one after the other in every
+    /// batch), so their sources send at the same rate, `rate / frames.len()` each, in step.
+    pub fn start_mixed(lab: &Lab, frames: Vec<Vec<u8>>, rate: u64) -> Result<Self> {
+        anyhow::ensure!(!frames.is_empty(), "a flood needs a frame to send");
         let sender = Sender::open(&lab.sender, SENDER_IF)?;
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -92,7 +99,12 @@ impl Flood {
         let thread = {
             let (stop, sent) = (stop.clone(), sent.clone());
             std::thread::spawn(move || -> Result<()> {
-                let batch = vec![frame.as_slice(); BATCH];
+                let batch: Vec<&[u8]> = frames
+                    .iter()
+                    .cycle()
+                    .take(BATCH.div_ceil(frames.len()) * frames.len())
+                    .map(Vec::as_slice)
+                    .collect();
                 while !stop.load(Ordering::Relaxed) {
                     let due = u128::from(rate) * started.elapsed().as_micros() / 1_000_000;
                     if u128::from(sent.load(Ordering::Relaxed)) >= due {

@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::unix::AsyncFd;
+use enforcer_common::flood::FloodReport;
+use tokio::{io::unix::AsyncFd, task::JoinSet};
 
 use super::engine::Command;
 use crate::{
@@ -68,24 +69,40 @@ pub fn spawn(
     let ready = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| WatchError(e.into_parts().1))?;
     let mut watcher = Watcher {
-        status: status(&config, hold),
-        config,
         maps,
-        engine,
-        metrics,
-        repeats: Repeats::default(),
+        requests: Requests::new(config, hold, engine, metrics),
     };
     watcher.publish();
     Ok(tokio::spawn(async move { watcher.run(ready).await }))
 }
 
+/// The ring buffer and its counters, and what becomes of their reports.
 struct Watcher {
+    maps: FloodMaps,
+    requests: Requests,
+}
+
+/// Turns reports into block requests and counts what became of them.
+struct Requests {
     config: FloodConfig,
     status: FloodStatus,
-    maps: FloodMaps,
     engine: SyncSender<Command>,
     metrics: Arc<Metrics>,
     repeats: Repeats,
+    /// The requests asked and not answered yet. Each is asked as soon as its report is read;
+    /// none waits for an earlier one's answer, which comes after the store's commit (the
+    /// engine puts them into the kernel before it, together when they arrive together).
+    answers: JoinSet<Answer>,
+}
+
+/// A request's answer, and when the engine wrote its kernel entry.
+struct Answer {
+    candidate: Candidate,
+    response: Response,
+    /// When its kernel entry was written (boot clock); `None` when none was.
+    in_kernel: Option<BootNs>,
+    /// When the answer came.
+    answered: BootNs,
 }
 
 impl Watcher {
@@ -99,7 +116,14 @@ impl Watcher {
                         return;
                     };
                     guard.clear_ready();
-                    self.handle_reports().await;
+                    let reports = self.maps.drain();
+                    self.requests.handle(reports);
+                }
+                Some(done) = self.requests.answers.join_next(), if !self.requests.answers.is_empty() => {
+                    match done {
+                        Ok(answer) => self.requests.finish(&answer),
+                        Err(e) => tracing::error!(error = %e, "a flood block request's task ended without its answer"),
+                    }
                 }
                 _ = counters.tick() => {}
             }
@@ -107,9 +131,38 @@ impl Watcher {
         }
     }
 
-    /// Every report waiting, in order.
-    async fn handle_reports(&mut self) {
-        for report in self.maps.drain() {
+    /// Reads the data path's counters and publishes the status.
+    fn publish(&mut self) {
+        match self.maps.stats_total() {
+            Ok(k) => self.requests.status.kernel = k.into(),
+            Err(e) => tracing::debug!(error = %e, "reading the flood detector's counters"),
+        }
+        self.requests
+            .metrics
+            .set_flood(self.requests.status.clone());
+    }
+}
+
+impl Requests {
+    fn new(
+        config: FloodConfig,
+        hold: bool,
+        engine: SyncSender<Command>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            status: status(&config, hold),
+            config,
+            engine,
+            metrics,
+            repeats: Repeats::default(),
+            answers: JoinSet::new(),
+        }
+    }
+
+    /// Every report read, in order: each new one is asked for at once.
+    fn handle(&mut self, reports: Vec<FloodReport>) {
+        for report in reports {
             self.status.candidates += 1;
             let Some(candidate) = Candidate::from_report(&report) else {
                 tracing::warn!(?report, "a malformed flood report; ignored");
@@ -123,22 +176,40 @@ impl Watcher {
                 self.status.repeats += 1;
                 continue;
             }
-            self.request(&candidate).await;
+            self.request(candidate);
         }
     }
 
-    /// Asks the engine to block the candidate; counts the outcome and, for a block, times it.
-    async fn request(&mut self, candidate: &Candidate) {
+    /// Asks the engine to block the candidate; its answer comes to [`Self::finish`].
+    fn request(&mut self, candidate: Candidate) {
         self.status.requests += 1;
         let request = Request::Block(candidate.request());
-        let (in_kernel, written) = tokio::sync::oneshot::channel();
         let caller = crate::access::Caller::internal(SOURCE);
-        match super::control_socket::run_timed(request, caller, &self.engine, in_kernel).await {
+        let engine = self.engine.clone();
+        self.answers.spawn(async move {
+            let (in_kernel, written) = tokio::sync::oneshot::channel();
+            let response =
+                super::control_socket::run_timed(request, caller, &engine, in_kernel).await;
+            let answered = BootNs::now();
+            // The engine sends the time before the answer, or drops the sender with the
+            // request (no kernel entry written): it is there now, or never.
+            let in_kernel = written.await.ok();
+            Answer {
+                candidate,
+                response,
+                in_kernel,
+                answered,
+            }
+        });
+    }
+
+    /// Counts an answer and, for a block, times it.
+    fn finish(&mut self, answer: &Answer) {
+        let candidate = &answer.candidate;
+        match &answer.response {
             Response::Ok { .. } => {
                 self.status.blocks += 1;
-                // The engine sends the time before the answer: it is there now, or never was
-                // (a request that changed no kernel entry).
-                let timing = Timing::of(candidate, written.await.ok(), BootNs::now());
+                let timing = Timing::of(candidate, answer.in_kernel, answer.answered);
                 self.time(candidate, &timing);
             }
             Response::Err { error, .. } => {
@@ -164,15 +235,6 @@ impl Watcher {
             answered_us = micros(timing.answered),
             "flood: block requested"
         );
-    }
-
-    /// Reads the data path's counters and publishes the status.
-    fn publish(&mut self) {
-        match self.maps.stats_total() {
-            Ok(k) => self.status.kernel = k.into(),
-            Err(e) => tracing::debug!(error = %e, "reading the flood detector's counters"),
-        }
-        self.metrics.set_flood(self.status.clone());
     }
 }
 
@@ -201,4 +263,65 @@ impl Timing {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A report of `203.0.113.<host>` over the IPv4 packet limit.
+    fn report(host: u8) -> FloodReport {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[203, 0, 113, host]);
+        FloodReport {
+            addr,
+            family: 0,
+            class: 0,
+            count: 2001,
+            limit: 2000,
+            elapsed_ns: 100_000_000,
+            window_ns: 1_000_000_000,
+            at_ns: BootNs::now().kernel(),
+        }
+    }
+
+    fn requests(engine: SyncSender<Command>) -> Requests {
+        let config = FloodConfig {
+            enabled: true,
+            ..FloodConfig::default()
+        };
+        Requests::new(config, true, engine, Arc::new(Metrics::default()))
+    }
+
+    /// The engine answers a block after its store's commit (an fsync): a report read with an
+    /// earlier one must not wait for that answer to be asked for, or each source of a flood
+    /// from many waits for the commits of all before it.
+    #[tokio::test]
+    async fn a_report_is_asked_for_while_an_earlier_one_waits_for_its_answer() {
+        let (engine, asked) = mpsc::sync_channel(16);
+        let mut requests = requests(engine);
+        let handling = tokio::spawn(async move {
+            requests.handle(vec![report(1), report(2)]);
+            requests
+        });
+        // This test is the engine, and answers nothing until both are asked for.
+        let (first, second, asked) = tokio::task::spawn_blocking(move || {
+            let wait = Duration::from_secs(5);
+            let first = asked.recv_timeout(wait).ok();
+            let second = asked.recv_timeout(wait).ok();
+            (first, second, asked)
+        })
+        .await
+        .unwrap();
+        assert!(first.is_some(), "the first report was not asked for");
+        assert!(
+            second.is_some(),
+            "the second report was not asked for while the first waited for its answer"
+        );
+        drop((first, second, asked));
+        let requests = handling.await.unwrap();
+        assert_eq!(requests.status.requests, 2);
+    }
 }

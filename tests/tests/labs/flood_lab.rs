@@ -605,6 +605,72 @@ mod daemon {
         );
     }
 
+    /// The same, for a flood from four sources at once (their frames in turn, 10,000 per
+    /// second each, so they pass the limit together), five times: each source's time from its
+    /// daemon log line ("flood: block requested"). A source must not wait for the store's
+    /// commit of the blocks of the sources reported before it.
+    #[test]
+    fn threshold_to_block_latency_of_four_sources_at_once_over_5_trials() {
+        enforcer_tests::require_root();
+        let lab = Lab::new().unwrap();
+        let (d, _dir) = Daemon::with_config(&lab, &config("")).unwrap();
+        let frames = Frames::new(&lab).unwrap();
+        let load_before = load_average();
+        for trial in 0..5u8 {
+            let sources =
+                (0..4u8).map(|k| frames.udp(IpAddr::from([203, 0, 113, 40 + 4 * trial + k])));
+            let flood = Flood::start_mixed(&lab, sources.collect(), 2 * FLOOD_RATE).unwrap();
+            wait_for("the four flood blocks", Duration::from_secs(20), || {
+                Ok(Some(flood_status(&d)).filter(|f| f.blocks >= 4 * u64::from(trial + 1)))
+            })
+            .unwrap();
+            flood.stop().unwrap();
+        }
+        let log = without_colour(&d.log());
+        let field = |line: &str, name: &str| -> Option<u64> {
+            let at = line.find(&format!("{name}="))? + name.len() + 1;
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        let blocks: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("flood: block requested"))
+            .collect();
+        assert_eq!(blocks.len(), 20, "one line per block:\n{log}");
+        let mut in_kernel: Vec<u64> = blocks
+            .iter()
+            .filter_map(|l| field(l, "in_kernel_us"))
+            .collect();
+        let mut answered: Vec<u64> = blocks
+            .iter()
+            .filter_map(|l| field(l, "answered_us"))
+            .collect();
+        assert_eq!((in_kernel.len(), answered.len()), (20, 20), "{blocks:?}");
+        eprintln!(
+            "4 sources at once, threshold -> block in the kernel map (µs, 5 x 4): {}; -> the engine's answer: {}; load average {load_before} .. {}",
+            percentiles(&mut in_kernel),
+            percentiles(&mut answered),
+            load_average()
+        );
+    }
+
+    /// `text` without its terminal colour codes (ESC [ ... m).
+    fn without_colour(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// "p50 .. p95 .. max" and every value, sorted.
     fn percentiles(v: &mut [u64]) -> String {
         v.sort_unstable();
