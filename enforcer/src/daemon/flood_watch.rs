@@ -99,6 +99,8 @@ struct Requests {
 struct Answer {
     candidate: Candidate,
     response: Response,
+    /// When its report was read (boot clock).
+    read: BootNs,
     /// When its kernel entry was written (boot clock); `None` when none was.
     in_kernel: Option<BootNs>,
     /// When the answer came.
@@ -117,7 +119,7 @@ impl Watcher {
                     };
                     guard.clear_ready();
                     let reports = self.maps.drain();
-                    self.requests.handle(reports);
+                    self.requests.handle(reports, BootNs::now());
                 }
                 Some(done) = self.requests.answers.join_next(), if !self.requests.answers.is_empty() => {
                     match done {
@@ -160,8 +162,8 @@ impl Requests {
         }
     }
 
-    /// Every report read, in order: each new one is asked for at once.
-    fn handle(&mut self, reports: Vec<FloodReport>) {
+    /// Every report read (at `read`, boot clock), in order: each new one is asked for at once.
+    fn handle(&mut self, reports: Vec<FloodReport>, read: BootNs) {
         for report in reports {
             self.status.candidates += 1;
             let Some(candidate) = Candidate::from_report(&report) else {
@@ -176,12 +178,12 @@ impl Requests {
                 self.status.repeats += 1;
                 continue;
             }
-            self.request(candidate);
+            self.request(candidate, read);
         }
     }
 
     /// Asks the engine to block the candidate; its answer comes to [`Self::finish`].
-    fn request(&mut self, candidate: Candidate) {
+    fn request(&mut self, candidate: Candidate, read: BootNs) {
         self.status.requests += 1;
         let request = Request::Block(candidate.request());
         let caller = crate::access::Caller::internal(SOURCE);
@@ -197,6 +199,7 @@ impl Requests {
             Answer {
                 candidate,
                 response,
+                read,
                 in_kernel,
                 answered,
             }
@@ -209,7 +212,7 @@ impl Requests {
         match &answer.response {
             Response::Ok { .. } => {
                 self.status.blocks += 1;
-                let timing = Timing::of(candidate, answer.in_kernel, answer.answered);
+                let timing = Timing::of(candidate, answer);
                 self.time(candidate, &timing);
             }
             Response::Err { error, .. } => {
@@ -231,6 +234,7 @@ impl Requests {
             address = %candidate.address,
             class = candidate.class,
             rate = candidate.rate,
+            read_us = micros(timing.read),
             in_kernel_us = timing.in_kernel.map(micros),
             answered_us = micros(timing.answered),
             "flood: block requested"
@@ -239,8 +243,10 @@ impl Requests {
 }
 
 /// How soon a block followed the data path's report (its source passing its limit).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct Timing {
+    /// To the report read by the watcher.
+    read: Duration,
     /// To its kernel entry written (`None`: the request wrote no entry, the block was there).
     in_kernel: Option<Duration>,
     /// When that was (boot clock).
@@ -250,13 +256,14 @@ struct Timing {
 }
 
 impl Timing {
-    fn of(candidate: &Candidate, in_kernel: Option<BootNs>, answered: BootNs) -> Self {
-        let crossed = BootNs::from_kernel(candidate.at_ns);
-        let since = |t: BootNs| Duration::from_nanos(t.kernel().saturating_sub(crossed.kernel()));
+    fn of(candidate: &Candidate, answer: &Answer) -> Self {
+        let crossed = candidate.at_ns;
+        let since = |t: BootNs| Duration::from_nanos(t.kernel().saturating_sub(crossed));
         Self {
-            in_kernel: in_kernel.map(since),
-            in_kernel_at: in_kernel.unwrap_or_default(),
-            answered: since(answered),
+            read: since(answer.read),
+            in_kernel: answer.in_kernel.map(since),
+            in_kernel_at: answer.in_kernel.unwrap_or_default(),
+            answered: since(answer.answered),
         }
     }
 }
@@ -303,7 +310,7 @@ mod tests {
         let (engine, asked) = mpsc::sync_channel(16);
         let mut requests = requests(engine);
         let handling = tokio::spawn(async move {
-            requests.handle(vec![report(1), report(2)]);
+            requests.handle(vec![report(1), report(2)], BootNs::now());
             requests
         });
         // This test is the engine, and answers nothing until both are asked for.

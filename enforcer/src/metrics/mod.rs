@@ -373,14 +373,12 @@ pub fn render(m: &Metrics, s: &Snapshot, o: &Outside) -> String {
     render_counters(&mut e, m);
     if let Some(f) = m.flood() {
         render_flood(&mut e, &f);
-        if f.enabled {
-            render_histogram(
-                &mut e,
-                "enforcer_flood_report_to_block_seconds",
-                "From the data path seeing a flood source pass its limit (the report's boot-clock time) to its block's entry written into the kernel map.",
-                &m.flood_to_block,
-            );
-        }
+        render_histogram(
+            &mut e,
+            "enforcer_flood_report_to_block_seconds",
+            "From the data path seeing a flood source pass its limit (the report's boot-clock time) to its block's entry written into the kernel map.",
+            &m.flood_to_block,
+        );
     }
     // integrations (CrowdSec: last successful pull, decisions) go here.
     e.family(

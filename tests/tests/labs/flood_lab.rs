@@ -582,7 +582,6 @@ mod daemon {
         let lab = Lab::new().unwrap();
         let (d, _dir) = Daemon::with_config(&lab, &config("")).unwrap();
         let frames = Frames::new(&lab).unwrap();
-        let (mut in_kernel, mut answered) = (Vec::new(), Vec::new());
         let load_before = load_average();
         for i in 0..20u8 {
             let attacker = IpAddr::from([203, 0, 113, 10 + i]);
@@ -593,14 +592,11 @@ mod daemon {
             .unwrap();
             flood.stop().unwrap();
             assert!(f.last_latency_us > 0, "{f:?}");
-            in_kernel.push(f.last_latency_us);
-            answered.push(f.last_answered_us);
         }
         assert_eq!(d.list(&[]).len(), 20);
         eprintln!(
-            "threshold -> block in the kernel map (µs, 20 trials): {}; -> the engine's answer: {}; load average {load_before} .. {}",
-            percentiles(&mut in_kernel),
-            percentiles(&mut answered),
+            "20 trials, {}; load average {load_before} .. {}",
+            BlockTimes::read(&d, 20),
             load_average()
         );
     }
@@ -626,35 +622,69 @@ mod daemon {
             .unwrap();
             flood.stop().unwrap();
         }
-        let log = without_colour(&d.log());
-        let field = |line: &str, name: &str| -> Option<u64> {
-            let at = line.find(&format!("{name}="))? + name.len() + 1;
-            line[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        };
-        let blocks: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("flood: block requested"))
-            .collect();
-        assert_eq!(blocks.len(), 20, "one line per block:\n{log}");
-        let mut in_kernel: Vec<u64> = blocks
-            .iter()
-            .filter_map(|l| field(l, "in_kernel_us"))
-            .collect();
-        let mut answered: Vec<u64> = blocks
-            .iter()
-            .filter_map(|l| field(l, "answered_us"))
-            .collect();
-        assert_eq!((in_kernel.len(), answered.len()), (20, 20), "{blocks:?}");
         eprintln!(
-            "4 sources at once, threshold -> block in the kernel map (µs, 5 x 4): {}; -> the engine's answer: {}; load average {load_before} .. {}",
-            percentiles(&mut in_kernel),
-            percentiles(&mut answered),
+            "4 sources at once (5 x 4 blocks), {}; load average {load_before} .. {}",
+            BlockTimes::read(&d, 20),
             load_average()
         );
+    }
+
+    /// Each flood block's times, from the daemon's log lines ("flood: block requested"), in µs
+    /// from its source passing its limit.
+    struct BlockTimes {
+        /// To its report read by the daemon (absent from builds that did not log it).
+        read: Vec<u64>,
+        /// To its entry written into the kernel map.
+        in_kernel: Vec<u64>,
+        /// To the engine's answer, after the store's commit.
+        answered: Vec<u64>,
+    }
+
+    impl BlockTimes {
+        /// The times of the daemon's `n` flood blocks.
+        fn read(d: &Daemon, n: usize) -> Self {
+            let log = without_colour(&d.log());
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("flood: block requested"))
+                .collect();
+            assert_eq!(lines.len(), n, "one line per block:\n{log}");
+            let all =
+                |name: &str| -> Vec<u64> { lines.iter().filter_map(|l| field(l, name)).collect() };
+            let times = Self {
+                read: all("read_us"),
+                in_kernel: all("in_kernel_us"),
+                answered: all("answered_us"),
+            };
+            assert_eq!(
+                (times.in_kernel.len(), times.answered.len()),
+                (n, n),
+                "{lines:?}"
+            );
+            times
+        }
+    }
+
+    impl std::fmt::Display for BlockTimes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "threshold -> report read (µs): {}; -> block in the kernel map: {}; -> the engine's answer: {}",
+                percentiles(&self.read),
+                percentiles(&self.in_kernel),
+                percentiles(&self.answered)
+            )
+        }
+    }
+
+    /// The number after `name=` in a log line.
+    fn field(line: &str, name: &str) -> Option<u64> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// `text` without its terminal colour codes (ESC [ ... m).
@@ -671,8 +701,12 @@ mod daemon {
         out
     }
 
-    /// "p50 .. p95 .. max" and every value, sorted.
-    fn percentiles(v: &mut [u64]) -> String {
+    /// "p50 .. p95 .. max" and every value, sorted ("none" for none).
+    fn percentiles(v: &[u64]) -> String {
+        if v.is_empty() {
+            return "none".into();
+        }
+        let mut v = v.to_vec();
         v.sort_unstable();
         let p = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
         format!("p50 {} p95 {} max {} all {v:?}", p(0.5), p(0.95), p(1.0))
