@@ -112,7 +112,7 @@ impl Watcher {
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
         loop {
             tokio::select! {
-                guard = ready.readable() => {
+                guard = ready.readable(), if self.requests.has_room() => {
                     let Ok(mut guard) = guard else {
                         tracing::error!("the flood detector's ring buffer cannot be polled; flood reports are no longer read");
                         return;
@@ -160,6 +160,14 @@ impl Requests {
             repeats: Repeats::default(),
             answers: JoinSet::new(),
         }
+    }
+
+    /// Whether more reports may be read: fewer than a window's worth of reports
+    /// (`reports_per_window`) wait for their answers. While the engine does not answer, the
+    /// rest stay in the ring buffer, and once it is full the data path counts them
+    /// (`ring_full`).
+    fn has_room(&self) -> bool {
+        self.answers.len() < self.config.reports_per_window as usize
     }
 
     /// Every report read (at `read`, boot clock), in order: each new one is asked for at once.
@@ -297,6 +305,7 @@ mod tests {
     fn requests(engine: SyncSender<Command>) -> Requests {
         let config = FloodConfig {
             enabled: true,
+            reports_per_window: 2,
             ..FloodConfig::default()
         };
         Requests::new(config, true, engine, Arc::new(Metrics::default()))
@@ -330,5 +339,28 @@ mod tests {
         drop((first, second, asked));
         let requests = handling.await.unwrap();
         assert_eq!(requests.status.requests, 2);
+    }
+
+    /// While the engine answers nothing, the requests waiting are bounded (a window's worth of
+    /// reports); the watcher takes more reports once answers come.
+    #[tokio::test]
+    async fn no_more_reports_are_taken_while_a_windows_worth_wait_for_their_answers() {
+        let (engine, asked) = mpsc::sync_channel(16);
+        let mut requests = requests(engine);
+        assert!(requests.has_room());
+        requests.handle(vec![report(1)], BootNs::now());
+        assert!(requests.has_room(), "one of two waits");
+        requests.handle(vec![report(2)], BootNs::now());
+        assert!(!requests.has_room(), "two of two wait");
+        let first = tokio::task::spawn_blocking(move || asked.recv_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .expect("asked");
+        // The engine ends without answering: the request comes back refused.
+        drop(first);
+        let answer = requests.answers.join_next().await.unwrap().unwrap();
+        requests.finish(&answer);
+        assert!(requests.has_room(), "an answer came");
+        assert_eq!(requests.status.refused, 1);
     }
 }
