@@ -25,6 +25,9 @@ pub(super) struct ScopeMaps {
     gate: Array<MapData, u64>,
     /// Targets with at least one scope entry in the kernel.
     scoped: BTreeSet<Target>,
+    /// The gate word as this writer last read or wrote it (`None` before [`ScopeMaps::reload`]
+    /// or after a failed write), so a write does not read it back from the kernel each time.
+    gate_on: Option<u64>,
 }
 
 fn kernel(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
@@ -72,6 +75,7 @@ impl ScopeMaps {
             entries,
             gate,
             scoped: BTreeSet::new(),
+            gate_on: None,
         }
     }
 
@@ -84,17 +88,22 @@ impl ScopeMaps {
             scoped.extend(target_of(&key));
         }
         self.scoped = scoped;
+        self.gate_on = self.gate.get(&0, 0).ok();
         self.set_gate()
     }
 
+    /// Raises or lowers the gate to match `scoped`; the one writer keeps the word it wrote.
     fn set_gate(&mut self) -> Result<(), MapsError> {
         let on = u64::from(!self.scoped.is_empty());
-        if self.gate.get(&0, 0).ok() == Some(on) {
+        if self.gate_on == Some(on) {
             return Ok(());
         }
+        self.gate_on = None;
         self.gate
             .set(0, on, 0)
-            .map_err(kernel("update", map_names::SCOPED))
+            .map_err(kernel("update", map_names::SCOPED))?;
+        self.gate_on = Some(on);
+        Ok(())
     }
 
     /// Whether `target` has scope entries in the kernel.
