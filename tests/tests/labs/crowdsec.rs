@@ -746,26 +746,92 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
     Ok(())
 }
 
+/// A LAPI that takes the connection and never answers (a hung or overloaded LAPI; a refused
+/// connection fails at once and would prove nothing): the daemon is READY while its startup
+/// pull still hangs, enforces the CLI's blocks, and reports the LAPI as failing once the
+/// connection dies. A daemon that waited for the pull would be READY only after the pull's
+/// 120 s timeout had closed the connection, which the hung LAPI sees.
 #[test]
 fn the_daemon_starts_without_waiting_for_an_unreachable_lapi() -> Result<()> {
     require_root();
     let lab = Lab::new()?;
     let dir = tempfile::tempdir()?;
-    // Nothing listens on this port in the fresh namespace.
-    let started = Instant::now();
-    let daemon = Daemon::start(&lab, &["--config", &fake_config(dir.path(), 9, "")?])?;
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "start took {:?}",
-        started.elapsed()
+    let hung = HungLapi::start(&lab)?;
+    let daemon = Daemon::start(
+        &lab,
+        &["--config", &fake_config(dir.path(), hung.port, "")?],
+    )?;
+    assert_eq!(
+        hung.closed(),
+        0,
+        "a pull to the hung LAPI ended before the daemon was READY: the start waited for it"
     );
     ok(&daemon.cli(&["block", SENDER_V4[1], "--ttl", "1h"]));
     assert_eq!(lab.passes(SENDER_V4[1]), 0);
+    wait_for("the startup pull to reach the hung LAPI", PATIENCE, || {
+        Ok((hung.accepted() > 0).then_some(()))
+    })?;
+    assert_eq!(crowdsec(&daemon).pulls, 0, "no pull can have succeeded");
+    hung.hang_up();
     wait_for("status to show the error", PATIENCE, || {
         Ok(crowdsec(&daemon).last_error)
     })?;
     assert!(ok(&daemon.cli(&["status"])).contains("crowdsec: FAILING since"));
     Ok(())
+}
+
+/// A listener that accepts connections, reads nothing and answers nothing, counting the
+/// connections it took and those the other end closed, until [`HungLapi::hang_up`].
+struct HungLapi {
+    port: u16,
+    streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HungLapi {
+    fn start(lab: &Lab) -> Result<Self> {
+        let listener = lab.receiver.run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let port = listener.local_addr()?.port();
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (kept, ends) = (streams.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let Ok(mut reader) = stream.try_clone() else {
+                    continue;
+                };
+                kept.lock().unwrap().push(stream);
+                let ends = ends.clone();
+                // Drains what the daemon sends; a read of 0 is the daemon closing its end.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+                    ends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            streams,
+            closed,
+        })
+    }
+
+    fn accepted(&self) -> usize {
+        self.streams.lock().unwrap().len()
+    }
+
+    /// Connections the daemon closed (a pull that gave up), not counting [`HungLapi::hang_up`]'s.
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resets every connection taken so far: the pulls in flight fail.
+    fn hang_up(&self) {
+        for stream in self.streams.lock().unwrap().drain(..) {
+            stream.shutdown(std::net::Shutdown::Both).ok();
+        }
+    }
 }
 
 /// The first pull starts as the daemon starts, before the store is opened and the interfaces
