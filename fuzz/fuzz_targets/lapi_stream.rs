@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let touched: BTreeSet<Target> = bans.iter().map(|b| b.target).collect();
     let mut ledger = Ledger::default();
-    let startup = ledger.startup(&source, bans.clone(), NOW);
+    let startup = ledger.startup(&source, bans.clone(), NOW, NOW);
     assert!(startup.replace && startup.remove.is_empty());
     let targets: Vec<Target> = startup.items.iter().map(|i| i.target).collect();
     assert!(
@@ -86,7 +86,8 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // Deleting every decision again: nothing stays.
-    let delta = ledger.delta(&source, Vec::new(), bans, NOW + Duration::from_millis(1));
+    let later = NOW + Duration::from_millis(1);
+    let delta = ledger.delta(&source, Vec::new(), bans, later, later);
     assert!(delta.items.is_empty(), "{:?}", delta.items);
     assert_eq!(
         delta.remove.iter().copied().collect::<BTreeSet<_>>(),

@@ -104,11 +104,21 @@ impl Decisions {
 impl Ledger {
     /// A startup pull: the LAPI's whole current state replaces what we knew.
     /// Its items are in target order (the engine's maps and the store take them fastest so).
-    pub fn startup(&mut self, source: &Source, bans: Vec<Ban>, now: BootMs) -> SyncRequest {
+    ///
+    /// `answered`: when the LAPI answered (its durations count from then); `now`: when the
+    /// request goes to the engine (its TTLs count from then). A decision that ended between
+    /// the two is not asked for.
+    pub fn startup(
+        &mut self,
+        source: &Source,
+        bans: Vec<Ban>,
+        answered: BootMs,
+        now: BootMs,
+    ) -> SyncRequest {
         self.targets.clear();
         self.origins.clear();
         for ban in bans {
-            self.insert(ban, now);
+            self.insert(ban, answered);
         }
         let mut items: Vec<SyncItem> = self
             .targets
@@ -124,12 +134,14 @@ impl Ledger {
         }
     }
 
-    /// A delta pull: decisions that started and decisions that ended since the last pull.
+    /// A delta pull: decisions that started and decisions that ended since the last pull
+    /// (`answered` and `now` as for [`Ledger::startup`]).
     pub fn delta(
         &mut self,
         source: &Source,
         new: Vec<Ban>,
         deleted: Vec<Ban>,
+        answered: BootMs,
         now: BootMs,
     ) -> SyncRequest {
         let mut touched: Vec<Target> = Vec::with_capacity(new.len() + deleted.len());
@@ -141,7 +153,7 @@ impl Ledger {
         }
         for ban in new {
             touched.push(ban.target);
-            self.insert(ban, now);
+            self.insert(ban, answered);
         }
         touched.sort_unstable();
         touched.dedup();
@@ -183,7 +195,8 @@ impl Ledger {
         by_origin
     }
 
-    fn insert(&mut self, ban: Ban, now: BootMs) {
+    /// Records a decision whose `remaining_ms` counts from `answered`.
+    fn insert(&mut self, ban: Ban, answered: BootMs) {
         let Ok(remaining) = u64::try_from(ban.remaining_ms) else {
             return;
         };
@@ -199,7 +212,7 @@ impl Ledger {
             }
         };
         let live = Live {
-            expires_ms: now + Duration::from_millis(remaining),
+            expires_ms: answered + Duration::from_millis(remaining),
             reason: ban.reason,
             origin,
         };
@@ -272,6 +285,7 @@ mod tests {
                 ban(3, "198.51.100.0/24", 60_000),
             ],
             NOW,
+            NOW,
         );
         assert!(req.replace);
         assert_eq!(
@@ -294,9 +308,43 @@ mod tests {
             &src(),
             vec![ban(3, "198.51.100.0/24", 50_000)],
             NOW + ms(10_000),
+            NOW + ms(10_000),
         );
         assert_eq!(ttls(&req), vec![("198.51.100.0/24".into(), 50_000)]);
         assert_eq!(l.active(NOW + ms(10_000)), 1);
+    }
+
+    /// The first pull is answered while the daemon starts and applied once its engine is
+    /// ready: the LAPI's durations count from its answer, the TTLs asked for from the apply.
+    #[test]
+    fn a_pull_applied_after_its_answer_asks_only_for_what_is_left() {
+        let mut l = Ledger::default();
+        let later = NOW + ms(5_000);
+        let req = l.startup(
+            &src(),
+            vec![ban(1, "192.0.2.1", 600_000), ban(2, "192.0.2.2", 3_000)],
+            NOW,
+            later,
+        );
+        assert_eq!(
+            ttls(&req),
+            vec![("192.0.2.1".into(), 595_000)],
+            "the decision that ended during the wait is not asked for"
+        );
+        let req = l.delta(
+            &src(),
+            vec![ban(3, "2001:db8::3", 60_000), ban(4, "192.0.2.1", 1_000)],
+            vec![],
+            later,
+            later + ms(2_000),
+        );
+        assert_eq!(
+            ttls(&req),
+            vec![
+                ("192.0.2.1".into(), 593_000),
+                ("2001:db8::3".into(), 58_000)
+            ]
+        );
     }
 
     #[test]
@@ -310,7 +358,7 @@ mod tests {
                 ban(98, "10.0.0.0/8", 60_000),
             ])
             .collect();
-        let req = l.startup(&src(), bans, NOW);
+        let req = l.startup(&src(), bans, NOW, NOW);
         let targets: Vec<Target> = req.items.iter().map(|i| i.target).collect();
         let mut sorted = targets.clone();
         sorted.sort();
@@ -325,11 +373,13 @@ mod tests {
             &src(),
             vec![ban(1, "192.0.2.9", 300_000), ban(2, "192.0.2.9", 600_000)],
             NOW,
+            NOW,
         );
         let req = l.delta(
             &src(),
             vec![],
             vec![ban(2, "192.0.2.9", -1)],
+            NOW + ms(1000),
             NOW + ms(1000),
         );
         assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 299_000)]);
@@ -338,6 +388,7 @@ mod tests {
             &src(),
             vec![],
             vec![ban(1, "192.0.2.9", -1)],
+            NOW + ms(2000),
             NOW + ms(2000),
         );
         assert!(req.items.is_empty());
@@ -348,12 +399,24 @@ mod tests {
     #[test]
     fn overlapping_deltas_are_idempotent() {
         let mut l = Ledger::default();
-        l.startup(&src(), vec![], NOW);
-        let a = l.delta(&src(), vec![ban(5, "2001:db8::5", 60_000)], vec![], NOW);
-        let b = l.delta(&src(), vec![ban(5, "2001:db8::5", 60_000)], vec![], NOW);
+        l.startup(&src(), vec![], NOW, NOW);
+        let a = l.delta(
+            &src(),
+            vec![ban(5, "2001:db8::5", 60_000)],
+            vec![],
+            NOW,
+            NOW,
+        );
+        let b = l.delta(
+            &src(),
+            vec![ban(5, "2001:db8::5", 60_000)],
+            vec![],
+            NOW,
+            NOW,
+        );
         assert_eq!(ttls(&a), ttls(&b));
         // A deletion of a decision we never saw still lifts a target nothing else holds.
-        let c = l.delta(&src(), vec![], vec![ban(99, "203.0.113.1", -5)], NOW);
+        let c = l.delta(&src(), vec![], vec![ban(99, "203.0.113.1", -5)], NOW, NOW);
         assert_eq!(c.remove, vec!["203.0.113.1".parse().unwrap()]);
     }
 
@@ -364,7 +427,7 @@ mod tests {
             .map(|i| ban(i, "192.0.2.9", i * 1000))
             .chain([ban(7, "192.0.2.9", 500_000)])
             .collect();
-        let req = l.startup(&src(), bans, NOW);
+        let req = l.startup(&src(), bans, NOW, NOW);
         assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 500_000)]);
         // Delete the longest (id 7, updated in place) and every even id: id 39 is the longest left.
         let gone: Vec<Ban> = (2..=40)
@@ -372,13 +435,13 @@ mod tests {
             .chain([7, 40])
             .map(|i| ban(i, "192.0.2.9", -1))
             .collect();
-        let req = l.delta(&src(), vec![], gone, NOW);
+        let req = l.delta(&src(), vec![], gone, NOW, NOW);
         assert_eq!(ttls(&req), vec![("192.0.2.9".into(), 39_000)]);
         let rest: Vec<Ban> = (1..40)
             .step_by(2)
             .map(|i| ban(i, "192.0.2.9", -1))
             .collect();
-        let req = l.delta(&src(), vec![], rest, NOW);
+        let req = l.delta(&src(), vec![], rest, NOW, NOW);
         assert_eq!(req.remove.len(), 1, "{req:?}");
         assert_eq!(l.active(NOW), 0);
     }
@@ -394,12 +457,19 @@ mod tests {
                 ban(3, "192.0.2.3", 1),
             ],
             NOW,
+            NOW,
         );
         assert_eq!(ttls(&req), vec![("192.0.2.3".into(), 1)]);
         // The one live decision ran out: a later delta touching it removes it.
-        let req = l.delta(&src(), vec![], vec![], NOW + ms(5));
+        let req = l.delta(&src(), vec![], vec![], NOW + ms(5), NOW + ms(5));
         assert!(req.items.is_empty() && req.remove.is_empty());
-        let req = l.delta(&src(), vec![ban(4, "192.0.2.3", -1)], vec![], NOW + ms(5));
+        let req = l.delta(
+            &src(),
+            vec![ban(4, "192.0.2.3", -1)],
+            vec![],
+            NOW + ms(5),
+            NOW + ms(5),
+        );
         assert_eq!(req.remove.len(), 1);
     }
 }

@@ -218,16 +218,16 @@ impl<E: Engine> Bouncer<E> {
         let full = self.need_full || self.last_full.is_none_or(|t| t.elapsed() >= self.resync);
         let started = Instant::now();
         let bytes = self.lapi.pull(full).await?;
+        // The LAPI's durations are the time left when it answered: they count from here. Ends
+        // are kept on the boot clock, so a wall-clock step does not end them.
+        let answered = crate::time::BootMs::now();
         let fetched = started.elapsed();
         let body = StreamBody::parse(&bytes).map_err(|e| LapiError::Garbage(e.to_string()))?;
         let now = WallMs::now();
-        // Decisions' ends are kept on the boot clock: a wall-clock step must not end them.
-        let since_boot = crate::time::BootMs::now();
         let decisions = body.new.len();
-        let request = if full {
+        let (new, deleted) = if full {
             self.ignored.clear();
-            let new = self.map_new(&body.new);
-            self.ledger.startup(&self.source, new, since_boot)
+            (self.map_new(&body.new), Vec::new())
         } else {
             for d in &body.deleted {
                 if let Some(id) = d.id() {
@@ -239,12 +239,22 @@ impl<E: Engine> Bouncer<E> {
                 .iter()
                 .filter_map(|d| decision::map(d).ok())
                 .collect();
-            let new = self.map_new(&body.new);
-            self.ledger.delta(&self.source, new, deleted, since_boot)
+            (self.map_new(&body.new), deleted)
         };
         drop(body);
         drop(bytes);
         let mapped = started.elapsed();
+        // The first pull is answered while the daemon starts (seconds, on a loaded machine):
+        // the request's TTLs, which the engine counts from when it applies them, are taken
+        // only once it can, or every block would end later by the start's length.
+        self.wait_engine_ready().await?;
+        let applied_at = crate::time::BootMs::now();
+        let request = if full {
+            self.ledger.startup(&self.source, new, answered, applied_at)
+        } else {
+            self.ledger
+                .delta(&self.source, new, deleted, answered, applied_at)
+        };
         let reply = if full || !request.items.is_empty() || !request.remove.is_empty() {
             self.apply(request).await?
         } else {
@@ -340,10 +350,8 @@ impl<E: Engine> Bouncer<E> {
         })
     }
 
-    async fn apply(
-        &mut self,
-        request: crate::protocol::SyncRequest,
-    ) -> Result<SyncReply, PullError> {
+    /// Until the engine takes requests (only the first pull waits).
+    async fn wait_engine_ready(&mut self) -> Result<(), PullError> {
         if let Some(mut ready) = self.engine_ready.take()
             && ready.wait_for(|r| *r).await.is_err()
         {
@@ -351,6 +359,13 @@ impl<E: Engine> Bouncer<E> {
                 "the daemon stopped before its engine was ready".into(),
             ));
         }
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        request: crate::protocol::SyncRequest,
+    ) -> Result<SyncReply, PullError> {
         let items = request.items.len();
         match self.engine.ask(Request::SyncSource(request)).await {
             Response::Ok {
