@@ -65,6 +65,10 @@ struct Args {
     /// data path change, about a minute), not the map fills, counters, parses and CPUs.
     #[arg(long, requires = "baseline_object")]
     baseline_only: bool,
+    /// Data path: measure only the cases of many prefix lengths over one source (a minute or
+    /// two), not the rest of the section.
+    #[arg(long, conflicts_with = "baseline_only")]
+    lengths_only: bool,
     /// Control plane: leave these parts out (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     control_skip: Vec<control::Skip>,
@@ -140,8 +144,13 @@ fn main() -> Result<()> {
         } else {
             datapath::Settings::FULL
         };
+        let part = match (args.baseline_only, args.lengths_only) {
+            (true, _) => datapath::Part::Baseline,
+            (_, true) => datapath::Part::Lengths,
+            _ => datapath::Part::All,
+        };
         report.datapath = Some(timed(times, "data path", || {
-            datapath::run(&s, args.baseline_object.as_deref(), args.baseline_only)
+            datapath::run(&s, args.baseline_object.as_deref(), part)
         })?);
     }
     if runs(Section::Traffic) {

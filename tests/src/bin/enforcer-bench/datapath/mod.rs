@@ -39,6 +39,7 @@ use enforcer_tests::{PinDir, frame};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+mod lengths;
 mod scoped;
 
 const XDP_DROP: u32 = 1;
@@ -142,6 +143,14 @@ pub(crate) enum Packet {
     /// A blocked address's TCP to an ephemeral port: the reply check asks the kernel for a
     /// socket (there is none), then drops.
     HitReplyChecked,
+    /// The source lies in N nested prefixes of N distinct lengths: the longest drops it.
+    LengthsHit,
+    /// The source shares its /16 (/32) with N prefixes of N distinct lengths and lies in none:
+    /// every length's filter bit is checked, then passed.
+    LengthsMiss,
+    /// The source lies in N nested prefixes of N distinct lengths, all expired: every length
+    /// is looked up and passed over, then passed.
+    LengthsExpired,
 }
 
 impl Packet {
@@ -151,10 +160,14 @@ impl Packet {
             | Self::Allowlisted
             | Self::TrieMiss
             | Self::MissScopesLoaded
-            | Self::ScopedOtherPort => XDP_PASS,
-            Self::HitAddress | Self::HitPrefix | Self::ScopedHit | Self::HitReplyChecked => {
-                XDP_DROP
-            }
+            | Self::ScopedOtherPort
+            | Self::LengthsMiss
+            | Self::LengthsExpired => XDP_PASS,
+            Self::HitAddress
+            | Self::HitPrefix
+            | Self::ScopedHit
+            | Self::HitReplyChecked
+            | Self::LengthsHit => XDP_DROP,
         }
     }
 
@@ -247,6 +260,13 @@ pub(crate) struct Results {
     /// Port-scoped blocks beside whole-address ones, TCP frames, the same rounds (issue 22).
     #[serde(default)]
     pub scoped: Vec<Case>,
+    /// N distinct prefix lengths over one source beside an address hit and a plain miss, the
+    /// same rounds (issue 25, item 1).
+    #[serde(default)]
+    pub lengths: Vec<Case>,
+    /// The lengths a random source's word holds with the section's largest prefix fill.
+    #[serde(default)]
+    pub lengths_census: Vec<lengths::Census>,
 }
 
 /// One packet through this build's Ethernet program and an earlier build's, in the same rounds.
@@ -264,26 +284,48 @@ pub(crate) struct BaselineCase {
     pub wall_new_vs_old: f64,
 }
 
-/// Runs the whole section; with `baseline`, an earlier build's XDP object, also compares this
-/// build's Ethernet path with it (and with `baseline_only`, does only that).
-pub(crate) fn run(
-    settings: &Settings,
-    baseline: Option<&Path>,
-    baseline_only: bool,
-) -> Result<Results> {
-    if let (Some(object), true) = (baseline, baseline_only) {
-        return Ok(Results {
-            settings: *settings,
-            floor_median_ns: f64::NAN,
-            wall_floor_median_ns: f64::NAN,
-            cases: Vec::new(),
-            counters: Vec::new(),
-            inserts: Vec::new(),
-            multi_cpu: Vec::new(),
-            raw_ip: Vec::new(),
-            baseline: compare_with(object, settings)?,
-            scoped: Vec::new(),
-        });
+/// Which part of the section a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Everything (and the comparison when there is a baseline object).
+    All,
+    /// Only the comparison with the baseline object.
+    Baseline,
+    /// Only the prefix-lengths cases.
+    Lengths,
+}
+
+/// Runs the section, or one `part` of it; with `baseline`, an earlier build's XDP object, also
+/// compares this build's Ethernet path with it.
+pub(crate) fn run(settings: &Settings, baseline: Option<&Path>, part: Part) -> Result<Results> {
+    let census = || {
+        [Family::Ipv4, Family::Ipv6].map(|f| lengths::Census::of(f, settings.largest.min(100_000)))
+    };
+    let only = |baseline, lengths| Results {
+        settings: *settings,
+        floor_median_ns: f64::NAN,
+        wall_floor_median_ns: f64::NAN,
+        cases: Vec::new(),
+        counters: Vec::new(),
+        inserts: Vec::new(),
+        multi_cpu: Vec::new(),
+        raw_ip: Vec::new(),
+        baseline,
+        scoped: Vec::new(),
+        lengths,
+        lengths_census: Vec::new(),
+    };
+    match (part, baseline) {
+        (Part::Baseline, Some(object)) => {
+            return Ok(only(compare_with(object, settings)?, Vec::new()));
+        }
+        (Part::Lengths, _) => {
+            return Ok(Results {
+                lengths_census: census().into(),
+                ..only(Vec::new(), lengths::run(settings)?)
+            });
+        }
+        _ => {}
     }
     let mut cases = Vec::new();
     let mut inserts = Vec::new();
@@ -296,6 +338,7 @@ pub(crate) fn run(
     let counters = counters(settings)?;
     let raw_ip = raw_ip(settings)?;
     let scoped = scoped::run(settings)?;
+    let lengths = lengths::run(settings)?;
     let baseline = match baseline {
         Some(object) => compare_with(object, settings)?,
         None => Vec::new(),
@@ -323,6 +366,8 @@ pub(crate) fn run(
         raw_ip,
         baseline,
         scoped,
+        lengths,
+        lengths_census: census().into(),
     })
 }
 
@@ -819,6 +864,9 @@ impl Fixtures {
             Packet::MissScopesLoaded => self.miss,
             Packet::ScopedHit | Packet::ScopedOtherPort | Packet::HitReplyChecked => {
                 self.hit_address
+            }
+            Packet::LengthsHit | Packet::LengthsMiss | Packet::LengthsExpired => {
+                unreachable!("the prefix-lengths cases choose their own sources")
             }
         }
     }

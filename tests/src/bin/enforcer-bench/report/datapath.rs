@@ -53,6 +53,7 @@ pub(super) fn markdown(w: &mut String, d: &datapath::Results) {
 
     raw_ip_markdown(w, d);
     scoped_markdown(w, d);
+    lengths_markdown(w, d);
 
     let _ = writeln!(w, "\n### What per-block hit counters cost\n");
     let _ = writeln!(
@@ -157,6 +158,69 @@ fn scoped_markdown(w: &mut String, d: &datapath::Results) {
     }
 }
 
+/// N distinct prefix lengths over one source beside an address hit and a plain miss (issue 25,
+/// item 1: would binary search on lengths pay?).
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "writing to a String cannot fail"
+)]
+fn lengths_markdown(w: &mut String, d: &datapath::Results) {
+    if d.lengths.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### Many prefix lengths over one source\n");
+    let _ = writeln!(
+        w,
+        "N nested prefixes of N distinct lengths around one source (IPv4 /17–/31 in its /16, \
+         IPv6 /33–/127 in its /32, spread evenly), each N on programs of its own: the hit is \
+         the source (the longest length decides at once), the miss a source of the same /16 \
+         (/32) outside all of them (each length's filter bit checked), the expired miss the \
+         source with all N expired (each length looked up). **÷ base** divides a case's × floor \
+         by that of the address hit (for hits) or of the plain miss (for passes) in the same \
+         rounds.\n"
+    );
+    let _ = writeln!(w, "| family | N | packet | ns/packet | × floor | ÷ base |");
+    let _ = writeln!(w, "|---|--:|---|--:|--:|--:|");
+    for c in &d.lengths {
+        let base = if c.id.packet.verdict_is_drop() {
+            Packet::HitAddress
+        } else {
+            Packet::Miss
+        };
+        let ratio = d
+            .lengths
+            .iter()
+            .find(|b| b.id.family == c.id.family && b.id.packet == base)
+            .map_or("–".to_owned(), |b| {
+                format!("{:.2}", c.vs_floor / b.vs_floor)
+            });
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {:.2} | {} |",
+            c.id.family,
+            c.id.entries,
+            packet(c.id.packet),
+            ns(c.median_ns),
+            c.vs_floor,
+            ratio
+        );
+    }
+    for c in &d.lengths_census {
+        let _ = writeln!(
+            w,
+            "\n{}, {} random prefixes (the section's fill): a random source's word holds {:.2} \
+             lengths a miss walks on average, {} at the 99th percentile, {} at most; {:.3}% of \
+             sources more than 3.",
+            c.family,
+            thousands(c.prefixes),
+            c.mean,
+            c.p99,
+            c.max,
+            c.over_3 * 100.0
+        );
+    }
+}
+
 /// Raw-IP beside Ethernet, and this build beside an earlier object.
 #[expect(
     clippy::let_underscore_must_use,
@@ -257,6 +321,9 @@ pub(super) fn packet_name(p: Packet) -> &'static str {
         Packet::ScopedHit => "hit (tcp/22 block, port 22)",
         Packet::ScopedOtherPort => "pass (tcp/22 block, port 80)",
         Packet::HitReplyChecked => "hit (address), reply checked",
+        Packet::LengthsHit => "hit (longest of N lengths)",
+        Packet::LengthsMiss => "miss (N lengths' filter bits checked)",
+        Packet::LengthsExpired => "miss (N lengths looked up, all expired)",
     }
 }
 
@@ -297,6 +364,7 @@ pub(super) fn svg(d: &datapath::Results) -> String {
         Packet::TrieMiss => "#72b7b2",
         Packet::MissScopesLoaded => "#9d755d",
         Packet::ScopedHit | Packet::ScopedOtherPort | Packet::HitReplyChecked => "#b279a2",
+        Packet::LengthsHit | Packet::LengthsMiss | Packet::LengthsExpired => "#ff9da6",
     };
 
     let mut out = super::svg::open(
@@ -429,6 +497,7 @@ pub(super) fn multi_cpu_svg(d: &datapath::Results) -> String {
         Packet::TrieMiss => "#72b7b2",
         Packet::MissScopesLoaded => "#9d755d",
         Packet::ScopedHit | Packet::ScopedOtherPort | Packet::HitReplyChecked => "#b279a2",
+        Packet::LengthsHit | Packet::LengthsMiss | Packet::LengthsExpired => "#ff9da6",
     };
     let bars = d
         .multi_cpu
