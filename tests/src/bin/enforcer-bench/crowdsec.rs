@@ -76,6 +76,9 @@ pub(crate) struct Sync {
     pub import_s: f64,
     /// The LAPI answering the full pull to curl (median of 3): the baseline.
     pub lapi_answer_ms: f64,
+    /// When the first byte of that answer arrived (median of the same 3): until then the LAPI
+    /// is working and nothing can be decoded.
+    pub lapi_first_byte_ms: f64,
     /// Daemon process start → every decision enforced (median over the runs).
     pub enforced_ms: f64,
     /// Each run of this build.
@@ -247,7 +250,7 @@ fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
     eprintln!("  imported {n} decisions in {import_s:.1} s");
     let config = lapi.daemon_config("bench-sync", &lapi.url(), "update_frequency = \"1s\"\n")?;
     let key = lapi.add_bouncer("bench-curl")?;
-    let mut answers = Vec::new();
+    let (mut answers, mut first_bytes) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let t = Instant::now();
         let out = lab.receiver.exec(
@@ -256,15 +259,25 @@ fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
                 "-sf",
                 "-o",
                 "/dev/null",
+                "-w",
+                "%{time_starttransfer}",
                 "-H",
                 &format!("X-Api-Key: {key}"),
                 &format!("{}v1/decisions/stream?startup=true", lapi.url()),
             ],
         )?;
-        ensure!(out.is_empty(), "curl: {out}");
         answers.push(t.elapsed().as_secs_f64() * 1e3);
+        let first: f64 = out
+            .trim()
+            .parse()
+            .with_context(|| format!("curl's time_starttransfer: {out}"))?;
+        first_bytes.push(first * 1e3);
     }
     let lapi_answer_ms = crate::stats::median(&answers);
+    let lapi_first_byte_ms = crate::stats::median(&first_bytes);
+    eprintln!(
+        "  LAPI full pull to curl: first byte {lapi_first_byte_ms:.0} ms, whole answer {lapi_answer_ms:.0} ms"
+    );
     let current = enforcer_bin();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..s.sync_runs {
@@ -287,6 +300,7 @@ fn sync(s: &Settings, baseline: Option<&Path>) -> Result<Sync> {
         decisions: n,
         import_s,
         lapi_answer_ms,
+        lapi_first_byte_ms,
         enforced_ms: crate::stats::median(&ours),
         enforced_runs_ms: ours,
         baseline: baseline.map(|b| BaselineSync {

@@ -57,31 +57,35 @@ pub(super) fn markdown(w: &mut String, c: &Results) {
     );
     let _ = writeln!(
         w,
-        "| startup sync of {} decisions | time | ÷ LAPI answer alone |",
+        "| startup sync of {} decisions | time | beyond the LAPI's answer | ÷ LAPI answer alone |",
         thousands(s.decisions)
     );
-    let _ = writeln!(w, "|---|--:|--:|");
+    let _ = writeln!(w, "|---|--:|--:|--:|");
     let _ = writeln!(
         w,
-        "| LAPI answers the full pull (curl, median of 3; baseline) | {} ms | 1.00 |",
+        "| LAPI answers the full pull (curl, median of 3, its first byte at {} ms; baseline) | {} ms | 0 ms | 1.00 |",
+        ms(s.lapi_first_byte_ms),
         ms(s.lapi_answer_ms)
     );
+    let beyond = |v: f64| format!("{:+} ms", (v - s.lapi_answer_ms).round() as i64);
     let runs = |r: &[f64]| r.iter().map(|&v| ms(v)).collect::<Vec<_>>().join(", ");
     if let Some(b) = &s.baseline {
         let _ = writeln!(
             w,
-            "| build `{}`: daemon start → every decision enforced (median; runs {}) | {} ms | {:.2} |",
+            "| build `{}`: daemon start → every decision enforced (median; runs {}) | {} ms | {} | {:.2} |",
             b.build,
             runs(&b.enforced_runs_ms),
             ms(b.enforced_ms),
+            beyond(b.enforced_ms),
             b.enforced_ms / s.lapi_answer_ms
         );
     }
     let _ = writeln!(
         w,
-        "| this build: daemon start → every decision enforced in the kernel (median; runs {}) | {} ms | {:.2} |",
+        "| this build: daemon start → every decision enforced in the kernel (median; runs {}) | {} ms | {} | {:.2} |",
         runs(&s.enforced_runs_ms),
         ms(s.enforced_ms),
+        beyond(s.enforced_ms),
         s.enforced_ms / s.lapi_answer_ms
     );
     if let Some(b) = &s.baseline {
