@@ -1,7 +1,8 @@
-//! Batched map writes: `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (Linux 5.6), which
-//! aya 0.14 does not expose. One system call writes or deletes many entries of a map, where a
-//! per-entry write costs a system call each (most of a large import's or startup sync's time
-//! in the kernel).
+//! Batched map calls: `BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH` and `BPF_MAP_LOOKUP_BATCH`
+//! (Linux 5.6), which aya 0.14 does not expose. One system call writes, deletes or reads many
+//! entries of a map, where a per-entry call costs a system call each (most of a large import's
+//! or startup sync's time in the kernel; reading a map entry by entry costs two, the next key
+//! and its value).
 //!
 //! The kernel applies a batch in order and stops at the first entry it refuses, reporting how
 //! many it applied before it; [`update`] and [`delete`] go on after that entry, so every entry
@@ -16,7 +17,9 @@ use std::{
 
 use nix::errno::Errno;
 
-/// `BPF_MAP_UPDATE_BATCH` (`enum bpf_cmd`).
+/// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_UPDATE_BATCH`.
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// `BPF_MAP_DELETE_BATCH`.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -33,6 +36,21 @@ pub(super) enum BatchError {
     /// The map type (or the kernel) has no such batch operation; nothing was written.
     #[error("the kernel has no batched {op} for this map")]
     Unsupported { op: &'static str },
+}
+
+/// Entries read per lookup call: a hash map hands out whole buckets, so a call needs room for
+/// the largest bucket (it answers `ENOSPC` otherwise, and the buffer is doubled).
+const LOOKUP_PER_CALL: usize = 4096;
+
+/// A batched read that failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LookupError {
+    /// The map type (or the kernel) has no batched lookup; nothing was read.
+    #[error("the kernel has no batched lookup for this map")]
+    Unsupported,
+    /// The kernel refused a call part of the way through.
+    #[error(transparent)]
+    Kernel(io::Error),
 }
 
 /// An entry of a batch that the kernel refused.
@@ -95,6 +113,77 @@ pub(super) fn delete<K: aya::Pod>(
         .into_iter()
         .filter(|r| r.error.raw_os_error() != Some(Errno::ENOENT as i32))
         .collect())
+}
+
+/// Reads every entry of a hash map, a bucket at a time (`BPF_MAP_LOOKUP_BATCH`), in a few calls
+/// instead of two per entry. Like a per-entry walk, it sees a map being written meanwhile as
+/// some mix of before and after (the data path never adds or removes entries; the daemon, its
+/// one writer, does).
+///
+/// `K` and `V` must be exactly the map's key and value types, the map must be a hash map (the
+/// resume cursor is its bucket index, a `u32`) and not per-CPU.
+pub(super) fn lookup_all<K, V>(map: BorrowedFd<'_>) -> Result<Vec<(K, V)>, LookupError>
+where
+    K: aya::Pod + Default,
+    V: aya::Pod + Default,
+{
+    let mut out = Vec::new();
+    let mut per_call = LOOKUP_PER_CALL;
+    let (mut keys, mut values) = (vec![K::default(); per_call], vec![V::default(); per_call]);
+    // The cursor: `None` starts at the first bucket; the kernel writes where to go on.
+    let mut cursor: Option<u32> = None;
+    let mut next = 0u32;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: cursor.as_ref().map_or(0, |c| std::ptr::from_ref(c) as u64),
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(per_call).expect("a bounded buffer"),
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is the batch member of `union bpf_attr` (layout checked above) and
+        // outlives the call. `keys` and `values` hold `count` entries of the map's key and value
+        // types (the caller's contract), which the kernel overwrites with at most `count`
+        // entries; `in_batch` (when set) and `out_batch` point to a `u32` each, a hash map's
+        // bucket cursor. `map` is an open map descriptor, borrowed for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                size_of::<BatchAttr>(),
+            )
+        };
+        let error = (rc < 0).then(io::Error::last_os_error);
+        let code = error.as_ref().and_then(io::Error::raw_os_error);
+        if code == Some(Errno::ENOSPC as i32) && per_call < MAX_PER_CALL {
+            // A bucket larger than the buffer: nothing was read; again with room for it.
+            per_call *= 2;
+            keys.resize(per_call, K::default());
+            values.resize(per_call, V::default());
+            continue;
+        }
+        if let Some(error) = error.filter(|_| code != Some(Errno::ENOENT as i32)) {
+            if cursor.is_none() && is_unsupported(&error) {
+                return Err(LookupError::Unsupported);
+            }
+            return Err(LookupError::Kernel(error));
+        }
+        let read = (attr.count as usize).min(per_call);
+        out.extend(
+            keys[..read]
+                .iter()
+                .copied()
+                .zip(values[..read].iter().copied()),
+        );
+        if code == Some(Errno::ENOENT as i32) {
+            // The last buckets were read.
+            return Ok(out);
+        }
+        cursor = Some(next);
+    }
 }
 
 /// How a batch call ended early.

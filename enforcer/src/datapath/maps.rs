@@ -282,16 +282,13 @@ impl BlockMaps {
     }
 
     fn raw_prefixes(&self) -> Result<Vec<(Target, BlockEntry)>, MapsError> {
-        let mut out = Vec::new();
-        for item in self.net_v4.iter() {
-            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V4))?;
-            out.push((v4_target(k), v));
-        }
-        for item in self.net_v6.iter() {
-            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_NET_V6))?;
-            out.push((v6_target(k), v));
-        }
-        Ok(out)
+        let v4 = all_entries(&self.net_v4, map_names::BLOCK_NET_V4)?;
+        let v6 = all_entries(&self.net_v6, map_names::BLOCK_NET_V6)?;
+        Ok(v4
+            .into_iter()
+            .map(|(k, v)| (v4_target(k), v))
+            .chain(v6.into_iter().map(|(k, v)| (v6_target(k), v)))
+            .collect())
     }
 
     fn generation(&mut self) -> u8 {
@@ -543,15 +540,16 @@ impl BlockMaps {
 
     /// Every block entry in the kernel (walks all four maps; for reconciliation and tests).
     pub fn blocks(&self) -> Result<Vec<(Target, BlockValue)>, MapsError> {
-        let mut raw = Vec::new();
-        for item in self.v4.iter() {
-            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_V4))?;
-            raw.push((Target::host(IpAddr::from(k)), v));
-        }
-        for item in self.v6.iter() {
-            let (k, v) = item.map_err(kernel("iterate", map_names::BLOCK_V6))?;
-            raw.push((Target::host(IpAddr::from(k)), v));
-        }
+        let v4 = all_entries(&self.v4, map_names::BLOCK_V4)?;
+        let v6 = all_entries(&self.v6, map_names::BLOCK_V6)?;
+        let mut raw: Vec<(Target, BlockEntry)> = v4
+            .into_iter()
+            .map(|(k, v)| (Target::host(IpAddr::from(k)), v))
+            .chain(
+                v6.into_iter()
+                    .map(|(k, v)| (Target::host(IpAddr::from(k)), v)),
+            )
+            .collect();
         raw.extend(self.raw_prefixes()?);
         let flagged: Vec<bool> = raw
             .iter()
@@ -1027,6 +1025,31 @@ impl<K: aya::Pod> Batch<K> {
 }
 
 /// Maps the error of one entry of a batch: a full map is [`MapsError::Full`].
+/// Every entry of a block map: read in batches (a few system calls for the whole map), or entry
+/// by entry (two calls each) where the kernel has no batched lookup.
+fn all_entries<K>(
+    map: &HashMap<MapData, K, BlockEntry>,
+    name: &'static str,
+) -> Result<Vec<(K, BlockEntry)>, MapsError>
+where
+    K: aya::Pod + Default,
+{
+    // `K` and `BlockEntry` are the map's key and value types (the map's own type says so), and
+    // every block map is a plain hash map.
+    match batch::lookup_all::<K, BlockEntry>(map.map().fd().as_fd()) {
+        Ok(entries) => Ok(entries),
+        Err(batch::LookupError::Kernel(source)) => Err(MapsError::Batch {
+            op: "lookup",
+            map: name,
+            source,
+        }),
+        Err(batch::LookupError::Unsupported) => map
+            .iter()
+            .map(|item| item.map_err(kernel("iterate", name)))
+            .collect(),
+    }
+}
+
 fn batch_error(
     op: &'static str,
     map: &'static str,

@@ -1,7 +1,8 @@
-//! Batched map writes: an import and its expiry write the kernel maps with one
+//! Batched map calls: an import and its expiry write the kernel maps with one
 //! `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH` per hash map and round, not one system call
 //! per entry; a full map still refuses exactly the entries that do not fit, and every entry
-//! before and after them is written.
+//! before and after them is written. Reading every block (the drops by origin) takes a few
+//! `BPF_MAP_LOOKUP_BATCH` calls, not two calls per entry.
 
 use std::time::Duration;
 
@@ -54,6 +55,38 @@ fn an_import_and_its_expiry_write_the_kernel_in_batches() {
     );
     assert_eq!(lab.passes(SENDER_V4[1]), 10);
     assert_eq!(lab.passes(SENDER_V6[1]), 10);
+}
+
+#[test]
+fn counting_drops_by_origin_reads_every_block_in_a_few_batched_calls() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets.txt");
+    // More than one lookup call holds (4,096 entries), so the walk resumes where it stopped.
+    let n = 9000;
+    std::fs::write(&file, targets(n)).unwrap();
+    ok(&d.cli(&["import", file.to_str().unwrap(), "--ttl", "10m"]));
+    assert_eq!(lab.passes(SENDER_V4[1]), 0);
+    assert_eq!(lab.passes(SENDER_V6[1]), 0);
+    let mut stats = None;
+    // `stats` counts the drops by origin over every kernel block first.
+    let read = d.trace_bpf(|| stats = Some(d.stats()));
+    let cli_drops = stats
+        .unwrap()
+        .dropped_by_origin
+        .into_iter()
+        .find(|o| o.origin == "cli")
+        .map_or(0, |o| o.packets);
+    assert_eq!(
+        cli_drops, 20,
+        "both senders' drops were found among {n} blocks"
+    );
+    assert!(
+        read.count("BPF_MAP_GET_NEXT_KEY") < 50 && read.count("BPF_MAP_LOOKUP_BATCH") >= 3,
+        "reading {n} blocks: {read:?}"
+    );
 }
 
 /// `n` addresses of 198.51.100.0/24 and 203.0.113.0/24 from `from` on.
