@@ -417,10 +417,13 @@ impl Store {
         rows.sort_by(|(a, x), (b, y)| {
             (a.as_str(), block_source(x)).cmp(&(b.as_str(), block_source(y)))
         });
+        // One buffer for every row's value, not an allocation each.
+        let mut value = Vec::with_capacity(256);
         for (key, op) in rows {
             match op {
                 StoreOp::Put(r) => {
-                    let value = serde_json::to_vec(&r.block).map_err(|e| self.db_err(e))?;
+                    value.clear();
+                    serde_json::to_writer(&mut value, &r.block).map_err(|e| self.db_err(e))?;
                     table
                         .insert((key.as_str(), r.block.source.as_str()), value.as_slice())
                         .map_err(|e| self.db_err(e))?;

@@ -68,8 +68,9 @@ pub struct Failed {
 /// Commits `change` and makes the kernel match the ledger for every target it touched.
 ///
 /// Enforce first: a write that only adds enforcement (a new block, a longer one, shadow to
-/// enforce: [`kernel_sync::only_strengthens`]) goes into the kernel before the commit, so a
-/// trigger drops traffic without waiting for the fsync; it is acknowledged only after both. Writes
+/// enforce: [`kernel_sync::only_strengthens`]) goes into the kernel before the commit ends (a
+/// large round commits on another thread meanwhile), so a trigger drops traffic without waiting
+/// for the fsync; it is acknowledged only after both. Writes
 /// that remove or weaken a block, and every round that changes the allowlist, wait for the
 /// commit (a block stays in force until its end is durable, and the allowlist always wins).
 /// If the store refuses, the ledger is put back, the early kernel writes are taken out again, and
@@ -82,18 +83,16 @@ pub fn commit<S, K>(
     mut change: Change,
 ) -> Result<Committed, Failed>
 where
-    S: BlockStore + ?Sized,
+    S: BlockStore + Send + ?Sized,
     K: KernelMap + ?Sized,
 {
     // Publications go in the same commit as the block changes they come from.
     let plan = ledger.plan_publications(&change, WallMs::now());
     change.ops.extend(plan.ops());
     let mut failed = BTreeMap::new();
-    let early = write_early(ledger, kernel, &change, &mut failed);
-    let early_at = BootNs::now();
-    if !change.ops.is_empty()
-        && let Err(e) = store.commit(&change.ops)
-    {
+    let (early, early_at, committed) =
+        write_early_and_commit(ledger, store, kernel, &change, &mut failed);
+    if let Err(e) = committed {
         let events = std::mem::take(&mut change.events)
             .into_iter()
             .filter(|e| matches!(e.action, Action::Refuse | Action::BreakerOpen))
@@ -131,6 +130,60 @@ where
         refused: change.refused,
         events: change.events,
         in_kernel,
+    })
+}
+
+/// Rounds with at least this many store operations commit on a thread of their own while the
+/// kernel is written (an import's request, a feed's sync); smaller ones, a trigger's, do both
+/// on the engine thread, which costs less than starting a thread.
+const PARALLEL_COMMIT_OPS: usize = 512;
+
+/// Writes the early kernel entries ([`write_early`]) and commits the store; returns when the early
+/// entries were in the kernel, and the commit's result. Side by side, for a large round, on two
+/// threads (neither reads what the other writes: the kernel writes read
+/// the ledger, the commit only `change.ops`). Either way both are done when it returns, so
+/// nothing is acknowledged before its commit, and a refused commit still finds every early
+/// entry written, to take out again.
+fn write_early_and_commit<S, K>(
+    ledger: &Ledger,
+    store: &mut S,
+    kernel: &mut K,
+    change: &Change,
+    failed: &mut BTreeMap<Target, Arc<MapsError>>,
+) -> (BTreeSet<Target>, BootNs, Result<(), StoreError>)
+where
+    S: BlockStore + Send + ?Sized,
+    K: KernelMap + ?Sized,
+{
+    let ops = &change.ops;
+    if ops.len() < PARALLEL_COMMIT_OPS {
+        let early = write_early(ledger, kernel, change, failed);
+        let early_at = BootNs::now();
+        let committed = if ops.is_empty() {
+            Ok(())
+        } else {
+            store.commit(ops)
+        };
+        return (early, early_at, committed);
+    }
+    let side_by_side = std::thread::scope(|s| {
+        // No thread to be had: one after the other, as a small round does (below).
+        let commit = std::thread::Builder::new()
+            .name("commit".into())
+            .spawn_scoped(s, || store.commit(ops))
+            .ok()?;
+        let early = write_early(ledger, kernel, change, failed);
+        let early_at = BootNs::now();
+        // A panic in the commit is the engine's, as when it ran on the engine's thread.
+        let committed = commit
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Some((early, early_at, committed))
+    });
+    side_by_side.unwrap_or_else(|| {
+        let early = write_early(ledger, kernel, change, failed);
+        let early_at = BootNs::now();
+        (early, early_at, store.commit(ops))
     })
 }
 
@@ -250,7 +303,7 @@ pub fn run<S, K>(
     now: WallMs,
 ) -> Answered
 where
-    S: BlockStore + ?Sized,
+    S: BlockStore + Send + ?Sized,
     K: KernelMap + ?Sized,
 {
     let mut change = Change::default();

@@ -774,29 +774,36 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
     assert_eq!(b.outcome, Outcome::Created);
 }
 
-/// A fake kernel shared with a store that looks at it.
+/// A fake kernel shared with a store that looks at it (a large round commits on a thread of its
+/// own, so the store must be `Send`).
 #[derive(Clone, Default)]
-struct SharedKernel(std::rc::Rc<std::cell::RefCell<FakeKernel>>);
+struct SharedKernel(std::sync::Arc<std::sync::Mutex<FakeKernel>>);
+
+impl SharedKernel {
+    fn borrow(&self) -> std::sync::MutexGuard<'_, FakeKernel> {
+        self.0.lock().expect("the fake kernel's lock")
+    }
+}
 
 impl KernelMap for SharedKernel {
     fn get_block(&self, target: &Target) -> Result<Option<BlockValue>, MapsError> {
-        self.0.borrow().get_block(target)
+        self.borrow().get_block(target)
     }
 
     fn insert_block(&mut self, target: &Target, value: &BlockValue) -> Result<(), MapsError> {
-        self.0.borrow_mut().insert_block(target, value)
+        self.borrow().insert_block(target, value)
     }
 
     fn remove_block(&mut self, target: &Target) -> Result<bool, MapsError> {
-        self.0.borrow_mut().remove_block(target)
+        self.borrow().remove_block(target)
     }
 
     fn insert_allow(&mut self, target: &Target, origin: u32) -> Result<(), MapsError> {
-        self.0.borrow_mut().insert_allow(target, origin)
+        self.borrow().insert_allow(target, origin)
     }
 
     fn remove_allow(&mut self, target: &Target) -> Result<bool, MapsError> {
-        self.0.borrow_mut().remove_allow(target)
+        self.borrow().remove_allow(target)
     }
 }
 
@@ -810,13 +817,62 @@ struct WatchingStore {
 impl round::BlockStore for WatchingStore {
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         self.seen
-            .push(self.kernel.0.borrow().blocks.keys().copied().collect());
+            .push(self.kernel.borrow().blocks.keys().copied().collect());
         let mut inner = MemStore {
             fail: self.fail,
             ..MemStore::default()
         };
         inner.commit(ops)
     }
+}
+
+#[test]
+fn a_large_round_whose_commit_fails_leaves_none_of_its_blocks_in_the_kernel() {
+    // Enough blocks that the round commits on a thread of its own while the kernel is written.
+    let n: u32 = 600;
+    let items: Vec<BatchItem> = ["192.0.2", "198.51.100", "203.0.113"]
+        .iter()
+        .flat_map(|net| (1..=n / 3).map(move |i| t(&format!("{net}.{i}"))))
+        .map(|target| BatchItem {
+            target,
+            ttl_secs: None,
+        })
+        .collect();
+    let batch = |items: Vec<BatchItem>| {
+        Request::BlockBatch(BatchRequest {
+            items,
+            ttl_secs: Some(600),
+            source: src("cli"),
+            reason: Reason::text("feed"),
+            shadow: false,
+            scope: Default::default(),
+        })
+    };
+    let kernel = SharedKernel::default();
+    let mut store = WatchingStore {
+        kernel: kernel.clone(),
+        seen: Vec::new(),
+        fail: true,
+    };
+    let mut l = ledger_with(PolicyConfig::default(), 1000);
+    let mut k = kernel.clone();
+    let w = |r| vec![Write::new(r, Caller::internal("test"))];
+    let answered = round::run(&mut l, &mut store, &mut k, w(batch(items.clone())), T0);
+    assert!(matches!(answered.answers[0], Err(Refusal::Store(_))));
+    assert!(
+        kernel.borrow().blocks.is_empty(),
+        "every early entry taken out again"
+    );
+    assert!(l.blocks().is_empty(), "the ledger is as before");
+    store.fail = false;
+    let answered = round::run(&mut l, &mut store, &mut k, w(batch(items)), T0);
+    assert!(answered.answers[0].is_ok(), "{:?}", answered.answers[0]);
+    assert_eq!(
+        kernel.borrow().blocks.len(),
+        n as usize,
+        "all in force after it"
+    );
+    assert_eq!(l.blocks().len(), n as usize);
 }
 
 #[test]
@@ -853,13 +909,9 @@ fn a_block_is_in_the_kernel_before_its_commit_and_an_unblock_leaves_after_its_co
     store.fail = true;
     run(&mut store, unblock()).unwrap_err();
     assert_eq!(store.seen[1], [t("192.0.2.1")]);
+    assert_eq!(kernel.borrow().blocks.len(), 1, "the block stays in force");
     assert_eq!(
-        kernel.0.borrow().blocks.len(),
-        1,
-        "the block stays in force"
-    );
-    assert_eq!(
-        kernel.0.borrow().writes,
+        kernel.borrow().writes,
         1,
         "nothing was removed and put back"
     );
@@ -867,7 +919,7 @@ fn a_block_is_in_the_kernel_before_its_commit_and_an_unblock_leaves_after_its_co
     store.fail = false;
     run(&mut store, unblock()).unwrap();
     assert_eq!(store.seen[2], [t("192.0.2.1")]);
-    assert!(kernel.0.borrow().blocks.is_empty());
+    assert!(kernel.borrow().blocks.is_empty());
     // A new block whose commit fails: in force during the commit, out again after it.
     store.fail = true;
     run(
@@ -876,7 +928,7 @@ fn a_block_is_in_the_kernel_before_its_commit_and_an_unblock_leaves_after_its_co
     )
     .unwrap_err();
     assert_eq!(store.seen[3], [t("192.0.2.2")]);
-    assert!(kernel.0.borrow().blocks.is_empty(), "taken out again");
+    assert!(kernel.borrow().blocks.is_empty(), "taken out again");
 }
 
 #[test]
