@@ -204,18 +204,25 @@ impl Lapi {
     }
 
     /// The body, refusing to hold more than `max_body` bytes.
+    ///
+    /// The chunks are kept as they arrive and joined once at the end: a startup answer of tens
+    /// of megabytes, grown in place, was copied again at every doubling (and the LAPI sends it
+    /// all at once, after it has built it, so those copies sat between its last byte and the
+    /// decisions being applied).
     async fn read_body(&self, resp: &mut reqwest::Response) -> Result<Vec<u8>, LapiError> {
         if resp.content_length().is_some_and(|n| n > self.max_body) {
             return Err(LapiError::TooLarge { max: self.max_body });
         }
-        let mut body = Vec::new();
+        let mut chunks = Vec::new();
+        let mut len = 0u64;
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
-            if body.len() as u64 + chunk.len() as u64 > self.max_body {
+            len += chunk.len() as u64;
+            if len > self.max_body {
                 return Err(LapiError::TooLarge { max: self.max_body });
             }
-            body.extend_from_slice(&chunk);
+            chunks.push(chunk);
         }
-        Ok(body)
+        Ok(chunks.concat())
     }
 
     /// Pushes usage metrics. `Ok(false)`: this LAPI has no such endpoint (404, before 1.6.3).
