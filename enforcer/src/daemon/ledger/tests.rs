@@ -777,7 +777,7 @@ fn a_failed_commit_rolls_the_ledger_back_and_fails_only_the_writes() {
 /// A fake kernel shared with a store that looks at it (a large round commits on a thread of its
 /// own, so the store must be `Send`).
 #[derive(Clone, Default)]
-struct SharedKernel(std::sync::Arc<std::sync::Mutex<FakeKernel>>);
+struct SharedKernel(Arc<std::sync::Mutex<FakeKernel>>);
 
 impl SharedKernel {
     fn borrow(&self) -> std::sync::MutexGuard<'_, FakeKernel> {
