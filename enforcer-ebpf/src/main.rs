@@ -34,6 +34,7 @@ use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
     mem,
+    ptr::NonNull,
 };
 
 use aya_ebpf::{
@@ -371,7 +372,7 @@ fn short(ctx: &XdpContext) -> u32 {
 #[repr(C)]
 struct Match {
     /// The live entry that decides (enforce before shadow), if any.
-    entry: Option<*mut BlockEntry>,
+    entry: Option<Entry>,
     /// Whether an entry past its expiry was found.
     expired: bool,
     /// The source (IPv4 in the low half of the first word).
@@ -401,31 +402,25 @@ impl Match {
     }
 }
 
-/// The entry, if it covers the frame (see [`applies`]). Goes through a nullable pointer, whose
-/// every bit is defined: an `Option<*mut _>` built by `filter` leaves its payload undefined on
-/// the `None` path, and LLVM copies it there, which the verifier refuses (`!read_ok`).
+/// A block entry: a pointer into a map value, valid for the duration of the program.
+/// `Option<Entry>` is one word, null for `None`, so every bit of it is defined wherever LLVM
+/// copies it (an `Option<*mut _>` leaves its payload undefined on the `None` path, and the
+/// verifier refuses a copy of it: `!read_ok`).
+type Entry = NonNull<BlockEntry>;
+
+/// A block map's lookup as an [`Entry`].
 #[inline(always)]
-fn covering(
-    entry: Option<*mut BlockEntry>,
-    addr: &[u64; 2],
-    v6: bool,
-    transport: u32,
-) -> Option<*mut BlockEntry> {
-    let mut p: *mut BlockEntry = core::ptr::null_mut();
-    if let Some(e) = entry
-        && applies(e, addr, v6, transport)
-    {
-        p = e;
-    }
-    (!p.is_null()).then_some(p)
+fn as_entry(value: Option<*mut BlockEntry>) -> Option<Entry> {
+    value.and_then(NonNull::new)
 }
 
 /// Whether an entry covers the frame: every unscoped entry does; a scoped one when its scope
 /// entries cover the frame's transport header (see [`enforcer_common::scope`]).
 #[inline(always)]
-fn applies(entry: *mut BlockEntry, addr: &[u64; 2], v6: bool, transport: u32) -> bool {
+fn applies(entry: Entry, addr: &[u64; 2], v6: bool, transport: u32) -> bool {
     // SAFETY: `entry` points into a map value, valid for the duration of the program.
-    let (flags, prefix_len) = unsafe { ((*entry).flags, (*entry).prefix_len) };
+    let v = unsafe { entry.as_ref() };
+    let (flags, prefix_len) = (v.flags, v.prefix_len);
     if flags & FLAG_SCOPED == 0 {
         return true;
     }
@@ -461,9 +456,9 @@ pub extern "C" fn in_scopes(w0: u64, w1: u64, meta: u32, transport: u32) -> u32 
 }
 
 #[inline(always)]
-fn consider(m: &mut Match, entry: *mut BlockEntry) {
+fn consider(m: &mut Match, entry: Entry) {
     // SAFETY: `entry` points into a map value, valid for the duration of the program.
-    let v = unsafe { &*entry };
+    let v = unsafe { entry.as_ref() };
     if v.is_expired(m.clock.now()) {
         m.expired = true;
         return;
@@ -471,7 +466,7 @@ fn consider(m: &mut Match, entry: *mut BlockEntry) {
     let better = match m.entry {
         None => true,
         // SAFETY: as above.
-        Some(current) => !is_enforce(unsafe { &*current }) && is_enforce(v),
+        Some(current) => !is_enforce(unsafe { current.as_ref() }) && is_enforce(v),
     };
     if better {
         m.entry = Some(entry);
@@ -506,7 +501,7 @@ fn judge_v4(
     let allowed = || ALLOW_V4.get(Key::new(32, bytes)).is_some();
     let mut clock = Clock(0);
     let exact = if in_filter(u64::from(addr), 0, 32) {
-        covering(BLOCK_V4.get_ptr_mut(bytes), &source.key, false, transport)
+        as_entry(BLOCK_V4.get_ptr_mut(bytes)).filter(|&e| applies(e, &source.key, false, transport))
     } else {
         None
     };
@@ -546,7 +541,7 @@ fn judge_v6(
     let allowed = || ALLOW_V6.get(Key::new(128, bytes)).is_some();
     let mut clock = Clock(0);
     let exact = if in_filter(addr[0], addr[1], 128) {
-        covering(BLOCK_V6.get_ptr_mut(bytes), &addr, true, transport)
+        as_entry(BLOCK_V6.get_ptr_mut(bytes)).filter(|&e| applies(e, &addr, true, transport))
     } else {
         None
     };
@@ -572,9 +567,9 @@ fn judge_v6(
 
 /// Whether an exact-address entry decides without the prefixes: enforced and live.
 #[inline(always)]
-fn decides_alone(entry: *mut BlockEntry, clock: &mut Clock) -> bool {
+fn decides_alone(entry: Entry, clock: &mut Clock) -> bool {
     // SAFETY: `entry` points into a map value, valid for the duration of the program.
-    let v = unsafe { &*entry };
+    let v = unsafe { entry.as_ref() };
     // The clock is read only for an entry that can expire.
     is_enforce(v) && (v.expires_ns == 0 || !v.is_expired(clock.now()))
 }
@@ -627,22 +622,22 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// The IPv4 prefix block of `bits` (< 32) bits covering `addr`, if its filter bit is set.
 #[inline(always)]
-fn v4_prefix(addr: u32, bits: u32) -> Option<*mut BlockEntry> {
+fn v4_prefix(addr: u32, bits: u32) -> Option<Entry> {
     let masked = addr & v4_mask(bits);
     if !in_filter(u64::from(masked), 0, bits) {
         return None;
     }
-    BLOCK_NET_V4.get_ptr_mut(net_key_v4(masked, bits as u8))
+    as_entry(BLOCK_NET_V4.get_ptr_mut(net_key_v4(masked, bits as u8)))
 }
 
 /// The IPv6 prefix block of `bits` (< 128) bits covering `addr`, if its filter bit is set.
 #[inline(always)]
-fn v6_prefix(addr: [u64; 2], bits: u32) -> Option<*mut BlockEntry> {
+fn v6_prefix(addr: [u64; 2], bits: u32) -> Option<Entry> {
     let key = masked(&addr, bits);
     if !in_filter(key[0], key[1], bits) {
         return None;
     }
-    BLOCK_NET_V6.get_ptr_mut(net_key_v6(key, bits as u8))
+    as_entry(BLOCK_NET_V6.get_ptr_mut(net_key_v6(key, bits as u8)))
 }
 
 /// The mask of the first `bits` (< 32) address bits, in the address word's byte order.
@@ -735,7 +730,7 @@ fn cached_now() -> u64 {
 fn is_enforced(m: &Match) -> bool {
     match m.entry {
         // SAFETY: points into a map value.
-        Some(e) => is_enforce(unsafe { &*e }),
+        Some(e) => is_enforce(unsafe { e.as_ref() }),
         None => false,
     }
 }
@@ -769,7 +764,7 @@ fn decide(
 /// hit (a reply is no hit: nothing was stopped).
 #[inline(always)]
 fn drop_or_pass(
-    entry: *mut BlockEntry,
+    entry: Entry,
     source: &SourceKey,
     stats: &mut Stats,
     clock: &mut Clock,
@@ -778,7 +773,8 @@ fn drop_or_pass(
 ) -> Verdict {
     let len = source.len;
     // SAFETY: `entry` points into a live map value.
-    let (enforce, flags) = unsafe { (is_enforce(&*entry), (*entry).flags) };
+    let v = unsafe { entry.as_ref() };
+    let (enforce, flags) = (is_enforce(v), v.flags);
     // The allowlist always wins. It is consulted only for blocks the daemon flagged as
     // overlapping it: a source inside a block that overlaps no allowlist prefix is in none.
     if flags & FLAG_ALLOW_OVERLAP != 0 && allowed() {
@@ -837,9 +833,10 @@ fn set_slot_key(slot: &mut HitSlot, key: [u64; 2]) {
 /// stale and can be taken over), else with atomic adds in the entry itself. Either way no hit
 /// is lost: userspace adds the slots to the entry.
 #[inline(always)]
-fn count_hit(entry: *mut BlockEntry, source: &SourceKey, now: u64) {
+fn count_hit(entry: Entry, source: &SourceKey, now: u64) {
     // SAFETY: `entry` points into a live map value.
-    let (prefix_len, generation) = unsafe { ((*entry).prefix_len, (*entry).generation) };
+    let v = unsafe { entry.as_ref() };
+    let (prefix_len, generation) = (v.prefix_len, v.generation);
     let key = masked(&source.key, u32::from(prefix_len));
     let tag = slot_tag(source.v6, prefix_len, generation);
     let Some(slot) = HITS.get_ptr_mut(hit_slot_words(key, tag)) else {
@@ -872,26 +869,27 @@ fn count_hit(entry: *mut BlockEntry, source: &SourceKey, now: u64) {
 
 /// The entry a stale slot counted for, if it still exists (same prefix, same generation).
 #[inline(always)]
-fn slot_owner(slot: &HitSlot) -> Option<*mut BlockEntry> {
+fn slot_owner(slot: &HitSlot) -> Option<Entry> {
     let (v6, prefix_len) = slot_tag_parts(slot.tag);
     let k = slot.key;
     let words = slot_key(slot);
-    let entry = match (v6, prefix_len) {
+    let entry = as_entry(match (v6, prefix_len) {
         (false, 32) => BLOCK_V4.get_ptr_mut([k[0], k[1], k[2], k[3]]),
         (false, _) => BLOCK_NET_V4.get_ptr_mut(net_key_v4(words[0] as u32, prefix_len)),
         (true, 128) => BLOCK_V6.get_ptr_mut(k),
         (true, _) => BLOCK_NET_V6.get_ptr_mut(net_key_v6(words, prefix_len)),
-    }?;
+    })?;
     // SAFETY: points into a live map value.
-    let e = unsafe { &*entry };
+    let e = unsafe { entry.as_ref() };
     (slot_tag(v6, e.prefix_len, e.generation) == slot.tag).then_some(entry)
 }
 
 /// Adds counts to the entry itself (shared by every CPU: atomic adds). The last-hit second is
 /// written only when it changes, so a flood does not write it on every packet.
 #[inline(always)]
-fn add_to_entry(entry: *mut BlockEntry, packets: u64, bytes: u64, last_ns: u64) {
+fn add_to_entry(entry: Entry, packets: u64, bytes: u64, last_ns: u64) {
     let second = (last_ns / 1_000_000_000) as u32;
+    let entry = entry.as_ptr();
     // SAFETY: the fields are u64s inside a map value, 8-byte aligned; several CPUs may add at
     // once, so the counters are atomic adds (BPF_ATOMIC_ADD).
     unsafe {
