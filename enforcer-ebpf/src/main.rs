@@ -148,10 +148,7 @@ fn run(ctx: &XdpContext, source: Result<(Source, usize), u32>, raw_ip: bool) -> 
             } else {
                 Transport::Unknown.pack()
             };
-            // Captured by value: the check is a function of its own (called only on a drop),
-            // and a local whose address it took would live in memory for the whole program.
-            let raw = ctx.ctx;
-            let reply = move || replies::is_reply(&XdpContext::new(raw), l3);
+            let reply = || replies::is_reply(ctx, l3);
             match source {
                 Source::V4(addr) => {
                     let v = judge_v4(addr, len, stats, transport, reply);
