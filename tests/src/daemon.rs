@@ -601,7 +601,11 @@ impl Daemon {
         unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
         let started = self.spawn();
         let status = old.wait()?;
-        started.map(|()| status)
+        started?;
+        // The old daemon may have answered the new one's first `status` before it took the
+        // signal: only an answer after it exited is the new daemon's.
+        self.wait_answers()?;
+        Ok(status)
     }
 
     /// SIGKILL: a crash.

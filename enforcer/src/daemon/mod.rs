@@ -458,7 +458,7 @@ fn default_ttls(config: &Config) -> spool_drain::DefaultTtls {
 /// Serves the control socket (and metrics), drains the spool, until SIGTERM or SIGINT or a
 /// critical thread's death; then stops in an order that leaves no client without an answer:
 /// new requests are answered `unavailable` (triggers spool them), requests already taken are
-/// answered, the engine finishes, and only then the socket goes away.
+/// answered, the socket goes away, and then the engine finishes and releases the store.
 async fn serve(
     config: &Config,
     tx: mpsc::SyncSender<engine::Command>,
@@ -520,11 +520,14 @@ async fn serve(
     tokio::time::timeout(Duration::from_secs(10), server.permits.acquire_many(all))
         .await
         .ok();
-    let stopped = tokio::task::spawn_blocking(move || engine.stop()).await?;
-    // The accept loop may have ended already (its task was aborted or failed).
+    // The socket goes before the engine lets go of the store's lock: a daemon started
+    // meanwhile waits for that lock, then binds a socket of its own at the same path, which
+    // this one must neither answer on nor remove. Whoever connects from now on finds no
+    // daemon, and a trigger spools, as it does on `unavailable`. The accept loop may have
+    // ended already (its task was aborted or failed); how it ended changes nothing now.
     close.send(()).ok();
-    // How it ended changes nothing now: the engine's result is what the stop reports.
     accept.await.ok();
+    let stopped = tokio::task::spawn_blocking(move || engine.stop()).await?;
     match death {
         Some(d) => Err(anyhow::Error::new(d)),
         None => stopped,
