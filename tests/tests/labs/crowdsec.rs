@@ -660,6 +660,14 @@ impl FakeLapi {
         })
     }
 
+    /// The first answer (the startup pull): these decisions, as `new`.
+    fn first_answer(&self, decisions: &[String]) {
+        self.script.lock().unwrap()[0] = (
+            200,
+            format!(r#"{{"new":[{}],"deleted":null}}"#, decisions.join(",")).into_bytes(),
+        );
+    }
+
     fn then(&self, status: u16, body: impl Into<Vec<u8>>) {
         self.script.lock().unwrap().push((status, body.into()));
     }
@@ -720,14 +728,7 @@ fn bad_lapi_answers_are_logged_and_skipped_without_touching_existing_blocks() ->
     require_root();
     let lab = Lab::new()?;
     let fake = FakeLapi::start(&lab)?;
-    fake.script.lock().unwrap()[0] = (
-        200,
-        format!(
-            r#"{{"new":[{}],"deleted":null}}"#,
-            decision(1, SENDER_V4[1], "1h")
-        )
-        .into_bytes(),
-    );
+    fake.first_answer(&[decision(1, SENDER_V4[1], "1h")]);
     let dir = tempfile::tempdir()?;
     let daemon = Daemon::start(
         &lab,
@@ -959,14 +960,11 @@ fn the_first_pull_is_made_while_the_daemon_is_still_starting() -> Result<()> {
     require_root();
     let lab = Lab::new()?;
     let fake = FakeLapi::start(&lab)?;
-    fake.script.lock().unwrap()[0] = (
-        200,
-        format!(
-            r#"{{"new":[{}],"deleted":null}}"#,
-            decision(1, SENDER_V4[1], &counting_down(Duration::from_secs(3600)))
-        )
-        .into_bytes(),
-    );
+    fake.first_answer(&[decision(
+        1,
+        SENDER_V4[1],
+        &counting_down(Duration::from_secs(3600)),
+    )]);
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let stall = dir.path().join("stall-start");
@@ -1028,14 +1026,7 @@ fn a_decision_pulled_while_the_daemon_starts_ends_when_the_lapi_says_however_lon
     const HELD: Duration = Duration::from_secs(5);
     let lab = Lab::new()?;
     let fake = FakeLapi::start(&lab)?;
-    fake.script.lock().unwrap()[0] = (
-        200,
-        format!(
-            r#"{{"new":[{}],"deleted":null}}"#,
-            decision(1, SENDER_V4[1], "1h")
-        )
-        .into_bytes(),
-    );
+    fake.first_answer(&[decision(1, SENDER_V4[1], "1h")]);
     // The deltas after it are empty: only the startup pull names the decision.
     fake.then(200, r#"{"new":null,"deleted":null}"#);
     let dir = tempfile::tempdir()?;
@@ -1725,15 +1716,10 @@ fn a_decision_against_the_lapi_itself_is_refused_and_pulls_go_on() -> Result<()>
     let lab = Lab::new()?;
     let lapi_addr = SENDER_V4[2];
     let fake = FakeLapi::start_in(&lab.sender, &format!("{lapi_addr}:0"), 404)?;
-    fake.script.lock().unwrap()[0] = (
-        200,
-        format!(
-            r#"{{"new":[{},{}],"deleted":null}}"#,
-            decision(1, lapi_addr, "1h"),
-            decision(2, SENDER_V4[1], "1h")
-        )
-        .into_bytes(),
-    );
+    fake.first_answer(&[
+        decision(1, lapi_addr, "1h"),
+        decision(2, SENDER_V4[1], "1h"),
+    ]);
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("enforcer.toml");
     std::fs::write(
@@ -1777,19 +1763,14 @@ fn resyncs_neither_re_extend_capped_decisions_nor_re_audit_refusals() -> Result<
     let lab = Lab::new()?;
     let fake = FakeLapi::start(&lab)?;
     let allowed = "198.51.100.7";
-    fake.script.lock().unwrap()[0] = (
-        200,
-        format!(
-            r#"{{"new":[{},{}],"deleted":null}}"#,
-            decision(
-                1,
-                SENDER_V4[1],
-                &counting_down(Duration::from_secs(48 * 3600))
-            ),
-            decision(2, allowed, &counting_down(Duration::from_secs(3600)))
-        )
-        .into_bytes(),
-    );
+    fake.first_answer(&[
+        decision(
+            1,
+            SENDER_V4[1],
+            &counting_down(Duration::from_secs(48 * 3600)),
+        ),
+        decision(2, allowed, &counting_down(Duration::from_secs(3600))),
+    ]);
     let dir = tempfile::tempdir()?;
     let config = fake_config(dir.path(), fake.port, "resync = \"1s\"\n")?;
     let text = std::fs::read_to_string(&config)?;
