@@ -549,6 +549,21 @@ impl Daemon {
     }
 
     /// Everything the daemon logged.
+    /// [`Daemon::log`] without its terminal colour codes (`ESC [ ... m`), for matching fields.
+    pub fn plain_log(&self) -> String {
+        let log = self.log();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     pub fn log(&self) -> String {
         let mut all = String::new();
         if let Ok(entries) = std::fs::read_dir(self._tmp.path()) {

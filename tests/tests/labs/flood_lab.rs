@@ -643,7 +643,7 @@ mod daemon {
     impl BlockTimes {
         /// The times of the daemon's `n` flood blocks.
         fn read(d: &Daemon, n: usize) -> Self {
-            let log = without_colour(&d.log());
+            let log = d.plain_log();
             let lines: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("flood: block requested"))
@@ -685,20 +685,6 @@ mod daemon {
             .next()?
             .parse()
             .ok()
-    }
-
-    /// `text` without its terminal colour codes (ESC [ ... m).
-    fn without_colour(text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                chars.by_ref().find(|&c| c == 'm');
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 
     /// "p50 .. p95 .. max" and every value, sorted ("none" for none).

@@ -147,7 +147,7 @@ fn an_upgrade_from_the_previous_release_under_a_flood_passes_no_blocked_packet_a
         );
     }
     // The program was replaced on its link (no moment without one) and the maps converted.
-    let log = plain(&d.log());
+    let log = d.plain_log();
     assert!(log.contains("replaced the program in place"), "{log}");
     assert!(log.contains("from the maps of an older layout"), "{log}");
     assert!(log.contains("copied=4"), "{log}");
@@ -299,18 +299,4 @@ impl std::fmt::Debug for Flood<'_> {
         }
         Ok(())
     }
-}
-
-/// The log without its colour escapes (`ESC [ ... m`).
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
