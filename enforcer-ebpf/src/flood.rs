@@ -17,7 +17,10 @@ use enforcer_common::flood::{
     SKETCH_ROW, SketchBlock, TRACK_ENTRIES, TrackKey, class, sketch_slot,
 };
 
-use crate::{load, ptr_at};
+use crate::{
+    frame::{Frame, PORTS, Peek},
+    load, ptr_at,
+};
 
 #[map(name = "FLOOD_SKETCH")]
 static FLOOD_SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(SKETCH_BLOCKS, 0);
@@ -37,8 +40,6 @@ static FLOOD: FloodConfig = FloodConfig::OFF;
 #[unsafe(no_mangle)]
 static mut FLOOD_WINDOW: [u64; 2] = [0; 2];
 
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -73,7 +74,7 @@ macro_rules! conf {
 #[inline(always)]
 pub(crate) fn holds(
     ctx: &XdpContext,
-    raw_ip: bool,
+    frame: &mut Frame,
     source: &FloodSource,
     allowed: impl FnOnce() -> bool,
 ) -> bool {
@@ -97,7 +98,7 @@ pub(crate) fn holds(
             est[0] = e;
         }
     }
-    let other = other_class(ctx, raw_ip, base);
+    let other = other_class(ctx, frame, base);
     if other != class::PACKETS && conf!(limit[base + other as usize]) != 0 {
         let index = base + other as usize;
         let (e, s) = sketch(source, index as u32, now, window_ns);
@@ -283,74 +284,49 @@ fn report(
 
 /// The class the frame counts in besides [`class::PACKETS`] (which every frame counts in), or
 /// `PACKETS` for none: a TCP SYN without ACK (of a first fragment) is [`class::SYN`]; ICMP and
-/// ICMPv6 are [`class::ICMP`]. IPv6 extension headers are not walked: a TCP or ICMPv6 header
-/// behind one counts as a packet only. With neither limit set for the family (`base` is its
-/// first limit), the frame is not parsed again: the verifier prunes the parse.
+/// ICMPv6 (not a later fragment) are [`class::ICMP`]. The IP header alone tells it
+/// ([`Frame::peek`]) but when IPv6 extension headers come first: those are walked as for the
+/// scope check (the frame's one parse, [`Frame::parse`]); a frame whose protocol the walk
+/// cannot find counts as a packet only. With neither limit set for the family (`base` is its
+/// first limit), nothing is read: the verifier prunes it.
 #[inline(always)]
-fn other_class(ctx: &XdpContext, raw_ip: bool, base: usize) -> u32 {
+fn other_class(ctx: &XdpContext, frame: &mut Frame, base: usize) -> u32 {
     let none = class::PACKETS;
     if conf!(limit[base + class::SYN as usize]) == 0
         && conf!(limit[base + class::ICMP as usize]) == 0
     {
         return none;
     }
-    let Some(l3) = (if raw_ip { Some(0) } else { l3_offset(ctx) }) else {
-        return none;
-    };
-    let Some(header) = ptr_at::<[u32; 2]>(ctx, l3) else {
-        return none;
-    };
-    let first = load(header as *const u8);
-    let v4 = first >> 4 == 4;
-    let (proto, l4) = if v4 {
-        let Some(h) = ptr_at::<[u8; 20]>(ctx, l3) else {
-            return none;
-        };
-        // SAFETY: inside the checked 20-byte header.
-        let (proto, frag) = unsafe {
-            (
-                load((h as *const u8).add(9)),
-                load((h as *const u16).add(3)),
-            )
-        };
-        // Fragment offset (low 13 bits, network order): only a first fragment has the flags.
-        if u16::from_be(frag) & 0x1fff != 0 {
-            return none;
-        }
-        (proto, l3 + usize::from(first & 0x0f) * 4)
+    let icmp = if frame.v6() {
+        IPPROTO_ICMPV6
     } else {
-        let Some(h) = ptr_at::<[u8; 40]>(ctx, l3) else {
-            return none;
-        };
-        // SAFETY: inside the checked 40-byte header.
-        (unsafe { load((h as *const u8).add(6)) }, l3 + 40)
+        IPPROTO_ICMP
     };
-    if proto == if v4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 } {
+    let (proto, l4) = match frame.peek(ctx) {
+        Peek::Header { proto, l4 } => (proto, l4),
+        Peek::Nothing => return none,
+        Peek::Parse => {
+            frame.parse(ctx);
+            if frame.later_fragment() {
+                return none;
+            }
+            if frame.kind() != PORTS && frame.proto() != icmp {
+                return none;
+            }
+            (frame.proto(), frame.l4())
+        }
+    };
+    if proto == icmp {
         return class::ICMP;
     }
-    // Bytes 12..14 of the TCP header: a two-byte check, which the verifier follows (a
-    // one-byte one compiles to `p >= data_end`, which it does not).
+    // The flags are byte 13 of the TCP header: the check covers the 14 bytes from its start
+    // (the offset is a number the verifier bounds, so the constant goes on the pointer after).
     if proto == IPPROTO_TCP
-        && let Some(word) = ptr_at::<[u8; 2]>(ctx, (l4 & 0xff) + 12)
-        // SAFETY: inside the checked two bytes.
-        && load(unsafe { (word as *const u8).add(1) }) & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && let Some(header) = ptr_at::<[u8; 14]>(ctx, l4 & 0x3fff)
+        // SAFETY: inside the checked 14 bytes.
+        && load(unsafe { (header as *const u8).add(13) }) & (TCP_SYN | TCP_ACK) == TCP_SYN
     {
         return class::SYN;
     }
     none
-}
-
-/// Where the IP header starts in an Ethernet frame (after up to two VLAN tags).
-#[inline(always)]
-fn l3_offset(ctx: &XdpContext) -> Option<usize> {
-    let mut proto = load(ptr_at::<u16>(ctx, 12)?);
-    let mut offset = 14;
-    for _ in 0..2 {
-        if proto != ETH_P_8021Q.to_be() && proto != ETH_P_8021AD.to_be() {
-            break;
-        }
-        proto = load(ptr_at::<u16>(ctx, offset + 2)?);
-        offset += 4;
-    }
-    Some(offset)
 }

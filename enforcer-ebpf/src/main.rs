@@ -54,8 +54,10 @@ use enforcer_common::{
 };
 
 mod flood;
+mod frame;
 mod replies;
-mod transport;
+
+use frame::Frame;
 
 #[map(name = "BLOCK_V4")]
 static BLOCK_V4: HashMap<[u8; 4], BlockEntry> =
@@ -118,18 +120,18 @@ const IPV6_SRC: usize = 8;
 /// Ethernet links (and the loopback).
 #[xdp(frags)]
 pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
-    run(&ctx, ethernet_source(&ctx), false)
+    run(&ctx, ethernet_source(&ctx))
 }
 
 /// Links whose frames start with the IP header: the version nibble says which family.
 #[xdp(frags)]
 pub fn enforcer_xdp_ip(ctx: XdpContext) -> u32 {
-    run(&ctx, raw_ip_source(&ctx), true)
+    run(&ctx, raw_ip_source(&ctx))
 }
 
 /// Judges a parsed frame and counts it.
 #[inline(always)]
-fn run(ctx: &XdpContext, source: Result<(Source, usize), u32>, raw_ip: bool) -> u32 {
+fn run(ctx: &XdpContext, source: Result<(Source, Frame), u32>) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let slot = (ctx.ingress_ifindex() as u32) % STATS_SLOTS;
     let Some(stats) = STATS.get_ptr_mut(slot) else {
@@ -140,23 +142,27 @@ fn run(ctx: &XdpContext, source: Result<(Source, usize), u32>, raw_ip: bool) -> 
     // `seen` is not counted here: userspace derives it (passed + dropped).
 
     let verdict = match source {
-        Ok((source, l3)) => {
-            // Never needed while no entry is scoped; a frame judged before the first scoped
-            // entry appeared is judged as matching any scope if it meets one.
+        Ok((source, mut frame)) => {
+            // The transport header is read here only while some entry is scoped; a frame judged
+            // before the first scoped entry appeared is judged as matching any scope if it
+            // meets one. Otherwise the reply check or the flood detector reads it if they need
+            // it: one of them at most (a frame the reply check sees is dropped or passed as a
+            // reply, never counted by the detector), so the reply check takes a copy.
             let transport = if SCOPED.get(0).is_some_and(|on| *on != 0) {
-                transport::parse(ctx, l3).pack()
+                frame.parse(ctx);
+                frame.transport()
             } else {
                 Transport::Unknown.pack()
             };
-            let reply = || replies::is_reply(ctx, l3);
+            let reply = move || replies::is_reply(ctx, frame);
             match source {
                 Source::V4(addr) => {
                     let v = judge_v4(addr, len, stats, transport, reply);
-                    flood_check(ctx, raw_ip, v, addr_v4(addr))
+                    flood_check(ctx, &mut frame, v, addr_v4(addr))
                 }
                 Source::V6(addr) => {
                     let v = judge_v6(addr, len, stats, transport, reply);
-                    flood_check(ctx, raw_ip, v, addr_v6(addr))
+                    flood_check(ctx, &mut frame, v, addr_v6(addr))
                 }
             }
         }
@@ -193,12 +199,12 @@ fn run(ctx: &XdpContext, source: Result<(Source, usize), u32>, raw_ip: bool) -> 
 #[inline(always)]
 fn flood_check(
     ctx: &XdpContext,
-    raw_ip: bool,
+    frame: &mut Frame,
     verdict: Verdict,
     source: flood::FloodSource,
 ) -> Verdict {
     match verdict {
-        Verdict::Pass if flood::holds(ctx, raw_ip, &source, || allowlisted(&source)) => {
+        Verdict::Pass if flood::holds(ctx, frame, &source, || allowlisted(&source)) => {
             Verdict::Drop
         }
         v => v,
@@ -279,14 +285,14 @@ fn load<T: Copy>(p: *const T) -> T {
     unsafe { core::ptr::read_volatile(p) }
 }
 
-/// Parses Ethernet, up to two VLAN tags, and the IP source address (with the IP header's
-/// offset); or says why not ([`unjudged`]).
+/// Parses Ethernet, up to two VLAN tags, and the IP source address (with where the IP header
+/// lies, its transport header unread); or says why not ([`unjudged`]).
 ///
 /// Two tags cover 802.1ad + 802.1Q (QinQ) and two stacked 802.1Q tags. A third is counted
 /// (`vlan-depth`) and passed: a host only accepts such a frame through a stack of VLAN
 /// interfaces, and the innermost of those is where to attach (its frames carry no tag).
 #[inline(always)]
-fn ethernet_source(ctx: &XdpContext) -> Result<(Source, usize), u32> {
+fn ethernet_source(ctx: &XdpContext) -> Result<(Source, Frame), u32> {
     // The EtherType in wire order: compared with constants swapped once at compile time.
     let mut proto = load(ptr_at::<u16>(ctx, 12).ok_or_else(|| short(ctx))?);
     let mut offset = ETH_HLEN;
@@ -299,9 +305,9 @@ fn ethernet_source(ctx: &XdpContext) -> Result<(Source, usize), u32> {
         offset += VLAN_HLEN;
     }
     if proto == ETH_P_IP.to_be() {
-        ipv4_source(ctx, offset).map(|s| (s, offset))
+        ipv4_source(ctx, offset).map(|s| (s, Frame::at(offset, false)))
     } else if proto == ETH_P_IPV6.to_be() {
-        ipv6_source(ctx, offset).map(|s| (s, offset))
+        ipv6_source(ctx, offset).map(|s| (s, Frame::at(offset, true)))
     } else if proto == ETH_P_8021Q.to_be() || proto == ETH_P_8021AD.to_be() {
         Err(unjudged::VLAN_DEPTH)
     } else {
@@ -314,12 +320,12 @@ fn ethernet_source(ctx: &XdpContext) -> Result<(Source, usize), u32> {
 /// check the verifier can follow; a one-byte check compiles to `data >= data_end`, which it
 /// does not accept as one).
 #[inline(always)]
-fn raw_ip_source(ctx: &XdpContext) -> Result<(Source, usize), u32> {
+fn raw_ip_source(ctx: &XdpContext) -> Result<(Source, Frame), u32> {
     let header = ptr_at::<[u32; 5]>(ctx, 0).ok_or_else(|| short(ctx))?;
     let first = load(header as *const u8);
     match first >> 4 {
-        4 => ipv4_source(ctx, 0).map(|s| (s, 0)),
-        6 => ipv6_source(ctx, 0).map(|s| (s, 0)),
+        4 => ipv4_source(ctx, 0).map(|s| (s, Frame::at(0, false))),
+        6 => ipv6_source(ctx, 0).map(|s| (s, Frame::at(0, true))),
         _ => Err(unjudged::NOT_IP),
     }
 }

@@ -15,74 +15,73 @@ use aya_ebpf::{
     helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
     programs::XdpContext,
 };
+use enforcer_common::scope::PROTO_TCP;
 
-use crate::{load, ptr_at};
+use crate::{
+    frame::{Frame, PORTS, Peek},
+    load, ptr_at,
+};
 
 /// `ephemeral_low << 16 | ephemeral_high` (host order), set at load from the host's
 /// `ip_local_port_range`; 0: replies are judged like every other packet.
 #[unsafe(no_mangle)]
 static REPLIES: u32 = 0;
 
-const TCP: u8 = 6;
 const TCP_TIME_WAIT: u32 = 6;
 const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;
 const TCP_NEW_SYN_RECV: u32 = 12;
 
-/// Whether the frame (IP header at `l3`) is a TCP segment of a connection this host opened.
-/// Everything but a TCP segment to an ephemeral port is out after a few loads: the tuple is
-/// built, and the kernel asked, only for those.
+/// Whether the frame is a TCP segment of a connection this host opened. Everything but a TCP
+/// segment to an ephemeral port is out after a few loads ([`Frame::peek`]; the frame's parse,
+/// shared with the scope check and the flood detector, only when IPv6 extension headers come
+/// first or it was done already): the tuple is built, and the kernel asked, only for those.
 #[inline(always)]
-pub(crate) fn is_reply(ctx: &XdpContext, l3: usize) -> bool {
+pub(crate) fn is_reply(ctx: &XdpContext, mut frame: Frame) -> bool {
     // SAFETY: a read-only global, read whole.
     let range = unsafe { core::ptr::read_volatile(&REPLIES) };
     if range == 0 {
         return false;
     }
-    let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
-        return false;
-    };
-    let b = h as *const u8;
-    let first = load(b);
-    let v4 = first >> 4 == 4;
-    // SAFETY: inside the checked 20 bytes (the protocol, the fragment field).
-    let (proto, frag) = unsafe {
-        if v4 {
-            (load(b.add(9)), load((b as *const u16).add(3)))
-        } else {
-            (load(b.add(6)), 0)
+    let (sport, dport) = match frame.peek(ctx) {
+        Peek::Header { proto, l4 } => {
+            if proto != PROTO_TCP {
+                return false;
+            }
+            let Some(ports) = ptr_at::<[u16; 2]>(ctx, l4 & 0x3fff) else {
+                return false;
+            };
+            // SAFETY: inside the checked 4 bytes.
+            unsafe {
+                let p = ports as *const u16;
+                (load(p), load(p.add(1)))
+            }
         }
-    };
-    if proto != TCP || u16::from_be(frag) & 0x1fff != 0 {
-        return false;
-    }
-    let l4 = if v4 {
-        l3 + usize::from(first & 0x0f) * 4
-    } else {
-        l3 + 40
-    };
-    let Some(ports) = ptr_at::<[u16; 2]>(ctx, l4 & 0x3fff) else {
-        return false;
-    };
-    // SAFETY: inside the checked 4 bytes.
-    let (sport, dport) = unsafe {
-        let p = ports as *const u16;
-        (load(p), load(p.add(1)))
+        Peek::Nothing => return false,
+        Peek::Parse => {
+            frame.parse(ctx);
+            if frame.kind() != PORTS || frame.proto() != PROTO_TCP {
+                return false;
+            }
+            frame.ports()
+        }
     };
     let port = u16::from_be(dport);
     if port < (range >> 16) as u16 || port > range as u16 {
         return false;
     }
-    if v4 {
-        v4_reply(ctx, l3, sport, dport)
+    if frame.v6() {
+        v6_reply(ctx, frame.l3(), sport, dport)
     } else {
-        v6_reply(ctx, l3, sport, dport)
+        v4_reply(ctx, frame.l3(), sport, dport)
     }
 }
 
 /// [`opened_here`] for an IPv4 segment, from the packet's view (its source is the remote end).
 #[inline(always)]
 fn v4_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
+    // The addresses: the parse read past them, but the verifier knows the offset only as a
+    // number, so this is the one check of them the reply path makes.
     let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
         return false;
     };
@@ -100,7 +99,7 @@ fn v4_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
     opened_here(ctx, &mut tuple, core::mem::size_of::<[u32; 3]>() as u32)
 }
 
-/// As [`v4_reply`], for a TCP header right after the IPv6 header.
+/// As [`v4_reply`], for IPv6 (the TCP header after the header chain the parse walked).
 #[inline(always)]
 fn v6_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
     let Some(h) = ptr_at::<[u32; 10]>(ctx, l3) else {

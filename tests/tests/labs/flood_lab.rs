@@ -12,8 +12,9 @@ use enforcer::{
     datapath::{Datapath, DatapathOptions, FloodMaps},
 };
 use enforcer_common::{
-    ALLOW_ORIGIN_CONFIG,
+    ALLOW_ORIGIN_CONFIG, BlockValue, MODE_ENFORCE,
     flood::{FloodConfig, FloodReport, LIMITS, class},
+    scope::{ScopeValue, Scopes},
 };
 use enforcer_tests::{PinDir, frame, require_root};
 
@@ -246,6 +247,114 @@ fn syn_and_icmp_are_limited_apart_from_other_packets_in_both_families() {
     );
     // Over: the SYN source's last 10 packets, each ICMP source's last 20.
     assert_eq!(f.flood.stats_total().unwrap().over, 10 + 20 + 20);
+}
+
+/// Frames whose class only the transport header tells, one source each, and the class each must
+/// be reported in (`None`: packets only, no report under these limits).
+fn classed_frames() -> Vec<(Vec<u8>, IpAddr, Option<u32>)> {
+    let v4 = |last: u8| Ipv4Addr::new(198, 51, 100, last);
+    let v6 = |last: u16| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last);
+    let dst4 = Ipv4Addr::new(203, 0, 113, 1);
+    let dst6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+    let p = frame::proto::TCP;
+    let syn = frame::transport(p, 22);
+    let icmp = frame::transport(frame::proto::ICMP, 0);
+    let icmp6 = frame::transport(frame::proto::ICMPV6, 0);
+    let ext = |next| frame::ipv6_ext(next);
+    vec![
+        // A SYN in a first fragment is a SYN; the same bytes in a later fragment are data.
+        (
+            frame::ipv4(v4(40), dst4, p, 0, true, &syn),
+            v4(40).into(),
+            Some(class::SYN),
+        ),
+        (
+            frame::ipv4(v4(41), dst4, p, 3, true, &syn),
+            v4(41).into(),
+            None,
+        ),
+        // ICMP in a later fragment is not counted as ICMP (its header is in the first).
+        (
+            frame::ipv4(v4(42), dst4, 1, 3, false, &icmp),
+            v4(42).into(),
+            None,
+        ),
+        // A TCP header cut after the ports: no flags to read.
+        (
+            frame::ipv4(v4(43), dst4, p, 0, false, &syn[..4]),
+            v4(43).into(),
+            None,
+        ),
+        // IPv6 extension headers are walked to the SYN and the ICMPv6 header behind them.
+        (
+            frame::ipv6(
+                v6(40),
+                dst6,
+                frame::proto::HOP_BY_HOP,
+                &[ext(60), ext(p), syn.clone()].concat(),
+            ),
+            v6(40).into(),
+            Some(class::SYN),
+        ),
+        (
+            frame::ipv6(
+                v6(41),
+                dst6,
+                frame::proto::DEST_OPTS,
+                &[ext(58), icmp6.clone()].concat(),
+            ),
+            v6(41).into(),
+            Some(class::ICMP),
+        ),
+        (
+            frame::ipv6(
+                v6(42),
+                dst6,
+                frame::proto::FRAGMENT,
+                &[frame::ipv6_fragment(58, 3, false), icmp6].concat(),
+            ),
+            v6(42).into(),
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn syn_and_icmp_are_told_through_fragments_cut_headers_and_ipv6_extension_headers_with_or_without_scoped_blocks()
+ {
+    for scoped in [false, true] {
+        let mut f = Fixture::new(detector([1000, 20, 10], false));
+        if scoped {
+            // The program then parses the transport header before the block lookup; the
+            // detector reads that parse.
+            let value = BlockValue {
+                scopes: Some(Scopes {
+                    icmp: Some(ScopeValue {
+                        all: 1,
+                        ..ScopeValue::default()
+                    }),
+                    ..Scopes::default()
+                }),
+                ..BlockValue::new(0, MODE_ENFORCE)
+            };
+            f.dp.maps_mut()
+                .insert_block(&"192.0.2.99".parse::<Target>().unwrap(), &value)
+                .unwrap();
+        }
+        let frames = classed_frames();
+        for (frame, _, _) in &frames {
+            assert_eq!(f.passes(frame, 30), 30, "hold off: nothing dropped");
+        }
+        let mut got: Vec<(IpAddr, u32)> =
+            f.reports().iter().map(|r| (addr_of(r), r.class)).collect();
+        got.sort();
+        let mut want: Vec<(IpAddr, u32)> = frames
+            .iter()
+            .filter_map(|(_, src, class)| class.map(|c| (*src, c)))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "scoped blocks loaded: {scoped}");
+    }
 }
 
 #[test]
