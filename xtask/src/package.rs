@@ -247,7 +247,7 @@ Version: {VERSION}
 Architecture: {arch}
 Maintainer: enforcer developers <enforcer@enforcer-rs.org>
 Installed-Size: {installed_kib}
-Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2), adduser
+Depends: libc6 (>= 2.34), adduser
 Suggests: fail2ban, prometheus
 Section: net
 Priority: optional
