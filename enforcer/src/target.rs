@@ -94,29 +94,32 @@ impl Target {
     /// "everything" (it would only drop DHCP clients still without an address), so it is
     /// refused rather than accepted as a no-op.
     pub fn not_a_block_target(&self) -> Option<&'static str> {
-        const RANGES: [(&str, &str); 5] = [
+        // Built at compile time: this runs for every target a request or a feed names.
+        const RANGES: [(IpNet, &str); 5] = [
             (
-                "0.0.0.0/8",
+                IpNet::new_assert(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8),
                 "0.0.0.0/8 is the unspecified (\"this network\") range, not a sender",
             ),
             (
-                "224.0.0.0/4",
+                IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 4),
                 "multicast addresses (224.0.0.0/4) never send packets",
             ),
             (
-                "255.255.255.255/32",
+                IpNet::new_assert(IpAddr::V4(Ipv4Addr::BROADCAST), 32),
                 "255.255.255.255 is the broadcast address, not a sender",
             ),
-            ("::/128", ":: is the unspecified address, not a sender"),
             (
-                "ff00::/8",
+                IpNet::new_assert(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128),
+                ":: is the unspecified address, not a sender",
+            ),
+            (
+                IpNet::new_assert(IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8),
                 "multicast addresses (ff00::/8) never send packets",
             ),
         ];
-        RANGES.iter().find_map(|(range, why)| {
-            let range: IpNet = range.parse().expect("a valid range");
-            range.contains(&self.0).then_some(*why)
-        })
+        RANGES
+            .iter()
+            .find_map(|(range, why)| range.contains(&self.0).then_some(*why))
     }
 }
 
