@@ -297,7 +297,7 @@ impl Datapath {
 
         let maps_dir = layout.maps_dir();
         let fresh = !maps_dir.exists();
-        let mut ebpf = if !fresh {
+        let ebpf = if !fresh {
             check_pinned_layout(&maps_dir, &opts.capacity)?;
             loader(opts)
                 .default_map_pin_directory(&maps_dir)
@@ -323,32 +323,31 @@ impl Datapath {
             fs::rename(&tmp, &maps_dir).map_err(io_err("publishing the maps at", &maps_dir))?;
             ebpf
         };
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .expect("the object defines the program")
-            .try_into()
-            .expect("the program is XDP");
-        program.load()?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME_IP)
-            .expect("the object defines the raw-IP program")
-            .try_into()
-            .expect("the program is XDP");
-        program.load()?;
-        let mut maps = BlockMaps::take_from(&mut ebpf)?;
+        // The writer's own descriptors of the pinned maps: the object keeps its descriptors,
+        // which the instructions of a program loaded later (see `program_for`) refer to.
+        let mut maps = BlockMaps::open_pinned(&maps_dir)?;
         maps.refresh_prefix_flags()?;
         if fresh {
             super::migrate::carry_over(&layout, &mut maps);
         }
         let clock_keeper = ClockKeeper::start(&maps_dir)?;
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             layout,
             pins,
             maps,
             _clock_keeper: clock_keeper,
             _lock: lock,
-        })
+        };
+        // The raw-IP program is verified when a link first needs it: the verifier takes about
+        // a CPU-second per program, at a start that may also pull 100k CrowdSec decisions. The
+        // flood detector's report ring goes to its reader (`take_flood`), out of the object a
+        // later load relocates against: with detection on, both are loaded now.
+        dp.program_for(Parse::Ethernet)?;
+        if opts.flood.enabled != 0 {
+            dp.program_for(Parse::RawIp)?;
+        }
+        Ok(dp)
     }
 
     /// The pin layout in use.
@@ -383,11 +382,20 @@ impl Datapath {
 
     /// The loaded XDP program for Ethernet links (for `BPF_PROG_TEST_RUN`).
     pub fn program(&mut self) -> &mut Xdp {
-        self.program_for(Parse::Ethernet)
+        self.xdp(Parse::Ethernet)
     }
 
-    /// The loaded XDP program for links that need `parse`.
-    pub fn program_for(&mut self, parse: Parse) -> &mut Xdp {
+    /// The XDP program for links that need `parse`, loaded (verified) on first use: a host
+    /// with Ethernet links only never pays the verifier for the raw-IP one.
+    pub fn program_for(&mut self, parse: Parse) -> Result<&mut Xdp, DatapathError> {
+        let program = self.xdp(parse);
+        if program.fd().is_err() {
+            program.load()?;
+        }
+        Ok(program)
+    }
+
+    fn xdp(&mut self, parse: Parse) -> &mut Xdp {
         let name = match parse {
             Parse::Ethernet => PROGRAM_NAME,
             Parse::RawIp => PROGRAM_NAME_IP,
@@ -399,11 +407,19 @@ impl Datapath {
             .expect("the program is XDP")
     }
 
-    /// The kernel ids of both programs.
+    /// The kernel ids of the programs loaded so far (0 for one no link has needed yet: no
+    /// program has that id, so no link counts as protected by it).
     pub fn programs(&mut self) -> Result<Programs, DatapathError> {
+        let mut id = |parse| -> Result<u32, DatapathError> {
+            let program = self.xdp(parse);
+            if program.fd().is_err() {
+                return Ok(0);
+            }
+            Ok(program.info()?.id())
+        };
         Ok(Programs {
-            ethernet: self.program_for(Parse::Ethernet).info()?.id(),
-            raw_ip: self.program_for(Parse::RawIp).info()?.id(),
+            ethernet: id(Parse::Ethernet)?,
+            raw_ip: id(Parse::RawIp)?,
         })
     }
 
@@ -478,7 +494,7 @@ impl Datapath {
             return Ok(None);
         }
         let link = XdpLink::try_from(fd_link).map_err(link_err(iface))?;
-        self.program_for(parse).attach_to_link(link)?;
+        self.program_for(parse)?.attach_to_link(link)?;
         let after =
             query_xdp(ifindex).map_err(io_err("querying XDP state of", Path::new(iface)))?;
         Ok(Some(Attachment {
@@ -511,9 +527,12 @@ impl Datapath {
         let mut last_err = None;
         let mut native_refused = None;
         for &attempt in attempts {
-            match self.program_for(parse).attach_to_if_index(ifindex, attempt) {
+            match self
+                .program_for(parse)?
+                .attach_to_if_index(ifindex, attempt)
+            {
                 Ok(id) => {
-                    let link = self.program_for(parse).take_link(id)?;
+                    let link = self.xdp(parse).take_link(id)?;
                     let fd_link = FdLink::try_from(link).map_err(link_err(iface))?;
                     fd_link.pin(link_path).map_err(|e| DatapathError::Io {
                         action: "pinning the XDP link at",
@@ -557,7 +576,7 @@ impl Datapath {
 
     /// The kernel's reason for refusing native mode, and what to do, when it gives one.
     fn why_native_refused(&mut self, parse: Parse, ifindex: u32) -> Option<String> {
-        let fd = self.program_for(parse).fd().ok()?.as_fd();
+        let fd = self.xdp(parse).fd().ok()?.as_fd();
         match crate::netlink::native_refusal(ifindex, fd) {
             Ok(text) => text.map(|t| native_refusal(&t)),
             Err(e) => {

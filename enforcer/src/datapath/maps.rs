@@ -87,14 +87,8 @@ fn convert<T: TryFrom<Map, Error = MapError>>(
 }
 
 impl BlockMaps {
-    /// Takes the maps out of a loaded object.
-    pub(crate) fn take_from(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
-        Self::from_maps(take)
-    }
-
-    /// Opens the maps pinned in `dir`, for reading (tests, diagnostics). The daemon is the only
-    /// writer of the maps; do not write through this.
+    /// Opens the maps pinned in `dir`: the daemon's data path for writing (it is their only
+    /// writer), tests and diagnostics for reading (do not write through this).
     pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
         Self::from_maps(|name| {
             let path = dir.join(name);

@@ -389,3 +389,61 @@ fn auto_falls_back_to_skb_and_status_says_why_native_was_refused() {
         "{log}"
     );
 }
+
+/// The ids of the XDP programs the daemon holds open (`/proc/PID/fdinfo`: type 6 is XDP).
+fn xdp_programs_held(d: &Daemon) -> std::collections::BTreeSet<u32> {
+    let pid = d.pid().expect("the daemon runs");
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.lines().any(|l| l == "prog_type:\t6"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:\t"))
+                .and_then(|id| id.parse().ok())
+        })
+        .collect()
+}
+
+#[test]
+fn the_raw_ip_program_is_loaded_when_a_raw_ip_link_first_appears_and_it_is_protected() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &["--iface", TUN]).unwrap();
+    let at_start = xdp_programs_held(&d);
+    assert_eq!(
+        at_start.len(),
+        1,
+        "XDP programs the daemon holds while only Ethernet links exist: {at_start:?} (the raw-IP one is verified when a link needs it)"
+    );
+    let tun = tun_link(&lab, TUN, None);
+    // Protected as the status says it: the link runs a program the daemon counts as its own.
+    wait_for(
+        "the tun link to be protected",
+        Duration::from_secs(10),
+        || Ok((status_of(&d, TUN)["state"] == "protected").then_some(())),
+    )
+    .unwrap();
+    let now = xdp_programs_held(&d);
+    assert_eq!(
+        now.len(),
+        2,
+        "XDP programs after the tun link appeared: {now:?}"
+    );
+    assert!(
+        now.is_superset(&at_start),
+        "the Ethernet program stays: {at_start:?} -> {now:?}"
+    );
+    ok(&d.cli(&["block", BLOCKED_V4]));
+    let v4 = listener(&lab, TUN_LOCAL_V4);
+    assert_eq!(
+        through_tun(&tun, &v4, BLOCKED_V4, INNOCENT_V4),
+        (0, 50),
+        "IPv4 over {TUN} (blocked, innocent delivered)"
+    );
+    assert_eq!(
+        status_of(&d, enforcer_tests::RECEIVER_IF)["state"],
+        "protected"
+    );
+}

@@ -81,6 +81,8 @@ impl Engine {
 
     fn attach_one(&mut self, iface: &str, why: Why) -> Result<(), DatapathError> {
         let a = self.dp.attach(iface, self.xdp_mode)?;
+        // The first link of its type loads its program: what counts as protected grows.
+        self.programs = self.dp.programs()?;
         self.interfaces.attached(iface, a.ifindex);
         if !a.replaced {
             self.interfaces

@@ -1117,6 +1117,7 @@ impl Fixture {
         };
         self.dp
             .program_for(Parse::RawIp)
+            .expect("the raw-IP program loads")
             .test_run(opts)
             .expect("BPF_PROG_TEST_RUN")
             .return_value

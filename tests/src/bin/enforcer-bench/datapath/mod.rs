@@ -664,7 +664,7 @@ pub(crate) fn measure(
             ensure!(verdict == XDP_PASS, "the floor program returned {verdict}");
             floor.push(t);
             let (t, verdict) = test_run(
-                loaded[probe.program].dp.program_for(probe.id.link),
+                loaded[probe.program].dp.program_for(probe.id.link)?,
                 &probe.frame,
                 settings.repeat,
             )?;
