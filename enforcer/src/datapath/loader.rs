@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <bpffs-dir>/maps-v<LAYOUT>/BLOCK_V4 ...   the maps, pinned by name
+//! <bpffs-dir>/maps-v<LAYOUT>/prog-<name>-<identity>   the verified programs (see pinned_program)
 //! <bpffs-dir>/links/<interface>             one pinned XDP link per protected interface
 //! ```
 //!
@@ -49,6 +50,7 @@ use super::{
     error::{DatapathError, XdpModeRequest},
     link::{LinkType, Parse, Programs},
     maps::BlockMaps,
+    pinned_program::{self, Identity},
     query_xdp,
 };
 
@@ -217,6 +219,10 @@ impl FloodMaps {
 /// The loaded program and its pinned maps. One process at a time holds this (a lock enforces it).
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Programs taken back from an earlier run's pins, in place of the object's.
+    reused: Reused,
+    /// What this build's programs are, to find and leave their pins (`None`: not pinned).
+    identity: Option<Identity>,
     layout: PinLayout,
     pins: super::bpffs::PinsInfo,
     maps: BlockMaps,
@@ -333,14 +339,18 @@ impl Datapath {
         let clock_keeper = ClockKeeper::start(&maps_dir)?;
         let mut dp = Self {
             ebpf,
+            reused: Reused::default(),
+            identity: identity(opts),
             layout,
             pins,
             maps,
             _clock_keeper: clock_keeper,
             _lock: lock,
         };
-        // The raw-IP program is verified when a link first needs it: the verifier takes about
-        // a CPU-second per program, at a start that may also pull 100k CrowdSec decisions. The
+        // A restart of the same build takes its verified program back from the pins (see
+        // `pinned_program`). The raw-IP program is loaded when a link first needs it: the
+        // verifier takes about a CPU-second per program, at a start that may also pull 100k
+        // CrowdSec decisions. The
         // flood detector's report ring goes to its reader (`take_flood`), out of the object a
         // later load relocates against: with detection on, both are loaded now.
         dp.program_for(Parse::Ethernet)?;
@@ -388,20 +398,43 @@ impl Datapath {
     /// The XDP program for links that need `parse`, loaded (verified) on first use: a host
     /// with Ethernet links only never pays the verifier for the raw-IP one.
     pub fn program_for(&mut self, parse: Parse) -> Result<&mut Xdp, DatapathError> {
-        let program = self.xdp(parse);
-        if program.fd().is_err() {
-            program.load()?;
+        if self.xdp(parse).fd().is_err() {
+            self.load(parse)?;
         }
-        Ok(program)
+        Ok(self.xdp(parse))
     }
 
-    fn xdp(&mut self, parse: Parse) -> &mut Xdp {
-        let name = match parse {
-            Parse::Ethernet => PROGRAM_NAME,
-            Parse::RawIp => PROGRAM_NAME_IP,
+    /// Takes the program back from an earlier run's pin, or loads (verifies) and pins it.
+    fn load(&mut self, parse: Parse) -> Result<(), DatapathError> {
+        let name = name_of(parse);
+        let Some(identity) = self.identity else {
+            return Ok(self.xdp(parse).load()?);
         };
+        let maps_dir = self.layout.maps_dir();
+        if let Some(program) = pinned_program::reuse(&maps_dir, name, identity)? {
+            tracing::info!(
+                program = name,
+                "took back the verified program an earlier run of this build pinned"
+            );
+            *self.reused.slot(parse) = Some(program);
+            return Ok(());
+        }
+        let program = self.xdp(parse);
+        program.load()?;
+        pinned_program::pin(program, &maps_dir, name, identity)
+    }
+
+    /// The program for `parse`: the one taken back from a pin, or else the object's.
+    fn xdp(&mut self, parse: Parse) -> &mut Xdp {
+        if self.reused.slot(parse).is_some() {
+            return self
+                .reused
+                .slot(parse)
+                .as_mut()
+                .expect("checked just above");
+        }
         self.ebpf
-            .program_mut(name)
+            .program_mut(name_of(parse))
             .expect("the object defines both programs")
             .try_into()
             .expect("the program is XDP")
@@ -716,6 +749,44 @@ pub fn pinned_interfaces(layout: &PinLayout) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// The programs taken back from pins, by the parse they serve.
+#[derive(Default)]
+struct Reused {
+    ethernet: Option<Xdp>,
+    raw_ip: Option<Xdp>,
+}
+
+impl Reused {
+    fn slot(&mut self, parse: Parse) -> &mut Option<Xdp> {
+        match parse {
+            Parse::Ethernet => &mut self.ethernet,
+            Parse::RawIp => &mut self.raw_ip,
+        }
+    }
+}
+
+const fn name_of(parse: Parse) -> &'static str {
+    match parse {
+        Parse::Ethernet => PROGRAM_NAME,
+        Parse::RawIp => PROGRAM_NAME_IP,
+    }
+}
+
+/// Which program this build loads with `opts`, for its pin; `None` with flood detection on
+/// (see [`pinned_program`]). Everything that [`loader`] puts into the program is in it.
+fn identity(opts: &DatapathOptions) -> Option<Identity> {
+    (opts.flood.enabled == 0).then(|| {
+        let options = format!(
+            "hits {} flood {:?} replies {} capacity {:?}",
+            opts.count_block_hits,
+            opts.flood,
+            replies_word(opts.replies),
+            opts.capacity
+        );
+        Identity::of(OBJECT, &options)
+    })
 }
 
 fn loader(opts: &DatapathOptions) -> EbpfLoader<'_> {

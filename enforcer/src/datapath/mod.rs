@@ -11,6 +11,7 @@ pub mod map_id;
 pub mod maps;
 mod maps_error;
 mod migrate;
+mod pinned_program;
 mod scopes;
 mod shared;
 

@@ -320,6 +320,68 @@ fn a_blocked_source_stays_dropped_across_a_daemon_restart() {
     assert_eq!(after[0].packets, 20, "counters survive the restart");
 }
 
+/// The XDP program the kernel runs on the lab's receiving link.
+fn attached_program(lab: &Lab) -> Option<u32> {
+    let iface = std::ffi::CString::new(enforcer_tests::RECEIVER_IF).unwrap();
+    lab.receiver
+        .run(move || {
+            // SAFETY: a valid C string, read only.
+            let ifindex = unsafe { libc::if_nametoindex(iface.as_ptr()) };
+            enforcer::datapath::query_xdp(ifindex)
+        })
+        .unwrap()
+        .unwrap()
+        .prog_id
+}
+
+#[test]
+fn a_restart_of_the_same_build_keeps_its_verified_program_on_the_link_and_drops_throughout() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let mut d = Daemon::start(&lab, &[]).unwrap();
+    ok(&d.cli(&["block", SENDER_V4[1], "--ttl", "10m"]));
+    let running = attached_program(&lab);
+    assert!(running.is_some(), "the program runs on the link");
+    d.stop().unwrap();
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+    // The blocked source floods while the daemon starts again.
+    let rx = lab.udp_listener(RECEIVER_V4).unwrap();
+    let tx = lab.udp_sender(SENDER_V4[1]).unwrap();
+    let dst = rx.local_addr().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tx.send_to(b"x", dst).unwrap();
+                sent += 1;
+            }
+            sent
+        });
+        let started = d.spawn();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        started.unwrap();
+        flood.join().unwrap()
+    });
+    assert_eq!(
+        attached_program(&lab),
+        running,
+        "the link runs the program the first start verified (not one loaded again)"
+    );
+    let log = d.plain_log();
+    assert!(log.contains("the program already runs there"), "{log}");
+    assert!(!log.contains("replaced the program in place"), "{log}");
+    let mut buf = [0u8; 8];
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(
+        rx.recv(&mut buf).is_err(),
+        "a blocked datagram got through while the daemon restarted ({sent} sent)"
+    );
+    assert!(sent > 0, "the flood ran during the restart");
+    assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
+}
+
 #[test]
 fn a_reboot_restores_every_block_with_its_remaining_time() {
     require_root();

@@ -56,7 +56,15 @@ fn attach_only(
     pins: &std::path::Path,
     mode: XdpModeRequest,
 ) -> Result<enforcer::datapath::Attachment, DatapathError> {
-    let opts = options(pins);
+    attach_only_with(lab, options(pins), mode)
+}
+
+/// [`attach_only`] with other options.
+fn attach_only_with(
+    lab: &Lab,
+    opts: DatapathOptions,
+    mode: XdpModeRequest,
+) -> Result<enforcer::datapath::Attachment, DatapathError> {
     lab.receiver
         .run(move || Datapath::open(&opts).and_then(|mut dp| dp.attach(RECEIVER_IF, mode)))
         .expect("enter namespace")
@@ -350,7 +358,7 @@ fn vlan_tagged_traffic_is_filtered() {
 }
 
 #[test]
-fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
+fn another_program_replaces_the_running_one_without_letting_blocked_traffic_through() {
     require_root();
     let lab = Lab::new().unwrap();
     let first = {
@@ -364,8 +372,10 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
     let rx = lab.udp_listener(RECEIVER_V4).unwrap();
     let tx = lab.udp_sender(SENDER_V4[1]).unwrap();
     let dst = rx.local_addr().unwrap();
-    // Flood from the blocked source while a new process loads and swaps in its program: the
-    // flood must be running before the swap starts and go on after it ends.
+    // Flood from the blocked source while a new process loads and swaps in another program
+    // (another build's: here the same object with another load option, so that it is not the
+    // pinned one a restart of the same build takes back): the flood must be running before the
+    // swap starts and go on after it ends.
     let sent = std::sync::atomic::AtomicU64::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let count = || sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -382,7 +392,11 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
                 Ok((count() >= 100).then_some(()))
             })?;
             let before = count();
-            let att = attach_only(&lab, lab.pins.path(), XdpModeRequest::Auto)?;
+            let other = DatapathOptions {
+                replies: false,
+                ..options(lab.pins.path())
+            };
+            let att = attach_only_with(&lab, other, XdpModeRequest::Auto)?;
             let during = count();
             enforcer_tests::wait_for(
                 "the flood to go on after the swap",
@@ -429,6 +443,15 @@ fn a_restart_replaces_the_program_without_letting_blocked_traffic_through() {
         .unwrap()
         .unwrap();
     assert_eq!(after.prog_id, Some(replaced.prog_id));
+    // The first program's pin went with it: one pinned program, the one running.
+    let pinned: Vec<String> =
+        std::fs::read_dir(enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("prog-"))
+            .collect();
+    assert_eq!(pinned.len(), 1, "pinned programs: {pinned:?}");
 }
 
 /// `auto` falls back to generic (skb) XDP where the driver has no native XDP. A bridge has
