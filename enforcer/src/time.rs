@@ -367,6 +367,26 @@ impl TimeBase {
         )
     }
 
+    /// The time a deadline that starts now counts from: the later of the wall clock and the
+    /// boot clock read through this base, rounded up. A deadline `now + ttl` then ends in the
+    /// kernel ([`Self::boot_deadline_ns`]) no earlier than `ttl` after this reading, however the
+    /// wall clock has slewed since the base was set and however the milliseconds fell.
+    pub fn start_now(&self, tick: &Tick) -> WallMs {
+        tick.now.max(self.through_base(tick).shifted(1))
+    }
+
+    /// The time deadlines are judged to have passed at: the earlier of the wall clock and the
+    /// boot clock read through this base (rounded down). A deadline at or before it has passed
+    /// on the wall clock and in the kernel, so taking its entry out never ends a block early.
+    pub fn end_now(&self, tick: &Tick) -> WallMs {
+        tick.now.min(self.through_base(tick))
+    }
+
+    /// The reading's boot clock, as a wall-clock time under this base.
+    fn through_base(&self, tick: &Tick) -> WallMs {
+        tick.now.shifted(self.wall_minus_boot_ms - tick.offset_ms)
+    }
+
     /// How far `stored`'s deadlines must move to keep their boot-relative time under this base:
     /// `None` on another boot (or an unknown one), where only the wall clock is left.
     pub fn shift_from(&self, stored: &Self) -> Option<i64> {
@@ -572,6 +592,41 @@ mod tests {
             best < 5,
             "round trip skew {best} ms in the best of 20 tries"
         );
+    }
+
+    proptest::proptest! {
+        /// Under any base the wall clock has slewed from (less than the rebase drift), at any
+        /// phase of the milliseconds: a block made at a reading ends in the kernel no earlier
+        /// than its TTL after it, and a deadline the reaper sees passed has passed in the
+        /// kernel too.
+        #[test]
+        fn deadlines_never_end_early_in_the_kernel(
+            boot_ns in 1_000_000_000u64..1_000_000_000_000,
+            offset_ns in 1_000_000_000_000_000u64..2_000_000_000_000_000,
+            drift_ms in -249i64..250,
+            ttl_ms in 1u64..100_000,
+            back_ms in 0u64..2_000,
+        ) {
+            let wall_ns = boot_ns + offset_ns;
+            let reading = Reading {
+                wall_ms: WallMs::from_unix_ms(wall_ns / 1_000_000),
+                boot_ms: BootMs::from_ms(boot_ns / 1_000_000),
+            };
+            let tick = Tick { now: reading.wall_ms, offset_ms: reading.offset_ms(), jump_ms: 0 };
+            let base = TimeBase { boot_id: "a".into(), wall_minus_boot_ms: tick.offset_ms + drift_ms };
+            let start = base.start_now(&tick) + Duration::from_millis(ttl_ms);
+            proptest::prop_assert!(
+                base.boot_deadline_ns(start).kernel() >= boot_ns + ttl_ms * 1_000_000,
+                "a {ttl_ms} ms block ends {} ns early in the kernel",
+                (boot_ns + ttl_ms * 1_000_000) as i64 - base.boot_deadline_ns(start).kernel() as i64
+            );
+            let passed = base.end_now(&tick).shifted(-(back_ms as i64));
+            proptest::prop_assert!(
+                base.boot_deadline_ns(passed).kernel() <= boot_ns,
+                "the reaper takes out an entry {} ns before its kernel deadline",
+                base.boot_deadline_ns(passed).kernel() - boot_ns
+            );
+        }
     }
 
     #[test]

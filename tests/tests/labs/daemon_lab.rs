@@ -3,9 +3,10 @@
 use std::{path::Path, time::Duration};
 
 use enforcer::{
+    Target,
     block::Mode,
     client::Client,
-    datapath::AttachedMode,
+    datapath::{AttachedMode, BlockMaps, PinLayout, clock},
     protocol::{BatchItem, BatchRequest, Outcome, Reply, Request},
     time::WallMs,
 };
@@ -301,6 +302,51 @@ fn the_reaper_removes_each_block_at_its_deadline_not_on_a_periodic_scan() {
     );
 }
 
+/// The reaper and the data path agree on when a block ends: the reaper never takes a kernel
+/// entry out before the entry's own deadline (the boot-clock time the XDP program compares
+/// with), or its source's packets would pass early. Twenty 1 s blocks at spread phases; the
+/// pinned map is polled on the boot clock, and an entry found gone by a lookup that returned
+/// before its deadline was taken out early.
+#[test]
+fn the_reaper_never_takes_an_entry_out_before_its_kernel_deadline() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let d = Daemon::start(&lab, &[]).unwrap();
+    let maps = BlockMaps::open_pinned(&PinLayout::new(lab.pins.path()).maps_dir()).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let addr = format!("198.51.100.{}", 20 + i);
+        d.block(&[&addr, "--ttl", "1s"]);
+        let target: Target = addr.parse().unwrap();
+        let entry = maps.get_block(&target).unwrap();
+        let deadline = entry.expect("in the kernel once acknowledged").expires_ns;
+        pending.push((addr, target, deadline));
+        // Deadlines at different phases of the clocks' milliseconds (a time, not a condition).
+        std::thread::sleep(Duration::from_micros(7_300));
+    }
+    let give_up = clock::boottime_ns() + 10_000_000_000;
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    while !pending.is_empty() {
+        assert!(clock::boottime_ns() < give_up, "never reaped: {pending:?}");
+        pending.retain(|(addr, target, deadline)| {
+            let present = maps.get_block(target).unwrap().is_some();
+            let returned = clock::boottime_ns();
+            match (present, returned < *deadline) {
+                (true, _) => return true,
+                (false, true) => early.push(format!("{addr} {} us", (deadline - returned) / 1000)),
+                (false, false) => late.push((returned - deadline) / 1000),
+            }
+            false
+        });
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    eprintln!("reaped {late:?} us after the kernel deadlines");
+    assert!(
+        early.is_empty(),
+        "taken out of the kernel before their deadline (by at least): {early:?}"
+    );
+}
+
 #[test]
 fn a_blocked_source_stays_dropped_across_a_daemon_restart() {
     require_root();
@@ -491,10 +537,7 @@ fn every_acknowledged_block_survives_a_sigkill_in_the_middle_of_an_import() {
         &lost[..lost.len().min(5)]
     );
     // And they are in the kernel, not just the store.
-    let maps = enforcer::datapath::BlockMaps::open_pinned(
-        &enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir(),
-    )
-    .unwrap();
+    let maps = BlockMaps::open_pinned(&PinLayout::new(lab.pins.path()).maps_dir()).unwrap();
     for t in acked.iter().step_by(97) {
         assert!(
             maps.get_block(&t.parse().unwrap()).unwrap().is_some(),
@@ -948,7 +991,7 @@ fn kernel_entries_the_store_does_not_know_are_removed_at_start_and_logged() {
             ..Default::default()
         })
         .unwrap();
-        let stray: enforcer::Target = SENDER_V4[2].parse().unwrap();
+        let stray: Target = SENDER_V4[2].parse().unwrap();
         dp.maps_mut()
             .insert_block(&stray, &BlockValue::new(0, MODE_ENFORCE))
             .unwrap();
@@ -1111,7 +1154,7 @@ fn an_upgrade_with_a_new_map_layout_refills_new_maps_swaps_the_program_and_drops
     assert_eq!(lab.passes_to(SENDER_V4[1], RECEIVER_V4), 0);
     d.stop().unwrap();
     // Pretend the running program and its maps belong to an older layout.
-    let current = enforcer::datapath::PinLayout::new(lab.pins.path()).maps_dir();
+    let current = PinLayout::new(lab.pins.path()).maps_dir();
     let older = lab.pins.path().join("maps-v0");
     std::fs::rename(&current, &older).unwrap();
     assert_eq!(
@@ -1184,7 +1227,7 @@ fn an_interface_no_longer_configured_is_detached_at_start() {
         .spawn()
         .unwrap();
     // Traffic may pass a moment before the link's pin is gone: wait for both.
-    let layout = enforcer::datapath::PinLayout::new(lab.pins.path());
+    let layout = PinLayout::new(lab.pins.path());
     wait_for(
         "the daemon to detach vb and remove its pin",
         Duration::from_secs(30),

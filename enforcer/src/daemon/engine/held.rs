@@ -73,7 +73,7 @@ impl Engine {
         if self.held.is_empty() || unsettled_now() {
             return;
         }
-        let now = self.now();
+        let now = self.end_now();
         let held = std::mem::take(&mut self.held);
         let before: BTreeMap<Target, _> = held
             .iter()

@@ -48,7 +48,7 @@ use crate::{
     policy::host,
     protocol::Request,
     store::{Store, StoreOp},
-    time::{SystemClock, TimeKeeper, WallMs},
+    time::{SystemClock, Tick, TimeKeeper, WallMs},
 };
 
 /// Most requests handled in one durable round.
@@ -131,9 +131,23 @@ impl Engine {
         self.dp.take_flood()
     }
 
-    /// Now (Unix ms), after following the clock: a wall-clock step moves every deadline with
-    /// it (stored, and audited once) before anything reads the time.
+    /// Now (Unix ms) for what starts now, after following the clock: a block's TTL counts from
+    /// it and never ends early in the kernel ([`crate::time::TimeBase::start_now`]).
     fn now(&mut self) -> WallMs {
+        let tick = self.follow_clock();
+        self.ledger.time_base().start_now(&tick)
+    }
+
+    /// Now (Unix ms) for judging what has ended, after following the clock: a deadline at or
+    /// before it has passed in the kernel too ([`crate::time::TimeBase::end_now`]).
+    fn end_now(&mut self) -> WallMs {
+        let tick = self.follow_clock();
+        self.ledger.time_base().end_now(&tick)
+    }
+
+    /// Reads the clocks: a wall-clock step moves every deadline with it (stored, and audited
+    /// once) before anything reads the time.
+    fn follow_clock(&mut self) -> Tick {
         let tick = self.clock.tick();
         if let Some(change) = self.ledger.follow_clock(&tick) {
             if let Some(event) = change.event {
@@ -145,7 +159,7 @@ impl Engine {
                 tracing::error!(error = %e, "storing the moved deadlines failed; they go with the next commit");
             }
         }
-        tick.now
+        tick
     }
 
     /// The data path (to attach interfaces after reconciliation).

@@ -14,7 +14,7 @@ impl Engine {
     /// How long to sleep: until the next deadline, but at most [`CLOCK_CHECK`], so that a
     /// wall-clock step is seen (and the deadlines moved) soon even when nothing else happens.
     pub(super) fn until_next_deadline(&mut self) -> Duration {
-        let now = self.now();
+        let now = self.end_now();
         let until = match self.ledger.next_deadline() {
             Some(deadline) => deadline.max(self.reap_backoff_until).saturating_since(now),
             None => CLOCK_CHECK,
@@ -24,7 +24,7 @@ impl Engine {
 
     /// Removes what expired; on a store failure, tries again in a second.
     pub(super) fn reap(&mut self) {
-        let now = self.now();
+        let now = self.end_now();
         if now < self.reap_backoff_until || self.ledger.next_deadline().is_none_or(|d| d > now) {
             return;
         }

@@ -258,7 +258,7 @@ impl Engine {
                 r.block.expires_ms = r.block.expires_ms.map(|e| e.shifted(shift));
             }
         }
-        let now = self.now();
+        let now = self.end_now();
         let expired = self.ledger.load_blocks(records, now);
         let expired = self.hold_if_unsettled(expired, other_boot);
         for t in self.ledger.blocks().values() {

@@ -5,11 +5,13 @@
 //! every phase of a second. From the moment its block is acknowledged each source sends a
 //! stamped probe every millisecond. The lateness of a block is the send time of the first probe
 //! that gets through, minus the block's deadline; one probe interval is the resolution. A probe
-//! that gets through *before* its deadline is counted as early.
+//! that *arrived* before its block's deadline was let through early: it was judged before it
+//! arrived. (Its send time cannot tell: a probe sent just before the deadline is judged after
+//! it, once the receiving softirq runs; those are counted apart, as on time.)
 //!
 //! - **enforcer**: blocks asked of the daemon over its control socket; the deadline is the one
-//!   the daemon acknowledged. The XDP program compares each entry's deadline with the clock, so
-//!   no timer is involved in ending a block.
+//!   in the kernel entry (read from the pinned map once acknowledged), which the XDP program
+//!   compares with the clock, so no timer is involved in ending a block.
 //! - **userspace timer** (the baseline): what Wazuh's execd and fail2ban do. One iptables rule
 //!   per block, inserted by a process (`iptables -w -I`); a loop that wakes once a second
 //!   removes the rules whose deadline has passed, one `iptables -w -D` process each. Deadlines
@@ -33,7 +35,6 @@ use enforcer::{
     block::Source,
     client::Client,
     protocol::{BlockRequest, Reply, Request},
-    time::{SystemClock, TimeKeeper},
 };
 use enforcer_tests::{Lab, daemon::Daemon};
 use serde::Serialize;
@@ -64,11 +65,13 @@ fn batches(n: usize) -> impl Iterator<Item = usize> {
     (0..n.div_ceil(BATCH)).map(move |i| BATCH.min(n - i * BATCH))
 }
 
-/// One batch's outcome: lateness of the blocks that ended (ms), early and never-ended counts.
+/// One batch's outcome: lateness of the blocks that ended (ms), early, sent-before and
+/// never-ended counts.
 #[derive(Default)]
 struct Batch {
     late: Vec<f64>,
     early: usize,
+    sent_before: usize,
     never_ended: usize,
 }
 
@@ -76,6 +79,7 @@ impl Batch {
     fn add(&mut self, other: Self) {
         self.late.extend(other.late);
         self.early += other.early;
+        self.sent_before += other.sent_before;
         self.never_ended += other.never_ended;
     }
 
@@ -83,6 +87,7 @@ impl Batch {
         Ok(Variant {
             lateness_ms: Summary::of(&self.late).context("no block ended")?,
             early: self.early,
+            sent_before_deadline: self.sent_before,
             never_ended: self.never_ended,
         })
     }
@@ -98,8 +103,11 @@ const FIRST_SOURCE: u8 = 100;
 pub(crate) struct Variant {
     /// First probe through − deadline, in ms, over the blocks that ended.
     pub lateness_ms: Summary,
-    /// Blocks whose source got through before the deadline.
+    /// Blocks whose first probe through arrived before the deadline (judged early).
     pub early: usize,
+    /// Blocks whose first probe through was sent before the deadline but arrived after it
+    /// (judged on time, after the deadline: the send time's resolution).
+    pub sent_before_deadline: usize,
     /// Blocks whose source never got through within the wait.
     pub never_ended: usize,
 }
@@ -114,7 +122,7 @@ pub(crate) struct Results {
 
 impl Results {
     /// What fails the run: a block of enforcer's that let a probe through before its deadline
-    /// (by the probe's send time, which precedes the kernel's judgement). The baseline's count
+    /// (by the probe's arrival time, which follows the kernel's judgement). The baseline's count
     /// is reported, not judged.
     pub(crate) fn failures(&self) -> Vec<String> {
         let early = self.enforcer.early;
@@ -122,8 +130,8 @@ impl Results {
             return Vec::new();
         }
         vec![format!(
-            "expiry: {early} of enforcer's blocks let a probe sent before the deadline through \
-             (an early expiry)"
+            "expiry: {early} of enforcer's blocks let a probe through that arrived before the \
+             deadline (an early expiry)"
         )]
     }
 }
@@ -153,9 +161,11 @@ fn enforcer_batch(n: usize) -> Result<Batch> {
     let lab = Lab::new()?;
     let d = Daemon::start(&lab, &[])?;
     let mut client = Client::connect(&d.socket, Duration::from_secs(10))?;
+    let maps = crate::control::pinned_maps(&lab)?;
     measure(&lab, n, |addr, ttl| {
+        let target = Target::new(IpAddr::V4(addr).into());
         let reply = client.call(&Request::Block(BlockRequest {
-            target: Target::new(IpAddr::V4(addr).into()),
+            target,
             ttl_secs: Some(ttl),
             permanent: false,
             source: Source::cli(),
@@ -164,13 +174,13 @@ fn enforcer_batch(n: usize) -> Result<Batch> {
             force: false,
             scope: Default::default(),
         }))?;
-        let Reply::Block(r) = reply else {
+        let Reply::Block(_) = reply else {
             bail!("unexpected reply {reply:?}")
         };
-        let end = r.expires_ms.context("a block with a TTL has an expiry")?;
-        // The daemon's conversion, under the clocks' offset now (no step happens in a run).
-        let base = TimeKeeper::new(SystemClock, String::new()).base();
-        Ok(base.boot_deadline_ns(end).kernel())
+        let entry = maps.get_block(&target)?;
+        Ok(entry
+            .context("an acknowledged block is in the kernel")?
+            .expires_ns)
     })
 }
 
@@ -240,14 +250,17 @@ fn measure(
     let wire = Wire::new(lab)?;
     let probes = Probes::new();
     let stop = AtomicBool::new(false);
-    // Per source (by last octet): when its block was acknowledged, and the send time of its
-    // first probe through after that.
+    // Per source (by last octet): when its block was acknowledged, and the send and arrival
+    // times of its first probe through after that.
     let blocked_at: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
     let first_through: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
+    let first_arrived: [AtomicU64; 256] = std::array::from_fn(|_| AtomicU64::new(0));
     let mut deadlines = Vec::with_capacity(n);
     std::thread::scope(|s| {
         let receiver = s.spawn(|| {
             wire.receiver.run(&stop, Wait::Block, |a| {
+                // Read once the datagram is in hand: after the kernel judged it.
+                let arrived = now_ns();
                 let o = usize::from(a.source);
                 let since = blocked_at[o].load(Ordering::Relaxed);
                 if since != 0
@@ -256,6 +269,7 @@ fn measure(
                         .compare_exchange(0, a.sent_ns, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
+                    first_arrived[o].store(arrived, Ordering::Relaxed);
                     probes.set(a.source, false);
                 }
             })
@@ -296,11 +310,13 @@ fn measure(
         match first_through[usize::from(o)].load(Ordering::Relaxed) {
             0 => batch.never_ended += 1,
             t => {
-                let ms = (t as f64 - deadline as f64) / 1e6;
-                if ms < 0.0 {
+                let arrived = first_arrived[usize::from(o)].load(Ordering::Relaxed);
+                if arrived < deadline {
                     batch.early += 1;
+                } else if t < deadline {
+                    batch.sent_before += 1;
                 }
-                batch.late.push(ms);
+                batch.late.push((t as f64 - deadline as f64) / 1e6);
             }
         }
     }

@@ -19,8 +19,12 @@ pub(super) fn markdown(w: &mut String, e: &Results) {
         "{} sources (lab addresses on the sender's veth) are blocked one after another over one \
          second{}, with TTLs of 1, 2 and 3 s in turn; from its acknowledgement on, each sends a \
          stamped probe every {} ms. Lateness = send time of the first probe through − the block's \
-         deadline (resolution: one probe interval). **enforcer**: blocks asked of the daemon on \
-         its control socket; the XDP program stops matching an entry at its deadline. \
+         deadline (resolution: one probe interval). **Early** = that probe *arrived* before the \
+         deadline, so the kernel judged it before; **sent before** = it was sent before the \
+         deadline but arrived after it (judged after the deadline: on time, a negative lateness \
+         no larger than the delivery time). **enforcer**: blocks asked of the daemon on its \
+         control socket, the deadline read from the kernel entry; the XDP program stops matching \
+         an entry at its deadline. \
          **userspace timer** (the baseline, as Wazuh's execd and fail2ban work): one iptables rule \
          per block, inserted by a process; a loop wakes once a second and deletes the expired \
          rules with one `iptables -D` process each (with exact deadlines: execd compares whole \
@@ -35,21 +39,22 @@ pub(super) fn markdown(w: &mut String, e: &Results) {
     );
     let _ = writeln!(
         w,
-        "| how blocks end | blocks | min | p50 | p99 | max | early | never ended | p99 ÷ baseline p99 |"
+        "| how blocks end | blocks | min | p50 | p99 | max | early | sent before | never ended | p99 ÷ baseline p99 |"
     );
-    let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let base = e.userspace_timer.lateness_ms.p99;
     let row = |w: &mut String, name: &str, v: &Variant| {
         let s = &v.lateness_ms;
         let _ = writeln!(
             w,
-            "| {name} | {} | {} ms | {} ms | {} ms | {} ms | {} | {} | {:.4} |",
+            "| {name} | {} | {} ms | {} ms | {} ms | {} ms | {} | {} | {} | {:.4} |",
             s.n,
             ms(s.min),
             ms(s.p50),
             ms(s.p99),
             ms(s.max),
             v.early,
+            v.sent_before_deadline,
             v.never_ended,
             s.p99 / base
         );
