@@ -154,7 +154,8 @@ pub fn sync<K: KernelMap + ?Sized>(
     wanted: impl IntoIterator<Item = Wanted>,
     base: &TimeBase,
 ) -> Vec<(Target, MapsError)> {
-    let mut inserts = Vec::new();
+    let wanted = wanted.into_iter();
+    let mut inserts = Vec::with_capacity(wanted.size_hint().0);
     let mut removals = Vec::new();
     let mut failed = Vec::new();
     for w in wanted {

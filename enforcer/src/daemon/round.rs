@@ -201,7 +201,7 @@ fn write_early<K: KernelMap + ?Sized>(
         return early;
     }
     let base = ledger.time_base().clone();
-    let mut writes = Vec::new();
+    let mut writes = Vec::with_capacity(change.touched().len());
     for (target, known) in change.touched() {
         let w = wanted(ledger, target, known);
         if kernel_sync::only_strengthens(

@@ -76,7 +76,7 @@ pub struct Change {
 
 impl Change {
     /// The targets whose kernel entry may have changed, each with whether it had blocks before.
-    pub fn touched(&self) -> impl Iterator<Item = (&Target, bool)> {
+    pub fn touched(&self) -> impl ExactSizeIterator<Item = (&Target, bool)> {
         self.blocks_before.iter().map(|(t, b)| (t, b.is_some()))
     }
 
@@ -614,7 +614,9 @@ impl Ledger {
         if req.ttl_secs == Some(0) {
             return Err(Refusal::Invalid("the TTL must be at least 1 second".into()));
         }
-        let (ttl, mode, notes) = match self.decide(c, &req, approved, now) {
+        // The target's blocks, looked up once (an import asks for a million targets).
+        let held = self.blocks.get(&req.target).cloned();
+        let (ttl, mode, notes) = match self.decide(c, &req, held.as_ref(), approved, now) {
             Decision::Apply { ttl, mode, notes } => (ttl, mode, notes),
             Decision::Pending { why } => return self.add_pending(c, req, &reason, why, now),
             Decision::Refuse { rule, message } => {
@@ -622,12 +624,16 @@ impl Ledger {
             }
         };
         let target = req.target;
-        let scope = match self.scope_after_block(&req) {
+        let scope = match Self::scope_after_block(&req, held.as_ref()) {
             Ok(scope) => scope,
             Err(refusal) => return Err(self.refuse(c, &req, &reason, refusal)),
         };
-        let is_new_target = !self.blocks.contains_key(&target);
-        let is_new_for_source = !self.has_block(&target, &req.source);
+        let old = held
+            .as_ref()
+            .and_then(|t| t.by_source.get(&req.source))
+            .cloned();
+        let is_new_target = held.is_none();
+        let is_new_for_source = old.is_none();
         // `cli` and the force sources keep the reserve and have no share (see capacity.rs).
         let exempt = req.force || req.source == Source::cli() || self.policy.may_force(&req.source);
         let fits = if is_new_target {
@@ -652,12 +658,7 @@ impl Ledger {
             mode,
             scope,
         };
-        self.remember(c, &target);
-        let old = self
-            .blocks
-            .get(&target)
-            .and_then(|t| t.by_source.get(&fresh.source))
-            .cloned();
+        c.blocks_before.entry(target).or_insert(held);
         if let Some(old) = &old {
             self.unindex(&target, old);
         }
@@ -695,8 +696,10 @@ impl Ledger {
     /// What `req.source`'s block of the target covers once `req` is applied: its earlier scope
     /// and the new one. Refused when the target's scopes together (the verdict is their union)
     /// would need more port ranges than its kernel entry holds.
-    fn scope_after_block(&self, req: &BlockRequest) -> Result<ScopeSet, Refusal> {
-        let held = self.blocks.get(&req.target);
+    fn scope_after_block(
+        req: &BlockRequest,
+        held: Option<&TargetBlocks>,
+    ) -> Result<ScopeSet, Refusal> {
         let old = held.and_then(|t| t.by_source.get(&req.source));
         let too_many = |e: ScopeError| {
             Refusal::Invalid(format!(
@@ -708,8 +711,7 @@ impl Ledger {
             None => ScopeSet::of(&req.scope),
             Some(b) => b.scope.union(&req.scope).map_err(too_many)?,
         };
-        self.check_union(&req.target, &req.source, &scope)
-            .map_err(too_many)?;
+        union_with(held, &req.source, &scope).map_err(too_many)?;
         Ok(scope)
     }
 
@@ -721,14 +723,7 @@ impl Ledger {
         source: &Source,
         scope: &ScopeSet,
     ) -> Result<(), ScopeError> {
-        let others = self
-            .blocks
-            .get(target)
-            .into_iter()
-            .flat_map(|t| t.by_source.values())
-            .filter(|b| b.source != *source)
-            .map(|b| &b.scope);
-        ScopeSet::union_all(others.chain([scope])).map(drop)
+        union_with(self.blocks.get(target), source, scope)
     }
 
     /// Asks the policy, auditing a breaker that opens.
@@ -736,13 +731,11 @@ impl Ledger {
         &mut self,
         c: &mut Change,
         req: &BlockRequest,
+        held: Option<&TargetBlocks>,
         approved: bool,
         now: WallMs,
     ) -> Decision {
-        let existing = self
-            .blocks
-            .get(&req.target)
-            .is_some_and(|t| t.by_source.contains_key(&req.source));
+        let existing = held.is_some_and(|t| t.by_source.contains_key(&req.source));
         let offenses = self.offense_count(&req.target, now);
         let ask = Ask {
             target: req.target,
@@ -887,6 +880,9 @@ impl Ledger {
         let (mut applied, mut pending) = (0, 0);
         let mut failed = Vec::new();
         let mut touched = Vec::with_capacity(req.items.len());
+        // A store row and an audit line per item, at most (an escalation adds one more).
+        c.ops.reserve(req.items.len());
+        c.events.reserve(req.items.len());
         let reason = Arc::new(req.reason);
         for (index, item) in req.items.into_iter().enumerate() {
             let one = BlockRequest {
@@ -1275,6 +1271,21 @@ impl Ledger {
             self.deadlines.remove(&(e, *target, block.source.clone()));
         }
     }
+}
+
+/// Checks that a target's scopes (`held`), with `source`'s replaced by `scope`, fit its kernel
+/// entry.
+fn union_with(
+    held: Option<&TargetBlocks>,
+    source: &Source,
+    scope: &ScopeSet,
+) -> Result<(), ScopeError> {
+    let others = held
+        .into_iter()
+        .flat_map(|t| t.by_source.values())
+        .filter(|b| b.source != *source)
+        .map(|b| &b.scope);
+    ScopeSet::union_all(others.chain([scope])).map(drop)
 }
 
 /// The target and source of a spooled request, for the audit line of its refusal.
