@@ -446,4 +446,18 @@ fn the_raw_ip_program_is_loaded_when_a_raw_ip_link_first_appears_and_it_is_prote
         status_of(&d, enforcer_tests::RECEIVER_IF)["state"],
         "protected"
     );
+    // Attached once: the dumps taken while its program was being verified saw no program
+    // there, and must not read as one detached behind the daemon's back.
+    let attaches: Vec<_> = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["action"] == "interface_protected" && e["interface"] == TUN)
+        .map(|e| e["detail"].clone())
+        .collect();
+    assert_eq!(
+        attaches.len(),
+        1,
+        "attached {} times: {attaches:?}",
+        attaches.len()
+    );
 }

@@ -51,6 +51,11 @@ impl Engine {
                         .iter()
                         .find(|l| l.name == iface)
                         .map_or(0, |l| l.index);
+                    if why == Why::DetachedBehindOurBack && self.runs_ours(ifindex) {
+                        // A dump taken before our own attach (queued while it ran): nothing
+                        // was detached.
+                        continue;
+                    }
                     if let Err(error) = self.attach_one(&iface, why) {
                         let error_text = Chain(&error).to_string();
                         if self.interfaces.failed(&iface, ifindex, error_text.clone()) {
@@ -77,6 +82,12 @@ impl Engine {
         }
         self.links_followed = true;
         failures
+    }
+
+    /// Whether one of our programs runs on `ifindex` now, asked of the kernel (not of a dump).
+    fn runs_ours(&self, ifindex: u32) -> bool {
+        crate::netlink::query_link(ifindex)
+            .is_ok_and(|(xdp, link_type)| self.programs.protects(link_type, xdp.prog_id))
     }
 
     fn attach_one(&mut self, iface: &str, why: Why) -> Result<(), DatapathError> {
