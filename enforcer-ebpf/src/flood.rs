@@ -18,7 +18,7 @@ use enforcer_common::flood::{
 };
 
 use crate::{
-    frame::{Frame, PORTS, Peek},
+    frame::{Frame, Peek},
     load, ptr_at,
 };
 
@@ -302,26 +302,28 @@ fn other_class(ctx: &XdpContext, frame: &mut Frame, base: usize) -> u32 {
     } else {
         IPPROTO_ICMP
     };
-    let (proto, l4) = match frame.peek(ctx) {
-        Peek::Header { proto, l4 } => (proto, l4),
+    let (proto, l4, end) = match frame.peek(ctx) {
+        Peek::Header { proto, l4, end } => (proto, l4, end),
         Peek::Nothing => return none,
         Peek::Parse => {
             frame.parse(ctx);
-            if frame.later_fragment() {
-                return none;
-            }
-            if frame.kind() != PORTS && frame.proto() != icmp {
-                return none;
-            }
-            (frame.proto(), frame.l4())
+            return if frame.proto() == icmp && !frame.later_fragment() {
+                class::ICMP
+            } else if frame.syn() {
+                class::SYN
+            } else {
+                none
+            };
         }
     };
     if proto == icmp {
         return class::ICMP;
     }
-    // The flags are byte 13 of the TCP header: the check covers the 14 bytes from its start
-    // (the offset is a number the verifier bounds, so the constant goes on the pointer after).
+    // The flags are byte 13 of the TCP header, inside the datagram (not in a short frame's
+    // padding): the check covers the 14 bytes from its start (the offset is a number the
+    // verifier bounds, so the constant goes on the pointer after).
     if proto == IPPROTO_TCP
+        && l4 + 14 <= end
         && let Some(header) = ptr_at::<[u8; 14]>(ctx, l4 & 0x3fff)
         // SAFETY: inside the checked 14 bytes.
         && load(unsafe { (header as *const u8).add(13) }) & (TCP_SYN | TCP_ACK) == TCP_SYN

@@ -6,11 +6,16 @@
 //!
 //! IPv4: a fragment with a non-zero offset carries no ports (`PortsUnknown`, a later fragment);
 //! a first fragment or a whole datagram has them at the header length it states, unless the
-//! frame is too short to hold them (a tiny first fragment, RFC 1858: `PortsUnknown`). IPv6: up to
-//! [`MAX_EXTENSIONS`] extension headers are walked (hop-by-hop, routing, destination options,
+//! datagram is too short to hold them (a tiny first fragment, RFC 1858: `PortsUnknown`). IPv6: up
+//! to [`MAX_EXTENSIONS`] extension headers are walked (hop-by-hop, routing, destination options,
 //! fragment, AH); a fragment header with a non-zero offset ends the walk with the protocol it
 //! names (`PortsUnknown`, a later fragment), or `Unknown` when that is another extension header;
 //! more headers than that, or one cut short, are `Unknown`.
+//!
+//! Every header is read inside the datagram as its IP length states it (IPv4's total length,
+//! IPv6's payload length), not up to the frame's end: a NIC pads a short frame to 60 bytes, and
+//! a tiny first fragment's "ports" would otherwise come from the padding. An IPv6 jumbogram
+//! (payload length 0) therefore shows no transport header (`PortsUnknown` or `Unknown`).
 
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use enforcer_common::scope::{PROTO_TCP, PROTO_UDP, Transport};
@@ -29,6 +34,8 @@ const DEST_OPTS: u8 = 60;
 /// Offsets stay below this (the largest chain of headers ends far before it); masking with it
 /// tells the verifier the offset is bounded.
 const OFFSET_MASK: u32 = 0x3fff;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// [`Frame::kind`]: the protocol could not be found ([`Transport::Unknown`]).
 const UNKNOWN: u8 = 1;
@@ -55,9 +62,10 @@ pub(crate) struct Frame {
 
 /// What [`Frame::peek`] found.
 pub(crate) enum Peek {
-    /// The transport header of `proto` starts at `l4` (a whole datagram or a first fragment;
-    /// the frame may end before it).
-    Header { proto: u8, l4: usize },
+    /// The transport header of `proto` starts at `l4` (a whole datagram or a first fragment);
+    /// the datagram ends at `end` (by its IP length: the frame may end before it, or go on with
+    /// padding that is not the datagram's).
+    Header { proto: u8, l4: usize, end: usize },
     /// No transport header: a later fragment, or an IP header cut short.
     Nothing,
     /// Extension headers come first, or the frame was parsed already: ask [`Frame::parse`].
@@ -69,9 +77,7 @@ const SPORT_SHIFT: u32 = 16;
 const PROTO_SHIFT: u32 = 32;
 const KIND_SHIFT: u32 = 40;
 const LATER_SHIFT: u32 = 43;
-/// The top 14 bits: shifted down, the offset is below 0x4000 by the shift alone, which the verifier
-/// follows (a mask of a value LLVM knows the range of is optimised away).
-const L4_SHIFT: u32 = 50;
+const SYN_SHIFT: u32 = 44;
 
 impl Frame {
     /// The frame whose IP header of the family `v6` starts at `l3`, its transport header unread.
@@ -98,22 +104,27 @@ impl Frame {
                 return Peek::Nothing;
             };
             // SAFETY: inside the checked 40-byte header.
-            let next = load(unsafe { (h as *const u8).add(6) });
+            let (payload, next) = unsafe {
+                let b = h as *const u8;
+                (load((b as *const u16).add(2)), load(b.add(6)))
+            };
             if is_extension(next) {
                 return Peek::Parse;
             }
             return Peek::Header {
                 proto: next,
                 l4: l3 + 40,
+                end: l3 + 40 + usize::from(u16::from_be(payload)),
             };
         }
         let Some(h) = ptr_at::<[u8; 20]>(ctx, l3) else {
             return Peek::Nothing;
         };
         // SAFETY: inside the checked 20-byte header.
-        let (first, frag, proto) = unsafe {
+        let (first, total, frag, proto) = unsafe {
             let b = h as *const u8;
-            (load(b), load((b as *const u16).add(3)), load(b.add(9)))
+            let w = b as *const u16;
+            (load(b), load(w.add(1)), load(w.add(3)), load(b.add(9)))
         };
         // The fragment offset (low 13 bits): a later fragment holds no transport header.
         if u16::from_be(frag) & 0x1fff != 0 {
@@ -122,6 +133,7 @@ impl Frame {
         Peek::Header {
             proto,
             l4: l3 + usize::from(first & 0x0f) * 4,
+            end: l3 + usize::from(u16::from_be(total)),
         }
     }
 
@@ -163,10 +175,11 @@ impl Frame {
         (self.word >> LATER_SHIFT) & 1 != 0
     }
 
-    /// The transport header's offset (for [`PORTS`] and [`NO_PORTS`]).
+    /// Whether the frame is a TCP segment whose flags say SYN without ACK (a whole datagram or
+    /// a first fragment that holds them).
     #[inline(always)]
-    pub(crate) fn l4(&self) -> usize {
-        (self.word >> L4_SHIFT) as usize & OFFSET_MASK as usize
+    pub(crate) fn syn(&self) -> bool {
+        (self.word >> SYN_SHIFT) & 1 != 0
     }
 
     /// The source and destination ports as the frame holds them (network order), for [`PORTS`].
@@ -215,7 +228,7 @@ pub extern "C" fn parse_frame(ctx: *mut xdp_md, at: u32) -> u64 {
         | u64::from(p.proto) << PROTO_SHIFT
         | u64::from(p.kind) << KIND_SHIFT
         | u64::from(p.later) << LATER_SHIFT
-        | u64::from(p.l4 & OFFSET_MASK) << L4_SHIFT
+        | u64::from(p.syn) << SYN_SHIFT
 }
 
 /// What [`parse_frame`] found, before packing.
@@ -223,7 +236,7 @@ struct Parsed {
     kind: u8,
     proto: u8,
     later: u8,
-    l4: u32,
+    syn: u8,
     sport: u16,
     dport: u16,
 }
@@ -235,7 +248,7 @@ impl Parsed {
             kind: UNKNOWN,
             proto: 0,
             later: 0,
-            l4: 0,
+            syn: 0,
             sport: 0,
             dport: 0,
         }
@@ -260,15 +273,17 @@ fn ipv4(ctx: &XdpContext, l3: u32) -> Parsed {
         return Parsed::unknown();
     };
     // SAFETY: inside the checked 20-byte header.
-    let (first, frag, proto) = unsafe {
+    let (first, total, frag, proto) = unsafe {
         let b = h as *const u8;
-        (load(b), load((b as *const u16).add(3)), load(b.add(9)))
+        let w = b as *const u16;
+        (load(b), load(w.add(1)), load(w.add(3)), load(b.add(9)))
     };
     // The fragment offset (low 13 bits): only the fragment at offset 0 holds the ports.
     if u16::from_be(frag) & 0x1fff != 0 {
         return Parsed::later(proto);
     }
-    ports(ctx, l3 + u32::from(first & 0x0f) * 4, proto)
+    let end = l3 + u32::from(u16::from_be(total));
+    ports(ctx, l3 + u32::from(first & 0x0f) * 4, end, proto)
 }
 
 #[inline(always)]
@@ -277,11 +292,19 @@ fn ipv6(ctx: &XdpContext, l3: u32) -> Parsed {
         return Parsed::unknown();
     };
     // SAFETY: inside the checked 40-byte header.
-    let mut next = load(unsafe { (h as *const u8).add(6) });
+    let (payload, mut next) = unsafe {
+        let b = h as *const u8;
+        (load((b as *const u16).add(2)), load(b.add(6)))
+    };
+    let end = l3 + 40 + u32::from(u16::from_be(payload));
     let mut off = l3 + 40;
     for _ in 0..MAX_EXTENSIONS {
         if !is_extension(next) {
-            return ports(ctx, off, next);
+            return ports(ctx, off, end, next);
+        }
+        // A header cut short, by the frame or by the payload length, ends the walk.
+        if off + 4 > end {
+            return Parsed::unknown();
         }
         let Some(e) = ptr_at::<[u8; 4]>(ctx, (off & OFFSET_MASK) as usize) else {
             return Parsed::unknown();
@@ -315,32 +338,41 @@ fn ipv6(ctx: &XdpContext, l3: u32) -> Parsed {
     Parsed::unknown()
 }
 
-/// The transport header of protocol `proto` at `l4` (in the fragment at offset 0): TCP and UDP
-/// ports if the frame holds them.
+/// The transport header of protocol `proto` at `l4` (in the fragment at offset 0), in a
+/// datagram that ends at `end` by its IP length: TCP and UDP ports if the datagram holds them
+/// (bytes after `end` are not the datagram's: the padding of a short frame, for one), and
+/// whether TCP's flags say SYN without ACK.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: u32, proto: u8) -> Parsed {
+fn ports(ctx: &XdpContext, l4: u32, end: u32, proto: u8) -> Parsed {
     let l4 = l4 & OFFSET_MASK;
     let mut p = Parsed {
         kind: NO_PORTS,
         proto,
-        l4,
         ..Parsed::unknown()
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return p;
     }
-    match ptr_at::<[u16; 2]>(ctx, l4 as usize) {
-        Some(h) => {
-            // SAFETY: inside the checked 4 bytes.
-            let (sport, dport) = unsafe {
-                let h = h as *const u16;
-                (load(h), load(h.add(1)))
-            };
-            p.kind = PORTS;
-            p.sport = sport;
-            p.dport = dport;
-        }
-        None => p.kind = PORTS_UNKNOWN,
+    let Some(h) = ptr_at::<[u16; 2]>(ctx, l4 as usize).filter(|_| l4 + 4 <= end) else {
+        p.kind = PORTS_UNKNOWN;
+        return p;
+    };
+    // SAFETY: inside the checked 4 bytes.
+    let (sport, dport) = unsafe {
+        let h = h as *const u16;
+        (load(h), load(h.add(1)))
+    };
+    p.kind = PORTS;
+    p.sport = sport;
+    p.dport = dport;
+    // The flags are byte 13 of the TCP header.
+    if proto == PROTO_TCP
+        && l4 + 14 <= end
+        && let Some(h) = ptr_at::<[u8; 14]>(ctx, l4 as usize)
+        // SAFETY: inside the checked 14 bytes.
+        && load(unsafe { (h as *const u8).add(13) }) & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
+        p.syn = 1;
     }
     p
 }

@@ -44,8 +44,9 @@ pub(crate) fn is_reply(ctx: &XdpContext, mut frame: Frame) -> bool {
         return false;
     }
     let (sport, dport) = match frame.peek(ctx) {
-        Peek::Header { proto, l4 } => {
-            if proto != PROTO_TCP {
+        Peek::Header { proto, l4, end } => {
+            // The ports inside the datagram, not in a short frame's padding.
+            if proto != PROTO_TCP || l4 + 4 > end {
                 return false;
             }
             let Some(ports) = ptr_at::<[u16; 2]>(ctx, l4 & 0x3fff) else {

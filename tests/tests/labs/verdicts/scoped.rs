@@ -213,6 +213,73 @@ fn ipv6_extension_headers_are_walked_and_fragments_never_slip_past_a_port_scoped
     assert_eq!(f.v6_chain(x, proto::DEST_OPTS, &cut), XDP_DROP);
 }
 
+/// `frame` with `n` zero bytes after the IP datagram: what a NIC that pads short frames to
+/// Ethernet's 60 bytes hands the program (the IP lengths do not count the padding).
+fn padded(mut frame: Vec<u8>, n: usize) -> Vec<u8> {
+    frame.resize(frame.len() + n, 0);
+    frame
+}
+
+/// The ports are read inside the IP datagram (IPv4's total length, IPv6's payload length), never
+/// from bytes after it: a tiny first fragment or a cut TCP header padded out to 60 bytes would
+/// otherwise show destination port 0 (not the scoped one) and pass, where its ports cannot be
+/// read and it is judged as matching.
+#[test]
+fn ports_are_read_inside_the_ip_length_not_from_the_padding_after_it() {
+    let mut f = Fixture::new();
+    f.block_scoped("198.51.100.7", MODE_ENFORCE, Some(ssh_and_web()));
+    f.block_scoped("2001:db8::7", MODE_ENFORCE, Some(ssh_and_web()));
+    let src4: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    let src6: Ipv6Addr = "2001:db8::7".parse().unwrap();
+    let tcp = |port| frame::transport(proto::TCP, port);
+    let v4 = |more, payload: &[u8]| frame::ipv4(src4, V4_DST, proto::TCP, 0, more, payload);
+    let v6 = |next, payload: &[Vec<u8>]| frame::ipv6(src6, v6_dst(), next, &payload.concat());
+    // Short frames padded to 60 bytes; IPv6 frames are 60 bytes or more without padding, so
+    // its tiny first fragment carries an 8-byte trailer.
+    let tiny6 = [
+        frame::ipv6_fragment(proto::TCP, 0, true),
+        tcp(80)[..2].to_vec(),
+    ];
+    let cut = [
+        ("IPv4 tiny first fragment", v4(true, &tcp(80)[..2])),
+        (
+            "IPv4 TCP header cut after the source port",
+            v4(false, &tcp(80)[..2]),
+        ),
+        ("IPv4 first fragment without transport bytes", v4(true, &[])),
+        (
+            "IPv6 TCP header cut after the source port",
+            v6(proto::TCP, &[tcp(80)[..2].to_vec()]),
+        ),
+        (
+            "IPv6 tiny first fragment",
+            padded(v6(proto::FRAGMENT, &tiny6), 8),
+        ),
+    ];
+    let verdicts: Vec<(&str, u32)> = cut
+        .into_iter()
+        .map(|(what, frame)| {
+            let n = 60usize.saturating_sub(frame.len());
+            (what, f.verdict(&padded(frame, n)))
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        verdicts
+            .iter()
+            .map(|&(what, _)| (what, XDP_DROP))
+            .collect::<Vec<_>>(),
+        "frames whose ports lie past the IP length are judged as matching (1 = drop, 2 = pass)"
+    );
+    // Whole headers are read as before, padded or not.
+    for n in [0, 6] {
+        assert_eq!(f.verdict(&padded(v4(false, &tcp(80)), n)), XDP_PASS);
+        assert_eq!(f.verdict(&padded(v4(false, &tcp(22)), n)), XDP_DROP);
+        assert_eq!(f.verdict(&padded(v6(proto::TCP, &[tcp(80)]), n)), XDP_PASS);
+        assert_eq!(f.verdict(&padded(v6(proto::TCP, &[tcp(22)]), n)), XDP_DROP);
+    }
+}
+
 #[test]
 fn a_scoped_entry_that_does_not_cover_a_frame_leaves_it_to_a_wider_whole_block() {
     let mut f = Fixture::new();
