@@ -314,14 +314,22 @@ fn crafted_fragments_never_slip_past_a_port_scoped_block() {
     require_root();
     let (lab, d) = lab_with_scoped_blocks();
     let frames = Frames::new(&lab).unwrap();
+    // One pair of sockets per family for every attempt (each attempt's tallies have their own
+    // tags): binding the fixed ports again at each attempt failed with EADDRINUSE when another
+    // test's process spawn (fork) still held the closed socket's descriptor until its exec.
+    let listeners = families().map(|(_, _, dst)| {
+        (
+            lab.udp_listener_on(dst, SCOPED).unwrap(),
+            lab.udp_listener_on(dst, OTHER).unwrap(),
+        )
+    });
     for (n, attempt) in attempts().iter().enumerate() {
         let (x, y, dst) = families()[usize::from(attempt.v6)];
-        let scoped = lab.udp_listener_on(dst, SCOPED).unwrap();
-        let other = lab.udp_listener_on(dst, OTHER).unwrap();
+        let (scoped, other) = &listeners[usize::from(attempt.v6)];
         let tallies = [
-            Tally::new(&other, CRAFTED),
-            Tally::new(&scoped, CRAFTED),
-            Tally::new(&other, CRAFTED),
+            Tally::new(other, CRAFTED),
+            Tally::new(scoped, CRAFTED),
+            Tally::new(other, CRAFTED),
         ];
         // Identifications of this attempt's own (the blocked and the unblocked source's).
         let id = 0x4000 + 2 * n as u16;
