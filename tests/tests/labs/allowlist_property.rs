@@ -458,11 +458,17 @@ fn check_nested(
             })
             .unwrap()
             .return_value;
-        let allowlisted = allow.iter().any(|a| a.contains(&addr));
-        let enforced = model.iter().find(|(n, k)| **k == 0 && n.contains(&addr));
+        // The data path judges a v4-mapped source (`::ffff:a.b.c.d`) as its IPv4 address
+        // (docs/architecture.md): IPv6 prefixes over `::ffff:0:0/96` do not cover it.
+        let judged = match addr {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        let allowlisted = allow.iter().any(|a| a.contains(&judged));
+        let enforced = model.iter().find(|(n, k)| **k == 0 && n.contains(&judged));
         let covering: Vec<String> = model
             .iter()
-            .filter(|(n, _)| n.contains(&addr))
+            .filter(|(n, _)| n.contains(&judged))
             .map(|(n, k)| format!("{n} {}", kind_of(*k).0))
             .collect();
         let want_drop = !allowlisted && enforced.is_some();
