@@ -4,7 +4,12 @@
 //! `installing: ...` before it fixes something. What cannot be fixed automatically
 //! fails with a message that says what to do.
 
-use std::{collections::HashSet, env, fs, path::PathBuf, process::Command};
+use std::{
+    collections::HashSet,
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail, ensure};
 
@@ -42,10 +47,16 @@ const PACKAGES: &[&str] = &[
     "libfaketime",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
+/// What a cold `cargo xtask test`, `bench --quick` and `fuzz` write under target/ and
+/// fuzz/target/ together (measured: 16 GB), with a margin for the tests' own files.
+const BUILD_BYTES: u64 = 20 << 30;
+/// Below this the build fails whatever it already has (incremental files, test data).
+const MIN_FREE_BYTES: u64 = 2 << 30;
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 pub(crate) fn run() -> Result<()> {
     check_root()?;
+    check_disk()?;
     check_kernel()?;
     check_cargo_bin_on_path()?;
     check_nightly_components()?;
@@ -70,6 +81,71 @@ fn check_root() -> Result<()> {
     );
     println!("ok: running as root");
     Ok(())
+}
+
+/// A full disk fails the build halfway with `No space left on device` from whatever crate
+/// was compiling: say it first, with what to do. A warm target needs only what it lacks.
+fn check_disk() -> Result<()> {
+    let target = cmd::target_dir();
+    let free = free_bytes(&target)?;
+    let have = dir_bytes(&target) + dir_bytes(&cmd::repo_root().join("fuzz/target"));
+    let need = BUILD_BYTES.saturating_sub(have).max(MIN_FREE_BYTES);
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    ensure!(
+        free >= need,
+        "only {:.1} GiB free on the filesystem of {}; building and testing needs about {:.1} \
+         GiB more (the build directories hold {:.1} GiB of the {:.0} GiB a cold run writes). \
+         Free space (for example `cargo clean` in other checkouts) and rerun",
+        gib(free),
+        target.display(),
+        gib(need),
+        gib(have),
+        gib(BUILD_BYTES),
+    );
+    println!(
+        "ok: {:.1} GiB free for the build ({:.1} GiB needed)",
+        gib(free),
+        gib(need)
+    );
+    Ok(())
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path` (or its
+/// nearest existing ancestor: a fresh clone has no target/ yet).
+fn free_bytes(path: &Path) -> Result<u64> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .context("no existing ancestor of the target directory")?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .context("target directory path holds a NUL byte")?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+    ensure!(
+        rc == 0,
+        "statvfs({}): {}",
+        existing.display(),
+        std::io::Error::last_os_error()
+    );
+    Ok(st.f_bavail * st.f_frsize)
+}
+
+/// Disk bytes under `dir` (allocated blocks, symlinks not followed); 0 if it is absent.
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// aya relocates the program against the kernel's BTF; without it nothing loads.
@@ -293,8 +369,8 @@ fn check_crowdsec() -> Result<()> {
 }
 
 /// `apt-get download crowdsec` into `work`, `dpkg-deb -x` it, and move the tree to `root`.
-fn unpack_crowdsec(work: &std::path::Path, root: &std::path::Path) -> Result<()> {
-    let download = |cwd: &std::path::Path| {
+fn unpack_crowdsec(work: &Path, root: &Path) -> Result<()> {
+    let download = |cwd: &Path| {
         cmd::run(
             Command::new("apt-get")
                 .args(["download", "-q", "crowdsec"])
