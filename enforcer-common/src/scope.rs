@@ -53,6 +53,21 @@ pub struct ScopeKey {
     pub pad: [u8; 5],
 }
 
+impl ScopeKey {
+    /// The key as three words in memory order (little-endian, as on every target the data
+    /// path runs on): the address words, then `prefix_len`, `v6` and `proto` in the low bytes
+    /// of the third, the padding zero. The data path builds its keys this way: three stores,
+    /// where zeroing the struct's padding costs it a `memset` call.
+    #[inline(always)]
+    pub const fn words(addr: [u64; 2], prefix_len: u8, v6: u8, proto: u8) -> [u64; 3] {
+        [
+            addr[0],
+            addr[1],
+            prefix_len as u64 | (v6 as u64) << 8 | (proto as u64) << 16,
+        ]
+    }
+}
+
 /// An inclusive range of destination ports, in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -251,7 +266,23 @@ pub fn in_scope<'a>(transport: Transport, entry: impl Fn(u8) -> Option<&'a Scope
 mod tests {
     extern crate std;
 
+    use core::mem::{offset_of, size_of};
+
     use super::*;
+
+    #[test]
+    fn a_key_s_words_lay_its_fields_out_as_the_struct_does() {
+        assert_eq!(size_of::<ScopeKey>(), 24);
+        assert_eq!(offset_of!(ScopeKey, addr), 0);
+        assert_eq!(offset_of!(ScopeKey, prefix_len), 16);
+        assert_eq!(offset_of!(ScopeKey, v6), 17);
+        assert_eq!(offset_of!(ScopeKey, proto), 18);
+        assert_eq!(offset_of!(ScopeKey, pad), 19);
+        let words = ScopeKey::words([0x0102, 0x0304], 48, 1, PROTO_UDP);
+        let tail = words[2].to_le_bytes();
+        assert_eq!(tail, [48, 1, PROTO_UDP, 0, 0, 0, 0, 0]);
+        assert_eq!(&words[..2], &[0x0102, 0x0304]);
+    }
 
     fn ports(ranges: &[(u16, u16)]) -> ScopeValue {
         let mut v = ScopeValue {

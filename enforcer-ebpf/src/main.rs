@@ -33,8 +33,8 @@
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
-    mem,
-    ptr::NonNull,
+    mem::{self, MaybeUninit},
+    ptr::{NonNull, write_volatile},
 };
 
 use aya_ebpf::{
@@ -91,8 +91,9 @@ static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(STATS_SLOTS, 0);
 #[map(name = "UNJUDGED")]
 static UNJUDGED: PerCpuArray<Unjudged> = PerCpuArray::pinned(STATS_SLOTS, 0);
 /// The scopes of the block entries flagged [`FLAG_SCOPED`] (see [`enforcer_common::scope`]).
+/// Keyed by a [`ScopeKey`]'s bytes, built as [`ScopeKey::words`].
 #[map(name = "SCOPES")]
-static SCOPES: HashMap<ScopeKey, ScopeValue> =
+static SCOPES: HashMap<[u64; 3], ScopeValue> =
     HashMap::pinned(MAX_SCOPE_ENTRIES, BPF_F_NO_PREALLOC);
 /// Per interface slot like [`STATS`]: the frames passed as replies to the host's own
 /// connections ([`replies`]).
@@ -393,17 +394,33 @@ struct Match {
 }
 
 impl Match {
+    /// Writes a fresh walk state into `slot`, each field by its own volatile store, in place.
+    /// Plain stores of zero over 16 bytes or more (an IPv4 source's: the second address word,
+    /// `lens`, `base`, `v6`) are merged by LLVM into a `memset` call, which this target links
+    /// as a byte loop whose byte stores then stall the word loads of the same fields; a
+    /// `Match` built by value and moved is copied the same way.
     #[inline(always)]
-    fn new(addr: [u64; 2], v6: bool, clock: Clock, transport: u32) -> Self {
-        Self {
-            entry: None,
-            expired: false,
-            addr,
-            lens: 0,
-            base: 0,
-            v6,
-            clock,
-            transport,
+    fn init(
+        slot: &mut MaybeUninit<Self>,
+        addr: [u64; 2],
+        v6: bool,
+        clock: Clock,
+        transport: u32,
+    ) -> &mut Self {
+        let p = slot.as_mut_ptr();
+        // SAFETY: `p` points to the caller's `slot`; each field is written once, whole, before
+        // `assume_init_mut` (the padding stays uninitialised, which a struct's may).
+        unsafe {
+            write_volatile(&raw mut (*p).entry, None);
+            write_volatile(&raw mut (*p).expired, false);
+            write_volatile(&raw mut (*p).addr[0], addr[0]);
+            write_volatile(&raw mut (*p).addr[1], addr[1]);
+            write_volatile(&raw mut (*p).lens, 0);
+            write_volatile(&raw mut (*p).base, 0);
+            write_volatile(&raw mut (*p).v6, v6);
+            write_volatile(&raw mut (*p).clock, clock);
+            write_volatile(&raw mut (*p).transport, transport);
+            slot.assume_init_mut()
         }
     }
 }
@@ -449,13 +466,8 @@ fn applies(entry: Entry, addr: &[u64; 2], v6: bool, transport: u32) -> bool {
 #[inline(never)]
 pub extern "C" fn in_scopes(w0: u64, w1: u64, meta: u32, transport: u32) -> u32 {
     u32::from(in_scope(Transport::unpack(transport), |proto| {
-        let key = ScopeKey {
-            addr: [w0, w1],
-            prefix_len: meta as u8,
-            v6: (meta >> 8) as u8,
-            proto,
-            pad: [0; 5],
-        };
+        // Three word stores: a `ScopeKey` literal zeroes its padding with a `memset` call.
+        let key = ScopeKey::words([w0, w1], meta as u8, (meta >> 8) as u8, proto);
         // SAFETY: a map value, valid for the duration of the program; only read.
         unsafe { SCOPES.get(key) }
     }))
@@ -516,14 +528,21 @@ fn judge_v4(
     {
         return drop_or_pass(e, &source, stats, &mut clock, allowed, reply);
     }
-    let mut m = Match::new(source.key, false, clock, transport);
-    if let Some(e) = exact {
-        consider(&mut m, e);
+    let lens = PREFIX_LENS
+        .get(lookup::v4_word(u32::from_be(addr)))
+        .copied()
+        .unwrap_or(0);
+    if exact.is_none() && lens == 0 {
+        // Legitimate traffic: nothing matched, and no prefix is loaded around the source.
+        return Verdict::Pass;
     }
-    if !is_enforced(&m)
-        && let Some(&lens) = PREFIX_LENS.get(lookup::v4_word(u32::from_be(addr)))
-    {
-        walk(&mut m, lens, 0);
+    let mut slot = MaybeUninit::uninit();
+    let m = Match::init(&mut slot, source.key, false, clock, transport);
+    if let Some(e) = exact {
+        consider(m, e);
+    }
+    if !is_enforced(m) {
+        walk(m, lens, 0);
     }
     decide(m, &source, stats, allowed, reply)
 }
@@ -556,16 +575,17 @@ fn judge_v6(
     {
         return drop_or_pass(e, &source, stats, &mut clock, allowed, reply);
     }
-    let mut m = Match::new(addr, true, clock, transport);
+    let mut slot = MaybeUninit::uninit();
+    let m = Match::init(&mut slot, addr, true, clock, transport);
     if let Some(e) = exact {
-        consider(&mut m, e);
+        consider(m, e);
     }
     let first = lookup::v6_words(addr[0] as u32);
     for (word, base) in [(first + 1, 96), (first, 32), (lookup::V6_SHORT, 0)] {
-        if !is_enforced(&m)
+        if !is_enforced(m)
             && let Some(&lens) = PREFIX_LENS.get(word)
         {
-            walk(&mut m, lens, base);
+            walk(m, lens, base);
         }
     }
     decide(m, &source, stats, allowed, reply)
@@ -744,25 +764,19 @@ fn is_enforced(m: &Match) -> bool {
 /// The verdict of the walk's outcome (see [`drop_or_pass`]).
 #[inline(always)]
 fn decide(
-    m: Match,
+    m: &mut Match,
     source: &SourceKey,
     stats: &mut Stats,
     allowed: impl FnOnce() -> bool,
     reply: impl FnOnce() -> bool,
 ) -> Verdict {
-    let Match {
-        entry,
-        expired,
-        mut clock,
-        ..
-    } = m;
-    let Some(entry) = entry else {
-        if expired {
+    let Some(entry) = m.entry else {
+        if m.expired {
             stats.expired.add(source.len);
         }
         return Verdict::Pass;
     };
-    drop_or_pass(entry, source, stats, &mut clock, allowed, reply)
+    drop_or_pass(entry, source, stats, &mut m.clock, allowed, reply)
 }
 
 /// The verdict of the live entry that decides: the allowlist first (only for blocks flagged as

@@ -9,6 +9,8 @@
 //! SSH session it opened before the block) has the service's port, and stays blocked. The lookup
 //! runs only for a segment to an ephemeral port.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
@@ -86,18 +88,20 @@ fn v4_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
     let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
         return false;
     };
-    // SAFETY: a zeroed tuple is a valid value of the union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // SAFETY: the addresses lie inside the checked header; the ipv4 member is plain integers.
+    // Not zeroed first: the kernel reads only the member's bytes, all written below (a zeroed
+    // tuple costs a `memset` call, a byte loop on this target: see `Match::new`).
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: the addresses lie inside the checked header; every field of the ipv4 member is
+    // written, through a raw pointer (nothing reads the uninitialised rest).
     unsafe {
         let w = h as *const u32;
-        let t = &mut tuple.__bindgen_anon_1.ipv4;
-        t.saddr = load(w.add(3));
-        t.daddr = load(w.add(4));
-        t.sport = sport;
-        t.dport = dport;
+        let t = &raw mut (*tuple.as_mut_ptr()).__bindgen_anon_1.ipv4;
+        (*t).saddr = load(w.add(3));
+        (*t).daddr = load(w.add(4));
+        (*t).sport = sport;
+        (*t).dport = dport;
     }
-    opened_here(ctx, &mut tuple, core::mem::size_of::<[u32; 3]>() as u32)
+    opened_here(ctx, tuple.as_mut_ptr(), size_of::<[u32; 3]>() as u32)
 }
 
 /// As [`v4_reply`], for IPv6 (the TCP header after the header chain the parse walked).
@@ -106,28 +110,30 @@ fn v6_reply(ctx: &XdpContext, l3: usize, sport: u16, dport: u16) -> bool {
     let Some(h) = ptr_at::<[u32; 10]>(ctx, l3) else {
         return false;
     };
-    // SAFETY: a zeroed tuple is a valid value of the union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // SAFETY: the addresses lie inside the checked header; the ipv6 member is plain integers.
+    // As in `v4_reply`: only the member, every byte of it.
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: the addresses lie inside the checked header; every field of the ipv6 member is
+    // written, through a raw pointer.
     unsafe {
         let w = h as *const u32;
-        let t = &mut tuple.__bindgen_anon_1.ipv6;
+        let t = &raw mut (*tuple.as_mut_ptr()).__bindgen_anon_1.ipv6;
         for i in 0..4 {
-            t.saddr[i] = load(w.add(2 + i));
-            t.daddr[i] = load(w.add(6 + i));
+            (*t).saddr[i] = load(w.add(2 + i));
+            (*t).daddr[i] = load(w.add(6 + i));
         }
-        t.sport = sport;
-        t.dport = dport;
+        (*t).sport = sport;
+        (*t).dport = dport;
     }
-    opened_here(ctx, &mut tuple, core::mem::size_of::<[u32; 9]>() as u32)
+    opened_here(ctx, tuple.as_mut_ptr(), size_of::<[u32; 9]>() as u32)
 }
 
 /// Whether the kernel holds a socket for the tuple that this host is connecting or connected
 /// with. The reference the lookup takes is released before returning.
 #[inline(always)]
-fn opened_here(ctx: &XdpContext, tuple: &mut bpf_sock_tuple, size: u32) -> bool {
-    // SAFETY: `tuple` lives on this stack and `size` is the size of the member filled in; the
-    // flags are the documented ones for the receiving device's namespace.
+fn opened_here(ctx: &XdpContext, tuple: *mut bpf_sock_tuple, size: u32) -> bool {
+    // SAFETY: `tuple` lives on the caller's stack, its first `size` bytes written (the member
+    // filled in, all the kernel reads); the flags are the documented ones for the receiving
+    // device's namespace.
     let sk =
         unsafe { bpf_skc_lookup_tcp(ctx.as_ptr(), tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
     if sk.is_null() {
