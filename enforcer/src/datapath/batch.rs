@@ -143,20 +143,12 @@ where
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is the batch member of `union bpf_attr` (layout checked above) and
-        // outlives the call. `keys` and `values` hold `count` entries of the map's key and value
-        // types (the caller's contract), which the kernel overwrites with at most `count`
-        // entries; `in_batch` (when set) and `out_batch` point to a `u32` each, a hash map's
-        // bucket cursor. `map` is an open map descriptor, borrowed for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::from_mut(&mut attr),
-                size_of::<BatchAttr>(),
-            )
-        };
-        let error = (rc < 0).then(io::Error::last_os_error);
+        // SAFETY: `keys` and `values` hold `count` entries of the map's key and value types (the
+        // caller's contract), which the kernel overwrites with at most `count` entries;
+        // `in_batch` (when set) and `out_batch` point to a `u32` each, a hash map's bucket
+        // cursor, and outlive the call. `map` is an open map descriptor, borrowed for the call.
+        let result = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let error = result.err();
         let code = error.as_ref().and_then(io::Error::raw_os_error);
         if code == Some(Errno::ENOSPC as i32) && per_call < MAX_PER_CALL {
             // A bucket larger than the buffer: nothing was read; again with room for it.
@@ -252,23 +244,13 @@ fn call<K: aya::Pod, V: aya::Pod>(
         map_fd: map.as_raw_fd() as u32,
         ..BatchAttr::default()
     };
-    // SAFETY: `attr` is the batch member of `union bpf_attr` (layout checked above; the kernel
-    // reads `size` bytes and takes the rest as zero) and outlives the call. `keys` (and
-    // `values`, for an update) hold `count` plain-data entries of the map's key (value) size
-    // (the callers' contract) and live for the call; the kernel only reads them, and writes
-    // back only `attr.count`. `map` is an open map descriptor, borrowed for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(&mut attr),
-            size_of::<BatchAttr>(),
-        )
-    };
-    if rc >= 0 {
+    // SAFETY: `keys` (and `values`, for an update) hold `count` plain-data entries of the map's
+    // key (value) size (the callers' contract) and live for the call; the kernel only reads
+    // them, and writes back only `attr.count`. `map` is an open map descriptor, borrowed for
+    // the call.
+    let Err(error) = (unsafe { bpf_batch(cmd, &mut attr) }) else {
         return Ok(());
-    }
-    let error = io::Error::last_os_error();
+    };
     // Once it has started on the entries, the kernel sets `count` to the entries it applied
     // (0 first, so a refused first entry reads 0); a call refused as a whole leaves ours.
     let applied = attr.count as usize;
@@ -276,5 +258,32 @@ fn call<K: aya::Pod, V: aya::Pod>(
         Err(Stop::At { applied, error })
     } else {
         Err(Stop::Whole(error))
+    }
+}
+
+/// One `bpf(2)` batch command on `attr`.
+///
+/// # Safety
+///
+/// `attr`'s pointers must be valid for what `cmd` does with them: `keys` and `values` for
+/// `count` entries of the map's key and value sizes (read by an update or delete, written by a
+/// lookup), `in_batch` and `out_batch` null or pointing to the map type's cursor, all living
+/// for the call.
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is the batch member of `union bpf_attr` (layout checked above; the kernel
+    // reads `size` bytes, takes the rest of the union as zero, and writes back only `count`);
+    // the pointers in it are the caller's to vouch for.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
