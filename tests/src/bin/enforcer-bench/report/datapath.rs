@@ -134,18 +134,7 @@ fn scoped_markdown(w: &mut String, d: &datapath::Results) {
     let _ = writeln!(w, "| family | packet | ns/packet | × floor | ÷ base |");
     let _ = writeln!(w, "|---|---|--:|--:|--:|");
     for c in &d.scoped {
-        let base = if c.id.packet.verdict_is_drop() {
-            Packet::HitAddress
-        } else {
-            Packet::Miss
-        };
-        let ratio = d
-            .scoped
-            .iter()
-            .find(|b| b.id.family == c.id.family && b.id.packet == base)
-            .map_or("–".to_owned(), |b| {
-                format!("{:.2}", c.vs_floor / b.vs_floor)
-            });
+        let ratio = vs_base(&d.scoped, c);
         let _ = writeln!(
             w,
             "| {} | {} | {} | {:.2} | {} |",
@@ -156,6 +145,20 @@ fn scoped_markdown(w: &mut String, d: &datapath::Results) {
             ratio
         );
     }
+}
+
+/// A case's × floor over its base's in `cases` (the same family's address hit for a drop, its
+/// plain miss for a pass), for the **÷ base** columns; "–" without a base.
+fn vs_base(cases: &[Case], c: &Case) -> String {
+    let base = if c.id.packet.verdict_is_drop() {
+        Packet::HitAddress
+    } else {
+        Packet::Miss
+    };
+    cases
+        .iter()
+        .find(|b| b.id.family == c.id.family && b.id.packet == base)
+        .map_or("–".to_owned(), |b| format!("{:.2}", c.vs_floor / b.vs_floor))
 }
 
 /// N distinct prefix lengths over one source beside an address hit and a plain miss (issue 25,
@@ -182,18 +185,7 @@ fn lengths_markdown(w: &mut String, d: &datapath::Results) {
     let _ = writeln!(w, "| family | N | packet | ns/packet | × floor | ÷ base |");
     let _ = writeln!(w, "|---|--:|---|--:|--:|--:|");
     for c in &d.lengths {
-        let base = if c.id.packet.verdict_is_drop() {
-            Packet::HitAddress
-        } else {
-            Packet::Miss
-        };
-        let ratio = d
-            .lengths
-            .iter()
-            .find(|b| b.id.family == c.id.family && b.id.packet == base)
-            .map_or("–".to_owned(), |b| {
-                format!("{:.2}", c.vs_floor / b.vs_floor)
-            });
+        let ratio = vs_base(&d.lengths, c);
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {:.2} | {} |",
