@@ -158,7 +158,9 @@ fn vs_base(cases: &[Case], c: &Case) -> String {
     cases
         .iter()
         .find(|b| b.id.family == c.id.family && b.id.packet == base)
-        .map_or("–".to_owned(), |b| format!("{:.2}", c.vs_floor / b.vs_floor))
+        .map_or("–".to_owned(), |b| {
+            format!("{:.2}", c.vs_floor / b.vs_floor)
+        })
 }
 
 /// N distinct prefix lengths over one source beside an address hit and a plain miss (issue 25,
