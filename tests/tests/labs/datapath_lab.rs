@@ -579,6 +579,18 @@ fn the_data_path_calls_no_byte_loop_memset_or_memcmp() {
             .expect("run bpftool");
         assert!(out.status.success(), "bpftool: {out:?}");
         let xlated = String::from_utf8_lossy(&out.stdout);
+        // Calls are named only when the program carries its BTF function info: without the
+        // names this check could not see a `memset` call, so it would pass whatever the code.
+        assert!(
+            xlated.contains("_in_scopes\n") || xlated.contains("_in_scopes "),
+            "bpftool names no subprogram call (no BTF function info?): {}",
+            xlated
+                .lines()
+                .filter(|l| l.contains("call pc"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
         let byte_loops: Vec<&str> = xlated
             .lines()
             .filter(|l| l.contains("call"))
