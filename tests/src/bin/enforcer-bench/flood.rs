@@ -12,13 +12,13 @@
 use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
-use enforcer::datapath::{Datapath, DatapathOptions, Parse, XdpModeRequest};
+use enforcer::datapath::{Datapath, DatapathOptions, XdpModeRequest};
 use enforcer_common::flood::{FloodConfig, LIMITS};
 use enforcer_tests::{Lab, RECEIVER_IF};
 use serde::Serialize;
 
 use crate::{
-    datapath::{self, Case, CaseId, Family, Fill, Fixtures, Loaded, Packet, Probe},
+    datapath::{self, Case, CaseId, Family, Fixtures, Loaded, Packet, Probe},
     stats::median,
     traffic::{self, Phase},
     wire::Wire,
@@ -145,15 +145,7 @@ fn test_run(settings: &datapath::Settings) -> Result<Vec<Pair>> {
     for family in [Family::Ipv4, Family::Ipv6] {
         let fixtures = Fixtures::of(family);
         for program in [0, 1] {
-            let id = CaseId {
-                family,
-                fill: Fill::None,
-                entries: 0,
-                packet: Packet::Miss,
-                vlan: false,
-                counters: true,
-                link: Parse::Ethernet,
-            };
+            let id = CaseId::plain(family, Packet::Miss);
             probes.push(Probe::new(&fixtures, id, program));
         }
     }

@@ -193,6 +193,22 @@ pub(crate) struct CaseId {
     pub link: Parse,
 }
 
+impl CaseId {
+    /// `packet` of `family` on empty maps (the fixtures only), untagged, on Ethernet, with
+    /// the per-block counters compiled in: the plain case most comparisons start from.
+    pub(crate) const fn plain(family: Family, packet: Packet) -> Self {
+        Self {
+            family,
+            fill: Fill::None,
+            entries: 0,
+            packet,
+            vlan: false,
+            counters: true,
+            link: Parse::Ethernet,
+        }
+    }
+}
+
 /// One case's measurements and what they say.
 #[derive(Debug, Serialize)]
 pub(crate) struct Case {
@@ -381,13 +397,8 @@ fn raw_ip(settings: &Settings) -> Result<Vec<Case>> {
         for packet in [Packet::Miss, Packet::HitAddress] {
             for link in [Parse::Ethernet, Parse::RawIp] {
                 let id = CaseId {
-                    family,
-                    fill: Fill::None,
-                    entries: 0,
-                    packet,
-                    vlan: false,
-                    counters: true,
                     link,
+                    ..CaseId::plain(family, packet)
                 };
                 probes.push(Probe::new(&fixtures, id, 0));
             }
@@ -446,15 +457,7 @@ fn compare_with(object: &Path, settings: &Settings) -> Result<Vec<BaselineCase>>
             Packet::HitPrefix,
             Packet::TrieMiss,
         ] {
-            let id = CaseId {
-                family,
-                fill: Fill::None,
-                entries: 0,
-                packet,
-                vlan: false,
-                counters: true,
-                link: Parse::Ethernet,
-            };
+            let id = CaseId::plain(family, packet);
             let frame = frame::udp_from(&[], fixtures.source(packet));
             let (mut floor, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..settings.rounds {
@@ -583,13 +586,8 @@ fn counters(settings: &Settings) -> Result<Vec<Case>> {
         for packet in [Packet::HitAddress, Packet::HitPrefix] {
             for (on, counters) in [(0, true), (1, false)] {
                 let id = CaseId {
-                    family,
-                    fill: Fill::None,
-                    entries: 0,
-                    packet,
-                    vlan: false,
                     counters,
-                    link: Parse::Ethernet,
+                    ..CaseId::plain(family, packet)
                 };
                 probes.push(Probe::new(&fixtures, id, on));
             }

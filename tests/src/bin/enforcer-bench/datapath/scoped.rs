@@ -13,9 +13,7 @@ use enforcer_common::{
 };
 use enforcer_tests::frame::{self, proto};
 
-use super::{
-    Case, CaseId, Family, Fill, Fixtures, Loaded, Packet, Parse, Probe, Settings, measure,
-};
+use super::{Case, CaseId, Family, Fixtures, Loaded, Packet, Probe, Settings, measure};
 
 /// The scoped source of each family (outside every fixture block).
 fn scoped_source(family: Family) -> IpAddr {
@@ -100,15 +98,7 @@ pub(super) fn run(settings: &Settings) -> Result<Vec<Case>> {
             (Packet::ScopedHit, scoped, 22, 1),
             (Packet::ScopedOtherPort, scoped, 80, 1),
         ] {
-            let id = CaseId {
-                family,
-                fill: Fill::None,
-                entries: 0,
-                packet,
-                vlan: false,
-                counters: true,
-                link: Parse::Ethernet,
-            };
+            let id = CaseId::plain(family, packet);
             probes.push(Probe {
                 id,
                 frame: tcp_frame(src, port),
