@@ -573,31 +573,26 @@ fn the_data_path_calls_no_byte_loop_memset_or_memcmp() {
     for parse in [Parse::Ethernet, Parse::RawIp] {
         let program = dp.program_for(parse).expect("load the program");
         let id = program.info().expect("program info").id().to_string();
-        let out = std::process::Command::new("bpftool")
-            .args(["prog", "dump", "xlated", "id", &id])
-            .output()
-            .expect("run bpftool");
-        assert!(out.status.success(), "bpftool: {out:?}");
-        let xlated = String::from_utf8_lossy(&out.stdout);
+        let xlated = enforcer_tests::run("bpftool", &["prog", "dump", "xlated", "id", &id])
+            .expect("bpftool dumps the program");
+        let calls: Vec<&str> = xlated
+            .lines()
+            .filter(|l| l.contains("call pc"))
+            .map(str::trim_end)
+            .collect();
         // Calls are named only when the program carries its BTF function info: without the
         // names this check could not see a `memset` call, so it would pass whatever the code.
         assert!(
-            xlated.contains("_in_scopes\n") || xlated.contains("_in_scopes "),
-            "bpftool names no subprogram call (no BTF function info?): {}",
-            xlated
-                .lines()
-                .filter(|l| l.contains("call pc"))
-                .take(3)
-                .collect::<Vec<_>>()
-                .join("; ")
+            calls.iter().any(|l| l.ends_with("_in_scopes")),
+            "bpftool names no subprogram call (no BTF function info?): {:?}",
+            &calls[..calls.len().min(3)]
         );
-        let byte_loops: Vec<&str> = xlated
-            .lines()
-            .filter(|l| l.contains("call"))
+        let byte_loops: Vec<&str> = calls
+            .into_iter()
             .filter(|l| {
                 ["memset", "memcmp", "memcpy", "memmove", "bcmp"]
                     .iter()
-                    .any(|f| l.trim_end().ends_with(&format!("_{f}")))
+                    .any(|f| l.ends_with(&format!("_{f}")))
             })
             .collect();
         assert!(
